@@ -1,0 +1,102 @@
+/* common/config.h: the baton INI file (parsed with inih), shared by the
+ * supervisor and sessiond. Every key is documented in docs/config.md with its
+ * default. Relative paths resolve against the config file's folder.
+ *
+ * Loading never stops at the first problem: every problem is collected as
+ * "FILE:LINE: message" so an operator fixes a new host in one pass.
+ */
+#ifndef BATON_COMMON_CONFIG_H
+#define BATON_COMMON_CONFIG_H
+
+#include <stddef.h>
+
+struct config_listen {
+	char *kind; /* "irc" (plaintext); "ircs" comes with TLS */
+	char *host;
+	char *port;
+	int line;
+};
+
+struct config_network {
+	char *name;
+	char *host;  /* default 127.0.0.1? no: required */
+	char *port;  /* default "6667" */
+	int line;
+};
+
+struct config_user {
+	char *name;
+	char *password; /* crypt(3) hash */
+	int line;
+};
+
+struct config_session {
+	char *user;
+	char *network;
+	char *nick;     /* default: user name */
+	char *username; /* default: nick */
+	char *realname; /* default: nick */
+	char **channels;
+	size_t nchannels;
+	int line;
+};
+
+struct config_problems {
+	char **msgs;
+	size_t n;
+};
+
+struct baton_config {
+	char *path; /* absolute */
+	char *dir;  /* folder of path */
+
+	/* [supervisor] */
+	char *control;          /* default "baton.sock" */
+	char *sessiond;         /* default: baton-sessiond beside the supervisor binary */
+	char *state_dir;        /* default "state" */
+	int handoff_timeout_s;  /* default 10 */
+	char *metrics;          /* "HOST:PORT" or NULL (off, default) */
+
+	/* [sessiond] */
+	int backlog_lines;      /* per buffer, default 500 */
+	int chunk_sessions;     /* sessions per migration chunk, default 256 */
+	int ping_interval_s;    /* upstream keepalive PING, default 60 */
+	int ping_timeout_s;     /* no data for this long: reconnect, default 240 */
+	int reconnect_min_s;    /* first backoff, default 2 */
+	int reconnect_max_s;    /* backoff cap, default 300 */
+	int handshake_budget_ms;/* freeze waits for in-progress handshakes, default 500 */
+
+	struct config_listen *listens;
+	size_t nlistens;
+	struct config_network *networks;
+	size_t nnetworks;
+	struct config_user *users;
+	size_t nusers;
+	struct config_session *sessions;
+	size_t nsessions;
+};
+
+/* Load and validate. Returns 0 with *out set when there were no problems;
+ * -EINVAL with *out NULL and problems filled otherwise (also for an
+ * unreadable file). problems must be zeroed by the caller and released with
+ * config_problems_clear(). */
+int config_load(const char *path, struct baton_config **out,
+		struct config_problems *problems);
+void config_free(struct baton_config *cfg); /* accepts NULL */
+
+void config_problems_add(struct config_problems *p, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+void config_problems_clear(struct config_problems *p);
+
+const struct config_network *config_find_network(const struct baton_config *cfg,
+						 const char *name);
+const struct config_user *config_find_user(const struct baton_config *cfg,
+					   const char *name);
+const struct config_session *config_find_session(const struct baton_config *cfg,
+						 const char *user,
+						 const char *network);
+
+/* Resolve `path` against the config folder; returns a malloc'd string. */
+char *config_resolve(const struct baton_config *cfg, const char *path);
+
+#endif

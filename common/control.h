@@ -1,0 +1,31 @@
+/* common/control.h: the supervisor <-> worker control channel (fd 3 of a
+ * worker, SOCK_SEQPACKET). Each frame (handoff/frame.h) carries one message
+ * of proto/control.proto; the frame type below names it. fds ride with
+ * LISTENERS (the listening sockets) and MIGRATE (the migration channel end).
+ */
+#ifndef BATON_COMMON_CONTROL_H
+#define BATON_COMMON_CONTROL_H
+
+#include <stddef.h>
+#include <protobuf-c/protobuf-c.h>
+
+#define CONTROL_FD 3 /* where a worker finds its control socket */
+
+enum control_type {
+	CONTROL_READY = 1,            /* worker -> supervisor */
+	CONTROL_LISTENERS = 2,        /* supervisor -> worker, fds */
+	CONTROL_ACCEPT = 3,           /* supervisor -> worker */
+	CONTROL_MIGRATE = 4,          /* supervisor -> worker, 1 fd */
+	CONTROL_MIGRATION_RESULT = 5, /* worker -> supervisor */
+	CONTROL_PROGRESS = 6,         /* worker -> supervisor */
+	CONTROL_STATUS_REQUEST = 7,   /* supervisor -> worker */
+	CONTROL_STATUS = 8,           /* worker -> supervisor */
+	CONTROL_EXIT = 9,             /* supervisor -> worker */
+};
+
+/* Pack `msg` and send it as one frame of `type` (fds borrowed, see
+ * handoff/frame.h). Waits at most timeout_ms for room. Returns 0 or -errno. */
+int control_send(int sock, enum control_type type, const ProtobufCMessage *msg,
+		 const int *fds, size_t nfds, int timeout_ms);
+
+#endif

@@ -1,0 +1,18 @@
+/* common/log.h: daemon logging to stderr, "LEVEL component: message".
+ * Under systemd (JOURNAL_STREAM set) lines carry <N> priority prefixes so
+ * journald records the level. Only daemons log; library code does not. */
+#ifndef BATON_COMMON_LOG_H
+#define BATON_COMMON_LOG_H
+
+enum log_level { LOG_LVL_ERROR = 3, LOG_LVL_WARN = 4, LOG_LVL_INFO = 6, LOG_LVL_DEBUG = 7 };
+
+void log_init(const char *program, enum log_level max_level);
+void log_msg(enum log_level level, const char *component, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+#define log_error(comp, ...) log_msg(LOG_LVL_ERROR, comp, __VA_ARGS__)
+#define log_warn(comp, ...) log_msg(LOG_LVL_WARN, comp, __VA_ARGS__)
+#define log_info(comp, ...) log_msg(LOG_LVL_INFO, comp, __VA_ARGS__)
+#define log_debug(comp, ...) log_msg(LOG_LVL_DEBUG, comp, __VA_ARGS__)
+
+#endif

@@ -1,0 +1,75 @@
+/* handoff/frame.h: framed messages with attached fds over SOCK_SEQPACKET.
+ *
+ * Every datagram starts with a 16-byte header (all fields little endian):
+ *
+ *   0  u16 magic   0xBA70
+ *   2  u8  version HANDOFF_FRAME_VERSION
+ *   3  u8  type    caller-defined (1..255; 0 is invalid)
+ *   4  u16 flags   HANDOFF_FRAME_F_MORE: another fragment of this message follows
+ *   6  u16 nfds    fds attached to this datagram (first fragment only)
+ *   8  u32 length  payload bytes in this datagram
+ *  12  u32 total   payload bytes of the whole message (same in every fragment)
+ *
+ * A message larger than one datagram is sent as fragments of at most
+ * HANDOFF_FRAME_FRAGMENT bytes; the receiver reassembles them. fds ride on the
+ * first fragment, at most HANDOFF_FRAME_MAX_FDS (253, SCM_MAX_FD) per message.
+ *
+ * fd ownership: sending *borrows* the fds (the kernel duplicates them in
+ * flight; the caller still owns and must close its copies). Receiving hands
+ * every fd out exactly once in the message; on any error every fd received so
+ * far is closed before returning. Received fds are O_CLOEXEC.
+ *
+ * Library code: returns 0 or a negative errno, never logs, never exits.
+ */
+#ifndef BATON_HANDOFF_FRAME_H
+#define BATON_HANDOFF_FRAME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define HANDOFF_FRAME_MAGIC 0xBA70
+#define HANDOFF_FRAME_VERSION 1
+#define HANDOFF_FRAME_HEADER 16
+#define HANDOFF_FRAME_F_MORE 0x0001
+#define HANDOFF_FRAME_MAX_FDS 253
+#define HANDOFF_FRAME_FRAGMENT (60 * 1024)
+#define HANDOFF_FRAME_MAX_MESSAGE (16u * 1024 * 1024)
+
+struct handoff_msg {
+	uint8_t type;
+	uint8_t *data;       /* owned; NUL-terminated for convenience (not counted) */
+	size_t len;
+	int *fds;            /* owned, each fd handed out exactly once */
+	size_t nfds;
+};
+
+/* Send one message. `sock` may be blocking or non-blocking; for a
+ * non-blocking socket the call waits with poll() up to `timeout_ms` in total
+ * (-1: forever) for room. Returns 0, -EINVAL (bad arguments: type 0,
+ * nfds > HANDOFF_FRAME_MAX_FDS, len > HANDOFF_FRAME_MAX_MESSAGE),
+ * -ETIMEDOUT, -EPIPE / other -errno from sendmsg. */
+int handoff_frame_send(int sock, uint8_t type, const void *data, size_t len,
+		       const int *fds, size_t nfds, int timeout_ms);
+
+/* Receive one whole message (all fragments). Waits up to `timeout_ms` for
+ * each fragment after the first and for the first when the socket is
+ * blocking (non-blocking socket with nothing queued: -EAGAIN at once).
+ * Returns 0 and fills *msg, or: -ECONNRESET (peer closed: orderly EOF),
+ * -EPROTO (bad magic/version/type, length mismatch, truncated datagram
+ * (MSG_TRUNC), MSG_CTRUNC, fds on a non-first fragment, fd count differing
+ * from the header, message too large), -EAGAIN, -ETIMEDOUT, -errno. */
+int handoff_frame_recv(int sock, struct handoff_msg *msg, int timeout_ms);
+
+/* Free data and close every fd still held in msg (set an fd to -1 to take
+ * it). Accepts NULL. */
+void handoff_msg_clear(struct handoff_msg *msg);
+
+/* Take fd `i` out of msg (the message forgets it). Returns -1 if out of range
+ * or already taken. */
+int handoff_msg_take_fd(struct handoff_msg *msg, size_t i);
+
+/* socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC) with both ends sized
+ * for fragments. Returns 0 or -errno. */
+int handoff_socketpair(int sv[2]);
+
+#endif

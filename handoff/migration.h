@@ -1,0 +1,150 @@
+/* handoff/migration.h: the two-phase, chunked migration of DESIGN.md §2 over
+ * one SOCK_SEQPACKET channel, driven by a libevent loop. No IRC knowledge:
+ * an item is an opaque payload plus the fds that belong to it.
+ *
+ * Per chunk (its own transaction):
+ *   source                         target
+ *   BEGIN{chunk, items, fds}  -->
+ *   ITEM{index, payload, fds}* -->  ops->prepare() per item (no I/O on fds)
+ *   END{chunk}                -->
+ *                             <--  PREPARED{chunk}   (or ABORT{reason})
+ *   COMMIT{chunk}             -->  ops->commit(): arm and resume
+ *   (source closes its copies)
+ * and, after the last chunk, DONE{chunks}.
+ *
+ * Invariants kept here (tests/unit/handoff prove them):
+ *  - The source never reports a chunk aborted before ABORT is queued on the
+ *    channel, or, when it cannot be queued within the timeout, before the
+ *    target process is known dead (kill + pidfd). So a target that holds
+ *    PREPARED and sees EOF without COMMIT or ABORT may commit on its own.
+ *  - Every message is validated exactly: phase, chunk number, item index
+ *    order, item count, per-item and total fd counts. Anything else is a
+ *    protocol error: the target aborts the chunk (closing every fd it
+ *    received) and sends ABORT; the source aborts the chunk.
+ *  - The target performs no I/O on adopted fds before commit.
+ *  - In PREPARED state the target waits for COMMIT, ABORT or EOF without a
+ *    timeout (only the source may decide); otherwise each wait is bounded by
+ *    timeout_ms.
+ *
+ * Library code: no logging above debug, never exits; errors are -errno.
+ */
+#ifndef BATON_HANDOFF_MIGRATION_H
+#define BATON_HANDOFF_MIGRATION_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct event_base;
+
+/* Frame types used on a migration channel (handoff/frame.h `type`). */
+enum handoff_type {
+	HANDOFF_BEGIN = 1,
+	HANDOFF_ITEM = 2,
+	HANDOFF_END = 3,
+	HANDOFF_PREPARED = 4,
+	HANDOFF_COMMIT = 5,
+	HANDOFF_ABORT = 6,
+	HANDOFF_DONE = 7,
+};
+
+/* Phases reported to an optional observer (logging, metrics, and the fault
+ * injection of the integration tests: sessiond's BATON_FAULT). The observer
+ * runs synchronously at that point of the protocol and must not free the
+ * source or target. */
+enum handoff_phase {
+	HANDOFF_PHASE_BEGIN_SENT = 1,      /* source, after BEGIN is queued */
+	HANDOFF_PHASE_END_SENT,            /* source, after END is queued */
+	HANDOFF_PHASE_PREPARED_RECEIVED,   /* source, before COMMIT is sent */
+	HANDOFF_PHASE_COMMIT_SENT,         /* source */
+	HANDOFF_PHASE_BEGIN_RECEIVED,      /* target */
+	HANDOFF_PHASE_END_RECEIVED,        /* target, all items prepared */
+	HANDOFF_PHASE_PREPARED_SENT,       /* target */
+	HANDOFF_PHASE_COMMIT_RECEIVED,     /* target, before ops->commit */
+};
+typedef void (*handoff_phase_fn)(void *arg, enum handoff_phase phase,
+				 uint32_t chunk);
+
+/* ---- source ---- */
+
+struct handoff_source;
+
+/* One item of a chunk. payload and fds are borrowed for the duration of
+ * handoff_source_send_chunk(); the source keeps owning its fds until the
+ * chunk is committed (then it closes them itself) or aborted (then it
+ * resumes with them). */
+struct handoff_item {
+	const void *payload;
+	size_t len;
+	const int *fds;
+	size_t nfds; /* <= HANDOFF_FRAME_MAX_FDS */
+};
+
+/* Outcome of one chunk: result 0 = committed (COMMIT was queued; the caller
+ * now closes its copies and forgets the items), negative errno = aborted
+ * (the caller unfreezes the items and keeps serving); reason is a short
+ * human-readable text (never NULL). Called exactly once per successfully
+ * started chunk, from the event loop (never from inside send_chunk). */
+typedef void (*handoff_source_cb)(struct handoff_source *src, uint32_t chunk,
+				  int result, const char *reason, void *arg);
+
+/* channel: one end of the migration socketpair; ownership transferred (closed
+ * by handoff_source_free). peer_pid: the target's pid (0 if unknown; used only
+ * for the kill-before-resume fallback). timeout_ms bounds each send and each
+ * wait for PREPARED. */
+struct handoff_source *handoff_source_new(struct event_base *base, int channel,
+					  pid_t peer_pid, int timeout_ms,
+					  handoff_source_cb cb, void *arg);
+
+/* Send one chunk (BEGIN, ITEMs, END) now, synchronously (bounded by
+ * timeout_ms), then wait asynchronously for the answer. Only one chunk may be
+ * outstanding. Returns 0 when the chunk went out (cb follows), or -errno when
+ * it could not be sent (no cb follows; ABORT was sent or the target killed as
+ * for any abort: the caller unfreezes now). -EBUSY if a chunk is outstanding;
+ * -EPIPE once the channel is dead. */
+int handoff_source_send_chunk(struct handoff_source *src,
+			      const struct handoff_item *items, size_t n);
+
+/* No more chunks: send DONE. Returns 0 or -errno. */
+int handoff_source_finish(struct handoff_source *src);
+
+void handoff_source_set_phase_hook(struct handoff_source *src,
+				   handoff_phase_fn fn, void *arg);
+
+/* Accepts NULL. Never sends anything (an outstanding chunk must have been
+ * resolved by cb, or the caller accepts that the target will see EOF). */
+void handoff_source_free(struct handoff_source *src);
+
+/* ---- target ---- */
+
+struct handoff_target;
+
+struct handoff_target_ops {
+	/* Decode and build one item without any I/O on its fds. Takes
+	 * ownership of fds[0..nfds) in every case (on error it must close
+	 * them). Return 0, or -errno and a reason in reason[reason_len]
+	 * (the chunk is then aborted). */
+	int (*prepare)(void *arg, uint32_t chunk, uint32_t index,
+		       const uint8_t *payload, size_t len, int *fds,
+		       size_t nfds, char *reason, size_t reason_len);
+	/* Arm and resume everything prepared in this chunk. */
+	void (*commit)(void *arg, uint32_t chunk);
+	/* Discard everything prepared in this chunk (closing its fds). */
+	void (*abort)(void *arg, uint32_t chunk, const char *reason);
+	/* The migration is over: result 0 after DONE (or after committing on
+	 * EOF in PREPARED state), -errno otherwise. chunks_committed counts
+	 * the committed chunks. No other op is called after done. */
+	void (*done)(void *arg, int result, const char *reason,
+		     uint32_t chunks_committed);
+};
+
+/* channel: ownership transferred. ops and arg must outlive the target. */
+struct handoff_target *handoff_target_new(struct event_base *base, int channel,
+					  int timeout_ms,
+					  const struct handoff_target_ops *ops,
+					  void *arg);
+void handoff_target_set_phase_hook(struct handoff_target *t,
+				   handoff_phase_fn fn, void *arg);
+void handoff_target_free(struct handoff_target *t); /* accepts NULL */
+
+#endif

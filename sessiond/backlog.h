@@ -1,0 +1,51 @@
+/* sessiond/backlog.h: the per-session message history. One bounded ring per
+ * buffer (a channel or a private query, keyed case-insensitively); every line
+ * gets a session-wide sequence number, strictly increasing, so a client's
+ * delivery position is a single number: "every line with seq > pos is new".
+ *
+ * Library code: no logging, no exits. Allocation failures return -ENOMEM.
+ */
+#ifndef BATON_SESSIOND_BACKLOG_H
+#define BATON_SESSIOND_BACKLOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct backlog;
+
+/* max_lines: per buffer (older lines are dropped first). next_seq starts at 1. */
+struct backlog *backlog_new(size_t max_lines);
+void backlog_free(struct backlog *bl); /* accepts NULL */
+
+/* Append a line (no CRLF) to `buffer`, creating the buffer on first use.
+ * Returns the seq assigned (> 0), or 0 on allocation failure. */
+uint64_t backlog_append(struct backlog *bl, const char *buffer, int64_t time_ms,
+			const char *line);
+
+/* Visit every stored line with seq > after, across all buffers, in seq order.
+ * fn returns 0 to continue, non-zero to stop (returned from backlog_replay). */
+typedef int (*backlog_visit_fn)(void *arg, uint64_t seq, int64_t time_ms,
+				const char *buffer, const char *line);
+int backlog_replay(const struct backlog *bl, uint64_t after,
+		   backlog_visit_fn fn, void *arg);
+
+/* Count of stored lines with seq > after (what a replay would send). */
+size_t backlog_count_after(const struct backlog *bl, uint64_t after);
+
+uint64_t backlog_next_seq(const struct backlog *bl);
+/* Used when restoring state: the next seq to assign (>= every stored seq+1). */
+void backlog_set_next_seq(struct backlog *bl, uint64_t next_seq);
+
+/* Serialization support: visit buffers (name and lines oldest first). */
+typedef int (*backlog_buffer_fn)(void *arg, const char *buffer);
+int backlog_foreach_buffer(const struct backlog *bl, backlog_buffer_fn fn,
+			   void *arg);
+/* Lines of one buffer, oldest first (fn as for replay). */
+int backlog_foreach_line(const struct backlog *bl, const char *buffer,
+			 backlog_visit_fn fn, void *arg);
+/* Restore one line with its original seq (lines of one buffer must come in
+ * increasing seq). Returns 0, -EINVAL (seq not increasing), -ENOMEM. */
+int backlog_restore(struct backlog *bl, const char *buffer, uint64_t seq,
+		    int64_t time_ms, const char *line);
+
+#endif

@@ -1,0 +1,95 @@
+/* sessiond/bouncer.h: the IRC side of a worker: sessions (one user on one
+ * network: an upstream connection, attached clients, channel state, backlog),
+ * unauthenticated client connections, and the listeners they arrive on.
+ *
+ * What sessiond/migrate.c needs is the item interface below: a migration
+ * moves items (a session with all its connections, or one pending client)
+ * and never looks inside them.
+ *
+ * Ownership: the bouncer owns every session, connection and fd it holds.
+ */
+#ifndef BATON_SESSIOND_BOUNCER_H
+#define BATON_SESSIOND_BOUNCER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+struct baton_config;
+
+struct bouncer;
+struct bouncer_item;
+
+struct bouncer_stats {
+	unsigned sessions;
+	unsigned connections; /* upstream + client + pending sockets */
+	unsigned clients;     /* attached clients */
+	unsigned upstreams;   /* registered upstream connections */
+	unsigned pending;     /* unauthenticated client connections */
+};
+
+/* cfg must outlive the bouncer. */
+struct bouncer *bouncer_new(struct event_base *base,
+			    const struct baton_config *cfg);
+/* Closes every connection (sends nothing: used at exit). Accepts NULL. */
+void bouncer_free(struct bouncer *b);
+
+/* Create every session of the config that does not exist yet and start its
+ * upstream connection (spread over a short interval, not all at once). */
+void bouncer_start_configured(struct bouncer *b);
+
+/* Listening sockets from the supervisor (ownership transferred). Not
+ * accepted on until bouncer_accept(b, true). */
+void bouncer_set_listeners(struct bouncer *b, int *fds, size_t n);
+void bouncer_accept(struct bouncer *b, bool on);
+
+void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out);
+
+/* ---- migration: source side ---- */
+
+/* Snapshot of every item, pending clients first. *items is malloc'd (the
+ * caller frees the array, not the items). Items stay valid until released. */
+size_t bouncer_items(struct bouncer *b, struct bouncer_item ***items);
+
+/* Stop all I/O and timers of the item: no byte is read from or written to
+ * its sockets afterwards. Before stopping, write what fits of pending output
+ * without blocking (one attempt per socket). */
+void bouncer_item_freeze(struct bouncer_item *it);
+
+/* Serialize a frozen item (state.proto Item). *buf is malloc'd (caller
+ * frees); *fds points to an array owned by the item (valid until thaw or
+ * release), listing its sockets in fd_index order. Returns 0 or -errno. */
+int bouncer_item_serialize(struct bouncer_item *it, uint8_t **buf, size_t *len,
+			   const int **fds, size_t *nfds);
+
+/* The migration of this item aborted: resume exactly where it froze. */
+void bouncer_item_thaw(struct bouncer_item *it);
+
+/* The migration committed: close this process's copies of the sockets and
+ * forget the item (sends nothing on them). */
+void bouncer_item_release(struct bouncer_item *it);
+
+/* Count of sockets held by an item. */
+size_t bouncer_item_nfds(const struct bouncer_item *it);
+bool bouncer_item_is_session(const struct bouncer_item *it);
+
+/* ---- migration: target side ---- */
+
+/* Decode and validate one serialized item and build its objects without any
+ * I/O and without arming events. Takes ownership of fds[0..nfds) in every
+ * case. Returns 0 with *out set, or -errno with a reason in err[errlen]
+ * (e.g. a session that already exists here, an fd_index out of range, an fd
+ * that is not a stream socket). */
+int bouncer_item_adopt(struct bouncer *b, const uint8_t *buf, size_t len,
+		       int *fds, size_t nfds, struct bouncer_item **out,
+		       char *err, size_t errlen);
+
+/* Commit: register the item and arm its events and timers; lines already
+ * complete in its input buffers are processed now. */
+void bouncer_item_arm(struct bouncer_item *it);
+
+/* Abort: close the item's fds and free it (it was never armed). */
+void bouncer_item_discard(struct bouncer_item *it);
+
+#endif

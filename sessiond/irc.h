@@ -1,0 +1,40 @@
+/* sessiond/irc.h: IRC message parsing (RFC 1459/2812 + IRCv3 message tags)
+ * and small helpers. Library code: no logging, no exits.
+ */
+#ifndef BATON_SESSIOND_IRC_H
+#define BATON_SESSIOND_IRC_H
+
+#include <stddef.h>
+
+#define IRC_MAX_PARAMS 15
+#define IRC_MAX_LINE 8704 /* 8191 tags + 512 message, as IRCv3 allows */
+
+struct irc_msg {
+	char *tags;    /* raw tag string without the '@', or NULL */
+	char *prefix;  /* without the ':', or NULL */
+	char *command; /* as sent (not upper-cased) */
+	size_t nparams;
+	char *params[IRC_MAX_PARAMS]; /* the trailing parameter is the last one */
+};
+
+/* Parse `line` (no CR/LF; stray trailing CR/LF are stripped) in place: the
+ * message points into `line`, which is modified. Returns 0, or -EINVAL for an
+ * empty line, a line with no command, or a line longer than IRC_MAX_LINE. */
+int irc_parse(char *line, struct irc_msg *msg);
+
+/* Copy the nick of a "nick!user@host" prefix into nick[n] (truncating).
+ * A server-name prefix is copied whole. */
+void irc_prefix_nick(const char *prefix, char *nick, size_t n);
+
+/* rfc1459 case mapping ({}|^ are the lower case of []\~). */
+int irc_casecmp(const char *a, const char *b);
+void irc_casefold(char *s);
+
+/* True for a channel name (starts with one of "#&+!"). */
+int irc_is_channel(const char *name);
+
+/* Value of tag `key` in a raw tag string (unescaped into out[n]); returns 1
+ * if present, 0 if not. */
+int irc_tag_get(const char *tags, const char *key, char *out, size_t n);
+
+#endif
