@@ -1,0 +1,654 @@
+/* common/config.c: see config.h. inih does the tokenizing; line numbers come
+ * from our own line reader (Debian's inih is built without
+ * INI_HANDLER_LINENO), which also catches lines longer than inih's
+ * INI_MAX_LINE instead of letting them be silently truncated. */
+#include "common/config.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <ini.h>
+
+struct config_parse {
+	struct baton_config *cfg;
+	struct config_problems *problems;
+	FILE *file;
+	int line;          /* line number of the line inih is handling */
+	char section[256]; /* last section seen, to report duplicates once */
+};
+
+void config_problems_add(struct config_problems *p, const char *fmt, ...)
+{
+	char **grown;
+	char *msg = NULL;
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (vasprintf(&msg, fmt, ap) < 0)
+		msg = NULL;
+	va_end(ap);
+	if (msg == NULL)
+		return;
+	grown = realloc(p->msgs, (p->n + 1) * sizeof(*p->msgs));
+	if (grown == NULL) {
+		free(msg);
+		return;
+	}
+	p->msgs = grown;
+	p->msgs[p->n++] = msg;
+}
+
+void config_problems_clear(struct config_problems *p)
+{
+	for (size_t i = 0; i < p->n; i++)
+		free(p->msgs[i]);
+	free(p->msgs);
+	p->msgs = NULL;
+	p->n = 0;
+}
+
+/* A problem at the line inih is handling. */
+static void __attribute__((format(printf, 2, 3)))
+config_problem(struct config_parse *ps, const char *fmt, ...)
+{
+	char *msg = NULL;
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (vasprintf(&msg, fmt, ap) < 0)
+		msg = NULL;
+	va_end(ap);
+	if (msg == NULL)
+		return;
+	config_problems_add(ps->problems, "%s:%d: %s", ps->cfg->path, ps->line,
+			    msg);
+	free(msg);
+}
+
+#define PROBLEM config_problem
+
+/* Grow an array of structs by one zeroed element; returns it or NULL. */
+static void *config_grow(void **array, size_t *n, size_t size)
+{
+	char *grown = realloc(*array, (*n + 1) * size);
+
+	if (grown == NULL)
+		return NULL;
+	memset(grown + *n * size, 0, size);
+	*array = grown;
+	return grown + (*n)++ * size;
+}
+
+static void config_set_str(char **dst, const char *value)
+{
+	free(*dst);
+	*dst = strdup(value);
+}
+
+static int config_int(struct config_parse *ps, const char *name,
+		      const char *value, int min, int max, int *out)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(value, &end, 10);
+	if (errno != 0 || end == value || *end != '\0' || v < min || v > max) {
+		PROBLEM(ps, "%s: expected a whole number from %d to %d, got '%s'",
+			name, min, max, value);
+		return -EINVAL;
+	}
+	*out = (int)v;
+	return 0;
+}
+
+/* "HOST:PORT" or "[V6]:PORT" -> host, port (malloc'd). */
+static int config_split_hostport(const char *value, char **host, char **port)
+{
+	const char *colon;
+	char *end;
+	long p;
+
+	if (value[0] == '[') {
+		const char *close = strchr(value, ']');
+
+		if (close == NULL || close[1] != ':')
+			return -EINVAL;
+		*host = strndup(value + 1, (size_t)(close - value - 1));
+		colon = close + 1;
+	} else {
+		colon = strrchr(value, ':');
+		if (colon == NULL || colon == value)
+			return -EINVAL;
+		*host = strndup(value, (size_t)(colon - value));
+	}
+	p = strtol(colon + 1, &end, 10);
+	if (*end != '\0' || end == colon + 1 || p < 1 || p > 65535) {
+		free(*host);
+		*host = NULL;
+		return -EINVAL;
+	}
+	*port = strdup(colon + 1);
+	return 0;
+}
+
+static int config_split_channels(struct config_session *s, const char *value)
+{
+	char *copy = strdup(value), *save = NULL, *tok;
+
+	if (copy == NULL)
+		return -ENOMEM;
+	for (size_t i = 0; i < s->nchannels; i++)
+		free(s->channels[i]);
+	free(s->channels);
+	s->channels = NULL;
+	s->nchannels = 0;
+	for (tok = strtok_r(copy, " \t,", &save); tok != NULL;
+	     tok = strtok_r(NULL, " \t,", &save)) {
+		char **grown = realloc(s->channels,
+				       (s->nchannels + 1) * sizeof(char *));
+
+		if (grown == NULL)
+			break;
+		s->channels = grown;
+		s->channels[s->nchannels++] = strdup(tok);
+	}
+	free(copy);
+	return 0;
+}
+
+static struct config_network *config_network_get(struct config_parse *ps,
+						 const char *name, bool create)
+{
+	struct baton_config *cfg = ps->cfg;
+	struct config_network *n;
+
+	for (size_t i = 0; i < cfg->nnetworks; i++)
+		if (strcmp(cfg->networks[i].name, name) == 0)
+			return &cfg->networks[i];
+	if (!create)
+		return NULL;
+	n = config_grow((void **)&cfg->networks, &cfg->nnetworks, sizeof(*n));
+	if (n != NULL) {
+		n->name = strdup(name);
+		n->line = ps->line;
+	}
+	return n;
+}
+
+static struct config_user *config_user_get(struct config_parse *ps,
+					   const char *name, bool create)
+{
+	struct baton_config *cfg = ps->cfg;
+	struct config_user *u;
+
+	for (size_t i = 0; i < cfg->nusers; i++)
+		if (strcmp(cfg->users[i].name, name) == 0)
+			return &cfg->users[i];
+	if (!create)
+		return NULL;
+	u = config_grow((void **)&cfg->users, &cfg->nusers, sizeof(*u));
+	if (u != NULL) {
+		u->name = strdup(name);
+		u->line = ps->line;
+	}
+	return u;
+}
+
+static struct config_session *config_session_get(struct config_parse *ps,
+						 const char *user,
+						 const char *network)
+{
+	struct baton_config *cfg = ps->cfg;
+	struct config_session *s;
+
+	for (size_t i = 0; i < cfg->nsessions; i++)
+		if (strcmp(cfg->sessions[i].user, user) == 0 &&
+		    strcmp(cfg->sessions[i].network, network) == 0)
+			return &cfg->sessions[i];
+	s = config_grow((void **)&cfg->sessions, &cfg->nsessions, sizeof(*s));
+	if (s != NULL) {
+		s->user = strdup(user);
+		s->network = strdup(network);
+		s->line = ps->line;
+	}
+	return s;
+}
+
+static bool config_valid_name(const char *name)
+{
+	if (*name == '\0')
+		return false;
+	for (const char *p = name; *p; p++)
+		if (*p == '/' || *p == '@' || *p == ':' || *p == ' ' ||
+		    *p == '\t')
+			return false;
+	return true;
+}
+
+static void config_key_supervisor(struct config_parse *ps, const char *name,
+				  const char *value)
+{
+	struct baton_config *cfg = ps->cfg;
+
+	if (strcmp(name, "control") == 0)
+		config_set_str(&cfg->control, value);
+	else if (strcmp(name, "sessiond") == 0)
+		config_set_str(&cfg->sessiond, value);
+	else if (strcmp(name, "state_dir") == 0)
+		config_set_str(&cfg->state_dir, value);
+	else if (strcmp(name, "handoff_timeout") == 0)
+		config_int(ps, name, value, 1, 3600, &cfg->handoff_timeout_s);
+	else if (strcmp(name, "metrics") == 0) {
+		char *h = NULL, *p = NULL;
+
+		if (config_split_hostport(value, &h, &p) < 0)
+			PROBLEM(ps, "metrics: expected HOST:PORT, got '%s'",
+				value);
+		else
+			config_set_str(&cfg->metrics, value);
+		free(h);
+		free(p);
+	} else
+		PROBLEM(ps, "unknown key '%s' in [supervisor]", name);
+}
+
+static void config_key_sessiond(struct config_parse *ps, const char *name,
+				const char *value)
+{
+	struct baton_config *cfg = ps->cfg;
+	static const struct {
+		const char *name;
+		size_t offset;
+		int min, max;
+	} keys[] = {
+		{ "backlog_lines", offsetof(struct baton_config, backlog_lines), 1, 1000000 },
+		{ "chunk_sessions", offsetof(struct baton_config, chunk_sessions), 1, 100000 },
+		{ "ping_interval", offsetof(struct baton_config, ping_interval_s), 1, 86400 },
+		{ "ping_timeout", offsetof(struct baton_config, ping_timeout_s), 2, 86400 },
+		{ "reconnect_min", offsetof(struct baton_config, reconnect_min_s), 1, 86400 },
+		{ "reconnect_max", offsetof(struct baton_config, reconnect_max_s), 1, 86400 },
+		{ "handshake_budget_ms", offsetof(struct baton_config, handshake_budget_ms), 0, 60000 },
+	};
+
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		if (strcmp(name, keys[i].name) == 0) {
+			config_int(ps, name, value, keys[i].min, keys[i].max,
+				   (int *)((char *)cfg + keys[i].offset));
+			return;
+		}
+	}
+	PROBLEM(ps, "unknown key '%s' in [sessiond]", name);
+}
+
+static void config_key_listen(struct config_parse *ps, const char *name,
+			      const char *value)
+{
+	struct baton_config *cfg = ps->cfg;
+	struct config_listen *l;
+	char *host = NULL, *port = NULL;
+
+	if (strcmp(name, "irc") != 0) {
+		PROBLEM(ps, "unknown key '%s' in [listen] (known: irc)", name);
+		return;
+	}
+	if (config_split_hostport(value, &host, &port) < 0) {
+		PROBLEM(ps, "%s: expected HOST:PORT, got '%s'", name, value);
+		return;
+	}
+	l = config_grow((void **)&cfg->listens, &cfg->nlistens, sizeof(*l));
+	if (l == NULL) {
+		free(host);
+		free(port);
+		return;
+	}
+	l->kind = strdup(name);
+	l->host = host;
+	l->port = port;
+	l->line = ps->line;
+}
+
+static int config_handler(void *user, const char *section, const char *name,
+			  const char *value)
+{
+	struct config_parse *ps = user;
+	char kind[64] = "", arg[192] = "";
+
+	if (sscanf(section, "%63s %191s", kind, arg) < 1) {
+		PROBLEM(ps, "key '%s' outside of any section", name);
+		return 1;
+	}
+	if (strcmp(kind, "supervisor") == 0 && arg[0] == '\0') {
+		config_key_supervisor(ps, name, value);
+	} else if (strcmp(kind, "sessiond") == 0 && arg[0] == '\0') {
+		config_key_sessiond(ps, name, value);
+	} else if (strcmp(kind, "listen") == 0 && arg[0] == '\0') {
+		config_key_listen(ps, name, value);
+	} else if (strcmp(kind, "network") == 0 && arg[0] != '\0') {
+		struct config_network *n = config_network_get(ps, arg, true);
+
+		if (n == NULL)
+			return 0;
+		if (strcmp(name, "host") == 0)
+			config_set_str(&n->host, value);
+		else if (strcmp(name, "port") == 0) {
+			int port;
+
+			if (config_int(ps, name, value, 1, 65535, &port) == 0)
+				config_set_str(&n->port, value);
+		} else
+			PROBLEM(ps, "unknown key '%s' in [network %s]", name,
+				arg);
+	} else if (strcmp(kind, "user") == 0 && arg[0] != '\0') {
+		char *slash = strchr(arg, '/');
+
+		if (slash == NULL) {
+			struct config_user *u = config_user_get(ps, arg, true);
+
+			if (u == NULL)
+				return 0;
+			if (strcmp(name, "password") == 0)
+				config_set_str(&u->password, value);
+			else
+				PROBLEM(ps, "unknown key '%s' in [user %s]",
+					name, arg);
+		} else {
+			struct config_session *s;
+
+			*slash = '\0';
+			s = config_session_get(ps, arg, slash + 1);
+			if (s == NULL)
+				return 0;
+			if (strcmp(name, "nick") == 0)
+				config_set_str(&s->nick, value);
+			else if (strcmp(name, "username") == 0)
+				config_set_str(&s->username, value);
+			else if (strcmp(name, "realname") == 0)
+				config_set_str(&s->realname, value);
+			else if (strcmp(name, "channels") == 0)
+				config_split_channels(s, value);
+			else
+				PROBLEM(ps, "unknown key '%s' in [user %s/%s]",
+					name, arg, slash + 1);
+		}
+	} else {
+		PROBLEM(ps, "unknown section [%s]", section);
+	}
+	return 1;
+}
+
+/* A section header seen by the reader: create its object now, so an empty
+ * section still exists and problems point at its header line (inih only
+ * calls the handler for keys). */
+static void config_section_seen(struct config_parse *ps, const char *line)
+{
+	char kind[64] = "", arg[192] = "";
+	const char *close;
+	char section[256];
+
+	while (*line == ' ' || *line == '\t')
+		line++;
+	close = strchr(line, ']');
+	if (line[0] != '[' || close == NULL ||
+	    (size_t)(close - line - 1) >= sizeof(section))
+		return;
+	memcpy(section, line + 1, (size_t)(close - line - 1));
+	section[close - line - 1] = '\0';
+	if (sscanf(section, "%63s %191s", kind, arg) != 2)
+		return;
+	if (strcmp(kind, "network") == 0) {
+		config_network_get(ps, arg, true);
+	} else if (strcmp(kind, "user") == 0) {
+		char *slash = strchr(arg, '/');
+
+		if (slash == NULL) {
+			config_user_get(ps, arg, true);
+		} else {
+			*slash = '\0';
+			config_session_get(ps, arg, slash + 1);
+		}
+	}
+}
+
+/* inih line reader: counts lines and reports (then skips) overlong ones. */
+static char *config_reader(char *str, int num, void *stream)
+{
+	struct config_parse *ps = stream;
+	size_t len;
+
+	if (fgets(str, num, ps->file) == NULL)
+		return NULL;
+	ps->line++;
+	len = strlen(str);
+	if (len == (size_t)num - 1 && str[len - 1] != '\n' && !feof(ps->file)) {
+		int c;
+
+		PROBLEM(ps, "line longer than %d characters (split the value)",
+			num - 2);
+		while ((c = fgetc(ps->file)) != EOF && c != '\n')
+			;
+		str[0] = '\0';
+	}
+	config_section_seen(ps, str);
+	return str;
+}
+
+static void config_defaults(struct baton_config *cfg)
+{
+	cfg->control = strdup("baton.sock");
+	cfg->state_dir = strdup("state");
+	cfg->handoff_timeout_s = 10;
+	cfg->backlog_lines = 500;
+	cfg->chunk_sessions = 256;
+	cfg->ping_interval_s = 60;
+	cfg->ping_timeout_s = 240;
+	cfg->reconnect_min_s = 2;
+	cfg->reconnect_max_s = 300;
+	cfg->handshake_budget_ms = 500;
+}
+
+static void config_validate(struct config_parse *ps)
+{
+	struct baton_config *cfg = ps->cfg;
+	struct config_problems *pr = ps->problems;
+
+	if (cfg->nlistens == 0)
+		config_problems_add(pr, "%s: no [listen] irc = HOST:PORT: clients could never connect",
+				    cfg->path);
+	for (size_t i = 0; i < cfg->nnetworks; i++) {
+		struct config_network *n = &cfg->networks[i];
+
+		if (!config_valid_name(n->name))
+			config_problems_add(pr, "%s:%d: network name '%s' may not contain '/', '@', ':' or spaces",
+					    cfg->path, n->line, n->name);
+		if (n->host == NULL)
+			config_problems_add(pr, "%s:%d: [network %s] has no host",
+					    cfg->path, n->line, n->name);
+		if (n->port == NULL)
+			n->port = strdup("6667");
+	}
+	for (size_t i = 0; i < cfg->nusers; i++) {
+		struct config_user *u = &cfg->users[i];
+
+		if (!config_valid_name(u->name))
+			config_problems_add(pr, "%s:%d: user name '%s' may not contain '/', '@', ':' or spaces",
+					    cfg->path, u->line, u->name);
+		if (u->password == NULL)
+			config_problems_add(pr, "%s:%d: [user %s] has no password (a crypt(3) hash, e.g. from 'openssl passwd -6')",
+					    cfg->path, u->line, u->name);
+		else if (u->password[0] != '$')
+			config_problems_add(pr, "%s:%d: [user %s] password must be a crypt(3) hash such as $6$..., not a plain password",
+					    cfg->path, u->line, u->name);
+	}
+	for (size_t i = 0; i < cfg->nsessions; i++) {
+		struct config_session *s = &cfg->sessions[i];
+
+		if (config_find_user(cfg, s->user) == NULL)
+			config_problems_add(pr, "%s:%d: [user %s/%s]: no [user %s] section",
+					    cfg->path, s->line, s->user,
+					    s->network, s->user);
+		if (config_find_network(cfg, s->network) == NULL)
+			config_problems_add(pr, "%s:%d: [user %s/%s]: no [network %s] section",
+					    cfg->path, s->line, s->user,
+					    s->network, s->network);
+		if (s->nick == NULL)
+			s->nick = strdup(s->user);
+		if (s->username == NULL)
+			s->username = strdup(s->nick);
+		if (s->realname == NULL)
+			s->realname = strdup(s->nick);
+	}
+	if (cfg->ping_timeout_s <= cfg->ping_interval_s)
+		config_problems_add(pr, "%s: [sessiond] ping_timeout (%d) must be larger than ping_interval (%d)",
+				    cfg->path, cfg->ping_timeout_s,
+				    cfg->ping_interval_s);
+	if (cfg->reconnect_max_s < cfg->reconnect_min_s)
+		config_problems_add(pr, "%s: [sessiond] reconnect_max (%d) is below reconnect_min (%d)",
+				    cfg->path, cfg->reconnect_max_s,
+				    cfg->reconnect_min_s);
+}
+
+int config_load(const char *path, struct baton_config **out,
+		struct config_problems *problems)
+{
+	struct config_parse ps = { .problems = problems };
+	struct baton_config *cfg = NULL;
+	char *abs = NULL, *slash;
+	size_t before = problems->n;
+	int r;
+
+	*out = NULL;
+	cfg = calloc(1, sizeof(*cfg));
+	if (cfg == NULL)
+		return -ENOMEM;
+	config_defaults(cfg);
+	abs = realpath(path, NULL);
+	if (abs == NULL) {
+		config_problems_add(problems, "%s: cannot open: %s", path,
+				    strerror(errno));
+		r = -EINVAL;
+		goto out;
+	}
+	cfg->path = abs;
+	cfg->dir = strdup(abs);
+	slash = strrchr(cfg->dir, '/');
+	if (slash != NULL)
+		slash[slash == cfg->dir ? 1 : 0] = '\0';
+
+	ps.cfg = cfg;
+	ps.file = fopen(abs, "re");
+	if (ps.file == NULL) {
+		config_problems_add(problems, "%s: cannot open: %s", path,
+				    strerror(errno));
+		r = -EINVAL;
+		goto out;
+	}
+	r = ini_parse_stream(config_reader, &ps, config_handler, &ps);
+	fclose(ps.file);
+	if (r > 0)
+		config_problems_add(problems, "%s:%d: syntax error (expected [section], key = value, or ; comment)",
+				    abs, r);
+	else if (r < 0)
+		config_problems_add(problems, "%s: cannot parse (error %d)",
+				    abs, r);
+	config_validate(&ps);
+	r = problems->n > before ? -EINVAL : 0;
+out:
+	if (r == 0)
+		*out = cfg;
+	else
+		config_free(cfg);
+	return r;
+}
+
+void config_free(struct baton_config *cfg)
+{
+	if (cfg == NULL)
+		return;
+	free(cfg->path);
+	free(cfg->dir);
+	free(cfg->control);
+	free(cfg->sessiond);
+	free(cfg->state_dir);
+	free(cfg->metrics);
+	for (size_t i = 0; i < cfg->nlistens; i++) {
+		free(cfg->listens[i].kind);
+		free(cfg->listens[i].host);
+		free(cfg->listens[i].port);
+	}
+	free(cfg->listens);
+	for (size_t i = 0; i < cfg->nnetworks; i++) {
+		free(cfg->networks[i].name);
+		free(cfg->networks[i].host);
+		free(cfg->networks[i].port);
+	}
+	free(cfg->networks);
+	for (size_t i = 0; i < cfg->nusers; i++) {
+		free(cfg->users[i].name);
+		free(cfg->users[i].password);
+	}
+	free(cfg->users);
+	for (size_t i = 0; i < cfg->nsessions; i++) {
+		struct config_session *s = &cfg->sessions[i];
+
+		free(s->user);
+		free(s->network);
+		free(s->nick);
+		free(s->username);
+		free(s->realname);
+		for (size_t j = 0; j < s->nchannels; j++)
+			free(s->channels[j]);
+		free(s->channels);
+	}
+	free(cfg->sessions);
+	free(cfg);
+}
+
+const struct config_network *config_find_network(const struct baton_config *cfg,
+						 const char *name)
+{
+	for (size_t i = 0; i < cfg->nnetworks; i++)
+		if (strcmp(cfg->networks[i].name, name) == 0)
+			return &cfg->networks[i];
+	return NULL;
+}
+
+const struct config_user *config_find_user(const struct baton_config *cfg,
+					   const char *name)
+{
+	for (size_t i = 0; i < cfg->nusers; i++)
+		if (strcmp(cfg->users[i].name, name) == 0)
+			return &cfg->users[i];
+	return NULL;
+}
+
+const struct config_session *config_find_session(const struct baton_config *cfg,
+						 const char *user,
+						 const char *network)
+{
+	for (size_t i = 0; i < cfg->nsessions; i++)
+		if (strcmp(cfg->sessions[i].user, user) == 0 &&
+		    strcmp(cfg->sessions[i].network, network) == 0)
+			return &cfg->sessions[i];
+	return NULL;
+}
+
+char *config_resolve(const struct baton_config *cfg, const char *path)
+{
+	char *out = NULL;
+
+	if (path == NULL)
+		return NULL;
+	if (path[0] == '/')
+		return strdup(path);
+	if (asprintf(&out, "%s/%s", cfg->dir, path) < 0)
+		return NULL;
+	return out;
+}

@@ -1,0 +1,189 @@
+/* baton-sessiond: a worker. Started by baton-supervisor with its control
+ * socket on fd 3 (common/control.h); holds sessions (sessiond/bouncer.h) and
+ * moves them in or out on the supervisor's command (sessiond/migrate.h).
+ *
+ *   baton-sessiond -c FILE --worker [--target]   (only the supervisor runs this)
+ *   baton-sessiond -c FILE --check               validate config and environment
+ *   baton-sessiond --version
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "baton_version.h"
+#include "common/config.h"
+#include "common/control.h"
+#include "common/log.h"
+#include "sessiond/bouncer.h"
+#include "sessiond/migrate.h"
+#include "sessiond/worker.h"
+
+/* Sockets a worker may hold: an upstream and one client per session, the
+ * listeners, plus a margin for the control and migration channels, logs and
+ * clients beyond the first. */
+static rlim_t sessiond_fds_needed(const struct baton_config *cfg)
+{
+	return (rlim_t)cfg->nsessions * 2 + cfg->nlistens + 64;
+}
+
+/* Preflight: everything this host must provide before we accept sessions.
+ * Every problem is listed (the supervisor reports them all). */
+static void sessiond_preflight(const struct baton_config *cfg,
+			       struct config_problems *pr)
+{
+	struct rlimit rl;
+	char *state = NULL;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+		/* Take what we are allowed; in-flight fds of a migration count
+		 * against the sender's limit too. */
+		if (rl.rlim_cur < rl.rlim_max) {
+			rl.rlim_cur = rl.rlim_max;
+			setrlimit(RLIMIT_NOFILE, &rl);
+			getrlimit(RLIMIT_NOFILE, &rl);
+		}
+		if (rl.rlim_cur < sessiond_fds_needed(cfg))
+			config_problems_add(pr, "%s: RLIMIT_NOFILE is %llu but %zu sessions need at least %llu open files (raise LimitNOFILE= or ulimit -n)",
+					    cfg->path,
+					    (unsigned long long)rl.rlim_cur,
+					    cfg->nsessions,
+					    (unsigned long long)sessiond_fds_needed(cfg));
+	}
+	state = config_resolve(cfg, cfg->state_dir);
+	if (state != NULL) {
+		if (mkdir(state, 0700) < 0 && errno != EEXIST)
+			config_problems_add(pr, "%s: state_dir %s cannot be created: %s",
+					    cfg->path, state, strerror(errno));
+		else if (access(state, W_OK | X_OK) < 0)
+			config_problems_add(pr, "%s: state_dir %s is not writable: %s",
+					    cfg->path, state, strerror(errno));
+	}
+	free(state);
+}
+
+static void sessiond_usage(FILE *out)
+{
+	fprintf(out,
+		"usage: baton-sessiond -c FILE --check\n"
+		"       baton-sessiond -c FILE --worker [--target]  (run by baton-supervisor)\n"
+		"       baton-sessiond --version\n");
+}
+
+static void sessiond_on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	log_info("sessiond", "signal %d: exiting", (int)sig);
+	event_base_loopexit(arg, NULL);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "check", no_argument, NULL, 'k' },
+		{ "worker", no_argument, NULL, 'w' },
+		{ "target", no_argument, NULL, 't' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct config_problems pr = { 0 };
+	struct baton_config *cfg = NULL;
+	struct event_base *base = NULL;
+	struct event *sigterm = NULL, *sigint = NULL;
+	struct bouncer *b = NULL;
+	struct worker *w = NULL;
+	const char *path = NULL;
+	bool check = false, worker = false, target = false;
+	struct stat st;
+	int c, rc = 1;
+
+	while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c': path = optarg; break;
+		case 'k': check = true; break;
+		case 'w': worker = true; break;
+		case 't': target = true; break;
+		case 'V':
+			printf("baton-sessiond %s (state schema %d-%d)\n",
+			       BATON_VERSION, BATON_SCHEMA_MIN, BATON_SCHEMA_MAX);
+			return 0;
+		case 'h': sessiond_usage(stdout); return 0;
+		default: sessiond_usage(stderr); return 2;
+		}
+	}
+	if (path == NULL || optind != argc || (!check && !worker)) {
+		sessiond_usage(stderr);
+		return 2;
+	}
+	log_init("baton-sessiond", LOG_LVL_INFO);
+
+	if (config_load(path, &cfg, &pr) == 0)
+		sessiond_preflight(cfg, &pr);
+	if (check) {
+		for (size_t i = 0; i < pr.n; i++)
+			printf("%s\n", pr.msgs[i]);
+		if (pr.n == 0)
+			printf("ok\n");
+		rc = pr.n == 0 ? 0 : 1;
+		goto out;
+	}
+
+	if (fstat(CONTROL_FD, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+		fprintf(stderr, "baton-sessiond: --worker needs the supervisor's control socket on fd %d; run baton-supervisor instead\n",
+			CONTROL_FD);
+		rc = 2;
+		goto out;
+	}
+	if (target && migrate_fault("target") != NULL &&
+	    strcmp(migrate_fault("target"), "before-ready") == 0)
+		raise(SIGKILL);
+	if (worker_send_ready(CONTROL_FD, pr.msgs, pr.n) < 0 || pr.n > 0) {
+		for (size_t i = 0; i < pr.n; i++)
+			log_error("preflight", "%s", pr.msgs[i]);
+		goto out;
+	}
+
+	signal(SIGPIPE, SIG_IGN);
+	base = event_base_new();
+	if (base == NULL)
+		goto out;
+	sigterm = evsignal_new(base, SIGTERM, sessiond_on_signal, base);
+	sigint = evsignal_new(base, SIGINT, sessiond_on_signal, base);
+	if (sigterm == NULL || sigint == NULL)
+		goto out;
+	event_add(sigterm, NULL);
+	event_add(sigint, NULL);
+	b = bouncer_new(base, cfg);
+	if (b == NULL)
+		goto out;
+	w = worker_new(base, CONTROL_FD, b, cfg);
+	if (w == NULL)
+		goto out;
+	log_info("sessiond", "version %s ready (%s, %zu configured sessions)",
+		 BATON_VERSION, target ? "upgrade target" : "fresh start",
+		 cfg->nsessions);
+	event_base_dispatch(base);
+	rc = 0;
+out:
+	worker_free(w);
+	bouncer_free(b);
+	if (sigterm != NULL)
+		event_free(sigterm);
+	if (sigint != NULL)
+		event_free(sigint);
+	if (base != NULL)
+		event_base_free(base);
+	config_free(cfg);
+	config_problems_clear(&pr);
+	return rc;
+}

@@ -1,0 +1,415 @@
+/* sessiond/migrate.c: see migrate.h.
+ *
+ * Source side, per chunk: freeze the chunk's items, serialize them, hand them
+ * to handoff_source_send_chunk(); on COMMIT release them (this process's
+ * copies of the sockets are closed, nothing is sent on them), on abort thaw
+ * them and stop. Pending (unauthenticated) clients are all frozen at the
+ * start and travel first: a pending client that authenticated while the
+ * migration runs could otherwise attach to a session that already left.
+ */
+#include "sessiond/migrate.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "common/log.h"
+#include "handoff/frame.h"
+#include "handoff/migration.h"
+#include "sessiond/bouncer.h"
+
+struct migrate {
+	struct event_base *base;
+	struct bouncer *b;
+	struct migrate_report report;
+	const char *fault;
+	struct timespec started;
+	struct migrate_result res;
+
+	/* source */
+	struct handoff_source *src;
+	struct bouncer_item **items; /* snapshot; entries NULL once released */
+	size_t nitems, next;         /* next: first item of the next chunk */
+	size_t chunk_first, chunk_n; /* the outstanding chunk */
+	unsigned chunk_items;
+	struct timespec chunk_frozen;
+	int extra_fd;                /* fault extra-fd: the unannounced fd */
+
+	/* target */
+	struct handoff_target *tgt;
+	struct bouncer_item **prepared; /* items of the open chunk */
+	size_t nprepared, cap_prepared;
+	int timeout_ms;
+	struct event *finish_ev; /* frees the object outside handoff callbacks */
+};
+
+static double migrate_ms_since(const struct timespec *t0)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - t0->tv_sec) * 1e3 +
+	       (double)(now.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+const char *migrate_fault(const char *role)
+{
+	static char line[128];
+	const char *path = getenv("BATON_FAULT_FILE");
+	size_t rlen = strlen(role);
+	FILE *f;
+
+	if (path == NULL || (f = fopen(path, "re")) == NULL)
+		return NULL;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		line[strcspn(line, "\r\n")] = '\0';
+		if (strncmp(line, role, rlen) == 0 && line[rlen] == ':') {
+			fclose(f);
+			log_warn("fault", "injecting fault %s", line);
+			return line + rlen + 1;
+		}
+	}
+	fclose(f);
+	return NULL;
+}
+
+static bool migrate_fault_is(const struct migrate *m, const char *point)
+{
+	return m->fault != NULL && strcmp(m->fault, point) == 0;
+}
+
+/* Deliver the result and free the migration from a fresh event-loop turn:
+ * the handoff callbacks we are called from still use their objects. */
+static void migrate_free(struct migrate *m)
+{
+	handoff_source_free(m->src);
+	handoff_target_free(m->tgt);
+	free(m->items);
+	free(m->prepared);
+	if (m->extra_fd >= 0)
+		close(m->extra_fd);
+	if (m->finish_ev != NULL)
+		event_free(m->finish_ev);
+	free(m);
+}
+
+static void migrate_finish_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct migrate *m = arg;
+
+	m->res.total_ms = migrate_ms_since(&m->started);
+	m->report.finished(m->report.arg, &m->res);
+	migrate_free(m);
+}
+
+static void migrate_finish(struct migrate *m, bool committed, const char *why)
+{
+	m->res.committed = committed;
+	snprintf(m->res.reason, sizeof(m->res.reason), "%s", why ? why : "");
+	m->finish_ev = evtimer_new(m->base, migrate_finish_cb, m);
+	if (m->finish_ev == NULL) {
+		migrate_finish_cb(-1, 0, m);
+		return;
+	}
+	event_active(m->finish_ev, EV_TIMEOUT, 0);
+}
+
+/* ---- source ---- */
+
+static void migrate_thaw_rest(struct migrate *m, size_t from)
+{
+	/* Thaw the failed chunk and every pending client frozen up front. */
+	for (size_t i = from; i < m->nitems; i++) {
+		struct bouncer_item *it = m->items[i];
+
+		if (it == NULL)
+			continue;
+		if (i < m->chunk_first + m->chunk_n ||
+		    !bouncer_item_is_session(it))
+			bouncer_item_thaw(it);
+	}
+}
+
+static void migrate_send_next(struct migrate *m);
+
+static void migrate_source_phase(void *arg, enum handoff_phase phase,
+				 uint32_t chunk)
+{
+	struct migrate *m = arg;
+
+	if (phase == HANDOFF_PHASE_PREPARED_RECEIVED &&
+	    migrate_fault_is(m, "after-prepared"))
+		raise(SIGKILL);
+}
+
+static void migrate_chunk_done(struct handoff_source *src, uint32_t chunk,
+			       int result, const char *reason, void *arg)
+{
+	struct migrate *m = arg;
+	double frozen = migrate_ms_since(&m->chunk_frozen);
+
+	if (frozen > m->res.freeze_max_ms)
+		m->res.freeze_max_ms = frozen;
+	if (result < 0) {
+		log_warn("migrate", "chunk %u aborted: %s; resuming %zu items",
+			 chunk, reason, m->nitems - m->chunk_first);
+		migrate_thaw_rest(m, m->chunk_first);
+		migrate_finish(m, false, reason);
+		return;
+	}
+	for (size_t i = m->chunk_first; i < m->chunk_first + m->chunk_n; i++) {
+		bouncer_item_release(m->items[i]); /* copies closed: T owns them */
+		m->items[i] = NULL;
+	}
+	m->res.chunks_committed++;
+	if (m->report.progress)
+		m->report.progress(m->report.arg, (uint32_t)m->next,
+				   (uint32_t)m->nitems);
+	migrate_send_next(m);
+}
+
+static void migrate_send_next(struct migrate *m)
+{
+	struct handoff_item *hitems = NULL;
+	uint8_t **bufs = NULL;
+	size_t n = m->nitems - m->next;
+	char why[160];
+	int r = 0;
+
+	if (n == 0) {
+		r = handoff_source_finish(m->src);
+		if (r < 0) {
+			/* Everything is committed already: T owns it all. */
+			log_warn("migrate", "DONE not delivered: %s", strerror(-r));
+		}
+		migrate_finish(m, true, NULL);
+		return;
+	}
+	if (n > m->chunk_items)
+		n = m->chunk_items;
+	m->chunk_first = m->next;
+	m->chunk_n = n;
+	hitems = calloc(n, sizeof(*hitems));
+	bufs = calloc(n, sizeof(*bufs));
+	if (hitems == NULL || bufs == NULL) {
+		r = -ENOMEM;
+		snprintf(why, sizeof(why), "out of memory");
+		goto out;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &m->chunk_frozen);
+	for (size_t i = 0; i < n; i++) {
+		struct bouncer_item *it = m->items[m->chunk_first + i];
+		const int *fds;
+		size_t len, nfds;
+
+		bouncer_item_freeze(it);
+		r = bouncer_item_serialize(it, &bufs[i], &len, &fds, &nfds);
+		if (r < 0) {
+			snprintf(why, sizeof(why), "cannot serialize item: %s",
+				 strerror(-r));
+			goto out;
+		}
+		hitems[i] = (struct handoff_item){ bufs[i], len, fds, nfds };
+		m->res.fds += (uint32_t)nfds;
+		m->res.connections += (uint32_t)nfds;
+		if (bouncer_item_is_session(it))
+			m->res.sessions++;
+	}
+	if (m->chunk_first == 0) {
+		/* Test-only faults on the first item of the first chunk. */
+		if (migrate_fault_is(m, "corrupt-item")) {
+			memset(bufs[0], 0xff, hitems[0].len > 16 ? 16 : hitems[0].len);
+		} else if (migrate_fault_is(m, "truncate-item")) {
+			hitems[0].len /= 2;
+		} else if (migrate_fault_is(m, "extra-fd")) {
+			static int fds[HANDOFF_FRAME_MAX_FDS];
+
+			m->extra_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+			memcpy(fds, hitems[0].fds, hitems[0].nfds * sizeof(int));
+			fds[hitems[0].nfds] = m->extra_fd;
+			hitems[0].fds = fds;
+			hitems[0].nfds++;
+		}
+	}
+	m->next += n;
+	r = handoff_source_send_chunk(m->src, hitems, n);
+	if (r < 0)
+		snprintf(why, sizeof(why), "sending chunk failed: %s",
+			 strerror(-r));
+out:
+	for (size_t i = 0; bufs != NULL && i < n; i++)
+		free(bufs[i]);
+	free(bufs);
+	free(hitems);
+	if (r < 0) {
+		migrate_thaw_rest(m, m->chunk_first);
+		migrate_finish(m, false, why);
+	}
+}
+
+int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
+		      pid_t peer_pid, int timeout_ms, unsigned chunk_items,
+		      const struct migrate_report *report)
+{
+	struct migrate *m = calloc(1, sizeof(*m));
+
+	if (m == NULL) {
+		close(channel);
+		return -ENOMEM;
+	}
+	m->base = base;
+	m->b = b;
+	m->report = *report;
+	m->extra_fd = -1;
+	m->chunk_items = chunk_items ? chunk_items : 256;
+	m->fault = migrate_fault("source");
+	clock_gettime(CLOCK_MONOTONIC, &m->started);
+	m->src = handoff_source_new(base, channel, peer_pid, timeout_ms,
+				    migrate_chunk_done, m);
+	if (m->src == NULL) {
+		free(m);
+		return -ENOMEM;
+	}
+	handoff_source_set_phase_hook(m->src, migrate_source_phase, m);
+	m->nitems = bouncer_items(b, &m->items);
+	/* Pending clients are frozen up front (see the top of this file). */
+	for (size_t i = 0; i < m->nitems; i++)
+		if (!bouncer_item_is_session(m->items[i]))
+			bouncer_item_freeze(m->items[i]);
+	m->res.chunks = (uint32_t)((m->nitems + m->chunk_items - 1) /
+				   m->chunk_items);
+	log_info("migrate", "migrating %zu items out in %u chunks", m->nitems,
+		 m->res.chunks);
+	migrate_send_next(m);
+	return 0;
+}
+
+/* ---- target ---- */
+
+static int migrate_prepare(void *arg, uint32_t chunk, uint32_t index,
+			   const uint8_t *payload, size_t len, int *fds,
+			   size_t nfds, char *reason, size_t reason_len)
+{
+	struct migrate *m = arg;
+	struct bouncer_item *it = NULL;
+	int r;
+
+	if (m->nprepared == m->cap_prepared) {
+		size_t cap = m->cap_prepared ? 2 * m->cap_prepared : 64;
+		struct bouncer_item **grown =
+			realloc(m->prepared, cap * sizeof(*grown));
+
+		if (grown == NULL) {
+			for (size_t i = 0; i < nfds; i++)
+				close(fds[i]);
+			snprintf(reason, reason_len, "out of memory");
+			return -ENOMEM;
+		}
+		m->prepared = grown;
+		m->cap_prepared = cap;
+	}
+	r = bouncer_item_adopt(m->b, payload, len, fds, nfds, &it, reason,
+			       reason_len);
+	if (r < 0)
+		return r;
+	m->prepared[m->nprepared++] = it;
+	return 0;
+}
+
+static void migrate_commit(void *arg, uint32_t chunk)
+{
+	struct migrate *m = arg;
+
+	for (size_t i = 0; i < m->nprepared; i++) {
+		struct bouncer_item *it = m->prepared[i];
+
+		m->res.fds += (uint32_t)bouncer_item_nfds(it);
+		m->res.connections += (uint32_t)bouncer_item_nfds(it);
+		if (bouncer_item_is_session(it))
+			m->res.sessions++;
+		bouncer_item_arm(it); /* now owned by the bouncer */
+	}
+	m->nprepared = 0;
+	m->res.chunks++;
+	m->res.chunks_committed++;
+}
+
+static void migrate_abort(void *arg, uint32_t chunk, const char *reason)
+{
+	struct migrate *m = arg;
+
+	log_warn("migrate", "chunk %u aborted: %s", chunk, reason);
+	for (size_t i = 0; i < m->nprepared; i++)
+		bouncer_item_discard(m->prepared[i]);
+	m->nprepared = 0;
+}
+
+static void migrate_done(void *arg, int result, const char *reason,
+			 uint32_t chunks_committed)
+{
+	struct migrate *m = arg;
+
+	m->res.chunks_committed = chunks_committed;
+	migrate_finish(m, result == 0, result == 0 ? NULL : reason);
+}
+
+static void migrate_target_phase(void *arg, enum handoff_phase phase,
+				 uint32_t chunk)
+{
+	struct migrate *m = arg;
+
+	if ((phase == HANDOFF_PHASE_BEGIN_RECEIVED &&
+	     migrate_fault_is(m, "after-begin")) ||
+	    (phase == HANDOFF_PHASE_END_RECEIVED &&
+	     migrate_fault_is(m, "after-end")) ||
+	    (phase == HANDOFF_PHASE_PREPARED_SENT &&
+	     migrate_fault_is(m, "after-prepared")))
+		raise(SIGKILL);
+	if (phase == HANDOFF_PHASE_BEGIN_RECEIVED &&
+	    migrate_fault_is(m, "hang-after-begin")) {
+		/* A target that stops reading: the source must time out. */
+		struct timespec ts = { .tv_sec = 3 * m->timeout_ms / 1000 + 1 };
+
+		nanosleep(&ts, NULL);
+	}
+}
+
+static const struct handoff_target_ops migrate_target_ops = {
+	.prepare = migrate_prepare,
+	.commit = migrate_commit,
+	.abort = migrate_abort,
+	.done = migrate_done,
+};
+
+int migrate_in_start(struct event_base *base, struct bouncer *b, int channel,
+		     int timeout_ms, const struct migrate_report *report)
+{
+	struct migrate *m = calloc(1, sizeof(*m));
+
+	if (m == NULL) {
+		close(channel);
+		return -ENOMEM;
+	}
+	m->base = base;
+	m->b = b;
+	m->report = *report;
+	m->extra_fd = -1;
+	m->timeout_ms = timeout_ms;
+	m->fault = migrate_fault("target");
+	clock_gettime(CLOCK_MONOTONIC, &m->started);
+	m->tgt = handoff_target_new(base, channel, timeout_ms,
+				    &migrate_target_ops, m);
+	if (m->tgt == NULL) {
+		free(m);
+		return -ENOMEM;
+	}
+	handoff_target_set_phase_hook(m->tgt, migrate_target_phase, m);
+	return 0;
+}

@@ -1,0 +1,52 @@
+/* sessiond/migrate.h: one side of a migration of this worker's items
+ * (sessions and pending clients, sessiond/bouncer.h) over a handoff channel
+ * (handoff/migration.h). The source freezes, serializes and sends its items in
+ * chunks; the target adopts them. Each side reports progress and one final
+ * result through the callbacks, which sessiond/worker.c forwards to the
+ * supervisor.
+ *
+ * Fault injection for the integration tests: when the environment names a
+ * file in BATON_FAULT_FILE and it holds a line "ROLE:POINT", the migration
+ * applies that fault (tests/integration/test_faults.py; README "Testing").
+ */
+#ifndef BATON_SESSIOND_MIGRATE_H
+#define BATON_SESSIOND_MIGRATE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct event_base;
+struct bouncer;
+struct migrate;
+
+struct migrate_result {
+	bool committed;
+	char reason[256];
+	uint32_t sessions, connections, fds;
+	double freeze_max_ms, total_ms;
+	uint32_t chunks, chunks_committed;
+};
+
+struct migrate_report {
+	void (*progress)(void *arg, uint32_t done, uint32_t total);
+	/* Called once; the migration object is freed right after it returns. */
+	void (*finished)(void *arg, const struct migrate_result *res);
+	void *arg;
+};
+
+/* Start sending every item of b (channel ownership transferred). Returns 0
+ * (report->finished follows) or -errno (nothing was frozen). */
+int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
+		      pid_t peer_pid, int timeout_ms, unsigned chunk_items,
+		      const struct migrate_report *report);
+
+/* Start receiving items into b (channel ownership transferred). */
+int migrate_in_start(struct event_base *base, struct bouncer *b, int channel,
+		     int timeout_ms, const struct migrate_report *report);
+
+/* The fault named for `role` ("source"/"target") in BATON_FAULT_FILE, or NULL.
+ * Returns a static string. */
+const char *migrate_fault(const char *role);
+
+#endif

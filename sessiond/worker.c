@@ -1,0 +1,285 @@
+/* sessiond/worker.c: see worker.h. The supervisor is the only peer; a
+ * malformed control message is logged and ignored (the supervisor is
+ * trusted, but a bug there must not take the sessions down); EOF on the
+ * control socket means the supervisor is gone: the worker exits. */
+#include "sessiond/worker.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "baton_version.h"
+#include "common/config.h"
+#include "common/control.h"
+#include "common/log.h"
+#include "control.pb-c.h"
+#include "handoff/frame.h"
+#include "sessiond/bouncer.h"
+#include "sessiond/migrate.h"
+
+#define WORKER_SEND_TIMEOUT_MS 2000
+#define WORKER_LAG_INTERVAL_MS 500
+
+struct worker {
+	struct event_base *base;
+	int fd;
+	struct event *ev;
+	struct event *lag_ev;
+	struct timespec lag_expected;
+	double lag_ms; /* event-loop lag: lateness of the last lag tick */
+	struct bouncer *b;
+	const struct baton_config *cfg;
+	bool migrating;
+};
+
+int worker_send_ready(int fd, char **problems, size_t nproblems)
+{
+	Baton__Control__Ready ready = BATON__CONTROL__READY__INIT;
+
+	ready.version = (char *)BATON_VERSION;
+	ready.schema_min = BATON_SCHEMA_MIN;
+	ready.schema_max = BATON_SCHEMA_MAX;
+	ready.preflight_ok = nproblems == 0;
+	ready.problems = problems;
+	ready.n_problems = nproblems;
+	ready.has_pid = 1;
+	ready.pid = (uint32_t)getpid();
+	return control_send(fd, CONTROL_READY, &ready.base, NULL, 0,
+			    WORKER_SEND_TIMEOUT_MS);
+}
+
+static void worker_progress(void *arg, uint32_t done, uint32_t total)
+{
+	struct worker *w = arg;
+	Baton__Control__Progress p = BATON__CONTROL__PROGRESS__INIT;
+
+	p.items_done = done;
+	p.items_total = total;
+	control_send(w->fd, CONTROL_PROGRESS, &p.base, NULL, 0,
+		     WORKER_SEND_TIMEOUT_MS);
+}
+
+static void worker_finished(void *arg, const struct migrate_result *res)
+{
+	struct worker *w = arg;
+	Baton__Control__MigrationResult r =
+		BATON__CONTROL__MIGRATION_RESULT__INIT;
+	int rc;
+
+	w->migrating = false;
+	r.committed = res->committed;
+	r.reason = (char *)res->reason;
+	r.has_sessions = r.has_connections = r.has_fds = 1;
+	r.sessions = res->sessions;
+	r.connections = res->connections;
+	r.fds = res->fds;
+	r.has_freeze_max_ms = r.has_total_ms = 1;
+	r.freeze_max_ms = res->freeze_max_ms;
+	r.total_ms = res->total_ms;
+	r.has_chunks = r.has_chunks_committed = 1;
+	r.chunks = res->chunks;
+	r.chunks_committed = res->chunks_committed;
+	log_info("migrate", "%s: %u sessions, %u fds, %u/%u chunks, freeze max %.1f ms, %.1f ms%s%s",
+		 res->committed ? "committed" : "aborted", res->sessions,
+		 res->fds, res->chunks_committed, res->chunks,
+		 res->freeze_max_ms, res->total_ms,
+		 res->reason[0] ? ": " : "", res->reason);
+	rc = control_send(w->fd, CONTROL_MIGRATION_RESULT, &r.base, NULL, 0,
+			  WORKER_SEND_TIMEOUT_MS);
+	if (rc < 0)
+		log_error("worker", "cannot report migration result: %s",
+			  strerror(-rc));
+}
+
+static void worker_send_status(struct worker *w)
+{
+	Baton__Control__Status st = BATON__CONTROL__STATUS__INIT;
+	struct bouncer_stats s;
+
+	bouncer_stats(w->b, &s);
+	st.sessions = s.sessions;
+	st.connections = s.connections;
+	st.has_clients = st.has_upstreams_connected = st.has_loop_lag_ms = 1;
+	st.clients = s.clients;
+	st.upstreams_connected = s.upstreams;
+	st.loop_lag_ms = w->lag_ms;
+	control_send(w->fd, CONTROL_STATUS, &st.base, NULL, 0,
+		     WORKER_SEND_TIMEOUT_MS);
+}
+
+static void worker_migrate(struct worker *w, struct handoff_msg *msg)
+{
+	static const struct migrate_report no_report;
+	struct migrate_report report = no_report;
+	Baton__Control__Migrate *mg;
+	int channel, r;
+
+	mg = baton__control__migrate__unpack(NULL, msg->len, msg->data);
+	channel = handoff_msg_take_fd(msg, 0);
+	if (mg == NULL || channel < 0 || msg->nfds != 1 || w->migrating) {
+		log_error("worker", "bad MIGRATE message (%s)",
+			  w->migrating ? "already migrating" : "malformed");
+		if (channel >= 0)
+			close(channel); /* the peer sees EOF and aborts */
+		goto out;
+	}
+	report.progress = worker_progress;
+	report.finished = worker_finished;
+	report.arg = w;
+	w->migrating = true;
+	if (mg->outgoing)
+		r = migrate_out_start(w->base, w->b, channel,
+				      (pid_t)mg->peer_pid,
+				      mg->has_timeout_ms ? (int)mg->timeout_ms : 10000,
+				      mg->has_chunk_sessions ? mg->chunk_sessions
+				      : (unsigned)w->cfg->chunk_sessions,
+				      &report);
+	else
+		r = migrate_in_start(w->base, w->b, channel,
+				     mg->has_timeout_ms ? (int)mg->timeout_ms : 10000,
+				     &report);
+	if (r < 0) {
+		struct migrate_result res = { .committed = false };
+
+		snprintf(res.reason, sizeof(res.reason),
+			 "cannot start migration: %s", strerror(-r));
+		worker_finished(w, &res);
+	}
+out:
+	if (mg != NULL)
+		baton__control__migrate__free_unpacked(mg, NULL);
+}
+
+static void worker_dispatch(struct worker *w, struct handoff_msg *msg)
+{
+	switch (msg->type) {
+	case CONTROL_LISTENERS: {
+		int *fds = calloc(msg->nfds ? msg->nfds : 1, sizeof(int));
+
+		if (fds == NULL)
+			break;
+		for (size_t i = 0; i < msg->nfds; i++)
+			fds[i] = handoff_msg_take_fd(msg, i);
+		log_info("worker", "received %zu listeners", msg->nfds);
+		bouncer_set_listeners(w->b, fds, msg->nfds); /* fds transferred */
+		free(fds);
+		break;
+	}
+	case CONTROL_ACCEPT: {
+		Baton__Control__Accept *a =
+			baton__control__accept__unpack(NULL, msg->len, msg->data);
+
+		if (a == NULL) {
+			log_error("worker", "malformed ACCEPT");
+			break;
+		}
+		bouncer_accept(w->b, a->on);
+		/* A worker that was a migration target starts the configured
+		 * sessions that did not arrive (new in the config). */
+		if (a->on)
+			bouncer_start_configured(w->b);
+		baton__control__accept__free_unpacked(a, NULL);
+		break;
+	}
+	case CONTROL_MIGRATE:
+		worker_migrate(w, msg);
+		break;
+	case CONTROL_STATUS_REQUEST:
+		worker_send_status(w);
+		break;
+	case CONTROL_EXIT:
+		log_info("worker", "exit requested by the supervisor");
+		event_base_loopexit(w->base, NULL);
+		break;
+	default:
+		log_error("worker", "unexpected control message type %u",
+			  msg->type);
+	}
+}
+
+static void worker_readable(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+
+	for (;;) {
+		struct handoff_msg msg = { 0 };
+		int r = handoff_frame_recv(w->fd, &msg, 1000);
+
+		if (r == -EAGAIN)
+			return;
+		if (r < 0) {
+			if (r == -ECONNRESET)
+				log_warn("worker", "supervisor gone: exiting");
+			else
+				log_error("worker", "control channel: %s: exiting",
+					  strerror(-r));
+			event_base_loopexit(w->base, NULL);
+			event_del(w->ev);
+			return;
+		}
+		worker_dispatch(w, &msg);
+		handoff_msg_clear(&msg);
+	}
+}
+
+static void worker_lag_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	struct timespec now;
+	struct timeval tv = { 0, WORKER_LAG_INTERVAL_MS * 1000 };
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (w->lag_expected.tv_sec != 0)
+		w->lag_ms = (double)(now.tv_sec - w->lag_expected.tv_sec) * 1e3 +
+			    (double)(now.tv_nsec - w->lag_expected.tv_nsec) / 1e6;
+	if (w->lag_ms < 0)
+		w->lag_ms = 0;
+	w->lag_expected = now;
+	w->lag_expected.tv_nsec += WORKER_LAG_INTERVAL_MS * 1000000L;
+	if (w->lag_expected.tv_nsec >= 1000000000L) {
+		w->lag_expected.tv_sec++;
+		w->lag_expected.tv_nsec -= 1000000000L;
+	}
+	evtimer_add(w->lag_ev, &tv);
+}
+
+struct worker *worker_new(struct event_base *base, int fd, struct bouncer *b,
+			  const struct baton_config *cfg)
+{
+	struct worker *w = calloc(1, sizeof(*w));
+
+	if (w == NULL) {
+		close(fd);
+		return NULL;
+	}
+	w->base = base;
+	w->fd = fd;
+	w->b = b;
+	w->cfg = cfg;
+	evutil_make_socket_nonblocking(fd);
+	w->ev = event_new(base, fd, EV_READ | EV_PERSIST, worker_readable, w);
+	w->lag_ev = evtimer_new(base, worker_lag_tick, w);
+	if (w->ev == NULL || w->lag_ev == NULL) {
+		worker_free(w);
+		return NULL;
+	}
+	event_add(w->ev, NULL);
+	worker_lag_tick(-1, 0, w);
+	return w;
+}
+
+void worker_free(struct worker *w)
+{
+	if (w == NULL)
+		return;
+	if (w->ev != NULL)
+		event_free(w->ev);
+	if (w->lag_ev != NULL)
+		event_free(w->lag_ev);
+	close(w->fd);
+	free(w);
+}

@@ -1,0 +1,24 @@
+/* sessiond/worker.h: this worker's side of the control channel with the
+ * supervisor (common/control.h, proto/control.proto): READY, listeners,
+ * accept on/off, migrations, status, exit. */
+#ifndef BATON_SESSIOND_WORKER_H
+#define BATON_SESSIOND_WORKER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct event_base;
+struct bouncer;
+struct baton_config;
+struct worker;
+
+/* fd: the control socket (ownership transferred). */
+struct worker *worker_new(struct event_base *base, int fd, struct bouncer *b,
+			  const struct baton_config *cfg);
+void worker_free(struct worker *w); /* accepts NULL */
+
+/* Send READY. problems/nproblems: preflight failures (preflight_ok is
+ * nproblems == 0). Returns 0 or -errno. */
+int worker_send_ready(int fd, char **problems, size_t nproblems);
+
+#endif
