@@ -1,0 +1,466 @@
+/* tests/unit/backlog/test_backlog.c: cmocka tests of sessiond/backlog.c. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "sessiond/backlog.h"
+
+/* What a visit saw, in order. */
+struct seen_line {
+	uint64_t seq;
+	int64_t time_ms;
+	char buffer[32];
+	char line[64];
+};
+
+struct seen {
+	struct seen_line l[4096];
+	size_t n;
+	size_t stop_after; /* stop (return 7) once this many were seen; 0: never */
+};
+
+static int record(void *arg, uint64_t seq, int64_t time_ms, const char *buffer,
+		  const char *line)
+{
+	struct seen *s = arg;
+
+	assert_true(s->n < sizeof(s->l) / sizeof(s->l[0]));
+	s->l[s->n].seq = seq;
+	s->l[s->n].time_ms = time_ms;
+	snprintf(s->l[s->n].buffer, sizeof(s->l[s->n].buffer), "%s", buffer);
+	snprintf(s->l[s->n].line, sizeof(s->l[s->n].line), "%s", line);
+	s->n++;
+	return s->stop_after && s->n == s->stop_after ? 7 : 0;
+}
+
+static struct seen *seen_new(void)
+{
+	struct seen *s = calloc(1, sizeof(*s));
+
+	assert_non_null(s);
+	return s;
+}
+
+static void test_seq_monotonic_across_buffers(void **state)
+{
+	struct backlog *bl = backlog_new(10);
+	const char *bufs[] = { "#a", "#b", "nick", "#a", "#c", "#b" };
+	uint64_t prev = 0, seq;
+	size_t i;
+
+	assert_non_null(bl);
+	assert_int_equal(backlog_next_seq(bl), 1);
+	for (i = 0; i < 6; i++) {
+		seq = backlog_append(bl, bufs[i], (int64_t)i, "x");
+		assert_int_equal(seq, prev + 1);
+		prev = seq;
+	}
+	assert_int_equal(backlog_next_seq(bl), 7);
+	backlog_free(bl);
+}
+
+static void test_ring_drops_oldest(void **state)
+{
+	struct backlog *bl = backlog_new(3);
+	struct seen *s = seen_new();
+	char line[16];
+	int i;
+
+	/* Enough lines to grow the ring, wrap it, and wrap it again. */
+	for (i = 1; i <= 10; i++) {
+		snprintf(line, sizeof(line), "l%d", i);
+		assert_int_equal(backlog_append(bl, "#a", i * 1000, line), i);
+	}
+	assert_int_equal(backlog_count_after(bl, 0), 3);
+	assert_int_equal(backlog_foreach_line(bl, "#a", record, s), 0);
+	assert_int_equal(s->n, 3);
+	for (i = 0; i < 3; i++) {
+		snprintf(line, sizeof(line), "l%d", 8 + i);
+		assert_int_equal(s->l[i].seq, 8 + i);
+		assert_int_equal(s->l[i].time_ms, (8 + i) * 1000);
+		assert_string_equal(s->l[i].line, line);
+		assert_string_equal(s->l[i].buffer, "#a");
+	}
+	free(s);
+	backlog_free(bl);
+}
+
+/* Each ring bounds only its own buffer. */
+static void test_rings_are_per_buffer(void **state)
+{
+	struct backlog *bl = backlog_new(2);
+	int i;
+
+	for (i = 0; i < 5; i++)
+		backlog_append(bl, "#busy", 0, "b");
+	backlog_append(bl, "#quiet", 0, "q");
+	assert_int_equal(backlog_count_after(bl, 0), 3);
+	backlog_free(bl);
+}
+
+/* Interleaved appends to several buffers: line i (seq i) goes to names[i%3],
+ * so buffers are created in the order #beta, carol, #alpha. */
+static const char *names[] = { "#alpha", "#beta", "carol" };
+
+static struct backlog *make_interleaved(size_t max_lines, int n)
+{
+	struct backlog *bl = backlog_new(max_lines);
+	char line[32];
+	int i;
+
+	assert_non_null(bl);
+	for (i = 1; i <= n; i++) {
+		snprintf(line, sizeof(line), "line %d", i);
+		assert_int_equal(backlog_append(bl, names[i % 3], i, line), i);
+	}
+	return bl;
+}
+
+static void test_replay_after_position(void **state)
+{
+	struct backlog *bl = make_interleaved(100, 30);
+	struct seen *s = seen_new();
+	uint64_t pos;
+	size_t i;
+
+	for (pos = 0; pos <= 31; pos++) {
+		s->n = 0;
+		assert_int_equal(backlog_replay(bl, pos, record, s), 0);
+		assert_int_equal(s->n, pos >= 30 ? 0 : 30 - pos);
+		assert_int_equal(backlog_count_after(bl, pos), s->n);
+		for (i = 0; i < s->n; i++) {
+			char want[32];
+
+			snprintf(want, sizeof(want), "line %zu", pos + 1 + i);
+			assert_int_equal(s->l[i].seq, pos + 1 + i);
+			assert_string_equal(s->l[i].line, want);
+			assert_string_equal(s->l[i].buffer,
+					    names[(pos + 1 + i) % 3]);
+		}
+	}
+	free(s);
+	backlog_free(bl);
+}
+
+/* A client whose position predates what is stored gets everything left, in
+ * order; lines dropped from one buffer do not hide lines of another. */
+static void test_replay_old_position(void **state)
+{
+	struct backlog *bl = backlog_new(4);
+	struct seen *s = seen_new();
+	uint64_t quiet_seq;
+	int i;
+
+	backlog_append(bl, "#a", 0, "a1");             /* seq 1, dropped later */
+	quiet_seq = backlog_append(bl, "#q", 0, "q1"); /* seq 2, kept */
+	for (i = 0; i < 10; i++)
+		backlog_append(bl, "#a", 0, "a");      /* seqs 3..12, 9..12 kept */
+	assert_int_equal(quiet_seq, 2);
+
+	assert_int_equal(backlog_replay(bl, 1, record, s), 0);
+	assert_int_equal(s->n, 5);
+	assert_int_equal(s->l[0].seq, 2);
+	assert_string_equal(s->l[0].buffer, "#q");
+	for (i = 1; i < 5; i++)
+		assert_int_equal(s->l[i].seq, 8 + i);
+	assert_int_equal(backlog_count_after(bl, 1), 5);
+
+	/* A position inside the dropped range: same result. */
+	s->n = 0;
+	assert_int_equal(backlog_replay(bl, 5, record, s), 0);
+	assert_int_equal(s->n, 4);
+	assert_int_equal(s->l[0].seq, 9);
+	assert_int_equal(backlog_count_after(bl, 5), 4);
+	free(s);
+	backlog_free(bl);
+}
+
+static void test_replay_stops(void **state)
+{
+	struct backlog *bl = make_interleaved(100, 20);
+	struct seen *s = seen_new();
+
+	s->stop_after = 5;
+	assert_int_equal(backlog_replay(bl, 3, record, s), 7);
+	assert_int_equal(s->n, 5);
+	assert_int_equal(s->l[4].seq, 8);
+	free(s);
+	backlog_free(bl);
+}
+
+/* count_after agrees with replay at every position, with rings wrapped at
+ * different points and more buffers than the replay's on-stack heap. */
+static void test_count_after_agrees(void **state)
+{
+	struct backlog *bl = backlog_new(7);
+	struct seen *s = seen_new();
+	char name[16];
+	uint64_t pos, next, prev;
+	size_t i;
+	unsigned r = 12345;
+
+	for (i = 0; i < 2000; i++) {
+		r = r * 1103515245u + 12345u;
+		snprintf(name, sizeof(name), "#c%u", (r >> 16) % 100);
+		assert_int_not_equal(backlog_append(bl, name, 0, "x"), 0);
+	}
+	next = backlog_next_seq(bl);
+	for (pos = 0; pos <= next; pos += 37) {
+		s->n = 0;
+		assert_int_equal(backlog_replay(bl, pos, record, s), 0);
+		assert_int_equal(backlog_count_after(bl, pos), s->n);
+		prev = pos;
+		for (i = 0; i < s->n; i++) {
+			assert_true(s->l[i].seq > prev);
+			prev = s->l[i].seq;
+		}
+	}
+	free(s);
+	backlog_free(bl);
+}
+
+static void test_case_insensitive_buffers(void **state)
+{
+	struct backlog *bl = backlog_new(10);
+	struct seen *s = seen_new();
+
+	backlog_append(bl, "#Chan[1]", 0, "one");
+	backlog_append(bl, "#chan{1}", 0, "two");
+	backlog_append(bl, "#CHAN[1]", 0, "three");
+	backlog_append(bl, "#other", 0, "four");
+
+	assert_int_equal(backlog_foreach_line(bl, "#cHaN{1}", record, s), 0);
+	assert_int_equal(s->n, 3);
+	/* The name is kept as first seen. */
+	assert_string_equal(s->l[0].buffer, "#Chan[1]");
+	assert_string_equal(s->l[2].buffer, "#Chan[1]");
+	assert_string_equal(s->l[2].line, "three");
+
+	s->n = 0;
+	assert_int_equal(backlog_replay(bl, 0, record, s), 0);
+	assert_string_equal(s->l[1].buffer, "#Chan[1]");
+
+	/* Unknown buffers have no lines. */
+	s->n = 0;
+	assert_int_equal(backlog_foreach_line(bl, "#nope", record, s), 0);
+	assert_int_equal(s->n, 0);
+	free(s);
+	backlog_free(bl);
+}
+
+static int record_buffer(void *arg, const char *buffer)
+{
+	struct seen *s = arg;
+
+	snprintf(s->l[s->n++].buffer, sizeof(s->l[0].buffer), "%s", buffer);
+	return 0;
+}
+
+/* Serialize with foreach_buffer/foreach_line, restore into a new backlog,
+ * then compare replays from every position and the next seq. */
+struct copy_ctx {
+	const struct backlog *src;
+	struct backlog *dst;
+	int err;
+};
+
+static int copy_line(void *arg, uint64_t seq, int64_t time_ms,
+		     const char *buffer, const char *line)
+{
+	struct copy_ctx *c = arg;
+
+	c->err = backlog_restore(c->dst, buffer, seq, time_ms, line);
+	return c->err;
+}
+
+static int copy_buffer(void *arg, const char *buffer)
+{
+	struct copy_ctx *c = arg;
+
+	return backlog_foreach_line(c->src, buffer, copy_line, c);
+}
+
+static void assert_same_replay(const struct backlog *a, const struct backlog *b,
+			       uint64_t pos)
+{
+	struct seen *sa = seen_new(), *sb = seen_new();
+	size_t i;
+
+	assert_int_equal(backlog_replay(a, pos, record, sa), 0);
+	assert_int_equal(backlog_replay(b, pos, record, sb), 0);
+	assert_int_equal(sa->n, sb->n);
+	for (i = 0; i < sa->n; i++) {
+		assert_int_equal(sa->l[i].seq, sb->l[i].seq);
+		assert_int_equal(sa->l[i].time_ms, sb->l[i].time_ms);
+		assert_string_equal(sa->l[i].buffer, sb->l[i].buffer);
+		assert_string_equal(sa->l[i].line, sb->l[i].line);
+	}
+	assert_int_equal(backlog_count_after(a, pos), backlog_count_after(b, pos));
+	free(sa);
+	free(sb);
+}
+
+static void test_restore_round_trip(void **state)
+{
+	struct backlog *src = make_interleaved(5, 40); /* rings wrapped */
+	struct backlog *dst = backlog_new(5);
+	struct copy_ctx c = { .src = src, .dst = dst };
+	struct seen *bufs = seen_new();
+	uint64_t pos;
+
+	assert_int_equal(backlog_foreach_buffer(src, copy_buffer, &c), 0);
+	assert_int_equal(c.err, 0);
+	backlog_set_next_seq(dst, backlog_next_seq(src));
+
+	assert_int_equal(backlog_next_seq(dst), backlog_next_seq(src));
+	for (pos = 0; pos <= backlog_next_seq(src); pos++)
+		assert_same_replay(src, dst, pos);
+
+	/* Buffer order and spelling survive. */
+	assert_int_equal(backlog_foreach_buffer(dst, record_buffer, bufs), 0);
+	assert_int_equal(bufs->n, 3);
+	assert_string_equal(bufs->l[0].buffer, "#beta");
+	assert_string_equal(bufs->l[1].buffer, "carol");
+	assert_string_equal(bufs->l[2].buffer, "#alpha");
+
+	/* Both continue with the same seq. */
+	assert_int_equal(backlog_append(src, "#new", 0, "n"),
+			 backlog_append(dst, "#NEW", 0, "n"));
+	free(bufs);
+	backlog_free(src);
+	backlog_free(dst);
+}
+
+/* next_seq must survive a migration even if the lines that used the last
+ * seqs were dropped: reusing a seq would hide lines from a client. */
+static void test_set_next_seq_never_lowers(void **state)
+{
+	struct backlog *bl = backlog_new(5);
+
+	assert_int_equal(backlog_restore(bl, "#a", 10, 0, "x"), 0);
+	assert_int_equal(backlog_next_seq(bl), 11);
+	backlog_set_next_seq(bl, 50);
+	assert_int_equal(backlog_next_seq(bl), 50);
+	backlog_set_next_seq(bl, 3); /* below a stored seq: clamped */
+	assert_int_equal(backlog_next_seq(bl), 11);
+	assert_int_equal(backlog_append(bl, "#a", 0, "y"), 11);
+	backlog_free(bl);
+}
+
+static void test_restore_rejects_non_increasing(void **state)
+{
+	struct backlog *bl = backlog_new(5);
+
+	assert_int_equal(backlog_restore(bl, "#a", 5, 0, "x"), 0);
+	assert_int_equal(backlog_restore(bl, "#a", 5, 0, "dup"), -EINVAL);
+	assert_int_equal(backlog_restore(bl, "#A", 4, 0, "older"), -EINVAL);
+	assert_int_equal(backlog_restore(bl, "#a", 0, 0, "zero"), -EINVAL);
+	assert_int_equal(backlog_restore(bl, "#b", 0, 0, "zero"), -EINVAL);
+	assert_int_equal(backlog_restore(bl, "#b", UINT64_MAX, 0, "max"), -EINVAL);
+	/* Other buffers have their own order. */
+	assert_int_equal(backlog_restore(bl, "#b", 2, 0, "y"), 0);
+	assert_int_equal(backlog_restore(bl, "#a", 7, 0, "z"), 0);
+	/* Rejections created nothing and stored nothing. */
+	assert_int_equal(backlog_count_after(bl, 0), 3);
+	backlog_free(bl);
+}
+
+/* A restore of more lines than max_lines keeps the newest, as appends do. */
+static void test_restore_into_smaller(void **state)
+{
+	struct backlog *bl = backlog_new(2);
+	struct seen *s = seen_new();
+	uint64_t seq;
+
+	for (seq = 1; seq <= 5; seq++)
+		assert_int_equal(backlog_restore(bl, "#a", seq * 2, 0, "x"), 0);
+	assert_int_equal(backlog_replay(bl, 0, record, s), 0);
+	assert_int_equal(s->n, 2);
+	assert_int_equal(s->l[0].seq, 8);
+	assert_int_equal(s->l[1].seq, 10);
+	free(s);
+	backlog_free(bl);
+}
+
+/* max_lines == 0 keeps no lines but still numbers them. */
+static void test_zero_capacity(void **state)
+{
+	struct backlog *bl = backlog_new(0);
+
+	assert_int_equal(backlog_append(bl, "#a", 0, "x"), 1);
+	assert_int_equal(backlog_append(bl, "#a", 0, "y"), 2);
+	assert_int_equal(backlog_count_after(bl, 0), 0);
+	assert_int_equal(backlog_restore(bl, "#a", 1, 0, "x"), -EINVAL);
+	backlog_free(bl);
+}
+
+static void test_bad_args(void **state)
+{
+	struct backlog *bl = backlog_new(5);
+
+	assert_int_equal(backlog_append(bl, NULL, 0, "x"), 0);
+	assert_int_equal(backlog_append(bl, "#a", 0, NULL), 0);
+	assert_int_equal(backlog_next_seq(bl), 1);
+	assert_int_equal(backlog_replay(bl, 0, NULL, NULL), -EINVAL);
+	backlog_free(NULL);
+	backlog_free(bl);
+}
+
+/* Many lines, many buffers: a replay must be near-linear. 200k lines over
+ * 200 buffers replayed from the start; a quadratic merge would take minutes. */
+static int count_only(void *arg, uint64_t seq, int64_t time_ms,
+		      const char *buffer, const char *line)
+{
+	uint64_t *last = arg;
+
+	assert_true(seq > *last);
+	*last = seq;
+	return 0;
+}
+
+static void test_replay_large(void **state)
+{
+	struct backlog *bl = backlog_new(1000);
+	char name[16];
+	uint64_t last = 0;
+	size_t i;
+
+	for (i = 0; i < 200000; i++) {
+		snprintf(name, sizeof(name), "#c%zu", (i * 7919) % 200);
+		assert_int_not_equal(backlog_append(bl, name, 0, "hello world"), 0);
+	}
+	assert_int_equal(backlog_count_after(bl, 0), 200000);
+	assert_int_equal(backlog_replay(bl, 0, count_only, &last), 0);
+	assert_int_equal(last, 200000);
+	backlog_free(bl);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_seq_monotonic_across_buffers),
+		cmocka_unit_test(test_ring_drops_oldest),
+		cmocka_unit_test(test_rings_are_per_buffer),
+		cmocka_unit_test(test_replay_after_position),
+		cmocka_unit_test(test_replay_old_position),
+		cmocka_unit_test(test_replay_stops),
+		cmocka_unit_test(test_count_after_agrees),
+		cmocka_unit_test(test_case_insensitive_buffers),
+		cmocka_unit_test(test_restore_round_trip),
+		cmocka_unit_test(test_set_next_seq_never_lowers),
+		cmocka_unit_test(test_restore_rejects_non_increasing),
+		cmocka_unit_test(test_restore_into_smaller),
+		cmocka_unit_test(test_zero_capacity),
+		cmocka_unit_test(test_bad_args),
+		cmocka_unit_test(test_replay_large),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
