@@ -1,0 +1,550 @@
+/* sessiond/client.c: IRC client connections: registration (CAP, PASS, NICK,
+ * USER), authentication, attach (welcome burst from state + backlog replay)
+ * and the commands of an attached client. */
+#include "sessiond/session.h"
+
+#include <crypt.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "common/config.h"
+#include "common/log.h"
+#include "sessiond/backlog.h"
+#include "sessiond/conn.h"
+#include "sessiond/irc.h"
+
+/* Capabilities offered to clients, defined once (canonical order is the
+ * order here; state.c serializes in it). */
+static const struct {
+	const char *name;
+	unsigned bit;
+} client_caps[] = {
+	{ "server-time", CLIENT_CAP_SERVER_TIME },
+	{ "multi-prefix", CLIENT_CAP_MULTI_PREFIX },
+	{ "echo-message", CLIENT_CAP_ECHO_MESSAGE },
+};
+#define NCLIENT_CAPS (sizeof(client_caps) / sizeof(client_caps[0]))
+
+size_t client_caps_names(unsigned caps, const char **names, size_t max)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < NCLIENT_CAPS && n < max; i++)
+		if (caps & client_caps[i].bit)
+			names[n++] = client_caps[i].name;
+	return n;
+}
+
+unsigned client_cap_from_name(const char *name)
+{
+	for (size_t i = 0; i < NCLIENT_CAPS; i++)
+		if (strcmp(name, client_caps[i].name) == 0)
+			return client_caps[i].bit;
+	return 0;
+}
+
+struct client *client_new(struct bouncer *b, int fd)
+{
+	struct client *cl = calloc(1, sizeof(*cl));
+	if (!cl) {
+		close(fd);
+		return NULL;
+	}
+	cl->b = b;
+	cl->item.kind = ITEM_PENDING;
+	cl->item.client = cl;
+	cl->connected_at_ms = cl->last_rx_ms = now_ms();
+	cl->conn = conn_new(bouncer_base(b), fd, false, &client_conn_ops, cl);
+	if (!cl->conn) {
+		free(cl);
+		return NULL;
+	}
+	return cl;
+}
+
+void client_free(struct client *cl)
+{
+	if (!cl)
+		return;
+	conn_release(cl->conn);
+	free(cl->pass);
+	free(cl->nick);
+	free(cl->user);
+	free(cl->client_id);
+	free(cl->item.fds);
+	pb_unknown_clear(&cl->unknown);
+	free(cl);
+}
+
+static const char *client_srv(const struct client *cl)
+{
+	return cl->s && cl->s->server_name ? cl->s->server_name : BATON_SERVER_NAME;
+}
+
+static const char *client_nick(const struct client *cl)
+{
+	if (cl->s && cl->s->nick)
+		return cl->s->nick;
+	return cl->nick ? cl->nick : "*";
+}
+
+void client_send_tagged(struct client *cl, const char *line, int64_t time_ms)
+{
+	if (cl->caps & CLIENT_CAP_SERVER_TIME) {
+		char ts[32];
+		format_server_time(time_ms ? time_ms : now_ms(), ts);
+		conn_sendf(cl->conn, "@time=%s %s", ts, line);
+	} else {
+		conn_send(cl->conn, line);
+	}
+}
+
+void client_deliver(struct client *cl, uint64_t seq, const char *line,
+		    int64_t time_ms)
+{
+	if (seq <= cl->delivered_seq)
+		return; /* already queued to this client */
+	client_send_tagged(cl, line, time_ms);
+	/* A dead connection (e.g. sendq exceeded by this very line) did not
+	 * take it: the position must not claim it was delivered. */
+	if (!conn_is_dead(cl->conn))
+		cl->delivered_seq = seq;
+}
+
+static void client_error_close(struct client *cl, const char *numeric_line,
+			       const char *reason)
+{
+	if (numeric_line)
+		conn_send(cl->conn, numeric_line);
+	conn_sendf(cl->conn, "ERROR :Closing link: %s", reason);
+	conn_close(cl->conn, reason, true);
+}
+
+/* ---- CAP (before and after registration) ---- */
+
+static void client_cap(struct client *cl, struct irc_msg *m)
+{
+	const char *nick = cl->phase == CLIENT_ATTACHED ? client_nick(cl) : (cl->nick ? cl->nick : "*");
+	char list[256] = "";
+
+	if (m->nparams < 1)
+		return;
+	const char *sub = m->params[0];
+	if (strcasecmp(sub, "LS") == 0) {
+		if (cl->phase == CLIENT_PENDING)
+			cl->cap_negotiating = true;
+		for (size_t i = 0; i < NCLIENT_CAPS; i++) {
+			if (i)
+				strcat(list, " ");
+			strcat(list, client_caps[i].name);
+		}
+		conn_sendf(cl->conn, ":%s CAP %s LS :%s", BATON_SERVER_NAME, nick, list);
+	} else if (strcasecmp(sub, "LIST") == 0) {
+		const char *names[NCLIENT_CAPS];
+		size_t n = client_caps_names(cl->caps, names, NCLIENT_CAPS);
+		for (size_t i = 0; i < n; i++) {
+			if (i)
+				strcat(list, " ");
+			strcat(list, names[i]);
+		}
+		conn_sendf(cl->conn, ":%s CAP %s LIST :%s", BATON_SERVER_NAME, nick, list);
+	} else if (strcasecmp(sub, "REQ") == 0 && m->nparams >= 2) {
+		char tmp[512];
+		unsigned add = 0, del = 0;
+		bool ok = true;
+		if (cl->phase == CLIENT_PENDING)
+			cl->cap_negotiating = true;
+		snprintf(tmp, sizeof(tmp), "%s", m->params[1]);
+		for (char *save = NULL, *t = strtok_r(tmp, " ", &save); t;
+		     t = strtok_r(NULL, " ", &save)) {
+			bool neg = t[0] == '-';
+			unsigned bit = client_cap_from_name(neg ? t + 1 : t);
+			if (!bit)
+				ok = false;
+			else if (neg)
+				del |= bit;
+			else
+				add |= bit;
+		}
+		if (ok)
+			cl->caps = (cl->caps | add) & ~del;
+		conn_sendf(cl->conn, ":%s CAP %s %s :%s", BATON_SERVER_NAME, nick,
+			   ok ? "ACK" : "NAK", m->params[1]);
+	} else if (strcasecmp(sub, "END") == 0) {
+		cl->cap_negotiating = false;
+	} else {
+		conn_sendf(cl->conn, ":%s 410 %s %s :Invalid CAP command",
+			   BATON_SERVER_NAME, nick, sub);
+	}
+}
+
+/* ---- authentication ---- */
+
+/* Constant-time comparison of two NUL-terminated strings' contents (the
+ * length difference itself is not secret: hashes have fixed lengths). */
+static bool ct_equal(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	unsigned char d = la != lb;
+	size_t n = la < lb ? la : lb;
+	for (size_t i = 0; i < n; i++)
+		d |= (unsigned char)a[i] ^ (unsigned char)b[i];
+	return d == 0;
+}
+
+static bool password_ok(const char *password, const char *hash)
+{
+	struct crypt_data *data = NULL;
+	bool ok = false;
+
+	if (!password || !hash || !hash[0])
+		goto out;
+	data = calloc(1, sizeof(*data));
+	if (!data)
+		goto out;
+	const char *h = crypt_rn(password, hash, data, sizeof(*data));
+	if (!h || h[0] == '*')
+		goto out;
+	ok = ct_equal(h, hash);
+out:
+	free(data);
+	return ok;
+}
+
+/* "user[@client]/network[@client]" into its parts (modifies ident). */
+static int parse_ident(char *ident, char **user, char **network, char **client)
+{
+	char *slash = strchr(ident, '/');
+	if (!slash)
+		return -EINVAL;
+	*slash = '\0';
+	*user = ident;
+	*network = slash + 1;
+	*client = NULL;
+	char *at = strchr(*user, '@');
+	if (at) {
+		*at = '\0';
+		*client = at + 1;
+	}
+	at = strchr(*network, '@');
+	if (at) {
+		*at = '\0';
+		*client = at + 1;
+	}
+	if (!**user || !**network || (*client && !**client))
+		return -EINVAL;
+	return 0;
+}
+
+static void client_authenticate(struct client *cl)
+{
+	const struct baton_config *cfg = bouncer_config(cl->b);
+	char *ident = NULL;
+	const char *password = NULL;
+	char *user, *network, *cname;
+	char bad[128];
+
+	snprintf(bad, sizeof(bad), ":%s 464 %s :Password incorrect",
+		 BATON_SERVER_NAME, cl->nick ? cl->nick : "*");
+	/* PASS user/network:password, or USER user/network + PASS password. */
+	char *colon = cl->pass ? strchr(cl->pass, ':') : NULL;
+	if (colon && memchr(cl->pass, '/', (size_t)(colon - cl->pass))) {
+		ident = strndup(cl->pass, (size_t)(colon - cl->pass));
+		password = colon + 1;
+	} else if (cl->user && strchr(cl->user, '/')) {
+		ident = strdup(cl->user);
+		password = cl->pass;
+	}
+	if (!ident || parse_ident(ident, &user, &network, &cname) < 0) {
+		client_error_close(cl, bad, "password incorrect");
+		goto out;
+	}
+	const struct config_user *cu = cfg ? config_find_user(cfg, user) : NULL;
+	if (!cu || !password_ok(password, cu->password)) {
+		log_info("client", "authentication failed for user %s", user);
+		client_error_close(cl, bad, "password incorrect");
+		goto out;
+	}
+	struct session *s = bouncer_find_session(cl->b, user, network);
+	if (!s && !config_find_session(cfg, user, network)) {
+		log_info("client", "user %s: no session for network %s", user, network);
+		client_error_close(cl, bad, "password incorrect");
+		goto out;
+	}
+	/* Sessions are only created by bouncer_start_configured(): creating
+	 * one here could duplicate a session that lives in another worker
+	 * (during a canary or right after it migrated away). A session being
+	 * migrated cannot take a new client either: it retries. */
+	if (!s || s->item.state != ITEM_LIVE) {
+		log_info("client", "%s/%s: session not available here", user, network);
+		conn_sendf(cl->conn, ":%s NOTICE %s :Session %s/%s is not available right now, please reconnect",
+			   BATON_SERVER_NAME, cl->nick ? cl->nick : "*", user, network);
+		client_error_close(cl, NULL, "session not available");
+		goto out;
+	}
+	free(cl->client_id);
+	cl->client_id = strdup(cname ? cname : "default");
+	/* The password is not kept past authentication. */
+	free(cl->pass);
+	cl->pass = NULL;
+	bouncer_forget_pending(cl->b, cl);
+	client_attach(cl, s);
+out:
+	free(ident);
+}
+
+static void client_try_register(struct client *cl)
+{
+	if (cl->phase != CLIENT_PENDING || cl->cap_negotiating || !cl->nick || !cl->user)
+		return;
+	if (conn_is_dead(cl->conn))
+		return;
+	client_authenticate(cl);
+}
+
+/* ---- burst and replay ---- */
+
+static void send_names(struct client *cl, const struct channel *ch)
+{
+	const char *srv = client_srv(cl), *nick = client_nick(cl);
+	char line[512];
+	int head = snprintf(line, sizeof(line), ":%s 353 %s = %s :", srv, nick, ch->name);
+	size_t len = (size_t)head;
+	bool any = false;
+
+	for (size_t i = 0; i < ch->nmembers; i++) {
+		const struct member *m = &ch->members[i];
+		char entry[160];
+		if (cl->caps & CLIENT_CAP_MULTI_PREFIX)
+			snprintf(entry, sizeof(entry), "%s%s", m->prefixes, m->nick);
+		else if (m->prefixes[0])
+			snprintf(entry, sizeof(entry), "%c%s", m->prefixes[0], m->nick);
+		else
+			snprintf(entry, sizeof(entry), "%s", m->nick);
+		size_t el = strlen(entry);
+		if (any && len + 1 + el > 510) {
+			conn_send(cl->conn, line);
+			len = (size_t)head;
+			line[len] = '\0';
+			any = false;
+		}
+		if (any)
+			line[len++] = ' ';
+		memcpy(line + len, entry, el + 1);
+		len += el;
+		any = true;
+	}
+	if (any)
+		conn_send(cl->conn, line);
+	conn_sendf(cl->conn, ":%s 366 %s %s :End of /NAMES list.", srv, nick, ch->name);
+}
+
+void client_send_burst(struct client *cl)
+{
+	struct session *s = cl->s;
+	const char *srv = client_srv(cl), *nick = client_nick(cl);
+	char prefix[256];
+
+	if (s->welcome)
+		conn_sendf(cl->conn, ":%s 001 %s :%s", srv, nick, s->welcome);
+	else
+		conn_sendf(cl->conn, ":%s 001 %s :Welcome to baton, %s", srv, nick, nick);
+	conn_sendf(cl->conn, ":%s 002 %s :Your host is %s, running baton", srv, nick, srv);
+	conn_sendf(cl->conn, ":%s 003 %s :This server is reached through baton", srv, nick);
+	if (s->myinfo)
+		conn_sendf(cl->conn, ":%s 004 %s %s", srv, nick, s->myinfo);
+	else
+		conn_sendf(cl->conn, ":%s 004 %s %s baton io imnpstklbov", srv, nick, srv);
+	for (size_t i = 0; i < s->nisupport; i += 13) {
+		char line[1024];
+		int n = snprintf(line, sizeof(line), ":%s 005 %s", srv, nick);
+		for (size_t j = i; j < s->nisupport && j < i + 13; j++)
+			n += snprintf(line + n, sizeof(line) - (size_t)n, " %s", s->isupport[j]);
+		snprintf(line + n, sizeof(line) - (size_t)n, " :are supported by this server");
+		conn_send(cl->conn, line);
+	}
+	conn_sendf(cl->conn, ":%s 422 %s :MOTD File is missing", srv, nick);
+	if (s->user_modes && s->user_modes[0])
+		conn_sendf(cl->conn, ":%s 221 %s %s", srv, nick, s->user_modes);
+	session_self_prefix(s, prefix, sizeof(prefix));
+	for (size_t i = 0; i < s->nchannels; i++) {
+		const struct channel *ch = s->channels[i];
+		conn_sendf(cl->conn, ":%s JOIN %s", prefix, ch->name);
+		if (ch->topic) {
+			conn_sendf(cl->conn, ":%s 332 %s %s :%s", srv, nick, ch->name, ch->topic);
+			if (ch->topic_setter)
+				conn_sendf(cl->conn, ":%s 333 %s %s %s %lld", srv, nick,
+					   ch->name, ch->topic_setter,
+					   (long long)ch->topic_time);
+		}
+		send_names(cl, ch);
+	}
+}
+
+static int replay_one(void *arg, uint64_t seq, int64_t time_ms,
+		      const char *buffer, const char *line)
+{
+	client_deliver(arg, seq, line, time_ms);
+	return 0;
+}
+
+void client_attach(struct client *cl, struct session *s)
+{
+	if (session_add_client(s, cl) < 0) {
+		client_error_close(cl, NULL, "out of memory");
+		/* Not in any list now: free it when its conn reports closed. */
+		cl->phase = CLIENT_ATTACHED;
+		cl->s = NULL;
+		return;
+	}
+	cl->phase = CLIENT_ATTACHED;
+	cl->cap_negotiating = false;
+	cl->delivered_seq = session_position(s, cl->client_id);
+	log_info("client", "%s: client %s attached (replaying %zu lines)", s->key,
+		 cl->client_id, backlog_count_after(s->backlog, cl->delivered_seq));
+	client_send_burst(cl);
+	backlog_replay(s->backlog, cl->delivered_seq, replay_one, cl);
+	if (!session_upstream_ready(s))
+		conn_sendf(cl->conn, ":%s NOTICE %s :%s is disconnected; reconnecting",
+			   BATON_SERVER_NAME, client_nick(cl), s->network);
+}
+
+/* ---- commands ---- */
+
+static void client_pending_line(struct client *cl, struct irc_msg *m)
+{
+	const char *cmd = m->command;
+
+	if (strcasecmp(cmd, "CAP") == 0) {
+		client_cap(cl, m);
+	} else if (strcasecmp(cmd, "PASS") == 0 && m->nparams >= 1) {
+		free(cl->pass);
+		cl->pass = strdup(m->params[0]);
+	} else if (strcasecmp(cmd, "NICK") == 0 && m->nparams >= 1) {
+		free(cl->nick);
+		cl->nick = strdup(m->params[0]);
+	} else if (strcasecmp(cmd, "USER") == 0 && m->nparams >= 1) {
+		free(cl->user);
+		cl->user = strdup(m->params[0]);
+	} else if (strcasecmp(cmd, "PING") == 0) {
+		conn_sendf(cl->conn, ":%s PONG %s :%s", BATON_SERVER_NAME,
+			   BATON_SERVER_NAME, m->nparams ? m->params[m->nparams - 1] : "");
+		return;
+	} else if (strcasecmp(cmd, "QUIT") == 0) {
+		client_error_close(cl, NULL, "quit");
+		return;
+	} else if (strcasecmp(cmd, "PONG") == 0) {
+		return;
+	} else {
+		conn_sendf(cl->conn, ":%s 451 %s :You have not registered",
+			   BATON_SERVER_NAME, cl->nick ? cl->nick : "*");
+		return;
+	}
+	client_try_register(cl);
+}
+
+static void client_message(struct client *cl, struct irc_msg *m, const char *cmd)
+{
+	struct session *s = cl->s;
+	char prefix[256], line[CONN_MAX_LINE + 1], targets[512];
+
+	if (m->nparams < 2) {
+		conn_sendf(cl->conn, ":%s 412 %s :No text to send", client_srv(cl), client_nick(cl));
+		return;
+	}
+	if (!session_upstream_ready(s)) {
+		conn_sendf(cl->conn, ":%s NOTICE %s :%s is disconnected: message not sent",
+			   BATON_SERVER_NAME, client_nick(cl), s->network);
+		return;
+	}
+	snprintf(line, sizeof(line), "%s %s :%s", cmd, m->params[0], m->params[1]);
+	upstream_send(s, line);
+	session_self_prefix(s, prefix, sizeof(prefix));
+	snprintf(targets, sizeof(targets), "%s", m->params[0]);
+	for (char *save = NULL, *t = strtok_r(targets, ",", &save); t;
+	     t = strtok_r(NULL, ",", &save)) {
+		snprintf(line, sizeof(line), ":%s %s %s :%s", prefix, cmd, t, m->params[1]);
+		/* The others see it; the sender too if it asked for echo-message. */
+		session_store_and_relay(s, t, line, 0,
+					(cl->caps & CLIENT_CAP_ECHO_MESSAGE) ? NULL : cl);
+	}
+}
+
+static void client_attached_line(struct client *cl, struct irc_msg *m,
+				 const char *raw)
+{
+	struct session *s = cl->s;
+	const char *cmd = m->command;
+
+	if (strcasecmp(cmd, "PING") == 0) {
+		conn_sendf(cl->conn, ":%s PONG %s :%s", client_srv(cl), client_srv(cl),
+			   m->nparams ? m->params[m->nparams - 1] : "");
+	} else if (strcasecmp(cmd, "PONG") == 0) {
+		/* ignored */
+	} else if (strcasecmp(cmd, "QUIT") == 0) {
+		/* Detach only: the session stays on the network. */
+		client_error_close(cl, NULL, "quit");
+	} else if (strcasecmp(cmd, "CAP") == 0) {
+		client_cap(cl, m);
+	} else if (strcasecmp(cmd, "PASS") == 0 || strcasecmp(cmd, "USER") == 0) {
+		conn_sendf(cl->conn, ":%s 462 %s :You may not reregister",
+			   client_srv(cl), client_nick(cl));
+	} else if (strcasecmp(cmd, "PRIVMSG") == 0 || strcasecmp(cmd, "NOTICE") == 0) {
+		client_message(cl, m, strcasecmp(cmd, "PRIVMSG") == 0 ? "PRIVMSG" : "NOTICE");
+	} else if (!s->up || s->up->phase < UP_WELCOMED) {
+		conn_sendf(cl->conn, ":%s NOTICE %s :%s is disconnected: command not sent",
+			   BATON_SERVER_NAME, client_nick(cl), s->network);
+	} else {
+		if (strcasecmp(cmd, "AWAY") == 0) {
+			free(s->away);
+			s->away = m->nparams && m->params[0][0] ? strdup(m->params[0]) : NULL;
+		}
+		upstream_send(s, raw);
+	}
+}
+
+static void client_line(struct conn *c, char *line, size_t len, void *arg)
+{
+	struct client *cl = arg;
+	struct irc_msg m;
+	char raw[CONN_MAX_LINE + 1];
+
+	cl->last_rx_ms = now_ms();
+	const char *p = line;
+	if (*p == '@') { /* client tags are not forwarded */
+		p = strchr(p, ' ');
+		if (!p)
+			return;
+		while (*p == ' ')
+			p++;
+	}
+	snprintf(raw, sizeof(raw), "%s", p);
+	if (irc_parse(line, &m) < 0)
+		return;
+	if (cl->phase == CLIENT_PENDING)
+		client_pending_line(cl, &m);
+	else if (cl->s)
+		client_attached_line(cl, &m, raw);
+}
+
+static void client_closed(struct conn *c, const char *reason, void *arg)
+{
+	struct client *cl = arg;
+	/* Runs from the event loop (conn.h): freeing cl here is safe. */
+	if (cl->phase == CLIENT_PENDING) {
+		bouncer_forget_pending(cl->b, cl);
+		client_free(cl);
+	} else if (cl->s) {
+		session_remove_client(cl->s, cl);
+	} else {
+		client_free(cl);
+	}
+}
+
+const struct conn_ops client_conn_ops = {
+	.line = client_line,
+	.closed = client_closed,
+};

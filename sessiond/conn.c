@@ -1,0 +1,459 @@
+/* sessiond/conn.c: see conn.h. */
+#include "sessiond/conn.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+/* Bytes [off, len) of data are live. */
+struct buf {
+	char *data;
+	size_t off, len, cap;
+};
+
+struct conn {
+	struct event_base *base;
+	int fd;
+	struct event *rev, *wev;
+	/* Deferred work run from the event loop: the closed callback of a
+	 * dead connection, or processing lines buffered before conn_arm(). */
+	struct event *defer;
+	struct buf in, out;
+	const struct conn_ops *ops;
+	void *arg;
+	bool armed;
+	bool connecting;
+	bool dead;
+	bool close_notified;
+	bool in_lines; /* inside process_lines(): no nested processing */
+	char reason[128];
+};
+
+static void buf_free(struct buf *b)
+{
+	free(b->data);
+	memset(b, 0, sizeof(*b));
+}
+
+static void buf_compact(struct buf *b)
+{
+	if (b->off == 0)
+		return;
+	memmove(b->data, b->data + b->off, b->len - b->off);
+	b->len -= b->off;
+	b->off = 0;
+}
+
+static int buf_reserve(struct buf *b, size_t more)
+{
+	if (b->len + more <= b->cap)
+		return 0;
+	buf_compact(b);
+	if (b->len + more <= b->cap)
+		return 0;
+	size_t cap = b->cap ? b->cap : 512;
+	while (cap < b->len + more)
+		cap *= 2;
+	char *p = realloc(b->data, cap);
+	if (!p)
+		return -ENOMEM;
+	b->data = p;
+	b->cap = cap;
+	return 0;
+}
+
+static int buf_append(struct buf *b, const void *p, size_t n)
+{
+	if (n == 0)
+		return 0;
+	if (buf_reserve(b, n) < 0)
+		return -ENOMEM;
+	memcpy(b->data + b->len, p, n);
+	b->len += n;
+	return 0;
+}
+
+static void conn_schedule_defer(struct conn *c)
+{
+	if (c->armed && c->defer)
+		event_active(c->defer, 0, 0);
+}
+
+static void conn_mark_dead(struct conn *c, const char *reason)
+{
+	if (c->dead)
+		return;
+	c->dead = true;
+	snprintf(c->reason, sizeof(c->reason), "%s", reason);
+	if (c->rev)
+		event_del(c->rev);
+	if (c->wev)
+		event_del(c->wev);
+	conn_schedule_defer(c);
+}
+
+/* One non-blocking attempt to write pending output. Returns 0, or -errno
+ * for a hard error (the caller closes). */
+static int conn_write_some(struct conn *c)
+{
+	while (c->out.len > c->out.off) {
+		ssize_t n = send(c->fd, c->out.data + c->out.off,
+				 c->out.len - c->out.off, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return 0;
+			return -errno;
+		}
+		c->out.off += (size_t)n;
+	}
+	c->out.off = c->out.len = 0;
+	return 0;
+}
+
+static void conn_process_lines(struct conn *c)
+{
+	/* A line is copied out and consumed before its callback runs, so a
+	 * freeze inside the callback serializes only what is still unread. */
+	char line[CONN_MAX_LINE + 1];
+
+	if (c->in_lines)
+		return;
+	c->in_lines = true;
+	while (!c->dead && c->armed && c->in.len > c->in.off) {
+		char *start = c->in.data + c->in.off;
+		size_t avail = c->in.len - c->in.off;
+		char *nl = memchr(start, '\n', avail);
+		if (!nl) {
+			if (avail > CONN_MAX_LINE)
+				conn_mark_dead(c, "line too long (max 8704 bytes)");
+			break;
+		}
+		size_t n = (size_t)(nl - start);
+		c->in.off += n + 1;
+		while (n > 0 && (start[n - 1] == '\r' || start[n - 1] == '\n'))
+			n--;
+		if (n > CONN_MAX_LINE) {
+			conn_mark_dead(c, "line too long (max 8704 bytes)");
+			break;
+		}
+		if (n == 0)
+			continue;
+		memcpy(line, start, n);
+		line[n] = '\0';
+		c->ops->line(c, line, n, c->arg);
+	}
+	if (c->in.off == c->in.len)
+		c->in.off = c->in.len = 0;
+	c->in_lines = false;
+}
+
+static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	const char *eof = NULL;
+	char why[128];
+
+	if (c->dead || !c->armed)
+		return;
+	if (buf_reserve(&c->in, 16384) < 0) {
+		conn_mark_dead(c, "out of memory");
+		return;
+	}
+	ssize_t n = recv(fd, c->in.data + c->in.len, c->in.cap - c->in.len,
+			 MSG_DONTWAIT);
+	if (n > 0) {
+		c->in.len += (size_t)n;
+	} else if (n == 0) {
+		eof = "connection closed by peer";
+	} else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+		snprintf(why, sizeof(why), "read error: %s", strerror(errno));
+		eof = why;
+	}
+	/* Lines that arrived before the EOF are still processed. */
+	conn_process_lines(c);
+	if (eof)
+		conn_mark_dead(c, eof);
+}
+
+static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	char why[128];
+
+	if (c->dead || !c->armed)
+		return;
+	if (c->connecting) {
+		int err = 0;
+		socklen_t len = sizeof(err);
+		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+			err = errno;
+		if (err == EINPROGRESS || err == EALREADY)
+			return;
+		if (err) {
+			snprintf(why, sizeof(why), "connect failed: %s", strerror(err));
+			conn_mark_dead(c, why);
+			return;
+		}
+		c->connecting = false;
+		event_add(c->rev, NULL);
+		if (c->ops->connected)
+			c->ops->connected(c, c->arg);
+		if (c->dead)
+			return;
+	}
+	int rc = conn_write_some(c);
+	if (rc < 0) {
+		snprintf(why, sizeof(why), "write error: %s", strerror(-rc));
+		conn_mark_dead(c, why);
+		return;
+	}
+	if (c->out.len == c->out.off)
+		event_del(c->wev);
+}
+
+static void conn_defer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	if (c->dead) {
+		if (!c->close_notified) {
+			c->close_notified = true;
+			/* The owner may release c in here: touch nothing after. */
+			c->ops->closed(c, c->reason, c->arg);
+		}
+		return;
+	}
+	conn_process_lines(c);
+}
+
+struct conn *conn_adopt(struct event_base *base, int fd, bool connecting,
+			const void *in, size_t inlen, const void *out,
+			size_t outlen, const struct conn_ops *ops, void *arg)
+{
+	struct conn *c = calloc(1, sizeof(*c));
+	if (!c)
+		goto fail;
+	c->base = base;
+	c->fd = fd;
+	c->ops = ops;
+	c->arg = arg;
+	c->connecting = connecting;
+	c->rev = event_new(base, fd, EV_READ | EV_PERSIST, conn_read_cb, c);
+	c->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, conn_write_cb, c);
+	c->defer = event_new(base, -1, 0, conn_defer_cb, c);
+	if (!c->rev || !c->wev || !c->defer)
+		goto fail;
+	if (buf_append(&c->in, in, inlen) < 0 || buf_append(&c->out, out, outlen) < 0)
+		goto fail;
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0 && !(fl & O_NONBLOCK))
+		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	return c;
+fail:
+	if (c) {
+		c->fd = -1;
+		conn_release(c);
+	}
+	if (fd >= 0)
+		close(fd);
+	return NULL;
+}
+
+struct conn *conn_new(struct event_base *base, int fd, bool connecting,
+		      const struct conn_ops *ops, void *arg)
+{
+	int one = 1;
+	/* Fails harmlessly on non-TCP sockets (tests use socketpairs). */
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	return conn_adopt(base, fd, connecting, NULL, 0, NULL, 0, ops, arg);
+}
+
+void conn_set_arg(struct conn *c, void *arg)
+{
+	c->arg = arg;
+}
+
+void conn_arm(struct conn *c)
+{
+	if (c->armed)
+		return;
+	c->armed = true;
+	if (c->dead) {
+		conn_schedule_defer(c);
+		return;
+	}
+	if (c->connecting) {
+		event_add(c->wev, NULL);
+		return;
+	}
+	event_add(c->rev, NULL);
+	if (c->out.len > c->out.off)
+		event_add(c->wev, NULL);
+	if (c->in.len > c->in.off)
+		conn_schedule_defer(c);
+}
+
+void conn_freeze(struct conn *c, bool flush)
+{
+	if (flush && !c->dead && !c->connecting && c->out.len > c->out.off) {
+		int rc = conn_write_some(c);
+		if (rc < 0) {
+			char why[128];
+			snprintf(why, sizeof(why), "write error: %s", strerror(-rc));
+			conn_mark_dead(c, why);
+		}
+	}
+	c->armed = false;
+	event_del(c->rev);
+	event_del(c->wev);
+	event_del(c->defer);
+}
+
+void conn_send(struct conn *c, const char *line)
+{
+	if (c->dead)
+		return;
+	size_t n = strlen(line);
+	if (n > CONN_MAX_LINE)
+		n = CONN_MAX_LINE;
+	if (c->out.len - c->out.off + n + 2 > CONN_MAX_OUTPUT) {
+		conn_mark_dead(c, "sendq exceeded");
+		return;
+	}
+	if (buf_reserve(&c->out, n + 2) < 0) {
+		conn_mark_dead(c, "out of memory");
+		return;
+	}
+	memcpy(c->out.data + c->out.len, line, n);
+	c->out.data[c->out.len + n] = '\r';
+	c->out.data[c->out.len + n + 1] = '\n';
+	c->out.len += n + 2;
+	if (c->armed && !c->connecting && !event_pending(c->wev, EV_WRITE, NULL))
+		event_add(c->wev, NULL);
+}
+
+void conn_sendf(struct conn *c, const char *fmt, ...)
+{
+	char line[CONN_MAX_LINE + 1];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	conn_send(c, line);
+}
+
+void conn_close(struct conn *c, const char *reason, bool flush)
+{
+	if (c->dead)
+		return;
+	if (flush && !c->connecting && c->armed)
+		(void)conn_write_some(c);
+	conn_mark_dead(c, reason);
+}
+
+void conn_release(struct conn *c)
+{
+	if (!c)
+		return;
+	if (c->rev)
+		event_free(c->rev);
+	if (c->wev)
+		event_free(c->wev);
+	if (c->defer)
+		event_free(c->defer);
+	if (c->fd >= 0)
+		close(c->fd);
+	buf_free(&c->in);
+	buf_free(&c->out);
+	free(c);
+}
+
+bool conn_is_dead(const struct conn *c)
+{
+	return c->dead;
+}
+
+bool conn_is_connecting(const struct conn *c)
+{
+	return c->connecting;
+}
+
+int conn_fd(const struct conn *c)
+{
+	return c->fd;
+}
+
+const char *conn_close_reason(const struct conn *c)
+{
+	return c->dead ? c->reason : NULL;
+}
+
+const char *conn_input(const struct conn *c, size_t *len)
+{
+	*len = c->in.len - c->in.off;
+	return c->in.data ? c->in.data + c->in.off : "";
+}
+
+const char *conn_output(const struct conn *c, size_t *len)
+{
+	*len = c->out.len - c->out.off;
+	return c->out.data ? c->out.data + c->out.off : "";
+}
+
+static char *format_sockaddr(const struct sockaddr_storage *ss, char *out,
+			     size_t n)
+{
+	char host[INET6_ADDRSTRLEN] = "";
+
+	out[0] = '\0';
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *sin = (const void *)ss;
+		inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
+		snprintf(out, n, "%s:%u", host, ntohs(sin->sin_port));
+	} else if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 = (const void *)ss;
+		inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof(host));
+		snprintf(out, n, "[%s]:%u", host, ntohs(sin6->sin6_port));
+	}
+	return out;
+}
+
+char *conn_peer_name(const struct conn *c, char *out, size_t n)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	memset(&ss, 0, sizeof(ss));
+	if (getpeername(c->fd, (struct sockaddr *)&ss, &len) < 0) {
+		out[0] = '\0';
+		return out;
+	}
+	return format_sockaddr(&ss, out, n);
+}
+
+char *conn_local_name(const struct conn *c, char *out, size_t n)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	memset(&ss, 0, sizeof(ss));
+	if (getsockname(c->fd, (struct sockaddr *)&ss, &len) < 0) {
+		out[0] = '\0';
+		return out;
+	}
+	return format_sockaddr(&ss, out, n);
+}

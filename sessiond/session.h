@@ -1,0 +1,277 @@
+/* sessiond/session.h: the objects of the sessiond core shared by session.c,
+ * upstream.c, client.c, state.c and bouncer.c. Internal to the core: the
+ * rest of the worker (main.c, worker.c, migrate.c) only sees bouncer.h.
+ *
+ * Ownership: the bouncer owns sessions and pending clients; a session owns
+ * its upstream, its attached clients, its channels and its backlog; an
+ * upstream or client owns its conn (and so its fd).
+ *
+ * Dying objects: a conn that dies inside a callback only reports it later
+ * from the event loop (conn.h), where its owner frees it; nothing here frees
+ * an object that may be on the call stack.
+ */
+#ifndef BATON_SESSIOND_SESSION_H
+#define BATON_SESSIOND_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sessiond/bouncer.h"
+
+struct event;
+struct event_base;
+struct baton_config;
+struct config_session;
+struct conn;
+struct backlog;
+struct irc_msg;
+
+#define BATON_SERVER_NAME "baton"
+
+/* Protobuf unknown fields kept from an adopted state and written back on
+ * re-pack (proto/state.proto rule 4). Opaque copy; see state.c. */
+struct pb_unknown {
+	size_t n;
+	void *fields; /* ProtobufCMessageUnknownField[n], deep copied */
+};
+void pb_unknown_clear(struct pb_unknown *u);
+
+/* Item kinds (bouncer.h's opaque struct bouncer_item). */
+enum item_kind { ITEM_SESSION = 1, ITEM_PENDING = 2 };
+enum item_state {
+	ITEM_LIVE = 0,     /* registered and armed */
+	ITEM_FROZEN,       /* source side: frozen, awaiting thaw/release */
+	ITEM_ADOPTED,      /* target side: built, not armed yet */
+};
+
+struct bouncer_item {
+	enum item_kind kind;
+	enum item_state state;
+	struct session *session; /* ITEM_SESSION */
+	struct client *client;   /* ITEM_PENDING */
+	int *fds;                /* after serialize: sockets in fd_index order */
+	size_t nfds;
+};
+
+/* ---- channels ---- */
+
+struct member {
+	char *nick;
+	char prefixes[16]; /* PREFIX symbols in PREFIX order, e.g. "@+" */
+};
+
+struct channel {
+	char *name;
+	char *topic;        /* NULL: none */
+	char *topic_setter;
+	int64_t topic_time;
+	char *modes;        /* "+nt" (letters only), NULL: unknown */
+	struct member *members;
+	size_t nmembers, cap;
+	bool joined;
+	struct pb_unknown unknown;
+};
+
+struct position {
+	char *client_id;
+	uint64_t seq;
+};
+
+/* ---- upstream ---- */
+
+enum upstream_phase {
+	UP_CONNECTING = 0,  /* non-blocking connect in progress */
+	UP_REGISTERING = 1, /* CAP/NICK/USER sent, waiting for 001 */
+	UP_WELCOMED = 2,    /* 001 seen, waiting for end of MOTD */
+	UP_READY = 3,       /* channels joined: relaying */
+};
+
+struct upstream {
+	struct session *s;
+	struct conn *conn;
+	enum upstream_phase phase;
+	bool cap_negotiating;    /* CAP REQ sent (or LS in progress) */
+	char **cap_offered;      /* wanted caps seen in (multi-line) CAP LS */
+	size_t ncap_offered;
+	char *nick_attempt;      /* nick sent during registration */
+	int64_t connected_at_ms; /* connect() started */
+	int64_t last_rx_ms;
+	int64_t ping_sent_ms;    /* 0: no PING outstanding */
+	int64_t lag_ms;
+	int64_t next_ping_ms;
+	struct event *timer;     /* keepalive / timeout */
+	bool dead;               /* closed; freed from the session's reaper */
+	struct pb_unknown unknown;
+};
+
+/* ---- clients ---- */
+
+enum client_cap {
+	CLIENT_CAP_SERVER_TIME = 1u << 0,
+	CLIENT_CAP_MULTI_PREFIX = 1u << 1,
+	CLIENT_CAP_ECHO_MESSAGE = 1u << 2,
+};
+
+enum client_phase {
+	CLIENT_PENDING = 0,  /* registering / authenticating */
+	CLIENT_ATTACHED = 1, /* attached to a session */
+};
+
+struct client {
+	struct bouncer *b;
+	struct session *s;      /* NULL while pending */
+	struct conn *conn;
+	enum client_phase phase;
+	unsigned caps;          /* enum client_cap */
+	bool cap_negotiating;
+	char *pass, *nick, *user;
+	char *client_id;        /* delivery position name, "default" */
+	uint64_t delivered_seq; /* last backlog seq queued to this client */
+	int64_t connected_at_ms;
+	int64_t last_rx_ms;
+	struct bouncer_item item; /* pending clients only */
+	struct pb_unknown unknown;
+};
+
+/* ---- session ---- */
+
+struct session {
+	struct bouncer *b;
+	char *key; /* "user/network" */
+	char *user, *network;
+	char *nick;
+	char *userhost; /* "user@host" of our prefix, NULL: unknown */
+	char *user_modes;
+	char **isupport;
+	size_t nisupport;
+	char **caps; /* upstream caps acknowledged */
+	size_t ncaps;
+	struct channel **channels;
+	size_t nchannels;
+	struct backlog *backlog;
+	struct position *positions;
+	size_t npositions;
+	struct upstream *up; /* NULL while disconnected */
+	struct client **clients;
+	size_t nclients;
+	char *away;
+	int64_t reconnect_at_ms; /* 0: no attempt scheduled */
+	uint32_t reconnect_failures;
+	char *server_name, *welcome, *myinfo;
+	struct event *reconnect_timer;
+	struct bouncer_item item;
+	struct pb_unknown unknown;
+};
+
+/* ---- bouncer internals (bouncer.c) ---- */
+struct event_base *bouncer_base(const struct bouncer *b);
+const struct baton_config *bouncer_config(const struct bouncer *b);
+struct session *bouncer_find_session(struct bouncer *b, const char *user,
+				     const char *network);
+/* A pending client authenticated and attached, or died: drop it from the
+ * pending list (does not free). */
+void bouncer_forget_pending(struct bouncer *b, struct client *cl);
+
+int64_t now_ms(void); /* CLOCK_REALTIME, ms */
+/* Format "YYYY-MM-DDThh:mm:ss.sssZ" into out[32]. */
+void format_server_time(int64_t ms, char out[32]);
+/* Parse that format; returns 0 or -1. */
+int parse_server_time(const char *s, int64_t *ms);
+char *xstrdup(const char *s); /* NULL-safe strdup */
+void strv_free(char **v, size_t n);
+int strv_push(char ***v, size_t *n, const char *s);
+
+/* ---- session.c ---- */
+/* A new session with no connection (no I/O, no events armed). */
+struct session *session_new(struct bouncer *b, const char *user,
+			    const char *network);
+/* Free everything, closing fds and sending nothing. Accepts NULL. */
+void session_free(struct session *s);
+const struct config_session *session_config(const struct session *s);
+/* Arm every connection and timer (after creation, adoption or thaw). */
+void session_arm(struct session *s);
+/* Stop every event and timer; flush: one write attempt per socket. Dead
+ * connections are reaped first (they are not part of the state). */
+void session_freeze(struct session *s, bool flush);
+/* Schedule the upstream connection attempt at `at_ms` (absolute). */
+void session_schedule_connect(struct session *s, int64_t at_ms);
+/* Frees connections that died but whose closed callback has not run yet
+ * (only from a top-level context: freeze). */
+void session_reap(struct session *s);
+/* Schedule the next upstream attempt with exponential backoff + jitter. */
+void session_backoff(struct session *s);
+/* Remove an attached client (stores its delivery position) and free it. */
+void session_remove_client(struct session *s, struct client *cl);
+int session_add_client(struct session *s, struct client *cl);
+
+struct channel *session_find_channel(struct session *s, const char *name);
+struct channel *session_add_channel(struct session *s, const char *name);
+void session_remove_channel(struct session *s, const char *name);
+void channel_free(struct channel *ch);
+struct member *channel_find_member(struct channel *ch, const char *nick);
+struct member *channel_add_member(struct channel *ch, const char *nick);
+void channel_remove_member(struct channel *ch, const char *nick);
+
+/* ISUPPORT value of `token` (NULL if absent, "" if present without value). */
+const char *session_isupport(const struct session *s, const char *token);
+/* PREFIX modes/symbols, defaults "ov" / "@+". */
+void session_prefix(const struct session *s, char *modes, size_t mn,
+		    char *symbols, size_t sn);
+bool session_is_me(const struct session *s, const char *nick);
+
+uint64_t session_position(const struct session *s, const char *client_id);
+void session_set_position(struct session *s, const char *client_id,
+			  uint64_t seq);
+
+/* Relay: send to every attached client (except `except`), adding
+ * @time=... for clients with server-time (time_ms 0: now). */
+void session_broadcast(struct session *s, const char *line, int64_t time_ms,
+		       struct client *except);
+/* Store a PRIVMSG/NOTICE in the backlog under `buffer` and deliver it to
+ * every attached client except `except` (whose position also advances). */
+void session_store_and_relay(struct session *s, const char *buffer,
+			     const char *line, int64_t time_ms,
+			     struct client *except);
+/* NOTICE from the bouncer to every attached client. */
+void session_notice_all(struct session *s, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* Our prefix "nick!user@host" (or "nick") into out[n]. */
+void session_self_prefix(const struct session *s, char *out, size_t n);
+bool session_upstream_ready(const struct session *s);
+
+/* ---- upstream.c ---- */
+/* Start a connection to the configured network (returns 0 or -errno; on
+ * failure the caller schedules a retry). */
+int upstream_connect(struct session *s);
+/* Build an upstream around an adopted conn (no events). */
+struct upstream *upstream_new(struct session *s, struct conn *c);
+void upstream_free(struct upstream *u); /* closes the conn, sends nothing */
+void upstream_arm(struct upstream *u);
+void upstream_freeze(struct upstream *u, bool flush);
+/* Send a raw line upstream (ignored when not connected). */
+void upstream_send(struct session *s, const char *line);
+extern const struct conn_ops upstream_conn_ops;
+/* Called by the session reaper for a dead upstream: log, notify clients,
+ * schedule the reconnect, free. */
+void upstream_lost(struct session *s);
+
+/* ---- client.c ---- */
+/* A new pending client on an accepted fd (fd taken in every case). */
+struct client *client_new(struct bouncer *b, int fd);
+void client_free(struct client *cl); /* closes the conn, sends nothing */
+extern const struct conn_ops client_conn_ops;
+/* Attach an authenticated client (sends the burst and the replay). */
+void client_attach(struct client *cl, struct session *s);
+/* Send a line to one client, adding @time if it enabled server-time. */
+void client_send_tagged(struct client *cl, const char *line, int64_t time_ms);
+/* Queue one backlog line to an attached client (advances delivered_seq). */
+void client_deliver(struct client *cl, uint64_t seq, const char *line,
+		    int64_t time_ms);
+/* Caps as names in canonical order (for state). */
+size_t client_caps_names(unsigned caps, const char **names, size_t max);
+unsigned client_cap_from_name(const char *name); /* 0 if unknown */
+/* Send the welcome burst (used again after an upstream reconnect). */
+void client_send_burst(struct client *cl);
+
+#endif

@@ -1,0 +1,813 @@
+/* sessiond/state.c: see state.h. */
+#include "sessiond/state.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "state.pb-c.h"
+
+#include "sessiond/backlog.h"
+#include "sessiond/conn.h"
+#include "sessiond/session.h"
+
+/* ---- unknown fields (proto rule 4: preserved on re-pack) ---- */
+
+void pb_unknown_clear(struct pb_unknown *u)
+{
+	ProtobufCMessageUnknownField *f = u->fields;
+	for (size_t i = 0; i < u->n; i++)
+		free(f[i].data);
+	free(f);
+	u->fields = NULL;
+	u->n = 0;
+}
+
+static int pb_unknown_copy(struct pb_unknown *u, const ProtobufCMessage *m)
+{
+	if (!m->n_unknown_fields)
+		return 0;
+	ProtobufCMessageUnknownField *f = calloc(m->n_unknown_fields, sizeof(*f));
+	if (!f)
+		return -ENOMEM;
+	u->fields = f;
+	for (unsigned i = 0; i < m->n_unknown_fields; i++) {
+		f[i] = m->unknown_fields[i];
+		f[i].data = malloc(f[i].len ? f[i].len : 1);
+		if (!f[i].data) {
+			u->n = i;
+			return -ENOMEM;
+		}
+		memcpy(f[i].data, m->unknown_fields[i].data, f[i].len);
+	}
+	u->n = m->n_unknown_fields;
+	return 0;
+}
+
+static void pb_unknown_attach(ProtobufCMessage *m, const struct pb_unknown *u)
+{
+	m->n_unknown_fields = (unsigned)u->n;
+	m->unknown_fields = u->fields;
+}
+
+/* ---- serialize ----
+ * The protobuf tree borrows strings and buffers from the live objects; only
+ * the tree's own nodes and arrays are allocated, tracked in an arena. */
+
+struct arena {
+	void **p;
+	size_t n, cap;
+	bool failed;
+};
+
+static void *arena_alloc(struct arena *a, size_t size)
+{
+	if (a->failed)
+		return NULL;
+	if (a->n == a->cap) {
+		size_t cap = a->cap ? a->cap * 2 : 64;
+		void **np = realloc(a->p, cap * sizeof(void *));
+		if (!np) {
+			a->failed = true;
+			return NULL;
+		}
+		a->p = np;
+		a->cap = cap;
+	}
+	void *m = calloc(1, size ? size : 1);
+	if (!m) {
+		a->failed = true;
+		return NULL;
+	}
+	a->p[a->n++] = m;
+	return m;
+}
+
+static char *arena_strdup(struct arena *a, const char *s)
+{
+	if (!s || !s[0])
+		return NULL;
+	char *d = arena_alloc(a, strlen(s) + 1);
+	if (d)
+		strcpy(d, s);
+	return d;
+}
+
+static void arena_free(struct arena *a)
+{
+	for (size_t i = 0; i < a->n; i++)
+		free(a->p[i]);
+	free(a->p);
+}
+
+static void put_bytes(protobuf_c_boolean *has, ProtobufCBinaryData *bd,
+		      const char *p, size_t n)
+{
+	if (n) {
+		*has = 1;
+		bd->len = n;
+		bd->data = (uint8_t *)p;
+	}
+}
+
+#define PUT_I64(msg, field, v)                                                 \
+	do {                                                                   \
+		if ((v) != 0) {                                                \
+			(msg)->has_##field = 1;                                \
+			(msg)->field = (v);                                    \
+		}                                                              \
+	} while (0)
+
+static Baton__State__Connection *ser_conn_common(struct arena *a,
+						 struct conn *c, uint32_t idx,
+						 Baton__State__ConnRole role)
+{
+	Baton__State__Connection *pc = arena_alloc(a, sizeof(*pc));
+	char name[80];
+	size_t n;
+	const char *p;
+
+	if (!pc)
+		return NULL;
+	baton__state__connection__init(pc);
+	pc->role = role;
+	pc->fd_index = idx;
+	pc->peer = arena_strdup(a, conn_peer_name(c, name, sizeof(name)));
+	pc->local = arena_strdup(a, conn_local_name(c, name, sizeof(name)));
+	p = conn_input(c, &n);
+	put_bytes(&pc->has_input, &pc->input, p, n);
+	p = conn_output(c, &n);
+	put_bytes(&pc->has_output, &pc->output, p, n);
+	return pc;
+}
+
+static Baton__State__Connection *ser_upstream(struct arena *a,
+					      struct upstream *u, uint32_t idx)
+{
+	Baton__State__Connection *pc =
+		ser_conn_common(a, u->conn, idx, BATON__STATE__CONN_ROLE__CONN_ROLE_UPSTREAM);
+	if (!pc)
+		return NULL;
+	pc->has_reg_phase = 1;
+	pc->reg_phase = (uint32_t)u->phase;
+	pc->n_caps = u->ncap_offered;
+	pc->caps = u->cap_offered;
+	pc->nick = u->nick_attempt;
+	if (u->cap_negotiating) {
+		pc->has_cap_negotiating = 1;
+		pc->cap_negotiating = 1;
+	}
+	PUT_I64(pc, connected_at_ms, u->connected_at_ms);
+	PUT_I64(pc, last_rx_ms, u->last_rx_ms);
+	PUT_I64(pc, ping_sent_ms, u->ping_sent_ms);
+	PUT_I64(pc, lag_ms, u->lag_ms);
+	PUT_I64(pc, next_ping_ms, u->next_ping_ms);
+	pb_unknown_attach(&pc->base, &u->unknown);
+	return pc;
+}
+
+static Baton__State__Connection *ser_client(struct arena *a, struct client *cl,
+					    uint32_t idx)
+{
+	Baton__State__Connection *pc = ser_conn_common(
+		a, cl->conn, idx,
+		cl->phase == CLIENT_ATTACHED ? BATON__STATE__CONN_ROLE__CONN_ROLE_CLIENT
+					     : BATON__STATE__CONN_ROLE__CONN_ROLE_PENDING);
+	const char *names[8];
+
+	if (!pc)
+		return NULL;
+	pc->has_reg_phase = 1;
+	pc->reg_phase = (uint32_t)cl->phase;
+	size_t n = client_caps_names(cl->caps, names, 8);
+	if (n) {
+		pc->caps = arena_alloc(a, n * sizeof(char *));
+		if (!pc->caps)
+			return NULL;
+		for (size_t i = 0; i < n; i++)
+			pc->caps[i] = (char *)names[i];
+		pc->n_caps = n;
+	}
+	pc->client_id = cl->client_id;
+	if (cl->phase == CLIENT_ATTACHED) {
+		pc->has_delivered_seq = 1;
+		pc->delivered_seq = cl->delivered_seq;
+	}
+	PUT_I64(pc, connected_at_ms, cl->connected_at_ms);
+	PUT_I64(pc, last_rx_ms, cl->last_rx_ms);
+	pc->pass = cl->pass;
+	pc->nick = cl->nick;
+	pc->user = cl->user;
+	if (cl->cap_negotiating) {
+		pc->has_cap_negotiating = 1;
+		pc->cap_negotiating = 1;
+	}
+	pb_unknown_attach(&pc->base, &cl->unknown);
+	return pc;
+}
+
+struct ser_buffers {
+	struct arena *a;
+	const struct backlog *bl;
+	char **names;
+	size_t n;
+	Baton__State__Buffer *cur;
+	size_t cap;
+	int err;
+};
+
+static int collect_buffer(void *arg, const char *buffer)
+{
+	struct ser_buffers *sb = arg;
+	char **nv = realloc(sb->names, (sb->n + 1) * sizeof(char *));
+	if (!nv)
+		return -ENOMEM;
+	sb->names = nv;
+	sb->names[sb->n++] = (char *)buffer;
+	return 0;
+}
+
+static int collect_line(void *arg, uint64_t seq, int64_t time_ms,
+			const char *buffer, const char *line)
+{
+	struct ser_buffers *sb = arg;
+	Baton__State__Buffer *pb = sb->cur;
+	if (pb->n_lines == sb->cap) {
+		size_t cap = sb->cap ? sb->cap * 2 : 16;
+		Baton__State__BacklogLine **nv = arena_alloc(sb->a, cap * sizeof(*nv));
+		if (!nv)
+			return -ENOMEM;
+		if (pb->n_lines)
+			memcpy(nv, pb->lines, pb->n_lines * sizeof(*nv));
+		pb->lines = nv;
+		sb->cap = cap;
+	}
+	Baton__State__BacklogLine *l = arena_alloc(sb->a, sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	baton__state__backlog_line__init(l);
+	l->seq = seq;
+	l->time_ms = time_ms;
+	l->line = (char *)line;
+	pb->lines[pb->n_lines++] = l;
+	return 0;
+}
+
+static int cmp_str(const void *x, const void *y)
+{
+	return strcmp(*(char *const *)x, *(char *const *)y);
+}
+
+static int ser_buffers(struct arena *a, struct session *s,
+		       Baton__State__Session *ps)
+{
+	struct ser_buffers sb = { .a = a, .bl = s->backlog };
+	int rc = backlog_foreach_buffer(s->backlog, collect_buffer, &sb);
+	if (rc)
+		goto out;
+	/* Sorted by name: the order does not depend on backlog internals. */
+	qsort(sb.names, sb.n, sizeof(char *), cmp_str);
+	if (sb.n) {
+		ps->buffers = arena_alloc(a, sb.n * sizeof(*ps->buffers));
+		if (!ps->buffers) {
+			rc = -ENOMEM;
+			goto out;
+		}
+	}
+	for (size_t i = 0; i < sb.n; i++) {
+		Baton__State__Buffer *pb = arena_alloc(a, sizeof(*pb));
+		if (!pb) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		baton__state__buffer__init(pb);
+		pb->name = sb.names[i];
+		sb.cur = pb;
+		sb.cap = 0;
+		rc = backlog_foreach_line(s->backlog, sb.names[i], collect_line, &sb);
+		if (rc)
+			goto out;
+		ps->buffers[ps->n_buffers++] = pb;
+	}
+out:
+	free(sb.names);
+	return rc ? (rc < 0 ? rc : -ENOMEM) : 0;
+}
+
+static Baton__State__Session *ser_session(struct arena *a, struct session *s)
+{
+	Baton__State__Session *ps = arena_alloc(a, sizeof(*ps));
+	uint32_t idx = 0;
+
+	if (!ps)
+		return NULL;
+	baton__state__session__init(ps);
+	ps->user = s->user;
+	ps->network = s->network;
+	ps->nick = s->nick;
+	ps->user_modes = s->user_modes;
+	ps->n_isupport = s->nisupport;
+	ps->isupport = s->isupport;
+	ps->n_caps = s->ncaps;
+	ps->caps = s->caps;
+	if (s->nchannels) {
+		ps->channels = arena_alloc(a, s->nchannels * sizeof(*ps->channels));
+		if (!ps->channels)
+			return NULL;
+	}
+	for (size_t i = 0; i < s->nchannels; i++) {
+		struct channel *ch = s->channels[i];
+		Baton__State__Channel *pc = arena_alloc(a, sizeof(*pc));
+		if (!pc)
+			return NULL;
+		baton__state__channel__init(pc);
+		pc->name = ch->name;
+		pc->topic = ch->topic;
+		pc->topic_setter = ch->topic_setter;
+		PUT_I64(pc, topic_time, ch->topic_time);
+		pc->modes = ch->modes;
+		if (ch->joined) {
+			pc->has_joined = 1;
+			pc->joined = 1;
+		}
+		if (ch->nmembers) {
+			pc->members = arena_alloc(a, ch->nmembers * sizeof(*pc->members));
+			Baton__State__Member *ms = arena_alloc(a, ch->nmembers * sizeof(*ms));
+			if (!pc->members || !ms)
+				return NULL;
+			for (size_t j = 0; j < ch->nmembers; j++) {
+				baton__state__member__init(&ms[j]);
+				ms[j].nick = ch->members[j].nick;
+				ms[j].prefixes = ch->members[j].prefixes[0] ? ch->members[j].prefixes : NULL;
+				pc->members[j] = &ms[j];
+			}
+			pc->n_members = ch->nmembers;
+		}
+		pb_unknown_attach(&pc->base, &ch->unknown);
+		ps->channels[ps->n_channels++] = pc;
+	}
+	if (ser_buffers(a, s, ps) < 0)
+		return NULL;
+	if (s->npositions) {
+		ps->positions = arena_alloc(a, s->npositions * sizeof(*ps->positions));
+		Baton__State__ClientPosition *pp = arena_alloc(a, s->npositions * sizeof(*pp));
+		if (!ps->positions || !pp)
+			return NULL;
+		for (size_t i = 0; i < s->npositions; i++) {
+			baton__state__client_position__init(&pp[i]);
+			pp[i].client_id = s->positions[i].client_id;
+			pp[i].seq = s->positions[i].seq;
+			ps->positions[i] = &pp[i];
+		}
+		ps->n_positions = s->npositions;
+	}
+	ps->has_next_seq = 1;
+	ps->next_seq = backlog_next_seq(s->backlog);
+	if (s->up) {
+		ps->upstream = ser_upstream(a, s->up, idx++);
+		if (!ps->upstream)
+			return NULL;
+	}
+	if (s->nclients) {
+		ps->clients = arena_alloc(a, s->nclients * sizeof(*ps->clients));
+		if (!ps->clients)
+			return NULL;
+	}
+	for (size_t i = 0; i < s->nclients; i++) {
+		ps->clients[i] = ser_client(a, s->clients[i], idx++);
+		if (!ps->clients[i])
+			return NULL;
+		ps->n_clients++;
+	}
+	ps->away = s->away;
+	PUT_I64(ps, reconnect_at_ms, s->reconnect_at_ms);
+	PUT_I64(ps, reconnect_failures, s->reconnect_failures);
+	ps->server_name = s->server_name;
+	ps->welcome = s->welcome;
+	ps->myinfo = s->myinfo;
+	ps->userhost = s->userhost;
+	pb_unknown_attach(&ps->base, &s->unknown);
+	return ps;
+}
+
+int state_serialize(struct bouncer_item *it, uint8_t **buf, size_t *len)
+{
+	struct arena a = { 0 };
+	Baton__State__Item item = BATON__STATE__ITEM__INIT;
+	int *fds = NULL;
+	size_t nfds = 0;
+	int rc = -ENOMEM;
+
+	*buf = NULL;
+	*len = 0;
+	if (it->kind == ITEM_SESSION) {
+		struct session *s = it->session;
+		item.session = ser_session(&a, s);
+		if (!item.session)
+			goto out;
+		fds = malloc((s->nclients + 1) * sizeof(int));
+		if (!fds)
+			goto out;
+		if (s->up)
+			fds[nfds++] = conn_fd(s->up->conn);
+		for (size_t i = 0; i < s->nclients; i++)
+			fds[nfds++] = conn_fd(s->clients[i]->conn);
+	} else {
+		item.pending = ser_client(&a, it->client, 0);
+		if (!item.pending)
+			goto out;
+		fds = malloc(sizeof(int));
+		if (!fds)
+			goto out;
+		fds[nfds++] = conn_fd(it->client->conn);
+	}
+	*len = baton__state__item__get_packed_size(&item);
+	*buf = malloc(*len ? *len : 1);
+	if (!*buf)
+		goto out;
+	baton__state__item__pack(&item, *buf);
+	free(it->fds);
+	it->fds = fds;
+	it->nfds = nfds;
+	fds = NULL; /* transferred to the item */
+	rc = 0;
+out:
+	free(fds);
+	arena_free(&a);
+	return rc;
+}
+
+/* ---- adopt ---- */
+
+struct adopt {
+	struct bouncer *b;
+	int *fds;
+	size_t nfds;
+	bool *used;  /* referenced by a Connection */
+	bool *taken; /* ownership moved into a conn */
+	char *err;
+	size_t errlen;
+};
+
+static int adopt_fail(struct adopt *ad, int rc, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int adopt_fail(struct adopt *ad, int rc, const char *fmt, ...)
+{
+	va_list ap;
+	if (ad->err && ad->errlen) {
+		va_start(ap, fmt);
+		vsnprintf(ad->err, ad->errlen, fmt, ap);
+		va_end(ap);
+	}
+	return rc;
+}
+
+/* Strings that end up on the wire must not smuggle a line break. */
+static bool line_safe(const char *str)
+{
+	return !str || !strpbrk(str, "\r\n");
+}
+
+/* First pass: fd_index of every connection in range, used once, and a
+ * stream socket. */
+static int check_conn(struct adopt *ad, const Baton__State__Connection *pc,
+		      Baton__State__ConnRole role, const char *what)
+{
+	if (pc->role != role)
+		return adopt_fail(ad, -EINVAL, "%s connection has role %d", what, pc->role);
+	if (!line_safe(pc->nick) || !line_safe(pc->user) || !line_safe(pc->pass) ||
+	    !line_safe(pc->client_id))
+		return adopt_fail(ad, -EINVAL, "%s connection field with a line break", what);
+	if (pc->fd_index >= ad->nfds)
+		return adopt_fail(ad, -EINVAL, "%s fd_index %u out of range (%zu fds)",
+				  what, pc->fd_index, ad->nfds);
+	if (ad->used[pc->fd_index])
+		return adopt_fail(ad, -EINVAL, "fd_index %u used twice", pc->fd_index);
+	ad->used[pc->fd_index] = true;
+	int type = 0;
+	socklen_t tl = sizeof(type);
+	if (getsockopt(ad->fds[pc->fd_index], SOL_SOCKET, SO_TYPE, &type, &tl) < 0)
+		return adopt_fail(ad, -ENOTSOCK, "fd_index %u is not a socket",
+				  pc->fd_index);
+	if (type != SOCK_STREAM)
+		return adopt_fail(ad, -EPROTOTYPE, "fd_index %u is not a stream socket",
+				  pc->fd_index);
+	return 0;
+}
+
+static struct conn *adopt_conn(struct adopt *ad, const Baton__State__Connection *pc,
+			       bool connecting, const struct conn_ops *ops,
+			       void *arg)
+{
+	ad->taken[pc->fd_index] = true; /* conn_adopt owns it even on failure */
+	return conn_adopt(bouncer_base(ad->b), ad->fds[pc->fd_index], connecting,
+			  pc->has_input ? pc->input.data : NULL,
+			  pc->has_input ? pc->input.len : 0,
+			  pc->has_output ? pc->output.data : NULL,
+			  pc->has_output ? pc->output.len : 0, ops, arg);
+}
+
+static struct client *adopt_client(struct adopt *ad, struct session *s,
+				   const Baton__State__Connection *pc)
+{
+	struct client *cl = calloc(1, sizeof(*cl));
+	if (!cl)
+		return NULL;
+	cl->b = ad->b;
+	cl->s = s;
+	cl->item.kind = ITEM_PENDING;
+	cl->item.client = cl;
+	cl->item.state = ITEM_ADOPTED;
+	cl->phase = s ? CLIENT_ATTACHED : CLIENT_PENDING;
+	for (size_t i = 0; i < pc->n_caps; i++)
+		cl->caps |= client_cap_from_name(pc->caps[i]);
+	cl->cap_negotiating = pc->has_cap_negotiating && pc->cap_negotiating;
+	cl->client_id = xstrdup(pc->client_id);
+	cl->delivered_seq = pc->has_delivered_seq ? pc->delivered_seq : 0;
+	cl->connected_at_ms = pc->has_connected_at_ms ? pc->connected_at_ms : 0;
+	cl->last_rx_ms = pc->has_last_rx_ms ? pc->last_rx_ms : 0;
+	cl->pass = xstrdup(pc->pass);
+	cl->nick = xstrdup(pc->nick);
+	cl->user = xstrdup(pc->user);
+	cl->conn = adopt_conn(ad, pc, false, &client_conn_ops, cl);
+	if (!cl->conn || pb_unknown_copy(&cl->unknown, &pc->base) < 0 ||
+	    (s && !cl->client_id && !(cl->client_id = strdup("default")))) {
+		client_free(cl);
+		return NULL;
+	}
+	return cl;
+}
+
+static int check_strings(struct adopt *ad, const Baton__State__Session *ps)
+{
+	const char *one[] = { ps->nick, ps->user_modes, ps->away, ps->server_name,
+			      ps->welcome, ps->myinfo, ps->userhost };
+	for (size_t i = 0; i < sizeof(one) / sizeof(one[0]); i++)
+		if (!line_safe(one[i]))
+			return adopt_fail(ad, -EINVAL, "session field with a line break");
+	for (size_t i = 0; i < ps->n_isupport; i++)
+		if (!line_safe(ps->isupport[i]) || !ps->isupport[i][0])
+			return adopt_fail(ad, -EINVAL, "bad ISUPPORT token");
+	for (size_t i = 0; i < ps->n_channels; i++) {
+		const Baton__State__Channel *c = ps->channels[i];
+		if (!c->name[0] || !line_safe(c->name) || strchr(c->name, ' ') ||
+		    !line_safe(c->topic) || !line_safe(c->topic_setter) ||
+		    !line_safe(c->modes))
+			return adopt_fail(ad, -EINVAL, "bad channel %s", c->name);
+		for (size_t j = 0; j < c->n_members; j++)
+			if (!c->members[j]->nick[0] || !line_safe(c->members[j]->nick) ||
+			    strchr(c->members[j]->nick, ' ') ||
+			    (c->members[j]->prefixes &&
+			     strlen(c->members[j]->prefixes) >= sizeof(((struct member *)0)->prefixes)))
+				return adopt_fail(ad, -EINVAL, "bad member in %s", c->name);
+	}
+	for (size_t i = 0; i < ps->n_buffers; i++) {
+		if (!ps->buffers[i]->name[0])
+			return adopt_fail(ad, -EINVAL, "backlog buffer without a name");
+		for (size_t j = 0; j < ps->buffers[i]->n_lines; j++)
+			if (!line_safe(ps->buffers[i]->lines[j]->line))
+				return adopt_fail(ad, -EINVAL, "backlog line with a line break");
+	}
+	return 0;
+}
+
+static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
+			 struct session **out)
+{
+	struct session *s = NULL;
+	int rc = -ENOMEM;
+
+	if (!ps->user[0] || !ps->network[0] || strchr(ps->user, '/'))
+		return adopt_fail(ad, -EINVAL, "session without a valid user/network");
+	rc = check_strings(ad, ps);
+	if (rc < 0)
+		return rc;
+	s = session_new(ad->b, ps->user, ps->network);
+	if (!s)
+		goto nomem;
+	s->nick = xstrdup(ps->nick);
+	s->user_modes = xstrdup(ps->user_modes);
+	s->away = xstrdup(ps->away);
+	s->server_name = xstrdup(ps->server_name);
+	s->welcome = xstrdup(ps->welcome);
+	s->myinfo = xstrdup(ps->myinfo);
+	s->userhost = xstrdup(ps->userhost);
+	s->reconnect_at_ms = ps->has_reconnect_at_ms ? ps->reconnect_at_ms : 0;
+	s->reconnect_failures = ps->has_reconnect_failures ? ps->reconnect_failures : 0;
+	if (pb_unknown_copy(&s->unknown, &ps->base) < 0)
+		goto nomem;
+	for (size_t i = 0; i < ps->n_isupport; i++)
+		if (strv_push(&s->isupport, &s->nisupport, ps->isupport[i]) < 0)
+			goto nomem;
+	for (size_t i = 0; i < ps->n_caps; i++)
+		if (strv_push(&s->caps, &s->ncaps, ps->caps[i]) < 0)
+			goto nomem;
+	for (size_t i = 0; i < ps->n_channels; i++) {
+		const Baton__State__Channel *pc = ps->channels[i];
+		if (session_find_channel(s, pc->name)) {
+			rc = adopt_fail(ad, -EINVAL, "channel %s listed twice", pc->name);
+			goto out;
+		}
+		struct channel *ch = session_add_channel(s, pc->name);
+		if (!ch)
+			goto nomem;
+		ch->topic = xstrdup(pc->topic);
+		ch->topic_setter = xstrdup(pc->topic_setter);
+		ch->topic_time = pc->has_topic_time ? pc->topic_time : 0;
+		ch->modes = xstrdup(pc->modes);
+		ch->joined = pc->has_joined && pc->joined;
+		if (pb_unknown_copy(&ch->unknown, &pc->base) < 0)
+			goto nomem;
+		for (size_t j = 0; j < pc->n_members; j++) {
+			const Baton__State__Member *pm = pc->members[j];
+			if (channel_find_member(ch, pm->nick)) {
+				rc = adopt_fail(ad, -EINVAL, "member %s listed twice in %s",
+						pm->nick, pc->name);
+				goto out;
+			}
+			struct member *m = channel_add_member(ch, pm->nick);
+			if (!m)
+				goto nomem;
+			snprintf(m->prefixes, sizeof(m->prefixes), "%s",
+				 pm->prefixes ? pm->prefixes : "");
+		}
+	}
+	uint64_t max_seq = 0;
+	for (size_t i = 0; i < ps->n_buffers; i++) {
+		const Baton__State__Buffer *pb = ps->buffers[i];
+		for (size_t j = 0; j < pb->n_lines; j++) {
+			const Baton__State__BacklogLine *l = pb->lines[j];
+			if (l->seq == 0) {
+				rc = adopt_fail(ad, -EINVAL, "backlog line with seq 0");
+				goto out;
+			}
+			rc = backlog_restore(s->backlog, pb->name, l->seq, l->time_ms, l->line);
+			if (rc < 0) {
+				rc = adopt_fail(ad, rc, "backlog buffer %s: bad line seq %llu",
+						pb->name, (unsigned long long)l->seq);
+				goto out;
+			}
+			if (l->seq > max_seq)
+				max_seq = l->seq;
+		}
+	}
+	uint64_t next = ps->has_next_seq ? ps->next_seq : max_seq + 1;
+	if (next <= max_seq) {
+		rc = adopt_fail(ad, -EINVAL, "next_seq %llu not above stored seq %llu",
+				(unsigned long long)next, (unsigned long long)max_seq);
+		goto out;
+	}
+	backlog_set_next_seq(s->backlog, next);
+	for (size_t i = 0; i < ps->n_positions; i++) {
+		const Baton__State__ClientPosition *pp = ps->positions[i];
+		if (pp->seq >= next) {
+			rc = adopt_fail(ad, -EINVAL, "position %llu of client %s beyond next_seq",
+					(unsigned long long)pp->seq, pp->client_id);
+			goto out;
+		}
+		size_t before = s->npositions;
+		session_set_position(s, pp->client_id, pp->seq);
+		if (s->npositions == before) {
+			rc = adopt_fail(ad, -EINVAL, "position of client %s listed twice",
+					pp->client_id);
+			goto out;
+		}
+	}
+	if (ps->upstream) {
+		const Baton__State__Connection *pc = ps->upstream;
+		uint32_t phase = pc->has_reg_phase ? pc->reg_phase : UP_REGISTERING;
+		if (phase > UP_READY) {
+			rc = adopt_fail(ad, -EINVAL, "upstream reg_phase %u unknown", phase);
+			goto out;
+		}
+		struct conn *c = adopt_conn(ad, pc, phase == UP_CONNECTING,
+					    &upstream_conn_ops, NULL);
+		if (!c)
+			goto nomem;
+		s->up = upstream_new(s, c);
+		if (!s->up) {
+			conn_release(c);
+			goto nomem;
+		}
+		struct upstream *u = s->up;
+		u->phase = (enum upstream_phase)phase;
+		u->cap_negotiating = pc->has_cap_negotiating && pc->cap_negotiating;
+		for (size_t i = 0; i < pc->n_caps; i++)
+			if (strv_push(&u->cap_offered, &u->ncap_offered, pc->caps[i]) < 0)
+				goto nomem;
+		u->nick_attempt = xstrdup(pc->nick);
+		u->connected_at_ms = pc->has_connected_at_ms ? pc->connected_at_ms : 0;
+		u->last_rx_ms = pc->has_last_rx_ms ? pc->last_rx_ms : 0;
+		u->ping_sent_ms = pc->has_ping_sent_ms ? pc->ping_sent_ms : 0;
+		u->lag_ms = pc->has_lag_ms ? pc->lag_ms : 0;
+		u->next_ping_ms = pc->has_next_ping_ms ? pc->next_ping_ms : 0;
+		if (pb_unknown_copy(&u->unknown, &pc->base) < 0)
+			goto nomem;
+	}
+	for (size_t i = 0; i < ps->n_clients; i++) {
+		struct client *cl = adopt_client(ad, s, ps->clients[i]);
+		if (!cl)
+			goto nomem;
+		if (session_add_client(s, cl) < 0) {
+			client_free(cl);
+			goto nomem;
+		}
+	}
+	*out = s;
+	s = NULL; /* transferred */
+	rc = 0;
+	goto out;
+nomem:
+	rc = adopt_fail(ad, -ENOMEM, "out of memory");
+out:
+	session_free(s);
+	return rc;
+}
+
+int state_adopt(struct bouncer *b, const uint8_t *buf, size_t len, int *fds,
+		size_t nfds, struct bouncer_item **out, char *err, size_t errlen)
+{
+	struct adopt ad = { .b = b, .fds = fds, .nfds = nfds, .err = err,
+			    .errlen = errlen };
+	Baton__State__Item *item = NULL;
+	struct session *s = NULL;
+	struct client *cl = NULL;
+	int rc;
+
+	*out = NULL;
+	if (err && errlen)
+		err[0] = '\0';
+	ad.used = calloc(nfds + 1, sizeof(bool));
+	ad.taken = calloc(nfds + 1, sizeof(bool));
+	if (!ad.used || !ad.taken) {
+		rc = adopt_fail(&ad, -ENOMEM, "out of memory");
+		goto out;
+	}
+	item = baton__state__item__unpack(NULL, len, buf);
+	if (!item) {
+		rc = adopt_fail(&ad, -EBADMSG, "state does not decode (truncated or malformed, %zu bytes)", len);
+		goto out;
+	}
+	if (!!item->session == !!item->pending) {
+		rc = adopt_fail(&ad, -EINVAL, "item must hold exactly one of session or pending");
+		goto out;
+	}
+	/* Validate every fd reference before anything takes an fd. */
+	if (item->session) {
+		const Baton__State__Session *ps = item->session;
+		if (ps->upstream) {
+			rc = check_conn(&ad, ps->upstream,
+					BATON__STATE__CONN_ROLE__CONN_ROLE_UPSTREAM, "upstream");
+			if (rc < 0)
+				goto out;
+		}
+		for (size_t i = 0; i < ps->n_clients; i++) {
+			rc = check_conn(&ad, ps->clients[i],
+					BATON__STATE__CONN_ROLE__CONN_ROLE_CLIENT, "client");
+			if (rc < 0)
+				goto out;
+		}
+	} else {
+		rc = check_conn(&ad, item->pending,
+				BATON__STATE__CONN_ROLE__CONN_ROLE_PENDING, "pending");
+		if (rc < 0)
+			goto out;
+	}
+	for (size_t i = 0; i < nfds; i++) {
+		if (!ad.used[i]) {
+			rc = adopt_fail(&ad, -EINVAL, "fd %zu of %zu not referenced by the state",
+					i, nfds);
+			goto out;
+		}
+	}
+	if (item->session) {
+		rc = adopt_session(&ad, item->session, &s);
+		if (rc < 0)
+			goto out;
+		s->item.state = ITEM_ADOPTED;
+		*out = &s->item;
+	} else {
+		cl = adopt_client(&ad, NULL, item->pending);
+		if (!cl) {
+			rc = adopt_fail(&ad, -ENOMEM, "out of memory");
+			goto out;
+		}
+		*out = &cl->item;
+	}
+	rc = 0;
+out:
+	/* Every fd not moved into a conn is closed: ownership was ours. */
+	for (size_t i = 0; i < nfds; i++)
+		if (!ad.taken || !ad.taken[i])
+			close(fds[i]);
+	if (item)
+		baton__state__item__free_unpacked(item, NULL);
+	free(ad.used);
+	free(ad.taken);
+	return rc;
+}

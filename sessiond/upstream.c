@@ -1,0 +1,952 @@
+/* sessiond/upstream.c: the connection of a session to its IRC network:
+ * connect, registration (CAP 302, NICK, USER), keepalive and lag, channel
+ * state tracking, backlog of PRIVMSG/NOTICE, live relay to clients, and
+ * reconnect with backoff. */
+#include "sessiond/session.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "common/config.h"
+#include "common/log.h"
+#include "sessiond/conn.h"
+#include "sessiond/irc.h"
+
+#define CONNECT_TIMEOUT_MS 30000
+
+/* Upstream caps we use, requested when offered. */
+static const char *const wanted_caps[] = { "server-time", "multi-prefix",
+					   "away-notify" };
+
+static void upstream_timer_cb(evutil_socket_t fd, short what, void *arg);
+
+static int cfg_ping_interval_ms(const struct session *s)
+{
+	const struct baton_config *cfg = bouncer_config(s->b);
+	return (cfg && cfg->ping_interval_s > 0 ? cfg->ping_interval_s : 60) * 1000;
+}
+
+static int cfg_ping_timeout_ms(const struct session *s)
+{
+	const struct baton_config *cfg = bouncer_config(s->b);
+	return (cfg && cfg->ping_timeout_s > 0 ? cfg->ping_timeout_s : 240) * 1000;
+}
+
+struct upstream *upstream_new(struct session *s, struct conn *c)
+{
+	struct upstream *u = calloc(1, sizeof(*u));
+	if (!u)
+		return NULL;
+	u->s = s;
+	u->conn = c;
+	u->timer = evtimer_new(bouncer_base(s->b), upstream_timer_cb, u);
+	if (!u->timer) {
+		free(u);
+		return NULL;
+	}
+	if (c)
+		conn_set_arg(c, u);
+	return u;
+}
+
+void upstream_free(struct upstream *u)
+{
+	if (!u)
+		return;
+	conn_release(u->conn);
+	if (u->timer)
+		event_free(u->timer);
+	strv_free(u->cap_offered, u->ncap_offered);
+	free(u->nick_attempt);
+	pb_unknown_clear(&u->unknown);
+	free(u);
+}
+
+static void upstream_schedule_timer(struct upstream *u)
+{
+	int64_t now = now_ms();
+	int64_t due;
+
+	if (u->phase == UP_CONNECTING)
+		due = u->connected_at_ms + CONNECT_TIMEOUT_MS;
+	else
+		due = u->last_rx_ms + cfg_ping_timeout_ms(u->s);
+	if (u->phase >= UP_WELCOMED && u->next_ping_ms && u->next_ping_ms < due)
+		due = u->next_ping_ms;
+	int64_t d = due - now;
+	if (d < 0)
+		d = 0;
+	struct timeval tv = { .tv_sec = d / 1000, .tv_usec = (d % 1000) * 1000 };
+	evtimer_add(u->timer, &tv);
+}
+
+void upstream_arm(struct upstream *u)
+{
+	if (!u->next_ping_ms)
+		u->next_ping_ms = now_ms() + cfg_ping_interval_ms(u->s);
+	conn_arm(u->conn);
+	upstream_schedule_timer(u);
+}
+
+void upstream_freeze(struct upstream *u, bool flush)
+{
+	conn_freeze(u->conn, flush);
+	event_del(u->timer);
+}
+
+static void upstream_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct upstream *u = arg;
+	int64_t now = now_ms();
+	char why[96];
+
+	if (conn_is_dead(u->conn))
+		return;
+	if (u->phase == UP_CONNECTING) {
+		if (now >= u->connected_at_ms + CONNECT_TIMEOUT_MS) {
+			conn_close(u->conn, "connect timeout", false);
+			return;
+		}
+	} else if (now >= u->last_rx_ms + cfg_ping_timeout_ms(u->s)) {
+		snprintf(why, sizeof(why), "ping timeout (%d s without data)",
+			 cfg_ping_timeout_ms(u->s) / 1000);
+		conn_close(u->conn, why, false);
+		return;
+	}
+	if (u->phase >= UP_WELCOMED && u->next_ping_ms && now >= u->next_ping_ms) {
+		if (!u->ping_sent_ms) {
+			u->ping_sent_ms = now;
+			conn_sendf(u->conn, "PING :baton-%lld", (long long)now);
+		}
+		u->next_ping_ms = now + cfg_ping_interval_ms(u->s);
+	}
+	upstream_schedule_timer(u);
+}
+
+void upstream_send(struct session *s, const char *line)
+{
+	if (s->up && !conn_is_dead(s->up->conn))
+		conn_send(s->up->conn, line);
+}
+
+int upstream_connect(struct session *s)
+{
+	const struct baton_config *cfg = bouncer_config(s->b);
+	const struct config_session *cs = session_config(s);
+	const struct config_network *net = cfg ? config_find_network(cfg, s->network) : NULL;
+	struct addrinfo hints, *res = NULL;
+	struct conn *c = NULL;
+	int fd = -1, rc;
+
+	if (!cs || !net)
+		return -ENOENT;
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+	const char *port = net->port ? net->port : "6667";
+	rc = getaddrinfo(net->host, port, &hints, &res);
+	if (rc != 0) {
+		/* A host name: resolved synchronously for now (known gap). */
+		hints.ai_flags = AI_ADDRCONFIG;
+		rc = getaddrinfo(net->host, port, &hints, &res);
+	}
+	if (rc != 0) {
+		log_warn("upstream", "%s: cannot resolve %s:%s: %s", s->key,
+			 net->host, port, gai_strerror(rc));
+		rc = -EHOSTUNREACH;
+		goto out;
+	}
+	/* A name with several addresses: each failed attempt moves on to the
+	 * next one (e.g. ::1 refused, 127.0.0.1 listening). */
+	size_t naddr = 0;
+	for (struct addrinfo *ai = res; ai; ai = ai->ai_next)
+		naddr++;
+	struct addrinfo *ai = res;
+	for (size_t i = s->reconnect_failures % naddr; i > 0; i--)
+		ai = ai->ai_next;
+	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		rc = -errno;
+		goto out;
+	}
+	bool connecting = false;
+	if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
+		if (errno != EINPROGRESS) {
+			rc = -errno;
+			goto out;
+		}
+		connecting = true;
+	}
+	c = conn_new(bouncer_base(s->b), fd, connecting, &upstream_conn_ops, NULL);
+	fd = -1; /* transferred */
+	if (!c) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	struct upstream *u = upstream_new(s, c);
+	if (!u) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	c = NULL; /* transferred */
+	int64_t now = now_ms();
+	u->phase = connecting ? UP_CONNECTING : UP_REGISTERING;
+	u->cap_negotiating = true;
+	u->connected_at_ms = now;
+	u->last_rx_ms = now;
+	u->nick_attempt = strdup(cs->nick ? cs->nick : s->user);
+	/* Registration is queued now and written once the connect completes. */
+	strv_free(s->caps, s->ncaps);
+	s->caps = NULL;
+	s->ncaps = 0;
+	conn_send(u->conn, "CAP LS 302");
+	conn_sendf(u->conn, "NICK %s", u->nick_attempt);
+	conn_sendf(u->conn, "USER %s 0 * :%s",
+		   cs->username ? cs->username : u->nick_attempt,
+		   cs->realname ? cs->realname : u->nick_attempt);
+	s->up = u;
+	log_info("upstream", "%s: connecting to %s:%s", s->key, net->host, port);
+	if (s->item.state == ITEM_LIVE)
+		upstream_arm(u);
+	rc = 0;
+out:
+	if (res)
+		freeaddrinfo(res);
+	if (fd >= 0)
+		close(fd);
+	conn_release(c);
+	return rc;
+}
+
+void upstream_lost(struct session *s)
+{
+	struct upstream *u = s->up;
+	if (!u)
+		return;
+	const char *reason = conn_close_reason(u->conn);
+	log_warn("upstream", "%s: connection lost: %s", s->key,
+		 reason ? reason : "closed");
+	session_notice_all(s, "Disconnected from %s: %s (reconnecting)",
+			   s->network, reason ? reason : "closed");
+	s->up = NULL;
+	upstream_free(u);
+	/* Keep the channel list (rejoined after the reconnect); members are
+	 * stale from now on. */
+	for (size_t i = 0; i < s->nchannels; i++) {
+		struct channel *ch = s->channels[i];
+		ch->joined = false;
+		for (size_t j = 0; j < ch->nmembers; j++)
+			free(ch->members[j].nick);
+		ch->nmembers = 0;
+	}
+	s->reconnect_failures++;
+	session_backoff(s);
+}
+
+/* ---- channel and mode helpers ---- */
+
+static void prefix_add(struct member *m, char sym, const char *symbols)
+{
+	char out[sizeof(m->prefixes)];
+	size_t n = 0;
+	for (const char *p = symbols; *p && n + 1 < sizeof(out); p++)
+		if (*p == sym || strchr(m->prefixes, *p))
+			out[n++] = *p;
+	out[n] = '\0';
+	memcpy(m->prefixes, out, n + 1);
+}
+
+static void prefix_del(struct member *m, char sym)
+{
+	char *p = strchr(m->prefixes, sym);
+	if (p)
+		memmove(p, p + 1, strlen(p));
+}
+
+static void modes_apply_flag(char **modes, bool add, char letter)
+{
+	char buf[64];
+	size_t n = 0;
+	const char *cur = *modes && (*modes)[0] == '+' ? *modes + 1 : "";
+
+	buf[n++] = '+';
+	for (const char *p = cur; *p && n + 2 < sizeof(buf); p++)
+		if (*p != letter)
+			buf[n++] = *p;
+	if (add && n + 2 < sizeof(buf))
+		buf[n++] = letter;
+	buf[n] = '\0';
+	free(*modes);
+	*modes = strdup(buf);
+}
+
+/* Letters of a "+abc-d" mode string applied to *modes. */
+static void modes_apply_letters(char **modes, const char *change)
+{
+	bool add = true;
+	for (const char *p = change; *p; p++) {
+		if (*p == '+')
+			add = true;
+		else if (*p == '-')
+			add = false;
+		else
+			modes_apply_flag(modes, add, *p);
+	}
+}
+
+static void channel_apply_mode(struct session *s, struct channel *ch,
+			       const struct irc_msg *msg)
+{
+	char pmodes[16], psyms[16];
+	char cm[128];
+	const char *chanmodes = session_isupport(s, "CHANMODES");
+	const char *types[4] = { "beI", "k", "l", "imnpst" };
+	session_prefix(s, pmodes, sizeof(pmodes), psyms, sizeof(psyms));
+	if (chanmodes) {
+		snprintf(cm, sizeof(cm), "%s", chanmodes);
+		char *t = cm;
+		for (int i = 0; i < 4; i++) {
+			char *comma = strchr(t, ',');
+			types[i] = t;
+			if (!comma) {
+				for (int j = i + 1; j < 4; j++)
+					types[j] = "";
+				break;
+			}
+			*comma = '\0';
+			t = comma + 1;
+		}
+	}
+	if (msg->nparams < 2)
+		return;
+	size_t arg = 2;
+	bool add = true;
+	for (const char *p = msg->params[1]; *p; p++) {
+		if (*p == '+' || *p == '-') {
+			add = *p == '+';
+			continue;
+		}
+		const char *pm = strchr(pmodes, *p);
+		if (pm) {
+			if (arg >= msg->nparams)
+				continue;
+			struct member *m = channel_find_member(ch, msg->params[arg++]);
+			if (m) {
+				char sym = psyms[pm - pmodes];
+				if (add)
+					prefix_add(m, sym, psyms);
+				else
+					prefix_del(m, sym);
+			}
+			continue;
+		}
+		if (strchr(types[0], *p)) { /* list mode: not stored */
+			arg++;
+			continue;
+		}
+		if (strchr(types[1], *p) || (add && strchr(types[2], *p)))
+			arg++;
+		modes_apply_flag(&ch->modes, add, *p);
+	}
+}
+
+static void channel_clear_members(struct channel *ch)
+{
+	for (size_t j = 0; j < ch->nmembers; j++)
+		free(ch->members[j].nick);
+	ch->nmembers = 0;
+}
+
+static void set_str(char **dst, const char *src)
+{
+	char *n = xstrdup(src);
+	free(*dst);
+	*dst = n;
+}
+
+static void isupport_apply(struct session *s, const char *tok)
+{
+	bool remove = tok[0] == '-';
+	const char *name = remove ? tok + 1 : tok;
+	size_t nl = strcspn(name, "=");
+
+	for (size_t i = 0; i < s->nisupport; i++) {
+		const char *t = s->isupport[i];
+		if (strncmp(t, name, nl) == 0 && (t[nl] == '\0' || t[nl] == '=')) {
+			if (remove) {
+				free(s->isupport[i]);
+				memmove(&s->isupport[i], &s->isupport[i + 1],
+					(s->nisupport - i - 1) * sizeof(char *));
+				s->nisupport--;
+			} else {
+				set_str(&s->isupport[i], tok);
+			}
+			return;
+		}
+	}
+	if (!remove)
+		strv_push(&s->isupport, &s->nisupport, tok);
+}
+
+static void upstream_join_channels(struct session *s)
+{
+	const struct config_session *cs = session_config(s);
+
+	if (cs) {
+		for (size_t i = 0; i < cs->nchannels; i++)
+			if (!session_find_channel(s, cs->channels[i]))
+				conn_sendf(s->up->conn, "JOIN %s", cs->channels[i]);
+	}
+	for (size_t i = 0; i < s->nchannels; i++)
+		conn_sendf(s->up->conn, "JOIN %s", s->channels[i]->name);
+}
+
+/* ---- line handlers ---- */
+
+struct up_ctx {
+	struct session *s;
+	struct upstream *u;
+	struct irc_msg *msg;
+	const char *raw;   /* the line without tags */
+	int64_t time_ms;   /* server-time or receive time */
+	char nick[128];    /* nick of the prefix */
+};
+
+typedef bool (*up_handler)(struct up_ctx *x); /* returns true: relay */
+
+static bool h_ping(struct up_ctx *x)
+{
+	if (x->msg->nparams > 0)
+		conn_sendf(x->u->conn, "PONG :%s", x->msg->params[x->msg->nparams - 1]);
+	else
+		conn_send(x->u->conn, "PONG");
+	return false;
+}
+
+static bool h_pong(struct up_ctx *x)
+{
+	const char *tok = x->msg->nparams ? x->msg->params[x->msg->nparams - 1] : "";
+	if (strncmp(tok, "baton-", 6) == 0 && x->u->ping_sent_ms) {
+		x->u->lag_ms = now_ms() - x->u->ping_sent_ms;
+		x->u->ping_sent_ms = 0;
+	}
+	return false;
+}
+
+static bool cap_wanted(const char *name)
+{
+	for (size_t i = 0; i < sizeof(wanted_caps) / sizeof(wanted_caps[0]); i++)
+		if (strcmp(name, wanted_caps[i]) == 0)
+			return true;
+	return false;
+}
+
+static bool h_cap(struct up_ctx *x)
+{
+	struct irc_msg *m = x->msg;
+	struct upstream *u = x->u;
+	struct session *s = x->s;
+
+	if (m->nparams < 3)
+		return false;
+	const char *sub = m->params[1];
+	const char *list = m->params[m->nparams - 1];
+	char tmp[1024];
+	if (strcasecmp(sub, "LS") == 0) {
+		bool more = m->nparams >= 4 && strcmp(m->params[2], "*") == 0;
+		snprintf(tmp, sizeof(tmp), "%s", list);
+		for (char *save = NULL, *t = strtok_r(tmp, " ", &save); t;
+		     t = strtok_r(NULL, " ", &save)) {
+			t[strcspn(t, "=")] = '\0';
+			if (cap_wanted(t))
+				strv_push(&u->cap_offered, &u->ncap_offered, t);
+		}
+		if (more)
+			return false;
+		if (u->ncap_offered) {
+			char req[256] = "CAP REQ :";
+			for (size_t i = 0; i < u->ncap_offered; i++) {
+				if (i)
+					strcat(req, " ");
+				strncat(req, u->cap_offered[i], sizeof(req) - strlen(req) - 2);
+			}
+			conn_send(u->conn, req);
+		} else {
+			conn_send(u->conn, "CAP END");
+			u->cap_negotiating = false;
+		}
+		strv_free(u->cap_offered, u->ncap_offered);
+		u->cap_offered = NULL;
+		u->ncap_offered = 0;
+	} else if (strcasecmp(sub, "ACK") == 0) {
+		snprintf(tmp, sizeof(tmp), "%s", list);
+		for (char *save = NULL, *t = strtok_r(tmp, " ", &save); t;
+		     t = strtok_r(NULL, " ", &save)) {
+			if (t[0] == '-') {
+				for (size_t i = 0; i < s->ncaps; i++) {
+					if (strcmp(s->caps[i], t + 1) == 0) {
+						free(s->caps[i]);
+						s->caps[i] = s->caps[--s->ncaps];
+						break;
+					}
+				}
+			} else {
+				strv_push(&s->caps, &s->ncaps, t);
+			}
+		}
+		if (u->cap_negotiating) {
+			conn_send(u->conn, "CAP END");
+			u->cap_negotiating = false;
+		}
+	} else if (strcasecmp(sub, "NAK") == 0) {
+		if (u->cap_negotiating) {
+			conn_send(u->conn, "CAP END");
+			u->cap_negotiating = false;
+		}
+	}
+	return false;
+}
+
+static void take_userhost(struct session *s, const char *prefix)
+{
+	const char *bang = prefix ? strchr(prefix, '!') : NULL;
+	if (bang && strchr(bang, '@') && (!s->userhost || strcmp(s->userhost, bang + 1)))
+		set_str(&s->userhost, bang + 1);
+}
+
+static bool h_001(struct up_ctx *x)
+{
+	struct session *s = x->s;
+	struct irc_msg *m = x->msg;
+
+	if (m->nparams < 1)
+		return false;
+	const char *nick = m->params[0];
+	if (s->nick && strcmp(s->nick, nick) != 0 && s->nclients) {
+		char line[512];
+		snprintf(line, sizeof(line), ":%s NICK :%s", s->nick, nick);
+		session_broadcast(s, line, 0, NULL);
+	}
+	set_str(&s->nick, nick);
+	if (m->prefix)
+		set_str(&s->server_name, m->prefix);
+	if (m->nparams >= 2) {
+		set_str(&s->welcome, m->params[m->nparams - 1]);
+		const char *last = strrchr(s->welcome, ' ');
+		take_userhost(s, last ? last + 1 : s->welcome);
+	}
+	strv_free(s->isupport, s->nisupport);
+	s->isupport = NULL;
+	s->nisupport = 0;
+	set_str(&s->user_modes, NULL); /* a new connection: 221/MODE follow */
+	x->u->phase = UP_WELCOMED;
+	x->u->cap_negotiating = false;
+	x->u->next_ping_ms = now_ms() + cfg_ping_interval_ms(s);
+	if (s->item.state == ITEM_LIVE)
+		upstream_schedule_timer(x->u); /* keepalive starts now */
+	s->reconnect_failures = 0;
+	log_info("upstream", "%s: registered as %s", s->key, nick);
+	return false;
+}
+
+static bool h_004(struct up_ctx *x)
+{
+	char buf[512] = "";
+	for (size_t i = 1; i < x->msg->nparams; i++) {
+		if (i > 1)
+			strncat(buf, " ", sizeof(buf) - strlen(buf) - 1);
+		strncat(buf, x->msg->params[i], sizeof(buf) - strlen(buf) - 1);
+	}
+	set_str(&x->s->myinfo, buf);
+	return false;
+}
+
+static bool h_005(struct up_ctx *x)
+{
+	/* params: nick, tokens..., "are supported by this server" */
+	for (size_t i = 1; i + 1 < x->msg->nparams; i++)
+		isupport_apply(x->s, x->msg->params[i]);
+	return x->u->phase >= UP_READY;
+}
+
+static bool h_endofmotd(struct up_ctx *x)
+{
+	bool was_ready = x->u->phase >= UP_READY;
+	if (was_ready)
+		return true;
+	x->u->phase = UP_READY;
+	upstream_join_channels(x->s);
+	if (x->s->away)
+		conn_sendf(x->u->conn, "AWAY :%s", x->s->away);
+	if (x->s->nclients)
+		session_notice_all(x->s, "Connected to %s as %s", x->s->network,
+				   x->s->nick);
+	return false;
+}
+
+static bool h_nickinuse(struct up_ctx *x)
+{
+	struct upstream *u = x->u;
+	if (u->phase >= UP_WELCOMED)
+		return true;
+	char next[64];
+	const char *cur = u->nick_attempt ? u->nick_attempt : x->s->user;
+	if (strlen(cur) < 15)
+		snprintf(next, sizeof(next), "%s_", cur);
+	else
+		snprintf(next, sizeof(next), "%.12s%03d", cur, (int)(random() % 1000));
+	set_str(&u->nick_attempt, next);
+	conn_sendf(u->conn, "NICK %s", next);
+	return false;
+}
+
+static bool h_221(struct up_ctx *x)
+{
+	if (x->msg->nparams >= 2)
+		set_str(&x->s->user_modes, x->msg->params[1]);
+	return x->u->phase >= UP_READY;
+}
+
+static bool h_324(struct up_ctx *x)
+{
+	if (x->msg->nparams < 3)
+		return true;
+	struct channel *ch = session_find_channel(x->s, x->msg->params[1]);
+	if (ch) {
+		free(ch->modes);
+		ch->modes = NULL;
+		modes_apply_letters(&ch->modes, x->msg->params[2]);
+	}
+	return true;
+}
+
+static bool h_331(struct up_ctx *x)
+{
+	struct channel *ch = x->msg->nparams >= 2 ? session_find_channel(x->s, x->msg->params[1]) : NULL;
+	if (ch) {
+		set_str(&ch->topic, NULL);
+		set_str(&ch->topic_setter, NULL);
+		ch->topic_time = 0;
+	}
+	return true;
+}
+
+static bool h_332(struct up_ctx *x)
+{
+	struct channel *ch = x->msg->nparams >= 3 ? session_find_channel(x->s, x->msg->params[1]) : NULL;
+	if (ch)
+		set_str(&ch->topic, x->msg->params[2]);
+	return true;
+}
+
+static bool h_333(struct up_ctx *x)
+{
+	struct channel *ch = x->msg->nparams >= 4 ? session_find_channel(x->s, x->msg->params[1]) : NULL;
+	if (ch) {
+		set_str(&ch->topic_setter, x->msg->params[2]);
+		ch->topic_time = strtoll(x->msg->params[3], NULL, 10);
+	}
+	return true;
+}
+
+/* Relay a 353 to each client: as is with multi-prefix, else with only the
+ * highest prefix of each name (what a client that did not ask for
+ * multi-prefix can parse). */
+static void relay_names(struct up_ctx *x, const char *psyms)
+{
+	char single[CONN_MAX_LINE + 1];
+	const char *trail = strstr(x->raw, " :");
+	size_t n = 0;
+
+	if (!trail)
+		trail = strrchr(x->raw, ' ');
+	if (!trail) {
+		session_broadcast(x->s, x->raw, x->time_ms, NULL);
+		return;
+	}
+	trail += trail[1] == ':' ? 2 : 1;
+	n = (size_t)(trail - x->raw);
+	memcpy(single, x->raw, n);
+	bool word_start = true;
+	for (const char *p = trail; *p && n < CONN_MAX_LINE; p++) {
+		if (word_start && strchr(psyms, *p)) {
+			single[n++] = *p; /* the first (highest) prefix only */
+			while (p[1] && strchr(psyms, p[1]))
+				p++;
+			word_start = false;
+			continue;
+		}
+		single[n++] = *p;
+		word_start = *p == ' ';
+	}
+	single[n] = '\0';
+	for (size_t i = 0; i < x->s->nclients; i++) {
+		struct client *cl = x->s->clients[i];
+		client_send_tagged(cl, (cl->caps & CLIENT_CAP_MULTI_PREFIX) ? x->raw : single,
+				   x->time_ms);
+	}
+}
+
+static bool h_353(struct up_ctx *x)
+{
+	char pmodes[16], psyms[16];
+	if (x->msg->nparams < 4)
+		return true;
+	session_prefix(x->s, pmodes, sizeof(pmodes), psyms, sizeof(psyms));
+	if (x->u->phase >= UP_READY)
+		relay_names(x, psyms);
+	struct channel *ch = session_find_channel(x->s, x->msg->params[2]);
+	if (!ch)
+		return false;
+	char *names = x->msg->params[3];
+	for (char *save = NULL, *t = strtok_r(names, " ", &save); t;
+	     t = strtok_r(NULL, " ", &save)) {
+		char pre[16];
+		size_t np = 0;
+		while (*t && strchr(psyms, *t)) {
+			if (np + 1 < sizeof(pre))
+				pre[np++] = *t;
+			t++;
+		}
+		pre[np] = '\0';
+		t[strcspn(t, "!")] = '\0';
+		if (!*t)
+			continue;
+		struct member *m = channel_add_member(ch, t);
+		if (!m)
+			continue;
+		m->prefixes[0] = '\0';
+		for (size_t i = 0; i < np; i++)
+			prefix_add(m, pre[i], psyms);
+	}
+	return false; /* relayed above */
+}
+
+static bool h_join(struct up_ctx *x)
+{
+	struct session *s = x->s;
+	if (x->msg->nparams < 1 || !x->msg->prefix)
+		return true;
+	const char *name = x->msg->params[0];
+	struct channel *ch;
+	if (session_is_me(s, x->nick)) {
+		take_userhost(s, x->msg->prefix);
+		ch = session_add_channel(s, name);
+		if (!ch)
+			return true;
+		if (strcmp(ch->name, name) != 0)
+			set_str(&ch->name, name);
+		channel_clear_members(ch);
+		ch->joined = true;
+	} else {
+		ch = session_find_channel(s, name);
+		if (!ch)
+			return true;
+	}
+	channel_add_member(ch, x->nick);
+	return true;
+}
+
+static bool h_part(struct up_ctx *x)
+{
+	if (x->msg->nparams < 1)
+		return true;
+	if (session_is_me(x->s, x->nick)) {
+		session_remove_channel(x->s, x->msg->params[0]);
+	} else {
+		struct channel *ch = session_find_channel(x->s, x->msg->params[0]);
+		if (ch)
+			channel_remove_member(ch, x->nick);
+	}
+	return true;
+}
+
+static bool h_kick(struct up_ctx *x)
+{
+	if (x->msg->nparams < 2)
+		return true;
+	if (session_is_me(x->s, x->msg->params[1])) {
+		session_remove_channel(x->s, x->msg->params[0]);
+	} else {
+		struct channel *ch = session_find_channel(x->s, x->msg->params[0]);
+		if (ch)
+			channel_remove_member(ch, x->msg->params[1]);
+	}
+	return true;
+}
+
+static bool h_quit(struct up_ctx *x)
+{
+	for (size_t i = 0; i < x->s->nchannels; i++)
+		channel_remove_member(x->s->channels[i], x->nick);
+	return true;
+}
+
+static bool h_nick(struct up_ctx *x)
+{
+	struct session *s = x->s;
+	if (x->msg->nparams < 1)
+		return true;
+	const char *nn = x->msg->params[0];
+	for (size_t i = 0; i < s->nchannels; i++) {
+		struct member *m = channel_find_member(s->channels[i], x->nick);
+		if (m)
+			set_str(&m->nick, nn);
+	}
+	if (session_is_me(s, x->nick))
+		set_str(&s->nick, nn);
+	return true;
+}
+
+static bool h_topic(struct up_ctx *x)
+{
+	if (x->msg->nparams < 2)
+		return true;
+	struct channel *ch = session_find_channel(x->s, x->msg->params[0]);
+	if (ch) {
+		const char *t = x->msg->params[1];
+		set_str(&ch->topic, t[0] ? t : NULL);
+		set_str(&ch->topic_setter, x->msg->prefix);
+		ch->topic_time = x->time_ms / 1000;
+	}
+	return true;
+}
+
+static bool h_mode(struct up_ctx *x)
+{
+	if (x->msg->nparams < 2)
+		return true;
+	const char *target = x->msg->params[0];
+	if (irc_is_channel(target)) {
+		struct channel *ch = session_find_channel(x->s, target);
+		if (ch)
+			channel_apply_mode(x->s, ch, x->msg);
+	} else if (session_is_me(x->s, target)) {
+		modes_apply_letters(&x->s->user_modes, x->msg->params[1]);
+	}
+	return x->u->phase >= UP_READY;
+}
+
+static bool h_message(struct up_ctx *x)
+{
+	struct session *s = x->s;
+	if (x->msg->nparams < 2 || x->u->phase < UP_READY)
+		return false;
+	const char *target = x->msg->params[0];
+	const char *buffer = NULL;
+	if (irc_is_channel(target))
+		buffer = target;
+	else if (session_is_me(s, target))
+		buffer = x->nick[0] ? x->nick : (s->server_name ? s->server_name : "*");
+	if (!buffer)
+		return true; /* e.g. "$*" broadcasts: relayed, not stored */
+	session_store_and_relay(s, buffer, x->raw, x->time_ms, NULL);
+	return false;
+}
+
+static bool h_error(struct up_ctx *x)
+{
+	log_warn("upstream", "%s: ERROR from server: %s", x->s->key,
+		 x->msg->nparams ? x->msg->params[0] : "");
+	return false;
+}
+
+static bool h_silent(struct up_ctx *x)
+{
+	return false;
+}
+
+static const struct {
+	const char *cmd;
+	up_handler fn;
+} up_handlers[] = {
+	{ "PING", h_ping },       { "PONG", h_pong },   { "CAP", h_cap },
+	{ "001", h_001 },         { "002", h_silent },  { "003", h_silent },
+	{ "004", h_004 },         { "005", h_005 },     { "375", h_silent },
+	{ "372", h_silent },      { "376", h_endofmotd }, { "422", h_endofmotd },
+	{ "432", h_nickinuse },   { "433", h_nickinuse }, { "436", h_nickinuse },
+	{ "437", h_nickinuse },   { "221", h_221 },     { "324", h_324 },
+	{ "331", h_331 },         { "332", h_332 },     { "333", h_333 },
+	{ "353", h_353 },         { "JOIN", h_join },   { "PART", h_part },
+	{ "KICK", h_kick },       { "QUIT", h_quit },   { "NICK", h_nick },
+	{ "TOPIC", h_topic },     { "MODE", h_mode },   { "PRIVMSG", h_message },
+	{ "NOTICE", h_message },  { "ERROR", h_error },
+};
+
+static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
+{
+	struct upstream *u = arg;
+	struct session *s = u->s;
+	struct irc_msg msg;
+	struct up_ctx x;
+	char raw[CONN_MAX_LINE + 1];
+	char tval[64];
+
+	u->last_rx_ms = now_ms();
+	/* The relayed/stored form is the line without its tags. */
+	const char *p = line;
+	if (*p == '@') {
+		p = strchr(p, ' ');
+		if (!p)
+			return;
+		while (*p == ' ')
+			p++;
+	}
+	snprintf(raw, sizeof(raw), "%s", p);
+	if (irc_parse(line, &msg) < 0)
+		return;
+	memset(&x, 0, sizeof(x));
+	x.s = s;
+	x.u = u;
+	x.msg = &msg;
+	x.raw = raw;
+	x.time_ms = u->last_rx_ms;
+	if (msg.tags && irc_tag_get(msg.tags, "time", tval, sizeof(tval)) == 1) {
+		int64_t t;
+		if (parse_server_time(tval, &t) == 0)
+			x.time_ms = t;
+	}
+	if (msg.prefix)
+		irc_prefix_nick(msg.prefix, x.nick, sizeof(x.nick));
+
+	bool relay = u->phase >= UP_READY;
+	for (size_t i = 0; i < sizeof(up_handlers) / sizeof(up_handlers[0]); i++) {
+		if (strcasecmp(msg.command, up_handlers[i].cmd) == 0) {
+			relay = up_handlers[i].fn(&x) && u->phase >= UP_READY;
+			break;
+		}
+	}
+	if (relay)
+		session_broadcast(s, raw, x.time_ms, NULL);
+}
+
+static void upstream_connected(struct conn *c, void *arg)
+{
+	struct upstream *u = arg;
+	u->phase = UP_REGISTERING;
+	u->last_rx_ms = now_ms();
+	if (u->s->item.state == ITEM_LIVE)
+		upstream_schedule_timer(u);
+}
+
+static void upstream_closed(struct conn *c, const char *reason, void *arg)
+{
+	struct upstream *u = arg;
+	/* Runs from the event loop (conn.h): freeing u here is safe. */
+	u->dead = true;
+	upstream_lost(u->s);
+}
+
+const struct conn_ops upstream_conn_ops = {
+	.line = upstream_line,
+	.connected = upstream_connected,
+	.closed = upstream_closed,
+};

@@ -1,0 +1,279 @@
+/* supervisor/check.c: see check.h. */
+#include "supervisor/check.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/config.h"
+#include "supervisor/listeners.h"
+#include "supervisor/metrics.h"
+
+#define CHECK_FD_MARGIN 64
+#define CHECK_SESSIOND_TIMEOUT_MS 30000
+
+unsigned long check_fds_needed(const struct baton_config *cfg)
+{
+	return 2ul * cfg->nsessions + cfg->nlistens * 2ul + CHECK_FD_MARGIN;
+}
+
+static void check_rlimit(const struct baton_config *cfg,
+			 struct config_problems *p)
+{
+	struct rlimit rl;
+	unsigned long need = check_fds_needed(cfg);
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	/* The supervisor raises its soft limit to the hard one at startup and
+	 * workers inherit it, so the hard limit is what counts. */
+	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
+		config_problems_add(p, "check: RLIMIT_NOFILE hard limit %llu is below the %lu file descriptors %zu sessions need (2 per session + listeners + %d spare); raise LimitNOFILE= or ulimit -Hn",
+				    (unsigned long long)rl.rlim_max, need,
+				    cfg->nsessions, CHECK_FD_MARGIN);
+}
+
+static void check_dir_writable(const char *what, const char *dir,
+			       struct config_problems *p)
+{
+	struct stat st;
+
+	if (stat(dir, &st) < 0) {
+		config_problems_add(p, "check: %s folder %s: %s", what, dir,
+				    strerror(errno));
+		return;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		config_problems_add(p, "check: %s folder %s is not a folder", what, dir);
+		return;
+	}
+	if (access(dir, W_OK | X_OK) < 0)
+		config_problems_add(p, "check: %s folder %s is not writable: %s",
+				    what, dir, strerror(errno));
+}
+
+static void check_control(const struct baton_config *cfg, const char *path,
+			  struct config_problems *p)
+{
+	char *copy = strdup(path);
+	struct sockaddr_un sa;
+
+	if (copy == NULL)
+		return;
+	if (strlen(path) >= sizeof(sa.sun_path))
+		config_problems_add(p, "check: control socket path is longer than %zu bytes: %s",
+				    sizeof(sa.sun_path) - 1, path);
+	check_dir_writable("control socket", dirname(copy), p);
+	free(copy);
+}
+
+static void check_state_dir(const char *dir, struct config_problems *p)
+{
+	struct stat st;
+	char *copy;
+
+	if (stat(dir, &st) == 0) {
+		check_dir_writable("state_dir", dir, p);
+		return;
+	}
+	if (errno != ENOENT) {
+		config_problems_add(p, "check: state_dir %s: %s", dir, strerror(errno));
+		return;
+	}
+	/* Created at startup: its parent must allow that. */
+	copy = strdup(dir);
+	if (copy == NULL)
+		return;
+	check_dir_writable("state_dir's parent", dirname(copy), p);
+	free(copy);
+}
+
+/* Is a supervisor answering on the control socket? Then the listeners are
+ * busy because it holds them, which is not a problem of this host. */
+static int check_supervisor_running(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd, r;
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return 0;
+	strcpy(sa.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return 0;
+	r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+	close(fd);
+	return r == 0;
+}
+
+static int check_has_problem(const struct config_problems *p, const char *msg)
+{
+	for (size_t i = 0; i < p->n; i++)
+		if (strcmp(p->msgs[i], msg) == 0)
+			return 1;
+	return 0;
+}
+
+/* Run `sessiond --check -c config`; its problem lines join ours (the ones
+ * we found already, e.g. shared config problems, are not repeated). */
+static void check_sessiond_run(const char *sessiond, const char *config,
+			       struct config_problems *p)
+{
+	int pipefd[2] = { -1, -1 };
+	char *out = NULL;
+	size_t len = 0, cap = 0;
+	pid_t pid;
+	int status = 0, lines = 0;
+	struct timespec start, now;
+
+	if (pipe2(pipefd, O_CLOEXEC) < 0) {
+		config_problems_add(p, "check: pipe: %s", strerror(errno));
+		return;
+	}
+	pid = fork();
+	if (pid < 0) {
+		config_problems_add(p, "check: fork: %s", strerror(errno));
+		close(pipefd[0]);
+		close(pipefd[1]);
+		return;
+	}
+	if (pid == 0) {
+		dup2(pipefd[1], STDOUT_FILENO);
+		dup2(pipefd[1], STDERR_FILENO);
+		signal(SIGPIPE, SIG_DFL);
+		execl(sessiond, sessiond, "--check", "-c", config, (char *)NULL);
+		fprintf(stderr, "exec %s: %s\n", sessiond, strerror(errno));
+		_exit(127);
+	}
+	close(pipefd[1]);
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (;;) {
+		struct pollfd pfd = { .fd = pipefd[0], .events = POLLIN };
+		long waited;
+		ssize_t n;
+
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		waited = (now.tv_sec - start.tv_sec) * 1000 +
+			 (now.tv_nsec - start.tv_nsec) / 1000000;
+		if (waited >= CHECK_SESSIOND_TIMEOUT_MS ||
+		    poll(&pfd, 1, (int)(CHECK_SESSIOND_TIMEOUT_MS - waited)) == 0) {
+			kill(pid, SIGKILL);
+			config_problems_add(p, "check: %s --check did not finish within %d s",
+					    sessiond, CHECK_SESSIOND_TIMEOUT_MS / 1000);
+			break;
+		}
+		if (len + 4096 + 1 > cap) {
+			char *n2 = realloc(out, cap + 8192);
+
+			if (n2 == NULL)
+				break;
+			out = n2;
+			cap += 8192;
+		}
+		n = read(pipefd[0], out + len, cap - len - 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+	}
+	close(pipefd[0]);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	if (out != NULL) {
+		char *save = NULL;
+
+		out[len] = '\0';
+		for (char *line = strtok_r(out, "\n", &save); line;
+		     line = strtok_r(NULL, "\n", &save)) {
+			if (strcmp(line, "ok") == 0 || line[0] == '\0')
+				continue;
+			lines++;
+			if (!check_has_problem(p, line))
+				config_problems_add(p, "%s", line);
+		}
+	}
+	if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0) && lines == 0)
+		config_problems_add(p, "check: %s --check failed (%s %d) without saying why",
+				    sessiond,
+				    WIFEXITED(status) ? "exit status" : "signal",
+				    WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+	free(out);
+}
+
+static void check_sessiond(const char *sessiond, const char *config,
+			   struct config_problems *p)
+{
+	struct stat st;
+
+	if (stat(sessiond, &st) < 0) {
+		config_problems_add(p, "check: sessiond binary %s: %s (set [supervisor] sessiond)",
+				    sessiond, strerror(errno));
+		return;
+	}
+	if (!S_ISREG(st.st_mode) || access(sessiond, X_OK) < 0) {
+		config_problems_add(p, "check: sessiond binary %s is not an executable file",
+				    sessiond);
+		return;
+	}
+	check_sessiond_run(sessiond, config, p);
+}
+
+static void check_metrics(const struct baton_config *cfg,
+			  struct config_problems *p)
+{
+	char *copy, *host, *port, name[128], why[256];
+	int fd;
+
+	if (cfg->metrics == NULL)
+		return;
+	copy = strdup(cfg->metrics);
+	if (copy == NULL)
+		return;
+	if (metrics_split_hostport(copy, &host, &port) == 0) {
+		fd = listeners_bind_one(host, port, name, sizeof(name),
+					why, sizeof(why));
+		if (fd < 0)
+			config_problems_add(p, "check: metrics %s", why);
+		else
+			close(fd);
+	}
+	free(copy);
+}
+
+void check_environment(const struct baton_config *cfg, const char *sessiond,
+		       struct config_problems *problems)
+{
+	char *control = config_resolve(cfg, cfg->control);
+	char *state = config_resolve(cfg, cfg->state_dir);
+	int running = 0;
+
+	check_rlimit(cfg, problems);
+	if (control) {
+		check_control(cfg, control, problems);
+		running = check_supervisor_running(control);
+	}
+	if (state)
+		check_state_dir(state, problems);
+	check_sessiond(sessiond, cfg->path, problems);
+	/* A running supervisor holds the listeners and the metrics port. */
+	if (!running) {
+		listeners_check(cfg, problems);
+		check_metrics(cfg, problems);
+	}
+	free(control);
+	free(state);
+}

@@ -1,0 +1,344 @@
+/* supervisor/control_server.c: see control_server.h. */
+#include "supervisor/control_server.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <json-c/json.h>
+
+#include "common/log.h"
+#include "supervisor/supervisor.h"
+
+#define CONTROL_MAX_REQUEST (64 * 1024)
+
+struct control_client;
+
+struct control_server {
+	struct event_base *base;
+	struct supervisor *sup;
+	char *path;
+	int fd;
+	struct event *ev_accept;
+	struct control_client *clients;
+};
+
+struct control_client {
+	struct control_server *cs;
+	struct bufferevent *bev;
+	pid_t peer_pid;
+	int got_request;
+	int replied;   /* final reply queued: free once flushed */
+	struct control_client *next;
+};
+
+static void control_client_free(struct control_client *c)
+{
+	struct control_client **pp;
+
+	for (pp = &c->cs->clients; *pp; pp = &(*pp)->next)
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	/* Whatever it asked for continues without it. */
+	supervisor_detach(c->cs->sup, c);
+	bufferevent_free(c->bev); /* closes the fd */
+	free(c);
+}
+
+static void control_client_reply(struct json_object *msg, int final, void *arg)
+{
+	struct control_client *c = arg;
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+
+	if (c->replied)
+		return;
+	evbuffer_add_printf(out, "%s\n",
+			    json_object_to_json_string_ext(msg, JSON_C_TO_STRING_PLAIN));
+	if (final)
+		c->replied = 1;
+}
+
+static void control_client_reply_cb(struct json_object *msg, bool final, void *arg)
+{
+	control_client_reply(msg, final, arg);
+}
+
+static void control_client_error(struct control_client *c, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void control_client_error(struct control_client *c, const char *fmt, ...)
+{
+	struct json_object *o = json_object_new_object();
+	struct json_object *r = json_object_new_object();
+	char buf[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	log_warn("control", "pid %d: %s", (int)c->peer_pid, buf);
+	json_object_object_add(r, "error", json_object_new_string(buf));
+	json_object_object_add(o, "result", r);
+	control_client_reply(o, 1, c);
+	json_object_put(o);
+}
+
+static void control_client_request(struct control_client *c, const char *line)
+{
+	struct json_object *req = json_tokener_parse(line), *v;
+	const char *cmd;
+
+	if (req == NULL || !json_object_is_type(req, json_type_object) ||
+	    !json_object_object_get_ex(req, "cmd", &v) ||
+	    !json_object_is_type(v, json_type_string)) {
+		control_client_error(c, "malformed request: expected {\"cmd\":...}");
+		goto out;
+	}
+	cmd = json_object_get_string(v);
+	log_info("control", "pid %d: %s", (int)c->peer_pid, line);
+	if (strcmp(cmd, "status") == 0) {
+		supervisor_status(c->cs->sup, control_client_reply_cb, c);
+	} else if (strcmp(cmd, "upgrade") == 0) {
+		if (!json_object_object_get_ex(req, "binary", &v) ||
+		    !json_object_is_type(v, json_type_string)) {
+			control_client_error(c, "upgrade needs \"binary\": an absolute path");
+			goto out;
+		}
+		supervisor_upgrade(c->cs->sup, json_object_get_string(v),
+				   control_client_reply_cb, c);
+	} else if (strcmp(cmd, "rollback") == 0) {
+		supervisor_upgrade(c->cs->sup, NULL, control_client_reply_cb, c);
+	} else {
+		control_client_error(c, "unknown command '%s' (known: status, upgrade, rollback)",
+				     cmd);
+	}
+out:
+	json_object_put(req);
+}
+
+static void control_client_on_read(struct bufferevent *bev, void *arg)
+{
+	struct control_client *c = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	char *line;
+	size_t len;
+
+	if (c->got_request) {
+		/* One request per connection; anything else is drained. */
+		evbuffer_drain(in, evbuffer_get_length(in));
+		return;
+	}
+	line = evbuffer_readln(in, &len, EVBUFFER_EOL_LF);
+	if (line == NULL) {
+		if (evbuffer_get_length(in) > CONTROL_MAX_REQUEST) {
+			c->got_request = 1;
+			control_client_error(c, "request longer than %d bytes",
+					     CONTROL_MAX_REQUEST);
+		}
+		return;
+	}
+	c->got_request = 1;
+	control_client_request(c, line);
+	free(line);
+}
+
+static void control_client_on_write(struct bufferevent *bev, void *arg)
+{
+	struct control_client *c = arg;
+
+	/* Output drained: after the final line the connection is done. */
+	if (c->replied)
+		control_client_free(c);
+}
+
+static void control_client_on_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct control_client *c = arg;
+
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+		if (!c->replied)
+			log_debug("control", "pid %d went away before the result",
+				  (int)c->peer_pid);
+		control_client_free(c);
+	}
+}
+
+static void control_server_on_accept(evutil_socket_t lfd, short what, void *arg)
+{
+	struct control_server *cs = arg;
+
+	for (;;) {
+		struct ucred cred;
+		socklen_t len = sizeof(cred);
+		struct control_client *c;
+		int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+
+		if (fd < 0) {
+			if (errno != EAGAIN && errno != EINTR)
+				log_warn("control", "accept: %s", strerror(errno));
+			return;
+		}
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+			log_error("control", "SO_PEERCRED: %s; connection closed",
+				  strerror(errno));
+			close(fd);
+			continue;
+		}
+		/* The socket mode already keeps others out; this also covers a
+		 * socket folder with looser permissions or a changed mode. */
+		if (cred.uid != geteuid() && cred.uid != 0) {
+			log_error("control", "connection from pid %d uid %u refused: only uid %u or root may control this supervisor",
+				  (int)cred.pid, (unsigned)cred.uid,
+				  (unsigned)geteuid());
+			close(fd);
+			continue;
+		}
+		c = calloc(1, sizeof(*c));
+		if (c == NULL) {
+			close(fd);
+			continue;
+		}
+		c->cs = cs;
+		c->peer_pid = cred.pid;
+		c->bev = bufferevent_socket_new(cs->base, fd, BEV_OPT_CLOSE_ON_FREE);
+		if (c->bev == NULL) {
+			close(fd);
+			free(c);
+			continue;
+		}
+		bufferevent_setcb(c->bev, control_client_on_read,
+				  control_client_on_write, control_client_on_event, c);
+		bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+		c->next = cs->clients;
+		cs->clients = c;
+	}
+}
+
+/* 0: nothing there (or stale, removed); -EADDRINUSE: someone answers. */
+static int control_server_clear_stale(const char *path, const struct sockaddr_un *sa,
+				      char *err, size_t errlen)
+{
+	struct stat st;
+	int fd, r;
+
+	if (lstat(path, &st) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if (!S_ISSOCK(st.st_mode)) {
+		snprintf(err, errlen, "control socket %s exists and is not a socket", path);
+		return -EEXIST;
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	r = connect(fd, (const struct sockaddr *)sa, sizeof(*sa));
+	close(fd);
+	if (r == 0) {
+		snprintf(err, errlen, "control socket %s is in use: another supervisor is running", path);
+		return -EADDRINUSE;
+	}
+	if (unlink(path) < 0 && errno != ENOENT) {
+		r = -errno;
+		snprintf(err, errlen, "cannot remove stale control socket %s: %s",
+			 path, strerror(errno));
+		return r;
+	}
+	return 0;
+}
+
+int control_server_new(struct event_base *base, struct supervisor *sup,
+		       const char *path, struct control_server **out,
+		       char *err, size_t errlen)
+{
+	struct control_server *cs = NULL;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	mode_t old;
+	int r, fd = -1;
+	bool bound = false;
+
+	*out = NULL;
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		snprintf(err, errlen, "control socket path too long (max %zu): %s",
+			 sizeof(sa.sun_path) - 1, path);
+		r = -ENAMETOOLONG;
+		goto out;
+	}
+	strcpy(sa.sun_path, path);
+	err[0] = '\0';
+	r = control_server_clear_stale(path, &sa, err, errlen);
+	if (r < 0)
+		goto out;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0) {
+		r = -errno;
+		goto out;
+	}
+	/* Born 0600: no window in which another user could connect. */
+	old = umask(0177);
+	r = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+	umask(old);
+	bound = r == 0;
+	if (r < 0 || chmod(path, 0600) < 0 || listen(fd, 16) < 0) {
+		r = -errno;
+		snprintf(err, errlen, "control socket %s: %s", path, strerror(-r));
+		goto out;
+	}
+	cs = calloc(1, sizeof(*cs));
+	if (cs == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	cs->base = base;
+	cs->sup = sup;
+	cs->fd = fd;
+	fd = -1; /* transferred to cs (which unlinks path when freed) */
+	bound = false;
+	cs->path = strdup(path);
+	cs->ev_accept = event_new(base, cs->fd, EV_READ | EV_PERSIST,
+				  control_server_on_accept, cs);
+	if (cs->path == NULL || cs->ev_accept == NULL ||
+	    event_add(cs->ev_accept, NULL) < 0) {
+		r = -ENOMEM;
+		goto out;
+	}
+	*out = cs;
+	cs = NULL;
+	r = 0;
+out:
+	if (r < 0 && err[0] == '\0')
+		snprintf(err, errlen, "control socket %s: %s", path, strerror(-r));
+	if (fd >= 0)
+		close(fd);
+	if (bound)
+		unlink(path);
+	control_server_free(cs);
+	return r;
+}
+
+void control_server_free(struct control_server *cs)
+{
+	if (cs == NULL)
+		return;
+	while (cs->clients)
+		control_client_free(cs->clients);
+	if (cs->ev_accept)
+		event_free(cs->ev_accept);
+	if (cs->fd >= 0) {
+		close(cs->fd);
+		if (cs->path)
+			unlink(cs->path);
+	}
+	free(cs->path);
+	free(cs);
+}

@@ -1,0 +1,308 @@
+/* supervisor/main.c: baton-supervisor. Parses the command line, validates
+ * (--check), binds listeners and the control socket, starts the first
+ * worker and runs the loop. Process table (DESIGN.md §1):
+ *
+ *   event                   handler
+ *   SIGCHLD                 supervisor_reap -> worker_reaped -> handler
+ *   SIGTERM, SIGINT         supervisor_shutdown (EXIT workers, then leave)
+ *   worker control socket   worker.c -> supervisor.c or migration.c
+ *   control socket          control_server.c -> supervisor_status/upgrade
+ *   metrics HTTP            metrics.c -> supervisor_metrics
+ *   watchdog timer          sd_notify WATCHDOG=1
+ *
+ * Exits non-zero only at startup (bad config, unbindable sockets, a first
+ * worker that never serves).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <systemd/sd-daemon.h>
+
+#include "baton_version.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "supervisor/check.h"
+#include "supervisor/control_server.h"
+#include "supervisor/listeners.h"
+#include "supervisor/metrics.h"
+#include "supervisor/supervisor.h"
+
+struct main_ctx {
+	struct event_base *base;
+	struct supervisor *sup;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: baton-supervisor -c FILE [--check] [--debug]\n"
+		"       baton-supervisor --version\n"
+		"\n"
+		"  -c, --config FILE  the baton INI file\n"
+		"      --check        validate the config and this host, print every problem\n"
+		"      --debug        log debug messages\n"
+		"      --version      print the version and the state schema range\n");
+}
+
+/* [supervisor] sessiond, or baton-sessiond beside this binary (installed
+ * layout), or ../sessiond/baton-sessiond (meson build tree). */
+static char *main_sessiond_path(const struct baton_config *cfg)
+{
+	char exe[PATH_MAX], *dir, *path = NULL;
+	ssize_t n;
+
+	if (cfg->sessiond)
+		return config_resolve(cfg, cfg->sessiond);
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n < 0)
+		return strdup("baton-sessiond");
+	exe[n] = '\0';
+	dir = dirname(exe);
+	if (asprintf(&path, "%s/baton-sessiond", dir) < 0)
+		return NULL;
+	if (access(path, X_OK) == 0)
+		return path;
+	free(path);
+	if (asprintf(&path, "%s/../sessiond/baton-sessiond", dir) < 0)
+		return NULL;
+	if (access(path, X_OK) == 0) {
+		char *real = realpath(path, NULL);
+
+		if (real) {
+			free(path);
+			return real;
+		}
+		return path;
+	}
+	free(path);
+	if (asprintf(&path, "%s/baton-sessiond", dir) < 0)
+		return NULL;
+	return path;
+}
+
+static int main_check(const struct baton_config *cfg, const char *sessiond)
+{
+	struct config_problems problems = { 0 };
+	int r;
+
+	check_environment(cfg, sessiond, &problems);
+	for (size_t i = 0; i < problems.n; i++)
+		printf("%s\n", problems.msgs[i]);
+	if (problems.n == 0)
+		printf("ok\n");
+	r = problems.n ? 1 : 0;
+	config_problems_clear(&problems);
+	return r;
+}
+
+static void main_raise_nofile(void)
+{
+	struct rlimit rl;
+
+	/* Workers inherit this; every session costs fds. */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			log_warn("supervisor", "cannot raise RLIMIT_NOFILE: %s",
+				 strerror(errno));
+	}
+}
+
+static void main_on_term(evutil_socket_t sig, short what, void *arg)
+{
+	struct main_ctx *ctx = arg;
+
+	log_info("supervisor", "%s: stopping", strsignal((int)sig));
+	supervisor_shutdown(ctx->sup);
+}
+
+static void main_on_chld(evutil_socket_t sig, short what, void *arg)
+{
+	struct main_ctx *ctx = arg;
+
+	supervisor_reap(ctx->sup);
+}
+
+static void main_on_hup(evutil_socket_t sig, short what, void *arg)
+{
+	log_info("supervisor", "SIGHUP ignored: to reload, run batonctl upgrade (systemctl reload does)");
+}
+
+static void main_on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+	sd_notify(0, "WATCHDOG=1");
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "check", no_argument, NULL, 'C' },
+		{ "debug", no_argument, NULL, 'd' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct config_problems problems = { 0 };
+	struct baton_config *cfg = NULL;
+	struct listeners *listeners = NULL;
+	struct control_server *cs = NULL;
+	struct metrics *metrics = NULL;
+	struct main_ctx ctx = { 0 };
+	struct event *ev_term = NULL, *ev_int = NULL, *ev_chld = NULL,
+		     *ev_hup = NULL, *ev_watchdog = NULL;
+	const char *config_path = NULL;
+	char *sessiond = NULL, *control = NULL, *state = NULL, *metrics_addr = NULL;
+	char err[512] = "";
+	int check = 0, debug = 0, c, r, rc = 1;
+	uint64_t wd_usec = 0;
+
+	while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c': config_path = optarg; break;
+		case 'C': check = 1; break;
+		case 'd': debug = 1; break;
+		case 'V':
+			printf("baton-supervisor %s (state schema %d-%d)\n",
+			       BATON_VERSION, BATON_SCHEMA_MIN, BATON_SCHEMA_MAX);
+			return 0;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (config_path == NULL || optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	log_init("baton-supervisor", debug ? LOG_LVL_DEBUG : LOG_LVL_INFO);
+
+	if (config_load(config_path, &cfg, &problems) < 0) {
+		for (size_t i = 0; i < problems.n; i++)
+			printf("%s\n", problems.msgs[i]);
+		if (!check)
+			log_error("supervisor", "%zu problem(s) in %s; not starting",
+				  problems.n, config_path);
+		goto out;
+	}
+	sessiond = main_sessiond_path(cfg);
+	control = config_resolve(cfg, cfg->control);
+	state = config_resolve(cfg, cfg->state_dir);
+	if (sessiond == NULL || control == NULL || state == NULL) {
+		log_error("supervisor", "out of memory");
+		goto out;
+	}
+	if (check) {
+		rc = main_check(cfg, sessiond);
+		goto out;
+	}
+
+	signal(SIGPIPE, SIG_IGN);
+	main_raise_nofile();
+	if (mkdir(state, 0700) < 0 && errno != EEXIST) {
+		log_error("supervisor", "state_dir %s: %s", state, strerror(errno));
+		goto out;
+	}
+	ctx.base = event_base_new();
+	if (ctx.base == NULL) {
+		log_error("supervisor", "cannot create the event loop");
+		goto out;
+	}
+	r = listeners_bind(cfg, &listeners, err, sizeof(err));
+	if (r < 0) {
+		log_error("supervisor", "%s", err);
+		goto out;
+	}
+	if (cfg->metrics && (metrics_addr = strdup(cfg->metrics)) == NULL) {
+		log_error("supervisor", "out of memory");
+		goto out;
+	}
+	ctx.sup = supervisor_new(ctx.base, cfg, listeners, sessiond);
+	if (ctx.sup == NULL) {
+		log_error("supervisor", "out of memory");
+		goto out;
+	}
+	cfg = NULL;       /* transferred to the supervisor */
+	listeners = NULL; /* transferred to the supervisor */
+
+	r = control_server_new(ctx.base, ctx.sup, control, &cs, err, sizeof(err));
+	if (r < 0) {
+		log_error("control", "%s", err);
+		goto out;
+	}
+
+	if (metrics_addr) {
+		r = metrics_new(ctx.base, ctx.sup, metrics_addr, &metrics, err,
+				sizeof(err));
+		if (r < 0) {
+			log_error("supervisor", "metrics %s: %s", metrics_addr, err);
+			goto out;
+		}
+		log_info("supervisor", "metrics on http://%s/metrics", metrics_addr);
+	}
+
+	ev_term = evsignal_new(ctx.base, SIGTERM, main_on_term, &ctx);
+	ev_int = evsignal_new(ctx.base, SIGINT, main_on_term, &ctx);
+	ev_chld = evsignal_new(ctx.base, SIGCHLD, main_on_chld, &ctx);
+	ev_hup = evsignal_new(ctx.base, SIGHUP, main_on_hup, &ctx);
+	if (!ev_term || !ev_int || !ev_chld || !ev_hup ||
+	    event_add(ev_term, NULL) < 0 || event_add(ev_int, NULL) < 0 ||
+	    event_add(ev_chld, NULL) < 0 || event_add(ev_hup, NULL) < 0) {
+		log_error("supervisor", "cannot install signal handlers");
+		goto out;
+	}
+	if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0) {
+		struct timeval tv = { .tv_sec = (time_t)(wd_usec / 2 / 1000000),
+				      .tv_usec = (suseconds_t)(wd_usec / 2 % 1000000) };
+
+		ev_watchdog = event_new(ctx.base, -1, EV_PERSIST, main_on_watchdog, NULL);
+		if (ev_watchdog)
+			event_add(ev_watchdog, &tv);
+		log_info("supervisor", "systemd watchdog: ping every %.1f s",
+			 (double)wd_usec / 2e6);
+	}
+
+	log_info("supervisor", "baton-supervisor %s (pid %d), control %s, worker %s",
+		 BATON_VERSION, (int)getpid(), control, sessiond);
+	r = supervisor_start(ctx.sup);
+	if (r < 0) {
+		log_error("supervisor", "cannot start %s: %s", sessiond, strerror(-r));
+		goto out;
+	}
+	event_base_dispatch(ctx.base);
+	rc = supervisor_exit_code(ctx.sup);
+	log_info("supervisor", "exiting (%d)", rc);
+out:
+	if (ev_watchdog)
+		event_free(ev_watchdog);
+	if (ev_term)
+		event_free(ev_term);
+	if (ev_int)
+		event_free(ev_int);
+	if (ev_chld)
+		event_free(ev_chld);
+	if (ev_hup)
+		event_free(ev_hup);
+	metrics_free(metrics);
+	control_server_free(cs);
+	supervisor_free(ctx.sup); /* SIGKILLs any worker still alive */
+	listeners_free(listeners);
+	config_free(cfg);
+	if (ctx.base)
+		event_base_free(ctx.base);
+	config_problems_clear(&problems);
+	free(sessiond);
+	free(control);
+	free(state);
+	free(metrics_addr);
+	return rc;
+}

@@ -1,0 +1,130 @@
+/* supervisor/metrics.c: see metrics.h. */
+#include "supervisor/metrics.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+
+#include "supervisor/listeners.h"
+#include "supervisor/supervisor.h"
+
+struct metrics {
+	struct evhttp *http;
+	struct supervisor *sup;
+	int fd; /* ours: evhttp_accept_socket does not close it on free */
+};
+
+int metrics_split_hostport(char *hostport, char **host, char **port)
+{
+	char *colon;
+
+	if (hostport[0] == '[') {
+		char *end = strchr(hostport, ']');
+
+		if (end == NULL || end[1] != ':')
+			return -EINVAL;
+		*end = '\0';
+		*host = hostport + 1;
+		*port = end + 2;
+		return 0;
+	}
+	colon = strrchr(hostport, ':');
+	if (colon == NULL || colon[1] == '\0')
+		return -EINVAL;
+	*colon = '\0';
+	*host = hostport;
+	*port = colon + 1;
+	return 0;
+}
+
+static void metrics_on_request(struct evhttp_request *req, void *arg)
+{
+	struct metrics *m = arg;
+	const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
+	struct evbuffer *body;
+
+	if (path == NULL || strcmp(path, "/metrics") != 0) {
+		evhttp_send_error(req, HTTP_NOTFOUND, "try /metrics");
+		return;
+	}
+	body = evbuffer_new();
+	if (body == NULL) {
+		evhttp_send_error(req, HTTP_INTERNAL, NULL);
+		return;
+	}
+	supervisor_metrics(m->sup, body);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+			  "text/plain; version=0.0.4");
+	evhttp_send_reply(req, HTTP_OK, "OK", body);
+	evbuffer_free(body);
+}
+
+int metrics_new(struct event_base *base, struct supervisor *sup,
+		const char *hostport, struct metrics **out, char *err,
+		size_t errlen)
+{
+	struct metrics *m = NULL;
+	char *copy = strdup(hostport), *host, *port, name[128];
+	int fd = -1, r;
+
+	*out = NULL;
+	if (copy == NULL) {
+		r = -ENOMEM;
+		snprintf(err, errlen, "out of memory");
+		goto out;
+	}
+	if (metrics_split_hostport(copy, &host, &port) < 0) {
+		r = -EINVAL;
+		snprintf(err, errlen, "metrics: expected HOST:PORT, got '%s'", hostport);
+		goto out;
+	}
+	fd = listeners_bind_one(host, port, name, sizeof(name), err, errlen);
+	if (fd < 0) {
+		r = fd;
+		goto out;
+	}
+	m = calloc(1, sizeof(*m));
+	if (m != NULL)
+		m->fd = -1;
+	if (m == NULL || (m->http = evhttp_new(base)) == NULL) {
+		r = -ENOMEM;
+		snprintf(err, errlen, "out of memory");
+		goto out;
+	}
+	m->sup = sup;
+	m->fd = fd;
+	fd = -1; /* transferred to m */
+	evhttp_set_allowed_methods(m->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+	evhttp_set_gencb(m->http, metrics_on_request, m);
+	if (evhttp_accept_socket(m->http, m->fd) < 0) {
+		r = -EIO;
+		snprintf(err, errlen, "metrics: cannot serve on %s", name);
+		goto out;
+	}
+	*out = m;
+	m = NULL;
+	r = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	metrics_free(m);
+	free(copy);
+	return r;
+}
+
+void metrics_free(struct metrics *m)
+{
+	if (m == NULL)
+		return;
+	if (m->http)
+		evhttp_free(m->http);
+	if (m->fd >= 0)
+		close(m->fd);
+	free(m);
+}

@@ -1,0 +1,645 @@
+/* supervisor/migration.c: see migration.h.
+ *
+ * Decisions are taken in one place, migration_evaluate(), from what is known
+ * so far (results received, workers dead), so the order in which results,
+ * exits and deadlines arrive does not matter.
+ */
+#include "supervisor/migration.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "common/log.h"
+#include "handoff/frame.h"
+#include "supervisor/listeners.h"
+#include "supervisor/worker.h"
+
+enum migration_phase {
+	PHASE_WAIT_READY, /* T spawned, S untouched */
+	PHASE_FORWARD,    /* S -> T running */
+	PHASE_REVERSE,    /* T -> S running (after a partial forward) */
+	PHASE_FINISH,     /* waiting for the leaving worker to exit */
+	PHASE_DONE,       /* done callback scheduled */
+};
+
+struct side_result {
+	bool have;
+	bool committed;
+	char reason[256];
+	unsigned sessions, connections, fds, chunks, chunks_committed;
+	double freeze_max_ms;
+};
+
+struct migration {
+	struct event_base *base;
+	struct migration_params p;
+	migration_progress_cb progress;
+	migration_done_cb done;
+	void *arg;
+
+	enum migration_phase phase;
+	struct worker *s, *t;         /* NULL once exited */
+	char s_exit[96], t_exit[96];  /* exit text once exited */
+	struct side_result rs, rt;    /* results of the current direction */
+	struct side_result fwd_s;     /* S's forward result (for the report) */
+	bool waiting_target;          /* S reported; T gets a short deadline */
+	unsigned reverse_chunks;      /* committed chunks the reverse moves back */
+
+	struct worker *leaving;       /* PHASE_FINISH: the one we wait for */
+	struct worker *survivor;
+
+	struct event *ev_deadline;
+	struct event *ev_done;
+	struct timespec t0;
+	struct migration_result res;
+};
+
+static void migration_evaluate(struct migration *m);
+
+static double ms_since(const struct timespec *t0)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - t0->tv_sec) * 1e3 +
+	       (double)(now.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+static void migration_reason(struct migration *m, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* Appends to the reason (the first failure leads, later ones follow). */
+static void migration_reason(struct migration *m, const char *fmt, ...)
+{
+	size_t len = strlen(m->res.reason);
+	va_list ap;
+
+	if (len > 0 && len + 2 < sizeof(m->res.reason)) {
+		strcat(m->res.reason, "; ");
+		len += 2;
+	}
+	va_start(ap, fmt);
+	vsnprintf(m->res.reason + len, sizeof(m->res.reason) - len, fmt, ap);
+	va_end(ap);
+}
+
+static void migration_set_deadline(struct migration *m, int seconds)
+{
+	struct timeval tv = { .tv_sec = seconds };
+
+	evtimer_del(m->ev_deadline);
+	evtimer_add(m->ev_deadline, &tv);
+}
+
+static void migration_on_done(evutil_socket_t fd, short what, void *arg)
+{
+	struct migration *m = arg;
+
+	/* Last statement: the owner may free m. */
+	m->done(m, &m->res, m->survivor, m->arg);
+}
+
+static void migration_complete(struct migration *m)
+{
+	const struct side_result *r = &m->fwd_s;
+
+	m->phase = PHASE_DONE;
+	evtimer_del(m->ev_deadline);
+	m->res.sessions = r->sessions;
+	m->res.connections = r->connections;
+	m->res.fds = r->fds;
+	m->res.chunks = r->chunks;
+	m->res.freeze_ms = r->freeze_max_ms;
+	m->res.total_ms = ms_since(&m->t0);
+	if (m->progress)
+		m->progress("finish", 1, 1, m->arg);
+	event_active(m->ev_done, EV_TIMEOUT, 0);
+}
+
+/* `leaving` is told to exit; the survivor has been told to accept. We report
+ * once the leaving process is gone (total_ms includes that). */
+static void migration_finish(struct migration *m, struct worker *survivor,
+			     struct worker *leaving)
+{
+	m->survivor = survivor;
+	if (survivor != NULL) {
+		if (worker_send_accept(survivor, true) < 0)
+			log_error("migration", "pid %d: ACCEPT on failed",
+				  (int)worker_pid(survivor));
+		worker_set_role(survivor, "active");
+	}
+	m->phase = PHASE_FINISH;
+	m->leaving = leaving;
+	if (leaving == NULL) {
+		migration_complete(m);
+		return;
+	}
+	worker_stop(leaving, m->p.timeout_s);
+	/* worker_stop SIGKILLs after timeout_s; this is only a backstop. */
+	migration_set_deadline(m, m->p.timeout_s + 5);
+}
+
+static void migration_abort_to_source(struct migration *m)
+{
+	m->res.committed = false;
+	log_warn("migration", "aborted: %s", m->res.reason);
+	migration_finish(m, m->s, m->t);
+}
+
+static void migration_refuse(struct migration *m, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void migration_refuse(struct migration *m, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(m->res.reason, sizeof(m->res.reason), fmt, ap);
+	va_end(ap);
+	m->res.refused = true;
+	m->res.committed = false;
+	log_warn("migration", "refused: %s", m->res.reason);
+	/* S was never touched: it keeps serving without any message. */
+	m->phase = PHASE_FINISH;
+	m->survivor = m->s;
+	m->leaving = m->t;
+	if (m->t == NULL) {
+		migration_complete(m);
+		return;
+	}
+	worker_stop(m->t, m->p.timeout_s);
+	migration_set_deadline(m, m->p.timeout_s + 5);
+}
+
+/* Hand both ends of a fresh channel out: the receiver first, so it is
+ * listening before the source starts sending. */
+static int migration_launch(struct migration *m, struct worker *src,
+			    struct worker *dst)
+{
+	int ch[2] = { -1, -1 };
+	unsigned timeout_ms = (unsigned)m->p.timeout_s * 1000u;
+	int r;
+
+	memset(&m->rs, 0, sizeof(m->rs));
+	memset(&m->rt, 0, sizeof(m->rt));
+	r = handoff_socketpair(ch);
+	if (r < 0)
+		goto out;
+	r = worker_send_migrate(dst, false, worker_pid(src), timeout_ms, 0, ch[0]);
+	if (r < 0)
+		goto out;
+	r = worker_send_migrate(src, true, worker_pid(dst), timeout_ms,
+				m->p.chunk_sessions, ch[1]);
+out:
+	/* Borrowed by the sends: each worker now holds its own copy. */
+	if (ch[0] >= 0)
+		close(ch[0]);
+	if (ch[1] >= 0)
+		close(ch[1]);
+	return r;
+}
+
+static int migration_deadline_s(const struct migration *m)
+{
+	int s = m->p.timeout_s * 6;
+
+	return s < 30 ? 30 : s;
+}
+
+static void migration_on_target_ready(struct migration *m)
+{
+	const Baton__Control__Ready *rs = worker_ready_info(m->s);
+	const Baton__Control__Ready *rt = worker_ready_info(m->t);
+	int r;
+
+	snprintf(m->res.to.version, sizeof(m->res.to.version), "%s",
+		 rt->version);
+	if (m->progress)
+		m->progress("ready", 1, 1, m->arg);
+	if (!rt->preflight_ok) {
+		char list[768] = "";
+
+		for (size_t i = 0; i < rt->n_problems; i++) {
+			size_t len = strlen(list);
+
+			snprintf(list + len, sizeof(list) - len, "%s%s",
+				 i ? "; " : "", rt->problems[i]);
+		}
+		migration_refuse(m, "target failed preflight: %s",
+				 rt->n_problems ? list : "(no details)");
+		return;
+	}
+	if (rs == NULL || rt->schema_min > rs->schema_max ||
+	    rs->schema_min > rt->schema_max) {
+		migration_refuse(m, "incompatible state schema: source %u-%u, target %u-%u",
+				 rs ? rs->schema_min : 0, rs ? rs->schema_max : 0,
+				 rt->schema_min, rt->schema_max);
+		return;
+	}
+
+	r = worker_send_listeners(m->t, listeners_fds(m->p.listeners),
+				  listeners_names(m->p.listeners),
+				  listeners_count(m->p.listeners));
+	if (r < 0) {
+		migration_refuse(m, "cannot send listeners to the target: %s",
+				 strerror(-r));
+		return;
+	}
+	/* From here on S is involved: every exit path ends in ACCEPT on for
+	 * whichever worker serves afterwards. */
+	m->phase = PHASE_FORWARD;
+	worker_set_role(m->s, "source");
+	if (worker_send_accept(m->s, false) < 0)
+		log_warn("migration", "ACCEPT off to the source failed");
+	r = migration_launch(m, m->s, m->t);
+	if (r < 0) {
+		migration_reason(m, "cannot start the migration: %s",
+				 strerror(-r));
+		/* The target may hold one channel end; it aborts on EOF. */
+		migration_abort_to_source(m);
+		return;
+	}
+	log_info("migration", "migrating pid %d -> pid %d",
+		 (int)worker_pid(m->s), (int)worker_pid(m->t));
+	migration_set_deadline(m, migration_deadline_s(m));
+}
+
+static void migration_start_reverse(struct migration *m)
+{
+	int r;
+
+	log_warn("migration", "%s; %u chunk(s) already committed: moving them back (pid %d -> pid %d)",
+		 m->res.reason,
+		 m->rt.chunks_committed > m->rs.chunks_committed ? m->rt.chunks_committed
+								 : m->rs.chunks_committed,
+		 (int)worker_pid(m->t),
+		 (int)worker_pid(m->s));
+	m->phase = PHASE_REVERSE;
+	m->waiting_target = false;
+	m->reverse_chunks = m->rt.chunks_committed > m->rs.chunks_committed
+				    ? m->rt.chunks_committed : m->rs.chunks_committed;
+	worker_set_role(m->t, "source");
+	worker_set_role(m->s, "target");
+	r = migration_launch(m, m->t, m->s);
+	if (r < 0) {
+		migration_reason(m, "reverse migration could not start: %s",
+				 strerror(-r));
+		migration_abort_to_source(m);
+		return;
+	}
+	if (m->progress)
+		m->progress("reverse", 0, 0, m->arg);
+	migration_set_deadline(m, migration_deadline_s(m));
+}
+
+static void migration_evaluate_forward(struct migration *m)
+{
+	if (m->s == NULL && m->t == NULL) {
+		migration_reason(m, "source (%s) and target (%s) both exited during the migration",
+				 m->s_exit, m->t_exit);
+		m->res.committed = false;
+		migration_finish(m, NULL, NULL);
+		return;
+	}
+	if (m->s == NULL) {
+		/* S died: a target holding PREPARED commits on its own (S never
+		 * resumed, see DESIGN.md §2); it is all that is left. */
+		if (!m->rt.have)
+			return;
+		m->fwd_s = m->rt; /* S never reported: T's counts are all we have */
+		m->res.committed = m->rt.committed;
+		migration_reason(m, "source exited during the migration (%s); target pid %d took over%s%s",
+				 m->s_exit, (int)worker_pid(m->t),
+				 m->rt.committed ? "" : " after aborting: ",
+				 m->rt.committed ? "" : m->rt.reason);
+		log_warn("migration", "%s", m->res.reason);
+		migration_finish(m, m->t, NULL);
+		return;
+	}
+	if (m->t == NULL) {
+		/* T died: S notices the channel close, aborts and resumes. */
+		if (!m->rs.have)
+			return;
+		m->fwd_s = m->rs;
+		migration_reason(m, "target exited during the migration (%s)",
+				 m->t_exit);
+		if (!m->rs.committed && m->rs.reason[0])
+			migration_reason(m, "source: %s", m->rs.reason);
+		if (m->rs.chunks_committed > 0)
+			log_error("migration", "%u chunk(s) already committed to the dead target are lost; their users reconnect",
+				  m->rs.chunks_committed);
+		migration_abort_to_source(m);
+		return;
+	}
+	if (m->rs.have && !m->rs.committed && m->rs.chunks_committed == 0 &&
+	    !(m->rt.have && m->rt.chunks_committed > 0)) {
+		/* S aborted its first chunk and, as the protocol requires, sent
+		 * ABORT before saying so: T holds nothing and never commits on
+		 * its own. No need to wait for T (it may be hung). */
+		m->fwd_s = m->rs;
+		migration_reason(m, "%s", m->rs.reason[0] ? m->rs.reason
+							   : "source aborted");
+		migration_abort_to_source(m);
+		return;
+	}
+	if (m->rs.have && !m->rt.have && !m->waiting_target) {
+		/* T's result normally follows at once; do not wait for the
+		 * overall deadline if it hangs. */
+		m->waiting_target = true;
+		migration_set_deadline(m, m->p.timeout_s + 1);
+	}
+	if (!m->rs.have || !m->rt.have)
+		return;
+	m->fwd_s = m->rs;
+	if (m->rs.committed && m->rt.committed) {
+		m->res.committed = true;
+		log_info("migration", "committed: %u sessions, %u connections, %u fds, freeze %.1f ms",
+			 m->rs.sessions, m->rs.connections, m->rs.fds,
+			 m->rs.freeze_max_ms);
+		migration_finish(m, m->t, m->s);
+		return;
+	}
+	if (!m->rs.committed)
+		migration_reason(m, "%s", m->rs.reason[0] ? m->rs.reason
+							   : "source aborted");
+	else
+		migration_reason(m, "target: %s", m->rt.reason[0] ? m->rt.reason
+								  : "target aborted");
+	if (m->rt.chunks_committed > 0 || m->rs.chunks_committed > 0) {
+		migration_start_reverse(m);
+		return;
+	}
+	migration_abort_to_source(m);
+}
+
+/* Reverse direction: src = T, dst = S. */
+static void migration_evaluate_reverse(struct migration *m)
+{
+	if (m->s == NULL && m->t == NULL) {
+		migration_reason(m, "source (%s) and target (%s) both exited during the reverse migration",
+				 m->s_exit, m->t_exit);
+		migration_finish(m, NULL, NULL);
+		return;
+	}
+	if (m->s == NULL) {
+		/* S is gone; T holds what it holds and starts the rest. */
+		migration_reason(m, "source exited during the reverse migration (%s); target pid %d took over",
+				 m->s_exit, (int)worker_pid(m->t));
+		log_warn("migration", "%s", m->res.reason);
+		migration_finish(m, m->t, NULL);
+		return;
+	}
+	if (m->t == NULL) {
+		if (!m->rs.have)
+			return;
+		migration_reason(m, "target exited during the reverse migration (%s)",
+				 m->t_exit);
+		migration_abort_to_source(m);
+		return;
+	}
+	if (m->rt.have && !m->rs.have && !m->waiting_target) {
+		m->waiting_target = true; /* here: waiting for S, the receiver */
+		migration_set_deadline(m, m->p.timeout_s + 1);
+	}
+	if (!m->rs.have || !m->rt.have)
+		return;
+	if (!(m->rt.committed && m->rs.committed)) {
+		migration_reason(m, "reverse migration failed: %s",
+				 !m->rt.committed ? m->rt.reason : m->rs.reason);
+		log_error("migration", "reverse migration failed; sessions left in pid %d are closed with it",
+			  (int)worker_pid(m->t));
+	} else {
+		migration_reason(m, "the %u chunk(s) already committed were moved back to the source",
+				 m->reverse_chunks);
+	}
+	migration_abort_to_source(m);
+}
+
+static void migration_evaluate(struct migration *m)
+{
+	switch (m->phase) {
+	case PHASE_FORWARD:
+		migration_evaluate_forward(m);
+		break;
+	case PHASE_REVERSE:
+		migration_evaluate_reverse(m);
+		break;
+	default:
+		break;
+	}
+}
+
+static void migration_on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	struct migration *m = arg;
+
+	switch (m->phase) {
+	case PHASE_WAIT_READY:
+		migration_refuse(m, "target not READY after %d s", m->p.timeout_s);
+		break;
+	case PHASE_FORWARD:
+	case PHASE_REVERSE:
+		if (m->phase == PHASE_FORWARD && m->rs.have && m->rs.committed &&
+		    m->t != NULL) {
+			/* S gave everything away; T holds it all. */
+			log_warn("migration", "target did not report; source committed everything: target takes over");
+			m->fwd_s = m->rs;
+			m->res.committed = true;
+			migration_finish(m, m->t, m->s);
+			break;
+		}
+		if (m->phase == PHASE_FORWARD && m->rs.have)
+			m->fwd_s = m->rs;
+		if (m->waiting_target && m->phase == PHASE_FORWARD && m->rs.have) {
+			migration_reason(m, "%s", m->rs.committed ? "source committed"
+				: (m->rs.reason[0] ? m->rs.reason : "source aborted"));
+			migration_reason(m, "target did not report its result within %d s (hung?)",
+					 m->p.timeout_s + 1);
+			if (m->rs.chunks_committed > 0)
+				log_error("migration", "%u chunk(s) committed to the unresponsive target are lost; their users reconnect",
+					  m->rs.chunks_committed);
+		} else {
+			migration_reason(m, "%s timed out after %d s",
+					 m->phase == PHASE_FORWARD ? "migration"
+								   : "reverse migration",
+					 migration_deadline_s(m));
+		}
+		/* Killing T makes a still frozen S abort and resume (the
+		 * channel closes). */
+		if (m->t)
+			worker_kill(m->t);
+		if (m->s == NULL) {
+			migration_finish(m, NULL, m->t);
+			break;
+		}
+		migration_abort_to_source(m);
+		break;
+	case PHASE_FINISH:
+		if (m->leaving) {
+			log_error("migration", "pid %d still not reaped: giving up waiting",
+				  (int)worker_pid(m->leaving));
+			worker_kill(m->leaving);
+		}
+		m->leaving = NULL;
+		migration_complete(m);
+		break;
+	case PHASE_DONE:
+		break;
+	}
+}
+
+static void migration_store(struct side_result *sr,
+			    const Baton__Control__MigrationResult *r)
+{
+	sr->have = true;
+	sr->committed = r->committed;
+	snprintf(sr->reason, sizeof(sr->reason), "%s", r->reason ? r->reason : "");
+	sr->sessions = r->sessions;
+	sr->connections = r->connections;
+	sr->fds = r->fds;
+	sr->chunks = r->chunks;
+	sr->chunks_committed = r->chunks_committed;
+	sr->freeze_max_ms = r->freeze_max_ms;
+}
+
+static void migration_on_worker(struct worker *w, enum worker_event ev,
+				const void *msg, void *arg)
+{
+	struct migration *m = arg;
+	bool is_s = w == m->s, is_t = w == m->t;
+
+	switch (ev) {
+	case WORKER_EXITED:
+		if (is_s) {
+			snprintf(m->s_exit, sizeof(m->s_exit), "%s",
+				 worker_exit_status(w));
+			m->s = NULL;
+		}
+		if (is_t) {
+			snprintf(m->t_exit, sizeof(m->t_exit), "%s",
+				 worker_exit_status(w));
+			m->t = NULL;
+		}
+		if (w == m->survivor)
+			m->survivor = NULL; /* the owner restarts a fresh one */
+		if (m->phase == PHASE_WAIT_READY) {
+			if (is_t)
+				migration_refuse(m, "target exited before READY: %s",
+						 m->t_exit);
+			else if (is_s) {
+				migration_refuse(m, "source exited before the migration started: %s",
+						 m->s_exit);
+				m->survivor = NULL;
+			}
+			return;
+		}
+		if (m->phase == PHASE_FINISH && w == m->leaving) {
+			m->leaving = NULL;
+			migration_complete(m);
+			return;
+		}
+		if (m->phase == PHASE_FINISH && w != m->leaving)
+			log_error("migration", "pid %d exited while finishing: %s",
+				  (int)worker_pid(w), worker_exit_status(w));
+		migration_evaluate(m);
+		return;
+	case WORKER_READY:
+		if (is_t && m->phase == PHASE_WAIT_READY)
+			migration_on_target_ready(m);
+		return;
+	case WORKER_PROGRESS: {
+		const Baton__Control__Progress *p = msg;
+		bool src = (m->phase == PHASE_FORWARD && is_s) ||
+			   (m->phase == PHASE_REVERSE && is_t);
+
+		if (src && m->progress)
+			m->progress(m->phase == PHASE_FORWARD ? "migrate" : "reverse",
+				    p->items_done, p->items_total, m->arg);
+		return;
+	}
+	case WORKER_RESULT:
+		if (m->phase != PHASE_FORWARD && m->phase != PHASE_REVERSE) {
+			log_warn("migration", "pid %d: MIGRATION_RESULT outside a migration (ignored)",
+				 (int)worker_pid(w));
+			return;
+		}
+		if (is_s)
+			migration_store(&m->rs, msg);
+		else if (is_t)
+			migration_store(&m->rt, msg);
+		log_info("migration", "pid %d (%s) result: %s%s%s",
+			 (int)worker_pid(w), worker_role(w),
+			 ((const Baton__Control__MigrationResult *)msg)->committed
+				 ? "committed" : "aborted",
+			 is_s ? (m->rs.reason[0] ? ": " : "") : (m->rt.reason[0] ? ": " : ""),
+			 is_s ? m->rs.reason : m->rt.reason);
+		migration_evaluate(m);
+		return;
+	}
+}
+
+struct migration *migration_start(struct event_base *base, struct worker *source,
+				  struct worker *target,
+				  const struct migration_params *params,
+				  migration_progress_cb progress,
+				  migration_done_cb done, void *arg)
+{
+	struct migration *m = calloc(1, sizeof(*m));
+
+	if (m == NULL)
+		return NULL;
+	m->base = base;
+	m->p = *params;
+	m->progress = progress;
+	m->done = done;
+	m->arg = arg;
+	m->s = source;
+	m->t = target;
+	m->phase = PHASE_WAIT_READY;
+	m->ev_deadline = evtimer_new(base, migration_on_deadline, m);
+	m->ev_done = event_new(base, -1, 0, migration_on_done, m);
+	if (m->ev_deadline == NULL || m->ev_done == NULL) {
+		migration_free(m);
+		return NULL;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &m->t0);
+	{
+		struct timespec rt;
+
+		clock_gettime(CLOCK_REALTIME, &rt);
+		m->res.started = (double)rt.tv_sec + (double)rt.tv_nsec / 1e9;
+	}
+	m->res.from.pid = worker_pid(source);
+	snprintf(m->res.from.version, sizeof(m->res.from.version), "%s",
+		 worker_version(source));
+	snprintf(m->res.from.binary, sizeof(m->res.from.binary), "%s",
+		 worker_binary(source));
+	m->res.to.pid = worker_pid(target);
+	snprintf(m->res.to.binary, sizeof(m->res.to.binary), "%s",
+		 worker_binary(target));
+	worker_set_role(target, "target");
+	worker_set_handler(source, migration_on_worker, m);
+	worker_set_handler(target, migration_on_worker, m);
+	migration_set_deadline(m, m->p.timeout_s);
+	if (worker_is_ready(target)) /* cannot happen for a fresh spawn */
+		migration_on_target_ready(m);
+	return m;
+}
+
+void migration_free(struct migration *m)
+{
+	if (m == NULL)
+		return;
+	if (m->ev_deadline)
+		event_free(m->ev_deadline);
+	if (m->ev_done)
+		event_free(m->ev_done);
+	free(m);
+}

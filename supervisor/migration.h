@@ -1,0 +1,72 @@
+/* supervisor/migration.h: one upgrade (or rollback) of the serving worker S
+ * to a freshly spawned worker T, driven from the supervisor's event loop
+ * (DESIGN.md §2, §6):
+ *
+ *   wait T READY -> refuse on failed preflight / disjoint schema ranges
+ *   -> LISTENERS to T, ACCEPT off to S, MIGRATE both ends of a new channel
+ *   -> both MIGRATION_RESULTs -> commit (ACCEPT on T, EXIT S)
+ *                             or abort (reverse T -> S if T committed any
+ *                                        chunk, ACCEPT on S, EXIT T)
+ *   -> wait until the leaving worker has exited -> done.
+ *
+ * While it runs the migration is the handler of both workers (worker.h);
+ * when it is done the owner takes the survivor back. The survivor is the
+ * worker that serves afterwards: T on commit, S on abort, whichever is still
+ * alive when the other died, or NULL when both died.
+ */
+#ifndef BATON_SUPERVISOR_MIGRATION_H
+#define BATON_SUPERVISOR_MIGRATION_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <sys/types.h>
+
+struct event_base;
+struct listeners;
+struct migration;
+struct worker;
+
+struct migration_params {
+	int timeout_s;            /* [supervisor] handoff_timeout */
+	unsigned chunk_sessions;  /* [sessiond] chunk_sessions */
+	const struct listeners *listeners; /* borrowed for the call's life */
+};
+
+struct migration_side {
+	pid_t pid;
+	char version[64];
+	char binary[PATH_MAX];
+};
+
+struct migration_result {
+	bool committed;
+	bool refused;        /* stopped before S was touched */
+	char reason[1024];   /* "" when committed cleanly */
+	struct migration_side from, to;
+	unsigned sessions, connections, fds, chunks;
+	double freeze_ms;    /* S's freeze_max_ms */
+	double total_ms;     /* spawn of T .. exit of the leaving worker */
+	double started;      /* CLOCK_REALTIME seconds, for status */
+};
+
+typedef void (*migration_progress_cb)(const char *phase, unsigned done,
+				      unsigned total, void *arg);
+/* Runs once, from the migration's own event (never inside a worker
+ * callback), so the owner may migration_free(m) in it. */
+typedef void (*migration_done_cb)(struct migration *m,
+				  const struct migration_result *res,
+				  struct worker *survivor, void *arg);
+
+/* Start driving S -> T. T must be freshly spawned with --target; S must be
+ * READY and serving. Returns NULL on allocation failure (nothing changed). */
+struct migration *migration_start(struct event_base *base, struct worker *source,
+				  struct worker *target,
+				  const struct migration_params *params,
+				  migration_progress_cb progress,
+				  migration_done_cb done, void *arg);
+
+/* Stop driving (shutdown): leaves both workers to the caller, who must set
+ * their handlers again. Accepts NULL. */
+void migration_free(struct migration *m);
+
+#endif

@@ -1,0 +1,896 @@
+/* supervisor/supervisor.c: see supervisor.h.
+ *
+ * Worker handlers: the serving worker (and any worker that is only leaving)
+ * has supervisor_on_worker as its handler; during a migration the migration
+ * is the handler of S and T, and hands the survivor back when done.
+ */
+#include "supervisor/supervisor.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <json-c/json.h>
+#include <systemd/sd-daemon.h>
+
+#include "baton_version.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "supervisor/check.h"
+#include "supervisor/listeners.h"
+#include "supervisor/migration.h"
+#include "supervisor/worker.h"
+
+#define STATUS_TIMEOUT_MS 1000
+#define RESTART_BACKOFF_MIN_MS 500
+#define RESTART_BACKOFF_MAX_MS 30000
+#define STABLE_AFTER_S 30.0  /* a worker up this long resets the backoff */
+#define REFRESH_INTERVAL_S 10 /* status poll for sd_notify STATUS and metrics */
+
+struct status_req;
+
+struct supervisor {
+	struct event_base *base;
+	struct baton_config *cfg;
+	struct listeners *listeners;
+	char *sessiond;
+	char *config_path;
+
+	struct worker **workers; /* every child not yet reaped */
+	size_t nworkers;
+	struct worker *active;   /* serving (or starting to); NULL while restarting */
+	bool active_serving;     /* READY, LISTENERS and ACCEPT on sent */
+	bool ever_served;        /* sd_notify READY=1 sent */
+	bool stopping;
+	int exit_code;
+
+	struct event *ev_restart;
+	unsigned restart_failures; /* consecutive, for the backoff */
+	struct event *ev_stop;     /* backstop during shutdown */
+	struct event *ev_refresh;
+
+	unsigned crashes;
+	struct json_object *last_crash;     /* owned, NULL if none */
+	char *previous_binary;
+	struct json_object *last_migration; /* owned */
+	unsigned migrations_committed, migrations_aborted, migrations_refused;
+	double last_freeze_ms, last_total_ms;
+	bool have_last_migration;
+
+	struct migration *migration;
+	supervisor_reply_cb mig_cb;
+	void *mig_arg;
+	const char *mig_kind; /* "upgrade" or "rollback" (static string) */
+
+	struct status_req *status_reqs;
+};
+
+struct status_req {
+	struct supervisor *sup;
+	supervisor_reply_cb cb;
+	void *arg;
+	struct worker **asked; /* NULLed when answered or exited */
+	size_t nasked, pending;
+	struct event *ev_timeout;
+	struct status_req *next;
+};
+
+static void supervisor_on_worker(struct worker *w, enum worker_event ev,
+				 const void *msg, void *arg);
+static void supervisor_schedule_restart(struct supervisor *sup);
+
+/* --- registry ----------------------------------------------------------- */
+
+static int supervisor_register(struct supervisor *sup, struct worker *w)
+{
+	struct worker **nw = realloc(sup->workers,
+				     (sup->nworkers + 1) * sizeof(*nw));
+
+	if (nw == NULL)
+		return -ENOMEM;
+	sup->workers = nw;
+	sup->workers[sup->nworkers++] = w;
+	return 0;
+}
+
+static struct worker *supervisor_spawn(struct supervisor *sup,
+				       const char *binary, bool target, int *err)
+{
+	struct worker *w = worker_spawn(sup->base, binary, sup->config_path,
+					target, sup->cfg->handoff_timeout_s, err);
+
+	if (w == NULL)
+		return NULL;
+	if (supervisor_register(sup, w) < 0) {
+		/* Cannot track it: make sure it does not outlive us. */
+		worker_kill(w);
+		worker_free(w);
+		*err = -ENOMEM;
+		return NULL;
+	}
+	worker_set_handler(w, supervisor_on_worker, sup);
+	return w;
+}
+
+static void supervisor_notify_status(struct supervisor *sup)
+{
+	const Baton__Control__Status *st;
+
+	if (sup->active == NULL || !sup->active_serving) {
+		sd_notifyf(0, "STATUS=%s", sup->stopping ? "stopping"
+							  : "no serving worker (restarting)");
+		return;
+	}
+	st = worker_last_status(sup->active);
+	sd_notifyf(0, "STATUS=worker pid %d (%s): %u sessions, %u connections%s",
+		   (int)worker_pid(sup->active), worker_version(sup->active),
+		   st->sessions, st->connections,
+		   sup->migration ? ", migration running" : "");
+}
+
+void supervisor_reap(struct supervisor *sup)
+{
+	int st;
+	pid_t pid;
+
+	while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+		struct worker *w = NULL;
+		size_t i;
+
+		for (i = 0; i < sup->nworkers; i++)
+			if (worker_pid(sup->workers[i]) == pid) {
+				w = sup->workers[i];
+				break;
+			}
+		if (w == NULL) {
+			log_debug("supervisor", "reaped unknown child %d", (int)pid);
+			continue;
+		}
+		sup->workers[i] = sup->workers[--sup->nworkers];
+		/* The handler drops its pointer in WORKER_EXITED. */
+		worker_reaped(w, st);
+		worker_free(w);
+	}
+	if (sup->stopping && sup->nworkers == 0)
+		event_base_loopexit(sup->base, NULL);
+}
+
+/* --- the serving worker --------------------------------------------------- */
+
+static void supervisor_serve(struct supervisor *sup, struct worker *w)
+{
+	int r;
+
+	r = worker_send_listeners(w, listeners_fds(sup->listeners),
+				  listeners_names(sup->listeners),
+				  listeners_count(sup->listeners));
+	if (r == 0)
+		r = worker_send_accept(w, true);
+	if (r < 0) {
+		/* Its control socket is closed now: it exits and counts as a
+		 * crash, which restarts it. */
+		log_error("supervisor", "pid %d: cannot hand over listeners: %s",
+			  (int)worker_pid(w), strerror(-r));
+		return;
+	}
+	sup->active_serving = true;
+	worker_set_role(w, "active");
+	log_info("supervisor", "worker pid %d (%s) serving on %zu listener(s)",
+		 (int)worker_pid(w), worker_version(w),
+		 listeners_count(sup->listeners));
+	if (!sup->ever_served) {
+		sup->ever_served = true;
+		sd_notify(0, "READY=1");
+	}
+	supervisor_notify_status(sup);
+}
+
+static void supervisor_record_crash(struct supervisor *sup, struct worker *w)
+{
+	struct json_object *c = json_object_new_object();
+
+	sup->crashes++;
+	json_object_object_add(c, "pid", json_object_new_int64(worker_pid(w)));
+	json_object_object_add(c, "binary", json_object_new_string(worker_binary(w)));
+	json_object_object_add(c, "version", json_object_new_string(worker_version(w)));
+	json_object_object_add(c, "status", json_object_new_string(worker_exit_status(w)));
+	json_object_object_add(c, "time", json_object_new_int64((int64_t)time(NULL)));
+	json_object_object_add(c, "uptime_s", json_object_new_double(worker_uptime_s(w)));
+	json_object_put(sup->last_crash);
+	sup->last_crash = c;
+}
+
+static void supervisor_on_worker(struct worker *w, enum worker_event ev,
+				 const void *msg, void *arg)
+{
+	struct supervisor *sup = arg;
+
+	if (w != sup->active) {
+		/* A worker that is leaving (told to EXIT): nothing to decide. */
+		if (ev == WORKER_EXITED)
+			log_info("supervisor", "pid %d left: %s", (int)worker_pid(w),
+				 worker_exit_status(w));
+		return;
+	}
+	switch (ev) {
+	case WORKER_READY: {
+		const Baton__Control__Ready *r = msg;
+
+		if (!r->preflight_ok) {
+			log_error("supervisor", "worker pid %d failed preflight (it exits)",
+				  (int)worker_pid(w));
+			return;
+		}
+		if (!sup->stopping)
+			supervisor_serve(sup, w);
+		return;
+	}
+	case WORKER_EXITED:
+		sup->active = NULL;
+		if (sup->stopping)
+			return;
+		if (!sup->ever_served) {
+			log_error("supervisor", "first worker pid %d (%s) exited before serving: %s; giving up",
+				  (int)worker_pid(w), worker_binary(w),
+				  worker_exit_status(w));
+			sup->exit_code = 1;
+			event_base_loopexit(sup->base, NULL);
+			return;
+		}
+		log_error("supervisor", "worker pid %d crashed: %s (binary %s, up %.1f s)",
+			  (int)worker_pid(w), worker_exit_status(w),
+			  worker_binary(w), worker_uptime_s(w));
+		supervisor_record_crash(sup, w);
+		if (worker_uptime_s(w) >= STABLE_AFTER_S)
+			sup->restart_failures = 0;
+		sup->active_serving = false;
+		supervisor_notify_status(sup);
+		supervisor_schedule_restart(sup);
+		return;
+	case WORKER_PROGRESS:
+	case WORKER_RESULT:
+		log_warn("supervisor", "pid %d: migration message outside a migration (ignored)",
+			 (int)worker_pid(w));
+		return;
+	}
+}
+
+static void supervisor_on_restart(evutil_socket_t fd, short what, void *arg)
+{
+	struct supervisor *sup = arg;
+	const char *binary = sup->sessiond;
+	int err = 0;
+
+	if (sup->stopping || sup->active != NULL || sup->migration != NULL)
+		return;
+	/* Restart with the binary that crashed (last_crash), which after an
+	 * upgrade is not the configured one. */
+	if (sup->last_crash) {
+		struct json_object *b;
+
+		if (json_object_object_get_ex(sup->last_crash, "binary", &b))
+			binary = json_object_get_string(b);
+	}
+	sup->active_serving = false;
+	sup->active = supervisor_spawn(sup, binary, false, &err);
+	if (sup->active == NULL) {
+		log_error("supervisor", "cannot start a worker: %s", strerror(-err));
+		supervisor_schedule_restart(sup);
+	}
+}
+
+static void supervisor_schedule_restart(struct supervisor *sup)
+{
+	unsigned ms = RESTART_BACKOFF_MIN_MS;
+	struct timeval tv;
+
+	for (unsigned i = 0; i < sup->restart_failures && ms < RESTART_BACKOFF_MAX_MS; i++)
+		ms *= 2;
+	if (ms > RESTART_BACKOFF_MAX_MS)
+		ms = RESTART_BACKOFF_MAX_MS;
+	sup->restart_failures++;
+	tv.tv_sec = ms / 1000;
+	tv.tv_usec = (ms % 1000) * 1000;
+	log_info("supervisor", "restarting the worker in %.1f s", ms / 1000.0);
+	evtimer_add(sup->ev_restart, &tv);
+}
+
+static void supervisor_refresh_done(struct worker *w,
+				    const Baton__Control__Status *st, void *arg)
+{
+	supervisor_notify_status(arg);
+}
+
+static void supervisor_on_refresh(evutil_socket_t fd, short what, void *arg)
+{
+	struct supervisor *sup = arg;
+
+	if (sup->active && sup->active_serving && sup->migration == NULL)
+		worker_request_status(sup->active, supervisor_refresh_done, sup);
+}
+
+/* --- lifecycle ------------------------------------------------------------ */
+
+struct supervisor *supervisor_new(struct event_base *base,
+				  struct baton_config *cfg,
+				  struct listeners *listeners,
+				  const char *sessiond)
+{
+	struct supervisor *sup = calloc(1, sizeof(*sup));
+	struct timeval refresh = { .tv_sec = REFRESH_INTERVAL_S };
+
+	if (sup == NULL)
+		return NULL;
+	sup->base = base;
+	sup->cfg = cfg;
+	sup->listeners = listeners;
+	sup->sessiond = strdup(sessiond);
+	sup->config_path = strdup(cfg->path);
+	sup->ev_restart = evtimer_new(base, supervisor_on_restart, sup);
+	sup->ev_refresh = event_new(base, -1, EV_PERSIST, supervisor_on_refresh, sup);
+	if (sup->sessiond == NULL || sup->config_path == NULL ||
+	    sup->ev_restart == NULL || sup->ev_refresh == NULL) {
+		supervisor_free(sup);
+		return NULL;
+	}
+	event_add(sup->ev_refresh, &refresh);
+	return sup;
+}
+
+int supervisor_start(struct supervisor *sup)
+{
+	int err = 0;
+
+	sup->active = supervisor_spawn(sup, sup->sessiond, false, &err);
+	return sup->active ? 0 : err;
+}
+
+int supervisor_exit_code(const struct supervisor *sup)
+{
+	return sup->exit_code;
+}
+
+static void supervisor_status_req_free(struct status_req *q);
+
+void supervisor_free(struct supervisor *sup)
+{
+	if (sup == NULL)
+		return;
+	migration_free(sup->migration);
+	while (sup->status_reqs)
+		supervisor_status_req_free(sup->status_reqs);
+	for (size_t i = 0; i < sup->nworkers; i++) {
+		worker_kill(sup->workers[i]);
+		worker_free(sup->workers[i]);
+	}
+	free(sup->workers);
+	if (sup->ev_restart)
+		event_free(sup->ev_restart);
+	if (sup->ev_stop)
+		event_free(sup->ev_stop);
+	if (sup->ev_refresh)
+		event_free(sup->ev_refresh);
+	json_object_put(sup->last_crash);
+	json_object_put(sup->last_migration);
+	free(sup->previous_binary);
+	free(sup->sessiond);
+	free(sup->config_path);
+	listeners_free(sup->listeners);
+	config_free(sup->cfg);
+	free(sup);
+}
+
+static void supervisor_on_stop_backstop(evutil_socket_t fd, short what, void *arg)
+{
+	struct supervisor *sup = arg;
+
+	log_error("supervisor", "%zu worker(s) still not reaped; exiting anyway",
+		  sup->nworkers);
+	event_base_loopexit(sup->base, NULL);
+}
+
+void supervisor_shutdown(struct supervisor *sup)
+{
+	struct timeval tv = { .tv_sec = sup->cfg->handoff_timeout_s + 5 };
+
+	if (sup->stopping)
+		return;
+	sup->stopping = true;
+	log_info("supervisor", "shutting down %zu worker(s)", sup->nworkers);
+	sd_notify(0, "STOPPING=1");
+	if (sup->migration) {
+		/* Abandoning a migration halfway is safe only because every
+		 * worker is leaving anyway. */
+		migration_free(sup->migration);
+		sup->migration = NULL;
+		if (sup->mig_cb) {
+			struct json_object *o = json_object_new_object();
+			struct json_object *r = json_object_new_object();
+
+			json_object_object_add(r, "result", json_object_new_string("aborted"));
+			json_object_object_add(r, "reason",
+					       json_object_new_string("supervisor is shutting down"));
+			json_object_object_add(o, "result", r);
+			sup->mig_cb(o, true, sup->mig_arg);
+			json_object_put(o);
+			sup->mig_cb = NULL;
+		}
+	}
+	evtimer_del(sup->ev_restart);
+	for (size_t i = 0; i < sup->nworkers; i++) {
+		worker_set_handler(sup->workers[i], supervisor_on_worker, sup);
+		worker_stop(sup->workers[i], sup->cfg->handoff_timeout_s);
+	}
+	if (sup->nworkers == 0) {
+		event_base_loopexit(sup->base, NULL);
+		return;
+	}
+	sup->ev_stop = evtimer_new(sup->base, supervisor_on_stop_backstop, sup);
+	if (sup->ev_stop)
+		evtimer_add(sup->ev_stop, &tv);
+}
+
+/* --- status --------------------------------------------------------------- */
+
+static struct json_object *supervisor_worker_json(struct worker *w)
+{
+	struct json_object *o = json_object_new_object();
+	const Baton__Control__Status *st = worker_last_status(w);
+	const Baton__Control__Ready *r = worker_ready_info(w);
+
+	json_object_object_add(o, "pid", json_object_new_int64(worker_pid(w)));
+	json_object_object_add(o, "binary", json_object_new_string(worker_binary(w)));
+	json_object_object_add(o, "version", json_object_new_string(worker_version(w)));
+	json_object_object_add(o, "role", json_object_new_string(worker_role(w)));
+	json_object_object_add(o, "ready", json_object_new_boolean(r != NULL));
+	json_object_object_add(o, "sessions", json_object_new_int64(st->sessions));
+	json_object_object_add(o, "connections", json_object_new_int64(st->connections));
+	json_object_object_add(o, "clients", json_object_new_int64(st->clients));
+	json_object_object_add(o, "upstreams_connected",
+			       json_object_new_int64(st->upstreams_connected));
+	json_object_object_add(o, "loop_lag_ms", json_object_new_double(st->loop_lag_ms));
+	json_object_object_add(o, "schema_min", json_object_new_int64(r ? r->schema_min : 0));
+	json_object_object_add(o, "schema_max", json_object_new_int64(r ? r->schema_max : 0));
+	json_object_object_add(o, "uptime_s", json_object_new_double(worker_uptime_s(w)));
+	return o;
+}
+
+static struct json_object *supervisor_status_json(struct supervisor *sup)
+{
+	struct json_object *o = json_object_new_object();
+	struct json_object *s = json_object_new_object();
+	struct json_object *ws = json_object_new_array();
+
+	json_object_object_add(s, "pid", json_object_new_int64(getpid()));
+	json_object_object_add(s, "version", json_object_new_string(BATON_VERSION));
+	json_object_object_add(s, "schema_min", json_object_new_int64(BATON_SCHEMA_MIN));
+	json_object_object_add(s, "schema_max", json_object_new_int64(BATON_SCHEMA_MAX));
+	json_object_object_add(s, "sessiond", json_object_new_string(sup->sessiond));
+	json_object_object_add(s, "stopping", json_object_new_boolean(sup->stopping));
+	json_object_object_add(o, "supervisor", s);
+	for (size_t i = 0; i < sup->nworkers; i++)
+		json_object_array_add(ws, supervisor_worker_json(sup->workers[i]));
+	json_object_object_add(o, "workers", ws);
+	json_object_object_add(o, "migration_running",
+			       json_object_new_boolean(sup->migration != NULL));
+	json_object_object_add(o, "crashes", json_object_new_int64(sup->crashes));
+	json_object_object_add(o, "last_crash", json_object_get(sup->last_crash));
+	json_object_object_add(o, "previous_binary",
+			       sup->previous_binary
+				       ? json_object_new_string(sup->previous_binary)
+				       : NULL);
+	json_object_object_add(o, "last_migration", json_object_get(sup->last_migration));
+	return o;
+}
+
+static void supervisor_status_req_free(struct status_req *q)
+{
+	struct status_req **pp;
+
+	for (pp = &q->sup->status_reqs; *pp; pp = &(*pp)->next)
+		if (*pp == q) {
+			*pp = q->next;
+			break;
+		}
+	for (size_t i = 0; i < q->nasked; i++)
+		if (q->asked[i])
+			worker_cancel_status(q->asked[i], q);
+	if (q->ev_timeout)
+		event_free(q->ev_timeout);
+	free(q->asked);
+	free(q);
+}
+
+static void supervisor_status_finish(struct status_req *q)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "result", supervisor_status_json(q->sup));
+	if (q->cb)
+		q->cb(o, true, q->arg);
+	json_object_put(o);
+	supervisor_status_req_free(q);
+}
+
+static void supervisor_status_answer(struct worker *w,
+				     const Baton__Control__Status *st, void *arg)
+{
+	struct status_req *q = arg;
+
+	for (size_t i = 0; i < q->nasked; i++)
+		if (q->asked[i] == w) {
+			q->asked[i] = NULL;
+			q->pending--;
+			break;
+		}
+	if (q->pending == 0)
+		supervisor_status_finish(q);
+}
+
+static void supervisor_status_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	/* Report what we have: a busy worker's last counts are still useful. */
+	supervisor_status_finish(arg);
+}
+
+void supervisor_status(struct supervisor *sup, supervisor_reply_cb cb, void *arg)
+{
+	struct status_req *q = calloc(1, sizeof(*q));
+	struct timeval tv = { .tv_sec = STATUS_TIMEOUT_MS / 1000,
+			      .tv_usec = (STATUS_TIMEOUT_MS % 1000) * 1000 };
+
+	if (q == NULL)
+		goto fail;
+	q->sup = sup;
+	q->cb = cb;
+	q->arg = arg;
+	q->asked = calloc(sup->nworkers ? sup->nworkers : 1, sizeof(*q->asked));
+	q->ev_timeout = evtimer_new(sup->base, supervisor_status_timeout, q);
+	if (q->asked == NULL || q->ev_timeout == NULL) {
+		free(q->asked);
+		if (q->ev_timeout)
+			event_free(q->ev_timeout);
+		free(q);
+		goto fail;
+	}
+	q->next = sup->status_reqs;
+	sup->status_reqs = q;
+	/* Counted before asking: an answer can never arrive synchronously, but
+	 * a failed send must not finish the request under our feet. */
+	for (size_t i = 0; i < sup->nworkers; i++) {
+		struct worker *w = sup->workers[i];
+
+		if (!worker_is_ready(w) || worker_has_exited(w))
+			continue;
+		if (worker_request_status(w, supervisor_status_answer, q) == 0) {
+			q->asked[q->nasked++] = w;
+			q->pending++;
+		}
+	}
+	if (q->pending == 0) {
+		supervisor_status_finish(q);
+		return;
+	}
+	evtimer_add(q->ev_timeout, &tv);
+	return;
+fail:
+	log_error("control", "status: out of memory");
+}
+
+/* --- upgrade / rollback ---------------------------------------------------- */
+
+static struct json_object *side_json(const struct migration_side *s)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "pid", json_object_new_int64(s->pid));
+	json_object_object_add(o, "version", json_object_new_string(s->version));
+	json_object_object_add(o, "binary", json_object_new_string(s->binary));
+	return o;
+}
+
+static struct json_object *migration_result_json(const struct migration_result *r,
+						 const char *kind)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "result",
+			       json_object_new_string(r->committed ? "committed" : "aborted"));
+	json_object_object_add(o, "refused", json_object_new_boolean(r->refused));
+	json_object_object_add(o, "reason", json_object_new_string(r->reason));
+	json_object_object_add(o, "kind", json_object_new_string(kind));
+	json_object_object_add(o, "from", side_json(&r->from));
+	json_object_object_add(o, "to", side_json(&r->to));
+	json_object_object_add(o, "sessions", json_object_new_int64(r->sessions));
+	json_object_object_add(o, "connections", json_object_new_int64(r->connections));
+	json_object_object_add(o, "fds", json_object_new_int64(r->fds));
+	json_object_object_add(o, "chunks", json_object_new_int64(r->chunks));
+	json_object_object_add(o, "freeze_ms", json_object_new_double(r->freeze_ms));
+	json_object_object_add(o, "total_ms", json_object_new_double(r->total_ms));
+	json_object_object_add(o, "time", json_object_new_int64((int64_t)r->started));
+	return o;
+}
+
+static void supervisor_reply_result(supervisor_reply_cb cb, void *arg,
+				    struct json_object *result)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "result", result);
+	if (cb)
+		cb(o, true, arg);
+	json_object_put(o);
+}
+
+/* A request refused before anything started (no migration object). */
+static void supervisor_refuse(struct supervisor *sup, supervisor_reply_cb cb,
+			      void *arg, const char *kind, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+
+static void supervisor_refuse(struct supervisor *sup, supervisor_reply_cb cb,
+			      void *arg, const char *kind, const char *fmt, ...)
+{
+	struct migration_result r;
+	va_list ap;
+
+	memset(&r, 0, sizeof(r));
+	if (sup->active != NULL) {
+		r.from.pid = worker_pid(sup->active);
+		snprintf(r.from.version, sizeof(r.from.version), "%s",
+			 worker_version(sup->active));
+		snprintf(r.from.binary, sizeof(r.from.binary), "%s",
+			 worker_binary(sup->active));
+	}
+	r.refused = true;
+	r.started = (double)time(NULL);
+	va_start(ap, fmt);
+	vsnprintf(r.reason, sizeof(r.reason), fmt, ap);
+	va_end(ap);
+	log_warn("control", "%s refused: %s", kind, r.reason);
+	supervisor_reply_result(cb, arg, migration_result_json(&r, kind));
+}
+
+static void supervisor_mig_progress(const char *phase, unsigned done,
+				    unsigned total, void *arg)
+{
+	struct supervisor *sup = arg;
+	struct json_object *o, *p;
+
+	if (sup->mig_cb == NULL)
+		return;
+	o = json_object_new_object();
+	p = json_object_new_object();
+	json_object_object_add(p, "phase", json_object_new_string(phase));
+	json_object_object_add(p, "items_done", json_object_new_int64(done));
+	json_object_object_add(p, "items_total", json_object_new_int64(total));
+	json_object_object_add(o, "progress", p);
+	sup->mig_cb(o, false, sup->mig_arg);
+	json_object_put(o);
+}
+
+static void supervisor_mig_done(struct migration *m,
+				const struct migration_result *result,
+				struct worker *survivor, void *arg)
+{
+	struct supervisor *sup = arg;
+	struct worker *old = sup->active;
+	struct migration_result copy = *result; /* result lives in m */
+	const struct migration_result *res = &copy;
+	struct json_object *rj;
+
+	/* Every live worker is ours again; only the survivor serves. */
+	for (size_t i = 0; i < sup->nworkers; i++)
+		worker_set_handler(sup->workers[i], supervisor_on_worker, sup);
+	sup->migration = NULL;
+	migration_free(m);
+
+	if (survivor != old && survivor != NULL) {
+		/* The new binary serves: the old one is what rollback returns to. */
+		free(sup->previous_binary);
+		sup->previous_binary = strdup(res->from.binary);
+	}
+	sup->active = survivor;
+	sup->active_serving = survivor != NULL;
+	if (survivor == NULL) {
+		log_error("migration", "no worker survived the migration: starting a fresh one");
+		sup->restart_failures = 0;
+		supervisor_schedule_restart(sup);
+	}
+
+	if (res->committed)
+		sup->migrations_committed++;
+	else if (res->refused)
+		sup->migrations_refused++;
+	else
+		sup->migrations_aborted++;
+	if (!res->refused) {
+		sup->have_last_migration = true;
+		sup->last_freeze_ms = res->freeze_ms;
+		sup->last_total_ms = res->total_ms;
+	}
+	rj = migration_result_json(res, sup->mig_kind);
+	json_object_put(sup->last_migration);
+	sup->last_migration = json_object_get(rj);
+	log_info("migration", "%s %s: pid %d -> pid %d%s%s (%.1f ms total, freeze %.1f ms)",
+		 sup->mig_kind, res->committed ? "committed" : "aborted",
+		 (int)res->from.pid, (int)res->to.pid, res->reason[0] ? ": " : "",
+		 res->reason, res->total_ms, res->freeze_ms);
+	supervisor_reply_result(sup->mig_cb, sup->mig_arg, rj);
+	sup->mig_cb = NULL;
+	sup->mig_arg = NULL;
+	supervisor_notify_status(sup);
+}
+
+/* The new worker starts with our RLIMIT_NOFILE and must hold every fd of
+ * the serving one at once: refuse before anything starts when the limit it
+ * would inherit is too low (it was raised to the hard limit at startup, so
+ * a lower value now was set on purpose, e.g. with prlimit). */
+static int supervisor_check_nofile(struct supervisor *sup, char *why, size_t len)
+{
+	const Baton__Control__Status *st = worker_last_status(sup->active);
+	unsigned long need = check_fds_needed(sup->cfg);
+	unsigned long have = (unsigned long)st->connections +
+			     listeners_count(sup->listeners) + 64;
+	struct rlimit rl;
+
+	if (have > need)
+		need = have;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY ||
+	    rl.rlim_cur >= need)
+		return 0;
+	snprintf(why, len, "RLIMIT_NOFILE soft limit %llu (inherited by the new worker) is below the %lu file descriptors it needs for %zu sessions (%u connections now); raise the limit (LimitNOFILE=, prlimit)",
+		 (unsigned long long)rl.rlim_cur, need, sup->cfg->nsessions,
+		 st->connections);
+	return -EMFILE;
+}
+
+void supervisor_upgrade(struct supervisor *sup, const char *binary,
+			supervisor_reply_cb cb, void *arg)
+{
+	const char *kind = binary ? "upgrade" : "rollback";
+	struct migration_params p;
+	struct worker *t;
+	char *bin = NULL, why[512];
+	int err = 0;
+
+	if (sup->migration != NULL) {
+		supervisor_refuse(sup, cb, arg, kind, "a migration is already running");
+		goto out;
+	}
+	if (sup->stopping) {
+		supervisor_refuse(sup, cb, arg, kind, "the supervisor is shutting down");
+		goto out;
+	}
+	if (binary == NULL) {
+		if (sup->previous_binary == NULL) {
+			supervisor_refuse(sup, cb, arg, kind,
+					  "no previous binary to roll back to (no upgrade has committed since the supervisor started)");
+			goto out;
+		}
+		binary = sup->previous_binary;
+	}
+	bin = strdup(binary); /* previous_binary changes on commit */
+	if (bin == NULL) {
+		supervisor_refuse(sup, cb, arg, kind, "out of memory");
+		goto out;
+	}
+	if (bin[0] != '/') {
+		supervisor_refuse(sup, cb, arg, kind, "binary must be an absolute path: %s", bin);
+		goto out;
+	}
+	if (access(bin, X_OK) < 0) {
+		supervisor_refuse(sup, cb, arg, kind, "%s: %s", bin, strerror(errno));
+		goto out;
+	}
+	if (sup->active == NULL || !sup->active_serving) {
+		supervisor_refuse(sup, cb, arg, kind, "no serving worker right now (restarting after a crash)");
+		goto out;
+	}
+	if (supervisor_check_nofile(sup, why, sizeof(why)) < 0) {
+		supervisor_refuse(sup, cb, arg, kind, "%s", why);
+		goto out;
+	}
+
+	sup->mig_cb = cb;
+	sup->mig_arg = arg;
+	sup->mig_kind = kind;
+	supervisor_mig_progress("spawn", 0, 1, sup);
+	log_info("migration", "%s: pid %d (%s) -> %s", kind,
+		 (int)worker_pid(sup->active), worker_binary(sup->active), bin);
+	t = supervisor_spawn(sup, bin, true, &err);
+	if (t == NULL) {
+		sup->mig_cb = NULL;
+		supervisor_refuse(sup, cb, arg, kind, "cannot start %s: %s", bin,
+				  strerror(-err));
+		goto out;
+	}
+	p.timeout_s = sup->cfg->handoff_timeout_s;
+	p.chunk_sessions = (unsigned)sup->cfg->chunk_sessions;
+	p.listeners = sup->listeners;
+	sup->migration = migration_start(sup->base, sup->active, t, &p,
+					 supervisor_mig_progress,
+					 supervisor_mig_done, sup);
+	if (sup->migration == NULL) {
+		worker_stop(t, sup->cfg->handoff_timeout_s);
+		sup->mig_cb = NULL;
+		supervisor_refuse(sup, cb, arg, kind, "out of memory");
+		goto out;
+	}
+	supervisor_notify_status(sup);
+out:
+	free(bin);
+}
+
+void supervisor_detach(struct supervisor *sup, void *arg)
+{
+	struct status_req *q = sup->status_reqs;
+
+	if (sup->mig_arg == arg) {
+		sup->mig_cb = NULL;
+		sup->mig_arg = NULL;
+	}
+	while (q) {
+		struct status_req *next = q->next;
+
+		if (q->arg == arg)
+			supervisor_status_req_free(q);
+		q = next;
+	}
+}
+
+/* --- metrics --------------------------------------------------------------- */
+
+void supervisor_metrics(struct supervisor *sup, struct evbuffer *out)
+{
+	unsigned long sessions = 0, connections = 0;
+
+	for (size_t i = 0; i < sup->nworkers; i++) {
+		const Baton__Control__Status *st = worker_last_status(sup->workers[i]);
+
+		sessions += st->sessions;
+		connections += st->connections;
+	}
+	evbuffer_add_printf(out,
+		"# HELP baton_workers Worker processes alive.\n"
+		"# TYPE baton_workers gauge\n"
+		"baton_workers %zu\n"
+		"# HELP baton_sessions Sessions held by all workers (last reported).\n"
+		"# TYPE baton_sessions gauge\n"
+		"baton_sessions %lu\n"
+		"# HELP baton_connections Connections held by all workers (last reported).\n"
+		"# TYPE baton_connections gauge\n"
+		"baton_connections %lu\n"
+		"# HELP baton_worker_crashes_total Workers that exited unexpectedly.\n"
+		"# TYPE baton_worker_crashes_total counter\n"
+		"baton_worker_crashes_total %u\n"
+		"# HELP baton_migrations_total Upgrades and rollbacks by result.\n"
+		"# TYPE baton_migrations_total counter\n"
+		"baton_migrations_total{result=\"committed\"} %u\n"
+		"baton_migrations_total{result=\"aborted\"} %u\n"
+		"baton_migrations_total{result=\"refused\"} %u\n"
+		"# HELP baton_migration_running 1 while a migration runs.\n"
+		"# TYPE baton_migration_running gauge\n"
+		"baton_migration_running %d\n",
+		sup->nworkers, sessions, connections, sup->crashes,
+		sup->migrations_committed, sup->migrations_aborted,
+		sup->migrations_refused, sup->migration != NULL);
+	if (sup->have_last_migration)
+		evbuffer_add_printf(out,
+			"# HELP baton_migration_freeze_ms_last Longest freeze of the last migration.\n"
+			"# TYPE baton_migration_freeze_ms_last gauge\n"
+			"baton_migration_freeze_ms_last %.3f\n"
+			"# HELP baton_migration_total_ms_last Duration of the last migration.\n"
+			"# TYPE baton_migration_total_ms_last gauge\n"
+			"baton_migration_total_ms_last %.3f\n",
+			sup->last_freeze_ms, sup->last_total_ms);
+}

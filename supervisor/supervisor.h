@@ -1,0 +1,57 @@
+/* supervisor/supervisor.h: the supervisor's core: which worker serves, crash
+ * restarts, upgrades and rollbacks, status. main.c wires it to signals, the
+ * control socket (control_server.h) and metrics (metrics.h).
+ *
+ * Replies to control requests are JSON objects handed to a reply callback:
+ * zero or more {"progress":{...}} and then exactly one {"result":{...}}
+ * (final = true). The callback does not own the object. A requester that
+ * goes away calls supervisor_detach() with its arg; the operation itself
+ * continues (a migration is never abandoned halfway because a client left).
+ */
+#ifndef BATON_SUPERVISOR_SUPERVISOR_H
+#define BATON_SUPERVISOR_SUPERVISOR_H
+
+#include <stdbool.h>
+
+struct baton_config;
+struct event_base;
+struct evbuffer;
+struct json_object;
+struct listeners;
+struct supervisor;
+
+typedef void (*supervisor_reply_cb)(struct json_object *msg, bool final,
+				    void *arg);
+
+/* Takes ownership of cfg and listeners. `sessiond` is the worker binary
+ * (absolute). */
+struct supervisor *supervisor_new(struct event_base *base,
+				  struct baton_config *cfg,
+				  struct listeners *listeners,
+				  const char *sessiond);
+void supervisor_free(struct supervisor *sup); /* accepts NULL; kills workers */
+
+/* Spawn the first worker. Returns 0 or -errno. If the first worker never
+ * becomes READY and serving, the loop is stopped and supervisor_exit_code()
+ * returns 1 (a daemon may only fail at startup). */
+int supervisor_start(struct supervisor *sup);
+int supervisor_exit_code(const struct supervisor *sup);
+
+/* SIGCHLD: reap every exited child and tell its worker. */
+void supervisor_reap(struct supervisor *sup);
+
+/* SIGTERM/SIGINT: EXIT every worker (SIGKILL after handoff_timeout), then
+ * stop the loop. */
+void supervisor_shutdown(struct supervisor *sup);
+
+/* Control requests. */
+void supervisor_status(struct supervisor *sup, supervisor_reply_cb cb, void *arg);
+/* binary NULL: rollback to the previous binary. */
+void supervisor_upgrade(struct supervisor *sup, const char *binary,
+			supervisor_reply_cb cb, void *arg);
+void supervisor_detach(struct supervisor *sup, void *arg);
+
+/* Prometheus text exposition of the current state. */
+void supervisor_metrics(struct supervisor *sup, struct evbuffer *out);
+
+#endif

@@ -1,0 +1,526 @@
+/* supervisor/worker.c: see worker.h. */
+#include "supervisor/worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "common/control.h"
+#include "common/log.h"
+#include "handoff/frame.h"
+
+#define WORKER_SEND_TIMEOUT_MS 1000
+#define WORKER_RECV_TIMEOUT_MS 1000
+
+struct status_waiter {
+	worker_status_cb cb;
+	void *arg;
+};
+
+struct worker {
+	struct event_base *base;
+	pid_t pid;
+	char *binary;
+	int ctl;                 /* our end of the control socket, -1 once lost */
+	struct event *ev_ctl;
+	struct event *ev_kill;   /* SIGKILL deadline after EXIT / control loss */
+	int kill_timeout_s;
+	struct timespec started;
+
+	worker_cb cb;
+	void *cb_arg;
+
+	Baton__Control__Ready *ready; /* owned, NULL before READY */
+	Baton__Control__Status status; /* last STATUS (scalars only) */
+	char role[16];
+
+	struct status_waiter *waiters;
+	size_t nwaiters;
+
+	bool exit_sent; /* EXIT sent: losing the control socket is expected */
+	bool exited;
+	int wstatus;
+	char exit_text[96];
+
+	int dispatching; /* >0 while a handler runs; worker_free is deferred */
+	bool free_pending;
+};
+
+static void worker_ctl_lost(struct worker *w, const char *why);
+
+static void worker_emit(struct worker *w, enum worker_event ev, const void *msg)
+{
+	if (w->cb == NULL)
+		return;
+	w->dispatching++;
+	w->cb(w, ev, msg, w->cb_arg);
+	w->dispatching--;
+}
+
+static void worker_fail_waiters(struct worker *w)
+{
+	/* Callbacks may register new waiters; they fail too (ctl is gone). */
+	while (w->nwaiters > 0) {
+		struct status_waiter sw = w->waiters[0];
+
+		memmove(&w->waiters[0], &w->waiters[1],
+			(w->nwaiters - 1) * sizeof(w->waiters[0]));
+		w->nwaiters--;
+		if (sw.cb == NULL)
+			continue;
+		w->dispatching++;
+		sw.cb(w, NULL, sw.arg);
+		w->dispatching--;
+	}
+}
+
+static void worker_on_kill_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+
+	if (!w->exited && w->pid > 0) {
+		log_warn("worker", "pid %d did not exit in time: SIGKILL",
+			 (int)w->pid);
+		kill(w->pid, SIGKILL);
+	}
+}
+
+static void worker_arm_kill(struct worker *w, int timeout_s)
+{
+	struct timeval tv = { .tv_sec = timeout_s > 0 ? timeout_s : 1 };
+
+	if (w->exited || evtimer_pending(w->ev_kill, NULL))
+		return;
+	evtimer_add(w->ev_kill, &tv);
+}
+
+static void worker_handle(struct worker *w, struct handoff_msg *m)
+{
+	switch (m->type) {
+	case CONTROL_READY: {
+		Baton__Control__Ready *r =
+			baton__control__ready__unpack(NULL, m->len, m->data);
+
+		if (r == NULL || w->ready != NULL) {
+			if (r != NULL)
+				baton__control__ready__free_unpacked(r, NULL);
+			worker_ctl_lost(w, r == NULL ? "malformed READY"
+						      : "second READY");
+			return;
+		}
+		w->ready = r;
+		log_info("worker", "pid %d ready: version %s, schema %u-%u, preflight %s",
+			 (int)w->pid, r->version, r->schema_min, r->schema_max,
+			 r->preflight_ok ? "ok" : "FAILED");
+		for (size_t i = 0; i < r->n_problems; i++)
+			log_error("worker", "pid %d preflight: %s", (int)w->pid,
+				  r->problems[i]);
+		worker_emit(w, WORKER_READY, r);
+		return;
+	}
+	case CONTROL_PROGRESS: {
+		Baton__Control__Progress *p =
+			baton__control__progress__unpack(NULL, m->len, m->data);
+
+		if (p == NULL) {
+			worker_ctl_lost(w, "malformed PROGRESS");
+			return;
+		}
+		worker_emit(w, WORKER_PROGRESS, p);
+		baton__control__progress__free_unpacked(p, NULL);
+		return;
+	}
+	case CONTROL_MIGRATION_RESULT: {
+		Baton__Control__MigrationResult *r =
+			baton__control__migration_result__unpack(NULL, m->len,
+								 m->data);
+
+		if (r == NULL) {
+			worker_ctl_lost(w, "malformed MIGRATION_RESULT");
+			return;
+		}
+		worker_emit(w, WORKER_RESULT, r);
+		baton__control__migration_result__free_unpacked(r, NULL);
+		return;
+	}
+	case CONTROL_STATUS: {
+		Baton__Control__Status *s =
+			baton__control__status__unpack(NULL, m->len, m->data);
+
+		if (s == NULL) {
+			worker_ctl_lost(w, "malformed STATUS");
+			return;
+		}
+		w->status.sessions = s->sessions;
+		w->status.connections = s->connections;
+		w->status.has_clients = s->has_clients;
+		w->status.clients = s->clients;
+		w->status.has_upstreams_connected = s->has_upstreams_connected;
+		w->status.upstreams_connected = s->upstreams_connected;
+		w->status.has_loop_lag_ms = s->has_loop_lag_ms;
+		w->status.loop_lag_ms = s->loop_lag_ms;
+		baton__control__status__free_unpacked(s, NULL);
+		if (w->nwaiters > 0) {
+			struct status_waiter sw = w->waiters[0];
+
+			memmove(&w->waiters[0], &w->waiters[1],
+				(w->nwaiters - 1) * sizeof(w->waiters[0]));
+			w->nwaiters--;
+			if (sw.cb != NULL) {
+				w->dispatching++;
+				sw.cb(w, &w->status, sw.arg);
+				w->dispatching--;
+			}
+		}
+		return;
+	}
+	default:
+		log_warn("worker", "pid %d sent unexpected message type %u (ignored)",
+			 (int)w->pid, m->type);
+		return;
+	}
+}
+
+static void worker_on_ctl(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+
+	w->dispatching++;
+	while (w->ctl >= 0 && !w->free_pending) {
+		struct handoff_msg m = { 0 };
+		int r = handoff_frame_recv(w->ctl, &m, WORKER_RECV_TIMEOUT_MS);
+
+		if (r == -EAGAIN || r == -EINTR)
+			break;
+		if (r < 0) {
+			worker_ctl_lost(w, r == -ECONNRESET ? "closed by worker"
+							    : strerror(-r));
+			break;
+		}
+		worker_handle(w, &m);
+		handoff_msg_clear(&m); /* closes fds no message may carry here */
+	}
+	w->dispatching--;
+	if (w->dispatching == 0 && w->free_pending)
+		worker_free(w);
+}
+
+/* The control socket is gone or spoke nonsense: close it (a worker exits
+ * when its control socket reaches EOF) and make sure the process follows. */
+static void worker_ctl_lost(struct worker *w, const char *why)
+{
+	if (w->ctl < 0)
+		return;
+	if (w->exit_sent)
+		log_debug("worker", "pid %d closed its control socket (leaving)",
+			  (int)w->pid);
+	else if (!w->exited)
+		log_warn("worker", "pid %d control socket lost: %s", (int)w->pid,
+			 why);
+	event_del(w->ev_ctl);
+	close(w->ctl);
+	w->ctl = -1;
+	worker_arm_kill(w, w->kill_timeout_s);
+	worker_fail_waiters(w);
+}
+
+static void worker_child(int ctl_child, const char *binary,
+			 const char *config_path, bool target)
+{
+	char *argv[6];
+	int i = 0;
+	sigset_t none;
+
+	/* fd 3 is the only fd we pass on purpose; everything else is CLOEXEC. */
+	if (ctl_child == CONTROL_FD) {
+		int fl = fcntl(CONTROL_FD, F_GETFD);
+
+		fcntl(CONTROL_FD, F_SETFD, fl & ~FD_CLOEXEC);
+	} else if (dup2(ctl_child, CONTROL_FD) < 0) {
+		_exit(127);
+	}
+	/* SIG_IGN survives exec; the worker expects default dispositions. */
+	signal(SIGPIPE, SIG_DFL);
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	/* Own process group: a terminal's ^C reaches only the supervisor, which
+	 * then stops workers in order. */
+	setpgid(0, 0);
+
+	argv[i++] = (char *)binary;
+	argv[i++] = "-c";
+	argv[i++] = (char *)config_path;
+	argv[i++] = "--worker";
+	if (target)
+		argv[i++] = "--target";
+	argv[i] = NULL;
+	execv(binary, argv);
+	fprintf(stderr, "baton-supervisor: exec %s: %s\n", binary,
+		strerror(errno));
+	_exit(127);
+}
+
+struct worker *worker_spawn(struct event_base *base, const char *binary,
+			    const char *config_path, bool target,
+			    int kill_timeout_s, int *err)
+{
+	struct worker *w = NULL;
+	int sv[2] = { -1, -1 };
+	int r;
+	pid_t pid;
+
+	w = calloc(1, sizeof(*w));
+	if (w == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	w->base = base;
+	w->ctl = -1;
+	w->kill_timeout_s = kill_timeout_s;
+	baton__control__status__init(&w->status);
+	snprintf(w->role, sizeof(w->role), "%s", target ? "target" : "active");
+	w->binary = strdup(binary);
+	w->ev_kill = evtimer_new(base, worker_on_kill_timer, w);
+	if (w->binary == NULL || w->ev_kill == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = handoff_socketpair(sv);
+	if (r < 0)
+		goto out;
+	pid = fork();
+	if (pid < 0) {
+		r = -errno;
+		goto out;
+	}
+	if (pid == 0)
+		worker_child(sv[1], binary, config_path, target); /* no return */
+
+	close(sv[1]);
+	sv[1] = -1;
+	w->pid = pid;
+	w->ctl = sv[0];
+	sv[0] = -1; /* transferred to w */
+	clock_gettime(CLOCK_MONOTONIC, &w->started);
+	fcntl(w->ctl, F_SETFL, fcntl(w->ctl, F_GETFL) | O_NONBLOCK);
+	w->ev_ctl = event_new(base, w->ctl, EV_READ | EV_PERSIST, worker_on_ctl, w);
+	if (w->ev_ctl == NULL || event_add(w->ev_ctl, NULL) < 0) {
+		/* The child is running: keep w so it gets reaped; losing the
+		 * control socket makes it exit. */
+		log_error("worker", "pid %d: cannot watch control socket", (int)pid);
+		if (w->ev_ctl == NULL)
+			w->ev_ctl = event_new(base, -1, 0, worker_on_ctl, w);
+		worker_ctl_lost(w, "event setup failed");
+	}
+	log_info("worker", "spawned pid %d: %s -c %s --worker%s", (int)pid,
+		 binary, config_path, target ? " --target" : "");
+	r = 0;
+out:
+	if (sv[0] >= 0)
+		close(sv[0]);
+	if (sv[1] >= 0)
+		close(sv[1]);
+	if (r < 0) {
+		worker_free(w);
+		w = NULL;
+		if (err)
+			*err = r;
+	}
+	return w;
+}
+
+void worker_free(struct worker *w)
+{
+	if (w == NULL)
+		return;
+	if (w->dispatching > 0) {
+		w->free_pending = true;
+		return;
+	}
+	if (w->ev_ctl)
+		event_free(w->ev_ctl);
+	if (w->ctl >= 0)
+		close(w->ctl);
+	if (w->ev_kill)
+		event_free(w->ev_kill);
+	if (w->ready)
+		baton__control__ready__free_unpacked(w->ready, NULL);
+	free(w->waiters);
+	free(w->binary);
+	free(w);
+}
+
+void worker_set_handler(struct worker *w, worker_cb cb, void *arg)
+{
+	w->cb = cb;
+	w->cb_arg = arg;
+}
+
+pid_t worker_pid(const struct worker *w) { return w->pid; }
+const char *worker_binary(const struct worker *w) { return w->binary; }
+bool worker_is_ready(const struct worker *w) { return w->ready != NULL; }
+bool worker_has_exited(const struct worker *w) { return w->exited; }
+const char *worker_exit_status(const struct worker *w) { return w->exit_text; }
+int worker_exit_code(const struct worker *w) { return w->wstatus; }
+const char *worker_role(const struct worker *w) { return w->role; }
+
+const Baton__Control__Ready *worker_ready_info(const struct worker *w)
+{
+	return w->ready;
+}
+
+const char *worker_version(const struct worker *w)
+{
+	return w->ready && w->ready->version ? w->ready->version : "";
+}
+
+double worker_uptime_s(const struct worker *w)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - w->started.tv_sec) +
+	       (double)(now.tv_nsec - w->started.tv_nsec) / 1e9;
+}
+
+void worker_set_role(struct worker *w, const char *role)
+{
+	snprintf(w->role, sizeof(w->role), "%s", role);
+}
+
+const Baton__Control__Status *worker_last_status(const struct worker *w)
+{
+	return &w->status;
+}
+
+static int worker_send(struct worker *w, enum control_type type,
+		       const ProtobufCMessage *msg, const int *fds, size_t nfds)
+{
+	int r;
+
+	if (w->ctl < 0)
+		return -ENOTCONN;
+	r = control_send(w->ctl, type, msg, fds, nfds, WORKER_SEND_TIMEOUT_MS);
+	if (r < 0 && r != -ETIMEDOUT)
+		worker_ctl_lost(w, strerror(-r));
+	return r;
+}
+
+int worker_send_listeners(struct worker *w, const int *fds,
+			  const char *const *names, size_t n)
+{
+	Baton__Control__Listeners m = BATON__CONTROL__LISTENERS__INIT;
+
+	m.n_names = n;
+	m.names = (char **)names;
+	return worker_send(w, CONTROL_LISTENERS, &m.base, fds, n);
+}
+
+int worker_send_accept(struct worker *w, bool on)
+{
+	Baton__Control__Accept m = BATON__CONTROL__ACCEPT__INIT;
+
+	m.on = on;
+	return worker_send(w, CONTROL_ACCEPT, &m.base, NULL, 0);
+}
+
+int worker_send_migrate(struct worker *w, bool outgoing, pid_t peer,
+			unsigned timeout_ms, unsigned chunk_sessions,
+			int channel_fd)
+{
+	Baton__Control__Migrate m = BATON__CONTROL__MIGRATE__INIT;
+
+	m.outgoing = outgoing;
+	m.has_peer_pid = true;
+	m.peer_pid = (uint32_t)peer;
+	m.has_timeout_ms = true;
+	m.timeout_ms = timeout_ms;
+	if (outgoing && chunk_sessions > 0) {
+		m.has_chunk_sessions = true;
+		m.chunk_sessions = chunk_sessions;
+	}
+	return worker_send(w, CONTROL_MIGRATE, &m.base, &channel_fd, 1);
+}
+
+int worker_send_exit(struct worker *w)
+{
+	Baton__Control__Exit m = BATON__CONTROL__EXIT__INIT;
+
+	w->exit_sent = true;
+	return worker_send(w, CONTROL_EXIT, &m.base, NULL, 0);
+}
+
+int worker_request_status(struct worker *w, worker_status_cb cb, void *arg)
+{
+	Baton__Control__StatusRequest m = BATON__CONTROL__STATUS_REQUEST__INIT;
+	struct status_waiter *nw;
+	int r;
+
+	nw = realloc(w->waiters, (w->nwaiters + 1) * sizeof(*nw));
+	if (nw == NULL)
+		return -ENOMEM;
+	w->waiters = nw;
+	r = worker_send(w, CONTROL_STATUS_REQUEST, &m.base, NULL, 0);
+	if (r < 0)
+		return r;
+	w->waiters[w->nwaiters].cb = cb;
+	w->waiters[w->nwaiters].arg = arg;
+	w->nwaiters++;
+	return 0;
+}
+
+void worker_cancel_status(struct worker *w, void *arg)
+{
+	/* A cancelled slot keeps its place (answers arrive in order) but no
+	 * longer calls anyone. */
+	for (size_t i = 0; i < w->nwaiters; i++)
+		if (w->waiters[i].arg == arg)
+			w->waiters[i].cb = NULL;
+}
+
+void worker_stop(struct worker *w, int timeout_s)
+{
+	if (w->exited)
+		return;
+	if (w->ctl >= 0 && worker_send_exit(w) < 0)
+		worker_ctl_lost(w, "EXIT could not be sent");
+	worker_arm_kill(w, timeout_s);
+}
+
+void worker_kill(struct worker *w)
+{
+	if (!w->exited && w->pid > 0)
+		kill(w->pid, SIGKILL);
+}
+
+void worker_reaped(struct worker *w, int wstatus)
+{
+	w->exited = true;
+	w->wstatus = wstatus;
+	if (WIFEXITED(wstatus))
+		snprintf(w->exit_text, sizeof(w->exit_text), "exit status %d",
+			 WEXITSTATUS(wstatus));
+	else if (WIFSIGNALED(wstatus))
+		snprintf(w->exit_text, sizeof(w->exit_text),
+			 "killed by signal %d (%s)%s", WTERMSIG(wstatus),
+			 strsignal(WTERMSIG(wstatus)),
+			 WCOREDUMP(wstatus) ? ", core dumped" : "");
+	else
+		snprintf(w->exit_text, sizeof(w->exit_text), "wait status 0x%x",
+			 wstatus);
+	evtimer_del(w->ev_kill);
+	/* Read what it said before dying (a MIGRATION_RESULT may be queued). */
+	if (w->ctl >= 0)
+		worker_on_ctl(w->ctl, EV_READ, w);
+	worker_ctl_lost(w, "process exited");
+	evtimer_del(w->ev_kill);
+	worker_emit(w, WORKER_EXITED, NULL);
+}

@@ -1,0 +1,101 @@
+/* supervisor/worker.h: one baton-sessiond worker process as seen by the
+ * supervisor: spawn it with its control socket on fd 3, read what it says,
+ * tell it what to do, learn when it exits.
+ *
+ * Events reach one handler at a time (worker_set_handler), so whoever drives
+ * the worker right now (the supervisor for the serving worker, a migration
+ * for its source and target) sees every message; there is no broadcast.
+ *
+ * Lifetime: the supervisor reaps children (SIGCHLD) and calls worker_reaped();
+ * the handler then receives WORKER_EXITED and must drop its pointer, because
+ * the supervisor frees the worker right after that callback returns.
+ * worker_free() during a callback of the same worker is deferred safely.
+ *
+ * fd ownership: the worker owns its end of the control socket; LISTENERS and
+ * MIGRATE borrow the fds passed in (the caller keeps and closes its copies).
+ */
+#ifndef BATON_SUPERVISOR_WORKER_H
+#define BATON_SUPERVISOR_WORKER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "control.pb-c.h"
+
+struct event_base;
+struct worker;
+
+enum worker_event {
+	WORKER_READY,    /* msg: const Baton__Control__Ready * (also stored) */
+	WORKER_PROGRESS, /* msg: const Baton__Control__Progress * */
+	WORKER_RESULT,   /* msg: const Baton__Control__MigrationResult * */
+	WORKER_EXITED,   /* msg: NULL; worker_exit_status() is valid */
+};
+
+typedef void (*worker_cb)(struct worker *w, enum worker_event ev,
+			  const void *msg, void *arg);
+
+/* STATUS answer (or NULL when the worker lost its control socket or exited
+ * before answering). */
+typedef void (*worker_status_cb)(struct worker *w,
+				 const Baton__Control__Status *st, void *arg);
+
+/* fork + exec `binary -c config_path --worker [--target]` with the control
+ * socket on fd 3 and stderr inherited. Returns NULL and sets *err (-errno)
+ * when the socketpair or fork fails; an exec failure shows up as an exit
+ * with status 127 before READY. */
+struct worker *worker_spawn(struct event_base *base, const char *binary,
+			    const char *config_path, bool target,
+			    int kill_timeout_s, int *err);
+void worker_free(struct worker *w); /* accepts NULL; does not kill */
+
+void worker_set_handler(struct worker *w, worker_cb cb, void *arg);
+
+pid_t worker_pid(const struct worker *w);
+const char *worker_binary(const struct worker *w);
+bool worker_is_ready(const struct worker *w);
+bool worker_has_exited(const struct worker *w);
+/* READY contents; NULL before READY. */
+const Baton__Control__Ready *worker_ready_info(const struct worker *w);
+const char *worker_version(const struct worker *w); /* "" before READY */
+/* Human readable wait status, e.g. "exit status 1" or "killed by signal 9
+ * (Killed)". Valid after WORKER_EXITED. */
+const char *worker_exit_status(const struct worker *w);
+int worker_exit_code(const struct worker *w); /* raw wait status */
+/* Seconds since spawn (monotonic). */
+double worker_uptime_s(const struct worker *w);
+
+/* "active", "source", "target" (for status); not used for decisions. */
+void worker_set_role(struct worker *w, const char *role);
+const char *worker_role(const struct worker *w);
+
+/* Last STATUS this worker sent (zeros before the first). */
+const Baton__Control__Status *worker_last_status(const struct worker *w);
+
+/* Messages. Each returns 0 or -errno (-ENOTCONN once the control socket is
+ * gone). Sending never blocks the loop for longer than ~1 s. */
+int worker_send_listeners(struct worker *w, const int *fds,
+			  const char *const *names, size_t n);
+int worker_send_accept(struct worker *w, bool on);
+int worker_send_migrate(struct worker *w, bool outgoing, pid_t peer,
+			unsigned timeout_ms, unsigned chunk_sessions,
+			int channel_fd);
+int worker_send_exit(struct worker *w);
+
+/* Ask for a STATUS; cb runs exactly once unless cancelled. */
+int worker_request_status(struct worker *w, worker_status_cb cb, void *arg);
+/* Drop every pending status callback registered with `arg`. */
+void worker_cancel_status(struct worker *w, void *arg);
+
+/* Ask the worker to leave (EXIT) and SIGKILL it if it has not exited after
+ * `timeout_s`. Safe to call repeatedly. */
+void worker_stop(struct worker *w, int timeout_s);
+/* SIGKILL now (if still running). */
+void worker_kill(struct worker *w);
+
+/* Called by the supervisor's SIGCHLD reaper with the wait status. Invokes
+ * the handler with WORKER_EXITED. */
+void worker_reaped(struct worker *w, int wstatus);
+
+#endif
