@@ -4,8 +4,9 @@
  * to handoff_source_send_chunk(); on COMMIT release them (this process's
  * copies of the sockets are closed, nothing is sent on them), on abort thaw
  * them and stop. Pending (unauthenticated) clients are all frozen at the
- * start and travel first: a pending client that authenticated while the
- * migration runs could otherwise attach to a session that already left.
+ * start and travel last: in the source, a pending client that authenticated
+ * while the migration runs could attach to a session that already left; in
+ * the target, one that arrived early could log in before its session did.
  */
 #include "sessiond/migrate.h"
 
@@ -254,6 +255,25 @@ out:
 	}
 }
 
+/* Stable partition: sessions first, then pending clients. */
+static int migrate_pending_last(struct bouncer_item **items, size_t n)
+{
+	struct bouncer_item **tmp = malloc(n * sizeof(*tmp) + 1);
+	size_t k = 0;
+
+	if (tmp == NULL)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++)
+		if (bouncer_item_is_session(items[i]))
+			tmp[k++] = items[i];
+	for (size_t i = 0; i < n; i++)
+		if (!bouncer_item_is_session(items[i]))
+			tmp[k++] = items[i];
+	memcpy(items, tmp, n * sizeof(*tmp));
+	free(tmp);
+	return 0;
+}
+
 int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
 		      pid_t peer_pid, int timeout_ms, unsigned chunk_items,
 		      const struct migrate_report *report)
@@ -279,6 +299,12 @@ int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
 	}
 	handoff_source_set_phase_hook(m->src, migrate_source_phase, m);
 	m->nitems = bouncer_items(b, &m->items);
+	if (migrate_pending_last(m->items, m->nitems) < 0) {
+		handoff_source_free(m->src); /* the target sees EOF and aborts */
+		free(m->items);
+		free(m);
+		return -ENOMEM;
+	}
 	/* Pending clients are frozen up front (see the top of this file). */
 	for (size_t i = 0; i < m->nitems; i++)
 		if (!bouncer_item_is_session(m->items[i]))

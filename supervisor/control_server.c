@@ -167,6 +167,14 @@ static void control_client_on_event(struct bufferevent *bev, short what, void *a
 {
 	struct control_client *c = arg;
 
+	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) &&
+	    c->got_request && !c->replied) {
+		/* Half-close after the request (`socat`, `nc -N`): keep the
+		 * write side for the result; a peer that is really gone shows
+		 * up as a write error. */
+		bufferevent_disable(bev, EV_READ);
+		return;
+	}
 	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
 		if (!c->replied)
 			log_debug("control", "pid %d went away before the result",

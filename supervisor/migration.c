@@ -332,9 +332,11 @@ static void migration_evaluate_forward(struct migration *m)
 				 m->t_exit);
 		if (!m->rs.committed && m->rs.reason[0])
 			migration_reason(m, "source: %s", m->rs.reason);
-		if (m->rs.chunks_committed > 0)
-			log_error("migration", "%u chunk(s) already committed to the dead target are lost; their users reconnect",
+		if (m->rs.chunks_committed > 0 || m->rs.committed) {
+			log_error("migration", "%u chunk(s) already committed to the dead target are lost",
 				  m->rs.chunks_committed);
+			m->res.sessions_lost = true;
+		}
 		migration_abort_to_source(m);
 		return;
 	}
@@ -401,6 +403,7 @@ static void migration_evaluate_reverse(struct migration *m)
 			return;
 		migration_reason(m, "target exited during the reverse migration (%s)",
 				 m->t_exit);
+		m->res.sessions_lost = !m->rs.committed;
 		migration_abort_to_source(m);
 		return;
 	}
@@ -415,6 +418,7 @@ static void migration_evaluate_reverse(struct migration *m)
 				 !m->rt.committed ? m->rt.reason : m->rs.reason);
 		log_error("migration", "reverse migration failed; sessions left in pid %d are closed with it",
 			  (int)worker_pid(m->t));
+		m->res.sessions_lost = true;
 	} else {
 		migration_reason(m, "the %u chunk(s) already committed were moved back to the source",
 				 m->reverse_chunks);
@@ -462,14 +466,19 @@ static void migration_on_deadline(evutil_socket_t fd, short what, void *arg)
 				: (m->rs.reason[0] ? m->rs.reason : "source aborted"));
 			migration_reason(m, "target did not report its result within %d s (hung?)",
 					 m->p.timeout_s + 1);
-			if (m->rs.chunks_committed > 0)
-				log_error("migration", "%u chunk(s) committed to the unresponsive target are lost; their users reconnect",
+			if (m->rs.chunks_committed > 0) {
+				log_error("migration", "%u chunk(s) committed to the unresponsive target are lost",
 					  m->rs.chunks_committed);
+				m->res.sessions_lost = true;
+			}
 		} else {
 			migration_reason(m, "%s timed out after %d s",
 					 m->phase == PHASE_FORWARD ? "migration"
 								   : "reverse migration",
 					 migration_deadline_s(m));
+			/* Unknown how much T holds: let the owner repair. */
+			m->res.sessions_lost = m->phase == PHASE_REVERSE ||
+					       (m->rs.have && m->rs.chunks_committed > 0);
 		}
 		/* Killing T makes a still frozen S abort and resume (the
 		 * channel closes). */

@@ -47,6 +47,11 @@ struct migration_result {
 	double freeze_ms;    /* S's freeze_max_ms */
 	double total_ms;     /* spawn of T .. exit of the leaving worker */
 	double started;      /* CLOCK_REALTIME seconds, for status */
+	/* Sessions were committed to a target that then died or hung: they
+	 * exist nowhere now. The owner repairs that with a migration of the
+	 * survivor to a fresh --target worker, which starts every configured
+	 * session that did not arrive. */
+	bool sessions_lost;
 };
 
 typedef void (*migration_progress_cb)(const char *phase, unsigned done,

@@ -49,6 +49,7 @@ struct supervisor {
 	struct worker **workers; /* every child not yet reaped */
 	size_t nworkers;
 	struct worker *active;   /* serving (or starting to); NULL while restarting */
+	char *serving_binary;    /* what a restart after a crash starts */
 	bool active_serving;     /* READY, LISTENERS and ACCEPT on sent */
 	bool ever_served;        /* sd_notify READY=1 sent */
 	bool stopping;
@@ -88,6 +89,10 @@ struct status_req {
 static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 				 const void *msg, void *arg);
 static void supervisor_schedule_restart(struct supervisor *sup);
+static void supervisor_migrate(struct supervisor *sup, const char *binary,
+			       const char *kind, supervisor_reply_cb cb,
+			       void *arg);
+
 
 /* --- registry ----------------------------------------------------------- */
 
@@ -167,6 +172,17 @@ void supervisor_reap(struct supervisor *sup)
 
 /* --- the serving worker --------------------------------------------------- */
 
+static void supervisor_set_serving_binary(struct supervisor *sup,
+					  const char *binary)
+{
+	char *copy = strdup(binary);
+
+	if (copy == NULL)
+		return; /* keep the old one: a restart still has a binary */
+	free(sup->serving_binary);
+	sup->serving_binary = copy;
+}
+
 static void supervisor_serve(struct supervisor *sup, struct worker *w)
 {
 	int r;
@@ -184,6 +200,7 @@ static void supervisor_serve(struct supervisor *sup, struct worker *w)
 		return;
 	}
 	sup->active_serving = true;
+	supervisor_set_serving_binary(sup, worker_binary(w));
 	worker_set_role(w, "active");
 	log_info("supervisor", "worker pid %d (%s) serving on %zu listener(s)",
 		 (int)worker_pid(w), worker_version(w),
@@ -268,19 +285,14 @@ static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 static void supervisor_on_restart(evutil_socket_t fd, short what, void *arg)
 {
 	struct supervisor *sup = arg;
-	const char *binary = sup->sessiond;
+	/* The binary that served last: after an upgrade that is not the
+	 * configured one. */
+	const char *binary = sup->serving_binary ? sup->serving_binary
+						 : sup->sessiond;
 	int err = 0;
 
 	if (sup->stopping || sup->active != NULL || sup->migration != NULL)
 		return;
-	/* Restart with the binary that crashed (last_crash), which after an
-	 * upgrade is not the configured one. */
-	if (sup->last_crash) {
-		struct json_object *b;
-
-		if (json_object_object_get_ex(sup->last_crash, "binary", &b))
-			binary = json_object_get_string(b);
-	}
 	sup->active_serving = false;
 	sup->active = supervisor_spawn(sup, binary, false, &err);
 	if (sup->active == NULL) {
@@ -383,6 +395,7 @@ void supervisor_free(struct supervisor *sup)
 	json_object_put(sup->last_crash);
 	json_object_put(sup->last_migration);
 	free(sup->previous_binary);
+	free(sup->serving_binary);
 	free(sup->sessiond);
 	free(sup->config_path);
 	listeners_free(sup->listeners);
@@ -694,13 +707,15 @@ static void supervisor_mig_done(struct migration *m,
 	sup->migration = NULL;
 	migration_free(m);
 
-	if (survivor != old && survivor != NULL) {
+	if (survivor != old && survivor != NULL && strcmp(sup->mig_kind, "repair") != 0) {
 		/* The new binary serves: the old one is what rollback returns to. */
 		free(sup->previous_binary);
 		sup->previous_binary = strdup(res->from.binary);
 	}
 	sup->active = survivor;
 	sup->active_serving = survivor != NULL;
+	if (survivor != NULL)
+		supervisor_set_serving_binary(sup, worker_binary(survivor));
 	if (survivor == NULL) {
 		log_error("migration", "no worker survived the migration: starting a fresh one");
 		sup->restart_failures = 0;
@@ -718,6 +733,14 @@ static void supervisor_mig_done(struct migration *m,
 		sup->last_freeze_ms = res->freeze_ms;
 		sup->last_total_ms = res->total_ms;
 	}
+	if (copy.sessions_lost && survivor != NULL && !sup->stopping &&
+	    strcmp(sup->mig_kind, "repair") != 0) {
+		size_t len = strlen(copy.reason);
+
+		snprintf(copy.reason + len, sizeof(copy.reason) - len,
+			 "%ssessions committed to the target were lost with it; a repair migration to a fresh worker restarts them",
+			 len ? "; " : "");
+	}
 	rj = migration_result_json(res, sup->mig_kind);
 	json_object_put(sup->last_migration);
 	sup->last_migration = json_object_get(rj);
@@ -729,6 +752,16 @@ static void supervisor_mig_done(struct migration *m,
 	sup->mig_cb = NULL;
 	sup->mig_arg = NULL;
 	supervisor_notify_status(sup);
+	if (res->sessions_lost && survivor != NULL && !sup->stopping &&
+	    strcmp(sup->mig_kind, "repair") != 0) {
+		/* Nobody holds the lost sessions. A fresh --target worker
+		 * starts every configured session that does not arrive, and
+		 * the survivor's live connections move to it unharmed. One
+		 * attempt: a failing repair is not retried in a loop. */
+		log_warn("migration", "sessions were lost with the target: repairing by migrating pid %d to a fresh worker (%s)",
+			 (int)worker_pid(survivor), worker_binary(survivor));
+		supervisor_migrate(sup, worker_binary(survivor), "repair", NULL, NULL);
+	}
 }
 
 /* The new worker starts with our RLIMIT_NOFILE and must hold every fd of
@@ -757,7 +790,15 @@ static int supervisor_check_nofile(struct supervisor *sup, char *why, size_t len
 void supervisor_upgrade(struct supervisor *sup, const char *binary,
 			supervisor_reply_cb cb, void *arg)
 {
-	const char *kind = binary ? "upgrade" : "rollback";
+	supervisor_migrate(sup, binary, binary ? "upgrade" : "rollback", cb, arg);
+}
+
+/* kind: "upgrade", "rollback" (binary NULL: the previous one) or "repair"
+ * (the serving binary again, after sessions were lost with a target). */
+static void supervisor_migrate(struct supervisor *sup, const char *binary,
+			       const char *kind, supervisor_reply_cb cb,
+			       void *arg)
+{
 	struct migration_params p;
 	struct worker *t;
 	char *bin = NULL, why[512];

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -582,15 +583,18 @@ static void test_source_kills_unresponsive_target(void **state)
 	memset(payload, 'p', sizeof(payload));
 	for (int i = 0; i < 64; i++)
 		items[i] = (struct handoff_item){ payload, sizeof(payload), NULL, 0 };
-	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
-	assert_int_equal(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small,
-				    sizeof(small)), 0);
 	child = fork();
 	assert_true(child >= 0);
 	if (child == 0) {
+		/* Never outlive a failed test (it would hold the test's
+		 * stdout open). */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		for (;;)
 			pause();
 	}
+	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+	assert_int_equal(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small,
+				    sizeof(small)), 0);
 	src = handoff_source_new(eb, sv[0], child, 100, nocb, NULL);
 	assert_non_null(src);
 	assert_int_equal(handoff_source_send_chunk(src, items, 64), -ETIMEDOUT);
@@ -1005,13 +1009,17 @@ static void test_source_target_closed(void **state)
 	pid_t child;
 
 	ctx_init(&c);
-	assert_int_equal(handoff_socketpair(sv), 0);
+	/* Fork first: a child holding a copy of sv[1] would keep it open. */
 	child = fork();
 	assert_true(child >= 0);
 	if (child == 0) {
+		/* Never outlive a failed test (it would hold the test's
+		 * stdout open). */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		for (;;)
 			pause();
 	}
+	assert_int_equal(handoff_socketpair(sv), 0);
 	c.src = handoff_source_new(c.base, sv[0], child, 1000, keep_cb, &c);
 	assert_non_null(c.src);
 	assert_int_equal(handoff_source_send_chunk(c.src, &item, 1), 0);
