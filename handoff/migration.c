@@ -62,6 +62,7 @@ static const char *type_name(unsigned type)
 	case HANDOFF_COMMIT: return "COMMIT";
 	case HANDOFF_ABORT: return "ABORT";
 	case HANDOFF_DONE: return "DONE";
+	case HANDOFF_COMMITTED: return "COMMITTED";
 	default: return "unknown message";
 	}
 }
@@ -158,6 +159,7 @@ static void abort_reason(const struct handoff_msg *m, const char *fallback,
 enum source_state {
 	SRC_IDLE,     /* no chunk outstanding; src->chunk is the next number */
 	SRC_WAITING,  /* chunk src->chunk sent, waiting for PREPARED/ABORT */
+	SRC_COMMITTING, /* COMMIT sent, waiting for COMMITTED */
 	SRC_DEAD,     /* a chunk was aborted: the migration is over */
 	SRC_FINISHED, /* DONE sent */
 };
@@ -172,7 +174,7 @@ struct handoff_source {
 	handoff_phase_fn phase_fn;
 	void *phase_arg;
 	struct event *ev_read;  /* channel readable, only while SRC_WAITING */
-	struct event *ev_timer; /* PREPARED wait bound */
+	struct event *ev_timer; /* PREPARED / COMMITTED wait bound */
 	enum source_state state;
 	uint32_t chunk;
 	int depth;              /* nesting of our libevent callbacks */
@@ -193,10 +195,11 @@ static void source_phase(struct handoff_source *src, enum handoff_phase p)
  * closed in every process: nobody can see an EOF-in-PREPARED any more, so
  * nobody can commit on its own, and a target that merely closed its end (it
  * aborted, or is exiting) is not killed. */
+static void source_kill_target(struct handoff_source *src);
+
 static void source_abort_channel(struct handoff_source *src, const char *reason)
 {
 	int r;
-	int pidfd;
 
 	event_del(src->ev_read);
 	event_del(src->ev_timer);
@@ -205,6 +208,14 @@ static void source_abort_channel(struct handoff_source *src, const char *reason)
 	r = send_abort(src->fd, src->chunk, reason, src->timeout_ms);
 	if (r == 0 || r == -EPIPE || r == -ECONNRESET || src->peer_pid <= 0)
 		return;
+	source_kill_target(src);
+}
+
+/* SIGKILL the target and wait (bounded) until it has exited: after that it
+ * can neither commit on its own nor touch a socket. */
+static void source_kill_target(struct handoff_source *src)
+{
+	int pidfd;
 
 	/* pidfd first, so the signal cannot hit a recycled pid. */
 	pidfd = (int)syscall(SYS_pidfd_open, src->peer_pid, 0);
@@ -232,11 +243,33 @@ static void source_report(struct handoff_source *src, uint32_t chunk,
 	src->cb(src, chunk, result, reason, src->arg);
 }
 
-/* Async abort of the outstanding chunk (timeout, EOF, malformed answer). */
+/* Async abort of the outstanding chunk (timeout, EOF, malformed answer).
+ *
+ * After COMMIT went out an ABORT is useless (the target reads COMMIT first),
+ * so then the target is killed instead: it either died before queueing
+ * COMMITTED, or is killed before it can, and in both cases it never touched
+ * the chunk's sockets. Without a pid to kill there is no way to be sure, and
+ * the chunk is left to the target (reported committed) rather than risk two
+ * processes serving the same sockets. */
 static void source_fail(struct handoff_source *src, int err, const char *reason)
 {
 	uint32_t chunk = src->chunk;
 
+	if (src->state == SRC_COMMITTING) {
+		event_del(src->ev_read);
+		event_del(src->ev_timer);
+		if (src->peer_pid <= 0) {
+			src->state = SRC_IDLE;
+			src->chunk++;
+			source_report(src, chunk, 0,
+				      "committed (COMMITTED not received; target pid unknown)");
+			return;
+		}
+		src->state = SRC_DEAD;
+		source_kill_target(src);
+		source_report(src, chunk, err, reason);
+		return;
+	}
 	source_abort_channel(src, reason);
 	source_report(src, chunk, err, reason);
 }
@@ -263,7 +296,24 @@ static void source_handle(struct handoff_source *src, struct handoff_msg *m)
 		source_fail(src, -EPROTO, reason);
 		return;
 	}
-	if (m->type == HANDOFF_PREPARED) {
+	if (m->type == HANDOFF_COMMITTED && src->state == SRC_COMMITTING) {
+		Baton__Handoff__Committed *c =
+			baton__handoff__committed__unpack(NULL, m->len, m->data);
+		bool ok = c && c->chunk == chunk;
+
+		baton__handoff__committed__free_unpacked(c, NULL);
+		if (!ok) {
+			source_fail(src, -EPROTO, "malformed COMMITTED or wrong chunk");
+			return;
+		}
+		event_del(src->ev_read);
+		event_del(src->ev_timer);
+		src->state = SRC_IDLE;
+		src->chunk++;
+		source_report(src, chunk, 0, "committed");
+		return;
+	}
+	if (m->type == HANDOFF_PREPARED && src->state == SRC_WAITING) {
 		Baton__Handoff__Prepared *p =
 			baton__handoff__prepared__unpack(NULL, m->len, m->data);
 		Baton__Handoff__Commit c = BATON__HANDOFF__COMMIT__INIT;
@@ -287,15 +337,13 @@ static void source_handle(struct handoff_source *src, struct handoff_msg *m)
 			source_fail(src, r, reason);
 			return;
 		}
+		src->state = SRC_COMMITTING;
 		source_phase(src, HANDOFF_PHASE_COMMIT_SENT);
-		event_del(src->ev_read);
-		event_del(src->ev_timer);
-		src->state = SRC_IDLE;
-		src->chunk++;
-		source_report(src, chunk, 0, "committed");
+		if (arm_timer(src->ev_timer, src->timeout_ms) < 0)
+			source_fail(src, -ENOMEM, "cannot arm the COMMITTED timer");
 		return;
 	}
-	if (m->type == HANDOFF_ABORT) {
+	if (m->type == HANDOFF_ABORT && src->state == SRC_WAITING) {
 		/* The target already aborted: nothing to send back, nobody to
 		 * kill. */
 		abort_reason(m, "aborted by target", reason, sizeof(reason));
@@ -328,7 +376,8 @@ static void source_on_read(evutil_socket_t fd, short what, void *arg)
 	char reason[REASON_MAX];
 	int r;
 
-	if (src->state != SRC_WAITING || src->free_pending)
+	if ((src->state != SRC_WAITING && src->state != SRC_COMMITTING) ||
+	    src->free_pending)
 		return;
 	source_enter(src);
 	r = handoff_frame_recv(src->fd, &m, src->timeout_ms);
@@ -348,10 +397,13 @@ static void source_on_timer(evutil_socket_t fd, short what, void *arg)
 {
 	struct handoff_source *src = arg;
 
-	if (src->state != SRC_WAITING || src->free_pending)
+	if ((src->state != SRC_WAITING && src->state != SRC_COMMITTING) ||
+	    src->free_pending)
 		return;
 	source_enter(src);
-	source_fail(src, -ETIMEDOUT, "timed out waiting for PREPARED");
+	source_fail(src, -ETIMEDOUT, src->state == SRC_WAITING ?
+		    "timed out waiting for PREPARED" :
+		    "timed out waiting for COMMITTED");
 	source_leave(src);
 }
 
@@ -407,7 +459,7 @@ int handoff_source_send_chunk(struct handoff_source *src,
 
 	if (!src)
 		return -EINVAL;
-	if (src->state == SRC_WAITING)
+	if (src->state == SRC_WAITING || src->state == SRC_COMMITTING)
 		return -EBUSY;
 	if (src->state != SRC_IDLE || src->free_pending)
 		return -EPIPE;
@@ -492,7 +544,7 @@ int handoff_source_finish(struct handoff_source *src)
 
 	if (!src)
 		return -EINVAL;
-	if (src->state == SRC_WAITING)
+	if (src->state == SRC_WAITING || src->state == SRC_COMMITTING)
 		return -EBUSY;
 	if (src->state != SRC_IDLE || src->free_pending)
 		return -EPIPE;
@@ -739,7 +791,9 @@ static void target_on_commit(struct handoff_target *t, struct handoff_msg *m)
 {
 	Baton__Handoff__Commit *c =
 		baton__handoff__commit__unpack(NULL, m->len, m->data);
+	Baton__Handoff__Committed ack = BATON__HANDOFF__COMMITTED__INIT;
 	uint32_t chunk;
+	int r;
 
 	if (!c) {
 		target_protocol_error(t, "malformed COMMIT");
@@ -753,6 +807,21 @@ static void target_on_commit(struct handoff_target *t, struct handoff_msg *m)
 		return;
 	}
 	target_phase(t, HANDOFF_PHASE_COMMIT_RECEIVED);
+	/* Acknowledge before arming: a source that gets no COMMITTED knows we
+	 * never touched the sockets and resumes them (migration.h). */
+	ack.chunk = chunk;
+	r = send_pb(t->fd, HANDOFF_COMMITTED, &ack.base, NULL, 0, t->timeout_ms);
+	if (r < 0) {
+		char reason[REASON_MAX];
+
+		snprintf(reason, sizeof(reason), "cannot send COMMITTED: %s",
+			 strerror(-r));
+		t->ops->abort(t->arg, chunk, reason);
+		if (t->free_pending)
+			return;
+		target_finish(t, r, reason);
+		return;
+	}
 	t->state = T_WAIT_BEGIN;
 	t->committed++;
 	t->chunk++;

@@ -8,7 +8,9 @@
  *   ITEM{index, payload, fds}* -->  ops->prepare() per item (no I/O on fds)
  *   END{chunk}                -->
  *                             <--  PREPARED{chunk}   (or ABORT{reason})
- *   COMMIT{chunk}             -->  ops->commit(): arm and resume
+ *   COMMIT{chunk}             -->
+ *                             <--  COMMITTED{chunk}, then ops->commit():
+ *                                  arm and resume
  *   (source closes its copies)
  * and, after the last chunk, DONE{chunks}.
  *
@@ -21,7 +23,12 @@
  *    order, item count, per-item and total fd counts. Anything else is a
  *    protocol error: the target aborts the chunk (closing every fd it
  *    received) and sends ABORT; the source aborts the chunk.
- *  - The target performs no I/O on adopted fds before commit.
+ *  - The target performs no I/O on adopted fds before commit, and commits
+ *    only once COMMITTED is queued. So the source, having sent COMMIT,
+ *    resumes when the target dies before acknowledging (EOF without
+ *    COMMITTED: the target never touched the sockets), and when the
+ *    acknowledgement times out it first kills the target and waits until
+ *    it is gone. A target dying between PREPARED and arming costs nothing.
  *  - In PREPARED state the target waits for COMMIT, ABORT or EOF without a
  *    timeout (only the source may decide); otherwise each wait is bounded by
  *    timeout_ms.
@@ -46,6 +53,7 @@ enum handoff_type {
 	HANDOFF_COMMIT = 5,
 	HANDOFF_ABORT = 6,
 	HANDOFF_DONE = 7,
+	HANDOFF_COMMITTED = 8,
 };
 
 /* Phases reported to an optional observer (logging, metrics, and the fault
@@ -80,7 +88,7 @@ struct handoff_item {
 	size_t nfds; /* <= HANDOFF_FRAME_MAX_FDS */
 };
 
-/* Outcome of one chunk: result 0 = committed (COMMIT was queued; the caller
+/* Outcome of one chunk: result 0 = committed (COMMITTED arrived; the caller
  * now closes its copies and forgets the items), negative errno = aborted
  * (the caller unfreezes the items and keeps serving); reason is a short
  * human-readable text (never NULL). Called exactly once per successfully
@@ -91,7 +99,7 @@ typedef void (*handoff_source_cb)(struct handoff_source *src, uint32_t chunk,
 /* channel: one end of the migration socketpair; ownership transferred (closed
  * by handoff_source_free). peer_pid: the target's pid (0 if unknown; used only
  * for the kill-before-resume fallback). timeout_ms bounds each send and each
- * wait for PREPARED. */
+ * wait for PREPARED or COMMITTED. */
 struct handoff_source *handoff_source_new(struct event_base *base, int channel,
 					  pid_t peer_pid, int timeout_ms,
 					  handoff_source_cb cb, void *arg);

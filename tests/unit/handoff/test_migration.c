@@ -1034,6 +1034,122 @@ static void test_source_target_closed(void **state)
 	assert_int_equal(count_fds(), base);
 }
 
+
+/* Regression: the source used to treat a chunk as committed as soon as COMMIT
+ * was queued, so a target that died between PREPARED and arming took the
+ * chunk's sessions with it. Now the source waits for COMMITTED: no ack (EOF
+ * or timeout) means the target never touched the sockets; the source makes
+ * sure it is dead and resumes (result < 0). With the ack, result 0. */
+static void test_source_waits_for_committed(void **state)
+{
+	enum { ACK, EOF_AFTER_COMMIT, SILENT };
+	int base = count_fds();
+
+	for (int mode = ACK; mode <= SILENT; mode++) {
+		Baton__Handoff__Prepared p = BATON__HANDOFF__PREPARED__INIT;
+		Baton__Handoff__Committed ack = BATON__HANDOFF__COMMITTED__INIT;
+		struct handoff_item item = { "x", 1, NULL, 0 };
+		struct handoff_msg m;
+		struct ctx c;
+		int sv[2], status, r;
+		pid_t child;
+
+		ctx_init(&c);
+		child = fork();
+		assert_true(child >= 0);
+		if (child == 0) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			for (;;)
+				pause();
+		}
+		assert_int_equal(handoff_socketpair(sv), 0);
+		c.src = handoff_source_new(c.base, sv[0], child, 300, keep_cb, &c);
+		assert_non_null(c.src);
+		assert_int_equal(handoff_source_send_chunk(c.src, &item, 1), 0);
+		read_chunk(sv[1], 1);
+		p.chunk = 0;
+		raw_pb(sv[1], HANDOFF_PREPARED, &p.base, NULL, 0);
+		/* The source answers COMMIT but reports nothing yet. */
+		while ((r = handoff_frame_recv(sv[1], &m, 0)) == -EAGAIN ||
+		       r == -ETIMEDOUT)
+			event_base_loop(c.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+		assert_int_equal(r, 0);
+		assert_int_equal(m.type, HANDOFF_COMMIT);
+		handoff_msg_clear(&m);
+		assert_int_equal(c.src_cbs, 0);
+		if (mode == ACK) {
+			ack.chunk = 0;
+			raw_pb(sv[1], HANDOFF_COMMITTED, &ack.base, NULL, 0);
+		} else if (mode == EOF_AFTER_COMMIT) {
+			close(sv[1]);
+			sv[1] = -1;
+		}
+		while (c.src_cbs == 0)
+			event_base_loop(c.base, EVLOOP_ONCE);
+		if (mode == ACK) {
+			assert_int_equal(c.src_result[0], 0);
+			assert_int_equal(waitpid(child, &status, WNOHANG), 0);
+			kill(child, SIGKILL);
+			assert_int_equal(waitpid(child, &status, 0), child);
+		} else {
+			assert_int_equal(c.src_result[0], mode == SILENT ?
+					 -ETIMEDOUT : -ECONNRESET);
+			/* The target was killed before the source resumed. */
+			assert_int_equal(waitpid(child, &status, 0), child);
+			assert_true(WIFSIGNALED(status));
+			assert_int_equal(WTERMSIG(status), SIGKILL);
+		}
+		if (sv[1] >= 0)
+			close(sv[1]);
+		ctx_fini(&c);
+	}
+	assert_int_equal(count_fds(), base);
+}
+
+/* The target queues COMMITTED before it arms anything (ops->commit). */
+static void test_target_acks_commit_before_arming(void **state)
+{
+	int base = count_fds();
+	Baton__Handoff__Begin b = BATON__HANDOFF__BEGIN__INIT;
+	Baton__Handoff__Item it = BATON__HANDOFF__ITEM__INIT;
+	Baton__Handoff__End e = BATON__HANDOFF__END__INIT;
+	Baton__Handoff__Commit cm = BATON__HANDOFF__COMMIT__INIT;
+	struct handoff_msg m;
+	struct ctx c;
+	int sv[2], r;
+
+	ctx_init(&c);
+	assert_int_equal(handoff_socketpair(sv), 0);
+	c.t = handoff_target_new(c.base, sv[1], 1000, &ops, &c);
+	assert_non_null(c.t);
+	b.chunk = 0;
+	b.items = 1;
+	b.fds = 0;
+	raw_pb(sv[0], HANDOFF_BEGIN, &b.base, NULL, 0);
+	it.index = 0;
+	it.payload.data = (uint8_t *)"p";
+	it.payload.len = 1;
+	raw_pb(sv[0], HANDOFF_ITEM, &it.base, NULL, 0);
+	e.chunk = 0;
+	raw_pb(sv[0], HANDOFF_END, &e.base, NULL, 0);
+	while ((r = handoff_frame_recv(sv[0], &m, 0)) == -EAGAIN ||
+	       r == -ETIMEDOUT)
+		event_base_loop(c.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+	assert_int_equal(r, 0);
+	assert_int_equal(m.type, HANDOFF_PREPARED);
+	handoff_msg_clear(&m);
+	cm.chunk = 0;
+	raw_pb(sv[0], HANDOFF_COMMIT, &cm.base, NULL, 0);
+	while (c.commits == 0)
+		event_base_loop(c.base, EVLOOP_ONCE);
+	assert_int_equal(handoff_frame_recv(sv[0], &m, 0), 0);
+	assert_int_equal(m.type, HANDOFF_COMMITTED);
+	handoff_msg_clear(&m);
+	close(sv[0]);
+	ctx_fini(&c);
+	assert_int_equal(count_fds(), base);
+}
+
 static int free_in_prepare(void *arg, uint32_t chunk, uint32_t index,
 			   const uint8_t *payload, size_t len, int *fds,
 			   size_t nfds, char *reason, size_t reason_len)
@@ -1109,6 +1225,8 @@ int main(void)
 		cmocka_unit_test(test_target_abort_after_prepared),
 		cmocka_unit_test(test_source_rejects_bad_answers),
 		cmocka_unit_test(test_source_target_closed),
+		cmocka_unit_test(test_source_waits_for_committed),
+		cmocka_unit_test(test_target_acks_commit_before_arming),
 		cmocka_unit_test(test_target_free_inside_prepare),
 		cmocka_unit_test(test_new_rejects_bad_arguments),
 	};
