@@ -328,7 +328,7 @@ int main(int argc, char **argv)
 	fd = ctl_connect(socket_path);
 	if (fd < 0)
 		goto out;
-	reqtext = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
+	reqtext = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
 	f = fdopen(fd, "r+");
 	if (f == NULL) {
 		fprintf(stderr, "batonctl: fdopen: %s\n", strerror(errno));
@@ -379,7 +379,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (json) {
-		printf("%s\n", json_object_to_json_string_ext(result, JSON_C_TO_STRING_PLAIN));
+		printf("%s\n", json_object_to_json_string_ext(result, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
 		rc = strcmp(cmd, "status") == 0 ||
 			     strcmp(jstr(result, "result", ""), "committed") == 0
 			     ? EXIT_OK : EXIT_REFUSED;

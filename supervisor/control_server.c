@@ -65,7 +65,7 @@ static void control_client_reply(struct json_object *msg, int final, void *arg)
 	if (c->replied)
 		return;
 	evbuffer_add_printf(out, "%s\n",
-			    json_object_to_json_string_ext(msg, JSON_C_TO_STRING_PLAIN));
+			    json_object_to_json_string_ext(msg, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
 	if (final)
 		c->replied = 1;
 }
