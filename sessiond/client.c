@@ -75,6 +75,7 @@ void client_free(struct client *cl)
 	free(cl->user);
 	free(cl->client_id);
 	free(cl->item.fds);
+	free(cl->marks);
 	pb_unknown_clear(&cl->unknown);
 	free(cl);
 }
@@ -102,6 +103,58 @@ void client_send_tagged(struct client *cl, const char *line, int64_t time_ms)
 	}
 }
 
+/* ---- delivery accounting ----
+ * delivered_seq says what was queued (so nothing is queued twice);
+ * acked_seq says what the peer's TCP acknowledged, which is what a detach
+ * stores as the client's position. Between the two, one mark per line. */
+
+int client_mark_push(struct client *cl, uint64_t end, uint64_t seq)
+{
+	if (cl->nmarks) {
+		struct delivery_mark *last = &cl->marks[cl->mark_head + cl->nmarks - 1];
+		if (last->end == end) { /* nothing queued in between: same fate */
+			last->seq = seq;
+			return 0;
+		}
+	}
+	if (cl->mark_head + cl->nmarks == cl->mark_cap) {
+		if (cl->mark_head > 0) {
+			memmove(cl->marks, cl->marks + cl->mark_head,
+				cl->nmarks * sizeof(cl->marks[0]));
+			cl->mark_head = 0;
+		}
+		if (cl->nmarks == cl->mark_cap) {
+			size_t cap = cl->mark_cap ? cl->mark_cap * 2 : 64;
+			struct delivery_mark *nv = realloc(cl->marks, cap * sizeof(*nv));
+			if (!nv)
+				return -ENOMEM;
+			cl->marks = nv;
+			cl->mark_cap = cap;
+		}
+	}
+	cl->marks[cl->mark_head + cl->nmarks++] = (struct delivery_mark){ end, seq };
+	return 0;
+}
+
+uint64_t client_acked_seq(struct client *cl)
+{
+	return client_acked_seq_upto(cl, conn_bytes_acked(cl->conn));
+}
+
+uint64_t client_acked_seq_upto(struct client *cl, uint64_t acked)
+{
+	while (cl->nmarks && cl->marks[cl->mark_head].end <= acked) {
+		uint64_t seq = cl->marks[cl->mark_head].seq;
+		if (seq > cl->acked_seq)
+			cl->acked_seq = seq;
+		cl->mark_head++;
+		cl->nmarks--;
+	}
+	if (!cl->nmarks)
+		cl->mark_head = 0;
+	return cl->acked_seq;
+}
+
 void client_deliver(struct client *cl, uint64_t seq, const char *line,
 		    int64_t time_ms)
 {
@@ -110,8 +163,18 @@ void client_deliver(struct client *cl, uint64_t seq, const char *line,
 	client_send_tagged(cl, line, time_ms);
 	/* A dead connection (e.g. sendq exceeded by this very line) did not
 	 * take it: the position must not claim it was delivered. */
-	if (!conn_is_dead(cl->conn))
-		cl->delivered_seq = seq;
+	if (conn_is_dead(cl->conn))
+		return;
+	cl->delivered_seq = seq;
+	(void)client_mark_push(cl, conn_bytes_queued(cl->conn), seq); /* ENOMEM: lags only */
+}
+
+void client_skip(struct client *cl, uint64_t seq)
+{
+	if (seq <= cl->delivered_seq)
+		return;
+	cl->delivered_seq = seq;
+	(void)client_mark_push(cl, conn_bytes_queued(cl->conn), seq); /* ENOMEM: lags only */
 }
 
 static void client_error_close(struct client *cl, const char *numeric_line,
@@ -402,7 +465,8 @@ void client_attach(struct client *cl, struct session *s)
 	}
 	cl->phase = CLIENT_ATTACHED;
 	cl->cap_negotiating = false;
-	cl->delivered_seq = session_position(s, cl->client_id);
+	cl->delivered_seq = cl->acked_seq = session_position(s, cl->client_id);
+	cl->mark_head = cl->nmarks = 0;
 	log_info("client", "%s: client %s attached (replaying %zu lines)", s->key,
 		 cl->client_id, backlog_count_after(s->backlog, cl->delivered_seq));
 	client_send_burst(cl);

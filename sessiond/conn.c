@@ -11,8 +11,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <linux/sockios.h>
 
 #include <event2/event.h>
 
@@ -30,6 +33,9 @@ struct conn {
 	 * dead connection, or processing lines buffered before conn_arm(). */
 	struct event *defer;
 	struct buf in, out;
+	/* Stream offsets (conn.h, delivery accounting): only grow. */
+	uint64_t queued_total, written_total;
+	bool tcp; /* SIOCOUTQ counts unacknowledged bytes (conn_kernel_outq) */
 	const struct conn_ops *ops;
 	void *arg;
 	bool armed;
@@ -118,6 +124,7 @@ static int conn_write_some(struct conn *c)
 			return -errno;
 		}
 		c->out.off += (size_t)n;
+		c->written_total += (uint64_t)n;
 	}
 	c->out.off = c->out.len = 0;
 	return 0;
@@ -258,6 +265,11 @@ struct conn *conn_adopt(struct event_base *base, int fd, bool connecting,
 		goto fail;
 	if (buf_append(&c->in, in, inlen) < 0 || buf_append(&c->out, out, outlen) < 0)
 		goto fail;
+	c->queued_total = outlen;
+	int proto = 0;
+	socklen_t plen = sizeof(proto);
+	c->tcp = getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &plen) == 0 &&
+		 proto == IPPROTO_TCP;
 	int fl = fcntl(fd, F_GETFL);
 	if (fl >= 0 && !(fl & O_NONBLOCK))
 		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
@@ -341,6 +353,7 @@ void conn_send(struct conn *c, const char *line)
 	c->out.data[c->out.len + n] = '\r';
 	c->out.data[c->out.len + n + 1] = '\n';
 	c->out.len += n + 2;
+	c->queued_total += n + 2;
 	if (c->armed && !c->connecting && !event_pending(c->wev, EV_WRITE, NULL))
 		event_add(c->wev, NULL);
 }
@@ -380,6 +393,61 @@ void conn_release(struct conn *c)
 	buf_free(&c->in);
 	buf_free(&c->out);
 	free(c);
+}
+
+uint64_t conn_bytes_queued(const struct conn *c)
+{
+	return c->queued_total;
+}
+
+/* The kernel's unacknowledged output, or -errno. Only TCP has such bytes:
+ * what is written to an AF_UNIX socket already sits in the peer's receive
+ * queue, readable whatever we do (its SIOCOUTQ counts buffer memory, not
+ * bytes, so it is not asked). */
+static int conn_kernel_outq(const struct conn *c, uint64_t *outq)
+{
+	int n = 0;
+
+	if (!c->tcp) {
+		*outq = 0;
+		return 0;
+	}
+	if (ioctl(c->fd, SIOCOUTQ, &n) < 0)
+		return -errno;
+	*outq = n > 0 ? (uint64_t)n : 0;
+	return 0;
+}
+
+uint64_t conn_bytes_acked(const struct conn *c)
+{
+	uint64_t outq = 0;
+
+	if (conn_kernel_outq(c, &outq) < 0)
+		return c->written_total; /* best effort (conn.h) */
+	/* More in the kernel than we wrote: bytes of a previous process whose
+	 * state did not say (older sender); nothing of ours is acked yet. */
+	return outq >= c->written_total ? 0 : c->written_total - outq;
+}
+
+uint64_t conn_bytes_written(const struct conn *c)
+{
+	return c->written_total;
+}
+
+void conn_restore_in_flight(struct conn *c, uint64_t in_flight)
+{
+	c->written_total = in_flight;
+	c->queued_total = in_flight + (c->out.len - c->out.off);
+}
+
+void conn_discard_unacked(struct conn *c)
+{
+	uint64_t outq = 0;
+	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+
+	if (c->fd < 0 || conn_kernel_outq(c, &outq) < 0 || outq == 0)
+		return;
+	(void)setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 }
 
 bool conn_is_dead(const struct conn *c)

@@ -22,6 +22,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct event_base;
 struct conn;
@@ -81,6 +82,40 @@ void conn_close(struct conn *c, const char *reason, bool flush);
 
 /* Close the fd and free. Sends nothing (no shutdown()). Accepts NULL. */
 void conn_release(struct conn *c);
+
+/* Delivery accounting. Two byte counters that only grow: bytes ever appended
+ * to the output buffer ("queued") and bytes ever handed to the kernel
+ * ("written"). An offset in that stream tells whether the peer has a byte:
+ *
+ * conn_bytes_queued(): the stream offset just past the last queued byte.
+ * conn_bytes_acked(): how much of the stream the peer's TCP acknowledged:
+ *   written minus the kernel's unacknowledged output (ioctl SIOCOUTQ). If
+ *   the ioctl fails, best effort: every written byte counts as acknowledged.
+ *   On a non-TCP socket (AF_UNIX: tests) every written byte counts: it is
+ *   in the peer's receive queue, and closing our end does not take it back.
+ *   Acknowledged is not read: a peer whose kernel took bytes that its
+ *   application never read still counts them.
+ * conn_bytes_written(): the stream offset just past the last written byte.
+ *
+ * A connection adopted from a migration counts its restored output as
+ * queued; conn_restore_in_flight() sets the origin so that offsets of the
+ * previous process keep their meaning (see state.c). */
+uint64_t conn_bytes_queued(const struct conn *c);
+uint64_t conn_bytes_acked(const struct conn *c);
+uint64_t conn_bytes_written(const struct conn *c);
+/* Right after conn_adopt(): `in_flight` bytes written by the previous
+ * process were unacknowledged when it serialized (they precede the restored
+ * output in the stream): written = in_flight, queued = written + output. */
+void conn_restore_in_flight(struct conn *c, uint64_t in_flight);
+
+/* Before conn_release() of a connection that is going away for good (never
+ * one whose socket another process keeps: the option is the socket's): if
+ * the kernel still holds unacknowledged output, set SO_LINGER {1, 0} so the
+ * close discards it with a RST instead of delivering it later. The caller
+ * counted those bytes as not delivered (and will send them again elsewhere);
+ * delivering them anyway would duplicate them. Output still in our buffer
+ * is never sent after close either way. */
+void conn_discard_unacked(struct conn *c);
 
 bool conn_is_dead(const struct conn *c);
 bool conn_is_connecting(const struct conn *c);

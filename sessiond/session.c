@@ -362,11 +362,25 @@ void session_remove_client(struct session *s, struct client *cl)
 			break;
 		}
 	}
-	session_set_position(s, cl->client_id ? cl->client_id : "default",
-			     cl->delivered_seq);
-	log_info("client", "%s: client %s detached (%s)", s->key,
-		 cl->client_id ? cl->client_id : "default",
+	const char *id = cl->client_id ? cl->client_id : "default";
+	log_info("client", "%s: client %s detached (%s)", s->key, id,
 		 conn_close_reason(cl->conn) ? conn_close_reason(cl->conn) : "quit");
+	/* The position is what the peer acknowledged, measured last, right
+	 * before the close (any final flush was attempted when the connection
+	 * was closed: conn_close()). Lines queued after it are replayed on the
+	 * next attach, so the close must not deliver them too: it discards what
+	 * the kernel still holds (RST, conn_discard_unacked()).
+	 *
+	 * Trade-offs: a client that asked to QUIT may miss its ERROR line (it
+	 * sits behind the discarded output); bytes the peer received but had
+	 * not acknowledged yet (delayed ACK), or acknowledges between the
+	 * measure and the close, arrive twice (duplicates, never gaps). And TCP
+	 * acknowledgement is not reading: a client whose kernel took lines its
+	 * application never read (it crashed, or its stack drops unread data on
+	 * a RST) misses them. Only application-level acknowledgements (IRCv3
+	 * read markers / chathistory) could close that gap. */
+	session_set_position(s, id, client_acked_seq(cl));
+	conn_discard_unacked(cl->conn);
 	client_free(cl);
 }
 
@@ -457,7 +471,7 @@ void session_store_and_relay(struct session *s, const char *buffer,
 	for (size_t i = 0; i < s->nclients; i++) {
 		struct client *cl = s->clients[i];
 		if (cl == except)
-			cl->delivered_seq = seq; /* the sender has it */
+			client_skip(cl, seq); /* the sender has it */
 		else
 			client_deliver(cl, seq, line, time_ms);
 	}

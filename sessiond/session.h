@@ -118,6 +118,14 @@ enum client_phase {
 	CLIENT_ATTACHED = 1, /* attached to a session */
 };
 
+/* A backlog line queued to a client: it is delivered (as far as we can
+ * know) once the peer's TCP acknowledged the stream up to `end` (conn.h,
+ * delivery accounting). */
+struct delivery_mark {
+	uint64_t end; /* conn_bytes_queued() right after the line */
+	uint64_t seq;
+};
+
 struct client {
 	struct bouncer *b;
 	struct session *s;      /* NULL while pending */
@@ -128,6 +136,14 @@ struct client {
 	char *pass, *nick, *user;
 	char *client_id;        /* delivery position name, "default" */
 	uint64_t delivered_seq; /* last backlog seq queued to this client */
+	/* Last backlog seq whose bytes (and all before) the peer acknowledged:
+	 * what the client's position becomes when it detaches. Advanced by
+	 * client_acked_seq() from the marks, a FIFO (oldest at marks[mark_head],
+	 * nmarks of them) of lines queued but not known acknowledged; ends and
+	 * seqs strictly increase. */
+	uint64_t acked_seq;
+	struct delivery_mark *marks;
+	size_t mark_head, nmarks, mark_cap;
 	int64_t connected_at_ms;
 	int64_t last_rx_ms;
 	struct bouncer_item item; /* pending clients only */
@@ -201,7 +217,10 @@ void session_schedule_connect(struct session *s, int64_t at_ms);
 void session_reap(struct session *s);
 /* Schedule the next upstream attempt with exponential backoff + jitter. */
 void session_backoff(struct session *s);
-/* Remove an attached client (stores its delivery position) and free it. */
+/* Remove an attached client and free it (closing its socket). Its delivery
+ * position becomes what the peer acknowledged (client_acked_seq()), and
+ * unacknowledged output is discarded by the close (conn_discard_unacked()):
+ * lines that did not reach the peer are replayed on the next attach. */
 void session_remove_client(struct session *s, struct client *cl);
 int session_add_client(struct session *s, struct client *cl);
 
@@ -265,9 +284,23 @@ extern const struct conn_ops client_conn_ops;
 void client_attach(struct client *cl, struct session *s);
 /* Send a line to one client, adding @time if it enabled server-time. */
 void client_send_tagged(struct client *cl, const char *line, int64_t time_ms);
-/* Queue one backlog line to an attached client (advances delivered_seq). */
+/* Queue one backlog line to an attached client (advances delivered_seq and
+ * records a delivery mark). */
 void client_deliver(struct client *cl, uint64_t seq, const char *line,
 		    int64_t time_ms);
+/* The client has backlog line seq without it being sent (it wrote it):
+ * delivered now, acknowledged once everything queued before it is. */
+void client_skip(struct client *cl, uint64_t seq);
+/* Record that backlog line seq ends at stream offset `end` (after the last
+ * mark). Returns 0 or -ENOMEM (then the mark is lost: the acked position
+ * only lags, it never claims too much). */
+int client_mark_push(struct client *cl, uint64_t end, uint64_t seq);
+/* Drop the marks the peer acknowledged (conn_bytes_acked()) and return the
+ * updated cl->acked_seq. */
+uint64_t client_acked_seq(struct client *cl);
+/* The same with the acknowledged stream offset measured by the caller (one
+ * measure for several uses: state.c). */
+uint64_t client_acked_seq_upto(struct client *cl, uint64_t acked_bytes);
 /* Caps as names in canonical order (for state). */
 size_t client_caps_names(unsigned caps, const char **names, size_t max);
 unsigned client_cap_from_name(const char *name); /* 0 if unknown */

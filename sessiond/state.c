@@ -2,6 +2,7 @@
 #include "sessiond/state.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -171,6 +172,52 @@ static Baton__State__Connection *ser_upstream(struct arena *a,
 	return pc;
 }
 
+/* Delivery accounting of an attached client (state.proto Delivery), written
+ * only when it says more than its absence (acked_seq = delivered_seq,
+ * nothing in flight): a client without traffic in flight packs as before. */
+static int ser_delivery(struct arena *a, struct client *cl,
+			Baton__State__Connection *pc)
+{
+	/* One measure of the acknowledged offset for both the pop and
+	 * output_unacked: every remaining mark then ends inside what is
+	 * written (distance < output_unacked + len(output), checked on adopt). */
+	uint64_t acked = conn_bytes_acked(cl->conn);
+	uint64_t seq = client_acked_seq_upto(cl, acked);
+	uint64_t queued = conn_bytes_queued(cl->conn);
+	size_t outlen;
+
+	if (!cl->nmarks && seq == cl->delivered_seq)
+		return 0;
+	Baton__State__Delivery *d = arena_alloc(a, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	baton__state__delivery__init(d);
+	PUT_I64(d, output_unacked, conn_bytes_written(cl->conn) - acked);
+	d->has_acked_seq = 1;
+	d->acked_seq = seq;
+	if (cl->nmarks) {
+		d->marks = arena_alloc(a, cl->nmarks * sizeof(*d->marks));
+		Baton__State__DeliveryMark *ms = arena_alloc(a, cl->nmarks * sizeof(*ms));
+		if (!d->marks || !ms)
+			return -ENOMEM;
+		for (size_t i = 0; i < cl->nmarks; i++) {
+			const struct delivery_mark *m = &cl->marks[cl->mark_head + i];
+			baton__state__delivery_mark__init(&ms[i]);
+			ms[i].distance = queued - m->end;
+			ms[i].seq = m->seq;
+			d->marks[i] = &ms[i];
+		}
+		d->n_marks = cl->nmarks;
+	}
+	d->has_delivered_seq = 1;
+	d->delivered_seq = cl->delivered_seq;
+	(void)conn_output(cl->conn, &outlen);
+	d->has_output_len = 1;
+	d->output_len = outlen;
+	pc->delivery = d;
+	return 0;
+}
+
 static Baton__State__Connection *ser_client(struct arena *a, struct client *cl,
 					    uint32_t idx)
 {
@@ -197,6 +244,8 @@ static Baton__State__Connection *ser_client(struct arena *a, struct client *cl,
 	if (cl->phase == CLIENT_ATTACHED) {
 		pc->has_delivered_seq = 1;
 		pc->delivered_seq = cl->delivered_seq;
+		if (ser_delivery(a, cl, pc) < 0)
+			return NULL;
 	}
 	PUT_I64(pc, connected_at_ms, cl->connected_at_ms);
 	PUT_I64(pc, last_rx_ms, cl->last_rx_ms);
@@ -473,6 +522,74 @@ static bool line_safe(const char *str)
 	return !str || !strpbrk(str, "\r\n");
 }
 
+/* Is pc->delivery current? A worker that does not know it passes it on as
+ * an unknown field while rewriting delivered_seq and output (state.proto
+ * Delivery): then its offsets and marks are stale. */
+static bool delivery_current(const Baton__State__Connection *pc)
+{
+	const Baton__State__Delivery *d = pc->delivery;
+	uint64_t delivered = pc->has_delivered_seq ? pc->delivered_seq : 0;
+	uint64_t outlen = pc->has_output ? pc->output.len : 0;
+
+	return d->has_delivered_seq && d->delivered_seq == delivered &&
+	       d->has_output_len && d->output_len == outlen;
+}
+
+static int check_delivery(struct adopt *ad, const Baton__State__Connection *pc,
+			  Baton__State__ConnRole role)
+{
+	const Baton__State__Delivery *d = pc->delivery;
+
+	if (!d)
+		return 0;
+	if (role != BATON__STATE__CONN_ROLE__CONN_ROLE_CLIENT)
+		return adopt_fail(ad, -EINVAL, "delivery state on a connection of role %d",
+				  role);
+	uint64_t delivered = pc->has_delivered_seq ? pc->delivered_seq : 0;
+	uint64_t prev_seq = d->has_acked_seq ? d->acked_seq : delivered;
+	if (prev_seq > delivered)
+		return adopt_fail(ad, -EINVAL, "delivery acked_seq %llu above delivered_seq %llu",
+				  (unsigned long long)prev_seq,
+				  (unsigned long long)delivered);
+	if (!delivery_current(pc))
+		return 0; /* stale: only acked_seq (a lower bound) is used */
+	uint64_t unacked = d->has_output_unacked ? d->output_unacked : 0;
+	if (unacked > INT_MAX) /* SIOCOUTQ is an int */
+		return adopt_fail(ad, -EINVAL, "delivery output_unacked %llu out of range",
+				  (unsigned long long)unacked);
+	uint64_t queued = unacked + d->output_len;
+	for (size_t i = 0; i < d->n_marks; i++) {
+		const Baton__State__DeliveryMark *m = d->marks[i];
+		if (m->seq <= prev_seq || m->seq > delivered)
+			return adopt_fail(ad, -EINVAL, "delivery mark seq %llu out of order",
+					  (unsigned long long)m->seq);
+		/* Strictly inside the unacknowledged stream, and decreasing. */
+		if (m->distance >= queued || (i && m->distance >= d->marks[i - 1]->distance))
+			return adopt_fail(ad, -EINVAL, "delivery mark distance %llu out of range",
+					  (unsigned long long)m->distance);
+		prev_seq = m->seq;
+	}
+	return 0;
+}
+
+/* Apply a checked pc->delivery to an adopted attached client whose conn
+ * holds the restored output. Returns 0 or -ENOMEM. */
+static int adopt_delivery(struct client *cl, const Baton__State__Connection *pc)
+{
+	const Baton__State__Delivery *d = pc->delivery;
+
+	if (d->has_acked_seq)
+		cl->acked_seq = d->acked_seq;
+	if (!delivery_current(pc))
+		return 0;
+	conn_restore_in_flight(cl->conn, d->has_output_unacked ? d->output_unacked : 0);
+	uint64_t queued = conn_bytes_queued(cl->conn);
+	for (size_t i = 0; i < d->n_marks; i++)
+		if (client_mark_push(cl, queued - d->marks[i]->distance, d->marks[i]->seq) < 0)
+			return -ENOMEM;
+	return 0;
+}
+
 /* First pass: fd_index of every connection in range, used once, and a
  * stream socket. */
 static int check_conn(struct adopt *ad, const Baton__State__Connection *pc,
@@ -483,6 +600,9 @@ static int check_conn(struct adopt *ad, const Baton__State__Connection *pc,
 	if (!line_safe(pc->nick) || !line_safe(pc->user) || !line_safe(pc->pass) ||
 	    !line_safe(pc->client_id))
 		return adopt_fail(ad, -EINVAL, "%s connection field with a line break", what);
+	int rc = check_delivery(ad, pc, role);
+	if (rc < 0)
+		return rc;
 	if (pc->fd_index >= ad->nfds)
 		return adopt_fail(ad, -EINVAL, "%s fd_index %u out of range (%zu fds)",
 				  what, pc->fd_index, ad->nfds);
@@ -529,6 +649,7 @@ static struct client *adopt_client(struct adopt *ad, struct session *s,
 	cl->cap_negotiating = pc->has_cap_negotiating && pc->cap_negotiating;
 	cl->client_id = xstrdup(pc->client_id);
 	cl->delivered_seq = pc->has_delivered_seq ? pc->delivered_seq : 0;
+	cl->acked_seq = cl->delivered_seq; /* absent Delivery: the old meaning */
 	cl->connected_at_ms = pc->has_connected_at_ms ? pc->connected_at_ms : 0;
 	cl->last_rx_ms = pc->has_last_rx_ms ? pc->last_rx_ms : 0;
 	cl->pass = xstrdup(pc->pass);
@@ -536,6 +657,7 @@ static struct client *adopt_client(struct adopt *ad, struct session *s,
 	cl->user = xstrdup(pc->user);
 	cl->conn = adopt_conn(ad, pc, false, &client_conn_ops, cl);
 	if (!cl->conn || pb_unknown_copy(&cl->unknown, &pc->base) < 0 ||
+	    (s && pc->delivery && adopt_delivery(cl, pc) < 0) ||
 	    (s && !cl->client_id && !(cl->client_id = strdup("default")))) {
 		client_free(cl);
 		return NULL;

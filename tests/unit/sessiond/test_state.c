@@ -191,6 +191,87 @@ static uint8_t *sample_mutated(mutate_fn fn, size_t *len)
 	return out;
 }
 
+/* Delivery accounting of the sample client (delivered_seq 5, 70 bytes of
+ * output): seqs 4 and 5 queued in its output buffer, not acknowledged. */
+static void set_delivery(Baton__State__Item *item, uint64_t acked,
+			 uint64_t d4, uint64_t d5, uint64_t echo_delivered)
+{
+	Baton__State__Connection *pc = item->session->clients[0];
+	Baton__State__Delivery *d = malloc(sizeof(*d));
+	baton__state__delivery__init(d);
+	d->has_acked_seq = 1;
+	d->acked_seq = acked;
+	d->n_marks = 2;
+	d->marks = malloc(2 * sizeof(*d->marks));
+	uint64_t dist[2] = { d4, d5 }, seq[2] = { 4, 5 };
+	for (int i = 0; i < 2; i++) {
+		d->marks[i] = malloc(sizeof(*d->marks[i]));
+		baton__state__delivery_mark__init(d->marks[i]);
+		d->marks[i]->distance = dist[i];
+		d->marks[i]->seq = seq[i];
+	}
+	d->has_delivered_seq = 1;
+	d->delivered_seq = echo_delivered;
+	d->has_output_len = 1;
+	d->output_len = pc->output.len;
+	pc->delivery = d;
+}
+
+static void good_delivery(Baton__State__Item *item) { set_delivery(item, 3, 30, 0, 5); }
+static void delivery_seq_order(Baton__State__Item *item) { set_delivery(item, 4, 30, 0, 5); }
+static void delivery_distance_order(Baton__State__Item *item) { set_delivery(item, 3, 0, 30, 5); }
+static void delivery_distance_range(Baton__State__Item *item) { set_delivery(item, 3, 70, 0, 5); }
+static void delivery_acked_high(Baton__State__Item *item) { set_delivery(item, 6, 30, 0, 5); }
+/* written by a newer worker, passed on by an older one that sent more */
+static void delivery_stale(Baton__State__Item *item) { set_delivery(item, 3, 700, 0, 4); }
+
+static uint8_t *sample_delivery_pack(size_t *len)
+{
+	return sample_mutated(good_delivery, len);
+}
+
+static void test_roundtrip_delivery(void **state)
+{
+	roundtrip(*state, sample_delivery_pack, 2);
+}
+
+/* Bad delivery accounting is rejected; a stale one (its echo of
+ * delivered_seq does not match) is adopted without its marks. */
+static void test_delivery_checks(void **state)
+{
+	struct fixture *f = *state;
+	mutate_fn bad[] = { delivery_seq_order, delivery_distance_order,
+			    delivery_distance_range, delivery_acked_high };
+	const char *why[] = { "seq", "distance", "distance", "acked_seq" };
+	int ours[2], peers[2];
+	size_t mlen, alen, nfds;
+	const int *fds;
+	uint8_t *m, *a;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		m = sample_mutated(bad[i], &mlen);
+		make_pairs(ours, peers, 2);
+		expect_reject(f->b, m, mlen, ours, 2, -EINVAL, why[i]);
+		close_all(peers, 2);
+		free(m);
+	}
+	m = sample_mutated(delivery_stale, &mlen);
+	make_pairs(ours, peers, 2);
+	struct bouncer_item *it = adopt_ok(f->b, m, mlen, ours, 2);
+	assert_int_equal(bouncer_item_serialize(it, &a, &alen, &fds, &nfds), 0);
+	Baton__State__Item *item = baton__state__item__unpack(NULL, alen, a);
+	const Baton__State__Delivery *d = item->session->clients[0]->delivery;
+	assert_non_null(d); /* acked_seq 3 kept as a lower bound */
+	assert_int_equal(d->acked_seq, 3);
+	assert_int_equal(d->n_marks, 0);
+	assert_int_equal(d->delivered_seq, 5);
+	baton__state__item__free_unpacked(item, NULL);
+	bouncer_item_discard(it);
+	close_all(peers, 2);
+	free(a);
+	free(m);
+}
+
 static void dup_index(Baton__State__Item *item)
 {
 	item->session->clients[0]->fd_index = 0;
@@ -500,6 +581,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_roundtrip_session, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_roundtrip_pending, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_roundtrip_delivery, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_delivery_checks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_adopt_rejects, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_arm_resumes_io, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unknown_fields_preserved, setup, teardown),

@@ -1,0 +1,455 @@
+/* tests/unit/sessiond/test_delivery.c: a client's delivery position is what
+ * its peer's TCP acknowledged, not what was queued.
+ *
+ * Regression: a slow client that detached (QUIT) with lines still queued in
+ * the bouncer or unacknowledged in the kernel had its position advanced past
+ * them, so they were never replayed (lines lost).
+ *
+ * The client is a loopback TCP socket with a small receive buffer that does
+ * not read; the upstream is a socketpair we play the server on. */
+#include <crypt.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <event2/event.h>
+
+#include "state.pb-c.h"
+
+#include "common/config.h"
+#include "sample_state.h"
+#include "sessiond/bouncer.h"
+
+#define NLINES 20000 /* ~2 MB: more than the socket buffers hold */
+
+struct env {
+	struct event_base *base;
+	struct bouncer *b;
+	struct baton_config cfg;
+	struct config_network net;
+	struct config_user user;
+	struct config_session sess;
+	char *chans[1];
+	struct sockaddr_in addr;
+	int up; /* our end of the upstream: we are the IRC server */
+	int baseline_fds;
+};
+
+/* Text received on a socket, kept whole. */
+struct rx {
+	char *buf;
+	size_t len, cap;
+	bool eof;
+};
+
+static void pump(struct env *e)
+{
+	event_base_loop(e->base, EVLOOP_NONBLOCK);
+}
+
+static void rx_read(struct rx *r, int fd)
+{
+	for (;;) {
+		if (r->cap - r->len < 65536) {
+			r->cap = r->cap ? r->cap * 2 : 1 << 20;
+			r->buf = realloc(r->buf, r->cap + 1);
+		}
+		ssize_t n = recv(fd, r->buf + r->len, r->cap - r->len, MSG_DONTWAIT);
+		if (n > 0) {
+			r->len += (size_t)n;
+			continue;
+		}
+		if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+			r->eof = true; /* EOF, or the RST of a discarding close */
+		break;
+	}
+	if (r->buf)
+		r->buf[r->len] = '\0';
+}
+
+static bool rx_wait(struct env *e, struct rx *r, int fd, const char *s)
+{
+	for (int i = 0; i < 2000; i++) {
+		pump(e);
+		rx_read(r, fd);
+		if (r->buf && strstr(r->buf, s))
+			return true;
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		poll(&pfd, 1, 2);
+	}
+	fprintf(stderr, "did not see '%s'\n", s);
+	return false;
+}
+
+static void say(int fd, const char *line)
+{
+	char buf[1024];
+	int n = snprintf(buf, sizeof(buf), "%s\r\n", line);
+	assert_int_equal(send(fd, buf, (size_t)n, MSG_NOSIGNAL), n);
+}
+
+/* Numbers of the complete "line N" lines in r, in arrival order (a partial
+ * last line does not count: the peer never got it whole). */
+static size_t numbered(const struct rx *r, int *out, size_t max)
+{
+	size_t n = 0;
+	const char *p = r->buf ? r->buf : "";
+	for (;;) {
+		const char *nl = strstr(p, "\r\n");
+		if (!nl)
+			break;
+		const char *t = strstr(p, "PRIVMSG #baton :line ");
+		if (t && t < nl && n < max)
+			out[n++] = atoi(t + strlen("PRIVMSG #baton :line "));
+		p = nl + 2;
+	}
+	return n;
+}
+
+static int setup(void **state)
+{
+	struct env *e = calloc(1, sizeof(*e));
+	struct crypt_data cd;
+
+	e->baseline_fds = count_open_fds();
+	e->base = event_base_new();
+	e->cfg.backlog_lines = NLINES + 100;
+	e->cfg.ping_interval_s = 600;
+	e->cfg.ping_timeout_s = 2400;
+	e->cfg.reconnect_min_s = 2;
+	e->cfg.reconnect_max_s = 300;
+	e->net = (struct config_network){ .name = "example", .host = "127.0.0.1", .port = "1" };
+	memset(&cd, 0, sizeof(cd));
+	e->user = (struct config_user){ .name = "alice",
+					.password = strdup(crypt_r("secret", "$6$testsalt$", &cd)) };
+	e->chans[0] = "#baton";
+	e->sess = (struct config_session){ .user = "alice", .network = "example",
+					   .nick = "alice", .channels = e->chans,
+					   .nchannels = 1 };
+	e->cfg.networks = &e->net;
+	e->cfg.nnetworks = 1;
+	e->cfg.users = &e->user;
+	e->cfg.nusers = 1;
+	e->cfg.sessions = &e->sess;
+	e->cfg.nsessions = 1;
+	e->b = bouncer_new(e->base, &e->cfg);
+
+	/* The sample session without its attached client. */
+	size_t len;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	uint8_t *buf = sample_item_pack_at(&len, (int64_t)ts.tv_sec * 1000);
+	Baton__State__Item *item = baton__state__item__unpack(NULL, len, buf);
+	size_t ncl = item->session->n_clients;
+	item->session->n_clients = 0;
+	size_t l2 = baton__state__item__get_packed_size(item);
+	uint8_t *b2 = malloc(l2);
+	baton__state__item__pack(item, b2);
+	item->session->n_clients = ncl;
+	baton__state__item__free_unpacked(item, NULL);
+
+	int sv[2];
+	struct bouncer_item *it;
+	char err[256];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	e->up = sv[1];
+	assert_int_equal(bouncer_item_adopt(e->b, b2, l2, &sv[0], 1, &it, err, sizeof(err)), 0);
+	bouncer_item_arm(it);
+	free(buf);
+	free(b2);
+
+	int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	socklen_t alen = sizeof(e->addr);
+	e->addr.sin_family = AF_INET;
+	e->addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(lfd, (struct sockaddr *)&e->addr, sizeof(e->addr)), 0);
+	assert_int_equal(getsockname(lfd, (struct sockaddr *)&e->addr, &alen), 0);
+	assert_int_equal(listen(lfd, 16), 0);
+	bouncer_set_listeners(e->b, &lfd, 1);
+	bouncer_accept(e->b, true);
+
+	/* complete the partial input line of the state (stored as seq 6) */
+	struct rx up = { 0 };
+	assert_true(rx_wait(e, &up, e->up, "queued but not written\r\n"));
+	say(e->up, "ne");
+	say(e->up, "PING :setup");
+	assert_true(rx_wait(e, &up, e->up, "PONG :setup\r\n"));
+	free(up.buf);
+	*state = e;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct env *e = *state;
+	bouncer_free(e->b);
+	event_base_free(e->base);
+	close(e->up);
+	free(e->user.password);
+	assert_int_equal(count_open_fds(), e->baseline_fds);
+	free(e);
+	return 0;
+}
+
+/* A registered client named `name` on loopback TCP, its replay read (the
+ * sample's last line, seq 6, is in it: the client starts from position 0
+ * the first time). rcvbuf 0: default. */
+static int attach(struct env *e, const char *name, int rcvbuf, struct rx *r,
+		  const char *until)
+{
+	char line[256];
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	if (rcvbuf)
+		assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)), 0);
+	assert_int_equal(connect(fd, (struct sockaddr *)&e->addr, sizeof(e->addr)), 0);
+	snprintf(line, sizeof(line), "PASS alice@%s/example:secret", name);
+	say(fd, line);
+	say(fd, "NICK whatever");
+	say(fd, "USER u 0 * :Real Name");
+	assert_true(rx_wait(e, r, fd, until));
+	return fd;
+}
+
+/* NLINES channel lines from the upstream while the slow client reads
+ * nothing; returns once the bouncer processed them all. */
+static void flood(struct env *e)
+{
+	char chunk[16384];
+	size_t clen = 0;
+	int next = 1;
+	struct rx up = { 0 };
+
+	while (next <= NLINES || clen) {
+		while (next <= NLINES && clen + 200 < sizeof(chunk))
+			clen += (size_t)snprintf(chunk + clen, sizeof(chunk) - clen,
+						 ":bob!b@host.example PRIVMSG #baton :line %d "
+						 "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n",
+						 next++);
+		ssize_t n = send(e->up, chunk, clen, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (n > 0) {
+			memmove(chunk, chunk + n, clen - (size_t)n);
+			clen -= (size_t)n;
+		}
+		pump(e);
+	}
+	say(e->up, "PING :flooded");
+	assert_true(rx_wait(e, &up, e->up, "PONG :flooded\r\n"));
+	free(up.buf);
+}
+
+/* The session item of a bouncer, frozen and serialized (then thawed):
+ * the stored position of client `name` and the seq of "line k". */
+static void stored_position(struct bouncer *b, const char *name, int k,
+			    uint64_t *pos, uint64_t *seq_k, bool *has_delivery)
+{
+	struct bouncer_item **items;
+	size_t n = bouncer_items(b, &items), i;
+	uint8_t *buf;
+	size_t len, nfds;
+	const int *fds;
+	char want[64];
+
+	for (i = 0; i < n && !bouncer_item_is_session(items[i]); i++)
+		;
+	assert_true(i < n);
+	bouncer_item_freeze(items[i]);
+	assert_int_equal(bouncer_item_serialize(items[i], &buf, &len, &fds, &nfds), 0);
+	Baton__State__Item *item = baton__state__item__unpack(NULL, len, buf);
+	assert_non_null(item);
+	*pos = 0;
+	for (size_t j = 0; j < item->session->n_positions; j++)
+		if (strcmp(item->session->positions[j]->client_id, name) == 0)
+			*pos = item->session->positions[j]->seq;
+	*seq_k = 0;
+	snprintf(want, sizeof(want), "PRIVMSG #baton :line %d ", k);
+	for (size_t j = 0; j < item->session->n_buffers; j++) {
+		const Baton__State__Buffer *pb = item->session->buffers[j];
+		for (size_t l = 0; l < pb->n_lines; l++)
+			if (strstr(pb->lines[l]->line, want))
+				*seq_k = pb->lines[l]->seq;
+	}
+	if (has_delivery) {
+		*has_delivery = false;
+		for (size_t j = 0; j < item->session->n_clients; j++)
+			if (item->session->clients[j]->delivery &&
+			    item->session->clients[j]->delivery->n_marks > 0)
+				*has_delivery = true;
+	}
+	baton__state__item__free_unpacked(item, NULL);
+	free(buf);
+	bouncer_item_thaw(items[i]);
+	free(items);
+}
+
+/* The slow client QUITs; what it can still read is lines 1..k (whole);
+ * returns k. The bouncer's close discards what the peer did not
+ * acknowledge, so nothing after k arrives later either. */
+static int quit_and_read(struct env *e, int fd, int quiet_ms)
+{
+	struct rx r = { 0 };
+	static int nums[NLINES + 10];
+
+	/* Let the peer's kernel acknowledge what it took: bytes it received
+	 * but did not acknowledge yet (delayed ACK) count as not delivered. */
+	for (int i = 0; i < quiet_ms; i++) {
+		pump(e);
+		usleep(1000);
+	}
+	say(fd, "QUIT :bye");
+	for (int i = 0; i < 50; i++) {
+		pump(e);
+		usleep(1000);
+	}
+	for (int i = 0; i < 2000 && !r.eof; i++) {
+		pump(e);
+		rx_read(&r, fd);
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		poll(&pfd, 1, 2);
+	}
+	assert_true(r.eof);
+	size_t n = numbered(&r, nums, NLINES + 10);
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(nums[i], (int)i + 1); /* in order, no gap */
+	close(fd);
+	free(r.buf);
+	return (int)n;
+}
+
+/* Reattach `name`: the replay holds exactly lines k+1..NLINES. */
+static void reattach_gets_rest(struct env *e, const char *name, int k)
+{
+	assert_true(k >= 0);
+	struct rx r = { 0 };
+	static int nums[NLINES + 10];
+	char last[64];
+
+	snprintf(last, sizeof(last), ":line %d x", NLINES);
+	int fd = attach(e, name, 0, &r, last);
+	for (int i = 0; i < 20; i++) { /* anything extra (a duplicate) */
+		pump(e);
+		rx_read(&r, fd);
+		usleep(1000);
+	}
+	size_t n = numbered(&r, nums, NLINES + 10);
+	assert_int_equal(n, (size_t)(NLINES - k));
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(nums[i], k + 1 + (int)i);
+	close(fd);
+	for (int i = 0; i < 20; i++) {
+		pump(e);
+		usleep(1000);
+	}
+}
+
+static void test_quit_position_is_acked(void **state)
+{
+	struct env *e = *state;
+	struct rx r = { 0 };
+	uint64_t pos, seq_k;
+
+	int fd = attach(e, "slow", 4096, &r, "a partial line\r\n");
+	free(r.buf);
+	flood(e);
+	int k = quit_and_read(e, fd, 300);
+	fprintf(stderr, "slow client read %d of %d lines\n", k, NLINES);
+	assert_true(k > 0 && k < NLINES);
+	stored_position(e->b, "slow", k, &pos, &seq_k, NULL);
+	assert_true(seq_k > 0);
+	assert_int_equal(pos, seq_k);
+	reattach_gets_rest(e, "slow", k);
+}
+
+/* QUIT right after the flood, before the peer's kernel acknowledged all it
+ * took: the position may lag what the peer read (those lines arrive twice),
+ * never run ahead of it (no line lost), and the replay has no gap. */
+static void test_quit_position_never_ahead(void **state)
+{
+	struct env *e = *state;
+	struct rx r = { 0 };
+	uint64_t pos, seq_k;
+
+	int fd = attach(e, "slow", 4096, &r, "a partial line\r\n");
+	free(r.buf);
+	flood(e);
+	int k = quit_and_read(e, fd, 0);
+	assert_true(k > 0 && k < NLINES);
+	stored_position(e->b, "slow", k, &pos, &seq_k, NULL);
+	fprintf(stderr, "slow client read %d of %d lines, position %d lines back\n",
+		k, NLINES, (int)(seq_k - pos));
+	assert_true(seq_k > 0);
+	assert_true(pos <= seq_k);
+	reattach_gets_rest(e, "slow", k - (int)(seq_k - pos));
+}
+
+/* The same across a migration: the marks and offsets travel in the state
+ * (state.proto Delivery) and the adopting bouncer detaches the client at
+ * the right position. */
+static void test_position_survives_migration(void **state)
+{
+	struct env *e = *state;
+	struct rx r = { 0 };
+	struct bouncer_item **items, *it2 = NULL;
+	uint8_t *buf;
+	size_t len, nfds, n, i;
+	const int *fds;
+	int dup_fds[4];
+	char err[256];
+	uint64_t pos, seq_k;
+
+	int fd = attach(e, "slow", 4096, &r, "a partial line\r\n");
+	free(r.buf);
+	flood(e);
+
+	struct bouncer *b2 = bouncer_new(e->base, &e->cfg);
+	n = bouncer_items(e->b, &items);
+	for (i = 0; i < n && !bouncer_item_is_session(items[i]); i++)
+		;
+	assert_true(i < n);
+	bouncer_item_freeze(items[i]);
+	assert_int_equal(bouncer_item_serialize(items[i], &buf, &len, &fds, &nfds), 0);
+	Baton__State__Item *item = baton__state__item__unpack(NULL, len, buf);
+	assert_int_equal(item->session->n_clients, 1);
+	assert_non_null(item->session->clients[0]->delivery); /* lines in flight */
+	assert_true(item->session->clients[0]->delivery->n_marks > 0);
+	baton__state__item__free_unpacked(item, NULL);
+	assert_true(nfds <= 4);
+	for (size_t j = 0; j < nfds; j++)
+		dup_fds[j] = fcntl(fds[j], F_DUPFD_CLOEXEC, 0);
+	assert_int_equal(bouncer_item_adopt(b2, buf, len, dup_fds, nfds, &it2, err, sizeof(err)), 0);
+	bouncer_item_release(items[i]); /* committed: the source lets go */
+	free(items);
+	free(buf);
+	bouncer_item_arm(it2);
+
+	int k = quit_and_read(e, fd, 300);
+	fprintf(stderr, "slow client read %d of %d lines (migrated)\n", k, NLINES);
+	assert_true(k > 0 && k < NLINES);
+	stored_position(b2, "slow", k, &pos, &seq_k, NULL);
+	assert_true(seq_k > 0);
+	assert_int_equal(pos, seq_k);
+	bouncer_free(b2);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_quit_position_is_acked, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_quit_position_never_ahead, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_position_survives_migration, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
