@@ -222,8 +222,7 @@ static int print_migration(const char *cmd, struct json_object *r)
 
 		fprintf(stderr, "batonctl: %s %s: %s\n", cmd,
 			refused ? "refused" : "aborted", jstr(r, "reason", "(no reason given)"));
-		if (!refused && jint(from, "pid") > 0 &&
-		    strstr(jstr(r, "reason", ""), "repair") == NULL)
+		if (!refused && jint(from, "pid") > 0)
 			fprintf(stderr, "  the old worker (pid %lld) keeps serving; total %.1f ms\n",
 				(long long)jint(from, "pid"), jdbl(r, "total_ms"));
 	}

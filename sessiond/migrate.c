@@ -30,7 +30,8 @@ struct migrate {
 	struct event_base *base;
 	struct bouncer *b;
 	struct migrate_report report;
-	const char *fault;
+	char fault[64];              /* test-only fault point, "" for none */
+	uint32_t fault_chunk;        /* the chunk it applies to ("POINT@N") */
 	struct timespec started;
 	struct migrate_result res;
 
@@ -81,9 +82,26 @@ const char *migrate_fault(const char *role)
 	return NULL;
 }
 
-static bool migrate_fault_is(const struct migrate *m, const char *point)
+/* Load the fault for `role`: "POINT" (chunk 0) or "POINT@CHUNK". */
+static void migrate_fault_load(struct migrate *m, const char *role)
 {
-	return m->fault != NULL && strcmp(m->fault, point) == 0;
+	const char *f = migrate_fault(role);
+	char *at;
+
+	if (f == NULL)
+		return;
+	snprintf(m->fault, sizeof(m->fault), "%s", f);
+	at = strchr(m->fault, '@');
+	if (at != NULL) {
+		*at = '\0';
+		m->fault_chunk = (uint32_t)strtoul(at + 1, NULL, 10);
+	}
+}
+
+static bool migrate_fault_is(const struct migrate *m, const char *point,
+			     uint32_t chunk)
+{
+	return strcmp(m->fault, point) == 0 && chunk == m->fault_chunk;
 }
 
 /* Deliver the result and free the migration from a fresh event-loop turn:
@@ -146,7 +164,7 @@ static void migrate_source_phase(void *arg, enum handoff_phase phase,
 	struct migrate *m = arg;
 
 	if (phase == HANDOFF_PHASE_PREPARED_RECEIVED &&
-	    migrate_fault_is(m, "after-prepared"))
+	    migrate_fault_is(m, "after-prepared", chunk))
 		raise(SIGKILL);
 }
 
@@ -174,6 +192,28 @@ static void migrate_chunk_done(struct handoff_source *src, uint32_t chunk,
 		m->report.progress(m->report.arg, (uint32_t)m->next,
 				   (uint32_t)m->nitems);
 	migrate_send_next(m);
+}
+
+/* Test-only faults on the first item of the chunk they name (the chunk
+ * about to be sent is number chunks_committed). */
+static void migrate_inject_item_fault(struct migrate *m,
+				      struct handoff_item *first, uint8_t *buf)
+{
+	static int fds[HANDOFF_FRAME_MAX_FDS];
+	uint32_t chunk = m->res.chunks_committed;
+
+	if (migrate_fault_is(m, "corrupt-item", chunk)) {
+		memset(buf, 0xff, first->len > 16 ? 16 : first->len);
+	} else if (migrate_fault_is(m, "truncate-item", chunk)) {
+		first->len /= 2;
+	} else if (migrate_fault_is(m, "extra-fd", chunk) &&
+		   first->nfds < HANDOFF_FRAME_MAX_FDS) {
+		m->extra_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		memcpy(fds, first->fds, first->nfds * sizeof(int));
+		fds[first->nfds] = m->extra_fd;
+		first->fds = fds;
+		first->nfds++;
+	}
 }
 
 static void migrate_send_next(struct migrate *m)
@@ -223,22 +263,7 @@ static void migrate_send_next(struct migrate *m)
 		if (bouncer_item_is_session(it))
 			m->res.sessions++;
 	}
-	if (m->chunk_first == 0) {
-		/* Test-only faults on the first item of the first chunk. */
-		if (migrate_fault_is(m, "corrupt-item")) {
-			memset(bufs[0], 0xff, hitems[0].len > 16 ? 16 : hitems[0].len);
-		} else if (migrate_fault_is(m, "truncate-item")) {
-			hitems[0].len /= 2;
-		} else if (migrate_fault_is(m, "extra-fd")) {
-			static int fds[HANDOFF_FRAME_MAX_FDS];
-
-			m->extra_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-			memcpy(fds, hitems[0].fds, hitems[0].nfds * sizeof(int));
-			fds[hitems[0].nfds] = m->extra_fd;
-			hitems[0].fds = fds;
-			hitems[0].nfds++;
-		}
-	}
+	migrate_inject_item_fault(m, hitems, bufs[0]);
 	m->next += n;
 	r = handoff_source_send_chunk(m->src, hitems, n);
 	if (r < 0)
@@ -289,7 +314,7 @@ int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
 	m->report = *report;
 	m->extra_fd = -1;
 	m->chunk_items = chunk_items ? chunk_items : 256;
-	m->fault = migrate_fault("source");
+	migrate_fault_load(m, "source");
 	clock_gettime(CLOCK_MONOTONIC, &m->started);
 	m->src = handoff_source_new(base, channel, peer_pid, timeout_ms,
 				    migrate_chunk_done, m);
@@ -392,14 +417,14 @@ static void migrate_target_phase(void *arg, enum handoff_phase phase,
 	struct migrate *m = arg;
 
 	if ((phase == HANDOFF_PHASE_BEGIN_RECEIVED &&
-	     migrate_fault_is(m, "after-begin")) ||
+	     migrate_fault_is(m, "after-begin", chunk)) ||
 	    (phase == HANDOFF_PHASE_END_RECEIVED &&
-	     migrate_fault_is(m, "after-end")) ||
+	     migrate_fault_is(m, "after-end", chunk)) ||
 	    (phase == HANDOFF_PHASE_PREPARED_SENT &&
-	     migrate_fault_is(m, "after-prepared")))
+	     migrate_fault_is(m, "after-prepared", chunk)))
 		raise(SIGKILL);
 	if (phase == HANDOFF_PHASE_BEGIN_RECEIVED &&
-	    migrate_fault_is(m, "hang-after-begin")) {
+	    migrate_fault_is(m, "hang-after-begin", chunk)) {
 		/* A target that stops reading: the source must time out. */
 		struct timespec ts = { .tv_sec = 3 * m->timeout_ms / 1000 + 1 };
 
@@ -428,7 +453,7 @@ int migrate_in_start(struct event_base *base, struct bouncer *b, int channel,
 	m->report = *report;
 	m->extra_fd = -1;
 	m->timeout_ms = timeout_ms;
-	m->fault = migrate_fault("target");
+	migrate_fault_load(m, "target");
 	clock_gettime(CLOCK_MONOTONIC, &m->started);
 	m->tgt = handoff_target_new(base, channel, timeout_ms,
 				    &migrate_target_ops, m);

@@ -6,8 +6,9 @@
  * supervisor.
  *
  * Fault injection for the integration tests: when the environment names a
- * file in BATON_FAULT_FILE and it holds a line "ROLE:POINT", the migration
- * applies that fault (tests/integration/test_faults.py; README "Testing").
+ * file in BATON_FAULT_FILE and it holds a line "ROLE:POINT" or
+ * "ROLE:POINT@CHUNK" (default chunk 0), the migration applies that fault
+ * (tests/integration/test_faults.py; README "Testing").
  */
 #ifndef BATON_SESSIOND_MIGRATE_H
 #define BATON_SESSIOND_MIGRATE_H

@@ -53,6 +53,7 @@ struct migration {
 	unsigned reverse_chunks;      /* committed chunks the reverse moves back */
 
 	struct worker *leaving;       /* PHASE_FINISH: the one we wait for */
+	bool accept_sent;             /* ACCEPT on sent to the survivor */
 	struct worker *survivor;
 
 	struct event *ev_deadline;
@@ -106,9 +107,24 @@ static void migration_on_done(evutil_socket_t fd, short what, void *arg)
 	m->done(m, &m->res, m->survivor, m->arg);
 }
 
+/* The survivor starts accepting clients, and (on ACCEPT on) starts every
+ * configured session it does not hold: that is how sessions lost with a
+ * dead target come back (their users reconnect). */
+static void migration_survivor_accept(struct migration *m)
+{
+	if (m->survivor == NULL || m->accept_sent)
+		return;
+	m->accept_sent = true;
+	if (worker_send_accept(m->survivor, true) < 0)
+		log_error("migration", "pid %d: ACCEPT on failed",
+			  (int)worker_pid(m->survivor));
+}
+
 static void migration_complete(struct migration *m)
 {
 	const struct side_result *r = &m->fwd_s;
+
+	migration_survivor_accept(m);
 
 	m->phase = PHASE_DONE;
 	evtimer_del(m->ev_deadline);
@@ -129,12 +145,13 @@ static void migration_finish(struct migration *m, struct worker *survivor,
 			     struct worker *leaving)
 {
 	m->survivor = survivor;
-	if (survivor != NULL) {
-		if (worker_send_accept(survivor, true) < 0)
-			log_error("migration", "pid %d: ACCEPT on failed",
-				  (int)worker_pid(survivor));
+	if (survivor != NULL)
 		worker_set_role(survivor, "active");
-	}
+	/* With sessions lost, the survivor restarts them only once the leaving
+	 * worker (which may still hold their connections) is gone, so the
+	 * network never sees the same user twice. */
+	if (!m->res.sessions_lost || leaving == NULL)
+		migration_survivor_accept(m);
 	m->phase = PHASE_FINISH;
 	m->leaving = leaving;
 	if (leaving == NULL) {
@@ -476,7 +493,8 @@ static void migration_on_deadline(evutil_socket_t fd, short what, void *arg)
 					 m->phase == PHASE_FORWARD ? "migration"
 								   : "reverse migration",
 					 migration_deadline_s(m));
-			/* Unknown how much T holds: let the owner repair. */
+			/* Unknown how much T holds: T is killed, and the
+			 * survivor restarts what it lacks. */
 			m->res.sessions_lost = m->phase == PHASE_REVERSE ||
 					       (m->rs.have && m->rs.chunks_committed > 0);
 		}

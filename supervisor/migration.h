@@ -48,9 +48,9 @@ struct migration_result {
 	double total_ms;     /* spawn of T .. exit of the leaving worker */
 	double started;      /* CLOCK_REALTIME seconds, for status */
 	/* Sessions were committed to a target that then died or hung: they
-	 * exist nowhere now. The owner repairs that with a migration of the
-	 * survivor to a fresh --target worker, which starts every configured
-	 * session that did not arrive. */
+	 * exist nowhere now. The survivor gets ACCEPT on only after the
+	 * leaving worker is gone, and then starts every configured session it
+	 * does not hold (their users reconnect). */
 	bool sessions_lost;
 };
 

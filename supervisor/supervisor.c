@@ -707,7 +707,7 @@ static void supervisor_mig_done(struct migration *m,
 	sup->migration = NULL;
 	migration_free(m);
 
-	if (survivor != old && survivor != NULL && strcmp(sup->mig_kind, "repair") != 0) {
+	if (survivor != old && survivor != NULL) {
 		/* The new binary serves: the old one is what rollback returns to. */
 		free(sup->previous_binary);
 		sup->previous_binary = strdup(res->from.binary);
@@ -733,12 +733,11 @@ static void supervisor_mig_done(struct migration *m,
 		sup->last_freeze_ms = res->freeze_ms;
 		sup->last_total_ms = res->total_ms;
 	}
-	if (copy.sessions_lost && survivor != NULL && !sup->stopping &&
-	    strcmp(sup->mig_kind, "repair") != 0) {
+	if (copy.sessions_lost && survivor != NULL && !sup->stopping) {
 		size_t len = strlen(copy.reason);
 
 		snprintf(copy.reason + len, sizeof(copy.reason) - len,
-			 "%ssessions committed to the target were lost with it; a repair migration to a fresh worker restarts them",
+			 "%ssessions committed to the target were lost with it; the old worker restarts them (their users reconnect)",
 			 len ? "; " : "");
 	}
 	rj = migration_result_json(res, sup->mig_kind);
@@ -752,16 +751,6 @@ static void supervisor_mig_done(struct migration *m,
 	sup->mig_cb = NULL;
 	sup->mig_arg = NULL;
 	supervisor_notify_status(sup);
-	if (res->sessions_lost && survivor != NULL && !sup->stopping &&
-	    strcmp(sup->mig_kind, "repair") != 0) {
-		/* Nobody holds the lost sessions. A fresh --target worker
-		 * starts every configured session that does not arrive, and
-		 * the survivor's live connections move to it unharmed. One
-		 * attempt: a failing repair is not retried in a loop. */
-		log_warn("migration", "sessions were lost with the target: repairing by migrating pid %d to a fresh worker (%s)",
-			 (int)worker_pid(survivor), worker_binary(survivor));
-		supervisor_migrate(sup, worker_binary(survivor), "repair", NULL, NULL);
-	}
 }
 
 /* The new worker starts with our RLIMIT_NOFILE and must hold every fd of
@@ -793,8 +782,7 @@ void supervisor_upgrade(struct supervisor *sup, const char *binary,
 	supervisor_migrate(sup, binary, binary ? "upgrade" : "rollback", cb, arg);
 }
 
-/* kind: "upgrade", "rollback" (binary NULL: the previous one) or "repair"
- * (the serving binary again, after sessions were lost with a target). */
+/* kind: "upgrade" or "rollback" (binary NULL: the previous one). */
 static void supervisor_migrate(struct supervisor *sup, const char *binary,
 			       const char *kind, supervisor_reply_cb cb,
 			       void *arg)

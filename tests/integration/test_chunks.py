@@ -1,0 +1,53 @@
+"""Chunked migrations that fail after some chunks were already committed.
+
+Each chunk is its own transaction (DESIGN.md §2), so when chunk k fails,
+chunks 0..k-1 already live in the target. These tests pin what happens then,
+with 12 sessions in chunks of 4 (chunks 0, 1, 2) and traffic flowing.
+"""
+
+import batonlib as bl
+from batonlib import check
+from test_faults import fault_case, start, upgrade, one_worker
+
+CHUNKED = {"chunk_sessions": 4}
+
+
+def test_abort_in_last_chunk_moves_committed_chunks_back(ctx):
+    """Chunk 2 carries a corrupt item after chunks 0 and 1 committed: the
+    supervisor migrates those 8 sessions back from the target (a reverse
+    migration), so the old worker ends up with all 12 sessions, the same fd
+    count, no connection closed and every line delivered exactly once; a
+    normal upgrade afterwards commits."""
+    fault_case(ctx, "source:corrupt-item@2", pattern=r"moved back",
+               sessiond_opts=CHUNKED)
+
+
+def test_target_death_in_last_chunk_restarts_lost_sessions(ctx):
+    """The target dies on chunk 2's BEGIN, after chunks 0 and 1 committed to
+    it: those 8 sessions died with it (their connections were the target's
+    alone). The old worker keeps its own 4 sessions untouched and restarts
+    the 8 lost ones (their users reconnect); the result says so."""
+    scen = start(ctx, sessiond_opts=CHUNKED)
+    b = scen.baton
+    old_pid = b.worker_pid()
+    b.set_fault("target:after-begin@2")
+    try:
+        rc, res = upgrade(scen, ctx.builds["b"])
+    finally:
+        b.clear_fault()
+    check(rc == 1 and res.get("result") == "aborted", "exit %d, %r" % (rc, res))
+    check("lost" in res.get("reason", ""), "reason does not mention lost sessions: %r" % res)
+    wk = one_worker(scen)
+    check(wk["pid"] == old_pid, "active worker %s, old was %d" % (wk["pid"], old_pid))
+    # every configured session exists again and is registered upstream
+    deadline = bl.now() + 30
+    while True:
+        wk = one_worker(scen)
+        if wk.get("sessions") == scen.nsessions and \
+                wk.get("upstreams_connected") == scen.nsessions:
+            break
+        check(bl.now() < deadline, "sessions not restarted: %r" % wk)
+        scen.loop.run_for(0.3)
+    closed = [c for cl in scen.clients.values() for c in cl.conns if c.closed]
+    check(len(closed) == 8, "%d client connections closed, want exactly the 8 of the "
+          "lost chunks" % len(closed))
