@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -15,6 +16,8 @@
 #include <unistd.h>
 
 #include <ini.h>
+
+#include "common/strmap.h"
 
 struct config_parse {
 	struct baton_config *cfg;
@@ -164,21 +167,41 @@ static int config_split_channels(struct config_session *s, const char *value)
 	return 0;
 }
 
+/* Index lookups: the maps store array index + 1 (arrays move on growth). */
+static size_t config_index_get(const struct strmap *index, const char *key)
+{
+	return index != NULL ? (size_t)(uintptr_t)strmap_get(index, key) : 0;
+}
+
+static void config_index_put(struct strmap *index, const char *key, size_t n)
+{
+	if (index != NULL)
+		strmap_put(index, key, (void *)(uintptr_t)n);
+}
+
+static char *config_session_key(char *out, size_t n, const char *user,
+				const char *network)
+{
+	snprintf(out, n, "%s/%s", user, network);
+	return out;
+}
+
 static struct config_network *config_network_get(struct config_parse *ps,
 						 const char *name, bool create)
 {
 	struct baton_config *cfg = ps->cfg;
 	struct config_network *n;
+	size_t at = config_index_get(cfg->network_index, name);
 
-	for (size_t i = 0; i < cfg->nnetworks; i++)
-		if (strcmp(cfg->networks[i].name, name) == 0)
-			return &cfg->networks[i];
+	if (at > 0)
+		return &cfg->networks[at - 1];
 	if (!create)
 		return NULL;
 	n = config_grow((void **)&cfg->networks, &cfg->nnetworks, sizeof(*n));
 	if (n != NULL) {
 		n->name = strdup(name);
 		n->line = ps->line;
+		config_index_put(cfg->network_index, name, cfg->nnetworks);
 	}
 	return n;
 }
@@ -188,16 +211,17 @@ static struct config_user *config_user_get(struct config_parse *ps,
 {
 	struct baton_config *cfg = ps->cfg;
 	struct config_user *u;
+	size_t at = config_index_get(cfg->user_index, name);
 
-	for (size_t i = 0; i < cfg->nusers; i++)
-		if (strcmp(cfg->users[i].name, name) == 0)
-			return &cfg->users[i];
+	if (at > 0)
+		return &cfg->users[at - 1];
 	if (!create)
 		return NULL;
 	u = config_grow((void **)&cfg->users, &cfg->nusers, sizeof(*u));
 	if (u != NULL) {
 		u->name = strdup(name);
 		u->line = ps->line;
+		config_index_put(cfg->user_index, name, cfg->nusers);
 	}
 	return u;
 }
@@ -208,16 +232,19 @@ static struct config_session *config_session_get(struct config_parse *ps,
 {
 	struct baton_config *cfg = ps->cfg;
 	struct config_session *s;
+	char key[512];
+	size_t at = config_index_get(cfg->session_index,
+				     config_session_key(key, sizeof(key), user,
+							network));
 
-	for (size_t i = 0; i < cfg->nsessions; i++)
-		if (strcmp(cfg->sessions[i].user, user) == 0 &&
-		    strcmp(cfg->sessions[i].network, network) == 0)
-			return &cfg->sessions[i];
+	if (at > 0)
+		return &cfg->sessions[at - 1];
 	s = config_grow((void **)&cfg->sessions, &cfg->nsessions, sizeof(*s));
 	if (s != NULL) {
 		s->user = strdup(user);
 		s->network = strdup(network);
 		s->line = ps->line;
+		config_index_put(cfg->session_index, key, cfg->nsessions);
 	}
 	return s;
 }
@@ -452,6 +479,9 @@ static void config_defaults(struct baton_config *cfg)
 	cfg->reconnect_min_s = 2;
 	cfg->reconnect_max_s = 300;
 	cfg->handshake_budget_ms = 500;
+	cfg->user_index = strmap_new();
+	cfg->network_index = strmap_new();
+	cfg->session_index = strmap_new();
 }
 
 static void config_validate(struct config_parse *ps)
@@ -529,6 +559,11 @@ int config_load(const char *path, struct baton_config **out,
 	if (cfg == NULL)
 		return -ENOMEM;
 	config_defaults(cfg);
+	if (cfg->user_index == NULL || cfg->network_index == NULL ||
+	    cfg->session_index == NULL) {
+		config_free(cfg);
+		return -ENOMEM;
+	}
 	abs = realpath(path, NULL);
 	if (abs == NULL) {
 		config_problems_add(problems, "%s: cannot open: %s", path,
@@ -608,36 +643,49 @@ void config_free(struct baton_config *cfg)
 		free(s->channels);
 	}
 	free(cfg->sessions);
+	strmap_free(cfg->user_index);
+	strmap_free(cfg->network_index);
+	strmap_free(cfg->session_index);
 	free(cfg);
 }
 
 const struct config_network *config_find_network(const struct baton_config *cfg,
 						 const char *name)
 {
-	for (size_t i = 0; i < cfg->nnetworks; i++)
+	size_t at = config_index_get(cfg->network_index, name);
+
+	/* A config built by hand (unit tests) has no index: scan it. */
+	for (size_t i = 0; cfg->network_index == NULL && i < cfg->nnetworks; i++)
 		if (strcmp(cfg->networks[i].name, name) == 0)
 			return &cfg->networks[i];
-	return NULL;
+	return at > 0 ? &cfg->networks[at - 1] : NULL;
 }
 
 const struct config_user *config_find_user(const struct baton_config *cfg,
 					   const char *name)
 {
-	for (size_t i = 0; i < cfg->nusers; i++)
+	size_t at = config_index_get(cfg->user_index, name);
+
+	for (size_t i = 0; cfg->user_index == NULL && i < cfg->nusers; i++)
 		if (strcmp(cfg->users[i].name, name) == 0)
 			return &cfg->users[i];
-	return NULL;
+	return at > 0 ? &cfg->users[at - 1] : NULL;
 }
 
 const struct config_session *config_find_session(const struct baton_config *cfg,
 						 const char *user,
 						 const char *network)
 {
-	for (size_t i = 0; i < cfg->nsessions; i++)
+	char key[512];
+	size_t at = config_index_get(cfg->session_index,
+				     config_session_key(key, sizeof(key), user,
+							network));
+
+	for (size_t i = 0; cfg->session_index == NULL && i < cfg->nsessions; i++)
 		if (strcmp(cfg->sessions[i].user, user) == 0 &&
 		    strcmp(cfg->sessions[i].network, network) == 0)
 			return &cfg->sessions[i];
-	return NULL;
+	return at > 0 ? &cfg->sessions[at - 1] : NULL;
 }
 
 char *config_resolve(const struct baton_config *cfg, const char *path)

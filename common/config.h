@@ -46,6 +46,8 @@ struct config_problems {
 	size_t n;
 };
 
+struct strmap;
+
 struct baton_config {
 	char *path; /* absolute */
 	char *dir;  /* folder of path */
@@ -74,6 +76,10 @@ struct baton_config {
 	size_t nusers;
 	struct config_session *sessions;
 	size_t nsessions;
+
+	/* Lookup indexes (name -> array index + 1), private to config.c: a
+	 * config with thousands of users must load in linear time. */
+	struct strmap *user_index, *network_index, *session_index;
 };
 
 /* Load and validate. Returns 0 with *out set when there were no problems;

@@ -13,6 +13,7 @@
 
 #include "common/config.h"
 #include "common/log.h"
+#include "common/strmap.h"
 #include "sessiond/conn.h"
 #include "sessiond/session.h"
 #include "sessiond/state.h"
@@ -27,6 +28,7 @@ struct bouncer {
 	 * state (live, frozen for a migration, or adopted and not armed). */
 	struct session **sessions;
 	size_t nsessions;
+	struct strmap *by_key; /* "user/network" -> session, for O(1) lookups */
 	struct client **pending;
 	size_t npending;
 	int *listen_fds;
@@ -70,12 +72,28 @@ static void ptrv_remove(void **v, size_t *n, void *p)
 struct session *bouncer_find_session(struct bouncer *b, const char *user,
 				     const char *network)
 {
-	for (size_t i = 0; i < b->nsessions; i++) {
-		struct session *s = b->sessions[i];
-		if (strcmp(s->user, user) == 0 && strcmp(s->network, network) == 0)
-			return s;
+	char key[512];
+
+	snprintf(key, sizeof(key), "%s/%s", user, network);
+	return strmap_get(b->by_key, key);
+}
+
+/* Register s (in the list and the index). Returns 0 or -ENOMEM. */
+static int bouncer_add_session(struct bouncer *b, struct session *s)
+{
+	if (ptrv_push((void ***)&b->sessions, &b->nsessions, s) < 0)
+		return -ENOMEM;
+	if (strmap_put(b->by_key, s->key, s) < 0) {
+		ptrv_remove((void **)b->sessions, &b->nsessions, s);
+		return -ENOMEM;
 	}
-	return NULL;
+	return 0;
+}
+
+static void bouncer_remove_session(struct bouncer *b, struct session *s)
+{
+	ptrv_remove((void **)b->sessions, &b->nsessions, s);
+	strmap_del(b->by_key, s->key);
 }
 
 void bouncer_forget_pending(struct bouncer *b, struct client *cl)
@@ -91,7 +109,7 @@ static struct session *bouncer_create_session(struct bouncer *b,
 	if (!s)
 		return NULL;
 	s->nick = strdup(cs->nick ? cs->nick : cs->user);
-	if (!s->nick || ptrv_push((void ***)&b->sessions, &b->nsessions, s) < 0) {
+	if (!s->nick || bouncer_add_session(b, s) < 0) {
 		session_free(s);
 		return NULL;
 	}
@@ -124,7 +142,11 @@ struct bouncer *bouncer_new(struct event_base *base,
 	b->base = base;
 	b->cfg = cfg;
 	b->sweep = event_new(base, -1, EV_PERSIST, bouncer_sweep_cb, b);
-	if (!b->sweep) {
+	b->by_key = strmap_new();
+	if (!b->sweep || !b->by_key) {
+		if (b->sweep)
+			event_free(b->sweep);
+		strmap_free(b->by_key);
 		free(b);
 		return NULL;
 	}
@@ -154,6 +176,7 @@ void bouncer_free(struct bouncer *b)
 	for (size_t i = 0; i < b->nsessions; i++)
 		session_free(b->sessions[i]);
 	free(b->sessions);
+	strmap_free(b->by_key);
 	for (size_t i = 0; i < b->npending; i++)
 		client_free(b->pending[i]);
 	free(b->pending);
@@ -331,7 +354,7 @@ static void bouncer_item_destroy(struct bouncer_item *it)
 {
 	struct bouncer *b = item_bouncer(it);
 	if (it->kind == ITEM_SESSION) {
-		ptrv_remove((void **)b->sessions, &b->nsessions, it->session);
+		bouncer_remove_session(b, it->session);
 		session_free(it->session); /* closes, sends nothing */
 	} else {
 		ptrv_remove((void **)b->pending, &b->npending, it->client);
@@ -377,7 +400,7 @@ int bouncer_item_adopt(struct bouncer *b, const uint8_t *buf, size_t len,
 			session_free(s);
 			return -EEXIST;
 		}
-		if (ptrv_push((void ***)&b->sessions, &b->nsessions, s) < 0) {
+		if (bouncer_add_session(b, s) < 0) {
 			snprintf(err, errlen, "out of memory");
 			session_free(s);
 			return -ENOMEM;
