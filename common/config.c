@@ -298,6 +298,7 @@ static void config_key_sessiond(struct config_parse *ps, const char *name,
 	} keys[] = {
 		{ "backlog_lines", offsetof(struct baton_config, backlog_lines), 1, 1000000 },
 		{ "chunk_sessions", offsetof(struct baton_config, chunk_sessions), 1, 100000 },
+		{ "chunk_bytes", offsetof(struct baton_config, chunk_bytes), 4096, 256 << 20 },
 		{ "ping_interval", offsetof(struct baton_config, ping_interval_s), 1, 86400 },
 		{ "ping_timeout", offsetof(struct baton_config, ping_timeout_s), 2, 86400 },
 		{ "reconnect_min", offsetof(struct baton_config, reconnect_min_s), 1, 86400 },
@@ -474,6 +475,7 @@ static void config_defaults(struct baton_config *cfg)
 	cfg->handoff_timeout_s = 10;
 	cfg->backlog_lines = 500;
 	cfg->chunk_sessions = 256;
+	cfg->chunk_bytes = 1 << 20;
 	cfg->ping_interval_s = 60;
 	cfg->ping_timeout_s = 240;
 	cfg->reconnect_min_s = 2;

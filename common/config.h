@@ -62,6 +62,7 @@ struct baton_config {
 	/* [sessiond] */
 	int backlog_lines;      /* per buffer, default 500 */
 	int chunk_sessions;     /* sessions per migration chunk, default 256 */
+	int chunk_bytes;        /* ... or fewer once the chunk's state reaches this, default 1 MiB */
 	int ping_interval_s;    /* upstream keepalive PING, default 60 */
 	int ping_timeout_s;     /* no data for this long: reconnect, default 240 */
 	int reconnect_min_s;    /* first backoff, default 2 */

@@ -41,6 +41,7 @@ struct migrate {
 	size_t nitems, next;         /* next: first item of the next chunk */
 	size_t chunk_first, chunk_n; /* the outstanding chunk */
 	unsigned chunk_items;
+	size_t chunk_bytes;
 	struct timespec chunk_frozen;
 	int extra_fd;                /* fault extra-fd: the unannounced fd */
 
@@ -222,6 +223,7 @@ static void migrate_send_next(struct migrate *m)
 	uint8_t **bufs = NULL;
 	size_t n = m->nitems - m->next;
 	char why[160];
+	size_t bytes = 0;
 	int r = 0;
 
 	if (n == 0) {
@@ -235,6 +237,9 @@ static void migrate_send_next(struct migrate *m)
 	}
 	if (n > m->chunk_items)
 		n = m->chunk_items;
+	/* n is an upper bound: the chunk also closes once its state passes
+	 * chunk_bytes, so heavy sessions (big channels, long backlogs) do not
+	 * stretch the freeze of everyone in the chunk. */
 	m->chunk_first = m->next;
 	m->chunk_n = n;
 	hitems = calloc(n, sizeof(*hitems));
@@ -262,7 +267,13 @@ static void migrate_send_next(struct migrate *m)
 		m->res.connections += (uint32_t)nfds;
 		if (bouncer_item_is_session(it))
 			m->res.sessions++;
+		bytes += len;
+		if (bytes >= m->chunk_bytes && i + 1 < n) {
+			n = i + 1;
+			m->chunk_n = n;
+		}
 	}
+	m->res.chunks++;
 	migrate_inject_item_fault(m, hitems, bufs[0]);
 	m->next += n;
 	r = handoff_source_send_chunk(m->src, hitems, n);
@@ -301,7 +312,7 @@ static int migrate_pending_last(struct bouncer_item **items, size_t n)
 
 int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
 		      pid_t peer_pid, int timeout_ms, unsigned chunk_items,
-		      const struct migrate_report *report)
+		      size_t chunk_bytes, const struct migrate_report *report)
 {
 	struct migrate *m = calloc(1, sizeof(*m));
 
@@ -314,6 +325,7 @@ int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
 	m->report = *report;
 	m->extra_fd = -1;
 	m->chunk_items = chunk_items ? chunk_items : 256;
+	m->chunk_bytes = chunk_bytes ? chunk_bytes : (size_t)1 << 20;
 	migrate_fault_load(m, "source");
 	clock_gettime(CLOCK_MONOTONIC, &m->started);
 	m->src = handoff_source_new(base, channel, peer_pid, timeout_ms,
@@ -334,10 +346,8 @@ int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
 	for (size_t i = 0; i < m->nitems; i++)
 		if (!bouncer_item_is_session(m->items[i]))
 			bouncer_item_freeze(m->items[i]);
-	m->res.chunks = (uint32_t)((m->nitems + m->chunk_items - 1) /
-				   m->chunk_items);
-	log_info("migrate", "migrating %zu items out in %u chunks", m->nitems,
-		 m->res.chunks);
+	log_info("migrate", "migrating %zu items out in chunks of at most %u items / %zu bytes",
+		 m->nitems, m->chunk_items, m->chunk_bytes);
 	migrate_send_next(m);
 	return 0;
 }
@@ -365,6 +375,12 @@ static int migrate_prepare(void *arg, uint32_t chunk, uint32_t index,
 		}
 		m->prepared = grown;
 		m->cap_prepared = cap;
+	}
+	if (migrate_fault_is(m, "slow-prepare", chunk)) {
+		/* A target that keeps reading, but too slowly. */
+		struct timespec ts = { 0, 300 * 1000000L };
+
+		nanosleep(&ts, NULL);
 	}
 	r = bouncer_item_adopt(m->b, payload, len, fds, nfds, &it, reason,
 			       reason_len);

@@ -14,6 +14,7 @@
 #define BATON_SESSIOND_MIGRATE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -38,9 +39,11 @@ struct migrate_report {
 
 /* Start sending every item of b (channel ownership transferred). Returns 0
  * (report->finished follows) or -errno (nothing was frozen). */
+/* A chunk holds at most chunk_items items and closes early once its
+ * serialized state reaches chunk_bytes. */
 int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
 		      pid_t peer_pid, int timeout_ms, unsigned chunk_items,
-		      const struct migrate_report *report);
+		      size_t chunk_bytes, const struct migrate_report *report);
 
 /* Start receiving items into b (channel ownership transferred). */
 int migrate_in_start(struct event_base *base, struct bouncer *b, int channel,

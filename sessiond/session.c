@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,7 @@
 
 #include "common/config.h"
 #include "common/log.h"
+#include "common/strmap.h"
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
 #include "sessiond/irc.h"
@@ -98,8 +100,7 @@ void channel_free(struct channel *ch)
 {
 	if (!ch)
 		return;
-	for (size_t i = 0; i < ch->nmembers; i++)
-		free(ch->members[i].nick);
+	channel_clear_members(ch);
 	free(ch->members);
 	free(ch->name);
 	free(ch->topic);
@@ -148,19 +149,36 @@ void session_remove_channel(struct session *s, const char *name)
 	}
 }
 
+static void member_key(char *out, size_t n, const char *nick)
+{
+	size_t len = strnlen(nick, n - 1);
+
+	memcpy(out, nick, len);
+	out[len] = '\0';
+	irc_casefold(out);
+}
+
 struct member *channel_find_member(struct channel *ch, const char *nick)
 {
-	for (size_t i = 0; i < ch->nmembers; i++)
-		if (irc_casecmp(ch->members[i].nick, nick) == 0)
-			return &ch->members[i];
-	return NULL;
+	char key[256];
+	size_t at;
+
+	if (ch->member_index == NULL)
+		return NULL;
+	member_key(key, sizeof(key), nick);
+	at = (size_t)(uintptr_t)strmap_get(ch->member_index, key);
+	return at > 0 ? &ch->members[at - 1] : NULL;
 }
 
 struct member *channel_add_member(struct channel *ch, const char *nick)
 {
 	struct member *m = channel_find_member(ch, nick);
+	char key[256];
+
 	if (m)
 		return m;
+	if (ch->member_index == NULL && !(ch->member_index = strmap_new()))
+		return NULL;
 	if (ch->nmembers == ch->cap) {
 		size_t cap = ch->cap ? ch->cap * 2 : 8;
 		struct member *nv = realloc(ch->members, cap * sizeof(*nv));
@@ -173,21 +191,68 @@ struct member *channel_add_member(struct channel *ch, const char *nick)
 	memset(m, 0, sizeof(*m));
 	if (!(m->nick = strdup(nick)))
 		return NULL;
+	member_key(key, sizeof(key), nick);
+	if (strmap_put(ch->member_index, key,
+		       (void *)(uintptr_t)(ch->nmembers + 1)) < 0) {
+		free(m->nick);
+		return NULL;
+	}
 	ch->nmembers++;
 	return m;
 }
 
 void channel_remove_member(struct channel *ch, const char *nick)
 {
-	for (size_t i = 0; i < ch->nmembers; i++) {
-		if (irc_casecmp(ch->members[i].nick, nick) == 0) {
-			free(ch->members[i].nick);
-			memmove(&ch->members[i], &ch->members[i + 1],
-				(ch->nmembers - i - 1) * sizeof(ch->members[0]));
-			ch->nmembers--;
-			return;
-		}
+	struct member *m = channel_find_member(ch, nick);
+	struct member *last;
+	char key[256];
+
+	if (m == NULL)
+		return;
+	member_key(key, sizeof(key), m->nick);
+	strmap_del(ch->member_index, key);
+	free(m->nick);
+	last = &ch->members[ch->nmembers - 1];
+	if (m != last) {
+		*m = *last; /* swap the last one in; its index changes */
+		member_key(key, sizeof(key), m->nick);
+		strmap_put(ch->member_index, key,
+			   (void *)(uintptr_t)(m - ch->members + 1));
 	}
+	ch->nmembers--;
+}
+
+void channel_clear_members(struct channel *ch)
+{
+	for (size_t j = 0; j < ch->nmembers; j++)
+		free(ch->members[j].nick);
+	ch->nmembers = 0;
+	strmap_free(ch->member_index);
+	ch->member_index = NULL;
+}
+
+int channel_rename_member(struct channel *ch, struct member *m,
+			  const char *nick)
+{
+	struct member *other = channel_find_member(ch, nick);
+	char key[256];
+	char *copy;
+	size_t at = (size_t)(m - ch->members) + 1;
+
+	if (other != NULL && other != m) {
+		/* The new nick is already listed (a desync): keep that one. */
+		channel_remove_member(ch, m->nick);
+		return 0;
+	}
+	copy = strdup(nick);
+	if (copy == NULL)
+		return -ENOMEM;
+	member_key(key, sizeof(key), m->nick);
+	strmap_del(ch->member_index, key);
+	free(m->nick);
+	m->nick = copy;
+	member_key(key, sizeof(key), nick);
+	return strmap_put(ch->member_index, key, (void *)(uintptr_t)at);
 }
 
 /* ---- session ---- */

@@ -67,8 +67,12 @@ struct channel {
 	char *topic_setter;
 	int64_t topic_time;
 	char *modes;        /* "+nt" (letters only), NULL: unknown */
-	struct member *members;
+	struct member *members; /* unordered (removal swaps in the last) */
 	size_t nmembers, cap;
+	/* casefolded nick -> index + 1 into members: channels of thousands of
+	 * members, in every session, must not make NAMES, QUIT or a migration
+	 * quadratic. Created on the first member. */
+	struct strmap *member_index;
 	bool joined;
 	struct pb_unknown unknown;
 };
@@ -231,6 +235,10 @@ void channel_free(struct channel *ch);
 struct member *channel_find_member(struct channel *ch, const char *nick);
 struct member *channel_add_member(struct channel *ch, const char *nick);
 void channel_remove_member(struct channel *ch, const char *nick);
+void channel_clear_members(struct channel *ch);
+/* Change m's nick (m belongs to ch). Returns 0 or -ENOMEM. */
+int channel_rename_member(struct channel *ch, struct member *m,
+			  const char *nick);
 
 /* ISUPPORT value of `token` (NULL if absent, "" if present without value). */
 const char *session_isupport(const struct session *s, const char *token);

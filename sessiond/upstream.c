@@ -243,9 +243,7 @@ void upstream_lost(struct session *s)
 	for (size_t i = 0; i < s->nchannels; i++) {
 		struct channel *ch = s->channels[i];
 		ch->joined = false;
-		for (size_t j = 0; j < ch->nmembers; j++)
-			free(ch->members[j].nick);
-		ch->nmembers = 0;
+		channel_clear_members(ch);
 	}
 	s->reconnect_failures++;
 	session_backoff(s);
@@ -358,12 +356,6 @@ static void channel_apply_mode(struct session *s, struct channel *ch,
 	}
 }
 
-static void channel_clear_members(struct channel *ch)
-{
-	for (size_t j = 0; j < ch->nmembers; j++)
-		free(ch->members[j].nick);
-	ch->nmembers = 0;
-}
 
 static void set_str(char **dst, const char *src)
 {
@@ -799,7 +791,7 @@ static bool h_nick(struct up_ctx *x)
 	for (size_t i = 0; i < s->nchannels; i++) {
 		struct member *m = channel_find_member(s->channels[i], x->nick);
 		if (m)
-			set_str(&m->nick, nn);
+			channel_rename_member(s->channels[i], m, nn);
 	}
 	if (session_is_me(s, x->nick))
 		set_str(&s->nick, nn);

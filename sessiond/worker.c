@@ -137,7 +137,7 @@ static void worker_migrate(struct worker *w, struct handoff_msg *msg)
 				      mg->has_timeout_ms ? (int)mg->timeout_ms : 10000,
 				      mg->has_chunk_sessions ? mg->chunk_sessions
 				      : (unsigned)w->cfg->chunk_sessions,
-				      &report);
+				      (size_t)w->cfg->chunk_bytes, &report);
 	else
 		r = migrate_in_start(w->base, w->b, channel,
 				     mg->has_timeout_ms ? (int)mg->timeout_ms : 10000,

@@ -493,10 +493,12 @@ static void migration_on_deadline(evutil_socket_t fd, short what, void *arg)
 					 m->phase == PHASE_FORWARD ? "migration"
 								   : "reverse migration",
 					 migration_deadline_s(m));
-			/* Unknown how much T holds: T is killed, and the
-			 * survivor restarts what it lacks. */
+			/* Unknown how much T holds (S has not reported):
+			 * assume the worst. T is killed, and the survivor
+			 * restarts what it lacks once T is gone. */
 			m->res.sessions_lost = m->phase == PHASE_REVERSE ||
-					       (m->rs.have && m->rs.chunks_committed > 0);
+					       !m->rs.have ||
+					       m->rs.chunks_committed > 0;
 		}
 		/* Killing T makes a still frozen S abort and resume (the
 		 * channel closes). */

@@ -51,3 +51,12 @@ def test_target_death_in_last_chunk_restarts_lost_sessions(ctx):
     closed = [c for cl in scen.clients.values() for c in cl.conns if c.closed]
     check(len(closed) == 8, "%d client connections closed, want exactly the 8 of the "
           "lost chunks" % len(closed))
+
+
+def test_slow_target_times_out(ctx):
+    """Regression guard: a target that keeps reading but prepares each item
+    in 300 ms (12 items: 3.6 s) against handoff_timeout = 2 s. The source
+    must give up after its timeout, send ABORT and resume; the target must
+    not commit anything; everything else as for any aborted migration."""
+    fault_case(ctx, "target:slow-prepare", pattern=r"timed out|abort",
+               handoff_timeout=2)

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Runner for baton's integration tests.
+
+Discovers tests/integration/test_*.py and runs every function named test_*
+in file order. Each test function takes one argument (or none), a fresh
+batonlib.Context (temp dir under /tmp, process registry, IrcLoop, builds);
+the context is closed after the test, killing every process it started.
+
+Output: one line per test
+    PASS name (Xs) | FAIL name: reason | SKIP name: reason
+and a final line "N passed, N failed, N skipped". Exit code 1 if any test
+failed (2 for usage errors, 130 on Ctrl-C).
+
+Options:
+    -k SUBSTRING   run only tests whose name (module.function) contains it
+                   (repeatable; a test matching any is selected)
+    --list         list the selected tests and exit
+    --keep         keep the temp dirs of every test (failed tests' dirs are
+                   always kept and printed)
+    --timeout S    per-test timeout in seconds (default 900)
+    -v             show the tests' progress output (otherwise shown for
+                   failed tests only)
+
+Environment: BATON_BUILD_A, BATON_BUILD_B, BATON_BUILD_INCOMPAT (build dirs),
+BATON_TRACE (trace file), NGIRCD (ngircd binary).
+"""
+
+import argparse
+import glob
+import importlib.util
+import inspect
+import io
+import os
+import signal
+import sys
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import batonlib  # noqa: E402
+
+
+class TestTimeout(Exception):
+    pass
+
+
+def discover():
+    """[(name, function)] in file and definition order."""
+    tests = []
+    for path in sorted(glob.glob(os.path.join(HERE, "test_*.py"))):
+        modname = os.path.splitext(os.path.basename(path))[0]
+        spec = importlib.util.spec_from_file_location(modname, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        funcs = [(n, f) for n, f in vars(mod).items()
+                 if n.startswith("test_") and inspect.isfunction(f) and f.__module__ == modname]
+        funcs.sort(key=lambda nf: nf[1].__code__.co_firstlineno)
+        tests += [("%s.%s" % (modname, n), f) for n, f in funcs]
+    return tests
+
+
+class Tee(io.TextIOBase):
+    """Captures a test's stderr progress; echoes it when verbose."""
+
+    def __init__(self, echo):
+        self.buf = io.StringIO()
+        self.echo = echo
+
+    def write(self, s):
+        self.buf.write(s)
+        if self.echo:
+            sys.__stderr__.write(s)
+        return len(s)
+
+    def flush(self):
+        if self.echo:
+            sys.__stderr__.flush()
+
+
+def run_test(name, fn, args):
+    """Run one test; returns ('PASS'|'FAIL'|'SKIP', detail, seconds)."""
+    short = name.split(".", 1)[1]
+    ctx = batonlib.Context(name=short, keep=args.keep)
+    tee = Tee(args.verbose)
+    old_stderr = sys.stderr
+    sys.stderr = tee
+    t0 = time.monotonic()
+    verdict, detail, failed = "PASS", "", False
+
+    def on_alarm(signum, frame):
+        raise TestTimeout("test exceeded %ds" % args.timeout)
+    old_alarm = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(args.timeout)
+    try:
+        if inspect.signature(fn).parameters:
+            fn(ctx)
+        else:
+            fn()
+    except batonlib.Skip as e:
+        verdict, detail = "SKIP", str(e)
+    except KeyboardInterrupt:
+        raise
+    except AssertionError as e:
+        verdict, detail, failed = "FAIL", str(e) or "assertion failed", True
+        tee.write(traceback.format_exc())
+    except TestTimeout as e:
+        verdict, detail, failed = "FAIL", str(e), True
+        tee.write(traceback.format_exc())
+    except Exception as e:  # harness errors, crashes of the test code
+        verdict, detail, failed = "FAIL", "%s: %s" % (type(e).__name__, e), True
+        tee.write(traceback.format_exc())
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old_alarm)
+        sys.stderr = old_stderr
+        ctx.close(failed=failed)
+    if failed:
+        detail += "\n    (artifacts kept in %s)" % ctx.dir
+        if not args.verbose:
+            out = tee.buf.getvalue().rstrip()
+            if out:
+                detail += "\n    --- test output ---\n" + "\n".join(
+                    "    " + ln for ln in out.splitlines()[-60:])
+    return verdict, detail, time.monotonic() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description="baton integration tests")
+    ap.add_argument("-k", action="append", default=[], metavar="SUBSTRING")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--timeout", type=int, default=900)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args()
+
+    tests = discover()
+    if args.k:
+        tests = [(n, f) for n, f in tests if any(k in n for k in args.k)]
+    if args.list:
+        for n, _ in tests:
+            print(n)
+        return 0
+
+    counts = {"PASS": 0, "FAIL": 0, "SKIP": 0}
+    # Ctrl-C even if SIGINT was ignored by whoever started us (background
+    # jobs of non-interactive shells); SIGTERM behaves the same: clean up,
+    # then exit.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        for name, fn in tests:
+            verdict, detail, secs = run_test(name, fn, args)
+            counts[verdict] += 1
+            if verdict == "PASS":
+                print("PASS %s (%.1fs)" % (name, secs), flush=True)
+            else:
+                print("%s %s: %s" % (verdict, name, detail), flush=True)
+    except KeyboardInterrupt:
+        batonlib._cleanup_everything()
+        print("interrupted", flush=True)
+        print("%d passed, %d failed, %d skipped" % (counts["PASS"], counts["FAIL"], counts["SKIP"]),
+              flush=True)
+        return 130
+    finally:
+        batonlib._cleanup_everything()
+    print("%d passed, %d failed, %d skipped" % (counts["PASS"], counts["FAIL"], counts["SKIP"]),
+          flush=True)
+    return 1 if counts["FAIL"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

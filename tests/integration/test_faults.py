@@ -1,0 +1,349 @@
+"""Failed and interrupted migrations never harm the source (DESIGN.md §2).
+
+Each test: 12 bouncer sessions on ngircd, all with a client attached,
+3 network users; numbered traffic flows in both directions the whole time
+(before, during and after the fault). A fault is injected through
+BATON_FAULT_FILE (or by breaking the target's environment), then
+`batonctl upgrade` runs. For an aborted migration we assert: exit code 1,
+result 'aborted' with a reason, exactly one worker remains and it is the old
+one (same pid, version A), its fd count returns to the value before the
+attempt (nothing leaked), no client or upstream connection closed (watcher
+and ngircd log), every numbered line is delivered exactly once in
+per-sender order, and a following normal upgrade commits.
+"""
+
+import os
+import re
+import signal
+import subprocess
+
+import batonlib as bl
+from batonlib import check
+
+NSESSIONS = 12
+
+
+def start(ctx, nsessions=NSESSIONS, **baton_kw):
+    ctx.builds["b"].require()
+    scen = bl.LoadScenario(ctx, nsessions=nsessions, nattached=nsessions, nnet=3,
+                           baton_kw=baton_kw)
+    scen.setup()
+    scen.start_fixed_traffic(client_rate=8.0, net_rate=8.0)
+    scen.loop.run_for(1.0)
+    return scen
+
+
+def ctl(scen, *args, timeout=120):
+    """batonctl ARGS while traffic keeps flowing; returns (rc, json-or-raw)."""
+    p = scen.baton.ctl_async(*args)
+    scen.loop.wait_process(p, timeout=timeout)
+    rc, data, out, err = scen.baton.finish_ctl(p)
+    return rc, (data if data is not None else {"_stdout": out, "_stderr": err})
+
+
+def upgrade(scen, build):
+    return ctl(scen, "upgrade", build.sessiond, "--json")
+
+
+def stable_fd_count(scen, pid):
+    """fd count of pid, read twice 0.3 s apart until two reads agree."""
+    last = bl.fd_count(pid)
+    for _ in range(10):
+        scen.loop.run_for(0.3)
+        cur = bl.fd_count(pid)
+        if cur == last:
+            return cur
+        last = cur
+    return last
+
+
+def one_worker(scen, timeout=15):
+    """Pump until status shows exactly one worker; return it."""
+    end = bl.now() + timeout
+    while True:
+        ws = scen.baton.workers()
+        if len(ws) == 1:
+            return ws[0]
+        if bl.now() > end:
+            raise AssertionError("status still shows %d workers after %ds: %s"
+                                 % (len(ws), timeout, ws))
+        scen.loop.run_for(0.2)
+
+
+def assert_old_still_serving(scen, rc, res, old_pid, fd_before, what):
+    """The common post-conditions of an aborted migration."""
+    vA = scen.ctx.builds["a"].version
+    check(rc == 1, "%s: batonctl exit %d (want 1), output %r" % (what, rc, res))
+    check(res.get("result") == "aborted", "%s: result %r" % (what, res))
+    check(isinstance(res.get("reason"), str) and res["reason"].strip(),
+          "%s: no reason in %r" % (what, res))
+    wk = one_worker(scen)
+    check(wk["pid"] == old_pid, "%s: active worker pid %s, old worker was %d" % (what, wk["pid"], old_pid))
+    check(wk.get("version") == vA, "%s: active worker version %r, want %r" % (what, wk.get("version"), vA))
+    check(wk.get("sessions") == scen.nsessions, "%s: worker has %r sessions" % (what, wk.get("sessions")))
+    check(bl.pid_alive(old_pid), "%s: old worker died" % what)
+    # fds: back to the count before the attempt (closing may lag a little)
+    end = bl.now() + 5
+    cur = bl.fd_count(old_pid)
+    while cur != fd_before and bl.now() < end:
+        scen.loop.run_for(0.2)
+        cur = bl.fd_count(old_pid)
+    if cur != fd_before:
+        scen.loop.run_for(1.0)
+        probs = scen.connection_problems()
+        raise AssertionError("%s: old worker fd count %d after abort, %d before; kinds now %s;"
+                             " connection problems: %s; supervisor log:\n%s"
+                             % (what, cur, fd_before, dict(bl.fd_kinds(old_pid)),
+                                probs or "none", scen.baton.log_tail(25)))
+    bl.log("%s: aborted as expected: %s" % (what, res.get("reason")))
+
+
+def then_normal_upgrade(scen):
+    """A clean upgrade to build B right after; must commit."""
+    scen.baton.clear_fault()
+    scen.loop.run_for(1.0)
+    old = scen.baton.worker_pid()
+    rc, res = upgrade(scen, scen.ctx.builds["b"])
+    check(rc == 0 and res.get("result") == "committed",
+          "normal upgrade after the fault: exit %d, %r" % (rc, res))
+    wk = one_worker(scen)
+    check(wk["pid"] != old and wk.get("version") == scen.ctx.builds["b"].version,
+          "after the normal upgrade status shows %r" % wk)
+    scen.loop.run_for(1.5)
+
+
+def fault_case(ctx, spec, pattern=None, **baton_kw):
+    """The whole aborted-migration scenario for one fault line. pattern: a
+    regex the reason must match (case-insensitive), if given."""
+    scen = start(ctx, **baton_kw)
+    b = scen.baton
+    old_pid = b.worker_pid()
+    fd_before = stable_fd_count(scen, old_pid)
+    b.set_fault(spec)
+    try:
+        rc, res = upgrade(scen, ctx.builds["b"])
+    finally:
+        b.clear_fault()
+    assert_old_still_serving(scen, rc, res, old_pid, fd_before, spec)
+    if pattern:
+        check(re.search(pattern, res.get("reason", ""), re.I),
+              "%s: reason %r does not match /%s/" % (spec, res.get("reason"), pattern))
+    scen.loop.run_for(1.5)           # traffic after the abort, old worker
+    then_normal_upgrade(scen)
+    scen.verify(drain_timeout=30)
+
+
+# ---- target faults ----------------------------------------------------------
+
+def test_target_dies_before_ready(ctx):
+    """target:before-ready: the new worker dies before READY; the migration
+    is aborted before anything is frozen and the old worker serves on."""
+    fault_case(ctx, "target:before-ready")
+
+
+def test_target_dies_after_begin(ctx):
+    """target:after-begin: the target dies after receiving BEGIN, while the
+    source is frozen; the source unfreezes and serves on, nothing lost."""
+    fault_case(ctx, "target:after-begin")
+
+
+def test_target_dies_after_end(ctx):
+    """target:after-end: the target dies after receiving every item and END,
+    before PREPARED; the source resumes exactly where it froze."""
+    fault_case(ctx, "target:after-end")
+
+
+def test_target_dies_after_prepared(ctx):
+    """target:after-prepared: the target dies after sending PREPARED (before
+    COMMIT reaches it); the source sees the channel die and resumes."""
+    fault_case(ctx, "target:after-prepared")
+
+
+def test_target_hangs_after_begin(ctx):
+    """target:hang-after-begin with handoff_timeout = 2: the target stops
+    reading; the source times out, aborts and resumes; the hung target is
+    gone afterwards (only one worker in status)."""
+    t0 = bl.now()
+    fault_case(ctx, "target:hang-after-begin", pattern=r"time|hang|deadline", handoff_timeout=2)
+    bl.log("hang case took %.1fs" % (bl.now() - t0))
+
+
+# ---- source faults ----------------------------------------------------------
+
+def test_source_corrupt_item(ctx):
+    """source:corrupt-item: the source sends a malformed item payload; the
+    target rejects it (ABORT + reason), the source resumes."""
+    fault_case(ctx, "source:corrupt-item")
+
+
+def test_source_extra_fd(ctx):
+    """source:extra-fd: an item carries one unannounced extra fd; the target
+    closes it and aborts; the source resumes without leaking an fd."""
+    fault_case(ctx, "source:extra-fd")
+
+
+def test_source_truncated_item(ctx):
+    """source:truncate-item: an item payload cut in half; the target aborts,
+    the source resumes."""
+    fault_case(ctx, "source:truncate-item")
+
+
+def test_source_dies_after_prepared(ctx):
+    """source:after-prepared: the source dies after PREPARED, before COMMIT.
+    It never resumed, so the target commits on its own: batonctl reports a
+    clear result (exit 0 / committed, or exit 1 with a reason), status shows
+    one worker = the new one (version B, all sessions), every client and
+    upstream connection is still open and every line is delivered exactly
+    once; a further upgrade commits."""
+    scen = start(ctx)
+    b = scen.baton
+    old_pid = b.worker_pid()
+    b.set_fault("source:after-prepared")
+    try:
+        rc, res = upgrade(scen, ctx.builds["b"])
+    finally:
+        b.clear_fault()
+    check(rc in (0, 1) and res.get("result") in ("committed", "aborted"),
+          "unclear result: exit %d, %r" % (rc, res))
+    bl.log("source died after PREPARED: batonctl exit %d result %r reason %r"
+           % (rc, res.get("result"), res.get("reason")))
+    bl.wait_for(lambda: not bl.pid_alive(old_pid), 10, what="old worker dead")
+    end = bl.now() + 15
+    while True:
+        ws = b.workers()
+        if len(ws) == 1 and ws[0]["pid"] != old_pid:
+            break
+        check(bl.now() < end, "status after source death: %s" % ws)
+        scen.loop.run_for(0.2)
+    wk = ws[0]
+    check(wk.get("version") == ctx.builds["b"].version, "serving worker %r is not build B" % wk)
+    check(wk.get("sessions") == scen.nsessions, "serving worker has %r sessions" % wk.get("sessions"))
+    scen.loop.run_for(2.0)
+    # next upgrade: back to A
+    rc2, res2 = upgrade(scen, ctx.builds["a"])
+    check(rc2 == 0 and res2.get("result") == "committed", "upgrade after: exit %d %r" % (rc2, res2))
+    scen.loop.run_for(1.0)
+    scen.verify(drain_timeout=30)
+
+
+# ---- target preflight refusals ---------------------------------------------
+
+def test_target_refuses_bad_config(ctx):
+    """With the config file made invalid after start, an upgrade is refused:
+    the target fails its preflight, batonctl exits 1 with result 'aborted'
+    and a reason naming the config problem, the old worker serves on
+    untouched. With the config restored a normal upgrade commits."""
+    scen = start(ctx)
+    b = scen.baton
+    old_pid = b.worker_pid()
+    fd_before = stable_fd_count(scen, old_pid)
+    good = b.config_text()
+    b.write_config(good + "[network broken]\nport = not-a-port\n[user ghost/nonet]\nnick = ghost\n")
+    try:
+        rc, res = upgrade(scen, ctx.builds["b"])
+    finally:
+        b.write_config(good)
+    assert_old_still_serving(scen, rc, res, old_pid, fd_before, "bad config")
+    check(re.search(r"config|baton\.ini|:\d+:|port|network", res.get("reason", ""), re.I),
+          "reason does not say what is wrong with the config: %r" % res.get("reason"))
+    then_normal_upgrade(scen)
+    scen.verify(drain_timeout=30)
+
+
+def test_target_refuses_low_nofile(ctx):
+    """The supervisor's RLIMIT_NOFILE is lowered (prlimit --pid) below the
+    number of sockets the target would receive; the new worker inherits it,
+    its preflight (or the fd count check) refuses, batonctl exits 1 with
+    'aborted' and a reason, and the old worker serves on with no fd leaked.
+    With the limit restored a normal upgrade commits."""
+    scen = start(ctx, nsessions=20)
+    b = scen.baton
+    old_pid = b.worker_pid()
+    fd_before = stable_fd_count(scen, old_pid)
+    kinds = bl.fd_kinds(old_pid)
+    sockets = kinds.get("socket", 0)
+    sup_fds = bl.fd_count(b.proc.pid)
+    low = max(sup_fds + 8, 16)
+    check(low < sockets, "test setup: limit %d not below the %d sockets to move" % (low, sockets))
+    orig = open("/proc/%d/limits" % b.proc.pid).read()
+    m = re.search(r"Max open files\s+(\d+)\s+(\d+)", orig)
+    soft, hard = int(m.group(1)), int(m.group(2))
+    subprocess.run(["prlimit", "--pid", str(b.proc.pid), "--nofile=%d:%d" % (low, hard)], check=True)
+    try:
+        rc, res = upgrade(scen, ctx.builds["b"])
+    finally:
+        subprocess.run(["prlimit", "--pid", str(b.proc.pid), "--nofile=%d:%d" % (soft, hard)],
+                       check=True)
+    bl.log("nofile: limit %d, %d sockets to move, supervisor had %d fds" % (low, sockets, sup_fds))
+    assert_old_still_serving(scen, rc, res, old_pid, fd_before, "low RLIMIT_NOFILE")
+    check(re.search(r"nofile|rlimit|file descriptor|fds|limit", res.get("reason", ""), re.I),
+          "reason does not mention the fd limit: %r" % res.get("reason"))
+    then_normal_upgrade(scen)
+    scen.verify(drain_timeout=30)
+
+
+def test_incompatible_schema_refused(ctx):
+    """An upgrade to build-incompat (state schema 2..2; A emits 1) is refused
+    before anything is frozen: exit 1, 'aborted', the reason mentions the
+    schema; the old worker serves on untouched."""
+    inc = ctx.builds["incompat"].require()
+    scen = start(ctx)
+    b = scen.baton
+    old_pid = b.worker_pid()
+    fd_before = stable_fd_count(scen, old_pid)
+    rc, res = upgrade(scen, inc)
+    assert_old_still_serving(scen, rc, res, old_pid, fd_before, "incompatible schema")
+    check(re.search(r"schema", res.get("reason", ""), re.I),
+          "reason does not mention the schema: %r" % res.get("reason"))
+    then_normal_upgrade(scen)
+    scen.verify(drain_timeout=30)
+
+
+# ---- crash outside a migration ---------------------------------------------
+
+def test_worker_crash_restarts(ctx):
+    """kill -9 of the worker outside any migration: the supervisor counts it
+    (crashes = 1), starts a new worker (new pid) holding every session, the
+    sessions reconnect upstream (the watcher sees the nicks back in all
+    channels), clients log in again and numbered lines flow both ways
+    exactly once."""
+    scen = start(ctx, nsessions=8)
+    b = scen.baton
+    scen.stop_traffic()
+    scen.loop.run_for(0.5)
+    old_pid = b.worker_pid()
+    os.kill(old_pid, signal.SIGKILL)
+    end = bl.now() + 60
+    while True:
+        st = b.try_status()
+        ws = (st or {}).get("workers") or []
+        if (st and st.get("crashes") == 1 and len(ws) == 1 and ws[0]["pid"] != old_pid
+                and ws[0].get("sessions") == scen.nsessions):
+            reg = bl.Baton.worker_registered(ws[0])
+            if reg is None or reg >= scen.nsessions:
+                break
+        check(bl.now() < end, "no recovery after worker crash; status %s; log:\n%s"
+              % (st, b.log_tail()))
+        scen.loop.run_for(0.3)
+    check(st.get("crashes") == 1, "crashes = %r" % st.get("crashes"))
+    scen.watcher.wait_present(scen.nicks, timeout=60)
+    # every old client connection died with the worker; log in again
+    led = bl.Ledger()
+    conns = []
+    for s in b.sessions[:4]:
+        c = bl.bouncer_client(scen.loop, b, s, client="after-crash")
+        led.hook(c, s.user)
+        conns.append((s, c))
+    nu = scen.netusers[0]
+    for i in range(5):
+        nu.conn.privmsg("#c1", "%s after crash" % led.next("net", "#c1"))
+    for s, c in conns:
+        c.privmsg("#c2", "%s from %s" % (led.next(s.user, "#c2"), s.user))
+    scen.watcher.ledger = led
+    exp = {s.user: {k for k in led.sent if k[0] != s.user} for s, _ in conns}
+    exp["watcher"] = set(led.sent)
+    scen.loop.run_until(lambda: all(len(led.received[r]) >= len(e) for r, e in exp.items()), 15,
+                        raise_on_timeout=False)
+    scen.loop.run_for(0.5)
+    bad = led.diff(exp)
+    check(not bad, "after crash:\n" + bl.Ledger.format_diff(bad))
