@@ -19,8 +19,8 @@ table on stderr. See bench/README.md.
     bench/migration_bench.py --sessions 5000 --upgrades 2
     bench/migration_bench.py --direct --sessions 5000   # ngircd only baseline
 
-Builds: BATON_BUILD_A (default /work/main/build) runs first; upgrades go to
-BATON_BUILD_B (default /work/main/build-b; the same binary as A if B has none),
+Builds: BATON_BUILD_A (default <checkout>/build) runs first; upgrades go to
+BATON_BUILD_B (default <checkout>/build-b; the same binary as A if B has none),
 alternating A -> B -> A ... for --upgrades > 1.
 """
 

@@ -42,6 +42,9 @@ import tempfile
 import time
 import uuid
 
+# The checkout this file belongs to (tests/integration/batonlib.py).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 # --------------------------------------------------------------------------
 # errors and small helpers
 # --------------------------------------------------------------------------
@@ -179,7 +182,7 @@ class Build:
 def builds():
     """The three builds the tests use: A (HEAD), B (same code, another version
     string) and incompat (schema 2..2). Paths from BATON_BUILD_A/_B/_INCOMPAT."""
-    root = os.environ.get("BATON_ROOT", "/work/main")
+    root = os.environ.get("BATON_ROOT", REPO_ROOT)
     return {
         "a": Build("a", os.environ.get("BATON_BUILD_A", os.path.join(root, "build"))),
         "b": Build("b", os.environ.get("BATON_BUILD_B", os.path.join(root, "build-b"))),
@@ -1344,7 +1347,9 @@ class Watcher:
 # traces
 # --------------------------------------------------------------------------
 
-TRACE_PATH = os.environ.get("BATON_TRACE", "/work/shared/traces/sample-trace.jsonl")
+# shared/ lies beside the checkout (../shared), in development and in CI.
+TRACE_PATH = os.environ.get("BATON_TRACE", os.path.join(
+    os.path.dirname(REPO_ROOT), "shared", "traces", "sample-trace.jsonl"))
 
 
 def load_trace(path=TRACE_PATH, limit=None, start=0):
