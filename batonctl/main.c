@@ -274,7 +274,10 @@ int main(int argc, char **argv)
 		case 'c': config_path = optarg; break;
 		case 's': socket_path = optarg; break;
 		case 'j': json = true; break;
-		case 'V': printf("batonctl %s\n", BATON_VERSION); return 0;
+		case 'V':
+			printf("batonctl %s (state schema %d-%d)\n", BATON_VERSION,
+			       BATON_SCHEMA_MIN, BATON_SCHEMA_MAX);
+			return 0;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return EXIT_USAGE;
 		}
