@@ -31,6 +31,10 @@ struct bouncer {
 	struct strmap *by_key; /* "user/network" -> session, for O(1) lookups */
 	struct client **pending;
 	size_t npending;
+	/* Clients that QUIT and are finishing their output (client.c): in no
+	 * session and in no migration item; closed at exit. */
+	struct client **closing;
+	size_t nclosing;
 	int *listen_fds;
 	struct event **listen_evs;
 	size_t nlisten;
@@ -99,6 +103,21 @@ static void bouncer_remove_session(struct bouncer *b, struct session *s)
 void bouncer_forget_pending(struct bouncer *b, struct client *cl)
 {
 	ptrv_remove((void **)b->pending, &b->npending, cl);
+}
+
+struct session *bouncer_session_by_key(struct bouncer *b, const char *key)
+{
+	return strmap_get(b->by_key, key);
+}
+
+int bouncer_add_closing(struct bouncer *b, struct client *cl)
+{
+	return ptrv_push((void ***)&b->closing, &b->nclosing, cl);
+}
+
+void bouncer_forget_closing(struct bouncer *b, struct client *cl)
+{
+	ptrv_remove((void **)b->closing, &b->nclosing, cl);
 }
 
 static struct session *bouncer_create_session(struct bouncer *b,
@@ -180,6 +199,9 @@ void bouncer_free(struct bouncer *b)
 	for (size_t i = 0; i < b->npending; i++)
 		client_free(b->pending[i]);
 	free(b->pending);
+	for (size_t i = 0; i < b->nclosing; i++)
+		client_closing_abandon(b->closing[i]);
+	free(b->closing);
 	bouncer_close_listeners(b);
 	if (b->sweep)
 		event_free(b->sweep);
@@ -295,6 +317,9 @@ void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out)
 		out->pending++;
 		out->connections++;
 	}
+	/* Clients finishing after QUIT: no session's, but open sockets (and
+	 * fds a new worker's RLIMIT_NOFILE check should count). */
+	out->connections += (unsigned)b->nclosing;
 }
 
 /* ---- migration: source side ---- */

@@ -11,6 +11,8 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+
 #include "common/config.h"
 #include "common/log.h"
 #include "sessiond/backlog.h"
@@ -74,6 +76,9 @@ void client_free(struct client *cl)
 	free(cl->nick);
 	free(cl->user);
 	free(cl->client_id);
+	free(cl->closing_key);
+	if (cl->close_timer)
+		event_free(cl->close_timer);
 	free(cl->item.fds);
 	free(cl->marks);
 	pb_unknown_clear(&cl->unknown);
@@ -184,6 +189,94 @@ static void client_error_close(struct client *cl, const char *numeric_line,
 		conn_send(cl->conn, numeric_line);
 	conn_sendf(cl->conn, "ERROR :Closing link: %s", reason);
 	conn_close(cl->conn, reason, true);
+}
+
+/* ---- QUIT: graceful close ----
+ * A QUIT detaches at once with the conservative position (what the peer's
+ * TCP acknowledged), so a reattach meanwhile misses nothing. The connection
+ * then finishes on its own, off the session: the rest of its output and our
+ * FIN after the last byte (conn_end_output()), its input read and dropped.
+ * How it ends tells what the client has:
+ *   EOF, with everything we wrote acknowledged: its FIN (not a RST, which
+ *     a close with unread input sends) carries the acknowledgement of every
+ *     byte, so its application read every queued line: position =
+ *     delivered_seq. This is what delayed ACKs hid from the measure at QUIT.
+ *   EOF earlier, an error, or the deadline: the acknowledged estimate again
+ *     (fresh: delayed ACKs have long fired), and what the peer did not
+ *     acknowledge is discarded by a RST (conn_discard_unacked()), since it
+ *     will be replayed.
+ * The stored position is only ever raised (session_advance_position()): a
+ * new connection with the same client name may have attached and advanced
+ * it meanwhile. */
+
+#define CLIENT_CLOSE_GRACE_MS 2000
+
+static void client_closing_finish(struct client *cl)
+{
+	struct conn *c = cl->conn;
+	const char *id = cl->client_id ? cl->client_id : "default";
+	size_t unsent;
+	uint64_t seq = client_acked_seq(cl);
+	bool complete = false;
+
+	(void)conn_output(c, &unsent);
+	if (conn_peer_closed(c) && unsent == 0 &&
+	    conn_bytes_acked(c) >= conn_bytes_queued(c)) {
+		seq = cl->delivered_seq;
+		complete = true;
+	} else {
+		conn_discard_unacked(c);
+	}
+	struct session *s = bouncer_session_by_key(cl->b, cl->closing_key);
+	if (s)
+		session_advance_position(s, id, seq);
+	log_debug("client", "%s: client %s closed after quit (%s, %s)",
+		  cl->closing_key, id,
+		  conn_close_reason(c) ? conn_close_reason(c) : "deadline",
+		  complete ? "all delivered" : "acknowledged part delivered");
+	bouncer_forget_closing(cl->b, cl);
+	client_free(cl);
+}
+
+static void client_close_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	client_closing_finish(arg); /* from the event loop: freeing is safe */
+}
+
+void client_closing_abandon(struct client *cl)
+{
+	conn_discard_unacked(cl->conn);
+	client_free(cl);
+}
+
+/* Runs inside cl's line callback: cl must stay allocated (it is only freed
+ * from the event loop: its closed callback or its timer). */
+static void client_quit(struct client *cl)
+{
+	struct session *s = cl->s;
+	char *key = NULL;
+	struct timeval tv = { .tv_sec = CLIENT_CLOSE_GRACE_MS / 1000,
+			      .tv_usec = (CLIENT_CLOSE_GRACE_MS % 1000) * 1000 };
+
+	conn_send(cl->conn, "ERROR :Closing link: quit");
+	if (conn_is_dead(cl->conn))
+		return; /* e.g. sendq exceeded: the ordinary detach follows */
+	key = strdup(s->key);
+	cl->close_timer = evtimer_new(bouncer_base(cl->b), client_close_timeout_cb, cl);
+	if (!key || !cl->close_timer || bouncer_add_closing(cl->b, cl) < 0) {
+		/* No memory: the immediate close (conservative position). */
+		free(key);
+		if (cl->close_timer)
+			event_free(cl->close_timer);
+		cl->close_timer = NULL;
+		conn_close(cl->conn, "quit", true);
+		return;
+	}
+	session_detach_client(s, cl, "quit"); /* cl->s = NULL */
+	cl->phase = CLIENT_CLOSING;
+	cl->closing_key = key; /* transferred */
+	conn_end_output(cl->conn);
+	evtimer_add(cl->close_timer, &tv);
 }
 
 /* ---- CAP (before and after registration) ---- */
@@ -550,7 +643,7 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 		/* ignored */
 	} else if (strcasecmp(cmd, "QUIT") == 0) {
 		/* Detach only: the session stays on the network. */
-		client_error_close(cl, NULL, "quit");
+		client_quit(cl);
 	} else if (strcasecmp(cmd, "CAP") == 0) {
 		client_cap(cl, m);
 	} else if (strcasecmp(cmd, "PASS") == 0 || strcasecmp(cmd, "USER") == 0) {
@@ -586,6 +679,8 @@ static void client_line(struct conn *c, char *line, size_t len, void *arg)
 			p++;
 	}
 	snprintf(raw, sizeof(raw), "%s", p);
+	if (cl->phase == CLIENT_CLOSING)
+		return; /* after QUIT: read and dropped */
 	if (irc_parse(line, &m) < 0)
 		return;
 	if (cl->phase == CLIENT_PENDING)
@@ -601,6 +696,8 @@ static void client_closed(struct conn *c, const char *reason, void *arg)
 	if (cl->phase == CLIENT_PENDING) {
 		bouncer_forget_pending(cl->b, cl);
 		client_free(cl);
+	} else if (cl->phase == CLIENT_CLOSING) {
+		client_closing_finish(cl);
 	} else if (cl->s) {
 		session_remove_client(cl->s, cl);
 	} else {

@@ -43,6 +43,9 @@ struct conn {
 	bool dead;
 	bool close_notified;
 	bool in_lines; /* inside process_lines(): no nested processing */
+	bool peer_eof;     /* recv() returned 0: the peer sent its FIN */
+	bool output_ended; /* conn_end_output(): nothing more is queued */
+	bool fin_sent;     /* shutdown(SHUT_WR) done after the last byte */
 	char reason[128];
 };
 
@@ -130,6 +133,20 @@ static int conn_write_some(struct conn *c)
 	return 0;
 }
 
+/* After conn_end_output(), once every queued byte is written: our FIN. */
+static void conn_maybe_shutdown(struct conn *c)
+{
+	if (!c->output_ended || c->fin_sent || c->dead || c->connecting ||
+	    c->out.len > c->out.off)
+		return;
+	c->fin_sent = true;
+	if (shutdown(c->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
+		char why[128];
+		snprintf(why, sizeof(why), "shutdown: %s", strerror(errno));
+		conn_mark_dead(c, why);
+	}
+}
+
 static void conn_process_lines(struct conn *c)
 {
 	/* A line is copied out and consumed before its callback runs, so a
@@ -184,6 +201,7 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
 	if (n > 0) {
 		c->in.len += (size_t)n;
 	} else if (n == 0) {
+		c->peer_eof = true;
 		eof = "connection closed by peer";
 	} else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
 		snprintf(why, sizeof(why), "read error: %s", strerror(errno));
@@ -227,8 +245,10 @@ static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
 		conn_mark_dead(c, why);
 		return;
 	}
-	if (c->out.len == c->out.off)
+	if (c->out.len == c->out.off) {
 		event_del(c->wev);
+		conn_maybe_shutdown(c);
+	}
 }
 
 static void conn_defer_cb(evutil_socket_t fd, short what, void *arg)
@@ -336,7 +356,7 @@ void conn_freeze(struct conn *c, bool flush)
 
 void conn_send(struct conn *c, const char *line)
 {
-	if (c->dead)
+	if (c->dead || c->output_ended)
 		return;
 	size_t n = strlen(line);
 	if (n > CONN_MAX_LINE)
@@ -376,6 +396,13 @@ void conn_close(struct conn *c, const char *reason, bool flush)
 	if (flush && !c->connecting && c->armed)
 		(void)conn_write_some(c);
 	conn_mark_dead(c, reason);
+}
+
+void conn_end_output(struct conn *c)
+{
+	c->output_ended = true;
+	if (c->armed)
+		conn_maybe_shutdown(c);
 }
 
 void conn_release(struct conn *c)
@@ -424,6 +451,10 @@ uint64_t conn_bytes_acked(const struct conn *c)
 
 	if (conn_kernel_outq(c, &outq) < 0)
 		return c->written_total; /* best effort (conn.h) */
+	/* After shutdown() the kernel counts our FIN as one more unacknowledged
+	 * byte until the peer acknowledges it; it is not part of the stream. */
+	if (c->fin_sent && outq > 0)
+		outq--;
 	/* More in the kernel than we wrote: bytes of a previous process whose
 	 * state did not say (older sender); nothing of ours is acked yet. */
 	return outq >= c->written_total ? 0 : c->written_total - outq;
@@ -453,6 +484,11 @@ void conn_discard_unacked(struct conn *c)
 bool conn_is_dead(const struct conn *c)
 {
 	return c->dead;
+}
+
+bool conn_peer_closed(const struct conn *c)
+{
+	return c->peer_eof;
 }
 
 bool conn_is_connecting(const struct conn *c)

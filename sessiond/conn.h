@@ -80,6 +80,13 @@ void conn_sendf(struct conn *c, const char *fmt, ...)
  * is armed again (or never, if it is released first). */
 void conn_close(struct conn *c, const char *reason, bool flush);
 
+/* Graceful end of our side: nothing more is queued (conn_send() is ignored
+ * from now on); once the output buffer is written, shutdown(SHUT_WR) sends
+ * our FIN after the last byte. Reading goes on (lines still reach the line
+ * callback) until the peer closes (EOF: the closed callback runs and
+ * conn_peer_closed() is true) or an error. An armed connection only. */
+void conn_end_output(struct conn *c);
+
 /* Close the fd and free. Sends nothing (no shutdown()). Accepts NULL. */
 void conn_release(struct conn *c);
 
@@ -94,7 +101,8 @@ void conn_release(struct conn *c);
  *   On a non-TCP socket (AF_UNIX: tests) every written byte counts: it is
  *   in the peer's receive queue, and closing our end does not take it back.
  *   Acknowledged is not read: a peer whose kernel took bytes that its
- *   application never read still counts them.
+ *   application never read still counts them. Our FIN (conn_end_output())
+ *   is not a stream byte and never counts.
  * conn_bytes_written(): the stream offset just past the last written byte.
  *
  * A connection adopted from a migration counts its restored output as
@@ -118,6 +126,8 @@ void conn_restore_in_flight(struct conn *c, uint64_t in_flight);
 void conn_discard_unacked(struct conn *c);
 
 bool conn_is_dead(const struct conn *c);
+/* The peer closed its side (a read returned EOF), as opposed to an error. */
+bool conn_peer_closed(const struct conn *c);
 bool conn_is_connecting(const struct conn *c);
 int conn_fd(const struct conn *c);
 const char *conn_close_reason(const struct conn *c);

@@ -417,7 +417,8 @@ int session_add_client(struct session *s, struct client *cl)
 	return 0;
 }
 
-void session_remove_client(struct session *s, struct client *cl)
+void session_detach_client(struct session *s, struct client *cl,
+			   const char *reason)
 {
 	for (size_t i = 0; i < s->nclients; i++) {
 		if (s->clients[i] == cl) {
@@ -428,23 +429,31 @@ void session_remove_client(struct session *s, struct client *cl)
 		}
 	}
 	const char *id = cl->client_id ? cl->client_id : "default";
-	log_info("client", "%s: client %s detached (%s)", s->key, id,
-		 conn_close_reason(cl->conn) ? conn_close_reason(cl->conn) : "quit");
+	log_info("client", "%s: client %s detached (%s)", s->key, id, reason);
+	session_set_position(s, id, client_acked_seq(cl));
+	cl->s = NULL;
+}
+
+void session_remove_client(struct session *s, struct client *cl)
+{
 	/* The position is what the peer acknowledged, measured last, right
 	 * before the close (any final flush was attempted when the connection
 	 * was closed: conn_close()). Lines queued after it are replayed on the
 	 * next attach, so the close must not deliver them too: it discards what
 	 * the kernel still holds (RST, conn_discard_unacked()).
 	 *
-	 * Trade-offs: a client that asked to QUIT may miss its ERROR line (it
-	 * sits behind the discarded output); bytes the peer received but had
-	 * not acknowledged yet (delayed ACK), or acknowledges between the
-	 * measure and the close, arrive twice (duplicates, never gaps). And TCP
-	 * acknowledgement is not reading: a client whose kernel took lines its
-	 * application never read (it crashed, or its stack drops unread data on
-	 * a RST) misses them. Only application-level acknowledgements (IRCv3
-	 * read markers / chathistory) could close that gap. */
-	session_set_position(s, id, client_acked_seq(cl));
+	 * Trade-offs: bytes the peer received but had not acknowledged yet
+	 * (delayed ACK), or acknowledges between the measure and the close,
+	 * arrive twice (duplicates, never gaps). A QUIT normally does not come
+	 * here: it detaches with session_detach_client() and closes gracefully
+	 * (client.c, closing clients), which learns exactly what a client that
+	 * reads to our EOF received. And TCP acknowledgement is not reading: a client whose
+	 * kernel took lines its application never read (it crashed, or its
+	 * stack drops unread data on a RST) misses them. Only
+	 * application-level acknowledgements (IRCv3 read markers /
+	 * chathistory) could close that gap. */
+	session_detach_client(s, cl, conn_close_reason(cl->conn) ?
+				     conn_close_reason(cl->conn) : "quit");
 	conn_discard_unacked(cl->conn);
 	client_free(cl);
 }
@@ -511,6 +520,13 @@ void session_set_position(struct session *s, const char *client_id,
 		return;
 	nv[s->npositions].seq = seq;
 	s->npositions++;
+}
+
+void session_advance_position(struct session *s, const char *client_id,
+			      uint64_t seq)
+{
+	if (seq > session_position(s, client_id))
+		session_set_position(s, client_id, seq);
 }
 
 void session_broadcast(struct session *s, const char *line, int64_t time_ms,

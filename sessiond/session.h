@@ -2,9 +2,10 @@
  * upstream.c, client.c, state.c and bouncer.c. Internal to the core: the
  * rest of the worker (main.c, worker.c, migrate.c) only sees bouncer.h.
  *
- * Ownership: the bouncer owns sessions and pending clients; a session owns
- * its upstream, its attached clients, its channels and its backlog; an
- * upstream or client owns its conn (and so its fd).
+ * Ownership: the bouncer owns sessions, pending clients and closing clients
+ * (they QUIT and are finishing their output: client.c); a session owns its
+ * upstream, its attached clients, its channels and its backlog; an upstream
+ * or client owns its conn (and so its fd).
  *
  * Dying objects: a conn that dies inside a callback only reports it later
  * from the event loop (conn.h), where its owner frees it; nothing here frees
@@ -120,6 +121,10 @@ enum client_cap {
 enum client_phase {
 	CLIENT_PENDING = 0,  /* registering / authenticating */
 	CLIENT_ATTACHED = 1, /* attached to a session */
+	/* QUIT: detached (its conservative position stored), in the
+	 * bouncer's closing list, finishing its output (client.c). Never
+	 * part of a session or of a migration item, never serialized. */
+	CLIENT_CLOSING = 2,
 };
 
 /* A backlog line queued to a client: it is delivered (as far as we can
@@ -150,6 +155,10 @@ struct client {
 	size_t mark_head, nmarks, mark_cap;
 	int64_t connected_at_ms;
 	int64_t last_rx_ms;
+	/* CLIENT_CLOSING only: the session it left, by key ("user/network":
+	 * the session may migrate away meanwhile), and the grace deadline. */
+	char *closing_key;
+	struct event *close_timer;
 	struct bouncer_item item; /* pending clients only */
 	struct pb_unknown unknown;
 };
@@ -192,6 +201,12 @@ struct session *bouncer_find_session(struct bouncer *b, const char *user,
 /* A pending client authenticated and attached, or died: drop it from the
  * pending list (does not free). */
 void bouncer_forget_pending(struct bouncer *b, struct client *cl);
+struct session *bouncer_session_by_key(struct bouncer *b, const char *key);
+/* The closing list (CLIENT_CLOSING clients, owned by the bouncer while
+ * listed). add: 0 or -ENOMEM; forget: drops it from the list (does not
+ * free). */
+int bouncer_add_closing(struct bouncer *b, struct client *cl);
+void bouncer_forget_closing(struct bouncer *b, struct client *cl);
 
 int64_t now_ms(void); /* CLOCK_REALTIME, ms */
 /* Format "YYYY-MM-DDThh:mm:ss.sssZ" into out[32]. */
@@ -226,6 +241,11 @@ void session_backoff(struct session *s);
  * unacknowledged output is discarded by the close (conn_discard_unacked()):
  * lines that did not reach the peer are replayed on the next attach. */
 void session_remove_client(struct session *s, struct client *cl);
+/* The first half of session_remove_client(): take cl out of the session
+ * and store its position as what the peer acknowledged so far; cl stays
+ * open (its conn untouched) and cl->s becomes NULL. reason: for the log. */
+void session_detach_client(struct session *s, struct client *cl,
+			   const char *reason);
 int session_add_client(struct session *s, struct client *cl);
 
 struct channel *session_find_channel(struct session *s, const char *name);
@@ -250,6 +270,10 @@ bool session_is_me(const struct session *s, const char *nick);
 uint64_t session_position(const struct session *s, const char *client_id);
 void session_set_position(struct session *s, const char *client_id,
 			  uint64_t seq);
+/* Raise the position of client_id to seq; never lowers it (a newer
+ * connection of that name may have advanced it meanwhile). */
+void session_advance_position(struct session *s, const char *client_id,
+			      uint64_t seq);
 
 /* Relay: send to every attached client (except `except`), adding
  * @time=... for clients with server-time (time_ms 0: now). */
@@ -309,6 +333,10 @@ uint64_t client_acked_seq(struct client *cl);
 /* The same with the acknowledged stream offset measured by the caller (one
  * measure for several uses: state.c). */
 uint64_t client_acked_seq_upto(struct client *cl, uint64_t acked_bytes);
+/* Worker exit: close a CLIENT_CLOSING client now (its conservative
+ * position was stored at QUIT; unacknowledged output is discarded) and
+ * free it. Sends nothing more. */
+void client_closing_abandon(struct client *cl);
 /* Caps as names in canonical order (for state). */
 size_t client_caps_names(unsigned caps, const char **names, size_t max);
 unsigned client_cap_from_name(const char *name); /* 0 if unknown */

@@ -46,16 +46,16 @@ def connect_as_nobody(path, keep_root_fs):
             except OSError as e:
                 os.write(w, ("connect:%s" % e.errno).encode())
                 os._exit(0)
-            s.sendall(b'{"cmd":"status"}\n')
             data = b""
             try:
+                s.sendall(b'{"cmd":"status"}\n')
                 while True:
                     chunk = s.recv(65536)
                     if not chunk:
                         break
                     data += chunk
-            except ConnectionResetError:
-                pass    # closed with our request unread: a reset, no reply
+            except (ConnectionResetError, BrokenPipeError):
+                pass    # closed before or with our request unread: no reply
             os.write(w, ("reply:%d" % len(data)).encode())
         except Exception as e:  # report, never raise in the child
             os.write(w, ("error:%r" % e).encode())

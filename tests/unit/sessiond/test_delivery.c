@@ -3,7 +3,9 @@
  *
  * Regression: a slow client that detached (QUIT) with lines still queued in
  * the bouncer or unacknowledged in the kernel had its position advanced past
- * them, so they were never replayed (lines lost).
+ * them, so they were never replayed (lines lost); and then, measured from
+ * TCP acknowledgements alone, a client that QUIT right after reading had
+ * lines replayed it already had (delayed ACK: duplicates).
  *
  * The client is a loopback TCP socket with a small receive buffer that does
  * not read; the upstream is a socketpair we play the server on. */
@@ -295,26 +297,43 @@ static void stored_position(struct bouncer *b, const char *name, int k,
 	free(items);
 }
 
-/* The slow client QUITs; what it can still read is lines 1..k (whole);
- * returns k. The bouncer's close discards what the peer did not
- * acknowledge, so nothing after k arrives later either. */
-static int quit_and_read(struct env *e, int fd, int quiet_ms)
+static unsigned open_connections(struct bouncer *b)
+{
+	struct bouncer_stats st;
+	bouncer_stats(b, &st);
+	return st.connections;
+}
+
+/* The slow client (attached to b) QUITs; returns k: it received lines 1..k
+ * whole, in order, no gap, and nothing after k arrives later either.
+ * read_now: it reads right after QUIT up to our EOF, then closes (a client
+ * that reads everything: the graceful close). Otherwise it reads nothing
+ * until the bouncer gave up on it (the grace deadline), then reads what its
+ * kernel holds. Either way the bouncer has finished with the connection
+ * when this returns. */
+static int quit_and_read(struct env *e, struct bouncer *b, int fd,
+			 int quiet_ms, bool read_now)
 {
 	struct rx r = { 0 };
 	static int nums[NLINES + 10];
+	unsigned before = open_connections(b);
+	struct timespec t0, t1;
 
-	/* Let the peer's kernel acknowledge what it took: bytes it received
-	 * but did not acknowledge yet (delayed ACK) count as not delivered. */
+	/* Let the peer's kernel acknowledge what it took (delayed ACK). */
 	for (int i = 0; i < quiet_ms; i++) {
 		pump(e);
 		usleep(1000);
 	}
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	say(fd, "QUIT :bye");
-	for (int i = 0; i < 50; i++) {
-		pump(e);
-		usleep(1000);
+	if (!read_now) {
+		for (int i = 0; i < 2300; i++) { /* past the 2 s grace */
+			pump(e);
+			usleep(1000);
+		}
+		assert_int_equal(open_connections(b), before - 1);
 	}
-	for (int i = 0; i < 2000 && !r.eof; i++) {
+	for (int i = 0; i < 5000 && !r.eof; i++) {
 		pump(e);
 		rx_read(&r, fd);
 		struct pollfd pfd = { .fd = fd, .events = POLLIN };
@@ -325,6 +344,22 @@ static int quit_and_read(struct env *e, int fd, int quiet_ms)
 	for (size_t i = 0; i < n; i++)
 		assert_int_equal(nums[i], (int)i + 1); /* in order, no gap */
 	close(fd);
+	if (read_now) {
+		/* The whole output, then the ERROR line, then our FIN. */
+		const char *err = "ERROR :Closing link: quit\r\n";
+		assert_true(r.len >= strlen(err));
+		assert_string_equal(r.buf + r.len - strlen(err), err);
+		for (int i = 0; i < 1000 && open_connections(b) == before; i++) {
+			pump(e);
+			usleep(1000);
+		}
+		assert_int_equal(open_connections(b), before - 1);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		/* Finished by the client's EOF, not by the deadline. */
+		long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+		fprintf(stderr, "closed %ld ms after QUIT\n", ms);
+		assert_true(ms < 1500);
+	}
 	free(r.buf);
 	return (int)n;
 }
@@ -338,7 +373,7 @@ static void reattach_gets_rest(struct env *e, const char *name, int k)
 	char last[64];
 
 	snprintf(last, sizeof(last), ":line %d x", NLINES);
-	int fd = attach(e, name, 0, &r, last);
+	int fd = attach(e, name, 0, &r, k == NLINES ? "End of /NAMES list" : last);
 	for (int i = 0; i < 20; i++) { /* anything extra (a duplicate) */
 		pump(e);
 		rx_read(&r, fd);
@@ -355,7 +390,34 @@ static void reattach_gets_rest(struct env *e, const char *name, int k)
 	}
 }
 
-static void test_quit_position_is_acked(void **state)
+/* Regression: a client that QUIT right after reading a burst had read
+ * bytes whose ACK its TCP had not sent yet (delayed ACK); the detach counted
+ * them undelivered and replayed them on reattach (duplicates). Now the QUIT
+ * closes gracefully: a client that reads to our EOF and closes has every
+ * queued line, and its position says so exactly. */
+static void test_quit_read_to_eof_exact(void **state)
+{
+	struct env *e = *state;
+	struct rx r = { 0 };
+	uint64_t pos, seq_k;
+
+	int fd = attach(e, "slow", 65536, &r, "a partial line\r\n");
+	free(r.buf);
+	flood(e);
+	int k = quit_and_read(e, e->b, fd, 0, true);
+	fprintf(stderr, "client read %d of %d lines\n", k, NLINES);
+	assert_int_equal(k, NLINES);
+	stored_position(e->b, "slow", k, &pos, &seq_k, NULL);
+	assert_true(seq_k > 0);
+	assert_int_equal(pos, seq_k);
+	reattach_gets_rest(e, "slow", k);
+}
+
+/* A client that QUITs and then neither reads nor closes: after the grace
+ * deadline its position is what its TCP acknowledged (lines 1..k that its
+ * kernel holds), the rest is discarded by a RST and replayed. QUIT right
+ * after the flood: by the deadline the delayed ACKs have fired. */
+static void test_quit_no_read_deadline_acked(void **state)
 {
 	struct env *e = *state;
 	struct rx r = { 0 };
@@ -364,7 +426,7 @@ static void test_quit_position_is_acked(void **state)
 	int fd = attach(e, "slow", 4096, &r, "a partial line\r\n");
 	free(r.buf);
 	flood(e);
-	int k = quit_and_read(e, fd, 300);
+	int k = quit_and_read(e, e->b, fd, 0, false);
 	fprintf(stderr, "slow client read %d of %d lines\n", k, NLINES);
 	assert_true(k > 0 && k < NLINES);
 	stored_position(e->b, "slow", k, &pos, &seq_k, NULL);
@@ -373,26 +435,53 @@ static void test_quit_position_is_acked(void **state)
 	reattach_gets_rest(e, "slow", k);
 }
 
-/* QUIT right after the flood, before the peer's kernel acknowledged all it
- * took: the position may lag what the peer read (those lines arrive twice),
- * never run ahead of it (no line lost), and the replay has no gap. */
-static void test_quit_position_never_ahead(void **state)
+/* While a QUIT client is still closing, a new connection with the same
+ * client name starts from the conservative position (nothing missed), and
+ * the closing one's final position never moves the stored one back. */
+static void test_reattach_while_closing(void **state)
 {
 	struct env *e = *state;
-	struct rx r = { 0 };
+	struct rx r = { 0 }, r2 = { 0 };
 	uint64_t pos, seq_k;
+	char last[64];
 
 	int fd = attach(e, "slow", 4096, &r, "a partial line\r\n");
 	free(r.buf);
 	flood(e);
-	int k = quit_and_read(e, fd, 0);
-	assert_true(k > 0 && k < NLINES);
-	stored_position(e->b, "slow", k, &pos, &seq_k, NULL);
-	fprintf(stderr, "slow client read %d of %d lines, position %d lines back\n",
-		k, NLINES, (int)(seq_k - pos));
-	assert_true(seq_k > 0);
+	say(fd, "QUIT :bye");
+	for (int i = 0; i < 50; i++) {
+		pump(e);
+		usleep(1000);
+	}
+	/* The old connection neither reads nor closes; the new one gets
+	 * everything the old one's TCP had not acknowledged. */
+	snprintf(last, sizeof(last), ":line %d x", NLINES);
+	int fd2 = attach(e, "slow", 0, &r2, last);
+	for (int i = 0; i < 2300; i++) {
+		pump(e);
+		rx_read(&r2, fd2);
+		usleep(1000);
+	}
+	stored_position(e->b, "slow", NLINES, &pos, &seq_k, NULL);
+	/* fd2 is still attached: the stored position is the old connection's
+	 * final one (or the new one's starting point), never past NLINES. */
 	assert_true(pos <= seq_k);
-	reattach_gets_rest(e, "slow", k - (int)(seq_k - pos));
+	static int nums[NLINES + 10];
+	size_t n = numbered(&r2, nums, NLINES + 10);
+	assert_true(n > 0);
+	assert_int_equal(nums[n - 1], NLINES);
+	for (size_t i = 1; i < n; i++)
+		assert_int_equal(nums[i], nums[i - 1] + 1);
+	close(fd2);
+	close(fd);
+	for (int i = 0; i < 50; i++) {
+		pump(e);
+		usleep(1000);
+	}
+	/* The new connection detached having every line acknowledged. */
+	stored_position(e->b, "slow", NLINES, &pos, &seq_k, NULL);
+	assert_int_equal(pos, seq_k);
+	free(r2.buf);
 }
 
 /* The same across a migration: the marks and offsets travel in the state
@@ -435,7 +524,7 @@ static void test_position_survives_migration(void **state)
 	free(buf);
 	bouncer_item_arm(it2);
 
-	int k = quit_and_read(e, fd, 300);
+	int k = quit_and_read(e, b2, fd, 300, false);
 	fprintf(stderr, "slow client read %d of %d lines (migrated)\n", k, NLINES);
 	assert_true(k > 0 && k < NLINES);
 	stored_position(b2, "slow", k, &pos, &seq_k, NULL);
@@ -447,8 +536,9 @@ static void test_position_survives_migration(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_quit_position_is_acked, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_quit_position_never_ahead, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_quit_read_to_eof_exact, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_quit_no_read_deadline_acked, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reattach_while_closing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_position_survives_migration, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
