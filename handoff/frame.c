@@ -327,6 +327,7 @@ int handoff_frame_recv(int sock, struct handoff_msg *msg, int timeout_ms)
 	uint8_t type = 0;
 	bool first = true;
 	bool blocking;
+	int64_t deadline;
 	int fl;
 	int r;
 
@@ -344,14 +345,15 @@ int handoff_frame_recv(int sock, struct handoff_msg *msg, int timeout_ms)
 	if (!buf)
 		return -ENOMEM;
 
+	/* One bound for the whole message: a peer trickling fragments cannot
+	 * hold the caller for more than timeout_ms. The first fragment is
+	 * waited for only on a blocking socket (frame.h). */
+	deadline = deadline_after(timeout_ms);
 	for (;;) {
 		struct frame_header h;
 		size_t got = 0;
 		int flags = 0;
 		size_t received_fds;
-		/* Each fragment gets its own timeout; the first one is waited
-		 * for only on a blocking socket (frame.h). */
-		int64_t deadline = deadline_after(timeout_ms);
 
 		r = recv_datagram(sock, buf, HANDOFF_FRAME_HEADER + HANDOFF_FRAME_FRAGMENT,
 				  !first || blocking, deadline, &got, fds, &nfds,

@@ -51,9 +51,10 @@ struct handoff_msg {
 int handoff_frame_send(int sock, uint8_t type, const void *data, size_t len,
 		       const int *fds, size_t nfds, int timeout_ms);
 
-/* Receive one whole message (all fragments). Waits up to `timeout_ms` for
- * each fragment after the first and for the first when the socket is
- * blocking (non-blocking socket with nothing queued: -EAGAIN at once).
+/* Receive one whole message (all fragments). Waits up to `timeout_ms` in
+ * total for the fragments after the first, and for the first too when the
+ * socket is blocking (non-blocking socket with nothing queued: -EAGAIN at
+ * once).
  * Returns 0 and fills *msg, or: -ECONNRESET (peer closed: orderly EOF),
  * -EPROTO (bad magic/version/type, length mismatch, truncated datagram
  * (MSG_TRUNC), MSG_CTRUNC, fds on a non-first fragment, fd count differing

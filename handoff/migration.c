@@ -168,6 +168,7 @@ struct handoff_source {
 	struct event_base *base;
 	int fd;
 	pid_t peer_pid;
+	int peer_pidfd;         /* the target's pidfd (owned), or -1 */
 	int timeout_ms;
 	handoff_source_cb cb;
 	void *arg;
@@ -195,7 +196,7 @@ static void source_phase(struct handoff_source *src, enum handoff_phase p)
  * closed in every process: nobody can see an EOF-in-PREPARED any more, so
  * nobody can commit on its own, and a target that merely closed its end (it
  * aborted, or is exiting) is not killed. */
-static void source_kill_target(struct handoff_source *src);
+static bool source_kill_target(struct handoff_source *src);
 
 static void source_abort_channel(struct handoff_source *src, const char *reason)
 {
@@ -206,33 +207,67 @@ static void source_abort_channel(struct handoff_source *src, const char *reason)
 	src->state = SRC_DEAD;
 
 	r = send_abort(src->fd, src->chunk, reason, src->timeout_ms);
-	if (r == 0 || r == -EPIPE || r == -ECONNRESET || src->peer_pid <= 0)
+	if (r == 0 || r == -EPIPE || r == -ECONNRESET)
 		return;
 	source_kill_target(src);
 }
 
-/* SIGKILL the target and wait (bounded) until it has exited: after that it
- * can neither commit on its own nor touch a socket. */
-static void source_kill_target(struct handoff_source *src)
+/* SIGKILL the target and wait (bounded) until it has exited. Returns true
+ * once it is known dead: it can then neither commit on its own nor touch a
+ * socket. The pidfd should come from the target's parent (the supervisor
+ * opens it before the target can be reaped, so it always names the right
+ * process); without one, a pidfd is opened from the pid now, which could hit
+ * a pid recycled since the target was reaped (only tests run that way). */
+static bool source_kill_target(struct handoff_source *src)
 {
-	int pidfd;
+	struct pollfd pfd = { .fd = src->peer_pidfd, .events = POLLIN };
+	int64_t deadline = now_ms() + KILL_WAIT_MS;
+	bool own = false, dead = false;
+	int r;
 
-	/* pidfd first, so the signal cannot hit a recycled pid. */
-	pidfd = (int)syscall(SYS_pidfd_open, src->peer_pid, 0);
-	if (pidfd < 0) {
-		if (errno != ESRCH) /* ESRCH: already gone */
-			kill(src->peer_pid, SIGKILL);
-		return;
+	if (pfd.fd < 0) {
+		if (src->peer_pid <= 0)
+			return false;
+		pfd.fd = (int)syscall(SYS_pidfd_open, src->peer_pid, 0);
+		if (pfd.fd < 0)
+			return errno == ESRCH; /* ESRCH: already gone */
+		own = true;
 	}
-	if (syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0) == 0) {
-		struct pollfd pfd = { .fd = pidfd, .events = POLLIN };
-		int64_t deadline = now_ms() + KILL_WAIT_MS;
-
+	/* ESRCH: it has exited already (the pidfd still says so below). */
+	if (syscall(SYS_pidfd_send_signal, pfd.fd, SIGKILL, NULL, 0) == 0 ||
+	    errno == ESRCH) {
 		/* A pidfd becomes readable when the process has exited. */
-		while (poll(&pfd, 1, remaining_ms(deadline)) < 0 && errno == EINTR)
+		while ((r = poll(&pfd, 1, remaining_ms(deadline))) < 0 &&
+		       errno == EINTR)
 			;
+		dead = r > 0;
 	}
-	close(pidfd);
+	if (own)
+		close(pfd.fd);
+	return dead;
+}
+
+/* Read what the target queued without waiting: true if COMMITTED for the
+ * outstanding chunk is among it. A timer can fire in the same loop pass as
+ * the read event that would have delivered the acknowledgement, and every
+ * queued datagram is read before EOF is reported. */
+static bool source_drain_committed(struct handoff_source *src)
+{
+	struct handoff_msg m;
+	bool found = false;
+
+	while (!found && handoff_frame_recv(src->fd, &m, 0) == 0) {
+		if (m.type == HANDOFF_COMMITTED && m.nfds == 0) {
+			Baton__Handoff__Committed *c =
+				baton__handoff__committed__unpack(NULL, m.len,
+								   m.data);
+
+			found = c && c->chunk == src->chunk;
+			baton__handoff__committed__free_unpacked(c, NULL);
+		}
+		handoff_msg_clear(&m);
+	}
+	return found;
 }
 
 /* Report the outcome of the outstanding chunk. The caller must not touch
@@ -245,28 +280,39 @@ static void source_report(struct handoff_source *src, uint32_t chunk,
 
 /* Async abort of the outstanding chunk (timeout, EOF, malformed answer).
  *
- * After COMMIT went out an ABORT is useless (the target reads COMMIT first),
- * so then the target is killed instead: it either died before queueing
- * COMMITTED, or is killed before it can, and in both cases it never touched
- * the chunk's sockets. Without a pid to kill there is no way to be sure, and
- * the chunk is left to the target (reported committed) rather than risk two
- * processes serving the same sockets. */
+ * After COMMIT went out an ABORT is useless (the target reads COMMIT first).
+ * Then: a COMMITTED already queued means committed. EOF without one means
+ * the target closed its end before acknowledging, so it never touched the
+ * chunk's sockets: resume. Otherwise the target is killed; once it is known
+ * dead, a COMMITTED that made it into the channel still means committed (the
+ * sessions died with the target: the supervisor restarts them), and none
+ * means resume. A target that can be neither heard nor killed keeps the
+ * chunk (reported committed) rather than two processes serving the same
+ * sockets. */
 static void source_fail(struct handoff_source *src, int err, const char *reason)
 {
 	uint32_t chunk = src->chunk;
 
 	if (src->state == SRC_COMMITTING) {
+		const char *outcome = NULL;
+
 		event_del(src->ev_read);
 		event_del(src->ev_timer);
-		if (src->peer_pid <= 0) {
+		if (source_drain_committed(src))
+			outcome = "committed";
+		else if (err != -ECONNRESET) {
+			if (!source_kill_target(src))
+				outcome = "committed (no COMMITTED, and the target could not be confirmed dead)";
+			else if (source_drain_committed(src))
+				outcome = "committed (the target died after acknowledging)";
+		}
+		if (outcome != NULL) {
 			src->state = SRC_IDLE;
 			src->chunk++;
-			source_report(src, chunk, 0,
-				      "committed (COMMITTED not received; target pid unknown)");
+			source_report(src, chunk, 0, outcome);
 			return;
 		}
 		src->state = SRC_DEAD;
-		source_kill_target(src);
 		source_report(src, chunk, err, reason);
 		return;
 	}
@@ -282,6 +328,8 @@ static void source_destroy(struct handoff_source *src)
 		event_free(src->ev_timer);
 	if (src->fd >= 0)
 		close(src->fd);
+	if (src->peer_pidfd >= 0)
+		close(src->peer_pidfd);
 	free(src);
 }
 
@@ -428,6 +476,7 @@ struct handoff_source *handoff_source_new(struct event_base *base, int channel,
 	}
 	*src = (struct handoff_source){ .base = base, .fd = channel,
 					.peer_pid = peer_pid,
+					.peer_pidfd = -1,
 					.timeout_ms = timeout_ms, .cb = cb,
 					.arg = arg, .state = SRC_IDLE };
 	src->ev_read = event_new(base, channel, EV_READ | EV_PERSIST,
@@ -561,6 +610,18 @@ void handoff_source_set_phase_hook(struct handoff_source *src,
 		return;
 	src->phase_fn = fn;
 	src->phase_arg = arg;
+}
+
+void handoff_source_set_peer_pidfd(struct handoff_source *src, int pidfd)
+{
+	if (!src) {
+		if (pidfd >= 0)
+			close(pidfd);
+		return;
+	}
+	if (src->peer_pidfd >= 0)
+		close(src->peer_pidfd);
+	src->peer_pidfd = pidfd;
 }
 
 void handoff_source_free(struct handoff_source *src)
@@ -811,7 +872,11 @@ static void target_on_commit(struct handoff_target *t, struct handoff_msg *m)
 	 * never touched the sockets and resumes them (migration.h). */
 	ack.chunk = chunk;
 	r = send_pb(t->fd, HANDOFF_COMMITTED, &ack.base, NULL, 0, t->timeout_ms);
-	if (r < 0) {
+	/* -EPIPE / -ECONNRESET: the source is gone after sending COMMIT. Having
+	 * sent it, the source resumes only after killing us, so nobody else
+	 * will serve these sockets: commit. Any other failure (a source that
+	 * stopped reading) aborts; that source will time out and kill us. */
+	if (r < 0 && r != -EPIPE && r != -ECONNRESET) {
 		char reason[REASON_MAX];
 
 		snprintf(reason, sizeof(reason), "cannot send COMMITTED: %s",

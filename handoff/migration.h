@@ -119,6 +119,13 @@ int handoff_source_finish(struct handoff_source *src);
 void handoff_source_set_phase_hook(struct handoff_source *src,
 				   handoff_phase_fn fn, void *arg);
 
+/* The target's pidfd (ownership transferred), used to kill the target and
+ * confirm its death when an abort cannot otherwise be made safe. Open it in
+ * the target's parent before the target can be reaped (the supervisor does),
+ * so it can never name a recycled pid; without it the source falls back to
+ * pidfd_open(peer_pid) at kill time. */
+void handoff_source_set_peer_pidfd(struct handoff_source *src, int pidfd);
+
 /* Accepts NULL. Never sends anything (an outstanding chunk must have been
  * resolved by cb, or the caller accepts that the target will see EOF). */
 void handoff_source_free(struct handoff_source *src);

@@ -311,13 +311,16 @@ static int migrate_pending_last(struct bouncer_item **items, size_t n)
 }
 
 int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
-		      pid_t peer_pid, int timeout_ms, unsigned chunk_items,
-		      size_t chunk_bytes, const struct migrate_report *report)
+		      pid_t peer_pid, int peer_pidfd, int timeout_ms,
+		      unsigned chunk_items, size_t chunk_bytes,
+		      const struct migrate_report *report)
 {
 	struct migrate *m = calloc(1, sizeof(*m));
 
 	if (m == NULL) {
 		close(channel);
+		if (peer_pidfd >= 0)
+			close(peer_pidfd);
 		return -ENOMEM;
 	}
 	m->base = base;
@@ -331,9 +334,12 @@ int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
 	m->src = handoff_source_new(base, channel, peer_pid, timeout_ms,
 				    migrate_chunk_done, m);
 	if (m->src == NULL) {
+		if (peer_pidfd >= 0)
+			close(peer_pidfd);
 		free(m);
 		return -ENOMEM;
 	}
+	handoff_source_set_peer_pidfd(m->src, peer_pidfd); /* transferred */
 	handoff_source_set_phase_hook(m->src, migrate_source_phase, m);
 	m->nitems = bouncer_items(b, &m->items);
 	if (migrate_pending_last(m->items, m->nitems) < 0) {

@@ -41,9 +41,12 @@ struct migrate_report {
  * (report->finished follows) or -errno (nothing was frozen). */
 /* A chunk holds at most chunk_items items and closes early once its
  * serialized state reaches chunk_bytes. */
+/* peer_pidfd: the target's pidfd from the supervisor, or -1 (ownership
+ * transferred, like channel). */
 int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
-		      pid_t peer_pid, int timeout_ms, unsigned chunk_items,
-		      size_t chunk_bytes, const struct migrate_report *report);
+		      pid_t peer_pid, int peer_pidfd, int timeout_ms,
+		      unsigned chunk_items, size_t chunk_bytes,
+		      const struct migrate_report *report);
 
 /* Start receiving items into b (channel ownership transferred). */
 int migrate_in_start(struct event_base *base, struct bouncer *b, int channel,

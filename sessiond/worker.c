@@ -116,15 +116,20 @@ static void worker_migrate(struct worker *w, struct handoff_msg *msg)
 	static const struct migrate_report no_report;
 	struct migrate_report report = no_report;
 	Baton__Control__Migrate *mg;
-	int channel, r;
+	int channel, pidfd, r;
 
+	/* fds: the channel end, and for the source the target's pidfd (opened
+	 * by the supervisor; optional). Unused fds are closed with msg. */
 	mg = baton__control__migrate__unpack(NULL, msg->len, msg->data);
 	channel = handoff_msg_take_fd(msg, 0);
-	if (mg == NULL || channel < 0 || msg->nfds != 1 || w->migrating) {
+	pidfd = mg != NULL && mg->outgoing ? handoff_msg_take_fd(msg, 1) : -1;
+	if (mg == NULL || channel < 0 || msg->nfds > 2 || w->migrating) {
 		log_error("worker", "bad MIGRATE message (%s)",
 			  w->migrating ? "already migrating" : "malformed");
 		if (channel >= 0)
 			close(channel); /* the peer sees EOF and aborts */
+		if (pidfd >= 0)
+			close(pidfd);
 		goto out;
 	}
 	report.progress = worker_progress;
@@ -133,7 +138,7 @@ static void worker_migrate(struct worker *w, struct handoff_msg *msg)
 	w->migrating = true;
 	if (mg->outgoing)
 		r = migrate_out_start(w->base, w->b, channel,
-				      (pid_t)mg->peer_pid,
+				      (pid_t)mg->peer_pid, pidfd,
 				      mg->has_timeout_ms ? (int)mg->timeout_ms : 10000,
 				      mg->has_chunk_sessions ? mg->chunk_sessions
 				      : (unsigned)w->cfg->chunk_sessions,

@@ -1091,9 +1091,16 @@ static void test_source_waits_for_committed(void **state)
 			assert_int_equal(waitpid(child, &status, WNOHANG), 0);
 			kill(child, SIGKILL);
 			assert_int_equal(waitpid(child, &status, 0), child);
+		} else if (mode == EOF_AFTER_COMMIT) {
+			/* The target's end closed before any COMMITTED: it never
+			 * acknowledged, so it never touched the sockets. Resume
+			 * without killing anyone. */
+			assert_int_equal(c.src_result[0], -ECONNRESET);
+			assert_int_equal(waitpid(child, &status, WNOHANG), 0);
+			kill(child, SIGKILL);
+			assert_int_equal(waitpid(child, &status, 0), child);
 		} else {
-			assert_int_equal(c.src_result[0], mode == SILENT ?
-					 -ETIMEDOUT : -ECONNRESET);
+			assert_int_equal(c.src_result[0], -ETIMEDOUT);
 			/* The target was killed before the source resumed. */
 			assert_int_equal(waitpid(child, &status, 0), child);
 			assert_true(WIFSIGNALED(status));
@@ -1146,6 +1153,104 @@ static void test_target_acks_commit_before_arming(void **state)
 	assert_int_equal(m.type, HANDOFF_COMMITTED);
 	handoff_msg_clear(&m);
 	close(sv[0]);
+	ctx_fini(&c);
+	assert_int_equal(count_fds(), base);
+}
+
+/* Regression: a source whose COMMITTED timer fired in the same loop pass as
+ * the read event carrying COMMITTED killed the target and resumed sessions
+ * the target already served. Both events are made ready before the loop
+ * runs: whichever fires first, the chunk must be reported committed. */
+static void test_source_timer_races_committed(void **state)
+{
+	Baton__Handoff__Prepared p = BATON__HANDOFF__PREPARED__INIT;
+	Baton__Handoff__Committed ack = BATON__HANDOFF__COMMITTED__INIT;
+	struct handoff_item item = { "x", 1, NULL, 0 };
+	struct handoff_msg m;
+	struct timespec ts = { 0, 80 * 1000000L };
+	int base = count_fds();
+	struct ctx c;
+	int sv[2], r, status;
+	pid_t child;
+
+	ctx_init(&c);
+	child = fork();
+	assert_true(child >= 0);
+	if (child == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		for (;;)
+			pause();
+	}
+	assert_int_equal(handoff_socketpair(sv), 0);
+	c.src = handoff_source_new(c.base, sv[0], child, 50, keep_cb, &c);
+	assert_non_null(c.src);
+	assert_int_equal(handoff_source_send_chunk(c.src, &item, 1), 0);
+	read_chunk(sv[1], 1);
+	p.chunk = 0;
+	raw_pb(sv[1], HANDOFF_PREPARED, &p.base, NULL, 0);
+	while ((r = handoff_frame_recv(sv[1], &m, 0)) == -EAGAIN ||
+	       r == -ETIMEDOUT)
+		event_base_loop(c.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+	assert_int_equal(r, 0);
+	assert_int_equal(m.type, HANDOFF_COMMIT);
+	handoff_msg_clear(&m);
+	/* Let the 50 ms COMMITTED timer expire while the loop is not running,
+	 * then queue COMMITTED: both are ready in the next pass. */
+	nanosleep(&ts, NULL);
+	ack.chunk = 0;
+	raw_pb(sv[1], HANDOFF_COMMITTED, &ack.base, NULL, 0);
+	while (c.src_cbs == 0)
+		event_base_loop(c.base, EVLOOP_ONCE);
+	assert_int_equal(c.src_result[0], 0);
+	assert_int_equal(waitpid(child, &status, WNOHANG), 0); /* not killed */
+	kill(child, SIGKILL);
+	assert_int_equal(waitpid(child, &status, 0), child);
+	close(sv[1]);
+	ctx_fini(&c);
+	assert_int_equal(count_fds(), base);
+}
+
+/* Regression: a source that died right after sending COMMIT made the target
+ * abort the chunk (COMMITTED could not be sent: EPIPE) and close every
+ * socket of it, although that source could never resume them. */
+static void test_target_commits_when_source_dies_after_commit(void **state)
+{
+	int base = count_fds();
+	Baton__Handoff__Begin b = BATON__HANDOFF__BEGIN__INIT;
+	Baton__Handoff__Item it = BATON__HANDOFF__ITEM__INIT;
+	Baton__Handoff__End e = BATON__HANDOFF__END__INIT;
+	Baton__Handoff__Commit cm = BATON__HANDOFF__COMMIT__INIT;
+	struct handoff_msg m;
+	struct ctx c;
+	int sv[2], r;
+
+	ctx_init(&c);
+	assert_int_equal(handoff_socketpair(sv), 0);
+	c.t = handoff_target_new(c.base, sv[1], 1000, &ops, &c);
+	assert_non_null(c.t);
+	b.chunk = 0;
+	b.items = 1;
+	b.fds = 0;
+	raw_pb(sv[0], HANDOFF_BEGIN, &b.base, NULL, 0);
+	it.index = 0;
+	it.payload.data = (uint8_t *)"p";
+	it.payload.len = 1;
+	raw_pb(sv[0], HANDOFF_ITEM, &it.base, NULL, 0);
+	e.chunk = 0;
+	raw_pb(sv[0], HANDOFF_END, &e.base, NULL, 0);
+	while ((r = handoff_frame_recv(sv[0], &m, 0)) == -EAGAIN ||
+	       r == -ETIMEDOUT)
+		event_base_loop(c.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+	assert_int_equal(r, 0);
+	assert_int_equal(m.type, HANDOFF_PREPARED);
+	handoff_msg_clear(&m);
+	cm.chunk = 0;
+	raw_pb(sv[0], HANDOFF_COMMIT, &cm.base, NULL, 0);
+	close(sv[0]); /* the source dies */
+	while (!c.done && c.commits == 0 && c.aborts == 0)
+		event_base_loop(c.base, EVLOOP_ONCE);
+	assert_int_equal(c.commits, 1);
+	assert_int_equal(c.aborts, 0);
 	ctx_fini(&c);
 	assert_int_equal(count_fds(), base);
 }
@@ -1227,6 +1332,8 @@ int main(void)
 		cmocka_unit_test(test_source_target_closed),
 		cmocka_unit_test(test_source_waits_for_committed),
 		cmocka_unit_test(test_target_acks_commit_before_arming),
+		cmocka_unit_test(test_source_timer_races_committed),
+		cmocka_unit_test(test_target_commits_when_source_dies_after_commit),
 		cmocka_unit_test(test_target_free_inside_prepare),
 		cmocka_unit_test(test_new_rejects_bad_arguments),
 	};
