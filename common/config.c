@@ -24,7 +24,6 @@ struct config_parse {
 	struct config_problems *problems;
 	FILE *file;
 	int line;          /* line number of the line inih is handling */
-	char section[256]; /* last section seen, to report duplicates once */
 };
 
 void config_problems_add(struct config_problems *p, const char *fmt, ...)
@@ -417,9 +416,10 @@ static int config_handler(void *user, const char *section, const char *name,
  * calls the handler for keys). */
 static void config_section_seen(struct config_parse *ps, const char *line)
 {
-	char kind[64] = "", arg[192] = "";
+	char kind[64] = "", arg[192] = "", extra[8];
 	const char *close;
 	char section[256];
+	int n;
 
 	while (*line == ' ' || *line == '\t')
 		line++;
@@ -429,17 +429,39 @@ static void config_section_seen(struct config_parse *ps, const char *line)
 		return;
 	memcpy(section, line + 1, (size_t)(close - line - 1));
 	section[close - line - 1] = '\0';
-	if (sscanf(section, "%63s %191s", kind, arg) != 2)
+	n = sscanf(section, "%63s %191s %7s", kind, arg, extra);
+	if (n == 3 || strlen(section) > sizeof(kind) + sizeof(arg)) {
+		config_problem(ps, "section name [%s]: expected [KIND NAME] (one word each, names under 192 characters)",
+			       section);
+		return;
+	}
+	if (n != 2)
 		return;
 	if (strcmp(kind, "network") == 0) {
+		const struct config_network *old = config_network_get(ps, arg, false);
+
+		if (old != NULL)
+			config_problem(ps, "duplicate section [network %s] (first at line %d)",
+				       arg, old->line);
 		config_network_get(ps, arg, true);
 	} else if (strcmp(kind, "user") == 0) {
 		char *slash = strchr(arg, '/');
 
 		if (slash == NULL) {
+			const struct config_user *old = config_user_get(ps, arg, false);
+
+			if (old != NULL)
+				config_problem(ps, "duplicate section [user %s] (first at line %d)",
+					       arg, old->line);
 			config_user_get(ps, arg, true);
 		} else {
+			const struct config_session *old;
+
 			*slash = '\0';
+			old = config_find_session(ps->cfg, arg, slash + 1);
+			if (old != NULL)
+				config_problem(ps, "duplicate section [user %s/%s] (first at line %d)",
+					       arg, slash + 1, old->line);
 			config_session_get(ps, arg, slash + 1);
 		}
 	}

@@ -132,6 +132,30 @@ static void test_overlong_line(void **state)
 	free(path);
 }
 
+/* Regression: a repeated section silently merged into the first, and extra
+ * words in a section name ([user alice bob]) were ignored. */
+static void test_duplicate_and_malformed_sections(void **state)
+{
+	struct config_problems pr = { 0 };
+	struct baton_config *cfg = NULL;
+	char *path = write_temp(
+		"[listen]\nirc = 127.0.0.1:1\n"
+		"[network n]\nhost = 127.0.0.1\n"   /* 3 */
+		"[network n]\nport = 7000\n"        /* 5 */
+		"[user alice bob]\n"                 /* 7 */
+		"password = $6$x$y\n");
+	char where[128];
+
+	assert_int_equal(config_load(path, &cfg, &pr), -EINVAL);
+	snprintf(where, sizeof(where), "%s:5: duplicate section [network n] (first at line 3)", path);
+	assert_true(has_problem(&pr, where));
+	snprintf(where, sizeof(where), "%s:7: section name [user alice bob]", path);
+	assert_true(has_problem(&pr, where));
+	config_problems_clear(&pr);
+	unlink(path);
+	free(path);
+}
+
 static void test_missing_file(void **state)
 {
 	struct config_problems pr = { 0 };
@@ -149,6 +173,7 @@ int main(void)
 		cmocka_unit_test(test_good_config),
 		cmocka_unit_test(test_every_problem_with_line),
 		cmocka_unit_test(test_overlong_line),
+		cmocka_unit_test(test_duplicate_and_malformed_sections),
 		cmocka_unit_test(test_missing_file),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
