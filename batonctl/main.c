@@ -1,15 +1,20 @@
 /* batonctl/main.c: the operator's and CI's command line for a running
  * baton-supervisor (its control socket, supervisor/control_server.h).
  *
- *   batonctl -c FILE [--json] status | upgrade PATH | rollback
+ *   batonctl -c FILE [--json] [--timeout S] status | upgrade PATH | rollback
  *
  * Exit status (DESIGN.md §8): 0 success / committed, 1 refused or aborted
- * (the reason is printed), 2 usage, config or connection error.
+ * (the reason is printed), 2 usage, config or connection error, or no result
+ * within the deadline (--timeout: connect + request + reply). With --json,
+ * an exit-2 error is also printed on stdout as {"error":"..."}.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
 #include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,19 +32,51 @@
 
 enum { EXIT_OK = 0, EXIT_REFUSED = 1, EXIT_USAGE = 2 };
 
+#define TIMEOUT_STATUS_S 10.0
+#define TIMEOUT_MIGRATE_S 300.0 /* upgrade, rollback */
+
+static bool json_mode;
+
+/* An exit-2 error: "batonctl: ..." on stderr and, with --json, {"error":...}
+ * on stdout (so a script reading stdout always gets one JSON object). */
+static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int fail(const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "batonctl: %s\n", buf);
+	if (json_mode) {
+		struct json_object *o = json_object_new_object();
+
+		json_object_object_add(o, "error", json_object_new_string(buf));
+		printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+		json_object_put(o);
+	}
+	return EXIT_USAGE;
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: batonctl -c FILE [--json] status\n"
-		"       batonctl -c FILE [--json] upgrade PATH\n"
-		"       batonctl -c FILE [--json] rollback\n"
+		"usage: batonctl -c FILE [--json] [--timeout S] status\n"
+		"       batonctl -c FILE [--json] [--timeout S] upgrade PATH\n"
+		"       batonctl -c FILE [--json] [--timeout S] rollback\n"
 		"\n"
 		"  -c, --config FILE   the baton INI file (for the control socket path)\n"
 		"  -s, --socket PATH   talk to this control socket instead\n"
 		"      --json          print the result as one JSON line\n"
+		"      --timeout S     give up (exit 2) without a result after S seconds\n"
+		"                      (default %.0f for upgrade and rollback, %.0f for\n"
+		"                      status); an upgrade still running continues\n"
 		"      --version       print the version\n"
 		"\n"
-		"exit status: 0 success, 1 refused or aborted, 2 usage or connection error\n");
+		"exit status: 0 success, 1 refused or aborted, 2 usage or connection error\n",
+		TIMEOUT_MIGRATE_S, TIMEOUT_STATUS_S);
 }
 
 static const char *jstr(struct json_object *o, const char *key, const char *dflt)
@@ -68,6 +105,14 @@ static double jdbl(struct json_object *o, const char *key)
 	if (o && json_object_object_get_ex(o, key, &v) && v)
 		return json_object_get_double(v);
 	return 0;
+}
+
+static bool jbool(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	return o && json_object_object_get_ex(o, key, &v) && v &&
+	       json_object_get_boolean(v);
 }
 
 static struct json_object *jobj(struct json_object *o, const char *key)
@@ -121,30 +166,146 @@ out:
 	return out;
 }
 
-static int ctl_connect(const char *path)
+static double mono_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Wait for `events` on fd until the deadline: 0, -ETIMEDOUT or -errno. */
+static int ctl_wait(int fd, short events, double deadline)
+{
+	for (;;) {
+		struct pollfd pfd = { .fd = fd, .events = events };
+		double left = deadline - mono_now();
+		int r;
+
+		if (left <= 0)
+			return -ETIMEDOUT;
+		r = poll(&pfd, 1, (int)(left * 1000) + 1);
+		if (r > 0)
+			return 0;
+		if (r < 0 && errno != EINTR)
+			return -errno;
+	}
+}
+
+/* Non-blocking socket connected to path, or -errno (message printed by the
+ * caller). A full backlog (EAGAIN: the supervisor is alive but busy) is
+ * retried until the deadline. */
+static int ctl_connect(const char *path, double deadline)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int fd;
+	int fd, r;
 
-	if (strlen(path) >= sizeof(sa.sun_path)) {
-		fprintf(stderr, "batonctl: control socket path too long: %s\n", path);
-		return -1;
-	}
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
 	strcpy(sa.sun_path, path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		fprintf(stderr, "batonctl: socket: %s\n", strerror(errno));
-		return -1;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	for (;;) {
+		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+			return fd;
+		r = -errno;
+		if (r == -EINPROGRESS) {
+			int err = 0;
+			socklen_t len = sizeof(err);
+
+			r = ctl_wait(fd, POLLOUT, deadline);
+			if (r == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+				r = -errno;
+			else if (r == 0 && err != 0)
+				r = -err;
+			if (r == 0)
+				return fd;
+			break;
+		}
+		if (r != -EAGAIN && r != -EINTR)
+			break;
+		if (mono_now() + 0.05 >= deadline) {
+			r = -ETIMEDOUT;
+			break;
+		}
+		poll(NULL, 0, 50);
 	}
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		fprintf(stderr, "batonctl: cannot connect to control socket %s: %s%s\n",
-			path, strerror(errno),
-			errno == ENOENT || errno == ECONNREFUSED
-				? " (is baton-supervisor running?)" : "");
-		close(fd);
-		return -1;
+	close(fd);
+	return r;
+}
+
+static int ctl_write_all(int fd, const char *data, size_t len, double deadline)
+{
+	while (len > 0) {
+		ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
+		int r;
+
+		if (n > 0) {
+			data += n;
+			len -= (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno != EAGAIN && errno != EINTR)
+			return -errno;
+		r = ctl_wait(fd, POLLOUT, deadline);
+		if (r < 0)
+			return r;
 	}
-	return fd;
+	return 0;
+}
+
+struct ctl_reader {
+	int fd;
+	char *buf;
+	size_t len, cap;
+	char *line; /* the last line returned */
+};
+
+/* Next line (without the newline; valid until the next call) or -ECONNRESET
+ * (closed without one), -ETIMEDOUT, -E2BIG, -errno. */
+static int ctl_read_line(struct ctl_reader *rd, double deadline, char **line)
+{
+	for (;;) {
+		char *nl = rd->len ? memchr(rd->buf, '\n', rd->len) : NULL;
+		ssize_t n;
+
+		if (nl != NULL) {
+			size_t used = (size_t)(nl - rd->buf) + 1;
+
+			free(rd->line);
+			rd->line = strndup(rd->buf, used - 1);
+			if (rd->line == NULL)
+				return -ENOMEM;
+			memmove(rd->buf, rd->buf + used, rd->len - used);
+			rd->len -= used;
+			*line = rd->line;
+			return 0;
+		}
+		if (rd->len + 4096 > rd->cap) {
+			char *nb;
+
+			if (rd->cap >= 64u * 1024 * 1024)
+				return -E2BIG;
+			nb = realloc(rd->buf, rd->cap + 65536);
+			if (nb == NULL)
+				return -ENOMEM;
+			rd->buf = nb;
+			rd->cap += 65536;
+		}
+		n = recv(rd->fd, rd->buf + rd->len, rd->cap - rd->len, 0);
+		if (n > 0) {
+			rd->len += (size_t)n;
+			continue;
+		}
+		if (n == 0)
+			return -ECONNRESET;
+		if (errno != EAGAIN && errno != EINTR)
+			return -errno;
+		n = ctl_wait(rd->fd, POLLIN, deadline);
+		if (n < 0)
+			return (int)n;
+	}
 }
 
 static void print_status(struct json_object *st)
@@ -197,11 +358,45 @@ static void print_status(struct json_object *st)
 		       jstr(mig, "reason", ""));
 }
 
+/* Who serves after an upgrade or rollback, and whether sessions were lost
+ * (the "survivor" and "sessions_lost" of the result). */
+static void print_outcome(FILE *f, struct json_object *r, bool refused)
+{
+	struct json_object *from = jobj(r, "from"), *to = jobj(r, "to"), *sv;
+	int64_t pid;
+
+	if (!json_object_object_get_ex(r, "survivor", &sv)) {
+		/* A supervisor that does not say: do not guess. */
+		fprintf(f, "  (which worker serves now: batonctl status)\n");
+		return;
+	}
+	if (sv == NULL || !json_object_is_type(sv, json_type_object)) {
+		fprintf(f, "  no worker serves now\n");
+	} else {
+		pid = jint(sv, "pid");
+		if (pid > 0 && pid == jint(from, "pid"))
+			fprintf(f, "  the old worker (pid %lld) keeps serving\n",
+				(long long)pid);
+		else if (pid > 0 && pid == jint(to, "pid"))
+			fprintf(f, "  the new worker (pid %lld, version %s) serves now\n",
+				(long long)pid, jstr(sv, "version", "?"));
+		else
+			fprintf(f, "  worker pid %lld (version %s, %s) serves now\n",
+				(long long)pid, jstr(sv, "version", "?"),
+				jstr(sv, "binary", "?"));
+	}
+	if (jbool(r, "sessions_lost"))
+		fprintf(f, "  sessions were lost: those moved to the failed worker are started afresh (their users reconnect)\n");
+	else if (!refused)
+		fprintf(f, "  no sessions were lost\n");
+}
+
 /* Returns the exit status. */
 static int print_migration(const char *cmd, struct json_object *r)
 {
 	struct json_object *from = jobj(r, "from"), *to = jobj(r, "to");
 	bool committed = strcmp(jstr(r, "result", ""), "committed") == 0;
+	bool refused = jbool(r, "refused");
 
 	if (committed) {
 		printf("%s committed: pid %lld (%s) -> pid %lld (%s)\n"
@@ -213,19 +408,22 @@ static int print_migration(const char *cmd, struct json_object *r)
 		       jdbl(r, "freeze_ms"), jdbl(r, "total_ms"));
 		if (jstr(r, "reason", "")[0])
 			printf("  note: %s\n", jstr(r, "reason", ""));
+		/* Say it only when it is not the plain outcome. */
+		{
+			struct json_object *sv = jobj(r, "survivor");
+
+			if (jbool(r, "sessions_lost") ||
+			    (json_object_object_get_ex(r, "survivor", NULL) &&
+			     (sv == NULL || jint(sv, "pid") != jint(to, "pid"))))
+				print_outcome(stdout, r, false);
+		}
 		return EXIT_OK;
 	}
-	{
-		struct json_object *v;
-		bool refused = json_object_object_get_ex(r, "refused", &v) &&
-			       json_object_get_boolean(v);
-
-		fprintf(stderr, "batonctl: %s %s: %s\n", cmd,
-			refused ? "refused" : "aborted", jstr(r, "reason", "(no reason given)"));
-		if (!refused && jint(from, "pid") > 0)
-			fprintf(stderr, "  the old worker (pid %lld) keeps serving; total %.1f ms\n",
-				(long long)jint(from, "pid"), jdbl(r, "total_ms"));
-	}
+	fprintf(stderr, "batonctl: %s %s: %s\n", cmd,
+		refused ? "refused" : "aborted", jstr(r, "reason", "(no reason given)"));
+	print_outcome(stderr, r, refused);
+	if (!refused)
+		fprintf(stderr, "  total %.1f ms\n", jdbl(r, "total_ms"));
 	return EXIT_REFUSED;
 }
 
@@ -254,6 +452,7 @@ int main(int argc, char **argv)
 		{ "config", required_argument, NULL, 'c' },
 		{ "socket", required_argument, NULL, 's' },
 		{ "json", no_argument, NULL, 'j' },
+		{ "timeout", required_argument, NULL, 't' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -262,29 +461,44 @@ int main(int argc, char **argv)
 	struct baton_config *cfg = NULL;
 	struct json_object *req = NULL, *resp = NULL, *result;
 	const char *config_path = NULL, *socket_path = NULL, *cmd;
-	char *control = NULL, *binary = NULL, *line = NULL;
-	size_t cap = 0;
-	bool json = false, progress_shown = false, tty = isatty(STDERR_FILENO);
-	FILE *f = NULL;
-	int c, fd = -1, rc = EXIT_USAGE;
+	char *control = NULL, *binary = NULL, *line = NULL, *end;
+	struct ctl_reader rd = { .fd = -1 };
+	bool progress_shown = false, tty = isatty(STDERR_FILENO);
+	double timeout_s = 0, deadline;
+	int c, r, rc = EXIT_USAGE;
 	const char *reqtext;
 
+	/* A supervisor that closes early must give an error, not kill us. */
+	signal(SIGPIPE, SIG_IGN);
 	while ((c = getopt_long(argc, argv, "c:s:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c': config_path = optarg; break;
 		case 's': socket_path = optarg; break;
-		case 'j': json = true; break;
+		case 'j': json_mode = true; break;
+		case 't':
+			errno = 0;
+			timeout_s = strtod(optarg, &end);
+			if (errno != 0 || end == optarg || *end != '\0' ||
+			    !(timeout_s > 0) || timeout_s > 1e7) {
+				usage(stderr);
+				return fail("--timeout: expected a number of seconds > 0, got '%s'",
+					    optarg);
+			}
+			break;
 		case 'V':
 			printf("batonctl %s (state schema %d-%d)\n", BATON_VERSION,
 			       BATON_SCHEMA_MIN, BATON_SCHEMA_MAX);
 			return 0;
 		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return EXIT_USAGE;
+		default:
+			usage(stderr);
+			return fail("bad command line");
 		}
 	}
 	if (optind >= argc || (config_path == NULL && socket_path == NULL)) {
 		usage(stderr);
-		return EXIT_USAGE;
+		return fail(optind >= argc ? "no command given"
+					   : "need -c FILE or -s PATH");
 	}
 	cmd = argv[optind];
 	req = json_object_new_object();
@@ -296,16 +510,19 @@ int main(int argc, char **argv)
 		/* The supervisor runs elsewhere (cwd /): it needs a full path. */
 		binary = realpath(argv[optind + 1], NULL);
 		if (binary == NULL) {
-			fprintf(stderr, "batonctl: %s: %s\n", argv[optind + 1],
-				strerror(errno));
+			rc = fail("%s: %s", argv[optind + 1], strerror(errno));
 			goto out;
 		}
 		json_object_object_add(req, "cmd", json_object_new_string("upgrade"));
 		json_object_object_add(req, "binary", json_object_new_string(binary));
 	} else {
 		usage(stderr);
+		rc = fail("unknown command or wrong arguments: %s", cmd);
 		goto out;
 	}
+	if (timeout_s == 0)
+		timeout_s = strcmp(cmd, "status") == 0 ? TIMEOUT_STATUS_S
+						       : TIMEOUT_MIGRATE_S;
 
 	if (socket_path == NULL) {
 		if (config_load(config_path, &cfg, &problems) == 0) {
@@ -318,46 +535,70 @@ int main(int argc, char **argv)
 			if (control == NULL) {
 				for (size_t i = 0; i < problems.n; i++)
 					fprintf(stderr, "%s\n", problems.msgs[i]);
+				rc = fail("%s: cannot find the control socket (%zu config problem(s))",
+					  config_path, problems.n);
 				goto out;
 			}
 			fprintf(stderr, "batonctl: warning: %s has %zu problem(s) (baton-supervisor --check -c %s lists them); using control socket %s\n",
 				config_path, problems.n, config_path, control);
 		}
-		if (control == NULL)
+		if (control == NULL) {
+			rc = fail("out of memory");
 			goto out;
+		}
 		socket_path = control;
 	}
-	fd = ctl_connect(socket_path);
-	if (fd < 0)
-		goto out;
-	reqtext = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
-	f = fdopen(fd, "r+");
-	if (f == NULL) {
-		fprintf(stderr, "batonctl: fdopen: %s\n", strerror(errno));
+
+	/* One deadline for connect + request + reply. */
+	deadline = mono_now() + timeout_s;
+	rd.fd = ctl_connect(socket_path, deadline);
+	if (rd.fd < 0) {
+		r = rd.fd;
+		rd.fd = -1;
+		if (r == -ETIMEDOUT)
+			rc = fail("cannot connect to control socket %s within %g s (--timeout): the supervisor is not accepting",
+				  socket_path, timeout_s);
+		else
+			rc = fail("cannot connect to control socket %s: %s%s",
+				  socket_path, strerror(-r),
+				  r == -ENOENT || r == -ECONNREFUSED
+					  ? " (is baton-supervisor running?)" : "");
 		goto out;
 	}
-	fd = -1; /* transferred to f */
-	if (fprintf(f, "%s\n", reqtext) < 0 || fflush(f) != 0) {
-		fprintf(stderr, "batonctl: cannot send to %s: %s\n", socket_path,
-			strerror(errno));
+	reqtext = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+	r = ctl_write_all(rd.fd, reqtext, strlen(reqtext), deadline);
+	if (r == 0)
+		r = ctl_write_all(rd.fd, "\n", 1, deadline);
+	if (r < 0) {
+		rc = r == -ETIMEDOUT
+			? fail("cannot send the request to %s within %g s (--timeout)",
+			       socket_path, timeout_s)
+			: fail("cannot send to %s: %s", socket_path, strerror(-r));
 		goto out;
 	}
 
 	for (;;) {
 		struct json_object *p;
 
-		errno = 0;
-		if (getline(&line, &cap, f) < 0) {
+		r = ctl_read_line(&rd, deadline, &line);
+		if (r < 0) {
 			if (progress_shown)
 				fprintf(stderr, "\r\033[K");
-			fprintf(stderr, "batonctl: %s closed the connection without a result%s%s\n",
-				socket_path, errno ? ": " : "", errno ? strerror(errno) : "");
+			if (r == -ETIMEDOUT)
+				rc = fail("no result from %s within %g s (--timeout)%s",
+					  socket_path, timeout_s,
+					  strcmp(cmd, "status") == 0 ? ""
+					  : "; the operation continues in the supervisor: see batonctl status");
+			else
+				rc = fail("%s closed the connection without a result%s%s",
+					  socket_path, r == -ECONNRESET ? "" : ": ",
+					  r == -ECONNRESET ? "" : strerror(-r));
 			goto out;
 		}
 		json_object_put(resp);
 		resp = json_tokener_parse(line);
 		if (resp == NULL || !json_object_is_type(resp, json_type_object)) {
-			fprintf(stderr, "batonctl: malformed reply: %s", line);
+			rc = fail("malformed reply: %s", line);
 			goto out;
 		}
 		if ((p = jobj(resp, "progress")) != NULL) {
@@ -373,14 +614,14 @@ int main(int argc, char **argv)
 	fflush(stderr);
 	result = jobj(resp, "result");
 	if (result == NULL) {
-		fprintf(stderr, "batonctl: reply without a result: %s", line);
+		rc = fail("reply without a result: %s", line);
 		goto out;
 	}
 	if (jstr(result, "error", NULL) != NULL) {
-		fprintf(stderr, "batonctl: supervisor: %s\n", jstr(result, "error", ""));
+		rc = fail("supervisor: %s", jstr(result, "error", ""));
 		goto out;
 	}
-	if (json) {
+	if (json_mode) {
 		printf("%s\n", json_object_to_json_string_ext(result, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
 		rc = strcmp(cmd, "status") == 0 ||
 			     strcmp(jstr(result, "result", ""), "committed") == 0
@@ -394,16 +635,15 @@ int main(int argc, char **argv)
 		rc = print_migration(cmd, result);
 	}
 out:
-	if (f)
-		fclose(f);
-	if (fd >= 0)
-		close(fd);
+	if (rd.fd >= 0)
+		close(rd.fd);
+	free(rd.buf);
+	free(rd.line);
 	json_object_put(req);
 	json_object_put(resp);
 	config_free(cfg);
 	config_problems_clear(&problems);
 	free(control);
 	free(binary);
-	free(line);
 	return rc;
 }

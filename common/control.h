@@ -1,7 +1,7 @@
 /* common/control.h: the supervisor <-> worker control channel (fd 3 of a
  * worker, SOCK_SEQPACKET). Each frame (handoff/frame.h) carries one message
  * of proto/control.proto; the frame type below names it. fds ride with
- * LISTENERS (the listening sockets) and MIGRATE (the migration channel end).
+ * LISTENERS (the listening sockets) and MIGRATE (see CONTROL_MIGRATE).
  */
 #ifndef BATON_COMMON_CONTROL_H
 #define BATON_COMMON_CONTROL_H
@@ -15,7 +15,14 @@ enum control_type {
 	CONTROL_READY = 1,            /* worker -> supervisor */
 	CONTROL_LISTENERS = 2,        /* supervisor -> worker, fds */
 	CONTROL_ACCEPT = 3,           /* supervisor -> worker */
-	CONTROL_MIGRATE = 4,          /* supervisor -> worker, 1 fd */
+	/* supervisor -> worker. fds, in this order: [0] the migration
+	 * channel end; outgoing=true only, when the supervisor has one:
+	 * [1] a pidfd of the peer (target) process, opened by the supervisor
+	 * right after fork() so it cannot name a recycled pid. A source that
+	 * must SIGKILL the target and wait for its death before resuming uses
+	 * it (pidfd_send_signal, poll for POLLIN); with only [0] it falls back.
+	 * outgoing=false: exactly 1 fd. */
+	CONTROL_MIGRATE = 4,
 	CONTROL_MIGRATION_RESULT = 5, /* worker -> supervisor */
 	CONTROL_PROGRESS = 6,         /* worker -> supervisor */
 	CONTROL_STATUS_REQUEST = 7,   /* supervisor -> worker */

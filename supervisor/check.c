@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "common/config.h"
+#include "supervisor/control_server.h"
 #include "supervisor/listeners.h"
 #include "supervisor/metrics.h"
 
@@ -102,21 +103,23 @@ static void check_state_dir(const char *dir, struct config_problems *p)
 }
 
 /* Is a supervisor answering on the control socket? Then the listeners are
- * busy because it holds them, which is not a problem of this host. */
-static int check_supervisor_running(const char *path)
+ * busy because it holds them, which is not a problem of this host. A socket
+ * that cannot be probed (e.g. EACCES: another user's) is a problem: the
+ * supervisor would refuse to start on it. */
+static int check_supervisor_running(const char *path, struct config_problems *p)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int fd, r;
+	struct sockaddr_un sa;
+	int r;
 
 	if (strlen(path) >= sizeof(sa.sun_path))
 		return 0;
-	strcpy(sa.sun_path, path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
+	r = control_server_probe(path); /* non-blocking connect */
+	if (r < 0) {
+		config_problems_add(p, "check: control socket %s may be in use by a running supervisor (connect: %s); baton-supervisor would refuse to start",
+				    path, strerror(-r));
 		return 0;
-	r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
-	close(fd);
-	return r == 0;
+	}
+	return r;
 }
 
 static int check_has_problem(const struct config_problems *p, const char *msg)
@@ -264,7 +267,7 @@ void check_environment(const struct baton_config *cfg, const char *sessiond,
 	check_rlimit(cfg, problems);
 	if (control) {
 		check_control(cfg, control, problems);
-		running = check_supervisor_running(control);
+		running = check_supervisor_running(control, problems);
 	}
 	if (state)
 		check_state_dir(state, problems);

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -21,6 +22,11 @@
 #include "supervisor/supervisor.h"
 
 #define CONTROL_MAX_REQUEST (64 * 1024)
+#define CONTROL_MAX_CLIENTS 64
+#define CONTROL_REQUEST_TIMEOUT_S 10 /* connect .. whole request line */
+#define CONTROL_WRITE_TIMEOUT_S 30   /* pending output not taken for this long */
+#define CONTROL_ACCEPT_PAUSE_S 1     /* after EMFILE/ENFILE */
+#define CONTROL_REFUSE_LOG_S 10      /* at most one over-the-cap log line per */
 
 struct control_client;
 
@@ -30,12 +36,19 @@ struct control_server {
 	char *path;
 	int fd;
 	struct event *ev_accept;
+	/* Out of fds: accepting again at once would spin (the connection stays
+	 * queued, the listener stays readable), so accepting pauses. */
+	struct event *ev_accept_resume;
 	struct control_client *clients;
+	size_t nclients;
+	time_t refuse_logged;    /* CLOCK_MONOTONIC s of the last over-cap log */
+	unsigned long refused;   /* over-cap connections not logged yet */
 };
 
 struct control_client {
 	struct control_server *cs;
 	struct bufferevent *bev;
+	struct event *ev_request; /* request deadline, until got_request */
 	pid_t peer_pid;
 	int got_request;
 	int replied;   /* final reply queued: free once flushed */
@@ -51,9 +64,13 @@ static void control_client_free(struct control_client *c)
 			*pp = c->next;
 			break;
 		}
+	c->cs->nclients--;
 	/* Whatever it asked for continues without it. */
 	supervisor_detach(c->cs->sup, c);
-	bufferevent_free(c->bev); /* closes the fd */
+	if (c->ev_request)
+		event_free(c->ev_request);
+	if (c->bev)
+		bufferevent_free(c->bev); /* closes the fd */
 	free(c);
 }
 
@@ -144,14 +161,26 @@ static void control_client_on_read(struct bufferevent *bev, void *arg)
 	if (line == NULL) {
 		if (evbuffer_get_length(in) > CONTROL_MAX_REQUEST) {
 			c->got_request = 1;
+			evtimer_del(c->ev_request);
 			control_client_error(c, "request longer than %d bytes",
 					     CONTROL_MAX_REQUEST);
 		}
 		return;
 	}
 	c->got_request = 1;
+	evtimer_del(c->ev_request);
 	control_client_request(c, line);
 	free(line);
+}
+
+static void control_client_on_request_timeout(evutil_socket_t fd, short what,
+					      void *arg)
+{
+	struct control_client *c = arg;
+
+	log_warn("control", "pid %d sent no complete request within %d s: connection closed",
+		 (int)c->peer_pid, CONTROL_REQUEST_TIMEOUT_S);
+	control_client_free(c);
 }
 
 static void control_client_on_write(struct bufferevent *bev, void *arg)
@@ -175,12 +204,47 @@ static void control_client_on_event(struct bufferevent *bev, short what, void *a
 		bufferevent_disable(bev, EV_READ);
 		return;
 	}
+	if (what & BEV_EVENT_TIMEOUT) {
+		/* Only the write timeout is armed: it does not read what we
+		 * send. */
+		log_warn("control", "pid %d took no output for %d s: connection closed",
+			 (int)c->peer_pid, CONTROL_WRITE_TIMEOUT_S);
+		control_client_free(c);
+		return;
+	}
 	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
 		if (!c->replied)
 			log_debug("control", "pid %d went away before the result",
 				  (int)c->peer_pid);
 		control_client_free(c);
 	}
+}
+
+static void control_server_on_accept_resume(evutil_socket_t fd, short what,
+					    void *arg)
+{
+	struct control_server *cs = arg;
+
+	if (event_add(cs->ev_accept, NULL) < 0)
+		log_error("control", "cannot watch the control socket again");
+}
+
+/* The connection is accepted and closed at once: queued, it would only wait
+ * for a timeout on the client's side. */
+static void control_server_refuse_over_cap(struct control_server *cs, int fd)
+{
+	struct timespec now;
+
+	close(fd);
+	cs->refused++;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (cs->refuse_logged != 0 &&
+	    now.tv_sec - cs->refuse_logged < CONTROL_REFUSE_LOG_S)
+		return;
+	log_warn("control", "%zu control clients connected (the maximum): %lu connection(s) closed at once",
+		 cs->nclients, cs->refused);
+	cs->refused = 0;
+	cs->refuse_logged = now.tv_sec ? now.tv_sec : 1;
 }
 
 static void control_server_on_accept(evutil_socket_t lfd, short what, void *arg)
@@ -191,12 +255,31 @@ static void control_server_on_accept(evutil_socket_t lfd, short what, void *arg)
 		struct ucred cred;
 		socklen_t len = sizeof(cred);
 		struct control_client *c;
+		struct timeval req_tv = { .tv_sec = CONTROL_REQUEST_TIMEOUT_S };
+		struct timeval wr_tv = { .tv_sec = CONTROL_WRITE_TIMEOUT_S };
 		int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
 		if (fd < 0) {
-			if (errno != EAGAIN && errno != EINTR)
-				log_warn("control", "accept: %s", strerror(errno));
+			struct timeval pause = { .tv_sec = CONTROL_ACCEPT_PAUSE_S };
+
+			if (errno == EAGAIN || errno == EINTR ||
+			    errno == ECONNABORTED)
+				return;
+			if (errno == EMFILE || errno == ENFILE ||
+			    errno == ENOBUFS || errno == ENOMEM) {
+				/* One line per pause, not one per wakeup. */
+				log_warn("control", "accept: %s: not accepting control connections for %d s",
+					 strerror(errno), CONTROL_ACCEPT_PAUSE_S);
+				event_del(cs->ev_accept);
+				evtimer_add(cs->ev_accept_resume, &pause);
+				return;
+			}
+			log_warn("control", "accept: %s", strerror(errno));
 			return;
+		}
+		if (cs->nclients >= CONTROL_MAX_CLIENTS) {
+			control_server_refuse_over_cap(cs, fd);
+			continue;
 		}
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
 			log_error("control", "SO_PEERCRED: %s; connection closed",
@@ -220,26 +303,64 @@ static void control_server_on_accept(evutil_socket_t lfd, short what, void *arg)
 		}
 		c->cs = cs;
 		c->peer_pid = cred.pid;
+		c->next = cs->clients;
+		cs->clients = c;
+		cs->nclients++;
 		c->bev = bufferevent_socket_new(cs->base, fd, BEV_OPT_CLOSE_ON_FREE);
-		if (c->bev == NULL) {
+		if (c->bev == NULL)
 			close(fd);
-			free(c);
+		c->ev_request = evtimer_new(cs->base,
+					    control_client_on_request_timeout, c);
+		if (c->bev == NULL || c->ev_request == NULL ||
+		    evtimer_add(c->ev_request, &req_tv) < 0) {
+			control_client_free(c); /* closes fd with the bev */
 			continue;
 		}
 		bufferevent_setcb(c->bev, control_client_on_read,
 				  control_client_on_write, control_client_on_event, c);
+		/* Write timeout only: after the request, a client waits in
+		 * silence for as long as an upgrade takes. */
+		bufferevent_set_timeouts(c->bev, NULL, &wr_tv);
 		bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-		c->next = cs->clients;
-		cs->clients = c;
 	}
 }
 
-/* 0: nothing there (or stale, removed); -EADDRINUSE: someone answers. */
-static int control_server_clear_stale(const char *path, const struct sockaddr_un *sa,
-				      char *err, size_t errlen)
+int control_server_probe(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd, r;
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sa.sun_path, path);
+	/* Non-blocking: a live but stuck supervisor (full backlog) must not
+	 * hang our startup; for AF_UNIX that is EAGAIN at once. */
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	r = connect(fd, (const struct sockaddr *)&sa, sizeof(sa));
+	r = r == 0 ? 0 : -errno;
+	close(fd);
+	switch (r) {
+	case 0:
+	case -EINPROGRESS:
+	case -EAGAIN:
+		return 1;
+	case -ECONNREFUSED: /* a socket file nobody listens on */
+	case -ENOENT:
+		return 0;
+	default:
+		return r;
+	}
+}
+
+/* 0: nothing there (or stale, removed); -EADDRINUSE: someone answers, or we
+ * cannot tell (a live socket of another user gives EACCES): never remove a
+ * socket that may be live. */
+static int control_server_clear_stale(const char *path, char *err, size_t errlen)
 {
 	struct stat st;
-	int fd, r;
+	int r;
 
 	if (lstat(path, &st) < 0)
 		return errno == ENOENT ? 0 : -errno;
@@ -247,13 +368,14 @@ static int control_server_clear_stale(const char *path, const struct sockaddr_un
 		snprintf(err, errlen, "control socket %s exists and is not a socket", path);
 		return -EEXIST;
 	}
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	r = connect(fd, (const struct sockaddr *)sa, sizeof(*sa));
-	close(fd);
-	if (r == 0) {
-		snprintf(err, errlen, "control socket %s is in use: another supervisor is running", path);
+	r = control_server_probe(path);
+	if (r == 1) {
+		snprintf(err, errlen, "control socket %s is in use by a running supervisor", path);
+		return -EADDRINUSE;
+	}
+	if (r < 0) {
+		snprintf(err, errlen, "control socket %s is in use by a running supervisor (or cannot be checked: connect: %s); not removing it",
+			 path, strerror(-r));
 		return -EADDRINUSE;
 	}
 	if (unlink(path) < 0 && errno != ENOENT) {
@@ -284,7 +406,7 @@ int control_server_new(struct event_base *base, struct supervisor *sup,
 	}
 	strcpy(sa.sun_path, path);
 	err[0] = '\0';
-	r = control_server_clear_stale(path, &sa, err, errlen);
+	r = control_server_clear_stale(path, err, errlen);
 	if (r < 0)
 		goto out;
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -315,8 +437,9 @@ int control_server_new(struct event_base *base, struct supervisor *sup,
 	cs->path = strdup(path);
 	cs->ev_accept = event_new(base, cs->fd, EV_READ | EV_PERSIST,
 				  control_server_on_accept, cs);
+	cs->ev_accept_resume = evtimer_new(base, control_server_on_accept_resume, cs);
 	if (cs->path == NULL || cs->ev_accept == NULL ||
-	    event_add(cs->ev_accept, NULL) < 0) {
+	    cs->ev_accept_resume == NULL || event_add(cs->ev_accept, NULL) < 0) {
 		r = -ENOMEM;
 		goto out;
 	}
@@ -342,6 +465,8 @@ void control_server_free(struct control_server *cs)
 		control_client_free(cs->clients);
 	if (cs->ev_accept)
 		event_free(cs->ev_accept);
+	if (cs->ev_accept_resume)
+		event_free(cs->ev_accept_resume);
 	if (cs->fd >= 0) {
 		close(cs->fd);
 		if (cs->path)

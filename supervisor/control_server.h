@@ -8,6 +8,23 @@
  *             {"result":{...}}            then the supervisor closes.
  *
  * A malformed request gets {"result":{"error":"..."}}.
+ *
+ * upgrade and rollback results have the same shape on every path (refused,
+ * aborted, committed, abandoned at shutdown):
+ *   {"result":"committed"|"aborted", "refused":bool, "reason":"...",
+ *    "kind":"upgrade"|"rollback",
+ *    "from":{"pid","version","binary"}, "to":{"pid","version","binary"},
+ *    "survivor":{"pid","version","binary"} | null,   who serves afterwards
+ *    "sessions_lost":bool,  sessions moved to a worker that then died or
+ *                           hung; the survivor starts them afresh (their
+ *                           users reconnect)
+ *    "sessions","connections","fds","chunks","freeze_ms","total_ms","time"}
+ * from.pid is 0 when nothing served; to.pid is 0 when no target started.
+ *
+ * Limits: at most 64 clients at once (more are accepted and closed at once);
+ * the request line must be complete within 10 s of connecting; a client
+ * that takes none of its pending output for 30 s is dropped (the operation
+ * continues). Out of fds (EMFILE/ENFILE), accepting pauses for 1 s.
  */
 #ifndef BATON_SUPERVISOR_CONTROL_SERVER_H
 #define BATON_SUPERVISOR_CONTROL_SERVER_H
@@ -18,11 +35,19 @@ struct event_base;
 struct supervisor;
 struct control_server;
 
-/* Create the socket at `path` (removing a stale one; refusing when another
- * process answers there). Returns 0 or -errno with a message in err. */
+/* Create the socket at `path`: a stale one (connect gives ECONNREFUSED) is
+ * removed; when another process answers there, or whether one does cannot
+ * be told, refuses with -EADDRINUSE ("control socket PATH is in use by a
+ * running supervisor"). Returns 0 or -errno with a message in err. */
 int control_server_new(struct event_base *base, struct supervisor *sup,
 		       const char *path, struct control_server **out,
 		       char *err, size_t errlen);
+/* Is something answering on the control socket at `path`? Non-blocking
+ * connect: 1 yes (connected, or a full backlog), 0 no (ECONNREFUSED: a
+ * stale socket file; ENOENT: nothing there), -errno when it cannot be told
+ * (e.g. -EACCES: maybe the live socket of another user). */
+int control_server_probe(const char *path);
+
 /* Closes every client and removes the socket file. Accepts NULL. */
 void control_server_free(struct control_server *cs);
 

@@ -17,7 +17,9 @@
 struct metrics {
 	struct evhttp *http;
 	struct supervisor *sup;
-	int fd; /* ours: evhttp_accept_socket does not close it on free */
+	/* Ours until evhttp_accept_socket() succeeds; from then on the evhttp
+	 * owns it (its listener closes it in evhttp_free()) and this is -1. */
+	int fd;
 };
 
 int metrics_split_hostport(char *hostport, char **host, char **port)
@@ -107,6 +109,7 @@ int metrics_new(struct event_base *base, struct supervisor *sup,
 		snprintf(err, errlen, "metrics: cannot serve on %s", name);
 		goto out;
 	}
+	m->fd = -1; /* transferred to m->http: evhttp_free() closes it */
 	*out = m;
 	m = NULL;
 	r = 0;

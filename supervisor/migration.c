@@ -209,11 +209,15 @@ static int migration_launch(struct migration *m, struct worker *src,
 	r = handoff_socketpair(ch);
 	if (r < 0)
 		goto out;
-	r = worker_send_migrate(dst, false, worker_pid(src), timeout_ms, 0, ch[0]);
+	r = worker_send_migrate(dst, false, worker_pid(src), -1, timeout_ms, 0,
+				ch[0]);
 	if (r < 0)
 		goto out;
-	r = worker_send_migrate(src, true, worker_pid(dst), timeout_ms,
-				m->p.chunk_sessions, ch[1]);
+	/* The source gets the receiver's pidfd too: if it must kill the
+	 * receiver before resuming, it waits on that (we may have reaped the
+	 * pid already, and it may be recycled). */
+	r = worker_send_migrate(src, true, worker_pid(dst), worker_pidfd(dst),
+				timeout_ms, m->p.chunk_sessions, ch[1]);
 out:
 	/* Borrowed by the sends: each worker now holds its own copy. */
 	if (ch[0] >= 0)
@@ -660,6 +664,11 @@ struct migration *migration_start(struct event_base *base, struct worker *source
 	if (worker_is_ready(target)) /* cannot happen for a fresh spawn */
 		migration_on_target_ready(m);
 	return m;
+}
+
+const struct migration_result *migration_result_so_far(const struct migration *m)
+{
+	return &m->res;
 }
 
 void migration_free(struct migration *m)

@@ -70,6 +70,11 @@ struct migration *migration_start(struct event_base *base, struct worker *source
 				  migration_progress_cb progress,
 				  migration_done_cb done, void *arg);
 
+/* What is known so far (from, to, started; the rest as far as it got), for
+ * a report when the migration is abandoned (shutdown). Valid until
+ * migration_free(). */
+const struct migration_result *migration_result_so_far(const struct migration *m);
+
 /* Stop driving (shutdown): leaves both workers to the caller, who must set
  * their handlers again. Accepts NULL. */
 void migration_free(struct migration *m);

@@ -56,6 +56,9 @@ struct supervisor {
 	int exit_code;
 
 	struct event *ev_restart;
+	/* READY deadline of a starting (non-target) active worker: one that
+	 * hangs before READY is stopped, and the exit path restarts it. */
+	struct event *ev_ready;
 	unsigned restart_failures; /* consecutive, for the backoff */
 	struct event *ev_stop;     /* backstop during shutdown */
 	struct event *ev_refresh;
@@ -89,6 +92,11 @@ struct status_req {
 static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 				 const void *msg, void *arg);
 static void supervisor_schedule_restart(struct supervisor *sup);
+static struct json_object *migration_result_json(const struct migration_result *r,
+						 const char *kind,
+						 struct worker *survivor);
+static void supervisor_reply_result(supervisor_reply_cb cb, void *arg,
+				    struct json_object *result);
 static void supervisor_migrate(struct supervisor *sup, const char *binary,
 			       const char *kind, supervisor_reply_cb cb,
 			       void *arg);
@@ -124,7 +132,30 @@ static struct worker *supervisor_spawn(struct supervisor *sup,
 		return NULL;
 	}
 	worker_set_handler(w, supervisor_on_worker, sup);
+	if (!target) {
+		/* A target's READY deadline is the migration's. */
+		struct timeval tv = { .tv_sec = sup->cfg->handoff_timeout_s > 0
+						? sup->cfg->handoff_timeout_s : 1 };
+
+		evtimer_del(sup->ev_ready);
+		evtimer_add(sup->ev_ready, &tv);
+	}
 	return w;
+}
+
+static void supervisor_on_ready_timeout(evutil_socket_t fd, short what,
+					void *arg)
+{
+	struct supervisor *sup = arg;
+	struct worker *w = sup->active;
+
+	if (w == NULL || worker_is_ready(w) || worker_has_exited(w))
+		return;
+	log_error("supervisor", "worker pid %d (%s) not READY after %d s: stopping it",
+		  (int)worker_pid(w), worker_binary(w),
+		  sup->cfg->handoff_timeout_s);
+	/* Its exit restarts it with backoff (or ends a first start). */
+	worker_stop(w, sup->cfg->handoff_timeout_s);
 }
 
 static void supervisor_notify_status(struct supervisor *sup)
@@ -243,9 +274,13 @@ static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 	case WORKER_READY: {
 		const Baton__Control__Ready *r = msg;
 
+		evtimer_del(sup->ev_ready);
 		if (!r->preflight_ok) {
-			log_error("supervisor", "worker pid %d failed preflight (it exits)",
+			/* It should exit by itself; one that does not is stopped
+			 * (SIGKILL after handoff_timeout). */
+			log_error("supervisor", "worker pid %d failed preflight: stopping it",
 				  (int)worker_pid(w));
+			worker_stop(w, sup->cfg->handoff_timeout_s);
 			return;
 		}
 		if (!sup->stopping)
@@ -254,6 +289,7 @@ static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 	}
 	case WORKER_EXITED:
 		sup->active = NULL;
+		evtimer_del(sup->ev_ready);
 		if (sup->stopping)
 			return;
 		if (!sup->ever_served) {
@@ -349,9 +385,11 @@ struct supervisor *supervisor_new(struct event_base *base,
 	sup->sessiond = strdup(sessiond);
 	sup->config_path = strdup(cfg->path);
 	sup->ev_restart = evtimer_new(base, supervisor_on_restart, sup);
+	sup->ev_ready = evtimer_new(base, supervisor_on_ready_timeout, sup);
 	sup->ev_refresh = event_new(base, -1, EV_PERSIST, supervisor_on_refresh, sup);
 	if (sup->sessiond == NULL || sup->config_path == NULL ||
-	    sup->ev_restart == NULL || sup->ev_refresh == NULL) {
+	    sup->ev_restart == NULL || sup->ev_ready == NULL ||
+	    sup->ev_refresh == NULL) {
 		supervisor_free(sup);
 		return NULL;
 	}
@@ -388,6 +426,8 @@ void supervisor_free(struct supervisor *sup)
 	free(sup->workers);
 	if (sup->ev_restart)
 		event_free(sup->ev_restart);
+	if (sup->ev_ready)
+		event_free(sup->ev_ready);
 	if (sup->ev_stop)
 		event_free(sup->ev_stop);
 	if (sup->ev_refresh)
@@ -423,23 +463,32 @@ void supervisor_shutdown(struct supervisor *sup)
 	sd_notify(0, "STOPPING=1");
 	if (sup->migration) {
 		/* Abandoning a migration halfway is safe only because every
-		 * worker is leaving anyway. */
+		 * worker is leaving anyway. Same result shape as any other
+		 * end of a migration: nobody serves afterwards. */
+		struct migration_result res = *migration_result_so_far(sup->migration);
+
 		migration_free(sup->migration);
 		sup->migration = NULL;
-		if (sup->mig_cb) {
-			struct json_object *o = json_object_new_object();
-			struct json_object *r = json_object_new_object();
+		res.committed = false;
+		res.refused = false;
+		res.sessions_lost = false; /* they end with the shutdown */
+		{
+			struct timespec now;
 
-			json_object_object_add(r, "result", json_object_new_string("aborted"));
-			json_object_object_add(r, "reason",
-					       json_object_new_string("supervisor is shutting down"));
-			json_object_object_add(o, "result", r);
-			sup->mig_cb(o, true, sup->mig_arg);
-			json_object_put(o);
-			sup->mig_cb = NULL;
+			clock_gettime(CLOCK_REALTIME, &now);
+			res.total_ms = ((double)now.tv_sec +
+					(double)now.tv_nsec / 1e9 - res.started) * 1e3;
 		}
+		snprintf(res.reason, sizeof(res.reason),
+			 "the supervisor is shutting down: every worker stops");
+		supervisor_reply_result(sup->mig_cb, sup->mig_arg,
+					migration_result_json(&res, sup->mig_kind,
+							      NULL));
+		sup->mig_cb = NULL;
+		sup->mig_arg = NULL;
 	}
 	evtimer_del(sup->ev_restart);
+	evtimer_del(sup->ev_ready);
 	for (size_t i = 0; i < sup->nworkers; i++) {
 		worker_set_handler(sup->workers[i], supervisor_on_worker, sup);
 		worker_stop(sup->workers[i], sup->cfg->handoff_timeout_s);
@@ -612,10 +661,22 @@ static struct json_object *side_json(const struct migration_side *s)
 	return o;
 }
 
+/* The result of every upgrade and rollback, on every path (refused, aborted,
+ * committed, shutdown): the control protocol (control_server.h). survivor:
+ * the worker that serves afterwards (NULL: none does). */
 static struct json_object *migration_result_json(const struct migration_result *r,
-						 const char *kind)
+						 const char *kind,
+						 struct worker *survivor)
 {
 	struct json_object *o = json_object_new_object();
+	struct json_object *sv = NULL;
+
+	if (survivor != NULL) {
+		sv = json_object_new_object();
+		json_object_object_add(sv, "pid", json_object_new_int64(worker_pid(survivor)));
+		json_object_object_add(sv, "version", json_object_new_string(worker_version(survivor)));
+		json_object_object_add(sv, "binary", json_object_new_string(worker_binary(survivor)));
+	}
 
 	json_object_object_add(o, "result",
 			       json_object_new_string(r->committed ? "committed" : "aborted"));
@@ -631,6 +692,8 @@ static struct json_object *migration_result_json(const struct migration_result *
 	json_object_object_add(o, "freeze_ms", json_object_new_double(r->freeze_ms));
 	json_object_object_add(o, "total_ms", json_object_new_double(r->total_ms));
 	json_object_object_add(o, "time", json_object_new_int64((int64_t)r->started));
+	json_object_object_add(o, "survivor", sv);
+	json_object_object_add(o, "sessions_lost", json_object_new_boolean(r->sessions_lost));
 	return o;
 }
 
@@ -670,7 +733,10 @@ static void supervisor_refuse(struct supervisor *sup, supervisor_reply_cb cb,
 	vsnprintf(r.reason, sizeof(r.reason), fmt, ap);
 	va_end(ap);
 	log_warn("control", "%s refused: %s", kind, r.reason);
-	supervisor_reply_result(cb, arg, migration_result_json(&r, kind));
+	/* Nothing was touched: whoever served still does (maybe nobody, while
+	 * restarting after a crash). */
+	supervisor_reply_result(cb, arg, migration_result_json(&r, kind,
+			sup->active_serving ? sup->active : NULL));
 }
 
 static void supervisor_mig_progress(const char *phase, unsigned done,
@@ -740,7 +806,7 @@ static void supervisor_mig_done(struct migration *m,
 			 "%ssessions committed to the target were lost with it; the old worker restarts them (their users reconnect)",
 			 len ? "; " : "");
 	}
-	rj = migration_result_json(res, sup->mig_kind);
+	rj = migration_result_json(res, sup->mig_kind, survivor);
 	json_object_put(sup->last_migration);
 	sup->last_migration = json_object_get(rj);
 	log_info("migration", "%s %s: pid %d -> pid %d%s%s (%.1f ms total, freeze %.1f ms)",

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -20,6 +21,10 @@
 #define WORKER_SEND_TIMEOUT_MS 1000
 #define WORKER_RECV_TIMEOUT_MS 1000
 
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434 /* same number on every architecture */
+#endif
+
 struct status_waiter {
 	worker_status_cb cb;
 	void *arg;
@@ -28,6 +33,7 @@ struct status_waiter {
 struct worker {
 	struct event_base *base;
 	pid_t pid;
+	int pidfd;               /* pidfd_open(pid) right after fork, or -1 */
 	char *binary;
 	int ctl;                 /* our end of the control socket, -1 once lost */
 	struct event *ev_ctl;
@@ -42,8 +48,11 @@ struct worker {
 	Baton__Control__Status status; /* last STATUS (scalars only) */
 	char role[16];
 
+	/* Everyone waiting for the answer to the one outstanding
+	 * STATUS_REQUEST (status_asked); they all share that answer. */
 	struct status_waiter *waiters;
 	size_t nwaiters;
+	bool status_asked;
 
 	bool exit_sent; /* EXIT sent: losing the control socket is expected */
 	bool exited;
@@ -65,21 +74,36 @@ static void worker_emit(struct worker *w, enum worker_event ev, const void *msg)
 	w->dispatching--;
 }
 
-static void worker_fail_waiters(struct worker *w)
+/* Hand `st` (NULL: no answer) to every waiter. A callback may register a
+ * new waiter (its request goes out as a fresh STATUS_REQUEST, or fails at
+ * once when the control socket is gone) or cancel others; both are safe
+ * because each waiter is taken out before it is called. */
+static void worker_answer_waiters(struct worker *w,
+				  const Baton__Control__Status *st)
 {
-	/* Callbacks may register new waiters; they fail too (ctl is gone). */
-	while (w->nwaiters > 0) {
+	size_t n = w->nwaiters;
+
+	w->status_asked = false;
+	/* Only the waiters present now get this answer. */
+	while (n > 0 && w->nwaiters > 0) {
 		struct status_waiter sw = w->waiters[0];
 
 		memmove(&w->waiters[0], &w->waiters[1],
 			(w->nwaiters - 1) * sizeof(w->waiters[0]));
 		w->nwaiters--;
-		if (sw.cb == NULL)
-			continue;
+		n--;
 		w->dispatching++;
-		sw.cb(w, NULL, sw.arg);
+		sw.cb(w, st, sw.arg);
 		w->dispatching--;
 	}
+}
+
+static void worker_fail_waiters(struct worker *w)
+{
+	/* Callbacks may register new waiters; they fail too (ctl is gone). */
+	while (w->nwaiters > 0)
+		worker_answer_waiters(w, NULL);
+	w->status_asked = false;
 }
 
 static void worker_on_kill_timer(evutil_socket_t fd, short what, void *arg)
@@ -168,18 +192,7 @@ static void worker_handle(struct worker *w, struct handoff_msg *m)
 		w->status.has_loop_lag_ms = s->has_loop_lag_ms;
 		w->status.loop_lag_ms = s->loop_lag_ms;
 		baton__control__status__free_unpacked(s, NULL);
-		if (w->nwaiters > 0) {
-			struct status_waiter sw = w->waiters[0];
-
-			memmove(&w->waiters[0], &w->waiters[1],
-				(w->nwaiters - 1) * sizeof(w->waiters[0]));
-			w->nwaiters--;
-			if (sw.cb != NULL) {
-				w->dispatching++;
-				sw.cb(w, &w->status, sw.arg);
-				w->dispatching--;
-			}
-		}
+		worker_answer_waiters(w, &w->status);
 		return;
 	}
 	default:
@@ -189,11 +202,10 @@ static void worker_handle(struct worker *w, struct handoff_msg *m)
 	}
 }
 
-static void worker_on_ctl(evutil_socket_t fd, short what, void *arg)
+/* Read and handle everything queued. Callers hold w->dispatching, so a
+ * worker_free() from a handler is only marked; they free at their exit. */
+static void worker_read_ctl(struct worker *w)
 {
-	struct worker *w = arg;
-
-	w->dispatching++;
 	while (w->ctl >= 0 && !w->free_pending) {
 		struct handoff_msg m = { 0 };
 		int r = handoff_frame_recv(w->ctl, &m, WORKER_RECV_TIMEOUT_MS);
@@ -208,6 +220,16 @@ static void worker_on_ctl(evutil_socket_t fd, short what, void *arg)
 		worker_handle(w, &m);
 		handoff_msg_clear(&m); /* closes fds no message may carry here */
 	}
+}
+
+/* libevent entry point: the only place where a deferred worker_free()
+ * completes (nothing below us still uses w). */
+static void worker_on_ctl(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+
+	w->dispatching++;
+	worker_read_ctl(w);
 	w->dispatching--;
 	if (w->dispatching == 0 && w->free_pending)
 		worker_free(w);
@@ -284,6 +306,7 @@ struct worker *worker_spawn(struct event_base *base, const char *binary,
 	}
 	w->base = base;
 	w->ctl = -1;
+	w->pidfd = -1;
 	w->kill_timeout_s = kill_timeout_s;
 	baton__control__status__init(&w->status);
 	snprintf(w->role, sizeof(w->role), "%s", target ? "target" : "active");
@@ -307,6 +330,15 @@ struct worker *worker_spawn(struct event_base *base, const char *binary,
 	close(sv[1]);
 	sv[1] = -1;
 	w->pid = pid;
+	/* Now, before anything can reap the child, so the pidfd surely refers
+	 * to our worker (a migration source uses it to wait for this worker's
+	 * death; pidfd_open() from there could hit a recycled pid). pidfds are
+	 * always CLOEXEC. Failure (kernel < 5.3, seccomp) only costs that
+	 * guarantee: MIGRATE then goes without it and the source falls back. */
+	w->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	if (w->pidfd < 0)
+		log_debug("worker", "pid %d: pidfd_open: %s", (int)pid,
+			  strerror(errno));
 	w->ctl = sv[0];
 	sv[0] = -1; /* transferred to w */
 	clock_gettime(CLOCK_MONOTONIC, &w->started);
@@ -351,6 +383,8 @@ void worker_free(struct worker *w)
 		close(w->ctl);
 	if (w->ev_kill)
 		event_free(w->ev_kill);
+	if (w->pidfd >= 0)
+		close(w->pidfd);
 	if (w->ready)
 		baton__control__ready__free_unpacked(w->ready, NULL);
 	free(w->waiters);
@@ -365,6 +399,7 @@ void worker_set_handler(struct worker *w, worker_cb cb, void *arg)
 }
 
 pid_t worker_pid(const struct worker *w) { return w->pid; }
+int worker_pidfd(const struct worker *w) { return w->pidfd; }
 const char *worker_binary(const struct worker *w) { return w->binary; }
 bool worker_is_ready(const struct worker *w) { return w->ready != NULL; }
 bool worker_has_exited(const struct worker *w) { return w->exited; }
@@ -401,17 +436,25 @@ const Baton__Control__Status *worker_last_status(const struct worker *w)
 	return &w->status;
 }
 
-static int worker_send(struct worker *w, enum control_type type,
-		       const ProtobufCMessage *msg, const int *fds, size_t nfds)
+static int worker_send_timeout(struct worker *w, enum control_type type,
+			       const ProtobufCMessage *msg, const int *fds,
+			       size_t nfds, int timeout_ms)
 {
 	int r;
 
 	if (w->ctl < 0)
 		return -ENOTCONN;
-	r = control_send(w->ctl, type, msg, fds, nfds, WORKER_SEND_TIMEOUT_MS);
+	r = control_send(w->ctl, type, msg, fds, nfds, timeout_ms);
 	if (r < 0 && r != -ETIMEDOUT)
 		worker_ctl_lost(w, strerror(-r));
 	return r;
+}
+
+static int worker_send(struct worker *w, enum control_type type,
+		       const ProtobufCMessage *msg, const int *fds, size_t nfds)
+{
+	return worker_send_timeout(w, type, msg, fds, nfds,
+				   WORKER_SEND_TIMEOUT_MS);
 }
 
 int worker_send_listeners(struct worker *w, const int *fds,
@@ -433,10 +476,15 @@ int worker_send_accept(struct worker *w, bool on)
 }
 
 int worker_send_migrate(struct worker *w, bool outgoing, pid_t peer,
-			unsigned timeout_ms, unsigned chunk_sessions,
-			int channel_fd)
+			int peer_pidfd, unsigned timeout_ms,
+			unsigned chunk_sessions, int channel_fd)
 {
 	Baton__Control__Migrate m = BATON__CONTROL__MIGRATE__INIT;
+	/* Order is the contract (proto/control.proto): channel first. The
+	 * kernel gives the worker its own copy of the pidfd; ours stays with
+	 * the peer's worker object. */
+	int fds[2] = { channel_fd, peer_pidfd };
+	size_t nfds = outgoing && peer_pidfd >= 0 ? 2 : 1;
 
 	m.outgoing = outgoing;
 	m.has_peer_pid = true;
@@ -447,7 +495,7 @@ int worker_send_migrate(struct worker *w, bool outgoing, pid_t peer,
 		m.has_chunk_sessions = true;
 		m.chunk_sessions = chunk_sessions;
 	}
-	return worker_send(w, CONTROL_MIGRATE, &m.base, &channel_fd, 1);
+	return worker_send(w, CONTROL_MIGRATE, &m.base, fds, nfds);
 }
 
 int worker_send_exit(struct worker *w)
@@ -464,13 +512,26 @@ int worker_request_status(struct worker *w, worker_status_cb cb, void *arg)
 	struct status_waiter *nw;
 	int r;
 
+	for (size_t i = 0; i < w->nwaiters; i++)
+		if (w->waiters[i].cb == cb && w->waiters[i].arg == arg)
+			return 0; /* already waiting: called once */
+	if (w->ctl < 0)
+		return -ENOTCONN;
 	nw = realloc(w->waiters, (w->nwaiters + 1) * sizeof(*nw));
 	if (nw == NULL)
 		return -ENOMEM;
 	w->waiters = nw;
-	r = worker_send(w, CONTROL_STATUS_REQUEST, &m.base, NULL, 0);
-	if (r < 0)
-		return r;
+	if (!w->status_asked) {
+		/* Never wait for room: a worker that does not read its control
+		 * socket must not stall the loop. A full socket means no
+		 * answer. Sent before the waiter is registered, so a send
+		 * that loses the control socket cannot call it. */
+		r = worker_send_timeout(w, CONTROL_STATUS_REQUEST, &m.base,
+					NULL, 0, 0);
+		if (r < 0)
+			return r;
+		w->status_asked = true;
+	}
 	w->waiters[w->nwaiters].cb = cb;
 	w->waiters[w->nwaiters].arg = arg;
 	w->nwaiters++;
@@ -479,11 +540,15 @@ int worker_request_status(struct worker *w, worker_status_cb cb, void *arg)
 
 void worker_cancel_status(struct worker *w, void *arg)
 {
-	/* A cancelled slot keeps its place (answers arrive in order) but no
-	 * longer calls anyone. */
+	/* All waiters share one answer, so order does not matter: drop them.
+	 * The request stays outstanding; its answer still updates
+	 * worker_last_status(). */
+	size_t j = 0;
+
 	for (size_t i = 0; i < w->nwaiters; i++)
-		if (w->waiters[i].arg == arg)
-			w->waiters[i].cb = NULL;
+		if (w->waiters[i].arg != arg)
+			w->waiters[j++] = w->waiters[i];
+	w->nwaiters = j;
 }
 
 void worker_stop(struct worker *w, int timeout_s)
@@ -517,10 +582,15 @@ void worker_reaped(struct worker *w, int wstatus)
 		snprintf(w->exit_text, sizeof(w->exit_text), "wait status 0x%x",
 			 wstatus);
 	evtimer_del(w->ev_kill);
+	/* Held across the handlers: a worker_free() from one of them is only
+	 * marked, and the caller's worker_free() (worker.h: right after this
+	 * returns) completes it. */
+	w->dispatching++;
 	/* Read what it said before dying (a MIGRATION_RESULT may be queued). */
-	if (w->ctl >= 0)
-		worker_on_ctl(w->ctl, EV_READ, w);
+	worker_read_ctl(w);
 	worker_ctl_lost(w, "process exited");
 	evtimer_del(w->ev_kill);
-	worker_emit(w, WORKER_EXITED, NULL);
+	if (!w->free_pending)
+		worker_emit(w, WORKER_EXITED, NULL);
+	w->dispatching--;
 }

@@ -11,8 +11,10 @@
  * the supervisor frees the worker right after that callback returns.
  * worker_free() during a callback of the same worker is deferred safely.
  *
- * fd ownership: the worker owns its end of the control socket; LISTENERS and
- * MIGRATE borrow the fds passed in (the caller keeps and closes its copies).
+ * fd ownership: the worker owns its end of the control socket and a pidfd of
+ * its process (opened right after fork, before the child can be reaped, so it
+ * can never name a recycled pid); LISTENERS and MIGRATE borrow the fds passed
+ * in (the caller keeps and closes its copies).
  */
 #ifndef BATON_SUPERVISOR_WORKER_H
 #define BATON_SUPERVISOR_WORKER_H
@@ -53,6 +55,9 @@ void worker_free(struct worker *w); /* accepts NULL; does not kill */
 void worker_set_handler(struct worker *w, worker_cb cb, void *arg);
 
 pid_t worker_pid(const struct worker *w);
+/* pidfd of the worker process (owned by w, closed by worker_free), or -1
+ * when pidfd_open failed (old kernel, seccomp). */
+int worker_pidfd(const struct worker *w);
 const char *worker_binary(const struct worker *w);
 bool worker_is_ready(const struct worker *w);
 bool worker_has_exited(const struct worker *w);
@@ -74,16 +79,29 @@ const char *worker_role(const struct worker *w);
 const Baton__Control__Status *worker_last_status(const struct worker *w);
 
 /* Messages. Each returns 0 or -errno (-ENOTCONN once the control socket is
- * gone). Sending never blocks the loop for longer than ~1 s. */
+ * gone). Sending never blocks the loop for longer than ~1 s (-ETIMEDOUT
+ * then, the control socket stays). */
 int worker_send_listeners(struct worker *w, const int *fds,
 			  const char *const *names, size_t n);
 int worker_send_accept(struct worker *w, bool on);
+/* MIGRATE with fds [channel_fd] or, for outgoing with peer_pidfd >= 0,
+ * [channel_fd, peer_pidfd] (the order is the contract, common/control.h):
+ * the source may have to SIGKILL the target and wait for its death, and the
+ * pidfd is the only race-free handle on it. peer_pidfd -1: channel only
+ * (the worker falls back). Both fds are borrowed. */
 int worker_send_migrate(struct worker *w, bool outgoing, pid_t peer,
-			unsigned timeout_ms, unsigned chunk_sessions,
-			int channel_fd);
+			int peer_pidfd, unsigned timeout_ms,
+			unsigned chunk_sessions, int channel_fd);
 int worker_send_exit(struct worker *w);
 
-/* Ask for a STATUS; cb runs exactly once unless cancelled. */
+/* Ask for a STATUS; on 0, cb runs exactly once unless cancelled (with NULL
+ * when the control socket is lost first). At most one STATUS_REQUEST is
+ * outstanding per worker: while one is, new waiters share its answer, and a
+ * (cb, arg) pair already waiting is not added twice. The request is sent
+ * without waiting for room; a worker that does not read its control socket
+ * gives no answer (-ETIMEDOUT, nothing registered). A worker that never
+ * answers keeps its request outstanding: waiters must have their own
+ * deadline and cancel. */
 int worker_request_status(struct worker *w, worker_status_cb cb, void *arg);
 /* Drop every pending status callback registered with `arg`. */
 void worker_cancel_status(struct worker *w, void *arg);

@@ -2,7 +2,9 @@
  * re-executed with --worker): the control socket is fd 3, READY is parsed,
  * LISTENERS/ACCEPT/STATUS/EXIT round-trip, an exec failure and a failed
  * preflight surface as exit statuses, and a worker that drops its control
- * socket but does not exit is SIGKILLed. */
+ * socket but does not exit is SIGKILLed. Regressions: the worker's pidfd and
+ * MIGRATE's fd list, one outstanding STATUS_REQUEST, non-blocking status
+ * sends, a worker freed by a handler inside worker_reaped(). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -17,6 +19,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -25,7 +28,40 @@
 #include "handoff/frame.h"
 #include "supervisor/worker.h"
 
-/* ---- the fake worker (FAKE_MODE: ok | preflight | drop) ---- */
+/* ---- the fake worker (FAKE_MODE: ok | preflight | drop | count | deaf |
+ * exit) ---- */
+
+/* The pid a pidfd refers to (from /proc/self/fdinfo), or -1. */
+static long pidfd_pid(int fd)
+{
+	char path[64], line[256];
+	long pid = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+	f = fopen(path, "r");
+	if (f == NULL)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (strncmp(line, "Pid:", 4) == 0)
+			pid = strtol(line + 4, NULL, 10);
+	fclose(f);
+	return pid;
+}
+
+/* What the last MIGRATE carried, reported by the next STATUS: sessions =
+ * 100 + number of fds, connections = the pid fd[1] is a pidfd of (0 if
+ * none). */
+static bool fake_migrated;
+static uint32_t fake_migrate_nfds, fake_migrate_pid;
+
+static void fake_note_migrate(struct handoff_msg *m)
+{
+	fake_migrated = true;
+	fake_migrate_nfds = (uint32_t)m->nfds;
+	fake_migrate_pid = m->nfds >= 2 && pidfd_pid(m->fds[1]) > 0
+				   ? (uint32_t)pidfd_pid(m->fds[1]) : 0;
+}
 
 static int fake_worker(void)
 {
@@ -51,6 +87,12 @@ static int fake_worker(void)
 		return 11;
 	if (!r.preflight_ok)
 		return 1;
+	if (strcmp(mode, "exit") == 0)
+		return 0; /* READY queued, then gone */
+	if (strcmp(mode, "deaf") == 0) {
+		pause(); /* never reads its control socket; until SIGKILL */
+		return 12;
+	}
 	if (strcmp(mode, "drop") == 0) {
 		close(fd);
 		pause(); /* until SIGKILL */
@@ -63,11 +105,26 @@ static int fake_worker(void)
 			return 13;
 		if (m.type == CONTROL_LISTENERS && m.nfds != 1)
 			return 14;
+		if (m.type == CONTROL_MIGRATE)
+			fake_note_migrate(&m);
 		if (m.type == CONTROL_STATUS_REQUEST) {
 			Baton__Control__Status st = BATON__CONTROL__STATUS__INIT;
+			static unsigned requests;
 
+			requests++;
 			st.sessions = 7;
 			st.connections = 9;
+			if (fake_migrated) {
+				st.sessions = 100 + fake_migrate_nfds;
+				st.connections = fake_migrate_pid;
+				fake_migrated = false;
+			}
+			if (strcmp(mode, "count") == 0) {
+				/* Answer late, so that requests could pile up,
+				 * and say how many arrived. */
+				usleep(200 * 1000);
+				st.sessions = requests;
+			}
 			control_send(fd, CONTROL_STATUS, &st.base, NULL, 0, 1000);
 		}
 		if (m.type == CONTROL_EXIT) {
@@ -194,6 +251,237 @@ static void test_dropped_control_is_killed(void **state)
 	assert_non_null(strstr(f.exit_text, "killed by signal 9"));
 }
 
+/* ---- a loop driven by hand, for the regressions ---- */
+
+struct rig {
+	struct event_base *base;
+	struct event *sig;
+	struct worker *w;
+	bool ready;
+	bool exited;
+	int answers;
+	uint32_t answer_sessions[8], answer_connections[8];
+	bool answer_null[8];
+	bool free_on_ready; /* the handler frees w on READY */
+	char exit_text[96];
+};
+
+static void rig_on_chld(evutil_socket_t sig, short what, void *arg)
+{
+	struct rig *g = arg;
+	int st;
+
+	if (g->w && waitpid(worker_pid(g->w), &st, WNOHANG) == worker_pid(g->w)) {
+		worker_reaped(g->w, st);
+		worker_free(g->w);
+		g->w = NULL;
+		event_base_loopbreak(g->base);
+	}
+}
+
+static void rig_on_worker(struct worker *w, enum worker_event ev,
+			  const void *msg, void *arg)
+{
+	struct rig *g = arg;
+
+	if (ev == WORKER_READY) {
+		g->ready = true;
+		if (g->free_on_ready)
+			worker_free(w); /* deferred: we are inside its dispatch */
+		event_base_loopbreak(g->base);
+	} else if (ev == WORKER_EXITED) {
+		g->exited = true;
+		snprintf(g->exit_text, sizeof(g->exit_text), "%s",
+			 worker_exit_status(w));
+	}
+}
+
+static void rig_on_status(struct worker *w, const Baton__Control__Status *st,
+			  void *arg)
+{
+	struct rig *g = arg;
+
+	if (g->answers < 8) {
+		g->answer_null[g->answers] = st == NULL;
+		g->answer_sessions[g->answers] = st ? st->sessions : 0;
+		g->answer_connections[g->answers] = st ? st->connections : 0;
+	}
+	g->answers++;
+	event_base_loopbreak(g->base);
+}
+
+/* Runs the loop until a callback breaks it (or 10 s). */
+static void rig_run(struct rig *g)
+{
+	struct timeval guard = { .tv_sec = 10 };
+
+	event_base_loopexit(g->base, &guard);
+	event_base_dispatch(g->base);
+}
+
+static void rig_start(struct rig *g, const char *mode)
+{
+	int err = 0;
+
+	memset(g, 0, sizeof(*g));
+	setenv("FAKE_MODE", mode, 1);
+	g->base = event_base_new();
+	g->sig = evsignal_new(g->base, SIGCHLD, rig_on_chld, g);
+	event_add(g->sig, NULL);
+	g->w = worker_spawn(g->base, "/proc/self/exe", "/dev/null", false, 1, &err);
+	assert_non_null(g->w);
+	worker_set_handler(g->w, rig_on_worker, g);
+}
+
+static void rig_wait_ready(struct rig *g)
+{
+	while (!g->ready && g->w != NULL)
+		rig_run(g);
+	assert_true(g->ready);
+}
+
+static void rig_finish(struct rig *g)
+{
+	if (g->w != NULL)
+		worker_stop(g->w, 1);
+	while (g->w != NULL)
+		rig_run(g);
+	event_free(g->sig);
+	event_base_free(g->base);
+}
+
+/* Bug: the source opened pidfd_open(peer_pid) itself, possibly after the
+ * supervisor reaped the target (a recycled pid). The supervisor now opens a
+ * pidfd right after fork and MIGRATE{outgoing} carries [channel, pidfd]. */
+static void test_pidfd_and_migrate_fds(void **state)
+{
+	struct rig g;
+	int ch[2];
+
+	rig_start(&g, "ok");
+	assert_true(worker_pidfd(g.w) >= 0);
+	assert_int_equal(pidfd_pid(worker_pidfd(g.w)), worker_pid(g.w));
+	assert_true(fcntl(worker_pidfd(g.w), F_GETFD) & FD_CLOEXEC);
+	rig_wait_ready(&g);
+	assert_int_equal(handoff_socketpair(ch), 0);
+
+	/* Outgoing with a pidfd: [channel, pidfd], the pidfd naming the peer
+	 * (here the worker itself stands in for the target). */
+	assert_int_equal(worker_send_migrate(g.w, true, worker_pid(g.w),
+					     worker_pidfd(g.w), 1000, 0, ch[0]), 0);
+	assert_int_equal(worker_request_status(g.w, rig_on_status, &g), 0);
+	while (g.answers < 1 && g.w)
+		rig_run(&g);
+	assert_int_equal(g.answer_sessions[0], 102);
+	assert_int_equal(g.answer_connections[0], worker_pid(g.w));
+
+	/* Outgoing without a pidfd (pidfd_open failed): channel only. */
+	assert_int_equal(worker_send_migrate(g.w, true, worker_pid(g.w), -1,
+					     1000, 0, ch[0]), 0);
+	assert_int_equal(worker_request_status(g.w, rig_on_status, &g), 0);
+	while (g.answers < 2 && g.w)
+		rig_run(&g);
+	assert_int_equal(g.answer_sessions[1], 101);
+
+	/* Incoming: always the channel only. */
+	assert_int_equal(worker_send_migrate(g.w, false, worker_pid(g.w),
+					     worker_pidfd(g.w), 1000, 0, ch[0]), 0);
+	assert_int_equal(worker_request_status(g.w, rig_on_status, &g), 0);
+	while (g.answers < 3 && g.w)
+		rig_run(&g);
+	assert_int_equal(g.answer_sessions[2], 101);
+	close(ch[0]);
+	close(ch[1]);
+	rig_finish(&g);
+}
+
+static void rig_on_status_b(struct worker *w, const Baton__Control__Status *st,
+			    void *arg)
+{
+	rig_on_status(w, st, arg);
+}
+
+/* Bug: every status poll sent its own STATUS_REQUEST, without limit, to a
+ * worker that may not read. Now at most one is outstanding and its answer
+ * goes to every waiter. */
+static void test_one_outstanding_status_request(void **state)
+{
+	struct rig g;
+	char other;
+
+	rig_start(&g, "count");
+	rig_wait_ready(&g);
+	assert_int_equal(worker_request_status(g.w, rig_on_status, &g), 0);
+	assert_int_equal(worker_request_status(g.w, rig_on_status_b, &g), 0);
+	assert_int_equal(worker_request_status(g.w, rig_on_status, &other), 0);
+	/* The same (cb, arg) twice is one waiter. */
+	assert_int_equal(worker_request_status(g.w, rig_on_status, &g), 0);
+	worker_cancel_status(g.w, &other);
+	while (g.answers < 2 && g.w)
+		rig_run(&g);
+	assert_int_equal(g.answers, 2);
+	/* One request reached the worker; both waiters got its answer. */
+	assert_int_equal(g.answer_sessions[0], 1);
+	assert_int_equal(g.answer_sessions[1], 1);
+	/* The next poll is a new request. */
+	assert_int_equal(worker_request_status(g.w, rig_on_status, &g), 0);
+	while (g.answers < 3 && g.w)
+		rig_run(&g);
+	assert_int_equal(g.answer_sessions[2], 2);
+	rig_finish(&g);
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Bug: a STATUS_REQUEST to a worker that does not read blocked the loop for
+ * up to 1 s per request. Now it is sent without waiting: no answer. */
+static void test_status_send_does_not_block(void **state)
+{
+	struct rig g;
+	double t0;
+	int r, n = 0;
+
+	rig_start(&g, "deaf");
+	rig_wait_ready(&g);
+	/* Fill its control socket (the last ACCEPT waits its ~1 s). */
+	while ((r = worker_send_accept(g.w, true)) == 0 && n < 1000000)
+		n++;
+	assert_int_equal(r, -ETIMEDOUT);
+	t0 = now_s();
+	r = worker_request_status(g.w, rig_on_status, &g);
+	assert_int_equal(r, -ETIMEDOUT);
+	assert_true(now_s() - t0 < 0.2);
+	assert_int_equal(g.answers, 0); /* nothing registered */
+	rig_finish(&g);
+	assert_non_null(strstr(g.exit_text, "killed by signal 9"));
+}
+
+/* Bug: worker_reaped() handled the messages a dead worker left behind with
+ * no dispatch guard, so a handler's worker_free() freed w at once and
+ * worker_reaped() went on with freed memory. */
+static void test_free_in_handler_during_reaped(void **state)
+{
+	struct rig g;
+	int st;
+
+	rig_start(&g, "exit");
+	g.free_on_ready = true;
+	/* Do not run the loop: READY is still queued when we reap. */
+	assert_int_equal(waitpid(worker_pid(g.w), &st, 0), worker_pid(g.w));
+	worker_reaped(g.w, st);
+	assert_true(g.ready);
+	assert_false(g.exited); /* its owner let go of it: no more events */
+	worker_free(g.w);       /* the reaper's free completes the deferred one */
+	g.w = NULL;
+	rig_finish(&g);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -201,6 +489,10 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_exec_failure),
 		cmocka_unit_test(test_failed_preflight),
 		cmocka_unit_test(test_dropped_control_is_killed),
+		cmocka_unit_test(test_pidfd_and_migrate_fds),
+		cmocka_unit_test(test_one_outstanding_status_request),
+		cmocka_unit_test(test_status_send_does_not_block),
+		cmocka_unit_test(test_free_in_handler_during_reaped),
 	};
 
 	if (argc >= 4 && strcmp(argv[3], "--worker") == 0)
