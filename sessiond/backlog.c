@@ -1,10 +1,20 @@
 /* sessiond/backlog.c: per-session message history (see backlog.h).
  *
- * Layout: an array of buffers (sessions rarely have more than a few dozen;
- * lookup is a linear, case-insensitive scan with a one-entry cache for bursts
- * on the same buffer), each holding a ring of lines sorted by seq. Rings start
- * small and double up to max_lines, so an idle query costs a few slots, not
- * max_lines of them. Each line owns a strdup'd copy of its text.
+ * Layout: heap-allocated buffers, listed in an array (any order; removal
+ * swaps the last one in) and indexed by casefolded name in a strmap, with a
+ * one-entry cache for bursts on the same buffer. Each buffer holds a ring of
+ * lines sorted by seq. Rings start small and double up to max_lines, so an
+ * idle query costs a few slots, not max_lines of them. Each line owns a
+ * strdup'd copy of its text.
+ *
+ * The number of buffers is bounded (max_buffers): every distinct sender of a
+ * private message creates one, and a flood of them must not grow a session
+ * without limit. Creating one more evicts the least recently stored query
+ * buffer, or, only if every buffer is a channel, the least recently stored
+ * channel buffer. Two lists (queries, channels) in store order make that
+ * O(1). Appends store in seq order, so "least recently stored" is "whose
+ * newest line is oldest"; a restore keeps that meaning when buffers are
+ * restored in the order of their newest line (state.c does).
  *
  * Because every ring is sorted, "lines with seq > after" is a binary search
  * per buffer, counting is O(buffers * log lines), and a replay is a k-way
@@ -12,14 +22,17 @@
  * buffers, never quadratic.
  *
  * Library code: no logging, no exits. Allocation failures return -ENOMEM
- * (0 from backlog_append) and leave the backlog as it was.
+ * (0 from backlog_append) and leave the backlog as it was (nothing is
+ * evicted before the new line is certain to be stored).
  */
 #include "sessiond/backlog.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/strmap.h"
 #include "sessiond/irc.h"
 
 #define RING_MIN_CAP 4
@@ -36,18 +49,30 @@ struct bl_line {
 
 struct bl_buffer {
 	char *name;           /* owned; spelled as first seen */
+	char *key;            /* owned; casefolded name, the index key */
 	struct bl_line *ring; /* cap slots, len used, oldest at head */
 	size_t cap, head, len;
 	uint64_t last_seq;    /* of the newest line ever added, even if dropped */
+	size_t pos;           /* in backlog.bufs */
+	bool channel;         /* irc_is_channel(name): evicted last */
+	struct bl_buffer *older, *newer; /* its store-order list */
+};
+
+/* Buffers of one kind, least recently stored first. */
+struct bl_list {
+	struct bl_buffer *oldest, *newest;
 };
 
 struct backlog {
 	size_t max_lines;
+	size_t max_buffers;
 	uint64_t next_seq;
 	uint64_t high_seq; /* highest seq ever assigned or restored */
-	struct bl_buffer *bufs;
+	struct bl_buffer **bufs;
 	size_t nbufs, capbufs;
-	size_t last; /* index of the buffer last appended to (lookup cache) */
+	struct strmap *index;   /* casefolded name -> buffer */
+	struct bl_buffer *last; /* buffer last stored to (lookup cache) */
+	struct bl_list queries, channels;
 };
 
 static const struct bl_line *ring_at(const struct bl_buffer *b, size_t i)
@@ -130,57 +155,169 @@ static void ring_push(struct bl_buffer *b, uint64_t seq, int64_t time_ms,
 	slot->text = text;
 }
 
-static struct bl_buffer *buffer_find(const struct backlog *bl, const char *name)
-{
-	size_t i;
+/* ---- buffers: index, store order, eviction ---- */
 
-	if (bl->last < bl->nbufs &&
-	    irc_casecmp(bl->bufs[bl->last].name, name) == 0)
-		return &bl->bufs[bl->last];
-	for (i = 0; i < bl->nbufs; i++)
-		if (irc_casecmp(bl->bufs[i].name, name) == 0)
-			return &bl->bufs[i];
-	return NULL;
+static struct bl_list *buffer_list(struct backlog *bl, const struct bl_buffer *b)
+{
+	return b->channel ? &bl->channels : &bl->queries;
 }
 
-/* Find or create; *created tells the caller it may roll the creation back
- * (buffer_drop_last) if what follows fails. */
-static struct bl_buffer *buffer_get(struct backlog *bl, const char *name,
-				    int *created)
+static void list_unlink(struct bl_list *l, struct bl_buffer *b)
 {
-	struct bl_buffer *b = buffer_find(bl, name);
+	if (b->older)
+		b->older->newer = b->newer;
+	else
+		l->oldest = b->newer;
+	if (b->newer)
+		b->newer->older = b->older;
+	else
+		l->newest = b->older;
+	b->older = b->newer = NULL;
+}
 
-	*created = 0;
-	if (b)
-		goto out;
-	if (bl->nbufs == bl->capbufs) {
-		size_t ncap = bl->capbufs ? bl->capbufs * 2 : BUFFERS_MIN_CAP;
-		struct bl_buffer *nb = realloc(bl->bufs, ncap * sizeof(*nb));
+static void list_push_newest(struct bl_list *l, struct bl_buffer *b)
+{
+	b->older = l->newest;
+	b->newer = NULL;
+	if (l->newest)
+		l->newest->newer = b;
+	else
+		l->oldest = b;
+	l->newest = b;
+}
 
-		if (!nb)
-			return NULL;
-		bl->bufs = nb;
-		bl->capbufs = ncap;
-	}
-	b = &bl->bufs[bl->nbufs];
-	memset(b, 0, sizeof(*b));
-	b->name = strdup(name);
-	if (!b->name)
+/* The buffer was just stored to: it becomes the newest of its list. */
+static void buffer_touch(struct backlog *bl, struct bl_buffer *b)
+{
+	struct bl_list *l = buffer_list(bl, b);
+
+	if (l->newest == b)
+		return;
+	list_unlink(l, b);
+	list_push_newest(l, b);
+}
+
+static void buffer_free(struct bl_buffer *b)
+{
+	size_t j;
+
+	if (!b)
+		return;
+	for (j = 0; j < b->len; j++)
+		free(ring_at(b, j)->text);
+	free(b->ring);
+	free(b->name);
+	free(b->key);
+	free(b);
+}
+
+/* Casefolded copy of name into tmp[n] if it fits, else malloc'd (the caller
+ * frees it when it is not tmp; tmp may be NULL with n 0). NULL: out of
+ * memory. */
+static char *fold_key(const char *name, char *tmp, size_t n)
+{
+	size_t len = strlen(name);
+	char *k = len < n ? tmp : malloc(len + 1);
+
+	if (!k)
 		return NULL;
-	bl->nbufs++;
-	*created = 1;
-out:
-	bl->last = (size_t)(b - bl->bufs);
+	memcpy(k, name, len + 1);
+	irc_casefold(k);
+	return k;
+}
+
+/* The buffer named `name` (case-insensitively) or NULL. -ENOMEM only for a
+ * name too long for the stack and no memory to fold it. */
+static int buffer_lookup(const struct backlog *bl, const char *name,
+			 struct bl_buffer **out)
+{
+	char tmp[256];
+	char *k;
+
+	if (bl->last && irc_casecmp(bl->last->name, name) == 0) {
+		*out = bl->last;
+		return 0;
+	}
+	k = fold_key(name, tmp, sizeof(tmp));
+	if (!k)
+		return -ENOMEM;
+	*out = strmap_get(bl->index, k);
+	if (k != tmp)
+		free(k);
+	return 0;
+}
+
+/* A new buffer, indexed but not listed yet (buffer_insert() lists it). */
+static struct bl_buffer *buffer_create(struct backlog *bl, const char *name)
+{
+	struct bl_buffer *b = calloc(1, sizeof(*b));
+
+	if (!b)
+		return NULL;
+	b->name = strdup(name);
+	b->key = fold_key(name, NULL, 0);
+	b->channel = irc_is_channel(name) != 0;
+	if (!b->name || !b->key || strmap_put(bl->index, b->key, b) < 0) {
+		buffer_free(b);
+		return NULL;
+	}
 	return b;
 }
 
-/* Undo a buffer_get() that created the last buffer (it holds no lines). */
-static void buffer_drop_last(struct backlog *bl)
+/* Undo buffer_create() (the buffer holds no lines). */
+static void buffer_uncreate(struct backlog *bl, struct bl_buffer *b)
 {
-	struct bl_buffer *b = &bl->bufs[--bl->nbufs];
+	strmap_del(bl->index, b->key);
+	buffer_free(b);
+}
 
-	free(b->ring);
-	free(b->name);
+/* Take b out of every structure and free it. */
+static void buffer_remove(struct backlog *bl, struct bl_buffer *b)
+{
+	struct bl_buffer *moved = bl->bufs[--bl->nbufs];
+
+	bl->bufs[b->pos] = moved;
+	moved->pos = b->pos;
+	list_unlink(buffer_list(bl, b), b);
+	strmap_del(bl->index, b->key);
+	if (bl->last == b)
+		bl->last = NULL;
+	buffer_free(b);
+}
+
+/* The least recently stored query buffer; a channel buffer only if there is
+ * no query buffer. */
+static struct bl_buffer *buffer_victim(const struct backlog *bl)
+{
+	return bl->queries.oldest ? bl->queries.oldest : bl->channels.oldest;
+}
+
+/* List a created buffer, evicting as many as max_buffers requires. The
+ * array has room (buffer_reserve()). */
+static void buffer_insert(struct backlog *bl, struct bl_buffer *b)
+{
+	while (bl->nbufs >= bl->max_buffers && bl->nbufs > 0)
+		buffer_remove(bl, buffer_victim(bl));
+	b->pos = bl->nbufs;
+	bl->bufs[bl->nbufs++] = b;
+	list_push_newest(buffer_list(bl, b), b);
+}
+
+/* Room in the array for one more buffer. */
+static int buffer_reserve(struct backlog *bl)
+{
+	size_t ncap;
+	struct bl_buffer **nb;
+
+	if (bl->nbufs < bl->capbufs)
+		return 0;
+	ncap = bl->capbufs ? bl->capbufs * 2 : BUFFERS_MIN_CAP;
+	nb = realloc(bl->bufs, ncap * sizeof(*nb));
+	if (!nb)
+		return -ENOMEM;
+	bl->bufs = nb;
+	bl->capbufs = ncap;
+	return 0;
 }
 
 struct backlog *backlog_new(size_t max_lines)
@@ -189,40 +326,60 @@ struct backlog *backlog_new(size_t max_lines)
 
 	if (!bl)
 		return NULL;
+	bl->index = strmap_new();
+	if (!bl->index) {
+		free(bl);
+		return NULL;
+	}
 	bl->max_lines = max_lines;
+	bl->max_buffers = BACKLOG_MAX_BUFFERS;
 	bl->next_seq = 1;
 	return bl;
 }
 
+void backlog_set_max_buffers(struct backlog *bl, size_t max_buffers)
+{
+	if (bl)
+		bl->max_buffers = max_buffers ? max_buffers : 1;
+}
+
+size_t backlog_nbuffers(const struct backlog *bl)
+{
+	return bl ? bl->nbufs : 0;
+}
+
 void backlog_free(struct backlog *bl)
 {
-	size_t i, j;
+	size_t i;
 
 	if (!bl)
 		return;
-	for (i = 0; i < bl->nbufs; i++) {
-		struct bl_buffer *b = &bl->bufs[i];
-
-		for (j = 0; j < b->len; j++)
-			free(ring_at(b, j)->text);
-		free(b->ring);
-		free(b->name);
-	}
+	for (i = 0; i < bl->nbufs; i++)
+		buffer_free(bl->bufs[i]);
 	free(bl->bufs);
+	strmap_free(bl->index);
 	free(bl);
 }
 
-/* Shared by append and restore: store `line` as `seq` in `buffer`. */
+/* Shared by append and restore: store `line` as `seq` in `buffer`. Every
+ * allocation comes before the first change, so a failure changes nothing
+ * (a new buffer evicts an old one only once its line is certain). */
 static int store(struct backlog *bl, const char *buffer, uint64_t seq,
 		 int64_t time_ms, const char *line, int check_order)
 {
-	struct bl_buffer *b;
+	struct bl_buffer *b, *created = NULL;
 	char *text = NULL;
-	int created, r;
+	int r;
 
-	b = buffer_get(bl, buffer, &created);
-	if (!b)
+	if (buffer_lookup(bl, buffer, &b) < 0)
 		return -ENOMEM;
+	if (!b) {
+		if (buffer_reserve(bl) < 0)
+			return -ENOMEM;
+		b = created = buffer_create(bl, buffer);
+		if (!b)
+			return -ENOMEM;
+	}
 	if (check_order && seq <= b->last_seq) {
 		r = -EINVAL;
 		goto fail;
@@ -234,7 +391,12 @@ static int store(struct backlog *bl, const char *buffer, uint64_t seq,
 			goto fail;
 		}
 	}
+	if (created)
+		buffer_insert(bl, created);
+	else
+		buffer_touch(bl, b);
 	ring_push(b, seq, time_ms, text); /* text: ownership transferred */
+	bl->last = b;
 	if (seq > bl->high_seq)
 		bl->high_seq = seq;
 	return 0;
@@ -242,7 +404,7 @@ static int store(struct backlog *bl, const char *buffer, uint64_t seq,
 fail:
 	free(text);
 	if (created)
-		buffer_drop_last(bl);
+		buffer_uncreate(bl, created);
 	return r;
 }
 
@@ -303,7 +465,7 @@ int backlog_replay(const struct backlog *bl, uint64_t after,
 	if (!bl || !fn)
 		return -EINVAL;
 	for (i = 0; i < bl->nbufs; i++)
-		if (bl->bufs[i].len > 0 && bl->bufs[i].last_seq > after)
+		if (bl->bufs[i]->len > 0 && bl->bufs[i]->last_seq > after)
 			n++;
 	if (n > REPLAY_STACK_CURSORS) {
 		h = malloc(n * sizeof(*h));
@@ -312,7 +474,7 @@ int backlog_replay(const struct backlog *bl, uint64_t after,
 	}
 	n = 0;
 	for (i = 0; i < bl->nbufs; i++) {
-		const struct bl_buffer *b = &bl->bufs[i];
+		const struct bl_buffer *b = bl->bufs[i];
 		size_t first = ring_first_after(b, after);
 
 		if (first < b->len)
@@ -344,7 +506,7 @@ size_t backlog_count_after(const struct backlog *bl, uint64_t after)
 	if (!bl)
 		return 0;
 	for (i = 0; i < bl->nbufs; i++)
-		count += bl->bufs[i].len - ring_first_after(&bl->bufs[i], after);
+		count += bl->bufs[i]->len - ring_first_after(bl->bufs[i], after);
 	return count;
 }
 
@@ -373,7 +535,23 @@ int backlog_foreach_buffer(const struct backlog *bl, backlog_buffer_fn fn,
 	if (!bl || !fn)
 		return -EINVAL;
 	for (i = 0; i < bl->nbufs; i++) {
-		r = fn(arg, bl->bufs[i].name);
+		r = fn(arg, bl->bufs[i]->name);
+		if (r != 0)
+			return r;
+	}
+	return 0;
+}
+
+static int visit_lines(const struct bl_buffer *b, backlog_visit_fn fn,
+		       void *arg)
+{
+	size_t i;
+	int r;
+
+	for (i = 0; i < b->len; i++) {
+		const struct bl_line *l = ring_at(b, i);
+
+		r = fn(arg, l->seq, l->time_ms, b->name, l->text);
 		if (r != 0)
 			return r;
 	}
@@ -384,23 +562,47 @@ int backlog_foreach_buffer(const struct backlog *bl, backlog_buffer_fn fn,
 int backlog_foreach_line(const struct backlog *bl, const char *buffer,
 			 backlog_visit_fn fn, void *arg)
 {
-	const struct bl_buffer *b;
-	size_t i;
-	int r;
+	struct bl_buffer *b;
 
 	if (!bl || !buffer || !fn)
 		return -EINVAL;
-	b = buffer_find(bl, buffer);
-	if (!b)
-		return 0;
-	for (i = 0; i < b->len; i++) {
-		const struct bl_line *l = ring_at(b, i);
+	if (buffer_lookup(bl, buffer, &b) < 0)
+		return -ENOMEM;
+	return b ? visit_lines(b, fn, arg) : 0;
+}
 
-		r = fn(arg, l->seq, l->time_ms, b->name, l->text);
-		if (r != 0)
-			return r;
+static int cmp_buffer_name(const void *x, const void *y)
+{
+	const struct bl_buffer *a = *(const struct bl_buffer *const *)x;
+	const struct bl_buffer *b = *(const struct bl_buffer *const *)y;
+
+	return strcmp(a->name, b->name);
+}
+
+int backlog_foreach_buffer_lines(const struct backlog *bl,
+				 backlog_buffer_fn buffer_fn,
+				 backlog_visit_fn line_fn, void *arg)
+{
+	struct bl_buffer **sorted;
+	size_t i;
+	int r = 0;
+
+	if (!bl || !buffer_fn || !line_fn)
+		return -EINVAL;
+	if (bl->nbufs == 0)
+		return 0;
+	sorted = malloc(bl->nbufs * sizeof(*sorted));
+	if (!sorted)
+		return -ENOMEM;
+	memcpy(sorted, bl->bufs, bl->nbufs * sizeof(*sorted));
+	qsort(sorted, bl->nbufs, sizeof(*sorted), cmp_buffer_name);
+	for (i = 0; i < bl->nbufs && r == 0; i++) {
+		r = buffer_fn(arg, sorted[i]->name);
+		if (r == 0)
+			r = visit_lines(sorted[i], line_fn, arg);
 	}
-	return 0;
+	free(sorted);
+	return r;
 }
 
 /* Seqs must increase per buffer (checked against the newest line ever added

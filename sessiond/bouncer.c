@@ -3,6 +3,7 @@
 #include "sessiond/bouncer.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,20 +22,28 @@
 #define PENDING_TIMEOUT_MS 60000 /* a client must register within this */
 #define START_SPREAD_MS 10       /* 100 sessions per second at startup */
 
+/* A list of objects with O(1) add and remove, in no particular order:
+ * removal moves the last object into the hole. Each object's position is
+ * kept in an index keyed by its address (struct session and struct client
+ * are session.h's, so the position cannot live in them), which makes
+ * releasing every item of a migration linear, not quadratic. */
+struct reglist {
+	void **v;
+	size_t n, cap;
+	struct strmap *pos; /* "%p" of the object -> position + 1 */
+};
+
 struct bouncer {
 	struct event_base *base;
 	const struct baton_config *cfg;
 	/* Every session and pending client this worker holds, in any item
 	 * state (live, frozen for a migration, or adopted and not armed). */
-	struct session **sessions;
-	size_t nsessions;
+	struct reglist sessions;
 	struct strmap *by_key; /* "user/network" -> session, for O(1) lookups */
-	struct client **pending;
-	size_t npending;
+	struct reglist pending;
 	/* Clients that QUIT and are finishing their output (client.c): in no
 	 * session and in no migration item; closed at exit. */
-	struct client **closing;
-	size_t nclosing;
+	struct reglist closing;
 	int *listen_fds;
 	struct event **listen_evs;
 	size_t nlisten;
@@ -52,24 +61,61 @@ const struct baton_config *bouncer_config(const struct bouncer *b)
 	return b->cfg;
 }
 
-static int ptrv_push(void ***v, size_t *n, void *p)
+static void reglist_key(const void *p, char key[32])
 {
-	void **nv = realloc(*v, (*n + 1) * sizeof(void *));
-	if (!nv)
+	snprintf(key, 32, "%p", p);
+}
+
+static int reglist_init(struct reglist *l)
+{
+	l->pos = strmap_new();
+	return l->pos ? 0 : -ENOMEM;
+}
+
+/* Frees the list, not the objects. */
+static void reglist_clear(struct reglist *l)
+{
+	free(l->v);
+	strmap_free(l->pos);
+	memset(l, 0, sizeof(*l));
+}
+
+/* Returns 0 or -ENOMEM (then the list is unchanged). */
+static int reglist_add(struct reglist *l, void *p)
+{
+	char key[32];
+
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? l->cap * 2 : 16;
+		void **nv = realloc(l->v, cap * sizeof(void *));
+		if (!nv)
+			return -ENOMEM;
+		l->v = nv;
+		l->cap = cap;
+	}
+	reglist_key(p, key);
+	if (strmap_put(l->pos, key, (void *)(uintptr_t)(l->n + 1)) < 0)
 		return -ENOMEM;
-	*v = nv;
-	nv[(*n)++] = p;
+	l->v[l->n++] = p;
 	return 0;
 }
 
-static void ptrv_remove(void **v, size_t *n, void *p)
+/* Removes p if listed. Never fails: replacing the moved object's entry
+ * does not allocate. */
+static void reglist_remove(struct reglist *l, void *p)
 {
-	for (size_t i = 0; i < *n; i++) {
-		if (v[i] == p) {
-			memmove(&v[i], &v[i + 1], (*n - i - 1) * sizeof(void *));
-			(*n)--;
-			return;
-		}
+	char key[32];
+	uintptr_t at;
+
+	reglist_key(p, key);
+	at = (uintptr_t)strmap_del(l->pos, key);
+	if (at == 0)
+		return;
+	void *moved = l->v[--l->n];
+	if (moved != p) {
+		l->v[at - 1] = moved;
+		reglist_key(moved, key);
+		strmap_put(l->pos, key, (void *)at);
 	}
 }
 
@@ -85,10 +131,10 @@ struct session *bouncer_find_session(struct bouncer *b, const char *user,
 /* Register s (in the list and the index). Returns 0 or -ENOMEM. */
 static int bouncer_add_session(struct bouncer *b, struct session *s)
 {
-	if (ptrv_push((void ***)&b->sessions, &b->nsessions, s) < 0)
+	if (reglist_add(&b->sessions, s) < 0)
 		return -ENOMEM;
 	if (strmap_put(b->by_key, s->key, s) < 0) {
-		ptrv_remove((void **)b->sessions, &b->nsessions, s);
+		reglist_remove(&b->sessions, s);
 		return -ENOMEM;
 	}
 	return 0;
@@ -96,13 +142,13 @@ static int bouncer_add_session(struct bouncer *b, struct session *s)
 
 static void bouncer_remove_session(struct bouncer *b, struct session *s)
 {
-	ptrv_remove((void **)b->sessions, &b->nsessions, s);
+	reglist_remove(&b->sessions, s);
 	strmap_del(b->by_key, s->key);
 }
 
 void bouncer_forget_pending(struct bouncer *b, struct client *cl)
 {
-	ptrv_remove((void **)b->pending, &b->npending, cl);
+	reglist_remove(&b->pending, cl);
 }
 
 struct session *bouncer_session_by_key(struct bouncer *b, const char *key)
@@ -112,12 +158,12 @@ struct session *bouncer_session_by_key(struct bouncer *b, const char *key)
 
 int bouncer_add_closing(struct bouncer *b, struct client *cl)
 {
-	return ptrv_push((void ***)&b->closing, &b->nclosing, cl);
+	return reglist_add(&b->closing, cl);
 }
 
 void bouncer_forget_closing(struct bouncer *b, struct client *cl)
 {
-	ptrv_remove((void **)b->closing, &b->nclosing, cl);
+	reglist_remove(&b->closing, cl);
 }
 
 static struct session *bouncer_create_session(struct bouncer *b,
@@ -142,8 +188,8 @@ static void bouncer_sweep_cb(evutil_socket_t fd, short what, void *arg)
 	struct bouncer *b = arg;
 	int64_t now = now_ms();
 
-	for (size_t i = 0; i < b->npending; i++) {
-		struct client *cl = b->pending[i];
+	for (size_t i = 0; i < b->pending.n; i++) {
+		struct client *cl = b->pending.v[i];
 		if (cl->item.state == ITEM_LIVE && !conn_is_dead(cl->conn) &&
 		    now - cl->connected_at_ms > PENDING_TIMEOUT_MS) {
 			conn_send(cl->conn, "ERROR :Closing link: registration timeout");
@@ -162,10 +208,14 @@ struct bouncer *bouncer_new(struct event_base *base,
 	b->cfg = cfg;
 	b->sweep = event_new(base, -1, EV_PERSIST, bouncer_sweep_cb, b);
 	b->by_key = strmap_new();
-	if (!b->sweep || !b->by_key) {
+	if (!b->sweep || !b->by_key || reglist_init(&b->sessions) < 0 ||
+	    reglist_init(&b->pending) < 0 || reglist_init(&b->closing) < 0) {
 		if (b->sweep)
 			event_free(b->sweep);
 		strmap_free(b->by_key);
+		reglist_clear(&b->sessions);
+		reglist_clear(&b->pending);
+		reglist_clear(&b->closing);
 		free(b);
 		return NULL;
 	}
@@ -192,16 +242,16 @@ void bouncer_free(struct bouncer *b)
 {
 	if (!b)
 		return;
-	for (size_t i = 0; i < b->nsessions; i++)
-		session_free(b->sessions[i]);
-	free(b->sessions);
+	for (size_t i = 0; i < b->sessions.n; i++)
+		session_free(b->sessions.v[i]);
+	reglist_clear(&b->sessions);
 	strmap_free(b->by_key);
-	for (size_t i = 0; i < b->npending; i++)
-		client_free(b->pending[i]);
-	free(b->pending);
-	for (size_t i = 0; i < b->nclosing; i++)
-		client_closing_abandon(b->closing[i]);
-	free(b->closing);
+	for (size_t i = 0; i < b->pending.n; i++)
+		client_free(b->pending.v[i]);
+	reglist_clear(&b->pending);
+	for (size_t i = 0; i < b->closing.n; i++)
+		client_closing_abandon(b->closing.v[i]);
+	reglist_clear(&b->closing);
 	bouncer_close_listeners(b);
 	if (b->sweep)
 		event_free(b->sweep);
@@ -246,7 +296,7 @@ static void bouncer_accept_cb(evutil_socket_t lfd, short what, void *arg)
 		struct client *cl = client_new(b, fd); /* takes fd */
 		if (!cl)
 			continue;
-		if (ptrv_push((void ***)&b->pending, &b->npending, cl) < 0) {
+		if (reglist_add(&b->pending, cl) < 0) {
 			client_free(cl);
 			continue;
 		}
@@ -298,8 +348,8 @@ void bouncer_accept(struct bouncer *b, bool on)
 void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out)
 {
 	memset(out, 0, sizeof(*out));
-	for (size_t i = 0; i < b->nsessions; i++) {
-		const struct session *s = b->sessions[i];
+	for (size_t i = 0; i < b->sessions.n; i++) {
+		const struct session *s = b->sessions.v[i];
 		if (s->item.state == ITEM_ADOPTED)
 			continue;
 		out->sessions++;
@@ -311,15 +361,16 @@ void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out)
 				out->upstreams++;
 		}
 	}
-	for (size_t i = 0; i < b->npending; i++) {
-		if (b->pending[i]->item.state == ITEM_ADOPTED)
+	for (size_t i = 0; i < b->pending.n; i++) {
+		const struct client *cl = b->pending.v[i];
+		if (cl->item.state == ITEM_ADOPTED)
 			continue;
 		out->pending++;
 		out->connections++;
 	}
 	/* Clients finishing after QUIT: no session's, but open sockets (and
 	 * fds a new worker's RLIMIT_NOFILE check should count). */
-	out->connections += (unsigned)b->nclosing;
+	out->connections += (unsigned)b->closing.n;
 }
 
 /* ---- migration: source side ---- */
@@ -327,15 +378,23 @@ void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out)
 size_t bouncer_items(struct bouncer *b, struct bouncer_item ***items)
 {
 	size_t n = 0;
-	*items = calloc(b->npending + b->nsessions + 1, sizeof(**items));
+	*items = calloc(b->pending.n + b->sessions.n + 1, sizeof(**items));
 	if (!*items)
 		return 0;
-	for (size_t i = 0; i < b->npending; i++)
-		if (b->pending[i]->item.state != ITEM_ADOPTED)
-			(*items)[n++] = &b->pending[i]->item;
-	for (size_t i = 0; i < b->nsessions; i++)
-		if (b->sessions[i]->item.state != ITEM_ADOPTED)
-			(*items)[n++] = &b->sessions[i]->item;
+	for (size_t i = 0; i < b->pending.n; i++) {
+		struct client *cl = b->pending.v[i];
+		/* A dead pending client (failed auth, timed out, peer gone)
+		 * stays here, live: its queued close callback frees it from
+		 * the loop. Freezing it would cancel that callback, and the
+		 * target would adopt it as live and let it try again. */
+		if (cl->item.state != ITEM_ADOPTED && !conn_is_dead(cl->conn))
+			(*items)[n++] = &cl->item;
+	}
+	for (size_t i = 0; i < b->sessions.n; i++) {
+		struct session *s = b->sessions.v[i];
+		if (s->item.state != ITEM_ADOPTED)
+			(*items)[n++] = &s->item;
+	}
 	return n;
 }
 
@@ -382,7 +441,7 @@ static void bouncer_item_destroy(struct bouncer_item *it)
 		bouncer_remove_session(b, it->session);
 		session_free(it->session); /* closes, sends nothing */
 	} else {
-		ptrv_remove((void **)b->pending, &b->npending, it->client);
+		reglist_remove(&b->pending, it->client);
 		client_free(it->client);
 	}
 }
@@ -431,7 +490,7 @@ int bouncer_item_adopt(struct bouncer *b, const uint8_t *buf, size_t len,
 			return -ENOMEM;
 		}
 	} else {
-		if (ptrv_push((void ***)&b->pending, &b->npending, it->client) < 0) {
+		if (reglist_add(&b->pending, it->client) < 0) {
 			snprintf(err, errlen, "out of memory");
 			client_free(it->client);
 			return -ENOMEM;

@@ -81,6 +81,7 @@ void client_free(struct client *cl)
 		event_free(cl->close_timer);
 	free(cl->item.fds);
 	free(cl->marks);
+	free(cl->own_seqs);
 	pb_unknown_clear(&cl->unknown);
 	free(cl);
 }
@@ -160,8 +161,8 @@ uint64_t client_acked_seq_upto(struct client *cl, uint64_t acked)
 	return cl->acked_seq;
 }
 
-void client_deliver(struct client *cl, uint64_t seq, const char *line,
-		    int64_t time_ms)
+static void client_queue_line(struct client *cl, uint64_t seq,
+			      const char *line, int64_t time_ms)
 {
 	if (seq <= cl->delivered_seq)
 		return; /* already queued to this client */
@@ -174,12 +175,49 @@ void client_deliver(struct client *cl, uint64_t seq, const char *line,
 	(void)client_mark_push(cl, conn_bytes_queued(cl->conn), seq); /* ENOMEM: lags only */
 }
 
-void client_skip(struct client *cl, uint64_t seq)
+static void client_skip_now(struct client *cl, uint64_t seq)
 {
 	if (seq <= cl->delivered_seq)
 		return;
 	cl->delivered_seq = seq;
 	(void)client_mark_push(cl, conn_bytes_queued(cl->conn), seq); /* ENOMEM: lags only */
+}
+
+void client_deliver(struct client *cl, uint64_t seq, const char *line,
+		    int64_t time_ms)
+{
+	if (cl->replaying)
+		return; /* stored: the pump gets to it in seq order */
+	client_queue_line(cl, seq, line, time_ms);
+}
+
+void client_skip(struct client *cl, uint64_t seq)
+{
+	if (!cl->replaying) {
+		client_skip_now(cl, seq);
+		return;
+	}
+	/* Lines before seq are not queued yet: moving delivered_seq now
+	 * would skip them. The pump skips seq when it gets there. */
+	if (seq <= cl->delivered_seq ||
+	    (cl->nown && cl->own_seqs[cl->own_head + cl->nown - 1] >= seq))
+		return;
+	if (cl->own_head + cl->nown == cl->own_cap) {
+		if (cl->own_head > 0) {
+			memmove(cl->own_seqs, cl->own_seqs + cl->own_head,
+				cl->nown * sizeof(cl->own_seqs[0]));
+			cl->own_head = 0;
+		}
+		if (cl->nown == cl->own_cap) {
+			size_t cap = cl->own_cap ? cl->own_cap * 2 : 8;
+			uint64_t *nv = realloc(cl->own_seqs, cap * sizeof(*nv));
+			if (!nv)
+				return; /* ENOMEM: the pump sends it (an echo) */
+			cl->own_seqs = nv;
+			cl->own_cap = cap;
+		}
+	}
+	cl->own_seqs[cl->own_head + cl->nown++] = seq;
 }
 
 static void client_error_close(struct client *cl, const char *numeric_line,
@@ -351,20 +389,39 @@ static bool ct_equal(const char *a, const char *b)
 	return d == 0;
 }
 
+/* The hash an authentication that cannot succeed (unknown user, user
+ * without a hash, malformed ident) is checked against, so that it costs one
+ * crypt() like any other and its timing does not tell which user names
+ * exist. "Of the same kind" as the configured hashes: the first configured
+ * user's hash serves as the setting (same method and cost; the result is
+ * never accepted); without any, a fixed sha512crypt hash. */
+#define CLIENT_DUMMY_HASH \
+	"$6$batondummysalt$KwmIOma4oCMGzduRlMKrVgjatboLhr8SgUub469aDE3U0/6EZcfuj/JZ/au8mp16D4/0tQ/sOuYylGUcMiBRz1"
+
+static const char *dummy_hash(const struct baton_config *cfg)
+{
+	for (size_t i = 0; cfg && i < cfg->nusers; i++)
+		if (cfg->users[i].password && cfg->users[i].password[0] == '$')
+			return cfg->users[i].password;
+	return CLIENT_DUMMY_HASH;
+}
+
+/* Runs crypt() in every case (a missing password checks as ""), so that
+ * every attempt costs the same whatever fails. */
 static bool password_ok(const char *password, const char *hash)
 {
 	struct crypt_data *data = NULL;
 	bool ok = false;
 
-	if (!password || !hash || !hash[0])
+	if (!hash || !hash[0])
 		goto out;
 	data = calloc(1, sizeof(*data));
 	if (!data)
 		goto out;
-	const char *h = crypt_rn(password, hash, data, sizeof(*data));
+	const char *h = crypt_rn(password ? password : "", hash, data, sizeof(*data));
 	if (!h || h[0] == '*')
 		goto out;
-	ok = ct_equal(h, hash);
+	ok = ct_equal(h, hash) && password != NULL;
 out:
 	free(data);
 	return ok;
@@ -415,11 +472,17 @@ static void client_authenticate(struct client *cl)
 		password = cl->pass;
 	}
 	if (!ident || parse_ident(ident, &user, &network, &cname) < 0) {
+		(void)password_ok(password, dummy_hash(cfg)); /* same cost */
 		client_error_close(cl, bad, "password incorrect");
 		goto out;
 	}
+	/* Exactly one crypt() whatever fails (user unknown, wrong password,
+	 * no such network), and the same answer: the timing and the reply do
+	 * not tell which users or networks exist. */
 	const struct config_user *cu = cfg ? config_find_user(cfg, user) : NULL;
-	if (!cu || !password_ok(password, cu->password)) {
+	bool known = cu && cu->password && cu->password[0];
+	bool pass_ok = password_ok(password, known ? cu->password : dummy_hash(cfg));
+	if (!known || !pass_ok) {
 		log_info("client", "authentication failed for user %s", user);
 		client_error_close(cl, bad, "password incorrect");
 		goto out;
@@ -463,39 +526,87 @@ static void client_try_register(struct client *cl)
 
 /* ---- burst and replay ---- */
 
+/* Lines the bouncer composes from parts keep to the IRC limit (510 bytes
+ * before CRLF); a part that cannot fit even alone is left out. */
+#define CLIENT_LINE_MAX 510
+
 static void send_names(struct client *cl, const struct channel *ch)
 {
 	const char *srv = client_srv(cl), *nick = client_nick(cl);
-	char line[512];
-	int head = snprintf(line, sizeof(line), ":%s 353 %s = %s :", srv, nick, ch->name);
-	size_t len = (size_t)head;
-	bool any = false;
+	char line[CLIENT_LINE_MAX + 1];
+	int h = snprintf(line, sizeof(line), ":%s 353 %s = %s :", srv, nick, ch->name);
 
-	for (size_t i = 0; i < ch->nmembers; i++) {
-		const struct member *m = &ch->members[i];
-		char entry[160];
-		if (cl->caps & CLIENT_CAP_MULTI_PREFIX)
-			snprintf(entry, sizeof(entry), "%s%s", m->prefixes, m->nick);
-		else if (m->prefixes[0])
-			snprintf(entry, sizeof(entry), "%c%s", m->prefixes[0], m->nick);
-		else
-			snprintf(entry, sizeof(entry), "%s", m->nick);
-		size_t el = strlen(entry);
-		if (any && len + 1 + el > 510) {
-			conn_send(cl->conn, line);
-			len = (size_t)head;
-			line[len] = '\0';
-			any = false;
+	/* A head that leaves no room (a very long channel or server name):
+	 * no 353 at all, the 366 still ends the (empty) list. */
+	if (h > 0 && (size_t)h < CLIENT_LINE_MAX) {
+		size_t head = (size_t)h, len = head;
+		bool any = false;
+
+		for (size_t i = 0; i < ch->nmembers; i++) {
+			const struct member *m = &ch->members[i];
+			size_t pl = (cl->caps & CLIENT_CAP_MULTI_PREFIX) ?
+					    strnlen(m->prefixes, sizeof(m->prefixes)) :
+					    (m->prefixes[0] != '\0');
+			size_t nl = strlen(m->nick);
+			size_t el = pl + nl;
+			if (el == 0 || head + el > CLIENT_LINE_MAX)
+				continue; /* cannot fit even alone */
+			if (any && len + 1 + el > CLIENT_LINE_MAX) {
+				line[len] = '\0';
+				conn_send(cl->conn, line);
+				len = head;
+				any = false;
+			}
+			if (any)
+				line[len++] = ' ';
+			memcpy(line + len, m->prefixes, pl);
+			memcpy(line + len + pl, m->nick, nl);
+			len += el;
+			any = true;
 		}
-		if (any)
-			line[len++] = ' ';
-		memcpy(line + len, entry, el + 1);
-		len += el;
-		any = true;
+		if (any) {
+			line[len] = '\0';
+			conn_send(cl->conn, line);
+		}
 	}
-	if (any)
-		conn_send(cl->conn, line);
 	conn_sendf(cl->conn, ":%s 366 %s %s :End of /NAMES list.", srv, nick, ch->name);
+}
+
+/* 005 lines: at most 13 tokens each, and within CLIENT_LINE_MAX with the
+ * prefix, the nick and the trailing text; a new line starts when the next
+ * token would not fit, and a token that cannot fit even alone is left out. */
+static void send_isupport(struct client *cl)
+{
+	static const char tail[] = " :are supported by this server";
+	const size_t tl = sizeof(tail) - 1;
+	const struct session *s = cl->s;
+	char line[CLIENT_LINE_MAX + 1];
+	int h = snprintf(line, sizeof(line), ":%s 005 %s", client_srv(cl),
+			 client_nick(cl));
+
+	if (h <= 0 || (size_t)h + tl >= CLIENT_LINE_MAX)
+		return; /* no room for a single token */
+	size_t head = (size_t)h, len = head, ntok = 0;
+	for (size_t i = 0; i < s->nisupport; i++) {
+		const char *tok = s->isupport[i];
+		size_t n = strlen(tok);
+		if (n == 0 || head + 1 + n + tl > CLIENT_LINE_MAX)
+			continue;
+		if (ntok == 13 || len + 1 + n + tl > CLIENT_LINE_MAX) {
+			memcpy(line + len, tail, tl + 1);
+			conn_send(cl->conn, line);
+			len = head;
+			ntok = 0;
+		}
+		line[len++] = ' ';
+		memcpy(line + len, tok, n);
+		len += n;
+		ntok++;
+	}
+	if (ntok) {
+		memcpy(line + len, tail, tl + 1);
+		conn_send(cl->conn, line);
+	}
 }
 
 void client_send_burst(struct client *cl)
@@ -514,14 +625,7 @@ void client_send_burst(struct client *cl)
 		conn_sendf(cl->conn, ":%s 004 %s %s", srv, nick, s->myinfo);
 	else
 		conn_sendf(cl->conn, ":%s 004 %s %s baton io imnpstklbov", srv, nick, srv);
-	for (size_t i = 0; i < s->nisupport; i += 13) {
-		char line[1024];
-		int n = snprintf(line, sizeof(line), ":%s 005 %s", srv, nick);
-		for (size_t j = i; j < s->nisupport && j < i + 13; j++)
-			n += snprintf(line + n, sizeof(line) - (size_t)n, " %s", s->isupport[j]);
-		snprintf(line + n, sizeof(line) - (size_t)n, " :are supported by this server");
-		conn_send(cl->conn, line);
-	}
+	send_isupport(cl);
 	conn_sendf(cl->conn, ":%s 422 %s :MOTD File is missing", srv, nick);
 	if (s->user_modes && s->user_modes[0])
 		conn_sendf(cl->conn, ":%s 221 %s %s", srv, nick, s->user_modes);
@@ -540,11 +644,99 @@ void client_send_burst(struct client *cl)
 	}
 }
 
+/* ---- flow-controlled replay ----
+ * The whole backlog may be far more than the sendq bound (CONN_MAX_OUTPUT):
+ * queued at once it killed the connection before a byte was written, the
+ * position did not move, and every later attach died the same way. So a
+ * replaying client is fed by a pump: backlog lines with seq > delivered_seq
+ * are queued while the unwritten output is below CLIENT_REPLAY_FILL, and
+ * the pump continues once the output drained below CLIENT_REPLAY_RESUME
+ * (conn_watch_drain()); the gap between the two makes each pump run queue
+ * a sizeable chunk, not a line per write (a run costs a seek in every
+ * buffer of the backlog).
+ * Meanwhile live backlog lines are stored but not queued to it
+ * (client_deliver()): the pump reaches them in seq order. Once it reached
+ * the end of the backlog the client is live. */
+
+#define CLIENT_REPLAY_FILL (256u << 10)
+#define CLIENT_REPLAY_RESUME (128u << 10)
+
 static int replay_one(void *arg, uint64_t seq, int64_t time_ms,
 		      const char *buffer, const char *line)
 {
-	client_deliver(arg, seq, line, time_ms);
-	return 0;
+	struct client *cl = arg;
+	size_t pending;
+
+	/* Its own lines (client_skip() while replaying); older entries are
+	 * lines that left the backlog before the pump got there. */
+	while (cl->nown && cl->own_seqs[cl->own_head] < seq) {
+		cl->own_head++;
+		cl->nown--;
+	}
+	if (cl->nown && cl->own_seqs[cl->own_head] == seq) {
+		cl->own_head++;
+		cl->nown--;
+		client_skip_now(cl, seq);
+	} else {
+		client_queue_line(cl, seq, line, time_ms);
+	}
+	if (conn_is_dead(cl->conn))
+		return -EPIPE;
+	(void)conn_output(cl->conn, &pending);
+	return pending >= CLIENT_REPLAY_FILL;
+}
+
+static void client_replay_pump(struct client *cl)
+{
+	while (cl->replaying) {
+		struct session *s = cl->s;
+		size_t pending;
+
+		if (!s || cl->phase != CLIENT_ATTACHED || conn_is_dead(cl->conn))
+			return;
+		(void)conn_output(cl->conn, &pending);
+		if (pending >= CLIENT_REPLAY_FILL) {
+			conn_watch_drain(cl->conn, CLIENT_REPLAY_RESUME);
+			return;
+		}
+		int r = backlog_replay(s->backlog, cl->delivered_seq, replay_one, cl);
+		if (conn_is_dead(cl->conn))
+			return;
+		if (r < 0) {
+			log_warn("client", "%s: replay to client %s failed: %s",
+				 s->key, cl->client_id, strerror(-r));
+			conn_close(cl->conn, "out of memory", true);
+			return;
+		}
+		if (r == 0) {
+			/* Caught up. Seqs up to the newest that were not
+			 * visited left the backlog: nothing to send. */
+			uint64_t next = backlog_next_seq(s->backlog);
+			if (next > 1)
+				client_skip_now(cl, next - 1);
+			cl->replaying = false;
+			cl->own_head = cl->nown = 0;
+			log_debug("client", "%s: client %s replay done", s->key,
+				  cl->client_id);
+		}
+	}
+}
+
+void client_resume(struct client *cl)
+{
+	if (cl->phase != CLIENT_ATTACHED || !cl->s || conn_is_dead(cl->conn))
+		return;
+	uint64_t next = backlog_next_seq(cl->s->backlog);
+	if (!cl->replaying && (next <= 1 || cl->delivered_seq >= next - 1))
+		return;
+	cl->replaying = true;
+	/* The pump runs from the event loop (now or once drained). */
+	conn_watch_drain(cl->conn, CLIENT_REPLAY_RESUME);
+}
+
+static void client_drained(struct conn *c, void *arg)
+{
+	client_replay_pump(arg);
 }
 
 void client_attach(struct client *cl, struct session *s)
@@ -560,10 +752,12 @@ void client_attach(struct client *cl, struct session *s)
 	cl->cap_negotiating = false;
 	cl->delivered_seq = cl->acked_seq = session_position(s, cl->client_id);
 	cl->mark_head = cl->nmarks = 0;
+	cl->own_head = cl->nown = 0;
 	log_info("client", "%s: client %s attached (replaying %zu lines)", s->key,
 		 cl->client_id, backlog_count_after(s->backlog, cl->delivered_seq));
 	client_send_burst(cl);
-	backlog_replay(s->backlog, cl->delivered_seq, replay_one, cl);
+	cl->replaying = true;
+	client_replay_pump(cl); /* the first chunk now, the rest as it drains */
 	if (!session_upstream_ready(s))
 		conn_sendf(cl->conn, ":%s NOTICE %s :%s is disconnected; reconnecting",
 			   BATON_SERVER_NAME, client_nick(cl), s->network);
@@ -708,4 +902,5 @@ static void client_closed(struct conn *c, const char *reason, void *arg)
 const struct conn_ops client_conn_ops = {
 	.line = client_line,
 	.closed = client_closed,
+	.drained = client_drained,
 };

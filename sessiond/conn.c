@@ -46,6 +46,8 @@ struct conn {
 	bool peer_eof;     /* recv() returned 0: the peer sent its FIN */
 	bool output_ended; /* conn_end_output(): nothing more is queued */
 	bool fin_sent;     /* shutdown(SHUT_WR) done after the last byte */
+	bool drain_watch;  /* conn_watch_drain(): drained callback pending */
+	size_t drain_low;  /* ... once the unwritten output is below this */
 	char reason[128];
 };
 
@@ -147,10 +149,29 @@ static void conn_maybe_shutdown(struct conn *c)
 	}
 }
 
+static size_t unwritten(const struct conn *c)
+{
+	return c->out.len - c->out.off;
+}
+
+/* Length of the line at p (up to its CR or LF), or avail if unterminated. */
+static size_t line_length(const char *p, size_t avail)
+{
+	size_t n = 0;
+
+	while (n < avail && p[n] != '\r' && p[n] != '\n')
+		n++;
+	return n;
+}
+
 static void conn_process_lines(struct conn *c)
 {
 	/* A line is copied out and consumed before its callback runs, so a
-	 * freeze inside the callback serializes only what is still unread. */
+	 * freeze inside the callback serializes only what is still unread.
+	 * A bare CR ends a line like an LF does (as ircds do), and NUL bytes
+	 * are dropped: no line handed out holds a CR, an LF or a NUL, so none
+	 * can reach the backlog or the state (whose adopter refuses line
+	 * breaks: one such line would veto every migration). */
 	char line[CONN_MAX_LINE + 1];
 
 	if (c->in_lines)
@@ -159,25 +180,25 @@ static void conn_process_lines(struct conn *c)
 	while (!c->dead && c->armed && c->in.len > c->in.off) {
 		char *start = c->in.data + c->in.off;
 		size_t avail = c->in.len - c->in.off;
-		char *nl = memchr(start, '\n', avail);
-		if (!nl) {
+		size_t n = line_length(start, avail);
+		if (n == avail) {
 			if (avail > CONN_MAX_LINE)
 				conn_mark_dead(c, "line too long (max 8704 bytes)");
 			break;
 		}
-		size_t n = (size_t)(nl - start);
 		c->in.off += n + 1;
-		while (n > 0 && (start[n - 1] == '\r' || start[n - 1] == '\n'))
-			n--;
 		if (n > CONN_MAX_LINE) {
 			conn_mark_dead(c, "line too long (max 8704 bytes)");
 			break;
 		}
-		if (n == 0)
+		size_t len = 0;
+		for (size_t i = 0; i < n; i++)
+			if (start[i] != '\0')
+				line[len++] = start[i];
+		if (len == 0)
 			continue;
-		memcpy(line, start, n);
-		line[n] = '\0';
-		c->ops->line(c, line, n, c->arg);
+		line[len] = '\0';
+		c->ops->line(c, line, len, c->arg);
 	}
 	if (c->in.off == c->in.len)
 		c->in.off = c->in.len = 0;
@@ -245,6 +266,12 @@ static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
 		conn_mark_dead(c, why);
 		return;
 	}
+	if (c->drain_watch && unwritten(c) < c->drain_low) {
+		c->drain_watch = false;
+		c->ops->drained(c, c->arg); /* may queue more or close */
+		if (c->dead || !c->armed)
+			return;
+	}
 	if (c->out.len == c->out.off) {
 		event_del(c->wev);
 		conn_maybe_shutdown(c);
@@ -264,13 +291,38 @@ static void conn_defer_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	conn_process_lines(c);
+	if (!c->dead && c->armed && !c->connecting && c->drain_watch &&
+	    unwritten(c) < c->drain_low) {
+		c->drain_watch = false;
+		c->ops->drained(c, c->arg);
+	}
+}
+
+int conn_check_restore(const void *in, size_t inlen, size_t outlen)
+{
+	const char *p = in;
+	size_t tail = 0; /* bytes after the last CR or LF */
+
+	if (outlen > CONN_MAX_OUTPUT)
+		return -EMSGSIZE;
+	while (tail < inlen && p[inlen - tail - 1] != '\r' &&
+	       p[inlen - tail - 1] != '\n')
+		tail++;
+	return tail > CONN_MAX_LINE ? -EMSGSIZE : 0;
 }
 
 struct conn *conn_adopt(struct event_base *base, int fd, bool connecting,
 			const void *in, size_t inlen, const void *out,
 			size_t outlen, const struct conn_ops *ops, void *arg)
 {
-	struct conn *c = calloc(1, sizeof(*c));
+	struct conn *c = NULL;
+	int err = ENOMEM;
+
+	if (conn_check_restore(in, inlen, outlen) < 0) {
+		err = EMSGSIZE;
+		goto fail;
+	}
+	c = calloc(1, sizeof(*c));
 	if (!c)
 		goto fail;
 	c->base = base;
@@ -301,6 +353,7 @@ fail:
 	}
 	if (fd >= 0)
 		close(fd);
+	errno = err;
 	return NULL;
 }
 
@@ -334,7 +387,18 @@ void conn_arm(struct conn *c)
 	event_add(c->rev, NULL);
 	if (c->out.len > c->out.off)
 		event_add(c->wev, NULL);
-	if (c->in.len > c->in.off)
+	if (c->in.len > c->in.off || c->drain_watch)
+		conn_schedule_defer(c);
+}
+
+void conn_watch_drain(struct conn *c, size_t low_water)
+{
+	if (c->dead || !c->ops->drained)
+		return;
+	c->drain_watch = true;
+	c->drain_low = low_water;
+	/* Below the mark already: no write is coming to notice it. */
+	if (unwritten(c) < low_water)
 		conn_schedule_defer(c);
 }
 

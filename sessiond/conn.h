@@ -31,8 +31,10 @@ struct conn;
 #define CONN_MAX_OUTPUT (4u << 20)     /* sendq bound: 4 MiB */
 
 struct conn_ops {
-	/* One complete line (CR/LF stripped, NUL-terminated, writable). May
-	 * call conn_close() or conn_send() on any connection. */
+	/* One complete line, NUL-terminated, writable. Lines end at a CR or
+	 * an LF (a bare CR ends a line, as on ircds; the terminators are not
+	 * part of it) and carry no NUL byte (dropped); empty lines are not
+	 * reported. May call conn_close() or conn_send() on any connection. */
 	void (*line)(struct conn *c, char *line, size_t len, void *arg);
 	/* A connect in progress finished successfully (optional). */
 	void (*connected)(struct conn *c, void *arg);
@@ -41,6 +43,11 @@ struct conn_ops {
 	 * from inside another callback of this conn. The owner must call
 	 * conn_release() (now or later) and not use the conn for I/O. */
 	void (*closed)(struct conn *c, const char *reason, void *arg);
+	/* Optional: the unwritten output fell below the low-water mark of a
+	 * conn_watch_drain() (one-shot). Runs from the event loop; may call
+	 * conn_send() (also past the mark) or conn_close(), must not release
+	 * c. */
+	void (*drained)(struct conn *c, void *arg);
 };
 
 /* A new connection on fd (non-blocking is set here). connecting: a
@@ -49,10 +56,18 @@ struct conn_ops {
 struct conn *conn_new(struct event_base *base, int fd, bool connecting,
 		      const struct conn_ops *ops, void *arg);
 
-/* Same as conn_new() with restored buffers (copied). */
+/* Same as conn_new() with restored buffers (copied). Buffers that no
+ * connection of ours can hold are refused (conn_check_restore()): NULL with
+ * errno EMSGSIZE (fd closed); NULL with errno ENOMEM on allocation failure. */
 struct conn *conn_adopt(struct event_base *base, int fd, bool connecting,
 			const void *in, size_t inlen, const void *out,
 			size_t outlen, const struct conn_ops *ops, void *arg);
+
+/* Could a connection hold these restored buffers? 0, or -EMSGSIZE: output
+ * over the sendq bound (CONN_MAX_OUTPUT), or input whose unterminated tail
+ * (after the last CR or LF) is over CONN_MAX_LINE. conn_adopt() applies it;
+ * callers may check before taking any fd. */
+int conn_check_restore(const void *in, size_t inlen, size_t outlen);
 
 /* Change the callback argument (e.g. a pending client becoming attached). */
 void conn_set_arg(struct conn *c, void *arg);
@@ -72,6 +87,14 @@ void conn_freeze(struct conn *c, bool flush);
 void conn_send(struct conn *c, const char *line);
 void conn_sendf(struct conn *c, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+
+/* Output flow control: the drained callback runs once (then the watch is
+ * gone) as soon as the unwritten output is below low_water bytes: from the
+ * event loop after a write, or on the next loop iteration if it already is
+ * (also right after conn_arm() of a connection watched while frozen). Never
+ * on a dead connection; ignored without a drained callback. A new call
+ * replaces the mark. */
+void conn_watch_drain(struct conn *c, size_t low_water);
 
 /* Mark dead: no further I/O or line callbacks; the closed callback follows
  * from the event loop. flush: first try once to write pending output (used

@@ -13,9 +13,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -69,6 +71,24 @@ static void sessiond_preflight(const struct baton_config *cfg,
 					    cfg->path, state, strerror(errno));
 	}
 	free(state);
+}
+
+/* random() draws the reconnect jitter (session_backoff()) and fallback
+ * nicks: unseeded, every worker would draw the same sequence, and sessions
+ * of all workers that lost a network together would retry in lockstep.
+ * getrandom() without blocking (entropy may not be ready early at boot);
+ * then at least pid and time differ between workers. */
+static void sessiond_seed_random(void)
+{
+	unsigned int seed;
+	struct timespec ts;
+
+	if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK) != (ssize_t)sizeof(seed)) {
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		seed = (unsigned int)getpid() ^ (unsigned int)ts.tv_nsec ^
+		       (unsigned int)time(NULL);
+	}
+	srandom(seed);
 }
 
 static void sessiond_usage(FILE *out)
@@ -154,6 +174,7 @@ int main(int argc, char **argv)
 	}
 
 	signal(SIGPIPE, SIG_IGN);
+	sessiond_seed_random();
 	base = event_base_new();
 	if (base == NULL)
 		goto out;

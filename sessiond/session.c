@@ -372,8 +372,10 @@ void session_arm(struct session *s)
 	s->item.state = ITEM_LIVE;
 	if (s->up)
 		upstream_arm(s->up);
-	for (size_t i = 0; i < s->nclients; i++)
+	for (size_t i = 0; i < s->nclients; i++) {
 		conn_arm(s->clients[i]->conn);
+		client_resume(s->clients[i]);
+	}
 	if (!s->up && s->reconnect_at_ms)
 		session_schedule_connect(s, s->reconnect_at_ms);
 }

@@ -153,6 +153,18 @@ struct client {
 	uint64_t acked_seq;
 	struct delivery_mark *marks;
 	size_t mark_head, nmarks, mark_cap;
+	/* Flow-controlled replay (client.c): backlog lines after delivered_seq
+	 * are queued by a pump, a chunk at a time as the output drains, and
+	 * live backlog lines wait for the pump (seq order); lines not stored
+	 * in the backlog go out directly. Not serialized: an adopted client
+	 * whose delivered_seq is below the backlog's newest seq replays again
+	 * (client_resume()). */
+	bool replaying;
+	/* While replaying: seqs of lines this client sent itself (no
+	 * echo-message), for the pump to skip; FIFO, increasing. Lost in a
+	 * migration (then they are sent: an echo, never a gap). */
+	uint64_t *own_seqs;
+	size_t own_head, nown, own_cap;
 	int64_t connected_at_ms;
 	int64_t last_rx_ms;
 	/* CLIENT_CLOSING only: the session it left, by key ("user/network":
@@ -312,16 +324,21 @@ void upstream_lost(struct session *s);
 struct client *client_new(struct bouncer *b, int fd);
 void client_free(struct client *cl); /* closes the conn, sends nothing */
 extern const struct conn_ops client_conn_ops;
-/* Attach an authenticated client (sends the burst and the replay). */
+/* Attach an authenticated client (sends the burst and starts the replay). */
 void client_attach(struct client *cl, struct session *s);
+/* After arming an attached client (adoption, thaw): resume its replay if
+ * the backlog holds lines after its delivered_seq. */
+void client_resume(struct client *cl);
 /* Send a line to one client, adding @time if it enabled server-time. */
 void client_send_tagged(struct client *cl, const char *line, int64_t time_ms);
 /* Queue one backlog line to an attached client (advances delivered_seq and
- * records a delivery mark). */
+ * records a delivery mark). Ignored while the client replays: the replay
+ * pump takes the line from the backlog in seq order. */
 void client_deliver(struct client *cl, uint64_t seq, const char *line,
 		    int64_t time_ms);
 /* The client has backlog line seq without it being sent (it wrote it):
- * delivered now, acknowledged once everything queued before it is. */
+ * delivered now, acknowledged once everything queued before it is (while
+ * it replays: once the pump reaches seq). */
 void client_skip(struct client *cl, uint64_t seq);
 /* Record that backlog line seq ends at stream offset `end` (after the last
  * mark). Returns 0 or -ENOMEM (then the mark is lost: the acked position

@@ -13,6 +13,7 @@
 
 #include "state.pb-c.h"
 
+#include "common/config.h"
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
 #include "sessiond/session.h"
@@ -260,24 +261,27 @@ static Baton__State__Connection *ser_client(struct arena *a, struct client *cl,
 	return pc;
 }
 
+/* Buffers are written in strcmp() order of their names (backlog.h), so the
+ * bytes do not depend on backlog internals; one walk, no lookups. */
 struct ser_buffers {
 	struct arena *a;
-	const struct backlog *bl;
-	char **names;
-	size_t n;
+	Baton__State__Session *ps;
 	Baton__State__Buffer *cur;
-	size_t cap;
-	int err;
+	size_t cap; /* of cur->lines */
 };
 
 static int collect_buffer(void *arg, const char *buffer)
 {
 	struct ser_buffers *sb = arg;
-	char **nv = realloc(sb->names, (sb->n + 1) * sizeof(char *));
-	if (!nv)
+	Baton__State__Buffer *pb = arena_alloc(sb->a, sizeof(*pb));
+
+	if (!pb)
 		return -ENOMEM;
-	sb->names = nv;
-	sb->names[sb->n++] = (char *)buffer;
+	baton__state__buffer__init(pb);
+	pb->name = (char *)buffer;
+	sb->ps->buffers[sb->ps->n_buffers++] = pb;
+	sb->cur = pb;
+	sb->cap = 0;
 	return 0;
 }
 
@@ -307,44 +311,19 @@ static int collect_line(void *arg, uint64_t seq, int64_t time_ms,
 	return 0;
 }
 
-static int cmp_str(const void *x, const void *y)
-{
-	return strcmp(*(char *const *)x, *(char *const *)y);
-}
-
 static int ser_buffers(struct arena *a, struct session *s,
 		       Baton__State__Session *ps)
 {
-	struct ser_buffers sb = { .a = a, .bl = s->backlog };
-	int rc = backlog_foreach_buffer(s->backlog, collect_buffer, &sb);
-	if (rc)
-		goto out;
-	/* Sorted by name: the order does not depend on backlog internals. */
-	qsort(sb.names, sb.n, sizeof(char *), cmp_str);
-	if (sb.n) {
-		ps->buffers = arena_alloc(a, sb.n * sizeof(*ps->buffers));
-		if (!ps->buffers) {
-			rc = -ENOMEM;
-			goto out;
-		}
-	}
-	for (size_t i = 0; i < sb.n; i++) {
-		Baton__State__Buffer *pb = arena_alloc(a, sizeof(*pb));
-		if (!pb) {
-			rc = -ENOMEM;
-			goto out;
-		}
-		baton__state__buffer__init(pb);
-		pb->name = sb.names[i];
-		sb.cur = pb;
-		sb.cap = 0;
-		rc = backlog_foreach_line(s->backlog, sb.names[i], collect_line, &sb);
-		if (rc)
-			goto out;
-		ps->buffers[ps->n_buffers++] = pb;
-	}
-out:
-	free(sb.names);
+	struct ser_buffers sb = { .a = a, .ps = ps };
+	size_t n = backlog_nbuffers(s->backlog);
+
+	if (n == 0)
+		return 0;
+	ps->buffers = arena_alloc(a, n * sizeof(*ps->buffers));
+	if (!ps->buffers)
+		return -ENOMEM;
+	int rc = backlog_foreach_buffer_lines(s->backlog, collect_buffer,
+					      collect_line, &sb);
 	return rc ? (rc < 0 ? rc : -ENOMEM) : 0;
 }
 
@@ -522,6 +501,31 @@ static bool line_safe(const char *str)
 	return !str || !strpbrk(str, "\r\n");
 }
 
+/* A token sent as one word of a line (a capability name in CAP REQ):
+ * non-empty, no space, no line break. */
+static bool word_safe(const char *str)
+{
+	return str && str[0] && !strpbrk(str, " \r\n");
+}
+
+/* Membership prefixes, sent glued to a nick in NAMES: PREFIX symbols only
+ * (printable ASCII that is not a letter, a digit or a space), and short
+ * enough for struct member. Absent or "" is no prefix. */
+static bool prefixes_safe(const char *p)
+{
+	if (!p)
+		return true;
+	if (strlen(p) >= sizeof(((struct member *)0)->prefixes))
+		return false;
+	for (; *p; p++) {
+		unsigned char c = (unsigned char)*p;
+		if (c <= ' ' || c >= 0x7f || (c >= '0' && c <= '9') ||
+		    (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'))
+			return false;
+	}
+	return true;
+}
+
 /* Is pc->delivery current? A worker that does not know it passes it on as
  * an unknown field while rewriting delivered_seq and output (state.proto
  * Delivery): then its offsets and marks are stale. */
@@ -600,6 +604,10 @@ static int check_conn(struct adopt *ad, const Baton__State__Connection *pc,
 	if (!line_safe(pc->nick) || !line_safe(pc->user) || !line_safe(pc->pass) ||
 	    !line_safe(pc->client_id))
 		return adopt_fail(ad, -EINVAL, "%s connection field with a line break", what);
+	/* upstream: sent back in CAP REQ; client: matched against our names */
+	for (size_t i = 0; i < pc->n_caps; i++)
+		if (!word_safe(pc->caps[i]))
+			return adopt_fail(ad, -EINVAL, "%s connection: bad capability name", what);
 	int rc = check_delivery(ad, pc, role);
 	if (rc < 0)
 		return rc;
@@ -675,6 +683,9 @@ static int check_strings(struct adopt *ad, const Baton__State__Session *ps)
 	for (size_t i = 0; i < ps->n_isupport; i++)
 		if (!line_safe(ps->isupport[i]) || !ps->isupport[i][0])
 			return adopt_fail(ad, -EINVAL, "bad ISUPPORT token");
+	for (size_t i = 0; i < ps->n_caps; i++)
+		if (!word_safe(ps->caps[i]))
+			return adopt_fail(ad, -EINVAL, "bad capability name");
 	for (size_t i = 0; i < ps->n_channels; i++) {
 		const Baton__State__Channel *c = ps->channels[i];
 		if (!c->name[0] || !line_safe(c->name) || strchr(c->name, ' ') ||
@@ -684,8 +695,7 @@ static int check_strings(struct adopt *ad, const Baton__State__Session *ps)
 		for (size_t j = 0; j < c->n_members; j++)
 			if (!c->members[j]->nick[0] || !line_safe(c->members[j]->nick) ||
 			    strchr(c->members[j]->nick, ' ') ||
-			    (c->members[j]->prefixes &&
-			     strlen(c->members[j]->prefixes) >= sizeof(((struct member *)0)->prefixes)))
+			    !prefixes_safe(c->members[j]->prefixes))
 				return adopt_fail(ad, -EINVAL, "bad member in %s", c->name);
 	}
 	for (size_t i = 0; i < ps->n_buffers; i++) {
@@ -698,14 +708,35 @@ static int check_strings(struct adopt *ad, const Baton__State__Session *ps)
 	return 0;
 }
 
+/* qsort: buffers by the seq of their newest (last) line, empty ones first. */
+static int cmp_newest_line(const void *x, const void *y)
+{
+	const Baton__State__Buffer *a = *(const Baton__State__Buffer *const *)x;
+	const Baton__State__Buffer *b = *(const Baton__State__Buffer *const *)y;
+	uint64_t sa = a->n_lines ? a->lines[a->n_lines - 1]->seq : 0;
+	uint64_t sb = b->n_lines ? b->lines[b->n_lines - 1]->seq : 0;
+
+	return sa < sb ? -1 : sa > sb;
+}
+
 static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 			 struct session **out)
 {
+	const Baton__State__Buffer **order = NULL;
 	struct session *s = NULL;
 	int rc = -ENOMEM;
 
 	if (!ps->user[0] || !ps->network[0] || strchr(ps->user, '/'))
 		return adopt_fail(ad, -EINVAL, "session without a valid user/network");
+	/* A session this worker's config does not have (a host whose config
+	 * was not updated) could never connect or authenticate here: refuse
+	 * it, so the chunk aborts, the source keeps serving it and the
+	 * upgrade result says why. A bouncer without a config (unit tests)
+	 * has nothing to check against. */
+	const struct baton_config *cfg = bouncer_config(ad->b);
+	if (cfg && !config_find_session(cfg, ps->user, ps->network))
+		return adopt_fail(ad, -ENOENT, "session %s/%s is not in this worker's config (%s)",
+				  ps->user, ps->network, cfg->path ? cfg->path : "?");
 	rc = check_strings(ad, ps);
 	if (rc < 0)
 		return rc;
@@ -760,8 +791,18 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 		}
 	}
 	uint64_t max_seq = 0;
+	/* Restored in the order of their newest line: the backlog then keeps
+	 * the right store order, and a state with more buffers than it takes
+	 * loses those whose newest line is oldest (backlog.h). */
+	if (ps->n_buffers) {
+		order = malloc(ps->n_buffers * sizeof(*order));
+		if (!order)
+			goto nomem;
+		memcpy(order, ps->buffers, ps->n_buffers * sizeof(*order));
+		qsort(order, ps->n_buffers, sizeof(*order), cmp_newest_line);
+	}
 	for (size_t i = 0; i < ps->n_buffers; i++) {
-		const Baton__State__Buffer *pb = ps->buffers[i];
+		const Baton__State__Buffer *pb = order[i];
 		for (size_t j = 0; j < pb->n_lines; j++) {
 			const Baton__State__BacklogLine *l = pb->lines[j];
 			if (l->seq == 0) {
@@ -785,6 +826,20 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 		goto out;
 	}
 	backlog_set_next_seq(s->backlog, next);
+	next = backlog_next_seq(s->backlog);
+	/* A client that "has" a line not numbered yet would skip every new
+	 * line up to it (client_deliver: seq <= delivered_seq is not sent).
+	 * acked_seq and delivery marks are at most delivered_seq
+	 * (check_delivery). */
+	for (size_t i = 0; i < ps->n_clients; i++) {
+		const Baton__State__Connection *pc = ps->clients[i];
+		if (pc->has_delivered_seq && pc->delivered_seq >= next) {
+			rc = adopt_fail(ad, -EINVAL, "client delivered_seq %llu not below next_seq %llu",
+					(unsigned long long)pc->delivered_seq,
+					(unsigned long long)next);
+			goto out;
+		}
+	}
 	for (size_t i = 0; i < ps->n_positions; i++) {
 		const Baton__State__ClientPosition *pp = ps->positions[i];
 		if (pp->seq >= next) {
@@ -847,6 +902,7 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 nomem:
 	rc = adopt_fail(ad, -ENOMEM, "out of memory");
 out:
+	free(order);
 	session_free(s);
 	return rc;
 }

@@ -442,6 +442,152 @@ static void test_replay_large(void **state)
 	backlog_free(bl);
 }
 
+/* Bug: every distinct sender of a private message created a query buffer,
+ * without bound. The number of buffers is capped; at the cap the least
+ * recently stored query buffer goes, channel buffers only when no query
+ * buffer is left. */
+static void test_buffer_cap_evicts_oldest_query(void **state)
+{
+	struct backlog *bl = backlog_new(10);
+	struct seen *s = seen_new();
+
+	backlog_set_max_buffers(bl, 4);
+	backlog_append(bl, "#chan", 0, "c1");   /* seq 1 */
+	backlog_append(bl, "amy", 0, "a1");     /* 2 */
+	backlog_append(bl, "ben", 0, "b1");     /* 3 */
+	backlog_append(bl, "Amy", 0, "a2");     /* 4: amy is now newer than ben */
+	backlog_append(bl, "#other", 0, "o1");  /* 5: 4 buffers */
+	assert_int_equal(backlog_nbuffers(bl), 4);
+
+	/* A fifth evicts ben (oldest query), not #chan (older, a channel). */
+	assert_int_equal(backlog_append(bl, "cat", 0, "k1"), 6);
+	assert_int_equal(backlog_nbuffers(bl), 4);
+	assert_int_equal(backlog_foreach_line(bl, "ben", record, s), 0);
+	assert_int_equal(s->n, 0);
+	assert_int_equal(backlog_foreach_line(bl, "#chan", record, s), 0);
+	assert_int_equal(s->n, 1);
+	assert_int_equal(backlog_count_after(bl, 0), 5); /* c1 a1 a2 o1 k1 */
+
+	/* Seqs go on; a returning sender gets a new buffer (evicting amy). */
+	assert_int_equal(backlog_append(bl, "BEN", 0, "b2"), 7);
+	s->n = 0;
+	assert_int_equal(backlog_foreach_line(bl, "amy", record, s), 0);
+	assert_int_equal(s->n, 0);
+	assert_int_equal(backlog_foreach_line(bl, "ben", record, s), 0);
+	assert_int_equal(s->n, 1);
+	assert_string_equal(s->l[0].buffer, "BEN");
+
+	/* Only channels left to evict: the least recently stored goes. */
+	backlog_set_max_buffers(bl, 2);
+	backlog_append(bl, "#chan", 0, "c2");   /* 8: #chan newer than #other */
+	backlog_append(bl, "#third", 0, "t1");  /* 9: evicts cat, BEN, #other */
+	assert_int_equal(backlog_nbuffers(bl), 2);
+	s->n = 0;
+	assert_int_equal(backlog_replay(bl, 0, record, s), 0);
+	assert_int_equal(s->n, 3);
+	assert_int_equal(s->l[0].seq, 1);
+	assert_int_equal(s->l[1].seq, 8);
+	assert_int_equal(s->l[2].seq, 9);
+	assert_string_equal(s->l[2].buffer, "#third");
+	free(s);
+	backlog_free(bl);
+}
+
+/* Bug: buffer lookup was a linear scan over every buffer, so a flood of
+ * distinct senders cost O(senders^2). 200k distinct senders (a cap's worth
+ * of buffers live at any time) must go by in linear time. */
+static void test_many_senders(void **state)
+{
+	struct backlog *bl = backlog_new(5);
+	char name[32];
+	size_t i;
+
+	for (i = 0; i < 200000; i++) {
+		snprintf(name, sizeof(name), "spammer%zu", i);
+		assert_int_not_equal(backlog_append(bl, name, 0, "buy now"), 0);
+		assert_int_not_equal(backlog_append(bl, "#chan", 0, "meanwhile"), 0);
+	}
+	assert_int_equal(backlog_nbuffers(bl), BACKLOG_MAX_BUFFERS);
+	/* the busy channel survived, the newest senders are there */
+	assert_int_equal(backlog_count_after(bl, 0), BACKLOG_MAX_BUFFERS - 1 + 5);
+	backlog_free(bl);
+}
+
+struct dump {
+	struct seen *names, *lines;
+};
+
+static int dump_buffer(void *arg, const char *buffer)
+{
+	return record_buffer(((struct dump *)arg)->names, buffer);
+}
+
+static int dump_line(void *arg, uint64_t seq, int64_t time_ms,
+		     const char *buffer, const char *line)
+{
+	return record(((struct dump *)arg)->lines, seq, time_ms, buffer, line);
+}
+
+/* Bug: serialization looked each buffer up by name again (a linear scan
+ * per buffer: quadratic). backlog_foreach_buffer_lines walks them once, in
+ * strcmp order of the names, each buffer's lines oldest first. */
+static void test_foreach_buffer_lines(void **state)
+{
+	struct backlog *bl = make_interleaved(5, 40); /* rings wrapped */
+	struct dump d = { seen_new(), seen_new() };
+
+	assert_int_equal(backlog_foreach_buffer_lines(bl, dump_buffer, dump_line, &d), 0);
+	assert_int_equal(d.names->n, 3);
+	assert_string_equal(d.names->l[0].buffer, "#alpha");
+	assert_string_equal(d.names->l[1].buffer, "#beta");
+	assert_string_equal(d.names->l[2].buffer, "carol");
+	assert_int_equal(d.lines->n, 15);
+	/* #alpha holds the seqs divisible by 3: the last 5 are 27..39 */
+	assert_int_equal(d.lines->l[0].seq, 27);
+	assert_int_equal(d.lines->l[4].seq, 39);
+	assert_string_equal(d.lines->l[4].buffer, "#alpha");
+	assert_int_equal(d.lines->l[5].seq, 28); /* #beta: 1 mod 3 */
+	assert_int_equal(d.lines->l[9].seq, 40);
+	assert_int_equal(d.lines->l[10].seq, 26); /* carol: 2 mod 3 */
+	assert_int_equal(d.lines->l[14].seq, 38);
+	backlog_free(bl);
+
+	bl = backlog_new(5);
+	d.names->n = d.lines->n = 0;
+	assert_int_equal(backlog_foreach_buffer_lines(bl, dump_buffer, dump_line, &d), 0);
+	assert_int_equal(d.names->n, 0);
+	assert_int_equal(backlog_foreach_buffer_lines(bl, NULL, dump_line, &d), -EINVAL);
+	free(d.names);
+	free(d.lines);
+	backlog_free(bl);
+}
+
+/* A restore of more buffers than the cap, in the order of their newest
+ * line (as state.c restores), keeps the buffers with the newest lines. */
+static void test_restore_beyond_cap(void **state)
+{
+	struct backlog *bl = backlog_new(5);
+	struct seen *s = seen_new();
+	char name[16];
+	uint64_t seq = 1;
+	int i;
+
+	backlog_set_max_buffers(bl, 3);
+	for (i = 0; i < 6; i++) {
+		snprintf(name, sizeof(name), "q%d", i);
+		assert_int_equal(backlog_restore(bl, name, seq++, 0, "x"), 0);
+		assert_int_equal(backlog_restore(bl, name, seq++, 0, "y"), 0);
+	}
+	assert_int_equal(backlog_nbuffers(bl), 3);
+	assert_int_equal(backlog_replay(bl, 0, record, s), 0);
+	assert_int_equal(s->n, 6);
+	assert_string_equal(s->l[0].buffer, "q3");
+	assert_string_equal(s->l[5].buffer, "q5");
+	assert_int_equal(backlog_next_seq(bl), seq);
+	free(s);
+	backlog_free(bl);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -460,6 +606,10 @@ int main(void)
 		cmocka_unit_test(test_zero_capacity),
 		cmocka_unit_test(test_bad_args),
 		cmocka_unit_test(test_replay_large),
+		cmocka_unit_test(test_buffer_cap_evicts_oldest_query),
+		cmocka_unit_test(test_many_senders),
+		cmocka_unit_test(test_foreach_buffer_lines),
+		cmocka_unit_test(test_restore_beyond_cap),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
