@@ -77,6 +77,8 @@ def assert_old_still_serving(scen, rc, res, old_pid, fd_before, what):
     check(res.get("result") == "aborted", "%s: result %r" % (what, res))
     check(isinstance(res.get("reason"), str) and res["reason"].strip(),
           "%s: no reason in %r" % (what, res))
+    check((res.get("survivor") or {}).get("pid") == old_pid and res.get("sessions_lost") is False,
+          "%s: result must name the old worker as survivor with no sessions lost: %r" % (what, res))
     wk = one_worker(scen)
     check(wk["pid"] == old_pid, "%s: active worker pid %s, old worker was %d" % (what, wk["pid"], old_pid))
     check(wk.get("version") == vA, "%s: active worker version %r, want %r" % (what, wk.get("version"), vA))
@@ -207,6 +209,9 @@ def test_source_dies_after_prepared(ctx):
           "unclear result: exit %d, %r" % (rc, res))
     bl.log("source died after PREPARED: batonctl exit %d result %r reason %r"
            % (rc, res.get("result"), res.get("reason")))
+    check((res.get("survivor") or {}).get("pid") == (res.get("to") or {}).get("pid")
+          and res.get("sessions_lost") is False,
+          "result must name the new worker as survivor, nothing lost: %r" % res)
     bl.wait_for(lambda: not bl.pid_alive(old_pid), 10, what="old worker dead")
     end = bl.now() + 15
     while True:
