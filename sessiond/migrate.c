@@ -40,6 +40,7 @@ struct migrate {
 	struct bouncer_item **items; /* snapshot; entries NULL once released */
 	size_t nitems, next;         /* next: first item of the next chunk */
 	size_t chunk_first, chunk_n; /* the outstanding chunk */
+	uint32_t chunk_sessions, chunk_fds; /* its counts, added on commit */
 	unsigned chunk_items;
 	size_t chunk_bytes;
 	struct timespec chunk_frozen;
@@ -188,6 +189,10 @@ static void migrate_chunk_done(struct handoff_source *src, uint32_t chunk,
 		bouncer_item_release(m->items[i]); /* copies closed: T owns them */
 		m->items[i] = NULL;
 	}
+	/* Counts report what moved: committed chunks only. */
+	m->res.sessions += m->chunk_sessions;
+	m->res.fds += m->chunk_fds;
+	m->res.connections += m->chunk_fds;
 	m->res.chunks_committed++;
 	if (m->report.progress)
 		m->report.progress(m->report.arg, (uint32_t)m->next,
@@ -242,6 +247,7 @@ static void migrate_send_next(struct migrate *m)
 	 * stretch the freeze of everyone in the chunk. */
 	m->chunk_first = m->next;
 	m->chunk_n = n;
+	m->chunk_fds = m->chunk_sessions = 0;
 	hitems = calloc(n, sizeof(*hitems));
 	bufs = calloc(n, sizeof(*bufs));
 	if (hitems == NULL || bufs == NULL) {
@@ -260,13 +266,13 @@ static void migrate_send_next(struct migrate *m)
 		if (r < 0) {
 			snprintf(why, sizeof(why), "cannot serialize item: %s",
 				 strerror(-r));
+			m->chunk_n = n = i + 1; /* only these were frozen */
 			goto out;
 		}
 		hitems[i] = (struct handoff_item){ bufs[i], len, fds, nfds };
-		m->res.fds += (uint32_t)nfds;
-		m->res.connections += (uint32_t)nfds;
+		m->chunk_fds += (uint32_t)nfds;
 		if (bouncer_item_is_session(it))
-			m->res.sessions++;
+			m->chunk_sessions++;
 		bytes += len;
 		if (bytes >= m->chunk_bytes && i + 1 < n) {
 			n = i + 1;
