@@ -5,6 +5,13 @@
 #include "sample_state.h"
 
 #include <dirent.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "sessiond/bouncer.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -229,4 +236,47 @@ int count_open_fds(void)
 			n++;
 	closedir(d);
 	return n - 1; /* the DIR's own fd */
+}
+
+int fixture_setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+
+	f->baseline_fds = count_open_fds();
+	f->base = event_base_new();
+	f->b = bouncer_new(f->base, NULL);
+	*state = f;
+	return 0;
+}
+
+int fixture_teardown(void **state)
+{
+	struct fixture *f = *state;
+	int leaked;
+
+	bouncer_free(f->b);
+	event_base_free(f->base);
+	leaked = count_open_fds() - f->baseline_fds;
+	free(f);
+	if (leaked != 0)
+		fprintf(stderr, "fixture: %d fd(s) leaked\n", leaked);
+	return leaked == 0 ? 0 : -1; /* cmocka reports a failed teardown */
+}
+
+void make_pairs(int *ours, int *peers, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		int sv[2];
+
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+			abort();
+		ours[i] = sv[0];
+		peers[i] = sv[1];
+	}
+}
+
+void close_all(int *fds, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		close(fds[i]);
 }

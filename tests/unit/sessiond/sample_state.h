@@ -7,6 +7,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct event_base;
+struct bouncer;
+
 /* One session alice/example: 2 channels with members and topics, 5 backlog
  * lines in 2 buffers, 2 delivery positions, an upstream connection
  * (fd_index 0) with a partial input line and unflushed output, and one
@@ -23,5 +26,19 @@ uint8_t *sample_pending_pack(size_t *len);
 
 /* Number of open fds of this process (/proc/self/fd). */
 int count_open_fds(void);
+
+/* cmocka fixture shared by the state tests: an event base and a bouncer
+ * without config; teardown asserts that no fd leaked. */
+struct fixture {
+	struct event_base *base;
+	struct bouncer *b;
+	int baseline_fds;
+};
+int fixture_setup(void **state);
+int fixture_teardown(void **state);
+
+/* n AF_UNIX stream socketpairs: ours[i] <-> peers[i]. */
+void make_pairs(int *ours, int *peers, size_t n);
+void close_all(int *fds, size_t n);
 
 #endif

@@ -24,47 +24,6 @@
 #include "sessiond/backlog.h"
 #include "sessiond/bouncer.h"
 
-struct fixture {
-	struct event_base *base;
-	struct bouncer *b;
-	int baseline_fds;
-};
-
-static int setup(void **state)
-{
-	struct fixture *f = calloc(1, sizeof(*f));
-	f->baseline_fds = count_open_fds();
-	f->base = event_base_new();
-	f->b = bouncer_new(f->base, NULL);
-	*state = f;
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	struct fixture *f = *state;
-	bouncer_free(f->b);
-	event_base_free(f->base);
-	assert_int_equal(count_open_fds(), f->baseline_fds);
-	free(f);
-	return 0;
-}
-
-static void make_pairs(int *ours, int *peers, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		int sv[2];
-		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-		ours[i] = sv[0];
-		peers[i] = sv[1];
-	}
-}
-
-static void close_all(int *fds, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		close(fds[i]);
-}
 
 /* The sample session, changed by fn. Strings set by fn must be static or
  * malloc'd (free_unpacked frees the unpacked ones). */
@@ -413,10 +372,10 @@ static void test_many_buffers(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_wire_strings_rejected, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_delivered_past_next_rejected, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_session_not_in_config, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_many_buffers, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_wire_strings_rejected, fixture_setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_delivered_past_next_rejected, fixture_setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_session_not_in_config, fixture_setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_many_buffers, fixture_setup, fixture_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

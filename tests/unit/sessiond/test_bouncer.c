@@ -22,31 +22,6 @@
 #include "sessiond/conn.h"
 #include "sessiond/session.h"
 
-struct fixture {
-	struct event_base *base;
-	struct bouncer *b;
-	int baseline_fds;
-};
-
-static int setup(void **state)
-{
-	struct fixture *f = calloc(1, sizeof(*f));
-	f->baseline_fds = count_open_fds();
-	f->base = event_base_new();
-	f->b = bouncer_new(f->base, NULL);
-	*state = f;
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	struct fixture *f = *state;
-	bouncer_free(f->b);
-	event_base_free(f->base);
-	assert_int_equal(count_open_fds(), f->baseline_fds);
-	free(f);
-	return 0;
-}
 
 static struct bouncer_item *adopt_pending(struct bouncer *b, int *peer)
 {
@@ -197,8 +172,8 @@ static void test_release_any_order(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_dead_pending_not_migrated, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_release_any_order, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dead_pending_not_migrated, fixture_setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_release_any_order, fixture_setup, fixture_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

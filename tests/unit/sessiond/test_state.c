@@ -24,48 +24,6 @@
 #include "sample_state.h"
 #include "sessiond/bouncer.h"
 
-struct fixture {
-	struct event_base *base;
-	struct bouncer *b;
-	int baseline_fds;
-};
-
-static int setup(void **state)
-{
-	struct fixture *f = calloc(1, sizeof(*f));
-	f->baseline_fds = count_open_fds();
-	f->base = event_base_new();
-	f->b = bouncer_new(f->base, NULL);
-	*state = f;
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	struct fixture *f = *state;
-	bouncer_free(f->b);
-	event_base_free(f->base);
-	assert_int_equal(count_open_fds(), f->baseline_fds);
-	free(f);
-	return 0;
-}
-
-/* n stream socketpairs: ours[i] goes to the bouncer, peers[i] stays here. */
-static void make_pairs(int *ours, int *peers, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		int sv[2];
-		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-		ours[i] = sv[0];
-		peers[i] = sv[1];
-	}
-}
-
-static void close_all(int *fds, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		close(fds[i]);
-}
 
 static struct bouncer_item *adopt_ok(struct bouncer *b, const uint8_t *buf,
 				     size_t len, int *fds, size_t nfds)
@@ -579,14 +537,14 @@ static void test_arm_resumes_io(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_roundtrip_session, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_roundtrip_pending, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_roundtrip_delivery, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_delivery_checks, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_adopt_rejects, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_arm_resumes_io, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_unknown_fields_preserved, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_adopt_mutations, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_roundtrip_session, fixture_setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_roundtrip_pending, fixture_setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_roundtrip_delivery, fixture_setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_delivery_checks, fixture_setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_adopt_rejects, fixture_setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_arm_resumes_io, fixture_setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_unknown_fields_preserved, fixture_setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_adopt_mutations, fixture_setup, fixture_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
