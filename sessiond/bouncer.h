@@ -48,8 +48,10 @@ void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out);
 
 /* ---- migration: source side ---- */
 
-/* Snapshot of every item, pending clients first. *items is malloc'd (the
- * caller frees the array, not the items). Items stay valid until released. */
+/* Snapshot of every item (sessions and live pending clients, in no
+ * particular order; clients closing after QUIT are not items). *items is
+ * malloc'd (the caller frees the array, not the items). Items stay valid
+ * until released. */
 size_t bouncer_items(struct bouncer *b, struct bouncer_item ***items);
 
 /* Stop all I/O and timers of the item: no byte is read from or written to
