@@ -1113,40 +1113,50 @@ static void test_source_waits_for_committed(void **state)
 	assert_int_equal(count_fds(), base);
 }
 
-/* The target queues COMMITTED before it arms anything (ops->commit). */
-static void test_target_acks_commit_before_arming(void **state)
+/* As a raw source on sock: send a one-item chunk 0 to the target driven by
+ * c, run c's loop until PREPARED comes back, then send COMMIT. */
+static void raw_chunk_until_commit(struct ctx *c, int sock)
 {
-	int base = count_fds();
 	Baton__Handoff__Begin b = BATON__HANDOFF__BEGIN__INIT;
 	Baton__Handoff__Item it = BATON__HANDOFF__ITEM__INIT;
 	Baton__Handoff__End e = BATON__HANDOFF__END__INIT;
 	Baton__Handoff__Commit cm = BATON__HANDOFF__COMMIT__INIT;
 	struct handoff_msg m;
+	int r;
+
+	b.chunk = 0;
+	b.items = 1;
+	b.fds = 0;
+	raw_pb(sock, HANDOFF_BEGIN, &b.base, NULL, 0);
+	it.index = 0;
+	it.payload.data = (uint8_t *)"p";
+	it.payload.len = 1;
+	raw_pb(sock, HANDOFF_ITEM, &it.base, NULL, 0);
+	e.chunk = 0;
+	raw_pb(sock, HANDOFF_END, &e.base, NULL, 0);
+	while ((r = handoff_frame_recv(sock, &m, 0)) == -EAGAIN ||
+	       r == -ETIMEDOUT)
+		event_base_loop(c->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+	assert_int_equal(r, 0);
+	assert_int_equal(m.type, HANDOFF_PREPARED);
+	handoff_msg_clear(&m);
+	cm.chunk = 0;
+	raw_pb(sock, HANDOFF_COMMIT, &cm.base, NULL, 0);
+}
+
+/* The target queues COMMITTED before it arms anything (ops->commit). */
+static void test_target_acks_commit_before_arming(void **state)
+{
+	int base = count_fds();
+	struct handoff_msg m;
 	struct ctx c;
-	int sv[2], r;
+	int sv[2];
 
 	ctx_init(&c);
 	assert_int_equal(handoff_socketpair(sv), 0);
 	c.t = handoff_target_new(c.base, sv[1], 1000, &ops, &c);
 	assert_non_null(c.t);
-	b.chunk = 0;
-	b.items = 1;
-	b.fds = 0;
-	raw_pb(sv[0], HANDOFF_BEGIN, &b.base, NULL, 0);
-	it.index = 0;
-	it.payload.data = (uint8_t *)"p";
-	it.payload.len = 1;
-	raw_pb(sv[0], HANDOFF_ITEM, &it.base, NULL, 0);
-	e.chunk = 0;
-	raw_pb(sv[0], HANDOFF_END, &e.base, NULL, 0);
-	while ((r = handoff_frame_recv(sv[0], &m, 0)) == -EAGAIN ||
-	       r == -ETIMEDOUT)
-		event_base_loop(c.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-	assert_int_equal(r, 0);
-	assert_int_equal(m.type, HANDOFF_PREPARED);
-	handoff_msg_clear(&m);
-	cm.chunk = 0;
-	raw_pb(sv[0], HANDOFF_COMMIT, &cm.base, NULL, 0);
+	raw_chunk_until_commit(&c, sv[0]);
 	while (c.commits == 0)
 		event_base_loop(c.base, EVLOOP_ONCE);
 	assert_int_equal(handoff_frame_recv(sv[0], &m, 0), 0);
@@ -1216,36 +1226,14 @@ static void test_source_timer_races_committed(void **state)
 static void test_target_commits_when_source_dies_after_commit(void **state)
 {
 	int base = count_fds();
-	Baton__Handoff__Begin b = BATON__HANDOFF__BEGIN__INIT;
-	Baton__Handoff__Item it = BATON__HANDOFF__ITEM__INIT;
-	Baton__Handoff__End e = BATON__HANDOFF__END__INIT;
-	Baton__Handoff__Commit cm = BATON__HANDOFF__COMMIT__INIT;
-	struct handoff_msg m;
 	struct ctx c;
-	int sv[2], r;
+	int sv[2];
 
 	ctx_init(&c);
 	assert_int_equal(handoff_socketpair(sv), 0);
 	c.t = handoff_target_new(c.base, sv[1], 1000, &ops, &c);
 	assert_non_null(c.t);
-	b.chunk = 0;
-	b.items = 1;
-	b.fds = 0;
-	raw_pb(sv[0], HANDOFF_BEGIN, &b.base, NULL, 0);
-	it.index = 0;
-	it.payload.data = (uint8_t *)"p";
-	it.payload.len = 1;
-	raw_pb(sv[0], HANDOFF_ITEM, &it.base, NULL, 0);
-	e.chunk = 0;
-	raw_pb(sv[0], HANDOFF_END, &e.base, NULL, 0);
-	while ((r = handoff_frame_recv(sv[0], &m, 0)) == -EAGAIN ||
-	       r == -ETIMEDOUT)
-		event_base_loop(c.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-	assert_int_equal(r, 0);
-	assert_int_equal(m.type, HANDOFF_PREPARED);
-	handoff_msg_clear(&m);
-	cm.chunk = 0;
-	raw_pb(sv[0], HANDOFF_COMMIT, &cm.base, NULL, 0);
+	raw_chunk_until_commit(&c, sv[0]);
 	close(sv[0]); /* the source dies */
 	while (!c.done && c.commits == 0 && c.aborts == 0)
 		event_base_loop(c.base, EVLOOP_ONCE);
