@@ -165,8 +165,10 @@ static void migrate_source_phase(void *arg, enum handoff_phase phase,
 {
 	struct migrate *m = arg;
 
-	if (phase == HANDOFF_PHASE_PREPARED_RECEIVED &&
-	    migrate_fault_is(m, "after-prepared", chunk))
+	if ((phase == HANDOFF_PHASE_PREPARED_RECEIVED &&
+	     migrate_fault_is(m, "after-prepared", chunk)) ||
+	    (phase == HANDOFF_PHASE_COMMIT_SENT &&
+	     migrate_fault_is(m, "after-commit", chunk)))
 		raise(SIGKILL);
 }
 

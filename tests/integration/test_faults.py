@@ -352,3 +352,30 @@ def test_worker_crash_restarts(ctx):
     scen.loop.run_for(0.5)
     bad = led.diff(exp)
     check(not bad, "after crash:\n" + bl.Ledger.format_diff(bad))
+
+
+def test_source_dies_after_commit(ctx):
+    """source:after-commit: the source dies right after sending COMMIT, before
+    COMMITTED arrives. Having sent COMMIT it could only have resumed after
+    killing the target, so the target must commit (its COMMITTED fails with
+    EPIPE) and take over: one worker, build B, all sessions, no connection
+    closed, every line exactly once."""
+    scen = start(ctx)
+    b = scen.baton
+    old_pid = b.worker_pid()
+    b.set_fault("source:after-commit")
+    try:
+        rc, res = upgrade(scen, ctx.builds["b"])
+    finally:
+        b.clear_fault()
+    check(rc in (0, 1) and res.get("result") in ("committed", "aborted"),
+          "unclear result: exit %d, %r" % (rc, res))
+    check((res.get("survivor") or {}).get("pid") == (res.get("to") or {}).get("pid")
+          and res.get("sessions_lost") is False,
+          "result must name the new worker as survivor, nothing lost: %r" % res)
+    bl.wait_for(lambda: not bl.pid_alive(old_pid), 10, what="old worker dead")
+    wk = one_worker(scen)
+    check(wk["pid"] != old_pid and wk.get("version") == ctx.builds["b"].version
+          and wk.get("sessions") == scen.nsessions, "serving worker %r" % wk)
+    scen.loop.run_for(2.0)
+    scen.verify(drain_timeout=30)
