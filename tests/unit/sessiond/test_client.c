@@ -9,8 +9,6 @@
 #include <crypt.h>
 #include <dlfcn.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -33,6 +31,7 @@
 #include "sample_state.h"
 #include "sessiond/bouncer.h"
 #include "sessiond/conn.h"
+#include "test_env.h"
 
 /* ---- crypt_rn() interposed: every call counted, with its setting ----
  * The core library resolves crypt_rn to this definition at link time. */
@@ -57,192 +56,28 @@ char *crypt_rn(const char *phrase, const char *setting, void *data, int size)
 	return real(phrase, setting, data, size);
 }
 
-/* ---- environment ---- */
+/* ---- environment (test_env.c) ---- */
 
-struct env {
-	struct event_base *base;
-	struct bouncer *b;
-	struct baton_config cfg;
-	struct config_network net;
-	struct config_user user;
-	struct config_session sess;
-	char *chans[1];
-	struct sockaddr_in addr;
-	int up; /* our end of the upstream: we are the IRC server */
-	int baseline_fds;
-};
-
-struct rx {
-	char *buf;
-	size_t len, cap;
-	bool eof;
-};
-
-static void pump(struct env *e)
+static bool rx_wait(struct test_env *e, struct rx *r, int fd, const char *s)
 {
-	event_base_loop(e->base, EVLOOP_NONBLOCK);
+	return rx_wait_tries(e, r, fd, s, 5000);
 }
-
-/* Read what is there, at most `max` bytes (0: all). */
-static void rx_read_max(struct rx *r, int fd, size_t max)
-{
-	size_t got = 0;
-
-	for (;;) {
-		if (r->cap - r->len < 65536) {
-			r->cap = r->cap ? r->cap * 2 : 1 << 20;
-			r->buf = realloc(r->buf, r->cap + 1);
-		}
-		size_t want = r->cap - r->len;
-		if (max && want > max - got)
-			want = max - got;
-		if (want == 0)
-			break;
-		ssize_t n = recv(fd, r->buf + r->len, want, MSG_DONTWAIT);
-		if (n > 0) {
-			r->len += (size_t)n;
-			got += (size_t)n;
-			continue;
-		}
-		if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
-			r->eof = true;
-		break;
-	}
-	if (r->buf)
-		r->buf[r->len] = '\0';
-}
-
-static bool rx_wait(struct env *e, struct rx *r, int fd, const char *s)
-{
-	for (int i = 0; i < 5000; i++) {
-		pump(e);
-		rx_read_max(r, fd, 0);
-		if (r->buf && strstr(r->buf, s))
-			return true;
-		if (r->eof)
-			break;
-		struct pollfd pfd = { .fd = fd, .events = POLLIN };
-		poll(&pfd, 1, 2);
-	}
-	fprintf(stderr, "did not see '%s'\n", s);
-	return false;
-}
-
-static void say(int fd, const char *line)
-{
-	char buf[1024];
-	int n = snprintf(buf, sizeof(buf), "%s\r\n", line);
-	assert_int_equal(send(fd, buf, (size_t)n, MSG_NOSIGNAL), n);
-}
-
-typedef void (*mutate_fn)(Baton__State__Session *s);
 
 /* The sample session without its client, changed by `mutate` (which may
  * replace top-level fields of the Session only), adopted and armed. */
-static struct env *env_new(mutate_fn mutate, int backlog_lines)
+static struct test_env *env_new(test_env_mutate_fn mutate, int backlog_lines)
 {
-	struct env *e = calloc(1, sizeof(*e));
-
-	e->baseline_fds = count_open_fds();
-	e->base = event_base_new();
-	e->cfg.backlog_lines = backlog_lines;
-	e->cfg.ping_interval_s = 600;
-	e->cfg.ping_timeout_s = 2400;
-	e->cfg.reconnect_min_s = 2;
-	e->cfg.reconnect_max_s = 300;
-	e->net = (struct config_network){ .name = "example", .host = "127.0.0.1", .port = "1" };
-	/* crypt("secret", "$6$testsalt$"), precomputed: ASan's crypt_r
-	 * interceptor crashes when the test calls crypt_r itself. */
-	e->user = (struct config_user){ .name = "alice",
-					.password = strdup("$6$testsalt$51yaaBMXXXt5vK522YOlIMZ267vqHtMIzc2klcsu3EEv/bkRDU9g3UmkypXf.NvlpPpIPK1nX5zdbCeJBiQbB/") };
-	e->chans[0] = "#baton";
-	e->sess = (struct config_session){ .user = "alice", .network = "example",
-					   .nick = "alice", .channels = e->chans,
-					   .nchannels = 1 };
-	e->cfg.networks = &e->net;
-	e->cfg.nnetworks = 1;
-	e->cfg.users = &e->user;
-	e->cfg.nusers = 1;
-	e->cfg.sessions = &e->sess;
-	e->cfg.nsessions = 1;
-	e->b = bouncer_new(e->base, &e->cfg);
-
-	size_t len;
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	uint8_t *buf = sample_item_pack_at(&len, (int64_t)ts.tv_sec * 1000);
-	Baton__State__Item *item = baton__state__item__unpack(NULL, len, buf);
-	Baton__State__Session saved = *item->session;
-	item->session->n_clients = 0;
-	if (mutate)
-		mutate(item->session);
-	size_t l2 = baton__state__item__get_packed_size(item);
-	uint8_t *b2 = malloc(l2);
-	baton__state__item__pack(item, b2);
-	*item->session = saved;
-	baton__state__item__free_unpacked(item, NULL);
-
-	int sv[2];
-	struct bouncer_item *it;
-	char err[256];
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	e->up = sv[1];
-	assert_int_equal(bouncer_item_adopt(e->b, b2, l2, &sv[0], 1, &it, err, sizeof(err)), 0);
-	bouncer_item_arm(it);
-	free(buf);
-	free(b2);
-
-	int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	socklen_t alen = sizeof(e->addr);
-	e->addr.sin_family = AF_INET;
-	e->addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(bind(lfd, (struct sockaddr *)&e->addr, sizeof(e->addr)), 0);
-	assert_int_equal(getsockname(lfd, (struct sockaddr *)&e->addr, &alen), 0);
-	assert_int_equal(listen(lfd, 16), 0);
-	bouncer_set_listeners(e->b, &lfd, 1);
-	bouncer_accept(e->b, true);
-
-	/* complete the partial input line of the state (stored next) */
-	struct rx up = { 0 };
-	assert_true(rx_wait(e, &up, e->up, "queued but not written\r\n"));
-	say(e->up, "ne");
-	say(e->up, "PING :setup");
-	assert_true(rx_wait(e, &up, e->up, "PONG :setup\r\n"));
-	free(up.buf);
-	return e;
-}
-
-static void env_free(struct env *e)
-{
-	bouncer_free(e->b);
-	event_base_free(e->base);
-	close(e->up);
-	free(e->user.password);
-	assert_int_equal(count_open_fds(), e->baseline_fds);
-	free(e);
-}
-
-/* A client connection that sent PASS/NICK/USER (pass: "ident:password"). */
-static int client_register(struct env *e, const char *pass, int rcvbuf)
-{
-	char line[512];
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	assert_true(fd >= 0);
-	if (rcvbuf)
-		assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)), 0);
-	assert_int_equal(connect(fd, (struct sockaddr *)&e->addr, sizeof(e->addr)), 0);
-	snprintf(line, sizeof(line), "PASS %s", pass);
-	say(fd, line);
-	say(fd, "NICK whatever");
-	say(fd, "USER u 0 * :Real Name");
-	return fd;
-}
-
-static unsigned open_connections(struct bouncer *b)
-{
-	struct bouncer_stats st;
-	bouncer_stats(b, &st);
-	return st.connections;
+	const struct test_env_opts o = {
+		.backlog_lines = backlog_lines,
+		.ping_interval_s = 600,
+		.ping_timeout_s = 2400,
+		/* crypt("secret", "$6$testsalt$"), precomputed: ASan's crypt_r
+		 * interceptor crashes when the test calls crypt_r itself. */
+		.password = "$6$testsalt$51yaaBMXXXt5vK522YOlIMZ267vqHtMIzc2klcsu3EEv/bkRDU9g3UmkypXf.NvlpPpIPK1nX5zdbCeJBiQbB/",
+		.mutate = mutate,
+		.wait_tries = 5000,
+	};
+	return test_env_new(&o);
 }
 
 /* Complete lines of r (CRLF-terminated) into a NULL-terminated vector of
@@ -315,12 +150,12 @@ static void mutate_isupport(Baton__State__Session *s)
  * at most 13 tokens, and a token that cannot fit even alone is left out. */
 static void test_isupport_lines_bounded(void **state)
 {
-	struct env *e = env_new(mutate_isupport, 100);
+	struct test_env *e = env_new(mutate_isupport, 100);
 	struct rx r = { 0 };
 	static const char tail[] = " :are supported by this server";
 	char all[16384] = "", want[16384] = "";
 
-	int fd = client_register(e, "alice@isup/example:secret", 0);
+	int fd = test_env_register(e, "alice@isup/example:secret", 0);
 	assert_true(rx_wait(e, &r, fd, " 422 "));
 	size_t n;
 	char **v = rx_lines(&r, &n);
@@ -357,7 +192,7 @@ static void test_isupport_lines_bounded(void **state)
 	free(v);
 	free(r.buf);
 	close(fd);
-	env_free(e);
+	test_env_free(e);
 }
 
 /* ---- NAMES ---- */
@@ -433,10 +268,10 @@ static void mutate_names(Baton__State__Session *s)
  * fit even alone are left out, every 353 keeps to 510 bytes. */
 static void test_names_bounded(void **state)
 {
-	struct env *e = env_new(mutate_names, 100);
+	struct test_env *e = env_new(mutate_names, 100);
 	struct rx r = { 0 };
 
-	int fd = client_register(e, "alice@names/example:secret", 0);
+	int fd = test_env_register(e, "alice@names/example:secret", 0);
 	assert_true(rx_wait(e, &r, fd, " #many :End of /NAMES list."));
 	size_t n;
 	char **v = rx_lines(&r, &n);
@@ -475,7 +310,7 @@ static void test_names_bounded(void **state)
 	free(v);
 	free(r.buf);
 	close(fd);
-	env_free(e);
+	test_env_free(e);
 }
 
 /* ---- CR in client input ---- */
@@ -488,29 +323,22 @@ static void test_names_bounded(void **state)
  * and the serialized session is adopted elsewhere. */
 static void test_bare_cr_not_stored(void **state)
 {
-	struct env *e = env_new(NULL, 100);
+	struct test_env *e = env_new(NULL, 100);
 	struct rx r = { 0 }, up = { 0 };
 	static const char in[] = "PRIVMSG #baton :a\rb\r\nAWAY :gone\rfishing\r\n";
 
-	int fd = client_register(e, "alice@cr/example:secret", 0);
+	int fd = test_env_register(e, "alice@cr/example:secret", 0);
 	assert_true(rx_wait(e, &r, fd, "a partial line\r\n"));
 	assert_int_equal(send(fd, in, sizeof(in) - 1, 0), (ssize_t)(sizeof(in) - 1));
-	say(fd, "PING :done");
+	say_fd(fd, "PING :done");
 	assert_true(rx_wait(e, &r, fd, "PONG irc.example.net :done\r\n"));
 	assert_true(rx_wait(e, &up, e->up, "fishing\r\n"));
 	assert_non_null(strstr(up.buf, "PRIVMSG #baton :a\r\nb\r\nAWAY :gone\r\nfishing\r\n"));
 
-	struct bouncer_item **items, *it2 = NULL;
 	uint8_t *buf;
-	size_t len, nfds, n = bouncer_items(e->b, &items), i;
+	size_t len, nfds;
 	const int *fds;
-	int dup_fds[4];
-	char err[256];
-	for (i = 0; i < n && !bouncer_item_is_session(items[i]); i++)
-		;
-	assert_true(i < n);
-	bouncer_item_freeze(items[i]);
-	assert_int_equal(bouncer_item_serialize(items[i], &buf, &len, &fds, &nfds), 0);
+	struct bouncer_item *it = session_serialize(e->b, &buf, &len, &fds, &nfds);
 	Baton__State__Item *item = baton__state__item__unpack(NULL, len, buf);
 	assert_non_null(item);
 	bool stored_a = false;
@@ -531,34 +359,29 @@ static void test_bare_cr_not_stored(void **state)
 
 	/* Another worker adopts it. */
 	struct bouncer *b2 = bouncer_new(e->base, &e->cfg);
-	assert_true(nfds <= 4);
-	for (size_t j = 0; j < nfds; j++)
-		dup_fds[j] = fcntl(fds[j], F_DUPFD_CLOEXEC, 0);
-	assert_int_equal(bouncer_item_adopt(b2, buf, len, dup_fds, nfds, &it2, err, sizeof(err)), 0);
-	bouncer_item_discard(it2);
+	bouncer_item_discard(adopt_copy(b2, buf, len, fds, nfds));
 	bouncer_free(b2);
-	bouncer_item_thaw(items[i]);
-	free(items);
+	bouncer_item_thaw(it);
 	free(buf);
 	free(r.buf);
 	free(up.buf);
 	close(fd);
-	env_free(e);
+	test_env_free(e);
 }
 
 /* ---- authentication ---- */
 
 /* One attempt; returns the crypt_rn() calls it made, the reply in *reply. */
-static int auth_attempt(struct env *e, const char *pass, const char *until,
+static int auth_attempt(struct test_env *e, const char *pass, const char *until,
 			struct rx *reply)
 {
 	crypt_calls = 0;
 	crypt_setting[0] = '\0';
-	int fd = client_register(e, pass, 0);
+	int fd = test_env_register(e, pass, 0);
 	assert_true(rx_wait(e, reply, fd, until));
 	close(fd);
 	for (int i = 0; i < 10; i++)
-		pump(e);
+		test_env_pump(e);
 	return crypt_calls;
 }
 
@@ -569,7 +392,7 @@ static int auth_attempt(struct env *e, const char *pass, const char *until,
  * with the same reply. */
 static void test_auth_one_crypt_each(void **state)
 {
-	struct env *e = env_new(NULL, 100);
+	struct test_env *e = env_new(NULL, 100);
 	static const char bad[] = ":baton 464 whatever :Password incorrect\r\n"
 				  "ERROR :Closing link: password incorrect\r\n";
 	const char *fails[] = {
@@ -592,7 +415,7 @@ static void test_auth_one_crypt_each(void **state)
 	struct rx ok = { 0 };
 	assert_int_equal(auth_attempt(e, "alice@auth/example:secret", " 001 ", &ok), 1);
 	free(ok.buf);
-	env_free(e);
+	test_env_free(e);
 }
 
 /* ---- flow-controlled replay ---- */
@@ -677,11 +500,11 @@ static void check_replay(struct rx *r, const char *live, const char *never)
 
 /* Read slowly (at most `chunk` bytes per step) until `s` arrived; the
  * connection must stay open. */
-static void read_slowly(struct env *e, struct rx *r, int fd, const char *s,
+static void read_slowly(struct test_env *e, struct rx *r, int fd, const char *s,
 			size_t chunk)
 {
 	for (int i = 0; i < 200000; i++) {
-		pump(e);
+		test_env_pump(e);
 		size_t before = r->len;
 		rx_read_max(r, fd, chunk);
 		assert_false(r->eof);
@@ -701,19 +524,19 @@ static void read_slowly(struct env *e, struct rx *r, int fd, const char *s,
  * (no echo-message) is not sent back. */
 static void test_replay_flow_controlled(void **state)
 {
-	struct env *e = env_new(mutate_replay, RPER);
+	struct test_env *e = env_new(mutate_replay, RPER);
 	struct rx r = { 0 }, up = { 0 };
 	unsigned conns = open_connections(e->b);
 
-	int fd = client_register(e, "alice@slow/example:secret", 32768);
+	int fd = test_env_register(e, "alice@slow/example:secret", 32768);
 	read_slowly(e, &r, fd, " :replay 2000 ", 16384);
 	assert_null(strstr(r.buf, " :replay 19999 ")); /* mid-replay */
-	say(e->up, ":bob!b@host.example PRIVMSG #r07 :live line");
-	say(fd, "PRIVMSG #r03 :my own line");
+	say_fd(e->up, ":bob!b@host.example PRIVMSG #r07 :live line");
+	say_fd(fd, "PRIVMSG #r03 :my own line");
 	assert_true(rx_wait(e, &up, e->up, "PRIVMSG #r03 :my own line\r\n"));
 	read_slowly(e, &r, fd, " :live line\r\n", 16384);
 	for (int i = 0; i < 50; i++) { /* a duplicate would come now */
-		pump(e);
+		test_env_pump(e);
 		rx_read_max(&r, fd, 0);
 		usleep(1000);
 	}
@@ -724,12 +547,12 @@ static void test_replay_flow_controlled(void **state)
 	check_replay(&r, " :live line", "my own line");
 
 	/* Live now: the next line comes directly. */
-	say(e->up, ":bob!b@host.example PRIVMSG #r07 :after");
+	say_fd(e->up, ":bob!b@host.example PRIVMSG #r07 :after");
 	assert_true(rx_wait(e, &r, fd, " :after\r\n"));
 	free(r.buf);
 	free(up.buf);
 	close(fd);
-	env_free(e);
+	test_env_free(e);
 }
 
 /* A migration in the middle of a replay: the adopting worker resumes it
@@ -737,40 +560,28 @@ static void test_replay_flow_controlled(void **state)
  * once, in order, across both workers. */
 static void test_replay_resumes_after_migration(void **state)
 {
-	struct env *e = env_new(mutate_replay, RPER);
+	struct test_env *e = env_new(mutate_replay, RPER);
 	struct rx r = { 0 };
-	struct bouncer_item **items, *it2 = NULL;
 	uint8_t *buf;
-	size_t len, nfds, n, i;
+	size_t len, nfds;
 	const int *fds;
-	int dup_fds[4];
-	char err[256];
 
-	int fd = client_register(e, "alice@mig/example:secret", 32768);
+	int fd = test_env_register(e, "alice@mig/example:secret", 32768);
 	read_slowly(e, &r, fd, " :replay 3000 ", 16384);
 	assert_null(strstr(r.buf, " :replay 19999 "));
 
 	struct bouncer *b2 = bouncer_new(e->base, &e->cfg);
-	n = bouncer_items(e->b, &items);
-	for (i = 0; i < n && !bouncer_item_is_session(items[i]); i++)
-		;
-	assert_true(i < n);
-	bouncer_item_freeze(items[i]);
-	assert_int_equal(bouncer_item_serialize(items[i], &buf, &len, &fds, &nfds), 0);
-	assert_true(nfds <= 4);
-	for (size_t j = 0; j < nfds; j++)
-		dup_fds[j] = fcntl(fds[j], F_DUPFD_CLOEXEC, 0);
-	assert_int_equal(bouncer_item_adopt(b2, buf, len, dup_fds, nfds, &it2, err, sizeof(err)), 0);
-	bouncer_item_release(items[i]); /* committed: the source lets go */
-	free(items);
+	struct bouncer_item *it = session_serialize(e->b, &buf, &len, &fds, &nfds);
+	struct bouncer_item *it2 = adopt_copy(b2, buf, len, fds, nfds);
+	bouncer_item_release(it); /* committed: the source lets go */
 	free(buf);
 	bouncer_item_arm(it2);
 
 	read_slowly(e, &r, fd, " :replay 10000 ", 16384);
-	say(e->up, ":bob!b@host.example PRIVMSG #r07 :live line");
+	say_fd(e->up, ":bob!b@host.example PRIVMSG #r07 :live line");
 	read_slowly(e, &r, fd, " :live line\r\n", 16384);
 	for (int k = 0; k < 50; k++) {
-		pump(e);
+		test_env_pump(e);
 		rx_read_max(&r, fd, 0);
 		usleep(1000);
 	}
@@ -779,7 +590,7 @@ static void test_replay_resumes_after_migration(void **state)
 	free(r.buf);
 	close(fd);
 	bouncer_free(b2);
-	env_free(e);
+	test_env_free(e);
 }
 
 int main(void)

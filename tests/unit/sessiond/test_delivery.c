@@ -11,8 +11,6 @@
  * not read; the upstream is a socketpair we play the server on. */
 #include <crypt.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -34,73 +32,23 @@
 #include "common/config.h"
 #include "sample_state.h"
 #include "sessiond/bouncer.h"
+#include "test_env.h"
 
 #define NLINES 20000 /* ~2 MB: more than the socket buffers hold */
 
-struct env {
-	struct event_base *base;
-	struct bouncer *b;
-	struct baton_config cfg;
-	struct config_network net;
-	struct config_user user;
-	struct config_session sess;
-	char *chans[1];
-	struct sockaddr_in addr;
-	int up; /* our end of the upstream: we are the IRC server */
-	int baseline_fds;
-};
-
-/* Text received on a socket, kept whole. */
-struct rx {
-	char *buf;
-	size_t len, cap;
-	bool eof;
-};
-
-static void pump(struct env *e)
+static void pump(struct test_env *e)
 {
-	event_base_loop(e->base, EVLOOP_NONBLOCK);
+	test_env_pump(e);
 }
 
 static void rx_read(struct rx *r, int fd)
 {
-	for (;;) {
-		if (r->cap - r->len < 65536) {
-			r->cap = r->cap ? r->cap * 2 : 1 << 20;
-			r->buf = realloc(r->buf, r->cap + 1);
-		}
-		ssize_t n = recv(fd, r->buf + r->len, r->cap - r->len, MSG_DONTWAIT);
-		if (n > 0) {
-			r->len += (size_t)n;
-			continue;
-		}
-		if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
-			r->eof = true; /* EOF, or the RST of a discarding close */
-		break;
-	}
-	if (r->buf)
-		r->buf[r->len] = '\0';
+	rx_read_max(r, fd, 0);
 }
 
-static bool rx_wait(struct env *e, struct rx *r, int fd, const char *s)
+static bool rx_wait(struct test_env *e, struct rx *r, int fd, const char *s)
 {
-	for (int i = 0; i < 2000; i++) {
-		pump(e);
-		rx_read(r, fd);
-		if (r->buf && strstr(r->buf, s))
-			return true;
-		struct pollfd pfd = { .fd = fd, .events = POLLIN };
-		poll(&pfd, 1, 2);
-	}
-	fprintf(stderr, "did not see '%s'\n", s);
-	return false;
-}
-
-static void say(int fd, const char *line)
-{
-	char buf[1024];
-	int n = snprintf(buf, sizeof(buf), "%s\r\n", line);
-	assert_int_equal(send(fd, buf, (size_t)n, MSG_NOSIGNAL), n);
+	return rx_wait_tries(e, r, fd, s, 2000);
 }
 
 /* Numbers of the complete "line N" lines in r, in arrival order (a partial
@@ -123,112 +71,42 @@ static size_t numbered(const struct rx *r, int *out, size_t max)
 
 static int setup(void **state)
 {
-	struct env *e = calloc(1, sizeof(*e));
 	struct crypt_data cd;
 
-	e->baseline_fds = count_open_fds();
-	e->base = event_base_new();
-	e->cfg.backlog_lines = NLINES + 100;
-	e->cfg.ping_interval_s = 600;
-	e->cfg.ping_timeout_s = 2400;
-	e->cfg.reconnect_min_s = 2;
-	e->cfg.reconnect_max_s = 300;
-	e->net = (struct config_network){ .name = "example", .host = "127.0.0.1", .port = "1" };
 	memset(&cd, 0, sizeof(cd));
-	e->user = (struct config_user){ .name = "alice",
-					.password = strdup(crypt_r("secret", "$6$testsalt$", &cd)) };
-	e->chans[0] = "#baton";
-	e->sess = (struct config_session){ .user = "alice", .network = "example",
-					   .nick = "alice", .channels = e->chans,
-					   .nchannels = 1 };
-	e->cfg.networks = &e->net;
-	e->cfg.nnetworks = 1;
-	e->cfg.users = &e->user;
-	e->cfg.nusers = 1;
-	e->cfg.sessions = &e->sess;
-	e->cfg.nsessions = 1;
-	e->b = bouncer_new(e->base, &e->cfg);
-
-	/* The sample session without its attached client. */
-	size_t len;
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	uint8_t *buf = sample_item_pack_at(&len, (int64_t)ts.tv_sec * 1000);
-	Baton__State__Item *item = baton__state__item__unpack(NULL, len, buf);
-	size_t ncl = item->session->n_clients;
-	item->session->n_clients = 0;
-	size_t l2 = baton__state__item__get_packed_size(item);
-	uint8_t *b2 = malloc(l2);
-	baton__state__item__pack(item, b2);
-	item->session->n_clients = ncl;
-	baton__state__item__free_unpacked(item, NULL);
-
-	int sv[2];
-	struct bouncer_item *it;
-	char err[256];
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	e->up = sv[1];
-	assert_int_equal(bouncer_item_adopt(e->b, b2, l2, &sv[0], 1, &it, err, sizeof(err)), 0);
-	bouncer_item_arm(it);
-	free(buf);
-	free(b2);
-
-	int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	socklen_t alen = sizeof(e->addr);
-	e->addr.sin_family = AF_INET;
-	e->addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(bind(lfd, (struct sockaddr *)&e->addr, sizeof(e->addr)), 0);
-	assert_int_equal(getsockname(lfd, (struct sockaddr *)&e->addr, &alen), 0);
-	assert_int_equal(listen(lfd, 16), 0);
-	bouncer_set_listeners(e->b, &lfd, 1);
-	bouncer_accept(e->b, true);
-
-	/* complete the partial input line of the state (stored as seq 6) */
-	struct rx up = { 0 };
-	assert_true(rx_wait(e, &up, e->up, "queued but not written\r\n"));
-	say(e->up, "ne");
-	say(e->up, "PING :setup");
-	assert_true(rx_wait(e, &up, e->up, "PONG :setup\r\n"));
-	free(up.buf);
-	*state = e;
+	const struct test_env_opts o = {
+		.backlog_lines = NLINES + 100,
+		.ping_interval_s = 600,
+		.ping_timeout_s = 2400,
+		.password = crypt_r("secret", "$6$testsalt$", &cd),
+		.wait_tries = 2000,
+	};
+	*state = test_env_new(&o);
 	return 0;
 }
 
 static int teardown(void **state)
 {
-	struct env *e = *state;
-	bouncer_free(e->b);
-	event_base_free(e->base);
-	close(e->up);
-	free(e->user.password);
-	assert_int_equal(count_open_fds(), e->baseline_fds);
-	free(e);
+	test_env_free(*state);
 	return 0;
 }
 
 /* A registered client named `name` on loopback TCP, its replay read (the
  * sample's last line, seq 6, is in it: the client starts from position 0
  * the first time). rcvbuf 0: default. */
-static int attach(struct env *e, const char *name, int rcvbuf, struct rx *r,
+static int attach(struct test_env *e, const char *name, int rcvbuf, struct rx *r,
 		  const char *until)
 {
-	char line[256];
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	assert_true(fd >= 0);
-	if (rcvbuf)
-		assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)), 0);
-	assert_int_equal(connect(fd, (struct sockaddr *)&e->addr, sizeof(e->addr)), 0);
-	snprintf(line, sizeof(line), "PASS alice@%s/example:secret", name);
-	say(fd, line);
-	say(fd, "NICK whatever");
-	say(fd, "USER u 0 * :Real Name");
+	char pass[256];
+	snprintf(pass, sizeof(pass), "alice@%s/example:secret", name);
+	int fd = test_env_register(e, pass, rcvbuf);
 	assert_true(rx_wait(e, r, fd, until));
 	return fd;
 }
 
 /* NLINES channel lines from the upstream while the slow client reads
  * nothing; returns once the bouncer processed them all. */
-static void flood(struct env *e)
+static void flood(struct test_env *e)
 {
 	char chunk[16384];
 	size_t clen = 0;
@@ -248,7 +126,7 @@ static void flood(struct env *e)
 		}
 		pump(e);
 	}
-	say(e->up, "PING :flooded");
+	say_fd(e->up, "PING :flooded");
 	assert_true(rx_wait(e, &up, e->up, "PONG :flooded\r\n"));
 	free(up.buf);
 }
@@ -258,18 +136,12 @@ static void flood(struct env *e)
 static void stored_position(struct bouncer *b, const char *name, int k,
 			    uint64_t *pos, uint64_t *seq_k, bool *has_delivery)
 {
-	struct bouncer_item **items;
-	size_t n = bouncer_items(b, &items), i;
 	uint8_t *buf;
 	size_t len, nfds;
 	const int *fds;
 	char want[64];
 
-	for (i = 0; i < n && !bouncer_item_is_session(items[i]); i++)
-		;
-	assert_true(i < n);
-	bouncer_item_freeze(items[i]);
-	assert_int_equal(bouncer_item_serialize(items[i], &buf, &len, &fds, &nfds), 0);
+	struct bouncer_item *it = session_serialize(b, &buf, &len, &fds, &nfds);
 	Baton__State__Item *item = baton__state__item__unpack(NULL, len, buf);
 	assert_non_null(item);
 	*pos = 0;
@@ -293,16 +165,9 @@ static void stored_position(struct bouncer *b, const char *name, int k,
 	}
 	baton__state__item__free_unpacked(item, NULL);
 	free(buf);
-	bouncer_item_thaw(items[i]);
-	free(items);
+	bouncer_item_thaw(it);
 }
 
-static unsigned open_connections(struct bouncer *b)
-{
-	struct bouncer_stats st;
-	bouncer_stats(b, &st);
-	return st.connections;
-}
 
 /* The slow client (attached to b) QUITs; returns k: it received lines 1..k
  * whole, in order, no gap, and nothing after k arrives later either.
@@ -311,7 +176,7 @@ static unsigned open_connections(struct bouncer *b)
  * until the bouncer gave up on it (the grace deadline), then reads what its
  * kernel holds. Either way the bouncer has finished with the connection
  * when this returns. */
-static int quit_and_read(struct env *e, struct bouncer *b, int fd,
+static int quit_and_read(struct test_env *e, struct bouncer *b, int fd,
 			 int quiet_ms, bool read_now)
 {
 	struct rx r = { 0 };
@@ -325,7 +190,7 @@ static int quit_and_read(struct env *e, struct bouncer *b, int fd,
 		usleep(1000);
 	}
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	say(fd, "QUIT :bye");
+	say_fd(fd, "QUIT :bye");
 	if (!read_now) {
 		for (int i = 0; i < 2300; i++) { /* past the 2 s grace */
 			pump(e);
@@ -365,7 +230,7 @@ static int quit_and_read(struct env *e, struct bouncer *b, int fd,
 }
 
 /* Reattach `name`: the replay holds exactly lines k+1..NLINES. */
-static void reattach_gets_rest(struct env *e, const char *name, int k)
+static void reattach_gets_rest(struct test_env *e, const char *name, int k)
 {
 	assert_true(k >= 0);
 	struct rx r = { 0 };
@@ -397,7 +262,7 @@ static void reattach_gets_rest(struct env *e, const char *name, int k)
  * queued line, and its position says so exactly. */
 static void test_quit_read_to_eof_exact(void **state)
 {
-	struct env *e = *state;
+	struct test_env *e = *state;
 	struct rx r = { 0 };
 	uint64_t pos, seq_k;
 
@@ -419,7 +284,7 @@ static void test_quit_read_to_eof_exact(void **state)
  * after the flood: by the deadline the delayed ACKs have fired. */
 static void test_quit_no_read_deadline_acked(void **state)
 {
-	struct env *e = *state;
+	struct test_env *e = *state;
 	struct rx r = { 0 };
 	uint64_t pos, seq_k;
 
@@ -440,7 +305,7 @@ static void test_quit_no_read_deadline_acked(void **state)
  * the closing one's final position never moves the stored one back. */
 static void test_reattach_while_closing(void **state)
 {
-	struct env *e = *state;
+	struct test_env *e = *state;
 	struct rx r = { 0 }, r2 = { 0 };
 	uint64_t pos, seq_k;
 	char last[64];
@@ -448,7 +313,7 @@ static void test_reattach_while_closing(void **state)
 	int fd = attach(e, "slow", 4096, &r, "a partial line\r\n");
 	free(r.buf);
 	flood(e);
-	say(fd, "QUIT :bye");
+	say_fd(fd, "QUIT :bye");
 	for (int i = 0; i < 50; i++) {
 		pump(e);
 		usleep(1000);
@@ -489,14 +354,11 @@ static void test_reattach_while_closing(void **state)
  * the right position. */
 static void test_position_survives_migration(void **state)
 {
-	struct env *e = *state;
+	struct test_env *e = *state;
 	struct rx r = { 0 };
-	struct bouncer_item **items, *it2 = NULL;
 	uint8_t *buf;
-	size_t len, nfds, n, i;
+	size_t len, nfds;
 	const int *fds;
-	int dup_fds[4];
-	char err[256];
 	uint64_t pos, seq_k;
 
 	int fd = attach(e, "slow", 4096, &r, "a partial line\r\n");
@@ -504,23 +366,14 @@ static void test_position_survives_migration(void **state)
 	flood(e);
 
 	struct bouncer *b2 = bouncer_new(e->base, &e->cfg);
-	n = bouncer_items(e->b, &items);
-	for (i = 0; i < n && !bouncer_item_is_session(items[i]); i++)
-		;
-	assert_true(i < n);
-	bouncer_item_freeze(items[i]);
-	assert_int_equal(bouncer_item_serialize(items[i], &buf, &len, &fds, &nfds), 0);
+	struct bouncer_item *it = session_serialize(e->b, &buf, &len, &fds, &nfds);
 	Baton__State__Item *item = baton__state__item__unpack(NULL, len, buf);
 	assert_int_equal(item->session->n_clients, 1);
 	assert_non_null(item->session->clients[0]->delivery); /* lines in flight */
 	assert_true(item->session->clients[0]->delivery->n_marks > 0);
 	baton__state__item__free_unpacked(item, NULL);
-	assert_true(nfds <= 4);
-	for (size_t j = 0; j < nfds; j++)
-		dup_fds[j] = fcntl(fds[j], F_DUPFD_CLOEXEC, 0);
-	assert_int_equal(bouncer_item_adopt(b2, buf, len, dup_fds, nfds, &it2, err, sizeof(err)), 0);
-	bouncer_item_release(items[i]); /* committed: the source lets go */
-	free(items);
+	struct bouncer_item *it2 = adopt_copy(b2, buf, len, fds, nfds);
+	bouncer_item_release(it); /* committed: the source lets go */
 	free(buf);
 	bouncer_item_arm(it2);
 

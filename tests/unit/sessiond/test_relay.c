@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,6 +25,7 @@
 #include "common/config.h"
 #include "sample_state.h"
 #include "sessiond/bouncer.h"
+#include "test_env.h"
 
 struct peer {
 	int fd;
@@ -35,23 +35,13 @@ struct peer {
 };
 
 struct env {
-	struct event_base *base;
-	struct bouncer *b;
-	struct baton_config cfg;
-	struct config_network net;
-	struct config_user user;
-	struct config_session sess;
-	char *chans[1];
-	struct sockaddr_un addr;
-	socklen_t addrlen;
+	struct test_env *t; /* its upstream end is up.fd */
 	struct peer up; /* we are the IRC server */
-	struct bouncer_item *item;
-	int baseline_fds;
 };
 
 static void pump(struct env *e, struct peer *p)
 {
-	event_base_loop(e->base, EVLOOP_NONBLOCK);
+	event_base_loop(e->t->base, EVLOOP_NONBLOCK);
 	if (!p)
 		return;
 	for (;;) {
@@ -82,7 +72,7 @@ static bool wait_for(struct env *e, struct peer *p, const char *s)
 static void settle(struct env *e, struct peer **ps, size_t n)
 {
 	for (int i = 0; i < 20; i++) {
-		event_base_loop(e->base, EVLOOP_NONBLOCK);
+		event_base_loop(e->t->base, EVLOOP_NONBLOCK);
 		for (size_t j = 0; j < n; j++)
 			pump(e, ps[j]);
 		usleep(1000);
@@ -97,17 +87,13 @@ static void clear(struct peer *p)
 
 static void say(struct peer *p, const char *line)
 {
-	char buf[1024];
-	int n = snprintf(buf, sizeof(buf), "%s\r\n", line);
-	assert_int_equal(send(p->fd, buf, (size_t)n, MSG_NOSIGNAL), n);
+	say_fd(p->fd, line);
 }
 
 static struct peer *client_connect(struct env *e)
 {
 	struct peer *p = calloc(1, sizeof(*p));
-	p->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	assert_true(p->fd >= 0);
-	assert_int_equal(connect(p->fd, (struct sockaddr *)&e->addr, e->addrlen), 0);
+	p->fd = test_env_connect(e->t, 0);
 	return p;
 }
 
@@ -122,70 +108,17 @@ static int setup(void **state)
 	struct env *e = calloc(1, sizeof(*e));
 	struct crypt_data cd;
 
-	e->baseline_fds = count_open_fds();
-	e->base = event_base_new();
-	e->cfg.backlog_lines = 100;
-	e->cfg.ping_interval_s = 60;
-	e->cfg.ping_timeout_s = 240;
-	e->cfg.reconnect_min_s = 2;
-	e->cfg.reconnect_max_s = 300;
-	e->net = (struct config_network){ .name = "example", .host = "127.0.0.1", .port = "1" };
 	memset(&cd, 0, sizeof(cd));
-	e->user = (struct config_user){ .name = "alice",
-					.password = strdup(crypt_r("secret", "$6$testsalt$", &cd)) };
-	e->chans[0] = "#baton";
-	e->sess = (struct config_session){ .user = "alice", .network = "example",
-					   .nick = "alice", .channels = e->chans,
-					   .nchannels = 1 };
-	e->cfg.networks = &e->net;
-	e->cfg.nnetworks = 1;
-	e->cfg.users = &e->user;
-	e->cfg.nusers = 1;
-	e->cfg.sessions = &e->sess;
-	e->cfg.nsessions = 1;
-	e->b = bouncer_new(e->base, &e->cfg);
-
-	/* The sample session without its attached client. */
-	size_t len;
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	uint8_t *buf = sample_item_pack_at(&len, (int64_t)ts.tv_sec * 1000);
-	Baton__State__Item *item = baton__state__item__unpack(NULL, len, buf);
-	size_t ncl = item->session->n_clients;
-	item->session->n_clients = 0;
-	size_t l2 = baton__state__item__get_packed_size(item);
-	uint8_t *b2 = malloc(l2);
-	baton__state__item__pack(item, b2);
-	item->session->n_clients = ncl;
-	baton__state__item__free_unpacked(item, NULL);
-
-	int sv[2];
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	e->up.fd = sv[1];
-	char err[256];
-	assert_int_equal(bouncer_item_adopt(e->b, b2, l2, &sv[0], 1, &e->item, err, sizeof(err)), 0);
-	bouncer_item_arm(e->item);
-	free(buf);
-	free(b2);
-
-	int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	e->addr.sun_family = AF_UNIX;
-	snprintf(e->addr.sun_path + 1, sizeof(e->addr.sun_path) - 1, "baton-test-relay-%d", getpid());
-	e->addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 +
-				 strlen(e->addr.sun_path + 1));
-	assert_int_equal(bind(lfd, (struct sockaddr *)&e->addr, e->addrlen), 0);
-	assert_int_equal(listen(lfd, 16), 0);
-	bouncer_set_listeners(e->b, &lfd, 1);
-	bouncer_accept(e->b, true);
-
-	/* the upstream flushes its queued output */
-	assert_true(wait_for(e, &e->up, "PRIVMSG #baton :queued but not written\r\n"));
-	clear(&e->up);
-	/* complete the partial line the state holds (stored as seq 6) */
-	say(&e->up, "ne");
-	say(&e->up, "PING :setup");
-	assert_true(wait_for(e, &e->up, "PONG :setup\r\n"));
-	clear(&e->up);
+	const struct test_env_opts o = {
+		.backlog_lines = 100,
+		.ping_interval_s = 60,
+		.ping_timeout_s = 240,
+		.password = crypt_r("secret", "$6$testsalt$", &cd),
+		.unix_name = "baton-test-relay",
+		.wait_tries = 1000,
+	};
+	e->t = test_env_new(&o);
+	e->up.fd = e->t->up;
 	*state = e;
 	return 0;
 }
@@ -193,11 +126,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	struct env *e = *state;
-	bouncer_free(e->b);
-	event_base_free(e->base);
-	close(e->up.fd);
-	free(e->user.password);
-	assert_int_equal(count_open_fds(), e->baseline_fds);
+	test_env_free(e->t);
 	free(e);
 	return 0;
 }
@@ -248,7 +177,7 @@ static void test_attach_replay_relay(void **state)
 	assert_non_null(strstr(b->buf, " 353 alice = #dev :@dave alice"));
 
 	struct bouncer_stats st;
-	bouncer_stats(e->b, &st);
+	bouncer_stats(e->t->b, &st);
 	assert_int_equal(st.clients, 2);
 	assert_int_equal(st.pending, 0);
 
@@ -289,7 +218,7 @@ static void test_attach_replay_relay(void **state)
 	settle(e, ps, 3);
 	assert_true(a->eof);
 	assert_null(strstr(e->up.buf, "QUIT"));
-	bouncer_stats(e->b, &st);
+	bouncer_stats(e->t->b, &st);
 	assert_int_equal(st.clients, 1);
 	client_close(a);
 
@@ -325,7 +254,7 @@ static void test_auth_failures(void **state)
 		client_close(c);
 	}
 	struct bouncer_stats st;
-	bouncer_stats(e->b, &st);
+	bouncer_stats(e->t->b, &st);
 	assert_int_equal(st.pending, 0);
 	assert_int_equal(st.clients, 0);
 }
@@ -360,11 +289,11 @@ static void test_channel_state(void **state)
 	say(&e->up, "PING :sync");
 	assert_true(wait_for(e, &e->up, "PONG :sync\r\n"));
 
-	bouncer_item_freeze(e->item);
+	bouncer_item_freeze(e->t->item);
 	uint8_t *out;
 	size_t olen, nfds;
 	const int *fds;
-	assert_int_equal(bouncer_item_serialize(e->item, &out, &olen, &fds, &nfds), 0);
+	assert_int_equal(bouncer_item_serialize(e->t->item, &out, &olen, &fds, &nfds), 0);
 	Baton__State__Item *item = baton__state__item__unpack(NULL, olen, out);
 	Baton__State__Session *s = item->session;
 	assert_string_equal(s->nick, "alice2");
@@ -381,7 +310,7 @@ static void test_channel_state(void **state)
 	assert_string_equal(c->members[2]->prefixes, "@+");
 	baton__state__item__free_unpacked(item, NULL);
 	free(out);
-	bouncer_item_thaw(e->item);
+	bouncer_item_thaw(e->t->item);
 }
 
 int main(void)
