@@ -355,6 +355,21 @@ static int drain(int sock, char *abort_reason, size_t len)
 	return last;
 }
 
+/* A child that only waits to be killed (it dies with us too): a real pid
+ * for the source's kill-and-confirm path. */
+static pid_t fork_paused_child(void)
+{
+	pid_t child = fork();
+
+	assert_true(child >= 0);
+	if (child == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		for (;;)
+			pause();
+	}
+	return child;
+}
+
 /* ---- source and target together ---- */
 
 struct pipes {
@@ -583,15 +598,7 @@ static void test_source_kills_unresponsive_target(void **state)
 	memset(payload, 'p', sizeof(payload));
 	for (int i = 0; i < 64; i++)
 		items[i] = (struct handoff_item){ payload, sizeof(payload), NULL, 0 };
-	child = fork();
-	assert_true(child >= 0);
-	if (child == 0) {
-		/* Never outlive a failed test (it would hold the test's
-		 * stdout open). */
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		for (;;)
-			pause();
-	}
+	child = fork_paused_child();
 	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
 	assert_int_equal(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small,
 				    sizeof(small)), 0);
@@ -943,6 +950,25 @@ static void read_chunk(int sock, int n_items)
 	}
 }
 
+/* As a raw target on sock: read the one-item chunk 0 the source under c
+ * sent, answer PREPARED, and pump c's loop until its COMMIT arrives. */
+static void raw_prepared_expect_commit(struct ctx *c, int sock)
+{
+	Baton__Handoff__Prepared p = BATON__HANDOFF__PREPARED__INIT;
+	struct handoff_msg m;
+	int r;
+
+	read_chunk(sock, 1);
+	p.chunk = 0;
+	raw_pb(sock, HANDOFF_PREPARED, &p.base, NULL, 0);
+	while ((r = handoff_frame_recv(sock, &m, 0)) == -EAGAIN ||
+	       r == -ETIMEDOUT)
+		event_base_loop(c->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+	assert_int_equal(r, 0);
+	assert_int_equal(m.type, HANDOFF_COMMIT);
+	handoff_msg_clear(&m);
+}
+
 static void keep_cb(struct handoff_source *src, uint32_t chunk, int result,
 		    const char *reason, void *arg)
 {
@@ -1010,15 +1036,7 @@ static void test_source_target_closed(void **state)
 
 	ctx_init(&c);
 	/* Fork first: a child holding a copy of sv[1] would keep it open. */
-	child = fork();
-	assert_true(child >= 0);
-	if (child == 0) {
-		/* Never outlive a failed test (it would hold the test's
-		 * stdout open). */
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		for (;;)
-			pause();
-	}
+	child = fork_paused_child();
 	assert_int_equal(handoff_socketpair(sv), 0);
 	c.src = handoff_source_new(c.base, sv[0], child, 1000, keep_cb, &c);
 	assert_non_null(c.src);
@@ -1046,36 +1064,20 @@ static void test_source_waits_for_committed(void **state)
 	int base = count_fds();
 
 	for (int mode = ACK; mode <= SILENT; mode++) {
-		Baton__Handoff__Prepared p = BATON__HANDOFF__PREPARED__INIT;
 		Baton__Handoff__Committed ack = BATON__HANDOFF__COMMITTED__INIT;
 		struct handoff_item item = { "x", 1, NULL, 0 };
-		struct handoff_msg m;
 		struct ctx c;
-		int sv[2], status, r;
+		int sv[2], status;
 		pid_t child;
 
 		ctx_init(&c);
-		child = fork();
-		assert_true(child >= 0);
-		if (child == 0) {
-			prctl(PR_SET_PDEATHSIG, SIGKILL);
-			for (;;)
-				pause();
-		}
+		child = fork_paused_child();
 		assert_int_equal(handoff_socketpair(sv), 0);
 		c.src = handoff_source_new(c.base, sv[0], child, 300, keep_cb, &c);
 		assert_non_null(c.src);
 		assert_int_equal(handoff_source_send_chunk(c.src, &item, 1), 0);
-		read_chunk(sv[1], 1);
-		p.chunk = 0;
-		raw_pb(sv[1], HANDOFF_PREPARED, &p.base, NULL, 0);
 		/* The source answers COMMIT but reports nothing yet. */
-		while ((r = handoff_frame_recv(sv[1], &m, 0)) == -EAGAIN ||
-		       r == -ETIMEDOUT)
-			event_base_loop(c.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-		assert_int_equal(r, 0);
-		assert_int_equal(m.type, HANDOFF_COMMIT);
-		handoff_msg_clear(&m);
+		raw_prepared_expect_commit(&c, sv[1]);
 		assert_int_equal(c.src_cbs, 0);
 		if (mode == ACK) {
 			ack.chunk = 0;
@@ -1173,37 +1175,21 @@ static void test_target_acks_commit_before_arming(void **state)
  * runs: whichever fires first, the chunk must be reported committed. */
 static void test_source_timer_races_committed(void **state)
 {
-	Baton__Handoff__Prepared p = BATON__HANDOFF__PREPARED__INIT;
 	Baton__Handoff__Committed ack = BATON__HANDOFF__COMMITTED__INIT;
 	struct handoff_item item = { "x", 1, NULL, 0 };
-	struct handoff_msg m;
 	struct timespec ts = { 0, 80 * 1000000L };
 	int base = count_fds();
 	struct ctx c;
-	int sv[2], r, status;
+	int sv[2], status;
 	pid_t child;
 
 	ctx_init(&c);
-	child = fork();
-	assert_true(child >= 0);
-	if (child == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		for (;;)
-			pause();
-	}
+	child = fork_paused_child();
 	assert_int_equal(handoff_socketpair(sv), 0);
 	c.src = handoff_source_new(c.base, sv[0], child, 50, keep_cb, &c);
 	assert_non_null(c.src);
 	assert_int_equal(handoff_source_send_chunk(c.src, &item, 1), 0);
-	read_chunk(sv[1], 1);
-	p.chunk = 0;
-	raw_pb(sv[1], HANDOFF_PREPARED, &p.base, NULL, 0);
-	while ((r = handoff_frame_recv(sv[1], &m, 0)) == -EAGAIN ||
-	       r == -ETIMEDOUT)
-		event_base_loop(c.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-	assert_int_equal(r, 0);
-	assert_int_equal(m.type, HANDOFF_COMMIT);
-	handoff_msg_clear(&m);
+	raw_prepared_expect_commit(&c, sv[1]);
 	/* Let the 50 ms COMMITTED timer expire while the loop is not running,
 	 * then queue COMMITTED: both are ready in the next pass. */
 	nanosleep(&ts, NULL);
