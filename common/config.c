@@ -4,6 +4,8 @@
  * INI_MAX_LINE instead of letting them be silently truncated. */
 #include "common/config.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -13,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <ini.h>
@@ -167,6 +170,155 @@ static int config_split_channels(struct config_session *s, const char *value)
 }
 
 /* Index lookups: the maps store array index + 1 (arrays move on growth). */
+/* yes/no, true/false, on/off, 1/0. */
+static int config_bool(struct config_parse *ps, const char *name,
+		       const char *value, int *out)
+{
+	static const char *const yes[] = { "yes", "true", "on", "1" };
+	static const char *const no[] = { "no", "false", "off", "0" };
+
+	for (size_t i = 0; i < 4; i++) {
+		if (strcasecmp(value, yes[i]) == 0) {
+			*out = 1;
+			return 0;
+		}
+		if (strcasecmp(value, no[i]) == 0) {
+			*out = 0;
+			return 0;
+		}
+	}
+	PROBLEM(ps, "%s: expected yes or no, got '%s'", name, value);
+	return -1;
+}
+
+/* "sha256:HEX" with optional colons between bytes, any case -> lowercase
+ * "sha256:" + 64 hex digits; NULL if malformed. */
+static char *config_fingerprint(const char *value)
+{
+	char *out;
+	size_t n = 0;
+
+	if (strncasecmp(value, "sha256:", 7) != 0)
+		return NULL;
+	out = malloc(7 + 64 + 1);
+	if (out == NULL)
+		return NULL;
+	memcpy(out, "sha256:", 7);
+	for (const char *p = value + 7; *p; p++) {
+		if (*p == ':')
+			continue;
+		if (!isxdigit((unsigned char)*p) || n == 64) {
+			free(out);
+			return NULL;
+		}
+		out[7 + n++] = (char)tolower((unsigned char)*p);
+	}
+	if (n != 64) {
+		free(out);
+		return NULL;
+	}
+	out[7 + n] = '\0';
+	return out;
+}
+
+/* Space-separated words into a new array (bind = ADDR ADDR ...). */
+static int config_split_words(const char *value, char ***out, size_t *n)
+{
+	char *copy = strdup(value), *save = NULL;
+
+	if (copy == NULL)
+		return -1;
+	for (char *w = strtok_r(copy, " \t,", &save); w != NULL;
+	     w = strtok_r(NULL, " \t,", &save)) {
+		char **slot = config_grow((void **)out, n, sizeof(**out));
+
+		if (slot == NULL || (*slot = strdup(w)) == NULL) {
+			free(copy);
+			return -1;
+		}
+	}
+	free(copy);
+	return 0;
+}
+
+static void config_key_network(struct config_parse *ps,
+			       struct config_network *n, const char *name,
+			       const char *value)
+{
+	static const struct {
+		const char *name;
+		size_t offset;
+		int min, max;
+	} ints[] = {
+		{ "connects_per_minute", offsetof(struct config_network, connects_per_minute), 1, 6000 },
+		{ "connect_burst", offsetof(struct config_network, connect_burst), 1, 10000 },
+		{ "max_connections_per_ip", offsetof(struct config_network, max_connections_per_ip), 1, 100000 },
+	};
+
+	if (strcmp(name, "host") == 0) {
+		config_set_str(&n->host, value);
+		return;
+	}
+	if (strcmp(name, "port") == 0) {
+		int port;
+
+		if (config_int(ps, name, value, 1, 65535, &port) == 0)
+			config_set_str(&n->port, value);
+		return;
+	}
+	if (strcmp(name, "tls") == 0) {
+		config_bool(ps, name, value, &n->tls);
+		return;
+	}
+	if (strcmp(name, "tls_verify") == 0) {
+		config_bool(ps, name, value, &n->tls_verify);
+		return;
+	}
+	if (strcmp(name, "tls_ca") == 0) {
+		free(n->tls_ca);
+		n->tls_ca = config_resolve(ps->cfg, value);
+		return;
+	}
+	if (strcmp(name, "tls_fingerprint") == 0) {
+		char *fp = config_fingerprint(value);
+
+		if (fp == NULL)
+			PROBLEM(ps, "tls_fingerprint: expected sha256:HEX (64 hex digits, colons allowed), got '%s'",
+				value);
+		else {
+			free(n->tls_fingerprint);
+			n->tls_fingerprint = fp;
+		}
+		return;
+	}
+	if (strcmp(name, "bind") == 0) {
+		for (size_t i = 0; i < n->nbind; i++)
+			free(n->bind[i]);
+		free(n->bind);
+		n->bind = NULL;
+		n->nbind = 0;
+		if (config_split_words(value, &n->bind, &n->nbind) < 0)
+			return;
+		for (size_t i = 0; i < n->nbind; i++) {
+			unsigned char addr[16];
+
+			if (inet_pton(AF_INET, n->bind[i], addr) != 1 &&
+			    inet_pton(AF_INET6, n->bind[i], addr) != 1)
+				PROBLEM(ps, "bind: '%s' is not an IPv4 or IPv6 address",
+					n->bind[i]);
+		}
+		return;
+	}
+	for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
+		if (strcmp(name, ints[i].name) == 0) {
+			config_int(ps, name, value, ints[i].min, ints[i].max,
+				   (int *)((char *)n + ints[i].offset));
+			return;
+		}
+	}
+	PROBLEM(ps, "unknown key '%s' in [network %s]", name, n->name);
+}
+
 static size_t config_index_get(const struct strmap *index, const char *key)
 {
 	return index != NULL ? (size_t)(uintptr_t)strmap_get(index, key) : 0;
@@ -200,6 +352,10 @@ static struct config_network *config_network_get(struct config_parse *ps,
 	if (n != NULL) {
 		n->name = strdup(name);
 		n->line = ps->line;
+		n->tls_verify = 1;
+		n->connects_per_minute = 4;
+		n->connect_burst = 4;
+		n->max_connections_per_ip = 3;
 		config_index_put(cfg->network_index, name, cfg->nnetworks);
 	}
 	return n;
@@ -322,8 +478,17 @@ static void config_key_listen(struct config_parse *ps, const char *name,
 	struct config_listen *l;
 	char *host = NULL, *port = NULL;
 
-	if (strcmp(name, "irc") != 0) {
-		PROBLEM(ps, "unknown key '%s' in [listen] (known: irc)", name);
+	if (strcmp(name, "tls_cert") == 0 || strcmp(name, "tls_key") == 0) {
+		char **dst = name[4] == 'c' ? &cfg->listen_tls_cert :
+					      &cfg->listen_tls_key;
+
+		free(*dst);
+		*dst = config_resolve(cfg, value);
+		return;
+	}
+	if (strcmp(name, "irc") != 0 && strcmp(name, "ircs") != 0) {
+		PROBLEM(ps, "unknown key '%s' in [listen] (known: irc, ircs, tls_cert, tls_key)",
+			name);
 		return;
 	}
 	if (config_split_hostport(value, &host, &port) < 0) {
@@ -363,16 +528,7 @@ static int config_handler(void *user, const char *section, const char *name,
 
 		if (n == NULL)
 			return 0;
-		if (strcmp(name, "host") == 0)
-			config_set_str(&n->host, value);
-		else if (strcmp(name, "port") == 0) {
-			int port;
-
-			if (config_int(ps, name, value, 1, 65535, &port) == 0)
-				config_set_str(&n->port, value);
-		} else
-			PROBLEM(ps, "unknown key '%s' in [network %s]", name,
-				arg);
+		config_key_network(ps, n, name, value);
 	} else if (strcmp(kind, "user") == 0 && arg[0] != '\0') {
 		char *slash = strchr(arg, '/');
 
@@ -401,6 +557,13 @@ static int config_handler(void *user, const char *section, const char *name,
 				config_set_str(&s->realname, value);
 			else if (strcmp(name, "channels") == 0)
 				config_split_channels(s, value);
+			else if (strcmp(name, "tls_cert") == 0) {
+				free(s->tls_cert);
+				s->tls_cert = config_resolve(ps->cfg, value);
+			} else if (strcmp(name, "tls_key") == 0) {
+				free(s->tls_key);
+				s->tls_key = config_resolve(ps->cfg, value);
+			}
 			else
 				PROBLEM(ps, "unknown key '%s' in [user %s/%s]",
 					name, arg, slash + 1);
@@ -526,7 +689,15 @@ static void config_validate(struct config_parse *ps)
 			config_problems_add(pr, "%s:%d: [network %s] has no host",
 					    cfg->path, n->line, n->name);
 		if (n->port == NULL)
-			n->port = strdup("6667");
+			n->port = strdup(n->tls ? "6697" : "6667");
+		if (!n->tls && (n->tls_ca != NULL || n->tls_fingerprint != NULL ||
+				!n->tls_verify))
+			config_problems_add(pr, "%s:%d: [network %s] sets tls_ca, tls_fingerprint or tls_verify without tls = yes",
+					    cfg->path, n->line, n->name);
+		if (n->tls_ca != NULL && access(n->tls_ca, R_OK) != 0)
+			config_problems_add(pr, "%s:%d: [network %s] tls_ca %s: %s",
+					    cfg->path, n->line, n->name,
+					    n->tls_ca, strerror(errno));
 	}
 	for (size_t i = 0; i < cfg->nusers; i++) {
 		struct config_user *u = &cfg->users[i];
@@ -552,12 +723,43 @@ static void config_validate(struct config_parse *ps)
 			config_problems_add(pr, "%s:%d: [user %s/%s]: no [network %s] section",
 					    cfg->path, s->line, s->user,
 					    s->network, s->network);
+		if (s->tls_key != NULL && s->tls_cert == NULL)
+			config_problems_add(pr, "%s:%d: [user %s/%s] has tls_key but no tls_cert",
+					    cfg->path, s->line, s->user,
+					    s->network);
+		for (int k = 0; k < 2; k++) {
+			const char *f = k == 0 ? s->tls_cert : s->tls_key;
+
+			if (f != NULL && access(f, R_OK) != 0)
+				config_problems_add(pr, "%s:%d: [user %s/%s] %s %s: %s",
+						    cfg->path, s->line, s->user,
+						    s->network,
+						    k == 0 ? "tls_cert" : "tls_key",
+						    f, strerror(errno));
+		}
 		if (s->nick == NULL)
 			s->nick = strdup(s->user);
 		if (s->username == NULL)
 			s->username = strdup(s->nick);
 		if (s->realname == NULL)
 			s->realname = strdup(s->nick);
+	}
+	for (size_t i = 0; i < cfg->nlistens; i++) {
+		if (strcmp(cfg->listens[i].kind, "ircs") != 0)
+			continue;
+		if (cfg->listen_tls_cert == NULL)
+			config_problems_add(pr, "%s:%d: ircs listener without [listen] tls_cert = FILE",
+					    cfg->path, cfg->listens[i].line);
+		break;
+	}
+	for (int k = 0; k < 2; k++) {
+		const char *f = k == 0 ? cfg->listen_tls_cert : cfg->listen_tls_key;
+
+		if (f != NULL && access(f, R_OK) != 0)
+			config_problems_add(pr, "%s: [listen] %s %s: %s",
+					    cfg->path,
+					    k == 0 ? "tls_cert" : "tls_key", f,
+					    strerror(errno));
 	}
 	if (cfg->ping_timeout_s <= cfg->ping_interval_s)
 		config_problems_add(pr, "%s: [sessiond] ping_timeout (%d) must be larger than ping_interval (%d)",
@@ -637,6 +839,8 @@ void config_free(struct baton_config *cfg)
 	free(cfg->sessiond);
 	free(cfg->state_dir);
 	free(cfg->metrics);
+	free(cfg->listen_tls_cert);
+	free(cfg->listen_tls_key);
 	for (size_t i = 0; i < cfg->nlistens; i++) {
 		free(cfg->listens[i].kind);
 		free(cfg->listens[i].host);
@@ -644,9 +848,16 @@ void config_free(struct baton_config *cfg)
 	}
 	free(cfg->listens);
 	for (size_t i = 0; i < cfg->nnetworks; i++) {
-		free(cfg->networks[i].name);
-		free(cfg->networks[i].host);
-		free(cfg->networks[i].port);
+		struct config_network *n = &cfg->networks[i];
+
+		free(n->name);
+		free(n->host);
+		free(n->port);
+		free(n->tls_ca);
+		free(n->tls_fingerprint);
+		for (size_t j = 0; j < n->nbind; j++)
+			free(n->bind[j]);
+		free(n->bind);
 	}
 	free(cfg->networks);
 	for (size_t i = 0; i < cfg->nusers; i++) {
@@ -665,6 +876,8 @@ void config_free(struct baton_config *cfg)
 		for (size_t j = 0; j < s->nchannels; j++)
 			free(s->channels[j]);
 		free(s->channels);
+		free(s->tls_cert);
+		free(s->tls_key);
 	}
 	free(cfg->sessions);
 	strmap_free(cfg->user_index);

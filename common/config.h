@@ -11,7 +11,7 @@
 #include <stddef.h>
 
 struct config_listen {
-	char *kind; /* "irc" (plaintext); "ircs" comes with TLS */
+	char *kind; /* "irc" (plaintext) or "ircs" (TLS) */
 	char *host;
 	char *port;
 	int line;
@@ -20,7 +20,18 @@ struct config_listen {
 struct config_network {
 	char *name;
 	char *host;  /* default 127.0.0.1? no: required */
-	char *port;  /* default "6667" */
+	char *port;  /* default "6667", "6697" with tls */
+	/* TLS to the network */
+	int tls;                /* bool, default 0 */
+	int tls_verify;         /* bool, default 1 (0 only with a loud warning) */
+	char *tls_ca;           /* absolute path or NULL: the system CA store */
+	char *tls_fingerprint;  /* normalized "sha256:hex" (lowercase, no colons) or NULL */
+	/* Reconnect governor (per network and source address) */
+	int connects_per_minute;     /* token bucket refill, default 4 */
+	int connect_burst;           /* bucket size, default 4 */
+	int max_connections_per_ip;  /* concurrent connections per source address, default 3 */
+	char **bind;                 /* source address pool; NULL/0: the kernel chooses */
+	size_t nbind;
 	int line;
 };
 
@@ -38,6 +49,8 @@ struct config_session {
 	char *realname; /* default: nick */
 	char **channels;
 	size_t nchannels;
+	char *tls_cert;  /* client certificate for CertFP (absolute path) or NULL */
+	char *tls_key;   /* its key (absolute path; NULL: in tls_cert) */
 	int line;
 };
 
@@ -68,6 +81,11 @@ struct baton_config {
 	int reconnect_min_s;    /* first backoff, default 2 */
 	int reconnect_max_s;    /* backoff cap, default 300 */
 	int handshake_budget_ms;/* freeze waits for in-progress handshakes, default 500 */
+
+	/* [listen] TLS certificate for every ircs listener (absolute paths;
+	 * required when there is one). Re-read when the files change. */
+	char *listen_tls_cert;
+	char *listen_tls_key;   /* NULL: the key is in listen_tls_cert */
 
 	struct config_listen *listens;
 	size_t nlistens;

@@ -167,6 +167,94 @@ static void test_missing_file(void **state)
 	config_problems_clear(&pr);
 }
 
+/* TLS and reconnect-governor keys: defaults, parsing, and their problems. */
+static void test_tls_and_governor_keys(void **state)
+{
+	struct config_problems pr = { 0 };
+	struct baton_config *cfg = NULL;
+	char *path = write_temp(
+		"[listen]\n"
+		"ircs = 127.0.0.1:6697\n"
+		"tls_cert = /etc/hostname\n"
+		"[network plain]\n"
+		"host = 127.0.0.1\n"
+		"[network secure]\n"
+		"host = irc.example.org\n"
+		"tls = yes\n"
+		"tls_ca = /etc/hostname\n"
+		"tls_fingerprint = SHA256:AB:cd:00:11:22:33:44:55:66:77:88:99:aa:bb:cc:dd:ee:ff:00:11:22:33:44:55:66:77:88:99:aa:bb:cc:dd\n"
+		"connects_per_minute = 10\n"
+		"max_connections_per_ip = 5\n"
+		"bind = 127.0.0.2 127.0.0.3 ::1\n"
+		"[user alice]\n"
+		"password = $6$salt$hash\n"
+		"[user alice/secure]\n"
+		"tls_cert = /etc/hostname\n");
+	const struct config_network *n;
+
+	assert_int_equal(config_load(path, &cfg, &pr), 0);
+	assert_string_equal(cfg->listens[0].kind, "ircs");
+	assert_string_equal(cfg->listen_tls_cert, "/etc/hostname");
+	n = config_find_network(cfg, "plain");
+	assert_int_equal(n->tls, 0);
+	assert_int_equal(n->tls_verify, 1);
+	assert_int_equal(n->connects_per_minute, 4); /* Solanum-safe defaults */
+	assert_int_equal(n->connect_burst, 4);
+	assert_int_equal(n->max_connections_per_ip, 3);
+	assert_int_equal(n->nbind, 0);
+	n = config_find_network(cfg, "secure");
+	assert_int_equal(n->tls, 1);
+	assert_string_equal(n->port, "6697"); /* TLS default port */
+	assert_string_equal(n->tls_fingerprint,
+			    "sha256:abcd00112233445566778899aabbccddeeff00112233445566778899aabbccdd");
+	assert_int_equal(n->connects_per_minute, 10);
+	assert_int_equal(n->max_connections_per_ip, 5);
+	assert_int_equal(n->nbind, 3);
+	assert_string_equal(n->bind[2], "::1");
+	assert_string_equal(config_find_session(cfg, "alice", "secure")->tls_cert,
+			    "/etc/hostname");
+	config_free(cfg);
+	unlink(path);
+	free(path);
+
+	path = write_temp(
+		"[listen]\n"
+		"ircs = 127.0.0.1:6697\n"                 /* 2: no tls_cert */
+		"[network n]\n"
+		"host = h\n"
+		"tls_verify = maybe\n"                    /* 5 */
+		"tls_fingerprint = md5:00\n"              /* 6 */
+		"bind = 127.0.0.1 not-an-address\n"       /* 7 */
+		"connects_per_minute = 0\n"               /* 8 */
+		"[network m]\n"                           /* 9: tls_* without tls */
+		"host = h\n"
+		"tls_fingerprint = sha256:abcd00112233445566778899aabbccddeeff00112233445566778899aabbccdd\n"
+		"[user a]\n"
+		"password = $6$x$y\n"
+		"[user a/n]\n"                            /* 14 */
+		"tls_cert = /nonexistent/cert.pem\n");
+	char where[96];
+
+	assert_int_equal(config_load(path, &cfg, &pr), -EINVAL);
+	snprintf(where, sizeof(where), "%s:2: ircs listener without", path);
+	assert_true(has_problem(&pr, where));
+	snprintf(where, sizeof(where), "%s:5: tls_verify: expected yes or no", path);
+	assert_true(has_problem(&pr, where));
+	snprintf(where, sizeof(where), "%s:6: tls_fingerprint: expected sha256:HEX", path);
+	assert_true(has_problem(&pr, where));
+	snprintf(where, sizeof(where), "%s:7: bind: 'not-an-address'", path);
+	assert_true(has_problem(&pr, where));
+	snprintf(where, sizeof(where), "%s:8:", path);
+	assert_true(has_problem(&pr, where));
+	snprintf(where, sizeof(where), "%s:9: [network m] sets tls_ca, tls_fingerprint", path);
+	assert_true(has_problem(&pr, where));
+	snprintf(where, sizeof(where), "%s:14: [user a/n] tls_cert /nonexistent/cert.pem", path);
+	assert_true(has_problem(&pr, where));
+	config_problems_clear(&pr);
+	unlink(path);
+	free(path);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -175,6 +263,7 @@ int main(void)
 		cmocka_unit_test(test_overlong_line),
 		cmocka_unit_test(test_duplicate_and_malformed_sections),
 		cmocka_unit_test(test_missing_file),
+		cmocka_unit_test(test_tls_and_governor_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

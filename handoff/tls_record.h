@@ -1,0 +1,149 @@
+/* handoff/tls_record.h: baton's own TLS record layer (sans-I/O), used for
+ * every byte of a TLS connection after OpenSSL finished the handshake
+ * (tls_handshake.h). Its whole state is ours, so it can be serialized and
+ * carried to another process with the socket (DESIGN.md §4).
+ *
+ * No I/O and no IRC knowledge: the owner reads ciphertext from the socket and
+ * feeds it in (tls_record_feed), takes decrypted plaintext out
+ * (tls_record_plaintext / tls_record_consume_plaintext), hands plaintext in
+ * for sending (tls_record_write) and writes the produced ciphertext
+ * (tls_record_output / tls_record_consume_output).
+ *
+ * Supported: TLS 1.3 (TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384,
+ * TLS_CHACHA20_POLY1305_SHA256) and TLS 1.2 ECDHE with AES-128/256-GCM and
+ * CHACHA20-POLY1305 (RFC 5288, RFC 7905). Post-handshake: KeyUpdate both ways
+ * (answering update_requested), NewSessionTicket ignored, alerts
+ * (close_notify sent and honoured; fatal alerts end the connection), records
+ * fragmented at 16 KiB, AEAD usage limits (TLS 1.3: a KeyUpdate of our write
+ * key before TLS_RECORD_REKEY_AFTER records; TLS 1.2: the connection ends
+ * before the sequence number could wrap the limit). Renegotiation (TLS 1.2
+ * HelloRequest) is refused with a no_renegotiation warning alert.
+ *
+ * Errors: a malformed or unauthentic record queues the matching fatal alert
+ * (decode_error, bad_record_mac, record_overflow, unexpected_message,
+ * decrypt_error...) in the output, and the layer is then dead: every later
+ * call fails with the same error. Never aborts, never reads past its input.
+ *
+ * Secrets: tls_record_free() wipes keys (OPENSSL_cleanse). Saved state
+ * contains traffic secrets: it travels only over the handoff socket, never
+ * to disk.
+ */
+#ifndef BATON_HANDOFF_TLS_RECORD_H
+#define BATON_HANDOFF_TLS_RECORD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct _Baton__Tls__TlsState; /* proto/tls.proto */
+
+#define TLS_RECORD_MAX_PLAINTEXT 16384
+/* Our write key is updated (TLS 1.3) after this many records (far below
+ * the AES-GCM confidentiality limit of 2^24.5 full records, RFC 8446 5.5). */
+#define TLS_RECORD_REKEY_AFTER (1ull << 23)
+
+enum tls_cipher {
+	TLS_CIPHER_AES_128_GCM = 1,
+	TLS_CIPHER_AES_256_GCM = 2,
+	TLS_CIPHER_CHACHA20_POLY1305 = 3,
+};
+
+#define TLS_VERSION_1_2 0x0303
+#define TLS_VERSION_1_3 0x0304
+
+/* One direction's keys. TLS 1.3: secret (hash length: 32 for SHA-256, 48 for
+ * SHA-384) is the current traffic secret; key and iv are derived from it (the
+ * caller may leave them zero: tls_record_new() derives them). TLS 1.2:
+ * secret unused; key and iv from the key block (iv: 4 bytes of fixed salt for
+ * AES-GCM, 12 bytes for ChaCha20-Poly1305). */
+struct tls_direction {
+	uint8_t secret[48];
+	size_t secret_len;
+	uint8_t key[32];
+	uint8_t iv[12];
+	uint64_t seq; /* sequence number of the next record */
+};
+
+struct tls_record_params {
+	uint16_t version;          /* TLS_VERSION_1_2 or TLS_VERSION_1_3 */
+	enum tls_cipher cipher;
+	bool is_server;            /* our role (for KeyUpdate labels: none;
+				      informational and for logs) */
+	struct tls_direction read, write;
+	/* TLS 1.2 AES-GCM only: the explicit nonce of our next record
+	 * (OpenSSL starts its counter at a random value and increments it
+	 * per record; we continue it). */
+	uint64_t write_explicit_nonce;
+};
+
+enum tls_record_status {
+	TLS_RECORD_OK = 0,
+	TLS_RECORD_CLOSED = 1,     /* peer sent close_notify: no more input */
+	TLS_RECORD_ERROR = -1,     /* fatal: alert queued (or received) */
+};
+
+struct tls_record;
+
+/* A record layer with these keys (copied; the caller wipes its copy).
+ * NULL on allocation failure or unsupported version/cipher. */
+struct tls_record *tls_record_new(const struct tls_record_params *p);
+void tls_record_free(struct tls_record *t); /* wipes; accepts NULL */
+
+/* Ciphertext from the socket (any split: partial records are kept).
+ * Decrypts every complete record: application data goes to the plaintext
+ * queue, post-handshake messages are handled (a KeyUpdate with
+ * update_requested queues our own KeyUpdate in the output), alerts end the
+ * connection. Returns TLS_RECORD_OK, TLS_RECORD_CLOSED (close_notify seen;
+ * plaintext before it is still available) or TLS_RECORD_ERROR. */
+enum tls_record_status tls_record_feed(struct tls_record *t, const void *data,
+				       size_t len);
+
+/* Decrypted application data not yet taken. */
+const uint8_t *tls_record_plaintext(const struct tls_record *t, size_t *len);
+void tls_record_consume_plaintext(struct tls_record *t, size_t n);
+
+/* Encrypt len bytes of application data (split into records of at most
+ * TLS_RECORD_MAX_PLAINTEXT) and append them to the output. TLS_RECORD_ERROR
+ * on a dead layer or after close. */
+enum tls_record_status tls_record_write(struct tls_record *t, const void *data,
+					size_t len);
+
+/* Queue close_notify (once); nothing may be written after it. */
+void tls_record_close(struct tls_record *t);
+
+/* Ciphertext waiting to be written to the socket. */
+const uint8_t *tls_record_output(const struct tls_record *t, size_t *len);
+void tls_record_consume_output(struct tls_record *t, size_t n);
+
+/* Delivery accounting across the encryption. Byte streams: "plain" counts
+ * application bytes ever given to tls_record_write(), "cipher" counts
+ * ciphertext bytes ever produced. tls_record_plain_covered(t, cipher_off)
+ * returns how much of the plain stream is contained in complete records
+ * within the first cipher_off bytes of the cipher stream (e.g. what the
+ * peer's TCP acknowledged). Only offsets at or past the last value asked
+ * are valid (bookkeeping of older records is dropped). */
+uint64_t tls_record_plain_total(const struct tls_record *t);
+uint64_t tls_record_cipher_total(const struct tls_record *t);
+uint64_t tls_record_plain_covered(struct tls_record *t, uint64_t cipher_off);
+
+bool tls_record_is_dead(const struct tls_record *t);
+bool tls_record_peer_closed(const struct tls_record *t);
+/* The fatal reason ("bad record mac", "peer alert: handshake failure",
+ * ...), or NULL while healthy. */
+const char *tls_record_error(const struct tls_record *t);
+uint16_t tls_record_version(const struct tls_record *t);
+enum tls_cipher tls_record_cipher(const struct tls_record *t);
+const char *tls_cipher_name(enum tls_cipher c); /* IANA-style name */
+
+/* Serialization (proto/tls.proto TlsState): keys, sequence numbers, the
+ * partial input record, undelivered plaintext, a partial handshake message,
+ * unwritten ciphertext, the counters and the unacknowledged record
+ * boundaries. save fills *out (allocated members freed with
+ * tls_record_state_free_contents); load validates everything and returns
+ * NULL with *err set ("bad key length", ...) on a state it cannot use. */
+int tls_record_save(const struct tls_record *t, struct _Baton__Tls__TlsState *out);
+void tls_record_state_free_contents(struct _Baton__Tls__TlsState *st);
+struct tls_record *tls_record_load(const struct _Baton__Tls__TlsState *st,
+				   const char **err);
+
+#endif
