@@ -45,8 +45,9 @@ SSL_CTX *tls_client_ctx_new(const struct tls_client_options *o, char *errbuf,
 SSL_CTX *tls_server_ctx_new(const char *cert_file, const char *key_file,
 			    char *errbuf, size_t errlen);
 
-/* Restrict versions (tests and the bench): 0 for no limit on that side.
- * Values TLS1_2_VERSION / TLS1_3_VERSION. */
+/* Restrict versions (tests and the bench): TLS1_2_VERSION or
+ * TLS1_3_VERSION; 0 for no limit on that side (the minimum stays TLS 1.2:
+ * the record layer has nothing older). */
 void tls_ctx_set_versions(SSL_CTX *ctx, int min_version, int max_version);
 
 enum tls_handshake_status {
@@ -70,11 +71,15 @@ struct tls_handshake *tls_handshake_new(SSL_CTX *ctx, int fd, bool server,
 					const char *host,
 					const char *fingerprint);
 
-/* Run as far as the socket allows. On TLS_HANDSHAKE_ERROR,
+/* Run as far as the socket allows. WANT_READ / WANT_WRITE: call again when
+ * the fd is readable / writable. On TLS_HANDSHAKE_ERROR,
  * tls_handshake_error() says why in words an operator can act on
  * ("certificate verify failed: certificate has expired", "unknown CA",
- * "fingerprint mismatch: got sha256:...", "peer closed during handshake",
- * "tls alert: handshake failure", ...). */
+ * "fingerprint mismatch: expected sha256:... got sha256:...", "peer closed
+ * during handshake", "tls alert: handshake failure", "socket error:
+ * Connection refused", ...). In TLS 1.3 a client's handshake is done before
+ * the server has checked the client certificate: a rejection of ours
+ * arrives as an alert in the record layer (tls_record_error()). */
 enum tls_handshake_status tls_handshake_step(struct tls_handshake *hs);
 const char *tls_handshake_error(const struct tls_handshake *hs);
 

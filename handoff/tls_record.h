@@ -35,7 +35,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct _Baton__Tls__TlsState; /* proto/tls.proto */
+struct Baton__Tls__TlsState; /* proto/tls.proto */
 
 #define TLS_RECORD_MAX_PLAINTEXT 16384
 /* Our write key is updated (TLS 1.3) after this many records (far below
@@ -121,10 +121,17 @@ void tls_record_consume_output(struct tls_record *t, size_t n);
  * returns how much of the plain stream is contained in complete records
  * within the first cipher_off bytes of the cipher stream (e.g. what the
  * peer's TCP acknowledged). Only offsets at or past the last value asked
- * are valid (bookkeeping of older records is dropped). */
+ * are valid (bookkeeping of older records is dropped). If more than 1024
+ * records stay unasked, older boundaries are thinned: answers may then be
+ * lower than exact (never higher), and exact again at cipher_total. */
 uint64_t tls_record_plain_total(const struct tls_record *t);
 uint64_t tls_record_cipher_total(const struct tls_record *t);
 uint64_t tls_record_plain_covered(struct tls_record *t, uint64_t cipher_off);
+
+/* Tests only: update our write key after this many records instead of
+ * TLS_RECORD_REKEY_AFTER (TLS 1.3), so the automatic KeyUpdate can be
+ * exercised. Not saved: a loaded layer uses the default again. */
+void tls_record_set_rekey_after(struct tls_record *t, uint64_t records);
 
 bool tls_record_is_dead(const struct tls_record *t);
 bool tls_record_peer_closed(const struct tls_record *t);
@@ -140,10 +147,13 @@ const char *tls_cipher_name(enum tls_cipher c); /* IANA-style name */
  * unwritten ciphertext, the counters and the unacknowledged record
  * boundaries. save fills *out (allocated members freed with
  * tls_record_state_free_contents); load validates everything and returns
- * NULL with *err set ("bad key length", ...) on a state it cannot use. */
-int tls_record_save(const struct tls_record *t, struct _Baton__Tls__TlsState *out);
-void tls_record_state_free_contents(struct _Baton__Tls__TlsState *st);
-struct tls_record *tls_record_load(const struct _Baton__Tls__TlsState *st,
+ * NULL with *err set ("bad key length", ...) on a state it cannot use.
+ * save returns -EPIPE for a dead layer (nothing worth carrying), -ENOMEM.
+ * free_contents is for states filled by save; unpacked ones are freed with
+ * protobuf-c's free_unpacked. load does no key derivation (cheap). */
+int tls_record_save(const struct tls_record *t, struct Baton__Tls__TlsState *out);
+void tls_record_state_free_contents(struct Baton__Tls__TlsState *st);
+struct tls_record *tls_record_load(const struct Baton__Tls__TlsState *st,
 				   const char **err);
 
 #endif
