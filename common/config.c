@@ -292,14 +292,13 @@ static void config_key_network(struct config_parse *ps,
 		return;
 	}
 	if (strcmp(name, "bind") == 0) {
-		for (size_t i = 0; i < n->nbind; i++)
-			free(n->bind[i]);
-		free(n->bind);
-		n->bind = NULL;
-		n->nbind = 0;
+		/* Repeated bind lines add to the pool (a line holds at most
+		 * 199 characters). */
+		size_t first = n->nbind;
+
 		if (config_split_words(value, &n->bind, &n->nbind) < 0)
 			return;
-		for (size_t i = 0; i < n->nbind; i++) {
+		for (size_t i = first; i < n->nbind; i++) {
 			unsigned char addr[16];
 
 			if (inet_pton(AF_INET, n->bind[i], addr) != 1 &&

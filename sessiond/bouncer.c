@@ -16,11 +16,25 @@
 #include "common/log.h"
 #include "common/strmap.h"
 #include "sessiond/conn.h"
+#include "sessiond/governor.h"
 #include "sessiond/session.h"
 #include "sessiond/state.h"
+#include "sessiond/tls_contexts.h"
 
 #define PENDING_TIMEOUT_MS 60000 /* a client must register within this */
 #define START_SPREAD_MS 10       /* 100 sessions per second at startup */
+/* Longest a migration holds the governors (bouncer_governor_hold()): a
+ * release that never comes (a lost ACCEPT) must not stop reconnects. */
+#define GOV_HOLD_MS 20000
+#define GOV_WAIT_LOG_MS 5000     /* "waiting for a connection slot" at most this often */
+
+/* One network's governor and the timer that runs it. */
+struct bouncer_gov {
+	struct bouncer *b;
+	struct governor *g;
+	struct event *ev;
+	int64_t logged_at;   /* last "waiting for a connection slot" line */
+};
 
 /* A list of objects with O(1) add and remove, in no particular order:
  * removal moves the last object into the hole. Each object's position is
@@ -46,9 +60,18 @@ struct bouncer {
 	struct reglist closing;
 	int *listen_fds;
 	struct event **listen_evs;
+	bool *listen_tls; /* ircs listener: clients start with a handshake */
 	size_t nlisten;
+	struct tls_contexts *tls;
 	bool accepting;
 	struct event *sweep;
+	/* Reconnect governors, one per configured network (config order). */
+	struct bouncer_gov *govs;
+	size_t ngovs;
+	int64_t gov_hold_until; /* 0: granting; else held until then */
+	/* Snapshot bookkeeping for migrations: the governors changed since a
+	 * snapshot was last put into a serialized item (state.c). */
+	bool gov_dirty;
 };
 
 struct event_base *bouncer_base(const struct bouncer *b)
@@ -198,6 +221,178 @@ static void bouncer_sweep_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* ---- reconnect governors ---- */
+
+struct governor *bouncer_governor(struct bouncer *b, const char *network)
+{
+	if (!network)
+		return NULL;
+	for (size_t i = 0; i < b->ngovs; i++)
+		if (strcmp(governor_network(b->govs[i].g), network) == 0)
+			return b->govs[i].g;
+	return NULL;
+}
+
+size_t bouncer_ngovernors(const struct bouncer *b)
+{
+	return b->ngovs;
+}
+
+struct governor *bouncer_governor_at(struct bouncer *b, size_t i)
+{
+	return i < b->ngovs ? b->govs[i].g : NULL;
+}
+
+static struct bouncer_gov *bouncer_gov_of(struct bouncer *b, struct governor *g)
+{
+	for (size_t i = 0; i < b->ngovs; i++)
+		if (b->govs[i].g == g)
+			return &b->govs[i];
+	return NULL;
+}
+
+static void bouncer_gov_schedule(struct bouncer_gov *bg, int64_t at)
+{
+	int64_t d = at - now_ms();
+	if (d < 0)
+		d = 0;
+	struct timeval tv = { .tv_sec = d / 1000, .tv_usec = (d % 1000) * 1000 };
+	event_del(bg->ev);
+	evtimer_add(bg->ev, &tv);
+}
+
+void bouncer_governor_kick(struct bouncer *b, struct governor *g)
+{
+	struct bouncer_gov *bg = g ? bouncer_gov_of(b, g) : NULL;
+	if (bg)
+		bouncer_gov_schedule(bg, 0);
+}
+
+void bouncer_governor_changed(struct bouncer *b)
+{
+	b->gov_dirty = true;
+}
+
+bool bouncer_governor_snapshot_due(const struct bouncer *b)
+{
+	return b->ngovs > 0 && b->gov_dirty;
+}
+
+void bouncer_governor_snapshot_sent(struct bouncer *b)
+{
+	b->gov_dirty = false;
+}
+
+void bouncer_governor_hold(struct bouncer *b, bool hold)
+{
+	if (hold) {
+		if (!b->gov_hold_until)
+			log_info("governor", "holding reconnects during the migration");
+		b->gov_hold_until = now_ms() + GOV_HOLD_MS;
+		return;
+	}
+	if (!b->gov_hold_until)
+		return;
+	b->gov_hold_until = 0;
+	for (size_t i = 0; i < b->ngovs; i++)
+		bouncer_gov_schedule(&b->govs[i], 0);
+}
+
+int bouncer_governor_request(struct bouncer *b, struct session *s)
+{
+	struct governor *g = bouncer_governor(b, s->network);
+	if (!g)
+		return -ENOENT;
+	s->gov_wait.prefer = s->source_addr ? governor_find_addr(g, s->source_addr) : -1;
+	int rc = governor_request(g, &s->gov_wait, s->reconnect_at_ms);
+	if (rc == 0)
+		bouncer_governor_kick(b, g);
+	return rc;
+}
+
+/* Connect the sessions the governor lets go now, then sleep until it may
+ * let the next one go (a token refills, a throttle ends) or a slot is
+ * released (bouncer_governor_kick()). */
+static void bouncer_gov_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct bouncer_gov *bg = arg;
+	struct bouncer *b = bg->b;
+	struct governor *g = bg->g;
+	int64_t now = now_ms();
+	struct governor_waiter *w;
+	size_t addr;
+
+	if (b->gov_hold_until) {
+		if (now < b->gov_hold_until) {
+			bouncer_gov_schedule(bg, b->gov_hold_until);
+			return;
+		}
+		log_warn("governor", "migration hold not released after %d ms: granting again",
+			 GOV_HOLD_MS);
+		b->gov_hold_until = 0;
+	}
+	while ((w = governor_next(g, now, &addr)) != NULL) {
+		struct session *s = w->arg;
+		bouncer_governor_changed(b);
+		s->reconnect_at_ms = 0;
+		if (s->up || s->item.state != ITEM_LIVE) {
+			governor_release(g, addr); /* cannot happen: freeze cancels */
+			continue;
+		}
+		int rc = upstream_connect(s, (int)addr);
+		if (rc < 0) {
+			governor_release(g, addr);
+			log_warn("upstream", "%s: connect from %s failed: %s", s->key,
+				 governor_addr(g, addr)[0] ? governor_addr(g, addr) : "*",
+				 strerror(-rc));
+			s->reconnect_failures++;
+			session_backoff(s);
+		}
+	}
+	size_t queued = governor_queued(g);
+	int64_t due = governor_next_due(g, now);
+	if (queued && now - bg->logged_at >= GOV_WAIT_LOG_MS) {
+		bg->logged_at = now;
+		if (due < 0)
+			log_info("governor", "%s: %zu sessions waiting for a connection slot (every source address at max_connections_per_ip)",
+				 governor_network(g), queued);
+		else
+			log_info("governor", "%s: %zu sessions waiting for a connection slot (next in %lld ms)",
+				 governor_network(g), queued, (long long)(due - now));
+	}
+	if (due >= 0)
+		bouncer_gov_schedule(bg, due);
+}
+
+static int bouncer_gov_init(struct bouncer *b)
+{
+	const struct baton_config *cfg = b->cfg;
+	int64_t now = now_ms();
+
+	if (!cfg || !cfg->nnetworks)
+		return 0;
+	b->govs = calloc(cfg->nnetworks, sizeof(*b->govs));
+	if (!b->govs)
+		return -ENOMEM;
+	for (size_t i = 0; i < cfg->nnetworks; i++) {
+		const struct config_network *n = &cfg->networks[i];
+		struct governor_limits lim = {
+			.connects_per_minute = n->connects_per_minute,
+			.connect_burst = n->connect_burst,
+			.max_per_addr = n->max_connections_per_ip,
+		};
+		struct bouncer_gov *bg = &b->govs[b->ngovs];
+		bg->b = b;
+		bg->g = governor_new(n->name, &lim, (const char *const *)n->bind,
+				     n->nbind, now);
+		bg->ev = evtimer_new(b->base, bouncer_gov_cb, bg);
+		b->ngovs++;
+		if (!bg->g || !bg->ev)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
 struct bouncer *bouncer_new(struct event_base *base,
 			    const struct baton_config *cfg)
 {
@@ -208,15 +403,21 @@ struct bouncer *bouncer_new(struct event_base *base,
 	b->cfg = cfg;
 	b->sweep = event_new(base, -1, EV_PERSIST, bouncer_sweep_cb, b);
 	b->by_key = strmap_new();
-	if (!b->sweep || !b->by_key || reglist_init(&b->sessions) < 0 ||
+	b->tls = tls_contexts_new(cfg);
+	if (!b->sweep || !b->by_key || !b->tls || reglist_init(&b->sessions) < 0 ||
 	    reglist_init(&b->pending) < 0 || reglist_init(&b->closing) < 0) {
 		if (b->sweep)
 			event_free(b->sweep);
 		strmap_free(b->by_key);
+		tls_contexts_free(b->tls);
 		reglist_clear(&b->sessions);
 		reglist_clear(&b->pending);
 		reglist_clear(&b->closing);
 		free(b);
+		return NULL;
+	}
+	if (bouncer_gov_init(b) < 0) {
+		bouncer_free(b);
 		return NULL;
 	}
 	struct timeval tv = { .tv_sec = 5 };
@@ -233,9 +434,23 @@ static void bouncer_close_listeners(struct bouncer *b)
 	}
 	free(b->listen_evs);
 	free(b->listen_fds);
+	free(b->listen_tls);
 	b->listen_evs = NULL;
 	b->listen_fds = NULL;
+	b->listen_tls = NULL;
 	b->nlisten = 0;
+}
+
+static void bouncer_gov_free(struct bouncer *b)
+{
+	for (size_t i = 0; i < b->ngovs; i++) {
+		if (b->govs[i].ev)
+			event_free(b->govs[i].ev);
+		governor_free(b->govs[i].g);
+	}
+	free(b->govs);
+	b->govs = NULL;
+	b->ngovs = 0;
 }
 
 void bouncer_free(struct bouncer *b)
@@ -245,6 +460,7 @@ void bouncer_free(struct bouncer *b)
 	for (size_t i = 0; i < b->sessions.n; i++)
 		session_free(b->sessions.v[i]);
 	reglist_clear(&b->sessions);
+	bouncer_gov_free(b); /* after the sessions: they leave its queue */
 	strmap_free(b->by_key);
 	for (size_t i = 0; i < b->pending.n; i++)
 		client_free(b->pending.v[i]);
@@ -255,6 +471,7 @@ void bouncer_free(struct bouncer *b)
 	bouncer_close_listeners(b);
 	if (b->sweep)
 		event_free(b->sweep);
+	tls_contexts_free(b->tls);
 	free(b);
 }
 
@@ -281,9 +498,49 @@ void bouncer_start_configured(struct bouncer *b)
 		log_info("bouncer", "starting %zu sessions", started);
 }
 
+struct tls_contexts *bouncer_tls(const struct bouncer *b)
+{
+	return b->tls;
+}
+
+size_t bouncer_handshakes(const struct bouncer *b)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < b->pending.n; i++) {
+		const struct client *cl = b->pending.v[i];
+
+		n += cl->conn != NULL && conn_in_handshake(cl->conn);
+	}
+	for (size_t i = 0; i < b->sessions.n; i++) {
+		const struct session *s = b->sessions.v[i];
+
+		n += s->up != NULL && s->up->conn != NULL &&
+		     conn_in_handshake(s->up->conn);
+	}
+	return n;
+}
+
 static void bouncer_accept_cb(evutil_socket_t lfd, short what, void *arg)
 {
 	struct bouncer *b = arg;
+	bool tls = false;
+	SSL_CTX *ctx = NULL;
+
+	for (size_t i = 0; i < b->nlisten; i++)
+		if (b->listen_fds[i] == lfd)
+			tls = b->listen_tls[i];
+	if (tls) {
+		ctx = tls_contexts_server(b->tls);
+		if (ctx == NULL) {
+			/* No usable certificate (logged): refuse rather
+			 * than speak plaintext on a TLS port. */
+			int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+			if (fd >= 0)
+				close(fd);
+			return;
+		}
+	}
 
 	for (int i = 0; i < 64 && b->accepting; i++) {
 		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -296,6 +553,10 @@ static void bouncer_accept_cb(evutil_socket_t lfd, short what, void *arg)
 		struct client *cl = client_new(b, fd); /* takes fd */
 		if (!cl)
 			continue;
+		if (tls && conn_start_tls(cl->conn, ctx, true, NULL, NULL) < 0) {
+			client_free(cl);
+			continue;
+		}
 		if (reglist_add(&b->pending, cl) < 0) {
 			client_free(cl);
 			continue;
@@ -305,7 +566,8 @@ static void bouncer_accept_cb(evutil_socket_t lfd, short what, void *arg)
 	}
 }
 
-void bouncer_set_listeners(struct bouncer *b, int *fds, size_t n)
+void bouncer_set_listeners(struct bouncer *b, int *fds,
+			   const char *const *names, size_t n)
 {
 	bool was = b->accepting;
 
@@ -313,17 +575,22 @@ void bouncer_set_listeners(struct bouncer *b, int *fds, size_t n)
 	bouncer_close_listeners(b);
 	b->listen_fds = calloc(n ? n : 1, sizeof(int));
 	b->listen_evs = calloc(n ? n : 1, sizeof(struct event *));
-	if (!b->listen_fds || !b->listen_evs) {
+	b->listen_tls = calloc(n ? n : 1, sizeof(bool));
+	if (!b->listen_fds || !b->listen_evs || !b->listen_tls) {
 		for (size_t i = 0; i < n; i++)
 			close(fds[i]);
 		free(b->listen_fds);
 		free(b->listen_evs);
+		free(b->listen_tls);
 		b->listen_fds = NULL;
 		b->listen_evs = NULL;
+		b->listen_tls = NULL;
 		return;
 	}
 	for (size_t i = 0; i < n; i++) {
 		b->listen_fds[i] = fds[i]; /* transferred */
+		b->listen_tls[i] = names != NULL && names[i] != NULL &&
+				   strncmp(names[i], "ircs ", 5) == 0;
 		b->listen_evs[i] = event_new(b->base, fds[i], EV_READ | EV_PERSIST,
 					     bouncer_accept_cb, b);
 	}
@@ -335,6 +602,8 @@ void bouncer_set_listeners(struct bouncer *b, int *fds, size_t n)
 void bouncer_accept(struct bouncer *b, bool on)
 {
 	b->accepting = on;
+	if (on)
+		bouncer_governor_hold(b, false); /* this worker serves now */
 	for (size_t i = 0; i < b->nlisten; i++) {
 		if (!b->listen_evs[i])
 			continue;
@@ -401,6 +670,10 @@ size_t bouncer_items(struct bouncer *b, struct bouncer_item ***items)
 void bouncer_item_freeze(struct bouncer_item *it)
 {
 	if (it->kind == ITEM_SESSION) {
+		/* From the first frozen session until the migration ends, this
+		 * worker grants no connects: the governors' state travels with
+		 * the items and only one process may spend the buckets. */
+		bouncer_governor_hold(it->session->b, true);
 		session_freeze(it->session, true);
 	} else {
 		conn_freeze(it->client->conn, true);
@@ -422,6 +695,10 @@ int bouncer_item_serialize(struct bouncer_item *it, uint8_t **buf, size_t *len,
 void bouncer_item_thaw(struct bouncer_item *it)
 {
 	if (it->kind == ITEM_SESSION) {
+		/* Aborted: we keep the sessions, the next migration must carry
+		 * the governors' state again. */
+		bouncer_governor_hold(it->session->b, false);
+		bouncer_governor_changed(it->session->b);
 		session_arm(it->session);
 	} else {
 		it->state = ITEM_LIVE;
@@ -465,6 +742,12 @@ bool bouncer_item_is_session(const struct bouncer_item *it)
 	return it->kind == ITEM_SESSION;
 }
 
+bool bouncer_item_in_handshake(const struct bouncer_item *it)
+{
+	return it->kind == ITEM_PENDING && it->client->conn != NULL &&
+	       conn_in_handshake(it->client->conn);
+}
+
 /* ---- migration: target side ---- */
 
 int bouncer_item_adopt(struct bouncer *b, const uint8_t *buf, size_t len,
@@ -479,6 +762,9 @@ int bouncer_item_adopt(struct bouncer *b, const uint8_t *buf, size_t len,
 		return rc; /* state_adopt closed the fds */
 	if (it->kind == ITEM_SESSION) {
 		struct session *s = it->session;
+		/* The target grants nothing until it serves (bouncer_accept()):
+		 * the source may still spend the buckets until then. */
+		bouncer_governor_hold(b, true);
 		if (bouncer_find_session(b, s->user, s->network)) {
 			snprintf(err, errlen, "session %s already exists here", s->key);
 			session_free(s);

@@ -39,12 +39,22 @@ void bouncer_free(struct bouncer *b);
  * upstream connection (spread over a short interval, not all at once). */
 void bouncer_start_configured(struct bouncer *b);
 
-/* Listening sockets from the supervisor (ownership transferred). Not
- * accepted on until bouncer_accept(b, true). */
-void bouncer_set_listeners(struct bouncer *b, int *fds, size_t n);
+/* Listening sockets from the supervisor (ownership transferred), with
+ * their names ("irc ADDR:PORT" or "ircs ADDR:PORT": clients accepted on an
+ * ircs listener start with a TLS handshake; names may be NULL: all
+ * plaintext). Not accepted on until bouncer_accept(b, true). */
+void bouncer_set_listeners(struct bouncer *b, int *fds,
+			   const char *const *names, size_t n);
 void bouncer_accept(struct bouncer *b, bool on);
 
 void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out);
+
+/* The worker's TLS contexts (tls_contexts.h). */
+struct tls_contexts *bouncer_tls(const struct bouncer *b);
+
+/* Connections whose TLS handshake is in progress (a migration gives them
+ * handshake_budget_ms to finish before it starts). */
+size_t bouncer_handshakes(const struct bouncer *b);
 
 /* ---- migration: source side ---- */
 
@@ -75,6 +85,8 @@ void bouncer_item_release(struct bouncer_item *it);
 /* Count of sockets held by an item. */
 size_t bouncer_item_nfds(const struct bouncer_item *it);
 bool bouncer_item_is_session(const struct bouncer_item *it);
+/* A pending client whose TLS handshake is still running (cannot travel). */
+bool bouncer_item_in_handshake(const struct bouncer_item *it);
 
 /* ---- migration: target side ---- */
 

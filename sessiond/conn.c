@@ -19,6 +19,9 @@
 
 #include <event2/event.h>
 
+#include "handoff/tls_handshake.h"
+#include "handoff/tls_record.h"
+
 /* Bytes [off, len) of data are live. */
 struct buf {
 	char *data;
@@ -48,7 +51,17 @@ struct conn {
 	bool fin_sent;     /* shutdown(SHUT_WR) done after the last byte */
 	bool drain_watch;  /* conn_watch_drain(): drained callback pending */
 	size_t drain_low;  /* ... once the unwritten output is below this */
-	char reason[128];
+	/* TLS (conn_start_tls): while hs is set OpenSSL owns the socket's
+	 * bytes and in/out wait; afterwards tls carries every byte: `out`
+	 * holds plaintext not yet encrypted, the record layer the ciphertext
+	 * not yet written. written_total counts plaintext given to it. */
+	struct tls_handshake *hs;
+	struct event *hs_timer;
+	struct tls_record *tls;
+	bool tls_close_sent;   /* close_notify queued */
+	uint64_t tls_cipher_acked; /* highest ciphertext offset seen acked */
+	char tls_info[96];
+	char reason[160];
 };
 
 static void buf_free(struct buf *b)
@@ -114,10 +127,66 @@ static void conn_mark_dead(struct conn *c, const char *reason)
 	conn_schedule_defer(c);
 }
 
+/* Output not yet on the socket: plaintext, plus ciphertext with TLS. */
+static size_t unwritten(const struct conn *c)
+{
+	size_t cipher = 0;
+
+	if (c->tls)
+		(void)tls_record_output(c->tls, &cipher);
+	return c->out.len - c->out.off + cipher;
+}
+
+/* Encrypt at most this much plaintext ahead of the socket: the rest stays
+ * plaintext in `out`, where a migration carries it cheaply. */
+#define CONN_TLS_SLICE 65536
+
+/* TLS: write the record layer's ciphertext; encrypt more plaintext as the
+ * socket takes it. Returns 0, or -errno (-EPROTO: the record layer is dead,
+ * reason in c->reason via the caller). */
+static int conn_tls_write_some(struct conn *c)
+{
+	for (;;) {
+		size_t clen;
+		const uint8_t *cdata = tls_record_output(c->tls, &clen);
+
+		if (clen == 0) {
+			size_t plen = c->out.len - c->out.off;
+
+			if (plen == 0 || c->tls_close_sent)
+				break;
+			if (plen > CONN_TLS_SLICE)
+				plen = CONN_TLS_SLICE;
+			if (tls_record_write(c->tls, c->out.data + c->out.off,
+					     plen) != TLS_RECORD_OK)
+				return -EPROTO;
+			c->out.off += plen;
+			c->written_total += plen;
+			continue;
+		}
+		ssize_t n = send(c->fd, cdata, clen, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return 0;
+			return -errno;
+		}
+		tls_record_consume_output(c->tls, (size_t)n);
+	}
+	if (c->out.off == c->out.len)
+		c->out.off = c->out.len = 0;
+	return 0;
+}
+
 /* One non-blocking attempt to write pending output. Returns 0, or -errno
  * for a hard error (the caller closes). */
 static int conn_write_some(struct conn *c)
 {
+	if (c->hs)
+		return 0; /* the handshake comes first; output waits */
+	if (c->tls)
+		return conn_tls_write_some(c);
 	while (c->out.len > c->out.off) {
 		ssize_t n = send(c->fd, c->out.data + c->out.off,
 				 c->out.len - c->out.off, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -135,12 +204,35 @@ static int conn_write_some(struct conn *c)
 	return 0;
 }
 
+static void conn_write_failed(struct conn *c, int rc)
+{
+	char why[160];
+
+	if (rc == -EPROTO && c->tls)
+		snprintf(why, sizeof(why), "tls: %s",
+			 tls_record_error(c->tls) ? tls_record_error(c->tls) : "cannot encrypt");
+	else
+		snprintf(why, sizeof(why), "write error: %s", strerror(-rc));
+	conn_mark_dead(c, why);
+}
+
 /* After conn_end_output(), once every queued byte is written: our FIN. */
 static void conn_maybe_shutdown(struct conn *c)
 {
 	if (!c->output_ended || c->fin_sent || c->dead || c->connecting ||
-	    c->out.len > c->out.off)
+	    c->hs || c->out.len > c->out.off)
 		return;
+	if (c->tls && !c->tls_close_sent) {
+		/* close_notify after the last byte, then our FIN. */
+		tls_record_close(c->tls);
+		c->tls_close_sent = true;
+		(void)conn_write_some(c);
+	}
+	if (unwritten(c) > 0) {
+		if (c->armed)
+			event_add(c->wev, NULL);
+		return;
+	}
 	c->fin_sent = true;
 	if (shutdown(c->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
 		char why[128];
@@ -149,10 +241,6 @@ static void conn_maybe_shutdown(struct conn *c)
 	}
 }
 
-static size_t unwritten(const struct conn *c)
-{
-	return c->out.len - c->out.off;
-}
 
 /* Length of the line at p (up to its CR or LF), or avail if unterminated. */
 static size_t line_length(const char *p, size_t avail)
@@ -205,6 +293,129 @@ static void conn_process_lines(struct conn *c)
 	c->in_lines = false;
 }
 
+/* Plaintext the record layer decrypted moves to the line buffer. */
+static int conn_tls_take_plaintext(struct conn *c)
+{
+	size_t n;
+	const uint8_t *p = tls_record_plaintext(c->tls, &n);
+
+	if (n == 0)
+		return 0;
+	if (buf_append(&c->in, p, n) < 0)
+		return -ENOMEM;
+	tls_record_consume_plaintext(c->tls, n);
+	return 0;
+}
+
+static void conn_tls_read(struct conn *c)
+{
+	/* Up to one full record and a bit per wakeup, like the plaintext
+	 * path's 16 KiB. */
+	uint8_t cbuf[16384 + 512];
+	const char *eof = NULL;
+	char why[160];
+	size_t pending;
+	ssize_t n = recv(c->fd, cbuf, sizeof(cbuf), MSG_DONTWAIT);
+
+	if (n > 0) {
+		enum tls_record_status st = tls_record_feed(c->tls, cbuf, (size_t)n);
+
+		if (conn_tls_take_plaintext(c) < 0) {
+			conn_mark_dead(c, "out of memory");
+			return;
+		}
+		if (st == TLS_RECORD_CLOSED) {
+			c->peer_eof = true;
+			eof = "connection closed by peer (TLS close_notify)";
+		} else if (st == TLS_RECORD_ERROR) {
+			snprintf(why, sizeof(why), "tls: %s",
+				 tls_record_error(c->tls) ? tls_record_error(c->tls) : "record error");
+			eof = why;
+			(void)conn_write_some(c); /* our alert, best effort */
+		}
+	} else if (n == 0) {
+		c->peer_eof = true;
+		eof = "connection closed by peer";
+	} else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+		snprintf(why, sizeof(why), "read error: %s", strerror(errno));
+		eof = why;
+	}
+	/* A KeyUpdate answer (or an alert) waits in the output. */
+	(void)tls_record_output(c->tls, &pending);
+	if (!eof && pending > 0 && !event_pending(c->wev, EV_WRITE, NULL))
+		event_add(c->wev, NULL);
+	conn_process_lines(c);
+	if (eof)
+		conn_mark_dead(c, eof);
+}
+
+static void conn_handshake_done(struct conn *c)
+{
+	const char *err = NULL;
+	struct tls_record *t;
+	char why[160];
+
+	snprintf(c->tls_info, sizeof(c->tls_info), "%s",
+		 tls_handshake_describe(c->hs));
+	t = tls_handshake_finish(c->hs, &err);
+	tls_handshake_free(c->hs);
+	c->hs = NULL;
+	if (c->hs_timer)
+		event_del(c->hs_timer);
+	if (t == NULL) {
+		snprintf(why, sizeof(why), "tls: %s", err ? err : "handshake failed");
+		conn_mark_dead(c, why);
+		return;
+	}
+	c->tls = t;
+	if (conn_tls_take_plaintext(c) < 0) {
+		conn_mark_dead(c, "out of memory");
+		return;
+	}
+	if (c->ops->tls_ready) {
+		c->ops->tls_ready(c, c->arg);
+		if (c->dead || !c->armed)
+			return;
+	}
+	if (unwritten(c) > 0)
+		event_add(c->wev, NULL);
+	else
+		event_del(c->wev);
+	if (c->in.len > c->in.off || c->drain_watch)
+		conn_schedule_defer(c);
+	conn_maybe_shutdown(c);
+}
+
+static void conn_handshake_step(struct conn *c)
+{
+	char why[160];
+
+	switch (tls_handshake_step(c->hs)) {
+	case TLS_HANDSHAKE_DONE:
+		conn_handshake_done(c);
+		break;
+	case TLS_HANDSHAKE_WANT_READ:
+		event_del(c->wev); /* the read event is always on */
+		break;
+	case TLS_HANDSHAKE_WANT_WRITE:
+		event_add(c->wev, NULL);
+		break;
+	default:
+		snprintf(why, sizeof(why), "tls: %s",
+			 tls_handshake_error(c->hs));
+		conn_mark_dead(c, why);
+		break;
+	}
+}
+
+static void conn_hs_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	if (c->hs && !c->dead)
+		conn_mark_dead(c, "tls: handshake timed out");
+}
+
 static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn *c = arg;
@@ -213,6 +424,14 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
 
 	if (c->dead || !c->armed)
 		return;
+	if (c->hs) {
+		conn_handshake_step(c);
+		return;
+	}
+	if (c->tls) {
+		conn_tls_read(c);
+		return;
+	}
 	if (buf_reserve(&c->in, 16384) < 0) {
 		conn_mark_dead(c, "out of memory");
 		return;
@@ -257,13 +476,17 @@ static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
 		event_add(c->rev, NULL);
 		if (c->ops->connected)
 			c->ops->connected(c, c->arg);
-		if (c->dead)
+		if (c->dead || !c->armed)
+			return;
+	}
+	if (c->hs) {
+		conn_handshake_step(c);
+		if (c->dead || !c->armed || c->hs)
 			return;
 	}
 	int rc = conn_write_some(c);
 	if (rc < 0) {
-		snprintf(why, sizeof(why), "write error: %s", strerror(-rc));
-		conn_mark_dead(c, why);
+		conn_write_failed(c, rc);
 		return;
 	}
 	if (c->drain_watch && unwritten(c) < c->drain_low) {
@@ -272,7 +495,7 @@ static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
 		if (c->dead || !c->armed)
 			return;
 	}
-	if (c->out.len == c->out.off) {
+	if (unwritten(c) == 0) {
 		event_del(c->wev);
 		conn_maybe_shutdown(c);
 	}
@@ -385,7 +608,15 @@ void conn_arm(struct conn *c)
 		return;
 	}
 	event_add(c->rev, NULL);
-	if (c->out.len > c->out.off)
+	if (c->hs) {
+		/* The handshake's first flight (client) needs no read. */
+		struct timeval tv = { CONN_TLS_HANDSHAKE_TIMEOUT_S, 0 };
+
+		evtimer_add(c->hs_timer, &tv);
+		event_add(c->wev, NULL);
+		return;
+	}
+	if (unwritten(c) > 0)
 		event_add(c->wev, NULL);
 	if (c->in.len > c->in.off || c->drain_watch)
 		conn_schedule_defer(c);
@@ -404,18 +635,17 @@ void conn_watch_drain(struct conn *c, size_t low_water)
 
 void conn_freeze(struct conn *c, bool flush)
 {
-	if (flush && !c->dead && !c->connecting && c->out.len > c->out.off) {
+	if (flush && !c->dead && !c->connecting && unwritten(c) > 0) {
 		int rc = conn_write_some(c);
-		if (rc < 0) {
-			char why[128];
-			snprintf(why, sizeof(why), "write error: %s", strerror(-rc));
-			conn_mark_dead(c, why);
-		}
+		if (rc < 0)
+			conn_write_failed(c, rc);
 	}
 	c->armed = false;
 	event_del(c->rev);
 	event_del(c->wev);
 	event_del(c->defer);
+	if (c->hs_timer)
+		event_del(c->hs_timer);
 }
 
 void conn_send(struct conn *c, const char *line)
@@ -457,8 +687,14 @@ void conn_close(struct conn *c, const char *reason, bool flush)
 {
 	if (c->dead)
 		return;
-	if (flush && !c->connecting && c->armed)
+	if (flush && !c->connecting && c->armed) {
+		if (c->tls && !c->tls_close_sent) {
+			(void)conn_write_some(c);
+			tls_record_close(c->tls);
+			c->tls_close_sent = true;
+		}
 		(void)conn_write_some(c);
+	}
 	conn_mark_dead(c, reason);
 }
 
@@ -479,6 +715,10 @@ void conn_release(struct conn *c)
 		event_free(c->wev);
 	if (c->defer)
 		event_free(c->defer);
+	if (c->hs_timer)
+		event_free(c->hs_timer);
+	tls_handshake_free(c->hs);  /* no close_notify: the socket may live on */
+	tls_record_free(c->tls);
 	if (c->fd >= 0)
 		close(c->fd);
 	buf_free(&c->in);
@@ -509,6 +749,27 @@ static int conn_kernel_outq(const struct conn *c, uint64_t *outq)
 	return 0;
 }
 
+/* TLS: the peer has the plaintext of every record whose ciphertext its TCP
+ * acknowledged; the record layer maps ciphertext offsets to plaintext. */
+static uint64_t conn_tls_acked(const struct conn *cc, uint64_t outq)
+{
+	struct conn *c = (struct conn *)cc; /* bookkeeping only */
+	size_t pending;
+	uint64_t sent, acked, plain_total, covered;
+
+	(void)tls_record_output(c->tls, &pending);
+	sent = tls_record_cipher_total(c->tls) - pending;
+	acked = outq >= sent ? 0 : sent - outq;
+	if (acked < c->tls_cipher_acked)
+		acked = c->tls_cipher_acked;
+	c->tls_cipher_acked = acked;
+	plain_total = tls_record_plain_total(c->tls);
+	covered = tls_record_plain_covered(c->tls, acked);
+	if (covered > plain_total || plain_total - covered > c->written_total)
+		return 0;
+	return c->written_total - (plain_total - covered);
+}
+
 uint64_t conn_bytes_acked(const struct conn *c)
 {
 	uint64_t outq = 0;
@@ -519,6 +780,8 @@ uint64_t conn_bytes_acked(const struct conn *c)
 	 * byte until the peer acknowledges it; it is not part of the stream. */
 	if (c->fin_sent && outq > 0)
 		outq--;
+	if (c->tls)
+		return conn_tls_acked(c, outq);
 	/* More in the kernel than we wrote: bytes of a previous process whose
 	 * state did not say (older sender); nothing of ours is acked yet. */
 	return outq >= c->written_total ? 0 : c->written_total - outq;
@@ -624,4 +887,48 @@ char *conn_local_name(const struct conn *c, char *out, size_t n)
 		return out;
 	}
 	return format_sockaddr(&ss, out, n);
+}
+
+int conn_start_tls(struct conn *c, SSL_CTX *ctx, bool server, const char *host,
+		   const char *fingerprint)
+{
+	if (c->hs || c->tls)
+		return -EALREADY;
+	c->hs = tls_handshake_new(ctx, c->fd, server, host, fingerprint);
+	c->hs_timer = evtimer_new(c->base, conn_hs_timeout_cb, c);
+	if (c->hs == NULL || c->hs_timer == NULL) {
+		tls_handshake_free(c->hs);
+		c->hs = NULL;
+		return -ENOMEM;
+	}
+	struct timeval tv = { CONN_TLS_HANDSHAKE_TIMEOUT_S, 0 };
+	evtimer_add(c->hs_timer, &tv);
+	if (c->armed && !c->connecting && !c->dead)
+		event_add(c->wev, NULL); /* first step from the loop */
+	return 0;
+}
+
+void conn_attach_tls(struct conn *c, struct tls_record *t)
+{
+	c->tls = t;
+	snprintf(c->tls_info, sizeof(c->tls_info), "%s %s",
+		 tls_record_version(t) == TLS_VERSION_1_3 ? "TLSv1.3" : "TLSv1.2",
+		 tls_cipher_name(tls_record_cipher(t)));
+	if (conn_tls_take_plaintext(c) < 0)
+		conn_mark_dead(c, "out of memory");
+}
+
+bool conn_in_handshake(const struct conn *c)
+{
+	return c->hs != NULL;
+}
+
+struct tls_record *conn_tls(const struct conn *c)
+{
+	return c->tls;
+}
+
+const char *conn_tls_info(const struct conn *c)
+{
+	return c->tls_info;
 }

@@ -26,6 +26,8 @@
 
 struct event_base;
 struct conn;
+struct tls_record;
+typedef struct ssl_ctx_st SSL_CTX;
 
 #define CONN_MAX_LINE 8704             /* IRC_MAX_LINE: tags + message */
 #define CONN_MAX_OUTPUT (4u << 20)     /* sendq bound: 4 MiB */
@@ -48,7 +50,13 @@ struct conn_ops {
 	 * conn_send() (also past the mark) or conn_close(), must not release
 	 * c. */
 	void (*drained)(struct conn *c, void *arg);
+	/* Optional: the TLS handshake of conn_start_tls() completed; lines
+	 * flow from now on (conn_tls_info() describes the session). */
+	void (*tls_ready)(struct conn *c, void *arg);
 };
+
+/* TLS handshakes that do not complete in this long close the connection. */
+#define CONN_TLS_HANDSHAKE_TIMEOUT_S 30
 
 /* A new connection on fd (non-blocking is set here). connecting: a
  * non-blocking connect() is in progress (EV_WRITE completes it).
@@ -109,6 +117,28 @@ void conn_close(struct conn *c, const char *reason, bool flush);
  * callback) until the peer closes (EOF: the closed callback runs and
  * conn_peer_closed() is true) or an error. An armed connection only. */
 void conn_end_output(struct conn *c);
+
+/* TLS. conn_start_tls(): OpenSSL runs a handshake on this connection
+ * (tls_handshake.h; client role with host for SNI/verification and an
+ * optional "sha256:HEX" pin, or server role) before any line moves: output
+ * queued meanwhile waits, and a connect in progress finishes first. Then
+ * ops->tls_ready runs and every later byte goes through baton's record
+ * layer (tls_record.h), whose state conn_tls() exposes for a migration.
+ * A failed or timed-out handshake closes the connection with a reason
+ * that says why ("tls: certificate verify failed: ..."). The ctx is
+ * referenced, not owned. -ENOMEM, or -EALREADY if TLS is already on.
+ * close_notify: sent by conn_end_output() before our FIN and by
+ * conn_close(flush); a peer's close_notify reads as the peer closing. */
+int conn_start_tls(struct conn *c, SSL_CTX *ctx, bool server, const char *host,
+		   const char *fingerprint);
+/* Right after conn_adopt(): carry on with a restored record layer (taken;
+ * plaintext it holds is handed out as lines once armed). */
+void conn_attach_tls(struct conn *c, struct tls_record *t);
+bool conn_in_handshake(const struct conn *c);
+/* The record layer (NULL: plaintext, or still in the handshake). */
+struct tls_record *conn_tls(const struct conn *c);
+/* "TLSv1.3 TLS_AES_256_GCM_SHA384" (or "" without TLS). */
+const char *conn_tls_info(const struct conn *c);
 
 /* Close the fd and free. Sends nothing (no shutdown()). Accepts NULL. */
 void conn_release(struct conn *c);

@@ -25,6 +25,7 @@
 #include "handoff/frame.h"
 #include "handoff/migration.h"
 #include "sessiond/bouncer.h"
+#include "sessiond/state.h"
 
 struct migrate {
 	struct event_base *base;
@@ -45,6 +46,10 @@ struct migrate {
 	size_t chunk_bytes;
 	struct timespec chunk_frozen;
 	int extra_fd;                /* fault extra-fd: the unannounced fd */
+	/* Before the first freeze, TLS handshakes in progress get
+	 * handshake_budget_ms to finish (they cannot travel half-done). */
+	struct event *hs_wait;
+	struct timespec hs_deadline;
 
 	/* target */
 	struct handoff_target *tgt;
@@ -53,6 +58,9 @@ struct migrate {
 	int timeout_ms;
 	struct event *finish_ev; /* frees the object outside handoff callbacks */
 };
+
+static int migrate_out_begin(struct migrate *m);
+static void migrate_hs_wait_cb(evutil_socket_t fd, short what, void *arg);
 
 static double migrate_ms_since(const struct timespec *t0)
 {
@@ -118,6 +126,8 @@ static void migrate_free(struct migrate *m)
 		close(m->extra_fd);
 	if (m->finish_ev != NULL)
 		event_free(m->finish_ev);
+	if (m->hs_wait != NULL)
+		event_free(m->hs_wait);
 	free(m);
 }
 
@@ -126,6 +136,10 @@ static void migrate_finish_cb(evutil_socket_t fd, short what, void *arg)
 	struct migrate *m = arg;
 
 	m->res.total_ms = migrate_ms_since(&m->started);
+	m->res.handshakes_left += state_take_handshakes_left();
+	if (m->res.handshakes_left)
+		log_warn("migrate", "%u TLS handshakes were still running and did not travel (closed with this process; clients and the governor connect again)",
+			 m->res.handshakes_left);
 	m->report.finished(m->report.arg, &m->res);
 	migrate_free(m);
 }
@@ -320,7 +334,7 @@ static int migrate_pending_last(struct bouncer_item **items, size_t n)
 
 int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
 		      pid_t peer_pid, int peer_pidfd, int timeout_ms,
-		      unsigned chunk_items, size_t chunk_bytes,
+		      unsigned chunk_items, size_t chunk_bytes, int budget,
 		      const struct migrate_report *report)
 {
 	struct migrate *m = calloc(1, sizeof(*m));
@@ -349,13 +363,63 @@ int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
 	}
 	handoff_source_set_peer_pidfd(m->src, peer_pidfd); /* transferred */
 	handoff_source_set_phase_hook(m->src, migrate_source_phase, m);
-	m->nitems = bouncer_items(b, &m->items);
-	if (migrate_pending_last(m->items, m->nitems) < 0) {
-		handoff_source_free(m->src); /* the target sees EOF and aborts */
-		free(m->items);
-		free(m);
-		return -ENOMEM;
+	if (budget > 0 && bouncer_handshakes(b) > 0) {
+		m->hs_wait = event_new(base, -1, EV_PERSIST, migrate_hs_wait_cb, m);
+		if (m->hs_wait != NULL) {
+			struct timeval tick = { 0, 5000 };
+
+			clock_gettime(CLOCK_MONOTONIC, &m->hs_deadline);
+			m->hs_deadline.tv_nsec += (long)budget * 1000000L;
+			m->hs_deadline.tv_sec += m->hs_deadline.tv_nsec / 1000000000L;
+			m->hs_deadline.tv_nsec %= 1000000000L;
+			log_info("migrate", "waiting up to %d ms for %zu TLS handshakes",
+				 budget, bouncer_handshakes(b));
+			event_add(m->hs_wait, &tick);
+			return 0;
+		}
 	}
+	if (migrate_out_begin(m) < 0)
+		migrate_finish(m, false, "out of memory"); /* reports; frees */
+	return 0;
+}
+
+/* Polled every 5 ms while handshakes run (they finish in the normal event
+ * loop meanwhile: nothing is frozen yet). */
+static void migrate_hs_wait_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct migrate *m = arg;
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (bouncer_handshakes(m->b) > 0 &&
+	    (now.tv_sec < m->hs_deadline.tv_sec ||
+	     (now.tv_sec == m->hs_deadline.tv_sec &&
+	      now.tv_nsec < m->hs_deadline.tv_nsec)))
+		return;
+	event_del(m->hs_wait);
+	if (migrate_out_begin(m) < 0)
+		migrate_finish(m, false, "out of memory");
+}
+
+/* Snapshot the items and send the first chunk. Pending clients still in
+ * their TLS handshake stay behind (closed when this process exits). */
+static int migrate_out_begin(struct migrate *m)
+{
+	struct bouncer *b = m->b;
+	size_t kept = 0;
+
+	m->nitems = bouncer_items(b, &m->items);
+	for (size_t i = 0; i < m->nitems; i++) {
+		if (!bouncer_item_is_session(m->items[i]) &&
+		    bouncer_item_in_handshake(m->items[i])) {
+			m->res.handshakes_left++;
+			continue;
+		}
+		m->items[kept++] = m->items[i];
+	}
+	m->nitems = kept;
+	if (migrate_pending_last(m->items, m->nitems) < 0)
+		return -ENOMEM;
 	/* Pending clients are frozen up front (see the top of this file). */
 	for (size_t i = 0; i < m->nitems; i++)
 		if (!bouncer_item_is_session(m->items[i]))

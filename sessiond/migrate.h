@@ -28,6 +28,9 @@ struct migrate_result {
 	uint32_t sessions, connections, fds;
 	double freeze_max_ms, total_ms;
 	uint32_t chunks, chunks_committed;
+	/* source: connections left behind because their TLS handshake was
+	 * still running after handshake_budget_ms (closed, counted) */
+	uint32_t handshakes_left;
 };
 
 struct migrate_report {
@@ -42,10 +45,13 @@ struct migrate_report {
 /* A chunk holds at most chunk_items items and closes early once its
  * serialized state reaches chunk_bytes. */
 /* peer_pidfd: the target's pidfd from the supervisor, or -1 (ownership
- * transferred, like channel). */
+ * transferred, like channel). handshake_budget_ms: TLS handshakes in
+ * progress get this long to finish before the first freeze (0: no wait);
+ * those still running then stay behind (result: handshakes_left). */
 int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
 		      pid_t peer_pid, int peer_pidfd, int timeout_ms,
 		      unsigned chunk_items, size_t chunk_bytes,
+		      int handshake_budget_ms,
 		      const struct migrate_report *report);
 
 /* Start receiving items into b (channel ownership transferred). */

@@ -257,19 +257,33 @@ int channel_rename_member(struct channel *ch, struct member *m,
 
 /* ---- session ---- */
 
+/* The reconnect deadline passed: ask the network's governor for a slot
+ * (bouncer.c connects the session when it is granted one). Without a
+ * governor (a bouncer without config: unit tests) connect at once. */
 static void session_reconnect_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct session *s = arg;
+	int rc;
 
-	s->reconnect_at_ms = 0;
-	if (s->up)
+	if (s->up) {
+		s->reconnect_at_ms = 0;
 		return;
-	int rc = upstream_connect(s);
-	if (rc < 0) {
-		log_warn("upstream", "%s: connect failed: %s", s->key, strerror(-rc));
-		s->reconnect_failures++;
-		session_backoff(s);
 	}
+	if (bouncer_governor(s->b, s->network)) {
+		if (!s->reconnect_at_ms)
+			s->reconnect_at_ms = now_ms();
+		rc = bouncer_governor_request(s->b, s);
+		if (rc == 0)
+			return;
+	} else {
+		s->reconnect_at_ms = 0;
+		rc = upstream_connect(s, -1);
+		if (rc == 0)
+			return;
+	}
+	log_warn("upstream", "%s: connect failed: %s", s->key, strerror(-rc));
+	s->reconnect_failures++;
+	session_backoff(s);
 }
 
 struct session *session_new(struct bouncer *b, const char *user,
@@ -283,6 +297,8 @@ struct session *session_new(struct bouncer *b, const char *user,
 	s->item.kind = ITEM_SESSION;
 	s->item.session = s;
 	s->item.state = ITEM_ADOPTED;
+	s->gov_wait.arg = s;
+	s->gov_wait.prefer = -1;
 	s->user = strdup(user);
 	s->network = strdup(network);
 	size_t klen = strlen(user) + strlen(network) + 2;
@@ -301,6 +317,9 @@ void session_free(struct session *s)
 {
 	if (!s)
 		return;
+	struct governor *g = bouncer_governor(s->b, s->network);
+	if (g)
+		governor_cancel(g, &s->gov_wait);
 	upstream_free(s->up);
 	for (size_t i = 0; i < s->nclients; i++)
 		client_free(s->clients[i]);
@@ -327,6 +346,7 @@ void session_free(struct session *s)
 	free(s->server_name);
 	free(s->welcome);
 	free(s->myinfo);
+	free(s->source_addr);
 	pb_unknown_clear(&s->unknown);
 	free(s);
 }
@@ -354,16 +374,8 @@ void session_backoff(struct session *s)
 	const struct baton_config *cfg = bouncer_config(s->b);
 	int64_t min = cfg && cfg->reconnect_min_s > 0 ? cfg->reconnect_min_s : 2;
 	int64_t max = cfg && cfg->reconnect_max_s > 0 ? cfg->reconnect_max_s : 300;
-	int64_t delay = min * 1000;
-	uint32_t f = s->reconnect_failures ? s->reconnect_failures - 1 : 0;
-	for (uint32_t i = 0; i < f && delay < max * 1000; i++)
-		delay *= 2;
-	if (delay > max * 1000)
-		delay = max * 1000;
-	/* +-20% jitter so sessions that failed together do not retry together. */
-	int64_t span = delay * 2 / 5;
-	if (span > 0)
-		delay = delay - delay / 5 + (int64_t)(random() % (span + 1));
+	int64_t delay = governor_backoff_ms(s->reconnect_failures, min * 1000,
+					    max * 1000, (uint32_t)random());
 	session_schedule_connect(s, now_ms() + delay);
 }
 
@@ -396,6 +408,11 @@ void session_reap(struct session *s)
 
 void session_freeze(struct session *s, bool flush)
 {
+	/* A frozen session must not be granted a slot; it keeps its due time
+	 * (reconnect_at_ms) and queues again when armed (here or in T). */
+	struct governor *g = bouncer_governor(s->b, s->network);
+	if (g)
+		governor_cancel(g, &s->gov_wait);
 	if (s->up)
 		upstream_freeze(s->up, flush);
 	for (size_t i = 0; i < s->nclients; i++)

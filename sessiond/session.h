@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "sessiond/bouncer.h"
+#include "sessiond/governor.h"
 
 struct event;
 struct event_base;
@@ -107,6 +108,13 @@ struct upstream {
 	int64_t next_ping_ms;
 	struct event *timer;     /* keepalive / timeout */
 	bool dead;               /* closed; freed from the session's reaper */
+	/* The governor slot (source address index of the session's network
+	 * governor) this connection holds, -1: none. Released by
+	 * upstream_free(). */
+	int gov_slot;
+	/* What the server said before closing (ERROR text, 465/463):
+	 * upstream_lost() backs off accordingly. */
+	enum governor_verdict verdict;
 	struct pb_unknown unknown;
 };
 
@@ -197,8 +205,17 @@ struct session {
 	struct client **clients;
 	size_t nclients;
 	char *away;
-	int64_t reconnect_at_ms; /* 0: no attempt scheduled */
+	/* 0: no attempt scheduled. While the session waits in its network's
+	 * governor queue this stays the time it became due (its place in the
+	 * queue, also after a migration). */
+	int64_t reconnect_at_ms;
 	uint32_t reconnect_failures;
+	/* Queued for a connection slot in the governor (bouncer.c); never
+	 * queued while frozen or adopted. */
+	struct governor_waiter gov_wait;
+	/* Source address of the last connection (preferred next time, so a
+	 * session keeps its host on the network when it can). NULL: none. */
+	char *source_addr;
 	char *server_name, *welcome, *myinfo;
 	struct event *reconnect_timer;
 	struct bouncer_item item;
@@ -219,6 +236,27 @@ struct session *bouncer_session_by_key(struct bouncer *b, const char *key);
  * free). */
 int bouncer_add_closing(struct bouncer *b, struct client *cl);
 void bouncer_forget_closing(struct bouncer *b, struct client *cl);
+
+/* Reconnect governors (sessiond/governor.h), one per configured network,
+ * owned by the bouncer. NULL: no governor for this network (no config). */
+struct governor *bouncer_governor(struct bouncer *b, const char *network);
+size_t bouncer_ngovernors(const struct bouncer *b);
+struct governor *bouncer_governor_at(struct bouncer *b, size_t i);
+/* Queue s for a connection slot (s->reconnect_at_ms is its due time) and
+ * let the governor run from the event loop: granted sessions connect from
+ * bouncer.c, never from inside this call. Returns 0 or -ENOMEM. */
+int bouncer_governor_request(struct bouncer *b, struct session *s);
+/* A slot or throttle changed: run the governor from the event loop (never
+ * synchronously: the caller may be freeing things). */
+void bouncer_governor_kick(struct bouncer *b, struct governor *g);
+/* The governors' state changed (token spent, throttle, merge): the next
+ * serialized session item carries a fresh snapshot (state.c). */
+void bouncer_governor_changed(struct bouncer *b);
+bool bouncer_governor_snapshot_due(const struct bouncer *b);
+void bouncer_governor_snapshot_sent(struct bouncer *b);
+/* Stop granting (a migration holds the governors; bounded by a deadline so
+ * a lost release cannot stop reconnects for good) or grant again. */
+void bouncer_governor_hold(struct bouncer *b, bool hold);
 
 int64_t now_ms(void); /* CLOCK_REALTIME, ms */
 /* Format "YYYY-MM-DDThh:mm:ss.sssZ" into out[32]. */
@@ -304,9 +342,11 @@ void session_self_prefix(const struct session *s, char *out, size_t n);
 bool session_upstream_ready(const struct session *s);
 
 /* ---- upstream.c ---- */
-/* Start a connection to the configured network (returns 0 or -errno; on
- * failure the caller schedules a retry). */
-int upstream_connect(struct session *s);
+/* Start a connection to the configured network from source address
+ * `gov_slot` of the network's governor (-1: no governor, the kernel
+ * chooses). On success the upstream holds the slot; on failure (0 or
+ * -errno returned) the caller still holds it and schedules a retry. */
+int upstream_connect(struct session *s, int gov_slot);
 /* Build an upstream around an adopted conn (no events). */
 struct upstream *upstream_new(struct session *s, struct conn *c);
 void upstream_free(struct upstream *u); /* closes the conn, sends nothing */

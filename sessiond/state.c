@@ -8,14 +8,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "state.pb-c.h"
+#include "tls.pb-c.h"
 
 #include "common/config.h"
 #include "sessiond/backlog.h"
+#include "handoff/tls_record.h"
 #include "sessiond/conn.h"
+#include "sessiond/governor.h"
 #include "sessiond/session.h"
 
 /* ---- unknown fields (proto rule 4: preserved on re-pack) ---- */
@@ -65,6 +70,10 @@ struct arena {
 	void **p;
 	size_t n, cap;
 	bool failed;
+	/* TLS record states: their contents are freed separately
+	 * (tls_record_state_free_contents) before the nodes themselves. */
+	Baton__Tls__TlsState **tls;
+	size_t ntls;
 };
 
 static void *arena_alloc(struct arena *a, size_t size)
@@ -102,6 +111,9 @@ static char *arena_strdup(struct arena *a, const char *s)
 
 static void arena_free(struct arena *a)
 {
+	for (size_t i = 0; i < a->ntls; i++)
+		tls_record_state_free_contents(a->tls[i]);
+	free(a->tls);
 	for (size_t i = 0; i < a->n; i++)
 		free(a->p[i]);
 	free(a->p);
@@ -145,7 +157,47 @@ static Baton__State__Connection *ser_conn_common(struct arena *a,
 	put_bytes(&pc->has_input, &pc->input, p, n);
 	p = conn_output(c, &n);
 	put_bytes(&pc->has_output, &pc->output, p, n);
+	if (conn_tls(c) != NULL) {
+		/* The record layer's state: keys, sequence numbers, partial
+		 * records, ciphertext not yet written (tls_record.h). */
+		Baton__Tls__TlsState *st = arena_alloc(a, sizeof(*st));
+		Baton__Tls__TlsState **grown;
+
+		if (!st)
+			return NULL;
+		grown = realloc(a->tls, (a->ntls + 1) * sizeof(*grown));
+		if (!grown) {
+			a->failed = true;
+			return NULL;
+		}
+		a->tls = grown;
+		baton__tls__tls_state__init(st);
+		if (tls_record_save(conn_tls(c), st) < 0)
+			return NULL;
+		a->tls[a->ntls++] = st;
+		pc->tls = st;
+		pc->has_transport = 1;
+		pc->transport = 1;
+	}
 	return pc;
+}
+
+/* A TLS handshake cannot move (OpenSSL's state is not exportable): such a
+ * connection is left behind, closed with the old process, and counted. */
+static unsigned state_handshakes_left;
+
+unsigned state_take_handshakes_left(void)
+{
+	unsigned n = state_handshakes_left;
+
+	state_handshakes_left = 0;
+	return n;
+}
+
+/* The upstream travels (it is not in a TLS handshake). */
+static bool upstream_travels(const struct session *s)
+{
+	return s->up != NULL && !conn_in_handshake(s->up->conn);
 }
 
 static Baton__State__Connection *ser_upstream(struct arena *a,
@@ -396,7 +448,7 @@ static Baton__State__Session *ser_session(struct arena *a, struct session *s)
 	}
 	ps->has_next_seq = 1;
 	ps->next_seq = backlog_next_seq(s->backlog);
-	if (s->up) {
+	if (upstream_travels(s)) {
 		ps->upstream = ser_upstream(a, s->up, idx++);
 		if (!ps->upstream)
 			return NULL;
@@ -414,13 +466,61 @@ static Baton__State__Session *ser_session(struct arena *a, struct session *s)
 	}
 	ps->away = s->away;
 	PUT_I64(ps, reconnect_at_ms, s->reconnect_at_ms);
+	if (s->up != NULL && !upstream_travels(s)) {
+		/* Its handshake stays behind: the new process connects again
+		 * (through its governor) right away. */
+		ps->has_reconnect_at_ms = 1;
+		ps->reconnect_at_ms = now_ms();
+		state_handshakes_left++;
+	}
 	PUT_I64(ps, reconnect_failures, s->reconnect_failures);
 	ps->server_name = s->server_name;
 	ps->welcome = s->welcome;
 	ps->myinfo = s->myinfo;
 	ps->userhost = s->userhost;
+	ps->source_addr = s->source_addr;
 	pb_unknown_attach(&ps->base, &s->unknown);
 	return ps;
+}
+
+/* Every bucket of every governor of b, as of now (proto GovernorState). */
+static Baton__State__GovernorState *ser_governor(struct arena *a,
+						 struct bouncer *b)
+{
+	Baton__State__GovernorState *pg = arena_alloc(a, sizeof(*pg));
+	size_t n = 0, k = 0;
+	int64_t now = now_ms();
+
+	if (!pg)
+		return NULL;
+	baton__state__governor_state__init(pg);
+	for (size_t i = 0; i < bouncer_ngovernors(b); i++)
+		n += governor_naddrs(bouncer_governor_at(b, i));
+	pg->buckets = arena_alloc(a, (n ? n : 1) * sizeof(*pg->buckets));
+	Baton__State__GovernorBucket *pb = arena_alloc(a, (n ? n : 1) * sizeof(*pb));
+	if (!pg->buckets || !pb)
+		return NULL;
+	for (size_t i = 0; i < bouncer_ngovernors(b); i++) {
+		struct governor *g = bouncer_governor_at(b, i);
+		for (size_t j = 0; j < governor_naddrs(g); j++, k++) {
+			struct governor_bucket_state st;
+			governor_bucket_get(g, j, now, &st);
+			baton__state__governor_bucket__init(&pb[k]);
+			pb[k].network = (char *)governor_network(g);
+			pb[k].addr = (char *)governor_addr(g, j);
+			/* The level is written even when 0: absent means empty
+			 * too, but explicit is clearer to a reader of dumps. */
+			pb[k].has_level = 1;
+			pb[k].level = st.level;
+			pb[k].has_as_of_ms = 1;
+			pb[k].as_of_ms = st.as_of_ms;
+			PUT_I64(&pb[k], throttled_until_ms, st.throttled_until_ms);
+			PUT_I64(&pb[k], strikes, st.strikes);
+			pg->buckets[k] = &pb[k];
+		}
+	}
+	pg->n_buckets = k;
+	return pg;
 }
 
 int state_serialize(struct bouncer_item *it, uint8_t **buf, size_t *len)
@@ -433,15 +533,22 @@ int state_serialize(struct bouncer_item *it, uint8_t **buf, size_t *len)
 
 	*buf = NULL;
 	*len = 0;
+	bool gov_sent = false;
 	if (it->kind == ITEM_SESSION) {
 		struct session *s = it->session;
 		item.session = ser_session(&a, s);
 		if (!item.session)
 			goto out;
+		if (bouncer_governor_snapshot_due(s->b)) {
+			item.governor = ser_governor(&a, s->b);
+			if (!item.governor)
+				goto out;
+			gov_sent = true;
+		}
 		fds = malloc((s->nclients + 1) * sizeof(int));
 		if (!fds)
 			goto out;
-		if (s->up)
+		if (upstream_travels(s))
 			fds[nfds++] = conn_fd(s->up->conn);
 		for (size_t i = 0; i < s->nclients; i++)
 			fds[nfds++] = conn_fd(s->clients[i]->conn);
@@ -459,6 +566,8 @@ int state_serialize(struct bouncer_item *it, uint8_t **buf, size_t *len)
 	if (!*buf)
 		goto out;
 	baton__state__item__pack(&item, *buf);
+	if (gov_sent)
+		bouncer_governor_snapshot_sent(it->session->b);
 	free(it->fds);
 	it->fds = fds;
 	it->nfds = nfds;
@@ -478,12 +587,68 @@ struct adopt {
 	size_t nfds;
 	bool *used;  /* referenced by a Connection */
 	bool *taken; /* ownership moved into a conn */
+	struct tls_record **tls; /* per fd: its restored record layer, until a
+				    conn takes it */
 	char *err;
 	size_t errlen;
 };
 
 static int adopt_fail(struct adopt *ad, int rc, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+
+/* An adopted upstream connection occupies a slot of its network's governor:
+ * the pool address its socket is bound to (its local address), or the
+ * kernel's-choice entry of a governor without a pool. A local address that
+ * is not in this worker's pool (the pool changed) occupies nothing here. */
+static void adopt_gov_slot(struct bouncer *b, struct session *s)
+{
+	struct governor *g = bouncer_governor(b, s->network);
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	char addr[INET6_ADDRSTRLEN] = "";
+	int slot;
+
+	if (!g || !s->up)
+		return;
+	if (governor_naddrs(g) == 1 && governor_addr(g, 0)[0] == '\0') {
+		slot = 0;
+	} else {
+		if (getsockname(conn_fd(s->up->conn), (struct sockaddr *)&ss, &len) < 0)
+			return;
+		if (ss.ss_family == AF_INET)
+			inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, addr, sizeof(addr));
+		else if (ss.ss_family == AF_INET6)
+			inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, addr, sizeof(addr));
+		slot = governor_find_addr(g, addr);
+		if (slot < 0)
+			return;
+	}
+	governor_occupy(g, (size_t)slot);
+	s->up->gov_slot = slot; /* released by upstream_free() */
+}
+
+/* Merge a migrated governor snapshot into b's governors (buckets of
+ * networks or addresses this worker does not have are ignored). */
+static void adopt_governor(struct bouncer *b, const Baton__State__GovernorState *pg)
+{
+	int64_t now = now_ms();
+
+	for (size_t i = 0; i < pg->n_buckets; i++) {
+		const Baton__State__GovernorBucket *pb = pg->buckets[i];
+		struct governor *g = bouncer_governor(b, pb->network);
+		int slot = g ? governor_find_addr(g, pb->addr ? pb->addr : "") : -1;
+		if (slot < 0)
+			continue;
+		struct governor_bucket_state st = {
+			.level = pb->has_level ? pb->level : 0,
+			.as_of_ms = pb->has_as_of_ms ? pb->as_of_ms : now,
+			.throttled_until_ms = pb->has_throttled_until_ms ? pb->throttled_until_ms : 0,
+			.strikes = pb->has_strikes ? pb->strikes : 0,
+		};
+		governor_bucket_merge(g, (size_t)slot, now, &st);
+	}
+	bouncer_governor_changed(b);
+}
 static int adopt_fail(struct adopt *ad, int rc, const char *fmt, ...)
 {
 	va_list ap;
@@ -625,6 +790,20 @@ static int check_conn(struct adopt *ad, const Baton__State__Connection *pc,
 	if (type != SOCK_STREAM)
 		return adopt_fail(ad, -EPROTOTYPE, "fd_index %u is not a stream socket",
 				  pc->fd_index);
+	if (pc->has_transport && pc->transport > 1)
+		return adopt_fail(ad, -EPROTONOSUPPORT, "%s connection: unknown transport %u",
+				  what, pc->transport);
+	if ((pc->has_transport && pc->transport == 1) != (pc->tls != NULL))
+		return adopt_fail(ad, -EINVAL, "%s connection: transport and TLS state disagree",
+				  what);
+	if (pc->tls != NULL) {
+		const char *why = NULL;
+
+		ad->tls[pc->fd_index] = tls_record_load(pc->tls, &why);
+		if (ad->tls[pc->fd_index] == NULL)
+			return adopt_fail(ad, -EINVAL, "%s connection: TLS state: %s",
+					  what, why ? why : "out of memory");
+	}
 	return 0;
 }
 
@@ -632,12 +811,19 @@ static struct conn *adopt_conn(struct adopt *ad, const Baton__State__Connection 
 			       bool connecting, const struct conn_ops *ops,
 			       void *arg)
 {
+	struct conn *c;
+
 	ad->taken[pc->fd_index] = true; /* conn_adopt owns it even on failure */
-	return conn_adopt(bouncer_base(ad->b), ad->fds[pc->fd_index], connecting,
-			  pc->has_input ? pc->input.data : NULL,
-			  pc->has_input ? pc->input.len : 0,
-			  pc->has_output ? pc->output.data : NULL,
-			  pc->has_output ? pc->output.len : 0, ops, arg);
+	c = conn_adopt(bouncer_base(ad->b), ad->fds[pc->fd_index], connecting,
+		       pc->has_input ? pc->input.data : NULL,
+		       pc->has_input ? pc->input.len : 0,
+		       pc->has_output ? pc->output.data : NULL,
+		       pc->has_output ? pc->output.len : 0, ops, arg);
+	if (c != NULL && ad->tls[pc->fd_index] != NULL) {
+		conn_attach_tls(c, ad->tls[pc->fd_index]); /* taken */
+		ad->tls[pc->fd_index] = NULL;
+	}
+	return c;
 }
 
 static struct client *adopt_client(struct adopt *ad, struct session *s,
@@ -752,6 +938,9 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 	s->userhost = xstrdup(ps->userhost);
 	s->reconnect_at_ms = ps->has_reconnect_at_ms ? ps->reconnect_at_ms : 0;
 	s->reconnect_failures = ps->has_reconnect_failures ? ps->reconnect_failures : 0;
+	s->source_addr = ps->source_addr && ps->source_addr[0] ? strdup(ps->source_addr) : NULL;
+	if (ps->source_addr && ps->source_addr[0] && !s->source_addr)
+		goto nomem;
 	if (pb_unknown_copy(&s->unknown, &ps->base) < 0)
 		goto nomem;
 	for (size_t i = 0; i < ps->n_isupport; i++)
@@ -885,6 +1074,7 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 		u->next_ping_ms = pc->has_next_ping_ms ? pc->next_ping_ms : 0;
 		if (pb_unknown_copy(&u->unknown, &pc->base) < 0)
 			goto nomem;
+		adopt_gov_slot(ad->b, s);
 	}
 	for (size_t i = 0; i < ps->n_clients; i++) {
 		struct client *cl = adopt_client(ad, s, ps->clients[i]);
@@ -922,7 +1112,8 @@ int state_adopt(struct bouncer *b, const uint8_t *buf, size_t len, int *fds,
 		err[0] = '\0';
 	ad.used = calloc(nfds + 1, sizeof(bool));
 	ad.taken = calloc(nfds + 1, sizeof(bool));
-	if (!ad.used || !ad.taken) {
+	ad.tls = calloc(nfds + 1, sizeof(*ad.tls));
+	if (!ad.used || !ad.taken || !ad.tls) {
 		rc = adopt_fail(&ad, -ENOMEM, "out of memory");
 		goto out;
 	}
@@ -967,6 +1158,8 @@ int state_adopt(struct bouncer *b, const uint8_t *buf, size_t len, int *fds,
 		rc = adopt_session(&ad, item->session, &s);
 		if (rc < 0)
 			goto out;
+		if (item->governor)
+			adopt_governor(b, item->governor);
 		s->item.state = ITEM_ADOPTED;
 		*out = &s->item;
 	} else {
@@ -985,6 +1178,9 @@ out:
 			close(fds[i]);
 	if (item)
 		baton__state__item__free_unpacked(item, NULL);
+	for (size_t i = 0; ad.tls && i < nfds; i++)
+		tls_record_free(ad.tls[i]);
+	free(ad.tls);
 	free(ad.used);
 	free(ad.taken);
 	return rc;

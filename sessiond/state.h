@@ -20,6 +20,11 @@ struct bouncer_item;
  * (re)built to list its sockets in fd_index order. Returns 0 or -errno. */
 int state_serialize(struct bouncer_item *it, uint8_t **buf, size_t *len);
 
+/* Connections left out of serialized items since the last call because
+ * their TLS handshake was still running (an upstream: the session travels
+ * without it and the new process connects again). Resets the count. */
+unsigned state_take_handshakes_left(void);
+
 /* Decode and validate one item and build its objects (no I/O, no events
  * armed). Takes ownership of fds[0..nfds) in every case: on failure every fd
  * is closed. Returns 0 with *out set (state ITEM_ADOPTED, not registered in

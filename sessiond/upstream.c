@@ -4,8 +4,10 @@
  * reconnect with backoff. */
 #include "sessiond/session.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,8 +20,14 @@
 #include "common/log.h"
 #include "sessiond/conn.h"
 #include "sessiond/irc.h"
+#include "sessiond/tls_contexts.h"
 
 #define CONNECT_TIMEOUT_MS 30000
+/* A source address the network throttled gets no connects for this long
+ * (doubling with every throttle reply until a connection registers from it
+ * again, capped at max(reconnect_max, this)): connect throttles of real
+ * networks count over about a minute. */
+#define THROTTLE_BASE_MS 60000
 
 /* Upstream caps we use, requested when offered. */
 static const char *const wanted_caps[] = { "server-time", "multi-prefix",
@@ -46,6 +54,7 @@ struct upstream *upstream_new(struct session *s, struct conn *c)
 		return NULL;
 	u->s = s;
 	u->conn = c;
+	u->gov_slot = -1;
 	u->timer = evtimer_new(bouncer_base(s->b), upstream_timer_cb, u);
 	if (!u->timer) {
 		free(u);
@@ -60,6 +69,16 @@ void upstream_free(struct upstream *u)
 {
 	if (!u)
 		return;
+	if (u->gov_slot >= 0) {
+		/* The connection's slot is free: the governor may let the
+		 * next session go (from the event loop, not from here). */
+		struct governor *g = bouncer_governor(u->s->b, u->s->network);
+		if (g) {
+			governor_release(g, (size_t)u->gov_slot);
+			bouncer_governor_kick(u->s->b, g);
+		}
+		u->gov_slot = -1;
+	}
 	conn_release(u->conn);
 	if (u->timer)
 		event_free(u->timer);
@@ -136,7 +155,40 @@ void upstream_send(struct session *s, const char *line)
 		conn_send(s->up->conn, line);
 }
 
-int upstream_connect(struct session *s)
+/* Bind fd to source address `addr` (port chosen at connect time, so a pool
+ * of addresses does not use up ephemeral ports at bind). */
+static int bind_source(int fd, int family, const char *addr)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int one = 1;
+
+	memset(&ss, 0, sizeof(ss));
+	if (family == AF_INET) {
+		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+		sin->sin_family = AF_INET;
+		if (inet_pton(AF_INET, addr, &sin->sin_addr) != 1)
+			return -EAFNOSUPPORT;
+		len = sizeof(*sin);
+	} else if (family == AF_INET6) {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+		sin6->sin6_family = AF_INET6;
+		if (inet_pton(AF_INET6, addr, &sin6->sin6_addr) != 1)
+			return -EAFNOSUPPORT;
+		len = sizeof(*sin6);
+	} else {
+		return -EAFNOSUPPORT;
+	}
+#ifdef IP_BIND_ADDRESS_NO_PORT
+	(void)setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+#endif
+	(void)one;
+	if (bind(fd, (struct sockaddr *)&ss, len) < 0)
+		return -errno;
+	return 0;
+}
+
+int upstream_connect(struct session *s, int gov_slot)
 {
 	const struct baton_config *cfg = bouncer_config(s->b);
 	const struct config_session *cs = session_config(s);
@@ -172,10 +224,23 @@ int upstream_connect(struct session *s)
 	struct addrinfo *ai = res;
 	for (size_t i = s->reconnect_failures % naddr; i > 0; i--)
 		ai = ai->ai_next;
+	struct governor *g = gov_slot >= 0 ? bouncer_governor(s->b, s->network) : NULL;
+	const char *src = g ? governor_addr(g, (size_t)gov_slot) : NULL;
+	if (src && !src[0])
+		src = NULL; /* the kernel chooses */
 	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		rc = -errno;
 		goto out;
+	}
+	if (src) {
+		rc = bind_source(fd, ai->ai_family, src);
+		if (rc < 0) {
+			log_warn("upstream", "%s: cannot bind source address %s for %s: %s%s",
+				 s->key, src, net->host, strerror(-rc),
+				 rc == -EAFNOSUPPORT ? " (not of the server's address family)" : "");
+			goto out;
+		}
 	}
 	bool connecting = false;
 	if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
@@ -191,12 +256,37 @@ int upstream_connect(struct session *s)
 		rc = -ENOMEM;
 		goto out;
 	}
+	if (net->tls) {
+		/* Registration below is queued as plaintext and leaves once
+		 * the handshake is done (conn.h). */
+		char why[256] = "out of memory";
+		SSL_CTX *ctx = tls_contexts_client(bouncer_tls(s->b), net, cs,
+						   why, sizeof(why));
+
+		if (ctx == NULL ||
+		    conn_start_tls(c, ctx, false, net->host, net->tls_fingerprint) < 0) {
+			log_error("upstream", "%s: tls: %s", s->key, why);
+			rc = -EPROTO;
+			goto out;
+		}
+		if (!net->tls_verify && net->tls_fingerprint == NULL)
+			log_warn("upstream", "%s: connecting to %s WITHOUT certificate verification (tls_verify = no)",
+				 s->key, net->host);
+	}
 	struct upstream *u = upstream_new(s, c);
 	if (!u) {
 		rc = -ENOMEM;
 		goto out;
 	}
 	c = NULL; /* transferred */
+	u->gov_slot = gov_slot; /* the slot is the connection's from now on */
+	if (src) {
+		char *copy = strdup(src);
+		if (copy) {
+			free(s->source_addr);
+			s->source_addr = copy;
+		}
+	}
 	int64_t now = now_ms();
 	u->phase = connecting ? UP_CONNECTING : UP_REGISTERING;
 	u->cap_negotiating = true;
@@ -213,7 +303,8 @@ int upstream_connect(struct session *s)
 		   cs->username ? cs->username : u->nick_attempt,
 		   cs->realname ? cs->realname : u->nick_attempt);
 	s->up = u;
-	log_info("upstream", "%s: connecting to %s:%s", s->key, net->host, port);
+	log_info("upstream", "%s: connecting to %s:%s from %s", s->key, net->host,
+		 port, src ? src : "*");
 	if (s->item.state == ITEM_LIVE)
 		upstream_arm(u);
 	rc = 0;
@@ -226,18 +317,56 @@ out:
 	return rc;
 }
 
+/* The server refused us (throttle or ban reply seen on u): back off instead
+ * of retrying at the normal pace. Returns true if it scheduled the retry. */
+static bool upstream_refused(struct session *s, enum governor_verdict v,
+			     int slot)
+{
+	const struct baton_config *cfg = bouncer_config(s->b);
+	int64_t max_ms = (cfg && cfg->reconnect_max_s > 0 ? cfg->reconnect_max_s : 300) * 1000LL;
+	struct governor *g = bouncer_governor(s->b, s->network);
+	int64_t now = now_ms();
+
+	if (v == GOV_THROTTLE && g && slot >= 0) {
+		/* The whole source address backs off: every session that
+		 * would use it waits (or goes out from another address). */
+		int64_t until = governor_throttle(g, (size_t)slot, now, THROTTLE_BASE_MS,
+						  max_ms > THROTTLE_BASE_MS ? max_ms : THROTTLE_BASE_MS);
+		bouncer_governor_changed(s->b);
+		bouncer_governor_kick(s->b, g);
+		const char *a = governor_addr(g, (size_t)slot);
+		log_warn("governor", "%s: network %s throttles source address %s: no connects from it for %lld s",
+			 s->key, s->network, a[0] ? a : "*", (long long)((until - now + 999) / 1000));
+		return false; /* the session itself backs off normally */
+	}
+	if (v == GOV_BAN) {
+		/* A ban does not lift by retrying; retrying quickly can turn a
+		 * K-line into a longer one. One attempt per reconnect_max. */
+		s->reconnect_failures++;
+		int64_t d = governor_backoff_ms(1, max_ms, max_ms, (uint32_t)random());
+		log_error("upstream", "%s: BANNED by network %s (K/G/Z-line or 465/463): next attempt in %lld s; check the network's ban and this host's addresses",
+			  s->key, s->network, (long long)(d / 1000));
+		session_schedule_connect(s, now + d);
+		return true;
+	}
+	return false;
+}
+
 void upstream_lost(struct session *s)
 {
 	struct upstream *u = s->up;
 	if (!u)
 		return;
 	const char *reason = conn_close_reason(u->conn);
+	enum governor_verdict verdict = u->verdict;
+	int slot = u->gov_slot;
 	log_warn("upstream", "%s: connection lost: %s", s->key,
 		 reason ? reason : "closed");
 	session_notice_all(s, "Disconnected from %s: %s (reconnecting)",
 			   s->network, reason ? reason : "closed");
 	s->up = NULL;
-	upstream_free(u);
+	upstream_free(u); /* releases the slot; the throttle below still
+			   * names the address by index */
 	/* Keep the channel list (rejoined after the reconnect); members are
 	 * stale from now on. */
 	for (size_t i = 0; i < s->nchannels; i++) {
@@ -245,6 +374,8 @@ void upstream_lost(struct session *s)
 		ch->joined = false;
 		channel_clear_members(ch);
 	}
+	if (upstream_refused(s, verdict, slot))
+		return;
 	s->reconnect_failures++;
 	session_backoff(s);
 }
@@ -545,6 +676,13 @@ static bool h_001(struct up_ctx *x)
 	if (s->item.state == ITEM_LIVE)
 		upstream_schedule_timer(x->u); /* keepalive starts now */
 	s->reconnect_failures = 0;
+	if (x->u->gov_slot >= 0) {
+		struct governor *g = bouncer_governor(s->b, s->network);
+		if (g) {
+			governor_success(g, (size_t)x->u->gov_slot);
+			bouncer_governor_changed(s->b);
+		}
+	}
 	log_info("upstream", "%s: registered as %s", s->key, nick);
 	return false;
 }
@@ -846,9 +984,23 @@ static bool h_message(struct up_ctx *x)
 
 static bool h_error(struct up_ctx *x)
 {
-	log_warn("upstream", "%s: ERROR from server: %s", x->s->key,
-		 x->msg->nparams ? x->msg->params[0] : "");
+	const char *text = x->msg->nparams ? x->msg->params[0] : "";
+	enum governor_verdict v = governor_classify("ERROR", text);
+
+	log_warn("upstream", "%s: ERROR from server: %s", x->s->key, text);
+	if (v > x->u->verdict) /* a 465 before the ERROR stays a ban */
+		x->u->verdict = v;
 	return false;
+}
+
+/* 465 ERR_YOUREBANNEDCREEP, 463 ERR_NOPERMFORHOST: sent before the server
+ * closes the link; relayed to clients (they should see why). */
+static bool h_banned(struct up_ctx *x)
+{
+	const char *text = x->msg->nparams ? x->msg->params[x->msg->nparams - 1] : "";
+	log_warn("upstream", "%s: %s from server: %s", x->s->key, x->msg->command, text);
+	x->u->verdict = GOV_BAN;
+	return true;
 }
 
 static bool h_silent(struct up_ctx *x)
@@ -870,7 +1022,8 @@ static const struct {
 	{ "353", h_353 },         { "JOIN", h_join },   { "PART", h_part },
 	{ "KICK", h_kick },       { "QUIT", h_quit },   { "NICK", h_nick },
 	{ "TOPIC", h_topic },     { "MODE", h_mode },   { "PRIVMSG", h_message },
-	{ "NOTICE", h_message },  { "ERROR", h_error },
+	{ "NOTICE", h_message },  { "ERROR", h_error },   { "465", h_banned },
+	{ "463", h_banned },
 };
 
 static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
@@ -929,6 +1082,13 @@ static void upstream_connected(struct conn *c, void *arg)
 		upstream_schedule_timer(u);
 }
 
+static void upstream_tls_ready(struct conn *c, void *arg)
+{
+	struct upstream *u = arg;
+
+	log_info("upstream", "%s: %s established", u->s->key, conn_tls_info(c));
+}
+
 static void upstream_closed(struct conn *c, const char *reason, void *arg)
 {
 	struct upstream *u = arg;
@@ -940,5 +1100,6 @@ static void upstream_closed(struct conn *c, const char *reason, void *arg)
 const struct conn_ops upstream_conn_ops = {
 	.line = upstream_line,
 	.connected = upstream_connected,
+	.tls_ready = upstream_tls_ready,
 	.closed = upstream_closed,
 };

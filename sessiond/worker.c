@@ -83,6 +83,10 @@ static void worker_finished(void *arg, const struct migrate_result *res)
 	r.has_chunks = r.has_chunks_committed = 1;
 	r.chunks = res->chunks;
 	r.chunks_committed = res->chunks_committed;
+	if (res->handshakes_left) {
+		r.has_handshakes_left = 1;
+		r.handshakes_left = res->handshakes_left;
+	}
 	log_info("migrate", "%s: %u sessions, %u fds, %u/%u chunks, freeze max %.1f ms, %.1f ms%s%s",
 		 res->committed ? "committed" : "aborted", res->sessions,
 		 res->fds, res->chunks_committed, res->chunks,
@@ -142,7 +146,8 @@ static void worker_migrate(struct worker *w, struct handoff_msg *msg)
 				      mg->has_timeout_ms ? (int)mg->timeout_ms : 10000,
 				      mg->has_chunk_sessions ? mg->chunk_sessions
 				      : (unsigned)w->cfg->chunk_sessions,
-				      (size_t)w->cfg->chunk_bytes, &report);
+				      (size_t)w->cfg->chunk_bytes,
+				      w->cfg->handshake_budget_ms, &report);
 	else
 		r = migrate_in_start(w->base, w->b, channel,
 				     mg->has_timeout_ms ? (int)mg->timeout_ms : 10000,
@@ -169,8 +174,17 @@ static void worker_dispatch(struct worker *w, struct handoff_msg *msg)
 			break;
 		for (size_t i = 0; i < msg->nfds; i++)
 			fds[i] = handoff_msg_take_fd(msg, i);
+		/* Names say which listeners are ircs (TLS). */
+		Baton__Control__Listeners *l =
+			baton__control__listeners__unpack(NULL, msg->len, msg->data);
+		const char *const *names = l != NULL && l->n_names == msg->nfds ?
+			(const char *const *)l->names : NULL;
 		log_info("worker", "received %zu listeners", msg->nfds);
-		bouncer_set_listeners(w->b, fds, msg->nfds); /* fds transferred */
+		for (size_t i = 0; names != NULL && i < msg->nfds; i++)
+			log_info("worker", "listener %s", names[i]);
+		bouncer_set_listeners(w->b, fds, names, msg->nfds); /* fds transferred */
+		if (l != NULL)
+			baton__control__listeners__free_unpacked(l, NULL);
 		free(fds);
 		break;
 	}

@@ -17,8 +17,10 @@
 
 struct listeners {
 	int *fds;
-	char **names;
+	char **names; /* "irc ADDR:PORT" or "ircs ADDR:PORT": the worker does
+			 TLS on ircs listeners */
 	size_t n;
+	const char *kind; /* while binding: the kind of the current entry */
 };
 
 static int listeners_bind_ai(const struct addrinfo *ai, char *name,
@@ -98,7 +100,7 @@ static int listeners_add(void *ctx, int fd, const char *addr)
 	char **names;
 	char *name = NULL;
 
-	if (asprintf(&name, "irc %s", addr) < 0)
+	if (asprintf(&name, "%s %s", l->kind, addr) < 0)
 		name = NULL;
 	fds = realloc(l->fds, (l->n + 1) * sizeof(*fds));
 	if (fds)
@@ -132,6 +134,7 @@ int listeners_bind(const struct baton_config *cfg, struct listeners **out,
 	for (size_t i = 0; i < cfg->nlistens; i++) {
 		const struct config_listen *cl = &cfg->listens[i];
 
+		l->kind = cl->kind;
 		r = listeners_bind_addr(cl->host, cl->port, listeners_add, l,
 					why, sizeof(why));
 		if (r < 0) {

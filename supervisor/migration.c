@@ -34,6 +34,7 @@ struct side_result {
 	bool committed;
 	char reason[256];
 	unsigned sessions, connections, fds, chunks, chunks_committed;
+	unsigned handshakes_left;
 	double freeze_max_ms;
 };
 
@@ -132,6 +133,7 @@ static void migration_complete(struct migration *m)
 	m->res.connections = r->connections;
 	m->res.fds = r->fds;
 	m->res.chunks = r->chunks;
+	m->res.handshakes_left = r->handshakes_left;
 	m->res.freeze_ms = r->freeze_max_ms;
 	m->res.total_ms = ms_since(&m->t0);
 	if (m->progress)
@@ -539,6 +541,7 @@ static void migration_store(struct side_result *sr,
 	sr->fds = r->fds;
 	sr->chunks = r->chunks;
 	sr->chunks_committed = r->chunks_committed;
+	sr->handshakes_left = r->has_handshakes_left ? r->handshakes_left : 0;
 	sr->freeze_max_ms = r->freeze_max_ms;
 }
 

@@ -44,6 +44,9 @@ struct migration_result {
 	char reason[1024];   /* "" when committed cleanly */
 	struct migration_side from, to;
 	unsigned sessions, connections, fds, chunks;
+	/* TLS handshakes still running after handshake_budget_ms: left
+	 * behind and closed (their clients / the governor reconnect) */
+	unsigned handshakes_left;
 	double freeze_ms;    /* S's freeze_max_ms */
 	double total_ms;     /* spawn of T .. exit of the leaving worker */
 	double started;      /* CLOCK_REALTIME seconds, for status */

@@ -689,6 +689,7 @@ static struct json_object *migration_result_json(const struct migration_result *
 	json_object_object_add(o, "connections", json_object_new_int64(r->connections));
 	json_object_object_add(o, "fds", json_object_new_int64(r->fds));
 	json_object_object_add(o, "chunks", json_object_new_int64(r->chunks));
+	json_object_object_add(o, "handshakes_left", json_object_new_int64(r->handshakes_left));
 	json_object_object_add(o, "freeze_ms", json_object_new_double(r->freeze_ms));
 	json_object_object_add(o, "total_ms", json_object_new_double(r->total_ms));
 	json_object_object_add(o, "time", json_object_new_int64((int64_t)r->started));

@@ -37,6 +37,7 @@ import selectors
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -371,9 +372,10 @@ class Ngircd:
     no connection limits, no join limit, long nicks, no flood penalties
     (MaxPenaltyTime = 0), no DNS/ident/PAM lookups, huge ping timeouts."""
 
-    def __init__(self, ctx, name="irc.baton.test", port=None):
+    def __init__(self, ctx, name="irc.baton.test", port=None, max_connections_ip=0):
         self.ctx = ctx
         self.name = name
+        self.max_connections_ip = max_connections_ip  # 0: unlimited
         self.port = port or free_port()
         self.dir = os.path.join(ctx.dir, "ngircd")
         os.makedirs(self.dir, exist_ok=True)
@@ -392,7 +394,7 @@ class Ngircd:
             "MotdPhrase = baton test server",
             "[Limits]",
             "MaxConnections = 0",
-            "MaxConnectionsIP = 0",
+            "MaxConnectionsIP = %d" % self.max_connections_ip,
             "MaxJoins = 0",
             "MaxNickLength = 30",
             "MaxPenaltyTime = 0",  # disables flood penalties altogether (ngircd >= 26)
@@ -506,8 +508,23 @@ class Baton:
     def __init__(self, ctx, ngircd, nsessions=1, channels=("#chat", "#ops"),
                  build=None, network="net", nick_prefix="bn", user_prefix="u",
                  password="secret", sessiond_opts=None, supervisor_opts=None,
-                 fault_file=None, handoff_timeout=10, nlisten=1, rlimit_nofile=None):
+                 fault_file=None, handoff_timeout=10, nlisten=1, rlimit_nofile=None,
+                 network_opts=None, ircs=None, upstream_port=None):
+        """ircs: (cert_file, key_file) adds one TLS listener (self.tls_port)
+        for clients. upstream_port: the network's port when it is not
+        ngircd's plaintext one (e.g. its TLS port with network_opts
+        tls = yes)."""
         self.ctx = ctx
+        self.ircs = ircs
+        self.tls_port = free_port() if ircs else None
+        self.upstream_port = upstream_port
+        # [network] keys. The reconnect governor's defaults (4 connects per
+        # minute, 3 per source address) would make load tests with hundreds
+        # of sessions from 127.0.0.1 take hours: unless a test sets its own,
+        # the limits are lifted (test_governor.py tests them).
+        self.network_opts = dict(network_opts if network_opts is not None else
+                                 {"connects_per_minute": 6000, "connect_burst": 10000,
+                                  "max_connections_per_ip": 100000})
         self.ngircd = ngircd
         self.build = (build or ctx.builds["a"]).require()
         self.network = network
@@ -552,8 +569,12 @@ class Baton:
             L += ["%s = %s" % kv for kv in self.sessiond_opts.items()]
         L.append("[listen]")
         L += ["irc = 127.0.0.1:%d" % p for p in self.ports]
+        if self.ircs:
+            L += ["ircs = 127.0.0.1:%d" % self.tls_port,
+                  "tls_cert = %s" % self.ircs[0], "tls_key = %s" % self.ircs[1]]
         L += ["[network %s]" % self.network, "host = 127.0.0.1",
-              "port = %d" % self.ngircd.port]
+              "port = %d" % (self.upstream_port or self.ngircd.port)]
+        L += ["%s = %s" % kv for kv in self.network_opts.items()]
         hashes = {}
         for s in self.sessions:
             h = hashes.get(s.password) or hashes.setdefault(s.password, password_hash(s.password))
@@ -788,7 +809,9 @@ class IrcConn:
     PING is answered with PONG automatically (and recorded like any line).
     """
 
-    def __init__(self, loop, host, port, name=None, record=True, rcvbuf=None):
+    def __init__(self, loop, host, port, name=None, record=True, rcvbuf=None, tls=None):
+        """tls: an ssl.SSLContext: the connection does a (non-blocking) TLS
+        handshake after connecting; lines flow once it is done."""
         self.loop = loop
         self.name = name or "%s:%d" % (host, port)
         self.addr = (host, port)
@@ -814,6 +837,12 @@ class IrcConn:
         self.on_line = None
         self.bytes_in = 0
         self.open_time = now()
+        self.tls = tls is not None
+        self.tls_done = False
+        self._hs_want_write = True
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, do_handshake_on_connect=False,
+                                        server_hostname=None if tls.check_hostname is False else host)
         rc = self.sock.connect_ex((host, port))
         if rc not in (0, errno.EINPROGRESS):
             self._closed("error: connect: %s" % os.strerror(rc))
@@ -862,11 +891,37 @@ class IrcConn:
 
     # -- internals --
 
+    def _handshake(self):
+        """TLS: advance the handshake; True once done."""
+        if self.tls_done:
+            return True
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._hs_want_write = False
+            return False
+        except ssl.SSLWantWriteError:
+            self._hs_want_write = True
+            return False
+        except (OSError, ssl.SSLError) as e:
+            self._closed("error: tls handshake: %s" % e)
+            return False
+        self.tls_done = True
+        return True
+
+    def tls_version(self):
+        return (self.sock.version(), self.sock.cipher()[0]) if self.tls_done else None
+
     def _flush(self):
+        if self.tls and not self._handshake():
+            if not self.closed:
+                self.loop._want_write(self, self._hs_want_write)
+            return
         while self.wbuf:
             try:
                 n = self.sock.send(self.wbuf)
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError,
+                    ssl.SSLWantReadError):
                 break
             except OSError as e:
                 self._closed("error: send: %s" % e)
@@ -884,16 +939,45 @@ class IrcConn:
         self._flush()
 
     def _on_readable(self):
-        try:
-            data = self.sock.recv(262144)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            self._closed("error: recv: %s" % e)
-            return
-        if not data:
-            self._closed("eof")
-            return
+        if self.tls:
+            if not self._handshake():
+                return
+            # Decrypted bytes wait inside the SSL object, invisible to
+            # select(): read until it wants more from the socket.
+            chunks = []
+            while True:
+                try:
+                    d = self.sock.recv(262144)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError,
+                        BlockingIOError, InterruptedError):
+                    break
+                except (OSError, ssl.SSLError) as e:
+                    if chunks:
+                        break
+                    self._closed("error: recv: %s" % e)
+                    return
+                if not d:
+                    if not chunks:
+                        self._closed("eof")
+                        return
+                    break
+                chunks.append(d)
+            if not chunks:
+                if self.wbuf:
+                    self._flush()
+                return
+            data = b"".join(chunks)
+        else:
+            try:
+                data = self.sock.recv(262144)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._closed("error: recv: %s" % e)
+                return
+            if not data:
+                self._closed("eof")
+                return
         if not self.connected:
             self.connected = True
         self.bytes_in += len(data)
@@ -981,8 +1065,8 @@ class IrcLoop:
         self.timers = []
         self._seq = 0
 
-    def connect(self, port, host="127.0.0.1", name=None, record=True, rcvbuf=None):
-        return IrcConn(self, host, port, name=name, record=record, rcvbuf=rcvbuf)
+    def connect(self, port, host="127.0.0.1", name=None, record=True, rcvbuf=None, tls=None):
+        return IrcConn(self, host, port, name=name, record=record, rcvbuf=rcvbuf, tls=tls)
 
     def _register(self, c):
         self.conns.add(c)
@@ -1126,12 +1210,15 @@ def joined_channels(conn, nick):
 
 
 def bouncer_client(loop, baton, session, client=None, password=None, nick=None,
-                   wait=True, timeout=15, port=None, name=None, rcvbuf=None):
+                   wait=True, timeout=15, port=None, name=None, rcvbuf=None, tls=None):
     """A client logging in to baton as `session` (PASS user/net[@client]:pw,
     NICK, USER). With wait: returns after 001 and a JOIN for each of the
-    session's channels (fails if the connection closes first)."""
+    session's channels (fails if the connection closes first). tls: an
+    ssl.SSLContext: connect to the ircs listener over TLS."""
+    if port is None and tls is not None:
+        port = baton.tls_port
     c = loop.connect(port or baton.port, name=name or "client:%s@%s" % (session.user, client),
-                     rcvbuf=rcvbuf)
+                     rcvbuf=rcvbuf, tls=tls)
     pw = session.pass_line(client) if password is None else password
     c.send("PASS %s" % pw)
     c.send("NICK %s" % (nick or session.nick))
@@ -1435,8 +1522,10 @@ class Client:
 
     def attach(self):
         s = self.session
-        c = self.scen.loop.connect(self.scen.baton.port, name="client:%s@%s#%d"
-                                   % (s.user, self.client_name, len(self.conns) + 1))
+        tls = self.scen.client_tls
+        c = self.scen.loop.connect(self.scen.baton.tls_port if tls else self.scen.baton.port,
+                                   name="client:%s@%s#%d"
+                                   % (s.user, self.client_name, len(self.conns) + 1), tls=tls)
         self.conns.append(c)
         self.conn = c
         self.joined = set()
@@ -1590,7 +1679,16 @@ class LoadScenario:
     network (the watcher), plus no closed connections."""
 
     def __init__(self, ctx, nsessions, nattached, channels=("#c1", "#c2", "#c3"),
-                 nnet=4, baton_kw=None, seed=1):
+                 nnet=4, baton_kw=None, seed=1, ngircd_factory=None, baton_kw_for=None,
+                 client_tls=None):
+        """TLS everywhere: ngircd_factory(ctx) returns a started server
+        (e.g. tlslib.NgircdTls), baton_kw_for(ngircd) extra Baton keywords
+        (ircs listener, upstream TLS port and keys), client_tls an
+        ssl.SSLContext the bouncer clients use on the ircs listener.
+        Network users and the watcher stay on the plaintext port."""
+        self.ngircd_factory = ngircd_factory
+        self.baton_kw_for = baton_kw_for
+        self.client_tls = client_tls
         self.ctx = ctx
         self.loop = ctx.loop
         self.rng = random.Random(seed)
@@ -1608,9 +1706,12 @@ class LoadScenario:
 
     def setup(self, ready_timeout=120):
         ctx = self.ctx
-        self.ngircd = ctx.ngircd()
+        self.ngircd = self.ngircd_factory(ctx) if self.ngircd_factory else ctx.ngircd()
+        kw = dict(self.baton_kw)
+        if self.baton_kw_for:
+            kw.update(self.baton_kw_for(self.ngircd))
         self.baton = Baton(ctx, self.ngircd, nsessions=self.nsessions,
-                           channels=self.channels, **self.baton_kw)
+                           channels=self.channels, **kw)
         self.nicks = [s.nick for s in self.baton.sessions]
         self.watcher = Watcher(self.loop, self.ngircd, self.channels, watch=self.nicks,
                                ledger=self.ledger)

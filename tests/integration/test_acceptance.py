@@ -55,6 +55,28 @@ def test_acceptance_upgrades_under_trace_load(ctx):
     """200 users / 150 clients / 3 channels / PRIVMSGs, trace-driven traffic,
     20 upgrades alternating A<->B plus 5 rollbacks: nothing lost, duplicated,
     reordered or disconnected (see the module docstring for the full list)."""
+    run_acceptance(ctx)
+
+
+def test_acceptance_tls_everywhere(ctx):
+    """The same run with every baton connection on TLS: the 200 upstreams to
+    ngircd's TLS port (GnuTLS; baton verifies against the test CA) and the
+    150 clients on baton's ircs listener (Python ssl, verifying baton's
+    certificate). Same guarantees: nothing lost, duplicated, reordered or
+    disconnected across 20 upgrades and 5 rollbacks."""
+    import tlslib
+    pki = tlslib.pki(ctx)
+    run_acceptance(ctx, scen_kw=dict(
+        ngircd_factory=lambda c: tlslib.NgircdTls(c, pki).start(),
+        baton_kw_for=lambda ng: dict(
+            ircs=(pki.server.cert, pki.server.key), upstream_port=ng.tls_port,
+            network_opts={"tls": "yes", "tls_ca": pki.ca_cert,
+                          "connects_per_minute": 6000, "connect_burst": 10000,
+                          "max_connections_per_ip": 100000}),
+        client_tls=pki.client_context(verify=True)))
+
+
+def run_acceptance(ctx, scen_kw=None):
     A = ctx.builds["a"].require()
     B = ctx.builds["b"].require()
     vA, vB = A.version, B.version
@@ -63,7 +85,8 @@ def test_acceptance_upgrades_under_trace_load(ctx):
 
     scen = bl.LoadScenario(ctx, nsessions=NSESSIONS, nattached=NATTACHED, nnet=NNET,
                            baton_kw=dict(sessiond_opts={"backlog_lines": 20000,
-                                                        "chunk_sessions": 64}))
+                                                        "chunk_sessions": 64}),
+                           **(scen_kw or {}))
     scen.setup(ready_timeout=180)
     b, loop = scen.baton, scen.loop
 

@@ -185,7 +185,8 @@ static void test_tls_and_governor_keys(void **state)
 		"tls_fingerprint = SHA256:AB:cd:00:11:22:33:44:55:66:77:88:99:aa:bb:cc:dd:ee:ff:00:11:22:33:44:55:66:77:88:99:aa:bb:cc:dd\n"
 		"connects_per_minute = 10\n"
 		"max_connections_per_ip = 5\n"
-		"bind = 127.0.0.2 127.0.0.3 ::1\n"
+		"bind = 127.0.0.2 127.0.0.3\n"
+		"bind = ::1\n"                      /* repeated: appends */
 		"[user alice]\n"
 		"password = $6$salt$hash\n"
 		"[user alice/secure]\n"

@@ -209,7 +209,7 @@ static void listen_on(struct test_env *e, const char *unix_name)
 		assert_int_equal(getsockname(lfd, (struct sockaddr *)&e->addr, &e->addrlen), 0);
 	}
 	assert_int_equal(listen(lfd, 16), 0);
-	bouncer_set_listeners(e->b, &lfd, 1);
+	bouncer_set_listeners(e->b, &lfd, NULL, 1);
 	bouncer_accept(e->b, true);
 }
 
