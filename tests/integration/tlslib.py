@@ -1007,10 +1007,12 @@ class GnutlsClient(LineProc):
     sends KeyUpdate(update_requested); in TLS 1.2 it is a real renegotiation.
     A line starting with "^" would be taken for an inline command: send()
     refuses it. verify=False uses --insecure; otherwise our CA and the name
-    "localhost"."""
+    "localhost". extra_args go before the host (e.g. ["-d", "4"]: GnuTLS's
+    handshake log, incl. "received TLS 1.3 key update (N)", on stderr, which
+    lands in log_path only)."""
 
     def __init__(self, ctx, pki, port, priority=None, suite=None, verify=True, cert=None,
-                 servername="localhost", name="gnutls-cli"):
+                 servername="localhost", extra_args=(), name="gnutls-cli"):
         require_binary(GNUTLS_CLI)
         self.port = port
         d = os.path.join(ctx.dir, "%s-%d-%d" % (name, port, len(ctx._closers)))
@@ -1028,6 +1030,7 @@ class GnutlsClient(LineProc):
             priority = suite.gnutls_priority
         if priority:
             argv += ["--priority", priority]
+        argv += list(extra_args)
         argv.append("127.0.0.1")
         super().__init__(ctx, argv, os.path.join(d, "stdout.log"), cwd=d,
                          stderr_to_stdout=False)
@@ -1120,7 +1123,9 @@ class GnutlsServer(LineProc):
     ctypes), one client at a time on 127.0.0.1:port.
 
     stdout protocol: "LISTENING port", "CONN version cipher kx" after each
-    handshake, "RECV line" per client line, "KEYUPDATE-SENT", "CLOSED why",
+    handshake, "RECV line" per client line, "KEYUPDATE-SENT", "KEYUPDATE-RECV
+    flag" per KeyUpdate received from the client (flag = its
+    update_requested; handshake hook), "CLOSED why",
     "HSFAIL error". send(line) -> client; key_update(request=True) calls
     gnutls_session_key_update(GNUTLS_KU_PEER) (TLS 1.3). priority: GnuTLS
     priority string (or suite=Suite)."""
@@ -1168,6 +1173,10 @@ class GnutlsServer(LineProc):
 
     def data_lines(self, since=0):
         return [ln[5:] for ln in self.lines[since:] if ln.startswith("RECV ")]
+
+    def keyupdates_received(self):
+        """update_requested flags of the KeyUpdates the client sent."""
+        return [int(ln.split()[1]) for ln in list(self.lines) if ln.startswith("KEYUPDATE-RECV ")]
 
     def conn_info(self, timeout=10, since=0):
         """(version, cipher, kx) of the next handshake, e.g. ("TLS1.3",
@@ -1222,6 +1231,21 @@ def _gnutls_server_main(port, certfile, keyfile, priority):
     g.gnutls_kx_get.argtypes = [vp]
     g.gnutls_kx_get_name.argtypes = [ci]
     g.gnutls_kx_get_name.restype = cp
+
+    class Datum(ctypes.Structure):
+        _fields_ = [("data", ctypes.POINTER(ctypes.c_ubyte)), ("size", ctypes.c_uint)]
+    HOOK = ctypes.CFUNCTYPE(ci, vp, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
+                            ctypes.POINTER(Datum))
+    g.gnutls_handshake_set_hook_function.argtypes = [vp, ctypes.c_uint, ci, HOOK]
+    HS_KEY_UPDATE_T, HOOK_PRE = 24, 0
+
+    def _on_hs(sess, htype, when, incoming, msg):
+        # post-handshake messages from the client: report KeyUpdates
+        if htype == HS_KEY_UPDATE_T and incoming and when == HOOK_PRE:
+            flag = msg.contents.data[0] if msg and msg.contents.size >= 1 else -1
+            emit("KEYUPDATE-RECV %d" % flag)
+        return 0
+    hs_hook = HOOK(_on_hs)  # referenced for the process's lifetime
     E_AGAIN, E_INTERRUPTED = -28, -52
     GNUTLS_SERVER, CRD_CERTIFICATE, FMT_PEM, SHUT_WR, KU_PEER = 1, 1, 1, 1, 1
 
@@ -1285,6 +1309,7 @@ def _gnutls_server_main(port, certfile, keyfile, priority):
                 emit("FATAL priority %r: %s at %r" % (priority, err(rc), errpos.value))
                 return 2
             g.gnutls_credentials_set(session, CRD_CERTIFICATE, cred)
+            g.gnutls_handshake_set_hook_function(session, HS_KEY_UPDATE_T, HOOK_PRE, hs_hook)
             g.gnutls_transport_set_int2(session, conn.fileno(), conn.fileno())
             g.gnutls_handshake_set_timeout(session, 10000)
             while True:
