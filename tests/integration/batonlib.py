@@ -509,12 +509,13 @@ class Baton:
                  build=None, network="net", nick_prefix="bn", user_prefix="u",
                  password="secret", sessiond_opts=None, supervisor_opts=None,
                  fault_file=None, handoff_timeout=10, nlisten=1, rlimit_nofile=None,
-                 network_opts=None, ircs=None, upstream_port=None):
+                 network_opts=None, ircs=None, upstream_port=None, session_opts=None):
         """ircs: (cert_file, key_file) adds one TLS listener (self.tls_port)
         for clients. upstream_port: the network's port when it is not
         ngircd's plaintext one (e.g. its TLS port with network_opts
         tls = yes)."""
         self.ctx = ctx
+        self.session_opts = dict(session_opts or {})  # extra keys of every [user U/N]
         self.ircs = ircs
         self.tls_port = free_port() if ircs else None
         self.upstream_port = upstream_port
@@ -582,6 +583,7 @@ class Baton:
                   "[user %s/%s]" % (s.user, s.network), "nick = %s" % s.nick,
                   "username = %s" % s.user, "realname = baton test %s" % s.user,
                   "channels = %s" % " ".join(s.channels)]
+            L += ["%s = %s" % kv for kv in self.session_opts.items()]
         return "\n".join(L) + "\n"
 
     def write_config(self, text=None):

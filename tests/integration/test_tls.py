@@ -1060,3 +1060,30 @@ def test_tls_handshake_in_progress_during_upgrade(ctx):
     check_one_upstream(b)
     bl.log("handshake in progress: first upgrade %s; lines %s" % (
         {k: first.get(k) for k in ("handshakes_left", "freeze_ms", "total_ms")}, counts))
+
+
+def test_tls_upstream_client_certificate(ctx):
+    """CertFP: a session with tls_cert/tls_key presents that certificate to
+    the network (the Go server requests client certificates and reports the
+    fingerprint it got), and keeps the same TLS connection across 2
+    migrations (no second handshake: the server saw one connection)."""
+    require_builds(ctx)
+    pki = shared_pki()
+    cert = pki.client("certfp")
+    go = tl.GoTlsServer(ctx, pki, client_ca="any").start()
+    opts = dict(NET_OPTS)
+    opts.update(tls="yes", tls_ca=pki.ca_cert)
+    b = bl.Baton(ctx, None, nsessions=1, channels=[CHAN], upstream_port=go.port,
+                 network_opts=opts, session_opts={"tls_cert": cert.cert, "tls_key": cert.key})
+    b.start(wait=False)
+    info = go.conn_info(timeout=20)
+    check(info["clientfp"] == cert.fingerprint,
+          "the network saw client certificate %s, want %s" % (info["clientfp"], cert.fingerprint))
+    pump_ready(ctx, b)
+    for i in range(2):
+        rc, res = b.upgrade(ctx.builds["b" if i % 2 == 0 else "a"])
+        check(rc == 0 and res.get("result") == "committed", "upgrade %d: %r" % (i + 1, res))
+    ctx.loop.run_for(0.5)
+    conns = [ln for ln in list(go.lines) if ln.startswith("CONN ")]
+    check(len(conns) == 1, "the Go server saw %d connections: %s" % (len(conns), conns))
+    check_one_upstream(b)
