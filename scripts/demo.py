@@ -4,7 +4,10 @@
 Uses the integration-test harness (tests/integration/batonlib.py): a real
 ngircd on loopback, baton-supervisor with N sessions, attached clients and
 network users exchanging numbered lines, and the same exactly-once checks as
-the tests. Options: --sessions N --clients N --keep (keep the temp dir).
+the tests. By default every baton connection is TLS (upstreams to ngircd's
+TLS port, verified against a throw-away CA; clients on baton's ircs
+listener), so the summary shows live TLS connections crossing the upgrade.
+Options: --sessions N --clients N --plain (no TLS) --keep (keep the temp dir).
 """
 import argparse
 import os
@@ -19,6 +22,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=50)
     ap.add_argument("--clients", type=int, default=40)
+    ap.add_argument("--plain", action="store_true", help="plaintext instead of TLS")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
 
@@ -27,12 +31,32 @@ def main():
     try:
         A = ctx.builds["a"].require()
         B = ctx.builds["b"].require()
-        print("network: ngircd on 127.0.0.1; baton: %d sessions, %d clients attached"
-              % (args.sessions, args.clients))
-        scen = bl.LoadScenario(ctx, nsessions=args.sessions, nattached=args.clients, nnet=4)
+        tls_kw = {}
+        if not args.plain:
+            import tlslib
+            pki = tlslib.pki(ctx)
+            tls_kw = dict(
+                ngircd_factory=lambda c: tlslib.NgircdTls(c, pki).start(),
+                baton_kw_for=lambda ng: dict(
+                    ircs=(pki.server.cert, pki.server.key), upstream_port=ng.tls_port,
+                    network_opts={"tls": "yes", "tls_ca": pki.ca_cert,
+                                  "connects_per_minute": 6000, "connect_burst": 1000,
+                                  "max_connections_per_ip": 1000}),
+                client_tls=pki.client_context(verify=True))
+        print("network: ngircd on 127.0.0.1; baton: %d sessions, %d clients attached; %s"
+              % (args.sessions, args.clients,
+                 "plaintext" if args.plain else
+                 "TLS everywhere (upstreams to ngircd's TLS port, clients on the ircs listener)"))
+        scen = bl.LoadScenario(ctx, nsessions=args.sessions, nattached=args.clients, nnet=4,
+                               **tls_kw)
         scen.setup(ready_timeout=120)
         b, loop = scen.baton, scen.loop
         print("running: version %s, worker pid %s" % (b.version(), b.worker_pid()))
+        if not args.plain:
+            c0 = next(iter(scen.clients.values())).conn
+            v = c0.tls_version()
+            print("client TLS session: %s %s (baton's own record layer after OpenSSL's handshake)"
+                  % (v[0], v[1]) if v else "client TLS session: none?")
         scen.start_fixed_traffic(client_rate=20.0, net_rate=20.0, pm_ratio=0.4)
         loop.run_for(3.0)
 
