@@ -300,11 +300,28 @@ static void config_key_network(struct config_parse *ps,
 			return;
 		for (size_t i = first; i < n->nbind; i++) {
 			unsigned char addr[16];
+			char canon[INET6_ADDRSTRLEN];
+			int af = AF_INET;
 
-			if (inet_pton(AF_INET, n->bind[i], addr) != 1 &&
-			    inet_pton(AF_INET6, n->bind[i], addr) != 1)
-				PROBLEM(ps, "bind: '%s' is not an IPv4 or IPv6 address",
-					n->bind[i]);
+			if (inet_pton(AF_INET, n->bind[i], addr) != 1) {
+				af = AF_INET6;
+				if (inet_pton(AF_INET6, n->bind[i], addr) != 1) {
+					PROBLEM(ps, "bind: '%s' is not an IPv4 or IPv6 address",
+						n->bind[i]);
+					continue;
+				}
+			}
+			/* Canonical text, so it compares equal to what
+			 * getsockname() + inet_ntop() say after a migration. */
+			if (inet_ntop(af, addr, canon, sizeof(canon)) != NULL &&
+			    strcmp(canon, n->bind[i]) != 0) {
+				char *c = strdup(canon);
+
+				if (c != NULL) {
+					free(n->bind[i]);
+					n->bind[i] = c;
+				}
+			}
 		}
 		return;
 	}

@@ -334,11 +334,12 @@ static void bouncer_gov_cb(evutil_socket_t fd, short what, void *arg)
 	while ((w = governor_next(g, now, &addr)) != NULL) {
 		struct session *s = w->arg;
 		bouncer_governor_changed(b);
-		s->reconnect_at_ms = 0;
 		if (s->up || s->item.state != ITEM_LIVE) {
-			governor_release(g, addr); /* cannot happen: freeze cancels */
+			/* cannot happen: freeze cancels; keep the due time */
+			governor_release(g, addr);
 			continue;
 		}
+		s->reconnect_at_ms = 0;
 		int rc = upstream_connect(s, (int)addr);
 		if (rc < 0) {
 			governor_release(g, addr);
@@ -554,6 +555,7 @@ static void bouncer_accept_cb(evutil_socket_t lfd, short what, void *arg)
 		if (!cl)
 			continue;
 		if (tls && conn_start_tls(cl->conn, ctx, true, NULL, NULL) < 0) {
+			log_warn("bouncer", "ircs: cannot start a TLS handshake: out of memory");
 			client_free(cl);
 			continue;
 		}

@@ -59,6 +59,7 @@ struct conn {
 	struct event *hs_timer;
 	struct tls_record *tls;
 	bool tls_close_sent;   /* close_notify queued */
+	bool tls_read_paused;  /* too much ciphertext waiting: not reading */
 	uint64_t tls_cipher_acked; /* highest ciphertext offset seen acked */
 	char tls_info[96];
 	char reason[160];
@@ -140,6 +141,11 @@ static size_t unwritten(const struct conn *c)
 /* Encrypt at most this much plaintext ahead of the socket: the rest stays
  * plaintext in `out`, where a migration carries it cheaply. */
 #define CONN_TLS_SLICE 65536
+/* Ciphertext the record layer may hold before we stop reading: our own
+ * output is encrypted a slice at a time, so only a peer that makes us write
+ * (KeyUpdate answers, alerts) and never reads gets here; reading resumes
+ * once the socket took it. */
+#define CONN_TLS_READ_PAUSE (256u << 10)
 
 /* TLS: write the record layer's ciphertext; encrypt more plaintext as the
  * socket takes it. Returns 0, or -errno (-EPROTO: the record layer is dead,
@@ -344,6 +350,10 @@ static void conn_tls_read(struct conn *c)
 	(void)tls_record_output(c->tls, &pending);
 	if (!eof && pending > 0 && !event_pending(c->wev, EV_WRITE, NULL))
 		event_add(c->wev, NULL);
+	if (!eof && pending > CONN_TLS_READ_PAUSE) {
+		event_del(c->rev);
+		c->tls_read_paused = true;
+	}
 	conn_process_lines(c);
 	if (eof)
 		conn_mark_dead(c, eof);
@@ -488,6 +498,10 @@ static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
 	if (rc < 0) {
 		conn_write_failed(c, rc);
 		return;
+	}
+	if (c->tls_read_paused && unwritten(c) < CONN_TLS_READ_PAUSE / 2) {
+		c->tls_read_paused = false;
+		event_add(c->rev, NULL);
 	}
 	if (c->drain_watch && unwritten(c) < c->drain_low) {
 		c->drain_watch = false;
@@ -655,7 +669,7 @@ void conn_send(struct conn *c, const char *line)
 	size_t n = strlen(line);
 	if (n > CONN_MAX_LINE)
 		n = CONN_MAX_LINE;
-	if (c->out.len - c->out.off + n + 2 > CONN_MAX_OUTPUT) {
+	if (unwritten(c) + n + 2 > CONN_MAX_OUTPUT) {
 		conn_mark_dead(c, "sendq exceeded");
 		return;
 	}
@@ -688,12 +702,14 @@ void conn_close(struct conn *c, const char *reason, bool flush)
 	if (c->dead)
 		return;
 	if (flush && !c->connecting && c->armed) {
-		if (c->tls && !c->tls_close_sent) {
-			(void)conn_write_some(c);
+		(void)conn_write_some(c);
+		/* close_notify says "nothing more": only true when every
+		 * line reached the record layer (the socket took it all). */
+		if (c->tls && !c->tls_close_sent && c->out.len == c->out.off) {
 			tls_record_close(c->tls);
 			c->tls_close_sent = true;
+			(void)conn_write_some(c);
 		}
-		(void)conn_write_some(c);
 	}
 	conn_mark_dead(c, reason);
 }
@@ -895,7 +911,8 @@ int conn_start_tls(struct conn *c, SSL_CTX *ctx, bool server, const char *host,
 	if (c->hs || c->tls)
 		return -EALREADY;
 	c->hs = tls_handshake_new(ctx, c->fd, server, host, fingerprint);
-	c->hs_timer = evtimer_new(c->base, conn_hs_timeout_cb, c);
+	if (c->hs_timer == NULL)
+		c->hs_timer = evtimer_new(c->base, conn_hs_timeout_cb, c);
 	if (c->hs == NULL || c->hs_timer == NULL) {
 		tls_handshake_free(c->hs);
 		c->hs = NULL;

@@ -137,6 +137,8 @@ static void migrate_finish_cb(evutil_socket_t fd, short what, void *arg)
 
 	m->res.total_ms = migrate_ms_since(&m->started);
 	m->res.handshakes_left += state_take_handshakes_left();
+	if (!m->res.committed) /* thawed: every handshake carries on here */
+		m->res.handshakes_left = 0;
 	if (m->res.handshakes_left)
 		log_warn("migrate", "%u TLS handshakes were still running and did not travel (closed with this process; clients and the governor connect again)",
 			 m->res.handshakes_left);

@@ -74,6 +74,7 @@ struct arena {
 	 * (tls_record_state_free_contents) before the nodes themselves. */
 	Baton__Tls__TlsState **tls;
 	size_t ntls;
+	bool tls_dead; /* a TLS layer had failed: nothing to carry on with */
 };
 
 static void *arena_alloc(struct arena *a, size_t size)
@@ -172,8 +173,14 @@ static Baton__State__Connection *ser_conn_common(struct arena *a,
 		}
 		a->tls = grown;
 		baton__tls__tls_state__init(st);
-		if (tls_record_save(conn_tls(c), st) < 0)
+		if (tls_record_save(conn_tls(c), st) < 0) {
+			/* Its layer failed (alert sent or received): the
+			 * connection is closing and cannot continue elsewhere.
+			 * The chunk aborts with this reason and resumes; the
+			 * close completes meanwhile, so a retry succeeds. */
+			a->tls_dead = true;
 			return NULL;
+		}
 		a->tls[a->ntls++] = st;
 		pc->tls = st;
 		pc->has_transport = 1;
@@ -194,10 +201,16 @@ unsigned state_take_handshakes_left(void)
 	return n;
 }
 
-/* The upstream travels (it is not in a TLS handshake). */
+/* The upstream travels: not in a TLS handshake, and not a TLS connection
+ * whose record layer failed (both stay behind; the session reconnects). */
 static bool upstream_travels(const struct session *s)
 {
-	return s->up != NULL && !conn_in_handshake(s->up->conn);
+	struct tls_record *t;
+
+	if (s->up == NULL || conn_in_handshake(s->up->conn))
+		return false;
+	t = conn_tls(s->up->conn);
+	return t == NULL || !tls_record_is_dead(t);
 }
 
 static Baton__State__Connection *ser_upstream(struct arena *a,
@@ -467,11 +480,12 @@ static Baton__State__Session *ser_session(struct arena *a, struct session *s)
 	ps->away = s->away;
 	PUT_I64(ps, reconnect_at_ms, s->reconnect_at_ms);
 	if (s->up != NULL && !upstream_travels(s)) {
-		/* Its handshake stays behind: the new process connects again
-		 * (through its governor) right away. */
+		/* It stays behind: the new process connects again (through
+		 * its governor) right away. */
 		ps->has_reconnect_at_ms = 1;
 		ps->reconnect_at_ms = now_ms();
-		state_handshakes_left++;
+		if (conn_in_handshake(s->up->conn))
+			state_handshakes_left++;
 	}
 	PUT_I64(ps, reconnect_failures, s->reconnect_failures);
 	ps->server_name = s->server_name;
@@ -574,6 +588,8 @@ int state_serialize(struct bouncer_item *it, uint8_t **buf, size_t *len)
 	fds = NULL; /* transferred to the item */
 	rc = 0;
 out:
+	if (rc < 0 && a.tls_dead)
+		rc = -ECONNRESET; /* "a TLS connection failed", not memory */
 	free(fds);
 	arena_free(&a);
 	return rc;

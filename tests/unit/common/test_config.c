@@ -186,7 +186,7 @@ static void test_tls_and_governor_keys(void **state)
 		"connects_per_minute = 10\n"
 		"max_connections_per_ip = 5\n"
 		"bind = 127.0.0.2 127.0.0.3\n"
-		"bind = ::1\n"                      /* repeated: appends */
+		"bind = 0:0::0001\n"                /* repeated: appends; canonical ::1 */
 		"[user alice]\n"
 		"password = $6$salt$hash\n"
 		"[user alice/secure]\n"
