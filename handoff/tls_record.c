@@ -55,6 +55,12 @@
 /* Unacknowledged record boundaries kept before the older half is thinned
  * (see boundary_push). */
 #define MAX_BOUNDARIES 1024
+/* Records and post-handshake messages that carry no application data
+ * (KeyUpdate, NewSessionTicket, HelloRequest, tolerated warning alerts,
+ * empty application data records) allowed back to back; one more is a
+ * fatal unexpected_message. They cost us work (a key derivation, an
+ * answer) and move nothing; BoringSSL uses the same bound. */
+#define MAX_IDLE_IN_ROW 32
 
 /* A byte queue: live data is p[off, len). */
 struct buf {
@@ -82,6 +88,13 @@ struct tls_record {
 
 	bool dead, close_sent, close_received, key_update_pending;
 	uint64_t rekey_after;
+	/* Records/messages without application data since the last one with
+	 * some (MAX_IDLE_IN_ROW). Not saved: a migration resets it, which a
+	 * peer cannot trigger; exactness is not needed for a DoS bound. */
+	unsigned idle_in_row;
+	/* A no_renegotiation warning was written during this feed call: at
+	 * most one per call, however many HelloRequests came. */
+	bool reneg_refused;
 
 	uint64_t plain_total, cipher_total, plain_covered;
 	struct boundary *bd; /* bd[bd_off, bd_off + bd_len) live */
@@ -326,6 +339,16 @@ static void boundary_push(struct tls_record *t, uint64_t cipher_end,
 				t->bd_len = j;
 			}
 		}
+		/* Growing failed and thinning freed nothing (0 or 1 entries):
+		 * drop the oldest, or with no array at all this one. Either way
+		 * an answer can only be lower than the truth. */
+		if (t->bd_len == t->bd_cap) {
+			if (!t->bd_cap)
+				return;
+			memmove(t->bd, t->bd + 1,
+				(t->bd_len - 1) * sizeof(*t->bd));
+			t->bd_len--;
+		}
 	}
 	t->bd[t->bd_off + t->bd_len++] = (struct boundary){ cipher_end, plain_end };
 }
@@ -507,6 +530,15 @@ void tls_record_close(struct tls_record *t)
 
 /* --- reading ---------------------------------------------------------- */
 
+/* One more record or message without application data (see
+ * MAX_IDLE_IN_ROW); `why` names the kind for the error. */
+static enum tls_record_status idle_one(struct tls_record *t, const char *why)
+{
+	if (++t->idle_in_row > MAX_IDLE_IN_ROW)
+		return fail(t, ALERT_UNEXPECTED_MESSAGE, why);
+	return TLS_RECORD_OK;
+}
+
 static enum tls_record_status handle_handshake(struct tls_record *t,
 					       const uint8_t *d, size_t n)
 {
@@ -528,11 +560,22 @@ static enum tls_record_status handle_handshake(struct tls_record *t,
 		/* bytes after this message: all from the current record */
 		rest = buf_avail(&t->hs) - 4 - mlen;
 		if (t->version == TLS_VERSION_1_3 && m[0] == HS_NEW_SESSION_TICKET) {
+			/* only a server sends them */
+			if (t->is_server)
+				return fail(t, ALERT_UNEXPECTED_MESSAGE,
+					    "NewSessionTicket received by a server");
+			if (idle_one(t, "too many post-handshake messages in a row") !=
+			    TLS_RECORD_OK)
+				return TLS_RECORD_ERROR;
 			/* ignored: we never resume (the handshake side sets no
 			 * session cache) */
 		} else if (t->version == TLS_VERSION_1_3 && m[0] == HS_KEY_UPDATE) {
 			uint8_t req;
 
+			/* before the key derivation it would cost */
+			if (idle_one(t, "too many KeyUpdates in a row") !=
+			    TLS_RECORD_OK)
+				return TLS_RECORD_ERROR;
 			if (mlen != 1)
 				return fail(t, ALERT_DECODE_ERROR,
 					    "bad KeyUpdate length");
@@ -549,25 +592,35 @@ static enum tls_record_status handle_handshake(struct tls_record *t,
 				return fail(t, ALERT_INTERNAL_ERROR,
 					    "key update failed");
 			/* update_requested: answer with ours (not requesting)
-			 * unless we closed; one answer however many came */
-			if (req == 1 && !t->close_sent) {
+			 * unless we closed. Only noted here: tls_record_feed
+			 * sends one answer when it is done, however many
+			 * requests came (RFC 8446 4.6.3 asks for one before
+			 * our next application data). */
+			if (req == 1 && !t->close_sent)
 				t->key_update_pending = true;
-				if (send_key_update(t, 0) < 0)
-					return fail(t, ALERT_INTERNAL_ERROR,
-						    "key update failed");
-			}
 		} else if (t->version == TLS_VERSION_1_2 &&
 			   m[0] == HS_HELLO_REQUEST) {
 			uint8_t a[2] = { 1, ALERT_NO_RENEGOTIATION };
 
+			/* only a server sends them (RFC 5246 7.4.1.1) */
+			if (t->is_server)
+				return fail(t, ALERT_UNEXPECTED_MESSAGE,
+					    "HelloRequest received by a server");
+			if (idle_one(t, "too many post-handshake messages in a row") !=
+			    TLS_RECORD_OK)
+				return TLS_RECORD_ERROR;
 			if (mlen != 0)
 				return fail(t, ALERT_DECODE_ERROR,
 					    "bad HelloRequest length");
-			/* refused with a warning; the connection goes on */
-			if (!t->close_sent && write_seq_ok(t) &&
-			    write_record(t, CT_ALERT, a, sizeof(a)) < 0)
-				return fail(t, ALERT_INTERNAL_ERROR,
-					    "record encryption failed");
+			/* refused with a warning, at most one per feed call;
+			 * the connection goes on */
+			if (!t->reneg_refused && !t->close_sent &&
+			    write_seq_ok(t)) {
+				if (write_record(t, CT_ALERT, a, sizeof(a)) < 0)
+					return fail(t, ALERT_INTERNAL_ERROR,
+						    "record encryption failed");
+				t->reneg_refused = true;
+			}
 		} else {
 			snprintf(t->errbuf, sizeof(t->errbuf),
 				 "unexpected handshake message %u", m[0]);
@@ -595,7 +648,7 @@ static enum tls_record_status handle_alert(struct tls_record *t,
 	if (d[0] == 1 && (d[1] == ALERT_USER_CANCELED ||
 			  (t->version == TLS_VERSION_1_2 &&
 			   d[1] == ALERT_NO_RENEGOTIATION)))
-		return TLS_RECORD_OK;
+		return idle_one(t, "too many warning alerts in a row");
 	name = alert_name(d[1]);
 	if (name)
 		snprintf(t->errbuf, sizeof(t->errbuf), "peer alert: %s", name);
@@ -710,7 +763,10 @@ static enum tls_record_status open_record(struct tls_record *t,
 			    "handshake message interrupted");
 	switch (type) {
 	case CT_APPLICATION_DATA:
+		if (!n_content)
+			return idle_one(t, "too many empty records in a row");
 		t->plain.len += n_content; /* committed */
+		t->idle_in_row = 0;
 		return TLS_RECORD_OK;
 	case CT_ALERT:
 		return handle_alert(t, dst, n_content);
@@ -734,6 +790,7 @@ enum tls_record_status tls_record_feed(struct tls_record *t, const void *data,
 		return TLS_RECORD_ERROR;
 	if (t->close_received)
 		return TLS_RECORD_CLOSED; /* nothing counts after close_notify */
+	t->reneg_refused = false;
 	if (buf_append(&t->in, data, len) < 0)
 		return fail(t, ALERT_INTERNAL_ERROR, "out of memory");
 	while (st == TLS_RECORD_OK && buf_avail(&t->in) >= HEADER_LEN) {
@@ -746,6 +803,11 @@ enum tls_record_status tls_record_feed(struct tls_record *t, const void *data,
 		st = open_record(t, h, rlen);
 		buf_consume(&t->in, HEADER_LEN + rlen);
 	}
+	/* One answer to every update_requested of this call (a dead layer
+	 * sent its alert under the old key: no answer). */
+	if (!t->dead && t->key_update_pending && !t->close_sent &&
+	    send_key_update(t, 0) < 0)
+		st = fail(t, ALERT_INTERNAL_ERROR, "key update failed");
 	if (t->dead || t->close_received)
 		buf_free(&t->in);
 	return st;

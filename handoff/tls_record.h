@@ -12,12 +12,25 @@
  * Supported: TLS 1.3 (TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384,
  * TLS_CHACHA20_POLY1305_SHA256) and TLS 1.2 ECDHE with AES-128/256-GCM and
  * CHACHA20-POLY1305 (RFC 5288, RFC 7905). Post-handshake: KeyUpdate both ways
- * (answering update_requested), NewSessionTicket ignored, alerts
- * (close_notify sent and honoured; fatal alerts end the connection), records
- * fragmented at 16 KiB, AEAD usage limits (TLS 1.3: a KeyUpdate of our write
- * key before TLS_RECORD_REKEY_AFTER records; TLS 1.2: the connection ends
- * before the sequence number could wrap the limit). Renegotiation (TLS 1.2
- * HelloRequest) is refused with a no_renegotiation warning alert.
+ * (update_requested answered once per tls_record_feed call, however many
+ * came), NewSessionTicket ignored by a client (unexpected_message at a
+ * server), alerts (close_notify sent and honoured; fatal alerts end the
+ * connection), records fragmented at 16 KiB. Write-side usage limits only:
+ * TLS 1.3 updates our write key before TLS_RECORD_REKEY_AFTER records; TLS
+ * 1.2 has no key update and defines no usage limit (AES-GCM included) short
+ * of the 2^64 sequence space, so the layer only stops writing (fatal)
+ * before our sequence number would wrap. Read-side limits are not enforced (the peer
+ * keeps its own; we only refuse a read sequence number that would wrap).
+ * Renegotiation (TLS 1.2 HelloRequest) is refused by a client with a
+ * no_renegotiation warning alert (at most one per feed call) and is an
+ * unexpected_message at a server.
+ *
+ * Flood limits (as BoringSSL): more than 32 records or post-handshake
+ * messages in a row without application data (KeyUpdate, NewSessionTicket,
+ * HelloRequest, tolerated warning alerts, empty application data records)
+ * are a fatal unexpected_message ("too many ... in a row"). So one feed
+ * call writes at most a no_renegotiation warning, one KeyUpdate and a fatal
+ * alert, whatever its size. The count is not saved: a migration resets it.
  *
  * Errors: a malformed or unauthentic record queues the matching fatal alert
  * (decode_error, bad_record_mac, record_overflow, unexpected_message,
@@ -67,8 +80,8 @@ struct tls_direction {
 struct tls_record_params {
 	uint16_t version;          /* TLS_VERSION_1_2 or TLS_VERSION_1_3 */
 	enum tls_cipher cipher;
-	bool is_server;            /* our role (for KeyUpdate labels: none;
-				      informational and for logs) */
+	bool is_server;            /* our role: a server refuses
+				      NewSessionTicket and HelloRequest */
 	struct tls_direction read, write;
 	/* TLS 1.2 AES-GCM only: the explicit nonce of our next record
 	 * (OpenSSL starts its counter at a random value and increments it
@@ -91,9 +104,9 @@ void tls_record_free(struct tls_record *t); /* wipes; accepts NULL */
 
 /* Ciphertext from the socket (any split: partial records are kept).
  * Decrypts every complete record: application data goes to the plaintext
- * queue, post-handshake messages are handled (a KeyUpdate with
- * update_requested queues our own KeyUpdate in the output), alerts end the
- * connection. Returns TLS_RECORD_OK, TLS_RECORD_CLOSED (close_notify seen;
+ * queue, post-handshake messages are handled (any KeyUpdate with
+ * update_requested: one KeyUpdate of ours queued in the output at the end
+ * of the call), alerts end the connection. Returns TLS_RECORD_OK, TLS_RECORD_CLOSED (close_notify seen;
  * plaintext before it is still available) or TLS_RECORD_ERROR. */
 enum tls_record_status tls_record_feed(struct tls_record *t, const void *data,
 				       size_t len);
@@ -123,7 +136,9 @@ void tls_record_consume_output(struct tls_record *t, size_t n);
  * peer's TCP acknowledged). Only offsets at or past the last value asked
  * are valid (bookkeeping of older records is dropped). If more than 1024
  * records stay unasked, older boundaries are thinned: answers may then be
- * lower than exact (never higher), and exact again at cipher_total. */
+ * lower than exact (never higher), and exact again at cipher_total. If
+ * memory for the bookkeeping cannot be had, boundaries are dropped: again
+ * answers may be low, never high. */
 uint64_t tls_record_plain_total(const struct tls_record *t);
 uint64_t tls_record_cipher_total(const struct tls_record *t);
 uint64_t tls_record_plain_covered(struct tls_record *t, uint64_t cipher_off);

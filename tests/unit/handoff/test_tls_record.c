@@ -29,6 +29,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <dlfcn.h>
+
 #include <openssl/evp.h>
 
 #include "handoff/tls_kdf.h"
@@ -525,21 +527,33 @@ static void test_stream_migrations(void **state)
 /* --- post-handshake messages ------------------------------------------ */
 
 struct victim {
-	struct tls_record *v;      /* layer under test (server role) */
+	struct tls_record *v;      /* layer under test (server role unless
+				      victim_init_as says client) */
 	struct tls_record *mirror; /* reads what v writes */
 	struct sealer peer;        /* writes what v reads */
 	struct tls_record_params pc, ps;
 };
 
-static void victim_init(struct victim *x, uint16_t version, enum tls_cipher c)
+static void victim_init_as(struct victim *x, uint16_t version,
+			   enum tls_cipher c, bool server)
 {
+	struct tls_record_params *mine, *theirs;
+
 	random_params(version, c, &x->pc, &x->ps);
-	x->v = tls_record_new(&x->ps);
-	/* the mirror is the client, minus its write side (the sealer) */
-	x->mirror = tls_record_new(&x->pc);
+	mine = server ? &x->ps : &x->pc;
+	theirs = server ? &x->pc : &x->ps;
+	x->v = tls_record_new(mine);
+	/* the mirror is the other role, minus its write side (the sealer) */
+	x->mirror = tls_record_new(theirs);
 	assert_non_null(x->v);
 	assert_non_null(x->mirror);
-	sealer_init(&x->peer, version, c, &x->pc.write, x->pc.write_explicit_nonce);
+	sealer_init(&x->peer, version, c, &theirs->write,
+		    theirs->write_explicit_nonce);
+}
+
+static void victim_init(struct victim *x, uint16_t version, enum tls_cipher c)
+{
+	victim_init_as(x, version, c, true);
 }
 
 static void victim_free(struct victim *x)
@@ -570,7 +584,8 @@ static void test_key_update_requested(void **state)
 		const uint8_t ku1[] = { 24, 0, 0 }, ku2[] = { 1, 1 };
 		size_t n;
 
-		victim_init(&x, TLS_VERSION_1_3, ciphers[c]);
+		/* a client: it is sent a NewSessionTicket below */
+		victim_init_as(&x, TLS_VERSION_1_3, ciphers[c], false);
 		n = seal(&x.peer, 22, ku1, 3, 0, rec);
 		assert_int_equal(tls_record_feed(x.v, rec, n), TLS_RECORD_OK);
 		x.v = migrate(x.v); /* partial handshake message saved */
@@ -620,7 +635,7 @@ static void test_ticket_spanning_records(void **state)
 		uint8_t nst[300], rec[512];
 		size_t n;
 
-		victim_init(&x, TLS_VERSION_1_3, ciphers[c]);
+		victim_init_as(&x, TLS_VERSION_1_3, ciphers[c], false);
 		nst[0] = 4;
 		nst[1] = 0;
 		nst[2] = (uint8_t)((sizeof(nst) - 4) >> 8);
@@ -641,8 +656,8 @@ static void test_ticket_spanning_records(void **state)
 	}
 }
 
-/* TLS 1.2 HelloRequest: refused with a no_renegotiation warning, the
- * connection goes on. */
+/* TLS 1.2 HelloRequest at a client: refused with a no_renegotiation
+ * warning, the connection goes on. */
 static void test_hello_request(void **state)
 {
 	rng_state = 44;
@@ -652,7 +667,7 @@ static void test_hello_request(void **state)
 		uint8_t rec[256];
 		size_t n;
 
-		victim_init(&x, TLS_VERSION_1_2, ciphers[c]);
+		victim_init_as(&x, TLS_VERSION_1_2, ciphers[c], false);
 		n = seal(&x.peer, 22, hr, 4, 0, rec);
 		n += seal(&x.peer, 23, "go", 2, 0, rec + n);
 		assert_int_equal(tls_record_feed(x.v, rec, n), TLS_RECORD_OK);
@@ -663,6 +678,311 @@ static void test_hello_request(void **state)
 		assert_int_equal(tls_record_write(x.v, "on", 2), TLS_RECORD_OK);
 		assert_int_equal(transfer(x.v, x.mirror, SIZE_MAX, NULL), TLS_RECORD_OK);
 		expect_plain(x.mirror, "on");
+		victim_free(&x);
+	}
+}
+
+/* --- floods of records without application data ------------------------ */
+
+/* Record sizes (TLS 1.3, or TLS 1.2 with an explicit nonce if gcm). */
+#define KU_REC (5 + 4 + 1 + 1 + 16)
+
+static size_t alert_rec_len(const struct victim *x)
+{
+	bool v13 = x->peer.version == TLS_VERSION_1_3;
+	bool gcm = !v13 && x->peer.cipher != TLS_CIPHER_CHACHA20_POLY1305;
+
+	return 5 + (gcm ? 8 : 0) + 2 + (v13 ? 1 : 0) + 16;
+}
+
+/* v is dead with `error`, and the mirror reads unexpected_message. */
+static void expect_flood_death(struct victim *x, enum tls_record_status st,
+			       const char *error)
+{
+	assert_int_equal(st, TLS_RECORD_ERROR);
+	assert_true(tls_record_is_dead(x->v));
+	assert_string_equal(tls_record_error(x->v), error);
+	assert_int_equal(transfer(x->v, x->mirror, SIZE_MAX, NULL),
+			 TLS_RECORD_ERROR);
+	assert_string_equal(tls_record_error(x->mirror),
+			    "peer alert: unexpected message");
+}
+
+/* n sealed KeyUpdates (the peer's key moves after each) into out. */
+static size_t seal_key_updates(struct sealer *s, int n, uint8_t req,
+			       uint8_t *out)
+{
+	const uint8_t ku[] = { 24, 0, 0, 1, req };
+	size_t len = 0;
+
+	for (int i = 0; i < n; i++) {
+		len += seal(s, 22, ku, sizeof(ku), 0, out + len);
+		sealer_key_update(s);
+	}
+	return len;
+}
+
+/* KeyUpdate(update_requested) floods: one answer per feed call, however
+ * many requests; more than 32 in a row without data is fatal. */
+static void test_key_update_flood(void **state)
+{
+	static uint8_t in[1000 * 64];
+	const uint8_t ku[] = { 24, 0, 0, 1, 1 };
+
+	rng_state = 52;
+	for (size_t c = 0; c < 3; c++) {
+		struct victim x;
+		size_t n, len;
+		char want[1001];
+
+		/* 1000 requests in one feed, each followed by data */
+		victim_init(&x, TLS_VERSION_1_3, ciphers[c]);
+		n = 0;
+		for (int i = 0; i < 1000; i++) {
+			n += seal(&x.peer, 22, ku, sizeof(ku), 0, in + n);
+			sealer_key_update(&x.peer);
+			n += seal(&x.peer, 23, "x", 1, 0, in + n);
+		}
+		assert_int_equal(tls_record_feed(x.v, in, n), TLS_RECORD_OK);
+		memset(want, 'x', 1000);
+		want[1000] = 0;
+		expect_plain(x.v, want);
+		tls_record_output(x.v, &len);
+		assert_int_equal(len, KU_REC); /* exactly one KeyUpdate */
+		/* the mirror follows it and reads our next data */
+		assert_int_equal(tls_record_write(x.v, "next", 4), TLS_RECORD_OK);
+		assert_int_equal(transfer(x.v, x.mirror, SIZE_MAX, NULL),
+				 TLS_RECORD_OK);
+		expect_plain(x.mirror, "next");
+
+		/* 32 in a row, then data: fine, twice (data resets the count),
+		 * the second time across a migration */
+		for (int round = 0; round < 2; round++) {
+			n = seal_key_updates(&x.peer, 32, 1, in);
+			n += seal(&x.peer, 23, "d", 1, 0, in + n);
+			assert_int_equal(tls_record_feed(x.v, in, n), TLS_RECORD_OK);
+			expect_plain(x.v, "d");
+			tls_record_output(x.v, &len);
+			assert_int_equal(len, KU_REC);
+			assert_int_equal(tls_record_write(x.v, "r", 1), TLS_RECORD_OK);
+			assert_int_equal(transfer(x.v, x.mirror, SIZE_MAX, NULL),
+					 TLS_RECORD_OK);
+			expect_plain(x.mirror, "r");
+			x.v = migrate(x.v);
+		}
+
+		/* 33 in a row, over two feed calls: the 33rd is fatal */
+		n = seal_key_updates(&x.peer, 20, 0, in);
+		assert_int_equal(tls_record_feed(x.v, in, n), TLS_RECORD_OK);
+		tls_record_output(x.v, &len);
+		assert_int_equal(len, 0); /* not requested: no answer */
+		n = seal_key_updates(&x.peer, 13, 1, in);
+		expect_flood_death(&x, tls_record_feed(x.v, in, n),
+				   "too many KeyUpdates in a row");
+		victim_free(&x);
+
+		/* 1000 in a row in one feed: dead, one alert written */
+		victim_init(&x, TLS_VERSION_1_3, ciphers[c]);
+		n = seal_key_updates(&x.peer, 1000, 1, in);
+		assert_int_equal(tls_record_feed(x.v, in, n), TLS_RECORD_ERROR);
+		tls_record_output(x.v, &len);
+		assert_int_equal(len, alert_rec_len(&x));
+		expect_flood_death(&x, TLS_RECORD_ERROR,
+				   "too many KeyUpdates in a row");
+		victim_free(&x);
+	}
+}
+
+/* TLS 1.2 HelloRequest: fatal at a server; at a client at most one
+ * no_renegotiation warning per feed call; a flood is fatal. TLS 1.3
+ * NewSessionTicket: fatal at a server. */
+static void test_hello_request_flood(void **state)
+{
+	static uint8_t in[65536], hrs[4 * 1000];
+	const uint8_t hr[4] = { 0, 0, 0, 0 };
+
+	rng_state = 53;
+	memset(hrs, 0, sizeof(hrs));
+	for (size_t c = 0; c < 3; c++) {
+		struct victim x;
+		size_t n, len;
+
+		/* a server is never sent one */
+		victim_init_as(&x, TLS_VERSION_1_2, ciphers[c], true);
+		n = seal(&x.peer, 22, hr, 4, 0, in);
+		expect_flood_death(&x, tls_record_feed(x.v, in, n),
+				   "HelloRequest received by a server");
+		victim_free(&x);
+
+		victim_init_as(&x, TLS_VERSION_1_2, ciphers[c], false);
+		/* 32 in one record, then data: one warning */
+		n = seal(&x.peer, 22, hrs, 4 * 32, 0, in);
+		n += seal(&x.peer, 23, "a", 1, 0, in + n);
+		assert_int_equal(tls_record_feed(x.v, in, n), TLS_RECORD_OK);
+		expect_plain(x.v, "a");
+		tls_record_output(x.v, &len);
+		assert_int_equal(len, alert_rec_len(&x));
+		assert_true(len <= n);
+		/* 20 records of one in one feed, then data: one warning */
+		n = 0;
+		for (int i = 0; i < 20; i++)
+			n += seal(&x.peer, 22, hr, 4, 0, in + n);
+		n += seal(&x.peer, 23, "b", 1, 0, in + n);
+		assert_int_equal(tls_record_feed(x.v, in, n), TLS_RECORD_OK);
+		expect_plain(x.v, "b");
+		tls_record_output(x.v, &len);
+		assert_int_equal(len, 2 * alert_rec_len(&x));
+		/* the mirror reads both warnings and carries on */
+		assert_int_equal(tls_record_write(x.v, "on", 2), TLS_RECORD_OK);
+		assert_int_equal(transfer(x.v, x.mirror, SIZE_MAX, NULL),
+				 TLS_RECORD_OK);
+		expect_plain(x.mirror, "on");
+		/* 1000 in one record: dead; one warning and the fatal alert */
+		n = seal(&x.peer, 22, hrs, sizeof(hrs), 0, in);
+		assert_int_equal(tls_record_feed(x.v, in, n), TLS_RECORD_ERROR);
+		tls_record_output(x.v, &len);
+		assert_int_equal(len, 2 * alert_rec_len(&x));
+		expect_flood_death(&x, TLS_RECORD_ERROR,
+				   "too many post-handshake messages in a row");
+		victim_free(&x);
+
+		/* TLS 1.3: a server is never sent a NewSessionTicket */
+		{
+			const uint8_t nst[] = { 4, 0, 0, 3, 1, 2, 3 };
+
+			victim_init_as(&x, TLS_VERSION_1_3, ciphers[c], true);
+			n = seal(&x.peer, 22, nst, sizeof(nst), 0, in);
+			expect_flood_death(&x, tls_record_feed(x.v, in, n),
+					   "NewSessionTicket received by a server");
+			victim_free(&x);
+		}
+	}
+}
+
+/* Empty records, warning alerts and tickets count together: 32 in a row
+ * are fine, the 33rd is fatal. */
+static void test_empty_record_flood(void **state)
+{
+	static uint8_t in[65536];
+
+	rng_state = 54;
+	for (size_t v = 0; v < 2; v++)
+		for (size_t c = 0; c < 3; c++) {
+			bool v13 = versions[v] == TLS_VERSION_1_3;
+			struct victim x;
+			size_t n, len;
+
+			victim_init_as(&x, versions[v], ciphers[c], false);
+			for (int round = 0; round < 3; round++) {
+				n = 0;
+				for (int i = 0; i < 32; i++)
+					n += seal(&x.peer, 23, NULL, 0, i % 3, in + n);
+				n += seal(&x.peer, 23, "d", 1, 0, in + n);
+				assert_int_equal(tls_record_feed(x.v, in, n),
+						 TLS_RECORD_OK);
+				expect_plain(x.v, "d");
+			}
+			n = 0;
+			for (int i = 0; i < 33; i++)
+				n += seal(&x.peer, 23, NULL, 0, 0, in + n);
+			expect_flood_death(&x, tls_record_feed(x.v, in, n),
+					   "too many empty records in a row");
+			victim_free(&x);
+
+			/* warning alerts (user_canceled) */
+			victim_init_as(&x, versions[v], ciphers[c], false);
+			n = 0;
+			for (int i = 0; i < 32; i++)
+				n += seal(&x.peer, 21, "\x01\x5a", 2, 0, in + n);
+			n += seal(&x.peer, 23, "d", 1, 0, in + n);
+			assert_int_equal(tls_record_feed(x.v, in, n), TLS_RECORD_OK);
+			expect_plain(x.v, "d");
+			n = 0;
+			for (int i = 0; i < 33; i++)
+				n += seal(&x.peer, 21, "\x01\x5a", 2, 0, in + n);
+			expect_flood_death(&x, tls_record_feed(x.v, in, n),
+					   "too many warning alerts in a row");
+			victim_free(&x);
+
+			/* mixed: 11 empty records, 11 warnings, then tickets
+			 * (TLS 1.3) or HelloRequests (TLS 1.2) */
+			victim_init_as(&x, versions[v], ciphers[c], false);
+			n = 0;
+			for (int i = 0; i < 11; i++) {
+				n += seal(&x.peer, 23, NULL, 0, 0, in + n);
+				n += seal(&x.peer, 21, "\x01\x5a", 2, 0, in + n);
+			}
+			for (int i = 0; i < 11; i++)
+				n += seal(&x.peer, 22, v13 ? "\x04\x00\x00\x01\x00"
+							 : "\x00\x00\x00\x00",
+					  v13 ? 5 : 4, 0, in + n);
+			expect_flood_death(&x, tls_record_feed(x.v, in, n),
+					   "too many post-handshake messages in a row");
+			tls_record_plaintext(x.v, &len);
+			assert_int_equal(len, 0);
+			victim_free(&x);
+		}
+}
+
+/* --- allocation failure in the delivery bookkeeping --------------------- */
+
+/* realloc, failing on demand (the layer's only use of it here is the
+ * boundary array once the output queue has room). */
+static bool realloc_fails;
+
+void *realloc(void *p, size_t n)
+{
+	static void *(*real)(void *, size_t);
+
+	if (realloc_fails && n)
+		return NULL;
+	if (!real)
+		real = (void *(*)(void *, size_t))dlsym(RTLD_NEXT, "realloc");
+	return real(p, n);
+}
+
+static int realloc_works_again(void **state)
+{
+	realloc_fails = false; /* even after a crash inside the test */
+	return 0;
+}
+
+/* The boundary array cannot grow and thinning frees nothing: no write out
+ * of bounds, and plain_covered may be low, never high. */
+static void test_boundary_alloc_failure(void **state)
+{
+	rng_state = 55;
+	for (size_t c = 0; c < 3; c++) {
+		struct victim x;
+		uint8_t rec[128];
+		const uint8_t ku[] = { 24, 0, 0, 1, 1 };
+		uint64_t first;
+		size_t n, len;
+
+		/* no array yet (the output queue exists: our KeyUpdate) */
+		victim_init(&x, TLS_VERSION_1_3, ciphers[c]);
+		n = seal(&x.peer, 22, ku, sizeof(ku), 0, rec);
+		assert_int_equal(tls_record_feed(x.v, rec, n), TLS_RECORD_OK);
+		tls_record_output(x.v, &len);
+		assert_int_equal(len, KU_REC);
+		realloc_fails = true;
+		assert_int_equal(tls_record_write(x.v, "abc", 3), TLS_RECORD_OK);
+		realloc_fails = false;
+		assert_true(tls_record_plain_covered(x.v, tls_record_cipher_total(x.v)) <= 3);
+		assert_int_equal(tls_record_write(x.v, "d", 1), TLS_RECORD_OK);
+		assert_int_equal(tls_record_plain_covered(x.v, tls_record_cipher_total(x.v)), 4);
+
+		/* a loaded array holding exactly one entry, full */
+		assert_int_equal(tls_record_write(x.v, "e", 1), TLS_RECORD_OK);
+		first = tls_record_cipher_total(x.v);
+		x.v = migrate(x.v);
+		realloc_fails = true;
+		assert_int_equal(tls_record_write(x.v, "f", 1), TLS_RECORD_OK);
+		realloc_fails = false;
+		assert_true(tls_record_plain_covered(x.v, first) <= 5);
+		assert_int_equal(tls_record_plain_covered(x.v, tls_record_cipher_total(x.v)), 6);
+		assert_int_equal(transfer(x.v, x.mirror, SIZE_MAX, NULL), TLS_RECORD_OK);
+		expect_plain(x.mirror, "abcdef");
 		victim_free(&x);
 	}
 }
@@ -1149,6 +1469,11 @@ int main(void)
 		cmocka_unit_test(test_key_update_requested),
 		cmocka_unit_test(test_ticket_spanning_records),
 		cmocka_unit_test(test_hello_request),
+		cmocka_unit_test(test_key_update_flood),
+		cmocka_unit_test(test_hello_request_flood),
+		cmocka_unit_test(test_empty_record_flood),
+		cmocka_unit_test_teardown(test_boundary_alloc_failure,
+					  realloc_works_again),
 		cmocka_unit_test(test_malformed),
 		cmocka_unit_test(test_partial_and_garbage),
 		cmocka_unit_test(test_auto_rekey),
