@@ -16,6 +16,15 @@ across processes). A benchmark line is
 seq counts per channel from 1, so every client can check it received every
 line of each of its channels exactly once and in order.
 
+TLS (optional, off by default): client workers can connect over TLS
+(client_worker(..., tls={"ca": CAFILE, "server_hostname": NAME})). The TLS
+side runs on ssl.MemoryBIO + SSLObject: the selector watches the raw
+socket, ciphertext is recv()'d and timestamped in the same place as plaintext
+is, then decrypted until SSLWantReadError (nothing stays buffered inside an
+SSL object unseen), and writes are encrypted into an output buffer that is
+sent as the socket allows (no SSLWantWrite/WantRead dance on a socket).
+Ngircd(..., tls={"port", "cert", "key", "dh"}) adds a TLS port ([SSL]).
+
 Stdlib only; no dependency on tests/integration.
 """
 
@@ -27,6 +36,7 @@ import selectors
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -123,17 +133,74 @@ OperCanUseMode = yes
 """
 
 
-class Ngircd:
-    """ngircd on 127.0.0.1:port, nofile raised via prlimit, no daemonizing."""
+# RFC 7919 ffdhe2048 DH parameters (shared with tests/integration/tlslib.py):
+# ngircd (GnuTLS) otherwise generates DH parameters at start-up, which takes
+# long on a busy machine.
+FFDHE2048_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "tests", "integration", "ffdhe2048.pem")
 
-    def __init__(self, port, workdir, nofile=20000):
+
+def make_pki(dir, openssl="openssl"):
+    """A throw-away CA and a server certificate for localhost / 127.0.0.1
+    (RSA 2048, SHA-256; the commands of tests/integration/tlslib.PKI) in DIR.
+    -> {"ca": ca.pem, "cert": server.pem, "key": server.key}."""
+    os.makedirs(dir, exist_ok=True)
+    p = lambda n: os.path.join(dir, n)  # noqa: E731
+
+    def run(argv):
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError("%s failed: %s" % (" ".join(argv[:3]), r.stderr[-500:]))
+    run([openssl, "req", "-x509", "-new", "-newkey", "rsa:2048", "-nodes", "-sha256",
+         "-days", "30", "-keyout", p("ca.key"), "-out", p("ca.pem"),
+         "-subj", "/O=baton bench/CN=baton bench CA",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+    run([openssl, "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+         "-out", p("server.key")])
+    run([openssl, "req", "-new", "-key", p("server.key"), "-out", p("server.csr"),
+         "-subj", "/CN=localhost"])
+    with open(p("server.ext"), "w") as f:
+        f.write("basicConstraints=CA:FALSE\n"
+                "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                "extendedKeyUsage=serverAuth\n"
+                "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run([openssl, "x509", "-req", "-in", p("server.csr"), "-CA", p("ca.pem"),
+         "-CAkey", p("ca.key"), "-set_serial", "1001", "-days", "30", "-sha256",
+         "-extfile", p("server.ext"), "-out", p("server.pem")])
+    with open(p("dhparams.pem"), "w") as f:
+        with open(FFDHE2048_PATH) as src:
+            f.write(src.read())
+    return {"ca": p("ca.pem"), "cert": p("server.pem"), "key": p("server.key"),
+            "dh": p("dhparams.pem")}
+
+
+def client_tls_context(tls):
+    """Client SSLContext from a tls dict {"ca": CAFILE, ...}: verifies the
+    chain against CA and the name (server_hostname, default localhost)."""
+    ctx = ssl.create_default_context(cafile=tls["ca"])
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+class Ngircd:
+    """ngircd on 127.0.0.1:port, nofile raised via prlimit, no daemonizing.
+    tls={"port": P, "cert": F, "key": F, "dh": F} adds a TLS port (GnuTLS,
+    [SSL] section); the plaintext port stays open (speakers use it)."""
+
+    def __init__(self, port, workdir, nofile=20000, tls=None):
         self.port = port
+        self.tls = tls
         self.dir = os.path.join(workdir, "ngircd")
         os.makedirs(self.dir, exist_ok=True)
         self.conf = os.path.join(self.dir, "ngircd.conf")
+        text = NGIRCD_CONF.format(port=port, dir=self.dir,
+                                  uid=os.getuid(), gid=os.getgid())
+        if tls:
+            text += ("\n[SSL]\nCertFile = %s\nKeyFile = %s\nDHFile = %s\nPorts = %d\n"
+                     % (tls["cert"], tls["key"], tls["dh"], tls["port"]))
         with open(self.conf, "w") as f:
-            f.write(NGIRCD_CONF.format(port=port, dir=self.dir,
-                                       uid=os.getuid(), gid=os.getgid()))
+            f.write(text)
         self.nofile = nofile
         self.proc = None
         self.logf = None
@@ -147,6 +214,8 @@ class Ngircd:
         self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         wait_port(self.port, proc=self.proc)
+        if self.tls:
+            wait_port(self.tls["port"], proc=self.proc)
         return self
 
     def stop(self):
@@ -168,7 +237,8 @@ class Conn:
     __slots__ = ("idx", "sock", "rbuf", "wbuf", "state", "nick", "login",
                  "channels", "joined", "seqs", "samples", "closed_at",
                  "close_reason", "registered_at", "want_join", "lines_in",
-                 "dups", "disorder", "other", "sender", "upseq", "force_kind", "member_events")
+                 "dups", "disorder", "other", "sender", "upseq", "force_kind", "member_events",
+                 "tls", "tin", "tout", "obuf", "hs_done")
 
     def __init__(self, idx, nick, login, channels, want_join, sender=False):
         self.idx = idx
@@ -194,25 +264,111 @@ class Conn:
         self.other = 0
         self.force_kind = None  # speakers force kind 2
         self.member_events = 0  # JOIN/PART/QUIT/NICK of others seen
+        self.tls = None         # SSLObject (TLS connections only)
+        self.tin = self.tout = None  # its MemoryBIOs (ciphertext in / out)
+        self.obuf = None        # ciphertext waiting for the socket
+        self.hs_done = False
 
 
 class Loop:
-    def __init__(self):
+    """tls_ctx: an ssl.SSLContext (client side) -> every connect() is TLS."""
+
+    def __init__(self, tls_ctx=None, server_hostname="localhost"):
         self.sel = selectors.DefaultSelector()
         self.conns = []
+        self.tls_ctx = tls_ctx
+        self.server_hostname = server_hostname
 
     def send(self, c, line):
         c.wbuf += line.encode() + b"\r\n"
         self._want_write(c)
 
+    @staticmethod
+    def pending_out(c):
+        if c.tls is None:
+            return bool(c.wbuf)
+        return bool(c.obuf) or (c.hs_done and bool(c.wbuf))
+
     def _want_write(self, c):
         if c.sock is None:
             return
-        ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if c.wbuf else 0)
+        ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.pending_out(c) else 0)
         try:
             self.sel.modify(c.sock, ev, c)
         except (KeyError, ValueError):
             pass
+
+    def _tls_pump(self, c):
+        """Encrypt queued plaintext (after the handshake) and move the
+        SSLObject's output (handshake, records) to c.obuf."""
+        if c.hs_done and c.wbuf:
+            while c.wbuf:
+                n = c.tls.write(c.wbuf)
+                del c.wbuf[:n]
+        if c.tout.pending:
+            c.obuf += c.tout.read()
+
+    def flush(self, c):
+        """Send what can be sent now; close on error. False if closed."""
+        if c.sock is None:
+            return False
+        if c.tls is not None:
+            try:
+                self._tls_pump(c)
+            except ssl.SSLError as e:
+                self.close(c, "tls: %s" % e)
+                return False
+            buf = c.obuf
+        else:
+            buf = c.wbuf
+        if buf:
+            try:
+                n = c.sock.send(buf)
+                del buf[:n]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as e:
+                self.close(c, "send: %s" % e)
+                return False
+        self._want_write(c)
+        return True
+
+    def feed(self, c, data):
+        """Bytes from recv() -> (plaintext, eof). Plaintext connections: as
+        is. TLS: ciphertext into the SSLObject, handshake progress, then
+        decrypt until SSLWantReadError; handshake/alert output is queued."""
+        if c.tls is None:
+            return data, not data
+        if not data:
+            return b"", True
+        c.tin.write(data)
+        out = []
+        eof = False
+        try:
+            if not c.hs_done:
+                try:
+                    c.tls.do_handshake()
+                    c.hs_done = True
+                except ssl.SSLWantReadError:
+                    pass
+            if c.hs_done:
+                while True:
+                    try:
+                        chunk = c.tls.read(262144)
+                    except ssl.SSLWantReadError:
+                        break
+                    if not chunk:
+                        eof = True
+                        break
+                    out.append(chunk)
+        except ssl.SSLZeroReturnError:
+            eof = True
+        except ssl.SSLError as e:
+            c.close_reason = "tls: %s" % e
+            eof = True
+        if not eof:
+            self.flush(c)
+        return b"".join(out), eof
 
     def connect(self, c, port):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -228,6 +384,17 @@ class Loop:
             c.wbuf += ("PASS %s\r\n" % c.login).encode()
         c.wbuf += ("NICK %s\r\nUSER %s 0 * :bench %s\r\n"
                    % (c.nick, c.nick, c.nick)).encode()
+        if self.tls_ctx is not None:
+            c.tin, c.tout = ssl.MemoryBIO(), ssl.MemoryBIO()
+            c.tls = self.tls_ctx.wrap_bio(c.tin, c.tout, server_side=False,
+                                          server_hostname=self.server_hostname)
+            c.obuf = bytearray()
+            c.hs_done = False
+            try:
+                c.tls.do_handshake()  # ClientHello into tout
+            except ssl.SSLWantReadError:
+                pass
+            self._tls_pump(c)
         self.sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
         self.conns.append(c)
 
@@ -249,17 +416,9 @@ class Loop:
             c = key.data
             if c.sock is None:
                 continue
-            if ev & selectors.EVENT_WRITE and c.wbuf:
-                try:
-                    n = c.sock.send(c.wbuf)
-                    del c.wbuf[:n]
-                except (BlockingIOError, InterruptedError):
-                    pass
-                except OSError as e:
-                    self.close(c, "send: %s" % e)
+            if ev & selectors.EVENT_WRITE and self.pending_out(c):
+                if not self.flush(c):
                     continue
-                if not c.wbuf:
-                    self._want_write(c)
             if ev & selectors.EVENT_READ:
                 try:
                     data = c.sock.recv(262144)
@@ -269,15 +428,16 @@ class Loop:
                     self.close(c, "recv: %s" % e)
                     continue
                 now = time.monotonic_ns()
-                if not data:
-                    self.close(c, "eof")
+                data, eof = self.feed(c, data)
+                if eof:
+                    self.close(c, c.close_reason or "eof")
                     continue
                 buf = c.rbuf + data
                 lines = buf.split(b"\r\n")
                 c.rbuf = lines.pop()
                 for ln in lines:
                     on_line(c, ln, now)
-                if c.wbuf:
+                if self.pending_out(c):
                     self._want_write(c)
 
 
@@ -419,16 +579,19 @@ class Pacer:
 def bench_line(loop, c, chan, seq, pad):
     """Queue and try to send one benchmark line at once (timestamped now)."""
     c.wbuf += b"PRIVMSG %s :BENCH %d %d %s\r\n" % (chan, seq, time.monotonic_ns(), pad)
-    try:
-        n = c.sock.send(c.wbuf)
-        del c.wbuf[:n]
-    except (BlockingIOError, InterruptedError):
-        pass
-    except OSError as e:
-        loop.close(c, "send: %s" % e)
-        return
-    if c.wbuf:
-        loop._want_write(c)
+    if c.tls is None:
+        try:
+            n = c.sock.send(c.wbuf)
+            del c.wbuf[:n]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as e:
+            loop.close(c, "send: %s" % e)
+            return
+        if c.wbuf:
+            loop._want_write(c)
+    else:
+        loop.flush(c)
 
 
 def conn_report(c):
@@ -437,14 +600,19 @@ def conn_report(c):
             c.state == "closed", c.close_reason, c.closed_at, c.member_events)
 
 
-def client_worker(pipe, port, specs, connect_window, pad_seed=2):
+def client_worker(pipe, port, specs, connect_window, pad_seed=2, tls=None):
     """specs: list of (idx, nick, login_or_None, [channels], want_join, sender).
     Commands on pipe: ('status',), ('reset',), ('traffic', rate) (uplink lines/s
     sent by this worker's sender clients, round-robin; 0 stops; answers
-    {"t0": ns, "sent": {"chan nick": n}}), ('report',), ('quit',)."""
+    {"t0": ns, "sent": {"chan nick": n}}), ('report',), ('quit',).
+    tls: None (plaintext) or {"ca": CAFILE, "server_hostname": NAME}: every
+    client connects over TLS and verifies the server against CAFILE."""
     raise_nofile()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    loop = Loop()
+    if tls:
+        loop = Loop(client_tls_context(tls), tls.get("server_hostname", "localhost"))
+    else:
+        loop = Loop()
     pending = [Conn(i, n, l, [ch.lower().encode() for ch in chs], wj, snd)
                for (i, n, l, chs, wj, snd) in specs]
     pending.reverse()
@@ -501,21 +669,16 @@ def client_worker(pipe, port, specs, connect_window, pad_seed=2):
                     continue
                 if data is not None:
                     got.append((c, data, time.monotonic_ns()))
-            if ev & selectors.EVENT_WRITE and c.wbuf:
-                try:
-                    n = c.sock.send(c.wbuf)
-                    del c.wbuf[:n]
-                except (BlockingIOError, InterruptedError):
-                    pass
-                except OSError as e:
-                    loop.close(c, "send: %s" % e)
+            if ev & selectors.EVENT_WRITE and loop.pending_out(c):
+                if not loop.flush(c):
                     continue
-                if not c.wbuf:
-                    loop._want_write(c)
         for c, data, now in got:
             if c.sock is None:
                 continue
-            if not data:
+            # TLS: decrypt here, after every socket of this round was read
+            # and timestamped (plaintext: as is)
+            data, eof = loop.feed(c, data)
+            if eof:
                 loop.close(c, c.close_reason or "eof")
                 continue
             buf = c.rbuf + data
@@ -523,7 +686,7 @@ def client_worker(pipe, port, specs, connect_window, pad_seed=2):
             c.rbuf = lines.pop()
             for ln in lines:
                 handle_line(loop, c, ln, now)
-            if c.wbuf:
+            if loop.pending_out(c):
                 loop._want_write(c)
         while pipe.poll():
             cmd = pipe.recv()
@@ -552,8 +715,16 @@ def client_worker(pipe, port, specs, connect_window, pad_seed=2):
                                     for c in senders for ch, n in c.upseq.items()},
                            "sched_lag_max_ms": pacer.lag_max / 1e6})
             elif cmd[0] == "report":
-                pipe.send({"clients": [conn_report(c) for c in conns],
-                           "samples": [s for c in conns for s in c.samples]})
+                rep = {"clients": [conn_report(c) for c in conns],
+                       "samples": [s for c in conns for s in c.samples]}
+                if tls:
+                    kinds = {}
+                    for c in conns:
+                        if c.tls is not None and c.hs_done:
+                            k = "%s %s" % (c.tls.version(), c.tls.cipher()[0])
+                            kinds[k] = kinds.get(k, 0) + 1
+                    rep["tls"] = kinds
+                pipe.send(rep)
             elif cmd[0] == "quit":
                 running = False
     for c in conns:

@@ -18,6 +18,16 @@ table on stderr. See bench/README.md.
     bench/migration_bench.py --sessions 500
     bench/migration_bench.py --sessions 5000 --upgrades 2
     bench/migration_bench.py --direct --sessions 5000   # ngircd only baseline
+    bench/migration_bench.py --sessions 5000 --upgrades 2 --tls          # all on TLS
+    bench/migration_bench.py --sessions 5000 --upgrades 2 --compare-tls  # plain, TLS, ratios
+
+--tls: a throw-away CA + server cert (openssl CLI, in the work dir); ngircd
+gets a TLS port (GnuTLS), baton's network uses `tls = yes` + `tls_ca`, baton
+listens with `ircs` only, and every bench client connects over TLS (Python
+ssl, verifying baton's certificate). Speakers stay plaintext on ngircd (they
+are the network side). --compare-tls runs plaintext and TLS back to back in
+one invocation (--repeat R times, alternating), each on a fresh ngircd and
+baton, and writes one JSON with every run and the TLS/plain ratios.
 
 Builds: BATON_BUILD_A (default <checkout>/build) runs first; upgrades go to
 BATON_BUILD_B (default <checkout>/build-b; the same binary as A if B has none),
@@ -29,6 +39,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -123,9 +134,20 @@ def workers_of(status):
     return []
 
 
+# The reconnect governor (connects_per_minute / connect_burst /
+# max_connections_per_ip, defaults 4 / 4 / 3) would pace the bench's N
+# upstream connects from 127.0.0.1 to minutes; open it to the config maxima.
+GOVERNOR_OFF = ["connects_per_minute = 6000", "connect_burst = 10000",
+                "max_connections_per_ip = 100000"]
+
+
 class Baton:
     def __init__(self, bins, workdir, listen_port, net_port, users, channels_of,
-                 chunk_sessions, handoff_timeout, extra_sessiond="", extra_network=""):
+                 chunk_sessions, handoff_timeout, extra_sessiond="", extra_network="",
+                 tls=None):
+        """tls: None, or {"cert", "key", "ca"}: the listener is `ircs` with
+        that certificate and the network uses TLS (net_port = ngircd's TLS
+        port), verified against the CA."""
         self.bins = bins
         self.dir = os.path.join(workdir, "baton")
         os.makedirs(self.dir, exist_ok=True)
@@ -148,12 +170,20 @@ class Baton:
         lines += [
             "",
             "[listen]",
-            "irc = 127.0.0.1:%d" % listen_port,
+        ]
+        if tls:
+            lines += ["ircs = 127.0.0.1:%d" % listen_port,
+                      "tls_cert = %s" % tls["cert"], "tls_key = %s" % tls["key"]]
+        else:
+            lines += ["irc = 127.0.0.1:%d" % listen_port]
+        lines += [
             "",
             "[network %s]" % NETWORK,
             "host = 127.0.0.1",
             "port = %d" % net_port,
-        ]
+        ] + GOVERNOR_OFF
+        if tls:
+            lines += ["tls = yes", "tls_ca = %s" % tls["ca"]]
         if extra_network:
             lines += [kv.strip() for kv in extra_network.split(";") if kv.strip()]
         lines += [""]
@@ -325,6 +355,18 @@ def main():
                     help="write the JSON here too (default bench/results/"
                          "migration-<N>s-<UTC>.json; '-' for none)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
+    ap.add_argument("--tls", action="store_true",
+                    help="every baton connection on TLS: upstreams to ngircd's TLS "
+                         "port, clients on an ircs listener (speakers stay plaintext)")
+    ap.add_argument("--compare-tls", action="store_true",
+                    help="run plaintext and TLS back to back (--repeat times, "
+                         "alternating) and report both with TLS/plain ratios")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="with --compare-tls: plain+TLS pairs to run")
+    ap.add_argument("--perf-dir", default=None,
+                    help="record `perf record -a -g` (system-wide, 999 Hz) around "
+                         "every upgrade into DIR/<transport>-upgrade<N>.data "
+                         "(started 1 s before batonctl, stopped when it returns)")
     args = ap.parse_args()
 
     nofile = ircload.raise_nofile()
@@ -343,20 +385,58 @@ def main():
     ready_timeout = args.ready_timeout or max(60.0, args.sessions * 0.05)
     if args.connect_window is None:
         args.connect_window = 10 if args.direct else 200
+    if args.direct and (args.tls or args.compare_tls):
+        sys.exit("--tls/--compare-tls need baton (not --direct)")
 
+    if args.compare_tls:
+        return compare_tls(args, build_a, build_b, ready_timeout)
+    result = run_once(args, build_a, build_b, ready_timeout, args.tls)
+    text = json.dumps(result, indent=1, sort_keys=False)
+    print(text)
+    out = args.json_out
+    if out is None:
+        os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+        out = os.path.join(HERE, "results", "migration-%s%ds%s-%s.json" % (
+            "direct-" if args.direct else "", args.sessions,
+            "-tls" if args.tls else "",
+            time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())))
+    if out != "-":
+        with open(out, "w") as f:
+            f.write(text + "\n")
+        log("wrote %s" % out)
+    return 1 if result.get("error") or not result.get("ok") else 0
+
+
+def run_once(args, build_a, build_b, ready_timeout, tls):
+    """One full run (plaintext or TLS) -> result dict (summarized)."""
+    transport = "tls" if tls else "plain"
     workdir = tempfile.mkdtemp(prefix="baton-bench-", dir="/tmp")
     log("work dir %s" % workdir)
     ng = baton = spk = None
     workers = []
     result = {"bench": "migration", "version": 1,
               "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "transport": transport,
               "params": {k: v for k, v in vars(args).items()
                          if k not in ("json_out", "keep")},
               "builds": {"a": build_a["root"], "b": build_b["root"]}}
+    pki = None
     try:
-        p_ng, p_bt = ircload.pick_ports(2)
-        ng = ircload.Ngircd(p_ng, workdir).start()
-        log("ngircd on %d" % p_ng)
+        if tls:
+            p_ng, p_bt, p_ngs = ircload.pick_ports(3)
+            t0 = time.monotonic()
+            pki = ircload.make_pki(os.path.join(workdir, "pki"))
+            log("PKI (CA + localhost/127.0.0.1 server cert) in %.1fs" % (time.monotonic() - t0))
+            ng = ircload.Ngircd(p_ng, workdir, tls=dict(pki, port=p_ngs)).start()
+            log("ngircd on %d, TLS on %d" % (p_ng, p_ngs))
+            result["tls"] = {"ngircd_tls_port": p_ngs, "baton_listener": "ircs",
+                             "server_cert": "RSA 2048, CA-signed, SAN localhost/127.0.0.1",
+                             "clients": "Python ssl %s, verifying" % ssl.OPENSSL_VERSION,
+                             "speakers": "plaintext on ngircd"}
+        else:
+            p_ng, p_bt = ircload.pick_ports(2)
+            ng = ircload.Ngircd(p_ng, workdir).start()
+            log("ngircd on %d" % p_ng)
 
         channels = ["#bench%d" % i for i in range(args.channels)]
         users = ["u%d" % i for i in range(args.sessions)]
@@ -365,9 +445,10 @@ def main():
                        for i, u in enumerate(users)}
 
         if not args.direct:
-            baton = Baton(build_a, workdir, p_bt, p_ng, users, channels_of,
+            baton = Baton(build_a, workdir, p_bt, p_ngs if tls else p_ng, users, channels_of,
                           args.chunk_sessions, args.handoff_timeout,
-                          args.sessiond_extra, args.network_extra).start(args.supervisor_args)
+                          args.sessiond_extra, args.network_extra,
+                          tls=pki).start(args.supervisor_args)
             ircload.wait_port(p_bt, timeout=30, proc=baton.proc)
             log("baton listening on %d; waiting for %d sessions upstream"
                 % (p_bt, args.sessions))
@@ -404,8 +485,13 @@ def main():
         port = p_ng if args.direct else p_bt
         t0 = time.monotonic()
         for w in range(nproc):
-            workers.append(Proc(ircload.client_worker, port, specs[w::nproc],
-                                max(1, args.connect_window // nproc)))
+            if tls:
+                workers.append(Proc(ircload.client_worker, port, specs[w::nproc],
+                                    max(1, args.connect_window // nproc), 2,
+                                    {"ca": pki["ca"], "server_hostname": "localhost"}))
+            else:
+                workers.append(Proc(ircload.client_worker, port, specs[w::nproc],
+                                    max(1, args.connect_window // nproc)))
 
         def clients_ready():
             sts = [w.call("status") for w in workers]
@@ -452,6 +538,15 @@ def main():
             before = baton.workers()
             proc_before = {str(p): proc_status(p) for p in before}
             log("upgrade %d -> %s" % (u + 1, target["sessiond"]))
+            perf = None
+            if args.perf_dir and shutil.which("perf"):
+                os.makedirs(args.perf_dir, exist_ok=True)
+                pdata = os.path.join(args.perf_dir, "%s-upgrade%d-%s.data" % (
+                    transport, u + 1, time.strftime("%H%M%S", time.gmtime())))
+                perf = subprocess.Popen(["perf", "record", "-a", "-g", "-F", "999",
+                                         "-o", pdata], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+                time.sleep(1.0)
             t_u0 = time.monotonic_ns()
             try:
                 r = baton.ctl("upgrade", target["sessiond"], "--json",
@@ -460,6 +555,14 @@ def main():
             except subprocess.TimeoutExpired as e:
                 rc, out, err = None, e.stdout or "", "timeout"
             t_u1 = time.monotonic_ns()
+            if perf:
+                perf.send_signal(signal.SIGINT)
+                try:
+                    perf.wait(60)
+                except subprocess.TimeoutExpired:
+                    perf.kill()
+                    perf.wait()
+                result.setdefault("perf_data", []).append(pdata)
             try:
                 uj = json.loads(out)
             except (ValueError, TypeError):
@@ -502,6 +605,12 @@ def main():
                                       "proc": {str(p): proc_status(p) for p in wpids}}
 
         reports = [w.call("report", timeout=120) for w in workers]
+        if tls:
+            seen = {}
+            for r in reports:
+                for k, v in (r.get("tls") or {}).items():
+                    seen[k] = seen.get(k, 0) + v
+            result["tls"]["client_connections"] = seen
         reports.append(dict(spk.call("report", timeout=60), speakers=True))
         analyse(result, args, specs, channels_of, reports, stop, t_start, t_stop,
                 upgrades)
@@ -540,19 +649,107 @@ def main():
             shutil.rmtree(workdir, ignore_errors=True)
 
     summarize(result)
-    text = json.dumps(result, indent=1, sort_keys=False)
+    return result
+
+
+def _median(vals):
+    vals = sorted(v for v in vals if isinstance(v, (int, float)))
+    return round(ircload.percentile(vals, 50), 3) if vals else None
+
+
+# (label, how to get one number per run from result["headline"])
+COMPARE_METRICS = [
+    ("freeze_ms_max", lambda h: h.get("freeze_ms_max")),
+    ("freeze_ms_median", lambda h: _median(h.get("freeze_ms") or [])),
+    ("total_ms_max", lambda h: h.get("total_ms_max")),
+    ("total_ms_median", lambda h: _median(h.get("total_ms") or [])),
+    ("upgrade_wall_ms_median", lambda h: _median(h.get("upgrade_wall_ms") or [])),
+    ("latency_steady_p50_ms", lambda h: h.get("latency_steady_p50_ms")),
+    ("latency_steady_p99_ms", lambda h: h.get("latency_steady_p99_ms")),
+    ("latency_migration_p50_ms", lambda h: h.get("latency_migration_p50_ms")),
+    ("latency_migration_p99_ms", lambda h: h.get("latency_migration_p99_ms")),
+    ("latency_migration_max_ms", lambda h: h.get("latency_migration_max_ms")),
+    ("latency_after_p50_ms", lambda h: h.get("latency_after_p50_ms")),
+    ("latency_after_p99_ms", lambda h: h.get("latency_after_p99_ms")),
+    ("latency_steady_up_p99_ms", lambda h: h.get("latency_steady_up_p99_ms")),
+    ("latency_migration_up_p99_ms", lambda h: h.get("latency_migration_up_p99_ms")),
+    ("latency_steady_c2c_p99_ms", lambda h: h.get("latency_steady_c2c_p99_ms")),
+    ("latency_migration_c2c_p99_ms", lambda h: h.get("latency_migration_c2c_p99_ms")),
+    ("rss_per_session_before_kb", lambda h: h.get("rss_per_session_before_kb")),
+    ("rss_per_session_after_kb", lambda h: h.get("rss_per_session_after_kb")),
+]
+
+
+def compare_tls(args, build_a, build_b, ready_timeout):
+    """Plain and TLS back to back (alternating, --repeat pairs; the first
+    pair plain first, the next TLS first, ...), one JSON with every run,
+    per-transport medians and TLS/plain ratios of the medians."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    runs = []
+    for r in range(max(1, args.repeat)):
+        order = (False, True) if r % 2 == 0 else (True, False)
+        for tls in order:
+            log("=== compare run %d/%d: %s ===" % (r + 1, args.repeat,
+                                                   "TLS" if tls else "plaintext"))
+            res = run_once(args, build_a, build_b, ready_timeout, tls)
+            res["pair"] = r + 1
+            runs.append(res)
+    per = {}
+    for t in ("plain", "tls"):
+        hs = [x["headline"] for x in runs if x["transport"] == t]
+        per[t] = {"runs": len(hs)}
+        for name, get in COMPARE_METRICS:
+            vals = [get(h) for h in hs]
+            per[t][name] = {"median": _median(vals), "values": vals}
+        per[t]["freeze_ms_all"] = [v for h in hs for v in (h.get("freeze_ms") or [])]
+        per[t]["total_ms_all"] = [v for h in hs for v in (h.get("total_ms") or [])]
+        per[t]["ok"] = all(x.get("ok") for x in runs if x["transport"] == t)
+        per[t]["correctness"] = [x.get("correctness") for x in runs if x["transport"] == t]
+    ratios = {}
+    for name, _ in COMPARE_METRICS:
+        a, b = per["plain"][name]["median"], per["tls"][name]["median"]
+        ratios[name] = round(b / a, 3) if a and b is not None else None
+    # freeze over every upgrade of every run (median of all upgrades)
+    fa, fb = _median(per["plain"]["freeze_ms_all"]), _median(per["tls"]["freeze_ms_all"])
+    ratios["freeze_ms_all_upgrades_median"] = round(fb / fa, 3) if fa and fb is not None else None
+    target = 1.25
+    out = {"bench": "migration-tls-compare", "version": 1, "utc": stamp,
+           "params": {k: v for k, v in vars(args).items() if k not in ("json_out", "keep")},
+           "builds": {"a": build_a["root"], "b": build_b["root"]},
+           "summary": per, "ratios_tls_over_plain": ratios,
+           "target": {"freeze_ratio_max": target,
+                      "freeze_max_ratio": ratios.get("freeze_ms_max"),
+                      "met": (ratios.get("freeze_ms_max") is not None
+                              and ratios["freeze_ms_max"] <= target)},
+           "ok": all(x.get("ok") for x in runs),
+           "runs": runs}
+    rows = [("", "plain", "TLS", "TLS/plain")]
+    for name, _ in COMPARE_METRICS:
+        rows.append((name, per["plain"][name]["median"], per["tls"][name]["median"],
+                     ratios[name]))
+    rows.append(("freeze_ms (every upgrade)", per["plain"]["freeze_ms_all"],
+                 per["tls"]["freeze_ms_all"], ratios["freeze_ms_all_upgrades_median"]))
+    rows.append(("ok (no close/loss/dup, all committed)", per["plain"]["ok"],
+                 per["tls"]["ok"], ""))
+    w = max(len(str(r[0])) for r in rows)
+    sys.stderr.write("\nTLS vs plaintext, %d sessions, %d pair(s) (medians over runs):\n"
+                     % (args.sessions, args.repeat))
+    for r in rows:
+        sys.stderr.write("  %-*s  %-14s %-14s %s\n" % (w, r[0], r[1], r[2], r[3]))
+    sys.stderr.write("  target: TLS freeze max <= %.2f x plain: %s\n\n"
+                     % (target, out["target"]["met"]))
+    text = json.dumps(out, indent=1, sort_keys=False)
     print(text)
-    out = args.json_out
-    if out is None:
+    path = args.json_out
+    if path is None:
         os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-        out = os.path.join(HERE, "results", "migration-%s%ds-%s.json" % (
-            "direct-" if args.direct else "", args.sessions,
-            time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())))
-    if out != "-":
-        with open(out, "w") as f:
+        path = os.path.join(HERE, "results", "migration-tls-compare-%ds-%s.json"
+                            % (args.sessions, stamp))
+    if path != "-":
+        with open(path, "w") as f:
             f.write(text + "\n")
-        log("wrote %s" % out)
-    return 1 if result.get("error") or not result.get("ok") else 0
+        log("wrote %s" % path)
+    return 0 if out["ok"] else 1
 
 
 KINDS = {0: "down", 1: "c2c", 2: "up"}
@@ -743,7 +940,9 @@ def summarize(result):
     result["ok"] = ok
     result["headline"] = h
 
-    rows = [("sessions", nsess),
+    h["transport"] = result.get("transport", "plain")
+    rows = [("transport", h["transport"]),
+            ("sessions", nsess),
             ("clients", c.get("clients")),
             ("migrated sessions/connections/fds", "%s / %s / %s" % (
                 h.get("sessions"), h.get("connections"), h.get("fds"))),

@@ -1416,22 +1416,14 @@ class NgircdTls(bl.Ngircd):
 
 
 # RFC 7919 ffdhe2048 as PKCS#3 DH parameters (= `openssl genpkey -genparam
-# -algorithm DH -pkeyopt group:ffdhe2048`): ngircd (GnuTLS) otherwise
-# generates DH parameters at startup, which takes long on a busy machine.
-FFDHE2048_PEM = """-----BEGIN DH PARAMETERS-----
-MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
-+8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
-87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
-YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
-7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
-ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
------END DH PARAMETERS-----
-"""
+# -algorithm DH -pkeyopt group:ffdhe2048`), in ffdhe2048.pem beside this file
+# (bench/ircload.py uses it too): ngircd and inspircd (GnuTLS) otherwise
+# generate DH parameters at startup, which takes long on a busy machine.
+FFDHE2048_PATH = os.path.join(HERE, "ffdhe2048.pem")
 
 
 def _write_ffdhe2048(path):
-    with open(path, "w") as f:
-        f.write(FFDHE2048_PEM)
+    shutil.copyfile(FFDHE2048_PATH, path)
 
 
 # --------------------------------------------------------------------------
