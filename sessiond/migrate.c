@@ -45,6 +45,9 @@ struct migrate {
 	unsigned chunk_items;
 	size_t chunk_bytes;
 	struct timespec chunk_frozen;
+	/* where the outstanding chunk's freeze goes: serialized and handed to
+	 * the channel, PREPARED back from the target */
+	struct timespec chunk_sent, chunk_prepared;
 	int extra_fd;                /* fault extra-fd: the unannounced fd */
 	/* Before the first freeze, TLS handshakes in progress get
 	 * handshake_budget_ms to finish (they cannot travel half-done). */
@@ -181,6 +184,8 @@ static void migrate_source_phase(void *arg, enum handoff_phase phase,
 {
 	struct migrate *m = arg;
 
+	if (phase == HANDOFF_PHASE_PREPARED_RECEIVED)
+		clock_gettime(CLOCK_MONOTONIC, &m->chunk_prepared);
 	if ((phase == HANDOFF_PHASE_PREPARED_RECEIVED &&
 	     migrate_fault_is(m, "after-prepared", chunk)) ||
 	    (phase == HANDOFF_PHASE_COMMIT_SENT &&
@@ -194,8 +199,18 @@ static void migrate_chunk_done(struct handoff_source *src, uint32_t chunk,
 	struct migrate *m = arg;
 	double frozen = migrate_ms_since(&m->chunk_frozen);
 
-	if (frozen > m->res.freeze_max_ms)
+	if (frozen > m->res.freeze_max_ms) {
+		/* The longest freeze, split: freezing + serializing here,
+		 * the target reading and adopting (until PREPARED), and
+		 * COMMIT -> COMMITTED. */
 		m->res.freeze_max_ms = frozen;
+		m->res.freeze_serialize_ms =
+			migrate_ms_since(&m->chunk_frozen) - migrate_ms_since(&m->chunk_sent);
+		m->res.freeze_prepare_ms = result < 0 ? 0 :
+			migrate_ms_since(&m->chunk_sent) - migrate_ms_since(&m->chunk_prepared);
+		m->res.freeze_commit_ms = result < 0 ? 0 :
+			migrate_ms_since(&m->chunk_prepared);
+	}
 	if (result < 0) {
 		log_warn("migrate", "chunk %u aborted: %s; resuming %zu items",
 			 chunk, reason, m->nitems - m->chunk_first);
@@ -300,6 +315,8 @@ static void migrate_send_next(struct migrate *m)
 	m->res.chunks++;
 	migrate_inject_item_fault(m, hitems, bufs[0]);
 	m->next += n;
+	clock_gettime(CLOCK_MONOTONIC, &m->chunk_sent);
+	m->chunk_prepared = m->chunk_sent;
 	r = handoff_source_send_chunk(m->src, hitems, n);
 	if (r < 0)
 		snprintf(why, sizeof(why), "sending chunk failed: %s",

@@ -27,6 +27,9 @@ struct migrate_result {
 	char reason[256];
 	uint32_t sessions, connections, fds;
 	double freeze_max_ms, total_ms;
+	/* the longest chunk freeze, split (source): freeze + serialize,
+	 * target adopt until PREPARED, COMMIT until COMMITTED */
+	double freeze_serialize_ms, freeze_prepare_ms, freeze_commit_ms;
 	uint32_t chunks, chunks_committed;
 	/* source: connections left behind because their TLS handshake was
 	 * still running after handshake_budget_ms (closed, counted) */

@@ -83,6 +83,10 @@ static void worker_finished(void *arg, const struct migrate_result *res)
 	r.has_chunks = r.has_chunks_committed = 1;
 	r.chunks = res->chunks;
 	r.chunks_committed = res->chunks_committed;
+	r.has_freeze_serialize_ms = r.has_freeze_prepare_ms = r.has_freeze_commit_ms = 1;
+	r.freeze_serialize_ms = res->freeze_serialize_ms;
+	r.freeze_prepare_ms = res->freeze_prepare_ms;
+	r.freeze_commit_ms = res->freeze_commit_ms;
 	if (res->handshakes_left) {
 		r.has_handshakes_left = 1;
 		r.handshakes_left = res->handshakes_left;

@@ -36,6 +36,7 @@ struct side_result {
 	unsigned sessions, connections, fds, chunks, chunks_committed;
 	unsigned handshakes_left;
 	double freeze_max_ms;
+	double freeze_split[3]; /* serialize, target prepare, commit */
 };
 
 struct migration {
@@ -135,6 +136,7 @@ static void migration_complete(struct migration *m)
 	m->res.chunks = r->chunks;
 	m->res.handshakes_left = r->handshakes_left;
 	m->res.freeze_ms = r->freeze_max_ms;
+	memcpy(m->res.freeze_split_ms, r->freeze_split, sizeof(r->freeze_split));
 	m->res.total_ms = ms_since(&m->t0);
 	if (m->progress)
 		m->progress("finish", 1, 1, m->arg);
@@ -543,6 +545,9 @@ static void migration_store(struct side_result *sr,
 	sr->chunks_committed = r->chunks_committed;
 	sr->handshakes_left = r->has_handshakes_left ? r->handshakes_left : 0;
 	sr->freeze_max_ms = r->freeze_max_ms;
+	sr->freeze_split[0] = r->freeze_serialize_ms;
+	sr->freeze_split[1] = r->freeze_prepare_ms;
+	sr->freeze_split[2] = r->freeze_commit_ms;
 }
 
 static void migration_on_worker(struct worker *w, enum worker_event ev,

@@ -48,6 +48,8 @@ struct migration_result {
 	 * behind and closed (their clients / the governor reconnect) */
 	unsigned handshakes_left;
 	double freeze_ms;    /* S's freeze_max_ms */
+	/* that freeze split: serialize, target prepare, commit (ms) */
+	double freeze_split_ms[3];
 	double total_ms;     /* spawn of T .. exit of the leaving worker */
 	double started;      /* CLOCK_REALTIME seconds, for status */
 	/* Sessions were committed to a target that then died or hung: they

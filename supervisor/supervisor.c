@@ -691,6 +691,11 @@ static struct json_object *migration_result_json(const struct migration_result *
 	json_object_object_add(o, "chunks", json_object_new_int64(r->chunks));
 	json_object_object_add(o, "handshakes_left", json_object_new_int64(r->handshakes_left));
 	json_object_object_add(o, "freeze_ms", json_object_new_double(r->freeze_ms));
+	struct json_object *split = json_object_new_object();
+	json_object_object_add(split, "serialize_ms", json_object_new_double(r->freeze_split_ms[0]));
+	json_object_object_add(split, "target_prepare_ms", json_object_new_double(r->freeze_split_ms[1]));
+	json_object_object_add(split, "commit_ms", json_object_new_double(r->freeze_split_ms[2]));
+	json_object_object_add(o, "freeze_split", split);
 	json_object_object_add(o, "total_ms", json_object_new_double(r->total_ms));
 	json_object_object_add(o, "time", json_object_new_int64((int64_t)r->started));
 	json_object_object_add(o, "survivor", sv);
