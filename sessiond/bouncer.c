@@ -22,6 +22,7 @@
 #include "sessiond/tls_contexts.h"
 
 #define PENDING_TIMEOUT_MS 60000 /* a client must register within this */
+#define BOUNCER_MAX_TLS_HANDSHAKES 1024
 #define START_SPREAD_MS 10       /* 100 sessions per second at startup */
 /* Longest a migration holds the governors (bouncer_governor_hold()): a
  * release that never comes (a lost ACCEPT) must not stop reconnects. */
@@ -61,6 +62,8 @@ struct bouncer {
 	int *listen_fds;
 	struct event **listen_evs;
 	bool *listen_tls; /* ircs listener: clients start with a handshake */
+	size_t tls_handshakes; /* ircs handshakes in progress */
+	int64_t tls_refused_logged_ms;
 	size_t nlisten;
 	struct tls_contexts *tls;
 	bool accepting;
@@ -499,6 +502,12 @@ void bouncer_start_configured(struct bouncer *b)
 		log_info("bouncer", "starting %zu sessions", started);
 }
 
+void bouncer_tls_handshake_end(struct bouncer *b)
+{
+	if (b->tls_handshakes > 0)
+		b->tls_handshakes--;
+}
+
 struct tls_contexts *bouncer_tls(const struct bouncer *b)
 {
 	return b->tls;
@@ -531,6 +540,21 @@ static void bouncer_accept_cb(evutil_socket_t lfd, short what, void *arg)
 	for (size_t i = 0; i < b->nlisten; i++)
 		if (b->listen_fds[i] == lfd)
 			tls = b->listen_tls[i];
+	if (tls && b->tls_handshakes >= BOUNCER_MAX_TLS_HANDSHAKES) {
+		/* Refuse (accept and close) rather than let half-open
+		 * handshakes pile up; logged at most every 10 s. */
+		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		int64_t now = now_ms();
+
+		if (fd >= 0)
+			close(fd);
+		if (now - b->tls_refused_logged_ms >= 10000) {
+			b->tls_refused_logged_ms = now;
+			log_warn("bouncer", "ircs: %zu TLS handshakes in progress: refusing new connections until some finish",
+				 b->tls_handshakes);
+		}
+		return;
+	}
 	if (tls) {
 		ctx = tls_contexts_server(b->tls);
 		if (ctx == NULL) {
@@ -558,6 +582,11 @@ static void bouncer_accept_cb(evutil_socket_t lfd, short what, void *arg)
 			log_warn("bouncer", "ircs: cannot start a TLS handshake: out of memory");
 			client_free(cl);
 			continue;
+		}
+		if (tls) {
+			cl->in_tls_handshake = true;
+			if (++b->tls_handshakes >= BOUNCER_MAX_TLS_HANDSHAKES)
+				break; /* re-checked on the next wakeup */
 		}
 		if (reglist_add(&b->pending, cl) < 0) {
 			client_free(cl);

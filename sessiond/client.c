@@ -71,6 +71,8 @@ void client_free(struct client *cl)
 {
 	if (!cl)
 		return;
+	if (cl->in_tls_handshake)
+		bouncer_tls_handshake_end(cl->b);
 	conn_release(cl->conn);
 	free(cl->pass);
 	free(cl->nick);
@@ -899,8 +901,19 @@ static void client_closed(struct conn *c, const char *reason, void *arg)
 	}
 }
 
+static void client_tls_ready(struct conn *c, void *arg)
+{
+	struct client *cl = arg;
+
+	if (cl->in_tls_handshake) {
+		cl->in_tls_handshake = false;
+		bouncer_tls_handshake_end(cl->b);
+	}
+}
+
 const struct conn_ops client_conn_ops = {
 	.line = client_line,
 	.closed = client_closed,
 	.drained = client_drained,
+	.tls_ready = client_tls_ready,
 };

@@ -147,6 +147,7 @@ struct client {
 	struct bouncer *b;
 	struct session *s;      /* NULL while pending */
 	struct conn *conn;
+	bool in_tls_handshake;  /* counted in bouncer_tls_handshake_begin() */
 	enum client_phase phase;
 	unsigned caps;          /* enum client_cap */
 	bool cap_negotiating;
@@ -225,6 +226,10 @@ struct session {
 /* ---- bouncer internals (bouncer.c) ---- */
 struct event_base *bouncer_base(const struct bouncer *b);
 const struct baton_config *bouncer_config(const struct bouncer *b);
+/* ircs handshakes in progress (each holds an SSL object and costs a
+ * signature): counted so that a flood of half-open TLS connections is
+ * refused at BOUNCER_MAX_TLS_HANDSHAKES instead of exhausting the worker. */
+void bouncer_tls_handshake_end(struct bouncer *b);
 struct session *bouncer_find_session(struct bouncer *b, const char *user,
 				     const char *network);
 /* A pending client authenticated and attached, or died: drop it from the

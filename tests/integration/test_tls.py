@@ -1087,3 +1087,39 @@ def test_tls_upstream_client_certificate(ctx):
     conns = [ln for ln in list(go.lines) if ln.startswith("CONN ")]
     check(len(conns) == 1, "the Go server saw %d connections: %s" % (len(conns), conns))
     check_one_upstream(b)
+
+
+def test_tls_handshake_cap(ctx):
+    """At most 1,024 ircs handshakes run at once: with 1,024 raw connections
+    that never send a ClientHello, the next TLS client is refused (closed
+    without a handshake) and the worker logs why; once the stalled
+    connections go away, a TLS client logs in again."""
+    require_builds(ctx)
+    pki = shared_pki()
+    ng = ctx.ngircd()
+    b = make_baton(ctx, pki, ng, tls_upstream=False)
+    b.start(wait=False)
+    pump_ready(ctx, b)
+    wpid = b.worker_pid()
+    fds0 = bl.fd_count(wpid)
+    raws = []
+    for _ in range(1024):
+        r = socket.socket()
+        r.setblocking(False)
+        r.connect_ex(("127.0.0.1", b.tls_port))
+        raws.append(r)
+    try:
+        bl.wait_for(lambda: bl.fd_count(wpid) >= fds0 + 1024, 20,
+                    what="the worker accepting 1,024 stalled connections")
+        refused = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="late",
+                                    tls=pki.client_context(verify=True), wait=False)
+        ctx.loop.run_until(lambda: refused.closed, 10, "the 1,025th TLS connection to be refused")
+        check(not refused.tls_done, "the 1,025th connection completed a handshake")
+        bl.wait_for(lambda: "TLS handshakes in progress: refusing" in b.log_text(), 5,
+                    what="the refusal in the log")
+    finally:
+        for r in raws:
+            r.close()
+    bl.wait_for(lambda: bl.fd_count(wpid) <= fds0 + 5, 20, what="the stalled connections to close")
+    c = tls_client(ctx, b, pki, b.sessions[0], name="after")
+    check(not c.closed, "a TLS client could not log in after the flood")
