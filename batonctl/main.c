@@ -326,7 +326,7 @@ static void print_status(struct json_object *st)
 			struct json_object *w = json_object_array_get_idx(ws, i);
 
 			printf("worker: pid %lld, %s, version %s (schema %lld-%lld), %s\n"
-			       "        %lld sessions, %lld connections, %lld clients, %lld upstreams connected, loop lag %.1f ms\n",
+			       "        %lld sessions, %lld connections, %lld clients, %lld upstreams connected, %lld waiting for a connection slot, %lld TLS handshakes, loop lag %.1f ms\n",
 			       (long long)jint(w, "pid"), jstr(w, "role", "?"),
 			       jstr(w, "version", "?")[0] ? jstr(w, "version", "?") : "(starting)",
 			       (long long)jint(w, "schema_min"),
@@ -335,6 +335,8 @@ static void print_status(struct json_object *st)
 			       (long long)jint(w, "connections"),
 			       (long long)jint(w, "clients"),
 			       (long long)jint(w, "upstreams_connected"),
+			       (long long)jint(w, "upstreams_waiting"),
+			       (long long)jint(w, "tls_handshakes"),
 			       jdbl(w, "loop_lag_ms"));
 		}
 	}

@@ -671,6 +671,9 @@ void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out)
 	/* Clients finishing after QUIT: no session's, but open sockets (and
 	 * fds a new worker's RLIMIT_NOFILE check should count). */
 	out->connections += (unsigned)b->closing.n;
+	for (size_t i = 0; i < b->ngovs; i++)
+		out->waiting += (unsigned)governor_queued(b->govs[i].g);
+	out->tls_handshakes = (unsigned)b->tls_handshakes;
 }
 
 /* ---- migration: source side ---- */

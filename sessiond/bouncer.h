@@ -27,6 +27,8 @@ struct bouncer_stats {
 	unsigned clients;     /* attached clients */
 	unsigned upstreams;   /* registered upstream connections */
 	unsigned pending;     /* unauthenticated client connections */
+	unsigned waiting;     /* sessions queued by the reconnect governor */
+	unsigned tls_handshakes; /* ircs handshakes in progress */
 };
 
 /* cfg must outlive the bouncer. */

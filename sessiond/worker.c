@@ -114,6 +114,9 @@ static void worker_send_status(struct worker *w)
 	st.has_clients = st.has_upstreams_connected = st.has_loop_lag_ms = 1;
 	st.clients = s.clients;
 	st.upstreams_connected = s.upstreams;
+	st.has_upstreams_waiting = st.has_tls_handshakes = 1;
+	st.upstreams_waiting = s.waiting;
+	st.tls_handshakes = s.tls_handshakes;
 	st.loop_lag_ms = w->lag_ms;
 	control_send(w->fd, CONTROL_STATUS, &st.base, NULL, 0,
 		     WORKER_SEND_TIMEOUT_MS);

@@ -520,6 +520,9 @@ static struct json_object *supervisor_worker_json(struct worker *w)
 	json_object_object_add(o, "clients", json_object_new_int64(st->clients));
 	json_object_object_add(o, "upstreams_connected",
 			       json_object_new_int64(st->upstreams_connected));
+	json_object_object_add(o, "upstreams_waiting",
+			       json_object_new_int64(st->upstreams_waiting));
+	json_object_object_add(o, "tls_handshakes", json_object_new_int64(st->tls_handshakes));
 	json_object_object_add(o, "loop_lag_ms", json_object_new_double(st->loop_lag_ms));
 	json_object_object_add(o, "schema_min", json_object_new_int64(r ? r->schema_min : 0));
 	json_object_object_add(o, "schema_max", json_object_new_int64(r ? r->schema_max : 0));
@@ -953,13 +956,15 @@ void supervisor_detach(struct supervisor *sup, void *arg)
 
 void supervisor_metrics(struct supervisor *sup, struct evbuffer *out)
 {
-	unsigned long sessions = 0, connections = 0;
+	unsigned long sessions = 0, connections = 0, waiting = 0, handshakes = 0;
 
 	for (size_t i = 0; i < sup->nworkers; i++) {
 		const Baton__Control__Status *st = worker_last_status(sup->workers[i]);
 
 		sessions += st->sessions;
 		connections += st->connections;
+		waiting += st->upstreams_waiting;
+		handshakes += st->tls_handshakes;
 	}
 	evbuffer_add_printf(out,
 		"# HELP baton_workers Worker processes alive.\n"
@@ -971,6 +976,12 @@ void supervisor_metrics(struct supervisor *sup, struct evbuffer *out)
 		"# HELP baton_connections Connections held by all workers (last reported).\n"
 		"# TYPE baton_connections gauge\n"
 		"baton_connections %lu\n"
+		"# HELP baton_upstreams_waiting Sessions queued by the reconnect governor for a connection slot.\n"
+		"# TYPE baton_upstreams_waiting gauge\n"
+		"baton_upstreams_waiting %lu\n"
+		"# HELP baton_tls_handshakes Client TLS handshakes in progress.\n"
+		"# TYPE baton_tls_handshakes gauge\n"
+		"baton_tls_handshakes %lu\n"
 		"# HELP baton_worker_crashes_total Workers that exited unexpectedly.\n"
 		"# TYPE baton_worker_crashes_total counter\n"
 		"baton_worker_crashes_total %u\n"
@@ -982,7 +993,7 @@ void supervisor_metrics(struct supervisor *sup, struct evbuffer *out)
 		"# HELP baton_migration_running 1 while a migration runs.\n"
 		"# TYPE baton_migration_running gauge\n"
 		"baton_migration_running %d\n",
-		sup->nworkers, sessions, connections, sup->crashes,
+		sup->nworkers, sessions, connections, waiting, handshakes, sup->crashes,
 		sup->migrations_committed, sup->migrations_aborted,
 		sup->migrations_refused, sup->migration != NULL);
 	if (sup->have_last_migration)

@@ -191,6 +191,10 @@ static void worker_handle(struct worker *w, struct handoff_msg *m)
 		w->status.upstreams_connected = s->upstreams_connected;
 		w->status.has_loop_lag_ms = s->has_loop_lag_ms;
 		w->status.loop_lag_ms = s->loop_lag_ms;
+		w->status.has_upstreams_waiting = s->has_upstreams_waiting;
+		w->status.upstreams_waiting = s->upstreams_waiting;
+		w->status.has_tls_handshakes = s->has_tls_handshakes;
+		w->status.tls_handshakes = s->tls_handshakes;
 		baton__control__status__free_unpacked(s, NULL);
 		worker_answer_waiters(w, &w->status);
 		return;

@@ -200,6 +200,10 @@ def test_mass_reconnect_paced_capped_and_migrated(ctx):
     # Upgrade while the sessions queue: the first wave (170) leaves about
     # 1 s after the loss, the second 3 s later, the third 6 s later.
     time.sleep(2.0)
+    # The queue is visible to operators (batonctl status / metrics).
+    waiting = (b.worker() or {}).get("upstreams_waiting")
+    check(isinstance(waiting, int) and waiting > 0,
+          "status shows %r sessions waiting for a connection slot mid-wave" % waiting)
     rc, res, out, err = b.ctl("upgrade", A.sessiond, "--json", timeout=60)
     check(rc == 0 and (res or {}).get("result") == "committed",
           "upgrade during the reconnect: exit %d %r %r" % (rc, res, (err or "")[-300:]))
