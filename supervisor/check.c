@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "common/config.h"
+#include "handoff/tls_handshake.h"
 #include "supervisor/control_server.h"
 #include "supervisor/listeners.h"
 #include "supervisor/metrics.h"
@@ -257,6 +258,51 @@ static void check_metrics(const struct baton_config *cfg,
 	free(copy);
 }
 
+/* Load every certificate, key and CA file the workers will use, as they
+ * will: a key that does not match its certificate, a file that is not PEM,
+ * a CA bundle that does not parse are caught before an upgrade needs them. */
+static void check_tls(const struct baton_config *cfg, struct config_problems *p)
+{
+	char err[256];
+	SSL_CTX *ctx;
+
+	if (cfg->listen_tls_cert != NULL) {
+		ctx = tls_server_ctx_new(cfg->listen_tls_cert, cfg->listen_tls_key,
+					 err, sizeof(err));
+		if (ctx == NULL)
+			config_problems_add(p, "%s: [listen] tls_cert %s: %s", cfg->path,
+					    cfg->listen_tls_cert, err);
+		SSL_CTX_free(ctx);
+	}
+	for (size_t i = 0; i < cfg->nnetworks; i++) {
+		const struct config_network *n = &cfg->networks[i];
+		struct tls_client_options o = { .verify = n->tls_verify != 0,
+						.ca_file = n->tls_ca };
+
+		if (!n->tls)
+			continue;
+		ctx = tls_client_ctx_new(&o, err, sizeof(err));
+		if (ctx == NULL)
+			config_problems_add(p, "%s:%d: [network %s] TLS: %s", cfg->path,
+					    n->line, n->name, err);
+		SSL_CTX_free(ctx);
+	}
+	for (size_t i = 0; i < cfg->nsessions; i++) {
+		const struct config_session *s = &cfg->sessions[i];
+		const struct config_network *n = config_find_network(cfg, s->network);
+		struct tls_client_options o = { .verify = false, .cert_file = s->tls_cert,
+						.key_file = s->tls_key };
+
+		if (s->tls_cert == NULL || n == NULL)
+			continue;
+		ctx = tls_client_ctx_new(&o, err, sizeof(err));
+		if (ctx == NULL)
+			config_problems_add(p, "%s:%d: [user %s/%s] tls_cert: %s", cfg->path,
+					    s->line, s->user, s->network, err);
+		SSL_CTX_free(ctx);
+	}
+}
+
 void check_environment(const struct baton_config *cfg, const char *sessiond,
 		       struct config_problems *problems)
 {
@@ -265,6 +311,7 @@ void check_environment(const struct baton_config *cfg, const char *sessiond,
 	int running = 0;
 
 	check_rlimit(cfg, problems);
+	check_tls(cfg, problems);
 	if (control) {
 		check_control(cfg, control, problems);
 		running = check_supervisor_running(control, problems);

@@ -88,6 +88,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import tempfile
 
 import batonlib as bl
@@ -1123,3 +1124,34 @@ def test_tls_handshake_cap(ctx):
     bl.wait_for(lambda: bl.fd_count(wpid) <= fds0 + 5, 20, what="the stalled connections to close")
     c = tls_client(ctx, b, pki, b.sessions[0], name="after")
     check(not c.closed, "a TLS client could not log in after the flood")
+
+
+def test_tls_check_loads_certificates(ctx):
+    """`baton-supervisor --check` loads every TLS file as the workers will and
+    names each problem: an ircs key that does not match its certificate, a
+    CA file that is not PEM, a session's client key that does not match."""
+    A = ctx.builds["a"].require()
+    pki = shared_pki()
+    d = os.path.join(ctx.dir, "check")
+    os.makedirs(d, exist_ok=True)
+    bad_ca = os.path.join(d, "not-a-ca.pem")
+    with open(bad_ca, "w") as f:
+        f.write("this is not PEM\n")
+    conf = os.path.join(d, "baton.ini")
+    with open(conf, "w") as f:
+        f.write("\n".join([
+            "[supervisor]", "sessiond = %s" % A.sessiond, "state_dir = state",
+            "[listen]", "irc = 127.0.0.1:%d" % bl.free_port(),
+            "ircs = 127.0.0.1:%d" % bl.free_port(),
+            "tls_cert = %s" % pki.server.cert, "tls_key = %s" % pki.expired.key,
+            "[network n]", "host = 127.0.0.1", "tls = yes", "tls_ca = %s" % bad_ca,
+            "[user a]", "password = %s" % bl.password_hash("pw"),
+            "[user a/n]", "tls_cert = %s" % pki.server.cert, "tls_key = %s" % pki.expired.key,
+            ""]))
+    p = subprocess.run([A.supervisor, "--check", "-c", conf], capture_output=True, text=True,
+                       timeout=60)
+    out = p.stdout + p.stderr
+    check(p.returncode != 0, "--check passed a broken TLS setup: %s" % out)
+    for want in ("[listen] tls_cert", "key values mismatch", "[network n] TLS: cannot load CA file",
+                 "[user a/n] tls_cert"):
+        check(want in out, "--check output lacks %r:\n%s" % (want, out))
