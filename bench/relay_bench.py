@@ -300,15 +300,24 @@ class Rig:
     rig.users, rig.channels_of, rig.workdir are set)."""
 
     def __init__(self, sessions, channels, channels_per_user=1, speakers=10,
-                 client_procs=0, connect_window=200, watcher=False, label=""):
+                 client_procs=0, connect_window=200, watcher=False, label="", plan=None):
+        """plan: None (users u0..uN-1, channels #bench0.., user i in channel
+        i % C) or [(user, [channels])] (e.g. baton-loadgen --emit-users;
+        nick = user name), which then sets users, channels and layout."""
         self.sessions = sessions
         self.label = label
         self.workdir = tempfile.mkdtemp(prefix="baton-bench-%s-" % (label or "rig"), dir="/tmp")
-        self.channels = ["#bench%d" % i for i in range(channels)]
-        self.users = ["u%d" % i for i in range(sessions)]
-        self.channels_of = {u: [self.channels[(i + j * 7) % len(self.channels)]
-                                for j in range(channels_per_user)]
-                            for i, u in enumerate(self.users)}
+        if plan is not None:
+            self.users = [u for u, _ in plan]
+            self.channels_of = {u: list(chs) for u, chs in plan}
+            self.channels = sorted(set(c for _, chs in plan for c in chs),
+                                   key=lambda c: (len(c), c))
+        else:
+            self.channels = ["#bench%d" % i for i in range(channels)]
+            self.users = ["u%d" % i for i in range(sessions)]
+            self.channels_of = {u: [self.channels[(i + j * 7) % len(self.channels)]
+                                    for j in range(channels_per_user)]
+                                for i, u in enumerate(self.users)}
         self.nspeakers = min(speakers, channels)
         self.client_procs = client_procs
         self.connect_window = connect_window
@@ -319,6 +328,9 @@ class Rig:
         self.old_workers = []
         self.net_port, self.port = ircload.pick_ports(2)
         self.timings = {}
+        # the password part of the clients' PASS user/network:password
+        # (znc_compare.py changes it for ZNC when baton-loadgen drives ZNC)
+        self.client_password = PASSWORD
 
     # -- start-up
     def start_network(self):
@@ -351,7 +363,7 @@ class Rig:
         direct = self.bouncer.kind == "direct"
         specs = []
         for u in self.users:
-            login = None if direct else "%s/%s:%s" % (u, NETWORK, PASSWORD)
+            login = None if direct else "%s/%s:%s" % (u, NETWORK, self.client_password)
             specs.append((len(specs), u, login, self.channels_of[u], direct, True))
         return specs
 

@@ -14,7 +14,17 @@ Measured for both:
   at the end of the steady traffic phase (baton: supervisor + worker;
   ZNC: its single process);
 - relay latency network -> ngircd -> bouncer -> client, p50/p99/max, and CPU
-  per 1,000 delivered lines, at steady state;
+  per 1,000 delivered lines, at steady state. With --load-gen loadgen
+  (default) the steady phase is baton-loadgen replaying the sample trace
+  (users and channels laid out by its --emit-users, 2 channels per user,
+  the same plan for both bouncers): the harness clients leave, loadgen's
+  network users join the bench's ngircd and one loadgen client per user
+  attaches through the bouncer, every line checked exactly once and in
+  order; then the harness clients attach again for the replacement phase.
+  Against ZNC loadgen's PASS user/NET@lg:PW is bent into ZNC's
+  user[@id][/network]:password by --network "bench:benchpw" and a ZNC
+  password of "benchpw@lg:benchpw" (see ZNC_LG_NETWORK). --load-gen
+  ircload: the old steady phase (speakers, PRIVMSGs only);
 - the cost of replacing the running binary under the same traffic:
   * baton: `batonctl upgrade <sessiond>` (to the same build);
   * ZNC: SIGTERM, wait for exit, start again (what an upgrade of ZNC is);
@@ -35,7 +45,8 @@ default ConnectDelay 0 and ServerThrottle 0: ZNC's defaults (5 s between
 network connects, 30 s throttle per server) would make 500 users take
 hours to come back; --znc-default-throttle keeps them.
 
-    bench/znc_compare.py                       # 200 users, 50 channels, 50 lines/s
+    bench/znc_compare.py                       # 200 users, 50 channels, trace load + 50 lines/s
+    bench/znc_compare.py --load-gen ircload    # steady phase with ircload's PRIVMSGs
     bench/znc_compare.py --users 500 --rate 100
 
 ZNC (re)connects its users' networks at about one per second even with
@@ -64,6 +75,7 @@ import ircload  # noqa: E402
 from ircload import log, Proc  # noqa: E402
 import migration_bench as mb  # noqa: E402
 import relay_bench as rb  # noqa: E402
+import rss_bench as rss  # noqa: E402
 
 PASSWORD = rb.PASSWORD
 NETWORK = rb.NETWORK
@@ -88,7 +100,7 @@ class Znc:
     kind = "znc"
 
     def __init__(self, workdir, port, net_port, users, channels_of, default_throttle=False,
-                 buffer_lines=500):
+                 buffer_lines=500, password=PASSWORD):
         self.dir = os.path.join(workdir, "znc")
         os.makedirs(os.path.join(self.dir, "configs"), exist_ok=True)
         # ZNC run as root waits 30 s ("Hit CTRL+C now") even with
@@ -112,7 +124,7 @@ class Znc:
         lines += ["<Listener l>", "\tPort = %d" % port, "\tIPv4 = true", "\tIPv6 = false",
                   "\tSSL = false", "\tHost = 127.0.0.1", "\tAllowIRC = true",
                   "\tAllowWeb = false", "</Listener>"]
-        pw = znc_pass_block(PASSWORD)  # same salt for all: hashing is not what we measure
+        pw = znc_pass_block(password)  # same salt for all: hashing is not what we measure
         for i, u in enumerate(users):
             lines += ["<User %s>" % u,
                       "\tAdmin = %s" % ("true" if i == 0 else "false"),
@@ -281,10 +293,72 @@ def znc_restart(args):
     return during
 
 
-def run_one(kind, args, bins):
+# baton-loadgen logs in with PASS user/NETWORK@lg:PASSWORD (baton's format).
+# ZNC reads PASS as [user[@identifier][/network]:]password with the FIRST
+# colon ending the user part, and takes everything after the LAST "/" as the
+# network, so "u000/bench@lg:pw" would ask for network "bench@lg". Against
+# ZNC loadgen gets --network "bench:benchpw", i.e. sends
+# "u000/bench:benchpw@lg:benchpw": user u000, network bench, password
+# "benchpw@lg:benchpw" -- which is the ZNC users' password here (and what
+# the harness's own clients send to ZNC, as user/bench:<that>).
+ZNC_LG_NETWORK = "%s:%s" % (NETWORK, PASSWORD)
+ZNC_LG_PASSWORD = "%s@lg:%s" % (PASSWORD, PASSWORD)
+
+
+def steady_loadgen(kind, rig, args, loadgen, out, roles):
+    """The steady phase with baton-loadgen: the harness clients leave,
+    loadgen replays the trace for --steady s (its clients through the
+    bouncer, network users on ngircd), RSS sampled every second; then the
+    harness clients attach again for the replacement phase."""
+    for w in rig.workers:
+        w.stop()
+    rig.workers = []
+    time.sleep(args.settle)
+
+    def sampler(r):
+        m = r.mem()
+        return {"kb": r.rss_kb(m, roles)}
+    net, pw = (ZNC_LG_NETWORK, PASSWORD) if kind == "znc" else (None, None)
+    samples, marks, rep, rc, wall, cpu, errpath = rss.run_loadgen(
+        rig, loadgen, args, duration=args.steady, network=net, password=pw, sampler=sampler)
+    ts, te = marks.get("traffic_start"), marks.get("traffic_end")
+    during = [x for x in samples if ts and te and ts <= x["t"] <= te]
+    lg = rss.loadgen_summary(rep)
+    if lg is not None and cpu is not None:
+        lg["cpu_ms_during_traffic"] = cpu
+        if lg["deliveries_received"]:
+            lg["bouncer_cpu_ms_per_1000_deliveries"] = round(
+                sum(cpu.get(k, 0.0) for k in ("worker", "supervisor", "znc")) * 1000.0
+                / lg["deliveries_received"], 2)
+    if during:
+        out["rss_under_load"] = {"kb": during[-1]["kb"],
+                                 "max_sampled_kb": max(x["kb"] for x in during),
+                                 "samples": len(during)}
+    out["steady"] = {"generator": "baton-loadgen", "exit": rc, "wall_s": round(wall, 1),
+                     "loadgen": lg}
+    if lg is None or not during:
+        raise RuntimeError("loadgen (exit %s) produced no report or no traffic phase; log %s"
+                           % (rc, errpath))
+    log("[%s] steady (loadgen, exit %s): deliveries %s/%s, lost %s, dup %s, p50 %s p99 %s ms, "
+        "mix max diff %s pp" % (kind, rc, lg["deliveries_received"], lg["deliveries_expected"],
+                                lg["lost"], lg["duplicated"],
+                                (lg["latency_live"] or {}).get("p50_ms"),
+                                (lg["latency_live"] or {}).get("p99_ms"),
+                                lg["event_mix_max_diff_pp"]))
+    timeout = max(120.0, args.users * 0.2)
+    rig.start_clients(timeout)
+
+
+def run_one(kind, args, bins, loadgen=None):
+    plan = rss.loadgen_plan(loadgen, args.users, args) if loadgen else None
     rig = rb.Rig(args.users, args.channels, speakers=args.speakers,
-                 client_procs=args.client_procs, watcher=True, label=kind)
+                 client_procs=args.client_procs, watcher=True, label=kind, plan=plan)
     out = {"kind": kind}
+    if plan is not None:
+        out["layout"] = dict(rss.channel_sizes(plan), source="baton-loadgen --emit-users",
+                             chans_per_user=args.chans_per_user)
+        if kind == "znc":
+            rig.client_password = ZNC_LG_PASSWORD
     # ZNC connects at most ~1 network per second (observed with ConnectDelay 0)
     timeout = max(120.0, args.users * 0.2) if kind == "baton" else 120.0 + args.users * 2.0
     try:
@@ -294,7 +368,8 @@ def run_one(kind, args, bins):
         else:
             def make(r):
                 return Znc(r.workdir, r.port, r.net_port, r.users, r.channels_of,
-                           default_throttle=args.znc_default_throttle)
+                           default_throttle=args.znc_default_throttle,
+                           password=r.client_password)
         rig.start_bouncer(make, timeout)
         time.sleep(args.settle)
         m = rig.mem()
@@ -304,16 +379,24 @@ def run_one(kind, args, bins):
         time.sleep(args.settle)
         m = rig.mem()
         out["rss_clients_idle"] = {"kb": rig.rss_kb(m, roles), "detail": m}
-        rig.start_speakers()
-        out["timings"] = dict(rig.timings)
-        log("[%s] steady: %s lines/s for %s s" % (kind, args.rate, args.steady))
-        st = rig.phase(args.rate, args.steady, drain=args.drain, warm=1.0)
-        out["rss_under_load"] = {"kb": rig.rss_kb(st["mem_end"], roles),
-                                 "max_sampled_kb": st.get("bouncer_rss_kb_samples", {}).get("max")}
-        st.pop("_per_client", None)
-        out["steady"] = st
-        log("[%s] steady: p50 %s p99 %s ms, lost %s" % (
-            kind, st["latency_down"]["p50_ms"], st["latency_down"]["p99_ms"], st["lost"]))
+        if loadgen:
+            log("[%s] steady: baton-loadgen, trace at %s events/s for %s s" % (
+                kind, args.trace_rate, args.steady))
+            steady_loadgen(kind, rig, args, loadgen, out, roles)
+            rig.start_speakers()
+            out["timings"] = dict(rig.timings)
+        else:
+            rig.start_speakers()
+            out["timings"] = dict(rig.timings)
+            log("[%s] steady: %s lines/s for %s s" % (kind, args.rate, args.steady))
+            st = rig.phase(args.rate, args.steady, drain=args.drain, warm=1.0)
+            out["rss_under_load"] = {"kb": rig.rss_kb(st["mem_end"], roles),
+                                     "max_sampled_kb": st.get("bouncer_rss_kb_samples",
+                                                              {}).get("max")}
+            st.pop("_per_client", None)
+            out["steady"] = st
+            log("[%s] steady: p50 %s p99 %s ms, lost %s" % (
+                kind, st["latency_down"]["p50_ms"], st["latency_down"]["p99_ms"], st["lost"]))
         # the replacement under traffic
         during = baton_upgrade(args, bins) if kind == "baton" else znc_restart(args)
         log("[%s] %s under %s lines/s" % (kind, "upgrade" if kind == "baton" else "restart",
@@ -381,6 +464,18 @@ def main():
     ap.add_argument("--znc-default-throttle", action="store_true",
                     help="keep ZNC's ConnectDelay (5 s) and ServerThrottle (30 s)")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--load-gen", choices=("loadgen", "ircload"), default="loadgen",
+                    help="load of the steady phase (default loadgen: the trace; the "
+                         "replacement phase always uses ircload's speakers and clients)")
+    g = ap.add_argument_group("loadgen (steady phase)")
+    g.add_argument("--trace", default=rss.TRACE)
+    g.add_argument("--trace-rate", type=float, default=30.0,
+                   help="trace events/s, all channel copies (default 30)")
+    g.add_argument("--chans-per-user", type=int, default=2)
+    g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--loadgen-drain", type=float, default=30.0)
+    g.add_argument("--loadgen-arg", action="append", default=[],
+                   help="extra baton-loadgen option (repeat)")
     args = ap.parse_args()
     ircload.raise_nofile()
     if not args.restart_timeout:
@@ -391,8 +486,16 @@ def main():
               "params": vars(args), "baton_build": bins["root"], "znc": znc_version(),
               "loadavg_start": os.getloadavg()}
     kinds = [args.only] if args.only else ["baton", "znc"]
+    loadgen = None
+    if args.load_gen == "loadgen":
+        loadgen = rss.find_loadgen(bins["root"])
+        if not os.path.exists(args.trace):
+            sys.exit("trace %s not found (--trace)" % args.trace)
+        result["load_generator"] = "baton-loadgen %s (trace %s)" % (loadgen, args.trace)
+    else:
+        result["load_generator"] = "bench/ircload.py"
     for k in kinds:
-        result[k] = run_one(k, args, bins)
+        result[k] = run_one(k, args, bins, loadgen)
     result["loadavg_end"] = os.getloadavg()
     h = {}
     for k in kinds:
@@ -400,6 +503,15 @@ def main():
         if "error" in r and "replace" not in r:
             continue
         st = r.get("steady", {})
+        lg = st.get("loadgen")
+        if lg:   # baton-loadgen's figures in the places of ircload's
+            lat = lg.get("latency_live") or {}
+            st = {"latency_down": {"p50_ms": lat.get("p50_ms"), "p99_ms": lat.get("p99_ms"),
+                                   "max_ms": lat.get("max_ms")},
+                  "deliveries_per_s": lg.get("deliveries_per_s"),
+                  "lost": lg.get("lost"),
+                  "bouncer_cpu_ms_per_1000_deliveries":
+                      lg.get("bouncer_cpu_ms_per_1000_deliveries")}
         rp = r.get("replace", {})
         d = rp.get("during", {})
         h[k] = {
@@ -433,6 +545,16 @@ def main():
             "replace_latency_p99_ms": rp.get("latency_down", {}).get("p99_ms"),
             "replace_latency_max_ms": rp.get("latency_down", {}).get("max_ms"),
         }
+        if lg:
+            h[k].update({
+                "steady_loadgen_exit": r["steady"].get("exit"),
+                "steady_duplicated": lg.get("duplicated"),
+                "steady_out_of_order": lg.get("out_of_order"),
+                "steady_deliveries": "%s/%s" % (lg.get("deliveries_received"),
+                                                lg.get("deliveries_expected")),
+                "steady_mix_max_diff_pp": lg.get("event_mix_max_diff_pp"),
+                "steady_disconnects": (lg.get("connections") or {}).get("disconnects"),
+            })
     result["headline"] = h
     result["ok"] = all("error" not in result[k] for k in kinds)
     keys = sorted(set(x for v in h.values() for x in v), key=lambda x: list(
