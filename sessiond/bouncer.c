@@ -707,8 +707,14 @@ void bouncer_item_freeze(struct bouncer_item *it)
 		/* From the first frozen session until the migration ends, this
 		 * worker grants no connects: the governors' state travels with
 		 * the items and only one process may spend the buckets. */
-		bouncer_governor_hold(it->session->b, true);
+		struct bouncer *b = it->session->b;
+
+		bouncer_governor_hold(b, true);
 		session_freeze(it->session, true);
+		/* Clients that QUIT from it and are still finishing: their
+		 * last delivery position must travel with the session. */
+		for (size_t i = 0; i < b->closing.n; i++)
+			client_closing_settle(b->closing.v[i], it->session);
 	} else {
 		conn_freeze(it->client->conn, true);
 		it->state = ITEM_FROZEN;

@@ -251,23 +251,43 @@ static void client_error_close(struct client *cl, const char *numeric_line,
 
 #define CLIENT_CLOSE_GRACE_MS 2000
 
+/* The best position known now: everything queued once the peer closed
+ * after acknowledging every byte, else what its TCP acknowledged. */
+static uint64_t client_closing_position(struct client *cl, bool *complete)
+{
+	struct conn *c = cl->conn;
+	size_t unsent;
+
+	(void)conn_output(c, &unsent);
+	*complete = conn_peer_closed(c) && unsent == 0 &&
+		    conn_bytes_acked(c) >= conn_bytes_queued(c);
+	return *complete ? cl->delivered_seq : client_acked_seq(cl);
+}
+
+void client_closing_settle(struct client *cl, struct session *s)
+{
+	bool complete;
+
+	if (cl->phase != CLIENT_CLOSING || cl->closing_key == NULL ||
+	    strcmp(cl->closing_key, s->key) != 0)
+		return;
+	session_advance_position(s, cl->client_id ? cl->client_id : "default",
+				 client_closing_position(cl, &complete));
+}
+
 static void client_closing_finish(struct client *cl)
 {
 	struct conn *c = cl->conn;
 	const char *id = cl->client_id ? cl->client_id : "default";
-	size_t unsent;
-	uint64_t seq = client_acked_seq(cl);
 	bool complete = false;
+	uint64_t seq = client_closing_position(cl, &complete);
 
-	(void)conn_output(c, &unsent);
-	if (conn_peer_closed(c) && unsent == 0 &&
-	    conn_bytes_acked(c) >= conn_bytes_queued(c)) {
-		seq = cl->delivered_seq;
-		complete = true;
-	} else {
+	if (!complete)
 		conn_discard_unacked(c);
-	}
 	struct session *s = bouncer_session_by_key(cl->b, cl->closing_key);
+	/* A session frozen for a migration was settled at its freeze
+	 * (client_closing_settle): raising it now would be lost if it
+	 * moves, and is harmless if it stays. */
 	if (s)
 		session_advance_position(s, id, seq);
 	log_debug("client", "%s: client %s closed after quit (%s, %s)",

@@ -399,6 +399,11 @@ uint64_t client_acked_seq_upto(struct client *cl, uint64_t acked_bytes);
  * position was stored at QUIT; unacknowledged output is discarded) and
  * free it. Sends nothing more. */
 void client_closing_abandon(struct client *cl);
+/* s is about to be frozen for a migration while cl (which QUIT from it) is
+ * still finishing: raise s's stored position for cl's client name to the
+ * best known now, so the state that travels has it (the finish itself runs
+ * in this process and could not reach the session any more). */
+void client_closing_settle(struct client *cl, struct session *s);
 /* Caps as names in canonical order (for state). */
 size_t client_caps_names(unsigned caps, const char **names, size_t max);
 unsigned client_cap_from_name(const char *name); /* 0 if unknown */
