@@ -30,10 +30,13 @@ enum bc_state { BC_DOWN, BC_REG, BC_ATTACHED, BC_LEAVING };
 struct lg;
 
 /* Progress of one scenario: step 0 = pending, 1 = started, 2 = command
- * ended (restarts: grace period), 9 = finished. */
+ * ended (restarts: grace period), 9 = finished. Restarts hold two ledger
+ * excuse windows (-1 = none): one for the clients as receivers, one for
+ * the observer. */
 struct scen_rt {
 	int step;
 	double next_at;
+	int win_clients, win_obs;
 };
 
 struct bclient {
@@ -112,7 +115,6 @@ struct lg {
 	int server_restarting;     /* server-restart commands running or in grace */
 	int baton_restarting;
 	int ops_running;           /* exec commands running */
-	int excusing;
 	bool obs_lost_in_restart;
 	double last_progress;
 	unsigned away;             /* bouncer clients away for a mass reconnect */
@@ -156,8 +158,7 @@ static double rng_unit(struct lg *lg)
 
 static void update_flags(struct lg *lg)
 {
-	ledger_set_flags(lg->led, (uint8_t)((lg->excusing ? LEDGER_EXCUSED : 0) |
-					    (lg->ops_running ? LEDGER_DURING_OP : 0)));
+	ledger_set_flags(lg->led, lg->ops_running ? LEDGER_DURING_OP : 0);
 }
 
 /* ---- parsing received lines ----
@@ -256,6 +257,7 @@ static void retire(struct peer *p)
 /* ---- bouncer clients ---- */
 
 static void bc_close(struct peer *p, const char *reason, void *arg);
+static void restart_reattached(struct lg *lg, struct bclient *c);
 
 static void bc_line(struct peer *p, char *line, size_t len, void *arg)
 {
@@ -281,6 +283,7 @@ static void bc_line(struct peer *p, char *line, size_t len, void *arg)
 		if (c->joined == (n >= 32 ? 0xffffffffu : (1u << n) - 1)) {
 			c->state = BC_ATTACHED;
 			lg->nattached++;
+			restart_reattached(lg, c);
 			if (c->scenario_away) {
 				c->scenario_away = false;
 				lg->res->reconnects++;
@@ -869,6 +872,46 @@ static void mass_reconnect(struct lg *lg, struct scenario *s)
 	     lg->o->reconnect_delay, lg->o->reconnect_delay + 1);
 }
 
+/* A restart excuses only the deliveries whose path the restarted process
+ * is on, from 1 s before its command (lines in flight when it dies):
+ * - baton: every delivery to a client (each client's part ends once it
+ *   has reattached: what it misses after that is baton's fault), and
+ *   deliveries to the observer of lines sent by clients (they pass baton);
+ *   lines of network users must still reach the observer;
+ * - the server: every delivery to the observer, and deliveries to clients
+ *   of lines sent by network users. A client-to-client line must still
+ *   arrive: baton keeps its clients through a server restart, so a line it
+ *   accepted and dropped is a loss worth seeing.
+ * The remaining parts close --restart-grace s after the command ended. */
+static void restart_excuse_open(struct lg *lg, struct scen_rt *rt, enum scen_kind kind)
+{
+	int64_t from = ledger_now_us() - 1000000;
+	if (kind == SC_BATON_RESTART) {
+		rt->win_clients = ledger_excuse_open(lg->led, LEDGER_CLIENTS,
+						     LEDGER_CLIENTS | LEDGER_NETWORK, from);
+		rt->win_obs = ledger_excuse_open(lg->led, LEDGER_NETWORK, LEDGER_CLIENTS, from);
+	} else {
+		rt->win_clients = ledger_excuse_open(lg->led, LEDGER_CLIENTS, LEDGER_NETWORK, from);
+		rt->win_obs = ledger_excuse_open(lg->led, LEDGER_NETWORK,
+						 LEDGER_CLIENTS | LEDGER_NETWORK, from);
+	}
+	if (rt->win_clients < 0 || rt->win_obs < 0)
+		note(lg, "%s: out of memory for its excuse window: nothing excused", scen_kind_names[kind]);
+}
+
+/* Client c attached: if it reconnected since a baton restart began, its
+ * part of that restart's excuse ends now. */
+static void restart_reattached(struct lg *lg, struct bclient *c)
+{
+	for (unsigned i = 0; i < lg->o->nscen; i++) {
+		const struct scenario *s = &lg->o->scen[i];
+		const struct scen_rt *rt = &lg->scen_rt[i];
+		if (s->kind == SC_BATON_RESTART && (rt->step == 1 || rt->step == 2) &&
+		    s->started && c->since_us >= s->start_us)
+			ledger_excuse_end(lg->led, rt->win_clients, c->idx, ledger_now_us());
+	}
+}
+
 static void scenario_step(struct lg *lg, unsigned i)
 {
 	struct scenario *s = &lg->o->scen[i];
@@ -890,11 +933,11 @@ static void scenario_step(struct lg *lg, unsigned i)
 			return;
 		case SC_SERVER_RESTART:
 			lg->server_restarting++;
-			lg->excusing++;
+			restart_excuse_open(lg, rt, s->kind);
 			break;
 		case SC_BATON_RESTART:
 			lg->baton_restarting++;
-			lg->excusing++;
+			restart_excuse_open(lg, rt, s->kind);
 			break;
 		case SC_EXEC:
 			lg->ops_running++;
@@ -941,6 +984,12 @@ static void scenario_step(struct lg *lg, unsigned i)
 					n++;
 				}
 			note(lg, "server-restart: observer and %u network users reconnecting", n);
+		} else if (s->kind == SC_BATON_RESTART) {
+			/* a client whose connection outlived the restart was
+			 * never cut off: its part of the excuse ends now */
+			for (unsigned k = 0; k < lg->o->nbouncer; k++)
+				if (lg->bc[k].state == BC_ATTACHED && lg->bc[k].since_us < s->start_us)
+					ledger_excuse_end(lg->led, rt->win_clients, k, ledger_now_us());
 		}
 		rt->step = 2;
 		rt->next_at = now + lg->o->restart_grace;
@@ -951,19 +1000,20 @@ static void scenario_step(struct lg *lg, unsigned i)
 			lg->server_restarting--;
 		else
 			lg->baton_restarting--;
-		lg->excusing--;
-		update_flags(lg);
-		/* lines sent from 1 s before the command to the end of the grace */
-		ledger_excuse(lg->led, s->start_us - 1000000, ledger_now_us());
+		ledger_excuse_close(lg->led, rt->win_clients, ledger_now_us());
+		ledger_excuse_close(lg->led, rt->win_obs, ledger_now_us());
 		note(lg, "%s: excuse window closed", scen_kind_names[s->kind]);
 		rt->step = 9;
 	}
 }
 
+/* During the drain: a scenario still pending (step 0) never starts (its AT
+ * was beyond the traffic; counted as a failed command at the end), so only
+ * started ones keep the drain waiting. */
 static bool scenarios_busy(struct lg *lg)
 {
 	for (unsigned i = 0; i < lg->o->nscen; i++)
-		if (lg->scen_rt[i].step != 9)
+		if (lg->scen_rt[i].step != 0 && lg->scen_rt[i].step != 9)
 			return true;
 	return lg->away > 0;
 }
@@ -1142,6 +1192,8 @@ int driver_run(const struct lg_opts *o, const struct trace *tr, struct model *m,
 	lg.scen_rt = calloc(o->nscen + 1, sizeof(*lg.scen_rt));
 	if (!lg.base || !lg.led || !lg.bc || !lg.by_who || !lg.obs_chan || !lg.scen_rt)
 		goto out;
+	for (unsigned i = 0; i < o->nscen; i++)
+		lg.scen_rt[i].win_clients = lg.scen_rt[i].win_obs = -1;
 	for (unsigned u = 0; u < o->nbouncer; u++) {
 		unsigned n;
 		const uint16_t *uc = model_user_chans(m, u, &n);
@@ -1171,6 +1223,15 @@ int driver_run(const struct lg_opts *o, const struct trace *tr, struct model *m,
 
 	ledger_finish(lg.led);
 	res->led = *ledger_stats(lg.led);
+	/* a scenario that never started tested nothing: its AT was beyond
+	 * the traffic (or setup never ended) */
+	for (unsigned i = 0; i < o->nscen; i++)
+		if (lg.scen_rt[i].step == 0) {
+			res->failed_commands++;
+			res->never_started++;
+			timeline_add(res, lg.t0 ? rel_s(&lg) : 0, "%s at +%g s: never started (traffic ended at +%.1f s)",
+				     scen_kind_names[o->scen[i].kind], o->scen[i].at, res->traffic_s);
+		}
 	for (unsigned u = 0; u < o->nbouncer; u++)
 		if (lg.bc[u].state != BC_ATTACHED)
 			res->not_attached++;

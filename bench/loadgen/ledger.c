@@ -8,8 +8,11 @@
 #include <string.h>
 #include <time.h>
 
+#define LINE_EXCUSED 0x80 /* internal flag: counted in excused_lines */
+
 struct line {
 	int64_t send_us;
+	uint32_t stream, seq; /* to find its receivers when a window opens late */
 	uint8_t flags;
 	uint8_t lost;  /* some receiver never got it (counted in lost_lines once) */
 };
@@ -33,13 +36,23 @@ struct rstate {
 	uint32_t bad; /* this receiver/stream had a problem */
 };
 
+/* A seq a receiver skipped: an open-addressing hash set entry (seq 0 =
+ * empty), so a late or duplicate arrival is one lookup, not a scan of
+ * every gap of the run. */
 struct missing {
 	uint32_t r, stream, seq;
 	uint8_t resolved;
 };
 
+/* A window's part per receiver: NOT_COVERED, OPEN, or its end. */
+#define NOT_COVERED INT64_MIN
+#define OPEN INT64_MAX
+
 struct window {
-	int64_t from, to;
+	int64_t from;
+	unsigned senders;  /* LEDGER_CLIENTS / LEDGER_NETWORK */
+	unsigned nparts;   /* receivers whose part is still OPEN */
+	int64_t *to;       /* per receiver (nbouncer + 1) */
 };
 
 struct ledger {
@@ -52,18 +65,16 @@ struct ledger {
 	size_t nstreams, streams_cap;
 	struct sender *senders;
 	size_t nsenders, senders_cap;
-	uint32_t **chan_streams; /* per channel */
-	uint32_t *nchan_streams, *chan_streams_cap;
 	uint32_t **chan_members;
 	uint32_t *nchan_members, *chan_members_cap;
 	uint16_t **rchans;       /* per bouncer receiver: its channels */
 	uint8_t *nrchans;
 	struct rstate *rs;
 	size_t nrs, rs_cap;
-	struct missing *miss;
+	struct missing *miss;    /* hash set, miss_cap a power of two */
 	size_t nmiss, miss_cap;
 	struct window *win;
-	size_t nwin;
+	size_t nwin, nopen;      /* nopen: windows with a part still open */
 	uint8_t *rbad;           /* per receiver */
 	struct ledger_stats st;
 };
@@ -126,17 +137,13 @@ struct ledger *ledger_new(unsigned nbouncer, unsigned nchans)
 	l->nbouncer = nbouncer;
 	l->nchans = nchans;
 	l->epoch = ledger_now_us();
-	l->chan_streams = calloc(nchans, sizeof(*l->chan_streams));
-	l->nchan_streams = calloc(nchans, sizeof(uint32_t));
-	l->chan_streams_cap = calloc(nchans, sizeof(uint32_t));
 	l->chan_members = calloc(nchans, sizeof(*l->chan_members));
 	l->nchan_members = calloc(nchans, sizeof(uint32_t));
 	l->chan_members_cap = calloc(nchans, sizeof(uint32_t));
 	l->rchans = calloc(nbouncer + 1, sizeof(*l->rchans));
 	l->nrchans = calloc(nbouncer + 1, 1);
 	l->rbad = calloc(nbouncer + 1, 1);
-	if (!l->chan_streams || !l->nchan_streams || !l->chan_streams_cap ||
-	    !l->chan_members || !l->nchan_members || !l->chan_members_cap ||
+	if (!l->chan_members || !l->nchan_members || !l->chan_members_cap ||
 	    !l->rchans || !l->nrchans || !l->rbad) {
 		ledger_free(l);
 		return NULL;
@@ -152,15 +159,10 @@ void ledger_free(struct ledger *l)
 		free(l->streams[i].lines);
 	for (size_t i = 0; i < l->nsenders; i++)
 		free(l->senders[i].streams);
-	for (unsigned c = 0; l->chan_streams && c < l->nchans; c++)
-		free(l->chan_streams[c]);
 	for (unsigned c = 0; l->chan_members && c < l->nchans; c++)
 		free(l->chan_members[c]);
 	for (unsigned r = 0; l->rchans && r <= l->nbouncer; r++)
 		free(l->rchans[r]);
-	free(l->chan_streams);
-	free(l->nchan_streams);
-	free(l->chan_streams_cap);
 	free(l->chan_members);
 	free(l->nchan_members);
 	free(l->chan_members_cap);
@@ -172,6 +174,8 @@ void ledger_free(struct ledger *l)
 	free(l->senders);
 	free(l->rs);
 	free(l->miss);
+	for (size_t i = 0; i < l->nwin; i++)
+		free(l->win[i].to);
 	free(l->win);
 	free(l);
 }
@@ -222,14 +226,12 @@ static int64_t stream_of(struct ledger *l, uint32_t sender, unsigned ch, bool cr
 		return -1;
 	size_t scap = s->cap;
 	if (grow((void **)&s->streams, &scap, s->nstreams + 1, sizeof(uint32_t)) < 0 ||
-	    grow((void **)&l->streams, &l->streams_cap, l->nstreams + 1, sizeof(*l->streams)) < 0 ||
-	    grow32(&l->chan_streams[ch], &l->chan_streams_cap[ch], l->nchan_streams[ch] + 1) < 0)
+	    grow((void **)&l->streams, &l->streams_cap, l->nstreams + 1, sizeof(*l->streams)) < 0)
 		return -1;
 	s->cap = (uint16_t)(scap > 65535 ? 65535 : scap);
 	uint32_t id = (uint32_t)l->nstreams++;
 	l->streams[id] = (struct stream){ .sender = sender, .chan = (uint16_t)ch };
 	s->streams[s->nstreams++] = id;
-	l->chan_streams[ch][l->nchan_streams[ch]++] = id;
 	return id;
 }
 
@@ -244,13 +246,66 @@ static char *b36(char *end, uint64_t v)
 	return end;
 }
 
-static unsigned expected_receivers(const struct ledger *l, uint32_t sender, unsigned ch)
+/* FNV-1a 32-bit, continued from h (start with FNV_INIT). */
+#define FNV_INIT 0x811c9dc5u
+static uint32_t fnv1a(uint32_t h, const char *p, size_t n)
 {
-	int32_t owner = l->senders[sender].owner;
-	unsigned n = l->nchan_members[ch] + 1; /* + the observer */
-	if (owner >= 0 && is_member(l, (unsigned)owner, ch))
-		n--;
+	for (size_t i = 0; i < n; i++) {
+		h ^= (uint8_t)p[i];
+		h *= 0x01000193u;
+	}
+	return h;
+}
+
+static size_t b36len(uint64_t v)
+{
+	size_t n = 1;
+	while (v >= 36) {
+		v /= 36;
+		n++;
+	}
 	return n;
+}
+
+static bool excused_upto(const struct ledger *l, unsigned r, const struct line *ln, size_t nwin);
+
+static bool excused(const struct ledger *l, unsigned r, const struct line *ln)
+{
+	return l->nwin && excused_upto(l, r, ln, l->nwin);
+}
+
+/* Receiver k (0..n-1) of a line of stream st: the channel's members but the
+ * sender's own bouncer user, then the observer; returns false past the end. */
+static bool receiver_at(const struct ledger *l, const struct stream *st, uint32_t *k, unsigned *r)
+{
+	int32_t owner = l->senders[st->sender].owner;
+	for (;;) {
+		uint32_t i = (*k)++;
+		if (i > l->nchan_members[st->chan])
+			return false;
+		*r = i < l->nchan_members[st->chan] ? l->chan_members[st->chan][i] : l->nbouncer;
+		if (owner < 0 || (unsigned)owner != *r)
+			return true;
+	}
+}
+
+/* Counts a new line's deliveries as expected or excused. */
+static void count_expected(struct ledger *l, struct line *ln)
+{
+	const struct stream *st = &l->streams[ln->stream];
+	uint32_t k = 0;
+	unsigned r;
+	while (receiver_at(l, st, &k, &r)) {
+		if (l->nopen && excused(l, r, ln)) {
+			l->st.excused_expected++;
+			if (!(ln->flags & LINE_EXCUSED)) {
+				ln->flags |= LINE_EXCUSED;
+				l->st.excused_lines++;
+			}
+		} else {
+			l->st.expected++;
+		}
+	}
 }
 
 size_t ledger_line(struct ledger *l, uint32_t sender, unsigned ch,
@@ -270,32 +325,47 @@ size_t ledger_line(struct ledger *l, uint32_t sender, unsigned ch,
 	st->cap = (uint32_t)scap;
 	int64_t now = ledger_now_us();
 	st->lines[st->n++] = (uint32_t)l->nlines;
-	l->lines[l->nlines++] = (struct line){ now, l->flags, 0 };
+	struct line *ln = &l->lines[l->nlines++];
+	*ln = (struct line){ .send_us = now, .stream = (uint32_t)sid, .seq = st->n,
+			     .flags = l->flags };
 	char a[16], b[16], c[16];
-	int n = snprintf(buf, len, "lg %s %s %s", b36(a + sizeof(a), sender),
+	int n = snprintf(buf, len, "lg %s %s %s ", b36(a + sizeof(a), sender),
 			 b36(b + sizeof(b), st->n), b36(c + sizeof(c), (uint64_t)(now - l->epoch)));
-	size_t tl = (size_t)n;
+	size_t fixed = (size_t)n; /* "lg S Q T " */
 	if (want_len > len - 1)
 		want_len = len - 1;
-	if (tl + 1 < want_len) {
-		buf[tl++] = ' ';
-		size_t k = 0;
-		while (tl < want_len) {
-			char ch2 = padlen ? pad[k++ % padlen] : 'x';
-			/* never a CR, LF, NUL or CTCP marker inside the text */
-			buf[tl++] = (ch2 == '\r' || ch2 == '\n' || ch2 == '\0' || ch2 == '\001') ? ' ' : ch2;
-		}
-		/* a trailing space may be stripped by someone: end on a dot */
-		if (buf[tl - 1] == ' ')
-			buf[tl - 1] = '.';
-		buf[tl] = '\0';
+	/* the padding fills what the header leaves of want_len: the
+	 * header's own length depends on padlen's digits, so shrink until
+	 * both fit (a byte short of want_len at a digit boundary) */
+	size_t plen = 0;
+	if (want_len > fixed + 1 + 1 + 8 + 1) {
+		plen = want_len - (fixed + 1 + 1 + 8 + 1);
+		while (plen && fixed + b36len(plen) + 1 + 8 + 1 + plen > want_len)
+			plen--;
 	}
+	char d[16];
+	size_t tl = fixed;
+	tl += (size_t)snprintf(buf + tl, len - tl, "%s", b36(d + sizeof(d), plen));
+	char *body = buf + tl + 1 + 8 + 1;
+	size_t k = 0;
+	for (size_t i = 0; i < plen; i++) {
+		char ch2 = padlen ? pad[k++ % padlen] : 'x';
+		/* never a CR, LF, NUL or CTCP marker inside the text */
+		body[i] = (ch2 == '\r' || ch2 == '\n' || ch2 == '\0' || ch2 == '\001') ? ' ' : ch2;
+	}
+	/* a trailing space may be stripped by someone: end on a dot */
+	if (plen && body[plen - 1] == ' ')
+		body[plen - 1] = '.';
+	uint32_t h = fnv1a(fnv1a(FNV_INIT, buf, tl), body, plen);
+	snprintf(buf + tl, len - tl, " %08x", h);
+	tl += 9;
+	if (plen) {
+		buf[tl] = ' ';
+		tl += 1 + plen;
+	}
+	buf[tl] = '\0';
 	l->st.lines++;
-	unsigned nexp = expected_receivers(l, sender, ch);
-	if (l->flags & LEDGER_EXCUSED)
-		l->st.excused_lines++;
-	else
-		l->st.expected += nexp;
+	count_expected(l, ln);
 	return tl;
 fail:
 	l->st.internal_errors++;
@@ -338,14 +408,73 @@ static struct rstate *rs_get(struct ledger *l, uint32_t r, uint32_t stream, bool
 	return &l->rs[j];
 }
 
-static bool excused(const struct ledger *l, const struct line *ln)
+static bool excused_upto(const struct ledger *l, unsigned r, const struct line *ln, size_t nwin)
 {
-	if (ln->flags & LEDGER_EXCUSED)
-		return true;
-	for (size_t i = 0; i < l->nwin; i++)
-		if (ln->send_us >= l->win[i].from && ln->send_us <= l->win[i].to)
-			return true;
+	int32_t owner = l->senders[l->streams[ln->stream].sender].owner;
+	unsigned side = owner >= 0 ? LEDGER_CLIENTS : LEDGER_NETWORK;
+	for (size_t i = 0; i < nwin; i++) {
+		const struct window *w = &l->win[i];
+		if ((w->senders & side) && ln->send_us >= w->from && ln->send_us <= w->to[r])
+			return true; /* NOT_COVERED (INT64_MIN) never is */
+	}
 	return false;
+}
+
+/* ---- the missing set ---- */
+
+static size_t miss_slot(const struct ledger *l, uint32_t r, uint32_t stream, uint32_t seq)
+{
+	return mix64(((uint64_t)r << 32 | stream) ^ ((uint64_t)seq * 0x9e3779b97f4a7c15ULL)) &
+	       (l->miss_cap - 1);
+}
+
+static struct missing *miss_find(const struct ledger *l, uint32_t r, uint32_t stream, uint32_t seq)
+{
+	if (!l->miss_cap)
+		return NULL;
+	for (size_t j = miss_slot(l, r, stream, seq); l->miss[j].seq; j = (j + 1) & (l->miss_cap - 1)) {
+		const struct missing *m = &l->miss[j];
+		if (m->seq == seq && m->r == r && m->stream == stream)
+			return &l->miss[j];
+	}
+	return NULL;
+}
+
+/* Each (r, stream, seq) is added at most once: the gap is passed once. */
+static int miss_add(struct ledger *l, uint32_t r, uint32_t stream, uint32_t seq)
+{
+	if ((l->nmiss + 1) * 2 > l->miss_cap) {
+		size_t oc = l->miss_cap, nc = oc ? oc * 2 : 1024;
+		struct missing *old = l->miss, *nv = calloc(nc, sizeof(*nv));
+		if (!nv)
+			return -ENOMEM;
+		l->miss = nv;
+		l->miss_cap = nc;
+		for (size_t i = 0; i < oc; i++)
+			if (old[i].seq) {
+				size_t j = miss_slot(l, old[i].r, old[i].stream, old[i].seq);
+				while (nv[j].seq)
+					j = (j + 1) & (nc - 1);
+				nv[j] = old[i];
+			}
+		free(old);
+	}
+	size_t j = miss_slot(l, r, stream, seq);
+	while (l->miss[j].seq)
+		j = (j + 1) & (l->miss_cap - 1);
+	l->miss[j] = (struct missing){ r, stream, seq, 0 };
+	l->nmiss++;
+	return 0;
+}
+
+/* Has receiver r got seq of stream (as far as the ledger knows now)? */
+static bool got(struct ledger *l, uint32_t r, uint32_t stream, uint32_t seq)
+{
+	const struct rstate *rs = rs_get(l, r, stream, false);
+	if (!rs || seq > rs->last)
+		return false;
+	const struct missing *m = miss_find(l, r, stream, seq);
+	return !m || m->resolved;
 }
 
 static bool parse_b36(const char **p, const char *end, uint64_t *out)
@@ -373,11 +502,11 @@ static bool parse_b36(const char **p, const char *end, uint64_t *out)
 	return true;
 }
 
-static void first_delivery(struct ledger *l, const struct line *ln, int64_t now_us,
+static void first_delivery(struct ledger *l, unsigned r, const struct line *ln, int64_t now_us,
 			   int64_t since_us)
 {
 	uint64_t lat = now_us > ln->send_us ? (uint64_t)(now_us - ln->send_us) : 0;
-	if (ln->flags & LEDGER_EXCUSED) {
+	if (excused(l, r, ln)) {
 		l->st.excused_delivered++;
 		return;
 	}
@@ -391,20 +520,65 @@ static void first_delivery(struct ledger *l, const struct line *ln, int64_t now_
 	hist_add((ln->flags & LEDGER_DURING_OP) ? &l->st.lat_op : &l->st.lat_steady, lat);
 }
 
+static bool parse_hex32(const char **p, const char *end, uint32_t *out)
+{
+	const char *s = *p;
+	uint32_t v = 0;
+	if (end - s < 8)
+		return false;
+	for (int i = 0; i < 8; i++) {
+		char c = s[i];
+		unsigned d;
+		if (c >= '0' && c <= '9')
+			d = (unsigned)(c - '0');
+		else if (c >= 'a' && c <= 'f')
+			d = (unsigned)(c - 'a' + 10);
+		else
+			return false;
+		v = v << 4 | d;
+	}
+	s += 8;
+	if (s < end && *s != ' ')
+		return false;
+	*p = s < end ? s + 1 : s;
+	*out = v;
+	return true;
+}
+
 bool ledger_deliver(struct ledger *l, unsigned r, int ch, const char *text,
 		    size_t len, int64_t now_us, int64_t since_us)
 {
 	const char *p = text, *end = text + len;
-	uint64_t sender, seq, rel;
+	uint64_t sender, seq, rel, plen;
+	uint32_t check;
 
-	if (len > 8 && !memcmp(p, "\001ACTION ", 8))
+	if (len > 8 && !memcmp(p, "\001ACTION ", 8)) {
 		p += 8;
+		/* the closing \001 is ours too: missing, the text was cut */
+		if (end > p && end[-1] == '\001')
+			end--;
+	}
 	if (end - p < 4 || memcmp(p, "lg ", 3) != 0)
 		return false;
+	const char *hdr = p;
 	p += 3;
 	if (!parse_b36(&p, end, &sender) || !parse_b36(&p, end, &seq) ||
-	    !parse_b36(&p, end, &rel)) {
+	    !parse_b36(&p, end, &rel) || !parse_b36(&p, end, &plen)) {
 		l->st.malformed++;
+		return true;
+	}
+	const char *hdr_end = p - 1; /* the space before the check */
+	if (p > end || hdr_end[0] != ' ' || !parse_hex32(&p, end, &check)) {
+		l->st.malformed++;
+		return true;
+	}
+	/* p: the padding (or end); the header's numbers are only trusted
+	 * once length and checksum agree */
+	if ((uint64_t)(end - p) != plen ||
+	    fnv1a(fnv1a(FNV_INIT, hdr, (size_t)(hdr_end - hdr)), p, (size_t)(end - p)) != check) {
+		l->st.corrupted++;
+		example(l, "receiver %u: corrupted line in #lg%d (payload %zu bytes, header says %llu; %.60s)",
+			r, ch, (size_t)(end - p), (unsigned long long)plen, hdr);
 		return true;
 	}
 	if (r > l->nbouncer || ch < 0 || sender >= l->nsenders || seq == 0 ||
@@ -412,6 +586,15 @@ bool ledger_deliver(struct ledger *l, unsigned r, int ch, const char *text,
 		l->st.foreign++;
 		example(l, "receiver %u: line of unknown sender %llu or channel %d it is not in",
 			r, (unsigned long long)sender, ch);
+		return true;
+	}
+	if (r < l->nbouncer && l->senders[sender].owner == (int32_t)r) {
+		/* baton does not echo a client's own lines back to it: counted
+		 * as a delivery this would inflate `delivered` and hide losses */
+		l->st.foreign++;
+		l->st.echoed++;
+		example(l, "receiver %u: its own line %llu of sender %llu in #lg%d echoed back",
+			r, (unsigned long long)seq, (unsigned long long)sender, ch);
 		return true;
 	}
 	int64_t sid = stream_of(l, (uint32_t)sender, (unsigned)ch, false);
@@ -428,40 +611,31 @@ bool ledger_deliver(struct ledger *l, unsigned r, int ch, const char *text,
 		return true;
 	}
 	const struct line *ln = &l->lines[st->lines[seq - 1]];
-	if (seq == (uint64_t)rs->last + 1) {
-		rs->last = (uint32_t)seq;
-		first_delivery(l, ln, now_us, since_us);
-		return true;
-	}
 	if (seq > rs->last) {
 		/* a gap: remember each missing seq */
-		for (uint32_t s = rs->last + 1; s < seq; s++) {
-			if (grow((void **)&l->miss, &l->miss_cap, l->nmiss + 1, sizeof(*l->miss)) < 0) {
+		for (uint32_t s = rs->last + 1; s < seq; s++)
+			if (miss_add(l, r, (uint32_t)sid, s) < 0) {
 				l->st.internal_errors++;
 				break;
 			}
-			l->miss[l->nmiss++] = (struct missing){ r, (uint32_t)sid, s, 0 };
-		}
 		rs->last = (uint32_t)seq;
-		first_delivery(l, ln, now_us, since_us);
+		first_delivery(l, r, ln, now_us, since_us);
 		return true;
 	}
 	/* seq <= last: a late missing one, or a duplicate */
-	for (size_t i = l->nmiss; i-- > 0;) {
-		struct missing *m = &l->miss[i];
-		if (!m->resolved && m->r == r && m->stream == sid && m->seq == seq) {
-			m->resolved = 1;
-			if (!excused(l, ln)) {
-				l->st.out_of_order++;
-				l->rbad[r] = 1;
-				example(l, "receiver %u: line %llu of sender %llu in #lg%d out of order",
-					r, (unsigned long long)seq, (unsigned long long)sender, ch);
-			}
-			first_delivery(l, ln, now_us, since_us);
-			return true;
+	struct missing *m = miss_find(l, r, (uint32_t)sid, (uint32_t)seq);
+	if (m && !m->resolved) {
+		m->resolved = 1;
+		if (!excused(l, r, ln)) {
+			l->st.out_of_order++;
+			l->rbad[r] = 1;
+			example(l, "receiver %u: line %llu of sender %llu in #lg%d out of order",
+				r, (unsigned long long)seq, (unsigned long long)sender, ch);
 		}
+		first_delivery(l, r, ln, now_us, since_us);
+		return true;
 	}
-	if (!excused(l, ln)) {
+	if (!excused(l, r, ln)) {
 		l->st.duplicated++;
 		l->rbad[r] = 1;
 		example(l, "receiver %u: line %llu of sender %llu in #lg%d duplicated (%.3f s after sending)",
@@ -471,14 +645,83 @@ bool ledger_deliver(struct ledger *l, unsigned r, int ch, const char *text,
 	return true;
 }
 
-int ledger_excuse(struct ledger *l, int64_t from_us, int64_t to_us)
+/* ---- excuse windows ---- */
+
+int ledger_excuse_open(struct ledger *l, unsigned receivers, unsigned senders, int64_t from_us)
 {
 	struct window *nv = realloc(l->win, (l->nwin + 1) * sizeof(*nv));
 	if (!nv)
 		return -ENOMEM;
 	l->win = nv;
-	l->win[l->nwin++] = (struct window){ from_us, to_us };
-	return 0;
+	int64_t *to = malloc((l->nbouncer + 1) * sizeof(*to));
+	if (!to)
+		return -ENOMEM;
+	unsigned nparts = 0;
+	for (unsigned r = 0; r <= l->nbouncer; r++) {
+		bool covered = r == l->nbouncer ? receivers & LEDGER_NETWORK : receivers & LEDGER_CLIENTS;
+		to[r] = covered ? OPEN : NOT_COVERED;
+		nparts += covered;
+	}
+	size_t w = l->nwin;
+	l->win[w] = (struct window){ .from = from_us, .senders = senders, .nparts = nparts, .to = to };
+	l->nwin++;
+	if (nparts)
+		l->nopen++;
+	/* from_us may be in the past: deliveries of lines sent since then
+	 * that were counted as expected (and maybe delivered) move to the
+	 * excused counts. Lines are in send order. */
+	size_t lo = 0, hi = l->nlines;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (l->lines[mid].send_us < from_us)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (size_t i = lo; i < l->nlines; i++) {
+		struct line *ln = &l->lines[i];
+		const struct stream *st = &l->streams[ln->stream];
+		uint32_t k = 0;
+		unsigned r;
+		while (receiver_at(l, st, &k, &r)) {
+			if (excused_upto(l, r, ln, w) || !excused_upto(l, r, ln, w + 1))
+				continue; /* no change for this delivery */
+			l->st.expected--;
+			l->st.excused_expected++;
+			if (!(ln->flags & LINE_EXCUSED)) {
+				ln->flags |= LINE_EXCUSED;
+				l->st.excused_lines++;
+			}
+			if (got(l, r, ln->stream, ln->seq)) {
+				l->st.delivered--;
+				l->st.excused_delivered++;
+			}
+		}
+	}
+	return (int)w;
+}
+
+static void end_part(struct ledger *l, struct window *w, unsigned r, int64_t to_us)
+{
+	w->to[r] = to_us;
+	if (--w->nparts == 0)
+		l->nopen--;
+}
+
+void ledger_excuse_end(struct ledger *l, int w, unsigned r, int64_t to_us)
+{
+	if (w < 0 || (size_t)w >= l->nwin || r > l->nbouncer || l->win[w].to[r] != OPEN)
+		return;
+	end_part(l, &l->win[w], r, to_us);
+}
+
+void ledger_excuse_close(struct ledger *l, int w, int64_t to_us)
+{
+	if (w < 0 || (size_t)w >= l->nwin)
+		return;
+	for (unsigned r = 0; r <= l->nbouncer; r++)
+		if (l->win[w].to[r] == OPEN)
+			end_part(l, &l->win[w], r, to_us);
 }
 
 uint64_t ledger_outstanding(const struct ledger *l)
@@ -490,7 +733,7 @@ static void count_missing(struct ledger *l, unsigned r, const struct stream *st,
 			  uint32_t seq)
 {
 	struct line *ln = &l->lines[st->lines[seq - 1]];
-	if (excused(l, ln)) {
+	if (excused(l, r, ln)) {
 		l->st.excused_missing++;
 		return;
 	}
@@ -506,22 +749,17 @@ static void count_missing(struct ledger *l, unsigned r, const struct stream *st,
 
 void ledger_finish(struct ledger *l)
 {
-	for (size_t i = 0; i < l->nmiss; i++)
-		if (!l->miss[i].resolved)
+	for (size_t i = 0; i < l->miss_cap; i++)
+		if (l->miss[i].seq && !l->miss[i].resolved)
 			count_missing(l, l->miss[i].r, &l->streams[l->miss[i].stream], l->miss[i].seq);
-	for (unsigned ch = 0; ch < l->nchans; ch++) {
-		for (uint32_t k = 0; k < l->nchan_streams[ch]; k++) {
-			uint32_t sid = l->chan_streams[ch][k];
-			const struct stream *st = &l->streams[sid];
-			int32_t owner = l->senders[st->sender].owner;
-			for (uint32_t m = 0; m <= l->nchan_members[ch]; m++) {
-				unsigned r = m < l->nchan_members[ch] ? l->chan_members[ch][m] : l->nbouncer;
-				if (owner >= 0 && (unsigned)owner == r)
-					continue;
-				const struct rstate *rs = rs_get(l, r, sid, false);
-				for (uint32_t s = rs ? rs->last + 1 : 1; s <= st->n; s++)
-					count_missing(l, r, st, s);
-			}
+	for (size_t sid = 0; sid < l->nstreams; sid++) {
+		const struct stream *st = &l->streams[sid];
+		uint32_t k = 0;
+		unsigned r;
+		while (receiver_at(l, st, &k, &r)) {
+			const struct rstate *rs = rs_get(l, r, (uint32_t)sid, false);
+			for (uint32_t s = rs ? rs->last + 1 : 1; s <= st->n; s++)
+				count_missing(l, r, st, s);
 		}
 	}
 	for (unsigned r = 0; r <= l->nbouncer; r++)

@@ -3,8 +3,8 @@
  * main.c parses the options, loads the trace, builds the model and hands
  * both to the driver; the report goes to stdout (JSON with --json, the
  * human summary then going to stderr). Exit 0 only if nothing was lost,
- * duplicated, reordered or disconnected; 1 if something was; 2 on usage or
- * setup errors. */
+ * duplicated, reordered, corrupted or disconnected (report_failures());
+ * 1 if something was; 2 on usage or setup errors. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
@@ -30,10 +30,12 @@ static void usage(FILE *f)
 "\n"
 "Replays a real IRC trace, scaled, against an IRC server (network users) and\n"
 "through baton (one client per bouncer user) at the same time. Every PRIVMSG\n"
-"text starts with \"lg SENDER SEQ SEND_US\" (base 36) and is padded to the\n"
-"trace message's length; receivers check delivery exactly once and in order\n"
-"per (sender, channel) and measure latency. Receivers: every bouncer user's\n"
-"client (for its channels) and one observer on the server (every channel).\n"
+"text starts with \"lg SENDER SEQ SEND_US PADLEN CHECK\" (base 36; CHECK: FNV-1a\n"
+"of the rest, 8 hex digits) and is padded to the trace message's length;\n"
+"receivers check the payload (length, checksum), delivery exactly once and in\n"
+"order per (sender, channel), and measure latency. Receivers: every bouncer\n"
+"user's client (for its channels; never its own lines) and one observer on\n"
+"the server (every channel).\n"
 "\n"
 "Where:\n"
 "  --server HOST:PORT        the IRC server (ngircd) for network users (required)\n"
@@ -80,8 +82,16 @@ static void usage(FILE *f)
 "  --baton-restart AT:CMD    run CMD that restarts baton; its clients' closes are\n"
 "                            expected and they reconnect every second until attached\n"
 "  --restart-grace S         lines sent from 1 s before a restart command until S s\n"
-"                            after it ended are excused: counted apart, never lost\n"
-"                            or duplicated (default 20)\n"
+"                            after it ended are excused (counted apart, never lost\n"
+"                            or duplicated), only where the restarted process is\n"
+"                            on the way: a baton restart excuses deliveries to\n"
+"                            clients (each until it reattached) and clients' lines\n"
+"                            to the observer; a server restart, deliveries to the\n"
+"                            observer and network users' lines (default 5)\n"
+"  --excused-max-share F     fail if more than this fraction of the deliveries\n"
+"                            inside excuse windows never arrived (default 0.95:\n"
+"                            a restart loses what was said while it was down;\n"
+"                            this only catches a bouncer that never recovers)\n"
 "  --exec AT:CMD             run CMD (e.g. batonctl upgrade); lines sent while it\n"
 "                            runs get their own latency figures; failure fails the run\n"
 "\n"
@@ -95,10 +105,12 @@ static void usage(FILE *f)
 "  -v, --verbose             timeline entries on stderr as they happen\n"
 "  -h, --help                this text\n"
 "\n"
-"Exit status: 0 if every expected line arrived exactly once and in order, no\n"
-"bouncer client was disconnected by baton (outside --baton-restart), every client\n"
-"is attached at the end and every command succeeded; 1 otherwise; 2 on usage or\n"
-"setup errors.\n");
+"Exit status: 0 if some delivery was expected and every expected line arrived\n"
+"intact, exactly once and in order (no echo, nothing foreign), no bouncer\n"
+"client was disconnected by baton (outside --baton-restart), every client is\n"
+"attached at the end, the drain completed, every scenario started and every\n"
+"command succeeded, and restarts stayed within --excused-max-share; 1\n"
+"otherwise (the report lists why); 2 on usage or setup errors.\n");
 }
 
 static int parse_addr(const char *opt, const char *s, struct sockaddr_in *a)
@@ -148,7 +160,7 @@ enum {
 	O_SERVER = 256, O_BATON, O_NETWORK, O_PASSWORD, O_CLIENT, O_UPREFIX, O_NPREFIX,
 	O_TRACE, O_USERS, O_CHANNELS, O_CPU, O_RATE, O_DURATION, O_MAXGAP, O_SHARE, O_SEED,
 	O_EMIT, O_NETSPLIT, O_RECONNECT, O_RMODE, O_RDELAY, O_SRESTART, O_BRESTART,
-	O_GRACE, O_EXEC, O_LOGIN, O_ATTACH, O_DRAIN, O_JSON, O_LOGSENT,
+	O_GRACE, O_EXEC, O_LOGIN, O_ATTACH, O_DRAIN, O_JSON, O_LOGSENT, O_EXSHARE,
 };
 
 static const struct option longopts[] = {
@@ -176,6 +188,7 @@ static const struct option longopts[] = {
 	{ "server-restart", required_argument, NULL, O_SRESTART },
 	{ "baton-restart", required_argument, NULL, O_BRESTART },
 	{ "restart-grace", required_argument, NULL, O_GRACE },
+	{ "excused-max-share", required_argument, NULL, O_EXSHARE },
 	{ "exec", required_argument, NULL, O_EXEC },
 	{ "login-rate", required_argument, NULL, O_LOGIN },
 	{ "attach-timeout", required_argument, NULL, O_ATTACH },
@@ -202,8 +215,9 @@ int main(int argc, char **argv)
 		.network = "net", .password = "secret", .client_name = "lg",
 		.user_prefix = "u", .nick_prefix = "bn", .nbouncer = 150,
 		.login_rate = 400, .attach_timeout = 180, .drain_timeout = 30,
-		.reconnect_delay = 2, .restart_grace = 20, .seed = 1,
+		.reconnect_delay = 2, .restart_grace = 5, .seed = 1,
 	};
+	double excused_max_share = 0.95;
 	struct model_params mp = {
 		.nchans = 10, .chans_per_user = 2, .rate = 20, .max_gap = 600,
 		.bouncer_share = 0.5, .duration = 30,
@@ -311,6 +325,10 @@ int main(int argc, char **argv)
 			if (parse_num("--restart-grace", optarg, 0, 3600, &o.restart_grace) < 0)
 				goto out;
 			break;
+		case O_EXSHARE:
+			if (parse_num("--excused-max-share", optarg, 0, 1, &excused_max_share) < 0)
+				goto out;
+			break;
 		case O_LOGIN:
 			if (parse_num("--login-rate", optarg, 1, 1e6, &o.login_rate) < 0)
 				goto out;
@@ -395,6 +413,7 @@ int main(int argc, char **argv)
 	res->duration = mp.duration;
 	res->speed = model_speed(m);
 	res->bouncer_share = mp.bouncer_share;
+	res->excused_max_share = excused_max_share;
 	res->schedule_events = nsched;
 	res->presence = npres;
 	if (driver_run(&o, tr, m, res) < 0)

@@ -49,12 +49,62 @@ static double mix_max_diff(const struct lg_result *r)
 
 static double ms(uint64_t us) { return (double)us / 1000.0; }
 
-int report_exit_code(const struct lg_result *r)
+/* Share of the deliveries inside excuse windows that never arrived. */
+static double excused_missing_share(const struct ledger_stats *l)
+{
+	uint64_t in = l->excused_delivered + l->excused_missing;
+	return in ? (double)l->excused_missing / (double)in : 0.0;
+}
+
+#define FAIL_IF(cond, ...)                                                        \
+	do {                                                                      \
+		if (cond) {                                                       \
+			if (out && n < max)                                       \
+				snprintf(out[n], sizeof(out[0]), __VA_ARGS__);    \
+			n++;                                                      \
+		}                                                                 \
+	} while (0)
+
+unsigned report_failures(const struct lg_result *r, char (*out)[200], unsigned max)
 {
 	const struct ledger_stats *l = &r->led;
-	return (l->lost || l->duplicated || l->out_of_order || l->foreign || l->malformed ||
-		l->internal_errors || r->disconnects || r->upstream_events || r->not_attached || r->failed_commands ||
-		!l->lines) ? 1 : 0;
+	unsigned n = 0;
+	unsigned long long u;
+
+	FAIL_IF(!l->lines, "no numbered line was sent");
+	FAIL_IF(l->lines && !l->expected, "no delivery was expected outside excuse windows: nothing was checked");
+	FAIL_IF((u = l->lost), "%llu deliveries lost (%llu distinct lines)", u, (unsigned long long)l->lost_lines);
+	FAIL_IF((u = l->duplicated), "%llu deliveries duplicated", u);
+	FAIL_IF((u = l->out_of_order), "%llu deliveries out of order", u);
+	FAIL_IF((u = l->corrupted), "%llu lines arrived corrupted (payload length or checksum wrong)", u);
+	FAIL_IF((u = l->malformed), "%llu lines arrived with an unreadable header", u);
+	FAIL_IF((u = l->foreign), "%llu foreign lines (%llu echoed back to their sender)", u,
+		(unsigned long long)l->echoed);
+	FAIL_IF((u = l->internal_errors), "%llu internal errors (out of memory?)", u);
+	FAIL_IF(l->delivered > l->expected, "received %llu of %llu expected deliveries: more than expected",
+		(unsigned long long)l->delivered, (unsigned long long)l->expected);
+	/* a restart may cost what was in flight and what a client missed
+	 * while away, not most of its window: past the share, the window is
+	 * hiding a loss rather than excusing one */
+	FAIL_IF(excused_missing_share(l) > r->excused_max_share,
+		"%llu of %llu deliveries inside restart excuse windows missing (%.0f%% > %.0f%%)",
+		(unsigned long long)l->excused_missing,
+		(unsigned long long)(l->excused_delivered + l->excused_missing),
+		100.0 * excused_missing_share(l), 100.0 * r->excused_max_share);
+	FAIL_IF((u = r->disconnects), "%llu bouncer clients disconnected by the bouncer", u);
+	FAIL_IF((u = r->upstream_events), "the network saw %llu QUIT/JOIN/PART/NICK of bouncer nicks", u);
+	FAIL_IF((u = r->not_attached), "%llu bouncer clients not attached at the end", u);
+	FAIL_IF((u = r->failed_commands - r->never_started), "%llu scenario commands failed", u);
+	FAIL_IF((u = r->never_started), "%llu scenarios never started (AT beyond --duration?)", u);
+	FAIL_IF(!r->drained, "the drain did not complete within %.1f s: %llu deliveries outstanding, "
+		"or a scenario or client still busy", r->drain_s,
+		(unsigned long long)(l->expected > l->delivered ? l->expected - l->delivered : 0));
+	return n;
+}
+
+int report_exit_code(const struct lg_result *r)
+{
+	return report_failures(r, NULL, 0) ? 1 : 0;
 }
 
 void report_text(FILE *f, const struct lg_result *r)
@@ -86,16 +136,19 @@ void report_text(FILE *f, const struct lg_result *r)
 	fprintf(f, "\nlines sent %llu; deliveries expected %llu, received %llu (%llu replayed)\n",
 		(unsigned long long)l->lines, (unsigned long long)l->expected,
 		(unsigned long long)l->delivered, (unsigned long long)l->replayed);
-	fprintf(f, "lost %llu (%llu distinct lines), duplicated %llu, out of order %llu, foreign %llu, malformed %llu; "
-		"receivers with problems %llu\n",
+	fprintf(f, "lost %llu (%llu distinct lines), duplicated %llu, out of order %llu, foreign %llu (%llu echoes), "
+		"malformed %llu, corrupted %llu; receivers with problems %llu\n",
 		(unsigned long long)l->lost, (unsigned long long)l->lost_lines,
 		(unsigned long long)l->duplicated,
 		(unsigned long long)l->out_of_order, (unsigned long long)l->foreign,
-		(unsigned long long)l->malformed, (unsigned long long)l->receivers_bad);
-	if (l->excused_lines || l->excused_missing)
-		fprintf(f, "excused (sent during restarts): %llu lines, %llu deliveries missing, %llu arrived\n",
-			(unsigned long long)l->excused_lines, (unsigned long long)l->excused_missing,
-			(unsigned long long)l->excused_delivered);
+		(unsigned long long)l->echoed, (unsigned long long)l->malformed,
+		(unsigned long long)l->corrupted, (unsigned long long)l->receivers_bad);
+	if (l->excused_lines || l->excused_expected)
+		fprintf(f, "excused (sent during restarts): %llu lines, %llu deliveries of which %llu missing "
+			"(%.0f%%, at most %.0f%% allowed), %llu arrived\n",
+			(unsigned long long)l->excused_lines, (unsigned long long)l->excused_expected,
+			(unsigned long long)l->excused_missing, 100.0 * excused_missing_share(l),
+			100.0 * r->excused_max_share, (unsigned long long)l->excused_delivered);
 	fprintf(f, "latency live     p50 %.1f ms p99 %.1f ms (steady p50 %.1f p99 %.1f; "
 		"during commands p50 %.1f p99 %.1f, n=%llu)\n",
 		ms(hist_quantile(&l->lat_live, 0.5)), ms(hist_quantile(&l->lat_live, 0.99)),
@@ -126,7 +179,11 @@ void report_text(FILE *f, const struct lg_result *r)
 		fprintf(f, "  %+9.3f s  %s\n", r->timeline[i].t, r->timeline[i].what);
 	if (r->timeline_dropped)
 		fprintf(f, "  (%u more entries not kept)\n", r->timeline_dropped);
-	fprintf(f, "\nresult: %s\n", report_exit_code(r) ? "FAIL" : "PASS");
+	char why[REPORT_MAX_FAILURES][200];
+	unsigned nwhy = report_failures(r, why, REPORT_MAX_FAILURES);
+	fprintf(f, "\nresult: %s\n", nwhy ? "FAIL" : "PASS");
+	for (unsigned i = 0; i < nwhy && i < REPORT_MAX_FAILURES; i++)
+		fprintf(f, "  - %s\n", why[i]);
 }
 
 static struct json_object *jlat(const struct hist *h)
@@ -196,10 +253,15 @@ void report_json(FILE *f, const struct lg_result *r)
 	ADD(del, "out_of_order", I64(l->out_of_order));
 	ADD(del, "foreign", I64(l->foreign));
 	ADD(del, "malformed", I64(l->malformed));
+	ADD(del, "corrupted", I64(l->corrupted));
+	ADD(del, "echoed", I64(l->echoed));
 	ADD(del, "receivers_with_problems", I64(l->receivers_bad));
 	ADD(del, "excused_lines", I64(l->excused_lines));
 	ADD(del, "excused_missing", I64(l->excused_missing));
 	ADD(del, "excused_received", I64(l->excused_delivered));
+	ADD(del, "excused_expected", I64(l->excused_expected));
+	ADD(del, "excused_missing_share", DBL(excused_missing_share(l)));
+	ADD(del, "excused_max_share", DBL(r->excused_max_share));
 	ADD(del, "latency_live", jlat(&l->lat_live));
 	ADD(del, "latency_steady", jlat(&l->lat_steady));
 	ADD(del, "latency_during_commands", jlat(&l->lat_op));
@@ -230,12 +292,19 @@ void report_json(FILE *f, const struct lg_result *r)
 	}
 	ADD(o, "timeline", tl);
 	ADD(o, "failed_commands", I64(r->failed_commands));
+	ADD(o, "never_started", I64(r->never_started));
 	ADD(o, "send_failures", I64(r->send_failures));
 	ADD(o, "setup_s", DBL(r->setup_s));
 	ADD(o, "traffic_s", DBL(r->traffic_s));
 	ADD(o, "drain_s", DBL(r->drain_s));
 	ADD(o, "drained", json_object_new_boolean(r->drained));
-	ADD(o, "pass", json_object_new_boolean(!report_exit_code(r)));
+	char why[REPORT_MAX_FAILURES][200];
+	unsigned nwhy = report_failures(r, why, REPORT_MAX_FAILURES);
+	struct json_object *fl = json_object_new_array();
+	for (unsigned i = 0; i < nwhy && i < REPORT_MAX_FAILURES; i++)
+		json_object_array_add(fl, json_object_new_string(why[i]));
+	ADD(o, "failures", fl);
+	ADD(o, "pass", json_object_new_boolean(!nwhy));
 	fprintf(f, "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
 	json_object_put(o);
 }

@@ -24,6 +24,7 @@ struct lg_result {
 	/* parameters */
 	unsigned nbouncer, nchans, chans_per_user, copies;
 	double rate, duration, speed, bouncer_share;
+	double excused_max_share;       /* fail above this share of excused deliveries missing */
 	uint64_t schedule_events, presence;
 	/* generated load */
 	uint64_t gen[LG_NKINDS];        /* every IRC command sent, by kind */
@@ -42,7 +43,8 @@ struct lg_result {
 	uint64_t errors_received;       /* ERROR lines on bouncer clients we did not ask for */
 	uint64_t reconnects;            /* bouncer clients reattached by a scenario */
 	uint64_t not_attached;          /* bouncer clients not attached at the end */
-	uint64_t failed_commands;
+	uint64_t failed_commands;       /* exited non-zero, killed at the end, or never started */
+	uint64_t never_started;         /* of failed_commands: scenarios whose AT never came */
 	uint64_t send_failures;         /* numbered lines that could not be queued (dead connection) */
 	/* timing */
 	double setup_s, traffic_s, drain_s;
@@ -57,8 +59,16 @@ void timeline_add(struct lg_result *r, double t, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 void report_text(FILE *f, const struct lg_result *r);
 void report_json(FILE *f, const struct lg_result *r);
-/* 0 when nothing was lost, duplicated, reordered or disconnected and every
- * command succeeded; 1 otherwise. */
+
+#define REPORT_MAX_FAILURES 24
+
+/* Why the run fails, one sentence each (at most max); returns how many
+ * reasons there are (0: the run passes). out may be NULL. */
+unsigned report_failures(const struct lg_result *r, char (*out)[200], unsigned max);
+/* 0 when report_failures() finds nothing (nothing lost, duplicated,
+ * reordered, corrupted, echoed or disconnected, the drain completed, every
+ * command ran and succeeded, restarts excused no more than their share);
+ * 1 otherwise. */
 int report_exit_code(const struct lg_result *r);
 
 #endif

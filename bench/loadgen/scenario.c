@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -61,6 +62,22 @@ int scenario_parse(enum scen_kind kind, const char *spec, struct scenario *s,
 	return s->cmd ? 0 : -ENOMEM;
 }
 
+/* The command must not inherit our sockets: a restart script or baton
+ * started from it would keep every client and network connection open
+ * (a "closed" peer would never see EOF) and the listening ports busy. */
+static void close_from_3(void)
+{
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+	closefrom(3);
+#else
+	struct rlimit rl;
+	long max = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+			   ? (long)rl.rlim_cur : 65536;
+	for (long fd = 3; fd < max; fd++)
+		close((int)fd);
+#endif
+}
+
 int scenario_spawn(struct scenario *s)
 {
 	pid_t pid = fork();
@@ -69,6 +86,7 @@ int scenario_spawn(struct scenario *s)
 	if (pid == 0) {
 		setpgid(0, 0);
 		dup2(2, 1); /* our stdout is the report */
+		close_from_3();
 		execl("/bin/sh", "sh", "-c", s->cmd, (char *)NULL);
 		_exit(127);
 	}

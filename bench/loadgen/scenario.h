@@ -3,7 +3,8 @@
  * and the external commands some of them run.
  *
  * Commands run under /bin/sh -c in their own process group, with stdout
- * sent to our stderr (our stdout carries the report). scenario_poll() reaps
+ * sent to our stderr (our stdout carries the report) and no other file
+ * descriptor of ours (every one >= 3 is closed before exec). scenario_poll() reaps
  * them without blocking; scenario_kill_all() ends what is still running
  * when the run ends. */
 #ifndef LOADGEN_SCENARIO_H

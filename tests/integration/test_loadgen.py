@@ -6,9 +6,11 @@ Setup and run are bench/load_run.py's (ngircd + baton with 150 bouncer
 users in 10 channels laid out by `baton-loadgen --emit-users`, then
 baton-loadgen with the scenarios and the upgrades as --exec commands).
 Asserted:
-- every expected line arrived exactly once and in order at every bouncer
-  client (across its reconnect: baton's replay) and at the network-side
-  observer; nothing malformed or foreign;
+- every expected line arrived intact (payload length and checksum),
+  exactly once and in order at every bouncer client (across its reconnect:
+  baton's replay) and at the network-side observer; nothing malformed,
+  corrupted or foreign (an echo of a client's own line is foreign); no
+  more received than expected; nothing excused (no restart in this run);
 - zero bouncer clients disconnected by baton, no QUIT/JOIN/PART/NICK of a
   bouncer nick seen by the network, ngircd logged no bouncer nick leaving;
 - both upgrades committed;
@@ -55,8 +57,17 @@ def test_loadgen_small_run(ctx):
     check(d["lost"] == 0 and d["duplicated"] == 0 and d["out_of_order"] == 0,
           "delivery: lost %d, duplicated %d, out of order %d; first problems %s"
           % (d["lost"], d["duplicated"], d["out_of_order"], d["problems"][:5]))
-    check(d["foreign"] == 0 and d["malformed"] == 0,
-          "foreign %d / malformed %d lines: %s" % (d["foreign"], d["malformed"], d["problems"][:5]))
+    check(d["foreign"] == 0 and d["malformed"] == 0 and d["corrupted"] == 0,
+          "foreign %d (echoed %d) / malformed %d / corrupted %d lines: %s"
+          % (d["foreign"], d["echoed"], d["malformed"], d["corrupted"], d["problems"][:5]))
+    check(d["received"] <= d["expected"],
+          "received %d deliveries of %d expected" % (d["received"], d["expected"]))
+    check(d["excused_lines"] == 0 and d["excused_expected"] == 0 and d["excused_missing"] == 0,
+          "no restart ran, yet %d lines / %d deliveries were excused (%d missing)"
+          % (d["excused_lines"], d["excused_expected"], d["excused_missing"]))
+    check(lg["drained"] and lg["never_started"] == 0,
+          "drain complete %s, scenarios never started %d; failures %s"
+          % (lg["drained"], lg["never_started"], lg.get("failures")))
     check(d["replayed"] > 0, "the mass reconnect replayed nothing: was anyone away?")
     check(c["disconnects"] == 0, "%d bouncer clients disconnected by baton; timeline %s"
           % (c["disconnects"], [e["what"] for e in lg["timeline"] if "DISCONNECT" in e["what"]][:3]))
@@ -73,4 +84,5 @@ def test_loadgen_small_run(ctx):
         diff = abs(mix[k]["generated_pct"] - mix[k]["trace_pct"])
         check(diff <= MIX_TOLERANCE_PP, "%s: generated %.2f%% vs trace %.2f%% (%.2f points apart)"
               % (k, mix[k]["generated_pct"], mix[k]["trace_pct"], diff))
-    check(lg["pass"] and r["pass"], "loadgen or the run reported failure: exit %s" % r["loadgen_exit"])
+    check(lg["pass"] and r["pass"], "loadgen or the run reported failure: exit %s; %s"
+          % (r["loadgen_exit"], lg.get("failures")))
