@@ -300,7 +300,10 @@ def parser():
     ap.add_argument("--backlog-lines", type=int, default=20000)
     ap.add_argument("--chunk-sessions", type=int, default=256)
     ap.add_argument("--ready-timeout", type=float, default=300.0)
-    ap.add_argument("--trace", default=bl.TRACE_PATH)
+    ap.add_argument("--trace", default=bl.FULL_TRACE_PATH if os.path.exists(bl.FULL_TRACE_PATH)
+                    else bl.TRACE_PATH,
+                    help="trace to replay (default: the full trace in ../shared/traces when "
+                    "present, else the suite's slice in tests/data)")
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     ap.add_argument("--quiet", action="store_true",

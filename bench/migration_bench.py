@@ -410,7 +410,7 @@ def main():
 def run_once(args, build_a, build_b, ready_timeout, tls):
     """One full run (plaintext or TLS) -> result dict (summarized)."""
     transport = "tls" if tls else "plain"
-    workdir = tempfile.mkdtemp(prefix="baton-bench-", dir="/tmp")
+    workdir = tempfile.mkdtemp(prefix="baton-bench-")
     log("work dir %s" % workdir)
     ng = baton = spk = None
     workers = []

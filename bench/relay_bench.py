@@ -306,7 +306,7 @@ class Rig:
         nick = user name), which then sets users, channels and layout."""
         self.sessions = sessions
         self.label = label
-        self.workdir = tempfile.mkdtemp(prefix="baton-bench-%s-" % (label or "rig"), dir="/tmp")
+        self.workdir = tempfile.mkdtemp(prefix="baton-bench-%s-" % (label or "rig"))
         if plan is not None:
             self.users = [u for u, _ in plan]
             self.channels_of = {u: list(chs) for u, chs in plan}

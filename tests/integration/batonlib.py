@@ -1,12 +1,12 @@
 """batonlib: integration-test and benchmark harness for baton.
 
-Everything here runs real processes on loopback (127.0.0.1, ports 19000-19999)
+Everything here runs real processes on loopback (127.0.0.1, ports from the kernel)
 and uses only the Python 3 standard library.
 
 Building blocks (each usable on its own):
 
 - Builds            where the three builds live (A, B, incompat), env overridable
-- free_port()       a free TCP port in 19000-19999
+- free_port()       a free TCP port chosen by the kernel (port 0)
 - Procs             a registry of every process started, killed on cleanup/atexit
 - Ngircd            a real IRC server fixture (ngircd -n -f CONF)
 - Baton             a baton fixture: writes the INI config, runs baton-supervisor,
@@ -75,29 +75,28 @@ def log(*args):
     print("  ..", *args, file=sys.stderr, flush=True)
 
 
-PORT_MIN, PORT_MAX = 19000, 19999
 _ports_handed_out = set()
 
 
 def free_port(host="127.0.0.1"):
-    """A TCP port in 19000-19999 that nobody listens on right now.
-
-    Picked at random (so parallel runs rarely collide), checked by binding,
-    and never handed out twice by this process."""
-    for _ in range(2000):
-        port = random.randint(PORT_MIN, PORT_MAX)
-        if port in _ports_handed_out:
-            continue
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """A TCP port the kernel picks (bind to port 0), never handed out twice
+    by this process. The socket is closed before the caller binds it, so
+    another program could take it meanwhile (rare: the kernel hands out
+    ephemeral ports round-robin); servers that can report their own port
+    are better still."""
+    for _ in range(100):
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM)
         try:
-            s.bind((host, port))
-        except OSError:
-            continue
+            s.bind((host, 0))
+            port = s.getsockname()[1]
         finally:
             s.close()
+        if port in _ports_handed_out:
+            continue
         _ports_handed_out.add(port)
         return port
-    raise HarnessError("no free port in 19000-19999")
+    raise HarnessError("the kernel handed out no new port")
 
 
 def wait_port(port, host="127.0.0.1", timeout=10.0, proc=None):
@@ -329,7 +328,7 @@ class Context:
 
     def __init__(self, name="test", keep=False):
         self.name = name
-        self.dir = tempfile.mkdtemp(prefix="baton-it-%s-" % name, dir="/tmp")
+        self.dir = tempfile.mkdtemp(prefix="baton-it-%s-" % name, dir=None)
         self.procs = new_procs()
         self.keep = keep
         self.loop = IrcLoop()
@@ -1436,9 +1435,14 @@ class Watcher:
 # traces
 # --------------------------------------------------------------------------
 
-# shared/ lies beside the checkout (../shared), in development and in CI.
+# The suite replays a trimmed slice of the real trace that lives in the
+# project (tests/data/, the first 18,000 events: 22 days, the same mix), so a
+# fresh clone alone runs every test. Benchmarks read the full trace from
+# shared/ beside the checkout when it is there (FULL_TRACE_PATH).
 TRACE_PATH = os.environ.get("BATON_TRACE", os.path.join(
-    os.path.dirname(REPO_ROOT), "shared", "traces", "sample-trace.jsonl"))
+    REPO_ROOT, "tests", "data", "trace-slice.jsonl"))
+FULL_TRACE_PATH = os.path.join(
+    os.path.dirname(REPO_ROOT), "shared", "traces", "sample-trace.jsonl")
 
 
 def load_trace(path=TRACE_PATH, limit=None, start=0):

@@ -3,7 +3,7 @@
 
 Discovers tests/integration/test_*.py and runs every function named test_*
 in file order. Each test function takes one argument (or none), a fresh
-batonlib.Context (temp dir under /tmp, process registry, IrcLoop, builds);
+batonlib.Context (temp dir under $TMPDIR (default /tmp), process registry, IrcLoop, builds);
 the context is closed after the test, killing every process it started.
 
 Output: one line per test

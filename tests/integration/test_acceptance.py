@@ -5,7 +5,7 @@ Setup (real processes on loopback): ngircd; baton with 200 bouncer users on
 one network, every session in the 3 shared channels #c1 #c2 #c3;
 150 of them with a client attached (client name 'c'); 24 'network users'
 connected straight to ngircd, driven by the real anonymized trace
-(shared/traces/sample-trace.jsonl, time-compressed: joins, parts, real quits
+(tests/data/trace-slice.jsonl, a slice of shared/traces/sample-trace.jsonl, time-compressed: joins, parts, real quits
 and reconnects, nick changes, messages and actions; the trace's three
 channels map onto ours); bouncer clients send numbered lines to the channels
 and PRIVMSGs to other bouncer users; a watcher on ngircd records membership

@@ -16,7 +16,7 @@ Asserted:
 - both upgrades committed;
 - the generated event mix (privmsg/join/part/quit/nick) is within 5
   percentage points of the trace's, for every kind.
-Skipped with a message when the trace (../shared/traces) or the
+The trace is the suite's slice in tests/data; skipped with a message when the
 baton-loadgen binary is absent.
 """
 
@@ -36,9 +36,8 @@ def test_loadgen_small_run(ctx):
     """150 bouncer users / 10 channels / ~30 s of trace traffic, netsplit,
     mass reconnect, 2 upgrades: nothing lost, duplicated or disconnected;
     the mix within 5 points of the trace's."""
-    if not os.path.exists(bl.TRACE_PATH):
-        raise bl.Skip("trace %s is absent: the load generator replays it" % bl.TRACE_PATH)
     args = load_run.parser().parse_args([
+        "--trace", bl.TRACE_PATH,
         "--bouncer-users", "150", "--channels", "10", "--duration", "30", "--rate", "20",
         "--upgrades", "2", "--drain", "30", "--ready-timeout", "120", "--quiet"])
     A, B, loadgen = load_run.prepare(args)

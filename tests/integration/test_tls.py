@@ -112,7 +112,7 @@ def shared_pki():
     """The module's PKI (created once, removed at exit)."""
     p = _shared.get("pki")
     if p is None:
-        d = tempfile.mkdtemp(prefix="baton-it-tlspki-", dir="/tmp")
+        d = tempfile.mkdtemp(prefix="baton-it-tlspki-")
         atexit.register(shutil.rmtree, d, True)
         p = _shared["pki"] = tl.PKI(d).create()
     return p

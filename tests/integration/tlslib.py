@@ -1549,7 +1549,7 @@ def build_gotls(ctx):
     if "bin" in _go_build and os.path.exists(_go_build["bin"]):
         return _go_build["bin"]
     go = require_binary(GO, "go (golang-go)")
-    d = tempfile.mkdtemp(prefix="baton-gotls-", dir="/tmp")
+    d = tempfile.mkdtemp(prefix="baton-gotls-")
     import atexit
     atexit.register(shutil.rmtree, d, True)
     env = dict(os.environ, GOCACHE=os.path.join(d, "cache"), GOPATH=os.path.join(d, "gopath"),
