@@ -572,6 +572,21 @@ static bool cap_wanted(const char *name)
 	return false;
 }
 
+static bool strv_has(char **v, size_t n, const char *s)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(v[i], s) == 0)
+			return true;
+	return false;
+}
+
+/* CAP LS / ACK / NAK from the server. Everything here is bounded by
+ * wanted_caps[], never by what the server sends: a cap offered (LS) or
+ * acknowledged (ACK) is kept at most once and only if we want it, so a
+ * server repeating a cap 3,000 times over 300 continuation lines costs
+ * nothing (before: the REQ was strcat'ed into a 256-byte stack buffer once
+ * per repetition, a remote stack overflow; and every ACK grew the
+ * session's cap list, which travels in every migration). */
 static bool h_cap(struct up_ctx *x)
 {
 	struct irc_msg *m = x->msg;
@@ -582,25 +597,25 @@ static bool h_cap(struct up_ctx *x)
 		return false;
 	const char *sub = m->params[1];
 	const char *list = m->params[m->nparams - 1];
-	char tmp[1024];
+	char tmp[CONN_MAX_LINE + 1];
 	if (strcasecmp(sub, "LS") == 0) {
 		bool more = m->nparams >= 4 && strcmp(m->params[2], "*") == 0;
 		snprintf(tmp, sizeof(tmp), "%s", list);
 		for (char *save = NULL, *t = strtok_r(tmp, " ", &save); t;
 		     t = strtok_r(NULL, " ", &save)) {
 			t[strcspn(t, "=")] = '\0';
-			if (cap_wanted(t))
+			if (cap_wanted(t) && !strv_has(u->cap_offered, u->ncap_offered, t))
 				strv_push(&u->cap_offered, &u->ncap_offered, t);
 		}
 		if (more)
 			return false;
 		if (u->ncap_offered) {
-			char req[256] = "CAP REQ :";
-			for (size_t i = 0; i < u->ncap_offered; i++) {
-				if (i)
-					strcat(req, " ");
-				strncat(req, u->cap_offered[i], sizeof(req) - strlen(req) - 2);
-			}
+			/* At most every wanted cap once: far below a line. */
+			char req[512];
+			size_t len = (size_t)snprintf(req, sizeof(req), "CAP REQ :");
+			for (size_t i = 0; i < u->ncap_offered && len < sizeof(req); i++)
+				len += (size_t)snprintf(req + len, sizeof(req) - len, "%s%s",
+							i ? " " : "", u->cap_offered[i]);
 			conn_send(u->conn, req);
 		} else {
 			conn_send(u->conn, "CAP END");
@@ -621,7 +636,9 @@ static bool h_cap(struct up_ctx *x)
 						break;
 					}
 				}
-			} else {
+			} else if (cap_wanted(t) && !strv_has(s->caps, s->ncaps, t)) {
+				/* A cap we never asked for is the server's error:
+				 * not stored (the state only holds what we use). */
 				strv_push(&s->caps, &s->ncaps, t);
 			}
 		}

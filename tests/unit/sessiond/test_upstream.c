@@ -1,5 +1,5 @@
 /* tests/unit/sessiond/test_upstream.c: a session's upstream against a fake
- * IRC server on loopback (a port in 18000-18999): registration with CAP 302
+ * IRC server on loopback (a port the kernel picks): registration with CAP 302
  * (multi-line LS), alternate nick on 433, ISUPPORT with -TOKEN removal,
  * joining configured channels at end of MOTD, channel state from NAMES with
  * multi-prefix, PING/PONG, keepalive PING, ping timeout, and reconnect with
@@ -101,14 +101,11 @@ static int setup(void **state)
 	setsockopt(e->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	struct sockaddr_in sin = { .sin_family = AF_INET };
 	inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr);
-	int port, i;
-	for (i = 0; i < 200; i++) {
-		port = 18000 + (getpid() + i * 7) % 1000;
-		sin.sin_port = htons((uint16_t)port);
-		if (bind(e->lfd, (struct sockaddr *)&sin, sizeof(sin)) == 0)
-			break;
-	}
-	assert_true(i < 200);
+	sin.sin_port = 0; /* the kernel picks */
+	assert_int_equal(bind(e->lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	socklen_t slen = sizeof(sin);
+	assert_int_equal(getsockname(e->lfd, (struct sockaddr *)&sin, &slen), 0);
+	int port = ntohs(sin.sin_port);
 	assert_int_equal(listen(e->lfd, 4), 0);
 	snprintf(e->port, sizeof(e->port), "%d", port);
 
@@ -281,10 +278,48 @@ static void test_register_track_reconnect(void **state)
 	assert_true(wait_cond(e, NULL, false, 4000));
 }
 
+/* Bug: h_cap strcat'ed the CAP REQ into a 256-byte stack buffer once per
+ * repetition of a wanted cap in CAP LS: 21+ copies overflowed the stack (a
+ * remote memory-safety bug any network could trigger), and every CAP ACK
+ * grew the session's cap list without bound. */
+static void test_cap_ls_repeated_caps(void **state)
+{
+	struct env *e = *state;
+
+	bouncer_start_configured(e->b);
+	assert_true(wait_cond(e, NULL, false, 2000));
+	assert_true(wait_cond(e, "USER al 0 * :Alice L\r\n", false, 2000));
+	e->len = 0;
+	/* 3,000 copies over 300 continuation lines, then the last line */
+	char line[1024];
+	for (int i = 0; i < 300; i++) {
+		int n = snprintf(line, sizeof(line), ":irc.test CAP * LS * :");
+		for (int j = 0; j < 10; j++)
+			n += snprintf(line + n, sizeof(line) - (size_t)n, "%sserver-time",
+				      j ? " " : "");
+		say(e, line);
+	}
+	say(e, ":irc.test CAP * LS :server-time multi-prefix server-time");
+	assert_true(wait_cond(e, "CAP REQ :server-time multi-prefix\r\n", false, 3000));
+	/* an ACK repeating caps (and one never requested) stores each once */
+	for (int i = 0; i < 100; i++)
+		say(e, ":irc.test CAP * ACK :server-time server-time multi-prefix sasl");
+	assert_true(wait_cond(e, "CAP END\r\n", false, 2000));
+	register_fully(e, "alice");
+	assert_true(wait_cond(e, "JOIN #baton\r\n", false, 2000));
+
+	struct bouncer_item *it;
+	Baton__State__Item *item = snapshot(e, &it);
+	assert_int_equal(item->session->n_caps, 2);
+	baton__state__item__free_unpacked(item, NULL);
+	bouncer_item_thaw(it);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_register_track_reconnect, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_cap_ls_repeated_caps, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
