@@ -18,6 +18,7 @@
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
 #include "sessiond/irc.h"
+#include "sessiond/names.h"
 
 /* Capabilities offered to clients, defined once (canonical order is the
  * order here; state.c serializes in it). */
@@ -30,6 +31,9 @@ static const struct {
 	{ "echo-message", CLIENT_CAP_ECHO_MESSAGE },
 };
 #define NCLIENT_CAPS (sizeof(client_caps) / sizeof(client_caps[0]))
+/* Targets of one PRIVMSG/NOTICE stored in the backlog (more are sent to
+ * the network, which enforces its own TARGMAX, but not stored). */
+#define CLIENT_MAX_TARGETS 16
 
 size_t client_caps_names(unsigned caps, const char **names, size_t max)
 {
@@ -837,8 +841,15 @@ static void client_message(struct client *cl, struct irc_msg *m, const char *cmd
 	upstream_send(s, line);
 	session_self_prefix(s, prefix, sizeof(prefix));
 	snprintf(targets, sizeof(targets), "%s", m->params[0]);
+	size_t ntargets = 0;
 	for (char *save = NULL, *t = strtok_r(targets, ",", &save); t;
 	     t = strtok_r(NULL, ",", &save)) {
+		/* Stored under names the state may hold (names.h), and for at
+		 * most CLIENT_MAX_TARGETS targets of one line: the network
+		 * refuses more (TARGMAX), and one line must not create
+		 * unbounded backlog buffers. */
+		if (!names_buffer_ok(t) || ++ntargets > CLIENT_MAX_TARGETS)
+			continue;
 		snprintf(line, sizeof(line), ":%s %s %s :%s", prefix, cmd, t, m->params[1]);
 		/* The others see it; the sender too if it asked for echo-message. */
 		session_store_and_relay(s, t, line, 0,

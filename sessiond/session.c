@@ -18,6 +18,7 @@
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
 #include "sessiond/irc.h"
+#include "sessiond/names.h"
 
 /* ---- small helpers shared by the core ---- */
 
@@ -160,7 +161,7 @@ static void member_key(char *out, size_t n, const char *nick)
 
 struct member *channel_find_member(struct channel *ch, const char *nick)
 {
-	char key[256];
+	char key[NAMES_MAX_LEN + 1];
 	size_t at;
 
 	if (ch->member_index == NULL)
@@ -173,7 +174,7 @@ struct member *channel_find_member(struct channel *ch, const char *nick)
 struct member *channel_add_member(struct channel *ch, const char *nick)
 {
 	struct member *m = channel_find_member(ch, nick);
-	char key[256];
+	char key[NAMES_MAX_LEN + 1];
 
 	if (m)
 		return m;
@@ -205,7 +206,7 @@ void channel_remove_member(struct channel *ch, const char *nick)
 {
 	struct member *m = channel_find_member(ch, nick);
 	struct member *last;
-	char key[256];
+	char key[NAMES_MAX_LEN + 1];
 
 	if (m == NULL)
 		return;
@@ -235,7 +236,7 @@ int channel_rename_member(struct channel *ch, struct member *m,
 			  const char *nick)
 {
 	struct member *other = channel_find_member(ch, nick);
-	char key[256];
+	char key[NAMES_MAX_LEN + 1];
 	char *copy;
 	size_t at = (size_t)(m - ch->members) + 1;
 
@@ -501,6 +502,16 @@ void session_prefix(const struct session *s, char *modes, size_t mn,
 		return;
 	size_t n = (size_t)(close - p - 1);
 	if (n >= mn || n >= sn || strlen(close + 1) != n)
+		return;
+	/* Symbols that a member's prefixes could not hold (letters, digits,
+	 * spaces: names.h) keep the defaults, so the network's PREFIX can
+	 * never make a member list that adoption refuses. */
+	char sym[NAMES_MAX_PREFIXES + 1];
+	if (n > NAMES_MAX_PREFIXES)
+		return;
+	memcpy(sym, close + 1, n);
+	sym[n] = '\0';
+	if (!names_prefixes_ok(sym))
 		return;
 	memcpy(modes, p + 1, n);
 	modes[n] = '\0';

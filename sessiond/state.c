@@ -21,6 +21,7 @@
 #include "handoff/tls_record.h"
 #include "sessiond/conn.h"
 #include "sessiond/governor.h"
+#include "sessiond/names.h"
 #include "sessiond/session.h"
 
 /* ---- unknown fields (proto rule 4: preserved on re-pack) ---- */
@@ -676,37 +677,6 @@ static int adopt_fail(struct adopt *ad, int rc, const char *fmt, ...)
 	return rc;
 }
 
-/* Strings that end up on the wire must not smuggle a line break. */
-static bool line_safe(const char *str)
-{
-	return !str || !strpbrk(str, "\r\n");
-}
-
-/* A token sent as one word of a line (a capability name in CAP REQ):
- * non-empty, no space, no line break. */
-static bool word_safe(const char *str)
-{
-	return str && str[0] && !strpbrk(str, " \r\n");
-}
-
-/* Membership prefixes, sent glued to a nick in NAMES: PREFIX symbols only
- * (printable ASCII that is not a letter, a digit or a space), and short
- * enough for struct member. Absent or "" is no prefix. */
-static bool prefixes_safe(const char *p)
-{
-	if (!p)
-		return true;
-	if (strlen(p) >= sizeof(((struct member *)0)->prefixes))
-		return false;
-	for (; *p; p++) {
-		unsigned char c = (unsigned char)*p;
-		if (c <= ' ' || c >= 0x7f || (c >= '0' && c <= '9') ||
-		    (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'))
-			return false;
-	}
-	return true;
-}
-
 /* Is pc->delivery current? A worker that does not know it passes it on as
  * an unknown field while rewriting delivered_seq and output (state.proto
  * Delivery): then its offsets and marks are stale. */
@@ -782,12 +752,12 @@ static int check_conn(struct adopt *ad, const Baton__State__Connection *pc,
 {
 	if (pc->role != role)
 		return adopt_fail(ad, -EINVAL, "%s connection has role %d", what, pc->role);
-	if (!line_safe(pc->nick) || !line_safe(pc->user) || !line_safe(pc->pass) ||
-	    !line_safe(pc->client_id))
+	if (!names_text_ok(pc->nick) || !names_text_ok(pc->user) || !names_text_ok(pc->pass) ||
+	    !names_text_ok(pc->client_id))
 		return adopt_fail(ad, -EINVAL, "%s connection field with a line break", what);
 	/* upstream: sent back in CAP REQ; client: matched against our names */
 	for (size_t i = 0; i < pc->n_caps; i++)
-		if (!word_safe(pc->caps[i]))
+		if (!names_word_ok(pc->caps[i]))
 			return adopt_fail(ad, -EINVAL, "%s connection: bad capability name", what);
 	int rc = check_delivery(ad, pc, role);
 	if (rc < 0)
@@ -875,36 +845,39 @@ static struct client *adopt_client(struct adopt *ad, struct session *s,
 	return cl;
 }
 
+/* The session's strings, checked with the same rules (names.h) the
+ * upstream handlers apply before they store anything from a network: what
+ * this refuses, a source can never have accepted. */
 static int check_strings(struct adopt *ad, const Baton__State__Session *ps)
 {
-	const char *one[] = { ps->nick, ps->user_modes, ps->away, ps->server_name,
+	const char *one[] = { ps->user_modes, ps->away, ps->server_name,
 			      ps->welcome, ps->myinfo, ps->userhost };
 	for (size_t i = 0; i < sizeof(one) / sizeof(one[0]); i++)
-		if (!line_safe(one[i]))
+		if (!names_text_ok(one[i]))
 			return adopt_fail(ad, -EINVAL, "session field with a line break");
+	if (ps->nick && ps->nick[0] && !names_nick_ok(ps->nick))
+		return adopt_fail(ad, -EINVAL, "bad nick");
 	for (size_t i = 0; i < ps->n_isupport; i++)
-		if (!line_safe(ps->isupport[i]) || !ps->isupport[i][0])
+		if (!names_word_ok(ps->isupport[i]))
 			return adopt_fail(ad, -EINVAL, "bad ISUPPORT token");
 	for (size_t i = 0; i < ps->n_caps; i++)
-		if (!word_safe(ps->caps[i]))
+		if (!names_word_ok(ps->caps[i]))
 			return adopt_fail(ad, -EINVAL, "bad capability name");
 	for (size_t i = 0; i < ps->n_channels; i++) {
 		const Baton__State__Channel *c = ps->channels[i];
-		if (!c->name[0] || !line_safe(c->name) || strchr(c->name, ' ') ||
-		    !line_safe(c->topic) || !line_safe(c->topic_setter) ||
-		    !line_safe(c->modes))
+		if (!names_channel_ok(c->name) || !names_text_ok(c->topic) ||
+		    !names_text_ok(c->topic_setter) || !names_text_ok(c->modes))
 			return adopt_fail(ad, -EINVAL, "bad channel %s", c->name);
 		for (size_t j = 0; j < c->n_members; j++)
-			if (!c->members[j]->nick[0] || !line_safe(c->members[j]->nick) ||
-			    strchr(c->members[j]->nick, ' ') ||
-			    !prefixes_safe(c->members[j]->prefixes))
+			if (!names_nick_ok(c->members[j]->nick) ||
+			    !names_prefixes_ok(c->members[j]->prefixes))
 				return adopt_fail(ad, -EINVAL, "bad member in %s", c->name);
 	}
 	for (size_t i = 0; i < ps->n_buffers; i++) {
-		if (!ps->buffers[i]->name[0])
-			return adopt_fail(ad, -EINVAL, "backlog buffer without a name");
+		if (!names_buffer_ok(ps->buffers[i]->name))
+			return adopt_fail(ad, -EINVAL, "bad backlog buffer name");
 		for (size_t j = 0; j < ps->buffers[i]->n_lines; j++)
-			if (!line_safe(ps->buffers[i]->lines[j]->line))
+			if (!names_text_ok(ps->buffers[i]->lines[j]->line))
 				return adopt_fail(ad, -EINVAL, "backlog line with a line break");
 	}
 	return 0;

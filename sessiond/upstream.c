@@ -20,6 +20,7 @@
 #include "common/log.h"
 #include "sessiond/conn.h"
 #include "sessiond/irc.h"
+#include "sessiond/names.h"
 #include "sessiond/tls_contexts.h"
 
 #define CONNECT_TIMEOUT_MS 30000
@@ -497,6 +498,8 @@ static void set_str(char **dst, const char *src)
 
 static void isupport_apply(struct session *s, const char *tok)
 {
+	if (!names_word_ok(tok) || strcmp(tok, "-") == 0)
+		return;
 	bool remove = tok[0] == '-';
 	const char *name = remove ? tok + 1 : tok;
 	size_t nl = strcspn(name, "=");
@@ -540,7 +543,7 @@ struct up_ctx {
 	struct irc_msg *msg;
 	const char *raw;   /* the line without tags */
 	int64_t time_ms;   /* server-time or receive time */
-	char nick[128];    /* nick of the prefix */
+	char nick[NAMES_MAX_LEN + 1]; /* nick of the prefix; "" when none or not a valid nick */
 };
 
 typedef bool (*up_handler)(struct up_ctx *x); /* returns true: relay */
@@ -670,12 +673,20 @@ static bool h_001(struct up_ctx *x)
 	if (m->nparams < 1)
 		return false;
 	const char *nick = m->params[0];
-	if (s->nick && strcmp(s->nick, nick) != 0 && s->nclients) {
+	if (!names_nick_ok(nick)) {
+		/* Not storable (names.h): registration goes on under the nick
+		 * we asked for. */
+		log_warn("upstream", "%s: 001 with an invalid nick ignored", s->key);
+		nick = x->u->nick_attempt && names_nick_ok(x->u->nick_attempt) ?
+			x->u->nick_attempt : s->nick;
+	}
+	if (nick && s->nick && strcmp(s->nick, nick) != 0 && s->nclients) {
 		char line[512];
 		snprintf(line, sizeof(line), ":%s NICK :%s", s->nick, nick);
 		session_broadcast(s, line, 0, NULL);
 	}
-	set_str(&s->nick, nick);
+	if (nick)
+		set_str(&s->nick, nick);
 	if (m->prefix)
 		set_str(&s->server_name, m->prefix);
 	if (m->nparams >= 2) {
@@ -700,7 +711,7 @@ static bool h_001(struct up_ctx *x)
 			bouncer_governor_changed(s->b);
 		}
 	}
-	log_info("upstream", "%s: registered as %s", s->key, nick);
+	log_info("upstream", "%s: registered as %s", s->key, s->nick ? s->nick : "?");
 	return false;
 }
 
@@ -865,8 +876,8 @@ static bool h_353(struct up_ctx *x)
 		}
 		pre[np] = '\0';
 		t[strcspn(t, "!")] = '\0';
-		if (!*t)
-			continue;
+		if (!names_nick_ok(t))
+			continue; /* not storable (names.h) */
 		struct member *m = channel_add_member(ch, t);
 		if (!m)
 			continue;
@@ -884,6 +895,8 @@ static bool h_join(struct up_ctx *x)
 		return true;
 	const char *name = x->msg->params[0];
 	struct channel *ch;
+	if (!names_channel_ok(name) || !x->nick[0])
+		return true; /* relayed, not stored (names.h) */
 	if (session_is_me(s, x->nick)) {
 		take_userhost(s, x->msg->prefix);
 		ch = session_add_channel(s, name);
@@ -943,10 +956,24 @@ static bool h_nick(struct up_ctx *x)
 	if (x->msg->nparams < 1)
 		return true;
 	const char *nn = x->msg->params[0];
+	if (!x->nick[0])
+		return true;
+	bool valid = names_nick_ok(nn);
+	if (!valid && session_is_me(s, x->nick)) {
+		/* Our own nick: keep the one we know everywhere. */
+		log_warn("upstream", "%s: NICK to an invalid nick ignored", s->key);
+		return true;
+	}
 	for (size_t i = 0; i < s->nchannels; i++) {
 		struct member *m = channel_find_member(s->channels[i], x->nick);
-		if (m)
+		if (!m)
+			continue;
+		/* A new nick we cannot store (names.h): the member leaves our
+		 * view of the channel rather than poison the state. */
+		if (valid)
 			channel_rename_member(s->channels[i], m, nn);
+		else
+			channel_remove_member(s->channels[i], x->nick);
 	}
 	if (session_is_me(s, x->nick))
 		set_str(&s->nick, nn);
@@ -993,7 +1020,7 @@ static bool h_message(struct up_ctx *x)
 		buffer = target;
 	else if (session_is_me(s, target))
 		buffer = x->nick[0] ? x->nick : (s->server_name ? s->server_name : "*");
-	if (!buffer)
+	if (!buffer || !names_buffer_ok(buffer))
 		return true; /* e.g. "$*" broadcasts: relayed, not stored */
 	session_store_and_relay(s, buffer, x->raw, x->time_ms, NULL);
 	return false;
@@ -1076,8 +1103,13 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 		if (parse_server_time(tval, &t) == 0)
 			x.time_ms = t;
 	}
-	if (msg.prefix)
+	if (msg.prefix) {
 		irc_prefix_nick(msg.prefix, x.nick, sizeof(x.nick));
+		/* A nick we could not store (too long, "," ...) is no nick:
+		 * the handlers store nothing under it (names.h). */
+		if (!names_nick_ok(x.nick) || strcspn(msg.prefix, "!@") > NAMES_MAX_LEN)
+			x.nick[0] = '\0';
+	}
 
 	bool relay = u->phase >= UP_READY;
 	for (size_t i = 0; i < sizeof(up_handlers) / sizeof(up_handlers[0]); i++) {

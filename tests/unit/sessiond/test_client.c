@@ -209,10 +209,11 @@ static void mutate_names(Baton__State__Session *s)
 	for (size_t i = 0; i < s->n_channels; i++)
 		chans[n++] = s->channels[i];
 
-	/* A: its 353 head alone is over 510 bytes. */
+	/* A: its 353 head alone is over 510 bytes (a name at NAMES_MAX_LEN,
+	 * the longest the state may hold). */
 	name_a[0] = '#';
-	memset(name_a + 1, 'a', 599);
-	name_a[600] = '\0';
+	memset(name_a + 1, 'a', 509);
+	name_a[510] = '\0';
 	baton__state__channel__init(&ca);
 	ca.name = name_a;
 	baton__state__member__init(&ma[0]);

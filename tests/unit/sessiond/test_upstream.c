@@ -6,6 +6,7 @@
  * backoff and rejoin. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <setjmp.h>
@@ -315,11 +316,135 @@ static void test_cap_ls_repeated_caps(void **state)
 	bouncer_item_thaw(it);
 }
 
+/* Wait until every line sent so far was processed (a PING answered). */
+static void sync_lines(struct env *e)
+{
+	static unsigned n;
+	char ping[64], pong[64];
+	snprintf(ping, sizeof(ping), "PING :sync%u", ++n);
+	snprintf(pong, sizeof(pong), "PONG :sync%u\r\n", n);
+	say(e, ping);
+	assert_true(wait_cond(e, pong, false, 2000));
+}
+
+/* Serialize the session and adopt it in a second bouncer with the same
+ * config, as a migration target would; returns adopt's result (err: the
+ * reason). The source thaws and keeps serving. */
+static int adopt_elsewhere(struct env *e, char *err, size_t errlen)
+{
+	struct bouncer_item **items, *it, *adopted = NULL;
+	uint8_t *out;
+	size_t olen, nfds;
+	const int *fds;
+	assert_int_equal(bouncer_items(e->b, &items), 1);
+	it = items[0];
+	free(items);
+	bouncer_item_freeze(it);
+	assert_int_equal(bouncer_item_serialize(it, &out, &olen, &fds, &nfds), 0);
+	int dups[4];
+	assert_true(nfds <= 4);
+	for (size_t i = 0; i < nfds; i++)
+		dups[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
+	struct bouncer *t = bouncer_new(e->base, &e->cfg);
+	err[0] = '\0';
+	int rc = bouncer_item_adopt(t, out, olen, dups, nfds, &adopted, err, errlen);
+	if (rc == 0)
+		bouncer_item_discard(adopted);
+	bouncer_free(t);
+	free(out);
+	bouncer_item_thaw(it);
+	return rc;
+}
+
+/* Bug: the source stored what every target refused, so one network could
+ * block all upgrades for good: `:me JOIN :` (empty channel), `:other NICK :`
+ * (empty member), PREFIX symbols that are letters, over-long names. Each
+ * hostile line is now ignored by the same rules (names.h) adoption applies,
+ * and the session stays adoptable after every one of them. */
+static void test_poison_state_never_stored(void **state)
+{
+	struct env *e = *state;
+	char err[256], longname[1024], line[1200];
+
+	bouncer_start_configured(e->b);
+	assert_true(wait_cond(e, NULL, false, 2000));
+	assert_true(wait_cond(e, "USER al 0 * :Alice L\r\n", false, 2000));
+	say(e, ":irc.test CAP * LS :multi-prefix");
+	say(e, ":irc.test CAP * ACK :multi-prefix");
+	register_fully(e, "alice");
+	assert_true(wait_cond(e, "JOIN #baton\r\n", false, 2000));
+	say(e, ":alice!al@127.0.0.1 JOIN #baton");
+	say(e, ":irc.test 353 alice = #baton :@alice bob");
+
+	memset(longname, 'x', 600);
+	longname[0] = '#';
+	longname[600] = '\0';
+	const char *hostile[] = {
+		":alice!al@h JOIN :",            /* empty channel */
+		":alice!al@h JOIN :#a b",        /* space in a channel */
+		":alice!al@h JOIN #a,#b",        /* comma */
+		":bob!b@h NICK :",               /* empty member */
+		":bob!b@h NICK :bo b",           /* space in a nick */
+		":irc.test 353 alice = #baton :@ +, ok!u@h a@b",
+		":irc.test 005 alice PREFIX=(ov)ab :are supported",
+		":irc.test 353 alice = #baton :acarol bdave",
+		":irc.test 005 alice PREFIX=(ov)@+ - :are supported",
+		":!x@h PRIVMSG alice :no nick",
+		":alice!al@h NICK :",            /* our own nick emptied */
+		":irc.test 001 :",
+		"@time=x :bo,b!b@h PRIVMSG alice :comma nick",
+	};
+	for (size_t i = 0; i < sizeof(hostile) / sizeof(hostile[0]); i++) {
+		say(e, hostile[i]);
+		sync_lines(e);
+		int rc = adopt_elsewhere(e, err, sizeof(err));
+		if (rc != 0)
+			fail_msg("after \"%s\": adopt refused: %s", hostile[i], err);
+	}
+	/* over-long names: a channel, a member, a query partner */
+	snprintf(line, sizeof(line), ":alice!al@h JOIN %s", longname);
+	say(e, line);
+	snprintf(line, sizeof(line), ":irc.test 353 alice = #baton :%s", longname + 1);
+	say(e, line);
+	snprintf(line, sizeof(line), ":%s!u@h PRIVMSG alice :hi", longname + 1);
+	say(e, line);
+	sync_lines(e);
+	assert_int_equal(adopt_elsewhere(e, err, sizeof(err)), 0);
+
+	/* and what was valid is still there */
+	struct bouncer_item *it;
+	Baton__State__Item *item = snapshot(e, &it);
+	assert_string_equal(item->session->nick, "alice");
+	assert_int_equal(item->session->n_channels, 1);
+	Baton__State__Channel *ch = item->session->channels[0];
+	/* bob left our view when he took an empty nick; "ok!u@h" is a
+	 * userhost-in-names entry; with PREFIX=(ov)ab refused the defaults
+	 * stay, so "acarol" and "bdave" are plain nicks; our own nick was
+	 * kept through `NICK :` and `001 :` */
+	const char *want[] = { "@alice", "ok", "acarol", "bdave" };
+	assert_int_equal(ch->n_members, 4);
+	for (size_t w = 0; w < 4; w++) {
+		bool found = false;
+		for (size_t i = 0; i < ch->n_members; i++) {
+			char one[600];
+			snprintf(one, sizeof(one), "%s%s",
+				 ch->members[i]->prefixes ? ch->members[i]->prefixes : "",
+				 ch->members[i]->nick);
+			found |= strcmp(one, want[w]) == 0;
+		}
+		if (!found)
+			fail_msg("member %s missing", want[w]);
+	}
+	baton__state__item__free_unpacked(item, NULL);
+	bouncer_item_thaw(it);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_register_track_reconnect, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cap_ls_repeated_caps, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_poison_state_never_stored, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
