@@ -55,6 +55,12 @@ void log_msg(enum log_level level, const char *component, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(text, sizeof(text), fmt, ap);
 	va_end(ap);
+	/* Messages quote what peers sent (a network's ERROR text, a client's
+	 * name): a control byte would forge a log line (CR, LF) or drive the
+	 * reader's terminal (ESC), so every one becomes '?'. */
+	for (char *p = text; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = '?';
 
 	if (log_journal) {
 		/* journald adds its own timestamp and pid. */

@@ -1,4 +1,6 @@
 /* common/log.h: daemon logging to stderr, "LEVEL component: message".
+ * A message is at most 2,047 bytes and never holds a control byte (each
+ * becomes '?'): text quoted from peers cannot forge or break log lines.
  * Under systemd (JOURNAL_STREAM set) lines carry <N> priority prefixes so
  * journald records the level. Only daemons log; library code does not. */
 #ifndef BATON_COMMON_LOG_H

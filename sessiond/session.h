@@ -115,6 +115,7 @@ struct upstream {
 	/* What the server said before closing (ERROR text, 465/463):
 	 * upstream_lost() backs off accordingly. */
 	enum governor_verdict verdict;
+	bool said_why; /* its ERROR/465/463 text was logged (once per connection) */
 	struct pb_unknown unknown;
 };
 

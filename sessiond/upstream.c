@@ -1031,7 +1031,12 @@ static bool h_error(struct up_ctx *x)
 	const char *text = x->msg->nparams ? x->msg->params[0] : "";
 	enum governor_verdict v = governor_classify("ERROR", text);
 
-	log_warn("upstream", "%s: ERROR from server: %s", x->s->key, text);
+	/* The server's words are logged once per connection (cut to 200
+	 * bytes): a network repeating ERROR must not flood the log. */
+	if (!x->u->said_why) {
+		x->u->said_why = true;
+		log_warn("upstream", "%s: ERROR from server: %.200s", x->s->key, text);
+	}
 	if (v > x->u->verdict) /* a 465 before the ERROR stays a ban */
 		x->u->verdict = v;
 	return false;
@@ -1042,7 +1047,11 @@ static bool h_error(struct up_ctx *x)
 static bool h_banned(struct up_ctx *x)
 {
 	const char *text = x->msg->nparams ? x->msg->params[x->msg->nparams - 1] : "";
-	log_warn("upstream", "%s: %s from server: %s", x->s->key, x->msg->command, text);
+	if (!x->u->said_why) {
+		x->u->said_why = true;
+		log_warn("upstream", "%s: %s from server: %.200s", x->s->key,
+			 x->msg->command, text);
+	}
 	x->u->verdict = GOV_BAN;
 	return true;
 }
