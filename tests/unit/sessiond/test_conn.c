@@ -307,6 +307,46 @@ static void test_drain_watch(void **state)
 	event_base_free(base);
 }
 
+/* The line bound (CONN_MAX_LINE, 8,704 bytes: IRCv3 tags + a 512-byte
+ * message) at the limit and past it, complete and as an unterminated tail:
+ * a line of exactly the bound is delivered whole; one byte more closes the
+ * connection with the reason, whether or not its end ever arrives. */
+static void test_line_limit(void **state)
+{
+	static char big[CONN_MAX_LINE + 16];
+	for (int over = 0; over <= 1; over++) {
+		for (int terminated = 0; terminated <= 1; terminated++) {
+			struct event_base *base = event_base_new();
+			struct rec r = { 0 };
+			int sv[2];
+			assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+			struct conn *c = conn_new(base, sv[0], false, &rec_ops, &r);
+			conn_arm(c);
+			size_t n = CONN_MAX_LINE + (size_t)over;
+			memset(big, 'a', n);
+			if (terminated)
+				big[n++] = '\n';
+			assert_int_equal(send(sv[1], big, n, 0), (ssize_t)n);
+			loop(base, 5);
+			if (!over && terminated) {
+				assert_int_equal(r.nlines, 1);
+				assert_int_equal(strlen(r.lines[0]), CONN_MAX_LINE);
+				assert_false(r.closed);
+			} else if (over) {
+				assert_int_equal(r.nlines, 0);
+				assert_true(r.closed);
+			} else { /* at the bound, end not arrived yet: waits */
+				assert_int_equal(r.nlines, 0);
+				assert_false(r.closed);
+			}
+			rec_clear(&r);
+			conn_release(c);
+			close(sv[1]);
+			event_base_free(base);
+		}
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -314,6 +354,7 @@ int main(void)
 		cmocka_unit_test(test_adopt_refuses_oversized_buffers),
 		cmocka_unit_test(test_state_with_oversized_output_refused),
 		cmocka_unit_test(test_drain_watch),
+		cmocka_unit_test(test_line_limit),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -313,6 +313,55 @@ static void test_channel_state(void **state)
 	bouncer_item_thaw(e->t->item);
 }
 
+/* Bug: a client's PRIVMSG to "a,b,c,..." created one backlog buffer per
+ * target, of any name: 2,000 lines to 50 targets each grew one session
+ * without bound, and a 600-byte target made the state unadoptable. At most
+ * CLIENT_MAX_TARGETS (16) targets of one line are stored, each a valid
+ * buffer name (names.h); the line still goes to the network as sent. */
+static void test_targets_bounded(void **state)
+{
+	struct env *e = *state;
+	struct peer *a = client_connect(e);
+	char line[2048];
+	int n = snprintf(line, sizeof(line), "PRIVMSG ");
+	for (int i = 0; i < 20; i++)
+		n += snprintf(line + n, sizeof(line) - (size_t)n, "%st%02d", i ? "," : "", i);
+	snprintf(line + n, sizeof(line) - (size_t)n, " :to twenty");
+
+	do_register(e, a, "alice/example:secret", false);
+	assert_true(wait_for(e, a, " 366 alice #dev :End of /NAMES list.\r\n"));
+	clear(&e->up);
+	say(a, line);
+	assert_true(wait_for(e, &e->up, "t19 :to twenty\r\n"));
+	char bad[700];
+	memset(bad, 'q', 600);
+	snprintf(bad + 600, sizeof(bad) - 600, " :x");
+	char badline[800];
+	snprintf(badline, sizeof(badline), "PRIVMSG %s", bad);
+	say(a, badline);
+	say(a, "PRIVMSG ,,t00,, :commas");
+	assert_true(wait_for(e, &e->up, "PRIVMSG ,,t00,, :commas\r\n"));
+
+	uint8_t *buf;
+	size_t len, nfds;
+	const int *fds;
+	struct bouncer_item *it = session_serialize(e->t->b, &buf, &len, &fds, &nfds);
+	Baton__State__Item *item = baton__state__item__unpack(NULL, len, buf);
+	assert_non_null(item);
+	size_t stored = 0;
+	for (size_t i = 0; i < item->session->n_buffers; i++) {
+		const char *name = item->session->buffers[i]->name;
+		if (name[0] == 't')
+			stored++;
+		assert_true(strlen(name) < 600);
+	}
+	assert_int_equal(stored, 16);
+	baton__state__item__free_unpacked(item, NULL);
+	free(buf);
+	bouncer_item_thaw(it);
+	client_close(a);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -320,6 +369,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_auth_failures, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_overlong_line_closes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_channel_state, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_targets_bounded, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
