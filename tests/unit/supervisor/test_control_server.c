@@ -269,6 +269,68 @@ static void test_emfile_pauses_accepting(void **state)
 	close(c);
 }
 
+/* Read what the server replied until it closes (up to ~2 s). */
+static void read_reply(struct fixture *f, int fd, char *out, size_t n)
+{
+	size_t len = 0;
+	for (int i = 0; i < 200 && len + 1 < n; i++) {
+		pump(f, 0.01);
+		ssize_t r = recv(fd, out + len, n - 1 - len, MSG_DONTWAIT);
+		if (r == 0)
+			break;
+		if (r > 0)
+			len += (size_t)r;
+	}
+	out[len] = '\0';
+}
+
+/* The request bound (CONTROL_MAX_REQUEST, 64 KiB) at the limit and past
+ * it: a request line of exactly the bound is answered; one byte more
+ * without its end gets "request longer than" and the connection closes. */
+static void test_request_size_limit(void **state)
+{
+	struct fixture *f = *state;
+	char err[256], reply[4096];
+	enum { CONTROL_MAX_REQUEST = 64 * 1024 }; /* control_server.h: Limits */
+	static char req[CONTROL_MAX_REQUEST + 2];
+	const char *cmd = "{\"cmd\":\"status\"}";
+
+	assert_int_equal(control_server_new(f->base, f->sup, f->sock, &f->cs,
+					    err, sizeof(err)), 0);
+	/* at the limit: JSON padded with spaces to the bound, then LF */
+	memset(req, ' ', CONTROL_MAX_REQUEST);
+	memcpy(req, cmd, strlen(cmd));
+	req[CONTROL_MAX_REQUEST] = '\n';
+	int fd = unix_connect(f->sock);
+	size_t off = 0;
+	while (off < CONTROL_MAX_REQUEST + 1) {
+		ssize_t r = send(fd, req + off, CONTROL_MAX_REQUEST + 1 - off,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (r > 0)
+			off += (size_t)r;
+		pump(f, 0.01);
+	}
+	read_reply(f, fd, reply, sizeof(reply));
+	assert_non_null(strstr(reply, "\"result\""));
+	assert_null(strstr(reply, "\"error\""));
+	close(fd);
+
+	/* past it: one byte more and no end of line */
+	memset(req, 'x', CONTROL_MAX_REQUEST + 1);
+	fd = unix_connect(f->sock);
+	off = 0;
+	while (off < CONTROL_MAX_REQUEST + 1) {
+		ssize_t r = send(fd, req + off, CONTROL_MAX_REQUEST + 1 - off,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (r > 0)
+			off += (size_t)r;
+		pump(f, 0.01);
+	}
+	read_reply(f, fd, reply, sizeof(reply));
+	assert_non_null(strstr(reply, "request longer than 65536 bytes"));
+	close(fd);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -276,6 +338,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_live_socket_is_kept, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_cap_and_request_deadline, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_emfile_pauses_accepting, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_request_size_limit, setup, teardown),
 	};
 
 	signal(SIGPIPE, SIG_IGN);
