@@ -14,9 +14,17 @@
 
 #include "common/config.h"
 
+/* $TMPDIR (default /tmp): where this test's files go. */
+static const char *tmpdir(void)
+{
+	const char *t = getenv("TMPDIR");
+	return t && t[0] ? t : "/tmp";
+}
+
 static char *write_temp(const char *text)
 {
-	char *path = strdup("/tmp/baton-config-test-XXXXXX");
+	char *path = NULL;
+	assert_true(asprintf(&path, "%s/baton-config-test-XXXXXX", tmpdir()) > 0);
 	int fd = mkstemp(path);
 
 	assert_true(fd >= 0);
@@ -60,7 +68,9 @@ static void test_good_config(void **state)
 	assert_string_equal(s->channels[1], "#ops");
 	assert_string_equal(s->username, "alice"); /* defaults to the nick */
 	sock = config_resolve(cfg, cfg->control);
-	assert_string_equal(sock, "/tmp/baton.sock");
+	char want[4096];
+	snprintf(want, sizeof(want), "%s/baton.sock", tmpdir());
+	assert_string_equal(sock, want);
 	free(sock);
 	config_free(cfg);
 	unlink(path);

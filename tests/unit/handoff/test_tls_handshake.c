@@ -47,10 +47,10 @@
 
 /* ---- certificates ------------------------------------------------------- */
 
-static char dir[64];
-static char ca_pem[128], server_pem[128], server_key[128], expired_pem[128],
-	wrongname_pem[128], unknownca_pem[128], client_pem[128],
-	client_key[128], other_ca_pem[128];
+static char dir[160];
+static char ca_pem[200], server_pem[200], server_key[200], expired_pem[200],
+	wrongname_pem[200], unknownca_pem[200], client_pem[200],
+	client_key[200], other_ca_pem[200];
 
 static void write_pem(const char *path, X509 *x, EVP_PKEY *k)
 {
@@ -118,7 +118,8 @@ static int make_certs(void **state)
 
 	assert_non_null(ca_k);
 	assert_non_null(srv_k);
-	strcpy(dir, "/tmp/baton-tlshs-XXXXXX");
+	snprintf(dir, sizeof(dir), "%s/baton-tlshs-XXXXXX",
+		 getenv("TMPDIR") && getenv("TMPDIR")[0] ? getenv("TMPDIR") : "/tmp");
 	assert_non_null(mkdtemp(dir));
 #define P(var, name) snprintf(var, sizeof(var), "%s/" name, dir)
 	P(ca_pem, "ca.pem");

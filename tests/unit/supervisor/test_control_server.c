@@ -37,7 +37,7 @@
 #include "supervisor/supervisor.h"
 
 struct fixture {
-	char dir[64], config[96], sock[96];
+	char dir[160], config[200], sock[200];
 	struct event_base *base;
 	struct supervisor *sup;
 	struct control_server *cs;
@@ -67,7 +67,8 @@ static int setup(void **state)
 	char err[256];
 	FILE *file;
 
-	snprintf(f->dir, sizeof(f->dir), "/tmp/baton-test-cs.XXXXXX");
+	snprintf(f->dir, sizeof(f->dir), "%s/baton-test-cs.XXXXXX",
+		 getenv("TMPDIR") && getenv("TMPDIR")[0] ? getenv("TMPDIR") : "/tmp");
 	assert_non_null(mkdtemp(f->dir));
 	snprintf(f->config, sizeof(f->config), "%s/baton.ini", f->dir);
 	snprintf(f->sock, sizeof(f->sock), "%s/baton.sock", f->dir);

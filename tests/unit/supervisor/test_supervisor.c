@@ -107,7 +107,7 @@ static int fake_worker(void)
 /* ---- the test side ---- */
 
 struct fixture {
-	char dir[64], config[96], counter[96];
+	char dir[160], config[200], counter[200];
 	struct event_base *base;
 	struct supervisor *sup;
 	struct event *sig, *ev_check;
@@ -174,7 +174,8 @@ static int run(struct fixture *f, const char *mode, unsigned want_starts)
 	int rc;
 
 	memset(f, 0, sizeof(*f));
-	snprintf(f->dir, sizeof(f->dir), "/tmp/baton-test-sup.XXXXXX");
+	snprintf(f->dir, sizeof(f->dir), "%s/baton-test-sup.XXXXXX",
+		 getenv("TMPDIR") && getenv("TMPDIR")[0] ? getenv("TMPDIR") : "/tmp");
 	assert_non_null(mkdtemp(f->dir));
 	snprintf(f->config, sizeof(f->config), "%s/baton.ini", f->dir);
 	snprintf(f->counter, sizeof(f->counter), "%s/starts", f->dir);
