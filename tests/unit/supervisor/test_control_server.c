@@ -224,7 +224,7 @@ static void test_emfile_pauses_accepting(void **state)
 {
 	struct fixture *f = *state;
 	struct rlimit old, low;
-	char err[256], logpath[128], *text = NULL;
+	char err[256], logpath[200], *text = NULL;
 	int c, saved_err, logfd, lines = 0, fds[256], nfds = 0;
 	size_t cap = 0;
 	FILE *log;
