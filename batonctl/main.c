@@ -410,6 +410,13 @@ static int print_migration(const char *cmd, struct json_object *r)
 		       jdbl(r, "freeze_ms"), jdbl(r, "total_ms"));
 		if (jstr(r, "reason", "")[0])
 			printf("  note: %s\n", jstr(r, "reason", ""));
+		if (jint(jobj(r, "shrunk"), "sessions") > 0) {
+			struct json_object *sh = jobj(r, "shrunk");
+
+			printf("  %lld sessions were too big for one migration message and were shrunk: %lld backlog lines, %lld clients, %lld member lists dropped\n",
+			       (long long)jint(sh, "sessions"), (long long)jint(sh, "backlog_lines"),
+			       (long long)jint(sh, "clients"), (long long)jint(sh, "member_lists"));
+		}
 		/* Say it only when it is not the plain outcome. */
 		{
 			struct json_object *sv = jobj(r, "survivor");

@@ -103,8 +103,8 @@ def setup(ctx, args, loadgen, log):
     ngircd = ctx.ngircd()
     rows = plan(loadgen, args)
     baton = LoadBaton(ctx, ngircd, nsessions=args.bouncer_users, channels=("#lg0",),
-                      sessiond_opts={"backlog_lines": args.backlog_lines,
-                                     "chunk_sessions": args.chunk_sessions},
+                      sessiond_opts=dict(bl.roomy_backlog(args.backlog_lines),
+                                         chunk_sessions=args.chunk_sessions),
                       handoff_timeout=60, rlimit_nofile=args.nofile)
     for s, (user, nick, chans) in zip(baton.sessions, rows):
         bl.check(s.user == user and s.nick == nick,

@@ -458,29 +458,58 @@ static void config_key_supervisor(struct config_parse *ps, const char *name,
 		PROBLEM(ps, "unknown key '%s' in [supervisor]", name);
 }
 
+/* Every [sessiond] key with its default and range: the one table the
+ * parser, the defaults and docs/config.md follow. */
+static const struct config_int_key {
+	const char *name;
+	size_t offset;
+	int def, min, max;
+} config_sessiond_keys[] = {
+	{ "backlog_lines", offsetof(struct baton_config, backlog_lines), 500, 1, 1000000 },
+	{ "backlog_buffer_bytes", offsetof(struct baton_config, backlog_buffer_bytes), 256 << 10, 1024, 64 << 20 },
+	{ "backlog_buffers", offsetof(struct baton_config, backlog_buffers), 100, 1, 10000 },
+	{ "backlog_session_lines", offsetof(struct baton_config, backlog_session_lines), 20000, 1, 1000000 },
+	{ "backlog_session_bytes", offsetof(struct baton_config, backlog_session_bytes), 4 << 20, 64 << 10, 64 << 20 },
+	/* 252 clients + the upstream: 253 fds, what one message can carry */
+	{ "max_clients_per_session", offsetof(struct baton_config, max_clients_per_session), 16, 1, 252 },
+	{ "max_channels", offsetof(struct baton_config, max_channels), 250, 1, 10000 },
+	{ "max_channel_members", offsetof(struct baton_config, max_channel_members), 50000, 1, 10000000 },
+	{ "member_list_bytes", offsetof(struct baton_config, member_list_bytes), 2 << 20, 64 << 10, 64 << 20 },
+	{ "chunk_sessions", offsetof(struct baton_config, chunk_sessions), 256, 1, 100000 },
+	{ "chunk_bytes", offsetof(struct baton_config, chunk_bytes), 1 << 20, 4096, 256 << 20 },
+	{ "ping_interval", offsetof(struct baton_config, ping_interval_s), 60, 1, 86400 },
+	{ "ping_timeout", offsetof(struct baton_config, ping_timeout_s), 240, 2, 86400 },
+	{ "reconnect_min", offsetof(struct baton_config, reconnect_min_s), 2, 1, 86400 },
+	{ "reconnect_max", offsetof(struct baton_config, reconnect_max_s), 300, 1, 86400 },
+	{ "handshake_budget_ms", offsetof(struct baton_config, handshake_budget_ms), 500, 0, 60000 },
+};
+
+const struct baton_config *config_default_values(void)
+{
+	static struct baton_config defaults;
+	static bool set;
+
+	if (!set) {
+		for (size_t i = 0; i < sizeof(config_sessiond_keys) / sizeof(config_sessiond_keys[0]); i++)
+			*(int *)((char *)&defaults + config_sessiond_keys[i].offset) =
+				config_sessiond_keys[i].def;
+		defaults.handoff_timeout_s = 10;
+		set = true;
+	}
+	return &defaults;
+}
+
 static void config_key_sessiond(struct config_parse *ps, const char *name,
 				const char *value)
 {
 	struct baton_config *cfg = ps->cfg;
-	static const struct {
-		const char *name;
-		size_t offset;
-		int min, max;
-	} keys[] = {
-		{ "backlog_lines", offsetof(struct baton_config, backlog_lines), 1, 1000000 },
-		{ "chunk_sessions", offsetof(struct baton_config, chunk_sessions), 1, 100000 },
-		{ "chunk_bytes", offsetof(struct baton_config, chunk_bytes), 4096, 256 << 20 },
-		{ "ping_interval", offsetof(struct baton_config, ping_interval_s), 1, 86400 },
-		{ "ping_timeout", offsetof(struct baton_config, ping_timeout_s), 2, 86400 },
-		{ "reconnect_min", offsetof(struct baton_config, reconnect_min_s), 1, 86400 },
-		{ "reconnect_max", offsetof(struct baton_config, reconnect_max_s), 1, 86400 },
-		{ "handshake_budget_ms", offsetof(struct baton_config, handshake_budget_ms), 0, 60000 },
-	};
 
-	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-		if (strcmp(name, keys[i].name) == 0) {
-			config_int(ps, name, value, keys[i].min, keys[i].max,
-				   (int *)((char *)cfg + keys[i].offset));
+	for (size_t i = 0; i < sizeof(config_sessiond_keys) / sizeof(config_sessiond_keys[0]); i++) {
+		const struct config_int_key *k = &config_sessiond_keys[i];
+
+		if (strcmp(name, k->name) == 0) {
+			config_int(ps, name, value, k->min, k->max,
+				   (int *)((char *)cfg + k->offset));
 			return;
 		}
 	}
@@ -674,14 +703,9 @@ static void config_defaults(struct baton_config *cfg)
 	cfg->control = strdup("baton.sock");
 	cfg->state_dir = strdup("state");
 	cfg->handoff_timeout_s = 10;
-	cfg->backlog_lines = 500;
-	cfg->chunk_sessions = 256;
-	cfg->chunk_bytes = 1 << 20;
-	cfg->ping_interval_s = 60;
-	cfg->ping_timeout_s = 240;
-	cfg->reconnect_min_s = 2;
-	cfg->reconnect_max_s = 300;
-	cfg->handshake_budget_ms = 500;
+	for (size_t i = 0; i < sizeof(config_sessiond_keys) / sizeof(config_sessiond_keys[0]); i++)
+		*(int *)((char *)cfg + config_sessiond_keys[i].offset) =
+			config_sessiond_keys[i].def;
 	cfg->user_index = strmap_new();
 	cfg->network_index = strmap_new();
 	cfg->session_index = strmap_new();

@@ -72,8 +72,20 @@ struct baton_config {
 	int handoff_timeout_s;  /* default 10 */
 	char *metrics;          /* "HOST:PORT" or NULL (off, default) */
 
-	/* [sessiond] */
+	/* [sessiond] (defaults: the key table in config.c; docs/config.md) */
 	int backlog_lines;      /* per buffer, default 500 */
+	/* The bounds of one session's state, so that every session can always
+	 * migrate (sessiond/state.h: the worst case of a session with every
+	 * bound reached must fit one migration message; the worker's preflight
+	 * checks the combination). */
+	int backlog_buffer_bytes;  /* text bytes per buffer, default 256 KiB */
+	int backlog_buffers;       /* buffers (channels + queries), default 100 */
+	int backlog_session_lines; /* lines of all buffers, default 20,000 */
+	int backlog_session_bytes; /* text + names of all buffers, default 4 MiB */
+	int max_clients_per_session; /* attached clients, default 16 (<= 252) */
+	int max_channels;          /* channels tracked per session, default 250 */
+	int max_channel_members;   /* members tracked per channel, default 50,000 */
+	int member_list_bytes;     /* member lists of a session, default 2 MiB */
 	int chunk_sessions;     /* sessions per migration chunk, default 256 */
 	int chunk_bytes;        /* ... or fewer once the chunk's state reaches this, default 1 MiB */
 	int ping_interval_s;    /* upstream keepalive PING, default 60 */
@@ -120,6 +132,11 @@ const struct config_user *config_find_user(const struct baton_config *cfg,
 const struct config_session *config_find_session(const struct baton_config *cfg,
 						 const char *user,
 						 const char *network);
+
+/* The default of every numeric key (no strings, no sections): for code
+ * that runs without a loaded config (unit tests) or finds a key left 0 in a
+ * config built by hand. */
+const struct baton_config *config_default_values(void);
 
 /* Resolve `path` against the config folder; returns a malloc'd string. */
 char *config_resolve(const struct baton_config *cfg, const char *path);

@@ -42,6 +42,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "handoff/frame.h"
+
 struct event_base;
 
 /* Frame types used on a migration channel (handoff/frame.h `type`). */
@@ -72,6 +74,11 @@ enum handoff_phase {
 };
 typedef void (*handoff_phase_fn)(void *arg, enum handoff_phase phase,
 				 uint32_t chunk);
+
+/* The largest payload one ITEM can carry: its frame holds the protobuf Item
+ * (index, fd count, payload) within HANDOFF_FRAME_MAX_MESSAGE, at most
+ * 1 + 5 + 1 + 5 + 1 + 4 bytes more than the payload. */
+#define HANDOFF_ITEM_MAX_PAYLOAD (HANDOFF_FRAME_MAX_MESSAGE - 32)
 
 /* ---- source ---- */
 

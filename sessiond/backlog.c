@@ -7,14 +7,19 @@
  * idle query costs a few slots, not max_lines of them. Each line owns a
  * strdup'd copy of its text.
  *
- * The number of buffers is bounded (max_buffers): every distinct sender of a
- * private message creates one, and a flood of them must not grow a session
+ * The number of buffers is bounded (lim.buffers): every distinct sender of
+ * a private message creates one, and a flood of them must not grow a session
  * without limit. Creating one more evicts the least recently stored query
  * buffer, or, only if every buffer is a channel, the least recently stored
  * channel buffer. Two lists (queries, channels) in store order make that
  * O(1). Appends store in seq order, so "least recently stored" is "whose
  * newest line is oldest"; a restore keeps that meaning when buffers are
  * restored in the order of their newest line (state.c does).
+ *
+ * Bytes and lines are counted per buffer and in total on every change, so
+ * the bounds cost nothing until one is reached; then the total bounds scan
+ * the buffers for the biggest (O(buffers) per dropped line, a few hundred at
+ * most).
  *
  * Because every ring is sorted, "lines with seq > after" is a binary search
  * per buffer, counting is O(buffers * log lines), and a replay is a k-way
@@ -50,9 +55,12 @@ struct bl_line {
 struct bl_buffer {
 	char *name;           /* owned; spelled as first seen */
 	char *key;            /* owned; casefolded name, the index key */
+	size_t name_len;
 	struct bl_line *ring; /* cap slots, len used, oldest at head */
 	size_t cap, head, len;
+	size_t bytes;         /* text bytes of its lines */
 	uint64_t last_seq;    /* of the newest line ever added, even if dropped */
+	uint64_t dropped_seq; /* of the newest line dropped (0: none) */
 	size_t pos;           /* in backlog.bufs */
 	bool channel;         /* irc_is_channel(name): evicted last */
 	struct bl_buffer *older, *newer; /* its store-order list */
@@ -64,8 +72,10 @@ struct bl_list {
 };
 
 struct backlog {
-	size_t max_lines;
-	size_t max_buffers;
+	struct backlog_limits lim;
+	size_t lines, bytes;    /* held in total (bytes: as lim.total_bytes) */
+	uint64_t evicted_seq;   /* newest seq an evicted buffer held */
+	struct backlog_drops drops; /* since the last take */
 	uint64_t next_seq;
 	uint64_t high_seq; /* highest seq ever assigned or restored */
 	struct bl_buffer **bufs;
@@ -128,31 +138,52 @@ static int ring_reserve(struct bl_buffer *b, size_t max_lines)
 	return 0;
 }
 
+/* The oldest line of b leaves the ring (it must hold one). */
+static void ring_drop_oldest(struct backlog *bl, struct bl_buffer *b)
+{
+	struct bl_line *l = &b->ring[b->head];
+	size_t n = strlen(l->text);
+
+	if (l->seq > b->dropped_seq)
+		b->dropped_seq = l->seq;
+	b->bytes -= n;
+	bl->bytes -= n;
+	bl->lines--;
+	free(l->text);
+	l->text = NULL;
+	b->head = b->head + 1 == b->cap ? 0 : b->head + 1;
+	b->len--;
+	if (b->len == 0)
+		b->head = 0;
+}
+
 /* Store a line whose text is already allocated; takes ownership of text.
- * ring_reserve() must have succeeded. With max_lines == 0 nothing is kept. */
-static void ring_push(struct bl_buffer *b, uint64_t seq, int64_t time_ms,
-		      char *text)
+ * ring_reserve() must have succeeded. With buffer_lines == 0 nothing is
+ * kept (the line counts as dropped). */
+static void ring_push(struct backlog *bl, struct bl_buffer *b, uint64_t seq,
+		      int64_t time_ms, char *text)
 {
 	struct bl_line *slot;
+	size_t j;
 
 	b->last_seq = seq;
-	if (b->cap == 0) {
+	if (b->cap == 0 || text == NULL) {
 		free(text);
+		if (seq > b->dropped_seq)
+			b->dropped_seq = seq;
 		return;
 	}
-	if (b->len == b->cap) { /* full at max_lines: drop the oldest */
-		slot = &b->ring[b->head];
-		free(slot->text);
-		b->head = b->head + 1 == b->cap ? 0 : b->head + 1;
-	} else {
-		size_t j = b->head + b->len;
-
-		slot = &b->ring[j >= b->cap ? j - b->cap : j];
-		b->len++;
-	}
+	if (b->len == b->cap) /* full at buffer_lines: drop the oldest */
+		ring_drop_oldest(bl, b);
+	j = b->head + b->len;
+	slot = &b->ring[j >= b->cap ? j - b->cap : j];
+	b->len++;
 	slot->seq = seq;
 	slot->time_ms = time_ms;
 	slot->text = text;
+	b->bytes += strlen(text);
+	bl->bytes += strlen(text);
+	bl->lines++;
 }
 
 /* ---- buffers: index, store order, eviction ---- */
@@ -255,6 +286,7 @@ static struct bl_buffer *buffer_create(struct backlog *bl, const char *name)
 	if (!b)
 		return NULL;
 	b->name = strdup(name);
+	b->name_len = strlen(name);
 	b->key = fold_key(name, NULL, 0);
 	b->channel = irc_is_channel(name) != 0;
 	if (!b->name || !b->key || strmap_put(bl->index, b->key, b) < 0) {
@@ -282,7 +314,21 @@ static void buffer_remove(struct backlog *bl, struct bl_buffer *b)
 	strmap_del(bl->index, b->key);
 	if (bl->last == b)
 		bl->last = NULL;
+	bl->lines -= b->len;
+	bl->bytes -= b->bytes + b->name_len;
 	buffer_free(b);
+}
+
+/* A whole buffer goes to make room (the per-backlog bounds): what it held
+ * is remembered as evicted and counted. */
+static void buffer_evict(struct backlog *bl, struct bl_buffer *b, unsigned why)
+{
+	if (b->last_seq > bl->evicted_seq)
+		bl->evicted_seq = b->last_seq;
+	bl->drops.lines += b->len;
+	bl->drops.buffers++;
+	bl->drops.why |= why;
+	buffer_remove(bl, b);
 }
 
 /* The least recently stored query buffer; a channel buffer only if there is
@@ -292,15 +338,66 @@ static struct bl_buffer *buffer_victim(const struct backlog *bl)
 	return bl->queries.oldest ? bl->queries.oldest : bl->channels.oldest;
 }
 
-/* List a created buffer, evicting as many as max_buffers requires. The
+/* List a created buffer, evicting as many as lim.buffers requires. The
  * array has room (buffer_reserve()). */
 static void buffer_insert(struct backlog *bl, struct bl_buffer *b)
 {
-	while (bl->nbufs >= bl->max_buffers && bl->nbufs > 0)
-		buffer_remove(bl, buffer_victim(bl));
+	size_t max = bl->lim.buffers ? bl->lim.buffers : 1;
+
+	while (bl->nbufs >= max && bl->nbufs > 0)
+		buffer_evict(bl, buffer_victim(bl), BACKLOG_DROP_BUFFERS);
 	b->pos = bl->nbufs;
 	bl->bufs[bl->nbufs++] = b;
+	bl->bytes += b->name_len;
 	list_push_newest(buffer_list(bl, b), b);
+}
+
+/* The buffer with the most lines (by_bytes: bytes) that holds a line;
+ * NULL if none holds one. */
+static struct bl_buffer *buffer_biggest(const struct backlog *bl, bool by_bytes)
+{
+	struct bl_buffer *best = NULL;
+
+	for (size_t i = 0; i < bl->nbufs; i++) {
+		struct bl_buffer *b = bl->bufs[i];
+
+		if (b->len == 0)
+			continue;
+		if (best == NULL ||
+		    (by_bytes ? b->bytes > best->bytes : b->len > best->len))
+			best = b;
+	}
+	return best;
+}
+
+/* After a store to `cur`: its own byte bound (its oldest lines go), then
+ * the totals (the biggest buffer loses its oldest line; if only names are
+ * left over the byte bound, whole buffers other than cur go). */
+static void enforce_limits(struct backlog *bl, struct bl_buffer *cur)
+{
+	while (cur->len > bl->lim.buffer_lines) /* the bound was lowered */
+		ring_drop_oldest(bl, cur);
+	while (cur->len > 0 && cur->bytes > bl->lim.buffer_bytes)
+		ring_drop_oldest(bl, cur);
+	while (bl->lines > bl->lim.total_lines || bl->bytes > bl->lim.total_bytes) {
+		bool by_bytes = bl->bytes > bl->lim.total_bytes;
+		struct bl_buffer *b = buffer_biggest(bl, by_bytes);
+		unsigned why = by_bytes ? BACKLOG_DROP_TOTAL_BYTES :
+					  BACKLOG_DROP_TOTAL_LINES;
+
+		if (b != NULL) {
+			ring_drop_oldest(bl, b);
+			bl->drops.lines++;
+			bl->drops.why |= why;
+			continue;
+		}
+		b = buffer_victim(bl);
+		if (b == cur) /* its list's oldest is cur: try the other */
+			b = cur->channel ? bl->queries.oldest : bl->channels.oldest;
+		if (b == NULL || b == cur)
+			break; /* cur's name alone: nothing else to give */
+		buffer_evict(bl, b, why);
+	}
 }
 
 /* Room in the array for one more buffer. */
@@ -331,21 +428,51 @@ struct backlog *backlog_new(size_t max_lines)
 		free(bl);
 		return NULL;
 	}
-	bl->max_lines = max_lines;
-	bl->max_buffers = BACKLOG_MAX_BUFFERS;
+	bl->lim = (struct backlog_limits){
+		.buffer_lines = max_lines,
+		.buffer_bytes = SIZE_MAX,
+		.buffers = BACKLOG_MAX_BUFFERS,
+		.total_lines = SIZE_MAX,
+		.total_bytes = SIZE_MAX,
+	};
 	bl->next_seq = 1;
 	return bl;
+}
+
+void backlog_set_limits(struct backlog *bl, const struct backlog_limits *lim)
+{
+	if (!bl || !lim)
+		return;
+	bl->lim = *lim;
+	if (bl->lim.buffers == 0)
+		bl->lim.buffers = 1;
+}
+
+void backlog_get_limits(const struct backlog *bl, struct backlog_limits *lim)
+{
+	if (bl && lim)
+		*lim = bl->lim;
 }
 
 void backlog_set_max_buffers(struct backlog *bl, size_t max_buffers)
 {
 	if (bl)
-		bl->max_buffers = max_buffers ? max_buffers : 1;
+		bl->lim.buffers = max_buffers ? max_buffers : 1;
 }
 
 size_t backlog_nbuffers(const struct backlog *bl)
 {
 	return bl ? bl->nbufs : 0;
+}
+
+size_t backlog_nlines(const struct backlog *bl)
+{
+	return bl ? bl->lines : 0;
+}
+
+size_t backlog_nbytes(const struct backlog *bl)
+{
+	return bl ? bl->bytes : 0;
 }
 
 void backlog_free(struct backlog *bl)
@@ -384,9 +511,9 @@ static int store(struct backlog *bl, const char *buffer, uint64_t seq,
 		r = -EINVAL;
 		goto fail;
 	}
-	if (bl->max_lines > 0) {
+	if (bl->lim.buffer_lines > 0) {
 		text = strdup(line);
-		if (!text || ring_reserve(b, bl->max_lines) < 0) {
+		if (!text || ring_reserve(b, bl->lim.buffer_lines) < 0) {
 			r = -ENOMEM;
 			goto fail;
 		}
@@ -395,10 +522,11 @@ static int store(struct backlog *bl, const char *buffer, uint64_t seq,
 		buffer_insert(bl, created);
 	else
 		buffer_touch(bl, b);
-	ring_push(b, seq, time_ms, text); /* text: ownership transferred */
+	ring_push(bl, b, seq, time_ms, text); /* text: ownership transferred */
 	bl->last = b;
 	if (seq > bl->high_seq)
 		bl->high_seq = seq;
+	enforce_limits(bl, b);
 	return 0;
 
 fail:
@@ -607,10 +735,10 @@ int backlog_foreach_buffer_lines(const struct backlog *bl,
 
 /* Seqs must increase per buffer (checked against the newest line ever added
  * to that buffer, so also after appends) and be unique session-wide (not
- * checked: a backlog that produced them guarantees it). More than max_lines
- * restored lines drop the oldest, as appends do, so a worker configured
- * with a smaller backlog can load a bigger one. next_seq is raised past
- * every restored seq; backlog_set_next_seq() may raise it further. */
+ * checked: a backlog that produced them guarantees it). Restored lines
+ * beyond any bound drop as appends do, so a worker configured with a
+ * smaller backlog can load a bigger one. next_seq is raised past every
+ * restored seq; backlog_set_next_seq() may raise it further. */
 int backlog_restore(struct backlog *bl, const char *buffer, uint64_t seq,
 		    int64_t time_ms, const char *line)
 {
@@ -624,4 +752,114 @@ int backlog_restore(struct backlog *bl, const char *buffer, uint64_t seq,
 	if (bl->next_seq <= seq)
 		bl->next_seq = seq + 1;
 	return 0;
+}
+
+int backlog_restore_dropped(struct backlog *bl, const char *buffer,
+			    uint64_t dropped_seq)
+{
+	struct bl_buffer *b;
+
+	if (!bl || !buffer || dropped_seq == 0 || dropped_seq == UINT64_MAX)
+		return -EINVAL;
+	if (buffer_lookup(bl, buffer, &b) < 0)
+		return -ENOMEM;
+	if (!b) {
+		if (buffer_reserve(bl) < 0)
+			return -ENOMEM;
+		b = buffer_create(bl, buffer);
+		if (!b)
+			return -ENOMEM;
+		buffer_insert(bl, b);
+		b->last_seq = dropped_seq;
+		enforce_limits(bl, b);
+	} else if (b->len > 0 && ring_at(b, 0)->seq <= dropped_seq) {
+		return -EINVAL; /* it cannot have dropped a line after one it holds */
+	}
+	if (dropped_seq > b->dropped_seq)
+		b->dropped_seq = dropped_seq;
+	if (dropped_seq > b->last_seq)
+		b->last_seq = dropped_seq;
+	if (dropped_seq > bl->high_seq)
+		bl->high_seq = dropped_seq;
+	if (bl->next_seq <= dropped_seq)
+		bl->next_seq = dropped_seq + 1;
+	return 0;
+}
+
+uint64_t backlog_dropped_seq(const struct backlog *bl, const char *buffer)
+{
+	struct bl_buffer *b;
+
+	if (!bl || !buffer || buffer_lookup(bl, buffer, &b) < 0 || !b)
+		return 0;
+	return b->dropped_seq;
+}
+
+uint64_t backlog_evicted_seq(const struct backlog *bl)
+{
+	return bl ? bl->evicted_seq : 0;
+}
+
+void backlog_set_evicted_seq(struct backlog *bl, uint64_t seq)
+{
+	if (!bl || seq <= bl->evicted_seq)
+		return;
+	bl->evicted_seq = seq;
+	if (seq > bl->high_seq)
+		bl->high_seq = seq;
+	if (bl->next_seq <= seq)
+		bl->next_seq = seq + 1;
+}
+
+int backlog_foreach_gap(const struct backlog *bl, uint64_t after,
+			backlog_buffer_fn fn, void *arg)
+{
+	int r;
+
+	if (!bl || !fn)
+		return -EINVAL;
+	for (size_t i = 0; i < bl->nbufs; i++) {
+		if (bl->bufs[i]->dropped_seq <= after)
+			continue;
+		r = fn(arg, bl->bufs[i]->name);
+		if (r != 0)
+			return r;
+	}
+	return 0;
+}
+
+void backlog_take_drops(struct backlog *bl, struct backlog_drops *out)
+{
+	if (!bl) {
+		*out = (struct backlog_drops){ 0 };
+		return;
+	}
+	*out = bl->drops;
+	bl->drops = (struct backlog_drops){ 0 };
+}
+
+size_t backlog_trim_oldest(struct backlog *bl, size_t want)
+{
+	size_t gone = 0, n = 0;
+
+	if (!bl)
+		return 0;
+	while (gone < want && bl->lines > 0) {
+		struct bl_buffer *oldest = NULL;
+
+		for (size_t i = 0; i < bl->nbufs; i++) {
+			struct bl_buffer *b = bl->bufs[i];
+
+			if (b->len > 0 && (oldest == NULL ||
+					   ring_at(b, 0)->seq < ring_at(oldest, 0)->seq))
+				oldest = b;
+		}
+		gone += strlen(ring_at(oldest, 0)->text) + BACKLOG_LINE_OVERHEAD;
+		ring_drop_oldest(bl, oldest);
+		n++;
+	}
+	bl->drops.lines += n;
+	if (n)
+		bl->drops.why |= BACKLOG_DROP_TRIM;
+	return n;
 }

@@ -3,11 +3,26 @@
  * gets a session-wide sequence number, strictly increasing, so a client's
  * delivery position is a single number: "every line with seq > pos is new".
  *
- * The number of buffers is bounded too (every distinct sender of a private
- * message makes one): a store that creates a buffer beyond the bound first
- * drops a whole buffer, the least recently stored query buffer (a name that
- * is not a channel), or if there is none the least recently stored channel
- * buffer. Seqs are unaffected (a dropped line is simply not replayed).
+ * Bounds (struct backlog_limits) and what is dropped at each, oldest lines
+ * first everywhere:
+ *  - per buffer, lines and bytes (the text of its lines): the buffer's own
+ *    oldest lines go (a ring, as before);
+ *  - per backlog, buffers: every distinct sender of a private message makes
+ *    one, so creating one beyond the bound first drops a whole buffer: the
+ *    least recently stored query buffer (a name that is not a channel), or
+ *    if there is none the least recently stored channel buffer;
+ *  - per backlog, lines and bytes in total (bytes: the text of every line
+ *    plus every buffer's name): the buffer holding the most lines (resp.
+ *    bytes) loses its oldest line, repeatedly, so that a flood into some
+ *    buffers cannot push the history of quiet ones out. Buffers emptied this
+ *    way stay (with their name and what they dropped) until evicted as above.
+ * Seqs are unaffected: a dropped line is simply not replayed. What was
+ * dropped is remembered for the clients that missed it: per buffer the
+ * newest seq it dropped (backlog_dropped_seq()), and for buffers dropped
+ * whole the newest seq they held (backlog_evicted_seq()); a client whose
+ * position is below either has a gap there. Drops caused by the per-backlog
+ * bounds (not a buffer's own ring) are also counted until taken
+ * (backlog_take_drops()), so the session can tell its users.
  *
  * Library code: no logging, no exits. Allocation failures return -ENOMEM.
  */
@@ -19,17 +34,38 @@
 
 struct backlog;
 
-/* Default bound on the number of buffers of one backlog. */
+/* Default bound on the number of buffers of a backlog_new() backlog. */
 #define BACKLOG_MAX_BUFFERS 1000
 
-/* max_lines: per buffer (older lines are dropped first); at most
- * BACKLOG_MAX_BUFFERS buffers. next_seq starts at 1. */
+/* Serialized size of a line beyond its text, at most (state.proto
+ * Buffer.lines: tag and length of the BacklogLine, seq and time_ms as
+ * varints of up to 10 bytes with their tags, the line's tag and a length of
+ * up to 2 bytes for lines up to 16 KiB). backlog_trim_oldest() counts
+ * text + this per line. */
+#define BACKLOG_LINE_OVERHEAD 28
+
+struct backlog_limits {
+	size_t buffer_lines; /* per buffer; 0: nothing is kept (seqs still are) */
+	size_t buffer_bytes; /* per buffer: text bytes of its lines */
+	size_t buffers;      /* buffers (at least 1; 0 counts as 1) */
+	size_t total_lines;  /* every buffer's lines together */
+	size_t total_bytes;  /* text of every line + every buffer's name */
+};
+
+/* max_lines per buffer, at most BACKLOG_MAX_BUFFERS buffers, no other
+ * bound (backlog_set_limits() sets them all). next_seq starts at 1. */
 struct backlog *backlog_new(size_t max_lines);
 void backlog_free(struct backlog *bl); /* accepts NULL */
-/* Change the bound on buffers (at least 1; 0 counts as 1). Applies from the
- * next store that creates a buffer. */
+/* Change every bound. Applies from the next store (nothing is dropped
+ * now). */
+void backlog_set_limits(struct backlog *bl, const struct backlog_limits *lim);
+void backlog_get_limits(const struct backlog *bl, struct backlog_limits *lim);
+/* Change only the bound on buffers (0 counts as 1). */
 void backlog_set_max_buffers(struct backlog *bl, size_t max_buffers);
 size_t backlog_nbuffers(const struct backlog *bl);
+/* Lines held, and bytes as total_bytes counts them. */
+size_t backlog_nlines(const struct backlog *bl);
+size_t backlog_nbytes(const struct backlog *bl);
 
 /* Append a line (no CRLF) to `buffer`, creating the buffer on first use.
  * Returns the seq assigned (> 0), or 0 on allocation failure. */
@@ -70,5 +106,48 @@ int backlog_foreach_buffer_lines(const struct backlog *bl,
  * increasing seq). Returns 0, -EINVAL (seq not increasing), -ENOMEM. */
 int backlog_restore(struct backlog *bl, const char *buffer, uint64_t seq,
 		    int64_t time_ms, const char *line);
+/* Restore what `buffer` dropped (its newest dropped seq), after its lines;
+ * a buffer without lines is created empty (as one emptied by the
+ * per-backlog bounds is). Seqs of its later lines must be above it.
+ * Returns 0, -EINVAL (seq 0 or not above its lines), -ENOMEM. */
+int backlog_restore_dropped(struct backlog *bl, const char *buffer,
+			    uint64_t dropped_seq);
+
+/* ---- what was dropped ---- */
+
+/* The newest seq `buffer` dropped (0: none, or no such buffer). */
+uint64_t backlog_dropped_seq(const struct backlog *bl, const char *buffer);
+/* The newest seq any buffer dropped whole (evicted) held (0: none). */
+uint64_t backlog_evicted_seq(const struct backlog *bl);
+/* Used when restoring state; never lowers it. */
+void backlog_set_evicted_seq(struct backlog *bl, uint64_t seq);
+/* Visit every buffer that dropped a line with seq > after (a client at
+ * position `after` missed lines there), in creation order. */
+int backlog_foreach_gap(const struct backlog *bl, uint64_t after,
+			backlog_buffer_fn fn, void *arg);
+
+/* Drops caused by the per-backlog bounds (buffers, total lines, total
+ * bytes) since the last take; reset by the take. A buffer's own ring
+ * (buffer_lines, buffer_bytes) is not counted: it is the normal life of a
+ * busy buffer. */
+struct backlog_drops {
+	size_t lines;   /* lines dropped (including those of evicted buffers) */
+	size_t buffers; /* buffers evicted */
+	unsigned why;   /* BACKLOG_DROP_* bits */
+};
+enum {
+	BACKLOG_DROP_BUFFERS = 1u << 0,
+	BACKLOG_DROP_TOTAL_LINES = 1u << 1,
+	BACKLOG_DROP_TOTAL_BYTES = 1u << 2,
+	BACKLOG_DROP_TRIM = 1u << 3, /* backlog_trim_oldest() */
+};
+void backlog_take_drops(struct backlog *bl, struct backlog_drops *out);
+
+/* Drop the oldest lines of the whole backlog (lowest seqs, whatever their
+ * buffer) until at least `want` bytes are gone, counting each line as its
+ * text + BACKLOG_LINE_OVERHEAD; for a state that must shrink to fit a
+ * limit. Returns the number of lines dropped (0: the backlog holds none).
+ * Counted as BACKLOG_DROP_TRIM. */
+size_t backlog_trim_oldest(struct backlog *bl, size_t want);
 
 #endif

@@ -724,9 +724,62 @@ void bouncer_item_freeze(struct bouncer_item *it)
 int bouncer_item_serialize(struct bouncer_item *it, uint8_t **buf, size_t *len,
 			   const int **fds, size_t *nfds)
 {
-	int rc = state_serialize(it, buf, len);
+	int rc = state_serialize(it, true, buf, len);
 	if (rc < 0)
 		return rc;
+	*fds = it->fds;
+	*nfds = it->nfds;
+	return 0;
+}
+
+int bouncer_item_serialize_within(struct bouncer_item *it, size_t max,
+				  uint8_t **buf, size_t *len, const int **fds,
+				  size_t *nfds, struct bouncer_shrunk *shrunk)
+{
+	struct session_shrink acc = { 0 };
+	bool governor = true;
+	int rc;
+
+	for (;;) {
+		rc = state_serialize(it, governor, buf, len);
+		if (rc < 0 || *len <= max)
+			break;
+		free(*buf);
+		*buf = NULL;
+		if (governor && it->kind == ITEM_SESSION &&
+		    bouncer_governor_snapshot_due(it->session->b)) {
+			/* The snapshot waits for an item with room for it. */
+			governor = false;
+			continue;
+		}
+		uint32_t lines = acc.lines;
+
+		if (it->kind != ITEM_SESSION ||
+		    session_shrink(it->session, *len - max, &acc) < 0) {
+			rc = -EMSGSIZE;
+			break;
+		}
+		if (acc.lines != lines) {
+			/* The users hear of it now, whatever the notices' rate
+			 * limit: the notice is in the clients' output, which
+			 * the next round packs. */
+			it->session->drop_notice_ms = 0;
+			session_note_backlog_drops(it->session);
+		}
+	}
+	if (it->kind == ITEM_SESSION && (acc.lines || acc.clients || acc.channels)) {
+		shrunk->sessions++;
+		shrunk->lines += acc.lines;
+		shrunk->clients += acc.clients;
+		shrunk->member_lists += acc.channels;
+		log_warn("migrate", "%s: state shrunk to fit one migration message: %u backlog lines, %u clients, %u member lists dropped",
+			 it->session->key, acc.lines, acc.clients, acc.channels);
+	}
+	if (rc < 0) {
+		free(*buf);
+		*buf = NULL;
+		return rc;
+	}
 	*fds = it->fds;
 	*nfds = it->nfds;
 	return 0;

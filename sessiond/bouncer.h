@@ -77,6 +77,24 @@ void bouncer_item_freeze(struct bouncer_item *it);
 int bouncer_item_serialize(struct bouncer_item *it, uint8_t **buf, size_t *len,
 			   const int **fds, size_t *nfds);
 
+/* The same within `max` bytes (what one migration message carries). Every
+ * session must always be able to move: one whose state is over max is
+ * shrunk until it fits (sessiond/session.h session_shrink(): stalled
+ * clients disconnected, oldest backlog lines dropped, then other clients,
+ * then member lists), its users told, and what was given up added to
+ * *shrunk. A governor snapshot due waits for an item with room for it.
+ * -EMSGSIZE only if nothing is left to give up (a pending client's state, or
+ * limits far above the message: sessiond/state.h). */
+struct bouncer_shrunk {
+	uint32_t sessions;     /* sessions shrunk */
+	uint32_t lines;        /* backlog lines dropped */
+	uint32_t clients;      /* clients disconnected */
+	uint32_t member_lists; /* member lists dropped */
+};
+int bouncer_item_serialize_within(struct bouncer_item *it, size_t max,
+				  uint8_t **buf, size_t *len, const int **fds,
+				  size_t *nfds, struct bouncer_shrunk *shrunk);
+
 /* The migration of this item aborted: resume exactly where it froze. */
 void bouncer_item_thaw(struct bouncer_item *it);
 

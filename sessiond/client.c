@@ -530,6 +530,24 @@ static void client_authenticate(struct client *cl)
 		client_error_close(cl, NULL, "session not available");
 		goto out;
 	}
+	/* Bounds of the session's state (session.h): refused clients stay
+	 * pending until their close, never counted in the session. */
+	if (cname && strlen(cname) > SESSION_MAX_CLIENT_NAME) {
+		log_info("client", "%s: client name of %zu bytes refused", s->key,
+			 strlen(cname));
+		client_error_close(cl, NULL, "client name too long (at most 64 bytes)");
+		goto out;
+	}
+	if (s->nclients >= s->lim.max_clients) {
+		char why[96];
+
+		log_warn("client", "%s: client %s refused: %zu clients attached (max_clients_per_session)",
+			 s->key, cname ? cname : "default", s->nclients);
+		snprintf(why, sizeof(why), "too many clients on this session (at most %zu)",
+			 s->lim.max_clients);
+		client_error_close(cl, NULL, why);
+		goto out;
+	}
 	free(cl->client_id);
 	cl->client_id = strdup(cname ? cname : "default");
 	/* The password is not kept past authentication. */
@@ -551,6 +569,52 @@ static void client_try_register(struct client *cl)
 }
 
 /* ---- burst and replay ---- */
+
+/* Backlog lines after the client's position that the bounds dropped
+ * (backlog.h): named, so the user knows where history has a hole. */
+struct gap_names {
+	char text[300];
+	size_t len, n, shown;
+};
+
+static int gap_name(void *arg, const char *buffer)
+{
+	struct gap_names *g = arg;
+	int w;
+
+	g->n++;
+	if (g->shown == 5 || g->len >= sizeof(g->text))
+		return 0;
+	w = snprintf(g->text + g->len, sizeof(g->text) - g->len, "%s%s",
+		     g->shown ? ", " : "", buffer);
+	if (w < 0 || (size_t)w >= sizeof(g->text) - g->len) {
+		g->text[g->len] = '\0';
+		return 0;
+	}
+	g->len += (size_t)w;
+	g->shown++;
+	return 0;
+}
+
+static void client_notice_gaps(struct client *cl, uint64_t pos)
+{
+	struct session *s = cl->s;
+	struct gap_names g = { .text = "" };
+	bool evicted = backlog_evicted_seq(s->backlog) > pos;
+
+	if (pos == 0) /* a client name never seen: it expects no history */
+		return;
+	(void)backlog_foreach_gap(s->backlog, pos, gap_name, &g);
+	if (g.n == 0 && !evicted)
+		return;
+	if (g.n > g.shown)
+		snprintf(g.text + g.len, sizeof(g.text) - g.len, "%s%zu more",
+			 g.shown ? " and " : "", g.n - g.shown);
+	conn_sendf(cl->conn, ":%s NOTICE %s :Backlog: some lines since you were last here were dropped (backlog limits: oldest lines first)%s%s%s",
+		   BATON_SERVER_NAME, client_nick(cl), g.n ? " in " : "", g.text,
+		   evicted ? (g.n ? "; and whole conversations were dropped" :
+				    ": whole conversations were dropped") : "");
+}
 
 /* Lines the bouncer composes from parts keep to the IRC limit (510 bytes
  * before CRLF); a part that cannot fit even alone is left out. */
@@ -782,6 +846,7 @@ void client_attach(struct client *cl, struct session *s)
 	log_info("client", "%s: client %s attached (replaying %zu lines)", s->key,
 		 cl->client_id, backlog_count_after(s->backlog, cl->delivered_seq));
 	client_send_burst(cl);
+	client_notice_gaps(cl, cl->delivered_seq);
 	cl->replaying = true;
 	client_replay_pump(cl); /* the first chunk now, the rest as it drains */
 	if (!session_upstream_ready(s))

@@ -28,6 +28,7 @@
 #include "common/log.h"
 #include "sessiond/bouncer.h"
 #include "sessiond/migrate.h"
+#include "sessiond/state.h"
 #include "sessiond/worker.h"
 
 /* Sockets a worker may hold: an upstream and one client per session, the
@@ -45,6 +46,7 @@ static void sessiond_preflight(const struct baton_config *cfg,
 {
 	struct rlimit rl;
 	char *state = NULL;
+	char why[512];
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
 		/* Take what we are allowed; in-flight fds of a migration count
@@ -61,6 +63,9 @@ static void sessiond_preflight(const struct baton_config *cfg,
 					    cfg->nsessions,
 					    (unsigned long long)sessiond_fds_needed(cfg));
 	}
+	/* Every session must always be able to migrate (state.h). */
+	if (state_check_config(cfg, why, sizeof(why)) < 0)
+		config_problems_add(pr, "%s: [sessiond] %s", cfg->path, why);
 	state = config_resolve(cfg, cfg->state_dir);
 	if (state != NULL) {
 		if (mkdir(state, 0700) < 0 && errno != EEXIST)

@@ -40,6 +40,15 @@ struct migrate {
 	struct handoff_source *src;
 	struct bouncer_item **items; /* snapshot; entries NULL once released */
 	size_t nitems, next;         /* next: first item of the next chunk */
+	/* An item over chunk_bytes found after the first of a chunk goes
+	 * alone in the next one: items[next], already frozen and serialized
+	 * (buf owned here, fds the item's), frozen since carry_frozen. */
+	bool carry;
+	uint8_t *carry_buf;
+	size_t carry_len, carry_nfds;
+	const int *carry_fds;
+	struct timespec carry_frozen;
+	struct bouncer_shrunk shrunk;
 	size_t chunk_first, chunk_n; /* the outstanding chunk */
 	uint32_t chunk_sessions, chunk_fds; /* its counts, added on commit */
 	unsigned chunk_items;
@@ -124,6 +133,7 @@ static void migrate_free(struct migrate *m)
 	handoff_source_free(m->src);
 	handoff_target_free(m->tgt);
 	free(m->items);
+	free(m->carry_buf);
 	free(m->prepared);
 	if (m->extra_fd >= 0)
 		close(m->extra_fd);
@@ -140,6 +150,14 @@ static void migrate_finish_cb(evutil_socket_t fd, short what, void *arg)
 
 	m->res.total_ms = migrate_ms_since(&m->started);
 	m->res.handshakes_left += state_take_handshakes_left();
+	m->res.shrunk_sessions = m->shrunk.sessions;
+	m->res.shrunk_lines = m->shrunk.lines;
+	m->res.shrunk_clients = m->shrunk.clients;
+	m->res.shrunk_member_lists = m->shrunk.member_lists;
+	if (m->shrunk.sessions)
+		log_warn("migrate", "%u sessions were over what one message carries and were shrunk: %u backlog lines, %u clients, %u member lists dropped",
+			 m->shrunk.sessions, m->shrunk.lines, m->shrunk.clients,
+			 m->shrunk.member_lists);
 	if (!m->res.committed) /* thawed: every handshake carries on here */
 		m->res.handshakes_left = 0;
 	if (m->res.handshakes_left)
@@ -165,16 +183,21 @@ static void migrate_finish(struct migrate *m, bool committed, const char *why)
 
 static void migrate_thaw_rest(struct migrate *m, size_t from)
 {
-	/* Thaw the failed chunk and every pending client frozen up front. */
+	/* Thaw the failed chunk, an item carried to the next one, and every
+	 * pending client frozen up front. */
+	size_t end = m->chunk_first + m->chunk_n + (m->carry ? 1 : 0);
+
 	for (size_t i = from; i < m->nitems; i++) {
 		struct bouncer_item *it = m->items[i];
 
 		if (it == NULL)
 			continue;
-		if (i < m->chunk_first + m->chunk_n ||
-		    !bouncer_item_is_session(it))
+		if (i < end || !bouncer_item_is_session(it))
 			bouncer_item_thaw(it);
 	}
+	free(m->carry_buf);
+	m->carry_buf = NULL;
+	m->carry = false;
 }
 
 static void migrate_send_next(struct migrate *m);
@@ -289,18 +312,46 @@ static void migrate_send_next(struct migrate *m)
 		goto out;
 	}
 	clock_gettime(CLOCK_MONOTONIC, &m->chunk_frozen);
+	if (m->carry)
+		m->chunk_frozen = m->carry_frozen; /* its freeze began earlier */
 	for (size_t i = 0; i < n; i++) {
 		struct bouncer_item *it = m->items[m->chunk_first + i];
 		const int *fds;
 		size_t len, nfds;
 
-		bouncer_item_freeze(it);
-		r = bouncer_item_serialize(it, &bufs[i], &len, &fds, &nfds);
-		if (r < 0) {
-			snprintf(why, sizeof(why), "cannot serialize item: %s",
-				 strerror(-r));
-			m->chunk_n = n = i + 1; /* only these were frozen */
-			goto out;
+		if (i == 0 && m->carry) {
+			bufs[0] = m->carry_buf; /* transferred */
+			len = m->carry_len;
+			fds = m->carry_fds;
+			nfds = m->carry_nfds;
+			m->carry_buf = NULL;
+			m->carry = false;
+		} else {
+			bouncer_item_freeze(it);
+			r = bouncer_item_serialize_within(it, HANDOFF_ITEM_MAX_PAYLOAD,
+							  &bufs[i], &len, &fds,
+							  &nfds, &m->shrunk);
+			if (r < 0) {
+				snprintf(why, sizeof(why), "cannot serialize item: %s",
+					 strerror(-r));
+				m->chunk_n = n = i + 1; /* only these were frozen */
+				goto out;
+			}
+		}
+		if (i > 0 && len > m->chunk_bytes) {
+			/* Alone in the next chunk: it would stretch the freeze
+			 * of everyone before it in this one. */
+			log_info("migrate", "an item of %zu bytes (over chunk_bytes) travels alone in the next chunk",
+				 len);
+			m->carry = true;
+			m->carry_buf = bufs[i]; /* transferred */
+			bufs[i] = NULL;
+			m->carry_len = len;
+			m->carry_fds = fds;
+			m->carry_nfds = nfds;
+			m->carry_frozen = m->chunk_frozen;
+			m->chunk_n = n = i;
+			break;
 		}
 		hitems[i] = (struct handoff_item){ bufs[i], len, fds, nfds };
 		m->chunk_fds += (uint32_t)nfds;

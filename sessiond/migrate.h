@@ -34,6 +34,11 @@ struct migrate_result {
 	/* source: connections left behind because their TLS handshake was
 	 * still running after handshake_budget_ms (closed, counted) */
 	uint32_t handshakes_left;
+	/* source: sessions whose state was over what one message carries and
+	 * was shrunk to fit (bouncer_item_serialize_within()): how many, and
+	 * the backlog lines, clients and member lists they gave up. Done in
+	 * this process whatever the outcome. */
+	uint32_t shrunk_sessions, shrunk_lines, shrunk_clients, shrunk_member_lists;
 };
 
 struct migrate_report {
@@ -46,7 +51,10 @@ struct migrate_report {
 /* Start sending every item of b (channel ownership transferred). Returns 0
  * (report->finished follows) or -errno (nothing was frozen). */
 /* A chunk holds at most chunk_items items and closes early once its
- * serialized state reaches chunk_bytes. */
+ * serialized state reaches chunk_bytes; an item bigger than chunk_bytes
+ * travels alone in its chunk. Every item's state is made to fit one
+ * message (bouncer_item_serialize_within()), so one oversized session never
+ * fails the migration of everyone. */
 /* peer_pidfd: the target's pidfd from the supervisor, or -1 (ownership
  * transferred, like channel). handshake_budget_ms: TLS handshakes in
  * progress get this long to finish before the first freeze (0: no wait);

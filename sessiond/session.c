@@ -15,6 +15,7 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "common/strmap.h"
+#include "handoff/tls_record.h"
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
 #include "sessiond/irc.h"
@@ -95,6 +96,36 @@ int strv_push(char ***v, size_t *n, const char *s)
 	return 0;
 }
 
+/* ---- limits ---- */
+
+static size_t limit_or(int v, int def)
+{
+	return (size_t)(v > 0 ? v : def);
+}
+
+void session_limits_get(const struct baton_config *cfg, struct session_limits *out)
+{
+	const struct baton_config *d = config_default_values();
+
+	if (cfg == NULL)
+		cfg = d;
+#define L(field) limit_or(cfg->field, d->field)
+	*out = (struct session_limits){
+		.max_clients = L(max_clients_per_session),
+		.max_channels = L(max_channels),
+		.max_channel_members = L(max_channel_members),
+		.member_list_bytes = L(member_list_bytes),
+		.backlog = {
+			.buffer_lines = L(backlog_lines),
+			.buffer_bytes = L(backlog_buffer_bytes),
+			.buffers = L(backlog_buffers),
+			.total_lines = L(backlog_session_lines),
+			.total_bytes = L(backlog_session_bytes),
+		},
+	};
+#undef L
+}
+
 /* ---- channels ---- */
 
 void channel_free(struct channel *ch)
@@ -124,6 +155,18 @@ struct channel *session_add_channel(struct session *s, const char *name)
 	struct channel *ch = session_find_channel(s, name);
 	if (ch)
 		return ch;
+	if (strlen(name) > SESSION_MAX_CHANNEL_NAME) {
+		log_info("session", "%s: not tracking a channel with a %zu-byte name",
+			 s->key, strlen(name));
+		return NULL;
+	}
+	if (s->nchannels >= s->lim.max_channels) {
+		log_info("session", "%s: not tracking %s: max_channels (%zu) reached",
+			 s->key, name, s->lim.max_channels);
+		session_notice_all(s, "Not keeping the state of %s: you are in %zu channels (max_channels). Its messages are still relayed and kept in the backlog; clients attaching later will not see it joined.",
+				   name, s->nchannels);
+		return NULL;
+	}
 	struct channel **nv = realloc(s->channels, (s->nchannels + 1) * sizeof(*nv));
 	if (!nv)
 		return NULL;
@@ -133,6 +176,7 @@ struct channel *session_add_channel(struct session *s, const char *name)
 		free(ch);
 		return NULL;
 	}
+	ch->s = s;
 	s->channels[s->nchannels++] = ch;
 	return ch;
 }
@@ -171,13 +215,51 @@ struct member *channel_find_member(struct channel *ch, const char *nick)
 	return at > 0 ? &ch->members[at - 1] : NULL;
 }
 
+/* Forget every member (their bytes leave the session's count). */
+static void channel_drop_members(struct channel *ch)
+{
+	for (size_t j = 0; j < ch->nmembers; j++)
+		free(ch->members[j].nick);
+	ch->nmembers = 0;
+	strmap_free(ch->member_index);
+	ch->member_index = NULL;
+	if (ch->s)
+		ch->s->member_bytes -= ch->member_bytes;
+	ch->member_bytes = 0;
+}
+
+/* A member bound was reached: keep the channel, not its members. */
+static void channel_untrack_members(struct channel *ch, const char *why)
+{
+	struct session *s = ch->s;
+	size_t n = ch->nmembers;
+
+	channel_drop_members(ch);
+	ch->members_untracked = true;
+	log_info("session", "%s: %s: member list dropped at %zu members (%s)",
+		 s->key, ch->name, n, why);
+	session_notice_all(s, "Not keeping the member list of %s (%s): clients attaching later get no names for it; /NAMES %s asks the network.",
+			   ch->name, why, ch->name);
+}
+
 struct member *channel_add_member(struct channel *ch, const char *nick)
 {
 	struct member *m = channel_find_member(ch, nick);
 	char key[NAMES_MAX_LEN + 1];
+	size_t cost = strlen(nick) + SESSION_MEMBER_COST;
 
 	if (m)
 		return m;
+	if (ch->members_untracked)
+		return NULL;
+	if (ch->s && ch->nmembers >= ch->s->lim.max_channel_members) {
+		channel_untrack_members(ch, "more than max_channel_members");
+		return NULL;
+	}
+	if (ch->s && ch->s->member_bytes + cost > ch->s->lim.member_list_bytes) {
+		channel_untrack_members(ch, "member lists of all channels over member_list_bytes");
+		return NULL;
+	}
 	if (ch->member_index == NULL && !(ch->member_index = strmap_new()))
 		return NULL;
 	if (ch->nmembers == ch->cap) {
@@ -199,6 +281,9 @@ struct member *channel_add_member(struct channel *ch, const char *nick)
 		return NULL;
 	}
 	ch->nmembers++;
+	ch->member_bytes += cost;
+	if (ch->s)
+		ch->s->member_bytes += cost;
 	return m;
 }
 
@@ -207,9 +292,11 @@ void channel_remove_member(struct channel *ch, const char *nick)
 	struct member *m = channel_find_member(ch, nick);
 	struct member *last;
 	char key[NAMES_MAX_LEN + 1];
+	size_t cost;
 
 	if (m == NULL)
 		return;
+	cost = strlen(m->nick) + SESSION_MEMBER_COST;
 	member_key(key, sizeof(key), m->nick);
 	strmap_del(ch->member_index, key);
 	free(m->nick);
@@ -221,15 +308,15 @@ void channel_remove_member(struct channel *ch, const char *nick)
 			   (void *)(uintptr_t)(m - ch->members + 1));
 	}
 	ch->nmembers--;
+	ch->member_bytes -= cost;
+	if (ch->s)
+		ch->s->member_bytes -= cost;
 }
 
 void channel_clear_members(struct channel *ch)
 {
-	for (size_t j = 0; j < ch->nmembers; j++)
-		free(ch->members[j].nick);
-	ch->nmembers = 0;
-	strmap_free(ch->member_index);
-	ch->member_index = NULL;
+	channel_drop_members(ch);
+	ch->members_untracked = false;
 }
 
 int channel_rename_member(struct channel *ch, struct member *m,
@@ -250,10 +337,17 @@ int channel_rename_member(struct channel *ch, struct member *m,
 		return -ENOMEM;
 	member_key(key, sizeof(key), m->nick);
 	strmap_del(ch->member_index, key);
+	ch->member_bytes += strlen(copy) - strlen(m->nick); /* modulo 2^64 */
+	if (ch->s)
+		ch->s->member_bytes += strlen(copy) - strlen(m->nick);
 	free(m->nick);
 	m->nick = copy;
 	member_key(key, sizeof(key), nick);
-	return strmap_put(ch->member_index, key, (void *)(uintptr_t)at);
+	if (strmap_put(ch->member_index, key, (void *)(uintptr_t)at) < 0)
+		return -ENOMEM;
+	if (ch->s && ch->s->member_bytes > ch->s->lim.member_list_bytes)
+		channel_untrack_members(ch, "member lists of all channels over member_list_bytes");
+	return 0;
 }
 
 /* ---- session ---- */
@@ -304,12 +398,14 @@ struct session *session_new(struct bouncer *b, const char *user,
 	s->network = strdup(network);
 	size_t klen = strlen(user) + strlen(network) + 2;
 	s->key = malloc(klen);
-	s->backlog = backlog_new(cfg && cfg->backlog_lines > 0 ? (size_t)cfg->backlog_lines : 500);
+	session_limits_get(cfg, &s->lim);
+	s->backlog = backlog_new(s->lim.backlog.buffer_lines);
 	s->reconnect_timer = evtimer_new(bouncer_base(b), session_reconnect_cb, s);
 	if (!s->user || !s->network || !s->key || !s->backlog || !s->reconnect_timer) {
 		session_free(s);
 		return NULL;
 	}
+	backlog_set_limits(s->backlog, &s->lim.backlog);
 	snprintf(s->key, klen, "%s/%s", user, network);
 	return s;
 }
@@ -489,6 +585,38 @@ const char *session_isupport(const struct session *s, const char *token)
 	return NULL;
 }
 
+void session_isupport_apply(struct session *s, const char *tok)
+{
+	bool remove = tok[0] == '-';
+	const char *name = remove ? tok + 1 : tok;
+	size_t nl = strcspn(name, "=");
+
+	/* names.h: one space-free word; "-" alone names nothing */
+	if (!names_word_ok(tok) || strlen(tok) > SESSION_MAX_ISUPPORT_TOKEN || nl == 0)
+		return;
+	for (size_t i = 0; i < s->nisupport; i++) {
+		const char *t = s->isupport[i];
+		if (strncmp(t, name, nl) == 0 && (t[nl] == '\0' || t[nl] == '=')) {
+			if (remove) {
+				free(s->isupport[i]);
+				memmove(&s->isupport[i], &s->isupport[i + 1],
+					(s->nisupport - i - 1) * sizeof(char *));
+				s->nisupport--;
+			} else {
+				char *n = strdup(tok);
+
+				if (n != NULL) {
+					free(s->isupport[i]);
+					s->isupport[i] = n;
+				}
+			}
+			return;
+		}
+	}
+	if (!remove && s->nisupport < SESSION_MAX_ISUPPORT)
+		strv_push(&s->isupport, &s->nisupport, tok);
+}
+
 void session_prefix(const struct session *s, char *modes, size_t mn,
 		    char *symbols, size_t sn)
 {
@@ -532,24 +660,50 @@ uint64_t session_position(const struct session *s, const char *client_id)
 	return 0;
 }
 
+bool session_has_position(const struct session *s, const char *client_id)
+{
+	for (size_t i = 0; i < s->npositions; i++)
+		if (strcmp(s->positions[i].client_id, client_id) == 0)
+			return true;
+	return false;
+}
+
 void session_set_position(struct session *s, const char *client_id,
 			  uint64_t seq)
 {
+	struct position *slot = NULL;
+	char *id;
+
 	for (size_t i = 0; i < s->npositions; i++) {
 		if (strcmp(s->positions[i].client_id, client_id) == 0) {
 			s->positions[i].seq = seq;
 			return;
 		}
 	}
-	struct position *nv = realloc(s->positions, (s->npositions + 1) * sizeof(*nv));
-	if (!nv)
+	if (strlen(client_id) > SESSION_MAX_CLIENT_NAME)
 		return;
-	s->positions = nv;
-	nv[s->npositions].client_id = strdup(client_id);
-	if (!nv[s->npositions].client_id)
+	id = strdup(client_id);
+	if (!id)
 		return;
-	nv[s->npositions].seq = seq;
-	s->npositions++;
+	if (s->npositions >= SESSION_MAX_POSITIONS) {
+		slot = &s->positions[0];
+		for (size_t i = 1; i < s->npositions; i++)
+			if (s->positions[i].seq < slot->seq)
+				slot = &s->positions[i];
+		log_info("session", "%s: forgetting the position of client %s (more than %d client names)",
+			 s->key, slot->client_id, SESSION_MAX_POSITIONS);
+		free(slot->client_id);
+	} else {
+		struct position *nv = realloc(s->positions, (s->npositions + 1) * sizeof(*nv));
+		if (!nv) {
+			free(id);
+			return;
+		}
+		s->positions = nv;
+		slot = &nv[s->npositions++];
+	}
+	slot->client_id = id;
+	slot->seq = seq;
 }
 
 void session_advance_position(struct session *s, const char *client_id,
@@ -579,6 +733,7 @@ void session_store_and_relay(struct session *s, const char *buffer,
 		session_broadcast(s, line, time_ms, except);
 		return;
 	}
+	session_note_backlog_drops(s);
 	for (size_t i = 0; i < s->nclients; i++) {
 		struct client *cl = s->clients[i];
 		if (cl == except)
@@ -613,4 +768,134 @@ void session_self_prefix(const struct session *s, char *out, size_t n)
 bool session_upstream_ready(const struct session *s)
 {
 	return s->up && !s->up->dead && s->up->phase >= UP_WELCOMED;
+}
+
+/* ---- what the bounds dropped ---- */
+
+void session_note_backlog_drops(struct session *s)
+{
+	struct backlog_drops d;
+	const struct backlog_limits *l = &s->lim.backlog;
+	char what[256] = "", why[320] = "";
+	size_t n;
+	int64_t now;
+
+	backlog_take_drops(s->backlog, &d);
+	s->drops.lines += d.lines;
+	s->drops.buffers += d.buffers;
+	s->drops.why |= d.why;
+	if (s->drops.lines == 0 && s->drops.buffers == 0)
+		return;
+	now = now_ms();
+	if (s->drop_notice_ms != 0 && now - s->drop_notice_ms < SESSION_DROP_NOTICE_MS &&
+	    now >= s->drop_notice_ms)
+		return;
+	n = (size_t)snprintf(what, sizeof(what), "%zu older line%s", s->drops.lines,
+			     s->drops.lines == 1 ? "" : "s");
+	if (s->drops.buffers && n < sizeof(what))
+		snprintf(what + n, sizeof(what) - n, " (%zu whole buffers among them)",
+			 s->drops.buffers);
+	n = 0;
+#define WHY(bit, ...)                                                          \
+	do {                                                                   \
+		if ((s->drops.why & (bit)) && n < sizeof(why))                 \
+			n += (size_t)snprintf(why + n, sizeof(why) - n, __VA_ARGS__); \
+	} while (0)
+	WHY(BACKLOG_DROP_TOTAL_BYTES, "; over %zu bytes in all buffers: the fullest buffers lose their oldest lines",
+	    l->total_bytes);
+	WHY(BACKLOG_DROP_TOTAL_LINES, "; over %zu lines in all buffers: the longest buffers lose their oldest lines",
+	    l->total_lines);
+	WHY(BACKLOG_DROP_BUFFERS, "; over %zu buffers: the least recently active private conversation goes first",
+	    l->buffers);
+	WHY(BACKLOG_DROP_TRIM, "; the oldest lines, to fit an upgrade");
+#undef WHY
+	log_info("session", "%s: backlog bounds dropped %s%s", s->key, what, why);
+	session_notice_all(s, "Backlog full: dropped %s%s. Clients that were away will miss them.",
+			   what, why);
+	s->drops = (struct backlog_drops){ 0 };
+	s->drop_notice_ms = now;
+}
+
+/* ---- last line of defence of a migration ---- */
+
+static size_t client_unwritten(const struct client *cl)
+{
+	size_t out = 0, cipher = 0;
+
+	(void)conn_output(cl->conn, &out);
+	if (conn_tls(cl->conn) != NULL)
+		(void)tls_record_output(conn_tls(cl->conn), &cipher);
+	return out + cipher;
+}
+
+/* The attached client with the most unwritten output above `min`. */
+static struct client *client_most_output(struct session *s, size_t min)
+{
+	struct client *best = NULL;
+	size_t most = min;
+
+	for (size_t i = 0; i < s->nclients; i++) {
+		size_t n = client_unwritten(s->clients[i]);
+
+		if (n > most || (best == NULL && n >= most && min == 0)) {
+			best = s->clients[i];
+			most = n;
+		}
+	}
+	return best;
+}
+
+static void shrink_client(struct session *s, struct client *cl,
+			  struct session_shrink *acc)
+{
+	log_warn("migrate", "%s: client %s disconnected: the session's state with its %zu bytes of unwritten output does not fit a migration",
+		 s->key, cl->client_id ? cl->client_id : "default",
+		 client_unwritten(cl));
+	conn_close(cl->conn, "sendq exceeded", false);
+	session_remove_client(s, cl);
+	acc->clients++;
+}
+
+int session_shrink(struct session *s, size_t excess, struct session_shrink *acc)
+{
+	struct client *cl = client_most_output(s, SESSION_STALLED_OUTPUT);
+	struct channel *big = NULL;
+	size_t n;
+
+	if (cl != NULL) {
+		/* As many as their output says are needed (one pass: every
+		 * serialization of a big session lengthens the freeze). */
+		size_t gone = 0;
+
+		do {
+			/* its output and its delivery marks (~12 bytes each) */
+			gone += client_unwritten(cl) + cl->nmarks * 12;
+			shrink_client(s, cl, acc);
+		} while (gone < excess &&
+			 (cl = client_most_output(s, SESSION_STALLED_OUTPUT)) != NULL);
+		return 0;
+	}
+	/* Room for the notice about it too (up to 1 KiB to every client). */
+	n = backlog_trim_oldest(s->backlog, excess + 1024 * (s->nclients + 1));
+	if (n > 0) {
+		log_warn("migrate", "%s: %zu oldest backlog lines dropped: the session's state was %zu bytes over what a migration can carry",
+			 s->key, n, excess);
+		acc->lines += (uint32_t)n;
+		return 0;
+	}
+	cl = client_most_output(s, 0);
+	if (cl != NULL) {
+		shrink_client(s, cl, acc);
+		return 0;
+	}
+	for (size_t i = 0; i < s->nchannels; i++)
+		if (s->channels[i]->nmembers > 0 &&
+		    (big == NULL || s->channels[i]->member_bytes > big->member_bytes))
+			big = s->channels[i];
+	if (big != NULL) {
+		channel_untrack_members(big, "the session's state did not fit a migration");
+		acc->channels++;
+		return 0;
+	}
+	return -ENOSPC;
 }

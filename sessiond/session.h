@@ -18,18 +18,53 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sessiond/backlog.h"
 #include "sessiond/bouncer.h"
 #include "sessiond/governor.h"
+#include "sessiond/names.h"
 
 struct event;
 struct event_base;
 struct baton_config;
 struct config_session;
 struct conn;
-struct backlog;
 struct irc_msg;
 
 #define BATON_SERVER_NAME "baton"
+
+/* ---- bounds of one session's state ----
+ * Everything a user, a stranger or the network can grow is bounded, so that
+ * every session can always migrate: sessiond/state.h adds the worst cases
+ * up against one migration message. Configurable bounds come from the
+ * config ([sessiond], docs/config.md); these are fixed. */
+#define SESSION_MAX_ISUPPORT 100       /* ISUPPORT tokens kept (more: ignored) */
+#define SESSION_MAX_ISUPPORT_TOKEN 510 /* a longer token is ignored: no 005
+					* line of at most 512 bytes has one */
+#define SESSION_MAX_CHANNEL_NAME NAMES_MAX_LEN /* longer channel names: not
+					* tracked (no JOIN line of 512 bytes has one) */
+#define SESSION_MAX_POSITIONS 64       /* client names with a stored position */
+#define SESSION_MAX_CLIENT_NAME 64     /* bytes of a client name (@NAME) */
+/* member_list_bytes counts each member as its nick plus this (at least its
+ * serialized size: state.h). */
+#define SESSION_MEMBER_COST 24
+/* Notices about backlog lines dropped by the session bounds: at most one
+ * per session per this long (counting what was dropped meanwhile). */
+#define SESSION_DROP_NOTICE_MS 60000
+/* A client with more unwritten output than this (what a replay queues at
+ * most at once) has stopped reading: session_shrink() disconnects such
+ * clients before it touches the backlog. */
+#define SESSION_STALLED_OUTPUT (256u << 10)
+
+struct session_limits {
+	size_t max_clients;         /* attached clients */
+	size_t max_channels;        /* channels tracked */
+	size_t max_channel_members; /* members tracked per channel */
+	size_t member_list_bytes;   /* all member lists together */
+	struct backlog_limits backlog;
+};
+/* The bounds of cfg (NULL, or keys left 0 in a config built by hand: the
+ * defaults of common/config.c). */
+void session_limits_get(const struct baton_config *cfg, struct session_limits *out);
 
 /* Protobuf unknown fields kept from an adopted state and written back on
  * re-pack (proto/state.proto rule 4). Opaque copy; see state.c. */
@@ -76,6 +111,12 @@ struct channel {
 	 * quadratic. Created on the first member. */
 	struct strmap *member_index;
 	bool joined;
+	/* The member bounds were reached (max_channel_members, or the
+	 * session's member_list_bytes): the list was dropped and no member is
+	 * added until it is cleared (a new JOIN of ours, a reconnect). */
+	bool members_untracked;
+	size_t member_bytes;  /* counted against the session's bound */
+	struct session *s;    /* owner (NULL: a channel outside a session) */
 	struct pb_unknown unknown;
 };
 
@@ -203,6 +244,12 @@ struct session {
 	struct backlog *backlog;
 	struct position *positions;
 	size_t npositions;
+	struct session_limits lim; /* from the config at creation */
+	size_t member_bytes;       /* of every channel's member list */
+	/* Backlog lines dropped by the session bounds since the last notice
+	 * (SESSION_DROP_NOTICE_MS) and when that notice went out. */
+	struct backlog_drops drops;
+	int64_t drop_notice_ms;
 	struct upstream *up; /* NULL while disconnected */
 	struct client **clients;
 	size_t nclients;
@@ -305,12 +352,21 @@ void session_detach_client(struct session *s, struct client *cl,
 int session_add_client(struct session *s, struct client *cl);
 
 struct channel *session_find_channel(struct session *s, const char *name);
+/* The channel named `name`, created if needed. NULL: out of memory, or not
+ * tracked: a name longer than SESSION_MAX_CHANNEL_NAME, or max_channels
+ * reached (logged, attached clients told; the channel's lines are still
+ * relayed and stored in the backlog). */
 struct channel *session_add_channel(struct session *s, const char *name);
 void session_remove_channel(struct session *s, const char *name);
 void channel_free(struct channel *ch);
 struct member *channel_find_member(struct channel *ch, const char *nick);
+/* The member `nick`, added if needed. NULL: out of memory, or the channel's
+ * members are not tracked (ch->members_untracked): adding this one would
+ * pass max_channel_members or the session's member_list_bytes, so the list
+ * is dropped now (logged, clients told) and the channel kept. */
 struct member *channel_add_member(struct channel *ch, const char *nick);
 void channel_remove_member(struct channel *ch, const char *nick);
+/* Forget every member and track them again from now on. */
 void channel_clear_members(struct channel *ch);
 /* Change m's nick (m belongs to ch). Returns 0 or -ENOMEM. */
 int channel_rename_member(struct channel *ch, struct member *m,
@@ -318,12 +374,21 @@ int channel_rename_member(struct channel *ch, struct member *m,
 
 /* ISUPPORT value of `token` (NULL if absent, "" if present without value). */
 const char *session_isupport(const struct session *s, const char *token);
+/* One token of a 005 line: "NAME=value" or "NAME" sets, "-NAME" removes.
+ * At most SESSION_MAX_ISUPPORT tokens of at most SESSION_MAX_ISUPPORT_TOKEN
+ * bytes are kept (others are ignored). */
+void session_isupport_apply(struct session *s, const char *tok);
 /* PREFIX modes/symbols, defaults "ov" / "@+". */
 void session_prefix(const struct session *s, char *modes, size_t mn,
 		    char *symbols, size_t sn);
 bool session_is_me(const struct session *s, const char *nick);
 
 uint64_t session_position(const struct session *s, const char *client_id);
+bool session_has_position(const struct session *s, const char *client_id);
+/* Store a client name's position. At most SESSION_MAX_POSITIONS names: a
+ * new one beyond takes the place of the one furthest behind (lowest seq;
+ * that client replays everything next time: repeats, never a gap). Names
+ * longer than SESSION_MAX_CLIENT_NAME are not stored. */
 void session_set_position(struct session *s, const char *client_id,
 			  uint64_t seq);
 /* Raise the position of client_id to seq; never lowers it (a newer
@@ -343,6 +408,28 @@ void session_store_and_relay(struct session *s, const char *buffer,
 /* NOTICE from the bouncer to every attached client. */
 void session_notice_all(struct session *s, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+/* Take the backlog's drop counts (backlog_take_drops()) and, at most once
+ * per SESSION_DROP_NOTICE_MS, log them and tell the attached clients. */
+void session_note_backlog_drops(struct session *s);
+
+/* Last line of defence of a migration: the session's state is `excess`
+ * bytes over what one message can carry (sessiond/state.h says why that
+ * cannot happen with a config the preflight accepted, except for clients'
+ * unwritten output). Give up one kind of state, in this order, and return
+ * 0; -ENOSPC once nothing is left to give:
+ *  1. attached clients holding more than SESSION_STALLED_OUTPUT of
+ *     unwritten output, the most first (closed as for "sendq exceeded":
+ *     they reconnect and replay what their TCP had not acknowledged);
+ *  2. backlog lines, oldest first (backlog_trim_oldest()); users told;
+ *  3. the remaining attached clients, the most output first;
+ *  4. member lists, the longest first (channels kept).
+ * Counts what went into *acc. Daemon code: logs each step. */
+struct session_shrink {
+	uint32_t lines;    /* backlog lines dropped */
+	uint32_t clients;  /* clients disconnected */
+	uint32_t channels; /* member lists dropped */
+};
+int session_shrink(struct session *s, size_t excess, struct session_shrink *acc);
 /* Our prefix "nick!user@host" (or "nick") into out[n]. */
 void session_self_prefix(const struct session *s, char *out, size_t n);
 bool session_upstream_ready(const struct session *s);

@@ -18,11 +18,42 @@
 
 #include "common/config.h"
 #include "sessiond/backlog.h"
+#include "handoff/migration.h"
 #include "handoff/tls_record.h"
 #include "sessiond/conn.h"
 #include "sessiond/governor.h"
 #include "sessiond/names.h"
 #include "sessiond/session.h"
+
+/* ---- the bound of a session's state (state.h) ---- */
+
+size_t state_bound(const struct baton_config *cfg)
+{
+	struct session_limits lim;
+
+	session_limits_get(cfg, &lim);
+	return 5 + STATE_SCALARS_MAX + STATE_ISUPPORT_MAX + STATE_CAPS_MAX +
+	       lim.max_channels * STATE_CHANNEL_MAX + lim.member_list_bytes +
+	       lim.backlog.total_bytes +
+	       lim.backlog.total_lines * BACKLOG_LINE_OVERHEAD +
+	       lim.backlog.buffers * STATE_BUFFER_OVERHEAD +
+	       STATE_POSITIONS_MAX + STATE_CONN_MAX;
+}
+
+int state_check_config(const struct baton_config *cfg, char *why, size_t n)
+{
+	size_t bound = state_bound(cfg);
+	struct session_limits lim;
+
+	if (bound <= HANDOFF_ITEM_MAX_PAYLOAD)
+		return 0;
+	session_limits_get(cfg, &lim);
+	snprintf(why, n, "the session bounds allow a session state of %zu bytes, more than the %u one migration message carries (4.8 MB connection + %zu channels x %u + member_list_bytes %zu + backlog_session_bytes %zu + 28 x backlog_session_lines %zu + ...): lower max_channels, member_list_bytes or the backlog_session_* keys",
+		 bound, (unsigned)HANDOFF_ITEM_MAX_PAYLOAD, lim.max_channels,
+		 (unsigned)STATE_CHANNEL_MAX, lim.member_list_bytes,
+		 lim.backlog.total_bytes, lim.backlog.total_lines);
+	return -EMSGSIZE;
+}
 
 /* ---- unknown fields (proto rule 4: preserved on re-pack) ---- */
 
@@ -331,6 +362,7 @@ static Baton__State__Connection *ser_client(struct arena *a, struct client *cl,
  * bytes do not depend on backlog internals; one walk, no lookups. */
 struct ser_buffers {
 	struct arena *a;
+	const struct backlog *bl;
 	Baton__State__Session *ps;
 	Baton__State__Buffer *cur;
 	size_t cap; /* of cur->lines */
@@ -345,6 +377,7 @@ static int collect_buffer(void *arg, const char *buffer)
 		return -ENOMEM;
 	baton__state__buffer__init(pb);
 	pb->name = (char *)buffer;
+	PUT_I64(pb, dropped_seq, backlog_dropped_seq(sb->bl, buffer));
 	sb->ps->buffers[sb->ps->n_buffers++] = pb;
 	sb->cur = pb;
 	sb->cap = 0;
@@ -380,7 +413,7 @@ static int collect_line(void *arg, uint64_t seq, int64_t time_ms,
 static int ser_buffers(struct arena *a, struct session *s,
 		       Baton__State__Session *ps)
 {
-	struct ser_buffers sb = { .a = a, .ps = ps };
+	struct ser_buffers sb = { .a = a, .bl = s->backlog, .ps = ps };
 	size_t n = backlog_nbuffers(s->backlog);
 
 	if (n == 0)
@@ -429,6 +462,10 @@ static Baton__State__Session *ser_session(struct arena *a, struct session *s)
 			pc->has_joined = 1;
 			pc->joined = 1;
 		}
+		if (ch->members_untracked) {
+			pc->has_members_untracked = 1;
+			pc->members_untracked = 1;
+		}
 		if (ch->nmembers) {
 			pc->members = arena_alloc(a, ch->nmembers * sizeof(*pc->members));
 			Baton__State__Member *ms = arena_alloc(a, ch->nmembers * sizeof(*ms));
@@ -462,6 +499,7 @@ static Baton__State__Session *ser_session(struct arena *a, struct session *s)
 	}
 	ps->has_next_seq = 1;
 	ps->next_seq = backlog_next_seq(s->backlog);
+	PUT_I64(ps, backlog_evicted_seq, backlog_evicted_seq(s->backlog));
 	if (upstream_travels(s)) {
 		ps->upstream = ser_upstream(a, s->up, idx++);
 		if (!ps->upstream)
@@ -538,7 +576,8 @@ static Baton__State__GovernorState *ser_governor(struct arena *a,
 	return pg;
 }
 
-int state_serialize(struct bouncer_item *it, uint8_t **buf, size_t *len)
+int state_serialize(struct bouncer_item *it, bool governor, uint8_t **buf,
+		    size_t *len)
 {
 	struct arena a = { 0 };
 	Baton__State__Item item = BATON__STATE__ITEM__INIT;
@@ -554,7 +593,7 @@ int state_serialize(struct bouncer_item *it, uint8_t **buf, size_t *len)
 		item.session = ser_session(&a, s);
 		if (!item.session)
 			goto out;
-		if (bouncer_governor_snapshot_due(s->b)) {
+		if (governor && bouncer_governor_snapshot_due(s->b)) {
 			item.governor = ser_governor(&a, s->b);
 			if (!item.governor)
 				goto out;
@@ -883,13 +922,20 @@ static int check_strings(struct adopt *ad, const Baton__State__Session *ps)
 	return 0;
 }
 
-/* qsort: buffers by the seq of their newest (last) line, empty ones first. */
+/* The newest seq a buffer ever stored: its last line, or for a buffer
+ * without lines what it dropped last (0: nothing). */
+static uint64_t buffer_newest(const Baton__State__Buffer *b)
+{
+	if (b->n_lines)
+		return b->lines[b->n_lines - 1]->seq;
+	return b->has_dropped_seq ? b->dropped_seq : 0;
+}
+
+/* qsort: buffers by the seq of their newest line (backlog store order). */
 static int cmp_newest_line(const void *x, const void *y)
 {
-	const Baton__State__Buffer *a = *(const Baton__State__Buffer *const *)x;
-	const Baton__State__Buffer *b = *(const Baton__State__Buffer *const *)y;
-	uint64_t sa = a->n_lines ? a->lines[a->n_lines - 1]->seq : 0;
-	uint64_t sb = b->n_lines ? b->lines[b->n_lines - 1]->seq : 0;
+	uint64_t sa = buffer_newest(*(const Baton__State__Buffer *const *)x);
+	uint64_t sb = buffer_newest(*(const Baton__State__Buffer *const *)y);
 
 	return sa < sb ? -1 : sa > sb;
 }
@@ -938,12 +984,19 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 	for (size_t i = 0; i < ps->n_caps; i++)
 		if (strv_push(&s->caps, &s->ncaps, ps->caps[i]) < 0)
 			goto nomem;
+	/* Every channel the sender tracked is taken (max_channels bounds new
+	 * JOINs: a smaller bound here must not drop channels the user is
+	 * in); the name bound is one the sender applied too. */
+	size_t max_channels = s->lim.max_channels;
+	s->lim.max_channels = SIZE_MAX;
 	for (size_t i = 0; i < ps->n_channels; i++) {
 		const Baton__State__Channel *pc = ps->channels[i];
 		if (session_find_channel(s, pc->name)) {
 			rc = adopt_fail(ad, -EINVAL, "channel %s listed twice", pc->name);
 			goto out;
 		}
+		if (strlen(pc->name) > SESSION_MAX_CHANNEL_NAME)
+			continue; /* not tracked here (an older sender's) */
 		struct channel *ch = session_add_channel(s, pc->name);
 		if (!ch)
 			goto nomem;
@@ -954,7 +1007,17 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 		ch->joined = pc->has_joined && pc->joined;
 		if (pb_unknown_copy(&ch->unknown, &pc->base) < 0)
 			goto nomem;
-		for (size_t j = 0; j < pc->n_members; j++) {
+		if (pc->has_members_untracked && pc->members_untracked) {
+			if (pc->n_members) {
+				rc = adopt_fail(ad, -EINVAL, "members of %s listed but untracked",
+						pc->name);
+				goto out;
+			}
+			ch->members_untracked = true;
+		}
+		/* Members beyond this worker's bounds: the list is dropped
+		 * (channel_add_member()), as it would have been here. */
+		for (size_t j = 0; j < pc->n_members && !ch->members_untracked; j++) {
 			const Baton__State__Member *pm = pc->members[j];
 			if (channel_find_member(ch, pm->nick)) {
 				rc = adopt_fail(ad, -EINVAL, "member %s listed twice in %s",
@@ -962,12 +1025,15 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 				goto out;
 			}
 			struct member *m = channel_add_member(ch, pm->nick);
+			if (!m && ch->members_untracked)
+				break;
 			if (!m)
 				goto nomem;
 			snprintf(m->prefixes, sizeof(m->prefixes), "%s",
 				 pm->prefixes ? pm->prefixes : "");
 		}
 	}
+	s->lim.max_channels = max_channels;
 	uint64_t max_seq = 0;
 	/* Restored in the order of their newest line: the backlog then keeps
 	 * the right store order, and a state with more buffers than it takes
@@ -996,6 +1062,21 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 			if (l->seq > max_seq)
 				max_seq = l->seq;
 		}
+		if (pb->has_dropped_seq && pb->dropped_seq != 0) {
+			rc = backlog_restore_dropped(s->backlog, pb->name, pb->dropped_seq);
+			if (rc < 0) {
+				rc = adopt_fail(ad, rc, "backlog buffer %s: dropped_seq %llu not below its lines",
+						pb->name, (unsigned long long)pb->dropped_seq);
+				goto out;
+			}
+			if (pb->dropped_seq > max_seq)
+				max_seq = pb->dropped_seq;
+		}
+	}
+	if (ps->has_backlog_evicted_seq && ps->backlog_evicted_seq != 0) {
+		backlog_set_evicted_seq(s->backlog, ps->backlog_evicted_seq);
+		if (ps->backlog_evicted_seq > max_seq)
+			max_seq = ps->backlog_evicted_seq;
 	}
 	uint64_t next = ps->has_next_seq ? ps->next_seq : max_seq + 1;
 	if (next <= max_seq) {
@@ -1025,13 +1106,12 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 					(unsigned long long)pp->seq, pp->client_id);
 			goto out;
 		}
-		size_t before = s->npositions;
-		session_set_position(s, pp->client_id, pp->seq);
-		if (s->npositions == before) {
+		if (session_has_position(s, pp->client_id)) {
 			rc = adopt_fail(ad, -EINVAL, "position of client %s listed twice",
 					pp->client_id);
 			goto out;
 		}
+		session_set_position(s, pp->client_id, pp->seq);
 	}
 	if (ps->upstream) {
 		const Baton__State__Connection *pc = ps->upstream;

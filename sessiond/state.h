@@ -10,15 +10,102 @@
 #ifndef BATON_SESSIOND_STATE_H
 #define BATON_SESSIOND_STATE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+struct baton_config;
 struct bouncer;
 struct bouncer_item;
 
+/* ---- why every session can always migrate ----
+ * A session travels as one ITEM: at most HANDOFF_ITEM_MAX_PAYLOAD bytes
+ * (16 MiB - 32, handoff/migration.h) and at most 253 fds
+ * (HANDOFF_FRAME_MAX_FDS).
+ *
+ * fds: the upstream and the attached clients, 1 + max_clients_per_session
+ * <= 1 + 252 (the key's maximum; client.c refuses clients beyond it).
+ *
+ * Bytes, protobuf sizes of everything but the attached clients (a field is
+ * a tag of 1 byte, 2 for field numbers >= 16, a length varint of 1-4 bytes
+ * and its data; L = IRC_MAX_LINE = 8704 bounds every string taken from a
+ * line, and a length below 16,384 takes 2 bytes):
+ *   Item.session tag and length                               5
+ *   scalars (STATE_SCALARS_MAX):                         53,258
+ *     user, network (config section names, < 200)  2 x 203 = 406
+ *     nick, user_modes, away, server_name, welcome,
+ *     userhost                               6 x (L + 4) = 52,248
+ *     myinfo (< 512: h_004), source_addr (an address) 515 + 49
+ *     next_seq, reconnect_at_ms, reconnect_failures,
+ *     backlog_evicted_seq                        11 + 11 + 6 + 12
+ *   isupport: SESSION_MAX_ISUPPORT x (3 + 510)               51,300
+ *   caps (upstream, acknowledged): the 3 wanted caps              64
+ *   channels: max_channels x STATE_CHANNEL_MAX (18,012): tag and
+ *     length 5, name 3 + 510 (SESSION_MAX_CHANNEL_NAME), topic and
+ *     setter 2 x (3 + L), topic_time 11, modes 2 + 63, 2 flags x 2
+ *   members: member_list_bytes (session.c counts each member as its
+ *     nick + SESSION_MEMBER_COST = 24 >= tag 1, length 2, nick 3 + n,
+ *     prefixes 2 + 15; a rename over the bound drops that channel's list)
+ *   backlog (backlog.c keeps every total after each store):
+ *     backlog_session_bytes (text of the lines + names of the buffers)
+ *     + BACKLOG_LINE_OVERHEAD (28) x backlog_session_lines
+ *     + STATE_BUFFER_OVERHEAD (20) x backlog_buffers (tag and length 6,
+ *       the name's tag and length 3, dropped_seq 11)
+ *   positions: SESSION_MAX_POSITIONS x (2 + 2 + 64 + 11) = 64 x 79 = 5,056
+ *   upstream connection: STATE_CONN_MAX = 4,785,266:
+ *     tag and length 5; role, fd_index, addresses (2 x 81), reg_phase,
+ *     caps, 5 times, flags, transport, TLS tag and length: 302;
+ *     nick_attempt L;
+ *     input < 64 KiB: a frozen connection holds at most one read
+ *       (its buffer grows to the power of two above a partial line + 16 KiB)
+ *       and a partial line (< CONN_MAX_LINE: longer ones close it);
+ *     output + TLS ciphertext: CONN_MAX_OUTPUT (4 MiB; conn_send()
+ *       refuses beyond: "sendq exceeded") + 320 KiB + 1 KiB: ciphertext is
+ *       made a 64 KiB slice at a time, only when none is waiting, and
+ *       reading stops while 256 KiB of it wait (KeyUpdate answers);
+ *     the rest of the TLS state, 187,711: keys 2 x 111, partial record
+ *       18,437 + 4, undelivered plaintext 16,896 + 4, partial
+ *       post-handshake message 131,584 + 4 (tls_record.c MAX_HS_MSG),
+ *       record boundaries 2 x 10,244, counters and flags < 150.
+ * state_bound() adds these up for a config; at the defaults (250
+ * channels, 2 MiB of member lists, 4 MiB / 20,000 lines / 100 buffers of
+ * backlog):
+ *   5 + 53,258 + 51,300 + 64 + 250 x 18,012 + 2,097,152 + 4,194,304
+ *   + 28 x 20,000 + 20 x 100 + 5,056 + 4,785,266 = 16,251,405 bytes,
+ * 525,779 below HANDOFF_ITEM_MAX_PAYLOAD (16,777,184). The worker's
+ * preflight refuses a config whose bound is over it
+ * (state_check_config()); tests/unit/sessiond/test_bigstate.c builds a
+ * session at every bound and checks that it serializes within
+ * state_bound().
+ *
+ * Not in the bound: the attached clients (each a connection as above plus
+ * its client name, nick, user and delivery marks) and the governors'
+ * snapshot that rides on one item. A session whose clients' output does not
+ * fit is shrunk (bouncer_item_serialize_within(): its clients with the most
+ * unwritten output are disconnected first), and the snapshot waits for an
+ * item with room for it. Unknown fields kept from a newer sender add what
+ * that sender added (its own state fitted its own message). */
+#define STATE_SCALARS_MAX 53258
+#define STATE_ISUPPORT_MAX 51300
+#define STATE_CAPS_MAX 64
+#define STATE_CHANNEL_MAX 18012
+#define STATE_BUFFER_OVERHEAD 20
+#define STATE_POSITIONS_MAX 5056
+#define STATE_CONN_MAX 4785266
+
+/* The largest serialized session (without its clients) that cfg's bounds
+ * allow (NULL: the defaults). */
+size_t state_bound(const struct baton_config *cfg);
+/* 0 if state_bound(cfg) fits one migration message, else -EMSGSIZE with
+ * the numbers in why[n]. */
+int state_check_config(const struct baton_config *cfg, char *why, size_t n);
+
 /* Pack a frozen item. *buf is malloc'd (caller frees). it->fds/it->nfds are
- * (re)built to list its sockets in fd_index order. Returns 0 or -errno. */
-int state_serialize(struct bouncer_item *it, uint8_t **buf, size_t *len);
+ * (re)built to list its sockets in fd_index order. governor: a session item
+ * may carry the governors' snapshot when one is due (false: it stays due for
+ * a later item). Returns 0 or -errno. */
+int state_serialize(struct bouncer_item *it, bool governor, uint8_t **buf,
+		    size_t *len);
 
 /* Connections left out of serialized items since the last call because
  * their TLS handshake was still running (an upstream: the session travels

@@ -496,32 +496,6 @@ static void set_str(char **dst, const char *src)
 	*dst = n;
 }
 
-static void isupport_apply(struct session *s, const char *tok)
-{
-	if (!names_word_ok(tok) || strcmp(tok, "-") == 0)
-		return;
-	bool remove = tok[0] == '-';
-	const char *name = remove ? tok + 1 : tok;
-	size_t nl = strcspn(name, "=");
-
-	for (size_t i = 0; i < s->nisupport; i++) {
-		const char *t = s->isupport[i];
-		if (strncmp(t, name, nl) == 0 && (t[nl] == '\0' || t[nl] == '=')) {
-			if (remove) {
-				free(s->isupport[i]);
-				memmove(&s->isupport[i], &s->isupport[i + 1],
-					(s->nisupport - i - 1) * sizeof(char *));
-				s->nisupport--;
-			} else {
-				set_str(&s->isupport[i], tok);
-			}
-			return;
-		}
-	}
-	if (!remove)
-		strv_push(&s->isupport, &s->nisupport, tok);
-}
-
 static void upstream_join_channels(struct session *s)
 {
 	const struct config_session *cs = session_config(s);
@@ -731,7 +705,7 @@ static bool h_005(struct up_ctx *x)
 {
 	/* params: nick, tokens..., "are supported by this server" */
 	for (size_t i = 1; i + 1 < x->msg->nparams; i++)
-		isupport_apply(x->s, x->msg->params[i]);
+		session_isupport_apply(x->s, x->msg->params[i]);
 	return x->u->phase >= UP_READY;
 }
 

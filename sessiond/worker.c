@@ -91,6 +91,14 @@ static void worker_finished(void *arg, const struct migrate_result *res)
 		r.has_handshakes_left = 1;
 		r.handshakes_left = res->handshakes_left;
 	}
+	if (res->shrunk_sessions) {
+		r.has_shrunk_sessions = r.has_shrunk_lines = 1;
+		r.has_shrunk_clients = r.has_shrunk_member_lists = 1;
+		r.shrunk_sessions = res->shrunk_sessions;
+		r.shrunk_lines = res->shrunk_lines;
+		r.shrunk_clients = res->shrunk_clients;
+		r.shrunk_member_lists = res->shrunk_member_lists;
+	}
 	log_info("migrate", "%s: %u sessions, %u fds, %u/%u chunks, freeze max %.1f ms, %.1f ms%s%s",
 		 res->committed ? "committed" : "aborted", res->sessions,
 		 res->fds, res->chunks_committed, res->chunks,

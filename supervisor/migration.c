@@ -35,6 +35,7 @@ struct side_result {
 	char reason[256];
 	unsigned sessions, connections, fds, chunks, chunks_committed;
 	unsigned handshakes_left;
+	unsigned shrunk[4]; /* sessions, lines, clients, member lists */
 	double freeze_max_ms;
 	double freeze_split[3]; /* serialize, target prepare, commit */
 };
@@ -135,6 +136,7 @@ static void migration_complete(struct migration *m)
 	m->res.fds = r->fds;
 	m->res.chunks = r->chunks;
 	m->res.handshakes_left = r->handshakes_left;
+	memcpy(m->res.shrunk, r->shrunk, sizeof(r->shrunk));
 	m->res.freeze_ms = r->freeze_max_ms;
 	memcpy(m->res.freeze_split_ms, r->freeze_split, sizeof(r->freeze_split));
 	m->res.total_ms = ms_since(&m->t0);
@@ -544,6 +546,10 @@ static void migration_store(struct side_result *sr,
 	sr->chunks = r->chunks;
 	sr->chunks_committed = r->chunks_committed;
 	sr->handshakes_left = r->has_handshakes_left ? r->handshakes_left : 0;
+	sr->shrunk[0] = r->has_shrunk_sessions ? r->shrunk_sessions : 0;
+	sr->shrunk[1] = r->has_shrunk_lines ? r->shrunk_lines : 0;
+	sr->shrunk[2] = r->has_shrunk_clients ? r->shrunk_clients : 0;
+	sr->shrunk[3] = r->has_shrunk_member_lists ? r->shrunk_member_lists : 0;
 	sr->freeze_max_ms = r->freeze_max_ms;
 	sr->freeze_split[0] = r->freeze_serialize_ms;
 	sr->freeze_split[1] = r->freeze_prepare_ms;

@@ -47,6 +47,10 @@ struct migration_result {
 	/* TLS handshakes still running after handshake_budget_ms: left
 	 * behind and closed (their clients / the governor reconnect) */
 	unsigned handshakes_left;
+	/* Sessions whose state was over one migration message and was shrunk
+	 * by the source to fit: sessions, backlog lines, clients, member
+	 * lists given up (sessiond/bouncer.h bouncer_item_serialize_within) */
+	unsigned shrunk[4];
 	double freeze_ms;    /* S's freeze_max_ms */
 	/* that freeze split: serialize, target prepare, commit (ms) */
 	double freeze_split_ms[3];

@@ -693,6 +693,12 @@ static struct json_object *migration_result_json(const struct migration_result *
 	json_object_object_add(o, "fds", json_object_new_int64(r->fds));
 	json_object_object_add(o, "chunks", json_object_new_int64(r->chunks));
 	json_object_object_add(o, "handshakes_left", json_object_new_int64(r->handshakes_left));
+	struct json_object *shrunk = json_object_new_object();
+	json_object_object_add(shrunk, "sessions", json_object_new_int64(r->shrunk[0]));
+	json_object_object_add(shrunk, "backlog_lines", json_object_new_int64(r->shrunk[1]));
+	json_object_object_add(shrunk, "clients", json_object_new_int64(r->shrunk[2]));
+	json_object_object_add(shrunk, "member_lists", json_object_new_int64(r->shrunk[3]));
+	json_object_object_add(o, "shrunk", shrunk);
 	json_object_object_add(o, "freeze_ms", json_object_new_double(r->freeze_ms));
 	struct json_object *split = json_object_new_object();
 	json_object_object_add(split, "serialize_ms", json_object_new_double(r->freeze_split_ms[0]));

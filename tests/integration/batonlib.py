@@ -495,6 +495,20 @@ class Session:
         return "%s:%s" % (who, self.password)
 
 
+def roomy_backlog(lines):
+    """[sessiond] keys for a test whose replays need up to `lines` lines of
+    one buffer kept whole (the default bounds keep 256 KiB per buffer and
+    4 MiB / 20,000 lines per session). Room for them comes from the channel
+    and member-list bounds, so that the worker's preflight still finds every
+    session able to fit one migration message (sessiond/state.h)."""
+    return {"backlog_lines": lines,
+            "backlog_buffer_bytes": 8 << 20,
+            "backlog_session_lines": min(2 * lines, 60000),
+            "backlog_session_bytes": 8 << 20,
+            "max_channels": 10,
+            "member_list_bytes": 1 << 20}
+
+
 class Baton:
     """baton fixture: config + supervisor + batonctl.
 

@@ -84,8 +84,8 @@ def run_acceptance(ctx, scen_kw=None):
     bl.load_trace(limit=1)   # Skip early if the trace is absent
 
     scen = bl.LoadScenario(ctx, nsessions=NSESSIONS, nattached=NATTACHED, nnet=NNET,
-                           baton_kw=dict(sessiond_opts={"backlog_lines": 20000,
-                                                        "chunk_sessions": 64}),
+                           baton_kw=dict(sessiond_opts=dict(bl.roomy_backlog(20000),
+                                                            chunk_sessions=64)),
                            **(scen_kw or {}))
     scen.setup(ready_timeout=180)
     b, loop = scen.baton, scen.loop

@@ -397,7 +397,7 @@ def test_quit_with_unflushed_output(ctx):
     connections together receive all 30000 channel lines (~2.7 MB, more
     than the socket buffers hold) exactly once, in order."""
     n = 30000    # ~2.7 MB: more than the kernel socket buffers hold
-    ng, w, b, dave = setup(ctx, sessiond_opts={"backlog_lines": 40000})
+    ng, w, b, dave = setup(ctx, sessiond_opts=bl.roomy_backlog(40000))
     s = b.sessions[0]
     slow = bl.bouncer_client(ctx.loop, b, s, client="slow", rcvbuf=4096)
     lap = bl.bouncer_client(ctx.loop, b, s, client="laptop")
@@ -433,7 +433,7 @@ def test_quit_during_burst_exactly_once(ctx):
     receive all 9000 lines exactly once and in order. Catches positions that
     under-count what the client already received (duplicates on replay) as
     well as over-count (gaps)."""
-    ng, w, b, dave = setup(ctx, sessiond_opts={"backlog_lines": 10000})
+    ng, w, b, dave = setup(ctx, sessiond_opts=bl.roomy_backlog(10000))
     s = b.sessions[0]
     conns = []
     k = 0

@@ -28,8 +28,8 @@ def test_detach_and_login_during_chunked_migration(ctx):
     A = ctx.builds["a"].require()
     B = ctx.builds["b"].require()
     scen = bl.LoadScenario(ctx, nsessions=NSESSIONS, nattached=NSESSIONS, nnet=4,
-                           baton_kw=dict(sessiond_opts={"chunk_sessions": 4,
-                                                        "backlog_lines": 5000}))
+                           baton_kw=dict(sessiond_opts=dict(bl.roomy_backlog(5000),
+                                                            chunk_sessions=4)))
     scen.setup()
     loop, rng, b = scen.loop, scen.rng, scen.baton
     scen.start_fixed_traffic(client_rate=10.0, net_rate=60.0, pm_ratio=0.3)
@@ -89,7 +89,7 @@ def test_slow_client_output_survives_upgrade(ctx):
     n = 30000    # ~2.7 MB: more than the kernel socket buffers hold
     ng = ctx.ngircd()
     b = bl.Baton(ctx, ng, nsessions=1, channels=["#chat"],
-                 sessiond_opts={"backlog_lines": 40000})
+                 sessiond_opts=bl.roomy_backlog(40000))
     b.start()
     dave = bl.direct_user(ctx.loop, ng, "dave", ["#chat"])
     s = b.sessions[0]
@@ -126,7 +126,7 @@ def test_login_completing_during_chunked_migration(ctx):
     B = ctx.builds["b"].require()
     ng = ctx.ngircd()
     b = bl.Baton(ctx, ng, nsessions=40, channels=["#chat"],
-                 sessiond_opts={"chunk_sessions": 4, "backlog_lines": 5000})
+                 sessiond_opts=dict(bl.roomy_backlog(5000), chunk_sessions=4))
     b.start()
     loop = ctx.loop
     dave = bl.direct_user(loop, ng, "dave", ["#chat"])

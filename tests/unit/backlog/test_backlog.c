@@ -588,6 +588,262 @@ static void test_restore_beyond_cap(void **state)
 	backlog_free(bl);
 }
 
+
+/* ---- the bounds of issue 8 (one session's state must always fit one
+ * migration message) ---- */
+
+static struct backlog *bounded(size_t buffer_lines, size_t buffer_bytes,
+			       size_t buffers, size_t total_lines,
+			       size_t total_bytes)
+{
+	struct backlog *bl = backlog_new(buffer_lines);
+	const struct backlog_limits lim = { buffer_lines, buffer_bytes, buffers,
+					    total_lines, total_bytes };
+
+	assert_non_null(bl);
+	backlog_set_limits(bl, &lim);
+	return bl;
+}
+
+static size_t lines_of(const struct backlog *bl, const char *buffer)
+{
+	struct seen *s = seen_new();
+	size_t n;
+
+	assert_int_equal(backlog_foreach_line(bl, buffer, record, s), 0);
+	n = s->n;
+	free(s);
+	return n;
+}
+
+/* Bug: a buffer's lines were bounded by count only, so 500 lines of 8 KiB
+ * made one buffer 4 MB. At buffer_bytes its oldest lines go (the buffer's
+ * own ring: not counted as a session drop). */
+static void test_buffer_bytes_bound(void **state)
+{
+	struct backlog *bl = bounded(100, 100, 10, 1000, 1 << 20);
+	struct backlog_drops d;
+
+	for (int i = 0; i < 10; i++)     /* 10 x 10 bytes: at the bound */
+		assert_int_equal(backlog_append(bl, "#a", 0, "0123456789"), (uint64_t)i + 1);
+	assert_int_equal(lines_of(bl, "#a"), 10);
+	assert_int_equal(backlog_dropped_seq(bl, "#a"), 0);
+	assert_int_equal(backlog_nbytes(bl), 100 + 2);
+	assert_int_equal(backlog_append(bl, "#a", 0, "0123456789"), 11); /* past */
+	assert_int_equal(lines_of(bl, "#a"), 10);
+	assert_int_equal(backlog_dropped_seq(bl, "#a"), 1);
+	assert_int_equal(backlog_append(bl, "#a", 0, "0123456789abcdefghij"), 12);
+	assert_int_equal(lines_of(bl, "#a"), 9); /* 8 x 10 + 20 */
+	assert_int_equal(backlog_dropped_seq(bl, "#a"), 3);
+	/* One line longer than the bound: numbered, relayed, not kept. */
+	char big[128];
+	memset(big, 'x', 101);
+	big[101] = '\0';
+	assert_int_equal(backlog_append(bl, "#a", 0, big), 13);
+	assert_int_equal(lines_of(bl, "#a"), 0);
+	assert_int_equal(backlog_dropped_seq(bl, "#a"), 13);
+	assert_int_equal(backlog_nbuffers(bl), 1); /* the empty buffer stays */
+	assert_int_equal(backlog_nbytes(bl), 2);
+	backlog_take_drops(bl, &d);
+	assert_int_equal(d.lines, 0);
+	assert_int_equal(d.why, 0);
+	backlog_free(bl);
+}
+
+/* Bug: nothing bounded a session's lines across buffers (100,000 lines
+ * from one user writing to 50 targets). At total_lines the buffer holding
+ * the most lines loses its oldest one: a quiet buffer keeps its history. */
+static void test_total_lines_bound(void **state)
+{
+	struct backlog *bl = bounded(100, 1 << 20, 10, 6, 1 << 20);
+	struct backlog_drops d;
+
+	backlog_append(bl, "#quiet", 0, "q1");          /* 1 */
+	for (int i = 0; i < 5; i++)
+		backlog_append(bl, "#busy", 0, "b");    /* 2..6: at the bound */
+	assert_int_equal(backlog_nlines(bl), 6);
+	backlog_take_drops(bl, &d);
+	assert_int_equal(d.lines, 0);
+	assert_int_equal(backlog_append(bl, "#quiet", 0, "q2"), 7); /* past */
+	assert_int_equal(backlog_nlines(bl), 6);
+	assert_int_equal(lines_of(bl, "#quiet"), 2);    /* the busy one paid */
+	assert_int_equal(lines_of(bl, "#busy"), 4);
+	assert_int_equal(backlog_dropped_seq(bl, "#busy"), 2);
+	assert_int_equal(backlog_dropped_seq(bl, "#quiet"), 0);
+	backlog_take_drops(bl, &d);
+	assert_int_equal(d.lines, 1);
+	assert_int_equal(d.buffers, 0);
+	assert_int_equal(d.why, BACKLOG_DROP_TOTAL_LINES);
+	backlog_take_drops(bl, &d);                     /* taken: reset */
+	assert_int_equal(d.lines, 0);
+	backlog_free(bl);
+}
+
+/* Bug: nothing bounded a session's bytes (75 strangers x 500 lines of 440
+ * characters: 19 MB). At total_bytes (text + buffer names) the buffer with
+ * the most bytes loses its oldest lines. */
+static void test_total_bytes_bound(void **state)
+{
+	/* names "#q" and "#b": 4 bytes; 96 bytes of text fit */
+	struct backlog *bl = bounded(100, 1 << 20, 10, 1000, 100);
+	struct backlog_drops d;
+	char line[64];
+
+	backlog_append(bl, "#q", 0, "0123456789");              /* 10 + 2 */
+	memset(line, 'b', 43);
+	line[43] = '\0';
+	backlog_append(bl, "#b", 0, line);                      /* 43 + 2 */
+	backlog_append(bl, "#b", 0, line);                      /* 43: 100 */
+	assert_int_equal(backlog_nbytes(bl), 100);              /* at */
+	assert_int_equal(backlog_nlines(bl), 3);
+	assert_int_equal(backlog_append(bl, "#q", 0, "x"), 4);  /* past */
+	assert_int_equal(backlog_nbytes(bl), 100 - 43 + 1);
+	assert_int_equal(lines_of(bl, "#q"), 2);
+	assert_int_equal(lines_of(bl, "#b"), 1);
+	assert_int_equal(backlog_dropped_seq(bl, "#b"), 2);
+	backlog_take_drops(bl, &d);
+	assert_int_equal(d.lines, 1);
+	assert_int_equal(d.why, BACKLOG_DROP_TOTAL_BYTES);
+	/* A new buffer's name counts too: "#new" (4) + 40 bytes of text make
+	 * 102; #b (43 bytes, the biggest) loses its last line. */
+	memset(line, 'n', 40);
+	line[40] = '\0';
+	backlog_append(bl, "#new", 0, line);
+	assert_true(backlog_nbytes(bl) <= 100);
+	assert_int_equal(lines_of(bl, "#new"), 1);
+	assert_int_equal(lines_of(bl, "#b"), 0);
+	assert_int_equal(backlog_nbuffers(bl), 3);
+	backlog_free(bl);
+}
+
+/* The bound on buffers counts the whole evicted buffer as dropped, and a
+ * client that had not seen its lines has a gap (evicted_seq). */
+static void test_buffers_bound_counts_drops(void **state)
+{
+	struct backlog *bl = bounded(10, 1 << 20, 2, 1000, 1 << 20);
+	struct backlog_drops d;
+
+	backlog_append(bl, "amy", 0, "a1");  /* 1 */
+	backlog_append(bl, "amy", 0, "a2");  /* 2 */
+	backlog_append(bl, "ben", 0, "b1");  /* 3: at the bound */
+	backlog_take_drops(bl, &d);
+	assert_int_equal(d.buffers, 0);
+	assert_int_equal(backlog_evicted_seq(bl), 0);
+	backlog_append(bl, "cat", 0, "c1");  /* 4: past: amy goes */
+	assert_int_equal(backlog_nbuffers(bl), 2);
+	assert_int_equal(backlog_evicted_seq(bl), 2);
+	backlog_take_drops(bl, &d);
+	assert_int_equal(d.buffers, 1);
+	assert_int_equal(d.lines, 2);
+	assert_int_equal(d.why, BACKLOG_DROP_BUFFERS);
+	backlog_free(bl);
+}
+
+static int gap_collect(void *arg, const char *buffer)
+{
+	return record_buffer(arg, buffer);
+}
+
+/* Where a client at a position has holes: buffers that dropped a line
+ * after it. */
+static void test_foreach_gap(void **state)
+{
+	struct backlog *bl = bounded(2, 1 << 20, 10, 1000, 1 << 20);
+	struct seen *s = seen_new();
+
+	backlog_append(bl, "#a", 0, "1");
+	backlog_append(bl, "#b", 0, "2");
+	backlog_append(bl, "#a", 0, "3");
+	backlog_append(bl, "#a", 0, "4");    /* #a drops seq 1 */
+	backlog_append(bl, "#b", 0, "5");
+	backlog_append(bl, "#b", 0, "6");    /* #b drops seq 2 */
+	assert_int_equal(backlog_foreach_gap(bl, 0, gap_collect, s), 0);
+	assert_int_equal(s->n, 2);
+	s->n = 0;
+	assert_int_equal(backlog_foreach_gap(bl, 1, gap_collect, s), 0);
+	assert_int_equal(s->n, 1);
+	assert_string_equal(s->l[0].buffer, "#b");
+	s->n = 0;
+	assert_int_equal(backlog_foreach_gap(bl, 2, gap_collect, s), 0);
+	assert_int_equal(s->n, 0);
+	free(s);
+	backlog_free(bl);
+}
+
+/* The last line of defence of a migration: the oldest lines of the whole
+ * backlog go first, whatever their buffer, until enough bytes are gone. */
+static void test_trim_oldest(void **state)
+{
+	struct backlog *bl = bounded(100, 1 << 20, 10, 1000, 1 << 20);
+	struct seen *s = seen_new();
+	struct backlog_drops d;
+
+	backlog_append(bl, "#a", 0, "0123456789"); /* 1 */
+	backlog_append(bl, "#b", 0, "0123456789"); /* 2 */
+	backlog_append(bl, "#a", 0, "0123456789"); /* 3 */
+	backlog_append(bl, "#b", 0, "0123456789"); /* 4 */
+	/* each line counts 10 + BACKLOG_LINE_OVERHEAD */
+	assert_int_equal(backlog_trim_oldest(bl, 10 + BACKLOG_LINE_OVERHEAD + 1), 2);
+	assert_int_equal(backlog_replay(bl, 0, record, s), 0);
+	assert_int_equal(s->n, 2);
+	assert_int_equal(s->l[0].seq, 3);
+	assert_int_equal(backlog_dropped_seq(bl, "#a"), 1);
+	assert_int_equal(backlog_dropped_seq(bl, "#b"), 2);
+	backlog_take_drops(bl, &d);
+	assert_int_equal(d.lines, 2);
+	assert_int_equal(d.why, BACKLOG_DROP_TRIM);
+	assert_int_equal(backlog_trim_oldest(bl, SIZE_MAX), 2);
+	assert_int_equal(backlog_nlines(bl), 0);
+	assert_int_equal(backlog_trim_oldest(bl, 1), 0);
+	assert_int_equal(backlog_nbuffers(bl), 2); /* emptied, still there */
+	free(s);
+	backlog_free(bl);
+}
+
+/* What was dropped travels: restored after the lines, and a buffer with
+ * none left restored empty. Seqs are checked against it. */
+static void test_restore_dropped(void **state)
+{
+	struct backlog *bl = bounded(10, 1 << 20, 10, 1000, 1 << 20);
+
+	assert_int_equal(backlog_restore(bl, "#a", 5, 0, "x"), 0);
+	assert_int_equal(backlog_restore_dropped(bl, "#a", 4), 0);
+	assert_int_equal(backlog_restore_dropped(bl, "#a", 5), -EINVAL); /* not below its lines */
+	assert_int_equal(backlog_restore_dropped(bl, "#empty", 9), 0);
+	assert_int_equal(backlog_nbuffers(bl), 2);
+	assert_int_equal(backlog_dropped_seq(bl, "#empty"), 9);
+	assert_int_equal(backlog_dropped_seq(bl, "#a"), 4);
+	assert_int_equal(backlog_restore(bl, "#empty", 9, 0, "y"), -EINVAL);
+	assert_int_equal(backlog_restore(bl, "#empty", 10, 0, "y"), 0);
+	assert_true(backlog_next_seq(bl) > 10);
+	backlog_set_evicted_seq(bl, 3);
+	backlog_set_evicted_seq(bl, 2); /* never lowered */
+	assert_int_equal(backlog_evicted_seq(bl), 3);
+	assert_int_equal(backlog_restore_dropped(bl, "#a", 0), -EINVAL);
+	backlog_free(bl);
+}
+
+/* A flood over every bound keeps every bound after every store, and a
+ * replay stays in seq order. */
+static void test_flood_keeps_every_bound(void **state)
+{
+	struct backlog *bl = bounded(50, 4000, 20, 300, 30000);
+	char name[16], line[300];
+	uint64_t last = 0;
+
+	for (int i = 0; i < 20000; i++) {
+		snprintf(name, sizeof(name), "n%d", (i * 7) % 37);
+		memset(line, 'a' + i % 26, (size_t)(i % 250) + 1);
+		line[i % 250 + 1] = '\0';
+		assert_int_not_equal(backlog_append(bl, name, 0, line), 0);
+		assert_true(backlog_nlines(bl) <= 300);
+		assert_true(backlog_nbytes(bl) <= 30000);
+		assert_true(backlog_nbuffers(bl) <= 20);
+	}
+	assert_int_equal(backlog_replay(bl, 0, count_only, &last), 0);
+	backlog_free(bl);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -610,6 +866,14 @@ int main(void)
 		cmocka_unit_test(test_many_senders),
 		cmocka_unit_test(test_foreach_buffer_lines),
 		cmocka_unit_test(test_restore_beyond_cap),
+		cmocka_unit_test(test_buffer_bytes_bound),
+		cmocka_unit_test(test_total_lines_bound),
+		cmocka_unit_test(test_total_bytes_bound),
+		cmocka_unit_test(test_buffers_bound_counts_drops),
+		cmocka_unit_test(test_foreach_gap),
+		cmocka_unit_test(test_trim_oldest),
+		cmocka_unit_test(test_restore_dropped),
+		cmocka_unit_test(test_flood_keeps_every_bound),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

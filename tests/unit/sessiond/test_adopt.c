@@ -333,13 +333,14 @@ static void test_many_buffers(void **state)
 	Baton__State__Item *item = baton__state__item__unpack(NULL, olen, out);
 	assert_non_null(item);
 	const Baton__State__Session *ps = item->session;
-	assert_int_equal(ps->n_buffers, BACKLOG_MAX_BUFFERS);
-	/* 1202 buffers: bob (newest line 5) and q0000..q0200 went; #baton,
+	/* The default bound (config: backlog_buffers = 100). */
+	assert_int_equal(ps->n_buffers, config_default_values()->backlog_buffers);
+	/* 1202 buffers: bob (newest line 5) and q0000..q1100 went; #baton,
 	 * a channel, stayed although its newest line is older */
 	assert_string_equal(ps->buffers[0]->name, "#baton");
 	assert_int_equal(ps->buffers[0]->n_lines, 3);
-	assert_string_equal(ps->buffers[1]->name, "q0201");
-	assert_int_equal(ps->buffers[1]->lines[0]->seq, 6 + 201);
+	assert_string_equal(ps->buffers[1]->name, "q1101");
+	assert_int_equal(ps->buffers[1]->lines[0]->seq, 6 + 1101);
 	assert_string_equal(ps->buffers[ps->n_buffers - 1]->name, "q1199");
 	for (size_t i = 1; i < ps->n_buffers; i++)
 		assert_true(strcmp(ps->buffers[i - 1]->name, ps->buffers[i]->name) < 0);

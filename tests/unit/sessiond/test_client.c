@@ -65,10 +65,13 @@ static bool rx_wait(struct test_env *e, struct rx *r, int fd, const char *s)
 
 /* The sample session without its client, changed by `mutate` (which may
  * replace top-level fields of the Session only), adopted and armed. */
-static struct test_env *env_new(test_env_mutate_fn mutate, int backlog_lines)
+static struct test_env *env_new_clients(test_env_mutate_fn mutate, int backlog_lines,
+					int max_clients)
 {
 	const struct test_env_opts o = {
 		.backlog_lines = backlog_lines,
+		.max_clients = max_clients,
+		.backlog_bytes = 64 << 20, /* the replay tests hold 4.4 MB */
 		.ping_interval_s = 600,
 		.ping_timeout_s = 2400,
 		/* crypt("secret", "$6$testsalt$"), precomputed: ASan's crypt_r
@@ -78,6 +81,11 @@ static struct test_env *env_new(test_env_mutate_fn mutate, int backlog_lines)
 		.wait_tries = 5000,
 	};
 	return test_env_new(&o);
+}
+
+static struct test_env *env_new(test_env_mutate_fn mutate, int backlog_lines)
+{
+	return env_new_clients(mutate, backlog_lines, 0);
 }
 
 /* Complete lines of r (CRLF-terminated) into a NULL-terminated vector of
@@ -594,6 +602,113 @@ static void test_replay_resumes_after_migration(void **state)
 	test_env_free(e);
 }
 
+/* ---- bounds at attach (issue 8) ---- */
+
+/* Until `fd` is closed by the bouncer (EOF), reading what it sends. */
+static bool rx_wait_eof(struct test_env *e, struct rx *r, int fd)
+{
+	for (int i = 0; i < 5000 && !r->eof; i++) {
+		test_env_pump(e);
+		rx_read_max(r, fd, 0);
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		poll(&pfd, 1, 2);
+	}
+	return r->eof;
+}
+
+/* Bug: one user could attach any number of clients: 254 made a session of
+ * 255 sockets, over the 253 fds a migration message carries, and every
+ * upgrade failed. At max_clients_per_session the next client gets an ERROR
+ * and is closed, never counted; a slot freed is usable again. Client names
+ * longer than 64 bytes are refused (positions are kept per name). */
+static void test_max_clients_per_session(void **state)
+{
+	struct test_env *e = env_new_clients(NULL, 100, 2);
+	struct rx r1 = { 0 }, r2 = { 0 }, r3 = { 0 }, r4 = { 0 }, r5 = { 0 };
+	unsigned conns = open_connections(e->b);
+	char pass[160];
+
+	int c1 = test_env_register(e, "alice@one/example:secret", 0);
+	assert_true(rx_wait(e, &r1, c1, " 366 "));
+	int c2 = test_env_register(e, "alice@two/example:secret", 0);
+	assert_true(rx_wait(e, &r2, c2, " 366 "));                 /* at the bound */
+	int c3 = test_env_register(e, "alice@three/example:secret", 0);
+	assert_true(rx_wait(e, &r3, c3, "ERROR :Closing link: too many clients on this session (at most 2)"));
+	assert_true(rx_wait_eof(e, &r3, c3));                       /* past: closed */
+	assert_null(strstr(r3.buf, " 001 "));
+	for (int i = 0; i < 50; i++)
+		test_env_pump(e);
+	assert_int_equal(open_connections(e->b), conns + 2);
+	close(c1);                                                  /* a slot frees */
+	assert_true(rx_wait_eof(e, &r1, c1) || true);
+	for (int i = 0; i < 50; i++) {
+		test_env_pump(e);
+		usleep(1000);
+	}
+	/* a 65-byte client name is refused, a 64-byte one attaches */
+	char name[80];
+	memset(name, 'n', 65);
+	name[65] = '\0';
+	snprintf(pass, sizeof(pass), "alice@%s/example:secret", name);
+	int c4 = test_env_register(e, pass, 0);
+	assert_true(rx_wait(e, &r4, c4, "ERROR :Closing link: client name too long"));
+	name[64] = '\0';
+	snprintf(pass, sizeof(pass), "alice@%s/example:secret", name);
+	int c5 = test_env_register(e, pass, 0);
+	assert_true(rx_wait(e, &r5, c5, " 366 "));
+	assert_int_equal(open_connections(e->b), conns + 2);
+	free(r1.buf);
+	free(r2.buf);
+	free(r3.buf);
+	free(r4.buf);
+	free(r5.buf);
+	close(c2);
+	close(c3);
+	close(c4);
+	close(c5);
+	test_env_free(e);
+}
+
+/* A client that comes back after lines it had not seen were dropped
+ * (here: #baton's 100 lines rotated) is told where its history has a hole
+ * instead of silently missing it; the replay is what the backlog holds. */
+static void test_gap_notice_on_reattach(void **state)
+{
+	struct test_env *e = env_new(NULL, 100);
+	struct rx r = { 0 }, r2 = { 0 };
+	char line[128];
+
+	int fd = test_env_register(e, "alice@gap/example:secret", 0);
+	assert_true(rx_wait(e, &r, fd, " 366 "));
+	say_fd(e->up, ":bob!b@host.example PRIVMSG #baton :seen");
+	assert_true(rx_wait(e, &r, fd, ":seen\r\n"));
+	assert_null(strstr(r.buf, "were dropped"));
+	close(fd);
+	for (int i = 0; i < 50; i++) {
+		test_env_pump(e);
+		usleep(1000);
+	}
+	for (int i = 0; i < 150; i++) {
+		snprintf(line, sizeof(line), ":bob!b@host.example PRIVMSG #baton :missed %d", i);
+		say_fd(e->up, line);
+	}
+	say_fd(e->up, ":bob!b@host.example PRIVMSG #baton :last");
+	for (int i = 0; i < 200; i++) {
+		test_env_pump(e);
+		usleep(500);
+	}
+	fd = test_env_register(e, "alice@gap/example:secret", 0);
+	assert_true(rx_wait(e, &r2, fd, ":last\r\n"));
+	assert_non_null(strstr(r2.buf, "NOTICE alice :Backlog: some lines since you were last here were dropped"));
+	assert_non_null(strstr(r2.buf, "dropped (backlog limits: oldest lines first) in #baton"));
+	assert_null(strstr(r2.buf, ":missed 49\r\n"));
+	assert_non_null(strstr(r2.buf, ":missed 51\r\n"));
+	free(r.buf);
+	free(r2.buf);
+	close(fd);
+	test_env_free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -603,6 +718,8 @@ int main(void)
 		cmocka_unit_test(test_auth_one_crypt_each),
 		cmocka_unit_test(test_replay_flow_controlled),
 		cmocka_unit_test(test_replay_resumes_after_migration),
+		cmocka_unit_test(test_max_clients_per_session),
+		cmocka_unit_test(test_gap_notice_on_reattach),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -76,6 +76,7 @@ static int setup(void **state)
 	memset(&cd, 0, sizeof(cd));
 	const struct test_env_opts o = {
 		.backlog_lines = NLINES + 100,
+		.backlog_bytes = 64 << 20,
 		.ping_interval_s = 600,
 		.ping_timeout_s = 2400,
 		.password = crypt_r("secret", "$6$testsalt$", &cd),

@@ -140,6 +140,12 @@ int test_env_register(struct test_env *e, const char *pass, int rcvbuf)
 static void config_init(struct test_env *e, const struct test_env_opts *o)
 {
 	e->cfg.backlog_lines = o->backlog_lines;
+	e->cfg.max_clients_per_session = o->max_clients;
+	if (o->backlog_bytes > 0) {
+		e->cfg.backlog_buffer_bytes = o->backlog_bytes;
+		e->cfg.backlog_session_bytes = o->backlog_bytes;
+		e->cfg.backlog_session_lines = 1000000;
+	}
 	e->cfg.ping_interval_s = o->ping_interval_s;
 	e->cfg.ping_timeout_s = o->ping_timeout_s;
 	e->cfg.reconnect_min_s = 2;

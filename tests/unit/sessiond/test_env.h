@@ -26,6 +26,10 @@ typedef void (*test_env_mutate_fn)(Baton__State__Session *s);
 
 struct test_env_opts {
 	int backlog_lines;
+	/* > 0: backlog_buffer_bytes and backlog_session_bytes (and 1,000,000
+	 * lines per session), for tests whose backlog is over the defaults */
+	int backlog_bytes;
+	int max_clients; /* > 0: max_clients_per_session */
 	int ping_interval_s;
 	int ping_timeout_s;
 	const char *password; /* alice's hash, copied */
