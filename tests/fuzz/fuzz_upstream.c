@@ -7,7 +7,8 @@
  * tests/unit/sessiond/sample_state.c (alice/example, registered, in two
  * channels with members, a backlog) with a socketpair as its upstream
  * connection, and arms it. The input is what the server sends on that
- * connection: the session's own reader splits it into lines (so an input is
+ * connection, after the rest of the sample's partial input line: the
+ * session's own reader splits it into lines (so an input is
  * a sequence of lines, partial last line included) and dispatches each
  * through upstream_line() to its handler, exactly as in production; what the
  * session answers is read and dropped. Then the session is frozen,
@@ -256,6 +257,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	bouncer_item_arm(it);
 	it = NULL;
 
+	/* The sample's upstream holds a partial line (":bob!... :a partial
+	 * li"): complete it, so the input starts at a line boundary. */
+	feed(sv[1], cli[1], (const uint8_t *)"ne\r\n", 4);
 	feed(sv[1], cli[1], input, n);
 
 	/* What this worker now holds must travel: serialize and adopt. */
