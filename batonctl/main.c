@@ -3,8 +3,8 @@
  *
  *   batonctl -c FILE [--json] [--timeout S] status | upgrade PATH | rollback
  *
- * Exit status (DESIGN.md §8): 0 success / committed, 1 refused or aborted
- * (the reason is printed), 2 usage, config or connection error, or no result
+ * Exit status (DESIGN.md §8): 0 success / committed with every session,
+ * 1 refused, aborted, partial or any sessions lost (the reason is printed), 2 usage, config or connection error, or no result
  * within the deadline (--timeout: connect + request + reply). With --json,
  * an exit-2 error is also printed on stdout as {"error":"..."}.
  */
@@ -75,7 +75,7 @@ static void usage(FILE *f)
 		"                      status); an upgrade still running continues\n"
 		"      --version       print the version\n"
 		"\n"
-		"exit status: 0 success, 1 refused or aborted, 2 usage or connection error\n",
+		"exit status: 0 success, 1 refused, aborted or sessions lost, 2 usage or connection error\n",
 		TIMEOUT_MIGRATE_S, TIMEOUT_STATUS_S);
 }
 
@@ -387,17 +387,28 @@ static void print_outcome(FILE *f, struct json_object *r, bool refused)
 				(long long)pid, jstr(sv, "version", "?"),
 				jstr(sv, "binary", "?"));
 	}
-	if (jbool(r, "sessions_lost"))
-		fprintf(f, "  sessions were lost: those moved to the failed worker are started afresh (their users reconnect)\n");
+	if (jbool(r, "sessions_lost") && jint(r, "sessions_lost_count") > 0)
+		fprintf(f, "  %lld session(s) were lost: the serving worker starts them afresh (their users reconnect)\n",
+			(long long)jint(r, "sessions_lost_count"));
+	else if (jbool(r, "sessions_lost"))
+		fprintf(f, "  sessions were lost: the serving worker starts them afresh (their users reconnect)\n");
 	else if (!refused)
 		fprintf(f, "  no sessions were lost\n");
+}
+
+/* Success means every session arrived: "committed" and nothing lost (an
+ * older supervisor could say "committed" next to sessions_lost). */
+static bool migration_succeeded(struct json_object *r)
+{
+	return strcmp(jstr(r, "result", ""), "committed") == 0 &&
+	       !jbool(r, "sessions_lost");
 }
 
 /* Returns the exit status. */
 static int print_migration(const char *cmd, struct json_object *r)
 {
 	struct json_object *from = jobj(r, "from"), *to = jobj(r, "to");
-	bool committed = strcmp(jstr(r, "result", ""), "committed") == 0;
+	bool committed = migration_succeeded(r);
 	bool refused = jbool(r, "refused");
 
 	if (committed) {
@@ -428,8 +439,11 @@ static int print_migration(const char *cmd, struct json_object *r)
 		}
 		return EXIT_OK;
 	}
+	/* "partial": the new worker serves, but not every session arrived. */
 	fprintf(stderr, "batonctl: %s %s: %s\n", cmd,
-		refused ? "refused" : "aborted", jstr(r, "reason", "(no reason given)"));
+		refused ? "refused"
+		: strcmp(jstr(r, "result", ""), "partial") == 0 ? "partial"
+		: "aborted", jstr(r, "reason", "(no reason given)"));
 	print_outcome(stderr, r, refused);
 	if (!refused)
 		fprintf(stderr, "  total %.1f ms\n", jdbl(r, "total_ms"));
@@ -633,8 +647,7 @@ int main(int argc, char **argv)
 	if (json_mode) {
 		printf("%s\n", json_object_to_json_string_ext(result, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
 		rc = strcmp(cmd, "status") == 0 ||
-			     strcmp(jstr(result, "result", ""), "committed") == 0
-			     ? EXIT_OK : EXIT_REFUSED;
+			     migration_succeeded(result) ? EXIT_OK : EXIT_REFUSED;
 		goto out;
 	}
 	if (strcmp(cmd, "status") == 0) {

@@ -63,6 +63,23 @@ static void worker_progress(void *arg, uint32_t done, uint32_t total)
 		     WORKER_SEND_TIMEOUT_MS);
 }
 
+/* Source: before anything is frozen, tell the supervisor how many sessions
+ * we hold. The control socket is ordered, so this is read before any later
+ * message and, if we die halfway, before our exit: the supervisor can then
+ * count the sessions that died with us against what the target holds. */
+static void worker_announce_sessions(struct worker *w)
+{
+	Baton__Control__Progress p = BATON__CONTROL__PROGRESS__INIT;
+	struct bouncer_stats s;
+
+	bouncer_stats(w->b, &s);
+	p.has_source_sessions = 1;
+	p.source_sessions = s.sessions;
+	if (control_send(w->fd, CONTROL_PROGRESS, &p.base, NULL, 0,
+			 WORKER_SEND_TIMEOUT_MS) < 0)
+		log_warn("worker", "cannot announce the sessions of this migration");
+}
+
 static void worker_finished(void *arg, const struct migrate_result *res)
 {
 	struct worker *w = arg;
@@ -155,7 +172,8 @@ static void worker_migrate(struct worker *w, struct handoff_msg *msg)
 	report.finished = worker_finished;
 	report.arg = w;
 	w->migrating = true;
-	if (mg->outgoing)
+	if (mg->outgoing) {
+		worker_announce_sessions(w);
 		r = migrate_out_start(w->base, w->b, channel,
 				      (pid_t)mg->peer_pid, pidfd,
 				      mg->has_timeout_ms ? (int)mg->timeout_ms : 10000,
@@ -163,10 +181,11 @@ static void worker_migrate(struct worker *w, struct handoff_msg *msg)
 				      : (unsigned)w->cfg->chunk_sessions,
 				      (size_t)w->cfg->chunk_bytes,
 				      w->cfg->handshake_budget_ms, &report);
-	else
+	} else {
 		r = migrate_in_start(w->base, w->b, channel,
 				     mg->has_timeout_ms ? (int)mg->timeout_ms : 10000,
 				     &report);
+	}
 	if (r < 0) {
 		struct migrate_result res = { .committed = false };
 

@@ -11,13 +11,18 @@
  *
  * upgrade and rollback results have the same shape on every path (refused,
  * aborted, committed, abandoned at shutdown):
- *   {"result":"committed"|"aborted", "refused":bool, "reason":"...",
+ *   {"result":"committed"|"partial"|"aborted", "refused":bool, "reason":"...",
  *    "kind":"upgrade"|"rollback",
  *    "from":{"pid","version","binary"}, "to":{"pid","version","binary"},
  *    "survivor":{"pid","version","binary"} | null,   who serves afterwards
  *    "sessions_lost":bool,  sessions moved to a worker that then died or
- *                           hung; the survivor starts them afresh (their
+ *                           hung, or not yet handed over by a source that
+ *                           died; the survivor starts them afresh (their
  *                           users reconnect)
+ *    "sessions_lost_count":N, how many (0 when none)
+ * "committed": every session arrived; "partial": the new worker serves but
+ * sessions were lost (the source died halfway); "aborted": the old worker
+ * serves (or nobody, see survivor).
  *    "sessions","connections","fds","chunks","freeze_ms","total_ms","time"}
  * from.pid is 0 when nothing served; to.pid is 0 when no target started.
  *

@@ -53,6 +53,10 @@ struct migration {
 	struct side_result rs, rt;    /* results of the current direction */
 	struct side_result fwd_s;     /* S's forward result (for the report) */
 	bool waiting_target;          /* S reported; T gets a short deadline */
+	/* Sessions S held as it started migrating (its announcement, the
+	 * first PROGRESS): the measure of what a dying S takes with it. */
+	unsigned s_sessions;
+	bool s_sessions_known;
 	unsigned reverse_chunks;      /* committed chunks the reverse moves back */
 
 	struct worker *leaving;       /* PHASE_FINISH: the one we wait for */
@@ -66,6 +70,8 @@ struct migration {
 };
 
 static void migration_evaluate(struct migration *m);
+static void migration_finish(struct migration *m, struct worker *survivor,
+			     struct worker *leaving);
 
 static double ms_since(const struct timespec *t0)
 {
@@ -92,6 +98,49 @@ static void migration_reason(struct migration *m, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(m->res.reason + len, sizeof(m->res.reason) - len, fmt, ap);
 	va_end(ap);
+}
+
+/* What S held at the start: its own announcement, or (if it died before
+ * announcing) the larger figure the supervisor had, so a loss is never
+ * underestimated. */
+static unsigned migration_source_sessions(const struct migration *m)
+{
+	return m->s_sessions_known ? m->s_sessions : m->p.source_sessions;
+}
+
+/* `n` sessions exist nowhere any more (the survivor restarts them). */
+static void migration_lost(struct migration *m, unsigned n)
+{
+	if (n == 0)
+		return;
+	m->res.sessions_lost = true;
+	m->res.sessions_lost_count = n;
+}
+
+/* S died and T (alive, reported) serves with `held` sessions: whatever else
+ * S held at the start died with S. A result that says "committed" must
+ * mean every session arrived. */
+static void migration_source_died(struct migration *m, unsigned held,
+				  const char *during)
+{
+	unsigned start = migration_source_sessions(m);
+
+	if (start > held) {
+		migration_lost(m, start - held);
+		m->res.partial = true;
+		m->res.committed = false;
+		migration_reason(m, "source exited during the %s (%s): target pid %d took over %u of its %u sessions; %u died with the source",
+				 during, m->s_exit, (int)worker_pid(m->t), held,
+				 start, start - held);
+	} else {
+		m->res.committed = true;
+		migration_reason(m, "source exited during the %s (%s); target pid %d took over all %u sessions",
+				 during, m->s_exit, (int)worker_pid(m->t), held);
+	}
+	if (!m->rt.committed && m->rt.reason[0])
+		migration_reason(m, "target: %s", m->rt.reason);
+	log_warn("migration", "%s", m->res.reason);
+	migration_finish(m, m->t, NULL);
 }
 
 static void migration_set_deadline(struct migration *m, int seconds)
@@ -341,13 +390,10 @@ static void migration_evaluate_forward(struct migration *m)
 		if (!m->rt.have)
 			return;
 		m->fwd_s = m->rt; /* S never reported: T's counts are all we have */
-		m->res.committed = m->rt.committed;
-		migration_reason(m, "source exited during the migration (%s); target pid %d took over%s%s",
-				 m->s_exit, (int)worker_pid(m->t),
-				 m->rt.committed ? "" : " after aborting: ",
-				 m->rt.committed ? "" : m->rt.reason);
-		log_warn("migration", "%s", m->res.reason);
-		migration_finish(m, m->t, NULL);
+		/* T holds the chunks it committed, whether it then saw EOF
+		 * idle, mid-chunk (aborted) or in PREPARED (committed on its
+		 * own); the chunks S never sent died with S. */
+		migration_source_died(m, m->rt.sessions, "migration");
 		return;
 	}
 	if (m->t == NULL) {
@@ -360,9 +406,9 @@ static void migration_evaluate_forward(struct migration *m)
 		if (!m->rs.committed && m->rs.reason[0])
 			migration_reason(m, "source: %s", m->rs.reason);
 		if (m->rs.chunks_committed > 0 || m->rs.committed) {
-			log_error("migration", "%u chunk(s) already committed to the dead target are lost",
-				  m->rs.chunks_committed);
-			m->res.sessions_lost = true;
+			log_error("migration", "%u chunk(s) (%u sessions) already committed to the dead target are lost",
+				  m->rs.chunks_committed, m->rs.sessions);
+			migration_lost(m, m->rs.sessions);
 		}
 		migration_abort_to_source(m);
 		return;
@@ -418,11 +464,15 @@ static void migration_evaluate_reverse(struct migration *m)
 		return;
 	}
 	if (m->s == NULL) {
-		/* S is gone; T holds what it holds and starts the rest. */
-		migration_reason(m, "source exited during the reverse migration (%s); target pid %d took over",
-				 m->s_exit, (int)worker_pid(m->t));
-		log_warn("migration", "%s", m->res.reason);
-		migration_finish(m, m->t, NULL);
+		/* S is gone; T holds what it committed forward minus what it
+		 * moved back (its result as the reverse source), and starts
+		 * the rest: everything S held died with it. */
+		unsigned fwd = m->fwd_s.sessions, back;
+
+		if (!m->rt.have)
+			return;
+		back = m->rt.sessions < fwd ? m->rt.sessions : fwd;
+		migration_source_died(m, fwd - back, "reverse migration");
 		return;
 	}
 	if (m->t == NULL) {
@@ -430,7 +480,10 @@ static void migration_evaluate_reverse(struct migration *m)
 			return;
 		migration_reason(m, "target exited during the reverse migration (%s)",
 				 m->t_exit);
-		m->res.sessions_lost = !m->rs.committed;
+		/* S got back what it committed as the receiver. */
+		if (!m->rs.committed)
+			migration_lost(m, m->fwd_s.sessions > m->rs.sessions
+						  ? m->fwd_s.sessions - m->rs.sessions : 0);
 		migration_abort_to_source(m);
 		return;
 	}
@@ -445,7 +498,8 @@ static void migration_evaluate_reverse(struct migration *m)
 				 !m->rt.committed ? m->rt.reason : m->rs.reason);
 		log_error("migration", "reverse migration failed; sessions left in pid %d are closed with it",
 			  (int)worker_pid(m->t));
-		m->res.sessions_lost = true;
+		migration_lost(m, m->fwd_s.sessions > m->rs.sessions
+					  ? m->fwd_s.sessions - m->rs.sessions : 0);
 	} else {
 		migration_reason(m, "the %u chunk(s) already committed were moved back to the source",
 				 m->reverse_chunks);
@@ -496,7 +550,7 @@ static void migration_on_deadline(evutil_socket_t fd, short what, void *arg)
 			if (m->rs.chunks_committed > 0) {
 				log_error("migration", "%u chunk(s) committed to the unresponsive target are lost",
 					  m->rs.chunks_committed);
-				m->res.sessions_lost = true;
+				migration_lost(m, m->rs.sessions);
 			}
 		} else {
 			migration_reason(m, "%s timed out after %d s",
@@ -506,9 +560,12 @@ static void migration_on_deadline(evutil_socket_t fd, short what, void *arg)
 			/* Unknown how much T holds (S has not reported):
 			 * assume the worst. T is killed, and the survivor
 			 * restarts what it lacks once T is gone. */
-			m->res.sessions_lost = m->phase == PHASE_REVERSE ||
-					       !m->rs.have ||
-					       m->rs.chunks_committed > 0;
+			if (m->phase == PHASE_REVERSE)
+				migration_lost(m, m->fwd_s.sessions);
+			else if (!m->rs.have || m->s == NULL)
+				migration_lost(m, migration_source_sessions(m));
+			else if (m->rs.chunks_committed > 0)
+				migration_lost(m, m->rs.sessions);
 		}
 		/* Killing T makes a still frozen S abort and resume (the
 		 * channel closes). */
@@ -606,6 +663,15 @@ static void migration_on_worker(struct worker *w, enum worker_event ev,
 		bool src = (m->phase == PHASE_FORWARD && is_s) ||
 			   (m->phase == PHASE_REVERSE && is_t);
 
+		if (p->has_source_sessions) {
+			/* The source's announcement, not progress. */
+			if (m->phase == PHASE_FORWARD && is_s &&
+			    !m->s_sessions_known) {
+				m->s_sessions = p->source_sessions;
+				m->s_sessions_known = true;
+			}
+			return;
+		}
 		if (src && m->progress)
 			m->progress(m->phase == PHASE_FORWARD ? "migrate" : "reverse",
 				    p->items_done, p->items_total, m->arg);

@@ -29,6 +29,10 @@ struct worker;
 struct migration_params {
 	int timeout_s;            /* [supervisor] handoff_timeout */
 	unsigned chunk_sessions;  /* [sessiond] chunk_sessions */
+	/* Sessions the source held when last asked (its last STATUS): what
+	 * counts as lost if it dies before announcing its own figure at the
+	 * start of the migration (see sessions_lost_count). */
+	unsigned source_sessions;
 	const struct listeners *listeners; /* borrowed for the call's life */
 };
 
@@ -56,11 +60,19 @@ struct migration_result {
 	double freeze_split_ms[3];
 	double total_ms;     /* spawn of T .. exit of the leaving worker */
 	double started;      /* CLOCK_REALTIME seconds, for status */
-	/* Sessions were committed to a target that then died or hung: they
-	 * exist nowhere now. The survivor gets ACCEPT on only after the
-	 * leaving worker is gone, and then starts every configured session it
-	 * does not hold (their users reconnect). */
+	/* Sessions exist nowhere now: they were committed to a target that
+	 * then died or hung, or the source died with sessions it had not
+	 * handed over yet. The survivor gets ACCEPT on only after the leaving
+	 * worker is gone, and then starts every configured session it does
+	 * not hold (their users reconnect). */
 	bool sessions_lost;
+	/* How many: the sessions the source held at the start (its own
+	 * announcement) minus those the survivor holds. When a worker never
+	 * reported, the worst case it could be (never an underestimate). */
+	unsigned sessions_lost_count;
+	/* The new worker serves, but not everything arrived (the source died
+	 * halfway): neither "committed" nor "aborted" (the old worker serves). */
+	bool partial;
 };
 
 typedef void (*migration_progress_cb)(const char *phase, unsigned done,

@@ -472,6 +472,8 @@ void supervisor_shutdown(struct supervisor *sup)
 		res.committed = false;
 		res.refused = false;
 		res.sessions_lost = false; /* they end with the shutdown */
+		res.sessions_lost_count = 0;
+		res.partial = false;
 		{
 			struct timespec now;
 
@@ -664,6 +666,15 @@ static struct json_object *side_json(const struct migration_side *s)
 	return o;
 }
 
+/* "committed" only when every session arrived; "partial" when the new
+ * worker serves but some sessions died with the old one; else "aborted". */
+static const char *migration_result_word(const struct migration_result *r)
+{
+	if (r->committed && !r->sessions_lost)
+		return "committed";
+	return r->partial ? "partial" : "aborted";
+}
+
 /* The result of every upgrade and rollback, on every path (refused, aborted,
  * committed, shutdown): the control protocol (control_server.h). survivor:
  * the worker that serves afterwards (NULL: none does). */
@@ -682,7 +693,7 @@ static struct json_object *migration_result_json(const struct migration_result *
 	}
 
 	json_object_object_add(o, "result",
-			       json_object_new_string(r->committed ? "committed" : "aborted"));
+			       json_object_new_string(migration_result_word(r)));
 	json_object_object_add(o, "refused", json_object_new_boolean(r->refused));
 	json_object_object_add(o, "reason", json_object_new_string(r->reason));
 	json_object_object_add(o, "kind", json_object_new_string(kind));
@@ -709,6 +720,8 @@ static struct json_object *migration_result_json(const struct migration_result *
 	json_object_object_add(o, "time", json_object_new_int64((int64_t)r->started));
 	json_object_object_add(o, "survivor", sv);
 	json_object_object_add(o, "sessions_lost", json_object_new_boolean(r->sessions_lost));
+	json_object_object_add(o, "sessions_lost_count",
+			       json_object_new_int64(r->sessions_lost ? r->sessions_lost_count : 0));
 	return o;
 }
 
@@ -803,7 +816,7 @@ static void supervisor_mig_done(struct migration *m,
 		supervisor_schedule_restart(sup);
 	}
 
-	if (res->committed)
+	if (res->committed && !res->sessions_lost)
 		sup->migrations_committed++;
 	else if (res->refused)
 		sup->migrations_refused++;
@@ -818,14 +831,14 @@ static void supervisor_mig_done(struct migration *m,
 		size_t len = strlen(copy.reason);
 
 		snprintf(copy.reason + len, sizeof(copy.reason) - len,
-			 "%ssessions committed to the target were lost with it; the old worker restarts them (their users reconnect)",
-			 len ? "; " : "");
+			 "%s%u session(s) lost; the serving worker restarts them (their users reconnect)",
+			 len ? "; " : "", copy.sessions_lost_count);
 	}
 	rj = migration_result_json(res, sup->mig_kind, survivor);
 	json_object_put(sup->last_migration);
 	sup->last_migration = json_object_get(rj);
 	log_info("migration", "%s %s: pid %d -> pid %d%s%s (%.1f ms total, freeze %.1f ms)",
-		 sup->mig_kind, res->committed ? "committed" : "aborted",
+		 sup->mig_kind, migration_result_word(res),
 		 (int)res->from.pid, (int)res->to.pid, res->reason[0] ? ": " : "",
 		 res->reason, res->total_ms, res->freeze_ms);
 	supervisor_reply_result(sup->mig_cb, sup->mig_arg, rj);
@@ -926,6 +939,11 @@ static void supervisor_migrate(struct supervisor *sup, const char *binary,
 	}
 	p.timeout_s = sup->cfg->handoff_timeout_s;
 	p.chunk_sessions = (unsigned)sup->cfg->chunk_sessions;
+	/* Only used if the source dies before announcing its own count: the
+	 * larger of what it last said and what the config has. */
+	p.source_sessions = worker_last_status(sup->active)->sessions;
+	if (p.source_sessions < sup->cfg->nsessions)
+		p.source_sessions = (unsigned)sup->cfg->nsessions;
 	p.listeners = sup->listeners;
 	sup->migration = migration_start(sup->base, sup->active, t, &p,
 					 supervisor_mig_progress,

@@ -181,10 +181,14 @@ class Build:
 
 def builds():
     """The three builds the tests use: A (HEAD), B (same code, another version
-    string) and incompat (schema 2..2). Paths from BATON_BUILD_A/_B/_INCOMPAT."""
+    string) and incompat (schema 2..2). Paths from BATON_BUILD_A/_B/_INCOMPAT.
+    BATON_BUILD (a folder of the checkout or a path, e.g. build-asan) is A's
+    default: BATON_BUILD=build-asan runs the supervisor, the first worker and
+    batonctl built with ASan + UBSan (B stays the plain build-b)."""
     root = os.environ.get("BATON_ROOT", REPO_ROOT)
+    a = os.path.join(root, os.environ.get("BATON_BUILD", "build"))
     return {
-        "a": Build("a", os.environ.get("BATON_BUILD_A", os.path.join(root, "build"))),
+        "a": Build("a", os.environ.get("BATON_BUILD_A", a)),
         "b": Build("b", os.environ.get("BATON_BUILD_B", os.path.join(root, "build-b"))),
         "incompat": Build("incompat", os.environ.get("BATON_BUILD_INCOMPAT",
                                                      os.path.join(root, "build-incompat"))),
@@ -322,6 +326,27 @@ def pid_alive(pid):
 # --------------------------------------------------------------------------
 
 
+SANITIZER_DEFAULTS = {
+    "ASAN_OPTIONS": "abort_on_error=1:detect_leaks=1",
+    "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+}
+
+
+def sanitizer_env(report_dir):
+    """Point the sanitizer reports of every process started from now on into
+    report_dir (ASan/UBSan `log_path`, one file per process); the options
+    themselves are the caller's ASAN_OPTIONS/UBSAN_OPTIONS, or the defaults
+    above. Harmless for binaries built without sanitizers."""
+    for var, default in SANITIZER_DEFAULTS.items():
+        base = _SANITIZER_BASE.setdefault(var, os.environ.get(var, default))
+        opts = [o for o in base.split(":") if o and not o.startswith("log_path=")]
+        opts.append("log_path=%s" % os.path.join(report_dir, var.split("_")[0].lower()))
+        os.environ[var] = ":".join(opts)
+
+
+_SANITIZER_BASE = {}
+
+
 class Context:
     """Fresh fixtures for one test. The runner creates one per test and calls
     close() (kills processes, removes the temp dir unless keep=True)."""
@@ -329,6 +354,9 @@ class Context:
     def __init__(self, name="test", keep=False):
         self.name = name
         self.dir = tempfile.mkdtemp(prefix="baton-it-%s-" % name, dir=None)
+        self.sanitizer_dir = os.path.join(self.dir, "sanitizer")
+        os.makedirs(self.sanitizer_dir, exist_ok=True)
+        sanitizer_env(self.sanitizer_dir)
         self.procs = new_procs()
         self.keep = keep
         self.loop = IrcLoop()
@@ -337,6 +365,25 @@ class Context:
 
     def on_close(self, fn):
         self._closers.append(fn)
+
+    def sanitizer_reports(self):
+        """[(file, text)] of every ASan/UBSan report a process of this test
+        wrote (only sanitizer builds write any)."""
+        out = []
+        try:
+            names = sorted(os.listdir(self.sanitizer_dir))
+        except OSError:
+            return out
+        for f in names:
+            path = os.path.join(self.sanitizer_dir, f)
+            try:
+                with open(path, errors="replace") as fh:
+                    text = fh.read()
+            except OSError:
+                continue
+            if text.strip():
+                out.append((path, text))
+        return out
 
     def ngircd(self, **kw):
         n = Ngircd(self, **kw)
@@ -347,7 +394,10 @@ class Context:
         b = Baton(self, ngircd, **kw)
         return b
 
-    def close(self, failed=False):
+    def close(self, failed=False, keep_reports=False):
+        """Kill everything; remove the temp dir unless keep, failed or
+        keep_reports (the runner reads the sanitizer reports first, then
+        calls remove_dir())."""
         for fn in reversed(self._closers):
             try:
                 fn()
@@ -355,7 +405,11 @@ class Context:
                 pass
         self.loop.close_all()
         self.procs.cleanup()
-        if not self.keep and not failed:
+        if not failed and not keep_reports:
+            self.remove_dir()
+
+    def remove_dir(self):
+        if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 

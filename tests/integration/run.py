@@ -22,7 +22,8 @@ Options:
                    failed tests only)
 
 Environment: BATON_BUILD_A, BATON_BUILD_B, BATON_BUILD_INCOMPAT (build dirs),
-BATON_TRACE (trace file), NGIRCD (ngircd binary).
+BATON_BUILD (A's default folder, e.g. build-asan: a sanitizer report of any
+process fails the test), BATON_TRACE (trace file), NGIRCD (ngircd binary).
 """
 
 import argparse
@@ -115,7 +116,18 @@ def run_test(name, fn, args):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old_alarm)
         sys.stderr = old_stderr
-        ctx.close(failed=failed)
+        ctx.close(failed=failed, keep_reports=True)
+    # A sanitizer report (BATON_BUILD=build-asan) fails the test, whatever
+    # the test itself concluded: the processes are gone by now.
+    reports = ctx.sanitizer_reports()
+    if reports and verdict != "SKIP":
+        first = reports[0][1].strip().splitlines()
+        detail = ("%s%d sanitizer report(s), first %s:\n    %s"
+                  % (detail + "; " if failed else "", len(reports), reports[0][0],
+                     "\n    ".join(first[:40])))
+        verdict, failed = "FAIL", True
+    if not failed:
+        ctx.remove_dir()
     if failed:
         detail += "\n    (artifacts kept in %s)" % ctx.dir
         if not args.verbose:

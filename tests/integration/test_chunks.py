@@ -39,6 +39,7 @@ def test_target_death_in_last_chunk_restarts_lost_sessions(ctx):
     check("lost" in res.get("reason", ""), "reason does not mention lost sessions: %r" % res)
     check(res.get("sessions_lost") is True and (res.get("survivor") or {}).get("pid") == old_pid,
           "result must say sessions were lost and the old worker survives: %r" % res)
+    check(res.get("sessions_lost_count") == 8, "result must count the 8 lost sessions: %r" % res)
     wk = one_worker(scen)
     check(wk["pid"] == old_pid, "active worker %s, old was %d" % (wk["pid"], old_pid))
     # every configured session exists again and is registered upstream
