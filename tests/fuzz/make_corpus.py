@@ -35,7 +35,14 @@ def write(target, name, data):
 
 
 def fresh(target):
-    shutil.rmtree(os.path.join(CORPUS, target), ignore_errors=True)
+    """Empty the target's corpus, except its regression-* seeds (inputs of
+    bugs that were found and fixed: they stay for good)."""
+    d = os.path.join(CORPUS, target)
+    if not os.path.isdir(d):
+        return
+    for name in os.listdir(d):
+        if not name.startswith("regression-"):
+            os.unlink(os.path.join(d, name))
 
 
 # ---- fuzz_irc: one line, or several separated by \n ----------------------
