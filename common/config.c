@@ -475,6 +475,8 @@ static void config_key_sessiond(struct config_parse *ps, const char *name,
 		{ "reconnect_min", offsetof(struct baton_config, reconnect_min_s), 1, 86400 },
 		{ "reconnect_max", offsetof(struct baton_config, reconnect_max_s), 1, 86400 },
 		{ "handshake_budget_ms", offsetof(struct baton_config, handshake_budget_ms), 0, 60000 },
+		{ "auth_threads", offsetof(struct baton_config, auth_threads), 1, 64 },
+		{ "auth_queue", offsetof(struct baton_config, auth_queue), 1, 1000000 },
 	};
 
 	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
@@ -487,12 +489,43 @@ static void config_key_sessiond(struct config_parse *ps, const char *name,
 	PROBLEM(ps, "unknown key '%s' in [sessiond]", name);
 }
 
+/* [listen] limits; 0 is "no limit" where min is 0. Defaults in
+ * config_defaults(). */
+static const struct {
+	const char *name;
+	size_t offset;
+	int min, max;
+} listen_limit_keys[] = {
+	{ "max_pending", offsetof(struct baton_config, max_pending), 0, 1000000 },
+	{ "max_pending_per_ip", offsetof(struct baton_config, max_pending_per_ip), 0, 1000000 },
+	{ "max_tls_handshakes", offsetof(struct baton_config, max_tls_handshakes), 0, 1000000 },
+	{ "max_tls_handshakes_per_ip", offsetof(struct baton_config, max_tls_handshakes_per_ip), 0, 1000000 },
+	{ "tls_handshake_timeout", offsetof(struct baton_config, tls_handshake_timeout_s), 1, 3600 },
+	{ "prelogin_max_lines", offsetof(struct baton_config, prelogin_max_lines), 0, 1000000 },
+	{ "prelogin_max_bytes", offsetof(struct baton_config, prelogin_max_bytes), 0, 1 << 30 },
+	{ "prelogin_sendq", offsetof(struct baton_config, prelogin_sendq), 0, 4 << 20 },
+	{ "prelogin_rate", offsetof(struct baton_config, prelogin_rate), 0, 1000000 },
+	{ "prelogin_burst", offsetof(struct baton_config, prelogin_burst), 1, 1000000 },
+	{ "login_failures_free", offsetof(struct baton_config, login_failures_free), 0, 1000000 },
+	{ "login_throttle_max", offsetof(struct baton_config, login_throttle_max_s), 1, 86400 },
+	{ "login_throttle_entries", offsetof(struct baton_config, login_throttle_entries), 16, 10000000 },
+};
+
 static void config_key_listen(struct config_parse *ps, const char *name,
 			      const char *value)
 {
 	struct baton_config *cfg = ps->cfg;
 	struct config_listen *l;
 	char *host = NULL, *port = NULL;
+
+	for (size_t i = 0; i < sizeof(listen_limit_keys) / sizeof(listen_limit_keys[0]); i++) {
+		if (strcmp(name, listen_limit_keys[i].name) == 0) {
+			config_int(ps, name, value, listen_limit_keys[i].min,
+				   listen_limit_keys[i].max,
+				   (int *)((char *)cfg + listen_limit_keys[i].offset));
+			return;
+		}
+	}
 
 	if (strcmp(name, "tls_cert") == 0 || strcmp(name, "tls_key") == 0) {
 		char **dst = name[4] == 'c' ? &cfg->listen_tls_cert :
@@ -503,7 +536,7 @@ static void config_key_listen(struct config_parse *ps, const char *name,
 		return;
 	}
 	if (strcmp(name, "irc") != 0 && strcmp(name, "ircs") != 0) {
-		PROBLEM(ps, "unknown key '%s' in [listen] (known: irc, ircs, tls_cert, tls_key)",
+		PROBLEM(ps, "unknown key '%s' in [listen] (known: irc, ircs, tls_cert, tls_key and the limits in docs/config.md)",
 			name);
 		return;
 	}
@@ -682,6 +715,21 @@ static void config_defaults(struct baton_config *cfg)
 	cfg->reconnect_min_s = 2;
 	cfg->reconnect_max_s = 300;
 	cfg->handshake_budget_ms = 500;
+	cfg->auth_threads = 1;
+	cfg->auth_queue = 4096;
+	cfg->max_pending = 4096;
+	cfg->max_pending_per_ip = 16;
+	cfg->max_tls_handshakes = 1024;
+	cfg->max_tls_handshakes_per_ip = 32;
+	cfg->tls_handshake_timeout_s = 10;
+	cfg->prelogin_max_lines = 64;
+	cfg->prelogin_max_bytes = 16384;
+	cfg->prelogin_sendq = 16384;
+	cfg->prelogin_rate = 5;
+	cfg->prelogin_burst = 20;
+	cfg->login_failures_free = 5;
+	cfg->login_throttle_max_s = 300;
+	cfg->login_throttle_entries = 16384;
 	cfg->user_index = strmap_new();
 	cfg->network_index = strmap_new();
 	cfg->session_index = strmap_new();
