@@ -457,18 +457,14 @@ int64_t bouncer_login_wait(struct bouncer *b, const char *addr,
 	return w > wu ? w : wu;
 }
 
-void bouncer_login_result(struct bouncer *b, const char *addr,
-			  const char *user, bool ok)
+void bouncer_login_charge(struct bouncer *b, const char *addr,
+			  const char *user)
 {
 	int64_t now = bouncer_mono_ms(), da = 0, du = 0;
 	struct throttle *tu = bouncer_user_throttle(b, user);
 
 	if (!b->fail_addr)
 		return;
-	if (ok) {
-		throttle_forget(tu, user);
-		return;
-	}
 	da = throttle_failed(b->fail_addr, addr, now);
 	if (tu)
 		du = throttle_failed(tu, user, now);
@@ -479,6 +475,16 @@ void bouncer_login_result(struct bouncer *b, const char *addr,
 			 user ? user : "-", (long long)(du + 999) / 1000,
 			 REFUSE_LOG_MS / 1000);
 	}
+}
+
+void bouncer_login_result(struct bouncer *b, const char *addr,
+			  const char *user, bool ok)
+{
+	if (!b->fail_addr || !ok)
+		return; /* a failure was charged already */
+	throttle_refund(b->fail_addr, addr);
+	if (user)
+		throttle_forget(bouncer_user_throttle(b, user), user);
 }
 
 static void auth_key(uint64_t id, char key[24])
@@ -1135,10 +1141,7 @@ void bouncer_item_freeze(struct bouncer_item *it)
 		/* A password check in flight cannot travel: drop it (its
 		 * result will find no client) and check again wherever the
 		 * client is armed next (client_pending_resume()). */
-		if (cl->auth_id) {
-			bouncer_auth_cancel(cl->b, cl);
-			cl->auth_redo = true;
-		}
+		bouncer_auth_cancel(cl->b, cl);
 		conn_freeze(cl->conn, true);
 		it->state = ITEM_FROZEN;
 	}

@@ -477,7 +477,9 @@ static void client_bad_password(struct client *cl)
  * user, malformed ident: against a dummy of the configured hashes' kind),
  * so the timing does not tell which users exist. Before it, the failed-login
  * throttle: an address or user name past its free failures is refused
- * without any check until its delay is over. Lines that follow wait
+ * without any check until its delay is over; a check that starts counts as
+ * a failure at once (refunded if right), so parallel attempts cannot slip
+ * past the limit while checks run. Lines that follow wait
  * (conn_hold_lines()) until the result is in. */
 static void client_authenticate(struct client *cl)
 {
@@ -506,6 +508,8 @@ static void client_authenticate(struct client *cl)
 	bool known = cu && cu->password && cu->password[0];
 	hash = known ? cu->password : dummy_hash(cfg);
 	rc = bouncer_auth_submit(cl->b, cl, password, hash);
+	if (rc == 0)
+		bouncer_login_charge(cl->b, cl->addr, user);
 	if (rc < 0) {
 		log_warn("client", "login from %s refused: %s", cl->addr[0] ? cl->addr : "?",
 			 rc == -EAGAIN ? "password checks queue full" : strerror(-rc));
@@ -583,7 +587,6 @@ static void client_try_register(struct client *cl)
 
 void client_pending_resume(struct client *cl)
 {
-	cl->auth_redo = false;
 	client_try_register(cl);
 }
 

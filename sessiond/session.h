@@ -153,10 +153,9 @@ struct client {
 	char addr[48];
 	bool pending_counted;   /* counted in the pending limits (bouncer.c) */
 	/* Password check in flight (authpool.h): its id, 0 none; meanwhile the
-	 * conn holds its lines. auth_redo: a migration froze the client with
-	 * a check in flight (dropped): check again once armed. */
+	 * conn holds its lines. A freeze drops it (bouncer_item_freeze());
+	 * client_pending_resume() checks again once the client is armed. */
 	uint64_t auth_id;
-	bool auth_redo;
 	/* Before login (client.c): lines and bytes received, and the command
 	 * token bucket (tokens * 1000, refilled as of bucket_ms, monotonic). */
 	unsigned prelogin_lines;
@@ -250,9 +249,14 @@ void bouncer_tls_handshake_end(struct bouncer *b, struct client *cl);
 int64_t bouncer_mono_ms(void);
 /* Failed-login throttle (throttle.h), per client address and per user name
  * (user may be NULL: a malformed ident). wait: ms until an attempt may be
- * checked (0: now). result: record the outcome of a checked attempt. */
+ * checked (0: now). charge: an attempt is about to be checked; it counts as
+ * a failure at once, so that attempts arriving while checks run are
+ * refused as soon as one of them crosses the limit. result: its outcome
+ * (a success refunds the address and forgets the user's failures). */
 int64_t bouncer_login_wait(struct bouncer *b, const char *addr,
 			   const char *user);
+void bouncer_login_charge(struct bouncer *b, const char *addr,
+			  const char *user);
 void bouncer_login_result(struct bouncer *b, const char *addr,
 			  const char *user, bool ok);
 /* Check password against hash off the loop (authpool.h) for cl: sets

@@ -143,6 +143,18 @@ int64_t throttle_failed(struct throttle *t, const char *key, int64_t now)
 	return delay;
 }
 
+void throttle_refund(struct throttle *t, const char *key)
+{
+	struct throttle_entry *e = strmap_get(t->by_key, key);
+
+	if (!e)
+		return;
+	if (e->failures > 0)
+		e->failures--;
+	if (e->failures <= t->lim.free_failures)
+		e->blocked_until_ms = 0;
+}
+
 void throttle_forget(struct throttle *t, const char *key)
 {
 	struct throttle_entry *e = strmap_get(t->by_key, key);

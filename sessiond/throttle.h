@@ -44,6 +44,11 @@ int64_t throttle_wait(struct throttle *t, const char *key, int64_t now);
  * now on (0: still within its free failures), or -ENOMEM (not counted). */
 int64_t throttle_failed(struct throttle *t, const char *key, int64_t now);
 
+/* Undo one throttle_failed() of key (an attempt charged before its outcome
+ * was known turned out right): one failure less, and no block while within
+ * the free failures. */
+void throttle_refund(struct throttle *t, const char *key);
+
 /* key succeeded: forget its failures. */
 void throttle_forget(struct throttle *t, const char *key);
 

@@ -66,6 +66,21 @@ static void test_forget_and_zero_free(void **state)
 	throttle_free(t);
 }
 
+/* An attempt charged before its outcome was known and then refunded leaves
+ * the key as it was: within the free failures, no block. */
+static void test_refund(void **state)
+{
+	struct throttle *t = thr(1, 300000, 100);
+
+	assert_int_equal(throttle_failed(t, "a", T0), 0);
+	assert_int_equal(throttle_failed(t, "a", T0), 1000); /* charged */
+	throttle_refund(t, "a");                             /* it was right */
+	assert_int_equal(throttle_wait(t, "a", T0), 0);
+	assert_int_equal(throttle_failed(t, "a", T0), 1000); /* the 2nd failure again */
+	throttle_refund(t, "nobody");
+	throttle_free(t);
+}
+
 /* A key is forgotten 2 * max_delay after its last failure (the table does
  * not keep every address that ever failed). */
 static void test_expiry(void **state)
@@ -113,6 +128,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_free_then_doubling_to_cap),
 		cmocka_unit_test(test_forget_and_zero_free),
+		cmocka_unit_test(test_refund),
 		cmocka_unit_test(test_expiry),
 		cmocka_unit_test(test_bounded),
 	};
