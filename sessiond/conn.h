@@ -55,7 +55,9 @@ struct conn_ops {
 	void (*tls_ready)(struct conn *c, void *arg);
 };
 
-/* TLS handshakes that do not complete in this long close the connection. */
+/* TLS handshakes that do not complete in this long close the connection
+ * (unless conn_set_handshake_timeout() says otherwise: ircs clients get
+ * [listen] tls_handshake_timeout). */
 #define CONN_TLS_HANDSHAKE_TIMEOUT_S 30
 
 /* A new connection on fd (non-blocking is set here). connecting: a
