@@ -457,34 +457,64 @@ int64_t bouncer_login_wait(struct bouncer *b, const char *addr,
 	return w > wu ? w : wu;
 }
 
-void bouncer_login_charge(struct bouncer *b, const char *addr,
+#define LOGIN_CHARGED_ADDR 1u
+#define LOGIN_CHARGED_USER 2u
+
+static void bouncer_login_log(struct bouncer *b, const char *addr,
+			      const char *user, int64_t da, int64_t du,
+			      int64_t now)
+{
+	if ((da <= 0 && du <= 0) || now - b->throttle_logged_ms < REFUSE_LOG_MS)
+		return;
+	b->throttle_logged_ms = now;
+	log_warn("client", "failed logins: address %s blocked for %lld s, user %s for %lld s (logged at most every %d s)",
+		 addr[0] ? addr : "unknown", (long long)(da + 999) / 1000,
+		 user ? user : "-", (long long)(du + 999) / 1000,
+		 REFUSE_LOG_MS / 1000);
+}
+
+void bouncer_login_charge(struct bouncer *b, struct client *cl,
 			  const char *user)
 {
 	int64_t now = bouncer_mono_ms(), da = 0, du = 0;
 	struct throttle *tu = bouncer_user_throttle(b, user);
 
+	cl->login_charged = 0;
 	if (!b->fail_addr)
 		return;
-	da = throttle_failed(b->fail_addr, addr, now);
-	if (tu)
-		du = throttle_failed(tu, user, now);
-	if ((da > 0 || du > 0) && now - b->throttle_logged_ms >= REFUSE_LOG_MS) {
-		b->throttle_logged_ms = now;
-		log_warn("client", "failed logins: address %s blocked for %lld s, user %s for %lld s (logged at most every %d s)",
-			 addr[0] ? addr : "unknown", (long long)(da + 999) / 1000,
-			 user ? user : "-", (long long)(du + 999) / 1000,
-			 REFUSE_LOG_MS / 1000);
+	if (throttle_probation(b->fail_addr, cl->addr, now)) {
+		da = throttle_failed(b->fail_addr, cl->addr, now);
+		cl->login_charged |= LOGIN_CHARGED_ADDR;
 	}
+	if (tu && throttle_probation(tu, user, now)) {
+		du = throttle_failed(tu, user, now);
+		cl->login_charged |= LOGIN_CHARGED_USER;
+	}
+	bouncer_login_log(b, cl->addr, user, da, du, now);
 }
 
-void bouncer_login_result(struct bouncer *b, const char *addr,
+void bouncer_login_result(struct bouncer *b, struct client *cl,
 			  const char *user, bool ok)
 {
-	if (!b->fail_addr || !ok)
-		return; /* a failure was charged already */
-	throttle_refund(b->fail_addr, addr);
-	if (user)
-		throttle_forget(bouncer_user_throttle(b, user), user);
+	int64_t now = bouncer_mono_ms(), da = 0, du = 0;
+	struct throttle *tu = bouncer_user_throttle(b, user);
+	unsigned charged = cl->login_charged;
+
+	cl->login_charged = 0;
+	if (!b->fail_addr)
+		return;
+	if (ok) {
+		if (charged & LOGIN_CHARGED_ADDR)
+			throttle_refund(b->fail_addr, cl->addr);
+		if (tu)
+			throttle_forget(tu, user);
+		return;
+	}
+	if (!(charged & LOGIN_CHARGED_ADDR))
+		da = throttle_failed(b->fail_addr, cl->addr, now);
+	if (tu && !(charged & LOGIN_CHARGED_USER))
+		du = throttle_failed(tu, user, now);
+	bouncer_login_log(b, cl->addr, user, da, du, now);
 }
 
 static void auth_key(uint64_t id, char key[24])

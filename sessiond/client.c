@@ -477,9 +477,10 @@ static void client_bad_password(struct client *cl)
  * user, malformed ident: against a dummy of the configured hashes' kind),
  * so the timing does not tell which users exist. Before it, the failed-login
  * throttle: an address or user name past its free failures is refused
- * without any check until its delay is over; a check that starts counts as
- * a failure at once (refunded if right), so parallel attempts cannot slip
- * past the limit while checks run. Lines that follow wait
+ * without any check until its delay is over; for a key already at its free
+ * failures a check that starts counts as a failure at once (refunded if
+ * right), so parallel attempts cannot slip past the limit while checks run.
+ * Lines that follow wait
  * (conn_hold_lines()) until the result is in. */
 static void client_authenticate(struct client *cl)
 {
@@ -509,7 +510,7 @@ static void client_authenticate(struct client *cl)
 	hash = known ? cu->password : dummy_hash(cfg);
 	rc = bouncer_auth_submit(cl->b, cl, password, hash);
 	if (rc == 0)
-		bouncer_login_charge(cl->b, cl->addr, user);
+		bouncer_login_charge(cl->b, cl, user);
 	if (rc < 0) {
 		log_warn("client", "login from %s refused: %s", cl->addr[0] ? cl->addr : "?",
 			 rc == -EAGAIN ? "password checks queue full" : strerror(-rc));
@@ -533,7 +534,7 @@ void client_auth_done(struct client *cl, bool pass_ok)
 		goto out;
 	client_credentials(cl, &ident, &password);
 	if (!ident || parse_ident(ident, &user, &network, &cname) < 0) {
-		bouncer_login_result(cl->b, cl->addr, NULL, false);
+		bouncer_login_result(cl->b, cl, NULL, false);
 		client_bad_password(cl);
 		goto out;
 	}
@@ -542,11 +543,11 @@ void client_auth_done(struct client *cl, bool pass_ok)
 	if (!known || !pass_ok) {
 		log_info("client", "authentication failed for user %s from %s", user,
 			 cl->addr[0] ? cl->addr : "?");
-		bouncer_login_result(cl->b, cl->addr, user, false);
+		bouncer_login_result(cl->b, cl, user, false);
 		client_bad_password(cl);
 		goto out;
 	}
-	bouncer_login_result(cl->b, cl->addr, user, true);
+	bouncer_login_result(cl->b, cl, user, true);
 	struct session *s = bouncer_find_session(cl->b, user, network);
 	if (!s && !config_find_session(cfg, user, network)) {
 		log_info("client", "user %s: no session for network %s", user, network);

@@ -156,6 +156,7 @@ struct client {
 	 * conn holds its lines. A freeze drops it (bouncer_item_freeze());
 	 * client_pending_resume() checks again once the client is armed. */
 	uint64_t auth_id;
+	unsigned login_charged; /* bouncer_login_charge(): keys charged */
 	/* Before login (client.c): lines and bytes received, and the command
 	 * token bucket (tokens * 1000, refilled as of bucket_ms, monotonic). */
 	unsigned prelogin_lines;
@@ -249,15 +250,17 @@ void bouncer_tls_handshake_end(struct bouncer *b, struct client *cl);
 int64_t bouncer_mono_ms(void);
 /* Failed-login throttle (throttle.h), per client address and per user name
  * (user may be NULL: a malformed ident). wait: ms until an attempt may be
- * checked (0: now). charge: an attempt is about to be checked; it counts as
- * a failure at once, so that attempts arriving while checks run are
- * refused as soon as one of them crosses the limit. result: its outcome
- * (a success refunds the address and forgets the user's failures). */
+ * checked (0: now). charge: cl's attempt is about to be checked; for a key
+ * already at its free failures it counts as a failure at once (refunded if
+ * right), so parallel attempts cannot slip past the limit while checks run
+ * (keys below it are not charged: parallel right logins from one address
+ * stay free). result: the outcome; failures not charged yet count now, a
+ * success refunds the address's charge and forgets the user's failures. */
 int64_t bouncer_login_wait(struct bouncer *b, const char *addr,
 			   const char *user);
-void bouncer_login_charge(struct bouncer *b, const char *addr,
+void bouncer_login_charge(struct bouncer *b, struct client *cl,
 			  const char *user);
-void bouncer_login_result(struct bouncer *b, const char *addr,
+void bouncer_login_result(struct bouncer *b, struct client *cl,
 			  const char *user, bool ok);
 /* Check password against hash off the loop (authpool.h) for cl: sets
  * cl->auth_id; client_auth_done() follows from the loop unless cl is freed

@@ -143,6 +143,15 @@ int64_t throttle_failed(struct throttle *t, const char *key, int64_t now)
 	return delay;
 }
 
+bool throttle_probation(struct throttle *t, const char *key, int64_t now)
+{
+	struct throttle_entry *e;
+
+	expire(t, now);
+	e = strmap_get(t->by_key, key);
+	return e != NULL && e->failures >= t->lim.free_failures;
+}
+
 void throttle_refund(struct throttle *t, const char *key)
 {
 	struct throttle_entry *e = strmap_get(t->by_key, key);

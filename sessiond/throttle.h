@@ -20,6 +20,7 @@
 #ifndef BATON_SESSIOND_THROTTLE_H
 #define BATON_SESSIOND_THROTTLE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -43,6 +44,9 @@ int64_t throttle_wait(struct throttle *t, const char *key, int64_t now);
 /* key failed once more at now. Returns the delay it is blocked for from
  * now on (0: still within its free failures), or -ENOMEM (not counted). */
 int64_t throttle_failed(struct throttle *t, const char *key, int64_t now);
+
+/* key is at or past its free failures: its next failure blocks it. */
+bool throttle_probation(struct throttle *t, const char *key, int64_t now);
 
 /* Undo one throttle_failed() of key (an attempt charged before its outcome
  * was known turned out right): one failure less, and no block while within

@@ -400,6 +400,46 @@ static void test_login_throttle(void **state)
 	test_env_free(e);
 }
 
+/* Regression (of this change's first version, which charged every check as
+ * a failure when it started): 20 right logins from one address at once,
+ * all checked in parallel, must all log in; the address is not throttled. */
+static void test_parallel_right_logins(void **state)
+{
+	struct test_env *e = env(tune_throttle, 0);
+	int fds[20];
+
+	gate(true);
+	for (int i = 0; i < 20; i++) {
+		char pass[64];
+
+		snprintf(pass, sizeof(pass), "alice@p%d/example:secret", i);
+		fds[i] = test_env_register(e, pass, 0);
+		for (int k = 0; k < 5; k++)
+			test_env_pump(e);
+	}
+	for (int i = 0; i < 3000 && calls() < 1; i++) {
+		test_env_pump(e);
+		usleep(1000);
+	}
+	for (int i = 0; i < 200; i++) { /* every registration read */
+		test_env_pump(e);
+		usleep(1000);
+	}
+	gate(false);
+	for (int i = 0; i < 20; i++) {
+		struct rx r = { 0 };
+
+		assert_true(rx_wait_tries(e, &r, fds[i], " 001 ", 5000));
+		free(r.buf);
+		close(fds[i]);
+	}
+	assert_int_equal(calls(), 20);
+	char *r = attempt(e, "127.0.0.1", "alice/example:secret");
+	assert_non_null(strstr(r, " 001 "));
+	free(r);
+	test_env_free(e);
+}
+
 /* ---- password checks off the loop ---- */
 
 static void tune_queue(struct baton_config *cfg)
@@ -539,6 +579,7 @@ int main(void)
 		cmocka_unit_test(test_prelogin_rate),
 		cmocka_unit_test(test_prelogin_sendq),
 		cmocka_unit_test(test_login_throttle),
+		cmocka_unit_test(test_parallel_right_logins),
 		cmocka_unit_test(test_auth_queue_full),
 		cmocka_unit_test(test_auth_in_flight_migration),
 		cmocka_unit_test(test_auth_in_flight_thaw),

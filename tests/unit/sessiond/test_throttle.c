@@ -81,6 +81,22 @@ static void test_refund(void **state)
 	throttle_free(t);
 }
 
+/* On probation: a key at (or past) its free failures, whose next failure
+ * blocks it; unknown keys and keys below the limit are not. */
+static void test_probation(void **state)
+{
+	struct throttle *t = thr(2, 300000, 100);
+
+	assert_false(throttle_probation(t, "a", T0));
+	assert_int_equal(throttle_failed(t, "a", T0), 0);
+	assert_false(throttle_probation(t, "a", T0)); /* below the limit */
+	assert_int_equal(throttle_failed(t, "a", T0), 0);
+	assert_true(throttle_probation(t, "a", T0));  /* at it */
+	throttle_refund(t, "a");
+	assert_false(throttle_probation(t, "a", T0));
+	throttle_free(t);
+}
+
 /* A key is forgotten 2 * max_delay after its last failure (the table does
  * not keep every address that ever failed). */
 static void test_expiry(void **state)
@@ -129,6 +145,7 @@ int main(void)
 		cmocka_unit_test(test_free_then_doubling_to_cap),
 		cmocka_unit_test(test_forget_and_zero_free),
 		cmocka_unit_test(test_refund),
+		cmocka_unit_test(test_probation),
 		cmocka_unit_test(test_expiry),
 		cmocka_unit_test(test_bounded),
 	};
