@@ -482,6 +482,26 @@ static const struct config_int_key {
 	{ "reconnect_min", offsetof(struct baton_config, reconnect_min_s), 2, 1, 86400 },
 	{ "reconnect_max", offsetof(struct baton_config, reconnect_max_s), 300, 1, 86400 },
 	{ "handshake_budget_ms", offsetof(struct baton_config, handshake_budget_ms), 500, 0, 60000 },
+	{ "auth_threads", offsetof(struct baton_config, auth_threads), 1, 1, 64 },
+	{ "auth_queue", offsetof(struct baton_config, auth_queue), 4096, 1, 1000000 },
+};
+
+/* [listen] limits with their defaults and ranges (0 is "no limit" where
+ * min is 0): the one table the parser and the defaults follow. */
+static const struct config_int_key config_listen_keys[] = {
+	{ "max_pending", offsetof(struct baton_config, max_pending), 4096, 0, 1000000 },
+	{ "max_pending_per_ip", offsetof(struct baton_config, max_pending_per_ip), 16, 0, 1000000 },
+	{ "max_tls_handshakes", offsetof(struct baton_config, max_tls_handshakes), 1024, 0, 1000000 },
+	{ "max_tls_handshakes_per_ip", offsetof(struct baton_config, max_tls_handshakes_per_ip), 32, 0, 1000000 },
+	{ "tls_handshake_timeout", offsetof(struct baton_config, tls_handshake_timeout_s), 10, 1, 3600 },
+	{ "prelogin_max_lines", offsetof(struct baton_config, prelogin_max_lines), 64, 0, 1000000 },
+	{ "prelogin_max_bytes", offsetof(struct baton_config, prelogin_max_bytes), 16384, 0, 1 << 30 },
+	{ "prelogin_sendq", offsetof(struct baton_config, prelogin_sendq), 16384, 0, 4 << 20 },
+	{ "prelogin_rate", offsetof(struct baton_config, prelogin_rate), 5, 0, 1000000 },
+	{ "prelogin_burst", offsetof(struct baton_config, prelogin_burst), 20, 1, 1000000 },
+	{ "login_failures_free", offsetof(struct baton_config, login_failures_free), 5, 0, 1000000 },
+	{ "login_throttle_max", offsetof(struct baton_config, login_throttle_max_s), 300, 1, 86400 },
+	{ "login_throttle_entries", offsetof(struct baton_config, login_throttle_entries), 16384, 16, 10000000 },
 };
 
 const struct baton_config *config_default_values(void)
@@ -493,6 +513,9 @@ const struct baton_config *config_default_values(void)
 		for (size_t i = 0; i < sizeof(config_sessiond_keys) / sizeof(config_sessiond_keys[0]); i++)
 			*(int *)((char *)&defaults + config_sessiond_keys[i].offset) =
 				config_sessiond_keys[i].def;
+		for (size_t i = 0; i < sizeof(config_listen_keys) / sizeof(config_listen_keys[0]); i++)
+			*(int *)((char *)&defaults + config_listen_keys[i].offset) =
+				config_listen_keys[i].def;
 		defaults.handoff_timeout_s = 10;
 		set = true;
 	}
@@ -523,6 +546,15 @@ static void config_key_listen(struct config_parse *ps, const char *name,
 	struct config_listen *l;
 	char *host = NULL, *port = NULL;
 
+	for (size_t i = 0; i < sizeof(config_listen_keys) / sizeof(config_listen_keys[0]); i++) {
+		if (strcmp(name, config_listen_keys[i].name) == 0) {
+			config_int(ps, name, value, config_listen_keys[i].min,
+				   config_listen_keys[i].max,
+				   (int *)((char *)cfg + config_listen_keys[i].offset));
+			return;
+		}
+	}
+
 	if (strcmp(name, "tls_cert") == 0 || strcmp(name, "tls_key") == 0) {
 		char **dst = name[4] == 'c' ? &cfg->listen_tls_cert :
 					      &cfg->listen_tls_key;
@@ -532,7 +564,7 @@ static void config_key_listen(struct config_parse *ps, const char *name,
 		return;
 	}
 	if (strcmp(name, "irc") != 0 && strcmp(name, "ircs") != 0) {
-		PROBLEM(ps, "unknown key '%s' in [listen] (known: irc, ircs, tls_cert, tls_key)",
+		PROBLEM(ps, "unknown key '%s' in [listen] (known: irc, ircs, tls_cert, tls_key and the limits in docs/config.md)",
 			name);
 		return;
 	}
@@ -706,6 +738,9 @@ static void config_defaults(struct baton_config *cfg)
 	for (size_t i = 0; i < sizeof(config_sessiond_keys) / sizeof(config_sessiond_keys[0]); i++)
 		*(int *)((char *)cfg + config_sessiond_keys[i].offset) =
 			config_sessiond_keys[i].def;
+	for (size_t i = 0; i < sizeof(config_listen_keys) / sizeof(config_listen_keys[0]); i++)
+		*(int *)((char *)cfg + config_listen_keys[i].offset) =
+			config_listen_keys[i].def;
 	cfg->user_index = strmap_new();
 	cfg->network_index = strmap_new();
 	cfg->session_index = strmap_new();

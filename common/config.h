@@ -93,11 +93,32 @@ struct baton_config {
 	int reconnect_min_s;    /* first backoff, default 2 */
 	int reconnect_max_s;    /* backoff cap, default 300 */
 	int handshake_budget_ms;/* freeze waits for in-progress handshakes, default 500 */
+	int auth_threads;       /* threads running crypt(3) for logins, default 1 */
+	int auth_queue;         /* password checks queued or running, default 4096 (0: that) */
 
 	/* [listen] TLS certificate for every ircs listener (absolute paths;
 	 * required when there is one). Re-read when the files change. */
 	char *listen_tls_cert;
 	char *listen_tls_key;   /* NULL: the key is in listen_tls_cert */
+
+	/* [listen] limits on connections that have not logged in (docs/config.md).
+	 * 0 means "no limit" (a config built by hand, as in unit tests, has
+	 * none; the file may say 0 where docs/config.md allows it); config_load()
+	 * sets the defaults. The failed-login throttle is off only when
+	 * login_throttle_max_s is 0 (hand-made configs: the file needs >= 1). */
+	int max_pending;              /* unregistered connections in all, default 4096 */
+	int max_pending_per_ip;       /* ... from one address, default 16 */
+	int max_tls_handshakes;       /* ircs handshakes at once, default 1024 */
+	int max_tls_handshakes_per_ip;/* ... from one address, default 32 */
+	int tls_handshake_timeout_s;  /* ircs handshake deadline, default 10 (0: conn.h's) */
+	int prelogin_max_lines;       /* lines a connection may send before login, default 64 */
+	int prelogin_max_bytes;       /* ... bytes, default 16384 */
+	int prelogin_sendq;           /* output queued to it before login, default 16384 */
+	int prelogin_rate;            /* commands per second before login, default 5 */
+	int prelogin_burst;           /* ... token bucket size, default 20 */
+	int login_failures_free;      /* failures per address / user before the throttle, default 5 */
+	int login_throttle_max_s;     /* longest throttle delay, default 300 */
+	int login_throttle_entries;   /* addresses (and unknown names) tracked, default 16384 */
 
 	struct config_listen *listens;
 	size_t nlistens;

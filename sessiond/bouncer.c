@@ -2,12 +2,17 @@
  * clients, the listeners, and the item interface used by migrations. */
 #include "sessiond/bouncer.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -16,13 +21,24 @@
 #include "common/log.h"
 #include "common/strmap.h"
 #include "sessiond/conn.h"
+#include "sessiond/authpool.h"
 #include "sessiond/governor.h"
 #include "sessiond/session.h"
 #include "sessiond/state.h"
+#include "sessiond/throttle.h"
 #include "sessiond/tls_contexts.h"
 
 #define PENDING_TIMEOUT_MS 60000 /* a client must register within this */
-#define BOUNCER_MAX_TLS_HANDSHAKES 1024
+/* Out of fds (EMFILE/ENFILE): accepting pauses this long, then tries again
+ * (the listener stays readable while a connection waits: no pause would
+ * spin). */
+#define ACCEPT_PAUSE_MS 100
+#define ACCEPT_SHED_MAX 64       /* backlog connections refused per pause */
+#define REFUSE_LOG_MS 10000      /* refusals are logged at most this often */
+/* Password checks queued or running at once (authpool.h) without an
+ * [sessiond] auth_queue; beyond, a login is refused with "server busy".
+ * Each pending client has at most one. */
+#define BOUNCER_AUTH_QUEUE 4096
 #define START_SPREAD_MS 10       /* 100 sessions per second at startup */
 /* Longest a migration holds the governors (bouncer_governor_hold()): a
  * release that never comes (a lost ACCEPT) must not stop reconnects. */
@@ -63,8 +79,30 @@ struct bouncer {
 	struct event **listen_evs;
 	bool *listen_tls; /* ircs listener: clients start with a handshake */
 	size_t tls_handshakes; /* ircs handshakes in progress */
-	int64_t tls_refused_logged_ms;
 	size_t nlisten;
+	/* Per client address: "addr" -> struct addr_use, for the [listen]
+	 * limits on unregistered connections; an entry lives while it counts
+	 * something. npending: pending clients counted (any item state). */
+	struct strmap *by_addr;
+	size_t npending;
+	/* Connections refused at a limit: one log line per REFUSE_LOG_MS. */
+	int64_t refused_logged_ms;
+	unsigned long refused;
+	char refused_why[160];
+	/* Out of fds: reserve_fd (/dev/null) is given back to shed one
+	 * backlog connection with an ERROR line; accepting pauses on a timer. */
+	int reserve_fd;
+	struct event *accept_resume;
+	bool accept_paused;
+	int64_t emfile_logged_ms;
+	unsigned long emfile_shed, emfile_pauses;
+	/* Logins: password checks off the loop, by id; failure throttles per
+	 * address, per configured user and per unknown name (NULL: off). */
+	struct authpool *auth;
+	struct strmap *auth_by_id; /* "%llu" -> struct client */
+	uint64_t auth_seq;
+	struct throttle *fail_addr, *fail_user, *fail_name;
+	int64_t throttle_logged_ms;
 	struct tls_contexts *tls;
 	bool accepting;
 	struct event *sweep;
@@ -172,9 +210,170 @@ static void bouncer_remove_session(struct bouncer *b, struct session *s)
 	strmap_del(b->by_key, s->key);
 }
 
+/* ---- limits on unregistered connections ---- */
+
+struct addr_use {
+	unsigned pending;  /* pending clients from this address */
+	unsigned tls;      /* ... of them in an ircs handshake */
+};
+
+int64_t bouncer_mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void addr_text(const struct sockaddr_storage *ss, socklen_t len,
+		      char out[48])
+{
+	out[0] = '\0';
+	if (len == 0)
+		return;
+	if (ss->ss_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out, 48);
+	else if (ss->ss_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, out, 48);
+	else if (ss->ss_family == AF_UNIX)
+		snprintf(out, 48, "local");
+}
+
+static struct addr_use *addr_use(struct bouncer *b, const char *addr,
+				 bool create)
+{
+	struct addr_use *u = strmap_get(b->by_addr, addr);
+
+	if (u || !create)
+		return u;
+	u = calloc(1, sizeof(*u));
+	if (u && strmap_put(b->by_addr, addr, u) < 0) {
+		free(u);
+		u = NULL;
+	}
+	return u;
+}
+
+static void addr_use_drop_if_idle(struct bouncer *b, const char *addr,
+				  struct addr_use *u)
+{
+	if (u->pending == 0 && u->tls == 0)
+		free(strmap_del(b->by_addr, addr));
+}
+
+/* Register a pending client (list, counters, small sendq before login).
+ * Returns 0 or -ENOMEM (then nothing changed). */
+static int bouncer_add_pending(struct bouncer *b, struct client *cl)
+{
+	struct addr_use *u;
+
+	if (!cl->addr[0] && cl->conn) {
+		struct sockaddr_storage ss;
+		socklen_t len = sizeof(ss);
+
+		if (getpeername(conn_fd(cl->conn), (struct sockaddr *)&ss, &len) == 0)
+			addr_text(&ss, len, cl->addr);
+	}
+	u = addr_use(b, cl->addr, true);
+	if (!u || reglist_add(&b->pending, cl) < 0) {
+		if (u)
+			addr_use_drop_if_idle(b, cl->addr, u);
+		return -ENOMEM;
+	}
+	u->pending++;
+	b->npending++;
+	cl->pending_counted = true;
+	if (b->cfg && b->cfg->prelogin_sendq > 0)
+		conn_set_sendq(cl->conn, (size_t)b->cfg->prelogin_sendq);
+	return 0;
+}
+
 void bouncer_forget_pending(struct bouncer *b, struct client *cl)
 {
 	reglist_remove(&b->pending, cl);
+	if (cl->pending_counted) {
+		struct addr_use *u = addr_use(b, cl->addr, false);
+
+		cl->pending_counted = false;
+		b->npending--;
+		if (u) {
+			u->pending--;
+			addr_use_drop_if_idle(b, cl->addr, u);
+		}
+	}
+}
+
+static void bouncer_tls_handshake_begin(struct bouncer *b, struct client *cl)
+{
+	struct addr_use *u = addr_use(b, cl->addr, false);
+
+	cl->in_tls_handshake = true;
+	b->tls_handshakes++;
+	if (u)
+		u->tls++;
+}
+
+void bouncer_tls_handshake_end(struct bouncer *b, struct client *cl)
+{
+	struct addr_use *u;
+
+	if (!cl->in_tls_handshake)
+		return;
+	cl->in_tls_handshake = false;
+	if (b->tls_handshakes > 0)
+		b->tls_handshakes--;
+	u = addr_use(b, cl->addr, false);
+	if (u && u->tls > 0) {
+		u->tls--;
+		addr_use_drop_if_idle(b, cl->addr, u);
+	}
+}
+
+/* NULL if a new connection from addr may be registered, else why not. */
+static const char *bouncer_admit(struct bouncer *b, bool tls, const char *addr)
+{
+	const struct baton_config *cfg = b->cfg;
+	const struct addr_use *u = strmap_get(b->by_addr, addr);
+
+	if (!cfg)
+		return NULL;
+	if (cfg->max_pending > 0 && b->npending >= (size_t)cfg->max_pending)
+		return "too many unregistered connections";
+	if (cfg->max_pending_per_ip > 0 && u && u->pending >= (unsigned)cfg->max_pending_per_ip)
+		return "too many unregistered connections from your address";
+	if (tls && cfg->max_tls_handshakes > 0 &&
+	    b->tls_handshakes >= (size_t)cfg->max_tls_handshakes)
+		return "too many TLS handshakes in progress";
+	if (tls && cfg->max_tls_handshakes_per_ip > 0 && u &&
+	    u->tls >= (unsigned)cfg->max_tls_handshakes_per_ip)
+		return "too many TLS handshakes from your address";
+	return NULL;
+}
+
+/* Tell a connection we will not serve why (plaintext only: a TLS client
+ * would read it as a broken record) and close it. One log line per
+ * REFUSE_LOG_MS with the count. */
+static void bouncer_refuse(struct bouncer *b, int fd, bool tls,
+			   const char *addr, const char *why)
+{
+	int64_t now = bouncer_mono_ms();
+
+	if (!tls) {
+		char line[256];
+		int n = snprintf(line, sizeof(line), "ERROR :Closing link: %s\r\n", why);
+
+		(void)!send(fd, line, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+	}
+	close(fd);
+	b->refused++;
+	snprintf(b->refused_why, sizeof(b->refused_why), "%s (%s%s)", why,
+		 tls ? "ircs, " : "", addr[0] ? addr : "unknown address");
+	if (now - b->refused_logged_ms >= REFUSE_LOG_MS || b->refused_logged_ms == 0) {
+		log_warn("bouncer", "refused %lu connection(s) in the last %d s; last: %s",
+			 b->refused, REFUSE_LOG_MS / 1000, b->refused_why);
+		b->refused = 0;
+		b->refused_logged_ms = now;
+	}
 }
 
 struct session *bouncer_session_by_key(struct bouncer *b, const char *key)
@@ -214,6 +413,14 @@ static void bouncer_sweep_cb(evutil_socket_t fd, short what, void *arg)
 	struct bouncer *b = arg;
 	int64_t now = now_ms();
 
+	/* Refusals counted since the last line. */
+	if (b->refused && bouncer_mono_ms() - b->refused_logged_ms >= REFUSE_LOG_MS) {
+		log_warn("bouncer", "refused %lu connection(s) in the last %d s; last: %s",
+			 b->refused, REFUSE_LOG_MS / 1000, b->refused_why);
+		b->refused = 0;
+		b->refused_logged_ms = bouncer_mono_ms();
+	}
+
 	for (size_t i = 0; i < b->pending.n; i++) {
 		struct client *cl = b->pending.v[i];
 		if (cl->item.state == ITEM_LIVE && !conn_is_dead(cl->conn) &&
@@ -222,6 +429,142 @@ static void bouncer_sweep_cb(evutil_socket_t fd, short what, void *arg)
 			conn_close(cl->conn, "registration timeout", true);
 		}
 	}
+}
+
+/* ---- logins: throttles and password checks ---- */
+
+/* The throttle for a user name: configured users have their own table
+ * (bounded by the config), any other name the bounded one of unknown
+ * names, so that the answer does not tell which names exist. */
+static struct throttle *bouncer_user_throttle(struct bouncer *b,
+					      const char *user)
+{
+	if (!user)
+		return NULL;
+	return b->cfg && config_find_user(b->cfg, user) ? b->fail_user : b->fail_name;
+}
+
+int64_t bouncer_login_wait(struct bouncer *b, const char *addr,
+			   const char *user)
+{
+	int64_t now = bouncer_mono_ms(), w = 0, wu = 0;
+	struct throttle *tu = bouncer_user_throttle(b, user);
+
+	if (b->fail_addr)
+		w = throttle_wait(b->fail_addr, addr, now);
+	if (tu)
+		wu = throttle_wait(tu, user, now);
+	return w > wu ? w : wu;
+}
+
+#define LOGIN_CHARGED_ADDR 1u
+#define LOGIN_CHARGED_USER 2u
+
+static void bouncer_login_log(struct bouncer *b, const char *addr,
+			      const char *user, int64_t da, int64_t du,
+			      int64_t now)
+{
+	if ((da <= 0 && du <= 0) || now - b->throttle_logged_ms < REFUSE_LOG_MS)
+		return;
+	b->throttle_logged_ms = now;
+	log_warn("client", "failed logins: address %s blocked for %lld s, user %s for %lld s (logged at most every %d s)",
+		 addr[0] ? addr : "unknown", (long long)(da + 999) / 1000,
+		 user ? user : "-", (long long)(du + 999) / 1000,
+		 REFUSE_LOG_MS / 1000);
+}
+
+void bouncer_login_charge(struct bouncer *b, struct client *cl,
+			  const char *user)
+{
+	int64_t now = bouncer_mono_ms(), da = 0, du = 0;
+	struct throttle *tu = bouncer_user_throttle(b, user);
+
+	cl->login_charged = 0;
+	if (!b->fail_addr)
+		return;
+	if (throttle_probation(b->fail_addr, cl->addr, now)) {
+		da = throttle_failed(b->fail_addr, cl->addr, now);
+		cl->login_charged |= LOGIN_CHARGED_ADDR;
+	}
+	if (tu && throttle_probation(tu, user, now)) {
+		du = throttle_failed(tu, user, now);
+		cl->login_charged |= LOGIN_CHARGED_USER;
+	}
+	bouncer_login_log(b, cl->addr, user, da, du, now);
+}
+
+void bouncer_login_result(struct bouncer *b, struct client *cl,
+			  const char *user, bool ok)
+{
+	int64_t now = bouncer_mono_ms(), da = 0, du = 0;
+	struct throttle *tu = bouncer_user_throttle(b, user);
+	unsigned charged = cl->login_charged;
+
+	cl->login_charged = 0;
+	if (!b->fail_addr)
+		return;
+	if (ok) {
+		if (charged & LOGIN_CHARGED_ADDR)
+			throttle_refund(b->fail_addr, cl->addr);
+		if (tu)
+			throttle_forget(tu, user);
+		return;
+	}
+	if (!(charged & LOGIN_CHARGED_ADDR))
+		da = throttle_failed(b->fail_addr, cl->addr, now);
+	if (tu && !(charged & LOGIN_CHARGED_USER))
+		du = throttle_failed(tu, user, now);
+	bouncer_login_log(b, cl->addr, user, da, du, now);
+}
+
+static void auth_key(uint64_t id, char key[24])
+{
+	snprintf(key, 24, "%" PRIu64, id);
+}
+
+int bouncer_auth_submit(struct bouncer *b, struct client *cl,
+			const char *password, const char *hash)
+{
+	char key[24];
+	uint64_t id = ++b->auth_seq;
+	int rc;
+
+	auth_key(id, key);
+	if (strmap_put(b->auth_by_id, key, cl) < 0)
+		return -ENOMEM;
+	rc = authpool_submit(b->auth, id, password, hash);
+	if (rc < 0) {
+		strmap_del(b->auth_by_id, key);
+		return rc;
+	}
+	cl->auth_id = id;
+	return 0;
+}
+
+void bouncer_auth_cancel(struct bouncer *b, struct client *cl)
+{
+	char key[24];
+
+	if (!cl->auth_id)
+		return;
+	auth_key(cl->auth_id, key);
+	strmap_del(b->auth_by_id, key);
+	cl->auth_id = 0;
+}
+
+/* A result from the pool: the client, if it still waits for this id. */
+static void bouncer_auth_done(uint64_t id, bool ok, void *arg)
+{
+	struct bouncer *b = arg;
+	char key[24];
+	struct client *cl;
+
+	auth_key(id, key);
+	cl = strmap_del(b->auth_by_id, key);
+	if (!cl || cl->auth_id != id)
+		return; /* freed, frozen or cancelled meanwhile */
+	cl->auth_id = 0;
+	client_auth_done(cl, ok);
 }
 
 /* ---- reconnect governors ---- */
@@ -397,6 +740,45 @@ static int bouncer_gov_init(struct bouncer *b)
 	return 0;
 }
 
+static void bouncer_accept_resume_cb(evutil_socket_t fd, short what, void *arg);
+
+/* What the limits on strangers need: the fd reserve, the accept pause
+ * timer, the address table, the password-check pool and the throttles. */
+static int bouncer_limits_init(struct bouncer *b)
+{
+	const struct baton_config *cfg = b->cfg;
+
+	b->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	b->accept_resume = evtimer_new(b->base, bouncer_accept_resume_cb, b);
+	b->by_addr = strmap_new();
+	b->auth_by_id = strmap_new();
+	b->auth = authpool_new(b->base, cfg && cfg->auth_threads > 0 ?
+				       (unsigned)cfg->auth_threads : 1,
+			       cfg && cfg->auth_queue > 0 ? (size_t)cfg->auth_queue :
+							    BOUNCER_AUTH_QUEUE,
+			       bouncer_auth_done, b);
+	if (!b->accept_resume || !b->by_addr || !b->auth_by_id || !b->auth)
+		return -ENOMEM;
+	if (cfg && cfg->login_throttle_max_s > 0) {
+		struct throttle_limits lim = {
+			.free_failures = (unsigned)cfg->login_failures_free,
+			.max_delay_ms = (int64_t)cfg->login_throttle_max_s * 1000,
+			.max_entries = cfg->login_throttle_entries > 0 ?
+					       (size_t)cfg->login_throttle_entries : 16384,
+		};
+		struct throttle_limits ulim = lim;
+
+		/* Configured users: one entry each at most. */
+		ulim.max_entries = cfg->nusers ? cfg->nusers : 1;
+		b->fail_addr = throttle_new(&lim);
+		b->fail_user = throttle_new(&ulim);
+		b->fail_name = throttle_new(&lim);
+		if (!b->fail_addr || !b->fail_user || !b->fail_name)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
 struct bouncer *bouncer_new(struct event_base *base,
 			    const struct baton_config *cfg)
 {
@@ -405,6 +787,7 @@ struct bouncer *bouncer_new(struct event_base *base,
 		return NULL;
 	b->base = base;
 	b->cfg = cfg;
+	b->reserve_fd = -1;
 	b->sweep = event_new(base, -1, EV_PERSIST, bouncer_sweep_cb, b);
 	b->by_key = strmap_new();
 	b->tls = tls_contexts_new(cfg);
@@ -420,7 +803,7 @@ struct bouncer *bouncer_new(struct event_base *base,
 		free(b);
 		return NULL;
 	}
-	if (bouncer_gov_init(b) < 0) {
+	if (bouncer_gov_init(b) < 0 || bouncer_limits_init(b) < 0) {
 		bouncer_free(b);
 		return NULL;
 	}
@@ -466,8 +849,9 @@ void bouncer_free(struct bouncer *b)
 	reglist_clear(&b->sessions);
 	bouncer_gov_free(b); /* after the sessions: they leave its queue */
 	strmap_free(b->by_key);
-	for (size_t i = 0; i < b->pending.n; i++)
-		client_free(b->pending.v[i]);
+	/* client_free() takes each out of the list (and its counters). */
+	while (b->pending.n)
+		client_free(b->pending.v[b->pending.n - 1]);
 	reglist_clear(&b->pending);
 	for (size_t i = 0; i < b->closing.n; i++)
 		client_closing_abandon(b->closing.v[i]);
@@ -475,6 +859,16 @@ void bouncer_free(struct bouncer *b)
 	bouncer_close_listeners(b);
 	if (b->sweep)
 		event_free(b->sweep);
+	if (b->accept_resume)
+		event_free(b->accept_resume);
+	if (b->reserve_fd >= 0)
+		close(b->reserve_fd);
+	authpool_free(b->auth); /* no result is delivered after this */
+	strmap_free(b->auth_by_id);
+	strmap_free(b->by_addr); /* empty: every pending client is gone */
+	throttle_free(b->fail_addr);
+	throttle_free(b->fail_user);
+	throttle_free(b->fail_name);
 	tls_contexts_free(b->tls);
 	free(b);
 }
@@ -502,12 +896,6 @@ void bouncer_start_configured(struct bouncer *b)
 		log_info("bouncer", "starting %zu sessions", started);
 }
 
-void bouncer_tls_handshake_end(struct bouncer *b)
-{
-	if (b->tls_handshakes > 0)
-		b->tls_handshakes--;
-}
-
 struct tls_contexts *bouncer_tls(const struct bouncer *b)
 {
 	return b->tls;
@@ -531,67 +919,135 @@ size_t bouncer_handshakes(const struct bouncer *b)
 	return n;
 }
 
+static void bouncer_listen_events(struct bouncer *b, bool on)
+{
+	for (size_t i = 0; i < b->nlisten; i++) {
+		if (!b->listen_evs[i])
+			continue;
+		if (on)
+			event_add(b->listen_evs[i], NULL);
+		else
+			event_del(b->listen_evs[i]);
+	}
+}
+
+static void bouncer_accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct bouncer *b = arg;
+
+	b->accept_paused = false;
+	if (b->reserve_fd < 0)
+		b->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (b->accepting)
+		bouncer_listen_events(b, true);
+}
+
+/* accept() failed for lack of fds (err). Retrying at once would spin: the
+ * waiting connection keeps the listener readable. So: give the reserve fd
+ * back, accept one waiting connection, tell it we are full, close it, take
+ * the reserve again; repeat while connections wait (at most
+ * ACCEPT_SHED_MAX), so clients learn at once instead of timing out in the
+ * backlog. Then pause accepting for ACCEPT_PAUSE_MS. One log line per
+ * REFUSE_LOG_MS. */
+static void bouncer_accept_exhausted(struct bouncer *b, int lfd, bool tls,
+				     int err)
+{
+	static const char full[] = "ERROR :Closing link: server full, try again later\r\n";
+	int64_t now = bouncer_mono_ms();
+
+	for (int i = 0; i < ACCEPT_SHED_MAX && b->reserve_fd >= 0; i++) {
+		close(b->reserve_fd);
+		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd >= 0) {
+			if (!tls)
+				(void)!send(fd, full, sizeof(full) - 1,
+					    MSG_DONTWAIT | MSG_NOSIGNAL);
+			close(fd);
+			b->emfile_shed++;
+		}
+		b->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			break;
+	}
+	b->emfile_pauses++;
+	if (now - b->emfile_logged_ms >= REFUSE_LOG_MS || b->emfile_logged_ms == 0) {
+		log_warn("bouncer", "accept: %s: out of file descriptors (%lu pauses of %d ms, %lu waiting connections refused since the last such line)%s",
+			 strerror(err), b->emfile_pauses, ACCEPT_PAUSE_MS,
+			 b->emfile_shed,
+			 b->reserve_fd < 0 ? "; no reserve fd" : "");
+		b->emfile_logged_ms = now;
+		b->emfile_pauses = b->emfile_shed = 0;
+	}
+	struct timeval tv = { 0, ACCEPT_PAUSE_MS * 1000 };
+	b->accept_paused = true;
+	bouncer_listen_events(b, false);
+	evtimer_add(b->accept_resume, &tv);
+}
+
 static void bouncer_accept_cb(evutil_socket_t lfd, short what, void *arg)
 {
 	struct bouncer *b = arg;
+	const struct baton_config *cfg = b->cfg;
 	bool tls = false;
-	SSL_CTX *ctx = NULL;
 
 	for (size_t i = 0; i < b->nlisten; i++)
 		if (b->listen_fds[i] == lfd)
 			tls = b->listen_tls[i];
-	if (tls && b->tls_handshakes >= BOUNCER_MAX_TLS_HANDSHAKES) {
-		/* Refuse (accept and close) rather than let half-open
-		 * handshakes pile up; logged at most every 10 s. */
-		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		int64_t now = now_ms();
 
-		if (fd >= 0)
-			close(fd);
-		if (now - b->tls_refused_logged_ms >= 10000) {
-			b->tls_refused_logged_ms = now;
-			log_warn("bouncer", "ircs: %zu TLS handshakes in progress: refusing new connections until some finish",
-				 b->tls_handshakes);
-		}
-		return;
-	}
-	if (tls) {
-		ctx = tls_contexts_server(b->tls);
-		if (ctx == NULL) {
-			/* No usable certificate (logged): refuse rather
-			 * than speak plaintext on a TLS port. */
-			int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-			if (fd >= 0)
-				close(fd);
-			return;
-		}
-	}
+	for (int i = 0; i < 64 && b->accepting && !b->accept_paused; i++) {
+		struct sockaddr_storage ss;
+		socklen_t sslen = sizeof(ss);
+		char addr[48];
+		const char *why;
+		SSL_CTX *ctx = NULL;
+		int fd = accept4(lfd, (struct sockaddr *)&ss, &sslen,
+				 SOCK_NONBLOCK | SOCK_CLOEXEC);
 
-	for (int i = 0; i < 64 && b->accepting; i++) {
-		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-			    errno != ECONNABORTED)
-				log_warn("bouncer", "accept: %s", strerror(errno));
+			int err = errno;
+
+			if (err == EMFILE || err == ENFILE || err == ENOBUFS ||
+			    err == ENOMEM)
+				bouncer_accept_exhausted(b, lfd, tls, err);
+			else if (err != EAGAIN && err != EWOULDBLOCK && err != EINTR &&
+				 err != ECONNABORTED)
+				log_warn("bouncer", "accept: %s", strerror(err));
 			return;
+		}
+		addr_text(&ss, sslen, addr);
+		why = bouncer_admit(b, tls, addr);
+		if (why) {
+			bouncer_refuse(b, fd, tls, addr, why);
+			continue;
+		}
+		if (tls) {
+			ctx = tls_contexts_server(b->tls);
+			if (ctx == NULL) {
+				/* No usable certificate (logged): refuse
+				 * rather than speak plaintext on a TLS port. */
+				close(fd);
+				continue;
+			}
 		}
 		struct client *cl = client_new(b, fd); /* takes fd */
 		if (!cl)
 			continue;
+		snprintf(cl->addr, sizeof(cl->addr), "%s", addr);
+		if (tls && cfg && cfg->tls_handshake_timeout_s > 0)
+			conn_set_handshake_timeout(cl->conn, cfg->tls_handshake_timeout_s * 1000);
 		if (tls && conn_start_tls(cl->conn, ctx, true, NULL, NULL) < 0) {
 			log_warn("bouncer", "ircs: cannot start a TLS handshake: out of memory");
 			client_free(cl);
 			continue;
 		}
-		if (tls) {
-			cl->in_tls_handshake = true;
-			if (++b->tls_handshakes >= BOUNCER_MAX_TLS_HANDSHAKES)
-				break; /* re-checked on the next wakeup */
-		}
-		if (reglist_add(&b->pending, cl) < 0) {
+		/* Registered before anything is counted on it: every path that
+		 * frees it gives back what it holds (client_free()). */
+		if (bouncer_add_pending(b, cl) < 0) {
 			client_free(cl);
 			continue;
 		}
+		if (tls)
+			bouncer_tls_handshake_begin(b, cl);
 		cl->item.state = ITEM_LIVE;
 		conn_arm(cl->conn);
 	}
@@ -635,14 +1091,8 @@ void bouncer_accept(struct bouncer *b, bool on)
 	b->accepting = on;
 	if (on)
 		bouncer_governor_hold(b, false); /* this worker serves now */
-	for (size_t i = 0; i < b->nlisten; i++) {
-		if (!b->listen_evs[i])
-			continue;
-		if (on)
-			event_add(b->listen_evs[i], NULL);
-		else
-			event_del(b->listen_evs[i]);
-	}
+	/* While paused for lack of fds the resume timer turns them on. */
+	bouncer_listen_events(b, on && !b->accept_paused);
 }
 
 void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out)
@@ -716,7 +1166,13 @@ void bouncer_item_freeze(struct bouncer_item *it)
 		for (size_t i = 0; i < b->closing.n; i++)
 			client_closing_settle(b->closing.v[i], it->session);
 	} else {
-		conn_freeze(it->client->conn, true);
+		struct client *cl = it->client;
+
+		/* A password check in flight cannot travel: drop it (its
+		 * result will find no client) and check again wherever the
+		 * client is armed next (client_pending_resume()). */
+		bouncer_auth_cancel(cl->b, cl);
+		conn_freeze(cl->conn, true);
 		it->state = ITEM_FROZEN;
 	}
 }
@@ -796,6 +1252,7 @@ void bouncer_item_thaw(struct bouncer_item *it)
 	} else {
 		it->state = ITEM_LIVE;
 		conn_arm(it->client->conn);
+		client_pending_resume(it->client);
 	}
 }
 
@@ -811,7 +1268,7 @@ static void bouncer_item_destroy(struct bouncer_item *it)
 		bouncer_remove_session(b, it->session);
 		session_free(it->session); /* closes, sends nothing */
 	} else {
-		reglist_remove(&b->pending, it->client);
+		bouncer_forget_pending(b, it->client);
 		client_free(it->client);
 	}
 }
@@ -869,7 +1326,9 @@ int bouncer_item_adopt(struct bouncer *b, const uint8_t *buf, size_t len,
 			return -ENOMEM;
 		}
 	} else {
-		if (reglist_add(&b->pending, it->client) < 0) {
+		/* Counted like any pending client (it is one connection more
+		 * from its address), never refused: it is connected already. */
+		if (bouncer_add_pending(b, it->client) < 0) {
 			snprintf(err, errlen, "out of memory");
 			client_free(it->client);
 			return -ENOMEM;
@@ -887,6 +1346,7 @@ void bouncer_item_arm(struct bouncer_item *it)
 	} else {
 		it->state = ITEM_LIVE;
 		conn_arm(it->client->conn);
+		client_pending_resume(it->client);
 	}
 }
 

@@ -3,7 +3,6 @@
  * and the commands of an attached client. */
 #include "sessiond/session.h"
 
-#include <crypt.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +14,7 @@
 
 #include "common/config.h"
 #include "common/log.h"
+#include "sessiond/authpool.h"
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
 #include "sessiond/irc.h"
@@ -75,8 +75,11 @@ void client_free(struct client *cl)
 {
 	if (!cl)
 		return;
-	if (cl->in_tls_handshake)
-		bouncer_tls_handshake_end(cl->b);
+	/* What it holds in the bouncer's counters and tables. */
+	bouncer_tls_handshake_end(cl->b, cl);
+	bouncer_auth_cancel(cl->b, cl);
+	if (cl->pending_counted)
+		bouncer_forget_pending(cl->b, cl);
 	conn_release(cl->conn);
 	free(cl->pass);
 	free(cl->nick);
@@ -403,18 +406,6 @@ static void client_cap(struct client *cl, struct irc_msg *m)
 
 /* ---- authentication ---- */
 
-/* Constant-time comparison of two NUL-terminated strings' contents (the
- * length difference itself is not secret: hashes have fixed lengths). */
-static bool ct_equal(const char *a, const char *b)
-{
-	size_t la = strlen(a), lb = strlen(b);
-	unsigned char d = la != lb;
-	size_t n = la < lb ? la : lb;
-	for (size_t i = 0; i < n; i++)
-		d |= (unsigned char)a[i] ^ (unsigned char)b[i];
-	return d == 0;
-}
-
 /* The hash an authentication that cannot succeed (unknown user, user
  * without a hash, malformed ident) is checked against, so that it costs one
  * crypt() like any other and its timing does not tell which user names
@@ -430,27 +421,6 @@ static const char *dummy_hash(const struct baton_config *cfg)
 		if (cfg->users[i].password && cfg->users[i].password[0] == '$')
 			return cfg->users[i].password;
 	return CLIENT_DUMMY_HASH;
-}
-
-/* Runs crypt() in every case (a missing password checks as ""), so that
- * every attempt costs the same whatever fails. */
-static bool password_ok(const char *password, const char *hash)
-{
-	struct crypt_data *data = NULL;
-	bool ok = false;
-
-	if (!hash || !hash[0])
-		goto out;
-	data = calloc(1, sizeof(*data));
-	if (!data)
-		goto out;
-	const char *h = crypt_rn(password ? password : "", hash, data, sizeof(*data));
-	if (!h || h[0] == '*')
-		goto out;
-	ok = ct_equal(h, hash) && password != NULL;
-out:
-	free(data);
-	return ok;
 }
 
 /* "user[@client]/network[@client]" into its parts (modifies ident). */
@@ -478,45 +448,114 @@ static int parse_ident(char *ident, char **user, char **network, char **client)
 	return 0;
 }
 
+/* The ident and password of a registration: "PASS user/network:password",
+ * or "USER user/network" + "PASS password". *ident is malloc'd (NULL: no
+ * ident); *password points into cl->pass. */
+static void client_credentials(const struct client *cl, char **ident,
+			       const char **password)
+{
+	char *colon = cl->pass ? strchr(cl->pass, ':') : NULL;
+
+	*ident = NULL;
+	*password = NULL;
+	if (colon && memchr(cl->pass, '/', (size_t)(colon - cl->pass))) {
+		*ident = strndup(cl->pass, (size_t)(colon - cl->pass));
+		*password = colon + 1;
+	} else if (cl->user && strchr(cl->user, '/')) {
+		*ident = strdup(cl->user);
+		*password = cl->pass;
+	}
+}
+
+static void client_bad_password(struct client *cl)
+{
+	char bad[128];
+
+	snprintf(bad, sizeof(bad), ":%s 464 %s :Password incorrect",
+		 BATON_SERVER_NAME, cl->nick ? cl->nick : "*");
+	client_error_close(cl, bad, "password incorrect");
+}
+
+/* Registration complete: check the password off the loop (authpool.h);
+ * client_auth_done() goes on. Exactly one crypt() whatever fails (unknown
+ * user, malformed ident: against a dummy of the configured hashes' kind),
+ * so the timing does not tell which users exist. Before it, the failed-login
+ * throttle: an address or user name past its free failures is refused
+ * without any check until its delay is over; for a key already at its free
+ * failures a check that starts counts as a failure at once (refunded if
+ * right), so parallel attempts cannot slip past the limit while checks run.
+ * Lines that follow wait
+ * (conn_hold_lines()) until the result is in. */
 static void client_authenticate(struct client *cl)
 {
 	const struct baton_config *cfg = bouncer_config(cl->b);
 	char *ident = NULL;
 	const char *password = NULL;
-	char *user, *network, *cname;
-	char bad[128];
+	char *user = NULL, *network, *cname;
+	const char *hash;
+	int64_t wait;
+	int rc;
 
-	snprintf(bad, sizeof(bad), ":%s 464 %s :Password incorrect",
-		 BATON_SERVER_NAME, cl->nick ? cl->nick : "*");
-	/* PASS user/network:password, or USER user/network + PASS password. */
-	char *colon = cl->pass ? strchr(cl->pass, ':') : NULL;
-	if (colon && memchr(cl->pass, '/', (size_t)(colon - cl->pass))) {
-		ident = strndup(cl->pass, (size_t)(colon - cl->pass));
-		password = colon + 1;
-	} else if (cl->user && strchr(cl->user, '/')) {
-		ident = strdup(cl->user);
-		password = cl->pass;
-	}
-	if (!ident || parse_ident(ident, &user, &network, &cname) < 0) {
-		(void)password_ok(password, dummy_hash(cfg)); /* same cost */
-		client_error_close(cl, bad, "password incorrect");
+	client_credentials(cl, &ident, &password);
+	if (ident && parse_ident(ident, &user, &network, &cname) < 0)
+		user = NULL;
+	wait = bouncer_login_wait(cl->b, cl->addr, user);
+	if (wait > 0) {
+		char why[96];
+
+		snprintf(why, sizeof(why), "Too many failed logins, try again in %lld s",
+			 (long long)(wait + 999) / 1000);
+		conn_sendf(cl->conn, "ERROR :%s", why);
+		conn_close(cl->conn, "login throttled", true);
 		goto out;
 	}
-	/* Exactly one crypt() whatever fails (user unknown, wrong password,
-	 * no such network), and the same answer: the timing and the reply do
-	 * not tell which users or networks exist. */
+	const struct config_user *cu = cfg && user ? config_find_user(cfg, user) : NULL;
+	bool known = cu && cu->password && cu->password[0];
+	hash = known ? cu->password : dummy_hash(cfg);
+	rc = bouncer_auth_submit(cl->b, cl, password, hash);
+	if (rc == 0)
+		bouncer_login_charge(cl->b, cl, user);
+	if (rc < 0) {
+		log_warn("client", "login from %s refused: %s", cl->addr[0] ? cl->addr : "?",
+			 rc == -EAGAIN ? "password checks queue full" : strerror(-rc));
+		client_error_close(cl, NULL, "server busy, try again later");
+		goto out;
+	}
+	conn_hold_lines(cl->conn, true);
+out:
+	free(ident);
+}
+
+void client_auth_done(struct client *cl, bool pass_ok)
+{
+	const struct baton_config *cfg = bouncer_config(cl->b);
+	char *ident = NULL;
+	const char *password;
+	char *user = NULL, *network = NULL, *cname = NULL;
+
+	conn_hold_lines(cl->conn, false);
+	if (cl->phase != CLIENT_PENDING || conn_is_dead(cl->conn))
+		goto out;
+	client_credentials(cl, &ident, &password);
+	if (!ident || parse_ident(ident, &user, &network, &cname) < 0) {
+		bouncer_login_result(cl->b, cl, NULL, false);
+		client_bad_password(cl);
+		goto out;
+	}
 	const struct config_user *cu = cfg ? config_find_user(cfg, user) : NULL;
 	bool known = cu && cu->password && cu->password[0];
-	bool pass_ok = password_ok(password, known ? cu->password : dummy_hash(cfg));
 	if (!known || !pass_ok) {
-		log_info("client", "authentication failed for user %s", user);
-		client_error_close(cl, bad, "password incorrect");
+		log_info("client", "authentication failed for user %s from %s", user,
+			 cl->addr[0] ? cl->addr : "?");
+		bouncer_login_result(cl->b, cl, user, false);
+		client_bad_password(cl);
 		goto out;
 	}
+	bouncer_login_result(cl->b, cl, user, true);
 	struct session *s = bouncer_find_session(cl->b, user, network);
 	if (!s && !config_find_session(cfg, user, network)) {
 		log_info("client", "user %s: no session for network %s", user, network);
-		client_error_close(cl, bad, "password incorrect");
+		client_bad_password(cl);
 		goto out;
 	}
 	/* Sessions are only created by bouncer_start_configured(): creating
@@ -554,6 +593,7 @@ static void client_authenticate(struct client *cl)
 	free(cl->pass);
 	cl->pass = NULL;
 	bouncer_forget_pending(cl->b, cl);
+	conn_set_sendq(cl->conn, 0);
 	client_attach(cl, s);
 out:
 	free(ident);
@@ -563,9 +603,14 @@ static void client_try_register(struct client *cl)
 {
 	if (cl->phase != CLIENT_PENDING || cl->cap_negotiating || !cl->nick || !cl->user)
 		return;
-	if (conn_is_dead(cl->conn))
+	if (conn_is_dead(cl->conn) || cl->auth_id)
 		return;
 	client_authenticate(cl);
+}
+
+void client_pending_resume(struct client *cl)
+{
+	client_try_register(cl);
 }
 
 /* ---- burst and replay ---- */
@@ -955,6 +1000,49 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 	}
 }
 
+/* Before login a connection costs the worker without any user vouching for
+ * it: its lines, bytes and pace are bounded ([listen] prelogin_*). Returns
+ * false when this line is past a bound (the connection is closed with an
+ * ERROR line). */
+static bool client_prelogin_admit(struct client *cl, size_t len)
+{
+	const struct baton_config *cfg = bouncer_config(cl->b);
+	const char *why = NULL;
+
+	if (!cfg)
+		return true;
+	cl->prelogin_lines++;
+	cl->prelogin_bytes += len + 2;
+	if (cfg->prelogin_max_lines > 0 && cl->prelogin_lines > (unsigned)cfg->prelogin_max_lines)
+		why = "too many lines before login";
+	else if (cfg->prelogin_max_bytes > 0 &&
+		 cl->prelogin_bytes > (size_t)cfg->prelogin_max_bytes)
+		why = "too much data before login";
+	else if (cfg->prelogin_rate > 0) {
+		/* Token bucket: prelogin_burst commands at once, then
+		 * prelogin_rate per second (tokens * 1000). */
+		int64_t now = bouncer_mono_ms(), cap = (int64_t)cfg->prelogin_burst * 1000;
+
+		if (cl->bucket_ms == 0)
+			cl->bucket = cap;
+		else
+			cl->bucket += (now - cl->bucket_ms) * cfg->prelogin_rate;
+		if (cl->bucket > cap)
+			cl->bucket = cap;
+		cl->bucket_ms = now;
+		if (cl->bucket < 1000)
+			why = "too many commands before login";
+		else
+			cl->bucket -= 1000;
+	}
+	if (!why)
+		return true;
+	log_debug("client", "unregistered connection from %s closed: %s",
+		  cl->addr[0] ? cl->addr : "?", why);
+	client_error_close(cl, NULL, why);
+	return false;
+}
+
 static void client_line(struct conn *c, char *line, size_t len, void *arg)
 {
 	struct client *cl = arg;
@@ -962,6 +1050,8 @@ static void client_line(struct conn *c, char *line, size_t len, void *arg)
 	char raw[CONN_MAX_LINE + 1];
 
 	cl->last_rx_ms = now_ms();
+	if (cl->phase == CLIENT_PENDING && !client_prelogin_admit(cl, len))
+		return;
 	const char *p = line;
 	if (*p == '@') { /* client tags are not forwarded */
 		p = strchr(p, ' ');
@@ -1001,10 +1091,7 @@ static void client_tls_ready(struct conn *c, void *arg)
 {
 	struct client *cl = arg;
 
-	if (cl->in_tls_handshake) {
-		cl->in_tls_handshake = false;
-		bouncer_tls_handshake_end(cl->b);
-	}
+	bouncer_tls_handshake_end(cl->b, cl);
 }
 
 const struct conn_ops client_conn_ops = {

@@ -49,6 +49,9 @@ struct conn {
 	bool peer_eof;     /* recv() returned 0: the peer sent its FIN */
 	bool output_ended; /* conn_end_output(): nothing more is queued */
 	bool fin_sent;     /* shutdown(SHUT_WR) done after the last byte */
+	bool held;         /* conn_hold_lines(): not reading, no line callbacks */
+	size_t max_output; /* conn_set_sendq(); 0: CONN_MAX_OUTPUT */
+	int hs_timeout_ms; /* conn_set_handshake_timeout(); 0: the default */
 	bool drain_watch;  /* conn_watch_drain(): drained callback pending */
 	size_t drain_low;  /* ... once the unwritten output is below this */
 	/* TLS (conn_start_tls): while hs is set OpenSSL owns the socket's
@@ -271,7 +274,7 @@ static void conn_process_lines(struct conn *c)
 	if (c->in_lines)
 		return;
 	c->in_lines = true;
-	while (!c->dead && c->armed && c->in.len > c->in.off) {
+	while (!c->dead && c->armed && !c->held && c->in.len > c->in.off) {
 		char *start = c->in.data + c->in.off;
 		size_t avail = c->in.len - c->in.off;
 		size_t n = line_length(start, avail);
@@ -418,6 +421,15 @@ static void conn_handshake_step(struct conn *c)
 	}
 }
 
+static struct timeval conn_hs_timeout(const struct conn *c)
+{
+	int ms = c->hs_timeout_ms > 0 ? c->hs_timeout_ms :
+					CONN_TLS_HANDSHAKE_TIMEOUT_S * 1000;
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+
+	return tv;
+}
+
 static void conn_hs_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn *c = arg;
@@ -501,7 +513,8 @@ static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (c->tls_read_paused && unwritten(c) < CONN_TLS_READ_PAUSE / 2) {
 		c->tls_read_paused = false;
-		event_add(c->rev, NULL);
+		if (!c->held)
+			event_add(c->rev, NULL);
 	}
 	if (c->drain_watch && unwritten(c) < c->drain_low) {
 		c->drain_watch = false;
@@ -621,19 +634,48 @@ void conn_arm(struct conn *c)
 		event_add(c->wev, NULL);
 		return;
 	}
-	event_add(c->rev, NULL);
 	if (c->hs) {
 		/* The handshake's first flight (client) needs no read. */
-		struct timeval tv = { CONN_TLS_HANDSHAKE_TIMEOUT_S, 0 };
+		struct timeval tv = conn_hs_timeout(c);
 
+		event_add(c->rev, NULL);
 		evtimer_add(c->hs_timer, &tv);
 		event_add(c->wev, NULL);
 		return;
 	}
+	if (!c->held && !c->tls_read_paused)
+		event_add(c->rev, NULL);
 	if (unwritten(c) > 0)
 		event_add(c->wev, NULL);
 	if (c->in.len > c->in.off || c->drain_watch)
 		conn_schedule_defer(c);
+}
+
+void conn_hold_lines(struct conn *c, bool hold)
+{
+	if (c->held == hold)
+		return;
+	c->held = hold;
+	if (!c->armed || c->dead || c->connecting || c->hs)
+		return;
+	if (hold) {
+		event_del(c->rev);
+		return;
+	}
+	if (!c->tls_read_paused)
+		event_add(c->rev, NULL);
+	if (c->in.len > c->in.off)
+		conn_schedule_defer(c);
+}
+
+void conn_set_sendq(struct conn *c, size_t max_output)
+{
+	c->max_output = max_output;
+}
+
+void conn_set_handshake_timeout(struct conn *c, int ms)
+{
+	c->hs_timeout_ms = ms;
 }
 
 void conn_watch_drain(struct conn *c, size_t low_water)
@@ -669,7 +711,7 @@ void conn_send(struct conn *c, const char *line)
 	size_t n = strlen(line);
 	if (n > CONN_MAX_LINE)
 		n = CONN_MAX_LINE;
-	if (unwritten(c) + n + 2 > CONN_MAX_OUTPUT) {
+	if (unwritten(c) + n + 2 > (c->max_output ? c->max_output : CONN_MAX_OUTPUT)) {
 		conn_mark_dead(c, "sendq exceeded");
 		return;
 	}
@@ -918,7 +960,7 @@ int conn_start_tls(struct conn *c, SSL_CTX *ctx, bool server, const char *host,
 		c->hs = NULL;
 		return -ENOMEM;
 	}
-	struct timeval tv = { CONN_TLS_HANDSHAKE_TIMEOUT_S, 0 };
+	struct timeval tv = conn_hs_timeout(c);
 	evtimer_add(c->hs_timer, &tv);
 	if (c->armed && !c->connecting && !c->dead)
 		event_add(c->wev, NULL); /* first step from the loop */

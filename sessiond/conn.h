@@ -55,7 +55,9 @@ struct conn_ops {
 	void (*tls_ready)(struct conn *c, void *arg);
 };
 
-/* TLS handshakes that do not complete in this long close the connection. */
+/* TLS handshakes that do not complete in this long close the connection
+ * (unless conn_set_handshake_timeout() says otherwise: ircs clients get
+ * [listen] tls_handshake_timeout). */
 #define CONN_TLS_HANDSHAKE_TIMEOUT_S 30
 
 /* A new connection on fd (non-blocking is set here). connecting: a
@@ -95,6 +97,21 @@ void conn_freeze(struct conn *c, bool flush);
 void conn_send(struct conn *c, const char *line);
 void conn_sendf(struct conn *c, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+
+/* Input flow control: while held, nothing is read from the socket and no
+ * line callback runs (lines already buffered wait); releasing reads again
+ * and hands the buffered lines out from the event loop (not inside this
+ * call). Used while a pending client's password is checked off the loop.
+ * Kept across conn_freeze()/conn_arm(); not part of a migration. */
+void conn_hold_lines(struct conn *c, bool hold);
+
+/* The sendq bound of this connection (0: CONN_MAX_OUTPUT): e.g. small for
+ * clients that have not logged in. Checked by the next conn_send(). */
+void conn_set_sendq(struct conn *c, size_t max_output);
+
+/* The deadline of a TLS handshake started (or re-armed) after this call
+ * (0: CONN_TLS_HANDSHAKE_TIMEOUT_S). */
+void conn_set_handshake_timeout(struct conn *c, int ms);
 
 /* Output flow control: the drained callback runs once (then the watch is
  * gone) as soon as the unwritten output is below low_water bytes: from the

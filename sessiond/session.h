@@ -190,6 +190,20 @@ struct client {
 	struct session *s;      /* NULL while pending */
 	struct conn *conn;
 	bool in_tls_handshake;  /* counted in bouncer_tls_handshake_begin() */
+	/* Peer address ("" if unknown, "local" for AF_UNIX): the key of the
+	 * per-address limits and of the failed-login throttle. */
+	char addr[48];
+	bool pending_counted;   /* counted in the pending limits (bouncer.c) */
+	/* Password check in flight (authpool.h): its id, 0 none; meanwhile the
+	 * conn holds its lines. A freeze drops it (bouncer_item_freeze());
+	 * client_pending_resume() checks again once the client is armed. */
+	uint64_t auth_id;
+	unsigned login_charged; /* bouncer_login_charge(): keys charged */
+	/* Before login (client.c): lines and bytes received, and the command
+	 * token bucket (tokens * 1000, refilled as of bucket_ms, monotonic). */
+	unsigned prelogin_lines;
+	size_t prelogin_bytes;
+	int64_t bucket, bucket_ms;
 	enum client_phase phase;
 	unsigned caps;          /* enum client_cap */
 	bool cap_negotiating;
@@ -275,9 +289,34 @@ struct session {
 struct event_base *bouncer_base(const struct bouncer *b);
 const struct baton_config *bouncer_config(const struct bouncer *b);
 /* ircs handshakes in progress (each holds an SSL object and costs a
- * signature): counted so that a flood of half-open TLS connections is
- * refused at BOUNCER_MAX_TLS_HANDSHAKES instead of exhausting the worker. */
-void bouncer_tls_handshake_end(struct bouncer *b);
+ * signature): counted in all and per address so that a flood of half-open
+ * TLS connections is refused at [listen] max_tls_handshakes(_per_ip)
+ * instead of exhausting the worker. cl's handshake ended (done or cl is
+ * being freed): give its slot back. */
+void bouncer_tls_handshake_end(struct bouncer *b, struct client *cl);
+/* Monotonic ms (throttles and rate limits; not wall-clock). */
+int64_t bouncer_mono_ms(void);
+/* Failed-login throttle (throttle.h), per client address and per user name
+ * (user may be NULL: a malformed ident). wait: ms until an attempt may be
+ * checked (0: now). charge: cl's attempt is about to be checked; for a key
+ * already at its free failures it counts as a failure at once (refunded if
+ * right), so parallel attempts cannot slip past the limit while checks run
+ * (keys below it are not charged: parallel right logins from one address
+ * stay free). result: the outcome; failures not charged yet count now, a
+ * success refunds the address's charge and forgets the user's failures. */
+int64_t bouncer_login_wait(struct bouncer *b, const char *addr,
+			   const char *user);
+void bouncer_login_charge(struct bouncer *b, struct client *cl,
+			  const char *user);
+void bouncer_login_result(struct bouncer *b, struct client *cl,
+			  const char *user, bool ok);
+/* Check password against hash off the loop (authpool.h) for cl: sets
+ * cl->auth_id; client_auth_done() follows from the loop unless cl is freed
+ * or cancelled first. 0, -EAGAIN (queue full), -ENOMEM. */
+int bouncer_auth_submit(struct bouncer *b, struct client *cl,
+			const char *password, const char *hash);
+/* Forget cl's check in flight (its result will be ignored). */
+void bouncer_auth_cancel(struct bouncer *b, struct client *cl);
 struct session *bouncer_find_session(struct bouncer *b, const char *user,
 				     const char *network);
 /* A pending client authenticated and attached, or died: drop it from the
@@ -492,6 +531,12 @@ void client_closing_abandon(struct client *cl);
  * best known now, so the state that travels has it (the finish itself runs
  * in this process and could not reach the session any more). */
 void client_closing_settle(struct client *cl, struct session *s);
+/* The password check of client_authenticate() finished (from the loop). */
+void client_auth_done(struct client *cl, bool ok);
+/* A pending client armed after a thaw or an adoption: a registration that
+ * was complete (its password check dropped by the freeze, or in flight in
+ * the old worker) is checked again. Never attaches synchronously. */
+void client_pending_resume(struct client *cl);
 /* Caps as names in canonical order (for state). */
 size_t client_caps_names(unsigned caps, const char **names, size_t max);
 unsigned client_cap_from_name(const char *name); /* 0 if unknown */

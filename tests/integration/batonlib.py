@@ -563,6 +563,15 @@ def roomy_backlog(lines):
             "member_list_bytes": 1 << 20}
 
 
+# [listen] limits per client address. Every test client comes from
+# 127.0.0.1, so with the defaults (16 unregistered connections and 32 TLS
+# handshakes per address) load tests with hundreds of clients logging in at
+# once would be refused: unless a test sets its own listen_opts, those two
+# are lifted (test_strangers.py tests them). The failed-login throttle and
+# the totals keep their defaults.
+LISTEN_LIFTED = {"max_pending_per_ip": 100000, "max_tls_handshakes_per_ip": 100000}
+
+
 class Baton:
     """baton fixture: config + supervisor + batonctl.
 
@@ -576,13 +585,16 @@ class Baton:
                  build=None, network="net", nick_prefix="bn", user_prefix="u",
                  password="secret", sessiond_opts=None, supervisor_opts=None,
                  fault_file=None, handoff_timeout=10, nlisten=1, rlimit_nofile=None,
-                 network_opts=None, ircs=None, upstream_port=None, session_opts=None):
+                 network_opts=None, ircs=None, upstream_port=None, session_opts=None,
+                 listen_opts=None):
         """ircs: (cert_file, key_file) adds one TLS listener (self.tls_port)
         for clients. upstream_port: the network's port when it is not
         ngircd's plaintext one (e.g. its TLS port with network_opts
         tls = yes)."""
         self.ctx = ctx
         self.session_opts = dict(session_opts or {})  # extra keys of every [user U/N]
+        # extra [listen] keys (limits on the client port)
+        self.listen_opts = dict(listen_opts if listen_opts is not None else LISTEN_LIFTED)
         self.ircs = ircs
         self.tls_port = free_port() if ircs else None
         self.upstream_port = upstream_port
@@ -640,6 +652,7 @@ class Baton:
         if self.ircs:
             L += ["ircs = 127.0.0.1:%d" % self.tls_port,
                   "tls_cert = %s" % self.ircs[0], "tls_key = %s" % self.ircs[1]]
+        L += ["%s = %s" % kv for kv in self.listen_opts.items()]
         L += ["[network %s]" % self.network, "host = 127.0.0.1",
               "port = %d" % (self.upstream_port or self.ngircd.port)]
         L += ["%s = %s" % kv for kv in self.network_opts.items()]
@@ -878,13 +891,18 @@ class IrcConn:
     PING is answered with PONG automatically (and recorded like any line).
     """
 
-    def __init__(self, loop, host, port, name=None, record=True, rcvbuf=None, tls=None):
+    def __init__(self, loop, host, port, name=None, record=True, rcvbuf=None, tls=None,
+                 source=None):
         """tls: an ssl.SSLContext: the connection does a (non-blocking) TLS
-        handshake after connecting; lines flow once it is done."""
+        handshake after connecting; lines flow once it is done. source: a
+        local address to connect from (e.g. "127.0.0.2": every 127/8
+        address is local, so a test can play several client addresses)."""
         self.loop = loop
         self.name = name or "%s:%d" % (host, port)
         self.addr = (host, port)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if source:
+            self.sock.bind((source, 0))
         if rcvbuf:
             # small receive window: lets a test build up output on the peer
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -1134,8 +1152,10 @@ class IrcLoop:
         self.timers = []
         self._seq = 0
 
-    def connect(self, port, host="127.0.0.1", name=None, record=True, rcvbuf=None, tls=None):
-        return IrcConn(self, host, port, name=name, record=record, rcvbuf=rcvbuf, tls=tls)
+    def connect(self, port, host="127.0.0.1", name=None, record=True, rcvbuf=None, tls=None,
+                source=None):
+        return IrcConn(self, host, port, name=name, record=record, rcvbuf=rcvbuf, tls=tls,
+                       source=source)
 
     def _register(self, c):
         self.conns.add(c)
@@ -1279,7 +1299,8 @@ def joined_channels(conn, nick):
 
 
 def bouncer_client(loop, baton, session, client=None, password=None, nick=None,
-                   wait=True, timeout=15, port=None, name=None, rcvbuf=None, tls=None):
+                   wait=True, timeout=15, port=None, name=None, rcvbuf=None, tls=None,
+                   source=None):
     """A client logging in to baton as `session` (PASS user/net[@client]:pw,
     NICK, USER). With wait: returns after 001 and a JOIN for each of the
     session's channels (fails if the connection closes first). tls: an
@@ -1287,7 +1308,7 @@ def bouncer_client(loop, baton, session, client=None, password=None, nick=None,
     if port is None and tls is not None:
         port = baton.tls_port
     c = loop.connect(port or baton.port, name=name or "client:%s@%s" % (session.user, client),
-                     rcvbuf=rcvbuf, tls=tls)
+                     rcvbuf=rcvbuf, tls=tls, source=source)
     pw = session.pass_line(client) if password is None else password
     c.send("PASS %s" % pw)
     c.send("NICK %s" % (nick or session.nick))

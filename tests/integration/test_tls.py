@@ -1122,7 +1122,7 @@ def test_tls_handshake_cap(ctx):
                                     tls=pki.client_context(verify=True), wait=False)
         ctx.loop.run_until(lambda: refused.closed, 10, "the 1,025th TLS connection to be refused")
         check(not refused.tls_done, "the 1,025th connection completed a handshake")
-        bl.wait_for(lambda: "TLS handshakes in progress: refusing" in b.log_text(), 5,
+        bl.wait_for(lambda: "too many TLS handshakes in progress" in b.log_text(), 5,
                     what="the refusal in the log")
     finally:
         for r in raws:

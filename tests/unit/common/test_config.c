@@ -266,6 +266,49 @@ static void test_tls_and_governor_keys(void **state)
 	free(path);
 }
 
+/* The limits on strangers ([listen] and [sessiond] auth_*): defaults when
+ * absent, values and "0: no limit" taken, out-of-range values reported
+ * with their line. */
+static void test_stranger_limit_keys(void **state)
+{
+	struct config_problems pr = { 0 };
+	struct baton_config *cfg = NULL;
+	char *path = write_temp(good);
+
+	assert_int_equal(config_load(path, &cfg, &pr), 0);
+	assert_int_equal(cfg->max_pending, 4096);
+	assert_int_equal(cfg->max_pending_per_ip, 16);
+	assert_int_equal(cfg->max_tls_handshakes, 1024);
+	assert_int_equal(cfg->max_tls_handshakes_per_ip, 32);
+	assert_int_equal(cfg->tls_handshake_timeout_s, 10);
+	assert_int_equal(cfg->prelogin_max_lines, 64);
+	assert_int_equal(cfg->prelogin_max_bytes, 16384);
+	assert_int_equal(cfg->prelogin_sendq, 16384);
+	assert_int_equal(cfg->prelogin_rate, 5);
+	assert_int_equal(cfg->prelogin_burst, 20);
+	assert_int_equal(cfg->login_failures_free, 5);
+	assert_int_equal(cfg->login_throttle_max_s, 300);
+	assert_int_equal(cfg->login_throttle_entries, 16384);
+	assert_int_equal(cfg->auth_threads, 1);
+	assert_int_equal(cfg->auth_queue, 4096);
+	config_free(cfg);
+	unlink(path);
+	free(path);
+
+	char text[2048];
+	snprintf(text, sizeof(text), "%s[listen]\nmax_pending = 0\nmax_pending_per_ip = 3\n"
+		 "tls_handshake_timeout = 0\nprelogin_burst = 0\n[sessiond]\nauth_threads = 2\n",
+		 good);
+	path = write_temp(text);
+	assert_int_equal(config_load(path, &cfg, &pr), -EINVAL);
+	assert_int_equal(pr.n, 2);
+	assert_true(has_problem(&pr, ":17: tls_handshake_timeout: expected a whole number from 1 to 3600"));
+	assert_true(has_problem(&pr, ":18: prelogin_burst: expected a whole number from 1"));
+	config_problems_clear(&pr);
+	unlink(path);
+	free(path);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -275,6 +318,7 @@ int main(void)
 		cmocka_unit_test(test_duplicate_and_malformed_sections),
 		cmocka_unit_test(test_missing_file),
 		cmocka_unit_test(test_tls_and_governor_keys),
+		cmocka_unit_test(test_stranger_limit_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

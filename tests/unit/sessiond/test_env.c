@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <setjmp.h>
@@ -116,8 +117,19 @@ struct bouncer_item *adopt_copy(struct bouncer *b2, const uint8_t *buf, size_t l
 
 int test_env_connect(struct test_env *e, int rcvbuf)
 {
+	return test_env_connect_from(e, NULL, rcvbuf);
+}
+
+int test_env_connect_from(struct test_env *e, const char *source, int rcvbuf)
+{
 	int fd = socket(e->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	assert_true(fd >= 0);
+	if (source) {
+		struct sockaddr_in sin = { .sin_family = AF_INET };
+
+		assert_int_equal(inet_pton(AF_INET, source, &sin.sin_addr), 1);
+		assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	}
 	if (rcvbuf)
 		assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)), 0);
 	assert_int_equal(connect(fd, (struct sockaddr *)&e->addr, e->addrlen), 0);
@@ -193,7 +205,7 @@ static void adopt_sample(struct test_env *e, test_env_mutate_fn mutate)
 	free(b2);
 }
 
-static void listen_on(struct test_env *e, const char *unix_name)
+static void listen_on(struct test_env *e, const char *unix_name, int sndbuf)
 {
 	int lfd;
 
@@ -214,6 +226,8 @@ static void listen_on(struct test_env *e, const char *unix_name)
 		assert_int_equal(bind(lfd, (struct sockaddr *)&e->addr, e->addrlen), 0);
 		assert_int_equal(getsockname(lfd, (struct sockaddr *)&e->addr, &e->addrlen), 0);
 	}
+	if (sndbuf)
+		assert_int_equal(setsockopt(lfd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)), 0);
 	assert_int_equal(listen(lfd, 16), 0);
 	bouncer_set_listeners(e->b, &lfd, NULL, 1);
 	bouncer_accept(e->b, true);
@@ -226,9 +240,11 @@ struct test_env *test_env_new(const struct test_env_opts *o)
 	e->baseline_fds = count_open_fds();
 	e->base = event_base_new();
 	config_init(e, o);
+	if (o->tune)
+		o->tune(&e->cfg);
 	e->b = bouncer_new(e->base, &e->cfg);
 	adopt_sample(e, o->mutate);
-	listen_on(e, o->unix_name);
+	listen_on(e, o->unix_name, o->listen_sndbuf);
 
 	/* the upstream flushes its queued output; complete the partial input
 	 * line of the state (stored next, as seq 6 in the plain sample) */

@@ -38,6 +38,10 @@ struct test_env_opts {
 	 * named "<unix_name>-<pid>". */
 	const char *unix_name;
 	int wait_tries; /* rx_wait() steps (2 ms polls) for the setup waits */
+	/* Optional: changes the config (e.g. the [listen] limits) before the
+	 * bouncer is made. */
+	void (*tune)(struct baton_config *cfg);
+	int listen_sndbuf; /* SO_SNDBUF of the listener (inherited), 0: default */
 };
 
 struct test_env {
@@ -67,6 +71,8 @@ void test_env_pump(struct test_env *e);
 
 /* A client socket connected to the listener (rcvbuf 0: default). */
 int test_env_connect(struct test_env *e, int rcvbuf);
+/* The same from a given local address (e.g. "127.0.0.2"; TCP only). */
+int test_env_connect_from(struct test_env *e, const char *source, int rcvbuf);
 /* The same, having sent PASS/NICK/USER (pass: "ident:password"). */
 int test_env_register(struct test_env *e, const char *pass, int rcvbuf);
 

@@ -1,0 +1,179 @@
+/* sessiond/throttle.c: see throttle.h. Entries sit in a strmap by key and in
+ * a list ordered by last failure (oldest first), which makes expiry and
+ * eviction O(1) per entry. */
+#include "sessiond/throttle.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/strmap.h"
+
+struct throttle_entry {
+	char *key;
+	unsigned failures;
+	int64_t last_ms;          /* last failure */
+	int64_t blocked_until_ms; /* 0: not blocked */
+	struct throttle_entry *prev, *next; /* by last_ms, oldest first */
+};
+
+struct throttle {
+	struct throttle_limits lim;
+	struct strmap *by_key;
+	struct throttle_entry *oldest, *newest;
+	size_t n;
+};
+
+struct throttle *throttle_new(const struct throttle_limits *lim)
+{
+	struct throttle *t = calloc(1, sizeof(*t));
+
+	if (t == NULL)
+		return NULL;
+	t->lim = *lim;
+	if (t->lim.max_delay_ms <= 0)
+		t->lim.max_delay_ms = THROTTLE_FIRST_DELAY_MS;
+	if (t->lim.max_entries == 0)
+		t->lim.max_entries = 1;
+	t->by_key = strmap_new();
+	if (t->by_key == NULL) {
+		free(t);
+		return NULL;
+	}
+	return t;
+}
+
+static void unlink_entry(struct throttle *t, struct throttle_entry *e)
+{
+	if (e->prev)
+		e->prev->next = e->next;
+	else
+		t->oldest = e->next;
+	if (e->next)
+		e->next->prev = e->prev;
+	else
+		t->newest = e->prev;
+	e->prev = e->next = NULL;
+}
+
+static void append_entry(struct throttle *t, struct throttle_entry *e)
+{
+	e->prev = t->newest;
+	e->next = NULL;
+	if (t->newest)
+		t->newest->next = e;
+	else
+		t->oldest = e;
+	t->newest = e;
+}
+
+static void drop_entry(struct throttle *t, struct throttle_entry *e)
+{
+	unlink_entry(t, e);
+	strmap_del(t->by_key, e->key);
+	free(e->key);
+	free(e);
+	t->n--;
+}
+
+void throttle_free(struct throttle *t)
+{
+	if (t == NULL)
+		return;
+	while (t->oldest)
+		drop_entry(t, t->oldest);
+	strmap_free(t->by_key);
+	free(t);
+}
+
+/* Keys whose last failure is older than twice the longest delay. */
+static void expire(struct throttle *t, int64_t now)
+{
+	while (t->oldest && now - t->oldest->last_ms > 2 * t->lim.max_delay_ms)
+		drop_entry(t, t->oldest);
+}
+
+int64_t throttle_wait(struct throttle *t, const char *key, int64_t now)
+{
+	struct throttle_entry *e;
+
+	expire(t, now);
+	e = strmap_get(t->by_key, key);
+	if (e == NULL || e->blocked_until_ms <= now)
+		return 0;
+	return e->blocked_until_ms - now;
+}
+
+int64_t throttle_failed(struct throttle *t, const char *key, int64_t now)
+{
+	struct throttle_entry *e;
+	int64_t delay = 0;
+
+	expire(t, now);
+	e = strmap_get(t->by_key, key);
+	if (e == NULL) {
+		if (t->n >= t->lim.max_entries)
+			drop_entry(t, t->oldest);
+		e = calloc(1, sizeof(*e));
+		if (e == NULL)
+			return -ENOMEM;
+		e->key = strdup(key);
+		if (e->key == NULL || strmap_put(t->by_key, key, e) < 0) {
+			free(e->key);
+			free(e);
+			return -ENOMEM;
+		}
+		t->n++;
+	} else {
+		unlink_entry(t, e);
+	}
+	append_entry(t, e);
+	e->last_ms = now;
+	if (e->failures < 1000000)
+		e->failures++;
+	if (e->failures > t->lim.free_failures) {
+		unsigned k = e->failures - t->lim.free_failures - 1;
+
+		delay = k >= 30 ? t->lim.max_delay_ms :
+				  (int64_t)THROTTLE_FIRST_DELAY_MS << k;
+		if (delay > t->lim.max_delay_ms)
+			delay = t->lim.max_delay_ms;
+		e->blocked_until_ms = now + delay;
+	}
+	return delay;
+}
+
+bool throttle_probation(struct throttle *t, const char *key, int64_t now)
+{
+	struct throttle_entry *e;
+
+	expire(t, now);
+	e = strmap_get(t->by_key, key);
+	return e != NULL && e->failures >= t->lim.free_failures;
+}
+
+void throttle_refund(struct throttle *t, const char *key)
+{
+	struct throttle_entry *e = strmap_get(t->by_key, key);
+
+	if (!e)
+		return;
+	if (e->failures > 0)
+		e->failures--;
+	if (e->failures <= t->lim.free_failures)
+		e->blocked_until_ms = 0;
+}
+
+void throttle_forget(struct throttle *t, const char *key)
+{
+	struct throttle_entry *e = strmap_get(t->by_key, key);
+
+	if (e)
+		drop_entry(t, e);
+}
+
+size_t throttle_count(struct throttle *t, int64_t now)
+{
+	expire(t, now);
+	return t->n;
+}
