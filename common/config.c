@@ -3,6 +3,7 @@
  * INI_HANDLER_LINENO), which also catches lines longer than inih's
  * INI_MAX_LINE instead of letting them be silently truncated. */
 #include "common/config.h"
+#include "common/names.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -814,6 +815,13 @@ static void config_validate(struct config_parse *ps)
 		}
 		if (s->nick == NULL)
 			s->nick = strdup(s->user);
+		/* The nick (by default the user name, which may hold ',' or
+		 * '!') is stored in the session state: one a migration target
+		 * would refuse would block every upgrade (names.h). */
+		if (s->nick != NULL && !names_nick_ok(s->nick))
+			config_problems_add(pr, "%s:%d: [user %s/%s] nick '%s' is not a valid IRC nick (1-%d bytes, none of space , ! @): set nick =",
+					    cfg->path, s->line, s->user, s->network,
+					    s->nick, NAMES_MAX_LEN);
 		if (s->username == NULL)
 			s->username = strdup(s->nick);
 		if (s->realname == NULL)

@@ -1,7 +1,10 @@
 /* common/strmap.h: a string-keyed hash map (open addressing, linear
  * probing). Keys are copied; values are borrowed pointers the caller owns.
  * Used where a linear scan over thousands of sessions or config sections
- * would make startup and migration quadratic. Library code: -errno, no logs. */
+ * would make startup and migration quadratic. The hash is keyed per
+ * process (SipHash-2-4), since keys come from peers: nobody can choose keys
+ * that collide. Library code: -errno, no logs. Not thread-safe: one thread
+ * per map (the first strmap_new() draws the key). */
 #ifndef BATON_COMMON_STRMAP_H
 #define BATON_COMMON_STRMAP_H
 

@@ -19,6 +19,7 @@
 
 #include "common/config.h"
 #include "common/log.h"
+#include "common/names.h"
 #include "common/strmap.h"
 #include "sessiond/conn.h"
 #include "sessiond/authpool.h"
@@ -398,8 +399,12 @@ static struct session *bouncer_create_session(struct bouncer *b,
 	struct session *s = session_new(b, cs->user, cs->network);
 	if (!s)
 		return NULL;
-	s->nick = strdup(cs->nick ? cs->nick : cs->user);
-	if (!s->nick || bouncer_add_session(b, s) < 0) {
+	/* A nick the state may not hold (names.h; --check refuses such a
+	 * config) stays unknown until the network's 001 names one. */
+	const char *nick = cs->nick ? cs->nick : cs->user;
+	bool keep = names_nick_ok(nick);
+	s->nick = keep ? strdup(nick) : NULL;
+	if ((keep && !s->nick) || bouncer_add_session(b, s) < 0) {
 		session_free(s);
 		return NULL;
 	}

@@ -18,7 +18,7 @@
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
 #include "sessiond/irc.h"
-#include "sessiond/names.h"
+#include "common/names.h"
 
 /* Capabilities offered to clients, defined once (canonical order is the
  * order here; state.c serializes in it). */
@@ -133,6 +133,12 @@ int client_mark_push(struct client *cl, uint64_t end, uint64_t seq)
 		}
 	}
 	if (cl->mark_head + cl->nmarks == cl->mark_cap) {
+		/* Drop what the peer acknowledged first (one SIOCOUTQ per full
+		 * array): otherwise a client that reads everything would keep
+		 * a mark per line ever sent until its next detach or migration.
+		 * What stays is bounded by the unacknowledged output (sendq). */
+		if (cl->conn)
+			(void)client_acked_seq(cl);
 		if (cl->mark_head > 0) {
 			memmove(cl->marks, cl->marks + cl->mark_head,
 				cl->nmarks * sizeof(cl->marks[0]));

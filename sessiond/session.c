@@ -19,7 +19,7 @@
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
 #include "sessiond/irc.h"
-#include "sessiond/names.h"
+#include "common/names.h"
 
 /* ---- small helpers shared by the core ---- */
 
@@ -155,15 +155,21 @@ struct channel *session_add_channel(struct session *s, const char *name)
 	struct channel *ch = session_find_channel(s, name);
 	if (ch)
 		return ch;
-	if (strlen(name) > SESSION_MAX_CHANNEL_NAME) {
-		log_info("session", "%s: not tracking a channel with a %zu-byte name",
-			 s->key, strlen(name));
-		return NULL;
-	}
-	if (s->nchannels >= s->lim.max_channels) {
-		log_info("session", "%s: not tracking %s: max_channels (%zu) reached",
+	bool over = strlen(name) > SESSION_MAX_CHANNEL_NAME;
+	if (over || s->nchannels >= s->lim.max_channels) {
+		int64_t now = now_ms();
+		if (s->untracked_notice_ms != 0 &&
+		    now - s->untracked_notice_ms < SESSION_DROP_NOTICE_MS)
+			return NULL;
+		s->untracked_notice_ms = now;
+		if (over) {
+			log_info("session", "%s: not tracking a channel with a %zu-byte name",
+				 s->key, strlen(name));
+			return NULL;
+		}
+		log_info("session", "%s: not tracking %.64s: max_channels (%zu) reached (logged at most once a minute)",
 			 s->key, name, s->lim.max_channels);
-		session_notice_all(s, "Not keeping the state of %s: you are in %zu channels (max_channels). Its messages are still relayed and kept in the backlog; clients attaching later will not see it joined.",
+		session_notice_all(s, "Not keeping the state of %.64s: you are in %zu channels (max_channels). Its messages are still relayed and kept in the backlog; clients attaching later will not see it joined. (Said at most once a minute.)",
 				   name, s->nchannels);
 		return NULL;
 	}
@@ -709,6 +715,12 @@ void session_set_position(struct session *s, const char *client_id,
 void session_advance_position(struct session *s, const char *client_id,
 			      uint64_t seq)
 {
+	/* A position at or past the next seq belongs to an earlier life of a
+	 * session with this key (a client finishing its QUIT after the session
+	 * was restarted with fresh seqs): stored, it would make every target
+	 * refuse the session ("beyond next_seq"). */
+	if (seq >= backlog_next_seq(s->backlog))
+		return;
 	if (seq > session_position(s, client_id))
 		session_set_position(s, client_id, seq);
 }

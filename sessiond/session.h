@@ -21,7 +21,7 @@
 #include "sessiond/backlog.h"
 #include "sessiond/bouncer.h"
 #include "sessiond/governor.h"
-#include "sessiond/names.h"
+#include "common/names.h"
 
 struct event;
 struct event_base;
@@ -157,6 +157,7 @@ struct upstream {
 	 * upstream_lost() backs off accordingly. */
 	enum governor_verdict verdict;
 	bool said_why; /* its ERROR/465/463 text was logged (once per connection) */
+	bool warned_nick; /* an invalid nick from the server was logged (once) */
 	struct pb_unknown unknown;
 };
 
@@ -264,6 +265,10 @@ struct session {
 	 * (SESSION_DROP_NOTICE_MS) and when that notice went out. */
 	struct backlog_drops drops;
 	int64_t drop_notice_ms;
+	/* Last "not tracking a channel" log line and notice (at most one per
+	 * SESSION_DROP_NOTICE_MS: a network JOINing us to thousands of
+	 * channels must not make a log line per line it sends). */
+	int64_t untracked_notice_ms;
 	struct upstream *up; /* NULL while disconnected */
 	struct client **clients;
 	size_t nclients;
@@ -431,7 +436,9 @@ bool session_has_position(const struct session *s, const char *client_id);
 void session_set_position(struct session *s, const char *client_id,
 			  uint64_t seq);
 /* Raise the position of client_id to seq; never lowers it (a newer
- * connection of that name may have advanced it meanwhile). */
+ * connection of that name may have advanced it meanwhile), and ignores a
+ * seq at or past the backlog's next seq (from an earlier life of a session
+ * with this key). */
 void session_advance_position(struct session *s, const char *client_id,
 			      uint64_t seq);
 

@@ -22,7 +22,7 @@
 #include "handoff/tls_record.h"
 #include "sessiond/conn.h"
 #include "sessiond/governor.h"
-#include "sessiond/names.h"
+#include "common/names.h"
 #include "sessiond/session.h"
 
 /* ---- the bound of a session's state (state.h) ---- */

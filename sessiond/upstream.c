@@ -20,7 +20,7 @@
 #include "common/log.h"
 #include "sessiond/conn.h"
 #include "sessiond/irc.h"
-#include "sessiond/names.h"
+#include "common/names.h"
 #include "sessiond/tls_contexts.h"
 
 #define CONNECT_TIMEOUT_MS 30000
@@ -650,7 +650,11 @@ static bool h_001(struct up_ctx *x)
 	if (!names_nick_ok(nick)) {
 		/* Not storable (names.h): registration goes on under the nick
 		 * we asked for. */
-		log_warn("upstream", "%s: 001 with an invalid nick ignored", s->key);
+		if (!x->u->warned_nick) {
+			x->u->warned_nick = true;
+			log_warn("upstream", "%s: 001 with an invalid nick ignored (once per connection)",
+				 s->key);
+		}
 		nick = x->u->nick_attempt && names_nick_ok(x->u->nick_attempt) ?
 			x->u->nick_attempt : s->nick;
 	}
@@ -672,6 +676,9 @@ static bool h_001(struct up_ctx *x)
 	s->isupport = NULL;
 	s->nisupport = 0;
 	set_str(&s->user_modes, NULL); /* a new connection: 221/MODE follow */
+	/* Only the first 001 of a connection is news (a server repeating it
+	 * must not make a log line per line it sends). */
+	bool first = x->u->phase < UP_WELCOMED;
 	x->u->phase = UP_WELCOMED;
 	x->u->cap_negotiating = false;
 	x->u->next_ping_ms = now_ms() + cfg_ping_interval_ms(s);
@@ -685,7 +692,8 @@ static bool h_001(struct up_ctx *x)
 			bouncer_governor_changed(s->b);
 		}
 	}
-	log_info("upstream", "%s: registered as %s", s->key, s->nick ? s->nick : "?");
+	if (first)
+		log_info("upstream", "%s: registered as %s", s->key, s->nick ? s->nick : "?");
 	return false;
 }
 
@@ -935,7 +943,11 @@ static bool h_nick(struct up_ctx *x)
 	bool valid = names_nick_ok(nn);
 	if (!valid && session_is_me(s, x->nick)) {
 		/* Our own nick: keep the one we know everywhere. */
-		log_warn("upstream", "%s: NICK to an invalid nick ignored", s->key);
+		if (!x->u->warned_nick) {
+			x->u->warned_nick = true;
+			log_warn("upstream", "%s: NICK to an invalid nick ignored (once per connection)",
+				 s->key);
+		}
 		return true;
 	}
 	for (size_t i = 0; i < s->nchannels; i++) {

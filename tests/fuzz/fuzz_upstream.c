@@ -16,7 +16,7 @@
  * or the target aborts with the reason (a state the source accepted but a
  * target refuses loses the session at the next upgrade). No fd may leak.
  *
- * What this target found (both fixed by sessiond/names.h, the one validation
+ * What this target found (both fixed by common/names.h, the one validation
  * the handlers and adoption share): `:other NICK :a b` (a nick with a
  * space: "bad member") and `: JOIN #baton` (an empty source nick became a
  * member ""); with `:me JOIN :` and `:other NICK :` from the review, their

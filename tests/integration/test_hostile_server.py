@@ -268,3 +268,57 @@ def test_hostile_server_every_handler(ctx):
           "after the over-long line)" % srv.connections)
     reports = sanitizer_reports(b.log_text())
     check(not reports, "sanitizer reports:\n%s" % "\n".join(reports[:20]))
+
+
+N_AMPLIFY = 3000
+
+
+def count_lines(text, needle):
+    return sum(1 for ln in text.splitlines() if needle in ln)
+
+
+def test_hostile_server_log_amplification(ctx):
+    """Bug (from the review of the fixes): a network made the worker log one
+    line per line it sent (001, NICK to an invalid nick, JOINs past
+    max_channels), unlike ERROR/465 which are logged once per connection.
+
+    3,000 lines of each kind (~20 bytes each) must not produce thousands of
+    log lines; the ERROR/465 rule (once per connection) or a rate limit
+    would allow a handful."""
+    srv = HostileServer()
+    srv.start()
+    ctx.on_close(srv.stop)
+    fake = type("FakeNg", (), {"port": srv.port})()
+    b = bl.Baton(ctx, fake, nsessions=1, channels=("#c1",),
+                 sessiond_opts={"reconnect_min": 1, "reconnect_max": 2,
+                                "max_channels": 2})
+    b.start(wait=True, timeout=60)
+    s = b.sessions[0]
+    loop = ctx.loop
+    cl = bl.bouncer_client(loop, b, s, client="watch")
+    nick = s.nick
+    before = b.log_text()
+    lines = []
+    lines += [":%s 001 %s :Welcome %s!u@h" % (SERVER, nick, nick)] * N_AMPLIFY
+    lines += [":%s!u@h NICK :bad,nick" % nick] * N_AMPLIFY
+    lines += [":%s!u@h JOIN #over%d" % (nick, i) for i in range(N_AMPLIFY)]
+    for i in range(0, len(lines), 500):
+        srv.send(lines[i:i + 500])
+        loop.run_for(0.02)
+    srv.send([":%s 376 %s :End of MOTD" % (SERVER, nick),
+              ":dave!d@h PRIVMSG #c1 :marker-after-flood"])
+    loop.run_until(lambda: cl.find(lambda m: "marker-after-flood" in m.raw) or cl.closed,
+                   30, "the marker after the flood")
+    time.sleep(0.5)
+    after = b.log_text()[len(before):]
+    n001 = count_lines(after, "registered as")
+    nnick = count_lines(after, "NICK to an invalid nick ignored")
+    njoin = count_lines(after, "max_channels (2) reached")
+    notices = sum(1 for _, ln in cl.lines if "Not keeping the state of" in ln)
+    bl.log("log lines from %d lines each: 001 %d, invalid NICK %d, JOIN past max_channels %d;"
+           " notices to the client %d" % (N_AMPLIFY, n001, nnick, njoin, notices))
+    check(n001 + nnick + njoin < 100,
+          "the network's %d lines made %d log lines (001 %d, NICK %d, JOIN %d)"
+          % (3 * N_AMPLIFY, n001 + nnick + njoin, n001, nnick, njoin))
+    check(notices < 10, "%d 'Not keeping the state' notices for %d JOINs"
+          % (notices, N_AMPLIFY))

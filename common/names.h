@@ -1,4 +1,4 @@
-/* sessiond/names.h: what a session's state may hold — the one validation
+/* common/names.h: what a session's state may hold — the one validation
  * shared by what upstream.c accepts from a network and what state.c adopts
  * in a migration (DESIGN §2: "What T refuses, S must never have accepted").
  *

@@ -1,6 +1,6 @@
-/* sessiond/names.c: the validation of what a session's state may hold
+/* common/names.c: the validation of what a session's state may hold
  * (names.h). */
-#include "sessiond/names.h"
+#include "common/names.h"
 
 #include <string.h>
 
