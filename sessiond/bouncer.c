@@ -225,18 +225,35 @@ int64_t bouncer_mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void addr_text(const struct sockaddr_storage *ss, socklen_t len,
-		      char out[48])
+void bouncer_addr_key(const struct sockaddr *sa, socklen_t len,
+		      char out[BOUNCER_ADDR_KEY_LEN])
 {
 	out[0] = '\0';
-	if (len == 0)
+	if (sa == NULL || len < (socklen_t)sizeof(sa_family_t))
 		return;
-	if (ss->ss_family == AF_INET)
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out, 48);
-	else if (ss->ss_family == AF_INET6)
-		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, out, 48);
-	else if (ss->ss_family == AF_UNIX)
-		snprintf(out, 48, "local");
+	if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out,
+			  BOUNCER_ADDR_KEY_LEN);
+	} else if (sa->sa_family == AF_INET6 &&
+		   len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+		struct in6_addr a = ((const struct sockaddr_in6 *)sa)->sin6_addr;
+		size_t n;
+
+		if (IN6_IS_ADDR_V4MAPPED(&a)) {
+			inet_ntop(AF_INET, &a.s6_addr[12], out, BOUNCER_ADDR_KEY_LEN);
+			return;
+		}
+		/* One host (one customer) has a whole /64. */
+		memset(&a.s6_addr[8], 0, 8);
+		if (inet_ntop(AF_INET6, &a, out, BOUNCER_ADDR_KEY_LEN) == NULL) {
+			out[0] = '\0';
+			return;
+		}
+		n = strlen(out); /* at most 21: the low 64 bits are zero */
+		snprintf(out + n, BOUNCER_ADDR_KEY_LEN - n, "/64");
+	} else if (sa->sa_family == AF_UNIX) {
+		snprintf(out, BOUNCER_ADDR_KEY_LEN, "local");
+	}
 }
 
 static struct addr_use *addr_use(struct bouncer *b, const char *addr,
@@ -272,7 +289,7 @@ static int bouncer_add_pending(struct bouncer *b, struct client *cl)
 		socklen_t len = sizeof(ss);
 
 		if (getpeername(conn_fd(cl->conn), (struct sockaddr *)&ss, &len) == 0)
-			addr_text(&ss, len, cl->addr);
+			bouncer_addr_key((struct sockaddr *)&ss, len, cl->addr);
 	}
 	u = addr_use(b, cl->addr, true);
 	if (!u || reglist_add(&b->pending, cl) < 0) {
@@ -997,7 +1014,7 @@ static void bouncer_accept_cb(evutil_socket_t lfd, short what, void *arg)
 	for (int i = 0; i < 64 && b->accepting && !b->accept_paused; i++) {
 		struct sockaddr_storage ss;
 		socklen_t sslen = sizeof(ss);
-		char addr[48];
+		char addr[BOUNCER_ADDR_KEY_LEN];
 		const char *why;
 		SSL_CTX *ctx = NULL;
 		int fd = accept4(lfd, (struct sockaddr *)&ss, &sslen,
@@ -1014,7 +1031,7 @@ static void bouncer_accept_cb(evutil_socket_t lfd, short what, void *arg)
 				log_warn("bouncer", "accept: %s", strerror(err));
 			return;
 		}
-		addr_text(&ss, sslen, addr);
+		bouncer_addr_key((struct sockaddr *)&ss, sslen, addr);
 		why = bouncer_admit(b, tls, addr);
 		if (why) {
 			bouncer_refuse(b, fd, tls, addr, why);

@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "sessiond/backlog.h"
 #include "sessiond/bouncer.h"
@@ -185,14 +186,18 @@ struct delivery_mark {
 	uint64_t seq;
 };
 
+/* Longest address key (bouncer_addr_key()) with its NUL. */
+#define BOUNCER_ADDR_KEY_LEN 48
+
 struct client {
 	struct bouncer *b;
 	struct session *s;      /* NULL while pending */
 	struct conn *conn;
 	bool in_tls_handshake;  /* counted in bouncer_tls_handshake_begin() */
-	/* Peer address ("" if unknown, "local" for AF_UNIX): the key of the
-	 * per-address limits and of the failed-login throttle. */
-	char addr[48];
+	/* Peer address key (bouncer_addr_key(): IPv6 its /64; "" if unknown,
+	 * "local" for AF_UNIX): the key of the per-address limits and of the
+	 * failed-login throttle. */
+	char addr[BOUNCER_ADDR_KEY_LEN];
 	bool pending_counted;   /* counted in the pending limits (bouncer.c) */
 	/* Password check in flight (authpool.h): its id, 0 none; meanwhile the
 	 * conn holds its lines. A freeze drops it (bouncer_item_freeze());
@@ -296,7 +301,15 @@ const struct baton_config *bouncer_config(const struct bouncer *b);
 void bouncer_tls_handshake_end(struct bouncer *b, struct client *cl);
 /* Monotonic ms (throttles and rate limits; not wall-clock). */
 int64_t bouncer_mono_ms(void);
-/* Failed-login throttle (throttle.h), per client address and per user name
+/* The key of a peer address in every per-address bound ([listen]
+ * max_pending_per_ip, max_tls_handshakes_per_ip) and the failed-login
+ * throttle: IPv4 as is; IPv6 its /64 ("2001:db8:1:2::/64": one host or
+ * customer has a whole /64, so whole addresses would be 2^64 "addresses");
+ * an IPv4-mapped IPv6 address its IPv4 one; "local" for AF_UNIX; "" if
+ * unknown (len 0, another family). */
+void bouncer_addr_key(const struct sockaddr *sa, socklen_t len,
+		      char out[BOUNCER_ADDR_KEY_LEN]);
+/* Failed-login throttle (throttle.h), per client address key and per user name
  * (user may be NULL: a malformed ident). wait: ms until an attempt may be
  * checked (0: now). charge: cl's attempt is about to be checked; for a key
  * already at its free failures it counts as a failure at once (refunded if

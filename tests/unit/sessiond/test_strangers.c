@@ -3,7 +3,9 @@
  * throttle through real connections, password checks off the loop (one
  * crypt() each, a full queue, a check in flight across a migration). Loopback
  * TCP; clients play several addresses by binding 127.0.0.2, ... */
+#include <arpa/inet.h>
 #include <dlfcn.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,11 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/socket.h>
 
 #include <cmocka.h>
 
 #include "common/config.h"
 #include "sessiond/bouncer.h"
+#include "sessiond/session.h"
 #include "test_env.h"
 
 /* ---- crypt_rn() interposed: counted, and held at a gate on demand ---- */
@@ -569,6 +573,51 @@ static void test_auth_in_flight_thaw(void **state)
 	test_env_free(e);
 }
 
+/* ---- the review of the throttle ---- */
+
+/* Regression (review S2): the per-address keys (throttle,
+ * max_pending_per_ip, max_tls_handshakes_per_ip) were whole IPv6 addresses,
+ * so one /64 (every IPv6 customer) was 2^64 "addresses": failures from
+ * 2001:db8:1:2::1 did not slow 2001:db8:1:2::beef. (Through the key and the
+ * login API: loopback has a single IPv6 address.) */
+static void key6(const char *text, char out[BOUNCER_ADDR_KEY_LEN])
+{
+	struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6 };
+
+	assert_int_equal(inet_pton(AF_INET6, text, &sin6.sin6_addr), 1);
+	bouncer_addr_key((struct sockaddr *)&sin6, sizeof(sin6), out);
+}
+
+static void test_ipv6_key_is_64(void **state)
+{
+	struct test_env *e = env(tune_throttle, 0);
+	struct sockaddr_in sin = { .sin_family = AF_INET };
+	char k1[BOUNCER_ADDR_KEY_LEN], k2[BOUNCER_ADDR_KEY_LEN], k3[BOUNCER_ADDR_KEY_LEN];
+	struct client cl;
+
+	key6("2001:db8:1:2::1", k1);
+	key6("2001:db8:1:2:ffff:ffff:ffff:beef", k2);
+	key6("2001:db8:1:3::1", k3);
+	assert_string_equal(k1, "2001:db8:1:2::/64");
+	assert_string_equal(k2, k1);
+	assert_string_not_equal(k3, k1);
+	key6("::ffff:192.0.2.7", k2); /* v4-mapped: the IPv4 address */
+	assert_string_equal(k2, "192.0.2.7");
+	inet_pton(AF_INET, "192.0.2.7", &sin.sin_addr);
+	bouncer_addr_key((struct sockaddr *)&sin, sizeof(sin), k2);
+	assert_string_equal(k2, "192.0.2.7");
+
+	memset(&cl, 0, sizeof(cl));
+	cl.b = e->b;
+	key6("2001:db8:1:2::1", cl.addr);
+	for (int i = 0; i < 6; i++)
+		bouncer_login_result(e->b, &cl, NULL, false);
+	key6("2001:db8:1:2::beef", k2);
+	assert_true(bouncer_login_wait(e->b, k2, NULL) > 0);
+	assert_int_equal(bouncer_login_wait(e->b, k3, NULL), 0);
+	test_env_free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -583,6 +632,7 @@ int main(void)
 		cmocka_unit_test(test_auth_queue_full),
 		cmocka_unit_test(test_auth_in_flight_migration),
 		cmocka_unit_test(test_auth_in_flight_thaw),
+		cmocka_unit_test(test_ipv6_key_is_64),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
