@@ -450,27 +450,47 @@ static void bouncer_sweep_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- logins: throttles and password checks ---- */
 
-/* The throttle for a user name: configured users have their own table
- * (bounded by the config), any other name the bounded one of unknown
- * names, so that the answer does not tell which names exist. */
-static struct throttle *bouncer_user_throttle(struct bouncer *b,
-					      const char *user)
+/* The throttle key of a user name. Unconfigured names longer than
+ * BOUNCER_NAME_KEY_MAX are one key: no configured user has them, and each
+ * would otherwise keep an entry of its own (throttle.h bounds what an entry
+ * keeps; this bounds how many such entries a guesser can create with one
+ * name each). It contains '@' and '/', which no parsed user name has. */
+#define BOUNCER_NAME_KEY_MAX 64
+static const char long_name_key[] = "@long/";
+
+static const char *bouncer_user_key(struct bouncer *b, const char *user)
 {
 	if (!user)
 		return NULL;
-	return b->cfg && config_find_user(b->cfg, user) ? b->fail_user : b->fail_name;
+	if (strlen(user) > BOUNCER_NAME_KEY_MAX &&
+	    !(b->cfg && config_find_user(b->cfg, user)))
+		return long_name_key;
+	return user;
 }
+
+/* The throttle for a user name key: configured users have their own table
+ * (bounded by the config), any other name the bounded one of unknown
+ * names, so that the answer does not tell which names exist. */
+static struct throttle *bouncer_user_throttle(struct bouncer *b,
+					      const char *key)
+{
+	if (!key)
+		return NULL;
+	return b->cfg && config_find_user(b->cfg, key) ? b->fail_user : b->fail_name;
+}
+
 
 int64_t bouncer_login_wait(struct bouncer *b, const char *addr,
 			   const char *user)
 {
 	int64_t now = bouncer_mono_ms(), w = 0, wu = 0;
-	struct throttle *tu = bouncer_user_throttle(b, user);
+	const char *key = bouncer_user_key(b, user);
+	struct throttle *tu = bouncer_user_throttle(b, key);
 
 	if (b->fail_addr)
 		w = throttle_wait(b->fail_addr, addr, now);
 	if (tu)
-		wu = throttle_wait(tu, user, now);
+		wu = throttle_wait(tu, key, now);
 	return w > wu ? w : wu;
 }
 
@@ -494,8 +514,10 @@ void bouncer_login_charge(struct bouncer *b, struct client *cl,
 			  const char *user)
 {
 	int64_t now = bouncer_mono_ms(), da = 0, du = 0;
-	struct throttle *tu = bouncer_user_throttle(b, user);
+	struct throttle *tu;
 
+	user = bouncer_user_key(b, user);
+	tu = bouncer_user_throttle(b, user);
 	cl->login_charged = 0;
 	if (!b->fail_addr)
 		return;
@@ -514,9 +536,11 @@ void bouncer_login_result(struct bouncer *b, struct client *cl,
 			  const char *user, bool ok)
 {
 	int64_t now = bouncer_mono_ms(), da = 0, du = 0;
-	struct throttle *tu = bouncer_user_throttle(b, user);
+	struct throttle *tu;
 	unsigned charged = cl->login_charged;
 
+	user = bouncer_user_key(b, user);
+	tu = bouncer_user_throttle(b, user);
 	cl->login_charged = 0;
 	if (!b->fail_addr)
 		return;

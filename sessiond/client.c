@@ -545,8 +545,9 @@ void client_auth_done(struct client *cl, bool pass_ok)
 	const struct config_user *cu = cfg ? config_find_user(cfg, user) : NULL;
 	bool known = cu && cu->password && cu->password[0];
 	if (!known || !pass_ok) {
-		log_info("client", "authentication failed for user %s from %s", user,
-			 cl->addr[0] ? cl->addr : "?");
+		/* A name as sent can be 8 KB: the log gets its start. */
+		log_info("client", "authentication failed for user %.64s%s from %s", user,
+			 strlen(user) > 64 ? "..." : "", cl->addr[0] ? cl->addr : "?");
 		bouncer_login_result(cl->b, cl, user, false);
 		client_bad_password(cl);
 		goto out;

@@ -10,7 +10,7 @@
 #include "common/strmap.h"
 
 struct throttle_entry {
-	char *key;
+	char key[THROTTLE_KEY_MAX + 1];
 	unsigned failures;
 	int64_t last_ms;          /* last failure */
 	int64_t blocked_until_ms; /* 0: not blocked */
@@ -23,6 +23,25 @@ struct throttle {
 	struct throttle_entry *oldest, *newest;
 	size_t n;
 };
+
+/* The stored form of key: at most THROTTLE_KEY_MAX bytes (throttle.h). */
+static const char *clip(const char *key, char buf[THROTTLE_KEY_MAX + 1])
+{
+	size_t len = strnlen(key, THROTTLE_KEY_MAX + 1);
+
+	if (len <= THROTTLE_KEY_MAX)
+		return key;
+	memcpy(buf, key, THROTTLE_KEY_MAX);
+	buf[THROTTLE_KEY_MAX] = '\0';
+	return buf;
+}
+
+static struct throttle_entry *find(struct throttle *t, const char *key)
+{
+	char buf[THROTTLE_KEY_MAX + 1];
+
+	return strmap_get(t->by_key, clip(key, buf));
+}
 
 struct throttle *throttle_new(const struct throttle_limits *lim)
 {
@@ -71,7 +90,6 @@ static void drop_entry(struct throttle *t, struct throttle_entry *e)
 {
 	unlink_entry(t, e);
 	strmap_del(t->by_key, e->key);
-	free(e->key);
 	free(e);
 	t->n--;
 }
@@ -98,7 +116,7 @@ int64_t throttle_wait(struct throttle *t, const char *key, int64_t now)
 	struct throttle_entry *e;
 
 	expire(t, now);
-	e = strmap_get(t->by_key, key);
+	e = find(t, key);
 	if (e == NULL || e->blocked_until_ms <= now)
 		return 0;
 	return e->blocked_until_ms - now;
@@ -110,16 +128,15 @@ int64_t throttle_failed(struct throttle *t, const char *key, int64_t now)
 	int64_t delay = 0;
 
 	expire(t, now);
-	e = strmap_get(t->by_key, key);
+	e = find(t, key);
 	if (e == NULL) {
 		if (t->n >= t->lim.max_entries)
 			drop_entry(t, t->oldest);
 		e = calloc(1, sizeof(*e));
 		if (e == NULL)
 			return -ENOMEM;
-		e->key = strdup(key);
-		if (e->key == NULL || strmap_put(t->by_key, key, e) < 0) {
-			free(e->key);
+		memcpy(e->key, key, strnlen(key, THROTTLE_KEY_MAX)); /* clip() */
+		if (strmap_put(t->by_key, e->key, e) < 0) {
 			free(e);
 			return -ENOMEM;
 		}
@@ -148,13 +165,13 @@ bool throttle_probation(struct throttle *t, const char *key, int64_t now)
 	struct throttle_entry *e;
 
 	expire(t, now);
-	e = strmap_get(t->by_key, key);
+	e = find(t, key);
 	return e != NULL && e->failures >= t->lim.free_failures;
 }
 
 void throttle_refund(struct throttle *t, const char *key)
 {
-	struct throttle_entry *e = strmap_get(t->by_key, key);
+	struct throttle_entry *e = find(t, key);
 
 	if (!e)
 		return;
@@ -166,7 +183,7 @@ void throttle_refund(struct throttle *t, const char *key)
 
 void throttle_forget(struct throttle *t, const char *key)
 {
-	struct throttle_entry *e = strmap_get(t->by_key, key);
+	struct throttle_entry *e = find(t, key);
 
 	if (e)
 		drop_entry(t, e);

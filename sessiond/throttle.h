@@ -10,12 +10,16 @@
  * Bounded: a key is forgotten 2 * max_delay_ms after its last failure, and
  * the table holds at most max_entries keys; a new key beyond that evicts the
  * key whose last failure is oldest (so a flood of new keys cannot grow
- * memory; it can only make the table forget the oldest offenders).
+ * memory; it can only make the table forget the oldest offenders). An entry
+ * holds at most THROTTLE_KEY_MAX bytes of its key (longer keys are told
+ * apart by their first THROTTLE_KEY_MAX bytes), so the table's memory is
+ * bounded whatever the keys.
  *
  * Pure logic: no I/O and no clock (monotonic ms are passed in), so tests are
  * deterministic. Library code: -errno, no logs.
  *
- * Ownership: the table owns its entries and their copies of the keys.
+ * Ownership: the table owns its entries and their copies of the keys;
+ * keys passed in are borrowed for the call.
  */
 #ifndef BATON_SESSIOND_THROTTLE_H
 #define BATON_SESSIOND_THROTTLE_H
@@ -33,6 +37,7 @@ struct throttle_limits {
 };
 
 #define THROTTLE_FIRST_DELAY_MS 1000
+#define THROTTLE_KEY_MAX 64
 
 /* NULL on allocation failure. */
 struct throttle *throttle_new(const struct throttle_limits *lim);

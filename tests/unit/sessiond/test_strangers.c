@@ -5,6 +5,7 @@
  * TCP; clients play several addresses by binding 127.0.0.2, ... */
 #include <arpa/inet.h>
 #include <dlfcn.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -575,6 +576,43 @@ static void test_auth_in_flight_thaw(void **state)
 
 /* ---- the review of the throttle ---- */
 
+static void pump_ms(struct test_env *e, int ms)
+{
+	for (int i = 0; i < ms; i++) {
+		test_env_pump(e);
+		usleep(1000);
+	}
+}
+
+/* Registers from `source` with any PASS (up to 16 KB); the fd. */
+static int register_from(struct test_env *e, const char *source, const char *pass)
+{
+	char line[16384];
+	int fd = test_env_connect_from(e, source, 0);
+
+	int n = snprintf(line, sizeof(line), "PASS %s\r\n", pass);
+	assert_int_equal(send(fd, line, (size_t)n, MSG_NOSIGNAL), n);
+	say_fd(fd, "NICK n");
+	say_fd(fd, "USER u 0 * :r");
+	return fd;
+}
+
+/* The reply until the close (or a 001); closes fd. */
+static char *reply(struct test_env *e, int fd)
+{
+	struct rx r = { 0 };
+
+	for (int i = 0; i < 5000 && !r.eof; i++) {
+		test_env_pump(e);
+		rx_read_max(&r, fd, 0);
+		if (r.buf && strstr(r.buf, " 001 "))
+			break;
+		usleep(1000);
+	}
+	close(fd);
+	return r.buf ? r.buf : strdup("");
+}
+
 /* Regression (review S2): the per-address keys (throttle,
  * max_pending_per_ip, max_tls_handshakes_per_ip) were whole IPv6 addresses,
  * so one /64 (every IPv6 customer) was 2^64 "addresses": failures from
@@ -618,6 +656,52 @@ static void test_ipv6_key_is_64(void **state)
 	test_env_free(e);
 }
 
+/* The [listen] limits at their defaults (common/config.c) for S3. */
+static void tune_defaults(struct baton_config *cfg)
+{
+	cfg->max_pending = 4096;
+	cfg->max_pending_per_ip = 16;
+	cfg->prelogin_max_lines = 64;
+	cfg->prelogin_max_bytes = 16384;
+	cfg->prelogin_sendq = 16384;
+	cfg->prelogin_rate = 5;
+	cfg->prelogin_burst = 20;
+	cfg->login_failures_free = 5;
+	cfg->login_throttle_max_s = 300;
+	cfg->login_throttle_entries = 16384;
+}
+
+/* Regression (review S3): the unknown-name throttle kept the user name as
+ * sent, up to ~8.7 KB, twice (entry + strmap copy), for up to 16,384
+ * entries (~285 MB): 300 failed logins with 8,000-byte names, within every
+ * per-address bound, kept ~5 MB. Now long unknown names are one key. */
+static void test_unknown_name_keys_bounded(void **state)
+{
+	struct test_env *e = env(tune_defaults, 0);
+	char *pass = malloc(8100);
+	char src[32];
+
+	assert_non_null(pass);
+	pump_ms(e, 10);
+	struct mallinfo2 before = mallinfo2();
+	for (int i = 0; i < 300; i++) {
+		memset(pass, 'a' + i % 26, 8000);
+		snprintf(pass + 8000, 100, "%04d/example:wrong", i);
+		snprintf(src, sizeof(src), "127.0.1.%d", 2 + i / 5);
+		char *r = reply(e, register_from(e, src, pass));
+		if (i < 5) /* the first ones: the name's free failures */
+			assert_non_null(strstr(r, " 464 "));
+		free(r);
+	}
+	pump_ms(e, 20);
+	struct mallinfo2 after = mallinfo2();
+	size_t grown = after.uordblks > before.uordblks ? after.uordblks - before.uordblks : 0;
+	print_message("300 failed logins with 8,000-byte names: heap +%zu bytes\n", grown);
+	free(pass);
+	assert_true(grown < (256u << 10));
+	test_env_free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -633,6 +717,7 @@ int main(void)
 		cmocka_unit_test(test_auth_in_flight_migration),
 		cmocka_unit_test(test_auth_in_flight_thaw),
 		cmocka_unit_test(test_ipv6_key_is_64),
+		cmocka_unit_test(test_unknown_name_keys_bounded),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

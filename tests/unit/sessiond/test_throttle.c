@@ -1,13 +1,14 @@
 /* tests/unit/sessiond/test_throttle.c: the failed-login throttle alone
  * (sessiond/throttle.c: pure logic, time is the test's): free failures,
  * doubling delays up to the cap, success forgets, expiry, and the bound on
- * the table (eviction of the oldest key). */
+ * the table (eviction of the oldest key), the bound on a key. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cmocka.h>
 
@@ -139,6 +140,28 @@ static void test_bounded(void **state)
 	throttle_free(t);
 }
 
+/* Regression (review S3): a key was stored whole, so 8 KB user names kept
+ * 16 KB each; now keys are told apart by their first THROTTLE_KEY_MAX
+ * bytes, which is all an entry keeps. */
+static void test_long_keys(void **state)
+{
+	struct throttle *t = thr(0, 300000, 100);
+	char a[9000], b[9000];
+
+	memset(a, 'x', sizeof(a) - 1);
+	a[sizeof(a) - 1] = '\0';
+	memcpy(b, a, sizeof(b));
+	b[sizeof(b) - 2] = 'y';
+	assert_int_equal(throttle_failed(t, a, T0), 1000);
+	assert_int_equal(throttle_wait(t, b, T0), 1000); /* the same key */
+	a[THROTTLE_KEY_MAX] = '\0';
+	assert_int_equal(throttle_wait(t, a, T0), 1000);
+	a[THROTTLE_KEY_MAX - 1] = '\0';
+	assert_int_equal(throttle_wait(t, a, T0), 0); /* shorter: another */
+	assert_int_equal(throttle_count(t, T0), 1);
+	throttle_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -148,6 +171,7 @@ int main(void)
 		cmocka_unit_test(test_probation),
 		cmocka_unit_test(test_expiry),
 		cmocka_unit_test(test_bounded),
+		cmocka_unit_test(test_long_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
