@@ -574,7 +574,7 @@ static void test_auth_in_flight_thaw(void **state)
 	test_env_free(e);
 }
 
-/* ---- the review of the throttle ---- */
+/* ---- the review of the throttle (S1-S4) ---- */
 
 static void pump_ms(struct test_env *e, int ms)
 {
@@ -613,6 +613,43 @@ static char *reply(struct test_env *e, int fd)
 	return r.buf ? r.buf : strdup("");
 }
 
+/* Regression (review S1): a check counted as a failure at its start only if
+ * its key was already at login_failures_free, so every guess sent before
+ * the first results were in was checked: 16 guesses at one user from 4
+ * addresses in parallel ran 16 crypt() where the throttle allows 2 (+1).
+ * Now the 3rd waits for the first two, is charged at its start and blocks
+ * the user; the other 13 are refused unchecked. */
+static void test_parallel_guesses(void **state)
+{
+	struct test_env *e = env(tune_throttle, 0);
+	const char *src[4] = { "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5" };
+	int fds[16], answered = 0, refused = 0;
+
+	gate(true);
+	for (int i = 0; i < 16; i++) {
+		char pass[64];
+
+		snprintf(pass, sizeof(pass), "alice/example:guess%d", i);
+		fds[i] = register_from(e, src[i % 4], pass);
+		pump_ms(e, 5);
+	}
+	pump_ms(e, 300); /* every registration read */
+	gate(false);
+	for (int i = 0; i < 16; i++) {
+		char *r = reply(e, fds[i]);
+
+		answered += strstr(r, " 464 ") != NULL;
+		refused += strstr(r, "ERROR :Too many failed logins") != NULL;
+		free(r);
+	}
+	print_message("free failures 2: %d guesses checked (%d crypt calls), %d refused\n",
+		      answered, calls(), refused);
+	assert_int_equal(calls(), 3);
+	assert_int_equal(answered, 3);
+	assert_int_equal(refused, 13);
+	test_env_free(e);
+}
+
 /* Regression (review S2): the per-address keys (throttle,
  * max_pending_per_ip, max_tls_handshakes_per_ip) were whole IPv6 addresses,
  * so one /64 (every IPv6 customer) was 2^64 "addresses": failures from
@@ -649,7 +686,7 @@ static void test_ipv6_key_is_64(void **state)
 	cl.b = e->b;
 	key6("2001:db8:1:2::1", cl.addr);
 	for (int i = 0; i < 6; i++)
-		bouncer_login_result(e->b, &cl, NULL, false);
+		bouncer_login_result(e->b, &cl, false);
 	key6("2001:db8:1:2::beef", k2);
 	assert_true(bouncer_login_wait(e->b, k2, NULL) > 0);
 	assert_int_equal(bouncer_login_wait(e->b, k3, NULL), 0);
@@ -702,6 +739,95 @@ static void test_unknown_name_keys_bounded(void **state)
 	test_env_free(e);
 }
 
+/* Regression (review S4): a freeze dropped the check in flight but kept what
+ * its start had charged, so after an aborted migration (thaw) the right
+ * password of a key on probation was refused "Too many failed logins". */
+static void test_thaw_refunds_charge(void **state)
+{
+	struct test_env *e = env(tune_throttle, 0);
+	struct bouncer_item **items, *pend = NULL;
+
+	for (int i = 0; i < 2; i++) /* the address and the user on probation */
+		free(reply(e, register_from(e, "127.0.0.7", "alice/example:wrong")));
+	gate(true);
+	int fd = register_from(e, "127.0.0.7", "alice@thaw/example:secret");
+	for (int i = 0; i < 3000 && calls() < 3; i++)
+		pump_ms(e, 1);
+	assert_int_equal(calls(), 3);
+	size_t n = bouncer_items(e->b, &items);
+	for (size_t i = 0; i < n; i++)
+		if (!bouncer_item_is_session(items[i]))
+			pend = items[i];
+	free(items);
+	assert_non_null(pend);
+	bouncer_item_freeze(pend);
+	gate(false);
+	pump_ms(e, 100);
+	bouncer_item_thaw(pend); /* the migration aborted */
+	char *r = reply(e, fd);
+	assert_non_null(strstr(r, " 001 "));
+	free(r);
+	test_env_free(e);
+}
+
+/* Pending clients whose login waits for a busy key; *one: one of them. */
+static unsigned waiting(struct test_env *e, struct bouncer_item **one)
+{
+	struct bouncer_item **items;
+	unsigned w = 0;
+	size_t n = bouncer_items(e->b, &items);
+
+	for (size_t i = 0; i < n; i++)
+		if (!bouncer_item_is_session(items[i]) && items[i]->client->login_waiting) {
+			*one = items[i];
+			w++;
+		}
+	free(items);
+	return w;
+}
+
+/* Logins waiting for a busy key: one frozen and thawed meanwhile, all go on
+ * when the checks in flight end and log in; then the bouncer is freed with
+ * one still waiting (ASan: the list lets go of it). */
+static void test_waiting_logins(void **state)
+{
+	struct test_env *e = env(tune_throttle, 0);
+	struct bouncer_item *pend = NULL;
+	int fds[5];
+
+	gate(true);
+	for (int i = 0; i < 5; i++) {
+		char pass[64];
+
+		snprintf(pass, sizeof(pass), "alice@w%d/example:secret", i);
+		fds[i] = register_from(e, "127.0.0.8", pass);
+		pump_ms(e, 20);
+	}
+	pump_ms(e, 100);
+	assert_int_equal(waiting(e, &pend), 3); /* two checks in flight */
+	bouncer_item_freeze(pend);
+	assert_false(pend->client->login_waiting);
+	bouncer_item_thaw(pend);
+	gate(false);
+	for (int i = 0; i < 5; i++) {
+		char *r = reply(e, fds[i]);
+
+		assert_non_null(strstr(r, " 001 "));
+		free(r);
+	}
+	assert_int_equal(calls(), 5);
+
+	gate(true);
+	for (int i = 0; i < 3; i++)
+		fds[i] = register_from(e, "127.0.0.9", "alice@x/example:secret");
+	pump_ms(e, 200);
+	assert_int_equal(waiting(e, &pend), 1);
+	gate(false); /* results wait in the pool: the loop does not run */
+	for (int i = 0; i < 3; i++)
+		close(fds[i]);
+	test_env_free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -716,8 +842,11 @@ int main(void)
 		cmocka_unit_test(test_auth_queue_full),
 		cmocka_unit_test(test_auth_in_flight_migration),
 		cmocka_unit_test(test_auth_in_flight_thaw),
+		cmocka_unit_test(test_parallel_guesses),
 		cmocka_unit_test(test_ipv6_key_is_64),
 		cmocka_unit_test(test_unknown_name_keys_bounded),
+		cmocka_unit_test(test_thaw_refunds_charge),
+		cmocka_unit_test(test_waiting_logins),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
