@@ -104,6 +104,11 @@ struct bouncer {
 	uint64_t auth_seq;
 	struct throttle *fail_addr, *fail_user, *fail_name;
 	int64_t throttle_logged_ms;
+	/* Clients whose login waits for the checks in flight of a busy key
+	 * (bouncer_login_begin()); looked at again by login_retry, made
+	 * active whenever a check ends. */
+	struct reglist login_waiting;
+	struct event *login_retry;
 	struct tls_contexts *tls;
 	bool accepting;
 	struct event *sweep;
@@ -226,18 +231,35 @@ int64_t bouncer_mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void addr_text(const struct sockaddr_storage *ss, socklen_t len,
-		      char out[48])
+void bouncer_addr_key(const struct sockaddr *sa, socklen_t len,
+		      char out[BOUNCER_ADDR_KEY_LEN])
 {
 	out[0] = '\0';
-	if (len == 0)
+	if (sa == NULL || len < (socklen_t)sizeof(sa_family_t))
 		return;
-	if (ss->ss_family == AF_INET)
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out, 48);
-	else if (ss->ss_family == AF_INET6)
-		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, out, 48);
-	else if (ss->ss_family == AF_UNIX)
-		snprintf(out, 48, "local");
+	if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out,
+			  BOUNCER_ADDR_KEY_LEN);
+	} else if (sa->sa_family == AF_INET6 &&
+		   len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+		struct in6_addr a = ((const struct sockaddr_in6 *)sa)->sin6_addr;
+		size_t n;
+
+		if (IN6_IS_ADDR_V4MAPPED(&a)) {
+			inet_ntop(AF_INET, &a.s6_addr[12], out, BOUNCER_ADDR_KEY_LEN);
+			return;
+		}
+		/* One host (one customer) has a whole /64. */
+		memset(&a.s6_addr[8], 0, 8);
+		if (inet_ntop(AF_INET6, &a, out, BOUNCER_ADDR_KEY_LEN) == NULL) {
+			out[0] = '\0';
+			return;
+		}
+		n = strlen(out); /* at most 21: the low 64 bits are zero */
+		snprintf(out + n, BOUNCER_ADDR_KEY_LEN - n, "/64");
+	} else if (sa->sa_family == AF_UNIX) {
+		snprintf(out, BOUNCER_ADDR_KEY_LEN, "local");
+	}
 }
 
 static struct addr_use *addr_use(struct bouncer *b, const char *addr,
@@ -273,7 +295,7 @@ static int bouncer_add_pending(struct bouncer *b, struct client *cl)
 		socklen_t len = sizeof(ss);
 
 		if (getpeername(conn_fd(cl->conn), (struct sockaddr *)&ss, &len) == 0)
-			addr_text(&ss, len, cl->addr);
+			bouncer_addr_key((struct sockaddr *)&ss, len, cl->addr);
 	}
 	u = addr_use(b, cl->addr, true);
 	if (!u || reglist_add(&b->pending, cl) < 0) {
@@ -438,32 +460,54 @@ static void bouncer_sweep_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- logins: throttles and password checks ---- */
 
-/* The throttle for a user name: configured users have their own table
- * (bounded by the config), any other name the bounded one of unknown
- * names, so that the answer does not tell which names exist. */
-static struct throttle *bouncer_user_throttle(struct bouncer *b,
-					      const char *user)
+/* The throttle key of a user name. Unconfigured names longer than
+ * BOUNCER_NAME_KEY_MAX are one key: no configured user has them, and each
+ * would otherwise keep an entry of its own (throttle.h bounds what an entry
+ * keeps; this bounds how many such entries a guesser can create with one
+ * name each). It contains '@' and '/', which no parsed user name has. */
+#define BOUNCER_NAME_KEY_MAX 64
+static const char long_name_key[] = "@long/";
+
+static const char *bouncer_user_key(struct bouncer *b, const char *user)
 {
 	if (!user)
 		return NULL;
-	return b->cfg && config_find_user(b->cfg, user) ? b->fail_user : b->fail_name;
+	if (strlen(user) > BOUNCER_NAME_KEY_MAX &&
+	    !(b->cfg && config_find_user(b->cfg, user)))
+		return long_name_key;
+	return user;
+}
+
+/* The throttle for a user name key: configured users have their own table
+ * (bounded by the config), any other name the bounded one of unknown
+ * names, so that the answer does not tell which names exist. */
+static struct throttle *bouncer_user_throttle(struct bouncer *b,
+					      const char *key)
+{
+	if (!key)
+		return NULL;
+	return b->cfg && config_find_user(b->cfg, key) ? b->fail_user : b->fail_name;
 }
 
 int64_t bouncer_login_wait(struct bouncer *b, const char *addr,
 			   const char *user)
 {
 	int64_t now = bouncer_mono_ms(), w = 0, wu = 0;
-	struct throttle *tu = bouncer_user_throttle(b, user);
+	const char *key = bouncer_user_key(b, user);
+	struct throttle *tu = bouncer_user_throttle(b, key);
 
 	if (b->fail_addr)
 		w = throttle_wait(b->fail_addr, addr, now);
 	if (tu)
-		wu = throttle_wait(tu, user, now);
+		wu = throttle_wait(tu, key, now);
 	return w > wu ? w : wu;
 }
 
-#define LOGIN_CHARGED_ADDR 1u
-#define LOGIN_CHARGED_USER 2u
+/* cl->login_counted: what bouncer_login_begin() counted, per key. */
+#define LOGIN_ADDR_CHARGED  1u /* a failure at once: refund if right */
+#define LOGIN_ADDR_INFLIGHT 2u /* in flight: throttle_end() */
+#define LOGIN_USER_CHARGED  4u
+#define LOGIN_USER_INFLIGHT 8u
 
 static void bouncer_login_log(struct bouncer *b, const char *addr,
 			      const char *user, int64_t da, int64_t du,
@@ -478,48 +522,161 @@ static void bouncer_login_log(struct bouncer *b, const char *addr,
 		 REFUSE_LOG_MS / 1000);
 }
 
-void bouncer_login_charge(struct bouncer *b, struct client *cl,
-			  const char *user)
+/* A check ended (or what it counted was dropped): a busy key may be free
+ * now, so the waiting clients are looked at again from the loop
+ * (bouncer_login_retry_cb()). */
+static void bouncer_login_kick(struct bouncer *b)
 {
-	int64_t now = bouncer_mono_ms(), da = 0, du = 0;
-	struct throttle *tu = bouncer_user_throttle(b, user);
-
-	cl->login_charged = 0;
-	if (!b->fail_addr)
-		return;
-	if (throttle_probation(b->fail_addr, cl->addr, now)) {
-		da = throttle_failed(b->fail_addr, cl->addr, now);
-		cl->login_charged |= LOGIN_CHARGED_ADDR;
-	}
-	if (tu && throttle_probation(tu, user, now)) {
-		du = throttle_failed(tu, user, now);
-		cl->login_charged |= LOGIN_CHARGED_USER;
-	}
-	bouncer_login_log(b, cl->addr, user, da, du, now);
+	if (b->login_waiting.n > 0 && b->login_retry)
+		event_active(b->login_retry, EV_TIMEOUT, 0);
 }
 
-void bouncer_login_result(struct bouncer *b, struct client *cl,
-			  const char *user, bool ok)
+static bool bouncer_login_busy(struct bouncer *b, const char *addr,
+			       const char *key, int64_t now)
 {
-	int64_t now = bouncer_mono_ms(), da = 0, du = 0;
-	struct throttle *tu = bouncer_user_throttle(b, user);
-	unsigned charged = cl->login_charged;
+	struct throttle *tu = bouncer_user_throttle(b, key);
 
-	cl->login_charged = 0;
-	if (!b->fail_addr)
+	return throttle_busy(b->fail_addr, addr, now) ||
+	       (tu && throttle_busy(tu, key, now));
+}
+
+/* The waiting clients whose keys are no longer busy try again (each is
+ * checked, waits again or is refused by client_authenticate()). From the
+ * loop: nothing here runs inside a check's result. */
+static void bouncer_login_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct bouncer *b = arg;
+	int64_t now = bouncer_mono_ms();
+	struct client **go;
+	size_t n = 0;
+
+	if (b->login_waiting.n == 0)
 		return;
-	if (ok) {
-		if (charged & LOGIN_CHARGED_ADDR)
-			throttle_refund(b->fail_addr, cl->addr);
-		if (tu)
-			throttle_forget(tu, user);
+	go = calloc(b->login_waiting.n, sizeof(*go));
+	if (!go) {
+		/* Out of memory: try again on the next check that ends; the
+		 * registration timeout closes whoever never gets there. */
 		return;
 	}
-	if (!(charged & LOGIN_CHARGED_ADDR))
-		da = throttle_failed(b->fail_addr, cl->addr, now);
-	if (tu && !(charged & LOGIN_CHARGED_USER))
-		du = throttle_failed(tu, user, now);
-	bouncer_login_log(b, cl->addr, user, da, du, now);
+	for (size_t i = 0; i < b->login_waiting.n; i++) {
+		struct client *cl = b->login_waiting.v[i];
+
+		if (!bouncer_login_busy(b, cl->addr, cl->login_user, now))
+			go[n++] = cl;
+	}
+	/* Taken off the list first: resuming one may list it again. Closing
+	 * a client is deferred to the loop (conn_close()), so none of them is
+	 * freed meanwhile. */
+	for (size_t i = 0; i < n; i++) {
+		reglist_remove(&b->login_waiting, go[i]);
+		go[i]->login_waiting = false;
+	}
+	for (size_t i = 0; i < n; i++)
+		client_pending_resume(go[i]);
+	free(go);
+}
+
+int bouncer_login_begin(struct bouncer *b, struct client *cl,
+			const char *user)
+{
+	int64_t now = bouncer_mono_ms(), da = 0, du = 0;
+	const char *key = bouncer_user_key(b, user);
+	struct throttle *tu = bouncer_user_throttle(b, key);
+	int rc;
+
+	bouncer_login_drop(b, cl, true); /* nothing counted twice */
+	if (!b->fail_addr)
+		return 0;
+	if (key) {
+		cl->login_user = strdup(key);
+		if (!cl->login_user)
+			return -ENOMEM;
+	}
+	if (bouncer_login_busy(b, cl->addr, key, now)) {
+		if (reglist_add(&b->login_waiting, cl) < 0) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		cl->login_waiting = true;
+		return 1;
+	}
+	rc = throttle_begin(b->fail_addr, cl->addr, now, &da);
+	if (rc < 0)
+		goto out;
+	cl->login_counted |= rc ? LOGIN_ADDR_CHARGED : LOGIN_ADDR_INFLIGHT;
+	if (tu) {
+		rc = throttle_begin(tu, key, now, &du);
+		if (rc < 0)
+			goto out;
+		cl->login_counted |= rc ? LOGIN_USER_CHARGED : LOGIN_USER_INFLIGHT;
+	}
+	bouncer_login_log(b, cl->addr, key, da, du, now);
+	rc = 0;
+out:
+	if (rc < 0)
+		bouncer_login_drop(b, cl, true);
+	return rc;
+}
+
+void bouncer_login_result(struct bouncer *b, struct client *cl, bool ok)
+{
+	int64_t now = bouncer_mono_ms(), da = 0, du = 0;
+	const char *key = cl->login_user;
+	struct throttle *tu = bouncer_user_throttle(b, key);
+	unsigned counted = cl->login_counted;
+
+	cl->login_counted = 0;
+	if (!b->fail_addr)
+		goto out;
+	if (counted & LOGIN_ADDR_INFLIGHT)
+		da = throttle_end(b->fail_addr, cl->addr, !ok, now);
+	else if ((counted & LOGIN_ADDR_CHARGED) && ok)
+		throttle_refund(b->fail_addr, cl->addr);
+	else if (!(counted & LOGIN_ADDR_CHARGED) && !ok)
+		da = throttle_failed(b->fail_addr, cl->addr, now); /* not begun */
+	if (tu) {
+		if (counted & LOGIN_USER_INFLIGHT)
+			du = throttle_end(tu, key, !ok, now);
+		else if (!(counted & LOGIN_USER_CHARGED) && !ok)
+			du = throttle_failed(tu, key, now);
+		if (ok)
+			throttle_forget(tu, key); /* a charge included */
+	}
+	bouncer_login_log(b, cl->addr, key, da, du, now);
+out:
+	free(cl->login_user);
+	cl->login_user = NULL;
+	bouncer_login_kick(b);
+}
+
+void bouncer_login_drop(struct bouncer *b, struct client *cl, bool refund)
+{
+	const char *key = cl->login_user;
+	struct throttle *tu = bouncer_user_throttle(b, key);
+	unsigned counted = cl->login_counted;
+	int64_t now = bouncer_mono_ms();
+
+	if (cl->login_waiting) {
+		reglist_remove(&b->login_waiting, cl);
+		cl->login_waiting = false;
+	}
+	cl->login_counted = 0;
+	if (b->fail_addr) {
+		if (counted & LOGIN_ADDR_INFLIGHT)
+			throttle_end(b->fail_addr, cl->addr, false, now);
+		if ((counted & LOGIN_ADDR_CHARGED) && refund)
+			throttle_refund(b->fail_addr, cl->addr);
+	}
+	if (tu) {
+		if (counted & LOGIN_USER_INFLIGHT)
+			throttle_end(tu, key, false, now);
+		if ((counted & LOGIN_USER_CHARGED) && refund)
+			throttle_refund(tu, key);
+	}
+	free(cl->login_user);
+	cl->login_user = NULL;
+	if (counted)
+		bouncer_login_kick(b);
 }
 
 static void auth_key(uint64_t id, char key[24])
@@ -757,12 +914,14 @@ static int bouncer_limits_init(struct bouncer *b)
 	b->accept_resume = evtimer_new(b->base, bouncer_accept_resume_cb, b);
 	b->by_addr = strmap_new();
 	b->auth_by_id = strmap_new();
+	b->login_retry = event_new(b->base, -1, 0, bouncer_login_retry_cb, b);
 	b->auth = authpool_new(b->base, cfg && cfg->auth_threads > 0 ?
 				       (unsigned)cfg->auth_threads : 1,
 			       cfg && cfg->auth_queue > 0 ? (size_t)cfg->auth_queue :
 							    BOUNCER_AUTH_QUEUE,
 			       bouncer_auth_done, b);
-	if (!b->accept_resume || !b->by_addr || !b->auth_by_id || !b->auth)
+	if (!b->accept_resume || !b->by_addr || !b->auth_by_id || !b->auth ||
+	    !b->login_retry || reglist_init(&b->login_waiting) < 0)
 		return -ENOMEM;
 	if (cfg && cfg->login_throttle_max_s > 0) {
 		struct throttle_limits lim = {
@@ -870,6 +1029,9 @@ void bouncer_free(struct bouncer *b)
 		close(b->reserve_fd);
 	authpool_free(b->auth); /* no result is delivered after this */
 	strmap_free(b->auth_by_id);
+	reglist_clear(&b->login_waiting); /* empty: every pending client is gone */
+	if (b->login_retry)
+		event_free(b->login_retry);
 	strmap_free(b->by_addr); /* empty: every pending client is gone */
 	throttle_free(b->fail_addr);
 	throttle_free(b->fail_user);
@@ -1002,7 +1164,7 @@ static void bouncer_accept_cb(evutil_socket_t lfd, short what, void *arg)
 	for (int i = 0; i < 64 && b->accepting && !b->accept_paused; i++) {
 		struct sockaddr_storage ss;
 		socklen_t sslen = sizeof(ss);
-		char addr[48];
+		char addr[BOUNCER_ADDR_KEY_LEN];
 		const char *why;
 		SSL_CTX *ctx = NULL;
 		int fd = accept4(lfd, (struct sockaddr *)&ss, &sslen,
@@ -1019,7 +1181,7 @@ static void bouncer_accept_cb(evutil_socket_t lfd, short what, void *arg)
 				log_warn("bouncer", "accept: %s", strerror(err));
 			return;
 		}
-		addr_text(&ss, sslen, addr);
+		bouncer_addr_key((struct sockaddr *)&ss, sslen, addr);
 		why = bouncer_admit(b, tls, addr);
 		if (why) {
 			bouncer_refuse(b, fd, tls, addr, why);
@@ -1177,6 +1339,10 @@ void bouncer_item_freeze(struct bouncer_item *it)
 		 * result will find no client) and check again wherever the
 		 * client is armed next (client_pending_resume()). */
 		bouncer_auth_cancel(cl->b, cl);
+		/* What its check counted in the throttles goes too (a charge
+		 * refunded: the check runs again, and an aborted migration
+		 * must not leave the right password refused). */
+		bouncer_login_drop(cl->b, cl, true);
 		conn_freeze(cl->conn, true);
 		it->state = ITEM_FROZEN;
 	}

@@ -78,6 +78,7 @@ void client_free(struct client *cl)
 	/* What it holds in the bouncer's counters and tables. */
 	bouncer_tls_handshake_end(cl->b, cl);
 	bouncer_auth_cancel(cl->b, cl);
+	bouncer_login_drop(cl->b, cl, false); /* a charge stays */
 	if (cl->pending_counted)
 		bouncer_forget_pending(cl->b, cl);
 	conn_release(cl->conn);
@@ -487,11 +488,12 @@ static void client_bad_password(struct client *cl)
  * user, malformed ident: against a dummy of the configured hashes' kind),
  * so the timing does not tell which users exist. Before it, the failed-login
  * throttle: an address or user name past its free failures is refused
- * without any check until its delay is over; for a key already at its free
- * failures a check that starts counts as a failure at once (refunded if
- * right), so parallel attempts cannot slip past the limit while checks run.
- * Lines that follow wait
- * (conn_hold_lines()) until the result is in. */
+ * without any check until its delay is over; a login whose address or user
+ * name is busy with checks in flight waits for them (bouncer_login_begin():
+ * client_pending_resume() brings it back here); for a key on probation a
+ * check that starts counts as a failure at once (refunded if right), so
+ * parallel attempts cannot slip past the limit while checks run. Lines that
+ * follow wait (conn_hold_lines()) until the result is in. */
 static void client_authenticate(struct client *cl)
 {
 	const struct baton_config *cfg = bouncer_config(cl->b);
@@ -518,9 +520,16 @@ static void client_authenticate(struct client *cl)
 	const struct config_user *cu = cfg && user ? config_find_user(cfg, user) : NULL;
 	bool known = cu && cu->password && cu->password[0];
 	hash = known ? cu->password : dummy_hash(cfg);
-	rc = bouncer_auth_submit(cl->b, cl, password, hash);
-	if (rc == 0)
-		bouncer_login_charge(cl->b, cl, user);
+	rc = bouncer_login_begin(cl->b, cl, user);
+	if (rc == 1) {
+		conn_hold_lines(cl->conn, true);
+		goto out;
+	}
+	if (rc == 0) {
+		rc = bouncer_auth_submit(cl->b, cl, password, hash);
+		if (rc < 0)
+			bouncer_login_drop(cl->b, cl, true); /* never checked */
+	}
 	if (rc < 0) {
 		log_warn("client", "login from %s refused: %s", cl->addr[0] ? cl->addr : "?",
 			 rc == -EAGAIN ? "password checks queue full" : strerror(-rc));
@@ -540,24 +549,27 @@ void client_auth_done(struct client *cl, bool pass_ok)
 	char *user = NULL, *network = NULL, *cname = NULL;
 
 	conn_hold_lines(cl->conn, false);
-	if (cl->phase != CLIENT_PENDING || conn_is_dead(cl->conn))
+	if (cl->phase != CLIENT_PENDING || conn_is_dead(cl->conn)) {
+		bouncer_login_drop(cl->b, cl, false); /* no one hears of it */
 		goto out;
+	}
 	client_credentials(cl, &ident, &password);
 	if (!ident || parse_ident(ident, &user, &network, &cname) < 0) {
-		bouncer_login_result(cl->b, cl, NULL, false);
+		bouncer_login_result(cl->b, cl, false);
 		client_bad_password(cl);
 		goto out;
 	}
 	const struct config_user *cu = cfg ? config_find_user(cfg, user) : NULL;
 	bool known = cu && cu->password && cu->password[0];
 	if (!known || !pass_ok) {
-		log_info("client", "authentication failed for user %s from %s", user,
-			 cl->addr[0] ? cl->addr : "?");
-		bouncer_login_result(cl->b, cl, user, false);
+		/* A name as sent can be 8 KB: the log gets its start. */
+		log_info("client", "authentication failed for user %.64s%s from %s", user,
+			 strlen(user) > 64 ? "..." : "", cl->addr[0] ? cl->addr : "?");
+		bouncer_login_result(cl->b, cl, false);
 		client_bad_password(cl);
 		goto out;
 	}
-	bouncer_login_result(cl->b, cl, user, true);
+	bouncer_login_result(cl->b, cl, true);
 	struct session *s = bouncer_find_session(cl->b, user, network);
 	if (!s && !config_find_session(cfg, user, network)) {
 		log_info("client", "user %s: no session for network %s", user, network);
@@ -609,7 +621,7 @@ static void client_try_register(struct client *cl)
 {
 	if (cl->phase != CLIENT_PENDING || cl->cap_negotiating || !cl->nick || !cl->user)
 		return;
-	if (conn_is_dead(cl->conn) || cl->auth_id)
+	if (conn_is_dead(cl->conn) || cl->auth_id || cl->login_waiting)
 		return;
 	client_authenticate(cl);
 }

@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "sessiond/backlog.h"
 #include "sessiond/bouncer.h"
@@ -186,20 +187,31 @@ struct delivery_mark {
 	uint64_t seq;
 };
 
+/* Longest address key (bouncer_addr_key()) with its NUL. */
+#define BOUNCER_ADDR_KEY_LEN 48
+
 struct client {
 	struct bouncer *b;
 	struct session *s;      /* NULL while pending */
 	struct conn *conn;
 	bool in_tls_handshake;  /* counted in bouncer_tls_handshake_begin() */
-	/* Peer address ("" if unknown, "local" for AF_UNIX): the key of the
-	 * per-address limits and of the failed-login throttle. */
-	char addr[48];
+	/* Peer address key (bouncer_addr_key(): IPv6 its /64; "" if unknown,
+	 * "local" for AF_UNIX): the key of the per-address limits and of the
+	 * failed-login throttle. */
+	char addr[BOUNCER_ADDR_KEY_LEN];
 	bool pending_counted;   /* counted in the pending limits (bouncer.c) */
 	/* Password check in flight (authpool.h): its id, 0 none; meanwhile the
 	 * conn holds its lines. A freeze drops it (bouncer_item_freeze());
 	 * client_pending_resume() checks again once the client is armed. */
 	uint64_t auth_id;
-	unsigned login_charged; /* bouncer_login_charge(): keys charged */
+	/* The failed-login throttle's hold on this client's login, from
+	 * bouncer_login_begin() to bouncer_login_result()/_drop(): what was
+	 * counted per key (bouncer.c), the user name's key (owned; NULL:
+	 * none), and whether the login waits for a busy key's checks (listed
+	 * in the bouncer; lines held meanwhile). */
+	unsigned login_counted;
+	char *login_user;
+	bool login_waiting;
 	/* Before login (client.c): lines and bytes received, and the command
 	 * token bucket (tokens * 1000, refilled as of bucket_ms, monotonic). */
 	unsigned prelogin_lines;
@@ -301,20 +313,41 @@ const struct baton_config *bouncer_config(const struct bouncer *b);
 void bouncer_tls_handshake_end(struct bouncer *b, struct client *cl);
 /* Monotonic ms (throttles and rate limits; not wall-clock). */
 int64_t bouncer_mono_ms(void);
-/* Failed-login throttle (throttle.h), per client address and per user name
- * (user may be NULL: a malformed ident). wait: ms until an attempt may be
- * checked (0: now). charge: cl's attempt is about to be checked; for a key
- * already at its free failures it counts as a failure at once (refunded if
- * right), so parallel attempts cannot slip past the limit while checks run
- * (keys below it are not charged: parallel right logins from one address
- * stay free). result: the outcome; failures not charged yet count now, a
- * success refunds the address's charge and forgets the user's failures. */
+/* The key of a peer address in every per-address bound ([listen]
+ * max_pending_per_ip, max_tls_handshakes_per_ip) and the failed-login
+ * throttle: IPv4 as is; IPv6 its /64 ("2001:db8:1:2::/64": one host or
+ * customer has a whole /64, so whole addresses would be 2^64 "addresses");
+ * an IPv4-mapped IPv6 address its IPv4 one; "local" for AF_UNIX; "" if
+ * unknown (len 0, another family). */
+void bouncer_addr_key(const struct sockaddr *sa, socklen_t len,
+		      char out[BOUNCER_ADDR_KEY_LEN]);
+/* Failed-login throttle (throttle.h), per client address key and per user
+ * name (user may be NULL: a malformed ident; unconfigured names longer
+ * than 64 bytes share one key).
+ * wait: ms until an attempt may be checked (0: now).
+ * begin: cl's password check is about to start. If a key of it is busy
+ * (its checks in flight put it on probation) the login waits: returns 1,
+ * cl is listed and client_pending_resume() follows from the loop once a
+ * check of its keys ended (hold its lines meanwhile). Else returns 0 with
+ * the check counted per key: in flight, or (a key on probation) as a
+ * failure at once, refunded if right; so guesses in parallel get no more
+ * checks than guesses in a row, and right logins in parallel are never
+ * charged. -ENOMEM: nothing counted.
+ * result: the outcome of the check begun: a failure counts where it was not
+ * counted yet; a success refunds the address's charge and forgets the user
+ * name's failures. Without a begin (nothing recorded in cl), a failure
+ * counts for cl->addr.
+ * drop: cl's login ends without an outcome (freed, frozen, or its check
+ * could not be submitted): what begin counted in flight is uncounted and a
+ * charge refunded if refund (a migration freeze, the check runs again) or
+ * kept (cl is freed: no one learns the outcome); cl stops waiting. Safe to
+ * call at any time. */
 int64_t bouncer_login_wait(struct bouncer *b, const char *addr,
 			   const char *user);
-void bouncer_login_charge(struct bouncer *b, struct client *cl,
-			  const char *user);
-void bouncer_login_result(struct bouncer *b, struct client *cl,
-			  const char *user, bool ok);
+int bouncer_login_begin(struct bouncer *b, struct client *cl,
+			const char *user);
+void bouncer_login_result(struct bouncer *b, struct client *cl, bool ok);
+void bouncer_login_drop(struct bouncer *b, struct client *cl, bool refund);
 /* Check password against hash off the loop (authpool.h) for cl: sets
  * cl->auth_id; client_auth_done() follows from the loop unless cl is freed
  * or cancelled first. 0, -EAGAIN (queue full), -ENOMEM. */

@@ -3,7 +3,10 @@
  * throttle through real connections, password checks off the loop (one
  * crypt() each, a full queue, a check in flight across a migration). Loopback
  * TCP; clients play several addresses by binding 127.0.0.2, ... */
+#include <arpa/inet.h>
 #include <dlfcn.h>
+#include <malloc.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,11 +17,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/socket.h>
 
 #include <cmocka.h>
 
 #include "common/config.h"
 #include "sessiond/bouncer.h"
+#include "sessiond/session.h"
 #include "test_env.h"
 
 /* ---- crypt_rn() interposed: counted, and held at a gate on demand ---- */
@@ -569,6 +574,260 @@ static void test_auth_in_flight_thaw(void **state)
 	test_env_free(e);
 }
 
+/* ---- the review of the throttle (S1-S4) ---- */
+
+static void pump_ms(struct test_env *e, int ms)
+{
+	for (int i = 0; i < ms; i++) {
+		test_env_pump(e);
+		usleep(1000);
+	}
+}
+
+/* Registers from `source` with any PASS (up to 16 KB); the fd. */
+static int register_from(struct test_env *e, const char *source, const char *pass)
+{
+	char line[16384];
+	int fd = test_env_connect_from(e, source, 0);
+
+	int n = snprintf(line, sizeof(line), "PASS %s\r\n", pass);
+	assert_int_equal(send(fd, line, (size_t)n, MSG_NOSIGNAL), n);
+	say_fd(fd, "NICK n");
+	say_fd(fd, "USER u 0 * :r");
+	return fd;
+}
+
+/* The reply until the close (or a 001); closes fd. */
+static char *reply(struct test_env *e, int fd)
+{
+	struct rx r = { 0 };
+
+	for (int i = 0; i < 5000 && !r.eof; i++) {
+		test_env_pump(e);
+		rx_read_max(&r, fd, 0);
+		if (r.buf && strstr(r.buf, " 001 "))
+			break;
+		usleep(1000);
+	}
+	close(fd);
+	return r.buf ? r.buf : strdup("");
+}
+
+/* Regression (review S1): a check counted as a failure at its start only if
+ * its key was already at login_failures_free, so every guess sent before
+ * the first results were in was checked: 16 guesses at one user from 4
+ * addresses in parallel ran 16 crypt() where the throttle allows 2 (+1).
+ * Now the 3rd waits for the first two, is charged at its start and blocks
+ * the user; the other 13 are refused unchecked. */
+static void test_parallel_guesses(void **state)
+{
+	struct test_env *e = env(tune_throttle, 0);
+	const char *src[4] = { "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5" };
+	int fds[16], answered = 0, refused = 0;
+
+	gate(true);
+	for (int i = 0; i < 16; i++) {
+		char pass[64];
+
+		snprintf(pass, sizeof(pass), "alice/example:guess%d", i);
+		fds[i] = register_from(e, src[i % 4], pass);
+		pump_ms(e, 5);
+	}
+	pump_ms(e, 300); /* every registration read */
+	gate(false);
+	for (int i = 0; i < 16; i++) {
+		char *r = reply(e, fds[i]);
+
+		answered += strstr(r, " 464 ") != NULL;
+		refused += strstr(r, "ERROR :Too many failed logins") != NULL;
+		free(r);
+	}
+	print_message("free failures 2: %d guesses checked (%d crypt calls), %d refused\n",
+		      answered, calls(), refused);
+	assert_int_equal(calls(), 3);
+	assert_int_equal(answered, 3);
+	assert_int_equal(refused, 13);
+	test_env_free(e);
+}
+
+/* Regression (review S2): the per-address keys (throttle,
+ * max_pending_per_ip, max_tls_handshakes_per_ip) were whole IPv6 addresses,
+ * so one /64 (every IPv6 customer) was 2^64 "addresses": failures from
+ * 2001:db8:1:2::1 did not slow 2001:db8:1:2::beef. (Through the key and the
+ * login API: loopback has a single IPv6 address.) */
+static void key6(const char *text, char out[BOUNCER_ADDR_KEY_LEN])
+{
+	struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6 };
+
+	assert_int_equal(inet_pton(AF_INET6, text, &sin6.sin6_addr), 1);
+	bouncer_addr_key((struct sockaddr *)&sin6, sizeof(sin6), out);
+}
+
+static void test_ipv6_key_is_64(void **state)
+{
+	struct test_env *e = env(tune_throttle, 0);
+	struct sockaddr_in sin = { .sin_family = AF_INET };
+	char k1[BOUNCER_ADDR_KEY_LEN], k2[BOUNCER_ADDR_KEY_LEN], k3[BOUNCER_ADDR_KEY_LEN];
+	struct client cl;
+
+	key6("2001:db8:1:2::1", k1);
+	key6("2001:db8:1:2:ffff:ffff:ffff:beef", k2);
+	key6("2001:db8:1:3::1", k3);
+	assert_string_equal(k1, "2001:db8:1:2::/64");
+	assert_string_equal(k2, k1);
+	assert_string_not_equal(k3, k1);
+	key6("::ffff:192.0.2.7", k2); /* v4-mapped: the IPv4 address */
+	assert_string_equal(k2, "192.0.2.7");
+	inet_pton(AF_INET, "192.0.2.7", &sin.sin_addr);
+	bouncer_addr_key((struct sockaddr *)&sin, sizeof(sin), k2);
+	assert_string_equal(k2, "192.0.2.7");
+
+	memset(&cl, 0, sizeof(cl));
+	cl.b = e->b;
+	key6("2001:db8:1:2::1", cl.addr);
+	for (int i = 0; i < 6; i++)
+		bouncer_login_result(e->b, &cl, false);
+	key6("2001:db8:1:2::beef", k2);
+	assert_true(bouncer_login_wait(e->b, k2, NULL) > 0);
+	assert_int_equal(bouncer_login_wait(e->b, k3, NULL), 0);
+	test_env_free(e);
+}
+
+/* The [listen] limits at their defaults (common/config.c) for S3. */
+static void tune_defaults(struct baton_config *cfg)
+{
+	cfg->max_pending = 4096;
+	cfg->max_pending_per_ip = 16;
+	cfg->prelogin_max_lines = 64;
+	cfg->prelogin_max_bytes = 16384;
+	cfg->prelogin_sendq = 16384;
+	cfg->prelogin_rate = 5;
+	cfg->prelogin_burst = 20;
+	cfg->login_failures_free = 5;
+	cfg->login_throttle_max_s = 300;
+	cfg->login_throttle_entries = 16384;
+}
+
+/* Regression (review S3): the unknown-name throttle kept the user name as
+ * sent, up to ~8.7 KB, twice (entry + strmap copy), for up to 16,384
+ * entries (~285 MB): 300 failed logins with 8,000-byte names, within every
+ * per-address bound, kept ~5 MB. Now long unknown names are one key. */
+static void test_unknown_name_keys_bounded(void **state)
+{
+	struct test_env *e = env(tune_defaults, 0);
+	char *pass = malloc(8100);
+	char src[32];
+
+	assert_non_null(pass);
+	pump_ms(e, 10);
+	struct mallinfo2 before = mallinfo2();
+	for (int i = 0; i < 300; i++) {
+		memset(pass, 'a' + i % 26, 8000);
+		snprintf(pass + 8000, 100, "%04d/example:wrong", i);
+		snprintf(src, sizeof(src), "127.0.1.%d", 2 + i / 5);
+		char *r = reply(e, register_from(e, src, pass));
+		if (i < 5) /* the first ones: the name's free failures */
+			assert_non_null(strstr(r, " 464 "));
+		free(r);
+	}
+	pump_ms(e, 20);
+	struct mallinfo2 after = mallinfo2();
+	size_t grown = after.uordblks > before.uordblks ? after.uordblks - before.uordblks : 0;
+	print_message("300 failed logins with 8,000-byte names: heap +%zu bytes\n", grown);
+	free(pass);
+	assert_true(grown < (256u << 10));
+	test_env_free(e);
+}
+
+/* Regression (review S4): a freeze dropped the check in flight but kept what
+ * its start had charged, so after an aborted migration (thaw) the right
+ * password of a key on probation was refused "Too many failed logins". */
+static void test_thaw_refunds_charge(void **state)
+{
+	struct test_env *e = env(tune_throttle, 0);
+	struct bouncer_item **items, *pend = NULL;
+
+	for (int i = 0; i < 2; i++) /* the address and the user on probation */
+		free(reply(e, register_from(e, "127.0.0.7", "alice/example:wrong")));
+	gate(true);
+	int fd = register_from(e, "127.0.0.7", "alice@thaw/example:secret");
+	for (int i = 0; i < 3000 && calls() < 3; i++)
+		pump_ms(e, 1);
+	assert_int_equal(calls(), 3);
+	size_t n = bouncer_items(e->b, &items);
+	for (size_t i = 0; i < n; i++)
+		if (!bouncer_item_is_session(items[i]))
+			pend = items[i];
+	free(items);
+	assert_non_null(pend);
+	bouncer_item_freeze(pend);
+	gate(false);
+	pump_ms(e, 100);
+	bouncer_item_thaw(pend); /* the migration aborted */
+	char *r = reply(e, fd);
+	assert_non_null(strstr(r, " 001 "));
+	free(r);
+	test_env_free(e);
+}
+
+/* Pending clients whose login waits for a busy key; *one: one of them. */
+static unsigned waiting(struct test_env *e, struct bouncer_item **one)
+{
+	struct bouncer_item **items;
+	unsigned w = 0;
+	size_t n = bouncer_items(e->b, &items);
+
+	for (size_t i = 0; i < n; i++)
+		if (!bouncer_item_is_session(items[i]) && items[i]->client->login_waiting) {
+			*one = items[i];
+			w++;
+		}
+	free(items);
+	return w;
+}
+
+/* Logins waiting for a busy key: one frozen and thawed meanwhile, all go on
+ * when the checks in flight end and log in; then the bouncer is freed with
+ * one still waiting (ASan: the list lets go of it). */
+static void test_waiting_logins(void **state)
+{
+	struct test_env *e = env(tune_throttle, 0);
+	struct bouncer_item *pend = NULL;
+	int fds[5];
+
+	gate(true);
+	for (int i = 0; i < 5; i++) {
+		char pass[64];
+
+		snprintf(pass, sizeof(pass), "alice@w%d/example:secret", i);
+		fds[i] = register_from(e, "127.0.0.8", pass);
+		pump_ms(e, 20);
+	}
+	pump_ms(e, 100);
+	assert_int_equal(waiting(e, &pend), 3); /* two checks in flight */
+	bouncer_item_freeze(pend);
+	assert_false(pend->client->login_waiting);
+	bouncer_item_thaw(pend);
+	gate(false);
+	for (int i = 0; i < 5; i++) {
+		char *r = reply(e, fds[i]);
+
+		assert_non_null(strstr(r, " 001 "));
+		free(r);
+	}
+	assert_int_equal(calls(), 5);
+
+	gate(true);
+	for (int i = 0; i < 3; i++)
+		fds[i] = register_from(e, "127.0.0.9", "alice@x/example:secret");
+	pump_ms(e, 200);
+	assert_int_equal(waiting(e, &pend), 1);
+	gate(false); /* results wait in the pool: the loop does not run */
+	for (int i = 0; i < 3; i++)
+		close(fds[i]);
+	test_env_free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -583,6 +842,11 @@ int main(void)
 		cmocka_unit_test(test_auth_queue_full),
 		cmocka_unit_test(test_auth_in_flight_migration),
 		cmocka_unit_test(test_auth_in_flight_thaw),
+		cmocka_unit_test(test_parallel_guesses),
+		cmocka_unit_test(test_ipv6_key_is_64),
+		cmocka_unit_test(test_unknown_name_keys_bounded),
+		cmocka_unit_test(test_thaw_refunds_charge),
+		cmocka_unit_test(test_waiting_logins),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,13 +1,15 @@
 /* tests/unit/sessiond/test_throttle.c: the failed-login throttle alone
  * (sessiond/throttle.c: pure logic, time is the test's): free failures,
  * doubling delays up to the cap, success forgets, expiry, and the bound on
- * the table (eviction of the oldest key). */
+ * the table (eviction of the oldest key), checks in flight, the bound on a
+ * key. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cmocka.h>
 
@@ -139,6 +141,76 @@ static void test_bounded(void **state)
 	throttle_free(t);
 }
 
+/* Regression (review S1): checks in flight did not count, so guesses sent in
+ * parallel were all checked before the first failure. free 2: two checks in
+ * flight put the key on probation and make it busy; when both fail the next
+ * check is charged at its start and blocks the key; right ones end and take
+ * the key off probation again. */
+static void test_inflight(void **state)
+{
+	struct throttle *t = thr(2, 300000, 100);
+	int64_t d;
+
+	assert_int_equal(throttle_begin(t, "a", T0, &d), 0);
+	assert_false(throttle_probation(t, "a", T0));
+	assert_int_equal(throttle_begin(t, "a", T0, &d), 0);
+	assert_true(throttle_probation(t, "a", T0));
+	assert_true(throttle_busy(t, "a", T0)); /* wait for those two */
+	assert_false(throttle_busy(t, "b", T0));
+	/* both right: nothing counted, the key is gone */
+	assert_int_equal(throttle_end(t, "a", false, T0), 0);
+	assert_false(throttle_busy(t, "a", T0));
+	assert_int_equal(throttle_end(t, "a", false, T0), 0);
+	assert_int_equal(throttle_count(t, T0), 0);
+	/* two in flight fail: free failures, no block; probation, not busy */
+	assert_int_equal(throttle_begin(t, "a", T0, &d), 0);
+	assert_int_equal(throttle_begin(t, "a", T0, &d), 0);
+	assert_int_equal(throttle_end(t, "a", true, T0), 0);
+	assert_true(throttle_busy(t, "a", T0));
+	assert_int_equal(throttle_end(t, "a", true, T0), 0);
+	assert_false(throttle_busy(t, "a", T0));
+	assert_true(throttle_probation(t, "a", T0));
+	/* the next check is charged at its start and blocks */
+	assert_int_equal(throttle_begin(t, "a", T0, &d), 1);
+	assert_int_equal(d, 1000);
+	assert_int_equal(throttle_wait(t, "a", T0), 1000);
+	throttle_refund(t, "a"); /* it was right (or dropped) */
+	assert_int_equal(throttle_wait(t, "a", T0), 0);
+	/* a success forgets failures, not checks in flight */
+	assert_int_equal(throttle_begin(t, "a", T0, &d), 1);
+	throttle_refund(t, "a");
+	assert_int_equal(throttle_begin(t, "c", T0, &d), 0);
+	assert_int_equal(throttle_failed(t, "c", T0), 0);
+	assert_int_equal(throttle_failed(t, "c", T0), 0);
+	throttle_forget(t, "c");
+	assert_int_equal(throttle_wait(t, "c", T0), 0);
+	assert_int_equal(throttle_end(t, "c", false, T0), 0);
+	assert_int_equal(throttle_end(t, "nobody", false, T0), 0);
+	throttle_free(t);
+}
+
+/* Regression (review S3): a key was stored whole, so 8 KB user names kept
+ * 16 KB each; now keys are told apart by their first THROTTLE_KEY_MAX
+ * bytes, which is all an entry keeps. */
+static void test_long_keys(void **state)
+{
+	struct throttle *t = thr(0, 300000, 100);
+	char a[9000], b[9000];
+
+	memset(a, 'x', sizeof(a) - 1);
+	a[sizeof(a) - 1] = '\0';
+	memcpy(b, a, sizeof(b));
+	b[sizeof(b) - 2] = 'y';
+	assert_int_equal(throttle_failed(t, a, T0), 1000);
+	assert_int_equal(throttle_wait(t, b, T0), 1000); /* the same key */
+	a[THROTTLE_KEY_MAX] = '\0';
+	assert_int_equal(throttle_wait(t, a, T0), 1000);
+	a[THROTTLE_KEY_MAX - 1] = '\0';
+	assert_int_equal(throttle_wait(t, a, T0), 0); /* shorter: another */
+	assert_int_equal(throttle_count(t, T0), 1);
+	throttle_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -148,6 +220,8 @@ int main(void)
 		cmocka_unit_test(test_probation),
 		cmocka_unit_test(test_expiry),
 		cmocka_unit_test(test_bounded),
+		cmocka_unit_test(test_inflight),
+		cmocka_unit_test(test_long_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
