@@ -208,19 +208,22 @@ def test_254_clients(ctx):
 
 def test_stalled_clients_shrunk_to_fit(ctx):
     """Last line of defence: clients' unwritten output is bounded per client
-    (4 MiB) but not per session. Ten clients of one session that stopped
-    reading, each holding 1-2.5 MB of output in the bouncer (what its kernel
-    socket does not take: that varies with autotuning), plus the backlog of
-    those 58,000 lines (5.2 MB), are over one migration message whatever
-    the kernel took: the upgrade still commits, after
-    disconnecting the clients with the most output (counted in the result's
-    "shrunk"); they log in again with the same client names and, across
-    both connections, get every line exactly once; another user loses
-    nothing."""
-    nclients, nlines = 10, 58000
+    (4 MiB) but not per session. 24 clients of one session stop reading
+    while 45,000 lines (4.05 MB: below one client's sendq, so none is
+    closed for it, however little its kernel socket takes) reach them.
+    Each client then holds its output (in the bouncer or in the kernel)
+    and a delivery mark per unacknowledged line (>= 0.54 MB in the state),
+    so with the backlog of those lines the session is over one migration
+    message whatever the kernels took: the upgrade still commits, after
+    disconnecting the clients with the most output (counted in the
+    result's "shrunk"); they log in again with the same client names and,
+    across both connections, get every line exactly once; another user
+    loses nothing."""
+    nclients, nlines = 24, 45000
     # The backlog keeps all of them (the disconnected clients replay
     # nearly all), with channels and member lists lowered to make room.
     opts = {"backlog_lines": 60000, "backlog_session_lines": 60000,
+            "max_clients_per_session": 32,
             "backlog_buffer_bytes": 8 << 20, "backlog_session_bytes": 8 << 20,
             "max_channels": 10, "member_list_bytes": 1 << 20}
     ng, w, b, dave, other = setup(ctx, sessiond_opts=opts)
@@ -232,7 +235,12 @@ def test_stalled_clients_shrunk_to_fit(ctx):
     pad = "z" * 60
     dave.send_many("PRIVMSG #chat :<<dave:%d>> %s" % (i, pad) for i in range(1, nlines + 1))
     ctx.loop.run_until(lambda: dave.pending_output() == 0, 60, "dave's lines sent")
-    ctx.loop.run_for(3.0)
+    # Every line in the bouncer (another user's client got the last one),
+    # so the stalled clients' output is all queued whatever the machine's
+    # load (a busy machine made the state smaller at the upgrade before).
+    ctx.loop.run_until(lambda: ("dave", nlines) in set(token_lines(other)), 120,
+                       "the last line through the bouncer")
+    ctx.loop.run_for(1.0)
     res = migrate_both_ways(ctx, b, dave, other)
     sh = res[0].get("shrunk") or {}
     check(sh.get("sessions") == 1 and sh.get("clients", 0) >= 1,

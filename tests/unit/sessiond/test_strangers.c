@@ -349,18 +349,12 @@ static void tune_throttle(struct baton_config *cfg)
 	cfg->login_throttle_entries = 100;
 }
 
-/* One attempt from `source`: the reply until the close. */
-static char *attempt(struct test_env *e, const char *source, const char *pass)
+/* The reply until the close (or a 001); closes fd. */
+static char *reply(struct test_env *e, int fd)
 {
-	char line[256];
 	struct rx r = { 0 };
-	int fd = test_env_connect_from(e, source, 0);
 
-	snprintf(line, sizeof(line), "PASS %s", pass);
-	say_fd(fd, line);
-	say_fd(fd, "NICK n");
-	say_fd(fd, "USER u 0 * :r");
-	for (int i = 0; i < 3000 && !r.eof; i++) {
+	for (int i = 0; i < 5000 && !r.eof; i++) {
 		test_env_pump(e);
 		rx_read_max(&r, fd, 0);
 		if (r.buf && strstr(r.buf, " 001 "))
@@ -369,6 +363,19 @@ static char *attempt(struct test_env *e, const char *source, const char *pass)
 	}
 	close(fd);
 	return r.buf ? r.buf : strdup("");
+}
+
+/* One attempt from `source`: the reply until the close. */
+static char *attempt(struct test_env *e, const char *source, const char *pass)
+{
+	char line[256];
+	int fd = test_env_connect_from(e, source, 0);
+
+	snprintf(line, sizeof(line), "PASS %s", pass);
+	say_fd(fd, line);
+	say_fd(fd, "NICK n");
+	say_fd(fd, "USER u 0 * :r");
+	return reply(e, fd);
 }
 
 /* Regression (issue 8 #6): no throttling of password guesses. With
@@ -595,22 +602,6 @@ static int register_from(struct test_env *e, const char *source, const char *pas
 	say_fd(fd, "NICK n");
 	say_fd(fd, "USER u 0 * :r");
 	return fd;
-}
-
-/* The reply until the close (or a 001); closes fd. */
-static char *reply(struct test_env *e, int fd)
-{
-	struct rx r = { 0 };
-
-	for (int i = 0; i < 5000 && !r.eof; i++) {
-		test_env_pump(e);
-		rx_read_max(&r, fd, 0);
-		if (r.buf && strstr(r.buf, " 001 "))
-			break;
-		usleep(1000);
-	}
-	close(fd);
-	return r.buf ? r.buf : strdup("");
 }
 
 /* Regression (review S1): a check counted as a failure at its start only if
