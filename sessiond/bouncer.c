@@ -19,8 +19,8 @@
 
 #include "common/config.h"
 #include "common/log.h"
-#include "common/names.h"
 #include "common/strmap.h"
+#include "common/names.h"
 #include "sessiond/conn.h"
 #include "sessiond/authpool.h"
 #include "sessiond/governor.h"

@@ -14,11 +14,11 @@
 
 #include "common/config.h"
 #include "common/log.h"
+#include "common/names.h"
 #include "sessiond/authpool.h"
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
 #include "sessiond/irc.h"
-#include "common/names.h"
 
 /* Capabilities offered to clients, defined once (canonical order is the
  * order here; state.c serializes in it). */

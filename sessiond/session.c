@@ -15,11 +15,11 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "common/strmap.h"
+#include "common/names.h"
 #include "handoff/tls_record.h"
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
 #include "sessiond/irc.h"
-#include "common/names.h"
 
 /* ---- small helpers shared by the core ---- */
 

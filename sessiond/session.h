@@ -19,10 +19,10 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "common/names.h"
 #include "sessiond/backlog.h"
 #include "sessiond/bouncer.h"
 #include "sessiond/governor.h"
-#include "common/names.h"
 
 struct event;
 struct event_base;

@@ -17,12 +17,12 @@
 #include "tls.pb-c.h"
 
 #include "common/config.h"
+#include "common/names.h"
 #include "sessiond/backlog.h"
 #include "handoff/migration.h"
 #include "handoff/tls_record.h"
 #include "sessiond/conn.h"
 #include "sessiond/governor.h"
-#include "common/names.h"
 #include "sessiond/session.h"
 
 /* ---- the bound of a session's state (state.h) ---- */

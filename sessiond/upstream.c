@@ -18,9 +18,9 @@
 
 #include "common/config.h"
 #include "common/log.h"
+#include "common/names.h"
 #include "sessiond/conn.h"
 #include "sessiond/irc.h"
-#include "common/names.h"
 #include "sessiond/tls_contexts.h"
 
 #define CONNECT_TIMEOUT_MS 30000
