@@ -505,6 +505,51 @@ static const struct config_int_key config_listen_keys[] = {
 	{ "login_throttle_entries", offsetof(struct baton_config, login_throttle_entries), 16384, 16, 10000000 },
 };
 
+/* [canary] (supervisor/gates.h): thresholds of the health gates and the
+ * release safety net, with their defaults and ranges. */
+static const struct config_int_key config_canary_keys[] = {
+	{ "bake", offsetof(struct baton_config, canary_bake_s), 300, 0, 7 * 86400 },
+	{ "sample_ms", offsetof(struct baton_config, canary_sample_ms), 1000, 100, 60000 },
+	{ "min_lines", offsetof(struct baton_config, canary_min_lines), 500, 1, 100000000 },
+	{ "trip_samples", offsetof(struct baton_config, canary_trip_samples), 3, 1, 1000 },
+	{ "watchdog_ms", offsetof(struct baton_config, canary_watchdog_ms), 5000, 100, 600000 },
+	{ "adopt_ping_timeout", offsetof(struct baton_config, canary_adopt_ping_timeout_s), 10, 1, 3600 },
+	{ "ping_answer_timeout", offsetof(struct baton_config, canary_ping_answer_timeout_s), 5, 1, 3600 },
+	{ "delivery_lines", offsetof(struct baton_config, canary_delivery_lines), 4, 0, 1000000 },
+	{ "delivery_permille", offsetof(struct baton_config, canary_delivery_permille), 5, 0, 1000 },
+	{ "latency_p99_ratio_pct", offsetof(struct baton_config, canary_latency_p99_ratio_pct), 300, 100, 100000 },
+	{ "latency_p99_margin_ms", offsetof(struct baton_config, canary_latency_p99_margin_ms), 20, 0, 600000 },
+	{ "loop_lag_margin_ms", offsetof(struct baton_config, canary_loop_lag_margin_ms), 200, 0, 600000 },
+	{ "cpu_ratio_pct", offsetof(struct baton_config, canary_cpu_ratio_pct), 300, 100, 100000 },
+	{ "rss_growth_kb_per_min", offsetof(struct baton_config, canary_rss_growth_kb_per_min), 512, 0, 100000000 },
+	{ "error_numerics_per_hour", offsetof(struct baton_config, canary_error_numerics_per_hour), 120, 0, 100000000 },
+	{ "rollback_window", offsetof(struct baton_config, canary_rollback_window_s), 300, 0, 86400 },
+	{ "releases_kept", offsetof(struct baton_config, canary_releases_kept), 5, 2, 1000 },
+};
+
+#define CONFIG_NKEYS(t) (sizeof(t) / sizeof((t)[0]))
+
+static void config_int_defaults(void *cfg, const struct config_int_key *keys,
+				size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		*(int *)((char *)cfg + keys[i].offset) = keys[i].def;
+}
+
+static bool config_int_table(struct config_parse *ps, void *cfg,
+			     const struct config_int_key *keys, size_t n,
+			     const char *name, const char *value)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(name, keys[i].name) == 0) {
+			config_int(ps, name, value, keys[i].min, keys[i].max,
+				   (int *)((char *)cfg + keys[i].offset));
+			return true;
+		}
+	}
+	return false;
+}
+
 const struct baton_config *config_default_values(void)
 {
 	static struct baton_config defaults;
@@ -517,6 +562,8 @@ const struct baton_config *config_default_values(void)
 		for (size_t i = 0; i < sizeof(config_listen_keys) / sizeof(config_listen_keys[0]); i++)
 			*(int *)((char *)&defaults + config_listen_keys[i].offset) =
 				config_listen_keys[i].def;
+		config_int_defaults(&defaults, config_canary_keys,
+				    CONFIG_NKEYS(config_canary_keys));
 		defaults.handoff_timeout_s = 10;
 		set = true;
 	}
@@ -601,6 +648,10 @@ static int config_handler(void *user, const char *section, const char *name,
 		config_key_sessiond(ps, name, value);
 	} else if (strcmp(kind, "listen") == 0 && arg[0] == '\0') {
 		config_key_listen(ps, name, value);
+	} else if (strcmp(kind, "canary") == 0 && arg[0] == '\0') {
+		if (!config_int_table(ps, ps->cfg, config_canary_keys,
+				      CONFIG_NKEYS(config_canary_keys), name, value))
+			PROBLEM(ps, "unknown key '%s' in [canary]", name);
 	} else if (strcmp(kind, "network") == 0 && arg[0] != '\0') {
 		struct config_network *n = config_network_get(ps, arg, true);
 
@@ -742,6 +793,8 @@ static void config_defaults(struct baton_config *cfg)
 	for (size_t i = 0; i < sizeof(config_listen_keys) / sizeof(config_listen_keys[0]); i++)
 		*(int *)((char *)cfg + config_listen_keys[i].offset) =
 			config_listen_keys[i].def;
+	config_int_defaults(cfg, config_canary_keys,
+			    CONFIG_NKEYS(config_canary_keys));
 	cfg->user_index = strmap_new();
 	cfg->network_index = strmap_new();
 	cfg->session_index = strmap_new();

@@ -120,6 +120,25 @@ struct baton_config {
 	int login_throttle_max_s;     /* longest throttle delay, default 300 */
 	int login_throttle_entries;   /* addresses (and unknown names) tracked, default 16384 */
 
+	/* [canary] health gates and release safety (supervisor/gates.h,
+	 * docs/config.md; defaults: the key table in config.c) */
+	int canary_bake_s;              /* default bake per step, default 300 */
+	int canary_sample_ms;           /* gate sample interval, default 1000 */
+	int canary_min_lines;           /* relayed lines per group before a statistical gate judges, default 500 */
+	int canary_trip_samples;        /* consecutive failing samples to trip a statistical gate, default 3 */
+	int canary_watchdog_ms;         /* a worker that does not answer a sample this long, default 5000 */
+	int canary_adopt_ping_timeout_s;/* PING after adoption must be answered, default 10 */
+	int canary_ping_answer_timeout_s;/* a network PING unanswered this long, default 5 */
+	int canary_delivery_lines;      /* differential delivery: lines per session tolerated, default 4 */
+	int canary_delivery_permille;   /* ... and this share of the lines, default 5 (0.5 %) */
+	int canary_latency_p99_ratio_pct; /* cohort p99 over control p99, default 300 */
+	int canary_latency_p99_margin_ms; /* ... plus this, default 20 */
+	int canary_loop_lag_margin_ms;  /* cohort loop lag over control's, default 200 */
+	int canary_cpu_ratio_pct;       /* CPU per 1,000 lines, cohort over control, default 300 */
+	int canary_rss_growth_kb_per_min; /* RSS growth per session over control's, default 512 */
+	int canary_error_numerics_per_hour; /* per session, over control's, default 120 */
+	int canary_rollback_window_s;   /* a release that crashes this soon after taking over is rolled back, default 300 */
+	int canary_releases_kept;       /* releases kept on disk, default 5 */
 	struct config_listen *listens;
 	size_t nlistens;
 	struct config_network *networks;

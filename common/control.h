@@ -28,6 +28,17 @@ enum control_type {
 	CONTROL_STATUS_REQUEST = 7,   /* supervisor -> worker */
 	CONTROL_STATUS = 8,           /* worker -> supervisor */
 	CONTROL_EXIT = 9,             /* supervisor -> worker */
+	CONTROL_PEER = 10,            /* supervisor -> worker, 0 or 1 fd */
+	CONTROL_HEALTH_REQUEST = 11,  /* supervisor -> worker */
+	CONTROL_HEALTH = 12,          /* worker -> supervisor */
+};
+
+/* Frames on a canary's peer link (CONTROL_PEER) between two workers. */
+enum peer_type {
+	/* A logged-in client for a session the sender does not hold: payload
+	 * a state.proto Item whose `pending` connection has `forward` set;
+	 * fds: its socket. */
+	PEER_FORWARD = 1,
 };
 
 /* Pack `msg` and send it as one frame of `type` (fds borrowed, see
