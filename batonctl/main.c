@@ -2,6 +2,9 @@
  * baton-supervisor (its control socket, supervisor/control_server.h).
  *
  *   batonctl -c FILE [--json] [--timeout S] status | upgrade PATH | rollback
+ *   batonctl -c FILE canary start PATH (--percent P | --users U1,U2 | --network NAME) [--bake S]
+ *   batonctl -c FILE canary grow --percent P | status | promote | abort
+ *   batonctl -c FILE upgrade PATH --canary P --bake S [--steps P1,P2,...]
  *
  * Exit status (DESIGN.md §8): 0 success / committed with every session,
  * 1 refused, aborted, partial or any sessions lost (the reason is printed), 2 usage, config or connection error, or no result
@@ -66,6 +69,10 @@ static void usage(FILE *f)
 		"usage: batonctl -c FILE [--json] [--timeout S] status\n"
 		"       batonctl -c FILE [--json] [--timeout S] upgrade PATH\n"
 		"       batonctl -c FILE [--json] [--timeout S] rollback\n"
+		"       batonctl -c FILE [--json] canary start PATH (--percent P | --users U1,U2 | --network NAME) [--bake S]\n"
+		"       batonctl -c FILE [--json] canary grow --percent P\n"
+		"       batonctl -c FILE [--json] canary status | promote | abort\n"
+		"       batonctl -c FILE [--json] upgrade PATH --canary P --bake S [--steps P1,P2,...]\n"
 		"\n"
 		"  -c, --config FILE   the baton INI file (for the control socket path)\n"
 		"  -s, --socket PATH   talk to this control socket instead\n"
@@ -75,7 +82,17 @@ static void usage(FILE *f)
 		"                      status); an upgrade still running continues\n"
 		"      --version       print the version\n"
 		"\n"
-		"exit status: 0 success, 1 refused, aborted or sessions lost, 2 usage or connection error\n",
+		"      --percent P     canary cohort: P %% of the users (a stable hash of\n"
+		"                      the user name: 1 %% is a subset of 10 %%)\n"
+		"      --users U1,U2   canary cohort: these users\n"
+		"      --network NAME  canary cohort: every session of this network\n"
+		"      --bake S        watch the gates this long after each step\n"
+		"      --canary P      upgrade through a canary of P %% (then promote)\n"
+		"      --steps P1,P2   ... growing through these percentages\n"
+		"\n"
+		"exit status: 0 success (canary: started, grown, baked, promoted, or\n"
+		"aborted on request), 1 refused, aborted, rolled back or sessions lost\n"
+		"(the reason and the gate are printed), 2 usage or connection error\n",
 		TIMEOUT_MIGRATE_S, TIMEOUT_STATUS_S);
 }
 
@@ -450,6 +467,115 @@ static int print_migration(const char *cmd, struct json_object *r)
 	return EXIT_REFUSED;
 }
 
+/* A number option (0 < x <= max) into the request. */
+static int ctl_add_number(struct json_object *req, const char *key,
+			  const char *text, double max)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(text, &end);
+	if (errno || end == text || *end || !(v >= 0) || v > max ||
+	    (strcmp(key, "bake") != 0 && !(v > 0))) {
+		fail("--%s: expected a number in %s%g], got '%s'", key,
+		     strcmp(key, "bake") == 0 ? "[0, " : "(0, ", max, text);
+		return -1;
+	}
+	json_object_object_add(req, key, json_object_new_double(v));
+	return 0;
+}
+
+/* "a,b,c" into a JSON array (numbers: percentages). */
+static int ctl_add_list(struct json_object *req, const char *key,
+			const char *text, bool numbers)
+{
+	struct json_object *a = json_object_new_array();
+	char *copy = strdup(text), *save = NULL, *tok;
+
+	if (copy == NULL) {
+		json_object_put(a);
+		fail("out of memory");
+		return -1;
+	}
+	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		if (numbers) {
+			char *end;
+			double v = strtod(tok, &end);
+
+			if (end == tok || *end || !(v > 0) || v > 100) {
+				fail("--%s: expected percentages in (0, 100], got '%s'", key, tok);
+				free(copy);
+				json_object_put(a);
+				return -1;
+			}
+			json_object_array_add(a, json_object_new_double(v));
+		} else {
+			json_object_array_add(a, json_object_new_string(tok));
+		}
+	}
+	free(copy);
+	if (json_object_array_length(a) == 0) {
+		fail("--%s: empty list", key);
+		json_object_put(a);
+		return -1;
+	}
+	json_object_object_add(req, key, a);
+	return 0;
+}
+
+/* Exit status of a canary request: 0 for what was asked and happened. */
+static int canary_exit(const char *action, struct json_object *r)
+{
+	const char *word = jstr(r, "result", "");
+
+	if (strcmp(word, "started") == 0 || strcmp(word, "baked") == 0 ||
+	    strcmp(word, "grown") == 0 || strcmp(word, "promoted") == 0 ||
+	    strcmp(word, "running") == 0 || strcmp(word, "none") == 0)
+		return EXIT_OK;
+	if (strcmp(word, "aborted") == 0 && strcmp(action, "abort") == 0)
+		return EXIT_OK;
+	return EXIT_REFUSED;
+}
+
+static int print_canary(struct json_object *r, const char *action)
+{
+	struct json_object *gates = jobj(r, "gates");
+	const char *word = jstr(r, "result", "?");
+	int rc = canary_exit(action, r);
+	FILE *f = rc == EXIT_OK ? stdout : stderr;
+	struct json_object *from = jobj(r, "from"), *to = jobj(r, "to");
+
+	fprintf(f, "canary %s: %s", action, word);
+	if (jstr(r, "gate", NULL))
+		fprintf(f, " (gate %s)", jstr(r, "gate", ""));
+	fprintf(f, "\n");
+	if (jstr(r, "reason", "")[0])
+		fprintf(f, "  reason: %s\n", jstr(r, "reason", ""));
+	if (from != NULL)
+		fprintf(f, "  old pid %lld (%s), new pid %lld (%s); cohort %lld sessions (%.2f %%), control %lld\n",
+			(long long)jint(from, "pid"), jstr(from, "version", "?"),
+			(long long)jint(to, "pid"), jstr(to, "version", "?"),
+			(long long)jint(r, "cohort_sessions"), jdbl(r, "percent"),
+			(long long)jint(r, "control_sessions"));
+	if (from != NULL)
+		fprintf(f, "  freeze %.1f ms, total %.1f ms, rollback %.1f ms, %lld disconnects\n",
+			jdbl(r, "freeze_ms"), jdbl(r, "total_ms"), jdbl(r, "rollback_ms"),
+			(long long)jint(r, "disconnects"));
+	if (gates != NULL && json_object_is_type(gates, json_type_array)) {
+		fprintf(f, "  %-32s %-8s %14s %14s %14s\n", "gate", "verdict", "cohort",
+			"control", "threshold");
+		for (size_t i = 0; i < json_object_array_length(gates); i++) {
+			struct json_object *g = json_object_array_get_idx(gates, i);
+
+			fprintf(f, "  %-32s %-8s %14.6g %14.6g %14.6g\n", jstr(g, "name", "?"),
+				jstr(g, "verdict", "?"), jdbl(g, "cohort"),
+				jdbl(g, "control"), jdbl(g, "threshold"));
+		}
+	}
+	return rc;
+}
+
 static void show_progress(struct json_object *p, bool *shown)
 {
 	char line[128];
@@ -476,6 +602,12 @@ int main(int argc, char **argv)
 		{ "socket", required_argument, NULL, 's' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "timeout", required_argument, NULL, 't' },
+		{ "percent", required_argument, NULL, 'P' },
+		{ "users", required_argument, NULL, 'U' },
+		{ "network", required_argument, NULL, 'N' },
+		{ "bake", required_argument, NULL, 'B' },
+		{ "canary", required_argument, NULL, 'C' },
+		{ "steps", required_argument, NULL, 'S' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -490,6 +622,9 @@ int main(int argc, char **argv)
 	double timeout_s = 0, deadline;
 	int c, r, rc = EXIT_USAGE;
 	const char *reqtext;
+	const char *opt_percent = NULL, *opt_users = NULL, *opt_network = NULL;
+	const char *opt_bake = NULL, *opt_canary = NULL, *opt_steps = NULL;
+	bool canary = false;
 
 	/* A supervisor that closes early must give an error, not kill us. */
 	signal(SIGPIPE, SIG_IGN);
@@ -508,6 +643,12 @@ int main(int argc, char **argv)
 					    optarg);
 			}
 			break;
+		case 'P': opt_percent = optarg; break;
+		case 'U': opt_users = optarg; break;
+		case 'N': opt_network = optarg; break;
+		case 'B': opt_bake = optarg; break;
+		case 'C': opt_canary = optarg; break;
+		case 'S': opt_steps = optarg; break;
 		case 'V':
 			printf("batonctl %s (state schema %d-%d)\n", BATON_VERSION,
 			       BATON_SCHEMA_MIN, BATON_SCHEMA_MAX);
@@ -538,6 +679,61 @@ int main(int argc, char **argv)
 		}
 		json_object_object_add(req, "cmd", json_object_new_string("upgrade"));
 		json_object_object_add(req, "binary", json_object_new_string(binary));
+		if (opt_canary != NULL) {
+			canary = true;
+			if (ctl_add_number(req, "canary", opt_canary, 100) < 0 ||
+			    (opt_bake && ctl_add_number(req, "bake", opt_bake, 7 * 86400) < 0) ||
+			    (opt_steps && ctl_add_list(req, "steps", opt_steps, true) < 0)) {
+				usage(stderr);
+				rc = EXIT_USAGE;
+				goto out;
+			}
+		} else if (opt_steps || opt_bake) {
+			usage(stderr);
+			rc = fail("--bake and --steps go with --canary P");
+			goto out;
+		}
+	} else if (strcmp(cmd, "canary") == 0 && optind + 2 <= argc) {
+		const char *action = argv[optind + 1];
+
+		canary = true;
+		json_object_object_add(req, "cmd", json_object_new_string("canary"));
+		json_object_object_add(req, "action", json_object_new_string(action));
+		if (strcmp(action, "start") == 0 && optind + 3 == argc) {
+			binary = realpath(argv[optind + 2], NULL);
+			if (binary == NULL) {
+				rc = fail("%s: %s", argv[optind + 2], strerror(errno));
+				goto out;
+			}
+			json_object_object_add(req, "binary", json_object_new_string(binary));
+			if ((!!opt_percent + !!opt_users + !!opt_network) != 1) {
+				usage(stderr);
+				rc = fail("canary start needs exactly one of --percent, --users, --network");
+				goto out;
+			}
+			if ((opt_percent && ctl_add_number(req, "percent", opt_percent, 100) < 0) ||
+			    (opt_users && ctl_add_list(req, "users", opt_users, false) < 0) ||
+			    (opt_bake && ctl_add_number(req, "bake", opt_bake, 7 * 86400) < 0)) {
+				usage(stderr);
+				rc = EXIT_USAGE;
+				goto out;
+			}
+			if (opt_network)
+				json_object_object_add(req, "network", json_object_new_string(opt_network));
+		} else if (strcmp(action, "grow") == 0 && optind + 2 == argc && opt_percent) {
+			if (ctl_add_number(req, "percent", opt_percent, 100) < 0) {
+				usage(stderr);
+				rc = EXIT_USAGE;
+				goto out;
+			}
+		} else if ((strcmp(action, "status") == 0 || strcmp(action, "promote") == 0 ||
+			    strcmp(action, "abort") == 0) && optind + 2 == argc) {
+			/* no arguments */
+		} else {
+			usage(stderr);
+			rc = fail("canary: unknown action or wrong arguments: %s", action);
+			goto out;
+		}
 	} else {
 		usage(stderr);
 		rc = fail("unknown command or wrong arguments: %s", cmd);
@@ -546,6 +742,15 @@ int main(int argc, char **argv)
 	if (timeout_s == 0)
 		timeout_s = strcmp(cmd, "status") == 0 ? TIMEOUT_STATUS_S
 						       : TIMEOUT_MIGRATE_S;
+	if (canary && timeout_s == TIMEOUT_MIGRATE_S) {
+		/* Each step bakes; the default bake is the config's (300 s). */
+		double bake = opt_bake ? strtod(opt_bake, NULL) : 300;
+		int steps = 1;
+
+		for (const char *p = opt_steps; p && *p; p++)
+			steps += *p == ',';
+		timeout_s += bake * (steps + 1);
+	}
 
 	if (socket_path == NULL) {
 		if (config_load(config_path, &cfg, &problems) == 0) {
@@ -646,11 +851,16 @@ int main(int argc, char **argv)
 	}
 	if (json_mode) {
 		printf("%s\n", json_object_to_json_string_ext(result, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
-		rc = strcmp(cmd, "status") == 0 ||
-			     migration_succeeded(result) ? EXIT_OK : EXIT_REFUSED;
+		if (canary)
+			rc = canary_exit(argv[optind + 1], result);
+		else
+			rc = strcmp(cmd, "status") == 0 ||
+				     migration_succeeded(result) ? EXIT_OK : EXIT_REFUSED;
 		goto out;
 	}
-	if (strcmp(cmd, "status") == 0) {
+	if (canary) {
+		rc = print_canary(result, strcmp(cmd, "canary") == 0 ? argv[optind + 1] : "upgrade");
+	} else if (strcmp(cmd, "status") == 0) {
 		print_status(result);
 		rc = EXIT_OK;
 	} else {

@@ -24,6 +24,7 @@
 #include "sessiond/conn.h"
 #include "sessiond/authpool.h"
 #include "sessiond/governor.h"
+#include "sessiond/peer.h"
 #include "sessiond/session.h"
 #include "sessiond/state.h"
 #include "sessiond/throttle.h"
@@ -68,6 +69,8 @@ struct reglist {
 struct bouncer {
 	struct event_base *base;
 	const struct baton_config *cfg;
+	/* The other worker of a canary (peer.h; owned), NULL outside one. */
+	struct peer *peer;
 	/* Every session and pending client this worker holds, in any item
 	 * state (live, frozen for a migration, or adopted and not armed). */
 	struct reglist sessions;
@@ -1008,6 +1011,7 @@ void bouncer_free(struct bouncer *b)
 {
 	if (!b)
 		return;
+	peer_free(b->peer);
 	for (size_t i = 0; i < b->sessions.n; i++)
 		session_free(b->sessions.v[i]);
 	reglist_clear(&b->sessions);
@@ -1422,6 +1426,9 @@ void bouncer_item_thaw(struct bouncer_item *it)
 		session_arm(it->session);
 	} else {
 		it->state = ITEM_LIVE;
+		/* A verified client's lines wait for its session. */
+		if (it->client->fwd_user != NULL)
+			conn_hold_lines(it->client->conn, true);
 		conn_arm(it->client->conn);
 		client_pending_resume(it->client);
 	}
@@ -1461,6 +1468,120 @@ size_t bouncer_item_nfds(const struct bouncer_item *it)
 bool bouncer_item_is_session(const struct bouncer_item *it)
 {
 	return it->kind == ITEM_SESSION;
+}
+
+const char *bouncer_item_user(const struct bouncer_item *it)
+{
+	return it->kind == ITEM_SESSION ? it->session->user : NULL;
+}
+
+const char *bouncer_item_network(const struct bouncer_item *it)
+{
+	return it->kind == ITEM_SESSION ? it->session->network : NULL;
+}
+
+/* ---- the canary peer ---- */
+
+bool bouncer_has_peer(const struct bouncer *b)
+{
+	return peer_alive(b->peer);
+}
+
+/* A forwarded client arrived from the peer (peer.c): adopt and route it. */
+static int bouncer_peer_arrived(void *arg, const uint8_t *buf, size_t len,
+				int *fds, size_t nfds, char *err, size_t errlen)
+{
+	struct bouncer *b = arg;
+	struct bouncer_item *it = NULL;
+	int rc = bouncer_item_adopt(b, buf, len, fds, nfds, &it, err, errlen);
+
+	if (rc < 0)
+		return rc;
+	if (it->kind != ITEM_PENDING || it->client->fwd_user == NULL) {
+		snprintf(err, errlen, "not a forwarded client");
+		bouncer_item_discard(it);
+		return -EPROTO;
+	}
+	log_info("peer", "client for %s/%s arrived from the other worker (hop %u)",
+		 it->client->fwd_user, it->client->fwd_network,
+		 it->client->fwd_hops);
+	bouncer_item_arm(it); /* routes it: client_pending_resume() */
+	return 0;
+}
+
+void bouncer_set_peer(struct bouncer *b, int fd)
+{
+	peer_free(b->peer);
+	b->peer = NULL;
+	if (fd < 0)
+		return;
+	b->peer = peer_new(b->base, fd, bouncer_peer_arrived, b);
+	if (b->peer == NULL)
+		log_error("peer", "cannot set up the link to the other worker");
+	else
+		log_info("peer", "linked to the other worker of a canary");
+}
+
+void bouncer_peer_drain(struct bouncer *b)
+{
+	if (b->peer != NULL)
+		peer_drain(b->peer);
+}
+
+void bouncer_forward_client(struct bouncer *b, struct client *cl)
+{
+	struct bouncer_item *it = &cl->item;
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	int rc;
+
+	cl->fwd_hops++;
+	bouncer_item_freeze(it);
+	rc = state_serialize(it, false, &buf, &len);
+	if (rc == 0)
+		rc = peer_send(b->peer, buf, len, it->fds, it->nfds);
+	free(buf);
+	if (rc == 0) {
+		log_info("peer", "client for %s/%s forwarded to the other worker",
+			 cl->fwd_user, cl->fwd_network);
+		bouncer_item_release(it); /* the peer holds its own socket */
+		return;
+	}
+	log_warn("peer", "cannot forward a client for %s/%s: %s", cl->fwd_user,
+		 cl->fwd_network, strerror(-rc));
+	/* Not thawed through client_pending_resume(): it would try again. */
+	it->state = ITEM_LIVE;
+	conn_arm(cl->conn);
+	conn_sendf(cl->conn, ":%s NOTICE %s :Session %s/%s is not available right now, please reconnect",
+		   BATON_SERVER_NAME, cl->nick ? cl->nick : "*", cl->fwd_user,
+		   cl->fwd_network);
+	conn_sendf(cl->conn, "ERROR :Closing link: session not available");
+	conn_close(cl->conn, "session not available", true);
+}
+
+void bouncer_migration_ended(struct bouncer *b, bool partial)
+{
+	struct client **v;
+	size_t n = 0;
+
+	if (partial)
+		bouncer_governor_hold(b, false);
+	if (b->pending.n == 0)
+		return;
+	/* Routing changes the pending list (attach, forward): a copy. */
+	v = malloc(b->pending.n * sizeof(*v));
+	if (v == NULL)
+		return; /* they wait until the next migration ends (or time out) */
+	for (size_t i = 0; i < b->pending.n; i++) {
+		struct client *cl = b->pending.v[i];
+
+		if (cl->parked && cl->item.state == ITEM_LIVE &&
+		    !conn_is_dead(cl->conn))
+			v[n++] = cl;
+	}
+	for (size_t i = 0; i < n; i++)
+		client_route(v[i]);
+	free(v);
 }
 
 bool bouncer_item_in_handshake(const struct bouncer_item *it)
@@ -1516,6 +1637,9 @@ void bouncer_item_arm(struct bouncer_item *it)
 		session_arm(it->session);
 	} else {
 		it->state = ITEM_LIVE;
+		/* A verified client's lines wait for its session. */
+		if (it->client->fwd_user != NULL)
+			conn_hold_lines(it->client->conn, true);
 		conn_arm(it->client->conn);
 		client_pending_resume(it->client);
 	}

@@ -58,6 +58,19 @@ struct tls_contexts *bouncer_tls(const struct bouncer *b);
  * handshake_budget_ms to finish before it starts). */
 size_t bouncer_handshakes(const struct bouncer *b);
 
+/* The link to the other worker of a canary (sessiond/peer.h; ownership
+ * transferred; -1 drops the link). */
+void bouncer_set_peer(struct bouncer *b, int fd);
+/* Before exit: forward what the peer link still holds (clients the peer
+ * sent us while we were leaving) back to it. */
+void bouncer_peer_drain(struct bouncer *b);
+/* A migration ended (either side, committed or not): clients that waited
+ * for a frozen session go on (attached, forwarded or refused); after a
+ * canary's partial move (both workers serve on) reconnects resume here at
+ * once (each worker spends its own copy of the governors' buckets during a
+ * canary: README "Canary rollouts"). */
+void bouncer_migration_ended(struct bouncer *b, bool partial);
+
 /* ---- migration: source side ---- */
 
 /* Snapshot of every item (sessions and live pending clients, in no
@@ -105,6 +118,9 @@ void bouncer_item_release(struct bouncer_item *it);
 /* Count of sockets held by an item. */
 size_t bouncer_item_nfds(const struct bouncer_item *it);
 bool bouncer_item_is_session(const struct bouncer_item *it);
+/* A session item's user and network names (NULL for a pending client). */
+const char *bouncer_item_user(const struct bouncer_item *it);
+const char *bouncer_item_network(const struct bouncer_item *it);
 /* A pending client whose TLS handshake is still running (cannot travel). */
 bool bouncer_item_in_handshake(const struct bouncer_item *it);
 

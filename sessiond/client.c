@@ -86,6 +86,8 @@ void client_free(struct client *cl)
 	free(cl->nick);
 	free(cl->user);
 	free(cl->client_id);
+	free(cl->fwd_user);
+	free(cl->fwd_network);
 	free(cl->closing_key);
 	if (cl->close_timer)
 		event_free(cl->close_timer);
@@ -570,51 +572,90 @@ void client_auth_done(struct client *cl, bool pass_ok)
 		goto out;
 	}
 	bouncer_login_result(cl->b, cl, true);
-	struct session *s = bouncer_find_session(cl->b, user, network);
-	if (!s && !config_find_session(cfg, user, network)) {
+	if (!bouncer_find_session(cl->b, user, network) &&
+	    !config_find_session(cfg, user, network)) {
 		log_info("client", "user %s: no session for network %s", user, network);
 		client_bad_password(cl);
-		goto out;
-	}
-	/* Sessions are only created by bouncer_start_configured(): creating
-	 * one here could duplicate a session that lives in another worker
-	 * (during a canary or right after it migrated away). A session being
-	 * migrated cannot take a new client either: it retries. */
-	if (!s || s->item.state != ITEM_LIVE) {
-		log_info("client", "%s/%s: session not available here", user, network);
-		conn_sendf(cl->conn, ":%s NOTICE %s :Session %s/%s is not available right now, please reconnect",
-			   BATON_SERVER_NAME, cl->nick ? cl->nick : "*", user, network);
-		client_error_close(cl, NULL, "session not available");
 		goto out;
 	}
 	/* Bounds of the session's state (session.h): refused clients stay
 	 * pending until their close, never counted in the session. */
 	if (cname && strlen(cname) > SESSION_MAX_CLIENT_NAME) {
-		log_info("client", "%s: client name of %zu bytes refused", s->key,
-			 strlen(cname));
+		log_info("client", "%s/%s: client name of %zu bytes refused", user,
+			 network, strlen(cname));
 		client_error_close(cl, NULL, "client name too long (at most 64 bytes)");
 		goto out;
+	}
+	/* The password is not kept past authentication: from here the client
+	 * is known by who it logged in as (it may be forwarded or parked). */
+	free(cl->pass);
+	cl->pass = NULL;
+	free(cl->fwd_user);
+	free(cl->fwd_network);
+	free(cl->client_id);
+	cl->fwd_user = strdup(user);
+	cl->fwd_network = strdup(network);
+	cl->client_id = strdup(cname ? cname : "default");
+	if (!cl->fwd_user || !cl->fwd_network || !cl->client_id) {
+		client_error_close(cl, NULL, "server busy, try again later");
+		goto out;
+	}
+	client_route(cl);
+out:
+	free(ident);
+}
+
+/* A client whose login is verified (here, or by the worker that forwarded
+ * it: cl->fwd_*) goes to its session: attached if the session is here and
+ * live; parked (lines held) while the session is frozen in a migration,
+ * routed again when the migration ends (bouncer_unpark()); forwarded to
+ * the other worker of a canary when the session is not here
+ * (bouncer_forward_client(); at most PEER_MAX_HOPS times, so a session
+ * that is in neither worker cannot bounce a client forever). Sessions are
+ * only created by bouncer_start_configured(): creating one here could
+ * duplicate a session that lives in another worker. */
+void client_route(struct client *cl)
+{
+	struct session *s = bouncer_find_session(cl->b, cl->fwd_user, cl->fwd_network);
+
+	cl->parked = false;
+	if (s && s->item.state != ITEM_LIVE) {
+		cl->parked = true;
+		conn_hold_lines(cl->conn, true);
+		log_debug("client", "%s: session in a migration: client waits", s->key);
+		return;
+	}
+	if (!s && bouncer_has_peer(cl->b) && cl->fwd_hops < PEER_MAX_HOPS) {
+		conn_hold_lines(cl->conn, true);
+		bouncer_forward_client(cl->b, cl); /* frees cl, or closes it */
+		return;
+	}
+	if (!s) {
+		log_info("client", "%s/%s: session not available here",
+			 cl->fwd_user, cl->fwd_network);
+		conn_sendf(cl->conn, ":%s NOTICE %s :Session %s/%s is not available right now, please reconnect",
+			   BATON_SERVER_NAME, cl->nick ? cl->nick : "*",
+			   cl->fwd_user, cl->fwd_network);
+		client_error_close(cl, NULL, "session not available");
+		return;
 	}
 	if (s->nclients >= s->lim.max_clients) {
 		char why[96];
 
 		log_warn("client", "%s: client %s refused: %zu clients attached (max_clients_per_session)",
-			 s->key, cname ? cname : "default", s->nclients);
+			 s->key, cl->client_id, s->nclients);
 		snprintf(why, sizeof(why), "too many clients on this session (at most %zu)",
 			 s->lim.max_clients);
 		client_error_close(cl, NULL, why);
-		goto out;
+		return;
 	}
-	free(cl->client_id);
-	cl->client_id = strdup(cname ? cname : "default");
-	/* The password is not kept past authentication. */
-	free(cl->pass);
-	cl->pass = NULL;
+	free(cl->fwd_user);
+	free(cl->fwd_network);
+	cl->fwd_user = cl->fwd_network = NULL;
+	conn_hold_lines(cl->conn, false);
 	bouncer_forget_pending(cl->b, cl);
 	conn_set_sendq(cl->conn, 0);
 	client_attach(cl, s);
-out:
-	free(ident);
 }
 
 static void client_try_register(struct client *cl)
@@ -628,7 +669,10 @@ static void client_try_register(struct client *cl)
 
 void client_pending_resume(struct client *cl)
 {
-	client_try_register(cl);
+	if (cl->fwd_user != NULL)
+		client_route(cl); /* verified already: parked or forwarded */
+	else
+		client_try_register(cl);
 }
 
 /* ---- burst and replay ---- */

@@ -21,6 +21,7 @@
 
 #include <event2/event.h>
 
+#include "common/cohort.h"
 #include "common/log.h"
 #include "handoff/frame.h"
 #include "handoff/migration.h"
@@ -35,6 +36,9 @@ struct migrate {
 	uint32_t fault_chunk;        /* the chunk it applies to ("POINT@N") */
 	struct timespec started;
 	struct migrate_result res;
+	/* A canary's partial move (migrate.h); sel is a copy (source). */
+	bool partial;
+	struct migrate_select sel;
 
 	/* source */
 	struct handoff_source *src;
@@ -128,8 +132,58 @@ static bool migrate_fault_is(const struct migrate *m, const char *point,
 
 /* Deliver the result and free the migration from a fresh event-loop turn:
  * the handoff callbacks we are called from still use their objects. */
+static void migrate_select_clear(struct migrate_select *sel)
+{
+	for (size_t i = 0; i < sel->nusers; i++)
+		free(sel->users[i]);
+	for (size_t i = 0; i < sel->nnetworks; i++)
+		free(sel->networks[i]);
+	free(sel->users);
+	free(sel->networks);
+	memset(sel, 0, sizeof(*sel));
+}
+
+static int migrate_select_copy(struct migrate_select *dst,
+			       const struct migrate_select *src)
+{
+	memset(dst, 0, sizeof(*dst));
+	dst->percent_x100 = src->percent_x100;
+	dst->users = calloc(src->nusers + 1, sizeof(char *));
+	dst->networks = calloc(src->nnetworks + 1, sizeof(char *));
+	if (dst->users == NULL || dst->networks == NULL)
+		goto fail;
+	for (; dst->nusers < src->nusers; dst->nusers++)
+		if ((dst->users[dst->nusers] = strdup(src->users[dst->nusers])) == NULL)
+			goto fail;
+	for (; dst->nnetworks < src->nnetworks; dst->nnetworks++)
+		if ((dst->networks[dst->nnetworks] =
+			     strdup(src->networks[dst->nnetworks])) == NULL)
+			goto fail;
+	return 0;
+fail:
+	migrate_select_clear(dst);
+	return -ENOMEM;
+}
+
+static bool migrate_selected(const struct migrate_select *sel,
+			     const struct bouncer_item *it)
+{
+	const char *user = bouncer_item_user(it), *net = bouncer_item_network(it);
+
+	if (user == NULL)
+		return false; /* pending clients stay */
+	for (size_t i = 0; i < sel->nusers; i++)
+		if (strcmp(sel->users[i], user) == 0)
+			return true;
+	for (size_t i = 0; i < sel->nnetworks; i++)
+		if (strcmp(sel->networks[i], net) == 0)
+			return true;
+	return cohort_in_percent(user, sel->percent_x100);
+}
+
 static void migrate_free(struct migrate *m)
 {
+	migrate_select_clear(&m->sel);
 	handoff_source_free(m->src);
 	handoff_target_free(m->tgt);
 	free(m->items);
@@ -163,6 +217,7 @@ static void migrate_finish_cb(evutil_socket_t fd, short what, void *arg)
 	if (m->res.handshakes_left)
 		log_warn("migrate", "%u TLS handshakes were still running and did not travel (closed with this process; clients and the governor connect again)",
 			 m->res.handshakes_left);
+	bouncer_migration_ended(m->b, m->partial);
 	m->report.finished(m->report.arg, &m->res);
 	migrate_free(m);
 }
@@ -405,16 +460,21 @@ static int migrate_pending_last(struct bouncer_item **items, size_t n)
 int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
 		      pid_t peer_pid, int peer_pidfd, int timeout_ms,
 		      unsigned chunk_items, size_t chunk_bytes, int budget,
+		      const struct migrate_select *sel,
 		      const struct migrate_report *report)
 {
 	struct migrate *m = calloc(1, sizeof(*m));
 
-	if (m == NULL) {
+	if (m == NULL || (sel != NULL && migrate_select_copy(&m->sel, sel) < 0)) {
+		free(m);
 		close(channel);
 		if (peer_pidfd >= 0)
 			close(peer_pidfd);
 		return -ENOMEM;
 	}
+	m->partial = sel != NULL;
+	if (m->partial)
+		budget = 0; /* pending clients (and their handshakes) stay */
 	m->base = base;
 	m->b = b;
 	m->report = *report;
@@ -480,6 +540,11 @@ static int migrate_out_begin(struct migrate *m)
 
 	m->nitems = bouncer_items(b, &m->items);
 	for (size_t i = 0; i < m->nitems; i++) {
+		if (m->partial) {
+			if (migrate_selected(&m->sel, m->items[i]))
+				m->items[kept++] = m->items[i];
+			continue;
+		}
 		if (!bouncer_item_is_session(m->items[i]) &&
 		    bouncer_item_in_handshake(m->items[i])) {
 			m->res.handshakes_left++;
@@ -494,8 +559,9 @@ static int migrate_out_begin(struct migrate *m)
 	for (size_t i = 0; i < m->nitems; i++)
 		if (!bouncer_item_is_session(m->items[i]))
 			bouncer_item_freeze(m->items[i]);
-	log_info("migrate", "migrating %zu items out in chunks of at most %u items / %zu bytes",
-		 m->nitems, m->chunk_items, m->chunk_bytes);
+	log_info("migrate", "migrating %zu %s out in chunks of at most %u items / %zu bytes",
+		 m->nitems, m->partial ? "sessions (a canary's move)" : "items",
+		 m->chunk_items, m->chunk_bytes);
 	migrate_send_next(m);
 	return 0;
 }
@@ -604,7 +670,8 @@ static const struct handoff_target_ops migrate_target_ops = {
 };
 
 int migrate_in_start(struct event_base *base, struct bouncer *b, int channel,
-		     int timeout_ms, const struct migrate_report *report)
+		     int timeout_ms, bool partial,
+		     const struct migrate_report *report)
 {
 	struct migrate *m = calloc(1, sizeof(*m));
 
@@ -617,6 +684,7 @@ int migrate_in_start(struct event_base *base, struct bouncer *b, int channel,
 	m->report = *report;
 	m->extra_fd = -1;
 	m->timeout_ms = timeout_ms;
+	m->partial = partial;
 	migrate_fault_load(m, "target");
 	clock_gettime(CLOCK_MONOTONIC, &m->started);
 	m->tgt = handoff_target_new(base, channel, timeout_ms,

@@ -41,6 +41,19 @@ struct migrate_result {
 	uint32_t shrunk_sessions, shrunk_lines, shrunk_clients, shrunk_member_lists;
 };
 
+/* Which sessions a partial move (a canary's) takes: those whose user is in
+ * users, or whose network is in networks, or whose user falls below
+ * percent_x100 in common/cohort.h. Borrowed for migrate_out_start() only
+ * (copied). A partial move leaves pending clients and the listeners here
+ * and this worker keeps serving; NULL selector: a full migration. */
+struct migrate_select {
+	char **users;
+	size_t nusers;
+	char **networks;
+	size_t nnetworks;
+	uint32_t percent_x100;
+};
+
 struct migrate_report {
 	void (*progress)(void *arg, uint32_t done, uint32_t total);
 	/* Called once; the migration object is freed right after it returns. */
@@ -63,11 +76,16 @@ int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
 		      pid_t peer_pid, int peer_pidfd, int timeout_ms,
 		      unsigned chunk_items, size_t chunk_bytes,
 		      int handshake_budget_ms,
+		      const struct migrate_select *sel,
 		      const struct migrate_report *report);
 
 /* Start receiving items into b (channel ownership transferred). */
+/* partial: a canary's move (this worker keeps what it has and serves the
+ * sessions as they arrive; the reconnect governors are released at the
+ * end instead of waiting for ACCEPT). */
 int migrate_in_start(struct event_base *base, struct bouncer *b, int channel,
-		     int timeout_ms, const struct migrate_report *report);
+		     int timeout_ms, bool partial,
+		     const struct migrate_report *report);
 
 /* The fault named for `role` ("source"/"target") in BATON_FAULT_FILE, or NULL.
  * Returns a static string. */

@@ -249,6 +249,14 @@ struct client {
 	 * the session may migrate away meanwhile), and the grace deadline. */
 	char *closing_key;
 	struct event *close_timer;
+	/* A pending client whose login is verified (client_route()): who it
+	 * logged in as (owned), and how often it was forwarded between the
+	 * workers of a canary (state.proto Forward). NULL while not verified;
+	 * freed once attached. parked: waiting for its session's migration
+	 * to end (bouncer_unpark()). */
+	char *fwd_user, *fwd_network;
+	unsigned fwd_hops;
+	bool parked;
 	struct bouncer_item item; /* pending clients only */
 	struct pb_unknown unknown;
 };
@@ -361,6 +369,12 @@ struct session *bouncer_find_session(struct bouncer *b, const char *user,
  * pending list (does not free). */
 void bouncer_forget_pending(struct bouncer *b, struct client *cl);
 struct session *bouncer_session_by_key(struct bouncer *b, const char *key);
+/* The canary peer link (sessiond/peer.h), if this worker has one. */
+bool bouncer_has_peer(const struct bouncer *b);
+/* Hand verified pending client cl (fwd_* set) to the peer: frozen,
+ * serialized with its identity, sent with its socket, freed here. If it
+ * cannot be sent, cl is told the session is not available and closed. */
+void bouncer_forward_client(struct bouncer *b, struct client *cl);
 /* The closing list (CLIENT_CLOSING clients, owned by the bouncer while
  * listed). add: 0 or -ENOMEM; forget: drops it from the list (does not
  * free). */
@@ -535,6 +549,12 @@ void upstream_lost(struct session *s);
 /* A new pending client on an accepted fd (fd taken in every case). */
 struct client *client_new(struct bouncer *b, int fd);
 void client_free(struct client *cl); /* closes the conn, sends nothing */
+/* A verified pending client (fwd_user set) goes to its session, waits for
+ * it, or is forwarded to the canary peer (see client.c). */
+void client_route(struct client *cl);
+/* Forwards between the two workers of a canary before a client is refused
+ * (a session in neither worker cannot bounce it forever). */
+#define PEER_MAX_HOPS 3
 extern const struct conn_ops client_conn_ops;
 /* Attach an authenticated client (sends the burst and starts the replay). */
 void client_attach(struct client *cl, struct session *s);

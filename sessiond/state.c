@@ -350,6 +350,20 @@ static Baton__State__Connection *ser_client(struct arena *a, struct client *cl,
 	pc->pass = cl->pass;
 	pc->nick = cl->nick;
 	pc->user = cl->user;
+	if (cl->fwd_user != NULL && cl->phase != CLIENT_ATTACHED) {
+		Baton__State__Forward *f = arena_alloc(a, sizeof(*f));
+
+		if (!f)
+			return NULL;
+		baton__state__forward__init(f);
+		f->user = cl->fwd_user;
+		f->network = cl->fwd_network;
+		f->client_id = cl->client_id;
+		f->has_hops = 1;
+		f->hops = cl->fwd_hops;
+		pc->forward = f;
+		pc->pass = NULL; /* verified: the password does not travel */
+	}
 	if (cl->cap_negotiating) {
 		pc->has_cap_negotiating = 1;
 		pc->cap_negotiating = 1;
@@ -874,6 +888,18 @@ static struct client *adopt_client(struct adopt *ad, struct session *s,
 	cl->pass = xstrdup(pc->pass);
 	cl->nick = xstrdup(pc->nick);
 	cl->user = xstrdup(pc->user);
+	if (!s && pc->forward) {
+		/* Verified by the worker that forwarded it (peer.h). */
+		cl->fwd_user = xstrdup(pc->forward->user);
+		cl->fwd_network = xstrdup(pc->forward->network);
+		cl->fwd_hops = pc->forward->has_hops ? pc->forward->hops : 0;
+		if (!cl->client_id)
+			cl->client_id = strdup("default");
+		if (!cl->fwd_user || !cl->fwd_network || !cl->client_id) {
+			client_free(cl);
+			return NULL;
+		}
+	}
 	cl->conn = adopt_conn(ad, pc, false, &client_conn_ops, cl);
 	if (!cl->conn || pb_unknown_copy(&cl->unknown, &pc->base) < 0 ||
 	    (s && pc->delivery && adopt_delivery(cl, pc) < 0) ||
@@ -1215,6 +1241,14 @@ int state_adopt(struct bouncer *b, const uint8_t *buf, size_t len, int *fds,
 				BATON__STATE__CONN_ROLE__CONN_ROLE_PENDING, "pending");
 		if (rc < 0)
 			goto out;
+		const Baton__State__Forward *f = item->pending->forward;
+		if (f && (!names_word_ok(f->user) || !names_word_ok(f->network) ||
+			  strlen(f->user) > NAMES_MAX_LEN || strlen(f->network) > NAMES_MAX_LEN ||
+			  (f->client_id && (!names_word_ok(f->client_id) ||
+					    strlen(f->client_id) > SESSION_MAX_CLIENT_NAME)))) {
+			rc = adopt_fail(&ad, -EINVAL, "bad forwarded login");
+			goto out;
+		}
 	}
 	for (size_t i = 0; i < nfds; i++) {
 		if (!ad.used[i]) {

@@ -151,6 +151,7 @@ static void worker_migrate(struct worker *w, struct handoff_msg *msg)
 {
 	static const struct migrate_report no_report;
 	struct migrate_report report = no_report;
+	struct migrate_select sel = { 0 };
 	Baton__Control__Migrate *mg;
 	int channel, pidfd, r;
 
@@ -172,6 +173,14 @@ static void worker_migrate(struct worker *w, struct handoff_msg *msg)
 	report.finished = worker_finished;
 	report.arg = w;
 	w->migrating = true;
+	if (mg->select != NULL) {
+		sel.users = mg->select->users;
+		sel.nusers = mg->select->n_users;
+		sel.networks = mg->select->networks;
+		sel.nnetworks = mg->select->n_networks;
+		sel.percent_x100 = mg->select->has_percent_x100
+					   ? mg->select->percent_x100 : 0;
+	}
 	if (mg->outgoing) {
 		worker_announce_sessions(w);
 		r = migrate_out_start(w->base, w->b, channel,
@@ -180,11 +189,12 @@ static void worker_migrate(struct worker *w, struct handoff_msg *msg)
 				      mg->has_chunk_sessions ? mg->chunk_sessions
 				      : (unsigned)w->cfg->chunk_sessions,
 				      (size_t)w->cfg->chunk_bytes,
-				      w->cfg->handshake_budget_ms, &report);
+				      w->cfg->handshake_budget_ms,
+				      mg->select != NULL ? &sel : NULL, &report);
 	} else {
 		r = migrate_in_start(w->base, w->b, channel,
 				     mg->has_timeout_ms ? (int)mg->timeout_ms : 10000,
-				     &report);
+				     mg->select != NULL, &report);
 	}
 	if (r < 0) {
 		struct migrate_result res = { .committed = false };
@@ -244,8 +254,18 @@ static void worker_dispatch(struct worker *w, struct handoff_msg *msg)
 	case CONTROL_STATUS_REQUEST:
 		worker_send_status(w);
 		break;
+	case CONTROL_PEER: {
+		/* The other worker of a canary: one fd, or none (unlink). */
+		int fd = msg->nfds == 1 ? handoff_msg_take_fd(msg, 0) : -1;
+
+		bouncer_set_peer(w->b, fd); /* fd transferred */
+		break;
+	}
 	case CONTROL_EXIT:
 		log_info("worker", "exit requested by the supervisor");
+		/* Clients the peer forwarded to us while we were leaving go
+		 * back to it rather than die with us. */
+		bouncer_peer_drain(w->b);
 		event_base_loopexit(w->base, NULL);
 		break;
 	default:

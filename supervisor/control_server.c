@@ -19,6 +19,7 @@
 #include <json-c/json.h>
 
 #include "common/log.h"
+#include "supervisor/canary.h"
 #include "supervisor/supervisor.h"
 
 #define CONTROL_MAX_REQUEST (64 * 1024)
@@ -112,6 +113,117 @@ static void control_client_error(struct control_client *c, const char *fmt, ...)
 	json_object_put(o);
 }
 
+/* Percentages travel as numbers 0..100 (fractions allowed); the canary
+ * works in hundredths. -1: absent or out of range. */
+static int control_percent_x100(struct json_object *req, const char *key)
+{
+	struct json_object *v;
+	double p;
+
+	if (!json_object_object_get_ex(req, key, &v) ||
+	    !(json_object_is_type(v, json_type_double) ||
+	      json_object_is_type(v, json_type_int)))
+		return -1;
+	p = json_object_get_double(v);
+	if (!(p > 0) || p > 100)
+		return -1;
+	return (int)(p * 100 + 0.5);
+}
+
+/* The canary requests (canary.h; batonctl's `canary` and `upgrade
+ * --canary`). Returns false after replying with an error. */
+static bool control_canary_plan(struct control_client *c, struct json_object *req,
+				struct canary_plan *plan, bool one_command)
+{
+	struct json_object *v;
+	int pct;
+
+	memset(plan, 0, sizeof(*plan));
+	if (!json_object_object_get_ex(req, "binary", &v) ||
+	    !json_object_is_type(v, json_type_string) ||
+	    snprintf(plan->binary, sizeof(plan->binary), "%s",
+		     json_object_get_string(v)) >= (int)sizeof(plan->binary)) {
+		control_client_error(c, "a canary needs \"binary\": an absolute path");
+		return false;
+	}
+	if (json_object_object_get_ex(req, "bake", &v)) {
+		int64_t b = json_object_get_int64(v);
+
+		if (b < 0 || b > 7 * 86400) {
+			control_client_error(c, "bake: expected 0..604800 seconds");
+			return false;
+		}
+		plan->bake_s = (int)b;
+	} else if (one_command) {
+		plan->bake_s = -1; /* the config's [canary] bake */
+	}
+	if (one_command) {
+		plan->auto_promote = true;
+		pct = control_percent_x100(req, "canary");
+		if (pct < 0) {
+			control_client_error(c, "upgrade --canary needs a percentage in (0, 100]");
+			return false;
+		}
+		if (json_object_object_get_ex(req, "steps", &v) &&
+		    json_object_is_type(v, json_type_array)) {
+			size_t n = json_object_array_length(v);
+
+			if (n == 0 || n > CANARY_MAX_STEPS) {
+				control_client_error(c, "steps: 1 to %d percentages", CANARY_MAX_STEPS);
+				return false;
+			}
+			for (size_t i = 0; i < n; i++) {
+				double p = json_object_get_double(json_object_array_get_idx(v, i));
+				uint32_t x = (uint32_t)(p * 100 + 0.5);
+
+				if (!(p > 0) || p > 100 ||
+				    (i > 0 && x <= plan->steps[i - 1])) {
+					control_client_error(c, "steps: increasing percentages in (0, 100]");
+					return false;
+				}
+				plan->steps[plan->nsteps++] = x;
+			}
+		} else {
+			plan->steps[plan->nsteps++] = (uint32_t)pct;
+		}
+		return true;
+	}
+	pct = control_percent_x100(req, "percent");
+	if (pct > 0)
+		plan->percent_x100 = (uint32_t)pct;
+	if (json_object_object_get_ex(req, "network", &v) &&
+	    json_object_is_type(v, json_type_string))
+		snprintf(plan->network, sizeof(plan->network), "%s",
+			 json_object_get_string(v));
+	if (json_object_object_get_ex(req, "users", &v) &&
+	    json_object_is_type(v, json_type_array)) {
+		size_t n = json_object_array_length(v);
+
+		if (n > CANARY_MAX_USERS) {
+			control_client_error(c, "users: at most %d", CANARY_MAX_USERS);
+			return false;
+		}
+		plan->users = calloc(n + 1, sizeof(char *));
+		if (plan->users == NULL) {
+			control_client_error(c, "out of memory");
+			return false;
+		}
+		for (size_t i = 0; i < n; i++) {
+			struct json_object *u = json_object_array_get_idx(v, i);
+
+			if (json_object_is_type(u, json_type_string))
+				plan->users[plan->nusers++] = (char *)json_object_get_string(u);
+		}
+	}
+	if (plan->percent_x100 == 0 && plan->nusers == 0 && plan->network[0] == '\0') {
+		free(plan->users);
+		plan->users = NULL;
+		control_client_error(c, "canary start needs --percent P, --users U1,U2 or --network NAME");
+		return false;
+	}
+	return true;
+}
+
 static void control_client_request(struct control_client *c, const char *line)
 {
 	struct json_object *req = json_tokener_parse(line), *v;
@@ -127,6 +239,41 @@ static void control_client_request(struct control_client *c, const char *line)
 	log_info("control", "pid %d: %s", (int)c->peer_pid, line);
 	if (strcmp(cmd, "status") == 0) {
 		supervisor_status(c->cs->sup, control_client_reply_cb, c);
+	} else if (strcmp(cmd, "upgrade") == 0 &&
+		   json_object_object_get_ex(req, "canary", NULL)) {
+		struct canary_plan plan;
+
+		if (control_canary_plan(c, req, &plan, true))
+			supervisor_canary(c->cs->sup, "start", &plan, 0,
+					  control_client_reply_cb, c);
+	} else if (strcmp(cmd, "canary") == 0) {
+		const char *action = json_object_object_get_ex(req, "action", &v) &&
+				     json_object_is_type(v, json_type_string)
+				     ? json_object_get_string(v) : "";
+		struct canary_plan plan;
+
+		if (strcmp(action, "start") == 0) {
+			if (control_canary_plan(c, req, &plan, false)) {
+				supervisor_canary(c->cs->sup, "start", &plan, 0,
+						  control_client_reply_cb, c);
+				free(plan.users); /* the strings are req's; copied */
+			}
+		} else if (strcmp(action, "grow") == 0) {
+			int pct = control_percent_x100(req, "percent");
+
+			if (pct < 0)
+				control_client_error(c, "canary grow needs \"percent\" in (0, 100]");
+			else
+				supervisor_canary(c->cs->sup, "grow", NULL, (uint32_t)pct,
+						  control_client_reply_cb, c);
+		} else if (strcmp(action, "status") == 0 || strcmp(action, "promote") == 0 ||
+			   strcmp(action, "abort") == 0) {
+			supervisor_canary(c->cs->sup, action, NULL, 0,
+					  control_client_reply_cb, c);
+		} else {
+			control_client_error(c, "unknown canary action '%s' (known: start, grow, status, promote, abort)",
+					     action);
+		}
 	} else if (strcmp(cmd, "upgrade") == 0) {
 		if (!json_object_object_get_ex(req, "binary", &v) ||
 		    !json_object_is_type(v, json_type_string)) {
@@ -138,7 +285,7 @@ static void control_client_request(struct control_client *c, const char *line)
 	} else if (strcmp(cmd, "rollback") == 0) {
 		supervisor_upgrade(c->cs->sup, NULL, control_client_reply_cb, c);
 	} else {
-		control_client_error(c, "unknown command '%s' (known: status, upgrade, rollback)",
+		control_client_error(c, "unknown command '%s' (known: status, upgrade, rollback, canary)",
 				     cmd);
 	}
 out:

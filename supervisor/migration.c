@@ -695,6 +695,8 @@ static void migration_on_worker(struct worker *w, enum worker_event ev,
 			 is_s ? m->rs.reason : m->rt.reason);
 		migration_evaluate(m);
 		return;
+	case WORKER_HEALTH:
+		return;
 	}
 }
 

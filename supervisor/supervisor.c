@@ -26,6 +26,7 @@
 #include "baton_version.h"
 #include "common/config.h"
 #include "common/log.h"
+#include "supervisor/canary.h"
 #include "supervisor/check.h"
 #include "supervisor/listeners.h"
 #include "supervisor/migration.h"
@@ -77,6 +78,13 @@ struct supervisor {
 	const char *mig_kind; /* "upgrade" or "rollback" (static string) */
 
 	struct status_req *status_reqs;
+
+	/* A canary (canary.h): the handler of both workers while it runs;
+	 * active stays the old worker until it ends. */
+	struct canary *canary;
+	struct json_object *last_canary; /* owned: the last finished one */
+	unsigned canaries_promoted, canaries_rolled_back, canaries_aborted,
+		 canaries_refused;
 };
 
 struct status_req {
@@ -195,6 +203,12 @@ void supervisor_reap(struct supervisor *sup)
 		sup->workers[i] = sup->workers[--sup->nworkers];
 		/* The handler drops its pointer in WORKER_EXITED. */
 		worker_reaped(w, st);
+		/* During a canary the canary is the handler: the old worker
+		 * may leave (promote) before the canary hands active back. */
+		if (sup->canary != NULL && w == sup->active) {
+			sup->active = NULL;
+			sup->active_serving = false;
+		}
 		worker_free(w);
 	}
 	if (sup->stopping && sup->nworkers == 0)
@@ -315,6 +329,8 @@ static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 		log_warn("supervisor", "pid %d: migration message outside a migration (ignored)",
 			 (int)worker_pid(w));
 		return;
+	case WORKER_HEALTH:
+		return; /* a canary's late sample */
 	}
 }
 
@@ -327,7 +343,8 @@ static void supervisor_on_restart(evutil_socket_t fd, short what, void *arg)
 						 : sup->sessiond;
 	int err = 0;
 
-	if (sup->stopping || sup->active != NULL || sup->migration != NULL)
+	if (sup->stopping || sup->active != NULL || sup->migration != NULL ||
+	    sup->canary != NULL)
 		return;
 	sup->active_serving = false;
 	sup->active = supervisor_spawn(sup, binary, false, &err);
@@ -434,6 +451,8 @@ void supervisor_free(struct supervisor *sup)
 		event_free(sup->ev_refresh);
 	json_object_put(sup->last_crash);
 	json_object_put(sup->last_migration);
+	canary_free(sup->canary);
+	json_object_put(sup->last_canary);
 	free(sup->previous_binary);
 	free(sup->serving_binary);
 	free(sup->sessiond);
@@ -488,6 +507,11 @@ void supervisor_shutdown(struct supervisor *sup)
 							      NULL));
 		sup->mig_cb = NULL;
 		sup->mig_arg = NULL;
+	}
+	if (sup->canary) {
+		/* Same as a migration: every worker leaves anyway. */
+		canary_free(sup->canary);
+		sup->canary = NULL;
 	}
 	evtimer_del(sup->ev_restart);
 	evtimer_del(sup->ev_ready);
@@ -557,6 +581,9 @@ static struct json_object *supervisor_status_json(struct supervisor *sup)
 				       ? json_object_new_string(sup->previous_binary)
 				       : NULL);
 	json_object_object_add(o, "last_migration", json_object_get(sup->last_migration));
+	json_object_object_add(o, "canary", sup->canary ? canary_status_json(sup->canary)
+							: NULL);
+	json_object_object_add(o, "last_canary", json_object_get(sup->last_canary));
 	return o;
 }
 
@@ -890,6 +917,10 @@ static void supervisor_migrate(struct supervisor *sup, const char *binary,
 		supervisor_refuse(sup, cb, arg, kind, "a migration is already running");
 		goto out;
 	}
+	if (sup->canary != NULL) {
+		supervisor_refuse(sup, cb, arg, kind, "a canary is running: promote or abort it first");
+		goto out;
+	}
 	if (sup->stopping) {
 		supervisor_refuse(sup, cb, arg, kind, "the supervisor is shutting down");
 		goto out;
@@ -963,6 +994,8 @@ void supervisor_detach(struct supervisor *sup, void *arg)
 {
 	struct status_req *q = sup->status_reqs;
 
+	if (sup->canary != NULL)
+		canary_detach(sup->canary, arg);
 	if (sup->mig_arg == arg) {
 		sup->mig_cb = NULL;
 		sup->mig_arg = NULL;
@@ -974,6 +1007,122 @@ void supervisor_detach(struct supervisor *sup, void *arg)
 			supervisor_status_req_free(q);
 		q = next;
 	}
+}
+
+/* --- canary --------------------------------------------------------------- */
+
+static struct worker *supervisor_canary_spawn(void *arg, const char *binary,
+					      int *err)
+{
+	return supervisor_spawn(arg, binary, true, err);
+}
+
+static void supervisor_canary_ended(void *arg, struct worker *survivor,
+				    struct json_object *result)
+{
+	struct supervisor *sup = arg;
+	const char *word = json_object_get_string(json_object_object_get(result, "result"));
+	const char *from = json_object_get_string(json_object_object_get(
+		json_object_object_get(result, "from"), "binary"));
+	bool promoted = strcmp(word, "promoted") == 0;
+
+	/* result belongs to the canary: keep our reference before freeing it
+	 * (word and from point into it). */
+	json_object_put(sup->last_canary);
+	sup->last_canary = json_object_get(result);
+	for (size_t i = 0; i < sup->nworkers; i++)
+		worker_set_handler(sup->workers[i], supervisor_on_worker, sup);
+	canary_free(sup->canary);
+	sup->canary = NULL;
+	if (promoted)
+		sup->canaries_promoted++;
+	else if (strcmp(word, "rolled_back") == 0)
+		sup->canaries_rolled_back++;
+	else if (strcmp(word, "refused") == 0)
+		sup->canaries_refused++;
+	else
+		sup->canaries_aborted++;
+	if (promoted && from != NULL && from[0]) {
+		/* The old binary is what rollback returns to. */
+		free(sup->previous_binary);
+		sup->previous_binary = strdup(from);
+	}
+	sup->active = survivor;
+	sup->active_serving = survivor != NULL;
+	if (survivor != NULL) {
+		supervisor_set_serving_binary(sup, worker_binary(survivor));
+	} else if (!sup->stopping) {
+		log_error("canary", "no worker serves after the canary: starting a fresh one");
+		sup->restart_failures = 0;
+		supervisor_schedule_restart(sup);
+	}
+	supervisor_notify_status(sup);
+}
+
+void supervisor_canary(struct supervisor *sup, const char *action,
+		       const struct canary_plan *plan, uint32_t percent_x100,
+		       supervisor_reply_cb cb, void *arg)
+{
+	static const char *kind = "canary";
+	struct canary_host host = {
+		.base = sup->base,
+		.cfg = sup->cfg,
+		.listeners = sup->listeners,
+		.spawn = supervisor_canary_spawn,
+		.ended = supervisor_canary_ended,
+		.arg = sup,
+	};
+	char why[512];
+
+	if (strcmp(action, "start") != 0) {
+		if (sup->canary == NULL) {
+			if (strcmp(action, "status") == 0) {
+				struct json_object *o = json_object_new_object();
+
+				json_object_object_add(o, "result", json_object_new_string("none"));
+				json_object_object_add(o, "reason", json_object_new_string("no canary is running"));
+				json_object_object_add(o, "last", json_object_get(sup->last_canary));
+				supervisor_reply_result(cb, arg, o);
+				return;
+			}
+			supervisor_refuse(sup, cb, arg, kind, "no canary is running");
+			return;
+		}
+		canary_request(sup->canary, action, percent_x100, cb, arg);
+		return;
+	}
+	if (sup->canary != NULL) {
+		supervisor_refuse(sup, cb, arg, kind, "a canary is already running");
+		return;
+	}
+	if (sup->migration != NULL) {
+		supervisor_refuse(sup, cb, arg, kind, "a migration is running");
+		return;
+	}
+	if (sup->stopping) {
+		supervisor_refuse(sup, cb, arg, kind, "the supervisor is shutting down");
+		return;
+	}
+	if (plan->binary[0] != '/') {
+		supervisor_refuse(sup, cb, arg, kind, "binary must be an absolute path: %s", plan->binary);
+		return;
+	}
+	if (access(plan->binary, X_OK) < 0) {
+		supervisor_refuse(sup, cb, arg, kind, "%s: %s", plan->binary, strerror(errno));
+		return;
+	}
+	if (sup->active == NULL || !sup->active_serving) {
+		supervisor_refuse(sup, cb, arg, kind, "no serving worker right now (restarting after a crash)");
+		return;
+	}
+	if (supervisor_check_nofile(sup, why, sizeof(why)) < 0) {
+		supervisor_refuse(sup, cb, arg, kind, "%s", why);
+		return;
+	}
+	sup->canary = canary_start(&host, sup->active, plan, cb, arg);
+	if (sup->canary == NULL)
+		supervisor_refuse(sup, cb, arg, kind, "out of memory");
+	supervisor_notify_status(sup);
 }
 
 /* --- metrics --------------------------------------------------------------- */
@@ -1020,6 +1169,8 @@ void supervisor_metrics(struct supervisor *sup, struct evbuffer *out)
 		sup->nworkers, sessions, connections, waiting, handshakes, sup->crashes,
 		sup->migrations_committed, sup->migrations_aborted,
 		sup->migrations_refused, sup->migration != NULL);
+	if (sup->canary != NULL)
+		canary_metrics(sup->canary, out);
 	if (sup->have_last_migration)
 		evbuffer_add_printf(out,
 			"# HELP baton_migration_freeze_ms_last Longest freeze of the last migration.\n"

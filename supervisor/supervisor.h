@@ -12,6 +12,7 @@
 #define BATON_SUPERVISOR_SUPERVISOR_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 struct baton_config;
 struct event_base;
@@ -50,6 +51,14 @@ void supervisor_status(struct supervisor *sup, supervisor_reply_cb cb, void *arg
 void supervisor_upgrade(struct supervisor *sup, const char *binary,
 			supervisor_reply_cb cb, void *arg);
 void supervisor_detach(struct supervisor *sup, void *arg);
+
+/* Canary (canary.h): action "start" (plan), "grow" (percent_x100),
+ * "promote", "abort", "status". Refused (with the usual result shape)
+ * while a migration runs, or a second canary. */
+struct canary_plan;
+void supervisor_canary(struct supervisor *sup, const char *action,
+		       const struct canary_plan *plan, uint32_t percent_x100,
+		       supervisor_reply_cb cb, void *arg);
 
 /* Prometheus text exposition of the current state. */
 void supervisor_metrics(struct supervisor *sup, struct evbuffer *out);

@@ -199,6 +199,18 @@ static void worker_handle(struct worker *w, struct handoff_msg *m)
 		worker_answer_waiters(w, &w->status);
 		return;
 	}
+	case CONTROL_HEALTH: {
+		Baton__Control__Health *h =
+			baton__control__health__unpack(NULL, m->len, m->data);
+
+		if (h == NULL) {
+			worker_ctl_lost(w, "malformed HEALTH");
+			return;
+		}
+		worker_emit(w, WORKER_HEALTH, h);
+		baton__control__health__free_unpacked(h, NULL);
+		return;
+	}
 	default:
 		log_warn("worker", "pid %d sent unexpected message type %u (ignored)",
 			 (int)w->pid, m->type);
@@ -483,6 +495,31 @@ int worker_send_migrate(struct worker *w, bool outgoing, pid_t peer,
 			int peer_pidfd, unsigned timeout_ms,
 			unsigned chunk_sessions, int channel_fd)
 {
+	return worker_send_move(w, outgoing, peer, peer_pidfd, timeout_ms,
+				chunk_sessions, channel_fd, NULL);
+}
+
+int worker_send_peer(struct worker *w, int link_fd, pid_t peer)
+{
+	Baton__Control__Peer m = BATON__CONTROL__PEER__INIT;
+
+	m.has_peer_pid = peer > 0;
+	m.peer_pid = (uint32_t)peer;
+	return worker_send(w, CONTROL_PEER, &m.base, link_fd >= 0 ? &link_fd : NULL,
+			   link_fd >= 0 ? 1 : 0);
+}
+
+int worker_send_health_request(struct worker *w)
+{
+	Baton__Control__HealthRequest m = BATON__CONTROL__HEALTH_REQUEST__INIT;
+
+	return worker_send_timeout(w, CONTROL_HEALTH_REQUEST, &m.base, NULL, 0, 0);
+}
+
+int worker_send_move(struct worker *w, bool outgoing, pid_t peer,
+		     int peer_pidfd, unsigned timeout_ms, unsigned chunk_sessions,
+		     int channel_fd, const Baton__Control__Selector *sel)
+{
 	Baton__Control__Migrate m = BATON__CONTROL__MIGRATE__INIT;
 	/* Order is the contract (proto/control.proto): channel first. The
 	 * kernel gives the worker its own copy of the pidfd; ours stays with
@@ -499,6 +536,7 @@ int worker_send_migrate(struct worker *w, bool outgoing, pid_t peer,
 		m.has_chunk_sessions = true;
 		m.chunk_sessions = chunk_sessions;
 	}
+	m.select = (Baton__Control__Selector *)sel;
 	return worker_send(w, CONTROL_MIGRATE, &m.base, fds, nfds);
 }
 

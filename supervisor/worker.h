@@ -33,6 +33,7 @@ enum worker_event {
 	WORKER_PROGRESS, /* msg: const Baton__Control__Progress * */
 	WORKER_RESULT,   /* msg: const Baton__Control__MigrationResult * */
 	WORKER_EXITED,   /* msg: NULL; worker_exit_status() is valid */
+	WORKER_HEALTH,   /* msg: const Baton__Control__Health * (a canary's sample) */
 };
 
 typedef void (*worker_cb)(struct worker *w, enum worker_event ev,
@@ -92,6 +93,18 @@ int worker_send_accept(struct worker *w, bool on);
 int worker_send_migrate(struct worker *w, bool outgoing, pid_t peer,
 			int peer_pidfd, unsigned timeout_ms,
 			unsigned chunk_sessions, int channel_fd);
+/* The same for a canary's move: sel non-NULL makes it partial (the
+ * source moves only matching sessions and keeps serving; the target
+ * serves them at once). */
+int worker_send_move(struct worker *w, bool outgoing, pid_t peer,
+		     int peer_pidfd, unsigned timeout_ms, unsigned chunk_sessions,
+		     int channel_fd, const Baton__Control__Selector *sel);
+/* PEER with one end of a canary's link (borrowed), or -1: unlink. */
+int worker_send_peer(struct worker *w, int link_fd, pid_t peer);
+/* HEALTH_REQUEST without waiting for room (a full control socket is no
+ * answer: the canary's watchdog judges). The answer reaches the handler
+ * as WORKER_HEALTH. */
+int worker_send_health_request(struct worker *w);
 int worker_send_exit(struct worker *w);
 
 /* Ask for a STATUS; on 0, cb runs exactly once unless cancelled (with NULL

@@ -1,0 +1,505 @@
+/* supervisor/gates.c: see gates.h. */
+#include "supervisor/gates.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <json-c/json.h>
+
+#include "common/config.h"
+#include "common/control.h"
+#include "common/strmap.h"
+
+enum gate_id {
+	G_WORKER_CRASH,
+	G_WATCHDOG,
+	G_ADOPT_PING,
+	G_NETWORK_CLOSED,
+	G_NETWORK_BAN,
+	G_CLIENTS_CLOSED,
+	G_PROTOCOL_ERRORS,
+	G_PING_UNANSWERED,
+	G_DELIVERY,
+	G_LATENCY_P99,
+	G_LOOP_LAG,
+	G_CPU_PER_1000,
+	G_RSS_GROWTH,
+	G_ERROR_NUMERICS,
+	G_COUNT
+};
+
+static const struct {
+	const char *name;
+	enum gate_kind kind;
+	const char *unit;
+} gate_defs[G_COUNT] = {
+	[G_WORKER_CRASH] = { "worker_crash", GATE_HARD, "" },
+	[G_WATCHDOG] = { "watchdog", GATE_HARD, "s" },
+	[G_ADOPT_PING] = { "adopt_ping", GATE_HARD, "" },
+	[G_NETWORK_CLOSED] = { "network_closed", GATE_HARD, "" },
+	[G_NETWORK_BAN] = { "network_ban", GATE_HARD, "" },
+	[G_CLIENTS_CLOSED] = { "clients_closed", GATE_HARD, "" },
+	[G_PROTOCOL_ERRORS] = { "protocol_errors", GATE_HARD, "" },
+	[G_PING_UNANSWERED] = { "ping_unanswered", GATE_HARD, "" },
+	[G_DELIVERY] = { "delivery", GATE_DIFFERENTIAL, "lines" },
+	[G_LATENCY_P99] = { "relay_latency_p99", GATE_STATISTICAL, "s" },
+	[G_LOOP_LAG] = { "loop_lag", GATE_STATISTICAL, "s" },
+	[G_CPU_PER_1000] = { "cpu_per_1000_lines", GATE_STATISTICAL, "s" },
+	[G_RSS_GROWTH] = { "rss_growth_per_session", GATE_STATISTICAL, "bytes/min" },
+	[G_ERROR_NUMERICS] = { "error_numerics_per_session_hour", GATE_STATISTICAL, "" },
+};
+
+/* The relay latency histogram's bucket count (bounds in sessiond/health.h,
+ * +Inf last) and the finite bounds, for p99. */
+static const double gate_latency_bounds[] = { 0.0005, 0.001, 0.002, 0.005, 0.01,
+					      0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5 };
+#define GATE_LAT_BUCKETS (sizeof(gate_latency_bounds) / sizeof(gate_latency_bounds[0]) + 1)
+
+/* One worker's counters at one sample (scalars only). */
+struct gate_counts {
+	bool have;
+	double t;
+	unsigned sessions;
+	uint64_t upstream_lines, lines_relayed, errors;
+	uint64_t hard[6]; /* adopt late, closed, banned, clients, protocol, pings */
+	uint64_t lat[GATE_LAT_BUCKETS];
+	double cpu_s, rss, lag;
+};
+
+/* Per (network, channel): the summed difference of lines per session. */
+struct gate_channel {
+	double diff;     /* sum over samples of cohort - control per session */
+	double control;  /* sum of control lines per session (for the share) */
+	unsigned samples;
+};
+
+struct gates {
+	const struct baton_config *cfg;
+	struct gate_counts start[2]; /* [0] cohort, [1] control: canary start (hard) */
+	struct gate_counts base[2];  /* statistical baseline (since the last move) */
+	struct gate_counts last[2];
+	bool rebase;
+	struct strmap *channels;     /* "network channel" -> struct gate_channel */
+	struct gate_channel **all;   /* every entry of channels (owned) */
+	size_t nall;
+	char worst_channel[320];
+	double worst_diff, worst_control;
+	double values[G_COUNT][3];   /* cohort, control, threshold */
+	enum gate_verdict verdict[G_COUNT];
+	unsigned failing[G_COUNT];
+	int tripped;                 /* gate id or -1 */
+	char reason[512];
+	unsigned samples;
+	double lag_max[2];           /* since the baseline */
+};
+
+const char *gate_verdict_name(enum gate_verdict v)
+{
+	switch (v) {
+	case GATE_WAITING: return "waiting";
+	case GATE_PASS: return "pass";
+	case GATE_FAILING: return "failing";
+	case GATE_TRIPPED: return "tripped";
+	}
+	return "?";
+}
+
+struct gates *gates_new(const struct baton_config *cfg)
+{
+	struct gates *g = calloc(1, sizeof(*g));
+
+	if (g == NULL)
+		return NULL;
+	g->cfg = cfg;
+	g->tripped = -1;
+	g->channels = strmap_new();
+	if (g->channels == NULL) {
+		free(g);
+		return NULL;
+	}
+	for (int i = 0; i < G_COUNT; i++)
+		g->verdict[i] = gate_defs[i].kind == GATE_HARD ? GATE_PASS : GATE_WAITING;
+	return g;
+}
+
+void gates_free(struct gates *g)
+{
+	if (g == NULL)
+		return;
+	for (size_t i = 0; i < g->nall; i++)
+		free(g->all[i]);
+	free(g->all);
+	strmap_free(g->channels);
+	free(g);
+}
+
+static void gates_counts(struct gate_counts *c, const Baton__Control__Health *h,
+			 double now)
+{
+	memset(c, 0, sizeof(*c));
+	c->have = true;
+	c->t = now;
+	c->sessions = h->sessions;
+	c->upstream_lines = h->upstream_lines;
+	c->lines_relayed = h->lines_relayed;
+	c->errors = h->upstream_error_numerics;
+	c->hard[0] = h->adopt_pings_late;
+	c->hard[1] = h->upstream_closed;
+	c->hard[2] = h->upstream_banned;
+	c->hard[3] = h->clients_closed;
+	c->hard[4] = h->protocol_errors;
+	c->hard[5] = h->pings_unanswered;
+	for (size_t i = 0; i < h->n_relay_latency_buckets && i < GATE_LAT_BUCKETS; i++)
+		c->lat[i] = h->relay_latency_buckets[i];
+	c->cpu_s = h->cpu_s;
+	c->rss = (double)h->rss_bytes;
+	c->lag = h->loop_lag_max_s;
+}
+
+double gates_p99(const uint64_t *now, const uint64_t *base, size_t n)
+{
+	uint64_t total = 0, seen = 0;
+
+	for (size_t i = 0; i < n; i++)
+		total += now[i] - base[i];
+	if (total == 0)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		seen += now[i] - base[i];
+		if ((double)seen >= 0.99 * (double)total)
+			return i + 1 < n ? gate_latency_bounds[i]
+					 : 2 * gate_latency_bounds[n - 2];
+	}
+	return 2 * gate_latency_bounds[n - 2];
+}
+
+static void gates_set(struct gates *g, int id, double cohort, double control,
+		      double threshold)
+{
+	g->values[id][0] = cohort;
+	g->values[id][1] = control;
+	g->values[id][2] = threshold;
+}
+
+static void gates_do_trip(struct gates *g, int id, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void gates_do_trip(struct gates *g, int id, const char *fmt, ...)
+{
+	va_list ap;
+
+	g->verdict[id] = GATE_TRIPPED;
+	if (g->tripped >= 0)
+		return; /* the first one leads */
+	g->tripped = id;
+	va_start(ap, fmt);
+	vsnprintf(g->reason, sizeof(g->reason), fmt, ap);
+	va_end(ap);
+}
+
+void gates_trip(struct gates *g, const char *name, double value,
+		const char *detail)
+{
+	for (int i = 0; i < G_COUNT; i++) {
+		if (strcmp(gate_defs[i].name, name) != 0)
+			continue;
+		gates_set(g, i, value, 0, 0);
+		gates_do_trip(g, i, "%s: %s", name, detail);
+		return;
+	}
+}
+
+/* A statistical gate's sample: fail or pass, tripping after trip_samples
+ * failures in a row. */
+static void gates_judge(struct gates *g, int id, bool fail)
+{
+	if (g->verdict[id] == GATE_TRIPPED)
+		return;
+	if (!fail) {
+		g->failing[id] = 0;
+		g->verdict[id] = GATE_PASS;
+		return;
+	}
+	g->failing[id]++;
+	g->verdict[id] = GATE_FAILING;
+	if (g->failing[id] >= (unsigned)g->cfg->canary_trip_samples)
+		gates_do_trip(g, id, "%s: cohort %.6g vs control %.6g (threshold %.6g) for %u samples in a row",
+			      gate_defs[id].name, g->values[id][0],
+			      g->values[id][1], g->values[id][2], g->failing[id]);
+}
+
+static void gates_hard(struct gates *g)
+{
+	static const int ids[6] = { G_ADOPT_PING, G_NETWORK_CLOSED, G_NETWORK_BAN,
+				    G_CLIENTS_CLOSED, G_PROTOCOL_ERRORS,
+				    G_PING_UNANSWERED };
+
+	for (int k = 0; k < 6; k++) {
+		double cohort = (double)(g->last[0].hard[k] - g->start[0].hard[k]);
+		double control = (double)(g->last[1].hard[k] - g->start[1].hard[k]);
+
+		gates_set(g, ids[k], cohort, control, 0);
+		if (cohort > 0 && g->verdict[ids[k]] != GATE_TRIPPED)
+			gates_do_trip(g, ids[k], "%s: %.0f in the cohort since the canary started (control: %.0f)",
+				      gate_defs[ids[k]].name, cohort, control);
+	}
+}
+
+static void gates_delivery(struct gates *g, const Baton__Control__Health *cohort,
+			   const Baton__Control__Health *control)
+{
+	struct strmap *ctl = strmap_new();
+	char key[320];
+	double worst = 0, tol_worst = 0;
+
+	if (ctl == NULL)
+		return;
+	for (size_t i = 0; i < control->n_channels; i++) {
+		const Baton__Control__ChannelDelivery *c = control->channels[i];
+
+		if (c->sessions == 0)
+			continue;
+		snprintf(key, sizeof(key), "%s %s", c->network, c->channel);
+		strmap_put(ctl, key, (void *)c);
+	}
+	for (size_t i = 0; i < cohort->n_channels; i++) {
+		const Baton__Control__ChannelDelivery *t = cohort->channels[i], *s;
+		struct gate_channel *gc;
+
+		if (t->sessions == 0)
+			continue;
+		snprintf(key, sizeof(key), "%s %s", t->network, t->channel);
+		s = strmap_get(ctl, key);
+		if (s == NULL)
+			continue; /* no control session here in this interval */
+		gc = strmap_get(g->channels, key);
+		if (gc == NULL) {
+			struct gate_channel **all = realloc(g->all, (g->nall + 1) * sizeof(*all));
+
+			if (all == NULL)
+				continue;
+			g->all = all;
+			gc = calloc(1, sizeof(*gc));
+			if (gc == NULL || strmap_put(g->channels, key, gc) < 0) {
+				free(gc);
+				continue;
+			}
+			g->all[g->nall++] = gc;
+		}
+		gc->diff += (double)t->lines / t->sessions -
+			    (double)s->lines / s->sessions;
+		gc->control += (double)s->lines / s->sessions;
+		gc->samples++;
+		double tol = g->cfg->canary_delivery_lines +
+			     g->cfg->canary_delivery_permille * gc->control / 1000.0;
+		if (fabs(gc->diff) - tol > fabs(worst) - tol_worst) {
+			worst = gc->diff;
+			tol_worst = tol;
+			snprintf(g->worst_channel, sizeof(g->worst_channel), "%s", key);
+			g->worst_diff = gc->diff;
+			g->worst_control = gc->control;
+		}
+	}
+	strmap_free(ctl);
+	if (g->worst_channel[0] == '\0')
+		return; /* nothing shared yet */
+	gates_set(g, G_DELIVERY, g->worst_control + g->worst_diff,
+		  g->worst_control, tol_worst);
+	if (g->verdict[G_DELIVERY] == GATE_TRIPPED)
+		return;
+	g->verdict[G_DELIVERY] = GATE_PASS;
+	if (fabs(worst) > tol_worst)
+		gates_do_trip(g, G_DELIVERY, "delivery: in %s the cohort's users got %+.1f lines per session against the control's %.1f (tolerance %.1f): lines %s",
+			      g->worst_channel, worst, g->worst_control, tol_worst,
+			      worst < 0 ? "lost" : "duplicated");
+}
+
+static double gates_rate(double num, double den)
+{
+	return den > 0 ? num / den : 0;
+}
+
+static void gates_statistical(struct gates *g)
+{
+	const struct gate_counts *b = g->base, *l = g->last;
+	const struct baton_config *cfg = g->cfg;
+	uint64_t relayed[2], lines[2];
+	bool enough;
+
+	for (int k = 0; k < 2; k++) {
+		relayed[k] = l[k].lines_relayed - b[k].lines_relayed;
+		lines[k] = l[k].upstream_lines - b[k].upstream_lines;
+		if (l[k].lag > g->lag_max[k])
+			g->lag_max[k] = l[k].lag;
+	}
+	enough = relayed[0] >= (uint64_t)cfg->canary_min_lines &&
+		 relayed[1] >= (uint64_t)cfg->canary_min_lines;
+
+	/* relay latency p99 */
+	double p[2];
+	for (int k = 0; k < 2; k++)
+		p[k] = gates_p99(l[k].lat, b[k].lat, GATE_LAT_BUCKETS);
+	double thr = (p[1] < 0 ? 0 : p[1]) * cfg->canary_latency_p99_ratio_pct / 100.0 +
+		     cfg->canary_latency_p99_margin_ms / 1000.0;
+	gates_set(g, G_LATENCY_P99, p[0], p[1], thr);
+	if (enough && p[0] >= 0 && p[1] >= 0)
+		gates_judge(g, G_LATENCY_P99, p[0] > thr);
+
+	/* event-loop lag (the worst since the baseline; needs no lines) */
+	thr = g->lag_max[1] + cfg->canary_loop_lag_margin_ms / 1000.0;
+	gates_set(g, G_LOOP_LAG, l[0].lag, g->lag_max[1], thr);
+	gates_judge(g, G_LOOP_LAG, l[0].lag > thr);
+
+	/* CPU per 1,000 upstream lines */
+	double cpu[2];
+	for (int k = 0; k < 2; k++)
+		cpu[k] = gates_rate((l[k].cpu_s - b[k].cpu_s) * 1000.0,
+				    (double)lines[k]);
+	thr = cpu[1] * cfg->canary_cpu_ratio_pct / 100.0 + 0.05;
+	gates_set(g, G_CPU_PER_1000, cpu[0], cpu[1], thr);
+	if (enough && lines[0] > 0 && lines[1] > 0)
+		gates_judge(g, G_CPU_PER_1000, cpu[0] > thr);
+
+	/* RSS growth per session per minute */
+	double rss[2];
+	for (int k = 0; k < 2; k++) {
+		double minutes = (l[k].t - b[k].t) / 60.0;
+
+		rss[k] = l[k].sessions && minutes > 0
+				 ? (l[k].rss - b[k].rss) / l[k].sessions / minutes : 0;
+	}
+	thr = (rss[1] > 0 ? rss[1] : 0) + cfg->canary_rss_growth_kb_per_min * 1024.0;
+	gates_set(g, G_RSS_GROWTH, rss[0], rss[1], thr);
+	if (enough && l[0].t - b[0].t >= 5.0)
+		gates_judge(g, G_RSS_GROWTH, rss[0] > thr);
+
+	/* upstream error numerics per session-hour */
+	double err[2];
+	for (int k = 0; k < 2; k++) {
+		double hours = (l[k].t - b[k].t) / 3600.0;
+
+		err[k] = l[k].sessions && hours > 0
+				 ? (double)(l[k].errors - b[k].errors) / l[k].sessions / hours : 0;
+	}
+	thr = err[1] + cfg->canary_error_numerics_per_hour;
+	gates_set(g, G_ERROR_NUMERICS, err[0], err[1], thr);
+	if (enough)
+		gates_judge(g, G_ERROR_NUMERICS, err[0] > thr);
+}
+
+void gates_observe(struct gates *g, const Baton__Control__Health *cohort,
+		   const Baton__Control__Health *control, double now_s)
+{
+	struct gate_counts c[2];
+
+	gates_counts(&c[0], cohort, now_s);
+	gates_counts(&c[1], control, now_s);
+	g->samples++;
+	for (int k = 0; k < 2; k++) {
+		if (!g->start[k].have)
+			g->start[k] = c[k];
+		if (!g->base[k].have || g->rebase) {
+			g->base[k] = c[k];
+			g->lag_max[k] = 0;
+		}
+		g->last[k] = c[k];
+	}
+	g->rebase = false;
+	gates_hard(g);
+	gates_delivery(g, cohort, control);
+	gates_statistical(g);
+}
+
+void gates_rebase(struct gates *g)
+{
+	g->rebase = true;
+	for (int i = 0; i < G_COUNT; i++) {
+		if (gate_defs[i].kind != GATE_STATISTICAL ||
+		    g->verdict[i] == GATE_TRIPPED)
+			continue;
+		g->verdict[i] = GATE_WAITING;
+		g->failing[i] = 0;
+	}
+}
+
+const char *gates_tripped(const struct gates *g)
+{
+	return g->tripped >= 0 ? gate_defs[g->tripped].name : NULL;
+}
+
+const char *gates_reason(const struct gates *g)
+{
+	return g->reason;
+}
+
+unsigned gates_samples(const struct gates *g)
+{
+	return g->samples;
+}
+
+size_t gates_count(const struct gates *g)
+{
+	return G_COUNT;
+}
+
+void gates_view(const struct gates *g, size_t i, struct gate_view *out)
+{
+	out->name = gate_defs[i].name;
+	out->kind = gate_defs[i].kind;
+	out->unit = gate_defs[i].unit;
+	out->cohort = g->values[i][0];
+	out->control = g->values[i][1];
+	out->threshold = g->values[i][2];
+	out->verdict = g->verdict[i];
+}
+
+static const char *gate_kind_name(enum gate_kind k)
+{
+	return k == GATE_HARD ? "hard" : k == GATE_DIFFERENTIAL ? "differential"
+								: "statistical";
+}
+
+struct json_object *gates_json(const struct gates *g)
+{
+	struct json_object *a = json_object_new_array();
+
+	for (size_t i = 0; i < G_COUNT; i++) {
+		struct json_object *o = json_object_new_object();
+		struct gate_view v;
+
+		gates_view(g, i, &v);
+		json_object_object_add(o, "name", json_object_new_string(v.name));
+		json_object_object_add(o, "kind", json_object_new_string(gate_kind_name(v.kind)));
+		json_object_object_add(o, "cohort", json_object_new_double(v.cohort));
+		json_object_object_add(o, "control", json_object_new_double(v.control));
+		json_object_object_add(o, "threshold", json_object_new_double(v.threshold));
+		json_object_object_add(o, "verdict", json_object_new_string(gate_verdict_name(v.verdict)));
+		json_object_object_add(o, "unit", json_object_new_string(v.unit));
+		json_object_array_add(a, o);
+	}
+	return a;
+}
+
+void gates_metrics(const struct gates *g, struct evbuffer *out)
+{
+	static const char *const what[3] = { "cohort", "control", "threshold" };
+
+	for (int k = 0; k < 3; k++) {
+		evbuffer_add_printf(out,
+			"# HELP baton_canary_gate_%s The %s value of each health gate of the running canary (units: the gate's, see README).\n"
+			"# TYPE baton_canary_gate_%s gauge\n", what[k], what[k], what[k]);
+		for (int i = 0; i < G_COUNT; i++)
+			evbuffer_add_printf(out, "baton_canary_gate_%s{gate=\"%s\"} %.9g\n",
+					    what[k], gate_defs[i].name, g->values[i][k]);
+	}
+	evbuffer_add_printf(out,
+		"# HELP baton_canary_gate_tripped 1 for the gate that tripped the running canary.\n"
+		"# TYPE baton_canary_gate_tripped gauge\n");
+	for (int i = 0; i < G_COUNT; i++)
+		evbuffer_add_printf(out, "baton_canary_gate_tripped{gate=\"%s\"} %d\n",
+				    gate_defs[i].name, g->tripped == i);
+}

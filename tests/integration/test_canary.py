@@ -1,0 +1,157 @@
+"""Canary rollouts (issue 9, README "Canary rollouts") against a real ngircd:
+two workers at once, the cohort chosen by percentage / users / network,
+clients that log in during a canary reach the worker that holds their
+session (forwarded over the peer link, never reconnecting), promote, abort,
+and the automatic rollback of a build that misbehaves (the fault builds of
+sessiond/fault.h) with the gate that caught it.
+
+Every test runs baton with users u00..; a direct ngircd user 'dave' talks in
+the channels so delivery can be checked exactly once per client."""
+
+import os
+
+import batonlib as bl
+from batonlib import check
+
+CHANNELS = ["#chat", "#ops"]
+
+
+def setup(ctx, nsessions=20, canary_opts=None, **kw):
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=nsessions, channels=CHANNELS, **kw)
+    opts = {"sample_ms": 200, "min_lines": 50, "watchdog_ms": 600000}
+    opts.update(canary_opts or {})
+    b.write_config(b.config_text() + "[canary]\n" +
+                   "".join("%s = %s\n" % kv for kv in opts.items()))
+    b.start(wait=False)
+    pump_ready(ctx, b)
+    dave = bl.direct_user(ctx.loop, ng, "dave", CHANNELS)
+    return ng, b, dave
+
+
+def pump_ready(ctx, b, timeout=60):
+    end = bl.now() + timeout
+    while True:
+        try:
+            return b.wait_ready(timeout=0.5)
+        except AssertionError:
+            if bl.now() > end or not b.alive():
+                raise
+        ctx.loop.run_for(0.2)
+
+
+def ctl_pumping(ctx, b, *args, timeout=120):
+    """batonctl ARGS --json while the IRC loop keeps running."""
+    p = b.ctl_async(*(list(args) + ["--json"]))
+    end = bl.now() + timeout
+    while p.poll() is None:
+        check(bl.now() < end, "batonctl %s did not finish in %d s" % (args, timeout))
+        ctx.loop.run_for(0.1)
+    rc, data, out, err = b.finish_ctl(p)
+    check(isinstance(data, dict), "batonctl %s: no JSON (rc %s): %s %s" % (args, rc, out, err))
+    return rc, data
+
+
+def workers_by_role(b):
+    st = b.status()
+    return {w["role"]: w for w in st["workers"]}, st
+
+
+def cohort_users(b, percent):
+    """Users of the cohort at percent (common/cohort.c: FNV-1a 32 % 10000)."""
+    def bucket(name):
+        h = 2166136261
+        for ch in name.encode():
+            h ^= ch
+            h = (h * 16777619) & 0xffffffff
+        return h % 10000
+    return [s for s in b.sessions if bucket(s.user) < percent * 100]
+
+
+def talk_and_check(ctx, dave, clients, n=5, tag="x"):
+    """dave says n numbered lines in #chat; every client gets each once."""
+    for i in range(n):
+        dave.privmsg("#chat", "%s %s" % (bl.token("dave" + tag, i), "hello"))
+    want = [("dave" + tag, i) for i in range(n)]
+
+    def got(c):
+        return [t for _, ln in c.lines for t in bl.tokens(ln) if t[0] == "dave" + tag]
+    ctx.loop.run_until(lambda: all(set(want) <= set(got(c)) for c in clients), 15,
+                       raise_on_timeout=False)
+    ctx.loop.run_for(0.5)
+    for c in clients:
+        g = got(c)
+        for x in want:
+            check(g.count(x) == 1, "%s got %s %d times (want once)" % (c.name, x, g.count(x)))
+
+
+def test_canary_routes_promotes_and_aborts(ctx):
+    """A 50 % canary on the B build: the cohort moves to the new worker
+    (status shows both, with versions and counts), clients attached before
+    keep their connection, clients that log in during the canary — for a
+    cohort session and for a control session — attach where their session
+    is and get channel lines exactly once; promote moves the rest and retires
+    the old worker; a second canary is aborted and everything returns to one
+    worker. No client is ever disconnected."""
+    ng, b, dave = setup(ctx, nsessions=20)
+    build_b = ctx.builds["b"].require()
+    cohort = cohort_users(b, 50)
+    check(0 < len(cohort) < 20, "50 %% cohort of 20 users has %d" % len(cohort))
+    before = [bl.bouncer_client(ctx.loop, b, s) for s in b.sessions[:6]]
+    for c, s in zip(before, b.sessions[:6]):
+        bl.wait_attached(ctx.loop, c, s)
+    old_pid = b.worker_pid()
+
+    rc, r = ctl_pumping(ctx, b, "canary", "start", build_b.sessiond, "--percent", "50")
+    check(rc == 0 and r["result"] == "started", "canary start: rc %s %s" % (rc, r))
+    check(r["cohort_sessions"] == len(cohort), "cohort %s, expected %d" % (r["cohort_sessions"], len(cohort)))
+    roles, st = workers_by_role(b)
+    check(set(roles) == {"canary", "control"}, "roles during the canary: %s" % list(roles))
+    check(roles["canary"]["version"] == build_b.version, "canary version %s" % roles["canary"]["version"])
+    check(roles["control"]["pid"] == old_pid, "control is the old worker")
+    check(roles["canary"]["sessions"] == len(cohort) and
+          roles["control"]["sessions"] == 20 - len(cohort),
+          "counts: %s" % {k: v["sessions"] for k, v in roles.items()})
+    check(st["canary"] and st["canary"]["result"] == "running", "status shows the canary: %s" % st.get("canary"))
+
+    # New logins during the canary, for cohort and control sessions alike.
+    during = []
+    for s in b.sessions[6:14]:
+        c = bl.bouncer_client(ctx.loop, b, s)
+        bl.wait_attached(ctx.loop, c, s)
+        during.append(c)
+    clients = before + during
+    talk_and_check(ctx, dave, clients, tag="a")
+    # a client of a cohort session reconnects with the same client name
+    cs = next(s for s in b.sessions[6:14] if s in cohort)
+    i = b.sessions.index(cs) - 6 + len(before)
+    clients[i].quit()
+    ctx.loop.run_for(0.5)
+    again = bl.bouncer_client(ctx.loop, b, cs)
+    bl.wait_attached(ctx.loop, again, cs)
+    clients[i] = again
+    talk_and_check(ctx, dave, clients, tag="b")
+
+    rc, r = ctl_pumping(ctx, b, "canary", "promote")
+    check(rc == 0 and r["result"] == "promoted", "promote: rc %s %s" % (rc, r))
+    check(r["disconnects"] == 0, "disconnects during the canary: %s" % r["disconnects"])
+    roles, st = workers_by_role(b)
+    check(list(roles) == ["active"] and roles["active"]["version"] == build_b.version
+          and roles["active"]["sessions"] == 20, "after promote: %s" % st["workers"])
+    talk_and_check(ctx, dave, clients, tag="c")
+
+    # A second canary back to A, aborted: the cohort returns.
+    build_a = ctx.builds["a"].require()
+    users = [s.user for s in b.sessions[:3]]
+    rc, r = ctl_pumping(ctx, b, "canary", "start", build_a.sessiond, "--users", ",".join(users))
+    check(rc == 0 and r["cohort_sessions"] == 3, "canary --users: rc %s %s" % (rc, r))
+    talk_and_check(ctx, dave, clients, tag="d")
+    rc, r = ctl_pumping(ctx, b, "canary", "abort")
+    check(rc == 0 and r["result"] == "aborted", "abort: rc %s %s" % (rc, r))
+    check(r["rollback_ms"] > 0 and r["disconnects"] == 0, "abort figures: %s" % r)
+    roles, st = workers_by_role(b)
+    check(list(roles) == ["active"] and roles["active"]["sessions"] == 20 and
+          roles["active"]["version"] == build_b.version, "after abort: %s" % st["workers"])
+    talk_and_check(ctx, dave, clients, tag="e")
+    for c in clients:
+        check(not c.closed, "%s was disconnected" % c.name)
