@@ -254,7 +254,8 @@ static void gates_delivery(struct gates *g, const Baton__Control__Health *cohort
 {
 	struct strmap *ctl = strmap_new();
 	char key[320];
-	double worst = 0, tol_worst = 0;
+	double worst = 0, tol_worst = 0, margin_worst = -1e300;
+	bool any = false;
 
 	if (ctl == NULL)
 		return;
@@ -296,7 +297,9 @@ static void gates_delivery(struct gates *g, const Baton__Control__Health *cohort
 		gc->samples++;
 		double tol = g->cfg->canary_delivery_lines +
 			     g->cfg->canary_delivery_permille * gc->control / 1000.0;
-		if (fabs(gc->diff) - tol > fabs(worst) - tol_worst) {
+		any = true;
+		if (fabs(gc->diff) - tol > margin_worst) {
+			margin_worst = fabs(gc->diff) - tol;
 			worst = gc->diff;
 			tol_worst = tol;
 			snprintf(g->worst_channel, sizeof(g->worst_channel), "%s", key);
@@ -305,8 +308,8 @@ static void gates_delivery(struct gates *g, const Baton__Control__Health *cohort
 		}
 	}
 	strmap_free(ctl);
-	if (g->worst_channel[0] == '\0')
-		return; /* nothing shared yet */
+	if (!any)
+		return; /* nothing shared in this interval: the verdict stands */
 	gates_set(g, G_DELIVERY, g->worst_control + g->worst_diff,
 		  g->worst_control, tol_worst);
 	if (g->verdict[G_DELIVERY] == GATE_TRIPPED)

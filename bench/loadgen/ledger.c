@@ -762,8 +762,11 @@ void ledger_finish(struct ledger *l)
 				count_missing(l, r, st, s);
 		}
 	}
-	for (unsigned r = 0; r <= l->nbouncer; r++)
+	for (unsigned r = 0; r <= l->nbouncer; r++) {
 		l->st.receivers_bad += l->rbad[r];
+		if (l->rbad[r] && l->st.nbad < LEDGER_NBAD)
+			l->st.bad[l->st.nbad++] = r;
+	}
 }
 
 const struct ledger_stats *ledger_stats(const struct ledger *l)

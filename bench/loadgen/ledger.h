@@ -56,6 +56,8 @@
 
 #define LEDGER_NEXAMPLES 12
 
+#define LEDGER_NBAD 4096
+
 struct ledger_stats {
 	uint64_t lines;           /* numbered lines sent */
 	uint64_t expected;        /* deliveries expected (not excused) */
@@ -81,6 +83,11 @@ struct ledger_stats {
 	struct hist lat_replay;   /* replayed: send -> arrival on the new connection */
 	char examples[LEDGER_NEXAMPLES][160];
 	unsigned nexamples;
+	/* The receivers with problems, by index (bouncer users in order, the
+	 * observer last), the first LEDGER_NBAD of them (after ledger_finish):
+	 * a canary test checks that only the cohort's users lost lines. */
+	uint32_t bad[LEDGER_NBAD];
+	unsigned nbad;
 };
 
 struct ledger;

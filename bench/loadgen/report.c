@@ -256,6 +256,14 @@ void report_json(FILE *f, const struct lg_result *r)
 	ADD(del, "corrupted", I64(l->corrupted));
 	ADD(del, "echoed", I64(l->echoed));
 	ADD(del, "receivers_with_problems", I64(l->receivers_bad));
+	{
+		struct json_object *bad = json_object_new_array();
+
+		for (unsigned i = 0; i < l->nbad; i++)
+			json_object_array_add(bad, I64(l->bad[i]));
+		/* indexes: bouncer users in --emit-users order, the observer last */
+		ADD(del, "receivers_with_problems_index", bad);
+	}
 	ADD(del, "excused_lines", I64(l->excused_lines));
 	ADD(del, "excused_missing", I64(l->excused_missing));
 	ADD(del, "excused_received", I64(l->excused_delivered));
