@@ -9,14 +9,19 @@
 #include <unistd.h>
 
 static const char *log_program = "baton";
+static const char *log_version = "";
+static const char *log_version_sep = ""; /* " " when there is a version */
 static enum log_level log_max = LOG_LVL_INFO;
 static int log_journal; /* stderr is journald's stream: prefix <N> */
 
-void log_init(const char *program, enum log_level max_level)
+void log_init(const char *program, const char *version,
+	      enum log_level max_level)
 {
 	const char *env = getenv("BATON_LOG_LEVEL");
 
 	log_program = program;
+	log_version = version != NULL ? version : "";
+	log_version_sep = log_version[0] != '\0' ? " " : "";
 	log_max = max_level;
 	if (env != NULL) {
 		if (strcmp(env, "debug") == 0)
@@ -63,16 +68,19 @@ void log_msg(enum log_level level, const char *component, const char *fmt, ...)
 			*p = '?';
 
 	if (log_journal) {
-		/* journald adds its own timestamp and pid. */
-		fprintf(stderr, "<%d>%s %s: %s\n", (int)level,
-			log_level_name(level), component, text);
+		/* journald adds its own timestamp; its pid is the
+		 * supervisor's for every worker (they inherit its stream). */
+		fprintf(stderr, "<%d>%s[%d] %s%s%s %s: %s\n", (int)level,
+			log_program, (int)getpid(), log_version,
+			log_version_sep, log_level_name(level), component,
+			text);
 		return;
 	}
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
 	strftime(stamp, sizeof(stamp), "%H:%M:%S", &tm);
 	/* One fprintf per line so lines of concurrent processes don't mix. */
-	fprintf(stderr, "%s.%03ld %s[%d] %s %s: %s\n", stamp,
-		ts.tv_nsec / 1000000, log_program, (int)getpid(),
-		log_level_name(level), component, text);
+	fprintf(stderr, "%s.%03ld %s[%d] %s%s%s %s: %s\n", stamp,
+		ts.tv_nsec / 1000000, log_program, (int)getpid(), log_version,
+		log_version_sep, log_level_name(level), component, text);
 }

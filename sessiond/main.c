@@ -150,7 +150,7 @@ int main(int argc, char **argv)
 		sessiond_usage(stderr);
 		return 2;
 	}
-	log_init("baton-sessiond", LOG_LVL_INFO);
+	log_init("baton-sessiond", BATON_VERSION, LOG_LVL_INFO);
 
 	if (config_load(path, &cfg, &pr) == 0)
 		sessiond_preflight(cfg, &pr);
@@ -172,6 +172,10 @@ int main(int argc, char **argv)
 	if (target && migrate_fault("target") != NULL &&
 	    strcmp(migrate_fault("target"), "before-ready") == 0)
 		raise(SIGKILL);
+	if (target && migrate_fault("target") != NULL &&
+	    strcmp(migrate_fault("target"), "hang-before-ready") == 0)
+		for (;;)
+			pause(); /* a target that hangs at start: until SIGKILL */
 	if (worker_send_ready(CONTROL_FD, pr.msgs, pr.n) < 0 || pr.n > 0) {
 		for (size_t i = 0; i < pr.n; i++)
 			log_error("preflight", "%s", pr.msgs[i]);

@@ -105,6 +105,8 @@ struct canary {
 
 static void canary_on_worker(struct worker *w, enum worker_event ev,
 			     const void *msg, void *arg);
+static void canary_on_health(struct worker *w, const Baton__Control__Health *h,
+			     void *arg);
 static void canary_start_rollback(struct canary *c);
 static void canary_end(struct canary *c, const char *result,
 		       struct worker *survivor, struct worker *leaving);
@@ -622,17 +624,19 @@ static void canary_on_sample(evutil_socket_t fd, short what, void *arg)
 		c->answered[k] = false;
 	}
 	clock_gettime(CLOCK_MONOTONIC, &c->asked_at);
-	c->asked[0] = worker_send_health_request(c->t) == 0;
-	c->asked[1] = worker_send_health_request(c->s) == 0;
+	/* Both at once: the intervals of the two groups end together. */
+	c->asked[0] = worker_request_health(c->t, canary_on_health, c) == 0;
+	c->asked[1] = worker_request_health(c->s, canary_on_health, c) == 0;
 	if (!c->asked[0])
 		c->asked[0] = true; /* unanswerable: the watchdog judges */
 	if (!c->asked[1]) {
 		log_warn("canary", "pid %d (control) cannot be sampled", (int)worker_pid(c->s));
+		worker_cancel_health(c->t, c);
 		c->asked[0] = false;
 	}
 }
 
-/* Keep a copy of an answer (the message is freed after the event). */
+/* Keep a copy of an answer (the message is the worker's). */
 static void canary_keep_health(struct canary *c, int k,
 			       const Baton__Control__Health *h)
 {
@@ -648,6 +652,22 @@ static void canary_keep_health(struct canary *c, int k,
 	c->answered[k] = c->health[k] != NULL;
 	if (c->answered[0] && c->answered[1])
 		canary_sample_done(c);
+}
+
+static void canary_on_health(struct worker *w, const Baton__Control__Health *h,
+			     void *arg)
+{
+	struct canary *c = arg;
+	int k = w == c->t ? 0 : w == c->s ? 1 : -1;
+
+	if (k < 0 || !c->asked[k] || c->answered[k])
+		return;
+	if (h == NULL) {
+		/* Control socket lost: the worker's exit follows (or the
+		 * watchdog judges T). */
+		return;
+	}
+	canary_keep_health(c, k, h);
 }
 
 /* ---- events ---- */
@@ -758,10 +778,6 @@ static void canary_on_worker(struct worker *w, enum worker_event ev,
 	case WORKER_READY:
 		if (is_t && c->phase == C_SPAWN)
 			canary_on_target_ready(c);
-		return;
-	case WORKER_HEALTH:
-		if (is_t || is_s)
-			canary_keep_health(c, is_t ? 0 : 1, msg);
 		return;
 	case WORKER_PROGRESS: {
 		const Baton__Control__Progress *p = msg;
@@ -1014,6 +1030,10 @@ void canary_free(struct canary *c)
 {
 	if (c == NULL)
 		return;
+	if (c->s != NULL)
+		worker_cancel_health(c->s, c);
+	if (c->t != NULL)
+		worker_cancel_health(c->t, c);
 	for (size_t i = 0; i < c->plan.nusers; i++)
 		free(c->plan.users[i]);
 	free(c->plan.users);

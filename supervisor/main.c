@@ -7,7 +7,7 @@
  *   SIGTERM, SIGINT         supervisor_shutdown (EXIT workers, then leave)
  *   worker control socket   worker.c -> supervisor.c or migration.c
  *   control socket          control_server.c -> supervisor_status/upgrade
- *   metrics HTTP            metrics.c -> supervisor_metrics
+ *   metrics HTTP            metrics.c -> exposition.c (+ metrics_set_extra)
  *   watchdog timer          sd_notify WATCHDOG=1
  *
  * Exits non-zero only at startup (bad config, unbindable sockets, a first
@@ -184,7 +184,8 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	log_init("baton-supervisor", debug ? LOG_LVL_DEBUG : LOG_LVL_INFO);
+	log_init("baton-supervisor", BATON_VERSION,
+		 debug ? LOG_LVL_DEBUG : LOG_LVL_INFO);
 
 	if (config_load(config_path, &cfg, &problems) < 0) {
 		for (size_t i = 0; i < problems.n; i++)

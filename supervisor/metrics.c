@@ -11,8 +11,14 @@
 #include <event2/event.h>
 #include <event2/http.h>
 
+#include "supervisor/exposition.h"
 #include "supervisor/listeners.h"
 #include "supervisor/supervisor.h"
+
+static struct {
+	metrics_extra_fn fn;
+	void *arg;
+} metrics_extras[METRICS_EXTRA_MAX];
 
 struct metrics {
 	struct evhttp *http;
@@ -45,6 +51,42 @@ int metrics_split_hostport(char *hostport, char **host, char **port)
 	return 0;
 }
 
+int metrics_set_extra(metrics_extra_fn fn, void *arg)
+{
+	size_t free_slot = METRICS_EXTRA_MAX;
+
+	for (size_t i = 0; i < METRICS_EXTRA_MAX; i++) {
+		if (metrics_extras[i].fn == fn && metrics_extras[i].arg == arg)
+			return -EEXIST;
+		if (metrics_extras[i].fn == NULL && free_slot == METRICS_EXTRA_MAX)
+			free_slot = i;
+	}
+	if (fn == NULL || free_slot == METRICS_EXTRA_MAX)
+		return fn == NULL ? -EINVAL : -ENOSPC;
+	metrics_extras[free_slot].fn = fn;
+	metrics_extras[free_slot].arg = arg;
+	return 0;
+}
+
+void metrics_unset_extra(metrics_extra_fn fn, void *arg)
+{
+	for (size_t i = 0; i < METRICS_EXTRA_MAX; i++)
+		if (metrics_extras[i].fn == fn && metrics_extras[i].arg == arg) {
+			metrics_extras[i].fn = NULL;
+			metrics_extras[i].arg = NULL;
+		}
+}
+
+void metrics_write(struct supervisor *sup, struct evbuffer *out)
+{
+	exposition_write(sup, out);
+	/* In slot order; a callback may unregister itself (its slot is
+	 * cleared, the others are unaffected). */
+	for (size_t i = 0; i < METRICS_EXTRA_MAX; i++)
+		if (metrics_extras[i].fn != NULL)
+			metrics_extras[i].fn(out, metrics_extras[i].arg);
+}
+
 static void metrics_on_request(struct evhttp_request *req, void *arg)
 {
 	struct metrics *m = arg;
@@ -60,7 +102,7 @@ static void metrics_on_request(struct evhttp_request *req, void *arg)
 		evhttp_send_error(req, HTTP_INTERNAL, NULL);
 		return;
 	}
-	supervisor_metrics(m->sup, body);
+	metrics_write(m->sup, body);
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
 			  "text/plain; version=0.0.4");
 	evhttp_send_reply(req, HTTP_OK, "OK", body);

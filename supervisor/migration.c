@@ -21,6 +21,9 @@
 #include "supervisor/listeners.h"
 #include "supervisor/worker.h"
 
+/* A refused target's time to leave after EXIT before SIGKILL (s). */
+#define REFUSE_GRACE_S 2
+
 enum migration_phase {
 	PHASE_WAIT_READY, /* T spawned, S untouched */
 	PHASE_FORWARD,    /* S -> T running */
@@ -246,8 +249,21 @@ static void migration_refuse(struct migration *m, const char *fmt, ...)
 		migration_complete(m);
 		return;
 	}
-	worker_stop(m->t, m->p.timeout_s);
-	migration_set_deadline(m, m->p.timeout_s + 5);
+	/* T holds nothing of S's, so it gets no long grace. One that answered
+	 * READY (failed preflight, other schema) is told to EXIT and killed
+	 * after REFUSE_GRACE_S; one that did not answer (hung at start, or S
+	 * died first) is killed now. The result still waits for T's exit, so
+	 * a refusal leaves no stray worker, but after SIGKILL that is a matter
+	 * of milliseconds: a hung target is refused within timeout_s.
+	 * (Bug: worker_stop(T, timeout_s) here let a target that hung before
+	 * READY take another timeout_s to die, and the refusal with it: 20 s
+	 * for a 10 s handoff_timeout.) */
+	if (worker_is_ready(m->t))
+		worker_stop(m->t, REFUSE_GRACE_S);
+	else
+		worker_kill(m->t);
+	/* Backstop only (a process that SIGKILL cannot end: D state). */
+	migration_set_deadline(m, REFUSE_GRACE_S + 3);
 }
 
 /* Hand both ends of a fresh channel out: the receiver first, so it is
@@ -694,8 +710,6 @@ static void migration_on_worker(struct worker *w, enum worker_event ev,
 			 is_s ? (m->rs.reason[0] ? ": " : "") : (m->rt.reason[0] ? ": " : ""),
 			 is_s ? m->rs.reason : m->rt.reason);
 		migration_evaluate(m);
-		return;
-	case WORKER_HEALTH:
 		return;
 	}
 }

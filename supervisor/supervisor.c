@@ -28,7 +28,9 @@
 #include "common/log.h"
 #include "supervisor/canary.h"
 #include "supervisor/check.h"
+#include "supervisor/exposition.h"
 #include "supervisor/listeners.h"
+#include "supervisor/metrics.h"
 #include "supervisor/migration.h"
 #include "supervisor/worker.h"
 
@@ -71,6 +73,7 @@ struct supervisor {
 	unsigned migrations_committed, migrations_aborted, migrations_refused;
 	double last_freeze_ms, last_total_ms;
 	bool have_last_migration;
+	struct expo_hist freeze_hist; /* seconds, metrics */
 
 	struct migration *migration;
 	supervisor_reply_cb mig_cb;
@@ -99,6 +102,7 @@ struct status_req {
 
 static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 				 const void *msg, void *arg);
+static void supervisor_canary_metrics(struct evbuffer *out, void *arg);
 static void supervisor_schedule_restart(struct supervisor *sup);
 static struct json_object *migration_result_json(const struct migration_result *r,
 						 const char *kind,
@@ -159,11 +163,12 @@ static void supervisor_on_ready_timeout(evutil_socket_t fd, short what,
 
 	if (w == NULL || worker_is_ready(w) || worker_has_exited(w))
 		return;
-	log_error("supervisor", "worker pid %d (%s) not READY after %d s: stopping it",
+	log_error("supervisor", "worker pid %d (%s) not READY after %d s: killing it",
 		  (int)worker_pid(w), worker_binary(w),
 		  sup->cfg->handoff_timeout_s);
-	/* Its exit restarts it with backoff (or ends a first start). */
-	worker_stop(w, sup->cfg->handoff_timeout_s);
+	/* Its exit restarts it with backoff (or ends a first start). It did
+	 * not answer in handoff_timeout: SIGKILL now, not after another one. */
+	worker_kill(w);
 }
 
 static void supervisor_notify_status(struct supervisor *sup)
@@ -329,8 +334,6 @@ static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 		log_warn("supervisor", "pid %d: migration message outside a migration (ignored)",
 			 (int)worker_pid(w));
 		return;
-	case WORKER_HEALTH:
-		return; /* a canary's late sample */
 	}
 }
 
@@ -376,12 +379,29 @@ static void supervisor_refresh_done(struct worker *w,
 	supervisor_notify_status(arg);
 }
 
+/* The answer is stored in the worker (worker_last_health) for metrics. */
+static void supervisor_health_done(struct worker *w,
+				   const Baton__Control__Health *h, void *arg)
+{
+}
+
 static void supervisor_on_refresh(evutil_socket_t fd, short what, void *arg)
 {
 	struct supervisor *sup = arg;
 
 	if (sup->active && sup->active_serving && sup->migration == NULL)
 		worker_request_status(sup->active, supervisor_refresh_done, sup);
+	/* Health of every ready worker (one outstanding request each: one
+	 * that never answers is asked once), so the metrics have it. Not
+	 * during a canary: a request ends a worker's delivery interval, and
+	 * the canary samples both workers together every [canary] sample_ms
+	 * (which updates worker_last_health() as well). */
+	for (size_t i = 0; i < sup->nworkers && sup->migration == NULL &&
+			   sup->canary == NULL; i++)
+		if (worker_is_ready(sup->workers[i]) &&
+		    !worker_has_exited(sup->workers[i]))
+			worker_request_health(sup->workers[i],
+					      supervisor_health_done, sup);
 }
 
 /* --- lifecycle ------------------------------------------------------------ */
@@ -404,6 +424,7 @@ struct supervisor *supervisor_new(struct event_base *base,
 	sup->ev_restart = evtimer_new(base, supervisor_on_restart, sup);
 	sup->ev_ready = evtimer_new(base, supervisor_on_ready_timeout, sup);
 	sup->ev_refresh = event_new(base, -1, EV_PERSIST, supervisor_on_refresh, sup);
+	expo_hist_init(&sup->freeze_hist, expo_freeze_bounds, expo_freeze_nbounds);
 	if (sup->sessiond == NULL || sup->config_path == NULL ||
 	    sup->ev_restart == NULL || sup->ev_ready == NULL ||
 	    sup->ev_refresh == NULL) {
@@ -411,6 +432,8 @@ struct supervisor *supervisor_new(struct event_base *base,
 		return NULL;
 	}
 	event_add(sup->ev_refresh, &refresh);
+	if (metrics_set_extra(supervisor_canary_metrics, sup) < 0)
+		log_warn("supervisor", "canary metrics not registered");
 	return sup;
 }
 
@@ -453,6 +476,7 @@ void supervisor_free(struct supervisor *sup)
 	json_object_put(sup->last_migration);
 	canary_free(sup->canary);
 	json_object_put(sup->last_canary);
+	metrics_unset_extra(supervisor_canary_metrics, sup);
 	free(sup->previous_binary);
 	free(sup->serving_binary);
 	free(sup->sessiond);
@@ -850,6 +874,7 @@ static void supervisor_mig_done(struct migration *m,
 	else
 		sup->migrations_aborted++;
 	if (!res->refused) {
+		expo_hist_observe(&sup->freeze_hist, res->freeze_ms / 1e3);
 		sup->have_last_migration = true;
 		sup->last_freeze_ms = res->freeze_ms;
 		sup->last_total_ms = res->total_ms;
@@ -1125,59 +1150,48 @@ void supervisor_canary(struct supervisor *sup, const char *action,
 	supervisor_notify_status(sup);
 }
 
-/* --- metrics --------------------------------------------------------------- */
-
-void supervisor_metrics(struct supervisor *sup, struct evbuffer *out)
+/* Canary families (metrics_set_extra()): results of finished canaries,
+ * whether one runs, and the running one's gates (gates.h). */
+static void supervisor_canary_metrics(struct evbuffer *out, void *arg)
 {
-	unsigned long sessions = 0, connections = 0, waiting = 0, handshakes = 0;
+	struct supervisor *sup = arg;
 
-	for (size_t i = 0; i < sup->nworkers; i++) {
-		const Baton__Control__Status *st = worker_last_status(sup->workers[i]);
-
-		sessions += st->sessions;
-		connections += st->connections;
-		waiting += st->upstreams_waiting;
-		handshakes += st->tls_handshakes;
-	}
 	evbuffer_add_printf(out,
-		"# HELP baton_workers Worker processes alive.\n"
-		"# TYPE baton_workers gauge\n"
-		"baton_workers %zu\n"
-		"# HELP baton_sessions Sessions held by all workers (last reported).\n"
-		"# TYPE baton_sessions gauge\n"
-		"baton_sessions %lu\n"
-		"# HELP baton_connections Connections held by all workers (last reported).\n"
-		"# TYPE baton_connections gauge\n"
-		"baton_connections %lu\n"
-		"# HELP baton_upstreams_waiting Sessions queued by the reconnect governor for a connection slot.\n"
-		"# TYPE baton_upstreams_waiting gauge\n"
-		"baton_upstreams_waiting %lu\n"
-		"# HELP baton_tls_handshakes Client TLS handshakes in progress.\n"
-		"# TYPE baton_tls_handshakes gauge\n"
-		"baton_tls_handshakes %lu\n"
-		"# HELP baton_worker_crashes_total Workers that exited unexpectedly.\n"
-		"# TYPE baton_worker_crashes_total counter\n"
-		"baton_worker_crashes_total %u\n"
-		"# HELP baton_migrations_total Upgrades and rollbacks by result.\n"
-		"# TYPE baton_migrations_total counter\n"
-		"baton_migrations_total{result=\"committed\"} %u\n"
-		"baton_migrations_total{result=\"aborted\"} %u\n"
-		"baton_migrations_total{result=\"refused\"} %u\n"
-		"# HELP baton_migration_running 1 while a migration runs.\n"
-		"# TYPE baton_migration_running gauge\n"
-		"baton_migration_running %d\n",
-		sup->nworkers, sessions, connections, waiting, handshakes, sup->crashes,
-		sup->migrations_committed, sup->migrations_aborted,
-		sup->migrations_refused, sup->migration != NULL);
+		"# HELP baton_canaries_total Finished canaries by result.\n"
+		"# TYPE baton_canaries_total counter\n"
+		"baton_canaries_total{result=\"promoted\"} %u\n"
+		"baton_canaries_total{result=\"rolled_back\"} %u\n"
+		"baton_canaries_total{result=\"aborted\"} %u\n"
+		"baton_canaries_total{result=\"refused\"} %u\n"
+		"# HELP baton_canary_running 1 while a canary runs.\n"
+		"# TYPE baton_canary_running gauge\n"
+		"baton_canary_running %d\n",
+		sup->canaries_promoted, sup->canaries_rolled_back,
+		sup->canaries_aborted, sup->canaries_refused, sup->canary != NULL);
 	if (sup->canary != NULL)
 		canary_metrics(sup->canary, out);
-	if (sup->have_last_migration)
-		evbuffer_add_printf(out,
-			"# HELP baton_migration_freeze_ms_last Longest freeze of the last migration.\n"
-			"# TYPE baton_migration_freeze_ms_last gauge\n"
-			"baton_migration_freeze_ms_last %.3f\n"
-			"# HELP baton_migration_total_ms_last Duration of the last migration.\n"
-			"# TYPE baton_migration_total_ms_last gauge\n"
-			"baton_migration_total_ms_last %.3f\n",
-			sup->last_freeze_ms, sup->last_total_ms);
+}
+
+/* --- metrics (supervisor/exposition.c writes them) ---------------------- */
+
+void supervisor_get_stats(const struct supervisor *sup,
+			  struct supervisor_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->crashes = sup->crashes;
+	out->migrations_committed = sup->migrations_committed;
+	out->migrations_aborted = sup->migrations_aborted;
+	out->migrations_refused = sup->migrations_refused;
+	out->migration_running = sup->migration != NULL;
+	out->have_last_migration = sup->have_last_migration;
+	out->last_freeze_ms = sup->last_freeze_ms;
+	out->last_total_ms = sup->last_total_ms;
+	out->freeze = &sup->freeze_hist;
+}
+
+struct worker *const *supervisor_workers(const struct supervisor *sup,
+					 size_t *n)
+{
+	*n = sup->nworkers;
+	return sup->workers;
 }

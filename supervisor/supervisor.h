@@ -12,6 +12,7 @@
 #define BATON_SUPERVISOR_SUPERVISOR_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct baton_config;
@@ -60,7 +61,22 @@ void supervisor_canary(struct supervisor *sup, const char *action,
 		       const struct canary_plan *plan, uint32_t percent_x100,
 		       supervisor_reply_cb cb, void *arg);
 
-/* Prometheus text exposition of the current state. */
-void supervisor_metrics(struct supervisor *sup, struct evbuffer *out);
+/* What the metrics show (supervisor/exposition.h); read-only snapshots. */
+struct expo_hist;
+struct worker;
+struct supervisor_stats {
+	unsigned crashes;
+	unsigned migrations_committed, migrations_aborted, migrations_refused;
+	bool migration_running;
+	bool have_last_migration;
+	double last_freeze_ms, last_total_ms;
+	/* freeze (s) of every finished, not refused, migration; owned by sup */
+	const struct expo_hist *freeze;
+};
+void supervisor_get_stats(const struct supervisor *sup,
+			  struct supervisor_stats *out);
+/* Every worker not yet reaped, *n of them; borrowed until the loop runs. */
+struct worker *const *supervisor_workers(const struct supervisor *sup,
+					 size_t *n);
 
 #endif

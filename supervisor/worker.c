@@ -25,9 +25,28 @@
 #define SYS_pidfd_open 434 /* same number on every architecture */
 #endif
 
-struct status_waiter {
-	worker_status_cb cb;
+/* A question to the worker with one answer shared by all who wait for it
+ * (STATUS_REQUEST -> STATUS, HEALTH_REQUEST -> HEALTH). */
+enum worker_ask {
+	ASK_STATUS,
+	ASK_HEALTH,
+	ASK_N,
+};
+
+struct waiter {
+	union {
+		worker_status_cb status;
+		worker_health_cb health;
+	} cb;
 	void *arg;
+};
+
+/* Everyone waiting for the answer to the one outstanding request of a kind
+ * (asked); they all share that answer. */
+struct waiters {
+	struct waiter *v;
+	size_t n;
+	bool asked;
 };
 
 struct worker {
@@ -45,14 +64,15 @@ struct worker {
 	void *cb_arg;
 
 	Baton__Control__Ready *ready; /* owned, NULL before READY */
-	Baton__Control__Status status; /* last STATUS (scalars only) */
+	Baton__Control__Status status; /* last STATUS (scalars + version) */
+	char status_version[64];       /* status.version points here */
+	bool status_seen;
+	Baton__Control__Health *health; /* owned, last HEALTH, NULL before */
+	worker_health_cb health_tap;
+	void *health_tap_arg;
 	char role[16];
 
-	/* Everyone waiting for the answer to the one outstanding
-	 * STATUS_REQUEST (status_asked); they all share that answer. */
-	struct status_waiter *waiters;
-	size_t nwaiters;
-	bool status_asked;
+	struct waiters ask[ASK_N];
 
 	bool exit_sent; /* EXIT sent: losing the control socket is expected */
 	bool exited;
@@ -74,26 +94,30 @@ static void worker_emit(struct worker *w, enum worker_event ev, const void *msg)
 	w->dispatching--;
 }
 
-/* Hand `st` (NULL: no answer) to every waiter. A callback may register a
- * new waiter (its request goes out as a fresh STATUS_REQUEST, or fails at
- * once when the control socket is gone) or cancel others; both are safe
- * because each waiter is taken out before it is called. */
-static void worker_answer_waiters(struct worker *w,
-				  const Baton__Control__Status *st)
+/* Hand `msg` (a Status or Health of `kind`; NULL: no answer) to every
+ * waiter of that kind. A callback may register a new waiter (its request
+ * goes out as a fresh request, or fails at once when the control socket is
+ * gone) or cancel others; both are safe because each waiter is taken out
+ * before it is called. */
+static void worker_answer_waiters(struct worker *w, enum worker_ask kind,
+				  const void *msg)
 {
-	size_t n = w->nwaiters;
+	struct waiters *q = &w->ask[kind];
+	size_t n = q->n;
 
-	w->status_asked = false;
+	q->asked = false;
 	/* Only the waiters present now get this answer. */
-	while (n > 0 && w->nwaiters > 0) {
-		struct status_waiter sw = w->waiters[0];
+	while (n > 0 && q->n > 0) {
+		struct waiter sw = q->v[0];
 
-		memmove(&w->waiters[0], &w->waiters[1],
-			(w->nwaiters - 1) * sizeof(w->waiters[0]));
-		w->nwaiters--;
+		memmove(&q->v[0], &q->v[1], (q->n - 1) * sizeof(q->v[0]));
+		q->n--;
 		n--;
 		w->dispatching++;
-		sw.cb(w, st, sw.arg);
+		if (kind == ASK_STATUS)
+			sw.cb.status(w, msg, sw.arg);
+		else
+			sw.cb.health(w, msg, sw.arg);
 		w->dispatching--;
 	}
 }
@@ -101,9 +125,11 @@ static void worker_answer_waiters(struct worker *w,
 static void worker_fail_waiters(struct worker *w)
 {
 	/* Callbacks may register new waiters; they fail too (ctl is gone). */
-	while (w->nwaiters > 0)
-		worker_answer_waiters(w, NULL);
-	w->status_asked = false;
+	for (int k = 0; k < ASK_N; k++) {
+		while (w->ask[k].n > 0)
+			worker_answer_waiters(w, (enum worker_ask)k, NULL);
+		w->ask[k].asked = false;
+	}
 }
 
 static void worker_on_kill_timer(evutil_socket_t fd, short what, void *arg)
@@ -195,8 +221,16 @@ static void worker_handle(struct worker *w, struct handoff_msg *m)
 		w->status.upstreams_waiting = s->upstreams_waiting;
 		w->status.has_tls_handshakes = s->has_tls_handshakes;
 		w->status.tls_handshakes = s->tls_handshakes;
+		w->status.has_pid = s->has_pid;
+		w->status.pid = s->pid;
+		if (s->version != NULL) {
+			snprintf(w->status_version, sizeof(w->status_version),
+				 "%s", s->version);
+			w->status.version = w->status_version;
+		}
+		w->status_seen = true;
 		baton__control__status__free_unpacked(s, NULL);
-		worker_answer_waiters(w, &w->status);
+		worker_answer_waiters(w, ASK_STATUS, &w->status);
 		return;
 	}
 	case CONTROL_HEALTH: {
@@ -207,8 +241,16 @@ static void worker_handle(struct worker *w, struct handoff_msg *m)
 			worker_ctl_lost(w, "malformed HEALTH");
 			return;
 		}
-		worker_emit(w, WORKER_HEALTH, h);
-		baton__control__health__free_unpacked(h, NULL);
+		/* Kept until the next answer: metrics read it at any time. */
+		if (w->health != NULL)
+			baton__control__health__free_unpacked(w->health, NULL);
+		w->health = h;
+		if (w->health_tap != NULL) {
+			w->dispatching++;
+			w->health_tap(w, h, w->health_tap_arg);
+			w->dispatching--;
+		}
+		worker_answer_waiters(w, ASK_HEALTH, h);
 		return;
 	}
 	default:
@@ -403,7 +445,10 @@ void worker_free(struct worker *w)
 		close(w->pidfd);
 	if (w->ready)
 		baton__control__ready__free_unpacked(w->ready, NULL);
-	free(w->waiters);
+	if (w->health)
+		baton__control__health__free_unpacked(w->health, NULL);
+	for (int k = 0; k < ASK_N; k++)
+		free(w->ask[k].v);
 	free(w->binary);
 	free(w);
 }
@@ -450,6 +495,22 @@ void worker_set_role(struct worker *w, const char *role)
 const Baton__Control__Status *worker_last_status(const struct worker *w)
 {
 	return &w->status;
+}
+
+bool worker_has_status(const struct worker *w)
+{
+	return w->status_seen;
+}
+
+const Baton__Control__Health *worker_last_health(const struct worker *w)
+{
+	return w->health;
+}
+
+void worker_set_health_tap(struct worker *w, worker_health_cb cb, void *arg)
+{
+	w->health_tap = cb;
+	w->health_tap_arg = arg;
 }
 
 static int worker_send_timeout(struct worker *w, enum control_type type,
@@ -509,13 +570,6 @@ int worker_send_peer(struct worker *w, int link_fd, pid_t peer)
 			   link_fd >= 0 ? 1 : 0);
 }
 
-int worker_send_health_request(struct worker *w)
-{
-	Baton__Control__HealthRequest m = BATON__CONTROL__HEALTH_REQUEST__INIT;
-
-	return worker_send_timeout(w, CONTROL_HEALTH_REQUEST, &m.base, NULL, 0, 0);
-}
-
 int worker_send_move(struct worker *w, bool outgoing, pid_t peer,
 		     int peer_pidfd, unsigned timeout_ms, unsigned chunk_sessions,
 		     int channel_fd, const Baton__Control__Selector *sel)
@@ -548,49 +602,90 @@ int worker_send_exit(struct worker *w)
 	return worker_send(w, CONTROL_EXIT, &m.base, NULL, 0);
 }
 
-int worker_request_status(struct worker *w, worker_status_cb cb, void *arg)
+/* worker_request_status / worker_request_health: see worker.h. `cb` is
+ * the member of the union that `kind` names. */
+static int worker_request(struct worker *w, enum worker_ask kind,
+			  struct waiter cb)
 {
-	Baton__Control__StatusRequest m = BATON__CONTROL__STATUS_REQUEST__INIT;
-	struct status_waiter *nw;
+	struct waiters *q = &w->ask[kind];
+	struct waiter *nw;
 	int r;
 
-	for (size_t i = 0; i < w->nwaiters; i++)
-		if (w->waiters[i].cb == cb && w->waiters[i].arg == arg)
+	for (size_t i = 0; i < q->n; i++) {
+		bool same = kind == ASK_STATUS
+				    ? q->v[i].cb.status == cb.cb.status
+				    : q->v[i].cb.health == cb.cb.health;
+
+		if (same && q->v[i].arg == cb.arg)
 			return 0; /* already waiting: called once */
+	}
 	if (w->ctl < 0)
 		return -ENOTCONN;
-	nw = realloc(w->waiters, (w->nwaiters + 1) * sizeof(*nw));
+	nw = realloc(q->v, (q->n + 1) * sizeof(*nw));
 	if (nw == NULL)
 		return -ENOMEM;
-	w->waiters = nw;
-	if (!w->status_asked) {
+	q->v = nw;
+	if (!q->asked) {
 		/* Never wait for room: a worker that does not read its control
 		 * socket must not stall the loop. A full socket means no
 		 * answer. Sent before the waiter is registered, so a send
 		 * that loses the control socket cannot call it. */
-		r = worker_send_timeout(w, CONTROL_STATUS_REQUEST, &m.base,
-					NULL, 0, 0);
+		if (kind == ASK_STATUS) {
+			Baton__Control__StatusRequest m =
+				BATON__CONTROL__STATUS_REQUEST__INIT;
+
+			r = worker_send_timeout(w, CONTROL_STATUS_REQUEST,
+						&m.base, NULL, 0, 0);
+		} else {
+			Baton__Control__HealthRequest m =
+				BATON__CONTROL__HEALTH_REQUEST__INIT;
+
+			r = worker_send_timeout(w, CONTROL_HEALTH_REQUEST,
+						&m.base, NULL, 0, 0);
+		}
 		if (r < 0)
 			return r;
-		w->status_asked = true;
+		q->asked = true;
 	}
-	w->waiters[w->nwaiters].cb = cb;
-	w->waiters[w->nwaiters].arg = arg;
-	w->nwaiters++;
+	q->v[q->n++] = cb;
 	return 0;
+}
+
+static void worker_cancel(struct worker *w, enum worker_ask kind, void *arg)
+{
+	/* All waiters share one answer, so order does not matter: drop them.
+	 * The request stays outstanding; its answer is still stored. */
+	struct waiters *q = &w->ask[kind];
+	size_t j = 0;
+
+	for (size_t i = 0; i < q->n; i++)
+		if (q->v[i].arg != arg)
+			q->v[j++] = q->v[i];
+	q->n = j;
+}
+
+int worker_request_status(struct worker *w, worker_status_cb cb, void *arg)
+{
+	struct waiter sw = { .cb.status = cb, .arg = arg };
+
+	return worker_request(w, ASK_STATUS, sw);
 }
 
 void worker_cancel_status(struct worker *w, void *arg)
 {
-	/* All waiters share one answer, so order does not matter: drop them.
-	 * The request stays outstanding; its answer still updates
-	 * worker_last_status(). */
-	size_t j = 0;
+	worker_cancel(w, ASK_STATUS, arg);
+}
 
-	for (size_t i = 0; i < w->nwaiters; i++)
-		if (w->waiters[i].arg != arg)
-			w->waiters[j++] = w->waiters[i];
-	w->nwaiters = j;
+int worker_request_health(struct worker *w, worker_health_cb cb, void *arg)
+{
+	struct waiter sw = { .cb.health = cb, .arg = arg };
+
+	return worker_request(w, ASK_HEALTH, sw);
+}
+
+void worker_cancel_health(struct worker *w, void *arg)
+{
+	worker_cancel(w, ASK_HEALTH, arg);
 }
 
 void worker_stop(struct worker *w, int timeout_s)

@@ -33,7 +33,6 @@ enum worker_event {
 	WORKER_PROGRESS, /* msg: const Baton__Control__Progress * */
 	WORKER_RESULT,   /* msg: const Baton__Control__MigrationResult * */
 	WORKER_EXITED,   /* msg: NULL; worker_exit_status() is valid */
-	WORKER_HEALTH,   /* msg: const Baton__Control__Health * (a canary's sample) */
 };
 
 typedef void (*worker_cb)(struct worker *w, enum worker_event ev,
@@ -43,6 +42,10 @@ typedef void (*worker_cb)(struct worker *w, enum worker_event ev,
  * before answering). */
 typedef void (*worker_status_cb)(struct worker *w,
 				 const Baton__Control__Status *st, void *arg);
+/* HEALTH answer (or NULL, as above). The message belongs to w and stays
+ * valid until the next HEALTH or worker_free() (worker_last_health()). */
+typedef void (*worker_health_cb)(struct worker *w,
+				 const Baton__Control__Health *h, void *arg);
 
 /* fork + exec `binary -c config_path --worker [--target]` with the control
  * socket on fd 3 and stderr inherited. Returns NULL and sets *err (-errno)
@@ -76,8 +79,16 @@ double worker_uptime_s(const struct worker *w);
 void worker_set_role(struct worker *w, const char *role);
 const char *worker_role(const struct worker *w);
 
-/* Last STATUS this worker sent (zeros before the first). */
+/* Last STATUS this worker sent (zeros before the first). Its `version`,
+ * when the worker sent one, lives as long as w. */
 const Baton__Control__Status *worker_last_status(const struct worker *w);
+/* Whether any STATUS arrived yet (worker_last_status() is not just zeros). */
+bool worker_has_status(const struct worker *w);
+/* Last HEALTH this worker sent, owned by w (valid until the next HEALTH or
+ * worker_free()); NULL before the first answer, and for ever from a worker
+ * that does not implement HEALTH_REQUEST (it ignores it: see
+ * worker_request_health). */
+const Baton__Control__Health *worker_last_health(const struct worker *w);
 
 /* Messages. Each returns 0 or -errno (-ENOTCONN once the control socket is
  * gone). Sending never blocks the loop for longer than ~1 s (-ETIMEDOUT
@@ -101,10 +112,6 @@ int worker_send_move(struct worker *w, bool outgoing, pid_t peer,
 		     int channel_fd, const Baton__Control__Selector *sel);
 /* PEER with one end of a canary's link (borrowed), or -1: unlink. */
 int worker_send_peer(struct worker *w, int link_fd, pid_t peer);
-/* HEALTH_REQUEST without waiting for room (a full control socket is no
- * answer: the canary's watchdog judges). The answer reaches the handler
- * as WORKER_HEALTH. */
-int worker_send_health_request(struct worker *w);
 int worker_send_exit(struct worker *w);
 
 /* Ask for a STATUS; on 0, cb runs exactly once unless cancelled (with NULL
@@ -118,6 +125,23 @@ int worker_send_exit(struct worker *w);
 int worker_request_status(struct worker *w, worker_status_cb cb, void *arg);
 /* Drop every pending status callback registered with `arg`. */
 void worker_cancel_status(struct worker *w, void *arg);
+
+/* The same for HEALTH_REQUEST -> HEALTH (proto/control.proto Health):
+ * exactly the rules of worker_request_status (one outstanding request, its
+ * waiters share the answer, (cb, arg) added once, no wait for room, no
+ * answer from a worker that never answers: its request stays outstanding,
+ * so such a worker is asked once and never again). Every answer is also
+ * stored (worker_last_health()) and shown to the tap.
+ *
+ * A HEALTH_REQUEST ends the worker's interval for its per-interval figures
+ * (loop_lag_max_s, channels): whoever needs every interval (the canary's
+ * gates) must see every answer, including those of requests it did not
+ * send (the supervisor's metrics refresh asks too): use the tap. */
+int worker_request_health(struct worker *w, worker_health_cb cb, void *arg);
+void worker_cancel_health(struct worker *w, void *arg);
+/* One observer of every HEALTH answer of w, whoever asked, called before
+ * the waiters (cb NULL: none). Replaces the previous tap. */
+void worker_set_health_tap(struct worker *w, worker_health_cb cb, void *arg);
 
 /* Ask the worker to leave (EXIT) and SIGKILL it if it has not exited after
  * `timeout_s`. Safe to call repeatedly. */

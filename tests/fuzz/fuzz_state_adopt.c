@@ -42,7 +42,7 @@ static void fuzz_setup(void)
 	const char *tmp = getenv("TMPDIR");
 	int fd;
 
-	log_init("fuzz_state_adopt", LOG_LVL_ERROR);
+	log_init("fuzz_state_adopt", NULL, LOG_LVL_ERROR);
 	verbose = getenv("BATON_FUZZ_VERBOSE") != NULL;
 	snprintf(path, sizeof(path), "%s/fuzz-adopt-XXXXXX",
 		 tmp && *tmp ? tmp : "/tmp");

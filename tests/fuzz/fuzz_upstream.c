@@ -67,7 +67,7 @@ static void fuzz_setup(void)
 	const char *tmp = getenv("TMPDIR");
 	int fd;
 
-	log_init("fuzz_upstream", LOG_LVL_ERROR); /* errors only: speed */
+	log_init("fuzz_upstream", NULL, LOG_LVL_ERROR); /* errors only: speed */
 	snprintf(path, sizeof(path), "%s/fuzz-upstream-XXXXXX",
 		 tmp && *tmp ? tmp : "/tmp");
 	fd = mkstemp(path);

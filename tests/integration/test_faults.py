@@ -170,6 +170,36 @@ def test_target_hangs_after_begin(ctx):
     bl.log("hang case took %.1fs" % (bl.now() - t0))
 
 
+def test_target_hangs_before_ready_refused_in_time(ctx):
+    """target:hang-before-ready: the new worker never answers READY (it
+    sleeps at start). The upgrade is refused within handoff_timeout (plus
+    3 s of slack), the hung target is killed (not asked to leave and waited
+    on for another timeout), and the old worker serves on untouched.
+    Bug: the refusal took twice the timeout (20 s for a 10 s setting)."""
+    timeout = 5
+    scen = start(ctx, handoff_timeout=timeout)
+    b = scen.baton
+    old_pid = b.worker_pid()
+    fd_before = stable_fd_count(scen, old_pid)
+    b.set_fault("target:hang-before-ready")
+    t0 = bl.now()
+    try:
+        rc, res = upgrade(scen, ctx.builds["b"])
+    finally:
+        b.clear_fault()
+    took = bl.now() - t0
+    bl.log("hung target refused after %.2f s (handoff_timeout %d s)" % (took, timeout))
+    check(took <= timeout + 3, "refusal took %.2f s for handoff_timeout %d s: %r"
+          % (took, timeout, res))
+    check(res.get("refused") is True and re.search(r"READY", res.get("reason", "")),
+          "want a refusal naming READY: %r" % res)
+    hung = (res.get("to") or {}).get("pid")
+    check(hung and not bl.pid_alive(hung), "the hung target pid %r is still alive" % hung)
+    assert_old_still_serving(scen, rc, res, old_pid, fd_before, "hang-before-ready")
+    then_normal_upgrade(scen)
+    scen.verify(drain_timeout=30)
+
+
 # ---- source faults ----------------------------------------------------------
 
 def test_source_corrupt_item(ctx):

@@ -41,7 +41,8 @@ PER_MINUTE = 20           # one connect per 3 s per address
 BURST = 1
 CHANNEL = "#gov"
 
-CONNECT_RE = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) baton-sessiond\[(\d+)\] \S+ upstream: "
+# HH:MM:SS.mmm baton-sessiond[PID] VERSION LEVEL upstream: ... (common/log.h)
+CONNECT_RE = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) baton-sessiond\[(\d+)\] \S+ \S+ upstream: "
                         r"(\S+): connecting to \S+ from (\S+)")
 
 

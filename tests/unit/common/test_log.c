@@ -53,13 +53,37 @@ static void test_message_bounded(void **state)
 	assert_int_equal(out[strlen(out) - 1], '\n');
 }
 
+/* Bug: during a migration the old and the new worker wrote identical
+ * lines (under journald both are the supervisor's pid): every line now
+ * names its program, pid and version, with or without journald. */
+static void test_pid_and_version_on_every_line(void **state)
+{
+	char want[128];
+	const char *out;
+
+	snprintf(want, sizeof(want), " test[%d] 9.9.9-b WARN test: from peer: x\n",
+		 (int)getpid());
+	out = captured("x");
+	assert_non_null(strstr(out, want));
+
+	setenv("JOURNAL_STREAM", "8:1234", 1);
+	log_init("test", "9.9.9-b", LOG_LVL_INFO);
+	out = captured("x");
+	/* <4> (warning) first, then the same fields, no timestamp */
+	assert_memory_equal(out, "<4>", 3);
+	assert_string_equal(out + 3, want + 1);
+	unsetenv("JOURNAL_STREAM");
+	log_init("test", "9.9.9-b", LOG_LVL_INFO);
+}
+
 int main(void)
 {
 	unsetenv("JOURNAL_STREAM");
-	log_init("test", LOG_LVL_INFO);
+	log_init("test", "9.9.9-b", LOG_LVL_INFO);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_control_bytes_replaced),
 		cmocka_unit_test(test_message_bounded),
+		cmocka_unit_test(test_pid_and_version_on_every_line),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,7 +4,9 @@
  * preflight surface as exit statuses, and a worker that drops its control
  * socket but does not exit is SIGKILLed. Regressions: the worker's pidfd and
  * MIGRATE's fd list, one outstanding STATUS_REQUEST, non-blocking status
- * sends, a worker freed by a handler inside worker_reaped(). */
+ * sends, a worker freed by a handler inside worker_reaped(). HEALTH: one
+ * outstanding HEALTH_REQUEST shared by its waiters, the answer stored and
+ * shown to the tap, a worker that never answers asked only once. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -29,7 +31,7 @@
 #include "supervisor/worker.h"
 
 /* ---- the fake worker (FAKE_MODE: ok | preflight | drop | count | deaf |
- * exit) ---- */
+ * exit | nohealth) ---- */
 
 /* The pid a pidfd refers to (from /proc/self/fdinfo), or -1. */
 static long pidfd_pid(int fd)
@@ -126,6 +128,24 @@ static int fake_worker(void)
 				st.sessions = requests;
 			}
 			control_send(fd, CONTROL_STATUS, &st.base, NULL, 0, 1000);
+		}
+		if (m.type == CONTROL_HEALTH_REQUEST &&
+		    strcmp(mode, "nohealth") != 0) {
+			/* Health: sessions = how many requests arrived, and
+			 * two observations in the 1 ms .. 2 ms bucket. */
+			Baton__Control__Health h = BATON__CONTROL__HEALTH__INIT;
+			uint64_t buckets[14] = { 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2 };
+			static unsigned health_requests;
+
+			health_requests++;
+			usleep(100 * 1000); /* so that requests could pile up */
+			h.has_sessions = true;
+			h.sessions = health_requests;
+			h.n_relay_latency_buckets = 14;
+			h.relay_latency_buckets = buckets;
+			h.has_relay_latency_sum_s = true;
+			h.relay_latency_sum_s = 0.003;
+			control_send(fd, CONTROL_HEALTH, &h.base, NULL, 0, 1000);
 		}
 		if (m.type == CONTROL_EXIT) {
 			handoff_msg_clear(&m);
@@ -482,6 +502,109 @@ static void test_free_in_handler_during_reaped(void **state)
 	rig_finish(&g);
 }
 
+struct health_rig {
+	struct rig g;
+	unsigned answers, taps, nulls;
+	uint32_t last_sessions;
+};
+
+static void on_health(struct worker *w, const Baton__Control__Health *h,
+		      void *arg)
+{
+	struct health_rig *hr = arg;
+
+	hr->answers++;
+	if (h == NULL)
+		hr->nulls++;
+	else
+		hr->last_sessions = h->sessions;
+	event_base_loopbreak(hr->g.base);
+}
+
+static void on_health_b(struct worker *w, const Baton__Control__Health *h,
+			void *arg)
+{
+	on_health(w, h, arg);
+}
+
+static void on_health_tap(struct worker *w, const Baton__Control__Health *h,
+			  void *arg)
+{
+	struct health_rig *hr = arg;
+
+	/* The tap sees the same stored message, before the waiters. */
+	assert_ptr_equal(h, worker_last_health(w));
+	hr->taps++;
+}
+
+/* worker_request_health mirrors worker_request_status: one HEALTH_REQUEST
+ * outstanding, its answer shared by every waiter, (cb, arg) once, cancel,
+ * the answer kept (worker_last_health) and shown to the tap. */
+static void test_health_request(void **state)
+{
+	struct health_rig hr;
+	const Baton__Control__Health *h;
+	char other;
+
+	memset(&hr, 0, sizeof(hr));
+	rig_start(&hr.g, "ok");
+	rig_wait_ready(&hr.g);
+	assert_null(worker_last_health(hr.g.w));
+	worker_set_health_tap(hr.g.w, on_health_tap, &hr);
+	assert_int_equal(worker_request_health(hr.g.w, on_health, &hr), 0);
+	assert_int_equal(worker_request_health(hr.g.w, on_health_b, &hr), 0);
+	assert_int_equal(worker_request_health(hr.g.w, on_health, &hr), 0);
+	assert_int_equal(worker_request_health(hr.g.w, on_health, &other), 0);
+	worker_cancel_health(hr.g.w, &other);
+	while (hr.answers < 2 && hr.g.w)
+		rig_run(&hr.g);
+	assert_int_equal(hr.answers, 2);
+	assert_int_equal(hr.nulls, 0);
+	assert_int_equal(hr.taps, 1);
+	assert_int_equal(hr.last_sessions, 1); /* one request reached it */
+	h = worker_last_health(hr.g.w);
+	assert_non_null(h);
+	assert_int_equal(h->n_relay_latency_buckets, 14);
+	assert_int_equal(h->relay_latency_buckets[13], 2);
+	/* A status request is independent of the health one. */
+	assert_int_equal(worker_request_status(hr.g.w, rig_on_status, &hr.g), 0);
+	while (hr.g.answers < 1 && hr.g.w)
+		rig_run(&hr.g);
+	assert_true(worker_has_status(hr.g.w));
+	/* The next poll is a new request; the stored answer is replaced. */
+	assert_int_equal(worker_request_health(hr.g.w, on_health, &hr), 0);
+	while (hr.answers < 3 && hr.g.w)
+		rig_run(&hr.g);
+	assert_int_equal(worker_last_health(hr.g.w)->sessions, 2);
+	assert_int_equal(hr.taps, 2);
+	rig_finish(&hr.g);
+	/* Waiters left when the worker goes get NULL (none here). */
+	assert_int_equal(hr.nulls, 0);
+}
+
+/* A worker that does not answer HEALTH_REQUEST (a build before it): it is
+ * asked once; later polls only wait for that request; when it exits the
+ * waiters get NULL, and no health was ever stored. */
+static void test_health_never_answered(void **state)
+{
+	struct health_rig hr;
+
+	memset(&hr, 0, sizeof(hr));
+	rig_start(&hr.g, "nohealth");
+	rig_wait_ready(&hr.g);
+	assert_int_equal(worker_request_health(hr.g.w, on_health, &hr), 0);
+	assert_int_equal(worker_request_health(hr.g.w, on_health, &hr), 0);
+	/* STATUS still answers meanwhile. */
+	assert_int_equal(worker_request_status(hr.g.w, rig_on_status, &hr.g), 0);
+	while (hr.g.answers < 1 && hr.g.w)
+		rig_run(&hr.g);
+	assert_int_equal(hr.answers, 0);
+	assert_null(worker_last_health(hr.g.w));
+	rig_finish(&hr.g);
+	assert_int_equal(hr.answers, 1);
+	assert_int_equal(hr.nulls, 1);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -493,6 +616,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_one_outstanding_status_request),
 		cmocka_unit_test(test_status_send_does_not_block),
 		cmocka_unit_test(test_free_in_handler_during_reaped),
+		cmocka_unit_test(test_health_request),
+		cmocka_unit_test(test_health_never_answered),
 	};
 
 	if (argc >= 4 && strcmp(argv[3], "--worker") == 0)
