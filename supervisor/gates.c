@@ -88,6 +88,8 @@ struct gates {
 	size_t nall;
 	char worst_channel[320];
 	double worst_diff, worst_control;
+	/* differential delivery over every shared channel (lines) */
+	double delivery_diff, delivery_expected;
 	double values[G_COUNT][3];   /* cohort, control, threshold */
 	enum gate_verdict verdict[G_COUNT];
 	unsigned failing[G_COUNT];
@@ -249,12 +251,19 @@ static void gates_hard(struct gates *g)
 	}
 }
 
+/* Differential delivery. Per interval and (network, channel) shared by
+ * both groups: the control's users got s->lines / s->sessions lines each,
+ * so the cohort's t->sessions users should have got that many each too.
+ * The differences (got - expected, in lines) are summed over channels and
+ * samples: a steady loss or duplication grows with the traffic, while the
+ * timing at the sample edges (a line counted in one group's interval and
+ * the other's next) cancels out. The verdict is on the sum over every
+ * channel; the reason names the channel that contributes most. */
 static void gates_delivery(struct gates *g, const Baton__Control__Health *cohort,
 			   const Baton__Control__Health *control)
 {
 	struct strmap *ctl = strmap_new();
 	char key[320];
-	double worst = 0, tol_worst = 0, margin_worst = -1e300;
 	bool any = false;
 
 	if (ctl == NULL)
@@ -270,6 +279,7 @@ static void gates_delivery(struct gates *g, const Baton__Control__Health *cohort
 	for (size_t i = 0; i < cohort->n_channels; i++) {
 		const Baton__Control__ChannelDelivery *t = cohort->channels[i], *s;
 		struct gate_channel *gc;
+		double expected;
 
 		if (t->sessions == 0)
 			continue;
@@ -291,17 +301,15 @@ static void gates_delivery(struct gates *g, const Baton__Control__Health *cohort
 			}
 			g->all[g->nall++] = gc;
 		}
-		gc->diff += (double)t->lines / t->sessions -
-			    (double)s->lines / s->sessions;
-		gc->control += (double)s->lines / s->sessions;
+		expected = (double)s->lines / s->sessions * t->sessions;
+		gc->diff += (double)t->lines - expected;
+		gc->control += expected;
 		gc->samples++;
-		double tol = g->cfg->canary_delivery_lines +
-			     g->cfg->canary_delivery_permille * gc->control / 1000.0;
+		g->delivery_diff += (double)t->lines - expected;
+		g->delivery_expected += expected;
 		any = true;
-		if (fabs(gc->diff) - tol > margin_worst) {
-			margin_worst = fabs(gc->diff) - tol;
-			worst = gc->diff;
-			tol_worst = tol;
+		if (fabs(gc->diff) > fabs(g->worst_diff) ||
+		    strcmp(g->worst_channel, key) == 0) {
 			snprintf(g->worst_channel, sizeof(g->worst_channel), "%s", key);
 			g->worst_diff = gc->diff;
 			g->worst_control = gc->control;
@@ -310,15 +318,19 @@ static void gates_delivery(struct gates *g, const Baton__Control__Health *cohort
 	strmap_free(ctl);
 	if (!any)
 		return; /* nothing shared in this interval: the verdict stands */
-	gates_set(g, G_DELIVERY, g->worst_control + g->worst_diff,
-		  g->worst_control, tol_worst);
+	double tol = g->cfg->canary_delivery_lines +
+		     g->cfg->canary_delivery_permille * g->delivery_expected / 1000.0;
+	gates_set(g, G_DELIVERY, g->delivery_expected + g->delivery_diff,
+		  g->delivery_expected, tol);
 	if (g->verdict[G_DELIVERY] == GATE_TRIPPED)
 		return;
 	g->verdict[G_DELIVERY] = GATE_PASS;
-	if (fabs(worst) > tol_worst)
-		gates_do_trip(g, G_DELIVERY, "delivery: in %s the cohort's users got %+.1f lines per session against the control's %.1f (tolerance %.1f): lines %s",
-			      g->worst_channel, worst, g->worst_control, tol_worst,
-			      worst < 0 ? "lost" : "duplicated");
+	if (fabs(g->delivery_diff) > tol)
+		gates_do_trip(g, G_DELIVERY, "delivery: the cohort's users got %.0f lines where the control's got the equivalent of %.0f (%+.0f, tolerance %.1f): lines %s; most in %s (%+.0f of %.0f)",
+			      g->delivery_expected + g->delivery_diff,
+			      g->delivery_expected, g->delivery_diff, tol,
+			      g->delivery_diff < 0 ? "lost" : "duplicated",
+			      g->worst_channel, g->worst_diff, g->worst_control);
 }
 
 static double gates_rate(double num, double den)
