@@ -89,6 +89,8 @@ struct canary {
 	/* results */
 	struct timespec t0, rb_t0;
 	double freeze_ms, rollback_ms;
+	double detected_ms;            /* canary start -> the gate tripped (0: none) */
+	struct timespec moved_at;      /* the cohort's (last) move committed */
 	unsigned cohort_sessions, control_sessions, lost;
 	char result[16];
 	char reason[768];
@@ -197,6 +199,8 @@ static struct json_object *canary_result_json(const struct canary *c,
 	json_object_object_add(o, "freeze_ms", json_object_new_double(c->freeze_ms));
 	json_object_object_add(o, "total_ms", json_object_new_double(canary_ms_since(&c->t0)));
 	json_object_object_add(o, "rollback_ms", json_object_new_double(c->rollback_ms));
+	/* from the start of the canary to the gate's trip (0: none tripped) */
+	json_object_object_add(o, "detected_ms", json_object_new_double(c->detected_ms));
 	json_object_object_add(o, "disconnects", json_object_new_int64(canary_disconnects(c)));
 	json_object_object_add(o, "sessions_lost_count", json_object_new_int64(c->lost));
 	return o;
@@ -469,6 +473,7 @@ static void canary_move_done(struct canary *c)
 			canary_start_rollback(c);
 			return;
 		}
+		clock_gettime(CLOCK_MONOTONIC, &c->moved_at);
 		log_info("canary", "cohort moved: %u sessions on pid %d (freeze %.1f ms)",
 			 c->rd.sessions, (int)worker_pid(c->t), freeze);
 		c->phase = C_BAKE;
@@ -573,7 +578,10 @@ static void canary_trip_check(struct canary *c)
 	if (g == NULL || c->want_rollback)
 		return;
 	snprintf(c->gate, sizeof(c->gate), "%s", g);
-	log_warn("canary", "gate %s tripped: %s", g, gates_reason(c->gates));
+	c->detected_ms = canary_ms_since(&c->t0);
+	log_warn("canary", "gate %s tripped %.1f s after the cohort moved: %s", g,
+		 c->moved_at.tv_sec ? canary_ms_since(&c->moved_at) / 1000.0 : 0.0,
+		 gates_reason(c->gates));
 	canary_reason(c, "%s", gates_reason(c->gates));
 	canary_start_rollback(c);
 }
@@ -833,6 +841,7 @@ static void canary_on_worker(struct worker *w, enum worker_event ev,
 				 (int)worker_pid(w), worker_exit_status(w),
 				 worker_uptime_s(w));
 			gates_trip(c->gates, "worker_crash", 1, why);
+			c->detected_ms = canary_ms_since(&c->t0);
 			snprintf(c->gate, sizeof(c->gate), "%s", gates_tripped(c->gates));
 			canary_reason(c, "%s", gates_reason(c->gates));
 			/* Its sessions died with it: S starts them again (their

@@ -425,9 +425,14 @@ class Ngircd:
     no connection limits, no join limit, long nicks, no flood penalties
     (MaxPenaltyTime = 0), no DNS/ident/PAM lookups, huge ping timeouts."""
 
-    def __init__(self, ctx, name="irc.baton.test", port=None, max_connections_ip=0):
+    def __init__(self, ctx, name="irc.baton.test", port=None, max_connections_ip=0,
+                 ping_timeout=3600, pong_timeout=3600):
+        """ping_timeout: seconds of silence after which ngircd PINGs a
+        connection; pong_timeout: how long it then waits for data."""
         self.ctx = ctx
         self.name = name
+        self.ping_timeout = ping_timeout
+        self.pong_timeout = pong_timeout
         self.max_connections_ip = max_connections_ip  # 0: unlimited
         self.port = port or free_port()
         self.dir = os.path.join(ctx.dir, "ngircd")
@@ -452,8 +457,8 @@ class Ngircd:
             "MaxNickLength = 30",
             "MaxPenaltyTime = 0",  # disables flood penalties altogether (ngircd >= 26)
             "MaxListSize = 1000",
-            "PingTimeout = 3600",
-            "PongTimeout = 3600",
+            "PingTimeout = %d" % self.ping_timeout,
+            "PongTimeout = %d" % self.pong_timeout,
             "IdleTimeout = 0",
             "[Options]",
             "DNS = no",
