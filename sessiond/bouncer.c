@@ -23,8 +23,10 @@
 #include "common/names.h"
 #include "sessiond/conn.h"
 #include "sessiond/authpool.h"
+#include "sessiond/fault.h"
 #include "sessiond/governor.h"
 #include "sessiond/peer.h"
+#include "sessiond/health.h"
 #include "sessiond/session.h"
 #include "sessiond/state.h"
 #include "sessiond/throttle.h"
@@ -42,6 +44,7 @@
  * Each pending client has at most one. */
 #define BOUNCER_AUTH_QUEUE 4096
 #define START_SPREAD_MS 10       /* 100 sessions per second at startup */
+#define HEALTH_TICK_MS 1000      /* late adoption PINGs, unanswered PINGs */
 /* Longest a migration holds the governors (bouncer_governor_hold()): a
  * release that never comes (a lost ACCEPT) must not stop reconnects. */
 #define GOV_HOLD_MS 20000
@@ -122,6 +125,9 @@ struct bouncer {
 	/* Snapshot bookkeeping for migrations: the governors changed since a
 	 * snapshot was last put into a serialized item (state.c). */
 	bool gov_dirty;
+	/* The worker's health counters (health.h) and their PING checks. */
+	struct health health;
+	struct event *health_tick;
 };
 
 struct event_base *bouncer_base(const struct bouncer *b)
@@ -217,6 +223,43 @@ static void bouncer_remove_session(struct bouncer *b, struct session *s)
 {
 	reglist_remove(&b->sessions, s);
 	strmap_del(b->by_key, s->key);
+}
+
+size_t bouncer_nsessions(const struct bouncer *b)
+{
+	return b->sessions.n;
+}
+
+struct session *bouncer_session_at(struct bouncer *b, size_t i)
+{
+	return b->sessions.v[i];
+}
+
+struct health *bouncer_health(struct bouncer *b)
+{
+	return &b->health;
+}
+
+/* Once a second: adoption PINGs and network PINGs not answered in time
+ * (health.h). A few loads per live upstream. */
+static void bouncer_health_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct bouncer *b = arg;
+	const struct baton_config *d = config_default_values();
+	const struct baton_config *cfg = b->cfg ? b->cfg : d;
+	int64_t adopt = (cfg->canary_adopt_ping_timeout_s > 0 ?
+			 cfg->canary_adopt_ping_timeout_s : d->canary_adopt_ping_timeout_s) * 1000LL;
+	int64_t answer = (cfg->canary_ping_answer_timeout_s > 0 ?
+			  cfg->canary_ping_answer_timeout_s : d->canary_ping_answer_timeout_s) * 1000LL;
+	int64_t now = bouncer_mono_ms();
+
+	for (size_t i = 0; i < b->sessions.n; i++) {
+		struct session *s = b->sessions.v[i];
+
+		if (s->item.state == ITEM_LIVE && s->up && !s->up->dead &&
+		    !conn_is_dead(s->up->conn))
+			health_link_check(&s->up->hl, now, adopt, answer);
+	}
 }
 
 /* ---- limits on unregistered connections ---- */
@@ -955,6 +998,7 @@ struct bouncer *bouncer_new(struct event_base *base,
 	b->base = base;
 	b->cfg = cfg;
 	b->reserve_fd = -1;
+	health_init(&b->health);
 	b->sweep = event_new(base, -1, EV_PERSIST, bouncer_sweep_cb, b);
 	b->by_key = strmap_new();
 	b->tls = tls_contexts_new(cfg);
@@ -976,6 +1020,14 @@ struct bouncer *bouncer_new(struct event_base *base,
 	}
 	struct timeval tv = { .tv_sec = 5 };
 	event_add(b->sweep, &tv);
+	b->health_tick = event_new(base, -1, EV_PERSIST, bouncer_health_tick_cb, b);
+	if (!b->health_tick) {
+		bouncer_free(b);
+		return NULL;
+	}
+	struct timeval htv = { .tv_sec = HEALTH_TICK_MS / 1000,
+			       .tv_usec = (HEALTH_TICK_MS % 1000) * 1000 };
+	event_add(b->health_tick, &htv);
 	return b;
 }
 
@@ -1027,6 +1079,8 @@ void bouncer_free(struct bouncer *b)
 	bouncer_close_listeners(b);
 	if (b->sweep)
 		event_free(b->sweep);
+	if (b->health_tick)
+		event_free(b->health_tick);
 	if (b->accept_resume)
 		event_free(b->accept_resume);
 	if (b->reserve_fd >= 0)
@@ -1635,6 +1689,10 @@ void bouncer_item_arm(struct bouncer_item *it)
 {
 	if (it->kind == ITEM_SESSION) {
 		session_arm(it->session);
+		/* does the network still answer us? (health.h) */
+		if (it->session->up)
+			upstream_adopt_ping(it->session->up);
+		FAULT_ADOPTED(); /* fault builds only (fault.h) */
 	} else {
 		it->state = ITEM_LIVE;
 		/* A verified client's lines wait for its session. */

@@ -51,6 +51,9 @@ void bouncer_accept(struct bouncer *b, bool on);
 
 void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out);
 
+/* The worker's health counters (health.h), owned by the bouncer. */
+struct health *bouncer_health(struct bouncer *b);
+
 /* The worker's TLS contexts (tls_contexts.h). */
 struct tls_contexts *bouncer_tls(const struct bouncer *b);
 

@@ -18,6 +18,7 @@
 #include "sessiond/authpool.h"
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
+#include "sessiond/health.h"
 #include "sessiond/irc.h"
 
 /* Capabilities offered to clients, defined once (canonical order is the
@@ -68,6 +69,7 @@ struct client *client_new(struct bouncer *b, int fd)
 		free(cl);
 		return NULL;
 	}
+	conn_set_health(cl->conn, &bouncer_health(b)->client_link);
 	return cl;
 }
 
@@ -179,18 +181,21 @@ uint64_t client_acked_seq_upto(struct client *cl, uint64_t acked)
 	return cl->acked_seq;
 }
 
-static void client_queue_line(struct client *cl, uint64_t seq,
-			      const char *line, int64_t time_ms)
+static unsigned client_queue_line(struct client *cl, uint64_t seq,
+				  const char *line, int64_t time_ms,
+				  unsigned copies)
 {
 	if (seq <= cl->delivered_seq)
-		return; /* already queued to this client */
-	client_send_tagged(cl, line, time_ms);
+		return 0; /* already queued to this client */
+	for (unsigned k = 0; k < copies; k++) /* 1 (2: the dup fault build) */
+		client_send_tagged(cl, line, time_ms);
 	/* A dead connection (e.g. sendq exceeded by this very line) did not
 	 * take it: the position must not claim it was delivered. */
 	if (conn_is_dead(cl->conn))
-		return;
+		return 0;
 	cl->delivered_seq = seq;
 	(void)client_mark_push(cl, conn_bytes_queued(cl->conn), seq); /* ENOMEM: lags only */
+	return copies;
 }
 
 static void client_skip_now(struct client *cl, uint64_t seq)
@@ -201,12 +206,12 @@ static void client_skip_now(struct client *cl, uint64_t seq)
 	(void)client_mark_push(cl, conn_bytes_queued(cl->conn), seq); /* ENOMEM: lags only */
 }
 
-void client_deliver(struct client *cl, uint64_t seq, const char *line,
-		    int64_t time_ms)
+unsigned client_deliver(struct client *cl, uint64_t seq, const char *line,
+			int64_t time_ms, unsigned copies)
 {
 	if (cl->replaying)
-		return; /* stored: the pump gets to it in seq order */
-	client_queue_line(cl, seq, line, time_ms);
+		return 0; /* stored: the pump gets to it in seq order */
+	return client_queue_line(cl, seq, line, time_ms, copies);
 }
 
 void client_skip(struct client *cl, uint64_t seq)
@@ -875,7 +880,7 @@ static int replay_one(void *arg, uint64_t seq, int64_t time_ms,
 		cl->nown--;
 		client_skip_now(cl, seq);
 	} else {
-		client_queue_line(cl, seq, line, time_ms);
+		(void)client_queue_line(cl, seq, line, time_ms, 1);
 	}
 	if (conn_is_dead(cl->conn))
 		return -EPIPE;
@@ -1023,6 +1028,8 @@ static void client_message(struct client *cl, struct irc_msg *m, const char *cmd
 		if (!names_buffer_ok(t) || ++ntargets > CLIENT_MAX_TARGETS)
 			continue;
 		snprintf(line, sizeof(line), ":%s %s %s :%s", prefix, cmd, t, m->params[1]);
+		if (irc_is_channel(t)) /* the user has it (health.h) */
+			health_channel_lines(session_find_channel(s, t), 1);
 		/* The others see it; the sender too if it asked for echo-message. */
 		session_store_and_relay(s, t, line, 0,
 					(cl->caps & CLIENT_CAP_ECHO_MESSAGE) ? NULL : cl);

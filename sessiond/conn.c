@@ -21,6 +21,8 @@
 
 #include "handoff/tls_handshake.h"
 #include "handoff/tls_record.h"
+#include "sessiond/fault.h"
+#include "sessiond/health.h"
 
 /* Bytes [off, len) of data are live. */
 struct buf {
@@ -41,6 +43,7 @@ struct conn {
 	bool tcp; /* SIOCOUTQ counts unacknowledged bytes (conn_kernel_outq) */
 	const struct conn_ops *ops;
 	void *arg;
+	struct health_link *hl; /* conn_set_health(); NULL: not checked */
 	bool armed;
 	bool connecting;
 	bool dead;
@@ -274,6 +277,8 @@ static void conn_process_lines(struct conn *c)
 	if (c->in_lines)
 		return;
 	c->in_lines = true;
+	if (c->hl && c->hl->peer == HEALTH_PEER_NETWORK && c->in.len > c->in.off)
+		health_read_batch(c->hl->h);
 	while (!c->dead && c->armed && !c->held && c->in.len > c->in.off) {
 		char *start = c->in.data + c->in.off;
 		size_t avail = c->in.len - c->in.off;
@@ -668,6 +673,11 @@ void conn_hold_lines(struct conn *c, bool hold)
 		conn_schedule_defer(c);
 }
 
+void conn_set_health(struct conn *c, struct health_link *l)
+{
+	c->hl = l;
+}
+
 void conn_set_sendq(struct conn *c, size_t max_output)
 {
 	c->max_output = max_output;
@@ -704,11 +714,14 @@ void conn_freeze(struct conn *c, bool flush)
 		event_del(c->hs_timer);
 }
 
-void conn_send(struct conn *c, const char *line)
+/* The lowest place a line is queued: checked here (health.h). */
+static void conn_queue(struct conn *c, const char *line)
 {
 	if (c->dead || c->output_ended)
 		return;
 	size_t n = strlen(line);
+	if (c->hl)
+		health_line_out(c->hl, line, n);
 	if (n > CONN_MAX_LINE)
 		n = CONN_MAX_LINE;
 	if (unwritten(c) + n + 2 > (c->max_output ? c->max_output : CONN_MAX_OUTPUT)) {
@@ -726,6 +739,16 @@ void conn_send(struct conn *c, const char *line)
 	c->queued_total += n + 2;
 	if (c->armed && !c->connecting && !event_pending(c->wev, EV_WRITE, NULL))
 		event_add(c->wev, NULL);
+}
+
+void conn_send(struct conn *c, const char *line)
+{
+	/* fault builds only (fault.h): a malformed line first, now and then */
+	const char *bad = FAULT_NETWORK_WRITE(c->hl);
+
+	if (bad)
+		conn_queue(c, bad);
+	conn_queue(c, line);
 }
 
 void conn_sendf(struct conn *c, const char *fmt, ...)

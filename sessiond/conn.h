@@ -26,6 +26,7 @@
 
 struct event_base;
 struct conn;
+struct health_link;
 struct tls_record;
 typedef struct ssl_ctx_st SSL_CTX;
 
@@ -104,6 +105,13 @@ void conn_sendf(struct conn *c, const char *fmt, ...)
  * call). Used while a pending client's password is checked off the loop.
  * Kept across conn_freeze()/conn_arm(); not part of a migration. */
 void conn_hold_lines(struct conn *c, bool hold);
+
+/* Health checks (sessiond/health.h): every line queued from now on is
+ * validated against l's peer (network or client) and, to a network, a
+ * "PONG" answers the link's pending PINGs; lines read from a network link
+ * start a read batch (relay latency). l (not owned) must outlive the
+ * connection or be unset (NULL: no checks, the default). */
+void conn_set_health(struct conn *c, struct health_link *l);
 
 /* The sendq bound of this connection (0: CONN_MAX_OUTPUT): e.g. small for
  * clients that have not logged in. Checked by the next conn_send(). */

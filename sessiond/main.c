@@ -27,6 +27,7 @@
 #include "common/control.h"
 #include "common/log.h"
 #include "sessiond/bouncer.h"
+#include "sessiond/fault.h"
 #include "sessiond/migrate.h"
 #include "sessiond/state.h"
 #include "sessiond/worker.h"
@@ -132,6 +133,9 @@ int main(int argc, char **argv)
 	struct stat st;
 	int c, rc = 1;
 
+	/* fault builds only: the fault is named by the program (fault.h) */
+	if (FAULT_SELECT(argv[0]) < 0)
+		return 2;
 	while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c': path = optarg; break;
@@ -140,7 +144,7 @@ int main(int argc, char **argv)
 		case 't': target = true; break;
 		case 'V':
 			printf("baton-sessiond %s (state schema %d-%d)\n",
-			       BATON_VERSION, BATON_SCHEMA_MIN, BATON_SCHEMA_MAX);
+			       SESSIOND_VERSION, BATON_SCHEMA_MIN, BATON_SCHEMA_MAX);
 			return 0;
 		case 'h': sessiond_usage(stdout); return 0;
 		default: sessiond_usage(stderr); return 2;
@@ -199,8 +203,9 @@ int main(int argc, char **argv)
 	w = worker_new(base, CONTROL_FD, b, cfg);
 	if (w == NULL)
 		goto out;
+	FAULT_READY(base);
 	log_info("sessiond", "version %s ready (%s, %zu configured sessions)",
-		 BATON_VERSION, target ? "upgrade target" : "fresh start",
+		 SESSIOND_VERSION, target ? "upgrade target" : "fresh start",
 		 cfg->nsessions);
 	event_base_dispatch(base);
 	rc = 0;

@@ -19,6 +19,7 @@
 #include "handoff/tls_record.h"
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
+#include "sessiond/health.h"
 #include "sessiond/irc.h"
 
 /* ---- small helpers shared by the core ---- */
@@ -485,6 +486,7 @@ void session_backoff(struct session *s)
 void session_arm(struct session *s)
 {
 	s->item.state = ITEM_LIVE;
+	health_session_attached(bouncer_health(s->b), s);
 	if (s->up)
 		upstream_arm(s->up);
 	for (size_t i = 0; i < s->nclients; i++) {
@@ -534,6 +536,8 @@ int session_add_client(struct session *s, struct client *cl)
 	if (!nv)
 		return -ENOMEM;
 	s->clients = nv;
+	if (s->nclients == 0)
+		health_session_attached(bouncer_health(s->b), s);
 	s->clients[s->nclients++] = cl;
 	cl->s = s;
 	return 0;
@@ -574,6 +578,8 @@ void session_remove_client(struct session *s, struct client *cl)
 	 * stack drops unread data on a RST) misses them. Only
 	 * application-level acknowledgements (IRCv3 read markers /
 	 * chathistory) could close that gap. */
+	health_client_closed(bouncer_health(s->b), conn_close_reason(cl->conn),
+			     conn_peer_closed(cl->conn));
 	session_detach_client(s, cl, conn_close_reason(cl->conn) ?
 				     conn_close_reason(cl->conn) : "quit");
 	conn_discard_unacked(cl->conn);
@@ -737,22 +743,36 @@ void session_store_and_relay(struct session *s, const char *buffer,
 			     const char *line, int64_t time_ms,
 			     struct client *except)
 {
+	(void)session_store_and_relay_n(s, buffer, line, time_ms, except, 1);
+}
+
+unsigned session_store_and_relay_n(struct session *s, const char *buffer,
+				   const char *line, int64_t time_ms,
+				   struct client *except, unsigned copies)
+{
+	unsigned most = 0;
+
 	if (!time_ms)
 		time_ms = now_ms();
 	uint64_t seq = backlog_append(s->backlog, buffer, time_ms, line);
 	if (!seq) {
 		/* Out of memory: still relay live, unnumbered. */
-		session_broadcast(s, line, time_ms, except);
-		return;
+		for (unsigned k = 0; k < copies; k++)
+			session_broadcast(s, line, time_ms, except);
+		return s->nclients > (except ? 1u : 0u) ? copies : 0;
 	}
 	session_note_backlog_drops(s);
 	for (size_t i = 0; i < s->nclients; i++) {
 		struct client *cl = s->clients[i];
-		if (cl == except)
+		if (cl == except) {
 			client_skip(cl, seq); /* the sender has it */
-		else
-			client_deliver(cl, seq, line, time_ms);
+		} else if (copies) {
+			unsigned n = client_deliver(cl, seq, line, time_ms, copies);
+			if (n > most)
+				most = n;
+		}
 	}
+	return most;
 }
 
 void session_notice_all(struct session *s, const char *fmt, ...)

@@ -23,6 +23,7 @@
 #include "sessiond/backlog.h"
 #include "sessiond/bouncer.h"
 #include "sessiond/governor.h"
+#include "sessiond/health.h"
 
 struct event;
 struct event_base;
@@ -118,6 +119,7 @@ struct channel {
 	bool members_untracked;
 	size_t member_bytes;  /* counted against the session's bound */
 	struct session *s;    /* owner (NULL: a channel outside a session) */
+	struct health_channel_count health; /* differential delivery (health.h) */
 	struct pb_unknown unknown;
 };
 
@@ -159,6 +161,9 @@ struct upstream {
 	enum governor_verdict verdict;
 	bool said_why; /* its ERROR/465/463 text was logged (once per connection) */
 	bool warned_nick; /* an invalid nick from the server was logged (once) */
+	/* What its writes are checked as, its PINGs to answer, the adoption
+	 * PING (health.h); the conn points here (conn_set_health()). */
+	struct health_link hl;
 	struct pb_unknown unknown;
 };
 
@@ -306,6 +311,10 @@ struct session {
 	char *source_addr;
 	char *server_name, *welcome, *myinfo;
 	struct event *reconnect_timer;
+	/* health.h: the interval since which a client is attached without a
+	 * gap (or the session armed); its channels' deliveries count from the
+	 * interval after. */
+	uint32_t health_gen;
 	struct bouncer_item item;
 	struct pb_unknown unknown;
 };
@@ -375,6 +384,9 @@ bool bouncer_has_peer(const struct bouncer *b);
  * serialized with its identity, sent with its socket, freed here. If it
  * cannot be sent, cl is told the session is not available and closed. */
 void bouncer_forward_client(struct bouncer *b, struct client *cl);
+/* Every session held (any item state), by index (health.c). */
+size_t bouncer_nsessions(const struct bouncer *b);
+struct session *bouncer_session_at(struct bouncer *b, size_t i);
 /* The closing list (CLIENT_CLOSING clients, owned by the bouncer while
  * listed). add: 0 or -ENOMEM; forget: drops it from the list (does not
  * free). */
@@ -498,6 +510,13 @@ void session_broadcast(struct session *s, const char *line, int64_t time_ms,
 void session_store_and_relay(struct session *s, const char *buffer,
 			     const char *line, int64_t time_ms,
 			     struct client *except);
+/* The same, queued `copies` times to each client (1; 0 or 2 only in fault
+ * builds: sessiond/fault.h). Returns how many times the line was queued to
+ * the best-served client (0: no client took it live, e.g. none attached
+ * or all replaying): what health_channel_lines() counts. */
+unsigned session_store_and_relay_n(struct session *s, const char *buffer,
+				   const char *line, int64_t time_ms,
+				   struct client *except, unsigned copies);
 /* NOTICE from the bouncer to every attached client. */
 void session_notice_all(struct session *s, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
@@ -538,6 +557,9 @@ struct upstream *upstream_new(struct session *s, struct conn *c);
 void upstream_free(struct upstream *u); /* closes the conn, sends nothing */
 void upstream_arm(struct upstream *u);
 void upstream_freeze(struct upstream *u, bool flush);
+/* A migrated session was armed here: PING :baton-adopt-<n> on a
+ * registered upstream (health.h: adopt_pings_sent / _late). */
+void upstream_adopt_ping(struct upstream *u);
 /* Send a raw line upstream (ignored when not connected). */
 void upstream_send(struct session *s, const char *line);
 extern const struct conn_ops upstream_conn_ops;
@@ -564,10 +586,11 @@ void client_resume(struct client *cl);
 /* Send a line to one client, adding @time if it enabled server-time. */
 void client_send_tagged(struct client *cl, const char *line, int64_t time_ms);
 /* Queue one backlog line to an attached client (advances delivered_seq and
- * records a delivery mark). Ignored while the client replays: the replay
- * pump takes the line from the backlog in seq order. */
-void client_deliver(struct client *cl, uint64_t seq, const char *line,
-		    int64_t time_ms);
+ * records a delivery mark), `copies` times (1; 2 only in the dup fault
+ * build). Ignored while the client replays: the replay pump takes the line
+ * from the backlog in seq order. Returns the copies queued (0: none). */
+unsigned client_deliver(struct client *cl, uint64_t seq, const char *line,
+			int64_t time_ms, unsigned copies);
 /* The client has backlog line seq without it being sent (it wrote it):
  * delivered now, acknowledged once everything queued before it is (while
  * it replays: once the pump reaches seq). */

@@ -901,6 +901,8 @@ static struct client *adopt_client(struct adopt *ad, struct session *s,
 		}
 	}
 	cl->conn = adopt_conn(ad, pc, false, &client_conn_ops, cl);
+	if (cl->conn)
+		conn_set_health(cl->conn, &bouncer_health(ad->b)->client_link);
 	if (!cl->conn || pb_unknown_copy(&cl->unknown, &pc->base) < 0 ||
 	    (s && pc->delivery && adopt_delivery(cl, pc) < 0) ||
 	    (s && !cl->client_id && !(cl->client_id = strdup("default")))) {

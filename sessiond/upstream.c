@@ -20,6 +20,8 @@
 #include "common/log.h"
 #include "common/names.h"
 #include "sessiond/conn.h"
+#include "sessiond/fault.h"
+#include "sessiond/health.h"
 #include "sessiond/irc.h"
 #include "sessiond/tls_contexts.h"
 
@@ -56,13 +58,17 @@ struct upstream *upstream_new(struct session *s, struct conn *c)
 	u->s = s;
 	u->conn = c;
 	u->gov_slot = -1;
+	u->hl.h = bouncer_health(s->b);
+	u->hl.peer = HEALTH_PEER_NETWORK;
 	u->timer = evtimer_new(bouncer_base(s->b), upstream_timer_cb, u);
 	if (!u->timer) {
 		free(u);
 		return NULL;
 	}
-	if (c)
+	if (c) {
 		conn_set_arg(c, u);
+		conn_set_health(c, &u->hl);
+	}
 	return u;
 }
 
@@ -148,6 +154,14 @@ static void upstream_timer_cb(evutil_socket_t fd, short what, void *arg)
 		u->next_ping_ms = now + cfg_ping_interval_ms(u->s);
 	}
 	upstream_schedule_timer(u);
+}
+
+void upstream_adopt_ping(struct upstream *u)
+{
+	if (conn_is_dead(u->conn) || u->phase < UP_WELCOMED)
+		return;
+	conn_sendf(u->conn, "PING :baton-adopt-%u",
+		   health_adopt_ping(&u->hl, bouncer_mono_ms()));
 }
 
 void upstream_send(struct session *s, const char *line)
@@ -517,6 +531,7 @@ struct up_ctx {
 	struct irc_msg *msg;
 	const char *raw;   /* the line without tags */
 	int64_t time_ms;   /* server-time or receive time */
+	bool relayed;      /* a handler queued it to >= 1 client itself */
 	char nick[NAMES_MAX_LEN + 1]; /* nick of the prefix; "" when none or not a valid nick */
 };
 
@@ -524,6 +539,8 @@ typedef bool (*up_handler)(struct up_ctx *x); /* returns true: relay */
 
 static bool h_ping(struct up_ctx *x)
 {
+	if (FAULT_NOPING())
+		return false;
 	if (x->msg->nparams > 0)
 		conn_sendf(x->u->conn, "PONG :%s", x->msg->params[x->msg->nparams - 1]);
 	else
@@ -534,6 +551,10 @@ static bool h_ping(struct up_ctx *x)
 static bool h_pong(struct up_ctx *x)
 {
 	const char *tok = x->msg->nparams ? x->msg->params[x->msg->nparams - 1] : "";
+	if (strncmp(tok, "baton-adopt-", 12) == 0) {
+		health_adopt_pong(&x->u->hl, tok + 12); /* never relayed */
+		return false;
+	}
 	if (strncmp(tok, "baton-", 6) == 0 && x->u->ping_sent_ms) {
 		x->u->lag_ms = now_ms() - x->u->ping_sent_ms;
 		x->u->ping_sent_ms = 0;
@@ -828,6 +849,7 @@ static void relay_names(struct up_ctx *x, const char *psyms)
 		word_start = *p == ' ';
 	}
 	single[n] = '\0';
+	x->relayed = x->s->nclients > 0;
 	for (size_t i = 0; i < x->s->nclients; i++) {
 		struct client *cl = x->s->clients[i];
 		client_send_tagged(cl, (cl->caps & CLIENT_CAP_MULTI_PREFIX) ? x->raw : single,
@@ -888,6 +910,7 @@ static bool h_join(struct up_ctx *x)
 			set_str(&ch->name, name);
 		channel_clear_members(ch);
 		ch->joined = true;
+		health_channel_joined(bouncer_health(s->b), ch);
 	} else {
 		ch = session_find_channel(s, name);
 		if (!ch)
@@ -1008,7 +1031,14 @@ static bool h_message(struct up_ctx *x)
 		buffer = x->nick[0] ? x->nick : (s->server_name ? s->server_name : "*");
 	if (!buffer || !names_buffer_ok(buffer))
 		return true; /* e.g. "$*" broadcasts: relayed, not stored */
-	session_store_and_relay(s, buffer, x->raw, x->time_ms, NULL);
+	bool chan = buffer == target;
+	/* fault builds only (fault.h): dropped, doubled or delayed */
+	unsigned copies = chan && s->nclients ? FAULT_RELAY_COPIES() : 1;
+	unsigned n = session_store_and_relay_n(s, buffer, x->raw, x->time_ms,
+					       NULL, copies);
+	if (chan) /* what the differential delivery compares (health.h) */
+		health_channel_lines(session_find_channel(s, target), n);
+	x->relayed = n > 0;
 	return false;
 }
 
@@ -1105,6 +1135,8 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 		if (!names_nick_ok(x.nick) || strcspn(msg.prefix, "!@") > NAMES_MAX_LEN)
 			x.nick[0] = '\0';
 	}
+	health_upstream_line(&u->hl, &msg, s->nick, x.nick);
+	FAULT_UPSTREAM_LINE(); /* fault builds only (fault.h) */
 
 	bool relay = u->phase >= UP_READY;
 	for (size_t i = 0; i < sizeof(up_handlers) / sizeof(up_handlers[0]); i++) {
@@ -1113,8 +1145,12 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 			break;
 		}
 	}
-	if (relay)
+	if (relay) {
 		session_broadcast(s, raw, x.time_ms, NULL);
+		x.relayed = s->nclients > 0;
+	}
+	if (x.relayed)
+		health_relayed(bouncer_health(s->b));
 }
 
 static void upstream_connected(struct conn *c, void *arg)

@@ -19,10 +19,14 @@
 #include "control.pb-c.h"
 #include "handoff/frame.h"
 #include "sessiond/bouncer.h"
+#include "sessiond/fault.h"
+#include "sessiond/health.h"
 #include "sessiond/migrate.h"
 
 #define WORKER_SEND_TIMEOUT_MS 2000
-#define WORKER_LAG_INTERVAL_MS 500
+/* Event-loop lag: how late a 100 ms tick runs (its worst since the last
+ * health sample is the gates' loop_lag_max_s). */
+#define WORKER_LAG_INTERVAL_MS 100
 
 struct worker {
 	struct event_base *base;
@@ -40,7 +44,7 @@ int worker_send_ready(int fd, char **problems, size_t nproblems)
 {
 	Baton__Control__Ready ready = BATON__CONTROL__READY__INIT;
 
-	ready.version = (char *)BATON_VERSION;
+	ready.version = (char *)SESSIOND_VERSION;
 	ready.schema_min = BATON_SCHEMA_MIN;
 	ready.schema_max = BATON_SCHEMA_MAX;
 	ready.preflight_ok = nproblems == 0;
@@ -143,8 +147,27 @@ static void worker_send_status(struct worker *w)
 	st.upstreams_waiting = s.waiting;
 	st.tls_handshakes = s.tls_handshakes;
 	st.loop_lag_ms = w->lag_ms;
+	st.has_pid = 1;
+	st.pid = (uint32_t)getpid();
+	st.version = (char *)SESSIOND_VERSION;
 	control_send(w->fd, CONTROL_STATUS, &st.base, NULL, 0,
 		     WORKER_SEND_TIMEOUT_MS);
+}
+
+/* The health gates' sample (health.h): counters, and the differential
+ * delivery of the interval that ends now. */
+static void worker_send_health(struct worker *w)
+{
+	Baton__Control__Health h = BATON__CONTROL__HEALTH__INIT;
+	int rc;
+
+	if (health_fill(bouncer_health(w->b), w->b, &h) < 0)
+		log_warn("worker", "health sample incomplete: out of memory");
+	rc = control_send(w->fd, CONTROL_HEALTH, &h.base, NULL, 0,
+			  WORKER_SEND_TIMEOUT_MS);
+	if (rc < 0)
+		log_warn("worker", "cannot send the health sample: %s", strerror(-rc));
+	health_fill_free(&h);
 }
 
 static void worker_migrate(struct worker *w, struct handoff_msg *msg)
@@ -261,6 +284,9 @@ static void worker_dispatch(struct worker *w, struct handoff_msg *msg)
 		bouncer_set_peer(w->b, fd); /* fd transferred */
 		break;
 	}
+	case CONTROL_HEALTH_REQUEST:
+		worker_send_health(w);
+		break;
 	case CONTROL_EXIT:
 		log_info("worker", "exit requested by the supervisor");
 		/* Clients the peer forwarded to us while we were leaving go
@@ -311,6 +337,7 @@ static void worker_lag_tick(evutil_socket_t fd, short what, void *arg)
 			    (double)(now.tv_nsec - w->lag_expected.tv_nsec) / 1e6;
 	if (w->lag_ms < 0)
 		w->lag_ms = 0;
+	health_loop_lag(bouncer_health(w->b), w->lag_ms / 1e3);
 	w->lag_expected = now;
 	w->lag_expected.tv_nsec += WORKER_LAG_INTERVAL_MS * 1000000L;
 	if (w->lag_expected.tv_nsec >= 1000000000L) {

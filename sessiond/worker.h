@@ -1,6 +1,6 @@
 /* sessiond/worker.h: this worker's side of the control channel with the
  * supervisor (common/control.h, proto/control.proto): READY, listeners,
- * accept on/off, migrations, status, exit. */
+ * accept on/off, migrations, status, health samples (health.h), exit. */
 #ifndef BATON_SESSIOND_WORKER_H
 #define BATON_SESSIOND_WORKER_H
 

@@ -53,8 +53,9 @@ static const struct {
 	[G_ERROR_NUMERICS] = { "error_numerics_per_session_hour", GATE_STATISTICAL, "" },
 };
 
-/* The relay latency histogram's bucket count (bounds in sessiond/health.h,
- * +Inf last) and the finite bounds, for p99. */
+/* The relay latency histogram's finite bounds (sessiond/health.h
+ * HEALTH_LATENCY_BOUNDS, the same in the worker's Health answer; the
+ * +Inf bucket follows), for p99. */
 static const double gate_latency_bounds[] = { 0.0005, 0.001, 0.002, 0.005, 0.01,
 					      0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5 };
 #define GATE_LAT_BUCKETS (sizeof(gate_latency_bounds) / sizeof(gate_latency_bounds[0]) + 1)
@@ -164,19 +165,16 @@ static void gates_counts(struct gate_counts *c, const Baton__Control__Health *h,
 
 double gates_p99(const uint64_t *now, const uint64_t *base, size_t n)
 {
-	uint64_t total = 0, seen = 0;
+	/* Prometheus-style: bucket i counts every observation up to bound i,
+	 * the last one (+Inf) all of them. */
+	uint64_t total = now[n - 1] - base[n - 1];
 
-	for (size_t i = 0; i < n; i++)
-		total += now[i] - base[i];
 	if (total == 0)
 		return -1;
-	for (size_t i = 0; i < n; i++) {
-		seen += now[i] - base[i];
-		if ((double)seen >= 0.99 * (double)total)
-			return i + 1 < n ? gate_latency_bounds[i]
-					 : 2 * gate_latency_bounds[n - 2];
-	}
-	return 2 * gate_latency_bounds[n - 2];
+	for (size_t i = 0; i + 1 < n; i++)
+		if ((double)(now[i] - base[i]) >= 0.99 * (double)total)
+			return gate_latency_bounds[i];
+	return 2 * gate_latency_bounds[n - 2]; /* beyond the last bound */
 }
 
 static void gates_set(struct gates *g, int id, double cohort, double control,

@@ -93,10 +93,10 @@ void gates_metrics(const struct gates *g, struct evbuffer *out);
 /* Samples taken, and of them with both workers answering. */
 unsigned gates_samples(const struct gates *g);
 
-/* p99 (seconds) of a cumulative latency histogram difference (counts per
- * HEALTH_LATENCY_BOUNDS bucket, +Inf last): the upper bound of the bucket
- * where 99 % is reached (the last finite bound doubled for +Inf). -1 when
- * empty. Exposed for tests. */
+/* p99 (seconds) between two readings of a latency histogram (Prometheus
+ * style: bucket i counts what is at or below HEALTH_LATENCY_BOUNDS[i], the
+ * last one, +Inf, everything): the bound where 99 % is reached (the last
+ * finite bound doubled beyond it). -1 when empty. Exposed for tests. */
 double gates_p99(const uint64_t *now, const uint64_t *base, size_t n);
 
 #endif

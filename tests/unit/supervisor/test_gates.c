@@ -40,7 +40,8 @@ static void fake_init(struct fake *f, unsigned sessions)
 	f->h.n_channels = 1;
 }
 
-/* One interval: lines relayed (all in the bucket `bucket`), the channel
+/* One interval: lines relayed (all at the bound `bucket`: cumulative, so
+ * in every bucket from there on), the channel
  * delivery of `sessions` stable sessions getting `per_session` lines each,
  * CPU, RSS growth. */
 static void fake_step(struct fake *f, unsigned lines, int bucket,
@@ -49,7 +50,8 @@ static void fake_step(struct fake *f, unsigned lines, int bucket,
 {
 	f->h.upstream_lines += lines;
 	f->h.lines_relayed += lines;
-	f->buckets[bucket] += lines;
+	for (int i = bucket; i < NB; i++)
+		f->buckets[i] += lines;
 	f->ch.sessions = sessions;
 	f->ch.lines = (uint64_t)(per_session * sessions + 0.5);
 	f->h.cpu_s += cpu;
@@ -154,9 +156,9 @@ static void test_delivery_tolerates_edges(void **state)
 
 static void slow(struct fake *t, int i)
 {
-	/* every line in the 100-200 ms bucket instead of 1-2 ms */
-	t->buckets[2] -= 100;
-	t->buckets[7] += 100;
+	/* every line at 100 ms instead of 2 ms */
+	for (int k = 2; k < 7; k++)
+		t->buckets[k] -= 100;
 }
 
 static void test_latency_trips_after_samples(void **state)
@@ -227,12 +229,15 @@ static void test_p99(void **state)
 	uint64_t base[NB] = { 0 }, now[NB] = { 0 };
 
 	assert_true(gates_p99(now, base, NB) < 0);
-	now[0] = 990;
-	now[9] = 10;
+	/* 990 at 0.5 ms, 10 at 0.5 s (cumulative counts) */
+	for (int i = 0; i < NB; i++)
+		now[i] = i < 9 ? 990 : 1000;
 	assert_true(gates_p99(now, base, NB) == 0.0005);
-	now[9] = 11;
+	for (int i = 0; i < NB; i++)
+		now[i] = i < 9 ? 989 : 1000;
 	assert_true(gates_p99(now, base, NB) == 0.5);
-	now[NB - 1] = 1000; /* +Inf dominates */
+	for (int i = 0; i < NB; i++)
+		now[i] = i < NB - 1 ? 0 : 1000; /* all beyond 5 s */
 	assert_true(gates_p99(now, base, NB) == 10.0);
 }
 
