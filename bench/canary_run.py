@@ -28,6 +28,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -71,7 +72,9 @@ def fault_binary(ctx, A, kind):
     os.makedirs(d, exist_ok=True)
     dst = os.path.join(d, "baton-sessiond-fault-%s" % kind)
     if not os.path.exists(dst):
-        os.symlink(src, dst)
+        # a copy, not a symlink: batonctl passes the real path on, and the
+        # program's name is what selects the fault
+        shutil.copy2(src, dst)
     return dst
 
 

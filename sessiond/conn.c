@@ -720,8 +720,8 @@ static void conn_queue(struct conn *c, const char *line)
 	if (c->dead || c->output_ended)
 		return;
 	size_t n = strlen(line);
-	if (c->hl)
-		health_line_out(c->hl, line, n);
+	if (c->hl && !health_line_out(c->hl, line, n))
+		return; /* malformed, to a network: never sent (health.h) */
 	if (n > CONN_MAX_LINE)
 		n = CONN_MAX_LINE;
 	if (unwritten(c) + n + 2 > (c->max_output ? c->max_output : CONN_MAX_OUTPUT)) {

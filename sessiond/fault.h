@@ -9,12 +9,13 @@
  *   drop       drops 1 in 50 channel lines relayed to clients (before they
  *              are queued or counted)
  *   dup        queues 1 in 50 relayed channel lines twice
- *   latency    sleeps 25 ms before relaying every 5th relayed channel line
- *              (blocks the loop: relay latency and loop lag rise)
+ *   latency    sleeps 30 ms before relaying every 10th relayed channel line
+ *              (blocks the loop: relay latency rises; lines arrive late,
+ *              none is lost)
  *   leak       leaks 4 KiB (written, so resident) per line read from a network
  *   crash      abort() 3 s after the first session was adopted by a
  *              migration, or 3 s after READY if none was adopted by then
- *   malformed  every 100th line written to a network is preceded by
+ *   malformed  every 10th line written to a network is preceded by
  *              ":baton" (a prefix without a command), through the normal
  *              write path (the validator of health.h sees it)
  *   noping     never answers the networks' PINGs
@@ -54,11 +55,11 @@ enum fault_kind {
 
 #define FAULT_DROP_EVERY 50
 #define FAULT_DUP_EVERY 50
-#define FAULT_LATENCY_EVERY 5
-#define FAULT_LATENCY_MS 25
+#define FAULT_LATENCY_EVERY 10
+#define FAULT_LATENCY_MS 30
 #define FAULT_LEAK_BYTES 4096
 #define FAULT_CRASH_AFTER_MS 3000
-#define FAULT_MALFORMED_EVERY 100
+#define FAULT_MALFORMED_EVERY 10
 #define FAULT_MALFORMED_LINE ":baton"
 
 /* The kind named by argv0's basename ("baton-sessiond-fault-<kind>"):

@@ -203,7 +203,7 @@ const char *health_line_check(const char *line, size_t len, enum health_peer pee
 	return letters || digits ? NULL : "bad command";
 }
 
-void health_line_out(struct health_link *l, const char *line, size_t len)
+bool health_line_out(struct health_link *l, const char *line, size_t len)
 {
 	struct health *h = l->h;
 	const char *why = health_line_check(line, len, l->peer);
@@ -217,18 +217,20 @@ void health_line_out(struct health_link *l, const char *line, size_t len)
 			l->ping_rx_ms = health_mono_ns() / 1000000;
 	}
 	if (!why)
-		return;
+		return true;
 	h->protocol_errors++;
 	int64_t now = health_mono_ns() / 1000000;
 	if (h->protoerr_logged_ms && now - h->protoerr_logged_ms < HEALTH_LOG_INTERVAL_MS) {
 		h->protoerr_unlogged++;
-		return;
+		return l->peer != HEALTH_PEER_NETWORK;
 	}
-	log_error("health", "protocol error in our output to a %s (%s, %zu bytes): %.80s%s (%llu more since the last such log line)",
+	log_error("health", "protocol error in our output to a %s (%s, %zu bytes%s): %.80s%s (%llu more since the last such log line)",
 		  l->peer == HEALTH_PEER_NETWORK ? "network" : "client", why, len,
+		  l->peer == HEALTH_PEER_NETWORK ? ", not sent" : "",
 		  line, len > 80 ? "..." : "", (unsigned long long)h->protoerr_unlogged);
 	h->protoerr_unlogged = 0;
 	h->protoerr_logged_ms = now;
+	return l->peer != HEALTH_PEER_NETWORK;
 }
 
 /* ---- clients ---- */

@@ -25,9 +25,13 @@
  *                            (sendq exceeded, shrink, out of memory, a TLS
  *                            error of ours...): not a QUIT, EOF or reset
  *   protocol_errors          lines the worker queued to a network or a
- *                            client that health_line_check() refuses
- *                            (still sent: we only judge); logged at most
- *                            once a minute
+ *                            client that health_line_check() refuses;
+ *                            one to a network is not sent (the network
+ *                            would refuse it or close the session: a
+ *                            build that writes one is caught by the gate
+ *                            without costing the user its connection),
+ *                            one to a client is; logged at most once a
+ *                            minute
  *   adopt_pings_sent/_late   PING :baton-adopt-<n> sent upstream when a
  *                            migrated session with a registered upstream is
  *                            armed; late: no PONG within adopt_ping_timeout
@@ -174,8 +178,9 @@ void health_client_closed(struct health *h, const char *reason, bool peer_eof);
 bool health_closed_by_worker(const char *reason, bool peer_eof);
 /* conn.c: a line (len bytes, no CRLF) is being queued on a connection
  * whose writes are checked. Validates; a network line starting with
- * "PONG" answers the PINGs pending on l. */
-void health_line_out(struct health_link *l, const char *line, size_t len);
+ * "PONG" answers the PINGs pending on l. Returns false when the line must
+ * not be sent (malformed, to a network). */
+bool health_line_out(struct health_link *l, const char *line, size_t len);
 /* Adoption PING: the token of a new one, counted as sent at now_ms. */
 uint32_t health_adopt_ping(struct health_link *l, int64_t now_ms);
 /* A PONG with token text `tok` (after "baton-adopt-") was read on l. */

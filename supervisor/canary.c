@@ -79,6 +79,7 @@ struct canary {
 
 	/* sampling */
 	bool asked[2], answered[2];    /* [0] T (cohort), [1] S (control) */
+	double answered_at[2];         /* monotonic seconds */
 	Baton__Control__Health *health[2];
 	struct timespec asked_at;
 	uint64_t closed_first[2], closed_last[2];
@@ -358,6 +359,7 @@ static void canary_start_partial(struct canary *c)
 	int r;
 
 	c->phase = C_MOVE;
+	gates_rebase(c->gates);
 	log_info("canary", "moving the cohort (%s%.2f %%%s%s) pid %d -> pid %d",
 		 c->plan.nusers ? "listed users, " : "", c->percent_x100 / 100.0,
 		 c->plan.network[0] ? ", network " : "", c->plan.network,
@@ -598,7 +600,8 @@ static void canary_sample_done(struct canary *c)
 		c->closed_last[k] = closed;
 	}
 	canary_count_sessions(c);
-	gates_observe(c->gates, c->health[0], c->health[1], canary_now_s());
+	gates_observe(c->gates, c->health[0], c->answered_at[0], c->health[1],
+		      c->answered_at[1]);
 	c->asked[0] = c->asked[1] = false;
 	canary_trip_check(c);
 }
@@ -658,6 +661,7 @@ static void canary_keep_health(struct canary *c, int k,
 	c->health[k] = baton__control__health__unpack(NULL, len, buf);
 	free(buf);
 	c->answered[k] = c->health[k] != NULL;
+	c->answered_at[k] = canary_now_s();
 	if (c->answered[0] && c->answered[1])
 		canary_sample_done(c);
 }

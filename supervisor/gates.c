@@ -251,14 +251,16 @@ static void gates_hard(struct gates *g)
 
 /* Differential delivery. Per interval and (network, channel) shared by
  * both groups: the control's users got s->lines / s->sessions lines each,
- * so the cohort's t->sessions users should have got that many each too.
+ * so the cohort's t->sessions users should have got that many each too —
+ * scaled by span, the cohort's interval over the control's (each ends when
+ * its worker answers the sample: a worker slow to answer counted longer).
  * The differences (got - expected, in lines) are summed over channels and
  * samples: a steady loss or duplication grows with the traffic, while the
  * timing at the sample edges (a line counted in one group's interval and
  * the other's next) cancels out. The verdict is on the sum over every
  * channel; the reason names the channel that contributes most. */
 static void gates_delivery(struct gates *g, const Baton__Control__Health *cohort,
-			   const Baton__Control__Health *control)
+			   const Baton__Control__Health *control, double span)
 {
 	struct strmap *ctl = strmap_new();
 	char key[320];
@@ -299,7 +301,7 @@ static void gates_delivery(struct gates *g, const Baton__Control__Health *cohort
 			}
 			g->all[g->nall++] = gc;
 		}
-		expected = (double)s->lines / s->sessions * t->sessions;
+		expected = (double)s->lines / s->sessions * t->sessions * span;
 		gc->diff += (double)t->lines - expected;
 		gc->control += expected;
 		gc->samples++;
@@ -405,16 +407,23 @@ static void gates_statistical(struct gates *g)
 }
 
 void gates_observe(struct gates *g, const Baton__Control__Health *cohort,
-		   const Baton__Control__Health *control, double now_s)
+		   double cohort_at, const Baton__Control__Health *control,
+		   double control_at)
 {
 	struct gate_counts c[2];
+	bool first = !g->last[0].have || g->rebase;
+	double dt[2] = { cohort_at - g->last[0].t, control_at - g->last[1].t };
 
-	gates_counts(&c[0], cohort, now_s);
-	gates_counts(&c[1], control, now_s);
+	gates_counts(&c[0], cohort, cohort_at);
+	gates_counts(&c[1], control, control_at);
 	g->samples++;
+	if (!g->start[0].have) {
+		/* The cohort's worker is new: everything it counted belongs to
+		 * the canary. The control's history before it does not. */
+		g->start[0].have = true;
+		g->start[1] = c[1];
+	}
 	for (int k = 0; k < 2; k++) {
-		if (!g->start[k].have)
-			g->start[k] = c[k];
 		if (!g->base[k].have || g->rebase) {
 			g->base[k] = c[k];
 			g->lag_max[k] = 0;
@@ -423,7 +432,10 @@ void gates_observe(struct gates *g, const Baton__Control__Health *cohort,
 	}
 	g->rebase = false;
 	gates_hard(g);
-	gates_delivery(g, cohort, control);
+	/* The first interval after a move is not comparable (sessions that
+	 * just arrived count from their arrival): it only starts the next. */
+	if (!first && dt[0] > 0 && dt[1] > 0)
+		gates_delivery(g, cohort, control, dt[0] / dt[1]);
 	gates_statistical(g);
 }
 

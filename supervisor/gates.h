@@ -61,10 +61,12 @@ struct gate_view {
 struct gates *gates_new(const struct baton_config *cfg);
 void gates_free(struct gates *g); /* accepts NULL */
 
-/* One simultaneous sample of both workers. cohort_sessions and
- * control_sessions: what each worker holds now. */
+/* One sample of both workers, asked at the same time; *_at: when each
+ * answer arrived (seconds, monotonic): a worker's counts end when it
+ * answers. */
 void gates_observe(struct gates *g, const Baton__Control__Health *cohort,
-		   const Baton__Control__Health *control, double now_s);
+		   double cohort_at, const Baton__Control__Health *control,
+		   double control_at);
 
 /* A move changed the groups: statistical baselines restart from the next
  * sample (differential sums and hard counts go on). */

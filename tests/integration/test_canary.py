@@ -19,7 +19,7 @@ CHANNELS = ["#chat", "#ops"]
 def setup(ctx, nsessions=20, canary_opts=None, **kw):
     ng = ctx.ngircd()
     b = bl.Baton(ctx, ng, nsessions=nsessions, channels=CHANNELS, **kw)
-    opts = {"sample_ms": 200, "min_lines": 50, "watchdog_ms": 600000}
+    opts = {"sample_ms": 200, "min_lines": 50}
     opts.update(canary_opts or {})
     b.write_config(b.config_text() + "[canary]\n" +
                    "".join("%s = %s\n" % kv for kv in opts.items()))

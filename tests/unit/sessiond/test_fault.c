@@ -98,13 +98,13 @@ static void test_malformed(void **state)
 		assert_null(FAULT_NETWORK_WRITE(NULL));
 		const char *l = FAULT_NETWORK_WRITE(&net);
 		if (l) {
-			assert_int_equal(i % 100, 0);
+			assert_int_equal(i % FAULT_MALFORMED_EVERY, 0);
 			/* what the validator must catch */
 			assert_non_null(health_line_check(l, strlen(l), HEALTH_PEER_NETWORK));
 			bad++;
 		}
 	}
-	assert_int_equal(bad, 3);
+	assert_int_equal(bad, 300 / FAULT_MALFORMED_EVERY);
 	assert_int_equal(fault_select("baton-sessiond-fault-drop"), 0);
 	for (int i = 0; i < 300; i++)
 		assert_null(FAULT_NETWORK_WRITE(&net));

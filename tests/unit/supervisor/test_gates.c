@@ -82,7 +82,7 @@ static struct gates *run(int n, void (*tweak)(struct fake *t, int i))
 		fake_step(&s, 900, 2, 40, 10, 0.09, 9000);
 		if (tweak)
 			tweak(&t, i);
-		gates_observe(g, &t.h, &s.h, 100.0 + i);
+		gates_observe(g, &t.h, 100.0 + i, &s.h, 100.0 + i);
 	}
 	return g;
 }
@@ -154,6 +154,31 @@ static void test_delivery_tolerates_edges(void **state)
 	gates_free(g);
 }
 
+/* The cohort's worker answers each sample later than the control's (a
+ * busy loop): its intervals are longer, its counts larger, nothing lost. */
+static void test_delivery_scales_by_answer_time(void **state)
+{
+	struct gates *g = gates_new(cfg());
+	struct fake t, s;
+	double at = 100;
+
+	fake_init(&t, 20);
+	fake_init(&s, 180);
+	for (int i = 0; i < 40; i++) {
+		/* alternately 0 and 80 ms late: intervals 1.08 s and 0.92 s */
+		double late = i % 2 ? 0.08 : 0;
+
+		fake_step(&t, 100, 2, 5, 10 * (1 + (i % 2 ? 0.08 : -0.08)), 0.01, 0);
+		fake_step(&s, 900, 2, 40, 10, 0.09, 0);
+		if (i == 0)
+			fake_step(&t, 0, 2, 5, 10, 0, 0);
+		gates_observe(g, &t.h, at + late, &s.h, at);
+		at += 1;
+	}
+	assert_null(gates_tripped(g));
+	gates_free(g);
+}
+
 static void slow(struct fake *t, int i)
 {
 	/* every line at 100 ms instead of 2 ms */
@@ -171,8 +196,8 @@ static void test_latency_trips_after_samples(void **state)
 	/* below min_lines: waiting, never tripping */
 	fake_step(&t, 10, 7, 5, 10, 0, 0);
 	fake_step(&s, 10, 2, 40, 10, 0, 0);
-	gates_observe(g, &t.h, &s.h, 1);
-	gates_observe(g, &t.h, &s.h, 2);
+	gates_observe(g, &t.h, 1, &s.h, 1);
+	gates_observe(g, &t.h, 2, &s.h, 2);
 	assert_int_equal(verdict(g, "relay_latency_p99"), GATE_WAITING);
 	gates_free(g);
 
@@ -248,6 +273,7 @@ int main(void)
 		cmocka_unit_test(test_delivery_catches_loss),
 		cmocka_unit_test(test_delivery_catches_duplicates),
 		cmocka_unit_test(test_delivery_tolerates_edges),
+		cmocka_unit_test(test_delivery_scales_by_answer_time),
 		cmocka_unit_test(test_latency_trips_after_samples),
 		cmocka_unit_test(test_rss_growth),
 		cmocka_unit_test(test_hard_gate_trips_at_once),
