@@ -9,7 +9,7 @@
  *   drop       drops 1 in 50 channel lines relayed to clients (before they
  *              are queued or counted)
  *   dup        queues 1 in 50 relayed channel lines twice
- *   latency    sleeps 30 ms before relaying every 10th relayed channel line
+ *   latency    sleeps 25 ms before relaying every 20th relayed channel line
  *              (blocks the loop: relay latency rises; lines arrive late,
  *              none is lost)
  *   leak       leaks 4 KiB (written, so resident) per line read from a network
@@ -55,8 +55,8 @@ enum fault_kind {
 
 #define FAULT_DROP_EVERY 50
 #define FAULT_DUP_EVERY 50
-#define FAULT_LATENCY_EVERY 10
-#define FAULT_LATENCY_MS 30
+#define FAULT_LATENCY_EVERY 20
+#define FAULT_LATENCY_MS 25
 #define FAULT_LEAK_BYTES 4096
 #define FAULT_CRASH_AFTER_MS 3000
 #define FAULT_MALFORMED_EVERY 10

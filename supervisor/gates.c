@@ -91,6 +91,7 @@ struct gates {
 	double worst_diff, worst_control;
 	/* differential delivery over every shared channel (lines) */
 	double delivery_diff, delivery_expected;
+	double delivery_t0, delivery_span; /* seconds compared so far */
 	double values[G_COUNT][3];   /* cohort, control, threshold */
 	enum gate_verdict verdict[G_COUNT];
 	unsigned failing[G_COUNT];
@@ -318,8 +319,14 @@ static void gates_delivery(struct gates *g, const Baton__Control__Health *cohort
 	strmap_free(ctl);
 	if (!any)
 		return; /* nothing shared in this interval: the verdict stands */
+	/* Lines the cohort's worker holds because it is slow are late, not
+	 * lost: as many as arrive within twice its relay latency p99 are
+	 * tolerated (the latency gate judges slowness). */
+	double p99 = g->values[G_LATENCY_P99][0] > 0 ? g->values[G_LATENCY_P99][0] : 0;
+	double rate = g->delivery_span > 0 ? g->delivery_expected / g->delivery_span : 0;
 	double tol = g->cfg->canary_delivery_lines +
-		     g->cfg->canary_delivery_permille * g->delivery_expected / 1000.0;
+		     g->cfg->canary_delivery_permille * g->delivery_expected / 1000.0 +
+		     2 * p99 * rate;
 	gates_set(g, G_DELIVERY, g->delivery_expected + g->delivery_diff,
 		  g->delivery_expected, tol);
 	if (g->verdict[G_DELIVERY] == GATE_TRIPPED)
@@ -432,11 +439,15 @@ void gates_observe(struct gates *g, const Baton__Control__Health *cohort,
 	}
 	g->rebase = false;
 	gates_hard(g);
+	gates_statistical(g);
 	/* The first interval after a move is not comparable (sessions that
 	 * just arrived count from their arrival): it only starts the next. */
-	if (!first && dt[0] > 0 && dt[1] > 0)
+	if (!first && dt[0] > 0 && dt[1] > 0) {
+		if (g->delivery_span == 0)
+			g->delivery_t0 = control_at - dt[1];
+		g->delivery_span = control_at - g->delivery_t0;
 		gates_delivery(g, cohort, control, dt[0] / dt[1]);
-	gates_statistical(g);
+	}
 }
 
 void gates_rebase(struct gates *g)
