@@ -112,6 +112,16 @@ static void control_client_error(struct control_client *c, const char *fmt, ...)
 	json_object_put(o);
 }
 
+/* "force": true (upgrade, rollback); anything else is false. */
+static bool control_request_force(struct json_object *req)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(req, "force", &v) &&
+	       json_object_is_type(v, json_type_boolean) &&
+	       json_object_get_boolean(v);
+}
+
 static void control_client_request(struct control_client *c, const char *line)
 {
 	struct json_object *req = json_tokener_parse(line), *v;
@@ -133,12 +143,16 @@ static void control_client_request(struct control_client *c, const char *line)
 			control_client_error(c, "upgrade needs \"binary\": an absolute path");
 			goto out;
 		}
-		supervisor_upgrade(c->cs->sup, json_object_get_string(v),
-				   control_client_reply_cb, c);
+		supervisor_upgrade_force(c->cs->sup, json_object_get_string(v),
+					 control_request_force(req),
+					 control_client_reply_cb, c);
 	} else if (strcmp(cmd, "rollback") == 0) {
-		supervisor_upgrade(c->cs->sup, NULL, control_client_reply_cb, c);
+		supervisor_upgrade_force(c->cs->sup, NULL, control_request_force(req),
+					 control_client_reply_cb, c);
+	} else if (strcmp(cmd, "releases") == 0) {
+		supervisor_releases(c->cs->sup, control_client_reply_cb, c);
 	} else {
-		control_client_error(c, "unknown command '%s' (known: status, upgrade, rollback)",
+		control_client_error(c, "unknown command '%s' (known: status, upgrade, rollback, releases)",
 				     cmd);
 	}
 out:
