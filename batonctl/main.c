@@ -1,7 +1,8 @@
 /* batonctl/main.c: the operator's and CI's command line for a running
  * baton-supervisor (its control socket, supervisor/control_server.h).
  *
- *   batonctl -c FILE [--json] [--timeout S] status | upgrade PATH | rollback
+ *   batonctl -c FILE [--json] [--timeout S] status | upgrade PATH [--force] |
+ *            rollback [--force] | releases
  *   batonctl -c FILE canary start PATH (--percent P | --users U1,U2 | --network NAME) [--bake S]
  *   batonctl -c FILE canary grow --percent P | status | promote | abort
  *   batonctl -c FILE upgrade PATH --canary P --bake S [--steps P1,P2,...]
@@ -67,8 +68,9 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: batonctl -c FILE [--json] [--timeout S] status\n"
-		"       batonctl -c FILE [--json] [--timeout S] upgrade PATH\n"
-		"       batonctl -c FILE [--json] [--timeout S] rollback\n"
+		"       batonctl -c FILE [--json] [--timeout S] upgrade PATH [--force]\n"
+		"       batonctl -c FILE [--json] [--timeout S] rollback [--force]\n"
+		"       batonctl -c FILE [--json] [--timeout S] releases\n"
 		"       batonctl -c FILE [--json] canary start PATH (--percent P | --users U1,U2 | --network NAME) [--bake S]\n"
 		"       batonctl -c FILE [--json] canary grow --percent P\n"
 		"       batonctl -c FILE [--json] canary status | promote | abort\n"
@@ -80,6 +82,10 @@ static void usage(FILE *f)
 		"      --timeout S     give up (exit 2) without a result after S seconds\n"
 		"                      (default %.0f for upgrade and rollback, %.0f for\n"
 		"                      status); an upgrade still running continues\n"
+		"      --force         upgrade: deploy a release marked bad, or replace an\n"
+		"                      installed version built from another binary;\n"
+		"                      rollback: go to the most recent release even when\n"
+		"                      none is good\n"
 		"      --version       print the version\n"
 		"\n"
 		"      --percent P     canary cohort: P %% of the users (a stable hash of\n"
@@ -370,6 +376,16 @@ static void print_status(struct json_object *st)
 		       jstr(crash, "status", "?"), when);
 	}
 	printf("\nprevious binary: %s\n", jstr(st, "previous_binary", "none"));
+	if (json_object_object_get_ex(st, "release", NULL))
+		printf("release: %s (rollback goes to %s)\n", jstr(st, "release", "unknown"),
+		       jstr(st, "rollback_target", "none"));
+	if (jint(st, "auto_rollbacks") > 0) {
+		struct json_object *ar = jobj(st, "last_auto_rollback");
+
+		printf("automatic rollbacks: %lld (last: %s -> %s: %s)\n",
+		       (long long)jint(st, "auto_rollbacks"), jstr(ar, "from", "?"),
+		       jstr(ar, "to", "?"), jstr(ar, "reason", "?"));
+	}
 	if (mig)
 		printf("last migration: %s %s%s%s\n", jstr(mig, "kind", "upgrade"),
 		       jstr(mig, "result", "?"),
@@ -436,6 +452,10 @@ static int print_migration(const char *cmd, struct json_object *r)
 		       (long long)jint(r, "sessions"), (long long)jint(r, "connections"),
 		       (long long)jint(r, "fds"), (long long)jint(r, "chunks"),
 		       jdbl(r, "freeze_ms"), jdbl(r, "total_ms"));
+		if (jstr(r, "release_from", NULL) && jstr(r, "release_to", NULL) &&
+		    strcmp(jstr(r, "release_from", ""), jstr(r, "release_to", "")) != 0)
+			printf("  release %s -> %s\n", jstr(r, "release_from", ""),
+			       jstr(r, "release_to", ""));
 		if (jstr(r, "reason", "")[0])
 			printf("  note: %s\n", jstr(r, "reason", ""));
 		if (jint(jobj(r, "shrunk"), "sessions") > 0) {
@@ -576,6 +596,51 @@ static int print_canary(struct json_object *r, const char *action)
 	return rc;
 }
 
+static void print_time(const char *label, int64_t t)
+{
+	time_t tt = (time_t)t;
+	char when[64];
+
+	if (t <= 0)
+		return;
+	strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", localtime(&tt));
+	printf(", %s %s", label, when);
+}
+
+/* `releases`: newest first, one paragraph each. */
+static void print_releases(struct json_object *r)
+{
+	struct json_object *list;
+	size_t n = 0;
+
+	if (json_object_object_get_ex(r, "releases", &list) &&
+	    json_object_is_type(list, json_type_array))
+		n = json_object_array_length(list);
+	printf("releases in %s (at most %lld kept on disk); serving %s, rollback goes to %s\n",
+	       jstr(r, "file", "?"), (long long)jint(r, "kept"),
+	       jstr(r, "serving", "none"), jstr(r, "rollback_target", "none"));
+	if (jstr(r, "problem", NULL))
+		printf("problem: %s\n", jstr(r, "problem", ""));
+	if (n == 0)
+		printf("no release recorded yet\n");
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *e = json_object_array_get_idx(list, i);
+
+		printf("%-20s %-9s %s\n", jstr(e, "version", "?"), jstr(e, "state", "?"),
+		       jbool(e, "pruned") ? "(pruned: binary removed)"
+					  : jstr(e, "binary", "?"));
+		printf("    sha256 %.16s...", jstr(e, "sha256", "?"));
+		print_time("installed", jint(e, "installed"));
+		print_time("served", jint(e, "served"));
+		print_time("retired", jint(e, "retired"));
+		printf("\n");
+		if (jstr(e, "source", "")[0])
+			printf("    from %s\n", jstr(e, "source", ""));
+		if (jstr(e, "reason", NULL))
+			printf("    reason: %s\n", jstr(e, "reason", ""));
+	}
+}
+
 static void show_progress(struct json_object *p, bool *shown)
 {
 	char line[128];
@@ -608,6 +673,7 @@ int main(int argc, char **argv)
 		{ "bake", required_argument, NULL, 'B' },
 		{ "canary", required_argument, NULL, 'C' },
 		{ "steps", required_argument, NULL, 'S' },
+		{ "force", no_argument, NULL, 'f' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -618,7 +684,7 @@ int main(int argc, char **argv)
 	const char *config_path = NULL, *socket_path = NULL, *cmd;
 	char *control = NULL, *binary = NULL, *line = NULL, *end;
 	struct ctl_reader rd = { .fd = -1 };
-	bool progress_shown = false, tty = isatty(STDERR_FILENO);
+	bool progress_shown = false, tty = isatty(STDERR_FILENO), force = false;
 	double timeout_s = 0, deadline;
 	int c, r, rc = EXIT_USAGE;
 	const char *reqtext;
@@ -633,6 +699,7 @@ int main(int argc, char **argv)
 		case 'c': config_path = optarg; break;
 		case 's': socket_path = optarg; break;
 		case 'j': json_mode = true; break;
+		case 'f': force = true; break;
 		case 't':
 			errno = 0;
 			timeout_s = strtod(optarg, &end);
@@ -666,8 +733,17 @@ int main(int argc, char **argv)
 	}
 	cmd = argv[optind];
 	req = json_object_new_object();
+	if (force && strcmp(cmd, "upgrade") != 0 && strcmp(cmd, "rollback") != 0 &&
+	    !(strcmp(cmd, "canary") == 0 && optind + 1 < argc &&
+	      strcmp(argv[optind + 1], "start") == 0)) {
+		usage(stderr);
+		rc = fail("--force applies to upgrade, rollback and canary start only");
+		goto out;
+	}
 	if (strcmp(cmd, "status") == 0 && optind + 1 == argc) {
 		json_object_object_add(req, "cmd", json_object_new_string("status"));
+	} else if (strcmp(cmd, "releases") == 0 && optind + 1 == argc) {
+		json_object_object_add(req, "cmd", json_object_new_string("releases"));
 	} else if (strcmp(cmd, "rollback") == 0 && optind + 1 == argc) {
 		json_object_object_add(req, "cmd", json_object_new_string("rollback"));
 	} else if (strcmp(cmd, "upgrade") == 0 && optind + 2 == argc) {
@@ -739,9 +815,11 @@ int main(int argc, char **argv)
 		rc = fail("unknown command or wrong arguments: %s", cmd);
 		goto out;
 	}
+	if (force)
+		json_object_object_add(req, "force", json_object_new_boolean(true));
 	if (timeout_s == 0)
-		timeout_s = strcmp(cmd, "status") == 0 ? TIMEOUT_STATUS_S
-						       : TIMEOUT_MIGRATE_S;
+		timeout_s = strcmp(cmd, "status") == 0 || strcmp(cmd, "releases") == 0
+			? TIMEOUT_STATUS_S : TIMEOUT_MIGRATE_S;
 	if (canary && timeout_s == TIMEOUT_MIGRATE_S) {
 		/* Each step bakes; the default bake is the config's (300 s). */
 		double bake = opt_bake ? strtod(opt_bake, NULL) : 300;
@@ -854,7 +932,7 @@ int main(int argc, char **argv)
 		if (canary)
 			rc = canary_exit(argv[optind + 1], result);
 		else
-			rc = strcmp(cmd, "status") == 0 ||
+			rc = strcmp(cmd, "status") == 0 || strcmp(cmd, "releases") == 0 ||
 				     migration_succeeded(result) ? EXIT_OK : EXIT_REFUSED;
 		goto out;
 	}
@@ -862,6 +940,9 @@ int main(int argc, char **argv)
 		rc = print_canary(result, strcmp(cmd, "canary") == 0 ? argv[optind + 1] : "upgrade");
 	} else if (strcmp(cmd, "status") == 0) {
 		print_status(result);
+		rc = EXIT_OK;
+	} else if (strcmp(cmd, "releases") == 0) {
+		print_releases(result);
 		rc = EXIT_OK;
 	} else {
 		rc = print_migration(cmd, result);

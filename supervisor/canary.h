@@ -56,6 +56,7 @@ struct canary_plan {
 	char network[256];       /* "" none */
 	uint32_t percent_x100;   /* 0..10000 */
 	int bake_s;              /* after each step; 0: none */
+	bool force;              /* deploy a release marked bad */
 	/* the one-command form: percentages (x100) of each step, then promote */
 	bool auto_promote;
 	uint32_t steps[CANARY_MAX_STEPS];

@@ -23,6 +23,7 @@
 #include "supervisor/control_server.h"
 #include "supervisor/listeners.h"
 #include "supervisor/metrics.h"
+#include "supervisor/releases.h"
 
 #define CHECK_FD_MARGIN 64
 #define CHECK_SESSIOND_TIMEOUT_MS 30000
@@ -316,8 +317,16 @@ void check_environment(const struct baton_config *cfg, const char *sessiond,
 		check_control(cfg, control, problems);
 		running = check_supervisor_running(control, problems);
 	}
-	if (state)
+	if (state) {
 		check_state_dir(state, problems);
+		char note[2048];
+
+		/* A warning only: the supervisor rebuilds the history. */
+		if (releases_check(state, (unsigned)cfg->canary_releases_kept,
+				   note, sizeof(note)))
+			printf("check: warning: release history: %s (the supervisor rebuilds it at start)\n",
+			       note);
+	}
 	check_sessiond(sessiond, cfg->path, problems);
 	/* A running supervisor holds the listeners and the metrics port. */
 	if (!running) {

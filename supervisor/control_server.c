@@ -113,6 +113,8 @@ static void control_client_error(struct control_client *c, const char *fmt, ...)
 	json_object_put(o);
 }
 
+static bool control_request_force(struct json_object *req);
+
 /* Percentages travel as numbers 0..100 (fractions allowed); the canary
  * works in hundredths. -1: absent or out of range. */
 static int control_percent_x100(struct json_object *req, const char *key)
@@ -139,6 +141,7 @@ static bool control_canary_plan(struct control_client *c, struct json_object *re
 	int pct;
 
 	memset(plan, 0, sizeof(*plan));
+	plan->force = control_request_force(req);
 	if (!json_object_object_get_ex(req, "binary", &v) ||
 	    !json_object_is_type(v, json_type_string) ||
 	    snprintf(plan->binary, sizeof(plan->binary), "%s",
@@ -224,6 +227,16 @@ static bool control_canary_plan(struct control_client *c, struct json_object *re
 	return true;
 }
 
+/* "force": true (upgrade, rollback); anything else is false. */
+static bool control_request_force(struct json_object *req)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(req, "force", &v) &&
+	       json_object_is_type(v, json_type_boolean) &&
+	       json_object_get_boolean(v);
+}
+
 static void control_client_request(struct control_client *c, const char *line)
 {
 	struct json_object *req = json_tokener_parse(line), *v;
@@ -280,12 +293,16 @@ static void control_client_request(struct control_client *c, const char *line)
 			control_client_error(c, "upgrade needs \"binary\": an absolute path");
 			goto out;
 		}
-		supervisor_upgrade(c->cs->sup, json_object_get_string(v),
-				   control_client_reply_cb, c);
+		supervisor_upgrade_force(c->cs->sup, json_object_get_string(v),
+					 control_request_force(req),
+					 control_client_reply_cb, c);
 	} else if (strcmp(cmd, "rollback") == 0) {
-		supervisor_upgrade(c->cs->sup, NULL, control_client_reply_cb, c);
+		supervisor_upgrade_force(c->cs->sup, NULL, control_request_force(req),
+					 control_client_reply_cb, c);
+	} else if (strcmp(cmd, "releases") == 0) {
+		supervisor_releases(c->cs->sup, control_client_reply_cb, c);
 	} else {
-		control_client_error(c, "unknown command '%s' (known: status, upgrade, rollback, canary)",
+		control_client_error(c, "unknown command '%s' (known: status, upgrade, rollback, releases, canary)",
 				     cmd);
 	}
 out:

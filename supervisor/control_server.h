@@ -3,7 +3,9 @@
  * may talk (SO_PEERCRED). Newline-delimited JSON:
  *
  *   request   {"cmd":"status"} | {"cmd":"upgrade","binary":"/abs"} |
- *             {"cmd":"rollback"}
+ *             {"cmd":"rollback"} | {"cmd":"releases"}
+ *             upgrade and rollback take "force":true (supervisor.h
+ *             supervisor_upgrade_force)
  *   response  {"progress":{"phase":...,"items_done":N,"items_total":M}}*
  *             {"result":{...}}            then the supervisor closes.
  *
@@ -23,8 +25,14 @@
  * "committed": every session arrived; "partial": the new worker serves but
  * sessions were lost (the source died halfway); "aborted": the old worker
  * serves (or nobody, see survivor).
- *    "sessions","connections","fds","chunks","freeze_ms","total_ms","time"}
+ *    "sessions","connections","fds","chunks","freeze_ms","total_ms","time",
+ *    "release_from","release_to"}   versions in the release history
+ *                                   (releases.h), null when unknown
  * from.pid is 0 when nothing served; to.pid is 0 when no target started.
+ *
+ * releases: {"releases":[{"version","state","binary","source","sha256",
+ *   "installed","served","retired","reason","pruned"}...newest first],
+ *   "serving","rollback_target","file","problem","kept"}.
  *
  * Limits: at most 64 clients at once (more are accepted and closed at once);
  * the request line must be complete within 10 s of connecting; a client

@@ -70,6 +70,9 @@ struct migration {
 	struct event *ev_done;
 	struct timespec t0;
 	struct migration_result res;
+
+	migration_target_check_cb target_check; /* NULL: none */
+	void *target_check_arg;
 };
 
 static void migration_evaluate(struct migration *m);
@@ -334,6 +337,14 @@ static void migration_on_target_ready(struct migration *m)
 				 rs ? rs->schema_min : 0, rs ? rs->schema_max : 0,
 				 rt->schema_min, rt->schema_max);
 		return;
+	}
+	if (m->target_check != NULL) {
+		char why[sizeof(m->res.reason)] = "";
+
+		if (m->target_check(m->t, why, sizeof(why), m->target_check_arg) < 0) {
+			migration_refuse(m, "%s", why[0] ? why : "refused by the release check");
+			return;
+		}
 	}
 
 	r = worker_send_listeners(m->t, listeners_fds(m->p.listeners),
@@ -760,6 +771,13 @@ struct migration *migration_start(struct event_base *base, struct worker *source
 	if (worker_is_ready(target)) /* cannot happen for a fresh spawn */
 		migration_on_target_ready(m);
 	return m;
+}
+
+void migration_set_target_check(struct migration *m,
+				 migration_target_check_cb cb, void *arg)
+{
+	m->target_check = cb;
+	m->target_check_arg = arg;
 }
 
 const struct migration_result *migration_result_so_far(const struct migration *m)

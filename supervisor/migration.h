@@ -19,6 +19,7 @@
 
 #include <limits.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <sys/types.h>
 
 struct event_base;
@@ -90,6 +91,15 @@ struct migration *migration_start(struct event_base *base, struct worker *source
 				  const struct migration_params *params,
 				  migration_progress_cb progress,
 				  migration_done_cb done, void *arg);
+
+/* Optional, set right after migration_start (READY cannot arrive before):
+ * asked once T is READY, passed preflight and has a compatible schema,
+ * before anything is frozen; returning -1 refuses the migration with `why`
+ * (the supervisor checks and installs T's release, releases.h). */
+typedef int (*migration_target_check_cb)(struct worker *t, char *why,
+					 size_t len, void *arg);
+void migration_set_target_check(struct migration *m,
+				 migration_target_check_cb cb, void *arg);
 
 /* What is known so far (from, to, started; the rest as far as it got), for
  * a report when the migration is abandoned (shutdown). Valid until

@@ -32,6 +32,7 @@
 #include "supervisor/listeners.h"
 #include "supervisor/metrics.h"
 #include "supervisor/migration.h"
+#include "supervisor/releases.h"
 #include "supervisor/worker.h"
 
 #define STATUS_TIMEOUT_MS 1000
@@ -88,6 +89,17 @@ struct supervisor {
 	struct json_object *last_canary; /* owned: the last finished one */
 	unsigned canaries_promoted, canaries_rolled_back, canaries_aborted,
 		 canaries_refused;
+	/* Releases on disk and their history (releases.h); NULL only when
+	 * out of memory at start (then rollback uses previous_binary). */
+	struct releases *releases;
+	unsigned auto_rollbacks;
+	struct json_object *last_auto_rollback; /* owned, NULL if none */
+	/* The upgrade or rollback being run: --force, the sha256 of its
+	 * binary, and the releases it goes from and to ("" unknown). */
+	bool mig_force;
+	char mig_sha[RELEASE_SHA256_HEX];
+	char mig_release_from[RELEASE_VERSION_MAX];
+	char mig_release_to[RELEASE_VERSION_MAX];
 };
 
 struct status_req {
@@ -110,8 +122,10 @@ static struct json_object *migration_result_json(const struct migration_result *
 static void supervisor_reply_result(supervisor_reply_cb cb, void *arg,
 				    struct json_object *result);
 static void supervisor_migrate(struct supervisor *sup, const char *binary,
-			       const char *kind, supervisor_reply_cb cb,
-			       void *arg);
+			       const char *kind, bool force,
+			       supervisor_reply_cb cb, void *arg);
+static void supervisor_set_serving_binary(struct supervisor *sup,
+					  const char *binary);
 
 
 /* --- registry ----------------------------------------------------------- */
@@ -220,6 +234,196 @@ void supervisor_reap(struct supervisor *sup)
 		event_base_loopexit(sup->base, NULL);
 }
 
+/* --- releases (releases.h) ------------------------------------------------ */
+
+static double supervisor_mono_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A worker started outside a migration (the first one, a restart) serves:
+ * its binary is installed as a release if it is not yet, and a restart
+ * after a crash starts that installed copy. */
+static void supervisor_release_serving(struct supervisor *sup, struct worker *w)
+{
+	const struct release *r;
+	char sha[RELEASE_SHA256_HEX], why[512];
+
+	if (sup->releases == NULL)
+		return;
+	if (releases_sha256_file(worker_binary(w), sha, why, sizeof(why)) < 0 ||
+	    releases_install(sup->releases, worker_version(w), worker_binary(w),
+			     sha, why, sizeof(why)) < 0) {
+		log_error("releases", "worker pid %d (%s): not recorded as a release: %s",
+			  (int)worker_pid(w), worker_version(w), why);
+		return;
+	}
+	r = releases_set_serving(sup->releases, worker_version(w),
+				 RELEASE_LEFT_BY_RESTART);
+	if (r != NULL && !r->pruned)
+		supervisor_set_serving_binary(sup, r->binary);
+	releases_took_over(sup->releases, NULL, 0);
+}
+
+/* A migration made `survivor` (the target) the serving worker. */
+static void supervisor_release_migrated(struct supervisor *sup,
+					const struct migration_result *res,
+					struct worker *survivor)
+{
+	bool rollback = strcmp(sup->mig_kind, "rollback") == 0;
+	const char *v = worker_version(survivor);
+	const struct release *r;
+
+	if (sup->releases == NULL)
+		return;
+	r = releases_set_serving(sup->releases, v, rollback
+				 ? RELEASE_LEFT_BY_ROLLBACK : RELEASE_LEFT_BY_UPGRADE);
+	if (r == NULL) {
+		log_warn("releases", "release %s is not installed: a crash restarts %s",
+			 v, worker_binary(survivor));
+		return;
+	}
+	if (!r->pruned)
+		supervisor_set_serving_binary(sup, r->binary);
+	/* An upgrade to another release opens the rollback window, a rollback
+	 * closes it, one to the same release (config) leaves it as it is. */
+	if (rollback)
+		releases_took_over(sup->releases, NULL, 0);
+	else if (strcmp(res->from.version, v) != 0)
+		releases_took_over(sup->releases, v, supervisor_mono_now());
+}
+
+/* Item 7: the serving worker crashed. If an upgrade made its release the
+ * serving one less than rollback_window ago, the release is marked bad
+ * and the restart starts the previous good release instead. */
+static void supervisor_auto_rollback(struct supervisor *sup, struct worker *w)
+{
+	const struct release *to;
+	struct json_object *o;
+	char reason[512];
+
+	if (sup->releases == NULL)
+		return;
+	snprintf(reason, sizeof(reason), "worker pid %d crashed %.1f s after it started (%s), within rollback_window (%d s) of the upgrade to it",
+		 (int)worker_pid(w), worker_uptime_s(w), worker_exit_status(w),
+		 sup->cfg->canary_rollback_window_s);
+	to = releases_on_crash(sup->releases, worker_version(w),
+			       supervisor_mono_now(),
+			       sup->cfg->canary_rollback_window_s, reason);
+	if (to == NULL)
+		return;
+	log_error("supervisor", "automatic rollback: release %s failed after taking over (%s): restarting with release %s (%s)",
+		  worker_version(w), reason, to->version, to->binary);
+	sup->auto_rollbacks++;
+	o = json_object_new_object();
+	json_object_object_add(o, "from", json_object_new_string(worker_version(w)));
+	json_object_object_add(o, "to", json_object_new_string(to->version));
+	json_object_object_add(o, "reason", json_object_new_string(reason));
+	json_object_object_add(o, "time", json_object_new_int64((int64_t)time(NULL)));
+	json_object_put(sup->last_auto_rollback);
+	sup->last_auto_rollback = o;
+	supervisor_set_serving_binary(sup, to->binary);
+	sup->restart_failures = 0;
+}
+
+/* migration_set_target_check: T is READY; its version is known now. */
+static int supervisor_check_target(struct worker *t, char *why, size_t len,
+				   void *arg)
+{
+	struct supervisor *sup = arg;
+	const char *v = worker_version(t);
+
+	if (sup->releases == NULL)
+		return 0;
+	if (strcmp(sup->mig_kind, "rollback") == 0 && sup->mig_release_to[0] &&
+	    strcmp(v, sup->mig_release_to) != 0) {
+		snprintf(why, len, "the binary of release %s reports version %s",
+			 sup->mig_release_to, v);
+		return -1;
+	}
+	if (releases_admit(sup->releases, v, sup->mig_sha, sup->mig_force,
+			   why, len) < 0 ||
+	    releases_install(sup->releases, v, worker_binary(t), sup->mig_sha,
+			     why, len) < 0)
+		return -1;
+	snprintf(sup->mig_release_to, sizeof(sup->mig_release_to), "%s", v);
+	return 0;
+}
+
+/* Which binary an upgrade or rollback starts, checked against the release
+ * history: 0, or -1 with why. *binary: in (upgrade) or out (rollback,
+ * owned by the store until the next change). */
+static int supervisor_release_choose(struct supervisor *sup, const char **binary,
+				     char *why, size_t len)
+{
+	const struct release *r;
+	char err[384];
+
+	sup->mig_sha[0] = '\0';
+	if (sup->releases == NULL)
+		return 0;
+	r = releases_serving(sup->releases);
+	if (r != NULL)
+		snprintf(sup->mig_release_from, sizeof(sup->mig_release_from), "%s",
+			 r->version);
+	if (*binary == NULL) {
+		r = releases_rollback_target(sup->releases, sup->mig_force, why, len);
+		if (r == NULL)
+			return -1;
+		*binary = r->binary;
+		snprintf(sup->mig_release_to, sizeof(sup->mig_release_to), "%s",
+			 r->version);
+		if (releases_sha256_file(r->binary, sup->mig_sha, err, sizeof(err)) < 0) {
+			snprintf(why, len, "release %.63s: %s", r->version, err);
+			return -1;
+		}
+		if (strcmp(sup->mig_sha, r->sha256) != 0 && !sup->mig_force) {
+			snprintf(why, len, "%s changed since release %s was installed (sha256 %.16s..., installed %.16s...); --force deploys it anyway",
+				 r->binary, r->version, sup->mig_sha, r->sha256);
+			return -1;
+		}
+		return 0;
+	}
+	if (releases_sha256_file(*binary, sup->mig_sha, err, sizeof(err)) < 0) {
+		snprintf(why, len, "%s", err);
+		return -1;
+	}
+	r = releases_find_sha(sup->releases, sup->mig_sha);
+	if (r != NULL && r->state == RELEASE_BAD && !sup->mig_force) {
+		snprintf(why, len, "%s is release %s, marked bad: %s; --force deploys it anyway",
+			 *binary, r->version, r->reason ? r->reason : "(no reason recorded)");
+		return -1;
+	}
+	return 0;
+}
+
+static void supervisor_add_release_fields(struct supervisor *sup,
+					  struct json_object *rj)
+{
+	json_object_object_add(rj, "release_from", sup->mig_release_from[0]
+			       ? json_object_new_string(sup->mig_release_from) : NULL);
+	json_object_object_add(rj, "release_to", sup->mig_release_to[0]
+			       ? json_object_new_string(sup->mig_release_to) : NULL);
+}
+
+void supervisor_releases(struct supervisor *sup, supervisor_reply_cb cb,
+			 void *arg)
+{
+	struct json_object *r;
+
+	if (sup->releases != NULL) {
+		r = releases_json(sup->releases);
+	} else {
+		r = json_object_new_object();
+		json_object_object_add(r, "error",
+				       json_object_new_string("the release store could not be loaded (out of memory at start)"));
+	}
+	supervisor_reply_result(cb, arg, r);
+}
+
 /* --- the serving worker --------------------------------------------------- */
 
 static void supervisor_set_serving_binary(struct supervisor *sup,
@@ -251,6 +455,7 @@ static void supervisor_serve(struct supervisor *sup, struct worker *w)
 	}
 	sup->active_serving = true;
 	supervisor_set_serving_binary(sup, worker_binary(w));
+	supervisor_release_serving(sup, w);
 	worker_set_role(w, "active");
 	log_info("supervisor", "worker pid %d (%s) serving on %zu listener(s)",
 		 (int)worker_pid(w), worker_version(w),
@@ -325,6 +530,7 @@ static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 		supervisor_record_crash(sup, w);
 		if (worker_uptime_s(w) >= STABLE_AFTER_S)
 			sup->restart_failures = 0;
+		supervisor_auto_rollback(sup, w);
 		sup->active_serving = false;
 		supervisor_notify_status(sup);
 		supervisor_schedule_restart(sup);
@@ -425,6 +631,14 @@ struct supervisor *supervisor_new(struct event_base *base,
 	sup->ev_ready = evtimer_new(base, supervisor_on_ready_timeout, sup);
 	sup->ev_refresh = event_new(base, -1, EV_PERSIST, supervisor_on_refresh, sup);
 	expo_hist_init(&sup->freeze_hist, expo_freeze_bounds, expo_freeze_nbounds);
+	{
+		char *state = config_resolve(cfg, cfg->state_dir);
+
+		if (state != NULL)
+			sup->releases = releases_open(state, (unsigned)cfg->canary_releases_kept,
+						      false);
+		free(state);
+	}
 	if (sup->sessiond == NULL || sup->config_path == NULL ||
 	    sup->ev_restart == NULL || sup->ev_ready == NULL ||
 	    sup->ev_refresh == NULL) {
@@ -477,6 +691,8 @@ void supervisor_free(struct supervisor *sup)
 	canary_free(sup->canary);
 	json_object_put(sup->last_canary);
 	metrics_unset_extra(supervisor_canary_metrics, sup);
+	json_object_put(sup->last_auto_rollback);
+	releases_free(sup->releases);
 	free(sup->previous_binary);
 	free(sup->serving_binary);
 	free(sup->sessiond);
@@ -600,10 +816,24 @@ static struct json_object *supervisor_status_json(struct supervisor *sup)
 			       json_object_new_boolean(sup->migration != NULL));
 	json_object_object_add(o, "crashes", json_object_new_int64(sup->crashes));
 	json_object_object_add(o, "last_crash", json_object_get(sup->last_crash));
-	json_object_object_add(o, "previous_binary",
-			       sup->previous_binary
-				       ? json_object_new_string(sup->previous_binary)
-				       : NULL);
+	{
+		/* Where rollback goes: the release history's target. */
+		const struct release *t = sup->releases
+			? releases_rollback_target(sup->releases, false, NULL, 0) : NULL;
+		const struct release *sv = sup->releases ? releases_serving(sup->releases) : NULL;
+		const char *prev = t ? t->binary
+				     : sup->releases ? NULL : sup->previous_binary;
+
+		json_object_object_add(o, "previous_binary",
+				       prev ? json_object_new_string(prev) : NULL);
+		json_object_object_add(o, "release",
+				       sv ? json_object_new_string(sv->version) : NULL);
+		json_object_object_add(o, "rollback_target",
+				       t ? json_object_new_string(t->version) : NULL);
+	}
+	json_object_object_add(o, "auto_rollbacks", json_object_new_int64(sup->auto_rollbacks));
+	json_object_object_add(o, "last_auto_rollback",
+			       json_object_get(sup->last_auto_rollback));
 	json_object_object_add(o, "last_migration", json_object_get(sup->last_migration));
 	json_object_object_add(o, "canary", sup->canary ? canary_status_json(sup->canary)
 							: NULL);
@@ -814,8 +1044,13 @@ static void supervisor_refuse(struct supervisor *sup, supervisor_reply_cb cb,
 	log_warn("control", "%s refused: %s", kind, r.reason);
 	/* Nothing was touched: whoever served still does (maybe nobody, while
 	 * restarting after a crash). */
-	supervisor_reply_result(cb, arg, migration_result_json(&r, kind,
-			sup->active_serving ? sup->active : NULL));
+	{
+		struct json_object *rj = migration_result_json(&r, kind,
+			sup->active_serving ? sup->active : NULL);
+
+		supervisor_add_release_fields(sup, rj);
+		supervisor_reply_result(cb, arg, rj);
+	}
 }
 
 static void supervisor_mig_progress(const char *phase, unsigned done,
@@ -861,6 +1096,8 @@ static void supervisor_mig_done(struct migration *m,
 	sup->active_serving = survivor != NULL;
 	if (survivor != NULL)
 		supervisor_set_serving_binary(sup, worker_binary(survivor));
+	if (survivor != NULL && survivor != old)
+		supervisor_release_migrated(sup, res, survivor);
 	if (survivor == NULL) {
 		log_error("migration", "no worker survived the migration: starting a fresh one");
 		sup->restart_failures = 0;
@@ -887,6 +1124,7 @@ static void supervisor_mig_done(struct migration *m,
 			 len ? "; " : "", copy.sessions_lost_count);
 	}
 	rj = migration_result_json(res, sup->mig_kind, survivor);
+	supervisor_add_release_fields(sup, rj);
 	json_object_put(sup->last_migration);
 	sup->last_migration = json_object_get(rj);
 	log_info("migration", "%s %s: pid %d -> pid %d%s%s (%.1f ms total, freeze %.1f ms)",
@@ -925,13 +1163,23 @@ static int supervisor_check_nofile(struct supervisor *sup, char *why, size_t len
 void supervisor_upgrade(struct supervisor *sup, const char *binary,
 			supervisor_reply_cb cb, void *arg)
 {
-	supervisor_migrate(sup, binary, binary ? "upgrade" : "rollback", cb, arg);
+	supervisor_migrate(sup, binary, binary ? "upgrade" : "rollback", false,
+			   cb, arg);
 }
 
-/* kind: "upgrade" or "rollback" (binary NULL: the previous one). */
+void supervisor_upgrade_force(struct supervisor *sup, const char *binary,
+			      bool force, supervisor_reply_cb cb, void *arg)
+{
+	supervisor_migrate(sup, binary, binary ? "upgrade" : "rollback", force,
+			   cb, arg);
+}
+
+/* kind: "upgrade" or "rollback" (binary NULL: the release history's
+ * rollback target). force: deploy a bad release, or replace an installed
+ * version by another binary (releases.h). */
 static void supervisor_migrate(struct supervisor *sup, const char *binary,
-			       const char *kind, supervisor_reply_cb cb,
-			       void *arg)
+			       const char *kind, bool force,
+			       supervisor_reply_cb cb, void *arg)
 {
 	struct migration_params p;
 	struct worker *t;
@@ -939,15 +1187,35 @@ static void supervisor_migrate(struct supervisor *sup, const char *binary,
 	int err = 0;
 
 	if (sup->migration != NULL) {
+		/* The running one's fields stay; this answer has none. */
+		char from[RELEASE_VERSION_MAX], to[RELEASE_VERSION_MAX];
+
+		memcpy(from, sup->mig_release_from, sizeof(from));
+		memcpy(to, sup->mig_release_to, sizeof(to));
+		sup->mig_release_from[0] = sup->mig_release_to[0] = '\0';
 		supervisor_refuse(sup, cb, arg, kind, "a migration is already running");
+		memcpy(sup->mig_release_from, from, sizeof(from));
+		memcpy(sup->mig_release_to, to, sizeof(to));
 		goto out;
 	}
 	if (sup->canary != NULL) {
 		supervisor_refuse(sup, cb, arg, kind, "a canary is running: promote or abort it first");
 		goto out;
 	}
+	sup->mig_force = force;
+	sup->mig_kind = kind;
+	sup->mig_release_from[0] = sup->mig_release_to[0] = '\0';
 	if (sup->stopping) {
 		supervisor_refuse(sup, cb, arg, kind, "the supervisor is shutting down");
+		goto out;
+	}
+	if (binary != NULL && binary[0] != '/') {
+		supervisor_refuse(sup, cb, arg, kind, "binary must be an absolute path: %s", binary);
+		goto out;
+	}
+	if ((binary == NULL || access(binary, X_OK) == 0) &&
+	    supervisor_release_choose(sup, &binary, why, sizeof(why)) < 0) {
+		supervisor_refuse(sup, cb, arg, kind, "%s", why);
 		goto out;
 	}
 	if (binary == NULL) {
@@ -1010,6 +1278,7 @@ static void supervisor_migrate(struct supervisor *sup, const char *binary,
 		supervisor_refuse(sup, cb, arg, kind, "out of memory");
 		goto out;
 	}
+	migration_set_target_check(sup->migration, supervisor_check_target, sup);
 	supervisor_notify_status(sup);
 out:
 	free(bin);
@@ -1035,6 +1304,53 @@ void supervisor_detach(struct supervisor *sup, void *arg)
 }
 
 /* --- canary --------------------------------------------------------------- */
+
+/* The release store after a canary (releases.h): promoted, the candidate
+ * serves (its release installed, the old one good, the rollback window
+ * open); rolled back by a gate, the candidate is recorded bad with the
+ * gate's reason, so neither an upgrade nor another canary deploys it
+ * again without --force. An operator's abort judges nothing. */
+static void supervisor_release_canary(struct supervisor *sup,
+				      struct json_object *result,
+				      const char *word, struct worker *survivor)
+{
+	struct json_object *to = json_object_object_get(result, "to");
+	const char *version = json_object_get_string(json_object_object_get(to, "version"));
+	const char *binary = json_object_get_string(json_object_object_get(to, "binary"));
+	const char *gate = json_object_get_string(json_object_object_get(result, "gate"));
+	char sha[RELEASE_SHA256_HEX], why[512], reason[768];
+
+	if (sup->releases == NULL || version == NULL || !version[0] || binary == NULL)
+		return;
+	if (strcmp(word, "promoted") == 0 && survivor != NULL) {
+		if (releases_sha256_file(binary, sha, why, sizeof(why)) < 0 ||
+		    releases_install(sup->releases, version, binary, sha, why,
+				     sizeof(why)) < 0) {
+			log_error("releases", "promoted %s not recorded as a release: %s",
+				  version, why);
+			return;
+		}
+		const struct release *r = releases_set_serving(sup->releases, version,
+							       RELEASE_LEFT_BY_UPGRADE);
+		if (r != NULL && !r->pruned)
+			supervisor_set_serving_binary(sup, r->binary);
+		releases_took_over(sup->releases, version, supervisor_mono_now());
+		return;
+	}
+	if (strcmp(word, "rolled_back") != 0 || gate == NULL)
+		return;
+	if (releases_find(sup->releases, version) == NULL &&
+	    (releases_sha256_file(binary, sha, why, sizeof(why)) < 0 ||
+	     releases_install(sup->releases, version, binary, sha, why, sizeof(why)) < 0)) {
+		log_error("releases", "rolled back %s not recorded as a release: %s",
+			  version, why);
+		return;
+	}
+	snprintf(reason, sizeof(reason), "canary rolled back by gate %s: %.600s", gate,
+		 json_object_get_string(json_object_object_get(result, "reason")));
+	if (releases_mark_bad(sup->releases, version, reason) == 0)
+		log_warn("releases", "release %s marked bad: %s", version, reason);
+}
 
 static struct worker *supervisor_canary_spawn(void *arg, const char *binary,
 					      int *err)
@@ -1072,6 +1388,7 @@ static void supervisor_canary_ended(void *arg, struct worker *survivor,
 		free(sup->previous_binary);
 		sup->previous_binary = strdup(from);
 	}
+	supervisor_release_canary(sup, result, word, survivor);
 	sup->active = survivor;
 	sup->active_serving = survivor != NULL;
 	if (survivor != NULL) {
@@ -1143,6 +1460,21 @@ void supervisor_canary(struct supervisor *sup, const char *action,
 	if (supervisor_check_nofile(sup, why, sizeof(why)) < 0) {
 		supervisor_refuse(sup, cb, arg, kind, "%s", why);
 		return;
+	}
+	if (sup->releases != NULL) {
+		char sha[RELEASE_SHA256_HEX];
+		const struct release *r;
+
+		if (releases_sha256_file(plan->binary, sha, why, sizeof(why)) < 0) {
+			supervisor_refuse(sup, cb, arg, kind, "%s", why);
+			return;
+		}
+		r = releases_find_sha(sup->releases, sha);
+		if (r != NULL && r->state == RELEASE_BAD && !plan->force) {
+			supervisor_refuse(sup, cb, arg, kind, "release %s is marked bad (%s); --force deploys it anyway",
+					  r->version, r->reason ? r->reason : "no reason recorded");
+			return;
+		}
 	}
 	sup->canary = canary_start(&host, sup->active, plan, cb, arg);
 	if (sup->canary == NULL)

@@ -51,6 +51,14 @@ void supervisor_status(struct supervisor *sup, supervisor_reply_cb cb, void *arg
 /* binary NULL: rollback to the previous binary. */
 void supervisor_upgrade(struct supervisor *sup, const char *binary,
 			supervisor_reply_cb cb, void *arg);
+/* The same with --force (releases.h): deploy a release marked bad, replace
+ * an installed version by another binary, or (rollback) go to the most
+ * recent release in any state when no good one is left. */
+void supervisor_upgrade_force(struct supervisor *sup, const char *binary,
+			      bool force, supervisor_reply_cb cb, void *arg);
+/* `batonctl releases`: one result, releases_json() (releases.h). */
+void supervisor_releases(struct supervisor *sup, supervisor_reply_cb cb,
+			 void *arg);
 void supervisor_detach(struct supervisor *sup, void *arg);
 
 /* Canary (canary.h): action "start" (plan), "grow" (percent_x100),
