@@ -173,6 +173,99 @@ def one_run(ctx, args, A, B, loadgen, fault, log=bl.log):
     return res
 
 
+def sequence_run(ctx, args, A, B, loadgen, faults, spacing, ci_script=None, log=bl.log):
+    """One load run with one canary after another: each fault of `faults`
+    (forced: the fault builds share one binary, which the first rollback
+    marks bad), `spacing` seconds apart from args.start_at, then the good B
+    build through `ci_script` (deploy/ci-upgrade.sh) when given, else
+    batonctl. Returns {"runs": [per canary: fault, result, gate, ...],
+    "loadgen": {...}, "pass": bool}."""
+    ngircd = ctx.ngircd(ping_timeout=args.ngircd_ping_timeout, pong_timeout=60)
+    rows = load_run.plan(loadgen, args)
+    baton = load_run.LoadBaton(ctx, ngircd, nsessions=args.bouncer_users, channels=("#lg0",),
+                               sessiond_opts=dict(bl.roomy_backlog(args.backlog_lines)),
+                               handoff_timeout=30, rlimit_nofile=args.nofile)
+    for s, (user, nick, chans) in zip(baton.sessions, rows):
+        s.channels = chans
+    load_run.LoadBaton.network_opts = dict(load_run.GOVERNOR_OFF)
+    text = baton.config_text() + "[canary]\n" + "".join(
+        "%s = %s\n" % kv for kv in canary_opts(args).items())
+    baton.write_config(text)
+    baton.config_text = lambda: text
+    baton.start(wait=True, timeout=args.ready_timeout)
+    steps = [(f, fault_binary(ctx, A, f)) for f in faults] + [("none", B.sessiond)]
+    execs, outs = [], []
+    for i, (fault, binary) in enumerate(steps):
+        at = args.start_at + i * spacing
+        out = os.path.join(ctx.dir, "canary-%d-%s.json" % (i, fault))
+        err = os.path.join(ctx.dir, "canary-%d-%s.err" % (i, fault))
+        outs.append((fault, out, err))
+        if fault == "none" and ci_script:
+            cmd = "BATONCTL=%s %s -c %s %s --canary %g --bake %g --result %s > /dev/null 2> %s" % (
+                A.batonctl, ci_script, baton.config, binary, args.percent, args.bake, out, err)
+        else:
+            cmd = "%s -c %s upgrade %s --canary %g --bake %g --force --json > %s 2> %s" % (
+                A.batonctl, baton.config, binary, args.percent,
+                args.bake if fault == "none" else spacing - 1, out, err)
+        execs += ["--exec", "%g:%s" % (at, cmd)]
+    args.duration = args.start_at + len(steps) * spacing + args.bake + 5
+    cmd = [loadgen, "--json", "-v", "--trace", args.trace,
+           "--server", "127.0.0.1:%d" % ngircd.port,
+           "--baton", "127.0.0.1:%d" % baton.port,
+           "--network", baton.network, "--password", baton.sessions[0].password,
+           "--bouncer-users", str(args.bouncer_users), "--channels", str(args.channels),
+           "--chans-per-user", str(args.chans_per_user), "--seed", str(args.seed),
+           "--rate", str(args.rate), "--duration", str(args.duration),
+           "--drain", str(args.drain)] + execs
+    with open(os.path.join(ctx.dir, "loadgen.log"), "wb") as errf:
+        p = ctx.procs.popen(cmd, stdout=subprocess.PIPE, stderr=errf)
+        stdout, _ = p.communicate()
+    try:
+        report = json.loads(stdout.decode() or "null")
+    except ValueError:
+        report = None
+    cohort = {s.user for s in baton.sessions if cohort_bucket(s.user) < args.percent * 100}
+    users = [s.user for s in baton.sessions]
+    d = (report or {}).get("delivery", {})
+    conn = (report or {}).get("connections", {})
+    bad = [users[i] if i < len(users) else "observer"
+           for i in d.get("receivers_with_problems_index", [])]
+    bad_outside = [u for u in bad if u not in cohort]
+    runs, ok = [], True
+    for fault, out, err in outs:
+        try:
+            with open(out) as f:
+                r = json.loads(f.read().strip().splitlines()[-1])
+        except (OSError, ValueError, IndexError) as e:
+            r = {"error": "no JSON result (%s)" % e}
+        try:
+            with open(err) as f:
+                stderr = f.read()[-2000:]
+        except OSError:
+            stderr = ""
+        want = "promoted" if fault == "none" else "rolled_back"
+        good = r.get("result") == want and (fault == "none" or r.get("gate") == EXPECTED_GATE[fault])
+        runs.append({"fault": fault, "result": r.get("result", r.get("error")),
+                     "gate": r.get("gate"), "reason": r.get("reason"),
+                     "detected_ms": r.get("detected_ms"), "rollback_ms": r.get("rollback_ms"),
+                     "disconnects": r.get("disconnects"), "stderr": stderr, "pass": good})
+        ok = ok and good
+        log("canary %-9s %-11s gate %-24s detected %s ms, rollback %s ms%s"
+            % (fault, runs[-1]["result"], r.get("gate"), r.get("detected_ms"),
+               r.get("rollback_ms"), "" if good else "  UNEXPECTED"))
+    res = {"runs": runs, "cohort_users": len(cohort),
+           "lines_sent": d.get("lines_sent"), "lost": d.get("lost"),
+           "duplicated": d.get("duplicated"),
+           "receivers_with_problems": len(bad),
+           "receivers_with_problems_outside_cohort": bad_outside[:10],
+           "client_disconnects": conn.get("disconnects"),
+           "loadgen_exit": p.returncode}
+    res["pass"] = ok and report is not None and not bad_outside
+    baton.stop()
+    ngircd.stop()
+    return res
+
+
 def parser():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,0 +1,54 @@
+"""Canaries judged by the health gates under trace-shaped load (issue 9,
+"What it must show"; bench/canary_run.py runs the longer series): 200
+bouncer users in 10 channels, baton-loadgen replaying the trace slice, and
+one canary of 10 % after another in the same run, each to a fault build of
+sessiond/fault.h. Each must end `rolled_back` by its gate within its bake:
+
+    drop -> delivery, dup -> delivery, latency -> relay_latency_p99,
+    leak -> rss_growth_per_session, malformed -> protocol_errors,
+    noping -> ping_unanswered, crash -> worker_crash
+
+then the good B build through deploy/ci-upgrade.sh (the example CI
+pipeline, end to end against ngircd) must end `promoted` with exit 0.
+Across the run nothing may be lost or duplicated for users outside the
+cohort (baton-loadgen's receivers with problems are all cohort users: the
+drop and dup builds do lose and duplicate lines for their cohort, and the
+crash build's cohort sessions die with it, which custody (issue 10) would
+prevent)."""
+
+import os
+import sys
+
+import batonlib as bl
+from batonlib import check
+
+sys.path.insert(0, os.path.join(bl.REPO_ROOT, "bench"))
+import canary_run  # noqa: E402
+
+FAULTS = ["drop", "dup", "latency", "leak", "malformed", "noping", "crash"]
+
+
+def test_canary_faults_roll_back_and_good_build_promotes(ctx):
+    """Seven fault builds rolled back by the right gate, then the good build
+    promoted through deploy/ci-upgrade.sh; nothing lost outside the cohort."""
+    args = canary_run.parser().parse_args([
+        "--trace", bl.TRACE_PATH, "--bouncer-users", "200", "--channels", "10",
+        "--rate", "80", "--percent", "10", "--bake", "10", "--start-at", "3",
+        "--drain", "15"])
+    A, B, loadgen = canary_run.prepare(args)
+    script = os.path.join(bl.REPO_ROOT, "deploy", "ci-upgrade.sh")
+    r = canary_run.sequence_run(ctx, args, A, B, loadgen, FAULTS, spacing=12,
+                                ci_script=script)
+    bad = [x for x in r["runs"] if not x["pass"]]
+    check(not bad, "canaries not as expected: %s" % [
+        (x["fault"], x["result"], x["gate"], x["reason"], x["stderr"][-300:]) for x in bad])
+    check(r["loadgen_exit"] is not None and r["lines_sent"] and r["lines_sent"] > 500,
+          "too little traffic: %s" % r)
+    check(not r["receivers_with_problems_outside_cohort"],
+          "users outside the cohort lost or got duplicated lines: %s"
+          % r["receivers_with_problems_outside_cohort"])
+    good = r["runs"][-1]
+    check("promoted" in good["stderr"], "ci-upgrade.sh did not say it promoted: %r" % good["stderr"])
+    bl.log("%d lines sent, %d receivers with problems (all %d cohort users), %s client disconnects"
+           % (r["lines_sent"], r["receivers_with_problems"], r["cohort_users"],
+              r["client_disconnects"]))
