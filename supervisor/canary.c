@@ -368,7 +368,9 @@ static void canary_start_partial(struct canary *c)
 	r = canary_launch(c, c->s, c->t, false);
 	if (r < 0) {
 		canary_reason(c, "cannot start the cohort's move: %s", strerror(-r));
-		c->want_rollback = true;
+		/* No move runs: canary_start_rollback() would wait for its end
+		 * in C_MOVE (and no deadline is armed) forever. */
+		c->phase = C_BAKE;
 		canary_start_rollback(c);
 	}
 }
@@ -404,6 +406,11 @@ static void canary_promote(struct canary *c)
 	}
 	if (r < 0) {
 		canary_reason(c, "cannot start the promotion: %s", strerror(-r));
+		/* No promotion runs: in C_FULL canary_start_rollback() would
+		 * wait for its result forever, with S's ACCEPT off. */
+		if (worker_send_accept(c->s, true) < 0)
+			log_error("canary", "ACCEPT on to pid %d failed", (int)worker_pid(c->s));
+		c->phase = C_BAKE;
 		canary_start_rollback(c);
 	}
 }
@@ -820,6 +827,21 @@ static void canary_on_worker(struct worker *w, enum worker_event ev,
 		return;
 	}
 	case WORKER_EXITED:
+		if ((c->phase == C_FINISH || c->phase == C_DONE) &&
+		    w == c->survivor && w != c->leaving) {
+			/* The survivor died while the other one leaves (or before
+			 * the host heard of it): it must not be handed to the host
+			 * (freed after this event) nor judged again as a canary
+			 * worker; the host starts a fresh one. */
+			log_error("canary", "pid %d, which was to serve after the canary, exited: %s",
+				  (int)worker_pid(w), worker_exit_status(w));
+			if (is_s)
+				c->s = NULL;
+			if (is_t)
+				c->t = NULL;
+			c->survivor = NULL;
+			return;
+		}
 		if (c->phase == C_FINISH && w == c->leaving) {
 			if (is_s)
 				c->s = NULL;
