@@ -549,6 +549,10 @@ static int canary_exit(const char *action, struct json_object *r)
 {
 	const char *word = jstr(r, "result", "");
 
+	/* An abort succeeded when the cohort is back on the old worker. */
+	if (strcmp(action, "abort") == 0)
+		return strcmp(word, "aborted") == 0 || strcmp(word, "rolled_back") == 0
+			       ? EXIT_OK : EXIT_REFUSED;
 	if (strcmp(word, "started") == 0 || strcmp(word, "baked") == 0 ||
 	    strcmp(word, "grown") == 0 || strcmp(word, "promoted") == 0 ||
 	    strcmp(word, "running") == 0 || strcmp(word, "none") == 0)

@@ -342,7 +342,8 @@ static void conn_tls_read(struct conn *c)
 			c->peer_eof = true;
 			eof = "connection closed by peer (TLS close_notify)";
 		} else if (st == TLS_RECORD_ERROR) {
-			snprintf(why, sizeof(why), "tls: %s",
+			/* what the peer sent is malformed: its doing (health.h) */
+			snprintf(why, sizeof(why), "tls from the peer: %s",
 				 tls_record_error(c->tls) ? tls_record_error(c->tls) : "record error");
 			eof = why;
 			(void)conn_write_some(c); /* our alert, best effort */

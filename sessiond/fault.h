@@ -12,7 +12,7 @@
  *   latency    sleeps 25 ms before relaying every 20th relayed channel line
  *              (blocks the loop: relay latency rises; lines arrive late,
  *              none is lost)
- *   leak       leaks 4 KiB (written, so resident) per line read from a network
+ *   leak       leaks 16 KiB (written, so resident) per line read from a network
  *   crash      abort() 3 s after the first session was adopted by a
  *              migration, or 3 s after READY if none was adopted by then
  *   malformed  every 10th line written to a network is preceded by
@@ -57,7 +57,7 @@ enum fault_kind {
 #define FAULT_DUP_EVERY 50
 #define FAULT_LATENCY_EVERY 20
 #define FAULT_LATENCY_MS 25
-#define FAULT_LEAK_BYTES 4096
+#define FAULT_LEAK_BYTES 16384
 #define FAULT_CRASH_AFTER_MS 3000
 #define FAULT_MALFORMED_EVERY 10
 #define FAULT_MALFORMED_LINE ":baton"

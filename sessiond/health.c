@@ -241,6 +241,7 @@ bool health_closed_by_worker(const char *reason, bool peer_eof)
 		return false;
 	static const char *const theirs[] = {
 		"quit", "connection closed by peer", "read error", "write error",
+		"tls from the peer",
 	};
 	for (size_t i = 0; i < sizeof(theirs) / sizeof(theirs[0]); i++)
 		if (strncmp(reason, theirs[i], strlen(theirs[i])) == 0)

@@ -1020,6 +1020,10 @@ void canary_request(struct canary *c, const char *action,
 		return;
 	}
 	if (strcmp(action, "grow") == 0) {
+		if (c->plan.auto_promote) {
+			canary_refuse_request(c, cb, arg, "this canary grows by itself (upgrade --canary --steps); abort it or wait");
+			return;
+		}
 		if (percent_x100 <= c->percent_x100 || percent_x100 > 10000) {
 			canary_refuse_request(c, cb, arg, "grow needs a percentage above the current %.2f %% (and at most 100)",
 					      c->percent_x100 / 100.0);

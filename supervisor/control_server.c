@@ -167,27 +167,28 @@ static bool control_canary_plan(struct control_client *c, struct json_object *re
 			control_client_error(c, "upgrade --canary needs a percentage in (0, 100]");
 			return false;
 		}
+		/* --canary P is the first step; --steps are the ones it grows
+		 * through (those not above P add nothing). */
+		plan->steps[plan->nsteps++] = (uint32_t)pct;
 		if (json_object_object_get_ex(req, "steps", &v) &&
 		    json_object_is_type(v, json_type_array)) {
 			size_t n = json_object_array_length(v);
 
-			if (n == 0 || n > CANARY_MAX_STEPS) {
-				control_client_error(c, "steps: 1 to %d percentages", CANARY_MAX_STEPS);
+			if (n == 0 || n >= CANARY_MAX_STEPS) {
+				control_client_error(c, "steps: 1 to %d percentages", CANARY_MAX_STEPS - 1);
 				return false;
 			}
 			for (size_t i = 0; i < n; i++) {
 				double p = json_object_get_double(json_object_array_get_idx(v, i));
 				uint32_t x = (uint32_t)(p * 100 + 0.5);
 
-				if (!(p > 0) || p > 100 ||
-				    (i > 0 && x <= plan->steps[i - 1])) {
-					control_client_error(c, "steps: increasing percentages in (0, 100]");
+				if (!(p > 0) || p > 100) {
+					control_client_error(c, "steps: percentages in (0, 100]");
 					return false;
 				}
-				plan->steps[plan->nsteps++] = x;
+				if (x > plan->steps[plan->nsteps - 1])
+					plan->steps[plan->nsteps++] = x;
 			}
-		} else {
-			plan->steps[plan->nsteps++] = (uint32_t)pct;
 		}
 		return true;
 	}

@@ -340,6 +340,10 @@ static void gates_delivery(struct gates *g, const Baton__Control__Health *cohort
 			      g->worst_channel, g->worst_diff, g->worst_control);
 }
 
+/* Evidence a statistical gate needs besides min_lines (see their use). */
+#define GATES_MIN_EVENTS 5
+#define GATES_MIN_RSS_GROWTH (8.0 * 1024 * 1024)
+
 static double gates_rate(double num, double den)
 {
 	return den > 0 ? num / den : 0;
@@ -396,7 +400,9 @@ static void gates_statistical(struct gates *g)
 	}
 	thr = (rss[1] > 0 ? rss[1] : 0) + cfg->canary_rss_growth_kb_per_min * 1024.0;
 	gates_set(g, G_RSS_GROWTH, rss[0], rss[1], thr);
-	if (enough && l[0].t - b[0].t >= 5.0)
+	/* The worker's growth divided by few sessions is mostly allocator
+	 * noise: judge once the cohort's worker grew GATES_MIN_RSS_GROWTH. */
+	if (enough && l[0].t - b[0].t >= 5.0 && l[0].rss - b[0].rss >= GATES_MIN_RSS_GROWTH)
 		gates_judge(g, G_RSS_GROWTH, rss[0] > thr);
 
 	/* upstream error numerics per session-hour */
@@ -409,7 +415,10 @@ static void gates_statistical(struct gates *g)
 	}
 	thr = err[1] + cfg->canary_error_numerics_per_hour;
 	gates_set(g, G_ERROR_NUMERICS, err[0], err[1], thr);
-	if (enough)
+	/* A rate from a handful of events means nothing (one 401 in a
+	 * one-session cohort is 720 an hour after 5 s): judge from
+	 * GATES_MIN_EVENTS errors in the cohort on. */
+	if (enough && l[0].errors - b[0].errors >= GATES_MIN_EVENTS)
 		gates_judge(g, G_ERROR_NUMERICS, err[0] > thr);
 }
 

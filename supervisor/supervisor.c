@@ -1322,7 +1322,11 @@ static void supervisor_release_canary(struct supervisor *sup,
 
 	if (sup->releases == NULL || version == NULL || !version[0] || binary == NULL)
 		return;
-	if (strcmp(word, "promoted") == 0 && survivor != NULL) {
+	/* Promoted, or the old worker died and the candidate serves every
+	 * session unjudged: either way it is the serving release now, with
+	 * the rollback window open (a crash soon rolls it back, item 7). */
+	if (survivor != NULL && strcmp(worker_version(survivor), version) == 0 &&
+	    (strcmp(word, "promoted") == 0 || strcmp(word, "aborted") == 0)) {
 		if (releases_sha256_file(binary, sha, why, sizeof(why)) < 0 ||
 		    releases_install(sup->releases, version, binary, sha, why,
 				     sizeof(why)) < 0) {

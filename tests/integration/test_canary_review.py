@@ -10,14 +10,15 @@ from test_canary import setup, ctl_pumping, workers_by_role, cohort_users
 
 
 def test_canary_control_crash_keeps_candidate_unjudged(ctx):
-    """BUG (review): the old worker S crashing during a canary's bake makes
+    """Regression (review): the old worker S crashing during a canary's bake made
     the candidate T -- a build the gates never finished judging and nobody
     promoted -- the serving worker (supervisor/canary.c WORKER_EXITED, is_s:
     canary_end("aborted", c->t, NULL)); the result says "aborted", the
-    release store still records the old release as serving and the
+    release store still recorded the old release as serving and the
     candidate as nothing, so `batonctl releases` and the restart-after-crash
-    binary disagree with what runs. Expected: after the canary ends, the
-    release store's serving version is the version that actually serves."""
+    binary disagreed with what runs. Now the candidate is recorded as the
+    serving release with its rollback window open (a crash soon after rolls
+    it back: item 7)."""
     ng, b, dave = setup(ctx, nsessions=10)
     build_b = ctx.builds["b"].require()
     rc, r = ctl_pumping(ctx, b, "canary", "start", build_b.sessiond, "--percent", "50")
