@@ -155,3 +155,97 @@ def test_canary_routes_promotes_and_aborts(ctx):
     talk_and_check(ctx, dave, clients, tag="e")
     for c in clients:
         check(not c.closed, "%s was disconnected" % c.name)
+
+
+def detached_replay(ctx, b, dave, session, name, tag, during):
+    """Client `name` of `session` detaches (QUIT), dave says 3 lines, then
+    `during()` runs (a canary phase starts), and the client comes back with
+    the same name while it runs: it must get those 3 lines exactly once
+    (backlog replay) and then live lines. Returns the new connection."""
+    c = bl.bouncer_client(ctx.loop, b, session, client=name)
+    c.quit()
+    ctx.loop.run_for(0.4)
+    for i in range(3):
+        dave.privmsg("#chat", "%s missed" % bl.token("dave" + tag, i))
+    ctx.loop.run_for(0.3)
+    during()
+    ctx.loop.run_for(0.2)
+    again = bl.bouncer_client(ctx.loop, b, session, client=name, timeout=30)
+    want = [("dave" + tag, i) for i in range(3)]
+
+    def got():
+        return [t for _, ln in again.lines for t in bl.tokens(ln) if t[0] == "dave" + tag]
+    ctx.loop.run_until(lambda: set(want) <= set(got()), 15, raise_on_timeout=False)
+    ctx.loop.run_for(0.3)
+    for x in want:
+        check(got().count(x) == 1, "%s@%s: replayed %s %d times (want once): %s"
+              % (session.user, name, x, got().count(x), got()))
+    return again
+
+
+def test_canary_clients_in_every_phase(ctx):
+    """Clients log in, reconnect and detach while each canary phase runs —
+    the cohort's move (stretched: the new worker adopts slowly), the bake,
+    the promotion (stretched), and the abort of a second canary (stretched,
+    the old worker adopts slowly) — for cohort and control sessions: each
+    lands on the worker that holds its session (parked while the session is
+    frozen, forwarded over the peer link otherwise), gets what it missed
+    exactly once and then every live line exactly once; nobody is
+    disconnected."""
+    ng, b, dave = setup(ctx, nsessions=10)
+    build_b = ctx.builds["b"].require()
+    build_a = ctx.builds["a"].require()
+    cohort = cohort_users(b, 50)
+    control = [s for s in b.sessions if s not in cohort]
+    check(cohort and control, "need both groups: cohort %d of 10" % len(cohort))
+    clients = []
+    pending = []
+
+    def start_async(*args):
+        pending.append(b.ctl_async(*(list(args) + ["--json"])))
+        ctx.loop.run_for(0.3)  # inside the stretched move now
+
+    def finish():
+        p = pending.pop()
+        while p.poll() is None:
+            ctx.loop.run_for(0.1)
+        rc, data, out, err = b.finish_ctl(p)
+        check(isinstance(data, dict), "no JSON: %s %s" % (out, err))
+        return rc, data
+
+    # 1. during the cohort's move
+    b.set_fault("target:slow-prepare")
+    clients.append(detached_replay(ctx, b, dave, cohort[0], "p1", "m",
+                   lambda: start_async("canary", "start", build_b.sessiond, "--percent", "50")))
+    clients.append(bl.bouncer_client(ctx.loop, b, control[0], client="n1", timeout=30))
+    rc, r = finish()
+    b.clear_fault()
+    check(rc == 0 and r["result"] == "started", "canary start: %s" % r)
+    talk_and_check(ctx, dave, clients, tag="m2")
+
+    # 2. during the bake
+    clients.append(detached_replay(ctx, b, dave, cohort[1 % len(cohort)], "p2", "k", lambda: None))
+    clients.append(detached_replay(ctx, b, dave, control[1 % len(control)], "p3", "l", lambda: None))
+    talk_and_check(ctx, dave, clients, tag="k2")
+
+    # 3. during the promotion
+    b.set_fault("target:slow-prepare")
+    clients.append(detached_replay(ctx, b, dave, control[0], "p4", "p",
+                   lambda: start_async("canary", "promote")))
+    rc, r = finish()
+    b.clear_fault()
+    check(rc == 0 and r["result"] == "promoted" and r["disconnects"] == 0, "promote: %s" % r)
+    talk_and_check(ctx, dave, clients, tag="p2")
+
+    # 4. a second canary, aborted: during the abort's move back
+    rc, r = ctl_pumping(ctx, b, "canary", "start", build_a.sessiond, "--percent", "50")
+    check(rc == 0, "second canary: %s" % r)
+    b.set_fault("target:slow-prepare")
+    clients.append(detached_replay(ctx, b, dave, cohort[0], "p5", "a",
+                   lambda: start_async("canary", "abort")))
+    rc, r = finish()
+    b.clear_fault()
+    check(rc == 0 and r["result"] == "aborted" and r["disconnects"] == 0, "abort: %s" % r)
+    talk_and_check(ctx, dave, clients, tag="a2")
+    for c in clients:
+        check(not c.closed, "%s was disconnected (%s)" % (c.name, c.close_reason))
