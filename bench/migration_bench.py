@@ -307,6 +307,58 @@ def wait_until(pred, timeout, what, interval=0.5, progress=None):
         time.sleep(interval)
 
 
+def canary_cycles(args, baton, build_b):
+    """--canary P: K cycles of `canary start B --percent P`, a bake of
+    --canary-bake seconds under the health gates, `canary abort` (the cohort
+    moves back). Per cycle: the cohort's move (freeze, total), the rollback
+    (rollback_ms: T -> S, every cohort session), and what judging cost: the
+    supervisor's gate evaluation and both workers' building of their
+    answers, in CPU seconds and in % of one core over the bake."""
+    out = []
+    for k in range(args.canary_cycles):
+        t0 = time.monotonic()
+        r = baton.ctl("canary", "start", build_b["sessiond"], "--percent", str(args.canary),
+                      "--json", timeout=args.handoff_timeout * 10 + 60)
+        try:
+            start = json.loads(r.stdout)
+        except ValueError:
+            start = {"unparsed_stdout": r.stdout[-2000:], "stderr": r.stderr[-1000:]}
+        bake_t0 = time.monotonic()
+        time.sleep(args.canary_bake)
+        st = baton.ctl("canary", "status", "--json", timeout=30)
+        try:
+            status = json.loads(st.stdout)
+        except ValueError:
+            status = {}
+        bake_s = time.monotonic() - bake_t0
+        r = baton.ctl("canary", "abort", "--json", timeout=args.handoff_timeout * 10 + 60)
+        try:
+            abort = json.loads(r.stdout)
+        except ValueError:
+            abort = {"unparsed_stdout": r.stdout[-2000:], "stderr": r.stderr[-1000:]}
+        cost = (status.get("gates_cpu_s", 0) + status.get("health_build_s_cohort", 0) +
+                status.get("health_build_s_control", 0))
+        c = {"cycle": k + 1, "percent": args.canary,
+             "start_result": start.get("result"), "cohort_sessions": start.get("cohort_sessions"),
+             "move_freeze_ms": start.get("freeze_ms"), "move_total_ms": start.get("total_ms"),
+             "abort_result": abort.get("result"), "rollback_ms": abort.get("rollback_ms"),
+             "abort_total_ms": abort.get("total_ms"), "disconnects": abort.get("disconnects"),
+             "samples": status.get("samples"), "bake_s": round(bake_s, 2),
+             "gates_cpu_s": status.get("gates_cpu_s"),
+             "health_build_s_cohort": status.get("health_build_s_cohort"),
+             "health_build_s_control": status.get("health_build_s_control"),
+             "judging_cpu_pct_of_one_core": round(100.0 * cost / bake_s, 3) if bake_s else None,
+             "gates": status.get("gates"), "wall_s": round(time.monotonic() - t0, 2)}
+        log("canary %d: %s %s sessions, move freeze %s ms total %s ms; %s samples, judging "
+            "%.3f %% of a core; abort %s, rollback %s ms, %s disconnects"
+            % (k + 1, c["start_result"], c["cohort_sessions"], c["move_freeze_ms"],
+               c["move_total_ms"], c["samples"], c["judging_cpu_pct_of_one_core"] or 0,
+               c["abort_result"], c["rollback_ms"], c["disconnects"]))
+        out.append(c)
+        time.sleep(args.gap)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -330,6 +382,11 @@ def main():
     ap.add_argument("--drain", type=float, default=3.0,
                     help="seconds to wait for the last lines after the speakers stop")
     ap.add_argument("--upgrades", type=int, default=1)
+    ap.add_argument("--canary", type=float, default=0,
+                    help="instead of upgrades: canaries of this percentage, each baked and "
+                         "aborted (cohort move, rollback time, cost of the gates)")
+    ap.add_argument("--canary-cycles", type=int, default=3)
+    ap.add_argument("--canary-bake", type=float, default=20.0)
     ap.add_argument("--timeline-bin-ms", type=float, default=50.0,
                     help="bin width of the per-upgrade latency timeline")
     ap.add_argument("--window-margin-ms", type=float, default=100.0,
@@ -539,7 +596,9 @@ def run_once(args, build_a, build_b, ready_timeout, tls):
             "into %d channels" % (args.rate, args.uplink_rate, len(channels)))
         time.sleep(args.steady)
         upgrades = []
-        for u in range(args.upgrades if baton else 0):
+        if baton and args.canary:
+            result["canaries"] = canary_cycles(args, baton, build_b)
+        for u in range(args.upgrades if baton and not args.canary else 0):
             target = build_b if u % 2 == 0 else build_a
             before = baton.workers()
             proc_before = {str(p): proc_status(p) for p in before}

@@ -35,6 +35,7 @@ struct worker {
 	struct event *lag_ev;
 	struct timespec lag_expected;
 	double lag_ms; /* event-loop lag: lateness of the last lag tick */
+	double health_build_s; /* CPU spent building HEALTH answers, cumulative */
 	struct bouncer *b;
 	const struct baton_config *cfg;
 	bool migrating;
@@ -156,13 +157,26 @@ static void worker_send_status(struct worker *w)
 
 /* The health gates' sample (health.h): counters, and the differential
  * delivery of the interval that ends now. */
+static double worker_thread_cpu_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static void worker_send_health(struct worker *w)
 {
 	Baton__Control__Health h = BATON__CONTROL__HEALTH__INIT;
+	double t0 = worker_thread_cpu_s();
 	int rc;
 
 	if (health_fill(bouncer_health(w->b), w->b, &h) < 0)
 		log_warn("worker", "health sample incomplete: out of memory");
+	/* what answering the gates costs this loop (bench/README.md) */
+	w->health_build_s += worker_thread_cpu_s() - t0;
+	h.has_health_build_s = 1;
+	h.health_build_s = w->health_build_s;
 	rc = control_send(w->fd, CONTROL_HEALTH, &h.base, NULL, 0,
 			  WORKER_SEND_TIMEOUT_MS);
 	if (rc < 0)

@@ -91,6 +91,7 @@ struct canary {
 	struct timespec t0, rb_t0;
 	double freeze_ms, rollback_ms;
 	double detected_ms;            /* canary start -> the gate tripped (0: none) */
+	double gates_cpu_s;            /* supervisor CPU spent evaluating samples */
 	struct timespec moved_at;      /* the cohort's (last) move committed */
 	unsigned cohort_sessions, control_sessions, lost;
 	char result[16];
@@ -191,6 +192,13 @@ static struct json_object *canary_result_json(const struct canary *c,
 	json_object_object_add(o, "gate", c->gate[0] ? json_object_new_string(c->gate) : NULL);
 	json_object_object_add(o, "gates", gates_json(c->gates));
 	json_object_object_add(o, "samples", json_object_new_int64(gates_samples(c->gates)));
+	/* the cost of judging: the supervisor's evaluation, and each worker's
+	 * building of its answers (CPU seconds, cumulative) */
+	json_object_object_add(o, "gates_cpu_s", json_object_new_double(c->gates_cpu_s));
+	json_object_object_add(o, "health_build_s_cohort",
+			       json_object_new_double(c->health[0] ? c->health[0]->health_build_s : 0));
+	json_object_object_add(o, "health_build_s_control",
+			       json_object_new_double(c->health[1] ? c->health[1]->health_build_s : 0));
 	json_object_object_add(o, "percent",
 			       json_object_new_double(c->percent_x100 / 100.0));
 	json_object_object_add(o, "cohort_sessions", json_object_new_int64(c->cohort_sessions));
@@ -607,8 +615,17 @@ static void canary_sample_done(struct canary *c)
 		c->closed_last[k] = closed;
 	}
 	canary_count_sessions(c);
-	gates_observe(c->gates, c->health[0], c->answered_at[0], c->health[1],
-		      c->answered_at[1]);
+	{
+		struct timespec t0, t1;
+
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+		gates_observe(c->gates, c->health[0], c->answered_at[0], c->health[1],
+			      c->answered_at[1]);
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+		/* what judging costs the supervisor's loop (bench/README.md) */
+		c->gates_cpu_s += (double)(t1.tv_sec - t0.tv_sec) +
+				  (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+	}
 	c->asked[0] = c->asked[1] = false;
 	canary_trip_check(c);
 }
