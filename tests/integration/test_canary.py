@@ -11,13 +11,16 @@ the channels so delivery can be checked exactly once per client."""
 import os
 
 import batonlib as bl
+import test_metrics
 from batonlib import check
 
 CHANNELS = ["#chat", "#ops"]
 
 
-def setup(ctx, nsessions=20, canary_opts=None, **kw):
+def setup(ctx, nsessions=20, canary_opts=None, metrics_port=None, **kw):
     ng = ctx.ngircd()
+    if metrics_port:
+        kw["supervisor_opts"] = {"metrics": "127.0.0.1:%d" % metrics_port}
     b = bl.Baton(ctx, ng, nsessions=nsessions, channels=CHANNELS, **kw)
     opts = {"sample_ms": 200, "min_lines": 50}
     opts.update(canary_opts or {})
@@ -93,7 +96,8 @@ def test_canary_routes_promotes_and_aborts(ctx):
     is and get channel lines exactly once; promote moves the rest and retires
     the old worker; a second canary is aborted and everything returns to one
     worker. No client is ever disconnected."""
-    ng, b, dave = setup(ctx, nsessions=20)
+    mport = bl.free_port()
+    ng, b, dave = setup(ctx, nsessions=20, metrics_port=mport)
     build_b = ctx.builds["b"].require()
     cohort = cohort_users(b, 50)
     check(0 < len(cohort) < 20, "50 %% cohort of 20 users has %d" % len(cohort))
@@ -131,6 +135,18 @@ def test_canary_routes_promotes_and_aborts(ctx):
     bl.wait_attached(ctx.loop, again, cs)
     clients[i] = again
     talk_and_check(ctx, dave, clients, tag="b")
+    # every gate's value is in the metrics, and they pass promtool
+    ctx.loop.run_for(1.5)
+    text = test_metrics.scrape(mport)
+    test_metrics.promtool_check(ctx, text)
+    for fam in ("baton_canary_gate_cohort", "baton_canary_gate_threshold",
+                "baton_canary_gate_tripped", "baton_canaries_total"):
+        check(fam in text, "metrics lack %s" % fam)
+    check('baton_canary_gate_cohort{gate="delivery"}' in text, "no delivery gate in the metrics")
+    st = b.status()
+    gates = {g["name"]: g for g in st["canary"]["gates"]}
+    check(len(gates) == 14 and all(g["verdict"] in ("pass", "waiting") for g in gates.values()),
+          "gates during a healthy canary: %s" % {n: g["verdict"] for n, g in gates.items()})
 
     rc, r = ctl_pumping(ctx, b, "canary", "promote")
     check(rc == 0 and r["result"] == "promoted", "promote: rc %s %s" % (rc, r))
