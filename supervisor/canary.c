@@ -491,6 +491,18 @@ static void canary_move_done(struct canary *c)
 			return;
 		}
 		clock_gettime(CLOCK_MONOTONIC, &c->moved_at);
+		if (c->cohort_sessions == 0) {
+			/* Nothing to judge: a canary of nobody would "pass" and
+			 * then promote everyone. */
+			canary_reason(c, "no session matches the cohort (%s%.2f %%%s%s)",
+				      c->plan.nusers ? "listed users, " : "",
+				      c->percent_x100 / 100.0,
+				      c->plan.network[0] ? ", network " : "", c->plan.network);
+			if (worker_send_peer(c->s, -1, 0) < 0)
+				log_warn("canary", "cannot unlink pid %d", (int)worker_pid(c->s));
+			canary_end(c, "refused", c->s, c->t);
+			return;
+		}
 		log_info("canary", "cohort moved: %u sessions on pid %d (freeze %.1f ms)",
 			 c->rd.sessions, (int)worker_pid(c->t), freeze);
 		c->phase = C_BAKE;

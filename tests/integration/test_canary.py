@@ -265,3 +265,32 @@ def test_canary_clients_in_every_phase(ctx):
     talk_and_check(ctx, dave, clients, tag="a2")
     for c in clients:
         check(not c.closed, "%s was disconnected (%s)" % (c.name, c.close_reason))
+
+
+def test_canary_refusals(ctx):
+    """A canary of nobody (unknown users) is refused, the new worker leaves
+    and the old one serves everyone; a second canary while one runs, a
+    promote without a canary, a grow below the current percentage and an
+    unknown binary are refused with exit 1 and a reason; usage errors exit
+    2."""
+    ng, b, dave = setup(ctx, nsessions=4)
+    build_b = ctx.builds["b"].require()
+    rc, r = ctl_pumping(ctx, b, "canary", "start", build_b.sessiond, "--users", "nobody,noone")
+    check(rc == 1 and r["result"] == "refused" and "no session matches" in r["reason"],
+          "empty cohort: rc %s %s" % (rc, r))
+    roles, st = workers_by_role(b)
+    check(list(roles) == ["active"] and roles["active"]["sessions"] == 4, "after: %s" % st["workers"])
+    rc, r = ctl_pumping(ctx, b, "canary", "promote")
+    check(rc == 1 and "no canary" in r["reason"], "promote without a canary: %s" % r)
+    rc, r = ctl_pumping(ctx, b, "canary", "start", "/nonexistent/baton-sessiond", "--percent", "50")
+    check(rc == 2, "unknown binary: rc %s %s" % (rc, r))
+    rc, r = ctl_pumping(ctx, b, "canary", "start", build_b.sessiond, "--percent", "100")
+    check(rc == 0 and r["cohort_sessions"] == 4, "canary 100 %%: %s" % r)
+    rc, r = ctl_pumping(ctx, b, "canary", "start", build_b.sessiond, "--percent", "10")
+    check(rc == 1 and "already running" in r["reason"], "second canary: %s" % r)
+    rc, r = ctl_pumping(ctx, b, "canary", "grow", "--percent", "50")
+    check(rc == 1 and "above the current" in r["reason"], "grow below: %s" % r)
+    rc, _, out, err = b.ctl("canary", "start", build_b.sessiond)
+    check(rc == 2 and "exactly one of" in err, "no cohort: rc %s %s" % (rc, err))
+    rc, r = ctl_pumping(ctx, b, "canary", "abort")
+    check(rc == 0 and r["result"] == "aborted", "abort: %s" % r)
