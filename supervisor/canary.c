@@ -80,6 +80,7 @@ struct canary {
 	/* sampling */
 	bool asked[2], answered[2];    /* [0] T (cohort), [1] S (control) */
 	double answered_at[2];         /* monotonic seconds */
+	bool control_silent;           /* the control missed a sample (logged once) */
 	Baton__Control__Health *health[2];
 	struct timespec asked_at;
 	uint64_t closed_first[2], closed_last[2];
@@ -661,6 +662,20 @@ static void canary_on_sample(evutil_socket_t fd, short what, void *arg)
 			snprintf(why, sizeof(why), "pid %d did not answer a health sample for %.1f s",
 				 (int)worker_pid(c->t), waited / 1000.0);
 			gates_trip(c->gates, "watchdog", waited / 1000.0, why);
+			canary_trip_check(c);
+			return;
+		}
+		if (c->asked[1] && !c->answered[1] && c->answered[0] &&
+		    waited > c->h.cfg->canary_watchdog_ms) {
+			/* The control does not answer: nothing to compare with,
+			 * but what the cohort did on its own still counts. */
+			if (!c->control_silent)
+				log_warn("canary", "pid %d (control) does not answer health samples: only the hard gates judge until it does",
+					 (int)worker_pid(c->s));
+			c->control_silent = true;
+			gates_observe_cohort(c->gates, c->health[0], c->answered_at[0]);
+			worker_cancel_health(c->s, c);
+			c->asked[0] = c->asked[1] = false;
 			canary_trip_check(c);
 		}
 		return;

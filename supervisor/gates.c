@@ -84,6 +84,7 @@ struct gates {
 	struct gate_counts base[2];  /* statistical baseline (since the last move) */
 	struct gate_counts last[2];
 	bool rebase;
+	bool skip_delivery;          /* the next pair's intervals differ (gates_observe_cohort) */
 	struct strmap *channels;     /* "network channel" -> struct gate_channel */
 	struct gate_channel **all;   /* every entry of channels (owned) */
 	size_t nall;
@@ -427,7 +428,7 @@ void gates_observe(struct gates *g, const Baton__Control__Health *cohort,
 		   double control_at)
 {
 	struct gate_counts c[2];
-	bool first = !g->last[0].have || g->rebase;
+	bool first = !g->last[0].have || g->rebase || g->skip_delivery;
 	double dt[2] = { cohort_at - g->last[0].t, control_at - g->last[1].t };
 
 	gates_counts(&c[0], cohort, cohort_at);
@@ -447,6 +448,7 @@ void gates_observe(struct gates *g, const Baton__Control__Health *cohort,
 		g->last[k] = c[k];
 	}
 	g->rebase = false;
+	g->skip_delivery = false;
 	gates_hard(g);
 	gates_statistical(g);
 	/* The first interval after a move is not comparable (sessions that
@@ -457,6 +459,22 @@ void gates_observe(struct gates *g, const Baton__Control__Health *cohort,
 		g->delivery_span = control_at - g->delivery_t0;
 		gates_delivery(g, cohort, control, dt[0] / dt[1]);
 	}
+}
+
+void gates_observe_cohort(struct gates *g, const Baton__Control__Health *cohort,
+			  double cohort_at)
+{
+	struct gate_counts c;
+
+	if (!g->start[0].have)
+		return; /* no control sample yet: nothing is set up */
+	gates_counts(&c, cohort, cohort_at);
+	/* Only the hard counts move: the next paired sample's intervals
+	 * must still start where the last paired one ended. */
+	memcpy(g->last[0].hard, c.hard, sizeof(c.hard));
+	gates_hard(g);
+	/* the cohort's delivery interval ended here, the control's did not */
+	g->skip_delivery = true;
 }
 
 void gates_rebase(struct gates *g)

@@ -68,6 +68,11 @@ void gates_observe(struct gates *g, const Baton__Control__Health *cohort,
 		   double cohort_at, const Baton__Control__Health *control,
 		   double control_at);
 
+/* The control did not answer this sample: only the hard gates judge the
+ * cohort's answer (the comparing gates wait for both). */
+void gates_observe_cohort(struct gates *g, const Baton__Control__Health *cohort,
+			  double cohort_at);
+
 /* A move changed the groups: statistical baselines restart from the next
  * sample (differential sums and hard counts go on). */
 void gates_rebase(struct gates *g);
