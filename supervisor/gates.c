@@ -332,6 +332,13 @@ static void gates_delivery(struct gates *g, const Baton__Control__Health *cohort
 		  g->delivery_expected, tol);
 	if (g->verdict[G_DELIVERY] == GATE_TRIPPED)
 		return;
+	/* A cohort that is slow (its relay p99 over the latency gate's
+	 * threshold) holds lines back: a deficit is the latency gate's to
+	 * judge until that clears. A surplus is never lateness. */
+	if (g->delivery_diff < 0 && g->values[G_LATENCY_P99][0] > g->values[G_LATENCY_P99][2]) {
+		g->verdict[G_DELIVERY] = GATE_WAITING;
+		return;
+	}
 	g->verdict[G_DELIVERY] = GATE_PASS;
 	if (fabs(g->delivery_diff) > tol)
 		gates_do_trip(g, G_DELIVERY, "delivery: the cohort's users got %.0f lines where the control's got the equivalent of %.0f (%+.0f, tolerance %.1f): lines %s; most in %s (%+.0f of %.0f)",

@@ -211,6 +211,24 @@ static void test_latency_trips_after_samples(void **state)
 	gates_free(g);
 }
 
+/* Slow and therefore behind: 2 % of the lines not yet delivered at each
+ * sample. The latency gate judges, not delivery (a loss with normal
+ * latency is test_delivery_catches_loss). */
+static void slow_and_behind(struct fake *t, int i)
+{
+	slow(t, i);
+	drop_2pct(t, i);
+}
+
+static void test_late_lines_are_the_latency_gates(void **state)
+{
+	struct gates *g = run(30, slow_and_behind);
+
+	assert_string_equal(gates_tripped(g), "relay_latency_p99");
+	assert_int_not_equal(verdict(g, "delivery"), GATE_TRIPPED);
+	gates_free(g);
+}
+
 static void leak(struct fake *t, int i)
 {
 	t->h.rss_bytes += 20 << 20; /* 1 MiB per session per sample (second) */
@@ -302,6 +320,7 @@ int main(void)
 		cmocka_unit_test(test_delivery_tolerates_edges),
 		cmocka_unit_test(test_delivery_scales_by_answer_time),
 		cmocka_unit_test(test_latency_trips_after_samples),
+		cmocka_unit_test(test_late_lines_are_the_latency_gates),
 		cmocka_unit_test(test_rss_growth),
 		cmocka_unit_test(test_hard_gate_trips_at_once),
 		cmocka_unit_test(test_first_trip_leads),
