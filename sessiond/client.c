@@ -210,7 +210,7 @@ unsigned client_deliver(struct client *cl, uint64_t seq, const char *line,
 			int64_t time_ms, unsigned copies)
 {
 	if (cl->replaying)
-		return 0; /* stored: the pump gets to it in seq order */
+		return copies ? 1 : 0; /* stored: the pump sends it in seq order */
 	return client_queue_line(cl, seq, line, time_ms, copies);
 }
 

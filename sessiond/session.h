@@ -512,8 +512,11 @@ void session_store_and_relay(struct session *s, const char *buffer,
 			     struct client *except);
 /* The same, queued `copies` times to each client (1; 0 or 2 only in fault
  * builds: sessiond/fault.h). Returns how many times the line was queued to
- * the best-served client (0: no client took it live, e.g. none attached
- * or all replaying): what health_channel_lines() counts. */
+ * the best-served client (0: no client attached), a replaying client's
+ * line counting once (the pump sends it from the backlog): what
+ * health_channel_lines() counts. Counting those too matters: a client that
+ * replays after a migration would otherwise make its session look as if
+ * it lost every line that arrived meanwhile. */
 unsigned session_store_and_relay_n(struct session *s, const char *buffer,
 				   const char *line, int64_t time_ms,
 				   struct client *except, unsigned copies);
@@ -587,8 +590,9 @@ void client_resume(struct client *cl);
 void client_send_tagged(struct client *cl, const char *line, int64_t time_ms);
 /* Queue one backlog line to an attached client (advances delivered_seq and
  * records a delivery mark), `copies` times (1; 2 only in the dup fault
- * build). Ignored while the client replays: the replay pump takes the line
- * from the backlog in seq order. Returns the copies queued (0: none). */
+ * build). Not queued while the client replays: the replay pump takes the
+ * line from the backlog in seq order. Returns the copies queued, or 1 for
+ * a replaying client (the pump will send it once; 0 copies: 0). */
 unsigned client_deliver(struct client *cl, uint64_t seq, const char *line,
 			int64_t time_ms, unsigned copies);
 /* The client has backlog line seq without it being sent (it wrote it):
