@@ -358,7 +358,7 @@ def main():
                                "faults" if args.fault == "all" else args.fault)
     path = os.path.join(args.results, name)
     with open(path, "w") as f:
-        json.dump(out, f, indent=1)
+        f.write(bl.scrub_paths(json.dumps(out, indent=1)) + "\n")
     for fault, s in summary.items():
         print("%-9s %d/%d as expected; results %s; gates %s; detected median %s ms; "
               "rollback median %s ms" % (fault, s["as_expected"], s["runs"], s["results"],

@@ -48,6 +48,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import ircload  # noqa: E402
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
+from batonlib import scrub_paths  # noqa: E402
 from ircload import log, Proc, latency_stats  # noqa: E402
 
 REPO = os.path.dirname(HERE)
@@ -465,7 +467,7 @@ def main():
             time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())))
     if out != "-":
         with open(out, "w") as f:
-            f.write(text + "\n")
+            f.write(scrub_paths(text) + "\n")
         log("wrote %s" % out)
     return 1 if result.get("error") or not result.get("ok") else 0
 
@@ -812,7 +814,7 @@ def compare_tls(args, build_a, build_b, ready_timeout):
                             % (args.sessions, stamp))
     if path != "-":
         with open(path, "w") as f:
-            f.write(text + "\n")
+            f.write(scrub_paths(text) + "\n")
         log("wrote %s" % path)
     return 0 if out["ok"] else 1
 

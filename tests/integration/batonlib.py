@@ -78,6 +78,16 @@ def log(*args):
 _ports_handed_out = set()
 
 
+def scrub_paths(text):
+    """Results kept in the tree name no machine's paths: the checkout
+    becomes <checkout>, the shared folder beside it ../shared, temp dirs
+    <tmp>."""
+    shared = os.path.join(os.path.dirname(REPO_ROOT), "shared")
+    text = text.replace(shared, "../shared").replace(REPO_ROOT, "<checkout>")
+    tmp = tempfile.gettempdir()
+    return re.sub(re.escape(tmp) + r"/[^\s\"']*", "<tmp>", text)
+
+
 def free_port(host="127.0.0.1"):
     """A TCP port the kernel picks (bind to port 0), never handed out twice
     by this process. The socket is closed before the caller binds it, so
