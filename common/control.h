@@ -33,6 +33,14 @@ enum control_type {
 	CONTROL_HEALTH = 12,          /* worker -> supervisor */
 };
 
+/* The relay latency histogram of HEALTH (Health.relay_latency_buckets):
+ * its finite upper bounds in seconds, one +Inf bucket after them. The
+ * worker counts into them (sessiond/health.h), the supervisor reads them
+ * (gates.c, exposition.c): one list for both sides. */
+#define CONTROL_LATENCY_BOUNDS                                                 \
+	{ 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5 }
+#define CONTROL_LATENCY_NBOUNDS 13
+
 /* Frames on a canary's peer link (CONTROL_PEER) between two workers. */
 enum peer_type {
 	/* A logged-in client for a session the sender does not hold: payload

@@ -62,6 +62,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/control.h"
+
 struct bouncer;
 struct session;
 struct channel;
@@ -69,10 +71,10 @@ struct conn;
 struct irc_msg;
 struct Baton__Control__Health;
 
-/* Relay latency bucket bounds, seconds; a last bucket +Inf follows. */
-#define HEALTH_LATENCY_BOUNDS                                                  \
-	{ 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5 }
-#define HEALTH_NBOUNDS 13
+/* Relay latency bucket bounds, seconds; a last bucket +Inf follows (the
+ * protocol's: common/control.h). */
+#define HEALTH_LATENCY_BOUNDS CONTROL_LATENCY_BOUNDS
+#define HEALTH_NBOUNDS CONTROL_LATENCY_NBOUNDS
 #define HEALTH_NBUCKETS (HEALTH_NBOUNDS + 1)
 extern const double health_latency_bounds[HEALTH_NBOUNDS];
 

@@ -9,6 +9,8 @@
 
 #include <event2/buffer.h>
 
+#include "common/control.h"
+
 #include "baton_version.h"
 #include "supervisor/supervisor.h"
 #include "supervisor/worker.h"
@@ -19,10 +21,8 @@ const double expo_freeze_bounds[] = {
 const size_t expo_freeze_nbounds =
 	sizeof(expo_freeze_bounds) / sizeof(expo_freeze_bounds[0]);
 
-/* sessiond/health.h HEALTH_LATENCY_BOUNDS (its +Inf is implied here). */
-const double expo_relay_latency_bounds[] = {
-	0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5,
-};
+/* common/control.h CONTROL_LATENCY_BOUNDS (its +Inf is implied here). */
+const double expo_relay_latency_bounds[] = CONTROL_LATENCY_BOUNDS;
 const size_t expo_relay_latency_nbounds =
 	sizeof(expo_relay_latency_bounds) / sizeof(expo_relay_latency_bounds[0]);
 

@@ -72,8 +72,8 @@ void expo_hist_write(struct evbuffer *out, const char *name,
 /* Migration freeze buckets (s): 1 ms .. 10 s. */
 extern const double expo_freeze_bounds[];
 extern const size_t expo_freeze_nbounds;
-/* Relay latency bounds (s): must equal sessiond/health.h
- * HEALTH_LATENCY_BOUNDS without its +Inf (the worker sends cumulative
+/* Relay latency bounds (s): common/control.h CONTROL_LATENCY_BOUNDS,
+ * what the worker counts into, without its +Inf (the worker sends cumulative
  * counts per bound plus +Inf); a Health with another number of buckets is
  * not shown (a worker of another build with other bounds). */
 extern const double expo_relay_latency_bounds[];

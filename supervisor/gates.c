@@ -56,8 +56,7 @@ static const struct {
 /* The relay latency histogram's finite bounds (sessiond/health.h
  * HEALTH_LATENCY_BOUNDS, the same in the worker's Health answer; the
  * +Inf bucket follows), for p99. */
-static const double gate_latency_bounds[] = { 0.0005, 0.001, 0.002, 0.005, 0.01,
-					      0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5 };
+static const double gate_latency_bounds[] = CONTROL_LATENCY_BOUNDS;
 #define GATE_LAT_BUCKETS (sizeof(gate_latency_bounds) / sizeof(gate_latency_bounds[0]) + 1)
 
 /* One worker's counters at one sample (scalars only). */
