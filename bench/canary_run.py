@@ -83,9 +83,10 @@ def canary_opts(args):
             "ping_answer_timeout": 3, "adopt_ping_timeout": 10}
 
 
-def one_run(ctx, args, A, B, loadgen, fault, log=bl.log):
-    """One canary under load in ctx. Returns a result dict ("pass" says
-    whether it ended as expected)."""
+def start_baton(ctx, args, loadgen):
+    """ngircd (PINGing idle connections after --ngircd-ping-timeout s) and
+    baton with baton-loadgen's users and the run's [canary] keys, ready.
+    Returns (ngircd, baton)."""
     ngircd = ctx.ngircd(ping_timeout=args.ngircd_ping_timeout, pong_timeout=60)
     rows = load_run.plan(loadgen, args)
     baton = load_run.LoadBaton(ctx, ngircd, nsessions=args.bouncer_users, channels=("#lg0",),
@@ -99,18 +100,18 @@ def one_run(ctx, args, A, B, loadgen, fault, log=bl.log):
     baton.write_config(text)
     baton.config_text = lambda: text  # keep [canary] on rewrites
     baton.start(wait=True, timeout=args.ready_timeout)
+    return ngircd, baton
+
+
+def one_run(ctx, args, A, B, loadgen, fault, log=bl.log):
+    """One canary under load in ctx. Returns a result dict ("pass" says
+    whether it ended as expected)."""
+    ngircd, baton = start_baton(ctx, args, loadgen)
     binary = B.sessiond if fault == "none" else fault_binary(ctx, A, fault)
     out = os.path.join(ctx.dir, "canary.json")
-    cmd = [loadgen, "--json", "-v", "--trace", args.trace,
-           "--server", "127.0.0.1:%d" % ngircd.port,
-           "--baton", "127.0.0.1:%d" % baton.port,
-           "--network", baton.network, "--password", baton.sessions[0].password,
-           "--bouncer-users", str(args.bouncer_users), "--channels", str(args.channels),
-           "--chans-per-user", str(args.chans_per_user), "--seed", str(args.seed),
-           "--rate", str(args.rate), "--duration", str(args.duration),
-           "--drain", str(args.drain),
-           "--exec", "%g:%s -c %s upgrade %s --canary %g --bake %g --json > %s" % (
-               args.start_at, A.batonctl, baton.config, binary, args.percent, args.bake, out)]
+    cmd = load_run.loadgen_cmd(args, loadgen, ngircd, baton) + [
+        "--exec", "%g:%s -c %s upgrade %s --canary %g --bake %g --json > %s" % (
+            args.start_at, A.batonctl, baton.config, binary, args.percent, args.bake, out)]
     t = time.monotonic()
     with open(os.path.join(ctx.dir, "loadgen.log"), "wb") as errf:
         p = ctx.procs.popen(cmd, stdout=subprocess.PIPE, stderr=errf)
@@ -180,19 +181,7 @@ def sequence_run(ctx, args, A, B, loadgen, faults, spacing, ci_script=None, log=
     build through `ci_script` (deploy/ci-upgrade.sh) when given, else
     batonctl. Returns {"runs": [per canary: fault, result, gate, ...],
     "loadgen": {...}, "pass": bool}."""
-    ngircd = ctx.ngircd(ping_timeout=args.ngircd_ping_timeout, pong_timeout=60)
-    rows = load_run.plan(loadgen, args)
-    baton = load_run.LoadBaton(ctx, ngircd, nsessions=args.bouncer_users, channels=("#lg0",),
-                               sessiond_opts=dict(bl.roomy_backlog(args.backlog_lines)),
-                               handoff_timeout=30, rlimit_nofile=args.nofile)
-    for s, (user, nick, chans) in zip(baton.sessions, rows):
-        s.channels = chans
-    load_run.LoadBaton.network_opts = dict(load_run.GOVERNOR_OFF)
-    text = baton.config_text() + "[canary]\n" + "".join(
-        "%s = %s\n" % kv for kv in canary_opts(args).items())
-    baton.write_config(text)
-    baton.config_text = lambda: text
-    baton.start(wait=True, timeout=args.ready_timeout)
+    ngircd, baton = start_baton(ctx, args, loadgen)
     steps = [(f, fault_binary(ctx, A, f)) for f in faults] + [("none", B.sessiond)]
     execs, outs = [], []
     for i, (fault, binary) in enumerate(steps):
@@ -209,14 +198,7 @@ def sequence_run(ctx, args, A, B, loadgen, faults, spacing, ci_script=None, log=
                 args.bake if fault == "none" else spacing - 1, out, err)
         execs += ["--exec", "%g:%s" % (at, cmd)]
     args.duration = args.start_at + len(steps) * spacing + args.bake + 5
-    cmd = [loadgen, "--json", "-v", "--trace", args.trace,
-           "--server", "127.0.0.1:%d" % ngircd.port,
-           "--baton", "127.0.0.1:%d" % baton.port,
-           "--network", baton.network, "--password", baton.sessions[0].password,
-           "--bouncer-users", str(args.bouncer_users), "--channels", str(args.channels),
-           "--chans-per-user", str(args.chans_per_user), "--seed", str(args.seed),
-           "--rate", str(args.rate), "--duration", str(args.duration),
-           "--drain", str(args.drain)] + execs
+    cmd = load_run.loadgen_cmd(args, loadgen, ngircd, baton) + execs
     with open(os.path.join(ctx.dir, "loadgen.log"), "wb") as errf:
         p = ctx.procs.popen(cmd, stdout=subprocess.PIPE, stderr=errf)
         stdout, _ = p.communicate()

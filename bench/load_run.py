@@ -179,6 +179,20 @@ def prepare(args):
     return A, B, loadgen
 
 
+def loadgen_cmd(args, loadgen, ngircd, baton):
+    """baton-loadgen against ngircd and baton with args' users, channels,
+    trace, rate, duration and drain (JSON report on stdout); callers add
+    scenarios and --exec commands."""
+    return [loadgen, "--json", "-v", "--trace", args.trace,
+            "--server", "127.0.0.1:%d" % ngircd.port,
+            "--baton", "127.0.0.1:%d" % baton.port,
+            "--network", baton.network, "--password", baton.sessions[0].password,
+            "--bouncer-users", str(args.bouncer_users), "--channels", str(args.channels),
+            "--chans-per-user", str(args.chans_per_user), "--seed", str(args.seed),
+            "--rate", str(args.rate), "--duration", str(args.duration),
+            "--drain", str(args.drain)]
+
+
 def load_run(ctx, args, A, B, loadgen, log=bl.log):
     """One run in ctx: ngircd + baton + baton-loadgen with the scenarios and
     upgrades of args. Returns the result dict (see the module docstring);
@@ -186,14 +200,7 @@ def load_run(ctx, args, A, B, loadgen, log=bl.log):
     ngircd, baton = setup(ctx, args, loadgen, log)
     outdir = os.path.join(ctx.dir, "upgrades")
     os.makedirs(outdir, exist_ok=True)
-    cmd = [loadgen, "--json", "-v", "--trace", args.trace,
-           "--server", "127.0.0.1:%d" % ngircd.port,
-           "--baton", "127.0.0.1:%d" % baton.port,
-           "--network", baton.network, "--password", baton.sessions[0].password,
-           "--bouncer-users", str(args.bouncer_users), "--channels", str(args.channels),
-           "--chans-per-user", str(args.chans_per_user), "--seed", str(args.seed),
-           "--rate", str(args.rate), "--duration", str(args.duration),
-           "--drain", str(args.drain)]
+    cmd = loadgen_cmd(args, loadgen, ngircd, baton)
     if args.netsplit_at >= 0:
         cmd += ["--netsplit", "%g:%g" % (args.netsplit_at * args.duration, args.netsplit_fraction)]
     if args.reconnect_at >= 0:

@@ -536,6 +536,19 @@ class Ngircd:
 _hash_cache = {}
 
 
+def pump_ready(ctx, b, timeout=60, nsessions=None):
+    """Baton.wait_ready() while ctx's IRC loop keeps running (watchers and
+    clients answer PINGs meanwhile)."""
+    end = now() + timeout
+    while True:
+        try:
+            return b.wait_ready(timeout=0.5, nsessions=nsessions)
+        except AssertionError:
+            if now() > end or not b.alive():
+                raise
+        ctx.loop.run_for(0.2)
+
+
 def password_hash(password):
     """crypt(3) SHA-512 hash via `openssl passwd -6`; computed once per password."""
     h = _hash_cache.get(password)

@@ -22,22 +22,11 @@ def setup(ctx, nsessions=1, **kw):
     b = bl.Baton(ctx, ng, nsessions=nsessions, channels=CHANNELS, **kw)
     w = bl.Watcher(ctx.loop, ng, CHANNELS, watch=[s.nick for s in b.sessions])
     b.start(wait=False)
-    pump_ready(ctx, b)
+    bl.pump_ready(ctx, b)
     w.wait_present([s.nick for s in b.sessions], timeout=30)
     dave = bl.direct_user(ctx.loop, ng, "dave", CHANNELS)
     return ng, w, b, dave
 
-
-def pump_ready(ctx, b, timeout=60):
-    """Wait for Baton readiness while the loop keeps running."""
-    end = bl.now() + timeout
-    while True:
-        try:
-            return b.wait_ready(timeout=0.5)
-        except AssertionError:
-            if bl.now() > end or not b.alive():
-                raise
-        ctx.loop.run_for(0.2)
 
 
 def token_lines(conn, since=0):

@@ -23,15 +23,7 @@ def setup(ctx, sessiond_opts=None, nsessions=2):
                  sessiond_opts=sessiond_opts)
     w = bl.Watcher(ctx.loop, ng, CHANNELS, watch=[s.nick for s in b.sessions])
     b.start(wait=False)
-    end = bl.now() + 60
-    while True:
-        try:
-            b.wait_ready(timeout=0.5)
-            break
-        except AssertionError:
-            if bl.now() > end or not b.alive():
-                raise
-        ctx.loop.run_for(0.2)
+    bl.pump_ready(ctx, b)
     w.wait_present([s.nick for s in b.sessions], timeout=30)
     dave = bl.direct_user(ctx.loop, ng, "dave", CHANNELS)
     other = bl.bouncer_client(ctx.loop, b, b.sessions[1], client="other")

@@ -27,20 +27,10 @@ def setup(ctx, nsessions=20, canary_opts=None, metrics_port=None, **kw):
     b.write_config(b.config_text() + "[canary]\n" +
                    "".join("%s = %s\n" % kv for kv in opts.items()))
     b.start(wait=False)
-    pump_ready(ctx, b)
+    bl.pump_ready(ctx, b)
     dave = bl.direct_user(ctx.loop, ng, "dave", CHANNELS)
     return ng, b, dave
 
-
-def pump_ready(ctx, b, timeout=60):
-    end = bl.now() + timeout
-    while True:
-        try:
-            return b.wait_ready(timeout=0.5)
-        except AssertionError:
-            if bl.now() > end or not b.alive():
-                raise
-        ctx.loop.run_for(0.2)
 
 
 def ctl_pumping(ctx, b, *args, timeout=120):

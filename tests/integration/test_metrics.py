@@ -71,15 +71,7 @@ def test_metrics_pass_promtool_after_upgrade(ctx):
                  supervisor_opts={"metrics": "127.0.0.1:%d" % mport})
     w = bl.Watcher(ctx.loop, ng, CHANNELS, watch=[s.nick for s in b.sessions])
     b.start(wait=False)
-    end = bl.now() + 60
-    while True:
-        try:
-            b.wait_ready(timeout=0.5)
-            break
-        except AssertionError:
-            if bl.now() > end or not b.alive():
-                raise
-        ctx.loop.run_for(0.2)
+    bl.pump_ready(ctx, b)
     w.wait_present([s.nick for s in b.sessions], timeout=30)
     dave = bl.direct_user(ctx.loop, ng, "dave", CHANNELS)
     c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")

@@ -30,22 +30,12 @@ from batonlib import check
 CHANNELS = ["#chat"]
 
 
-def pump_ready(ctx, b, timeout=60):
-    end = bl.now() + timeout
-    while True:
-        try:
-            return b.wait_ready(timeout=0.5)
-        except AssertionError:
-            if bl.now() > end or not b.alive():
-                raise
-        ctx.loop.run_for(0.2)
-
 
 def start(ctx, nsessions=1, **kw):
     ng = ctx.ngircd()
     b = bl.Baton(ctx, ng, nsessions=nsessions, channels=CHANNELS, **kw)
     b.start(wait=False)
-    pump_ready(ctx, b)
+    bl.pump_ready(ctx, b)
     return ng, b
 
 

@@ -318,16 +318,6 @@ class Traffic:
 # --------------------------------------------------------------------------
 
 
-def pump_ready(ctx, b, timeout=60, nsessions=None):
-    end = bl.now() + timeout
-    while True:
-        try:
-            return b.wait_ready(timeout=0.5, nsessions=nsessions)
-        except AssertionError:
-            if bl.now() > end or not b.alive():
-                raise
-        ctx.loop.run_for(0.2)
-
 
 def make_baton(ctx, pki, upstream=None, upstream_port=None, nsessions=1, tls_upstream=True,
                network_opts=None, sessiond_opts=None, ircs=None):
@@ -421,7 +411,7 @@ def _cell_ngircd(ctx, version):
     ng = tl.NgircdTls(ctx, pki, tls_version=version).start()
     b = make_baton(ctx, pki, ng, upstream_port=ng.tls_port)
     b.start(wait=False)
-    pump_ready(ctx, b)
+    bl.pump_ready(ctx, b)
     s = b.sessions[0]
     dave = bl.direct_user(ctx.loop, ng, "dave", [CHAN])
     c = tls_client(ctx, b, pki, s)
@@ -462,7 +452,7 @@ def _cell_inspircd(ctx, version):
     ctx.loop.run_until(lambda: CHAN in bl.joined_channels(dave, "dave"), 10, "dave joins")
     b = make_baton(ctx, pki, ins, upstream_port=ins.tls_port)
     b.start(wait=False)
-    pump_ready(ctx, b)
+    bl.pump_ready(ctx, b)
     s = b.sessions[0]
     ctx.loop.run_until(lambda: any(bl.parse(ln).command == "JOIN" and
                                    (bl.parse(ln).nick or "").lower() == s.nick
@@ -504,7 +494,7 @@ def _cell_gotls(ctx, version):
     info = go.conn_info(timeout=20)
     check(info["version"] == "TLSv" + version, "Go negotiated %s" % info)
     cid = info["id"]
-    pump_ready(ctx, b)
+    bl.pump_ready(ctx, b)
     s = b.sessions[0]
     go.wait_line(lambda ln: ln.startswith("RECV %d JOIN" % cid) and CHAN in ln, timeout=15)
     c = tls_client(ctx, b, pki, s)
@@ -586,7 +576,7 @@ def _cell_scripted(ctx, kind, suite):
         check((ver, ciph) == (suite.version.replace("TLSv", "TLS"), suite.gnutls),
               "GnuTLS negotiated %s %s %s, want %s" % (ver, ciph, kx, suite))
     nick = script_register(srv)
-    pump_ready(ctx, b)
+    bl.pump_ready(ctx, b)
     s = b.sessions[0]
     check(nick == s.nick, "registered nick %s" % nick)
     c = tls_client(ctx, b, pki, s)
@@ -693,7 +683,7 @@ def _client_setup(ctx, nsessions):
     ng = tl.NgircdTls(ctx, pki).start()
     b = make_baton(ctx, pki, ng, upstream_port=ng.tls_port, nsessions=nsessions)
     b.start(wait=False)
-    pump_ready(ctx, b)
+    bl.pump_ready(ctx, b)
     dave = bl.direct_user(ctx.loop, ng, "dave", [CHAN])
     return pki, ng, b, dave
 
@@ -959,7 +949,7 @@ def test_tls_ircs_certificate_reload(ctx):
     ng = ctx.ngircd()
     b = make_baton(ctx, pki, ng, tls_upstream=False, nsessions=2, ircs=(cert_path, key_path))
     b.start(wait=False)
-    pump_ready(ctx, b)
+    bl.pump_ready(ctx, b)
     dave = bl.direct_user(ctx.loop, ng, "dave", [CHAN])
     old_c = tls_client(ctx, b, pki, b.sessions[0], name="before")
     check(peer_fingerprint(old_c) == pki.server.fingerprint, "first certificate not served")
@@ -1021,7 +1011,7 @@ def test_tls_handshake_in_progress_during_upgrade(ctx):
     b = make_baton(ctx, pki, ng, tls_upstream=False,
                    sessiond_opts={"handshake_budget_ms": 300})
     b.start(wait=False)
-    pump_ready(ctx, b)
+    bl.pump_ready(ctx, b)
     dave = bl.direct_user(ctx.loop, ng, "dave", [CHAN])
     c = tls_client(ctx, b, pki, b.sessions[0])
     pd, pc = conn_peer("dave", dave), conn_peer("u000", c)
@@ -1086,7 +1076,7 @@ def test_tls_upstream_client_certificate(ctx):
     info = go.conn_info(timeout=20)
     check(info["clientfp"] == cert.fingerprint,
           "the network saw client certificate %s, want %s" % (info["clientfp"], cert.fingerprint))
-    pump_ready(ctx, b)
+    bl.pump_ready(ctx, b)
     for i in range(2):
         rc, res = b.upgrade(ctx.builds["b" if i % 2 == 0 else "a"])
         check(rc == 0 and res.get("result") == "committed", "upgrade %d: %r" % (i + 1, res))
@@ -1106,7 +1096,7 @@ def test_tls_handshake_cap(ctx):
     ng = ctx.ngircd()
     b = make_baton(ctx, pki, ng, tls_upstream=False)
     b.start(wait=False)
-    pump_ready(ctx, b)
+    bl.pump_ready(ctx, b)
     wpid = b.worker_pid()
     fds0 = bl.fd_count(wpid)
     raws = []
