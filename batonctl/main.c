@@ -1,5 +1,5 @@
 /* batonctl/main.c: the operator's and CI's command line for a running
- * baton-supervisor (its control socket, supervisor/control_server.h).
+ * baton-supervisor (its control socket, supervisor/control_socket.h).
  *
  *   batonctl -c FILE [--json] [--timeout S] status | upgrade PATH [--force] |
  *            rollback [--force] | releases
@@ -32,6 +32,7 @@
 #include <json-c/json.h>
 
 #include "baton_version.h"
+#include "common/clock.h"
 #include "common/config.h"
 
 enum { EXIT_OK = 0, EXIT_REFUSED = 1, EXIT_USAGE = 2 };
@@ -189,20 +190,12 @@ out:
 	return out;
 }
 
-static double mono_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* Wait for `events` on fd until the deadline: 0, -ETIMEDOUT or -errno. */
 static int ctl_wait(int fd, short events, double deadline)
 {
 	for (;;) {
 		struct pollfd pfd = { .fd = fd, .events = events };
-		double left = deadline - mono_now();
+		double left = deadline - clock_mono_s();
 		int r;
 
 		if (left <= 0)
@@ -248,7 +241,7 @@ static int ctl_connect(const char *path, double deadline)
 		}
 		if (r != -EAGAIN && r != -EINTR)
 			break;
-		if (mono_now() + 0.05 >= deadline) {
+		if (clock_mono_s() + 0.05 >= deadline) {
 			r = -ETIMEDOUT;
 			break;
 		}
@@ -860,7 +853,7 @@ int main(int argc, char **argv)
 	}
 
 	/* One deadline for connect + request + reply. */
-	deadline = mono_now() + timeout_s;
+	deadline = clock_mono_s() + timeout_s;
 	rd.fd = ctl_connect(socket_path, deadline);
 	if (rd.fd < 0) {
 		r = rd.fd;

@@ -5,7 +5,7 @@
  * attached client each), forks a receiver, and passes every socket over a
  * SOCK_SEQPACKET socketpair together with S bytes of opaque "state" per fd
  * (default 2048), B fds per sendmsg (default 253 = SCM_MAX_FD). State larger
- * than one datagram is fragmented like handoff/frame.c does (60 KiB
+ * than one datagram is fragmented like common/frame.c does (60 KiB
  * fragments, fds on the first fragment). The receiver acknowledges every
  * batch (default: like the per-chunk PREPARED of the real protocol) or only
  * the end (--ack end).

@@ -4,7 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
-#include "handoff/frame.h"
+#include "common/frame.h"
 
 int control_send(int sock, enum control_type type, const ProtobufCMessage *msg,
 		 const int *fds, size_t nfds, int timeout_ms)

@@ -1,5 +1,5 @@
 /* common/control.h: the supervisor <-> worker control channel (fd 3 of a
- * worker, SOCK_SEQPACKET). Each frame (handoff/frame.h) carries one message
+ * worker, SOCK_SEQPACKET). Each frame (common/frame.h) carries one message
  * of proto/control.proto; the frame type below names it. fds ride with
  * LISTENERS (the listening sockets) and MIGRATE (see CONTROL_MIGRATE).
  */
@@ -50,7 +50,7 @@ enum peer_type {
 };
 
 /* Pack `msg` and send it as one frame of `type` (fds borrowed, see
- * handoff/frame.h). Waits at most timeout_ms for room. Returns 0 or -errno. */
+ * common/frame.h). Waits at most timeout_ms for room. Returns 0 or -errno. */
 int control_send(int sock, enum control_type type, const ProtobufCMessage *msg,
 		 const int *fds, size_t nfds, int timeout_ms);
 

@@ -1,6 +1,7 @@
 /* sessiond/bouncer.c: the registry of a worker's sessions and pending
  * clients, the listeners, and the item interface used by migrations. */
 #include "sessiond/bouncer.h"
+#include "common/clock.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -251,7 +252,7 @@ static void bouncer_health_tick_cb(evutil_socket_t fd, short what, void *arg)
 			 cfg->canary_adopt_ping_timeout_s : d->canary_adopt_ping_timeout_s) * 1000LL;
 	int64_t answer = (cfg->canary_ping_answer_timeout_s > 0 ?
 			  cfg->canary_ping_answer_timeout_s : d->canary_ping_answer_timeout_s) * 1000LL;
-	int64_t now = bouncer_mono_ms();
+	int64_t now = clock_mono_ms();
 
 	for (size_t i = 0; i < b->sessions.n; i++) {
 		struct session *s = b->sessions.v[i];
@@ -268,14 +269,6 @@ struct addr_use {
 	unsigned pending;  /* pending clients from this address */
 	unsigned tls;      /* ... of them in an ircs handshake */
 };
-
-int64_t bouncer_mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 void bouncer_addr_key(const struct sockaddr *sa, socklen_t len,
 		      char out[BOUNCER_ADDR_KEY_LEN])
@@ -425,7 +418,7 @@ static const char *bouncer_admit(struct bouncer *b, bool tls, const char *addr)
 static void bouncer_refuse(struct bouncer *b, int fd, bool tls,
 			   const char *addr, const char *why)
 {
-	int64_t now = bouncer_mono_ms();
+	int64_t now = clock_mono_ms();
 
 	if (!tls) {
 		char line[256];
@@ -484,14 +477,14 @@ static struct session *bouncer_create_session(struct bouncer *b,
 static void bouncer_sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct bouncer *b = arg;
-	int64_t now = now_ms();
+	int64_t now = clock_wall_ms();
 
 	/* Refusals counted since the last line. */
-	if (b->refused && bouncer_mono_ms() - b->refused_logged_ms >= REFUSE_LOG_MS) {
+	if (b->refused && clock_mono_ms() - b->refused_logged_ms >= REFUSE_LOG_MS) {
 		log_warn("bouncer", "refused %lu connection(s) in the last %d s; last: %s",
 			 b->refused, REFUSE_LOG_MS / 1000, b->refused_why);
 		b->refused = 0;
-		b->refused_logged_ms = bouncer_mono_ms();
+		b->refused_logged_ms = clock_mono_ms();
 	}
 
 	for (size_t i = 0; i < b->pending.n; i++) {
@@ -538,7 +531,7 @@ static struct throttle *bouncer_user_throttle(struct bouncer *b,
 int64_t bouncer_login_wait(struct bouncer *b, const char *addr,
 			   const char *user)
 {
-	int64_t now = bouncer_mono_ms(), w = 0, wu = 0;
+	int64_t now = clock_mono_ms(), w = 0, wu = 0;
 	const char *key = bouncer_user_key(b, user);
 	struct throttle *tu = bouncer_user_throttle(b, key);
 
@@ -592,7 +585,7 @@ static bool bouncer_login_busy(struct bouncer *b, const char *addr,
 static void bouncer_login_retry_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct bouncer *b = arg;
-	int64_t now = bouncer_mono_ms();
+	int64_t now = clock_mono_ms();
 	struct client **go;
 	size_t n = 0;
 
@@ -625,7 +618,7 @@ static void bouncer_login_retry_cb(evutil_socket_t fd, short what, void *arg)
 int bouncer_login_begin(struct bouncer *b, struct client *cl,
 			const char *user)
 {
-	int64_t now = bouncer_mono_ms(), da = 0, du = 0;
+	int64_t now = clock_mono_ms(), da = 0, du = 0;
 	const char *key = bouncer_user_key(b, user);
 	struct throttle *tu = bouncer_user_throttle(b, key);
 	int rc;
@@ -666,7 +659,7 @@ out:
 
 void bouncer_login_result(struct bouncer *b, struct client *cl, bool ok)
 {
-	int64_t now = bouncer_mono_ms(), da = 0, du = 0;
+	int64_t now = clock_mono_ms(), da = 0, du = 0;
 	const char *key = cl->login_user;
 	struct throttle *tu = bouncer_user_throttle(b, key);
 	unsigned counted = cl->login_counted;
@@ -700,7 +693,7 @@ void bouncer_login_drop(struct bouncer *b, struct client *cl, bool refund)
 	const char *key = cl->login_user;
 	struct throttle *tu = bouncer_user_throttle(b, key);
 	unsigned counted = cl->login_counted;
-	int64_t now = bouncer_mono_ms();
+	int64_t now = clock_mono_ms();
 
 	if (cl->login_waiting) {
 		reglist_remove(&b->login_waiting, cl);
@@ -807,7 +800,7 @@ static struct bouncer_gov *bouncer_gov_of(struct bouncer *b, struct governor *g)
 
 static void bouncer_gov_schedule(struct bouncer_gov *bg, int64_t at)
 {
-	int64_t d = at - now_ms();
+	int64_t d = at - clock_wall_ms();
 	if (d < 0)
 		d = 0;
 	struct timeval tv = { .tv_sec = d / 1000, .tv_usec = (d % 1000) * 1000 };
@@ -842,7 +835,7 @@ void bouncer_governor_hold(struct bouncer *b, bool hold)
 	if (hold) {
 		if (!b->gov_hold_until)
 			log_info("governor", "holding reconnects during the migration");
-		b->gov_hold_until = now_ms() + GOV_HOLD_MS;
+		b->gov_hold_until = clock_wall_ms() + GOV_HOLD_MS;
 		return;
 	}
 	if (!b->gov_hold_until)
@@ -872,7 +865,7 @@ static void bouncer_gov_cb(evutil_socket_t fd, short what, void *arg)
 	struct bouncer_gov *bg = arg;
 	struct bouncer *b = bg->b;
 	struct governor *g = bg->g;
-	int64_t now = now_ms();
+	int64_t now = clock_wall_ms();
 	struct governor_waiter *w;
 	size_t addr;
 
@@ -922,7 +915,7 @@ static void bouncer_gov_cb(evutil_socket_t fd, short what, void *arg)
 static int bouncer_gov_init(struct bouncer *b)
 {
 	const struct baton_config *cfg = b->cfg;
-	int64_t now = now_ms();
+	int64_t now = clock_wall_ms();
 
 	if (!cfg || !cfg->nnetworks)
 		return 0;
@@ -1100,7 +1093,7 @@ void bouncer_free(struct bouncer *b)
 
 void bouncer_start_configured(struct bouncer *b)
 {
-	int64_t now = now_ms();
+	int64_t now = clock_wall_ms();
 	size_t started = 0;
 
 	if (!b->cfg)
@@ -1178,7 +1171,7 @@ static void bouncer_accept_exhausted(struct bouncer *b, int lfd, bool tls,
 				     int err)
 {
 	static const char full[] = "ERROR :Closing link: server full, try again later\r\n";
-	int64_t now = bouncer_mono_ms();
+	int64_t now = clock_mono_ms();
 
 	for (int i = 0; i < ACCEPT_SHED_MAX && b->reserve_fd >= 0; i++) {
 		close(b->reserve_fd);

@@ -2,7 +2,7 @@
  * network: an upstream connection, attached clients, channel state, backlog),
  * unauthenticated client connections, and the listeners they arrive on.
  *
- * What sessiond/migrate.c needs is the item interface below: a migration
+ * What sessiond/transfer.c needs is the item interface below: a migration
  * moves items (a session with all its connections, or one pending client)
  * and never looks inside them.
  *

@@ -2,6 +2,7 @@
  * USER), authentication, attach (welcome burst from state + backlog replay)
  * and the commands of an attached client. */
 #include "sessiond/session.h"
+#include "common/clock.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -63,7 +64,7 @@ struct client *client_new(struct bouncer *b, int fd)
 	cl->b = b;
 	cl->item.kind = ITEM_PENDING;
 	cl->item.client = cl;
-	cl->connected_at_ms = cl->last_rx_ms = now_ms();
+	cl->connected_at_ms = cl->last_rx_ms = clock_wall_ms();
 	cl->conn = conn_new(bouncer_base(b), fd, false, &client_conn_ops, cl);
 	if (!cl->conn) {
 		free(cl);
@@ -116,7 +117,7 @@ void client_send_tagged(struct client *cl, const char *line, int64_t time_ms)
 {
 	if (cl->caps & CLIENT_CAP_SERVER_TIME) {
 		char ts[32];
-		format_server_time(time_ms ? time_ms : now_ms(), ts);
+		format_server_time(time_ms ? time_ms : clock_wall_ms(), ts);
 		conn_sendf(cl->conn, "@time=%s %s", ts, line);
 	} else {
 		conn_send(cl->conn, line);
@@ -1090,7 +1091,7 @@ static bool client_prelogin_admit(struct client *cl, size_t len)
 	else if (cfg->prelogin_rate > 0) {
 		/* Token bucket: prelogin_burst commands at once, then
 		 * prelogin_rate per second (tokens * 1000). */
-		int64_t now = bouncer_mono_ms(), cap = (int64_t)cfg->prelogin_burst * 1000;
+		int64_t now = clock_mono_ms(), cap = (int64_t)cfg->prelogin_burst * 1000;
 
 		if (cl->bucket_ms == 0)
 			cl->bucket = cap;
@@ -1118,7 +1119,7 @@ static void client_line(struct conn *c, char *line, size_t len, void *arg)
 	struct irc_msg m;
 	char raw[CONN_MAX_LINE + 1];
 
-	cl->last_rx_ms = now_ms();
+	cl->last_rx_ms = clock_wall_ms();
 	if (cl->phase == CLIENT_PENDING && !client_prelogin_admit(cl, len))
 		return;
 	const char *p = line;

@@ -19,8 +19,8 @@
 
 #include <event2/event.h>
 
-#include "handoff/tls_handshake.h"
-#include "handoff/tls_record.h"
+#include "tls/handshake.h"
+#include "tls/record.h"
 #include "sessiond/fault.h"
 #include "sessiond/health.h"
 

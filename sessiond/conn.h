@@ -144,11 +144,11 @@ void conn_close(struct conn *c, const char *reason, bool flush);
 void conn_end_output(struct conn *c);
 
 /* TLS. conn_start_tls(): OpenSSL runs a handshake on this connection
- * (tls_handshake.h; client role with host for SNI/verification and an
+ * (handshake.h; client role with host for SNI/verification and an
  * optional "sha256:HEX" pin, or server role) before any line moves: output
  * queued meanwhile waits, and a connect in progress finishes first. Then
  * ops->tls_ready runs and every later byte goes through baton's record
- * layer (tls_record.h), whose state conn_tls() exposes for a migration.
+ * layer (record.h), whose state conn_tls() exposes for a migration.
  * A failed or timed-out handshake closes the connection with a reason
  * that says why ("tls: certificate verify failed: ..."). The ctx is
  * referenced, not owned. -ENOMEM, or -EALREADY if TLS is already on.

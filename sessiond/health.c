@@ -1,5 +1,6 @@
 /* sessiond/health.c: see health.h. */
 #include "sessiond/health.h"
+#include "common/clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -27,14 +28,6 @@ void health_init(struct health *h)
 	h->client_link.peer = HEALTH_PEER_CLIENT;
 }
 
-int64_t health_mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 /* ---- latency ---- */
 
 size_t health_latency_bucket(double seconds)
@@ -56,14 +49,14 @@ void health_observe_latency(struct health *h, double seconds)
 
 void health_read_batch(struct health *h)
 {
-	h->batch_ns = health_mono_ns();
+	h->batch_ns = clock_mono_ns();
 }
 
 void health_relayed(struct health *h)
 {
 	h->lines_relayed++;
 	if (h->batch_ns)
-		health_observe_latency(h, (double)(health_mono_ns() - h->batch_ns) / 1e9);
+		health_observe_latency(h, (double)(clock_mono_ns() - h->batch_ns) / 1e9);
 }
 
 /* ---- lines from networks ---- */
@@ -111,7 +104,7 @@ void health_upstream_line(struct health_link *l, const struct irc_msg *m,
 	}
 	if (strcasecmp(cmd, "PING") == 0) {
 		if (l->pings_pending == 0)
-			l->ping_rx_ms = (h->batch_ns ? h->batch_ns : health_mono_ns()) / 1000000;
+			l->ping_rx_ms = (h->batch_ns ? h->batch_ns : clock_mono_ns()) / 1000000;
 		if (l->pings_pending < UINT16_MAX)
 			l->pings_pending++;
 	} else if (strcasecmp(cmd, "ERROR") == 0) {
@@ -214,12 +207,12 @@ bool health_line_out(struct health_link *l, const char *line, size_t len)
 		/* the next one's time is unknown: its deadline starts now
 		 * (late by at most a timeout, never a false alarm) */
 		if (l->pings_pending)
-			l->ping_rx_ms = health_mono_ns() / 1000000;
+			l->ping_rx_ms = clock_mono_ns() / 1000000;
 	}
 	if (!why)
 		return true;
 	h->protocol_errors++;
-	int64_t now = health_mono_ns() / 1000000;
+	int64_t now = clock_mono_ns() / 1000000;
 	if (h->protoerr_logged_ms && now - h->protoerr_logged_ms < HEALTH_LOG_INTERVAL_MS) {
 		h->protoerr_unlogged++;
 		return l->peer != HEALTH_PEER_NETWORK;

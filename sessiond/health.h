@@ -151,8 +151,6 @@ struct health {
 
 void health_init(struct health *h);
 
-/* Monotonic clock in ns and ms. */
-int64_t health_mono_ns(void);
 
 /* ---- hooks (one line each at their call site) ---- */
 
@@ -191,7 +189,7 @@ void health_adopt_pong(struct health_link *l, const char *tok);
  * network PINGs on l as of now_ms (mono). Timeouts in ms. */
 void health_link_check(struct health_link *l, int64_t now_ms,
 		       int64_t adopt_timeout_ms, int64_t answer_timeout_ms);
-/* worker.c lag tick. */
+/* control_channel.c lag tick. */
 void health_loop_lag(struct health *h, double lag_s);
 
 /* ---- the validator (also for tests) ----

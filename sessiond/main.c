@@ -1,6 +1,6 @@
 /* baton-sessiond: a worker. Started by baton-supervisor with its control
  * socket on fd 3 (common/control.h); holds sessions (sessiond/bouncer.h) and
- * moves them in or out on the supervisor's command (sessiond/migrate.h).
+ * moves them in or out on the supervisor's command (sessiond/transfer.h).
  *
  *   baton-sessiond -c FILE --worker [--target]   (only the supervisor runs this)
  *   baton-sessiond -c FILE --check               validate config and environment
@@ -28,9 +28,9 @@
 #include "common/log.h"
 #include "sessiond/bouncer.h"
 #include "sessiond/fault.h"
-#include "sessiond/migrate.h"
+#include "sessiond/transfer.h"
 #include "sessiond/state.h"
-#include "sessiond/worker.h"
+#include "sessiond/control_channel.h"
 
 /* Sockets a worker may hold: an upstream and one client per session, the
  * listeners, plus a margin for the control and migration channels, logs and
@@ -127,7 +127,7 @@ int main(int argc, char **argv)
 	struct event_base *base = NULL;
 	struct event *sigterm = NULL, *sigint = NULL;
 	struct bouncer *b = NULL;
-	struct worker *w = NULL;
+	struct control_channel *w = NULL;
 	const char *path = NULL;
 	bool check = false, worker = false, target = false;
 	struct stat st;
@@ -173,14 +173,14 @@ int main(int argc, char **argv)
 		rc = 2;
 		goto out;
 	}
-	if (target && migrate_fault("target") != NULL &&
-	    strcmp(migrate_fault("target"), "before-ready") == 0)
+	if (target && transfer_fault("target") != NULL &&
+	    strcmp(transfer_fault("target"), "before-ready") == 0)
 		raise(SIGKILL);
-	if (target && migrate_fault("target") != NULL &&
-	    strcmp(migrate_fault("target"), "hang-before-ready") == 0)
+	if (target && transfer_fault("target") != NULL &&
+	    strcmp(transfer_fault("target"), "hang-before-ready") == 0)
 		for (;;)
 			pause(); /* a target that hangs at start: until SIGKILL */
-	if (worker_send_ready(CONTROL_FD, pr.msgs, pr.n) < 0 || pr.n > 0) {
+	if (control_channel_send_ready(CONTROL_FD, pr.msgs, pr.n) < 0 || pr.n > 0) {
 		for (size_t i = 0; i < pr.n; i++)
 			log_error("preflight", "%s", pr.msgs[i]);
 		goto out;
@@ -200,7 +200,7 @@ int main(int argc, char **argv)
 	b = bouncer_new(base, cfg);
 	if (b == NULL)
 		goto out;
-	w = worker_new(base, CONTROL_FD, b, cfg);
+	w = control_channel_new(base, CONTROL_FD, b, cfg);
 	if (w == NULL)
 		goto out;
 	FAULT_READY(base);
@@ -210,7 +210,7 @@ int main(int argc, char **argv)
 	event_base_dispatch(base);
 	rc = 0;
 out:
-	worker_free(w);
+	control_channel_free(w);
 	bouncer_free(b);
 	if (sigterm != NULL)
 		event_free(sigterm);

@@ -10,7 +10,7 @@
 
 #include "common/control.h"
 #include "common/log.h"
-#include "handoff/frame.h"
+#include "common/frame.h"
 
 /* Frames handled per readable event, so a busy link cannot starve the
  * loop (the rest stays queued; the event fires again). */

@@ -7,7 +7,7 @@
  * in as, its unread input, TLS record state), so it reaches its session
  * without reconnecting and its lines are parsed by one worker only.
  *
- * Frames are handoff/frame.h messages of type PEER_FORWARD
+ * Frames are common/frame.h messages of type PEER_FORWARD
  * (common/control.h). The link carries nothing else; a malformed frame is
  * logged and dropped (its fds closed), EOF ends the link.
  *

@@ -1,6 +1,7 @@
 /* sessiond/session.c: sessions (one user on one network), their channel
  * state, delivery positions and relay to attached clients. */
 #include "sessiond/session.h"
+#include "common/clock.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -16,20 +17,13 @@
 #include "common/log.h"
 #include "common/strmap.h"
 #include "common/names.h"
-#include "handoff/tls_record.h"
+#include "tls/record.h"
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
 #include "sessiond/health.h"
 #include "sessiond/irc.h"
 
 /* ---- small helpers shared by the core ---- */
-
-int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 void format_server_time(int64_t ms, char out[32])
 {
@@ -69,31 +63,6 @@ int parse_server_time(const char *s, int64_t *ms)
 	if (*p != 'Z' && *p != '\0')
 		return -1;
 	*ms = (int64_t)timegm(&tm) * 1000 + frac;
-	return 0;
-}
-
-char *xstrdup(const char *s)
-{
-	return s ? strdup(s) : NULL;
-}
-
-void strv_free(char **v, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		free(v[i]);
-	free(v);
-}
-
-int strv_push(char ***v, size_t *n, const char *s)
-{
-	char **nv = realloc(*v, (*n + 1) * sizeof(char *));
-	if (!nv)
-		return -ENOMEM;
-	*v = nv;
-	nv[*n] = strdup(s);
-	if (!nv[*n])
-		return -ENOMEM;
-	(*n)++;
 	return 0;
 }
 
@@ -158,7 +127,7 @@ struct channel *session_add_channel(struct session *s, const char *name)
 		return ch;
 	bool over = strlen(name) > SESSION_MAX_CHANNEL_NAME;
 	if (over || s->nchannels >= s->lim.max_channels) {
-		int64_t now = now_ms();
+		int64_t now = clock_wall_ms();
 		if (s->untracked_notice_ms != 0 &&
 		    now - s->untracked_notice_ms < SESSION_DROP_NOTICE_MS)
 			return NULL;
@@ -373,7 +342,7 @@ static void session_reconnect_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (bouncer_governor(s->b, s->network)) {
 		if (!s->reconnect_at_ms)
-			s->reconnect_at_ms = now_ms();
+			s->reconnect_at_ms = clock_wall_ms();
 		rc = bouncer_governor_request(s->b, s);
 		if (rc == 0)
 			return;
@@ -434,8 +403,8 @@ void session_free(struct session *s)
 	for (size_t i = 0; i < s->npositions; i++)
 		free(s->positions[i].client_id);
 	free(s->positions);
-	strv_free(s->isupport, s->nisupport);
-	strv_free(s->caps, s->ncaps);
+	util_strv_free(s->isupport, s->nisupport);
+	util_strv_free(s->caps, s->ncaps);
 	backlog_free(s->backlog);
 	if (s->reconnect_timer)
 		event_free(s->reconnect_timer);
@@ -466,7 +435,7 @@ void session_schedule_connect(struct session *s, int64_t at_ms)
 	s->reconnect_at_ms = at_ms;
 	if (s->item.state != ITEM_LIVE)
 		return; /* armed later from the deadline */
-	int64_t d = at_ms - now_ms();
+	int64_t d = at_ms - clock_wall_ms();
 	if (d < 0)
 		d = 0;
 	struct timeval tv = { .tv_sec = d / 1000, .tv_usec = (d % 1000) * 1000 };
@@ -480,7 +449,7 @@ void session_backoff(struct session *s)
 	int64_t max = cfg && cfg->reconnect_max_s > 0 ? cfg->reconnect_max_s : 300;
 	int64_t delay = governor_backoff_ms(s->reconnect_failures, min * 1000,
 					    max * 1000, (uint32_t)random());
-	session_schedule_connect(s, now_ms() + delay);
+	session_schedule_connect(s, clock_wall_ms() + delay);
 }
 
 void session_arm(struct session *s)
@@ -626,7 +595,7 @@ void session_isupport_apply(struct session *s, const char *tok)
 		}
 	}
 	if (!remove && s->nisupport < SESSION_MAX_ISUPPORT)
-		strv_push(&s->isupport, &s->nisupport, tok);
+		util_strv_push(&s->isupport, &s->nisupport, tok);
 }
 
 void session_prefix(const struct session *s, char *modes, size_t mn,
@@ -753,7 +722,7 @@ unsigned session_store_and_relay_n(struct session *s, const char *buffer,
 	unsigned most = 0;
 
 	if (!time_ms)
-		time_ms = now_ms();
+		time_ms = clock_wall_ms();
 	uint64_t seq = backlog_append(s->backlog, buffer, time_ms, line);
 	if (!seq) {
 		/* Out of memory: still relay live, unnumbered. */
@@ -818,7 +787,7 @@ void session_note_backlog_drops(struct session *s)
 	s->drops.why |= d.why;
 	if (s->drops.lines == 0 && s->drops.buffers == 0)
 		return;
-	now = now_ms();
+	now = clock_wall_ms();
 	if (s->drop_notice_ms != 0 && now - s->drop_notice_ms < SESSION_DROP_NOTICE_MS &&
 	    now >= s->drop_notice_ms)
 		return;

@@ -1,6 +1,8 @@
 /* sessiond/session.h: the objects of the sessiond core shared by session.c,
  * upstream.c, client.c, state.c and bouncer.c. Internal to the core: the
- * rest of the worker (main.c, worker.c, migrate.c) only sees bouncer.h.
+ * rest of the worker (main.c, control_channel.c, transfer.c) only sees
+ * bouncer.h. The structures of a session's connections are in client.h and
+ * upstream.h, a migration item in item.h.
  *
  * Ownership: the bouncer owns sessions, pending clients and closing clients
  * (they QUIT and are finishing their output: client.c); a session owns its
@@ -19,11 +21,17 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "common/clock.h"
 #include "common/names.h"
+#include "common/util.h"
 #include "sessiond/backlog.h"
 #include "sessiond/bouncer.h"
 #include "sessiond/governor.h"
 #include "sessiond/health.h"
+#include "sessiond/client.h" /* the connections a session owns */
+#include "sessiond/item.h"
+#include "sessiond/pb_unknown.h"
+#include "sessiond/upstream.h"
 
 struct event;
 struct event_base;
@@ -68,31 +76,6 @@ struct session_limits {
  * defaults of common/config.c). */
 void session_limits_get(const struct baton_config *cfg, struct session_limits *out);
 
-/* Protobuf unknown fields kept from an adopted state and written back on
- * re-pack (proto/state.proto rule 4). Opaque copy; see state.c. */
-struct pb_unknown {
-	size_t n;
-	void *fields; /* ProtobufCMessageUnknownField[n], deep copied */
-};
-void pb_unknown_clear(struct pb_unknown *u);
-
-/* Item kinds (bouncer.h's opaque struct bouncer_item). */
-enum item_kind { ITEM_SESSION = 1, ITEM_PENDING = 2 };
-enum item_state {
-	ITEM_LIVE = 0,     /* registered and armed */
-	ITEM_FROZEN,       /* source side: frozen, awaiting thaw/release */
-	ITEM_ADOPTED,      /* target side: built, not armed yet */
-};
-
-struct bouncer_item {
-	enum item_kind kind;
-	enum item_state state;
-	struct session *session; /* ITEM_SESSION */
-	struct client *client;   /* ITEM_PENDING */
-	int *fds;                /* after serialize: sockets in fd_index order */
-	size_t nfds;
-};
-
 /* ---- channels ---- */
 
 struct member {
@@ -126,144 +109,6 @@ struct channel {
 struct position {
 	char *client_id;
 	uint64_t seq;
-};
-
-/* ---- upstream ---- */
-
-enum upstream_phase {
-	UP_CONNECTING = 0,  /* non-blocking connect in progress */
-	UP_REGISTERING = 1, /* CAP/NICK/USER sent, waiting for 001 */
-	UP_WELCOMED = 2,    /* 001 seen, waiting for end of MOTD */
-	UP_READY = 3,       /* channels joined: relaying */
-};
-
-struct upstream {
-	struct session *s;
-	struct conn *conn;
-	enum upstream_phase phase;
-	bool cap_negotiating;    /* CAP REQ sent (or LS in progress) */
-	char **cap_offered;      /* wanted caps seen in (multi-line) CAP LS */
-	size_t ncap_offered;
-	char *nick_attempt;      /* nick sent during registration */
-	int64_t connected_at_ms; /* connect() started */
-	int64_t last_rx_ms;
-	int64_t ping_sent_ms;    /* 0: no PING outstanding */
-	int64_t lag_ms;
-	int64_t next_ping_ms;
-	struct event *timer;     /* keepalive / timeout */
-	bool dead;               /* closed; freed from the session's reaper */
-	/* The governor slot (source address index of the session's network
-	 * governor) this connection holds, -1: none. Released by
-	 * upstream_free(). */
-	int gov_slot;
-	/* What the server said before closing (ERROR text, 465/463):
-	 * upstream_lost() backs off accordingly. */
-	enum governor_verdict verdict;
-	bool said_why; /* its ERROR/465/463 text was logged (once per connection) */
-	bool warned_nick; /* an invalid nick from the server was logged (once) */
-	/* What its writes are checked as, its PINGs to answer, the adoption
-	 * PING (health.h); the conn points here (conn_set_health()). */
-	struct health_link hl;
-	struct pb_unknown unknown;
-};
-
-/* ---- clients ---- */
-
-enum client_cap {
-	CLIENT_CAP_SERVER_TIME = 1u << 0,
-	CLIENT_CAP_MULTI_PREFIX = 1u << 1,
-	CLIENT_CAP_ECHO_MESSAGE = 1u << 2,
-};
-
-enum client_phase {
-	CLIENT_PENDING = 0,  /* registering / authenticating */
-	CLIENT_ATTACHED = 1, /* attached to a session */
-	/* QUIT: detached (its conservative position stored), in the
-	 * bouncer's closing list, finishing its output (client.c). Never
-	 * part of a session or of a migration item, never serialized. */
-	CLIENT_CLOSING = 2,
-};
-
-/* A backlog line queued to a client: it is delivered (as far as we can
- * know) once the peer's TCP acknowledged the stream up to `end` (conn.h,
- * delivery accounting). */
-struct delivery_mark {
-	uint64_t end; /* conn_bytes_queued() right after the line */
-	uint64_t seq;
-};
-
-/* Longest address key (bouncer_addr_key()) with its NUL. */
-#define BOUNCER_ADDR_KEY_LEN 48
-
-struct client {
-	struct bouncer *b;
-	struct session *s;      /* NULL while pending */
-	struct conn *conn;
-	bool in_tls_handshake;  /* counted in bouncer_tls_handshake_begin() */
-	/* Peer address key (bouncer_addr_key(): IPv6 its /64; "" if unknown,
-	 * "local" for AF_UNIX): the key of the per-address limits and of the
-	 * failed-login throttle. */
-	char addr[BOUNCER_ADDR_KEY_LEN];
-	bool pending_counted;   /* counted in the pending limits (bouncer.c) */
-	/* Password check in flight (authpool.h): its id, 0 none; meanwhile the
-	 * conn holds its lines. A freeze drops it (bouncer_item_freeze());
-	 * client_pending_resume() checks again once the client is armed. */
-	uint64_t auth_id;
-	/* The failed-login throttle's hold on this client's login, from
-	 * bouncer_login_begin() to bouncer_login_result()/_drop(): what was
-	 * counted per key (bouncer.c), the user name's key (owned; NULL:
-	 * none), and whether the login waits for a busy key's checks (listed
-	 * in the bouncer; lines held meanwhile). */
-	unsigned login_counted;
-	char *login_user;
-	bool login_waiting;
-	/* Before login (client.c): lines and bytes received, and the command
-	 * token bucket (tokens * 1000, refilled as of bucket_ms, monotonic). */
-	unsigned prelogin_lines;
-	size_t prelogin_bytes;
-	int64_t bucket, bucket_ms;
-	enum client_phase phase;
-	unsigned caps;          /* enum client_cap */
-	bool cap_negotiating;
-	char *pass, *nick, *user;
-	char *client_id;        /* delivery position name, "default" */
-	uint64_t delivered_seq; /* last backlog seq queued to this client */
-	/* Last backlog seq whose bytes (and all before) the peer acknowledged:
-	 * what the client's position becomes when it detaches. Advanced by
-	 * client_acked_seq() from the marks, a FIFO (oldest at marks[mark_head],
-	 * nmarks of them) of lines queued but not known acknowledged; ends and
-	 * seqs strictly increase. */
-	uint64_t acked_seq;
-	struct delivery_mark *marks;
-	size_t mark_head, nmarks, mark_cap;
-	/* Flow-controlled replay (client.c): backlog lines after delivered_seq
-	 * are queued by a pump, a chunk at a time as the output drains, and
-	 * live backlog lines wait for the pump (seq order); lines not stored
-	 * in the backlog go out directly. Not serialized: an adopted client
-	 * whose delivered_seq is below the backlog's newest seq replays again
-	 * (client_resume()). */
-	bool replaying;
-	/* While replaying: seqs of lines this client sent itself (no
-	 * echo-message), for the pump to skip; FIFO, increasing. Lost in a
-	 * migration (then they are sent: an echo, never a gap). */
-	uint64_t *own_seqs;
-	size_t own_head, nown, own_cap;
-	int64_t connected_at_ms;
-	int64_t last_rx_ms;
-	/* CLIENT_CLOSING only: the session it left, by key ("user/network":
-	 * the session may migrate away meanwhile), and the grace deadline. */
-	char *closing_key;
-	struct event *close_timer;
-	/* A pending client whose login is verified (client_route()): who it
-	 * logged in as (owned), and how often it was forwarded between the
-	 * workers of a canary (state.proto Forward). NULL while not verified;
-	 * freed once attached. parked: waiting for its session's migration
-	 * to end (bouncer_unpark()). */
-	char *fwd_user, *fwd_network;
-	unsigned fwd_hops;
-	bool parked;
-	struct bouncer_item item; /* pending clients only */
-	struct pb_unknown unknown;
 };
 
 /* ---- session ---- */
@@ -328,8 +173,6 @@ const struct baton_config *bouncer_config(const struct bouncer *b);
  * instead of exhausting the worker. cl's handshake ended (done or cl is
  * being freed): give its slot back. */
 void bouncer_tls_handshake_end(struct bouncer *b, struct client *cl);
-/* Monotonic ms (throttles and rate limits; not wall-clock). */
-int64_t bouncer_mono_ms(void);
 /* The key of a peer address in every per-address bound ([listen]
  * max_pending_per_ip, max_tls_handshakes_per_ip) and the failed-login
  * throttle: IPv4 as is; IPv6 its /64 ("2001:db8:1:2::/64": one host or
@@ -414,14 +257,10 @@ void bouncer_governor_snapshot_sent(struct bouncer *b);
  * a lost release cannot stop reconnects for good) or grant again. */
 void bouncer_governor_hold(struct bouncer *b, bool hold);
 
-int64_t now_ms(void); /* CLOCK_REALTIME, ms */
 /* Format "YYYY-MM-DDThh:mm:ss.sssZ" into out[32]. */
 void format_server_time(int64_t ms, char out[32]);
 /* Parse that format; returns 0 or -1. */
 int parse_server_time(const char *s, int64_t *ms);
-char *xstrdup(const char *s); /* NULL-safe strdup */
-void strv_free(char **v, size_t n);
-int strv_push(char ***v, size_t *n, const char *s);
 
 /* ---- session.c ---- */
 /* A new session with no connection (no I/O, no events armed). */
@@ -548,86 +387,5 @@ int session_shrink(struct session *s, size_t excess, struct session_shrink *acc)
 /* Our prefix "nick!user@host" (or "nick") into out[n]. */
 void session_self_prefix(const struct session *s, char *out, size_t n);
 bool session_upstream_ready(const struct session *s);
-
-/* ---- upstream.c ---- */
-/* Start a connection to the configured network from source address
- * `gov_slot` of the network's governor (-1: no governor, the kernel
- * chooses). On success the upstream holds the slot; on failure (0 or
- * -errno returned) the caller still holds it and schedules a retry. */
-int upstream_connect(struct session *s, int gov_slot);
-/* Build an upstream around an adopted conn (no events). */
-struct upstream *upstream_new(struct session *s, struct conn *c);
-void upstream_free(struct upstream *u); /* closes the conn, sends nothing */
-void upstream_arm(struct upstream *u);
-void upstream_freeze(struct upstream *u, bool flush);
-/* A migrated session was armed here: PING :baton-adopt-<n> on a
- * registered upstream (health.h: adopt_pings_sent / _late). */
-void upstream_adopt_ping(struct upstream *u);
-/* Send a raw line upstream (ignored when not connected). */
-void upstream_send(struct session *s, const char *line);
-extern const struct conn_ops upstream_conn_ops;
-/* Called by the session reaper for a dead upstream: log, notify clients,
- * schedule the reconnect, free. */
-void upstream_lost(struct session *s);
-
-/* ---- client.c ---- */
-/* A new pending client on an accepted fd (fd taken in every case). */
-struct client *client_new(struct bouncer *b, int fd);
-void client_free(struct client *cl); /* closes the conn, sends nothing */
-/* A verified pending client (fwd_user set) goes to its session, waits for
- * it, or is forwarded to the canary peer (see client.c). */
-void client_route(struct client *cl);
-/* Forwards between the two workers of a canary before a client is refused
- * (a session in neither worker cannot bounce it forever). */
-#define PEER_MAX_HOPS 3
-extern const struct conn_ops client_conn_ops;
-/* Attach an authenticated client (sends the burst and starts the replay). */
-void client_attach(struct client *cl, struct session *s);
-/* After arming an attached client (adoption, thaw): resume its replay if
- * the backlog holds lines after its delivered_seq. */
-void client_resume(struct client *cl);
-/* Send a line to one client, adding @time if it enabled server-time. */
-void client_send_tagged(struct client *cl, const char *line, int64_t time_ms);
-/* Queue one backlog line to an attached client (advances delivered_seq and
- * records a delivery mark), `copies` times (1; 2 only in the dup fault
- * build). Not queued while the client replays: the replay pump takes the
- * line from the backlog in seq order. Returns the copies queued, or 1 for
- * a replaying client (the pump will send it once; 0 copies: 0). */
-unsigned client_deliver(struct client *cl, uint64_t seq, const char *line,
-			int64_t time_ms, unsigned copies);
-/* The client has backlog line seq without it being sent (it wrote it):
- * delivered now, acknowledged once everything queued before it is (while
- * it replays: once the pump reaches seq). */
-void client_skip(struct client *cl, uint64_t seq);
-/* Record that backlog line seq ends at stream offset `end` (after the last
- * mark). Returns 0 or -ENOMEM (then the mark is lost: the acked position
- * only lags, it never claims too much). */
-int client_mark_push(struct client *cl, uint64_t end, uint64_t seq);
-/* Drop the marks the peer acknowledged (conn_bytes_acked()) and return the
- * updated cl->acked_seq. */
-uint64_t client_acked_seq(struct client *cl);
-/* The same with the acknowledged stream offset measured by the caller (one
- * measure for several uses: state.c). */
-uint64_t client_acked_seq_upto(struct client *cl, uint64_t acked_bytes);
-/* Worker exit: close a CLIENT_CLOSING client now (its conservative
- * position was stored at QUIT; unacknowledged output is discarded) and
- * free it. Sends nothing more. */
-void client_closing_abandon(struct client *cl);
-/* s is about to be frozen for a migration while cl (which QUIT from it) is
- * still finishing: raise s's stored position for cl's client name to the
- * best known now, so the state that travels has it (the finish itself runs
- * in this process and could not reach the session any more). */
-void client_closing_settle(struct client *cl, struct session *s);
-/* The password check of client_authenticate() finished (from the loop). */
-void client_auth_done(struct client *cl, bool ok);
-/* A pending client armed after a thaw or an adoption: a registration that
- * was complete (its password check dropped by the freeze, or in flight in
- * the old worker) is checked again. Never attaches synchronously. */
-void client_pending_resume(struct client *cl);
-/* Caps as names in canonical order (for state). */
-size_t client_caps_names(unsigned caps, const char **names, size_t max);
-unsigned client_cap_from_name(const char *name); /* 0 if unknown */
-/* Send the welcome burst (used again after an upstream reconnect). */
-void client_send_burst(struct client *cl);
 
 #endif

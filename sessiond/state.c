@@ -1,5 +1,6 @@
 /* sessiond/state.c: see state.h. */
 #include "sessiond/state.h"
+#include "common/clock.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -19,8 +20,8 @@
 #include "common/config.h"
 #include "common/names.h"
 #include "sessiond/backlog.h"
-#include "handoff/migration.h"
-#include "handoff/tls_record.h"
+#include "handoff/protocol.h"
+#include "tls/record.h"
 #include "sessiond/conn.h"
 #include "sessiond/governor.h"
 #include "sessiond/session.h"
@@ -53,45 +54,6 @@ int state_check_config(const struct baton_config *cfg, char *why, size_t n)
 		 (unsigned)STATE_CHANNEL_MAX, lim.member_list_bytes,
 		 lim.backlog.total_bytes, lim.backlog.total_lines);
 	return -EMSGSIZE;
-}
-
-/* ---- unknown fields (proto rule 4: preserved on re-pack) ---- */
-
-void pb_unknown_clear(struct pb_unknown *u)
-{
-	ProtobufCMessageUnknownField *f = u->fields;
-	for (size_t i = 0; i < u->n; i++)
-		free(f[i].data);
-	free(f);
-	u->fields = NULL;
-	u->n = 0;
-}
-
-static int pb_unknown_copy(struct pb_unknown *u, const ProtobufCMessage *m)
-{
-	if (!m->n_unknown_fields)
-		return 0;
-	ProtobufCMessageUnknownField *f = calloc(m->n_unknown_fields, sizeof(*f));
-	if (!f)
-		return -ENOMEM;
-	u->fields = f;
-	for (unsigned i = 0; i < m->n_unknown_fields; i++) {
-		f[i] = m->unknown_fields[i];
-		f[i].data = malloc(f[i].len ? f[i].len : 1);
-		if (!f[i].data) {
-			u->n = i;
-			return -ENOMEM;
-		}
-		memcpy(f[i].data, m->unknown_fields[i].data, f[i].len);
-	}
-	u->n = m->n_unknown_fields;
-	return 0;
-}
-
-static void pb_unknown_attach(ProtobufCMessage *m, const struct pb_unknown *u)
-{
-	m->n_unknown_fields = (unsigned)u->n;
-	m->unknown_fields = u->fields;
 }
 
 /* ---- serialize ----
@@ -192,7 +154,7 @@ static Baton__State__Connection *ser_conn_common(struct arena *a,
 	put_bytes(&pc->has_output, &pc->output, p, n);
 	if (conn_tls(c) != NULL) {
 		/* The record layer's state: keys, sequence numbers, partial
-		 * records, ciphertext not yet written (tls_record.h). */
+		 * records, ciphertext not yet written (record.h). */
 		Baton__Tls__TlsState *st = arena_alloc(a, sizeof(*st));
 		Baton__Tls__TlsState **grown;
 
@@ -536,7 +498,7 @@ static Baton__State__Session *ser_session(struct arena *a, struct session *s)
 		/* It stays behind: the new process connects again (through
 		 * its governor) right away. */
 		ps->has_reconnect_at_ms = 1;
-		ps->reconnect_at_ms = now_ms();
+		ps->reconnect_at_ms = clock_wall_ms();
 		if (conn_in_handshake(s->up->conn))
 			state_handshakes_left++;
 	}
@@ -556,7 +518,7 @@ static Baton__State__GovernorState *ser_governor(struct arena *a,
 {
 	Baton__State__GovernorState *pg = arena_alloc(a, sizeof(*pg));
 	size_t n = 0, k = 0;
-	int64_t now = now_ms();
+	int64_t now = clock_wall_ms();
 
 	if (!pg)
 		return NULL;
@@ -701,7 +663,7 @@ static void adopt_gov_slot(struct bouncer *b, struct session *s)
  * networks or addresses this worker does not have are ignored). */
 static void adopt_governor(struct bouncer *b, const Baton__State__GovernorState *pg)
 {
-	int64_t now = now_ms();
+	int64_t now = clock_wall_ms();
 
 	for (size_t i = 0; i < pg->n_buckets; i++) {
 		const Baton__State__GovernorBucket *pb = pg->buckets[i];
@@ -880,18 +842,18 @@ static struct client *adopt_client(struct adopt *ad, struct session *s,
 	for (size_t i = 0; i < pc->n_caps; i++)
 		cl->caps |= client_cap_from_name(pc->caps[i]);
 	cl->cap_negotiating = pc->has_cap_negotiating && pc->cap_negotiating;
-	cl->client_id = xstrdup(pc->client_id);
+	cl->client_id = util_strdup(pc->client_id);
 	cl->delivered_seq = pc->has_delivered_seq ? pc->delivered_seq : 0;
 	cl->acked_seq = cl->delivered_seq; /* absent Delivery: the old meaning */
 	cl->connected_at_ms = pc->has_connected_at_ms ? pc->connected_at_ms : 0;
 	cl->last_rx_ms = pc->has_last_rx_ms ? pc->last_rx_ms : 0;
-	cl->pass = xstrdup(pc->pass);
-	cl->nick = xstrdup(pc->nick);
-	cl->user = xstrdup(pc->user);
+	cl->pass = util_strdup(pc->pass);
+	cl->nick = util_strdup(pc->nick);
+	cl->user = util_strdup(pc->user);
 	if (!s && pc->forward) {
 		/* Verified by the worker that forwarded it (peer.h). */
-		cl->fwd_user = xstrdup(pc->forward->user);
-		cl->fwd_network = xstrdup(pc->forward->network);
+		cl->fwd_user = util_strdup(pc->forward->user);
+		cl->fwd_network = util_strdup(pc->forward->network);
 		cl->fwd_hops = pc->forward->has_hops ? pc->forward->hops : 0;
 		if (!cl->client_id)
 			cl->client_id = strdup("default");
@@ -992,13 +954,13 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 	s = session_new(ad->b, ps->user, ps->network);
 	if (!s)
 		goto nomem;
-	s->nick = xstrdup(ps->nick);
-	s->user_modes = xstrdup(ps->user_modes);
-	s->away = xstrdup(ps->away);
-	s->server_name = xstrdup(ps->server_name);
-	s->welcome = xstrdup(ps->welcome);
-	s->myinfo = xstrdup(ps->myinfo);
-	s->userhost = xstrdup(ps->userhost);
+	s->nick = util_strdup(ps->nick);
+	s->user_modes = util_strdup(ps->user_modes);
+	s->away = util_strdup(ps->away);
+	s->server_name = util_strdup(ps->server_name);
+	s->welcome = util_strdup(ps->welcome);
+	s->myinfo = util_strdup(ps->myinfo);
+	s->userhost = util_strdup(ps->userhost);
 	s->reconnect_at_ms = ps->has_reconnect_at_ms ? ps->reconnect_at_ms : 0;
 	s->reconnect_failures = ps->has_reconnect_failures ? ps->reconnect_failures : 0;
 	s->source_addr = ps->source_addr && ps->source_addr[0] ? strdup(ps->source_addr) : NULL;
@@ -1007,10 +969,10 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 	if (pb_unknown_copy(&s->unknown, &ps->base) < 0)
 		goto nomem;
 	for (size_t i = 0; i < ps->n_isupport; i++)
-		if (strv_push(&s->isupport, &s->nisupport, ps->isupport[i]) < 0)
+		if (util_strv_push(&s->isupport, &s->nisupport, ps->isupport[i]) < 0)
 			goto nomem;
 	for (size_t i = 0; i < ps->n_caps; i++)
-		if (strv_push(&s->caps, &s->ncaps, ps->caps[i]) < 0)
+		if (util_strv_push(&s->caps, &s->ncaps, ps->caps[i]) < 0)
 			goto nomem;
 	/* Every channel the sender tracked is taken (max_channels bounds new
 	 * JOINs: a smaller bound here must not drop channels the user is
@@ -1028,10 +990,10 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 		struct channel *ch = session_add_channel(s, pc->name);
 		if (!ch)
 			goto nomem;
-		ch->topic = xstrdup(pc->topic);
-		ch->topic_setter = xstrdup(pc->topic_setter);
+		ch->topic = util_strdup(pc->topic);
+		ch->topic_setter = util_strdup(pc->topic_setter);
 		ch->topic_time = pc->has_topic_time ? pc->topic_time : 0;
-		ch->modes = xstrdup(pc->modes);
+		ch->modes = util_strdup(pc->modes);
 		ch->joined = pc->has_joined && pc->joined;
 		if (pb_unknown_copy(&ch->unknown, &pc->base) < 0)
 			goto nomem;
@@ -1161,9 +1123,9 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 		u->phase = (enum upstream_phase)phase;
 		u->cap_negotiating = pc->has_cap_negotiating && pc->cap_negotiating;
 		for (size_t i = 0; i < pc->n_caps; i++)
-			if (strv_push(&u->cap_offered, &u->ncap_offered, pc->caps[i]) < 0)
+			if (util_strv_push(&u->cap_offered, &u->ncap_offered, pc->caps[i]) < 0)
 				goto nomem;
-		u->nick_attempt = xstrdup(pc->nick);
+		u->nick_attempt = util_strdup(pc->nick);
 		u->connected_at_ms = pc->has_connected_at_ms ? pc->connected_at_ms : 0;
 		u->last_rx_ms = pc->has_last_rx_ms ? pc->last_rx_ms : 0;
 		u->ping_sent_ms = pc->has_ping_sent_ms ? pc->ping_sent_ms : 0;

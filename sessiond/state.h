@@ -20,7 +20,7 @@ struct bouncer_item;
 
 /* ---- why every session can always migrate ----
  * A session travels as one ITEM: at most HANDOFF_ITEM_MAX_PAYLOAD bytes
- * (16 MiB - 32, handoff/migration.h) and at most 253 fds
+ * (16 MiB - 32, handoff/protocol.h) and at most 253 fds
  * (HANDOFF_FRAME_MAX_FDS).
  *
  * fds: the upstream and the attached clients, 1 + max_clients_per_session
@@ -65,7 +65,7 @@ struct bouncer_item;
  *       reading stops while 256 KiB of it wait (KeyUpdate answers);
  *     the rest of the TLS state, 187,711: keys 2 x 111, partial record
  *       18,437 + 4, undelivered plaintext 16,896 + 4, partial
- *       post-handshake message 131,584 + 4 (tls_record.c MAX_HS_MSG),
+ *       post-handshake message 131,584 + 4 (record.c MAX_HS_MSG),
  *       record boundaries 2 x 10,244, counters and flags < 150.
  * state_bound() adds these up for a config; at the defaults (250
  * channels, 2 MiB of member lists, 4 MiB / 20,000 lines / 100 buffers of

@@ -11,7 +11,7 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "common/strmap.h"
-#include "handoff/tls_handshake.h"
+#include "tls/handshake.h"
 
 struct tls_contexts {
 	const struct baton_config *cfg;

@@ -1,5 +1,5 @@
 /* sessiond/tls_contexts.h: the OpenSSL contexts of a worker's TLS
- * handshakes (handoff/tls_handshake.h builds them): one server context for
+ * handshakes (tls/handshake.h builds them): one server context for
  * every ircs listener, reloaded when its certificate or key file changes, and
  * client contexts for upstream connections, one per (network, client
  * certificate), built on first use and cached.

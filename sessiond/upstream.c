@@ -3,6 +3,7 @@
  * state tracking, backlog of PRIVMSG/NOTICE, live relay to clients, and
  * reconnect with backoff. */
 #include "sessiond/session.h"
+#include "common/clock.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -89,7 +90,7 @@ void upstream_free(struct upstream *u)
 	conn_release(u->conn);
 	if (u->timer)
 		event_free(u->timer);
-	strv_free(u->cap_offered, u->ncap_offered);
+	util_strv_free(u->cap_offered, u->ncap_offered);
 	free(u->nick_attempt);
 	pb_unknown_clear(&u->unknown);
 	free(u);
@@ -97,7 +98,7 @@ void upstream_free(struct upstream *u)
 
 static void upstream_schedule_timer(struct upstream *u)
 {
-	int64_t now = now_ms();
+	int64_t now = clock_wall_ms();
 	int64_t due;
 
 	if (u->phase == UP_CONNECTING)
@@ -116,7 +117,7 @@ static void upstream_schedule_timer(struct upstream *u)
 void upstream_arm(struct upstream *u)
 {
 	if (!u->next_ping_ms)
-		u->next_ping_ms = now_ms() + cfg_ping_interval_ms(u->s);
+		u->next_ping_ms = clock_wall_ms() + cfg_ping_interval_ms(u->s);
 	conn_arm(u->conn);
 	upstream_schedule_timer(u);
 }
@@ -130,7 +131,7 @@ void upstream_freeze(struct upstream *u, bool flush)
 static void upstream_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct upstream *u = arg;
-	int64_t now = now_ms();
+	int64_t now = clock_wall_ms();
 	char why[96];
 
 	if (conn_is_dead(u->conn))
@@ -161,7 +162,7 @@ void upstream_adopt_ping(struct upstream *u)
 	if (conn_is_dead(u->conn) || u->phase < UP_WELCOMED)
 		return;
 	conn_sendf(u->conn, "PING :baton-adopt-%u",
-		   health_adopt_ping(&u->hl, bouncer_mono_ms()));
+		   health_adopt_ping(&u->hl, clock_mono_ms()));
 }
 
 void upstream_send(struct session *s, const char *line)
@@ -302,14 +303,14 @@ int upstream_connect(struct session *s, int gov_slot)
 			s->source_addr = copy;
 		}
 	}
-	int64_t now = now_ms();
+	int64_t now = clock_wall_ms();
 	u->phase = connecting ? UP_CONNECTING : UP_REGISTERING;
 	u->cap_negotiating = true;
 	u->connected_at_ms = now;
 	u->last_rx_ms = now;
 	u->nick_attempt = strdup(cs->nick ? cs->nick : s->user);
 	/* Registration is queued now and written once the connect completes. */
-	strv_free(s->caps, s->ncaps);
+	util_strv_free(s->caps, s->ncaps);
 	s->caps = NULL;
 	s->ncaps = 0;
 	conn_send(u->conn, "CAP LS 302");
@@ -340,7 +341,7 @@ static bool upstream_refused(struct session *s, enum governor_verdict v,
 	const struct baton_config *cfg = bouncer_config(s->b);
 	int64_t max_ms = (cfg && cfg->reconnect_max_s > 0 ? cfg->reconnect_max_s : 300) * 1000LL;
 	struct governor *g = bouncer_governor(s->b, s->network);
-	int64_t now = now_ms();
+	int64_t now = clock_wall_ms();
 
 	if (v == GOV_THROTTLE && g && slot >= 0) {
 		/* The whole source address backs off: every session that
@@ -505,7 +506,7 @@ static void channel_apply_mode(struct session *s, struct channel *ch,
 
 static void set_str(char **dst, const char *src)
 {
-	char *n = xstrdup(src);
+	char *n = util_strdup(src);
 	free(*dst);
 	*dst = n;
 }
@@ -556,7 +557,7 @@ static bool h_pong(struct up_ctx *x)
 		return false;
 	}
 	if (strncmp(tok, "baton-", 6) == 0 && x->u->ping_sent_ms) {
-		x->u->lag_ms = now_ms() - x->u->ping_sent_ms;
+		x->u->lag_ms = clock_wall_ms() - x->u->ping_sent_ms;
 		x->u->ping_sent_ms = 0;
 	}
 	return false;
@@ -603,7 +604,7 @@ static bool h_cap(struct up_ctx *x)
 		     t = strtok_r(NULL, " ", &save)) {
 			t[strcspn(t, "=")] = '\0';
 			if (cap_wanted(t) && !strv_has(u->cap_offered, u->ncap_offered, t))
-				strv_push(&u->cap_offered, &u->ncap_offered, t);
+				util_strv_push(&u->cap_offered, &u->ncap_offered, t);
 		}
 		if (more)
 			return false;
@@ -619,7 +620,7 @@ static bool h_cap(struct up_ctx *x)
 			conn_send(u->conn, "CAP END");
 			u->cap_negotiating = false;
 		}
-		strv_free(u->cap_offered, u->ncap_offered);
+		util_strv_free(u->cap_offered, u->ncap_offered);
 		u->cap_offered = NULL;
 		u->ncap_offered = 0;
 	} else if (strcasecmp(sub, "ACK") == 0) {
@@ -637,7 +638,7 @@ static bool h_cap(struct up_ctx *x)
 			} else if (cap_wanted(t) && !strv_has(s->caps, s->ncaps, t)) {
 				/* A cap we never asked for is the server's error:
 				 * not stored (the state only holds what we use). */
-				strv_push(&s->caps, &s->ncaps, t);
+				util_strv_push(&s->caps, &s->ncaps, t);
 			}
 		}
 		if (u->cap_negotiating) {
@@ -693,7 +694,7 @@ static bool h_001(struct up_ctx *x)
 		const char *last = strrchr(s->welcome, ' ');
 		take_userhost(s, last ? last + 1 : s->welcome);
 	}
-	strv_free(s->isupport, s->nisupport);
+	util_strv_free(s->isupport, s->nisupport);
 	s->isupport = NULL;
 	s->nisupport = 0;
 	set_str(&s->user_modes, NULL); /* a new connection: 221/MODE follow */
@@ -702,7 +703,7 @@ static bool h_001(struct up_ctx *x)
 	bool first = x->u->phase < UP_WELCOMED;
 	x->u->phase = UP_WELCOMED;
 	x->u->cap_negotiating = false;
-	x->u->next_ping_ms = now_ms() + cfg_ping_interval_ms(s);
+	x->u->next_ping_ms = clock_wall_ms() + cfg_ping_interval_ms(s);
 	if (s->item.state == ITEM_LIVE)
 		upstream_schedule_timer(x->u); /* keepalive starts now */
 	s->reconnect_failures = 0;
@@ -1104,7 +1105,7 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 	char raw[CONN_MAX_LINE + 1];
 	char tval[64];
 
-	u->last_rx_ms = now_ms();
+	u->last_rx_ms = clock_wall_ms();
 	/* The relayed/stored form is the line without its tags. */
 	const char *p = line;
 	if (*p == '@') {
@@ -1157,7 +1158,7 @@ static void upstream_connected(struct conn *c, void *arg)
 {
 	struct upstream *u = arg;
 	u->phase = UP_REGISTERING;
-	u->last_rx_ms = now_ms();
+	u->last_rx_ms = clock_wall_ms();
 	if (u->s->item.state == ITEM_LIVE)
 		upstream_schedule_timer(u);
 }

@@ -1,6 +1,6 @@
 /* supervisor/canary.c: see canary.h.
  *
- * One state machine, driven by the workers' messages (worker.h events), a
+ * One state machine, driven by the workers' messages (worker_process.h events), a
  * sample timer and deadlines:
  *
  *   SPAWN --READY ok--> MOVE (partial S->T) --both committed--> BAKE
@@ -14,6 +14,7 @@
  * (ACCEPT on: bouncer_start_configured()), which the result counts.
  */
 #include "supervisor/canary.h"
+#include "common/clock.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -28,10 +29,10 @@
 
 #include "common/config.h"
 #include "common/log.h"
-#include "handoff/frame.h"
+#include "common/frame.h"
 #include "supervisor/gates.h"
 #include "supervisor/listeners.h"
-#include "supervisor/worker.h"
+#include "supervisor/worker_process.h"
 
 enum canary_phase { C_SPAWN, C_MOVE, C_BAKE, C_FULL, C_FINISH, C_DONE };
 
@@ -123,14 +124,6 @@ static double canary_ms_since(const struct timespec *t0)
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	return (double)(now.tv_sec - t0->tv_sec) * 1e3 +
 	       (double)(now.tv_nsec - t0->tv_nsec) / 1e6;
-}
-
-static double canary_now_s(void)
-{
-	struct timespec now;
-
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
 }
 
 static void canary_reason(struct canary *c, const char *fmt, ...)
@@ -712,7 +705,7 @@ static void canary_keep_health(struct canary *c, int k,
 	c->health[k] = baton__control__health__unpack(NULL, len, buf);
 	free(buf);
 	c->answered[k] = c->health[k] != NULL;
-	c->answered_at[k] = canary_now_s();
+	c->answered_at[k] = clock_mono_s();
 	if (c->answered[0] && c->answered[1])
 		canary_sample_done(c);
 }

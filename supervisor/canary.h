@@ -18,7 +18,7 @@
  *
  * Every move is the two-phase migration of DESIGN.md §2 (chunked, abortable,
  * no disconnect). While the canary runs it is the handler of both workers
- * (worker.h); when it ends the host gets the survivor back and must reset
+ * (worker_process.h); when it ends the host gets the survivor back and must reset
  * every worker's handler.
  *
  * Replies: like supervisor.h, zero or more {"progress":{...}} then one

@@ -19,8 +19,8 @@
 #include <unistd.h>
 
 #include "common/config.h"
-#include "handoff/tls_handshake.h"
-#include "supervisor/control_server.h"
+#include "tls/handshake.h"
+#include "supervisor/control_socket.h"
 #include "supervisor/listeners.h"
 #include "supervisor/metrics.h"
 #include "supervisor/releases.h"
@@ -115,7 +115,7 @@ static int check_supervisor_running(const char *path, struct config_problems *p)
 
 	if (strlen(path) >= sizeof(sa.sun_path))
 		return 0;
-	r = control_server_probe(path); /* non-blocking connect */
+	r = control_socket_probe(path); /* non-blocking connect */
 	if (r < 0) {
 		config_problems_add(p, "check: control socket %s may be in use by a running supervisor (connect: %s); baton-supervisor would refuse to start",
 				    path, strerror(-r));

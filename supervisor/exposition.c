@@ -13,7 +13,7 @@
 
 #include "baton_version.h"
 #include "supervisor/supervisor.h"
-#include "supervisor/worker.h"
+#include "supervisor/worker_process.h"
 
 const double expo_freeze_bounds[] = {
 	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,

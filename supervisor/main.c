@@ -5,8 +5,8 @@
  *   event                   handler
  *   SIGCHLD                 supervisor_reap -> worker_reaped -> handler
  *   SIGTERM, SIGINT         supervisor_shutdown (EXIT workers, then leave)
- *   worker control socket   worker.c -> supervisor.c or migration.c
- *   control socket          control_server.c -> supervisor_status/upgrade
+ *   worker control socket   worker_process.c -> supervisor.c or migration.c
+ *   control socket          control_socket.c -> supervisor_status/upgrade
  *   metrics HTTP            metrics.c -> exposition.c (+ metrics_set_extra)
  *   watchdog timer          sd_notify WATCHDOG=1
  *
@@ -32,7 +32,7 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "supervisor/check.h"
-#include "supervisor/control_server.h"
+#include "supervisor/control_socket.h"
 #include "supervisor/listeners.h"
 #include "supervisor/metrics.h"
 #include "supervisor/supervisor.h"
@@ -156,7 +156,7 @@ int main(int argc, char **argv)
 	struct config_problems problems = { 0 };
 	struct baton_config *cfg = NULL;
 	struct listeners *listeners = NULL;
-	struct control_server *cs = NULL;
+	struct control_socket *cs = NULL;
 	struct metrics *metrics = NULL;
 	struct main_ctx ctx = { 0 };
 	struct event *ev_term = NULL, *ev_int = NULL, *ev_chld = NULL,
@@ -235,7 +235,7 @@ int main(int argc, char **argv)
 	cfg = NULL;       /* transferred to the supervisor */
 	listeners = NULL; /* transferred to the supervisor */
 
-	r = control_server_new(ctx.base, ctx.sup, control, &cs, err, sizeof(err));
+	r = control_socket_new(ctx.base, ctx.sup, control, &cs, err, sizeof(err));
 	if (r < 0) {
 		log_error("control", "%s", err);
 		goto out;
@@ -294,7 +294,7 @@ out:
 	if (ev_hup)
 		event_free(ev_hup);
 	metrics_free(metrics);
-	control_server_free(cs);
+	control_socket_free(cs);
 	supervisor_free(ctx.sup); /* SIGKILLs any worker still alive */
 	listeners_free(listeners);
 	config_free(cfg);

@@ -17,9 +17,9 @@
 #include <event2/event.h>
 
 #include "common/log.h"
-#include "handoff/frame.h"
+#include "common/frame.h"
 #include "supervisor/listeners.h"
-#include "supervisor/worker.h"
+#include "supervisor/worker_process.h"
 
 /* A refused target's time to leave after EXIT before SIGKILL (s). */
 #define REFUSE_GRACE_S 2

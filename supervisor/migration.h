@@ -9,7 +9,7 @@
  *                                        chunk, ACCEPT on S, EXIT T)
  *   -> wait until the leaving worker has exited -> done.
  *
- * While it runs the migration is the handler of both workers (worker.h);
+ * While it runs the migration is the handler of both workers (worker_process.h);
  * when it is done the owner takes the survivor back. The survivor is the
  * worker that serves afterwards: T on commit, S on abort, whichever is still
  * alive when the other died, or NULL when both died.

@@ -1,5 +1,6 @@
 /* supervisor/releases.c: see releases.h. */
 #include "supervisor/releases.h"
+#include "common/clock.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -878,11 +879,6 @@ int releases_admit(const struct releases *rs, const char *version,
 	return 0;
 }
 
-static int64_t now_s(void)
-{
-	return (int64_t)time(NULL);
-}
-
 int releases_install(struct releases *rs, const char *version,
 		     const char *source, const char *sha256, char *why,
 		     size_t len)
@@ -931,7 +927,7 @@ int releases_install(struct releases *rs, const char *version,
 		dest = NULL;
 		fresh.source = strdup(source);
 		fresh.state = RELEASE_CANDIDATE;
-		fresh.installed = now_s();
+		fresh.installed = clock_wall_s();
 		fresh.seq_installed = releases_next_seq(rs);
 		if (fresh.source == NULL || releases_append(rs, &fresh) < 0) {
 			release_clear(&fresh);
@@ -943,7 +939,7 @@ int releases_install(struct releases *rs, const char *version,
 			log_warn("releases", "release %s: binary replaced (sha256 %.16s... -> %.16s...)",
 				 version, r->sha256, sha256);
 			snprintf(r->sha256, sizeof(r->sha256), "%s", sha256);
-			r->installed = now_s();
+			r->installed = clock_wall_s();
 			r->seq_installed = releases_next_seq(rs);
 			set_str(&r->source, source);
 			if (r->state != RELEASE_SERVING) {
@@ -963,7 +959,7 @@ int releases_install(struct releases *rs, const char *version,
 		}
 		if (r->pruned) {
 			r->pruned = false;
-			r->installed = now_s();
+			r->installed = clock_wall_s();
 			r->seq_installed = releases_next_seq(rs);
 		}
 	}
@@ -984,7 +980,7 @@ const struct release *releases_set_serving(struct releases *rs,
 					   enum release_leave how)
 {
 	struct release *r = releases_find_mut(rs, version);
-	int64_t t = now_s();
+	int64_t t = clock_wall_s();
 
 	if (r == NULL)
 		return NULL;
@@ -1029,7 +1025,7 @@ int releases_mark_bad(struct releases *rs, const char *version,
 	if (r == NULL)
 		return -1;
 	if (r->state == RELEASE_SERVING) {
-		r->retired = now_s();
+		r->retired = clock_wall_s();
 		r->seq_used = releases_next_seq(rs);
 	}
 	r->state = RELEASE_BAD;

@@ -5,6 +5,7 @@
  * is the handler of S and T, and hands the survivor back when done.
  */
 #include "supervisor/supervisor.h"
+#include "common/clock.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -33,7 +34,7 @@
 #include "supervisor/metrics.h"
 #include "supervisor/migration.h"
 #include "supervisor/releases.h"
-#include "supervisor/worker.h"
+#include "supervisor/worker_process.h"
 
 #define STATUS_TIMEOUT_MS 1000
 #define RESTART_BACKOFF_MIN_MS 500
@@ -236,14 +237,6 @@ void supervisor_reap(struct supervisor *sup)
 
 /* --- releases (releases.h) ------------------------------------------------ */
 
-static double supervisor_mono_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* A worker started outside a migration (the first one, a restart) serves:
  * its binary is installed as a release if it is not yet, and a restart
  * after a crash starts that installed copy. */
@@ -293,7 +286,7 @@ static void supervisor_release_migrated(struct supervisor *sup,
 	if (rollback)
 		releases_took_over(sup->releases, NULL, 0);
 	else if (strcmp(res->from.version, v) != 0)
-		releases_took_over(sup->releases, v, supervisor_mono_now());
+		releases_took_over(sup->releases, v, clock_mono_s());
 }
 
 /* Item 7: the serving worker crashed. If an upgrade made its release the
@@ -311,7 +304,7 @@ static void supervisor_auto_rollback(struct supervisor *sup, struct worker *w)
 		 (int)worker_pid(w), worker_uptime_s(w), worker_exit_status(w),
 		 sup->cfg->canary_rollback_window_s);
 	to = releases_on_crash(sup->releases, worker_version(w),
-			       supervisor_mono_now(),
+			       clock_mono_s(),
 			       sup->cfg->canary_rollback_window_s, reason);
 	if (to == NULL)
 		return;
@@ -957,7 +950,7 @@ static const char *migration_result_word(const struct migration_result *r)
 }
 
 /* The result of every upgrade and rollback, on every path (refused, aborted,
- * committed, shutdown): the control protocol (control_server.h). survivor:
+ * committed, shutdown): the control protocol (control_socket.h). survivor:
  * the worker that serves afterwards (NULL: none does). */
 static struct json_object *migration_result_json(const struct migration_result *r,
 						 const char *kind,
@@ -1338,7 +1331,7 @@ static void supervisor_release_canary(struct supervisor *sup,
 							       RELEASE_LEFT_BY_UPGRADE);
 		if (r != NULL && !r->pruned)
 			supervisor_set_serving_binary(sup, r->binary);
-		releases_took_over(sup->releases, version, supervisor_mono_now());
+		releases_took_over(sup->releases, version, clock_mono_s());
 		return;
 	}
 	if (strcmp(word, "rolled_back") != 0 || gate == NULL)

@@ -1,6 +1,6 @@
 /* supervisor/supervisor.h: the supervisor's core: which worker serves, crash
  * restarts, upgrades and rollbacks, status. main.c wires it to signals, the
- * control socket (control_server.h) and metrics (metrics.h).
+ * control socket (control_socket.h) and metrics (metrics.h).
  *
  * Replies to control requests are JSON objects handed to a reply callback:
  * zero or more {"progress":{...}} and then exactly one {"result":{...}}

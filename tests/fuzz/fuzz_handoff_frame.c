@@ -1,5 +1,5 @@
-/* tests/fuzz/fuzz_handoff_frame.c: libFuzzer target for handoff/frame.c and
- * the target state machine of handoff/migration.c.
+/* tests/fuzz/fuzz_handoff_frame.c: libFuzzer target for common/frame.c and
+ * the target state machine of handoff/protocol.c.
  *
  * The input is a sequence of datagrams, each encoded as
  *   u8 mode, u16 len (little endian), len bytes
@@ -27,8 +27,8 @@
 
 #include <event2/event.h>
 
-#include "handoff/frame.h"
-#include "handoff/migration.h"
+#include "common/frame.h"
+#include "handoff/protocol.h"
 
 static int devnull = -1;
 

@@ -1,4 +1,4 @@
-/* tests/fuzz/fuzz_tls_record.c: libFuzzer target for handoff/tls_record.c.
+/* tests/fuzz/fuzz_tls_record.c: libFuzzer target for tls/record.c.
  *
  * Input: byte 0 picks the version, cipher and role; then operations, each
  *   u8 op, u16 len (little endian), len bytes
@@ -26,8 +26,8 @@
 
 #include <openssl/evp.h>
 
-#include "handoff/tls_kdf.h"
-#include "handoff/tls_record.h"
+#include "tls/kdf.h"
+#include "tls/record.h"
 #include "tls.pb-c.h"
 
 struct sealer {
@@ -46,7 +46,7 @@ static const EVP_CIPHER *evp_of(enum tls_cipher c)
 					   : EVP_chacha20_poly1305();
 }
 
-/* One record (see test_tls_record.c for the commented twin). */
+/* One record (see test_record.c for the commented twin). */
 static size_t seal(struct sealer *s, const uint8_t *data, size_t len,
 		   size_t pad, uint8_t *out)
 {

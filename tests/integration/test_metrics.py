@@ -139,7 +139,7 @@ def test_metrics_pass_promtool_after_upgrade(ctx):
     lat = samples(text, "baton_relay_latency_seconds_count")
     log = b.log_text()
     if not lat:
-        # sessiond/worker.c of a build without HEALTH logs this once
+        # sessiond/control_channel.c of a build without HEALTH logs this once
         unanswered = "unexpected control message type 11" in log
         check(unanswered, "no relay latency histogram after %d s, and the worker did not "
               "say it ignores HEALTH_REQUEST:\n%s" % (HEALTH_WAIT_S, text))

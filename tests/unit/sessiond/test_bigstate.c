@@ -22,8 +22,8 @@
 #include "state.pb-c.h"
 
 #include "common/config.h"
-#include "handoff/frame.h"
-#include "handoff/migration.h"
+#include "common/frame.h"
+#include "handoff/protocol.h"
 #include "sample_state.h"
 #include "sessiond/backlog.h"
 #include "sessiond/bouncer.h"

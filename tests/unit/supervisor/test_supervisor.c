@@ -25,7 +25,7 @@
 #include "common/config.h"
 #include "common/control.h"
 #include "control.pb-c.h"
-#include "handoff/frame.h"
+#include "common/frame.h"
 #include "supervisor/listeners.h"
 #include "supervisor/supervisor.h"
 

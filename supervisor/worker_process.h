@@ -1,4 +1,4 @@
-/* supervisor/worker.h: one baton-sessiond worker process as seen by the
+/* supervisor/worker_process.h: one baton-sessiond worker process as seen by the
  * supervisor: spawn it with its control socket on fd 3, read what it says,
  * tell it what to do, learn when it exits.
  *

@@ -1,4 +1,4 @@
-/* sessiond/migrate.c: see migrate.h.
+/* sessiond/transfer.c: see transfer.h.
  *
  * Source side, per chunk: freeze the chunk's items, serialize them, hand them
  * to handoff_source_send_chunk(); on COMMIT release them (this process's
@@ -8,7 +8,7 @@
  * while the migration runs could attach to a session that already left; in
  * the target, one that arrived early could log in before its session did.
  */
-#include "sessiond/migrate.h"
+#include "sessiond/transfer.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -23,22 +23,22 @@
 
 #include "common/cohort.h"
 #include "common/log.h"
-#include "handoff/frame.h"
-#include "handoff/migration.h"
+#include "common/frame.h"
+#include "handoff/protocol.h"
 #include "sessiond/bouncer.h"
 #include "sessiond/state.h"
 
-struct migrate {
+struct transfer {
 	struct event_base *base;
 	struct bouncer *b;
-	struct migrate_report report;
+	struct transfer_report report;
 	char fault[64];              /* test-only fault point, "" for none */
 	uint32_t fault_chunk;        /* the chunk it applies to ("POINT@N") */
 	struct timespec started;
-	struct migrate_result res;
-	/* A canary's partial move (migrate.h); sel is a copy (source). */
+	struct transfer_result res;
+	/* A canary's partial move (transfer.h); sel is a copy (source). */
 	bool partial;
-	struct migrate_select sel;
+	struct transfer_select sel;
 
 	/* source */
 	struct handoff_source *src;
@@ -75,10 +75,10 @@ struct migrate {
 	struct event *finish_ev; /* frees the object outside handoff callbacks */
 };
 
-static int migrate_out_begin(struct migrate *m);
-static void migrate_hs_wait_cb(evutil_socket_t fd, short what, void *arg);
+static int transfer_out_begin(struct transfer *m);
+static void transfer_hs_wait_cb(evutil_socket_t fd, short what, void *arg);
 
-static double migrate_ms_since(const struct timespec *t0)
+static double transfer_ms_since(const struct timespec *t0)
 {
 	struct timespec now;
 
@@ -87,7 +87,7 @@ static double migrate_ms_since(const struct timespec *t0)
 	       (double)(now.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
-const char *migrate_fault(const char *role)
+const char *transfer_fault(const char *role)
 {
 	static char line[128];
 	const char *path = getenv("BATON_FAULT_FILE");
@@ -109,9 +109,9 @@ const char *migrate_fault(const char *role)
 }
 
 /* Load the fault for `role`: "POINT" (chunk 0) or "POINT@CHUNK". */
-static void migrate_fault_load(struct migrate *m, const char *role)
+static void transfer_fault_load(struct transfer *m, const char *role)
 {
-	const char *f = migrate_fault(role);
+	const char *f = transfer_fault(role);
 	char *at;
 
 	if (f == NULL)
@@ -124,7 +124,7 @@ static void migrate_fault_load(struct migrate *m, const char *role)
 	}
 }
 
-static bool migrate_fault_is(const struct migrate *m, const char *point,
+static bool transfer_fault_is(const struct transfer *m, const char *point,
 			     uint32_t chunk)
 {
 	return strcmp(m->fault, point) == 0 && chunk == m->fault_chunk;
@@ -132,7 +132,7 @@ static bool migrate_fault_is(const struct migrate *m, const char *point,
 
 /* Deliver the result and free the migration from a fresh event-loop turn:
  * the handoff callbacks we are called from still use their objects. */
-static void migrate_select_clear(struct migrate_select *sel)
+static void transfer_select_clear(struct transfer_select *sel)
 {
 	for (size_t i = 0; i < sel->nusers; i++)
 		free(sel->users[i]);
@@ -143,8 +143,8 @@ static void migrate_select_clear(struct migrate_select *sel)
 	memset(sel, 0, sizeof(*sel));
 }
 
-static int migrate_select_copy(struct migrate_select *dst,
-			       const struct migrate_select *src)
+static int transfer_select_copy(struct transfer_select *dst,
+			       const struct transfer_select *src)
 {
 	memset(dst, 0, sizeof(*dst));
 	dst->percent_x100 = src->percent_x100;
@@ -161,11 +161,11 @@ static int migrate_select_copy(struct migrate_select *dst,
 			goto fail;
 	return 0;
 fail:
-	migrate_select_clear(dst);
+	transfer_select_clear(dst);
 	return -ENOMEM;
 }
 
-static bool migrate_selected(const struct migrate_select *sel,
+static bool transfer_selected(const struct transfer_select *sel,
 			     const struct bouncer_item *it)
 {
 	const char *user = bouncer_item_user(it), *net = bouncer_item_network(it);
@@ -181,9 +181,9 @@ static bool migrate_selected(const struct migrate_select *sel,
 	return cohort_in_percent(user, sel->percent_x100);
 }
 
-static void migrate_free(struct migrate *m)
+static void transfer_free(struct transfer *m)
 {
-	migrate_select_clear(&m->sel);
+	transfer_select_clear(&m->sel);
 	handoff_source_free(m->src);
 	handoff_target_free(m->tgt);
 	free(m->items);
@@ -198,11 +198,11 @@ static void migrate_free(struct migrate *m)
 	free(m);
 }
 
-static void migrate_finish_cb(evutil_socket_t fd, short what, void *arg)
+static void transfer_finish_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct migrate *m = arg;
+	struct transfer *m = arg;
 
-	m->res.total_ms = migrate_ms_since(&m->started);
+	m->res.total_ms = transfer_ms_since(&m->started);
 	m->res.handshakes_left += state_take_handshakes_left();
 	m->res.shrunk_sessions = m->shrunk.sessions;
 	m->res.shrunk_lines = m->shrunk.lines;
@@ -219,16 +219,16 @@ static void migrate_finish_cb(evutil_socket_t fd, short what, void *arg)
 			 m->res.handshakes_left);
 	bouncer_migration_ended(m->b, m->partial);
 	m->report.finished(m->report.arg, &m->res);
-	migrate_free(m);
+	transfer_free(m);
 }
 
-static void migrate_finish(struct migrate *m, bool committed, const char *why)
+static void transfer_finish(struct transfer *m, bool committed, const char *why)
 {
 	m->res.committed = committed;
 	snprintf(m->res.reason, sizeof(m->res.reason), "%s", why ? why : "");
-	m->finish_ev = evtimer_new(m->base, migrate_finish_cb, m);
+	m->finish_ev = evtimer_new(m->base, transfer_finish_cb, m);
 	if (m->finish_ev == NULL) {
-		migrate_finish_cb(-1, 0, m);
+		transfer_finish_cb(-1, 0, m);
 		return;
 	}
 	event_active(m->finish_ev, EV_TIMEOUT, 0);
@@ -236,7 +236,7 @@ static void migrate_finish(struct migrate *m, bool committed, const char *why)
 
 /* ---- source ---- */
 
-static void migrate_thaw_rest(struct migrate *m, size_t from)
+static void transfer_thaw_rest(struct transfer *m, size_t from)
 {
 	/* Thaw the failed chunk, an item carried to the next one, and every
 	 * pending client frozen up front. */
@@ -255,27 +255,27 @@ static void migrate_thaw_rest(struct migrate *m, size_t from)
 	m->carry = false;
 }
 
-static void migrate_send_next(struct migrate *m);
+static void transfer_send_next(struct transfer *m);
 
-static void migrate_source_phase(void *arg, enum handoff_phase phase,
+static void transfer_source_phase(void *arg, enum handoff_phase phase,
 				 uint32_t chunk)
 {
-	struct migrate *m = arg;
+	struct transfer *m = arg;
 
 	if (phase == HANDOFF_PHASE_PREPARED_RECEIVED)
 		clock_gettime(CLOCK_MONOTONIC, &m->chunk_prepared);
 	if ((phase == HANDOFF_PHASE_PREPARED_RECEIVED &&
-	     migrate_fault_is(m, "after-prepared", chunk)) ||
+	     transfer_fault_is(m, "after-prepared", chunk)) ||
 	    (phase == HANDOFF_PHASE_COMMIT_SENT &&
-	     migrate_fault_is(m, "after-commit", chunk)))
+	     transfer_fault_is(m, "after-commit", chunk)))
 		raise(SIGKILL);
 }
 
-static void migrate_chunk_done(struct handoff_source *src, uint32_t chunk,
+static void transfer_chunk_done(struct handoff_source *src, uint32_t chunk,
 			       int result, const char *reason, void *arg)
 {
-	struct migrate *m = arg;
-	double frozen = migrate_ms_since(&m->chunk_frozen);
+	struct transfer *m = arg;
+	double frozen = transfer_ms_since(&m->chunk_frozen);
 
 	if (frozen > m->res.freeze_max_ms) {
 		/* The longest freeze, split: freezing + serializing here,
@@ -283,17 +283,17 @@ static void migrate_chunk_done(struct handoff_source *src, uint32_t chunk,
 		 * COMMIT -> COMMITTED. */
 		m->res.freeze_max_ms = frozen;
 		m->res.freeze_serialize_ms =
-			migrate_ms_since(&m->chunk_frozen) - migrate_ms_since(&m->chunk_sent);
+			transfer_ms_since(&m->chunk_frozen) - transfer_ms_since(&m->chunk_sent);
 		m->res.freeze_prepare_ms = result < 0 ? 0 :
-			migrate_ms_since(&m->chunk_sent) - migrate_ms_since(&m->chunk_prepared);
+			transfer_ms_since(&m->chunk_sent) - transfer_ms_since(&m->chunk_prepared);
 		m->res.freeze_commit_ms = result < 0 ? 0 :
-			migrate_ms_since(&m->chunk_prepared);
+			transfer_ms_since(&m->chunk_prepared);
 	}
 	if (result < 0) {
 		log_warn("migrate", "chunk %u aborted: %s; resuming %zu items",
 			 chunk, reason, m->nitems - m->chunk_first);
-		migrate_thaw_rest(m, m->chunk_first);
-		migrate_finish(m, false, reason);
+		transfer_thaw_rest(m, m->chunk_first);
+		transfer_finish(m, false, reason);
 		return;
 	}
 	for (size_t i = m->chunk_first; i < m->chunk_first + m->chunk_n; i++) {
@@ -308,22 +308,22 @@ static void migrate_chunk_done(struct handoff_source *src, uint32_t chunk,
 	if (m->report.progress)
 		m->report.progress(m->report.arg, (uint32_t)m->next,
 				   (uint32_t)m->nitems);
-	migrate_send_next(m);
+	transfer_send_next(m);
 }
 
 /* Test-only faults on the first item of the chunk they name (the chunk
  * about to be sent is number chunks_committed). */
-static void migrate_inject_item_fault(struct migrate *m,
+static void transfer_inject_item_fault(struct transfer *m,
 				      struct handoff_item *first, uint8_t *buf)
 {
 	static int fds[HANDOFF_FRAME_MAX_FDS];
 	uint32_t chunk = m->res.chunks_committed;
 
-	if (migrate_fault_is(m, "corrupt-item", chunk)) {
+	if (transfer_fault_is(m, "corrupt-item", chunk)) {
 		memset(buf, 0xff, first->len > 16 ? 16 : first->len);
-	} else if (migrate_fault_is(m, "truncate-item", chunk)) {
+	} else if (transfer_fault_is(m, "truncate-item", chunk)) {
 		first->len /= 2;
-	} else if (migrate_fault_is(m, "extra-fd", chunk) &&
+	} else if (transfer_fault_is(m, "extra-fd", chunk) &&
 		   first->nfds < HANDOFF_FRAME_MAX_FDS) {
 		m->extra_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 		memcpy(fds, first->fds, first->nfds * sizeof(int));
@@ -333,7 +333,7 @@ static void migrate_inject_item_fault(struct migrate *m,
 	}
 }
 
-static void migrate_send_next(struct migrate *m)
+static void transfer_send_next(struct transfer *m)
 {
 	struct handoff_item *hitems = NULL;
 	uint8_t **bufs = NULL;
@@ -348,7 +348,7 @@ static void migrate_send_next(struct migrate *m)
 			/* Everything is committed already: T owns it all. */
 			log_warn("migrate", "DONE not delivered: %s", strerror(-r));
 		}
-		migrate_finish(m, true, NULL);
+		transfer_finish(m, true, NULL);
 		return;
 	}
 	if (n > m->chunk_items)
@@ -419,7 +419,7 @@ static void migrate_send_next(struct migrate *m)
 		}
 	}
 	m->res.chunks++;
-	migrate_inject_item_fault(m, hitems, bufs[0]);
+	transfer_inject_item_fault(m, hitems, bufs[0]);
 	m->next += n;
 	clock_gettime(CLOCK_MONOTONIC, &m->chunk_sent);
 	m->chunk_prepared = m->chunk_sent;
@@ -433,13 +433,13 @@ out:
 	free(bufs);
 	free(hitems);
 	if (r < 0) {
-		migrate_thaw_rest(m, m->chunk_first);
-		migrate_finish(m, false, why);
+		transfer_thaw_rest(m, m->chunk_first);
+		transfer_finish(m, false, why);
 	}
 }
 
 /* Stable partition: sessions first, then pending clients. */
-static int migrate_pending_last(struct bouncer_item **items, size_t n)
+static int transfer_pending_last(struct bouncer_item **items, size_t n)
 {
 	struct bouncer_item **tmp = malloc(n * sizeof(*tmp) + 1);
 	size_t k = 0;
@@ -457,15 +457,15 @@ static int migrate_pending_last(struct bouncer_item **items, size_t n)
 	return 0;
 }
 
-int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
+int transfer_out_start(struct event_base *base, struct bouncer *b, int channel,
 		      pid_t peer_pid, int peer_pidfd, int timeout_ms,
 		      unsigned chunk_items, size_t chunk_bytes, int budget,
-		      const struct migrate_select *sel,
-		      const struct migrate_report *report)
+		      const struct transfer_select *sel,
+		      const struct transfer_report *report)
 {
-	struct migrate *m = calloc(1, sizeof(*m));
+	struct transfer *m = calloc(1, sizeof(*m));
 
-	if (m == NULL || (sel != NULL && migrate_select_copy(&m->sel, sel) < 0)) {
+	if (m == NULL || (sel != NULL && transfer_select_copy(&m->sel, sel) < 0)) {
 		free(m);
 		close(channel);
 		if (peer_pidfd >= 0)
@@ -481,10 +481,10 @@ int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
 	m->extra_fd = -1;
 	m->chunk_items = chunk_items ? chunk_items : 256;
 	m->chunk_bytes = chunk_bytes ? chunk_bytes : (size_t)1 << 20;
-	migrate_fault_load(m, "source");
+	transfer_fault_load(m, "source");
 	clock_gettime(CLOCK_MONOTONIC, &m->started);
 	m->src = handoff_source_new(base, channel, peer_pid, timeout_ms,
-				    migrate_chunk_done, m);
+				    transfer_chunk_done, m);
 	if (m->src == NULL) {
 		if (peer_pidfd >= 0)
 			close(peer_pidfd);
@@ -492,9 +492,9 @@ int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
 		return -ENOMEM;
 	}
 	handoff_source_set_peer_pidfd(m->src, peer_pidfd); /* transferred */
-	handoff_source_set_phase_hook(m->src, migrate_source_phase, m);
+	handoff_source_set_phase_hook(m->src, transfer_source_phase, m);
 	if (budget > 0 && bouncer_handshakes(b) > 0) {
-		m->hs_wait = event_new(base, -1, EV_PERSIST, migrate_hs_wait_cb, m);
+		m->hs_wait = event_new(base, -1, EV_PERSIST, transfer_hs_wait_cb, m);
 		if (m->hs_wait != NULL) {
 			struct timeval tick = { 0, 5000 };
 
@@ -508,16 +508,16 @@ int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
 			return 0;
 		}
 	}
-	if (migrate_out_begin(m) < 0)
-		migrate_finish(m, false, "out of memory"); /* reports; frees */
+	if (transfer_out_begin(m) < 0)
+		transfer_finish(m, false, "out of memory"); /* reports; frees */
 	return 0;
 }
 
 /* Polled every 5 ms while handshakes run (they finish in the normal event
  * loop meanwhile: nothing is frozen yet). */
-static void migrate_hs_wait_cb(evutil_socket_t fd, short what, void *arg)
+static void transfer_hs_wait_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct migrate *m = arg;
+	struct transfer *m = arg;
 	struct timespec now;
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
@@ -527,13 +527,13 @@ static void migrate_hs_wait_cb(evutil_socket_t fd, short what, void *arg)
 	      now.tv_nsec < m->hs_deadline.tv_nsec)))
 		return;
 	event_del(m->hs_wait);
-	if (migrate_out_begin(m) < 0)
-		migrate_finish(m, false, "out of memory");
+	if (transfer_out_begin(m) < 0)
+		transfer_finish(m, false, "out of memory");
 }
 
 /* Snapshot the items and send the first chunk. Pending clients still in
  * their TLS handshake stay behind (closed when this process exits). */
-static int migrate_out_begin(struct migrate *m)
+static int transfer_out_begin(struct transfer *m)
 {
 	struct bouncer *b = m->b;
 	size_t kept = 0;
@@ -541,7 +541,7 @@ static int migrate_out_begin(struct migrate *m)
 	m->nitems = bouncer_items(b, &m->items);
 	for (size_t i = 0; i < m->nitems; i++) {
 		if (m->partial) {
-			if (migrate_selected(&m->sel, m->items[i]))
+			if (transfer_selected(&m->sel, m->items[i]))
 				m->items[kept++] = m->items[i];
 			continue;
 		}
@@ -553,7 +553,7 @@ static int migrate_out_begin(struct migrate *m)
 		m->items[kept++] = m->items[i];
 	}
 	m->nitems = kept;
-	if (migrate_pending_last(m->items, m->nitems) < 0)
+	if (transfer_pending_last(m->items, m->nitems) < 0)
 		return -ENOMEM;
 	/* Pending clients are frozen up front (see the top of this file). */
 	for (size_t i = 0; i < m->nitems; i++)
@@ -562,17 +562,17 @@ static int migrate_out_begin(struct migrate *m)
 	log_info("migrate", "migrating %zu %s out in chunks of at most %u items / %zu bytes",
 		 m->nitems, m->partial ? "sessions (a canary's move)" : "items",
 		 m->chunk_items, m->chunk_bytes);
-	migrate_send_next(m);
+	transfer_send_next(m);
 	return 0;
 }
 
 /* ---- target ---- */
 
-static int migrate_prepare(void *arg, uint32_t chunk, uint32_t index,
+static int transfer_prepare(void *arg, uint32_t chunk, uint32_t index,
 			   const uint8_t *payload, size_t len, int *fds,
 			   size_t nfds, char *reason, size_t reason_len)
 {
-	struct migrate *m = arg;
+	struct transfer *m = arg;
 	struct bouncer_item *it = NULL;
 	int r;
 
@@ -590,7 +590,7 @@ static int migrate_prepare(void *arg, uint32_t chunk, uint32_t index,
 		m->prepared = grown;
 		m->cap_prepared = cap;
 	}
-	if (migrate_fault_is(m, "slow-prepare", chunk)) {
+	if (transfer_fault_is(m, "slow-prepare", chunk)) {
 		/* A target that keeps reading, but too slowly. */
 		struct timespec ts = { 0, 300 * 1000000L };
 
@@ -604,9 +604,9 @@ static int migrate_prepare(void *arg, uint32_t chunk, uint32_t index,
 	return 0;
 }
 
-static void migrate_commit(void *arg, uint32_t chunk)
+static void transfer_commit(void *arg, uint32_t chunk)
 {
-	struct migrate *m = arg;
+	struct transfer *m = arg;
 
 	for (size_t i = 0; i < m->nprepared; i++) {
 		struct bouncer_item *it = m->prepared[i];
@@ -622,9 +622,9 @@ static void migrate_commit(void *arg, uint32_t chunk)
 	m->res.chunks_committed++;
 }
 
-static void migrate_abort(void *arg, uint32_t chunk, const char *reason)
+static void transfer_abort(void *arg, uint32_t chunk, const char *reason)
 {
-	struct migrate *m = arg;
+	struct transfer *m = arg;
 
 	log_warn("migrate", "chunk %u aborted: %s", chunk, reason);
 	for (size_t i = 0; i < m->nprepared; i++)
@@ -632,29 +632,29 @@ static void migrate_abort(void *arg, uint32_t chunk, const char *reason)
 	m->nprepared = 0;
 }
 
-static void migrate_done(void *arg, int result, const char *reason,
+static void transfer_done(void *arg, int result, const char *reason,
 			 uint32_t chunks_committed)
 {
-	struct migrate *m = arg;
+	struct transfer *m = arg;
 
 	m->res.chunks_committed = chunks_committed;
-	migrate_finish(m, result == 0, result == 0 ? NULL : reason);
+	transfer_finish(m, result == 0, result == 0 ? NULL : reason);
 }
 
-static void migrate_target_phase(void *arg, enum handoff_phase phase,
+static void transfer_target_phase(void *arg, enum handoff_phase phase,
 				 uint32_t chunk)
 {
-	struct migrate *m = arg;
+	struct transfer *m = arg;
 
 	if ((phase == HANDOFF_PHASE_BEGIN_RECEIVED &&
-	     migrate_fault_is(m, "after-begin", chunk)) ||
+	     transfer_fault_is(m, "after-begin", chunk)) ||
 	    (phase == HANDOFF_PHASE_END_RECEIVED &&
-	     migrate_fault_is(m, "after-end", chunk)) ||
+	     transfer_fault_is(m, "after-end", chunk)) ||
 	    (phase == HANDOFF_PHASE_PREPARED_SENT &&
-	     migrate_fault_is(m, "after-prepared", chunk)))
+	     transfer_fault_is(m, "after-prepared", chunk)))
 		raise(SIGKILL);
 	if (phase == HANDOFF_PHASE_BEGIN_RECEIVED &&
-	    migrate_fault_is(m, "hang-after-begin", chunk)) {
+	    transfer_fault_is(m, "hang-after-begin", chunk)) {
 		/* A target that stops reading: the source must time out. */
 		struct timespec ts = { .tv_sec = 3 * m->timeout_ms / 1000 + 1 };
 
@@ -662,18 +662,18 @@ static void migrate_target_phase(void *arg, enum handoff_phase phase,
 	}
 }
 
-static const struct handoff_target_ops migrate_target_ops = {
-	.prepare = migrate_prepare,
-	.commit = migrate_commit,
-	.abort = migrate_abort,
-	.done = migrate_done,
+static const struct handoff_target_ops transfer_target_ops = {
+	.prepare = transfer_prepare,
+	.commit = transfer_commit,
+	.abort = transfer_abort,
+	.done = transfer_done,
 };
 
-int migrate_in_start(struct event_base *base, struct bouncer *b, int channel,
+int transfer_in_start(struct event_base *base, struct bouncer *b, int channel,
 		     int timeout_ms, bool partial,
-		     const struct migrate_report *report)
+		     const struct transfer_report *report)
 {
-	struct migrate *m = calloc(1, sizeof(*m));
+	struct transfer *m = calloc(1, sizeof(*m));
 
 	if (m == NULL) {
 		close(channel);
@@ -685,14 +685,14 @@ int migrate_in_start(struct event_base *base, struct bouncer *b, int channel,
 	m->extra_fd = -1;
 	m->timeout_ms = timeout_ms;
 	m->partial = partial;
-	migrate_fault_load(m, "target");
+	transfer_fault_load(m, "target");
 	clock_gettime(CLOCK_MONOTONIC, &m->started);
 	m->tgt = handoff_target_new(base, channel, timeout_ms,
-				    &migrate_target_ops, m);
+				    &transfer_target_ops, m);
 	if (m->tgt == NULL) {
 		free(m);
 		return -ENOMEM;
 	}
-	handoff_target_set_phase_hook(m->tgt, migrate_target_phase, m);
+	handoff_target_set_phase_hook(m->tgt, transfer_target_phase, m);
 	return 0;
 }

@@ -1,4 +1,4 @@
-/* tests/unit/handoff/test_migration.c: handoff/migration.c — the source and
+/* tests/unit/handoff/test_protocol.c: handoff/protocol.c — the source and
  * target state machines in one process with one event_base, and a target
  * driven by a hand-written (misbehaving) source and vice versa. Every test
  * ends with an fd count equal to the one it started with. */
@@ -25,8 +25,8 @@
 #include <event2/event.h>
 
 #include "handoff.pb-c.h"
-#include "handoff/frame.h"
-#include "handoff/migration.h"
+#include "common/frame.h"
+#include "handoff/protocol.h"
 
 #define MAX_FDS 64
 #define MAX_PHASES 32

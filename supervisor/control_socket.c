@@ -1,5 +1,5 @@
-/* supervisor/control_server.c: see control_server.h. */
-#include "supervisor/control_server.h"
+/* supervisor/control_socket.c: see control_socket.h. */
+#include "supervisor/control_socket.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -31,7 +31,7 @@
 
 struct control_client;
 
-struct control_server {
+struct control_socket {
 	struct event_base *base;
 	struct supervisor *sup;
 	char *path;
@@ -47,7 +47,7 @@ struct control_server {
 };
 
 struct control_client {
-	struct control_server *cs;
+	struct control_socket *cs;
 	struct bufferevent *bev;
 	struct event *ev_request; /* request deadline, until got_request */
 	pid_t peer_pid;
@@ -385,10 +385,10 @@ static void control_client_on_event(struct bufferevent *bev, short what, void *a
 	}
 }
 
-static void control_server_on_accept_resume(evutil_socket_t fd, short what,
+static void control_socket_on_accept_resume(evutil_socket_t fd, short what,
 					    void *arg)
 {
-	struct control_server *cs = arg;
+	struct control_socket *cs = arg;
 
 	if (event_add(cs->ev_accept, NULL) < 0)
 		log_error("control", "cannot watch the control socket again");
@@ -396,7 +396,7 @@ static void control_server_on_accept_resume(evutil_socket_t fd, short what,
 
 /* The connection is accepted and closed at once: queued, it would only wait
  * for a timeout on the client's side. */
-static void control_server_refuse_over_cap(struct control_server *cs, int fd)
+static void control_socket_refuse_over_cap(struct control_socket *cs, int fd)
 {
 	struct timespec now;
 
@@ -412,9 +412,9 @@ static void control_server_refuse_over_cap(struct control_server *cs, int fd)
 	cs->refuse_logged = now.tv_sec ? now.tv_sec : 1;
 }
 
-static void control_server_on_accept(evutil_socket_t lfd, short what, void *arg)
+static void control_socket_on_accept(evutil_socket_t lfd, short what, void *arg)
 {
-	struct control_server *cs = arg;
+	struct control_socket *cs = arg;
 
 	for (;;) {
 		struct ucred cred;
@@ -443,7 +443,7 @@ static void control_server_on_accept(evutil_socket_t lfd, short what, void *arg)
 			return;
 		}
 		if (cs->nclients >= CONTROL_MAX_CLIENTS) {
-			control_server_refuse_over_cap(cs, fd);
+			control_socket_refuse_over_cap(cs, fd);
 			continue;
 		}
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
@@ -490,7 +490,7 @@ static void control_server_on_accept(evutil_socket_t lfd, short what, void *arg)
 	}
 }
 
-int control_server_probe(const char *path)
+int control_socket_probe(const char *path)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	int fd, r;
@@ -522,7 +522,7 @@ int control_server_probe(const char *path)
 /* 0: nothing there (or stale, removed); -EADDRINUSE: someone answers, or we
  * cannot tell (a live socket of another user gives EACCES): never remove a
  * socket that may be live. */
-static int control_server_clear_stale(const char *path, char *err, size_t errlen)
+static int control_socket_clear_stale(const char *path, char *err, size_t errlen)
 {
 	struct stat st;
 	int r;
@@ -533,7 +533,7 @@ static int control_server_clear_stale(const char *path, char *err, size_t errlen
 		snprintf(err, errlen, "control socket %s exists and is not a socket", path);
 		return -EEXIST;
 	}
-	r = control_server_probe(path);
+	r = control_socket_probe(path);
 	if (r == 1) {
 		snprintf(err, errlen, "control socket %s is in use by a running supervisor", path);
 		return -EADDRINUSE;
@@ -552,11 +552,11 @@ static int control_server_clear_stale(const char *path, char *err, size_t errlen
 	return 0;
 }
 
-int control_server_new(struct event_base *base, struct supervisor *sup,
-		       const char *path, struct control_server **out,
+int control_socket_new(struct event_base *base, struct supervisor *sup,
+		       const char *path, struct control_socket **out,
 		       char *err, size_t errlen)
 {
-	struct control_server *cs = NULL;
+	struct control_socket *cs = NULL;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	mode_t old;
 	int r, fd = -1;
@@ -571,7 +571,7 @@ int control_server_new(struct event_base *base, struct supervisor *sup,
 	}
 	strcpy(sa.sun_path, path);
 	err[0] = '\0';
-	r = control_server_clear_stale(path, err, errlen);
+	r = control_socket_clear_stale(path, err, errlen);
 	if (r < 0)
 		goto out;
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -601,8 +601,8 @@ int control_server_new(struct event_base *base, struct supervisor *sup,
 	bound = false;
 	cs->path = strdup(path);
 	cs->ev_accept = event_new(base, cs->fd, EV_READ | EV_PERSIST,
-				  control_server_on_accept, cs);
-	cs->ev_accept_resume = evtimer_new(base, control_server_on_accept_resume, cs);
+				  control_socket_on_accept, cs);
+	cs->ev_accept_resume = evtimer_new(base, control_socket_on_accept_resume, cs);
 	if (cs->path == NULL || cs->ev_accept == NULL ||
 	    cs->ev_accept_resume == NULL || event_add(cs->ev_accept, NULL) < 0) {
 		r = -ENOMEM;
@@ -618,11 +618,11 @@ out:
 		close(fd);
 	if (bound)
 		unlink(path);
-	control_server_free(cs);
+	control_socket_free(cs);
 	return r;
 }
 
-void control_server_free(struct control_server *cs)
+void control_socket_free(struct control_socket *cs)
 {
 	if (cs == NULL)
 		return;

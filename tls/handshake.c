@@ -1,11 +1,11 @@
-/* handoff/tls_handshake.c: OpenSSL runs the handshake, then we take the
- * keys out and hand the connection to tls_record (see tls_handshake.h).
+/* tls/handshake.c: OpenSSL runs the handshake, then we take the
+ * keys out and hand the connection to tls_record (see handshake.h).
  *
  * Where each fact of DESIGN.md §4 is handled:
  * - TLS 1.3 secrets: keylog_cb() (CLIENT_/SERVER_TRAFFIC_SECRET_0), mapped
  *   from the SSL* to our object through SSL ex_data.
  * - TLS 1.2 keys: export_tls12() expands the master secret and both randoms
- *   into the key block (tls_kdf.h).
+ *   into the key block (kdf.h).
  * - Sequence numbers: counted, not assumed. Our BIO sees every byte that
  *   crosses the socket in both directions (struct rec_watch), so TLS 1.2
  *   sequence numbers are the records after each side's ChangeCipherSpec
@@ -19,9 +19,9 @@
  *   Finished); the record layer continues at +1.
  * - SSL_free without SSL_shutdown; SSL_OP_NO_RENEGOTIATION in every context.
  */
-#include "handoff/tls_handshake.h"
-#include "handoff/tls_kdf.h"
-#include "handoff/tls_record.h"
+#include "tls/handshake.h"
+#include "tls/kdf.h"
+#include "tls/record.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

@@ -1,8 +1,8 @@
-/* sessiond/migrate.h: one side of a migration of this worker's items
+/* sessiond/transfer.h: one side of a migration of this worker's items
  * (sessions and pending clients, sessiond/bouncer.h) over a handoff channel
- * (handoff/migration.h). The source freezes, serializes and sends its items in
+ * (handoff/protocol.h). The source freezes, serializes and sends its items in
  * chunks; the target adopts them. Each side reports progress and one final
- * result through the callbacks, which sessiond/worker.c forwards to the
+ * result through the callbacks, which sessiond/control_channel.c forwards to the
  * supervisor.
  *
  * Fault injection for the integration tests: when the environment names a
@@ -20,9 +20,9 @@
 
 struct event_base;
 struct bouncer;
-struct migrate;
+struct transfer;
 
-struct migrate_result {
+struct transfer_result {
 	bool committed;
 	char reason[256];
 	uint32_t sessions, connections, fds;
@@ -43,10 +43,10 @@ struct migrate_result {
 
 /* Which sessions a partial move (a canary's) takes: those whose user is in
  * users, or whose network is in networks, or whose user falls below
- * percent_x100 in common/cohort.h. Borrowed for migrate_out_start() only
+ * percent_x100 in common/cohort.h. Borrowed for transfer_out_start() only
  * (copied). A partial move leaves pending clients and the listeners here
  * and this worker keeps serving; NULL selector: a full migration. */
-struct migrate_select {
+struct transfer_select {
 	char **users;
 	size_t nusers;
 	char **networks;
@@ -54,10 +54,10 @@ struct migrate_select {
 	uint32_t percent_x100;
 };
 
-struct migrate_report {
+struct transfer_report {
 	void (*progress)(void *arg, uint32_t done, uint32_t total);
 	/* Called once; the migration object is freed right after it returns. */
-	void (*finished)(void *arg, const struct migrate_result *res);
+	void (*finished)(void *arg, const struct transfer_result *res);
 	void *arg;
 };
 
@@ -72,23 +72,23 @@ struct migrate_report {
  * transferred, like channel). handshake_budget_ms: TLS handshakes in
  * progress get this long to finish before the first freeze (0: no wait);
  * those still running then stay behind (result: handshakes_left). */
-int migrate_out_start(struct event_base *base, struct bouncer *b, int channel,
+int transfer_out_start(struct event_base *base, struct bouncer *b, int channel,
 		      pid_t peer_pid, int peer_pidfd, int timeout_ms,
 		      unsigned chunk_items, size_t chunk_bytes,
 		      int handshake_budget_ms,
-		      const struct migrate_select *sel,
-		      const struct migrate_report *report);
+		      const struct transfer_select *sel,
+		      const struct transfer_report *report);
 
 /* Start receiving items into b (channel ownership transferred). */
 /* partial: a canary's move (this worker keeps what it has and serves the
  * sessions as they arrive; the reconnect governors are released at the
  * end instead of waiting for ACCEPT). */
-int migrate_in_start(struct event_base *base, struct bouncer *b, int channel,
+int transfer_in_start(struct event_base *base, struct bouncer *b, int channel,
 		     int timeout_ms, bool partial,
-		     const struct migrate_report *report);
+		     const struct transfer_report *report);
 
 /* The fault named for `role` ("source"/"target") in BATON_FAULT_FILE, or NULL.
  * Returns a static string. */
-const char *migrate_fault(const char *role);
+const char *transfer_fault(const char *role);
 
 #endif

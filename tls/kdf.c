@@ -1,6 +1,6 @@
-/* handoff/tls_kdf.c: HKDF, the TLS 1.3 traffic key schedule and the TLS 1.2
- * PRF key block, over OpenSSL 3.0 EVP_KDF. See tls_kdf.h. */
-#include "handoff/tls_kdf.h"
+/* tls/kdf.c: HKDF, the TLS 1.3 traffic key schedule and the TLS 1.2
+ * PRF key block, over OpenSSL 3.0 EVP_KDF. See kdf.h. */
+#include "tls/kdf.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -1,9 +1,9 @@
-/* handoff/tls_handshake.h: OpenSSL performs the TLS handshake (client or
+/* tls/handshake.h: OpenSSL performs the TLS handshake (client or
  * server role, non-blocking, driven by the owner's event loop); then the
  * connection's keys and sequence numbers are taken out and the SSL object is
  * dropped without SSL_shutdown (no close_notify), and baton's own record
- * layer (tls_record.h) carries every later byte. DESIGN.md §4 lists the
- * OpenSSL facts this relies on; the comments in tls_handshake.c say where
+ * layer (record.h) carries every later byte. DESIGN.md §4 lists the
+ * OpenSSL facts this relies on; the comments in handshake.c say where
  * each is handled.
  *
  * The SSL object talks to the socket through a BIO of ours that reads only

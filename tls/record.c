@@ -1,5 +1,5 @@
-/* handoff/tls_record.c: baton's TLS record layer (sans-I/O). See
- * tls_record.h for the contract; RFC 8446 5 (TLS 1.3 records), RFC 5246
+/* tls/record.c: baton's TLS record layer (sans-I/O). See
+ * record.h for the contract; RFC 8446 5 (TLS 1.3 records), RFC 5246
  * 6.2.3.3 + RFC 5288 (TLS 1.2 AES-GCM), RFC 7905 (ChaCha20-Poly1305).
  *
  * Cost model: thousands of these are saved and loaded in one migration, and
@@ -9,7 +9,7 @@
  * straight into the output queue; the queues are byte buffers with a
  * consumed offset whose growth is amortised. No allocation per record.
  */
-#include "handoff/tls_record.h"
+#include "tls/record.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -20,7 +20,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-#include "handoff/tls_kdf.h"
+#include "tls/kdf.h"
 #include "tls.pb-c.h"
 
 #define CT_APPLICATION_DATA 23

@@ -1,4 +1,4 @@
-/* Tests of supervisor/worker.c against a fake worker (this same binary,
+/* Tests of supervisor/worker_process.c against a fake worker (this same binary,
  * re-executed with --worker): the control socket is fd 3, READY is parsed,
  * LISTENERS/ACCEPT/STATUS/EXIT round-trip, an exec failure and a failed
  * preflight surface as exit statuses, and a worker that drops its control
@@ -27,8 +27,8 @@
 #include <event2/event.h>
 
 #include "common/control.h"
-#include "handoff/frame.h"
-#include "supervisor/worker.h"
+#include "common/frame.h"
+#include "supervisor/worker_process.h"
 
 /* ---- the fake worker (FAKE_MODE: ok | preflight | drop | count | deaf |
  * exit | nohealth) ---- */

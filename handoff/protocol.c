@@ -1,5 +1,5 @@
-/* handoff/migration.c: source and target state machines of the chunked,
- * two-phase migration (migration.h, DESIGN.md §2).
+/* handoff/protocol.c: source and target state machines of the chunked,
+ * two-phase migration (protocol.h, DESIGN.md §2).
  *
  * Every message is one frame (frame.h) whose type is an enum handoff_type and
  * whose payload is the matching protobuf-c message of proto/handoff.proto.
@@ -15,7 +15,7 @@
  * way out (STYLE.md rule 8). After every user call the code checks
  * `free_pending` and touches nothing else if it is set.
  */
-#include "handoff/migration.h"
+#include "handoff/protocol.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -33,7 +33,8 @@
 #include <event2/event.h>
 
 #include "handoff.pb-c.h"
-#include "handoff/frame.h"
+#include "common/clock.h"
+#include "common/frame.h"
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -67,14 +68,6 @@ static const char *type_name(unsigned type)
 	}
 }
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Milliseconds left until deadline (-1: no deadline), never negative. */
 static int remaining_ms(int64_t deadline)
 {
@@ -82,7 +75,7 @@ static int remaining_ms(int64_t deadline)
 
 	if (deadline < 0)
 		return -1;
-	left = deadline - now_ms();
+	left = deadline - clock_mono_ms();
 	if (left < 0)
 		return 0;
 	return left > INT32_MAX ? INT32_MAX : (int)left;
@@ -189,7 +182,7 @@ static void source_phase(struct handoff_source *src, enum handoff_phase p)
 }
 
 /* Make sure the target can never commit the current chunk on its own, so the
- * caller may resume (the invariant of migration.h): queue ABORT; if that is
+ * caller may resume (the invariant of protocol.h): queue ABORT; if that is
  * impossible, kill the target and wait (bounded) until it is gone.
  *
  * -EPIPE / -ECONNRESET from the send mean the target's end of the channel is
@@ -221,7 +214,7 @@ static void source_abort_channel(struct handoff_source *src, const char *reason)
 static bool source_kill_target(struct handoff_source *src)
 {
 	struct pollfd pfd = { .fd = src->peer_pidfd, .events = POLLIN };
-	int64_t deadline = now_ms() + KILL_WAIT_MS;
+	int64_t deadline = clock_mono_ms() + KILL_WAIT_MS;
 	bool own = false, dead = false;
 	int r;
 
@@ -537,7 +530,7 @@ int handoff_source_send_chunk(struct handoff_source *src,
 		return -EINVAL;
 
 	/* One bound for the whole chunk, not per frame. */
-	deadline = src->timeout_ms < 0 ? -1 : now_ms() + src->timeout_ms;
+	deadline = src->timeout_ms < 0 ? -1 : clock_mono_ms() + src->timeout_ms;
 
 	b.chunk = src->chunk;
 	b.items = (uint32_t)n;
@@ -842,7 +835,7 @@ static void target_on_end(struct handoff_target *t, struct handoff_msg *m)
 		target_fail(t, r, reason);
 		return;
 	}
-	/* From here only the source decides: no timeout (migration.h). */
+	/* From here only the source decides: no timeout (protocol.h). */
 	t->state = T_PREPARED;
 	event_del(t->ev_timer);
 	target_phase(t, HANDOFF_PHASE_PREPARED_SENT);
@@ -869,7 +862,7 @@ static void target_on_commit(struct handoff_target *t, struct handoff_msg *m)
 	}
 	target_phase(t, HANDOFF_PHASE_COMMIT_RECEIVED);
 	/* Acknowledge before arming: a source that gets no COMMITTED knows we
-	 * never touched the sockets and resumes them (migration.h). */
+	 * never touched the sockets and resumes them (protocol.h). */
 	ack.chunk = chunk;
 	r = send_pb(t->fd, HANDOFF_COMMITTED, &ack.base, NULL, 0, t->timeout_ms);
 	/* -EPIPE / -ECONNRESET: the source is gone after sending COMMIT. Having

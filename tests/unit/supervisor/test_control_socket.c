@@ -1,4 +1,4 @@
-/* Tests of supervisor/control_server.c (no workers: status answers at once).
+/* Tests of supervisor/control_socket.c (no workers: status answers at once).
  *
  * Regressions:
  * - stale-socket cleanup unlinked the path on any connect failure and used a
@@ -32,7 +32,7 @@
 #include <event2/event.h>
 
 #include "common/config.h"
-#include "supervisor/control_server.h"
+#include "supervisor/control_socket.h"
 #include "supervisor/listeners.h"
 #include "supervisor/supervisor.h"
 
@@ -40,7 +40,7 @@ struct fixture {
 	char dir[160], config[200], sock[200];
 	struct event_base *base;
 	struct supervisor *sup;
-	struct control_server *cs;
+	struct control_socket *cs;
 };
 
 static int free_port(void)
@@ -88,7 +88,7 @@ static int teardown(void **state)
 {
 	struct fixture *f = *state;
 
-	control_server_free(f->cs);
+	control_socket_free(f->cs);
 	supervisor_free(f->sup);
 	event_base_free(f->base);
 	unlink(f->sock);
@@ -160,10 +160,10 @@ static void test_stale_socket_is_replaced(void **state)
 	int fd = unix_listener(f->sock, 1);
 
 	close(fd); /* the file stays: connect gives ECONNREFUSED */
-	assert_int_equal(control_server_probe(f->sock), 0);
-	assert_int_equal(control_server_new(f->base, f->sup, f->sock, &f->cs,
+	assert_int_equal(control_socket_probe(f->sock), 0);
+	assert_int_equal(control_socket_new(f->base, f->sup, f->sock, &f->cs,
 					    err, sizeof(err)), 0);
-	assert_int_equal(control_server_probe(f->sock), 1);
+	assert_int_equal(control_socket_probe(f->sock), 1);
 }
 
 static void test_live_socket_is_kept(void **state)
@@ -178,7 +178,7 @@ static void test_live_socket_is_kept(void **state)
 	while (n < 8 && (c[n] = unix_connect(f->sock)) >= 0)
 		n++;
 	t0 = now_s();
-	assert_int_equal(control_server_new(f->base, f->sup, f->sock, &f->cs,
+	assert_int_equal(control_socket_new(f->base, f->sup, f->sock, &f->cs,
 					    err, sizeof(err)), -EADDRINUSE);
 	assert_true(now_s() - t0 < 1.0);
 	assert_non_null(strstr(err, "is in use by a running supervisor"));
@@ -194,7 +194,7 @@ static void test_client_cap_and_request_deadline(void **state)
 	char err[256];
 	int c[65], late, i;
 
-	assert_int_equal(control_server_new(f->base, f->sup, f->sock, &f->cs,
+	assert_int_equal(control_socket_new(f->base, f->sup, f->sock, &f->cs,
 					    err, sizeof(err)), 0);
 	for (i = 0; i < 65; i++) {
 		c[i] = unix_connect(f->sock);
@@ -229,7 +229,7 @@ static void test_emfile_pauses_accepting(void **state)
 	size_t cap = 0;
 	FILE *log;
 
-	assert_int_equal(control_server_new(f->base, f->sup, f->sock, &f->cs,
+	assert_int_equal(control_socket_new(f->base, f->sup, f->sock, &f->cs,
 					    err, sizeof(err)), 0);
 	c = unix_connect(f->sock);
 	assert_true(c >= 0);
@@ -304,11 +304,11 @@ static void test_request_size_limit(void **state)
 {
 	struct fixture *f = *state;
 	char err[256], reply[4096];
-	enum { CONTROL_MAX_REQUEST = 64 * 1024 }; /* control_server.h: Limits */
+	enum { CONTROL_MAX_REQUEST = 64 * 1024 }; /* control_socket.h: Limits */
 	static char req[CONTROL_MAX_REQUEST + 2];
 	const char *cmd = "{\"cmd\":\"status\"}";
 
-	assert_int_equal(control_server_new(f->base, f->sup, f->sock, &f->cs,
+	assert_int_equal(control_socket_new(f->base, f->sup, f->sock, &f->cs,
 					    err, sizeof(err)), 0);
 	/* at the limit: JSON padded with spaces to the bound, then LF */
 	memset(req, ' ', CONTROL_MAX_REQUEST);

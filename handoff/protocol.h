@@ -1,4 +1,4 @@
-/* handoff/migration.h: the two-phase, chunked migration of DESIGN.md §2 over
+/* handoff/protocol.h: the two-phase, chunked migration of DESIGN.md §2 over
  * one SOCK_SEQPACKET channel, driven by a libevent loop. No IRC knowledge:
  * an item is an opaque payload plus the fds that belong to it.
  *
@@ -42,11 +42,11 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "handoff/frame.h"
+#include "common/frame.h"
 
 struct event_base;
 
-/* Frame types used on a migration channel (handoff/frame.h `type`). */
+/* Frame types used on a migration channel (common/frame.h `type`). */
 enum handoff_type {
 	HANDOFF_BEGIN = 1,
 	HANDOFF_ITEM = 2,

@@ -1,4 +1,4 @@
-/* tests/unit/handoff/test_frame.c: handoff/frame.c — round trips with 0, 1
+/* tests/unit/common/test_frame.c: common/frame.c — round trips with 0, 1
  * and 253 fds, fragmentation, and every rejection path of the receiver, each
  * checked for fd leaks (/proc/self/fd before and after). Malformed datagrams
  * are written with raw sendmsg() so the receiver sees exactly what a broken
@@ -18,7 +18,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "handoff/frame.h"
+#include "common/frame.h"
 
 static int count_fds(void)
 {

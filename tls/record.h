@@ -1,6 +1,6 @@
-/* handoff/tls_record.h: baton's own TLS record layer (sans-I/O), used for
+/* tls/record.h: baton's own TLS record layer (sans-I/O), used for
  * every byte of a TLS connection after OpenSSL finished the handshake
- * (tls_handshake.h). Its whole state is ours, so it can be serialized and
+ * (handshake.h). Its whole state is ours, so it can be serialized and
  * carried to another process with the socket (DESIGN.md §4).
  *
  * No I/O and no IRC knowledge: the owner reads ciphertext from the socket and

@@ -1,4 +1,4 @@
-/* handoff/frame.h: framed messages with attached fds over SOCK_SEQPACKET.
+/* common/frame.h: framed messages with attached fds over SOCK_SEQPACKET.
  *
  * Every datagram starts with a 16-byte header (all fields little endian):
  *

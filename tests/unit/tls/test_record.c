@@ -1,4 +1,4 @@
-/* tests/unit/handoff/test_tls_record.c: handoff/tls_record.c.
+/* tests/unit/tls/test_record.c: tls/record.c.
  *
  * - RFC 8448 section 3 application records, both ways: decrypt them (with
  *   the NewSessionTicket and close_notify around them) and produce them
@@ -33,8 +33,8 @@
 
 #include <openssl/evp.h>
 
-#include "handoff/tls_kdf.h"
-#include "handoff/tls_record.h"
+#include "tls/kdf.h"
+#include "tls/record.h"
 #include "tls.pb-c.h"
 
 static uint64_t rng_state;

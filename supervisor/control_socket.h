@@ -1,4 +1,4 @@
-/* supervisor/control_server.h: batonctl's socket. AF_UNIX SOCK_STREAM at
+/* supervisor/control_socket.h: batonctl's socket. AF_UNIX SOCK_STREAM at
  * [supervisor] control, mode 0600, only the supervisor's own uid (or root)
  * may talk (SO_PEERCRED). Newline-delimited JSON:
  *
@@ -39,29 +39,29 @@
  * that takes none of its pending output for 30 s is dropped (the operation
  * continues). Out of fds (EMFILE/ENFILE), accepting pauses for 1 s.
  */
-#ifndef BATON_SUPERVISOR_CONTROL_SERVER_H
-#define BATON_SUPERVISOR_CONTROL_SERVER_H
+#ifndef BATON_SUPERVISOR_CONTROL_SOCKET_H
+#define BATON_SUPERVISOR_CONTROL_SOCKET_H
 
 #include <stddef.h>
 
 struct event_base;
 struct supervisor;
-struct control_server;
+struct control_socket;
 
 /* Create the socket at `path`: a stale one (connect gives ECONNREFUSED) is
  * removed; when another process answers there, or whether one does cannot
  * be told, refuses with -EADDRINUSE ("control socket PATH is in use by a
  * running supervisor"). Returns 0 or -errno with a message in err. */
-int control_server_new(struct event_base *base, struct supervisor *sup,
-		       const char *path, struct control_server **out,
+int control_socket_new(struct event_base *base, struct supervisor *sup,
+		       const char *path, struct control_socket **out,
 		       char *err, size_t errlen);
 /* Is something answering on the control socket at `path`? Non-blocking
  * connect: 1 yes (connected, or a full backlog), 0 no (ECONNREFUSED: a
  * stale socket file; ENOENT: nothing there), -errno when it cannot be told
  * (e.g. -EACCES: maybe the live socket of another user). */
-int control_server_probe(const char *path);
+int control_socket_probe(const char *path);
 
 /* Closes every client and removes the socket file. Accepts NULL. */
-void control_server_free(struct control_server *cs);
+void control_socket_free(struct control_socket *cs);
 
 #endif

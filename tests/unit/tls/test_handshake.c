@@ -1,4 +1,4 @@
-/* tests/unit/handoff/test_tls_handshake.c: handoff/tls_handshake.c against
+/* tests/unit/tls/test_handshake.c: tls/handshake.c against
  * a real OpenSSL peer in the same process. Our side talks to a socketpair
  * fd as sessiond would; the peer's SSL sits on memory BIOs that the test
  * shuttles to and from the other end, so the test holds a transcript of
@@ -41,8 +41,8 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
-#include "handoff/tls_handshake.h"
-#include "handoff/tls_record.h"
+#include "tls/handshake.h"
+#include "tls/record.h"
 #include "tls.pb-c.h"
 
 /* ---- certificates ------------------------------------------------------- */
@@ -388,7 +388,7 @@ static struct hs_result run_handshake(struct link *l, struct tls_handshake *hs)
 
 /* ---- TLS 1.2 key check and nonce transcript ------------------------------ */
 
-/* RFC 5246 key block, derived here independently of handoff/tls_kdf.c,
+/* RFC 5246 key block, derived here independently of tls/kdf.c,
  * from the peer's view of the session. */
 static void tls12_expected_keys(SSL *peer, const char *md, size_t key_len,
 				size_t iv_len, struct tls_direction *client,

@@ -1,4 +1,4 @@
-/* handoff/frame.c: framed messages with attached fds over SOCK_SEQPACKET.
+/* common/frame.c: framed messages with attached fds over SOCK_SEQPACKET.
  *
  * Wire format and fd ownership: see frame.h. Implementation notes:
  *  - Every sendmsg/recvmsg uses MSG_DONTWAIT and waits with poll(), so the
@@ -14,7 +14,9 @@
  *    receiver's buffer is exactly that size, so such a datagram arrives with
  *    MSG_TRUNC and is a protocol error.
  */
-#include "handoff/frame.h"
+#include "common/frame.h"
+
+#include "common/clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -95,18 +97,10 @@ static void header_decode(struct frame_header *h,
 	h->total = get32(in + 12);
 }
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Deadline for a timeout in ms (-1: none). */
 static int64_t deadline_after(int timeout_ms)
 {
-	return timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+	return timeout_ms < 0 ? -1 : clock_mono_ms() + timeout_ms;
 }
 
 /* Wait until `sock` has `events` or the deadline passes. Returns 0 (ready,
@@ -121,7 +115,7 @@ static int wait_for(int sock, short events, int64_t deadline)
 		int wait = -1;
 
 		if (deadline >= 0) {
-			int64_t left = deadline - now_ms();
+			int64_t left = deadline - clock_mono_ms();
 
 			if (left < 0)
 				left = 0;

@@ -1,5 +1,5 @@
-/* supervisor/worker.c: see worker.h. */
-#include "supervisor/worker.h"
+/* supervisor/worker_process.c: see worker_process.h. */
+#include "supervisor/worker_process.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,7 +16,7 @@
 
 #include "common/control.h"
 #include "common/log.h"
-#include "handoff/frame.h"
+#include "common/frame.h"
 
 #define WORKER_SEND_TIMEOUT_MS 1000
 #define WORKER_RECV_TIMEOUT_MS 1000
@@ -602,7 +602,7 @@ int worker_send_exit(struct worker *w)
 	return worker_send(w, CONTROL_EXIT, &m.base, NULL, 0);
 }
 
-/* worker_request_status / worker_request_health: see worker.h. `cb` is
+/* worker_request_status / worker_request_health: see worker_process.h. `cb` is
  * the member of the union that `kind` names. */
 static int worker_request(struct worker *w, enum worker_ask kind,
 			  struct waiter cb)
@@ -720,7 +720,7 @@ void worker_reaped(struct worker *w, int wstatus)
 			 wstatus);
 	evtimer_del(w->ev_kill);
 	/* Held across the handlers: a worker_free() from one of them is only
-	 * marked, and the caller's worker_free() (worker.h: right after this
+	 * marked, and the caller's worker_free() (worker_process.h: right after this
 	 * returns) completes it. */
 	w->dispatching++;
 	/* Read what it said before dying (a MIGRATION_RESULT may be queued). */

@@ -1,4 +1,4 @@
-/* tests/unit/handoff/test_tls_kdf.c: handoff/tls_kdf.c against published
+/* tests/unit/tls/test_kdf.c: tls/kdf.c against published
  * known answers: HKDF (RFC 5869 A.1), the TLS 1.3 key schedule of RFC 8448
  * section 3 (Simple 1-RTT Handshake: handshake and application traffic
  * keys/IVs from their secrets), the widely used TLS 1.2 P_SHA256 PRF vector
@@ -16,7 +16,7 @@
 
 #include <openssl/hmac.h>
 
-#include "handoff/tls_kdf.h"
+#include "tls/kdf.h"
 
 /* Hex (spaces allowed) into out; returns the byte count. */
 static size_t unhex(const char *s, uint8_t *out, size_t max)

@@ -1,5 +1,5 @@
-/* handoff/tls_kdf.h: the key derivations baton's TLS record layer needs
- * (tls_record.h) and the handshake hand-over feeds it (tls_handshake.h):
+/* tls/kdf.h: the key derivations baton's TLS record layer needs
+ * (record.h) and the handshake hand-over feeds it (handshake.h):
  * HKDF (RFC 5869), HKDF-Expand-Label and the traffic key schedule of TLS 1.3
  * (RFC 8446 7.1, 7.2, 7.3), and the TLS 1.2 PRF key block (RFC 5246 5, 6.3)
  * for the AEAD suites. All through OpenSSL 3.0 EVP_KDF ("HKDF",
@@ -17,7 +17,7 @@
 
 #include <openssl/evp.h>
 
-#include "handoff/tls_record.h"
+#include "tls/record.h"
 
 /* Lengths by suite: AEAD key (16 or 32), TLS 1.3 hash (32 or 48; NULL/0 for
  * an unknown cipher). TLS 1.2 fixed IV: 4 bytes for AES-GCM (the implicit

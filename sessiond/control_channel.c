@@ -1,8 +1,8 @@
-/* sessiond/worker.c: see worker.h. The supervisor is the only peer; a
+/* sessiond/control_channel.c: see control_channel.h. The supervisor is the only peer; a
  * malformed control message is logged and ignored (the supervisor is
  * trusted, but a bug there must not take the sessions down); EOF on the
  * control socket means the supervisor is gone: the worker exits. */
-#include "sessiond/worker.h"
+#include "sessiond/control_channel.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -17,18 +17,18 @@
 #include "common/control.h"
 #include "common/log.h"
 #include "control.pb-c.h"
-#include "handoff/frame.h"
+#include "common/frame.h"
 #include "sessiond/bouncer.h"
 #include "sessiond/fault.h"
 #include "sessiond/health.h"
-#include "sessiond/migrate.h"
+#include "sessiond/transfer.h"
 
 #define WORKER_SEND_TIMEOUT_MS 2000
 /* Event-loop lag: how late a 100 ms tick runs (its worst since the last
  * health sample is the gates' loop_lag_max_s). */
 #define WORKER_LAG_INTERVAL_MS 100
 
-struct worker {
+struct control_channel {
 	struct event_base *base;
 	int fd;
 	struct event *ev;
@@ -41,7 +41,7 @@ struct worker {
 	bool migrating;
 };
 
-int worker_send_ready(int fd, char **problems, size_t nproblems)
+int control_channel_send_ready(int fd, char **problems, size_t nproblems)
 {
 	Baton__Control__Ready ready = BATON__CONTROL__READY__INIT;
 
@@ -57,9 +57,9 @@ int worker_send_ready(int fd, char **problems, size_t nproblems)
 			    WORKER_SEND_TIMEOUT_MS);
 }
 
-static void worker_progress(void *arg, uint32_t done, uint32_t total)
+static void channel_progress(void *arg, uint32_t done, uint32_t total)
 {
-	struct worker *w = arg;
+	struct control_channel *w = arg;
 	Baton__Control__Progress p = BATON__CONTROL__PROGRESS__INIT;
 
 	p.items_done = done;
@@ -72,7 +72,7 @@ static void worker_progress(void *arg, uint32_t done, uint32_t total)
  * we hold. The control socket is ordered, so this is read before any later
  * message and, if we die halfway, before our exit: the supervisor can then
  * count the sessions that died with us against what the target holds. */
-static void worker_announce_sessions(struct worker *w)
+static void channel_announce_sessions(struct control_channel *w)
 {
 	Baton__Control__Progress p = BATON__CONTROL__PROGRESS__INIT;
 	struct bouncer_stats s;
@@ -85,9 +85,9 @@ static void worker_announce_sessions(struct worker *w)
 		log_warn("worker", "cannot announce the sessions of this migration");
 }
 
-static void worker_finished(void *arg, const struct migrate_result *res)
+static void channel_finished(void *arg, const struct transfer_result *res)
 {
-	struct worker *w = arg;
+	struct control_channel *w = arg;
 	Baton__Control__MigrationResult r =
 		BATON__CONTROL__MIGRATION_RESULT__INIT;
 	int rc;
@@ -133,7 +133,7 @@ static void worker_finished(void *arg, const struct migrate_result *res)
 			  strerror(-rc));
 }
 
-static void worker_send_status(struct worker *w)
+static void channel_send_status(struct control_channel *w)
 {
 	Baton__Control__Status st = BATON__CONTROL__STATUS__INIT;
 	struct bouncer_stats s;
@@ -157,7 +157,7 @@ static void worker_send_status(struct worker *w)
 
 /* The health gates' sample (health.h): counters, and the differential
  * delivery of the interval that ends now. */
-static double worker_thread_cpu_s(void)
+static double channel_thread_cpu_s(void)
 {
 	struct timespec ts;
 
@@ -165,16 +165,16 @@ static double worker_thread_cpu_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void worker_send_health(struct worker *w)
+static void channel_send_health(struct control_channel *w)
 {
 	Baton__Control__Health h = BATON__CONTROL__HEALTH__INIT;
-	double t0 = worker_thread_cpu_s();
+	double t0 = channel_thread_cpu_s();
 	int rc;
 
 	if (health_fill(bouncer_health(w->b), w->b, &h) < 0)
 		log_warn("worker", "health sample incomplete: out of memory");
 	/* what answering the gates costs this loop (bench/README.md) */
-	w->health_build_s += worker_thread_cpu_s() - t0;
+	w->health_build_s += channel_thread_cpu_s() - t0;
 	h.has_health_build_s = 1;
 	h.health_build_s = w->health_build_s;
 	rc = control_send(w->fd, CONTROL_HEALTH, &h.base, NULL, 0,
@@ -184,11 +184,11 @@ static void worker_send_health(struct worker *w)
 	health_fill_free(&h);
 }
 
-static void worker_migrate(struct worker *w, struct handoff_msg *msg)
+static void channel_migrate(struct control_channel *w, struct handoff_msg *msg)
 {
-	static const struct migrate_report no_report;
-	struct migrate_report report = no_report;
-	struct migrate_select sel = { 0 };
+	static const struct transfer_report no_report;
+	struct transfer_report report = no_report;
+	struct transfer_select sel = { 0 };
 	Baton__Control__Migrate *mg;
 	int channel, pidfd, r;
 
@@ -206,8 +206,8 @@ static void worker_migrate(struct worker *w, struct handoff_msg *msg)
 			close(pidfd);
 		goto out;
 	}
-	report.progress = worker_progress;
-	report.finished = worker_finished;
+	report.progress = channel_progress;
+	report.finished = channel_finished;
 	report.arg = w;
 	w->migrating = true;
 	if (mg->select != NULL) {
@@ -219,8 +219,8 @@ static void worker_migrate(struct worker *w, struct handoff_msg *msg)
 					   ? mg->select->percent_x100 : 0;
 	}
 	if (mg->outgoing) {
-		worker_announce_sessions(w);
-		r = migrate_out_start(w->base, w->b, channel,
+		channel_announce_sessions(w);
+		r = transfer_out_start(w->base, w->b, channel,
 				      (pid_t)mg->peer_pid, pidfd,
 				      mg->has_timeout_ms ? (int)mg->timeout_ms : 10000,
 				      mg->has_chunk_sessions ? mg->chunk_sessions
@@ -229,23 +229,23 @@ static void worker_migrate(struct worker *w, struct handoff_msg *msg)
 				      w->cfg->handshake_budget_ms,
 				      mg->select != NULL ? &sel : NULL, &report);
 	} else {
-		r = migrate_in_start(w->base, w->b, channel,
+		r = transfer_in_start(w->base, w->b, channel,
 				     mg->has_timeout_ms ? (int)mg->timeout_ms : 10000,
 				     mg->select != NULL, &report);
 	}
 	if (r < 0) {
-		struct migrate_result res = { .committed = false };
+		struct transfer_result res = { .committed = false };
 
 		snprintf(res.reason, sizeof(res.reason),
 			 "cannot start migration: %s", strerror(-r));
-		worker_finished(w, &res);
+		channel_finished(w, &res);
 	}
 out:
 	if (mg != NULL)
 		baton__control__migrate__free_unpacked(mg, NULL);
 }
 
-static void worker_dispatch(struct worker *w, struct handoff_msg *msg)
+static void channel_dispatch(struct control_channel *w, struct handoff_msg *msg)
 {
 	switch (msg->type) {
 	case CONTROL_LISTENERS: {
@@ -286,10 +286,10 @@ static void worker_dispatch(struct worker *w, struct handoff_msg *msg)
 		break;
 	}
 	case CONTROL_MIGRATE:
-		worker_migrate(w, msg);
+		channel_migrate(w, msg);
 		break;
 	case CONTROL_STATUS_REQUEST:
-		worker_send_status(w);
+		channel_send_status(w);
 		break;
 	case CONTROL_PEER: {
 		/* The other worker of a canary: one fd, or none (unlink). */
@@ -299,7 +299,7 @@ static void worker_dispatch(struct worker *w, struct handoff_msg *msg)
 		break;
 	}
 	case CONTROL_HEALTH_REQUEST:
-		worker_send_health(w);
+		channel_send_health(w);
 		break;
 	case CONTROL_EXIT:
 		log_info("worker", "exit requested by the supervisor");
@@ -314,9 +314,9 @@ static void worker_dispatch(struct worker *w, struct handoff_msg *msg)
 	}
 }
 
-static void worker_readable(evutil_socket_t fd, short what, void *arg)
+static void channel_readable(evutil_socket_t fd, short what, void *arg)
 {
-	struct worker *w = arg;
+	struct control_channel *w = arg;
 
 	for (;;) {
 		struct handoff_msg msg = { 0 };
@@ -334,14 +334,14 @@ static void worker_readable(evutil_socket_t fd, short what, void *arg)
 			event_del(w->ev);
 			return;
 		}
-		worker_dispatch(w, &msg);
+		channel_dispatch(w, &msg);
 		handoff_msg_clear(&msg);
 	}
 }
 
-static void worker_lag_tick(evutil_socket_t fd, short what, void *arg)
+static void channel_lag_tick(evutil_socket_t fd, short what, void *arg)
 {
-	struct worker *w = arg;
+	struct control_channel *w = arg;
 	struct timespec now;
 	struct timeval tv = { 0, WORKER_LAG_INTERVAL_MS * 1000 };
 
@@ -361,10 +361,10 @@ static void worker_lag_tick(evutil_socket_t fd, short what, void *arg)
 	evtimer_add(w->lag_ev, &tv);
 }
 
-struct worker *worker_new(struct event_base *base, int fd, struct bouncer *b,
+struct control_channel *control_channel_new(struct event_base *base, int fd, struct bouncer *b,
 			  const struct baton_config *cfg)
 {
-	struct worker *w = calloc(1, sizeof(*w));
+	struct control_channel *w = calloc(1, sizeof(*w));
 
 	if (w == NULL) {
 		close(fd);
@@ -375,18 +375,18 @@ struct worker *worker_new(struct event_base *base, int fd, struct bouncer *b,
 	w->b = b;
 	w->cfg = cfg;
 	evutil_make_socket_nonblocking(fd);
-	w->ev = event_new(base, fd, EV_READ | EV_PERSIST, worker_readable, w);
-	w->lag_ev = evtimer_new(base, worker_lag_tick, w);
+	w->ev = event_new(base, fd, EV_READ | EV_PERSIST, channel_readable, w);
+	w->lag_ev = evtimer_new(base, channel_lag_tick, w);
 	if (w->ev == NULL || w->lag_ev == NULL) {
-		worker_free(w);
+		control_channel_free(w);
 		return NULL;
 	}
 	event_add(w->ev, NULL);
-	worker_lag_tick(-1, 0, w);
+	channel_lag_tick(-1, 0, w);
 	return w;
 }
 
-void worker_free(struct worker *w)
+void control_channel_free(struct control_channel *w)
 {
 	if (w == NULL)
 		return;

@@ -1,0 +1,77 @@
+/* sessiond/upstream.h: a session's connection to its IRC network
+ * (upstream.c): connect through the governor, registration, keepalive,
+ * what the network says, reconnects. A session owns its upstream; the
+ * upstream owns its conn (and so its fd). Included through session.h.
+ */
+#ifndef BATON_SESSIOND_UPSTREAM_H
+#define BATON_SESSIOND_UPSTREAM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "sessiond/governor.h"
+#include "sessiond/health.h"
+#include "sessiond/pb_unknown.h"
+
+struct conn;
+struct event;
+struct session;
+
+enum upstream_phase {
+	UP_CONNECTING = 0,  /* non-blocking connect in progress */
+	UP_REGISTERING = 1, /* CAP/NICK/USER sent, waiting for 001 */
+	UP_WELCOMED = 2,    /* 001 seen, waiting for end of MOTD */
+	UP_READY = 3,       /* channels joined: relaying */
+};
+
+struct upstream {
+	struct session *s;
+	struct conn *conn;
+	enum upstream_phase phase;
+	bool cap_negotiating;    /* CAP REQ sent (or LS in progress) */
+	char **cap_offered;      /* wanted caps seen in (multi-line) CAP LS */
+	size_t ncap_offered;
+	char *nick_attempt;      /* nick sent during registration */
+	int64_t connected_at_ms; /* connect() started */
+	int64_t last_rx_ms;
+	int64_t ping_sent_ms;    /* 0: no PING outstanding */
+	int64_t lag_ms;
+	int64_t next_ping_ms;
+	struct event *timer;     /* keepalive / timeout */
+	bool dead;               /* closed; freed from the session's reaper */
+	/* The governor slot (source address index of the session's network
+	 * governor) this connection holds, -1: none. Released by
+	 * upstream_free(). */
+	int gov_slot;
+	/* What the server said before closing (ERROR text, 465/463):
+	 * upstream_lost() backs off accordingly. */
+	enum governor_verdict verdict;
+	bool said_why; /* its ERROR/465/463 text was logged (once per connection) */
+	bool warned_nick; /* an invalid nick from the server was logged (once) */
+	/* What its writes are checked as, its PINGs to answer, the adoption
+	 * PING (health.h); the conn points here (conn_set_health()). */
+	struct health_link hl;
+	struct pb_unknown unknown;
+};
+
+/* Start a connection to the configured network from source address
+ * `gov_slot` of the network's governor (-1: no governor, the kernel
+ * chooses). On success the upstream holds the slot; on failure (0 or
+ * -errno returned) the caller still holds it and schedules a retry. */
+int upstream_connect(struct session *s, int gov_slot);
+/* Build an upstream around an adopted conn (no events). */
+struct upstream *upstream_new(struct session *s, struct conn *c);
+void upstream_free(struct upstream *u); /* closes the conn, sends nothing */
+void upstream_arm(struct upstream *u);
+void upstream_freeze(struct upstream *u, bool flush);
+/* A migrated session was armed here: PING :baton-adopt-<n> on a
+ * registered upstream (health.h: adopt_pings_sent / _late). */
+void upstream_adopt_ping(struct upstream *u);
+/* Send a raw line upstream (ignored when not connected). */
+void upstream_send(struct session *s, const char *line);
+extern const struct conn_ops upstream_conn_ops;
+/* Called by the session reaper for a dead upstream: log, notify clients,
+ * schedule the reconnect, free. */
+void upstream_lost(struct session *s);
+
+#endif
