@@ -295,7 +295,7 @@ def main():
         path = os.path.join(args.results, "abuse-%du%s.json" % (
             args.bouncer_users, "-relentless" if args.relentless else ""))
         with open(path, "w") as f:
-            json.dump(result, f, indent=1)
+            f.write(bl.scrub_paths(json.dumps(result, indent=1)) + "\n")
         print(json.dumps(result))
         summary(result, path)
     finally:

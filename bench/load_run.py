@@ -9,7 +9,7 @@ reconnect in the middle, and K `batonctl upgrade`s during the run
 (alternating build B, build A, ... like test_acceptance; run by loadgen's
 --exec so they sit on its timeline). Prints a summary and saves JSON
 (loadgen's report + the upgrades' results + what ngircd logged) to
-bench/results/load-<N>u-<UTC>.json.
+bench/results/load-<N>u.json (overwritten by the next run with the same N).
 
     bench/load_run.py                                   # 2,000 users, 50 channels, 3 upgrades
     bench/load_run.py --bouncer-users 150 --channels 10 --duration 40
@@ -270,10 +270,9 @@ def run(args):
         result = load_run(ctx, args, A, B, loadgen)
         ok = result["pass"]
         os.makedirs(args.results, exist_ok=True)
-        path = os.path.join(args.results, "load-%du-%s.json" % (
-            args.bouncer_users, datetime.datetime.utcnow().strftime("%Y%m%dT%H%M%SZ")))
+        path = os.path.join(args.results, "load-%du.json" % args.bouncer_users)
         with open(path, "w") as f:
-            json.dump(result, f, indent=1)
+            f.write(bl.scrub_paths(json.dumps(result, indent=1)) + "\n")
         print(json.dumps(result))
         summary(result, path)
     finally:

@@ -12,8 +12,9 @@ fd-passing floor (fdpass-floor) for the same fd count in the same run.
 Afterwards it checks that no client connection closed and that every client
 received every line of its channels exactly once and in order.
 
-JSON result on stdout (and in --json-out, default bench/results/), a human
-table on stderr. See bench/README.md.
+JSON result on stdout (and in --json-out, default
+bench/results/migration-<N>s.json, overwritten by the next run of the same
+kind), a human table on stderr. See bench/README.md.
 
     bench/migration_bench.py --sessions 500
     bench/migration_bench.py --sessions 5000 --upgrades 2
@@ -418,7 +419,9 @@ def main():
                          "(baseline latency; no upgrade)")
     ap.add_argument("--json-out", default=None,
                     help="write the JSON here too (default bench/results/"
-                         "migration-<N>s-<UTC>.json; '-' for none)")
+                         "migration-[direct-]<N>s[-tls].json, canary-<N>.json "
+                         "with --canary, migration-tls-compare-<N>s.json with "
+                         "--compare-tls; overwritten; '-' for none)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
     ap.add_argument("--tls", action="store_true",
                     help="every baton connection on TLS: upstreams to ngircd's TLS "
@@ -461,10 +464,13 @@ def main():
     out = args.json_out
     if out is None:
         os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-        out = os.path.join(HERE, "results", "migration-%s%ds%s-%s.json" % (
-            "direct-" if args.direct else "", args.sessions,
-            "-tls" if args.tls else "",
-            time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())))
+        if args.canary and not args.direct:
+            name = "canary-%d.json" % args.sessions
+        else:
+            name = "migration-%s%ds%s.json" % (
+                "direct-" if args.direct else "", args.sessions,
+                "-tls" if args.tls else "")
+        out = os.path.join(HERE, "results", name)
     if out != "-":
         with open(out, "w") as f:
             f.write(scrub_paths(text) + "\n")
@@ -810,8 +816,8 @@ def compare_tls(args, build_a, build_b, ready_timeout):
     path = args.json_out
     if path is None:
         os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-        path = os.path.join(HERE, "results", "migration-tls-compare-%ds-%s.json"
-                            % (args.sessions, stamp))
+        path = os.path.join(HERE, "results", "migration-tls-compare-%ds.json"
+                            % args.sessions)
     if path != "-":
         with open(path, "w") as f:
             f.write(scrub_paths(text) + "\n")

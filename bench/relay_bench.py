@@ -23,7 +23,8 @@ be told apart from the harness's own cost.
     bench/relay_bench.py --sessions 1000 --rates 10,50,100,200
     bench/relay_bench.py --no-baseline
 
-JSON on stdout and in bench/results/relay-<N>s-<UTC>.json.
+JSON on stdout and in bench/results/relay-<N>s.json (overwritten by the
+next run with the same N).
 
 This file also holds the rig shared by bench/rss_bench.py and
 bench/znc_compare.py (ngircd + a bouncer + client workers + speakers +
@@ -96,17 +97,16 @@ def default_build():
     return os.path.join(REPO, "build")
 
 
-def utc_stamp():
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-
-
 def write_result(result, name):
+    """Print the result and write it to bench/results/NAME (a stable name:
+    the next run of the same kind overwrites it), naming no machine's
+    paths."""
     text = json.dumps(result, indent=1)
     print(text)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     out = os.path.join(HERE, "results", name)
     with open(out, "w") as f:
-        f.write(text + "\n")
+        f.write(mb.scrub_paths(text) + "\n")
     log("wrote %s" % out)
     return out
 
@@ -692,7 +692,7 @@ def main():
             "%s/%s" % (r["baton_p50_ms"], r["baton_p99_ms"]),
             "%s (%s)" % (r["baton_cpu_ms_per_1000"], r["baton_cpu_ms_per_1000_schedstat"]),
             r["direct_p50_ms"], r["direct_p99_ms"]))
-    write_result(result, "relay-%ds-%s.json" % (args.sessions, utc_stamp()))
+    write_result(result, "relay-%ds.json" % args.sessions)
     return 0 if result["ok"] else 1
 
 

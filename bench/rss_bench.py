@@ -41,8 +41,9 @@ fixed part (binary, libraries, allocator arenas).
 
 baton-loadgen: $BATON_LOADGEN, else <build>/bench/baton-loadgen, else
 build/ or build-load/. Trace: --trace (default ../shared/traces/sample-trace.jsonl).
-JSON on stdout and in bench/results/rss-<UTC>.json (rss-trace-<UTC>.json
-with loadgen).
+JSON on stdout and in bench/results/rss-trace.json (with loadgen, the
+default) or bench/results/rss.json (--load-gen ircload), overwritten by the
+next run of the same kind.
 """
 
 import argparse
@@ -443,8 +444,7 @@ def main():
                                  (s["latency_live"] or {}).get("p99_ms")))
     if "marginal_per_session_kb" in result:
         sys.stderr.write("  marginal: %s\n" % result["marginal_per_session_kb"])
-    name = "rss-trace-%s.json" if args.load_gen == "loadgen" else "rss-%s.json"
-    rb.write_result(result, name % rb.utc_stamp())
+    rb.write_result(result, "rss-trace.json" if args.load_gen == "loadgen" else "rss.json")
     return 0 if result["ok"] else 1
 
 

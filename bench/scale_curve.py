@@ -7,8 +7,8 @@ max, total time, batonctl wall time, the fd-passing floor for the same fd
 count measured in the same run (fdpass-floor, 253 fds/sendmsg, and the sweep
 1/16/64/253 unless --no-floor-sweep), total/floor, relay latency during the
 migration, RSS per session, correctness. migration_bench.py itself is
-unchanged; every point's full JSON is kept in bench/results/ next to the
-curve's.
+unchanged; the curve goes to bench/results/scale-curve.json and every
+point's full JSON next to it (scale-<N>s.json), overwritten by the next run.
 
     bench/scale_curve.py                          # 100, 1000, 5000 sessions, 2 upgrades each
     bench/scale_curve.py --points 100,1000,5000,10000 --upgrades 3
@@ -31,6 +31,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from ircload import log  # noqa: E402
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
+from batonlib import scrub_paths  # noqa: E402
 
 
 def main():
@@ -48,7 +50,6 @@ def main():
     if "BATON_BUILD_A" not in env and os.path.isfile(os.path.join(bb, "sessiond", "baton-sessiond")):
         env["BATON_BUILD_A"] = bb
         env.setdefault("BATON_BUILD_B", bb)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     result = {"bench": "scale_curve", "version": 1,
               "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "params": vars(args),
@@ -57,7 +58,7 @@ def main():
               "points": []}
     ok = True
     for n in [int(x) for x in args.points.split(",")]:
-        out = os.path.join(HERE, "results", "scale-%ds-%s.json" % (n, stamp))
+        out = os.path.join(HERE, "results", "scale-%ds.json" % n)
         cmd = [sys.executable, os.path.join(HERE, "migration_bench.py"),
                "--sessions", str(n), "--upgrades", str(args.upgrades),
                "--steady", str(args.steady), "--gap", str(args.gap),
@@ -111,9 +112,9 @@ def main():
             p["total_over_floor"], p["ok"]))
     text = json.dumps(result, indent=1)
     print(text)
-    out = os.path.join(HERE, "results", "scale-curve-%s.json" % stamp)
+    out = os.path.join(HERE, "results", "scale-curve.json")
     with open(out, "w") as f:
-        f.write(text + "\n")
+        f.write(scrub_paths(text) + "\n")
     log("wrote %s" % out)
     return 0 if ok else 1
 

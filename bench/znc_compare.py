@@ -54,7 +54,8 @@ ConnectDelay 0 (observed), so a ZNC start or restart of N users takes ~N
 seconds: 200 users ~8 min for the whole command, 500 users ~20 min.
     bench/znc_compare.py --only znc
 
-JSON on stdout and in bench/results/znc-compare-<N>u-<UTC>.json.
+JSON on stdout and in bench/results/znc-compare-<N>u.json (overwritten by
+the next run with the same N).
 """
 
 import argparse
@@ -563,8 +564,7 @@ def main():
     for key in keys:
         sys.stderr.write("  %-42s %s\n" % (key, "  ".join(
             "%-14s" % (h.get(k, {}).get(key),) for k in kinds)))
-    rb.write_result(rb.strip_private(result), "znc-compare-%du-%s.json" % (args.users,
-                                                                           rb.utc_stamp()))
+    rb.write_result(rb.strip_private(result), "znc-compare-%du.json" % args.users)
     return 0 if result["ok"] else 1
 
 
