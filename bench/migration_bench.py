@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""bench/migration_bench.py: live-upgrade benchmark of baton (DESIGN.md §9).
+"""bench/migration_bench.py: live-upgrade benchmark of baton (docs/design.md §9).
 
 One command: starts ngircd (tuned for thousands of connections), baton
 (supervisor + worker) with N bouncer sessions on it, attaches clients to every

@@ -1,6 +1,6 @@
 """Chunked migrations that fail after some chunks were already committed.
 
-Each chunk is its own transaction (DESIGN.md §2), so when chunk k fails,
+Each chunk is its own transaction (docs/design.md §2), so when chunk k fails,
 chunks 0..k-1 already live in the target. These tests pin what happens then,
 with 12 sessions in chunks of 4 (chunks 0, 1, 2) and traffic flowing.
 """

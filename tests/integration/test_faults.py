@@ -1,4 +1,4 @@
-"""Failed and interrupted migrations never harm the source (DESIGN.md §2).
+"""Failed and interrupted migrations never harm the source (docs/design.md §2).
 
 Each test: 12 bouncer sessions on ngircd, all with a client attached,
 3 network users; numbered traffic flows in both directions the whole time

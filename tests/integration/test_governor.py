@@ -1,4 +1,4 @@
-"""The reconnect governor (DESIGN.md §7, sessiond/governor.h).
+"""The reconnect governor (docs/design.md §7, sessiond/governor.h).
 
 A mass reconnect must never get the host throttled or banned: connects go
 out at the pace of a token bucket per (network, source address), never more

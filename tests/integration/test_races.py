@@ -4,7 +4,7 @@ A client may QUIT (detach) or log in at any moment, including while its
 session or the listeners are being handed over. Neither may cost a line
 (the QUIT'ing client must get everything queued before its QUIT, and the
 rest on replay) or be refused: 'nobody is disconnected, nothing is lost
-or duplicated' (DESIGN.md §2, §9)."""
+or duplicated' (docs/design.md §2, §9)."""
 
 import batonlib as bl
 from batonlib import check
