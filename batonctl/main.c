@@ -7,7 +7,7 @@
  *   batonctl -c FILE canary grow --percent P | status | promote | abort
  *   batonctl -c FILE upgrade PATH --canary P --bake S [--steps P1,P2,...]
  *
- * Exit status (DESIGN.md §8): 0 success / committed with every session,
+ * Exit status (docs/design.md §8): 0 success / committed with every session,
  * 1 refused, aborted, partial or any sessions lost (the reason is printed), 2 usage, config or connection error, or no result
  * within the deadline (--timeout: connect + request + reply). With --json,
  * an exit-2 error is also printed on stdout as {"error":"..."}.

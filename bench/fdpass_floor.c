@@ -1,4 +1,4 @@
-/* bench/fdpass_floor.c: the physical floor of a migration (DESIGN.md §2, §9).
+/* bench/fdpass_floor.c: the physical floor of a migration (docs/design.md §2, §9).
  *
  * Creates N sockets (default 10,000: both ends of 5,000 loopback TCP
  * connections, the same fd count a worker holds for 5,000 sessions with one

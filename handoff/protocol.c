@@ -1,5 +1,5 @@
 /* handoff/protocol.c: source and target state machines of the chunked,
- * two-phase migration (protocol.h, DESIGN.md §2).
+ * two-phase migration (protocol.h, docs/design.md §2).
  *
  * Every message is one frame (frame.h) whose type is an enum handoff_type and
  * whose payload is the matching protobuf-c message of proto/handoff.proto.

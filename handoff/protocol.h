@@ -1,4 +1,4 @@
-/* handoff/protocol.h: the two-phase, chunked migration of DESIGN.md §2 over
+/* handoff/protocol.h: the two-phase, chunked migration of docs/design.md §2 over
  * one SOCK_SEQPACKET channel, driven by a libevent loop. No IRC knowledge:
  * an item is an opaque payload plus the fds that belong to it.
  *

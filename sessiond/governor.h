@@ -1,4 +1,4 @@
-/* sessiond/governor.h: the reconnect governor of one network (DESIGN.md §7).
+/* sessiond/governor.h: the reconnect governor of one network (docs/design.md §7).
  *
  * IRC networks limit connects per source address (Solanum: 4 per 60 s) and
  * concurrent connections per address (Solanum and InspIRCd 3, ngIRCd 5); a

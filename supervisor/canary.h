@@ -16,7 +16,7 @@
  * automatically; the result names the gate and its figures. The one-command
  * form (plan.auto_promote) runs start -> bake -> grow -> bake ... -> promote.
  *
- * Every move is the two-phase migration of DESIGN.md §2 (chunked, abortable,
+ * Every move is the two-phase migration of docs/design.md §2 (chunked, abortable,
  * no disconnect). While the canary runs it is the handler of both workers
  * (worker_process.h); when it ends the host gets the survivor back and must reset
  * every worker's handler.

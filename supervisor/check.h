@@ -1,5 +1,5 @@
 /* supervisor/check.h: `baton-supervisor --check`: the environment this
- * config needs on this host (DESIGN.md §8), so a new host is never missing
+ * config needs on this host (docs/design.md §8), so a new host is never missing
  * something the old one had. Config problems themselves come from
  * config_load(); these come on top.
  */

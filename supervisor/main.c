@@ -1,6 +1,6 @@
 /* supervisor/main.c: baton-supervisor. Parses the command line, validates
  * (--check), binds listeners and the control socket, starts the first
- * worker and runs the loop. Process table (DESIGN.md §1):
+ * worker and runs the loop. Process table (docs/design.md §1):
  *
  *   event                   handler
  *   SIGCHLD                 supervisor_reap -> worker_reaped -> handler

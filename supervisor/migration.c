@@ -413,7 +413,7 @@ static void migration_evaluate_forward(struct migration *m)
 	}
 	if (m->s == NULL) {
 		/* S died: a target holding PREPARED commits on its own (S never
-		 * resumed, see DESIGN.md §2); it is all that is left. */
+		 * resumed, see docs/design.md §2); it is all that is left. */
 		if (!m->rt.have)
 			return;
 		m->fwd_s = m->rt; /* S never reported: T's counts are all we have */

@@ -1,6 +1,6 @@
 /* supervisor/migration.h: one upgrade (or rollback) of the serving worker S
  * to a freshly spawned worker T, driven from the supervisor's event loop
- * (DESIGN.md §2, §6):
+ * (docs/design.md §2, §6):
  *
  *   wait T READY -> refuse on failed preflight / disjoint schema ranges
  *   -> LISTENERS to T, ACCEPT off to S, MIGRATE both ends of a new channel

@@ -1,7 +1,7 @@
 /* tls/handshake.c: OpenSSL runs the handshake, then we take the
  * keys out and hand the connection to tls_record (see handshake.h).
  *
- * Where each fact of DESIGN.md §4 is handled:
+ * Where each fact of docs/design.md §4 is handled:
  * - TLS 1.3 secrets: keylog_cb() (CLIENT_/SERVER_TRAFFIC_SECRET_0), mapped
  *   from the SSL* to our object through SSL ex_data.
  * - TLS 1.2 keys: export_tls12() expands the master secret and both randoms

@@ -2,7 +2,7 @@
  * server role, non-blocking, driven by the owner's event loop); then the
  * connection's keys and sequence numbers are taken out and the SSL object is
  * dropped without SSL_shutdown (no close_notify), and baton's own record
- * layer (record.h) carries every later byte. DESIGN.md §4 lists the
+ * layer (record.h) carries every later byte. docs/design.md §4 lists the
  * OpenSSL facts this relies on; the comments in handshake.c say where
  * each is handled.
  *

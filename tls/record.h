@@ -1,7 +1,7 @@
 /* tls/record.h: baton's own TLS record layer (sans-I/O), used for
  * every byte of a TLS connection after OpenSSL finished the handshake
  * (handshake.h). Its whole state is ours, so it can be serialized and
- * carried to another process with the socket (DESIGN.md §4).
+ * carried to another process with the socket (docs/design.md §4).
  *
  * No I/O and no IRC knowledge: the owner reads ciphertext from the socket and
  * feeds it in (tls_record_feed), takes decrypted plaintext out
