@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "common/config.h"
+#include "common/config_keys.h"
 
 /* $TMPDIR (default /tmp): where this test's files go. */
 static const char *tmpdir(void)
@@ -309,6 +310,54 @@ static void test_stranger_limit_keys(void **state)
 	free(path);
 }
 
+/* The key table is the only copy of the defaults: each default is in its
+ * own range, no key is listed twice, every key is documented, and a config
+ * that sets nothing gets exactly config_default_values(). */
+static void test_key_table(void **state)
+{
+	struct config_problems pr = { 0 };
+	struct baton_config *cfg = NULL;
+	const struct baton_config *d = config_default_values();
+	char *path = write_temp("[listen]\nirc = 127.0.0.1:1\n");
+
+	assert_true(config_nkeys >= 74); /* the keys of docs/config.md before the table */
+	for (size_t i = 0; i < config_nkeys; i++) {
+		const struct config_key *k = &config_keys[i];
+
+		assert_non_null(k->doc);
+		if (k->type == CONFIG_INT) {
+			assert_true(k->min <= k->def && k->def <= k->max);
+		}
+		if (k->type == CONFIG_CUSTOM)
+			assert_non_null(k->parse);
+		for (size_t j = 0; j < i; j++)
+			assert_false(config_keys[j].section == k->section &&
+				     strcmp(config_keys[j].name, k->name) == 0);
+	}
+	assert_int_equal(config_load(path, &cfg, &pr), 0);
+	for (size_t i = 0; i < config_nkeys; i++) {
+		const struct config_key *k = &config_keys[i];
+
+		if (k->section > CONFIG_CANARY || k->type != CONFIG_INT)
+			continue;
+		assert_int_equal(*(const int *)((const char *)cfg + k->offset), k->def);
+		assert_int_equal(*(const int *)((const char *)d + k->offset), k->def);
+	}
+	assert_string_equal(cfg->control, "baton.sock");
+	assert_string_equal(cfg->state_dir, "state");
+	config_free(cfg);
+	unlink(path);
+	free(path);
+}
+
+/* The one fd formula (config.h): 2 per session, 2 per listen line, spare. */
+static void test_fds_needed(void **state)
+{
+	struct baton_config cfg = { .nsessions = 1000, .nlistens = 3 };
+
+	assert_int_equal(config_fds_needed(&cfg), 2000 + 6 + CONFIG_FDS_SPARE);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -319,6 +368,8 @@ int main(void)
 		cmocka_unit_test(test_missing_file),
 		cmocka_unit_test(test_tls_and_governor_keys),
 		cmocka_unit_test(test_stranger_limit_keys),
+		cmocka_unit_test(test_key_table),
+		cmocka_unit_test(test_fds_needed),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
