@@ -25,28 +25,22 @@
 #include "supervisor/metrics.h"
 #include "supervisor/releases.h"
 
-#define CHECK_FD_MARGIN 64
 #define CHECK_SESSIOND_TIMEOUT_MS 30000
-
-unsigned long check_fds_needed(const struct baton_config *cfg)
-{
-	return 2ul * cfg->nsessions + cfg->nlistens * 2ul + CHECK_FD_MARGIN;
-}
 
 static void check_rlimit(const struct baton_config *cfg,
 			 struct config_problems *p)
 {
 	struct rlimit rl;
-	unsigned long need = check_fds_needed(cfg);
+	unsigned long need = config_fds_needed(cfg);
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
 		return;
 	/* The supervisor raises its soft limit to the hard one at startup and
 	 * workers inherit it, so the hard limit is what counts. */
 	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
-		config_problems_add(p, "check: RLIMIT_NOFILE hard limit %llu is below the %lu file descriptors %zu sessions need (2 per session + listeners + %d spare); raise LimitNOFILE= or ulimit -Hn",
+		config_problems_add(p, "check: RLIMIT_NOFILE hard limit %llu is below the %lu file descriptors %zu sessions need (2 per session, 2 per [listen] line, %d spare); raise LimitNOFILE= or ulimit -Hn",
 				    (unsigned long long)rl.rlim_max, need,
-				    cfg->nsessions, CHECK_FD_MARGIN);
+				    cfg->nsessions, CONFIG_FDS_SPARE);
 }
 
 static void check_dir_writable(const char *what, const char *dir,
