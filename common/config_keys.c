@@ -360,7 +360,9 @@ const struct config_key config_keys[] = {
 	  .doc_default = "required",
 	  .doc = "a crypt(3) hash (anything libxcrypt accepts: `$6$`, `$y$`, ...), "
 		 "e.g. from `openssl passwd -6` or `mkpasswd`. Plain passwords are "
-		 "refused" },
+		 "refused; `--check` also reports a hash no password can match "
+		 "(checksum of the wrong length, unknown method) and warns about "
+		 "legacy methods (`$1$`, ...)" },
 
 	/* ---- [user NAME/NETWORK] ---- */
 	{ CONFIG_SESSION, "nick", CONFIG_STRING,
