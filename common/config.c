@@ -1,7 +1,9 @@
 /* common/config.c: see config.h. inih does the tokenizing; line numbers come
  * from our own line reader (Debian's inih is built without
  * INI_HANDLER_LINENO), which also catches lines longer than inih's
- * INI_MAX_LINE instead of letting them be silently truncated. */
+ * INI_MAX_LINE instead of letting them be silently truncated. What a key
+ * is (section, type, range, default) comes from the key table
+ * (config_keys.h); this file only knows the types and the sections. */
 #include "common/config.h"
 #include "common/config_keys.h"
 #include "common/names.h"
