@@ -818,8 +818,10 @@ int main(int argc, char **argv)
 		timeout_s = strcmp(cmd, "status") == 0 || strcmp(cmd, "releases") == 0
 			? TIMEOUT_STATUS_S : TIMEOUT_MIGRATE_S;
 	if (canary && timeout_s == TIMEOUT_MIGRATE_S) {
-		/* Each step bakes; the default bake is the config's (300 s). */
-		double bake = opt_bake ? strtod(opt_bake, NULL) : 300;
+		/* Each step bakes; without --bake for [canary] bake's default
+		 * (the config is not loaded yet). */
+		double bake = opt_bake ? strtod(opt_bake, NULL) :
+					 config_default_values()->canary_bake_s;
 		int steps = 1;
 
 		for (const char *p = opt_steps; p && *p; p++)

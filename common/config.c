@@ -1,8 +1,11 @@
 /* common/config.c: see config.h. inih does the tokenizing; line numbers come
  * from our own line reader (Debian's inih is built without
  * INI_HANDLER_LINENO), which also catches lines longer than inih's
- * INI_MAX_LINE instead of letting them be silently truncated. */
+ * INI_MAX_LINE instead of letting them be silently truncated. What a key
+ * is (section, type, range, default) comes from the key table
+ * (config_keys.h); this file only knows the types and the sections. */
 #include "common/config.h"
+#include "common/config_keys.h"
 #include "common/names.h"
 
 #include <arpa/inet.h>
@@ -28,6 +31,7 @@ struct config_parse {
 	struct config_problems *problems;
 	FILE *file;
 	int line;          /* line number of the line inih is handling */
+	const char *section; /* ... and its section, as written */
 };
 
 void config_problems_add(struct config_problems *p, const char *fmt, ...)
@@ -80,6 +84,25 @@ config_problem(struct config_parse *ps, const char *fmt, ...)
 
 #define PROBLEM config_problem
 
+/* A bad value of key `name` at the line inih is handling:
+ * "FILE:LINE: [SECTION] KEY: WHY". */
+static void __attribute__((format(printf, 3, 4)))
+config_key_problem(struct config_parse *ps, const char *name,
+		   const char *fmt, ...)
+{
+	char *msg = NULL;
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (vasprintf(&msg, fmt, ap) < 0)
+		msg = NULL;
+	va_end(ap);
+	if (msg == NULL)
+		return;
+	config_problem(ps, "[%s] %s: %s", ps->section, name, msg);
+	free(msg);
+}
+
 /* Grow an array of structs by one zeroed element; returns it or NULL. */
 static void *config_grow(void **array, size_t *n, size_t size)
 {
@@ -107,8 +130,8 @@ static int config_int(struct config_parse *ps, const char *name,
 	errno = 0;
 	v = strtol(value, &end, 10);
 	if (errno != 0 || end == value || *end != '\0' || v < min || v > max) {
-		PROBLEM(ps, "%s: expected a whole number from %d to %d, got '%s'",
-			name, min, max, value);
+		config_key_problem(ps, name, "expected a whole number from %d to %d, got '%s'",
+				   min, max, value);
 		return -EINVAL;
 	}
 	*out = (int)v;
@@ -145,32 +168,6 @@ static int config_split_hostport(const char *value, char **host, char **port)
 	return 0;
 }
 
-static int config_split_channels(struct config_session *s, const char *value)
-{
-	char *copy = strdup(value), *save = NULL, *tok;
-
-	if (copy == NULL)
-		return -ENOMEM;
-	for (size_t i = 0; i < s->nchannels; i++)
-		free(s->channels[i]);
-	free(s->channels);
-	s->channels = NULL;
-	s->nchannels = 0;
-	for (tok = strtok_r(copy, " \t,", &save); tok != NULL;
-	     tok = strtok_r(NULL, " \t,", &save)) {
-		char **grown = realloc(s->channels,
-				       (s->nchannels + 1) * sizeof(char *));
-
-		if (grown == NULL)
-			break;
-		s->channels = grown;
-		s->channels[s->nchannels++] = strdup(tok);
-	}
-	free(copy);
-	return 0;
-}
-
-/* Index lookups: the maps store array index + 1 (arrays move on growth). */
 /* yes/no, true/false, on/off, 1/0. */
 static int config_bool(struct config_parse *ps, const char *name,
 		       const char *value, int *out)
@@ -188,7 +185,7 @@ static int config_bool(struct config_parse *ps, const char *name,
 			return 0;
 		}
 	}
-	PROBLEM(ps, "%s: expected yes or no, got '%s'", name, value);
+	config_key_problem(ps, name, "expected yes or no, got '%s'", value);
 	return -1;
 }
 
@@ -242,100 +239,10 @@ static int config_split_words(const char *value, char ***out, size_t *n)
 	return 0;
 }
 
-static void config_key_network(struct config_parse *ps,
-			       struct config_network *n, const char *name,
-			       const char *value)
-{
-	static const struct {
-		const char *name;
-		size_t offset;
-		int min, max;
-	} ints[] = {
-		{ "connects_per_minute", offsetof(struct config_network, connects_per_minute), 1, 6000 },
-		{ "connect_burst", offsetof(struct config_network, connect_burst), 1, 10000 },
-		{ "max_connections_per_ip", offsetof(struct config_network, max_connections_per_ip), 1, 100000 },
-	};
+static void config_keys_defaults(enum config_section sec, void *obj,
+				 bool strings);
 
-	if (strcmp(name, "host") == 0) {
-		config_set_str(&n->host, value);
-		return;
-	}
-	if (strcmp(name, "port") == 0) {
-		int port;
-
-		if (config_int(ps, name, value, 1, 65535, &port) == 0)
-			config_set_str(&n->port, value);
-		return;
-	}
-	if (strcmp(name, "tls") == 0) {
-		config_bool(ps, name, value, &n->tls);
-		return;
-	}
-	if (strcmp(name, "tls_verify") == 0) {
-		config_bool(ps, name, value, &n->tls_verify);
-		return;
-	}
-	if (strcmp(name, "tls_ca") == 0) {
-		free(n->tls_ca);
-		n->tls_ca = config_resolve(ps->cfg, value);
-		return;
-	}
-	if (strcmp(name, "tls_fingerprint") == 0) {
-		char *fp = config_fingerprint(value);
-
-		if (fp == NULL)
-			PROBLEM(ps, "tls_fingerprint: expected sha256:HEX (64 hex digits, colons allowed), got '%s'",
-				value);
-		else {
-			free(n->tls_fingerprint);
-			n->tls_fingerprint = fp;
-		}
-		return;
-	}
-	if (strcmp(name, "bind") == 0) {
-		/* Repeated bind lines add to the pool (a line holds at most
-		 * 199 characters). */
-		size_t first = n->nbind;
-
-		if (config_split_words(value, &n->bind, &n->nbind) < 0)
-			return;
-		for (size_t i = first; i < n->nbind; i++) {
-			unsigned char addr[16];
-			char canon[INET6_ADDRSTRLEN];
-			int af = AF_INET;
-
-			if (inet_pton(AF_INET, n->bind[i], addr) != 1) {
-				af = AF_INET6;
-				if (inet_pton(AF_INET6, n->bind[i], addr) != 1) {
-					PROBLEM(ps, "bind: '%s' is not an IPv4 or IPv6 address",
-						n->bind[i]);
-					continue;
-				}
-			}
-			/* Canonical text, so it compares equal to what
-			 * getsockname() + inet_ntop() say after a migration. */
-			if (inet_ntop(af, addr, canon, sizeof(canon)) != NULL &&
-			    strcmp(canon, n->bind[i]) != 0) {
-				char *c = strdup(canon);
-
-				if (c != NULL) {
-					free(n->bind[i]);
-					n->bind[i] = c;
-				}
-			}
-		}
-		return;
-	}
-	for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
-		if (strcmp(name, ints[i].name) == 0) {
-			config_int(ps, name, value, ints[i].min, ints[i].max,
-				   (int *)((char *)n + ints[i].offset));
-			return;
-		}
-	}
-	PROBLEM(ps, "unknown key '%s' in [network %s]", name, n->name);
-}
-
+/* Index lookups: the maps store array index + 1 (arrays move on growth). */
 static size_t config_index_get(const struct strmap *index, const char *key)
 {
 	return index != NULL ? (size_t)(uintptr_t)strmap_get(index, key) : 0;
@@ -369,10 +276,7 @@ static struct config_network *config_network_get(struct config_parse *ps,
 	if (n != NULL) {
 		n->name = strdup(name);
 		n->line = ps->line;
-		n->tls_verify = 1;
-		n->connects_per_minute = 4;
-		n->connect_burst = 4;
-		n->max_connections_per_ip = 3;
+		config_keys_defaults(CONFIG_NETWORK, n, true);
 		config_index_put(cfg->network_index, name, cfg->nnetworks);
 	}
 	return n;
@@ -393,6 +297,7 @@ static struct config_user *config_user_get(struct config_parse *ps,
 	if (u != NULL) {
 		u->name = strdup(name);
 		u->line = ps->line;
+		config_keys_defaults(CONFIG_USER, u, true);
 		config_index_put(cfg->user_index, name, cfg->nusers);
 	}
 	return u;
@@ -416,6 +321,7 @@ static struct config_session *config_session_get(struct config_parse *ps,
 		s->user = strdup(user);
 		s->network = strdup(network);
 		s->line = ps->line;
+		config_keys_defaults(CONFIG_SESSION, s, true);
 		config_index_put(cfg->session_index, key, cfg->nsessions);
 	}
 	return s;
@@ -432,192 +338,97 @@ static bool config_valid_name(const char *name)
 	return true;
 }
 
-static void config_key_supervisor(struct config_parse *ps, const char *name,
-				  const char *value)
+/* ---- the custom parsers of the key table (config_keys.h) ---- */
+
+/* channels = #a #b,#c: replaces the list. */
+void config_parse_channels(struct config_parse *ps, const struct config_key *k,
+			   void *session, const char *value)
 {
-	struct baton_config *cfg = ps->cfg;
+	struct config_session *s = session;
+	char *copy = strdup(value), *save = NULL, *tok;
 
-	if (strcmp(name, "control") == 0)
-		config_set_str(&cfg->control, value);
-	else if (strcmp(name, "sessiond") == 0)
-		config_set_str(&cfg->sessiond, value);
-	else if (strcmp(name, "state_dir") == 0)
-		config_set_str(&cfg->state_dir, value);
-	else if (strcmp(name, "handoff_timeout") == 0)
-		config_int(ps, name, value, 1, 3600, &cfg->handoff_timeout_s);
-	else if (strcmp(name, "metrics") == 0) {
-		char *h = NULL, *p = NULL;
+	if (copy == NULL)
+		return;
+	for (size_t i = 0; i < s->nchannels; i++)
+		free(s->channels[i]);
+	free(s->channels);
+	s->channels = NULL;
+	s->nchannels = 0;
+	for (tok = strtok_r(copy, " \t,", &save); tok != NULL;
+	     tok = strtok_r(NULL, " \t,", &save)) {
+		char **grown = realloc(s->channels,
+				       (s->nchannels + 1) * sizeof(char *));
 
-		if (config_split_hostport(value, &h, &p) < 0)
-			PROBLEM(ps, "metrics: expected HOST:PORT, got '%s'",
-				value);
-		else
-			config_set_str(&cfg->metrics, value);
-		free(h);
-		free(p);
-	} else
-		PROBLEM(ps, "unknown key '%s' in [supervisor]", name);
+		if (grown == NULL)
+			break;
+		s->channels = grown;
+		s->channels[s->nchannels++] = strdup(tok);
+	}
+	free(copy);
 }
 
-/* Every [sessiond] key with its default and range: the one table the
- * parser, the defaults and docs/config.md follow. */
-static const struct config_int_key {
-	const char *name;
-	size_t offset;
-	int def, min, max;
-} config_sessiond_keys[] = {
-	{ "backlog_lines", offsetof(struct baton_config, backlog_lines), 500, 1, 1000000 },
-	{ "backlog_buffer_bytes", offsetof(struct baton_config, backlog_buffer_bytes), 256 << 10, 1024, 64 << 20 },
-	{ "backlog_buffers", offsetof(struct baton_config, backlog_buffers), 100, 1, 10000 },
-	{ "backlog_session_lines", offsetof(struct baton_config, backlog_session_lines), 20000, 1, 1000000 },
-	{ "backlog_session_bytes", offsetof(struct baton_config, backlog_session_bytes), 4 << 20, 64 << 10, 64 << 20 },
-	/* 252 clients + the upstream: 253 fds, what one message can carry */
-	{ "max_clients_per_session", offsetof(struct baton_config, max_clients_per_session), 16, 1, 252 },
-	{ "max_channels", offsetof(struct baton_config, max_channels), 250, 1, 10000 },
-	{ "max_channel_members", offsetof(struct baton_config, max_channel_members), 50000, 1, 10000000 },
-	{ "member_list_bytes", offsetof(struct baton_config, member_list_bytes), 2 << 20, 64 << 10, 64 << 20 },
-	{ "chunk_sessions", offsetof(struct baton_config, chunk_sessions), 256, 1, 100000 },
-	{ "chunk_bytes", offsetof(struct baton_config, chunk_bytes), 1 << 20, 4096, 256 << 20 },
-	{ "ping_interval", offsetof(struct baton_config, ping_interval_s), 60, 1, 86400 },
-	{ "ping_timeout", offsetof(struct baton_config, ping_timeout_s), 240, 2, 86400 },
-	{ "reconnect_min", offsetof(struct baton_config, reconnect_min_s), 2, 1, 86400 },
-	{ "reconnect_max", offsetof(struct baton_config, reconnect_max_s), 300, 1, 86400 },
-	{ "handshake_budget_ms", offsetof(struct baton_config, handshake_budget_ms), 500, 0, 60000 },
-	{ "auth_threads", offsetof(struct baton_config, auth_threads), 1, 1, 64 },
-	{ "auth_queue", offsetof(struct baton_config, auth_queue), 4096, 1, 1000000 },
-};
-
-/* [listen] limits with their defaults and ranges (0 is "no limit" where
- * min is 0): the one table the parser and the defaults follow. */
-static const struct config_int_key config_listen_keys[] = {
-	{ "max_pending", offsetof(struct baton_config, max_pending), 4096, 0, 1000000 },
-	{ "max_pending_per_ip", offsetof(struct baton_config, max_pending_per_ip), 16, 0, 1000000 },
-	{ "max_tls_handshakes", offsetof(struct baton_config, max_tls_handshakes), 1024, 0, 1000000 },
-	{ "max_tls_handshakes_per_ip", offsetof(struct baton_config, max_tls_handshakes_per_ip), 32, 0, 1000000 },
-	{ "tls_handshake_timeout", offsetof(struct baton_config, tls_handshake_timeout_s), 10, 1, 3600 },
-	{ "prelogin_max_lines", offsetof(struct baton_config, prelogin_max_lines), 64, 0, 1000000 },
-	{ "prelogin_max_bytes", offsetof(struct baton_config, prelogin_max_bytes), 16384, 0, 1 << 30 },
-	{ "prelogin_sendq", offsetof(struct baton_config, prelogin_sendq), 16384, 0, 4 << 20 },
-	{ "prelogin_rate", offsetof(struct baton_config, prelogin_rate), 5, 0, 1000000 },
-	{ "prelogin_burst", offsetof(struct baton_config, prelogin_burst), 20, 1, 1000000 },
-	{ "login_failures_free", offsetof(struct baton_config, login_failures_free), 5, 0, 1000000 },
-	{ "login_throttle_max", offsetof(struct baton_config, login_throttle_max_s), 300, 1, 86400 },
-	{ "login_throttle_entries", offsetof(struct baton_config, login_throttle_entries), 16384, 16, 10000000 },
-};
-
-/* [canary] (supervisor/gates.h): thresholds of the health gates and the
- * release safety net, with their defaults and ranges. */
-static const struct config_int_key config_canary_keys[] = {
-	{ "bake", offsetof(struct baton_config, canary_bake_s), 300, 0, 7 * 86400 },
-	{ "sample_ms", offsetof(struct baton_config, canary_sample_ms), 1000, 100, 60000 },
-	{ "min_lines", offsetof(struct baton_config, canary_min_lines), 500, 1, 100000000 },
-	{ "trip_samples", offsetof(struct baton_config, canary_trip_samples), 3, 1, 1000 },
-	{ "watchdog_ms", offsetof(struct baton_config, canary_watchdog_ms), 5000, 100, 600000 },
-	{ "adopt_ping_timeout", offsetof(struct baton_config, canary_adopt_ping_timeout_s), 10, 1, 3600 },
-	{ "ping_answer_timeout", offsetof(struct baton_config, canary_ping_answer_timeout_s), 5, 1, 3600 },
-	{ "delivery_lines", offsetof(struct baton_config, canary_delivery_lines), 4, 0, 1000000 },
-	{ "delivery_permille", offsetof(struct baton_config, canary_delivery_permille), 5, 0, 1000 },
-	{ "latency_p99_ratio_pct", offsetof(struct baton_config, canary_latency_p99_ratio_pct), 300, 100, 100000 },
-	{ "latency_p99_margin_ms", offsetof(struct baton_config, canary_latency_p99_margin_ms), 20, 0, 600000 },
-	{ "loop_lag_margin_ms", offsetof(struct baton_config, canary_loop_lag_margin_ms), 200, 0, 600000 },
-	{ "cpu_ratio_pct", offsetof(struct baton_config, canary_cpu_ratio_pct), 300, 100, 100000 },
-	{ "rss_growth_kb_per_min", offsetof(struct baton_config, canary_rss_growth_kb_per_min), 512, 0, 100000000 },
-	{ "error_numerics_per_hour", offsetof(struct baton_config, canary_error_numerics_per_hour), 120, 0, 100000000 },
-	{ "rollback_window", offsetof(struct baton_config, canary_rollback_window_s), 300, 0, 86400 },
-	{ "releases_kept", offsetof(struct baton_config, canary_releases_kept), 5, 2, 1000 },
-};
-
-#define CONFIG_NKEYS(t) (sizeof(t) / sizeof((t)[0]))
-
-static void config_int_defaults(void *cfg, const struct config_int_key *keys,
-				size_t n)
+void config_parse_fingerprint(struct config_parse *ps, const struct config_key *k,
+			      void *network, const char *value)
 {
-	for (size_t i = 0; i < n; i++)
-		*(int *)((char *)cfg + keys[i].offset) = keys[i].def;
+	struct config_network *n = network;
+	char *fp = config_fingerprint(value);
+
+	if (fp == NULL) {
+		config_key_problem(ps, k->name, "expected sha256:HEX (64 hex digits, colons allowed), got '%s'",
+				   value);
+		return;
+	}
+	free(n->tls_fingerprint);
+	n->tls_fingerprint = fp;
 }
 
-static bool config_int_table(struct config_parse *ps, void *cfg,
-			     const struct config_int_key *keys, size_t n,
-			     const char *name, const char *value)
+/* Repeated bind lines add to the pool (a line holds at most 199
+ * characters). */
+void config_parse_bind(struct config_parse *ps, const struct config_key *k,
+		       void *network, const char *value)
 {
-	for (size_t i = 0; i < n; i++) {
-		if (strcmp(name, keys[i].name) == 0) {
-			config_int(ps, name, value, keys[i].min, keys[i].max,
-				   (int *)((char *)cfg + keys[i].offset));
-			return true;
+	struct config_network *n = network;
+	size_t first = n->nbind;
+
+	if (config_split_words(value, &n->bind, &n->nbind) < 0)
+		return;
+	for (size_t i = first; i < n->nbind; i++) {
+		unsigned char addr[16];
+		char canon[INET6_ADDRSTRLEN];
+		int af = AF_INET;
+
+		if (inet_pton(AF_INET, n->bind[i], addr) != 1) {
+			af = AF_INET6;
+			if (inet_pton(AF_INET6, n->bind[i], addr) != 1) {
+				config_key_problem(ps, k->name, "'%s' is not an IPv4 or IPv6 address",
+						   n->bind[i]);
+				continue;
+			}
+		}
+		/* Canonical text, so it compares equal to what getsockname()
+		 * + inet_ntop() say after a migration. */
+		if (inet_ntop(af, addr, canon, sizeof(canon)) != NULL &&
+		    strcmp(canon, n->bind[i]) != 0) {
+			char *c = strdup(canon);
+
+			if (c != NULL) {
+				free(n->bind[i]);
+				n->bind[i] = c;
+			}
 		}
 	}
-	return false;
 }
 
-const struct baton_config *config_default_values(void)
+/* irc = HOST:PORT, ircs = HOST:PORT: one more listener. */
+void config_parse_listener(struct config_parse *ps, const struct config_key *k,
+			   void *config, const char *value)
 {
-	static struct baton_config defaults;
-	static bool set;
-
-	if (!set) {
-		for (size_t i = 0; i < sizeof(config_sessiond_keys) / sizeof(config_sessiond_keys[0]); i++)
-			*(int *)((char *)&defaults + config_sessiond_keys[i].offset) =
-				config_sessiond_keys[i].def;
-		for (size_t i = 0; i < sizeof(config_listen_keys) / sizeof(config_listen_keys[0]); i++)
-			*(int *)((char *)&defaults + config_listen_keys[i].offset) =
-				config_listen_keys[i].def;
-		config_int_defaults(&defaults, config_canary_keys,
-				    CONFIG_NKEYS(config_canary_keys));
-		defaults.handoff_timeout_s = 10;
-		set = true;
-	}
-	return &defaults;
-}
-
-static void config_key_sessiond(struct config_parse *ps, const char *name,
-				const char *value)
-{
-	struct baton_config *cfg = ps->cfg;
-
-	for (size_t i = 0; i < sizeof(config_sessiond_keys) / sizeof(config_sessiond_keys[0]); i++) {
-		const struct config_int_key *k = &config_sessiond_keys[i];
-
-		if (strcmp(name, k->name) == 0) {
-			config_int(ps, name, value, k->min, k->max,
-				   (int *)((char *)cfg + k->offset));
-			return;
-		}
-	}
-	PROBLEM(ps, "unknown key '%s' in [sessiond]", name);
-}
-
-static void config_key_listen(struct config_parse *ps, const char *name,
-			      const char *value)
-{
-	struct baton_config *cfg = ps->cfg;
+	struct baton_config *cfg = config;
 	struct config_listen *l;
 	char *host = NULL, *port = NULL;
 
-	for (size_t i = 0; i < sizeof(config_listen_keys) / sizeof(config_listen_keys[0]); i++) {
-		if (strcmp(name, config_listen_keys[i].name) == 0) {
-			config_int(ps, name, value, config_listen_keys[i].min,
-				   config_listen_keys[i].max,
-				   (int *)((char *)cfg + config_listen_keys[i].offset));
-			return;
-		}
-	}
-
-	if (strcmp(name, "tls_cert") == 0 || strcmp(name, "tls_key") == 0) {
-		char **dst = name[4] == 'c' ? &cfg->listen_tls_cert :
-					      &cfg->listen_tls_key;
-
-		free(*dst);
-		*dst = config_resolve(cfg, value);
-		return;
-	}
-	if (strcmp(name, "irc") != 0 && strcmp(name, "ircs") != 0) {
-		PROBLEM(ps, "unknown key '%s' in [listen] (known: irc, ircs, tls_cert, tls_key and the limits in docs/config.md)",
-			name);
-		return;
-	}
 	if (config_split_hostport(value, &host, &port) < 0) {
-		PROBLEM(ps, "%s: expected HOST:PORT, got '%s'", name, value);
+		config_key_problem(ps, k->name, "expected HOST:PORT, got '%s'", value);
 		return;
 	}
 	l = config_grow((void **)&cfg->listens, &cfg->nlistens, sizeof(*l));
@@ -626,80 +437,194 @@ static void config_key_listen(struct config_parse *ps, const char *name,
 		free(port);
 		return;
 	}
-	l->kind = strdup(name);
+	l->kind = strdup(k->name);
 	l->host = host;
 	l->port = port;
 	l->line = ps->line;
 }
 
+/* ---- the key table driving the parser and the defaults ---- */
+
+#define FIELD(obj, k, type) ((type *)((char *)(obj) + (k)->offset))
+
+static const struct config_key *config_key_find(enum config_section sec,
+						const char *name)
+{
+	for (size_t i = 0; i < config_nkeys; i++)
+		if (config_keys[i].section == sec &&
+		    strcmp(config_keys[i].name, name) == 0)
+			return &config_keys[i];
+	return NULL;
+}
+
+/* Store `value` for key k into obj (the section's struct). */
+static void config_key_set(struct config_parse *ps, const struct config_key *k,
+			   void *obj, const char *value)
+{
+	char *host = NULL, *port = NULL;
+	int v;
+
+	switch (k->type) {
+	case CONFIG_INT:
+		config_int(ps, k->name, value, k->min, k->max, FIELD(obj, k, int));
+		break;
+	case CONFIG_BOOL:
+		config_bool(ps, k->name, value, FIELD(obj, k, int));
+		break;
+	case CONFIG_STRING:
+		config_set_str(FIELD(obj, k, char *), value);
+		break;
+	case CONFIG_PATH:
+		free(*FIELD(obj, k, char *));
+		*FIELD(obj, k, char *) = config_resolve(ps->cfg, value);
+		break;
+	case CONFIG_HOSTPORT:
+		if (config_split_hostport(value, &host, &port) < 0)
+			config_key_problem(ps, k->name, "expected HOST:PORT, got '%s'",
+					   value);
+		else
+			config_set_str(FIELD(obj, k, char *), value);
+		free(host);
+		free(port);
+		break;
+	case CONFIG_PORT:
+		if (config_int(ps, k->name, value, 1, 65535, &v) == 0)
+			config_set_str(FIELD(obj, k, char *), value);
+		break;
+	case CONFIG_CUSTOM:
+		k->parse(ps, k, obj, value);
+		break;
+	}
+	if (k->line_offset != 0)
+		*(int *)((char *)obj + k->line_offset) = ps->line;
+}
+
+/* The defaults of section `sec` into obj: numbers always, strings only
+ * when `strings` (config_default_values() keeps none). */
+static void config_keys_defaults(enum config_section sec, void *obj,
+				 bool strings)
+{
+	for (size_t i = 0; i < config_nkeys; i++) {
+		const struct config_key *k = &config_keys[i];
+
+		if (k->section != sec)
+			continue;
+		if (k->type == CONFIG_INT || k->type == CONFIG_BOOL)
+			*FIELD(obj, k, int) = k->def;
+		else if (strings && k->def_str != NULL)
+			config_set_str(FIELD(obj, k, char *), k->def_str);
+	}
+}
+
+static void config_global_defaults(struct baton_config *cfg, bool strings)
+{
+	static const enum config_section global[] = {
+		CONFIG_SUPERVISOR, CONFIG_SESSIOND, CONFIG_LISTEN, CONFIG_CANARY,
+	};
+
+	for (size_t i = 0; i < sizeof(global) / sizeof(global[0]); i++)
+		config_keys_defaults(global[i], cfg, strings);
+}
+
+const struct baton_config *config_default_values(void)
+{
+	static struct baton_config defaults;
+	static bool set;
+
+	if (!set) {
+		config_global_defaults(&defaults, false);
+		set = true;
+	}
+	return &defaults;
+}
+
+unsigned long config_fds_needed(const struct baton_config *cfg)
+{
+	/* the terms: config.h */
+	return 2ul * cfg->nsessions + 2ul * cfg->nlistens + CONFIG_FDS_SPARE;
+}
+
+/* "unknown key" names the section's keys when there are a few. */
+static void config_unknown_key(struct config_parse *ps, enum config_section sec,
+			       const char *name)
+{
+	char known[256] = "";
+	size_t n = 0, len = 0;
+
+	for (size_t i = 0; i < config_nkeys; i++) {
+		if (config_keys[i].section != sec)
+			continue;
+		n++;
+		if (len < sizeof(known))
+			len += (size_t)snprintf(known + len, sizeof(known) - len,
+						"%s%s", len ? ", " : "",
+						config_keys[i].name);
+	}
+	if (n <= 8 && len < sizeof(known))
+		PROBLEM(ps, "unknown key '%s' in [%s] (known: %s)", name,
+			ps->section, known);
+	else
+		PROBLEM(ps, "unknown key '%s' in [%s] (docs/config.md lists its keys)",
+			name, ps->section);
+}
+
 static int config_handler(void *user, const char *section, const char *name,
 			  const char *value)
 {
+	static const struct {
+		const char *name;
+		enum config_section sec;
+	} global[] = {
+		{ "supervisor", CONFIG_SUPERVISOR }, { "sessiond", CONFIG_SESSIOND },
+		{ "listen", CONFIG_LISTEN }, { "canary", CONFIG_CANARY },
+	};
 	struct config_parse *ps = user;
 	char kind[64] = "", arg[192] = "";
+	enum config_section sec = CONFIG_SUPERVISOR;
+	const struct config_key *k;
+	void *obj = NULL;
+	bool known = false;
 
 	if (sscanf(section, "%63s %191s", kind, arg) < 1) {
 		PROBLEM(ps, "key '%s' outside of any section", name);
 		return 1;
 	}
-	if (strcmp(kind, "supervisor") == 0 && arg[0] == '\0') {
-		config_key_supervisor(ps, name, value);
-	} else if (strcmp(kind, "sessiond") == 0 && arg[0] == '\0') {
-		config_key_sessiond(ps, name, value);
-	} else if (strcmp(kind, "listen") == 0 && arg[0] == '\0') {
-		config_key_listen(ps, name, value);
-	} else if (strcmp(kind, "canary") == 0 && arg[0] == '\0') {
-		if (!config_int_table(ps, ps->cfg, config_canary_keys,
-				      CONFIG_NKEYS(config_canary_keys), name, value))
-			PROBLEM(ps, "unknown key '%s' in [canary]", name);
-	} else if (strcmp(kind, "network") == 0 && arg[0] != '\0') {
-		struct config_network *n = config_network_get(ps, arg, true);
-
-		if (n == NULL)
-			return 0;
-		config_key_network(ps, n, name, value);
+	ps->section = section;
+	for (size_t i = 0; arg[0] == '\0' && i < sizeof(global) / sizeof(global[0]); i++) {
+		if (strcmp(kind, global[i].name) == 0) {
+			sec = global[i].sec;
+			obj = ps->cfg;
+			known = true;
+		}
+	}
+	if (strcmp(kind, "network") == 0 && arg[0] != '\0') {
+		sec = CONFIG_NETWORK;
+		obj = config_network_get(ps, arg, true);
+		known = true;
 	} else if (strcmp(kind, "user") == 0 && arg[0] != '\0') {
 		char *slash = strchr(arg, '/');
 
+		known = true;
 		if (slash == NULL) {
-			struct config_user *u = config_user_get(ps, arg, true);
-
-			if (u == NULL)
-				return 0;
-			if (strcmp(name, "password") == 0)
-				config_set_str(&u->password, value);
-			else
-				PROBLEM(ps, "unknown key '%s' in [user %s]",
-					name, arg);
+			sec = CONFIG_USER;
+			obj = config_user_get(ps, arg, true);
 		} else {
-			struct config_session *s;
-
 			*slash = '\0';
-			s = config_session_get(ps, arg, slash + 1);
-			if (s == NULL)
-				return 0;
-			if (strcmp(name, "nick") == 0)
-				config_set_str(&s->nick, value);
-			else if (strcmp(name, "username") == 0)
-				config_set_str(&s->username, value);
-			else if (strcmp(name, "realname") == 0)
-				config_set_str(&s->realname, value);
-			else if (strcmp(name, "channels") == 0)
-				config_split_channels(s, value);
-			else if (strcmp(name, "tls_cert") == 0) {
-				free(s->tls_cert);
-				s->tls_cert = config_resolve(ps->cfg, value);
-			} else if (strcmp(name, "tls_key") == 0) {
-				free(s->tls_key);
-				s->tls_key = config_resolve(ps->cfg, value);
-			}
-			else
-				PROBLEM(ps, "unknown key '%s' in [user %s/%s]",
-					name, arg, slash + 1);
+			sec = CONFIG_SESSION;
+			obj = config_session_get(ps, arg, slash + 1);
 		}
-	} else {
-		PROBLEM(ps, "unknown section [%s]", section);
 	}
+	if (!known) {
+		PROBLEM(ps, "unknown section [%s]", section);
+		return 1;
+	}
+	if (obj == NULL)
+		return 0; /* out of memory */
+	k = config_key_find(sec, name);
+	if (k == NULL)
+		config_unknown_key(ps, sec, name);
+	else
+		config_key_set(ps, k, obj, value);
 	return 1;
 }
 
@@ -784,17 +709,7 @@ static char *config_reader(char *str, int num, void *stream)
 
 static void config_defaults(struct baton_config *cfg)
 {
-	cfg->control = strdup("baton.sock");
-	cfg->state_dir = strdup("state");
-	cfg->handoff_timeout_s = 10;
-	for (size_t i = 0; i < sizeof(config_sessiond_keys) / sizeof(config_sessiond_keys[0]); i++)
-		*(int *)((char *)cfg + config_sessiond_keys[i].offset) =
-			config_sessiond_keys[i].def;
-	for (size_t i = 0; i < sizeof(config_listen_keys) / sizeof(config_listen_keys[0]); i++)
-		*(int *)((char *)cfg + config_listen_keys[i].offset) =
-			config_listen_keys[i].def;
-	config_int_defaults(cfg, config_canary_keys,
-			    CONFIG_NKEYS(config_canary_keys));
+	config_global_defaults(cfg, true);
 	cfg->user_index = strmap_new();
 	cfg->network_index = strmap_new();
 	cfg->session_index = strmap_new();
@@ -825,7 +740,7 @@ static void config_validate(struct config_parse *ps)
 					    cfg->path, n->line, n->name);
 		if (n->tls_ca != NULL && access(n->tls_ca, R_OK) != 0)
 			config_problems_add(pr, "%s:%d: [network %s] tls_ca %s: %s",
-					    cfg->path, n->line, n->name,
+					    cfg->path, n->tls_ca_line, n->name,
 					    n->tls_ca, strerror(errno));
 	}
 	for (size_t i = 0; i < cfg->nusers; i++) {
@@ -839,7 +754,7 @@ static void config_validate(struct config_parse *ps)
 					    cfg->path, u->line, u->name);
 		else if (u->password[0] != '$')
 			config_problems_add(pr, "%s:%d: [user %s] password must be a crypt(3) hash such as $6$..., not a plain password",
-					    cfg->path, u->line, u->name);
+					    cfg->path, u->password_line, u->name);
 	}
 	for (size_t i = 0; i < cfg->nsessions; i++) {
 		struct config_session *s = &cfg->sessions[i];
@@ -861,7 +776,9 @@ static void config_validate(struct config_parse *ps)
 
 			if (f != NULL && access(f, R_OK) != 0)
 				config_problems_add(pr, "%s:%d: [user %s/%s] %s %s: %s",
-						    cfg->path, s->line, s->user,
+						    cfg->path,
+						    k == 0 ? s->tls_cert_line : s->tls_key_line,
+						    s->user,
 						    s->network,
 						    k == 0 ? "tls_cert" : "tls_key",
 						    f, strerror(errno));
@@ -892,8 +809,10 @@ static void config_validate(struct config_parse *ps)
 		const char *f = k == 0 ? cfg->listen_tls_cert : cfg->listen_tls_key;
 
 		if (f != NULL && access(f, R_OK) != 0)
-			config_problems_add(pr, "%s: [listen] %s %s: %s",
+			config_problems_add(pr, "%s:%d: [listen] %s %s: %s",
 					    cfg->path,
+					    k == 0 ? cfg->listen_tls_cert_line :
+						     cfg->listen_tls_key_line,
 					    k == 0 ? "tls_cert" : "tls_key", f,
 					    strerror(errno));
 	}

@@ -40,10 +40,6 @@
 #define ACCEPT_PAUSE_MS 100
 #define ACCEPT_SHED_MAX 64       /* backlog connections refused per pause */
 #define REFUSE_LOG_MS 10000      /* refusals are logged at most this often */
-/* Password checks queued or running at once (authpool.h) without an
- * [sessiond] auth_queue; beyond, a login is refused with "server busy".
- * Each pending client has at most one. */
-#define BOUNCER_AUTH_QUEUE 4096
 #define START_SPREAD_MS 10       /* 100 sessions per second at startup */
 #define HEALTH_TICK_MS 1000      /* late adoption PINGs, unanswered PINGs */
 /* Longest a migration holds the governors (bouncer_governor_hold()): a
@@ -954,10 +950,9 @@ static int bouncer_limits_init(struct bouncer *b)
 	b->by_addr = strmap_new();
 	b->auth_by_id = strmap_new();
 	b->login_retry = event_new(b->base, -1, 0, bouncer_login_retry_cb, b);
-	b->auth = authpool_new(b->base, cfg && cfg->auth_threads > 0 ?
-				       (unsigned)cfg->auth_threads : 1,
-			       cfg && cfg->auth_queue > 0 ? (size_t)cfg->auth_queue :
-							    BOUNCER_AUTH_QUEUE,
+	b->auth = authpool_new(b->base,
+			       (unsigned)CONFIG_INT_OR_DEFAULT(cfg, auth_threads),
+			       (size_t)CONFIG_INT_OR_DEFAULT(cfg, auth_queue),
 			       bouncer_auth_done, b);
 	if (!b->accept_resume || !b->by_addr || !b->auth_by_id || !b->auth ||
 	    !b->login_retry || reglist_init(&b->login_waiting) < 0)
@@ -966,8 +961,7 @@ static int bouncer_limits_init(struct bouncer *b)
 		struct throttle_limits lim = {
 			.free_failures = (unsigned)cfg->login_failures_free,
 			.max_delay_ms = (int64_t)cfg->login_throttle_max_s * 1000,
-			.max_entries = cfg->login_throttle_entries > 0 ?
-					       (size_t)cfg->login_throttle_entries : 16384,
+			.max_entries = (size_t)CONFIG_INT_OR_DEFAULT(cfg, login_throttle_entries),
 		};
 		struct throttle_limits ulim = lim;
 

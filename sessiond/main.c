@@ -32,14 +32,6 @@
 #include "sessiond/state.h"
 #include "sessiond/control_channel.h"
 
-/* Sockets a worker may hold: an upstream and one client per session, the
- * listeners, plus a margin for the control and migration channels, logs and
- * clients beyond the first. */
-static rlim_t sessiond_fds_needed(const struct baton_config *cfg)
-{
-	return (rlim_t)cfg->nsessions * 2 + cfg->nlistens + 64;
-}
-
 /* Preflight: everything this host must provide before we accept sessions.
  * Every problem is listed (the supervisor reports them all). */
 static void sessiond_preflight(const struct baton_config *cfg,
@@ -57,12 +49,12 @@ static void sessiond_preflight(const struct baton_config *cfg,
 			setrlimit(RLIMIT_NOFILE, &rl);
 			getrlimit(RLIMIT_NOFILE, &rl);
 		}
-		if (rl.rlim_cur < sessiond_fds_needed(cfg))
+		if (rl.rlim_cur < config_fds_needed(cfg))
 			config_problems_add(pr, "%s: RLIMIT_NOFILE is %llu but %zu sessions need at least %llu open files (raise LimitNOFILE= or ulimit -n)",
 					    cfg->path,
 					    (unsigned long long)rl.rlim_cur,
 					    cfg->nsessions,
-					    (unsigned long long)sessiond_fds_needed(cfg));
+					    (unsigned long long)config_fds_needed(cfg));
 	}
 	/* Every session must always be able to migrate (state.h). */
 	if (state_check_config(cfg, why, sizeof(why)) < 0)

@@ -445,8 +445,8 @@ void session_schedule_connect(struct session *s, int64_t at_ms)
 void session_backoff(struct session *s)
 {
 	const struct baton_config *cfg = bouncer_config(s->b);
-	int64_t min = cfg && cfg->reconnect_min_s > 0 ? cfg->reconnect_min_s : 2;
-	int64_t max = cfg && cfg->reconnect_max_s > 0 ? cfg->reconnect_max_s : 300;
+	int64_t min = CONFIG_INT_OR_DEFAULT(cfg, reconnect_min_s);
+	int64_t max = CONFIG_INT_OR_DEFAULT(cfg, reconnect_max_s);
 	int64_t delay = governor_backoff_ms(s->reconnect_failures, min * 1000,
 					    max * 1000, (uint32_t)random());
 	session_schedule_connect(s, clock_wall_ms() + delay);

@@ -22,6 +22,7 @@
 #include <event2/event.h>
 
 #include "common/cohort.h"
+#include "common/config.h"
 #include "common/log.h"
 #include "common/frame.h"
 #include "handoff/protocol.h"
@@ -479,8 +480,10 @@ int transfer_out_start(struct event_base *base, struct bouncer *b, int channel,
 	m->b = b;
 	m->report = *report;
 	m->extra_fd = -1;
-	m->chunk_items = chunk_items ? chunk_items : 256;
-	m->chunk_bytes = chunk_bytes ? chunk_bytes : (size_t)1 << 20;
+	m->chunk_items = chunk_items ? chunk_items :
+				       (unsigned)config_default_values()->chunk_sessions;
+	m->chunk_bytes = chunk_bytes ? chunk_bytes :
+				       (size_t)config_default_values()->chunk_bytes;
 	transfer_fault_load(m, "source");
 	clock_gettime(CLOCK_MONOTONIC, &m->started);
 	m->src = handoff_source_new(base, channel, peer_pid, timeout_ms,

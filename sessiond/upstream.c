@@ -42,13 +42,13 @@ static void upstream_timer_cb(evutil_socket_t fd, short what, void *arg);
 static int cfg_ping_interval_ms(const struct session *s)
 {
 	const struct baton_config *cfg = bouncer_config(s->b);
-	return (cfg && cfg->ping_interval_s > 0 ? cfg->ping_interval_s : 60) * 1000;
+	return CONFIG_INT_OR_DEFAULT(cfg, ping_interval_s) * 1000;
 }
 
 static int cfg_ping_timeout_ms(const struct session *s)
 {
 	const struct baton_config *cfg = bouncer_config(s->b);
-	return (cfg && cfg->ping_timeout_s > 0 ? cfg->ping_timeout_s : 240) * 1000;
+	return CONFIG_INT_OR_DEFAULT(cfg, ping_timeout_s) * 1000;
 }
 
 struct upstream *upstream_new(struct session *s, struct conn *c)
@@ -339,7 +339,7 @@ static bool upstream_refused(struct session *s, enum governor_verdict v,
 			     int slot)
 {
 	const struct baton_config *cfg = bouncer_config(s->b);
-	int64_t max_ms = (cfg && cfg->reconnect_max_s > 0 ? cfg->reconnect_max_s : 300) * 1000LL;
+	int64_t max_ms = CONFIG_INT_OR_DEFAULT(cfg, reconnect_max_s) * 1000LL;
 	struct governor *g = bouncer_governor(s->b, s->network);
 	int64_t now = clock_wall_ms();
 

@@ -18,35 +18,33 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
 #include "common/config.h"
+#include "common/passhash.h"
 #include "tls/handshake.h"
 #include "supervisor/control_socket.h"
 #include "supervisor/listeners.h"
 #include "supervisor/metrics.h"
 #include "supervisor/releases.h"
 
-#define CHECK_FD_MARGIN 64
 #define CHECK_SESSIOND_TIMEOUT_MS 30000
-
-unsigned long check_fds_needed(const struct baton_config *cfg)
-{
-	return 2ul * cfg->nsessions + cfg->nlistens * 2ul + CHECK_FD_MARGIN;
-}
 
 static void check_rlimit(const struct baton_config *cfg,
 			 struct config_problems *p)
 {
 	struct rlimit rl;
-	unsigned long need = check_fds_needed(cfg);
+	unsigned long need = config_fds_needed(cfg);
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
 		return;
 	/* The supervisor raises its soft limit to the hard one at startup and
 	 * workers inherit it, so the hard limit is what counts. */
 	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
-		config_problems_add(p, "check: RLIMIT_NOFILE hard limit %llu is below the %lu file descriptors %zu sessions need (2 per session + listeners + %d spare); raise LimitNOFILE= or ulimit -Hn",
+		config_problems_add(p, "check: RLIMIT_NOFILE hard limit %llu is below the %lu file descriptors %zu sessions need (2 per session, 2 per [listen] line, %d spare); raise LimitNOFILE= or ulimit -Hn",
 				    (unsigned long long)rl.rlim_max, need,
-				    cfg->nsessions, CHECK_FD_MARGIN);
+				    cfg->nsessions, CONFIG_FDS_SPARE);
 }
 
 static void check_dir_writable(const char *what, const char *dir,
@@ -259,9 +257,50 @@ static void check_metrics(const struct baton_config *cfg,
 	free(copy);
 }
 
+/* A certificate file's first certificate must be valid now: an expired
+ * (or not yet valid) one loads fine and fails every handshake. */
+static void check_cert_dates(const struct baton_config *cfg, int line,
+			     const char *what, const char *file,
+			     struct config_problems *p)
+{
+	FILE *f = fopen(file, "re");
+	X509 *x = NULL;
+	const ASN1_TIME *t = NULL;
+	const char *why = NULL;
+	struct tm tm;
+	char when[64] = "?";
+
+	if (f == NULL)
+		return; /* config_load() reported it */
+	x = PEM_read_X509(f, NULL, NULL, NULL);
+	fclose(f);
+	if (x == NULL)
+		return; /* loading it as the workers do reported it */
+	if (X509_cmp_current_time(X509_get0_notAfter(x)) < 0) {
+		t = X509_get0_notAfter(x);
+		why = "expired on";
+	} else if (X509_cmp_current_time(X509_get0_notBefore(x)) > 0) {
+		t = X509_get0_notBefore(x);
+		why = "is not valid before";
+	}
+	if (why != NULL) {
+		if (ASN1_TIME_to_tm(t, &tm) == 1)
+			strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
+		/* A warning, not a problem: --check runs as ExecStartPre, and
+		 * an expired ircs certificate must not keep the plaintext
+		 * listeners and every network connection down with it
+		 * (OpenSSL serves it; clients that verify refuse it). */
+		printf("%s:%d: warning: %s %s: certificate %s %s\n",
+		       cfg->path, line, what, file, why, when);
+	}
+	X509_free(x);
+}
+
 /* Load every certificate, key and CA file the workers will use, as they
  * will: a key that does not match its certificate, a file that is not PEM,
- * a CA bundle that does not parse are caught before an upgrade needs them. */
+ * a CA bundle that does not parse, a certificate out of its validity are
+ * caught before an upgrade needs them. Each is reported at the line of the
+ * key that names the file. */
 static void check_tls(const struct baton_config *cfg, struct config_problems *p)
 {
 	char err[256];
@@ -270,9 +309,18 @@ static void check_tls(const struct baton_config *cfg, struct config_problems *p)
 	if (cfg->listen_tls_cert != NULL) {
 		ctx = tls_server_ctx_new(cfg->listen_tls_cert, cfg->listen_tls_key,
 					 err, sizeof(err));
-		if (ctx == NULL)
-			config_problems_add(p, "%s: [listen] tls_cert %s: %s", cfg->path,
+		if (ctx == NULL && cfg->listen_tls_key != NULL)
+			config_problems_add(p, "%s:%d: [listen] tls_cert %s (tls_key %s, line %d): %s",
+					    cfg->path, cfg->listen_tls_cert_line,
+					    cfg->listen_tls_cert, cfg->listen_tls_key,
+					    cfg->listen_tls_key_line, err);
+		else if (ctx == NULL)
+			config_problems_add(p, "%s:%d: [listen] tls_cert %s: %s",
+					    cfg->path, cfg->listen_tls_cert_line,
 					    cfg->listen_tls_cert, err);
+		else
+			check_cert_dates(cfg, cfg->listen_tls_cert_line,
+					 "[listen] tls_cert", cfg->listen_tls_cert, p);
 		SSL_CTX_free(ctx);
 	}
 	for (size_t i = 0; i < cfg->nnetworks; i++) {
@@ -285,7 +333,8 @@ static void check_tls(const struct baton_config *cfg, struct config_problems *p)
 		ctx = tls_client_ctx_new(&o, err, sizeof(err));
 		if (ctx == NULL)
 			config_problems_add(p, "%s:%d: [network %s] TLS: %s", cfg->path,
-					    n->line, n->name, err);
+					    n->tls_ca != NULL ? n->tls_ca_line : n->line,
+					    n->name, err);
 		SSL_CTX_free(ctx);
 	}
 	for (size_t i = 0; i < cfg->nsessions; i++) {
@@ -293,14 +342,51 @@ static void check_tls(const struct baton_config *cfg, struct config_problems *p)
 		const struct config_network *n = config_find_network(cfg, s->network);
 		struct tls_client_options o = { .verify = false, .cert_file = s->tls_cert,
 						.key_file = s->tls_key };
+		char what[512];
 
 		if (s->tls_cert == NULL || n == NULL)
 			continue;
+		snprintf(what, sizeof(what), "[user %s/%s] tls_cert", s->user,
+			 s->network);
 		ctx = tls_client_ctx_new(&o, err, sizeof(err));
-		if (ctx == NULL)
-			config_problems_add(p, "%s:%d: [user %s/%s] tls_cert: %s", cfg->path,
-					    s->line, s->user, s->network, err);
+		if (ctx == NULL && s->tls_key != NULL)
+			config_problems_add(p, "%s:%d: %s %s (tls_key %s, line %d): %s",
+					    cfg->path, s->tls_cert_line, what,
+					    s->tls_cert, s->tls_key,
+					    s->tls_key_line, err);
+		else if (ctx == NULL)
+			config_problems_add(p, "%s:%d: %s %s: %s", cfg->path,
+					    s->tls_cert_line, what, s->tls_cert, err);
+		else
+			check_cert_dates(cfg, s->tls_cert_line, what, s->tls_cert, p);
 		SSL_CTX_free(ctx);
+	}
+}
+
+/* Every [user] password must be a hash a login can match (passhash.h);
+ * config_load() only refused what does not start with '$'. A legacy
+ * method is a warning: logins work. */
+static void check_passwords(const struct baton_config *cfg,
+			    struct config_problems *p)
+{
+	char why[512];
+
+	for (size_t i = 0; i < cfg->nusers; i++) {
+		const struct config_user *u = &cfg->users[i];
+
+		switch (passhash_check(u->password, why, sizeof(why))) {
+		case PASSHASH_OK:
+			break;
+		case PASSHASH_LEGACY:
+			printf("%s:%d: warning: [user %s] password %s\n", cfg->path,
+			       u->password_line, u->name, why);
+			break;
+		case PASSHASH_BAD:
+			config_problems_add(p, "%s:%d: [user %s] password %s",
+					    cfg->path, u->password_line, u->name,
+					    why);
+			break;
+		}
 	}
 }
 
@@ -312,6 +398,7 @@ void check_environment(const struct baton_config *cfg, const char *sessiond,
 	int running = 0;
 
 	check_rlimit(cfg, problems);
+	check_passwords(cfg, problems);
 	check_tls(cfg, problems);
 	if (control) {
 		check_control(cfg, control, problems);

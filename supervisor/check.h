@@ -9,11 +9,6 @@
 struct baton_config;
 struct config_problems;
 
-/* file descriptors a worker needs for the configured sessions: 2 sockets
- * per session (upstream + one client), the listeners, and a margin for
- * logs, the control socket, the migration channel and fds in flight. */
-unsigned long check_fds_needed(const struct baton_config *cfg);
-
 /* Adds every problem found ("FILE:LINE: msg" or "check: msg"). Runs
  * `sessiond --check -c CONFIG` and adds what it reports. */
 void check_environment(const struct baton_config *cfg, const char *sessiond,

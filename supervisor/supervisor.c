@@ -1137,9 +1137,9 @@ static void supervisor_mig_done(struct migration *m,
 static int supervisor_check_nofile(struct supervisor *sup, char *why, size_t len)
 {
 	const Baton__Control__Status *st = worker_last_status(sup->active);
-	unsigned long need = check_fds_needed(sup->cfg);
+	unsigned long need = config_fds_needed(sup->cfg);
 	unsigned long have = (unsigned long)st->connections +
-			     listeners_count(sup->listeners) + 64;
+			     listeners_count(sup->listeners) + CONFIG_FDS_SPARE;
 	struct rlimit rl;
 
 	if (have > need)

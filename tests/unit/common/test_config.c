@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "common/config.h"
+#include "common/config_keys.h"
 
 /* $TMPDIR (default /tmp): where this test's files go. */
 static const char *tmpdir(void)
@@ -97,24 +98,24 @@ static void test_every_problem_with_line(void **state)
 		"irc = nowhere\n"                /* 5 */
 		"[user bob]\n"                   /* 6: no password */
 		"[user carol]\n"                 /* 7 */
-		"password = hunter2\n"           /* not a hash */
+		"password = hunter2\n"           /* 8: not a hash */
 		"[user bob/nonet]\n"             /* 9: unknown network */
 		"nick = bob\n"
 		"[frobnicate]\n"
 		"x = 1\n");                      /* 12 */
-	char where[64];
+	char where[160];
 
 	assert_int_equal(config_load(path, &cfg, &pr), -EINVAL);
 	assert_null(cfg);
-	snprintf(where, sizeof(where), "%s:2:", path);
+	snprintf(where, sizeof(where), "%s:2: [supervisor] handoff_timeout: expected a whole number from 1 to 3600, got 'soon'", path);
 	assert_true(has_problem(&pr, where));
-	snprintf(where, sizeof(where), "%s:3: unknown key 'colour'", path);
+	snprintf(where, sizeof(where), "%s:3: unknown key 'colour' in [supervisor] (known: control, sessiond,", path);
 	assert_true(has_problem(&pr, where));
-	snprintf(where, sizeof(where), "%s:5:", path);
+	snprintf(where, sizeof(where), "%s:5: [listen] irc: expected HOST:PORT", path);
 	assert_true(has_problem(&pr, where));
 	snprintf(where, sizeof(where), "%s:6: [user bob] has no password", path);
 	assert_true(has_problem(&pr, where));
-	snprintf(where, sizeof(where), "%s:7: [user carol] password must be a crypt(3) hash", path);
+	snprintf(where, sizeof(where), "%s:8: [user carol] password must be a crypt(3) hash", path);
 	assert_true(has_problem(&pr, where));
 	assert_true(has_problem(&pr, "no [network nonet] section"));
 	snprintf(where, sizeof(where), "%s:12: unknown section [frobnicate]", path);
@@ -242,24 +243,24 @@ static void test_tls_and_governor_keys(void **state)
 		"tls_fingerprint = sha256:abcd00112233445566778899aabbccddeeff00112233445566778899aabbccdd\n"
 		"[user a]\n"
 		"password = $6$x$y\n"
-		"[user a/n]\n"                            /* 14 */
-		"tls_cert = /nonexistent/cert.pem\n");
-	char where[96];
+		"[user a/n]\n"
+		"tls_cert = /nonexistent/cert.pem\n");   /* 15 */
+	char where[160];
 
 	assert_int_equal(config_load(path, &cfg, &pr), -EINVAL);
 	snprintf(where, sizeof(where), "%s:2: ircs listener without", path);
 	assert_true(has_problem(&pr, where));
-	snprintf(where, sizeof(where), "%s:5: tls_verify: expected yes or no", path);
+	snprintf(where, sizeof(where), "%s:5: [network n] tls_verify: expected yes or no, got 'maybe'", path);
 	assert_true(has_problem(&pr, where));
-	snprintf(where, sizeof(where), "%s:6: tls_fingerprint: expected sha256:HEX", path);
+	snprintf(where, sizeof(where), "%s:6: [network n] tls_fingerprint: expected sha256:HEX", path);
 	assert_true(has_problem(&pr, where));
-	snprintf(where, sizeof(where), "%s:7: bind: 'not-an-address'", path);
+	snprintf(where, sizeof(where), "%s:7: [network n] bind: 'not-an-address'", path);
 	assert_true(has_problem(&pr, where));
-	snprintf(where, sizeof(where), "%s:8:", path);
+	snprintf(where, sizeof(where), "%s:8: [network n] connects_per_minute: expected a whole number from 1 to 6000", path);
 	assert_true(has_problem(&pr, where));
 	snprintf(where, sizeof(where), "%s:9: [network m] sets tls_ca, tls_fingerprint", path);
 	assert_true(has_problem(&pr, where));
-	snprintf(where, sizeof(where), "%s:14: [user a/n] tls_cert /nonexistent/cert.pem", path);
+	snprintf(where, sizeof(where), "%s:15: [user a/n] tls_cert /nonexistent/cert.pem", path);
 	assert_true(has_problem(&pr, where));
 	config_problems_clear(&pr);
 	unlink(path);
@@ -302,11 +303,59 @@ static void test_stranger_limit_keys(void **state)
 	path = write_temp(text);
 	assert_int_equal(config_load(path, &cfg, &pr), -EINVAL);
 	assert_int_equal(pr.n, 2);
-	assert_true(has_problem(&pr, ":17: tls_handshake_timeout: expected a whole number from 1 to 3600"));
-	assert_true(has_problem(&pr, ":18: prelogin_burst: expected a whole number from 1"));
+	assert_true(has_problem(&pr, ":17: [listen] tls_handshake_timeout: expected a whole number from 1 to 3600"));
+	assert_true(has_problem(&pr, ":18: [listen] prelogin_burst: expected a whole number from 1"));
 	config_problems_clear(&pr);
 	unlink(path);
 	free(path);
+}
+
+/* The key table is the only copy of the defaults: each default is in its
+ * own range, no key is listed twice, every key is documented, and a config
+ * that sets nothing gets exactly config_default_values(). */
+static void test_key_table(void **state)
+{
+	struct config_problems pr = { 0 };
+	struct baton_config *cfg = NULL;
+	const struct baton_config *d = config_default_values();
+	char *path = write_temp("[listen]\nirc = 127.0.0.1:1\n");
+
+	assert_true(config_nkeys >= 74); /* the keys of docs/config.md before the table */
+	for (size_t i = 0; i < config_nkeys; i++) {
+		const struct config_key *k = &config_keys[i];
+
+		assert_non_null(k->doc);
+		if (k->type == CONFIG_INT) {
+			assert_true(k->min <= k->def && k->def <= k->max);
+		}
+		if (k->type == CONFIG_CUSTOM)
+			assert_non_null(k->parse);
+		for (size_t j = 0; j < i; j++)
+			assert_false(config_keys[j].section == k->section &&
+				     strcmp(config_keys[j].name, k->name) == 0);
+	}
+	assert_int_equal(config_load(path, &cfg, &pr), 0);
+	for (size_t i = 0; i < config_nkeys; i++) {
+		const struct config_key *k = &config_keys[i];
+
+		if (k->section > CONFIG_CANARY || k->type != CONFIG_INT)
+			continue;
+		assert_int_equal(*(const int *)((const char *)cfg + k->offset), k->def);
+		assert_int_equal(*(const int *)((const char *)d + k->offset), k->def);
+	}
+	assert_string_equal(cfg->control, "baton.sock");
+	assert_string_equal(cfg->state_dir, "state");
+	config_free(cfg);
+	unlink(path);
+	free(path);
+}
+
+/* The one fd formula (config.h): 2 per session, 2 per listen line, spare. */
+static void test_fds_needed(void **state)
+{
+	struct baton_config cfg = { .nsessions = 1000, .nlistens = 3 };
+
+	assert_int_equal(config_fds_needed(&cfg), 2000 + 6 + CONFIG_FDS_SPARE);
 }
 
 int main(void)
@@ -319,6 +368,8 @@ int main(void)
 		cmocka_unit_test(test_missing_file),
 		cmocka_unit_test(test_tls_and_governor_keys),
 		cmocka_unit_test(test_stranger_limit_keys),
+		cmocka_unit_test(test_key_table),
+		cmocka_unit_test(test_fds_needed),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
