@@ -117,7 +117,7 @@ void client_send_tagged(struct client *cl, const char *line, int64_t time_ms)
 {
 	if (cl->caps & CLIENT_CAP_SERVER_TIME) {
 		char ts[32];
-		format_server_time(time_ms ? time_ms : clock_wall_ms(), ts);
+		clock_format_server_time(time_ms ? time_ms : clock_wall_ms(), ts);
 		conn_sendf(cl->conn, "@time=%s %s", ts, line);
 	} else {
 		conn_send(cl->conn, line);

@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <event2/event.h>
 
@@ -22,49 +21,6 @@
 #include "sessiond/conn.h"
 #include "sessiond/health.h"
 #include "sessiond/irc.h"
-
-/* ---- small helpers shared by the core ---- */
-
-void format_server_time(int64_t ms, char out[32])
-{
-	time_t sec = (time_t)(ms / 1000);
-	struct tm tm;
-	char tmp[96];
-	gmtime_r(&sec, &tm);
-	snprintf(tmp, sizeof(tmp), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
-		 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-		 tm.tm_min, tm.tm_sec, (int)(ms % 1000));
-	snprintf(out, 32, "%.31s", tmp);
-}
-
-int parse_server_time(const char *s, int64_t *ms)
-{
-	struct tm tm;
-	int frac = 0, nfrac = 0;
-
-	memset(&tm, 0, sizeof(tm));
-	const char *p = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
-	if (!p)
-		return -1;
-	if (*p == '.') {
-		p++;
-		while (*p >= '0' && *p <= '9') {
-			if (nfrac < 3) {
-				frac = frac * 10 + (*p - '0');
-				nfrac++;
-			}
-			p++;
-		}
-		while (nfrac < 3) {
-			frac *= 10;
-			nfrac++;
-		}
-	}
-	if (*p != 'Z' && *p != '\0')
-		return -1;
-	*ms = (int64_t)timegm(&tm) * 1000 + frac;
-	return 0;
-}
 
 /* ---- limits ---- */
 

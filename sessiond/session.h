@@ -257,11 +257,6 @@ void bouncer_governor_snapshot_sent(struct bouncer *b);
  * a lost release cannot stop reconnects for good) or grant again. */
 void bouncer_governor_hold(struct bouncer *b, bool hold);
 
-/* Format "YYYY-MM-DDThh:mm:ss.sssZ" into out[32]. */
-void format_server_time(int64_t ms, char out[32]);
-/* Parse that format; returns 0 or -1. */
-int parse_server_time(const char *s, int64_t *ms);
-
 /* ---- session.c ---- */
 /* A new session with no connection (no I/O, no events armed). */
 struct session *session_new(struct bouncer *b, const char *user,

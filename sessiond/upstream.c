@@ -1126,7 +1126,7 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 	x.time_ms = u->last_rx_ms;
 	if (msg.tags && irc_tag_get(msg.tags, "time", tval, sizeof(tval)) == 1) {
 		int64_t t;
-		if (parse_server_time(tval, &t) == 0)
+		if (clock_parse_server_time(tval, &t) == 0)
 			x.time_ms = t;
 	}
 	if (msg.prefix) {
