@@ -36,6 +36,50 @@ int64_t clock_wall_s(void)
 	return clock_wall_ms() / 1000;
 }
 
+/* ---- monotonic <-> wall ----
+ * wall - mono, in ms. Both clocks are slewed alike (adjtime, NTP), so the
+ * difference changes only when the wall clock is stepped; reading it anew
+ * for every conversion would still jitter by a rounding step (the two
+ * readings are never simultaneous), which would make a deadline move by
+ * 1 ms each time it is serialized and adopted. So the offset is kept, and
+ * followed only when it moved by more than that jitter. Relaxed atomics:
+ * any thread may convert; a stale value is as good as a fresh one. */
+static int64_t mono_wall_offset_ms; /* 0: not read yet */
+
+static int64_t clock_offset_ms(void)
+{
+	struct timespec w, m;
+
+	clock_gettime(CLOCK_MONOTONIC, &m);
+	clock_gettime(CLOCK_REALTIME, &w);
+	int64_t ns = ((int64_t)w.tv_sec - (int64_t)m.tv_sec) * 1000000000LL +
+		     ((int64_t)w.tv_nsec - (int64_t)m.tv_nsec);
+	/* to the nearest ms */
+	int64_t off = ns >= 0 ? (ns + 500000) / 1000000 : -((-ns + 499999) / 1000000);
+	int64_t kept = __atomic_load_n(&mono_wall_offset_ms, __ATOMIC_RELAXED);
+
+	if (kept != 0 && off - kept <= 1 && kept - off <= 1)
+		return kept;
+	__atomic_store_n(&mono_wall_offset_ms, off, __ATOMIC_RELAXED);
+	return off;
+}
+
+/* A time that lands on 0 ("none") moves 1 ms earlier instead. */
+static int64_t nonzero(int64_t t)
+{
+	return t ? t : -1;
+}
+
+int64_t clock_mono_to_wall_ms(int64_t mono_ms)
+{
+	return mono_ms ? nonzero(mono_ms + clock_offset_ms()) : 0;
+}
+
+int64_t clock_wall_to_mono_ms(int64_t wall_ms)
+{
+	return wall_ms ? nonzero(wall_ms - clock_offset_ms()) : 0;
+}
+
 /* ---- IRCv3 server-time ---- */
 
 void clock_format_server_time(int64_t wall_ms, char out[32])

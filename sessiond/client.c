@@ -64,7 +64,7 @@ struct client *client_new(struct bouncer *b, int fd)
 	cl->b = b;
 	cl->item.kind = ITEM_PENDING;
 	cl->item.client = cl;
-	cl->connected_at_ms = cl->last_rx_ms = clock_wall_ms();
+	cl->connected_at_ms = cl->last_rx_ms = clock_mono_ms();
 	cl->conn = conn_new(bouncer_base(b), fd, false, &client_conn_ops, cl);
 	if (!cl->conn) {
 		free(cl);
@@ -1119,7 +1119,7 @@ static void client_line(struct conn *c, char *line, size_t len, void *arg)
 	struct irc_msg m;
 	char raw[CONN_MAX_LINE + 1];
 
-	cl->last_rx_ms = clock_wall_ms();
+	cl->last_rx_ms = clock_mono_ms();
 	if (cl->phase == CLIENT_PENDING && !client_prelogin_admit(cl, len))
 		return;
 	const char *p = line;

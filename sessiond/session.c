@@ -83,7 +83,7 @@ struct channel *session_add_channel(struct session *s, const char *name)
 		return ch;
 	bool over = strlen(name) > SESSION_MAX_CHANNEL_NAME;
 	if (over || s->nchannels >= s->lim.max_channels) {
-		int64_t now = clock_wall_ms();
+		int64_t now = clock_mono_ms();
 		if (s->untracked_notice_ms != 0 &&
 		    now - s->untracked_notice_ms < SESSION_DROP_NOTICE_MS)
 			return NULL;
@@ -298,7 +298,7 @@ static void session_reconnect_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (bouncer_governor(s->b, s->network)) {
 		if (!s->reconnect_at_ms)
-			s->reconnect_at_ms = clock_wall_ms();
+			s->reconnect_at_ms = clock_mono_ms();
 		rc = bouncer_governor_request(s->b, s);
 		if (rc == 0)
 			return;
@@ -391,7 +391,7 @@ void session_schedule_connect(struct session *s, int64_t at_ms)
 	s->reconnect_at_ms = at_ms;
 	if (s->item.state != ITEM_LIVE)
 		return; /* armed later from the deadline */
-	int64_t d = at_ms - clock_wall_ms();
+	int64_t d = at_ms - clock_mono_ms();
 	if (d < 0)
 		d = 0;
 	struct timeval tv = { .tv_sec = d / 1000, .tv_usec = (d % 1000) * 1000 };
@@ -405,7 +405,7 @@ void session_backoff(struct session *s)
 	int64_t max = cfg && cfg->reconnect_max_s > 0 ? cfg->reconnect_max_s : 300;
 	int64_t delay = governor_backoff_ms(s->reconnect_failures, min * 1000,
 					    max * 1000, (uint32_t)random());
-	session_schedule_connect(s, clock_wall_ms() + delay);
+	session_schedule_connect(s, clock_mono_ms() + delay);
 }
 
 void session_arm(struct session *s)
@@ -743,7 +743,7 @@ void session_note_backlog_drops(struct session *s)
 	s->drops.why |= d.why;
 	if (s->drops.lines == 0 && s->drops.buffers == 0)
 		return;
-	now = clock_wall_ms();
+	now = clock_mono_ms();
 	if (s->drop_notice_ms != 0 && now - s->drop_notice_ms < SESSION_DROP_NOTICE_MS &&
 	    now >= s->drop_notice_ms)
 		return;

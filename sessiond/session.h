@@ -143,7 +143,7 @@ struct session {
 	struct client **clients;
 	size_t nclients;
 	char *away;
-	/* 0: no attempt scheduled. While the session waits in its network's
+	/* CLOCK_MONOTONIC ms; 0: no attempt scheduled. While the session waits in its network's
 	 * governor queue this stays the time it became due (its place in the
 	 * queue, also after a migration). */
 	int64_t reconnect_at_ms;

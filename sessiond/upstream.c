@@ -98,7 +98,7 @@ void upstream_free(struct upstream *u)
 
 static void upstream_schedule_timer(struct upstream *u)
 {
-	int64_t now = clock_wall_ms();
+	int64_t now = clock_mono_ms();
 	int64_t due;
 
 	if (u->phase == UP_CONNECTING)
@@ -117,7 +117,7 @@ static void upstream_schedule_timer(struct upstream *u)
 void upstream_arm(struct upstream *u)
 {
 	if (!u->next_ping_ms)
-		u->next_ping_ms = clock_wall_ms() + cfg_ping_interval_ms(u->s);
+		u->next_ping_ms = clock_mono_ms() + cfg_ping_interval_ms(u->s);
 	conn_arm(u->conn);
 	upstream_schedule_timer(u);
 }
@@ -131,7 +131,7 @@ void upstream_freeze(struct upstream *u, bool flush)
 static void upstream_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct upstream *u = arg;
-	int64_t now = clock_wall_ms();
+	int64_t now = clock_mono_ms();
 	char why[96];
 
 	if (conn_is_dead(u->conn))
@@ -303,7 +303,7 @@ int upstream_connect(struct session *s, int gov_slot)
 			s->source_addr = copy;
 		}
 	}
-	int64_t now = clock_wall_ms();
+	int64_t now = clock_mono_ms();
 	u->phase = connecting ? UP_CONNECTING : UP_REGISTERING;
 	u->cap_negotiating = true;
 	u->connected_at_ms = now;
@@ -341,7 +341,7 @@ static bool upstream_refused(struct session *s, enum governor_verdict v,
 	const struct baton_config *cfg = bouncer_config(s->b);
 	int64_t max_ms = (cfg && cfg->reconnect_max_s > 0 ? cfg->reconnect_max_s : 300) * 1000LL;
 	struct governor *g = bouncer_governor(s->b, s->network);
-	int64_t now = clock_wall_ms();
+	int64_t now = clock_mono_ms();
 
 	if (v == GOV_THROTTLE && g && slot >= 0) {
 		/* The whole source address backs off: every session that
@@ -557,7 +557,7 @@ static bool h_pong(struct up_ctx *x)
 		return false;
 	}
 	if (strncmp(tok, "baton-", 6) == 0 && x->u->ping_sent_ms) {
-		x->u->lag_ms = clock_wall_ms() - x->u->ping_sent_ms;
+		x->u->lag_ms = clock_mono_ms() - x->u->ping_sent_ms;
 		x->u->ping_sent_ms = 0;
 	}
 	return false;
@@ -703,7 +703,7 @@ static bool h_001(struct up_ctx *x)
 	bool first = x->u->phase < UP_WELCOMED;
 	x->u->phase = UP_WELCOMED;
 	x->u->cap_negotiating = false;
-	x->u->next_ping_ms = clock_wall_ms() + cfg_ping_interval_ms(s);
+	x->u->next_ping_ms = clock_mono_ms() + cfg_ping_interval_ms(s);
 	if (s->item.state == ITEM_LIVE)
 		upstream_schedule_timer(x->u); /* keepalive starts now */
 	s->reconnect_failures = 0;
@@ -1105,7 +1105,7 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 	char raw[CONN_MAX_LINE + 1];
 	char tval[64];
 
-	u->last_rx_ms = clock_wall_ms();
+	u->last_rx_ms = clock_mono_ms();
 	/* The relayed/stored form is the line without its tags. */
 	const char *p = line;
 	if (*p == '@') {
@@ -1123,7 +1123,7 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 	x.u = u;
 	x.msg = &msg;
 	x.raw = raw;
-	x.time_ms = u->last_rx_ms;
+	x.time_ms = clock_wall_ms(); /* a date: the backlog's and server-time's */
 	if (msg.tags && irc_tag_get(msg.tags, "time", tval, sizeof(tval)) == 1) {
 		int64_t t;
 		if (clock_parse_server_time(tval, &t) == 0)
@@ -1158,7 +1158,7 @@ static void upstream_connected(struct conn *c, void *arg)
 {
 	struct upstream *u = arg;
 	u->phase = UP_REGISTERING;
-	u->last_rx_ms = clock_wall_ms();
+	u->last_rx_ms = clock_mono_ms();
 	if (u->s->item.state == ITEM_LIVE)
 		upstream_schedule_timer(u);
 }
