@@ -593,6 +593,8 @@ static void bouncer_login_retry_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	go = calloc(b->login_waiting.n, sizeof(*go));
 	if (!go) {
+		log_error("bouncer", "out of memory: %zu waiting logins not resumed yet",
+			  b->login_waiting.n);
 		/* Out of memory: try again on the next check that ends; the
 		 * registration timeout closes whoever never gets there. */
 		return;
@@ -1617,8 +1619,12 @@ void bouncer_migration_ended(struct bouncer *b, bool partial)
 		return;
 	/* Routing changes the pending list (attach, forward): a copy. */
 	v = malloc(b->pending.n * sizeof(*v));
-	if (v == NULL)
-		return; /* they wait until the next migration ends (or time out) */
+	if (v == NULL) {
+		/* They wait until the next migration ends (or time out). */
+		log_error("bouncer", "out of memory: %zu pending logins not routed yet",
+			  b->pending.n);
+		return;
+	}
 	for (size_t i = 0; i < b->pending.n; i++) {
 		struct client *cl = b->pending.v[i];
 

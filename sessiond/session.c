@@ -522,7 +522,7 @@ const char *session_isupport(const struct session *s, const char *token)
 	return NULL;
 }
 
-void session_isupport_apply(struct session *s, const char *tok)
+int session_isupport_apply(struct session *s, const char *tok)
 {
 	bool remove = tok[0] == '-';
 	const char *name = remove ? tok + 1 : tok;
@@ -530,7 +530,7 @@ void session_isupport_apply(struct session *s, const char *tok)
 
 	/* names.h: one space-free word; "-" alone names nothing */
 	if (!names_word_ok(tok) || strlen(tok) > SESSION_MAX_ISUPPORT_TOKEN || nl == 0)
-		return;
+		return 0;
 	for (size_t i = 0; i < s->nisupport; i++) {
 		const char *t = s->isupport[i];
 		if (strncmp(t, name, nl) == 0 && (t[nl] == '\0' || t[nl] == '=')) {
@@ -542,16 +542,21 @@ void session_isupport_apply(struct session *s, const char *tok)
 			} else {
 				char *n = strdup(tok);
 
-				if (n != NULL) {
-					free(s->isupport[i]);
-					s->isupport[i] = n;
-				}
+				if (n == NULL)
+					goto nomem;
+				free(s->isupport[i]);
+				s->isupport[i] = n;
 			}
-			return;
+			return 0;
 		}
 	}
-	if (!remove && s->nisupport < SESSION_MAX_ISUPPORT)
-		util_strv_push(&s->isupport, &s->nisupport, tok);
+	if (!remove && s->nisupport < SESSION_MAX_ISUPPORT &&
+	    util_strv_push(&s->isupport, &s->nisupport, tok) < 0)
+		goto nomem;
+	return 0;
+nomem:
+	log_error("session", "%s: out of memory: ISUPPORT token %.32s not stored", s->key, tok);
+	return -ENOMEM;
 }
 
 void session_prefix(const struct session *s, char *modes, size_t mn,
@@ -605,8 +610,8 @@ bool session_has_position(const struct session *s, const char *client_id)
 	return false;
 }
 
-void session_set_position(struct session *s, const char *client_id,
-			  uint64_t seq)
+int session_set_position(struct session *s, const char *client_id,
+			 uint64_t seq)
 {
 	struct position *slot = NULL;
 	char *id;
@@ -614,14 +619,14 @@ void session_set_position(struct session *s, const char *client_id,
 	for (size_t i = 0; i < s->npositions; i++) {
 		if (strcmp(s->positions[i].client_id, client_id) == 0) {
 			s->positions[i].seq = seq;
-			return;
+			return 0;
 		}
 	}
 	if (strlen(client_id) > SESSION_MAX_CLIENT_NAME)
-		return;
+		return 0;
 	id = strdup(client_id);
 	if (!id)
-		return;
+		goto nomem;
 	if (s->npositions >= SESSION_MAX_POSITIONS) {
 		slot = &s->positions[0];
 		for (size_t i = 1; i < s->npositions; i++)
@@ -634,13 +639,18 @@ void session_set_position(struct session *s, const char *client_id,
 		struct position *nv = realloc(s->positions, (s->npositions + 1) * sizeof(*nv));
 		if (!nv) {
 			free(id);
-			return;
+			goto nomem;
 		}
 		s->positions = nv;
 		slot = &nv[s->npositions++];
 	}
 	slot->client_id = id;
 	slot->seq = seq;
+	return 0;
+nomem:
+	log_error("session", "%s: out of memory: position %llu of client %.64s not stored",
+		  s->key, (unsigned long long)seq, client_id);
+	return -ENOMEM;
 }
 
 void session_advance_position(struct session *s, const char *client_id,

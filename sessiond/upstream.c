@@ -295,20 +295,26 @@ int upstream_connect(struct session *s, int gov_slot)
 		goto out;
 	}
 	c = NULL; /* transferred */
+	char *nick = strdup(cs->nick ? cs->nick : s->user);
+	char *copy = src ? strdup(src) : NULL;
+	if (!nick || (src && !copy)) {
+		free(nick);
+		free(copy);
+		upstream_free(u); /* no slot yet: the caller releases it */
+		rc = -ENOMEM;
+		goto out;
+	}
 	u->gov_slot = gov_slot; /* the slot is the connection's from now on */
-	if (src) {
-		char *copy = strdup(src);
-		if (copy) {
-			free(s->source_addr);
-			s->source_addr = copy;
-		}
+	u->nick_attempt = nick;
+	if (copy) {
+		free(s->source_addr);
+		s->source_addr = copy;
 	}
 	int64_t now = clock_mono_ms();
 	u->phase = connecting ? UP_CONNECTING : UP_REGISTERING;
 	u->cap_negotiating = true;
 	u->connected_at_ms = now;
 	u->last_rx_ms = now;
-	u->nick_attempt = strdup(cs->nick ? cs->nick : s->user);
 	/* Registration is queued now and written once the connect completes. */
 	util_strv_free(s->caps, s->ncaps);
 	s->caps = NULL;
@@ -429,8 +435,13 @@ static void modes_apply_flag(char **modes, bool add, char letter)
 	if (add && n + 2 < sizeof(buf))
 		buf[n++] = letter;
 	buf[n] = '\0';
+	char *copy = strdup(buf);
+	if (!copy) {
+		log_error("upstream", "out of memory: a mode change not stored");
+		return;
+	}
 	free(*modes);
-	*modes = strdup(buf);
+	*modes = copy;
 }
 
 /* Letters of a "+abc-d" mode string applied to *modes. */
@@ -504,11 +515,19 @@ static void channel_apply_mode(struct session *s, struct channel *ch,
 }
 
 
-static void set_str(char **dst, const char *src)
+/* *dst = a copy of src (NULL: none). Out of memory: *dst is kept (the
+ * line's change is not stored), logged, -ENOMEM. */
+static int set_str(char **dst, const char *src)
 {
 	char *n = util_strdup(src);
+
+	if (src && !n) {
+		log_error("upstream", "out of memory: a server line's state not stored");
+		return -ENOMEM;
+	}
 	free(*dst);
 	*dst = n;
+	return 0;
 }
 
 static void upstream_join_channels(struct session *s)
@@ -603,8 +622,9 @@ static bool h_cap(struct up_ctx *x)
 		for (char *save = NULL, *t = strtok_r(tmp, " ", &save); t;
 		     t = strtok_r(NULL, " ", &save)) {
 			t[strcspn(t, "=")] = '\0';
-			if (cap_wanted(t) && !strv_has(u->cap_offered, u->ncap_offered, t))
-				util_strv_push(&u->cap_offered, &u->ncap_offered, t);
+			if (cap_wanted(t) && !strv_has(u->cap_offered, u->ncap_offered, t) &&
+			    util_strv_push(&u->cap_offered, &u->ncap_offered, t) < 0)
+				goto nomem;
 		}
 		if (more)
 			return false;
@@ -638,7 +658,8 @@ static bool h_cap(struct up_ctx *x)
 			} else if (cap_wanted(t) && !strv_has(s->caps, s->ncaps, t)) {
 				/* A cap we never asked for is the server's error:
 				 * not stored (the state only holds what we use). */
-				util_strv_push(&s->caps, &s->ncaps, t);
+				if (util_strv_push(&s->caps, &s->ncaps, t) < 0)
+					goto nomem;
 			}
 		}
 		if (u->cap_negotiating) {
@@ -651,6 +672,12 @@ static bool h_cap(struct up_ctx *x)
 			u->cap_negotiating = false;
 		}
 	}
+	return false;
+nomem:
+	/* Registration cannot go on knowing what was offered or granted: a
+	 * new connection (the session's backoff) starts it over. */
+	log_error("upstream", "%s: out of memory during CAP negotiation", s->key);
+	conn_close(u->conn, "out of memory", false);
 	return false;
 }
 
@@ -689,8 +716,7 @@ static bool h_001(struct up_ctx *x)
 		set_str(&s->nick, nick);
 	if (m->prefix)
 		set_str(&s->server_name, m->prefix);
-	if (m->nparams >= 2) {
-		set_str(&s->welcome, m->params[m->nparams - 1]);
+	if (m->nparams >= 2 && set_str(&s->welcome, m->params[m->nparams - 1]) == 0) {
 		const char *last = strrchr(s->welcome, ' ');
 		take_userhost(s, last ? last + 1 : s->welcome);
 	}
@@ -765,7 +791,10 @@ static bool h_nickinuse(struct up_ctx *x)
 		snprintf(next, sizeof(next), "%s_", cur);
 	else
 		snprintf(next, sizeof(next), "%.12s%03d", cur, (int)(random() % 1000));
-	set_str(&u->nick_attempt, next);
+	if (set_str(&u->nick_attempt, next) < 0) {
+		conn_close(u->conn, "out of memory", false); /* reconnects */
+		return false;
+	}
 	conn_sendf(u->conn, "NICK %s", next);
 	return false;
 }
