@@ -561,17 +561,16 @@ static int control_socket_clear_stale(const char *path, char *err, size_t errlen
 	return 0;
 }
 
-int control_socket_new(struct event_base *base, struct supervisor *sup,
-		       const char *path, struct control_socket **out,
-		       char *err, size_t errlen)
+struct control_socket *control_socket_new(struct event_base *base,
+					  struct supervisor *sup, const char *path,
+					  char *err, size_t errlen)
 {
-	struct control_socket *cs = NULL;
+	struct control_socket *cs = NULL, *made = NULL;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	mode_t old;
 	int r, fd = -1;
 	bool bound = false;
 
-	*out = NULL;
 	if (strlen(path) >= sizeof(sa.sun_path)) {
 		snprintf(err, errlen, "control socket path too long (max %zu): %s",
 			 sizeof(sa.sun_path) - 1, path);
@@ -617,7 +616,7 @@ int control_socket_new(struct event_base *base, struct supervisor *sup,
 		r = -ENOMEM;
 		goto out;
 	}
-	*out = cs;
+	made = cs;
 	cs = NULL;
 	r = 0;
 out:
@@ -628,7 +627,9 @@ out:
 	if (bound)
 		unlink(path);
 	control_socket_free(cs);
-	return r;
+	if (made == NULL)
+		errno = -r;
+	return made;
 }
 
 void control_socket_free(struct control_socket *cs)
