@@ -34,6 +34,7 @@
 #include "baton_version.h"
 #include "common/clock.h"
 #include "common/config.h"
+#include "common/json_builder.h"
 
 enum { EXIT_OK = 0, EXIT_REFUSED = 1, EXIT_USAGE = 2 };
 
@@ -56,10 +57,15 @@ static int fail(const char *fmt, ...)
 	va_end(ap);
 	fprintf(stderr, "batonctl: %s\n", buf);
 	if (json_mode) {
-		struct json_object *o = json_object_new_object();
+		struct jb jb = JB_INIT;
+		struct json_object *o = jb_obj(&jb);
+		const char *text;
 
-		json_object_object_add(o, "error", json_object_new_string(buf));
-		printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+		jb_add(&jb, o, "error", jb_str(&jb, buf));
+		o = jb_done(&jb, o);
+		text = o ? json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+							     JSON_C_TO_STRING_NOSLASHESCAPE) : NULL;
+		printf("%s\n", text ? text : "{\"error\":\"out of memory\"}");
 		json_object_put(o);
 	}
 	return EXIT_USAGE;
@@ -152,6 +158,7 @@ static struct json_object *jobj(struct json_object *o, const char *key)
 struct ctl_ini {
 	char *control;
 	bool readable;
+	bool oom;
 };
 
 static int ctl_ini_handler(void *user, const char *section, const char *name,
@@ -163,6 +170,10 @@ static int ctl_ini_handler(void *user, const char *section, const char *name,
 	if (strcmp(section, "supervisor") == 0 && strcmp(name, "control") == 0) {
 		free(ci->control);
 		ci->control = strdup(value);
+		if (ci->control == NULL) {
+			ci->oom = true; /* not the default socket instead */
+			return 0;
+		}
 	}
 	return 1;
 }
@@ -172,11 +183,11 @@ static int ctl_ini_handler(void *user, const char *section, const char *name,
  * unreadable. */
 static char *ctl_control_fallback(const char *config_path)
 {
-	struct ctl_ini ci = { NULL, false };
+	struct ctl_ini ci = { NULL, false, false };
 	char *real = realpath(config_path, NULL), *dir, *out = NULL;
 	const char *control;
 
-	if (real == NULL || ini_parse(real, ctl_ini_handler, &ci) < 0)
+	if (real == NULL || ini_parse(real, ctl_ini_handler, &ci) < 0 || ci.oom)
 		goto out;
 	control = ci.control ? ci.control : "baton.sock";
 	dir = dirname(real);
@@ -481,9 +492,14 @@ static int print_migration(const char *cmd, struct json_object *r)
 }
 
 /* A number option (0 < x <= max) into the request. */
+/* The request being built: every failure to allocate a part of it is
+ * noted here, and an incomplete request is never sent (json_builder.h). */
+static struct jb req_jb = JB_INIT;
+
 static int ctl_add_number(struct json_object *req, const char *key,
 			  const char *text, double max)
 {
+	struct jb *jb = &req_jb;
 	char *end;
 	double v;
 
@@ -495,7 +511,7 @@ static int ctl_add_number(struct json_object *req, const char *key,
 		     strcmp(key, "bake") == 0 ? "[0, " : "(0, ", max, text);
 		return -1;
 	}
-	json_object_object_add(req, key, json_object_new_double(v));
+	jb_add(jb, req, key, jb_double(jb, v));
 	return 0;
 }
 
@@ -503,10 +519,12 @@ static int ctl_add_number(struct json_object *req, const char *key,
 static int ctl_add_list(struct json_object *req, const char *key,
 			const char *text, bool numbers)
 {
-	struct json_object *a = json_object_new_array();
+	struct jb *jb = &req_jb;
+	struct json_object *a = jb_arr(jb);
 	char *copy = strdup(text), *save = NULL, *tok;
 
-	if (copy == NULL) {
+	if (copy == NULL || a == NULL) {
+		free(copy);
 		json_object_put(a);
 		fail("out of memory");
 		return -1;
@@ -522,9 +540,9 @@ static int ctl_add_list(struct json_object *req, const char *key,
 				json_object_put(a);
 				return -1;
 			}
-			json_object_array_add(a, json_object_new_double(v));
+			jb_push(jb, a, jb_double(jb, v));
 		} else {
-			json_object_array_add(a, json_object_new_string(tok));
+			jb_push(jb, a, jb_str(jb, tok));
 		}
 	}
 	free(copy);
@@ -533,7 +551,7 @@ static int ctl_add_list(struct json_object *req, const char *key,
 		json_object_put(a);
 		return -1;
 	}
-	json_object_object_add(req, key, a);
+	jb_add(jb, req, key, a);
 	return 0;
 }
 
@@ -677,6 +695,7 @@ int main(int argc, char **argv)
 	};
 	struct config_problems problems = { 0 };
 	struct baton_config *cfg = NULL;
+	struct jb *jb = &req_jb;
 	struct json_object *req = NULL, *resp = NULL, *result;
 	const char *config_path = NULL, *socket_path = NULL, *cmd;
 	char *control = NULL, *binary = NULL, *line = NULL, *end;
@@ -729,7 +748,7 @@ int main(int argc, char **argv)
 					   : "need -c FILE or -s PATH");
 	}
 	cmd = argv[optind];
-	req = json_object_new_object();
+	req = jb_obj(jb);
 	if (force && strcmp(cmd, "upgrade") != 0 && strcmp(cmd, "rollback") != 0 &&
 	    !(strcmp(cmd, "canary") == 0 && optind + 1 < argc &&
 	      strcmp(argv[optind + 1], "start") == 0)) {
@@ -738,11 +757,11 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (strcmp(cmd, "status") == 0 && optind + 1 == argc) {
-		json_object_object_add(req, "cmd", json_object_new_string("status"));
+		jb_add(jb, req, "cmd", jb_str(jb, "status"));
 	} else if (strcmp(cmd, "releases") == 0 && optind + 1 == argc) {
-		json_object_object_add(req, "cmd", json_object_new_string("releases"));
+		jb_add(jb, req, "cmd", jb_str(jb, "releases"));
 	} else if (strcmp(cmd, "rollback") == 0 && optind + 1 == argc) {
-		json_object_object_add(req, "cmd", json_object_new_string("rollback"));
+		jb_add(jb, req, "cmd", jb_str(jb, "rollback"));
 	} else if (strcmp(cmd, "upgrade") == 0 && optind + 2 == argc) {
 		/* The supervisor runs elsewhere (cwd /): it needs a full path. */
 		binary = realpath(argv[optind + 1], NULL);
@@ -750,8 +769,8 @@ int main(int argc, char **argv)
 			rc = fail("%s: %s", argv[optind + 1], strerror(errno));
 			goto out;
 		}
-		json_object_object_add(req, "cmd", json_object_new_string("upgrade"));
-		json_object_object_add(req, "binary", json_object_new_string(binary));
+		jb_add(jb, req, "cmd", jb_str(jb, "upgrade"));
+		jb_add(jb, req, "binary", jb_str(jb, binary));
 		if (opt_canary != NULL) {
 			canary = true;
 			if (ctl_add_number(req, "canary", opt_canary, 100) < 0 ||
@@ -770,15 +789,15 @@ int main(int argc, char **argv)
 		const char *action = argv[optind + 1];
 
 		canary = true;
-		json_object_object_add(req, "cmd", json_object_new_string("canary"));
-		json_object_object_add(req, "action", json_object_new_string(action));
+		jb_add(jb, req, "cmd", jb_str(jb, "canary"));
+		jb_add(jb, req, "action", jb_str(jb, action));
 		if (strcmp(action, "start") == 0 && optind + 3 == argc) {
 			binary = realpath(argv[optind + 2], NULL);
 			if (binary == NULL) {
 				rc = fail("%s: %s", argv[optind + 2], strerror(errno));
 				goto out;
 			}
-			json_object_object_add(req, "binary", json_object_new_string(binary));
+			jb_add(jb, req, "binary", jb_str(jb, binary));
 			if ((!!opt_percent + !!opt_users + !!opt_network) != 1) {
 				usage(stderr);
 				rc = fail("canary start needs exactly one of --percent, --users, --network");
@@ -792,7 +811,7 @@ int main(int argc, char **argv)
 				goto out;
 			}
 			if (opt_network)
-				json_object_object_add(req, "network", json_object_new_string(opt_network));
+				jb_add(jb, req, "network", jb_str(jb, opt_network));
 		} else if (strcmp(action, "grow") == 0 && optind + 2 == argc && opt_percent) {
 			if (ctl_add_number(req, "percent", opt_percent, 100) < 0) {
 				usage(stderr);
@@ -813,7 +832,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (force)
-		json_object_object_add(req, "force", json_object_new_boolean(true));
+		jb_add(jb, req, "force", jb_bool(jb, true));
 	if (timeout_s == 0)
 		timeout_s = strcmp(cmd, "status") == 0 || strcmp(cmd, "releases") == 0
 			? TIMEOUT_STATUS_S : TIMEOUT_MIGRATE_S;
@@ -870,7 +889,12 @@ int main(int argc, char **argv)
 					  ? " (is baton-supervisor running?)" : "");
 		goto out;
 	}
-	reqtext = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+	reqtext = jb->oom ? NULL :
+		json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+	if (reqtext == NULL) {
+		rc = fail("out of memory: request not sent");
+		goto out;
+	}
 	r = ctl_write_all(rd.fd, reqtext, strlen(reqtext), deadline);
 	if (r == 0)
 		r = ctl_write_all(rd.fd, "\n", 1, deadline);

@@ -473,14 +473,14 @@ static struct session *bouncer_create_session(struct bouncer *b,
 static void bouncer_sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct bouncer *b = arg;
-	int64_t now = clock_wall_ms();
+	int64_t now = clock_mono_ms();
 
 	/* Refusals counted since the last line. */
-	if (b->refused && clock_mono_ms() - b->refused_logged_ms >= REFUSE_LOG_MS) {
+	if (b->refused && now - b->refused_logged_ms >= REFUSE_LOG_MS) {
 		log_warn("bouncer", "refused %lu connection(s) in the last %d s; last: %s",
 			 b->refused, REFUSE_LOG_MS / 1000, b->refused_why);
 		b->refused = 0;
-		b->refused_logged_ms = clock_mono_ms();
+		b->refused_logged_ms = now;
 	}
 
 	for (size_t i = 0; i < b->pending.n; i++) {
@@ -589,6 +589,8 @@ static void bouncer_login_retry_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	go = calloc(b->login_waiting.n, sizeof(*go));
 	if (!go) {
+		log_error("bouncer", "out of memory: %zu waiting logins not resumed yet",
+			  b->login_waiting.n);
 		/* Out of memory: try again on the next check that ends; the
 		 * registration timeout closes whoever never gets there. */
 		return;
@@ -796,7 +798,7 @@ static struct bouncer_gov *bouncer_gov_of(struct bouncer *b, struct governor *g)
 
 static void bouncer_gov_schedule(struct bouncer_gov *bg, int64_t at)
 {
-	int64_t d = at - clock_wall_ms();
+	int64_t d = at - clock_mono_ms();
 	if (d < 0)
 		d = 0;
 	struct timeval tv = { .tv_sec = d / 1000, .tv_usec = (d % 1000) * 1000 };
@@ -831,7 +833,7 @@ void bouncer_governor_hold(struct bouncer *b, bool hold)
 	if (hold) {
 		if (!b->gov_hold_until)
 			log_info("governor", "holding reconnects during the migration");
-		b->gov_hold_until = clock_wall_ms() + GOV_HOLD_MS;
+		b->gov_hold_until = clock_mono_ms() + GOV_HOLD_MS;
 		return;
 	}
 	if (!b->gov_hold_until)
@@ -861,7 +863,7 @@ static void bouncer_gov_cb(evutil_socket_t fd, short what, void *arg)
 	struct bouncer_gov *bg = arg;
 	struct bouncer *b = bg->b;
 	struct governor *g = bg->g;
-	int64_t now = clock_wall_ms();
+	int64_t now = clock_mono_ms();
 	struct governor_waiter *w;
 	size_t addr;
 
@@ -911,7 +913,7 @@ static void bouncer_gov_cb(evutil_socket_t fd, short what, void *arg)
 static int bouncer_gov_init(struct bouncer *b)
 {
 	const struct baton_config *cfg = b->cfg;
-	int64_t now = clock_wall_ms();
+	int64_t now = clock_mono_ms();
 
 	if (!cfg || !cfg->nnetworks)
 		return 0;
@@ -1087,7 +1089,7 @@ void bouncer_free(struct bouncer *b)
 
 void bouncer_start_configured(struct bouncer *b)
 {
-	int64_t now = clock_wall_ms();
+	int64_t now = clock_mono_ms();
 	size_t started = 0;
 
 	if (!b->cfg)
@@ -1611,8 +1613,12 @@ void bouncer_migration_ended(struct bouncer *b, bool partial)
 		return;
 	/* Routing changes the pending list (attach, forward): a copy. */
 	v = malloc(b->pending.n * sizeof(*v));
-	if (v == NULL)
-		return; /* they wait until the next migration ends (or time out) */
+	if (v == NULL) {
+		/* They wait until the next migration ends (or time out). */
+		log_error("bouncer", "out of memory: %zu pending logins not routed yet",
+			  b->pending.n);
+		return;
+	}
 	for (size_t i = 0; i < b->pending.n; i++) {
 		struct client *cl = b->pending.v[i];
 

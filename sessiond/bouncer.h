@@ -78,8 +78,8 @@ void bouncer_migration_ended(struct bouncer *b, bool partial);
 
 /* Snapshot of every item (sessions and live pending clients, in no
  * particular order; clients closing after QUIT are not items). *items is
- * malloc'd (the caller frees the array, not the items). Items stay valid
- * until released. */
+ * malloc'd (the caller frees the array, not the items); NULL (and 0) when
+ * out of memory. Items stay valid until released. */
 size_t bouncer_items(struct bouncer *b, struct bouncer_item ***items);
 
 /* Stop all I/O and timers of the item: no byte is read from or written to

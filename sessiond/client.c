@@ -64,7 +64,7 @@ struct client *client_new(struct bouncer *b, int fd)
 	cl->b = b;
 	cl->item.kind = ITEM_PENDING;
 	cl->item.client = cl;
-	cl->connected_at_ms = cl->last_rx_ms = clock_wall_ms();
+	cl->connected_at_ms = cl->last_rx_ms = clock_mono_ms();
 	cl->conn = conn_new(bouncer_base(b), fd, false, &client_conn_ops, cl);
 	if (!cl->conn) {
 		free(cl);
@@ -117,7 +117,7 @@ void client_send_tagged(struct client *cl, const char *line, int64_t time_ms)
 {
 	if (cl->caps & CLIENT_CAP_SERVER_TIME) {
 		char ts[32];
-		format_server_time(time_ms ? time_ms : clock_wall_ms(), ts);
+		clock_format_server_time(time_ms ? time_ms : clock_wall_ms(), ts);
 		conn_sendf(cl->conn, "@time=%s %s", ts, line);
 	} else {
 		conn_send(cl->conn, line);
@@ -465,9 +465,9 @@ static int parse_ident(char *ident, char **user, char **network, char **client)
 
 /* The ident and password of a registration: "PASS user/network:password",
  * or "USER user/network" + "PASS password". *ident is malloc'd (NULL: no
- * ident); *password points into cl->pass. */
-static void client_credentials(const struct client *cl, char **ident,
-			       const char **password)
+ * ident); *password points into cl->pass. 0, or -ENOMEM (*ident NULL). */
+static int client_credentials(const struct client *cl, char **ident,
+			      const char **password)
 {
 	char *colon = cl->pass ? strchr(cl->pass, ':') : NULL;
 
@@ -479,7 +479,10 @@ static void client_credentials(const struct client *cl, char **ident,
 	} else if (cl->user && strchr(cl->user, '/')) {
 		*ident = strdup(cl->user);
 		*password = cl->pass;
+	} else {
+		return 0;
 	}
+	return *ident ? 0 : -ENOMEM;
 }
 
 static void client_bad_password(struct client *cl)
@@ -512,7 +515,13 @@ static void client_authenticate(struct client *cl)
 	int64_t wait;
 	int rc;
 
-	client_credentials(cl, &ident, &password);
+	if (client_credentials(cl, &ident, &password) < 0) {
+		/* Not a failed login: nothing is counted against the user. */
+		log_error("client", "login from %s refused: out of memory",
+			  cl->addr[0] ? cl->addr : "?");
+		client_error_close(cl, NULL, "server busy, try again later");
+		return;
+	}
 	if (ident && parse_ident(ident, &user, &network, &cname) < 0)
 		user = NULL;
 	wait = bouncer_login_wait(cl->b, cl->addr, user);
@@ -561,7 +570,13 @@ void client_auth_done(struct client *cl, bool pass_ok)
 		bouncer_login_drop(cl->b, cl, false); /* no one hears of it */
 		goto out;
 	}
-	client_credentials(cl, &ident, &password);
+	if (client_credentials(cl, &ident, &password) < 0) {
+		log_error("client", "login from %s refused: out of memory",
+			  cl->addr[0] ? cl->addr : "?");
+		bouncer_login_drop(cl->b, cl, true); /* not a failure of the user's */
+		client_error_close(cl, NULL, "server busy, try again later");
+		goto out;
+	}
 	if (!ident || parse_ident(ident, &user, &network, &cname) < 0) {
 		bouncer_login_result(cl->b, cl, false);
 		client_bad_password(cl);
@@ -975,15 +990,18 @@ static void client_pending_line(struct client *cl, struct irc_msg *m)
 
 	if (strcasecmp(cmd, "CAP") == 0) {
 		client_cap(cl, m);
-	} else if (strcasecmp(cmd, "PASS") == 0 && m->nparams >= 1) {
-		free(cl->pass);
-		cl->pass = strdup(m->params[0]);
-	} else if (strcasecmp(cmd, "NICK") == 0 && m->nparams >= 1) {
-		free(cl->nick);
-		cl->nick = strdup(m->params[0]);
-	} else if (strcasecmp(cmd, "USER") == 0 && m->nparams >= 1) {
-		free(cl->user);
-		cl->user = strdup(m->params[0]);
+	} else if (m->nparams >= 1 && (strcasecmp(cmd, "PASS") == 0 ||
+					 strcasecmp(cmd, "NICK") == 0 ||
+					 strcasecmp(cmd, "USER") == 0)) {
+		char **dst = strcasecmp(cmd, "PASS") == 0 ? &cl->pass :
+			     strcasecmp(cmd, "NICK") == 0 ? &cl->nick : &cl->user;
+		char *copy = strdup(m->params[0]);
+		if (!copy) {
+			client_error_close(cl, NULL, "out of memory");
+			return;
+		}
+		free(*dst);
+		*dst = copy;
 	} else if (strcasecmp(cmd, "PING") == 0) {
 		conn_sendf(cl->conn, ":%s PONG %s :%s", BATON_SERVER_NAME,
 			   BATON_SERVER_NAME, m->nparams ? m->params[m->nparams - 1] : "");
@@ -1063,8 +1081,17 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 			   BATON_SERVER_NAME, client_nick(cl), s->network);
 	} else {
 		if (strcasecmp(cmd, "AWAY") == 0) {
+			bool set = m->nparams && m->params[0][0];
+			char *away = set ? strdup(m->params[0]) : NULL;
+			if (set && !away) {
+				/* Not sent either: the network and the session
+				 * (what the next client is told) stay alike. */
+				conn_sendf(cl->conn, ":%s NOTICE %s :out of memory: AWAY not sent",
+					   BATON_SERVER_NAME, client_nick(cl));
+				return;
+			}
 			free(s->away);
-			s->away = m->nparams && m->params[0][0] ? strdup(m->params[0]) : NULL;
+			s->away = away;
 		}
 		upstream_send(s, raw);
 	}
@@ -1119,7 +1146,7 @@ static void client_line(struct conn *c, char *line, size_t len, void *arg)
 	struct irc_msg m;
 	char raw[CONN_MAX_LINE + 1];
 
-	cl->last_rx_ms = clock_wall_ms();
+	cl->last_rx_ms = clock_mono_ms();
 	if (cl->phase == CLIENT_PENDING && !client_prelogin_admit(cl, len))
 		return;
 	const char *p = line;

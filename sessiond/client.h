@@ -100,7 +100,7 @@ struct client {
 	 * migration (then they are sent: an echo, never a gap). */
 	uint64_t *own_seqs;
 	size_t own_head, nown, own_cap;
-	int64_t connected_at_ms;
+	int64_t connected_at_ms; /* CLOCK_MONOTONIC ms, as last_rx_ms */
 	int64_t last_rx_ms;
 	/* CLIENT_CLOSING only: the session it left, by key ("user/network":
 	 * the session may migrate away meanwhile), and the grace deadline. */

@@ -251,8 +251,11 @@ static void channel_dispatch(struct control_channel *w, struct handoff_msg *msg)
 	case CONTROL_LISTENERS: {
 		int *fds = calloc(msg->nfds ? msg->nfds : 1, sizeof(int));
 
-		if (fds == NULL)
+		if (fds == NULL) {
+			/* They close with msg: this worker accepts no one. */
+			log_error("worker", "out of memory: %zu listeners not taken", msg->nfds);
 			break;
+		}
 		for (size_t i = 0; i < msg->nfds; i++)
 			fds[i] = handoff_msg_take_fd(msg, i);
 		/* Names say which listeners are ircs (TLS). */

@@ -14,8 +14,10 @@
  *     baton restart they go out at the buckets' pace, oldest first, and never
  *     all at once.
  *
- * Pure logic: no I/O, no clock, no randomness; times (CLOCK_REALTIME ms) and
- * random numbers are passed in, so tests are deterministic. The event loop
+ * Pure logic: no I/O, no clock, no randomness; times (CLOCK_MONOTONIC ms,
+ * clock_mono_ms(): a wall-clock step neither opens nor closes a bucket;
+ * state.c converts migrated buckets to and from the wire's wall-clock ms)
+ * and random numbers are passed in, so tests are deterministic. The event loop
  * side (a timer calling governor_next() when governor_next_due() says so)
  * lives in sessiond/bouncer.c.
  *

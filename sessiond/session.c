@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <event2/event.h>
 
@@ -22,49 +21,6 @@
 #include "sessiond/conn.h"
 #include "sessiond/health.h"
 #include "sessiond/irc.h"
-
-/* ---- small helpers shared by the core ---- */
-
-void format_server_time(int64_t ms, char out[32])
-{
-	time_t sec = (time_t)(ms / 1000);
-	struct tm tm;
-	char tmp[96];
-	gmtime_r(&sec, &tm);
-	snprintf(tmp, sizeof(tmp), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
-		 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-		 tm.tm_min, tm.tm_sec, (int)(ms % 1000));
-	snprintf(out, 32, "%.31s", tmp);
-}
-
-int parse_server_time(const char *s, int64_t *ms)
-{
-	struct tm tm;
-	int frac = 0, nfrac = 0;
-
-	memset(&tm, 0, sizeof(tm));
-	const char *p = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
-	if (!p)
-		return -1;
-	if (*p == '.') {
-		p++;
-		while (*p >= '0' && *p <= '9') {
-			if (nfrac < 3) {
-				frac = frac * 10 + (*p - '0');
-				nfrac++;
-			}
-			p++;
-		}
-		while (nfrac < 3) {
-			frac *= 10;
-			nfrac++;
-		}
-	}
-	if (*p != 'Z' && *p != '\0')
-		return -1;
-	*ms = (int64_t)timegm(&tm) * 1000 + frac;
-	return 0;
-}
 
 /* ---- limits ---- */
 
@@ -127,7 +83,7 @@ struct channel *session_add_channel(struct session *s, const char *name)
 		return ch;
 	bool over = strlen(name) > SESSION_MAX_CHANNEL_NAME;
 	if (over || s->nchannels >= s->lim.max_channels) {
-		int64_t now = clock_wall_ms();
+		int64_t now = clock_mono_ms();
 		if (s->untracked_notice_ms != 0 &&
 		    now - s->untracked_notice_ms < SESSION_DROP_NOTICE_MS)
 			return NULL;
@@ -342,7 +298,7 @@ static void session_reconnect_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (bouncer_governor(s->b, s->network)) {
 		if (!s->reconnect_at_ms)
-			s->reconnect_at_ms = clock_wall_ms();
+			s->reconnect_at_ms = clock_mono_ms();
 		rc = bouncer_governor_request(s->b, s);
 		if (rc == 0)
 			return;
@@ -435,7 +391,7 @@ void session_schedule_connect(struct session *s, int64_t at_ms)
 	s->reconnect_at_ms = at_ms;
 	if (s->item.state != ITEM_LIVE)
 		return; /* armed later from the deadline */
-	int64_t d = at_ms - clock_wall_ms();
+	int64_t d = at_ms - clock_mono_ms();
 	if (d < 0)
 		d = 0;
 	struct timeval tv = { .tv_sec = d / 1000, .tv_usec = (d % 1000) * 1000 };
@@ -449,7 +405,7 @@ void session_backoff(struct session *s)
 	int64_t max = CONFIG_INT_OR_DEFAULT(cfg, reconnect_max_s);
 	int64_t delay = governor_backoff_ms(s->reconnect_failures, min * 1000,
 					    max * 1000, (uint32_t)random());
-	session_schedule_connect(s, clock_wall_ms() + delay);
+	session_schedule_connect(s, clock_mono_ms() + delay);
 }
 
 void session_arm(struct session *s)
@@ -566,7 +522,7 @@ const char *session_isupport(const struct session *s, const char *token)
 	return NULL;
 }
 
-void session_isupport_apply(struct session *s, const char *tok)
+int session_isupport_apply(struct session *s, const char *tok)
 {
 	bool remove = tok[0] == '-';
 	const char *name = remove ? tok + 1 : tok;
@@ -574,7 +530,7 @@ void session_isupport_apply(struct session *s, const char *tok)
 
 	/* names.h: one space-free word; "-" alone names nothing */
 	if (!names_word_ok(tok) || strlen(tok) > SESSION_MAX_ISUPPORT_TOKEN || nl == 0)
-		return;
+		return 0;
 	for (size_t i = 0; i < s->nisupport; i++) {
 		const char *t = s->isupport[i];
 		if (strncmp(t, name, nl) == 0 && (t[nl] == '\0' || t[nl] == '=')) {
@@ -586,16 +542,21 @@ void session_isupport_apply(struct session *s, const char *tok)
 			} else {
 				char *n = strdup(tok);
 
-				if (n != NULL) {
-					free(s->isupport[i]);
-					s->isupport[i] = n;
-				}
+				if (n == NULL)
+					goto nomem;
+				free(s->isupport[i]);
+				s->isupport[i] = n;
 			}
-			return;
+			return 0;
 		}
 	}
-	if (!remove && s->nisupport < SESSION_MAX_ISUPPORT)
-		util_strv_push(&s->isupport, &s->nisupport, tok);
+	if (!remove && s->nisupport < SESSION_MAX_ISUPPORT &&
+	    util_strv_push(&s->isupport, &s->nisupport, tok) < 0)
+		goto nomem;
+	return 0;
+nomem:
+	log_error("session", "%s: out of memory: ISUPPORT token %.32s not stored", s->key, tok);
+	return -ENOMEM;
 }
 
 void session_prefix(const struct session *s, char *modes, size_t mn,
@@ -649,8 +610,8 @@ bool session_has_position(const struct session *s, const char *client_id)
 	return false;
 }
 
-void session_set_position(struct session *s, const char *client_id,
-			  uint64_t seq)
+int session_set_position(struct session *s, const char *client_id,
+			 uint64_t seq)
 {
 	struct position *slot = NULL;
 	char *id;
@@ -658,14 +619,14 @@ void session_set_position(struct session *s, const char *client_id,
 	for (size_t i = 0; i < s->npositions; i++) {
 		if (strcmp(s->positions[i].client_id, client_id) == 0) {
 			s->positions[i].seq = seq;
-			return;
+			return 0;
 		}
 	}
 	if (strlen(client_id) > SESSION_MAX_CLIENT_NAME)
-		return;
+		return 0;
 	id = strdup(client_id);
 	if (!id)
-		return;
+		goto nomem;
 	if (s->npositions >= SESSION_MAX_POSITIONS) {
 		slot = &s->positions[0];
 		for (size_t i = 1; i < s->npositions; i++)
@@ -678,13 +639,18 @@ void session_set_position(struct session *s, const char *client_id,
 		struct position *nv = realloc(s->positions, (s->npositions + 1) * sizeof(*nv));
 		if (!nv) {
 			free(id);
-			return;
+			goto nomem;
 		}
 		s->positions = nv;
 		slot = &nv[s->npositions++];
 	}
 	slot->client_id = id;
 	slot->seq = seq;
+	return 0;
+nomem:
+	log_error("session", "%s: out of memory: position %llu of client %.64s not stored",
+		  s->key, (unsigned long long)seq, client_id);
+	return -ENOMEM;
 }
 
 void session_advance_position(struct session *s, const char *client_id,
@@ -787,7 +753,7 @@ void session_note_backlog_drops(struct session *s)
 	s->drops.why |= d.why;
 	if (s->drops.lines == 0 && s->drops.buffers == 0)
 		return;
-	now = clock_wall_ms();
+	now = clock_mono_ms();
 	if (s->drop_notice_ms != 0 && now - s->drop_notice_ms < SESSION_DROP_NOTICE_MS &&
 	    now >= s->drop_notice_ms)
 		return;

@@ -143,7 +143,7 @@ struct session {
 	struct client **clients;
 	size_t nclients;
 	char *away;
-	/* 0: no attempt scheduled. While the session waits in its network's
+	/* CLOCK_MONOTONIC ms; 0: no attempt scheduled. While the session waits in its network's
 	 * governor queue this stays the time it became due (its place in the
 	 * queue, also after a migration). */
 	int64_t reconnect_at_ms;
@@ -257,11 +257,6 @@ void bouncer_governor_snapshot_sent(struct bouncer *b);
  * a lost release cannot stop reconnects for good) or grant again. */
 void bouncer_governor_hold(struct bouncer *b, bool hold);
 
-/* Format "YYYY-MM-DDThh:mm:ss.sssZ" into out[32]. */
-void format_server_time(int64_t ms, char out[32]);
-/* Parse that format; returns 0 or -1. */
-int parse_server_time(const char *s, int64_t *ms);
-
 /* ---- session.c ---- */
 /* A new session with no connection (no I/O, no events armed). */
 struct session *session_new(struct bouncer *b, const char *user,
@@ -318,8 +313,9 @@ int channel_rename_member(struct channel *ch, struct member *m,
 const char *session_isupport(const struct session *s, const char *token);
 /* One token of a 005 line: "NAME=value" or "NAME" sets, "-NAME" removes.
  * At most SESSION_MAX_ISUPPORT tokens of at most SESSION_MAX_ISUPPORT_TOKEN
- * bytes are kept (others are ignored). */
-void session_isupport_apply(struct session *s, const char *tok);
+ * bytes are kept (others are ignored). 0, or -ENOMEM (logged; the token's
+ * change is not stored). */
+int session_isupport_apply(struct session *s, const char *tok);
 /* PREFIX modes/symbols, defaults "ov" / "@+". */
 void session_prefix(const struct session *s, char *modes, size_t mn,
 		    char *symbols, size_t sn);
@@ -330,9 +326,10 @@ bool session_has_position(const struct session *s, const char *client_id);
 /* Store a client name's position. At most SESSION_MAX_POSITIONS names: a
  * new one beyond takes the place of the one furthest behind (lowest seq;
  * that client replays everything next time: repeats, never a gap). Names
- * longer than SESSION_MAX_CLIENT_NAME are not stored. */
-void session_set_position(struct session *s, const char *client_id,
-			  uint64_t seq);
+ * longer than SESSION_MAX_CLIENT_NAME are not stored. 0, or -ENOMEM
+ * (logged; the name keeps its previous position, or none). */
+int session_set_position(struct session *s, const char *client_id,
+			 uint64_t seq);
 /* Raise the position of client_id to seq; never lowers it (a newer
  * connection of that name may have advanced it meanwhile), and ignores a
  * seq at or past the backlog's next seq (from an earlier life of a session

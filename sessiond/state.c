@@ -132,6 +132,16 @@ static void put_bytes(protobuf_c_boolean *has, ProtobufCBinaryData *bd,
 		}                                                              \
 	} while (0)
 
+/* Timers are CLOCK_MONOTONIC here and CLOCK_REALTIME ms on the wire
+ * (state.proto rule 6: older releases read them so); 0 (none) stays 0. */
+#define PUT_TIME(msg, field, mono)                                             \
+	do {                                                                   \
+		int64_t wall_ = clock_mono_to_wall_ms(mono);                   \
+		PUT_I64(msg, field, wall_);                                    \
+	} while (0)
+#define GET_TIME(msg, field)                                                   \
+	((msg)->has_##field ? clock_wall_to_mono_ms((msg)->field) : 0)
+
 static Baton__State__Connection *ser_conn_common(struct arena *a,
 						 struct conn *c, uint32_t idx,
 						 Baton__State__ConnRole role)
@@ -223,11 +233,11 @@ static Baton__State__Connection *ser_upstream(struct arena *a,
 		pc->has_cap_negotiating = 1;
 		pc->cap_negotiating = 1;
 	}
-	PUT_I64(pc, connected_at_ms, u->connected_at_ms);
-	PUT_I64(pc, last_rx_ms, u->last_rx_ms);
-	PUT_I64(pc, ping_sent_ms, u->ping_sent_ms);
+	PUT_TIME(pc, connected_at_ms, u->connected_at_ms);
+	PUT_TIME(pc, last_rx_ms, u->last_rx_ms);
+	PUT_TIME(pc, ping_sent_ms, u->ping_sent_ms);
 	PUT_I64(pc, lag_ms, u->lag_ms);
-	PUT_I64(pc, next_ping_ms, u->next_ping_ms);
+	PUT_TIME(pc, next_ping_ms, u->next_ping_ms);
 	pb_unknown_attach(&pc->base, &u->unknown);
 	return pc;
 }
@@ -307,8 +317,8 @@ static Baton__State__Connection *ser_client(struct arena *a, struct client *cl,
 		if (ser_delivery(a, cl, pc) < 0)
 			return NULL;
 	}
-	PUT_I64(pc, connected_at_ms, cl->connected_at_ms);
-	PUT_I64(pc, last_rx_ms, cl->last_rx_ms);
+	PUT_TIME(pc, connected_at_ms, cl->connected_at_ms);
+	PUT_TIME(pc, last_rx_ms, cl->last_rx_ms);
 	pc->pass = cl->pass;
 	pc->nick = cl->nick;
 	pc->user = cl->user;
@@ -493,7 +503,7 @@ static Baton__State__Session *ser_session(struct arena *a, struct session *s)
 		ps->n_clients++;
 	}
 	ps->away = s->away;
-	PUT_I64(ps, reconnect_at_ms, s->reconnect_at_ms);
+	PUT_TIME(ps, reconnect_at_ms, s->reconnect_at_ms);
 	if (s->up != NULL && !upstream_travels(s)) {
 		/* It stays behind: the new process connects again (through
 		 * its governor) right away. */
@@ -518,7 +528,7 @@ static Baton__State__GovernorState *ser_governor(struct arena *a,
 {
 	Baton__State__GovernorState *pg = arena_alloc(a, sizeof(*pg));
 	size_t n = 0, k = 0;
-	int64_t now = clock_wall_ms();
+	int64_t now = clock_mono_ms();
 
 	if (!pg)
 		return NULL;
@@ -542,8 +552,8 @@ static Baton__State__GovernorState *ser_governor(struct arena *a,
 			pb[k].has_level = 1;
 			pb[k].level = st.level;
 			pb[k].has_as_of_ms = 1;
-			pb[k].as_of_ms = st.as_of_ms;
-			PUT_I64(&pb[k], throttled_until_ms, st.throttled_until_ms);
+			pb[k].as_of_ms = clock_mono_to_wall_ms(st.as_of_ms);
+			PUT_TIME(&pb[k], throttled_until_ms, st.throttled_until_ms);
 			PUT_I64(&pb[k], strikes, st.strikes);
 			pg->buckets[k] = &pb[k];
 		}
@@ -663,7 +673,7 @@ static void adopt_gov_slot(struct bouncer *b, struct session *s)
  * networks or addresses this worker does not have are ignored). */
 static void adopt_governor(struct bouncer *b, const Baton__State__GovernorState *pg)
 {
-	int64_t now = clock_wall_ms();
+	int64_t now = clock_mono_ms();
 
 	for (size_t i = 0; i < pg->n_buckets; i++) {
 		const Baton__State__GovernorBucket *pb = pg->buckets[i];
@@ -673,8 +683,9 @@ static void adopt_governor(struct bouncer *b, const Baton__State__GovernorState 
 			continue;
 		struct governor_bucket_state st = {
 			.level = pb->has_level ? pb->level : 0,
-			.as_of_ms = pb->has_as_of_ms ? pb->as_of_ms : now,
-			.throttled_until_ms = pb->has_throttled_until_ms ? pb->throttled_until_ms : 0,
+			.as_of_ms = pb->has_as_of_ms ? clock_wall_to_mono_ms(pb->as_of_ms) : now,
+			.throttled_until_ms = pb->has_throttled_until_ms ?
+				clock_wall_to_mono_ms(pb->throttled_until_ms) : 0,
 			.strikes = pb->has_strikes ? pb->strikes : 0,
 		};
 		governor_bucket_merge(g, (size_t)slot, now, &st);
@@ -845,8 +856,8 @@ static struct client *adopt_client(struct adopt *ad, struct session *s,
 	cl->client_id = util_strdup(pc->client_id);
 	cl->delivered_seq = pc->has_delivered_seq ? pc->delivered_seq : 0;
 	cl->acked_seq = cl->delivered_seq; /* absent Delivery: the old meaning */
-	cl->connected_at_ms = pc->has_connected_at_ms ? pc->connected_at_ms : 0;
-	cl->last_rx_ms = pc->has_last_rx_ms ? pc->last_rx_ms : 0;
+	cl->connected_at_ms = GET_TIME(pc, connected_at_ms);
+	cl->last_rx_ms = GET_TIME(pc, last_rx_ms);
 	cl->pass = util_strdup(pc->pass);
 	cl->nick = util_strdup(pc->nick);
 	cl->user = util_strdup(pc->user);
@@ -961,7 +972,7 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 	s->welcome = util_strdup(ps->welcome);
 	s->myinfo = util_strdup(ps->myinfo);
 	s->userhost = util_strdup(ps->userhost);
-	s->reconnect_at_ms = ps->has_reconnect_at_ms ? ps->reconnect_at_ms : 0;
+	s->reconnect_at_ms = GET_TIME(ps, reconnect_at_ms);
 	s->reconnect_failures = ps->has_reconnect_failures ? ps->reconnect_failures : 0;
 	s->source_addr = ps->source_addr && ps->source_addr[0] ? strdup(ps->source_addr) : NULL;
 	if (ps->source_addr && ps->source_addr[0] && !s->source_addr)
@@ -1126,11 +1137,11 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 			if (util_strv_push(&u->cap_offered, &u->ncap_offered, pc->caps[i]) < 0)
 				goto nomem;
 		u->nick_attempt = util_strdup(pc->nick);
-		u->connected_at_ms = pc->has_connected_at_ms ? pc->connected_at_ms : 0;
-		u->last_rx_ms = pc->has_last_rx_ms ? pc->last_rx_ms : 0;
-		u->ping_sent_ms = pc->has_ping_sent_ms ? pc->ping_sent_ms : 0;
+		u->connected_at_ms = GET_TIME(pc, connected_at_ms);
+		u->last_rx_ms = GET_TIME(pc, last_rx_ms);
+		u->ping_sent_ms = GET_TIME(pc, ping_sent_ms);
 		u->lag_ms = pc->has_lag_ms ? pc->lag_ms : 0;
-		u->next_ping_ms = pc->has_next_ping_ms ? pc->next_ping_ms : 0;
+		u->next_ping_ms = GET_TIME(pc, next_ping_ms);
 		if (pb_unknown_copy(&u->unknown, &pc->base) < 0)
 			goto nomem;
 		adopt_gov_slot(ad->b, s);

@@ -542,6 +542,8 @@ static int transfer_out_begin(struct transfer *m)
 	size_t kept = 0;
 
 	m->nitems = bouncer_items(b, &m->items);
+	if (m->items == NULL)
+		return -ENOMEM; /* not "nothing to move": that would lose them all */
 	for (size_t i = 0; i < m->nitems; i++) {
 		if (m->partial) {
 			if (transfer_selected(&m->sel, m->items[i]))

@@ -98,7 +98,7 @@ void upstream_free(struct upstream *u)
 
 static void upstream_schedule_timer(struct upstream *u)
 {
-	int64_t now = clock_wall_ms();
+	int64_t now = clock_mono_ms();
 	int64_t due;
 
 	if (u->phase == UP_CONNECTING)
@@ -117,7 +117,7 @@ static void upstream_schedule_timer(struct upstream *u)
 void upstream_arm(struct upstream *u)
 {
 	if (!u->next_ping_ms)
-		u->next_ping_ms = clock_wall_ms() + cfg_ping_interval_ms(u->s);
+		u->next_ping_ms = clock_mono_ms() + cfg_ping_interval_ms(u->s);
 	conn_arm(u->conn);
 	upstream_schedule_timer(u);
 }
@@ -131,7 +131,7 @@ void upstream_freeze(struct upstream *u, bool flush)
 static void upstream_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct upstream *u = arg;
-	int64_t now = clock_wall_ms();
+	int64_t now = clock_mono_ms();
 	char why[96];
 
 	if (conn_is_dead(u->conn))
@@ -295,20 +295,26 @@ int upstream_connect(struct session *s, int gov_slot)
 		goto out;
 	}
 	c = NULL; /* transferred */
-	u->gov_slot = gov_slot; /* the slot is the connection's from now on */
-	if (src) {
-		char *copy = strdup(src);
-		if (copy) {
-			free(s->source_addr);
-			s->source_addr = copy;
-		}
+	char *nick = strdup(cs->nick ? cs->nick : s->user);
+	char *copy = src ? strdup(src) : NULL;
+	if (!nick || (src && !copy)) {
+		free(nick);
+		free(copy);
+		upstream_free(u); /* no slot yet: the caller releases it */
+		rc = -ENOMEM;
+		goto out;
 	}
-	int64_t now = clock_wall_ms();
+	u->gov_slot = gov_slot; /* the slot is the connection's from now on */
+	u->nick_attempt = nick;
+	if (copy) {
+		free(s->source_addr);
+		s->source_addr = copy;
+	}
+	int64_t now = clock_mono_ms();
 	u->phase = connecting ? UP_CONNECTING : UP_REGISTERING;
 	u->cap_negotiating = true;
 	u->connected_at_ms = now;
 	u->last_rx_ms = now;
-	u->nick_attempt = strdup(cs->nick ? cs->nick : s->user);
 	/* Registration is queued now and written once the connect completes. */
 	util_strv_free(s->caps, s->ncaps);
 	s->caps = NULL;
@@ -341,7 +347,7 @@ static bool upstream_refused(struct session *s, enum governor_verdict v,
 	const struct baton_config *cfg = bouncer_config(s->b);
 	int64_t max_ms = CONFIG_INT_OR_DEFAULT(cfg, reconnect_max_s) * 1000LL;
 	struct governor *g = bouncer_governor(s->b, s->network);
-	int64_t now = clock_wall_ms();
+	int64_t now = clock_mono_ms();
 
 	if (v == GOV_THROTTLE && g && slot >= 0) {
 		/* The whole source address backs off: every session that
@@ -429,8 +435,13 @@ static void modes_apply_flag(char **modes, bool add, char letter)
 	if (add && n + 2 < sizeof(buf))
 		buf[n++] = letter;
 	buf[n] = '\0';
+	char *copy = strdup(buf);
+	if (!copy) {
+		log_error("upstream", "out of memory: a mode change not stored");
+		return;
+	}
 	free(*modes);
-	*modes = strdup(buf);
+	*modes = copy;
 }
 
 /* Letters of a "+abc-d" mode string applied to *modes. */
@@ -504,11 +515,19 @@ static void channel_apply_mode(struct session *s, struct channel *ch,
 }
 
 
-static void set_str(char **dst, const char *src)
+/* *dst = a copy of src (NULL: none). Out of memory: *dst is kept (the
+ * line's change is not stored), logged, -ENOMEM. */
+static int set_str(char **dst, const char *src)
 {
 	char *n = util_strdup(src);
+
+	if (src && !n) {
+		log_error("upstream", "out of memory: a server line's state not stored");
+		return -ENOMEM;
+	}
 	free(*dst);
 	*dst = n;
+	return 0;
 }
 
 static void upstream_join_channels(struct session *s)
@@ -557,7 +576,7 @@ static bool h_pong(struct up_ctx *x)
 		return false;
 	}
 	if (strncmp(tok, "baton-", 6) == 0 && x->u->ping_sent_ms) {
-		x->u->lag_ms = clock_wall_ms() - x->u->ping_sent_ms;
+		x->u->lag_ms = clock_mono_ms() - x->u->ping_sent_ms;
 		x->u->ping_sent_ms = 0;
 	}
 	return false;
@@ -603,8 +622,9 @@ static bool h_cap(struct up_ctx *x)
 		for (char *save = NULL, *t = strtok_r(tmp, " ", &save); t;
 		     t = strtok_r(NULL, " ", &save)) {
 			t[strcspn(t, "=")] = '\0';
-			if (cap_wanted(t) && !strv_has(u->cap_offered, u->ncap_offered, t))
-				util_strv_push(&u->cap_offered, &u->ncap_offered, t);
+			if (cap_wanted(t) && !strv_has(u->cap_offered, u->ncap_offered, t) &&
+			    util_strv_push(&u->cap_offered, &u->ncap_offered, t) < 0)
+				goto nomem;
 		}
 		if (more)
 			return false;
@@ -638,7 +658,8 @@ static bool h_cap(struct up_ctx *x)
 			} else if (cap_wanted(t) && !strv_has(s->caps, s->ncaps, t)) {
 				/* A cap we never asked for is the server's error:
 				 * not stored (the state only holds what we use). */
-				util_strv_push(&s->caps, &s->ncaps, t);
+				if (util_strv_push(&s->caps, &s->ncaps, t) < 0)
+					goto nomem;
 			}
 		}
 		if (u->cap_negotiating) {
@@ -651,6 +672,12 @@ static bool h_cap(struct up_ctx *x)
 			u->cap_negotiating = false;
 		}
 	}
+	return false;
+nomem:
+	/* Registration cannot go on knowing what was offered or granted: a
+	 * new connection (the session's backoff) starts it over. */
+	log_error("upstream", "%s: out of memory during CAP negotiation", s->key);
+	conn_close(u->conn, "out of memory", false);
 	return false;
 }
 
@@ -689,8 +716,7 @@ static bool h_001(struct up_ctx *x)
 		set_str(&s->nick, nick);
 	if (m->prefix)
 		set_str(&s->server_name, m->prefix);
-	if (m->nparams >= 2) {
-		set_str(&s->welcome, m->params[m->nparams - 1]);
+	if (m->nparams >= 2 && set_str(&s->welcome, m->params[m->nparams - 1]) == 0) {
 		const char *last = strrchr(s->welcome, ' ');
 		take_userhost(s, last ? last + 1 : s->welcome);
 	}
@@ -703,7 +729,7 @@ static bool h_001(struct up_ctx *x)
 	bool first = x->u->phase < UP_WELCOMED;
 	x->u->phase = UP_WELCOMED;
 	x->u->cap_negotiating = false;
-	x->u->next_ping_ms = clock_wall_ms() + cfg_ping_interval_ms(s);
+	x->u->next_ping_ms = clock_mono_ms() + cfg_ping_interval_ms(s);
 	if (s->item.state == ITEM_LIVE)
 		upstream_schedule_timer(x->u); /* keepalive starts now */
 	s->reconnect_failures = 0;
@@ -765,7 +791,10 @@ static bool h_nickinuse(struct up_ctx *x)
 		snprintf(next, sizeof(next), "%s_", cur);
 	else
 		snprintf(next, sizeof(next), "%.12s%03d", cur, (int)(random() % 1000));
-	set_str(&u->nick_attempt, next);
+	if (set_str(&u->nick_attempt, next) < 0) {
+		conn_close(u->conn, "out of memory", false); /* reconnects */
+		return false;
+	}
 	conn_sendf(u->conn, "NICK %s", next);
 	return false;
 }
@@ -1105,7 +1134,7 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 	char raw[CONN_MAX_LINE + 1];
 	char tval[64];
 
-	u->last_rx_ms = clock_wall_ms();
+	u->last_rx_ms = clock_mono_ms();
 	/* The relayed/stored form is the line without its tags. */
 	const char *p = line;
 	if (*p == '@') {
@@ -1123,10 +1152,10 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 	x.u = u;
 	x.msg = &msg;
 	x.raw = raw;
-	x.time_ms = u->last_rx_ms;
+	x.time_ms = clock_wall_ms(); /* a date: the backlog's and server-time's */
 	if (msg.tags && irc_tag_get(msg.tags, "time", tval, sizeof(tval)) == 1) {
 		int64_t t;
-		if (parse_server_time(tval, &t) == 0)
+		if (clock_parse_server_time(tval, &t) == 0)
 			x.time_ms = t;
 	}
 	if (msg.prefix) {
@@ -1158,7 +1187,7 @@ static void upstream_connected(struct conn *c, void *arg)
 {
 	struct upstream *u = arg;
 	u->phase = UP_REGISTERING;
-	u->last_rx_ms = clock_wall_ms();
+	u->last_rx_ms = clock_mono_ms();
 	if (u->s->item.state == ITEM_LIVE)
 		upstream_schedule_timer(u);
 }

@@ -32,6 +32,8 @@ struct upstream {
 	char **cap_offered;      /* wanted caps seen in (multi-line) CAP LS */
 	size_t ncap_offered;
 	char *nick_attempt;      /* nick sent during registration */
+	/* Times: CLOCK_MONOTONIC ms (clock_mono_ms()); wall-clock on the wire
+	 * (state.proto rule 6). */
 	int64_t connected_at_ms; /* connect() started */
 	int64_t last_rx_ms;
 	int64_t ping_sent_ms;    /* 0: no PING outstanding */

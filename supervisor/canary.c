@@ -28,6 +28,7 @@
 #include <json-c/json.h>
 
 #include "common/config.h"
+#include "common/json_builder.h"
 #include "common/log.h"
 #include "common/frame.h"
 #include "supervisor/gates.h"
@@ -156,12 +157,13 @@ static const char *canary_phase_name(enum canary_phase p)
 static struct json_object *canary_side(pid_t pid, const char *version,
 				       const char *binary)
 {
-	struct json_object *o = json_object_new_object();
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	struct json_object *o = jb_obj(jb);
 
-	json_object_object_add(o, "pid", json_object_new_int64(pid));
-	json_object_object_add(o, "version", json_object_new_string(version));
-	json_object_object_add(o, "binary", json_object_new_string(binary));
-	return o;
+	jb_add(jb, o, "pid", jb_i64(jb, pid));
+	jb_add(jb, o, "version", jb_str(jb, version));
+	jb_add(jb, o, "binary", jb_str(jb, binary));
+	return jb_done(jb, o);
 }
 
 static unsigned canary_disconnects(const struct canary *c)
@@ -177,44 +179,49 @@ static unsigned canary_disconnects(const struct canary *c)
 static struct json_object *canary_result_json(const struct canary *c,
 					      const char *word)
 {
-	struct json_object *o = json_object_new_object();
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	struct json_object *o = jb_obj(jb);
 
-	json_object_object_add(o, "result", json_object_new_string(word));
-	json_object_object_add(o, "kind", json_object_new_string("canary"));
-	json_object_object_add(o, "phase", json_object_new_string(canary_phase_name(c->phase)));
-	json_object_object_add(o, "reason", json_object_new_string(c->reason));
-	json_object_object_add(o, "gate", c->gate[0] ? json_object_new_string(c->gate) : NULL);
-	json_object_object_add(o, "gates", gates_json(c->gates));
-	json_object_object_add(o, "samples", json_object_new_int64(gates_samples(c->gates)));
+	jb_add(jb, o, "result", jb_str(jb, word));
+	jb_add(jb, o, "kind", jb_str(jb, "canary"));
+	jb_add(jb, o, "phase", jb_str(jb, canary_phase_name(c->phase)));
+	jb_add(jb, o, "reason", jb_str(jb, c->reason));
+	jb_add(jb, o, "gate", c->gate[0] ? jb_str(jb, c->gate) : NULL);
+	jb_add(jb, o, "gates", jb_note(jb, gates_json(c->gates)));
+	jb_add(jb, o, "samples", jb_i64(jb, gates_samples(c->gates)));
 	/* the cost of judging: the supervisor's evaluation, and each worker's
 	 * building of its answers (CPU seconds, cumulative) */
-	json_object_object_add(o, "gates_cpu_s", json_object_new_double(c->gates_cpu_s));
-	json_object_object_add(o, "health_build_s_cohort",
-			       json_object_new_double(c->health[0] ? c->health[0]->health_build_s : 0));
-	json_object_object_add(o, "health_build_s_control",
-			       json_object_new_double(c->health[1] ? c->health[1]->health_build_s : 0));
-	json_object_object_add(o, "percent",
-			       json_object_new_double(c->percent_x100 / 100.0));
-	json_object_object_add(o, "cohort_sessions", json_object_new_int64(c->cohort_sessions));
-	json_object_object_add(o, "control_sessions", json_object_new_int64(c->control_sessions));
-	json_object_object_add(o, "from", canary_side(c->from_pid, c->from_version, c->from_binary));
-	json_object_object_add(o, "to", canary_side(c->to_pid, c->to_version, c->to_binary));
-	json_object_object_add(o, "freeze_ms", json_object_new_double(c->freeze_ms));
-	json_object_object_add(o, "total_ms", json_object_new_double(canary_ms_since(&c->t0)));
-	json_object_object_add(o, "rollback_ms", json_object_new_double(c->rollback_ms));
+	jb_add(jb, o, "gates_cpu_s", jb_double(jb, c->gates_cpu_s));
+	jb_add(jb, o, "health_build_s_cohort",
+			       jb_double(jb, c->health[0] ? c->health[0]->health_build_s : 0));
+	jb_add(jb, o, "health_build_s_control",
+			       jb_double(jb, c->health[1] ? c->health[1]->health_build_s : 0));
+	jb_add(jb, o, "percent",
+			       jb_double(jb, c->percent_x100 / 100.0));
+	jb_add(jb, o, "cohort_sessions", jb_i64(jb, c->cohort_sessions));
+	jb_add(jb, o, "control_sessions", jb_i64(jb, c->control_sessions));
+	jb_add(jb, o, "from", jb_note(jb, canary_side(c->from_pid, c->from_version,
+							   c->from_binary)));
+	jb_add(jb, o, "to", jb_note(jb, canary_side(c->to_pid, c->to_version, c->to_binary)));
+	jb_add(jb, o, "freeze_ms", jb_double(jb, c->freeze_ms));
+	jb_add(jb, o, "total_ms", jb_double(jb, canary_ms_since(&c->t0)));
+	jb_add(jb, o, "rollback_ms", jb_double(jb, c->rollback_ms));
 	/* from the start of the canary to the gate's trip (0: none tripped) */
-	json_object_object_add(o, "detected_ms", json_object_new_double(c->detected_ms));
-	json_object_object_add(o, "disconnects", json_object_new_int64(canary_disconnects(c)));
-	json_object_object_add(o, "sessions_lost_count", json_object_new_int64(c->lost));
-	return o;
+	jb_add(jb, o, "detected_ms", jb_double(jb, c->detected_ms));
+	jb_add(jb, o, "disconnects", jb_i64(jb, canary_disconnects(c)));
+	jb_add(jb, o, "sessions_lost_count", jb_i64(jb, c->lost));
+	return jb_done(jb, o);
 }
 
+/* res NULL: it could not be built (the reply says out of memory). */
 static void canary_send(canary_reply_cb cb, void *arg, struct json_object *res,
 			bool final)
 {
-	struct json_object *o = json_object_new_object();
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	struct json_object *o = jb_obj(jb);
 
-	json_object_object_add(o, final ? "result" : "progress", res);
+	jb_add(jb, o, final ? "result" : "progress", jb_note(jb, res));
+	o = jb_done(jb, o);
 	if (cb)
 		cb(o, final, arg);
 	json_object_put(o);
@@ -224,14 +231,15 @@ static void canary_progress(struct canary *c, const char *phase,
 			    unsigned done, unsigned total)
 {
 	for (size_t i = 0; i < c->nwaiters; i++) {
-		struct json_object *p = json_object_new_object();
+		struct jb jb_ = JB_INIT, *jb = &jb_;
+		struct json_object *p = jb_obj(jb);
 
-		json_object_object_add(p, "phase", json_object_new_string(phase));
-		json_object_object_add(p, "items_done", json_object_new_int64(done));
-		json_object_object_add(p, "items_total", json_object_new_int64(total));
-		json_object_object_add(p, "percent",
-				       json_object_new_double(c->percent_x100 / 100.0));
-		canary_send(c->waiters[i].cb, c->waiters[i].arg, p, false);
+		jb_add(jb, p, "phase", jb_str(jb, phase));
+		jb_add(jb, p, "items_done", jb_i64(jb, done));
+		jb_add(jb, p, "items_total", jb_i64(jb, total));
+		jb_add(jb, p, "percent",
+				       jb_double(jb, c->percent_x100 / 100.0));
+		canary_send(c->waiters[i].cb, c->waiters[i].arg, jb_done(jb, p), false);
 	}
 }
 
@@ -273,16 +281,17 @@ static void canary_refuse_request(struct canary *c, canary_reply_cb cb,
 static void canary_refuse_request(struct canary *c, canary_reply_cb cb,
 				  void *arg, const char *fmt, ...)
 {
-	struct json_object *o = canary_result_json(c, "refused");
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	struct json_object *o = jb_note(jb, canary_result_json(c, "refused"));
 	char why[256];
 	va_list ap;
 
 	va_start(ap, fmt);
 	vsnprintf(why, sizeof(why), fmt, ap);
 	va_end(ap);
-	json_object_object_add(o, "reason", json_object_new_string(why));
+	jb_add(jb, o, "reason", jb_str(jb, why));
 	log_warn("canary", "request refused: %s", why);
-	canary_send(cb, arg, o, true);
+	canary_send(cb, arg, jb_done(jb, o), true);
 }
 
 /* ---- moves ---- */
@@ -565,6 +574,8 @@ static void canary_complete(struct canary *c)
 	evtimer_del(c->ev_bake);
 	json_object_put(c->final);
 	c->final = canary_result_json(c, c->result);
+	if (c->final == NULL)
+		log_error("canary", "out of memory: the result not kept for status");
 	log_info("canary", "%s: %s%s%s (cohort %u, control %u, rollback %.1f ms, %u disconnects)",
 		 c->result, c->gate[0] ? "gate " : "", c->gate,
 		 c->reason[0] ? c->reason : "", c->cohort_sessions,
@@ -1080,11 +1091,12 @@ void canary_request(struct canary *c, const char *action,
 
 struct json_object *canary_status_json(const struct canary *c)
 {
-	struct json_object *o = canary_result_json(c, c->phase == C_DONE ? c->result
-								       : "running");
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	struct json_object *o = jb_note(jb, canary_result_json(c, c->phase == C_DONE ? c->result
+										  : "running"));
 
-	json_object_object_add(o, "bake_s", json_object_new_int64(c->plan.bake_s));
-	return o;
+	jb_add(jb, o, "bake_s", jb_i64(jb, c->plan.bake_s));
+	return jb_done(jb, o);
 }
 
 void canary_detach(struct canary *c, void *arg)

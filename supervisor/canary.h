@@ -90,7 +90,8 @@ void canary_request(struct canary *c, const char *action,
 		    uint32_t percent_x100, canary_reply_cb cb, void *arg);
 
 /* {"phase", "from", "to", "cohort_sessions", "control_sessions", "gates",
- *  ...} of the running canary (owned by the caller). */
+ *  ...} of the running canary (owned by the caller); NULL when out of
+ * memory. */
 struct json_object *canary_status_json(const struct canary *c);
 
 /* The supervisor shuts down: stop driving (workers go with it). */

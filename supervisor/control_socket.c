@@ -18,6 +18,7 @@
 #include <event2/event.h>
 #include <json-c/json.h>
 
+#include "common/json_builder.h"
 #include "common/log.h"
 #include "supervisor/canary.h"
 #include "supervisor/supervisor.h"
@@ -79,11 +80,18 @@ static void control_client_reply(struct json_object *msg, int final, void *arg)
 {
 	struct control_client *c = arg;
 	struct evbuffer *out = bufferevent_get_output(c->bev);
+	const char *text;
 
 	if (c->replied)
 		return;
-	evbuffer_add_printf(out, "%s\n",
-			    json_object_to_json_string_ext(msg, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+	/* msg NULL: the reply could not be built (json_builder.h). */
+	text = msg ? json_object_to_json_string_ext(msg, JSON_C_TO_STRING_PLAIN |
+							 JSON_C_TO_STRING_NOSLASHESCAPE) : NULL;
+	if (text == NULL) {
+		log_error("control", "pid %d: reply not sent: out of memory", (int)c->peer_pid);
+		text = "{\"result\":{\"error\":\"out of memory\"}}";
+	}
+	evbuffer_add_printf(out, "%s\n", text);
 	if (final)
 		c->replied = 1;
 }
@@ -98,8 +106,8 @@ static void control_client_error(struct control_client *c, const char *fmt, ...)
 
 static void control_client_error(struct control_client *c, const char *fmt, ...)
 {
-	struct json_object *o = json_object_new_object();
-	struct json_object *r = json_object_new_object();
+	struct jb jb = JB_INIT;
+	struct json_object *o = jb_obj(&jb), *r = jb_obj(&jb);
 	char buf[512];
 	va_list ap;
 
@@ -107,8 +115,9 @@ static void control_client_error(struct control_client *c, const char *fmt, ...)
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
 	log_warn("control", "pid %d: %s", (int)c->peer_pid, buf);
-	json_object_object_add(r, "error", json_object_new_string(buf));
-	json_object_object_add(o, "result", r);
+	jb_add(&jb, r, "error", jb_str(&jb, buf));
+	jb_add(&jb, o, "result", r);
+	o = jb_done(&jb, o);
 	control_client_reply(o, 1, c);
 	json_object_put(o);
 }
@@ -552,17 +561,16 @@ static int control_socket_clear_stale(const char *path, char *err, size_t errlen
 	return 0;
 }
 
-int control_socket_new(struct event_base *base, struct supervisor *sup,
-		       const char *path, struct control_socket **out,
-		       char *err, size_t errlen)
+struct control_socket *control_socket_new(struct event_base *base,
+					  struct supervisor *sup, const char *path,
+					  char *err, size_t errlen)
 {
-	struct control_socket *cs = NULL;
+	struct control_socket *cs = NULL, *made = NULL;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	mode_t old;
 	int r, fd = -1;
 	bool bound = false;
 
-	*out = NULL;
 	if (strlen(path) >= sizeof(sa.sun_path)) {
 		snprintf(err, errlen, "control socket path too long (max %zu): %s",
 			 sizeof(sa.sun_path) - 1, path);
@@ -608,7 +616,7 @@ int control_socket_new(struct event_base *base, struct supervisor *sup,
 		r = -ENOMEM;
 		goto out;
 	}
-	*out = cs;
+	made = cs;
 	cs = NULL;
 	r = 0;
 out:
@@ -619,7 +627,9 @@ out:
 	if (bound)
 		unlink(path);
 	control_socket_free(cs);
-	return r;
+	if (made == NULL)
+		errno = -r;
+	return made;
 }
 
 void control_socket_free(struct control_socket *cs)

@@ -50,11 +50,12 @@ struct control_socket;
 
 /* Create the socket at `path`: a stale one (connect gives ECONNREFUSED) is
  * removed; when another process answers there, or whether one does cannot
- * be told, refuses with -EADDRINUSE ("control socket PATH is in use by a
- * running supervisor"). Returns 0 or -errno with a message in err. */
-int control_socket_new(struct event_base *base, struct supervisor *sup,
-		       const char *path, struct control_socket **out,
-		       char *err, size_t errlen);
+ * be told, refuses with EADDRINUSE ("control socket PATH is in use by a
+ * running supervisor"). NULL on failure, with errno set and a message in
+ * err. */
+struct control_socket *control_socket_new(struct event_base *base,
+					  struct supervisor *sup, const char *path,
+					  char *err, size_t errlen);
 /* Is something answering on the control socket at `path`? Non-blocking
  * connect: 1 yes (connected, or a full backlog), 0 no (ECONNREFUSED: a
  * stale socket file; ENOENT: nothing there), -errno when it cannot be told

@@ -12,6 +12,7 @@
 
 #include "common/config.h"
 #include "common/control.h"
+#include "common/json_builder.h"
 #include "common/strmap.h"
 
 enum gate_id {
@@ -534,23 +535,24 @@ static const char *gate_kind_name(enum gate_kind k)
 
 struct json_object *gates_json(const struct gates *g)
 {
-	struct json_object *a = json_object_new_array();
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	struct json_object *a = jb_arr(jb);
 
 	for (size_t i = 0; i < G_COUNT; i++) {
-		struct json_object *o = json_object_new_object();
+		struct json_object *o = jb_obj(jb);
 		struct gate_view v;
 
 		gates_view(g, i, &v);
-		json_object_object_add(o, "name", json_object_new_string(v.name));
-		json_object_object_add(o, "kind", json_object_new_string(gate_kind_name(v.kind)));
-		json_object_object_add(o, "cohort", json_object_new_double(v.cohort));
-		json_object_object_add(o, "control", json_object_new_double(v.control));
-		json_object_object_add(o, "threshold", json_object_new_double(v.threshold));
-		json_object_object_add(o, "verdict", json_object_new_string(gate_verdict_name(v.verdict)));
-		json_object_object_add(o, "unit", json_object_new_string(v.unit));
-		json_object_array_add(a, o);
+		jb_add(jb, o, "name", jb_str(jb, v.name));
+		jb_add(jb, o, "kind", jb_str(jb, gate_kind_name(v.kind)));
+		jb_add(jb, o, "cohort", jb_double(jb, v.cohort));
+		jb_add(jb, o, "control", jb_double(jb, v.control));
+		jb_add(jb, o, "threshold", jb_double(jb, v.threshold));
+		jb_add(jb, o, "verdict", jb_str(jb, gate_verdict_name(v.verdict)));
+		jb_add(jb, o, "unit", jb_str(jb, v.unit));
+		jb_push(jb, a, o);
 	}
-	return a;
+	return jb_done(jb, a);
 }
 
 void gates_metrics(const struct gates *g, struct evbuffer *out)

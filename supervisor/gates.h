@@ -91,7 +91,8 @@ size_t gates_count(const struct gates *g);
 void gates_view(const struct gates *g, size_t i, struct gate_view *out);
 const char *gate_verdict_name(enum gate_verdict v);
 
-/* [{"name","kind","cohort","control","threshold","verdict","unit"}...] */
+/* [{"name","kind","cohort","control","threshold","verdict","unit"}...];
+ * NULL when out of memory. */
 struct json_object *gates_json(const struct gates *g);
 /* Prometheus families baton_canary_gate_{cohort,control,threshold} and
  * baton_canary_gate_tripped{gate}. */

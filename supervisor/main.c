@@ -235,16 +235,15 @@ int main(int argc, char **argv)
 	cfg = NULL;       /* transferred to the supervisor */
 	listeners = NULL; /* transferred to the supervisor */
 
-	r = control_socket_new(ctx.base, ctx.sup, control, &cs, err, sizeof(err));
-	if (r < 0) {
+	cs = control_socket_new(ctx.base, ctx.sup, control, err, sizeof(err));
+	if (cs == NULL) {
 		log_error("control", "%s", err);
 		goto out;
 	}
 
 	if (metrics_addr) {
-		r = metrics_new(ctx.base, ctx.sup, metrics_addr, &metrics, err,
-				sizeof(err));
-		if (r < 0) {
+		metrics = metrics_new(ctx.base, ctx.sup, metrics_addr, err, sizeof(err));
+		if (metrics == NULL) {
 			log_error("supervisor", "metrics %s: %s", metrics_addr, err);
 			goto out;
 		}

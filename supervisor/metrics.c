@@ -109,15 +109,13 @@ static void metrics_on_request(struct evhttp_request *req, void *arg)
 	evbuffer_free(body);
 }
 
-int metrics_new(struct event_base *base, struct supervisor *sup,
-		const char *hostport, struct metrics **out, char *err,
-		size_t errlen)
+struct metrics *metrics_new(struct event_base *base, struct supervisor *sup,
+			    const char *hostport, char *err, size_t errlen)
 {
-	struct metrics *m = NULL;
+	struct metrics *m = NULL, *made = NULL;
 	char *copy = strdup(hostport), *host, *port, name[128];
 	int fd = -1, r;
 
-	*out = NULL;
 	if (copy == NULL) {
 		r = -ENOMEM;
 		snprintf(err, errlen, "out of memory");
@@ -152,7 +150,7 @@ int metrics_new(struct event_base *base, struct supervisor *sup,
 		goto out;
 	}
 	m->fd = -1; /* transferred to m->http: evhttp_free() closes it */
-	*out = m;
+	made = m;
 	m = NULL;
 	r = 0;
 out:
@@ -160,7 +158,9 @@ out:
 		close(fd);
 	metrics_free(m);
 	free(copy);
-	return r;
+	if (made == NULL)
+		errno = -r;
+	return made;
 }
 
 void metrics_free(struct metrics *m)

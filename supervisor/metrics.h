@@ -46,9 +46,10 @@ void metrics_write(struct supervisor *sup, struct evbuffer *out);
  * or -EINVAL. */
 int metrics_split_hostport(char *hostport, char **host, char **port);
 
-int metrics_new(struct event_base *base, struct supervisor *sup,
-		const char *hostport, struct metrics **out, char *err,
-		size_t errlen);
+/* Serve GET /metrics on HOSTPORT. NULL on failure, with errno set and a
+ * message in err. */
+struct metrics *metrics_new(struct event_base *base, struct supervisor *sup,
+			    const char *hostport, char *err, size_t errlen);
 void metrics_free(struct metrics *m); /* accepts NULL */
 
 #endif

@@ -17,6 +17,7 @@
 #include <json-c/json.h>
 #include <openssl/evp.h>
 
+#include "common/json_builder.h"
 #include "common/log.h"
 
 #define RELEASES_FILE "releases.json"
@@ -99,10 +100,15 @@ static void releases_add_problem(struct releases *rs, const char *fmt, ...)
 	va_end(ap);
 	if (rs->problem == NULL) {
 		rs->problem = strdup(buf);
+		if (rs->problem == NULL)
+			log_error("releases", "%s (not kept for --check and status: out of memory)",
+				  buf);
 		return;
 	}
-	if (asprintf(&joined, "%s; %s", rs->problem, buf) < 0)
+	if (asprintf(&joined, "%s; %s", rs->problem, buf) < 0) {
+		log_error("releases", "%s (not kept for --check and status: out of memory)", buf);
 		return;
+	}
 	free(rs->problem);
 	rs->problem = joined;
 }
@@ -464,30 +470,32 @@ out:
 
 struct json_object *release_json(const struct release *r)
 {
-	struct json_object *o = json_object_new_object();
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	struct json_object *o = jb_obj(jb);
 
-#define TIME_OR_NULL(t) ((t) ? json_object_new_int64(t) : NULL)
-	json_object_object_add(o, "version", json_object_new_string(r->version));
-	json_object_object_add(o, "state",
-			       json_object_new_string(release_state_name(r->state)));
-	json_object_object_add(o, "binary", r->binary && !r->pruned
-				       ? json_object_new_string(r->binary) : NULL);
-	json_object_object_add(o, "source", json_object_new_string(r->source ? r->source : ""));
-	json_object_object_add(o, "sha256", json_object_new_string(r->sha256));
-	json_object_object_add(o, "installed", TIME_OR_NULL(r->installed));
-	json_object_object_add(o, "served", TIME_OR_NULL(r->served));
-	json_object_object_add(o, "retired", TIME_OR_NULL(r->retired));
-	json_object_object_add(o, "reason", r->reason ? json_object_new_string(r->reason) : NULL);
-	json_object_object_add(o, "pruned", json_object_new_boolean(r->pruned));
-	json_object_object_add(o, "seq_installed", json_object_new_int64((int64_t)r->seq_installed));
-	json_object_object_add(o, "seq_used", json_object_new_int64((int64_t)r->seq_used));
+#define TIME_OR_NULL(t) ((t) ? jb_i64(jb, t) : NULL)
+	jb_add(jb, o, "version", jb_str(jb, r->version));
+	jb_add(jb, o, "state",
+			       jb_str(jb, release_state_name(r->state)));
+	jb_add(jb, o, "binary", r->binary && !r->pruned
+				       ? jb_str(jb, r->binary) : NULL);
+	jb_add(jb, o, "source", jb_str(jb, r->source ? r->source : ""));
+	jb_add(jb, o, "sha256", jb_str(jb, r->sha256));
+	jb_add(jb, o, "installed", TIME_OR_NULL(r->installed));
+	jb_add(jb, o, "served", TIME_OR_NULL(r->served));
+	jb_add(jb, o, "retired", TIME_OR_NULL(r->retired));
+	jb_add(jb, o, "reason", r->reason ? jb_str(jb, r->reason) : NULL);
+	jb_add(jb, o, "pruned", jb_bool(jb, r->pruned));
+	jb_add(jb, o, "seq_installed", jb_i64(jb, (int64_t)r->seq_installed));
+	jb_add(jb, o, "seq_used", jb_i64(jb, (int64_t)r->seq_used));
 #undef TIME_OR_NULL
-	return o;
+	return jb_done(jb, o);
 }
 
 int releases_save(struct releases *rs)
 {
-	struct json_object *o = json_object_new_object(), *a = json_object_new_array();
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	struct json_object *o = jb_obj(jb), *a = jb_arr(jb);
 	char *tmp = NULL;
 	const char *text;
 	size_t len, off = 0;
@@ -497,12 +505,19 @@ int releases_save(struct releases *rs)
 		r = 0;
 		goto out;
 	}
-	json_object_object_add(o, "format", json_object_new_int(RELEASES_FORMAT));
+	jb_add(jb, o, "format", jb_int(jb, RELEASES_FORMAT));
 	for (size_t i = 0; i < rs->n; i++)
-		json_object_array_add(a, release_json(&rs->v[i]));
-	json_object_object_add(o, "releases", a);
-	text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
-						 JSON_C_TO_STRING_NOSLASHESCAPE);
+		jb_push(jb, a, jb_note(jb, release_json(&rs->v[i])));
+	jb_add(jb, o, "releases", a);
+	text = jb->oom ? NULL :
+		json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
+						  JSON_C_TO_STRING_NOSLASHESCAPE);
+	if (text == NULL) {
+		/* The file on disk stays as it was: never a partial history. */
+		r = -ENOMEM;
+		log_error("releases", "cannot write %s: out of memory", rs->file);
+		goto out;
+	}
 	len = strlen(text);
 	if (mkdir_if_missing(rs->state_dir) < 0) {
 		r = -errno;
@@ -814,6 +829,9 @@ struct releases *releases_open(const char *state_dir, unsigned keep,
 			if (asprintf(&aside, "%s.corrupt", rs->file) >= 0) {
 				rename(rs->file, aside);
 				free(aside);
+			} else {
+				log_error("releases", "out of memory: corrupt %s not kept aside (the next save replaces it)",
+					  rs->file);
 			}
 		}
 	}
@@ -951,8 +969,10 @@ int releases_install(struct releases *rs, const char *version,
 			char *note = NULL;
 
 			if (asprintf(&note, "deployed again with --force after it was bad: %s",
-				     r->reason ? r->reason : "?") < 0)
+				     r->reason ? r->reason : "?") < 0) {
+				log_error("releases", "out of memory: %s's note not kept", version);
 				note = NULL;
+			}
 			r->state = RELEASE_CANDIDATE;
 			free(r->reason);
 			r->reason = note;
@@ -1064,6 +1084,9 @@ void releases_prune(struct releases *rs, const char *busy)
 		else {
 			char *folder = strdup(oldest->binary);
 
+			if (folder == NULL)
+				log_error("releases", "out of memory: the folder of %s not removed",
+					  oldest->binary);
 			if (folder) {
 				char *slash = strrchr(folder, '/');
 
@@ -1134,22 +1157,23 @@ const struct release *releases_on_crash(struct releases *rs,
 
 struct json_object *releases_json(const struct releases *rs)
 {
-	struct json_object *o = json_object_new_object(), *a = json_object_new_array();
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	struct json_object *o = jb_obj(jb), *a = jb_arr(jb);
 	const struct release *serving = releases_serving(rs);
 	const struct release *target = releases_rollback_target(rs, false, NULL, 0);
 
 	for (size_t i = 0; i < rs->n; i++)
-		json_object_array_add(a, release_json(&rs->v[i]));
-	json_object_object_add(o, "releases", a);
-	json_object_object_add(o, "serving",
-			       serving ? json_object_new_string(serving->version) : NULL);
-	json_object_object_add(o, "rollback_target",
-			       target ? json_object_new_string(target->version) : NULL);
-	json_object_object_add(o, "file", json_object_new_string(rs->file));
-	json_object_object_add(o, "problem",
-			       rs->problem ? json_object_new_string(rs->problem) : NULL);
-	json_object_object_add(o, "kept", json_object_new_int64(rs->keep));
-	return o;
+		jb_push(jb, a, jb_note(jb, release_json(&rs->v[i])));
+	jb_add(jb, o, "releases", a);
+	jb_add(jb, o, "serving",
+			       serving ? jb_str(jb, serving->version) : NULL);
+	jb_add(jb, o, "rollback_target",
+			       target ? jb_str(jb, target->version) : NULL);
+	jb_add(jb, o, "file", jb_str(jb, rs->file));
+	jb_add(jb, o, "problem",
+			       rs->problem ? jb_str(jb, rs->problem) : NULL);
+	jb_add(jb, o, "kept", jb_i64(jb, rs->keep));
+	return jb_done(jb, o);
 }
 
 int releases_check(const char *state_dir, unsigned keep, char *buf,

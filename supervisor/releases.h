@@ -181,7 +181,7 @@ const struct release *releases_on_crash(struct releases *rs,
 
 /* The history as JSON for `batonctl releases`: {"releases":[...newest
  * first], "serving", "rollback_target", "file", "problem", "kept"}. New
- * reference. */
+ * reference; NULL when out of memory (both). */
 struct json_object *releases_json(const struct releases *rs);
 struct json_object *release_json(const struct release *r);
 

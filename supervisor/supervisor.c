@@ -26,6 +26,7 @@
 
 #include "baton_version.h"
 #include "common/config.h"
+#include "common/json_builder.h"
 #include "common/log.h"
 #include "supervisor/canary.h"
 #include "supervisor/check.h"
@@ -311,13 +312,16 @@ static void supervisor_auto_rollback(struct supervisor *sup, struct worker *w)
 	log_error("supervisor", "automatic rollback: release %s failed after taking over (%s): restarting with release %s (%s)",
 		  worker_version(w), reason, to->version, to->binary);
 	sup->auto_rollbacks++;
-	o = json_object_new_object();
-	json_object_object_add(o, "from", json_object_new_string(worker_version(w)));
-	json_object_object_add(o, "to", json_object_new_string(to->version));
-	json_object_object_add(o, "reason", json_object_new_string(reason));
-	json_object_object_add(o, "time", json_object_new_int64((int64_t)time(NULL)));
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	o = jb_obj(jb);
+	jb_add(jb, o, "from", jb_str(jb, worker_version(w)));
+	jb_add(jb, o, "to", jb_str(jb, to->version));
+	jb_add(jb, o, "reason", jb_str(jb, reason));
+	jb_add(jb, o, "time", jb_i64(jb, (int64_t)time(NULL)));
 	json_object_put(sup->last_auto_rollback);
-	sup->last_auto_rollback = o;
+	sup->last_auto_rollback = jb_done(jb, o);
+	if (sup->last_auto_rollback == NULL)
+		log_error("supervisor", "out of memory: the automatic rollback not kept for status");
 	supervisor_set_serving_binary(sup, to->binary);
 	sup->restart_failures = 0;
 }
@@ -393,26 +397,34 @@ static int supervisor_release_choose(struct supervisor *sup, const char **binary
 	return 0;
 }
 
-static void supervisor_add_release_fields(struct supervisor *sup,
-					  struct json_object *rj)
+/* rj with release_from and release_to; NULL (rj released) when out of
+ * memory, or when rj is NULL. */
+static struct json_object *supervisor_add_release_fields(struct supervisor *sup,
+							 struct json_object *rj)
 {
-	json_object_object_add(rj, "release_from", sup->mig_release_from[0]
-			       ? json_object_new_string(sup->mig_release_from) : NULL);
-	json_object_object_add(rj, "release_to", sup->mig_release_to[0]
-			       ? json_object_new_string(sup->mig_release_to) : NULL);
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+
+	jb_note(jb, rj);
+	jb_add(jb, rj, "release_from", sup->mig_release_from[0]
+			       ? jb_str(jb, sup->mig_release_from) : NULL);
+	jb_add(jb, rj, "release_to", sup->mig_release_to[0]
+			       ? jb_str(jb, sup->mig_release_to) : NULL);
+	return jb_done(jb, rj);
 }
 
 void supervisor_releases(struct supervisor *sup, supervisor_reply_cb cb,
 			 void *arg)
 {
+	struct jb jb_ = JB_INIT, *jb = &jb_;
 	struct json_object *r;
 
 	if (sup->releases != NULL) {
 		r = releases_json(sup->releases);
 	} else {
-		r = json_object_new_object();
-		json_object_object_add(r, "error",
-				       json_object_new_string("the release store could not be loaded (out of memory at start)"));
+		r = jb_obj(jb);
+		jb_add(jb, r, "error",
+				       jb_str(jb, "the release store could not be loaded (out of memory at start)"));
+		r = jb_done(jb, r);
 	}
 	supervisor_reply_result(cb, arg, r);
 }
@@ -462,17 +474,20 @@ static void supervisor_serve(struct supervisor *sup, struct worker *w)
 
 static void supervisor_record_crash(struct supervisor *sup, struct worker *w)
 {
-	struct json_object *c = json_object_new_object();
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	struct json_object *c = jb_obj(jb);
 
 	sup->crashes++;
-	json_object_object_add(c, "pid", json_object_new_int64(worker_pid(w)));
-	json_object_object_add(c, "binary", json_object_new_string(worker_binary(w)));
-	json_object_object_add(c, "version", json_object_new_string(worker_version(w)));
-	json_object_object_add(c, "status", json_object_new_string(worker_exit_status(w)));
-	json_object_object_add(c, "time", json_object_new_int64((int64_t)time(NULL)));
-	json_object_object_add(c, "uptime_s", json_object_new_double(worker_uptime_s(w)));
+	jb_add(jb, c, "pid", jb_i64(jb, worker_pid(w)));
+	jb_add(jb, c, "binary", jb_str(jb, worker_binary(w)));
+	jb_add(jb, c, "version", jb_str(jb, worker_version(w)));
+	jb_add(jb, c, "status", jb_str(jb, worker_exit_status(w)));
+	jb_add(jb, c, "time", jb_i64(jb, (int64_t)time(NULL)));
+	jb_add(jb, c, "uptime_s", jb_double(jb, worker_uptime_s(w)));
 	json_object_put(sup->last_crash);
-	sup->last_crash = c;
+	sup->last_crash = jb_done(jb, c);
+	if (sup->last_crash == NULL)
+		log_error("supervisor", "out of memory: the crash not kept for status");
 }
 
 static void supervisor_on_worker(struct worker *w, enum worker_event ev,
@@ -765,50 +780,52 @@ void supervisor_shutdown(struct supervisor *sup)
 
 static struct json_object *supervisor_worker_json(struct worker *w)
 {
-	struct json_object *o = json_object_new_object();
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	struct json_object *o = jb_obj(jb);
 	const Baton__Control__Status *st = worker_last_status(w);
 	const Baton__Control__Ready *r = worker_ready_info(w);
 
-	json_object_object_add(o, "pid", json_object_new_int64(worker_pid(w)));
-	json_object_object_add(o, "binary", json_object_new_string(worker_binary(w)));
-	json_object_object_add(o, "version", json_object_new_string(worker_version(w)));
-	json_object_object_add(o, "role", json_object_new_string(worker_role(w)));
-	json_object_object_add(o, "ready", json_object_new_boolean(r != NULL));
-	json_object_object_add(o, "sessions", json_object_new_int64(st->sessions));
-	json_object_object_add(o, "connections", json_object_new_int64(st->connections));
-	json_object_object_add(o, "clients", json_object_new_int64(st->clients));
-	json_object_object_add(o, "upstreams_connected",
-			       json_object_new_int64(st->upstreams_connected));
-	json_object_object_add(o, "upstreams_waiting",
-			       json_object_new_int64(st->upstreams_waiting));
-	json_object_object_add(o, "tls_handshakes", json_object_new_int64(st->tls_handshakes));
-	json_object_object_add(o, "loop_lag_ms", json_object_new_double(st->loop_lag_ms));
-	json_object_object_add(o, "schema_min", json_object_new_int64(r ? r->schema_min : 0));
-	json_object_object_add(o, "schema_max", json_object_new_int64(r ? r->schema_max : 0));
-	json_object_object_add(o, "uptime_s", json_object_new_double(worker_uptime_s(w)));
-	return o;
+	jb_add(jb, o, "pid", jb_i64(jb, worker_pid(w)));
+	jb_add(jb, o, "binary", jb_str(jb, worker_binary(w)));
+	jb_add(jb, o, "version", jb_str(jb, worker_version(w)));
+	jb_add(jb, o, "role", jb_str(jb, worker_role(w)));
+	jb_add(jb, o, "ready", jb_bool(jb, r != NULL));
+	jb_add(jb, o, "sessions", jb_i64(jb, st->sessions));
+	jb_add(jb, o, "connections", jb_i64(jb, st->connections));
+	jb_add(jb, o, "clients", jb_i64(jb, st->clients));
+	jb_add(jb, o, "upstreams_connected",
+			       jb_i64(jb, st->upstreams_connected));
+	jb_add(jb, o, "upstreams_waiting",
+			       jb_i64(jb, st->upstreams_waiting));
+	jb_add(jb, o, "tls_handshakes", jb_i64(jb, st->tls_handshakes));
+	jb_add(jb, o, "loop_lag_ms", jb_double(jb, st->loop_lag_ms));
+	jb_add(jb, o, "schema_min", jb_i64(jb, r ? r->schema_min : 0));
+	jb_add(jb, o, "schema_max", jb_i64(jb, r ? r->schema_max : 0));
+	jb_add(jb, o, "uptime_s", jb_double(jb, worker_uptime_s(w)));
+	return jb_done(jb, o);
 }
 
 static struct json_object *supervisor_status_json(struct supervisor *sup)
 {
-	struct json_object *o = json_object_new_object();
-	struct json_object *s = json_object_new_object();
-	struct json_object *ws = json_object_new_array();
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	struct json_object *o = jb_obj(jb);
+	struct json_object *s = jb_obj(jb);
+	struct json_object *ws = jb_arr(jb);
 
-	json_object_object_add(s, "pid", json_object_new_int64(getpid()));
-	json_object_object_add(s, "version", json_object_new_string(BATON_VERSION));
-	json_object_object_add(s, "schema_min", json_object_new_int64(BATON_SCHEMA_MIN));
-	json_object_object_add(s, "schema_max", json_object_new_int64(BATON_SCHEMA_MAX));
-	json_object_object_add(s, "sessiond", json_object_new_string(sup->sessiond));
-	json_object_object_add(s, "stopping", json_object_new_boolean(sup->stopping));
-	json_object_object_add(o, "supervisor", s);
+	jb_add(jb, s, "pid", jb_i64(jb, getpid()));
+	jb_add(jb, s, "version", jb_str(jb, BATON_VERSION));
+	jb_add(jb, s, "schema_min", jb_i64(jb, BATON_SCHEMA_MIN));
+	jb_add(jb, s, "schema_max", jb_i64(jb, BATON_SCHEMA_MAX));
+	jb_add(jb, s, "sessiond", jb_str(jb, sup->sessiond));
+	jb_add(jb, s, "stopping", jb_bool(jb, sup->stopping));
+	jb_add(jb, o, "supervisor", s);
 	for (size_t i = 0; i < sup->nworkers; i++)
-		json_object_array_add(ws, supervisor_worker_json(sup->workers[i]));
-	json_object_object_add(o, "workers", ws);
-	json_object_object_add(o, "migration_running",
-			       json_object_new_boolean(sup->migration != NULL));
-	json_object_object_add(o, "crashes", json_object_new_int64(sup->crashes));
-	json_object_object_add(o, "last_crash", json_object_get(sup->last_crash));
+		jb_push(jb, ws, jb_note(jb, supervisor_worker_json(sup->workers[i])));
+	jb_add(jb, o, "workers", ws);
+	jb_add(jb, o, "migration_running",
+			       jb_bool(jb, sup->migration != NULL));
+	jb_add(jb, o, "crashes", jb_i64(jb, sup->crashes));
+	jb_add(jb, o, "last_crash", json_object_get(sup->last_crash));
 	{
 		/* Where rollback goes: the release history's target. */
 		const struct release *t = sup->releases
@@ -817,21 +834,21 @@ static struct json_object *supervisor_status_json(struct supervisor *sup)
 		const char *prev = t ? t->binary
 				     : sup->releases ? NULL : sup->previous_binary;
 
-		json_object_object_add(o, "previous_binary",
-				       prev ? json_object_new_string(prev) : NULL);
-		json_object_object_add(o, "release",
-				       sv ? json_object_new_string(sv->version) : NULL);
-		json_object_object_add(o, "rollback_target",
-				       t ? json_object_new_string(t->version) : NULL);
+		jb_add(jb, o, "previous_binary",
+				       prev ? jb_str(jb, prev) : NULL);
+		jb_add(jb, o, "release",
+				       sv ? jb_str(jb, sv->version) : NULL);
+		jb_add(jb, o, "rollback_target",
+				       t ? jb_str(jb, t->version) : NULL);
 	}
-	json_object_object_add(o, "auto_rollbacks", json_object_new_int64(sup->auto_rollbacks));
-	json_object_object_add(o, "last_auto_rollback",
+	jb_add(jb, o, "auto_rollbacks", jb_i64(jb, sup->auto_rollbacks));
+	jb_add(jb, o, "last_auto_rollback",
 			       json_object_get(sup->last_auto_rollback));
-	json_object_object_add(o, "last_migration", json_object_get(sup->last_migration));
-	json_object_object_add(o, "canary", sup->canary ? canary_status_json(sup->canary)
+	jb_add(jb, o, "last_migration", json_object_get(sup->last_migration));
+	jb_add(jb, o, "canary", sup->canary ? jb_note(jb, canary_status_json(sup->canary))
 							: NULL);
-	json_object_object_add(o, "last_canary", json_object_get(sup->last_canary));
-	return o;
+	jb_add(jb, o, "last_canary", json_object_get(sup->last_canary));
+	return jb_done(jb, o);
 }
 
 static void supervisor_status_req_free(struct status_req *q)
@@ -854,9 +871,11 @@ static void supervisor_status_req_free(struct status_req *q)
 
 static void supervisor_status_finish(struct status_req *q)
 {
-	struct json_object *o = json_object_new_object();
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	struct json_object *o = jb_obj(jb);
 
-	json_object_object_add(o, "result", supervisor_status_json(q->sup));
+	jb_add(jb, o, "result", jb_note(jb, supervisor_status_json(q->sup)));
+	o = jb_done(jb, o); /* NULL: the reply says out of memory */
 	if (q->cb)
 		q->cb(o, true, q->arg);
 	json_object_put(o);
@@ -930,13 +949,13 @@ fail:
 
 /* --- upgrade / rollback ---------------------------------------------------- */
 
-static struct json_object *side_json(const struct migration_side *s)
+static struct json_object *side_json(struct jb *jb, const struct migration_side *s)
 {
-	struct json_object *o = json_object_new_object();
+	struct json_object *o = jb_obj(jb);
 
-	json_object_object_add(o, "pid", json_object_new_int64(s->pid));
-	json_object_object_add(o, "version", json_object_new_string(s->version));
-	json_object_object_add(o, "binary", json_object_new_string(s->binary));
+	jb_add(jb, o, "pid", jb_i64(jb, s->pid));
+	jb_add(jb, o, "version", jb_str(jb, s->version));
+	jb_add(jb, o, "binary", jb_str(jb, s->binary));
 	return o;
 }
 
@@ -956,55 +975,59 @@ static struct json_object *migration_result_json(const struct migration_result *
 						 const char *kind,
 						 struct worker *survivor)
 {
-	struct json_object *o = json_object_new_object();
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	struct json_object *o = jb_obj(jb);
 	struct json_object *sv = NULL;
 
 	if (survivor != NULL) {
-		sv = json_object_new_object();
-		json_object_object_add(sv, "pid", json_object_new_int64(worker_pid(survivor)));
-		json_object_object_add(sv, "version", json_object_new_string(worker_version(survivor)));
-		json_object_object_add(sv, "binary", json_object_new_string(worker_binary(survivor)));
+		sv = jb_obj(jb);
+		jb_add(jb, sv, "pid", jb_i64(jb, worker_pid(survivor)));
+		jb_add(jb, sv, "version", jb_str(jb, worker_version(survivor)));
+		jb_add(jb, sv, "binary", jb_str(jb, worker_binary(survivor)));
 	}
 
-	json_object_object_add(o, "result",
-			       json_object_new_string(migration_result_word(r)));
-	json_object_object_add(o, "refused", json_object_new_boolean(r->refused));
-	json_object_object_add(o, "reason", json_object_new_string(r->reason));
-	json_object_object_add(o, "kind", json_object_new_string(kind));
-	json_object_object_add(o, "from", side_json(&r->from));
-	json_object_object_add(o, "to", side_json(&r->to));
-	json_object_object_add(o, "sessions", json_object_new_int64(r->sessions));
-	json_object_object_add(o, "connections", json_object_new_int64(r->connections));
-	json_object_object_add(o, "fds", json_object_new_int64(r->fds));
-	json_object_object_add(o, "chunks", json_object_new_int64(r->chunks));
-	json_object_object_add(o, "handshakes_left", json_object_new_int64(r->handshakes_left));
-	struct json_object *shrunk = json_object_new_object();
-	json_object_object_add(shrunk, "sessions", json_object_new_int64(r->shrunk[0]));
-	json_object_object_add(shrunk, "backlog_lines", json_object_new_int64(r->shrunk[1]));
-	json_object_object_add(shrunk, "clients", json_object_new_int64(r->shrunk[2]));
-	json_object_object_add(shrunk, "member_lists", json_object_new_int64(r->shrunk[3]));
-	json_object_object_add(o, "shrunk", shrunk);
-	json_object_object_add(o, "freeze_ms", json_object_new_double(r->freeze_ms));
-	struct json_object *split = json_object_new_object();
-	json_object_object_add(split, "serialize_ms", json_object_new_double(r->freeze_split_ms[0]));
-	json_object_object_add(split, "target_prepare_ms", json_object_new_double(r->freeze_split_ms[1]));
-	json_object_object_add(split, "commit_ms", json_object_new_double(r->freeze_split_ms[2]));
-	json_object_object_add(o, "freeze_split", split);
-	json_object_object_add(o, "total_ms", json_object_new_double(r->total_ms));
-	json_object_object_add(o, "time", json_object_new_int64((int64_t)r->started));
-	json_object_object_add(o, "survivor", sv);
-	json_object_object_add(o, "sessions_lost", json_object_new_boolean(r->sessions_lost));
-	json_object_object_add(o, "sessions_lost_count",
-			       json_object_new_int64(r->sessions_lost ? r->sessions_lost_count : 0));
-	return o;
+	jb_add(jb, o, "result",
+			       jb_str(jb, migration_result_word(r)));
+	jb_add(jb, o, "refused", jb_bool(jb, r->refused));
+	jb_add(jb, o, "reason", jb_str(jb, r->reason));
+	jb_add(jb, o, "kind", jb_str(jb, kind));
+	jb_add(jb, o, "from", side_json(jb, &r->from));
+	jb_add(jb, o, "to", side_json(jb, &r->to));
+	jb_add(jb, o, "sessions", jb_i64(jb, r->sessions));
+	jb_add(jb, o, "connections", jb_i64(jb, r->connections));
+	jb_add(jb, o, "fds", jb_i64(jb, r->fds));
+	jb_add(jb, o, "chunks", jb_i64(jb, r->chunks));
+	jb_add(jb, o, "handshakes_left", jb_i64(jb, r->handshakes_left));
+	struct json_object *shrunk = jb_obj(jb);
+	jb_add(jb, shrunk, "sessions", jb_i64(jb, r->shrunk[0]));
+	jb_add(jb, shrunk, "backlog_lines", jb_i64(jb, r->shrunk[1]));
+	jb_add(jb, shrunk, "clients", jb_i64(jb, r->shrunk[2]));
+	jb_add(jb, shrunk, "member_lists", jb_i64(jb, r->shrunk[3]));
+	jb_add(jb, o, "shrunk", shrunk);
+	jb_add(jb, o, "freeze_ms", jb_double(jb, r->freeze_ms));
+	struct json_object *split = jb_obj(jb);
+	jb_add(jb, split, "serialize_ms", jb_double(jb, r->freeze_split_ms[0]));
+	jb_add(jb, split, "target_prepare_ms", jb_double(jb, r->freeze_split_ms[1]));
+	jb_add(jb, split, "commit_ms", jb_double(jb, r->freeze_split_ms[2]));
+	jb_add(jb, o, "freeze_split", split);
+	jb_add(jb, o, "total_ms", jb_double(jb, r->total_ms));
+	jb_add(jb, o, "time", jb_i64(jb, (int64_t)r->started));
+	jb_add(jb, o, "survivor", sv);
+	jb_add(jb, o, "sessions_lost", jb_bool(jb, r->sessions_lost));
+	jb_add(jb, o, "sessions_lost_count",
+			       jb_i64(jb, r->sessions_lost ? r->sessions_lost_count : 0));
+	return jb_done(jb, o);
 }
 
+/* result NULL: it could not be built (the reply says out of memory). */
 static void supervisor_reply_result(supervisor_reply_cb cb, void *arg,
 				    struct json_object *result)
 {
-	struct json_object *o = json_object_new_object();
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	struct json_object *o = jb_obj(jb);
 
-	json_object_object_add(o, "result", result);
+	jb_add(jb, o, "result", jb_note(jb, result));
+	o = jb_done(jb, o);
 	if (cb)
 		cb(o, true, arg);
 	json_object_put(o);
@@ -1041,8 +1064,7 @@ static void supervisor_refuse(struct supervisor *sup, supervisor_reply_cb cb,
 		struct json_object *rj = migration_result_json(&r, kind,
 			sup->active_serving ? sup->active : NULL);
 
-		supervisor_add_release_fields(sup, rj);
-		supervisor_reply_result(cb, arg, rj);
+		supervisor_reply_result(cb, arg, supervisor_add_release_fields(sup, rj));
 	}
 }
 
@@ -1050,16 +1072,20 @@ static void supervisor_mig_progress(const char *phase, unsigned done,
 				    unsigned total, void *arg)
 {
 	struct supervisor *sup = arg;
+	struct jb jb_ = JB_INIT, *jb = &jb_;
 	struct json_object *o, *p;
 
 	if (sup->mig_cb == NULL)
 		return;
-	o = json_object_new_object();
-	p = json_object_new_object();
-	json_object_object_add(p, "phase", json_object_new_string(phase));
-	json_object_object_add(p, "items_done", json_object_new_int64(done));
-	json_object_object_add(p, "items_total", json_object_new_int64(total));
-	json_object_object_add(o, "progress", p);
+	o = jb_obj(jb);
+	p = jb_obj(jb);
+	jb_add(jb, p, "phase", jb_str(jb, phase));
+	jb_add(jb, p, "items_done", jb_i64(jb, done));
+	jb_add(jb, p, "items_total", jb_i64(jb, total));
+	jb_add(jb, o, "progress", p);
+	o = jb_done(jb, o);
+	if (o == NULL)
+		return; /* a progress line less: the result follows */
 	sup->mig_cb(o, false, sup->mig_arg);
 	json_object_put(o);
 }
@@ -1084,6 +1110,9 @@ static void supervisor_mig_done(struct migration *m,
 		/* The new binary serves: the old one is what rollback returns to. */
 		free(sup->previous_binary);
 		sup->previous_binary = strdup(res->from.binary);
+		if (sup->previous_binary == NULL)
+			log_error("supervisor", "out of memory: rollback target %s forgotten",
+				  res->from.binary);
 	}
 	sup->active = survivor;
 	sup->active_serving = survivor != NULL;
@@ -1116,8 +1145,10 @@ static void supervisor_mig_done(struct migration *m,
 			 "%s%u session(s) lost; the serving worker restarts them (their users reconnect)",
 			 len ? "; " : "", copy.sessions_lost_count);
 	}
-	rj = migration_result_json(res, sup->mig_kind, survivor);
-	supervisor_add_release_fields(sup, rj);
+	rj = supervisor_add_release_fields(sup, migration_result_json(res, sup->mig_kind,
+								      survivor));
+	if (rj == NULL)
+		log_error("migration", "out of memory: the result not kept for status (the reply says so)");
 	json_object_put(sup->last_migration);
 	sup->last_migration = json_object_get(rj);
 	log_info("migration", "%s %s: pid %d -> pid %d%s%s (%.1f ms total, freeze %.1f ms)",
@@ -1362,7 +1393,14 @@ static void supervisor_canary_ended(void *arg, struct worker *survivor,
 	const char *word = json_object_get_string(json_object_object_get(result, "result"));
 	const char *from = json_object_get_string(json_object_object_get(
 		json_object_object_get(result, "from"), "binary"));
-	bool promoted = strcmp(word, "promoted") == 0;
+	bool promoted;
+
+	if (word == NULL) {
+		/* result NULL: the canary could not build it (out of memory). */
+		log_error("canary", "out of memory: the outcome is unknown here; the release store is not updated (status and --check show what it holds)");
+		word = "unknown";
+	}
+	promoted = strcmp(word, "promoted") == 0;
 
 	/* result belongs to the canary: keep our reference before freeing it
 	 * (word and from point into it). */
@@ -1384,8 +1422,11 @@ static void supervisor_canary_ended(void *arg, struct worker *survivor,
 		/* The old binary is what rollback returns to. */
 		free(sup->previous_binary);
 		sup->previous_binary = strdup(from);
+		if (sup->previous_binary == NULL)
+			log_error("supervisor", "out of memory: rollback target %s forgotten", from);
 	}
-	supervisor_release_canary(sup, result, word, survivor);
+	if (result != NULL)
+		supervisor_release_canary(sup, result, word, survivor);
 	sup->active = survivor;
 	sup->active_serving = survivor != NULL;
 	if (survivor != NULL) {
@@ -1416,12 +1457,13 @@ void supervisor_canary(struct supervisor *sup, const char *action,
 	if (strcmp(action, "start") != 0) {
 		if (sup->canary == NULL) {
 			if (strcmp(action, "status") == 0) {
-				struct json_object *o = json_object_new_object();
+				struct jb jb_ = JB_INIT, *jb = &jb_;
+				struct json_object *o = jb_obj(jb);
 
-				json_object_object_add(o, "result", json_object_new_string("none"));
-				json_object_object_add(o, "reason", json_object_new_string("no canary is running"));
-				json_object_object_add(o, "last", json_object_get(sup->last_canary));
-				supervisor_reply_result(cb, arg, o);
+				jb_add(jb, o, "result", jb_str(jb, "none"));
+				jb_add(jb, o, "reason", jb_str(jb, "no canary is running"));
+				jb_add(jb, o, "last", json_object_get(sup->last_canary));
+				supervisor_reply_result(cb, arg, jb_done(jb, o));
 				return;
 			}
 			supervisor_refuse(sup, cb, arg, kind, "no canary is running");

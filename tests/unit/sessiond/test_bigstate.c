@@ -21,6 +21,7 @@
 
 #include "state.pb-c.h"
 
+#include "common/clock.h"
 #include "common/config.h"
 #include "common/frame.h"
 #include "handoff/protocol.h"
@@ -218,7 +219,7 @@ static void fill_to_every_bound(struct env *e)
 	set_str(&s->userhost, filled(L, 'h'));
 	set_str(&s->myinfo, filled(511, 'i'));
 	set_str(&s->source_addr, strdup("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"));
-	s->reconnect_at_ms = -1;
+	s->reconnect_at_ms = clock_wall_to_mono_ms(-1); /* -1 on the wire: 10 bytes */
 	s->reconnect_failures = UINT32_MAX;
 
 	/* ISUPPORT: 100 tokens of 510 bytes; one more, or a longer one, is

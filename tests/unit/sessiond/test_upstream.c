@@ -3,7 +3,9 @@
  * (multi-line LS), alternate nick on 433, ISUPPORT with -TOKEN removal,
  * joining configured channels at end of MOTD, channel state from NAMES with
  * multi-prefix, PING/PONG, keepalive PING, ping timeout, and reconnect with
- * backoff and rejoin. */
+ * backoff and rejoin; keepalive across steps of the wall clock (stepped by
+ * interposing clock_gettime(): this executable's definition wins over
+ * libc's for the sessiond code it links). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -17,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -24,9 +28,25 @@
 
 #include "state.pb-c.h"
 
+#include "common/clock.h"
 #include "common/config.h"
 #include "sample_state.h"
 #include "sessiond/bouncer.h"
+
+static int64_t wall_step_ms; /* added to every CLOCK_REALTIME reading */
+
+int clock_gettime(clockid_t id, struct timespec *ts)
+{
+	int rc = (int)syscall(SYS_clock_gettime, id, ts);
+
+	if (rc == 0 && id == CLOCK_REALTIME && wall_step_ms) {
+		int64_t ns = (int64_t)ts->tv_sec * 1000000000LL + ts->tv_nsec +
+			     wall_step_ms * 1000000LL;
+		ts->tv_sec = (time_t)(ns / 1000000000LL);
+		ts->tv_nsec = (long)(ns % 1000000000LL);
+	}
+	return rc;
+}
 
 struct env {
 	struct event_base *base;
@@ -439,12 +459,79 @@ static void test_poison_state_never_stored(void **state)
 	bouncer_item_thaw(it);
 }
 
+static void settle(struct env *e)
+{
+	for (int i = 0; i < 20; i++) {
+		pump(e);
+		usleep(2000);
+	}
+}
+
+static void answer_ping(struct env *e)
+{
+	char *tok = strstr(e->buf, "PING :baton-");
+	char pong[128];
+
+	assert_non_null(tok);
+	snprintf(pong, sizeof(pong), ":irc.test PONG irc.test :%.*s",
+		 (int)strcspn(tok + 6, "\r\n"), tok + 6);
+	say(e, pong);
+}
+
+/* Keepalive runs on the monotonic clock: a wall clock stepped forward an
+ * hour neither fires the ping timeout (it did, at the next timer) nor one
+ * stepped back suppresses the PINGs and the timeout (they stopped for an
+ * hour). The state still carries wall-clock times (state.proto rule 6). */
+static void test_keepalive_wall_clock_steps(void **state)
+{
+	struct env *e = *state;
+
+	bouncer_start_configured(e->b);
+	assert_true(wait_cond(e, NULL, false, 2000));
+	assert_true(wait_cond(e, "USER al 0 * :Alice L\r\n", false, 2000));
+	say(e, ":irc.test CAP * LS :sasl");
+	assert_true(wait_cond(e, "CAP END\r\n", false, 2000));
+	e->len = 0;
+	register_fully(e, "alice");
+	assert_true(wait_cond(e, "PING :baton-", false, 3000));
+	answer_ping(e);
+	settle(e); /* the PONG is read before the step */
+
+	wall_step_ms = 3600000;
+	e->len = 0;
+	assert_true(wait_cond(e, "PING :baton-", false, 3000));
+	assert_false(e->eof);
+	answer_ping(e);
+	settle(e);
+
+	struct bouncer_item *it;
+	Baton__State__Item *item = snapshot(e, &it);
+	int64_t wall = clock_wall_ms();
+	assert_true(item->session->upstream->has_next_ping_ms);
+	assert_in_range(item->session->upstream->next_ping_ms, wall - 200, wall + 1200);
+	assert_in_range(item->session->upstream->last_rx_ms, wall - 1200, wall + 200);
+	baton__state__item__free_unpacked(item, NULL);
+	bouncer_item_thaw(it);
+
+	wall_step_ms = -3600000;
+	e->len = 0;
+	assert_true(wait_cond(e, "PING :baton-", false, 3000));
+	/* unanswered from here: the ping timeout (3 s) closes it */
+	assert_true(wait_cond(e, NULL, true, 6000));
+	close(e->srv);
+	e->srv = -1;
+	/* and the backoff brings it back */
+	assert_true(wait_cond(e, NULL, false, 4000));
+	wall_step_ms = 0;
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_register_track_reconnect, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cap_ls_repeated_caps, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_poison_state_never_stored, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_keepalive_wall_clock_steps, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
