@@ -44,11 +44,14 @@ void config_problems_add(struct config_problems *p, const char *fmt, ...)
 	if (vasprintf(&msg, fmt, ap) < 0)
 		msg = NULL;
 	va_end(ap);
-	if (msg == NULL)
+	if (msg == NULL) {
+		p->dropped++;
 		return;
+	}
 	grown = realloc(p->msgs, (p->n + 1) * sizeof(*p->msgs));
 	if (grown == NULL) {
 		free(msg);
+		p->dropped++;
 		return;
 	}
 	p->msgs = grown;
@@ -62,6 +65,7 @@ void config_problems_clear(struct config_problems *p)
 	free(p->msgs);
 	p->msgs = NULL;
 	p->n = 0;
+	p->dropped = 0;
 }
 
 /* A problem at the line inih is handling. */
@@ -75,8 +79,10 @@ config_problem(struct config_parse *ps, const char *fmt, ...)
 	if (vasprintf(&msg, fmt, ap) < 0)
 		msg = NULL;
 	va_end(ap);
-	if (msg == NULL)
+	if (msg == NULL) {
+		ps->problems->dropped++;
 		return;
+	}
 	config_problems_add(ps->problems, "%s:%d: %s", ps->cfg->path, ps->line,
 			    msg);
 	free(msg);
@@ -97,8 +103,10 @@ config_key_problem(struct config_parse *ps, const char *name,
 	if (vasprintf(&msg, fmt, ap) < 0)
 		msg = NULL;
 	va_end(ap);
-	if (msg == NULL)
+	if (msg == NULL) {
+		ps->problems->dropped++;
 		return;
+	}
 	config_problem(ps, "[%s] %s: %s", ps->section, name, msg);
 	free(msg);
 }
@@ -115,10 +123,26 @@ static void *config_grow(void **array, size_t *n, size_t size)
 	return grown + (*n)++ * size;
 }
 
-static void config_set_str(char **dst, const char *value)
+/* Every copy the loader keeps goes through here: a failed one marks the
+ * load failed (config_load() returns -ENOMEM). */
+static char *config_strdup(struct baton_config *cfg, const char *value)
 {
+	char *copy = strdup(value);
+
+	if (copy == NULL)
+		cfg->alloc_failed = true;
+	return copy;
+}
+
+static void config_set_str(struct baton_config *cfg, char **dst,
+			   const char *value)
+{
+	char *copy = config_strdup(cfg, value);
+
+	if (copy == NULL)
+		return; /* the old value stays; the load fails */
 	free(*dst);
-	*dst = strdup(value);
+	*dst = copy;
 }
 
 static int config_int(struct config_parse *ps, const char *name,
@@ -152,11 +176,15 @@ static int config_split_hostport(const char *value, char **host, char **port)
 			return -EINVAL;
 		*host = strndup(value + 1, (size_t)(close - value - 1));
 		colon = close + 1;
+		if (*host == NULL)
+			return -ENOMEM;
 	} else {
 		colon = strrchr(value, ':');
 		if (colon == NULL || colon == value)
 			return -EINVAL;
 		*host = strndup(value, (size_t)(colon - value));
+		if (*host == NULL)
+			return -ENOMEM;
 	}
 	p = strtol(colon + 1, &end, 10);
 	if (*end != '\0' || end == colon + 1 || p < 1 || p > 65535) {
@@ -165,6 +193,11 @@ static int config_split_hostport(const char *value, char **host, char **port)
 		return -EINVAL;
 	}
 	*port = strdup(colon + 1);
+	if (*port == NULL) {
+		free(*host);
+		*host = NULL;
+		return -ENOMEM;
+	}
 	return 0;
 }
 
@@ -239,7 +272,8 @@ static int config_split_words(const char *value, char ***out, size_t *n)
 	return 0;
 }
 
-static void config_keys_defaults(enum config_section sec, void *obj,
+static void config_keys_defaults(struct baton_config *cfg,
+				 enum config_section sec, void *obj,
 				 bool strings);
 
 /* Index lookups: the maps store array index + 1 (arrays move on growth). */
@@ -273,10 +307,12 @@ static struct config_network *config_network_get(struct config_parse *ps,
 	if (!create)
 		return NULL;
 	n = config_grow((void **)&cfg->networks, &cfg->nnetworks, sizeof(*n));
-	if (n != NULL) {
-		n->name = strdup(name);
+	if (n == NULL)
+		cfg->alloc_failed = true;
+	else {
+		n->name = config_strdup(cfg, name);
 		n->line = ps->line;
-		config_keys_defaults(CONFIG_NETWORK, n, true);
+		config_keys_defaults(cfg, CONFIG_NETWORK, n, true);
 		config_index_put(cfg->network_index, name, cfg->nnetworks);
 	}
 	return n;
@@ -294,10 +330,12 @@ static struct config_user *config_user_get(struct config_parse *ps,
 	if (!create)
 		return NULL;
 	u = config_grow((void **)&cfg->users, &cfg->nusers, sizeof(*u));
-	if (u != NULL) {
-		u->name = strdup(name);
+	if (u == NULL)
+		cfg->alloc_failed = true;
+	else {
+		u->name = config_strdup(cfg, name);
 		u->line = ps->line;
-		config_keys_defaults(CONFIG_USER, u, true);
+		config_keys_defaults(cfg, CONFIG_USER, u, true);
 		config_index_put(cfg->user_index, name, cfg->nusers);
 	}
 	return u;
@@ -317,11 +355,13 @@ static struct config_session *config_session_get(struct config_parse *ps,
 	if (at > 0)
 		return &cfg->sessions[at - 1];
 	s = config_grow((void **)&cfg->sessions, &cfg->nsessions, sizeof(*s));
-	if (s != NULL) {
-		s->user = strdup(user);
-		s->network = strdup(network);
+	if (s == NULL)
+		cfg->alloc_failed = true;
+	else {
+		s->user = config_strdup(cfg, user);
+		s->network = config_strdup(cfg, network);
 		s->line = ps->line;
-		config_keys_defaults(CONFIG_SESSION, s, true);
+		config_keys_defaults(cfg, CONFIG_SESSION, s, true);
 		config_index_put(cfg->session_index, key, cfg->nsessions);
 	}
 	return s;
@@ -345,7 +385,7 @@ void config_parse_channels(struct config_parse *ps, const struct config_key *k,
 			   void *session, const char *value)
 {
 	struct config_session *s = session;
-	char *copy = strdup(value), *save = NULL, *tok;
+	char *copy = config_strdup(ps->cfg, value), *save = NULL, *tok;
 
 	if (copy == NULL)
 		return;
@@ -359,10 +399,16 @@ void config_parse_channels(struct config_parse *ps, const struct config_key *k,
 		char **grown = realloc(s->channels,
 				       (s->nchannels + 1) * sizeof(char *));
 
-		if (grown == NULL)
+		char *name = grown != NULL ? config_strdup(ps->cfg, tok) : NULL;
+
+		if (grown == NULL || name == NULL) {
+			ps->cfg->alloc_failed = true;
+			if (grown != NULL)
+				s->channels = grown;
 			break;
+		}
 		s->channels = grown;
-		s->channels[s->nchannels++] = strdup(tok);
+		s->channels[s->nchannels++] = name;
 	}
 	free(copy);
 }
@@ -390,8 +436,10 @@ void config_parse_bind(struct config_parse *ps, const struct config_key *k,
 	struct config_network *n = network;
 	size_t first = n->nbind;
 
-	if (config_split_words(value, &n->bind, &n->nbind) < 0)
+	if (config_split_words(value, &n->bind, &n->nbind) < 0) {
+		ps->cfg->alloc_failed = true;
 		return;
+	}
 	for (size_t i = first; i < n->nbind; i++) {
 		unsigned char addr[16];
 		char canon[INET6_ADDRSTRLEN];
@@ -409,7 +457,7 @@ void config_parse_bind(struct config_parse *ps, const struct config_key *k,
 		 * + inet_ntop() say after a migration. */
 		if (inet_ntop(af, addr, canon, sizeof(canon)) != NULL &&
 		    strcmp(canon, n->bind[i]) != 0) {
-			char *c = strdup(canon);
+			char *c = config_strdup(ps->cfg, canon);
 
 			if (c != NULL) {
 				free(n->bind[i]);
@@ -427,17 +475,24 @@ void config_parse_listener(struct config_parse *ps, const struct config_key *k,
 	struct config_listen *l;
 	char *host = NULL, *port = NULL;
 
-	if (config_split_hostport(value, &host, &port) < 0) {
+	int r = config_split_hostport(value, &host, &port);
+
+	if (r == -ENOMEM) {
+		cfg->alloc_failed = true;
+		return;
+	}
+	if (r < 0) {
 		config_key_problem(ps, k->name, "expected HOST:PORT, got '%s'", value);
 		return;
 	}
 	l = config_grow((void **)&cfg->listens, &cfg->nlistens, sizeof(*l));
 	if (l == NULL) {
+		cfg->alloc_failed = true;
 		free(host);
 		free(port);
 		return;
 	}
-	l->kind = strdup(k->name);
+	l->kind = config_strdup(cfg, k->name);
 	l->host = host;
 	l->port = port;
 	l->line = ps->line;
@@ -472,24 +527,29 @@ static void config_key_set(struct config_parse *ps, const struct config_key *k,
 		config_bool(ps, k->name, value, FIELD(obj, k, int));
 		break;
 	case CONFIG_STRING:
-		config_set_str(FIELD(obj, k, char *), value);
+		config_set_str(ps->cfg, FIELD(obj, k, char *), value);
 		break;
 	case CONFIG_PATH:
 		free(*FIELD(obj, k, char *));
 		*FIELD(obj, k, char *) = config_resolve(ps->cfg, value);
+		if (*FIELD(obj, k, char *) == NULL)
+			ps->cfg->alloc_failed = true;
 		break;
 	case CONFIG_HOSTPORT:
-		if (config_split_hostport(value, &host, &port) < 0)
+		v = config_split_hostport(value, &host, &port);
+		if (v == -ENOMEM)
+			ps->cfg->alloc_failed = true;
+		else if (v < 0)
 			config_key_problem(ps, k->name, "expected HOST:PORT, got '%s'",
 					   value);
 		else
-			config_set_str(FIELD(obj, k, char *), value);
+			config_set_str(ps->cfg, FIELD(obj, k, char *), value);
 		free(host);
 		free(port);
 		break;
 	case CONFIG_PORT:
 		if (config_int(ps, k->name, value, 1, 65535, &v) == 0)
-			config_set_str(FIELD(obj, k, char *), value);
+			config_set_str(ps->cfg, FIELD(obj, k, char *), value);
 		break;
 	case CONFIG_CUSTOM:
 		k->parse(ps, k, obj, value);
@@ -501,7 +561,8 @@ static void config_key_set(struct config_parse *ps, const struct config_key *k,
 
 /* The defaults of section `sec` into obj: numbers always, strings only
  * when `strings` (config_default_values() keeps none). */
-static void config_keys_defaults(enum config_section sec, void *obj,
+static void config_keys_defaults(struct baton_config *cfg,
+				 enum config_section sec, void *obj,
 				 bool strings)
 {
 	for (size_t i = 0; i < config_nkeys; i++) {
@@ -512,7 +573,7 @@ static void config_keys_defaults(enum config_section sec, void *obj,
 		if (k->type == CONFIG_INT || k->type == CONFIG_BOOL)
 			*FIELD(obj, k, int) = k->def;
 		else if (strings && k->def_str != NULL)
-			config_set_str(FIELD(obj, k, char *), k->def_str);
+			config_set_str(cfg, FIELD(obj, k, char *), k->def_str);
 	}
 }
 
@@ -523,7 +584,7 @@ static void config_global_defaults(struct baton_config *cfg, bool strings)
 	};
 
 	for (size_t i = 0; i < sizeof(global) / sizeof(global[0]); i++)
-		config_keys_defaults(global[i], cfg, strings);
+		config_keys_defaults(cfg, global[i], cfg, strings);
 }
 
 const struct baton_config *config_default_values(void)
@@ -733,7 +794,7 @@ static void config_validate(struct config_parse *ps)
 			config_problems_add(pr, "%s:%d: [network %s] has no host",
 					    cfg->path, n->line, n->name);
 		if (n->port == NULL)
-			n->port = strdup(n->tls ? "6697" : "6667");
+			n->port = config_strdup(cfg, n->tls ? "6697" : "6667");
 		if (!n->tls && (n->tls_ca != NULL || n->tls_fingerprint != NULL ||
 				!n->tls_verify))
 			config_problems_add(pr, "%s:%d: [network %s] sets tls_ca, tls_fingerprint or tls_verify without tls = yes",
@@ -784,7 +845,7 @@ static void config_validate(struct config_parse *ps)
 						    f, strerror(errno));
 		}
 		if (s->nick == NULL)
-			s->nick = strdup(s->user);
+			s->nick = config_strdup(cfg, s->user);
 		/* The nick (by default the user name, which may hold ',' or
 		 * '!') is stored in the session state: one a migration target
 		 * would refuse would block every upgrade (names.h). */
@@ -793,9 +854,9 @@ static void config_validate(struct config_parse *ps)
 					    cfg->path, s->line, s->user, s->network,
 					    s->nick, NAMES_MAX_LEN);
 		if (s->username == NULL)
-			s->username = strdup(s->nick);
+			s->username = config_strdup(cfg, s->nick);
 		if (s->realname == NULL)
-			s->realname = strdup(s->nick);
+			s->realname = config_strdup(cfg, s->nick);
 	}
 	for (size_t i = 0; i < cfg->nlistens; i++) {
 		if (strcmp(cfg->listens[i].kind, "ircs") != 0)
@@ -832,7 +893,7 @@ int config_load(const char *path, struct baton_config **out,
 	struct config_parse ps = { .problems = problems };
 	struct baton_config *cfg = NULL;
 	char *abs = NULL, *slash;
-	size_t before = problems->n;
+	size_t before = problems->n + problems->dropped;
 	int r;
 
 	*out = NULL;
@@ -853,7 +914,11 @@ int config_load(const char *path, struct baton_config **out,
 		goto out;
 	}
 	cfg->path = abs;
-	cfg->dir = strdup(abs);
+	cfg->dir = config_strdup(cfg, abs);
+	if (cfg->dir == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
 	slash = strrchr(cfg->dir, '/');
 	if (slash != NULL)
 		slash[slash == cfg->dir ? 1 : 0] = '\0';
@@ -875,7 +940,12 @@ int config_load(const char *path, struct baton_config **out,
 		config_problems_add(problems, "%s: cannot parse (error %d)",
 				    abs, r);
 	config_validate(&ps);
-	r = problems->n > before ? -EINVAL : 0;
+	if (cfg->alloc_failed) {
+		config_problems_add(problems, "%s: out of memory while loading", abs);
+		r = -ENOMEM;
+	} else {
+		r = problems->n + problems->dropped > before ? -EINVAL : 0;
+	}
 out:
 	if (r == 0)
 		*out = cfg;

@@ -12,6 +12,7 @@
 #ifndef BATON_COMMON_CONFIG_H
 #define BATON_COMMON_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct config_listen {
@@ -64,6 +65,9 @@ struct config_session {
 struct config_problems {
 	char **msgs;
 	size_t n;
+	/* Problems that could not be recorded (out of memory): still
+	 * problems, so a load with any of them fails. */
+	size_t dropped;
 };
 
 struct strmap;
@@ -71,6 +75,10 @@ struct strmap;
 struct baton_config {
 	char *path; /* absolute */
 	char *dir;  /* folder of path */
+	/* config_load() only: an allocation failed (common/util.h policy:
+	 * the load fails with -ENOMEM instead of yielding a config with a
+	 * value silently missing). */
+	bool alloc_failed;
 
 	/* [supervisor] */
 	char *control;
