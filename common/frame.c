@@ -131,82 +131,122 @@ static int wait_for(int sock, short events, int64_t deadline)
 	}
 }
 
-int handoff_frame_send(int sock, uint8_t type, const void *data, size_t len,
-		       const int *fds, size_t nfds, int timeout_ms)
+/* Send the fragment of `payload` that starts at `off` (fds on the first
+ * one) with one sendmsg, without waiting. Returns the payload bytes it
+ * carried (0 for an empty message), -EAGAIN when the socket has no room
+ * for the whole datagram, or another -errno. */
+static ssize_t send_fragment(int sock, uint8_t type, const uint8_t *payload,
+			     size_t len, size_t off, bool first, const int *fds,
+			     size_t nfds)
 {
 	union {
 		char buf[FRAME_CMSG_SPACE];
 		struct cmsghdr align;
 	} control;
-	const uint8_t *payload = data;
+	size_t chunk = len - off;
+	uint8_t hdr[HANDOFF_FRAME_HEADER];
+	struct frame_header h;
+	struct iovec iov[2];
+	struct msghdr mh;
+	ssize_t n;
+
+	if (chunk > HANDOFF_FRAME_FRAGMENT)
+		chunk = HANDOFF_FRAME_FRAGMENT;
+	h = (struct frame_header){
+		.magic = HANDOFF_FRAME_MAGIC,
+		.version = HANDOFF_FRAME_VERSION,
+		.type = type,
+		.flags = off + chunk < len ? HANDOFF_FRAME_F_MORE : 0,
+		.nfds = first ? (uint16_t)nfds : 0,
+		.length = (uint32_t)chunk,
+		.total = (uint32_t)len,
+	};
+	header_encode(hdr, &h);
+
+	iov[0] = (struct iovec){ .iov_base = hdr, .iov_len = sizeof(hdr) };
+	iov[1] = (struct iovec){ .iov_base = (void *)(payload ? payload + off : NULL),
+				 .iov_len = chunk };
+	mh = (struct msghdr){ .msg_iov = iov, .msg_iovlen = chunk ? 2 : 1 };
+	if (first && nfds > 0) {
+		struct cmsghdr *c;
+
+		memset(&control, 0, sizeof(control));
+		mh.msg_control = control.buf;
+		mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+		c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+		memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
+	}
+	do
+		n = sendmsg(sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+	/* SEQPACKET: a datagram is queued whole or not at all. */
+	if ((size_t)n != sizeof(hdr) + chunk)
+		return -EIO;
+	return (ssize_t)chunk;
+}
+
+static bool send_args_ok(int sock, uint8_t type, const void *data, size_t len,
+			 const int *fds, size_t nfds)
+{
+	return !(sock < 0 || type == 0 || nfds > HANDOFF_FRAME_MAX_FDS ||
+		 len > HANDOFF_FRAME_MAX_MESSAGE || (len > 0 && !data) ||
+		 (nfds > 0 && !fds));
+}
+
+int handoff_frame_send(int sock, uint8_t type, const void *data, size_t len,
+		       const int *fds, size_t nfds, int timeout_ms)
+{
 	int64_t deadline = deadline_after(timeout_ms);
 	size_t off = 0;
 	bool first = true;
 
-	if (sock < 0 || type == 0 || nfds > HANDOFF_FRAME_MAX_FDS ||
-	    len > HANDOFF_FRAME_MAX_MESSAGE || (len > 0 && !data) ||
-	    (nfds > 0 && !fds))
+	if (!send_args_ok(sock, type, data, len, fds, nfds))
 		return -EINVAL;
 
 	/* One datagram per fragment; an empty message is one empty fragment. */
 	do {
-		size_t chunk = len - off;
-		uint8_t hdr[HANDOFF_FRAME_HEADER];
-		struct frame_header h;
-		struct iovec iov[2];
-		struct msghdr mh;
 		ssize_t n;
-
-		if (chunk > HANDOFF_FRAME_FRAGMENT)
-			chunk = HANDOFF_FRAME_FRAGMENT;
-		h = (struct frame_header){
-			.magic = HANDOFF_FRAME_MAGIC,
-			.version = HANDOFF_FRAME_VERSION,
-			.type = type,
-			.flags = off + chunk < len ? HANDOFF_FRAME_F_MORE : 0,
-			.nfds = first ? (uint16_t)nfds : 0,
-			.length = (uint32_t)chunk,
-			.total = (uint32_t)len,
-		};
-		header_encode(hdr, &h);
-
-		iov[0] = (struct iovec){ .iov_base = hdr, .iov_len = sizeof(hdr) };
-		iov[1] = (struct iovec){ .iov_base = (void *)(payload ? payload + off : NULL),
-					 .iov_len = chunk };
-		mh = (struct msghdr){ .msg_iov = iov, .msg_iovlen = chunk ? 2 : 1 };
-		if (first && nfds > 0) {
-			struct cmsghdr *c;
-
-			memset(&control, 0, sizeof(control));
-			mh.msg_control = control.buf;
-			mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-			c = CMSG_FIRSTHDR(&mh);
-			c->cmsg_level = SOL_SOCKET;
-			c->cmsg_type = SCM_RIGHTS;
-			c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-			memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
-		}
 
 		for (;;) {
 			int r;
 
-			n = sendmsg(sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+			n = send_fragment(sock, type, data, len, off, first, fds,
+					  nfds);
 			if (n >= 0)
 				break;
-			if (errno == EINTR)
-				continue;
-			if (errno != EAGAIN && errno != EWOULDBLOCK)
-				return -errno;
+			if (n != -EAGAIN)
+				return (int)n;
 			r = wait_for(sock, POLLOUT, deadline);
 			if (r < 0)
 				return r;
 		}
-		/* SEQPACKET: a datagram is queued whole or not at all. */
-		if ((size_t)n != sizeof(hdr) + chunk)
-			return -EIO;
-		off += chunk;
+		off += (size_t)n;
 		first = false;
 	} while (off < len);
+	return 0;
+}
+
+int handoff_frame_send_nowait(int sock, uint8_t type, const void *data,
+			      size_t len, const int *fds, size_t nfds,
+			      struct handoff_frame_cursor *cur)
+{
+	if (!cur || !send_args_ok(sock, type, data, len, fds, nfds) ||
+	    cur->off > len || (cur->started && cur->off == len))
+		return -EINVAL;
+	do {
+		ssize_t n = send_fragment(sock, type, data, len, cur->off,
+					  !cur->started, fds, nfds);
+
+		if (n < 0)
+			return (int)n;
+		cur->off += (size_t)n;
+		cur->started = true;
+	} while (cur->off < len);
 	return 0;
 }
 

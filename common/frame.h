@@ -24,6 +24,7 @@
 #ifndef BATON_HANDOFF_FRAME_H
 #define BATON_HANDOFF_FRAME_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -50,6 +51,24 @@ struct handoff_msg {
  * -ETIMEDOUT, -EPIPE / other -errno from sendmsg. */
 int handoff_frame_send(int sock, uint8_t type, const void *data, size_t len,
 		       const int *fds, size_t nfds, int timeout_ms);
+
+/* Where a handoff_frame_send_nowait() of one message stands. Start from
+ * { 0 }; the same message (type, data, len, fds) must be passed on every
+ * call until it returns 0. */
+struct handoff_frame_cursor {
+	size_t off;   /* payload bytes already sent */
+	bool started; /* the first fragment (with the fds) is sent */
+};
+
+/* Send the fragments of one message that fit now, never waiting.
+ * Returns 0 when the whole message is sent; -EAGAIN when the socket is
+ * full (cur says how far it got: call again when it is writable; nothing
+ * was sent if !cur->started); -EINVAL as handoff_frame_send() (or a
+ * cursor past the message); other -errno from sendmsg (the channel is
+ * broken if cur->started: a message is partly sent). */
+int handoff_frame_send_nowait(int sock, uint8_t type, const void *data,
+			      size_t len, const int *fds, size_t nfds,
+			      struct handoff_frame_cursor *cur);
 
 /* Receive one whole message (all fragments). Waits up to `timeout_ms` in
  * total for the fragments after the first, and for the first too when the

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -87,6 +89,9 @@ static void *authpool_thread(void *arg)
 	struct authpool *p = arg;
 	uint64_t one = 1;
 
+	/* This thread only (Linux: a thread's nice value is its own). Best
+	 * effort: without it the checks merely compete as equals. */
+	(void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), AUTHPOOL_NICE);
 	pthread_mutex_lock(&p->mu);
 	for (;;) {
 		while (!p->stop && !p->head)

@@ -13,6 +13,16 @@
  * Ids are the caller's: a caller whose client died meanwhile simply finds
  * no client for the id (results are never cancelled, only ignored).
  *
+ * The pool's threads run at nice AUTHPOOL_NICE: on a machine whose cores
+ * are busy, the event loop (nice 0) gets the CPU first and a login flood
+ * with a slow hash delays the logins, not the relay (bench/README.md,
+ * login_flood_bench). They still get ~1/10 of a contended core, so
+ * logins are not starved.
+ *
+ * At queue_max the next submit fails at once (-EAGAIN: the caller refuses
+ * that login with "server busy"): a flood of logins cannot grow memory
+ * beyond queue_max jobs (each a copy of a password and a hash).
+ *
  * Ownership: the pool copies password and hash (the password copy is
  * wiped after use). authpool_free() drops jobs still waiting, waits for the
  * running ones and delivers no further results.
@@ -23,6 +33,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#define AUTHPOOL_NICE 10
 
 struct event_base;
 struct authpool;

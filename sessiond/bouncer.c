@@ -27,6 +27,7 @@
 #include "sessiond/fault.h"
 #include "sessiond/governor.h"
 #include "sessiond/peer.h"
+#include "sessiond/resolver.h"
 #include "sessiond/health.h"
 #include "sessiond/session.h"
 #include "sessiond/state.h"
@@ -125,6 +126,9 @@ struct bouncer {
 	/* The worker's health counters (health.h) and their PING checks. */
 	struct health health;
 	struct event *health_tick;
+	/* Host names of networks (resolver.h): made in bouncer_new() when a
+	 * configured host is a name, else on first use. */
+	struct resolver *resolver;
 };
 
 struct event_base *bouncer_base(const struct bouncer *b)
@@ -879,7 +883,7 @@ static void bouncer_gov_cb(evutil_socket_t fd, short what, void *arg)
 	while ((w = governor_next(g, now, &addr)) != NULL) {
 		struct session *s = w->arg;
 		bouncer_governor_changed(b);
-		if (s->up || s->item.state != ITEM_LIVE) {
+		if (s->up || s->lookup || s->item.state != ITEM_LIVE) {
 			/* cannot happen: freeze cancels; keep the due time */
 			governor_release(g, addr);
 			continue;
@@ -1007,6 +1011,18 @@ struct bouncer *bouncer_new(struct event_base *base,
 		bouncer_free(b);
 		return NULL;
 	}
+	/* Read resolv.conf and the hosts file now, not on the loop. */
+	for (size_t i = 0; cfg && i < cfg->nnetworks && !b->resolver; i++) {
+		struct in6_addr a6;
+
+		if (cfg->networks[i].host &&
+		    inet_pton(AF_INET, cfg->networks[i].host, &a6) != 1 &&
+		    inet_pton(AF_INET6, cfg->networks[i].host, &a6) != 1 &&
+		    !(b->resolver = resolver_new(base))) {
+			bouncer_free(b);
+			return NULL;
+		}
+	}
 	struct timeval tv = { .tv_sec = 5 };
 	event_add(b->sweep, &tv);
 	b->health_tick = event_new(base, -1, EV_PERSIST, bouncer_health_tick_cb, b);
@@ -1084,6 +1100,9 @@ void bouncer_free(struct bouncer *b)
 	throttle_free(b->fail_user);
 	throttle_free(b->fail_name);
 	tls_contexts_free(b->tls);
+	/* Last: it runs the loop once for evdns's cancellations (resolver.h),
+	 * when no other event of ours is left. */
+	resolver_free(b->resolver);
 	free(b);
 }
 
@@ -1108,6 +1127,13 @@ void bouncer_start_configured(struct bouncer *b)
 	}
 	if (started)
 		log_info("bouncer", "starting %zu sessions", started);
+}
+
+struct resolver *bouncer_resolver(struct bouncer *b)
+{
+	if (!b->resolver)
+		b->resolver = resolver_new(b->base);
+	return b->resolver;
 }
 
 struct tls_contexts *bouncer_tls(const struct bouncer *b)

@@ -19,10 +19,14 @@
 #include "control.pb-c.h"
 #include "common/frame.h"
 #include "sessiond/bouncer.h"
+#include "sessiond/control_queue.h"
 #include "sessiond/fault.h"
 #include "sessiond/health.h"
 #include "sessiond/transfer.h"
 
+/* READY (before the loop) and the final flush at exit: the only sends
+ * that may wait. Everything on the loop goes through the queue
+ * (control_queue.h) and never waits. */
 #define WORKER_SEND_TIMEOUT_MS 2000
 /* Event-loop lag: how late a 100 ms tick runs (its worst since the last
  * health sample is the gates' loop_lag_max_s). */
@@ -32,6 +36,7 @@ struct control_channel {
 	struct event_base *base;
 	int fd;
 	struct event *ev;
+	struct control_queue *out; /* every send from the loop */
 	struct event *lag_ev;
 	struct timespec lag_expected;
 	double lag_ms; /* event-loop lag: lateness of the last lag tick */
@@ -64,8 +69,9 @@ static void channel_progress(void *arg, uint32_t done, uint32_t total)
 
 	p.items_done = done;
 	p.items_total = total;
-	control_send(w->fd, CONTROL_PROGRESS, &p.base, NULL, 0,
-		     WORKER_SEND_TIMEOUT_MS);
+	/* a sample: a newer count replaces one still waiting */
+	control_queue_push(w->out, CONTROL_PROGRESS, &p.base,
+			   CONTROL_QUEUE_SAMPLE);
 }
 
 /* Source: before anything is frozen, tell the supervisor how many sessions
@@ -80,8 +86,8 @@ static void channel_announce_sessions(struct control_channel *w)
 	bouncer_stats(w->b, &s);
 	p.has_source_sessions = 1;
 	p.source_sessions = s.sessions;
-	if (control_send(w->fd, CONTROL_PROGRESS, &p.base, NULL, 0,
-			 WORKER_SEND_TIMEOUT_MS) < 0)
+	if (control_queue_push(w->out, CONTROL_PROGRESS, &p.base,
+			       CONTROL_QUEUE_MUST) < 0)
 		log_warn("worker", "cannot announce the sessions of this migration");
 }
 
@@ -126,8 +132,8 @@ static void channel_finished(void *arg, const struct transfer_result *res)
 		 res->fds, res->chunks_committed, res->chunks,
 		 res->freeze_max_ms, res->total_ms,
 		 res->reason[0] ? ": " : "", res->reason);
-	rc = control_send(w->fd, CONTROL_MIGRATION_RESULT, &r.base, NULL, 0,
-			  WORKER_SEND_TIMEOUT_MS);
+	rc = control_queue_push(w->out, CONTROL_MIGRATION_RESULT, &r.base,
+				CONTROL_QUEUE_MUST);
 	if (rc < 0)
 		log_error("worker", "cannot report migration result: %s",
 			  strerror(-rc));
@@ -151,8 +157,8 @@ static void channel_send_status(struct control_channel *w)
 	st.has_pid = 1;
 	st.pid = (uint32_t)getpid();
 	st.version = (char *)SESSIOND_VERSION;
-	control_send(w->fd, CONTROL_STATUS, &st.base, NULL, 0,
-		     WORKER_SEND_TIMEOUT_MS);
+	control_queue_push(w->out, CONTROL_STATUS, &st.base,
+			   CONTROL_QUEUE_SAMPLE);
 }
 
 /* The health gates' sample (health.h): counters, and the differential
@@ -168,17 +174,23 @@ static double channel_thread_cpu_s(void)
 static void channel_send_health(struct control_channel *w)
 {
 	Baton__Control__Health h = BATON__CONTROL__HEALTH__INIT;
-	double t0 = channel_thread_cpu_s();
+	double t0;
 	int rc;
 
+	/* One still waiting for room answers this request too: building
+	 * another would consume an interval of differential delivery that
+	 * replacing the waiting one would then lose (control_queue.h). */
+	if (control_queue_waiting(w->out, CONTROL_HEALTH))
+		return;
+	t0 = channel_thread_cpu_s();
 	if (health_fill(bouncer_health(w->b), w->b, &h) < 0)
 		log_warn("worker", "health sample incomplete: out of memory");
 	/* what answering the gates costs this loop (bench/README.md) */
 	w->health_build_s += channel_thread_cpu_s() - t0;
 	h.has_health_build_s = 1;
 	h.health_build_s = w->health_build_s;
-	rc = control_send(w->fd, CONTROL_HEALTH, &h.base, NULL, 0,
-			  WORKER_SEND_TIMEOUT_MS);
+	rc = control_queue_push(w->out, CONTROL_HEALTH, &h.base,
+				CONTROL_QUEUE_SAMPLE);
 	if (rc < 0)
 		log_warn("worker", "cannot send the health sample: %s", strerror(-rc));
 	health_fill_free(&h);
@@ -380,7 +392,8 @@ struct control_channel *control_channel_new(struct event_base *base, int fd, str
 	evutil_make_socket_nonblocking(fd);
 	w->ev = event_new(base, fd, EV_READ | EV_PERSIST, channel_readable, w);
 	w->lag_ev = evtimer_new(base, channel_lag_tick, w);
-	if (w->ev == NULL || w->lag_ev == NULL) {
+	w->out = control_queue_new(base, fd);
+	if (w->ev == NULL || w->lag_ev == NULL || w->out == NULL) {
 		control_channel_free(w);
 		return NULL;
 	}
@@ -397,6 +410,10 @@ void control_channel_free(struct control_channel *w)
 		event_free(w->ev);
 	if (w->lag_ev != NULL)
 		event_free(w->lag_ev);
+	/* The loop is over: what is still queued (a MIGRATION_RESULT just
+	 * before EXIT) may wait for room, bounded. */
+	control_queue_flush(w->out, WORKER_SEND_TIMEOUT_MS);
+	control_queue_free(w->out);
 	close(w->fd);
 	free(w);
 }

@@ -292,7 +292,7 @@ static void session_reconnect_cb(evutil_socket_t fd, short what, void *arg)
 	struct session *s = arg;
 	int rc;
 
-	if (s->up) {
+	if (s->up || s->lookup) {
 		s->reconnect_at_ms = 0;
 		return;
 	}
@@ -326,6 +326,7 @@ struct session *session_new(struct bouncer *b, const char *user,
 	s->item.state = ITEM_ADOPTED;
 	s->gov_wait.arg = s;
 	s->gov_wait.prefer = -1;
+	s->lookup_slot = -1;
 	s->user = strdup(user);
 	s->network = strdup(network);
 	size_t klen = strlen(user) + strlen(network) + 2;
@@ -349,6 +350,7 @@ void session_free(struct session *s)
 	struct governor *g = bouncer_governor(s->b, s->network);
 	if (g)
 		governor_cancel(g, &s->gov_wait);
+	upstream_lookup_cancel(s, false); /* its answer never comes here */
 	upstream_free(s->up);
 	for (size_t i = 0; i < s->nclients; i++)
 		client_free(s->clients[i]);
@@ -443,6 +445,9 @@ void session_freeze(struct session *s, bool flush)
 	struct governor *g = bouncer_governor(s->b, s->network);
 	if (g)
 		governor_cancel(g, &s->gov_wait);
+	/* A host-name lookup cannot travel: dropped, the session connects
+	 * again when armed (here or in T). */
+	upstream_lookup_cancel(s, true);
 	if (s->up)
 		upstream_freeze(s->up, flush);
 	for (size_t i = 0; i < s->nclients; i++)

@@ -140,6 +140,12 @@ struct session {
 	 * channels must not make a log line per line it sends). */
 	int64_t untracked_notice_ms;
 	struct upstream *up; /* NULL while disconnected */
+	/* The network's host name being resolved (resolver.h) before a
+	 * connect: it holds governor slot lookup_slot (-1: none) meanwhile.
+	 * Cancelled when the session is frozen (it then connects again when
+	 * armed, here or in the target) or freed. NULL: none. */
+	struct resolver_lookup *lookup;
+	int lookup_slot;
 	struct client **clients;
 	size_t nclients;
 	char *away;
@@ -248,6 +254,9 @@ int bouncer_governor_request(struct bouncer *b, struct session *s);
 /* A slot or throttle changed: run the governor from the event loop (never
  * synchronously: the caller may be freeing things). */
 void bouncer_governor_kick(struct bouncer *b, struct governor *g);
+/* The worker's resolver (resolver.h), made on first use if bouncer_new()
+ * did not (no configured network host was a name). NULL: out of memory. */
+struct resolver *bouncer_resolver(struct bouncer *b);
 /* The governors' state changed (token spent, throttle, merge): the next
  * serialized session item carries a fresh snapshot (state.c). */
 void bouncer_governor_changed(struct bouncer *b);

@@ -24,6 +24,7 @@
 #include "sessiond/fault.h"
 #include "sessiond/health.h"
 #include "sessiond/irc.h"
+#include "sessiond/resolver.h"
 #include "sessiond/tls_contexts.h"
 
 #define CONNECT_TIMEOUT_MS 30000
@@ -204,34 +205,119 @@ static int bind_source(int fd, int family, const char *addr)
 	return 0;
 }
 
+/* Give back a governor slot nobody will use (a failed connect or a
+ * cancelled lookup): the governor may let the next session go. */
+static void upstream_slot_release(struct session *s, int gov_slot)
+{
+	struct governor *g = gov_slot >= 0 ? bouncer_governor(s->b, s->network) : NULL;
+
+	if (g) {
+		governor_release(g, (size_t)gov_slot);
+		bouncer_governor_kick(s->b, g);
+	}
+}
+
+static int upstream_connect_to(struct session *s, int gov_slot,
+			       struct addrinfo *res);
+
+/* The host name's answer (resolver.h): connect, or fail like a connect. */
+static void upstream_resolved(int err, struct addrinfo *res, void *arg)
+{
+	struct session *s = arg;
+	const struct baton_config *cfg = bouncer_config(s->b);
+	const struct config_network *net = cfg ? config_find_network(cfg, s->network) : NULL;
+	int slot = s->lookup_slot;
+	int rc;
+
+	s->lookup = NULL;
+	s->lookup_slot = -1;
+	if (err != 0 || res == NULL || net == NULL) {
+		log_warn("upstream", "%s: cannot resolve %s: %s (retrying with backoff)",
+			 s->key, net ? net->host : s->network,
+			 err ? evutil_gai_strerror(err) : "no address");
+		rc = -EHOSTUNREACH;
+	} else {
+		rc = upstream_connect_to(s, slot, res);
+		if (rc < 0)
+			log_warn("upstream", "%s: connect to %s failed: %s", s->key,
+				 net->host, strerror(-rc));
+	}
+	if (res)
+		evutil_freeaddrinfo(res);
+	if (rc == 0)
+		return;
+	upstream_slot_release(s, slot);
+	s->reconnect_failures++;
+	session_backoff(s);
+}
+
+void upstream_lookup_cancel(struct session *s, bool retry)
+{
+	if (!s->lookup)
+		return;
+	resolver_cancel(s->lookup);
+	s->lookup = NULL;
+	upstream_slot_release(s, s->lookup_slot);
+	s->lookup_slot = -1;
+	if (retry)
+		s->reconnect_at_ms = clock_mono_ms();
+}
+
 int upstream_connect(struct session *s, int gov_slot)
 {
 	const struct baton_config *cfg = bouncer_config(s->b);
 	const struct config_session *cs = session_config(s);
 	const struct config_network *net = cfg ? config_find_network(cfg, s->network) : NULL;
 	struct addrinfo hints, *res = NULL;
-	struct conn *c = NULL;
-	int fd = -1, rc;
+	struct resolver *r;
+	int rc;
 
 	if (!cs || !net)
 		return -ENOENT;
+	if (s->lookup)
+		return -EALREADY;
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
 	hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
 	const char *port = net->port ? net->port : "6667";
+	/* A numeric host: no DNS, nothing that can block. */
 	rc = getaddrinfo(net->host, port, &hints, &res);
-	if (rc != 0) {
-		/* A host name: resolved synchronously for now (known gap). */
-		hints.ai_flags = AI_ADDRCONFIG;
-		rc = getaddrinfo(net->host, port, &hints, &res);
+	if (rc == 0) {
+		rc = upstream_connect_to(s, gov_slot, res);
+		freeaddrinfo(res);
+		return rc;
 	}
-	if (rc != 0) {
+	if (rc != EAI_NONAME) {
 		log_warn("upstream", "%s: cannot resolve %s:%s: %s", s->key,
 			 net->host, port, gai_strerror(rc));
-		rc = -EHOSTUNREACH;
-		goto out;
+		return -EHOSTUNREACH;
 	}
+	/* A host name: asked without blocking; the connect follows. */
+	r = bouncer_resolver(s->b);
+	s->lookup = r ? resolver_start(r, net->host, port, upstream_resolved, s) : NULL;
+	if (!s->lookup)
+		return -ENOMEM;
+	s->lookup_slot = gov_slot; /* the lookup's until it ends */
+	return 0;
+}
+
+/* Connect to one of res's addresses (see upstream_connect()). */
+static int upstream_connect_to(struct session *s, int gov_slot,
+			       struct addrinfo *res)
+{
+	const struct baton_config *cfg = bouncer_config(s->b);
+	const struct config_session *cs = session_config(s);
+	const struct config_network *net = cfg ? config_find_network(cfg, s->network) : NULL;
+	const char *port;
+	struct conn *c = NULL;
+	int fd = -1, rc;
+
+	if (!cs || !net)
+		return -ENOENT;
+	if (!res)
+		return -EHOSTUNREACH;
+	port = net->port ? net->port : "6667";
 	/* A name with several addresses: each failed attempt moves on to the
 	 * next one (e.g. ::1 refused, 127.0.0.1 listening). */
 	size_t naddr = 0;
@@ -331,8 +417,6 @@ int upstream_connect(struct session *s, int gov_slot)
 		upstream_arm(u);
 	rc = 0;
 out:
-	if (res)
-		freeaddrinfo(res);
 	if (fd >= 0)
 		close(fd);
 	conn_release(c);

@@ -58,9 +58,18 @@ struct upstream {
 
 /* Start a connection to the configured network from source address
  * `gov_slot` of the network's governor (-1: no governor, the kernel
- * chooses). On success the upstream holds the slot; on failure (0 or
- * -errno returned) the caller still holds it and schedules a retry. */
+ * chooses). A numeric host connects now (non-blocking connect); a host
+ * name is resolved first without blocking (resolver.h: s->lookup), and
+ * the connect follows from the loop, whose failures (cannot resolve,
+ * cannot connect) release the slot and back off like any failed connect,
+ * logged with their reason. On success (0) the upstream or the lookup
+ * holds the slot; on failure (-errno) the caller still holds it and
+ * schedules a retry. */
 int upstream_connect(struct session *s, int gov_slot);
+/* Drop s's host-name lookup, if any (its slot is released). retry: the
+ * session connects again when it is next armed (freeze); a late answer
+ * never reaches s. */
+void upstream_lookup_cancel(struct session *s, bool retry);
 /* Build an upstream around an adopted conn (no events). */
 struct upstream *upstream_new(struct session *s, struct conn *c);
 void upstream_free(struct upstream *u); /* closes the conn, sends nothing */
