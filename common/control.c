@@ -16,7 +16,7 @@ int control_send(int sock, enum control_type type, const ProtobufCMessage *msg,
 	if (buf == NULL)
 		return -ENOMEM;
 	protobuf_c_message_pack(msg, buf);
-	r = handoff_frame_send(sock, (uint8_t)type, buf, len, fds, nfds,
+	r = frame_send(sock, (uint8_t)type, buf, len, fds, nfds,
 			       timeout_ms);
 	free(buf);
 	return r;

@@ -29,14 +29,14 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Socket buffer asked for by handoff_socketpair(). A migration chunk is sent
+/* Socket buffer asked for by frame_socketpair(). A migration chunk is sent
  * synchronously before the source waits for PREPARED, so the whole chunk
  * (e.g. 256 items of ~4 KiB plus per-datagram kernel overhead) should fit in
  * the queue even when the target is slow to read. The kernel doubles it. */
 #define FRAME_SOCKBUF (8 * 1024 * 1024)
 
-/* Room for HANDOFF_FRAME_MAX_FDS fds in one SCM_RIGHTS cmsg. */
-#define FRAME_CMSG_SPACE CMSG_SPACE(HANDOFF_FRAME_MAX_FDS * sizeof(int))
+/* Room for FRAME_MAX_FDS fds in one SCM_RIGHTS cmsg. */
+#define FRAME_CMSG_SPACE CMSG_SPACE(FRAME_MAX_FDS * sizeof(int))
 
 struct frame_header {
 	uint16_t magic;
@@ -73,7 +73,7 @@ static uint32_t get32(const uint8_t *p)
 	       ((uint32_t)p[3] << 24);
 }
 
-static void header_encode(uint8_t out[HANDOFF_FRAME_HEADER],
+static void header_encode(uint8_t out[FRAME_HEADER],
 			  const struct frame_header *h)
 {
 	put16(out + 0, h->magic);
@@ -86,7 +86,7 @@ static void header_encode(uint8_t out[HANDOFF_FRAME_HEADER],
 }
 
 static void header_decode(struct frame_header *h,
-			  const uint8_t in[HANDOFF_FRAME_HEADER])
+			  const uint8_t in[FRAME_HEADER])
 {
 	h->magic = get16(in + 0);
 	h->version = in[2];
@@ -144,19 +144,19 @@ static ssize_t send_fragment(int sock, uint8_t type, const uint8_t *payload,
 		struct cmsghdr align;
 	} control;
 	size_t chunk = len - off;
-	uint8_t hdr[HANDOFF_FRAME_HEADER];
+	uint8_t hdr[FRAME_HEADER];
 	struct frame_header h;
 	struct iovec iov[2];
 	struct msghdr mh;
 	ssize_t n;
 
-	if (chunk > HANDOFF_FRAME_FRAGMENT)
-		chunk = HANDOFF_FRAME_FRAGMENT;
+	if (chunk > FRAME_FRAGMENT)
+		chunk = FRAME_FRAGMENT;
 	h = (struct frame_header){
-		.magic = HANDOFF_FRAME_MAGIC,
-		.version = HANDOFF_FRAME_VERSION,
+		.magic = FRAME_MAGIC,
+		.version = FRAME_VERSION,
 		.type = type,
-		.flags = off + chunk < len ? HANDOFF_FRAME_F_MORE : 0,
+		.flags = off + chunk < len ? FRAME_F_MORE : 0,
 		.nfds = first ? (uint16_t)nfds : 0,
 		.length = (uint32_t)chunk,
 		.total = (uint32_t)len,
@@ -193,12 +193,12 @@ static ssize_t send_fragment(int sock, uint8_t type, const uint8_t *payload,
 static bool send_args_ok(int sock, uint8_t type, const void *data, size_t len,
 			 const int *fds, size_t nfds)
 {
-	return !(sock < 0 || type == 0 || nfds > HANDOFF_FRAME_MAX_FDS ||
-		 len > HANDOFF_FRAME_MAX_MESSAGE || (len > 0 && !data) ||
+	return !(sock < 0 || type == 0 || nfds > FRAME_MAX_FDS ||
+		 len > FRAME_MAX_MESSAGE || (len > 0 && !data) ||
 		 (nfds > 0 && !fds));
 }
 
-int handoff_frame_send(int sock, uint8_t type, const void *data, size_t len,
+int frame_send(int sock, uint8_t type, const void *data, size_t len,
 		       const int *fds, size_t nfds, int timeout_ms)
 {
 	int64_t deadline = deadline_after(timeout_ms);
@@ -231,9 +231,9 @@ int handoff_frame_send(int sock, uint8_t type, const void *data, size_t len,
 	return 0;
 }
 
-int handoff_frame_send_nowait(int sock, uint8_t type, const void *data,
+int frame_send_nowait(int sock, uint8_t type, const void *data,
 			      size_t len, const int *fds, size_t nfds,
-			      struct handoff_frame_cursor *cur)
+			      struct frame_cursor *cur)
 {
 	if (!cur || !send_args_ok(sock, type, data, len, fds, nfds) ||
 	    cur->off > len || (cur->started && cur->off == len))
@@ -260,7 +260,7 @@ static void close_fds(int *fds, size_t n)
 }
 
 /* Collect every fd of every SCM_RIGHTS cmsg into out[] (capacity
- * HANDOFF_FRAME_MAX_FDS; more cannot arrive in one datagram since the kernel
+ * FRAME_MAX_FDS; more cannot arrive in one datagram since the kernel
  * caps a sendmsg at SCM_MAX_FD, but any excess is closed and counted so the
  * caller can reject the datagram). Other cmsgs (e.g. SCM_CREDENTIALS if someone set
  * SO_PASSCRED) are ignored. Returns the number of fds received. */
@@ -281,7 +281,7 @@ static size_t collect_fds(struct msghdr *mh, int *out)
 			int fd;
 
 			memcpy(&fd, p + i * sizeof(int), sizeof(int));
-			if (n < HANDOFF_FRAME_MAX_FDS)
+			if (n < FRAME_MAX_FDS)
 				out[n] = fd;
 			else
 				close(fd);
@@ -337,9 +337,9 @@ static int recv_datagram(int sock, uint8_t *buf, size_t cap, bool wait,
 			return r;
 	}
 	*nfds = collect_fds(&mh, fds);
-	if (*nfds > HANDOFF_FRAME_MAX_FDS) {
+	if (*nfds > FRAME_MAX_FDS) {
 		/* The excess is already closed; no header can announce it. */
-		close_fds(fds, HANDOFF_FRAME_MAX_FDS);
+		close_fds(fds, FRAME_MAX_FDS);
 		*nfds = 0;
 		return -EPROTO;
 	}
@@ -348,9 +348,9 @@ static int recv_datagram(int sock, uint8_t *buf, size_t cap, bool wait,
 	return 0;
 }
 
-int handoff_frame_recv(int sock, struct handoff_msg *msg, int timeout_ms)
+int frame_recv(int sock, struct frame_msg *msg, int timeout_ms)
 {
-	int fds[HANDOFF_FRAME_MAX_FDS];
+	int fds[FRAME_MAX_FDS];
 	size_t nfds = 0;
 	uint8_t *buf = NULL;
 	uint8_t *data = NULL;
@@ -367,7 +367,7 @@ int handoff_frame_recv(int sock, struct handoff_msg *msg, int timeout_ms)
 
 	if (!msg)
 		return -EINVAL;
-	*msg = (struct handoff_msg){ 0 };
+	*msg = (struct frame_msg){ 0 };
 	if (sock < 0)
 		return -EINVAL;
 	fl = fcntl(sock, F_GETFL);
@@ -375,7 +375,7 @@ int handoff_frame_recv(int sock, struct handoff_msg *msg, int timeout_ms)
 		return -errno;
 	blocking = !(fl & O_NONBLOCK);
 
-	buf = malloc(HANDOFF_FRAME_HEADER + HANDOFF_FRAME_FRAGMENT);
+	buf = malloc(FRAME_HEADER + FRAME_FRAGMENT);
 	if (!buf)
 		return -ENOMEM;
 
@@ -389,7 +389,7 @@ int handoff_frame_recv(int sock, struct handoff_msg *msg, int timeout_ms)
 		int flags = 0;
 		size_t received_fds;
 
-		r = recv_datagram(sock, buf, HANDOFF_FRAME_HEADER + HANDOFF_FRAME_FRAGMENT,
+		r = recv_datagram(sock, buf, FRAME_HEADER + FRAME_FRAGMENT,
 				  !first || blocking, deadline, &got, fds, &nfds,
 				  &flags);
 		if (r < 0)
@@ -421,16 +421,16 @@ int handoff_frame_recv(int sock, struct handoff_msg *msg, int timeout_ms)
 			r = -ECONNRESET;
 			goto out;
 		}
-		if ((flags & (MSG_TRUNC | MSG_CTRUNC)) || got < HANDOFF_FRAME_HEADER) {
+		if ((flags & (MSG_TRUNC | MSG_CTRUNC)) || got < FRAME_HEADER) {
 			r = -EPROTO;
 			goto out;
 		}
 		header_decode(&h, buf);
-		if (h.magic != HANDOFF_FRAME_MAGIC ||
-		    h.version != HANDOFF_FRAME_VERSION || h.type == 0 ||
-		    h.length != got - HANDOFF_FRAME_HEADER ||
-		    h.total > HANDOFF_FRAME_MAX_MESSAGE ||
-		    h.nfds != received_fds || (h.flags & ~HANDOFF_FRAME_F_MORE)) {
+		if (h.magic != FRAME_MAGIC ||
+		    h.version != FRAME_VERSION || h.type == 0 ||
+		    h.length != got - FRAME_HEADER ||
+		    h.total > FRAME_MAX_MESSAGE ||
+		    h.nfds != received_fds || (h.flags & ~FRAME_F_MORE)) {
 			r = -EPROTO;
 			goto out;
 		}
@@ -453,7 +453,7 @@ int handoff_frame_recv(int sock, struct handoff_msg *msg, int timeout_ms)
 			r = -EPROTO;
 			goto out;
 		}
-		if (h.flags & HANDOFF_FRAME_F_MORE) {
+		if (h.flags & FRAME_F_MORE) {
 			if (h.length == 0 || off + h.length == total) {
 				r = -EPROTO;
 				goto out;
@@ -462,10 +462,10 @@ int handoff_frame_recv(int sock, struct handoff_msg *msg, int timeout_ms)
 			r = -EPROTO;
 			goto out;
 		}
-		memcpy(data + off, buf + HANDOFF_FRAME_HEADER, h.length);
+		memcpy(data + off, buf + FRAME_HEADER, h.length);
 		off += h.length;
 		first = false;
-		if (!(h.flags & HANDOFF_FRAME_F_MORE))
+		if (!(h.flags & FRAME_F_MORE))
 			break;
 	}
 
@@ -488,7 +488,7 @@ out:
 	return r;
 }
 
-void handoff_msg_clear(struct handoff_msg *msg)
+void frame_msg_clear(struct frame_msg *msg)
 {
 	if (!msg)
 		return;
@@ -496,10 +496,10 @@ void handoff_msg_clear(struct handoff_msg *msg)
 		close_fds(msg->fds, msg->nfds);
 	free(msg->fds);
 	free(msg->data);
-	*msg = (struct handoff_msg){ 0 };
+	*msg = (struct frame_msg){ 0 };
 }
 
-int handoff_msg_take_fd(struct handoff_msg *msg, size_t i)
+int frame_msg_take_fd(struct frame_msg *msg, size_t i)
 {
 	int fd;
 
@@ -522,7 +522,7 @@ static void raise_buf(int fd, int force_opt, int opt)
 	(void)setsockopt(fd, SOL_SOCKET, opt, &v, sizeof(v));
 }
 
-int handoff_socketpair(int sv[2])
+int frame_socketpair(int sv[2])
 {
 	if (!sv)
 		return -EINVAL;

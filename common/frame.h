@@ -3,16 +3,16 @@
  * Every datagram starts with a 16-byte header (all fields little endian):
  *
  *   0  u16 magic   0xBA70
- *   2  u8  version HANDOFF_FRAME_VERSION
+ *   2  u8  version FRAME_VERSION
  *   3  u8  type    caller-defined (1..255; 0 is invalid)
- *   4  u16 flags   HANDOFF_FRAME_F_MORE: another fragment of this message follows
+ *   4  u16 flags   FRAME_F_MORE: another fragment of this message follows
  *   6  u16 nfds    fds attached to this datagram (first fragment only)
  *   8  u32 length  payload bytes in this datagram
  *  12  u32 total   payload bytes of the whole message (same in every fragment)
  *
  * A message larger than one datagram is sent as fragments of at most
- * HANDOFF_FRAME_FRAGMENT bytes; the receiver reassembles them. fds ride on the
- * first fragment, at most HANDOFF_FRAME_MAX_FDS (253, SCM_MAX_FD) per message.
+ * FRAME_FRAGMENT bytes; the receiver reassembles them. fds ride on the
+ * first fragment, at most FRAME_MAX_FDS (253, SCM_MAX_FD) per message.
  *
  * fd ownership: sending *borrows* the fds (the kernel duplicates them in
  * flight; the caller still owns and must close its copies). Receiving hands
@@ -21,22 +21,22 @@
  *
  * Library code: returns 0 or a negative errno, never logs, never exits.
  */
-#ifndef BATON_HANDOFF_FRAME_H
-#define BATON_HANDOFF_FRAME_H
+#ifndef BATON_COMMON_FRAME_H
+#define BATON_COMMON_FRAME_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#define HANDOFF_FRAME_MAGIC 0xBA70
-#define HANDOFF_FRAME_VERSION 1
-#define HANDOFF_FRAME_HEADER 16
-#define HANDOFF_FRAME_F_MORE 0x0001
-#define HANDOFF_FRAME_MAX_FDS 253
-#define HANDOFF_FRAME_FRAGMENT (60 * 1024)
-#define HANDOFF_FRAME_MAX_MESSAGE (16u * 1024 * 1024)
+#define FRAME_MAGIC 0xBA70
+#define FRAME_VERSION 1
+#define FRAME_HEADER 16
+#define FRAME_F_MORE 0x0001
+#define FRAME_MAX_FDS 253
+#define FRAME_FRAGMENT (60 * 1024)
+#define FRAME_MAX_MESSAGE (16u * 1024 * 1024)
 
-struct handoff_msg {
+struct frame_msg {
 	uint8_t type;
 	uint8_t *data;       /* owned; NUL-terminated for convenience (not counted) */
 	size_t len;
@@ -47,15 +47,15 @@ struct handoff_msg {
 /* Send one message. `sock` may be blocking or non-blocking; for a
  * non-blocking socket the call waits with poll() up to `timeout_ms` in total
  * (-1: forever) for room. Returns 0, -EINVAL (bad arguments: type 0,
- * nfds > HANDOFF_FRAME_MAX_FDS, len > HANDOFF_FRAME_MAX_MESSAGE),
+ * nfds > FRAME_MAX_FDS, len > FRAME_MAX_MESSAGE),
  * -ETIMEDOUT, -EPIPE / other -errno from sendmsg. */
-int handoff_frame_send(int sock, uint8_t type, const void *data, size_t len,
+int frame_send(int sock, uint8_t type, const void *data, size_t len,
 		       const int *fds, size_t nfds, int timeout_ms);
 
-/* Where a handoff_frame_send_nowait() of one message stands. Start from
+/* Where a frame_send_nowait() of one message stands. Start from
  * { 0 }; the same message (type, data, len, fds) must be passed on every
  * call until it returns 0. */
-struct handoff_frame_cursor {
+struct frame_cursor {
 	size_t off;   /* payload bytes already sent */
 	bool started; /* the first fragment (with the fds) is sent */
 };
@@ -63,12 +63,12 @@ struct handoff_frame_cursor {
 /* Send the fragments of one message that fit now, never waiting.
  * Returns 0 when the whole message is sent; -EAGAIN when the socket is
  * full (cur says how far it got: call again when it is writable; nothing
- * was sent if !cur->started); -EINVAL as handoff_frame_send() (or a
+ * was sent if !cur->started); -EINVAL as frame_send() (or a
  * cursor past the message); other -errno from sendmsg (the channel is
  * broken if cur->started: a message is partly sent). */
-int handoff_frame_send_nowait(int sock, uint8_t type, const void *data,
+int frame_send_nowait(int sock, uint8_t type, const void *data,
 			      size_t len, const int *fds, size_t nfds,
-			      struct handoff_frame_cursor *cur);
+			      struct frame_cursor *cur);
 
 /* Receive one whole message (all fragments). Waits up to `timeout_ms` in
  * total for the fragments after the first, and for the first too when the
@@ -78,18 +78,18 @@ int handoff_frame_send_nowait(int sock, uint8_t type, const void *data,
  * -EPROTO (bad magic/version/type, length mismatch, truncated datagram
  * (MSG_TRUNC), MSG_CTRUNC, fds on a non-first fragment, fd count differing
  * from the header, message too large), -EAGAIN, -ETIMEDOUT, -errno. */
-int handoff_frame_recv(int sock, struct handoff_msg *msg, int timeout_ms);
+int frame_recv(int sock, struct frame_msg *msg, int timeout_ms);
 
 /* Free data and close every fd still held in msg (set an fd to -1 to take
  * it). Accepts NULL. */
-void handoff_msg_clear(struct handoff_msg *msg);
+void frame_msg_clear(struct frame_msg *msg);
 
 /* Take fd `i` out of msg (the message forgets it). Returns -1 if out of range
  * or already taken. */
-int handoff_msg_take_fd(struct handoff_msg *msg, size_t i);
+int frame_msg_take_fd(struct frame_msg *msg, size_t i);
 
 /* socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC) with both ends sized
  * for fragments. Returns 0 or -errno. */
-int handoff_socketpair(int sv[2]);
+int frame_socketpair(int sv[2]);
 
 #endif

@@ -7,7 +7,7 @@
  *
  * Both sides own their channel fd and switch it to O_NONBLOCK: reads are
  * driven by libevent (a spurious wakeup returns -EAGAIN), sends wait with
- * poll() inside handoff_frame_send(), bounded by timeout_ms.
+ * poll() inside frame_send(), bounded by timeout_ms.
  *
  * User callbacks (source cb, target ops) may free the object they belong to:
  * every libevent callback counts its nesting in `depth`, *_free() inside a
@@ -111,7 +111,7 @@ static int send_pb(int sock, uint8_t type, const ProtobufCMessage *m,
 	size_t len = protobuf_c_message_get_packed_size(m);
 	int r;
 
-	if (len > HANDOFF_FRAME_MAX_MESSAGE)
+	if (len > FRAME_MAX_MESSAGE)
 		return -EMSGSIZE;
 	if (len > sizeof(small)) {
 		buf = malloc(len);
@@ -119,7 +119,7 @@ static int send_pb(int sock, uint8_t type, const ProtobufCMessage *m,
 			return -ENOMEM;
 	}
 	protobuf_c_message_pack(m, buf);
-	r = handoff_frame_send(sock, type, buf, len, fds, nfds, timeout_ms);
+	r = frame_send(sock, type, buf, len, fds, nfds, timeout_ms);
 	if (buf != small)
 		free(buf);
 	return r;
@@ -136,7 +136,7 @@ static int send_abort(int sock, uint32_t chunk, const char *reason,
 }
 
 /* Copy the reason of an ABORT payload (or a fallback) into out. */
-static void abort_reason(const struct handoff_msg *m, const char *fallback,
+static void abort_reason(const struct frame_msg *m, const char *fallback,
 			 char *out, size_t outlen)
 {
 	Baton__Handoff__Abort *a =
@@ -246,10 +246,10 @@ static bool source_kill_target(struct handoff_source *src)
  * queued datagram is read before EOF is reported. */
 static bool source_drain_committed(struct handoff_source *src)
 {
-	struct handoff_msg m;
+	struct frame_msg m;
 	bool found = false;
 
-	while (!found && handoff_frame_recv(src->fd, &m, 0) == 0) {
+	while (!found && frame_recv(src->fd, &m, 0) == 0) {
 		if (m.type == HANDOFF_COMMITTED && m.nfds == 0) {
 			Baton__Handoff__Committed *c =
 				baton__handoff__committed__unpack(NULL, m.len,
@@ -258,7 +258,7 @@ static bool source_drain_committed(struct handoff_source *src)
 			found = c && c->chunk == src->chunk;
 			baton__handoff__committed__free_unpacked(c, NULL);
 		}
-		handoff_msg_clear(&m);
+		frame_msg_clear(&m);
 	}
 	return found;
 }
@@ -326,7 +326,7 @@ static void source_destroy(struct handoff_source *src)
 	free(src);
 }
 
-static void source_handle(struct handoff_source *src, struct handoff_msg *m)
+static void source_handle(struct handoff_source *src, struct frame_msg *m)
 {
 	char reason[REASON_MAX];
 	uint32_t chunk = src->chunk;
@@ -413,7 +413,7 @@ static void source_leave(struct handoff_source *src)
 static void source_on_read(evutil_socket_t fd, short what, void *arg)
 {
 	struct handoff_source *src = arg;
-	struct handoff_msg m;
+	struct frame_msg m;
 	char reason[REASON_MAX];
 	int r;
 
@@ -421,10 +421,10 @@ static void source_on_read(evutil_socket_t fd, short what, void *arg)
 	    src->free_pending)
 		return;
 	source_enter(src);
-	r = handoff_frame_recv(src->fd, &m, src->timeout_ms);
+	r = frame_recv(src->fd, &m, src->timeout_ms);
 	if (r == 0) {
 		source_handle(src, &m);
-		handoff_msg_clear(&m);
+		frame_msg_clear(&m);
 	} else if (r == -ECONNRESET) {
 		source_fail(src, r, "target closed the channel");
 	} else if (r != -EAGAIN) {
@@ -512,7 +512,7 @@ int handoff_source_send_chunk(struct handoff_source *src,
 	for (size_t i = 0; i < n; i++) {
 		Baton__Handoff__Item it = BATON__HANDOFF__ITEM__INIT;
 
-		if (items[i].nfds > HANDOFF_FRAME_MAX_FDS ||
+		if (items[i].nfds > FRAME_MAX_FDS ||
 		    (items[i].nfds > 0 && !items[i].fds) ||
 		    (items[i].len > 0 && !items[i].payload))
 			return -EINVAL;
@@ -520,9 +520,9 @@ int handoff_source_send_chunk(struct handoff_source *src,
 		it.payload.len = items[i].len;
 		it.payload.data = (uint8_t *)items[i].payload;
 		it.fds = (uint32_t)items[i].nfds;
-		if (items[i].len > HANDOFF_FRAME_MAX_MESSAGE ||
+		if (items[i].len > FRAME_MAX_MESSAGE ||
 		    protobuf_c_message_get_packed_size(&it.base) >
-			    HANDOFF_FRAME_MAX_MESSAGE)
+			    FRAME_MAX_MESSAGE)
 			return -EINVAL;
 		total_fds += items[i].nfds;
 	}
@@ -719,7 +719,7 @@ static const char *target_state_name(const struct handoff_target *t)
 	}
 }
 
-static void target_on_begin(struct handoff_target *t, struct handoff_msg *m)
+static void target_on_begin(struct handoff_target *t, struct frame_msg *m)
 {
 	Baton__Handoff__Begin *b =
 		baton__handoff__begin__unpack(NULL, m->len, m->data);
@@ -743,7 +743,7 @@ static void target_on_begin(struct handoff_target *t, struct handoff_msg *m)
 	target_phase(t, HANDOFF_PHASE_BEGIN_RECEIVED);
 }
 
-static void target_on_item(struct handoff_target *t, struct handoff_msg *m)
+static void target_on_item(struct handoff_target *t, struct frame_msg *m)
 {
 	Baton__Handoff__Item *it = NULL;
 	char reason[REASON_MAX] = "";
@@ -796,7 +796,7 @@ out:
 	baton__handoff__item__free_unpacked(it, NULL);
 }
 
-static void target_on_end(struct handoff_target *t, struct handoff_msg *m)
+static void target_on_end(struct handoff_target *t, struct frame_msg *m)
 {
 	Baton__Handoff__End *e = baton__handoff__end__unpack(NULL, m->len, m->data);
 	Baton__Handoff__Prepared p = BATON__HANDOFF__PREPARED__INIT;
@@ -841,7 +841,7 @@ static void target_on_end(struct handoff_target *t, struct handoff_msg *m)
 	target_phase(t, HANDOFF_PHASE_PREPARED_SENT);
 }
 
-static void target_on_commit(struct handoff_target *t, struct handoff_msg *m)
+static void target_on_commit(struct handoff_target *t, struct frame_msg *m)
 {
 	Baton__Handoff__Commit *c =
 		baton__handoff__commit__unpack(NULL, m->len, m->data);
@@ -886,7 +886,7 @@ static void target_on_commit(struct handoff_target *t, struct handoff_msg *m)
 	t->ops->commit(t->arg, chunk);
 }
 
-static void target_on_done(struct handoff_target *t, struct handoff_msg *m)
+static void target_on_done(struct handoff_target *t, struct frame_msg *m)
 {
 	Baton__Handoff__Done *d = baton__handoff__done__unpack(NULL, m->len, m->data);
 	uint32_t chunks;
@@ -905,7 +905,7 @@ static void target_on_done(struct handoff_target *t, struct handoff_msg *m)
 	target_finish(t, 0, "done");
 }
 
-static void target_on_abort(struct handoff_target *t, struct handoff_msg *m)
+static void target_on_abort(struct handoff_target *t, struct frame_msg *m)
 {
 	char reason[REASON_MAX];
 
@@ -921,7 +921,7 @@ static void target_on_abort(struct handoff_target *t, struct handoff_msg *m)
 }
 
 /* Dispatch one message; the allowed types depend on the phase. */
-static void target_handle(struct handoff_target *t, struct handoff_msg *m)
+static void target_handle(struct handoff_target *t, struct frame_msg *m)
 {
 	if (m->nfds > 0 && m->type != HANDOFF_ITEM) {
 		target_protocol_error(t, "%zu fds attached to %s", m->nfds,
@@ -1026,12 +1026,12 @@ static void target_on_read(evutil_socket_t fd, short what, void *arg)
 		return;
 	t->depth++;
 	for (int i = 0; i < TARGET_BATCH; i++) {
-		struct handoff_msg m;
+		struct frame_msg m;
 		int r;
 
 		if (t->state == T_FINISHED || t->free_pending)
 			break;
-		r = handoff_frame_recv(t->fd, &m, t->timeout_ms);
+		r = frame_recv(t->fd, &m, t->timeout_ms);
 		if (r == -EAGAIN)
 			break;
 		if (r < 0) {
@@ -1039,7 +1039,7 @@ static void target_on_read(evutil_socket_t fd, short what, void *arg)
 			break;
 		}
 		target_handle(t, &m);
-		handoff_msg_clear(&m); /* closes fds nobody took */
+		frame_msg_clear(&m); /* closes fds nobody took */
 	}
 	target_leave(t);
 }

@@ -76,9 +76,9 @@ typedef void (*handoff_phase_fn)(void *arg, enum handoff_phase phase,
 				 uint32_t chunk);
 
 /* The largest payload one ITEM can carry: its frame holds the protobuf Item
- * (index, fd count, payload) within HANDOFF_FRAME_MAX_MESSAGE, at most
+ * (index, fd count, payload) within FRAME_MAX_MESSAGE, at most
  * 1 + 5 + 1 + 5 + 1 + 4 bytes more than the payload. */
-#define HANDOFF_ITEM_MAX_PAYLOAD (HANDOFF_FRAME_MAX_MESSAGE - 32)
+#define HANDOFF_ITEM_MAX_PAYLOAD (FRAME_MAX_MESSAGE - 32)
 
 /* ---- source ---- */
 
@@ -92,7 +92,7 @@ struct handoff_item {
 	const void *payload;
 	size_t len;
 	const int *fds;
-	size_t nfds; /* <= HANDOFF_FRAME_MAX_FDS */
+	size_t nfds; /* <= FRAME_MAX_FDS */
 };
 
 /* Outcome of one chunk: result 0 = committed (COMMITTED arrived; the caller

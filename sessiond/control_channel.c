@@ -196,7 +196,7 @@ static void channel_send_health(struct control_channel *w)
 	health_fill_free(&h);
 }
 
-static void channel_migrate(struct control_channel *w, struct handoff_msg *msg)
+static void channel_migrate(struct control_channel *w, struct frame_msg *msg)
 {
 	static const struct transfer_report no_report;
 	struct transfer_report report = no_report;
@@ -207,8 +207,8 @@ static void channel_migrate(struct control_channel *w, struct handoff_msg *msg)
 	/* fds: the channel end, and for the source the target's pidfd (opened
 	 * by the supervisor; optional). Unused fds are closed with msg. */
 	mg = baton__control__migrate__unpack(NULL, msg->len, msg->data);
-	channel = handoff_msg_take_fd(msg, 0);
-	pidfd = mg != NULL && mg->outgoing ? handoff_msg_take_fd(msg, 1) : -1;
+	channel = frame_msg_take_fd(msg, 0);
+	pidfd = mg != NULL && mg->outgoing ? frame_msg_take_fd(msg, 1) : -1;
 	if (mg == NULL || channel < 0 || msg->nfds > 2 || w->migrating) {
 		log_error("worker", "bad MIGRATE message (%s)",
 			  w->migrating ? "already migrating" : "malformed");
@@ -257,7 +257,7 @@ out:
 		baton__control__migrate__free_unpacked(mg, NULL);
 }
 
-static void channel_dispatch(struct control_channel *w, struct handoff_msg *msg)
+static void channel_dispatch(struct control_channel *w, struct frame_msg *msg)
 {
 	switch (msg->type) {
 	case CONTROL_LISTENERS: {
@@ -269,7 +269,7 @@ static void channel_dispatch(struct control_channel *w, struct handoff_msg *msg)
 			break;
 		}
 		for (size_t i = 0; i < msg->nfds; i++)
-			fds[i] = handoff_msg_take_fd(msg, i);
+			fds[i] = frame_msg_take_fd(msg, i);
 		/* Names say which listeners are ircs (TLS). */
 		Baton__Control__Listeners *l =
 			baton__control__listeners__unpack(NULL, msg->len, msg->data);
@@ -308,7 +308,7 @@ static void channel_dispatch(struct control_channel *w, struct handoff_msg *msg)
 		break;
 	case CONTROL_PEER: {
 		/* The other worker of a canary: one fd, or none (unlink). */
-		int fd = msg->nfds == 1 ? handoff_msg_take_fd(msg, 0) : -1;
+		int fd = msg->nfds == 1 ? frame_msg_take_fd(msg, 0) : -1;
 
 		bouncer_set_peer(w->b, fd); /* fd transferred */
 		break;
@@ -334,8 +334,8 @@ static void channel_readable(evutil_socket_t fd, short what, void *arg)
 	struct control_channel *w = arg;
 
 	for (;;) {
-		struct handoff_msg msg = { 0 };
-		int r = handoff_frame_recv(w->fd, &msg, 1000);
+		struct frame_msg msg = { 0 };
+		int r = frame_recv(w->fd, &msg, 1000);
 
 		if (r == -EAGAIN)
 			return;
@@ -350,7 +350,7 @@ static void channel_readable(evutil_socket_t fd, short what, void *arg)
 			return;
 		}
 		channel_dispatch(w, &msg);
-		handoff_msg_clear(&msg);
+		frame_msg_clear(&msg);
 	}
 }
 

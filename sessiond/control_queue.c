@@ -19,7 +19,7 @@ struct cq_msg {
 	enum control_queue_kind kind;
 	uint8_t *data;
 	size_t len;
-	struct handoff_frame_cursor cur;
+	struct frame_cursor cur;
 };
 
 struct control_queue {
@@ -74,7 +74,7 @@ static int cq_drain(struct control_queue *q)
 {
 	while (q->head != NULL) {
 		struct cq_msg *m = q->head;
-		int r = handoff_frame_send_nowait(q->fd, (uint8_t)m->type, m->data,
+		int r = frame_send_nowait(q->fd, (uint8_t)m->type, m->data,
 						  m->len, NULL, 0, &m->cur);
 
 		if (r == -EAGAIN)
@@ -155,7 +155,7 @@ int control_queue_push(struct control_queue *q, enum control_type type,
 	if (q->broken)
 		return -EPIPE;
 	len = protobuf_c_message_get_packed_size(msg);
-	if (len > HANDOFF_FRAME_MAX_MESSAGE)
+	if (len > FRAME_MAX_MESSAGE)
 		return -EINVAL;
 	if (kind == CONTROL_QUEUE_MUST &&
 	    q->must_bytes + len > CONTROL_QUEUE_MUST_MAX_BYTES)

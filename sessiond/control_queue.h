@@ -4,7 +4,7 @@
  * Every message the worker sends from its event loop (STATUS, HEALTH,
  * PROGRESS, MIGRATION_RESULT) is packed and handed to this queue. What the
  * socket takes now goes out at once (fragment by fragment,
- * common/frame.h: handoff_frame_send_nowait()); the rest waits in order and
+ * common/frame.h: frame_send_nowait()); the rest waits in order and
  * an EV_WRITE event sends it when the socket has room. A supervisor that
  * stops reading delays its own answers, never the worker's relay.
  *

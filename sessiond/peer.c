@@ -38,10 +38,10 @@ static void peer_close(struct peer *p)
 /* One frame; false when the link is done (EOF or error) or empty. */
 static bool peer_read_one(struct peer *p)
 {
-	struct handoff_msg msg = { 0 };
+	struct frame_msg msg = { 0 };
 	char err[160] = "";
 	int *fds = NULL;
-	int r = handoff_frame_recv(p->fd, &msg, 1000);
+	int r = frame_recv(p->fd, &msg, 1000);
 
 	if (r == -EAGAIN)
 		return false;
@@ -64,13 +64,13 @@ static bool peer_read_one(struct peer *p)
 		goto out;
 	}
 	for (size_t i = 0; i < msg.nfds; i++)
-		fds[i] = handoff_msg_take_fd(&msg, i);
+		fds[i] = frame_msg_take_fd(&msg, i);
 	r = p->fn(p->arg, msg.data, msg.len, fds, msg.nfds, err, sizeof(err));
 	if (r < 0)
 		log_warn("peer", "forwarded client refused: %s", err);
 out:
 	free(fds);
-	handoff_msg_clear(&msg);
+	frame_msg_clear(&msg);
 	return true;
 }
 
@@ -122,7 +122,7 @@ int peer_send(struct peer *p, const uint8_t *buf, size_t len, const int *fds,
 {
 	if (p == NULL || p->fd < 0)
 		return -ENOTCONN;
-	return handoff_frame_send(p->fd, PEER_FORWARD, buf, len, fds, nfds,
+	return frame_send(p->fd, PEER_FORWARD, buf, len, fds, nfds,
 				  PEER_SEND_TIMEOUT_MS);
 }
 

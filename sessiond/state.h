@@ -21,7 +21,7 @@ struct bouncer_item;
 /* ---- why every session can always migrate ----
  * A session travels as one ITEM: at most HANDOFF_ITEM_MAX_PAYLOAD bytes
  * (16 MiB - 32, handoff/protocol.h) and at most 253 fds
- * (HANDOFF_FRAME_MAX_FDS).
+ * (FRAME_MAX_FDS).
  *
  * fds: the upstream and the attached clients, 1 + max_clients_per_session
  * <= 1 + 252 (the key's maximum; client.c refuses clients beyond it).

@@ -317,7 +317,7 @@ static void transfer_chunk_done(struct handoff_source *src, uint32_t chunk,
 static void transfer_inject_item_fault(struct transfer *m,
 				      struct handoff_item *first, uint8_t *buf)
 {
-	static int fds[HANDOFF_FRAME_MAX_FDS];
+	static int fds[FRAME_MAX_FDS];
 	uint32_t chunk = m->res.chunks_committed;
 
 	if (transfer_fault_is(m, "corrupt-item", chunk)) {
@@ -325,7 +325,7 @@ static void transfer_inject_item_fault(struct transfer *m,
 	} else if (transfer_fault_is(m, "truncate-item", chunk)) {
 		first->len /= 2;
 	} else if (transfer_fault_is(m, "extra-fd", chunk) &&
-		   first->nfds < HANDOFF_FRAME_MAX_FDS) {
+		   first->nfds < FRAME_MAX_FDS) {
 		m->extra_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 		memcpy(fds, first->fds, first->nfds * sizeof(int));
 		fds[first->nfds] = m->extra_fd;

@@ -345,7 +345,7 @@ static int canary_launch(struct canary *c, struct worker *src,
 	c->mdst = dst;
 	c->move_full = full;
 	canary_selector(c, &sel, networks);
-	r = handoff_socketpair(ch);
+	r = frame_socketpair(ch);
 	if (r < 0)
 		goto out;
 	r = worker_send_move(dst, false, worker_pid(src), -1, timeout_ms, 0,
@@ -816,7 +816,7 @@ static void canary_on_target_ready(struct canary *c)
 		canary_end(c, "refused", c->s, c->t);
 		return;
 	}
-	if (handoff_socketpair(link) < 0 ||
+	if (frame_socketpair(link) < 0 ||
 	    worker_send_peer(c->s, link[0], worker_pid(c->t)) < 0 ||
 	    worker_send_peer(c->t, link[1], worker_pid(c->s)) < 0) {
 		canary_reason(c, "cannot link the two workers");

@@ -280,7 +280,7 @@ static int migration_launch(struct migration *m, struct worker *src,
 
 	memset(&m->rs, 0, sizeof(m->rs));
 	memset(&m->rt, 0, sizeof(m->rt));
-	r = handoff_socketpair(ch);
+	r = frame_socketpair(ch);
 	if (r < 0)
 		goto out;
 	r = worker_send_migrate(dst, false, worker_pid(src), -1, timeout_ms, 0,

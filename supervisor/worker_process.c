@@ -152,7 +152,7 @@ static void worker_arm_kill(struct worker *w, int timeout_s)
 	evtimer_add(w->ev_kill, &tv);
 }
 
-static void worker_handle(struct worker *w, struct handoff_msg *m)
+static void worker_handle(struct worker *w, struct frame_msg *m)
 {
 	switch (m->type) {
 	case CONTROL_READY: {
@@ -265,8 +265,8 @@ static void worker_handle(struct worker *w, struct handoff_msg *m)
 static void worker_read_ctl(struct worker *w)
 {
 	while (w->ctl >= 0 && !w->free_pending) {
-		struct handoff_msg m = { 0 };
-		int r = handoff_frame_recv(w->ctl, &m, WORKER_RECV_TIMEOUT_MS);
+		struct frame_msg m = { 0 };
+		int r = frame_recv(w->ctl, &m, WORKER_RECV_TIMEOUT_MS);
 
 		if (r == -EAGAIN || r == -EINTR)
 			break;
@@ -276,7 +276,7 @@ static void worker_read_ctl(struct worker *w)
 			break;
 		}
 		worker_handle(w, &m);
-		handoff_msg_clear(&m); /* closes fds no message may carry here */
+		frame_msg_clear(&m); /* closes fds no message may carry here */
 	}
 }
 
@@ -374,7 +374,7 @@ struct worker *worker_spawn(struct event_base *base, const char *binary,
 		r = -ENOMEM;
 		goto out;
 	}
-	r = handoff_socketpair(sv);
+	r = frame_socketpair(sv);
 	if (r < 0)
 		goto out;
 	pid = fork();

@@ -10,7 +10,7 @@
  *   sent raw, header included.
  *
  * Each input is replayed twice over a fresh socketpair whose writing end is
- * closed afterwards: once into handoff_frame_recv() until it fails, once into
+ * closed afterwards: once into frame_recv() until it fails, once into
  * a handoff_target driven by its own event_base until done(). Both must end
  * (EOF always comes), and no fd may leak: the process's fd count after an
  * input equals the count before, or the target aborts.
@@ -54,7 +54,7 @@ static void load(int sv[2], const uint8_t *data, size_t size)
 	while (size >= 3) {
 		uint8_t mode = data[0];
 		size_t len = data[1] | ((size_t)data[2] << 8);
-		uint8_t hdr[HANDOFF_FRAME_HEADER];
+		uint8_t hdr[FRAME_HEADER];
 		int fds[3] = { devnull, devnull, devnull };
 		size_t nfds = mode & 3;
 		struct iovec iov[2];
@@ -71,9 +71,9 @@ static void load(int sv[2], const uint8_t *data, size_t size)
 		if ((mode & 4) && len >= 1) {
 			uint32_t plen = (uint32_t)(len - 1);
 
-			hdr[0] = HANDOFF_FRAME_MAGIC & 0xff;
-			hdr[1] = HANDOFF_FRAME_MAGIC >> 8;
-			hdr[2] = HANDOFF_FRAME_VERSION;
+			hdr[0] = FRAME_MAGIC & 0xff;
+			hdr[1] = FRAME_MAGIC >> 8;
+			hdr[2] = FRAME_VERSION;
 			hdr[3] = data[0];
 			hdr[4] = hdr[5] = 0;
 			hdr[6] = (uint8_t)nfds;
@@ -110,19 +110,19 @@ static void load(int sv[2], const uint8_t *data, size_t size)
 
 static void fuzz_frames(const uint8_t *data, size_t size)
 {
-	struct handoff_msg m;
+	struct frame_msg m;
 	int sv[2];
 
-	if (handoff_socketpair(sv) < 0)
+	if (frame_socketpair(sv) < 0)
 		abort();
 	load(sv, data, size);
-	while (handoff_frame_recv(sv[1], &m, 0) == 0) {
+	while (frame_recv(sv[1], &m, 0) == 0) {
 		if (m.type == 0 || (m.len && !m.data) || m.data[m.len] != '\0' ||
-		    m.nfds > HANDOFF_FRAME_MAX_FDS)
+		    m.nfds > FRAME_MAX_FDS)
 			abort();
 		if (m.nfds)
-			close(handoff_msg_take_fd(&m, 0));
-		handoff_msg_clear(&m);
+			close(frame_msg_take_fd(&m, 0));
+		frame_msg_clear(&m);
 	}
 	close(sv[1]);
 }
@@ -175,7 +175,7 @@ static void fuzz_target(struct event_base *base, const uint8_t *data,
 	struct fz f = { false };
 	int sv[2];
 
-	if (handoff_socketpair(sv) < 0)
+	if (frame_socketpair(sv) < 0)
 		abort();
 	load(sv, data, size);
 	/* Timeout far beyond the run: EOF must end every migration. */

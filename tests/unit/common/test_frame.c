@@ -46,7 +46,7 @@ struct raw_hdr {
 
 static struct raw_hdr good_hdr(uint8_t type, uint32_t len, uint16_t nfds)
 {
-	return (struct raw_hdr){ HANDOFF_FRAME_MAGIC, HANDOFF_FRAME_VERSION,
+	return (struct raw_hdr){ FRAME_MAGIC, FRAME_VERSION,
 				 type, 0, nfds, len, len };
 }
 
@@ -58,7 +58,7 @@ static void raw_send(int sock, const struct raw_hdr *h, const void *payload,
 	uint8_t hdr[16];
 	struct iovec iov[2] = { { hdr, sizeof(hdr) }, { (void *)payload, len } };
 	union {
-		char buf[CMSG_SPACE(HANDOFF_FRAME_MAX_FDS * sizeof(int))];
+		char buf[CMSG_SPACE(FRAME_MAX_FDS * sizeof(int))];
 		struct cmsghdr align;
 	} control;
 	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = len ? 2 : 1 };
@@ -95,7 +95,7 @@ static void raw_send(int sock, const struct raw_hdr *h, const void *payload,
 static void raw_send_fds(int sock, const struct raw_hdr *h, const void *payload,
 			 size_t len, size_t nfds)
 {
-	int fds[HANDOFF_FRAME_MAX_FDS];
+	int fds[FRAME_MAX_FDS];
 
 	for (size_t i = 0; i < nfds; i++) {
 		fds[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -108,7 +108,7 @@ static void raw_send_fds(int sock, const struct raw_hdr *h, const void *payload,
 
 static void pair(int sv[2])
 {
-	assert_int_equal(handoff_socketpair(sv), 0);
+	assert_int_equal(frame_socketpair(sv), 0);
 }
 
 static void unpair(int sv[2])
@@ -121,9 +121,9 @@ static void unpair(int sv[2])
  * check that no fd leaked relative to `base`. */
 static void expect_error(int sv[2], int err, int base)
 {
-	struct handoff_msg m;
+	struct frame_msg m;
 
-	assert_int_equal(handoff_frame_recv(sv[1], &m, 200), err);
+	assert_int_equal(frame_recv(sv[1], &m, 200), err);
 	assert_null(m.data);
 	assert_null(m.fds);
 	assert_int_equal(m.nfds, 0);
@@ -134,26 +134,26 @@ static void expect_error(int sv[2], int err, int base)
 static void test_roundtrip_no_fds(void **state)
 {
 	int base = count_fds();
-	struct handoff_msg m;
+	struct frame_msg m;
 	int sv[2];
 
 	pair(sv);
-	assert_int_equal(handoff_frame_send(sv[0], 9, "hello", 5, NULL, 0, 1000), 0);
-	assert_int_equal(handoff_frame_send(sv[0], 255, NULL, 0, NULL, 0, 1000), 0);
+	assert_int_equal(frame_send(sv[0], 9, "hello", 5, NULL, 0, 1000), 0);
+	assert_int_equal(frame_send(sv[0], 255, NULL, 0, NULL, 0, 1000), 0);
 
-	assert_int_equal(handoff_frame_recv(sv[1], &m, 1000), 0);
+	assert_int_equal(frame_recv(sv[1], &m, 1000), 0);
 	assert_int_equal(m.type, 9);
 	assert_int_equal(m.len, 5);
 	assert_string_equal((char *)m.data, "hello"); /* NUL-terminated */
 	assert_int_equal(m.nfds, 0);
-	handoff_msg_clear(&m);
+	frame_msg_clear(&m);
 
-	assert_int_equal(handoff_frame_recv(sv[1], &m, 1000), 0);
+	assert_int_equal(frame_recv(sv[1], &m, 1000), 0);
 	assert_int_equal(m.type, 255);
 	assert_int_equal(m.len, 0);
 	assert_non_null(m.data);
-	handoff_msg_clear(&m);
-	handoff_msg_clear(NULL);
+	frame_msg_clear(&m);
+	frame_msg_clear(NULL);
 	unpair(sv);
 	assert_int_equal(count_fds(), base);
 }
@@ -161,24 +161,24 @@ static void test_roundtrip_no_fds(void **state)
 static void test_roundtrip_one_fd(void **state)
 {
 	int base = count_fds();
-	struct handoff_msg m;
+	struct frame_msg m;
 	int sv[2], p[2];
 	char buf[8] = "";
 	int fd;
 
 	pair(sv);
 	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
-	assert_int_equal(handoff_frame_send(sv[0], 1, "x", 1, &p[1], 1, 1000), 0);
+	assert_int_equal(frame_send(sv[0], 1, "x", 1, &p[1], 1, 1000), 0);
 	close(p[1]); /* sending borrowed it: our copy is still ours */
 
-	assert_int_equal(handoff_frame_recv(sv[1], &m, 1000), 0);
+	assert_int_equal(frame_recv(sv[1], &m, 1000), 0);
 	assert_int_equal(m.nfds, 1);
 	assert_true(fcntl(m.fds[0], F_GETFD) & FD_CLOEXEC);
-	fd = handoff_msg_take_fd(&m, 0);
+	fd = frame_msg_take_fd(&m, 0);
 	assert_true(fd >= 0);
-	assert_int_equal(handoff_msg_take_fd(&m, 0), -1); /* taken once */
-	assert_int_equal(handoff_msg_take_fd(&m, 1), -1); /* out of range */
-	handoff_msg_clear(&m); /* must not close the taken fd */
+	assert_int_equal(frame_msg_take_fd(&m, 0), -1); /* taken once */
+	assert_int_equal(frame_msg_take_fd(&m, 1), -1); /* out of range */
+	frame_msg_clear(&m); /* must not close the taken fd */
 	assert_int_equal(write(fd, "ok", 2), 2);
 	assert_int_equal(read(p[0], buf, sizeof(buf)), 2);
 	assert_memory_equal(buf, "ok", 2);
@@ -191,27 +191,27 @@ static void test_roundtrip_one_fd(void **state)
 static void test_roundtrip_max_fds(void **state)
 {
 	int base = count_fds();
-	int fds[HANDOFF_FRAME_MAX_FDS + 1];
-	struct handoff_msg m;
+	int fds[FRAME_MAX_FDS + 1];
+	struct frame_msg m;
 	int sv[2];
 
 	pair(sv);
-	for (int i = 0; i <= HANDOFF_FRAME_MAX_FDS; i++)
+	for (int i = 0; i <= FRAME_MAX_FDS; i++)
 		assert_true((fds[i] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0);
-	assert_int_equal(handoff_frame_send(sv[0], 2, "fds", 3, fds,
-					    HANDOFF_FRAME_MAX_FDS + 1, 1000),
+	assert_int_equal(frame_send(sv[0], 2, "fds", 3, fds,
+					    FRAME_MAX_FDS + 1, 1000),
 			 -EINVAL);
-	assert_int_equal(handoff_frame_send(sv[0], 2, "fds", 3, fds,
-					    HANDOFF_FRAME_MAX_FDS, 1000), 0);
-	for (int i = 0; i <= HANDOFF_FRAME_MAX_FDS; i++)
+	assert_int_equal(frame_send(sv[0], 2, "fds", 3, fds,
+					    FRAME_MAX_FDS, 1000), 0);
+	for (int i = 0; i <= FRAME_MAX_FDS; i++)
 		close(fds[i]);
 
-	assert_int_equal(handoff_frame_recv(sv[1], &m, 1000), 0);
-	assert_int_equal(m.nfds, HANDOFF_FRAME_MAX_FDS);
+	assert_int_equal(frame_recv(sv[1], &m, 1000), 0);
+	assert_int_equal(m.nfds, FRAME_MAX_FDS);
 	for (size_t i = 0; i < m.nfds; i++)
 		assert_true(fcntl(m.fds[i], F_GETFD) & FD_CLOEXEC);
-	assert_int_equal(count_fds(), base + 2 + HANDOFF_FRAME_MAX_FDS);
-	handoff_msg_clear(&m); /* closes all 253 */
+	assert_int_equal(count_fds(), base + 2 + FRAME_MAX_FDS);
+	frame_msg_clear(&m); /* closes all 253 */
 	unpair(sv);
 	assert_int_equal(count_fds(), base);
 }
@@ -222,13 +222,13 @@ static void test_send_rejects_bad_arguments(void **state)
 	int fd = 0;
 
 	pair(sv);
-	assert_int_equal(handoff_frame_send(sv[0], 0, "x", 1, NULL, 0, 0), -EINVAL);
-	assert_int_equal(handoff_frame_send(sv[0], 1, NULL, 1, NULL, 0, 0), -EINVAL);
-	assert_int_equal(handoff_frame_send(sv[0], 1, "x", 1, NULL, 1, 0), -EINVAL);
-	assert_int_equal(handoff_frame_send(sv[0], 1, &fd,
-					    HANDOFF_FRAME_MAX_MESSAGE + 1, NULL, 0, 0),
+	assert_int_equal(frame_send(sv[0], 0, "x", 1, NULL, 0, 0), -EINVAL);
+	assert_int_equal(frame_send(sv[0], 1, NULL, 1, NULL, 0, 0), -EINVAL);
+	assert_int_equal(frame_send(sv[0], 1, "x", 1, NULL, 1, 0), -EINVAL);
+	assert_int_equal(frame_send(sv[0], 1, &fd,
+					    FRAME_MAX_MESSAGE + 1, NULL, 0, 0),
 			 -EINVAL);
-	assert_int_equal(handoff_frame_send(-1, 1, "x", 1, NULL, 0, 0), -EINVAL);
+	assert_int_equal(frame_send(-1, 1, "x", 1, NULL, 0, 0), -EINVAL);
 	unpair(sv);
 }
 
@@ -245,7 +245,7 @@ static void *sender_main(void *arg)
 {
 	struct sender *s = arg;
 
-	s->result = handoff_frame_send(s->sock, 7, s->data, s->len, s->fds,
+	s->result = frame_send(s->sock, 7, s->data, s->len, s->fds,
 				       s->nfds, 10000);
 	return NULL;
 }
@@ -259,7 +259,7 @@ static void test_big_message_fragmented(void **state)
 	uint8_t *data = malloc(len);
 	int fds[3];
 	struct sender s;
-	struct handoff_msg m;
+	struct frame_msg m;
 	pthread_t th;
 	int sv[2];
 
@@ -271,29 +271,29 @@ static void test_big_message_fragmented(void **state)
 	pair(sv);
 	s = (struct sender){ sv[0], data, len, fds, 3, -1 };
 	assert_int_equal(pthread_create(&th, NULL, sender_main, &s), 0);
-	assert_int_equal(handoff_frame_recv(sv[1], &m, 10000), 0);
+	assert_int_equal(frame_recv(sv[1], &m, 10000), 0);
 	pthread_join(th, NULL);
 	assert_int_equal(s.result, 0);
 	assert_int_equal(m.type, 7);
 	assert_int_equal(m.len, len);
 	assert_memory_equal(m.data, data, len);
 	assert_int_equal(m.nfds, 3);
-	handoff_msg_clear(&m);
+	frame_msg_clear(&m);
 
 	/* The exact maximum size goes through too. */
 	free(data);
-	len = HANDOFF_FRAME_MAX_MESSAGE;
+	len = FRAME_MAX_MESSAGE;
 	data = calloc(1, len);
 	assert_non_null(data);
 	data[len - 1] = 0x5a;
 	s = (struct sender){ sv[0], data, len, NULL, 0, -1 };
 	assert_int_equal(pthread_create(&th, NULL, sender_main, &s), 0);
-	assert_int_equal(handoff_frame_recv(sv[1], &m, 10000), 0);
+	assert_int_equal(frame_recv(sv[1], &m, 10000), 0);
 	pthread_join(th, NULL);
 	assert_int_equal(s.result, 0);
 	assert_int_equal(m.len, len);
 	assert_int_equal(m.data[len - 1], 0x5a);
-	handoff_msg_clear(&m);
+	frame_msg_clear(&m);
 
 	for (int i = 0; i < 3; i++)
 		close(fds[i]);
@@ -305,7 +305,7 @@ static void test_big_message_fragmented(void **state)
 static void test_truncated_datagram(void **state)
 {
 	int base = count_fds();
-	size_t big = HANDOFF_FRAME_FRAGMENT + 1;
+	size_t big = FRAME_FRAGMENT + 1;
 	uint8_t *payload = calloc(1, big);
 	struct raw_hdr h;
 	int sv[2];
@@ -344,7 +344,7 @@ static void test_bad_header_fields(void **state)
 
 	pair(sv);
 	h = good_hdr(1, 3, 1);
-	h.version = HANDOFF_FRAME_VERSION + 1;
+	h.version = FRAME_VERSION + 1;
 	raw_send_fds(sv[0], &h, "abc", 3, 1);
 	expect_error(sv, -EPROTO, base);
 
@@ -367,20 +367,20 @@ static void test_fds_on_later_fragment(void **state)
 	int sv[2];
 
 	pair(sv);
-	h = (struct raw_hdr){ HANDOFF_FRAME_MAGIC, HANDOFF_FRAME_VERSION, 1,
-			      HANDOFF_FRAME_F_MORE, 1, 5, 10 };
+	h = (struct raw_hdr){ FRAME_MAGIC, FRAME_VERSION, 1,
+			      FRAME_F_MORE, 1, 5, 10 };
 	raw_send_fds(sv[0], &h, "01234", 5, 1);
-	h = (struct raw_hdr){ HANDOFF_FRAME_MAGIC, HANDOFF_FRAME_VERSION, 1, 0,
+	h = (struct raw_hdr){ FRAME_MAGIC, FRAME_VERSION, 1, 0,
 			      0, 5, 10 };
 	raw_send_fds(sv[0], &h, "56789", 5, 2);
 	expect_error(sv, -EPROTO, base);
 
 	/* Announced (nfds) on a later fragment, none attached. */
 	pair(sv);
-	h = (struct raw_hdr){ HANDOFF_FRAME_MAGIC, HANDOFF_FRAME_VERSION, 1,
-			      HANDOFF_FRAME_F_MORE, 0, 5, 10 };
+	h = (struct raw_hdr){ FRAME_MAGIC, FRAME_VERSION, 1,
+			      FRAME_F_MORE, 0, 5, 10 };
 	raw_send_fds(sv[0], &h, "01234", 5, 0);
-	h = (struct raw_hdr){ HANDOFF_FRAME_MAGIC, HANDOFF_FRAME_VERSION, 1, 0,
+	h = (struct raw_hdr){ FRAME_MAGIC, FRAME_VERSION, 1, 0,
 			      1, 5, 10 };
 	raw_send_fds(sv[0], &h, "56789", 5, 0);
 	expect_error(sv, -EPROTO, base);
@@ -415,21 +415,21 @@ static void test_bad_totals(void **state)
 	int sv[2];
 
 	pair(sv); /* total over the maximum message */
-	h = (struct raw_hdr){ HANDOFF_FRAME_MAGIC, HANDOFF_FRAME_VERSION, 1,
-			      HANDOFF_FRAME_F_MORE, 1, 5,
-			      HANDOFF_FRAME_MAX_MESSAGE + 1 };
+	h = (struct raw_hdr){ FRAME_MAGIC, FRAME_VERSION, 1,
+			      FRAME_F_MORE, 1, 5,
+			      FRAME_MAX_MESSAGE + 1 };
 	raw_send_fds(sv[0], &h, "01234", 5, 1);
 	expect_error(sv, -EPROTO, base);
 
 	pair(sv); /* last fragment but total says more */
-	h = (struct raw_hdr){ HANDOFF_FRAME_MAGIC, HANDOFF_FRAME_VERSION, 1, 0,
+	h = (struct raw_hdr){ FRAME_MAGIC, FRAME_VERSION, 1, 0,
 			      1, 5, 6 };
 	raw_send_fds(sv[0], &h, "01234", 5, 1);
 	expect_error(sv, -EPROTO, base);
 
 	pair(sv); /* total changes between fragments */
-	h = (struct raw_hdr){ HANDOFF_FRAME_MAGIC, HANDOFF_FRAME_VERSION, 1,
-			      HANDOFF_FRAME_F_MORE, 1, 5, 10 };
+	h = (struct raw_hdr){ FRAME_MAGIC, FRAME_VERSION, 1,
+			      FRAME_F_MORE, 1, 5, 10 };
 	raw_send_fds(sv[0], &h, "01234", 5, 1);
 	h.flags = 0;
 	h.nfds = 0;
@@ -438,8 +438,8 @@ static void test_bad_totals(void **state)
 	expect_error(sv, -EPROTO, base);
 
 	pair(sv); /* type changes between fragments */
-	h = (struct raw_hdr){ HANDOFF_FRAME_MAGIC, HANDOFF_FRAME_VERSION, 1,
-			      HANDOFF_FRAME_F_MORE, 1, 5, 10 };
+	h = (struct raw_hdr){ FRAME_MAGIC, FRAME_VERSION, 1,
+			      FRAME_F_MORE, 1, 5, 10 };
 	raw_send_fds(sv[0], &h, "01234", 5, 1);
 	h.flags = 0;
 	h.nfds = 0;
@@ -448,16 +448,16 @@ static void test_bad_totals(void **state)
 	expect_error(sv, -EPROTO, base);
 
 	pair(sv); /* fragment overruns total */
-	h = (struct raw_hdr){ HANDOFF_FRAME_MAGIC, HANDOFF_FRAME_VERSION, 1,
-			      HANDOFF_FRAME_F_MORE, 0, 5, 8 };
+	h = (struct raw_hdr){ FRAME_MAGIC, FRAME_VERSION, 1,
+			      FRAME_F_MORE, 0, 5, 8 };
 	raw_send_fds(sv[0], &h, "01234", 5, 0);
 	h.flags = 0;
 	raw_send_fds(sv[0], &h, "56789", 5, 0);
 	expect_error(sv, -EPROTO, base);
 
 	pair(sv); /* empty fragment with MORE: no progress */
-	h = (struct raw_hdr){ HANDOFF_FRAME_MAGIC, HANDOFF_FRAME_VERSION, 1,
-			      HANDOFF_FRAME_F_MORE, 0, 0, 8 };
+	h = (struct raw_hdr){ FRAME_MAGIC, FRAME_VERSION, 1,
+			      FRAME_F_MORE, 0, 0, 8 };
 	raw_send_fds(sv[0], &h, NULL, 0, 0);
 	expect_error(sv, -EPROTO, base);
 }
@@ -465,7 +465,7 @@ static void test_bad_totals(void **state)
 static void test_eof_and_timeouts(void **state)
 {
 	int base = count_fds();
-	struct handoff_msg m;
+	struct frame_msg m;
 	struct raw_hdr h;
 	int sv[2];
 	int fl;
@@ -481,12 +481,12 @@ static void test_eof_and_timeouts(void **state)
 	pair(sv); /* non-blocking socket, nothing queued: -EAGAIN at once */
 	fl = fcntl(sv[1], F_GETFL);
 	fcntl(sv[1], F_SETFL, fl | O_NONBLOCK);
-	assert_int_equal(handoff_frame_recv(sv[1], &m, -1), -EAGAIN);
+	assert_int_equal(frame_recv(sv[1], &m, -1), -EAGAIN);
 	unpair(sv);
 
 	pair(sv); /* second fragment never comes: its fds are closed */
-	h = (struct raw_hdr){ HANDOFF_FRAME_MAGIC, HANDOFF_FRAME_VERSION, 1,
-			      HANDOFF_FRAME_F_MORE, 2, 5, 10 };
+	h = (struct raw_hdr){ FRAME_MAGIC, FRAME_VERSION, 1,
+			      FRAME_F_MORE, 2, 5, 10 };
 	raw_send_fds(sv[0], &h, "01234", 5, 2);
 	expect_error(sv, -ETIMEDOUT, base);
 
@@ -503,18 +503,18 @@ static void test_eof_and_timeouts(void **state)
 static void test_reply_survives_reset(void **state)
 {
 	int base = count_fds();
-	struct handoff_msg m;
+	struct frame_msg m;
 	int sv[2];
 
 	pair(sv);
-	assert_int_equal(handoff_frame_send(sv[0], 1, "unread", 6, NULL, 0, 100), 0);
-	assert_int_equal(handoff_frame_send(sv[1], 2, "reply", 5, NULL, 0, 100), 0);
+	assert_int_equal(frame_send(sv[0], 1, "unread", 6, NULL, 0, 100), 0);
+	assert_int_equal(frame_send(sv[1], 2, "reply", 5, NULL, 0, 100), 0);
 	close(sv[1]);
-	assert_int_equal(handoff_frame_recv(sv[0], &m, 100), 0);
+	assert_int_equal(frame_recv(sv[0], &m, 100), 0);
 	assert_int_equal(m.type, 2);
 	assert_string_equal((char *)m.data, "reply");
-	handoff_msg_clear(&m);
-	assert_int_equal(handoff_frame_recv(sv[0], &m, 100), -ECONNRESET);
+	frame_msg_clear(&m);
+	assert_int_equal(frame_recv(sv[0], &m, 100), -ECONNRESET);
 	close(sv[0]);
 	assert_int_equal(count_fds(), base);
 }
@@ -524,7 +524,7 @@ static void test_reply_survives_reset(void **state)
 static void test_ctrunc(void **state)
 {
 	int base = count_fds();
-	struct handoff_msg m;
+	struct frame_msg m;
 	struct raw_hdr h;
 	int one = 1;
 	int sv[2];
@@ -532,17 +532,17 @@ static void test_ctrunc(void **state)
 	pair(sv);
 	assert_int_equal(setsockopt(sv[1], SOL_SOCKET, SO_PASSCRED, &one,
 				    sizeof(one)), 0);
-	h = good_hdr(1, 3, HANDOFF_FRAME_MAX_FDS);
-	raw_send_fds(sv[0], &h, "abc", 3, HANDOFF_FRAME_MAX_FDS);
-	assert_int_equal(handoff_frame_recv(sv[1], &m, 200), -EPROTO);
+	h = good_hdr(1, 3, FRAME_MAX_FDS);
+	raw_send_fds(sv[0], &h, "abc", 3, FRAME_MAX_FDS);
+	assert_int_equal(frame_recv(sv[1], &m, 200), -EPROTO);
 	assert_int_equal(count_fds(), base + 2);
 
 	/* Credentials next to a few fds are fine (ignored). */
 	h = good_hdr(1, 3, 2);
 	raw_send_fds(sv[0], &h, "abc", 3, 2);
-	assert_int_equal(handoff_frame_recv(sv[1], &m, 200), 0);
+	assert_int_equal(frame_recv(sv[1], &m, 200), 0);
 	assert_int_equal(m.nfds, 2);
-	handoff_msg_clear(&m);
+	frame_msg_clear(&m);
 	unpair(sv);
 	assert_int_equal(count_fds(), base);
 }

@@ -272,7 +272,7 @@ static void raw_pb(int sock, uint8_t type, const ProtobufCMessage *m,
 
 	assert_non_null(buf);
 	protobuf_c_message_pack(m, buf);
-	assert_int_equal(handoff_frame_send(sock, type, buf, len, fds, nfds, 1000), 0);
+	assert_int_equal(frame_send(sock, type, buf, len, fds, nfds, 1000), 0);
 	free(buf);
 }
 
@@ -336,10 +336,10 @@ static void raw_abort(int sock, uint32_t chunk, const char *reason)
  * last message (0 if none) and copy an ABORT reason. */
 static int drain(int sock, char *abort_reason, size_t len)
 {
-	struct handoff_msg m;
+	struct frame_msg m;
 	int last = 0;
 
-	while (handoff_frame_recv(sock, &m, 50) == 0) {
+	while (frame_recv(sock, &m, 50) == 0) {
 		last = m.type;
 		assert_int_equal(m.nfds, 0);
 		if (m.type == HANDOFF_ABORT && abort_reason) {
@@ -350,7 +350,7 @@ static int drain(int sock, char *abort_reason, size_t len)
 			snprintf(abort_reason, len, "%s", a->reason ? a->reason : "");
 			baton__handoff__abort__free_unpacked(a, NULL);
 		}
-		handoff_msg_clear(&m);
+		frame_msg_clear(&m);
 	}
 	return last;
 }
@@ -412,7 +412,7 @@ static void test_happy_path_two_chunks(void **state)
 	chunk1[0] = (struct handoff_item){ big, big_len, &src_fds[3], 1 };
 
 	ctx_init(&c);
-	assert_int_equal(handoff_socketpair(sv), 0);
+	assert_int_equal(frame_socketpair(sv), 0);
 	c.src = handoff_source_new(c.base, sv[0], 0, 2000, s_cb, &c);
 	assert_non_null(c.src);
 	handoff_source_set_phase_hook(c.src, s_phase, &c);
@@ -491,7 +491,7 @@ static void test_target_aborts_on_prepare_failure(void **state)
 
 	ctx_init(&c);
 	c.fail_at_index = 1;
-	assert_int_equal(handoff_socketpair(sv), 0);
+	assert_int_equal(frame_socketpair(sv), 0);
 	c.src = handoff_source_new(c.base, sv[0], 0, 2000, s_cb, &c);
 	assert_non_null(c.src);
 	target_on(&c, sv[1], 2000);
@@ -523,13 +523,13 @@ static void test_source_timeout(void **state)
 	int sv[2];
 	int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	struct handoff_item item = { "x", 1, &fd, 1 };
-	struct handoff_msg m;
+	struct frame_msg m;
 	int types[4];
 	int64_t t0;
 	bool got_cb = false;
 
 	ctx_init(&c);
-	assert_int_equal(handoff_socketpair(sv), 0);
+	assert_int_equal(frame_socketpair(sv), 0);
 	c.src = handoff_source_new(c.base, sv[0], 0, 100, s_cb, &c);
 	assert_non_null(c.src);
 	/* keep c.src alive after cb for the -EPIPE check */
@@ -548,7 +548,7 @@ static void test_source_timeout(void **state)
 
 	/* What the target would have read: BEGIN, ITEM (+fd), END, ABORT. */
 	for (int i = 0; i < 4; i++) {
-		assert_int_equal(handoff_frame_recv(sv[1], &m, 100), 0);
+		assert_int_equal(frame_recv(sv[1], &m, 100), 0);
 		types[i] = m.type;
 		if (m.type == HANDOFF_ABORT) {
 			Baton__Handoff__Abort *a =
@@ -559,14 +559,14 @@ static void test_source_timeout(void **state)
 			assert_non_null(strstr(a->reason, "timed out"));
 			baton__handoff__abort__free_unpacked(a, NULL);
 		}
-		handoff_msg_clear(&m);
+		frame_msg_clear(&m);
 	}
 	assert_int_equal(types[0], HANDOFF_BEGIN);
 	assert_int_equal(types[1], HANDOFF_ITEM);
 	assert_int_equal(types[2], HANDOFF_END);
 	assert_int_equal(types[3], HANDOFF_ABORT);
 	/* The source was freed in cb: its end is closed now. */
-	assert_int_equal(handoff_frame_recv(sv[1], &m, 100), -ECONNRESET);
+	assert_int_equal(frame_recv(sv[1], &m, 100), -ECONNRESET);
 
 	close(sv[1]);
 	close(fd);
@@ -623,24 +623,24 @@ static void test_source_rejects_bad_items(void **state)
 	struct event_base *eb = event_base_new();
 	struct handoff_source *src;
 	struct handoff_item item = { NULL, 3, NULL, 0 };
-	struct handoff_msg m;
+	struct frame_msg m;
 	int sv[2];
 
-	assert_int_equal(handoff_socketpair(sv), 0);
+	assert_int_equal(frame_socketpair(sv), 0);
 	src = handoff_source_new(eb, sv[0], 0, 100, nocb, NULL);
 	assert_non_null(src);
 	assert_int_equal(handoff_source_send_chunk(src, &item, 1), -EINVAL);
 	item = (struct handoff_item){ "x", 1, NULL, 1 };
 	assert_int_equal(handoff_source_send_chunk(src, &item, 1), -EINVAL);
-	item = (struct handoff_item){ "x", 1, (int[]){ 0 }, HANDOFF_FRAME_MAX_FDS + 1 };
+	item = (struct handoff_item){ "x", 1, (int[]){ 0 }, FRAME_MAX_FDS + 1 };
 	assert_int_equal(handoff_source_send_chunk(src, &item, 1), -EINVAL);
 	assert_int_equal(handoff_source_send_chunk(src, NULL, 1), -EINVAL);
 	/* Nothing went out; the channel is still usable. */
-	assert_int_equal(handoff_frame_recv(sv[1], &m, 0), -ETIMEDOUT);
+	assert_int_equal(frame_recv(sv[1], &m, 0), -ETIMEDOUT);
 	assert_int_equal(handoff_source_finish(src), 0);
-	assert_int_equal(handoff_frame_recv(sv[1], &m, 100), 0);
+	assert_int_equal(frame_recv(sv[1], &m, 100), 0);
 	assert_int_equal(m.type, HANDOFF_DONE);
-	handoff_msg_clear(&m);
+	frame_msg_clear(&m);
 	handoff_source_free(src);
 	handoff_source_free(NULL);
 	handoff_target_free(NULL);
@@ -665,7 +665,7 @@ static void bad_malformed_item(int s)
 	int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 
 	raw_begin(s, 0, 1, 1);
-	assert_int_equal(handoff_frame_send(s, HANDOFF_ITEM, "\xff\xff\xff", 3,
+	assert_int_equal(frame_send(s, HANDOFF_ITEM, "\xff\xff\xff", 3,
 					    &fd, 1, 1000), 0);
 	close(fd);
 }
@@ -760,7 +760,7 @@ static void bad_commit_wrong_chunk(int s)
 
 static void bad_unknown_type(int s)
 {
-	assert_int_equal(handoff_frame_send(s, 42, "", 0, NULL, 0, 1000), 0);
+	assert_int_equal(frame_send(s, 42, "", 0, NULL, 0, 1000), 0);
 }
 
 static void bad_done_count(int s)
@@ -821,7 +821,7 @@ static void run_bad_case(const struct bad_case *bc)
 	bool eof = bc->script == src_eof_before_end;
 
 	ctx_init(&c);
-	assert_int_equal(handoff_socketpair(sv), 0);
+	assert_int_equal(frame_socketpair(sv), 0);
 	target_on(&c, sv[1], 2000);
 	bc->script(sv[0]);
 	if (eof)
@@ -868,7 +868,7 @@ static void test_target_commits_on_eof_after_prepared(void **state)
 	int sv[2];
 
 	ctx_init(&c);
-	assert_int_equal(handoff_socketpair(sv), 0);
+	assert_int_equal(frame_socketpair(sv), 0);
 	target_on(&c, sv[1], 50);
 	raw_begin(sv[0], 0, 1, 2);
 	raw_item(sv[0], 0, "session", 2, 2);
@@ -900,7 +900,7 @@ static void test_target_timeout(void **state)
 	int64_t t0 = now_ms();
 
 	ctx_init(&c);
-	assert_int_equal(handoff_socketpair(sv), 0);
+	assert_int_equal(frame_socketpair(sv), 0);
 	target_on(&c, sv[1], 100);
 	raw_begin(sv[0], 0, 1, 1);
 	assert_true(run_until(&c, &c.done, 3000));
@@ -922,7 +922,7 @@ static void test_target_abort_after_prepared(void **state)
 	int sv[2];
 
 	ctx_init(&c);
-	assert_int_equal(handoff_socketpair(sv), 0);
+	assert_int_equal(frame_socketpair(sv), 0);
 	target_on(&c, sv[1], 1000);
 	raw_begin(sv[0], 0, 1, 1);
 	raw_item(sv[0], 0, "s", 1, 1);
@@ -942,11 +942,11 @@ static void test_target_abort_after_prepared(void **state)
  * `answer` reply. Returns the source's cb result. */
 static void read_chunk(int sock, int n_items)
 {
-	struct handoff_msg m;
+	struct frame_msg m;
 
 	for (int i = 0; i < n_items + 2; i++) {
-		assert_int_equal(handoff_frame_recv(sock, &m, 1000), 0);
-		handoff_msg_clear(&m);
+		assert_int_equal(frame_recv(sock, &m, 1000), 0);
+		frame_msg_clear(&m);
 	}
 }
 
@@ -955,18 +955,18 @@ static void read_chunk(int sock, int n_items)
 static void raw_prepared_expect_commit(struct ctx *c, int sock)
 {
 	Baton__Handoff__Prepared p = BATON__HANDOFF__PREPARED__INIT;
-	struct handoff_msg m;
+	struct frame_msg m;
 	int r;
 
 	read_chunk(sock, 1);
 	p.chunk = 0;
 	raw_pb(sock, HANDOFF_PREPARED, &p.base, NULL, 0);
-	while ((r = handoff_frame_recv(sock, &m, 0)) == -EAGAIN ||
+	while ((r = frame_recv(sock, &m, 0)) == -EAGAIN ||
 	       r == -ETIMEDOUT)
 		event_base_loop(c->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
 	assert_int_equal(r, 0);
 	assert_int_equal(m.type, HANDOFF_COMMIT);
-	handoff_msg_clear(&m);
+	frame_msg_clear(&m);
 }
 
 static void keep_cb(struct handoff_source *src, uint32_t chunk, int result,
@@ -994,7 +994,7 @@ static void test_source_rejects_bad_answers(void **state)
 		int sv[2];
 
 		ctx_init(&c);
-		assert_int_equal(handoff_socketpair(sv), 0);
+		assert_int_equal(frame_socketpair(sv), 0);
 		c.src = handoff_source_new(c.base, sv[0], 0, 1000, keep_cb, &c);
 		assert_non_null(c.src);
 		assert_int_equal(handoff_source_send_chunk(c.src, &item, 1), 0);
@@ -1037,7 +1037,7 @@ static void test_source_target_closed(void **state)
 	ctx_init(&c);
 	/* Fork first: a child holding a copy of sv[1] would keep it open. */
 	child = fork_paused_child();
-	assert_int_equal(handoff_socketpair(sv), 0);
+	assert_int_equal(frame_socketpair(sv), 0);
 	c.src = handoff_source_new(c.base, sv[0], child, 1000, keep_cb, &c);
 	assert_non_null(c.src);
 	assert_int_equal(handoff_source_send_chunk(c.src, &item, 1), 0);
@@ -1072,7 +1072,7 @@ static void test_source_waits_for_committed(void **state)
 
 		ctx_init(&c);
 		child = fork_paused_child();
-		assert_int_equal(handoff_socketpair(sv), 0);
+		assert_int_equal(frame_socketpair(sv), 0);
 		c.src = handoff_source_new(c.base, sv[0], child, 300, keep_cb, &c);
 		assert_non_null(c.src);
 		assert_int_equal(handoff_source_send_chunk(c.src, &item, 1), 0);
@@ -1123,7 +1123,7 @@ static void raw_chunk_until_commit(struct ctx *c, int sock)
 	Baton__Handoff__Item it = BATON__HANDOFF__ITEM__INIT;
 	Baton__Handoff__End e = BATON__HANDOFF__END__INIT;
 	Baton__Handoff__Commit cm = BATON__HANDOFF__COMMIT__INIT;
-	struct handoff_msg m;
+	struct frame_msg m;
 	int r;
 
 	b.chunk = 0;
@@ -1136,12 +1136,12 @@ static void raw_chunk_until_commit(struct ctx *c, int sock)
 	raw_pb(sock, HANDOFF_ITEM, &it.base, NULL, 0);
 	e.chunk = 0;
 	raw_pb(sock, HANDOFF_END, &e.base, NULL, 0);
-	while ((r = handoff_frame_recv(sock, &m, 0)) == -EAGAIN ||
+	while ((r = frame_recv(sock, &m, 0)) == -EAGAIN ||
 	       r == -ETIMEDOUT)
 		event_base_loop(c->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
 	assert_int_equal(r, 0);
 	assert_int_equal(m.type, HANDOFF_PREPARED);
-	handoff_msg_clear(&m);
+	frame_msg_clear(&m);
 	cm.chunk = 0;
 	raw_pb(sock, HANDOFF_COMMIT, &cm.base, NULL, 0);
 }
@@ -1150,20 +1150,20 @@ static void raw_chunk_until_commit(struct ctx *c, int sock)
 static void test_target_acks_commit_before_arming(void **state)
 {
 	int base = count_fds();
-	struct handoff_msg m;
+	struct frame_msg m;
 	struct ctx c;
 	int sv[2];
 
 	ctx_init(&c);
-	assert_int_equal(handoff_socketpair(sv), 0);
+	assert_int_equal(frame_socketpair(sv), 0);
 	c.t = handoff_target_new(c.base, sv[1], 1000, &ops, &c);
 	assert_non_null(c.t);
 	raw_chunk_until_commit(&c, sv[0]);
 	while (c.commits == 0)
 		event_base_loop(c.base, EVLOOP_ONCE);
-	assert_int_equal(handoff_frame_recv(sv[0], &m, 0), 0);
+	assert_int_equal(frame_recv(sv[0], &m, 0), 0);
 	assert_int_equal(m.type, HANDOFF_COMMITTED);
-	handoff_msg_clear(&m);
+	frame_msg_clear(&m);
 	close(sv[0]);
 	ctx_fini(&c);
 	assert_int_equal(count_fds(), base);
@@ -1185,7 +1185,7 @@ static void test_source_timer_races_committed(void **state)
 
 	ctx_init(&c);
 	child = fork_paused_child();
-	assert_int_equal(handoff_socketpair(sv), 0);
+	assert_int_equal(frame_socketpair(sv), 0);
 	c.src = handoff_source_new(c.base, sv[0], child, 50, keep_cb, &c);
 	assert_non_null(c.src);
 	assert_int_equal(handoff_source_send_chunk(c.src, &item, 1), 0);
@@ -1216,7 +1216,7 @@ static void test_target_commits_when_source_dies_after_commit(void **state)
 	int sv[2];
 
 	ctx_init(&c);
-	assert_int_equal(handoff_socketpair(sv), 0);
+	assert_int_equal(frame_socketpair(sv), 0);
 	c.t = handoff_target_new(c.base, sv[1], 1000, &ops, &c);
 	assert_non_null(c.t);
 	raw_chunk_until_commit(&c, sv[0]);
@@ -1251,12 +1251,12 @@ static void test_target_free_inside_prepare(void **state)
 		free_in_prepare, t_commit, t_abort, t_done,
 	};
 	int base = count_fds();
-	struct handoff_msg m;
+	struct frame_msg m;
 	struct ctx c;
 	int sv[2];
 
 	ctx_init(&c);
-	assert_int_equal(handoff_socketpair(sv), 0);
+	assert_int_equal(frame_socketpair(sv), 0);
 	c.t = handoff_target_new(c.base, sv[1], 1000, &fops, &c);
 	assert_non_null(c.t);
 	raw_begin(sv[0], 0, 2, 2);
@@ -1267,7 +1267,7 @@ static void test_target_free_inside_prepare(void **state)
 	assert_int_equal(c.prepares, 1);
 	assert_false(c.done);
 	assert_int_equal(c.aborts, 0);
-	assert_int_equal(handoff_frame_recv(sv[0], &m, 100), -ECONNRESET);
+	assert_int_equal(frame_recv(sv[0], &m, 100), -ECONNRESET);
 	close(sv[0]);
 	ctx_fini(&c);
 	assert_int_equal(count_fds(), base);
@@ -1280,7 +1280,7 @@ static void test_new_rejects_bad_arguments(void **state)
 	int sv[2];
 
 	/* The channel is transferred even on failure: it is closed. */
-	assert_int_equal(handoff_socketpair(sv), 0);
+	assert_int_equal(frame_socketpair(sv), 0);
 	assert_null(handoff_source_new(eb, sv[0], 0, 100, NULL, NULL));
 	assert_int_equal(errno, EINVAL);
 	assert_null(handoff_target_new(eb, sv[1], 100, NULL, NULL));

@@ -82,8 +82,8 @@ struct got {
 
 static int read_one(int fd, struct got *g, int timeout_ms)
 {
-	struct handoff_msg m;
-	int r = handoff_frame_recv(fd, &m, timeout_ms);
+	struct frame_msg m;
+	int r = frame_recv(fd, &m, timeout_ms);
 
 	if (r < 0)
 		return r;
@@ -104,7 +104,7 @@ static int read_one(int fd, struct got *g, int timeout_ms)
 		baton__control__migration_result__free_unpacked(mr, NULL);
 	}
 	g->n++;
-	handoff_msg_clear(&m);
+	frame_msg_clear(&m);
 	return 0;
 }
 

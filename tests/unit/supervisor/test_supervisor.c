@@ -92,15 +92,15 @@ static int fake_worker(void)
 	if (fake_ready(true) < 0)
 		return 11;
 	for (;;) {
-		struct handoff_msg m = { 0 };
+		struct frame_msg m = { 0 };
 
-		if (handoff_frame_recv(CONTROL_FD, &m, -1) < 0)
+		if (frame_recv(CONTROL_FD, &m, -1) < 0)
 			return 13;
 		if (m.type == CONTROL_ACCEPT) {
-			handoff_msg_clear(&m);
+			frame_msg_clear(&m);
 			return 3;
 		}
-		handoff_msg_clear(&m);
+		frame_msg_clear(&m);
 	}
 }
 

@@ -57,7 +57,7 @@ static long pidfd_pid(int fd)
 static bool fake_migrated;
 static uint32_t fake_migrate_nfds, fake_migrate_pid;
 
-static void fake_note_migrate(struct handoff_msg *m)
+static void fake_note_migrate(struct frame_msg *m)
 {
 	fake_migrated = true;
 	fake_migrate_nfds = (uint32_t)m->nfds;
@@ -101,9 +101,9 @@ static int fake_worker(void)
 		return 12;
 	}
 	for (;;) {
-		struct handoff_msg m = { 0 };
+		struct frame_msg m = { 0 };
 
-		if (handoff_frame_recv(fd, &m, -1) < 0)
+		if (frame_recv(fd, &m, -1) < 0)
 			return 13;
 		if (m.type == CONTROL_LISTENERS && m.nfds != 1)
 			return 14;
@@ -148,10 +148,10 @@ static int fake_worker(void)
 			control_send(fd, CONTROL_HEALTH, &h.base, NULL, 0, 1000);
 		}
 		if (m.type == CONTROL_EXIT) {
-			handoff_msg_clear(&m);
+			frame_msg_clear(&m);
 			return 0;
 		}
-		handoff_msg_clear(&m);
+		frame_msg_clear(&m);
 	}
 }
 
@@ -383,7 +383,7 @@ static void test_pidfd_and_migrate_fds(void **state)
 	assert_int_equal(pidfd_pid(worker_pidfd(g.w)), worker_pid(g.w));
 	assert_true(fcntl(worker_pidfd(g.w), F_GETFD) & FD_CLOEXEC);
 	rig_wait_ready(&g);
-	assert_int_equal(handoff_socketpair(ch), 0);
+	assert_int_equal(frame_socketpair(ch), 0);
 
 	/* Outgoing with a pidfd: [channel, pidfd], the pidfd naming the peer
 	 * (here the worker itself stands in for the target). */
