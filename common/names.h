@@ -12,8 +12,8 @@
  * Library code: pure functions, no logging. A NULL string fails every
  * check except names_text_ok() (NULL: the field is absent).
  */
-#ifndef BATON_SESSIOND_NAMES_H
-#define BATON_SESSIOND_NAMES_H
+#ifndef BATON_COMMON_NAMES_H
+#define BATON_COMMON_NAMES_H
 
 #include <stdbool.h>
 

@@ -35,8 +35,8 @@
  *
  * Library code: no logging above debug, never exits; errors are -errno.
  */
-#ifndef BATON_HANDOFF_MIGRATION_H
-#define BATON_HANDOFF_MIGRATION_H
+#ifndef BATON_HANDOFF_PROTOCOL_H
+#define BATON_HANDOFF_PROTOCOL_H
 
 #include <stddef.h>
 #include <stdint.h>

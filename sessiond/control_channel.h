@@ -1,8 +1,8 @@
 /* sessiond/control_channel.h: this worker's side of the control channel with the
  * supervisor (common/control.h, proto/control.proto): READY, listeners,
  * accept on/off, migrations, status, health samples (health.h), exit. */
-#ifndef BATON_SESSIOND_WORKER_H
-#define BATON_SESSIOND_WORKER_H
+#ifndef BATON_SESSIOND_CONTROL_CHANNEL_H
+#define BATON_SESSIOND_CONTROL_CHANNEL_H
 
 #include <stdbool.h>
 #include <stddef.h>

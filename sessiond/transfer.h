@@ -10,8 +10,8 @@
  * "ROLE:POINT@CHUNK" (default chunk 0), the migration applies that fault
  * (tests/integration/test_faults.py; README "Testing").
  */
-#ifndef BATON_SESSIOND_MIGRATE_H
-#define BATON_SESSIOND_MIGRATE_H
+#ifndef BATON_SESSIOND_TRANSFER_H
+#define BATON_SESSIOND_TRANSFER_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -16,8 +16,8 @@
  * can never name a recycled pid); LISTENERS and MIGRATE borrow the fds passed
  * in (the caller keeps and closes its copies).
  */
-#ifndef BATON_SUPERVISOR_WORKER_H
-#define BATON_SUPERVISOR_WORKER_H
+#ifndef BATON_SUPERVISOR_WORKER_PROCESS_H
+#define BATON_SUPERVISOR_WORKER_PROCESS_H
 
 #include <stdbool.h>
 #include <stddef.h>

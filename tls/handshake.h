@@ -13,8 +13,8 @@
  *
  * fd ownership: the handshake uses the fd and never closes it.
  */
-#ifndef BATON_HANDOFF_TLS_HANDSHAKE_H
-#define BATON_HANDOFF_TLS_HANDSHAKE_H
+#ifndef BATON_TLS_HANDSHAKE_H
+#define BATON_TLS_HANDSHAKE_H
 
 #include <stdbool.h>
 #include <stddef.h>

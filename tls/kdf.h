@@ -9,8 +9,8 @@
  * -EIO when OpenSSL fails) and writes nothing it was not asked for. Callers
  * own every buffer and wipe secrets themselves.
  */
-#ifndef BATON_HANDOFF_TLS_KDF_H
-#define BATON_HANDOFF_TLS_KDF_H
+#ifndef BATON_TLS_KDF_H
+#define BATON_TLS_KDF_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -41,8 +41,8 @@
  * contains traffic secrets: it travels only over the handoff socket, never
  * to disk.
  */
-#ifndef BATON_HANDOFF_TLS_RECORD_H
-#define BATON_HANDOFF_TLS_RECORD_H
+#ifndef BATON_TLS_RECORD_H
+#define BATON_TLS_RECORD_H
 
 #include <stdbool.h>
 #include <stddef.h>
