@@ -8,6 +8,11 @@
  *
  * Loading never stops at the first problem: every problem is collected as
  * "FILE:LINE: message" so an operator fixes a new host in one pass.
+ *
+ * Ownership: config_load() gives the caller a struct baton_config that owns
+ * every string and array in it (config_free()); the caller owns the
+ * problems list it passes (config_problems_clear()). A loaded config is
+ * never modified afterwards: the daemons share it read-only.
  */
 #ifndef BATON_COMMON_CONFIG_H
 #define BATON_COMMON_CONFIG_H

@@ -1,5 +1,7 @@
 /* sessiond/irc.h: IRC message parsing (RFC 1459/2812 + IRCv3 message tags)
  * and small helpers. Library code: no logging, no exits.
+ * Ownership: nothing here allocates; a parsed struct irc_msg points into
+ * the caller's line buffer and lives as long as it.
  */
 #ifndef BATON_SESSIOND_IRC_H
 #define BATON_SESSIOND_IRC_H

@@ -5,6 +5,11 @@
  * result through the callbacks, which sessiond/control_channel.c forwards to the
  * supervisor.
  *
+ * Ownership: a transfer owns itself, the channel and the peer pidfd from
+ * a successful *_start() until it has called report->finished (once),
+ * after which it is gone; the items stay the bouncer's throughout (frozen
+ * ones are thawed or released by the transfer, never freed by it).
+ *
  * Fault injection for the integration tests: when the environment names a
  * file in BATON_FAULT_FILE and it holds a line "ROLE:POINT" or
  * "ROLE:POINT@CHUNK" (default chunk 0), the migration applies that fault

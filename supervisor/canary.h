@@ -21,6 +21,10 @@
  * (worker_process.h); when it ends the host gets the survivor back and must reset
  * every worker's handler.
  *
+ * Ownership: the supervisor owns the struct canary (canary_free()); the
+ * canary borrows both workers while it runs and owns T's spawn until it
+ * ends, when the survivor is handed back to the host.
+ *
  * Replies: like supervisor.h, zero or more {"progress":{...}} then one
  * {"result":{...}}; the result of a finished canary has the fields of the
  * interface contract (result, reason, gate, gates, cohort_sessions,
