@@ -7,7 +7,9 @@
  * Ownership: the bouncer owns sessions, pending clients and closing clients
  * (they QUIT and are finishing their output: client.c); a session owns its
  * upstream, its attached clients, its channels and its backlog; an upstream
- * or client owns its conn (and so its fd).
+ * or client owns its conn (and so its fd). A channel holds one reference to
+ * its member list, which is shared with the other sessions of the network
+ * in that channel and indexed by the bouncer's store (sessiond/chanstore.h).
  *
  * Dying objects: a conn that dies inside a callback only reports it later
  * from the event loop (conn.h), where its owner frees it; nothing here frees
