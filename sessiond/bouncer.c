@@ -125,6 +125,8 @@ struct bouncer {
 	bool gov_dirty;
 	/* The worker's health counters (health.h) and their PING checks. */
 	struct health health;
+	/* Member lists shared by the sessions of a network (chanstore.h). */
+	struct chanstore *chans;
 	struct event *health_tick;
 	/* Host names of networks (resolver.h): made in bouncer_new() when a
 	 * configured host is a name, else on first use. */
@@ -134,6 +136,11 @@ struct bouncer {
 struct event_base *bouncer_base(const struct bouncer *b)
 {
 	return b->base;
+}
+
+struct chanstore *bouncer_chanstore(struct bouncer *b)
+{
+	return b->chans;
 }
 
 const struct baton_config *bouncer_config(const struct bouncer *b)
@@ -994,12 +1001,14 @@ struct bouncer *bouncer_new(struct event_base *base,
 	health_init(&b->health);
 	b->sweep = event_new(base, -1, EV_PERSIST, bouncer_sweep_cb, b);
 	b->by_key = strmap_new();
+	b->chans = chanstore_new();
 	b->tls = tls_contexts_new(cfg);
-	if (!b->sweep || !b->by_key || !b->tls || reglist_init(&b->sessions) < 0 ||
+	if (!b->sweep || !b->by_key || !b->chans || !b->tls || reglist_init(&b->sessions) < 0 ||
 	    reglist_init(&b->pending) < 0 || reglist_init(&b->closing) < 0) {
 		if (b->sweep)
 			event_free(b->sweep);
 		strmap_free(b->by_key);
+		chanstore_free(b->chans);
 		tls_contexts_free(b->tls);
 		reglist_clear(&b->sessions);
 		reglist_clear(&b->pending);
@@ -1074,6 +1083,7 @@ void bouncer_free(struct bouncer *b)
 	reglist_clear(&b->sessions);
 	bouncer_gov_free(b); /* after the sessions: they leave its queue */
 	strmap_free(b->by_key);
+	chanstore_free(b->chans); /* after the sessions: they hold its lists */
 	/* client_free() takes each out of the list (and its counters). */
 	while (b->pending.n)
 		client_free(b->pending.v[b->pending.n - 1]);
@@ -1421,33 +1431,170 @@ void bouncer_item_freeze(struct bouncer_item *it)
 	}
 }
 
+/* The governors' buckets as of now (state.h), for an item to carry. */
+static struct governor_snapshot *bouncer_governor_snapshot(struct bouncer *b)
+{
+	struct governor_snapshot *g = calloc(1, sizeof(*g));
+	int64_t now = clock_mono_ms();
+	size_t n = 0;
+
+	if (!g)
+		return NULL;
+	for (size_t i = 0; i < b->ngovs; i++)
+		n += governor_naddrs(b->govs[i].g);
+	if (!(g->v = calloc(n + 1, sizeof(*g->v)))) {
+		free(g);
+		return NULL;
+	}
+	for (size_t i = 0; i < b->ngovs; i++) {
+		struct governor *gv = b->govs[i].g;
+
+		for (size_t j = 0; j < governor_naddrs(gv); j++) {
+			struct governor_bucket_state st;
+			struct governor_snapshot_bucket *out = &g->v[g->n++];
+
+			governor_bucket_get(gv, j, now, &st);
+			out->network = strdup(governor_network(gv));
+			out->addr = strdup(governor_addr(gv, j));
+			out->level = st.level;
+			out->as_of_ms = st.as_of_ms;
+			out->has_level = out->has_as_of_ms = true;
+			out->throttled_until_ms = st.throttled_until_ms;
+			out->strikes = st.strikes;
+			if (!out->network || !out->addr) {
+				state_governor_free(g);
+				return NULL;
+			}
+		}
+	}
+	return g;
+}
+
+/* Merge a migrated governor snapshot into b's governors (buckets of
+ * networks or addresses this worker does not have are ignored). */
+static void bouncer_governor_merge(struct bouncer *b, const struct governor_snapshot *g)
+{
+	int64_t now = clock_mono_ms();
+
+	for (size_t i = 0; i < g->n; i++) {
+		const struct governor_snapshot_bucket *pb = &g->v[i];
+		struct governor *gv = bouncer_governor(b, pb->network);
+		int slot = gv ? governor_find_addr(gv, pb->addr) : -1;
+		if (slot < 0)
+			continue;
+		struct governor_bucket_state st = {
+			.level = pb->has_level ? pb->level : 0,
+			.as_of_ms = pb->has_as_of_ms ? pb->as_of_ms : now,
+			.throttled_until_ms = pb->throttled_until_ms,
+			.strikes = pb->strikes,
+		};
+		governor_bucket_merge(gv, (size_t)slot, now, &st);
+	}
+	bouncer_governor_changed(b);
+}
+
+/* One serialization of it (state.h): with the governors' snapshot when
+ * `governor` and one is due. */
+static int bouncer_serialize(struct bouncer_item *it, unsigned schema,
+			     bool governor, uint8_t **buf, size_t *len,
+			     struct state_result *res)
+{
+	struct governor_snapshot *g = NULL;
+	struct state_ctx ctx = { .schema = schema };
+	int rc;
+
+	if (governor && it->kind == ITEM_SESSION &&
+	    bouncer_governor_snapshot_due(it->session->b)) {
+		if (!(g = bouncer_governor_snapshot(it->session->b)))
+			return -ENOMEM;
+		ctx.governor = g;
+	}
+	rc = state_serialize(it, &ctx, buf, len, res);
+	state_governor_free(g);
+	return rc;
+}
+
 int bouncer_item_serialize(struct bouncer_item *it, uint8_t **buf, size_t *len,
 			   const int **fds, size_t *nfds)
 {
-	int rc = state_serialize(it, true, buf, len);
+	struct state_result res;
+	int rc = bouncer_serialize(it, STATE_SCHEMA_INLINE, true, buf, len, &res);
 	if (rc < 0)
 		return rc;
+	if (res.governor_sent)
+		bouncer_governor_snapshot_sent(it->session->b);
+	free(res.lists);
 	*fds = it->fds;
 	*nfds = it->nfds;
 	return 0;
 }
 
+void bouncer_pack_chunk_begin(struct bouncer_pack *pk)
+{
+	static uint64_t serial; /* one per chunk of this process */
+
+	pk->serial = ++serial;
+	pk->nlists = 0;
+}
+
+int bouncer_pack_add_lists(struct bouncer_pack *pk, void *const *lists, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		struct shared_channel *sh = lists[i];
+
+		if (sh->mark == pk->serial)
+			continue; /* in this chunk already */
+		if (pk->nlists == pk->caplists) {
+			size_t cap = pk->caplists ? 2 * pk->caplists : 16;
+			void **nv = realloc(pk->lists, cap * sizeof(*nv));
+
+			if (!nv)
+				return -ENOMEM;
+			pk->lists = nv;
+			pk->caplists = cap;
+		}
+		sh->mark = pk->serial;
+		pk->lists[pk->nlists++] = sh;
+	}
+	return 0;
+}
+
+int bouncer_pack_lists(struct bouncer_pack *pk, size_t max, uint8_t ***bufs,
+		       size_t **lens, size_t *n)
+{
+	return state_serialize_lists((struct shared_channel *const *)pk->lists,
+				     pk->nlists, max, bufs, lens, n);
+}
+
+void bouncer_pack_clear(struct bouncer_pack *pk)
+{
+	free(pk->lists);
+	pk->lists = NULL;
+	pk->nlists = pk->caplists = 0;
+}
+
 int bouncer_item_serialize_within(struct bouncer_item *it, size_t max,
 				  uint8_t **buf, size_t *len, const int **fds,
-				  size_t *nfds, struct bouncer_shrunk *shrunk)
+				  size_t *nfds, struct bouncer_pack *pk,
+				  void ***lists, size_t *nlists)
 {
+	struct bouncer_shrunk *shrunk = &pk->shrunk;
 	struct session_shrink acc = { 0 };
+	struct state_result res = { 0 };
 	bool governor = true;
 	int rc;
 
+	*lists = NULL;
+	*nlists = 0;
 	for (;;) {
-		rc = state_serialize(it, governor, buf, len);
+		free(res.lists);
+		res.lists = NULL;
+		rc = bouncer_serialize(it, pk->schema, governor, buf, len, &res);
 		if (rc < 0 || *len <= max)
 			break;
 		free(*buf);
 		*buf = NULL;
-		if (governor && it->kind == ITEM_SESSION &&
-		    bouncer_governor_snapshot_due(it->session->b)) {
+		if (governor && res.governor_sent) {
 			/* The snapshot waits for an item with room for it. */
 			governor = false;
 			continue;
@@ -1478,8 +1625,14 @@ int bouncer_item_serialize_within(struct bouncer_item *it, size_t max,
 	if (rc < 0) {
 		free(*buf);
 		*buf = NULL;
+		free(res.lists);
 		return rc;
 	}
+	if (res.governor_sent)
+		bouncer_governor_snapshot_sent(it->session->b);
+	pk->handshakes_left += res.handshakes_left;
+	*lists = (void **)res.lists;
+	*nlists = res.nlists;
 	*fds = it->fds;
 	*nfds = it->nfds;
 	return 0;
@@ -1566,6 +1719,10 @@ static int bouncer_peer_arrived(void *arg, const uint8_t *buf, size_t len,
 
 	if (rc < 0)
 		return rc;
+	if (it == NULL) {
+		snprintf(err, errlen, "not a forwarded client");
+		return -EPROTO;
+	}
 	if (it->kind != ITEM_PENDING || it->client->fwd_user == NULL) {
 		snprintf(err, errlen, "not a forwarded client");
 		bouncer_item_discard(it);
@@ -1606,9 +1763,13 @@ void bouncer_forward_client(struct bouncer *b, struct client *cl)
 
 	cl->fwd_hops++;
 	bouncer_item_freeze(it);
-	rc = state_serialize(it, false, &buf, &len);
-	if (rc == 0)
+	struct state_ctx ctx = { .schema = STATE_SCHEMA_INLINE };
+	struct state_result res;
+	rc = state_serialize(it, &ctx, &buf, &len, &res);
+	if (rc == 0) {
+		free(res.lists);
 		rc = peer_send(b->peer, buf, len, it->fds, it->nfds);
+	}
 	free(buf);
 	if (rc == 0) {
 		log_info("peer", "client for %s/%s forwarded to the other worker",
@@ -1670,11 +1831,18 @@ int bouncer_item_adopt(struct bouncer *b, const uint8_t *buf, size_t len,
 		       char *err, size_t errlen)
 {
 	struct bouncer_item *it = NULL;
-	int rc = state_adopt(b, buf, len, fds, nfds, &it, err, errlen);
+	struct governor_snapshot *gov = NULL;
+	int rc = state_adopt(b, buf, len, fds, nfds, &it, &gov, err, errlen);
 
 	*out = NULL;
 	if (rc < 0)
 		return rc; /* state_adopt closed the fds */
+	if (it == NULL)
+		return 0; /* member lists: they wait for the chunk's sessions */
+	if (gov) {
+		bouncer_governor_merge(b, gov);
+		state_governor_free(gov);
+	}
 	if (it->kind == ITEM_SESSION) {
 		struct session *s = it->session;
 		/* The target grants nothing until it serves (bouncer_accept()):
@@ -1683,11 +1851,13 @@ int bouncer_item_adopt(struct bouncer *b, const uint8_t *buf, size_t len,
 		if (bouncer_find_session(b, s->user, s->network)) {
 			snprintf(err, errlen, "session %s already exists here", s->key);
 			session_free(s);
+			chanstore_chunk_end(b->chans, false); /* the chunk aborts */
 			return -EEXIST;
 		}
 		if (bouncer_add_session(b, s) < 0) {
 			snprintf(err, errlen, "out of memory");
 			session_free(s);
+			chanstore_chunk_end(b->chans, false);
 			return -ENOMEM;
 		}
 	} else {
@@ -1704,9 +1874,16 @@ int bouncer_item_adopt(struct bouncer *b, const uint8_t *buf, size_t len,
 	return 0;
 }
 
+void bouncer_chunk_end(struct bouncer *b, bool committed)
+{
+	chanstore_chunk_end(b->chans, committed);
+}
+
 void bouncer_item_arm(struct bouncer_item *it)
 {
 	if (it->kind == ITEM_SESSION) {
+		/* its chunk committed (a no-op after the first of them) */
+		chanstore_chunk_end(it->session->b->chans, true);
 		session_arm(it->session);
 		/* does the network still answer us? (health.h) */
 		if (it->session->up)
@@ -1724,5 +1901,7 @@ void bouncer_item_arm(struct bouncer_item *it)
 
 void bouncer_item_discard(struct bouncer_item *it)
 {
+	if (it->kind == ITEM_SESSION) /* its chunk aborted */
+		chanstore_chunk_end(it->session->b->chans, false);
 	bouncer_item_destroy(it);
 }

@@ -93,23 +93,56 @@ void bouncer_item_freeze(struct bouncer_item *it);
 int bouncer_item_serialize(struct bouncer_item *it, uint8_t **buf, size_t *len,
 			   const int **fds, size_t *nfds);
 
-/* The same within `max` bytes (what one migration message carries). Every
- * session must always be able to move: one whose state is over max is
- * shrunk until it fits (sessiond/session.h session_shrink(): stalled
- * clients disconnected, oldest backlog lines dropped, then other clients,
- * then member lists), its users told, and what was given up added to
- * *shrunk. A governor snapshot due waits for an item with room for it.
- * -EMSGSIZE only if nothing is left to give up (a pending client's state, or
- * limits far above the message: sessiond/state.h). */
 struct bouncer_shrunk {
 	uint32_t sessions;     /* sessions shrunk */
 	uint32_t lines;        /* backlog lines dropped */
 	uint32_t clients;      /* clients disconnected */
 	uint32_t member_lists; /* member lists dropped */
 };
+
+/* A migration's serialization, source side: the schema the receiver reads
+ * (set by the caller: 1 = member lists inside each session, what every
+ * release reads; 2 = shared lists once per chunk, sessiond/state.h), and
+ * what it accumulates. */
+struct bouncer_pack {
+	unsigned schema;
+	struct bouncer_shrunk shrunk;
+	/* connections left out: TLS handshake still running */
+	unsigned handshakes_left;
+	/* schema 2: the member lists of the chunk being assembled, each once
+	 * (opaque: the sessions' shared lists) */
+	void **lists;
+	size_t nlists, caplists;
+	uint64_t serial;
+};
+/* A new chunk: no list written in it yet. */
+void bouncer_pack_chunk_begin(struct bouncer_pack *pk);
+/* The lists an item refers to (from bouncer_item_serialize_within()) are
+ * written in this chunk (once each). 0 or -ENOMEM. */
+int bouncer_pack_add_lists(struct bouncer_pack *pk, void *const *lists, size_t n);
+/* The chunk's lists packed into items of at most max bytes each, to go
+ * first in the chunk (*bufs[0..*n) malloc'd, caller frees; no fds). */
+int bouncer_pack_lists(struct bouncer_pack *pk, size_t max, uint8_t ***bufs,
+		       size_t **lens, size_t *n);
+void bouncer_pack_clear(struct bouncer_pack *pk);
+
+/* The same within `max` bytes (what one migration message carries). Every
+ * session must always be able to move: one whose state is over max is
+ * shrunk until it fits (sessiond/session.h session_shrink(): stalled
+ * clients disconnected, oldest backlog lines dropped, then other clients,
+ * then member lists), its users told, and what was given up added to
+ * pk->shrunk. A governor snapshot due waits for an item with room for it.
+ * -EMSGSIZE only if nothing is left to give up (a pending client's state, or
+ * limits far above the message: sessiond/state.h).
+ * Written in pk->schema (connections left out counted in
+ * pk->handshakes_left). Schema 2: the
+ * member lists the item refers to are in *lists[0..*nlists) (malloc'd,
+ * caller frees the array; NULL/0 otherwise), for bouncer_pack_add_lists()
+ * of the chunk the item travels in. */
 int bouncer_item_serialize_within(struct bouncer_item *it, size_t max,
 				  uint8_t **buf, size_t *len, const int **fds,
-				  size_t *nfds, struct bouncer_shrunk *shrunk);
+				  size_t *nfds, struct bouncer_pack *pk,
+				  void ***lists, size_t *nlists);
 
 /* The migration of this item aborted: resume exactly where it froze. */
 void bouncer_item_thaw(struct bouncer_item *it);
@@ -133,10 +166,15 @@ bool bouncer_item_in_handshake(const struct bouncer_item *it);
  * I/O and without arming events. Takes ownership of fds[0..nfds) in every
  * case. Returns 0 with *out set, or -errno with a reason in err[errlen]
  * (e.g. a session that already exists here, an fd_index out of range, an fd
- * that is not a stream socket). */
+ * that is not a stream socket). An item of member lists (schema 2) sets
+ * *out to NULL: its lists wait for the chunk's sessions and its end. */
 int bouncer_item_adopt(struct bouncer *b, const uint8_t *buf, size_t len,
 		       int *fds, size_t nfds, struct bouncer_item **out,
 		       char *err, size_t errlen);
+
+/* The open chunk ended (committed or aborted): the member lists it brought
+ * replace this worker's (later wins) or are dropped. Idempotent. */
+void bouncer_chunk_end(struct bouncer *b, bool committed);
 
 /* Commit: register the item and arm its events and timers; lines already
  * complete in its input buffers are processed now. */

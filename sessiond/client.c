@@ -760,8 +760,8 @@ static void send_names(struct client *cl, const struct channel *ch)
 		size_t head = (size_t)h, len = head;
 		bool any = false;
 
-		for (size_t i = 0; i < ch->nmembers; i++) {
-			const struct member *m = &ch->members[i];
+		for (size_t i = 0; i < channel_nmembers(ch); i++) {
+			const struct member *m = channel_member_at(ch, i);
 			size_t pl = (cl->caps & CLIENT_CAP_MULTI_PREFIX) ?
 					    strnlen(m->prefixes, sizeof(m->prefixes)) :
 					    (m->prefixes[0] != '\0');

@@ -239,6 +239,7 @@ static void channel_migrate(struct control_channel *w, struct frame_msg *msg)
 				      : (unsigned)w->cfg->chunk_sessions,
 				      (size_t)w->cfg->chunk_bytes,
 				      w->cfg->handshake_budget_ms,
+				      mg->has_schema ? mg->schema : 1,
 				      mg->select != NULL ? &sel : NULL, &report);
 	} else {
 		r = transfer_in_start(w->base, w->b, channel,

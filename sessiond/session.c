@@ -59,7 +59,6 @@ void channel_free(struct channel *ch)
 	if (!ch)
 		return;
 	channel_clear_members(ch);
-	free(ch->members);
 	free(ch->name);
 	free(ch->topic);
 	free(ch->topic_setter);
@@ -126,45 +125,35 @@ void session_remove_channel(struct session *s, const char *name)
 	}
 }
 
-static void member_key(char *out, size_t n, const char *nick)
-{
-	size_t len = strnlen(nick, n - 1);
-
-	memcpy(out, nick, len);
-	out[len] = '\0';
-	irc_casefold(out);
-}
-
 struct member *channel_find_member(struct channel *ch, const char *nick)
 {
-	char key[NAMES_MAX_LEN + 1];
-	size_t at;
-
-	if (ch->member_index == NULL)
-		return NULL;
-	member_key(key, sizeof(key), nick);
-	at = (size_t)(uintptr_t)strmap_get(ch->member_index, key);
-	return at > 0 ? &ch->members[at - 1] : NULL;
+	return shared_find(ch->sh, nick);
 }
 
-/* Forget every member (their bytes leave the session's count). */
+/* The view (chanstore.h): what the session is charged follows the list's
+ * size whenever the session applies a change to it. */
+static void channel_view_sync(struct channel *ch)
+{
+	size_t now = ch->sh ? ch->sh->member_bytes : 0;
+
+	if (ch->s)
+		ch->s->member_bytes += now - ch->member_bytes; /* modulo 2^64 */
+	ch->member_bytes = now;
+}
+
+/* Forget the list (our reference; its bytes leave the session's count). */
 static void channel_drop_members(struct channel *ch)
 {
-	for (size_t j = 0; j < ch->nmembers; j++)
-		free(ch->members[j].nick);
-	ch->nmembers = 0;
-	strmap_free(ch->member_index);
-	ch->member_index = NULL;
-	if (ch->s)
-		ch->s->member_bytes -= ch->member_bytes;
-	ch->member_bytes = 0;
+	chanstore_detach(ch->sh);
+	ch->sh = NULL;
+	channel_view_sync(ch);
 }
 
 /* A member bound was reached: keep the channel, not its members. */
 static void channel_untrack_members(struct channel *ch, const char *why)
 {
 	struct session *s = ch->s;
-	size_t n = ch->nmembers;
+	size_t n = channel_nmembers(ch);
 
 	channel_drop_members(ch);
 	ch->members_untracked = true;
@@ -174,75 +163,66 @@ static void channel_untrack_members(struct channel *ch, const char *why)
 			   ch->name, why, ch->name);
 }
 
+/* Why this session's view of ch, with `more` members and `bytes` bytes
+ * about to be added, passes its bounds (NULL: it does not). */
+static const char *channel_over(const struct channel *ch, size_t more, size_t bytes)
+{
+	const struct session *s = ch->s;
+
+	if (channel_nmembers(ch) + more > s->lim.max_channel_members)
+		return "more than max_channel_members";
+	if (s->member_bytes + bytes > s->lim.member_list_bytes)
+		return "member lists of all channels over member_list_bytes";
+	return NULL;
+}
+
+int channel_use_list(struct channel *ch, struct shared_channel *sh)
+{
+	chanstore_ref(sh);
+	ch->sh = sh;
+	channel_view_sync(ch);
+	if (channel_over(ch, 0, 0) != NULL) {
+		/* as if its members had passed the bound one by one here */
+		channel_drop_members(ch);
+		ch->members_untracked = true;
+	}
+	return 0;
+}
+
 struct member *channel_add_member(struct channel *ch, const char *nick)
 {
-	struct member *m = channel_find_member(ch, nick);
-	char key[NAMES_MAX_LEN + 1];
-	size_t cost = strlen(nick) + SESSION_MEMBER_COST;
+	struct member *m;
+	const char *why;
 
-	if (m)
-		return m;
-	if (ch->members_untracked)
+	if (ch->members_untracked || ch->s == NULL)
 		return NULL;
-	if (ch->s && ch->nmembers >= ch->s->lim.max_channel_members) {
-		channel_untrack_members(ch, "more than max_channel_members");
+	if (ch->sh == NULL &&
+	    !(ch->sh = chanstore_attach(bouncer_chanstore(ch->s->b), ch->s->network,
+					ch->name)))
 		return NULL;
-	}
-	if (ch->s && ch->s->member_bytes + cost > ch->s->lim.member_list_bytes) {
-		channel_untrack_members(ch, "member lists of all channels over member_list_bytes");
-		return NULL;
-	}
-	if (ch->member_index == NULL && !(ch->member_index = strmap_new()))
-		return NULL;
-	if (ch->nmembers == ch->cap) {
-		size_t cap = ch->cap ? ch->cap * 2 : 8;
-		struct member *nv = realloc(ch->members, cap * sizeof(*nv));
-		if (!nv)
-			return NULL;
-		ch->members = nv;
-		ch->cap = cap;
-	}
-	m = &ch->members[ch->nmembers];
-	memset(m, 0, sizeof(*m));
-	if (!(m->nick = strdup(nick)))
-		return NULL;
-	member_key(key, sizeof(key), nick);
-	if (strmap_put(ch->member_index, key,
-		       (void *)(uintptr_t)(ch->nmembers + 1)) < 0) {
-		free(m->nick);
+	channel_view_sync(ch);
+	m = shared_find(ch->sh, nick);
+	/* Checked also when another session added it already: the list may
+	 * have grown past this session's bounds meanwhile. */
+	why = m ? channel_over(ch, 0, 0)
+		: channel_over(ch, 1, strlen(nick) + SESSION_MEMBER_COST);
+	if (why != NULL) {
+		channel_untrack_members(ch, why);
 		return NULL;
 	}
-	ch->nmembers++;
-	ch->member_bytes += cost;
-	if (ch->s)
-		ch->s->member_bytes += cost;
+	if (m == NULL) {
+		m = shared_add(ch->sh, nick);
+		channel_view_sync(ch);
+	}
 	return m;
 }
 
 void channel_remove_member(struct channel *ch, const char *nick)
 {
-	struct member *m = channel_find_member(ch, nick);
-	struct member *last;
-	char key[NAMES_MAX_LEN + 1];
-	size_t cost;
-
-	if (m == NULL)
+	if (ch->sh == NULL)
 		return;
-	cost = strlen(m->nick) + SESSION_MEMBER_COST;
-	member_key(key, sizeof(key), m->nick);
-	strmap_del(ch->member_index, key);
-	free(m->nick);
-	last = &ch->members[ch->nmembers - 1];
-	if (m != last) {
-		*m = *last; /* swap the last one in; its index changes */
-		member_key(key, sizeof(key), m->nick);
-		strmap_put(ch->member_index, key,
-			   (void *)(uintptr_t)(m - ch->members + 1));
-	}
-	ch->nmembers--;
-	ch->member_bytes -= cost;
-	if (ch->s)
-		ch->s->member_bytes -= cost;
+	shared_remove(ch->sh, nick);
+	channel_view_sync(ch);
 }
 
 void channel_clear_members(struct channel *ch)
@@ -254,32 +234,19 @@ void channel_clear_members(struct channel *ch)
 int channel_rename_member(struct channel *ch, struct member *m,
 			  const char *nick)
 {
-	struct member *other = channel_find_member(ch, nick);
-	char key[NAMES_MAX_LEN + 1];
-	char *copy;
-	size_t at = (size_t)(m - ch->members) + 1;
+	char *old;
+	int rc;
 
-	if (other != NULL && other != m) {
-		/* The new nick is already listed (a desync): keep that one. */
-		channel_remove_member(ch, m->nick);
+	if (ch->sh == NULL)
 		return 0;
-	}
-	copy = strdup(nick);
-	if (copy == NULL)
+	if (!(old = strdup(m->nick)))
 		return -ENOMEM;
-	member_key(key, sizeof(key), m->nick);
-	strmap_del(ch->member_index, key);
-	ch->member_bytes += strlen(copy) - strlen(m->nick); /* modulo 2^64 */
-	if (ch->s)
-		ch->s->member_bytes += strlen(copy) - strlen(m->nick);
-	free(m->nick);
-	m->nick = copy;
-	member_key(key, sizeof(key), nick);
-	if (strmap_put(ch->member_index, key, (void *)(uintptr_t)at) < 0)
-		return -ENOMEM;
+	rc = shared_rename(ch->sh, old, nick);
+	free(old);
+	channel_view_sync(ch);
 	if (ch->s && ch->s->member_bytes > ch->s->lim.member_list_bytes)
 		channel_untrack_members(ch, "member lists of all channels over member_list_bytes");
-	return 0;
+	return rc;
 }
 
 /* ---- session ---- */
@@ -861,7 +828,7 @@ int session_shrink(struct session *s, size_t excess, struct session_shrink *acc)
 		return 0;
 	}
 	for (size_t i = 0; i < s->nchannels; i++)
-		if (s->channels[i]->nmembers > 0 &&
+		if (channel_nmembers(s->channels[i]) > 0 &&
 		    (big == NULL || s->channels[i]->member_bytes > big->member_bytes))
 			big = s->channels[i];
 	if (big != NULL) {

@@ -7,7 +7,9 @@
  * Ownership: the bouncer owns sessions, pending clients and closing clients
  * (they QUIT and are finishing their output: client.c); a session owns its
  * upstream, its attached clients, its channels and its backlog; an upstream
- * or client owns its conn (and so its fd).
+ * or client owns its conn (and so its fd). A channel holds one reference to
+ * its member list, which is shared with the other sessions of the network
+ * in that channel and indexed by the bouncer's store (sessiond/chanstore.h).
  *
  * Dying objects: a conn that dies inside a callback only reports it later
  * from the event loop (conn.h), where its owner frees it; nothing here frees
@@ -26,6 +28,7 @@
 #include "common/util.h"
 #include "sessiond/backlog.h"
 #include "sessiond/bouncer.h"
+#include "sessiond/chanstore.h" /* shared member lists */
 #include "sessiond/governor.h"
 #include "sessiond/health.h"
 #include "sessiond/client.h" /* the connections a session owns */
@@ -56,7 +59,7 @@ struct irc_msg;
 #define SESSION_MAX_CLIENT_NAME 64     /* bytes of a client name (@NAME) */
 /* member_list_bytes counts each member as its nick plus this (at least its
  * serialized size: state.h). */
-#define SESSION_MEMBER_COST 24
+#define SESSION_MEMBER_COST CHANSTORE_MEMBER_COST
 /* Notices about backlog lines dropped by the session bounds: at most one
  * per session per this long (counting what was dropped meanwhile). */
 #define SESSION_DROP_NOTICE_MS 60000
@@ -78,29 +81,26 @@ void session_limits_get(const struct baton_config *cfg, struct session_limits *o
 
 /* ---- channels ---- */
 
-struct member {
-	char *nick;
-	char prefixes[16]; /* PREFIX symbols in PREFIX order, e.g. "@+" */
-};
-
 struct channel {
 	char *name;
 	char *topic;        /* NULL: none */
 	char *topic_setter;
 	int64_t topic_time;
 	char *modes;        /* "+nt" (letters only), NULL: unknown */
-	struct member *members; /* unordered (removal swaps in the last) */
-	size_t nmembers, cap;
-	/* casefolded nick -> index + 1 into members: channels of thousands of
-	 * members, in every session, must not make NAMES, QUIT or a migration
-	 * quadratic. Created on the first member. */
-	struct strmap *member_index;
+	/* The member list, shared with every session of this network in the
+	 * channel (sessiond/chanstore.h; one reference held). NULL: none yet,
+	 * untracked, or forgotten (our PART, a disconnect). */
+	struct shared_channel *sh;
 	bool joined;
 	/* The member bounds were reached (max_channel_members, or the
 	 * session's member_list_bytes): the list was dropped and no member is
 	 * added until it is cleared (a new JOIN of ours, a reconnect). */
 	bool members_untracked;
-	size_t member_bytes;  /* counted against the session's bound */
+	/* This session's view of the list's size, counted against its
+	 * member_list_bytes: sh->member_bytes when this session last applied
+	 * a change to it (its bounds are checked then; real memory is paid
+	 * once per list). */
+	size_t member_bytes;
 	struct session *s;    /* owner (NULL: a channel outside a session) */
 	struct health_channel_count health; /* differential delivery (health.h) */
 	struct pb_unknown unknown;
@@ -172,6 +172,8 @@ struct session {
 
 /* ---- bouncer internals (bouncer.c) ---- */
 struct event_base *bouncer_base(const struct bouncer *b);
+/* The worker's shared member lists (chanstore.h), owned by the bouncer. */
+struct chanstore *bouncer_chanstore(struct bouncer *b);
 const struct baton_config *bouncer_config(const struct bouncer *b);
 /* ircs handshakes in progress (each holds an SSL object and costs a
  * signature): counted in all and per address so that a flood of half-open
@@ -305,6 +307,15 @@ struct channel *session_find_channel(struct session *s, const char *name);
 struct channel *session_add_channel(struct session *s, const char *name);
 void session_remove_channel(struct session *s, const char *name);
 void channel_free(struct channel *ch);
+static inline size_t channel_nmembers(const struct channel *ch)
+{
+	return ch->sh ? ch->sh->nmembers : 0;
+}
+static inline const struct member *channel_member_at(const struct channel *ch,
+						     size_t i)
+{
+	return &ch->sh->members[i];
+}
 struct member *channel_find_member(struct channel *ch, const char *nick);
 /* The member `nick`, added if needed. NULL: out of memory, or the channel's
  * members are not tracked (ch->members_untracked): adding this one would
@@ -312,9 +323,15 @@ struct member *channel_find_member(struct channel *ch, const char *nick);
  * is dropped now (logged, clients told) and the channel kept. */
 struct member *channel_add_member(struct channel *ch, const char *nick);
 void channel_remove_member(struct channel *ch, const char *nick);
-/* Forget every member and track them again from now on. */
+/* Forget the member list (this session's reference to it) and track
+ * members again from now on. */
 void channel_clear_members(struct channel *ch);
-/* Change m's nick (m belongs to ch). Returns 0 or -ENOMEM. */
+/* Use sh (a reference is taken) as ch's list if this session's bounds
+ * allow its size, else mark ch untracked (quietly: a migration target's
+ * adoption). ch must have no list. Returns 0, or -ENOMEM. */
+int channel_use_list(struct channel *ch, struct shared_channel *sh);
+/* Change m's nick (m belongs to ch; the shared list: a no-op when another
+ * session applied it already). Returns 0 or -ENOMEM. */
 int channel_rename_member(struct channel *ch, struct member *m,
 			  const char *nick);
 

@@ -18,6 +18,7 @@
 #include "tls.pb-c.h"
 
 #include "common/config.h"
+#include "common/log.h"
 #include "common/names.h"
 #include "sessiond/backlog.h"
 #include "handoff/protocol.h"
@@ -191,18 +192,6 @@ static Baton__State__Connection *ser_conn_common(struct arena *a,
 		pc->transport = 1;
 	}
 	return pc;
-}
-
-/* A TLS handshake cannot move (OpenSSL's state is not exportable): such a
- * connection is left behind, closed with the old process, and counted. */
-static unsigned state_handshakes_left;
-
-unsigned state_take_handshakes_left(void)
-{
-	unsigned n = state_handshakes_left;
-
-	state_handshakes_left = 0;
-	return n;
 }
 
 /* The upstream travels: not in a TLS handshake, and not a TLS connection
@@ -412,7 +401,71 @@ static int ser_buffers(struct arena *a, struct session *s,
 	return rc ? (rc < 0 ? rc : -ENOMEM) : 0;
 }
 
-static Baton__State__Session *ser_session(struct arena *a, struct session *s)
+/* A session's member lists: inline (schema 1), or a reference to the
+ * shared list written once in the chunk (schema 2, res->lists). */
+static Baton__State__Member **ser_members(struct arena *a, const struct shared_channel *sh)
+{
+	Baton__State__Member **v = arena_alloc(a, sh->nmembers * sizeof(*v));
+	Baton__State__Member *ms = arena_alloc(a, sh->nmembers * sizeof(*ms));
+
+	if (!v || !ms)
+		return NULL;
+	for (size_t j = 0; j < sh->nmembers; j++) {
+		baton__state__member__init(&ms[j]);
+		ms[j].nick = sh->members[j].nick;
+		ms[j].prefixes = sh->members[j].prefixes[0] ? sh->members[j].prefixes : NULL;
+		v[j] = &ms[j];
+	}
+	return v;
+}
+
+static Baton__State__Channel *ser_channel(struct arena *a, struct channel *ch,
+					  const struct state_ctx *ctx,
+					  struct state_result *res)
+{
+	Baton__State__Channel *pc = arena_alloc(a, sizeof(*pc));
+	size_t nm = channel_nmembers(ch);
+
+	if (!pc)
+		return NULL;
+	baton__state__channel__init(pc);
+	pc->name = ch->name;
+	pc->topic = ch->topic;
+	pc->topic_setter = ch->topic_setter;
+	PUT_I64(pc, topic_time, ch->topic_time);
+	pc->modes = ch->modes;
+	if (ch->joined) {
+		pc->has_joined = 1;
+		pc->joined = 1;
+	}
+	if (ch->members_untracked) {
+		pc->has_members_untracked = 1;
+		pc->members_untracked = 1;
+	}
+	if (nm && ctx->schema >= STATE_SCHEMA_SHARED) {
+		struct shared_channel **grown =
+			realloc(res->lists, (res->nlists + 1) * sizeof(*grown));
+
+		if (!grown) {
+			a->failed = true;
+			return NULL;
+		}
+		res->lists = grown;
+		res->lists[res->nlists++] = ch->sh;
+		pc->has_members_shared = 1;
+		pc->members_shared = 1;
+	} else if (nm) {
+		if (!(pc->members = ser_members(a, ch->sh)))
+			return NULL;
+		pc->n_members = nm;
+	}
+	pb_unknown_attach(&pc->base, &ch->unknown);
+	return pc;
+}
+
+static Baton__State__Session *ser_session(struct arena *a, struct session *s,
+					  const struct state_ctx *ctx,
+					  struct state_result *res)
 {
 	Baton__State__Session *ps = arena_alloc(a, sizeof(*ps));
 	uint32_t idx = 0;
@@ -434,38 +487,10 @@ static Baton__State__Session *ser_session(struct arena *a, struct session *s)
 			return NULL;
 	}
 	for (size_t i = 0; i < s->nchannels; i++) {
-		struct channel *ch = s->channels[i];
-		Baton__State__Channel *pc = arena_alloc(a, sizeof(*pc));
+		Baton__State__Channel *pc = ser_channel(a, s->channels[i], ctx, res);
+
 		if (!pc)
 			return NULL;
-		baton__state__channel__init(pc);
-		pc->name = ch->name;
-		pc->topic = ch->topic;
-		pc->topic_setter = ch->topic_setter;
-		PUT_I64(pc, topic_time, ch->topic_time);
-		pc->modes = ch->modes;
-		if (ch->joined) {
-			pc->has_joined = 1;
-			pc->joined = 1;
-		}
-		if (ch->members_untracked) {
-			pc->has_members_untracked = 1;
-			pc->members_untracked = 1;
-		}
-		if (ch->nmembers) {
-			pc->members = arena_alloc(a, ch->nmembers * sizeof(*pc->members));
-			Baton__State__Member *ms = arena_alloc(a, ch->nmembers * sizeof(*ms));
-			if (!pc->members || !ms)
-				return NULL;
-			for (size_t j = 0; j < ch->nmembers; j++) {
-				baton__state__member__init(&ms[j]);
-				ms[j].nick = ch->members[j].nick;
-				ms[j].prefixes = ch->members[j].prefixes[0] ? ch->members[j].prefixes : NULL;
-				pc->members[j] = &ms[j];
-			}
-			pc->n_members = ch->nmembers;
-		}
-		pb_unknown_attach(&pc->base, &ch->unknown);
 		ps->channels[ps->n_channels++] = pc;
 	}
 	if (ser_buffers(a, s, ps) < 0)
@@ -510,7 +535,7 @@ static Baton__State__Session *ser_session(struct arena *a, struct session *s)
 		ps->has_reconnect_at_ms = 1;
 		ps->reconnect_at_ms = clock_wall_ms();
 		if (conn_in_handshake(s->up->conn))
-			state_handshakes_left++;
+			res->handshakes_left++;
 	}
 	PUT_I64(ps, reconnect_failures, s->reconnect_failures);
 	ps->server_name = s->server_name;
@@ -522,48 +547,54 @@ static Baton__State__Session *ser_session(struct arena *a, struct session *s)
 	return ps;
 }
 
-/* Every bucket of every governor of b, as of now (proto GovernorState). */
+/* The governors' snapshot the caller took (proto GovernorState). */
 static Baton__State__GovernorState *ser_governor(struct arena *a,
-						 struct bouncer *b)
+						 const struct governor_snapshot *g)
 {
 	Baton__State__GovernorState *pg = arena_alloc(a, sizeof(*pg));
-	size_t n = 0, k = 0;
-	int64_t now = clock_mono_ms();
+	size_t n = g->n;
 
 	if (!pg)
 		return NULL;
 	baton__state__governor_state__init(pg);
-	for (size_t i = 0; i < bouncer_ngovernors(b); i++)
-		n += governor_naddrs(bouncer_governor_at(b, i));
 	pg->buckets = arena_alloc(a, (n ? n : 1) * sizeof(*pg->buckets));
 	Baton__State__GovernorBucket *pb = arena_alloc(a, (n ? n : 1) * sizeof(*pb));
 	if (!pg->buckets || !pb)
 		return NULL;
-	for (size_t i = 0; i < bouncer_ngovernors(b); i++) {
-		struct governor *g = bouncer_governor_at(b, i);
-		for (size_t j = 0; j < governor_naddrs(g); j++, k++) {
-			struct governor_bucket_state st;
-			governor_bucket_get(g, j, now, &st);
-			baton__state__governor_bucket__init(&pb[k]);
-			pb[k].network = (char *)governor_network(g);
-			pb[k].addr = (char *)governor_addr(g, j);
-			/* The level is written even when 0: absent means empty
-			 * too, but explicit is clearer to a reader of dumps. */
-			pb[k].has_level = 1;
-			pb[k].level = st.level;
-			pb[k].has_as_of_ms = 1;
-			pb[k].as_of_ms = clock_mono_to_wall_ms(st.as_of_ms);
-			PUT_TIME(&pb[k], throttled_until_ms, st.throttled_until_ms);
-			PUT_I64(&pb[k], strikes, st.strikes);
-			pg->buckets[k] = &pb[k];
-		}
+	for (size_t k = 0; k < n; k++) {
+		const struct governor_snapshot_bucket *st = &g->v[k];
+
+		baton__state__governor_bucket__init(&pb[k]);
+		pb[k].network = st->network;
+		pb[k].addr = st->addr;
+		/* The level is written even when 0: absent means empty
+		 * too, but explicit is clearer to a reader of dumps. */
+		pb[k].has_level = 1;
+		pb[k].level = st->level;
+		pb[k].has_as_of_ms = 1;
+		pb[k].as_of_ms = clock_mono_to_wall_ms(st->as_of_ms);
+		PUT_TIME(&pb[k], throttled_until_ms, st->throttled_until_ms);
+		PUT_I64(&pb[k], strikes, st->strikes);
+		pg->buckets[k] = &pb[k];
 	}
-	pg->n_buckets = k;
+	pg->n_buckets = n;
 	return pg;
 }
 
-int state_serialize(struct bouncer_item *it, bool governor, uint8_t **buf,
-		    size_t *len)
+void state_governor_free(struct governor_snapshot *g)
+{
+	if (!g)
+		return;
+	for (size_t i = 0; i < g->n; i++) {
+		free(g->v[i].network);
+		free(g->v[i].addr);
+	}
+	free(g->v);
+	free(g);
+}
+
+int state_serialize(struct bouncer_item *it, const struct state_ctx *ctx,
+		    uint8_t **buf, size_t *len, struct state_result *res)
 {
 	struct arena a = { 0 };
 	Baton__State__Item item = BATON__STATE__ITEM__INIT;
@@ -573,17 +604,17 @@ int state_serialize(struct bouncer_item *it, bool governor, uint8_t **buf,
 
 	*buf = NULL;
 	*len = 0;
-	bool gov_sent = false;
+	memset(res, 0, sizeof(*res));
 	if (it->kind == ITEM_SESSION) {
 		struct session *s = it->session;
-		item.session = ser_session(&a, s);
+		item.session = ser_session(&a, s, ctx, res);
 		if (!item.session)
 			goto out;
-		if (governor && bouncer_governor_snapshot_due(s->b)) {
-			item.governor = ser_governor(&a, s->b);
+		if (ctx->governor) {
+			item.governor = ser_governor(&a, ctx->governor);
 			if (!item.governor)
 				goto out;
-			gov_sent = true;
+			res->governor_sent = true;
 		}
 		fds = malloc((s->nclients + 1) * sizeof(int));
 		if (!fds)
@@ -606,8 +637,6 @@ int state_serialize(struct bouncer_item *it, bool governor, uint8_t **buf,
 	if (!*buf)
 		goto out;
 	baton__state__item__pack(&item, *buf);
-	if (gov_sent)
-		bouncer_governor_snapshot_sent(it->session->b);
 	free(it->fds);
 	it->fds = fds;
 	it->nfds = nfds;
@@ -616,7 +645,110 @@ int state_serialize(struct bouncer_item *it, bool governor, uint8_t **buf,
 out:
 	if (rc < 0 && a.tls_dead)
 		rc = -ECONNRESET; /* "a TLS connection failed", not memory */
+	if (rc < 0) {
+		free(res->lists);
+		memset(res, 0, sizeof(*res));
+	}
 	free(fds);
+	arena_free(&a);
+	return rc;
+}
+
+/* ---- member lists (schema 2) ---- */
+
+static int ser_list(struct arena *a, const struct shared_channel *sh,
+		    Baton__State__MemberList **out)
+{
+	Baton__State__MemberList *ml = arena_alloc(a, sizeof(*ml));
+	size_t nl = (size_t)(sh->channel - sh->key) - 1;
+
+	if (!ml)
+		return -ENOMEM;
+	baton__state__member_list__init(ml);
+	ml->network = arena_alloc(a, nl + 1);
+	if (!ml->network)
+		return -ENOMEM;
+	memcpy(ml->network, sh->key, nl);
+	ml->channel = (char *)sh->channel;
+	if (sh->nmembers && !(ml->members = ser_members(a, sh)))
+		return -ENOMEM;
+	ml->n_members = sh->nmembers;
+	*out = ml;
+	return 0;
+}
+
+/* One item of lists [0..n) into a fresh buffer. */
+static int pack_lists(Baton__State__MemberList **v, size_t n, uint8_t **buf,
+		      size_t *len)
+{
+	Baton__State__Item item = BATON__STATE__ITEM__INIT;
+
+	item.member_lists = v;
+	item.n_member_lists = n;
+	*len = baton__state__item__get_packed_size(&item);
+	if (!(*buf = malloc(*len ? *len : 1)))
+		return -ENOMEM;
+	baton__state__item__pack(&item, *buf);
+	return 0;
+}
+
+int state_serialize_lists(struct shared_channel *const *lists, size_t nlists,
+			  size_t max, uint8_t ***bufs, size_t **lens, size_t *n)
+{
+	struct arena a = { 0 };
+	Baton__State__MemberList **v = NULL;
+	size_t first = 0, bytes = 0;
+	int rc = -ENOMEM;
+
+	*bufs = NULL;
+	*lens = NULL;
+	*n = 0;
+	if (nlists == 0)
+		return 0;
+	v = calloc(nlists, sizeof(*v));
+	*bufs = calloc(nlists, sizeof(**bufs));
+	*lens = calloc(nlists, sizeof(**lens));
+	if (!v || !*bufs || !*lens)
+		goto out;
+	for (size_t i = 0; i < nlists; i++) {
+		if (ser_list(&a, lists[i], &v[i]) < 0)
+			goto out;
+		/* its field in Item: tag 1, length varint 5 */
+		size_t sz = baton__state__member_list__get_packed_size(v[i]) + 6;
+
+		while (sz > max && v[i]->n_members > 0) {
+			/* cannot be (state.h); cut rather than fail everyone */
+			size_t cut = v[i]->n_members / 8 + 1;
+
+			log_warn("migrate", "member list of %s is over one message: %zu of its members dropped",
+				 v[i]->channel, cut);
+			v[i]->n_members -= cut;
+			sz = baton__state__member_list__get_packed_size(v[i]) + 6;
+		}
+		if (i > first && bytes + sz > max) {
+			rc = pack_lists(v + first, i - first, &(*bufs)[*n], &(*lens)[*n]);
+			if (rc < 0)
+				goto out;
+			(*n)++;
+			first = i;
+			bytes = 0;
+		}
+		bytes += sz;
+	}
+	rc = pack_lists(v + first, nlists - first, &(*bufs)[*n], &(*lens)[*n]);
+	if (rc == 0)
+		(*n)++;
+out:
+	if (rc < 0) {
+		for (size_t i = 0; *bufs && i < *n; i++)
+			free((*bufs)[i]);
+		free(*bufs);
+		free(*lens);
+		*bufs = NULL;
+		*lens = NULL;
+		*n = 0;
+	}
+	free(v);
 	arena_free(&a);
 	return rc;
 }
@@ -669,29 +801,37 @@ static void adopt_gov_slot(struct bouncer *b, struct session *s)
 	s->up->gov_slot = slot; /* released by upstream_free() */
 }
 
-/* Merge a migrated governor snapshot into b's governors (buckets of
- * networks or addresses this worker does not have are ignored). */
-static void adopt_governor(struct bouncer *b, const Baton__State__GovernorState *pg)
+/* A migrated governor snapshot, decoded for the caller (bouncer.c merges
+ * it into its governors). NULL: out of memory. */
+static struct governor_snapshot *adopt_governor(const Baton__State__GovernorState *pg)
 {
-	int64_t now = clock_mono_ms();
+	struct governor_snapshot *g = calloc(1, sizeof(*g));
 
-	for (size_t i = 0; i < pg->n_buckets; i++) {
-		const Baton__State__GovernorBucket *pb = pg->buckets[i];
-		struct governor *g = bouncer_governor(b, pb->network);
-		int slot = g ? governor_find_addr(g, pb->addr ? pb->addr : "") : -1;
-		if (slot < 0)
-			continue;
-		struct governor_bucket_state st = {
-			.level = pb->has_level ? pb->level : 0,
-			.as_of_ms = pb->has_as_of_ms ? clock_wall_to_mono_ms(pb->as_of_ms) : now,
-			.throttled_until_ms = pb->has_throttled_until_ms ?
-				clock_wall_to_mono_ms(pb->throttled_until_ms) : 0,
-			.strikes = pb->has_strikes ? pb->strikes : 0,
-		};
-		governor_bucket_merge(g, (size_t)slot, now, &st);
+	if (!g || !(g->v = calloc(pg->n_buckets + 1, sizeof(*g->v)))) {
+		free(g);
+		return NULL;
 	}
-	bouncer_governor_changed(b);
+	for (size_t i = 0; i < pg->n_buckets; i++, g->n++) {
+		const Baton__State__GovernorBucket *pb = pg->buckets[i];
+		struct governor_snapshot_bucket *st = &g->v[i];
+
+		st->network = strdup(pb->network);
+		st->addr = strdup(pb->addr ? pb->addr : "");
+		st->has_level = pb->has_level;
+		st->level = pb->has_level ? pb->level : 0;
+		st->has_as_of_ms = pb->has_as_of_ms;
+		st->as_of_ms = GET_TIME(pb, as_of_ms);
+		st->throttled_until_ms = GET_TIME(pb, throttled_until_ms);
+		st->strikes = pb->has_strikes ? pb->strikes : 0;
+		if (!st->network || !st->addr) {
+			g->n++;
+			state_governor_free(g);
+			return NULL;
+		}
+	}
+	return g;
 }
+
 static int adopt_fail(struct adopt *ad, int rc, const char *fmt, ...)
 {
 	va_list ap;
@@ -941,13 +1081,12 @@ static int cmp_newest_line(const void *x, const void *y)
 	return sa < sb ? -1 : sa > sb;
 }
 
-static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
-			 struct session **out)
-{
-	const Baton__State__Buffer **order = NULL;
-	struct session *s = NULL;
-	int rc = -ENOMEM;
+#define NOMEM(ad) adopt_fail((ad), -ENOMEM, "out of memory")
 
+/* adopt_session(), part 1: the session is well-formed, configured here,
+ * and its strings are storable. */
+static int adopt_check(struct adopt *ad, const Baton__State__Session *ps)
+{
 	if (!ps->user[0] || !ps->network[0] || strchr(ps->user, '/'))
 		return adopt_fail(ad, -EINVAL, "session without a valid user/network");
 	/* A session this worker's config does not have (a host whose config
@@ -959,12 +1098,13 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 	if (cfg && !config_find_session(cfg, ps->user, ps->network))
 		return adopt_fail(ad, -ENOENT, "session %s/%s is not in this worker's config (%s)",
 				  ps->user, ps->network, cfg->path ? cfg->path : "?");
-	rc = check_strings(ad, ps);
-	if (rc < 0)
-		return rc;
-	s = session_new(ad->b, ps->user, ps->network);
-	if (!s)
-		goto nomem;
+	return check_strings(ad, ps);
+}
+
+/* Part 2: who the session is on its network (scalars, ISUPPORT, caps). */
+static int adopt_identity(struct adopt *ad, const Baton__State__Session *ps,
+			  struct session *s)
+{
 	s->nick = util_strdup(ps->nick);
 	s->user_modes = util_strdup(ps->user_modes);
 	s->away = util_strdup(ps->away);
@@ -976,115 +1116,204 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 	s->reconnect_failures = ps->has_reconnect_failures ? ps->reconnect_failures : 0;
 	s->source_addr = ps->source_addr && ps->source_addr[0] ? strdup(ps->source_addr) : NULL;
 	if (ps->source_addr && ps->source_addr[0] && !s->source_addr)
-		goto nomem;
+		return NOMEM(ad);
 	if (pb_unknown_copy(&s->unknown, &ps->base) < 0)
-		goto nomem;
+		return NOMEM(ad);
 	for (size_t i = 0; i < ps->n_isupport; i++)
 		if (util_strv_push(&s->isupport, &s->nisupport, ps->isupport[i]) < 0)
-			goto nomem;
+			return NOMEM(ad);
 	for (size_t i = 0; i < ps->n_caps; i++)
 		if (util_strv_push(&s->caps, &s->ncaps, ps->caps[i]) < 0)
-			goto nomem;
+			return NOMEM(ad);
+	return 0;
+}
+
+/* Fill a list being built for its chunk with members [0..n) (checked:
+ * storable names, each once). */
+static int adopt_fill_list(struct adopt *ad, struct shared_channel *into,
+			   const char *channel, Baton__State__Member *const *v,
+			   size_t n)
+{
+	for (size_t j = 0; j < n; j++) {
+		const Baton__State__Member *pm = v[j];
+		struct member *m;
+
+		if (!names_nick_ok(pm->nick) || !names_prefixes_ok(pm->prefixes) ||
+		    (pm->prefixes && strlen(pm->prefixes) >= sizeof(m->prefixes)))
+			return adopt_fail(ad, -EINVAL, "bad member in %s", channel);
+		if (shared_find(into, pm->nick))
+			return adopt_fail(ad, -EINVAL, "member %s listed twice in %s",
+					  pm->nick, channel);
+		if (!(m = shared_add(into, pm->nick)))
+			return NOMEM(ad);
+		snprintf(m->prefixes, sizeof(m->prefixes), "%s",
+			 pm->prefixes ? pm->prefixes : "");
+	}
+	return 0;
+}
+
+/* An item of member lists (schema 2): each built once for the open chunk. */
+static int adopt_lists(struct adopt *ad, const Baton__State__Item *item)
+{
+	struct chanstore *cs = bouncer_chanstore(ad->b);
+
+	for (size_t i = 0; i < item->n_member_lists; i++) {
+		const Baton__State__MemberList *ml = item->member_lists[i];
+		struct shared_channel *live, *into;
+		bool fill;
+
+		if (!names_word_ok(ml->network) || strlen(ml->network) > NAMES_MAX_LEN ||
+		    !names_channel_ok(ml->channel) ||
+		    strlen(ml->channel) > SESSION_MAX_CHANNEL_NAME)
+			return adopt_fail(ad, -EINVAL, "bad member list name");
+		live = chanstore_incoming(cs, ml->network, ml->channel, &fill, &into);
+		if (!live)
+			return NOMEM(ad);
+		if (!fill)
+			return adopt_fail(ad, -EINVAL, "member list of %s listed twice in a chunk",
+					  ml->channel);
+		int rc = adopt_fill_list(ad, into, ml->channel, ml->members, ml->n_members);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+/* Part 3: the channels, each with its member list: a reference to the
+ * chunk's shared list (schema 2), or its own members (schema 1), which
+ * become the chunk's list for that channel if it has none yet (sessions of
+ * one network in one channel list the same members: the first one's
+ * stands for all of the chunk). */
+static int adopt_channels(struct adopt *ad, const Baton__State__Session *ps,
+			  struct session *s)
+{
+	struct chanstore *cs = bouncer_chanstore(ad->b);
 	/* Every channel the sender tracked is taken (max_channels bounds new
 	 * JOINs: a smaller bound here must not drop channels the user is
 	 * in); the name bound is one the sender applied too. */
 	size_t max_channels = s->lim.max_channels;
+	int rc = 0;
+
 	s->lim.max_channels = SIZE_MAX;
-	for (size_t i = 0; i < ps->n_channels; i++) {
+	for (size_t i = 0; i < ps->n_channels && rc == 0; i++) {
 		const Baton__State__Channel *pc = ps->channels[i];
+		bool shared = pc->has_members_shared && pc->members_shared;
+		bool untracked = pc->has_members_untracked && pc->members_untracked;
+		struct shared_channel *sh = NULL, *into;
+		struct channel *ch;
+		bool fill;
+
 		if (session_find_channel(s, pc->name)) {
 			rc = adopt_fail(ad, -EINVAL, "channel %s listed twice", pc->name);
-			goto out;
+			break;
 		}
 		if (strlen(pc->name) > SESSION_MAX_CHANNEL_NAME)
 			continue; /* not tracked here (an older sender's) */
-		struct channel *ch = session_add_channel(s, pc->name);
-		if (!ch)
-			goto nomem;
+		if (untracked && (pc->n_members || shared)) {
+			rc = adopt_fail(ad, -EINVAL, "members of %s listed but untracked",
+					pc->name);
+			break;
+		}
+		if (shared && pc->n_members) {
+			rc = adopt_fail(ad, -EINVAL, "members of %s both shared and listed",
+					pc->name);
+			break;
+		}
+		if (shared && !(sh = chanstore_incoming_find(cs, s->network, pc->name))) {
+			rc = adopt_fail(ad, -EINVAL, "member list of %s not in its chunk",
+					pc->name);
+			break;
+		}
+		if (pc->n_members) {
+			sh = chanstore_incoming(cs, s->network, pc->name, &fill, &into);
+			if (!sh) {
+				rc = NOMEM(ad);
+				break;
+			}
+			if (fill && (rc = adopt_fill_list(ad, into, pc->name, pc->members,
+							  pc->n_members)) < 0)
+				break;
+		}
+		if (!(ch = session_add_channel(s, pc->name))) {
+			rc = NOMEM(ad);
+			break;
+		}
 		ch->topic = util_strdup(pc->topic);
 		ch->topic_setter = util_strdup(pc->topic_setter);
 		ch->topic_time = pc->has_topic_time ? pc->topic_time : 0;
 		ch->modes = util_strdup(pc->modes);
 		ch->joined = pc->has_joined && pc->joined;
-		if (pb_unknown_copy(&ch->unknown, &pc->base) < 0)
-			goto nomem;
-		if (pc->has_members_untracked && pc->members_untracked) {
-			if (pc->n_members) {
-				rc = adopt_fail(ad, -EINVAL, "members of %s listed but untracked",
-						pc->name);
-				goto out;
-			}
-			ch->members_untracked = true;
+		ch->members_untracked = untracked;
+		if (pb_unknown_copy(&ch->unknown, &pc->base) < 0) {
+			rc = NOMEM(ad);
+			break;
 		}
-		/* Members beyond this worker's bounds: the list is dropped
-		 * (channel_add_member()), as it would have been here. */
-		for (size_t j = 0; j < pc->n_members && !ch->members_untracked; j++) {
-			const Baton__State__Member *pm = pc->members[j];
-			if (channel_find_member(ch, pm->nick)) {
-				rc = adopt_fail(ad, -EINVAL, "member %s listed twice in %s",
-						pm->nick, pc->name);
-				goto out;
-			}
-			struct member *m = channel_add_member(ch, pm->nick);
-			if (!m && ch->members_untracked)
-				break;
-			if (!m)
-				goto nomem;
-			snprintf(m->prefixes, sizeof(m->prefixes), "%s",
-				 pm->prefixes ? pm->prefixes : "");
-		}
+		/* A list beyond this worker's bounds: the channel is untracked
+		 * (channel_use_list()), as it would have been here. */
+		if (sh && channel_use_list(ch, sh) < 0)
+			rc = NOMEM(ad);
 	}
 	s->lim.max_channels = max_channels;
+	return rc;
+}
+
+/* Part 4: the backlog, its sequence numbers, and the delivery positions
+ * that refer to them. */
+static int adopt_backlog(struct adopt *ad, const Baton__State__Session *ps,
+			 struct session *s)
+{
+	const Baton__State__Buffer **order = NULL;
 	uint64_t max_seq = 0;
+	int rc = 0;
+
 	/* Restored in the order of their newest line: the backlog then keeps
 	 * the right store order, and a state with more buffers than it takes
 	 * loses those whose newest line is oldest (backlog.h). */
 	if (ps->n_buffers) {
 		order = malloc(ps->n_buffers * sizeof(*order));
 		if (!order)
-			goto nomem;
+			return NOMEM(ad);
 		memcpy(order, ps->buffers, ps->n_buffers * sizeof(*order));
 		qsort(order, ps->n_buffers, sizeof(*order), cmp_newest_line);
 	}
-	for (size_t i = 0; i < ps->n_buffers; i++) {
+	for (size_t i = 0; i < ps->n_buffers && rc == 0; i++) {
 		const Baton__State__Buffer *pb = order[i];
 		for (size_t j = 0; j < pb->n_lines; j++) {
 			const Baton__State__BacklogLine *l = pb->lines[j];
 			if (l->seq == 0) {
 				rc = adopt_fail(ad, -EINVAL, "backlog line with seq 0");
-				goto out;
+				break;
 			}
 			rc = backlog_restore(s->backlog, pb->name, l->seq, l->time_ms, l->line);
 			if (rc < 0) {
 				rc = adopt_fail(ad, rc, "backlog buffer %s: bad line seq %llu",
 						pb->name, (unsigned long long)l->seq);
-				goto out;
+				break;
 			}
 			if (l->seq > max_seq)
 				max_seq = l->seq;
 		}
-		if (pb->has_dropped_seq && pb->dropped_seq != 0) {
+		if (rc == 0 && pb->has_dropped_seq && pb->dropped_seq != 0) {
 			rc = backlog_restore_dropped(s->backlog, pb->name, pb->dropped_seq);
-			if (rc < 0) {
+			if (rc < 0)
 				rc = adopt_fail(ad, rc, "backlog buffer %s: dropped_seq %llu not below its lines",
 						pb->name, (unsigned long long)pb->dropped_seq);
-				goto out;
-			}
-			if (pb->dropped_seq > max_seq)
+			else if (pb->dropped_seq > max_seq)
 				max_seq = pb->dropped_seq;
 		}
 	}
+	free(order);
+	if (rc < 0)
+		return rc;
 	if (ps->has_backlog_evicted_seq && ps->backlog_evicted_seq != 0) {
 		backlog_set_evicted_seq(s->backlog, ps->backlog_evicted_seq);
 		if (ps->backlog_evicted_seq > max_seq)
 			max_seq = ps->backlog_evicted_seq;
 	}
 	uint64_t next = ps->has_next_seq ? ps->next_seq : max_seq + 1;
-	if (next <= max_seq) {
-		rc = adopt_fail(ad, -EINVAL, "next_seq %llu not above stored seq %llu",
-				(unsigned long long)next, (unsigned long long)max_seq);
-		goto out;
-	}
+	if (next <= max_seq)
+		return adopt_fail(ad, -EINVAL, "next_seq %llu not above stored seq %llu",
+				  (unsigned long long)next, (unsigned long long)max_seq);
 	backlog_set_next_seq(s->backlog, next);
 	next = backlog_next_seq(s->backlog);
 	/* A client that "has" a line not numbered yet would skip every new
@@ -1093,82 +1322,100 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 	 * (check_delivery). */
 	for (size_t i = 0; i < ps->n_clients; i++) {
 		const Baton__State__Connection *pc = ps->clients[i];
-		if (pc->has_delivered_seq && pc->delivered_seq >= next) {
-			rc = adopt_fail(ad, -EINVAL, "client delivered_seq %llu not below next_seq %llu",
-					(unsigned long long)pc->delivered_seq,
-					(unsigned long long)next);
-			goto out;
-		}
+		if (pc->has_delivered_seq && pc->delivered_seq >= next)
+			return adopt_fail(ad, -EINVAL, "client delivered_seq %llu not below next_seq %llu",
+					  (unsigned long long)pc->delivered_seq,
+					  (unsigned long long)next);
 	}
 	for (size_t i = 0; i < ps->n_positions; i++) {
 		const Baton__State__ClientPosition *pp = ps->positions[i];
-		if (pp->seq >= next) {
-			rc = adopt_fail(ad, -EINVAL, "position %llu of client %s beyond next_seq",
-					(unsigned long long)pp->seq, pp->client_id);
-			goto out;
-		}
-		if (session_has_position(s, pp->client_id)) {
-			rc = adopt_fail(ad, -EINVAL, "position of client %s listed twice",
-					pp->client_id);
-			goto out;
-		}
+		if (pp->seq >= next)
+			return adopt_fail(ad, -EINVAL, "position %llu of client %s beyond next_seq",
+					  (unsigned long long)pp->seq, pp->client_id);
+		if (session_has_position(s, pp->client_id))
+			return adopt_fail(ad, -EINVAL, "position of client %s listed twice",
+					  pp->client_id);
 		session_set_position(s, pp->client_id, pp->seq);
 	}
-	if (ps->upstream) {
-		const Baton__State__Connection *pc = ps->upstream;
-		uint32_t phase = pc->has_reg_phase ? pc->reg_phase : UP_REGISTERING;
-		if (phase > UP_READY) {
-			rc = adopt_fail(ad, -EINVAL, "upstream reg_phase %u unknown", phase);
-			goto out;
-		}
-		struct conn *c = adopt_conn(ad, pc, phase == UP_CONNECTING,
-					    &upstream_conn_ops, NULL);
-		if (!c)
-			goto nomem;
-		s->up = upstream_new(s, c);
-		if (!s->up) {
-			conn_release(c);
-			goto nomem;
-		}
-		struct upstream *u = s->up;
-		u->phase = (enum upstream_phase)phase;
-		u->cap_negotiating = pc->has_cap_negotiating && pc->cap_negotiating;
-		for (size_t i = 0; i < pc->n_caps; i++)
-			if (util_strv_push(&u->cap_offered, &u->ncap_offered, pc->caps[i]) < 0)
-				goto nomem;
-		u->nick_attempt = util_strdup(pc->nick);
-		u->connected_at_ms = GET_TIME(pc, connected_at_ms);
-		u->last_rx_ms = GET_TIME(pc, last_rx_ms);
-		u->ping_sent_ms = GET_TIME(pc, ping_sent_ms);
-		u->lag_ms = pc->has_lag_ms ? pc->lag_ms : 0;
-		u->next_ping_ms = GET_TIME(pc, next_ping_ms);
-		if (pb_unknown_copy(&u->unknown, &pc->base) < 0)
-			goto nomem;
-		adopt_gov_slot(ad->b, s);
+	return 0;
+}
+
+/* Part 5: the upstream connection (its socket checked by check_conn()). */
+static int adopt_upstream(struct adopt *ad, const Baton__State__Connection *pc,
+			  struct session *s)
+{
+	uint32_t phase = pc->has_reg_phase ? pc->reg_phase : UP_REGISTERING;
+
+	if (phase > UP_READY)
+		return adopt_fail(ad, -EINVAL, "upstream reg_phase %u unknown", phase);
+	struct conn *c = adopt_conn(ad, pc, phase == UP_CONNECTING,
+				    &upstream_conn_ops, NULL);
+	if (!c)
+		return NOMEM(ad);
+	s->up = upstream_new(s, c);
+	if (!s->up) {
+		conn_release(c);
+		return NOMEM(ad);
 	}
+	struct upstream *u = s->up;
+	u->phase = (enum upstream_phase)phase;
+	u->cap_negotiating = pc->has_cap_negotiating && pc->cap_negotiating;
+	for (size_t i = 0; i < pc->n_caps; i++)
+		if (util_strv_push(&u->cap_offered, &u->ncap_offered, pc->caps[i]) < 0)
+			return NOMEM(ad);
+	u->nick_attempt = util_strdup(pc->nick);
+	u->connected_at_ms = GET_TIME(pc, connected_at_ms);
+	u->last_rx_ms = GET_TIME(pc, last_rx_ms);
+	u->ping_sent_ms = GET_TIME(pc, ping_sent_ms);
+	u->lag_ms = pc->has_lag_ms ? pc->lag_ms : 0;
+	u->next_ping_ms = GET_TIME(pc, next_ping_ms);
+	if (pb_unknown_copy(&u->unknown, &pc->base) < 0)
+		return NOMEM(ad);
+	adopt_gov_slot(ad->b, s);
+	return 0;
+}
+
+/* Part 6: the attached clients. */
+static int adopt_clients(struct adopt *ad, const Baton__State__Session *ps,
+			 struct session *s)
+{
 	for (size_t i = 0; i < ps->n_clients; i++) {
 		struct client *cl = adopt_client(ad, s, ps->clients[i]);
 		if (!cl)
-			goto nomem;
+			return NOMEM(ad);
 		if (session_add_client(s, cl) < 0) {
 			client_free(cl);
-			goto nomem;
+			return NOMEM(ad);
 		}
 	}
+	return 0;
+}
+
+static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
+			 struct session **out)
+{
+	struct session *s;
+	int rc = adopt_check(ad, ps);
+
+	if (rc < 0)
+		return rc;
+	if (!(s = session_new(ad->b, ps->user, ps->network)))
+		return NOMEM(ad);
+	if ((rc = adopt_identity(ad, ps, s)) < 0 ||
+	    (rc = adopt_channels(ad, ps, s)) < 0 ||
+	    (rc = adopt_backlog(ad, ps, s)) < 0 ||
+	    (ps->upstream && (rc = adopt_upstream(ad, ps->upstream, s)) < 0) ||
+	    (rc = adopt_clients(ad, ps, s)) < 0) {
+		session_free(s);
+		return rc;
+	}
 	*out = s;
-	s = NULL; /* transferred */
-	rc = 0;
-	goto out;
-nomem:
-	rc = adopt_fail(ad, -ENOMEM, "out of memory");
-out:
-	free(order);
-	session_free(s);
-	return rc;
+	return 0;
 }
 
 int state_adopt(struct bouncer *b, const uint8_t *buf, size_t len, int *fds,
-		size_t nfds, struct bouncer_item **out, char *err, size_t errlen)
+		size_t nfds, struct bouncer_item **out,
+		struct governor_snapshot **governor, char *err, size_t errlen)
 {
 	struct adopt ad = { .b = b, .fds = fds, .nfds = nfds, .err = err,
 			    .errlen = errlen };
@@ -1178,6 +1425,7 @@ int state_adopt(struct bouncer *b, const uint8_t *buf, size_t len, int *fds,
 	int rc;
 
 	*out = NULL;
+	*governor = NULL;
 	if (err && errlen)
 		err[0] = '\0';
 	ad.used = calloc(nfds + 1, sizeof(bool));
@@ -1190,6 +1438,15 @@ int state_adopt(struct bouncer *b, const uint8_t *buf, size_t len, int *fds,
 	item = baton__state__item__unpack(NULL, len, buf);
 	if (!item) {
 		rc = adopt_fail(&ad, -EBADMSG, "state does not decode (truncated or malformed, %zu bytes)", len);
+		goto out;
+	}
+	if (item->n_member_lists) {
+		/* an item of member lists (schema 2): nothing else in it */
+		if (item->session || item->pending || item->governor || nfds) {
+			rc = adopt_fail(&ad, -EINVAL, "member lists travel in an item of their own");
+			goto out;
+		}
+		rc = adopt_lists(&ad, item);
 		goto out;
 	}
 	if (!!item->session == !!item->pending) {
@@ -1236,8 +1493,11 @@ int state_adopt(struct bouncer *b, const uint8_t *buf, size_t len, int *fds,
 		rc = adopt_session(&ad, item->session, &s);
 		if (rc < 0)
 			goto out;
-		if (item->governor)
-			adopt_governor(b, item->governor);
+		if (item->governor && !(*governor = adopt_governor(item->governor))) {
+			session_free(s);
+			rc = adopt_fail(&ad, -ENOMEM, "out of memory");
+			goto out;
+		}
 		s->item.state = ITEM_ADOPTED;
 		*out = &s->item;
 	} else {
@@ -1250,6 +1510,10 @@ int state_adopt(struct bouncer *b, const uint8_t *buf, size_t len, int *fds,
 	}
 	rc = 0;
 out:
+	/* A refused session or list item aborts its chunk: the lists it
+	 * built may be half-filled, and no later item may use them. */
+	if (rc < 0 && item && (item->session || item->n_member_lists))
+		chanstore_chunk_end(bouncer_chanstore(b), false);
 	/* Every fd not moved into a conn is closed: ownership was ours. */
 	for (size_t i = 0; i < nfds; i++)
 		if (!ad.taken || !ad.taken[i])

@@ -100,24 +100,85 @@ size_t state_bound(const struct baton_config *cfg);
  * the numbers in why[n]. */
 int state_check_config(const struct baton_config *cfg, char *why, size_t n);
 
-/* Pack a frozen item. *buf is malloc'd (caller frees). it->fds/it->nfds are
- * (re)built to list its sockets in fd_index order. governor: a session item
- * may carry the governors' snapshot when one is due (false: it stays due for
- * a later item). Returns 0 or -errno. */
-int state_serialize(struct bouncer_item *it, bool governor, uint8_t **buf,
-		    size_t *len);
+/* ---- schemas ----
+ * 1 (0.1.0): every session carries its channels' members (Channel.members).
+ * 2: a session refers to the shared list of its network and channel
+ *    (Channel.members_shared), which travels once per chunk in an item of
+ *    member lists (Item.member_lists) ahead of the sessions. Written only
+ *    when the supervisor says the receiver reads it (control.proto
+ *    Migrate.schema); every build reads both. */
+#define STATE_SCHEMA_INLINE 1
+#define STATE_SCHEMA_SHARED 2
 
-/* Connections left out of serialized items since the last call because
- * their TLS handshake was still running (an upstream: the session travels
- * without it and the new process connects again). Resets the count. */
-unsigned state_take_handshakes_left(void);
+struct shared_channel;
+struct governor_snapshot;
+
+/* What one serialization gets: the schema to write and the governors'
+ * snapshot to carry (NULL: none; bouncer.c builds it when one is due).
+ * state.c reads nothing else of the worker's state. */
+struct state_ctx {
+	unsigned schema;
+	const struct governor_snapshot *governor;
+};
+
+/* What it gives back (the caller adds the counts up). */
+struct state_result {
+	bool governor_sent; /* ctx->governor went into the item */
+	/* a connection left out because its TLS handshake was still running
+	 * (an upstream: the session travels without it and the new process
+	 * connects again) */
+	unsigned handshakes_left;
+	/* schema 2: the shared lists the item refers to, to be written once
+	 * in its chunk (state_serialize_lists()); malloc'd, the caller frees
+	 * the array (the lists are the sessions'). */
+	struct shared_channel **lists;
+	size_t nlists;
+};
+
+/* Pack a frozen item. *buf is malloc'd (caller frees). it->fds/it->nfds are
+ * (re)built to list its sockets in fd_index order. Returns 0 or -errno
+ * (*res then holds nothing to free). */
+int state_serialize(struct bouncer_item *it, const struct state_ctx *ctx,
+		    uint8_t **buf, size_t *len, struct state_result *res);
+
+/* Pack shared member lists (schema 2) into as few items as fit `max` bytes
+ * each: *bufs[0..*n) malloc'd (caller frees each and the arrays). A list
+ * alone over max (it cannot be: the session bounds hold each list within
+ * member_list_bytes, state_check_config()) is cut to fit, logged.
+ * Returns 0 or -ENOMEM. */
+int state_serialize_lists(struct shared_channel *const *lists, size_t nlists,
+			  size_t max, uint8_t ***bufs, size_t **lens, size_t *n);
 
 /* Decode and validate one item and build its objects (no I/O, no events
  * armed). Takes ownership of fds[0..nfds) in every case: on failure every fd
  * is closed. Returns 0 with *out set (state ITEM_ADOPTED, not registered in
  * the bouncer), or -errno with a reason in err[errlen]. Whether the session
- * already exists is the caller's check (bouncer.c). */
+ * already exists is the caller's check (bouncer.c).
+ * An item of member lists (schema 2) builds them for the open chunk
+ * (chanstore_incoming()) and sets *out to NULL. A session's shared
+ * reference to a list its chunk did not bring, a list twice in a chunk, a
+ * member twice in a list: refused. A list over this worker's bounds is
+ * kept for the chunk, and each session that refers to it has the channel
+ * untracked (as a schema-1 list over the bounds).
+ * governor: the governors' snapshot the item carried, decoded (NULL if
+ * none; caller frees with state_governor_free()), which the caller merges. */
 int state_adopt(struct bouncer *b, const uint8_t *buf, size_t len, int *fds,
-		size_t nfds, struct bouncer_item **out, char *err, size_t errlen);
+		size_t nfds, struct bouncer_item **out,
+		struct governor_snapshot **governor, char *err, size_t errlen);
+
+/* The governors' state of a migration (proto GovernorState), between
+ * bouncer.c (which reads and merges the governors) and state.c. */
+struct governor_snapshot_bucket {
+	char *network, *addr;
+	int64_t level;
+	int64_t as_of_ms, throttled_until_ms; /* CLOCK_MONOTONIC ms (state.c converts) */
+	uint32_t strikes;
+	bool has_level, has_as_of_ms;
+};
+struct governor_snapshot {
+	struct governor_snapshot_bucket *v;
+	size_t n;
+};
+void state_governor_free(struct governor_snapshot *g); /* accepts NULL */
 
 #endif

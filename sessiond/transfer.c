@@ -52,8 +52,12 @@ struct transfer {
 	uint8_t *carry_buf;
 	size_t carry_len, carry_nfds;
 	const int *carry_fds;
+	void **carry_lists; /* the member lists it refers to (schema 2) */
+	size_t carry_nlists;
 	struct timespec carry_frozen;
-	struct bouncer_shrunk shrunk;
+	/* the schema written, what serialization accumulates (shrunk
+	 * sessions, handshakes left), the open chunk's member lists */
+	struct bouncer_pack pk;
 	size_t chunk_first, chunk_n; /* the outstanding chunk */
 	uint32_t chunk_sessions, chunk_fds; /* its counts, added on commit */
 	unsigned chunk_items;
@@ -189,6 +193,8 @@ static void transfer_free(struct transfer *m)
 	handoff_target_free(m->tgt);
 	free(m->items);
 	free(m->carry_buf);
+	free(m->carry_lists);
+	bouncer_pack_clear(&m->pk);
 	free(m->prepared);
 	if (m->extra_fd >= 0)
 		close(m->extra_fd);
@@ -204,15 +210,15 @@ static void transfer_finish_cb(evutil_socket_t fd, short what, void *arg)
 	struct transfer *m = arg;
 
 	m->res.total_ms = transfer_ms_since(&m->started);
-	m->res.handshakes_left += state_take_handshakes_left();
-	m->res.shrunk_sessions = m->shrunk.sessions;
-	m->res.shrunk_lines = m->shrunk.lines;
-	m->res.shrunk_clients = m->shrunk.clients;
-	m->res.shrunk_member_lists = m->shrunk.member_lists;
-	if (m->shrunk.sessions)
+	m->res.handshakes_left += m->pk.handshakes_left;
+	m->res.shrunk_sessions = m->pk.shrunk.sessions;
+	m->res.shrunk_lines = m->pk.shrunk.lines;
+	m->res.shrunk_clients = m->pk.shrunk.clients;
+	m->res.shrunk_member_lists = m->pk.shrunk.member_lists;
+	if (m->pk.shrunk.sessions)
 		log_warn("migrate", "%u sessions were over what one message carries and were shrunk: %u backlog lines, %u clients, %u member lists dropped",
-			 m->shrunk.sessions, m->shrunk.lines, m->shrunk.clients,
-			 m->shrunk.member_lists);
+			 m->pk.shrunk.sessions, m->pk.shrunk.lines, m->pk.shrunk.clients,
+			 m->pk.shrunk.member_lists);
 	if (!m->res.committed) /* thawed: every handshake carries on here */
 		m->res.handshakes_left = 0;
 	if (m->res.handshakes_left)
@@ -253,6 +259,9 @@ static void transfer_thaw_rest(struct transfer *m, size_t from)
 	}
 	free(m->carry_buf);
 	m->carry_buf = NULL;
+	free(m->carry_lists);
+	m->carry_lists = NULL;
+	m->carry_nlists = 0;
 	m->carry = false;
 }
 
@@ -336,8 +345,9 @@ static void transfer_inject_item_fault(struct transfer *m,
 
 static void transfer_send_next(struct transfer *m)
 {
-	struct handoff_item *hitems = NULL;
-	uint8_t **bufs = NULL;
+	struct handoff_item *hitems = NULL, *sitems;
+	uint8_t **bufs = NULL, **lbufs = NULL;
+	size_t *llens = NULL, nl = 0;
 	size_t n = m->nitems - m->next;
 	char why[160];
 	size_t bytes = 0;
@@ -360,9 +370,11 @@ static void transfer_send_next(struct transfer *m)
 	m->chunk_first = m->next;
 	m->chunk_n = n;
 	m->chunk_fds = m->chunk_sessions = 0;
-	hitems = calloc(n, sizeof(*hitems));
+	bouncer_pack_chunk_begin(&m->pk);
 	bufs = calloc(n, sizeof(*bufs));
-	if (hitems == NULL || bufs == NULL) {
+	sitems = calloc(n, sizeof(*sitems));
+	if (sitems == NULL || bufs == NULL) {
+		free(sitems);
 		r = -ENOMEM;
 		snprintf(why, sizeof(why), "out of memory");
 		goto out;
@@ -373,20 +385,26 @@ static void transfer_send_next(struct transfer *m)
 	for (size_t i = 0; i < n; i++) {
 		struct bouncer_item *it = m->items[m->chunk_first + i];
 		const int *fds;
-		size_t len, nfds;
+		size_t len, nfds, nlists = 0;
+		void **lists = NULL;
 
 		if (i == 0 && m->carry) {
 			bufs[0] = m->carry_buf; /* transferred */
 			len = m->carry_len;
 			fds = m->carry_fds;
 			nfds = m->carry_nfds;
+			lists = m->carry_lists; /* transferred */
+			nlists = m->carry_nlists;
 			m->carry_buf = NULL;
+			m->carry_lists = NULL;
+			m->carry_nlists = 0;
 			m->carry = false;
 		} else {
 			bouncer_item_freeze(it);
 			r = bouncer_item_serialize_within(it, HANDOFF_ITEM_MAX_PAYLOAD,
 							  &bufs[i], &len, &fds,
-							  &nfds, &m->shrunk);
+							  &nfds, &m->pk, &lists,
+							  &nlists);
 			if (r < 0) {
 				snprintf(why, sizeof(why), "cannot serialize item: %s",
 					 strerror(-r));
@@ -405,11 +423,20 @@ static void transfer_send_next(struct transfer *m)
 			m->carry_len = len;
 			m->carry_fds = fds;
 			m->carry_nfds = nfds;
+			m->carry_lists = lists; /* transferred */
+			m->carry_nlists = nlists;
 			m->carry_frozen = m->chunk_frozen;
 			m->chunk_n = n = i;
 			break;
 		}
-		hitems[i] = (struct handoff_item){ bufs[i], len, fds, nfds };
+		r = bouncer_pack_add_lists(&m->pk, lists, nlists);
+		free(lists);
+		if (r < 0) {
+			snprintf(why, sizeof(why), "out of memory");
+			m->chunk_n = n = i + 1;
+			goto out;
+		}
+		sitems[i] = (struct handoff_item){ bufs[i], len, fds, nfds };
 		m->chunk_fds += (uint32_t)nfds;
 		if (bouncer_item_is_session(it))
 			m->chunk_sessions++;
@@ -419,18 +446,35 @@ static void transfer_send_next(struct transfer *m)
 			m->chunk_n = n;
 		}
 	}
+	/* Schema 2: the chunk's member lists, once each, ahead of the
+	 * sessions that refer to them (the target builds them first). */
+	r = bouncer_pack_lists(&m->pk, HANDOFF_ITEM_MAX_PAYLOAD, &lbufs, &llens, &nl);
+	if (r < 0 || !(hitems = calloc(nl + n + 1, sizeof(*hitems)))) {
+		free(sitems);
+		r = -ENOMEM;
+		snprintf(why, sizeof(why), "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < nl; i++)
+		hitems[i] = (struct handoff_item){ lbufs[i], llens[i], NULL, 0 };
+	memcpy(hitems + nl, sitems, n * sizeof(*sitems));
+	free(sitems);
 	m->res.chunks++;
-	transfer_inject_item_fault(m, hitems, bufs[0]);
+	transfer_inject_item_fault(m, hitems, nl ? lbufs[0] : bufs[0]);
 	m->next += n;
 	clock_gettime(CLOCK_MONOTONIC, &m->chunk_sent);
 	m->chunk_prepared = m->chunk_sent;
-	r = handoff_source_send_chunk(m->src, hitems, n);
+	r = handoff_source_send_chunk(m->src, hitems, nl + n);
 	if (r < 0)
 		snprintf(why, sizeof(why), "sending chunk failed: %s",
 			 strerror(-r));
 out:
 	for (size_t i = 0; bufs != NULL && i < n; i++)
 		free(bufs[i]);
+	for (size_t i = 0; i < nl; i++)
+		free(lbufs[i]);
+	free(lbufs);
+	free(llens);
 	free(bufs);
 	free(hitems);
 	if (r < 0) {
@@ -461,7 +505,7 @@ static int transfer_pending_last(struct bouncer_item **items, size_t n)
 int transfer_out_start(struct event_base *base, struct bouncer *b, int channel,
 		      pid_t peer_pid, int peer_pidfd, int timeout_ms,
 		      unsigned chunk_items, size_t chunk_bytes, int budget,
-		      const struct transfer_select *sel,
+		      unsigned schema, const struct transfer_select *sel,
 		      const struct transfer_report *report)
 {
 	struct transfer *m = calloc(1, sizeof(*m));
@@ -480,6 +524,7 @@ int transfer_out_start(struct event_base *base, struct bouncer *b, int channel,
 	m->b = b;
 	m->report = *report;
 	m->extra_fd = -1;
+	m->pk.schema = schema ? schema : 1;
 	m->chunk_items = chunk_items ? chunk_items :
 				       (unsigned)config_default_values()->chunk_sessions;
 	m->chunk_bytes = chunk_bytes ? chunk_bytes :
@@ -564,9 +609,9 @@ static int transfer_out_begin(struct transfer *m)
 	for (size_t i = 0; i < m->nitems; i++)
 		if (!bouncer_item_is_session(m->items[i]))
 			bouncer_item_freeze(m->items[i]);
-	log_info("migrate", "migrating %zu %s out in chunks of at most %u items / %zu bytes",
+	log_info("migrate", "migrating %zu %s out in chunks of at most %u items / %zu bytes (state schema %u)",
 		 m->nitems, m->partial ? "sessions (a canary's move)" : "items",
-		 m->chunk_items, m->chunk_bytes);
+		 m->chunk_items, m->chunk_bytes, m->pk.schema);
 	transfer_send_next(m);
 	return 0;
 }
@@ -605,7 +650,8 @@ static int transfer_prepare(void *arg, uint32_t chunk, uint32_t index,
 			       reason_len);
 	if (r < 0)
 		return r;
-	m->prepared[m->nprepared++] = it;
+	if (it != NULL) /* NULL: member lists, held for the chunk's end */
+		m->prepared[m->nprepared++] = it;
 	return 0;
 }
 
@@ -613,6 +659,7 @@ static void transfer_commit(void *arg, uint32_t chunk)
 {
 	struct transfer *m = arg;
 
+	bouncer_chunk_end(m->b, true); /* the chunk's member lists */
 	for (size_t i = 0; i < m->nprepared; i++) {
 		struct bouncer_item *it = m->prepared[i];
 
@@ -635,6 +682,7 @@ static void transfer_abort(void *arg, uint32_t chunk, const char *reason)
 	for (size_t i = 0; i < m->nprepared; i++)
 		bouncer_item_discard(m->prepared[i]);
 	m->nprepared = 0;
+	bouncer_chunk_end(m->b, false); /* the chunk's member lists */
 }
 
 static void transfer_done(void *arg, int result, const char *reason,

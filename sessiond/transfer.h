@@ -76,11 +76,14 @@ struct transfer_report {
 /* peer_pidfd: the target's pidfd from the supervisor, or -1 (ownership
  * transferred, like channel). handshake_budget_ms: TLS handshakes in
  * progress get this long to finish before the first freeze (0: no wait);
- * those still running then stay behind (result: handshakes_left). */
+ * those still running then stay behind (result: handshakes_left).
+ * schema: the state schema to write (sessiond/state.h; 1: what every
+ * release reads, 2: member lists shared per chunk), the supervisor's
+ * choice from both workers' ranges (control.proto Migrate.schema). */
 int transfer_out_start(struct event_base *base, struct bouncer *b, int channel,
 		      pid_t peer_pid, int peer_pidfd, int timeout_ms,
 		      unsigned chunk_items, size_t chunk_bytes,
-		      int handshake_budget_ms,
+		      int handshake_budget_ms, unsigned schema,
 		      const struct transfer_select *sel,
 		      const struct transfer_report *report);
 

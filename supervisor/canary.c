@@ -352,6 +352,7 @@ static int canary_launch(struct canary *c, struct worker *src,
 			     ch[0], full ? NULL : &sel);
 	if (r < 0)
 		goto out;
+	worker_set_write_schema(src, dst);
 	r = worker_send_move(src, true, worker_pid(dst), worker_pidfd(dst),
 			     timeout_ms, (unsigned)c->h.cfg->chunk_sessions,
 			     ch[1], full ? NULL : &sel);

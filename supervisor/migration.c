@@ -290,6 +290,7 @@ static int migration_launch(struct migration *m, struct worker *src,
 	/* The source gets the receiver's pidfd too: if it must kill the
 	 * receiver before resuming, it waits on that (we may have reaped the
 	 * pid already, and it may be recycled). */
+	worker_set_write_schema(src, dst);
 	r = worker_send_migrate(src, true, worker_pid(dst), worker_pidfd(dst),
 				timeout_ms, m->p.chunk_sessions, ch[1]);
 out:

@@ -71,6 +71,8 @@ struct worker {
 	worker_health_cb health_tap;
 	void *health_tap_arg;
 	char role[16];
+	/* state schema the next outgoing MIGRATE asks for (0: absent) */
+	unsigned write_schema;
 
 	struct waiters ask[ASK_N];
 
@@ -473,6 +475,16 @@ const Baton__Control__Ready *worker_ready_info(const struct worker *w)
 	return w->ready;
 }
 
+void worker_set_write_schema(struct worker *src, const struct worker *dst)
+{
+	const Baton__Control__Ready *rs = src->ready, *rt = dst->ready;
+
+	src->write_schema = 0;
+	if (rs != NULL && rt != NULL)
+		src->write_schema = rs->schema_max < rt->schema_max ? rs->schema_max
+								     : rt->schema_max;
+}
+
 const char *worker_version(const struct worker *w)
 {
 	return w->ready && w->ready->version ? w->ready->version : "";
@@ -591,6 +603,10 @@ int worker_send_move(struct worker *w, bool outgoing, pid_t peer,
 		m.chunk_sessions = chunk_sessions;
 	}
 	m.select = (Baton__Control__Selector *)sel;
+	if (outgoing && w->write_schema > 0) {
+		m.has_schema = true;
+		m.schema = w->write_schema;
+	}
 	return worker_send(w, CONTROL_MIGRATE, &m.base, fds, nfds);
 }
 

@@ -101,6 +101,10 @@ int worker_send_accept(struct worker *w, bool on);
  * the source may have to SIGKILL the target and wait for its death, and the
  * pidfd is the only race-free handle on it. peer_pidfd -1: channel only
  * (the worker falls back). Both fds are borrowed. */
+/* The state schema src writes when it sends to dst next: the newest both
+ * read (from both READYs; the caller checked that their ranges overlap).
+ * Without READYs nothing is asked (the worker writes schema 1). */
+void worker_set_write_schema(struct worker *src, const struct worker *dst);
 int worker_send_migrate(struct worker *w, bool outgoing, pid_t peer,
 			int peer_pidfd, unsigned timeout_ms,
 			unsigned chunk_sessions, int channel_fd);
