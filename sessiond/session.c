@@ -157,6 +157,8 @@ static void channel_untrack_members(struct channel *ch, const char *why)
 
 	channel_drop_members(ch);
 	ch->members_untracked = true;
+	if (s == NULL)
+		return; /* a channel not (yet) in a session: nobody to tell */
 	log_info("session", "%s: %s: member list dropped at %zu members (%s)",
 		 s->key, ch->name, n, why);
 	session_notice_all(s, "Not keeping the member list of %s (%s): clients attaching later get no names for it; /NAMES %s asks the network.",
@@ -198,8 +200,11 @@ struct member *channel_add_member(struct channel *ch, const char *nick)
 		return NULL;
 	if (ch->sh == NULL &&
 	    !(ch->sh = chanstore_attach(bouncer_chanstore(ch->s->b), ch->s->network,
-					ch->name)))
+					ch->name))) {
+		/* util.h policy: an incomplete list is never kept as if whole */
+		channel_untrack_members(ch, "out of memory");
 		return NULL;
+	}
 	channel_view_sync(ch);
 	m = shared_find(ch->sh, nick);
 	/* Checked also when another session added it already: the list may
@@ -212,6 +217,10 @@ struct member *channel_add_member(struct channel *ch, const char *nick)
 	}
 	if (m == NULL) {
 		m = shared_add(ch->sh, nick);
+		if (m == NULL) {
+			channel_untrack_members(ch, "out of memory");
+			return NULL;
+		}
 		channel_view_sync(ch);
 	}
 	return m;
@@ -239,10 +248,16 @@ int channel_rename_member(struct channel *ch, struct member *m,
 
 	if (ch->sh == NULL)
 		return 0;
-	if (!(old = strdup(m->nick)))
+	if (!(old = strdup(m->nick))) {
+		channel_untrack_members(ch, "out of memory");
 		return -ENOMEM;
+	}
 	rc = shared_rename(ch->sh, old, nick);
 	free(old);
+	if (rc < 0) {
+		channel_untrack_members(ch, "out of memory");
+		return rc;
+	}
 	channel_view_sync(ch);
 	if (ch->s && ch->s->member_bytes > ch->s->lim.member_list_bytes)
 		channel_untrack_members(ch, "member lists of all channels over member_list_bytes");

@@ -317,8 +317,8 @@ static inline const struct member *channel_member_at(const struct channel *ch,
 	return &ch->sh->members[i];
 }
 struct member *channel_find_member(struct channel *ch, const char *nick);
-/* The member `nick`, added if needed. NULL: out of memory, or the channel's
- * members are not tracked (ch->members_untracked): adding this one would
+/* The member `nick`, added if needed. NULL: out of memory (the list is
+ * dropped, as below), or the channel's members are not tracked (ch->members_untracked): adding this one would
  * pass max_channel_members or the session's member_list_bytes, so the list
  * is dropped now (logged, clients told) and the channel kept. */
 struct member *channel_add_member(struct channel *ch, const char *nick);
@@ -331,7 +331,9 @@ void channel_clear_members(struct channel *ch);
  * adoption). ch must have no list. Returns 0, or -ENOMEM. */
 int channel_use_list(struct channel *ch, struct shared_channel *sh);
 /* Change m's nick (m belongs to ch; the shared list: a no-op when another
- * session applied it already). Returns 0 or -ENOMEM. */
+ * session applied it already). Returns 0 or -ENOMEM (then, as when
+ * channel_add_member() runs out of memory, the list is dropped and the
+ * channel untracked: never an incomplete list kept as whole). */
 int channel_rename_member(struct channel *ch, struct member *m,
 			  const char *nick);
 

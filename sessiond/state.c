@@ -770,6 +770,14 @@ struct adopt {
 static int adopt_fail(struct adopt *ad, int rc, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+/* *dst = a copy of src (NULL stays NULL): false when out of memory (the
+ * adoption fails: util.h policy, never a silently missing value). */
+static bool adopt_copy(char **dst, const char *src)
+{
+	*dst = util_strdup(src);
+	return src == NULL || *dst != NULL;
+}
+
 /* An adopted upstream connection occupies a slot of its network's governor:
  * the pool address its socket is bound to (its local address), or the
  * kernel's-choice entry of a governor without a pool. A local address that
@@ -993,14 +1001,18 @@ static struct client *adopt_client(struct adopt *ad, struct session *s,
 	for (size_t i = 0; i < pc->n_caps; i++)
 		cl->caps |= client_cap_from_name(pc->caps[i]);
 	cl->cap_negotiating = pc->has_cap_negotiating && pc->cap_negotiating;
-	cl->client_id = util_strdup(pc->client_id);
+	bool copied = adopt_copy(&cl->client_id, pc->client_id);
 	cl->delivered_seq = pc->has_delivered_seq ? pc->delivered_seq : 0;
 	cl->acked_seq = cl->delivered_seq; /* absent Delivery: the old meaning */
 	cl->connected_at_ms = GET_TIME(pc, connected_at_ms);
 	cl->last_rx_ms = GET_TIME(pc, last_rx_ms);
-	cl->pass = util_strdup(pc->pass);
-	cl->nick = util_strdup(pc->nick);
-	cl->user = util_strdup(pc->user);
+	copied &= adopt_copy(&cl->pass, pc->pass);
+	copied &= adopt_copy(&cl->nick, pc->nick);
+	copied &= adopt_copy(&cl->user, pc->user);
+	if (!copied) {
+		client_free(cl);
+		return NULL;
+	}
 	if (!s && pc->forward) {
 		/* Verified by the worker that forwarded it (peer.h). */
 		cl->fwd_user = util_strdup(pc->forward->user);
@@ -1105,13 +1117,14 @@ static int adopt_check(struct adopt *ad, const Baton__State__Session *ps)
 static int adopt_identity(struct adopt *ad, const Baton__State__Session *ps,
 			  struct session *s)
 {
-	s->nick = util_strdup(ps->nick);
-	s->user_modes = util_strdup(ps->user_modes);
-	s->away = util_strdup(ps->away);
-	s->server_name = util_strdup(ps->server_name);
-	s->welcome = util_strdup(ps->welcome);
-	s->myinfo = util_strdup(ps->myinfo);
-	s->userhost = util_strdup(ps->userhost);
+	if (!adopt_copy(&s->nick, ps->nick) ||
+	    !adopt_copy(&s->user_modes, ps->user_modes) ||
+	    !adopt_copy(&s->away, ps->away) ||
+	    !adopt_copy(&s->server_name, ps->server_name) ||
+	    !adopt_copy(&s->welcome, ps->welcome) ||
+	    !adopt_copy(&s->myinfo, ps->myinfo) ||
+	    !adopt_copy(&s->userhost, ps->userhost))
+		return NOMEM(ad);
 	s->reconnect_at_ms = GET_TIME(ps, reconnect_at_ms);
 	s->reconnect_failures = ps->has_reconnect_failures ? ps->reconnect_failures : 0;
 	s->source_addr = ps->source_addr && ps->source_addr[0] ? strdup(ps->source_addr) : NULL;
@@ -1238,10 +1251,13 @@ static int adopt_channels(struct adopt *ad, const Baton__State__Session *ps,
 			rc = NOMEM(ad);
 			break;
 		}
-		ch->topic = util_strdup(pc->topic);
-		ch->topic_setter = util_strdup(pc->topic_setter);
+		if (!adopt_copy(&ch->topic, pc->topic) ||
+		    !adopt_copy(&ch->topic_setter, pc->topic_setter) ||
+		    !adopt_copy(&ch->modes, pc->modes)) {
+			rc = NOMEM(ad);
+			break;
+		}
 		ch->topic_time = pc->has_topic_time ? pc->topic_time : 0;
-		ch->modes = util_strdup(pc->modes);
 		ch->joined = pc->has_joined && pc->joined;
 		ch->members_untracked = untracked;
 		if (pb_unknown_copy(&ch->unknown, &pc->base) < 0) {
@@ -1335,7 +1351,8 @@ static int adopt_backlog(struct adopt *ad, const Baton__State__Session *ps,
 		if (session_has_position(s, pp->client_id))
 			return adopt_fail(ad, -EINVAL, "position of client %s listed twice",
 					  pp->client_id);
-		session_set_position(s, pp->client_id, pp->seq);
+		if (session_set_position(s, pp->client_id, pp->seq) < 0)
+			return NOMEM(ad);
 	}
 	return 0;
 }
@@ -1363,7 +1380,8 @@ static int adopt_upstream(struct adopt *ad, const Baton__State__Connection *pc,
 	for (size_t i = 0; i < pc->n_caps; i++)
 		if (util_strv_push(&u->cap_offered, &u->ncap_offered, pc->caps[i]) < 0)
 			return NOMEM(ad);
-	u->nick_attempt = util_strdup(pc->nick);
+	if (!adopt_copy(&u->nick_attempt, pc->nick))
+		return NOMEM(ad);
 	u->connected_at_ms = GET_TIME(pc, connected_at_ms);
 	u->last_rx_ms = GET_TIME(pc, last_rx_ms);
 	u->ping_sent_ms = GET_TIME(pc, ping_sent_ms);
