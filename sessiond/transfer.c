@@ -225,6 +225,10 @@ static void transfer_finish_cb(evutil_socket_t fd, short what, void *arg)
 		log_warn("migrate", "%u TLS handshakes were still running and did not travel (closed with this process; clients and the governor connect again)",
 			 m->res.handshakes_left);
 	bouncer_migration_ended(m->b, m->partial);
+	/* Sessions that moved out are freed now, from the loop, unless this
+	 * worker is about to exit (a full migration that committed). */
+	if (m->partial || !m->res.committed || m->tgt != NULL)
+		bouncer_released_reap(m->b);
 	m->report.finished(m->report.arg, &m->res);
 	transfer_free(m);
 }
