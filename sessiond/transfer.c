@@ -337,7 +337,10 @@ static void transfer_chunk_done(struct handoff_source *src, uint32_t chunk,
 			m->failed = true;
 			snprintf(m->fail_reason, sizeof(m->fail_reason), "%s",
 				 reason);
-		} /* else: thawed with the chunk before it */
+		} else {
+			log_info("migrate", "chunk %u (sent behind the chunk before it) aborted with it: %s; resumed",
+				 chunk, reason);
+		}
 		if (m->noc == 0)
 			transfer_finish(m, false, m->fail_reason);
 		return;
@@ -776,6 +779,15 @@ static void transfer_target_phase(void *arg, enum handoff_phase phase,
 	    (phase == HANDOFF_PHASE_PREPARED_SENT &&
 	     transfer_fault_is(m, "after-prepared", chunk)))
 		raise(SIGKILL);
+	if (phase == HANDOFF_PHASE_COMMIT_RECEIVED &&
+	    transfer_fault_is(m, "after-commit", chunk)) {
+		/* Dies with COMMIT read and COMMITTED not sent, once the
+		 * source had time to send the next chunk behind COMMIT. */
+		struct timespec ts = { 0, 200 * 1000000L };
+
+		nanosleep(&ts, NULL);
+		raise(SIGKILL);
+	}
 	if (phase == HANDOFF_PHASE_BEGIN_RECEIVED &&
 	    transfer_fault_is(m, "hang-after-begin", chunk)) {
 		/* A target that stops reading: the source must time out. */
