@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -675,6 +676,19 @@ void handoff_source_set_pipeline(struct handoff_source *src,
 		return;
 	src->ready_fn = fn;
 	src->ready_arg = arg;
+}
+
+bool handoff_source_committed_queued(struct handoff_source *src)
+{
+	uint8_t hdr[FRAME_HEADER];
+	ssize_t n;
+
+	if (!src || src->state != SRC_COMMITTING || src->free_pending)
+		return false;
+	/* The first datagram the target sends after COMMIT{chunk} is
+	 * COMMITTED{chunk} (or nothing): its header's type says enough. */
+	n = recv(src->fd, hdr, sizeof(hdr), MSG_PEEK | MSG_DONTWAIT);
+	return n == (ssize_t)sizeof(hdr) && hdr[3] == HANDOFF_COMMITTED;
 }
 
 void handoff_source_set_peer_pidfd(struct handoff_source *src, int pidfd)

@@ -14,6 +14,13 @@
  *   (source closes its copies)
  * and, after the last chunk, DONE{chunks}.
  *
+ * Pipelined (handoff_source_set_pipeline()), the source sends BEGIN{k+1}
+ * right behind COMMIT{k}, while the target acknowledges and arms chunk k:
+ *   COMMIT{k}, BEGIN{k+1}, ITEM*, END{k+1}  -->
+ *                             <--  COMMITTED{k}, PREPARED{k+1}
+ * The target's view is unchanged (every message in the same order), so a
+ * target of any release takes it.
+ *
  * Invariants kept here (tests/unit/handoff prove them):
  *  - The source never reports a chunk aborted before ABORT is queued on the
  *    channel, or, when it cannot be queued within the timeout, before the
@@ -38,6 +45,7 @@
 #ifndef BATON_HANDOFF_PROTOCOL_H
 #define BATON_HANDOFF_PROTOCOL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -143,6 +151,13 @@ typedef void (*handoff_source_ready_fn)(struct handoff_source *src,
 					uint32_t chunk, void *arg);
 void handoff_source_set_pipeline(struct handoff_source *src,
 				 handoff_source_ready_fn fn, void *arg);
+
+/* Whether the outstanding chunk's COMMITTED is already on the channel,
+ * unread (a peek, nothing consumed; cb still reports it from the loop). A
+ * pipelining caller busy with the next chunk uses it to see when the
+ * previous chunk's freeze really ended: the target arms right after
+ * queueing COMMITTED. */
+bool handoff_source_committed_queued(struct handoff_source *src);
 
 /* No more chunks: send DONE. Returns 0 or -errno. */
 int handoff_source_finish(struct handoff_source *src);

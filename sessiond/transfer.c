@@ -2,8 +2,13 @@
  *
  * Source side, per chunk: freeze the chunk's items, serialize them, hand them
  * to handoff_source_send_chunk(); on COMMIT release them (this process's
- * copies of the sockets are closed, nothing is sent on them), on abort thaw
- * them and stop. Pending (unauthenticated) clients are all frozen at the
+ * copies of the sockets are closed, nothing is sent on them; the sessions'
+ * memory is freed after the migration, or never if this worker exits), on
+ * abort thaw them and stop. Chunks are pipelined (handoff/protocol.h): the
+ * next chunk is frozen, serialized and sent as soon as COMMIT of the
+ * previous one is out, so this process works on chunk k+1 while the target
+ * acknowledges and arms chunk k. At most two chunks are frozen at once; a
+ * failure thaws every item not committed (both chunks). Pending (unauthenticated) clients are all frozen at the
  * start and travel last: in the source, a pending client that authenticated
  * while the migration runs could attach to a session that already left; in
  * the target, one that arrived early could log in before its session did.
@@ -68,6 +73,10 @@ struct transfer {
 		/* where its freeze goes: serialized and handed to the
 		 * channel, PREPARED back from the target */
 		struct timespec sent, prepared;
+		/* COMMITTED seen queued while the next chunk was being
+		 * built (acked: the freeze ended then, not when read) */
+		bool acked;
+		struct timespec acked_at;
 	} oc[2];
 	unsigned noc;
 	uint32_t chunk_number;       /* of the next chunk built */
@@ -284,6 +293,23 @@ static void transfer_thaw_rest(struct transfer *m, size_t from)
 
 static void transfer_send_next(struct transfer *m);
 
+static double transfer_ms_between(const struct timespec *a,
+				  const struct timespec *b)
+{
+	return (double)(b->tv_sec - a->tv_sec) * 1e3 +
+	       (double)(b->tv_nsec - a->tv_nsec) / 1e6;
+}
+
+/* Pipelining: while the next chunk is built, note when the committing
+ * chunk's COMMITTED is on the channel (read later, from the loop). */
+static void transfer_note_ack(struct transfer *m, struct out_chunk *c)
+{
+	if (c->acked || !handoff_source_committed_queued(m->src))
+		return;
+	c->acked = true;
+	clock_gettime(CLOCK_MONOTONIC, &c->acked_at);
+}
+
 static void transfer_source_phase(void *arg, enum handoff_phase phase,
 				 uint32_t chunk)
 {
@@ -316,18 +342,22 @@ static void transfer_chunk_done(struct handoff_source *src, uint32_t chunk,
 	c = m->oc[0];
 	m->oc[0] = m->oc[1];
 	m->noc--;
-	frozen = transfer_ms_since(&c.frozen);
+	if (result < 0 || !c.acked)
+		clock_gettime(CLOCK_MONOTONIC, &c.acked_at);
+	/* Its freeze ended when COMMITTED was on the channel (the target arms
+	 * right after queueing it), or now (aborted: thawed now). */
+	frozen = transfer_ms_between(&c.frozen, &c.acked_at);
 	if (frozen > m->res.freeze_max_ms) {
 		/* The longest freeze, split: freezing + serializing here
 		 * (with pipelining, until it could go out behind COMMIT of the
 		 * chunk before it), the target reading and adopting (until
 		 * PREPARED), and COMMIT -> COMMITTED. */
 		m->res.freeze_max_ms = frozen;
-		m->res.freeze_serialize_ms = frozen - transfer_ms_since(&c.sent);
+		m->res.freeze_serialize_ms = transfer_ms_between(&c.frozen, &c.sent);
 		m->res.freeze_prepare_ms = result < 0 ? 0 :
-			transfer_ms_since(&c.sent) - transfer_ms_since(&c.prepared);
+			transfer_ms_between(&c.sent, &c.prepared);
 		m->res.freeze_commit_ms = result < 0 ? 0 :
-			transfer_ms_since(&c.prepared);
+			transfer_ms_between(&c.prepared, &c.acked_at);
 	}
 	if (result < 0) {
 		if (!m->failed) {
@@ -448,6 +478,8 @@ static void transfer_send_next(struct transfer *m)
 		size_t len, nfds, nlists = 0;
 		void **lists = NULL;
 
+		if (m->noc == 1 && i % 8 == 0)
+			transfer_note_ack(m, &m->oc[0]);
 		if (i == 0 && m->carry) {
 			bufs[0] = m->carry_buf; /* transferred */
 			len = m->carry_len;
@@ -523,7 +555,11 @@ static void transfer_send_next(struct transfer *m)
 	transfer_inject_item_fault(m, hitems, nl ? lbufs[0] : bufs[0]);
 	clock_gettime(CLOCK_MONOTONIC, &c->sent);
 	c->prepared = c->sent;
+	if (m->noc == 1)
+		transfer_note_ack(m, &m->oc[0]);
 	r = handoff_source_send_chunk(m->src, hitems, nl + n);
+	if (m->noc == 1)
+		transfer_note_ack(m, &m->oc[0]);
 	if (r < 0)
 		snprintf(why, sizeof(why), "sending chunk failed: %s",
 			 strerror(-r));

@@ -1513,8 +1513,11 @@ static void test_pipeline_second_chunk_aborted_with_first(void **state)
 			close(sv[1]);
 			sv[1] = -1;
 		} else if (mode == ACK_THEN_SILENT) {
+			assert_false(handoff_source_committed_queued(c.src));
 			ack.chunk = 0;
 			raw_pb(sv[1], HANDOFF_COMMITTED, &ack.base, NULL, 0);
+			/* Seen on the channel before the loop reads it. */
+			assert_true(handoff_source_committed_queued(c.src));
 		}
 		while (c.src_cbs < 2)
 			event_base_loop(c.base, EVLOOP_ONCE);
