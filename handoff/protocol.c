@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -171,14 +172,22 @@ struct handoff_source {
 	struct event *ev_timer; /* PREPARED / COMMITTED wait bound */
 	enum source_state state;
 	uint32_t chunk;
+	/* Pipelining (handoff_source_set_pipeline()): chunk + 1 went out
+	 * behind COMMIT{chunk} (state SRC_COMMITTING) and waits for its
+	 * PREPARED once COMMITTED{chunk} is in. */
+	handoff_source_ready_fn ready_fn;
+	void *ready_arg;
+	bool second;
+	bool no_more;           /* a second chunk failed to go out: none follows */
 	int depth;              /* nesting of our libevent callbacks */
 	bool free_pending;
 };
 
-static void source_phase(struct handoff_source *src, enum handoff_phase p)
+static void source_phase(struct handoff_source *src, enum handoff_phase p,
+			 uint32_t chunk)
 {
 	if (src->phase_fn)
-		src->phase_fn(src->phase_arg, p, src->chunk);
+		src->phase_fn(src->phase_arg, p, chunk);
 }
 
 /* Make sure the target can never commit the current chunk on its own, so the
@@ -191,18 +200,24 @@ static void source_phase(struct handoff_source *src, enum handoff_phase p)
  * aborted, or is exiting) is not killed. */
 static bool source_kill_target(struct handoff_source *src);
 
-static void source_abort_channel(struct handoff_source *src, const char *reason)
+/* The same for `chunk` without touching the state (the chunk before it may
+ * still wait for COMMITTED). */
+static void source_abort_chunk(struct handoff_source *src, uint32_t chunk,
+			       const char *reason)
 {
-	int r;
+	int r = send_abort(src->fd, chunk, reason, src->timeout_ms);
 
-	event_del(src->ev_read);
-	event_del(src->ev_timer);
-	src->state = SRC_DEAD;
-
-	r = send_abort(src->fd, src->chunk, reason, src->timeout_ms);
 	if (r == 0 || r == -EPIPE || r == -ECONNRESET)
 		return;
 	source_kill_target(src);
+}
+
+static void source_abort_channel(struct handoff_source *src, const char *reason)
+{
+	event_del(src->ev_read);
+	event_del(src->ev_timer);
+	src->state = SRC_DEAD;
+	source_abort_chunk(src, src->chunk, reason);
 }
 
 /* SIGKILL the target and wait (bounded) until it has exited. Returns true
@@ -285,7 +300,9 @@ static void source_report(struct handoff_source *src, uint32_t chunk,
 static void source_fail(struct handoff_source *src, int err, const char *reason)
 {
 	uint32_t chunk = src->chunk;
+	bool second = src->second;
 
+	src->second = false;
 	if (src->state == SRC_COMMITTING) {
 		const char *outcome = NULL;
 
@@ -299,14 +316,24 @@ static void source_fail(struct handoff_source *src, int err, const char *reason)
 			else if (source_drain_committed(src))
 				outcome = "committed (the target died after acknowledging)";
 		}
+		/* The chunk that went out behind COMMIT never got a COMMIT of
+		 * its own: it aborts whatever became of this one. ABORT queued
+		 * (or the target dead) before it is reported, as for any
+		 * chunk, so the target cannot commit it on EOF. */
+		if (second)
+			source_abort_chunk(src, chunk + 1, reason);
 		if (outcome != NULL) {
-			src->state = SRC_IDLE;
+			src->state = second || src->no_more ? SRC_DEAD : SRC_IDLE;
 			src->chunk++;
 			source_report(src, chunk, 0, outcome);
+			if (second && !src->free_pending)
+				source_report(src, chunk + 1, err, reason);
 			return;
 		}
 		src->state = SRC_DEAD;
 		source_report(src, chunk, err, reason);
+		if (second && !src->free_pending)
+			source_report(src, chunk + 1, err, reason);
 		return;
 	}
 	source_abort_channel(src, reason);
@@ -347,10 +374,22 @@ static void source_handle(struct handoff_source *src, struct frame_msg *m)
 			source_fail(src, -EPROTO, "malformed COMMITTED or wrong chunk");
 			return;
 		}
-		event_del(src->ev_read);
 		event_del(src->ev_timer);
-		src->state = SRC_IDLE;
 		src->chunk++;
+		if (src->second) {
+			/* The next chunk is out: now its PREPARED is awaited. */
+			src->second = false;
+			src->state = SRC_WAITING;
+			if (arm_timer(src->ev_timer, src->timeout_ms) < 0) {
+				source_report(src, chunk, 0, "committed");
+				if (!src->free_pending)
+					source_fail(src, -ENOMEM, "cannot arm the PREPARED timer");
+				return;
+			}
+		} else {
+			event_del(src->ev_read);
+			src->state = src->no_more ? SRC_DEAD : SRC_IDLE;
+		}
 		source_report(src, chunk, 0, "committed");
 		return;
 	}
@@ -366,7 +405,7 @@ static void source_handle(struct handoff_source *src, struct frame_msg *m)
 			source_fail(src, -EPROTO, "malformed PREPARED or wrong chunk");
 			return;
 		}
-		source_phase(src, HANDOFF_PHASE_PREPARED_RECEIVED);
+		source_phase(src, HANDOFF_PHASE_PREPARED_RECEIVED, chunk);
 		c.chunk = chunk;
 		r = send_pb(src->fd, HANDOFF_COMMIT, &c.base, NULL, 0,
 			    src->timeout_ms);
@@ -379,9 +418,15 @@ static void source_handle(struct handoff_source *src, struct frame_msg *m)
 			return;
 		}
 		src->state = SRC_COMMITTING;
-		source_phase(src, HANDOFF_PHASE_COMMIT_SENT);
-		if (arm_timer(src->ev_timer, src->timeout_ms) < 0)
+		source_phase(src, HANDOFF_PHASE_COMMIT_SENT, chunk);
+		if (arm_timer(src->ev_timer, src->timeout_ms) < 0) {
 			source_fail(src, -ENOMEM, "cannot arm the COMMITTED timer");
+			return;
+		}
+		/* COMMIT is on the channel: the next chunk may follow it now
+		 * (the target reads it after COMMIT, as from any source). */
+		if (src->ready_fn && !src->no_more && !src->free_pending)
+			src->ready_fn(src, chunk, src->ready_arg);
 		return;
 	}
 	if (m->type == HANDOFF_ABORT && src->state == SRC_WAITING) {
@@ -497,14 +542,20 @@ int handoff_source_send_chunk(struct handoff_source *src,
 	char reason[REASON_MAX];
 	uint64_t total_fds = 0;
 	int64_t deadline;
+	uint32_t chunk;
+	bool behind = false; /* goes out behind COMMIT of the outstanding one */
 	int r;
 
 	if (!src)
 		return -EINVAL;
-	if (src->state == SRC_WAITING || src->state == SRC_COMMITTING)
+	if (src->state == SRC_COMMITTING && src->ready_fn && !src->second &&
+	    !src->no_more && !src->free_pending)
+		behind = true;
+	else if (src->state == SRC_WAITING || src->state == SRC_COMMITTING)
 		return -EBUSY;
-	if (src->state != SRC_IDLE || src->free_pending)
+	else if (src->state != SRC_IDLE || src->free_pending)
 		return -EPIPE;
+	chunk = behind ? src->chunk + 1 : src->chunk;
 	if ((n > 0 && !items) || n > UINT32_MAX)
 		return -EINVAL;
 	/* Validate everything before the first byte goes out, so -EINVAL
@@ -532,14 +583,14 @@ int handoff_source_send_chunk(struct handoff_source *src,
 	/* One bound for the whole chunk, not per frame. */
 	deadline = src->timeout_ms < 0 ? -1 : clock_mono_ms() + src->timeout_ms;
 
-	b.chunk = src->chunk;
+	b.chunk = chunk;
 	b.items = (uint32_t)n;
 	b.fds = (uint32_t)total_fds;
 	r = send_pb(src->fd, HANDOFF_BEGIN, &b.base, NULL, 0,
 		    remaining_ms(deadline));
 	if (r < 0)
 		goto fail;
-	source_phase(src, HANDOFF_PHASE_BEGIN_SENT);
+	source_phase(src, HANDOFF_PHASE_BEGIN_SENT, chunk);
 
 	for (size_t i = 0; i < n; i++) {
 		Baton__Handoff__Item it = BATON__HANDOFF__ITEM__INIT;
@@ -554,13 +605,19 @@ int handoff_source_send_chunk(struct handoff_source *src,
 			goto fail;
 	}
 
-	e.chunk = src->chunk;
+	e.chunk = chunk;
 	r = send_pb(src->fd, HANDOFF_END, &e.base, NULL, 0,
 		    remaining_ms(deadline));
 	if (r < 0)
 		goto fail;
-	source_phase(src, HANDOFF_PHASE_END_SENT);
+	source_phase(src, HANDOFF_PHASE_END_SENT, chunk);
 
+	if (behind) {
+		/* ev_read and the COMMITTED timer run already; the PREPARED
+		 * timer starts when COMMITTED{chunk - 1} arrives. */
+		src->second = true;
+		return 0;
+	}
 	if (event_add(src->ev_read, NULL) < 0 ||
 	    arm_timer(src->ev_timer, src->timeout_ms) < 0) {
 		r = -ENOMEM;
@@ -574,7 +631,14 @@ fail:
 	 * broken frame or ABORT and abort; either way it never reaches
 	 * PREPARED for this chunk. */
 	snprintf(reason, sizeof(reason), "source could not send chunk %u: %s",
-		 src->chunk, strerror(-r));
+		 chunk, strerror(-r));
+	if (behind) {
+		/* The chunk before it waits for COMMITTED on: its outcome is
+		 * still reported through cb; no chunk follows. */
+		src->no_more = true;
+		source_abort_chunk(src, chunk, reason);
+		return r;
+	}
 	source_abort_channel(src, reason);
 	return r;
 }
@@ -603,6 +667,28 @@ void handoff_source_set_phase_hook(struct handoff_source *src,
 		return;
 	src->phase_fn = fn;
 	src->phase_arg = arg;
+}
+
+void handoff_source_set_pipeline(struct handoff_source *src,
+				  handoff_source_ready_fn fn, void *arg)
+{
+	if (!src)
+		return;
+	src->ready_fn = fn;
+	src->ready_arg = arg;
+}
+
+bool handoff_source_committed_queued(struct handoff_source *src)
+{
+	uint8_t hdr[FRAME_HEADER];
+	ssize_t n;
+
+	if (!src || src->state != SRC_COMMITTING || src->free_pending)
+		return false;
+	/* The first datagram the target sends after COMMIT{chunk} is
+	 * COMMITTED{chunk} (or nothing): its header's type says enough. */
+	n = recv(src->fd, hdr, sizeof(hdr), MSG_PEEK | MSG_DONTWAIT);
+	return n == (ssize_t)sizeof(hdr) && hdr[3] == HANDOFF_COMMITTED;
 }
 
 void handoff_source_set_peer_pidfd(struct handoff_source *src, int pidfd)

@@ -14,6 +14,13 @@
  *   (source closes its copies)
  * and, after the last chunk, DONE{chunks}.
  *
+ * Pipelined (handoff_source_set_pipeline()), the source sends BEGIN{k+1}
+ * right behind COMMIT{k}, while the target acknowledges and arms chunk k:
+ *   COMMIT{k}, BEGIN{k+1}, ITEM*, END{k+1}  -->
+ *                             <--  COMMITTED{k}, PREPARED{k+1}
+ * The target's view is unchanged (every message in the same order), so a
+ * target of any release takes it.
+ *
  * Invariants kept here (tests/unit/handoff prove them):
  *  - The source never reports a chunk aborted before ABORT is queued on the
  *    channel, or, when it cannot be queued within the timeout, before the
@@ -38,6 +45,7 @@
 #ifndef BATON_HANDOFF_PROTOCOL_H
 #define BATON_HANDOFF_PROTOCOL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -113,12 +121,43 @@ struct handoff_source *handoff_source_new(struct event_base *base, int channel,
 
 /* Send one chunk (BEGIN, ITEMs, END) now, synchronously (bounded by
  * timeout_ms), then wait asynchronously for the answer. Only one chunk may be
- * outstanding. Returns 0 when the chunk went out (cb follows), or -errno when
+ * outstanding, or two with pipelining (handoff_source_set_pipeline(): the
+ * second only once COMMIT of the first is out). Returns 0 when the chunk went out (cb follows), or -errno when
  * it could not be sent (no cb follows; ABORT was sent or the target killed as
  * for any abort: the caller unfreezes now). -EBUSY if a chunk is outstanding;
  * -EPIPE once the channel is dead. */
 int handoff_source_send_chunk(struct handoff_source *src,
 			      const struct handoff_item *items, size_t n);
+
+/* Pipelining. Without it a source is stop-and-wait: the next chunk goes out
+ * after the outstanding one's COMMITTED. With it, `fn` is called (from the
+ * event loop, like cb) as soon as COMMIT{chunk} is queued, and the caller may
+ * then send chunk + 1 at once, while the target acknowledges and arms
+ * `chunk` and before COMMITTED{chunk} is read: a window of two chunks.
+ * The target sees exactly the messages of a stop-and-wait source in the
+ * same order (COMMIT{k} before BEGIN{k+1}), so every target of every
+ * release takes it; nothing is negotiated. Guarantees kept:
+ *  - cb reports chunks in order, each exactly once; chunk + 1 is never
+ *    reported before `chunk`.
+ *  - A failure while both are out reports `chunk` as before (committed if
+ *    COMMITTED{chunk} is in, else as for any chunk after COMMIT), then
+ *    chunk + 1 aborted, after ABORT{chunk + 1} is queued or the target is
+ *    known dead (it never got a COMMIT, so it can only be resumed).
+ *  - If chunk + 1 cannot be sent, send_chunk returns -errno for it as
+ *    always (the caller thaws it now); `chunk` still gets its cb, and no
+ *    chunk follows (the source ends after it).
+ * fn may be NULL (stop-and-wait). */
+typedef void (*handoff_source_ready_fn)(struct handoff_source *src,
+					uint32_t chunk, void *arg);
+void handoff_source_set_pipeline(struct handoff_source *src,
+				 handoff_source_ready_fn fn, void *arg);
+
+/* Whether the outstanding chunk's COMMITTED is already on the channel,
+ * unread (a peek, nothing consumed; cb still reports it from the loop). A
+ * pipelining caller busy with the next chunk uses it to see when the
+ * previous chunk's freeze really ended: the target arms right after
+ * queueing COMMITTED. */
+bool handoff_source_committed_queued(struct handoff_source *src);
 
 /* No more chunks: send DONE. Returns 0 or -errno. */
 int handoff_source_finish(struct handoff_source *src);

@@ -148,8 +148,16 @@ int bouncer_item_serialize_within(struct bouncer_item *it, size_t max,
 void bouncer_item_thaw(struct bouncer_item *it);
 
 /* The migration committed: close this process's copies of the sockets and
- * forget the item (sends nothing on them). */
+ * forget the item (sends nothing on them). A session's memory is kept
+ * until bouncer_released_reap() (or the exit: bouncer_free() frees it only
+ * in ASan and unoptimized builds), off the migration's critical path. */
 void bouncer_item_release(struct bouncer_item *it);
+/* Free the released sessions from the event loop, REAP_BATCH per turn
+ * (after a migration that leaves this worker serving: a canary's move, or
+ * an aborted one). */
+void bouncer_released_reap(struct bouncer *b);
+/* Released sessions not freed yet (tests). */
+size_t bouncer_released_count(const struct bouncer *b);
 
 /* Count of sockets held by an item. */
 size_t bouncer_item_nfds(const struct bouncer_item *it);

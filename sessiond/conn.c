@@ -808,6 +808,14 @@ void conn_release(struct conn *c)
 	free(c);
 }
 
+void conn_close_fd_only(struct conn *c)
+{
+	if (!c || c->fd < 0)
+		return;
+	close(c->fd);
+	c->fd = -1;
+}
+
 uint64_t conn_bytes_queued(const struct conn *c)
 {
 	return c->queued_total;

@@ -167,6 +167,12 @@ const char *conn_tls_info(const struct conn *c);
 
 /* Close the fd and free. Sends nothing (no shutdown()). Accepts NULL. */
 void conn_release(struct conn *c);
+/* Close the fd now (nothing sent, no shutdown()), keep the memory for a
+ * later conn_release(): a migration's source closes its copies of a
+ * committed chunk's sockets at once and frees them after the migration
+ * (sessiond/bouncer.h bouncer_item_release()). The connection must be
+ * frozen (no event added). Accepts NULL; idempotent. */
+void conn_close_fd_only(struct conn *c);
 
 /* Delivery accounting. Two byte counters that only grow: bytes ever appended
  * to the output buffer ("queued") and bytes ever handed to the kernel

@@ -325,6 +325,19 @@ struct session *session_new(struct bouncer *b, const char *user,
 	return s;
 }
 
+void session_close_sockets(struct session *s)
+{
+	struct governor *g = bouncer_governor(s->b, s->network);
+
+	if (g)
+		governor_cancel(g, &s->gov_wait);
+	upstream_lookup_cancel(s, false); /* its answer never comes here */
+	if (s->up)
+		conn_close_fd_only(s->up->conn);
+	for (size_t i = 0; i < s->nclients; i++)
+		conn_close_fd_only(s->clients[i]->conn);
+}
+
 void session_free(struct session *s)
 {
 	if (!s)

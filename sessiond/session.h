@@ -274,6 +274,10 @@ struct session *session_new(struct bouncer *b, const char *user,
 			    const char *network);
 /* Free everything, closing fds and sending nothing. Accepts NULL. */
 void session_free(struct session *s);
+/* A migration committed the session elsewhere: leave the governor's queue,
+ * cancel a lookup and close this process's copies of its sockets (sends
+ * nothing); the memory stays for session_free() later. Idempotent. */
+void session_close_sockets(struct session *s);
 const struct config_session *session_config(const struct session *s);
 /* Arm every connection and timer (after creation, adoption or thaw). */
 void session_arm(struct session *s);

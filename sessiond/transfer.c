@@ -2,8 +2,13 @@
  *
  * Source side, per chunk: freeze the chunk's items, serialize them, hand them
  * to handoff_source_send_chunk(); on COMMIT release them (this process's
- * copies of the sockets are closed, nothing is sent on them), on abort thaw
- * them and stop. Pending (unauthenticated) clients are all frozen at the
+ * copies of the sockets are closed, nothing is sent on them; the sessions'
+ * memory is freed after the migration, or never if this worker exits), on
+ * abort thaw them and stop. Chunks are pipelined (handoff/protocol.h): the
+ * next chunk is frozen, serialized and sent as soon as COMMIT of the
+ * previous one is out, so this process works on chunk k+1 while the target
+ * acknowledges and arms chunk k. At most two chunks are frozen at once; a
+ * failure thaws every item not committed (both chunks). Pending (unauthenticated) clients are all frozen at the
  * start and travel last: in the source, a pending client that authenticated
  * while the migration runs could attach to a session that already left; in
  * the target, one that arrived early could log in before its session did.
@@ -58,14 +63,27 @@ struct transfer {
 	/* the schema written, what serialization accumulates (shrunk
 	 * sessions, handshakes left), the open chunk's member lists */
 	struct bouncer_pack pk;
-	size_t chunk_first, chunk_n; /* the outstanding chunk */
-	uint32_t chunk_sessions, chunk_fds; /* its counts, added on commit */
+	/* The outstanding chunks, oldest first: one, or two when the next
+	 * went out behind COMMIT of the first (pipelining, protocol.h). */
+	struct out_chunk {
+		uint32_t number;
+		size_t first, n;            /* items[first .. first + n) */
+		uint32_t sessions, fds;     /* its counts, added on commit */
+		struct timespec frozen;
+		/* where its freeze goes: serialized and handed to the
+		 * channel, PREPARED back from the target */
+		struct timespec sent, prepared;
+		/* COMMITTED seen queued while the next chunk was being
+		 * built (acked: the freeze ended then, not when read) */
+		bool acked;
+		struct timespec acked_at;
+	} oc[2];
+	unsigned noc;
+	uint32_t chunk_number;       /* of the next chunk built */
+	bool failed;                 /* no chunk follows; finish when none is out */
+	char fail_reason[160];
 	unsigned chunk_items;
 	size_t chunk_bytes;
-	struct timespec chunk_frozen;
-	/* where the outstanding chunk's freeze goes: serialized and handed to
-	 * the channel, PREPARED back from the target */
-	struct timespec chunk_sent, chunk_prepared;
 	int extra_fd;                /* fault extra-fd: the unannounced fd */
 	/* Before the first freeze, TLS handshakes in progress get
 	 * handshake_budget_ms to finish (they cannot travel half-done). */
@@ -225,6 +243,10 @@ static void transfer_finish_cb(evutil_socket_t fd, short what, void *arg)
 		log_warn("migrate", "%u TLS handshakes were still running and did not travel (closed with this process; clients and the governor connect again)",
 			 m->res.handshakes_left);
 	bouncer_migration_ended(m->b, m->partial);
+	/* Sessions that moved out are freed now, from the loop, unless this
+	 * worker is about to exit (a full migration that committed). */
+	if (m->partial || !m->res.committed || m->tgt != NULL)
+		bouncer_released_reap(m->b);
 	m->report.finished(m->report.arg, &m->res);
 	transfer_free(m);
 }
@@ -245,17 +267,21 @@ static void transfer_finish(struct transfer *m, bool committed, const char *why)
 
 static void transfer_thaw_rest(struct transfer *m, size_t from)
 {
-	/* Thaw the failed chunk, an item carried to the next one, and every
-	 * pending client frozen up front. */
-	size_t end = m->chunk_first + m->chunk_n + (m->carry ? 1 : 0);
+	/* Thaw every frozen item not committed from `from` on (the failed
+	 * chunk, one sent behind it, an item carried to the next one), and
+	 * every pending client frozen up front; each once (forgotten here
+	 * once thawed). */
+	size_t end = m->next + (m->carry ? 1 : 0);
 
 	for (size_t i = from; i < m->nitems; i++) {
 		struct bouncer_item *it = m->items[i];
 
 		if (it == NULL)
 			continue;
-		if (i < end || !bouncer_item_is_session(it))
+		if (i < end || !bouncer_item_is_session(it)) {
 			bouncer_item_thaw(it);
+			m->items[i] = NULL;
+		}
 	}
 	free(m->carry_buf);
 	m->carry_buf = NULL;
@@ -267,13 +293,32 @@ static void transfer_thaw_rest(struct transfer *m, size_t from)
 
 static void transfer_send_next(struct transfer *m);
 
+static double transfer_ms_between(const struct timespec *a,
+				  const struct timespec *b)
+{
+	return (double)(b->tv_sec - a->tv_sec) * 1e3 +
+	       (double)(b->tv_nsec - a->tv_nsec) / 1e6;
+}
+
+/* Pipelining: while the next chunk is built, note when the committing
+ * chunk's COMMITTED is on the channel (read later, from the loop). */
+static void transfer_note_ack(struct transfer *m, struct out_chunk *c)
+{
+	if (c->acked || !handoff_source_committed_queued(m->src))
+		return;
+	c->acked = true;
+	clock_gettime(CLOCK_MONOTONIC, &c->acked_at);
+}
+
 static void transfer_source_phase(void *arg, enum handoff_phase phase,
 				 uint32_t chunk)
 {
 	struct transfer *m = arg;
 
 	if (phase == HANDOFF_PHASE_PREPARED_RECEIVED)
-		clock_gettime(CLOCK_MONOTONIC, &m->chunk_prepared);
+		for (unsigned i = 0; i < m->noc; i++)
+			if (m->oc[i].number == chunk)
+				clock_gettime(CLOCK_MONOTONIC, &m->oc[i].prepared);
 	if ((phase == HANDOFF_PHASE_PREPARED_RECEIVED &&
 	     transfer_fault_is(m, "after-prepared", chunk)) ||
 	    (phase == HANDOFF_PHASE_COMMIT_SENT &&
@@ -285,39 +330,82 @@ static void transfer_chunk_done(struct handoff_source *src, uint32_t chunk,
 			       int result, const char *reason, void *arg)
 {
 	struct transfer *m = arg;
-	double frozen = transfer_ms_since(&m->chunk_frozen);
+	struct out_chunk c;
+	double frozen;
 
-	if (frozen > m->res.freeze_max_ms) {
-		/* The longest freeze, split: freezing + serializing here,
-		 * the target reading and adopting (until PREPARED), and
-		 * COMMIT -> COMMITTED. */
-		m->res.freeze_max_ms = frozen;
-		m->res.freeze_serialize_ms =
-			transfer_ms_since(&m->chunk_frozen) - transfer_ms_since(&m->chunk_sent);
-		m->res.freeze_prepare_ms = result < 0 ? 0 :
-			transfer_ms_since(&m->chunk_sent) - transfer_ms_since(&m->chunk_prepared);
-		m->res.freeze_commit_ms = result < 0 ? 0 :
-			transfer_ms_since(&m->chunk_prepared);
-	}
-	if (result < 0) {
-		log_warn("migrate", "chunk %u aborted: %s; resuming %zu items",
-			 chunk, reason, m->nitems - m->chunk_first);
-		transfer_thaw_rest(m, m->chunk_first);
-		transfer_finish(m, false, reason);
+	if (m->noc == 0 || m->oc[0].number != chunk) {
+		/* Cannot happen (protocol.h: in order, once each). */
+		log_error("migrate", "outcome of chunk %u, which is not outstanding",
+			  chunk);
 		return;
 	}
-	for (size_t i = m->chunk_first; i < m->chunk_first + m->chunk_n; i++) {
+	c = m->oc[0];
+	m->oc[0] = m->oc[1];
+	m->noc--;
+	if (result < 0 || !c.acked)
+		clock_gettime(CLOCK_MONOTONIC, &c.acked_at);
+	/* Its freeze ended when COMMITTED was on the channel (the target arms
+	 * right after queueing it), or now (aborted: thawed now). */
+	frozen = transfer_ms_between(&c.frozen, &c.acked_at);
+	if (frozen > m->res.freeze_max_ms) {
+		/* The longest freeze, split: freezing + serializing here
+		 * (with pipelining, until it could go out behind COMMIT of the
+		 * chunk before it), the target reading and adopting (until
+		 * PREPARED), and COMMIT -> COMMITTED. */
+		m->res.freeze_max_ms = frozen;
+		m->res.freeze_serialize_ms = transfer_ms_between(&c.frozen, &c.sent);
+		m->res.freeze_prepare_ms = result < 0 ? 0 :
+			transfer_ms_between(&c.sent, &c.prepared);
+		m->res.freeze_commit_ms = result < 0 ? 0 :
+			transfer_ms_between(&c.prepared, &c.acked_at);
+	}
+	if (result < 0) {
+		if (!m->failed) {
+			log_warn("migrate", "chunk %u aborted: %s; resuming %zu items",
+				 chunk, reason, m->nitems - c.first);
+			transfer_thaw_rest(m, c.first);
+			m->failed = true;
+			snprintf(m->fail_reason, sizeof(m->fail_reason), "%s",
+				 reason);
+		} else {
+			log_info("migrate", "chunk %u (sent behind the chunk before it) aborted with it: %s; resumed",
+				 chunk, reason);
+		}
+		if (m->noc == 0)
+			transfer_finish(m, false, m->fail_reason);
+		return;
+	}
+	for (size_t i = c.first; i < c.first + c.n; i++) {
 		bouncer_item_release(m->items[i]); /* copies closed: T owns them */
 		m->items[i] = NULL;
 	}
 	/* Counts report what moved: committed chunks only. */
-	m->res.sessions += m->chunk_sessions;
-	m->res.fds += m->chunk_fds;
-	m->res.connections += m->chunk_fds;
+	m->res.sessions += c.sessions;
+	m->res.fds += c.fds;
+	m->res.connections += c.fds;
 	m->res.chunks_committed++;
 	if (m->report.progress)
-		m->report.progress(m->report.arg, (uint32_t)m->next,
+		m->report.progress(m->report.arg, (uint32_t)(c.first + c.n),
 				   (uint32_t)m->nitems);
+	if (m->noc > 0)
+		return; /* the next one is out already */
+	if (m->failed) {
+		transfer_finish(m, false, m->fail_reason);
+		return;
+	}
+	transfer_send_next(m);
+}
+
+/* COMMIT of `chunk` is out (protocol.h pipelining): build and send the next
+ * chunk now, while the target acknowledges and arms that one. At most two
+ * chunks are frozen at once, so a chunk waits frozen behind at most one. */
+static void transfer_window_open(struct handoff_source *src, uint32_t chunk,
+				 void *arg)
+{
+	struct transfer *m = arg;
+
+	if (m->failed || m->noc != 1 || m->next >= m->nitems)
+		return; /* the last chunk: DONE follows its COMMITTED */
 	transfer_send_next(m);
 }
 
@@ -327,7 +415,7 @@ static void transfer_inject_item_fault(struct transfer *m,
 				      struct handoff_item *first, uint8_t *buf)
 {
 	static int fds[FRAME_MAX_FDS];
-	uint32_t chunk = m->res.chunks_committed;
+	uint32_t chunk = m->chunk_number;
 
 	if (transfer_fault_is(m, "corrupt-item", chunk)) {
 		memset(buf, 0xff, first->len > 16 ? 16 : first->len);
@@ -349,6 +437,7 @@ static void transfer_send_next(struct transfer *m)
 	uint8_t **bufs = NULL, **lbufs = NULL;
 	size_t *llens = NULL, nl = 0;
 	size_t n = m->nitems - m->next;
+	struct out_chunk *c;
 	char why[160];
 	size_t bytes = 0;
 	int r = 0;
@@ -367,9 +456,9 @@ static void transfer_send_next(struct transfer *m)
 	/* n is an upper bound: the chunk also closes once its state passes
 	 * chunk_bytes, so heavy sessions (big channels, long backlogs) do not
 	 * stretch the freeze of everyone in the chunk. */
-	m->chunk_first = m->next;
-	m->chunk_n = n;
-	m->chunk_fds = m->chunk_sessions = 0;
+	c = &m->oc[m->noc];
+	*c = (struct out_chunk){ .number = m->chunk_number, .first = m->next,
+				 .n = n };
 	bouncer_pack_chunk_begin(&m->pk);
 	bufs = calloc(n, sizeof(*bufs));
 	sitems = calloc(n, sizeof(*sitems));
@@ -377,17 +466,20 @@ static void transfer_send_next(struct transfer *m)
 		free(sitems);
 		r = -ENOMEM;
 		snprintf(why, sizeof(why), "out of memory");
+		c->n = n = 0; /* frozen: at most the carried item (m->carry) */
 		goto out;
 	}
-	clock_gettime(CLOCK_MONOTONIC, &m->chunk_frozen);
+	clock_gettime(CLOCK_MONOTONIC, &c->frozen);
 	if (m->carry)
-		m->chunk_frozen = m->carry_frozen; /* its freeze began earlier */
+		c->frozen = m->carry_frozen; /* its freeze began earlier */
 	for (size_t i = 0; i < n; i++) {
-		struct bouncer_item *it = m->items[m->chunk_first + i];
+		struct bouncer_item *it = m->items[c->first + i];
 		const int *fds;
 		size_t len, nfds, nlists = 0;
 		void **lists = NULL;
 
+		if (m->noc == 1 && i % 8 == 0)
+			transfer_note_ack(m, &m->oc[0]);
 		if (i == 0 && m->carry) {
 			bufs[0] = m->carry_buf; /* transferred */
 			len = m->carry_len;
@@ -408,7 +500,7 @@ static void transfer_send_next(struct transfer *m)
 			if (r < 0) {
 				snprintf(why, sizeof(why), "cannot serialize item: %s",
 					 strerror(-r));
-				m->chunk_n = n = i + 1; /* only these were frozen */
+				c->n = n = i + 1; /* only these were frozen */
 				goto out;
 			}
 		}
@@ -425,25 +517,25 @@ static void transfer_send_next(struct transfer *m)
 			m->carry_nfds = nfds;
 			m->carry_lists = lists; /* transferred */
 			m->carry_nlists = nlists;
-			m->carry_frozen = m->chunk_frozen;
-			m->chunk_n = n = i;
+			m->carry_frozen = c->frozen;
+			c->n = n = i;
 			break;
 		}
 		r = bouncer_pack_add_lists(&m->pk, lists, nlists);
 		free(lists);
 		if (r < 0) {
 			snprintf(why, sizeof(why), "out of memory");
-			m->chunk_n = n = i + 1;
+			c->n = n = i + 1;
 			goto out;
 		}
 		sitems[i] = (struct handoff_item){ bufs[i], len, fds, nfds };
-		m->chunk_fds += (uint32_t)nfds;
+		c->fds += (uint32_t)nfds;
 		if (bouncer_item_is_session(it))
-			m->chunk_sessions++;
+			c->sessions++;
 		bytes += len;
 		if (bytes >= m->chunk_bytes && i + 1 < n) {
 			n = i + 1;
-			m->chunk_n = n;
+			c->n = n;
 		}
 	}
 	/* Schema 2: the chunk's member lists, once each, ahead of the
@@ -461,14 +553,20 @@ static void transfer_send_next(struct transfer *m)
 	free(sitems);
 	m->res.chunks++;
 	transfer_inject_item_fault(m, hitems, nl ? lbufs[0] : bufs[0]);
-	m->next += n;
-	clock_gettime(CLOCK_MONOTONIC, &m->chunk_sent);
-	m->chunk_prepared = m->chunk_sent;
+	clock_gettime(CLOCK_MONOTONIC, &c->sent);
+	c->prepared = c->sent;
+	if (m->noc == 1)
+		transfer_note_ack(m, &m->oc[0]);
 	r = handoff_source_send_chunk(m->src, hitems, nl + n);
+	if (m->noc == 1)
+		transfer_note_ack(m, &m->oc[0]);
 	if (r < 0)
 		snprintf(why, sizeof(why), "sending chunk failed: %s",
 			 strerror(-r));
 out:
+	/* The chunk's items count as frozen from here on (thawed on failure
+	 * by transfer_thaw_rest(), which goes up to m->next). */
+	m->next = c->first + c->n;
 	for (size_t i = 0; bufs != NULL && i < n; i++)
 		free(bufs[i]);
 	for (size_t i = 0; i < nl; i++)
@@ -478,9 +576,19 @@ out:
 	free(bufs);
 	free(hitems);
 	if (r < 0) {
-		transfer_thaw_rest(m, m->chunk_first);
-		transfer_finish(m, false, why);
+		/* No chunk follows. One still out (the chunk this one went
+		 * behind) gets its outcome first; the migration ends then. */
+		log_warn("migrate", "chunk %u not sent: %s; resuming %zu items",
+			 c->number, why, m->nitems - c->first);
+		transfer_thaw_rest(m, c->first);
+		m->failed = true;
+		snprintf(m->fail_reason, sizeof(m->fail_reason), "%s", why);
+		if (m->noc == 0)
+			transfer_finish(m, false, why);
+		return;
 	}
+	m->chunk_number++;
+	m->noc++;
 }
 
 /* Stable partition: sessions first, then pending clients. */
@@ -541,6 +649,7 @@ int transfer_out_start(struct event_base *base, struct bouncer *b, int channel,
 	}
 	handoff_source_set_peer_pidfd(m->src, peer_pidfd); /* transferred */
 	handoff_source_set_phase_hook(m->src, transfer_source_phase, m);
+	handoff_source_set_pipeline(m->src, transfer_window_open, m);
 	if (budget > 0 && bouncer_handshakes(b) > 0) {
 		m->hs_wait = event_new(base, -1, EV_PERSIST, transfer_hs_wait_cb, m);
 		if (m->hs_wait != NULL) {
@@ -706,6 +815,15 @@ static void transfer_target_phase(void *arg, enum handoff_phase phase,
 	    (phase == HANDOFF_PHASE_PREPARED_SENT &&
 	     transfer_fault_is(m, "after-prepared", chunk)))
 		raise(SIGKILL);
+	if (phase == HANDOFF_PHASE_COMMIT_RECEIVED &&
+	    transfer_fault_is(m, "after-commit", chunk)) {
+		/* Dies with COMMIT read and COMMITTED not sent, once the
+		 * source had time to send the next chunk behind COMMIT. */
+		struct timespec ts = { 0, 200 * 1000000L };
+
+		nanosleep(&ts, NULL);
+		raise(SIGKILL);
+	}
 	if (phase == HANDOFF_PHASE_BEGIN_RECEIVED &&
 	    transfer_fault_is(m, "hang-after-begin", chunk)) {
 		/* A target that stops reading: the source must time out. */

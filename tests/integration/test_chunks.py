@@ -7,7 +7,10 @@ with 12 sessions in chunks of 4 (chunks 0, 1, 2) and traffic flowing.
 
 import batonlib as bl
 from batonlib import check
-from test_faults import fault_case, start, upgrade, one_worker
+import re
+
+from test_faults import (fault_case, start, upgrade, one_worker, stable_fd_count,
+                         assert_old_still_serving, then_normal_upgrade)
 
 CHUNKED = {"chunk_sessions": 4}
 
@@ -63,3 +66,30 @@ def test_slow_target_times_out(ctx):
     not commit anything; everything else as for any aborted migration."""
     fault_case(ctx, "target:slow-prepare", pattern=r"timed out|abort",
                handoff_timeout=2)
+
+
+def test_chunk_in_flight_when_previous_fails_is_thawed(ctx):
+    """Pipelined chunks (handoff/protocol.h): the source sends chunk 1 right
+    behind COMMIT of chunk 0. The target reads COMMIT 0 and dies before
+    COMMITTED 0 (target:after-commit@0, 200 ms after reading it, so chunk 1
+    is on the channel by then). Chunk 0 was never acknowledged and chunk 1
+    never got a COMMIT: the old worker thaws both and serves all 12
+    sessions, same fd count, no connection closed, every line exactly once
+    (nothing lost, nothing twice); a normal upgrade afterwards commits."""
+    scen = start(ctx, sessiond_opts=CHUNKED)
+    b = scen.baton
+    old_pid = b.worker_pid()
+    fd_before = stable_fd_count(scen, old_pid)
+    b.set_fault("target:after-commit@0")
+    try:
+        rc, res = upgrade(scen, ctx.builds["b"])
+    finally:
+        b.clear_fault()
+    assert_old_still_serving(scen, rc, res, old_pid, fd_before, "target:after-commit@0")
+    log = b.log_text()
+    check(re.search(r"baton-sessiond\[%d\].*chunk 1 \(sent behind the chunk before it\) "
+                    r"aborted with it" % old_pid, log),
+          "the old worker did not report chunk 1 in flight and aborted with chunk 0")
+    scen.loop.run_for(1.5)           # traffic after the abort, old worker
+    then_normal_upgrade(scen)
+    scen.verify(drain_timeout=30)

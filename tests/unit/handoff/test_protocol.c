@@ -1290,6 +1290,276 @@ static void test_new_rejects_bad_arguments(void **state)
 	assert_int_equal(count_fds(), base);
 }
 
+/* ---- pipelining (handoff_source_set_pipeline) ---- */
+
+/* One ordered log of both sides' phases and the source's outcomes. */
+static char plog[48][24];
+static int nplog;
+
+static void plog_add(const char *who, const char *what, uint32_t chunk)
+{
+	if (nplog < 48)
+		snprintf(plog[nplog++], sizeof(plog[0]), "%s:%s%u", who, what,
+			 chunk);
+}
+
+static int plog_at(const char *ev)
+{
+	for (int i = 0; i < nplog; i++)
+		if (strcmp(plog[i], ev) == 0)
+			return i;
+	fail_msg("event %s not logged", ev);
+	return -1;
+}
+
+static const char *phase_word(enum handoff_phase p)
+{
+	switch (p) {
+	case HANDOFF_PHASE_BEGIN_SENT: case HANDOFF_PHASE_BEGIN_RECEIVED: return "BEGIN";
+	case HANDOFF_PHASE_END_SENT: case HANDOFF_PHASE_END_RECEIVED: return "END";
+	case HANDOFF_PHASE_PREPARED_RECEIVED: case HANDOFF_PHASE_PREPARED_SENT: return "PREPARED";
+	default: return "COMMIT";
+	}
+}
+
+static void p_sphase(void *arg, enum handoff_phase p, uint32_t chunk)
+{
+	plog_add("S", phase_word(p), chunk);
+}
+
+static void p_tphase(void *arg, enum handoff_phase p, uint32_t chunk)
+{
+	plog_add("T", phase_word(p), chunk);
+	t_phase(arg, p, chunk);
+}
+
+/* Records every outcome in order; after the last chunk committed, DONE. */
+static void p_cb(struct handoff_source *src, uint32_t chunk, int result,
+		 const char *reason, void *arg)
+{
+	struct ctx *c = arg;
+
+	plog_add("S", result == 0 ? "COMMITTED" : "ABORTED", chunk);
+	assert_true(c->src_cbs < 4);
+	c->src_chunk[c->src_cbs] = chunk;
+	c->src_result[c->src_cbs] = result;
+	c->src_cbs++;
+	snprintf(c->src_reason, sizeof(c->src_reason), "%s", reason);
+	if (result == 0) {
+		for (int i = 0; i < c->nsrc_fds; i++)
+			close(c->src_fds_to_close[i]);
+		c->nsrc_fds = 0;
+	}
+	if (result == 0 && chunk == 1)
+		assert_int_equal(handoff_source_finish(src), 0);
+}
+
+/* COMMIT of `chunk` is out: send the next chunk at once. */
+static void p_ready(struct handoff_source *src, uint32_t chunk, void *arg)
+{
+	struct ctx *c = arg;
+
+	plog_add("S", "READY", chunk);
+	if (c->next_items) {
+		const struct handoff_item *items = c->next_items;
+
+		c->next_items = NULL;
+		assert_int_equal(handoff_source_send_chunk(src, items, c->next_n), 0);
+		/* A window of two: no third chunk before COMMITTED. */
+		assert_int_equal(handoff_source_send_chunk(src, items, c->next_n),
+				 -EBUSY);
+	}
+}
+
+/* The source sends chunk 1 as soon as COMMIT of chunk 0 is out, before it
+ * has read chunk 0's COMMITTED (the two chunks overlap: the target
+ * acknowledges and arms chunk 0 while chunk 1 is already on the channel),
+ * and the target still sees COMMIT{0} before BEGIN{1} (what every target
+ * release expects), commits in order, and arms each chunk after its
+ * COMMITTED. */
+static void test_pipeline_overlaps_chunks(void **state)
+{
+	int base = count_fds();
+	struct handoff_item chunk0[1], chunk1[1];
+	int fds[2][2], src_fds[2];
+	struct ctx c;
+	int sv[2];
+
+	nplog = 0;
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(pipe2(fds[i], O_CLOEXEC), 0);
+		src_fds[i] = fds[i][1];
+	}
+	chunk0[0] = (struct handoff_item){ "alice", 5, &src_fds[0], 1 };
+	chunk1[0] = (struct handoff_item){ "bob", 3, &src_fds[1], 1 };
+	ctx_init(&c);
+	assert_int_equal(frame_socketpair(sv), 0);
+	c.src = handoff_source_new(c.base, sv[0], 0, 2000, p_cb, &c);
+	assert_non_null(c.src);
+	handoff_source_set_phase_hook(c.src, p_sphase, &c);
+	handoff_source_set_pipeline(c.src, p_ready, &c);
+	c.t = handoff_target_new(c.base, sv[1], 2000, &ops, &c);
+	assert_non_null(c.t);
+	handoff_target_set_phase_hook(c.t, p_tphase, &c);
+	c.next_items = chunk1;
+	c.next_n = 1;
+	c.src_fds_to_close = src_fds;
+	c.nsrc_fds = 1;
+	assert_int_equal(handoff_source_send_chunk(c.src, chunk0, 1), 0);
+	/* Not before COMMIT of chunk 0. */
+	assert_int_equal(handoff_source_send_chunk(c.src, chunk1, 1), -EBUSY);
+	assert_true(run_until(&c, &c.done, 5000));
+	close(src_fds[1]);
+
+	for (int i = 0; i < nplog; i++)
+		print_message("  %s\n", plog[i]);
+	/* Overlap: chunk 1 went out before chunk 0's COMMITTED was read. */
+	assert_true(plog_at("S:BEGIN1") < plog_at("S:COMMITTED0"));
+	assert_true(plog_at("S:END1") < plog_at("S:COMMITTED0"));
+	/* ... but behind COMMIT{0}, and only then. */
+	assert_true(plog_at("S:COMMIT0") < plog_at("S:READY0"));
+	assert_true(plog_at("S:READY0") < plog_at("S:BEGIN1"));
+	/* The target: COMMIT{0} before BEGIN{1}, commits in order. */
+	assert_true(plog_at("T:COMMIT0") < plog_at("T:BEGIN1"));
+	assert_true(plog_at("T:COMMIT1") > plog_at("T:PREPARED1"));
+	/* Outcomes in order, each once. */
+	assert_int_equal(c.src_cbs, 2);
+	assert_int_equal(c.src_chunk[0], 0);
+	assert_int_equal(c.src_result[0], 0);
+	assert_int_equal(c.src_chunk[1], 1);
+	assert_int_equal(c.src_result[1], 0);
+	assert_int_equal(c.done_result, 0);
+	assert_int_equal(c.done_chunks, 2);
+	assert_int_equal(c.commits, 2);
+	assert_int_equal(c.aborts, 0);
+	assert_int_equal(c.nadopted, 2);
+	for (int i = 0; i < 2; i++) {
+		char buf[2];
+
+		assert_int_equal(write(c.adopted[i], "z", 1), 1);
+		assert_int_equal(read(fds[i][0], buf, 1), 1);
+		close(fds[i][0]);
+	}
+	ctx_fini(&c);
+	assert_int_equal(count_fds(), base);
+}
+
+/* Read one chunk of n items from a raw target's end; its number. */
+static uint32_t raw_read_chunk(int sock, int n_items)
+{
+	struct frame_msg m;
+	uint32_t chunk;
+	Baton__Handoff__Begin *b;
+
+	assert_int_equal(frame_recv(sock, &m, 1000), 0);
+	assert_int_equal(m.type, HANDOFF_BEGIN);
+	b = baton__handoff__begin__unpack(NULL, m.len, m.data);
+	assert_non_null(b);
+	chunk = b->chunk;
+	baton__handoff__begin__free_unpacked(b, NULL);
+	frame_msg_clear(&m);
+	read_chunk(sock, n_items - 1); /* the ITEMs and END */
+	return chunk;
+}
+
+/* Chunk 1 is out behind COMMIT{0} when chunk 0 fails. Whatever becomes of
+ * chunk 0, chunk 1 was never committed: it is reported aborted (so the
+ * caller thaws it), after chunk 0's outcome, exactly once, and the target
+ * can never commit it on its own (ABORT{1} is queued or it is dead).
+ *  - EOF_NO_ACK: the target closes before COMMITTED{0}: both resume.
+ *  - ACK_THEN_SILENT: COMMITTED{0} arrives (chunk 0 is the target's), then
+ *    nothing: chunk 1 times out waiting for PREPARED, ABORT{1} is queued.
+ *  - SILENT: no COMMITTED{0}: the target is killed, both resume, and
+ *    ABORT{1} sits on the channel. */
+static void test_pipeline_second_chunk_aborted_with_first(void **state)
+{
+	enum { EOF_NO_ACK, ACK_THEN_SILENT, SILENT };
+	int base = count_fds();
+
+	for (int mode = EOF_NO_ACK; mode <= SILENT; mode++) {
+		Baton__Handoff__Prepared p = BATON__HANDOFF__PREPARED__INIT;
+		Baton__Handoff__Committed ack = BATON__HANDOFF__COMMITTED__INIT;
+		struct handoff_item item0 = { "x", 1, NULL, 0 };
+		struct handoff_item item1 = { "y", 1, NULL, 0 };
+		struct frame_msg m;
+		struct ctx c;
+		int sv[2], status, r;
+		pid_t child;
+
+		nplog = 0;
+		ctx_init(&c);
+		child = fork_paused_child();
+		assert_int_equal(frame_socketpair(sv), 0);
+		c.src = handoff_source_new(c.base, sv[0], child, 300, p_cb, &c);
+		assert_non_null(c.src);
+		handoff_source_set_phase_hook(c.src, p_sphase, &c);
+		handoff_source_set_pipeline(c.src, p_ready, &c);
+		c.next_items = &item1;
+		c.next_n = 1;
+		assert_int_equal(handoff_source_send_chunk(c.src, &item0, 1), 0);
+		assert_int_equal(raw_read_chunk(sv[1], 1), 0);
+		p.chunk = 0;
+		raw_pb(sv[1], HANDOFF_PREPARED, &p.base, NULL, 0);
+		while ((r = frame_recv(sv[1], &m, 0)) == -EAGAIN ||
+		       r == -ETIMEDOUT)
+			event_base_loop(c.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+		assert_int_equal(r, 0);
+		assert_int_equal(m.type, HANDOFF_COMMIT);
+		frame_msg_clear(&m);
+		/* Chunk 1 followed COMMIT{0} at once. */
+		assert_int_equal(raw_read_chunk(sv[1], 1), 1);
+		assert_int_equal(c.src_cbs, 0);
+		if (mode == EOF_NO_ACK) {
+			close(sv[1]);
+			sv[1] = -1;
+		} else if (mode == ACK_THEN_SILENT) {
+			assert_false(handoff_source_committed_queued(c.src));
+			ack.chunk = 0;
+			raw_pb(sv[1], HANDOFF_COMMITTED, &ack.base, NULL, 0);
+			/* Seen on the channel before the loop reads it. */
+			assert_true(handoff_source_committed_queued(c.src));
+		}
+		while (c.src_cbs < 2)
+			event_base_loop(c.base, EVLOOP_ONCE);
+		run_for(&c, 50);
+		assert_int_equal(c.src_cbs, 2); /* each once */
+		assert_int_equal(c.src_chunk[0], 0);
+		assert_int_equal(c.src_chunk[1], 1);
+		assert_true(c.src_result[1] < 0);
+		if (mode == ACK_THEN_SILENT)
+			assert_int_equal(c.src_result[0], 0);
+		else
+			assert_true(c.src_result[0] < 0);
+		/* Nothing more goes out. */
+		assert_int_equal(handoff_source_send_chunk(c.src, &item0, 1), -EPIPE);
+		if (mode != EOF_NO_ACK) {
+			Baton__Handoff__Abort *a;
+
+			/* The target can never commit chunk 1 on EOF. */
+			assert_int_equal(frame_recv(sv[1], &m, 100), 0);
+			assert_int_equal(m.type, HANDOFF_ABORT);
+			a = baton__handoff__abort__unpack(NULL, m.len, m.data);
+			assert_non_null(a);
+			assert_int_equal(a->chunk, 1);
+			baton__handoff__abort__free_unpacked(a, NULL);
+			frame_msg_clear(&m);
+		}
+		if (mode == SILENT) {
+			/* Killed before anything was resumed. */
+			assert_int_equal(waitpid(child, &status, 0), child);
+			assert_true(WIFSIGNALED(status));
+		} else {
+			assert_int_equal(waitpid(child, &status, WNOHANG), 0);
+			kill(child, SIGKILL);
+			assert_int_equal(waitpid(child, &status, 0), child);
+		}
+		if (sv[1] >= 0)
+			close(sv[1]);
+		ctx_fini(&c);
+	}
+	assert_int_equal(count_fds(), base);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1310,6 +1580,8 @@ int main(void)
 		cmocka_unit_test(test_target_commits_when_source_dies_after_commit),
 		cmocka_unit_test(test_target_free_inside_prepare),
 		cmocka_unit_test(test_new_rejects_bad_arguments),
+		cmocka_unit_test(test_pipeline_overlaps_chunks),
+		cmocka_unit_test(test_pipeline_second_chunk_aborted_with_first),
 	};
 
 	signal(SIGPIPE, SIG_IGN);

@@ -164,6 +164,14 @@ static void test_release_any_order(void **state)
 	assert_int_equal(st.sessions, 0);
 	assert_int_equal(st.pending, 0);
 	assert_null(bouncer_find_session(f->b, "u00000", "example"));
+	/* Released sessions are gone from every lookup, but their memory
+	 * waits for the reaper: freed from the loop, a batch per turn. */
+	assert_int_equal(bouncer_released_count(f->b), NSESSIONS);
+	bouncer_released_reap(f->b);
+	assert_int_equal(bouncer_released_count(f->b), NSESSIONS); /* not at once */
+	for (int turns = 0; bouncer_released_count(f->b) > 0 && turns < 1000; turns++)
+		event_base_loop(bouncer_base(f->b), EVLOOP_ONCE | EVLOOP_NONBLOCK);
+	assert_int_equal(bouncer_released_count(f->b), 0);
 	free(items);
 	for (size_t i = 0; i < NPENDING; i++)
 		close(peers[i]);
