@@ -1078,6 +1078,15 @@ static void bouncer_gov_free(struct bouncer *b)
 	b->ngovs = 0;
 }
 
+void bouncer_quiesce(struct bouncer *b)
+{
+	if (!b)
+		return;
+	for (size_t i = 0; i < b->sessions.n; i++)
+		upstream_lookup_cancel(b->sessions.v[i], false);
+	resolver_drain(b->resolver);
+}
+
 void bouncer_free(struct bouncer *b)
 {
 	if (!b)
@@ -1357,8 +1366,14 @@ void bouncer_set_listeners(struct bouncer *b, int *fds,
 void bouncer_accept(struct bouncer *b, bool on)
 {
 	b->accepting = on;
-	if (on)
+	if (on) {
 		bouncer_governor_hold(b, false); /* this worker serves now */
+		/* Serving on after a migration that committed everything and
+		 * was then aborted (the target died before reporting): the
+		 * sessions that moved out are freed now, not at an exit that
+		 * will not come. */
+		bouncer_released_reap(b);
+	}
 	/* While paused for lack of fds the resume timer turns them on. */
 	bouncer_listen_events(b, on && !b->accept_paused);
 }
@@ -1735,8 +1750,13 @@ static void bouncer_reap_cb(evutil_socket_t fd, short what, void *arg)
 	if (b->nreleased > 0) {
 		struct timeval now = { 0, 0 };
 
-		event_add(b->reap_ev, &now);
-		return;
+		if (b->reap_ev == NULL || event_add(b->reap_ev, &now) < 0) {
+			/* No event (out of memory): the rest now, in one go. */
+			while (b->nreleased > 0)
+				session_free(b->released[--b->nreleased]);
+		} else {
+			return;
+		}
 	}
 	free(b->released);
 	b->released = NULL;

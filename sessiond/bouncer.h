@@ -34,7 +34,13 @@ struct bouncer_stats {
 /* cfg must outlive the bouncer. */
 struct bouncer *bouncer_new(struct event_base *base,
 			    const struct baton_config *cfg);
-/* Closes every connection (sends nothing: used at exit). Accepts NULL. */
+/* The event loop is over and the worker will exit: while everything is
+ * still whole, cancel every host-name lookup and let evdns hand them back
+ * (resolver_drain(): non-blocking loop passes). Call before freeing
+ * anything the loop's callbacks use (the control channel, then b). */
+void bouncer_quiesce(struct bouncer *b);
+/* Closes every connection (sends nothing: used at exit). Accepts NULL.
+ * Runs no event callback. */
 void bouncer_free(struct bouncer *b);
 
 /* Create every session of the config that does not exist yet and start its

@@ -201,6 +201,7 @@ int main(int argc, char **argv)
 		 cfg->nsessions);
 	event_base_dispatch(base);
 	rc = 0;
+	bouncer_quiesce(b); /* the last loop passes, with everything whole */
 out:
 	control_channel_free(w);
 	bouncer_free(b);

@@ -207,7 +207,7 @@ size_t resolver_pending(const struct resolver *r)
 	return r != NULL ? r->pending : 0;
 }
 
-void resolver_free(struct resolver *r)
+void resolver_drain(struct resolver *r)
 {
 	struct resolver_lookup *l, *next;
 	bool waiting = false;
@@ -224,8 +224,8 @@ void resolver_free(struct resolver *r)
 		}
 	}
 	/* evdns hands every cancelled request back through a deferred
-	 * callback: one non-blocking pass of the loop runs them (they free
-	 * what evdns allocated for them; without it, it leaks). */
+	 * callback: non-blocking passes of the loop run them (they free
+	 * what evdns allocated for them; without them, it leaks). */
 	for (int i = 0; i < 16; i++) {
 		waiting = false;
 		for (l = r->lookups; l != NULL; l = l->next)
@@ -234,6 +234,16 @@ void resolver_free(struct resolver *r)
 			break;
 		event_base_loop(r->base, EVLOOP_NONBLOCK);
 	}
+}
+
+void resolver_free(struct resolver *r)
+{
+	if (r == NULL)
+		return;
+	/* No loop pass here: the rest of the worker may be half freed
+	 * (resolver_drain() ran before, while it was whole). A lookup still
+	 * running is cancelled by evdns_base_free(); what evdns allocated
+	 * for it goes with the process. */
 	evdns_base_free(r->dns, 0);
 	while (r->lookups != NULL)
 		lookup_unlink_free(r->lookups);

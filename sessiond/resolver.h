@@ -22,10 +22,11 @@
  * request later: the handle absorbs that answer).
  *
  * Made outside the loop (file I/O: resolv.conf, the hosts file).
- * resolver_free() cancels what is left and runs one non-blocking pass of
+ * resolver_drain() cancels every lookup and runs non-blocking passes of
  * the event loop so that evdns can hand the cancelled requests back (it
- * frees them only then): call it after every other event of the worker is
- * gone (bouncer_free() does it last).
+ * frees them only then): call it when the loop is over but everything the
+ * loop's callbacks touch is still whole (bouncer_quiesce()). resolver_free()
+ * never runs the loop (the worker may be half freed by then).
  */
 #ifndef BATON_SESSIOND_RESOLVER_H
 #define BATON_SESSIOND_RESOLVER_H
@@ -47,6 +48,7 @@ typedef void (*resolver_done_fn)(int err, struct addrinfo *res, void *arg);
 /* NULL on failure (out of memory). A missing or unreadable resolv.conf
  * leaves the hosts file and 127.0.0.1 as the name server (evdns default). */
 struct resolver *resolver_new(struct event_base *base);
+void resolver_drain(struct resolver *r); /* accepts NULL */
 void resolver_free(struct resolver *r); /* accepts NULL */
 
 /* Look up host (a name) for a TCP connection to port (numeric). NULL:

@@ -332,8 +332,18 @@ void session_close_sockets(struct session *s)
 	if (g)
 		governor_cancel(g, &s->gov_wait);
 	upstream_lookup_cancel(s, false); /* its answer never comes here */
-	if (s->up)
+	if (s->up) {
 		conn_close_fd_only(s->up->conn);
+		/* The connection lives on in the target: this worker's slot
+		 * is free now, not when the memory is reaped (a worker that
+		 * serves on after an aborted migration restarts sessions that
+		 * need slots at once). */
+		if (s->up->gov_slot >= 0 && g) {
+			governor_release(g, (size_t)s->up->gov_slot);
+			bouncer_governor_kick(s->b, g);
+		}
+		s->up->gov_slot = -1;
+	}
 	for (size_t i = 0; i < s->nclients; i++)
 		conn_close_fd_only(s->clients[i]->conn);
 }

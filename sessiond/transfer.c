@@ -81,6 +81,7 @@ struct transfer {
 	unsigned noc;
 	uint32_t chunk_number;       /* of the next chunk built */
 	bool failed;                 /* no chunk follows; finish when none is out */
+	bool send_failed;            /* ... because the next chunk could not be sent */
 	char fail_reason[160];
 	unsigned chunk_items;
 	size_t chunk_bytes;
@@ -367,9 +368,20 @@ static void transfer_chunk_done(struct handoff_source *src, uint32_t chunk,
 			m->failed = true;
 			snprintf(m->fail_reason, sizeof(m->fail_reason), "%s",
 				 reason);
+		} else if (m->send_failed) {
+			/* The chunk meant to go behind this one could not be
+			 * sent (EPIPE, timeout) while this one waited for
+			 * COMMITTED, and now this one failed too: it is still
+			 * frozen. */
+			log_warn("migrate", "chunk %u aborted after the chunk behind it could not be sent: %s; resuming %zu items",
+				 chunk, reason, m->nitems - c.first);
+			transfer_thaw_rest(m, c.first);
 		} else {
+			/* Sent behind the chunk that failed: thawed with it
+			 * (transfer_thaw_rest() skips what was thawed). */
 			log_info("migrate", "chunk %u (sent behind the chunk before it) aborted with it: %s; resumed",
 				 chunk, reason);
+			transfer_thaw_rest(m, c.first);
 		}
 		if (m->noc == 0)
 			transfer_finish(m, false, m->fail_reason);
@@ -582,6 +594,7 @@ out:
 			 c->number, why, m->nitems - c->first);
 		transfer_thaw_rest(m, c->first);
 		m->failed = true;
+		m->send_failed = true;
 		snprintf(m->fail_reason, sizeof(m->fail_reason), "%s", why);
 		if (m->noc == 0)
 			transfer_finish(m, false, why);

@@ -277,6 +277,7 @@ static void test_answers(void **state)
 	assert_true(d.queries >= 1);
 	assert_int_equal(resolver_pending(r), 0);
 
+	resolver_drain(r);
 	resolver_free(r);
 	dns_stop(&d);
 	event_base_free(base);
@@ -302,6 +303,7 @@ static void test_timeout(void **state)
 	assert_true(clock_mono_ms() - t0 >= 900);
 	assert_true(clock_mono_ms() - t0 < 6000);
 	assert_int_equal(a.calls, 1);
+	resolver_drain(r);
 	resolver_free(r);
 	dns_stop(&d);
 	event_base_free(base);
@@ -341,6 +343,7 @@ static void test_cancel(void **state)
 	/* a lookup still in flight when the resolver goes (worker exit) */
 	assert_non_null(resolver_start(r, "slow.test.baton", "6667", on_answer, &kept));
 	pump_ms(base, 20);
+	resolver_drain(r);
 	resolver_free(r);
 	assert_int_equal(kept.calls, 1);
 	dns_stop(&d);
@@ -406,6 +409,7 @@ static int teardown(void **state)
 {
 	struct env *e = *state;
 
+	bouncer_quiesce(e->b); /* as the worker's main() does */
 	bouncer_free(e->b);
 	dns_stop(&e->dns);
 	event_base_free(e->base);
@@ -554,8 +558,9 @@ static void test_session_released_during_lookup(void **state)
 	assert_true(e->dns.answered >= 1);
 }
 
-/* The worker exits with a lookup in flight: bouncer_free() frees the
- * session first (cancel), then the resolver. */
+/* The worker exits with a lookup in flight: bouncer_quiesce() cancels it
+ * and lets evdns hand it back, then bouncer_free() frees everything
+ * without running the loop. */
 static void test_bouncer_freed_during_lookup(void **state)
 {
 	struct env *e = *state;
