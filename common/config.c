@@ -68,21 +68,32 @@ void config_problems_clear(struct config_problems *p)
 	p->dropped = 0;
 }
 
+/* fmt formatted (malloc'd), or NULL: out of memory, counted as a
+ * problem that could not be recorded. */
+static char *config_vformat(struct config_parse *ps, const char *fmt,
+			    va_list ap)
+{
+	char *msg = NULL;
+
+	if (vasprintf(&msg, fmt, ap) < 0)
+		msg = NULL;
+	if (msg == NULL)
+		ps->problems->dropped++;
+	return msg;
+}
+
 /* A problem at the line inih is handling. */
 static void __attribute__((format(printf, 2, 3)))
 config_problem(struct config_parse *ps, const char *fmt, ...)
 {
-	char *msg = NULL;
+	char *msg;
 	va_list ap;
 
 	va_start(ap, fmt);
-	if (vasprintf(&msg, fmt, ap) < 0)
-		msg = NULL;
+	msg = config_vformat(ps, fmt, ap);
 	va_end(ap);
-	if (msg == NULL) {
-		ps->problems->dropped++;
+	if (msg == NULL)
 		return;
-	}
 	config_problems_add(ps->problems, "%s:%d: %s", ps->cfg->path, ps->line,
 			    msg);
 	free(msg);
@@ -96,17 +107,14 @@ static void __attribute__((format(printf, 3, 4)))
 config_key_problem(struct config_parse *ps, const char *name,
 		   const char *fmt, ...)
 {
-	char *msg = NULL;
+	char *msg;
 	va_list ap;
 
 	va_start(ap, fmt);
-	if (vasprintf(&msg, fmt, ap) < 0)
-		msg = NULL;
+	msg = config_vformat(ps, fmt, ap);
 	va_end(ap);
-	if (msg == NULL) {
-		ps->problems->dropped++;
+	if (msg == NULL)
 		return;
-	}
 	config_problem(ps, "[%s] %s: %s", ps->section, name, msg);
 	free(msg);
 }
