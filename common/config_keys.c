@@ -413,7 +413,7 @@ const struct config_key config_keys[] = {
 	{ CONFIG_CANARY, "trip_samples", CONFIG_INT,
 	  .offset = G(canary_trip_samples),
 	  .def = 3, .min = 1, .max = 1000,
-	  .doc = "failing samples in a row that trip a statistical gate" },
+	  .doc = "failing samples in a row that trip a statistical gate or `delivery`" },
 	{ CONFIG_CANARY, "watchdog_ms", CONFIG_INT,
 	  .offset = G(canary_watchdog_ms),
 	  .def = 5000, .min = 100, .max = 600000,

@@ -154,6 +154,43 @@ static void test_delivery_tolerates_edges(void **state)
 	gates_free(g);
 }
 
+/* Regression (CI, canary of the noping build): a burst of 5 lines counted
+ * in the cohort's interval and in the control's next one put the sum at
+ * +5 over a tolerance of 4.7 for one sample, and delivery tripped on a
+ * build that lost nothing. A difference over the tolerance for fewer than
+ * trip_samples samples in a row cancels and must not trip. */
+static void burst_at_edge(struct fake *t, int i)
+{
+	long extra = i % 10 == 5 ? 12 : i % 10 == 6 ? -12 : 0;
+
+	t->ch.lines = (uint64_t)((long)(10 * t->ch.sessions) + extra);
+}
+
+static void test_delivery_burst_at_edge_does_not_trip(void **state)
+{
+	struct gates *g = run(60, burst_at_edge);
+
+	assert_null(gates_tripped(g));
+	assert_int_equal(verdict(g, "delivery"), GATE_PASS);
+	gates_free(g);
+}
+
+/* ... while the same surplus that stays (12 lines duplicated once) trips
+ * after trip_samples samples. */
+static void dup_once(struct fake *t, int i)
+{
+	t->ch.lines = (uint64_t)(10 * t->ch.sessions) + (i == 5 ? 12 : 0);
+}
+
+static void test_delivery_lasting_surplus_trips(void **state)
+{
+	struct gates *g = run(60, dup_once);
+
+	assert_string_equal(gates_tripped(g), "delivery");
+	assert_non_null(strstr(gates_reason(g), "for 3 samples in a row"));
+	gates_free(g);
+}
+
 /* The cohort's worker answers each sample later than the control's (a
  * busy loop): its intervals are longer, its counts larger, nothing lost. */
 static void test_delivery_scales_by_answer_time(void **state)
@@ -318,6 +355,8 @@ int main(void)
 		cmocka_unit_test(test_delivery_catches_loss),
 		cmocka_unit_test(test_delivery_catches_duplicates),
 		cmocka_unit_test(test_delivery_tolerates_edges),
+		cmocka_unit_test(test_delivery_burst_at_edge_does_not_trip),
+		cmocka_unit_test(test_delivery_lasting_surplus_trips),
 		cmocka_unit_test(test_delivery_scales_by_answer_time),
 		cmocka_unit_test(test_latency_trips_after_samples),
 		cmocka_unit_test(test_late_lines_are_the_latency_gates),
