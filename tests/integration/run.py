@@ -20,6 +20,12 @@ Options:
     --timeout S    per-test timeout in seconds (default 900)
     -v             show the tests' progress output (otherwise shown for
                    failed tests only)
+    --jobs N       run up to N tests at once, each in its own runner
+                   process (default 1). A module that sets RUN_ALONE = True
+                   (load, timing and canary-gate tests, whose figures a
+                   neighbour's CPU use would move) runs its tests with
+                   nothing beside them. Lines are printed as tests end.
+    --only NAME    run exactly the test NAME (what --jobs gives each child)
 
 Environment: BATON_BUILD_A, BATON_BUILD_B, BATON_BUILD_INCOMPAT (build dirs),
 BATON_BUILD (A's default folder, e.g. build-asan: a sanitizer report of any
@@ -35,6 +41,7 @@ import os
 import signal
 import sys
 import time
+import re
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,12 +50,16 @@ sys.path.insert(0, HERE)
 import batonlib  # noqa: E402
 
 
+SUMMARY = re.compile(r"^\d+ passed, \d+ failed")
+
+
 class TestTimeout(Exception):
     pass
 
 
 def discover():
-    """[(name, function)] in file and definition order."""
+    """[(name, function)] in file and definition order; a function's
+    module is fn.__module__ (sys.modules does not hold them)."""
     tests = []
     for path in sorted(glob.glob(os.path.join(HERE, "test_*.py"))):
         modname = os.path.splitext(os.path.basename(path))[0]
@@ -58,7 +69,9 @@ def discover():
         funcs = [(n, f) for n, f in vars(mod).items()
                  if n.startswith("test_") and inspect.isfunction(f) and f.__module__ == modname]
         funcs.sort(key=lambda nf: nf[1].__code__.co_firstlineno)
-        tests += [("%s.%s" % (modname, n), f) for n, f in funcs]
+        for n, f in funcs:
+            f.run_alone = bool(getattr(mod, "RUN_ALONE", False))
+            tests.append(("%s.%s" % (modname, n), f))
     return tests
 
 
@@ -138,6 +151,70 @@ def run_test(name, fn, args):
     return verdict, detail, time.monotonic() - t0
 
 
+def run_parallel(tests, args, counts):
+    """Each test in a child runner (`--only NAME`), up to args.jobs at once;
+    a run_alone test waits until nothing runs and then runs by itself. A
+    child's output goes to a temp file (no pipe to fill) and is printed
+    when it ends, without the child's summary line; the child's
+    PASS/FAIL/SKIP line for its test is the verdict (none: FAIL)."""
+    import subprocess
+    import tempfile
+    base = [sys.executable, os.path.abspath(__file__), "--timeout", str(args.timeout)]
+    if args.keep:
+        base.append("--keep")
+    if args.verbose:
+        base.append("-v")
+    running = []  # [name, Popen, output file, run_alone]
+    pending = list(tests)
+
+    def finish(entry):
+        name, p, out, _ = entry
+        out.seek(0)
+        text = out.read().decode("utf-8", "replace")
+        out.close()
+        verdict = None
+        for ln in text.splitlines():
+            if SUMMARY.match(ln):
+                continue
+            word = ln.split(" ", 1)[0]
+            if word in counts and ln[len(word) + 1:].startswith(name):
+                verdict = word
+            print(ln, flush=True)
+        if verdict is None:
+            verdict = "FAIL"
+            print("FAIL %s: its runner exited %s without a verdict" % (name, p.returncode),
+                  flush=True)
+        counts[verdict] += 1
+
+    try:
+        while pending or running:
+            for entry in [e for e in running if e[1].poll() is not None]:
+                running.remove(entry)
+                finish(entry)
+            if pending:
+                name, fn = pending[0]
+                busy = (any(e[3] for e in running) or (fn.run_alone and running)
+                        or len(running) >= args.jobs)
+                if not busy:
+                    out = tempfile.TemporaryFile()
+                    p = subprocess.Popen(base + ["--only", name], stdout=out,
+                                         stderr=subprocess.STDOUT)
+                    running.append([name, p, out, fn.run_alone])
+                    pending.pop(0)
+                    continue
+            time.sleep(0.05)
+    finally:
+        # Ctrl-C/SIGTERM: each child cleans up its own processes on SIGTERM
+        for _, p, _, _ in running:
+            if p.poll() is None:
+                p.terminate()
+        for _, p, _, _ in running:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
 def main():
     ap = argparse.ArgumentParser(description="baton integration tests")
     ap.add_argument("-k", action="append", default=[], metavar="SUBSTRING")
@@ -145,9 +222,17 @@ def main():
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--timeout", type=int, default=900)
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--only", metavar="NAME")
     args = ap.parse_args()
+    if args.jobs < 1:
+        ap.error("--jobs must be at least 1")
 
     tests = discover()
+    if args.only:
+        tests = [(n, f) for n, f in tests if n == args.only]
+        if not tests:
+            ap.error("no test named %s" % args.only)
     if args.k:
         tests = [(n, f) for n, f in tests if any(k in n for k in args.k)]
     if args.list:
@@ -162,7 +247,9 @@ def main():
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        for name, fn in tests:
+        if args.jobs > 1 and len(tests) > 1:
+            run_parallel(tests, args, counts)
+        for name, fn in tests if args.jobs == 1 or len(tests) == 1 else []:
             verdict, detail, secs = run_test(name, fn, args)
             counts[verdict] += 1
             if verdict == "PASS":

@@ -40,6 +40,10 @@ import collections
 import batonlib as bl
 from batonlib import check
 
+# run.py --jobs: these tests run with no other test beside them
+# (load on both cores for minutes).
+RUN_ALONE = True
+
 NSESSIONS = 200
 NATTACHED = 150
 NNET = 24

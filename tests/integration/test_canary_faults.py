@@ -25,6 +25,10 @@ from batonlib import check
 sys.path.insert(0, os.path.join(bl.REPO_ROOT, "bench"))
 import canary_run  # noqa: E402
 
+# run.py --jobs: these tests run with no other test beside them
+# (the canary gates compare relay latency and CPU per line of two workers).
+RUN_ALONE = True
+
 # Those that need no traffic first (the trace's first seconds are quiet:
 # the statistical gates wait for min_lines), crash last (its cohort's
 # sessions die with it and restart).

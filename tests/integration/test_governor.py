@@ -29,6 +29,10 @@ import time
 import batonlib as bl
 from batonlib import check
 
+# run.py --jobs: these tests run with no other test beside them
+# (connection pacing measured in wall time).
+RUN_ALONE = True
+
 NSESSIONS = 500
 NADDRS = 170              # 127.0.0.10 .. : 3 per address = 510 slots
 # The pool is split over 17 networks (all the same ngIRCd), 10 addresses and

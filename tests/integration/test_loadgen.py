@@ -29,6 +29,10 @@ from batonlib import check
 sys.path.insert(0, os.path.join(bl.REPO_ROOT, "bench"))
 import load_run  # noqa: E402
 
+# run.py --jobs: these tests run with no other test beside them
+# (load, and latency figures).
+RUN_ALONE = True
+
 MIX_TOLERANCE_PP = 5.0
 
 
