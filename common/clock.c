@@ -48,12 +48,26 @@ static int64_t mono_wall_offset_ms; /* 0: not read yet */
 
 static int64_t clock_offset_ms(void)
 {
-	struct timespec w, m;
+	/* The wall clock read between two monotonic reads, against their
+	 * midpoint; of up to 4 tries the one with the tightest pair, so that
+	 * a preemption between the reads (milliseconds on a busy machine)
+	 * is not taken for a clock step. */
+	int64_t ns = 0, best = INT64_MAX;
 
-	clock_gettime(CLOCK_MONOTONIC, &m);
-	clock_gettime(CLOCK_REALTIME, &w);
-	int64_t ns = ((int64_t)w.tv_sec - (int64_t)m.tv_sec) * 1000000000LL +
-		     ((int64_t)w.tv_nsec - (int64_t)m.tv_nsec);
+	for (int i = 0; i < 4 && best > 20000; i++) {
+		struct timespec m1, w, m2;
+
+		clock_gettime(CLOCK_MONOTONIC, &m1);
+		clock_gettime(CLOCK_REALTIME, &w);
+		clock_gettime(CLOCK_MONOTONIC, &m2);
+		int64_t a = (int64_t)m1.tv_sec * 1000000000LL + m1.tv_nsec;
+		int64_t b = (int64_t)m2.tv_sec * 1000000000LL + m2.tv_nsec;
+
+		if (b - a < best) {
+			best = b - a;
+			ns = (int64_t)w.tv_sec * 1000000000LL + w.tv_nsec - (a + (b - a) / 2);
+		}
+	}
 	/* to the nearest ms */
 	int64_t off = ns >= 0 ? (ns + 500000) / 1000000 : -((-ns + 499999) / 1000000);
 	int64_t kept = __atomic_load_n(&mono_wall_offset_ms, __ATOMIC_RELAXED);

@@ -436,6 +436,22 @@ void config_parse_fingerprint(struct config_parse *ps, const struct config_key *
 	n->tls_fingerprint = fp;
 }
 
+void config_parse_member_lists(struct config_parse *ps, const struct config_key *k,
+			       void *network, const char *value)
+{
+	struct config_network *n = network;
+
+	if (strcmp(value, "auto") == 0)
+		n->member_lists = CONFIG_MEMBERS_AUTO;
+	else if (strcmp(value, "shared") == 0)
+		n->member_lists = CONFIG_MEMBERS_SHARED;
+	else if (strcmp(value, "private") == 0)
+		n->member_lists = CONFIG_MEMBERS_PRIVATE;
+	else
+		config_key_problem(ps, k->name, "expected auto, shared or private, got '%s'",
+				   value);
+}
+
 /* Repeated bind lines add to the pool (a line holds at most 199
  * characters). */
 void config_parse_bind(struct config_parse *ps, const struct config_key *k,

@@ -43,6 +43,13 @@ struct config_network {
 	int max_connections_per_ip;  /* concurrent connections per source address */
 	char **bind;                 /* source address pool; NULL/0: the kernel chooses */
 	size_t nbind;
+	/* Member lists shared by the sessions of this network, or one per
+	 * session (sessiond/session.h session_members_private()). */
+	enum config_member_lists {
+		CONFIG_MEMBERS_AUTO = 0, /* shared unless the network hides members */
+		CONFIG_MEMBERS_SHARED,
+		CONFIG_MEMBERS_PRIVATE,
+	} member_lists;
 	int line;
 };
 

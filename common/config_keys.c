@@ -352,6 +352,18 @@ const struct config_key config_keys[] = {
 		 " the one with the fewest connections. When every address is full, "
 		 "sessions wait and the log says \"N sessions waiting for a "
 		 "connection slot\"" },
+	{ CONFIG_NETWORK, "member_lists", CONFIG_CUSTOM,
+	  .offset = N(member_lists),
+	  .parse = config_parse_member_lists,
+	  .doc_default = "`auto`",
+	  .doc = "channel member lists: `shared` keeps one list per channel for "
+		 "all sessions of this network (memory and migration time paid "
+		 "once); `private` one per session; `auto` shares unless the network "
+		 "can show members differently to different users: its CHANMODES "
+		 "(ISUPPORT) has `D` or `d` (delayed join: InspIRCd, UnrealIRCd), or "
+		 "it is InspIRCd and has `u` (auditorium). Use `private` where "
+		 "sessions of this network see other differences (an IRC operator "
+		 "whose privileges show hidden members)" },
 
 	/* ---- [user NAME] ---- */
 	{ CONFIG_USER, "password", CONFIG_STRING,

@@ -138,6 +138,11 @@ static void member_key(char *out, size_t n, const char *nick)
 	irc_casefold(out);
 }
 
+bool shared_is_private(const struct shared_channel *sh)
+{
+	return memchr(sh->key, '/', (size_t)(sh->channel - sh->key)) != NULL;
+}
+
 struct member *shared_find(const struct shared_channel *sh, const char *nick)
 {
 	char key[NAMES_MAX_LEN + 1];

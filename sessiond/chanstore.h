@@ -32,6 +32,13 @@
  * members others already added; its own later lines add them back anyway).
  * Casemapping: irc_casefold() (sessiond/irc.h), the one the sessions use.
  *
+ * Private lists: a session whose network can show members differently to
+ * different users (delayed join, auditorium; session.h
+ * session_members_private()) keeps lists of its own, attached under the
+ * scope "user/network" instead of the network's name: the same store, the
+ * same rules, one session per list. A private list migrates inside its
+ * session's channel (state.proto Channel.members), never as a MemberList.
+ *
  * Per session, what stays per session (session.h struct channel): whether
  * the list is tracked at all (members_untracked: the session's bounds) and
  * the view's size charged to the session's member_list_bytes
@@ -83,6 +90,9 @@ size_t chanstore_count(const struct chanstore *cs);
  * more. NULL: out of memory. */
 struct shared_channel *chanstore_attach(struct chanstore *cs, const char *network,
 					const char *channel);
+/* Whether sh is a session's private list (attached under a "user/network"
+ * scope, see above). */
+bool shared_is_private(const struct shared_channel *sh);
 /* One reference more on a list held. */
 void chanstore_ref(struct shared_channel *sh);
 /* Drop one reference; the last frees the list. Accepts NULL. */

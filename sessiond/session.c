@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <event2/event.h>
 
@@ -198,8 +199,11 @@ struct member *channel_add_member(struct channel *ch, const char *nick)
 
 	if (ch->members_untracked || ch->s == NULL)
 		return NULL;
+	char scope[SESSION_SCOPE_MAX];
+
 	if (ch->sh == NULL &&
-	    !(ch->sh = chanstore_attach(bouncer_chanstore(ch->s->b), ch->s->network,
+	    !(ch->sh = chanstore_attach(bouncer_chanstore(ch->s->b),
+					session_list_scope(ch->s, scope, sizeof(scope)),
 					ch->name))) {
 		/* util.h policy: an incomplete list is never kept as if whole */
 		channel_untrack_members(ch, "out of memory");
@@ -519,6 +523,40 @@ void session_remove_client(struct session *s, struct client *cl)
 				     conn_close_reason(cl->conn) : "quit");
 	conn_discard_unacked(cl->conn);
 	client_free(cl);
+}
+
+bool session_members_private(const struct session *s)
+{
+	const struct baton_config *cfg = bouncer_config(s->b);
+	const struct config_network *net = cfg ? config_find_network(cfg, s->network) : NULL;
+	const char *chanmodes = session_isupport(s, "CHANMODES");
+
+	if (net && net->member_lists != CONFIG_MEMBERS_AUTO)
+		return net->member_lists == CONFIG_MEMBERS_PRIVATE;
+	if (chanmodes == NULL)
+		return false;
+	/* Delayed join (InspIRCd and UnrealIRCd +D; UnrealIRCd's +d marks a
+	 * channel that still hides members) hides joiners from some users
+	 * until they speak; InspIRCd's auditorium (+u) shows non-operators
+	 * only operators. Other servers use these letters for other things
+	 * or not at all: a letter too many here costs memory, one too few
+	 * would show one user the members the network hides from them. */
+	if (strpbrk(chanmodes, "Dd"))
+		return true;
+	/* myinfo is 004's "server version usermodes chanmodes ..." */
+	const char *version = s->myinfo ? strchr(s->myinfo, ' ') : NULL;
+
+	return strchr(chanmodes, 'u') && version &&
+	       strncasecmp(version + 1, "InspIRCd", 8) == 0;
+}
+
+const char *session_list_scope(const struct session *s, char *buf, size_t n)
+{
+	if (session_members_private(s))
+		snprintf(buf, n, "%s/%s", s->user, s->network);
+	else
+		snprintf(buf, n, "%s", s->network);
+	return buf;
 }
 
 const char *session_isupport(const struct session *s, const char *token)

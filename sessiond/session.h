@@ -341,6 +341,21 @@ int channel_use_list(struct channel *ch, struct shared_channel *sh);
 int channel_rename_member(struct channel *ch, struct member *m,
 			  const char *nick);
 
+/* Whether this session keeps member lists of its own instead of sharing
+ * them with the other sessions of its network (chanstore.h): the network's
+ * `member_lists` key, and for `auto` what the network says of itself
+ * (its CHANMODES and server version: a network that can hide members from
+ * some users, e.g. delayed join, would otherwise have one user's view
+ * shown to another). */
+bool session_members_private(const struct session *s);
+/* The scope of this session's member lists, the `network` argument of
+ * chanstore_attach()/chanstore_incoming(): the network's name when shared,
+ * "user/network" when private (neither name may contain '/', so a private
+ * scope never equals a network's). Written into buf[n]; returns buf. */
+const char *session_list_scope(const struct session *s, char *buf, size_t n);
+/* Big enough for any scope: two names and the '/'. */
+#define SESSION_SCOPE_MAX (2 * NAMES_MAX_LEN + 2)
+
 /* ISUPPORT value of `token` (NULL if absent, "" if present without value). */
 const char *session_isupport(const struct session *s, const char *token);
 /* One token of a 005 line: "NAME=value" or "NAME" sets, "-NAME" removes.

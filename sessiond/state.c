@@ -442,7 +442,9 @@ static Baton__State__Channel *ser_channel(struct arena *a, struct channel *ch,
 		pc->has_members_untracked = 1;
 		pc->members_untracked = 1;
 	}
-	if (nm && ctx->schema >= STATE_SCHEMA_SHARED) {
+	/* A private list (chanstore.h) is this session's alone: it travels
+	 * inside the channel, as in schema 1. */
+	if (nm && ctx->schema >= STATE_SCHEMA_SHARED && !shared_is_private(ch->sh)) {
 		struct shared_channel **grown =
 			realloc(res->lists, (res->nlists + 1) * sizeof(*grown));
 
@@ -1238,7 +1240,13 @@ static int adopt_channels(struct adopt *ad, const Baton__State__Session *ps,
 			break;
 		}
 		if (pc->n_members) {
-			sh = chanstore_incoming(cs, s->network, pc->name, &fill, &into);
+			/* This worker's scope for the session (a private
+			 * list stays the session's own; a shared one is
+			 * the first of the chunk's sessions to bring it) */
+			char scope[SESSION_SCOPE_MAX];
+
+			sh = chanstore_incoming(cs, session_list_scope(s, scope, sizeof(scope)),
+						pc->name, &fill, &into);
 			if (!sh) {
 				rc = NOMEM(ad);
 				break;

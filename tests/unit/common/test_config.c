@@ -198,6 +198,7 @@ static void test_tls_and_governor_keys(void **state)
 		"max_connections_per_ip = 5\n"
 		"bind = 127.0.0.2 127.0.0.3\n"
 		"bind = 0:0::0001\n"                /* repeated: appends; canonical ::1 */
+		"member_lists = private\n"
 		"[user alice]\n"
 		"password = $6$salt$hash\n"
 		"[user alice/secure]\n"
@@ -214,7 +215,9 @@ static void test_tls_and_governor_keys(void **state)
 	assert_int_equal(n->connect_burst, 4);
 	assert_int_equal(n->max_connections_per_ip, 3);
 	assert_int_equal(n->nbind, 0);
+	assert_int_equal(n->member_lists, CONFIG_MEMBERS_AUTO);
 	n = config_find_network(cfg, "secure");
+	assert_int_equal(n->member_lists, CONFIG_MEMBERS_PRIVATE);
 	assert_int_equal(n->tls, 1);
 	assert_string_equal(n->port, "6697"); /* TLS default port */
 	assert_string_equal(n->tls_fingerprint,
@@ -241,10 +244,11 @@ static void test_tls_and_governor_keys(void **state)
 		"[network m]\n"                           /* 9: tls_* without tls */
 		"host = h\n"
 		"tls_fingerprint = sha256:abcd00112233445566778899aabbccddeeff00112233445566778899aabbccdd\n"
+		"member_lists = sometimes\n"             /* 12 */
 		"[user a]\n"
 		"password = $6$x$y\n"
 		"[user a/n]\n"
-		"tls_cert = /nonexistent/cert.pem\n");   /* 15 */
+		"tls_cert = /nonexistent/cert.pem\n");   /* 16 */
 	char where[160];
 
 	assert_int_equal(config_load(path, &cfg, &pr), -EINVAL);
@@ -260,7 +264,9 @@ static void test_tls_and_governor_keys(void **state)
 	assert_true(has_problem(&pr, where));
 	snprintf(where, sizeof(where), "%s:9: [network m] sets tls_ca, tls_fingerprint", path);
 	assert_true(has_problem(&pr, where));
-	snprintf(where, sizeof(where), "%s:15: [user a/n] tls_cert /nonexistent/cert.pem", path);
+	snprintf(where, sizeof(where), "%s:12: [network m] member_lists: expected auto, shared or private, got 'sometimes'", path);
+	assert_true(has_problem(&pr, where));
+	snprintf(where, sizeof(where), "%s:16: [user a/n] tls_cert /nonexistent/cert.pem", path);
 	assert_true(has_problem(&pr, where));
 	config_problems_clear(&pr);
 	unlink(path);

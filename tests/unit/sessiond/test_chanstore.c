@@ -9,7 +9,9 @@
  *  - malformed references refused: a list missing from its chunk, a list
  *    twice in a chunk, a member twice in a list, lists with a session or
  *    fds; a list over the target's bounds untracks the channels using it;
- *  - a later chunk's list replaces an earlier one on commit, not on abort.
+ *  - a later chunk's list replaces an earlier one on commit, not on abort;
+ *  - networks that can hide members from some users (delayed join,
+ *    auditorium) get a list per session, also after a migration.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -223,6 +225,16 @@ struct packed {
 	size_t n;
 };
 
+/* Channels of s whose list is shared (private ones travel inside s). */
+static size_t shared_lists(struct session *s)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < s->nchannels; i++)
+		n += s->channels[i]->sh && !shared_is_private(s->channels[i]->sh);
+	return n;
+}
+
 /* Sessions [0..n) of w serialized as one chunk in `schema`: list items
  * first (schema 2), then the sessions. */
 static void pack_chunk(struct world *w, size_t n, unsigned schema, struct packed *p)
@@ -244,7 +256,7 @@ static void pack_chunk(struct world *w, size_t n, unsigned schema, struct packed
 							       &sb[i], &sl[i], &fds,
 							       &nfds, &pk, &lists,
 							       &nlists), 0);
-		assert_int_equal(nlists, schema >= 2 ? w->s[i]->nchannels : 0);
+		assert_int_equal(nlists, schema >= 2 ? shared_lists(w->s[i]) : 0);
 		assert_int_equal(bouncer_pack_add_lists(&pk, lists, nlists), 0);
 		free(lists);
 	}
@@ -579,6 +591,76 @@ static void test_later_chunk_wins_on_commit(void **state)
 	assert_int_equal(chanstore_count(bouncer_chanstore(f->b)), 0);
 }
 
+/* Regression (issue 12 review): lists were shared by every session of a
+ * network in a channel, so on a network with delayed join (+D) or an
+ * auditorium (+u) the members one user's network connection showed (an
+ * operator's, who sees everyone) were listed to every other user, who the
+ * network hides them from. Such networks get one list per session; the
+ * `member_lists` key overrides the guess either way. */
+static void test_private_lists_where_views_differ(void **state)
+{
+	struct world w;
+	struct packed p;
+	struct bouncer_item *its[NS];
+
+	world_new(&w);
+	/* u0, u1: InspIRCd with delayed join; u2: InspIRCd with auditorium
+	 * only; u3: another server whose 'u' is something else; u4: none */
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(session_isupport_apply(w.s[i], "CHANMODES=b,k,l,Dimnpstu"), 0);
+	assert_int_equal(session_isupport_apply(w.s[2], "CHANMODES=b,k,l,imnpstu"), 0);
+	w.s[2]->myinfo = strdup("irc.example InspIRCd-3 iow biklmnopstuv");
+	assert_int_equal(session_isupport_apply(w.s[3], "CHANMODES=eIbq,k,flj,CFLMPQRScgimnprstuz"), 0);
+	w.s[3]->myinfo = strdup("irc.example solanum-1.0-dev DGIMQRSZaghilopsuwz");
+	assert_true(session_members_private(w.s[0]));
+	assert_true(session_members_private(w.s[1]));
+	assert_true(session_members_private(w.s[2]));
+	assert_false(session_members_private(w.s[3]));
+	assert_false(session_members_private(w.s[4]));
+	all_join(&w, "#c");
+	/* the operator u0 sees the hidden "lurker"; u1 and u2 are not shown it */
+	assert_non_null(channel_add_member(chan(w.s[0], "#c"), "lurker"));
+	assert_non_null(channel_add_member(chan(w.s[0], "#c"), "u1"));
+	assert_non_null(channel_add_member(chan(w.s[1], "#c"), "u0"));
+	assert_null(channel_find_member(chan(w.s[1], "#c"), "lurker"));
+	assert_null(channel_find_member(chan(w.s[2], "#c"), "lurker"));
+	assert_int_equal(channel_nmembers(chan(w.s[1], "#c")), 2);
+	assert_int_equal(channel_nmembers(chan(w.s[2], "#c")), 1);
+	/* u3 and u4 share one list, as before */
+	assert_ptr_equal(chan(w.s[3], "#c")->sh, chan(w.s[4], "#c")->sh);
+	assert_false(shared_is_private(chan(w.s[3], "#c")->sh));
+	assert_true(shared_is_private(chan(w.s[0], "#c")->sh));
+	assert_int_equal(chanstore_count(bouncer_chanstore(w.b)), 4);
+
+	/* a migration keeps each view: private lists inside their sessions */
+	pack_chunk(&w, NS, 2, &p);
+	assert_int_equal(p.n, NS + 1); /* one item: the shared list of u3, u4 */
+	struct event_base *base = event_base_new();
+	struct bouncer *t = bouncer_new(base, NULL);
+	size_t n = adopt_all(t, &p, its);
+
+	assert_int_equal(n, NS);
+	bouncer_chunk_end(t, true);
+	assert_int_equal(chanstore_count(bouncer_chanstore(t)), 4);
+	struct channel *c0 = session_find_channel(its[0]->session, "#c");
+	struct channel *c1 = session_find_channel(its[1]->session, "#c");
+
+	assert_ptr_not_equal(c0->sh, c1->sh);
+	assert_true(shared_is_private(c0->sh));
+	assert_non_null(channel_find_member(c0, "lurker"));
+	assert_null(channel_find_member(c1, "lurker"));
+	assert_int_equal(channel_nmembers(c1), 2);
+	assert_ptr_equal(session_find_channel(its[3]->session, "#c")->sh,
+			 session_find_channel(its[4]->session, "#c")->sh);
+	for (size_t i = 0; i < n; i++)
+		bouncer_item_discard(its[i]);
+	assert_int_equal(chanstore_count(bouncer_chanstore(t)), 0);
+	bouncer_free(t);
+	event_base_free(base);
+	packed_free(&p);
+	world_free(&w);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -586,6 +668,7 @@ int main(void)
 		cmocka_unit_test(test_join_keeps_shared_list),
 		cmocka_unit_test(test_bounds_at_and_past),
 		cmocka_unit_test(test_roundtrip_both_schemas),
+		cmocka_unit_test(test_private_lists_where_views_differ),
 		cmocka_unit_test_setup_teardown(test_malformed_refused, fixture_setup,
 						fixture_teardown),
 		cmocka_unit_test_setup_teardown(test_oversize_list_untracks, fixture_setup,
