@@ -1,7 +1,8 @@
 /* common/control.h: the supervisor <-> worker control channel (fd 3 of a
  * worker, SOCK_SEQPACKET). Each frame (common/frame.h) carries one message
  * of proto/control.proto; the frame type below names it. fds ride with
- * LISTENERS (the listening sockets) and MIGRATE (see CONTROL_MIGRATE).
+ * LISTENERS (the listening sockets), MIGRATE (see CONTROL_MIGRATE) and
+ * ADOPT (a new control channel for an orphaned worker).
  */
 #ifndef BATON_COMMON_CONTROL_H
 #define BATON_COMMON_CONTROL_H
@@ -31,6 +32,9 @@ enum control_type {
 	CONTROL_PEER = 10,            /* supervisor -> worker, 0 or 1 fd */
 	CONTROL_HEALTH_REQUEST = 11,  /* supervisor -> worker */
 	CONTROL_HEALTH = 12,          /* worker -> supervisor */
+	/* supervisor -> worker on its rendezvous socket (sessiond/rendezvous.h),
+	 * 1 fd: the new control channel */
+	CONTROL_ADOPT = 13,
 };
 
 /* The relay latency histogram of HEALTH (Health.relay_latency_buckets):

@@ -83,6 +83,9 @@ struct bouncer {
 	int *listen_fds;
 	struct event **listen_evs;
 	bool *listen_tls; /* ircs listener: clients start with a handshake */
+	/* their names ("irc ADDR:PORT"; "" when the supervisor gave none),
+	 * handed back to a supervisor that adopts an orphan (rendezvous.h) */
+	char **listen_names;
 	size_t tls_handshakes; /* ircs handshakes in progress */
 	size_t nlisten;
 	/* Per client address: "addr" -> struct addr_use, for the [listen]
@@ -1060,10 +1063,22 @@ static void bouncer_close_listeners(struct bouncer *b)
 	free(b->listen_evs);
 	free(b->listen_fds);
 	free(b->listen_tls);
+	for (size_t i = 0; b->listen_names && i < b->nlisten; i++)
+		free(b->listen_names[i]);
+	free(b->listen_names);
 	b->listen_evs = NULL;
 	b->listen_fds = NULL;
 	b->listen_tls = NULL;
+	b->listen_names = NULL;
 	b->nlisten = 0;
+}
+
+size_t bouncer_listeners(const struct bouncer *b, const int **fds,
+			 const char *const **names)
+{
+	*fds = b->listen_fds;
+	*names = (const char *const *)b->listen_names;
+	return b->listen_names ? b->nlisten : 0;
 }
 
 static void bouncer_gov_free(struct bouncer *b)
@@ -1340,15 +1355,28 @@ void bouncer_set_listeners(struct bouncer *b, int *fds,
 	b->listen_fds = calloc(n ? n : 1, sizeof(int));
 	b->listen_evs = calloc(n ? n : 1, sizeof(struct event *));
 	b->listen_tls = calloc(n ? n : 1, sizeof(bool));
-	if (!b->listen_fds || !b->listen_evs || !b->listen_tls) {
+	b->listen_names = calloc(n ? n : 1, sizeof(char *));
+	for (size_t i = 0; b->listen_names && i < n; i++)
+		if (!(b->listen_names[i] = util_strdup(names && names[i] ? names[i] : ""))) {
+			while (i > 0)
+				free(b->listen_names[--i]);
+			free(b->listen_names);
+			b->listen_names = NULL;
+			break;
+		}
+	if (!b->listen_fds || !b->listen_evs || !b->listen_tls || !b->listen_names) {
 		for (size_t i = 0; i < n; i++)
 			close(fds[i]);
 		free(b->listen_fds);
 		free(b->listen_evs);
 		free(b->listen_tls);
+		for (size_t i = 0; b->listen_names && i < n; i++)
+			free(b->listen_names[i]);
+		free(b->listen_names);
 		b->listen_fds = NULL;
 		b->listen_evs = NULL;
 		b->listen_tls = NULL;
+		b->listen_names = NULL;
 		return;
 	}
 	for (size_t i = 0; i < n; i++) {

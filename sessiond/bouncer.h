@@ -53,6 +53,10 @@ void bouncer_start_configured(struct bouncer *b);
  * plaintext). Not accepted on until bouncer_accept(b, true). */
 void bouncer_set_listeners(struct bouncer *b, int *fds,
 			   const char *const *names, size_t n);
+/* The listeners this worker serves on and their names (borrowed: valid
+ * until the next bouncer_set_listeners()). Returns their count. */
+size_t bouncer_listeners(const struct bouncer *b, const int **fds,
+			 const char *const **names);
 void bouncer_accept(struct bouncer *b, bool on);
 
 void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out);

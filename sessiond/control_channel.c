@@ -1,7 +1,10 @@
 /* sessiond/control_channel.c: see control_channel.h. The supervisor is the only peer; a
  * malformed control message is logged and ignored (the supervisor is
- * trusted, but a bug there must not take the sessions down); EOF on the
- * control socket means the supervisor is gone: the worker exits. */
+ * trusted, but a bug there must not take the sessions down). EOF on the
+ * control socket means the supervisor is gone: the worker is orphaned and
+ * serves on, and a supervisor started later adopts it over its rendezvous
+ * socket (rendezvous.h); an orphan with no session left (the source of a
+ * migration that committed, a target that got nothing) exits. */
 #include "sessiond/control_channel.h"
 
 #include <errno.h>
@@ -22,6 +25,7 @@
 #include "sessiond/control_queue.h"
 #include "sessiond/fault.h"
 #include "sessiond/health.h"
+#include "sessiond/rendezvous.h"
 #include "sessiond/transfer.h"
 
 /* READY (before the loop) and the final flush at exit: the only sends
@@ -44,11 +48,116 @@ struct control_channel {
 	struct bouncer *b;
 	const struct baton_config *cfg;
 	bool migrating;
+	/* The supervisor is gone (fd -1, out NULL, ev NULL) until one adopts
+	 * this worker through rv. */
+	bool orphaned;
+	struct rendezvous *rv;
 };
 
-int control_channel_send_ready(int fd, char **problems, size_t nproblems)
+static void channel_readable(evutil_socket_t fd, short what, void *arg);
+
+/* Every send from the loop; an orphan's go nowhere (nobody asked). */
+static int channel_push(struct control_channel *w, enum control_type type,
+			const ProtobufCMessage *msg, enum control_queue_kind kind)
+{
+	if (w->out == NULL)
+		return -EPIPE;
+	return control_queue_push(w->out, type, msg, kind);
+}
+
+/* An orphan holding no session has nothing to keep alive. */
+static void channel_orphan_check_empty(struct control_channel *w)
+{
+	struct bouncer_stats s;
+
+	if (!w->orphaned || w->migrating)
+		return;
+	bouncer_stats(w->b, &s);
+	if (s.sessions == 0) {
+		log_info("worker", "orphaned with no session: exiting");
+		event_base_loopexit(w->base, NULL);
+	}
+}
+
+/* The supervisor is gone: serve on, wait to be adopted. */
+static void channel_orphan(struct control_channel *w, const char *why)
+{
+	log_warn("worker", "supervisor gone (%s): serving on%s%s", why,
+		 w->rv ? "; a new supervisor adopts this worker at " : ", but no "
+		 "supervisor can adopt this worker (no rendezvous socket)",
+		 w->rv ? rendezvous_path(w->rv) : "");
+	event_free(w->ev);
+	w->ev = NULL;
+	control_queue_free(w->out); /* what was queued has no reader */
+	w->out = NULL;
+	close(w->fd);
+	w->fd = -1;
+	w->orphaned = true;
+	channel_orphan_check_empty(w);
+}
+
+static bool channel_is_orphaned(void *arg)
+{
+	struct control_channel *w = arg;
+
+	return w->orphaned;
+}
+
+/* A new supervisor's control channel: READY (adopted) and the listeners
+ * we serve on go out before anything else, then the loop runs as before. */
+static void channel_adopted(void *arg, int fd)
+{
+	struct control_channel *w = arg;
+	const int *lfds;
+	const char *const *lnames;
+	size_t n = bouncer_listeners(w->b, &lfds, &lnames);
+	Baton__Control__Listeners l = BATON__CONTROL__LISTENERS__INIT;
+	int rc;
+
+	rc = control_channel_send_ready_adopted(fd, true);
+	l.names = (char **)lnames;
+	l.n_names = n;
+	if (rc == 0)
+		rc = control_send(fd, CONTROL_LISTENERS, &l.base, lfds, n,
+				  WORKER_SEND_TIMEOUT_MS);
+	if (rc == 0) {
+		evutil_make_socket_nonblocking(fd);
+		w->ev = event_new(w->base, fd, EV_READ | EV_PERSIST, channel_readable, w);
+		w->out = control_queue_new(w->base, fd);
+		if (w->ev == NULL || w->out == NULL || event_add(w->ev, NULL) < 0)
+			rc = -ENOMEM;
+	}
+	if (rc < 0) {
+		log_error("worker", "adoption failed: %s: still orphaned", strerror(-rc));
+		if (w->ev)
+			event_free(w->ev);
+		control_queue_free(w->out);
+		w->ev = NULL;
+		w->out = NULL;
+		close(fd);
+		return;
+	}
+	w->fd = fd;
+	w->orphaned = false;
+	log_info("worker", "adopted by a new supervisor (%zu listeners handed over)", n);
+}
+
+int control_channel_rendezvous(struct control_channel *w, const char *state_dir)
+{
+	int err = 0;
+
+	w->rv = rendezvous_new(w->base, state_dir, channel_is_orphaned, channel_adopted, w, &err);
+	return w->rv ? 0 : err;
+}
+
+static int channel_send_ready(int fd, char **problems, size_t nproblems, bool adopted)
 {
 	Baton__Control__Ready ready = BATON__CONTROL__READY__INIT;
+
+	if (adopted) {
+		ready.has_adopted = 1;
+		ready.adopted = 1;
+	}
 
 	ready.version = (char *)SESSIOND_VERSION;
 	ready.schema_min = BATON_SCHEMA_MIN;
@@ -62,6 +171,16 @@ int control_channel_send_ready(int fd, char **problems, size_t nproblems)
 			    WORKER_SEND_TIMEOUT_MS);
 }
 
+int control_channel_send_ready(int fd, char **problems, size_t nproblems)
+{
+	return channel_send_ready(fd, problems, nproblems, false);
+}
+
+int control_channel_send_ready_adopted(int fd, bool adopted)
+{
+	return channel_send_ready(fd, NULL, 0, adopted);
+}
+
 static void channel_progress(void *arg, uint32_t done, uint32_t total)
 {
 	struct control_channel *w = arg;
@@ -70,7 +189,7 @@ static void channel_progress(void *arg, uint32_t done, uint32_t total)
 	p.items_done = done;
 	p.items_total = total;
 	/* a sample: a newer count replaces one still waiting */
-	control_queue_push(w->out, CONTROL_PROGRESS, &p.base,
+	channel_push(w, CONTROL_PROGRESS, &p.base,
 			   CONTROL_QUEUE_SAMPLE);
 }
 
@@ -86,7 +205,7 @@ static void channel_announce_sessions(struct control_channel *w)
 	bouncer_stats(w->b, &s);
 	p.has_source_sessions = 1;
 	p.source_sessions = s.sessions;
-	if (control_queue_push(w->out, CONTROL_PROGRESS, &p.base,
+	if (channel_push(w, CONTROL_PROGRESS, &p.base,
 			       CONTROL_QUEUE_MUST) < 0)
 		log_warn("worker", "cannot announce the sessions of this migration");
 }
@@ -132,11 +251,12 @@ static void channel_finished(void *arg, const struct transfer_result *res)
 		 res->fds, res->chunks_committed, res->chunks,
 		 res->freeze_max_ms, res->total_ms,
 		 res->reason[0] ? ": " : "", res->reason);
-	rc = control_queue_push(w->out, CONTROL_MIGRATION_RESULT, &r.base,
+	rc = channel_push(w, CONTROL_MIGRATION_RESULT, &r.base,
 				CONTROL_QUEUE_MUST);
-	if (rc < 0)
+	if (rc < 0 && !w->orphaned)
 		log_error("worker", "cannot report migration result: %s",
 			  strerror(-rc));
+	channel_orphan_check_empty(w);
 }
 
 static void channel_send_status(struct control_channel *w)
@@ -157,7 +277,7 @@ static void channel_send_status(struct control_channel *w)
 	st.has_pid = 1;
 	st.pid = (uint32_t)getpid();
 	st.version = (char *)SESSIOND_VERSION;
-	control_queue_push(w->out, CONTROL_STATUS, &st.base,
+	channel_push(w, CONTROL_STATUS, &st.base,
 			   CONTROL_QUEUE_SAMPLE);
 }
 
@@ -180,7 +300,7 @@ static void channel_send_health(struct control_channel *w)
 	/* One still waiting for room answers this request too: building
 	 * another would consume an interval of differential delivery that
 	 * replacing the waiting one would then lose (control_queue.h). */
-	if (control_queue_waiting(w->out, CONTROL_HEALTH))
+	if (w->out == NULL || control_queue_waiting(w->out, CONTROL_HEALTH))
 		return;
 	t0 = channel_thread_cpu_s();
 	if (health_fill(bouncer_health(w->b), w->b, &h) < 0)
@@ -189,7 +309,7 @@ static void channel_send_health(struct control_channel *w)
 	w->health_build_s += channel_thread_cpu_s() - t0;
 	h.has_health_build_s = 1;
 	h.health_build_s = w->health_build_s;
-	rc = control_queue_push(w->out, CONTROL_HEALTH, &h.base,
+	rc = channel_push(w, CONTROL_HEALTH, &h.base,
 				CONTROL_QUEUE_SAMPLE);
 	if (rc < 0)
 		log_warn("worker", "cannot send the health sample: %s", strerror(-rc));
@@ -341,13 +461,8 @@ static void channel_readable(evutil_socket_t fd, short what, void *arg)
 		if (r == -EAGAIN)
 			return;
 		if (r < 0) {
-			if (r == -ECONNRESET)
-				log_warn("worker", "supervisor gone: exiting");
-			else
-				log_error("worker", "control channel: %s: exiting",
-					  strerror(-r));
-			event_base_loopexit(w->base, NULL);
-			event_del(w->ev);
+			channel_orphan(w, r == -ECONNRESET ? "control channel closed"
+							   : strerror(-r));
 			return;
 		}
 		channel_dispatch(w, &msg);
@@ -411,10 +526,13 @@ void control_channel_free(struct control_channel *w)
 		event_free(w->ev);
 	if (w->lag_ev != NULL)
 		event_free(w->lag_ev);
+	rendezvous_free(w->rv);
 	/* The loop is over: what is still queued (a MIGRATION_RESULT just
 	 * before EXIT) may wait for room, bounded. */
-	control_queue_flush(w->out, WORKER_SEND_TIMEOUT_MS);
+	if (w->out != NULL)
+		control_queue_flush(w->out, WORKER_SEND_TIMEOUT_MS);
 	control_queue_free(w->out);
-	close(w->fd);
+	if (w->fd >= 0)
+		close(w->fd);
 	free(w);
 }

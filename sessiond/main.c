@@ -195,6 +195,16 @@ int main(int argc, char **argv)
 	w = control_channel_new(base, CONTROL_FD, b, cfg);
 	if (w == NULL)
 		goto out;
+	{
+		char *state = config_resolve(cfg, cfg->state_dir);
+		int err = state ? control_channel_rendezvous(w, state) : -ENOMEM;
+
+		if (err < 0)
+			log_warn("sessiond", "no rendezvous socket in %s (%s): if the "
+				 "supervisor dies, no new one can adopt this worker",
+				 state ? state : "state_dir", strerror(-err));
+		free(state);
+	}
 	FAULT_READY(base);
 	log_info("sessiond", "version %s ready (%s, %zu configured sessions)",
 		 SESSIOND_VERSION, target ? "upgrade target" : "fresh start",

@@ -151,6 +151,18 @@ out:
 	return r;
 }
 
+struct listeners *listeners_adopt(int *fds, char **names, size_t n)
+{
+	struct listeners *l = calloc(1, sizeof(*l));
+
+	if (l == NULL)
+		return NULL;
+	l->fds = fds;
+	l->names = names;
+	l->n = n;
+	return l;
+}
+
 void listeners_free(struct listeners *l)
 {
 	if (l == NULL)

@@ -18,6 +18,9 @@ struct listeners;
 int listeners_bind(const struct baton_config *cfg, struct listeners **out,
 		   char *err, size_t errlen);
 void listeners_free(struct listeners *l); /* accepts NULL; closes the fds */
+/* The listeners an adopted worker served on (orphans.h): fds and names
+ * (arrays of n, malloc'ed) are taken on success. NULL: out of memory. */
+struct listeners *listeners_adopt(int *fds, char **names, size_t n);
 
 size_t listeners_count(const struct listeners *l);
 const int *listeners_fds(const struct listeners *l);          /* owned by l */

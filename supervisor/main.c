@@ -34,6 +34,7 @@
 #include "supervisor/check.h"
 #include "supervisor/control_socket.h"
 #include "supervisor/listeners.h"
+#include "supervisor/orphans.h"
 #include "supervisor/metrics.h"
 #include "supervisor/supervisor.h"
 
@@ -164,6 +165,8 @@ int main(int argc, char **argv)
 	const char *config_path = NULL;
 	char *sessiond = NULL, *control = NULL, *state = NULL, *metrics_addr = NULL;
 	char err[512] = "";
+	struct orphan orphan = { .ctl = -1, .pidfd = -1 };
+	bool adopted = false;
 	int check = 0, debug = 0, c, r, rc = 1;
 	uint64_t wd_usec = 0;
 
@@ -218,10 +221,25 @@ int main(int argc, char **argv)
 		log_error("supervisor", "cannot create the event loop");
 		goto out;
 	}
-	r = listeners_bind(cfg, &listeners, err, sizeof(err));
-	if (r < 0) {
-		log_error("supervisor", "%s", err);
-		goto out;
+	/* A worker our dead predecessor left serving is adopted with its
+	 * listeners (orphans.h); otherwise the listeners are bound anew. */
+	adopted = orphans_adopt(state, &orphan) == 1 &&
+		  (listeners = listeners_adopt(orphan.listen_fds, orphan.listen_names,
+					       orphan.nlisten)) != NULL;
+	if (adopted) {
+		orphan.listen_fds = NULL;
+		orphan.listen_names = NULL;
+		orphan.nlisten = 0;
+		if (listeners_count(listeners) != cfg->nlistens)
+			log_warn("supervisor", "the adopted worker serves %zu listener(s), the "
+				 "config lists %zu: [listen] changes apply after a restart "
+				 "without an orphan", listeners_count(listeners), cfg->nlistens);
+	} else {
+		r = listeners_bind(cfg, &listeners, err, sizeof(err));
+		if (r < 0) {
+			log_error("supervisor", "%s", err);
+			goto out;
+		}
 	}
 	if (cfg->metrics && (metrics_addr = strdup(cfg->metrics)) == NULL) {
 		log_error("supervisor", "out of memory");
@@ -273,7 +291,9 @@ int main(int argc, char **argv)
 
 	log_info("supervisor", "baton-supervisor %s (pid %d), control %s, worker %s",
 		 BATON_VERSION, (int)getpid(), control, sessiond);
-	r = supervisor_start(ctx.sup);
+	r = adopted ? supervisor_start_adopted(ctx.sup, &orphan) : -ENOENT;
+	if (r < 0)
+		r = supervisor_start(ctx.sup);
 	if (r < 0) {
 		log_error("supervisor", "cannot start %s: %s", sessiond, strerror(-r));
 		goto out;
@@ -296,6 +316,7 @@ out:
 	control_socket_free(cs);
 	supervisor_free(ctx.sup); /* SIGKILLs any worker still alive */
 	listeners_free(listeners);
+	orphan_clear(&orphan);
 	config_free(cfg);
 	if (ctx.base)
 		event_base_free(ctx.base);

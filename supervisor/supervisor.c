@@ -203,35 +203,57 @@ static void supervisor_notify_status(struct supervisor *sup)
 		   sup->migration ? ", migration running" : "");
 }
 
+/* Worker i is gone: tell its handler (worker_reaped*() emit WORKER_EXITED)
+ * and free it. st: its wait status; -1: an adopted worker's (unknown). */
+static void supervisor_worker_gone(struct supervisor *sup, size_t i, int st)
+{
+	struct worker *w = sup->workers[i];
+
+	sup->workers[i] = sup->workers[--sup->nworkers];
+	/* The handler drops its pointer in WORKER_EXITED. */
+	if (st == -1)
+		worker_reaped_adopted(w);
+	else
+		worker_reaped(w, st);
+	/* During a canary the canary is the handler: the old worker
+	 * may leave (promote) before the canary hands active back. */
+	if (sup->canary != NULL && w == sup->active) {
+		sup->active = NULL;
+		sup->active_serving = false;
+	}
+	worker_free(w);
+}
+
 void supervisor_reap(struct supervisor *sup)
 {
 	int st;
 	pid_t pid;
 
 	while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
-		struct worker *w = NULL;
 		size_t i;
 
 		for (i = 0; i < sup->nworkers; i++)
-			if (worker_pid(sup->workers[i]) == pid) {
-				w = sup->workers[i];
+			if (worker_pid(sup->workers[i]) == pid)
 				break;
-			}
-		if (w == NULL) {
+		if (i == sup->nworkers) {
 			log_debug("supervisor", "reaped unknown child %d", (int)pid);
 			continue;
 		}
-		sup->workers[i] = sup->workers[--sup->nworkers];
-		/* The handler drops its pointer in WORKER_EXITED. */
-		worker_reaped(w, st);
-		/* During a canary the canary is the handler: the old worker
-		 * may leave (promote) before the canary hands active back. */
-		if (sup->canary != NULL && w == sup->active) {
-			sup->active = NULL;
-			sup->active_serving = false;
-		}
-		worker_free(w);
+		supervisor_worker_gone(sup, i, st);
 	}
+	if (sup->stopping && sup->nworkers == 0)
+		event_base_loopexit(sup->base, NULL);
+}
+
+static void supervisor_adopted_exit(void *arg, struct worker *w)
+{
+	struct supervisor *sup = arg;
+
+	for (size_t i = 0; i < sup->nworkers; i++)
+		if (sup->workers[i] == w) {
+			supervisor_worker_gone(sup, i, -1);
+			break;
+		}
 	if (sup->stopping && sup->nworkers == 0)
 		event_base_loopexit(sup->base, NULL);
 }
@@ -657,6 +679,23 @@ struct supervisor *supervisor_new(struct event_base *base,
 	if (metrics_set_extra(supervisor_canary_metrics, sup) < 0)
 		log_warn("supervisor", "canary metrics not registered");
 	return sup;
+}
+
+int supervisor_start_adopted(struct supervisor *sup, struct orphan *o)
+{
+	struct worker *w = worker_adopt(sup->base, o, sup->cfg->handoff_timeout_s);
+
+	if (w == NULL)
+		return -ENOMEM;
+	if (supervisor_register(sup, w) < 0) {
+		worker_free(w); /* it goes on as an orphan */
+		return -ENOMEM;
+	}
+	worker_set_handler(w, supervisor_on_worker, sup);
+	worker_set_adopted_exit(w, supervisor_adopted_exit, sup);
+	sup->active = w;
+	supervisor_serve(sup, w);
+	return 0;
 }
 
 int supervisor_start(struct supervisor *sup)

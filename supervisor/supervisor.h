@@ -37,6 +37,11 @@ void supervisor_free(struct supervisor *sup); /* accepts NULL; kills workers */
  * becomes READY and serving, the loop is stopped and supervisor_exit_code()
  * returns 1 (a daemon may only fail at startup). */
 int supervisor_start(struct supervisor *sup);
+/* Instead of supervisor_start(): serve with the worker a dead supervisor
+ * left (orphans.h; its control channel, pidfd, binary and READY are taken
+ * from o). 0 or -ENOMEM (then start normally: the orphan serves on). */
+struct orphan;
+int supervisor_start_adopted(struct supervisor *sup, struct orphan *o);
 int supervisor_exit_code(const struct supervisor *sup);
 
 /* SIGCHLD: reap every exited child and tell its worker. */

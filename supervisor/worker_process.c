@@ -17,6 +17,7 @@
 #include "common/control.h"
 #include "common/log.h"
 #include "common/frame.h"
+#include "supervisor/orphans.h"
 
 #define WORKER_SEND_TIMEOUT_MS 1000
 #define WORKER_RECV_TIMEOUT_MS 1000
@@ -75,6 +76,13 @@ struct worker {
 	unsigned write_schema;
 
 	struct waiters ask[ASK_N];
+
+	/* Adopted from a dead supervisor (orphans.h): not our child, its exit
+	 * is seen on its pidfd (ev_pidfd), its wait status is not ours. */
+	bool adopted;
+	struct event *ev_pidfd;
+	void (*adopted_exit)(void *arg, struct worker *w);
+	void *adopted_exit_arg;
 
 	bool exit_sent; /* EXIT sent: losing the control socket is expected */
 	bool exited;
@@ -429,6 +437,55 @@ out:
 	return w;
 }
 
+static void worker_on_pidfd(evutil_socket_t fd, short what, void *arg);
+
+struct worker *worker_adopt(struct event_base *base, struct orphan *o,
+			    int kill_timeout_s)
+{
+	struct worker *w = calloc(1, sizeof(*w));
+
+	if (w == NULL)
+		return NULL;
+	w->base = base;
+	w->ctl = -1;
+	w->pidfd = -1;
+	w->kill_timeout_s = kill_timeout_s;
+	w->adopted = true;
+	baton__control__status__init(&w->status);
+	snprintf(w->role, sizeof(w->role), "active");
+	w->ev_kill = evtimer_new(base, worker_on_kill_timer, w);
+	w->ev_ctl = event_new(base, o->ctl, EV_READ | EV_PERSIST, worker_on_ctl, w);
+	/* Not our child: no SIGCHLD, so its pidfd says when it is gone. */
+	w->ev_pidfd = o->pidfd >= 0 ? event_new(base, o->pidfd, EV_READ, worker_on_pidfd, w)
+				    : NULL;
+	if (w->ev_kill == NULL || w->ev_ctl == NULL ||
+	    (o->pidfd >= 0 && w->ev_pidfd == NULL) || event_add(w->ev_ctl, NULL) < 0 ||
+	    (w->ev_pidfd && event_add(w->ev_pidfd, NULL) < 0)) {
+		if (w->ev_pidfd)
+			event_free(w->ev_pidfd);
+		w->ev_pidfd = NULL;
+		worker_free(w);
+		return NULL;
+	}
+	/* taken from o */
+	w->pid = o->pid;
+	w->ctl = o->ctl;
+	w->pidfd = o->pidfd;
+	w->binary = o->binary;
+	w->ready = o->ready;
+	o->ctl = o->pidfd = -1;
+	o->binary = NULL;
+	o->ready = NULL;
+	fcntl(w->ctl, F_SETFL, fcntl(w->ctl, F_GETFL) | O_NONBLOCK);
+	clock_gettime(CLOCK_MONOTONIC, &w->started);
+	return w;
+}
+
+bool worker_is_adopted(const struct worker *w)
+{
+	return w->adopted;
+}
+
 void worker_free(struct worker *w)
 {
 	if (w == NULL)
@@ -443,6 +500,8 @@ void worker_free(struct worker *w)
 		close(w->ctl);
 	if (w->ev_kill)
 		event_free(w->ev_kill);
+	if (w->ev_pidfd)
+		event_free(w->ev_pidfd);
 	if (w->pidfd >= 0)
 		close(w->pidfd);
 	if (w->ready)
@@ -719,6 +778,36 @@ void worker_kill(struct worker *w)
 		kill(w->pid, SIGKILL);
 }
 
+static void worker_exited(struct worker *w);
+
+void worker_set_adopted_exit(struct worker *w, void (*cb)(void *arg, struct worker *w),
+			     void *arg)
+{
+	w->adopted_exit = cb;
+	w->adopted_exit_arg = arg;
+}
+
+static void worker_on_pidfd(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+
+	if (w->exited)
+		return;
+	w->exited = true;
+	w->wstatus = 0;
+	snprintf(w->exit_text, sizeof(w->exit_text),
+		 "exited (adopted: its exit status went to its own parent)");
+	if (w->adopted_exit)
+		w->adopted_exit(w->adopted_exit_arg, w); /* frees w after worker_exited */
+	else
+		worker_exited(w);
+}
+
+void worker_reaped_adopted(struct worker *w)
+{
+	worker_exited(w);
+}
+
 void worker_reaped(struct worker *w, int wstatus)
 {
 	w->exited = true;
@@ -734,6 +823,11 @@ void worker_reaped(struct worker *w, int wstatus)
 	else
 		snprintf(w->exit_text, sizeof(w->exit_text), "wait status 0x%x",
 			 wstatus);
+	worker_exited(w);
+}
+
+static void worker_exited(struct worker *w)
+{
 	evtimer_del(w->ev_kill);
 	/* Held across the handlers: a worker_free() from one of them is only
 	 * marked, and the caller's worker_free() (worker_process.h: right after this

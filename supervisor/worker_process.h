@@ -6,7 +6,9 @@
  * the worker right now (the supervisor for the serving worker, a migration
  * for its source and target) sees every message; there is no broadcast.
  *
- * Lifetime: the supervisor reaps children (SIGCHLD) and calls worker_reaped();
+ * Lifetime: the supervisor reaps children (SIGCHLD) and calls worker_reaped()
+ * (an adopted worker, not our child: worker_reaped_adopted() when its pidfd
+ * says it is gone);
  * the handler then receives WORKER_EXITED and must drop its pointer, because
  * the supervisor frees the worker right after that callback returns.
  * worker_free() during a callback of the same worker is deferred safely.
@@ -156,5 +158,19 @@ void worker_kill(struct worker *w);
 /* Called by the supervisor's SIGCHLD reaper with the wait status. Invokes
  * the handler with WORKER_EXITED. */
 void worker_reaped(struct worker *w, int wstatus);
+
+/* A worker adopted from a dead supervisor (orphans.h): takes o's control
+ * channel, pidfd, binary and READY (o keeps its listeners). Not our child:
+ * its exit is seen on its pidfd, and then `adopted_exit` (set with
+ * worker_set_adopted_exit()) is called, which must do what the SIGCHLD
+ * path does with worker_reaped(): call worker_reaped_adopted() and free
+ * it. NULL: out of memory (o unchanged). */
+struct orphan;
+struct worker *worker_adopt(struct event_base *base, struct orphan *o,
+			    int kill_timeout_s);
+bool worker_is_adopted(const struct worker *w);
+void worker_set_adopted_exit(struct worker *w, void (*cb)(void *arg, struct worker *w),
+			     void *arg);
+void worker_reaped_adopted(struct worker *w);
 
 #endif

@@ -1,0 +1,180 @@
+/* supervisor/orphans.c: see orphans.h. */
+#include "supervisor/orphans.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "common/control.h"
+#include "common/frame.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+void orphan_clear(struct orphan *o)
+{
+	if (o->ctl >= 0)
+		close(o->ctl);
+	if (o->pidfd >= 0)
+		close(o->pidfd);
+	free(o->binary);
+	if (o->ready)
+		baton__control__ready__free_unpacked(o->ready, NULL);
+	for (size_t i = 0; i < o->nlisten; i++) {
+		if (o->listen_fds && o->listen_fds[i] >= 0)
+			close(o->listen_fds[i]);
+		if (o->listen_names)
+			free(o->listen_names[i]);
+	}
+	free(o->listen_fds);
+	free(o->listen_names);
+	memset(o, 0, sizeof(*o));
+	o->ctl = o->pidfd = -1;
+}
+
+/* READY (adopted), then LISTENERS with the fds. */
+static int orphan_handshake(struct orphan *o)
+{
+	struct frame_msg m = { 0 };
+	int rc = frame_recv(o->ctl, &m, ORPHANS_TIMEOUT_MS);
+
+	if (rc < 0)
+		return rc;
+	if (m.type != CONTROL_READY ||
+	    !(o->ready = baton__control__ready__unpack(NULL, m.len, m.data)) ||
+	    !o->ready->has_adopted || !o->ready->adopted) {
+		frame_msg_clear(&m);
+		return -EPROTO;
+	}
+	frame_msg_clear(&m);
+	if ((rc = frame_recv(o->ctl, &m, ORPHANS_TIMEOUT_MS)) < 0)
+		return rc;
+	Baton__Control__Listeners *l = m.type == CONTROL_LISTENERS
+		? baton__control__listeners__unpack(NULL, m.len, m.data) : NULL;
+
+	if (l == NULL || l->n_names != m.nfds) {
+		if (l)
+			baton__control__listeners__free_unpacked(l, NULL);
+		frame_msg_clear(&m);
+		return -EPROTO;
+	}
+	o->listen_fds = calloc(m.nfds ? m.nfds : 1, sizeof(int));
+	o->listen_names = calloc(m.nfds ? m.nfds : 1, sizeof(char *));
+	rc = o->listen_fds && o->listen_names ? 0 : -ENOMEM;
+	for (size_t i = 0; rc == 0 && i < m.nfds; i++) {
+		o->listen_fds[i] = frame_msg_take_fd(&m, i);
+		o->listen_names[i] = util_strdup(l->names[i]);
+		o->nlisten++;
+		if (!o->listen_names[i])
+			rc = -ENOMEM;
+	}
+	baton__control__listeners__free_unpacked(l, NULL);
+	frame_msg_clear(&m);
+	return rc;
+}
+
+/* 1: adopted; 0: not an orphan (stale, or it has a supervisor). */
+static int orphan_try(const char *path, struct orphan *o)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct ucred cred;
+	socklen_t clen = sizeof(cred);
+	int c, sv[2] = { -1, -1 }, rc;
+	char exe[64];
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return 0;
+	strcpy(sa.sun_path, path);
+	c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (c < 0)
+		return 0;
+	if (connect(c, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		if (errno == ECONNREFUSED) {
+			log_info("supervisor", "%s: no worker listens (it died): removed", path);
+			unlink(path);
+		}
+		close(c);
+		return 0;
+	}
+	if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0 ||
+	    frame_socketpair(sv) < 0) {
+		close(c);
+		return 0;
+	}
+	rc = frame_send(c, CONTROL_ADOPT, "", 0, &sv[1], 1, ORPHANS_TIMEOUT_MS);
+	close(sv[1]);
+	close(c);
+	o->ctl = sv[0];
+	o->pid = cred.pid;
+	if (rc == 0)
+		rc = orphan_handshake(o);
+	if (rc < 0) {
+		/* -ECONNRESET: it closed our channel unread: it has a live
+		 * supervisor (or is not a baton worker). */
+		if (rc != -ECONNRESET)
+			log_warn("supervisor", "%s (pid %d): adoption failed: %s", path,
+				 (int)o->pid, strerror(-rc));
+		orphan_clear(o);
+		return 0;
+	}
+	o->pidfd = (int)syscall(SYS_pidfd_open, o->pid, 0);
+	snprintf(exe, sizeof(exe), "/proc/%d/exe", (int)o->pid);
+	char target[PATH_MAX];
+	ssize_t n = readlink(exe, target, sizeof(target) - 1);
+
+	target[n > 0 ? n : 0] = '\0';
+	o->binary = util_strdup(n > 0 ? target : "baton-sessiond");
+	log_info("supervisor", "adopted orphaned worker pid %d (%s, %s) with %zu listener(s)",
+		 (int)o->pid, o->ready->version, o->binary ? o->binary : "?", o->nlisten);
+	return o->binary ? 1 : (orphan_clear(o), 0);
+}
+
+int orphans_adopt(const char *state_dir, struct orphan *o)
+{
+	DIR *d = opendir(state_dir);
+	struct dirent *e;
+	int found = 0;
+
+	memset(o, 0, sizeof(*o));
+	o->ctl = o->pidfd = -1;
+	if (d == NULL)
+		return 0;
+	while ((e = readdir(d)) != NULL) {
+		size_t n = strlen(e->d_name);
+		char path[PATH_MAX];
+		struct orphan other;
+
+		if (strncmp(e->d_name, "worker-", 7) != 0 || n < 12 ||
+		    strcmp(e->d_name + n - 5, ".sock") != 0)
+			continue;
+		if ((size_t)snprintf(path, sizeof(path), "%s/%s", state_dir, e->d_name) >= sizeof(path))
+			continue;
+		if (!found) {
+			found = orphan_try(path, o);
+			continue;
+		}
+		/* Another orphan: adopted only to learn it exists, then let go
+		 * (its new channel closes: it is orphaned again, serving on). */
+		memset(&other, 0, sizeof(other));
+		other.ctl = other.pidfd = -1;
+		if (orphan_try(path, &other) == 1) {
+			log_error("supervisor", "another orphaned worker, pid %d, still serves: "
+				  "only pid %d is adopted; stop it (kill %d) once its users moved",
+				  (int)other.pid, (int)o->pid, (int)other.pid);
+			orphan_clear(&other);
+		}
+	}
+	closedir(d);
+	return found;
+}

@@ -1,0 +1,48 @@
+/* supervisor/orphans.h: a supervisor starting up adopts the worker its dead
+ * predecessor left serving (issue 10 §6; the worker's side is
+ * sessiond/rendezvous.h), instead of binding the listeners anew and
+ * starting a worker that would connect every session a second time.
+ *
+ * At start, before the listeners are bound, STATE_DIR/worker-*.sock are
+ * tried in turn: a file nobody listens on (a worker that died) is removed;
+ * a worker that closes the connection (it has a live supervisor) is left
+ * alone; the first orphan gets a new control channel (ADOPT), answers
+ * READY (adopted) and hands over the listeners it serves on. Only one
+ * worker is adopted: further orphans (a supervisor that died in the middle
+ * of a migration leaves two) are logged with their pids and left serving;
+ * an orphan with no session exits by itself (control_channel.h), so
+ * normally there is at most one. Runs before the event loop and waits at
+ * most ORPHANS_TIMEOUT_MS per worker.
+ *
+ * Ownership: a filled struct orphan owns its fds and strings until
+ * orphan_clear() or until they are taken (set to -1 / NULL).
+ */
+#ifndef BATON_SUPERVISOR_ORPHANS_H
+#define BATON_SUPERVISOR_ORPHANS_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "control.pb-c.h"
+
+#define ORPHANS_TIMEOUT_MS 3000
+
+struct orphan {
+	int ctl;                      /* our end of its new control channel */
+	pid_t pid;
+	int pidfd;                    /* pidfd_open(pid), -1 if unavailable */
+	char *binary;                 /* /proc/PID/exe */
+	Baton__Control__Ready *ready; /* its READY (adopted) */
+	int *listen_fds;
+	char **listen_names;          /* "irc ADDR:PORT" */
+	size_t nlisten;
+};
+
+/* 1: *o filled; 0: no orphan; never fails otherwise (problems are logged:
+ * a supervisor that cannot adopt starts as if there were none, and the
+ * listener bind then says what is in the way). */
+int orphans_adopt(const char *state_dir, struct orphan *o);
+/* Accepts one orphans_adopt() left empty, and a cleared one. */
+void orphan_clear(struct orphan *o);
+
+#endif

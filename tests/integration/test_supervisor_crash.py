@@ -1,0 +1,209 @@
+"""A supervisor crash disconnects no one (issue 10 §6; sessiond/rendezvous.h,
+supervisor/orphans.h).
+
+Regression: the worker exited 0.04 s after its supervisor died (EOF on its
+control channel), closing every client and network connection. Now it is
+orphaned and serves on; a supervisor started again adopts it (the same
+worker pid, its listeners, no second connection of any session), and an
+upgrade and a normal stop work as before. ngircd and a direct user `dave`
+check that the network saw no QUIT/JOIN of the bouncer nick and that lines
+flow both ways throughout."""
+
+import os
+import signal
+import subprocess
+
+import batonlib as bl
+from batonlib import check
+
+CHANNELS = ["#chat"]
+
+
+def setup(ctx):
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=2, channels=CHANNELS)
+    w = bl.Watcher(ctx.loop, ng, CHANNELS, watch=[s.nick for s in b.sessions])
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    w.wait_present([s.nick for s in b.sessions], timeout=30)
+    dave = bl.direct_user(ctx.loop, ng, "dave", CHANNELS)
+    return ng, w, b, dave
+
+
+def worker_pids(ctx):
+    """Live baton-sessiond processes this test started (any parent)."""
+    pids = []
+    for pid in ctx.procs.tagged_pids():
+        try:
+            with open("/proc/%d/comm" % pid) as f:
+                if f.read().strip() == "baton-sessiond":
+                    pids.append(pid)
+        except OSError:
+            pass
+    return pids
+
+
+def relay_both_ways(ctx, c, dave, tag):
+    """One line each way; each must arrive exactly once."""
+    dave.privmsg("#chat", "from dave %s" % tag)
+    c.privmsg("#chat", "from client %s" % tag)
+    ctx.loop.run_until(lambda: any(("from dave %s" % tag) in ln for _, ln in c.lines), 10,
+                       raise_on_timeout=False)
+    ctx.loop.run_until(lambda: any(("from client %s" % tag) in ln for _, ln in dave.lines), 10,
+                       raise_on_timeout=False)
+    ctx.loop.run_for(0.3)
+    n_c = sum(("from dave %s" % tag) in ln for _, ln in c.lines)
+    n_d = sum(("from client %s" % tag) in ln for _, ln in dave.lines)
+    check(n_c == 1 and n_d == 1, "%s: client got dave's line %d times, dave got the "
+          "client's %d times (want 1 and 1)" % (tag, n_c, n_d))
+
+
+def test_supervisor_kill9_worker_serves_on_and_is_adopted(ctx):
+    """kill -9 of the supervisor: clients stay connected and lines flow; a
+    new supervisor adopts the same worker (status: same pid), the network
+    sees no reconnect; an upgrade then commits; a stop ends the worker."""
+    bB = ctx.builds["b"].require()
+    ng, w, b, dave = setup(ctx)
+    s = b.sessions[0]
+    c = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    mark = len(w.events)  # membership events from here on are reconnects
+    pid = b.worker_pid()
+    state = os.path.join(b.dir, "state")
+    check(os.path.exists(os.path.join(state, "worker-%d.sock" % pid)),
+          "no rendezvous socket worker-%d.sock in %s: %s"
+          % (pid, state, os.listdir(state) if os.path.isdir(state) else "no state dir"))
+
+    os.kill(b.proc.pid, signal.SIGKILL)
+    b.proc.wait(5)
+    ctx.loop.run_for(1.0)
+    check(bl.pid_alive(pid), "worker %d died with its supervisor" % pid)
+    check(not c.closed, "client connection closed when the supervisor died")
+    relay_both_ways(ctx, c, dave, "orphaned")
+    # a new client can still log in: the orphan keeps accepting
+    c2 = bl.bouncer_client(ctx.loop, b, b.sessions[1], client="phone")
+    check(not c2.closed, "login to the orphaned worker failed")
+
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    check(b.worker_pid() == pid, "the new supervisor serves pid %s, not the orphan %d"
+          % (b.worker_pid(), pid))
+    log = b.log_text()
+    check("adopted orphaned worker pid %d" % pid in log,
+          "no adoption in the supervisor log:\n%s" % b.log_tail())
+    relay_both_ways(ctx, c, dave, "adopted")
+    wk = b.worker()
+    check(wk.get("sessions") == 2, "status after adoption: %r" % wk)
+
+    rc, res = b.upgrade(bB)
+    check(rc == 0 and res.get("result") == "committed",
+          "upgrade after adoption: exit %d, %r" % (rc, res))
+    bl.wait_for(lambda: not bl.pid_alive(pid), 10, what="adopted worker %d to exit" % pid)
+    relay_both_ways(ctx, c, dave, "upgraded")
+    check(not c.closed and not c2.closed, "a client was closed")
+    for nick in (x.nick for x in b.sessions):
+        ev = [e for e in w.events[mark:] if e[2] == nick.lower() and e[1] in ("QUIT", "JOIN", "PART")]
+        check(not ev, "the network saw %s reconnect: %s" % (nick, ev))
+
+    new_pid = b.worker_pid()
+    b.stop()
+    bl.wait_for(lambda: not bl.pid_alive(new_pid), 10, what="worker %d to exit on stop" % new_pid)
+
+
+def test_orphan_without_sessions_exits(ctx):
+    """An orphan holding no session has nothing to keep: it exits, and its
+    rendezvous socket file goes with it; a supervisor started later binds
+    the listeners anew and starts a fresh worker."""
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=0, channels=CHANNELS)
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    pid = b.worker_pid()
+    os.kill(b.proc.pid, signal.SIGKILL)
+    b.proc.wait(5)
+    bl.wait_for(lambda: not bl.pid_alive(pid), 10, what="the empty orphan %d to exit" % pid)
+    state = os.path.join(b.dir, "state")
+    check(not os.path.exists(os.path.join(state, "worker-%d.sock" % pid)),
+          "rendezvous socket of the exited worker left: %s" % os.listdir(state))
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    check(b.worker_pid() not in (None, pid), "no fresh worker: %s" % b.worker_pid())
+
+
+def test_rendezvous_refuses_while_supervised(ctx):
+    """A second supervisor on the same config while the first lives: the
+    worker closes the rendezvous (it is not orphaned), so nothing is
+    adopted; the second supervisor then fails to bind the listeners and
+    exits 1, and the first one's worker serves on undisturbed."""
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=1, channels=CHANNELS)
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    pid = b.worker_pid()
+    with open(os.path.join(ctx.dir, "second.log"), "wb") as logf:
+        p = ctx.procs.popen([b.build.supervisor, "-c", b.config], cwd=b.dir,
+                            stdout=logf, stderr=subprocess.STDOUT)
+    rc = p.wait(20)
+    out = open(os.path.join(ctx.dir, "second.log"), errors="replace").read()
+    check(rc == 1, "second supervisor exit %r (want 1):\n%s" % (rc, out))
+    check("adopted" not in out, "the second supervisor adopted a supervised worker:\n%s" % out)
+    check(b.worker_pid() == pid and bl.pid_alive(pid), "the first supervisor's worker changed")
+
+
+def test_adopted_worker_crash_restarts(ctx):
+    """The adopted worker is not the new supervisor's child (no SIGCHLD):
+    its death is seen on its pidfd, counted as a crash, and a fresh worker
+    serves on the same listeners."""
+    ng, w, b, dave = setup(ctx)
+    pid = b.worker_pid()
+    os.kill(b.proc.pid, signal.SIGKILL)
+    b.proc.wait(5)
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    check(b.worker_pid() == pid, "not adopted: %s" % b.worker_pid())
+    os.kill(pid, signal.SIGKILL)
+    bl.wait_for(lambda: (b.try_status() or {}).get("crashes") == 1, 15,
+                what="the adopted worker's death counted as a crash")
+    bl.pump_ready(ctx, b, timeout=30)
+    new = b.worker_pid()
+    check(new != pid, "still pid %d" % pid)
+    c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
+    relay_both_ways(ctx, c, dave, "restarted")
+
+
+def test_supervisor_kill9_mid_migration(ctx):
+    """kill -9 of the supervisor while an upgrade moves the sessions (the
+    target adopts each item slowly): the two workers finish the handoff
+    between themselves, the one left without sessions exits, and a new
+    supervisor adopts the one holding them. No client is disconnected and
+    the network sees no reconnect."""
+    bB = ctx.builds["b"].require()
+    ng, w, b, dave = setup(ctx)
+    c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    mark = len(w.events)
+    old = b.worker_pid()
+    b.set_fault("target:slow-prepare")
+    p = b.ctl_async("upgrade", bB.sessiond, "--json")
+    # the target is spawned and the handoff under way (each item 300 ms)
+    bl.wait_for(lambda: "migrate" in b.log_text().split("upgrade", 1)[-1], 10,
+                what="the migration to start")
+    ctx.loop.run_for(0.3)
+    os.kill(b.proc.pid, signal.SIGKILL)
+    b.proc.wait(5)
+    ctx.loop.wait_process(p, timeout=30)
+    b.clear_fault()
+    # one of the two holds every session; the other exits
+    bl.wait_for(lambda: len(worker_pids(ctx)) == 1, 20,
+                what="one worker left after the handoff")
+    ctx.loop.run_for(0.5)
+    check(not c.closed, "client closed while its supervisor was dead mid-migration")
+    b.start(wait=False)
+    bl.pump_ready(ctx, b, timeout=30)
+    wk = b.worker()
+    check(wk.get("sessions") == 2, "adopted worker %r" % wk)
+    relay_both_ways(ctx, c, dave, "after")
+    for nick in (x.nick for x in b.sessions):
+        ev = [e for e in w.events[mark:] if e[2] == nick.lower() and e[1] in ("QUIT", "JOIN", "PART")]
+        check(not ev, "the network saw %s reconnect: %s" % (nick, ev))
+    bl.log("old worker %d, serving after adoption: %d (%s)" % (old, wk["pid"], wk.get("version")))
