@@ -54,6 +54,10 @@ struct bouncer_gov {
 	struct governor *g;
 	struct event *ev;
 	int64_t logged_at;   /* last "waiting for a connection slot" line */
+	/* What bouncer_gov_tell() last told about (reason, queue length):
+	 * it walks the queue only when either changed. */
+	enum governor_wait told_reason;
+	size_t told_queued;
 };
 
 /* A list of objects with O(1) add and remove, in no particular order:
@@ -871,6 +875,90 @@ int bouncer_governor_request(struct bouncer *b, struct session *s)
 	return rc;
 }
 
+/* What a session waiting in governor g is told, for reason w (SLOTS or
+ * THROTTLED), into buf. Returns buf, or NULL when there is nothing to tell
+ * (not waiting, or only paced: the next token comes within seconds). The
+ * operator's options are named, because a user cannot fix it and the
+ * network will not grant more connections per address by itself. */
+static const char *bouncer_wait_text_for(struct governor *g,
+					 enum governor_wait w, int64_t now,
+					 char *buf, size_t len)
+{
+	const char *net = governor_network(g);
+	size_t naddrs = governor_naddrs(g);
+	bool kernel = naddrs == 1 && governor_addr(g, 0)[0] == '\0';
+
+	if (w == GOV_WAIT_SLOTS) {
+		snprintf(buf, len,
+			 "Waiting for a connection slot on %s: all %u are in use "
+			 "(%zu source address%s x max_connections_per_ip %d), "
+			 "%zu session%s waiting. You connect when one frees up. "
+			 "The bouncer's operator can add source addresses "
+			 "([network %s] bind) or, with an exemption from the "
+			 "network, raise max_connections_per_ip.",
+			 net, governor_capacity(g), naddrs, naddrs == 1 ? "" : "es",
+			 governor_max_per_addr(g), governor_queued(g),
+			 governor_queued(g) == 1 ? "" : "s", net);
+		return buf;
+	}
+	if (w == GOV_WAIT_THROTTLED) {
+		int64_t due = governor_next_due(g, now);
+		long long secs = due > now ? (long long)((due - now + 999) / 1000) : 0;
+
+		snprintf(buf, len,
+			 "Waiting to connect to %s: the network refused more "
+			 "connections from %s (too many connections or too "
+			 "fast); next attempt in %lld s. The bouncer's operator "
+			 "can add source addresses ([network %s] bind) or ask "
+			 "the network for an exemption (and set "
+			 "max_connections_per_ip to what it allows).",
+			 net, kernel ? "this host" : naddrs == 1 ?
+			 governor_addr(g, 0) : "every free source address",
+			 secs, net);
+		return buf;
+	}
+	return NULL;
+}
+
+const char *bouncer_wait_text(struct bouncer *b, const struct session *s,
+			      char *buf, size_t len)
+{
+	struct governor *g = bouncer_governor(b, s->network);
+
+	if (!g || !governor_waiting(&s->gov_wait))
+		return NULL;
+	return bouncer_wait_text_for(g, governor_wait_reason(g, clock_mono_ms()),
+				     clock_mono_ms(), buf, len);
+}
+
+/* Tell the attached clients of every session waiting in g why, once per
+ * reason (s->gov_told): a user who sees only "reconnecting" for hours
+ * cannot know that the bouncer, not the network, holds them back. */
+static void bouncer_gov_tell(struct bouncer_gov *bg, int64_t now)
+{
+	struct governor *g = bg->g;
+	enum governor_wait w = governor_wait_reason(g, now);
+	size_t queued = governor_queued(g);
+	char text[512];
+
+	if (w != GOV_WAIT_SLOTS && w != GOV_WAIT_THROTTLED)
+		return;
+	if (w == bg->told_reason && queued == bg->told_queued)
+		return; /* nobody new to tell */
+	bg->told_reason = w;
+	bg->told_queued = queued;
+	if (!bouncer_wait_text_for(g, w, now, text, sizeof(text)))
+		return;
+	for (size_t i = 0; i < queued; i++) {
+		struct session *s = governor_waiter_at(g, i)->arg;
+
+		if (s->gov_told == (int)w)
+			continue;
+		s->gov_told = (int)w;
+		session_notice_all(s, "%s", text);
+	}
+}
+
 /* Connect the sessions the governor lets go now, then sleep until it may
  * let the next one go (a token refills, a throttle ends) or a slot is
  * released (bouncer_governor_kick()). */
@@ -901,6 +989,7 @@ static void bouncer_gov_cb(evutil_socket_t fd, short what, void *arg)
 			continue;
 		}
 		s->reconnect_at_ms = 0;
+		s->gov_told = 0;
 		int rc = upstream_connect(s, (int)addr);
 		if (rc < 0) {
 			governor_release(g, addr);
@@ -913,11 +1002,14 @@ static void bouncer_gov_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	size_t queued = governor_queued(g);
 	int64_t due = governor_next_due(g, now);
+	bouncer_gov_tell(bg, now);
 	if (queued && now - bg->logged_at >= GOV_WAIT_LOG_MS) {
 		bg->logged_at = now;
 		if (due < 0)
-			log_info("governor", "%s: %zu sessions waiting for a connection slot (every source address at max_connections_per_ip)",
-				 governor_network(g), queued);
+			log_info("governor", "%s: %zu sessions waiting for a connection slot (every source address at max_connections_per_ip: %zu address%s x %d); add bind addresses or, with an exemption from the network, raise max_connections_per_ip",
+				 governor_network(g), queued, governor_naddrs(g),
+				 governor_naddrs(g) == 1 ? "" : "es",
+				 governor_max_per_addr(g));
 		else
 			log_info("governor", "%s: %zu sessions waiting for a connection slot (next in %lld ms)",
 				 governor_network(g), queued, (long long)(due - now));
@@ -1407,6 +1499,34 @@ void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out)
 	for (size_t i = 0; i < b->ngovs; i++)
 		out->waiting += (unsigned)governor_queued(b->govs[i].g);
 	out->tls_handshakes = (unsigned)b->tls_handshakes;
+}
+
+void bouncer_network_stats(struct bouncer *b, size_t i,
+			   struct bouncer_network_stats *out)
+{
+	struct governor *g = b->govs[i].g;
+	int64_t now = clock_mono_ms();
+	enum governor_wait w = governor_wait_reason(g, now);
+
+	memset(out, 0, sizeof(*out));
+	out->network = governor_network(g);
+	for (size_t k = 0; k < b->sessions.n; k++) {
+		const struct session *s = b->sessions.v[k];
+		if (s->item.state == ITEM_ADOPTED ||
+		    strcmp(s->network, out->network) != 0)
+			continue;
+		out->sessions++;
+		if (s->up)
+			out->connected++;
+	}
+	out->waiting = (unsigned)governor_queued(g);
+	out->capacity = governor_capacity(g);
+	out->addresses = (unsigned)governor_naddrs(g);
+	out->max_per_addr = governor_max_per_addr(g);
+	out->throttled = (unsigned)governor_throttled(g, now);
+	out->reason = governor_wait_name(w);
+	if (!bouncer_wait_text_for(g, w, now, out->advice, sizeof(out->advice)))
+		out->advice[0] = '\0';
 }
 
 /* ---- migration: source side ---- */

@@ -1,0 +1,115 @@
+"""Defaults and messages for many users (issue 11 §5).
+
+A new operator puts more users of one network into baton than its reconnect
+governor lets connect from one source address (`max_connections_per_ip`,
+default 3). Before this was fixed, the fourth user's client was told
+"net is disconnected; reconnecting" and nothing else, for ever. Now the
+waiting users are told why they wait and what the operator can do (bind
+addresses, an exemption from the network), `batonctl status --json` says
+the same per network, and when the network itself refuses (ngIRCd's
+MaxConnectionsIP lower than baton's limit) the source address backs off
+instead of hammering the network."""
+
+import re
+import time
+
+import batonlib as bl
+from batonlib import check
+
+
+def notices(c):
+    return [ln for _, ln in c.lines if " NOTICE " in ln]
+
+
+def network_status(b, name="net"):
+    w = b.worker()
+    for n in w.get("networks") or []:
+        if n.get("network") == name:
+            return n
+    raise AssertionError("no network %s in status: %s" % (name, w))
+
+
+def wait_registered(b, want, timeout=30):
+    deadline = time.monotonic() + timeout
+    st = None
+    while time.monotonic() < deadline:
+        st = b.try_status()
+        ws = (st or {}).get("workers") or []
+        if len(ws) == 1 and ws[0].get("upstreams_connected", 0) >= want:
+            return ws[0]
+        time.sleep(0.1)
+    raise AssertionError("not %d registered after %d s: %s\n%s"
+                         % (want, timeout, st, b.log_tail()))
+
+
+def test_fourth_user_told_why_it_waits(ctx):
+    """4 users of one network with baton's default governor limits (one
+    source address, max_connections_per_ip 3) and an ngIRCd without a
+    per-IP limit: 3 connect, the 4th waits. Its client is told that every
+    slot is in use and what the operator can do; status --json shows the
+    network with waiting 1, wait_reason "slots", capacity 3; the text
+    status prints the advice too."""
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=4, channels=("#many",), network_opts={})
+    b.start(wait=False)
+    wait_registered(b, 3)
+    time.sleep(1.0)  # the 4th would have connected by now if it could
+    w = b.worker()
+    check(w["upstreams_connected"] == 3 and w["upstreams_waiting"] == 1,
+          "want 3 connected, 1 waiting: %s" % w)
+    n = network_status(b)
+    check(n["sessions"] == 4 and n["connected"] == 3 and n["waiting"] == 1,
+          "network counts: %s" % n)
+    check(n["capacity"] == 3 and n["addresses"] == 1 and n["max_connections_per_ip"] == 3,
+          "network limits: %s" % n)
+    check(n["wait_reason"] == "slots", "wait_reason: %s" % n)
+    check(n["advice"] and "bind" in n["advice"] and "exemption" in n["advice"],
+          "advice: %s" % n)
+
+    waiting = [s for s in b.sessions if s.user == "u003"][0]
+    c = bl.bouncer_client(ctx.loop, b, waiting, wait=False)
+    ctx.loop.run_until(lambda: c.closed or any("Waiting for a connection slot" in ln
+                                               for ln in notices(c)),
+                       10, "the waiting user's NOTICE")
+    text = [ln for ln in notices(c) if "Waiting for a connection slot" in ln][0]
+    for word in ("all 3 are in use", "max_connections_per_ip 3", "bind", "exemption"):
+        check(word in text, "%r not in the NOTICE: %s" % (word, text))
+    check(not any("reconnecting" in ln for ln in notices(c)),
+          "still told only 'reconnecting': %s" % notices(c))
+
+    rc, _, out, err = b.ctl("status")
+    check(rc == 0 and "1 waiting (slots)" in out and "exemption" in out,
+          "text status does not explain the wait: rc=%d\n%s%s" % (rc, out, err))
+    b.stop()
+
+
+def test_network_refusal_backs_off(ctx):
+    """baton allows 5 per address, the network (ngIRCd MaxConnectionsIP 3)
+    only 3: sessions 4 and 5 are refused with "ERROR :Connection refused, too
+    many connections from your IP address". The governor blocks the address
+    (60 s, doubling): in 8 s the network sees at most 2 refused attempts, not
+    a reconnect storm, and the waiting users are told the network refused
+    and what the operator can do; status says wait_reason "throttled"."""
+    ng = ctx.ngircd(max_connections_ip=3)
+    b = bl.Baton(ctx, ng, nsessions=5, channels=("#many",),
+                 sessiond_opts={"reconnect_min": 1, "reconnect_max": 4},
+                 network_opts={"connects_per_minute": 600, "connect_burst": 10,
+                               "max_connections_per_ip": 5})
+    b.start(wait=False)
+    wait_registered(b, 3)
+    waiting = [s for s in b.sessions if s.user in ("u003", "u004")]
+    clients = [bl.bouncer_client(ctx.loop, b, s, wait=False) for s in waiting]
+    time.sleep(8)
+    log = b.log_text()
+    refused = len(re.findall(r"throttles source address", log))
+    check(1 <= refused <= 2, "want 1-2 throttle replies in 8 s, got %d:\n%s"
+          % (refused, b.log_tail(40)))
+    n = network_status(b)
+    check(n["connected"] == 3 and n["waiting"] >= 1, "network counts: %s" % n)
+    check(n["wait_reason"] == "throttled" and n["throttled_addresses"] == 1,
+          "status: %s" % n)
+    check(n["advice"] and "refused" in n["advice"] and "exemption" in n["advice"],
+          "advice: %s" % n)
+    ctx.loop.run_until(lambda: all(any("the network refused" in ln for ln in notices(c))
+                                   for c in clients), 10, "the refused users' NOTICEs")
+    b.stop()
