@@ -10,7 +10,9 @@ the same per network, and when the network itself refuses (ngIRCd's
 MaxConnectionsIP lower than baton's limit) the source address backs off
 instead of hammering the network."""
 
+import json
 import re
+import subprocess
 import time
 
 import batonlib as bl
@@ -51,6 +53,20 @@ def test_fourth_user_told_why_it_waits(ctx):
     status prints the advice too."""
     ng = ctx.ngircd()
     b = bl.Baton(ctx, ng, nsessions=4, channels=("#many",), network_opts={})
+    # --check says so before anyone waits: a warning (exit 0), and in JSON
+    out = subprocess.run([b.build.supervisor, "-c", b.config, "--check"],
+                         capture_output=True, text=True, timeout=60)
+    check(out.returncode == 0 and "4 sessions but only 3 can connect at once" in out.stdout
+          and "check: network net: 4 sessions, 3 can connect at once" in out.stdout,
+          "--check: rc=%d\n%s%s" % (out.returncode, out.stdout, out.stderr))
+    out = subprocess.run([b.build.supervisor, "-c", b.config, "--check", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    doc = json.loads(out.stdout)
+    net = doc["networks"][0]
+    check(out.returncode == 0 and doc["ok"] and net["network"] == "net"
+          and net["capacity"] == 3 and net["can_connect"] == 3 and net["waiting"] == 1
+          and any("raise max_connections_per_ip" in w for w in doc["warnings"]),
+          "--check --json: rc=%d\n%s" % (out.returncode, out.stdout))
     b.start(wait=False)
     wait_registered(b, 3)
     time.sleep(1.0)  # the 4th would have connected by now if it could
