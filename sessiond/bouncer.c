@@ -54,10 +54,10 @@ struct bouncer_gov {
 	struct governor *g;
 	struct event *ev;
 	int64_t logged_at;   /* last "waiting for a connection slot" line */
-	/* What bouncer_gov_tell() last told about (reason, queue length):
-	 * it walks the queue only when either changed. */
+	/* What bouncer_gov_tell() last told about, and whether a session
+	 * queued since: it walks the queue only when either changed. */
 	enum governor_wait told_reason;
-	size_t told_queued;
+	bool tell_due;
 };
 
 /* A list of objects with O(1) add and remove, in no particular order:
@@ -870,8 +870,12 @@ int bouncer_governor_request(struct bouncer *b, struct session *s)
 		return -ENOENT;
 	s->gov_wait.prefer = s->source_addr ? governor_find_addr(g, s->source_addr) : -1;
 	int rc = governor_request(g, &s->gov_wait, s->reconnect_at_ms);
-	if (rc == 0)
+	if (rc == 0) {
+		struct bouncer_gov *bg = bouncer_gov_of(b, g);
+		if (bg)
+			bg->tell_due = true; /* a new waiter may need telling */
 		bouncer_governor_kick(b, g);
+	}
 	return rc;
 }
 
@@ -941,12 +945,14 @@ static void bouncer_gov_tell(struct bouncer_gov *bg, int64_t now)
 	size_t queued = governor_queued(g);
 	char text[512];
 
-	if (w != GOV_WAIT_SLOTS && w != GOV_WAIT_THROTTLED)
+	if (w != GOV_WAIT_SLOTS && w != GOV_WAIT_THROTTLED) {
+		bg->told_reason = GOV_WAIT_NONE;
 		return;
-	if (w == bg->told_reason && queued == bg->told_queued)
+	}
+	if (w == bg->told_reason && !bg->tell_due)
 		return; /* nobody new to tell */
 	bg->told_reason = w;
-	bg->told_queued = queued;
+	bg->tell_due = false;
 	if (!bouncer_wait_text_for(g, w, now, text, sizeof(text)))
 		return;
 	for (size_t i = 0; i < queued; i++) {

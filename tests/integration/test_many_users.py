@@ -129,3 +129,42 @@ def test_network_refusal_backs_off(ctx):
     ctx.loop.run_until(lambda: all(any("the network refused" in ln for ln in notices(c))
                                    for c in clients), 10, "the refused users' NOTICEs")
     b.stop()
+
+
+class OperNgircd(bl.Ngircd):
+    """The fixture's ngIRCd with an IRC operator (to KILL a connection)."""
+
+    def config_text(self):
+        return super().config_text() + "[Operator]\nName = op\nPassword = oppw\n"
+
+
+def test_freed_slot_goes_to_the_waiter_and_the_next_is_told(ctx):
+    """4 users, 3 slots: the network KILLs a connected user's connection.
+    The waiting 4th session takes the freed slot and connects (its client
+    sees its channel joined), and the killed session, now the one waiting,
+    is told why — also though the queue had as many waiters before (the
+    told-state is per session, not a count)."""
+    ng = OperNgircd(ctx)
+    ng.start()
+    b = bl.Baton(ctx, ng, nsessions=4, channels=("#many",), network_opts={},
+                 sessiond_opts={"reconnect_min": 1, "reconnect_max": 2})
+    b.start(wait=False)
+    wait_registered(b, 3)
+    time.sleep(0.5)
+    first, fourth = b.sessions[0], b.sessions[3]
+    c1 = bl.bouncer_client(ctx.loop, b, first)  # connected: attaches fully
+    c4 = bl.bouncer_client(ctx.loop, b, fourth, wait=False)
+    ctx.loop.run_until(lambda: any("Waiting for a connection slot" in ln for ln in notices(c4)),
+                       10, "the 4th user's NOTICE")
+    op = bl.direct_user(ctx.loop, ng, "oper1")
+    op.send("OPER op oppw")
+    ctx.loop.run_until(lambda: any(" 381 " in ln for _, ln in op.lines), 10, "OPER")
+    op.send("KILL %s :making room" % first.nick)
+    ctx.loop.run_until(lambda: "#many" in bl.joined_channels(c4, fourth.nick), 20,
+                       "the 4th session connecting on the freed slot")
+    ctx.loop.run_until(lambda: any("Waiting for a connection slot" in ln for ln in notices(c1)),
+                       20, "the killed session's NOTICE")
+    n = network_status(b)
+    check(n["connected"] == 3 and n["waiting"] == 1 and n["wait_reason"] == "slots",
+          "after the KILL: %s" % n)
+    b.stop()
