@@ -168,3 +168,31 @@ def test_freed_slot_goes_to_the_waiter_and_the_next_is_told(ctx):
     check(n["connected"] == 3 and n["waiting"] == 1 and n["wait_reason"] == "slots",
           "after the KILL: %s" % n)
     b.stop()
+
+
+def test_waiting_session_across_upgrade(ctx):
+    """A session waiting for a slot migrates like any other: after an
+    upgrade (to build B) and a rollback it still waits, in the new worker's
+    status with its reason, and its client (attached throughout) is told
+    again at most once per migration, never disconnected."""
+    B = ctx.builds["b"].require()
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=4, channels=("#many",), network_opts={})
+    b.start(wait=False)
+    wait_registered(b, 3)
+    time.sleep(0.5)
+    c4 = bl.bouncer_client(ctx.loop, b, b.sessions[3], wait=False)
+    ctx.loop.run_until(lambda: any("Waiting for a connection slot" in ln for ln in notices(c4)),
+                       10, "the 4th user's NOTICE")
+    for build in (B, b.build):
+        rc, res = b.upgrade(build)
+        check(rc == 0 and res.get("result") == "committed", "upgrade: %s %s" % (rc, res))
+        ctx.loop.run_for(1.0)
+        n = network_status(b)
+        check(n["connected"] == 3 and n["waiting"] == 1 and n["wait_reason"] == "slots",
+              "after the upgrade to %s: %s" % (build.sessiond, n))
+    told = [ln for ln in notices(c4) if "Waiting for a connection slot" in ln]
+    check(not c4.closed, "the waiting user's client was closed: %s" % c4.close_reason)
+    bl.log("waiting user told %d times over 2 migrations" % len(told))
+    check(1 <= len(told) <= 3, "told %d times over 2 migrations: %s" % (len(told), told))
+    b.stop()
