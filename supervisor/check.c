@@ -36,16 +36,11 @@
 
 #define CHECK_SESSIOND_TIMEOUT_MS 30000
 
-/* Where warnings go: collected by check_main() (printed after the
- * problems, or put in the JSON document), printed at once when
- * check_environment() is called on its own. */
-static struct config_problems *check_warnings;
-
-static void check_bind_addresses(const struct baton_config *cfg,
-				 struct config_problems *p);
-
-static void check_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void check_warn(const char *fmt, ...)
+/* A warning goes to `warn` (check_main() prints it after the problems or
+ * puts it in the JSON document), or straight to stdout when NULL. */
+static void check_warn(struct config_problems *warn, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void check_warn(struct config_problems *warn, const char *fmt, ...)
 {
 	char msg[2048];
 	va_list ap;
@@ -53,11 +48,14 @@ static void check_warn(const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	if (check_warnings != NULL)
-		config_problems_add(check_warnings, "%s", msg);
+	if (warn != NULL)
+		config_problems_add(warn, "%s", msg);
 	else
 		printf("%s\n", msg);
 }
+
+static void check_bind_addresses(const struct baton_config *cfg,
+				 struct config_problems *p);
 
 static void check_rlimit(const struct baton_config *cfg,
 			 struct config_problems *p)
@@ -289,7 +287,7 @@ static void check_metrics(const struct baton_config *cfg,
  * (or not yet valid) one loads fine and fails every handshake. */
 static void check_cert_dates(const struct baton_config *cfg, int line,
 			     const char *what, const char *file,
-			     struct config_problems *p)
+			     struct config_problems *warn)
 {
 	FILE *f = fopen(file, "re");
 	X509 *x = NULL;
@@ -318,7 +316,7 @@ static void check_cert_dates(const struct baton_config *cfg, int line,
 		 * an expired ircs certificate must not keep the plaintext
 		 * listeners and every network connection down with it
 		 * (OpenSSL serves it; clients that verify refuse it). */
-		check_warn("%s:%d: warning: %s %s: certificate %s %s",
+		check_warn(warn, "%s:%d: warning: %s %s: certificate %s %s",
 			   cfg->path, line, what, file, why, when);
 	}
 	X509_free(x);
@@ -329,7 +327,8 @@ static void check_cert_dates(const struct baton_config *cfg, int line,
  * a CA bundle that does not parse, a certificate out of its validity are
  * caught before an upgrade needs them. Each is reported at the line of the
  * key that names the file. */
-static void check_tls(const struct baton_config *cfg, struct config_problems *p)
+static void check_tls(const struct baton_config *cfg, struct config_problems *p,
+		      struct config_problems *warn)
 {
 	char err[256];
 	SSL_CTX *ctx;
@@ -348,7 +347,7 @@ static void check_tls(const struct baton_config *cfg, struct config_problems *p)
 					    cfg->listen_tls_cert, err);
 		else
 			check_cert_dates(cfg, cfg->listen_tls_cert_line,
-					 "[listen] tls_cert", cfg->listen_tls_cert, p);
+					 "[listen] tls_cert", cfg->listen_tls_cert, warn);
 		SSL_CTX_free(ctx);
 	}
 	for (size_t i = 0; i < cfg->nnetworks; i++) {
@@ -386,7 +385,7 @@ static void check_tls(const struct baton_config *cfg, struct config_problems *p)
 			config_problems_add(p, "%s:%d: %s %s: %s", cfg->path,
 					    s->tls_cert_line, what, s->tls_cert, err);
 		else
-			check_cert_dates(cfg, s->tls_cert_line, what, s->tls_cert, p);
+			check_cert_dates(cfg, s->tls_cert_line, what, s->tls_cert, warn);
 		SSL_CTX_free(ctx);
 	}
 }
@@ -395,7 +394,7 @@ static void check_tls(const struct baton_config *cfg, struct config_problems *p)
  * config_load() only refused what does not start with '$'. A legacy
  * method is a warning: logins work. */
 static void check_passwords(const struct baton_config *cfg,
-			    struct config_problems *p)
+			    struct config_problems *p, struct config_problems *warn)
 {
 	char why[512];
 
@@ -406,7 +405,7 @@ static void check_passwords(const struct baton_config *cfg,
 		case PASSHASH_OK:
 			break;
 		case PASSHASH_LEGACY:
-			check_warn("%s:%d: warning: [user %s] password %s", cfg->path,
+			check_warn(warn, "%s:%d: warning: [user %s] password %s", cfg->path,
 				   u->password_line, u->name, why);
 			break;
 		case PASSHASH_BAD:
@@ -419,15 +418,16 @@ static void check_passwords(const struct baton_config *cfg,
 }
 
 void check_environment(const struct baton_config *cfg, const char *sessiond,
-		       struct config_problems *problems)
+		       struct config_problems *problems,
+		       struct config_problems *warnings)
 {
 	char *control = config_resolve(cfg, cfg->control);
 	char *state = config_resolve(cfg, cfg->state_dir);
 	int running = 0;
 
 	check_rlimit(cfg, problems);
-	check_passwords(cfg, problems);
-	check_tls(cfg, problems);
+	check_passwords(cfg, problems, warnings);
+	check_tls(cfg, problems, warnings);
 	check_bind_addresses(cfg, problems);
 	if (control) {
 		check_control(cfg, control, problems);
@@ -440,7 +440,7 @@ void check_environment(const struct baton_config *cfg, const char *sessiond,
 		/* A warning only: the supervisor rebuilds the history. */
 		if (releases_check(state, (unsigned)cfg->canary_releases_kept,
 				   note, sizeof(note)))
-			check_warn("check: warning: release history: %s (the supervisor rebuilds it at start)",
+			check_warn(warnings, "check: warning: release history: %s (the supervisor rebuilds it at start)",
 				   note);
 	}
 	check_sessiond(sessiond, cfg->path, problems);
@@ -464,6 +464,8 @@ void check_network_capacity(const struct baton_config *cfg, size_t i,
 	memset(out, 0, sizeof(*out));
 	out->network = n->name;
 	out->line = n->line;
+	/* As the worker builds its governor (governor_new(): no bind, one
+	 * address the kernel chooses; bouncer.c passes these limits). */
 	out->addresses = n->nbind ? (unsigned)n->nbind : 1;
 	out->max_per_addr = n->max_connections_per_ip;
 	out->connects_per_minute = n->connects_per_minute;
@@ -515,7 +517,8 @@ static void check_capacity_text(const struct check_capacity *c, char *buf,
  * stay: a warning (the config is valid, the users wait), with what the
  * operator can do about it. */
 static void check_capacity(const struct baton_config *cfg,
-			   struct check_capacity *caps)
+			   struct check_capacity *caps,
+			   struct config_problems *warnings)
 {
 	for (size_t i = 0; i < cfg->nnetworks; i++) {
 		struct check_capacity *c = &caps[i];
@@ -523,7 +526,7 @@ static void check_capacity(const struct baton_config *cfg,
 		check_network_capacity(cfg, i, c);
 		if (c->waiting == 0)
 			continue;
-		check_warn("%s:%d: warning: [network %s] %u sessions but only %u can connect at once (%u source address%s x max_connections_per_ip %d): %u wait%s until a connection closes. Add source addresses (bind = ADDR ...) or, with an exemption from the network for more connections per address, raise max_connections_per_ip",
+		check_warn(warnings, "%s:%d: warning: [network %s] %u sessions but only %u can connect at once (%u source address%s x max_connections_per_ip %d): %u wait%s until a connection closes. Add source addresses (bind = ADDR ...) or, with an exemption from the network for more connections per address, raise max_connections_per_ip",
 			   cfg->path, c->line, c->network, c->sessions,
 			   c->capacity, c->addresses, c->addresses == 1 ? "" : "es",
 			   c->max_per_addr, c->waiting, c->waiting == 1 ? "s" : "");
@@ -633,18 +636,16 @@ int check_main(const char *config_path, const struct baton_config *cfg,
 		config_problems_add(&problems, "%s", load_problems->msgs[i]);
 	if (load_problems != NULL)
 		problems.dropped += load_problems->dropped;
-	check_warnings = &warnings;
 	if (cfg != NULL) {
-		check_environment(cfg, sessiond, &problems);
+		check_environment(cfg, sessiond, &problems, &warnings);
 		caps = cfg->nnetworks ? calloc(cfg->nnetworks, sizeof(*caps)) : NULL;
 		if (caps != NULL) {
 			ncaps = cfg->nnetworks;
-			check_capacity(cfg, caps);
+			check_capacity(cfg, caps, &warnings);
 		} else if (cfg->nnetworks) {
 			config_problems_add(&problems, "check: out of memory");
 		}
 	}
-	check_warnings = NULL;
 	rc = problems.n || problems.dropped ? 1 : 0;
 	if (json) {
 		check_print_json(config_path, &problems, &warnings, caps, ncaps);

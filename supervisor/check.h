@@ -42,9 +42,11 @@ int check_main(const char *config_path, const struct baton_config *cfg,
 	       const char *sessiond, bool json);
 
 /* Adds every problem found ("FILE:LINE: msg" or "check: msg"). Runs
- * `sessiond --check -c CONFIG` and adds what it reports. Warnings are
- * printed to stdout (collected instead when called from check_main()). */
+ * `sessiond --check -c CONFIG` and adds what it reports. Warnings (an
+ * expired certificate, a legacy password hash, a damaged release history)
+ * are added to `warnings`, or printed to stdout when it is NULL. */
 void check_environment(const struct baton_config *cfg, const char *sessiond,
-		       struct config_problems *problems);
+		       struct config_problems *problems,
+		       struct config_problems *warnings);
 
 #endif

@@ -111,7 +111,7 @@ static void test_check_passwords_and_certificates(void **state)
 	int saved = dup(1), out = open(out_path, O_CREAT | O_TRUNC | O_RDWR, 0600);
 	assert_true(saved >= 0 && out >= 0);
 	dup2(out, 1);
-	check_environment(cfg, "/nonexistent/baton-sessiond", &pr);
+	check_environment(cfg, "/nonexistent/baton-sessiond", &pr, NULL);
 	fflush(stdout);
 	dup2(saved, 1);
 	close(saved);
@@ -209,7 +209,7 @@ static void test_check_capacity_and_bind(void **state)
 	assert_int_equal(c.waiting, 0);
 
 	/* 192.0.2.254 (TEST-NET-1) is no address of a test host. */
-	check_environment(cfg, "/nonexistent/baton-sessiond", &pr);
+	check_environment(cfg, "/nonexistent/baton-sessiond", &pr, NULL);
 	for (size_t i = 0; i < pr.n; i++)
 		printf("  %s\n", pr.msgs[i]);
 	snprintf(want, sizeof(want), "%s:7: [network pool] bind 192.0.2.254: ", path);
