@@ -1507,32 +1507,46 @@ void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out)
 	out->tls_handshakes = (unsigned)b->tls_handshakes;
 }
 
-void bouncer_network_stats(struct bouncer *b, size_t i,
-			   struct bouncer_network_stats *out)
+void bouncer_networks_stats(struct bouncer *b,
+			    struct bouncer_network_stats *out, size_t n)
 {
-	struct governor *g = b->govs[i].g;
 	int64_t now = clock_mono_ms();
-	enum governor_wait w = governor_wait_reason(g, now);
 
-	memset(out, 0, sizeof(*out));
-	out->network = governor_network(g);
-	for (size_t k = 0; k < b->sessions.n; k++) {
+	if (n > b->ngovs)
+		n = b->ngovs;
+	memset(out, 0, n * sizeof(*out));
+	/* One pass over the sessions: govs[i] is cfg->networks[i]
+	 * (bouncer_gov_init()), found through the config's name index. */
+	for (size_t k = 0; b->cfg && k < b->sessions.n; k++) {
 		const struct session *s = b->sessions.v[k];
+		const struct config_network *cn;
+		size_t i;
+
 		if (s->item.state == ITEM_ADOPTED ||
-		    strcmp(s->network, out->network) != 0)
+		    !(cn = config_find_network(b->cfg, s->network)))
 			continue;
-		out->sessions++;
+		i = (size_t)(cn - b->cfg->networks);
+		if (i >= n)
+			continue;
+		out[i].sessions++;
 		if (s->up)
-			out->connected++;
+			out[i].connected++;
 	}
-	out->waiting = (unsigned)governor_queued(g);
-	out->capacity = governor_capacity(g);
-	out->addresses = (unsigned)governor_naddrs(g);
-	out->max_per_addr = governor_max_per_addr(g);
-	out->throttled = (unsigned)governor_throttled(g, now);
-	out->reason = governor_wait_name(w);
-	if (!bouncer_wait_text_for(g, w, now, out->advice, sizeof(out->advice)))
-		out->advice[0] = '\0';
+	for (size_t i = 0; i < n; i++) {
+		struct governor *g = b->govs[i].g;
+		enum governor_wait w = governor_wait_reason(g, now);
+
+		out[i].network = governor_network(g);
+		out[i].waiting = (unsigned)governor_queued(g);
+		out[i].capacity = governor_capacity(g);
+		out[i].addresses = (unsigned)governor_naddrs(g);
+		out[i].max_per_addr = governor_max_per_addr(g);
+		out[i].throttled = (unsigned)governor_throttled(g, now);
+		out[i].reason = governor_wait_name(w);
+		if (!bouncer_wait_text_for(g, w, now, out[i].advice,
+					   sizeof(out[i].advice)))
+			out[i].advice[0] = '\0';
+	}
 }
 
 /* ---- migration: source side ---- */

@@ -67,9 +67,10 @@ void bouncer_set_listeners(struct bouncer *b, int *fds,
 void bouncer_accept(struct bouncer *b, bool on);
 
 void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out);
-/* Network i (0 <= i < bouncer_ngovernors()). */
-void bouncer_network_stats(struct bouncer *b, size_t i,
-			   struct bouncer_network_stats *out);
+/* Every network, out[i] for governor i (n: bouncer_ngovernors(); fewer
+ * fills fewer). One pass over the sessions. */
+void bouncer_networks_stats(struct bouncer *b,
+			    struct bouncer_network_stats *out, size_t n);
 
 /* The worker's health counters (health.h), owned by the bouncer. */
 struct health *bouncer_health(struct bouncer *b);

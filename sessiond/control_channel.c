@@ -165,10 +165,10 @@ static void channel_send_status(struct control_channel *w)
 	Baton__Control__NetworkStatus **np = nn ? calloc(nn, sizeof(*np)) : NULL;
 	struct bouncer_network_stats *ns = nn ? calloc(nn, sizeof(*ns)) : NULL;
 	if (nv && np && ns) {
+		bouncer_networks_stats(w->b, ns, nn);
 		for (size_t i = 0; i < nn; i++) {
 			Baton__Control__NetworkStatus *n = &nv[i];
 
-			bouncer_network_stats(w->b, i, &ns[i]);
 			baton__control__network_status__init(n);
 			n->network = (char *)ns[i].network;
 			n->has_sessions = n->has_connected = n->has_waiting = 1;

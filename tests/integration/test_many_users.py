@@ -196,3 +196,39 @@ def test_waiting_session_across_upgrade(ctx):
     bl.log("waiting user told %d times over 2 migrations" % len(told))
     check(1 <= len(told) <= 3, "told %d times over 2 migrations: %s" % (len(told), told))
     b.stop()
+
+
+class TwoNetBaton(bl.Baton):
+    """The last session on a second network `other` (the same ngIRCd)."""
+
+    def config_text(self):
+        text = super().config_text()
+        last = self.sessions[-1]
+        net = "[network other]\nhost = 127.0.0.1\nport = %d\n" % self.ngircd.port
+        text = text.replace("[user %s/%s]" % (last.user, self.network),
+                            "[user %s/other]" % last.user)
+        return text.replace("\n[user ", "\n" + net + "[user ", 1)
+
+
+def test_status_counts_each_network(ctx):
+    """Two networks, 4 sessions on one (3 slots), 1 on the other: status
+    --json counts each network's own sessions (3 connected + 1 waiting on
+    net, 1 connected on other, reason none) and --check its capacity."""
+    ng = ctx.ngircd()
+    b = TwoNetBaton(ctx, ng, nsessions=5, channels=("#many",), network_opts={})
+    b.sessions[-1].network = "other"
+    b.write_config()
+    out = subprocess.run([b.build.supervisor, "-c", b.config, "--check", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    doc = json.loads(out.stdout)
+    got = {n["network"]: (n["sessions"], n["waiting"]) for n in doc["networks"]}
+    check(got == {"net": (4, 1), "other": (1, 0)}, "--check --json networks: %s" % got)
+    b.start(wait=False)
+    wait_registered(b, 4)
+    time.sleep(0.5)
+    net, other = network_status(b, "net"), network_status(b, "other")
+    check((net["sessions"], net["connected"], net["waiting"], net["wait_reason"])
+          == (4, 3, 1, "slots"), "net: %s" % net)
+    check((other["sessions"], other["connected"], other["waiting"], other["wait_reason"],
+           other["advice"]) == (1, 1, 0, "none", None), "other: %s" % other)
+    b.stop()
