@@ -894,11 +894,11 @@ static const char *bouncer_wait_text_for(struct governor *g,
 
 	if (w == GOV_WAIT_SLOTS) {
 		snprintf(buf, len,
-			 "Waiting for a connection slot on %s: all %u are in use "
+			 "Waiting for a connection slot on %.64s: all %u are in use "
 			 "(%zu source address%s x max_connections_per_ip %d), "
 			 "%zu session%s waiting. You connect when one frees up. "
 			 "The bouncer's operator can add source addresses "
-			 "([network %s] bind) or, with an exemption from the "
+			 "([network %.64s] bind) or, with an exemption from the "
 			 "network, raise max_connections_per_ip.",
 			 net, governor_capacity(g), naddrs, naddrs == 1 ? "" : "es",
 			 governor_max_per_addr(g), governor_queued(g),
@@ -910,10 +910,10 @@ static const char *bouncer_wait_text_for(struct governor *g,
 		long long secs = due > now ? (long long)((due - now + 999) / 1000) : 0;
 
 		snprintf(buf, len,
-			 "Waiting to connect to %s: the network refused more "
+			 "Waiting to connect to %.64s: the network refused more "
 			 "connections from %s (too many connections or too "
 			 "fast); next attempt in %lld s. The bouncer's operator "
-			 "can add source addresses ([network %s] bind) or ask "
+			 "can add source addresses ([network %.64s] bind) or ask "
 			 "the network for an exemption (and set "
 			 "max_connections_per_ip to what it allows).",
 			 net, kernel ? "this host" : naddrs == 1 ?
