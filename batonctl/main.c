@@ -335,6 +335,27 @@ static int ctl_read_line(struct ctl_reader *rd, double deadline, char **line)
 	}
 }
 
+/* A worker's networks: only those with sessions waiting, with what the
+ * waiting users were told (the operator's options). */
+static void print_networks(struct json_object *nets)
+{
+	if (nets == NULL || !json_object_is_type(nets, json_type_array))
+		return;
+	for (size_t i = 0; i < json_object_array_length(nets); i++) {
+		struct json_object *n = json_object_array_get_idx(nets, i);
+		const char *advice = jstr(n, "advice", "");
+
+		if (jint(n, "waiting") == 0)
+			continue;
+		printf("        network %s: %lld sessions, %lld connected, %lld waiting (%s)\n",
+		       jstr(n, "network", "?"), (long long)jint(n, "sessions"),
+		       (long long)jint(n, "connected"), (long long)jint(n, "waiting"),
+		       jstr(n, "wait_reason", "?"));
+		if (advice[0])
+			printf("          %s\n", advice);
+	}
+}
+
 static void print_status(struct json_object *st)
 {
 	struct json_object *sup = jobj(st, "supervisor"), *ws, *v;
@@ -365,6 +386,8 @@ static void print_status(struct json_object *st)
 			       (long long)jint(w, "upstreams_waiting"),
 			       (long long)jint(w, "tls_handshakes"),
 			       jdbl(w, "loop_lag_ms"));
+			if (json_object_object_get_ex(w, "networks", &v))
+				print_networks(v);
 		}
 	}
 	if (json_object_object_get_ex(st, "migration_running", &v) &&

@@ -54,6 +54,10 @@ struct bouncer_gov {
 	struct governor *g;
 	struct event *ev;
 	int64_t logged_at;   /* last "waiting for a connection slot" line */
+	/* What bouncer_gov_tell() last told about, and whether a session
+	 * queued since: it walks the queue only when either changed. */
+	enum governor_wait told_reason;
+	bool tell_due;
 };
 
 /* A list of objects with O(1) add and remove, in no particular order:
@@ -869,9 +873,99 @@ int bouncer_governor_request(struct bouncer *b, struct session *s)
 		return -ENOENT;
 	s->gov_wait.prefer = s->source_addr ? governor_find_addr(g, s->source_addr) : -1;
 	int rc = governor_request(g, &s->gov_wait, s->reconnect_at_ms);
-	if (rc == 0)
+	if (rc == 0) {
+		struct bouncer_gov *bg = bouncer_gov_of(b, g);
+		if (bg)
+			bg->tell_due = true; /* a new waiter may need telling */
 		bouncer_governor_kick(b, g);
+	}
 	return rc;
+}
+
+/* What a session waiting in governor g is told, for reason w (SLOTS or
+ * THROTTLED), into buf. Returns buf, or NULL when there is nothing to tell
+ * (not waiting, or only paced: the next token comes within seconds). The
+ * operator's options are named, because a user cannot fix it and the
+ * network will not grant more connections per address by itself. */
+static const char *bouncer_wait_text_for(struct governor *g,
+					 enum governor_wait w, int64_t now,
+					 char *buf, size_t len)
+{
+	const char *net = governor_network(g);
+	size_t naddrs = governor_naddrs(g);
+	bool kernel = naddrs == 1 && governor_addr(g, 0)[0] == '\0';
+
+	if (w == GOV_WAIT_SLOTS) {
+		snprintf(buf, len,
+			 "Waiting for a connection slot on %.64s: all %u are in use "
+			 "(%zu source address%s x max_connections_per_ip %d), "
+			 "%zu session%s waiting. You connect when one frees up. "
+			 "The bouncer's operator can add source addresses "
+			 "([network %.64s] bind) or, with an exemption from the "
+			 "network, raise max_connections_per_ip.",
+			 net, governor_capacity(g), naddrs, naddrs == 1 ? "" : "es",
+			 governor_max_per_addr(g), governor_queued(g),
+			 governor_queued(g) == 1 ? "" : "s", net);
+		return buf;
+	}
+	if (w == GOV_WAIT_THROTTLED) {
+		int64_t due = governor_next_due(g, now);
+		long long secs = due > now ? (long long)((due - now + 999) / 1000) : 0;
+
+		snprintf(buf, len,
+			 "Waiting to connect to %.64s: the network refused more "
+			 "connections from %s (too many connections or too "
+			 "fast); next attempt in %lld s. The bouncer's operator "
+			 "can add source addresses ([network %.64s] bind) or ask "
+			 "the network for an exemption (and set "
+			 "max_connections_per_ip to what it allows).",
+			 net, kernel ? "this host" : naddrs == 1 ?
+			 governor_addr(g, 0) : "every free source address",
+			 secs, net);
+		return buf;
+	}
+	return NULL;
+}
+
+const char *bouncer_wait_text(struct bouncer *b, const struct session *s,
+			      char *buf, size_t len)
+{
+	struct governor *g = bouncer_governor(b, s->network);
+
+	if (!g || !governor_waiting(&s->gov_wait))
+		return NULL;
+	return bouncer_wait_text_for(g, governor_wait_reason(g, clock_mono_ms()),
+				     clock_mono_ms(), buf, len);
+}
+
+/* Tell the attached clients of every session waiting in g why, once per
+ * reason (s->gov_told): a user who sees only "reconnecting" for hours
+ * cannot know that the bouncer, not the network, holds them back. */
+static void bouncer_gov_tell(struct bouncer_gov *bg, int64_t now)
+{
+	struct governor *g = bg->g;
+	enum governor_wait w = governor_wait_reason(g, now);
+	size_t queued = governor_queued(g);
+	char text[512];
+
+	if (w != GOV_WAIT_SLOTS && w != GOV_WAIT_THROTTLED) {
+		bg->told_reason = GOV_WAIT_NONE;
+		return;
+	}
+	if (w == bg->told_reason && !bg->tell_due)
+		return; /* nobody new to tell */
+	bg->told_reason = w;
+	bg->tell_due = false;
+	if (!bouncer_wait_text_for(g, w, now, text, sizeof(text)))
+		return;
+	for (size_t i = 0; i < queued; i++) {
+		struct session *s = governor_waiter_at(g, i)->arg;
+
+		if (s->gov_told == (int)w)
+			continue;
+		s->gov_told = (int)w;
+		session_notice_all(s, "%s", text);
+	}
 }
 
 /* Connect the sessions the governor lets go now, then sleep until it may
@@ -904,6 +998,7 @@ static void bouncer_gov_cb(evutil_socket_t fd, short what, void *arg)
 			continue;
 		}
 		s->reconnect_at_ms = 0;
+		s->gov_told = 0;
 		int rc = upstream_connect(s, (int)addr);
 		if (rc < 0) {
 			governor_release(g, addr);
@@ -916,11 +1011,14 @@ static void bouncer_gov_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	size_t queued = governor_queued(g);
 	int64_t due = governor_next_due(g, now);
+	bouncer_gov_tell(bg, now);
 	if (queued && now - bg->logged_at >= GOV_WAIT_LOG_MS) {
 		bg->logged_at = now;
 		if (due < 0)
-			log_info("governor", "%s: %zu sessions waiting for a connection slot (every source address at max_connections_per_ip)",
-				 governor_network(g), queued);
+			log_info("governor", "%s: %zu sessions waiting for a connection slot (every source address at max_connections_per_ip: %zu address%s x %d); add bind addresses or, with an exemption from the network, raise max_connections_per_ip",
+				 governor_network(g), queued, governor_naddrs(g),
+				 governor_naddrs(g) == 1 ? "" : "es",
+				 governor_max_per_addr(g));
 		else
 			log_info("governor", "%s: %zu sessions waiting for a connection slot (next in %lld ms)",
 				 governor_network(g), queued, (long long)(due - now));
@@ -1435,6 +1533,48 @@ void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out)
 	for (size_t i = 0; i < b->ngovs; i++)
 		out->waiting += (unsigned)governor_queued(b->govs[i].g);
 	out->tls_handshakes = (unsigned)b->tls_handshakes;
+}
+
+void bouncer_networks_stats(struct bouncer *b,
+			    struct bouncer_network_stats *out, size_t n)
+{
+	int64_t now = clock_mono_ms();
+
+	if (n > b->ngovs)
+		n = b->ngovs;
+	memset(out, 0, n * sizeof(*out));
+	/* One pass over the sessions: govs[i] is cfg->networks[i]
+	 * (bouncer_gov_init()), found through the config's name index. */
+	for (size_t k = 0; b->cfg && k < b->sessions.n; k++) {
+		const struct session *s = b->sessions.v[k];
+		const struct config_network *cn;
+		size_t i;
+
+		if (s->item.state == ITEM_ADOPTED ||
+		    !(cn = config_find_network(b->cfg, s->network)))
+			continue;
+		i = (size_t)(cn - b->cfg->networks);
+		if (i >= n)
+			continue;
+		out[i].sessions++;
+		if (s->up)
+			out[i].connected++;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct governor *g = b->govs[i].g;
+		enum governor_wait w = governor_wait_reason(g, now);
+
+		out[i].network = governor_network(g);
+		out[i].waiting = (unsigned)governor_queued(g);
+		out[i].capacity = governor_capacity(g);
+		out[i].addresses = (unsigned)governor_naddrs(g);
+		out[i].max_per_addr = governor_max_per_addr(g);
+		out[i].throttled = (unsigned)governor_throttled(g, now);
+		out[i].reason = governor_wait_name(w);
+		if (!bouncer_wait_text_for(g, w, now, out[i].advice,
+					   sizeof(out[i].advice)))
+			out[i].advice[0] = '\0';
+	}
 }
 
 /* ---- migration: source side ---- */

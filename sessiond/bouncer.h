@@ -31,6 +31,17 @@ struct bouncer_stats {
 	unsigned tls_handshakes; /* ircs handshakes in progress */
 };
 
+/* One network's sessions and its governor (batonctl status). */
+struct bouncer_network_stats {
+	const char *network;   /* the governor's: valid while the bouncer is */
+	unsigned sessions, connected, waiting;
+	unsigned capacity;     /* addresses x max_per_addr; 0: no limit */
+	unsigned addresses, throttled;
+	int max_per_addr;
+	const char *reason;    /* governor_wait_name() */
+	char advice[512];      /* "" unless sessions wait on slots or a throttle */
+};
+
 /* cfg must outlive the bouncer. */
 struct bouncer *bouncer_new(struct event_base *base,
 			    const struct baton_config *cfg);
@@ -60,6 +71,10 @@ size_t bouncer_listeners(const struct bouncer *b, const int **fds,
 void bouncer_accept(struct bouncer *b, bool on);
 
 void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out);
+/* Every network, out[i] for governor i (n: bouncer_ngovernors(); fewer
+ * fills fewer). One pass over the sessions. */
+void bouncer_networks_stats(struct bouncer *b,
+			    struct bouncer_network_stats *out, size_t n);
 
 /* The worker's health counters (health.h), owned by the bouncer. */
 struct health *bouncer_health(struct bouncer *b);

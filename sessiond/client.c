@@ -977,7 +977,12 @@ void client_attach(struct client *cl, struct session *s)
 	client_notice_gaps(cl, cl->delivered_seq);
 	cl->replaying = true;
 	client_replay_pump(cl); /* the first chunk now, the rest as it drains */
-	if (!session_upstream_ready(s))
+	char why[512];
+	if (!session_upstream_ready(s) &&
+	    bouncer_wait_text(s->b, s, why, sizeof(why)))
+		conn_sendf(cl->conn, ":%s NOTICE %s :%s", BATON_SERVER_NAME,
+			   client_nick(cl), why);
+	else if (!session_upstream_ready(s))
 		conn_sendf(cl->conn, ":%s NOTICE %s :%s is disconnected; reconnecting",
 			   BATON_SERVER_NAME, client_nick(cl), s->network);
 }

@@ -26,6 +26,7 @@
 #include "sessiond/fault.h"
 #include "sessiond/health.h"
 #include "sessiond/rendezvous.h"
+#include "sessiond/session.h"
 #include "sessiond/transfer.h"
 
 /* READY (before the loop) and the final flush at exit: the only sends
@@ -277,8 +278,43 @@ static void channel_send_status(struct control_channel *w)
 	st.has_pid = 1;
 	st.pid = (uint32_t)getpid();
 	st.version = (char *)SESSIOND_VERSION;
+	/* Per network: why sessions wait (a sample: on allocation failure
+	 * the status goes without them). */
+	size_t nn = bouncer_ngovernors(w->b);
+	Baton__Control__NetworkStatus *nv = nn ? calloc(nn, sizeof(*nv)) : NULL;
+	Baton__Control__NetworkStatus **np = nn ? calloc(nn, sizeof(*np)) : NULL;
+	struct bouncer_network_stats *ns = nn ? calloc(nn, sizeof(*ns)) : NULL;
+	if (nv && np && ns) {
+		bouncer_networks_stats(w->b, ns, nn);
+		for (size_t i = 0; i < nn; i++) {
+			Baton__Control__NetworkStatus *n = &nv[i];
+
+			baton__control__network_status__init(n);
+			n->network = (char *)ns[i].network;
+			n->has_sessions = n->has_connected = n->has_waiting = 1;
+			n->has_capacity = n->has_addresses = 1;
+			n->has_max_per_addr = n->has_throttled = 1;
+			n->sessions = ns[i].sessions;
+			n->connected = ns[i].connected;
+			n->waiting = ns[i].waiting;
+			n->capacity = ns[i].capacity;
+			n->addresses = ns[i].addresses;
+			n->max_per_addr = ns[i].max_per_addr > 0 ?
+					  (uint32_t)ns[i].max_per_addr : 0;
+			n->throttled = ns[i].throttled;
+			n->reason = (char *)ns[i].reason;
+			if (ns[i].advice[0])
+				n->advice = ns[i].advice;
+			np[i] = n;
+		}
+		st.n_networks = nn;
+		st.networks = np;
+	}
 	channel_push(w, CONTROL_STATUS, &st.base,
 			   CONTROL_QUEUE_SAMPLE);
+	free(nv);
+	free(np);
+	free(ns);
 }
 
 /* The health gates' sample (health.h): counters, and the differential

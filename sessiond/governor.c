@@ -137,6 +137,11 @@ size_t governor_queued(const struct governor *g)
 	return g->nheap;
 }
 
+struct governor_waiter *governor_waiter_at(const struct governor *g, size_t i)
+{
+	return i < g->nheap ? g->heap[i] : NULL;
+}
+
 unsigned governor_in_use(const struct governor *g, size_t i)
 {
 	return i < g->naddrs ? g->addrs[i].in_use : 0;
@@ -377,6 +382,65 @@ void governor_bucket_merge(struct governor *g, size_t i, int64_t now,
 		a->throttled_until = in->throttled_until_ms;
 	if (in->strikes > a->strikes)
 		a->strikes = in->strikes;
+}
+
+/* ---- why the queue waits ---- */
+
+enum governor_wait governor_wait_reason(const struct governor *g, int64_t now)
+{
+	bool free_slot = false, throttled = false;
+
+	if (g->nheap == 0)
+		return GOV_WAIT_NONE;
+	for (size_t i = 0; i < g->naddrs; i++) {
+		const struct gov_addr *a = &g->addrs[i];
+		if (!has_slot(g, a))
+			continue;
+		free_slot = true;
+		if (now < a->throttled_until) {
+			throttled = true;
+			continue;
+		}
+		if (rate_limited(g) && level_at(g, a, now) < TOKEN)
+			return GOV_WAIT_PACED;
+		return GOV_WAIT_NONE;
+	}
+	if (!free_slot)
+		return GOV_WAIT_SLOTS;
+	return throttled ? GOV_WAIT_THROTTLED : GOV_WAIT_NONE;
+}
+
+const char *governor_wait_name(enum governor_wait w)
+{
+	switch (w) {
+	case GOV_WAIT_SLOTS: return "slots";
+	case GOV_WAIT_THROTTLED: return "throttled";
+	case GOV_WAIT_PACED: return "paced";
+	case GOV_WAIT_NONE: break;
+	}
+	return "none";
+}
+
+unsigned governor_capacity(const struct governor *g)
+{
+	if (g->lim.max_per_addr <= 0)
+		return 0;
+	return (unsigned)g->naddrs * (unsigned)g->lim.max_per_addr;
+}
+
+int governor_max_per_addr(const struct governor *g)
+{
+	return g->lim.max_per_addr;
+}
+
+size_t governor_throttled(const struct governor *g, int64_t now)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < g->naddrs; i++)
+		if (now < g->addrs[i].throttled_until)
+			n++;
+	return n;
 }
 
 /* ---- classification and backoff ---- */

@@ -77,6 +77,8 @@ const char *governor_addr(const struct governor *g, size_t i);
 /* Index of addr in the pool, or -1. */
 int governor_find_addr(const struct governor *g, const char *addr);
 size_t governor_queued(const struct governor *g);
+/* Queued waiter i (0 <= i < governor_queued(), in no particular order). */
+struct governor_waiter *governor_waiter_at(const struct governor *g, size_t i);
 unsigned governor_in_use(const struct governor *g, size_t i);
 
 /* Queue w (not queued yet) with its due time. Returns 0 or -ENOMEM. */
@@ -125,6 +127,33 @@ void governor_bucket_get(const struct governor *g, size_t i, int64_t now,
 			 struct governor_bucket_state *out);
 void governor_bucket_merge(struct governor *g, size_t i, int64_t now,
 			   const struct governor_bucket_state *in);
+
+/* Why the oldest waiter is not connected at `now`, for the messages that
+ * tell a waiting user and the operator (bouncer.c, `batonctl status`):
+ *   GOV_WAIT_NONE       nothing is queued, or it may connect now;
+ *   GOV_WAIT_SLOTS      every source address holds max_connections_per_ip
+ *                       connections: only a closed connection, another
+ *                       `bind` address or a higher limit lets it in (it
+ *                       waits forever if the pool is smaller than the
+ *                       sessions);
+ *   GOV_WAIT_THROTTLED  every address with a free slot was refused by the
+ *                       network (governor_throttle()) and is blocked;
+ *   GOV_WAIT_PACED      an address is free but its connect bucket is
+ *                       empty: the next token comes soon. */
+enum governor_wait {
+	GOV_WAIT_NONE = 0,
+	GOV_WAIT_SLOTS,
+	GOV_WAIT_THROTTLED,
+	GOV_WAIT_PACED,
+};
+enum governor_wait governor_wait_reason(const struct governor *g, int64_t now);
+const char *governor_wait_name(enum governor_wait w);
+/* Sessions that can be connected at once: addresses x max_connections_per_ip
+ * (0: no limit). */
+unsigned governor_capacity(const struct governor *g);
+int governor_max_per_addr(const struct governor *g);
+/* Addresses blocked by a throttle at `now`. */
+size_t governor_throttled(const struct governor *g, int64_t now);
 
 /* ---- reply classification and backoff (pure helpers) ---- */
 

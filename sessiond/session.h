@@ -157,6 +157,9 @@ struct session {
 	/* Queued for a connection slot in the governor (bouncer.c); never
 	 * queued while frozen or adopted. */
 	struct governor_waiter gov_wait;
+	/* The enum governor_wait its attached clients were last told about
+	 * (bouncer.c: one NOTICE per reason while it waits; 0: none). */
+	int gov_told;
 	/* Source address of the last connection (preferred next time, so a
 	 * session keeps its host on the network when it can). NULL: none. */
 	char *source_addr;
@@ -253,6 +256,11 @@ struct governor *bouncer_governor_at(struct bouncer *b, size_t i);
  * let the governor run from the event loop: granted sessions connect from
  * bouncer.c, never from inside this call. Returns 0 or -ENOMEM. */
 int bouncer_governor_request(struct bouncer *b, struct session *s);
+/* Why s waits for a connection (a NOTICE text naming what the operator
+ * can do) into buf, or NULL when it does not wait for a reason worth
+ * telling (connected, backing off, or only paced by the connect bucket). */
+const char *bouncer_wait_text(struct bouncer *b, const struct session *s,
+			      char *buf, size_t len);
 /* A slot or throttle changed: run the governor from the event loop (never
  * synchronously: the caller may be freeing things). */
 void bouncer_governor_kick(struct bouncer *b, struct governor *g);

@@ -7,6 +7,8 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +16,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -22,6 +26,7 @@
 #include <openssl/x509.h>
 
 #include "common/config.h"
+#include "common/json_builder.h"
 #include "common/passhash.h"
 #include "tls/handshake.h"
 #include "supervisor/control_socket.h"
@@ -30,6 +35,27 @@
 #include "supervisor/releases.h"
 
 #define CHECK_SESSIOND_TIMEOUT_MS 30000
+
+/* A warning goes to `warn` (check_main() prints it after the problems or
+ * puts it in the JSON document), or straight to stdout when NULL. */
+static void check_warn(struct config_problems *warn, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void check_warn(struct config_problems *warn, const char *fmt, ...)
+{
+	char msg[2048];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (warn != NULL)
+		config_problems_add(warn, "%s", msg);
+	else
+		printf("%s\n", msg);
+}
+
+static void check_bind_addresses(const struct baton_config *cfg,
+				 struct config_problems *p);
 
 static void check_rlimit(const struct baton_config *cfg,
 			 struct config_problems *p)
@@ -261,7 +287,7 @@ static void check_metrics(const struct baton_config *cfg,
  * (or not yet valid) one loads fine and fails every handshake. */
 static void check_cert_dates(const struct baton_config *cfg, int line,
 			     const char *what, const char *file,
-			     struct config_problems *p)
+			     struct config_problems *warn)
 {
 	FILE *f = fopen(file, "re");
 	X509 *x = NULL;
@@ -290,8 +316,8 @@ static void check_cert_dates(const struct baton_config *cfg, int line,
 		 * an expired ircs certificate must not keep the plaintext
 		 * listeners and every network connection down with it
 		 * (OpenSSL serves it; clients that verify refuse it). */
-		printf("%s:%d: warning: %s %s: certificate %s %s\n",
-		       cfg->path, line, what, file, why, when);
+		check_warn(warn, "%s:%d: warning: %s %s: certificate %s %s",
+			   cfg->path, line, what, file, why, when);
 	}
 	X509_free(x);
 }
@@ -301,7 +327,8 @@ static void check_cert_dates(const struct baton_config *cfg, int line,
  * a CA bundle that does not parse, a certificate out of its validity are
  * caught before an upgrade needs them. Each is reported at the line of the
  * key that names the file. */
-static void check_tls(const struct baton_config *cfg, struct config_problems *p)
+static void check_tls(const struct baton_config *cfg, struct config_problems *p,
+		      struct config_problems *warn)
 {
 	char err[256];
 	SSL_CTX *ctx;
@@ -320,7 +347,7 @@ static void check_tls(const struct baton_config *cfg, struct config_problems *p)
 					    cfg->listen_tls_cert, err);
 		else
 			check_cert_dates(cfg, cfg->listen_tls_cert_line,
-					 "[listen] tls_cert", cfg->listen_tls_cert, p);
+					 "[listen] tls_cert", cfg->listen_tls_cert, warn);
 		SSL_CTX_free(ctx);
 	}
 	for (size_t i = 0; i < cfg->nnetworks; i++) {
@@ -358,7 +385,7 @@ static void check_tls(const struct baton_config *cfg, struct config_problems *p)
 			config_problems_add(p, "%s:%d: %s %s: %s", cfg->path,
 					    s->tls_cert_line, what, s->tls_cert, err);
 		else
-			check_cert_dates(cfg, s->tls_cert_line, what, s->tls_cert, p);
+			check_cert_dates(cfg, s->tls_cert_line, what, s->tls_cert, warn);
 		SSL_CTX_free(ctx);
 	}
 }
@@ -367,7 +394,7 @@ static void check_tls(const struct baton_config *cfg, struct config_problems *p)
  * config_load() only refused what does not start with '$'. A legacy
  * method is a warning: logins work. */
 static void check_passwords(const struct baton_config *cfg,
-			    struct config_problems *p)
+			    struct config_problems *p, struct config_problems *warn)
 {
 	char why[512];
 
@@ -378,8 +405,8 @@ static void check_passwords(const struct baton_config *cfg,
 		case PASSHASH_OK:
 			break;
 		case PASSHASH_LEGACY:
-			printf("%s:%d: warning: [user %s] password %s\n", cfg->path,
-			       u->password_line, u->name, why);
+			check_warn(warn, "%s:%d: warning: [user %s] password %s", cfg->path,
+				   u->password_line, u->name, why);
 			break;
 		case PASSHASH_BAD:
 			config_problems_add(p, "%s:%d: [user %s] password %s",
@@ -391,15 +418,17 @@ static void check_passwords(const struct baton_config *cfg,
 }
 
 void check_environment(const struct baton_config *cfg, const char *sessiond,
-		       struct config_problems *problems)
+		       struct config_problems *problems,
+		       struct config_problems *warnings)
 {
 	char *control = config_resolve(cfg, cfg->control);
 	char *state = config_resolve(cfg, cfg->state_dir);
 	int running = 0;
 
 	check_rlimit(cfg, problems);
-	check_passwords(cfg, problems);
-	check_tls(cfg, problems);
+	check_passwords(cfg, problems, warnings);
+	check_tls(cfg, problems, warnings);
+	check_bind_addresses(cfg, problems);
 	if (control) {
 		check_control(cfg, control, problems);
 		running = check_supervisor_running(control, problems);
@@ -411,8 +440,8 @@ void check_environment(const struct baton_config *cfg, const char *sessiond,
 		/* A warning only: the supervisor rebuilds the history. */
 		if (releases_check(state, (unsigned)cfg->canary_releases_kept,
 				   note, sizeof(note)))
-			printf("check: warning: release history: %s (the supervisor rebuilds it at start)\n",
-			       note);
+			check_warn(warnings, "check: warning: release history: %s (the supervisor rebuilds it at start)",
+				   note);
 	}
 	check_sessiond(sessiond, cfg->path, problems);
 	/* A running supervisor holds the listeners and the metrics port. */
@@ -422,4 +451,220 @@ void check_environment(const struct baton_config *cfg, const char *sessiond,
 	}
 	free(control);
 	free(state);
+}
+
+/* ---- how many sessions can connect ---- */
+
+void check_network_capacity(const struct baton_config *cfg, size_t i,
+			    struct check_capacity *out)
+{
+	const struct config_network *n = &cfg->networks[i];
+	unsigned per_addr;
+
+	memset(out, 0, sizeof(*out));
+	out->network = n->name;
+	out->line = n->line;
+	/* As the worker builds its governor (governor_new(): no bind, one
+	 * address the kernel chooses; bouncer.c passes these limits). */
+	out->addresses = n->nbind ? (unsigned)n->nbind : 1;
+	out->max_per_addr = n->max_connections_per_ip;
+	out->connects_per_minute = n->connects_per_minute;
+	out->connect_burst = n->connect_burst;
+	for (size_t k = 0; k < cfg->nsessions; k++)
+		if (strcmp(cfg->sessions[k].network, n->name) == 0)
+			out->sessions++;
+	if (n->max_connections_per_ip > 0) {
+		unsigned long long cap = (unsigned long long)out->addresses *
+					 (unsigned)n->max_connections_per_ip;
+		out->capacity = cap > UINT_MAX ? UINT_MAX : (unsigned)cap;
+	}
+	out->can_connect = out->capacity && out->sessions > out->capacity ?
+			   out->capacity : out->sessions;
+	out->waiting = out->sessions - out->can_connect;
+	/* After a (re)start every session is due at once: the governor
+	 * spreads them over the pool, so the busiest address takes
+	 * ceil(can_connect / addresses) connects, the first connect_burst at
+	 * once, then one per 60 / connects_per_minute s. */
+	per_addr = (out->can_connect + out->addresses - 1) / out->addresses;
+	if (n->connects_per_minute > 0 && n->connect_burst >= 0 &&
+	    per_addr > (unsigned)n->connect_burst)
+		out->startup_s = (double)(per_addr - (unsigned)n->connect_burst) *
+				 60.0 / n->connects_per_minute;
+}
+
+static void check_capacity_text(const struct check_capacity *c, char *buf,
+				size_t len)
+{
+	if (c->capacity == 0)
+		snprintf(buf, len, "check: network %s: %u session%s, all can connect at once (max_connections_per_ip: no limit; %u source address%s)",
+			 c->network, c->sessions, c->sessions == 1 ? "" : "s",
+			 c->addresses, c->addresses == 1 ? "" : "es");
+	else
+		snprintf(buf, len, "check: network %s: %u session%s, %u can connect at once (%u source address%s x max_connections_per_ip %d = %u)",
+			 c->network, c->sessions, c->sessions == 1 ? "" : "s",
+			 c->can_connect, c->addresses, c->addresses == 1 ? "" : "es",
+			 c->max_per_addr, c->capacity);
+	if (c->startup_s > 0) {
+		size_t used = strlen(buf);
+
+		snprintf(buf + used, len - used,
+			 "; after a restart they are all connected within %.0f s (connects_per_minute %d, connect_burst %d)",
+			 c->startup_s, c->connects_per_minute, c->connect_burst);
+	}
+}
+
+/* Sessions beyond a network's capacity never connect while the others
+ * stay: a warning (the config is valid, the users wait), with what the
+ * operator can do about it. */
+static void check_capacity(const struct baton_config *cfg,
+			   struct check_capacity *caps,
+			   struct config_problems *warnings)
+{
+	for (size_t i = 0; i < cfg->nnetworks; i++) {
+		struct check_capacity *c = &caps[i];
+
+		check_network_capacity(cfg, i, c);
+		if (c->waiting == 0)
+			continue;
+		check_warn(warnings, "%s:%d: warning: [network %s] %u sessions but only %u can connect at once (%u source address%s x max_connections_per_ip %d): %u wait%s until a connection closes. Add source addresses (bind = ADDR ...) or, with an exemption from the network for more connections per address, raise max_connections_per_ip",
+			   cfg->path, c->line, c->network, c->sessions,
+			   c->capacity, c->addresses, c->addresses == 1 ? "" : "es",
+			   c->max_per_addr, c->waiting, c->waiting == 1 ? "s" : "");
+	}
+}
+
+/* Every `bind` address must be one this host has: a connect from any
+ * other fails (EADDRNOTAVAIL) and its sessions never connect. Binding to
+ * port 0 and closing again is what upstream.c does before connect(). */
+static void check_bind_addresses(const struct baton_config *cfg,
+				 struct config_problems *p)
+{
+	for (size_t i = 0; i < cfg->nnetworks; i++) {
+		const struct config_network *n = &cfg->networks[i];
+
+		for (size_t k = 0; k < n->nbind; k++) {
+			struct sockaddr_storage ss;
+			socklen_t len;
+			int fd, family;
+
+			memset(&ss, 0, sizeof(ss));
+			if (inet_pton(AF_INET, n->bind[k],
+				      &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+				family = AF_INET;
+				len = sizeof(struct sockaddr_in);
+			} else if (inet_pton(AF_INET6, n->bind[k],
+					     &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+				family = AF_INET6;
+				len = sizeof(struct sockaddr_in6);
+			} else {
+				continue; /* config_load() reported it */
+			}
+			ss.ss_family = (sa_family_t)family;
+			fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+			if (fd < 0)
+				continue;
+			if (bind(fd, (struct sockaddr *)&ss, len) < 0)
+				config_problems_add(p, "%s:%d: [network %s] bind %s: %s: no session can connect from it",
+						    cfg->path, n->line, n->name,
+						    n->bind[k], strerror(errno));
+			close(fd);
+		}
+	}
+}
+
+static struct json_object *check_strings_json(struct jb *jb,
+					      const struct config_problems *p)
+{
+	struct json_object *a = jb_arr(jb);
+
+	for (size_t i = 0; p != NULL && i < p->n; i++)
+		jb_push(jb, a, jb_str(jb, p->msgs[i]));
+	return a;
+}
+
+static void check_print_json(const char *config_path,
+			     const struct config_problems *problems,
+			     const struct config_problems *warnings,
+			     const struct check_capacity *caps, size_t ncaps)
+{
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	struct json_object *o = jb_obj(jb);
+	struct json_object *nets = jb_arr(jb);
+
+	for (size_t i = 0; i < ncaps; i++) {
+		const struct check_capacity *c = &caps[i];
+		struct json_object *n = jb_obj(jb);
+
+		jb_add(jb, n, "network", jb_str(jb, c->network));
+		jb_add(jb, n, "line", jb_i64(jb, c->line));
+		jb_add(jb, n, "sessions", jb_i64(jb, c->sessions));
+		jb_add(jb, n, "addresses", jb_i64(jb, c->addresses));
+		jb_add(jb, n, "max_connections_per_ip", jb_i64(jb, c->max_per_addr));
+		jb_add(jb, n, "capacity", c->capacity ? jb_i64(jb, c->capacity) : NULL);
+		jb_add(jb, n, "can_connect", jb_i64(jb, c->can_connect));
+		jb_add(jb, n, "waiting", jb_i64(jb, c->waiting));
+		jb_add(jb, n, "connects_per_minute", jb_i64(jb, c->connects_per_minute));
+		jb_add(jb, n, "connect_burst", jb_i64(jb, c->connect_burst));
+		jb_add(jb, n, "startup_s", jb_double(jb, c->startup_s));
+		jb_push(jb, nets, n);
+	}
+	jb_add(jb, o, "config", jb_str(jb, config_path));
+	jb_add(jb, o, "ok", jb_bool(jb, problems->n == 0 && problems->dropped == 0));
+	jb_add(jb, o, "problems", check_strings_json(jb, problems));
+	jb_add(jb, o, "warnings", check_strings_json(jb, warnings));
+	jb_add(jb, o, "networks", nets);
+	o = jb_done(jb, o);
+	if (o == NULL) {
+		printf("{\"ok\": false, \"problems\": [\"check: out of memory\"]}\n");
+		return;
+	}
+	printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
+						       JSON_C_TO_STRING_NOSLASHESCAPE));
+	json_object_put(o);
+}
+
+int check_main(const char *config_path, const struct baton_config *cfg,
+	       const struct config_problems *load_problems,
+	       const char *sessiond, bool json)
+{
+	struct config_problems problems = { 0 }, warnings = { 0 };
+	struct check_capacity *caps = NULL;
+	size_t ncaps = 0;
+	int rc;
+
+	for (size_t i = 0; load_problems != NULL && i < load_problems->n; i++)
+		config_problems_add(&problems, "%s", load_problems->msgs[i]);
+	if (load_problems != NULL)
+		problems.dropped += load_problems->dropped;
+	if (cfg != NULL) {
+		check_environment(cfg, sessiond, &problems, &warnings);
+		caps = cfg->nnetworks ? calloc(cfg->nnetworks, sizeof(*caps)) : NULL;
+		if (caps != NULL) {
+			ncaps = cfg->nnetworks;
+			check_capacity(cfg, caps, &warnings);
+		} else if (cfg->nnetworks) {
+			config_problems_add(&problems, "check: out of memory");
+		}
+	}
+	rc = problems.n || problems.dropped ? 1 : 0;
+	if (json) {
+		check_print_json(config_path, &problems, &warnings, caps, ncaps);
+	} else {
+		char line[1024];
+
+		for (size_t i = 0; i < problems.n; i++)
+			printf("%s\n", problems.msgs[i]);
+		for (size_t i = 0; i < warnings.n; i++)
+			printf("%s\n", warnings.msgs[i]);
+		for (size_t i = 0; i < ncaps; i++) {
+			check_capacity_text(&caps[i], line, sizeof(line));
+			printf("%s\n", line);
+		}
+		if (rc == 0)
+			printf("ok\n");
+	}
+	free(caps);
+	config_problems_clear(&problems);
+	config_problems_clear(&warnings);
+	return rc;
 }

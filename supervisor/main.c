@@ -46,11 +46,13 @@ struct main_ctx {
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: baton-supervisor -c FILE [--check] [--debug]\n"
+		"usage: baton-supervisor -c FILE [--check [--json]] [--debug]\n"
 		"       baton-supervisor --version\n"
 		"\n"
 		"  -c, --config FILE  the baton INI file\n"
 		"      --check        validate the config and this host, print every problem\n"
+		"                     and how many sessions can connect to each network\n"
+		"      --json         with --check: one JSON document\n"
 		"      --debug        log debug messages\n"
 		"      --version      print the version and the state schema range\n");
 }
@@ -89,21 +91,6 @@ static char *main_sessiond_path(const struct baton_config *cfg)
 	if (asprintf(&path, "%s/baton-sessiond", dir) < 0)
 		return NULL;
 	return path;
-}
-
-static int main_check(const struct baton_config *cfg, const char *sessiond)
-{
-	struct config_problems problems = { 0 };
-	int r;
-
-	check_environment(cfg, sessiond, &problems);
-	for (size_t i = 0; i < problems.n; i++)
-		printf("%s\n", problems.msgs[i]);
-	if (problems.n == 0)
-		printf("ok\n");
-	r = problems.n ? 1 : 0;
-	config_problems_clear(&problems);
-	return r;
 }
 
 static void main_raise_nofile(void)
@@ -149,6 +136,7 @@ int main(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "check", no_argument, NULL, 'C' },
+		{ "json", no_argument, NULL, 'J' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
@@ -167,13 +155,14 @@ int main(int argc, char **argv)
 	char err[512] = "";
 	struct orphan orphan = { .ctl = -1, .pidfd = -1 };
 	bool adopted = false;
-	int check = 0, debug = 0, c, r, rc = 1;
+	int check = 0, json = 0, debug = 0, c, r, rc = 1;
 	uint64_t wd_usec = 0;
 
 	while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c': config_path = optarg; break;
 		case 'C': check = 1; break;
+		case 'J': json = 1; break;
 		case 'd': debug = 1; break;
 		case 'V':
 			printf("baton-supervisor %s (state schema %d-%d)\n",
@@ -183,7 +172,7 @@ int main(int argc, char **argv)
 		default: usage(stderr); return 2;
 		}
 	}
-	if (config_path == NULL || optind != argc) {
+	if (config_path == NULL || optind != argc || (json && !check)) {
 		usage(stderr);
 		return 2;
 	}
@@ -191,6 +180,10 @@ int main(int argc, char **argv)
 		 debug ? LOG_LVL_DEBUG : LOG_LVL_INFO);
 
 	if (config_load(config_path, &cfg, &problems) < 0) {
+		if (check) {
+			rc = check_main(config_path, NULL, &problems, NULL, json);
+			goto out;
+		}
 		for (size_t i = 0; i < problems.n; i++)
 			printf("%s\n", problems.msgs[i]);
 		if (!check)
@@ -206,7 +199,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (check) {
-		rc = main_check(cfg, sessiond);
+		rc = check_main(config_path, cfg, NULL, sessiond, json);
 		goto out;
 	}
 

@@ -837,6 +837,7 @@ static struct json_object *supervisor_worker_json(struct worker *w)
 	jb_add(jb, o, "upstreams_waiting",
 			       jb_i64(jb, st->upstreams_waiting));
 	jb_add(jb, o, "tls_handshakes", jb_i64(jb, st->tls_handshakes));
+	jb_add(jb, o, "networks", jb_note(jb, worker_networks_json(w)));
 	jb_add(jb, o, "loop_lag_ms", jb_double(jb, st->loop_lag_ms));
 	jb_add(jb, o, "schema_min", jb_i64(jb, r ? r->schema_min : 0));
 	jb_add(jb, o, "schema_max", jb_i64(jb, r ? r->schema_max : 0));

@@ -15,6 +15,7 @@
 #include <event2/event.h>
 
 #include "common/control.h"
+#include "common/json_builder.h"
 #include "common/log.h"
 #include "common/frame.h"
 #include "supervisor/orphans.h"
@@ -68,6 +69,9 @@ struct worker {
 	Baton__Control__Status status; /* last STATUS (scalars + version) */
 	char status_version[64];       /* status.version points here */
 	bool status_seen;
+	/* The last STATUS's per-network entries, owned (NULL: none yet):
+	 * kept whole so worker_networks_json() needs no copy of each field. */
+	Baton__Control__Status *status_full;
 	Baton__Control__Health *health; /* owned, last HEALTH, NULL before */
 	worker_health_cb health_tap;
 	void *health_tap_arg;
@@ -239,7 +243,9 @@ static void worker_handle(struct worker *w, struct frame_msg *m)
 			w->status.version = w->status_version;
 		}
 		w->status_seen = true;
-		baton__control__status__free_unpacked(s, NULL);
+		if (w->status_full != NULL)
+			baton__control__status__free_unpacked(w->status_full, NULL);
+		w->status_full = s; /* owned now: its networks */
 		worker_answer_waiters(w, ASK_STATUS, &w->status);
 		return;
 	}
@@ -488,6 +494,10 @@ bool worker_is_adopted(const struct worker *w)
 
 void worker_free(struct worker *w)
 {
+	if (w != NULL && w->status_full != NULL) {
+		baton__control__status__free_unpacked(w->status_full, NULL);
+		w->status_full = NULL;
+	}
 	if (w == NULL)
 		return;
 	if (w->dispatching > 0) {
@@ -840,4 +850,29 @@ static void worker_exited(struct worker *w)
 	if (!w->free_pending)
 		worker_emit(w, WORKER_EXITED, NULL);
 	w->dispatching--;
+}
+
+struct json_object *worker_networks_json(const struct worker *w)
+{
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	struct json_object *a = jb_arr(jb);
+	const Baton__Control__Status *st = w->status_full;
+
+	for (size_t i = 0; st != NULL && i < st->n_networks; i++) {
+		const Baton__Control__NetworkStatus *n = st->networks[i];
+		struct json_object *o = jb_obj(jb);
+
+		jb_add(jb, o, "network", jb_str(jb, n->network));
+		jb_add(jb, o, "sessions", jb_i64(jb, n->sessions));
+		jb_add(jb, o, "connected", jb_i64(jb, n->connected));
+		jb_add(jb, o, "waiting", jb_i64(jb, n->waiting));
+		jb_add(jb, o, "capacity", jb_i64(jb, n->capacity));
+		jb_add(jb, o, "addresses", jb_i64(jb, n->addresses));
+		jb_add(jb, o, "max_connections_per_ip", jb_i64(jb, n->max_per_addr));
+		jb_add(jb, o, "throttled_addresses", jb_i64(jb, n->throttled));
+		jb_add(jb, o, "wait_reason", jb_str(jb, n->reason ? n->reason : "none"));
+		jb_add(jb, o, "advice", n->advice ? jb_str(jb, n->advice) : NULL);
+		jb_push(jb, a, o);
+	}
+	return jb_done(jb, a);
 }

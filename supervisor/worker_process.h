@@ -28,6 +28,7 @@
 #include "control.pb-c.h"
 
 struct event_base;
+struct json_object;
 struct worker;
 
 enum worker_event {
@@ -84,6 +85,13 @@ const char *worker_role(const struct worker *w);
 /* Last STATUS this worker sent (zeros before the first). Its `version`,
  * when the worker sent one, lives as long as w. */
 const Baton__Control__Status *worker_last_status(const struct worker *w);
+/* The last STATUS's networks as a JSON array (a new object, the caller's;
+ * empty before the first STATUS or from a worker that sends none; NULL:
+ * out of memory): per network sessions, connected, waiting, capacity,
+ * addresses, max_connections_per_ip, throttled_addresses, wait_reason
+ * ("none", "slots", "throttled", "paced") and advice (what the waiting
+ * users were told, or null). */
+struct json_object *worker_networks_json(const struct worker *w);
 /* Whether any STATUS arrived yet (worker_last_status() is not just zeros). */
 bool worker_has_status(const struct worker *w);
 /* Last HEALTH this worker sent, owned by w (valid until the next HEALTH or

@@ -347,6 +347,50 @@ static void test_backoff(void **state)
 	assert_true(lo < 1650 && hi > 2350);
 }
 
+/* Why the queue waits (the text users and `batonctl status` get): full
+ * slots, a throttled address, an empty bucket, or nothing. */
+static void test_wait_reason(void **state)
+{
+	static const char *const pool[] = { "10.0.0.1", "10.0.0.2" };
+	struct governor *g = gov(4, 1, 1, pool, 2);
+	struct governor_waiter w[4];
+	size_t a;
+
+	(void)state;
+	waiters_init(w, 4);
+	assert_int_equal(governor_capacity(g), 2);
+	assert_int_equal(governor_max_per_addr(g), 1);
+	assert_int_equal(governor_wait_reason(g, T0), GOV_WAIT_NONE); /* empty */
+	for (int i = 0; i < 4; i++)
+		governor_request(g, &w[i], T0);
+	assert_int_equal(governor_wait_reason(g, T0), GOV_WAIT_NONE); /* may go */
+	assert_non_null(governor_next(g, T0, &a));
+	assert_non_null(governor_next(g, T0, &a));
+	assert_int_equal(governor_wait_reason(g, T0), GOV_WAIT_SLOTS);
+	assert_string_equal(governor_wait_name(GOV_WAIT_SLOTS), "slots");
+	/* a slot frees, but its bucket (burst 1) is empty for 15 s */
+	governor_release(g, 0);
+	assert_int_equal(governor_wait_reason(g, T0 + 1000), GOV_WAIT_PACED);
+	assert_int_equal(governor_wait_reason(g, T0 + 15000), GOV_WAIT_NONE);
+	/* the network refuses that address: throttled, not paced */
+	governor_throttle(g, 0, T0 + 15000, 60000, 300000);
+	assert_int_equal(governor_throttled(g, T0 + 15000), 1);
+	assert_int_equal(governor_wait_reason(g, T0 + 15000), GOV_WAIT_THROTTLED);
+	assert_int_equal(governor_wait_reason(g, T0 + 75000), GOV_WAIT_NONE);
+	assert_int_equal(governor_throttled(g, T0 + 75000), 0);
+	/* the queue's waiters can be walked (notices to each) */
+	assert_int_equal(governor_queued(g), 2);
+	assert_non_null(governor_waiter_at(g, 1));
+	assert_null(governor_waiter_at(g, 2));
+	for (int i = 0; i < 4; i++)
+		governor_cancel(g, &w[i]);
+	governor_free(g);
+	/* no limit: capacity 0 */
+	g = gov(0, 0, 0, NULL, 0);
+	assert_int_equal(governor_capacity(g), 0);
+	governor_free(g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -360,6 +404,7 @@ int main(void)
 		cmocka_unit_test(test_occupy),
 		cmocka_unit_test(test_classify),
 		cmocka_unit_test(test_backoff),
+		cmocka_unit_test(test_wait_reason),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -111,7 +111,7 @@ static void test_check_passwords_and_certificates(void **state)
 	int saved = dup(1), out = open(out_path, O_CREAT | O_TRUNC | O_RDWR, 0600);
 	assert_true(saved >= 0 && out >= 0);
 	dup2(out, 1);
-	check_environment(cfg, "/nonexistent/baton-sessiond", &pr);
+	check_environment(cfg, "/nonexistent/baton-sessiond", &pr, NULL);
 	fflush(stdout);
 	dup2(saved, 1);
 	close(saved);
@@ -146,10 +146,124 @@ static void test_check_passwords_and_certificates(void **state)
 	rmdir(dir);
 }
 
+/* How many sessions of each network can connect (issue 11: with the
+ * default max_connections_per_ip 3 the fourth user of a network waited for
+ * ever and --check said "ok" and nothing else), and `bind` addresses this
+ * host does not have (every connect from them fails). */
+static void test_check_capacity_and_bind(void **state)
+{
+	struct config_problems pr = { 0 };
+	struct baton_config *cfg = NULL;
+	struct crypt_data cd = { 0 };
+	struct check_capacity c;
+	char path[512], text[4096], want[1024];
+	const char *h;
+	FILE *f;
+
+	(void)state;
+	snprintf(dir, sizeof(dir), "%s/baton-check-XXXXXX",
+		 getenv("TMPDIR") && getenv("TMPDIR")[0] ? getenv("TMPDIR") : "/tmp");
+	assert_non_null(mkdtemp(dir));
+	h = crypt_r("pw", "$6$testsalt$", &cd);
+	snprintf(text, sizeof(text),
+		 "[supervisor]\n"
+		 "sessiond = /nonexistent/baton-sessiond\n"
+		 "[listen]\n"
+		 "irc = 127.0.0.1:1\n"
+		 "[network one]\n"                   /* 5 */
+		 "host = 127.0.0.1\n"
+		 "[network pool]\n"                  /* 7 */
+		 "host = 127.0.0.1\n"
+		 "bind = 127.0.0.1 192.0.2.254\n"
+		 "max_connections_per_ip = 1\n"
+		 "connects_per_minute = 6\n"
+		 "connect_burst = 1\n"
+		 "[user a]\npassword = %s\n[user a/one]\n[user a/pool]\n"
+		 "[user b]\npassword = %s\n[user b/one]\n[user b/pool]\n"
+		 "[user c]\npassword = %s\n[user c/one]\n"
+		 "[user d]\npassword = %s\n[user d/one]\n",
+		 h, h, h, h);
+	snprintf(path, sizeof(path), "%s/baton.ini", dir);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fputs(text, f);
+	fclose(f);
+	assert_int_equal(config_load(path, &cfg, &pr), 0);
+	assert_int_equal(cfg->nnetworks, 2);
+
+	check_network_capacity(cfg, 0, &c);  /* one: the default limits */
+	assert_string_equal(c.network, "one");
+	assert_int_equal(c.line, 5);
+	assert_int_equal(c.sessions, 4);
+	assert_int_equal(c.addresses, 1);
+	assert_int_equal(c.max_per_addr, 3);
+	assert_int_equal(c.capacity, 3);
+	assert_int_equal(c.can_connect, 3);
+	assert_int_equal(c.waiting, 1);
+	assert_true(c.startup_s == 0.0); /* burst 4 takes all 3 at once */
+
+	check_network_capacity(cfg, 1, &c);  /* pool: 2 addresses x 1 */
+	assert_int_equal(c.sessions, 2);
+	assert_int_equal(c.addresses, 2);
+	assert_int_equal(c.capacity, 2);
+	assert_int_equal(c.waiting, 0);
+
+	/* 192.0.2.254 (TEST-NET-1) is no address of a test host. */
+	check_environment(cfg, "/nonexistent/baton-sessiond", &pr, NULL);
+	for (size_t i = 0; i < pr.n; i++)
+		printf("  %s\n", pr.msgs[i]);
+	snprintf(want, sizeof(want), "%s:7: [network pool] bind 192.0.2.254: ", path);
+	assert_true(has(&pr, want));
+	assert_false(has(&pr, "bind 127.0.0.1:"));
+	config_problems_clear(&pr);
+	config_free(cfg);
+	unlink(path);
+	rmdir(dir);
+}
+
+/* Pacing: 7 sessions over 2 addresses at most 4 each, burst 1, 6 a
+ * minute: the busier address takes 4 connects, 1 at once and 3 more 10 s
+ * apart: all connected within 30 s of a restart. */
+static void test_check_capacity_startup(void **state)
+{
+	struct baton_config cfg = { 0 };
+	struct config_network n = { 0 };
+	struct config_session s[7];
+	char *bind[2] = { "10.0.0.1", "10.0.0.2" };
+	struct check_capacity c;
+
+	(void)state;
+	memset(s, 0, sizeof(s));
+	n.name = "net";
+	n.bind = bind;
+	n.nbind = 2;
+	n.max_connections_per_ip = 4;
+	n.connects_per_minute = 6;
+	n.connect_burst = 1;
+	for (int i = 0; i < 7; i++)
+		s[i].network = "net";
+	cfg.networks = &n;
+	cfg.nnetworks = 1;
+	cfg.sessions = s;
+	cfg.nsessions = 7;
+	check_network_capacity(&cfg, 0, &c);
+	assert_int_equal(c.capacity, 8);
+	assert_int_equal(c.can_connect, 7);
+	assert_true(c.startup_s > 29.99 && c.startup_s < 30.01);
+	/* no limit (configs built in code; the parser sets 1 or more) */
+	n.max_connections_per_ip = 0;
+	check_network_capacity(&cfg, 0, &c);
+	assert_int_equal(c.capacity, 0);
+	assert_int_equal(c.can_connect, 7);
+	assert_int_equal(c.waiting, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_check_passwords_and_certificates),
+		cmocka_unit_test(test_check_capacity_and_bind),
+		cmocka_unit_test(test_check_capacity_startup),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
