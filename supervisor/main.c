@@ -8,7 +8,7 @@
  *   worker control socket   worker_process.c -> supervisor.c or migration.c
  *   control socket          control_socket.c -> supervisor_status/upgrade
  *   metrics HTTP            metrics.c -> exposition.c (+ metrics_set_extra)
- *   watchdog timer          sd_notify WATCHDOG=1
+ *   watchdog timer          sd_notify WATCHDOG=1 (sysd.h)
  *
  * Exits non-zero only at startup (bad config, unbindable sockets, a first
  * worker that never serves).
@@ -36,6 +36,7 @@
 #include "supervisor/listeners.h"
 #include "supervisor/metrics.h"
 #include "supervisor/supervisor.h"
+#include "supervisor/sysd.h"
 
 struct main_ctx {
 	struct event_base *base;
@@ -45,11 +46,13 @@ struct main_ctx {
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: baton-supervisor -c FILE [--check] [--debug]\n"
+		"usage: baton-supervisor -c FILE [--check [--no-bind-check]] [--debug]\n"
 		"       baton-supervisor --version\n"
 		"\n"
 		"  -c, --config FILE  the baton INI file\n"
 		"      --check        validate the config and this host, print every problem\n"
+		"      --no-bind-check  with --check: do not try to bind the [listen]\n"
+		"                     addresses (systemd holds them: baton.socket, fd store)\n"
 		"      --debug        log debug messages\n"
 		"      --version      print the version and the state schema range\n");
 }
@@ -140,7 +143,27 @@ static void main_on_hup(evutil_socket_t sig, short what, void *arg)
 
 static void main_on_watchdog(evutil_socket_t fd, short what, void *arg)
 {
-	sd_notify(0, "WATCHDOG=1");
+	char msg[SYSD_MSG_MAX];
+
+	if (sysd_msg_watchdog(msg, sizeof(msg)) > 0)
+		sysd_send(msg);
+}
+
+/* Log where the listeners came from (socket activation, fd store, bound). */
+static void main_log_listeners(const struct listeners *l, int stored)
+{
+	static const char *const from[] = {
+		[LISTENER_BOUND] = "bound",
+		[LISTENER_FROM_SOCKET_UNIT] = "from baton.socket",
+		[LISTENER_FROM_FD_STORE] = "from the systemd fd store",
+	};
+
+	for (size_t i = 0; i < listeners_count(l); i++)
+		log_info("supervisor", "listener %s: %s", listeners_names(l)[i],
+			 from[listeners_origin(l, i)]);
+	if (stored > 0)
+		log_info("supervisor", "%d listener(s) put in the systemd fd store (kept across a restart)",
+			 stored);
 }
 
 int main(int argc, char **argv)
@@ -148,6 +171,7 @@ int main(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "check", no_argument, NULL, 'C' },
+		{ "no-bind-check", no_argument, NULL, 'B' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
@@ -156,6 +180,7 @@ int main(int argc, char **argv)
 	struct config_problems problems = { 0 };
 	struct baton_config *cfg = NULL;
 	struct listeners *listeners = NULL;
+	struct sysd_fds passed = { 0 };
 	struct control_socket *cs = NULL;
 	struct metrics *metrics = NULL;
 	struct main_ctx ctx = { 0 };
@@ -164,13 +189,14 @@ int main(int argc, char **argv)
 	const char *config_path = NULL;
 	char *sessiond = NULL, *control = NULL, *state = NULL, *metrics_addr = NULL;
 	char err[512] = "";
-	int check = 0, debug = 0, c, r, rc = 1;
+	int check = 0, debug = 0, c, r, rc = 1, stored;
 	uint64_t wd_usec = 0;
 
 	while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c': config_path = optarg; break;
 		case 'C': check = 1; break;
+		case 'B': listeners_check_skip_bind(); break;
 		case 'd': debug = 1; break;
 		case 'V':
 			printf("baton-supervisor %s (state schema %d-%d)\n",
@@ -186,6 +212,18 @@ int main(int argc, char **argv)
 	}
 	log_init("baton-supervisor", BATON_VERSION,
 		 debug ? LOG_LVL_DEBUG : LOG_LVL_INFO);
+	/* Socket activation and the fd store: taken first, so that the
+	 * variables are gone before anything can fork. */
+	if (!check) {
+		r = sysd_fds_take(&passed, err, sizeof(err));
+		if (r < 0) {
+			log_error("supervisor", "systemd fds: %s", err);
+			goto out;
+		}
+		if (err[0])
+			log_info("supervisor", "%s", err);
+		err[0] = '\0';
+	}
 
 	if (config_load(config_path, &cfg, &problems) < 0) {
 		for (size_t i = 0; i < problems.n; i++)
@@ -218,11 +256,13 @@ int main(int argc, char **argv)
 		log_error("supervisor", "cannot create the event loop");
 		goto out;
 	}
-	r = listeners_bind(cfg, &listeners, err, sizeof(err));
+	r = listeners_open(cfg, &passed, &listeners, err, sizeof(err));
 	if (r < 0) {
 		log_error("supervisor", "%s", err);
 		goto out;
 	}
+	stored = listeners_store(listeners);
+	main_log_listeners(listeners, stored);
 	if (cfg->metrics && (metrics_addr = strdup(cfg->metrics)) == NULL) {
 		log_error("supervisor", "out of memory");
 		goto out;
@@ -261,14 +301,15 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0) {
-		struct timeval tv = { .tv_sec = (time_t)(wd_usec / 2 / 1000000),
-				      .tv_usec = (suseconds_t)(wd_usec / 2 % 1000000) };
+		uint64_t every = sysd_watchdog_interval_usec(wd_usec);
+		struct timeval tv = { .tv_sec = (time_t)(every / 1000000),
+				      .tv_usec = (suseconds_t)(every % 1000000) };
 
 		ev_watchdog = event_new(ctx.base, -1, EV_PERSIST, main_on_watchdog, NULL);
 		if (ev_watchdog)
 			event_add(ev_watchdog, &tv);
 		log_info("supervisor", "systemd watchdog: ping every %.1f s",
-			 (double)wd_usec / 2e6);
+			 (double)every / 1e6);
 	}
 
 	log_info("supervisor", "baton-supervisor %s (pid %d), control %s, worker %s",
@@ -296,6 +337,7 @@ out:
 	control_socket_free(cs);
 	supervisor_free(ctx.sup); /* SIGKILLs any worker still alive */
 	listeners_free(listeners);
+	sysd_fds_close_unused(&passed);
 	config_free(cfg);
 	if (ctx.base)
 		event_base_free(ctx.base);
