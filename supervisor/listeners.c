@@ -364,16 +364,14 @@ int listeners_open(const struct baton_config *cfg, struct sysd_fds *passed,
 			listeners_addr_name(ai->ai_addr, ai->ai_addrlen, name,
 					    sizeof(name));
 			if (nsocket > 0) {
-				/* baton.socket is the list of addresses:
-				 * binding one more here would hide the
-				 * disagreement until the next restart. */
+				/* Not an error: bound here and kept in the
+				 * fd store (a port baton.socket does not
+				 * know survives restarts all the same). But
+				 * say it, in case it was meant to be there. */
 				listeners_socket_list(p, pa, have, sizeof(have));
-				snprintf(err, errlen, "%s:%d: [listen] %s = %s:%s: baton.socket has no socket on %s (it has: %s); add ListenStream=%s with FileDescriptorName=%s there, or remove the line",
+				log_warn("supervisor", "%s:%d: [listen] %s = %s:%s: baton.socket has no socket on %s (it has: %s): bound by the supervisor (add ListenStream=%s with FileDescriptorName=%s to baton.socket to have systemd hold it)",
 					 cfg->path, cl->line, cl->kind, cl->host,
 					 cl->port, name, have, name, cl->kind);
-				freeaddrinfo(res);
-				r = -EADDRNOTAVAIL;
-				goto out;
 			}
 			fd = listeners_bind_ai(ai, name, sizeof(name));
 			if (fd < 0) {

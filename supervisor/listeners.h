@@ -34,11 +34,11 @@ int listeners_bind(const struct baton_config *cfg, struct listeners **out,
  * naming both sides: a passed fd whose name is not irc, ircs, listen-* or
  * custody-*, a socket of baton.socket that is not a listening TCP socket,
  * whose address no [listen] line has, or whose name (irc/ircs) is not the
- * line's kind; and, when baton.socket passed any socket, a [listen] address
- * it has no socket for. Listeners from the fd store that the config no
+ * line's kind. A [listen] address nobody passed is bound here (with a
+ * warning when baton.socket passed others: it may be missing there).
+ * Listeners from the fd store that the config no
  * longer has (or that changed kind), and custody-* fds, are closed and
- * removed from the store (FDSTOREREMOVE=1). Addresses nobody passed are
- * bound as listeners_bind does. */
+ * removed from the store (FDSTOREREMOVE=1). */
 int listeners_open(const struct baton_config *cfg, struct sysd_fds *passed,
 		   struct listeners **out, char *err, size_t errlen);
 
