@@ -220,9 +220,10 @@ static void supervisor_notify_status(struct supervisor *sup)
 static void supervisor_notify_reloading(struct supervisor *sup,
 					const char *kind, const char *binary)
 {
-	char text[PATH_MAX + 64];
+	char text[512];
 
-	snprintf(text, sizeof(text), "%s to %s running", kind, binary);
+	/* bounded well below SYSD_MSG_MAX: a long path must not lose the message */
+	snprintf(text, sizeof(text), "%s to %.400s running", kind, binary);
 	sup->reloading = true;
 	sysd_send_reloading(text);
 }
