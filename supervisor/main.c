@@ -8,7 +8,7 @@
  *   worker control socket   worker_process.c -> supervisor.c or migration.c
  *   control socket          control_socket.c -> supervisor_status/upgrade
  *   metrics HTTP            metrics.c -> exposition.c (+ metrics_set_extra)
- *   watchdog timer          sd_notify WATCHDOG=1
+ *   watchdog timer          sd_notify WATCHDOG=1 (sysd.h)
  *
  * Exits non-zero only at startup (bad config, unbindable sockets, a first
  * worker that never serves).
@@ -37,6 +37,7 @@
 #include "supervisor/orphans.h"
 #include "supervisor/metrics.h"
 #include "supervisor/supervisor.h"
+#include "supervisor/sysd.h"
 
 struct main_ctx {
 	struct event_base *base;
@@ -46,13 +47,15 @@ struct main_ctx {
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: baton-supervisor -c FILE [--check [--json]] [--debug]\n"
+		"usage: baton-supervisor -c FILE [--check [--json] [--no-bind-check]] [--debug]\n"
 		"       baton-supervisor --version\n"
 		"\n"
 		"  -c, --config FILE  the baton INI file\n"
 		"      --check        validate the config and this host, print every problem\n"
 		"                     and how many sessions can connect to each network\n"
 		"      --json         with --check: one JSON document\n"
+		"      --no-bind-check  with --check: do not try to bind the [listen]\n"
+		"                     addresses (systemd holds them: baton.socket, fd store)\n"
 		"      --debug        log debug messages\n"
 		"      --version      print the version and the state schema range\n");
 }
@@ -128,7 +131,28 @@ static void main_on_hup(evutil_socket_t sig, short what, void *arg)
 
 static void main_on_watchdog(evutil_socket_t fd, short what, void *arg)
 {
-	sd_notify(0, "WATCHDOG=1");
+	char msg[SYSD_MSG_MAX];
+
+	if (sysd_msg_watchdog(msg, sizeof(msg)) > 0)
+		sysd_send(msg);
+}
+
+/* Log where the listeners came from (socket activation, fd store, bound). */
+static void main_log_listeners(const struct listeners *l, int stored)
+{
+	static const char *const from[] = {
+		[LISTENER_BOUND] = "bound",
+		[LISTENER_FROM_SOCKET_UNIT] = "from baton.socket",
+		[LISTENER_FROM_FD_STORE] = "from the systemd fd store",
+		[LISTENER_FROM_ORPHAN] = "kept by the adopted worker",
+	};
+
+	for (size_t i = 0; i < listeners_count(l); i++)
+		log_info("supervisor", "listener %s: %s", listeners_names(l)[i],
+			 from[listeners_origin(l, i)]);
+	if (stored > 0)
+		log_info("supervisor", "%d listener(s) put in the systemd fd store (kept across a restart)",
+			 stored);
 }
 
 int main(int argc, char **argv)
@@ -137,6 +161,7 @@ int main(int argc, char **argv)
 		{ "config", required_argument, NULL, 'c' },
 		{ "check", no_argument, NULL, 'C' },
 		{ "json", no_argument, NULL, 'J' },
+		{ "no-bind-check", no_argument, NULL, 'B' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
@@ -145,6 +170,7 @@ int main(int argc, char **argv)
 	struct config_problems problems = { 0 };
 	struct baton_config *cfg = NULL;
 	struct listeners *listeners = NULL;
+	struct sysd_fds passed = { 0 };
 	struct control_socket *cs = NULL;
 	struct metrics *metrics = NULL;
 	struct main_ctx ctx = { 0 };
@@ -155,7 +181,7 @@ int main(int argc, char **argv)
 	char err[512] = "";
 	struct orphan orphan = { .ctl = -1, .pidfd = -1 };
 	bool adopted = false;
-	int check = 0, json = 0, debug = 0, c, r, rc = 1;
+	int check = 0, json = 0, debug = 0, c, r, rc = 1, stored;
 	uint64_t wd_usec = 0;
 
 	while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
@@ -163,6 +189,7 @@ int main(int argc, char **argv)
 		case 'c': config_path = optarg; break;
 		case 'C': check = 1; break;
 		case 'J': json = 1; break;
+		case 'B': listeners_check_skip_bind(); break;
 		case 'd': debug = 1; break;
 		case 'V':
 			printf("baton-supervisor %s (state schema %d-%d)\n",
@@ -178,6 +205,18 @@ int main(int argc, char **argv)
 	}
 	log_init("baton-supervisor", BATON_VERSION,
 		 debug ? LOG_LVL_DEBUG : LOG_LVL_INFO);
+	/* Socket activation and the fd store: taken first, so that the
+	 * variables are gone before anything can fork. */
+	if (!check) {
+		r = sysd_fds_take(&passed, err, sizeof(err));
+		if (r < 0) {
+			log_error("supervisor", "systemd fds: %s", err);
+			goto out;
+		}
+		if (err[0])
+			log_info("supervisor", "%s", err);
+		err[0] = '\0';
+	}
 
 	if (config_load(config_path, &cfg, &problems) < 0) {
 		if (check) {
@@ -215,7 +254,9 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	/* A worker our dead predecessor left serving is adopted with its
-	 * listeners (orphans.h); otherwise the listeners are bound anew. */
+	 * listeners (orphans.h: they are the sockets systemd may also have
+	 * passed us; those copies are closed unused). Otherwise the
+	 * listeners come from systemd or are bound anew. */
 	adopted = orphans_adopt(state, &orphan) == 1 &&
 		  (listeners = listeners_adopt(orphan.listen_fds, orphan.listen_names,
 					       orphan.nlisten)) != NULL;
@@ -228,12 +269,14 @@ int main(int argc, char **argv)
 				 "config lists %zu: [listen] changes apply after a restart "
 				 "without an orphan", listeners_count(listeners), cfg->nlistens);
 	} else {
-		r = listeners_bind(cfg, &listeners, err, sizeof(err));
+		r = listeners_open(cfg, &passed, &listeners, err, sizeof(err));
 		if (r < 0) {
 			log_error("supervisor", "%s", err);
 			goto out;
 		}
 	}
+	stored = listeners_store(listeners);
+	main_log_listeners(listeners, stored);
 	if (cfg->metrics && (metrics_addr = strdup(cfg->metrics)) == NULL) {
 		log_error("supervisor", "out of memory");
 		goto out;
@@ -272,14 +315,15 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0) {
-		struct timeval tv = { .tv_sec = (time_t)(wd_usec / 2 / 1000000),
-				      .tv_usec = (suseconds_t)(wd_usec / 2 % 1000000) };
+		uint64_t every = sysd_watchdog_interval_usec(wd_usec);
+		struct timeval tv = { .tv_sec = (time_t)(every / 1000000),
+				      .tv_usec = (suseconds_t)(every % 1000000) };
 
 		ev_watchdog = event_new(ctx.base, -1, EV_PERSIST, main_on_watchdog, NULL);
 		if (ev_watchdog)
 			event_add(ev_watchdog, &tv);
 		log_info("supervisor", "systemd watchdog: ping every %.1f s",
-			 (double)wd_usec / 2e6);
+			 (double)every / 1e6);
 	}
 
 	log_info("supervisor", "baton-supervisor %s (pid %d), control %s, worker %s",
@@ -310,6 +354,7 @@ out:
 	supervisor_free(ctx.sup); /* SIGKILLs any worker still alive */
 	listeners_free(listeners);
 	orphan_clear(&orphan);
+	sysd_fds_close_unused(&passed);
 	config_free(cfg);
 	if (ctx.base)
 		event_base_free(ctx.base);

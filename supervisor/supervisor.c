@@ -22,7 +22,6 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <json-c/json.h>
-#include <systemd/sd-daemon.h>
 
 #include "baton_version.h"
 #include "common/config.h"
@@ -35,6 +34,7 @@
 #include "supervisor/metrics.h"
 #include "supervisor/migration.h"
 #include "supervisor/releases.h"
+#include "supervisor/sysd.h"
 #include "supervisor/worker_process.h"
 
 #define STATUS_TIMEOUT_MS 1000
@@ -58,6 +58,7 @@ struct supervisor {
 	char *serving_binary;    /* what a restart after a crash starts */
 	bool active_serving;     /* READY, LISTENERS and ACCEPT on sent */
 	bool ever_served;        /* sd_notify READY=1 sent */
+	bool reloading;          /* RELOADING=1 sent; READY=1 ends it */
 	bool stopping;
 	int exit_code;
 
@@ -187,20 +188,55 @@ static void supervisor_on_ready_timeout(evutil_socket_t fd, short what,
 	worker_kill(w);
 }
 
-static void supervisor_notify_status(struct supervisor *sup)
+static void supervisor_status_text(struct supervisor *sup, char *buf,
+				   size_t len)
 {
 	const Baton__Control__Status *st;
 
 	if (sup->active == NULL || !sup->active_serving) {
-		sd_notifyf(0, "STATUS=%s", sup->stopping ? "stopping"
-							  : "no serving worker (restarting)");
+		snprintf(buf, len, "%s", sup->stopping ? "stopping"
+					: "no serving worker (restarting)");
 		return;
 	}
 	st = worker_last_status(sup->active);
-	sd_notifyf(0, "STATUS=worker pid %d (%s): %u sessions, %u connections%s",
-		   (int)worker_pid(sup->active), worker_version(sup->active),
-		   st->sessions, st->connections,
-		   sup->migration ? ", migration running" : "");
+	snprintf(buf, len, "worker pid %d (%s): %u sessions, %u connections%s",
+		 (int)worker_pid(sup->active), worker_version(sup->active),
+		 st->sessions, st->connections,
+		 sup->migration ? ", migration running" : "");
+}
+
+static void supervisor_notify_status(struct supervisor *sup)
+{
+	char text[256], msg[SYSD_MSG_MAX];
+
+	supervisor_status_text(sup, text, sizeof(text));
+	if (sysd_msg_status(msg, sizeof(msg), text) > 0)
+		sysd_send(msg);
+}
+
+/* systemd's reload protocol around a migration (upgrade or rollback, which
+ * `systemctl reload` runs): RELOADING=1 with MONOTONIC_USEC when it starts,
+ * READY=1 when it ends either way, each with the STATUS line. */
+static void supervisor_notify_reloading(struct supervisor *sup,
+					const char *kind, const char *binary)
+{
+	char text[512];
+
+	/* bounded well below SYSD_MSG_MAX: a long path must not lose the message */
+	snprintf(text, sizeof(text), "%s to %.400s running", kind, binary);
+	sup->reloading = true;
+	sysd_send_reloading(text);
+}
+
+static void supervisor_notify_reloaded(struct supervisor *sup)
+{
+	char text[256];
+
+	if (!sup->reloading)
+		return;
+	sup->reloading = false;
+	supervisor_status_text(sup, text, sizeof(text));
+	sysd_send_ready(text);
 }
 
 /* Worker i is gone: tell its handler (worker_reaped*() emit WORKER_EXITED)
@@ -488,8 +524,11 @@ static void supervisor_serve(struct supervisor *sup, struct worker *w)
 		 (int)worker_pid(w), worker_version(w),
 		 listeners_count(sup->listeners));
 	if (!sup->ever_served) {
+		char text[256];
+
 		sup->ever_served = true;
-		sd_notify(0, "READY=1");
+		supervisor_status_text(sup, text, sizeof(text));
+		sysd_send_ready(text);
 	}
 	supervisor_notify_status(sup);
 }
@@ -766,7 +805,8 @@ void supervisor_shutdown(struct supervisor *sup)
 		return;
 	sup->stopping = true;
 	log_info("supervisor", "shutting down %zu worker(s)", sup->nworkers);
-	sd_notify(0, "STOPPING=1");
+	sysd_send("STOPPING=1");
+	sup->reloading = false; /* STOPPING=1 ends it */
 	if (sup->migration) {
 		/* Abandoning a migration halfway is safe only because every
 		 * worker is leaving anyway. Same result shape as any other
@@ -1199,6 +1239,7 @@ static void supervisor_mig_done(struct migration *m,
 	sup->mig_cb = NULL;
 	sup->mig_arg = NULL;
 	supervisor_notify_status(sup);
+	supervisor_notify_reloaded(sup);
 }
 
 /* The new worker starts with our RLIMIT_NOFILE and must hold every fd of
@@ -1315,12 +1356,14 @@ static void supervisor_migrate(struct supervisor *sup, const char *binary,
 	sup->mig_cb = cb;
 	sup->mig_arg = arg;
 	sup->mig_kind = kind;
+	supervisor_notify_reloading(sup, kind, bin);
 	supervisor_mig_progress("spawn", 0, 1, sup);
 	log_info("migration", "%s: pid %d (%s) -> %s", kind,
 		 (int)worker_pid(sup->active), worker_binary(sup->active), bin);
 	t = supervisor_spawn(sup, bin, true, &err);
 	if (t == NULL) {
 		sup->mig_cb = NULL;
+		supervisor_notify_reloaded(sup);
 		supervisor_refuse(sup, cb, arg, kind, "cannot start %s: %s", bin,
 				  strerror(-err));
 		goto out;
@@ -1339,6 +1382,7 @@ static void supervisor_migrate(struct supervisor *sup, const char *binary,
 	if (sup->migration == NULL) {
 		worker_stop(t, sup->cfg->handoff_timeout_s);
 		sup->mig_cb = NULL;
+		supervisor_notify_reloaded(sup);
 		supervisor_refuse(sup, cb, arg, kind, "out of memory");
 		goto out;
 	}
