@@ -125,8 +125,20 @@ static const struct {
 struct store_db {
 	PGconn *c;
 	int schema;
+	/* Pipeline mode for the writer's statements that return nothing to
+	 * wait for (inserts, counters, positions, markers): sent at once,
+	 * their results read every PIPE_MAX statements and before anything
+	 * that needs an answer (run(), commit), so a batch of n lines costs
+	 * n / PIPE_MAX round trips instead of n. */
+	bool in_pipe;
+	int npipe;
 	char err[256];
 };
+
+/* Statements in flight at most: their results (~20 bytes each) stay far
+ * below the socket buffers, so sending never waits on a server that waits
+ * for us to read. */
+#define PIPE_MAX 256
 
 /* A statement's parameters: up to 8, ints stored big-endian in ib[]. */
 struct params {
@@ -207,9 +219,74 @@ static int prepare_all(struct store_db *db)
 	return 0;
 }
 
+/* Read the results of the statements in the pipeline; the first error
+ * wins (later ones are PGRES_PIPELINE_ABORTED). */
+static int pipe_flush(struct store_db *db)
+{
+	if (!db->in_pipe)
+		return 0;
+	int r = 0, nulls = 0;
+	if (!PQpipelineSync(db->c)) {
+		set_err(db, NULL);
+		r = -EIO;
+	}
+	while (r == 0 || PQstatus(db->c) == CONNECTION_OK) {
+		PGresult *res = PQgetResult(db->c);
+		if (!res) {
+			/* One NULL ends each statement's results. */
+			if (++nulls > db->npipe + 1 || PQstatus(db->c) != CONNECTION_OK) {
+				if (r == 0) {
+					set_err(db, NULL);
+					r = -EIO;
+				}
+				break;
+			}
+			continue;
+		}
+		ExecStatusType st = PQresultStatus(res);
+		if (st == PGRES_PIPELINE_SYNC) {
+			PQclear(res);
+			break;
+		}
+		if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && r == 0) {
+			set_err(db, res);
+			r = -EIO;
+		}
+		PQclear(res);
+	}
+	PQexitPipelineMode(db->c);
+	db->in_pipe = false;
+	db->npipe = 0;
+	return r;
+}
+
+static int pipe_send(struct store_db *db, int i, struct params *p)
+{
+	char name[16];
+	snprintf(name, sizeof name, "s%d", i);
+	if (!db->in_pipe) {
+		if (!PQenterPipelineMode(db->c)) {
+			set_err(db, NULL);
+			return -EIO;
+		}
+		db->in_pipe = true;
+		db->npipe = 0;
+	}
+	if (!PQsendQueryPrepared(db->c, name, p->n, p->v, p->len, p->fmt, 1)) {
+		set_err(db, NULL);
+		pipe_flush(db);
+		return -EIO;
+	}
+	if (++db->npipe >= PIPE_MAX)
+		return pipe_flush(db);
+	return 0;
+}
+
 /* Run a prepared statement; binary results. NULL on failure (db->err). */
 static PGresult *run(struct store_db *db, int i, struct params *p)
 {
+	if (pipe_flush(db) < 0)
+		return NULL;
 	char name[16];
 	snprintf(name, sizeof name, "s%d", i);
 	PGresult *res = PQexecPrepared(db->c, name, p ? p->n : 0,
@@ -226,6 +303,7 @@ static PGresult *run(struct store_db *db, int i, struct params *p)
 
 static int exec(struct store_db *db, const char *q)
 {
+	int pr = pipe_flush(db);
 	PGresult *res = PQexec(db->c, q);
 	ExecStatusType s = PQresultStatus(res);
 	int r = 0;
@@ -234,7 +312,7 @@ static int exec(struct store_db *db, const char *q)
 		r = -EIO;
 	}
 	PQclear(res);
-	return r;
+	return r < 0 ? r : pr;
 }
 
 /* A single-value query (text result); -ENOENT when no row. */
@@ -401,11 +479,28 @@ static int db_begin(struct store_db *db)
 
 static int db_commit(struct store_db *db)
 {
-	return exec(db, "COMMIT");
+	/* exec() reads the pipeline first: an error there fails the commit
+	 * (COMMIT of a failed transaction only rolls back). */
+	int r = pipe_flush(db);
+	if (r < 0)
+		return r;
+	PGresult *res = PQexec(db->c, "COMMIT");
+	/* COMMIT of a transaction that failed answers "ROLLBACK": not durable. */
+	if (PQresultStatus(res) != PGRES_COMMAND_OK ||
+	    strcmp(PQcmdStatus(res), "COMMIT") != 0) {
+		set_err(db, res);
+		if (!db->err[0])
+			snprintf(db->err, sizeof db->err, "COMMIT answered %s",
+				 PQcmdStatus(res));
+		r = -EIO;
+	}
+	PQclear(res);
+	return r;
 }
 
 static void db_rollback(struct store_db *db)
 {
+	pipe_flush(db);
 	if (PQtransactionStatus(db->c) != PQTRANS_IDLE)
 		exec(db, "ROLLBACK");
 }
@@ -442,6 +537,12 @@ static int one_id(struct store_db *db, PGresult *res, int64_t *id)
 		*id = g_int(res, 0, 0);
 	PQclear(res);
 	return r;
+}
+
+/* A statement whose result is only "done": pipelined. */
+static int fire(struct store_db *db, int i, struct params *p)
+{
+	return pipe_send(db, i, p);
 }
 
 static int exec_p(struct store_db *db, int i, struct params *p)
@@ -488,7 +589,7 @@ static int db_insert(struct store_db *db, uint64_t seq, int64_t network_id,
 	p_str(&p, m->sender);
 	p_str(&p, m->command);
 	p_str(&p, m->line);
-	return exec_p(db, S_INSERT, &p);
+	return fire(db, S_INSERT, &p);
 }
 
 static int db_add_bytes(struct store_db *db, int64_t network_id, int64_t lines,
@@ -498,7 +599,7 @@ static int db_add_bytes(struct store_db *db, int64_t network_id, int64_t lines,
 	p_int(&p, network_id);
 	p_int(&p, lines);
 	p_int(&p, bytes);
-	return exec_p(db, S_ADD_BYTES, &p);
+	return fire(db, S_ADD_BYTES, &p);
 }
 
 static int db_set_position(struct store_db *db, int64_t network_id,
@@ -508,7 +609,7 @@ static int db_set_position(struct store_db *db, int64_t network_id,
 	p_int(&p, network_id);
 	p_str(&p, client);
 	p_int(&p, (int64_t)seq);
-	return exec_p(db, S_SET_POS, &p);
+	return fire(db, S_SET_POS, &p);
 }
 
 static int db_set_marker(struct store_db *db, int64_t target_id, int64_t t)
@@ -516,7 +617,7 @@ static int db_set_marker(struct store_db *db, int64_t target_id, int64_t t)
 	struct params p = { 0 };
 	p_int(&p, target_id);
 	p_int(&p, t);
-	return exec_p(db, S_SET_MARK, &p);
+	return fire(db, S_SET_MARK, &p);
 }
 
 static int db_networks(struct store_db *db, struct store_network_info **out,
