@@ -289,10 +289,26 @@ static PGresult *run(struct store_db *db, int i, struct params *p)
 		return NULL;
 	char name[16];
 	snprintf(name, sizeof name, "s%d", i);
+	bool idle = PQtransactionStatus(db->c) == PQTRANS_IDLE;
 	PGresult *res = PQexecPrepared(db->c, name, p ? p->n : 0,
 				       p ? p->v : NULL, p ? p->len : NULL,
 				       p ? p->fmt : NULL, 1);
 	ExecStatusType s = PQresultStatus(res);
+	if (s == PGRES_FATAL_ERROR && idle && PQstatus(db->c) == CONNECTION_BAD) {
+		/* The server closed the connection (restart, terminated
+		 * backend): outside a transaction nothing is lost by asking
+		 * again once on a new connection. Inside one the caller rolls
+		 * back and retries the whole transaction. */
+		PQclear(res);
+		PQreset(db->c);
+		if (PQstatus(db->c) != CONNECTION_OK || prepare_all(db) < 0) {
+			set_err(db, NULL);
+			return NULL;
+		}
+		res = PQexecPrepared(db->c, name, p ? p->n : 0, p ? p->v : NULL,
+				     p ? p->len : NULL, p ? p->fmt : NULL, 1);
+		s = PQresultStatus(res);
+	}
 	if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
 		set_err(db, res);
 		PQclear(res);

@@ -805,6 +805,43 @@ static void test_backpressure(void **state)
 	assert_int_equal(store_close(st), 0);
 }
 
+/* ---- a failing commit is retried, never dropped (PostgreSQL) ---- */
+
+static void test_reconnect(void **state)
+{
+	if (!pg_base)
+		skip(); /* SQLite has no server to lose */
+	fresh_url();
+	char db[16];
+	snprintf(db, sizeof db, "t%d", test_no);
+	struct store_options o = opts();
+	struct events ev = { 0 };
+	struct store *st = open_ok(&o, &ev);
+	uint64_t a = append(st, "n", "#c", 1, "before");
+	wait_durable(st, &ev, a);
+	/* Every connection of the store goes away, the writer's in the
+	 * middle of nothing, the reader's too. */
+	char q[256];
+	snprintf(q, sizeof q,
+		 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+		 " WHERE datname = '%s' AND pid <> pg_backend_pid()", db);
+	pg_exec("postgres", q);
+	uint64_t b = append(st, "n", "#c", 2, "after");
+	uint64_t c;
+	assert_int_equal(store_set_position(st, "n", "phone", b, &c), 0);
+	wait_durable(st, &ev, c);
+	assert_true(ev.errors >= 1); /* told, then retried */
+	assert_int_equal(count(st, "n"), 2); /* the reader reconnects too */
+	uint64_t pos;
+	assert_int_equal(store_get_position(st, "n", "phone", &pos), 0);
+	assert_int_equal(pos, b);
+	struct store_stats s;
+	assert_int_equal(store_stats(st, &s, NULL, 0), 0);
+	assert_true(s.commit_failures >= 1);
+	assert_int_equal(s.lines, 2);
+	assert_int_equal(store_close(st), 0);
+}
+
 /* ---- bounds ---- */
 
 static void test_bounds(void **state)
@@ -886,6 +923,7 @@ int main(void)
 		cmocka_unit_test(test_foreign),
 		cmocka_unit_test(test_migration),
 		cmocka_unit_test(test_backpressure),
+		cmocka_unit_test(test_reconnect),
 		cmocka_unit_test(test_bounds),
 	};
 	int rc = cmocka_run_group_tests_name(pg_base ? "store_postgres"
