@@ -805,6 +805,78 @@ static void test_backpressure(void **state)
 	assert_int_equal(store_close(st), 0);
 }
 
+/* ---- several handles (hosts) on one store; a network moving between
+ * them keeps its seqs increasing ---- */
+
+static uint64_t append_retry(struct store *st, struct events *ev,
+			     const char *net, const char *line)
+{
+	struct store_msg m = { .time_ms = 1, .network = net, .target = "#c",
+			       .sender = "s", .command = "PRIVMSG", .line = line };
+	uint64_t seq = 0;
+	int r;
+	for (int i = 0; i < 500 && (r = store_append(st, &m, &seq)) == -EAGAIN; i++) {
+		struct pollfd p = { store_fd(st), POLLIN, 0 };
+		poll(&p, 1, 20);
+		store_dispatch(st);
+	}
+	assert_int_equal(r, 0);
+	return seq;
+}
+
+static void test_two_handles(void **state)
+{
+	fresh_url();
+	struct store_options o = opts();
+	o.seq_block = 16;
+	struct events e1 = { 0 }, e2 = { 0 };
+	struct store *h1 = open_ok(&o, &e1), *h2 = open_ok(&o, &e2);
+	uint64_t l1 = 0, l2 = 0;
+	for (int i = 0; i < 100; i++) {
+		l1 = append_retry(h1, &e1, "alice/net", "from h1");
+		l2 = append_retry(h2, &e2, "bob/net", "from h2");
+	}
+	wait_durable(h1, &e1, l1);
+	wait_durable(h2, &e2, l2);
+	/* One sequence: no seq (msgid) given twice, each sees the other's. */
+	struct store_query q = { .kind = STORE_Q_REPLAY, .limit = STORE_QUERY_MAX };
+	struct store_result a, b;
+	q.network = "alice/net";
+	assert_int_equal(store_query(h2, &q, &a, NULL, 0), 0);
+	q.network = "bob/net";
+	assert_int_equal(store_query(h1, &q, &b, NULL, 0), 0);
+	assert_int_equal(a.nrows, 100);
+	assert_int_equal(b.nrows, 100);
+	for (size_t i = 0; i < a.nrows; i++)
+		for (size_t k = 0; k < b.nrows; k++)
+			assert_true(a.rows[i].seq != b.rows[k].seq);
+	char m1[STORE_MSGID_LEN], m2[STORE_MSGID_LEN];
+	store_msgid_format(h1, a.rows[0].seq, m1);
+	store_msgid_format(h2, a.rows[0].seq, m2);
+	assert_string_equal(m1, m2); /* the database's id, not the handle's */
+	store_result_free(&a);
+	store_result_free(&b);
+	/* alice moves from h1 to h2: h2's next seqs must be above h1's. */
+	uint64_t last = append_retry(h1, &e1, "alice/net", "last on h1");
+	for (int i = 0; i < 40; i++)
+		append_retry(h1, &e1, "other/net", "h1 runs ahead");
+	uint64_t ahead = append_retry(h1, &e1, "other/net", "h1 runs ahead");
+	wait_durable(h1, &e1, ahead);
+	store_seq_floor(h2, ahead);
+	uint64_t first = append_retry(h2, &e2, "alice/net", "first on h2");
+	assert_true(first > ahead);
+	assert_true(first > last);
+	wait_durable(h2, &e2, first);
+	q.network = "alice/net";
+	assert_int_equal(store_query(h1, &q, &a, NULL, 0), 0);
+	assert_int_equal(a.nrows, 102);
+	assert_string_equal(a.rows[100].line, "last on h1");
+	assert_string_equal(a.rows[101].line, "first on h2");
+	store_result_free(&a);
+	assert_int_equal(store_close(h1), 0);
+	assert_int_equal(store_close(h2), 0);
+}
+
 /* ---- a failing commit is retried, never dropped (PostgreSQL) ---- */
 
 static void test_reconnect(void **state)
@@ -924,6 +996,7 @@ int main(void)
 		cmocka_unit_test(test_migration),
 		cmocka_unit_test(test_backpressure),
 		cmocka_unit_test(test_reconnect),
+		cmocka_unit_test(test_two_handles),
 		cmocka_unit_test(test_bounds),
 	};
 	int rc = cmocka_run_group_tests_name(pg_base ? "store_postgres"
