@@ -38,6 +38,20 @@ struct retention {
 	int64_t max_age_ms, max_bytes; /* < 0: default */
 };
 
+/* An asynchronous query and, once run, its answer. */
+struct job {
+	struct job *next;
+	uint64_t id;
+	struct store_query q; /* strings point into strs */
+	char *strs;
+	store_query_cb cb;
+	void *arg;
+	bool canceled;
+	int rc;
+	struct store_result res;
+	char err[256];
+};
+
 struct store {
 	const struct store_db_ops *ops;
 	struct store_options o;
@@ -73,7 +87,25 @@ struct store {
 	_Atomic uint64_t durable;
 	uint64_t durable_told;
 	struct store_stats stats;
+	/* The query thread (under lock): waiting, running, answered. */
+	pthread_t qthread;
+	bool qthread_started;
+	pthread_cond_t qwake;
+	struct job *jobs, *jobs_tail, *running, *answered, *answered_tail;
+	size_t njobs; /* waiting + running */
+	uint64_t next_job;
 };
+
+static void job_free(struct job *j)
+{
+	if (!j)
+		return;
+	store_result_free(&j->res);
+	free(j->strs);
+	free(j);
+}
+
+static void *query_thread(void *arg);
 
 static size_t or_default(size_t v, size_t d)
 {
@@ -479,6 +511,7 @@ struct store *store_open(const struct store_options *opts,
 		pthread_cond_destroy(&st->wake);
 		pthread_cond_init(&st->wake, &ca);
 		pthread_cond_init(&st->done, &ca);
+		pthread_cond_init(&st->qwake, &ca);
 		pthread_condattr_destroy(&ca);
 	}
 	st->o = *opts;
@@ -541,6 +574,12 @@ struct store *store_open(const struct store_options *opts,
 		goto fail;
 	}
 	st->thread_started = true;
+	if ((e = pthread_create(&st->qthread, NULL, query_thread, st)) != 0) {
+		snprintf(err, errlen, "store: starting the query thread: %s",
+			 strerror(e));
+		goto fail;
+	}
+	st->qthread_started = true;
 	return st;
 fail:
 	store_close(st);
@@ -556,12 +595,22 @@ size_t store_close(struct store *st)
 	if (!st)
 		return 0;
 	size_t lost = 0;
-	if (st->thread_started) {
-		pthread_mutex_lock(&st->lock);
-		st->closing = true;
-		pthread_cond_signal(&st->wake);
-		pthread_mutex_unlock(&st->lock);
+	pthread_mutex_lock(&st->lock);
+	st->closing = true;
+	pthread_cond_signal(&st->wake);
+	pthread_cond_signal(&st->qwake);
+	pthread_mutex_unlock(&st->lock);
+	if (st->qthread_started)
+		pthread_join(st->qthread, NULL);
+	if (st->thread_started)
 		pthread_join(st->thread, NULL);
+	for (struct job *j = st->jobs, *n; j; j = n) {
+		n = j->next;
+		job_free(j);
+	}
+	for (struct job *j = st->answered, *n; j; j = n) {
+		n = j->next;
+		job_free(j);
 	}
 	lost = st->nops;
 	free_ops(st->head);
@@ -583,6 +632,7 @@ size_t store_close(struct store *st)
 	pthread_mutex_destroy(&st->rlock);
 	pthread_cond_destroy(&st->wake);
 	pthread_cond_destroy(&st->done);
+	pthread_cond_destroy(&st->qwake);
 	free(st);
 	return lost;
 }
@@ -620,6 +670,23 @@ void store_dispatch(struct store *st)
 		st->cb.error(st->cb_arg, NULL);
 	if (space && st->cb.space)
 		st->cb.space(st->cb_arg);
+	/* One answer at a time, so a callback may cancel the next ones. */
+	for (;;) {
+		pthread_mutex_lock(&st->lock);
+		struct job *j = st->answered;
+		if (j) {
+			st->answered = j->next;
+			if (!st->answered)
+				st->answered_tail = NULL;
+		}
+		pthread_mutex_unlock(&st->lock);
+		if (!j)
+			break;
+		struct store_result res = j->res;
+		memset(&j->res, 0, sizeof j->res); /* the callback's now */
+		j->cb(j->arg, j->rc, &res, j->rc == -EIO ? j->err : NULL);
+		job_free(j);
+	}
 }
 
 uint64_t store_durable_seq(const struct store *st)
@@ -1099,6 +1166,130 @@ int store_query(struct store *st, const struct store_query *q,
 	if (r < 0)
 		store_result_free(out);
 	return r;
+}
+
+static void *query_thread(void *arg)
+{
+	struct store *st = arg;
+	pthread_mutex_lock(&st->lock);
+	for (;;) {
+		while (!st->jobs && !st->closing)
+			pthread_cond_wait(&st->qwake, &st->lock);
+		if (st->closing)
+			break;
+		struct job *j = st->jobs;
+		st->jobs = j->next;
+		if (!st->jobs)
+			st->jobs_tail = NULL;
+		j->next = NULL;
+		st->running = j;
+		pthread_mutex_unlock(&st->lock);
+		j->rc = store_query(st, &j->q, &j->res, j->err, sizeof j->err);
+		pthread_mutex_lock(&st->lock);
+		st->running = NULL;
+		st->njobs--;
+		if (j->canceled) {
+			job_free(j);
+			continue;
+		}
+		if (st->answered_tail)
+			st->answered_tail->next = j;
+		else
+			st->answered = j;
+		st->answered_tail = j;
+		pthread_mutex_unlock(&st->lock);
+		notify(st);
+		pthread_mutex_lock(&st->lock);
+	}
+	pthread_mutex_unlock(&st->lock);
+	return NULL;
+}
+
+int store_query_async(struct store *st, const struct store_query *q,
+		      store_query_cb cb, void *arg, uint64_t *id)
+{
+	const char *src[4] = { q->network, q->target,
+			       q->ref.kind == STORE_REF_MSGID ? q->ref.msgid : NULL,
+			       q->ref2.kind == STORE_REF_MSGID ? q->ref2.msgid : NULL };
+	size_t len[4], total = 0;
+	for (int i = 0; i < 4; i++) {
+		len[i] = src[i] ? strlen(src[i]) + 1 : 0;
+		total += len[i];
+	}
+	struct job *j = calloc(1, sizeof *j);
+	if (!j || !(j->strs = malloc(total ? total : 1))) {
+		free(j);
+		return -ENOMEM;
+	}
+	j->q = *q;
+	j->cb = cb;
+	j->arg = arg;
+	const char **dst[4] = { &j->q.network, &j->q.target, &j->q.ref.msgid,
+				&j->q.ref2.msgid };
+	char *p = j->strs;
+	for (int i = 0; i < 4; i++) {
+		if (!src[i])
+			continue;
+		memcpy(p, src[i], len[i]);
+		*dst[i] = p;
+		p += len[i];
+	}
+	pthread_mutex_lock(&st->lock);
+	int r = 0;
+	if (st->closing)
+		r = -ESHUTDOWN;
+	else if (st->njobs >= STORE_QUERY_JOBS)
+		r = -EAGAIN;
+	if (r < 0) {
+		pthread_mutex_unlock(&st->lock);
+		job_free(j);
+		return r;
+	}
+	j->id = ++st->next_job;
+	if (st->jobs_tail)
+		st->jobs_tail->next = j;
+	else
+		st->jobs = j;
+	st->jobs_tail = j;
+	st->njobs++;
+	if (id)
+		*id = j->id;
+	pthread_cond_signal(&st->qwake);
+	pthread_mutex_unlock(&st->lock);
+	return 0;
+}
+
+/* Unlink job `id` from a list; NULL if it is not there. */
+static struct job *unlink_job(struct job **head, struct job **tail, uint64_t id)
+{
+	struct job *prev = NULL;
+	for (struct job *j = *head; j; prev = j, j = j->next) {
+		if (j->id != id)
+			continue;
+		if (prev)
+			prev->next = j->next;
+		else
+			*head = j->next;
+		if (*tail == j)
+			*tail = prev;
+		j->next = NULL;
+		return j;
+	}
+	return NULL;
+}
+
+void store_query_cancel(struct store *st, uint64_t id)
+{
+	pthread_mutex_lock(&st->lock);
+	struct job *j = unlink_job(&st->jobs, &st->jobs_tail, id);
+	if (j)
+		st->njobs--;
+	else
+		j = unlink_job(&st->answered, &st->answered_tail, id);
+	if (!j && st->running && st->running->id == id)
+		st->running->canceled = true; /* freed when it ends */
+	pthread_mutex_unlock(&st->lock);
+	job_free(j);
 }
 
 int store_get_position(struct store *st, const char *network,

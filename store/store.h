@@ -45,15 +45,18 @@
  * Reads. store_query(), store_get_position(), store_get_read_marker() and
  * store_stats() see only durable data and run on a second database
  * connection of their own, synchronously: they wait on the disk (a bounded
- * indexed query, at most STORE_QUERY_MAX rows), so an event loop should run
- * them from a worker thread. They never wait for the writer (SQLite WAL
- * readers do not block the writer, nor it them).
+ * indexed query, at most STORE_QUERY_MAX rows). An event loop uses
+ * store_query_async() instead: the query runs on the store's query thread
+ * and its callback from store_dispatch(). They never wait for the writer
+ * (SQLite WAL readers do not block the writer, nor it them).
  *
  * Threading and ownership. One thread uses a handle (store_open() ...
  * store_close()); store_query(), store_get_*() and store_stats() may also
  * be called from other threads (they serialize on the read connection).
- * The writer thread is the store's own. Strings passed in are copied; the
- * results of queries belong to the caller (store_result_free()).
+ * The writer thread and the query thread are the store's own; callbacks
+ * run only from store_dispatch(), on the caller's thread. Strings passed in
+ * are copied; the results of queries belong to the caller
+ * (store_result_free()).
  *
  * Library code: no logging, no exits; -errno returns, a message in `err`
  * where a human needs one. Allocation failures are -ENOMEM (common/util.h).
@@ -252,6 +255,23 @@ struct store_result {
 int store_query(struct store *st, const struct store_query *q,
 		struct store_result *out, char *err, size_t errlen);
 void store_result_free(struct store_result *r); /* the rows; r stays */
+
+/* The same query off the caller's thread: it runs on the store's query
+ * thread and the callback runs from store_dispatch() (store_fd() becomes
+ * readable), with store_query()'s return in rc and err. The result is the
+ * callback's: it frees it with store_result_free() (or keeps it). At most
+ * STORE_QUERY_JOBS queries wait at once; more: -EAGAIN. Returns 0 and a
+ * nonzero *id for store_query_cancel(), -EAGAIN, -ENOMEM, -ESHUTDOWN. The
+ * query (strings included) is copied. */
+#define STORE_QUERY_JOBS 256
+typedef void (*store_query_cb)(void *arg, int rc, struct store_result *res,
+			       const char *err);
+int store_query_async(struct store *st, const struct store_query *q,
+		      store_query_cb cb, void *arg, uint64_t *id);
+/* The callback of query `id` will not run (its arg may go away); a query
+ * already running finishes and its result is dropped. Unknown or finished
+ * ids are ignored. store_close() cancels every query still waiting. */
+void store_query_cancel(struct store *st, uint64_t id);
 
 /* 0 and the value, -ENOENT (none stored), -EIO, -EINVAL. */
 int store_get_position(struct store *st, const char *network,

@@ -805,6 +805,100 @@ static void test_backpressure(void **state)
 	assert_int_equal(store_close(st), 0);
 }
 
+/* ---- queries off the caller's thread ---- */
+
+struct answer {
+	int calls, rc;
+	size_t rows;
+	char first[32];
+};
+
+static void on_answer(void *arg, int rc, struct store_result *res,
+		      const char *err)
+{
+	struct answer *a = arg;
+	a->calls++;
+	a->rc = rc;
+	a->rows = res->nrows;
+	if (res->nrows)
+		snprintf(a->first, sizeof a->first, "%s", res->rows[0].line);
+	store_result_free(res);
+}
+
+static void test_async(void **state)
+{
+	struct events ev = { 0 };
+	uint64_t s[10], d = 0;
+	struct store *st = hist_setup(&ev, s, &d);
+	struct answer a[4] = { { 0 } };
+	uint64_t id[4];
+	char m[STORE_MSGID_LEN];
+	store_msgid_format(st, s[5], m);
+	{
+		/* The query's strings are copied: these go away at once. */
+		char net[8] = "n", tgt[8] = "#c", mid_copy[STORE_MSGID_LEN];
+		memcpy(mid_copy, m, sizeof m);
+		struct store_query q = { .kind = STORE_Q_AFTER, .network = net,
+					 .target = tgt, .limit = 3,
+					 .ref = { .kind = STORE_REF_MSGID,
+						  .msgid = mid_copy } };
+		assert_int_equal(store_query_async(st, &q, on_answer, &a[0], &id[0]), 0);
+		memset(net, 'x', 7);
+		memset(mid_copy, 'x', sizeof mid_copy - 1);
+	}
+	struct store_query q2 = { .kind = STORE_Q_LATEST, .network = "n",
+				  .target = "#c", .limit = 2 };
+	assert_int_equal(store_query_async(st, &q2, on_answer, &a[1], &id[1]), 0);
+	assert_int_equal(store_query_async(st, &q2, on_answer, &a[2], &id[2]), 0);
+	q2.kind = STORE_Q_BEFORE; /* no ref: the error comes back the same way */
+	assert_int_equal(store_query_async(st, &q2, on_answer, &a[3], &id[3]), 0);
+	store_query_cancel(st, id[2]);
+	store_query_cancel(st, 999999); /* unknown: ignored */
+	for (int i = 0; i < 500 && !(a[0].calls && a[1].calls && a[3].calls); i++) {
+		struct pollfd p = { store_fd(st), POLLIN, 0 };
+		poll(&p, 1, 20);
+		store_dispatch(st);
+	}
+	assert_int_equal(a[0].calls, 1);
+	assert_int_equal(a[0].rc, 0);
+	assert_int_equal(a[0].rows, 3);
+	assert_string_equal(a[0].first, "m6");
+	assert_int_equal(a[1].calls, 1);
+	assert_int_equal(a[1].rows, 2);
+	assert_string_equal(a[1].first, "m8");
+	assert_int_equal(a[2].calls, 0); /* canceled */
+	assert_int_equal(a[3].calls, 1);
+	assert_int_equal(a[3].rc, -EINVAL);
+	if (pg_base) {
+		/* The bound: a reader held behind a lock keeps jobs waiting. */
+		PGconn *c = PQconnectdb(url);
+		PQclear(PQexec(c, "BEGIN; LOCK TABLE baton_message IN ACCESS EXCLUSIVE MODE"));
+		struct answer many = { 0 };
+		q2.kind = STORE_Q_LATEST;
+		int ok = 0;
+		while (ok < STORE_QUERY_JOBS + 10 &&
+		       store_query_async(st, &q2, on_answer, &many, NULL) == 0)
+			ok++;
+		assert_int_equal(ok, STORE_QUERY_JOBS);
+		assert_int_equal(store_query_async(st, &q2, on_answer, &many, NULL),
+				 -EAGAIN);
+		PQclear(PQexec(c, "ROLLBACK"));
+		PQfinish(c);
+		for (int i = 0; i < 500 && many.calls < ok; i++) {
+			struct pollfd p = { store_fd(st), POLLIN, 0 };
+			poll(&p, 1, 20);
+			store_dispatch(st);
+		}
+		assert_int_equal(many.calls, ok);
+	}
+	/* Queries still waiting at close: no callback, nothing leaked. */
+	struct answer late = { 0 };
+	for (int i = 0; i < 20; i++)
+		assert_int_equal(store_query_async(st, &q2, on_answer, &late, NULL), 0);
+	assert_int_equal(store_close(st), 0);
+	assert_int_equal(late.calls, 0);
+}
+
 /* ---- several handles (hosts) on one store; a network moving between
  * them keeps its seqs increasing ---- */
 
@@ -989,6 +1083,7 @@ int main(void)
 		cmocka_unit_test(test_order_durable),
 		cmocka_unit_test(test_chathistory),
 		cmocka_unit_test(test_query_clamped),
+		cmocka_unit_test(test_async),
 		cmocka_unit_test(test_positions_markers),
 		cmocka_unit_test(test_retention),
 		cmocka_unit_test(test_crash),
