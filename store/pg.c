@@ -132,6 +132,7 @@ struct store_db {
 	 * n / PIPE_MAX round trips instead of n. */
 	bool in_pipe;
 	int npipe;
+	int lock_timeout_ms;
 	char err[256];
 };
 
@@ -198,6 +199,16 @@ static void set_err(struct store_db *db, const PGresult *res)
 
 static int prepare_all(struct store_db *db)
 {
+	/* Also after a reconnect: session settings went with the old one. */
+	char lt[64];
+	snprintf(lt, sizeof lt, "SET lock_timeout = %d", db->lock_timeout_ms);
+	PGresult *lr = PQexec(db->c, lt);
+	if (PQresultStatus(lr) != PGRES_COMMAND_OK) {
+		set_err(db, lr);
+		PQclear(lr);
+		return -EIO;
+	}
+	PQclear(lr);
 	for (int i = 0; i < S_COUNT; i++) {
 		Oid types[8];
 		int n = (int)strlen(sql[i].types);
@@ -451,6 +462,14 @@ static struct store_db *db_open(const struct store_options *o, bool create,
 		size_t l = strlen(err);
 		while (l && err[l - 1] == '\n')
 			err[--l] = 0;
+		r = -EIO;
+		goto out;
+	}
+	db->lock_timeout_ms = o->lock_timeout_ms > 0 ? o->lock_timeout_ms : 10000;
+	char lt[64];
+	snprintf(lt, sizeof lt, "SET lock_timeout = %d", db->lock_timeout_ms);
+	if (exec(db, lt) < 0) {
+		snprintf(err, errlen, "postgresql: %s", db->err);
 		r = -EIO;
 		goto out;
 	}

@@ -247,7 +247,7 @@ static struct store_db *db_open(const struct store_options *o, bool create,
 		r = -EIO;
 		goto out;
 	}
-	sqlite3_busy_timeout(db->h, 10000);
+	sqlite3_busy_timeout(db->h, o->lock_timeout_ms > 0 ? o->lock_timeout_ms : 10000);
 	sqlite3_extended_result_codes(db->h, 1);
 	if ((r = setup_schema(db, o, create, err, errlen)) < 0)
 		goto out;

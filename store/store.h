@@ -109,6 +109,10 @@ struct store_options {
 	 * queue between steps). */
 	int64_t retention_interval_ms;
 	size_t retention_batch;
+	/* How long a statement waits for a lock another connection holds
+	 * before it fails (and the batch is retried): SQLite's busy timeout,
+	 * PostgreSQL's lock_timeout (0: 10,000 ms). */
+	int lock_timeout_ms;
 	/* SQLite synchronous=NORMAL instead of FULL: a commit survives the
 	 * process's crash but may be lost with the machine's power. */
 	bool sqlite_normal_sync;

@@ -1008,6 +1008,43 @@ static void test_reconnect(void **state)
 	assert_int_equal(store_close(st), 0);
 }
 
+/* ---- a commit that cannot take its lock fails, is told, and is retried;
+ * store_close() says what it could not commit ---- */
+
+static void test_commit_retry(void **state)
+{
+	fresh_url();
+	struct store_options o = opts();
+	o.lock_timeout_ms = 50;
+	struct events ev = { 0 };
+	struct store *st = open_ok(&o, &ev);
+	uint64_t a = append(st, "n", "#c", 1, "known network");
+	wait_durable(st, &ev, a);
+	struct holder hd = { 0 };
+	hold(&hd);
+	uint64_t b = append(st, "n", "#c", 2, "waits for the lock");
+	for (int i = 0; i < 200 && ev.errors == 0; i++) {
+		struct pollfd p = { store_fd(st), POLLIN, 0 };
+		poll(&p, 1, 20);
+		store_dispatch(st);
+	}
+	assert_true(ev.errors >= 1);
+	assert_true(ev.durable < b); /* not durable while it fails */
+	assert_int_equal(store_queued(st), 1);
+	release(&hd);
+	wait_durable(st, &ev, b);
+	assert_int_equal(count(st, "n"), 2);
+	/* Closing while the lock is held: one attempt, the rest reported. */
+	hold(&hd);
+	append(st, "n", "#c", 3, "never committed");
+	append(st, "n", "#c", 4, "never committed either");
+	assert_int_equal(store_close(st), 2);
+	release(&hd);
+	st = open_ok(&o, &ev);
+	assert_int_equal(count(st, "n"), 2);
+	store_close(st);
+}
+
 /* ---- bounds ---- */
 
 static void test_bounds(void **state)
@@ -1091,6 +1128,7 @@ int main(void)
 		cmocka_unit_test(test_migration),
 		cmocka_unit_test(test_backpressure),
 		cmocka_unit_test(test_reconnect),
+		cmocka_unit_test(test_commit_retry),
 		cmocka_unit_test(test_two_handles),
 		cmocka_unit_test(test_bounds),
 	};
