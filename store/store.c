@@ -84,6 +84,7 @@ struct store {
 	char err[256];
 	bool err_new, err_cleared;
 	struct retention *retention;
+	int64_t ret_last_id;     /* writer: retention's place in the networks */
 	_Atomic uint64_t durable;
 	uint64_t durable_told;
 	struct store_stats stats;
@@ -280,13 +281,16 @@ static struct retention *retention_find(struct store *st, const char *network)
 	return NULL;
 }
 
-/* One bounded retention step over every network: deletes at most
- * retention_batch lines per network. Returns 1 if more is left, 0 if done,
- * < 0 on error. */
+/* Networks one retention step looks at, at most. */
+#define RETENTION_NETWORKS 64
+
+/* One bounded retention step: from the network after the last one looked
+ * at, at most RETENTION_NETWORKS networks and retention_batch deleted rows
+ * each. Returns 1 if the pass is not finished, 0 if it is, < 0 on error. */
 static int retention_step(struct store *st)
 {
 	struct store_network_info *nets = NULL;
-	size_t n = 0, batch = st->o.retention_batch;
+	size_t n = 0, batch = st->o.retention_batch, looked = 0;
 	int more = 0, r = st->ops->networks(st->wdb, &nets, &n);
 	if (r < 0)
 		return r;
@@ -298,7 +302,11 @@ static int retention_step(struct store *st)
 		goto out;
 	}
 	int64_t now = clock_wall_ms();
-	for (size_t i = 0; i < n && r >= 0; i++) {
+	size_t i = 0;
+	while (i < n && nets[i].id <= st->ret_last_id)
+		i++;
+	for (; i < n && r >= 0 && looked < RETENTION_NETWORKS; i++, looked++) {
+		st->ret_last_id = nets[i].id;
 		int64_t age = st->o.max_age_ms, maxb = (int64_t)st->o.max_bytes;
 		pthread_mutex_lock(&st->lock);
 		struct retention *ov = retention_find(st, nets[i].name);
@@ -344,12 +352,21 @@ static int retention_step(struct store *st)
 		pthread_mutex_lock(&st->lock);
 		st->stats.retention_deleted += lines;
 		pthread_mutex_unlock(&st->lock);
-		if (k == got && (size_t)got == batch)
+		if (k == got && (size_t)got == batch) {
+			/* This network has more: look at it again next step. */
+			st->ret_last_id = nets[i].id - 1;
 			more = 1;
+			i++;
+			break;
+		}
 	}
+	if (r >= 0 && i < n)
+		more = 1;
+	if (r >= 0 && !more)
+		st->ret_last_id = 0; /* the pass is complete */
 out:
-	for (size_t i = 0; i < n; i++)
-		free(nets[i].name);
+	for (size_t k = 0; k < n; k++)
+		free(nets[k].name);
 	free(nets);
 	free(seq);
 	free(tm);
@@ -372,6 +389,7 @@ static void *writer(void *arg)
 	int64_t backoff_ms = 0, next_retention = clock_mono_ms() +
 						 st->o.retention_interval_ms;
 	bool retention_more = false;
+	unsigned batches_since_step = 0;
 	pthread_mutex_lock(&st->lock);
 	for (;;) {
 		bool need_block = !st->reserving && !st->closing &&
@@ -394,7 +412,33 @@ static void *writer(void *arg)
 				break;
 			continue;
 		}
+		int64_t now = clock_mono_ms();
+		bool ret_due = st->retention_req || retention_more ||
+			       now >= next_retention;
+		if (ret_due && (!st->head || batches_since_step >= 4) &&
+		    !st->closing) {
+			/* Between batches, so a busy queue cannot starve it; one
+			 * bounded step at a time. */
+			batches_since_step = 0;
+			if (st->retention_req) {
+				st->retention_req = false;
+				st->retention_running = true;
+			}
+			pthread_mutex_unlock(&st->lock);
+			int r = retention_step(st);
+			if (r < 0)
+				set_error(st, "retention");
+			retention_more = r > 0;
+			next_retention = clock_mono_ms() + st->o.retention_interval_ms;
+			pthread_mutex_lock(&st->lock);
+			if (!retention_more && !st->retention_req) {
+				st->retention_running = false;
+				pthread_cond_broadcast(&st->done);
+			}
+			continue;
+		}
 		if (st->head) {
+			batches_since_step++;
 			/* Take up to batch_max ops; what arrives meanwhile waits
 			 * for the next commit (group commit). */
 			struct op *batch = st->head, *last = batch;
@@ -461,25 +505,6 @@ static void *writer(void *arg)
 		}
 		if (st->closing)
 			break;
-		int64_t now = clock_mono_ms();
-		if (st->retention_req || retention_more || now >= next_retention) {
-			if (st->retention_req) {
-				st->retention_req = false;
-				st->retention_running = true;
-			}
-			pthread_mutex_unlock(&st->lock);
-			int r = retention_step(st);
-			if (r < 0)
-				set_error(st, "retention");
-			retention_more = r > 0;
-			next_retention = clock_mono_ms() + st->o.retention_interval_ms;
-			pthread_mutex_lock(&st->lock);
-			if (!retention_more && !st->retention_req) {
-				st->retention_running = false;
-				pthread_cond_broadcast(&st->done);
-			}
-			continue;
-		}
 		timed_wait(&st->wake, &st->lock,
 			   deadline_ns(next_retention - now));
 	}

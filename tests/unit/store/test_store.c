@@ -473,12 +473,23 @@ static void test_retention(void **state)
 	/* "keep": no bound of its own beyond the default age. */
 	for (int i = 0; i < 4; i++)
 		last = append(st, "keep", "#k", now, "kept");
+	/* More networks than one step looks at (64): the pass goes on. */
+	char net[16];
+	for (int i = 0; i < 70; i++) {
+		snprintf(net, sizeof net, "many%d", i);
+		append(st, net, "#m", now - 7200 * 1000, "old");
+		last = append(st, net, "#m", now, "new");
+	}
 	wait_durable(st, &ev, last);
 	store_retention_now(st);
 	assert_int_equal(store_sync(st, 10000), 0);
 	assert_int_equal(count(st, "old"), 5);
 	assert_int_equal(count(st, "big"), 10);
 	assert_int_equal(count(st, "keep"), 4);
+	for (int i = 0; i < 70; i++) {
+		snprintf(net, sizeof net, "many%d", i);
+		assert_int_equal(count(st, net), 1);
+	}
 	struct store_query q = { .kind = STORE_Q_LATEST, .network = "big",
 				 .target = "#b", .limit = 1 };
 	q.kind = STORE_Q_REPLAY;
@@ -488,9 +499,9 @@ static void test_retention(void **state)
 	store_result_free(&r);
 	struct store_stats s;
 	assert_int_equal(store_stats(st, &s, NULL, 0), 0);
-	assert_int_equal(s.retention_deleted, 20);
-	assert_int_equal(s.lines, 19);
-	assert_int_equal(s.line_bytes, 5 * 8 + 10 * 10 + 4 * 4);
+	assert_int_equal(s.retention_deleted, 20 + 70);
+	assert_int_equal(s.lines, 19 + 70);
+	assert_int_equal(s.line_bytes, 5 * 8 + 10 * 10 + 4 * 4 + 70 * 3);
 	assert_true(s.disk_bytes > 0);
 	assert_true(s.commits >= 1);
 	store_close(st);
