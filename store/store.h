@@ -70,9 +70,10 @@
 
 struct store;
 
-/* Bounds. A line longer than STORE_LINE_MAX (the IRCv3 line: 8,191 bytes
- * of tags + 512, as sessiond/conn.h) or a name longer than STORE_NAME_MAX
- * (common/names.h) is refused with -E2BIG; at the bound it is stored.
+/* Bounds. A line longer than STORE_LINE_MAX (the longest line a worker
+ * accepts, CONN_MAX_LINE in sessiond/conn.h: IRCv3 tags + 512) or a name
+ * longer than STORE_NAME_MAX (common/names.h) is refused with -E2BIG; at
+ * the bound it is stored.
  * Strings must not contain NUL (they are C strings) and names must not be
  * empty (-EINVAL). */
 #define STORE_LINE_MAX 8704
