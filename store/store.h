@@ -115,7 +115,9 @@ struct store_options {
 	 * PostgreSQL's lock_timeout (0: 10,000 ms). */
 	int lock_timeout_ms;
 	/* SQLite synchronous=NORMAL instead of FULL: a commit survives the
-	 * process's crash but may be lost with the machine's power. */
+	 * process's crash but may be lost with the machine's power (and with
+	 * it a seq reservation: msgids handed out before the loss may then be
+	 * given again). */
 	bool sqlite_normal_sync;
 	/* Tests only: create or migrate the schema only up to this version
 	 * (0: the newest). */
