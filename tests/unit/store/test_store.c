@@ -174,6 +174,28 @@ static void test_order_durable(void **state)
 	assert_int_equal(store_msgid_parse(st, "00000000-0000000000000001", &s),
 			 -ENOENT);
 	assert_int_equal(store_msgid_parse(st, "zz", &s), -ENOENT);
+	/* This store's prefix but not a msgid it makes: seq 0, upper case,
+	 * one digit too few or too many, a non-hex digit, empty, NULL. */
+	char good[STORE_MSGID_LEN], bad[STORE_MSGID_LEN + 1];
+	store_msgid_format(st, 0xabc, good);
+	assert_int_equal(store_msgid_parse(st, good, &s), 0);
+	assert_int_equal(s, 0xabc);
+	memcpy(bad, good, sizeof good);
+	memset(bad + 9, '0', 16);
+	assert_int_equal(store_msgid_parse(st, bad, &s), -ENOENT);
+	memcpy(bad, good, sizeof good);
+	bad[STORE_MSGID_LEN - 2] = 'C';
+	assert_int_equal(store_msgid_parse(st, bad, &s), -ENOENT);
+	bad[STORE_MSGID_LEN - 2] = 'g';
+	assert_int_equal(store_msgid_parse(st, bad, &s), -ENOENT);
+	bad[STORE_MSGID_LEN - 2] = 0;
+	assert_int_equal(store_msgid_parse(st, bad, &s), -ENOENT);
+	memcpy(bad, good, sizeof good);
+	bad[STORE_MSGID_LEN - 1] = '0';
+	bad[STORE_MSGID_LEN] = 0;
+	assert_int_equal(store_msgid_parse(st, bad, &s), -ENOENT);
+	assert_int_equal(store_msgid_parse(st, "", &s), -ENOENT);
+	assert_int_equal(store_msgid_parse(st, NULL, &s), -ENOENT);
 	assert_int_equal(store_close(st), 0);
 
 	/* Reopened: seqs continue above every seq handed out before. */

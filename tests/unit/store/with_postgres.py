@@ -32,7 +32,15 @@ def bindir():
              'run scripts/install-deps (postgresql-15)')
 
 
+def on_term(signum, frame):
+    # A timeout's SIGTERM: leave through the finally below, which stops the
+    # server and removes its files.
+    raise SystemExit(1)
+
+
 def main():
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     if len(sys.argv) < 2:
         sys.exit('usage: with_postgres.py COMMAND [ARGS...]')
     bins = bindir()
@@ -66,6 +74,7 @@ def main():
                            stdout=srv_log, stderr=subprocess.STDOUT,
                            preexec_fn=drop, env=env)
     rc = 1
+    child = None
     try:
         sock = os.path.join(top, '.s.PGSQL.5432')
         deadline = time.time() + 30
@@ -83,8 +92,12 @@ def main():
             sys.exit('with_postgres: the server did not start')
         env = dict(os.environ,
                    STORE_TEST_PG='host=%s port=5432 user=baton' % top)
-        rc = subprocess.run(sys.argv[1:], env=env).returncode
+        child = subprocess.Popen(sys.argv[1:], env=env)
+        rc = child.wait()
     finally:
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait()
         if srv.poll() is None:
             srv.send_signal(signal.SIGINT)  # fast shutdown
             try:
