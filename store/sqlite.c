@@ -311,6 +311,7 @@ static int step_done(struct store_db *db, sqlite3_stmt *s)
 		rc = sqlite3_step(s);
 	if (rc != SQLITE_DONE)
 		return fail(db);
+	sqlite3_reset(s);
 	return 0;
 }
 
@@ -364,8 +365,10 @@ static int select_id(struct store_db *db, sqlite3_stmt *s, int64_t *id)
 		sqlite3_reset(s);
 		return 0;
 	}
-	if (rc == SQLITE_DONE)
+	if (rc == SQLITE_DONE) {
+		sqlite3_reset(s);
 		return -ENOENT;
+	}
 	return fail(db);
 }
 
@@ -474,6 +477,7 @@ static int db_networks(struct store_db *db, struct store_network_info **out,
 		free(v);
 		return r;
 	}
+	sqlite3_reset(s);
 	*out = v;
 	*n = len;
 	return 0;
@@ -518,6 +522,7 @@ static int db_delete_upto(struct store_db *db, int64_t network_id,
 	}
 	if (rc != SQLITE_DONE)
 		return fail(db);
+	sqlite3_reset(s);
 	return 0;
 }
 
@@ -550,7 +555,11 @@ static int db_lookup(struct store_db *db, uint64_t seq, int64_t *target_id,
 		sqlite3_reset(s);
 		return 0;
 	}
-	return rc == SQLITE_DONE ? -ENOENT : fail(db);
+	if (rc == SQLITE_DONE) {
+		sqlite3_reset(s);
+		return -ENOENT;
+	}
+	return fail(db);
 }
 
 static const char *col(sqlite3_stmt *s, int i)
@@ -573,11 +582,13 @@ static int read_rows(struct store_db *db, sqlite3_stmt *s, const char *target,
 		if (e < 0)
 			break;
 	}
-	if (e < 0) {
+	if (e < 0 || rc == SQLITE_DONE) {
+		/* Reset ends the read transaction: a reader left open would
+		 * keep checkpoints from emptying the WAL. */
 		sqlite3_reset(s);
 		return e;
 	}
-	return rc == SQLITE_DONE ? 0 : fail(db);
+	return fail(db);
 }
 
 static int db_range(struct store_db *db, int64_t target_id,
@@ -621,7 +632,10 @@ static int db_targets(struct store_db *db, int64_t network_id, int64_t lo,
 			sqlite3_reset(s);
 			return e;
 		}
-	return rc == SQLITE_DONE ? 0 : fail(db);
+	if (rc != SQLITE_DONE)
+		return fail(db);
+	sqlite3_reset(s);
+	return 0;
 }
 
 static int db_get_position(struct store_db *db, const char *network,
