@@ -147,7 +147,16 @@ struct store *store_open(const struct store_options *opts,
 size_t store_close(struct store *st);
 
 /* The eventfd to watch for reading; store_dispatch() reads it and runs the
- * callbacks (from the caller's thread). */
+ * callbacks (from the caller's thread). With libevent:
+ *
+ *   static void on_store(evutil_socket_t fd, short what, void *arg)
+ *   {
+ *           store_dispatch(arg);
+ *   }
+ *   ev = event_new(base, store_fd(st), EV_READ | EV_PERSIST, on_store, st);
+ *   event_add(ev, NULL);
+ *
+ * (event_free() it before store_close(): the fd is the store's.) */
 int store_fd(const struct store *st);
 void store_dispatch(struct store *st);
 
