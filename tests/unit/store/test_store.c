@@ -10,6 +10,7 @@
 #include "store/store.h"
 
 #include <errno.h>
+#include <event2/event.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
@@ -224,6 +225,52 @@ static void test_order_durable(void **state)
 	uint64_t n = append(st, "u/net", "#a", 5000, "after reopen");
 	assert_true(n > seqs[49]);
 	assert_int_equal(store_close(st), 0);
+}
+
+/* ---- in a libevent loop, as the worker will use it ---- */
+
+struct loop_ctx {
+	struct store *st;
+	struct event_base *base;
+	uint64_t want, durable;
+};
+
+static void on_store_fd(evutil_socket_t fd, short what, void *arg)
+{
+	struct loop_ctx *c = arg;
+	store_dispatch(c->st);
+}
+
+static void on_loop_durable(void *arg, uint64_t seq)
+{
+	struct loop_ctx *c = arg;
+	c->durable = seq;
+	if (c->durable >= c->want)
+		event_base_loopbreak(c->base);
+}
+
+static void test_libevent(void **state)
+{
+	fresh_url();
+	struct store_options o = opts();
+	struct loop_ctx c = { 0 };
+	struct store_callbacks lcb = { .durable = on_loop_durable };
+	char err[256];
+	c.base = event_base_new();
+	c.st = store_open(&o, &lcb, &c, err, sizeof err);
+	assert_non_null(c.st);
+	struct event *ev = event_new(c.base, store_fd(c.st), EV_READ | EV_PERSIST,
+				     on_store_fd, &c);
+	event_add(ev, NULL);
+	for (int i = 0; i < 1000; i++)
+		c.want = append(c.st, "n", "#c", i, "through the loop");
+	struct timeval limit = { 10, 0 };
+	event_base_loopexit(c.base, &limit);
+	event_base_dispatch(c.base);
+	assert_int_equal(c.durable, c.want);
+	event_free(ev);
+	assert_int_equal(store_close(c.st), 0);
+	event_base_free(c.base);
 }
 
 /* ---- chathistory ---- */
@@ -1172,6 +1219,7 @@ int main(void)
 	}
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_order_durable),
+		cmocka_unit_test(test_libevent),
 		cmocka_unit_test(test_chathistory),
 		cmocka_unit_test(test_query_clamped),
 		cmocka_unit_test(test_async),
