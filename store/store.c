@@ -76,6 +76,7 @@ struct store {
 	uint64_t next_seq, block_end;   /* seqs handed out: [next_seq, block_end) */
 	uint64_t spare_first, spare_end; /* the next block, reserved ahead */
 	uint64_t floor;
+	uint64_t last_seq;        /* the last seq handed out */
 	bool reserving;
 	bool closing;
 	bool want_space;          /* a refusal since the last space callback */
@@ -765,6 +766,7 @@ static int enqueue(struct store *st, struct op *o, uint64_t *seq)
 		return r;
 	}
 	o->seq = st->next_seq++;
+	st->last_seq = o->seq;
 	if (st->tail)
 		st->tail->next = o;
 	else
@@ -900,7 +902,9 @@ int store_sync(struct store *st, int64_t timeout_ms)
 	int64_t until = deadline_ns(timeout_ms);
 	int r = 0;
 	pthread_mutex_lock(&st->lock);
-	uint64_t want = st->next_seq - 1;
+	/* Not next_seq - 1: a floor or a new block moves next_seq past seqs
+	 * never handed out. */
+	uint64_t want = st->last_seq;
 	bool any = st->head || st->inflight;
 	while ((any && atomic_load(&st->durable) < want) || st->retention_req ||
 	       st->retention_running) {

@@ -1057,7 +1057,14 @@ static void test_two_handles(void **state)
 		append_retry(h1, &e1, "other/net", "h1 runs ahead");
 	uint64_t ahead = append_retry(h1, &e1, "other/net", "h1 runs ahead");
 	wait_durable(h1, &e1, ahead);
+	/* A floor while h2 has a line queued: store_sync() waits for that
+	 * line, not for seqs the floor skipped. */
+	struct holder hd = { 0 };
+	hold(&hd);
+	append_retry(h2, &e2, "bob/net", "queued across the floor");
 	store_seq_floor(h2, ahead);
+	release(&hd);
+	assert_int_equal(store_sync(h2, 5000), 0);
 	uint64_t first = append_retry(h2, &e2, "alice/net", "first on h2");
 	assert_true(first > ahead);
 	assert_true(first > last);
