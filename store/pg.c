@@ -265,9 +265,18 @@ static int pipe_flush(struct store_db *db)
 		}
 		PQclear(res);
 	}
-	PQexitPipelineMode(db->c);
 	db->in_pipe = false;
 	db->npipe = 0;
+	if (!PQexitPipelineMode(db->c)) {
+		/* Results still pending (a broken exchange): start over on a
+		 * new connection rather than stay in pipeline mode. The
+		 * transaction is gone with the old one; the writer retries. */
+		set_err(db, NULL);
+		PQreset(db->c);
+		if (PQstatus(db->c) == CONNECTION_OK)
+			prepare_all(db);
+		r = -EIO;
+	}
 	return r;
 }
 
