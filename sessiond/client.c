@@ -31,6 +31,8 @@ static const struct {
 	{ "server-time", CLIENT_CAP_SERVER_TIME },
 	{ "multi-prefix", CLIENT_CAP_MULTI_PREFIX },
 	{ "echo-message", CLIENT_CAP_ECHO_MESSAGE },
+	{ "away-notify", CLIENT_CAP_AWAY_NOTIFY },
+	{ "userhost-in-names", CLIENT_CAP_USERHOST_IN_NAMES },
 };
 #define NCLIENT_CAPS (sizeof(client_caps) / sizeof(client_caps[0]))
 /* Targets of one PRIVMSG/NOTICE stored in the backlog (more are sent to
@@ -984,15 +986,48 @@ void client_attach(struct client *cl, struct session *s)
 
 /* ---- commands ---- */
 
+/* The commands baton answers itself that lack what RFC 2812 requires: 461
+ * ERR_NEEDMOREPARAMS (PING without a token, PASS without a password, USER
+ * without its four parameters or with an empty realname), 431
+ * ERR_NONICKNAMEGIVEN (NICK without a nick). Returns true when it
+ * answered (the line goes no further). */
+static bool client_missing_params(struct client *cl, const struct irc_msg *m)
+{
+	const char *cmd = m->command;
+	const char *srv = cl->phase == CLIENT_ATTACHED ? client_srv(cl) : BATON_SERVER_NAME;
+	const char *nick = cl->phase == CLIENT_ATTACHED ? client_nick(cl) :
+				(cl->nick ? cl->nick : "*");
+	bool short_;
+
+	if (strcasecmp(cmd, "NICK") == 0) {
+		if (m->nparams >= 1 && m->params[0][0])
+			return false;
+		conn_sendf(cl->conn, ":%s 431 %s :No nickname given", srv, nick);
+		return true;
+	}
+	if (strcasecmp(cmd, "PING") == 0 || strcasecmp(cmd, "PASS") == 0)
+		short_ = m->nparams < 1; /* "PING :" has its (empty) token */
+	else if (strcasecmp(cmd, "USER") == 0)
+		short_ = m->nparams < 4 || m->params[0][0] == '\0' ||
+			 m->params[3][0] == '\0';
+	else
+		return false;
+	if (!short_)
+		return false;
+	conn_sendf(cl->conn, ":%s 461 %s %.32s :Not enough parameters", srv, nick, cmd);
+	return true;
+}
+
 static void client_pending_line(struct client *cl, struct irc_msg *m)
 {
 	const char *cmd = m->command;
 
 	if (strcasecmp(cmd, "CAP") == 0) {
 		client_cap(cl, m);
-	} else if (m->nparams >= 1 && (strcasecmp(cmd, "PASS") == 0 ||
-					 strcasecmp(cmd, "NICK") == 0 ||
-					 strcasecmp(cmd, "USER") == 0)) {
+	} else if (client_missing_params(cl, m)) {
+		return;
+	} else if (strcasecmp(cmd, "PASS") == 0 || strcasecmp(cmd, "NICK") == 0 ||
+		   strcasecmp(cmd, "USER") == 0) {
 		char **dst = strcasecmp(cmd, "PASS") == 0 ? &cl->pass :
 			     strcasecmp(cmd, "NICK") == 0 ? &cl->nick : &cl->user;
 		char *copy = strdup(m->params[0]);
@@ -1004,7 +1039,7 @@ static void client_pending_line(struct client *cl, struct irc_msg *m)
 		*dst = copy;
 	} else if (strcasecmp(cmd, "PING") == 0) {
 		conn_sendf(cl->conn, ":%s PONG %s :%s", BATON_SERVER_NAME,
-			   BATON_SERVER_NAME, m->nparams ? m->params[m->nparams - 1] : "");
+			   BATON_SERVER_NAME, m->params[m->nparams - 1]);
 		return;
 	} else if (strcasecmp(cmd, "QUIT") == 0) {
 		client_error_close(cl, NULL, "quit");
@@ -1019,13 +1054,46 @@ static void client_pending_line(struct client *cl, struct irc_msg *m)
 	client_try_register(cl);
 }
 
-static void client_message(struct client *cl, struct irc_msg *m, const char *cmd)
+/* Every line a client sends is checked against the bounds of IRC before
+ * anything of it is used: the network refuses (ngircd: closes the
+ * connection on) a message part over 510 bytes, and IRCv3 bounds the tag
+ * section to 8191 bytes. Past either: 417 ERR_INPUTTOOLONG, nothing
+ * forwarded (splitting a message would change what the user wrote). */
+static void client_too_long(struct client *cl)
 {
+	const char *srv = cl->phase == CLIENT_ATTACHED ? client_srv(cl) : BATON_SERVER_NAME;
+	const char *nick = cl->phase == CLIENT_ATTACHED ? client_nick(cl) :
+				(cl->nick ? cl->nick : "*");
+
+	conn_sendf(cl->conn, ":%s 417 %s :Input line was too long", srv, nick);
+}
+
+/* A PRIVMSG/NOTICE goes to the network as the client framed it (`fwd`: its
+ * line without its tags): rebuilt, a legal
+ * 512-byte line became 513 bytes and the network closed the session.
+ * What the user's other clients see (and the backlog keeps) depends on the
+ * network:
+ *  - with echo-message (upstream_has_cap()), only what the network accepted:
+ *    its echo is stored and relayed when it comes back (upstream.c
+ *    h_message), to the sender too if the sender asked for echo-message; a
+ *    refused message (404, a mute) is never echoed, stored or relayed;
+ *  - without it (ngircd), the message is taken as sent at once, as soju does:
+ *    a refusal reaches the user as the network's error numeric, but the
+ *    line was relayed and stored already. */
+static void client_message(struct client *cl, struct irc_msg *m, const char *cmd,
+			   const char *fwd)
+{
+	static uint64_t next_serial;
 	struct session *s = cl->s;
 	char prefix[256], line[CONN_MAX_LINE + 1], targets[512];
 
-	if (m->nparams < 2) {
-		conn_sendf(cl->conn, ":%s 412 %s :No text to send", client_srv(cl), client_nick(cl));
+	if (m->nparams < 2 || m->params[1][0] == '\0') {
+		if (m->nparams < 1)
+			conn_sendf(cl->conn, ":%s 411 %s :No recipient given (%s)",
+				   client_srv(cl), client_nick(cl), cmd);
+		else
+			conn_sendf(cl->conn, ":%s 412 %s :No text to send",
+				   client_srv(cl), client_nick(cl));
 		return;
 	}
 	if (!session_upstream_ready(s)) {
@@ -1033,8 +1101,15 @@ static void client_message(struct client *cl, struct irc_msg *m, const char *cmd
 			   BATON_SERVER_NAME, client_nick(cl), s->network);
 		return;
 	}
-	snprintf(line, sizeof(line), "%s %s :%s", cmd, m->params[0], m->params[1]);
-	upstream_send(s, line);
+	if (upstream_send(s, fwd) < 0) {
+		client_too_long(cl);
+		return;
+	}
+	bool net_echo = upstream_has_cap(s, "echo-message");
+	if (net_echo && (cl->caps & CLIENT_CAP_ECHO_MESSAGE))
+		return; /* the network's echo goes to every client */
+	if (net_echo && cl->serial == 0)
+		cl->serial = ++next_serial;
 	session_self_prefix(s, prefix, sizeof(prefix));
 	snprintf(targets, sizeof(targets), "%s", m->params[0]);
 	size_t ntargets = 0;
@@ -1046,6 +1121,10 @@ static void client_message(struct client *cl, struct irc_msg *m, const char *cmd
 		 * unbounded backlog buffers. */
 		if (!names_buffer_ok(t) || ++ntargets > CLIENT_MAX_TARGETS)
 			continue;
+		if (net_echo) {
+			upstream_echo_expect(s, cl->serial, cmd, t, m->params[1]);
+			continue;
+		}
 		snprintf(line, sizeof(line), ":%s %s %s :%s", prefix, cmd, t, m->params[1]);
 		if (irc_is_channel(t)) /* the user has it (health.h) */
 			health_channel_lines(session_find_channel(s, t), 1);
@@ -1061,9 +1140,11 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 	struct session *s = cl->s;
 	const char *cmd = m->command;
 
-	if (strcasecmp(cmd, "PING") == 0) {
+	if (client_missing_params(cl, m)) {
+		/* answered */
+	} else if (strcasecmp(cmd, "PING") == 0) {
 		conn_sendf(cl->conn, ":%s PONG %s :%s", client_srv(cl), client_srv(cl),
-			   m->nparams ? m->params[m->nparams - 1] : "");
+			   m->params[m->nparams - 1]);
 	} else if (strcasecmp(cmd, "PONG") == 0) {
 		/* ignored */
 	} else if (strcasecmp(cmd, "QUIT") == 0) {
@@ -1075,7 +1156,8 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 		conn_sendf(cl->conn, ":%s 462 %s :You may not reregister",
 			   client_srv(cl), client_nick(cl));
 	} else if (strcasecmp(cmd, "PRIVMSG") == 0 || strcasecmp(cmd, "NOTICE") == 0) {
-		client_message(cl, m, strcasecmp(cmd, "PRIVMSG") == 0 ? "PRIVMSG" : "NOTICE");
+		client_message(cl, m, strcasecmp(cmd, "PRIVMSG") == 0 ? "PRIVMSG" : "NOTICE",
+			       raw);
 	} else if (!s->up || s->up->phase < UP_WELCOMED) {
 		conn_sendf(cl->conn, ":%s NOTICE %s :%s is disconnected: command not sent",
 			   BATON_SERVER_NAME, client_nick(cl), s->network);
@@ -1093,7 +1175,8 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 			free(s->away);
 			s->away = away;
 		}
-		upstream_send(s, raw);
+		if (upstream_send(s, raw) < 0)
+			client_too_long(cl);
 	}
 }
 
@@ -1144,22 +1227,22 @@ static void client_line(struct conn *c, char *line, size_t len, void *arg)
 {
 	struct client *cl = arg;
 	struct irc_msg m;
-	char raw[CONN_MAX_LINE + 1];
+	char raw[IRC_MAX_MESSAGE + 1];
+	size_t tags;
 
 	cl->last_rx_ms = clock_mono_ms();
 	if (cl->phase == CLIENT_PENDING && !client_prelogin_admit(cl, len))
 		return;
-	const char *p = line;
-	if (*p == '@') { /* client tags are not forwarded */
-		p = strchr(p, ' ');
-		if (!p)
-			return;
-		while (*p == ' ')
-			p++;
-	}
-	snprintf(raw, sizeof(raw), "%s", p);
 	if (cl->phase == CLIENT_CLOSING)
 		return; /* after QUIT: read and dropped */
+	const char *p = irc_message_part(line, &tags);
+	if (strlen(p) > IRC_MAX_MESSAGE || tags > IRC_MAX_TAGS) {
+		client_too_long(cl);
+		return;
+	}
+	/* What is forwarded: the message part as the client framed it (its
+	 * tags are not forwarded). */
+	snprintf(raw, sizeof(raw), "%s", p);
 	if (irc_parse(line, &m) < 0)
 		return;
 	if (cl->phase == CLIENT_PENDING)

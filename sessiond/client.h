@@ -25,6 +25,9 @@ enum client_cap {
 	CLIENT_CAP_SERVER_TIME = 1u << 0,
 	CLIENT_CAP_MULTI_PREFIX = 1u << 1,
 	CLIENT_CAP_ECHO_MESSAGE = 1u << 2,
+	CLIENT_CAP_AWAY_NOTIFY = 1u << 3,
+	CLIENT_CAP_USERHOST_IN_NAMES = 1u << 4,
+	CLIENT_CAP_MESSAGE_TAGS = 1u << 5,
 };
 
 enum client_phase {
@@ -75,6 +78,9 @@ struct client {
 	size_t prelogin_bytes;
 	int64_t bucket, bucket_ms;
 	enum client_phase phase;
+	/* Names this connection in this process (echo-message: whose message
+	 * an echo of the network is); 0 until it first sends a message. */
+	uint64_t serial;
 	unsigned caps;          /* enum client_cap */
 	bool cap_negotiating;
 	char *pass, *nick, *user;
