@@ -3,7 +3,11 @@ section 2; the unit tests of the same bugs are in
 tests/unit/sessiond/test_conformance.c). One bouncer user u000 (nick bn000)
 in #chat, a direct ngircd user 'dave' and a watcher of bn000's QUITs."""
 
+import os
+import subprocess
+
 import batonlib as bl
+import tlslib as tl
 from batonlib import check
 
 CHANNELS = ["#chat"]
@@ -143,3 +147,95 @@ def test_params_and_caps_against_ngircd(ctx):
     plain.send("PING")
     ctx.loop.run_until(lambda: lines_with(plain, " 461 ", mplain), 10, "461 to an attached PING")
     check(not lines_with(plain, "PONG", mplain), "PONG to a PING without a token")
+
+
+# --------------------------------------------------------------------------
+# echo-message from the network: inspircd 3 has it (ngircd 26 offers only
+# multi-prefix, so there baton echoes at once, as soju does)
+# --------------------------------------------------------------------------
+
+
+class Inspircd(tl.InspircdTls):
+    """inspircd 3 on a plaintext port with the IRCv3 modules baton uses:
+    cap, ircv3 (away-notify...), ircv3_echomessage, ircv3_servertime,
+    namesx (multi-prefix), uhnames (userhost-in-names)."""
+
+    def __init__(self, ctx):
+        class NoCert:  # the TLS lines are dropped from the config
+            cert = key = "unused"
+
+        class NoPki:
+            server = NoCert()
+        super().__init__(ctx, NoPki(), name="irc.insp.test")
+
+    def config_text(self):
+        text = super().config_text().splitlines()
+        drop = ('type="clients" ssl=', '<module name="ssl_gnutls">', '<sslprofile ')
+        text = [ln for ln in text if not any(d in ln for d in drop)]
+        for m in ("cap", "ircv3", "ircv3_echomessage", "ircv3_servertime", "namesx", "uhnames"):
+            text.append('<module name="%s">' % m)
+        return "\n".join(text) + "\n"
+
+    def start(self, timeout=20):
+        binary = tl.require_binary(tl.INSPIRCD, "inspircd")
+        with open(self.conf, "w") as f:
+            f.write(self.config_text())
+        argv = [binary, "--nofork", "--nopid", "--config", self.conf]
+        if os.geteuid() == 0:
+            argv.append("--runasroot")
+        self.outf = open(self.stdout_path, "ab")
+        self.proc = self.ctx.procs.popen(argv, stdout=self.outf, stderr=subprocess.STDOUT,
+                                         cwd=self.dir)
+        try:
+            bl.wait_port(self.port, proc=self.proc, timeout=timeout)
+        except bl.HarnessError as e:
+            raise bl.HarnessError("%s; inspircd output: %s" % (e, self.output()[-1500:]))
+        return self
+
+
+def test_echo_message_inspircd(ctx):
+    """Bug: echo-message was made up when baton forwarded a line, so a
+    message the network refused (404 in a moderated channel) was still
+    echoed, stored and relayed to the user's other clients. With inspircd's
+    echo-message only what it accepted is relayed and stored: a line to +n
+    #mod, which the session is not in, reaches no other client and no
+    backlog; a line to #chat reaches the other client and dave, not the
+    sender (no echo-message); a client with echo-message gets its own line
+    back once."""
+    ins = Inspircd(ctx).start()
+    dave = bl.direct_user(ctx.loop, ins, "dave")
+    b = bl.Baton(ctx, ins, nsessions=1, channels=["#chat"])
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    s = b.sessions[0]
+    a = bl.bouncer_client(ctx.loop, b, s, client="a")
+    o = bl.bouncer_client(ctx.loop, b, s, client="o")
+    # #mod is +n (inspircd's default modes +nt) and the session is not in
+    # it: inspircd refuses the line with 404
+    dave.send("JOIN #mod,#chat")
+    ctx.loop.run_until(lambda: {"#mod", "#chat"} <= bl.joined_channels(dave, "dave"), 10,
+                       "dave in #mod and #chat")
+    ma, mo, md = len(a.lines), len(o.lines), len(dave.lines)
+    a.send("PRIVMSG #mod :refused-line")
+    ctx.loop.run_until(lambda: lines_with(a, " 404 ", ma), 10, "404 for the refused line")
+    a.send("PRIVMSG #chat :accepted-line")
+    ctx.loop.run_until(lambda: lines_with(dave, "accepted-line", md) and
+                       lines_with(o, "accepted-line", mo), 10, "the accepted line")
+    e = bl.bouncer_client(ctx.loop, b, s, client="e", wait=False)
+    e.send("CAP REQ :echo-message")
+    e.send("CAP END")
+    bl.wait_attached(ctx.loop, e, s)
+    me = len(e.lines)
+    e.send("PRIVMSG #chat :own-echo")
+    ctx.loop.run_until(lambda: lines_with(e, "own-echo", me) and lines_with(a, "own-echo", ma),
+                       10, "the echo of e's line")
+    ctx.loop.run_for(0.5)
+    check(not lines_with(o, "refused-line"), "a refused line reached another client")
+    check(not lines_with(dave, "refused-line"), "inspircd did not refuse the line")
+    check(not lines_with(a, "accepted-line", ma), "the sender without echo-message got its line")
+    check(len(lines_with(e, "own-echo", me)) == 1, "echo to e: %s" % lines_with(e, "own-echo", me))
+    late = bl.bouncer_client(ctx.loop, b, s, client="late")
+    ctx.loop.run_for(0.5)
+    check(not lines_with(late, "refused-line"), "a refused line was stored")
+    check(lines_with(late, "accepted-line"), "the accepted line was not stored: %s"
+          % [ln for _, ln in late.lines[-8:]])
