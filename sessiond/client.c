@@ -33,6 +33,7 @@ static const struct {
 	{ "echo-message", CLIENT_CAP_ECHO_MESSAGE },
 	{ "away-notify", CLIENT_CAP_AWAY_NOTIFY },
 	{ "userhost-in-names", CLIENT_CAP_USERHOST_IN_NAMES },
+	{ "message-tags", CLIENT_CAP_MESSAGE_TAGS },
 };
 #define NCLIENT_CAPS (sizeof(client_caps) / sizeof(client_caps[0]))
 /* Targets of one PRIVMSG/NOTICE stored in the backlog (more are sent to
@@ -117,6 +118,31 @@ static const char *client_nick(const struct client *cl)
 
 void client_send_tagged(struct client *cl, const char *line, int64_t time_ms)
 {
+	client_send_full(cl, NULL, line, time_ms);
+}
+
+void client_send_full(struct client *cl, const char *tags, const char *line,
+		      int64_t time_ms)
+{
+	if ((cl->caps & CLIENT_CAP_MESSAGE_TAGS) && tags && tags[0]) {
+		/* The network's tags as they came (message-tags), with our
+		 * @time if the client asked for server-time and they have
+		 * none; within the bounds of a line (else the tags go and
+		 * the plain form below is sent). */
+		bool add_time = (cl->caps & CLIENT_CAP_SERVER_TIME) &&
+				!irc_tag_get(tags, "time", NULL, 0);
+		size_t tl = 1 + strlen(tags) + (add_time ? 30 : 0) + 1;
+		if (tl <= IRC_MAX_TAGS && tl + strlen(line) + 2 <= CONN_MAX_LINE) {
+			char ts[32];
+			if (!add_time) {
+				conn_sendf(cl->conn, "@%s %s", tags, line);
+				return;
+			}
+			clock_format_server_time(time_ms ? time_ms : clock_wall_ms(), ts);
+			conn_sendf(cl->conn, "@%s;time=%s %s", tags, ts, line);
+			return;
+		}
+	}
 	if (cl->caps & CLIENT_CAP_SERVER_TIME) {
 		char ts[32];
 		clock_format_server_time(time_ms ? time_ms : clock_wall_ms(), ts);
@@ -185,13 +211,13 @@ uint64_t client_acked_seq_upto(struct client *cl, uint64_t acked)
 }
 
 static unsigned client_queue_line(struct client *cl, uint64_t seq,
-				  const char *line, int64_t time_ms,
-				  unsigned copies)
+				  const char *tags, const char *line,
+				  int64_t time_ms, unsigned copies)
 {
 	if (seq <= cl->delivered_seq)
 		return 0; /* already queued to this client */
 	for (unsigned k = 0; k < copies; k++) /* 1 (2: the dup fault build) */
-		client_send_tagged(cl, line, time_ms);
+		client_send_full(cl, tags, line, time_ms);
 	/* A dead connection (e.g. sendq exceeded by this very line) did not
 	 * take it: the position must not claim it was delivered. */
 	if (conn_is_dead(cl->conn))
@@ -209,12 +235,12 @@ static void client_skip_now(struct client *cl, uint64_t seq)
 	(void)client_mark_push(cl, conn_bytes_queued(cl->conn), seq); /* ENOMEM: lags only */
 }
 
-unsigned client_deliver(struct client *cl, uint64_t seq, const char *line,
-			int64_t time_ms, unsigned copies)
+unsigned client_deliver(struct client *cl, uint64_t seq, const char *tags,
+			const char *line, int64_t time_ms, unsigned copies)
 {
 	if (cl->replaying)
 		return copies ? 1 : 0; /* stored: the pump sends it in seq order */
-	return client_queue_line(cl, seq, line, time_ms, copies);
+	return client_queue_line(cl, seq, tags, line, time_ms, copies);
 }
 
 void client_skip(struct client *cl, uint64_t seq)
@@ -898,7 +924,7 @@ static int replay_one(void *arg, uint64_t seq, int64_t time_ms,
 		cl->nown--;
 		client_skip_now(cl, seq);
 	} else {
-		(void)client_queue_line(cl, seq, line, time_ms, 1);
+		(void)client_queue_line(cl, seq, NULL, line, time_ms, 1); /* the backlog keeps no tags */
 	}
 	if (conn_is_dead(cl->conn))
 		return -EPIPE;
@@ -1155,6 +1181,9 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 	} else if (strcasecmp(cmd, "PASS") == 0 || strcasecmp(cmd, "USER") == 0) {
 		conn_sendf(cl->conn, ":%s 462 %s :You may not reregister",
 			   client_srv(cl), client_nick(cl));
+	} else if (strcasecmp(cmd, "TAGMSG") == 0 && !upstream_has_cap(s, "message-tags")) {
+		/* Tags only, for a network that takes none: nothing to send
+		 * (soju drops it too). */
 	} else if (strcasecmp(cmd, "PRIVMSG") == 0 || strcasecmp(cmd, "NOTICE") == 0) {
 		client_message(cl, m, strcasecmp(cmd, "PRIVMSG") == 0 ? "PRIVMSG" : "NOTICE",
 			       raw);
@@ -1223,11 +1252,39 @@ static bool client_prelogin_admit(struct client *cl, size_t len)
 	return false;
 }
 
+/* The client-only tags ("+key[=value]", message-tags) of a client's tag
+ * section `tags` (without its '@', `n` bytes up to the space): what the
+ * network may get, into out[IRC_MAX_CLIENT_TAGS - 1] separated by ';' ("":
+ * none). Returns false when they pass IRC_MAX_CLIENT_TAGS with '@' and
+ * space. Other tags (label, batch...) are the client's to baton: dropped. */
+static bool client_only_tags(const char *tags, size_t n, char *out)
+{
+	size_t o = 0;
+
+	out[0] = '\0';
+	for (size_t i = 0; i < n;) {
+		size_t tl = 0;
+		while (i + tl < n && tags[i + tl] != ';')
+			tl++;
+		if (tl > 1 && tags[i] == '+') {
+			if (o + (o > 0) + tl + 2 > IRC_MAX_CLIENT_TAGS)
+				return false;
+			if (o > 0)
+				out[o++] = ';';
+			memcpy(out + o, tags + i, tl);
+			o += tl;
+			out[o] = '\0';
+		}
+		i += tl + 1;
+	}
+	return true;
+}
+
 static void client_line(struct conn *c, char *line, size_t len, void *arg)
 {
 	struct client *cl = arg;
 	struct irc_msg m;
-	char raw[IRC_MAX_MESSAGE + 1];
+	char raw[IRC_MAX_CLIENT_TAGS + IRC_MAX_MESSAGE + 1];
 	size_t tags;
 
 	cl->last_rx_ms = clock_mono_ms();
@@ -1240,9 +1297,21 @@ static void client_line(struct conn *c, char *line, size_t len, void *arg)
 		client_too_long(cl);
 		return;
 	}
-	/* What is forwarded: the message part as the client framed it (its
-	 * tags are not forwarded). */
+	/* What is forwarded: the message part as the client framed it, after
+	 * its client-only tags if the network takes message-tags (other tags
+	 * are not forwarded). */
 	snprintf(raw, sizeof(raw), "%s", p);
+	if (tags && cl->phase == CLIENT_ATTACHED && cl->s &&
+	    upstream_has_cap(cl->s, "message-tags")) {
+		char ct[IRC_MAX_CLIENT_TAGS];
+
+		if (!client_only_tags(line + 1, tags - 1 - (line[tags - 1] == ' '), ct)) {
+			client_too_long(cl);
+			return;
+		}
+		if (ct[0])
+			snprintf(raw, sizeof(raw), "@%s %s", ct, p);
+	}
 	if (irc_parse(line, &m) < 0)
 		return;
 	if (cl->phase == CLIENT_PENDING)

@@ -141,13 +141,20 @@ void client_attach(struct client *cl, struct session *s);
 void client_resume(struct client *cl);
 /* Send a line to one client, adding @time if it enabled server-time. */
 void client_send_tagged(struct client *cl, const char *line, int64_t time_ms);
-/* Queue one backlog line to an attached client (advances delivered_seq and
+/* The same with the network's tags (raw, without '@'; NULL: none): a
+ * client that enabled message-tags gets them as they came (plus @time if
+ * it enabled server-time and they have none); others as above. Tags that
+ * would pass the bounds of a line are left out. */
+void client_send_full(struct client *cl, const char *tags, const char *line,
+		      int64_t time_ms);
+/* Queue one backlog line to an attached client, with the network's tags
+ * (client_send_full(); a replay sends none) (advances delivered_seq and
  * records a delivery mark), `copies` times (1; 2 only in the dup fault
  * build). Not queued while the client replays: the replay pump takes the
  * line from the backlog in seq order. Returns the copies queued, or 1 for
  * a replaying client (the pump will send it once; 0 copies: 0). */
-unsigned client_deliver(struct client *cl, uint64_t seq, const char *line,
-			int64_t time_ms, unsigned copies);
+unsigned client_deliver(struct client *cl, uint64_t seq, const char *tags,
+			const char *line, int64_t time_ms, unsigned copies);
 /* The client has backlog line seq without it being sent (it wrote it):
  * delivered now, acknowledged once everything queued before it is (while
  * it replays: once the pump reaches seq). */

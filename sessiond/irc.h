@@ -17,6 +17,9 @@
 /* A line's tag section with its '@' and its trailing space (IRCv3
  * message-tags: what a server accepts from a client at most). */
 #define IRC_MAX_TAGS 8191
+/* The client-only tags ("+key") a client may send, with the '@' and the
+ * space (message-tags: a server may refuse more). */
+#define IRC_MAX_CLIENT_TAGS 4094
 
 struct irc_msg {
 	char *tags;    /* raw tag string without the '@', or NULL */

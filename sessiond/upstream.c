@@ -37,11 +37,12 @@
 /* Upstream caps we use, requested when offered. Whatever a client did not
  * ask for is taken out again per client (client_send_tagged(), relay_names(),
  * relay_who(), h_away): echo-message makes the network tell us which
- * messages it accepted (h_message); userhost-in-names is passed to the
- * clients that asked for it. */
+ * messages it accepted (h_message); userhost-in-names and message-tags
+ * (the network's tags, TAGMSG) are passed to the clients that asked for
+ * them. */
 static const char *const wanted_caps[] = { "server-time", "multi-prefix",
 					   "away-notify", "echo-message",
-					   "userhost-in-names" };
+					   "userhost-in-names", "message-tags" };
 
 static void upstream_timer_cb(evutil_socket_t fd, short what, void *arg);
 
@@ -722,6 +723,7 @@ struct up_ctx {
 	struct upstream *u;
 	struct irc_msg *msg;
 	const char *raw;   /* the line without tags */
+	const char *tags;  /* the network's tags (raw, no '@'), NULL: none */
 	const char *base;  /* where raw starts in the parsed line: msg's
 			    * pointers less base are offsets into raw */
 	int64_t time_ms;   /* server-time or receive time */
@@ -1060,7 +1062,7 @@ static void relay_names(struct up_ctx *x, const char *psyms)
 		size_t n = head;
 
 		if ((cl->caps & forms) == forms) {
-			client_send_tagged(cl, x->raw, x->time_ms);
+			client_send_full(cl, x->tags, x->raw, x->time_ms);
 			continue;
 		}
 		memcpy(line, x->raw, head);
@@ -1074,7 +1076,7 @@ static void relay_names(struct up_ctx *x, const char *psyms)
 			p = names_word(p, psyms, cl->caps, line, &n);
 		}
 		line[n] = '\0';
-		client_send_tagged(cl, line, x->time_ms);
+		client_send_full(cl, x->tags, line, x->time_ms);
 	}
 	x->relayed = x->s->nclients > 0;
 }
@@ -1097,7 +1099,7 @@ static bool h_352(struct up_ctx *x)
 		char line[CONN_MAX_LINE + 1];
 
 		if ((cl->caps & CLIENT_CAP_MULTI_PREFIX) || keep + 1 >= fl) {
-			client_send_tagged(cl, x->raw, x->time_ms);
+			client_send_full(cl, x->tags, x->raw, x->time_ms);
 			continue;
 		}
 		/* status letters and the first (highest) prefix; "H@+v" style
@@ -1105,9 +1107,24 @@ static bool h_352(struct up_ctx *x)
 		size_t rest = keep + strspn(flags + keep, psyms);
 		snprintf(line, sizeof(line), "%.*s%.*s%s", (int)(at + keep + 1), x->raw,
 			 (int)(fl - rest), flags + rest, x->raw + at + fl);
-		client_send_tagged(cl, line, x->time_ms);
+		client_send_full(cl, x->tags, line, x->time_ms);
 	}
 	x->relayed = x->s->nclients > 0;
+	return false;
+}
+
+/* TAGMSG (message-tags): only to clients that asked for message-tags. */
+static bool h_tagmsg(struct up_ctx *x)
+{
+	if (x->u->phase < UP_READY)
+		return false;
+	for (size_t i = 0; i < x->s->nclients; i++) {
+		struct client *cl = x->s->clients[i];
+		if (cl->caps & CLIENT_CAP_MESSAGE_TAGS) {
+			client_send_full(cl, x->tags, x->raw, x->time_ms);
+			x->relayed = true;
+		}
+	}
 	return false;
 }
 
@@ -1119,7 +1136,7 @@ static bool h_away(struct up_ctx *x)
 	for (size_t i = 0; i < x->s->nclients; i++) {
 		struct client *cl = x->s->clients[i];
 		if (cl->caps & CLIENT_CAP_AWAY_NOTIFY) {
-			client_send_tagged(cl, x->raw, x->time_ms);
+			client_send_full(cl, x->tags, x->raw, x->time_ms);
 			x->relayed = true;
 		}
 	}
@@ -1305,15 +1322,15 @@ static bool h_message(struct up_ctx *x)
 		buffer = x->nick[0] ? x->nick : (s->server_name ? s->server_name : "*");
 	if (!buffer || !names_buffer_ok(buffer)) {
 		/* e.g. "$*" broadcasts: relayed, not stored */
-		session_broadcast(s, x->raw, x->time_ms, sender);
+		session_broadcast_tags(s, x->tags, x->raw, x->time_ms, sender);
 		x->relayed = s->nclients > (sender ? 1u : 0u);
 		return false;
 	}
 	bool chan = irc_is_channel(target);
 	/* fault builds only (fault.h): dropped, doubled or delayed */
 	unsigned copies = chan && s->nclients ? FAULT_RELAY_COPIES() : 1;
-	unsigned n = session_store_and_relay_n(s, buffer, x->raw, x->time_ms,
-					       sender, copies);
+	unsigned n = session_store_and_relay_tags(s, buffer, x->tags, x->raw,
+						  x->time_ms, sender, copies);
 	if (chan) /* what the differential delivery compares (health.h) */
 		health_channel_lines(session_find_channel(s, target), n);
 	x->relayed = n > 0;
@@ -1371,6 +1388,7 @@ static const struct {
 	{ "TOPIC", h_topic },     { "MODE", h_mode },   { "PRIVMSG", h_message },
 	{ "NOTICE", h_message },  { "ERROR", h_error },   { "465", h_banned },
 	{ "463", h_banned },      { "352", h_352 },     { "AWAY", h_away },
+	{ "TAGMSG", h_tagmsg },
 };
 
 static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
@@ -1401,6 +1419,7 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 	x.msg = &msg;
 	x.raw = raw;
 	x.base = p;
+	x.tags = msg.tags;
 	x.time_ms = clock_wall_ms(); /* a date: the backlog's and server-time's */
 	if (msg.tags && irc_tag_get(msg.tags, "time", tval, sizeof(tval)) == 1) {
 		int64_t t;
@@ -1425,7 +1444,7 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 		}
 	}
 	if (relay) {
-		session_broadcast(s, raw, x.time_ms, NULL);
+		session_broadcast_tags(s, x.tags, raw, x.time_ms, NULL);
 		x.relayed = s->nclients > 0;
 	}
 	if (x.relayed)

@@ -147,7 +147,7 @@ static int setup(void **state)
 static void all_caps(Baton__State__Session *s)
 {
 	static char *caps[] = { "server-time", "multi-prefix", "away-notify",
-				"echo-message", "userhost-in-names" };
+				"echo-message", "userhost-in-names", "message-tags" };
 	s->n_caps = sizeof(caps) / sizeof(caps[0]);
 	s->caps = caps;
 }
@@ -439,6 +439,92 @@ static void test_echo_without_network_echo(void **state)
 	peer_free(b);
 }
 
+/* Bug: client message tags were dropped and the network's tags stripped.
+ * With message-tags (client and network): the network's tags reach the
+ * clients that asked for message-tags (TAGMSG only those), client-only
+ * tags ("+...") go to the network (others, like label, do not), bounded by
+ * IRC_MAX_CLIENT_TAGS (4094 with '@' and space: at it forwarded, past it
+ * 417). */
+static void test_message_tags(void **state)
+{
+	struct env *e = *state;
+	struct peer *a = attach(e, "alice/example:secret", "server-time message-tags");
+	struct peer *b = attach(e, "alice@b/example:secret", "server-time");
+	struct peer *c = attach(e, "alice@c/example:secret", NULL);
+	struct peer *ps[] = { a, b, c, &e->up };
+
+	assert_non_null(strstr(a->buf, "CAP * ACK :server-time message-tags\r\n"));
+	clear(a);
+	clear(b);
+	clear(c);
+	say(&e->up, "@time=2026-01-01T00:00:00.000Z;msgid=m1;+typing=active :bob!b@host.example TAGMSG #baton");
+	say(&e->up, "@msgid=m2 :bob!b@host.example PRIVMSG #baton :tagged");
+	assert_true(wait_for(e, a, "@time=2026-01-01T00:00:00.000Z;msgid=m1;+typing=active :bob!b@host.example TAGMSG #baton\r\n"));
+	assert_true(wait_for(e, a, ";time="));
+	assert_true(wait_for(e, a, " :bob!b@host.example PRIVMSG #baton :tagged\r\n"));
+	assert_non_null(strstr(a->buf, "\r\n@msgid=m2;time=20"));
+	assert_true(wait_for(e, c, ":bob!b@host.example PRIVMSG #baton :tagged\r\n"));
+	assert_true(wait_for(e, b, " :bob!b@host.example PRIVMSG #baton :tagged\r\n"));
+	settle(e, ps, 4);
+	assert_null(strstr(b->buf, "TAGMSG"));
+	assert_null(strstr(c->buf, "TAGMSG"));
+	assert_null(strstr(b->buf, "msgid"));
+	assert_null(strstr(c->buf, "\n@")); /* no tags at all */
+	assert_true(c->buf[0] != '@');
+	assert_non_null(strstr(b->buf, "@time="));
+
+	/* client-only tags to the network, the client's others not */
+	clear(&e->up);
+	say(a, "@+draft/reply=m2;label=l1;+x PRIVMSG #baton :reply");
+	assert_true(wait_for(e, &e->up, "@+draft/reply=m2;+x PRIVMSG #baton :reply\r\n"));
+	say(a, "@+typing=active TAGMSG #baton");
+	assert_true(wait_for(e, &e->up, "@+typing=active TAGMSG #baton\r\n"));
+	say(a, "@label=only PRIVMSG #baton :no client tags");
+	assert_true(wait_for(e, &e->up, "\r\nPRIVMSG #baton :no client tags\r\n"));
+
+	/* the bound of client-only tags: at 4094 (with '@' and space) sent,
+	 * past it 417 (the whole section stays within IRC_MAX_TAGS) */
+	for (size_t tl = IRC_MAX_CLIENT_TAGS; tl <= IRC_MAX_CLIENT_TAGS + 1; tl++) {
+		char *l = malloc(tl + 64);
+		l[0] = '@';
+		memcpy(l + 1, "+a=", 3);
+		memset(l + 4, 'v', tl - 5);
+		snprintf(l + tl - 1, 64, " PRIVMSG #baton :bounded");
+		clear(&e->up);
+		clear(a);
+		say(a, l);
+		if (tl == IRC_MAX_CLIENT_TAGS) {
+			assert_true(wait_for(e, &e->up, "v PRIVMSG #baton :bounded\r\n"));
+			assert_int_equal(e->up.len, tl + strlen("PRIVMSG #baton :bounded\r\n"));
+		} else {
+			assert_true(wait_for(e, a, " 417 alice :Input line was too long\r\n"));
+			settle(e, ps, 4);
+			assert_int_equal(e->up.len, 0);
+		}
+		free(l);
+	}
+	peer_free(a);
+	peer_free(b);
+	peer_free(c);
+}
+
+/* Without message-tags from the network, client tags stay with baton and
+ * TAGMSG goes nowhere. */
+static void test_message_tags_network_without(void **state)
+{
+	struct env *e = *state;
+	struct peer *a = attach(e, "alice/example:secret", "message-tags");
+	struct peer *ps[] = { a, &e->up };
+
+	clear(&e->up);
+	say(a, "@+typing=active TAGMSG #baton");
+	say(a, "@+draft/reply=m2 PRIVMSG #baton :reply");
+	assert_true(wait_for(e, &e->up, "PRIVMSG #baton :reply\r\n"));
+	settle(e, ps, 2);
+	assert_string_equal(e->up.buf, "PRIVMSG #baton :reply\r\n");
+	peer_free(a);
+}
+
 /* irc_utf8_cut(): the AWAY text a reconnect sends again is cut to the line
  * bound without cutting a character in two. */
 static void test_utf8_cut(void **state)
@@ -462,6 +548,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_caps_per_client, setup_all_caps, teardown),
 		cmocka_unit_test_setup_teardown(test_echo_from_network, setup_all_caps, teardown),
 		cmocka_unit_test_setup_teardown(test_echo_without_network_echo, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_message_tags, setup_all_caps, teardown),
+		cmocka_unit_test_setup_teardown(test_message_tags_network_without, setup, teardown),
 		cmocka_unit_test(test_utf8_cut),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
