@@ -158,7 +158,8 @@ def test_params_and_caps_against_ngircd(ctx):
 class Inspircd(tl.InspircdTls):
     """inspircd 3 on a plaintext port with the IRCv3 modules baton uses:
     cap, ircv3 (away-notify...), ircv3_echomessage, ircv3_servertime,
-    namesx (multi-prefix), uhnames (userhost-in-names)."""
+    namesx (multi-prefix), uhnames (userhost-in-names), ircv3_ctctags
+    (message-tags), ircv3_msgid."""
 
     def __init__(self, ctx):
         class NoCert:  # the TLS lines are dropped from the config
@@ -172,7 +173,8 @@ class Inspircd(tl.InspircdTls):
         text = super().config_text().splitlines()
         drop = ('type="clients" ssl=', '<module name="ssl_gnutls">', '<sslprofile ')
         text = [ln for ln in text if not any(d in ln for d in drop)]
-        for m in ("cap", "ircv3", "ircv3_echomessage", "ircv3_servertime", "namesx", "uhnames"):
+        for m in ("cap", "ircv3", "ircv3_echomessage", "ircv3_servertime", "namesx", "uhnames",
+                  "ircv3_ctctags", "ircv3_msgid"):
             text.append('<module name="%s">' % m)
         return "\n".join(text) + "\n"
 
@@ -239,3 +241,44 @@ def test_echo_message_inspircd(ctx):
     check(not lines_with(late, "refused-line"), "a refused line was stored")
     check(lines_with(late, "accepted-line"), "the accepted line was not stored: %s"
           % [ln for _, ln in late.lines[-8:]])
+
+
+def test_message_tags_inspircd(ctx):
+    """Bug: client message tags were dropped and the network's tags
+    stripped. Against inspircd (message-tags, msgid, echo-message): a client
+    with message-tags gets dave's line with inspircd's msgid, a client
+    without gets it plain; a client-only tag sent with TAGMSG goes to the
+    network and comes back (its echo) to the clients with message-tags only."""
+    ins = Inspircd(ctx).start()
+    dave = bl.direct_user(ctx.loop, ins, "dave")
+    dave.send("JOIN #chat")  # inspircd takes no JOIN before registration
+    ctx.loop.run_until(lambda: "#chat" in bl.joined_channels(dave, "dave"), 10, "dave in #chat")
+    b = bl.Baton(ctx, ins, nsessions=1, channels=["#chat"])
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    s = b.sessions[0]
+    plain = bl.bouncer_client(ctx.loop, b, s, client="plain")
+    tagged = []
+    for name in ("t1", "t2"):
+        t = bl.bouncer_client(ctx.loop, b, s, client=name, wait=False)
+        t.send("CAP REQ :message-tags")
+        t.send("CAP END")
+        bl.wait_attached(ctx.loop, t, s)
+        tagged.append(t)
+    t1, t2 = tagged
+    mp, m2 = len(plain.lines), len(t2.lines)
+    dave.send("PRIVMSG #chat :from-dave")
+    ctx.loop.run_until(lambda: lines_with(t2, "from-dave", m2) and lines_with(plain, "from-dave", mp),
+                       10, "dave's line")
+    got = lines_with(t2, "from-dave", m2)[0]
+    check(got.startswith("@") and "msgid=" in got.split(" ", 1)[0],
+          "no msgid for a client with message-tags: %r" % got)
+    check(not lines_with(plain, "from-dave", mp)[0].startswith("@"),
+          "tags to a client without message-tags: %r" % lines_with(plain, "from-dave", mp)[0])
+    t1.send("@+typing=active TAGMSG #chat")
+    # (inspircd sends the target as a trailing parameter: "TAGMSG :#chat")
+    ctx.loop.run_until(lambda: lines_with(t2, " TAGMSG ", m2), 10, "the TAGMSG's echo")
+    got = lines_with(t2, " TAGMSG ", m2)[0]
+    check("+typing=active" in got.split(" ", 1)[0], "client-only tag lost: %r" % got)
+    ctx.loop.run_for(0.3)
+    check(not lines_with(plain, "TAGMSG"), "TAGMSG to a client without message-tags")
