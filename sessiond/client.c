@@ -1031,6 +1031,8 @@ static bool client_missing_params(struct client *cl, const struct irc_msg *m)
 		conn_sendf(cl->conn, ":%s 431 %s :No nickname given", srv, nick);
 		return true;
 	}
+	if (cl->phase == CLIENT_ATTACHED && strcasecmp(cmd, "PING") != 0)
+		return false; /* PASS, USER: 462 (already registered) */
 	if (strcasecmp(cmd, "PING") == 0 || strcasecmp(cmd, "PASS") == 0)
 		short_ = m->nparams < 1; /* "PING :" has its (empty) token */
 	else if (strcasecmp(cmd, "USER") == 0)

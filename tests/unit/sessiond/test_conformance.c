@@ -296,6 +296,8 @@ static void test_missing_params(void **state)
 	assert_true(wait_for(e, p, ":irc.example.net 461 alice PING :Not enough parameters\r\n"));
 	say(p, "PING :");
 	assert_true(wait_for(e, p, "PONG irc.example.net :\r\n"));
+	say(p, "USER");
+	assert_true(wait_for(e, p, " 462 alice :You may not reregister\r\n"));
 	say(p, "PRIVMSG");
 	assert_true(wait_for(e, p, " 411 alice :No recipient given (PRIVMSG)\r\n"));
 	say(p, "PRIVMSG #baton :");
