@@ -1082,6 +1082,14 @@ static void client_pending_line(struct client *cl, struct irc_msg *m)
 	client_try_register(cl);
 }
 
+/* A serial for struct client's field (in this process). */
+static uint64_t client_next_serial(void)
+{
+	static uint64_t next;
+
+	return ++next;
+}
+
 /* Every line a client sends is checked against the bounds of IRC before
  * anything of it is used: the network refuses (ngircd: closes the
  * connection on) a message part over 510 bytes, and IRCv3 bounds the tag
@@ -1111,7 +1119,6 @@ static void client_too_long(struct client *cl)
 static void client_message(struct client *cl, struct irc_msg *m, const char *cmd,
 			   const char *fwd)
 {
-	static uint64_t next_serial;
 	struct session *s = cl->s;
 	char prefix[256], line[CONN_MAX_LINE + 1], targets[512];
 
@@ -1137,7 +1144,7 @@ static void client_message(struct client *cl, struct irc_msg *m, const char *cmd
 	if (net_echo && (cl->caps & CLIENT_CAP_ECHO_MESSAGE))
 		return; /* the network's echo goes to every client */
 	if (net_echo && cl->serial == 0)
-		cl->serial = ++next_serial;
+		cl->serial = client_next_serial();
 	session_self_prefix(s, prefix, sizeof(prefix));
 	snprintf(targets, sizeof(targets), "%s", m->params[0]);
 	size_t ntargets = 0;
@@ -1186,6 +1193,20 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 	} else if (strcasecmp(cmd, "TAGMSG") == 0 && !upstream_has_cap(s, "message-tags")) {
 		/* Tags only, for a network that takes none: nothing to send
 		 * (soju drops it too). */
+	} else if (strcasecmp(cmd, "TAGMSG") == 0 && m->nparams >= 1 &&
+		   session_upstream_ready(s)) {
+		/* The network's echo (if it has echo-message) goes to the
+		 * other clients with message-tags, not to this one unless it
+		 * asked for echo-message (upstream.c h_tagmsg). */
+		if (upstream_send(s, raw) < 0) {
+			client_too_long(cl);
+			return;
+		}
+		if (upstream_has_cap(s, "echo-message") && !(cl->caps & CLIENT_CAP_ECHO_MESSAGE)) {
+			if (cl->serial == 0)
+				cl->serial = client_next_serial();
+			upstream_echo_expect(s, cl->serial, "TAGMSG", m->params[0], "");
+		}
 	} else if (strcasecmp(cmd, "PRIVMSG") == 0 || strcasecmp(cmd, "NOTICE") == 0) {
 		client_message(cl, m, strcasecmp(cmd, "PRIVMSG") == 0 ? "PRIVMSG" : "NOTICE",
 			       raw);

@@ -6,6 +6,7 @@
 #include "common/clock.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -220,7 +221,7 @@ void upstream_echo_expect(struct session *s, uint64_t client_serial,
 		u->nechoes--;
 	}
 	u->echoes[u->nechoes++] = (struct upstream_echo){
-		client_serial, strcasecmp(cmd, "NOTICE") == 0, key
+		client_serial, (char)toupper((unsigned char)cmd[0]), key
 	};
 }
 
@@ -232,13 +233,16 @@ void upstream_echo_expect(struct session *s, uint64_t client_serial,
 static struct client *upstream_echo_sender(struct session *s, const struct irc_msg *m)
 {
 	struct upstream *u = s->up;
-	bool notice = strcasecmp(m->command, "NOTICE") == 0;
+	char cmd = (char)toupper((unsigned char)m->command[0]);
+	const char *text = m->nparams >= 2 ? m->params[1] : "";
 
+	if (m->nparams < 1)
+		return NULL;
 	for (size_t i = 0; u && i < u->nechoes; i++) {
 		char *k = u->echoes[i].key, *sp = strchr(k, ' ');
 		int same;
 
-		if (u->echoes[i].notice != notice || !sp || strcmp(sp + 1, m->params[1]) != 0)
+		if (u->echoes[i].cmd != cmd || !sp || strcmp(sp + 1, text) != 0)
 			continue;
 		*sp = '\0';
 		same = irc_casecmp(k, m->params[0]) == 0;
@@ -737,9 +741,14 @@ static bool h_ping(struct up_ctx *x)
 {
 	if (FAULT_NOPING())
 		return false;
-	if (x->msg->nparams > 0)
-		conn_sendf(x->u->conn, "PONG :%s", x->msg->params[x->msg->nparams - 1]);
-	else
+	if (x->msg->nparams > 0) {
+		/* A token of a legal PING can make a PONG over the line bound
+		 * (not sent: the network would time us out); cut, it still
+		 * answers. */
+		const char *t = x->msg->params[x->msg->nparams - 1];
+		conn_sendf(x->u->conn, "PONG :%.*s",
+			   (int)irc_utf8_cut(t, IRC_MAX_MESSAGE - 6), t);
+	} else
 		conn_send(x->u->conn, "PONG");
 	return false;
 }
@@ -1113,14 +1122,68 @@ static bool h_352(struct up_ctx *x)
 	return false;
 }
 
-/* TAGMSG (message-tags): only to clients that asked for message-tags. */
-static bool h_tagmsg(struct up_ctx *x)
+/* 319 RPL_WHOISCHANNELS "<me> <nick> :{[prefixes]<channel>}": the
+ * prefixes (all of them with multi-prefix) are the leading PREFIX symbols
+ * before a channel name ('+' can be both: "++chan" is voice on +chan). */
+static bool h_319(struct up_ctx *x)
 {
-	if (x->u->phase < UP_READY)
-		return false;
+	char pmodes[16], psyms[16];
+	const char *types = session_isupport(x->s, "CHANTYPES");
+
+	if (x->msg->nparams < 3 || x->u->phase < UP_READY)
+		return x->u->phase >= UP_READY;
+	if (!types || !types[0])
+		types = "#&";
+	session_prefix(x->s, pmodes, sizeof(pmodes), psyms, sizeof(psyms));
+	size_t head = (size_t)(x->msg->params[2] - x->base);
 	for (size_t i = 0; i < x->s->nclients; i++) {
 		struct client *cl = x->s->clients[i];
-		if (cl->caps & CLIENT_CAP_MESSAGE_TAGS) {
+		char line[CONN_MAX_LINE + 1];
+		size_t n = head;
+
+		if (cl->caps & CLIENT_CAP_MULTI_PREFIX) {
+			client_send_full(cl, x->tags, x->raw, x->time_ms);
+			continue;
+		}
+		memcpy(line, x->raw, head);
+		for (const char *p = x->raw + head; *p;) {
+			size_t w = strcspn(p, " "), np = 0;
+
+			while (np < w && strchr(psyms, p[np]))
+				np++;
+			while (np > 0 && (np == w || !strchr(types, p[np])))
+				np--; /* the rest must be a channel name */
+			if (np > 0 && n < CONN_MAX_LINE)
+				line[n++] = p[0];
+			for (size_t k = np; k < w && n < CONN_MAX_LINE; k++)
+				line[n++] = p[k];
+			p += w;
+			while (*p == ' ') {
+				if (n < CONN_MAX_LINE)
+					line[n++] = ' ';
+				p++;
+			}
+		}
+		line[n] = '\0';
+		client_send_full(cl, x->tags, line, x->time_ms);
+	}
+	x->relayed = x->s->nclients > 0;
+	return false;
+}
+
+/* TAGMSG (message-tags): only to clients that asked for message-tags; the
+ * network's echo of our own not to its sender without echo-message. */
+static bool h_tagmsg(struct up_ctx *x)
+{
+	struct client *sender;
+
+	if (x->u->phase < UP_READY)
+		return false;
+	sender = x->nick[0] && session_is_me(x->s, x->nick) ?
+			 upstream_echo_sender(x->s, x->msg) : NULL;
+	for (size_t i = 0; i < x->s->nclients; i++) {
+		struct client *cl = x->s->clients[i];
+		if ((cl->caps & CLIENT_CAP_MESSAGE_TAGS) && cl != sender) {
 			client_send_full(cl, x->tags, x->raw, x->time_ms);
 			x->relayed = true;
 		}
@@ -1388,7 +1451,7 @@ static const struct {
 	{ "TOPIC", h_topic },     { "MODE", h_mode },   { "PRIVMSG", h_message },
 	{ "NOTICE", h_message },  { "ERROR", h_error },   { "465", h_banned },
 	{ "463", h_banned },      { "352", h_352 },     { "AWAY", h_away },
-	{ "TAGMSG", h_tagmsg },
+	{ "TAGMSG", h_tagmsg },   { "319", h_319 },
 };
 
 static void upstream_line(struct conn *c, char *line, size_t len, void *arg)

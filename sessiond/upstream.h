@@ -67,8 +67,9 @@ struct upstream {
 #define UPSTREAM_MAX_ECHOES 32
 struct upstream_echo {
 	uint64_t client_serial; /* struct client's serial */
-	bool notice;            /* NOTICE, else PRIVMSG */
-	char *key;              /* "target text" as forwarded */
+	char cmd;               /* 'P'RIVMSG, 'N'OTICE, 'T'AGMSG */
+	char *key;              /* "target text" as forwarded ("target " for
+				 * a TAGMSG) */
 };
 
 /* Start a connection to the configured network from source address
@@ -100,7 +101,8 @@ void upstream_adopt_ping(struct upstream *u);
 int upstream_send(struct session *s, const char *line);
 /* Whether the network acknowledged capability `name` (s->caps). */
 bool upstream_has_cap(const struct session *s, const char *name);
-/* A PRIVMSG/NOTICE to `target` forwarded for the client of serial
+/* A PRIVMSG/NOTICE/TAGMSG (text "") to `target` forwarded for the client
+ * of serial
  * `client_serial`, which did not ask for echo-message: when the network's
  * echo of it comes back it is stored and relayed to every client but that
  * one. Only on a network with echo-message; out of memory: forgotten (the

@@ -260,6 +260,20 @@ static void test_line_bounds(void **state)
 		}
 		free(l);
 	}
+	/* the network's "PING token" of 510 bytes (a legal line): "PONG
+	 * :token" would be 511; the PONG is cut to the bound instead of not
+	 * being sent at all (the network would time the session out) */
+	{
+		char ping[IRC_MAX_MESSAGE + 1];
+		memcpy(ping, "PING ", 5);
+		memset(ping + 5, 't', IRC_MAX_MESSAGE - 5);
+		ping[IRC_MAX_MESSAGE] = '\0';
+		clear(&e->up);
+		say(&e->up, ping);
+		assert_true(wait_for(e, &e->up, "\r\n"));
+		assert_int_equal(e->up.len, IRC_MAX_MESSAGE + 2);
+		assert_memory_equal(e->up.buf, "PONG :ttt", 9);
+	}
 	/* the session never went anywhere */
 	say(&e->up, ":bob!b@host.example PRIVMSG #baton :still here");
 	assert_true(wait_for(e, a, "still here"));
@@ -307,8 +321,8 @@ static void test_missing_params(void **state)
 
 /* Bug: CAP REQ :multi-prefix userhost-in-names was NAK'd (baton did not
  * offer userhost-in-names), and caps negotiated upstream reached clients
- * that never asked for them: several prefixes in WHO (352) and NAMES (353)
- * replies, nick!user@host in NAMES, AWAY lines without away-notify. */
+ * that never asked for them: several prefixes in WHO (352), NAMES (353)
+ * and WHOIS (319) replies, nick!user@host in NAMES, AWAY lines without away-notify. */
 static void test_caps_per_client(void **state)
 {
 	struct env *e = *state;
@@ -325,6 +339,7 @@ static void test_caps_per_client(void **state)
 	say(&e->up, ":irc.example.net 353 alice = #baton :@+bob!b@h.example carol!c@h.example +dave!d@h");
 	say(&e->up, ":irc.example.net 352 alice #baton b h.example irc.example.net bob H@+ :0 Bob B");
 	say(&e->up, ":irc.example.net 352 alice #baton c h.example irc.example.net carol G* :0 Carol");
+	say(&e->up, ":irc.example.net 319 alice bob :@+#baton +#dev #x +@&loc");
 	say(&e->up, ":bob!b@h.example AWAY :gone fishing");
 	say(&e->up, ":bob!b@h.example AWAY");
 	say(&e->up, "PING :sync");
@@ -339,6 +354,8 @@ static void test_caps_per_client(void **state)
 	assert_non_null(strstr(b->buf, ":irc.example.net 353 alice = #baton :@bob carol +dave\r\n"));
 	assert_non_null(strstr(b->buf, ":irc.example.net 352 alice #baton b h.example irc.example.net bob H@ :0 Bob B\r\n"));
 	assert_non_null(strstr(b->buf, " 352 alice #baton c h.example irc.example.net carol G* :0 Carol\r\n"));
+	assert_non_null(strstr(b->buf, ":irc.example.net 319 alice bob :@#baton +#dev #x +&loc\r\n"));
+	assert_non_null(strstr(a->buf, ":irc.example.net 319 alice bob :@+#baton +#dev #x +@&loc\r\n"));
 	assert_null(strstr(b->buf, "AWAY"));
 	/* c for userhost-in-names only */
 	assert_non_null(strstr(c->buf, " 353 alice = #baton :@bob!b@h.example carol!c@h.example +dave!d@h\r\n"));
@@ -481,6 +498,16 @@ static void test_message_tags(void **state)
 	assert_true(wait_for(e, &e->up, "@+draft/reply=m2;+x PRIVMSG #baton :reply\r\n"));
 	say(a, "@+typing=active TAGMSG #baton");
 	assert_true(wait_for(e, &e->up, "@+typing=active TAGMSG #baton\r\n"));
+	/* its echo (echo-message upstream): to the other clients with
+	 * message-tags, not to a (sender without echo-message) */
+	struct peer *t2 = attach(e, "alice@t2/example:secret", "message-tags");
+	struct peer *ps2[] = { a, t2, &e->up };
+	clear(a);
+	say(&e->up, "@msgid=m3;+typing=active :alice!a@host.example TAGMSG :#baton");
+	assert_true(wait_for(e, t2, "@msgid=m3;+typing=active :alice!a@host.example TAGMSG :#baton\r\n"));
+	settle(e, ps2, 3);
+	assert_null(strstr(a->buf, "TAGMSG"));
+	peer_free(t2);
 	say(a, "@label=only PRIVMSG #baton :no client tags");
 	assert_true(wait_for(e, &e->up, "\r\nPRIVMSG #baton :no client tags\r\n"));
 
