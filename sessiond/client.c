@@ -1105,7 +1105,7 @@ static void client_too_long(struct client *cl)
 }
 
 /* A PRIVMSG/NOTICE goes to the network as the client framed it (`fwd`: its
- * line without its tags): rebuilt, a legal
+ * line, with only its client-only tags: client_line()): rebuilt, a legal
  * 512-byte line became 513 bytes and the network closed the session.
  * What the user's other clients see (and the backlog keeps) depends on the
  * network:

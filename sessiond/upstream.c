@@ -36,8 +36,8 @@
 #define THROTTLE_BASE_MS 60000
 
 /* Upstream caps we use, requested when offered. Whatever a client did not
- * ask for is taken out again per client (client_send_tagged(), relay_names(),
- * relay_who(), h_away): echo-message makes the network tell us which
+ * ask for is taken out again per client (client_send_full(), relay_names(),
+ * h_352, h_319, h_away, h_tagmsg): echo-message makes the network tell us which
  * messages it accepted (h_message); userhost-in-names and message-tags
  * (the network's tags, TAGMSG) are passed to the clients that asked for
  * them. */
