@@ -34,6 +34,11 @@ static const struct {
 	{ "away-notify", CLIENT_CAP_AWAY_NOTIFY },
 	{ "userhost-in-names", CLIENT_CAP_USERHOST_IN_NAMES },
 	{ "message-tags", CLIENT_CAP_MESSAGE_TAGS },
+	{ "account-notify", CLIENT_CAP_ACCOUNT_NOTIFY },
+	{ "extended-join", CLIENT_CAP_EXTENDED_JOIN },
+	{ "chghost", CLIENT_CAP_CHGHOST },
+	{ "setname", CLIENT_CAP_SETNAME },
+	{ "invite-notify", CLIENT_CAP_INVITE_NOTIFY },
 };
 #define NCLIENT_CAPS (sizeof(client_caps) / sizeof(client_caps[0]))
 /* Targets of one PRIVMSG/NOTICE stored in the backlog (more are sent to

@@ -43,7 +43,9 @@
  * them. */
 static const char *const wanted_caps[] = { "server-time", "multi-prefix",
 					   "away-notify", "echo-message",
-					   "userhost-in-names", "message-tags" };
+					   "userhost-in-names", "message-tags",
+					   "account-notify", "extended-join",
+					   "chghost", "setname", "invite-notify" };
 
 static void upstream_timer_cb(evutil_socket_t fd, short what, void *arg);
 
@@ -1241,7 +1243,87 @@ static bool h_353(struct up_ctx *x)
 	return false; /* relayed above */
 }
 
+/* Relay to each client: as it came to those with capability `cap`, else
+ * cut after its first `keep` parameters (the form without the capability,
+ * e.g. extended-join's "JOIN #chan account :realname" as "JOIN #chan"). */
+static void relay_cut(struct up_ctx *x, size_t keep, unsigned cap)
+{
+	const char *last = x->msg->params[keep - 1];
+	size_t end = (size_t)(last - x->base) + strlen(last);
+	char line[CONN_MAX_LINE + 1];
+
+	snprintf(line, sizeof(line), "%.*s", (int)end, x->raw);
+	for (size_t i = 0; i < x->s->nclients; i++) {
+		struct client *cl = x->s->clients[i];
+		client_send_full(cl, x->tags, (cl->caps & cap) ? x->raw : line, x->time_ms);
+	}
+	x->relayed = x->s->nclients > 0;
+}
+
+/* Relay only to the clients with capability `cap` (the line exists only
+ * because the network has it: ACCOUNT, CHGHOST, SETNAME, others' INVITE). */
+static bool relay_if_cap(struct up_ctx *x, unsigned cap)
+{
+	if (x->u->phase < UP_READY)
+		return false;
+	for (size_t i = 0; i < x->s->nclients; i++) {
+		struct client *cl = x->s->clients[i];
+		if (cl->caps & cap) {
+			client_send_full(cl, x->tags, x->raw, x->time_ms);
+			x->relayed = true;
+		}
+	}
+	return false;
+}
+
+static bool h_account(struct up_ctx *x)
+{
+	return relay_if_cap(x, CLIENT_CAP_ACCOUNT_NOTIFY);
+}
+
+static bool h_setname(struct up_ctx *x)
+{
+	return relay_if_cap(x, CLIENT_CAP_SETNAME);
+}
+
+/* CHGHOST <user> <host>: ours changes the prefix baton shows its clients. */
+static bool h_chghost(struct up_ctx *x)
+{
+	if (x->msg->nparams >= 2 && x->nick[0] && session_is_me(x->s, x->nick) &&
+	    strlen(x->msg->params[0]) + strlen(x->msg->params[1]) < CONN_MAX_LINE) {
+		char uh[CONN_MAX_LINE + 3];
+		int n = snprintf(uh, sizeof(uh), "!%s@%s", x->msg->params[0],
+				 x->msg->params[1]);
+		if (n > 0 && (size_t)n < sizeof(uh))
+			take_userhost(x->s, uh);
+	}
+	return relay_if_cap(x, CLIENT_CAP_CHGHOST);
+}
+
+/* INVITE: to us for every client; of someone else (invite-notify) only to
+ * the clients that asked for it. */
+static bool h_invite(struct up_ctx *x)
+{
+	if (x->msg->nparams >= 1 && session_is_me(x->s, x->msg->params[0]))
+		return true;
+	return relay_if_cap(x, CLIENT_CAP_INVITE_NOTIFY);
+}
+
+/* extended-join ("JOIN #chan account :realname") to clients that asked for
+ * it, the plain form to the others. */
+static bool h_join_state(struct up_ctx *x);
 static bool h_join(struct up_ctx *x)
+{
+	bool relay = h_join_state(x);
+
+	if (relay && x->u->phase >= UP_READY && x->msg->nparams >= 2) {
+		relay_cut(x, 1, CLIENT_CAP_EXTENDED_JOIN);
+		return false;
+	}
+	return relay;
+}
+
+static bool h_join_state(struct up_ctx *x)
 {
 	struct session *s = x->s;
 	if (x->msg->nparams < 1 || !x->msg->prefix)
@@ -1451,7 +1533,8 @@ static const struct {
 	{ "TOPIC", h_topic },     { "MODE", h_mode },   { "PRIVMSG", h_message },
 	{ "NOTICE", h_message },  { "ERROR", h_error },   { "465", h_banned },
 	{ "463", h_banned },      { "352", h_352 },     { "AWAY", h_away },
-	{ "TAGMSG", h_tagmsg },   { "319", h_319 },
+	{ "TAGMSG", h_tagmsg },   { "319", h_319 },     { "ACCOUNT", h_account },
+	{ "CHGHOST", h_chghost }, { "SETNAME", h_setname }, { "INVITE", h_invite },
 };
 
 static void upstream_line(struct conn *c, char *line, size_t len, void *arg)

@@ -203,7 +203,8 @@ def test_echo_message_inspircd(ctx):
     #mod, which the session is not in, reaches no other client and no
     backlog; a line to #chat reaches the other client and dave, not the
     sender (no echo-message); a client with echo-message gets its own line
-    back once."""
+    back once. Also extended-join and away-notify only to the client that
+    asked for them."""
     ins = Inspircd(ctx).start()
     dave = bl.direct_user(ctx.loop, ins, "dave")
     b = bl.Baton(ctx, ins, nsessions=1, channels=["#chat"])
@@ -212,11 +213,24 @@ def test_echo_message_inspircd(ctx):
     s = b.sessions[0]
     a = bl.bouncer_client(ctx.loop, b, s, client="a")
     o = bl.bouncer_client(ctx.loop, b, s, client="o")
+    x = bl.bouncer_client(ctx.loop, b, s, client="x", wait=False)
+    x.send("CAP REQ :extended-join away-notify")
+    x.send("CAP END")
+    bl.wait_attached(ctx.loop, x, s)
     # #mod is +n (inspircd's default modes +nt) and the session is not in
     # it: inspircd refuses the line with 404
     dave.send("JOIN #mod,#chat")
     ctx.loop.run_until(lambda: {"#mod", "#chat"} <= bl.joined_channels(dave, "dave"), 10,
                        "dave in #mod and #chat")
+    # extended-join and away-notify (inspircd's ircv3 module) per client
+    ctx.loop.run_until(lambda: lines_with(x, ":dave!") and lines_with(o, ":dave!"), 10,
+                       "dave's JOIN")
+    ej = [ln for ln in lines_with(x, " JOIN ") if ln.startswith(":dave!")]
+    check(ej and ej[0].endswith("JOIN #chat * :direct dave"), "extended-join: %s" % ej)
+    pj = [ln for ln in lines_with(o, " JOIN ") if ln.startswith(":dave!")]
+    check(pj and " * " not in pj[0] and "direct" not in pj[0], "plain JOIN: %s" % pj)
+    dave.send("AWAY :lunch")
+    ctx.loop.run_until(lambda: lines_with(x, "AWAY :lunch"), 10, "away-notify")
     ma, mo, md = len(a.lines), len(o.lines), len(dave.lines)
     a.send("PRIVMSG #mod :refused-line")
     ctx.loop.run_until(lambda: lines_with(a, " 404 ", ma), 10, "404 for the refused line")
@@ -235,6 +249,7 @@ def test_echo_message_inspircd(ctx):
     check(not lines_with(o, "refused-line"), "a refused line reached another client")
     check(not lines_with(dave, "refused-line"), "inspircd did not refuse the line")
     check(not lines_with(a, "accepted-line", ma), "the sender without echo-message got its line")
+    check(not lines_with(o, " AWAY "), "AWAY to a client without away-notify: %s" % lines_with(o, " AWAY "))
     check(len(lines_with(e, "own-echo", me)) == 1, "echo to e: %s" % lines_with(e, "own-echo", me))
     late = bl.bouncer_client(ctx.loop, b, s, client="late")
     ctx.loop.run_for(0.5)

@@ -147,7 +147,9 @@ static int setup(void **state)
 static void all_caps(Baton__State__Session *s)
 {
 	static char *caps[] = { "server-time", "multi-prefix", "away-notify",
-				"echo-message", "userhost-in-names", "message-tags" };
+				"echo-message", "userhost-in-names", "message-tags",
+				"account-notify", "extended-join", "chghost", "setname",
+				"invite-notify" };
 	s->n_caps = sizeof(caps) / sizeof(caps[0]);
 	s->caps = caps;
 }
@@ -365,6 +367,55 @@ static void test_caps_per_client(void **state)
 	peer_free(c);
 }
 
+/* The same for the capabilities that exist only as lines of their own or
+ * as extra parameters: account-notify (ACCOUNT), extended-join (JOIN with
+ * account and realname: the plain JOIN to others), chghost (CHGHOST; ours
+ * changes the prefix baton uses), setname (SETNAME), invite-notify (others'
+ * INVITE; an INVITE to us goes to every client). */
+static void test_caps_lines_per_client(void **state)
+{
+	struct env *e = *state;
+	struct peer *a = attach(e, "alice/example:secret",
+				"account-notify extended-join chghost setname invite-notify");
+	struct peer *b = attach(e, "alice@b/example:secret", NULL);
+	struct peer *ps[] = { a, b, &e->up };
+
+	assert_non_null(strstr(a->buf, "ACK :account-notify extended-join chghost setname invite-notify\r\n"));
+	clear(a);
+	clear(b);
+	say(&e->up, ":eve!e@h.example JOIN #baton eveacct :Eve Real");
+	say(&e->up, ":eve!e@h.example ACCOUNT eveacct2");
+	say(&e->up, ":eve!e@h.example CHGHOST e2 new.example");
+	say(&e->up, ":eve!e@h.example SETNAME :Eve New");
+	say(&e->up, ":eve!e@h.example INVITE bob #baton");
+	say(&e->up, ":eve!e@h.example INVITE alice #secret");
+	say(&e->up, "PING :sync");
+	assert_true(wait_for(e, &e->up, "PONG :sync\r\n"));
+	settle(e, ps, 3);
+	assert_non_null(strstr(a->buf, ":eve!e@h.example JOIN #baton eveacct :Eve Real\r\n"));
+	assert_non_null(strstr(a->buf, ":eve!e@h.example ACCOUNT eveacct2\r\n"));
+	assert_non_null(strstr(a->buf, ":eve!e@h.example CHGHOST e2 new.example\r\n"));
+	assert_non_null(strstr(a->buf, ":eve!e@h.example SETNAME :Eve New\r\n"));
+	assert_non_null(strstr(a->buf, ":eve!e@h.example INVITE bob #baton\r\n"));
+	assert_non_null(strstr(b->buf, ":eve!e@h.example JOIN #baton\r\n"));
+	assert_null(strstr(b->buf, "eveacct"));
+	assert_null(strstr(b->buf, "CHGHOST"));
+	assert_null(strstr(b->buf, "SETNAME"));
+	assert_null(strstr(b->buf, "INVITE bob"));
+	assert_non_null(strstr(b->buf, ":eve!e@h.example INVITE alice #secret\r\n"));
+	assert_non_null(strstr(a->buf, ":eve!e@h.example INVITE alice #secret\r\n"));
+
+	/* our own CHGHOST: the prefix baton shows (attach burst) changes */
+	say(&e->up, ":alice!a@host.example CHGHOST a2 cloak.example");
+	say(&e->up, "PING :sync2");
+	assert_true(wait_for(e, &e->up, "PONG :sync2\r\n"));
+	struct peer *c = attach(e, "alice@c/example:secret", NULL);
+	assert_non_null(strstr(c->buf, ":alice!a2@cloak.example JOIN #baton\r\n"));
+	peer_free(c);
+	peer_free(a);
+	peer_free(b);
+}
+
 /* The backlog a new client name gets (everything stored). */
 static char *stored_lines(struct env *e, const char *name)
 {
@@ -575,6 +626,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_line_bounds, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_missing_params, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_caps_per_client, setup_all_caps, teardown),
+		cmocka_unit_test_setup_teardown(test_caps_lines_per_client, setup_all_caps, teardown),
 		cmocka_unit_test_setup_teardown(test_echo_from_network, setup_all_caps, teardown),
 		cmocka_unit_test_setup_teardown(test_echo_without_network_echo, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_message_tags, setup_all_caps, teardown),
