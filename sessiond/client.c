@@ -31,6 +31,14 @@ static const struct {
 	{ "server-time", CLIENT_CAP_SERVER_TIME },
 	{ "multi-prefix", CLIENT_CAP_MULTI_PREFIX },
 	{ "echo-message", CLIENT_CAP_ECHO_MESSAGE },
+	{ "away-notify", CLIENT_CAP_AWAY_NOTIFY },
+	{ "userhost-in-names", CLIENT_CAP_USERHOST_IN_NAMES },
+	{ "message-tags", CLIENT_CAP_MESSAGE_TAGS },
+	{ "account-notify", CLIENT_CAP_ACCOUNT_NOTIFY },
+	{ "extended-join", CLIENT_CAP_EXTENDED_JOIN },
+	{ "chghost", CLIENT_CAP_CHGHOST },
+	{ "setname", CLIENT_CAP_SETNAME },
+	{ "invite-notify", CLIENT_CAP_INVITE_NOTIFY },
 };
 #define NCLIENT_CAPS (sizeof(client_caps) / sizeof(client_caps[0]))
 /* Targets of one PRIVMSG/NOTICE stored in the backlog (more are sent to
@@ -115,6 +123,31 @@ static const char *client_nick(const struct client *cl)
 
 void client_send_tagged(struct client *cl, const char *line, int64_t time_ms)
 {
+	client_send_full(cl, NULL, line, time_ms);
+}
+
+void client_send_full(struct client *cl, const char *tags, const char *line,
+		      int64_t time_ms)
+{
+	if ((cl->caps & CLIENT_CAP_MESSAGE_TAGS) && tags && tags[0]) {
+		/* The network's tags as they came (message-tags), with our
+		 * @time if the client asked for server-time and they have
+		 * none; within the bounds of a line (else the tags go and
+		 * the plain form below is sent). */
+		bool add_time = (cl->caps & CLIENT_CAP_SERVER_TIME) &&
+				!irc_tag_get(tags, "time", NULL, 0);
+		size_t tl = 1 + strlen(tags) + (add_time ? 30 : 0) + 1;
+		if (tl <= IRC_MAX_TAGS && tl + strlen(line) + 2 <= CONN_MAX_LINE) {
+			char ts[32];
+			if (!add_time) {
+				conn_sendf(cl->conn, "@%s %s", tags, line);
+				return;
+			}
+			clock_format_server_time(time_ms ? time_ms : clock_wall_ms(), ts);
+			conn_sendf(cl->conn, "@%s;time=%s %s", tags, ts, line);
+			return;
+		}
+	}
 	if (cl->caps & CLIENT_CAP_SERVER_TIME) {
 		char ts[32];
 		clock_format_server_time(time_ms ? time_ms : clock_wall_ms(), ts);
@@ -183,13 +216,13 @@ uint64_t client_acked_seq_upto(struct client *cl, uint64_t acked)
 }
 
 static unsigned client_queue_line(struct client *cl, uint64_t seq,
-				  const char *line, int64_t time_ms,
-				  unsigned copies)
+				  const char *tags, const char *line,
+				  int64_t time_ms, unsigned copies)
 {
 	if (seq <= cl->delivered_seq)
 		return 0; /* already queued to this client */
 	for (unsigned k = 0; k < copies; k++) /* 1 (2: the dup fault build) */
-		client_send_tagged(cl, line, time_ms);
+		client_send_full(cl, tags, line, time_ms);
 	/* A dead connection (e.g. sendq exceeded by this very line) did not
 	 * take it: the position must not claim it was delivered. */
 	if (conn_is_dead(cl->conn))
@@ -207,12 +240,12 @@ static void client_skip_now(struct client *cl, uint64_t seq)
 	(void)client_mark_push(cl, conn_bytes_queued(cl->conn), seq); /* ENOMEM: lags only */
 }
 
-unsigned client_deliver(struct client *cl, uint64_t seq, const char *line,
-			int64_t time_ms, unsigned copies)
+unsigned client_deliver(struct client *cl, uint64_t seq, const char *tags,
+			const char *line, int64_t time_ms, unsigned copies)
 {
 	if (cl->replaying)
 		return copies ? 1 : 0; /* stored: the pump sends it in seq order */
-	return client_queue_line(cl, seq, line, time_ms, copies);
+	return client_queue_line(cl, seq, tags, line, time_ms, copies);
 }
 
 void client_skip(struct client *cl, uint64_t seq)
@@ -896,7 +929,7 @@ static int replay_one(void *arg, uint64_t seq, int64_t time_ms,
 		cl->nown--;
 		client_skip_now(cl, seq);
 	} else {
-		(void)client_queue_line(cl, seq, line, time_ms, 1);
+		(void)client_queue_line(cl, seq, NULL, line, time_ms, 1); /* the backlog keeps no tags */
 	}
 	if (conn_is_dead(cl->conn))
 		return -EPIPE;
@@ -989,15 +1022,50 @@ void client_attach(struct client *cl, struct session *s)
 
 /* ---- commands ---- */
 
+/* The commands baton answers itself that lack what RFC 2812 requires: 461
+ * ERR_NEEDMOREPARAMS (PING without a token, PASS without a password, USER
+ * without its four parameters or with an empty realname), 431
+ * ERR_NONICKNAMEGIVEN (NICK without a nick). Returns true when it
+ * answered (the line goes no further). */
+static bool client_missing_params(struct client *cl, const struct irc_msg *m)
+{
+	const char *cmd = m->command;
+	const char *srv = cl->phase == CLIENT_ATTACHED ? client_srv(cl) : BATON_SERVER_NAME;
+	const char *nick = cl->phase == CLIENT_ATTACHED ? client_nick(cl) :
+				(cl->nick ? cl->nick : "*");
+	bool short_;
+
+	if (strcasecmp(cmd, "NICK") == 0) {
+		if (m->nparams >= 1 && m->params[0][0])
+			return false;
+		conn_sendf(cl->conn, ":%s 431 %s :No nickname given", srv, nick);
+		return true;
+	}
+	if (cl->phase == CLIENT_ATTACHED && strcasecmp(cmd, "PING") != 0)
+		return false; /* PASS, USER: 462 (already registered) */
+	if (strcasecmp(cmd, "PING") == 0 || strcasecmp(cmd, "PASS") == 0)
+		short_ = m->nparams < 1; /* "PING :" has its (empty) token */
+	else if (strcasecmp(cmd, "USER") == 0)
+		short_ = m->nparams < 4 || m->params[0][0] == '\0' ||
+			 m->params[3][0] == '\0';
+	else
+		return false;
+	if (!short_)
+		return false;
+	conn_sendf(cl->conn, ":%s 461 %s %.32s :Not enough parameters", srv, nick, cmd);
+	return true;
+}
+
 static void client_pending_line(struct client *cl, struct irc_msg *m)
 {
 	const char *cmd = m->command;
 
 	if (strcasecmp(cmd, "CAP") == 0) {
 		client_cap(cl, m);
-	} else if (m->nparams >= 1 && (strcasecmp(cmd, "PASS") == 0 ||
-					 strcasecmp(cmd, "NICK") == 0 ||
-					 strcasecmp(cmd, "USER") == 0)) {
+	} else if (client_missing_params(cl, m)) {
+		return;
+	} else if (strcasecmp(cmd, "PASS") == 0 || strcasecmp(cmd, "NICK") == 0 ||
+		   strcasecmp(cmd, "USER") == 0) {
 		char **dst = strcasecmp(cmd, "PASS") == 0 ? &cl->pass :
 			     strcasecmp(cmd, "NICK") == 0 ? &cl->nick : &cl->user;
 		char *copy = strdup(m->params[0]);
@@ -1009,7 +1077,7 @@ static void client_pending_line(struct client *cl, struct irc_msg *m)
 		*dst = copy;
 	} else if (strcasecmp(cmd, "PING") == 0) {
 		conn_sendf(cl->conn, ":%s PONG %s :%s", BATON_SERVER_NAME,
-			   BATON_SERVER_NAME, m->nparams ? m->params[m->nparams - 1] : "");
+			   BATON_SERVER_NAME, m->params[m->nparams - 1]);
 		return;
 	} else if (strcasecmp(cmd, "QUIT") == 0) {
 		client_error_close(cl, NULL, "quit");
@@ -1024,13 +1092,53 @@ static void client_pending_line(struct client *cl, struct irc_msg *m)
 	client_try_register(cl);
 }
 
-static void client_message(struct client *cl, struct irc_msg *m, const char *cmd)
+/* A serial for struct client's field (in this process). */
+static uint64_t client_next_serial(void)
+{
+	static uint64_t next;
+
+	return ++next;
+}
+
+/* Every line a client sends is checked against the bounds of IRC before
+ * anything of it is used: the network refuses (ngircd: closes the
+ * connection on) a message part over 510 bytes, and IRCv3 bounds the tag
+ * section to 8191 bytes. Past either: 417 ERR_INPUTTOOLONG, nothing
+ * forwarded (splitting a message would change what the user wrote). */
+static void client_too_long(struct client *cl)
+{
+	const char *srv = cl->phase == CLIENT_ATTACHED ? client_srv(cl) : BATON_SERVER_NAME;
+	const char *nick = cl->phase == CLIENT_ATTACHED ? client_nick(cl) :
+				(cl->nick ? cl->nick : "*");
+
+	conn_sendf(cl->conn, ":%s 417 %s :Input line was too long", srv, nick);
+}
+
+/* A PRIVMSG/NOTICE goes to the network as the client framed it (`fwd`: its
+ * line, with only its client-only tags: client_line()): rebuilt, a legal
+ * 512-byte line became 513 bytes and the network closed the session.
+ * What the user's other clients see (and the backlog keeps) depends on the
+ * network:
+ *  - with echo-message (upstream_has_cap()), only what the network accepted:
+ *    its echo is stored and relayed when it comes back (upstream.c
+ *    h_message), to the sender too if the sender asked for echo-message; a
+ *    refused message (404, a mute) is never echoed, stored or relayed;
+ *  - without it (ngircd), the message is taken as sent at once, as soju does:
+ *    a refusal reaches the user as the network's error numeric, but the
+ *    line was relayed and stored already. */
+static void client_message(struct client *cl, struct irc_msg *m, const char *cmd,
+			   const char *fwd)
 {
 	struct session *s = cl->s;
 	char prefix[256], line[CONN_MAX_LINE + 1], targets[512];
 
-	if (m->nparams < 2) {
-		conn_sendf(cl->conn, ":%s 412 %s :No text to send", client_srv(cl), client_nick(cl));
+	if (m->nparams < 2 || m->params[1][0] == '\0') {
+		if (m->nparams < 1)
+			conn_sendf(cl->conn, ":%s 411 %s :No recipient given (%s)",
+				   client_srv(cl), client_nick(cl), cmd);
+		else
+			conn_sendf(cl->conn, ":%s 412 %s :No text to send",
+				   client_srv(cl), client_nick(cl));
 		return;
 	}
 	if (!session_upstream_ready(s)) {
@@ -1038,8 +1146,15 @@ static void client_message(struct client *cl, struct irc_msg *m, const char *cmd
 			   BATON_SERVER_NAME, client_nick(cl), s->network);
 		return;
 	}
-	snprintf(line, sizeof(line), "%s %s :%s", cmd, m->params[0], m->params[1]);
-	upstream_send(s, line);
+	if (upstream_send(s, fwd) < 0) {
+		client_too_long(cl);
+		return;
+	}
+	bool net_echo = upstream_has_cap(s, "echo-message");
+	if (net_echo && (cl->caps & CLIENT_CAP_ECHO_MESSAGE))
+		return; /* the network's echo goes to every client */
+	if (net_echo && cl->serial == 0)
+		cl->serial = client_next_serial();
 	session_self_prefix(s, prefix, sizeof(prefix));
 	snprintf(targets, sizeof(targets), "%s", m->params[0]);
 	size_t ntargets = 0;
@@ -1051,6 +1166,10 @@ static void client_message(struct client *cl, struct irc_msg *m, const char *cmd
 		 * unbounded backlog buffers. */
 		if (!names_buffer_ok(t) || ++ntargets > CLIENT_MAX_TARGETS)
 			continue;
+		if (net_echo) {
+			upstream_echo_expect(s, cl->serial, cmd, t, m->params[1]);
+			continue;
+		}
 		snprintf(line, sizeof(line), ":%s %s %s :%s", prefix, cmd, t, m->params[1]);
 		if (irc_is_channel(t)) /* the user has it (health.h) */
 			health_channel_lines(session_find_channel(s, t), 1);
@@ -1066,9 +1185,11 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 	struct session *s = cl->s;
 	const char *cmd = m->command;
 
-	if (strcasecmp(cmd, "PING") == 0) {
+	if (client_missing_params(cl, m)) {
+		/* answered */
+	} else if (strcasecmp(cmd, "PING") == 0) {
 		conn_sendf(cl->conn, ":%s PONG %s :%s", client_srv(cl), client_srv(cl),
-			   m->nparams ? m->params[m->nparams - 1] : "");
+			   m->params[m->nparams - 1]);
 	} else if (strcasecmp(cmd, "PONG") == 0) {
 		/* ignored */
 	} else if (strcasecmp(cmd, "QUIT") == 0) {
@@ -1079,8 +1200,26 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 	} else if (strcasecmp(cmd, "PASS") == 0 || strcasecmp(cmd, "USER") == 0) {
 		conn_sendf(cl->conn, ":%s 462 %s :You may not reregister",
 			   client_srv(cl), client_nick(cl));
+	} else if (strcasecmp(cmd, "TAGMSG") == 0 && !upstream_has_cap(s, "message-tags")) {
+		/* Tags only, for a network that takes none: nothing to send
+		 * (soju drops it too). */
+	} else if (strcasecmp(cmd, "TAGMSG") == 0 && m->nparams >= 1 &&
+		   session_upstream_ready(s)) {
+		/* The network's echo (if it has echo-message) goes to the
+		 * other clients with message-tags, not to this one unless it
+		 * asked for echo-message (upstream.c h_tagmsg). */
+		if (upstream_send(s, raw) < 0) {
+			client_too_long(cl);
+			return;
+		}
+		if (upstream_has_cap(s, "echo-message") && !(cl->caps & CLIENT_CAP_ECHO_MESSAGE)) {
+			if (cl->serial == 0)
+				cl->serial = client_next_serial();
+			upstream_echo_expect(s, cl->serial, "TAGMSG", m->params[0], "");
+		}
 	} else if (strcasecmp(cmd, "PRIVMSG") == 0 || strcasecmp(cmd, "NOTICE") == 0) {
-		client_message(cl, m, strcasecmp(cmd, "PRIVMSG") == 0 ? "PRIVMSG" : "NOTICE");
+		client_message(cl, m, strcasecmp(cmd, "PRIVMSG") == 0 ? "PRIVMSG" : "NOTICE",
+			       raw);
 	} else if (!s->up || s->up->phase < UP_WELCOMED) {
 		conn_sendf(cl->conn, ":%s NOTICE %s :%s is disconnected: command not sent",
 			   BATON_SERVER_NAME, client_nick(cl), s->network);
@@ -1098,7 +1237,8 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 			free(s->away);
 			s->away = away;
 		}
-		upstream_send(s, raw);
+		if (upstream_send(s, raw) < 0)
+			client_too_long(cl);
 	}
 }
 
@@ -1145,26 +1285,66 @@ static bool client_prelogin_admit(struct client *cl, size_t len)
 	return false;
 }
 
+/* The client-only tags ("+key[=value]", message-tags) of a client's tag
+ * section `tags` (without its '@', `n` bytes up to the space): what the
+ * network may get, into out[IRC_MAX_CLIENT_TAGS - 1] separated by ';' ("":
+ * none). Returns false when they pass IRC_MAX_CLIENT_TAGS with '@' and
+ * space. Other tags (label, batch...) are the client's to baton: dropped. */
+static bool client_only_tags(const char *tags, size_t n, char *out)
+{
+	size_t o = 0;
+
+	out[0] = '\0';
+	for (size_t i = 0; i < n;) {
+		size_t tl = 0;
+		while (i + tl < n && tags[i + tl] != ';')
+			tl++;
+		if (tl > 1 && tags[i] == '+') {
+			if (o + (o > 0) + tl + 2 > IRC_MAX_CLIENT_TAGS)
+				return false;
+			if (o > 0)
+				out[o++] = ';';
+			memcpy(out + o, tags + i, tl);
+			o += tl;
+			out[o] = '\0';
+		}
+		i += tl + 1;
+	}
+	return true;
+}
+
 static void client_line(struct conn *c, char *line, size_t len, void *arg)
 {
 	struct client *cl = arg;
 	struct irc_msg m;
-	char raw[CONN_MAX_LINE + 1];
+	char raw[IRC_MAX_CLIENT_TAGS + IRC_MAX_MESSAGE + 1];
+	size_t tags;
 
 	cl->last_rx_ms = clock_mono_ms();
 	if (cl->phase == CLIENT_PENDING && !client_prelogin_admit(cl, len))
 		return;
-	const char *p = line;
-	if (*p == '@') { /* client tags are not forwarded */
-		p = strchr(p, ' ');
-		if (!p)
-			return;
-		while (*p == ' ')
-			p++;
-	}
-	snprintf(raw, sizeof(raw), "%s", p);
 	if (cl->phase == CLIENT_CLOSING)
 		return; /* after QUIT: read and dropped */
+	const char *p = irc_message_part(line, &tags);
+	if (strlen(p) > IRC_MAX_MESSAGE || tags > IRC_MAX_TAGS) {
+		client_too_long(cl);
+		return;
+	}
+	/* What is forwarded: the message part as the client framed it, after
+	 * its client-only tags if the network takes message-tags (other tags
+	 * are not forwarded). */
+	snprintf(raw, sizeof(raw), "%s", p);
+	if (tags && cl->phase == CLIENT_ATTACHED && cl->s &&
+	    upstream_has_cap(cl->s, "message-tags")) {
+		char ct[IRC_MAX_CLIENT_TAGS];
+
+		if (!client_only_tags(line + 1, tags - 1 - (line[tags - 1] == ' '), ct)) {
+			client_too_long(cl);
+			return;
+		}
+		if (ct[0])
+			snprintf(raw, sizeof(raw), "@%s %s", ct, p);
+	}
 	if (irc_parse(line, &m) < 0)
 		return;
 	if (cl->phase == CLIENT_PENDING)

@@ -25,6 +25,14 @@ enum client_cap {
 	CLIENT_CAP_SERVER_TIME = 1u << 0,
 	CLIENT_CAP_MULTI_PREFIX = 1u << 1,
 	CLIENT_CAP_ECHO_MESSAGE = 1u << 2,
+	CLIENT_CAP_AWAY_NOTIFY = 1u << 3,
+	CLIENT_CAP_USERHOST_IN_NAMES = 1u << 4,
+	CLIENT_CAP_MESSAGE_TAGS = 1u << 5,
+	CLIENT_CAP_ACCOUNT_NOTIFY = 1u << 6,
+	CLIENT_CAP_EXTENDED_JOIN = 1u << 7,
+	CLIENT_CAP_CHGHOST = 1u << 8,
+	CLIENT_CAP_SETNAME = 1u << 9,
+	CLIENT_CAP_INVITE_NOTIFY = 1u << 10,
 };
 
 enum client_phase {
@@ -75,6 +83,9 @@ struct client {
 	size_t prelogin_bytes;
 	int64_t bucket, bucket_ms;
 	enum client_phase phase;
+	/* Names this connection in this process (echo-message: whose message
+	 * an echo of the network is); 0 until it first sends a message. */
+	uint64_t serial;
 	unsigned caps;          /* enum client_cap */
 	bool cap_negotiating;
 	char *pass, *nick, *user;
@@ -135,13 +146,20 @@ void client_attach(struct client *cl, struct session *s);
 void client_resume(struct client *cl);
 /* Send a line to one client, adding @time if it enabled server-time. */
 void client_send_tagged(struct client *cl, const char *line, int64_t time_ms);
-/* Queue one backlog line to an attached client (advances delivered_seq and
+/* The same with the network's tags (raw, without '@'; NULL: none): a
+ * client that enabled message-tags gets them as they came (plus @time if
+ * it enabled server-time and they have none); others as above. Tags that
+ * would pass the bounds of a line are left out. */
+void client_send_full(struct client *cl, const char *tags, const char *line,
+		      int64_t time_ms);
+/* Queue one backlog line to an attached client, with the network's tags
+ * (client_send_full(); a replay sends none) (advances delivered_seq and
  * records a delivery mark), `copies` times (1; 2 only in the dup fault
  * build). Not queued while the client replays: the replay pump takes the
  * line from the backlog in seq order. Returns the copies queued, or 1 for
  * a replaying client (the pump will send it once; 0 copies: 0). */
-unsigned client_deliver(struct client *cl, uint64_t seq, const char *line,
-			int64_t time_ms, unsigned copies);
+unsigned client_deliver(struct client *cl, uint64_t seq, const char *tags,
+			const char *line, int64_t time_ms, unsigned copies);
 /* The client has backlog line seq without it being sent (it wrote it):
  * delivered now, acknowledged once everything queued before it is (while
  * it replays: once the pump reaches seq). */

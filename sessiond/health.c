@@ -164,8 +164,6 @@ const char *health_line_check(const char *line, size_t len, enum health_peer pee
 						    HEALTH_CLIENT_LINE_MAX;
 	size_t i = 0, start;
 
-	if (len + 2 > max)
-		return "too long";
 	if (memchr(line, '\0', len) || memchr(line, '\r', len) || memchr(line, '\n', len))
 		return "NUL, CR or LF inside";
 	if (i < len && line[i] == '@') { /* tags */
@@ -174,6 +172,11 @@ const char *health_line_check(const char *line, size_t len, enum health_peer pee
 		while (i < len && line[i] == ' ')
 			i++;
 	}
+	/* To a network the message part and the (client-only) tags have
+	 * bounds of their own (message-tags); to a client the whole line. */
+	if (peer == HEALTH_PEER_NETWORK ? (len - i + 2 > max || i > HEALTH_NETWORK_TAGS_MAX) :
+					  len + 2 > max)
+		return "too long";
 	if (i < len && line[i] == ':') { /* prefix */
 		while (i < len && line[i] != ' ')
 			i++;

@@ -83,9 +83,11 @@ extern const double health_latency_bounds[HEALTH_NBOUNDS];
 #define HEALTH_MAX_CHANNELS 2000
 #define HEALTH_MAX_NAME_BYTES (512u << 10)
 
-/* Longest line to a network (incl. CRLF), and to a client (8191 bytes of
- * tags + 512). */
+/* Longest line to a network (incl. CRLF; its tags apart: at most
+ * HEALTH_NETWORK_TAGS_MAX with '@' and spaces, the client-only tags a
+ * client may send), and to a client (8191 bytes of tags + 512). */
 #define HEALTH_NETWORK_LINE_MAX 512
+#define HEALTH_NETWORK_TAGS_MAX 4094
 #define HEALTH_CLIENT_LINE_MAX (8191 + 512)
 
 /* Protocol errors are logged at most this often (counted always). */
@@ -194,8 +196,8 @@ void health_loop_lag(struct health *h, double lag_s);
 
 /* ---- the validator (also for tests) ----
  * NULL if line[0..len) is a well-formed IRC line for that peer, else what
- * is wrong: longer than HEALTH_NETWORK_LINE_MAX / HEALTH_CLIENT_LINE_MAX
- * with CRLF, a NUL, CR or LF inside, no command token, or a command that is
+ * is wrong: longer than HEALTH_NETWORK_LINE_MAX (after its tags; tags
+ * over HEALTH_NETWORK_TAGS_MAX) / HEALTH_CLIENT_LINE_MAX with CRLF, a NUL, CR or LF inside, no command token, or a command that is
  * neither letters nor 3 digits. */
 const char *health_line_check(const char *line, size_t len, enum health_peer peer);
 

@@ -94,6 +94,38 @@ no_command:
 	return -EINVAL;
 }
 
+const char *irc_message_part(const char *line, size_t *tags_len)
+{
+	const char *p = line;
+
+	*tags_len = 0;
+	if (*p != '@')
+		return p;
+	p += strcspn(p, " ");
+	*tags_len = (size_t)(p - line) + (*p == ' ');
+	while (*p == ' ')
+		p++;
+	return p;
+}
+
+size_t irc_utf8_cut(const char *s, size_t max)
+{
+	size_t n = strnlen(s, max + 1), start;
+
+	if (n <= max)
+		return n;
+	n = max;
+	if (((unsigned char)s[n] & 0xC0) != 0x80)
+		return n; /* s[n] starts a character: nothing is cut */
+	/* s[n] continues a sequence: drop it from its lead byte on. */
+	start = n;
+	while (start > 0 && n - start < 3 && ((unsigned char)s[start - 1] & 0xC0) == 0x80)
+		start--;
+	if (start > 0 && (unsigned char)s[start - 1] >= 0xC0)
+		return start - 1;
+	return n; /* not UTF-8 */
+}
+
 void irc_prefix_nick(const char *prefix, char *nick, size_t n)
 {
 	size_t len;

@@ -717,9 +717,15 @@ void session_advance_position(struct session *s, const char *client_id,
 void session_broadcast(struct session *s, const char *line, int64_t time_ms,
 		       struct client *except)
 {
+	session_broadcast_tags(s, NULL, line, time_ms, except);
+}
+
+void session_broadcast_tags(struct session *s, const char *tags, const char *line,
+			    int64_t time_ms, struct client *except)
+{
 	for (size_t i = 0; i < s->nclients; i++)
 		if (s->clients[i] != except)
-			client_send_tagged(s->clients[i], line, time_ms);
+			client_send_full(s->clients[i], tags, line, time_ms);
 }
 
 void session_store_and_relay(struct session *s, const char *buffer,
@@ -733,6 +739,14 @@ unsigned session_store_and_relay_n(struct session *s, const char *buffer,
 				   const char *line, int64_t time_ms,
 				   struct client *except, unsigned copies)
 {
+	return session_store_and_relay_tags(s, buffer, NULL, line, time_ms, except, copies);
+}
+
+unsigned session_store_and_relay_tags(struct session *s, const char *buffer,
+				      const char *tags, const char *line,
+				      int64_t time_ms, struct client *except,
+				      unsigned copies)
+{
 	unsigned most = 0;
 
 	if (!time_ms)
@@ -741,7 +755,7 @@ unsigned session_store_and_relay_n(struct session *s, const char *buffer,
 	if (!seq) {
 		/* Out of memory: still relay live, unnumbered. */
 		for (unsigned k = 0; k < copies; k++)
-			session_broadcast(s, line, time_ms, except);
+			session_broadcast_tags(s, tags, line, time_ms, except);
 		return s->nclients > (except ? 1u : 0u) ? copies : 0;
 	}
 	session_note_backlog_drops(s);
@@ -750,7 +764,7 @@ unsigned session_store_and_relay_n(struct session *s, const char *buffer,
 		if (cl == except) {
 			client_skip(cl, seq); /* the sender has it */
 		} else if (copies) {
-			unsigned n = client_deliver(cl, seq, line, time_ms, copies);
+			unsigned n = client_deliver(cl, seq, tags, line, time_ms, copies);
 			if (n > most)
 				most = n;
 		}

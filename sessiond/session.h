@@ -396,6 +396,9 @@ void session_advance_position(struct session *s, const char *client_id,
  * @time=... for clients with server-time (time_ms 0: now). */
 void session_broadcast(struct session *s, const char *line, int64_t time_ms,
 		       struct client *except);
+/* The same with the network's tags (client_send_full()). */
+void session_broadcast_tags(struct session *s, const char *tags, const char *line,
+			    int64_t time_ms, struct client *except);
 /* Store a PRIVMSG/NOTICE in the backlog under `buffer` and deliver it to
  * every attached client except `except` (whose position also advances). */
 void session_store_and_relay(struct session *s, const char *buffer,
@@ -411,6 +414,12 @@ void session_store_and_relay(struct session *s, const char *buffer,
 unsigned session_store_and_relay_n(struct session *s, const char *buffer,
 				   const char *line, int64_t time_ms,
 				   struct client *except, unsigned copies);
+/* The same, relayed live with the network's tags (client_send_full(); the
+ * backlog keeps the line without them). */
+unsigned session_store_and_relay_tags(struct session *s, const char *buffer,
+				      const char *tags, const char *line,
+				      int64_t time_ms, struct client *except,
+				      unsigned copies);
 /* NOTICE from the bouncer to every attached client. */
 void session_notice_all(struct session *s, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));

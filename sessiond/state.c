@@ -284,13 +284,13 @@ static Baton__State__Connection *ser_client(struct arena *a, struct client *cl,
 		a, cl->conn, idx,
 		cl->phase == CLIENT_ATTACHED ? BATON__STATE__CONN_ROLE__CONN_ROLE_CLIENT
 					     : BATON__STATE__CONN_ROLE__CONN_ROLE_PENDING);
-	const char *names[8];
+	const char *names[16]; /* every client cap (client.c) */
 
 	if (!pc)
 		return NULL;
 	pc->has_reg_phase = 1;
 	pc->reg_phase = (uint32_t)cl->phase;
-	size_t n = client_caps_names(cl->caps, names, 8);
+	size_t n = client_caps_names(cl->caps, names, sizeof(names) / sizeof(names[0]));
 	if (n) {
 		pc->caps = arena_alloc(a, n * sizeof(char *));
 		if (!pc->caps)

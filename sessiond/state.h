@@ -39,7 +39,8 @@ struct bouncer_item;
  *     next_seq, reconnect_at_ms, reconnect_failures,
  *     backlog_evicted_seq                        11 + 11 + 6 + 12
  *   isupport: SESSION_MAX_ISUPPORT x (3 + 510)               51,300
- *   caps (upstream, acknowledged): the 3 wanted caps              64
+ *   caps (upstream, acknowledged): the 11 wanted caps (upstream.c,
+ *     151 bytes with their tags and lengths)                     192
  *   channels: max_channels x STATE_CHANNEL_MAX (18,012): tag and
  *     length 5, name 3 + 510 (SESSION_MAX_CHANNEL_NAME), topic and
  *     setter 2 x (3 + L), topic_time 11, modes 2 + 63, 2 flags x 2
@@ -52,9 +53,9 @@ struct bouncer_item;
  *     + STATE_BUFFER_OVERHEAD (20) x backlog_buffers (tag and length 6,
  *       the name's tag and length 3, dropped_seq 11)
  *   positions: SESSION_MAX_POSITIONS x (2 + 2 + 64 + 11) = 64 x 79 = 5,056
- *   upstream connection: STATE_CONN_MAX = 4,785,266:
+ *   upstream connection: STATE_CONN_MAX = 4,785,394:
  *     tag and length 5; role, fd_index, addresses (2 x 81), reg_phase,
- *     caps, 5 times, flags, transport, TLS tag and length: 302;
+ *     caps, 5 times, flags, transport, TLS tag and length: 430;
  *     nick_attempt L;
  *     input < 64 KiB: a frozen connection holds at most one read
  *       (its buffer grows to the power of two above a partial line + 16 KiB)
@@ -70,9 +71,9 @@ struct bouncer_item;
  * state_bound() adds these up for a config; at the defaults (250
  * channels, 2 MiB of member lists, 4 MiB / 20,000 lines / 100 buffers of
  * backlog):
- *   5 + 53,258 + 51,300 + 64 + 250 x 18,012 + 2,097,152 + 4,194,304
- *   + 28 x 20,000 + 20 x 100 + 5,056 + 4,785,266 = 16,251,405 bytes,
- * 525,779 below HANDOFF_ITEM_MAX_PAYLOAD (16,777,184). The worker's
+ *   5 + 53,258 + 51,300 + 192 + 250 x 18,012 + 2,097,152 + 4,194,304
+ *   + 28 x 20,000 + 20 x 100 + 5,056 + 4,785,394 = 16,251,661 bytes,
+ * 525,523 below HANDOFF_ITEM_MAX_PAYLOAD (16,777,184). The worker's
  * preflight refuses a config whose bound is over it
  * (state_check_config()); tests/unit/sessiond/test_bigstate.c builds a
  * session at every bound and checks that it serializes within
@@ -87,11 +88,11 @@ struct bouncer_item;
  * that sender added (its own state fitted its own message). */
 #define STATE_SCALARS_MAX 53258
 #define STATE_ISUPPORT_MAX 51300
-#define STATE_CAPS_MAX 64
+#define STATE_CAPS_MAX 192
 #define STATE_CHANNEL_MAX 18012
 #define STATE_BUFFER_OVERHEAD 20
 #define STATE_POSITIONS_MAX 5056
-#define STATE_CONN_MAX 4785266
+#define STATE_CONN_MAX 4785394
 
 /* The largest serialized session (without its clients) that cfg's bounds
  * allow (NULL: the defaults). */

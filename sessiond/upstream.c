@@ -6,6 +6,7 @@
 #include "common/clock.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -34,9 +35,17 @@
  * networks count over about a minute. */
 #define THROTTLE_BASE_MS 60000
 
-/* Upstream caps we use, requested when offered. */
+/* Upstream caps we use, requested when offered. Whatever a client did not
+ * ask for is taken out again per client (client_send_full(), relay_names(),
+ * h_352, h_319, h_away, h_tagmsg): echo-message makes the network tell us which
+ * messages it accepted (h_message); userhost-in-names and message-tags
+ * (the network's tags, TAGMSG) are passed to the clients that asked for
+ * them. */
 static const char *const wanted_caps[] = { "server-time", "multi-prefix",
-					   "away-notify" };
+					   "away-notify", "echo-message",
+					   "userhost-in-names", "message-tags",
+					   "account-notify", "extended-join",
+					   "chghost", "setname", "invite-notify" };
 
 static void upstream_timer_cb(evutil_socket_t fd, short what, void *arg);
 
@@ -93,6 +102,9 @@ void upstream_free(struct upstream *u)
 		event_free(u->timer);
 	util_strv_free(u->cap_offered, u->ncap_offered);
 	free(u->nick_attempt);
+	for (size_t i = 0; i < u->nechoes; i++)
+		free(u->echoes[i].key);
+	free(u->echoes);
 	pb_unknown_clear(&u->unknown);
 	free(u);
 }
@@ -166,10 +178,89 @@ void upstream_adopt_ping(struct upstream *u)
 		   health_adopt_ping(&u->hl, clock_mono_ms()));
 }
 
-void upstream_send(struct session *s, const char *line)
+int upstream_send(struct session *s, const char *line)
 {
+	size_t tags;
+
+	/* A network closes the connection on a line past its bound (ngircd:
+	 * "Request too long"): the session and every channel would see us
+	 * QUIT and JOIN for one message. */
+	if (strlen(irc_message_part(line, &tags)) > IRC_MAX_MESSAGE || tags > IRC_MAX_TAGS)
+		return -EMSGSIZE;
 	if (s->up && !conn_is_dead(s->up->conn))
 		conn_send(s->up->conn, line);
+	return 0;
+}
+
+bool upstream_has_cap(const struct session *s, const char *name)
+{
+	for (size_t i = 0; i < s->ncaps; i++)
+		if (strcmp(s->caps[i], name) == 0)
+			return true;
+	return false;
+}
+
+void upstream_echo_expect(struct session *s, uint64_t client_serial,
+			  const char *cmd, const char *target, const char *text)
+{
+	struct upstream *u = s->up;
+	char *key;
+
+	/* "target text": a target has no space. */
+	if (!u || asprintf(&key, "%s %s", target, text) < 0)
+		return;
+	if (!u->echoes) {
+		u->echoes = calloc(UPSTREAM_MAX_ECHOES, sizeof(*u->echoes));
+		if (!u->echoes) {
+			free(key);
+			return;
+		}
+	}
+	if (u->nechoes == UPSTREAM_MAX_ECHOES) {
+		/* Never echoed (refused: 404, a mute; a lost line): forgotten. */
+		free(u->echoes[0].key);
+		memmove(u->echoes, u->echoes + 1, (u->nechoes - 1) * sizeof(*u->echoes));
+		u->nechoes--;
+	}
+	u->echoes[u->nechoes++] = (struct upstream_echo){
+		client_serial, (char)toupper((unsigned char)cmd[0]), key
+	};
+}
+
+/* The network's echo m of a message we forwarded (echo-message): the
+ * client that sent it if it did not ask for echo-message and is still
+ * attached (it must not get its own line back), else NULL. The oldest
+ * awaited echo of the same command, target (case-insensitive: the network
+ * may spell the channel its way) and text is the one. */
+static struct client *upstream_echo_sender(struct session *s, const struct irc_msg *m)
+{
+	struct upstream *u = s->up;
+	char cmd = (char)toupper((unsigned char)m->command[0]);
+	const char *text = m->nparams >= 2 ? m->params[1] : "";
+
+	if (m->nparams < 1)
+		return NULL;
+	for (size_t i = 0; u && i < u->nechoes; i++) {
+		char *k = u->echoes[i].key, *sp = strchr(k, ' ');
+		int same;
+
+		if (u->echoes[i].cmd != cmd || !sp || strcmp(sp + 1, text) != 0)
+			continue;
+		*sp = '\0';
+		same = irc_casecmp(k, m->params[0]) == 0;
+		*sp = ' ';
+		if (!same)
+			continue;
+		uint64_t serial = u->echoes[i].client_serial;
+		free(k);
+		memmove(u->echoes + i, u->echoes + i + 1, (u->nechoes - i - 1) * sizeof(*u->echoes));
+		u->nechoes--;
+		for (size_t j = 0; j < s->nclients; j++)
+			if (s->clients[j]->serial == serial)
+				return s->clients[j];
+		return NULL;
+	}
+	return NULL;
 }
 
 /* Bind fd to source address `addr` (port chosen at connect time, so a pool
@@ -618,13 +709,17 @@ static void upstream_join_channels(struct session *s)
 {
 	const struct config_session *cs = session_config(s);
 
+	/* A name that cannot fit a JOIN line (the network would refuse the
+	 * line and close the connection) is not sent. */
 	if (cs) {
 		for (size_t i = 0; i < cs->nchannels; i++)
-			if (!session_find_channel(s, cs->channels[i]))
+			if (!session_find_channel(s, cs->channels[i]) &&
+			    strlen(cs->channels[i]) <= IRC_MAX_MESSAGE - 5)
 				conn_sendf(s->up->conn, "JOIN %s", cs->channels[i]);
 	}
 	for (size_t i = 0; i < s->nchannels; i++)
-		conn_sendf(s->up->conn, "JOIN %s", s->channels[i]->name);
+		if (strlen(s->channels[i]->name) <= IRC_MAX_MESSAGE - 5)
+			conn_sendf(s->up->conn, "JOIN %s", s->channels[i]->name);
 }
 
 /* ---- line handlers ---- */
@@ -634,6 +729,9 @@ struct up_ctx {
 	struct upstream *u;
 	struct irc_msg *msg;
 	const char *raw;   /* the line without tags */
+	const char *tags;  /* the network's tags (raw, no '@'), NULL: none */
+	const char *base;  /* where raw starts in the parsed line: msg's
+			    * pointers less base are offsets into raw */
 	int64_t time_ms;   /* server-time or receive time */
 	bool relayed;      /* a handler queued it to >= 1 client itself */
 	char nick[NAMES_MAX_LEN + 1]; /* nick of the prefix; "" when none or not a valid nick */
@@ -645,9 +743,14 @@ static bool h_ping(struct up_ctx *x)
 {
 	if (FAULT_NOPING())
 		return false;
-	if (x->msg->nparams > 0)
-		conn_sendf(x->u->conn, "PONG :%s", x->msg->params[x->msg->nparams - 1]);
-	else
+	if (x->msg->nparams > 0) {
+		/* A token of a legal PING can make a PONG over the line bound
+		 * (not sent: the network would time us out); cut, it still
+		 * answers. */
+		const char *t = x->msg->params[x->msg->nparams - 1];
+		conn_sendf(x->u->conn, "PONG :%.*s",
+			   (int)irc_utf8_cut(t, IRC_MAX_MESSAGE - 6), t);
+	} else
 		conn_send(x->u->conn, "PONG");
 	return false;
 }
@@ -856,8 +959,10 @@ static bool h_endofmotd(struct up_ctx *x)
 		return true;
 	x->u->phase = UP_READY;
 	upstream_join_channels(x->s);
-	if (x->s->away)
-		conn_sendf(x->u->conn, "AWAY :%s", x->s->away);
+	if (x->s->away) /* within the line bound (a client's "AWAY text" of
+			 * 510 bytes has no room for the ':') */
+		conn_sendf(x->u->conn, "AWAY :%.*s", (int)irc_utf8_cut(x->s->away,
+				IRC_MAX_MESSAGE - 6), x->s->away);
 	if (x->s->nclients)
 		session_notice_all(x->s, "Connected to %s as %s", x->s->network,
 				   x->s->nick);
@@ -932,43 +1037,175 @@ static bool h_333(struct up_ctx *x)
 	return true;
 }
 
-/* Relay a 353 to each client: as is with multi-prefix, else with only the
- * highest prefix of each name (what a client that did not ask for
- * multi-prefix can parse). */
+/* A name of a NAMES reply (prefixes, then "nick" or "nick!user@host") as a
+ * client asked for it: all of its prefixes with multi-prefix, else the first
+ * (highest) only; nick!user@host with userhost-in-names, else the nick.
+ * Appends to out[*n] (at most CONN_MAX_LINE); returns where the word ends. */
+static const char *names_word(const char *p, const char *psyms, unsigned caps,
+			      char *out, size_t *n)
+{
+	bool first = true;
+
+	for (; *p && *p != ' ' && strchr(psyms, *p); p++, first = false)
+		if ((first || (caps & CLIENT_CAP_MULTI_PREFIX)) && *n < CONN_MAX_LINE)
+			out[(*n)++] = *p;
+	size_t w = strcspn(p, " ");
+	size_t keep = (caps & CLIENT_CAP_USERHOST_IN_NAMES) ? w : strcspn(p, " !");
+	if (keep > w)
+		keep = w;
+	for (size_t i = 0; i < keep && *n < CONN_MAX_LINE; i++)
+		out[(*n)++] = p[i];
+	return p + w;
+}
+
+/* Relay a 353 to each client in the form it asked for (names_word()):
+ * multi-prefix and userhost-in-names negotiated upstream must not reach a
+ * client that did not ask for them. */
 static void relay_names(struct up_ctx *x, const char *psyms)
 {
-	char single[CONN_MAX_LINE + 1];
-	const char *trail = strstr(x->raw, " :");
-	size_t n = 0;
+	const unsigned forms = CLIENT_CAP_MULTI_PREFIX | CLIENT_CAP_USERHOST_IN_NAMES;
+	const char *trail = x->msg->params[3];
+	size_t head = (size_t)(trail - x->base);
 
-	if (!trail)
-		trail = strrchr(x->raw, ' ');
-	if (!trail) {
-		session_broadcast(x->s, x->raw, x->time_ms, NULL);
-		return;
-	}
-	trail += trail[1] == ':' ? 2 : 1;
-	n = (size_t)(trail - x->raw);
-	memcpy(single, x->raw, n);
-	bool word_start = true;
-	for (const char *p = trail; *p && n < CONN_MAX_LINE; p++) {
-		if (word_start && strchr(psyms, *p)) {
-			single[n++] = *p; /* the first (highest) prefix only */
-			while (p[1] && strchr(psyms, p[1]))
-				p++;
-			word_start = false;
-			continue;
-		}
-		single[n++] = *p;
-		word_start = *p == ' ';
-	}
-	single[n] = '\0';
-	x->relayed = x->s->nclients > 0;
 	for (size_t i = 0; i < x->s->nclients; i++) {
 		struct client *cl = x->s->clients[i];
-		client_send_tagged(cl, (cl->caps & CLIENT_CAP_MULTI_PREFIX) ? x->raw : single,
-				   x->time_ms);
+		char line[CONN_MAX_LINE + 1];
+		size_t n = head;
+
+		if ((cl->caps & forms) == forms) {
+			client_send_full(cl, x->tags, x->raw, x->time_ms);
+			continue;
+		}
+		memcpy(line, x->raw, head);
+		for (const char *p = x->raw + head; *p;) {
+			if (*p == ' ') {
+				if (n < CONN_MAX_LINE)
+					line[n++] = ' ';
+				p++;
+				continue;
+			}
+			p = names_word(p, psyms, cl->caps, line, &n);
+		}
+		line[n] = '\0';
+		client_send_full(cl, x->tags, line, x->time_ms);
 	}
+	x->relayed = x->s->nclients > 0;
+}
+
+/* 352 RPL_WHOREPLY: "<me> <channel> <user> <host> <server> <nick> <flags>
+ * :<hops> <realname>", the flags "H"/"G", maybe "*", then the member's
+ * prefixes: all of them only for clients with multi-prefix. */
+static bool h_352(struct up_ctx *x)
+{
+	char pmodes[16], psyms[16];
+
+	if (x->msg->nparams < 8 || x->u->phase < UP_READY)
+		return x->u->phase >= UP_READY;
+	session_prefix(x->s, pmodes, sizeof(pmodes), psyms, sizeof(psyms));
+	const char *flags = x->msg->params[6];
+	size_t at = (size_t)(flags - x->base), fl = strlen(flags);
+	size_t keep = strcspn(flags, psyms);
+	for (size_t i = 0; i < x->s->nclients; i++) {
+		struct client *cl = x->s->clients[i];
+		char line[CONN_MAX_LINE + 1];
+
+		if ((cl->caps & CLIENT_CAP_MULTI_PREFIX) || keep + 1 >= fl) {
+			client_send_full(cl, x->tags, x->raw, x->time_ms);
+			continue;
+		}
+		/* status letters and the first (highest) prefix; "H@+v" style
+		 * flags after the prefixes are kept */
+		size_t rest = keep + strspn(flags + keep, psyms);
+		snprintf(line, sizeof(line), "%.*s%.*s%s", (int)(at + keep + 1), x->raw,
+			 (int)(fl - rest), flags + rest, x->raw + at + fl);
+		client_send_full(cl, x->tags, line, x->time_ms);
+	}
+	x->relayed = x->s->nclients > 0;
+	return false;
+}
+
+/* 319 RPL_WHOISCHANNELS "<me> <nick> :{[prefixes]<channel>}": the
+ * prefixes (all of them with multi-prefix) are the leading PREFIX symbols
+ * before a channel name ('+' can be both: "++chan" is voice on +chan). */
+static bool h_319(struct up_ctx *x)
+{
+	char pmodes[16], psyms[16];
+	const char *types = session_isupport(x->s, "CHANTYPES");
+
+	if (x->msg->nparams < 3 || x->u->phase < UP_READY)
+		return x->u->phase >= UP_READY;
+	if (!types || !types[0])
+		types = "#&";
+	session_prefix(x->s, pmodes, sizeof(pmodes), psyms, sizeof(psyms));
+	size_t head = (size_t)(x->msg->params[2] - x->base);
+	for (size_t i = 0; i < x->s->nclients; i++) {
+		struct client *cl = x->s->clients[i];
+		char line[CONN_MAX_LINE + 1];
+		size_t n = head;
+
+		if (cl->caps & CLIENT_CAP_MULTI_PREFIX) {
+			client_send_full(cl, x->tags, x->raw, x->time_ms);
+			continue;
+		}
+		memcpy(line, x->raw, head);
+		for (const char *p = x->raw + head; *p;) {
+			size_t w = strcspn(p, " "), np = 0;
+
+			while (np < w && strchr(psyms, p[np]))
+				np++;
+			while (np > 0 && (np == w || !strchr(types, p[np])))
+				np--; /* the rest must be a channel name */
+			if (np > 0 && n < CONN_MAX_LINE)
+				line[n++] = p[0];
+			for (size_t k = np; k < w && n < CONN_MAX_LINE; k++)
+				line[n++] = p[k];
+			p += w;
+			while (*p == ' ') {
+				if (n < CONN_MAX_LINE)
+					line[n++] = ' ';
+				p++;
+			}
+		}
+		line[n] = '\0';
+		client_send_full(cl, x->tags, line, x->time_ms);
+	}
+	x->relayed = x->s->nclients > 0;
+	return false;
+}
+
+/* TAGMSG (message-tags): only to clients that asked for message-tags; the
+ * network's echo of our own not to its sender without echo-message. */
+static bool h_tagmsg(struct up_ctx *x)
+{
+	struct client *sender;
+
+	if (x->u->phase < UP_READY)
+		return false;
+	sender = x->nick[0] && session_is_me(x->s, x->nick) ?
+			 upstream_echo_sender(x->s, x->msg) : NULL;
+	for (size_t i = 0; i < x->s->nclients; i++) {
+		struct client *cl = x->s->clients[i];
+		if ((cl->caps & CLIENT_CAP_MESSAGE_TAGS) && cl != sender) {
+			client_send_full(cl, x->tags, x->raw, x->time_ms);
+			x->relayed = true;
+		}
+	}
+	return false;
+}
+
+/* AWAY from the network (away-notify): only to clients that asked for it. */
+static bool h_away(struct up_ctx *x)
+{
+	if (x->u->phase < UP_READY)
+		return false;
+	for (size_t i = 0; i < x->s->nclients; i++) {
+		struct client *cl = x->s->clients[i];
+		if (cl->caps & CLIENT_CAP_AWAY_NOTIFY) {
+			client_send_full(cl, x->tags, x->raw, x->time_ms);
+			x->relayed = true;
+		}
+	}
+	return false;
 }
 
 static bool h_353(struct up_ctx *x)
@@ -1006,7 +1243,87 @@ static bool h_353(struct up_ctx *x)
 	return false; /* relayed above */
 }
 
+/* Relay to each client: as it came to those with capability `cap`, else
+ * cut after its first `keep` parameters (the form without the capability,
+ * e.g. extended-join's "JOIN #chan account :realname" as "JOIN #chan"). */
+static void relay_cut(struct up_ctx *x, size_t keep, unsigned cap)
+{
+	const char *last = x->msg->params[keep - 1];
+	size_t end = (size_t)(last - x->base) + strlen(last);
+	char line[CONN_MAX_LINE + 1];
+
+	snprintf(line, sizeof(line), "%.*s", (int)end, x->raw);
+	for (size_t i = 0; i < x->s->nclients; i++) {
+		struct client *cl = x->s->clients[i];
+		client_send_full(cl, x->tags, (cl->caps & cap) ? x->raw : line, x->time_ms);
+	}
+	x->relayed = x->s->nclients > 0;
+}
+
+/* Relay only to the clients with capability `cap` (the line exists only
+ * because the network has it: ACCOUNT, CHGHOST, SETNAME, others' INVITE). */
+static bool relay_if_cap(struct up_ctx *x, unsigned cap)
+{
+	if (x->u->phase < UP_READY)
+		return false;
+	for (size_t i = 0; i < x->s->nclients; i++) {
+		struct client *cl = x->s->clients[i];
+		if (cl->caps & cap) {
+			client_send_full(cl, x->tags, x->raw, x->time_ms);
+			x->relayed = true;
+		}
+	}
+	return false;
+}
+
+static bool h_account(struct up_ctx *x)
+{
+	return relay_if_cap(x, CLIENT_CAP_ACCOUNT_NOTIFY);
+}
+
+static bool h_setname(struct up_ctx *x)
+{
+	return relay_if_cap(x, CLIENT_CAP_SETNAME);
+}
+
+/* CHGHOST <user> <host>: ours changes the prefix baton shows its clients. */
+static bool h_chghost(struct up_ctx *x)
+{
+	if (x->msg->nparams >= 2 && x->nick[0] && session_is_me(x->s, x->nick) &&
+	    strlen(x->msg->params[0]) + strlen(x->msg->params[1]) < CONN_MAX_LINE) {
+		char uh[CONN_MAX_LINE + 3];
+		int n = snprintf(uh, sizeof(uh), "!%s@%s", x->msg->params[0],
+				 x->msg->params[1]);
+		if (n > 0 && (size_t)n < sizeof(uh))
+			take_userhost(x->s, uh);
+	}
+	return relay_if_cap(x, CLIENT_CAP_CHGHOST);
+}
+
+/* INVITE: to us for every client; of someone else (invite-notify) only to
+ * the clients that asked for it. */
+static bool h_invite(struct up_ctx *x)
+{
+	if (x->msg->nparams >= 1 && session_is_me(x->s, x->msg->params[0]))
+		return true;
+	return relay_if_cap(x, CLIENT_CAP_INVITE_NOTIFY);
+}
+
+/* extended-join ("JOIN #chan account :realname") to clients that asked for
+ * it, the plain form to the others. */
+static bool h_join_state(struct up_ctx *x);
 static bool h_join(struct up_ctx *x)
+{
+	bool relay = h_join_state(x);
+
+	if (relay && x->u->phase >= UP_READY && x->msg->nparams >= 2) {
+		relay_cut(x, 1, CLIENT_CAP_EXTENDED_JOIN);
+		return false;
+	}
+	return relay;
+}
+
+static bool h_join_state(struct up_ctx *x)
 {
 	struct session *s = x->s;
 	if (x->msg->nparams < 1 || !x->msg->prefix)
@@ -1139,17 +1456,26 @@ static bool h_message(struct up_ctx *x)
 		return false;
 	const char *target = x->msg->params[0];
 	const char *buffer = NULL;
-	if (irc_is_channel(target))
+	/* Our own message echoed by the network (echo-message): accepted, so
+	 * stored and relayed now, except to its sender if that client did not
+	 * ask for echo-message. */
+	bool own = x->nick[0] && session_is_me(s, x->nick);
+	struct client *sender = own ? upstream_echo_sender(s, x->msg) : NULL;
+	if (irc_is_channel(target) || (own && !session_is_me(s, target)))
 		buffer = target;
 	else if (session_is_me(s, target))
 		buffer = x->nick[0] ? x->nick : (s->server_name ? s->server_name : "*");
-	if (!buffer || !names_buffer_ok(buffer))
-		return true; /* e.g. "$*" broadcasts: relayed, not stored */
-	bool chan = buffer == target;
+	if (!buffer || !names_buffer_ok(buffer)) {
+		/* e.g. "$*" broadcasts: relayed, not stored */
+		session_broadcast_tags(s, x->tags, x->raw, x->time_ms, sender);
+		x->relayed = s->nclients > (sender ? 1u : 0u);
+		return false;
+	}
+	bool chan = irc_is_channel(target);
 	/* fault builds only (fault.h): dropped, doubled or delayed */
 	unsigned copies = chan && s->nclients ? FAULT_RELAY_COPIES() : 1;
-	unsigned n = session_store_and_relay_n(s, buffer, x->raw, x->time_ms,
-					       NULL, copies);
+	unsigned n = session_store_and_relay_tags(s, buffer, x->tags, x->raw,
+						  x->time_ms, sender, copies);
 	if (chan) /* what the differential delivery compares (health.h) */
 		health_channel_lines(session_find_channel(s, target), n);
 	x->relayed = n > 0;
@@ -1206,7 +1532,9 @@ static const struct {
 	{ "KICK", h_kick },       { "QUIT", h_quit },   { "NICK", h_nick },
 	{ "TOPIC", h_topic },     { "MODE", h_mode },   { "PRIVMSG", h_message },
 	{ "NOTICE", h_message },  { "ERROR", h_error },   { "465", h_banned },
-	{ "463", h_banned },
+	{ "463", h_banned },      { "352", h_352 },     { "AWAY", h_away },
+	{ "TAGMSG", h_tagmsg },   { "319", h_319 },     { "ACCOUNT", h_account },
+	{ "CHGHOST", h_chghost }, { "SETNAME", h_setname }, { "INVITE", h_invite },
 };
 
 static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
@@ -1236,6 +1564,8 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 	x.u = u;
 	x.msg = &msg;
 	x.raw = raw;
+	x.base = p;
+	x.tags = msg.tags;
 	x.time_ms = clock_wall_ms(); /* a date: the backlog's and server-time's */
 	if (msg.tags && irc_tag_get(msg.tags, "time", tval, sizeof(tval)) == 1) {
 		int64_t t;
@@ -1260,7 +1590,7 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 		}
 	}
 	if (relay) {
-		session_broadcast(s, raw, x.time_ms, NULL);
+		session_broadcast_tags(s, x.tags, raw, x.time_ms, NULL);
 		x.relayed = s->nclients > 0;
 	}
 	if (x.relayed)

@@ -53,7 +53,23 @@ struct upstream {
 	/* What its writes are checked as, its PINGs to answer, the adoption
 	 * PING (health.h); the conn points here (conn_set_health()). */
 	struct health_link hl;
+	/* The network echoes our PRIVMSG/NOTICE (echo-message acknowledged):
+	 * the messages forwarded for clients without echo-message whose echo
+	 * has not come back yet, oldest first (upstream_echo_expect()). Not
+	 * serialized: after a migration an echo reaches its sender too (an
+	 * echo, never a gap). */
+	struct upstream_echo *echoes;
+	size_t nechoes;
 	struct pb_unknown unknown;
+};
+
+/* At most this many echoes awaited (older ones are forgotten). */
+#define UPSTREAM_MAX_ECHOES 32
+struct upstream_echo {
+	uint64_t client_serial; /* struct client's serial */
+	char cmd;               /* 'P'RIVMSG, 'N'OTICE, 'T'AGMSG */
+	char *key;              /* "target text" as forwarded ("target " for
+				 * a TAGMSG) */
 };
 
 /* Start a connection to the configured network from source address
@@ -78,8 +94,21 @@ void upstream_freeze(struct upstream *u, bool flush);
 /* A migrated session was armed here: PING :baton-adopt-<n> on a
  * registered upstream (health.h: adopt_pings_sent / _late). */
 void upstream_adopt_ping(struct upstream *u);
-/* Send a raw line upstream (ignored when not connected). */
-void upstream_send(struct session *s, const char *line);
+/* Send a raw line upstream (ignored when not connected). A line the
+ * network must refuse (its message part over IRC_MAX_MESSAGE bytes, its
+ * tags over IRC_MAX_TAGS) is never sent: -EMSGSIZE (the caller tells its
+ * client, 417). 0 otherwise. */
+int upstream_send(struct session *s, const char *line);
+/* Whether the network acknowledged capability `name` (s->caps). */
+bool upstream_has_cap(const struct session *s, const char *name);
+/* A PRIVMSG/NOTICE/TAGMSG (text "") to `target` forwarded for the client
+ * of serial
+ * `client_serial`, which did not ask for echo-message: when the network's
+ * echo of it comes back it is stored and relayed to every client but that
+ * one. Only on a network with echo-message; out of memory: forgotten (the
+ * sender then gets the echo). */
+void upstream_echo_expect(struct session *s, uint64_t client_serial,
+			  const char *cmd, const char *target, const char *text);
 extern const struct conn_ops upstream_conn_ops;
 /* Called by the session reaper for a dead upstream: log, notify clients,
  * schedule the reconnect, free. */

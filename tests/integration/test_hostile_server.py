@@ -32,7 +32,7 @@ COMMANDS = ["PING", "PONG", "CAP", "001", "002", "003", "004", "005", "375", "37
             "376", "422", "432", "433", "436", "437", "221", "324", "331", "332", "333",
             "353", "366", "JOIN", "PART", "KICK", "QUIT", "NICK", "TOPIC", "MODE",
             "PRIVMSG", "NOTICE", "ERROR", "465", "463", "AWAY", "INVITE", "WALLOPS",
-            "CHGHOST", "FOO"]
+            "CHGHOST", "FOO", "352", "319", "TAGMSG", "ACCOUNT", "SETNAME"]
 
 
 class HostileServer(threading.Thread):

@@ -29,9 +29,15 @@ void test_env_pump(struct test_env *e)
 
 void say_fd(int fd, const char *line)
 {
-	char buf[1024];
-	int n = snprintf(buf, sizeof(buf), "%s\r\n", line);
-	assert_int_equal(send(fd, buf, (size_t)n, MSG_NOSIGNAL), n);
+	/* any length (a 1 KiB buffer sent stack bytes past it for longer
+	 * lines) */
+	size_t n = strlen(line) + 2;
+	char *buf = malloc(n + 1);
+
+	assert_non_null(buf);
+	snprintf(buf, n + 1, "%s\r\n", line);
+	assert_int_equal(send(fd, buf, n, MSG_NOSIGNAL), (ssize_t)n);
+	free(buf);
 }
 
 void rx_read_max(struct rx *r, int fd, size_t max)

@@ -63,6 +63,26 @@ static void test_validator(void **state)
 	assert_null(check(past, HEALTH_PEER_CLIENT));
 	free(at);
 	free(past);
+	/* to a network tags are apart (message-tags): client-only tags of
+	 * 4094 bytes with '@' and space before a 510-byte message pass, one
+	 * more byte of either does not */
+	at = repeat('x', 510 - 8, "PRIVMSG ");
+	char *tagged = malloc(4094 + 512);
+	memset(tagged, 'v', 4093);
+	memcpy(tagged, "@+a=", 4);
+	tagged[4093] = ' ';
+	strcpy(tagged + 4094, at);
+	assert_null(check(tagged, HEALTH_PEER_NETWORK));
+	strcat(tagged, "x");
+	assert_string_equal(check(tagged, HEALTH_PEER_NETWORK), "too long");
+	tagged[4094 + 510] = '\0';
+	tagged[4092] = 'v';
+	tagged[4093] = 'v';
+	memmove(tagged + 4095, tagged + 4094, 511);
+	tagged[4094] = ' ';
+	assert_string_equal(check(tagged, HEALTH_PEER_NETWORK), "too long");
+	free(tagged);
+	free(at);
 	/* clients: 8191 + 512 with CRLF */
 	at = repeat('x', 8191 + 510 - 8, "PRIVMSG ");
 	past = repeat('x', 8191 + 511 - 8, "PRIVMSG ");
