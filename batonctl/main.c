@@ -6,6 +6,7 @@
  *   batonctl -c FILE canary start PATH (--percent P | --users U1,U2 | --network NAME) [--bake S]
  *   batonctl -c FILE canary grow --percent P | status | promote | abort
  *   batonctl -c FILE upgrade PATH --canary P --bake S [--steps P1,P2,...]
+ *   batonctl -c FILE upgrade-supervisor PATH
  *
  * Exit status (docs/design.md §8): 0 success / committed with every session,
  * 1 refused, aborted, partial or any sessions lost (the reason is printed), 2 usage, config or connection error, or no result
@@ -82,6 +83,9 @@ static void usage(FILE *f)
 		"       batonctl -c FILE [--json] canary grow --percent P\n"
 		"       batonctl -c FILE [--json] canary status | promote | abort\n"
 		"       batonctl -c FILE [--json] upgrade PATH --canary P --bake S [--steps P1,P2,...]\n"
+		"       batonctl -c FILE [--json] upgrade-supervisor PATH\n"
+		"                      re-execute the supervisor as PATH (same pid; the\n"
+		"                      worker serves on and is adopted: nobody disconnects)\n"
 		"\n"
 		"  -c, --config FILE   the baton INI file (for the control socket path)\n"
 		"  -s, --socket PATH   talk to this control socket instead\n"
@@ -808,6 +812,14 @@ int main(int argc, char **argv)
 			rc = fail("--bake and --steps go with --canary P");
 			goto out;
 		}
+	} else if (strcmp(cmd, "upgrade-supervisor") == 0 && optind + 2 == argc) {
+		binary = realpath(argv[optind + 1], NULL);
+		if (binary == NULL) {
+			rc = fail("%s: %s", argv[optind + 1], strerror(errno));
+			goto out;
+		}
+		jb_add(jb, req, "cmd", jb_str(jb, "upgrade-supervisor"));
+		jb_add(jb, req, "binary", jb_str(jb, binary));
 	} else if (strcmp(cmd, "canary") == 0 && optind + 2 <= argc) {
 		const char *action = argv[optind + 1];
 
@@ -984,6 +996,19 @@ int main(int argc, char **argv)
 	}
 	if (canary) {
 		rc = print_canary(result, strcmp(cmd, "canary") == 0 ? argv[optind + 1] : "upgrade");
+	} else if (strcmp(cmd, "upgrade-supervisor") == 0) {
+		struct json_object *from = jobj(result, "from"), *to = jobj(result, "to");
+
+		if (strcmp(jstr(result, "result", ""), "committed") == 0) {
+			printf("supervisor re-executed: pid %lld, %s -> %s; worker pid %lld adopted\n",
+			       (long long)jint(to, "pid"), jstr(from, "version", "?"),
+			       jstr(to, "version", "?"), (long long)jint(result, "worker_pid"));
+			rc = EXIT_OK;
+		} else {
+			printf("supervisor upgrade %s: %s\n", jstr(result, "result", "?"),
+			       jstr(result, "reason", "?"));
+			rc = EXIT_REFUSED;
+		}
 	} else if (strcmp(cmd, "status") == 0) {
 		print_status(result);
 		rc = EXIT_OK;

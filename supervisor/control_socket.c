@@ -124,6 +124,23 @@ static void control_client_error(struct control_client *c, const char *fmt, ...)
 
 static bool control_request_force(struct json_object *req);
 
+/* A final {"result":{"result":"refused","kind":KIND,"reason":...}}. */
+static void control_client_refused(struct control_client *c, const char *kind,
+				   const char *reason)
+{
+	struct jb jb = JB_INIT;
+	struct json_object *o = jb_obj(&jb), *r = jb_obj(&jb);
+
+	log_warn("control", "pid %d: refused: %s", (int)c->peer_pid, reason);
+	jb_add(&jb, r, "result", jb_str(&jb, "refused"));
+	jb_add(&jb, r, "kind", jb_str(&jb, kind));
+	jb_add(&jb, r, "reason", jb_str(&jb, reason));
+	jb_add(&jb, o, "result", r);
+	o = jb_done(&jb, o);
+	control_client_reply(o, 1, c);
+	json_object_put(o);
+}
+
 /* Percentages travel as numbers 0..100 (fractions allowed); the canary
  * works in hundredths. -1: absent or out of range. */
 static int control_percent_x100(struct json_object *req, const char *key)
@@ -311,8 +328,31 @@ static void control_client_request(struct control_client *c, const char *line)
 					 control_client_reply_cb, c);
 	} else if (strcmp(cmd, "releases") == 0) {
 		supervisor_releases(c->cs->sup, control_client_reply_cb, c);
+	} else if (strcmp(cmd, "upgrade-supervisor") == 0) {
+		char why[512];
+		/* batonctl's connection, without CLOEXEC: the new image answers
+		 * on it (supervisor_reexec()) */
+		int fd = -1;
+
+		if (!json_object_object_get_ex(req, "binary", &v) ||
+		    !json_object_is_type(v, json_type_string)) {
+			control_client_error(c, "upgrade-supervisor needs \"binary\": an absolute path");
+			goto out;
+		}
+		fd = dup(bufferevent_getfd(c->bev));
+		if (fd < 0 || supervisor_reexec(c->cs->sup, json_object_get_string(v), fd,
+						why, sizeof(why)) < 0) {
+			if (fd >= 0)
+				close(fd);
+			else
+				snprintf(why, sizeof(why), "dup: %s", strerror(errno));
+			control_client_refused(c, "supervisor", why);
+			goto out;
+		}
+		/* the answer comes from the new image; this copy just waits */
+		c->got_request = 1;
 	} else {
-		control_client_error(c, "unknown command '%s' (known: status, upgrade, rollback, releases, canary)",
+		control_client_error(c, "unknown command '%s' (known: status, upgrade, rollback, releases, canary, upgrade-supervisor)",
 				     cmd);
 	}
 out:

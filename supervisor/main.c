@@ -14,6 +14,7 @@
  * worker that never serves).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <libgen.h>
 #include <limits.h>
@@ -181,6 +182,11 @@ int main(int argc, char **argv)
 	char err[512] = "";
 	struct orphan orphan = { .ctl = -1, .pidfd = -1 };
 	bool adopted = false;
+	/* Set by the image we replaced (supervisor_reexec()): batonctl's
+	 * connection to answer on, and who we were. */
+	int reexec_fd = -1;
+	pid_t reexec_pid = 0;
+	char reexec_version[64] = "";
 	int check = 0, json = 0, debug = 0, c, r, rc = 1, stored;
 	uint64_t wd_usec = 0;
 
@@ -205,6 +211,20 @@ int main(int argc, char **argv)
 	}
 	log_init("baton-supervisor", BATON_VERSION,
 		 debug ? LOG_LVL_DEBUG : LOG_LVL_INFO);
+	{
+		const char *rx = getenv(SUPERVISOR_REEXEC_ENV);
+		int pid = 0;
+
+		if (rx != NULL && sscanf(rx, "%d,%d,%63s", &reexec_fd, &pid, reexec_version) == 3 &&
+		    reexec_fd > 2 && pid == (int)getpid() && fcntl(reexec_fd, F_GETFD) >= 0) {
+			reexec_pid = pid;
+			fcntl(reexec_fd, F_SETFD, FD_CLOEXEC);
+			log_info("supervisor", "re-executed (was %s): adopting the worker", reexec_version);
+		} else {
+			reexec_fd = -1;
+		}
+		unsetenv(SUPERVISOR_REEXEC_ENV); /* workers must not see it */
+	}
 	/* Socket activation and the fd store: taken first, so that the
 	 * variables are gone before anything can fork. */
 	if (!check) {
@@ -257,7 +277,7 @@ int main(int argc, char **argv)
 	 * listeners (orphans.h: they are the sockets systemd may also have
 	 * passed us; those copies are closed unused). Otherwise the
 	 * listeners come from systemd or are bound anew. */
-	adopted = orphans_adopt(state, &orphan) == 1 &&
+	adopted = orphans_adopt(state, &orphan, reexec_fd >= 0 ? ORPHANS_TIMEOUT_MS : 0) == 1 &&
 		  (listeners = listeners_adopt(orphan.listen_fds, orphan.listen_names,
 					       orphan.nlisten)) != NULL;
 	if (adopted) {
@@ -331,6 +351,11 @@ int main(int argc, char **argv)
 	r = adopted ? supervisor_start_adopted(ctx.sup, &orphan) : -ENOENT;
 	if (r < 0)
 		r = supervisor_start(ctx.sup);
+	if (reexec_fd >= 0) {
+		supervisor_reexec_report(ctx.sup, reexec_fd, reexec_pid, reexec_version,
+					 adopted && r == 0);
+		reexec_fd = -1;
+	}
 	if (r < 0) {
 		log_error("supervisor", "cannot start %s: %s", sessiond, strerror(-r));
 		goto out;
@@ -354,6 +379,8 @@ out:
 	supervisor_free(ctx.sup); /* SIGKILLs any worker still alive */
 	listeners_free(listeners);
 	orphan_clear(&orphan);
+	if (reexec_fd >= 0)
+		close(reexec_fd); /* batonctl learns only that it failed */
 	sysd_fds_close_unused(&passed);
 	config_free(cfg);
 	if (ctx.base)

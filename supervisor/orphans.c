@@ -13,6 +13,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/control.h"
 #include "common/frame.h"
 #include "common/log.h"
@@ -84,7 +85,8 @@ static int orphan_handshake(struct orphan *o)
 	return rc;
 }
 
-/* 1: adopted; 0: not an orphan (stale, or it has a supervisor). */
+/* 1: adopted; 0: not an orphan (stale, or it has a supervisor); -1: it
+ * refused (it has a supervisor, or has not noticed yet that it has none). */
 static int orphan_try(const char *path, struct orphan *o)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -126,7 +128,7 @@ static int orphan_try(const char *path, struct orphan *o)
 			log_warn("supervisor", "%s (pid %d): adoption failed: %s", path,
 				 (int)o->pid, strerror(-rc));
 		orphan_clear(o);
-		return 0;
+		return rc == -ECONNRESET ? -1 : 0;
 	}
 	o->pidfd = (int)syscall(SYS_pidfd_open, o->pid, 0);
 	snprintf(exe, sizeof(exe), "/proc/%d/exe", (int)o->pid);
@@ -140,7 +142,7 @@ static int orphan_try(const char *path, struct orphan *o)
 	return o->binary ? 1 : (orphan_clear(o), 0);
 }
 
-int orphans_adopt(const char *state_dir, struct orphan *o)
+int orphans_adopt(const char *state_dir, struct orphan *o, int wait_ms)
 {
 	DIR *d = opendir(state_dir);
 	struct dirent *e;
@@ -161,7 +163,11 @@ int orphans_adopt(const char *state_dir, struct orphan *o)
 		if ((size_t)snprintf(path, sizeof(path), "%s/%s", state_dir, e->d_name) >= sizeof(path))
 			continue;
 		if (!found) {
-			found = orphan_try(path, o);
+			int64_t until = clock_mono_ms() + wait_ms;
+
+			while ((found = orphan_try(path, o)) < 0 && clock_mono_ms() < until)
+				usleep(20000);
+			found = found > 0;
 			continue;
 		}
 		/* Another orphan: adopted only to learn it exists, then let go

@@ -12,7 +12,9 @@
  * of a migration leaves two) are logged with their pids and left serving;
  * an orphan with no session exits by itself (control_channel.h), so
  * normally there is at most one. Runs before the event loop and waits at
- * most ORPHANS_TIMEOUT_MS per worker.
+ * most ORPHANS_TIMEOUT_MS per worker. wait_ms > 0 (a re-exec: our workers
+ * may not have seen their control channels close yet): a worker that
+ * refuses is asked again every 20 ms for that long.
  *
  * Ownership: a filled struct orphan owns its fds and strings until
  * orphan_clear() or until they are taken (set to -1 / NULL).
@@ -41,7 +43,7 @@ struct orphan {
 /* 1: *o filled; 0: no orphan; never fails otherwise (problems are logged:
  * a supervisor that cannot adopt starts as if there were none, and the
  * listener bind then says what is in the way). */
-int orphans_adopt(const char *state_dir, struct orphan *o);
+int orphans_adopt(const char *state_dir, struct orphan *o, int wait_ms);
 /* Accepts one orphans_adopt() left empty, and a cleared one. */
 void orphan_clear(struct orphan *o);
 

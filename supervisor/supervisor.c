@@ -8,6 +8,8 @@
 #include "common/clock.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <limits.h>
 #include <signal.h>
@@ -1649,4 +1651,161 @@ struct worker *const *supervisor_workers(const struct supervisor *sup,
 {
 	*n = sup->nworkers;
 	return sup->workers;
+}
+
+/* --- re-executing the supervisor (issue 10 §5) ---------------------------- */
+
+struct reexec {
+	struct supervisor *sup;
+	char *binary;
+	char *to_version;
+	int client_fd; /* batonctl's connection, kept across execve */
+	struct event *ev;
+};
+
+/* `BIN --version` must say "baton-supervisor VERSION (state schema ...)":
+ * a binary that is not a supervisor is refused before anything changes. */
+static int reexec_probe(const char *binary, char *version, size_t len)
+{
+	int pipefd[2];
+	pid_t pid;
+	char buf[256] = "";
+	ssize_t n = 0, r;
+	int st;
+
+	if (pipe2(pipefd, O_CLOEXEC) < 0)
+		return -errno;
+	pid = fork();
+	if (pid < 0) {
+		close(pipefd[0]);
+		close(pipefd[1]);
+		return -errno;
+	}
+	if (pid == 0) {
+		dup2(pipefd[1], 1);
+		execl(binary, binary, "--version", (char *)NULL);
+		_exit(127);
+	}
+	close(pipefd[1]);
+	/* a --version that does not answer in 5 s is not a supervisor */
+	struct pollfd pfd = { .fd = pipefd[0], .events = POLLIN };
+	while ((size_t)n < sizeof(buf) - 1 && poll(&pfd, 1, 5000) > 0 &&
+	       (r = read(pipefd[0], buf + n, sizeof(buf) - 1 - (size_t)n)) > 0)
+		n += r;
+	buf[n] = '\0';
+	close(pipefd[0]);
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0); /* ours: SIGCHLD's reap finds no worker by it */
+	if (sscanf(buf, "baton-supervisor %63s", version) != 1 || len < 64)
+		return -ENOEXEC;
+	return 0;
+}
+
+static void reexec_now(evutil_socket_t fd, short what, void *arg)
+{
+	struct reexec *rx = arg;
+	struct supervisor *sup = rx->sup;
+	char env[128], text[512];
+	char *argv[] = { rx->binary, "-c", sup->config_path, NULL };
+
+	snprintf(env, sizeof(env), "%d,%d,%s", rx->client_fd, (int)getpid(), BATON_VERSION);
+	setenv(SUPERVISOR_REEXEC_ENV, env, 1);
+	snprintf(text, sizeof(text), "re-executing the supervisor as %.400s", rx->binary);
+	sysd_send_reloading(text);
+	log_info("supervisor", "re-executing: %s -c %s (%s -> %s); the worker serves on and is adopted",
+		 rx->binary, sup->config_path, BATON_VERSION, rx->to_version);
+	/* Every other fd of ours is CLOEXEC: the workers see their control
+	 * channels close and serve on as orphans, which the new image adopts
+	 * (orphans.h). Our pid, which systemd watches, stays. */
+	execv(rx->binary, argv);
+	int err = errno;
+
+	unsetenv(SUPERVISOR_REEXEC_ENV);
+	log_error("supervisor", "re-exec of %s failed: %s; serving on", rx->binary, strerror(err));
+	sysd_send_ready("re-exec failed; serving on");
+	dprintf(rx->client_fd, "{\"result\":{\"result\":\"refused\",\"kind\":\"supervisor\",\"reason\":\"execve %s: %s\"}}\n",
+		rx->binary, strerror(err));
+	close(rx->client_fd);
+	event_free(rx->ev);
+	free(rx->binary);
+	free(rx->to_version);
+	free(rx);
+}
+
+int supervisor_reexec(struct supervisor *sup, const char *binary, int client_fd,
+		      char *why, size_t len)
+{
+	char version[64];
+	struct reexec *rx;
+	struct timeval now = { 0, 0 };
+	int r;
+
+	if (sup->stopping || sup->migration != NULL || sup->canary != NULL ||
+	    !sup->active_serving) {
+		snprintf(why, len, "%s", sup->stopping ? "the supervisor is stopping"
+			 : sup->canary ? "a canary is running: promote or abort it first"
+			 : sup->migration ? "a migration is running"
+			 : "no worker is serving");
+		return -EBUSY;
+	}
+	if (binary[0] != '/' || access(binary, X_OK) < 0) {
+		snprintf(why, len, "%s: %s", binary,
+			 binary[0] != '/' ? "not an absolute path" : strerror(errno));
+		return -EINVAL;
+	}
+	r = reexec_probe(binary, version, sizeof(version));
+	if (r < 0) {
+		snprintf(why, len, "%s --version does not print \"baton-supervisor VERSION\": not a baton supervisor",
+			 binary);
+		return r;
+	}
+	rx = calloc(1, sizeof(*rx));
+	if (rx == NULL || !(rx->binary = strdup(binary)) || !(rx->to_version = strdup(version)) ||
+	    !(rx->ev = evtimer_new(sup->base, reexec_now, rx))) {
+		if (rx) {
+			free(rx->binary);
+			free(rx->to_version);
+		}
+		free(rx);
+		snprintf(why, len, "out of memory");
+		return -ENOMEM;
+	}
+	rx->sup = sup;
+	rx->client_fd = client_fd;
+	/* From the loop, not from inside the control socket's callback. */
+	evtimer_add(rx->ev, &now);
+	return 0;
+}
+
+int supervisor_reexec_report(struct supervisor *sup, int client_fd,
+			     pid_t from_pid, const char *from_version,
+			     bool adopted)
+{
+	struct jb jb = JB_INIT;
+	struct json_object *o = jb_obj(&jb), *r = jb_obj(&jb);
+	struct json_object *from = jb_obj(&jb), *to = jb_obj(&jb);
+	const char *text;
+	int rc;
+
+	jb_add(&jb, r, "result", jb_str(&jb, adopted ? "committed" : "partial"));
+	jb_add(&jb, r, "kind", jb_str(&jb, "supervisor"));
+	jb_add(&jb, from, "pid", jb_int(&jb, from_pid));
+	jb_add(&jb, from, "version", jb_str(&jb, from_version));
+	jb_add(&jb, to, "pid", jb_int(&jb, getpid()));
+	jb_add(&jb, to, "version", jb_str(&jb, BATON_VERSION));
+	jb_add(&jb, r, "from", from);
+	jb_add(&jb, r, "to", to);
+	if (sup->active)
+		jb_add(&jb, r, "worker_pid", jb_int(&jb, worker_pid(sup->active)));
+	if (!adopted)
+		jb_add(&jb, r, "reason", jb_str(&jb, "no worker was adopted: a fresh one started "
+						   "(its sessions connect again)"));
+	jb_add(&jb, o, "result", r);
+	o = jb_done(&jb, o);
+	text = o ? json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+						  JSON_C_TO_STRING_NOSLASHESCAPE) : NULL;
+	rc = text && dprintf(client_fd, "%s\n", text) > 0 ? 0 : -EIO;
+	json_object_put(o);
+	close(client_fd);
+	return rc;
 }

@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 struct baton_config;
 struct event_base;
@@ -43,6 +44,25 @@ int supervisor_start(struct supervisor *sup);
 struct orphan;
 int supervisor_start_adopted(struct supervisor *sup, struct orphan *o);
 int supervisor_exit_code(const struct supervisor *sup);
+
+/* `batonctl upgrade-supervisor BIN` (issue 10 §5): re-execute this process
+ * as BIN (execve in place: the pid systemd watches stays). Refused (-errno,
+ * why filled) while stopping, during a migration or a canary, with no
+ * worker serving, or when `BIN --version` is not a baton supervisor's.
+ * Otherwise 0: client_fd (a dup of batonctl's connection, without CLOEXEC;
+ * owned from now on) travels across execve in SUPERVISOR_REEXEC_ENV
+ * ("FD,PID,VERSION"), every other fd closes, the worker serves on as an
+ * orphan and the new image adopts it (orphans.h) and reports on client_fd
+ * (supervisor_reexec_report()). If execve fails, the old image serves on
+ * and says so on client_fd. */
+#define SUPERVISOR_REEXEC_ENV "BATON_SUPERVISOR_REEXEC"
+int supervisor_reexec(struct supervisor *sup, const char *binary, int client_fd,
+		      char *why, size_t len);
+/* The new image's one result line to batonctl: committed (the worker was
+ * adopted) or partial (a fresh worker started). Closes client_fd. */
+int supervisor_reexec_report(struct supervisor *sup, int client_fd,
+			     pid_t from_pid, const char *from_version,
+			     bool adopted);
 
 /* SIGCHLD: reap every exited child and tell its worker. */
 void supervisor_reap(struct supervisor *sup);

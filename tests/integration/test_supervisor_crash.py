@@ -207,3 +207,43 @@ def test_supervisor_kill9_mid_migration(ctx):
         ev = [e for e in w.events[mark:] if e[2] == nick.lower() and e[1] in ("QUIT", "JOIN", "PART")]
         check(not ev, "the network saw %s reconnect: %s" % (nick, ev))
     bl.log("old worker %d, serving after adoption: %d (%s)" % (old, wk["pid"], wk.get("version")))
+
+
+def test_upgrade_supervisor_in_place(ctx):
+    """`batonctl upgrade-supervisor B` (issue 10 §5): the supervisor
+    re-executes itself as build B's supervisor with the same pid (the one
+    systemd watches), the worker serves on and is adopted (same worker pid),
+    the client stays connected and the network sees no reconnect; and back
+    to A. Refused: a binary that is not a supervisor, a relative path."""
+    bB = ctx.builds["b"].require()
+    ng, w, b, dave = setup(ctx)
+    c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    mark = len(w.events)
+    sup_pid, wpid = b.proc.pid, b.worker_pid()
+    for step, build in enumerate((bB, ctx.builds["a"])):
+        p = b.ctl_async("upgrade-supervisor", build.supervisor, "--json")
+        ctx.loop.wait_process(p, timeout=30)
+        rc, res, out, err = b.finish_ctl(p)
+        check(rc == 0 and res and res.get("result") == "committed",
+              "upgrade-supervisor %s: exit %d, %r %r" % (build.version, rc, out, err))
+        check(res["to"]["pid"] == sup_pid and res["to"]["version"] == build.version,
+              "result %r (want pid %d, version %s)" % (res, sup_pid, build.version))
+        check(res.get("worker_pid") == wpid, "worker %r, want %d adopted" % (res.get("worker_pid"), wpid))
+        st = b.status()
+        check(st["supervisor"]["pid"] == sup_pid and st["supervisor"]["version"] == build.version,
+              "status supervisor %r" % st["supervisor"])
+        check(b.worker_pid() == wpid, "worker changed: %s" % b.worker_pid())
+        relay_both_ways(ctx, c, dave, "after-step-%d" % step)
+    check(b.alive(), "supervisor process gone")
+    check(not c.closed, "client closed")
+    for nick in (x.nick for x in b.sessions):
+        ev = [e for e in w.events[mark:] if e[2] == nick.lower() and e[1] in ("QUIT", "JOIN", "PART")]
+        check(not ev, "the network saw %s reconnect: %s" % (nick, ev))
+    # refusals: nothing changes
+    rc, res, out, err = b.ctl("upgrade-supervisor", bB.sessiond, "--json")
+    check(rc == 1 and res and res.get("result") == "refused" and "not a baton supervisor" in res.get("reason", ""),
+          "a worker binary as supervisor: exit %d, %r %r" % (rc, out, err))
+    rc, res, out, err = b.ctl("upgrade-supervisor", "/nonexistent/baton-supervisor", "--json")
+    check(rc == 2, "a missing binary: exit %d, %r %r" % (rc, out, err))
+    check(b.worker_pid() == wpid and b.proc.pid == sup_pid, "a refusal changed something")

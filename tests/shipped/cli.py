@@ -40,7 +40,7 @@ def help_subcommands(text):
         if not parts or not parts[0].startswith("batonctl"):
             continue
         for w in re.split(r"[\s|()\[\]]+", " ".join(parts[1:])):
-            if re.fullmatch(r"[a-z]+", w):
+            if re.fullmatch(r"[a-z]+(?:-[a-z]+)*", w):
                 words.add(w)
     return words
 
@@ -48,7 +48,7 @@ def help_subcommands(text):
 def source_subcommands(source):
     with open(source) as f:
         src = f.read()
-    return set(re.findall(r'strcmp\((?:cmd|action), "([a-z]+)"\)', src))
+    return set(re.findall(r'strcmp\((?:cmd|action), "([a-z]+(?:-[a-z]+)*)"\)', src))
 
 
 def roff_text(path):
