@@ -74,5 +74,7 @@ void config_parse_bind(struct config_parse *ps, const struct config_key *k,
 			  void *network, const char *value);
 void config_parse_channels(struct config_parse *ps, const struct config_key *k,
 			  void *session, const char *value);
+void config_parse_sasl(struct config_parse *ps, const struct config_key *k,
+		       void *session, const char *value);
 
 #endif

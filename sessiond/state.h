@@ -31,13 +31,15 @@ struct bouncer_item;
  * and its data; L = IRC_MAX_LINE = 8704 bounds every string taken from a
  * line, and a length below 16,384 takes 2 bytes):
  *   Item.session tag and length                               5
- *   scalars (STATE_SCALARS_MAX):                         53,258
+ *   scalars (STATE_SCALARS_MAX):                         53,574
  *     user, network (config section names, < 200)  2 x 203 = 406
  *     nick, user_modes, away, server_name, welcome,
  *     userhost                               6 x (L + 4) = 52,248
  *     myinfo (< 512: h_004), source_addr (an address) 515 + 49
  *     next_seq, reconnect_at_ms, reconnect_failures,
  *     backlog_evicted_seq                        11 + 11 + 6 + 12
+ *     sasl_failure (< SASL_REASON_MAX = 300, sasl.c) 2 + 2 + 299,
+ *     sasl_failure_at_ms 2 + 11                               316
  *   isupport: SESSION_MAX_ISUPPORT x (3 + 510)               51,300
  *   caps (upstream, acknowledged): the 3 wanted caps              64
  *   channels: max_channels x STATE_CHANNEL_MAX (18,012): tag and
@@ -52,9 +54,10 @@ struct bouncer_item;
  *     + STATE_BUFFER_OVERHEAD (20) x backlog_buffers (tag and length 6,
  *       the name's tag and length 3, dropped_seq 11)
  *   positions: SESSION_MAX_POSITIONS x (2 + 2 + 64 + 11) = 64 x 79 = 5,056
- *   upstream connection: STATE_CONN_MAX = 4,785,266:
+ *   upstream connection: STATE_CONN_MAX = 4,785,275:
  *     tag and length 5; role, fd_index, addresses (2 x 81), reg_phase,
- *     caps, 5 times, flags, transport, TLS tag and length: 302;
+ *     caps (+ "sasl": 6), 5 times, flags (+ sasl_exchange: 3),
+ *     transport, TLS tag and length: 311;
  *     nick_attempt L;
  *     input < 64 KiB: a frozen connection holds at most one read
  *       (its buffer grows to the power of two above a partial line + 16 KiB)
@@ -85,13 +88,13 @@ struct bouncer_item;
  * unwritten output are disconnected first), and the snapshot waits for an
  * item with room for it. Unknown fields kept from a newer sender add what
  * that sender added (its own state fitted its own message). */
-#define STATE_SCALARS_MAX 53258
+#define STATE_SCALARS_MAX 53574
 #define STATE_ISUPPORT_MAX 51300
 #define STATE_CAPS_MAX 64
 #define STATE_CHANNEL_MAX 18012
 #define STATE_BUFFER_OVERHEAD 20
 #define STATE_POSITIONS_MAX 5056
-#define STATE_CONN_MAX 4785266
+#define STATE_CONN_MAX 4785275
 
 /* The largest serialized session (without its clients) that cfg's bounds
  * allow (NULL: the defaults). */

@@ -15,6 +15,7 @@
 
 struct conn;
 struct event;
+struct sasl;
 struct session;
 
 enum upstream_phase {
@@ -53,6 +54,7 @@ struct upstream {
 	/* What its writes are checked as, its PINGs to answer, the adoption
 	 * PING (health.h); the conn points here (conn_set_health()). */
 	struct health_link hl;
+	struct sasl *sasl; /* SASL during registration (sasl.h), NULL: none yet */
 	struct pb_unknown unknown;
 };
 

@@ -67,6 +67,9 @@ struct worker {
 	Baton__Control__Status status; /* last STATUS (scalars + version) */
 	char status_version[64];       /* status.version points here */
 	bool status_seen;
+	/* The last STATUS as unpacked: status.sasl_failures points into it
+	 * (owned; replaced by the next STATUS, freed with the worker). */
+	Baton__Control__Status *status_msg;
 	Baton__Control__Health *health; /* owned, last HEALTH, NULL before */
 	worker_health_cb health_tap;
 	void *health_tap_arg;
@@ -230,8 +233,14 @@ static void worker_handle(struct worker *w, struct frame_msg *m)
 				 "%s", s->version);
 			w->status.version = w->status_version;
 		}
+		w->status.has_sasl_failing = s->has_sasl_failing;
+		w->status.sasl_failing = s->sasl_failing;
+		w->status.n_sasl_failures = s->n_sasl_failures;
+		w->status.sasl_failures = s->sasl_failures;
 		w->status_seen = true;
-		baton__control__status__free_unpacked(s, NULL);
+		if (w->status_msg)
+			baton__control__status__free_unpacked(w->status_msg, NULL);
+		w->status_msg = s; /* the list above points into it */
 		worker_answer_waiters(w, ASK_STATUS, &w->status);
 		return;
 	}
@@ -449,6 +458,8 @@ void worker_free(struct worker *w)
 		baton__control__ready__free_unpacked(w->ready, NULL);
 	if (w->health)
 		baton__control__health__free_unpacked(w->health, NULL);
+	if (w->status_msg)
+		baton__control__status__free_unpacked(w->status_msg, NULL);
 	for (int k = 0; k < ASK_N; k++)
 		free(w->ask[k].v);
 	free(w->binary);
