@@ -133,11 +133,17 @@ int sasl_in_feed(struct sasl_inbuf *in, const char *param, unsigned char *out,
 		if (pl == SASL_CHUNK)
 			return 0; /* a full chunk: more follows ("+" at least) */
 	}
+	/* Decoded in full here (EVP_DecodeBlock writes the padding's bytes
+	 * too), then bounded to what the caller's buffer holds. */
+	unsigned char tmp[SASL_B64_MAX / 4 * 3];
 	in->b64[in->len] = '\0';
-	rc = b64_decode(in->b64, in->len, out);
+	rc = b64_decode(in->b64, in->len, tmp);
 	in->len = 0;
 	if (rc < 0)
 		return rc;
+	if (rc > SASL_MSG_MAX)
+		return -EMSGSIZE;
+	memcpy(out, tmp, (size_t)rc);
 	*outlen = (size_t)rc;
 	return 1;
 }
