@@ -73,9 +73,9 @@ struct bouncer_item;
  * state_bound() adds these up for a config; at the defaults (250
  * channels, 2 MiB of member lists, 4 MiB / 20,000 lines / 100 buffers of
  * backlog):
- *   5 + 53,258 + 51,300 + 64 + 250 x 18,012 + 2,097,152 + 4,194,304
- *   + 28 x 20,000 + 20 x 100 + 5,056 + 4,785,266 = 16,251,405 bytes,
- * 525,779 below HANDOFF_ITEM_MAX_PAYLOAD (16,777,184). The worker's
+ *   5 + 53,574 + 51,300 + 64 + 250 x 18,012 + 2,097,152 + 4,194,304
+ *   + 28 x 20,000 + 20 x 100 + 5,056 + 4,785,275 = 16,251,730 bytes,
+ * 525,454 below HANDOFF_ITEM_MAX_PAYLOAD (16,777,184). The worker's
  * preflight refuses a config whose bound is over it
  * (state_check_config()); tests/unit/sessiond/test_bigstate.c builds a
  * session at every bound and checks that it serializes within
