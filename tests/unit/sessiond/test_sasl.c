@@ -9,6 +9,7 @@
  * progress marked in the serialized state. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -610,6 +611,92 @@ static void test_endless_challenges(void **state)
 	assert_non_null(failing(e));
 }
 
+/* Migrated in the middle of the exchange: the new worker has no mechanism
+ * state, so at the server's next challenge it aborts ("AUTHENTICATE *")
+ * and, on 906, starts again; CAP END only after 903. The old worker's
+ * copy sends nothing. */
+static void test_exchange_restarts_after_migration(void **state)
+{
+	struct env *e = *state;
+	start(e);
+	say(e, ":irc.test CAP * LS :sasl=PLAIN");
+	say(e, ":irc.test CAP * ACK :sasl");
+	assert_true(wait_for(e, "AUTHENTICATE PLAIN\r\n", false, 2000));
+	/* the server's "+" is in flight while the session moves */
+	say(e, "AUTHENTICATE +");
+	usleep(20000);
+	struct bouncer_item **items;
+	assert_int_equal(bouncer_items(e->b, &items), 1);
+	struct bouncer_item *it = items[0];
+	free(items);
+	uint8_t *out;
+	size_t olen, nfds;
+	const int *fds;
+	bouncer_item_freeze(it);
+	assert_int_equal(bouncer_item_serialize(it, &out, &olen, &fds, &nfds), 0);
+	assert_int_equal(nfds, 1);
+	int fd = fcntl(fds[0], F_DUPFD_CLOEXEC, 0);
+	struct bouncer *b2 = bouncer_new(e->base, &e->cfg);
+	struct bouncer_item *it2 = NULL;
+	char err[256] = "";
+	if (bouncer_item_adopt(b2, out, olen, &fd, 1, &it2, err, sizeof(err)) < 0)
+		fail_msg("adopt: %s", err);
+	free(out);
+	bouncer_chunk_end(b2, true);
+	bouncer_item_release(it);
+	bouncer_item_arm(it2);
+	e->len = 0;
+	assert_true(wait_for(e, "AUTHENTICATE *\r\n", false, 2000));
+	assert_null(strstr(e->buf, "AUTHENTICATE AGFjY3QAcHc=")); /* no answer to the old challenge */
+	e->len = 0;
+	say(e, ":irc.test 906 alice :SASL authentication aborted");
+	assert_true(wait_for(e, "AUTHENTICATE PLAIN\r\n", false, 2000));
+	say(e, "AUTHENTICATE +");
+	assert_true(wait_for(e, "AUTHENTICATE AGFjY3QAcHc=\r\n", false, 2000));
+	assert_null(strstr(e->buf, "CAP END"));
+	say(e, ":irc.test 903 alice :SASL authentication successful");
+	assert_true(wait_for(e, "CAP END\r\n", false, 2000));
+	assert_false(e->eof);
+	const struct session *f[1];
+	assert_int_equal(bouncer_sasl_failures(b2, f, 1), 0);
+	bouncer_free(b2);
+}
+
+/* Migrated while waiting for the outcome: the 903 that arrives is taken. */
+static void test_outcome_after_migration(void **state)
+{
+	struct env *e = *state;
+	start(e);
+	say(e, ":irc.test CAP * LS :sasl=PLAIN");
+	say(e, ":irc.test CAP * ACK :sasl");
+	assert_true(wait_for(e, "AUTHENTICATE PLAIN\r\n", false, 2000));
+	say(e, "AUTHENTICATE +");
+	assert_true(wait_for(e, "AUTHENTICATE AGFjY3QAcHc=\r\n", false, 2000));
+	struct bouncer_item **items;
+	assert_int_equal(bouncer_items(e->b, &items), 1);
+	struct bouncer_item *it = items[0];
+	free(items);
+	uint8_t *out;
+	size_t olen, nfds;
+	const int *fds;
+	bouncer_item_freeze(it);
+	assert_int_equal(bouncer_item_serialize(it, &out, &olen, &fds, &nfds), 0);
+	int fd = fcntl(fds[0], F_DUPFD_CLOEXEC, 0);
+	struct bouncer *b2 = bouncer_new(e->base, &e->cfg);
+	struct bouncer_item *it2 = NULL;
+	char err[256] = "";
+	if (bouncer_item_adopt(b2, out, olen, &fd, 1, &it2, err, sizeof(err)) < 0)
+		fail_msg("adopt: %s", err);
+	free(out);
+	bouncer_chunk_end(b2, true);
+	bouncer_item_release(it);
+	bouncer_item_arm(it2);
+	e->len = 0;
+	say(e, ":irc.test 903 alice :SASL authentication successful");
+	assert_true(wait_for(e, "CAP END\r\n", false, 2000));
+	bouncer_free(b2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -627,6 +714,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_908_lists_mechanisms, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_scram_bad_server_signature, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_endless_challenges, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_exchange_restarts_after_migration, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_outcome_after_migration, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
