@@ -17,12 +17,16 @@
  * connection is closed with the reason (the upstream's verdict is
  * GOV_AUTH), the reason is logged, kept in the session (batonctl status),
  * told to the attached clients, and the session retries once per
- * `reconnect_max` through the governor (sasl_refused()). soju continues
- * unauthenticated when the server lacks the cap or the mechanism and stops
- * registration only on 904/905; baton refuses in every case because a user
- * who configured SASL relies on it (cloak before JOIN, an identified nick,
- * networks that only allow SASL from some ranges), and an unauthenticated
- * registration would silently give that up.
+ * `reconnect_max` through the governor (sasl_refused()); no CAP END is
+ * sent, so the network never registers the connection. soju (upstream.go)
+ * logs a 902/904/905/906 and sends CAP END, registering unauthenticated,
+ * and does the same when the network lacks the cap or the mechanism;
+ * baton refuses in every case because a user who configured SASL relies on
+ * it (a cloak before the first JOIN, an identified nick, networks that
+ * require SASL from some address ranges), and a silent unauthenticated
+ * registration would give that up where nobody looks. The retry pace is
+ * that of a ban: credentials do not improve by retrying and services count
+ * failed logins.
  *
  * Migration: the mechanism state (SCRAM nonce and keys) never travels. A
  * connection frozen during an exchange carries only that fact (state.proto
