@@ -167,9 +167,16 @@ static void sasl_send(struct upstream *u, const void *data, size_t len)
 		sasl_fail(u, "our SASL message is too long (%zu bytes)", len);
 }
 
+static void sasl_end_unconfigured(struct upstream *u);
+
 static void sasl_begin(struct upstream *u)
 {
 	struct sasl *sa = u->sasl;
+	if (!sasl_configured(u->s)) {
+		/* A restart after an upgrade whose config dropped SASL. */
+		sasl_end_unconfigured(u);
+		return;
+	}
 	sa->state = SASL_SENT_MECH;
 	sa->msgs = 0;
 	sa->in.len = 0;
@@ -214,6 +221,19 @@ bool sasl_welcome(struct upstream *u)
 	return false;
 }
 
+/* SASL is no longer configured (the config of the worker that adopted the
+ * connection dropped it): registration goes on without it. */
+static void sasl_end_unconfigured(struct upstream *u)
+{
+	u->sasl->state = SASL_DONE;
+	log_info("upstream", "%s: SASL no longer configured: registering without it",
+		 u->s->key);
+	if (u->cap_negotiating) {
+		conn_send(u->conn, "CAP END");
+		u->cap_negotiating = false;
+	}
+}
+
 /* The exchange succeeded (903, or 907 after a restart): registration
  * goes on. */
 static void sasl_done(struct upstream *u)
@@ -227,8 +247,8 @@ static void sasl_done(struct upstream *u)
 		free(s->sasl_failure);
 		s->sasl_failure = NULL;
 	}
-	log_info("upstream", "%s: SASL %s succeeded", s->key,
-		 sasl_mech_name(sasl_cfg_mech(s)));
+	const char *mech = sasl_mech_name(sasl_cfg_mech(s));
+	log_info("upstream", "%s: SASL %s succeeded", s->key, mech ? mech : "(exchange of the previous worker)");
 	if (u->cap_negotiating) {
 		conn_send(u->conn, "CAP END");
 		u->cap_negotiating = false;
@@ -247,6 +267,10 @@ static void sasl_step(struct upstream *u, const unsigned char *msg, size_t len)
 	char text[SASL_MSG_MAX];
 	int n;
 
+	if (mech == SASL_MECH_NONE) {
+		conn_send(u->conn, "AUTHENTICATE *"); /* its 906 ends it */
+		return;
+	}
 	if (++sa->msgs > SASL_MAX_MSGS) {
 		conn_send(u->conn, "AUTHENTICATE *");
 		sasl_fail(u, "the network sent more than %d SASL challenges", SASL_MAX_MSGS);
@@ -367,6 +391,8 @@ bool sasl_line(struct upstream *u, const struct irc_msg *m)
 	    sa->state == SASL_IDLE)
 		return !registering && num != 908;
 	const char *mech = sasl_mech_name(sasl_cfg_mech(s));
+	if (!mech)
+		mech = "SASL";
 	switch (num) {
 	case 903: /* RPL_SASLSUCCESS */
 		if (sa->state == SASL_SENT_FIRST || sa->state == SASL_SENT_FINAL ||
@@ -388,6 +414,10 @@ bool sasl_line(struct upstream *u, const struct irc_msg *m)
 			log_info("upstream", "%s: SASL exchange restarted after a migration",
 				 s->key);
 			sasl_begin(u);
+			return false;
+		}
+		if (!sasl_configured(s)) {
+			sasl_end_unconfigured(u);
 			return false;
 		}
 		sasl_fail(u, "the exchange was aborted (906: %.150s)", text);

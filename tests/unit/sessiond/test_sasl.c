@@ -697,6 +697,50 @@ static void test_outcome_after_migration(void **state)
 	bouncer_free(b2);
 }
 
+/* Migrated mid-exchange to a worker whose config dropped SASL: the old
+ * exchange is aborted and registration goes on without it (no
+ * "AUTHENTICATE (null)"). */
+static void test_exchange_after_sasl_removed(void **state)
+{
+	struct env *e = *state;
+	start(e);
+	say(e, ":irc.test CAP * LS :sasl=PLAIN");
+	say(e, ":irc.test CAP * ACK :sasl");
+	assert_true(wait_for(e, "AUTHENTICATE PLAIN\r\n", false, 2000));
+	struct bouncer_item **items;
+	assert_int_equal(bouncer_items(e->b, &items), 1);
+	struct bouncer_item *it = items[0];
+	free(items);
+	uint8_t *out;
+	size_t olen, nfds;
+	const int *fds;
+	bouncer_item_freeze(it);
+	assert_int_equal(bouncer_item_serialize(it, &out, &olen, &fds, &nfds), 0);
+	int fd = fcntl(fds[0], F_DUPFD_CLOEXEC, 0);
+	struct baton_config cfg2 = e->cfg;
+	struct config_session sess2 = e->sess;
+	sess2.sasl = NULL;
+	sess2.sasl_username = sess2.sasl_password = NULL;
+	cfg2.sessions = &sess2;
+	struct bouncer *b2 = bouncer_new(e->base, &cfg2);
+	struct bouncer_item *it2 = NULL;
+	char err[256] = "";
+	if (bouncer_item_adopt(b2, out, olen, &fd, 1, &it2, err, sizeof(err)) < 0)
+		fail_msg("adopt: %s", err);
+	free(out);
+	bouncer_chunk_end(b2, true);
+	bouncer_item_release(it);
+	bouncer_item_arm(it2);
+	e->len = 0;
+	say(e, "AUTHENTICATE +");
+	assert_true(wait_for(e, "AUTHENTICATE *\r\n", false, 2000));
+	say(e, ":irc.test 906 alice :SASL authentication aborted");
+	assert_true(wait_for(e, "CAP END\r\n", false, 2000));
+	assert_null(strstr(e->buf, "(null)"));
+	assert_false(e->eof);
+	bouncer_free(b2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -716,6 +760,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_endless_challenges, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_exchange_restarts_after_migration, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_outcome_after_migration, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_exchange_after_sasl_removed, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
