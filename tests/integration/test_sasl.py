@@ -23,6 +23,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 
 import batonlib as bl
 import tlslib as tl
@@ -206,8 +207,10 @@ def test_sasl_plain_and_rejected_atheme(ctx):
     ircd, ath = _services(ctx)
     _register_account(ctx, ircd, "acct0", "right-pw0")
     _register_account(ctx, ircd, "acct1", "right-pw1")
+    mport = bl.free_port()
     b = bl.Baton(ctx, ircd, nsessions=2, channels=("#sasl",),
-                 sessiond_opts=FAST_RECONNECT)
+                 sessiond_opts=FAST_RECONNECT,
+                 supervisor_opts={"metrics": "127.0.0.1:%d" % mport})
     pwfile = os.path.join(b.dir, "acct0.pw")
     with open(pwfile, "w") as f:
         f.write("right-pw0\n")
@@ -234,6 +237,12 @@ def test_sasl_plain_and_rejected_atheme(ctx):
     # next_attempt: the scheduled retry (0 while an attempt is under way)
     ctx.loop.run_until(lambda: any(f["next_attempt"] > time.time() + 1 for f in failures()),
                        5, "status shows the next attempt ahead")
+    def gauge():
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5) as r:
+            text = r.read().decode()
+        m = re.search(r"^baton_worker_sasl_failing\{[^}]*\} (\S+)$", text, re.M)
+        return float(m.group(1)) if m else None
+    ctx.loop.run_until(lambda: gauge() == 1, 15, "baton_worker_sasl_failing 1")
     rc, _, human, _ = b.ctl("status")
     check("SASL failed: u001/net: PLAIN credentials rejected" in human, human)
     cl = bl.bouncer_client(ctx.loop, b, b.by_user["u001"], wait=False)
