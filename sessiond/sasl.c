@@ -213,7 +213,13 @@ void sasl_cap_nak(struct upstream *u, const char *list)
 
 bool sasl_welcome(struct upstream *u)
 {
-	if (!sasl_configured(u->s) || (u->sasl && u->sasl->state == SASL_DONE))
+	if (!sasl_configured(u->s)) {
+		/* A failure from when SASL was configured is stale now. */
+		free(u->s->sasl_failure);
+		u->s->sasl_failure = NULL;
+		return true;
+	}
+	if (u->sasl && u->sasl->state == SASL_DONE)
 		return true;
 	if (u->sasl && u->sasl->state == SASL_FAILED)
 		return false;

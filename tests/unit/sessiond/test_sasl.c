@@ -760,6 +760,30 @@ static void test_exchange_after_sasl_removed(void **state)
 	bouncer_free(b2);
 }
 
+/* A failure recorded while SASL was configured is dropped once the session
+ * registers with a config without SASL (status must not show it forever). */
+static void test_failure_cleared_without_sasl(void **state)
+{
+	struct env *e = *state;
+	start(e);
+	say(e, ":irc.test CAP * LS :multi-prefix");
+	assert_true(wait_for(e, NULL, true, 2000));
+	for (int i = 0; i < 20; i++)
+		pump(e);
+	assert_non_null(failing(e));
+	close(e->srv);
+	e->srv = -1;
+	e->sess.sasl = NULL; /* the config a later worker would have */
+	assert_true(wait_for(e, "USER al 0 * :Alice\r\n", false, 5000));
+	say(e, ":irc.test CAP * LS :extended-join");
+	assert_true(wait_for(e, "CAP END\r\n", false, 2000));
+	say(e, ":irc.test 001 alice :Welcome alice!al@h");
+	for (int i = 0; i < 20; i++)
+		pump(e);
+	assert_false(e->eof);
+	assert_null(failing(e));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -780,6 +804,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_exchange_restarts_after_migration, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_outcome_after_migration, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_exchange_after_sasl_removed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_failure_cleared_without_sasl, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
