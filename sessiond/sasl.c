@@ -116,7 +116,10 @@ static void sasl_fail(struct upstream *u, const char *fmt, ...)
 int sasl_cap_ls(struct upstream *u, const char *token)
 {
 	size_t nl = strcspn(token, "=");
-	if (nl != 4 || strncasecmp(token, "sasl", 4) != 0 || !sasl_configured(u->s))
+	/* Only during registration: a CAP LS the network repeats later
+	 * changes nothing (the session is authenticated or not by then). */
+	if (nl != 4 || strncasecmp(token, "sasl", 4) != 0 || !sasl_configured(u->s) ||
+	    u->phase >= UP_WELCOMED)
 		return 0;
 	struct sasl *sa = sasl_get(u);
 	if (!sa)
@@ -138,7 +141,8 @@ int sasl_cap_ls(struct upstream *u, const char *token)
 
 bool sasl_cap_ls_end(struct upstream *u)
 {
-	if (!sasl_configured(u->s))
+	if (!sasl_configured(u->s) || u->phase >= UP_WELCOMED ||
+	    (u->sasl && u->sasl->state != SASL_IDLE))
 		return true;
 	struct sasl *sa = u->sasl;
 	const char *mech = sasl_mech_name(sasl_cfg_mech(u->s));

@@ -413,6 +413,12 @@ static void test_plain_success(void **state)
 		pump(e);
 	assert_false(e->eof);
 	assert_null(failing(e));
+	/* a CAP LS repeated after registration, without sasl: nothing happens */
+	say(e, ":irc.test CAP alice LS :multi-prefix");
+	for (int i = 0; i < 20; i++)
+		pump(e);
+	assert_false(e->eof);
+	assert_null(failing(e));
 }
 
 /* 904: no registration (QUIT, closed), the reason kept for status, and the
