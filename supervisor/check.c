@@ -390,6 +390,35 @@ static void check_passwords(const struct baton_config *cfg,
 	}
 }
 
+/* SASL settings that work but expose the password (warnings: logins
+ * work): PLAIN over a plaintext connection, and a password that others on
+ * the host can read (in the config file or in sasl_password_file). */
+static void check_sasl(const struct baton_config *cfg)
+{
+	struct stat st;
+
+	for (size_t i = 0; i < cfg->nsessions; i++) {
+		const struct config_session *s = &cfg->sessions[i];
+		const struct config_network *n = config_find_network(cfg, s->network);
+
+		if (s->sasl == NULL)
+			continue;
+		if (strcmp(s->sasl, "PLAIN") == 0 && n != NULL && !n->tls)
+			printf("%s:%d: warning: [user %s/%s] sasl = plain over a plaintext connection: the password crosses the network in clear (tls = yes in [network %s], or sasl = scram-sha-256)\n",
+			       cfg->path, s->sasl_line, s->user, s->network, s->network);
+		if (s->sasl_password_file != NULL && stat(s->sasl_password_file, &st) == 0 &&
+		    (st.st_mode & 077))
+			printf("%s:%d: warning: [user %s/%s] sasl_password_file %s is readable by group or others (mode %03o): chmod 600\n",
+			       cfg->path, s->sasl_password_file_line, s->user, s->network,
+			       s->sasl_password_file, (unsigned)(st.st_mode & 0777));
+		else if (s->sasl_password_file == NULL && s->sasl_password != NULL &&
+			 stat(cfg->path, &st) == 0 && (st.st_mode & 077))
+			printf("%s:%d: warning: [user %s/%s] sasl_password in a config file readable by group or others (mode %03o): chmod 600, or use sasl_password_file\n",
+			       cfg->path, s->sasl_password_line, s->user, s->network,
+			       (unsigned)(st.st_mode & 0777));
+	}
+}
+
 void check_environment(const struct baton_config *cfg, const char *sessiond,
 		       struct config_problems *problems)
 {
@@ -399,6 +428,7 @@ void check_environment(const struct baton_config *cfg, const char *sessiond,
 
 	check_rlimit(cfg, problems);
 	check_passwords(cfg, problems);
+	check_sasl(cfg);
 	check_tls(cfg, problems);
 	if (control) {
 		check_control(cfg, control, problems);
