@@ -11,7 +11,7 @@
  * make the worker's event loop spin in PBKDF2). PBKDF2 runs on the event
  * loop, once per connection, at the governor's pace: measured with
  * OpenSSL on the 2-core development machine, 4,096 iterations (RFC 7677's
- * minimum) take 1 ms, 64,000 (atheme 7.3's default) 15 ms, the bound
+ * minimum) take 1 ms, 64,000 15 ms, the bound
  * 100,000 about 23 ms.
  *
  * Ownership: every structure here is plain memory owned by its embedder;
