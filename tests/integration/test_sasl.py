@@ -297,8 +297,15 @@ class ScramNetwork:
     hashlib.pbkdf2_hmac, hmac). Registers the client after 903, refuses a
     wrong proof with 904. Records connection times and outcomes."""
 
-    def __init__(self, ctx, user, password, iterations=4096):
+    def __init__(self, ctx, user, password, iterations=4096, hold_first=False):
+        """hold_first: the first server-first message waits for
+        release() (a migration happens meanwhile); got_first is set when
+        the client-first message of that exchange arrived."""
         self.user = user
+        self.hold = threading.Event()
+        if not hold_first:
+            self.hold.set()
+        self.got_first = threading.Event()
         self.salt = os.urandom(16)
         self.iterations = iterations
         salted = hashlib.pbkdf2_hmac("sha256", password.encode(), self.salt, iterations)
@@ -317,8 +324,12 @@ class ScramNetwork:
         self.thread.start()
         ctx.on_close(self.stop)
 
+    def release(self):
+        self.hold.set()
+
     def stop(self):
         self.stopping = True
+        self.hold.set()
         try:
             self.sock.close()
         except OSError:
@@ -355,13 +366,17 @@ class ScramNetwork:
                     send("AUTHENTICATE +")
                     auth = "first"
                 elif w[0] == "AUTHENTICATE" and w[1] == "*":
+                    self.events.append((time.monotonic(), "aborted"))
                     send(":scram.test 906 %s :SASL authentication aborted" % nick)
+                    auth = None
                 elif w[0] == "AUTHENTICATE" and auth == "first":
                     msg = base64.b64decode(w[1]).decode()
                     first_bare = msg[3:]
                     attrs = dict(a.split("=", 1) for a in first_bare.split(","))
                     check(attrs["n"] == self.user, "SCRAM user %s" % attrs["n"])
                     snonce = attrs["r"] + base64.b64encode(os.urandom(18)).decode()
+                    self.got_first.set()
+                    self.hold.wait(30)
                     self.server_first = "r=%s,s=%s,i=%d" % (
                         snonce, base64.b64encode(self.salt).decode(), self.iterations)
                     send("AUTHENTICATE " + base64.b64encode(self.server_first.encode()).decode())
@@ -445,3 +460,28 @@ def test_sasl_scram_sha256(ctx):
     check(not any(ln.startswith("CAP END") for ln in net2.lines), "CAP END after a failure")
     check("u000/net: SASL to net failed: SCRAM-SHA-256 credentials rejected (904"
           in b2.log_text(), b2.log_tail())
+
+
+def test_sasl_scram_exchange_across_upgrade(ctx):
+    """An upgrade while a SCRAM exchange is in progress (the network holds
+    its server-first message until the session moved): the new worker has
+    no SCRAM state, so it aborts the old exchange at that challenge
+    (AUTHENTICATE *, 906) and runs a new one on the same connection; the
+    session registers without reconnecting."""
+    net = ScramNetwork(ctx, "scramacct", "pencil", hold_first=True)
+    b = bl.Baton(ctx, net, nsessions=1, channels=(), sessiond_opts=FAST_RECONNECT,
+                 session_opts={"sasl": "scram-sha-256", "sasl_username": "scramacct",
+                               "sasl_password": "pencil"})
+    b.start(wait=False)
+    ctx.loop.run_until(lambda: net.got_first.is_set(), 10, "client-first at the network")
+    rc, res = b.upgrade(ctx.builds["a"])
+    check(rc == 0, "upgrade during the exchange: %s" % res)
+    net.release()
+    ctx.loop.run_until(lambda: any(e == "success" for _, e in net.events), 10,
+                       "SCRAM success after the restart")
+    ctx.loop.run_until(lambda: "u000/net: registered as bn000" in b.log_text(), 10,
+                       "registered")
+    kinds = [e for _, e in net.events]
+    bl.log("network events: %s" % kinds)
+    check(kinds.count("connect") == 1 and kinds.count("aborted") == 1, "events %s" % kinds)
+    check("u000/net: SASL exchange restarted after a migration" in b.log_text(), b.log_tail())
