@@ -453,22 +453,29 @@ bool sasl_line(struct upstream *u, const struct irc_msg *m)
 	}
 }
 
-bool sasl_in_exchange(const struct upstream *u)
+uint32_t sasl_wire_state(const struct upstream *u)
 {
 	const struct sasl *sa = u->sasl;
-	return sa && sa->state >= SASL_SENT_MECH && sa->state <= SASL_ABORTING &&
-	       u->phase < UP_WELCOMED;
+	if (!sa || u->phase >= UP_WELCOMED)
+		return 0;
+	if (sa->state >= SASL_SENT_MECH && sa->state <= SASL_ABORTING)
+		return 1;
+	return sa->state == SASL_DONE ? 2 : 0;
 }
 
-int sasl_adopt_exchange(struct upstream *u)
+int sasl_adopt_state(struct upstream *u, uint32_t wire)
 {
-	if (u->phase >= UP_WELCOMED)
+	if (wire > SASL_WIRE_MAX)
+		return -EINVAL;
+	if (wire == 0 || u->phase >= UP_WELCOMED)
 		return 0; /* stale: set by a worker before registration ended */
 	struct sasl *sa = sasl_get(u);
 	if (!sa)
 		return -ENOMEM;
 	sa->offered = sa->listed = sa->requested = true;
-	sa->state = SASL_ADOPTED;
+	/* A success stays one: the 001 that follows must not read as a
+	 * registration without SASL. */
+	sa->state = wire == 1 ? SASL_ADOPTED : SASL_DONE;
 	return 0;
 }
 

@@ -30,7 +30,7 @@
  *
  * Migration: the mechanism state (SCRAM nonce and keys) never travels. A
  * connection frozen during an exchange carries only that fact (state.proto
- * Connection.sasl_exchange); the adopting worker aborts the exchange on the
+ * Connection.sasl_state = 1); the adopting worker aborts the exchange on the
  * server's next AUTHENTICATE ("AUTHENTICATE *", 906) and starts it again,
  * or takes a 903/904 that arrives as the outcome.
  *
@@ -75,10 +75,13 @@ bool sasl_welcome(struct upstream *u);
  * registration). */
 bool sasl_line(struct upstream *u, const struct irc_msg *m);
 
-/* Migration (state.c): whether an exchange is in progress, and its
- * restart on the adopting side. */
-bool sasl_in_exchange(const struct upstream *u);
-int sasl_adopt_exchange(struct upstream *u);
+/* Migration (state.c): state.proto Connection.sasl_state of u (0 none, 1
+ * an exchange in progress, 2 succeeded and registration not finished),
+ * and its adoption (the exchange restarts; a success stays one). -EINVAL
+ * for an unknown value, -ENOMEM. */
+#define SASL_WIRE_MAX 2
+uint32_t sasl_wire_state(const struct upstream *u);
+int sasl_adopt_state(struct upstream *u, uint32_t wire);
 
 /* upstream_lost() of a connection that failed SASL (verdict GOV_AUTH):
  * schedule the next attempt one reconnect_max (with jitter) from now and

@@ -223,9 +223,9 @@ static Baton__State__Connection *ser_upstream(struct arena *a,
 		pc->has_cap_negotiating = 1;
 		pc->cap_negotiating = 1;
 	}
-	if (sasl_in_exchange(u)) {
-		pc->has_sasl_exchange = 1;
-		pc->sasl_exchange = 1;
+	if (sasl_wire_state(u)) {
+		pc->has_sasl_state = 1;
+		pc->sasl_state = sasl_wire_state(u);
 	}
 	PUT_TIME(pc, connected_at_ms, u->connected_at_ms);
 	PUT_TIME(pc, last_rx_ms, u->last_rx_ms);
@@ -1401,8 +1401,14 @@ static int adopt_upstream(struct adopt *ad, const Baton__State__Connection *pc,
 	u->ping_sent_ms = GET_TIME(pc, ping_sent_ms);
 	u->lag_ms = pc->has_lag_ms ? pc->lag_ms : 0;
 	u->next_ping_ms = GET_TIME(pc, next_ping_ms);
-	if (pc->has_sasl_exchange && pc->sasl_exchange && sasl_adopt_exchange(u) < 0)
-		return NOMEM(ad);
+	if (pc->has_sasl_state) {
+		int rc = sasl_adopt_state(u, pc->sasl_state);
+		if (rc == -EINVAL)
+			return adopt_fail(ad, -EINVAL, "upstream sasl_state %u unknown",
+					  pc->sasl_state);
+		if (rc < 0)
+			return NOMEM(ad);
+	}
 	if (pb_unknown_copy(&u->unknown, &pc->base) < 0)
 		return NOMEM(ad);
 	adopt_gov_slot(ad->b, s);

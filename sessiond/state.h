@@ -56,7 +56,7 @@ struct bouncer_item;
  *   positions: SESSION_MAX_POSITIONS x (2 + 2 + 64 + 11) = 64 x 79 = 5,056
  *   upstream connection: STATE_CONN_MAX = 4,785,275:
  *     tag and length 5; role, fd_index, addresses (2 x 81), reg_phase,
- *     caps (+ "sasl": 6), 5 times, flags (+ sasl_exchange: 3),
+ *     caps (+ "sasl": 6), 5 times, flags (+ sasl_state: 3),
  *     transport, TLS tag and length: 311;
  *     nick_attempt L;
  *     input < 64 KiB: a frozen connection holds at most one read

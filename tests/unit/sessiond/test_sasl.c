@@ -568,8 +568,8 @@ static void test_scram_bad_server_signature(void **state)
 	bouncer_item_freeze(items[0]);
 	assert_int_equal(bouncer_item_serialize(items[0], &out, &olen, &fds, &nfds), 0);
 	Baton__State__Item *item = baton__state__item__unpack(NULL, olen, out);
-	assert_true(item->session->upstream->has_sasl_exchange);
-	assert_true(item->session->upstream->sasl_exchange);
+	assert_true(item->session->upstream->has_sasl_state);
+	assert_int_equal(item->session->upstream->sasl_state, 1);
 	baton__state__item__free_unpacked(item, NULL);
 	free(out);
 	bouncer_item_thaw(items[0]);
@@ -790,6 +790,68 @@ static void test_failure_cleared_without_sasl(void **state)
 	assert_null(failing(e));
 }
 
+/* Migrated between 903 (CAP END sent) and 001: the success travels
+ * (sasl_state 2), so the 001 the new worker reads is not taken for a
+ * registration without SASL. And a sasl_state no release writes is
+ * refused at adoption. */
+static void test_success_travels_until_001(void **state)
+{
+	struct env *e = *state;
+	start(e);
+	say(e, ":irc.test CAP * LS :sasl=PLAIN");
+	say(e, ":irc.test CAP * ACK :sasl");
+	assert_true(wait_for(e, "AUTHENTICATE PLAIN\r\n", false, 2000));
+	say(e, "AUTHENTICATE +");
+	assert_true(wait_for(e, "AUTHENTICATE AGFjY3QAcHc=\r\n", false, 2000));
+	say(e, ":irc.test 903 alice :SASL authentication successful");
+	assert_true(wait_for(e, "CAP END\r\n", false, 2000));
+	struct bouncer_item **items;
+	assert_int_equal(bouncer_items(e->b, &items), 1);
+	struct bouncer_item *it = items[0];
+	free(items);
+	uint8_t *out;
+	size_t olen, nfds;
+	const int *fds;
+	bouncer_item_freeze(it);
+	assert_int_equal(bouncer_item_serialize(it, &out, &olen, &fds, &nfds), 0);
+	Baton__State__Item *item = baton__state__item__unpack(NULL, olen, out);
+	assert_int_equal(item->session->upstream->sasl_state, 2);
+
+	/* an unknown value: refused, with the reason */
+	struct bouncer *b2 = bouncer_new(e->base, &e->cfg);
+	struct bouncer_item *it2 = NULL;
+	char err[256] = "";
+	item->session->upstream->sasl_state = 3;
+	size_t blen = baton__state__item__get_packed_size(item);
+	uint8_t *bad = malloc(blen);
+	baton__state__item__pack(item, bad);
+	baton__state__item__free_unpacked(item, NULL);
+	int fd = fcntl(fds[0], F_DUPFD_CLOEXEC, 0);
+	assert_true(bouncer_item_adopt(b2, bad, blen, &fd, 1, &it2, err, sizeof(err)) < 0);
+	assert_non_null(strstr(err, "sasl_state 3 unknown"));
+	free(bad);
+
+	fd = fcntl(fds[0], F_DUPFD_CLOEXEC, 0);
+	if (bouncer_item_adopt(b2, out, olen, &fd, 1, &it2, err, sizeof(err)) < 0)
+		fail_msg("adopt: %s", err);
+	free(out);
+	bouncer_chunk_end(b2, true);
+	bouncer_item_release(it);
+	bouncer_item_arm(it2);
+	e->len = 0;
+	say(e, ":irc.test 001 alice :Welcome alice!al@h");
+	say(e, ":irc.test 376 alice :End of MOTD");
+	for (int i = 0; i < 40; i++) {
+		pump(e);
+		usleep(2000);
+	}
+	assert_false(e->eof);
+	assert_null(strstr(e->buf, "QUIT"));
+	const struct session *f[1];
+	assert_int_equal(bouncer_sasl_failures(b2, f, 1), 0);
+	bouncer_free(b2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -811,6 +873,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_outcome_after_migration, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_exchange_after_sasl_removed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failure_cleared_without_sasl, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_success_travels_until_001, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
