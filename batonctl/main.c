@@ -360,6 +360,29 @@ static void print_networks(struct json_object *nets)
 	}
 }
 
+/* Sessions whose network refused their SASL (a worker's sasl_failures). */
+static void print_sasl_failures(struct json_object *w)
+{
+	struct json_object *fs;
+
+	if (!json_object_object_get_ex(w, "sasl_failures", &fs) ||
+	    !json_object_is_type(fs, json_type_array))
+		return;
+	for (size_t i = 0; i < json_object_array_length(fs); i++) {
+		struct json_object *f = json_object_array_get_idx(fs, i);
+		double next = jdbl(f, "next_attempt") - (double)time(NULL);
+
+		printf("        SASL failed: %s/%s: %s", jstr(f, "user", "?"),
+		       jstr(f, "network", "?"), jstr(f, "reason", "?"));
+		if (jdbl(f, "next_attempt") > 0)
+			printf(" (next attempt in %.0f s)", next > 0 ? next : 0);
+		printf("\n");
+	}
+	if (jint(w, "sasl_failing") > (int64_t)json_object_array_length(fs))
+		printf("        ... %lld sessions failing SASL in all\n",
+		       (long long)jint(w, "sasl_failing"));
+}
+
 static void print_status(struct json_object *st)
 {
 	struct json_object *sup = jobj(st, "supervisor"), *ws, *v;
@@ -392,6 +415,7 @@ static void print_status(struct json_object *st)
 			       jdbl(w, "loop_lag_ms"));
 			if (json_object_object_get_ex(w, "networks", &v))
 				print_networks(v);
+			print_sasl_failures(w);
 		}
 	}
 	if (json_object_object_get_ex(st, "migration_running", &v) &&

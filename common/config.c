@@ -388,6 +388,24 @@ static bool config_valid_name(const char *name)
 
 /* ---- the custom parsers of the key table (config_keys.h) ---- */
 
+/* sasl = plain | external | scram-sha-256 (any case): stored under the
+ * mechanism's IANA name, the one sessiond/sasl_mech.h parses and sends. */
+void config_parse_sasl(struct config_parse *ps, const struct config_key *k,
+		       void *session, const char *value)
+{
+	static const char *const mechs[] = { "PLAIN", "EXTERNAL", "SCRAM-SHA-256" };
+	struct config_session *s = session;
+
+	for (size_t i = 0; i < sizeof(mechs) / sizeof(mechs[0]); i++) {
+		if (strcasecmp(value, mechs[i]) == 0) {
+			config_set_str(ps->cfg, &s->sasl, mechs[i]);
+			return;
+		}
+	}
+	config_key_problem(ps, k->name, "expected plain, external or scram-sha-256, got '%s'",
+			   value);
+}
+
 /* channels = #a #b,#c: replaces the list. */
 void config_parse_channels(struct config_parse *ps, const struct config_key *k,
 			   void *session, const char *value)
@@ -800,6 +818,94 @@ static void config_defaults(struct baton_config *cfg)
 	cfg->session_index = strmap_new();
 }
 
+#define CONFIG_SASL_MAX 255 /* bytes of a SASL name or password */
+
+/* The password of sasl_password_file: its first line, at most
+ * CONFIG_SASL_MAX bytes. NULL with a problem reported. */
+static char *config_read_secret(struct config_parse *ps,
+				const struct config_session *s)
+{
+	char buf[CONFIG_SASL_MAX + 3];
+	const char *why = NULL;
+	FILE *f = fopen(s->sasl_password_file, "re");
+	size_t n = 0;
+
+	if (f == NULL) {
+		why = strerror(errno);
+	} else {
+		n = fread(buf, 1, sizeof(buf) - 1, f);
+		if (ferror(f))
+			why = strerror(errno);
+		fclose(f);
+		buf[n] = '\0';
+		buf[strcspn(buf, "\r\n")] = '\0';
+		n = strlen(buf);
+		if (why == NULL && n == 0)
+			why = "empty first line (or a NUL byte)";
+		else if (why == NULL && n > CONFIG_SASL_MAX)
+			why = "the password is longer than 255 bytes";
+	}
+	if (why != NULL) {
+		config_problems_add(ps->problems, "%s:%d: [user %s/%s] sasl_password_file %s: %s",
+				    ps->cfg->path, s->sasl_password_file_line, s->user,
+				    s->network, s->sasl_password_file, why);
+		explicit_bzero(buf, sizeof(buf));
+		return NULL;
+	}
+	char *pw = config_strdup(ps->cfg, buf);
+	explicit_bzero(buf, sizeof(buf));
+	return pw;
+}
+
+/* The SASL keys of a session: combinations that could never authenticate
+ * are --check errors, not connection failures found at 3 a.m. */
+static void config_validate_sasl(struct config_parse *ps, struct config_session *s)
+{
+	struct baton_config *cfg = ps->cfg;
+	struct config_problems *pr = ps->problems;
+	const struct config_network *n = config_find_network(cfg, s->network);
+	bool secret = s->sasl_password != NULL || s->sasl_password_file != NULL;
+
+	if (s->sasl == NULL) {
+		if (secret || s->sasl_username != NULL)
+			config_problems_add(pr, "%s:%d: [user %s/%s] sets sasl_username, sasl_password or sasl_password_file without sasl = plain|external|scram-sha-256",
+					    cfg->path, s->line, s->user, s->network);
+		return;
+	}
+	if (s->sasl_password != NULL && s->sasl_password_file != NULL)
+		config_problems_add(pr, "%s:%d: [user %s/%s] sets both sasl_password and sasl_password_file",
+				    cfg->path, s->sasl_password_file_line, s->user, s->network);
+	if (s->sasl_username != NULL &&
+	    (s->sasl_username[0] == '\0' || strlen(s->sasl_username) > CONFIG_SASL_MAX))
+		config_problems_add(pr, "%s:%d: [user %s/%s] sasl_username must be 1-%d bytes",
+				    cfg->path, s->sasl_username_line, s->user, s->network,
+				    CONFIG_SASL_MAX);
+	if (strcmp(s->sasl, "EXTERNAL") == 0) {
+		if (secret)
+			config_problems_add(pr, "%s:%d: [user %s/%s] sasl = external uses the client certificate: drop sasl_password / sasl_password_file",
+					    cfg->path, s->sasl_line, s->user, s->network);
+		if (s->tls_cert == NULL)
+			config_problems_add(pr, "%s:%d: [user %s/%s] sasl = external needs tls_cert (the client certificate the network knows)",
+					    cfg->path, s->sasl_line, s->user, s->network);
+		if (n != NULL && !n->tls)
+			config_problems_add(pr, "%s:%d: [user %s/%s] sasl = external needs tls = yes in [network %s]",
+					    cfg->path, s->sasl_line, s->user, s->network, s->network);
+		return;
+	}
+	if (!secret) {
+		config_problems_add(pr, "%s:%d: [user %s/%s] sasl = %s needs sasl_password or sasl_password_file",
+				    cfg->path, s->sasl_line, s->user, s->network, s->sasl);
+		return;
+	}
+	if (s->sasl_password_file != NULL && s->sasl_password == NULL)
+		s->sasl_password = config_read_secret(ps, s);
+	else if (s->sasl_password != NULL &&
+		 (s->sasl_password[0] == '\0' || strlen(s->sasl_password) > CONFIG_SASL_MAX))
+		config_problems_add(pr, "%s:%d: [user %s/%s] sasl_password must be 1-%d bytes",
+				    cfg->path, s->sasl_password_line, s->user, s->network,
+				    CONFIG_SASL_MAX);
+}
+
 static void config_validate(struct config_parse *ps)
 {
 	struct baton_config *cfg = ps->cfg;
@@ -877,6 +983,7 @@ static void config_validate(struct config_parse *ps)
 			config_problems_add(pr, "%s:%d: [user %s/%s] nick '%s' is not a valid IRC nick (1-%d bytes, none of space , ! @): set nick =",
 					    cfg->path, s->line, s->user, s->network,
 					    s->nick, NAMES_MAX_LEN);
+		config_validate_sasl(ps, s);
 		if (s->username == NULL)
 			s->username = config_strdup(cfg, s->nick);
 		if (s->realname == NULL)
@@ -1027,6 +1134,12 @@ void config_free(struct baton_config *cfg)
 		free(s->channels);
 		free(s->tls_cert);
 		free(s->tls_key);
+		free(s->sasl);
+		free(s->sasl_username);
+		if (s->sasl_password != NULL)
+			explicit_bzero(s->sasl_password, strlen(s->sasl_password));
+		free(s->sasl_password);
+		free(s->sasl_password_file);
 	}
 	free(cfg->sessions);
 	strmap_free(cfg->user_index);

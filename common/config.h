@@ -71,6 +71,16 @@ struct config_session {
 	char *tls_cert;  /* client certificate for CertFP (absolute path) or NULL */
 	char *tls_key;   /* its key (absolute path; NULL: in tls_cert) */
 	int tls_cert_line, tls_key_line;
+	/* SASL to the network (sessiond/sasl.h): mechanism "PLAIN",
+	 * "EXTERNAL" or "SCRAM-SHA-256" (normalized), NULL: no SASL. The
+	 * password is the key's value or the first line of
+	 * sasl_password_file (read at load, so an upgrade re-reads it). */
+	char *sasl;
+	char *sasl_username;      /* NULL: the nick (EXTERNAL: no authzid) */
+	char *sasl_password;
+	char *sasl_password_file; /* absolute path or NULL */
+	int sasl_line, sasl_username_line, sasl_password_line,
+	    sasl_password_file_line;
 	int line;
 };
 

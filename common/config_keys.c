@@ -406,6 +406,41 @@ const struct config_key config_keys[] = {
 	  .line_offset = S(tls_key_line),
 	  .doc_default = "in `tls_cert`",
 	  .doc = "its PEM private key" },
+	{ CONFIG_SESSION, "sasl", CONFIG_CUSTOM,
+	  .offset = S(sasl),
+	  .line_offset = S(sasl_line),
+	  .parse = config_parse_sasl,
+	  .doc_default = "none",
+	  .doc = "SASL mechanism to authenticate to the network with during "
+		 "registration: `plain`, `external` (the `tls_cert` client "
+		 "certificate; needs `tls = yes` on the network) or `scram-sha-256` "
+		 "(the password never crosses the wire and the server must prove it"
+		 " knows it). Without success (rejected credentials, mechanism or "
+		 "SASL not offered) the session does not register at all: it "
+		 "disconnects, logs the reason, shows it in `batonctl status` and to"
+		 " its clients, and tries again once per `reconnect_max`" },
+	{ CONFIG_SESSION, "sasl_username", CONFIG_STRING,
+	  .offset = S(sasl_username),
+	  .line_offset = S(sasl_username_line),
+	  .doc_default = "the nick; `external`: none",
+	  .doc = "account name (at most 255 bytes); with `external` the "
+		 "authorization identity, usually left unset" },
+	{ CONFIG_SESSION, "sasl_password", CONFIG_STRING,
+	  .offset = S(sasl_password),
+	  .line_offset = S(sasl_password_line),
+	  .doc_default = "none",
+	  .doc = "account password in clear (a config line holds at most 198 "
+		 "characters: longer ones go in the file), for `plain` and "
+		 "`scram-sha-256`. Prefer `sasl_password_file` so the config file "
+		 "can stay readable by others" },
+	{ CONFIG_SESSION, "sasl_password_file", CONFIG_PATH,
+	  .offset = S(sasl_password_file),
+	  .line_offset = S(sasl_password_file_line),
+	  .doc_default = "none",
+	  .doc = "file whose first line is the password (instead of "
+		 "`sasl_password`; read by every worker at start, so an upgrade "
+		 "applies a new password; at most 255 bytes, trailing CR/LF "
+		 "removed). `--check` reports an unreadable or empty file" },
 
 	/* ---- [canary] ---- */
 	{ CONFIG_CANARY, "bake", CONFIG_INT,

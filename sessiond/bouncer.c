@@ -28,6 +28,7 @@
 #include "sessiond/governor.h"
 #include "sessiond/peer.h"
 #include "sessiond/resolver.h"
+#include "sessiond/sasl.h"
 #include "sessiond/health.h"
 #include "sessiond/session.h"
 #include "sessiond/state.h"
@@ -1502,6 +1503,21 @@ void bouncer_accept(struct bouncer *b, bool on)
 	}
 	/* While paused for lack of fds the resume timer turns them on. */
 	bouncer_listen_events(b, on && !b->accept_paused);
+}
+
+size_t bouncer_sasl_failures(const struct bouncer *b,
+			     const struct session **out, size_t max)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < b->sessions.n; i++) {
+		const struct session *s = b->sessions.v[i];
+		if (s->item.state == ITEM_ADOPTED || !sasl_failure(s))
+			continue;
+		if (n < max)
+			out[n] = s;
+		n++;
+	}
+	return n;
 }
 
 void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out)

@@ -19,6 +19,7 @@ struct event_base;
 struct baton_config;
 
 struct bouncer;
+struct session;
 struct bouncer_item;
 
 struct bouncer_stats {
@@ -75,6 +76,10 @@ void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out);
  * fills fewer). One pass over the sessions. */
 void bouncer_networks_stats(struct bouncer *b,
 			    struct bouncer_network_stats *out, size_t n);
+/* The sessions whose SASL failed (sasl.h: sasl_failure()): the first max
+ * into out[]; returns how many there are in all. */
+size_t bouncer_sasl_failures(const struct bouncer *b,
+			     const struct session **out, size_t max);
 
 /* The worker's health counters (health.h), owned by the bouncer. */
 struct health *bouncer_health(struct bouncer *b);

@@ -21,7 +21,10 @@
 #include "common/log.h"
 #include "control.pb-c.h"
 #include "common/frame.h"
+#include "common/clock.h"
 #include "sessiond/bouncer.h"
+#include "sessiond/sasl.h"
+#include "sessiond/session.h"
 #include "sessiond/control_queue.h"
 #include "sessiond/fault.h"
 #include "sessiond/health.h"
@@ -260,10 +263,16 @@ static void channel_finished(void *arg, const struct transfer_result *res)
 	channel_orphan_check_empty(w);
 }
 
+#define STATUS_SASL_MAX 100 /* failing sessions listed in STATUS */
+
 static void channel_send_status(struct control_channel *w)
 {
 	Baton__Control__Status st = BATON__CONTROL__STATUS__INIT;
 	struct bouncer_stats s;
+	const struct session *fail[STATUS_SASL_MAX];
+	Baton__Control__SaslFailure sf[STATUS_SASL_MAX];
+	Baton__Control__SaslFailure *sfp[STATUS_SASL_MAX];
+	size_t nfail = bouncer_sasl_failures(w->b, fail, STATUS_SASL_MAX);
 
 	bouncer_stats(w->b, &s);
 	st.sessions = s.sessions;
@@ -310,6 +319,23 @@ static void channel_send_status(struct control_channel *w)
 		st.n_networks = nn;
 		st.networks = np;
 	}
+	st.has_sasl_failing = 1;
+	st.sasl_failing = (uint32_t)nfail;
+	for (size_t i = 0; i < nfail && i < STATUS_SASL_MAX; i++) {
+		const struct session *fs = fail[i];
+		baton__control__sasl_failure__init(&sf[i]);
+		sf[i].user = fs->user;
+		sf[i].network = fs->network;
+		sf[i].reason = (char *)sasl_failure(fs);
+		sf[i].has_at_ms = 1;
+		sf[i].at_ms = fs->sasl_failure_at_ms;
+		sf[i].has_next_attempt_ms = 1;
+		sf[i].next_attempt_ms = fs->reconnect_at_ms ?
+			clock_mono_to_wall_ms(fs->reconnect_at_ms) : 0;
+		sfp[i] = &sf[i];
+		st.n_sasl_failures++;
+	}
+	st.sasl_failures = sfp;
 	channel_push(w, CONTROL_STATUS, &st.base,
 			   CONTROL_QUEUE_SAMPLE);
 	free(nv);

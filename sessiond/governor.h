@@ -161,6 +161,7 @@ enum governor_verdict {
 	GOV_NONE = 0,
 	GOV_THROTTLE, /* too fast / too many connections: the address backs off */
 	GOV_BAN,      /* K/G/Z/D-line, 465, 463: the session backs off long */
+	GOV_AUTH,     /* SASL failed (sessiond/sasl.h): the session backs off long */
 };
 /* Classify a server line that ends a connection: command "ERROR" with its
  * text, or a numeric ("465", "463") with its text. */

@@ -383,6 +383,7 @@ void session_free(struct session *s)
 	free(s->userhost);
 	free(s->user_modes);
 	free(s->away);
+	free(s->sasl_failure);
 	free(s->server_name);
 	free(s->welcome);
 	free(s->myinfo);

@@ -154,6 +154,10 @@ struct session {
 	 * queue, also after a migration). */
 	int64_t reconnect_at_ms;
 	uint32_t reconnect_failures;
+	/* Why the network last refused our SASL (sasl.h), NULL: none since
+	 * the last success; and when (wall-clock ms, a date). Migrated. */
+	char *sasl_failure;
+	int64_t sasl_failure_at_ms;
 	/* Queued for a connection slot in the governor (bouncer.c); never
 	 * queued while frozen or adopted. */
 	struct governor_waiter gov_wait;

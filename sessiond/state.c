@@ -25,6 +25,7 @@
 #include "tls/record.h"
 #include "sessiond/conn.h"
 #include "sessiond/governor.h"
+#include "sessiond/sasl.h"
 #include "sessiond/session.h"
 
 /* ---- the bound of a session's state (state.h) ---- */
@@ -221,6 +222,10 @@ static Baton__State__Connection *ser_upstream(struct arena *a,
 	if (u->cap_negotiating) {
 		pc->has_cap_negotiating = 1;
 		pc->cap_negotiating = 1;
+	}
+	if (sasl_wire_state(u)) {
+		pc->has_sasl_state = 1;
+		pc->sasl_state = sasl_wire_state(u);
 	}
 	PUT_TIME(pc, connected_at_ms, u->connected_at_ms);
 	PUT_TIME(pc, last_rx_ms, u->last_rx_ms);
@@ -540,6 +545,9 @@ static Baton__State__Session *ser_session(struct arena *a, struct session *s,
 			res->handshakes_left++;
 	}
 	PUT_I64(ps, reconnect_failures, s->reconnect_failures);
+	ps->sasl_failure = s->sasl_failure;
+	if (s->sasl_failure)
+		PUT_I64(ps, sasl_failure_at_ms, s->sasl_failure_at_ms);
 	ps->server_name = s->server_name;
 	ps->welcome = s->welcome;
 	ps->myinfo = s->myinfo;
@@ -1045,12 +1053,16 @@ static struct client *adopt_client(struct adopt *ad, struct session *s,
 static int check_strings(struct adopt *ad, const Baton__State__Session *ps)
 {
 	const char *one[] = { ps->user_modes, ps->away, ps->server_name,
-			      ps->welcome, ps->myinfo, ps->userhost };
+			      ps->welcome, ps->myinfo, ps->userhost,
+			      ps->sasl_failure };
 	for (size_t i = 0; i < sizeof(one) / sizeof(one[0]); i++)
 		if (!names_text_ok(one[i]))
 			return adopt_fail(ad, -EINVAL, "session field with a line break");
 	if (ps->nick && ps->nick[0] && !names_nick_ok(ps->nick))
 		return adopt_fail(ad, -EINVAL, "bad nick");
+	if (ps->sasl_failure && strlen(ps->sasl_failure) >= SASL_REASON_MAX)
+		return adopt_fail(ad, -EINVAL, "sasl_failure longer than %d bytes",
+				  SASL_REASON_MAX - 1);
 	for (size_t i = 0; i < ps->n_isupport; i++)
 		if (!names_word_ok(ps->isupport[i]))
 			return adopt_fail(ad, -EINVAL, "bad ISUPPORT token");
@@ -1122,6 +1134,7 @@ static int adopt_identity(struct adopt *ad, const Baton__State__Session *ps,
 	if (!adopt_copy(&s->nick, ps->nick) ||
 	    !adopt_copy(&s->user_modes, ps->user_modes) ||
 	    !adopt_copy(&s->away, ps->away) ||
+	    !adopt_copy(&s->sasl_failure, ps->sasl_failure) ||
 	    !adopt_copy(&s->server_name, ps->server_name) ||
 	    !adopt_copy(&s->welcome, ps->welcome) ||
 	    !adopt_copy(&s->myinfo, ps->myinfo) ||
@@ -1129,6 +1142,7 @@ static int adopt_identity(struct adopt *ad, const Baton__State__Session *ps,
 		return NOMEM(ad);
 	s->reconnect_at_ms = GET_TIME(ps, reconnect_at_ms);
 	s->reconnect_failures = ps->has_reconnect_failures ? ps->reconnect_failures : 0;
+	s->sasl_failure_at_ms = ps->has_sasl_failure_at_ms ? ps->sasl_failure_at_ms : 0;
 	s->source_addr = ps->source_addr && ps->source_addr[0] ? strdup(ps->source_addr) : NULL;
 	if (ps->source_addr && ps->source_addr[0] && !s->source_addr)
 		return NOMEM(ad);
@@ -1395,6 +1409,14 @@ static int adopt_upstream(struct adopt *ad, const Baton__State__Connection *pc,
 	u->ping_sent_ms = GET_TIME(pc, ping_sent_ms);
 	u->lag_ms = pc->has_lag_ms ? pc->lag_ms : 0;
 	u->next_ping_ms = GET_TIME(pc, next_ping_ms);
+	if (pc->has_sasl_state) {
+		int rc = sasl_adopt_state(u, pc->sasl_state);
+		if (rc == -EINVAL)
+			return adopt_fail(ad, -EINVAL, "upstream sasl_state %u unknown",
+					  pc->sasl_state);
+		if (rc < 0)
+			return NOMEM(ad);
+	}
 	if (pb_unknown_copy(&u->unknown, &pc->base) < 0)
 		return NOMEM(ad);
 	adopt_gov_slot(ad->b, s);

@@ -31,13 +31,15 @@ struct bouncer_item;
  * and its data; L = IRC_MAX_LINE = 8704 bounds every string taken from a
  * line, and a length below 16,384 takes 2 bytes):
  *   Item.session tag and length                               5
- *   scalars (STATE_SCALARS_MAX):                         53,258
+ *   scalars (STATE_SCALARS_MAX):                         53,574
  *     user, network (config section names, < 200)  2 x 203 = 406
  *     nick, user_modes, away, server_name, welcome,
  *     userhost                               6 x (L + 4) = 52,248
  *     myinfo (< 512: h_004), source_addr (an address) 515 + 49
  *     next_seq, reconnect_at_ms, reconnect_failures,
  *     backlog_evicted_seq                        11 + 11 + 6 + 12
+ *     sasl_failure (< SASL_REASON_MAX = 300, sasl.c) 2 + 2 + 299,
+ *     sasl_failure_at_ms 2 + 11                               316
  *   isupport: SESSION_MAX_ISUPPORT x (3 + 510)               51,300
  *   caps (upstream, acknowledged): the 11 wanted caps (upstream.c,
  *     151 bytes with their tags and lengths)                     192
@@ -53,9 +55,10 @@ struct bouncer_item;
  *     + STATE_BUFFER_OVERHEAD (20) x backlog_buffers (tag and length 6,
  *       the name's tag and length 3, dropped_seq 11)
  *   positions: SESSION_MAX_POSITIONS x (2 + 2 + 64 + 11) = 64 x 79 = 5,056
- *   upstream connection: STATE_CONN_MAX = 4,785,394:
+ *   upstream connection: STATE_CONN_MAX = 4,785,403:
  *     tag and length 5; role, fd_index, addresses (2 x 81), reg_phase,
- *     caps, 5 times, flags, transport, TLS tag and length: 430;
+ *     caps (the wanted ones and "sasl"), 5 times, flags (+ sasl_state: 3),
+ *     transport, TLS tag and length: 439;
  *     nick_attempt L;
  *     input < 64 KiB: a frozen connection holds at most one read
  *       (its buffer grows to the power of two above a partial line + 16 KiB)
@@ -71,9 +74,9 @@ struct bouncer_item;
  * state_bound() adds these up for a config; at the defaults (250
  * channels, 2 MiB of member lists, 4 MiB / 20,000 lines / 100 buffers of
  * backlog):
- *   5 + 53,258 + 51,300 + 192 + 250 x 18,012 + 2,097,152 + 4,194,304
- *   + 28 x 20,000 + 20 x 100 + 5,056 + 4,785,394 = 16,251,661 bytes,
- * 525,523 below HANDOFF_ITEM_MAX_PAYLOAD (16,777,184). The worker's
+ *   5 + 53,574 + 51,300 + 192 + 250 x 18,012 + 2,097,152 + 4,194,304
+ *   + 28 x 20,000 + 20 x 100 + 5,056 + 4,785,403 = 16,251,986 bytes,
+ * 525,198 below HANDOFF_ITEM_MAX_PAYLOAD (16,777,184). The worker's
  * preflight refuses a config whose bound is over it
  * (state_check_config()); tests/unit/sessiond/test_bigstate.c builds a
  * session at every bound and checks that it serializes within
@@ -86,13 +89,13 @@ struct bouncer_item;
  * unwritten output are disconnected first), and the snapshot waits for an
  * item with room for it. Unknown fields kept from a newer sender add what
  * that sender added (its own state fitted its own message). */
-#define STATE_SCALARS_MAX 53258
+#define STATE_SCALARS_MAX 53574
 #define STATE_ISUPPORT_MAX 51300
 #define STATE_CAPS_MAX 192
 #define STATE_CHANNEL_MAX 18012
 #define STATE_BUFFER_OVERHEAD 20
 #define STATE_POSITIONS_MAX 5056
-#define STATE_CONN_MAX 4785394
+#define STATE_CONN_MAX 4785403
 
 /* The largest serialized session (without its clients) that cfg's bounds
  * allow (NULL: the defaults). */

@@ -26,6 +26,7 @@
 #include "sessiond/health.h"
 #include "sessiond/irc.h"
 #include "sessiond/resolver.h"
+#include "sessiond/sasl.h"
 #include "sessiond/tls_contexts.h"
 
 #define CONNECT_TIMEOUT_MS 30000
@@ -101,6 +102,7 @@ void upstream_free(struct upstream *u)
 	if (u->timer)
 		event_free(u->timer);
 	util_strv_free(u->cap_offered, u->ncap_offered);
+	sasl_free(u->sasl);
 	free(u->nick_attempt);
 	for (size_t i = 0; i < u->nechoes; i++)
 		free(u->echoes[i].key);
@@ -536,6 +538,10 @@ static bool upstream_refused(struct session *s, enum governor_verdict v,
 			 s->key, s->network, a[0] ? a : "*", (long long)((until - now + 999) / 1000));
 		return false; /* the session itself backs off normally */
 	}
+	if (v == GOV_AUTH) {
+		sasl_refused(s);
+		return true;
+	}
 	if (v == GOV_BAN) {
 		/* A ban does not lift by retrying; retrying quickly can turn a
 		 * K-line into a longer one. One attempt per reconnect_max. */
@@ -808,12 +814,16 @@ static bool h_cap(struct up_ctx *x)
 		snprintf(tmp, sizeof(tmp), "%s", list);
 		for (char *save = NULL, *t = strtok_r(tmp, " ", &save); t;
 		     t = strtok_r(NULL, " ", &save)) {
+			if (sasl_cap_ls(u, t) < 0)
+				goto nomem;
 			t[strcspn(t, "=")] = '\0';
 			if (cap_wanted(t) && !strv_has(u->cap_offered, u->ncap_offered, t) &&
 			    util_strv_push(&u->cap_offered, &u->ncap_offered, t) < 0)
 				goto nomem;
 		}
 		if (more)
+			return false;
+		if (!sasl_cap_ls_end(u))
 			return false;
 		if (u->ncap_offered) {
 			/* At most every wanted cap once: far below a line. */
@@ -849,12 +859,13 @@ static bool h_cap(struct up_ctx *x)
 					goto nomem;
 			}
 		}
-		if (u->cap_negotiating) {
+		if (u->cap_negotiating && !sasl_cap_ack(u, list)) {
 			conn_send(u->conn, "CAP END");
 			u->cap_negotiating = false;
 		}
 	} else if (strcasecmp(sub, "NAK") == 0) {
-		if (u->cap_negotiating) {
+		sasl_cap_nak(u, list);
+		if (u->cap_negotiating && !conn_is_dead(u->conn)) {
 			conn_send(u->conn, "CAP END");
 			u->cap_negotiating = false;
 		}
@@ -880,7 +891,7 @@ static bool h_001(struct up_ctx *x)
 	struct session *s = x->s;
 	struct irc_msg *m = x->msg;
 
-	if (m->nparams < 1)
+	if (m->nparams < 1 || !sasl_welcome(x->u))
 		return false;
 	const char *nick = m->params[0];
 	if (!names_nick_ok(nick)) {
@@ -1517,6 +1528,11 @@ static bool h_silent(struct up_ctx *x)
 	return false;
 }
 
+static bool h_sasl(struct up_ctx *x)
+{
+	return sasl_line(x->u, x->msg);
+}
+
 static const struct {
 	const char *cmd;
 	up_handler fn;
@@ -1535,6 +1551,10 @@ static const struct {
 	{ "463", h_banned },      { "352", h_352 },     { "AWAY", h_away },
 	{ "TAGMSG", h_tagmsg },   { "319", h_319 },     { "ACCOUNT", h_account },
 	{ "CHGHOST", h_chghost }, { "SETNAME", h_setname }, { "INVITE", h_invite },
+	{ "AUTHENTICATE", h_sasl }, { "900", h_sasl },
+	{ "901", h_sasl },        { "902", h_sasl },    { "903", h_sasl },
+	{ "904", h_sasl },        { "905", h_sasl },    { "906", h_sasl },
+	{ "907", h_sasl },        { "908", h_sasl },
 };
 
 static void upstream_line(struct conn *c, char *line, size_t len, void *arg)

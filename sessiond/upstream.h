@@ -15,6 +15,7 @@
 
 struct conn;
 struct event;
+struct sasl;
 struct session;
 
 enum upstream_phase {
@@ -60,6 +61,7 @@ struct upstream {
 	 * echo, never a gap). */
 	struct upstream_echo *echoes;
 	size_t nechoes;
+	struct sasl *sasl; /* SASL during registration (sasl.h), NULL: none yet */
 	struct pb_unknown unknown;
 };
 

@@ -417,6 +417,35 @@ static void check_passwords(const struct baton_config *cfg,
 	}
 }
 
+/* SASL settings that work but expose the password (warnings: logins
+ * work): PLAIN over a plaintext connection, and a password that others on
+ * the host can read (in the config file or in sasl_password_file). */
+static void check_sasl(const struct baton_config *cfg, struct config_problems *warn)
+{
+	struct stat st;
+
+	for (size_t i = 0; i < cfg->nsessions; i++) {
+		const struct config_session *s = &cfg->sessions[i];
+		const struct config_network *n = config_find_network(cfg, s->network);
+
+		if (s->sasl == NULL)
+			continue;
+		if (strcmp(s->sasl, "PLAIN") == 0 && n != NULL && !n->tls)
+			check_warn(warn, "%s:%d: warning: [user %s/%s] sasl = plain over a plaintext connection: the password crosses the network in clear (tls = yes in [network %s], or sasl = scram-sha-256)",
+			       cfg->path, s->sasl_line, s->user, s->network, s->network);
+		if (s->sasl_password_file != NULL && stat(s->sasl_password_file, &st) == 0 &&
+		    (st.st_mode & 077))
+			check_warn(warn, "%s:%d: warning: [user %s/%s] sasl_password_file %s is readable by group or others (mode %03o): chmod 600",
+			       cfg->path, s->sasl_password_file_line, s->user, s->network,
+			       s->sasl_password_file, (unsigned)(st.st_mode & 0777));
+		else if (s->sasl_password_file == NULL && s->sasl_password != NULL &&
+			 stat(cfg->path, &st) == 0 && (st.st_mode & 077))
+			check_warn(warn, "%s:%d: warning: [user %s/%s] sasl_password in a config file readable by group or others (mode %03o): chmod 600, or use sasl_password_file",
+			       cfg->path, s->sasl_password_line, s->user, s->network,
+			       (unsigned)(st.st_mode & 0777));
+	}
+}
+
 void check_environment(const struct baton_config *cfg, const char *sessiond,
 		       struct config_problems *problems,
 		       struct config_problems *warnings)
@@ -427,6 +456,7 @@ void check_environment(const struct baton_config *cfg, const char *sessiond,
 
 	check_rlimit(cfg, problems);
 	check_passwords(cfg, problems, warnings);
+	check_sasl(cfg, warnings);
 	check_tls(cfg, problems, warnings);
 	check_bind_addresses(cfg, problems);
 	if (control) {

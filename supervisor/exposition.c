@@ -164,7 +164,7 @@ static void worker_labels(struct worker *w, struct worker_labels *wl)
 
 enum status_field {
 	SF_SESSIONS, SF_CONNECTIONS, SF_CLIENTS, SF_UPSTREAMS, SF_WAITING,
-	SF_HANDSHAKES, SF_LAG,
+	SF_HANDSHAKES, SF_LAG, SF_SASL_FAILING,
 };
 
 static const struct {
@@ -178,6 +178,7 @@ static const struct {
 	{ "baton_worker_upstreams_waiting", "Sessions queued by the reconnect governor for a connection slot (last STATUS).", SF_WAITING },
 	{ "baton_worker_tls_handshakes", "Client TLS handshakes in progress (last STATUS).", SF_HANDSHAKES },
 	{ "baton_worker_loop_lag_seconds", "Event loop lag of the worker (last STATUS).", SF_LAG },
+	{ "baton_worker_sasl_failing", "Sessions whose network refused their SASL and that have not succeeded since (last STATUS).", SF_SASL_FAILING },
 };
 
 static double status_value(const Baton__Control__Status *st,
@@ -191,6 +192,7 @@ static double status_value(const Baton__Control__Status *st,
 	case SF_WAITING: return st->upstreams_waiting;
 	case SF_HANDSHAKES: return st->tls_handshakes;
 	case SF_LAG: return st->loop_lag_ms / 1e3;
+	case SF_SASL_FAILING: return st->sasl_failing;
 	}
 	return 0;
 }

@@ -884,6 +884,20 @@ static struct json_object *supervisor_worker_json(struct worker *w)
 	jb_add(jb, o, "schema_min", jb_i64(jb, r ? r->schema_min : 0));
 	jb_add(jb, o, "schema_max", jb_i64(jb, r ? r->schema_max : 0));
 	jb_add(jb, o, "uptime_s", jb_double(jb, worker_uptime_s(w)));
+	/* Sessions whose network refused their SASL (sessiond/sasl.h). */
+	struct json_object *sf = jb_arr(jb);
+	for (size_t i = 0; i < st->n_sasl_failures; i++) {
+		const Baton__Control__SaslFailure *f = st->sasl_failures[i];
+		struct json_object *fo = jb_obj(jb);
+		jb_add(jb, fo, "user", jb_str(jb, f->user));
+		jb_add(jb, fo, "network", jb_str(jb, f->network));
+		jb_add(jb, fo, "reason", jb_str(jb, f->reason ? f->reason : ""));
+		jb_add(jb, fo, "at", jb_double(jb, (double)f->at_ms / 1000.0));
+		jb_add(jb, fo, "next_attempt", jb_double(jb, (double)f->next_attempt_ms / 1000.0));
+		jb_push(jb, sf, fo);
+	}
+	jb_add(jb, o, "sasl_failures", sf);
+	jb_add(jb, o, "sasl_failing", jb_i64(jb, st->sasl_failing));
 	return jb_done(jb, o);
 }
 

@@ -69,8 +69,9 @@ struct worker {
 	Baton__Control__Status status; /* last STATUS (scalars + version) */
 	char status_version[64];       /* status.version points here */
 	bool status_seen;
-	/* The last STATUS's per-network entries, owned (NULL: none yet):
-	 * kept whole so worker_networks_json() needs no copy of each field. */
+	/* The last STATUS as unpacked, owned (NULL: none yet): kept whole
+	 * for worker_networks_json() (its networks), and status.sasl_failures
+	 * points into it. Replaced by the next STATUS, freed with the worker. */
 	Baton__Control__Status *status_full;
 	Baton__Control__Health *health; /* owned, last HEALTH, NULL before */
 	worker_health_cb health_tap;
@@ -242,10 +243,14 @@ static void worker_handle(struct worker *w, struct frame_msg *m)
 				 "%s", s->version);
 			w->status.version = w->status_version;
 		}
+		w->status.has_sasl_failing = s->has_sasl_failing;
+		w->status.sasl_failing = s->sasl_failing;
+		w->status.n_sasl_failures = s->n_sasl_failures;
+		w->status.sasl_failures = s->sasl_failures;
 		w->status_seen = true;
 		if (w->status_full != NULL)
 			baton__control__status__free_unpacked(w->status_full, NULL);
-		w->status_full = s; /* owned now: its networks */
+		w->status_full = s; /* owned now: its networks, the list above */
 		worker_answer_waiters(w, ASK_STATUS, &w->status);
 		return;
 	}
@@ -494,10 +499,6 @@ bool worker_is_adopted(const struct worker *w)
 
 void worker_free(struct worker *w)
 {
-	if (w != NULL && w->status_full != NULL) {
-		baton__control__status__free_unpacked(w->status_full, NULL);
-		w->status_full = NULL;
-	}
 	if (w == NULL)
 		return;
 	if (w->dispatching > 0) {
@@ -518,6 +519,8 @@ void worker_free(struct worker *w)
 		baton__control__ready__free_unpacked(w->ready, NULL);
 	if (w->health)
 		baton__control__health__free_unpacked(w->health, NULL);
+	if (w->status_full)
+		baton__control__status__free_unpacked(w->status_full, NULL);
 	for (int k = 0; k < ASK_N; k++)
 		free(w->ask[k].v);
 	free(w->binary);

@@ -276,6 +276,149 @@ static void test_tls_and_governor_keys(void **state)
 /* The limits on strangers ([listen] and [sessiond] auth_*): defaults when
  * absent, values and "0: no limit" taken, out-of-range values reported
  * with their line. */
+/* SASL keys: a good PLAIN, SCRAM from a file and EXTERNAL load with the
+ * mechanism normalized and the file's first line as the password; every
+ * combination that could never authenticate is a problem on its line. */
+static void test_sasl_keys(void **state)
+{
+	struct config_problems pr = { 0 };
+	struct baton_config *cfg = NULL;
+	char *pwfile = write_temp("s3cret\r\nsecond line ignored\n");
+	char *empty = write_temp("\n");
+	char longpw[300];
+	memset(longpw, 'x', 256);
+	longpw[256] = '\0';
+	char *toolong = write_temp(longpw);
+	char *text = NULL;
+
+	assert_true(asprintf(&text,
+		"[listen]\n"
+		"irc = 127.0.0.1:6667\n"
+		"[network plain]\n"
+		"host = 127.0.0.1\n"
+		"[network secure]\n"
+		"host = 127.0.0.1\n"
+		"tls = yes\n"
+		"[user alice]\n"
+		"password = $6$salt$hash\n"
+		"[user alice/plain]\n"
+		"sasl = plain\n"
+		"sasl_password = pw\n"
+		"[user alice/secure]\n"
+		"sasl = SCRAM-sha-256\n"
+		"sasl_username = acct\n"
+		"sasl_password_file = %s\n"
+		"[user bob]\n"
+		"password = $6$salt$hash\n"
+		"[user bob/secure]\n"
+		"tls_cert = /etc/hostname\n"
+		"sasl = external\n", pwfile) > 0);
+	char *path = write_temp(text);
+	free(text);
+	assert_int_equal(config_load(path, &cfg, &pr), 0);
+	for (size_t i = 0; i < pr.n; i++)
+		fprintf(stderr, "%s\n", pr.msgs[i]);
+	assert_int_equal(pr.n, 0);
+	const struct config_session *s = config_find_session(cfg, "alice", "plain");
+	assert_string_equal(s->sasl, "PLAIN");
+	assert_string_equal(s->sasl_password, "pw");
+	assert_null(s->sasl_username); /* the nick is used */
+	s = config_find_session(cfg, "alice", "secure");
+	assert_string_equal(s->sasl, "SCRAM-SHA-256");
+	assert_string_equal(s->sasl_password, "s3cret");
+	assert_string_equal(s->sasl_username, "acct");
+	s = config_find_session(cfg, "bob", "secure");
+	assert_string_equal(s->sasl, "EXTERNAL");
+	config_free(cfg);
+	cfg = NULL;
+	unlink(path);
+	free(path);
+
+	assert_true(asprintf(&text,
+		"[listen]\n"
+		"irc = 127.0.0.1:6667\n"
+		"[network plain]\n"
+		"host = 127.0.0.1\n"
+		"[user a]\n"
+		"password = $6$salt$hash\n"
+		"[user a/plain]\n"
+		"sasl = digest-md5\n"                       /* 8: unknown mechanism */
+		"[user b]\n"
+		"password = $6$salt$hash\n"
+		"[user b/plain]\n"                          /* 11 */
+		"sasl_password = pw\n"                      /* no sasl */
+		"[user c]\n"
+		"password = $6$salt$hash\n"
+		"[user c/plain]\n"
+		"sasl = plain\n"                            /* 16: no password */
+		"[user d]\n"
+		"password = $6$salt$hash\n"
+		"[user d/plain]\n"
+		"sasl = external\n"                         /* 20: no cert, no tls */
+		"[user e]\n"
+		"password = $6$salt$hash\n"
+		"[user e/plain]\n"
+		"sasl = plain\n"
+		"sasl_password = pw\n"
+		"sasl_password_file = %s\n"                 /* 26: both */
+		"[user f]\n"
+		"password = $6$salt$hash\n"
+		"[user f/plain]\n"
+		"sasl = scram-sha-256\n"
+		"sasl_password_file = %s\n"                 /* 31: empty */
+		"[user g]\n"
+		"password = $6$salt$hash\n"
+		"[user g/plain]\n"
+		"sasl = plain\n"
+		"sasl_password_file = %s\n"                 /* 36: 256 bytes */
+		"[user h]\n"
+		"password = $6$salt$hash\n"
+		"[user h/plain]\n"
+		"sasl = plain\n"
+		"sasl_password_file = /nonexistent/pw\n"    /* 41 */
+		"[user i]\n"
+		"password = $6$salt$hash\n"
+		"[user i/plain]\n"
+		"sasl = plain\n"
+		"sasl_password =\n",                        /* 46: empty */
+		pwfile, empty, toolong) > 0);
+	path = write_temp(text);
+	free(text);
+	assert_int_equal(config_load(path, &cfg, &pr), -EINVAL);
+	const char *want[] = {
+		":8: [user a/plain] sasl: expected plain, external or scram-sha-256",
+		":11: [user b/plain] sets sasl_username, sasl_password or sasl_password_file without sasl",
+		":16: [user c/plain] sasl = PLAIN needs sasl_password or sasl_password_file",
+		":20: [user d/plain] sasl = external needs tls_cert",
+		":20: [user d/plain] sasl = external needs tls = yes in [network plain]",
+		":26: [user e/plain] sets both sasl_password and sasl_password_file",
+		": empty first line",
+		": the password is longer than 255 bytes",
+		":41: [user h/plain] sasl_password_file /nonexistent/pw: No such file",
+		":46: [user i/plain] sasl_password must be 1-255 bytes",
+	};
+	for (size_t w = 0; w < sizeof(want) / sizeof(want[0]); w++) {
+		bool found = false;
+		for (size_t i = 0; i < pr.n && !found; i++)
+			found = strstr(pr.msgs[i], want[w]) != NULL;
+		if (!found) {
+			for (size_t i = 0; i < pr.n; i++)
+				fprintf(stderr, "problem: %s\n", pr.msgs[i]);
+			fail_msg("missing problem '%s'", want[w]);
+		}
+	}
+	assert_int_equal(pr.n, sizeof(want) / sizeof(want[0]));
+	config_problems_clear(&pr);
+	unlink(path);
+	free(path);
+	unlink(pwfile);
+	free(pwfile);
+	unlink(empty);
+	free(empty);
+	unlink(toolong);
+	free(toolong);
+}
+
 static void test_stranger_limit_keys(void **state)
 {
 	struct config_problems pr = { 0 };
@@ -373,6 +516,7 @@ int main(void)
 		cmocka_unit_test(test_duplicate_and_malformed_sections),
 		cmocka_unit_test(test_missing_file),
 		cmocka_unit_test(test_tls_and_governor_keys),
+		cmocka_unit_test(test_sasl_keys),
 		cmocka_unit_test(test_stranger_limit_keys),
 		cmocka_unit_test(test_key_table),
 		cmocka_unit_test(test_fds_needed),

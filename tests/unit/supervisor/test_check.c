@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -95,13 +96,27 @@ static void test_check_passwords_and_certificates(void **state)
 		 "password = %s\n"                  /* 14: fine */
 		 "[user alice/n]\n"
 		 "tls_cert = good.pem\n"             /* 16 */
-		 "tls_key = other.key\n",            /* 17 */
+		 "tls_key = other.key\n"             /* 17 */
+		 "[network p]\n"
+		 "host = 127.0.0.1\n"
+		 "[user bob/p]\n"
+		 "sasl = plain\n"                    /* 21: plaintext */
+		 "sasl_password_file = pw.txt\n"     /* 22: mode 644 */
+		 "[user alice/p]\n"
+		 "sasl = scram-sha-256\n"
+		 "sasl_password = inline\n",         /* 25: config mode 644 */
 		 crypt_r("pw", "$6$testsalt$", &cd));
+	f = fopen("pw.txt", "w");
+	assert_non_null(f);
+	fputs("secret\n", f);
+	fclose(f);
+	chmod("pw.txt", 0644);
 	snprintf(path, sizeof(path), "%s/baton.ini", dir);
 	f = fopen(path, "w");
 	assert_non_null(f);
 	fputs(text, f);
 	fclose(f);
+	chmod(path, 0644);
 
 	assert_int_equal(config_load(path, &cfg, &pr), 0);
 	/* Warnings go to stdout: catch them in a file. */
@@ -136,11 +151,20 @@ static void test_check_passwords_and_certificates(void **state)
 		 path, dir, dir);
 	assert_true(has(&pr, want));
 	assert_true(has(&pr, "key values mismatch"));
+	/* SASL that works but exposes the password: warnings */
+	snprintf(want, sizeof(want), "%s:21: warning: [user bob/p] sasl = plain over a plaintext connection", path);
+	assert_non_null(strstr(printed, want));
+	snprintf(want, sizeof(want), "%s:22: warning: [user bob/p] sasl_password_file %s/pw.txt is readable by group or others (mode 644)", path, dir);
+	assert_non_null(strstr(printed, want));
+	snprintf(want, sizeof(want), "%s:25: warning: [user alice/p] sasl_password in a config file readable by group or others (mode 644)", path);
+	assert_non_null(strstr(printed, want));
+	snprintf(want, sizeof(want), "%s:2", path);
+	assert_false(has(&pr, want)); /* warnings only */
 	config_problems_clear(&pr);
 	config_free(cfg);
 
 	const char *files[] = { "expired.pem", "expired.key", "good.pem", "good.key",
-				"other.pem", "other.key", "baton.ini" };
+				"other.pem", "other.key", "baton.ini", "pw.txt" };
 	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
 		unlink(files[i]);
 	rmdir(dir);
