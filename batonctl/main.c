@@ -83,9 +83,11 @@ static void usage(FILE *f)
 		"       batonctl -c FILE [--json] canary grow --percent P\n"
 		"       batonctl -c FILE [--json] canary status | promote | abort\n"
 		"       batonctl -c FILE [--json] upgrade PATH --canary P --bake S [--steps P1,P2,...]\n"
-		"       batonctl -c FILE [--json] upgrade-supervisor PATH\n"
+		"       batonctl -c FILE [--json] upgrade-supervisor PATH [--force]\n"
 		"                      re-execute the supervisor as PATH (same pid; the\n"
-		"                      worker serves on and is adopted: nobody disconnects)\n"
+		"                      worker serves on and is adopted: nobody disconnects);\n"
+		"                      the binary already running is left alone (\"unchanged\")\n"
+		"                      unless --force\n"
 		"\n"
 		"  -c, --config FILE   the baton INI file (for the control socket path)\n"
 		"  -s, --socket PATH   talk to this control socket instead\n"
@@ -801,10 +803,11 @@ int main(int argc, char **argv)
 	cmd = argv[optind];
 	req = jb_obj(jb);
 	if (force && strcmp(cmd, "upgrade") != 0 && strcmp(cmd, "rollback") != 0 &&
+	    strcmp(cmd, "upgrade-supervisor") != 0 &&
 	    !(strcmp(cmd, "canary") == 0 && optind + 1 < argc &&
 	      strcmp(argv[optind + 1], "start") == 0)) {
 		usage(stderr);
-		rc = fail("--force applies to upgrade, rollback and canary start only");
+		rc = fail("--force applies to upgrade, rollback, upgrade-supervisor and canary start only");
 		goto out;
 	}
 	if (strcmp(cmd, "status") == 0 && optind + 1 == argc) {
@@ -1015,7 +1018,9 @@ int main(int argc, char **argv)
 			rc = canary_exit(argv[optind + 1], result);
 		else
 			rc = strcmp(cmd, "status") == 0 || strcmp(cmd, "releases") == 0 ||
-				     migration_succeeded(result) ? EXIT_OK : EXIT_REFUSED;
+				     migration_succeeded(result) ||
+				     strcmp(jstr(result, "result", ""), "unchanged") == 0
+				     ? EXIT_OK : EXIT_REFUSED;
 		goto out;
 	}
 	if (canary) {
@@ -1023,7 +1028,10 @@ int main(int argc, char **argv)
 	} else if (strcmp(cmd, "upgrade-supervisor") == 0) {
 		struct json_object *from = jobj(result, "from"), *to = jobj(result, "to");
 
-		if (strcmp(jstr(result, "result", ""), "committed") == 0) {
+		if (strcmp(jstr(result, "result", ""), "unchanged") == 0) {
+			printf("supervisor unchanged: %s\n", jstr(result, "reason", "?"));
+			rc = EXIT_OK;
+		} else if (strcmp(jstr(result, "result", ""), "committed") == 0) {
 			printf("supervisor re-executed: pid %lld, %s -> %s; worker pid %lld adopted\n",
 			       (long long)jint(to, "pid"), jstr(from, "version", "?"),
 			       jstr(to, "version", "?"), (long long)jint(result, "worker_pid"));

@@ -18,6 +18,7 @@
 #include <event2/event.h>
 #include <json-c/json.h>
 
+#include "baton_version.h"
 #include "common/json_builder.h"
 #include "common/log.h"
 #include "supervisor/canary.h"
@@ -123,6 +124,23 @@ static void control_client_error(struct control_client *c, const char *fmt, ...)
 }
 
 static bool control_request_force(struct json_object *req);
+
+/* upgrade-supervisor to the binary already running: nothing to do. */
+static void control_client_unchanged(struct control_client *c, const char *reason)
+{
+	struct jb jb = JB_INIT;
+	struct json_object *o = jb_obj(&jb), *r = jb_obj(&jb);
+
+	jb_add(&jb, r, "result", jb_str(&jb, "unchanged"));
+	jb_add(&jb, r, "kind", jb_str(&jb, "supervisor"));
+	jb_add(&jb, r, "reason", jb_str(&jb, reason));
+	jb_add(&jb, r, "pid", jb_int(&jb, getpid()));
+	jb_add(&jb, r, "version", jb_str(&jb, BATON_VERSION));
+	jb_add(&jb, o, "result", r);
+	o = jb_done(&jb, o);
+	control_client_reply(o, 1, c);
+	json_object_put(o);
+}
 
 /* A final {"result":{"result":"refused","kind":KIND,"reason":...}}. */
 static void control_client_refused(struct control_client *c, const char *kind,
@@ -340,12 +358,19 @@ static void control_client_request(struct control_client *c, const char *line)
 			goto out;
 		}
 		fd = dup(bufferevent_getfd(c->bev));
-		if (fd < 0 || supervisor_reexec(c->cs->sup, json_object_get_string(v), fd,
-						why, sizeof(why)) < 0) {
+		int r = fd < 0 ? -errno :
+			supervisor_reexec(c->cs->sup, json_object_get_string(v),
+					  control_request_force(req), fd, why, sizeof(why));
+
+		if (r != 0) {
 			if (fd >= 0)
 				close(fd);
-			else
-				snprintf(why, sizeof(why), "dup: %s", strerror(errno));
+			if (r == 1) {
+				control_client_unchanged(c, why);
+				goto out;
+			}
+			if (fd < 0)
+				snprintf(why, sizeof(why), "dup: %s", strerror(-r));
 			control_client_refused(c, "supervisor", why);
 			goto out;
 		}

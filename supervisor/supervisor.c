@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1746,12 +1747,13 @@ static void reexec_now(evutil_socket_t fd, short what, void *arg)
 	free(rx);
 }
 
-int supervisor_reexec(struct supervisor *sup, const char *binary, int client_fd,
-		      char *why, size_t len)
+int supervisor_reexec(struct supervisor *sup, const char *binary, bool force,
+		      int client_fd, char *why, size_t len)
 {
 	char version[64];
 	struct reexec *rx;
 	struct timeval now = { 0, 0 };
+	struct stat self, bin;
 	int r;
 
 	if (sup->stopping || sup->migration != NULL || sup->canary != NULL ||
@@ -1766,6 +1768,13 @@ int supervisor_reexec(struct supervisor *sup, const char *binary, int client_fd,
 		snprintf(why, len, "%s: %s", binary,
 			 binary[0] != '/' ? "not an absolute path" : strerror(errno));
 		return -EINVAL;
+	}
+	/* The file this process runs (kept by the kernel even when a package
+	 * upgrade replaced it: then it is another inode). */
+	if (!force && stat("/proc/self/exe", &self) == 0 && stat(binary, &bin) == 0 &&
+	    self.st_dev == bin.st_dev && self.st_ino == bin.st_ino) {
+		snprintf(why, len, "%s is the binary this supervisor runs", binary);
+		return 1;
 	}
 	r = reexec_probe(binary, version, sizeof(version));
 	if (r < 0) {

@@ -49,6 +49,9 @@ int supervisor_exit_code(const struct supervisor *sup);
  * as BIN (execve in place: the pid systemd watches stays). Refused (-errno,
  * why filled) while stopping, during a migration or a canary, with no
  * worker serving, or when `BIN --version` is not a baton supervisor's.
+ * 1 (why filled, nothing done, client_fd not taken): BIN is the very file
+ * this process runs (same inode) and not force: `systemctl reload` asks
+ * every time, and only a changed binary is re-executed.
  * Otherwise 0: client_fd (a dup of batonctl's connection, without CLOEXEC;
  * owned from now on) travels across execve in SUPERVISOR_REEXEC_ENV
  * ("FD,PID,VERSION"), every other fd closes, the worker serves on as an
@@ -56,8 +59,8 @@ int supervisor_exit_code(const struct supervisor *sup);
  * (supervisor_reexec_report()). If execve fails, the old image serves on
  * and says so on client_fd. */
 #define SUPERVISOR_REEXEC_ENV "BATON_SUPERVISOR_REEXEC"
-int supervisor_reexec(struct supervisor *sup, const char *binary, int client_fd,
-		      char *why, size_t len);
+int supervisor_reexec(struct supervisor *sup, const char *binary, bool force,
+		      int client_fd, char *why, size_t len);
 /* The new image's one result line to batonctl: committed (the worker was
  * adopted) or partial (a fresh worker started). Closes client_fd. */
 int supervisor_reexec_report(struct supervisor *sup, int client_fd,

@@ -240,6 +240,17 @@ def test_upgrade_supervisor_in_place(ctx):
     for nick in (x.nick for x in b.sessions):
         ev = [e for e in w.events[mark:] if e[2] == nick.lower() and e[1] in ("QUIT", "JOIN", "PART")]
         check(not ev, "the network saw %s reconnect: %s" % (nick, ev))
+    # the binary already running: unchanged (what `systemctl reload` asks
+    # every time); --force re-executes it anyway
+    rc, res, out, err = b.ctl("upgrade-supervisor", ctx.builds["a"].supervisor, "--json")
+    check(rc == 0 and res and res.get("result") == "unchanged" and res.get("pid") == sup_pid,
+          "the running binary again: exit %d, %r %r" % (rc, out, err))
+    p = b.ctl_async("upgrade-supervisor", ctx.builds["a"].supervisor, "--force", "--json")
+    ctx.loop.wait_process(p, timeout=30)
+    rc, res, out, err = b.finish_ctl(p)
+    check(rc == 0 and res and res.get("result") == "committed" and res.get("worker_pid") == wpid,
+          "--force: exit %d, %r %r" % (rc, out, err))
+    relay_both_ways(ctx, c, dave, "after-force")
     # refusals: nothing changes
     rc, res, out, err = b.ctl("upgrade-supervisor", bB.sessiond, "--json")
     check(rc == 1 and res and res.get("result") == "refused" and "not a baton supervisor" in res.get("reason", ""),
