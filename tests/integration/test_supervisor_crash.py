@@ -14,20 +14,16 @@ import signal
 import subprocess
 
 import batonlib as bl
+import test_basic
 from batonlib import check
 
 CHANNELS = ["#chat"]
 
 
 def setup(ctx):
-    ng = ctx.ngircd()
-    b = bl.Baton(ctx, ng, nsessions=2, channels=CHANNELS)
-    w = bl.Watcher(ctx.loop, ng, CHANNELS, watch=[s.nick for s in b.sessions])
-    b.start(wait=False)
-    bl.pump_ready(ctx, b)
-    w.wait_present([s.nick for s in b.sessions], timeout=30)
-    dave = bl.direct_user(ctx.loop, ng, "dave", CHANNELS)
-    return ng, w, b, dave
+    """ngircd, a watcher, baton with 2 sessions in test_basic's channels,
+    and the direct user dave: (ngircd, watcher, baton, dave)."""
+    return test_basic.setup(ctx, nsessions=2)
 
 
 def worker_pids(ctx):
