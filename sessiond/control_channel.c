@@ -49,6 +49,7 @@ struct control_channel {
 	struct bouncer *b;
 	const struct baton_config *cfg;
 	bool migrating;
+	bool incoming; /* the migration under way (or the last one) brings sessions in */
 	/* The supervisor is gone (fd -1, out NULL, ev NULL) until one adopts
 	 * this worker through rv. */
 	bool orphaned;
@@ -257,6 +258,14 @@ static void channel_finished(void *arg, const struct transfer_result *res)
 	if (rc < 0 && !w->orphaned)
 		log_error("worker", "cannot report migration result: %s",
 			  strerror(-rc));
+	/* A target whose supervisor died before the commit never gets the
+	 * ACCEPT that would make it serve, and its source exits (it holds
+	 * nothing now): this orphan accepts the logins itself. Configured
+	 * sessions are not started (another orphan may hold them). */
+	if (w->orphaned && w->incoming && res->committed) {
+		log_info("worker", "orphaned target of a committed migration: accepting logins");
+		bouncer_accept(w->b, true);
+	}
 	channel_orphan_check_empty(w);
 }
 
@@ -378,6 +387,7 @@ static void channel_migrate(struct control_channel *w, struct frame_msg *msg)
 	report.finished = channel_finished;
 	report.arg = w;
 	w->migrating = true;
+	w->incoming = !mg->outgoing;
 	if (mg->select != NULL) {
 		sel.users = mg->select->users;
 		sel.nusers = mg->select->n_users;

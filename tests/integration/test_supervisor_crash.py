@@ -198,6 +198,14 @@ def test_supervisor_kill9_mid_migration(ctx):
                 what="one worker left after the handoff")
     ctx.loop.run_for(0.5)
     check(not c.closed, "client closed while its supervisor was dead mid-migration")
+    # The orphan holding the sessions serves: a client logs in (regression:
+    # the target never got the ACCEPT that a dead supervisor would have
+    # sent after the commit, so nobody accepted on the listeners).
+    c2 = bl.bouncer_client(ctx.loop, b, b.sessions[1], client="phone", wait=False)
+    ctx.loop.run_until(lambda: c2.closed or c2.registered, 10, raise_on_timeout=False)
+    check(c2.registered and not c2.closed,
+          "no login on the orphan that holds the sessions after the handoff: %s"
+          % [ln for _, ln in c2.lines[-5:]])
     b.start(wait=False)
     bl.pump_ready(ctx, b, timeout=30)
     wk = b.worker()
@@ -207,3 +215,4 @@ def test_supervisor_kill9_mid_migration(ctx):
         ev = [e for e in w.events[mark:] if e[2] == nick.lower() and e[1] in ("QUIT", "JOIN", "PART")]
         check(not ev, "the network saw %s reconnect: %s" % (nick, ev))
     bl.log("old worker %d, serving after adoption: %d (%s)" % (old, wk["pid"], wk.get("version")))
+
