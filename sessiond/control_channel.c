@@ -54,6 +54,9 @@ struct control_channel {
 	 * this worker through rv. */
 	bool orphaned;
 	struct rendezvous *rv;
+	/* A new supervisor's channel that came mid-migration, or -1: the
+	 * adoption completes when the migration ends (channel_finished()). */
+	int adopt_fd;
 };
 
 static void channel_readable(evutil_socket_t fd, short what, void *arg);
@@ -116,6 +119,18 @@ static void channel_adopted(void *arg, int fd)
 	Baton__Control__Listeners l = BATON__CONTROL__LISTENERS__INIT;
 	int rc;
 
+	/* Mid-migration this worker does not hold the sessions in transit:
+	 * adopted now, the ACCEPT that follows would start them a second
+	 * time (bouncer_start_configured()), and a source would be left
+	 * empty under the new supervisor. Answered when the migration ends,
+	 * by the worker that holds the sessions then. */
+	if (w->migrating) {
+		if (w->adopt_fd >= 0)
+			close(w->adopt_fd); /* an older attempt: its supervisor moved on */
+		w->adopt_fd = fd;
+		log_info("worker", "adoption deferred to the end of the migration under way");
+		return;
+	}
 	rc = control_channel_send_ready_adopted(fd, true);
 	l.names = (char **)lnames;
 	l.n_names = n;
@@ -265,6 +280,17 @@ static void channel_finished(void *arg, const struct transfer_result *res)
 	if (w->orphaned && w->incoming && res->committed) {
 		log_info("worker", "orphaned target of a committed migration: accepting logins");
 		bouncer_accept(w->b, true);
+	}
+	if (w->adopt_fd >= 0) {
+		struct bouncer_stats s;
+		int fd = w->adopt_fd;
+
+		w->adopt_fd = -1;
+		bouncer_stats(w->b, &s);
+		if (w->orphaned && s.sessions > 0)
+			channel_adopted(w, fd);
+		else
+			close(fd); /* nothing to adopt here: it tries the next orphan */
 	}
 	channel_orphan_check_empty(w);
 }
@@ -549,6 +575,7 @@ struct control_channel *control_channel_new(struct event_base *base, int fd, str
 	}
 	w->base = base;
 	w->fd = fd;
+	w->adopt_fd = -1;
 	w->b = b;
 	w->cfg = cfg;
 	evutil_make_socket_nonblocking(fd);
@@ -573,6 +600,8 @@ void control_channel_free(struct control_channel *w)
 	if (w->lag_ev != NULL)
 		event_free(w->lag_ev);
 	rendezvous_free(w->rv);
+	if (w->adopt_fd >= 0)
+		close(w->adopt_fd);
 	/* The loop is over: what is still queued (a MIGRATION_RESULT just
 	 * before EXIT) may wait for room, bounded. */
 	if (w->out != NULL)

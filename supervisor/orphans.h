@@ -11,8 +11,11 @@
  * worker is adopted: further orphans (a supervisor that died in the middle
  * of a migration leaves two) are logged with their pids and left serving;
  * an orphan with no session exits by itself (control_channel.h), so
- * normally there is at most one. Runs before the event loop and waits at
- * most ORPHANS_TIMEOUT_MS per worker.
+ * normally there is at most one. A worker still in the migration its
+ * dead supervisor started answers when that migration ends (it does not
+ * hold the sessions in transit; one that holds none then closes, and the
+ * next is tried). Runs before the event loop and waits at most
+ * ORPHANS_TIMEOUT_MS per worker.
  *
  * Ownership: a filled struct orphan owns its fds and strings until
  * orphan_clear() or until they are taken (set to -1 / NULL).

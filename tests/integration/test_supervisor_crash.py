@@ -216,3 +216,45 @@ def test_supervisor_kill9_mid_migration(ctx):
         check(not ev, "the network saw %s reconnect: %s" % (nick, ev))
     bl.log("old worker %d, serving after adoption: %d (%s)" % (old, wk["pid"], wk.get("version")))
 
+
+
+def test_supervisor_restarted_mid_migration(ctx):
+    """kill -9 of the supervisor mid-upgrade, and a new supervisor started
+    at once (as systemd's Restart= does) while the two orphans still hand
+    the sessions over: whichever it adopts, no session may be started a
+    second time (ACCEPT makes a worker start the configured sessions it
+    does not hold, and a worker mid-migration does not hold those in
+    transit). The network sees no second connection of any user."""
+    bB = ctx.builds["b"].require()
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=2, channels=CHANNELS)
+    w = bl.Watcher(ctx.loop, ng, CHANNELS, watch=None)
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    w.wait_present([s.nick for s in b.sessions], timeout=30)
+    dave = bl.direct_user(ctx.loop, ng, "dave", CHANNELS)
+    c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    mark = len(w.events)
+    b.set_fault("target:slow-prepare")
+    p = b.ctl_async("upgrade", bB.sessiond, "--json")
+    bl.wait_for(lambda: "migrate" in b.log_text().split("upgrade", 1)[-1], 10,
+                what="the migration to start")
+    ctx.loop.run_for(0.3)
+    os.kill(b.proc.pid, signal.SIGKILL)
+    b.proc.wait(5)
+    ctx.loop.wait_process(p, timeout=30)
+    b.start(wait=False)
+    b.clear_fault()
+    ctx.loop.run_for(6.0)
+    ev = [e for e in w.events[mark:] if e[1] in ("QUIT", "JOIN", "PART")]
+    check(not ev, "the network saw a second connection or a reconnect: %s\n%s"
+          % (ev, b.log_tail()))
+    check(not c.closed, "client closed")
+    bl.pump_ready(ctx, b, timeout=30)
+    wk = b.worker()
+    check(wk.get("sessions") == 2 and worker_pids(ctx) == [wk.get("pid")],
+          "adopted %r; workers alive: %s" % (wk, worker_pids(ctx)))
+    check("adoption deferred" in b.log_text(),
+          "the supervisor did not come back mid-migration (nothing tested):\n%s" % b.log_tail())
+    relay_both_ways(ctx, c, dave, "after")
