@@ -258,3 +258,39 @@ def test_supervisor_restarted_mid_migration(ctx):
     check("adoption deferred" in b.log_text(),
           "the supervisor did not come back mid-migration (nothing tested):\n%s" % b.log_tail())
     relay_both_ways(ctx, c, dave, "after")
+
+
+def test_supervisor_kill9_during_canary(ctx):
+    """kill -9 of the supervisor during a canary: two orphans, both holding
+    sessions. A new supervisor adopts one; the sessions the other holds
+    must not be started a second time (ACCEPT makes the adopted worker start
+    the configured sessions it does not hold).
+
+    KNOWN BUG (review, not fixed): orphans.c adopts whichever orphan
+    readdir() lists first -- often the canary, which serves no listener --
+    lets the control worker (with the listener and the other half of the
+    sessions) go, and the ACCEPT makes the canary start that half a second
+    time (nick_ on the network). Skipped unless BATON_KNOWN_BUGS=1."""
+    if not os.environ.get("BATON_KNOWN_BUGS"):
+        raise bl.Skip("known bug: a supervisor crash during a canary (see docstring)")
+    bB = ctx.builds["b"].require()
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=6, channels=CHANNELS)
+    b.write_config(b.config_text() + "[canary]\nsample_ms = 200\nmin_lines = 50\n")
+    w = bl.Watcher(ctx.loop, ng, CHANNELS, watch=None)
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    w.wait_present([s.nick for s in b.sessions], timeout=30)
+    p = b.ctl_async("canary", "start", bB.sessiond, "--percent", "50", "--json")
+    ctx.loop.wait_process(p, timeout=60)
+    st = b.status()
+    check(len(st["workers"]) == 2, "canary workers: %s" % st["workers"])
+    mark = len(w.events)
+    os.kill(b.proc.pid, signal.SIGKILL)
+    b.proc.wait(5)
+    ctx.loop.run_for(0.5)
+    b.start(wait=False)
+    ctx.loop.run_for(5.0)
+    ev = [e for e in w.events[mark:] if e[1] in ("QUIT", "JOIN", "PART")]
+    check(not ev, "the network saw a second connection or a reconnect: %s\n%s"
+          % (ev, b.log_tail()))
