@@ -620,6 +620,37 @@ static void test_utf8_cut(void **state)
 	assert_int_equal(irc_utf8_cut("\x80\x80\x80\x80\x80", 3), 3); /* not UTF-8 */
 }
 
+/* Review: a refused message stayed in the awaited echoes, so the next echo
+ * of the same text to the same target -- another client's message -- was
+ * taken for its echo and withheld from the client whose line was refused:
+ * that client never saw its other client's message. A refusal numeric
+ * (404, 401...) for a target forgets the oldest echo awaited there. */
+static void test_echo_refused_then_same_text(void **state)
+{
+	struct env *e = *state;
+	struct peer *a = attach(e, "alice/example:secret", NULL);
+	struct peer *b = attach(e, "alice@b/example:secret", "echo-message");
+	struct peer *ps[] = { a, b, &e->up };
+
+	clear(a);
+	clear(b);
+	say(a, "PRIVMSG #baton :hi");
+	assert_true(wait_for(e, &e->up, "PRIVMSG #baton :hi\r\n"));
+	say(&e->up, ":irc.example.net 404 alice #baton :Cannot send to channel");
+	assert_true(wait_for(e, a, " 404 alice #baton :Cannot send to channel\r\n"));
+	settle(e, ps, 3);
+	clear(a);
+	clear(&e->up);
+	/* later, from b (unmuted now): the network echoes it */
+	say(b, "PRIVMSG #baton :hi");
+	assert_true(wait_for(e, &e->up, "PRIVMSG #baton :hi\r\n"));
+	say(&e->up, ":alice!a@host.example PRIVMSG #baton :hi");
+	assert_true(wait_for(e, b, ":alice!a@host.example PRIVMSG #baton :hi\r\n"));
+	assert_true(wait_for(e, a, ":alice!a@host.example PRIVMSG #baton :hi\r\n"));
+	peer_free(a);
+	peer_free(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -628,6 +659,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_caps_per_client, setup_all_caps, teardown),
 		cmocka_unit_test_setup_teardown(test_caps_lines_per_client, setup_all_caps, teardown),
 		cmocka_unit_test_setup_teardown(test_echo_from_network, setup_all_caps, teardown),
+		cmocka_unit_test_setup_teardown(test_echo_refused_then_same_text, setup_all_caps,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_echo_without_network_echo, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_message_tags, setup_all_caps, teardown),
 		cmocka_unit_test_setup_teardown(test_message_tags_network_without, setup, teardown),
