@@ -1326,6 +1326,15 @@ static void client_line(struct conn *c, char *line, size_t len, void *arg)
 	if (cl->phase == CLIENT_CLOSING)
 		return; /* after QUIT: read and dropped */
 	const char *p = irc_message_part(line, &tags);
+	/* Not forwarded: spaces before the command (our own output check
+	 * refuses such a line: it was never sent, yet relayed and stored as
+	 * sent) and a client's source prefix (ngircd silently drops a line
+	 * whose prefix is not the sender's own). The rest keeps its framing. */
+	p += strspn(p, " ");
+	if (*p == ':') {
+		p += strcspn(p, " ");
+		p += strspn(p, " ");
+	}
 	if (strlen(p) > IRC_MAX_MESSAGE || tags > IRC_MAX_TAGS) {
 		client_too_long(cl);
 		return;

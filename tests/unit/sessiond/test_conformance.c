@@ -651,6 +651,32 @@ static void test_echo_refused_then_same_text(void **state)
 	peer_free(b);
 }
 
+/* Review: since lines go to the network as the client framed them, a
+ * client's source prefix (":nick!u@h PRIVMSG ...") and spaces before the
+ * command went along; ngircd silently drops a line whose prefix is not
+ * the sender's own (and one with leading spaces), while baton counted the
+ * message as sent (relayed to the other clients, stored): a message lost
+ * without a word. Neither is forwarded now; the rest keeps its framing. */
+static void test_client_prefix_not_forwarded(void **state)
+{
+	struct env *e = *state;
+	struct peer *a = attach(e, "alice/example:secret", NULL);
+	struct peer *ps[] = { a, &e->up };
+
+	clear(&e->up);
+	say(a, ":somebody!x@y PRIVMSG #baton :with a prefix");
+	say(a, "   PRIVMSG #baton :with leading spaces");
+	say(a, ":alice   NOTICE #baton :own prefix");
+	assert_true(wait_for(e, &e->up, "PRIVMSG #baton :with a prefix\r\n"));
+	assert_true(wait_for(e, &e->up, "PRIVMSG #baton :with leading spaces\r\n"));
+	assert_true(wait_for(e, &e->up, "NOTICE #baton :own prefix\r\n"));
+	settle(e, ps, 2);
+	assert_null(strstr(e->up.buf, "somebody"));
+	assert_null(strstr(e->up.buf, ":alice"));
+	assert_null(strstr(e->up.buf, "  PRIVMSG"));
+	peer_free(a);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -661,6 +687,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_echo_from_network, setup_all_caps, teardown),
 		cmocka_unit_test_setup_teardown(test_echo_refused_then_same_text, setup_all_caps,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_client_prefix_not_forwarded, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_echo_without_network_echo, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_message_tags, setup_all_caps, teardown),
 		cmocka_unit_test_setup_teardown(test_message_tags_network_without, setup, teardown),
