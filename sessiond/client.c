@@ -1179,13 +1179,35 @@ static void client_message(struct client *cl, struct irc_msg *m, const char *cmd
 	}
 }
 
+/* A command a network can know: letters, or three digits (what our own
+ * output check, health_line_check(), lets through to a network). */
+static bool client_command_ok(const char *cmd)
+{
+	size_t n = strlen(cmd);
+	bool letters = n > 0, digits = n == 3;
+
+	for (size_t i = 0; i < n; i++) {
+		if (!((cmd[i] >= 'A' && cmd[i] <= 'Z') || (cmd[i] >= 'a' && cmd[i] <= 'z')))
+			letters = false;
+		if (cmd[i] < '0' || cmd[i] > '9')
+			digits = false;
+	}
+	return letters || digits;
+}
+
 static void client_attached_line(struct client *cl, struct irc_msg *m,
 				 const char *raw)
 {
 	struct session *s = cl->s;
 	const char *cmd = m->command;
 
-	if (client_missing_params(cl, m)) {
+	if (!client_command_ok(cmd)) {
+		/* Never forwarded: the output check would refuse it and
+		 * count a protocol error of this worker (a hard canary
+		 * gate any user could trip). */
+		conn_sendf(cl->conn, ":%s 421 %s %s :Unknown command",
+			   client_srv(cl), client_nick(cl), cmd);
+	} else if (client_missing_params(cl, m)) {
 		/* answered */
 	} else if (strcasecmp(cmd, "PING") == 0) {
 		conn_sendf(cl->conn, ":%s PONG %s :%s", client_srv(cl), client_srv(cl),

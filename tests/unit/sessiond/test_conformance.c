@@ -21,6 +21,7 @@
 #include "state.pb-c.h"
 
 #include "sessiond/bouncer.h"
+#include "sessiond/health.h"
 #include "sessiond/irc.h"
 #include "test_env.h"
 
@@ -677,6 +678,30 @@ static void test_client_prefix_not_forwarded(void **state)
 	peer_free(a);
 }
 
+/* Review: a command that is neither letters nor three digits ("FOO-BAR",
+ * "X1") went to the network as the client framed it, where our own output
+ * check refused it -- not sent, but counted as a protocol error of the
+ * worker: a hard canary gate, so any user of a canary's cohort could roll
+ * the canary back by typing "/quote X1". Answered 421 now, never sent. */
+static void test_bad_command_not_forwarded(void **state)
+{
+	struct env *e = *state;
+	struct peer *a = attach(e, "alice/example:secret", NULL);
+	struct health *h = bouncer_health(e->t->b);
+	uint64_t before = h->protocol_errors;
+
+	clear(a);
+	say(a, "FOO-BAR x");
+	say(a, "X1 :y");
+	assert_true(wait_for(e, a, " 421 alice FOO-BAR :Unknown command\r\n"));
+	assert_true(wait_for(e, a, " 421 alice X1 :Unknown command\r\n"));
+	say(a, "PRIVMSG #baton :after");
+	assert_true(wait_for(e, &e->up, "PRIVMSG #baton :after\r\n"));
+	assert_null(strstr(e->up.buf, "FOO-BAR"));
+	assert_int_equal(h->protocol_errors, before);
+	peer_free(a);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -688,6 +713,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_echo_refused_then_same_text, setup_all_caps,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_client_prefix_not_forwarded, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_bad_command_not_forwarded, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_echo_without_network_echo, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_message_tags, setup_all_caps, teardown),
 		cmocka_unit_test_setup_teardown(test_message_tags_network_without, setup, teardown),
