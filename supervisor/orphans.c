@@ -134,6 +134,16 @@ static int orphan_try(const char *path, struct orphan *o)
 	ssize_t n = readlink(exe, target, sizeof(target) - 1);
 
 	target[n > 0 ? n : 0] = '\0';
+	/* Replaced on disk since it started (a package upgrade): the path
+	 * names another binary now, or none ("PATH (deleted)"), and a crash
+	 * restart would exec nothing. Its own image, read through /proc
+	 * while it lives, is what gets installed as its release (and a
+	 * restart then starts that copy). */
+	if (n > 10 && strcmp(target + n - 10, " (deleted)") == 0) {
+		log_warn("supervisor", "orphaned worker pid %d: its binary %s was replaced; "
+			 "taken from %s", (int)o->pid, target, exe);
+		snprintf(target, sizeof(target), "%s", exe);
+	}
 	o->binary = util_strdup(n > 0 ? target : "baton-sessiond");
 	log_info("supervisor", "adopted orphaned worker pid %d (%s, %s) with %zu listener(s)",
 		 (int)o->pid, o->ready->version, o->binary ? o->binary : "?", o->nlisten);

@@ -294,3 +294,38 @@ def test_supervisor_kill9_during_canary(ctx):
     ev = [e for e in w.events[mark:] if e[1] in ("QUIT", "JOIN", "PART")]
     check(not ev, "the network saw a second connection or a reconnect: %s\n%s"
           % (ev, b.log_tail()))
+
+
+def test_adopted_worker_with_replaced_binary_restarts(ctx):
+    """The adopted worker's binary was replaced on disk since it started (a
+    package upgrade: /proc/PID/exe reads "PATH (deleted)"). Regression: the
+    new supervisor took "PATH (deleted)" as the binary a crash restarts, so
+    after the adopted worker's crash no worker could be started again (and
+    it was not recorded as a release). Now a restart works."""
+    import shutil
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=1, channels=CHANNELS)
+    bindir = os.path.join(ctx.dir, "pkg")
+    os.makedirs(bindir)
+    path = os.path.join(bindir, "baton-sessiond")
+    shutil.copy2(b.build.sessiond, path)
+    b.write_config(b.config_text().replace("sessiond = %s" % b.build.sessiond,
+                                           "sessiond = %s" % path))
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    pid = b.worker_pid()
+    # the package is upgraded under the running worker
+    os.unlink(path)
+    shutil.copy2(b.build.sessiond, path)
+    os.kill(b.proc.pid, signal.SIGKILL)
+    b.proc.wait(5)
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    check(b.worker_pid() == pid, "not adopted: %s" % b.worker_pid())
+    os.kill(pid, signal.SIGKILL)
+    bl.wait_for(lambda: (b.try_status() or {}).get("crashes") == 1, 15,
+                what="the adopted worker's death counted as a crash")
+    bl.pump_ready(ctx, b, timeout=30)
+    check(b.worker_pid() not in (None, pid), "no worker after the crash:\n%s" % b.log_tail())
+    check("its binary %s (deleted) was replaced" % path in b.log_text(),
+          "the replaced binary went unnoticed:\n%s" % b.log_tail())
