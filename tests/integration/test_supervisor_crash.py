@@ -262,17 +262,12 @@ def test_supervisor_restarted_mid_migration(ctx):
 
 def test_supervisor_kill9_during_canary(ctx):
     """kill -9 of the supervisor during a canary: two orphans, both holding
-    sessions. A new supervisor adopts one; the sessions the other holds
-    must not be started a second time (ACCEPT makes the adopted worker start
-    the configured sessions it does not hold).
-
-    KNOWN BUG (review, not fixed): orphans.c adopts whichever orphan
-    readdir() lists first -- often the canary, which serves no listener --
-    lets the control worker (with the listener and the other half of the
-    sessions) go, and the ACCEPT makes the canary start that half a second
-    time (nick_ on the network). Skipped unless BATON_KNOWN_BUGS=1."""
-    if not os.environ.get("BATON_KNOWN_BUGS"):
-        raise bl.Skip("known bug: a supervisor crash during a canary (see docstring)")
+    sessions. Regression: the new supervisor adopted whichever readdir()
+    listed first -- often the canary, which serves no listener -- let the
+    control worker go, and the ACCEPT made the adopted one start the other's
+    sessions a second time (nick_ on the network). Now neither is adopted:
+    both serve on (clients and the peer link untouched), the supervisor
+    says which pids to stop and exits 1."""
     bB = ctx.builds["b"].require()
     ng = ctx.ngircd()
     b = bl.Baton(ctx, ng, nsessions=6, channels=CHANNELS)
@@ -281,20 +276,34 @@ def test_supervisor_kill9_during_canary(ctx):
     b.start(wait=False)
     bl.pump_ready(ctx, b)
     w.wait_present([s.nick for s in b.sessions], timeout=30)
+    dave = bl.direct_user(ctx.loop, ng, "dave", CHANNELS)
     p = b.ctl_async("canary", "start", bB.sessiond, "--percent", "50", "--json")
     ctx.loop.wait_process(p, timeout=60)
     st = b.status()
     check(len(st["workers"]) == 2, "canary workers: %s" % st["workers"])
+    pids = sorted(wk["pid"] for wk in st["workers"])
+    c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
     mark = len(w.events)
     os.kill(b.proc.pid, signal.SIGKILL)
     b.proc.wait(5)
     ctx.loop.run_for(0.5)
     b.start(wait=False)
-    ctx.loop.run_for(5.0)
+    rc = ctx.loop.wait_process(b.proc, timeout=30)
+    check(rc == 1 and "none adopted" in b.log_text(),
+          "second supervisor exit %r:\n%s" % (rc, b.log_tail()))
+    ctx.loop.run_for(3.0)
     ev = [e for e in w.events[mark:] if e[1] in ("QUIT", "JOIN", "PART")]
     check(not ev, "the network saw a second connection or a reconnect: %s\n%s"
           % (ev, b.log_tail()))
-
+    check(all(bl.pid_alive(x) for x in pids), "a worker died: %s" % pids)
+    check(sorted(worker_pids(ctx)) == pids, "workers %s, want %s" % (worker_pids(ctx), pids))
+    relay_both_ways(ctx, c, dave, "orphans")
+    # the operator stops one: the next supervisor adopts the other
+    os.kill(pids[1], signal.SIGKILL)
+    bl.wait_for(lambda: not bl.pid_alive(pids[1]), 10, what="pid %d to exit" % pids[1])
+    b.start(wait=False)
+    bl.pump_ready(ctx, b, timeout=60)
+    check(b.worker_pid() == pids[0], "adopted %s, want %d" % (b.worker_pid(), pids[0]))
 
 def test_adopted_worker_with_replaced_binary_restarts(ctx):
     """The adopted worker's binary was replaced on disk since it started (a
