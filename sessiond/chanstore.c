@@ -309,6 +309,20 @@ struct shared_channel *chanstore_incoming_find(struct chanstore *cs,
 	return in ? in->live : NULL;
 }
 
+const struct shared_channel *chanstore_incoming_content(struct chanstore *cs,
+							const char *network,
+							const char *channel)
+{
+	char key[2 * NAMES_MAX_LEN + 4];
+	struct incoming *in;
+
+	if (cs->incoming == NULL ||
+	    chanstore_key(key, sizeof(key), network, channel) < 0)
+		return NULL;
+	in = strmap_get(cs->incoming, key);
+	return in ? (in->content ? in->content : in->live) : NULL;
+}
+
 void chanstore_chunk_end(struct chanstore *cs, bool commit)
 {
 	for (size_t i = 0; i < cs->ninc; i++) {

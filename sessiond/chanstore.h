@@ -124,6 +124,11 @@ struct shared_channel *chanstore_incoming(struct chanstore *cs, const char *netw
 struct shared_channel *chanstore_incoming_find(struct chanstore *cs,
 					       const char *network,
 					       const char *channel);
+/* What the open chunk brought for (network, channel): the list aside when
+ * it waits for the commit, else the list itself; NULL if none. */
+const struct shared_channel *chanstore_incoming_content(struct chanstore *cs,
+							const char *network,
+							const char *channel);
 /* The chunk ended: commit swaps each waiting content in and drops the
  * chunk's references; abort drops them and the content. Idempotent (a
  * chunk without lists, or ended twice, is a no-op). */

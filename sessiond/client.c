@@ -1179,13 +1179,35 @@ static void client_message(struct client *cl, struct irc_msg *m, const char *cmd
 	}
 }
 
+/* A command a network can know: letters, or three digits (what our own
+ * output check, health_line_check(), lets through to a network). */
+static bool client_command_ok(const char *cmd)
+{
+	size_t n = strlen(cmd);
+	bool letters = n > 0, digits = n == 3;
+
+	for (size_t i = 0; i < n; i++) {
+		if (!((cmd[i] >= 'A' && cmd[i] <= 'Z') || (cmd[i] >= 'a' && cmd[i] <= 'z')))
+			letters = false;
+		if (cmd[i] < '0' || cmd[i] > '9')
+			digits = false;
+	}
+	return letters || digits;
+}
+
 static void client_attached_line(struct client *cl, struct irc_msg *m,
 				 const char *raw)
 {
 	struct session *s = cl->s;
 	const char *cmd = m->command;
 
-	if (client_missing_params(cl, m)) {
+	if (!client_command_ok(cmd)) {
+		/* Never forwarded: the output check would refuse it and
+		 * count a protocol error of this worker (a hard canary
+		 * gate any user could trip). */
+		conn_sendf(cl->conn, ":%s 421 %s %s :Unknown command",
+			   client_srv(cl), client_nick(cl), cmd);
+	} else if (client_missing_params(cl, m)) {
 		/* answered */
 	} else if (strcasecmp(cmd, "PING") == 0) {
 		conn_sendf(cl->conn, ":%s PONG %s :%s", client_srv(cl), client_srv(cl),
@@ -1326,6 +1348,15 @@ static void client_line(struct conn *c, char *line, size_t len, void *arg)
 	if (cl->phase == CLIENT_CLOSING)
 		return; /* after QUIT: read and dropped */
 	const char *p = irc_message_part(line, &tags);
+	/* Not forwarded: spaces before the command (our own output check
+	 * refuses such a line: it was never sent, yet relayed and stored as
+	 * sent) and a client's source prefix (ngircd silently drops a line
+	 * whose prefix is not the sender's own). The rest keeps its framing. */
+	p += strspn(p, " ");
+	if (*p == ':') {
+		p += strcspn(p, " ");
+		p += strspn(p, " ");
+	}
 	if (strlen(p) > IRC_MAX_MESSAGE || tags > IRC_MAX_TAGS) {
 		client_too_long(cl);
 		return;

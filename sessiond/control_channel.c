@@ -52,10 +52,14 @@ struct control_channel {
 	struct bouncer *b;
 	const struct baton_config *cfg;
 	bool migrating;
+	bool incoming; /* the migration under way (or the last one) brings sessions in */
 	/* The supervisor is gone (fd -1, out NULL, ev NULL) until one adopts
 	 * this worker through rv. */
 	bool orphaned;
 	struct rendezvous *rv;
+	/* A new supervisor's channel that came mid-migration, or -1: the
+	 * adoption completes when the migration ends (channel_finished()). */
+	int adopt_fd;
 };
 
 static void channel_readable(evutil_socket_t fd, short what, void *arg);
@@ -118,6 +122,18 @@ static void channel_adopted(void *arg, int fd)
 	Baton__Control__Listeners l = BATON__CONTROL__LISTENERS__INIT;
 	int rc;
 
+	/* Mid-migration this worker does not hold the sessions in transit:
+	 * adopted now, the ACCEPT that follows would start them a second
+	 * time (bouncer_start_configured()), and a source would be left
+	 * empty under the new supervisor. Answered when the migration ends,
+	 * by the worker that holds the sessions then. */
+	if (w->migrating) {
+		if (w->adopt_fd >= 0)
+			close(w->adopt_fd); /* an older attempt: its supervisor moved on */
+		w->adopt_fd = fd;
+		log_info("worker", "adoption deferred to the end of the migration under way");
+		return;
+	}
 	rc = control_channel_send_ready_adopted(fd, true);
 	l.names = (char **)lnames;
 	l.n_names = n;
@@ -260,6 +276,25 @@ static void channel_finished(void *arg, const struct transfer_result *res)
 	if (rc < 0 && !w->orphaned)
 		log_error("worker", "cannot report migration result: %s",
 			  strerror(-rc));
+	/* A target whose supervisor died before the commit never gets the
+	 * ACCEPT that would make it serve, and its source exits (it holds
+	 * nothing now): this orphan accepts the logins itself. Configured
+	 * sessions are not started (another orphan may hold them). */
+	if (w->orphaned && w->incoming && res->committed) {
+		log_info("worker", "orphaned target of a committed migration: accepting logins");
+		bouncer_accept(w->b, true);
+	}
+	if (w->adopt_fd >= 0) {
+		struct bouncer_stats s;
+		int fd = w->adopt_fd;
+
+		w->adopt_fd = -1;
+		bouncer_stats(w->b, &s);
+		if (w->orphaned && s.sessions > 0)
+			channel_adopted(w, fd);
+		else
+			close(fd); /* nothing to adopt here: it tries the next orphan */
+	}
 	channel_orphan_check_empty(w);
 }
 
@@ -404,6 +439,7 @@ static void channel_migrate(struct control_channel *w, struct frame_msg *msg)
 	report.finished = channel_finished;
 	report.arg = w;
 	w->migrating = true;
+	w->incoming = !mg->outgoing;
 	if (mg->select != NULL) {
 		sel.users = mg->select->users;
 		sel.nusers = mg->select->n_users;
@@ -565,6 +601,7 @@ struct control_channel *control_channel_new(struct event_base *base, int fd, str
 	}
 	w->base = base;
 	w->fd = fd;
+	w->adopt_fd = -1;
 	w->b = b;
 	w->cfg = cfg;
 	evutil_make_socket_nonblocking(fd);
@@ -589,6 +626,8 @@ void control_channel_free(struct control_channel *w)
 	if (w->lag_ev != NULL)
 		event_free(w->lag_ev);
 	rendezvous_free(w->rv);
+	if (w->adopt_fd >= 0)
+		close(w->adopt_fd);
 	/* The loop is over: what is still queued (a MIGRATION_RESULT just
 	 * before EXIT) may wait for room, bounded. */
 	if (w->out != NULL)

@@ -2,7 +2,9 @@
  * supervisor (common/control.h, proto/control.proto): READY, listeners,
  * accept on/off, migrations, status, health samples (health.h), exit.
  * When the supervisor dies the worker is orphaned and serves on until a new
- * supervisor adopts it (rendezvous.h) or it holds no session any more. */
+ * supervisor adopts it (rendezvous.h) or it holds no session any more.
+ * Mid-migration an adoption waits for the migration's end; an orphaned
+ * target whose migration committed accepts logins by itself. */
 #ifndef BATON_SESSIOND_CONTROL_CHANNEL_H
 #define BATON_SESSIOND_CONTROL_CHANNEL_H
 

@@ -22,6 +22,7 @@ struct rendezvous {
 	struct event *ev;
 	int conn;               /* the connection being read, or -1 */
 	struct event *ev_conn;  /* its read, with RENDEZVOUS_TIMEOUT_MS */
+	struct event *ev_resume; /* accepting again after EMFILE/ENFILE */
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	rendezvous_orphaned_fn orphaned;
 	rendezvous_adopt_fn adopt;
@@ -68,6 +69,13 @@ static void rendezvous_on_conn(evutil_socket_t fd, short what, void *arg)
 	r->adopt(r->arg, ctl); /* ctl transferred */
 }
 
+static void rendezvous_resume(evutil_socket_t fd, short what, void *arg)
+{
+	struct rendezvous *r = arg;
+
+	event_add(r->ev, NULL);
+}
+
 static void rendezvous_on_accept(evutil_socket_t fd, short what, void *arg)
 {
 	struct rendezvous *r = arg;
@@ -77,8 +85,18 @@ static void rendezvous_on_accept(evutil_socket_t fd, short what, void *arg)
 	socklen_t len = sizeof(cred);
 	int c = accept4(r->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
-	if (c < 0)
+	if (c < 0) {
+		/* Out of fds (a busy worker): the connection stays queued and
+		 * the socket readable; accepting again at once would spin the
+		 * loop that serves every session. */
+		if (errno == EMFILE || errno == ENFILE) {
+			struct timeval p = { 0, RENDEZVOUS_PAUSE_MS * 1000 };
+
+			event_del(r->ev);
+			evtimer_add(r->ev_resume, &p);
+		}
 		return;
+	}
 	/* Only our own uid, only while orphaned, one at a time: anyone else
 	 * learns nothing and holds nothing. */
 	if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
@@ -132,7 +150,9 @@ struct rendezvous *rendezvous_new(struct event_base *base, const char *state_dir
 	}
 	r->ev = event_new(base, r->fd, EV_READ | EV_PERSIST, rendezvous_on_accept, r);
 	r->ev_conn = event_new(base, -1, 0, rendezvous_on_conn, r);
-	if (r->ev == NULL || r->ev_conn == NULL || event_add(r->ev, NULL) < 0) {
+	r->ev_resume = evtimer_new(base, rendezvous_resume, r);
+	if (r->ev == NULL || r->ev_conn == NULL || r->ev_resume == NULL ||
+	    event_add(r->ev, NULL) < 0) {
 		*err = -ENOMEM;
 		goto fail;
 	}
@@ -152,6 +172,8 @@ void rendezvous_free(struct rendezvous *r)
 	}
 	if (r->ev != NULL)
 		event_free(r->ev);
+	if (r->ev_resume != NULL)
+		event_free(r->ev_resume);
 	if (r->fd >= 0) {
 		close(r->fd);
 		unlink(r->path);

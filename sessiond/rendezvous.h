@@ -26,6 +26,8 @@ struct event_base;
 struct rendezvous;
 
 #define RENDEZVOUS_TIMEOUT_MS 2000
+/* Out of fds, accepting pauses this long (the connection waits queued). */
+#define RENDEZVOUS_PAUSE_MS 500
 
 /* Whether this worker may be adopted now (its supervisor is gone). */
 typedef bool (*rendezvous_orphaned_fn)(void *arg);

@@ -1253,6 +1253,32 @@ static int adopt_channels(struct adopt *ad, const Baton__State__Session *ps,
 					pc->name);
 			break;
 		}
+		if (shared && session_members_private(s)) {
+			/* Shared where it came from, private here (this
+			 * worker's member_lists): the session's own copy,
+			 * else its sessions would go on sharing one view. */
+			const struct shared_channel *from =
+				chanstore_incoming_content(cs, s->network, pc->name);
+			char scope[SESSION_SCOPE_MAX];
+
+			sh = chanstore_incoming(cs, session_list_scope(s, scope, sizeof(scope)),
+						pc->name, &fill, &into);
+			if (!sh || !from) {
+				rc = NOMEM(ad);
+				break;
+			}
+			for (size_t j = 0; fill && j < from->nmembers; j++) {
+				struct member *m = shared_add(into, from->members[j].nick);
+
+				if (!m) {
+					rc = NOMEM(ad);
+					break;
+				}
+				memcpy(m->prefixes, from->members[j].prefixes, sizeof(m->prefixes));
+			}
+			if (rc < 0)
+				break;
+		}
 		if (pc->n_members) {
 			/* This worker's scope for the session (a private
 			 * list stays the session's own; a shared one is

@@ -1533,6 +1533,35 @@ static bool h_sasl(struct up_ctx *x)
 	return sasl_line(x->u, x->msg);
 }
 
+/* A message refused for a target (404 ERR_CANNOTSENDTOCHAN, 401
+ * ERR_NOSUCHNICK...: "<me> <target> :why"): its echo never comes, so the
+ * oldest awaited there is forgotten. Kept, it would take the next echo of
+ * the same text there -- another client's message -- for its own and keep
+ * it from its sender. (A numeric for another command only makes an
+ * awaited echo reach its sender too: an echo, never a gap.) Relayed. */
+static bool h_refused(struct up_ctx *x)
+{
+	struct upstream *u = x->u;
+
+	for (size_t i = 0; x->msg->nparams >= 2 && i < u->nechoes; i++) {
+		char *k = u->echoes[i].key, *sp = strchr(k, ' ');
+		int same;
+
+		if (!sp)
+			continue;
+		*sp = '\0';
+		same = irc_casecmp(k, x->msg->params[1]) == 0;
+		*sp = ' ';
+		if (!same)
+			continue;
+		free(k);
+		memmove(u->echoes + i, u->echoes + i + 1, (u->nechoes - i - 1) * sizeof(*u->echoes));
+		u->nechoes--;
+		break;
+	}
+	return true;
+}
+
 static const struct {
 	const char *cmd;
 	up_handler fn;
@@ -1555,6 +1584,8 @@ static const struct {
 	{ "901", h_sasl },        { "902", h_sasl },    { "903", h_sasl },
 	{ "904", h_sasl },        { "905", h_sasl },    { "906", h_sasl },
 	{ "907", h_sasl },        { "908", h_sasl },
+	{ "401", h_refused },     { "403", h_refused }, { "404", h_refused },
+	{ "407", h_refused },     { "486", h_refused }, { "492", h_refused },
 };
 
 static void upstream_line(struct conn *c, char *line, size_t len, void *arg)

@@ -744,7 +744,9 @@ static int enqueue(struct store *st, struct op *o, uint64_t *seq)
 	if (st->closing) {
 		r = -ESHUTDOWN;
 	} else if (st->nops + 1 > st->o.queue_ops ||
-		   st->nbytes + o->size > st->o.queue_bytes) {
+		   (st->nops > 0 && st->nbytes + o->size > st->o.queue_bytes)) {
+		/* An empty queue takes any one operation: one larger than
+		 * queue_bytes would otherwise be refused for ever. */
 		r = -EAGAIN;
 	} else {
 		if (st->next_seq >= st->block_end && st->spare_end) {

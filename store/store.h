@@ -33,7 +33,8 @@
  * so a libevent loop watches it with EV_READ|EV_PERSIST and never blocks on
  * the disk.
  *
- * Backpressure. The queue is bounded (queue_ops, queue_bytes). A full queue
+ * Backpressure. The queue is bounded (queue_ops, queue_bytes; an empty
+ * queue takes one operation of any size). A full queue
  * makes store_append() and the setters return -EAGAIN and queue nothing;
  * when the queue has drained to half, the `space` callback runs (once per
  * refusal episode). Nothing queued is ever dropped: a commit that fails

@@ -466,6 +466,14 @@ void check_environment(const struct baton_config *cfg, const char *sessiond,
 	if (state) {
 		check_state_dir(state, problems);
 		char note[2048];
+		struct sockaddr_un sa;
+		/* The workers' rendezvous sockets (sessiond/rendezvous.h),
+		 * STATE_DIR/worker-PID.sock with PID up to pid_max 4194304. */
+		size_t need = strlen(state) + strlen("/worker-4194304.sock");
+
+		if (need >= sizeof(sa.sun_path))
+			check_warn(warnings, "check: warning: state_dir %s is too long for the workers' rendezvous sockets (%s/worker-PID.sock: up to %zu bytes, at most %zu): after a supervisor crash no new supervisor could adopt the worker",
+				   state, state, need, sizeof(sa.sun_path) - 1);
 
 		/* A warning only: the supervisor rebuilds the history. */
 		if (releases_check(state, (unsigned)cfg->canary_releases_kept,

@@ -277,7 +277,10 @@ int main(int argc, char **argv)
 	 * listeners (orphans.h: they are the sockets systemd may also have
 	 * passed us; those copies are closed unused). Otherwise the
 	 * listeners come from systemd or are bound anew. */
-	adopted = orphans_adopt(state, &orphan, reexec_fd >= 0 ? ORPHANS_TIMEOUT_MS : 0) == 1 &&
+	r = orphans_adopt(state, &orphan, reexec_fd >= 0 ? ORPHANS_TIMEOUT_MS : 0);
+	if (r == 2)
+		goto out; /* several orphans serve: logged, left serving */
+	adopted = r == 1 &&
 		  (listeners = listeners_adopt(orphan.listen_fds, orphan.listen_names,
 					       orphan.nlisten)) != NULL;
 	if (adopted) {

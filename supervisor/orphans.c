@@ -136,6 +136,16 @@ static int orphan_try(const char *path, struct orphan *o)
 	ssize_t n = readlink(exe, target, sizeof(target) - 1);
 
 	target[n > 0 ? n : 0] = '\0';
+	/* Replaced on disk since it started (a package upgrade): the path
+	 * names another binary now, or none ("PATH (deleted)"), and a crash
+	 * restart would exec nothing. Its own image, read through /proc
+	 * while it lives, is what gets installed as its release (and a
+	 * restart then starts that copy). */
+	if (n > 10 && strcmp(target + n - 10, " (deleted)") == 0) {
+		log_warn("supervisor", "orphaned worker pid %d: its binary %s was replaced; "
+			 "taken from %s", (int)o->pid, target, exe);
+		snprintf(target, sizeof(target), "%s", exe);
+	}
 	o->binary = util_strdup(n > 0 ? target : "baton-sessiond");
 	log_info("supervisor", "adopted orphaned worker pid %d (%s, %s) with %zu listener(s)",
 		 (int)o->pid, o->ready->version, o->binary ? o->binary : "?", o->nlisten);
@@ -146,7 +156,7 @@ int orphans_adopt(const char *state_dir, struct orphan *o, int wait_ms)
 {
 	DIR *d = opendir(state_dir);
 	struct dirent *e;
-	int found = 0;
+	int found = 0, others = 0;
 
 	memset(o, 0, sizeof(*o));
 	o->ctl = o->pidfd = -1;
@@ -175,12 +185,25 @@ int orphans_adopt(const char *state_dir, struct orphan *o, int wait_ms)
 		memset(&other, 0, sizeof(other));
 		other.ctl = other.pidfd = -1;
 		if (orphan_try(path, &other) == 1) {
-			log_error("supervisor", "another orphaned worker, pid %d, still serves: "
-				  "only pid %d is adopted; stop it (kill %d) once its users moved",
-				  (int)other.pid, (int)o->pid, (int)other.pid);
+			log_error("supervisor", "another orphaned worker, pid %d (%s), still serves "
+				  "besides pid %d (%s)", (int)other.pid, other.ready->version,
+				  (int)o->pid, o->ready->version);
+			others++;
 			orphan_clear(&other);
 		}
 	}
 	closedir(d);
+	if (found && others) {
+		/* Each holds sessions (an empty orphan exits): adopted, one
+		 * would be told to start the configured sessions it does not
+		 * hold -- the other's, a second time -- and the other would
+		 * serve on unmanaged. Both serve on as they are. */
+		log_error("supervisor", "%d orphaned workers serve (a supervisor died during a "
+			  "canary?): none adopted; stop all but one (kill PID: its users' "
+			  "sessions restart in the one adopted), then start the supervisor again",
+			  others + 1);
+		orphan_clear(o);
+		return 2;
+	}
 	return found;
 }

@@ -7,12 +7,16 @@
  * tried in turn: a file nobody listens on (a worker that died) is removed;
  * a worker that closes the connection (it has a live supervisor) is left
  * alone; the first orphan gets a new control channel (ADOPT), answers
- * READY (adopted) and hands over the listeners it serves on. Only one
- * worker is adopted: further orphans (a supervisor that died in the middle
- * of a migration leaves two) are logged with their pids and left serving;
- * an orphan with no session exits by itself (control_channel.h), so
- * normally there is at most one. Runs before the event loop and waits at
- * most ORPHANS_TIMEOUT_MS per worker. wait_ms > 0 (a re-exec: our workers
+ * READY (adopted) and hands over the listeners it serves on. An orphan
+ * with no session exits by itself (control_channel.h), so normally there
+ * is at most one. Two that hold sessions (a supervisor that died during a
+ * canary) are both let go, serving on: adopting one would make it start
+ * the other's sessions a second time (ACCEPT starts the configured
+ * sessions a worker does not hold); the supervisor then does not start. A worker still in the migration its
+ * dead supervisor started answers when that migration ends (it does not
+ * hold the sessions in transit; one that holds none then closes, and the
+ * next is tried). Runs before the event loop and waits at most
+ * ORPHANS_TIMEOUT_MS per worker. wait_ms > 0 (a re-exec: our workers
  * may not have seen their control channels close yet): a worker that
  * refuses is asked again every 20 ms for that long.
  *
@@ -40,9 +44,10 @@ struct orphan {
 	size_t nlisten;
 };
 
-/* 1: *o filled; 0: no orphan; never fails otherwise (problems are logged:
- * a supervisor that cannot adopt starts as if there were none, and the
- * listener bind then says what is in the way). */
+/* 1: *o filled; 0: no orphan; 2: several orphans with sessions, none
+ * adopted (*o empty; logged with their pids). Never fails otherwise
+ * (problems are logged: a supervisor that cannot adopt starts as if there
+ * were none, and the listener bind then says what is in the way). */
 int orphans_adopt(const char *state_dir, struct orphan *o, int wait_ms);
 /* Accepts one orphans_adopt() left empty, and a cleared one. */
 void orphan_clear(struct orphan *o);

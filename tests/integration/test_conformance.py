@@ -297,3 +297,28 @@ def test_message_tags_inspircd(ctx):
     check("+typing=active" in got.split(" ", 1)[0], "client-only tag lost: %r" % got)
     ctx.loop.run_for(0.3)
     check(not lines_with(plain, "TAGMSG"), "TAGMSG to a client without message-tags")
+
+
+def test_client_prefix_and_spaces_against_ngircd(ctx):
+    """Review: a client's source prefix and spaces before the command went
+    to ngircd as the client framed them; ngircd dropped both lines without
+    a word (baton had relayed and stored them as sent). Now they arrive,
+    with the other oddities a client may send: a lone CR ending a line, a
+    NUL byte, runs of spaces."""
+    ng, w, b, dave = setup(ctx)
+    c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
+    mark = len(w.events)
+    c.send("   PRIVMSG #chat :leading spaces")
+    c.send(":somebody!x@y PRIVMSG #chat :foreign prefix")
+    c.send("PRIVMSG #chat :lone\rPRIVMSG #chat :after a lone cr")
+    c.send("PRIVMSG #chat :nul\x00byte")
+    c.send("PRIVMSG   #chat   :many spaces")
+    c.send("PRIVMSG #chat :end marker")
+    ctx.loop.run_until(lambda: lines_with(dave, "end marker"), 10, raise_on_timeout=False)
+    ctx.loop.run_for(0.3)
+    for text in ("leading spaces", "foreign prefix", ":lone", "after a lone cr",
+                 ":nulbyte", "many spaces", "end marker"):
+        check(len(lines_with(dave, text)) == 1, "dave got %r %d times: %s"
+              % (text, len(lines_with(dave, text)), [ln for _, ln in dave.lines[-8:]]))
+    ev = [e for e in w.events[mark:] if e[1] == "QUIT"]
+    check(not ev, "the session left the network: %s" % ev)

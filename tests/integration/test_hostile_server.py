@@ -32,7 +32,8 @@ COMMANDS = ["PING", "PONG", "CAP", "001", "002", "003", "004", "005", "375", "37
             "376", "422", "432", "433", "436", "437", "221", "324", "331", "332", "333",
             "353", "366", "JOIN", "PART", "KICK", "QUIT", "NICK", "TOPIC", "MODE",
             "PRIVMSG", "NOTICE", "ERROR", "465", "463", "AWAY", "INVITE", "WALLOPS",
-            "CHGHOST", "FOO", "352", "319", "TAGMSG", "ACCOUNT", "SETNAME"]
+            "CHGHOST", "FOO", "352", "319", "TAGMSG", "ACCOUNT", "SETNAME",
+            "401", "403", "404", "407", "486", "492"]
 
 
 class HostileServer(threading.Thread):

@@ -194,6 +194,14 @@ def test_supervisor_kill9_mid_migration(ctx):
                 what="one worker left after the handoff")
     ctx.loop.run_for(0.5)
     check(not c.closed, "client closed while its supervisor was dead mid-migration")
+    # The orphan holding the sessions serves: a client logs in (regression:
+    # the target never got the ACCEPT that a dead supervisor would have
+    # sent after the commit, so nobody accepted on the listeners).
+    c2 = bl.bouncer_client(ctx.loop, b, b.sessions[1], client="phone", wait=False)
+    ctx.loop.run_until(lambda: c2.closed or c2.registered, 10, raise_on_timeout=False)
+    check(c2.registered and not c2.closed,
+          "no login on the orphan that holds the sessions after the handoff: %s"
+          % [ln for _, ln in c2.lines[-5:]])
     b.start(wait=False)
     bl.pump_ready(ctx, b, timeout=30)
     wk = b.worker()
@@ -254,3 +262,125 @@ def test_upgrade_supervisor_in_place(ctx):
     rc, res, out, err = b.ctl("upgrade-supervisor", "/nonexistent/baton-supervisor", "--json")
     check(rc == 2, "a missing binary: exit %d, %r %r" % (rc, out, err))
     check(b.worker_pid() == wpid and b.proc.pid == sup_pid, "a refusal changed something")
+
+
+def test_supervisor_restarted_mid_migration(ctx):
+    """kill -9 of the supervisor mid-upgrade, and a new supervisor started
+    at once (as systemd's Restart= does) while the two orphans still hand
+    the sessions over: whichever it adopts, no session may be started a
+    second time (ACCEPT makes a worker start the configured sessions it
+    does not hold, and a worker mid-migration does not hold those in
+    transit). The network sees no second connection of any user."""
+    bB = ctx.builds["b"].require()
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=2, channels=CHANNELS)
+    w = bl.Watcher(ctx.loop, ng, CHANNELS, watch=None)
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    w.wait_present([s.nick for s in b.sessions], timeout=30)
+    dave = bl.direct_user(ctx.loop, ng, "dave", CHANNELS)
+    c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    mark = len(w.events)
+    b.set_fault("target:slow-prepare")
+    p = b.ctl_async("upgrade", bB.sessiond, "--json")
+    bl.wait_for(lambda: "migrate" in b.log_text().split("upgrade", 1)[-1], 10,
+                what="the migration to start")
+    ctx.loop.run_for(0.3)
+    os.kill(b.proc.pid, signal.SIGKILL)
+    b.proc.wait(5)
+    ctx.loop.wait_process(p, timeout=30)
+    b.start(wait=False)
+    b.clear_fault()
+    ctx.loop.run_for(6.0)
+    ev = [e for e in w.events[mark:] if e[1] in ("QUIT", "JOIN", "PART")]
+    check(not ev, "the network saw a second connection or a reconnect: %s\n%s"
+          % (ev, b.log_tail()))
+    check(not c.closed, "client closed")
+    bl.pump_ready(ctx, b, timeout=30)
+    wk = b.worker()
+    check(wk.get("sessions") == 2 and worker_pids(ctx) == [wk.get("pid")],
+          "adopted %r; workers alive: %s" % (wk, worker_pids(ctx)))
+    check("adoption deferred" in b.log_text(),
+          "the supervisor did not come back mid-migration (nothing tested):\n%s" % b.log_tail())
+    relay_both_ways(ctx, c, dave, "after")
+
+
+def test_supervisor_kill9_during_canary(ctx):
+    """kill -9 of the supervisor during a canary: two orphans, both holding
+    sessions. Regression: the new supervisor adopted whichever readdir()
+    listed first -- often the canary, which serves no listener -- let the
+    control worker go, and the ACCEPT made the adopted one start the other's
+    sessions a second time (nick_ on the network). Now neither is adopted:
+    both serve on (clients and the peer link untouched), the supervisor
+    says which pids to stop and exits 1."""
+    bB = ctx.builds["b"].require()
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=6, channels=CHANNELS)
+    b.write_config(b.config_text() + "[canary]\nsample_ms = 200\nmin_lines = 50\n")
+    w = bl.Watcher(ctx.loop, ng, CHANNELS, watch=None)
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    w.wait_present([s.nick for s in b.sessions], timeout=30)
+    dave = bl.direct_user(ctx.loop, ng, "dave", CHANNELS)
+    p = b.ctl_async("canary", "start", bB.sessiond, "--percent", "50", "--json")
+    ctx.loop.wait_process(p, timeout=60)
+    st = b.status()
+    check(len(st["workers"]) == 2, "canary workers: %s" % st["workers"])
+    pids = sorted(wk["pid"] for wk in st["workers"])
+    c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
+    mark = len(w.events)
+    os.kill(b.proc.pid, signal.SIGKILL)
+    b.proc.wait(5)
+    ctx.loop.run_for(0.5)
+    b.start(wait=False)
+    rc = ctx.loop.wait_process(b.proc, timeout=30)
+    check(rc == 1 and "none adopted" in b.log_text(),
+          "second supervisor exit %r:\n%s" % (rc, b.log_tail()))
+    ctx.loop.run_for(3.0)
+    ev = [e for e in w.events[mark:] if e[1] in ("QUIT", "JOIN", "PART")]
+    check(not ev, "the network saw a second connection or a reconnect: %s\n%s"
+          % (ev, b.log_tail()))
+    check(all(bl.pid_alive(x) for x in pids), "a worker died: %s" % pids)
+    check(sorted(worker_pids(ctx)) == pids, "workers %s, want %s" % (worker_pids(ctx), pids))
+    relay_both_ways(ctx, c, dave, "orphans")
+    # the operator stops one: the next supervisor adopts the other
+    os.kill(pids[1], signal.SIGKILL)
+    bl.wait_for(lambda: not bl.pid_alive(pids[1]), 10, what="pid %d to exit" % pids[1])
+    b.start(wait=False)
+    bl.pump_ready(ctx, b, timeout=60)
+    check(b.worker_pid() == pids[0], "adopted %s, want %d" % (b.worker_pid(), pids[0]))
+
+def test_adopted_worker_with_replaced_binary_restarts(ctx):
+    """The adopted worker's binary was replaced on disk since it started (a
+    package upgrade: /proc/PID/exe reads "PATH (deleted)"). Regression: the
+    new supervisor took "PATH (deleted)" as the binary a crash restarts, so
+    after the adopted worker's crash no worker could be started again (and
+    it was not recorded as a release). Now a restart works."""
+    import shutil
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=1, channels=CHANNELS)
+    bindir = os.path.join(ctx.dir, "pkg")
+    os.makedirs(bindir)
+    path = os.path.join(bindir, "baton-sessiond")
+    shutil.copy2(b.build.sessiond, path)
+    b.write_config(b.config_text().replace("sessiond = %s" % b.build.sessiond,
+                                           "sessiond = %s" % path))
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    pid = b.worker_pid()
+    # the package is upgraded under the running worker
+    os.unlink(path)
+    shutil.copy2(b.build.sessiond, path)
+    os.kill(b.proc.pid, signal.SIGKILL)
+    b.proc.wait(5)
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    check(b.worker_pid() == pid, "not adopted: %s" % b.worker_pid())
+    os.kill(pid, signal.SIGKILL)
+    bl.wait_for(lambda: (b.try_status() or {}).get("crashes") == 1, 15,
+                what="the adopted worker's death counted as a crash")
+    bl.pump_ready(ctx, b, timeout=30)
+    check(b.worker_pid() not in (None, pid), "no worker after the crash:\n%s" % b.log_tail())
+    check("its binary %s (deleted) was replaced" % path in b.log_text(),
+          "the replaced binary went unnoticed:\n%s" % b.log_tail())

@@ -26,6 +26,7 @@
 
 #include "state.pb-c.h"
 
+#include "common/config.h"
 #include "sessiond/bouncer.h"
 #include "sessiond/chanstore.h"
 #include "sessiond/session.h"
@@ -661,6 +662,68 @@ static void test_private_lists_where_views_differ(void **state)
 	world_free(&w);
 }
 
+/* Review: a worker whose config says `member_lists = private` for a network
+ * adopted the shared lists of a source where they were shared (the config
+ * changed with an upgrade): its sessions went on sharing one list, so one
+ * user was shown the members the network shows only another (the operator
+ * on an auditorium channel). The target's scope decides, as for lists that
+ * come inside their sessions. */
+static void test_shared_to_private_worker(void **state)
+{
+	struct world w;
+	struct packed p;
+	struct bouncer_item *its[NS];
+	struct baton_config cfg = { 0 };
+	struct config_network net = { 0 };
+
+	world_new(&w);
+	all_join(&w, "#c");
+	assert_non_null(channel_add_member(chan(w.s[0], "#c"), "lurker"));
+	assert_false(shared_is_private(chan(w.s[0], "#c")->sh));
+	pack_chunk(&w, NS, 2, &p);
+	assert_int_equal(p.n, NS + 1); /* the shared list travels as an item */
+
+	struct config_session sess[NS] = { 0 };
+	char users[NS][8];
+
+	net.name = "net";
+	net.member_lists = CONFIG_MEMBERS_PRIVATE;
+	cfg.networks = &net;
+	cfg.nnetworks = 1;
+	for (int i = 0; i < NS; i++) {
+		snprintf(users[i], sizeof(users[i]), "u%d", i);
+		sess[i].user = users[i];
+		sess[i].network = "net";
+	}
+	cfg.sessions = sess;
+	cfg.nsessions = NS;
+	struct event_base *base = event_base_new();
+	struct bouncer *t = bouncer_new(base, &cfg);
+	size_t n = adopt_all(t, &p, its);
+
+	assert_int_equal(n, NS);
+	bouncer_chunk_end(t, true);
+	struct channel *c0 = session_find_channel(its[0]->session, "#c");
+	struct channel *c1 = session_find_channel(its[1]->session, "#c");
+
+	assert_true(session_members_private(its[0]->session));
+	assert_ptr_not_equal(c0->sh, c1->sh);
+	assert_true(shared_is_private(c0->sh));
+	assert_true(shared_is_private(c1->sh));
+	/* each starts from what the shared list held */
+	assert_non_null(channel_find_member(c1, "lurker"));
+	/* what one session's network shows from now on is its own */
+	assert_non_null(channel_add_member(c0, "erin"));
+	assert_null(channel_find_member(c1, "erin"));
+	for (size_t i = 0; i < n; i++)
+		bouncer_item_discard(its[i]);
+	assert_int_equal(chanstore_count(bouncer_chanstore(t)), 0);
+	bouncer_free(t);
+	event_base_free(base);
+	packed_free(&p);
+	world_free(&w);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -669,6 +732,7 @@ int main(void)
 		cmocka_unit_test(test_bounds_at_and_past),
 		cmocka_unit_test(test_roundtrip_both_schemas),
 		cmocka_unit_test(test_private_lists_where_views_differ),
+		cmocka_unit_test(test_shared_to_private_worker),
 		cmocka_unit_test_setup_teardown(test_malformed_refused, fixture_setup,
 						fixture_teardown),
 		cmocka_unit_test_setup_teardown(test_oversize_list_untracks, fixture_setup,

@@ -21,6 +21,7 @@
 #include "state.pb-c.h"
 
 #include "sessiond/bouncer.h"
+#include "sessiond/health.h"
 #include "sessiond/irc.h"
 #include "test_env.h"
 
@@ -620,6 +621,87 @@ static void test_utf8_cut(void **state)
 	assert_int_equal(irc_utf8_cut("\x80\x80\x80\x80\x80", 3), 3); /* not UTF-8 */
 }
 
+/* Review: a refused message stayed in the awaited echoes, so the next echo
+ * of the same text to the same target -- another client's message -- was
+ * taken for its echo and withheld from the client whose line was refused:
+ * that client never saw its other client's message. A refusal numeric
+ * (404, 401...) for a target forgets the oldest echo awaited there. */
+static void test_echo_refused_then_same_text(void **state)
+{
+	struct env *e = *state;
+	struct peer *a = attach(e, "alice/example:secret", NULL);
+	struct peer *b = attach(e, "alice@b/example:secret", "echo-message");
+	struct peer *ps[] = { a, b, &e->up };
+
+	clear(a);
+	clear(b);
+	say(a, "PRIVMSG #baton :hi");
+	assert_true(wait_for(e, &e->up, "PRIVMSG #baton :hi\r\n"));
+	say(&e->up, ":irc.example.net 404 alice #baton :Cannot send to channel");
+	assert_true(wait_for(e, a, " 404 alice #baton :Cannot send to channel\r\n"));
+	settle(e, ps, 3);
+	clear(a);
+	clear(&e->up);
+	/* later, from b (unmuted now): the network echoes it */
+	say(b, "PRIVMSG #baton :hi");
+	assert_true(wait_for(e, &e->up, "PRIVMSG #baton :hi\r\n"));
+	say(&e->up, ":alice!a@host.example PRIVMSG #baton :hi");
+	assert_true(wait_for(e, b, ":alice!a@host.example PRIVMSG #baton :hi\r\n"));
+	assert_true(wait_for(e, a, ":alice!a@host.example PRIVMSG #baton :hi\r\n"));
+	peer_free(a);
+	peer_free(b);
+}
+
+/* Review: since lines go to the network as the client framed them, a
+ * client's source prefix (":nick!u@h PRIVMSG ...") and spaces before the
+ * command went along; ngircd silently drops a line whose prefix is not
+ * the sender's own (and one with leading spaces), while baton counted the
+ * message as sent (relayed to the other clients, stored): a message lost
+ * without a word. Neither is forwarded now; the rest keeps its framing. */
+static void test_client_prefix_not_forwarded(void **state)
+{
+	struct env *e = *state;
+	struct peer *a = attach(e, "alice/example:secret", NULL);
+	struct peer *ps[] = { a, &e->up };
+
+	clear(&e->up);
+	say(a, ":somebody!x@y PRIVMSG #baton :with a prefix");
+	say(a, "   PRIVMSG #baton :with leading spaces");
+	say(a, ":alice   NOTICE #baton :own prefix");
+	assert_true(wait_for(e, &e->up, "PRIVMSG #baton :with a prefix\r\n"));
+	assert_true(wait_for(e, &e->up, "PRIVMSG #baton :with leading spaces\r\n"));
+	assert_true(wait_for(e, &e->up, "NOTICE #baton :own prefix\r\n"));
+	settle(e, ps, 2);
+	assert_null(strstr(e->up.buf, "somebody"));
+	assert_null(strstr(e->up.buf, ":alice"));
+	assert_null(strstr(e->up.buf, "  PRIVMSG"));
+	peer_free(a);
+}
+
+/* Review: a command that is neither letters nor three digits ("FOO-BAR",
+ * "X1") went to the network as the client framed it, where our own output
+ * check refused it -- not sent, but counted as a protocol error of the
+ * worker: a hard canary gate, so any user of a canary's cohort could roll
+ * the canary back by typing "/quote X1". Answered 421 now, never sent. */
+static void test_bad_command_not_forwarded(void **state)
+{
+	struct env *e = *state;
+	struct peer *a = attach(e, "alice/example:secret", NULL);
+	struct health *h = bouncer_health(e->t->b);
+	uint64_t before = h->protocol_errors;
+
+	clear(a);
+	say(a, "FOO-BAR x");
+	say(a, "X1 :y");
+	assert_true(wait_for(e, a, " 421 alice FOO-BAR :Unknown command\r\n"));
+	assert_true(wait_for(e, a, " 421 alice X1 :Unknown command\r\n"));
+	say(a, "PRIVMSG #baton :after");
+	assert_true(wait_for(e, &e->up, "PRIVMSG #baton :after\r\n"));
+	assert_null(strstr(e->up.buf, "FOO-BAR"));
+	assert_int_equal(h->protocol_errors, before);
+	peer_free(a);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -628,6 +710,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_caps_per_client, setup_all_caps, teardown),
 		cmocka_unit_test_setup_teardown(test_caps_lines_per_client, setup_all_caps, teardown),
 		cmocka_unit_test_setup_teardown(test_echo_from_network, setup_all_caps, teardown),
+		cmocka_unit_test_setup_teardown(test_echo_refused_then_same_text, setup_all_caps,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_client_prefix_not_forwarded, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_bad_command_not_forwarded, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_echo_without_network_echo, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_message_tags, setup_all_caps, teardown),
 		cmocka_unit_test_setup_teardown(test_message_tags_network_without, setup, teardown),

@@ -282,12 +282,63 @@ static void test_check_capacity_startup(void **state)
 	assert_int_equal(c.waiting, 0);
 }
 
+/* Review: a state_dir too long for the workers' rendezvous sockets
+ * (STATE_DIR/worker-PID.sock must fit sockaddr_un's 108 bytes) passed
+ * --check silently; each worker then only logged that no supervisor could
+ * adopt it, and a supervisor crash was no longer survived. A warning now. */
+static void test_check_state_dir_rendezvous_length(void **state)
+{
+	struct config_problems pr = { 0 }, warn = { 0 };
+	struct baton_config *cfg = NULL;
+	char path[512], text[1024], longdir[400];
+	FILE *f;
+
+	(void)state;
+	snprintf(dir, sizeof(dir), "%s/baton-check-XXXXXX",
+		 getenv("TMPDIR") && getenv("TMPDIR")[0] ? getenv("TMPDIR") : "/tmp");
+	assert_non_null(mkdtemp(dir));
+	for (int fits = 1; fits >= 0; fits--) {
+		/* "/worker-4194304.sock" (pid_max) is 20 bytes: 87 fit */
+		size_t n = fits ? 87 : 88;
+		size_t d = strlen(dir) + 1;
+
+		assert_true(n > d + 1);
+		snprintf(longdir, sizeof(longdir), "%s/", dir);
+		memset(longdir + d, 's', n - d);
+		longdir[n] = '\0';
+		snprintf(text, sizeof(text),
+			 "[supervisor]\n"
+			 "sessiond = /nonexistent/baton-sessiond\n"
+			 "state_dir = %s\n"
+			 "control = %s/c.sock\n"
+			 "[listen]\n"
+			 "irc = 127.0.0.1:1\n", longdir, dir);
+		snprintf(path, sizeof(path), "%s/baton.ini", dir);
+		f = fopen(path, "w");
+		assert_non_null(f);
+		fputs(text, f);
+		fclose(f);
+		assert_int_equal(config_load(path, &cfg, &pr), 0);
+		check_environment(cfg, "/nonexistent/baton-sessiond", &pr, &warn);
+		for (size_t i = 0; i < warn.n; i++)
+			printf("  %s\n", warn.msgs[i]);
+		assert_int_equal(has(&warn, "rendezvous"), !fits);
+		config_problems_clear(&pr);
+		config_problems_clear(&warn);
+		config_free(cfg);
+		cfg = NULL;
+		unlink(path);
+	}
+	rmdir(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_check_passwords_and_certificates),
 		cmocka_unit_test(test_check_capacity_and_bind),
 		cmocka_unit_test(test_check_capacity_startup),
+		cmocka_unit_test(test_check_state_dir_rendezvous_length),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
