@@ -279,7 +279,7 @@ int main(int argc, char **argv)
 	 * listeners come from systemd or are bound anew. */
 	r = orphans_adopt(state, &orphan, reexec_fd >= 0 ? ORPHANS_TIMEOUT_MS : 0);
 	if (r == 2)
-		goto out; /* several orphans serve: logged, left serving */
+		goto out; /* orphans serve that cannot be adopted: logged, left serving */
 	adopted = r == 1 &&
 		  (listeners = listeners_adopt(orphan.listen_fds, orphan.listen_names,
 					       orphan.nlisten)) != NULL;

@@ -3,6 +3,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -86,7 +88,10 @@ static int orphan_handshake(struct orphan *o)
 }
 
 /* 1: adopted; 0: not an orphan (stale, or it has a supervisor); -1: it
- * refused (it has a supervisor, or has not noticed yet that it has none). */
+ * refused (it has a supervisor, or has not noticed yet that it has none);
+ * -2: a live worker that did not answer in time (still in its migration)
+ * or that cannot be watched (no pidfd): the caller must not start another
+ * worker beside it. */
 static int orphan_try(const char *path, struct orphan *o)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -114,6 +119,19 @@ static int orphan_try(const char *path, struct orphan *o)
 		close(c);
 		return 0;
 	}
+	/* Now, while the connection keeps the worker from being reaped
+	 * unnoticed (its pid cannot be another process's yet): the adopted
+	 * worker is not our child, its pidfd is how we see it die and how
+	 * it is killed. Without one it cannot be watched: not adopted. */
+	o->pidfd = (int)syscall(SYS_pidfd_open, cred.pid, 0);
+	if (o->pidfd < 0) {
+		log_error("supervisor", "%s (pid %d): pidfd_open: %s: cannot watch it, not adopted",
+			  path, (int)cred.pid, strerror(errno));
+		close(c);
+		close(sv[0]);
+		close(sv[1]);
+		return -2;
+	}
 	rc = frame_send(c, CONTROL_ADOPT, "", 0, &sv[1], 1, ORPHANS_TIMEOUT_MS);
 	close(sv[1]);
 	close(c);
@@ -123,14 +141,17 @@ static int orphan_try(const char *path, struct orphan *o)
 		rc = orphan_handshake(o);
 	if (rc < 0) {
 		/* -ECONNRESET: it closed our channel unread: it has a live
-		 * supervisor (or is not a baton worker). */
+		 * supervisor (or is not a baton worker). A live one that did not
+		 * answer in time is still serving: never start one beside it. */
+		bool alive = rc == -ETIMEDOUT && kill(o->pid, 0) == 0;
+
 		if (rc != -ECONNRESET)
-			log_warn("supervisor", "%s (pid %d): adoption failed: %s", path,
-				 (int)o->pid, strerror(-rc));
+			log_warn("supervisor", "%s (pid %d): adoption failed: %s%s", path,
+				 (int)o->pid, strerror(-rc),
+				 alive ? " (it serves on: not starting another worker)" : "");
 		orphan_clear(o);
-		return rc == -ECONNRESET ? -1 : 0;
+		return rc == -ECONNRESET ? -1 : alive ? -2 : 0;
 	}
-	o->pidfd = (int)syscall(SYS_pidfd_open, o->pid, 0);
 	snprintf(exe, sizeof(exe), "/proc/%d/exe", (int)o->pid);
 	char target[PATH_MAX];
 	ssize_t n = readlink(exe, target, sizeof(target) - 1);
@@ -156,7 +177,7 @@ int orphans_adopt(const char *state_dir, struct orphan *o, int wait_ms)
 {
 	DIR *d = opendir(state_dir);
 	struct dirent *e;
-	int found = 0, others = 0;
+	int found = 0, others = 0, unanswered = 0;
 
 	memset(o, 0, sizeof(*o));
 	o->ctl = o->pidfd = -1;
@@ -175,8 +196,10 @@ int orphans_adopt(const char *state_dir, struct orphan *o, int wait_ms)
 		if (!found) {
 			int64_t until = clock_mono_ms() + wait_ms;
 
-			while ((found = orphan_try(path, o)) < 0 && clock_mono_ms() < until)
+			while ((found = orphan_try(path, o)) == -1 && clock_mono_ms() < until)
 				usleep(20000);
+			if (found == -2)
+				unanswered++;
 			found = found > 0;
 			continue;
 		}
@@ -184,7 +207,11 @@ int orphans_adopt(const char *state_dir, struct orphan *o, int wait_ms)
 		 * (its new channel closes: it is orphaned again, serving on). */
 		memset(&other, 0, sizeof(other));
 		other.ctl = other.pidfd = -1;
-		if (orphan_try(path, &other) == 1) {
+		int r = orphan_try(path, &other);
+
+		if (r == -2)
+			unanswered++;
+		if (r == 1) {
 			log_error("supervisor", "another orphaned worker, pid %d (%s), still serves "
 				  "besides pid %d (%s)", (int)other.pid, other.ready->version,
 				  (int)o->pid, o->ready->version);
@@ -193,6 +220,13 @@ int orphans_adopt(const char *state_dir, struct orphan *o, int wait_ms)
 		}
 	}
 	closedir(d);
+	if (unanswered) {
+		log_error("supervisor", "%d live worker(s) did not answer the adoption in time "
+			  "(still in a migration?) or cannot be watched: not starting another "
+			  "worker beside them; try again in a moment", unanswered);
+		orphan_clear(o);
+		return 2;
+	}
 	if (found && others) {
 		/* Each holds sessions (an empty orphan exits): adopted, one
 		 * would be told to start the configured sessions it does not

@@ -147,6 +147,23 @@ static void worker_fail_waiters(struct worker *w)
 	}
 }
 
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424 /* same number on every architecture */
+#endif
+
+/* SIGKILL through the pidfd when there is one: an adopted worker is not
+ * our child, so once it died and its parent reaped it, its pid may name
+ * another process; a pidfd never does. */
+static void worker_sigkill(struct worker *w)
+{
+	if (w->exited || w->pid <= 0)
+		return;
+	if (w->pidfd >= 0 && syscall(SYS_pidfd_send_signal, w->pidfd, SIGKILL, NULL, 0) == 0)
+		return;
+	if (!w->adopted) /* our child: its pid is ours until we reap it */
+		kill(w->pid, SIGKILL);
+}
+
 static void worker_on_kill_timer(evutil_socket_t fd, short what, void *arg)
 {
 	struct worker *w = arg;
@@ -154,7 +171,7 @@ static void worker_on_kill_timer(evutil_socket_t fd, short what, void *arg)
 	if (!w->exited && w->pid > 0) {
 		log_warn("worker", "pid %d did not exit in time: SIGKILL",
 			 (int)w->pid);
-		kill(w->pid, SIGKILL);
+		worker_sigkill(w);
 	}
 }
 
@@ -787,8 +804,7 @@ void worker_stop(struct worker *w, int timeout_s)
 
 void worker_kill(struct worker *w)
 {
-	if (!w->exited && w->pid > 0)
-		kill(w->pid, SIGKILL);
+	worker_sigkill(w);
 }
 
 static void worker_exited(struct worker *w);

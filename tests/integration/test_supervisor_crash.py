@@ -384,3 +384,36 @@ def test_adopted_worker_with_replaced_binary_restarts(ctx):
     check(b.worker_pid() not in (None, pid), "no worker after the crash:\n%s" % b.log_tail())
     check("its binary %s (deleted) was replaced" % path in b.log_text(),
           "the replaced binary went unnoticed:\n%s" % b.log_tail())
+
+
+def test_supervisor_restarted_during_long_migration_waits(ctx):
+    """A new supervisor whose orphan is still in a migration longer than
+    the adoption's wait (12 sessions, each adopted in 300 ms by the target:
+    about 4 s): it must not start a worker beside the live ones (that
+    would connect every session a second time): it exits 1 saying so, and
+    one started after the handoff ended adopts the worker holding them."""
+    bB = ctx.builds["b"].require()
+    ng, w, b, dave = test_basic.setup(ctx, nsessions=12)
+    c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
+    mark = len(w.events)
+    b.set_fault("target:slow-prepare")
+    p = b.ctl_async("upgrade", bB.sessiond, "--json")
+    bl.wait_for(lambda: "migrate" in b.log_text().split("upgrade", 1)[-1], 10,
+                what="the migration to start")
+    ctx.loop.run_for(0.3)
+    os.kill(b.proc.pid, signal.SIGKILL)
+    b.proc.wait(5)
+    ctx.loop.wait_process(p, timeout=30)
+    b.clear_fault()
+    b.start(wait=False)
+    ctx.loop.wait_process(b.proc, timeout=30)
+    check(b.proc.returncode == 1, "the supervisor started beside a live orphan: exit %s\n%s"
+          % (b.proc.returncode, b.log_tail()))
+    check("did not answer the adoption in time" in b.log_text(), "no reason logged:\n%s" % b.log_tail())
+    bl.wait_for(lambda: len(worker_pids(ctx)) == 1, 30, what="the handoff to end")
+    b.start(wait=False)
+    bl.pump_ready(ctx, b, timeout=30)
+    check(b.worker().get("sessions") == 12, "adopted %r" % b.worker())
+    ev = [e for e in w.events[mark:] if e[1] in ("QUIT", "JOIN", "PART")]
+    check(not ev, "the network saw a reconnect: %s" % ev)
+    check(not c.closed, "client closed")
