@@ -423,7 +423,7 @@ static void print_status(struct json_object *st)
 	if (json_object_object_get_ex(st, "migration_running", &v) &&
 	    json_object_get_boolean(v))
 		printf("migration: running\n");
-	printf("crashes: %lld", (long long)jint(st, "crashes"));
+	printf("crashes: %lld", (long long)jint(st, "crash_count"));
 	if (crash) {
 		time_t t = (time_t)jint(crash, "time");
 		char when[64];

@@ -404,7 +404,7 @@ def run(ctx, args, largs, A, B, loadgen):
         d.get("out_of_order") == 0 and d.get("expected", 0) > 0,
         "no_disconnects": c.get("disconnects") == 0,
         "p99_under_limit": p99 is not None and p99 < args.p99_ms,
-        "worker_alive": baton.alive() and not status.get("crashes"),
+        "worker_alive": baton.alive() and not status.get("crash_count"),
     }
     return {
         "kind": "abuse_run",

@@ -75,6 +75,12 @@ struct supervisor {
 
 	unsigned crashes;
 	struct json_object *last_crash;     /* owned, NULL if none */
+	/* The last SUPERVISOR_CRASH_LOG crashes, oldest first (owned array;
+	 * status `crashes`); restore_ms of the newest is filled in when the
+	 * next worker serves (crash_pending, crash_mono_ms). */
+	struct json_object *crash_log;
+	bool crash_pending;
+	int64_t crash_mono_ms;
 	char *previous_binary;
 	struct json_object *last_migration; /* owned */
 	unsigned migrations_committed, migrations_aborted, migrations_refused;
@@ -526,6 +532,17 @@ static void supervisor_serve(struct supervisor *sup, struct worker *w)
 	log_info("supervisor", "worker pid %d (%s) serving on %zu listener(s)",
 		 (int)worker_pid(w), worker_version(w),
 		 listeners_count(sup->listeners));
+	if (sup->crash_pending && sup->crash_log != NULL) {
+		/* the crash that this worker replaces: how long its users had
+		 * no worker */
+		size_t n = json_object_array_length(sup->crash_log);
+		struct json_object *last = n ? json_object_array_get_idx(sup->crash_log, n - 1) : NULL;
+
+		if (last != NULL)
+			json_object_object_add(last, "restore_ms",
+					       json_object_new_int64(clock_mono_ms() - sup->crash_mono_ms));
+		sup->crash_pending = false;
+	}
 	if (!sup->ever_served) {
 		char text[256];
 
@@ -536,11 +553,51 @@ static void supervisor_serve(struct supervisor *sup, struct worker *w)
 	supervisor_notify_status(sup);
 }
 
+#define SUPERVISOR_CRASH_LOG 32
+
+/* status `crashes` (issue 10's contract). Without custody a crash keeps
+ * nothing: every session the worker held (its last STATUS) lost its
+ * connections and reconnects, none is restored, no connection is kept;
+ * lines lost are not counted (null: unknown, not zero). */
+static struct json_object *supervisor_crash_entry(struct worker *w)
+{
+	struct jb jb_ = JB_INIT, *jb = &jb_;
+	struct json_object *c = jb_obj(jb);
+	const Baton__Control__Status *st = worker_has_status(w) ? worker_last_status(w) : NULL;
+	int ws = worker_exit_code(w);
+
+	jb_add(jb, c, "time", jb_i64(jb, (int64_t)time(NULL)));
+	jb_add(jb, c, "pid", jb_i64(jb, worker_pid(w)));
+	jb_add(jb, c, "signal", !worker_is_adopted(w) && WIFSIGNALED(ws)
+				? jb_int(jb, WTERMSIG(ws)) : NULL);
+	jb_add(jb, c, "status", jb_str(jb, worker_exit_status(w)));
+	jb_add(jb, c, "sessions_restored", jb_int(jb, 0));
+	jb_add(jb, c, "sessions_lost", st ? jb_i64(jb, st->sessions) : NULL);
+	jb_add(jb, c, "connections_kept", jb_int(jb, 0));
+	jb_add(jb, c, "connections_reconnected", st ? jb_i64(jb, st->connections) : NULL);
+	jb_add(jb, c, "lines_lost", NULL);
+	jb_add(jb, c, "restore_ms", NULL);
+	return jb_done(jb, c);
+}
+
 static void supervisor_record_crash(struct supervisor *sup, struct worker *w)
 {
 	struct jb jb_ = JB_INIT, *jb = &jb_;
 	struct json_object *c = jb_obj(jb);
+	struct json_object *entry = supervisor_crash_entry(w);
 
+	if (sup->crash_log == NULL)
+		sup->crash_log = json_object_new_array();
+	if (entry != NULL && sup->crash_log != NULL &&
+	    json_object_array_add(sup->crash_log, entry) == 0) {
+		if (json_object_array_length(sup->crash_log) > SUPERVISOR_CRASH_LOG)
+			json_object_array_del_idx(sup->crash_log, 0, 1);
+		sup->crash_pending = true;
+		sup->crash_mono_ms = clock_mono_ms();
+	} else {
+		json_object_put(entry);
+		log_error("supervisor", "out of memory: the crash not kept in status");
+	}
 	sup->crashes++;
 	jb_add(jb, c, "pid", jb_i64(jb, worker_pid(w)));
 	jb_add(jb, c, "binary", jb_str(jb, worker_binary(w)));
@@ -776,6 +833,7 @@ void supervisor_free(struct supervisor *sup)
 	if (sup->ev_refresh)
 		event_free(sup->ev_refresh);
 	json_object_put(sup->last_crash);
+	json_object_put(sup->crash_log);
 	json_object_put(sup->last_migration);
 	canary_free(sup->canary);
 	json_object_put(sup->last_canary);
@@ -921,7 +979,9 @@ static struct json_object *supervisor_status_json(struct supervisor *sup)
 	jb_add(jb, o, "workers", ws);
 	jb_add(jb, o, "migration_running",
 			       jb_bool(jb, sup->migration != NULL));
-	jb_add(jb, o, "crashes", jb_i64(jb, sup->crashes));
+	jb_add(jb, o, "crash_count", jb_i64(jb, sup->crashes));
+	jb_add(jb, o, "crashes", sup->crash_log ? json_object_get(sup->crash_log)
+						 : jb_arr(jb));
 	jb_add(jb, o, "last_crash", json_object_get(sup->last_crash));
 	{
 		/* Where rollback goes: the release history's target. */

@@ -338,7 +338,7 @@ def test_incompatible_schema_refused(ctx):
 
 def test_worker_crash_restarts(ctx):
     """kill -9 of the worker outside any migration: the supervisor counts it
-    (crashes = 1), starts a new worker (new pid) holding every session, the
+    (crash_count = 1, one record in `crashes`), starts a new worker (new pid) holding every session, the
     sessions reconnect upstream (the watcher sees the nicks back in all
     channels), clients log in again and numbered lines flow both ways
     exactly once."""
@@ -352,7 +352,7 @@ def test_worker_crash_restarts(ctx):
     while True:
         st = b.try_status()
         ws = (st or {}).get("workers") or []
-        if (st and st.get("crashes") == 1 and len(ws) == 1 and ws[0]["pid"] != old_pid
+        if (st and st.get("crash_count") == 1 and len(ws) == 1 and ws[0]["pid"] != old_pid
                 and ws[0].get("sessions") == scen.nsessions):
             reg = bl.Baton.worker_registered(ws[0])
             if reg is None or reg >= scen.nsessions:
@@ -360,7 +360,15 @@ def test_worker_crash_restarts(ctx):
         check(bl.now() < end, "no recovery after worker crash; status %s; log:\n%s"
               % (st, b.log_tail()))
         scen.loop.run_for(0.3)
-    check(st.get("crashes") == 1, "crashes = %r" % st.get("crashes"))
+    check(st.get("crash_count") == 1, "crash_count = %r" % st.get("crash_count"))
+    # issue 10's crash record; without custody nothing is kept: the 8
+    # sessions lost their connections (they reconnect), none restored
+    cr = (st.get("crashes") or [{}])[-1]
+    check(len(st.get("crashes") or []) == 1 and cr.get("pid") == old_pid and cr.get("signal") == 9
+          and cr.get("sessions_restored") == 0 and cr.get("sessions_lost") == scen.nsessions
+          and cr.get("connections_kept") == 0 and cr.get("connections_reconnected", 0) >= scen.nsessions
+          and "lines_lost" in cr and isinstance(cr.get("restore_ms"), int) and cr["restore_ms"] > 0,
+          "crash record %r" % st.get("crashes"))
     scen.watcher.wait_present(scen.nicks, timeout=60)
     # every old client connection died with the worker; log in again
     led = bl.Ledger()

@@ -200,7 +200,7 @@ def test_auto_rollback_after_crash(ctx):
     st = wait_serving(b, vA)
     w = st["workers"][0]
     check(w["binary"] == installed(b, vA), "restarted %r, not release %s" % (w["binary"], vA))
-    check(st.get("crashes") == 1 and st.get("auto_rollbacks") == 1,
+    check(st.get("crash_count") == 1 and st.get("auto_rollbacks") == 1,
           "crashes %r, auto_rollbacks %r" % (st.get("crashes"), st.get("auto_rollbacks")))
     ar = st.get("last_auto_rollback") or {}
     check(ar.get("from") == vB and ar.get("to") == vA and "signal 9" in (ar.get("reason") or "")

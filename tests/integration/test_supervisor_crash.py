@@ -158,7 +158,7 @@ def test_adopted_worker_crash_restarts(ctx):
     bl.pump_ready(ctx, b)
     check(b.worker_pid() == pid, "not adopted: %s" % b.worker_pid())
     os.kill(pid, signal.SIGKILL)
-    bl.wait_for(lambda: (b.try_status() or {}).get("crashes") == 1, 15,
+    bl.wait_for(lambda: (b.try_status() or {}).get("crash_count") == 1, 15,
                 what="the adopted worker's death counted as a crash")
     bl.pump_ready(ctx, b, timeout=30)
     new = b.worker_pid()
@@ -378,7 +378,7 @@ def test_adopted_worker_with_replaced_binary_restarts(ctx):
     bl.pump_ready(ctx, b)
     check(b.worker_pid() == pid, "not adopted: %s" % b.worker_pid())
     os.kill(pid, signal.SIGKILL)
-    bl.wait_for(lambda: (b.try_status() or {}).get("crashes") == 1, 15,
+    bl.wait_for(lambda: (b.try_status() or {}).get("crash_count") == 1, 15,
                 what="the adopted worker's death counted as a crash")
     bl.pump_ready(ctx, b, timeout=30)
     check(b.worker_pid() not in (None, pid), "no worker after the crash:\n%s" % b.log_tail())
