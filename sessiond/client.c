@@ -21,6 +21,7 @@
 #include "sessiond/conn.h"
 #include "sessiond/health.h"
 #include "sessiond/irc.h"
+#include "sessiond/sasl_mech.h"
 
 /* Capabilities offered to clients, defined once (canonical order is the
  * order here; state.c serializes in it). */
@@ -39,6 +40,7 @@ static const struct {
 	{ "chghost", CLIENT_CAP_CHGHOST },
 	{ "setname", CLIENT_CAP_SETNAME },
 	{ "invite-notify", CLIENT_CAP_INVITE_NOTIFY },
+	{ "sasl", CLIENT_CAP_SASL },
 };
 #define NCLIENT_CAPS (sizeof(client_caps) / sizeof(client_caps[0]))
 /* Targets of one PRIVMSG/NOTICE stored in the backlog (more are sent to
@@ -94,6 +96,7 @@ void client_free(struct client *cl)
 		bouncer_forget_pending(cl->b, cl);
 	conn_release(cl->conn);
 	free(cl->pass);
+	free(cl->sasl_in);
 	free(cl->nick);
 	free(cl->user);
 	free(cl->client_id);
@@ -411,6 +414,10 @@ static void client_cap(struct client *cl, struct irc_msg *m)
 			if (i)
 				strcat(list, " ");
 			strcat(list, client_caps[i].name);
+			/* CAP 302 lists values: the one mechanism */
+			if (client_caps[i].bit == CLIENT_CAP_SASL && m->nparams >= 2 &&
+			    atoi(m->params[1]) >= 302)
+				strcat(list, "=PLAIN");
 		}
 		conn_sendf(cl->conn, ":%s CAP %s LS :%s", BATON_SERVER_NAME, nick, list);
 	} else if (strcasecmp(sub, "LIST") == 0) {
@@ -527,6 +534,24 @@ static void client_bad_password(struct client *cl)
 	client_error_close(cl, bad, "password incorrect");
 }
 
+static void client_try_register(struct client *cl);
+
+/* A login that failed: a SASL attempt is answered 904 and the client may
+ * try again or register otherwise (each failure counts in the throttle);
+ * PASS closes with 464. */
+static void client_login_failed(struct client *cl)
+{
+	if (!cl->sasl_checking) {
+		client_bad_password(cl);
+		return;
+	}
+	cl->sasl_checking = false;
+	free(cl->pass);
+	cl->pass = NULL;
+	conn_sendf(cl->conn, ":%s 904 %s :SASL authentication failed", BATON_SERVER_NAME,
+		   cl->nick ? cl->nick : "*");
+}
+
 /* Registration complete: check the password off the loop (authpool.h);
  * client_auth_done() goes on. Exactly one crypt() whatever fails (unknown
  * user, malformed ident: against a dummy of the configured hashes' kind),
@@ -612,7 +637,7 @@ void client_auth_done(struct client *cl, bool pass_ok)
 	}
 	if (!ident || parse_ident(ident, &user, &network, &cname) < 0) {
 		bouncer_login_result(cl->b, cl, false);
-		client_bad_password(cl);
+		client_login_failed(cl);
 		goto out;
 	}
 	const struct config_user *cu = cfg ? config_find_user(cfg, user) : NULL;
@@ -622,14 +647,14 @@ void client_auth_done(struct client *cl, bool pass_ok)
 		log_info("client", "authentication failed for user %.64s%s from %s", user,
 			 strlen(user) > 64 ? "..." : "", cl->addr[0] ? cl->addr : "?");
 		bouncer_login_result(cl->b, cl, false);
-		client_bad_password(cl);
+		client_login_failed(cl);
 		goto out;
 	}
 	bouncer_login_result(cl->b, cl, true);
 	if (!bouncer_find_session(cl->b, user, network) &&
 	    !config_find_session(cfg, user, network)) {
 		log_info("client", "user %s: no session for network %s", user, network);
-		client_bad_password(cl);
+		client_login_failed(cl);
 		goto out;
 	}
 	/* Bounds of the session's state (session.h): refused clients stay
@@ -641,9 +666,12 @@ void client_auth_done(struct client *cl, bool pass_ok)
 		goto out;
 	}
 	/* The password is not kept past authentication: from here the client
-	 * is known by who it logged in as (it may be forwarded or parked). */
-	free(cl->pass);
-	cl->pass = NULL;
+	 * is known by who it logged in as (it may be forwarded or parked). A
+	 * SASL login keeps it until its registration ends (see client.h). */
+	if (!cl->sasl_checking) {
+		free(cl->pass);
+		cl->pass = NULL;
+	}
 	free(cl->fwd_user);
 	free(cl->fwd_network);
 	free(cl->client_id);
@@ -652,6 +680,16 @@ void client_auth_done(struct client *cl, bool pass_ok)
 	cl->client_id = strdup(cname ? cname : "default");
 	if (!cl->fwd_user || !cl->fwd_network || !cl->client_id) {
 		client_error_close(cl, NULL, "server busy, try again later");
+		goto out;
+	}
+	if (cl->sasl_checking) {
+		cl->sasl_checking = false;
+		conn_sendf(cl->conn, ":%s 900 %s %s!%s@baton %s :You are now logged in as %s",
+			   BATON_SERVER_NAME, cl->nick ? cl->nick : "*",
+			   cl->nick ? cl->nick : "*", user, user, user);
+		conn_sendf(cl->conn, ":%s 903 %s :SASL authentication successful",
+			   BATON_SERVER_NAME, cl->nick ? cl->nick : "*");
+		client_try_register(cl); /* routed once NICK, USER, CAP END are in */
 		goto out;
 	}
 	client_route(cl);
@@ -716,8 +754,96 @@ static void client_try_register(struct client *cl)
 {
 	if (cl->phase != CLIENT_PENDING || cl->cap_negotiating || !cl->nick || !cl->user)
 		return;
-	if (conn_is_dead(cl->conn) || cl->auth_id || cl->login_waiting)
+	if (conn_is_dead(cl->conn) || cl->auth_id || cl->login_waiting || cl->sasl_checking)
 		return;
+	if (cl->fwd_user != NULL) {
+		/* logged in by SASL already: its password is no longer needed */
+		free(cl->pass);
+		cl->pass = NULL;
+		client_route(cl);
+		return;
+	}
+	client_authenticate(cl);
+}
+
+/* AUTHENTICATE from a client before registration (IRCv3 sasl-3.1):
+ * PLAIN only, "authzid NUL authcid NUL password" with authcid the login
+ * of PASS ("user/network[@client]"; authzid empty or the same). The check
+ * is the PASS one (client_authenticate(): throttle, crypt off the loop,
+ * one crypt per attempt); client_auth_done() answers 903 or 904. */
+static void client_sasl(struct client *cl, const struct irc_msg *m)
+{
+	const char *nick = cl->nick ? cl->nick : "*";
+	const char *param = m->params[0];
+	unsigned char msg[SASL_MSG_MAX + 1];
+	size_t len;
+	int rc;
+
+	if (!(cl->caps & CLIENT_CAP_SASL) || cl->fwd_user != NULL || cl->sasl_checking ||
+	    cl->auth_id || cl->login_waiting) {
+		conn_sendf(cl->conn, ":%s %s %s :%s", BATON_SERVER_NAME,
+			   cl->fwd_user ? "907" : "904", nick,
+			   cl->fwd_user ? "You have already authenticated using SASL"
+			   : !(cl->caps & CLIENT_CAP_SASL) ? "SASL authentication failed: CAP REQ sasl first"
+			   : "SASL authentication failed: a check is in progress");
+		return;
+	}
+	if (strcmp(param, "*") == 0) {
+		cl->sasl_plain = false;
+		free(cl->sasl_in);
+		cl->sasl_in = NULL;
+		conn_sendf(cl->conn, ":%s 906 %s :SASL authentication aborted", BATON_SERVER_NAME, nick);
+		return;
+	}
+	if (!cl->sasl_plain) {
+		if (sasl_mech_parse(param) != SASL_MECH_PLAIN) {
+			conn_sendf(cl->conn, ":%s 908 %s PLAIN :are available SASL mechanisms",
+				   BATON_SERVER_NAME, nick);
+			conn_sendf(cl->conn, ":%s 904 %s :SASL authentication failed", BATON_SERVER_NAME, nick);
+			return;
+		}
+		if (!cl->sasl_in && !(cl->sasl_in = calloc(1, sizeof(*cl->sasl_in)))) {
+			client_error_close(cl, NULL, "out of memory");
+			return;
+		}
+		cl->sasl_plain = true;
+		conn_sendf(cl->conn, "AUTHENTICATE +");
+		return;
+	}
+	rc = sasl_in_feed(cl->sasl_in, param, msg, &len);
+	if (rc == 0)
+		return; /* more chunks follow */
+	cl->sasl_plain = false;
+	if (rc < 0) {
+		conn_sendf(cl->conn, ":%s %s %s :%s", BATON_SERVER_NAME,
+			   rc == -EMSGSIZE ? "905" : "904", nick,
+			   rc == -EMSGSIZE ? "SASL message too long" : "SASL authentication failed");
+		return;
+	}
+	/* authzid NUL authcid NUL passwd: two NULs, no third */
+	msg[len] = '\0';
+	const char *authzid = (const char *)msg;
+	const char *authcid = memchr(msg, '\0', len) ? authzid + strlen(authzid) + 1 : NULL;
+	const char *pw = authcid && authcid < (const char *)msg + len
+			 ? authcid + strlen(authcid) + 1 : NULL;
+
+	if (!pw || pw > (const char *)msg + len || pw + strlen(pw) != (const char *)msg + len ||
+	    !authcid[0] || (authzid[0] && strcmp(authzid, authcid) != 0)) {
+		conn_sendf(cl->conn, ":%s 904 %s :SASL authentication failed: malformed PLAIN",
+			   BATON_SERVER_NAME, nick);
+		return;
+	}
+	char *pass = malloc(strlen(authcid) + strlen(pw) + 2);
+
+	if (!pass) {
+		client_error_close(cl, NULL, "out of memory");
+		return;
+	}
+	sprintf(pass, "%s:%s", authcid, pw);
+	explicit_bzero(msg, sizeof(msg));
+	free(cl->pass);
+	cl->pass = pass;
+	cl->sasl_checking = true;
 	client_authenticate(cl);
 }
 
@@ -1045,6 +1171,8 @@ static bool client_missing_params(struct client *cl, const struct irc_msg *m)
 		return false; /* PASS, USER: 462 (already registered) */
 	if (strcasecmp(cmd, "PING") == 0 || strcasecmp(cmd, "PASS") == 0)
 		short_ = m->nparams < 1; /* "PING :" has its (empty) token */
+	else if (strcasecmp(cmd, "AUTHENTICATE") == 0)
+		short_ = m->nparams < 1 || m->params[0][0] == '\0';
 	else if (strcasecmp(cmd, "USER") == 0)
 		short_ = m->nparams < 4 || m->params[0][0] == '\0' ||
 			 m->params[3][0] == '\0';
@@ -1063,6 +1191,9 @@ static void client_pending_line(struct client *cl, struct irc_msg *m)
 	if (strcasecmp(cmd, "CAP") == 0) {
 		client_cap(cl, m);
 	} else if (client_missing_params(cl, m)) {
+		return;
+	} else if (strcasecmp(cmd, "AUTHENTICATE") == 0) {
+		client_sasl(cl, m);
 		return;
 	} else if (strcasecmp(cmd, "PASS") == 0 || strcasecmp(cmd, "NICK") == 0 ||
 		   strcasecmp(cmd, "USER") == 0) {
@@ -1219,6 +1350,10 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 		client_quit(cl);
 	} else if (strcasecmp(cmd, "CAP") == 0) {
 		client_cap(cl, m);
+	} else if (strcasecmp(cmd, "AUTHENTICATE") == 0) {
+		/* never the network's: a SASL login is before registration */
+		conn_sendf(cl->conn, ":%s 907 %s :You have already authenticated",
+			   client_srv(cl), client_nick(cl));
 	} else if (strcasecmp(cmd, "PASS") == 0 || strcasecmp(cmd, "USER") == 0) {
 		conn_sendf(cl->conn, ":%s 462 %s :You may not reregister",
 			   client_srv(cl), client_nick(cl));

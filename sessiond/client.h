@@ -33,6 +33,7 @@ enum client_cap {
 	CLIENT_CAP_CHGHOST = 1u << 8,
 	CLIENT_CAP_SETNAME = 1u << 9,
 	CLIENT_CAP_INVITE_NOTIFY = 1u << 10,
+	CLIENT_CAP_SASL = 1u << 11, /* SASL PLAIN as a login (before registration) */
 };
 
 enum client_phase {
@@ -88,6 +89,13 @@ struct client {
 	uint64_t serial;
 	unsigned caps;          /* enum client_cap */
 	bool cap_negotiating;
+	/* SASL login (client.c): AUTHENTICATE PLAIN chosen, its message being
+	 * reassembled (sasl_in, owned, NULL: none), its password check in
+	 * flight (sasl_checking: client_auth_done() answers 903/904 instead of
+	 * attaching). On success fwd_* hold the verified login and pass stays
+	 * until registration ends (a migration target checks it again). */
+	bool sasl_plain, sasl_checking;
+	struct sasl_inbuf *sasl_in;
 	char *pass, *nick, *user;
 	char *client_id;        /* delivery position name, "default" */
 	uint64_t delivered_seq; /* last backlog seq queued to this client */

@@ -322,3 +322,62 @@ def test_client_prefix_and_spaces_against_ngircd(ctx):
               % (text, len(lines_with(dave, text)), [ln for _, ln in dave.lines[-8:]]))
     ev = [e for e in w.events[mark:] if e[1] == "QUIT"]
     check(not ev, "the session left the network: %s" % ev)
+
+
+def test_sasl_plain_client_login(ctx):
+    """SASL PLAIN as a client login alongside PASS (issue 11 §2): CAP LS 302
+    offers sasl=PLAIN; before CAP REQ sasl, AUTHENTICATE gets 904; another
+    mechanism 908 + 904; a wrong password 904 and the connection stays (it
+    may try again); the right one 900 + 903 and, after CAP END, NICK and
+    USER, the session with the client name of the login; a message past
+    1,024 bytes 905; AUTHENTICATE without a parameter 461; after
+    registration 907, never sent to the network."""
+    import base64
+    ng, w, b, dave = setup(ctx)
+    s = b.sessions[0]
+
+    def auth(p, authcid, pw, authzid=""):
+        raw = ("%s\0%s\0%s" % (authzid, authcid, pw)).encode()
+        b64 = base64.b64encode(raw).decode()
+        for i in range(0, len(b64), 400):
+            p.send("AUTHENTICATE %s" % b64[i:i + 400])
+        if len(b64) % 400 == 0:
+            p.send("AUTHENTICATE +")
+
+    p = ctx.loop.connect(b.port, name="sasl")
+    p.send("CAP LS 302")
+    ctx.loop.run_until(lambda: lines_with(p, " LS :"), 10, "CAP LS")
+    check("sasl=PLAIN" in lines_with(p, " LS :")[0], "CAP LS 302: %s" % lines_with(p, " LS :"))
+    p.send("AUTHENTICATE PLAIN")
+    ctx.loop.run_until(lambda: lines_with(p, " 904 "), 10, "904 before CAP REQ sasl")
+    p.send("CAP REQ :sasl")
+    p.send("AUTHENTICATE")
+    p.send("AUTHENTICATE SCRAM-SHA-256")
+    ctx.loop.run_until(lambda: lines_with(p, " 908 "), 10, "908 for SCRAM")
+    check(lines_with(p, " 461 "), "461 for AUTHENTICATE without a parameter")
+    check(len(lines_with(p, " 904 ")) == 2, "904 after 908: %s" % lines_with(p, " 90"))
+    p.send("AUTHENTICATE PLAIN")
+    ctx.loop.run_until(lambda: lines_with(p, "AUTHENTICATE +"), 10, "AUTHENTICATE +")
+    auth(p, "%s/%s@phone" % (s.user, s.network), "wrong")
+    ctx.loop.run_until(lambda: len(lines_with(p, " 904 ")) == 3, 15, "904 for a wrong password")
+    check(not p.closed, "closed after a failed SASL attempt")
+    p.send("AUTHENTICATE PLAIN")
+    ctx.loop.run_until(lambda: len(lines_with(p, "AUTHENTICATE +")) == 2, 10, "AUTHENTICATE + again")
+    # a password long enough to need a second chunk ending in a full one
+    auth(p, "%s/%s@phone" % (s.user, s.network), s.password)
+    ctx.loop.run_until(lambda: lines_with(p, " 903 "), 15, "903")
+    check(lines_with(p, " 900 "), "no 900 before 903")
+    p.send("CAP END")
+    p.send("NICK %s" % s.nick)
+    p.send("USER x 0 * :sasl client")
+    bl.wait_attached(ctx.loop, p, s)
+    p.send("AUTHENTICATE PLAIN")
+    ctx.loop.run_until(lambda: lines_with(p, " 907 "), 10, "907 after registration")
+    dave.privmsg("#chat", "sasl check")
+    ctx.loop.run_until(lambda: any("sasl check" in ln for _, ln in p.lines), 10, "relay to the SASL client")
+    q = ctx.loop.connect(b.port, name="sasl-long")
+    q.send("CAP REQ :sasl")
+    q.send("AUTHENTICATE PLAIN")
+    ctx.loop.run_until(lambda: lines_with(q, "AUTHENTICATE +"), 10, "AUTHENTICATE + (long)")
+    auth(q, "%s/%s" % (s.user, s.network), "x" * 1100)
+    ctx.loop.run_until(lambda: lines_with(q, " 905 "), 10, "905 past 1,024 bytes")
