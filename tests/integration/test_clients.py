@@ -128,7 +128,8 @@ def migrate(ctx, b, op, peers, base, every=0.05):
         for q in peers:
             q.send(k["n"])
         return True
-    tick()
+    for _ in range(3):   # a burst in flight as the sessions freeze
+        tick()
     ctx.loop.every(every, tick)
     ctx.loop.wait_process(p, timeout=120)
     rc, res, out, err = b.finish_ctl(p)
