@@ -194,7 +194,10 @@ def test_weechat(ctx):
     follows a MODE +v and a JOIN after them; wp /disconnects (QUIT: a
     detach), misses lines of dave and wt, /connects: each missed line
     appears once, stamped with its server-time (before the reconnection),
-    and wp's nicklist after the burst equals wt's."""
+    and wp's nicklist after the burst equals wt's. Then a TOPIC, a /nick
+    from wp and a reattach of wt: both hold the new nick as their own
+    (wt from baton's 001, not from its config), the same nicklist and the
+    topic."""
     w, b, dave, pki = setup(ctx, tls=True)
     s = b.sessions[0]
     t0 = bl.now()
@@ -314,6 +317,30 @@ def test_weechat(ctx):
           "wt's server buffer: %d WHO lists before wp reattached, now %d (want one more: "
           "the known bug; fixed?)" % (who_lists, len([ln for ln in wt.server_log()
                                                       if "End of WHO list" in ln.text])))
+
+    # a topic and a nick change from one WeeChat, then the other
+    # reattaches: its own nick comes from baton's 001 (not its config)
+    w.conn.send("TOPIC %s :baton topic one" % CHAN)
+    wp.command("/nick bnx", buffer=wp.buffer_name(CHAN))
+    srv = "${irc_server[irc_servers]"
+    for wc in (wp, wt):
+        ctx.loop.run_until(lambda: wc.query("%s.nick}" % srv, loop=ctx.loop) == "bnx", 10,
+                           raise_on_timeout=False)
+    wt.command("/disconnect")
+    wt.wait_log("irc.server.baton", "disconnected from server", loop=ctx.loop)
+    wt.command("/connect %s" % wt.SERVER)
+    ctx.loop.run_until(lambda: len(weechat_connections(wt)) == 2, 15, "wt reconnecting")
+    want_nicks = sorted(["@watcher", "bnx", "+dave", "erin"])
+    for wc in (wp, wt):
+        ctx.loop.run_until(lambda: wc.nicklist(CHAN, loop=ctx.loop) == want_nicks, 10,
+                           raise_on_timeout=False)
+        check(wc.query("%s.nick}" % srv, loop=ctx.loop) == "bnx",
+              "%s: own nick %r after the NICK (and a reattach)"
+              % (wc.dir, wc.query("%s.nick}" % srv, loop=ctx.loop)))
+        check(wc.nicklist(CHAN, loop=ctx.loop) == want_nicks, "%s: nicklist %s, want %s"
+              % (wc.dir, wc.nicklist(CHAN, loop=ctx.loop), want_nicks))
+        topic = wc.query("%s.channels.topic}" % srv, loop=ctx.loop)
+        check(topic == "baton topic one", "%s: topic %r" % (wc.dir, topic))
     erin.quit()
 
 
