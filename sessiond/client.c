@@ -1394,8 +1394,14 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 			free(s->away);
 			s->away = away;
 		}
-		if (upstream_send(s, raw) < 0)
+		if (upstream_send(s, raw) < 0) {
 			client_too_long(cl);
+			return;
+		}
+		/* its replies go to this client only (session_reply_route()) */
+		if (cl->serial == 0)
+			cl->serial = client_next_serial();
+		session_query_note(s, cl->serial, m);
 	}
 }
 

@@ -3,6 +3,7 @@
 #include "sessiond/session.h"
 #include "common/clock.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -364,6 +365,7 @@ void session_free(struct session *s)
 	for (size_t i = 0; i < s->nclients; i++)
 		client_free(s->clients[i]);
 	free(s->clients);
+	free(s->queries);
 	for (size_t i = 0; i < s->nchannels; i++)
 		channel_free(s->channels[i]);
 	free(s->channels);
@@ -928,4 +930,154 @@ int session_shrink(struct session *s, size_t excess, struct session_shrink *acc)
 		return 0;
 	}
 	return -ENOSPC;
+}
+
+/* ---- replies routed to the client that asked ---- */
+
+#define SESSION_QUERY_TTL_MS 30000
+
+static void irc_casefold_copy(char *out, size_t n, const char *in)
+{
+	snprintf(out, n, "%s", in);
+	irc_casefold(out);
+}
+
+/* A channel by CHANTYPES (default "#&"). */
+static bool session_is_channel(const struct session *s, const char *name)
+{
+	const char *types = session_isupport(s, "CHANTYPES");
+
+	return name[0] && strchr(types && types[0] ? types : "#&", name[0]) != NULL;
+}
+
+static void query_pop(struct session *s)
+{
+	if (s->nqueries == 0)
+		return;
+	memmove(s->queries, s->queries + 1, (s->nqueries - 1) * sizeof(*s->queries));
+	if (--s->nqueries == 0) {
+		free(s->queries);
+		s->queries = NULL;
+	}
+}
+
+void session_query_note(struct session *s, uint64_t serial, const struct irc_msg *m)
+{
+	enum session_query_kind kind = 0;
+	const char *target = NULL;
+	const char *cmd = m->command;
+
+	if (strcasecmp(cmd, "WHO") == 0)
+		kind = SESSION_QUERY_WHO, target = m->nparams ? m->params[0] : "*";
+	else if (strcasecmp(cmd, "NAMES") == 0 && m->nparams >= 1)
+		kind = SESSION_QUERY_NAMES, target = m->params[0];
+	else if (strcasecmp(cmd, "WHOIS") == 0 && m->nparams >= 1)
+		kind = SESSION_QUERY_WHOIS, target = m->params[m->nparams - 1];
+	else if (strcasecmp(cmd, "MODE") == 0 && m->nparams == 1 &&
+		 session_is_channel(s, m->params[0]))
+		kind = SESSION_QUERY_MODE, target = m->params[0];
+	else if (strcasecmp(cmd, "TOPIC") == 0 && m->nparams == 1)
+		kind = SESSION_QUERY_TOPIC, target = m->params[0];
+	/* a list (a,b) gets several answers: not routed, as before */
+	if (!kind || !target[0] || strchr(target, ',') || strlen(target) >= 64 ||
+	    s->nqueries >= SESSION_MAX_QUERIES)
+		return;
+	struct session_query *grown = realloc(s->queries, (s->nqueries + 1) * sizeof(*grown));
+
+	if (grown == NULL)
+		return; /* util.h policy: routing is an optimization; replies go to everyone */
+	s->queries = grown;
+	struct session_query *q = &s->queries[s->nqueries++];
+
+	q->client_serial = serial;
+	q->kind = kind;
+	irc_casefold_copy(q->target, sizeof(q->target), target);
+	q->sent_ms = clock_mono_ms();
+}
+
+static struct client *query_client(struct session *s, uint64_t serial)
+{
+	for (size_t i = 0; i < s->nclients; i++)
+		if (s->clients[i]->serial == serial)
+			return s->clients[i];
+	return NULL;
+}
+
+/* The numeric's role for a kind: 1 a reply within, 2 the last one (its
+ * target in params[1]), 0 not this kind's. */
+static int query_numeric_role(enum session_query_kind kind, int num)
+{
+	switch (kind) {
+	case SESSION_QUERY_WHO:
+		return num == 352 || num == 354 ? 1 : num == 315 ? 2 : 0;
+	case SESSION_QUERY_NAMES:
+		return num == 353 ? 1 : num == 366 ? 2 : 0;
+	case SESSION_QUERY_WHOIS:
+		return (num >= 311 && num <= 313) || num == 317 || num == 319 ||
+		       num == 301 || num == 307 || num == 310 || num == 320 ||
+		       num == 330 || num == 335 || num == 338 || num == 378 ||
+		       num == 379 || num == 671 || num == 276 || num == 401 ? 1
+		       : num == 318 ? 2 : 0;
+	case SESSION_QUERY_MODE:
+		return num == 324 ? 2 : 0;
+	case SESSION_QUERY_TOPIC:
+		return num == 331 || num == 332 ? 2 : 0;
+	}
+	return 0;
+}
+
+int session_reply_route(struct session *s, const struct irc_msg *m, struct client **only)
+{
+	const char *cmd = m->command;
+	int num, role;
+	char target[64];
+
+	*only = NULL;
+	if (strlen(cmd) != 3 || !isdigit((unsigned char)cmd[0]) ||
+	    !isdigit((unsigned char)cmd[1]) || !isdigit((unsigned char)cmd[2])) {
+		s->reply_follow_serial = 0;
+		return 0;
+	}
+	num = atoi(cmd);
+	if ((num == 329 || num == 333) && s->reply_follow_serial) {
+		uint64_t serial = s->reply_follow_serial;
+
+		s->reply_follow_serial = 0;
+		*only = query_client(s, serial);
+		return *only ? 1 : 2;
+	}
+	s->reply_follow_serial = 0;
+	while (s->nqueries && clock_mono_ms() - s->queries[0].sent_ms > SESSION_QUERY_TTL_MS)
+		query_pop(s); /* never answered (or not as expected) */
+	if (s->nqueries == 0)
+		return 0;
+	struct session_query *q = &s->queries[0];
+
+	role = query_numeric_role(q->kind, num);
+	/* An error for the queried target ends it (403 no such channel, 442
+	 * not on channel, 476 bad mask, 402 no such server...). */
+	if (!role && num >= 400 && num < 600 && m->nparams >= 2) {
+		irc_casefold_copy(target, sizeof(target), m->params[1]);
+		if (strcmp(target, q->target) != 0)
+			return 0;
+		role = 2;
+	}
+	if (!role)
+		return 0;
+	if (role == 2) {
+		/* the last reply names what was asked: otherwise the queue is
+		 * out of step with the network and the line goes to everyone */
+		irc_casefold_copy(target, sizeof(target), m->nparams >= 2 ? m->params[1] : "");
+		if (strcmp(target, q->target) != 0)
+			return 0;
+	}
+	uint64_t serial = q->client_serial;
+
+	*only = query_client(s, serial);
+	if (role == 2) {
+		query_pop(s);
+		if (num == 324 || num == 332)
+			s->reply_follow_serial = serial;
+	}
+	return *only ? 1 : 2;
 }

@@ -148,6 +148,16 @@ struct session {
 	int lookup_slot;
 	struct client **clients;
 	size_t nclients;
+	/* Queries clients sent the network (WHO, NAMES, WHOIS, MODE #chan,
+	 * TOPIC #chan), oldest first: their replies go to the client that
+	 * asked, not to every client of the session (session_query_note(),
+	 * session_reply_route()). Owned; NULL when none pending. Not
+	 * migrated: after a migration those replies reach every client. */
+	struct session_query *queries;
+	size_t nqueries;
+	/* The client of a query answered just now whose optional follower
+	 * (329 after 324, 333 after 332) may come next (serial, 0: none). */
+	uint64_t reply_follow_serial;
 	char *away;
 	/* CLOCK_MONOTONIC ms; 0: no attempt scheduled. While the session waits in its network's
 	 * governor queue this stays the time it became due (its place in the
@@ -367,6 +377,31 @@ bool session_members_private(const struct session *s);
 const char *session_list_scope(const struct session *s, char *buf, size_t n);
 /* Big enough for any scope: two names and the '/'. */
 #define SESSION_SCOPE_MAX (2 * NAMES_MAX_LEN + 2)
+
+/* ---- replies routed to the client that asked ---- */
+enum session_query_kind {
+	SESSION_QUERY_WHO = 1,
+	SESSION_QUERY_NAMES,
+	SESSION_QUERY_WHOIS,
+	SESSION_QUERY_MODE,
+	SESSION_QUERY_TOPIC,
+};
+struct session_query {
+	uint64_t client_serial; /* struct client serial */
+	enum session_query_kind kind;
+	char target[64];        /* casefolded; longer targets are not routed */
+	int64_t sent_ms;        /* monotonic: unanswered for 30 s, forgotten */
+};
+/* At most this many pending per session: more are not routed (their
+ * replies reach every client, as before). */
+#define SESSION_MAX_QUERIES 16
+/* Remember that client `serial` sent the query `m` (anything else: no-op). */
+struct irc_msg;
+void session_query_note(struct session *s, uint64_t serial, const struct irc_msg *m);
+/* Who gets the network's line `m`: 0 every client; 1 only *only (the
+ * client that asked); 2 nobody (it asked and left). Pops the query its
+ * last reply answers. */
+int session_reply_route(struct session *s, const struct irc_msg *m, struct client **only);
 
 /* ISUPPORT value of `token` (NULL if absent, "" if present without value). */
 const char *session_isupport(const struct session *s, const char *token);

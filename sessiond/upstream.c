@@ -740,10 +740,21 @@ struct up_ctx {
 			    * pointers less base are offsets into raw */
 	int64_t time_ms;   /* server-time or receive time */
 	bool relayed;      /* a handler queued it to >= 1 client itself */
+	/* Who gets it (session_reply_route()): 0 every client, 1 only `only`
+	 * (the client whose query this answers), 2 nobody (it left). */
+	int route;
+	struct client *only;
 	char nick[NAMES_MAX_LEN + 1]; /* nick of the prefix; "" when none or not a valid nick */
 };
 
 typedef bool (*up_handler)(struct up_ctx *x); /* returns true: relay */
+
+/* Whether client cl gets the line of x (the reply to another client's
+ * query does not: session_reply_route()). */
+static bool up_for(const struct up_ctx *x, const struct client *cl)
+{
+	return x->route == 0 || (x->route == 1 && cl == x->only);
+}
 
 static bool h_ping(struct up_ctx *x)
 {
@@ -1080,6 +1091,8 @@ static void relay_names(struct up_ctx *x, const char *psyms)
 
 	for (size_t i = 0; i < x->s->nclients; i++) {
 		struct client *cl = x->s->clients[i];
+		if (!up_for(x, cl))
+			continue;
 		char line[CONN_MAX_LINE + 1];
 		size_t n = head;
 
@@ -1118,6 +1131,8 @@ static bool h_352(struct up_ctx *x)
 	size_t keep = strcspn(flags, psyms);
 	for (size_t i = 0; i < x->s->nclients; i++) {
 		struct client *cl = x->s->clients[i];
+		if (!up_for(x, cl))
+			continue;
 		char line[CONN_MAX_LINE + 1];
 
 		if ((cl->caps & CLIENT_CAP_MULTI_PREFIX) || keep + 1 >= fl) {
@@ -1151,6 +1166,8 @@ static bool h_319(struct up_ctx *x)
 	size_t head = (size_t)(x->msg->params[2] - x->base);
 	for (size_t i = 0; i < x->s->nclients; i++) {
 		struct client *cl = x->s->clients[i];
+		if (!up_for(x, cl))
+			continue;
 		char line[CONN_MAX_LINE + 1];
 		size_t n = head;
 
@@ -1196,6 +1213,8 @@ static bool h_tagmsg(struct up_ctx *x)
 			 upstream_echo_sender(x->s, x->msg) : NULL;
 	for (size_t i = 0; i < x->s->nclients; i++) {
 		struct client *cl = x->s->clients[i];
+		if (!up_for(x, cl))
+			continue;
 		if ((cl->caps & CLIENT_CAP_MESSAGE_TAGS) && cl != sender) {
 			client_send_full(cl, x->tags, x->raw, x->time_ms);
 			x->relayed = true;
@@ -1211,6 +1230,8 @@ static bool h_away(struct up_ctx *x)
 		return false;
 	for (size_t i = 0; i < x->s->nclients; i++) {
 		struct client *cl = x->s->clients[i];
+		if (!up_for(x, cl))
+			continue;
 		if (cl->caps & CLIENT_CAP_AWAY_NOTIFY) {
 			client_send_full(cl, x->tags, x->raw, x->time_ms);
 			x->relayed = true;
@@ -1266,6 +1287,8 @@ static void relay_cut(struct up_ctx *x, size_t keep, unsigned cap)
 	snprintf(line, sizeof(line), "%.*s", (int)end, x->raw);
 	for (size_t i = 0; i < x->s->nclients; i++) {
 		struct client *cl = x->s->clients[i];
+		if (!up_for(x, cl))
+			continue;
 		client_send_full(cl, x->tags, (cl->caps & cap) ? x->raw : line, x->time_ms);
 	}
 	x->relayed = x->s->nclients > 0;
@@ -1279,6 +1302,8 @@ static bool relay_if_cap(struct up_ctx *x, unsigned cap)
 		return false;
 	for (size_t i = 0; i < x->s->nclients; i++) {
 		struct client *cl = x->s->clients[i];
+		if (!up_for(x, cl))
+			continue;
 		if (cl->caps & cap) {
 			client_send_full(cl, x->tags, x->raw, x->time_ms);
 			x->relayed = true;
@@ -1632,6 +1657,7 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 	}
 	health_upstream_line(&u->hl, &msg, s->nick, x.nick);
 	FAULT_UPSTREAM_LINE(); /* fault builds only (fault.h) */
+	x.route = session_reply_route(s, &msg, &x.only);
 
 	bool relay = u->phase >= UP_READY;
 	for (size_t i = 0; i < sizeof(up_handlers) / sizeof(up_handlers[0]); i++) {
@@ -1641,8 +1667,11 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 		}
 	}
 	if (relay) {
-		session_broadcast_tags(s, x.tags, raw, x.time_ms, NULL);
-		x.relayed = s->nclients > 0;
+		for (size_t i = 0; i < s->nclients; i++)
+			if (up_for(&x, s->clients[i])) {
+				client_send_full(s->clients[i], x.tags, raw, x.time_ms);
+				x.relayed = true;
+			}
 	}
 	if (x.relayed)
 		health_relayed(bouncer_health(s->b));

@@ -306,18 +306,17 @@ def test_weechat(ctx):
     # the control: the same instrument sees wp's own disconnect
     check(weechat_trouble(wp) is not None, "wp's /disconnect went unseen by weechat_trouble")
     check_network_saw_nothing(w, b, t0)
-    # KNOWN BUG (reported in README "What clients get", not fixed): the
-    # network's replies to one client's query reach every client of the
-    # session. WeeChat sends "MODE #chat" and (with away-notify) "WHO
-    # #chat" whenever it joins, and hides the replies it asked for; wt,
-    # attached throughout, shows wp's: a WHO list in its server buffer and
-    # "Mode #chat [+]" + "Channel created on ..." in #chat each time wp
-    # connects. Asserted as it is so that the fix updates this test.
+    # Regression (found by this test): the network's replies to one
+    # client's query reached every client of the session. WeeChat sends
+    # "MODE #chat" and (with away-notify) "WHO #chat" whenever it joins and
+    # hides the replies it asked for; wt, attached throughout, showed wp's:
+    # a WHO list in its server buffer and "Mode #chat [+]" + "Channel
+    # created on ..." in #chat each time wp connected. Now the replies go
+    # to the client that asked (sessiond/session.h session_reply_route()).
     ctx.loop.run_for(0.3)
-    check(len([ln for ln in wt.server_log() if "End of WHO list" in ln.text]) == who_lists + 1,
-          "wt's server buffer: %d WHO lists before wp reattached, now %d (want one more: "
-          "the known bug; fixed?)" % (who_lists, len([ln for ln in wt.server_log()
-                                                      if "End of WHO list" in ln.text])))
+    check(len([ln for ln in wt.server_log() if "End of WHO list" in ln.text]) == who_lists,
+          "wt's server buffer: %d WHO lists before wp reattached, now %d: wp's WHO reached wt"
+          % (who_lists, len([ln for ln in wt.server_log() if "End of WHO list" in ln.text])))
 
     # a topic and a nick change from one WeeChat, then the other
     # reattaches: its own nick comes from baton's 001 (not its config)

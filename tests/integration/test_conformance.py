@@ -4,6 +4,7 @@ tests/unit/sessiond/test_conformance.c). One bouncer user u000 (nick bn000)
 in #chat, a direct ngircd user 'dave' and a watcher of bn000's QUITs."""
 
 import os
+import re
 import subprocess
 
 import batonlib as bl
@@ -381,3 +382,32 @@ def test_sasl_plain_client_login(ctx):
     ctx.loop.run_until(lambda: lines_with(q, "AUTHENTICATE +"), 10, "AUTHENTICATE + (long)")
     auth(q, "%s/%s" % (s.user, s.network), "x" * 1100)
     ctx.loop.run_until(lambda: lines_with(q, " 905 "), 10, "905 past 1,024 bytes")
+
+
+def test_query_replies_go_to_the_client_that_asked(ctx):
+    """Bug (found running WeeChat through baton, test_clients): the
+    network's replies to one client's query reached every client of the
+    session: WeeChat's WHO and MODE on join filled the user's other
+    clients with a WHO list and mode lines. Now WHO, NAMES, WHOIS (also
+    of a nick that does not exist: 401 then 318), MODE #chan (324, 329)
+    and TOPIC #chan (332, 333) answer only the client that asked; a
+    channel message still reaches both."""
+    ng, w, b, dave = setup(ctx)
+    s = b.sessions[0]
+    a = bl.bouncer_client(ctx.loop, b, s, client="asker")
+    o = bl.bouncer_client(ctx.loop, b, s, client="other")
+    dave.send("TOPIC #chat :a topic")
+    ctx.loop.run_for(0.5)
+    na, no = len(a.lines), len(o.lines)
+    for q in ("WHO #chat", "NAMES #chat", "WHOIS dave", "WHOIS nosuchnick", "MODE #chat",
+              "TOPIC #chat"):
+        a.send(q)
+    want = {" 315 ": "WHO end", " 366 ": "NAMES end", " 318 ": "WHOIS end",
+            " 401 ": "no such nick", " 324 ": "MODE", " 332 ": "TOPIC"}
+    ctx.loop.run_until(lambda: all(lines_with(a, k, na) for k in want), 10, "every reply to the asker")
+    check(len(lines_with(a, " 318 ", na)) == 2, "two WHOIS ends: %s" % lines_with(a, " 318 ", na))
+    dave.privmsg("#chat", "after the queries")
+    ctx.loop.run_until(lambda: lines_with(o, "after the queries", no), 10, "the channel line to the other")
+    leaked = [ln for _, ln in o.lines[no:] if re.search(r"^:\S+ (3\d\d|401) ", ln)]
+    check(not leaked, "replies to the asker's queries reached the other client: %s" % leaked)
+    check(lines_with(a, "after the queries", na), "the channel line to the asker")
