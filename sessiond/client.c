@@ -814,6 +814,10 @@ static void client_sasl(struct client *cl, const struct irc_msg *m)
 	if (rc == 0)
 		return; /* more chunks follow */
 	cl->sasl_plain = false;
+	/* the base64 of the password: not left in memory */
+	explicit_bzero(cl->sasl_in, sizeof(*cl->sasl_in));
+	free(cl->sasl_in);
+	cl->sasl_in = NULL;
 	if (rc < 0) {
 		conn_sendf(cl->conn, ":%s %s %s :%s", BATON_SERVER_NAME,
 			   rc == -EMSGSIZE ? "905" : "904", nick,
@@ -829,6 +833,7 @@ static void client_sasl(struct client *cl, const struct irc_msg *m)
 
 	if (!pw || pw > (const char *)msg + len || pw + strlen(pw) != (const char *)msg + len ||
 	    !authcid[0] || (authzid[0] && strcmp(authzid, authcid) != 0)) {
+		explicit_bzero(msg, sizeof(msg));
 		conn_sendf(cl->conn, ":%s 904 %s :SASL authentication failed: malformed PLAIN",
 			   BATON_SERVER_NAME, nick);
 		return;
