@@ -1,0 +1,210 @@
+/* common/config_diff.c: see config_diff.h. Walks the key table
+ * (config_keys.h) once per pair of sections present on both sides. */
+#include "common/config_diff.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/config.h"
+#include "common/config_keys.h"
+
+static bool str_eq(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	return strcmp(a, b) == 0;
+}
+
+static bool strv_eq(char *const *a, size_t na, char *const *b, size_t nb)
+{
+	if (na != nb)
+		return false;
+	for (size_t i = 0; i < na; i++)
+		if (!str_eq(a[i], b[i]))
+			return false;
+	return true;
+}
+
+static bool listens_eq(const struct baton_config *a, const struct baton_config *b,
+		       const char *kind)
+{
+	size_t i = 0, j = 0;
+
+	/* the same listeners of this kind, in order */
+	for (;;) {
+		while (i < a->nlistens && strcmp(a->listens[i].kind, kind) != 0)
+			i++;
+		while (j < b->nlistens && strcmp(b->listens[j].kind, kind) != 0)
+			j++;
+		if (i == a->nlistens || j == b->nlistens)
+			return i == a->nlistens && j == b->nlistens;
+		if (!str_eq(a->listens[i].host, b->listens[j].host) ||
+		    !str_eq(a->listens[i].port, b->listens[j].port))
+			return false;
+		i++;
+		j++;
+	}
+}
+
+/* Is key k the same in the two section structs (or configs)? */
+static bool key_eq(const struct config_key *k, const void *a, const void *b,
+		   const struct baton_config *ca, const struct baton_config *cb)
+{
+	const char *pa = (const char *)a + k->offset, *pb = (const char *)b + k->offset;
+
+	if (k->section == CONFIG_LISTEN &&
+	    (strcmp(k->name, "irc") == 0 || strcmp(k->name, "ircs") == 0))
+		return listens_eq(ca, cb, k->name);
+	if (k->section == CONFIG_NETWORK && strcmp(k->name, "bind") == 0) {
+		const struct config_network *na = a, *nb = b;
+
+		return strv_eq(na->bind, na->nbind, nb->bind, nb->nbind);
+	}
+	if (k->section == CONFIG_SESSION && strcmp(k->name, "channels") == 0) {
+		const struct config_session *sa = a, *sb = b;
+
+		return strv_eq(sa->channels, sa->nchannels, sb->channels,
+			       sb->nchannels);
+	}
+	switch (k->type) {
+	case CONFIG_INT:
+	case CONFIG_BOOL:
+		return *(const int *)pa == *(const int *)pb;
+	case CONFIG_CUSTOM:
+		/* the remaining custom keys: member_lists (an enum) and
+		 * strings (tls_fingerprint, sasl) */
+		if (strcmp(k->name, "member_lists") == 0)
+			return *(const enum config_member_lists *)pa ==
+			       *(const enum config_member_lists *)pb;
+		/* fall through */
+	default:
+		return str_eq(*(char *const *)pa, *(char *const *)pb);
+	}
+}
+
+static int push(struct config_diff *d, enum config_change_kind kind,
+		enum config_change_scope scope, const char *section,
+		const char *key, const char *user, const char *network)
+{
+	struct config_change *v = realloc(d->v, (d->n + 1) * sizeof(*v));
+
+	if (v == NULL)
+		return -ENOMEM;
+	d->v = v;
+	v[d->n] = (struct config_change){
+		.kind = kind, .scope = scope, .section = strdup(section),
+		.key = key, .user = user, .network = network,
+	};
+	if (v[d->n].section == NULL)
+		return -ENOMEM;
+	d->n++;
+	return 0;
+}
+
+static const char *global_name(enum config_section s)
+{
+	return config_section_name(s); /* plain names for the global ones */
+}
+
+/* Every key of section sec that differs between a and b. */
+static int diff_keys(struct config_diff *d, enum config_section sec,
+		     enum config_change_scope scope, const char *section,
+		     const void *a, const void *b, const struct baton_config *ca,
+		     const struct baton_config *cb, const char *user,
+		     const char *network)
+{
+	for (size_t i = 0; i < config_nkeys; i++) {
+		const struct config_key *k = &config_keys[i];
+
+		if (k->section != sec || key_eq(k, a, b, ca, cb))
+			continue;
+		if (push(d, CONFIG_CHANGE_CHANGED, scope, section, k->name, user,
+			 network) < 0)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+int config_diff(const struct baton_config *from, const struct baton_config *to,
+		struct config_diff *out)
+{
+	static const enum config_section globals[] = {
+		CONFIG_SUPERVISOR, CONFIG_SESSIOND, CONFIG_LISTEN, CONFIG_CANARY,
+	};
+	char name[600];
+	int r = 0;
+
+	for (size_t i = 0; i < sizeof(globals) / sizeof(globals[0]) && r == 0; i++)
+		r = diff_keys(out, globals[i], CONFIG_SCOPE_GLOBAL,
+			      global_name(globals[i]), from, to, from, to, NULL, NULL);
+	for (size_t i = 0; i < from->nnetworks && r == 0; i++) {
+		const struct config_network *a = &from->networks[i];
+		const struct config_network *b = config_find_network(to, a->name);
+
+		snprintf(name, sizeof(name), "network %s", a->name);
+		r = b == NULL ? push(out, CONFIG_CHANGE_REMOVED, CONFIG_SCOPE_NETWORK,
+				     name, NULL, NULL, a->name)
+			      : diff_keys(out, CONFIG_NETWORK, CONFIG_SCOPE_NETWORK,
+					  name, a, b, from, to, NULL, a->name);
+	}
+	for (size_t i = 0; i < to->nnetworks && r == 0; i++) {
+		const struct config_network *b = &to->networks[i];
+
+		snprintf(name, sizeof(name), "network %s", b->name);
+		if (config_find_network(from, b->name) == NULL)
+			r = push(out, CONFIG_CHANGE_ADDED, CONFIG_SCOPE_NETWORK, name,
+				 NULL, NULL, b->name);
+	}
+	for (size_t i = 0; i < from->nusers && r == 0; i++) {
+		const struct config_user *a = &from->users[i];
+		const struct config_user *b = config_find_user(to, a->name);
+
+		snprintf(name, sizeof(name), "user %s", a->name);
+		r = b == NULL ? push(out, CONFIG_CHANGE_REMOVED, CONFIG_SCOPE_USER,
+				     name, NULL, a->name, NULL)
+			      : diff_keys(out, CONFIG_USER, CONFIG_SCOPE_USER, name,
+					  a, b, from, to, a->name, NULL);
+	}
+	for (size_t i = 0; i < to->nusers && r == 0; i++) {
+		const struct config_user *b = &to->users[i];
+
+		snprintf(name, sizeof(name), "user %s", b->name);
+		if (config_find_user(from, b->name) == NULL)
+			r = push(out, CONFIG_CHANGE_ADDED, CONFIG_SCOPE_USER, name,
+				 NULL, b->name, NULL);
+	}
+	for (size_t i = 0; i < from->nsessions && r == 0; i++) {
+		const struct config_session *a = &from->sessions[i];
+		const struct config_session *b =
+			config_find_session(to, a->user, a->network);
+
+		snprintf(name, sizeof(name), "user %s/%s", a->user, a->network);
+		r = b == NULL ? push(out, CONFIG_CHANGE_REMOVED, CONFIG_SCOPE_SESSION,
+				     name, NULL, a->user, a->network)
+			      : diff_keys(out, CONFIG_SESSION, CONFIG_SCOPE_SESSION,
+					  name, a, b, from, to, a->user, a->network);
+	}
+	for (size_t i = 0; i < to->nsessions && r == 0; i++) {
+		const struct config_session *b = &to->sessions[i];
+
+		snprintf(name, sizeof(name), "user %s/%s", b->user, b->network);
+		if (config_find_session(from, b->user, b->network) == NULL)
+			r = push(out, CONFIG_CHANGE_ADDED, CONFIG_SCOPE_SESSION, name,
+				 NULL, b->user, b->network);
+	}
+	if (r < 0)
+		config_diff_clear(out);
+	return r;
+}
+
+void config_diff_clear(struct config_diff *d)
+{
+	for (size_t i = 0; i < d->n; i++)
+		free(d->v[i].section);
+	free(d->v);
+	d->v = NULL;
+	d->n = 0;
+}
