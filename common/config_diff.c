@@ -79,7 +79,7 @@ static bool key_eq(const struct config_key *k, const void *a, const void *b,
 		if (strcmp(k->name, "member_lists") == 0)
 			return *(const enum config_member_lists *)pa ==
 			       *(const enum config_member_lists *)pb;
-		/* fall through */
+		return str_eq(*(char *const *)pa, *(char *const *)pb);
 	default:
 		return str_eq(*(char *const *)pa, *(char *const *)pb);
 	}
@@ -207,4 +207,77 @@ void config_diff_clear(struct config_diff *d)
 	free(d->v);
 	d->v = NULL;
 	d->n = 0;
+}
+
+static void swap_bytes(void *a, void *b, size_t n)
+{
+	unsigned char t[sizeof(char *) > sizeof(int) ? sizeof(char *) : sizeof(int)];
+
+	memcpy(t, a, n);
+	memcpy(a, b, n);
+	memcpy(b, t, n);
+}
+
+/* Swap key k's value (and the line it was set on) between two structs. */
+static void swap_key(const struct config_key *k, void *a, void *b)
+{
+	char *pa = (char *)a + k->offset, *pb = (char *)b + k->offset;
+
+	if (k->line_offset != 0)
+		swap_bytes((char *)a + k->line_offset, (char *)b + k->line_offset,
+			   sizeof(int));
+	if (k->section == CONFIG_NETWORK && strcmp(k->name, "bind") == 0) {
+		struct config_network *na = a, *nb = b;
+
+		swap_bytes(&na->bind, &nb->bind, sizeof(na->bind));
+		swap_bytes(&na->nbind, &nb->nbind, sizeof(na->nbind));
+		return;
+	}
+	switch (k->type) {
+	case CONFIG_INT:
+	case CONFIG_BOOL:
+		swap_bytes(pa, pb, sizeof(int));
+		return;
+	case CONFIG_CUSTOM:
+		if (strcmp(k->name, "member_lists") == 0) {
+			swap_bytes(pa, pb, sizeof(enum config_member_lists));
+			return;
+		}
+		swap_bytes(pa, pb, sizeof(char *)); /* tls_fingerprint */
+		return;
+	default:
+		swap_bytes(pa, pb, sizeof(char *));
+	}
+}
+
+void config_diff_keep_running(struct baton_config *to, struct baton_config *from)
+{
+	for (size_t i = 0; i < config_nkeys; i++) {
+		const struct config_key *k = &config_keys[i];
+
+		switch (k->section) {
+		case CONFIG_SUPERVISOR:
+		case CONFIG_SESSIOND:
+		case CONFIG_LISTEN:
+		case CONFIG_CANARY:
+			if (k->type == CONFIG_CUSTOM && k->section == CONFIG_LISTEN)
+				continue; /* irc/ircs: the list, below */
+			swap_key(k, to, from);
+			break;
+		case CONFIG_NETWORK:
+			for (size_t j = 0; j < to->nnetworks; j++) {
+				struct config_network *n = &to->networks[j];
+				struct config_network *o = (struct config_network *)
+					config_find_network(from, n->name);
+
+				if (o != NULL)
+					swap_key(k, n, o);
+			}
+			break;
+		default:
+			break;
+		}
+	}
+	swap_bytes(&to->listens, &from->listens, sizeof(to->listens));
+	swap_bytes(&to->nlistens, &from->nlistens, sizeof(to->nlistens));
 }

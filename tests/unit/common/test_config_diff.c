@@ -94,6 +94,24 @@ static void test_diff(void **state)
 	assert_true(has(&d, CONFIG_CHANGE_REMOVED, "network m", NULL));
 	assert_int_equal(d.n, 4);
 	config_diff_clear(&d);
+
+	/* keep_running: b takes a's global and network values (swapped), its
+	 * users and sessions stay its own; both free cleanly */
+	{
+		struct baton_config *a2 = load(BASE
+			"[user a]\npassword = $6$s$h\n[user a/n]\nchannels = #x #y\n"
+			"[user b]\npassword = $6$s$h\n[user b/n]\n");
+
+		config_diff_keep_running(b, a2);
+		config_free(a2);
+	}
+	assert_int_equal(config_diff(a, b, &d), 0);
+	assert_true(has(&d, CONFIG_CHANGE_REMOVED, "network m", NULL));
+	assert_int_equal(d.n, 1);
+	assert_int_equal(b->handoff_timeout_s, a->handoff_timeout_s);
+	assert_int_equal(b->nlistens, 1);
+	assert_string_equal(b->listens[0].port, "6667");
+	config_diff_clear(&d);
 	config_free(a);
 	config_free(b);
 }
