@@ -209,48 +209,111 @@ void config_diff_clear(struct config_diff *d)
 	d->n = 0;
 }
 
-static void swap_bytes(void *a, void *b, size_t n)
+/* A copy of a string vector (NULL, 0 for none). */
+static int strv_copy(char ***out, size_t *nout, char *const *v, size_t n)
 {
-	unsigned char t[sizeof(char *) > sizeof(int) ? sizeof(char *) : sizeof(int)];
+	char **c = n ? calloc(n, sizeof(*c)) : NULL;
 
-	memcpy(t, a, n);
-	memcpy(a, b, n);
-	memcpy(b, t, n);
+	if (n && c == NULL)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++)
+		if ((c[i] = strdup(v[i])) == NULL) {
+			for (size_t j = 0; j < i; j++)
+				free(c[j]);
+			free(c);
+			return -ENOMEM;
+		}
+	for (size_t i = 0; i < *nout; i++)
+		free((*out)[i]);
+	free(*out);
+	*out = c;
+	*nout = n;
+	return 0;
 }
 
-/* Swap key k's value (and the line it was set on) between two structs. */
-static void swap_key(const struct config_key *k, void *a, void *b)
+static int str_copy(char **dst, const char *src)
 {
-	char *pa = (char *)a + k->offset, *pb = (char *)b + k->offset;
+	char *c = src ? strdup(src) : NULL;
+
+	if (src && c == NULL)
+		return -ENOMEM;
+	free(*dst);
+	*dst = c;
+	return 0;
+}
+
+/* Copy key k's value (and the line it was set on) from b into a. */
+static int copy_key(const struct config_key *k, void *a, const void *b)
+{
+	char *pa = (char *)a + k->offset;
+	const char *pb = (const char *)b + k->offset;
 
 	if (k->line_offset != 0)
-		swap_bytes((char *)a + k->line_offset, (char *)b + k->line_offset,
-			   sizeof(int));
+		memcpy((char *)a + k->line_offset, (const char *)b + k->line_offset,
+		       sizeof(int));
 	if (k->section == CONFIG_NETWORK && strcmp(k->name, "bind") == 0) {
-		struct config_network *na = a, *nb = b;
+		struct config_network *na = a;
+		const struct config_network *nb = b;
 
-		swap_bytes(&na->bind, &nb->bind, sizeof(na->bind));
-		swap_bytes(&na->nbind, &nb->nbind, sizeof(na->nbind));
-		return;
+		return strv_copy(&na->bind, &na->nbind, nb->bind, nb->nbind);
 	}
 	switch (k->type) {
 	case CONFIG_INT:
 	case CONFIG_BOOL:
-		swap_bytes(pa, pb, sizeof(int));
-		return;
+		memcpy(pa, pb, sizeof(int));
+		return 0;
 	case CONFIG_CUSTOM:
 		if (strcmp(k->name, "member_lists") == 0) {
-			swap_bytes(pa, pb, sizeof(enum config_member_lists));
-			return;
+			memcpy(pa, pb, sizeof(enum config_member_lists));
+			return 0;
 		}
-		swap_bytes(pa, pb, sizeof(char *)); /* tls_fingerprint */
-		return;
+		return str_copy((char **)pa, *(char *const *)pb); /* tls_fingerprint */
 	default:
-		swap_bytes(pa, pb, sizeof(char *));
+		return str_copy((char **)pa, *(char *const *)pb);
 	}
 }
 
-void config_diff_keep_running(struct baton_config *to, struct baton_config *from)
+static int listens_copy(struct baton_config *to, const struct baton_config *from)
+{
+	struct config_listen *c = from->nlistens ? calloc(from->nlistens, sizeof(*c)) : NULL;
+	int r = 0;
+
+	if (from->nlistens && c == NULL)
+		return -ENOMEM;
+	for (size_t i = 0; i < from->nlistens; i++) {
+		c[i].line = from->listens[i].line;
+		if (str_copy(&c[i].kind, from->listens[i].kind) < 0 ||
+		    str_copy(&c[i].host, from->listens[i].host) < 0 ||
+		    str_copy(&c[i].port, from->listens[i].port) < 0)
+			r = -ENOMEM;
+	}
+	/* swap in, then free the replaced (or, on failure, the copy) */
+	if (r == 0) {
+		struct config_listen *old = to->listens;
+		size_t nold = to->nlistens;
+
+		to->listens = c;
+		to->nlistens = from->nlistens;
+		c = old;
+		for (size_t i = 0; i < nold; i++) {
+			free(c[i].kind);
+			free(c[i].host);
+			free(c[i].port);
+		}
+		free(c);
+		return 0;
+	}
+	for (size_t i = 0; i < from->nlistens; i++) {
+		free(c[i].kind);
+		free(c[i].host);
+		free(c[i].port);
+	}
+	free(c);
+	return r;
+}
+
+int config_diff_keep_running(struct baton_config *to,
+			     const struct baton_config *from)
 {
 	for (size_t i = 0; i < config_nkeys; i++) {
 		const struct config_key *k = &config_keys[i];
@@ -262,22 +325,22 @@ void config_diff_keep_running(struct baton_config *to, struct baton_config *from
 		case CONFIG_CANARY:
 			if (k->type == CONFIG_CUSTOM && k->section == CONFIG_LISTEN)
 				continue; /* irc/ircs: the list, below */
-			swap_key(k, to, from);
+			if (copy_key(k, to, from) < 0)
+				return -ENOMEM;
 			break;
 		case CONFIG_NETWORK:
 			for (size_t j = 0; j < to->nnetworks; j++) {
 				struct config_network *n = &to->networks[j];
-				struct config_network *o = (struct config_network *)
+				const struct config_network *o =
 					config_find_network(from, n->name);
 
-				if (o != NULL)
-					swap_key(k, n, o);
+				if (o != NULL && copy_key(k, n, o) < 0)
+					return -ENOMEM;
 			}
 			break;
 		default:
 			break;
 		}
 	}
-	swap_bytes(&to->listens, &from->listens, sizeof(to->listens));
-	swap_bytes(&to->nlistens, &from->nlistens, sizeof(to->nlistens));
+	return listens_copy(to, from);
 }

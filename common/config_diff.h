@@ -53,11 +53,11 @@ int config_diff(const struct baton_config *from, const struct baton_config *to,
 		struct config_diff *out);
 void config_diff_clear(struct config_diff *d);
 
-/* A running worker changes only users and sessions live: give `to` the
- * values `from` has for every key of the global sections and of every
- * [network] both have. The values are swapped, so each config still owns
- * exactly its own strings and lists (`from` is left with `to`'s: free it,
- * do not use it). Call before the worker starts using `to`. */
-void config_diff_keep_running(struct baton_config *to, struct baton_config *from);
+/* A running worker changes only users and sessions live: give `to` (a
+ * config nobody uses yet) copies of the values `from` has for every key of
+ * the global sections and of every [network] both have. 0, or -ENOMEM with
+ * `to` partly changed (free it). */
+int config_diff_keep_running(struct baton_config *to,
+			     const struct baton_config *from);
 
 #endif
