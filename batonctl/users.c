@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -270,9 +271,15 @@ enum ctl_users_outcome ctl_users_run(const char *config_path, const char *cmd,
 	char kind[64], section[600], hash[512], namebuf[512], *tmp = NULL;
 	const char *user = NULL, *network = NULL;
 	int lock = -1, r;
+	char *real = NULL;
 
 	*refusal = NULL;
 	snprintf(kind, sizeof(kind), "%s %s", cmd, action);
+	/* A symlinked file (configuration management) is edited where it
+	 * is: renaming over the link would replace it by a plain file. */
+	real = realpath(config_path, NULL);
+	if (real != NULL)
+		config_path = real;
 	if (strcmp(cmd, "user") == 0 && strcmp(action, "list") == 0 && nargs == 1) {
 		if (config_load(config_path, &cur, &pr) != 0) {
 			for (size_t i = 0; i < pr.n; i++)
@@ -410,5 +417,6 @@ done:
 	config_free(next);
 	config_problems_clear(&pr);
 	free(tmp);
+	free(real);
 	return out;
 }
