@@ -173,6 +173,8 @@ static int channel_send_ready(int fd, char **problems, size_t nproblems, bool ad
 	ready.n_problems = nproblems;
 	ready.has_pid = 1;
 	ready.pid = (uint32_t)getpid();
+	ready.has_reload = 1;
+	ready.reload = 1;
 	return control_send(fd, CONTROL_READY, &ready.base, NULL, 0,
 			    WORKER_SEND_TIMEOUT_MS);
 }

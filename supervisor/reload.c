@@ -130,6 +130,12 @@ void reload_start(struct event_base *base, struct worker *w,
 		reload_reply(cb, arg, false, busy, NULL, 0, NULL);
 		return;
 	}
+	if (worker_ready_info(w) == NULL || !worker_ready_info(w)->reload) {
+		snprintf(why, sizeof(why), "the serving worker (%s) cannot reload: apply the file with batonctl upgrade",
+			 worker_version(w));
+		reload_reply(cb, arg, false, why, NULL, 0, NULL);
+		return;
+	}
 	/* The whole file checked here first: refused with every problem. */
 	if (config_load(config_path, &cfg, &pr) != 0) {
 		if (pr.dropped > 0)
