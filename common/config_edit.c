@@ -498,22 +498,31 @@ char *config_edit_get(const struct config_edit *e, const char *section,
 	return NULL;
 }
 
-int config_edit_del_section(struct config_edit *e, const char *section)
+/* Remove the first section of that name (its header, body and the
+ * comment block directly above it). */
+static void del_one_section(struct config_edit *e, size_t h)
 {
-	long h = find_section(e, section);
-	size_t start, end;
+	size_t start = h, end;
 
-	if (h < 0)
-		return -ENOENT;
-	start = (size_t)h;
 	while (start > 0 && line_kind(e->lines[start - 1]) == LINE_COMMENT)
 		start--;
-	end = section_end(e, (size_t)h);
+	end = section_end(e, h);
 	remove_lines(e, start, end - start);
 	/* no doubled blank line where it was, none left at the end */
 	while (start > 0 && line_kind(e->lines[start - 1]) == LINE_BLANK &&
 	       (start == e->n || line_kind(e->lines[start]) == LINE_BLANK))
 		remove_lines(e, start - 1, 1), start--;
+}
+
+int config_edit_del_section(struct config_edit *e, const char *section)
+{
+	long h = find_section(e, section);
+
+	if (h < 0)
+		return -ENOENT;
+	/* every one of that name (a file the loader refuses may repeat it) */
+	for (; h >= 0; h = find_section(e, section))
+		del_one_section(e, (size_t)h);
 	if (e->n == 0)
 		e->final_nl = true;
 	return 0;

@@ -11,7 +11,8 @@
  *     comments that introduce the next section); a new section goes at the
  *     end of the file, after one blank line;
  *   - a deleted section takes its header, its lines and the comment block
- *     directly above the header (no blank line between) with it;
+ *     directly above the header (no blank line between) with it (every
+ *     section of that name, should the file repeat one);
  *   - CRLF files stay CRLF; a file without a trailing newline keeps none
  *     unless a line is added at its end (every added line ends in one).
  *
