@@ -210,6 +210,19 @@ static void test_sections(void **state)
 	config_edit_free(e);
 }
 
+/* Bug (fuzz_config_edit): a file repeating a section kept the second one
+ * after del_section. Every one of that name goes. */
+static void test_del_repeated_section(void **state)
+{
+	struct config_edit *e = parse("[user a]\nx = 1\n[user b]\ny = 2\n[user a]\nz = 3\n");
+
+	(void)state;
+	assert_int_equal(config_edit_del_section(e, "user a"), 0);
+	assert_false(config_edit_has_section(e, "user a"));
+	assert_text(e, "[user b]\ny = 2\n");
+	config_edit_free(e);
+}
+
 /* A CRLF file stays CRLF; a file without a final newline keeps none until
  * a line is added at its end. */
 static void test_crlf_and_final_newline(void **state)
@@ -387,6 +400,7 @@ int main(void)
 		cmocka_unit_test(test_add_key),
 		cmocka_unit_test(test_repeated_key),
 		cmocka_unit_test(test_sections),
+		cmocka_unit_test(test_del_repeated_section),
 		cmocka_unit_test(test_crlf_and_final_newline),
 		cmocka_unit_test(test_refused),
 		cmocka_unit_test(test_line_bound),
