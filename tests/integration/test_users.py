@@ -44,7 +44,7 @@ def test_users_live(ctx):
     run(ctx)
 
 
-def run(ctx, nattached=NATTACHED, nremoved=NREMOVED, nadded=NADDED, rate=10.0):
+def run(ctx, nattached=NATTACHED, nremoved=NREMOVED, nadded=NADDED, rate=20.0):
     """The scenario; bench/users_live.py runs it at 1,000 sessions. Returns
     the wall time of every batonctl edit (s) and the traffic verified."""
     NATTACHED, NREMOVED, NADDED = nattached, nremoved, nadded
