@@ -160,3 +160,45 @@ def run(ctx, nattached=NATTACHED, nremoved=NREMOVED, nadded=NADDED, rate=20.0):
     sent, got = scen.verify(drain_timeout=30 + nattached // 10)
     return {"edits": len(times), "edit_s": times, "lines_sent": sent,
             "deliveries": got, "sessions": sessions}
+
+
+def test_reload_then_upgrade(ctx):
+    """A session added by a reload migrates like the others (an upgrade to
+    build B commits with it, and the new worker keeps it); SIGHUP to the
+    supervisor reloads a file edited by hand (the removed session QUITs,
+    its client gets the ERROR)."""
+    ctx.builds["b"].require()
+    ngircd = ctx.ngircd()
+    b = bl.Baton(ctx, ngircd, nsessions=2, channels=["#r"])
+    w = bl.Watcher(ctx.loop, ngircd, ["#r"], watch=["bn000", "bn001", "nn9"], nick="watch")
+    b.start(wait=False)
+    bl.pump_ready(ctx, b, nsessions=2)
+    s = bl.Session("n9", b.network, "nn9", ["#r"], "pw9")
+    rc, _, out, err = b.ctl("user", "add", s.user, "--password-hash", bl.password_hash("pw9"))
+    check(rc == 0, "user add: %s %s" % (out, err))
+    rc, _, out, err = b.ctl("network", "add", "%s/%s" % (s.user, s.network),
+                            "nick=nn9", "channels=#r")
+    check(rc == 0 and "added" in out and "user n9/net" in out, "network add: %s %s" % (out, err))
+    ctx.loop.run_until(lambda: any(e[1] == "JOIN" and e[2] == "nn9" for e in w.events),
+                       15, "the new session joining")
+    c = bl.bouncer_client(ctx.loop, b, s)
+    ctx.loop.run_for(0.3)
+    t0 = bl.now()
+    rc, res = b.upgrade(ctx.builds["b"])
+    check(rc == 0 and res.get("result") == "committed", "upgrade: rc %d %r" % (rc, res))
+    ctx.loop.run_for(0.5)
+    check(not c.closed, "the new session's client was closed by the upgrade: %s" % c.close_reason)
+    check(not w.events_between(t0), "the network saw the upgrade: %r" % w.events_between(t0))
+    # by hand + SIGHUP: the session goes
+    with open(b.config) as f:
+        text = f.read()
+    with open(b.config, "w") as f:
+        f.write(re.sub(r"\[user n9/net\]\n(?:[^\[].*\n)*", "", text))
+    b.proc.send_signal(1)  # SIGHUP
+    ctx.loop.run_until(lambda: any(e[1] == "QUIT" and e[2] == "nn9" and
+                                   "Removed from the bouncer" in e[3] for e in w.events),
+                       15, "SIGHUP: the removed session QUITs")
+    ctx.loop.run_until(lambda: c.closed, 10, "its client closed")
+    check(any("ERROR :Closing link: session removed" in ln for _, ln in c.lines),
+          "client lines: %r" % [ln for _, ln in c.lines[-3:]])
+    check("reload applied" in b.log_text(), "the log does not say the reload applied")
