@@ -312,8 +312,17 @@ static int listens_copy(struct baton_config *to, const struct baton_config *from
 	return r;
 }
 
+static bool in_list(const char *const *v, const char *name)
+{
+	for (; v != NULL && *v != NULL; v++)
+		if (strcmp(*v, name) == 0)
+			return true;
+	return false;
+}
+
 int config_diff_keep_running(struct baton_config *to,
-			     const struct baton_config *from)
+			     const struct baton_config *from,
+			     const char *const *live)
 {
 	for (size_t i = 0; i < config_nkeys; i++) {
 		const struct config_key *k = &config_keys[i];
@@ -329,6 +338,8 @@ int config_diff_keep_running(struct baton_config *to,
 				return -ENOMEM;
 			break;
 		case CONFIG_NETWORK:
+			if (in_list(live, k->name))
+				break;
 			for (size_t j = 0; j < to->nnetworks; j++) {
 				struct config_network *n = &to->networks[j];
 				const struct config_network *o =

@@ -53,11 +53,14 @@ int config_diff(const struct baton_config *from, const struct baton_config *to,
 		struct config_diff *out);
 void config_diff_clear(struct config_diff *d);
 
-/* A running worker changes only users and sessions live: give `to` (a
- * config nobody uses yet) copies of the values `from` has for every key of
- * the global sections and of every [network] both have. 0, or -ENOMEM with
- * `to` partly changed (free it). */
+/* A running worker changes only users, sessions and some network keys
+ * live: give `to` (a config nobody uses yet) copies of the values `from`
+ * has for every key of the global sections and of every [network] both
+ * have, except the network keys named in `live` (NULL-terminated; NULL:
+ * none), which keep `to`'s. 0, or -ENOMEM with `to` partly changed (free
+ * it). */
 int config_diff_keep_running(struct baton_config *to,
-			     const struct baton_config *from);
+			     const struct baton_config *from,
+			     const char *const *live);
 
 #endif

@@ -1606,6 +1606,15 @@ void bouncer_networks_stats(struct bouncer *b,
 
 #define RELOAD_QUIT_REASON "Removed from the bouncer"
 
+/* [network] keys a reload applies (from each session's next connection:
+ * read when it connects). The others stay as the worker runs them until an
+ * upgrade: the governor's limits and `bind` live in the governor, the TLS
+ * verification settings in cached client contexts (tls_contexts.h), and
+ * member lists are shared by the network's sessions. */
+static const char *const reload_live_network_keys[] = {
+	"host", "port", "tls", "tls_fingerprint", NULL,
+};
+
 void bouncer_reload_clear(struct bouncer_reload *r)
 {
 	util_strv_free(r->added, r->nadded);
@@ -1791,8 +1800,18 @@ static int reload_notes(const struct config_diff *d, const struct baton_config *
 			continue;
 		}
 		switch (c->scope) {
+		case CONFIG_SCOPE_NETWORK: {
+			bool live = false;
+
+			for (size_t k = 0; reload_live_network_keys[k] != NULL; k++)
+				live |= strcmp(reload_live_network_keys[k], c->key) == 0;
+			r = reload_note(&res->later, &res->nlater, "[%s] %s (%s)",
+					c->section, c->key,
+					live ? "at each session's next connection"
+					     : "at the next upgrade");
+			break;
+		}
 		case CONFIG_SCOPE_GLOBAL:
-		case CONFIG_SCOPE_NETWORK:
 			r = reload_note(&res->later, &res->nlater,
 					"[%s] %s (at the next upgrade)",
 					c->section, c->key);
@@ -1841,7 +1860,7 @@ int bouncer_reload(struct bouncer *b, struct baton_config *next,
 	}
 	/* Everything that can fail comes first: after this, nothing does. */
 	if ((r = config_diff(from, next, &d)) < 0 ||
-	    (r = config_diff_keep_running(next, from)) < 0 ||
+	    (r = config_diff_keep_running(next, from, reload_live_network_keys)) < 0 ||
 	    (r = reload_notes(&d, from, next, res)) < 0 ||
 	    (r = reload_governors(b, next, &govs, &ngovs)) < 0) {
 		snprintf(why, len, "out of memory");

@@ -121,10 +121,11 @@ void bouncer_reload_clear(struct bouncer_reload *r);
  * clients) and is freed; changed `channels` JOIN what was added and PART
  * what was removed (a channel joined by hand stays); a changed password
  * counts from the next login; other session keys at the session's next
- * connection. What a running worker cannot change ([supervisor],
- * [sessiond], [listen], [canary] and existing [network] sections) keeps
- * its running value until the next upgrade (config_diff_keep_running()),
- * and the result says so. A new [network] gets its reconnect governor.
+ * connection, and so do a network's host, port, tls and tls_fingerprint.
+ * What a running worker cannot change ([supervisor], [sessiond], [listen],
+ * [canary] and the other keys of existing [network] sections) keeps its
+ * running value until the next upgrade (config_diff_keep_running()), and
+ * the result says so. A new [network] gets its reconnect governor.
  *
  * Takes ownership of next in every case (the bouncer frees it at exit or
  * at the next reload; the config passed to bouncer_new() stays the

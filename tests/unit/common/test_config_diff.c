@@ -102,7 +102,7 @@ static void test_diff(void **state)
 			"[user a]\npassword = $6$s$h\n[user a/n]\nchannels = #x #y\n"
 			"[user b]\npassword = $6$s$h\n[user b/n]\n");
 
-		assert_int_equal(config_diff_keep_running(b, a2), 0);
+		assert_int_equal(config_diff_keep_running(b, a2, NULL), 0);
 		config_free(a2);
 	}
 	assert_int_equal(config_diff(a, b, &d), 0);

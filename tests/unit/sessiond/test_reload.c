@@ -33,6 +33,8 @@ static const char *tmpdir(void)
 
 /* The env's config as a file, with `extra` appended and alice's session
  * carrying `channels`. */
+static const char *port = "1", *burst = "4";
+
 static struct baton_config *load(const char *alice_session, const char *extra,
 				 const char *hash)
 {
@@ -44,8 +46,8 @@ static struct baton_config *load(const char *alice_session, const char *extra,
 
 	snprintf(text, sizeof(text),
 		 "[listen]\nirc = 127.0.0.1:6667\n"
-		 "[network example]\nhost = 127.0.0.1\nport = 1\n"
-		 "[user alice]\npassword = %s\n%s%s", hash,
+		 "[network example]\nhost = 127.0.0.1\nport = %s\nconnect_burst = %s\n"
+		 "[user alice]\npassword = %s\n%s%s", port, burst, hash,
 		 alice_session ? alice_session : "", extra ? extra : "");
 	assert_true(asprintf(&path, "%s/baton-reload-test-XXXXXX", tmpdir()) > 0);
 	fd = mkstemp(path);
@@ -148,6 +150,8 @@ static void test_added_and_later(void **state)
 	int c;
 
 	(void)state;
+	port = "2";  /* applies at the next connection */
+	burst = "9"; /* the governor's: at the next upgrade */
 	assert_int_equal(bouncer_reload(e->b, load("[user alice/example]\nnick = alice2\nchannels = #baton\n",
 						   "[user bob]\npassword = $6$x$y\n"
 						   "[user bob/example]\n"
@@ -158,9 +162,15 @@ static void test_added_and_later(void **state)
 	assert_true(has(res.changed, res.nchanged, "user alice: password (from the next login)"));
 	assert_true(has(res.later, res.nlater, "user alice/example: nick (at its next connection)"));
 	assert_true(has(res.later, res.nlater, "[sessiond] backlog_lines (at the next upgrade)"));
+	assert_true(has(res.later, res.nlater, "[network example] port (at each session's next connection)"));
+	assert_true(has(res.later, res.nlater, "[network example] connect_burst (at the next upgrade)"));
+	port = "1";
+	burst = "4";
 	assert_int_equal(bouncer_nsessions(e->b), 2);
 	now = bouncer_config(e->b);
 	assert_int_equal(now->backlog_lines, 100); /* the running value */
+	assert_string_equal(config_find_network(now, "example")->port, "2");
+	assert_int_equal(config_find_network(now, "example")->connect_burst, 0); /* hand-made: running */
 	assert_non_null(config_find_user(now, "bob"));
 	/* the old password fails now, the new one works */
 	c = test_env_register(e, "alice/example:secret", 0);
