@@ -7,6 +7,10 @@
  *   batonctl -c FILE canary grow --percent P | status | promote | abort
  *   batonctl -c FILE upgrade PATH --canary P --bake S [--steps P1,P2,...]
  *   batonctl -c FILE upgrade-supervisor PATH
+ *   batonctl -c FILE reload
+ *   batonctl -c FILE user add NAME [--password-hash HASH | --password-stdin]
+ *   batonctl -c FILE user del NAME [--purge] | user passwd NAME [...] | user list
+ *   batonctl -c FILE network add|set USER/NETWORK [KEY=VALUE ...] | network del USER/NETWORK
  *
  * Exit status (docs/design.md §8): 0 success / committed with every session,
  * 1 refused, aborted, partial or any sessions lost (the reason is printed), 2 usage, config or connection error, or no result
@@ -36,11 +40,13 @@
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/json_builder.h"
+#include "batonctl/users.h"
 
 enum { EXIT_OK = 0, EXIT_REFUSED = 1, EXIT_USAGE = 2 };
 
 #define TIMEOUT_STATUS_S 10.0
 #define TIMEOUT_MIGRATE_S 300.0 /* upgrade, rollback */
+#define TIMEOUT_RELOAD_S 60.0   /* the supervisor answers within 30 s */
 
 static bool json_mode;
 
@@ -88,13 +94,28 @@ static void usage(FILE *f)
 		"                      worker serves on and is adopted: nobody disconnects);\n"
 		"                      the binary already running is left alone (\"unchanged\")\n"
 		"                      unless --force\n"
+		"       batonctl -c FILE [--json] reload\n"
+		"                      the worker applies the config file now (users and\n"
+		"                      sessions added, removed, channels changed) without\n"
+		"                      an upgrade; a file with problems is refused whole\n"
+		"       batonctl -c FILE [--json] user add NAME [--password-hash HASH | --password-stdin]\n"
+		"       batonctl -c FILE [--json] user passwd NAME [--password-hash HASH | --password-stdin]\n"
+		"       batonctl -c FILE [--json] user del NAME [--purge]\n"
+		"       batonctl -c FILE [--json] user list\n"
+		"       batonctl -c FILE [--json] network add USER/NETWORK [KEY=VALUE ...]\n"
+		"       batonctl -c FILE [--json] network set USER/NETWORK KEY=VALUE ...\n"
+		"       batonctl -c FILE [--json] network del USER/NETWORK\n"
+		"                      edit the config file (comments kept; checked before it\n"
+		"                      is replaced, atomically), then reload; KEY= (no value)\n"
+		"                      takes a key out\n"
 		"\n"
 		"  -c, --config FILE   the baton INI file (for the control socket path)\n"
 		"  -s, --socket PATH   talk to this control socket instead\n"
 		"      --json          print the result as one JSON line\n"
 		"      --timeout S     give up (exit 2) without a result after S seconds\n"
 		"                      (default %.0f for upgrade and rollback, %.0f for\n"
-		"                      status); an upgrade still running continues\n"
+		"                      status, 60 for reload); an upgrade still running\n"
+		"                      continues\n"
 		"      --force         upgrade: deploy a release marked bad, or replace an\n"
 		"                      installed version built from another binary;\n"
 		"                      rollback: go to the most recent release even when\n"
@@ -108,6 +129,12 @@ static void usage(FILE *f)
 		"      --bake S        watch the gates this long after each step\n"
 		"      --canary P      upgrade through a canary of P %% (then promote)\n"
 		"      --steps P1,P2   ... growing through these percentages\n"
+		"\n"
+		"      --password-hash HASH  user add/passwd: a crypt(3) hash (openssl passwd -6)\n"
+		"      --password-stdin      user add/passwd: read the password from stdin (hashed\n"
+		"                      with yescrypt; without either option it is asked for\n"
+		"                      on the terminal)\n"
+		"      --purge         user del: also delete the user's stored history\n"
 		"\n"
 		"exit status: 0 success (canary: started, grown, baked, promoted, or\n"
 		"aborted on request), 1 refused, aborted, rolled back or sessions lost\n"
@@ -495,6 +522,50 @@ static bool migration_succeeded(struct json_object *r)
 }
 
 /* Returns the exit status. */
+/* A reload's result (supervisor/reload.h) or an edit refused before it:
+ * exit 0 applied, 1 refused. With --json one line, plus "edit" (what
+ * batonctl user/network changed in the file) when there was one. */
+static int print_reload(struct json_object *r, const char *edit)
+{
+	static const char *const lists[] = { "added", "removed", "changed", "later" };
+	bool applied = strcmp(jstr(r, "result", ""), "applied") == 0;
+	struct json_object *a;
+
+	if (r == NULL) {
+		fprintf(stderr, "batonctl: out of memory\n");
+		return EXIT_USAGE;
+	}
+	if (json_mode) {
+		if (edit != NULL)
+			json_object_object_add(r, "edit", json_object_new_string(edit));
+		printf("%s\n", json_object_to_json_string_ext(r, JSON_C_TO_STRING_PLAIN |
+							     JSON_C_TO_STRING_NOSLASHESCAPE));
+		return applied ? EXIT_OK : EXIT_REFUSED;
+	}
+	if (applied) {
+		printf("%s applied\n", jstr(r, "kind", "reload"));
+		for (size_t k = 0; k < 4; k++) {
+			a = NULL;
+			if (!json_object_object_get_ex(r, lists[k], &a) ||
+			    !json_object_is_type(a, json_type_array))
+				continue;
+			for (size_t i = 0; i < json_object_array_length(a); i++)
+				printf("  %-8s %s\n", lists[k],
+				       json_object_get_string(json_object_array_get_idx(a, i)));
+		}
+		return EXIT_OK;
+	}
+	printf("%s refused: %s\n", jstr(r, "kind", "reload"), jstr(r, "reason", "?"));
+	if (json_object_object_get_ex(r, "problems", &a) &&
+	    json_object_is_type(a, json_type_array))
+		for (size_t i = 0; i < json_object_array_length(a); i++)
+			printf("  %s\n", json_object_get_string(json_object_array_get_idx(a, i)));
+	if (edit != NULL)
+		printf("(the file was edited: %s; it applies at the next reload or upgrade)\n",
+		       edit);
+	return EXIT_REFUSED;
+}
+
 static int print_migration(const char *cmd, struct json_object *r)
 {
 	struct json_object *from = jobj(r, "from"), *to = jobj(r, "to");
@@ -742,6 +813,9 @@ int main(int argc, char **argv)
 		{ "canary", required_argument, NULL, 'C' },
 		{ "steps", required_argument, NULL, 'S' },
 		{ "force", no_argument, NULL, 'f' },
+		{ "password-hash", required_argument, NULL, 'H' },
+		{ "password-stdin", no_argument, NULL, 'I' },
+		{ "purge", no_argument, NULL, 'G' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -760,6 +834,9 @@ int main(int argc, char **argv)
 	const char *opt_percent = NULL, *opt_users = NULL, *opt_network = NULL;
 	const char *opt_bake = NULL, *opt_canary = NULL, *opt_steps = NULL;
 	bool canary = false;
+	struct ctl_users_opts uopts = { 0 };
+	struct json_object *refusal = NULL;
+	char edit_note[600] = "";
 
 	/* A supervisor that closes early must give an error, not kill us. */
 	signal(SIGPIPE, SIG_IGN);
@@ -769,6 +846,9 @@ int main(int argc, char **argv)
 		case 's': socket_path = optarg; break;
 		case 'j': json_mode = true; break;
 		case 'f': force = true; break;
+		case 'H': uopts.password_hash = optarg; break;
+		case 'I': uopts.password_stdin = true; break;
+		case 'G': uopts.purge = true; break;
 		case 't':
 			errno = 0;
 			timeout_s = strtod(optarg, &end);
@@ -847,6 +927,35 @@ int main(int argc, char **argv)
 		}
 		jb_add(jb, req, "cmd", jb_str(jb, "upgrade-supervisor"));
 		jb_add(jb, req, "binary", jb_str(jb, binary));
+	} else if (strcmp(cmd, "reload") == 0 && optind + 1 == argc) {
+		jb_add(jb, req, "cmd", jb_str(jb, "reload"));
+	} else if ((strcmp(cmd, "user") == 0 || strcmp(cmd, "network") == 0) &&
+		   optind + 2 <= argc) {
+		char err[1024] = "";
+
+		if (config_path == NULL) {
+			rc = fail("%s needs -c FILE (the config file it edits)", cmd);
+			goto out;
+		}
+		uopts.json = json_mode;
+		switch (ctl_users_run(config_path, cmd, argc - optind - 1, argv + optind + 1,
+				      &uopts, edit_note, sizeof(edit_note), &refusal,
+				      err, sizeof(err))) {
+		case CTL_USERS_DONE:
+			rc = EXIT_OK;
+			goto out;
+		case CTL_USERS_REFUSED:
+			rc = print_reload(refusal, NULL);
+			goto out;
+		case CTL_USERS_ERROR:
+			rc = fail("%s", err);
+			goto out;
+		case CTL_USERS_EDITED:
+			break;
+		}
+		if (!json_mode)
+			printf("%s: %s\n", config_path, edit_note);
+		jb_add(jb, req, "cmd", jb_str(jb, "reload"));
 	} else if (strcmp(cmd, "canary") == 0 && optind + 2 <= argc) {
 		const char *action = argv[optind + 1];
 
@@ -897,7 +1006,9 @@ int main(int argc, char **argv)
 		jb_add(jb, req, "force", jb_bool(jb, true));
 	if (timeout_s == 0)
 		timeout_s = strcmp(cmd, "status") == 0 || strcmp(cmd, "releases") == 0
-			? TIMEOUT_STATUS_S : TIMEOUT_MIGRATE_S;
+			? TIMEOUT_STATUS_S
+			: strcmp(jstr(req, "cmd", ""), "reload") == 0 ? TIMEOUT_RELOAD_S
+			: TIMEOUT_MIGRATE_S;
 	if (canary && timeout_s == TIMEOUT_MIGRATE_S) {
 		/* Each step bakes; without --bake for [canary] bake's default
 		 * (the config is not loaded yet). */
@@ -1012,6 +1123,10 @@ int main(int argc, char **argv)
 		rc = fail("supervisor: %s", jstr(result, "error", ""));
 		goto out;
 	}
+	if (strcmp(jstr(result, "kind", ""), "reload") == 0) {
+		rc = print_reload(result, edit_note[0] ? edit_note : NULL);
+		goto out;
+	}
 	if (json_mode) {
 		printf("%s\n", json_object_to_json_string_ext(result, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
 		if (canary)
@@ -1057,6 +1172,7 @@ out:
 	free(rd.line);
 	json_object_put(req);
 	json_object_put(resp);
+	json_object_put(refusal);
 	config_free(cfg);
 	config_problems_clear(&problems);
 	free(control);

@@ -35,6 +35,8 @@ enum control_type {
 	/* supervisor -> worker on its rendezvous socket (sessiond/rendezvous.h),
 	 * 1 fd: the new control channel */
 	CONTROL_ADOPT = 13,
+	CONTROL_RELOAD = 14,          /* supervisor -> worker */
+	CONTROL_RELOAD_RESULT = 15,   /* worker -> supervisor, one per RELOAD */
 };
 
 /* The relay latency histogram of HEALTH (Health.relay_latency_buckets):

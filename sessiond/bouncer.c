@@ -8,10 +8,12 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -19,6 +21,7 @@
 #include <event2/event.h>
 
 #include "common/config.h"
+#include "common/config_diff.h"
 #include "common/log.h"
 #include "common/strmap.h"
 #include "common/names.h"
@@ -34,6 +37,8 @@
 #include "sessiond/state.h"
 #include "sessiond/throttle.h"
 #include "sessiond/tls_contexts.h"
+#include "sessiond/upstream.h"
+#include "sessiond/irc.h"
 
 #define PENDING_TIMEOUT_MS 60000 /* a client must register within this */
 /* Out of fds (EMFILE/ENFILE): accepting pauses this long, then tries again
@@ -75,6 +80,9 @@ struct reglist {
 struct bouncer {
 	struct event_base *base;
 	const struct baton_config *cfg;
+	/* The config of the last reload (bouncer_reload()), owned; cfg points
+	 * at it. NULL: cfg is bouncer_new()'s, the caller's. */
+	struct baton_config *owned_cfg;
 	/* The other worker of a canary (peer.h; owned), NULL outside one. */
 	struct peer *peer;
 	/* Every session and pending client this worker holds, in any item
@@ -1254,6 +1262,7 @@ void bouncer_free(struct bouncer *b)
 	/* Last: it runs the loop once for evdns's cancellations (resolver.h),
 	 * when no other event of ours is left. */
 	resolver_free(b->resolver);
+	config_free(b->owned_cfg);
 	free(b);
 }
 
@@ -1559,17 +1568,17 @@ void bouncer_networks_stats(struct bouncer *b,
 	if (n > b->ngovs)
 		n = b->ngovs;
 	memset(out, 0, n * sizeof(*out));
-	/* One pass over the sessions: govs[i] is cfg->networks[i]
-	 * (bouncer_gov_init()), found through the config's name index. */
-	for (size_t k = 0; b->cfg && k < b->sessions.n; k++) {
+	/* One pass over the sessions: govs[i] is the network's governor
+	 * (config order at start, networks a reload added after them). */
+	for (size_t k = 0; k < b->sessions.n; k++) {
 		const struct session *s = b->sessions.v[k];
-		const struct config_network *cn;
 		size_t i;
 
-		if (s->item.state == ITEM_ADOPTED ||
-		    !(cn = config_find_network(b->cfg, s->network)))
+		if (s->item.state == ITEM_ADOPTED)
 			continue;
-		i = (size_t)(cn - b->cfg->networks);
+		for (i = 0; i < n; i++)
+			if (strcmp(governor_network(b->govs[i].g), s->network) == 0)
+				break;
 		if (i >= n)
 			continue;
 		out[i].sessions++;
@@ -1591,6 +1600,309 @@ void bouncer_networks_stats(struct bouncer *b,
 					   sizeof(out[i].advice)))
 			out[i].advice[0] = '\0';
 	}
+}
+
+/* ---- live reload ---- */
+
+#define RELOAD_QUIT_REASON "Removed from the bouncer"
+
+/* [network] keys a reload applies (from each session's next connection:
+ * read when it connects). The others stay as the worker runs them until an
+ * upgrade: the governor's limits and `bind` live in the governor, the TLS
+ * verification settings in cached client contexts (tls_contexts.h), and
+ * member lists are shared by the network's sessions. */
+static const char *const reload_live_network_keys[] = {
+	"host", "port", "tls", "tls_fingerprint", NULL,
+};
+
+void bouncer_reload_clear(struct bouncer_reload *r)
+{
+	util_strv_free(r->added, r->nadded);
+	util_strv_free(r->removed, r->nremoved);
+	util_strv_free(r->changed, r->nchanged);
+	util_strv_free(r->later, r->nlater);
+	memset(r, 0, sizeof(*r));
+}
+
+static int __attribute__((format(printf, 3, 4)))
+reload_note(char ***v, size_t *n, const char *fmt, ...)
+{
+	char *text = NULL, **grown;
+	va_list ap;
+	int r;
+
+	va_start(ap, fmt);
+	r = vasprintf(&text, fmt, ap);
+	va_end(ap);
+	if (r < 0)
+		return -ENOMEM;
+	grown = realloc(*v, (*n + 1) * sizeof(*grown));
+	if (grown == NULL) {
+		free(text);
+		return -ENOMEM;
+	}
+	*v = grown;
+	(*v)[(*n)++] = text;
+	return 0;
+}
+
+static bool reload_has_channel(const struct config_session *cs, const char *name)
+{
+	for (size_t i = 0; cs != NULL && i < cs->nchannels; i++)
+		if (strcasecmp(cs->channels[i], name) == 0)
+			return true;
+	return false;
+}
+
+/* "user U/N: channels +#a -#b" */
+static int reload_note_channels(struct bouncer_reload *res,
+				const struct config_session *from,
+				const struct config_session *to)
+{
+	char text[1024];
+	size_t off;
+	int r;
+
+	off = (size_t)snprintf(text, sizeof(text), "user %s/%s: channels",
+			       to->user, to->network);
+	for (size_t i = 0; i < to->nchannels && off < sizeof(text); i++)
+		if (!reload_has_channel(from, to->channels[i]))
+			off += (size_t)snprintf(text + off, sizeof(text) - off,
+						" +%s", to->channels[i]);
+	for (size_t i = 0; i < from->nchannels && off < sizeof(text); i++)
+		if (!reload_has_channel(to, from->channels[i]))
+			off += (size_t)snprintf(text + off, sizeof(text) - off,
+						" -%s", from->channels[i]);
+	r = reload_note(&res->changed, &res->nchanged, "%s", text);
+	return r;
+}
+
+/* The session's configured channels went from `from` to `to`: JOIN what
+ * was added and PART what was removed now when it is on the network;
+ * otherwise forget the removed ones (a reconnect would join them again)
+ * and let its next connection join the new ones (upstream.c joins the
+ * configured channels). Channels joined by hand are in neither list. */
+static void reload_channels(struct session *s, const struct config_session *from,
+			    const struct config_session *to)
+{
+	bool live = session_upstream_ready(s);
+
+	for (size_t i = 0; live && i < to->nchannels; i++)
+		if (!reload_has_channel(from, to->channels[i]) &&
+		    !session_find_channel(s, to->channels[i]) &&
+		    strlen(to->channels[i]) <= IRC_MAX_MESSAGE - 5)
+			conn_sendf(s->up->conn, "JOIN %s", to->channels[i]);
+	for (size_t i = 0; i < from->nchannels; i++) {
+		const char *name = from->channels[i];
+
+		if (reload_has_channel(to, name) || !session_find_channel(s, name))
+			continue;
+		if (live && strlen(name) <= IRC_MAX_MESSAGE - 60)
+			conn_sendf(s->up->conn,
+				   "PART %s :removed from the bouncer's configuration",
+				   name);
+		else if (!live)
+			session_remove_channel(s, name);
+	}
+}
+
+/* A session removed from the config says goodbye and is freed: its
+ * clients get a NOTICE and an ERROR, its network a QUIT (each written now
+ * if the socket takes it: one attempt, as at a freeze). */
+static void bouncer_session_goodbye(struct bouncer *b, struct session *s)
+{
+	log_info("bouncer", "%s: removed from the config: disconnecting", s->key);
+	session_notice_all(s, "this session (%s) was removed from the bouncer's "
+			   "configuration: disconnecting", s->key);
+	for (size_t i = 0; i < s->nclients; i++) {
+		struct conn *c = s->clients[i]->conn;
+
+		conn_send(c, "ERROR :Closing link: session removed from the bouncer");
+		conn_close(c, "session removed", true);
+	}
+	if (s->up != NULL && !s->up->dead) {
+		conn_send(s->up->conn, "QUIT :" RELOAD_QUIT_REASON);
+		conn_close(s->up->conn, "session removed", true);
+	}
+	bouncer_remove_session(b, s);
+	session_free(s);
+}
+
+/* The governors with one for each network of next that has none yet, in
+ * a new array (the timers' argument is the element: they are made anew;
+ * each is kicked once installed). NULL and *n 0 when none is new. */
+static int reload_governors(struct bouncer *b, const struct baton_config *next,
+			    struct bouncer_gov **out, size_t *n)
+{
+	struct bouncer_gov *v;
+	size_t k = b->ngovs, add = 0;
+	int64_t now = clock_mono_ms();
+
+	*out = NULL;
+	*n = 0;
+	for (size_t i = 0; i < next->nnetworks; i++)
+		if (bouncer_governor(b, next->networks[i].name) == NULL)
+			add++;
+	if (add == 0)
+		return 0;
+	v = calloc(b->ngovs + add, sizeof(*v));
+	if (v == NULL)
+		return -ENOMEM;
+	for (size_t i = 0; i < b->ngovs; i++) {
+		v[i] = b->govs[i];
+		v[i].ev = evtimer_new(b->base, bouncer_gov_cb, &v[i]);
+	}
+	for (size_t i = 0; i < next->nnetworks; i++) {
+		const struct config_network *cn = &next->networks[i];
+		struct governor_limits lim = {
+			.connects_per_minute = cn->connects_per_minute,
+			.connect_burst = cn->connect_burst,
+			.max_per_addr = cn->max_connections_per_ip,
+		};
+
+		if (bouncer_governor(b, cn->name) != NULL)
+			continue;
+		v[k].b = b;
+		v[k].g = governor_new(cn->name, &lim, (const char *const *)cn->bind,
+				      cn->nbind, now);
+		v[k].ev = evtimer_new(b->base, bouncer_gov_cb, &v[k]);
+		k++;
+	}
+	for (size_t i = 0; i < k; i++)
+		if (v[i].ev == NULL || v[i].g == NULL) {
+			for (size_t j = 0; j < k; j++) {
+				if (v[j].ev)
+					event_free(v[j].ev);
+				if (j >= b->ngovs)
+					governor_free(v[j].g);
+			}
+			free(v);
+			return -ENOMEM;
+		}
+	*out = v;
+	*n = k;
+	return 0;
+}
+
+/* The result's lines for every change (allocations only: nothing applied). */
+static int reload_notes(const struct config_diff *d, const struct baton_config *from,
+			const struct baton_config *to, struct bouncer_reload *res)
+{
+	int r = 0;
+
+	for (size_t i = 0; i < d->n && r == 0; i++) {
+		const struct config_change *c = &d->v[i];
+
+		if (c->key == NULL) {
+			r = c->kind == CONFIG_CHANGE_ADDED
+				    ? reload_note(&res->added, &res->nadded, "%s", c->section)
+				    : reload_note(&res->removed, &res->nremoved, "%s", c->section);
+			continue;
+		}
+		switch (c->scope) {
+		case CONFIG_SCOPE_NETWORK: {
+			bool live = false;
+
+			for (size_t k = 0; reload_live_network_keys[k] != NULL; k++)
+				live |= strcmp(reload_live_network_keys[k], c->key) == 0;
+			r = reload_note(&res->later, &res->nlater, "[%s] %s (%s)",
+					c->section, c->key,
+					live ? "at each session's next connection"
+					     : "at the next upgrade");
+			break;
+		}
+		case CONFIG_SCOPE_GLOBAL:
+			r = reload_note(&res->later, &res->nlater,
+					"[%s] %s (at the next upgrade)",
+					c->section, c->key);
+			break;
+		case CONFIG_SCOPE_USER:
+			r = reload_note(&res->changed, &res->nchanged,
+					"%s: %s (from the next login)", c->section, c->key);
+			break;
+		case CONFIG_SCOPE_SESSION:
+			if (strcmp(c->key, "channels") == 0)
+				r = reload_note_channels(res,
+					config_find_session(from, c->user, c->network),
+					config_find_session(to, c->user, c->network));
+			else
+				r = reload_note(&res->later, &res->nlater,
+						"%s: %s (at its next connection)",
+						c->section, c->key);
+			break;
+		}
+	}
+	return r;
+}
+
+int bouncer_reload(struct bouncer *b, struct baton_config *next,
+		   struct bouncer_reload *res, char *why, size_t len)
+{
+	const struct baton_config *from = b->cfg;
+	struct config_diff d = { 0 };
+	struct bouncer_gov *govs = NULL;
+	size_t ngovs = 0;
+	int r;
+
+	for (size_t i = 0; i < b->sessions.n; i++) {
+		const struct session *s = b->sessions.v[i];
+
+		if (s->item.state != ITEM_LIVE) {
+			snprintf(why, len, "a migration is running: reload after it");
+			r = -EBUSY;
+			goto fail;
+		}
+	}
+	if (from == NULL) {
+		snprintf(why, len, "no configuration loaded");
+		r = -EINVAL;
+		goto fail;
+	}
+	/* Everything that can fail comes first: after this, nothing does. */
+	if ((r = config_diff(from, next, &d)) < 0 ||
+	    (r = config_diff_keep_running(next, from, reload_live_network_keys)) < 0 ||
+	    (r = reload_notes(&d, from, next, res)) < 0 ||
+	    (r = reload_governors(b, next, &govs, &ngovs)) < 0) {
+		snprintf(why, len, "out of memory");
+		goto fail;
+	}
+	if (govs != NULL) {
+		for (size_t i = 0; i < b->ngovs; i++)
+			event_free(b->govs[i].ev);
+		free(b->govs);
+		b->govs = govs;
+		b->ngovs = ngovs;
+		b->gov_dirty = true;
+		for (size_t i = 0; i < b->ngovs; i++)
+			bouncer_gov_schedule(&b->govs[i], 0);
+	}
+	b->cfg = next;
+	for (size_t i = 0; i < d.n; i++) {
+		const struct config_change *c = &d.v[i];
+		struct session *s;
+
+		if (c->scope != CONFIG_SCOPE_SESSION ||
+		    !(s = bouncer_find_session(b, c->user, c->network)))
+			continue;
+		if (c->kind == CONFIG_CHANGE_REMOVED)
+			bouncer_session_goodbye(b, s);
+		else if (c->kind == CONFIG_CHANGE_CHANGED && c->key != NULL &&
+			 strcmp(c->key, "channels") == 0)
+			reload_channels(s, config_find_session(from, c->user, c->network),
+					config_find_session(next, c->user, c->network));
+	}
+	bouncer_start_configured(b); /* the new sessions */
+	config_diff_clear(&d);
+	config_free(b->owned_cfg); /* `from`, when an earlier reload made it */
+	b->owned_cfg = next;
+	log_info("bouncer", "reloaded %s: %zu added, %zu removed, %zu changed, %zu later",
+		 next->path, res->nadded, res->nremoved, res->nchanged, res->nlater);
+	return 0;
+fail:
+	config_diff_clear(&d);
+	bouncer_reload_clear(res);
+	config_free(next);
+	return r;
 }
 
 /* ---- migration: source side ---- */

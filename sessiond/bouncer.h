@@ -104,6 +104,37 @@ void bouncer_peer_drain(struct bouncer *b);
  * canary: README "Canary rollouts"). */
 void bouncer_migration_ended(struct bouncer *b, bool partial);
 
+/* ---- live reload (batonctl reload, issue 11 §4) ---- */
+
+/* What a reload did, as text lines for the operator (control.proto
+ * ReloadResult): sections added and removed, changes applied now, and
+ * changes that apply later with when. Owned; bouncer_reload_clear(). */
+struct bouncer_reload {
+	char **added, **removed, **changed, **later;
+	size_t nadded, nremoved, nchanged, nlater;
+};
+void bouncer_reload_clear(struct bouncer_reload *r);
+
+/* Apply `next` (the config file loaded again and checked) to the running
+ * sessions, without touching the others: a new session starts; a removed
+ * one says goodbye (QUIT to its network, a NOTICE and an ERROR to its
+ * clients) and is freed; changed `channels` JOIN what was added and PART
+ * what was removed (a channel joined by hand stays); a changed password
+ * counts from the next login; other session keys at the session's next
+ * connection, and so do a network's host, port, tls and tls_fingerprint.
+ * What a running worker cannot change ([supervisor], [sessiond], [listen],
+ * [canary] and the other keys of existing [network] sections) keeps its
+ * running value until the next upgrade (config_diff_keep_running()), and
+ * the result says so. A new [network] gets its reconnect governor.
+ *
+ * Takes ownership of next in every case (the bouncer frees it at exit or
+ * at the next reload; the config passed to bouncer_new() stays the
+ * caller's). Returns 0 with *res filled (zeroed by the caller), or -errno
+ * with why and nothing applied: -EBUSY while any session is frozen or
+ * adopted (a migration), -ENOMEM. */
+int bouncer_reload(struct bouncer *b, struct baton_config *next,
+		   struct bouncer_reload *res, char *why, size_t len);
+
 /* ---- migration: source side ---- */
 
 /* Snapshot of every item (sessions and live pending clients, in no

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,6 +31,7 @@
 #include "sessiond/health.h"
 #include "sessiond/rendezvous.h"
 #include "sessiond/session.h"
+#include "sessiond/state.h"
 #include "sessiond/transfer.h"
 
 /* READY (before the loop) and the final flush at exit: the only sends
@@ -187,6 +189,8 @@ static int channel_send_ready(int fd, char **problems, size_t nproblems, bool ad
 	ready.n_problems = nproblems;
 	ready.has_pid = 1;
 	ready.pid = (uint32_t)getpid();
+	ready.has_reload = 1;
+	ready.reload = 1;
 	return control_send(fd, CONTROL_READY, &ready.base, NULL, 0,
 			    WORKER_SEND_TIMEOUT_MS);
 }
@@ -476,6 +480,61 @@ out:
 		baton__control__migrate__free_unpacked(mg, NULL);
 }
 
+/* RELOAD: load the file we were started with again, check what the
+ * worker's preflight checks (sessiond/main.c: every session can migrate,
+ * enough fds), apply it (bouncer_reload()) and answer RELOAD_RESULT. A
+ * refused reload changes nothing. */
+static void channel_reload(struct control_channel *w)
+{
+	Baton__Control__ReloadResult r = BATON__CONTROL__RELOAD_RESULT__INIT;
+	struct config_problems pr = { 0 };
+	struct bouncer_reload res = { 0 };
+	struct baton_config *next = NULL;
+	struct rlimit rl;
+	char why[512];
+	int rc;
+
+	if (w->migrating) {
+		config_problems_add(&pr, "a migration is running: reload after it");
+	} else if (config_load(w->cfg->path, &next, &pr) == 0) {
+		if (state_check_config(next, why, sizeof(why)) < 0)
+			config_problems_add(&pr, "%s: [sessiond] %s", next->path, why);
+		if (getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
+		    rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < config_fds_needed(next))
+			config_problems_add(&pr, "%s: RLIMIT_NOFILE is %llu but %zu sessions need at least %lu open files (raise LimitNOFILE= or ulimit -n)",
+					    next->path, (unsigned long long)rl.rlim_cur,
+					    next->nsessions, config_fds_needed(next));
+	}
+	if (pr.n + pr.dropped == 0) {
+		rc = bouncer_reload(w->b, next, &res, why, sizeof(why));
+		next = NULL; /* transferred */
+		if (rc < 0)
+			config_problems_add(&pr, "%s", why);
+	}
+	config_free(next);
+	if (pr.dropped > 0)
+		config_problems_add(&pr, "(and %zu more problems)", pr.dropped);
+	r.applied = pr.n == 0;
+	r.n_problems = pr.n;
+	r.problems = pr.msgs;
+	r.n_added = res.nadded;
+	r.added = res.added;
+	r.n_removed = res.nremoved;
+	r.removed = res.removed;
+	r.n_changed = res.nchanged;
+	r.changed = res.changed;
+	r.n_later = res.nlater;
+	r.later = res.later;
+	if (!r.applied)
+		for (size_t i = 0; i < pr.n; i++)
+			log_warn("worker", "reload refused: %s", pr.msgs[i]);
+	rc = channel_push(w, CONTROL_RELOAD_RESULT, &r.base, CONTROL_QUEUE_MUST);
+	if (rc < 0)
+		log_error("worker", "RELOAD_RESULT not sent: %s", strerror(-rc));
+	bouncer_reload_clear(&res);
+	config_problems_clear(&pr);
+}
+
 static void channel_dispatch(struct control_channel *w, struct frame_msg *msg)
 {
 	switch (msg->type) {
@@ -534,6 +593,9 @@ static void channel_dispatch(struct control_channel *w, struct frame_msg *msg)
 	}
 	case CONTROL_HEALTH_REQUEST:
 		channel_send_health(w);
+		break;
+	case CONTROL_RELOAD:
+		channel_reload(w);
 		break;
 	case CONTROL_EXIT:
 		log_info("worker", "exit requested by the supervisor");

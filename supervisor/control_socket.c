@@ -346,6 +346,8 @@ static void control_client_request(struct control_client *c, const char *line)
 					 control_client_reply_cb, c);
 	} else if (strcmp(cmd, "releases") == 0) {
 		supervisor_releases(c->cs->sup, control_client_reply_cb, c);
+	} else if (strcmp(cmd, "reload") == 0) {
+		supervisor_reload(c->cs->sup, control_client_reply_cb, c);
 	} else if (strcmp(cmd, "upgrade-supervisor") == 0) {
 		char why[512];
 		/* batonctl's connection, without CLOEXEC: the new image answers
@@ -377,7 +379,7 @@ static void control_client_request(struct control_client *c, const char *line)
 		/* the answer comes from the new image; this copy just waits */
 		c->got_request = 1;
 	} else {
-		control_client_error(c, "unknown command '%s' (known: status, upgrade, rollback, releases, canary, upgrade-supervisor)",
+		control_client_error(c, "unknown command '%s' (known: status, upgrade, rollback, releases, reload, canary, upgrade-supervisor)",
 				     cmd);
 	}
 out:

@@ -125,9 +125,14 @@ static void main_on_chld(evutil_socket_t sig, short what, void *arg)
 	supervisor_reap(ctx->sup);
 }
 
+/* SIGHUP: what `batonctl reload` does (supervisor/reload.h), with the
+ * result in the log only. */
 static void main_on_hup(evutil_socket_t sig, short what, void *arg)
 {
-	log_info("supervisor", "SIGHUP ignored: to reload, run batonctl upgrade (systemctl reload does)");
+	struct main_ctx *ctx = arg;
+
+	log_info("supervisor", "SIGHUP: reloading the config file");
+	supervisor_reload(ctx->sup, NULL, NULL);
 }
 
 static void main_on_watchdog(evutil_socket_t fd, short what, void *arg)

@@ -37,6 +37,7 @@
 #include "supervisor/metrics.h"
 #include "supervisor/migration.h"
 #include "supervisor/releases.h"
+#include "supervisor/reload.h"
 #include "supervisor/sysd.h"
 #include "supervisor/worker_process.h"
 
@@ -94,6 +95,7 @@ struct supervisor {
 	const char *mig_kind; /* "upgrade" or "rollback" (static string) */
 
 	struct status_req *status_reqs;
+	struct reload_req *reloads; /* reload.h: RELOADs the worker has not answered */
 
 	/* A canary (canary.h): the handler of both workers while it runs;
 	 * active stays the old worker until it ends. */
@@ -819,6 +821,7 @@ void supervisor_free(struct supervisor *sup)
 	migration_free(sup->migration);
 	while (sup->status_reqs)
 		supervisor_status_req_free(sup->status_reqs);
+	reload_free_all(&sup->reloads); /* before the workers they wait on */
 	for (size_t i = 0; i < sup->nworkers; i++) {
 		worker_kill(sup->workers[i]);
 		worker_free(sup->workers[i]);
@@ -1473,6 +1476,7 @@ void supervisor_detach(struct supervisor *sup, void *arg)
 {
 	struct status_req *q = sup->status_reqs;
 
+	reload_detach(&sup->reloads, arg);
 	if (sup->canary != NULL)
 		canary_detach(sup->canary, arg);
 	if (sup->mig_arg == arg) {
@@ -1486,6 +1490,21 @@ void supervisor_detach(struct supervisor *sup, void *arg)
 			supervisor_status_req_free(q);
 		q = next;
 	}
+}
+
+/* --- reload (reload.h) ----------------------------------------------------- */
+
+void supervisor_reload(struct supervisor *sup, supervisor_reply_cb cb, void *arg)
+{
+	const char *busy = sup->stopping ? "the supervisor is stopping"
+			   : sup->migration != NULL ? "a migration is running: reload after it"
+			   : sup->canary != NULL ? "a canary is running: promote or abort it first"
+			   : sup->active == NULL || !sup->active_serving
+				   ? "no worker is serving (restarting): its start loads the file"
+				   : NULL;
+
+	reload_start(sup->base, busy ? NULL : sup->active, sup->config_path, busy,
+		     cb, arg, &sup->reloads);
 }
 
 /* --- canary --------------------------------------------------------------- */

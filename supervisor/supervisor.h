@@ -88,6 +88,10 @@ void supervisor_upgrade_force(struct supervisor *sup, const char *binary,
 void supervisor_releases(struct supervisor *sup, supervisor_reply_cb cb,
 			 void *arg);
 void supervisor_detach(struct supervisor *sup, void *arg);
+/* `batonctl reload` and SIGHUP (supervisor/reload.h): the serving worker
+ * applies the config file without an upgrade. Refused while stopping,
+ * during a migration or a canary, or with no worker serving. */
+void supervisor_reload(struct supervisor *sup, supervisor_reply_cb cb, void *arg);
 
 /* Canary (canary.h): action "start" (plan), "grow" (percent_x100),
  * "promote", "abort", "status". Refused (with the usual result shape)

@@ -81,6 +81,14 @@ struct worker {
 	unsigned write_schema;
 
 	struct waiters ask[ASK_N];
+	/* RELOADs sent, oldest first: each gets the next RELOAD_RESULT (the
+	 * worker answers every one, in order). cb NULL: cancelled, the
+	 * answer is dropped. */
+	struct reload_waiter {
+		worker_reload_cb cb;
+		void *arg;
+	} *reloads;
+	size_t nreloads;
 
 	/* Adopted from a dead supervisor (orphans.h): not our child, its exit
 	 * is seen on its pidfd (ev_pidfd), its wait status is not ours. */
@@ -137,8 +145,26 @@ static void worker_answer_waiters(struct worker *w, enum worker_ask kind,
 	}
 }
 
+/* The oldest RELOAD's answer (NULL: none will come). */
+static void worker_answer_reload(struct worker *w,
+				 const Baton__Control__ReloadResult *r)
+{
+	struct reload_waiter rw = w->reloads[0];
+
+	memmove(&w->reloads[0], &w->reloads[1],
+		(w->nreloads - 1) * sizeof(w->reloads[0]));
+	w->nreloads--;
+	if (rw.cb != NULL) {
+		w->dispatching++;
+		rw.cb(w, r, rw.arg);
+		w->dispatching--;
+	}
+}
+
 static void worker_fail_waiters(struct worker *w)
 {
+	while (w->nreloads > 0)
+		worker_answer_reload(w, NULL);
 	/* Callbacks may register new waiters; they fail too (ctl is gone). */
 	for (int k = 0; k < ASK_N; k++) {
 		while (w->ask[k].n > 0)
@@ -289,6 +315,22 @@ static void worker_handle(struct worker *w, struct frame_msg *m)
 			w->dispatching--;
 		}
 		worker_answer_waiters(w, ASK_HEALTH, h);
+		return;
+	}
+	case CONTROL_RELOAD_RESULT: {
+		Baton__Control__ReloadResult *r =
+			baton__control__reload_result__unpack(NULL, m->len, m->data);
+
+		if (r == NULL) {
+			worker_ctl_lost(w, "malformed RELOAD_RESULT");
+			return;
+		}
+		if (w->nreloads == 0)
+			log_warn("worker", "pid %d sent a RELOAD_RESULT nobody asked for (ignored)",
+				 (int)w->pid);
+		else
+			worker_answer_reload(w, r);
+		baton__control__reload_result__free_unpacked(r, NULL);
 		return;
 	}
 	default:
@@ -540,6 +582,7 @@ void worker_free(struct worker *w)
 		baton__control__status__free_unpacked(w->status_full, NULL);
 	for (int k = 0; k < ASK_N; k++)
 		free(w->ask[k].v);
+	free(w->reloads);
 	free(w->binary);
 	free(w);
 }
@@ -791,6 +834,33 @@ int worker_request_health(struct worker *w, worker_health_cb cb, void *arg)
 void worker_cancel_health(struct worker *w, void *arg)
 {
 	worker_cancel(w, ASK_HEALTH, arg);
+}
+
+int worker_request_reload(struct worker *w, worker_reload_cb cb, void *arg)
+{
+	Baton__Control__Reload m = BATON__CONTROL__RELOAD__INIT;
+	struct reload_waiter *v;
+	int r;
+
+	if (w->ctl < 0)
+		return -ENOTCONN;
+	v = realloc(w->reloads, (w->nreloads + 1) * sizeof(*v));
+	if (v == NULL)
+		return -ENOMEM;
+	w->reloads = v;
+	/* Sent before the waiter is registered, as in worker_request(). */
+	r = worker_send_timeout(w, CONTROL_RELOAD, &m.base, NULL, 0, 0);
+	if (r < 0)
+		return r;
+	w->reloads[w->nreloads++] = (struct reload_waiter){ .cb = cb, .arg = arg };
+	return 0;
+}
+
+void worker_cancel_reload(struct worker *w, void *arg)
+{
+	for (size_t i = 0; i < w->nreloads; i++)
+		if (w->reloads[i].arg == arg)
+			w->reloads[i].cb = NULL;
 }
 
 void worker_stop(struct worker *w, int timeout_s)

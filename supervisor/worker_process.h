@@ -50,6 +50,10 @@ typedef void (*worker_status_cb)(struct worker *w,
 typedef void (*worker_health_cb)(struct worker *w,
 				 const Baton__Control__Health *h, void *arg);
 
+/* RELOAD_RESULT (or NULL, as above); valid during the call only. */
+typedef void (*worker_reload_cb)(struct worker *w,
+				 const Baton__Control__ReloadResult *r, void *arg);
+
 /* fork + exec `binary -c config_path --worker [--target]` with the control
  * socket on fd 3 and stderr inherited. Returns NULL and sets *err (-errno)
  * when the socketpair or fork fails; an exec failure shows up as an exit
@@ -156,6 +160,14 @@ void worker_cancel_health(struct worker *w, void *arg);
 /* One observer of every HEALTH answer of w, whoever asked, called before
  * the waiters (cb NULL: none). Replaces the previous tap. */
 void worker_set_health_tap(struct worker *w, worker_health_cb cb, void *arg);
+
+/* Send RELOAD (re-read the config file and apply it, control.proto
+ * Reload). On 0, cb runs exactly once with this request's answer (each
+ * RELOAD has its own: answers come in order), or with NULL when the control
+ * socket is lost first, unless cancelled. Sent without waiting for room. */
+int worker_request_reload(struct worker *w, worker_reload_cb cb, void *arg);
+/* The answers of every RELOAD registered with arg are dropped. */
+void worker_cancel_reload(struct worker *w, void *arg);
 
 /* Ask the worker to leave (EXIT) and SIGKILL it if it has not exited after
  * `timeout_s`. Safe to call repeatedly. */

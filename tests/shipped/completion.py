@@ -64,6 +64,13 @@ def main():
     check("canary" in top and "start" not in top, "top level: %s" % sorted(top))
     check({"start", "grow", "promote", "abort", "status"} <= actions,
           "canary actions: %s" % sorted(actions))
+    user_actions = complete(completion, "batonctl user ")
+    network_actions = complete(completion, "batonctl network ")
+    check({"add", "del", "passwd", "list"} <= user_actions,
+          "user actions: %s" % sorted(user_actions))
+    check({"add", "del", "set"} == network_actions,
+          "network actions: %s" % sorted(network_actions))
+    actions |= user_actions | network_actions
     check(subs <= top | actions, "subcommands never offered: %s"
           % sorted(subs - top - actions))
     check(complete(completion, "batonctl -c x.ini --json rol") == {"rollback"},
@@ -73,7 +80,9 @@ def main():
     for line in ("batonctl -", "batonctl status -", "batonctl upgrade ./b -",
                  "batonctl rollback -", "batonctl releases -",
                  "batonctl canary start ./b -", "batonctl canary grow -",
-                 "batonctl canary -"):
+                 "batonctl canary -", "batonctl reload -",
+                 "batonctl user add x -", "batonctl user del x -",
+                 "batonctl network set a/b -"):
         offered |= complete(completion, line)
     check(longs <= offered, "options never offered: %s" % sorted(longs - offered))
     check("--force" in complete(completion, "batonctl rollback --f"), "rollback --force")
@@ -93,6 +102,10 @@ def main():
         check(got == {"libera", "oftc"}, "--network values: %s" % sorted(got))
         got = complete(completion, "batonctl -c %s canary start ./b --users alice," % cfg)
         check(got == {"alice,alice", "alice,bob"}, "--users values: %s" % sorted(got))
+        got = complete(completion, "batonctl -c %s user passwd " % cfg)
+        check(got == {"alice", "bob"}, "user passwd values: %s" % sorted(got))
+        got = complete(completion, "batonctl -c %s network set " % cfg)
+        check(got == {"alice/libera"}, "network set values: %s" % sorted(got))
         got = complete(completion, "batonctl -c %s/baton.i" % tmp)
         check(got == {cfg}, "-c file: %s" % sorted(got))
 

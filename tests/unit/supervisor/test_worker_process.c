@@ -6,7 +6,8 @@
  * MIGRATE's fd list, one outstanding STATUS_REQUEST, non-blocking status
  * sends, a worker freed by a handler inside worker_reaped(). HEALTH: one
  * outstanding HEALTH_REQUEST shared by its waiters, the answer stored and
- * shown to the tap, a worker that never answers asked only once. */
+ * shown to the tap, a worker that never answers asked only once. RELOAD:
+ * one answer per request, in order, cancelled ones dropped. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -146,6 +147,19 @@ static int fake_worker(void)
 			h.has_relay_latency_sum_s = true;
 			h.relay_latency_sum_s = 0.003;
 			control_send(fd, CONTROL_HEALTH, &h.base, NULL, 0, 1000);
+		}
+		if (m.type == CONTROL_RELOAD && strcmp(mode, "noreload") != 0) {
+			/* one answer per RELOAD, saying which one it was */
+			Baton__Control__ReloadResult rr =
+				BATON__CONTROL__RELOAD_RESULT__INIT;
+			static unsigned reloads;
+			char text[32], *added[1] = { text };
+
+			snprintf(text, sizeof(text), "reload %u", ++reloads);
+			rr.applied = true;
+			rr.n_added = 1;
+			rr.added = added;
+			control_send(fd, CONTROL_RELOAD_RESULT, &rr.base, NULL, 0, 1000);
 		}
 		if (m.type == CONTROL_EXIT) {
 			frame_msg_clear(&m);
@@ -605,6 +619,60 @@ static void test_health_never_answered(void **state)
 	assert_int_equal(hr.nulls, 1);
 }
 
+struct reload_rig {
+	struct rig g;
+	char got[4][32]; /* by waiter: what its answer said ("" none, "NULL") */
+	unsigned answers;
+};
+
+struct reload_waiter_arg {
+	struct reload_rig *rr;
+	int i;
+};
+
+static void on_reload(struct worker *w, const Baton__Control__ReloadResult *r,
+		      void *arg)
+{
+	struct reload_waiter_arg *a = arg;
+
+	snprintf(a->rr->got[a->i], sizeof(a->rr->got[a->i]), "%s",
+		 r == NULL ? "NULL" : r->n_added == 1 ? r->added[0] : "?");
+	a->rr->answers++;
+	event_base_loopbreak(a->rr->g.base);
+}
+
+/* Each RELOAD gets its own RELOAD_RESULT, in order (unlike STATUS, whose
+ * waiters share one answer): a cancelled waiter's answer is dropped, not
+ * given to the next one; when the worker goes, waiters get NULL. */
+static void test_reload_answers_in_order(void **state)
+{
+	struct reload_rig rr;
+	struct reload_waiter_arg a[4];
+
+	memset(&rr, 0, sizeof(rr));
+	for (int i = 0; i < 4; i++)
+		a[i] = (struct reload_waiter_arg){ .rr = &rr, .i = i };
+	rig_start(&rr.g, "ok");
+	rig_wait_ready(&rr.g);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(worker_request_reload(rr.g.w, on_reload, &a[i]), 0);
+	worker_cancel_reload(rr.g.w, &a[1]);
+	while (rr.answers < 2 && rr.g.w)
+		rig_run(&rr.g);
+	assert_string_equal(rr.got[0], "reload 1");
+	assert_string_equal(rr.got[1], "");
+	assert_string_equal(rr.got[2], "reload 3");
+	rig_finish(&rr.g);
+
+	/* a worker that never answers: NULL when it goes */
+	memset(&rr, 0, sizeof(rr));
+	rig_start(&rr.g, "noreload");
+	rig_wait_ready(&rr.g);
+	assert_int_equal(worker_request_reload(rr.g.w, on_reload, &a[3]), 0);
+	rig_finish(&rr.g);
+	assert_string_equal(rr.got[3], "NULL");
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -618,6 +686,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_free_in_handler_during_reaped),
 		cmocka_unit_test(test_health_request),
 		cmocka_unit_test(test_health_never_answered),
+		cmocka_unit_test(test_reload_answers_in_order),
 	};
 
 	if (argc >= 4 && strcmp(argv[3], "--worker") == 0)
