@@ -39,6 +39,21 @@ def worker_pids(ctx):
     return pids
 
 
+def kill_supervisor_mid_upgrade(ctx, b, build):
+    """`batonctl upgrade` to build, its target adopting each item in 300 ms
+    (fault target:slow-prepare), and kill -9 of the supervisor 0.3 s into
+    the handoff; returns when batonctl has ended. The fault stays set:
+    the caller clears it."""
+    b.set_fault("target:slow-prepare")
+    p = b.ctl_async("upgrade", build.sessiond, "--json")
+    bl.wait_for(lambda: "migrate" in b.log_text().split("upgrade", 1)[-1], 10,
+                what="the migration to start")
+    ctx.loop.run_for(0.3)
+    os.kill(b.proc.pid, signal.SIGKILL)
+    b.proc.wait(5)
+    ctx.loop.wait_process(p, timeout=30)
+
+
 def relay_both_ways(ctx, c, dave, tag):
     """One line each way; each must arrive exactly once."""
     dave.privmsg("#chat", "from dave %s" % tag)
@@ -179,15 +194,7 @@ def test_supervisor_kill9_mid_migration(ctx):
     relay_both_ways(ctx, c, dave, "before")
     mark = len(w.events)
     old = b.worker_pid()
-    b.set_fault("target:slow-prepare")
-    p = b.ctl_async("upgrade", bB.sessiond, "--json")
-    # the target is spawned and the handoff under way (each item 300 ms)
-    bl.wait_for(lambda: "migrate" in b.log_text().split("upgrade", 1)[-1], 10,
-                what="the migration to start")
-    ctx.loop.run_for(0.3)
-    os.kill(b.proc.pid, signal.SIGKILL)
-    b.proc.wait(5)
-    ctx.loop.wait_process(p, timeout=30)
+    kill_supervisor_mid_upgrade(ctx, b, bB)
     b.clear_fault()
     # one of the two holds every session; the other exits
     bl.wait_for(lambda: len(worker_pids(ctx)) == 1, 20,
@@ -282,14 +289,7 @@ def test_supervisor_restarted_mid_migration(ctx):
     c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
     relay_both_ways(ctx, c, dave, "before")
     mark = len(w.events)
-    b.set_fault("target:slow-prepare")
-    p = b.ctl_async("upgrade", bB.sessiond, "--json")
-    bl.wait_for(lambda: "migrate" in b.log_text().split("upgrade", 1)[-1], 10,
-                what="the migration to start")
-    ctx.loop.run_for(0.3)
-    os.kill(b.proc.pid, signal.SIGKILL)
-    b.proc.wait(5)
-    ctx.loop.wait_process(p, timeout=30)
+    kill_supervisor_mid_upgrade(ctx, b, bB)
     b.start(wait=False)
     b.clear_fault()
     ctx.loop.run_for(6.0)
@@ -396,14 +396,7 @@ def test_supervisor_restarted_during_long_migration_waits(ctx):
     ng, w, b, dave = test_basic.setup(ctx, nsessions=12)
     c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
     mark = len(w.events)
-    b.set_fault("target:slow-prepare")
-    p = b.ctl_async("upgrade", bB.sessiond, "--json")
-    bl.wait_for(lambda: "migrate" in b.log_text().split("upgrade", 1)[-1], 10,
-                what="the migration to start")
-    ctx.loop.run_for(0.3)
-    os.kill(b.proc.pid, signal.SIGKILL)
-    b.proc.wait(5)
-    ctx.loop.wait_process(p, timeout=30)
+    kill_supervisor_mid_upgrade(ctx, b, bB)
     b.clear_fault()
     b.start(wait=False)
     ctx.loop.wait_process(b.proc, timeout=30)
