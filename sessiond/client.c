@@ -140,7 +140,9 @@ void client_send_full(struct client *cl, const char *tags, const char *line,
 		bool add_time = (cl->caps & CLIENT_CAP_SERVER_TIME) &&
 				!irc_tag_get(tags, "time", NULL, 0);
 		size_t tl = 1 + strlen(tags) + (add_time ? 30 : 0) + 1;
-		if (tl <= IRC_MAX_TAGS && tl + strlen(line) + 2 <= CONN_MAX_LINE) {
+		/* the whole line with CRLF within what a client takes (8191
+		 * of tags + 512: health.h, one less than CONN_MAX_LINE) */
+		if (tl <= IRC_MAX_TAGS && tl + strlen(line) + 2 <= HEALTH_CLIENT_LINE_MAX) {
 			char ts[32];
 			if (!add_time) {
 				conn_sendf(cl->conn, "@%s %s", tags, line);

@@ -591,6 +591,44 @@ static void test_message_tags(void **state)
 
 /* Without message-tags from the network, client tags stay with baton and
  * TAGMSG goes nowhere. */
+/* Regression (review): a network line with tags went to a message-tags
+ * client whenever it fit CONN_MAX_LINE (8704 with CRLF), one byte more
+ * than a client takes (8191 of tags + 512: health.h), and the output check
+ * counted a protocol error, a hard canary gate. At 8703 the tags go along;
+ * past it (a network that broke the 512 bound) the line goes plain. */
+static void test_tagged_line_to_client_bound(void **state)
+{
+	struct env *e = *state;
+	struct peer *a = attach(e, "alice/example:secret", "message-tags");
+	const char *head = ":bob!b@host.example PRIVMSG #baton :";
+
+	for (size_t total = HEALTH_CLIENT_LINE_MAX; total <= HEALTH_CLIENT_LINE_MAX + 1; total++) {
+		size_t tags = IRC_MAX_TAGS, msg = total - 2 - tags;
+		char *l = malloc(total + 1);
+
+		l[0] = '@';
+		memcpy(l + 1, "msgid=", 6);
+		memset(l + 7, 'm', tags - 8);
+		l[tags - 1] = ' ';
+		memcpy(l + tags, head, strlen(head));
+		memset(l + tags + strlen(head), 'x', msg - strlen(head) - 1);
+		l[tags + msg - 1] = 'E';
+		l[tags + msg] = '\0';
+		clear(a);
+		say(&e->up, l);
+		assert_true(wait_for(e, a, "xE\r\n"));
+		if (total == HEALTH_CLIENT_LINE_MAX) {
+			assert_int_equal(a->len, total);
+			assert_true(a->buf[0] == '@');
+		} else {
+			assert_true(a->buf[0] == ':'); /* plain: the tags went */
+			assert_int_equal(a->len, msg + 2);
+		}
+		free(l);
+	}
+	peer_free(a);
+}
+
 static void test_message_tags_network_without(void **state)
 {
 	struct env *e = *state;
@@ -716,6 +754,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_bad_command_not_forwarded, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_echo_without_network_echo, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_message_tags, setup_all_caps, teardown),
+		cmocka_unit_test_setup_teardown(test_tagged_line_to_client_bound, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_message_tags_network_without, setup, teardown),
 		cmocka_unit_test(test_utf8_cut),
 	};
