@@ -36,6 +36,11 @@ void log_init(const char *program, const char *version,
 	log_journal = getenv("JOURNAL_STREAM") != NULL;
 }
 
+enum log_level log_max_level(void)
+{
+	return log_max;
+}
+
 static const char *log_level_name(enum log_level level)
 {
 	switch (level) {

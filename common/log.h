@@ -21,6 +21,8 @@ enum log_level { LOG_LVL_ERROR = 3, LOG_LVL_WARN = 4, LOG_LVL_INFO = 6, LOG_LVL_
  * NULL version leaves the field out. */
 void log_init(const char *program, const char *version,
 	      enum log_level max_level);
+/* The level log_init() set (a re-executed supervisor passes it on). */
+enum log_level log_max_level(void);
 void log_msg(enum log_level level, const char *component, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 

@@ -1800,7 +1800,8 @@ static void reexec_now(evutil_socket_t fd, short what, void *arg)
 	struct reexec *rx = arg;
 	struct supervisor *sup = rx->sup;
 	char env[128], text[512];
-	char *argv[] = { rx->binary, "-c", sup->config_path, NULL };
+	char *argv[] = { rx->binary, "-c", sup->config_path,
+			 log_max_level() >= LOG_LVL_DEBUG ? "--debug" : NULL, NULL };
 
 	snprintf(env, sizeof(env), "%d,%d,%s", rx->client_fd, (int)getpid(), BATON_VERSION);
 	setenv(SUPERVISOR_REEXEC_ENV, env, 1);
