@@ -288,6 +288,13 @@ int main(int argc, char **argv)
 	adopted = r == 1 &&
 		  (listeners = listeners_adopt(orphan.listen_fds, orphan.listen_names,
 					       orphan.nlisten)) != NULL;
+	if (r == 1 && !adopted) {
+		/* Out of memory with an orphan serving: a fresh worker beside
+		 * it would connect every session a second time. */
+		log_error("supervisor", "out of memory adopting worker pid %d: not starting "
+			  "another beside it", (int)orphan.pid);
+		goto out;
+	}
 	if (adopted) {
 		orphan.listen_fds = NULL;
 		orphan.listen_names = NULL;
@@ -356,9 +363,17 @@ int main(int argc, char **argv)
 
 	log_info("supervisor", "baton-supervisor %s (pid %d), control %s, worker %s",
 		 BATON_VERSION, (int)getpid(), control, sessiond);
-	r = adopted ? supervisor_start_adopted(ctx.sup, &orphan) : -ENOENT;
-	if (r < 0)
+	if (adopted) {
+		r = supervisor_start_adopted(ctx.sup, &orphan);
+		if (r < 0) {
+			/* as above: never a second worker beside the orphan */
+			log_error("supervisor", "cannot adopt worker pid %d: %s; not starting "
+				  "another beside it", (int)orphan.pid, strerror(-r));
+			goto out;
+		}
+	} else {
 		r = supervisor_start(ctx.sup);
+	}
 	if (reexec_fd >= 0) {
 		supervisor_reexec_report(ctx.sup, reexec_fd, reexec_pid, reexec_version,
 					 adopted && r == 0);

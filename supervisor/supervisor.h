@@ -40,7 +40,8 @@ void supervisor_free(struct supervisor *sup); /* accepts NULL; kills workers */
 int supervisor_start(struct supervisor *sup);
 /* Instead of supervisor_start(): serve with the worker a dead supervisor
  * left (orphans.h; its control channel, pidfd, binary and READY are taken
- * from o). 0 or -ENOMEM (then start normally: the orphan serves on). */
+ * from o). 0 or -ENOMEM (the orphan serves on; the caller must not start
+ * another worker beside it). */
 struct orphan;
 int supervisor_start_adopted(struct supervisor *sup, struct orphan *o);
 int supervisor_exit_code(const struct supervisor *sup);
