@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -111,6 +112,9 @@ struct supervisor {
 	/* The upgrade or rollback being run: --force, the sha256 of its
 	 * binary, and the releases it goes from and to ("" unknown). */
 	bool mig_force;
+	/* A supervisor re-exec waiting for its `BIN --version` probe (owned;
+	 * at most one). */
+	struct reexec *reexec;
 	char mig_sha[RELEASE_SHA256_HEX];
 	char mig_release_from[RELEASE_VERSION_MAX];
 	char mig_release_to[RELEASE_VERSION_MAX];
@@ -813,11 +817,15 @@ int supervisor_exit_code(const struct supervisor *sup)
 }
 
 static void supervisor_status_req_free(struct status_req *q);
+struct reexec;
+static void reexec_refuse(struct reexec *rx, const char *reason);
 
 void supervisor_free(struct supervisor *sup)
 {
 	if (sup == NULL)
 		return;
+	if (sup->reexec)
+		reexec_refuse(sup->reexec, "the supervisor is stopping");
 	migration_free(sup->migration);
 	while (sup->status_reqs)
 		supervisor_status_req_free(sup->status_reqs);
@@ -1749,60 +1757,95 @@ struct worker *const *supervisor_workers(const struct supervisor *sup,
 
 /* --- re-executing the supervisor (issue 10 §5) ---------------------------- */
 
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434 /* same number on every architecture */
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+
+/* How long `BIN --version` may take before BIN is refused. */
+#define REEXEC_PROBE_MS 5000
+
+/* One re-exec being prepared (sup->reexec; at most one). The probe runs
+ * `BIN --version` in a child watched by an event, so the loop goes on
+ * serving status, metrics and the workers meanwhile; then reexec_now(). */
 struct reexec {
 	struct supervisor *sup;
 	char *binary;
 	char *to_version;
-	int client_fd; /* batonctl's connection, kept across execve */
-	struct event *ev;
+	int client_fd;   /* batonctl's connection, kept across execve; owned */
+	struct event *ev; /* the probe's pipe (with its timeout), then a timer */
+	int probe_fd;    /* read end of the probe's stdout, or -1 */
+	int probe_pidfd; /* the probe child, or -1 (SIGKILL goes through it:
+			  * SIGCHLD's supervisor_reap() may have reaped it) */
+	char out[256];
+	size_t nout;
 };
 
-/* `BIN --version` must say "baton-supervisor VERSION (state schema ...)":
- * a binary that is not a supervisor is refused before anything changes. */
-static int reexec_probe(const char *binary, char *version, size_t len)
+static void reexec_free(struct reexec *rx)
 {
-	int pipefd[2];
-	pid_t pid;
-	char buf[256] = "";
-	ssize_t n = 0, r;
-	int st;
+	if (rx == NULL)
+		return;
+	if (rx->sup->reexec == rx)
+		rx->sup->reexec = NULL;
+	if (rx->ev)
+		event_free(rx->ev);
+	if (rx->probe_pidfd >= 0) {
+		syscall(SYS_pidfd_send_signal, rx->probe_pidfd, SIGKILL, NULL, 0);
+		close(rx->probe_pidfd);
+	}
+	if (rx->probe_fd >= 0)
+		close(rx->probe_fd);
+	if (rx->client_fd >= 0)
+		close(rx->client_fd);
+	free(rx->binary);
+	free(rx->to_version);
+	free(rx);
+}
 
-	if (pipe2(pipefd, O_CLOEXEC) < 0)
-		return -errno;
-	pid = fork();
-	if (pid < 0) {
-		close(pipefd[0]);
-		close(pipefd[1]);
-		return -errno;
-	}
-	if (pid == 0) {
-		dup2(pipefd[1], 1);
-		execl(binary, binary, "--version", (char *)NULL);
-		_exit(127);
-	}
-	close(pipefd[1]);
-	/* a --version that does not answer in 5 s is not a supervisor */
-	struct pollfd pfd = { .fd = pipefd[0], .events = POLLIN };
-	while ((size_t)n < sizeof(buf) - 1 && poll(&pfd, 1, 5000) > 0 &&
-	       (r = read(pipefd[0], buf + n, sizeof(buf) - 1 - (size_t)n)) > 0)
-		n += r;
-	buf[n] = '\0';
-	close(pipefd[0]);
-	kill(pid, SIGKILL);
-	waitpid(pid, &st, 0); /* ours: SIGCHLD's reap finds no worker by it */
-	if (sscanf(buf, "baton-supervisor %63s", version) != 1 || len < 64)
-		return -ENOEXEC;
-	return 0;
+/* The final result for batonctl when the re-exec does not happen, then
+ * rx is freed (its client fd closed). */
+static void reexec_refuse(struct reexec *rx, const char *reason)
+{
+	struct jb jb = JB_INIT;
+	struct json_object *o = jb_obj(&jb), *r = jb_obj(&jb);
+	const char *text;
+
+	log_warn("supervisor", "re-exec of %s refused: %s", rx->binary, reason);
+	jb_add(&jb, r, "result", jb_str(&jb, "refused"));
+	jb_add(&jb, r, "kind", jb_str(&jb, "supervisor"));
+	jb_add(&jb, r, "reason", jb_str(&jb, reason));
+	jb_add(&jb, o, "result", r);
+	o = jb_done(&jb, o);
+	text = o ? json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+						  JSON_C_TO_STRING_NOSLASHESCAPE) : NULL;
+	if (text == NULL || dprintf(rx->client_fd, "%s\n", text) < 0)
+		log_warn("supervisor", "could not tell batonctl the refusal");
+	json_object_put(o);
+	reexec_free(rx);
+}
+
+/* Why the supervisor cannot re-exec now, or NULL. */
+static const char *reexec_busy(const struct supervisor *sup)
+{
+	return sup->stopping ? "the supervisor is stopping"
+	       : sup->canary ? "a canary is running: promote or abort it first"
+	       : sup->migration ? "a migration is running"
+	       : !sup->active_serving ? "no worker is serving"
+	       : NULL;
 }
 
 static void reexec_now(evutil_socket_t fd, short what, void *arg)
 {
 	struct reexec *rx = arg;
 	struct supervisor *sup = rx->sup;
-	char env[128], text[512];
+	char env[128], text[512], reason[512];
 	char *argv[] = { rx->binary, "-c", sup->config_path,
 			 log_max_level() >= LOG_LVL_DEBUG ? "--debug" : NULL, NULL };
 
+	(void)fd;
+	(void)what;
 	snprintf(env, sizeof(env), "%d,%d,%s", rx->client_fd, (int)getpid(), BATON_VERSION);
 	setenv(SUPERVISOR_REEXEC_ENV, env, 1);
 	snprintf(text, sizeof(text), "re-executing the supervisor as %.400s", rx->binary);
@@ -1818,30 +1861,113 @@ static void reexec_now(evutil_socket_t fd, short what, void *arg)
 	unsetenv(SUPERVISOR_REEXEC_ENV);
 	log_error("supervisor", "re-exec of %s failed: %s; serving on", rx->binary, strerror(err));
 	sysd_send_ready("re-exec failed; serving on");
-	dprintf(rx->client_fd, "{\"result\":{\"result\":\"refused\",\"kind\":\"supervisor\",\"reason\":\"execve %s: %s\"}}\n",
-		rx->binary, strerror(err));
-	close(rx->client_fd);
+	snprintf(reason, sizeof(reason), "execve %.400s: %s", rx->binary, strerror(err));
+	reexec_refuse(rx, reason);
+}
+
+/* The probe ended (EOF, its output full, or REEXEC_PROBE_MS passed):
+ * `baton-supervisor VERSION (state schema ...)` or refuse. */
+static void reexec_probe_done(struct reexec *rx, bool timed_out)
+{
+	char version[64], reason[512];
+	const char *busy;
+	struct timeval now = { 0, 0 };
+
 	event_free(rx->ev);
-	free(rx->binary);
-	free(rx->to_version);
-	free(rx);
+	rx->ev = NULL;
+	close(rx->probe_fd);
+	rx->probe_fd = -1;
+	syscall(SYS_pidfd_send_signal, rx->probe_pidfd, SIGKILL, NULL, 0);
+	close(rx->probe_pidfd);
+	rx->probe_pidfd = -1;
+	rx->out[rx->nout] = '\0';
+	if (timed_out || sscanf(rx->out, "baton-supervisor %63s", version) != 1) {
+		snprintf(reason, sizeof(reason), "%.400s --version %s", rx->binary,
+			 timed_out ? "did not answer within 5 s: not a baton supervisor"
+			 : "does not print \"baton-supervisor VERSION\": not a baton supervisor");
+		reexec_refuse(rx, reason);
+		return;
+	}
+	/* The loop ran meanwhile: an upgrade or a canary may have started. */
+	if ((busy = reexec_busy(rx->sup)) != NULL) {
+		reexec_refuse(rx, busy);
+		return;
+	}
+	if (!(rx->to_version = strdup(version)) ||
+	    !(rx->ev = evtimer_new(rx->sup->base, reexec_now, rx))) {
+		reexec_refuse(rx, "out of memory");
+		return;
+	}
+	evtimer_add(rx->ev, &now);
+}
+
+static void reexec_on_probe(evutil_socket_t fd, short what, void *arg)
+{
+	struct reexec *rx = arg;
+	ssize_t r;
+
+	if (what & EV_TIMEOUT) {
+		reexec_probe_done(rx, true);
+		return;
+	}
+	r = read(fd, rx->out + rx->nout, sizeof(rx->out) - 1 - rx->nout);
+	if (r < 0 && (errno == EINTR || errno == EAGAIN))
+		return;
+	if (r > 0)
+		rx->nout += (size_t)r;
+	if (r <= 0 || rx->nout == sizeof(rx->out) - 1)
+		reexec_probe_done(rx, false);
+}
+
+/* Start `BIN --version` with its stdout on a pipe the loop watches. */
+static int reexec_probe_start(struct reexec *rx)
+{
+	int pipefd[2];
+	pid_t pid;
+	struct timeval tv = { REEXEC_PROBE_MS / 1000, (REEXEC_PROBE_MS % 1000) * 1000 };
+
+	if (pipe2(pipefd, O_CLOEXEC | O_NONBLOCK) < 0)
+		return -errno;
+	pid = fork();
+	if (pid < 0) {
+		int err = errno;
+
+		close(pipefd[0]);
+		close(pipefd[1]);
+		return -err;
+	}
+	if (pid == 0) {
+		dup2(pipefd[1], 1);
+		execl(rx->binary, rx->binary, "--version", (char *)NULL);
+		_exit(127);
+	}
+	close(pipefd[1]);
+	rx->probe_fd = pipefd[0];
+	rx->probe_pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	if (rx->probe_pidfd < 0) {
+		/* our child, not yet reaped (SIGCHLD is handled on this loop
+		 * later): its pid cannot have been reused */
+		kill(pid, SIGKILL);
+		return -errno;
+	}
+	rx->ev = event_new(rx->sup->base, rx->probe_fd, EV_READ | EV_PERSIST,
+			   reexec_on_probe, rx);
+	if (rx->ev == NULL || event_add(rx->ev, &tv) < 0)
+		return -ENOMEM;
+	return 0;
 }
 
 int supervisor_reexec(struct supervisor *sup, const char *binary, bool force,
 		      int client_fd, char *why, size_t len)
 {
-	char version[64];
 	struct reexec *rx;
-	struct timeval now = { 0, 0 };
 	struct stat self, bin;
+	const char *busy = sup->reexec ? "a supervisor re-exec is being prepared"
+			   : reexec_busy(sup);
 	int r;
 
-	if (sup->stopping || sup->migration != NULL || sup->canary != NULL ||
-	    !sup->active_serving) {
-		snprintf(why, len, "%s", sup->stopping ? "the supervisor is stopping"
-			 : sup->canary ? "a canary is running: promote or abort it first"
-			 : sup->migration ? "a migration is running"
-			 : "no worker is serving");
+	if (busy != NULL) {
+		snprintf(why, len, "%s", busy);
 		return -EBUSY;
 	}
 	if (binary[0] != '/' || access(binary, X_OK) < 0) {
@@ -1856,27 +1982,23 @@ int supervisor_reexec(struct supervisor *sup, const char *binary, bool force,
 		snprintf(why, len, "%s is the binary this supervisor runs", binary);
 		return 1;
 	}
-	r = reexec_probe(binary, version, sizeof(version));
-	if (r < 0) {
-		snprintf(why, len, "%s --version does not print \"baton-supervisor VERSION\": not a baton supervisor",
-			 binary);
-		return r;
-	}
 	rx = calloc(1, sizeof(*rx));
-	if (rx == NULL || !(rx->binary = strdup(binary)) || !(rx->to_version = strdup(version)) ||
-	    !(rx->ev = evtimer_new(sup->base, reexec_now, rx))) {
-		if (rx) {
-			free(rx->binary);
-			free(rx->to_version);
-		}
+	if (rx == NULL || !(rx->binary = strdup(binary))) {
 		free(rx);
 		snprintf(why, len, "out of memory");
 		return -ENOMEM;
 	}
 	rx->sup = sup;
+	rx->client_fd = -1; /* not ours until the probe runs */
+	rx->probe_fd = rx->probe_pidfd = -1;
+	r = reexec_probe_start(rx);
+	if (r < 0) {
+		snprintf(why, len, "could not run %s --version: %s", binary, strerror(-r));
+		reexec_free(rx);
+		return r;
+	}
 	rx->client_fd = client_fd;
-	/* From the loop, not from inside the control socket's callback. */
-	evtimer_add(rx->ev, &now);
+	sup->reexec = rx;
 	return 0;
 }
 

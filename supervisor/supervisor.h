@@ -47,18 +47,22 @@ int supervisor_start_adopted(struct supervisor *sup, struct orphan *o);
 int supervisor_exit_code(const struct supervisor *sup);
 
 /* `batonctl upgrade-supervisor BIN` (issue 10 §5): re-execute this process
- * as BIN (execve in place: the pid systemd watches stays). Refused (-errno,
- * why filled) while stopping, during a migration or a canary, with no
- * worker serving, or when `BIN --version` is not a baton supervisor's.
+ * as BIN (execve in place: the pid systemd watches stays). Refused at once
+ * (-errno, why filled, client_fd not taken) while stopping, during a
+ * migration, a canary or another re-exec being prepared, with no worker
+ * serving, or for a path that is not an executable absolute one.
  * 1 (why filled, nothing done, client_fd not taken): BIN is the very file
  * this process runs (same inode) and not force: `systemctl reload` asks
  * every time, and only a changed binary is re-executed.
- * Otherwise 0: client_fd (a dup of batonctl's connection, without CLOEXEC;
- * owned from now on) travels across execve in SUPERVISOR_REEXEC_ENV
- * ("FD,PID,VERSION"), every other fd closes, the worker serves on as an
- * orphan and the new image adopts it (orphans.h) and reports on client_fd
- * (supervisor_reexec_report()). If execve fails, the old image serves on
- * and says so on client_fd. */
+ * Otherwise 0 and client_fd (a dup of batonctl's connection, without
+ * CLOEXEC) is owned from now on: `BIN --version` runs in a child the loop
+ * watches (at most 5 s; the supervisor serves on meanwhile). If it is not
+ * a baton supervisor's, or a migration or canary started meanwhile, the
+ * refusal is written on client_fd. Else client_fd travels across execve in
+ * SUPERVISOR_REEXEC_ENV ("FD,PID,VERSION"), every other fd closes, the
+ * worker serves on as an orphan and the new image adopts it (orphans.h)
+ * and reports on client_fd (supervisor_reexec_report()). If execve fails,
+ * the old image serves on and says so on client_fd. */
 #define SUPERVISOR_REEXEC_ENV "BATON_SUPERVISOR_REEXEC"
 int supervisor_reexec(struct supervisor *sup, const char *binary, bool force,
 		      int client_fd, char *why, size_t len);

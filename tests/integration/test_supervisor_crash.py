@@ -271,6 +271,43 @@ def test_upgrade_supervisor_in_place(ctx):
     check(b.worker_pid() == wpid and b.proc.pid == sup_pid, "a refusal changed something")
 
 
+def test_upgrade_supervisor_slow_probe_keeps_serving(ctx):
+    """Regression: `upgrade-supervisor BIN` ran `BIN --version` on the
+    supervisor's loop and waited up to 5 s for it, so status requests (and
+    the workers' messages) waited too. Now the probe is a child the loop
+    watches: while a BIN that never answers is probed, status answers at
+    once and lines flow; after 5 s BIN is refused and nothing changed."""
+    ng, w, b, dave = setup(ctx)
+    c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
+    sup_pid, wpid = b.proc.pid, b.worker_pid()
+    slow = os.path.join(ctx.dir, "slow-supervisor")
+    with open(slow, "w") as f:
+        f.write("#!/bin/sh\nexec sleep 30\n")
+    os.chmod(slow, 0o755)
+    t0 = bl.now()
+    p = b.ctl_async("upgrade-supervisor", slow, "--json")
+    ctx.loop.run_for(0.5)
+    t1 = bl.now()
+    st = b.status()
+    took = bl.now() - t1
+    check(st["supervisor"]["pid"] == sup_pid and took < 1.5,
+          "status during the probe took %.2f s (want < 1.5)" % took)
+    relay_both_ways(ctx, c, dave, "during-probe")
+    rc, res, out, err = b.ctl("upgrade-supervisor", slow, "--json")
+    check(rc == 1 and res and "being prepared" in res.get("reason", ""),
+          "a second re-exec during the probe: exit %d, %r %r" % (rc, out, err))
+    ctx.loop.wait_process(p, timeout=30)
+    rc, res, out, err = b.finish_ctl(p)
+    took = bl.now() - t0
+    check(rc == 1 and res and res.get("result") == "refused" and
+          "did not answer within 5 s" in res.get("reason", ""),
+          "a probe that never answers: exit %d, %r %r" % (rc, out, err))
+    check(4.5 < took < 10, "refused after %.1f s (want about 5)" % took)
+    check(b.worker_pid() == wpid and b.proc.pid == sup_pid and not c.closed,
+          "the refusal changed something")
+    relay_both_ways(ctx, c, dave, "after-probe")
+
+
 def test_supervisor_restarted_mid_migration(ctx):
     """kill -9 of the supervisor mid-upgrade, and a new supervisor started
     at once (as systemd's Restart= does) while the two orphans still hand
