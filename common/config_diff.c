@@ -79,6 +79,9 @@ static bool key_eq(const struct config_key *k, const void *a, const void *b,
 		if (strcmp(k->name, "member_lists") == 0)
 			return *(const enum config_member_lists *)pa ==
 			       *(const enum config_member_lists *)pb;
+		if (strcmp(k->name, "user_networks") == 0)
+			return *(const enum config_user_networks *)pa ==
+			       *(const enum config_user_networks *)pb;
 		return str_eq(*(char *const *)pa, *(char *const *)pb);
 	default:
 		return str_eq(*(char *const *)pa, *(char *const *)pb);
@@ -265,6 +268,10 @@ static int copy_key(const struct config_key *k, void *a, const void *b)
 	case CONFIG_CUSTOM:
 		if (strcmp(k->name, "member_lists") == 0) {
 			memcpy(pa, pb, sizeof(enum config_member_lists));
+			return 0;
+		}
+		if (strcmp(k->name, "user_networks") == 0) {
+			memcpy(pa, pb, sizeof(enum config_user_networks));
 			return 0;
 		}
 		return str_copy((char **)pa, *(char *const *)pb); /* tls_fingerprint */

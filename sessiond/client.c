@@ -22,6 +22,7 @@
 #include "sessiond/health.h"
 #include "sessiond/irc.h"
 #include "sessiond/sasl_mech.h"
+#include "sessiond/service.h"
 
 /* Capabilities offered to clients, defined once (canonical order is the
  * order here; state.c serializes in it). */
@@ -92,6 +93,7 @@ void client_free(struct client *cl)
 	bouncer_tls_handshake_end(cl->b, cl);
 	bouncer_auth_cancel(cl->b, cl);
 	bouncer_login_drop(cl->b, cl, false); /* a charge stays */
+	service_client_gone(cl);
 	if (cl->pending_counted)
 		bouncer_forget_pending(cl->b, cl);
 	conn_release(cl->conn);
@@ -1277,6 +1279,12 @@ static void client_message(struct client *cl, struct irc_msg *m, const char *cmd
 		else
 			conn_sendf(cl->conn, ":%s 412 %s :No text to send",
 				   client_srv(cl), client_nick(cl));
+		return;
+	}
+	if (service_is_target(m->params[0])) {
+		/* the bouncer's own service: never the network's */
+		if (strcmp(cmd, "PRIVMSG") == 0)
+			service_message(cl, m->params[1]);
 		return;
 	}
 	if (!session_upstream_ready(s)) {

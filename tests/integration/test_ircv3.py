@@ -290,3 +290,116 @@ def test_ircv3_tags_echo_replay(ctx):
     ctx.loop.run_for(0.3)
     check([t for m in privmsgs(plain, pm) for t in bl.tokens(m.params[-1])] == missed,
           "plain got a replay too: %s" % [m.raw for m in privmsgs(plain, pm)])
+
+
+def baton_notices(c, since=0):
+    """The texts of the NOTICEs from *baton (sessiond/service.c)."""
+    return [m.params[-1] for m in c.msgs("NOTICE", since) if m.nick == "*baton"]
+
+
+def ask_service(ctx, c, text, want, timeout=5):
+    """PRIVMSG *baton :text; waits for a NOTICE of *baton containing want
+    (a substring) and returns every *baton NOTICE since."""
+    n = len(c.lines)
+    c.send("PRIVMSG *baton :%s" % text)
+    ctx.loop.run_until(lambda: any(want in t for t in baton_notices(c, n)) or c.closed,
+                       timeout, "*baton answering %r with %r" % (text, want))
+    check(not c.closed, "client closed: %s" % c.close_reason)
+    return baton_notices(c, n)
+
+
+def setup_service(ctx, level):
+    """A baton whose file has a second [network net2] (the same ngircd) and
+    [supervisor] user_networks = level."""
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=1, channels=[CHAN],
+                 supervisor_opts={"user_networks": level})
+    b.write_config(b.config_text() + "[network net2]\nhost = 127.0.0.1\nport = %d\n"
+                   "connects_per_minute = 6000\nconnect_burst = 10000\n" % ng.port)
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    return ng, b
+
+
+def test_ircv3_service(ctx):
+    """`/msg *baton` (sessiond/service.c), with [supervisor] user_networks =
+    add: help names the commands and what the operator allows; `network
+    list` shows the user's sessions and their state; `network add net2
+    nick=...` goes through the supervisor (control channel NETWORK_EDIT),
+    which edits the file in place (its first comment line kept) and
+    reloads: the new session connects (a client logs in to it) and the
+    list shows it; `network set` changes a key in the file; `network del`
+    removes the section and the session says goodbye to the network.
+    Refused clearly, nothing changed: a key a user may not set
+    (password), an unknown [network], a 65-byte name, 17 words, a
+    KEY=VALUE of 191 bytes, an unknown command. Nothing of it reaches the
+    network (no 401 for *baton). Then the operator sets user_networks =
+    list in the file: add and set are refused (read from the file at each
+    edit, no reload needed), list still answers."""
+    ng, b = setup_service(ctx, "add")
+    s = b.sessions[0]
+    c = bl.bouncer_client(ctx.loop, b, s)
+    dave = bl.direct_user(ctx.loop, ng, "dave", [CHAN])
+
+    got = ask_service(ctx, c, "help", "What you may do here")
+    check(any("network add NAME" in t for t in got), "help: %s" % got)
+    check(any("list, add, set and del" in t for t in got), "help does not say the level: %s" % got)
+    got = ask_service(ctx, c, "network list", "1 network")
+    check(any(t.startswith("net (this connection): connected as %s" % s.nick) for t in got),
+          "network list: %s" % got)
+
+    got = ask_service(ctx, c, "network add net2 nick=bn2x channels=#two", "added")
+    check(got[-1].startswith("Done: network net2 added"), "add: %s" % got)
+    text = open(b.config).read()
+    check(text.startswith("; written by tests/integration/batonlib.py\n"),
+          "the file's comment went: %r" % text[:80])
+    check("[user %s/net2]\nnick = bn2x\nchannels = #two\n" % s.user in text,
+          "no new section in the file: %s" % text[-300:])
+    ctx.loop.run_until(lambda: "bn2x" in ng_nicks(ctx, dave), 15, "bn2x on the network")
+    s2 = bl.Session(s.user, "net2", "bn2x", ["#two"], s.password)
+    c2 = bl.bouncer_client(ctx.loop, b, s2)
+    got = ask_service(ctx, c, "network list", "2 networks")
+    check(any(t.startswith("net2: connected as bn2x") for t in got), "list after add: %s" % got)
+
+    got = ask_service(ctx, c, "network set net2 realname=second one", "Not done")
+    check("'one'" in got[-1], "a word without = taken: %s" % got)
+    got = ask_service(ctx, c, "network set net2 realname=second", "changed")
+    check("realname = second\n" in open(b.config).read(), "realname not in the file")
+
+    for cmd, why in (("network set net2 password=x", "nick, username, realname and channels"),
+                     ("network add nope", "no network 'nope'"),
+                     ("network add %s" % ("n" * 65), "1 to 64 bytes"),
+                     ("network set net2 " + " ".join("nick=a" for _ in range(15)), "Too many words"),
+                     ("network set net2 realname=" + "r" * 182, "at most 190 bytes"),
+                     ("network add net2", "you have this network already"),
+                     ("network frob net2", "Unknown command"),
+                     ("network del", "Usage: network del NAME")):
+        before = open(b.config).read()
+        got = ask_service(ctx, c, cmd, why)
+        check(open(b.config).read() == before, "%r changed the file" % cmd[:40])
+        check(not any(t.startswith("Done") for t in got), "%r: %s" % (cmd[:40], got))
+
+    got = ask_service(ctx, c, "network del net2", "deleted")
+    check("[user %s/net2]" % s.user not in open(b.config).read(), "net2 still in the file")
+    ctx.loop.run_until(lambda: c2.closed, 15, "net2's client closed after the del")
+    ctx.loop.run_until(lambda: "bn2x" not in ng_nicks(ctx, dave), 15, "bn2x leaving the network")
+    check(not [m for m in c.msgs("401") if m.param(1, "").lower() == "*baton"],
+          "the network saw a message to *baton")
+
+    # the operator narrows it: read from the file at each edit
+    b.write_config(open(b.config).read().replace("user_networks = add", "user_networks = list"))
+    got = ask_service(ctx, c, "network add net2", "Not done")
+    check("user_networks = list" in got[-1], "add with list: %s" % got)
+    got = ask_service(ctx, c, "network set net nick=zz", "Not done")
+    check("user_networks = list" in got[-1], "set with list: %s" % got)
+    ask_service(ctx, c, "network list", "1 network")
+    check("nick = %s\n" % s.nick in open(b.config).read(), "nick changed under list")
+    check(not c.closed, "client closed: %s" % c.close_reason)
+
+
+def ng_nicks(ctx, direct):
+    """Nicks on the network now (ISON through a direct user)."""
+    n = len(direct.lines)
+    direct.send("ISON bn2x")
+    ctx.loop.run_until(lambda: direct.msgs("303", n), 5, "ISON answer")
+    return direct.msgs("303", n)[0].params[-1].split()
