@@ -90,15 +90,20 @@ static void problems_rename(struct config_problems *pr, const char *tmp,
 int session_edit_apply(const char *config_path, enum session_edit_op op,
 		       const char *user, const char *network,
 		       char *const *pairs, size_t npairs,
-		       struct config_problems *pr, char *why, size_t whylen)
+		       struct config_problems *pr, bool *refused, char *why,
+		       size_t whylen)
 {
 	struct config_problems own = { 0 };
 	struct baton_config *next = NULL;
 	struct config_edit *e = NULL;
 	char section[600], *tmp = NULL, *real = NULL;
 	int lock = -1, r;
+	bool refused_ignored;
 
 	why[0] = '\0';
+	if (refused == NULL)
+		refused = &refused_ignored;
+	*refused = false;
 	if (pr == NULL)
 		pr = &own;
 	if (strchr(user, '/') != NULL || strchr(network, '/') != NULL || !user[0] ||
@@ -140,6 +145,7 @@ int session_edit_apply(const char *config_path, enum session_edit_op op,
 		break;
 	}
 	if (r < 0) {
+		*refused = r == -EEXIST || r == -ENOENT;
 		snprintf(why, whylen, "[%s]: %s", section, edit_error(r));
 		goto done;
 	}
@@ -153,6 +159,7 @@ int session_edit_apply(const char *config_path, enum session_edit_op op,
 		snprintf(why, whylen, "the edit would make the config invalid (%zu problem%s): nothing changed",
 			 pr->n, pr->n == 1 ? "" : "s");
 		unlink(tmp);
+		*refused = true;
 		r = -EINVAL;
 		goto done;
 	}

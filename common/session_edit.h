@@ -41,11 +41,15 @@ const char *session_edit_op_name(enum session_edit_op op);
  * why (a sentence) filled and the file unchanged: -EEXIST, -ENOENT (the
  * section), -EINVAL (a pair, a name or the edited file's config problems,
  * which are in *pr when pr is not NULL, the temporary file's name
- * replaced by config_path's), -E2BIG, -ENOMEM, other I/O errors. */
+ * replaced by config_path's), -E2BIG, -ENOMEM, other I/O errors.
+ * *refused (may be NULL): the file's contents refused it (the section
+ * there or not, the edited file invalid: batonctl's exit 1), not its
+ * arguments or I/O (exit 2). */
 int session_edit_apply(const char *config_path, enum session_edit_op op,
 		       const char *user, const char *network,
 		       char *const *pairs, size_t npairs,
-		       struct config_problems *pr, char *why, size_t whylen);
+		       struct config_problems *pr, bool *refused, char *why,
+		       size_t whylen);
 
 /* NULL when cfg's user_networks lets user make this edit, else why not
  * (a static sentence, or one in buf). Checks: the user is in cfg; op's

@@ -40,7 +40,7 @@ void user_edit_on_request(struct worker *w, const Baton__Control__NetworkEdit *e
 		goto refuse;
 	}
 	r = session_edit_apply(supervisor_config_path(sup), (enum session_edit_op)op,
-			       e->user, e->network, e->pairs, e->n_pairs, &pr, why,
+			       e->user, e->network, e->pairs, e->n_pairs, &pr, NULL, why,
 			       sizeof(why));
 	if (r < 0) {
 		/* Problems name lines of the operator's file: logged for
