@@ -26,8 +26,14 @@ struct pending_edit {
 
 static struct pending_edit pending[SERVICE_MAX_PENDING];
 static uint64_t next_id;
+static int timeout_ms = SERVICE_EDIT_TIMEOUT_MS;
 static service_send_fn send_fn;
 static void *send_arg;
+
+void service_set_timeout_ms(int ms)
+{
+	timeout_ms = ms > 0 ? ms : SERVICE_EDIT_TIMEOUT_MS;
+}
 
 void service_set_sender(service_send_fn fn, void *arg)
 {
@@ -104,8 +110,8 @@ int service_edit(struct client *cl, enum session_edit_op op, const char *network
 		 const char *ctx, char *why, size_t whylen)
 {
 	struct pending_edit *p = NULL;
-	struct timeval tv = { .tv_sec = SERVICE_EDIT_TIMEOUT_MS / 1000,
-			      .tv_usec = (SERVICE_EDIT_TIMEOUT_MS % 1000) * 1000 };
+	struct timeval tv = { .tv_sec = timeout_ms / 1000,
+			      .tv_usec = (timeout_ms % 1000) * 1000 };
 	int r;
 
 	if (cl->s == NULL) {

@@ -40,6 +40,8 @@ typedef int (*service_send_fn)(void *arg, uint64_t id, const char *user,
 			       const char *network, const char *op,
 			       char *const *pairs, size_t npairs);
 void service_set_sender(service_send_fn fn, void *arg);
+/* Tests: the answer's deadline (ms; 0: SERVICE_EDIT_TIMEOUT_MS). */
+void service_set_timeout_ms(int ms);
 
 /* Whether target (of a PRIVMSG/NOTICE) is the service nick. */
 bool service_is_target(const char *target);
