@@ -17,6 +17,7 @@
 #include "common/log.h"
 #include "common/names.h"
 #include "sessiond/authpool.h"
+#include "sessiond/bouncer_networks.h"
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
 #include "sessiond/health.h"
@@ -42,6 +43,9 @@ static const struct {
 	{ "setname", CLIENT_CAP_SETNAME },
 	{ "invite-notify", CLIENT_CAP_INVITE_NOTIFY },
 	{ "sasl", CLIENT_CAP_SASL },
+	{ "cap-notify", CLIENT_CAP_CAP_NOTIFY },
+	{ "batch", CLIENT_CAP_BATCH },
+	{ "soju.im/bouncer-networks", CLIENT_CAP_BOUNCER_NETWORKS },
 };
 #define NCLIENT_CAPS (sizeof(client_caps) / sizeof(client_caps[0]))
 /* Targets of one PRIVMSG/NOTICE stored in the backlog (more are sent to
@@ -406,7 +410,7 @@ static void client_quit(struct client *cl)
 static void client_cap(struct client *cl, struct irc_msg *m)
 {
 	const char *nick = cl->phase == CLIENT_ATTACHED ? client_nick(cl) : (cl->nick ? cl->nick : "*");
-	char list[256] = "";
+	char list[512] = "";
 
 	if (m->nparams < 1)
 		return;
@@ -414,6 +418,10 @@ static void client_cap(struct client *cl, struct irc_msg *m)
 	if (strcasecmp(sub, "LS") == 0) {
 		if (cl->phase == CLIENT_PENDING)
 			cl->cap_negotiating = true;
+		if (m->nparams >= 2 && atoi(m->params[1]) >= 302) {
+			cl->cap_302 = true;
+			cl->caps |= CLIENT_CAP_CAP_NOTIFY;
+		}
 		for (size_t i = 0; i < NCLIENT_CAPS; i++) {
 			if (i)
 				strcat(list, " ");
@@ -444,7 +452,7 @@ static void client_cap(struct client *cl, struct irc_msg *m)
 		     t = strtok_r(NULL, " ", &save)) {
 			bool neg = t[0] == '-';
 			unsigned bit = client_cap_from_name(neg ? t + 1 : t);
-			if (!bit)
+			if (!bit || (neg && bit == CLIENT_CAP_CAP_NOTIFY && cl->cap_302))
 				ok = false;
 			else if (neg)
 				del |= bit;
@@ -523,6 +531,9 @@ static int client_credentials(const struct client *cl, char **ident,
 	} else if (cl->user && strchr(cl->user, '/')) {
 		*ident = strdup(cl->user);
 		*password = cl->pass;
+	} else if (cl->caps & CLIENT_CAP_BOUNCER_NETWORKS) {
+		/* a user without a network: BOUNCER BIND's, or the first */
+		return bouncer_networks_ident(cl, ident, password);
 	} else {
 		return 0;
 	}
@@ -973,8 +984,10 @@ static void send_isupport(struct client *cl)
 	if (h <= 0 || (size_t)h + tl >= CLIENT_LINE_MAX)
 		return; /* no room for a single token */
 	size_t head = (size_t)h, len = head, ntok = 0;
-	for (size_t i = 0; i < s->nisupport; i++) {
-		const char *tok = s->isupport[i];
+	char netid[80];
+	const char *extra = bouncer_networks_isupport(cl, netid, sizeof(netid));
+	for (size_t i = 0; i < s->nisupport + (extra != NULL); i++) {
+		const char *tok = i < s->nisupport ? s->isupport[i] : extra;
 		size_t n = strlen(tok);
 		if (n == 0 || head + 1 + n + tl > CLIENT_LINE_MAX)
 			continue;
@@ -1204,6 +1217,10 @@ static void client_pending_line(struct client *cl, struct irc_msg *m)
 	} else if (strcasecmp(cmd, "AUTHENTICATE") == 0) {
 		client_sasl(cl, m);
 		return;
+	} else if (strcasecmp(cmd, "BOUNCER") == 0 &&
+		   (cl->caps & CLIENT_CAP_BOUNCER_NETWORKS)) {
+		bouncer_networks_command(cl, m);
+		return;
 	} else if (strcasecmp(cmd, "PASS") == 0 || strcasecmp(cmd, "NICK") == 0 ||
 		   strcasecmp(cmd, "USER") == 0) {
 		char **dst = strcasecmp(cmd, "PASS") == 0 ? &cl->pass :
@@ -1369,6 +1386,9 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 		/* never the network's: a SASL login is before registration */
 		conn_sendf(cl->conn, ":%s 907 %s :You have already authenticated",
 			   client_srv(cl), client_nick(cl));
+	} else if (strcasecmp(cmd, "BOUNCER") == 0 &&
+		   (cl->caps & CLIENT_CAP_BOUNCER_NETWORKS)) {
+		bouncer_networks_command(cl, m); /* baton's, never the network's */
 	} else if (strcasecmp(cmd, "PASS") == 0 || strcasecmp(cmd, "USER") == 0) {
 		conn_sendf(cl->conn, ":%s 462 %s :You may not reregister",
 			   client_srv(cl), client_nick(cl));

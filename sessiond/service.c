@@ -20,7 +20,7 @@ struct pending_edit {
 	uint64_t id;
 	struct client *cl;
 	service_done_fn done;
-	char ctx[64];
+	char ctx[96];
 	struct event *timer;
 };
 

@@ -49,7 +49,7 @@ bool service_is_target(const char *target);
 void service_message(struct client *cl, const char *text);
 
 /* An edit's answer: ok, or why not (a sentence). ctx: what the caller
- * gave service_edit() (copied; at most 63 bytes). */
+ * gave service_edit() (copied; at most 95 bytes). */
 typedef void (*service_done_fn)(struct client *cl, bool ok, const char *why,
 				const char *ctx);
 /* Ask the supervisor for op on the client's user's session `network`.
