@@ -406,3 +406,169 @@ def ng_nicks(ctx, direct):
     direct.send("ISON bn2x")
     ctx.loop.run_until(lambda: direct.msgs("303", n), 5, "ISON answer")
     return direct.msgs("303", n)[0].params[-1].split()
+
+
+def bn_client(ctx, b, name, caps, pass_line=None, sasl=None, bind=None, nick="bn000",
+              user="u000", wait=True):
+    """A client with `caps` logging in without a network (soju.im/bouncer-
+    networks): PASS pass_line, or SASL PLAIN sasl=(authcid, password);
+    BOUNCER BIND bind before CAP END. wait: until 001."""
+    import base64
+    c = ctx.loop.connect(b.port, name="bn:%s" % name)
+    c.send("CAP LS 302")
+    if pass_line:
+        c.send("PASS %s" % pass_line)
+    c.send_many(["NICK %s" % nick, "USER %s 0 * :bn test" % user])
+    wait_cap(ctx, c, "LS", 0, "CAP LS")
+    n = len(c.lines)
+    c.send("CAP REQ :%s" % " ".join(caps))
+    wait_cap(ctx, c, "ACK", n, "CAP ACK of %s" % caps)
+    if sasl:
+        n = len(c.lines)
+        c.send("AUTHENTICATE PLAIN")
+        ctx.loop.run_until(lambda: c.msgs("AUTHENTICATE", n), 5, "AUTHENTICATE +")
+        blob = base64.b64encode(("\0%s\0%s" % sasl).encode()).decode()
+        c.send("AUTHENTICATE %s" % blob)
+        ctx.loop.run_until(lambda: c.msgs("903", n) or c.msgs("904", n), 10, "SASL result")
+        check(c.msgs("903", n), "SASL failed: %s" % [m.raw for m in c.msgs(None, n)])
+    if bind:
+        c.send("BOUNCER BIND %s" % bind)
+    c.send("CAP END")
+    if wait:
+        ctx.loop.run_until(lambda: c.registered or c.closed, 15, "%s registered" % name)
+        check(not c.closed, "%s closed: %s" % (name, c.close_reason))
+    return c
+
+
+def isupport(c):
+    return {t.split("=", 1)[0]: (t.split("=", 1) + [""])[1]
+            for m in c.msgs("005") for t in m.params[1:-1]}
+
+
+def bouncer_replies(ctx, c, line, done):
+    """Send line; wait until done(msgs since) and return the msgs since."""
+    n = len(c.lines)
+    c.send(line)
+    ctx.loop.run_until(lambda: done(c.msgs(None, n)) or c.closed, 10, "answer to %r" % line)
+    check(not c.closed, "closed after %r: %s" % (line, c.close_reason))
+    return c.msgs(None, n)
+
+
+def fail_of(msgs):
+    return [m.params for m in msgs if m.command == "FAIL"]
+
+
+def test_ircv3_bouncer_networks(ctx):
+    """soju.im/bouncer-networks against the spec's examples, with
+    [supervisor] user_networks = add and a second [network net2]:
+    binding by SASL PLAIN as the bare user + BOUNCER BIND net before CAP
+    END (BOUNCER_NETID=net in 005); a login as `PASS u000:secret` without
+    BIND binds the user's first network; LISTNETWORKS answers in a
+    soju.im/bouncer-networks batch with name, state, host, port, tls,
+    nickname, username, realname (values escaped as tags); ADDNETWORK
+    name=net2;nickname=bn2y answers `BOUNCER ADDNETWORK net2` once the
+    supervisor edited the file (the *baton path), and a third client binds
+    it by `BOUNCER BIND net2` after PASS; CHANGENETWORK realname goes to
+    the file; DELNETWORK removes the section and net2's client is closed.
+    Errors as the spec says (FAIL BOUNCER ...): READ_ONLY_ATTRIBUTE,
+    INVALID_ATTRIBUTE (a host no [network] has), UNKNOWN_ATTRIBUTE,
+    NEED_ATTRIBUTE, INVALID_NETID (also a 65-byte one), UNKNOWN_COMMAND,
+    REGISTRATION_IS_COMPLETED; nothing changed by any of them. Without
+    the capability `PASS u000:secret` is still refused (464)."""
+    ng, b = setup_service(ctx, "add")
+    s = b.sessions[0]
+
+    # binding to a network (spec example), SASL as the bare user
+    c1 = bn_client(ctx, b, "sasl", ["sasl", "soju.im/bouncer-networks"],
+                   sasl=("u000", s.password), bind="net")
+    bl.wait_attached(ctx.loop, c1, s)
+    check(isupport(c1).get("BOUNCER_NETID") == "net", "005: %s" % isupport(c1))
+
+    # no BIND: the first network; listing (spec example)
+    c = bn_client(ctx, b, "main", ["batch", "soju.im/bouncer-networks"],
+                  pass_line="u000:%s" % s.password)
+    bl.wait_attached(ctx.loop, c, s)
+    got = bouncer_replies(ctx, c, "BOUNCER LISTNETWORKS",
+                          lambda ms: [m for m in ms if m.command == "BATCH"
+                                      and m.param(0, "").startswith("-")])
+    start = [m for m in got if m.command == "BATCH"][0]
+    ref = start.param(0)[1:]
+    check(start.param(0).startswith("+") and start.param(1) == "soju.im/bouncer-networks",
+          "batch start %r" % start.raw)
+    nets = [m for m in got if m.command == "BOUNCER"]
+    check(len(nets) == 1 and nets[0].params[:2] == ["NETWORK", "net"]
+          and tag_dict(nets[0].tags).get("batch") == ref, "LISTNETWORKS: %s" % [m.raw for m in got])
+    attrs = tag_dict(nets[0].params[2])
+    check(attrs == {"name": "net", "state": "connected", "host": "127.0.0.1",
+                    "port": str(ng.port), "tls": "0", "nickname": "bn000",
+                    "username": "u000", "realname": "baton\\stest\\su000"},
+          "attributes %s" % attrs)
+
+    # errors, nothing changed by any
+    before = open(b.config).read()
+    for line, want in (
+            ("BOUNCER CHANGENETWORK net host=example.org",
+             ["BOUNCER", "READ_ONLY_ATTRIBUTE", "CHANGENETWORK", "net", "host"]),
+            ("BOUNCER CHANGENETWORK net state=connected",
+             ["BOUNCER", "READ_ONLY_ATTRIBUTE", "CHANGENETWORK", "net", "state"]),
+            ("BOUNCER ADDNETWORK host=irc.example.org",
+             ["BOUNCER", "INVALID_ATTRIBUTE", "ADDNETWORK", "*", "host"]),
+            ("BOUNCER ADDNETWORK name=net2;colour=blue",
+             ["BOUNCER", "UNKNOWN_ATTRIBUTE", "ADDNETWORK", "*", "colour"]),
+            ("BOUNCER ADDNETWORK nickname=x", ["BOUNCER", "NEED_ATTRIBUTE", "ADDNETWORK", "host"]),
+            ("BOUNCER ADDNETWORK", ["BOUNCER", "NEED_ATTRIBUTE", "ADDNETWORK", "host"]),
+            ("BOUNCER CHANGENETWORK nope realname=x",
+             ["BOUNCER", "INVALID_NETID", "CHANGENETWORK", "nope"]),
+            ("BOUNCER DELNETWORK %s" % ("n" * 65),
+             ["BOUNCER", "INVALID_NETID", "DELNETWORK", "n" * 64]),
+            ("BOUNCER FROB", ["BOUNCER", "UNKNOWN_COMMAND", "FROB"]),
+            ("BOUNCER BIND net", ["BOUNCER", "REGISTRATION_IS_COMPLETED", "BIND"])):
+        f = fail_of(bouncer_replies(ctx, c, line, fail_of))
+        check(f[0][:len(want)] == want, "%s: FAIL %s, want %s" % (line, f, want))
+    check(open(b.config).read() == before, "an error changed the file")
+
+    # adding (spec example), then binding it
+    got = bouncer_replies(ctx, c, "BOUNCER ADDNETWORK name=net2;nickname=bn2y;realname=Two\\sWords",
+                          lambda ms: [m for m in ms if m.command in ("BOUNCER", "FAIL")])
+    check([m.params for m in got if m.command in ("BOUNCER", "FAIL")] == [["ADDNETWORK", "net2"]],
+          "ADDNETWORK: %s" % [m.raw for m in got])
+    check("[user u000/net2]\nnick = bn2y\nrealname = Two Words\n" in open(b.config).read(),
+          "net2 not in the file")
+    c3 = bn_client(ctx, b, "net2", ["soju.im/bouncer-networks"],
+                   pass_line="u000:%s" % s.password, bind="net2", nick="bn2y")
+    ctx.loop.run_until(lambda: isupport(c3).get("BOUNCER_NETID") == "net2", 15,
+                       "net2's client bound (005 BOUNCER_NETID=net2)")
+    got = bouncer_replies(ctx, c, "BOUNCER LISTNETWORKS",
+                          lambda ms: [m for m in ms if m.command == "BATCH"
+                                      and m.param(0, "").startswith("-")])
+    check(sorted(m.param(1) for m in got if m.command == "BOUNCER") == ["net", "net2"],
+          "LISTNETWORKS after the add: %s" % [m.raw for m in got])
+
+    got = bouncer_replies(ctx, c, "BOUNCER CHANGENETWORK net2 realname=Simon",
+                          lambda ms: [m for m in ms if m.command in ("BOUNCER", "FAIL")])
+    check([m.params for m in got if m.command in ("BOUNCER", "FAIL")]
+          == [["CHANGENETWORK", "net2"]], "CHANGENETWORK: %s" % [m.raw for m in got])
+    check("realname = Simon\n" in open(b.config).read(), "realname not changed in the file")
+
+    got = bouncer_replies(ctx, c, "BOUNCER DELNETWORK net2",
+                          lambda ms: [m for m in ms if m.command in ("BOUNCER", "FAIL")])
+    check([m.params for m in got if m.command in ("BOUNCER", "FAIL")]
+          == [["DELNETWORK", "net2"]], "DELNETWORK: %s" % [m.raw for m in got])
+    check("u000/net2" not in open(b.config).read(), "net2 still in the file")
+    ctx.loop.run_until(lambda: c3.closed, 15, "net2's client closed")
+
+    # BIND hostile or unknown; the cap is needed for a bare user
+    c4 = bn_client(ctx, b, "long", ["soju.im/bouncer-networks"],
+                   pass_line="u000:%s" % s.password, bind="x" * 65, wait=False)
+    ctx.loop.run_until(lambda: fail_of(c4.msgs()), 10, "FAIL for a 65-byte BIND")
+    check(fail_of(c4.msgs())[0][:2] == ["BOUNCER", "INVALID_NETID"], "%s" % fail_of(c4.msgs()))
+    c5 = bn_client(ctx, b, "nonet", ["soju.im/bouncer-networks"],
+                   pass_line="u000:%s" % s.password, bind="net2", wait=False)
+    ctx.loop.run_until(lambda: c5.closed, 10, "a BIND of a deleted network refused")
+    check(c5.msgs("464"), "no 464 for a deleted network: %s" % [m.raw for m in c5.msgs()])
+    c6 = ctx.loop.connect(b.port, name="nocap")
+    c6.send_many(["PASS u000:%s" % s.password, "NICK bn000", "USER u000 0 * :x"])
+    ctx.loop.run_until(lambda: c6.closed, 10, "bare user without the cap refused")
+    check(c6.msgs("464"), "bare user without the cap: %s" % [m.raw for m in c6.msgs()])
+    for cl in (c, c1):
+        check(not cl.closed, "%s closed: %s" % (cl.name, cl.close_reason))
