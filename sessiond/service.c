@@ -321,6 +321,15 @@ void service_message(struct client *cl, const char *text)
 
 	if (cl->s == NULL)
 		return;
+	if (cl->caps & CLIENT_CAP_ECHO_MESSAGE) {
+		/* echo-message: the sender sees its line as sent (to it only:
+		 * a conversation with *baton is not stored or relayed) */
+		char prefix[256], line[600];
+
+		session_self_prefix(cl->s, prefix, sizeof(prefix));
+		snprintf(line, sizeof(line), ":%s PRIVMSG %s :%s", prefix, SERVICE_NICK, text);
+		client_send_tagged(cl, line, 0);
+	}
 	snprintf(buf, sizeof(buf), "%s", text);
 	for (char *save = NULL, *t = strtok_r(buf, " ", &save); t;
 	     t = strtok_r(NULL, " ", &save)) {

@@ -343,6 +343,13 @@ def test_ircv3_service(ctx):
     s = b.sessions[0]
     c = bl.bouncer_client(ctx.loop, b, s)
     dave = bl.direct_user(ctx.loop, ng, "dave", [CHAN])
+    # echo-message: the sender's own line comes back, to it only
+    ec = negotiate(ctx, b, s, "echo", ["echo-message"])
+    ask_service(ctx, ec, "network list", "1 network")
+    check([m.params for m in ec.msgs("PRIVMSG") if m.param(0) == "*baton"]
+          == [["*baton", "network list"]], "echo: %s" % [m.raw for m in ec.msgs("PRIVMSG")])
+    check(not [m for m in c.msgs("PRIVMSG") if m.param(0) == "*baton"],
+          "another client saw the conversation with *baton")
 
     got = ask_service(ctx, c, "help", "What you may do here")
     check(any("network add NAME" in t for t in got), "help: %s" % got)
