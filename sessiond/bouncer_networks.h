@@ -20,17 +20,20 @@
  *
  * Not implemented: soju.im/bouncer-networks-notify (not offered).
  * Bounds: a netid as service.h bounds network names; attributes at most
- * BN_MAX_ATTRS, each value SESSION_EDIT_MAX_PAIR bytes.
+ * BN_MAX_ATTRS, each SESSION_EDIT_MAX_PAIR bytes as KEY=VALUE (its
+ * session key: nick=, username=, realname=).
  */
 #ifndef BATON_SESSIOND_BOUNCER_NETWORKS_H
 #define BATON_SESSIOND_BOUNCER_NETWORKS_H
 
 #include <stddef.h>
 
+#include "common/session_edit.h"
+
 struct client;
 struct irc_msg;
 
-#define BN_MAX_ATTRS 10
+#define BN_MAX_ATTRS SESSION_EDIT_MAX_PAIRS /* what one edit takes */
 
 /* client_credentials() for a client with the cap whose ident names no
  * network: "user[@client]" (PASS user:password, else USER) + "/" + the

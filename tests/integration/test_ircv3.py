@@ -528,6 +528,10 @@ def test_ircv3_bouncer_networks(ctx):
              ["BOUNCER", "INVALID_NETID", "CHANGENETWORK", "nope"]),
             ("BOUNCER DELNETWORK %s" % ("n" * 65),
              ["BOUNCER", "INVALID_NETID", "DELNETWORK", "n" * 64]),
+            ("BOUNCER CHANGENETWORK net realname=" + "r" * 182,
+             ["BOUNCER", "INVALID_ATTRIBUTE", "CHANGENETWORK", "net", "realname"]),
+            ("BOUNCER CHANGENETWORK net " + ";".join(["nickname=a"] * 9),
+             ["BOUNCER", "INVALID_ATTRIBUTE", "CHANGENETWORK", "net", "nickname"]),
             ("BOUNCER FROB", ["BOUNCER", "UNKNOWN_COMMAND", "FROB"]),
             ("BOUNCER BIND net", ["BOUNCER", "REGISTRATION_IS_COMPLETED", "BIND"])):
         f = fail_of(bouncer_replies(ctx, c, line, fail_of))
@@ -551,6 +555,16 @@ def test_ircv3_bouncer_networks(ctx):
     check(sorted(m.param(1) for m in got if m.command == "BOUNCER") == ["net", "net2"],
           "LISTNETWORKS after the add: %s" % [m.raw for m in got])
 
+    # at the bounds: 8 attributes, realname= + 181 bytes (190 as the key's pair)
+    got = bouncer_replies(ctx, c, "BOUNCER CHANGENETWORK net2 " + ";".join(["nickname=bn2y"] * 8),
+                          lambda ms: [m for m in ms if m.command in ("BOUNCER", "FAIL")])
+    check([m.params for m in got if m.command in ("BOUNCER", "FAIL")]
+          == [["CHANGENETWORK", "net2"]], "8 attributes: %s" % [m.raw for m in got])
+    got = bouncer_replies(ctx, c, "BOUNCER CHANGENETWORK net2 realname=" + "r" * 181,
+                          lambda ms: [m for m in ms if m.command in ("BOUNCER", "FAIL")])
+    check([m.params for m in got if m.command in ("BOUNCER", "FAIL")]
+          == [["CHANGENETWORK", "net2"]], "181-byte realname: %s" % [m.raw for m in got])
+    check("realname = %s\n" % ("r" * 181) in open(b.config).read(), "long realname not in the file")
     got = bouncer_replies(ctx, c, "BOUNCER CHANGENETWORK net2 realname=Simon",
                           lambda ms: [m for m in ms if m.command in ("BOUNCER", "FAIL")])
     check([m.params for m in got if m.command in ("BOUNCER", "FAIL")]
