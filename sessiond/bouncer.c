@@ -1812,9 +1812,16 @@ static int reload_notes(const struct config_diff *d, const struct baton_config *
 			break;
 		}
 		case CONFIG_SCOPE_GLOBAL:
-			r = reload_note(&res->later, &res->nlater,
-					"[%s] %s (at the next upgrade)",
-					c->section, c->key);
+			/* user_networks is the supervisor's, read from the
+			 * file at each user's edit (supervisor/user_edit.h) */
+			if (strcmp(c->key, "user_networks") == 0)
+				r = reload_note(&res->changed, &res->nchanged,
+						"[%s] %s (from the next edit by a user)",
+						c->section, c->key);
+			else
+				r = reload_note(&res->later, &res->nlater,
+						"[%s] %s (at the next upgrade)",
+						c->section, c->key);
 			break;
 		case CONFIG_SCOPE_USER:
 			r = reload_note(&res->changed, &res->nchanged,

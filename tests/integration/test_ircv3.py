@@ -338,7 +338,8 @@ def test_ircv3_service(ctx):
     KEY=VALUE of 191 bytes, an unknown command. Nothing of it reaches the
     network (no 401 for *baton). Then the operator sets user_networks =
     list in the file: add and set are refused (read from the file at each
-    edit, no reload needed), list still answers."""
+    edit, no reload needed; a reload lists it as changed, not "later"),
+    list still answers."""
     ng, b = setup_service(ctx, "add")
     s = b.sessions[0]
     c = bl.bouncer_client(ctx.loop, b, s)
@@ -398,6 +399,11 @@ def test_ircv3_service(ctx):
 
     # the operator narrows it: read from the file at each edit
     b.write_config(open(b.config).read().replace("user_networks = add", "user_networks = list"))
+    rc, res, out, err = b.ctl("reload", "--json")
+    check(rc == 0 and res.get("result") == "applied"
+          and res["changed"] == ["[supervisor] user_networks (from the next edit by a user)"]
+          and not res["later"],
+          "reload of user_networks: %s %s" % (rc, out))
     got = ask_service(ctx, c, "network add net2", "Not done")
     check("user_networks = list" in got[-1], "add with list: %s" % got)
     got = ask_service(ctx, c, "network set net nick=zz", "Not done")
