@@ -10,6 +10,7 @@
 
 #include <event2/event.h>
 
+#include "common/clock.h"
 #include "common/config.h"
 #include "common/log.h"
 #include "sessiond/conn.h"
@@ -27,12 +28,15 @@ struct pending_edit {
 static struct pending_edit pending[SERVICE_MAX_PENDING];
 static uint64_t next_id;
 static int timeout_ms = SERVICE_EDIT_TIMEOUT_MS;
+/* The rate of edits: tokens as of tokens_ms (monotonic); -1: full. */
+static int64_t tokens = -1, tokens_ms;
 static service_send_fn send_fn;
 static void *send_arg;
 
 void service_set_timeout_ms(int ms)
 {
 	timeout_ms = ms > 0 ? ms : SERVICE_EDIT_TIMEOUT_MS;
+	tokens = -1; /* a fresh start for each test */
 }
 
 void service_set_sender(service_send_fn fn, void *arg)
@@ -145,6 +149,25 @@ int service_edit(struct client *cl, enum session_edit_op op, const char *network
 		snprintf(why, whylen, "too many changes in progress: try again in a moment");
 		return -EAGAIN;
 	}
+	{
+		int64_t now = clock_mono_ms();
+
+		if (tokens < 0) {
+			tokens = SERVICE_EDIT_BURST;
+			tokens_ms = now;
+		}
+		while (tokens < SERVICE_EDIT_BURST && now - tokens_ms >= SERVICE_EDIT_EVERY_MS) {
+			tokens++;
+			tokens_ms += SERVICE_EDIT_EVERY_MS;
+		}
+		if (tokens == SERVICE_EDIT_BURST)
+			tokens_ms = now;
+		if (tokens == 0) {
+			snprintf(why, whylen, "too many changes lately on this bouncer: try again in %d s",
+				 (int)((SERVICE_EDIT_EVERY_MS - (now - tokens_ms) + 999) / 1000));
+			return -EAGAIN;
+		}
+	}
 	if (send_fn == NULL) {
 		snprintf(why, whylen, "no supervisor to apply it (the bouncer is restarting its control): try again later");
 		return -ENOTCONN;
@@ -163,6 +186,7 @@ int service_edit(struct client *cl, enum session_edit_op op, const char *network
 		snprintf(why, whylen, "cannot ask the supervisor: %s", strerror(-r));
 		return r;
 	}
+	tokens--;
 	p->cl = cl;
 	p->done = done;
 	snprintf(p->ctx, sizeof(p->ctx), "%s", ctx ? ctx : "");

@@ -12,6 +12,7 @@
  * (also soju.im/bouncer-networks, bouncer_networks.h).
  *
  * Bounds: one edit in flight per client, SERVICE_MAX_PENDING in the
+ * worker, SERVICE_EDIT_BURST then one per SERVICE_EDIT_EVERY_MS in the
  * worker, each answered within SERVICE_EDIT_TIMEOUT_MS (an older
  * supervisor never answers); arguments as session_edit.h bounds them.
  * Pending edits belong to this module; a client that goes away drops its
@@ -31,6 +32,11 @@ struct client;
 #define SERVICE_NICK "*baton"
 #define SERVICE_MAX_PENDING 64
 #define SERVICE_EDIT_TIMEOUT_MS 10000
+/* Edits asked of the supervisor by this worker: a burst, then one per
+ * SERVICE_EDIT_EVERY_MS (each costs the supervisor a load of the whole
+ * file and a reload: users must not be able to keep it busy). */
+#define SERVICE_EDIT_BURST 10
+#define SERVICE_EDIT_EVERY_MS 2000
 /* Bytes of a network name a user may give. */
 #define SERVICE_MAX_NETWORK 64
 
@@ -40,7 +46,8 @@ typedef int (*service_send_fn)(void *arg, uint64_t id, const char *user,
 			       const char *network, const char *op,
 			       char *const *pairs, size_t npairs);
 void service_set_sender(service_send_fn fn, void *arg);
-/* Tests: the answer's deadline (ms; 0: SERVICE_EDIT_TIMEOUT_MS). */
+/* Tests: the answer's deadline (ms; 0: SERVICE_EDIT_TIMEOUT_MS); the
+ * rate of edits starts full again. */
 void service_set_timeout_ms(int ms);
 
 /* Whether target (of a PRIVMSG/NOTICE) is the service nick. */
@@ -56,7 +63,7 @@ typedef void (*service_done_fn)(struct client *cl, bool ok, const char *why,
  * Returns 0 (done() follows from the loop: the answer, a timeout, or the
  * supervisor gone) or -errno with why filled (nothing follows):
  * -EBUSY an edit of this client in flight, -EAGAIN too many in the
- * worker, -ENOTCONN no supervisor, -EINVAL an argument past its bounds. */
+ * worker (in flight, or lately: the rate above), -ENOTCONN no supervisor, -EINVAL an argument past its bounds. */
 int service_edit(struct client *cl, enum session_edit_op op, const char *network,
 		 char *const *pairs, size_t npairs, service_done_fn done,
 		 const char *ctx, char *why, size_t whylen);

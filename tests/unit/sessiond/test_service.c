@@ -291,6 +291,36 @@ static void test_timeout_and_gone(void **state)
 	test_env_free(e);
 }
 
+/* The worker's rate of edits: a burst of SERVICE_EDIT_BURST goes (each
+ * answered), the next is refused before the supervisor hears of it. */
+static void test_rate(void **state)
+{
+	struct test_env *e = env();
+	struct rx r = { 0 };
+	int fd = login(e, &r);
+	char want[64];
+
+	service_set_sender(fake_send, NULL);
+	for (unsigned i = 1; i <= SERVICE_EDIT_BURST; i++) {
+		char cmd[64];
+
+		snprintf(cmd, sizeof(cmd), "network set n%u nick=x", i);
+		ask(fd, cmd);
+		for (int k = 0; k < 200 && sent.calls < i; k++)
+			test_env_pump(e);
+		assert_int_equal(sent.calls, i);
+		service_edit_result(sent.id, true, NULL);
+		snprintf(want, sizeof(want), "Done: network n%u changed", i);
+		assert_true(wait_for(e, &r, fd, want));
+	}
+	ask(fd, "network set last nick=x");
+	assert_true(wait_for(e, &r, fd, "Not done: too many changes lately on this bouncer: try again in 2 s"));
+	assert_int_equal(sent.calls, SERVICE_EDIT_BURST);
+	close(fd);
+	free(r.buf);
+	test_env_free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -299,6 +329,7 @@ int main(void)
 		cmocka_unit_test(test_edit_round_trip),
 		cmocka_unit_test(test_bounds),
 		cmocka_unit_test(test_timeout_and_gone),
+		cmocka_unit_test(test_rate),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
