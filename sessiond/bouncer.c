@@ -1,6 +1,7 @@
 /* sessiond/bouncer.c: the registry of a worker's sessions and pending
  * clients, the listeners, and the item interface used by migrations. */
 #include "sessiond/bouncer.h"
+#include "sessiond/bouncer_networks.h"
 #include "common/clock.h"
 
 #include <arpa/inet.h>
@@ -1898,6 +1899,7 @@ int bouncer_reload(struct bouncer *b, struct baton_config *next,
 			reload_channels(s, config_find_session(from, c->user, c->network),
 					config_find_session(next, c->user, c->network));
 	}
+	bouncer_networks_reloaded(from, next); /* -notify clients */
 	bouncer_start_configured(b); /* the new sessions */
 	config_diff_clear(&d);
 	config_free(b->owned_cfg); /* `from`, when an earlier reload made it */

@@ -133,6 +133,146 @@ static void send_network(struct client *cl, const char *batch,
 	conn_send(cl->conn, line);
 }
 
+static void listnetworks(struct client *cl);
+
+/* ---- -notify ---- */
+
+static struct client **reg;
+static size_t nreg, capreg;
+
+static bool reg_has(const struct client *cl, size_t *at)
+{
+	for (size_t i = 0; i < nreg; i++)
+		if (reg[i] == cl) {
+			if (at)
+				*at = i;
+			return true;
+		}
+	return false;
+}
+
+void bouncer_networks_client_gone(struct client *cl)
+{
+	size_t at;
+
+	if (reg_has(cl, &at))
+		reg[at] = reg[--nreg];
+}
+
+void bouncer_networks_client_update(struct client *cl, bool initial)
+{
+	bool want = cl->phase == CLIENT_ATTACHED && cl->s != NULL &&
+		    (cl->caps & CLIENT_CAP_BOUNCER_NETWORKS) &&
+		    (cl->caps & CLIENT_CAP_BOUNCER_NETWORKS_NOTIFY);
+
+	if (!want) {
+		bouncer_networks_client_gone(cl);
+		return;
+	}
+	if (!reg_has(cl, NULL)) {
+		if (nreg == capreg) {
+			size_t cap = capreg ? capreg * 2 : 16;
+			struct client **v = realloc(reg, cap * sizeof(*v));
+
+			if (v == NULL) {
+				/* no notifications for it: said, not silent */
+				client_send_tagged(cl, ":" BATON_SERVER_NAME " NOTE BOUNCER OUT_OF_MEMORY :No network notifications (out of memory): list again", 0);
+				return;
+			}
+			reg = v;
+			capreg = cap;
+		}
+		reg[nreg++] = cl;
+	}
+	if (initial)
+		listnetworks(cl);
+}
+
+static void notify_user(const char *user, const char *line)
+{
+	for (size_t i = 0; i < nreg; i++)
+		if (reg[i]->s != NULL && strcmp(reg[i]->s->user, user) == 0 &&
+		    !conn_is_dead(reg[i]->conn))
+			conn_send(reg[i]->conn, line);
+}
+
+void bouncer_networks_state_changed(struct session *s)
+{
+	char line[200];
+
+	if (nreg == 0)
+		return;
+	snprintf(line, sizeof(line), ":%s BOUNCER NETWORK %s state=%s", BATON_SERVER_NAME,
+		 s->network, service_session_state(s->b, s->user, s->network, NULL, 0));
+	notify_user(s->user, line);
+}
+
+static void attrs_diff(char *attrs, size_t len, const struct baton_config *from,
+		       const struct baton_config *to, const struct config_session *a,
+		       const struct config_session *b)
+{
+	const struct config_network *na = config_find_network(from, a->network);
+	const struct config_network *nb = config_find_network(to, b->network);
+	const char *pairs[][3] = {
+		{ "nickname", a->nick, b->nick },
+		{ "username", a->username, b->username },
+		{ "realname", a->realname, b->realname },
+		{ "host", na ? na->host : NULL, nb ? nb->host : NULL },
+		{ "port", na ? na->port : NULL, nb ? nb->port : NULL },
+		{ "tls", na ? (na->tls ? "1" : "0") : NULL, nb ? (nb->tls ? "1" : "0") : NULL },
+	};
+
+	attrs[0] = '\0';
+	for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
+		const char *x = pairs[i][1], *y = pairs[i][2];
+
+		if ((x == NULL) != (y == NULL) || (x && strcmp(x, y) != 0))
+			attr(attrs, len, pairs[i][0], y ? y : "");
+	}
+}
+
+void bouncer_networks_reloaded(const struct baton_config *from,
+			       const struct baton_config *to)
+{
+	char line[512], attrs[400];
+
+	/* per notified client: its user's sessions, both ways */
+	for (size_t i = 0; i < nreg; i++) {
+		struct client *cl = reg[i];
+		const char *user;
+
+		if (cl->s == NULL || conn_is_dead(cl->conn))
+			continue;
+		user = cl->s->user;
+		for (size_t k = 0; k < from->nsessions; k++) {
+			const struct config_session *a = &from->sessions[k], *b;
+
+			if (strcmp(a->user, user) != 0)
+				continue;
+			b = config_find_session(to, user, a->network);
+			if (b == NULL) {
+				snprintf(line, sizeof(line), ":%s BOUNCER NETWORK %s *",
+					 BATON_SERVER_NAME, a->network);
+				conn_send(cl->conn, line);
+				continue;
+			}
+			attrs_diff(attrs, sizeof(attrs), from, to, a, b);
+			if (attrs[0]) {
+				snprintf(line, sizeof(line), ":%s BOUNCER NETWORK %s %s",
+					 BATON_SERVER_NAME, a->network, attrs);
+				conn_send(cl->conn, line);
+			}
+		}
+		for (size_t k = 0; k < to->nsessions; k++) {
+			const struct config_session *b = &to->sessions[k];
+
+			if (strcmp(b->user, user) == 0 &&
+			    config_find_session(from, user, b->network) == NULL)
+				send_network(cl, NULL, b);
+		}
+	}
+}
+
 static void listnetworks(struct client *cl)
 {
 	const struct baton_config *cfg = bouncer_config(cl->b);

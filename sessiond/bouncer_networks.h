@@ -18,7 +18,13 @@
  *   (service.h: the supervisor edits the file and reloads), within
  *   [supervisor] user_networks; errors as FAIL BOUNCER (standard replies).
  *
- * Not implemented: soju.im/bouncer-networks-notify (not offered).
+ * - soju.im/bouncer-networks-notify: the list once a client with it is
+ *   attached (or once it asks for the cap later), then BOUNCER NETWORK
+ *   lines when a network of its user connects, disconnects (`state`), is
+ *   added (every attribute), changed (the changed ones) or removed (`*`)
+ *   by a reload, whoever edited the file. Clients with it are listed here
+ *   (the registry: bouncer_networks_client_update()/_gone()), so a
+ *   notification costs what those clients cost, not the worker's size.
  * Bounds: a netid as service.h bounds network names; attributes at most
  * BN_MAX_ATTRS, each SESSION_EDIT_MAX_PAIR bytes as KEY=VALUE (its
  * session key: nick=, username=, realname=).
@@ -26,12 +32,16 @@
 #ifndef BATON_SESSIOND_BOUNCER_NETWORKS_H
 #define BATON_SESSIOND_BOUNCER_NETWORKS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "common/session_edit.h"
 
 struct client;
 struct irc_msg;
+
+struct baton_config;
+struct session;
 
 #define BN_MAX_ATTRS SESSION_EDIT_MAX_PAIRS /* what one edit takes */
 
@@ -46,5 +56,16 @@ void bouncer_networks_command(struct client *cl, const struct irc_msg *m);
 /* The ISUPPORT token of an attached client with the cap
  * ("BOUNCER_NETID=netid" into buf), NULL otherwise. */
 const char *bouncer_networks_isupport(const struct client *cl, char *buf, size_t len);
+
+/* cl's caps or phase changed (CAP REQ, attach, an adopted client armed):
+ * listed for notifications while attached with -notify. initial: send the
+ * list now (a new attachment, or the cap just asked for). */
+void bouncer_networks_client_update(struct client *cl, bool initial);
+void bouncer_networks_client_gone(struct client *cl);
+/* s connected, started connecting, or lost its network. */
+void bouncer_networks_state_changed(struct session *s);
+/* A reload replaced `from` by `to` (both valid during the call). */
+void bouncer_networks_reloaded(const struct baton_config *from,
+			       const struct baton_config *to);
 
 #endif

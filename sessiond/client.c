@@ -46,6 +46,7 @@ static const struct {
 	{ "cap-notify", CLIENT_CAP_CAP_NOTIFY },
 	{ "batch", CLIENT_CAP_BATCH },
 	{ "soju.im/bouncer-networks", CLIENT_CAP_BOUNCER_NETWORKS },
+	{ "soju.im/bouncer-networks-notify", CLIENT_CAP_BOUNCER_NETWORKS_NOTIFY },
 };
 #define NCLIENT_CAPS (sizeof(client_caps) / sizeof(client_caps[0]))
 /* Targets of one PRIVMSG/NOTICE stored in the backlog (more are sent to
@@ -98,6 +99,7 @@ void client_free(struct client *cl)
 	bouncer_auth_cancel(cl->b, cl);
 	bouncer_login_drop(cl->b, cl, false); /* a charge stays */
 	service_client_gone(cl);
+	bouncer_networks_client_gone(cl);
 	if (cl->pending_counted)
 		bouncer_forget_pending(cl->b, cl);
 	conn_release(cl->conn);
@@ -459,10 +461,13 @@ static void client_cap(struct client *cl, struct irc_msg *m)
 			else
 				add |= bit;
 		}
+		unsigned before = cl->caps;
 		if (ok)
 			cl->caps = (cl->caps | add) & ~del;
 		conn_sendf(cl->conn, ":%s CAP %s %s :%s", BATON_SERVER_NAME, nick,
 			   ok ? "ACK" : "NAK", m->params[1]);
+		if (cl->caps != before) /* -notify asked once attached: the list now */
+			bouncer_networks_client_update(cl, !(before & CLIENT_CAP_BOUNCER_NETWORKS_NOTIFY));
 	} else if (strcasecmp(sub, "END") == 0) {
 		cl->cap_negotiating = false;
 	} else {
@@ -1125,6 +1130,7 @@ void client_resume(struct client *cl)
 {
 	if (cl->phase != CLIENT_ATTACHED || !cl->s || conn_is_dead(cl->conn))
 		return;
+	bouncer_networks_client_update(cl, false); /* an adopted -notify client */
 	uint64_t next = backlog_next_seq(cl->s->backlog);
 	if (!cl->replaying && (next <= 1 || cl->delivered_seq >= next - 1))
 		return;
@@ -1166,6 +1172,7 @@ void client_attach(struct client *cl, struct session *s)
 	else if (!session_upstream_ready(s))
 		conn_sendf(cl->conn, ":%s NOTICE %s :%s is disconnected; reconnecting",
 			   BATON_SERVER_NAME, client_nick(cl), s->network);
+	bouncer_networks_client_update(cl, true); /* -notify: the list */
 }
 
 /* ---- commands ---- */

@@ -39,6 +39,7 @@ enum client_cap {
 	CLIENT_CAP_CAP_NOTIFY = 1u << 12,
 	CLIENT_CAP_BATCH = 1u << 13, /* baton's own batches (bouncer_networks.h) */
 	CLIENT_CAP_BOUNCER_NETWORKS = 1u << 14, /* soju.im/bouncer-networks */
+	CLIENT_CAP_BOUNCER_NETWORKS_NOTIFY = 1u << 15, /* ...-notify */
 };
 
 enum client_phase {

@@ -19,11 +19,12 @@ CHAN = "#chat"
 # baton's CAP LS (sessiond/client.c client_caps), in its order
 OFFERED = ["server-time", "multi-prefix", "echo-message", "away-notify", "userhost-in-names",
            "message-tags", "account-notify", "extended-join", "chghost", "setname",
-           "invite-notify", "sasl", "cap-notify", "batch", "soju.im/bouncer-networks"]
+           "invite-notify", "sasl", "cap-notify", "batch", "soju.im/bouncer-networks",
+           "soju.im/bouncer-networks-notify"]
 # What issue 11 asks for and baton does not implement yet: never in CAP LS
 # (advertising what is not implemented is worse than not advertising).
 NOT_YET = ["draft/chathistory", "chathistory", "draft/read-marker", "soju.im/read",
-           "soju.im/bouncer-networks-notify", "draft/bouncer-networks",
+           "draft/bouncer-networks",
            "draft/event-playback", "labeled-response",
            "standard-replies", "draft/multiline", "soju.im/no-implicit-names"]
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -129,8 +130,7 @@ def test_ircv3_cap_negotiation(ctx):
     check(lst.params[-1].split() == ["cap-notify"],
           "after a NAK, CAP LIST %s (want cap-notify only: CAP LS 302)" % lst)
 
-    for name in ("labeled-response", "draft/read-marker", "soju.im/bouncer-networks-notify",
-                 "-cap-notify"):
+    for name in ("labeled-response", "draft/read-marker", "-cap-notify"):
         n = len(c.lines)
         c.send("CAP REQ %s" % name)
         wait_cap(ctx, c, "NAK", n, "NAK of %s" % name)
@@ -598,4 +598,68 @@ def test_ircv3_bouncer_networks(ctx):
     ctx.loop.run_until(lambda: c6.closed, 10, "bare user without the cap refused")
     check(c6.msgs("464"), "bare user without the cap: %s" % [m.raw for m in c6.msgs()])
     for cl in (c, c1):
+        check(not cl.closed, "%s closed: %s" % (cl.name, cl.close_reason))
+
+
+def test_ircv3_bouncer_networks_notify(ctx):
+    """soju.im/bouncer-networks-notify: client N (batch, bouncer-networks,
+    -notify) gets the list in a batch once attached; another client's
+    ADDNETWORK net2 reaches N as `BOUNCER NETWORK net2` with every
+    attribute, then state=connecting and state=connected; the operator's
+    `batonctl network set u000/net2 realname=...` reaches N as that one
+    attribute; after an upgrade (N adopted by the new worker) the
+    operator's `network del` reaches N as `net2 *` and a new `network add`
+    as its attributes, then its connection (state=connected).
+    Client C (bouncer-networks without -notify) never gets a BOUNCER
+    NETWORK it did not ask for."""
+    ng, b = setup_service(ctx, "add")
+    s = b.sessions[0]
+    pw = "u000:%s" % s.password
+    nc = bn_client(ctx, b, "notify", ["batch", "soju.im/bouncer-networks",
+                                      "soju.im/bouncer-networks-notify"], pass_line=pw)
+    bl.wait_attached(ctx.loop, nc, s)
+    ctx.loop.run_until(lambda: [m for m in nc.msgs("BATCH") if m.param(0, "").startswith("-")],
+                       5, "the initial list")
+    nets = [m for m in nc.msgs("BOUNCER")]
+    check([m.params[:2] for m in nets] == [["NETWORK", "net"]]
+          and tag_dict(nets[0].tags).get("batch"), "initial list: %s" % [m.raw for m in nets])
+    c = bn_client(ctx, b, "c", ["soju.im/bouncer-networks"], pass_line=pw)
+    bl.wait_attached(ctx.loop, c, s)
+
+    def notes(since):
+        return [m.params[1:] for m in nc.msgs("BOUNCER", since) if m.param(0) == "NETWORK"]
+
+    n = len(nc.lines)
+    bouncer_replies(ctx, c, "BOUNCER ADDNETWORK name=net2;nickname=bn2z",
+                    lambda ms: [m for m in ms if m.command in ("BOUNCER", "FAIL")])
+    ctx.loop.run_until(lambda: ["net2", "state=connected"] in notes(n), 15,
+                       "net2 connected, notified")
+    got = notes(n)
+    full = [tag_dict(x[1]) for x in got if x[0] == "net2" and "name=" in x[1]]
+    check(len(full) == 1 and full[0]["nickname"] == "bn2z" and full[0]["host"] == "127.0.0.1",
+          "the added network's attributes: %s" % got)
+    check(got.index(["net2", "state=connecting"]) < got.index(["net2", "state=connected"]),
+          "states out of order: %s" % got)
+
+    n = len(nc.lines)
+    rc, res, out, err = b.ctl("network", "set", "u000/net2", "realname=Op Set", "--json")
+    check(rc == 0, "batonctl network set: %s %s" % (out, err))
+    ctx.loop.run_until(lambda: notes(n), 10, "the operator's change notified")
+    check(notes(n) == [["net2", "realname=Op\\sSet"]], "change notified as %s" % notes(n))
+
+    rc, res = b.upgrade(ctx.builds["b"].require())
+    check(rc == 0 and res.get("result") == "committed", "upgrade: %s" % res)
+    n = len(nc.lines)
+    rc, res, out, err = b.ctl("network", "del", "u000/net2", "--json")
+    check(rc == 0, "batonctl network del: %s %s" % (out, err))
+    ctx.loop.run_until(lambda: ["net2", "*"] in notes(n), 10, "the removal notified")
+    n = len(nc.lines)
+    rc, res, out, err = b.ctl("network", "add", "u000/net2", "nick=bn2w", "--json")
+    check(rc == 0, "batonctl network add: %s %s" % (out, err))
+    ctx.loop.run_until(lambda: ["net2", "state=connected"] in notes(n), 15,
+                       "the operator's add notified, then its connection")
+    check([x for x in notes(n) if "nickname=bn2w" in x[1]], "no attributes: %s" % notes(n))
+    check(not [m for m in c.msgs("BOUNCER") if m.param(0) == "NETWORK"],
+          "a client without -notify got notifications: %s" % [m.raw for m in c.msgs("BOUNCER")])
+    for cl in (nc, c):
         check(not cl.closed, "%s closed: %s" % (cl.name, cl.close_reason))
