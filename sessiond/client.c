@@ -24,6 +24,7 @@
 #include "sessiond/irc.h"
 #include "sessiond/sasl_mech.h"
 #include "sessiond/service.h"
+#include "sessiond/stdreply.h"
 
 /* Capabilities offered to clients, defined once (canonical order is the
  * order here; state.c serializes in it). */
@@ -47,6 +48,7 @@ static const struct {
 	{ "batch", CLIENT_CAP_BATCH },
 	{ "soju.im/bouncer-networks", CLIENT_CAP_BOUNCER_NETWORKS },
 	{ "soju.im/bouncer-networks-notify", CLIENT_CAP_BOUNCER_NETWORKS_NOTIFY },
+	{ "standard-replies", CLIENT_CAP_STANDARD_REPLIES },
 };
 #define NCLIENT_CAPS (sizeof(client_caps) / sizeof(client_caps[0]))
 /* Targets of one PRIVMSG/NOTICE stored in the backlog (more are sent to
@@ -745,9 +747,9 @@ void client_route(struct client *cl)
 	if (!s) {
 		log_info("client", "%s/%s: session not available here",
 			 cl->fwd_user, cl->fwd_network);
-		conn_sendf(cl->conn, ":%s NOTICE %s :Session %s/%s is not available right now, please reconnect",
-			   BATON_SERVER_NAME, cl->nick ? cl->nick : "*",
-			   cl->fwd_user, cl->fwd_network);
+		stdreply(cl, "FAIL", "*", "SESSION_UNAVAILABLE",
+			 "Session %s/%s is not available right now, please reconnect",
+			 cl->fwd_user, cl->fwd_network);
 		client_error_close(cl, NULL, "session not available");
 		return;
 	}
@@ -922,8 +924,9 @@ static void client_notice_gaps(struct client *cl, uint64_t pos)
 	if (g.n > g.shown)
 		snprintf(g.text + g.len, sizeof(g.text) - g.len, "%s%zu more",
 			 g.shown ? " and " : "", g.n - g.shown);
-	conn_sendf(cl->conn, ":%s NOTICE %s :Backlog: some lines since you were last here were dropped (backlog limits: oldest lines first)%s%s%s",
-		   BATON_SERVER_NAME, client_nick(cl), g.n ? " in " : "", g.text,
+	stdreply(cl, "WARN", "*", "BACKLOG_DROPPED",
+		 "Backlog: some lines since you were last here were dropped (backlog limits: oldest lines first)%s%s%s",
+		 g.n ? " in " : "", g.text,
 		   evicted ? (g.n ? "; and whole conversations were dropped" :
 				    ": whole conversations were dropped") : "");
 }
@@ -1167,11 +1170,10 @@ void client_attach(struct client *cl, struct session *s)
 	char why[512];
 	if (!session_upstream_ready(s) &&
 	    bouncer_wait_text(s->b, s, why, sizeof(why)))
-		conn_sendf(cl->conn, ":%s NOTICE %s :%s", BATON_SERVER_NAME,
-			   client_nick(cl), why);
+		stdreply(cl, "NOTE", "*", "UPSTREAM_WAITING", "%s", why);
 	else if (!session_upstream_ready(s))
-		conn_sendf(cl->conn, ":%s NOTICE %s :%s is disconnected; reconnecting",
-			   BATON_SERVER_NAME, client_nick(cl), s->network);
+		stdreply(cl, "NOTE", "*", "UPSTREAM_DISCONNECTED",
+			 "%s is disconnected; reconnecting", s->network);
 	bouncer_networks_client_update(cl, true); /* -notify: the list */
 }
 
@@ -1312,8 +1314,8 @@ static void client_message(struct client *cl, struct irc_msg *m, const char *cmd
 		return;
 	}
 	if (!session_upstream_ready(s)) {
-		conn_sendf(cl->conn, ":%s NOTICE %s :%s is disconnected: message not sent",
-			   BATON_SERVER_NAME, client_nick(cl), s->network);
+		stdreply(cl, "FAIL", cmd, "UPSTREAM_DISCONNECTED",
+			 "%s is disconnected: message not sent", s->network);
 		return;
 	}
 	if (upstream_send(s, fwd) < 0) {
@@ -1420,8 +1422,8 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 		client_message(cl, m, strcasecmp(cmd, "PRIVMSG") == 0 ? "PRIVMSG" : "NOTICE",
 			       raw);
 	} else if (!s->up || s->up->phase < UP_WELCOMED) {
-		conn_sendf(cl->conn, ":%s NOTICE %s :%s is disconnected: command not sent",
-			   BATON_SERVER_NAME, client_nick(cl), s->network);
+		stdreply(cl, "FAIL", cmd, "UPSTREAM_DISCONNECTED",
+			 "%s is disconnected: command not sent", s->network);
 	} else {
 		if (strcasecmp(cmd, "AWAY") == 0) {
 			bool set = m->nparams && m->params[0][0];
@@ -1429,8 +1431,8 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 			if (set && !away) {
 				/* Not sent either: the network and the session
 				 * (what the next client is told) stay alike. */
-				conn_sendf(cl->conn, ":%s NOTICE %s :out of memory: AWAY not sent",
-					   BATON_SERVER_NAME, client_nick(cl));
+				stdreply(cl, "FAIL", "AWAY", "OUT_OF_MEMORY",
+					 "out of memory: AWAY not sent");
 				return;
 			}
 			free(s->away);

@@ -40,6 +40,7 @@ enum client_cap {
 	CLIENT_CAP_BATCH = 1u << 13, /* baton's own batches (bouncer_networks.h) */
 	CLIENT_CAP_BOUNCER_NETWORKS = 1u << 14, /* soju.im/bouncer-networks */
 	CLIENT_CAP_BOUNCER_NETWORKS_NOTIFY = 1u << 15, /* ...-notify */
+	CLIENT_CAP_STANDARD_REPLIES = 1u << 16, /* baton's notes as FAIL/WARN/NOTE */
 };
 
 enum client_phase {

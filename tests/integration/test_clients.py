@@ -27,7 +27,7 @@ CHAN = "#chat"
 OFFERED = ["server-time", "multi-prefix", "echo-message", "away-notify", "userhost-in-names",
            "message-tags", "account-notify", "extended-join", "chghost", "setname",
            "invite-notify", "sasl", "cap-notify", "batch", "soju.im/bouncer-networks",
-           "soju.im/bouncer-networks-notify"]
+           "soju.im/bouncer-networks-notify", "standard-replies"]
 
 
 def setup(ctx, tls=False):

@@ -20,13 +20,13 @@ CHAN = "#chat"
 OFFERED = ["server-time", "multi-prefix", "echo-message", "away-notify", "userhost-in-names",
            "message-tags", "account-notify", "extended-join", "chghost", "setname",
            "invite-notify", "sasl", "cap-notify", "batch", "soju.im/bouncer-networks",
-           "soju.im/bouncer-networks-notify"]
+           "soju.im/bouncer-networks-notify", "standard-replies"]
 # What issue 11 asks for and baton does not implement yet: never in CAP LS
 # (advertising what is not implemented is worse than not advertising).
 NOT_YET = ["draft/chathistory", "chathistory", "draft/read-marker", "soju.im/read",
            "draft/bouncer-networks",
            "draft/event-playback", "labeled-response",
-           "standard-replies", "draft/multiline", "soju.im/no-implicit-names"]
+           "draft/multiline", "soju.im/no-implicit-names"]
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
@@ -663,3 +663,48 @@ def test_ircv3_bouncer_networks_notify(ctx):
           "a client without -notify got notifications: %s" % [m.raw for m in c.msgs("BOUNCER")])
     for cl in (nc, c):
         check(not cl.closed, "%s closed: %s" % (cl.name, cl.close_reason))
+
+
+def test_ircv3_standard_replies(ctx):
+    """standard-replies: baton's own errors and notes become FAIL/WARN/NOTE
+    for a client that negotiated it, and stay the NOTICEs they were for
+    the others. With the network gone (ngircd stopped): a PRIVMSG and a
+    MODE from client A (standard-replies) get `FAIL PRIVMSG
+    UPSTREAM_DISCONNECTED` and `FAIL MODE UPSTREAM_DISCONNECTED`, client
+    B (none) the NOTICE; a client attaching meanwhile with the cap gets
+    `NOTE * UPSTREAM_...` instead of the NOTICE."""
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=1, channels=[CHAN])
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    s = b.sessions[0]
+    a = negotiate(ctx, b, s, "a", ["standard-replies"])
+    plain = negotiate(ctx, b, s, "plain", [])
+    ng.stop()
+    ctx.loop.run_until(lambda: [m for m in plain.msgs("NOTICE")
+                                if "Disconnected from" in m.params[-1]], 10,
+                       "the session losing its network")
+    for c, want in ((a, "FAIL"), (plain, "NOTICE")):
+        n = len(c.lines)
+        c.send("PRIVMSG %s :hello" % CHAN)
+        c.send("MODE %s" % CHAN)
+        ctx.loop.run_until(lambda: len([m for m in c.msgs(None, n)
+                                        if m.command in ("FAIL", "NOTICE")]) >= 2, 5,
+                           "two answers to %s" % c.name)
+        got = [m for m in c.msgs(None, n) if m.command in ("FAIL", "NOTICE")]
+        if want == "FAIL":
+            check([m.params[:2] for m in got] == [["PRIVMSG", "UPSTREAM_DISCONNECTED"],
+                                                  ["MODE", "UPSTREAM_DISCONNECTED"]],
+                  "standard replies: %s" % [m.raw for m in got])
+            check(got[0].params[-1] == "net is disconnected: message not sent", got[0].raw)
+        else:
+            check([m.command for m in got] == ["NOTICE", "NOTICE"]
+                  and got[0].params[-1] == "net is disconnected: message not sent",
+                  "plain: %s" % [m.raw for m in got])
+    late = negotiate(ctx, b, s, "late", ["standard-replies"])
+    ctx.loop.run_until(lambda: late.msgs("NOTE"), 5, "a NOTE on attach")
+    check(late.msgs("NOTE")[0].params[:2] in (["*", "UPSTREAM_DISCONNECTED"],
+                                              ["*", "UPSTREAM_WAITING"]),
+          "NOTE %s" % late.msgs("NOTE")[0].raw)
+    check(not [m for m in late.msgs("NOTICE") if "disconnected" in m.params[-1]],
+          "a NOTICE too: %s" % [m.raw for m in late.msgs("NOTICE")])
