@@ -68,15 +68,30 @@ const char *bouncer_networks_isupport(const struct client *cl, char *buf, size_t
 
 /* ---- replies ---- */
 
+/* A client's word as one middle parameter of a reply: at most max bytes,
+ * blanks and controls as '_', never empty or starting with ':' ("*"). */
+static const char *word(char *out, size_t max, const char *in)
+{
+	size_t n = 0;
+
+	for (; in && in[n] && n < max; n++)
+		out[n] = (unsigned char)in[n] <= ' ' || in[n] == 0x7f ? '_' : in[n];
+	out[n] = '\0';
+	if (n == 0 || out[0] == ':')
+		return "*";
+	return out;
+}
+
 /* FAIL BOUNCER code sub [context...] :text (standard replies). */
 static void bn_fail(struct client *cl, const char *code, const char *sub,
 		    const char *ctx1, const char *ctx2, const char *text)
 {
-	char line[512];
+	char line[512], w0[40], w1[80], w2[40];
 
-	snprintf(line, sizeof(line), ":%s FAIL BOUNCER %s %.32s%s%.64s%s%.32s :%.300s",
-		 BATON_SERVER_NAME, code, sub, ctx1 ? " " : "", ctx1 ? ctx1 : "",
-		 ctx2 ? " " : "", ctx2 ? ctx2 : "", text);
+	snprintf(line, sizeof(line), ":%s FAIL BOUNCER %s %s%s%s%s%s :%.300s",
+		 BATON_SERVER_NAME, code, word(w0, 32, sub), ctx1 ? " " : "",
+		 ctx1 ? word(w1, 64, ctx1) : "", ctx2 ? " " : "",
+		 ctx2 ? word(w2, 32, ctx2) : "", text);
 	client_send_tagged(cl, line, 0);
 }
 
@@ -520,7 +535,7 @@ static void bn_bind(struct client *cl, const struct irc_msg *m)
 		return;
 	}
 	bn_fail(cl, "ACCOUNT_REQUIRED", "BIND", NULL, NULL,
-		"Authentication required (PASS user:password or SASL first; no network in it)");
+		"Authentication required: BIND once, after PASS user:password or SASL, with no network in the login");
 }
 
 void bouncer_networks_command(struct client *cl, const struct irc_msg *m)

@@ -539,6 +539,9 @@ def test_ircv3_bouncer_networks(ctx):
             ("BOUNCER CHANGENETWORK net " + ";".join(["nickname=a"] * 9),
              ["BOUNCER", "INVALID_ATTRIBUTE", "CHANGENETWORK", "net", "nickname"]),
             ("BOUNCER FROB", ["BOUNCER", "UNKNOWN_COMMAND", "FROB"]),
+            ("BOUNCER :FROB NICATE", ["BOUNCER", "UNKNOWN_COMMAND", "FROB_NICATE"]),
+            ("BOUNCER ADDNETWORK :=x", ["BOUNCER", "UNKNOWN_ATTRIBUTE", "ADDNETWORK", "*", "*"]),
+            ("BOUNCER DELNETWORK ::x", ["BOUNCER", "INVALID_NETID", "DELNETWORK", "*"]),
             ("BOUNCER BIND net", ["BOUNCER", "REGISTRATION_IS_COMPLETED", "BIND"])):
         f = fail_of(bouncer_replies(ctx, c, line, fail_of))
         check(f[0][:len(want)] == want, "%s: FAIL %s, want %s" % (line, f, want))
