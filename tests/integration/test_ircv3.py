@@ -558,6 +558,10 @@ def test_ircv3_bouncer_networks(ctx):
                    pass_line="u000:%s" % s.password, bind="net2", nick="bn2y")
     ctx.loop.run_until(lambda: isupport(c3).get("BOUNCER_NETID") == "net2", 15,
                        "net2's client bound (005 BOUNCER_NETID=net2)")
+    c3s = bn_client(ctx, b, "net2sasl", ["sasl", "soju.im/bouncer-networks"],
+                    sasl=("u000", s.password), bind="net2", nick="bn2y")
+    ctx.loop.run_until(lambda: isupport(c3s).get("BOUNCER_NETID") == "net2", 15,
+                       "a SASL client bound to net2 (not the first network)")
     got = bouncer_replies(ctx, c, "BOUNCER LISTNETWORKS",
                           lambda ms: [m for m in ms if m.command == "BATCH"
                                       and m.param(0, "").startswith("-")])
@@ -585,7 +589,7 @@ def test_ircv3_bouncer_networks(ctx):
     check([m.params for m in got if m.command in ("BOUNCER", "FAIL")]
           == [["DELNETWORK", "net2"]], "DELNETWORK: %s" % [m.raw for m in got])
     check("u000/net2" not in open(b.config).read(), "net2 still in the file")
-    ctx.loop.run_until(lambda: c3.closed, 15, "net2's client closed")
+    ctx.loop.run_until(lambda: c3.closed and c3s.closed, 15, "net2's clients closed")
 
     # BIND hostile or unknown; the cap is needed for a bare user
     c4 = bn_client(ctx, b, "long", ["soju.im/bouncer-networks"],
