@@ -341,6 +341,9 @@ int config_diff_keep_running(struct baton_config *to,
 		case CONFIG_CANARY:
 			if (k->type == CONFIG_CUSTOM && k->section == CONFIG_LISTEN)
 				continue; /* irc/ircs: the list, below */
+			if (strcmp(k->name, "user_networks") == 0)
+				continue; /* the supervisor's, read at each edit:
+					   * the worker's help says the file's */
 			if (copy_key(k, to, from) < 0)
 				return -ENOMEM;
 			break;

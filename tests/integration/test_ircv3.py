@@ -406,6 +406,7 @@ def test_ircv3_service(ctx):
           "reload of user_networks: %s %s" % (rc, out))
     got = ask_service(ctx, c, "network add net2", "Not done")
     check("user_networks = list" in got[-1], "add with list: %s" % got)
+    ask_service(ctx, c, "help", "What you may do here: list and status only")
     got = ask_service(ctx, c, "network set net nick=zz", "Not done")
     check("user_networks = list" in got[-1], "set with list: %s" % got)
     ask_service(ctx, c, "network list", "1 network")
