@@ -267,6 +267,7 @@ static void cmd_help(struct client *cl)
 	service_notice(cl, "  network status [NAME]         the state of one network (this one without NAME)");
 	service_notice(cl, "  network add NAME [KEY=VALUE ...]  a network the operator defined, for you");
 	service_notice(cl, "  network set NAME KEY=VALUE ...    change nick, username, realname or channels (KEY= removes it)");
+	service_notice(cl, "  (a VALUE has no spaces: channels=#a,#b)");
 	service_notice(cl, "  network del NAME              delete your network NAME");
 	service_notice(cl, "What you may do here: %s. A change is made in the bouncer's config file and applied at once.",
 		       level_text(bouncer_config(cl->b)));
