@@ -17,6 +17,7 @@
 #include "common/config_edit.h"
 #include "common/json_builder.h"
 #include "common/passhash.h"
+#include "common/session_edit.h"
 
 #define CTL_PASSWORD_MAX 1024 /* bytes of a password read */
 
@@ -227,36 +228,6 @@ static int split_session(const char *arg, char *buf, size_t len,
 	return 0;
 }
 
-/* KEY=VALUE arguments into the section (KEY= removes the key). */
-static int apply_pairs(struct config_edit *e, const char *section, int n,
-		       char **pairs, char *err, size_t errlen)
-{
-	for (int i = 0; i < n; i++) {
-		char key[128];
-		const char *eq = strchr(pairs[i], '=');
-		int r;
-
-		if (eq == NULL || eq == pairs[i] || (size_t)(eq - pairs[i]) >= sizeof(key)) {
-			snprintf(err, errlen, "expected KEY=VALUE, got '%s'", pairs[i]);
-			return -EINVAL;
-		}
-		snprintf(key, sizeof(key), "%.*s", (int)(eq - pairs[i]), pairs[i]);
-		if (strcmp(key, "password") == 0) {
-			snprintf(err, errlen, "a session has no password (batonctl user passwd sets the user's)");
-			return -EINVAL;
-		}
-		r = eq[1] == '\0' ? config_edit_unset(e, section, key)
-				  : config_edit_set(e, section, key, eq + 1);
-		if (r == -ENOENT && eq[1] == '\0')
-			r = 0; /* removing what is not there */
-		if (r < 0) {
-			snprintf(err, errlen, "[%s] %s: %s", section, key, edit_error(r));
-			return r;
-		}
-	}
-	return 0;
-}
-
 enum ctl_users_outcome ctl_users_run(const char *config_path, const char *cmd,
 				     int nargs, char **args,
 				     const struct ctl_users_opts *o, char *note,
@@ -300,11 +271,35 @@ enum ctl_users_outcome ctl_users_run(const char *config_path, const char *cmd,
 		   ((strcmp(action, "add") == 0 && nargs >= 2) ||
 		    (strcmp(action, "del") == 0 && nargs == 2) ||
 		    (strcmp(action, "set") == 0 && nargs >= 3))) {
+		bool refused = false;
+		char why[700];
+
 		if (split_session(args[1], namebuf, sizeof(namebuf), &user, &network) < 0) {
 			snprintf(err, errlen, "%s: expected USER/NETWORK, got '%s'", kind, args[1]);
 			goto done;
 		}
-		snprintf(section, sizeof(section), "user %s/%s", user, network);
+		if (o->purge || o->password_hash || o->password_stdin) {
+			snprintf(err, errlen, o->purge ? "--purge goes with user del"
+				 : "--password-hash and --password-stdin go with user add and user passwd");
+			goto done;
+		}
+		/* The path a user's edit from a client takes too (the
+		 * supervisor's, supervisor/user_edit.c). */
+		r = session_edit_apply(config_path, (enum session_edit_op)session_edit_op_parse(action),
+				       user, network, args + 2, (size_t)(nargs - 2), &pr,
+				       &refused, why, sizeof(why));
+		if (r == 0) {
+			snprintf(note, notelen, "session %s/%s %s", user, network,
+				 strcmp(action, "add") == 0 ? "added" :
+				 strcmp(action, "del") == 0 ? "removed" : "changed");
+			out = CTL_USERS_EDITED;
+		} else if (refused) {
+			*refusal = refusal_json(kind, why, pr.n ? &pr : NULL, NULL, config_path);
+			out = CTL_USERS_REFUSED;
+		} else {
+			snprintf(err, errlen, "%s", why);
+		}
+		goto done;
 	} else {
 		snprintf(err, errlen, "%s: unknown action or wrong arguments", kind);
 		goto done;
@@ -362,21 +357,6 @@ enum ctl_users_outcome ctl_users_run(const char *config_path, const char *cmd,
 			}
 		snprintf(note, notelen, "user %s removed%s", user,
 			 o->purge ? " (--purge: no history is stored on disk yet; nothing else to delete)" : "");
-	} else if (strcmp(kind, "network add") == 0) {
-		r = config_edit_has_section(e, section) ? -EEXIST
-			: config_edit_add_section(e, section);
-		if (r == 0 && apply_pairs(e, section, nargs - 2, args + 2, err, errlen) < 0)
-			goto done;
-		snprintf(note, notelen, "session %s/%s added", user, network);
-	} else if (strcmp(kind, "network del") == 0) {
-		r = config_edit_del_section(e, section);
-		snprintf(note, notelen, "session %s/%s removed", user, network);
-	} else { /* network set */
-		if (!config_edit_has_section(e, section))
-			r = -ENOENT;
-		else if (apply_pairs(e, section, nargs - 2, args + 2, err, errlen) < 0)
-			goto done;
-		snprintf(note, notelen, "session %s/%s changed", user, network);
 	}
 	if (r < 0) {
 		char why[700];

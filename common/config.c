@@ -470,6 +470,22 @@ void config_parse_member_lists(struct config_parse *ps, const struct config_key 
 				   value);
 }
 
+void config_parse_user_networks(struct config_parse *ps, const struct config_key *k,
+				void *cfg, const char *value)
+{
+	struct baton_config *c = cfg;
+
+	if (strcmp(value, "list") == 0)
+		c->user_networks = CONFIG_USER_NETWORKS_LIST;
+	else if (strcmp(value, "change") == 0)
+		c->user_networks = CONFIG_USER_NETWORKS_CHANGE;
+	else if (strcmp(value, "add") == 0)
+		c->user_networks = CONFIG_USER_NETWORKS_ADD;
+	else
+		config_key_problem(ps, k->name, "expected list, change or add, got '%s'",
+				   value);
+}
+
 /* Repeated bind lines add to the pool (a line holds at most 199
  * characters). */
 void config_parse_bind(struct config_parse *ps, const struct config_key *k,

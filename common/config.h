@@ -108,6 +108,14 @@ struct baton_config {
 	char *state_dir;
 	int handoff_timeout_s;
 	char *metrics;          /* "HOST:PORT" or NULL: off */
+	/* What users may do to their own sessions from a client (*baton,
+	 * soju.im/bouncer-networks: sessiond/service.h). The supervisor,
+	 * which makes the edit, checks it against the file as it is then. */
+	enum config_user_networks {
+		CONFIG_USER_NETWORKS_CHANGE = 0, /* default: list, change keys */
+		CONFIG_USER_NETWORKS_LIST,       /* list and status only */
+		CONFIG_USER_NETWORKS_ADD,        /* change, add and delete */
+	} user_networks;
 
 	/* [sessiond] */
 	int backlog_lines;      /* per buffer */

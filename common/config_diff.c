@@ -79,6 +79,9 @@ static bool key_eq(const struct config_key *k, const void *a, const void *b,
 		if (strcmp(k->name, "member_lists") == 0)
 			return *(const enum config_member_lists *)pa ==
 			       *(const enum config_member_lists *)pb;
+		if (strcmp(k->name, "user_networks") == 0)
+			return *(const enum config_user_networks *)pa ==
+			       *(const enum config_user_networks *)pb;
 		return str_eq(*(char *const *)pa, *(char *const *)pb);
 	default:
 		return str_eq(*(char *const *)pa, *(char *const *)pb);
@@ -267,6 +270,10 @@ static int copy_key(const struct config_key *k, void *a, const void *b)
 			memcpy(pa, pb, sizeof(enum config_member_lists));
 			return 0;
 		}
+		if (strcmp(k->name, "user_networks") == 0) {
+			memcpy(pa, pb, sizeof(enum config_user_networks));
+			return 0;
+		}
 		return str_copy((char **)pa, *(char *const *)pb); /* tls_fingerprint */
 	default:
 		return str_copy((char **)pa, *(char *const *)pb);
@@ -334,6 +341,9 @@ int config_diff_keep_running(struct baton_config *to,
 		case CONFIG_CANARY:
 			if (k->type == CONFIG_CUSTOM && k->section == CONFIG_LISTEN)
 				continue; /* irc/ircs: the list, below */
+			if (strcmp(k->name, "user_networks") == 0)
+				continue; /* the supervisor's, read at each edit:
+					   * the worker's help says the file's */
 			if (copy_key(k, to, from) < 0)
 				return -ENOMEM;
 			break;

@@ -57,8 +57,9 @@ void config_diff_clear(struct config_diff *d);
  * live: give `to` (a config nobody uses yet) copies of the values `from`
  * has for every key of the global sections and of every [network] both
  * have, except the network keys named in `live` (NULL-terminated; NULL:
- * none), which keep `to`'s. 0, or -ENOMEM with `to` partly changed (free
- * it). */
+ * none), which keep `to`'s, and [supervisor] user_networks (the
+ * supervisor reads it at each user's edit: `to` keeps the file's). 0, or
+ * -ENOMEM with `to` partly changed (free it). */
 int config_diff_keep_running(struct baton_config *to,
 			     const struct baton_config *from,
 			     const char *const *live);

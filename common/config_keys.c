@@ -38,6 +38,18 @@ const struct config_key config_keys[] = {
 	  .offset = G(metrics),
 	  .doc_default = "off",
 	  .doc = "`HOST:PORT` for Prometheus metrics over HTTP" },
+	{ CONFIG_SUPERVISOR, "user_networks", CONFIG_CUSTOM,
+	  .offset = G(user_networks),
+	  .parse = config_parse_user_networks,
+	  .doc_default = "`change`",
+	  .doc = "what users may do to their own sessions from their client "
+		 "(`/msg *baton help`, `soju.im/bouncer-networks`): `list` shows "
+		 "their sessions and their state; `change` also sets `nick`, "
+		 "`username`, `realname` and `channels` of a session; `add` also "
+		 "adds and deletes sessions on the `[network]`s of this file. An "
+		 "edit goes through the supervisor like `batonctl network "
+		 "add|set|del` (the file edited in place, then reloaded); the "
+		 "supervisor checks this key in the file as it is at each edit" },
 
 	/* ---- [sessiond] ---- */
 	{ CONFIG_SESSIOND, "backlog_lines", CONFIG_INT,

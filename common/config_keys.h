@@ -74,6 +74,8 @@ void config_parse_bind(struct config_parse *ps, const struct config_key *k,
 			  void *network, const char *value);
 void config_parse_member_lists(struct config_parse *ps, const struct config_key *k,
 			       void *network, const char *value);
+void config_parse_user_networks(struct config_parse *ps, const struct config_key *k,
+				void *cfg, const char *value);
 void config_parse_channels(struct config_parse *ps, const struct config_key *k,
 			  void *session, const char *value);
 void config_parse_sasl(struct config_parse *ps, const struct config_key *k,

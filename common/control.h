@@ -37,6 +37,8 @@ enum control_type {
 	CONTROL_ADOPT = 13,
 	CONTROL_RELOAD = 14,          /* supervisor -> worker */
 	CONTROL_RELOAD_RESULT = 15,   /* worker -> supervisor, one per RELOAD */
+	CONTROL_NETWORK_EDIT = 16,    /* worker -> supervisor (a user's edit) */
+	CONTROL_NETWORK_EDIT_RESULT = 17, /* supervisor -> worker, one per edit */
 };
 
 /* The relay latency histogram of HEALTH (Health.relay_latency_buckets):

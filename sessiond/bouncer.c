@@ -1,6 +1,7 @@
 /* sessiond/bouncer.c: the registry of a worker's sessions and pending
  * clients, the listeners, and the item interface used by migrations. */
 #include "sessiond/bouncer.h"
+#include "sessiond/bouncer_networks.h"
 #include "common/clock.h"
 
 #include <arpa/inet.h>
@@ -1812,9 +1813,16 @@ static int reload_notes(const struct config_diff *d, const struct baton_config *
 			break;
 		}
 		case CONFIG_SCOPE_GLOBAL:
-			r = reload_note(&res->later, &res->nlater,
-					"[%s] %s (at the next upgrade)",
-					c->section, c->key);
+			/* user_networks is the supervisor's, read from the
+			 * file at each user's edit (supervisor/user_edit.h) */
+			if (strcmp(c->key, "user_networks") == 0)
+				r = reload_note(&res->changed, &res->nchanged,
+						"[%s] %s (from the next edit by a user)",
+						c->section, c->key);
+			else
+				r = reload_note(&res->later, &res->nlater,
+						"[%s] %s (at the next upgrade)",
+						c->section, c->key);
 			break;
 		case CONFIG_SCOPE_USER:
 			r = reload_note(&res->changed, &res->nchanged,
@@ -1891,6 +1899,7 @@ int bouncer_reload(struct bouncer *b, struct baton_config *next,
 			reload_channels(s, config_find_session(from, c->user, c->network),
 					config_find_session(next, c->user, c->network));
 	}
+	bouncer_networks_reloaded(from, next); /* -notify clients */
 	bouncer_start_configured(b); /* the new sessions */
 	config_diff_clear(&d);
 	config_free(b->owned_cfg); /* `from`, when an earlier reload made it */

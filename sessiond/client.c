@@ -17,11 +17,14 @@
 #include "common/log.h"
 #include "common/names.h"
 #include "sessiond/authpool.h"
+#include "sessiond/bouncer_networks.h"
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
 #include "sessiond/health.h"
 #include "sessiond/irc.h"
 #include "sessiond/sasl_mech.h"
+#include "sessiond/service.h"
+#include "sessiond/stdreply.h"
 
 /* Capabilities offered to clients, defined once (canonical order is the
  * order here; state.c serializes in it). */
@@ -41,6 +44,11 @@ static const struct {
 	{ "setname", CLIENT_CAP_SETNAME },
 	{ "invite-notify", CLIENT_CAP_INVITE_NOTIFY },
 	{ "sasl", CLIENT_CAP_SASL },
+	{ "cap-notify", CLIENT_CAP_CAP_NOTIFY },
+	{ "batch", CLIENT_CAP_BATCH },
+	{ "soju.im/bouncer-networks", CLIENT_CAP_BOUNCER_NETWORKS },
+	{ "soju.im/bouncer-networks-notify", CLIENT_CAP_BOUNCER_NETWORKS_NOTIFY },
+	{ "standard-replies", CLIENT_CAP_STANDARD_REPLIES },
 };
 #define NCLIENT_CAPS (sizeof(client_caps) / sizeof(client_caps[0]))
 /* Targets of one PRIVMSG/NOTICE stored in the backlog (more are sent to
@@ -92,6 +100,8 @@ void client_free(struct client *cl)
 	bouncer_tls_handshake_end(cl->b, cl);
 	bouncer_auth_cancel(cl->b, cl);
 	bouncer_login_drop(cl->b, cl, false); /* a charge stays */
+	service_client_gone(cl);
+	bouncer_networks_client_gone(cl);
 	if (cl->pending_counted)
 		bouncer_forget_pending(cl->b, cl);
 	conn_release(cl->conn);
@@ -404,7 +414,7 @@ static void client_quit(struct client *cl)
 static void client_cap(struct client *cl, struct irc_msg *m)
 {
 	const char *nick = cl->phase == CLIENT_ATTACHED ? client_nick(cl) : (cl->nick ? cl->nick : "*");
-	char list[256] = "";
+	char list[512] = "";
 
 	if (m->nparams < 1)
 		return;
@@ -412,6 +422,10 @@ static void client_cap(struct client *cl, struct irc_msg *m)
 	if (strcasecmp(sub, "LS") == 0) {
 		if (cl->phase == CLIENT_PENDING)
 			cl->cap_negotiating = true;
+		if (m->nparams >= 2 && atoi(m->params[1]) >= 302) {
+			cl->cap_302 = true;
+			cl->caps |= CLIENT_CAP_CAP_NOTIFY;
+		}
 		for (size_t i = 0; i < NCLIENT_CAPS; i++) {
 			if (i)
 				strcat(list, " ");
@@ -442,17 +456,20 @@ static void client_cap(struct client *cl, struct irc_msg *m)
 		     t = strtok_r(NULL, " ", &save)) {
 			bool neg = t[0] == '-';
 			unsigned bit = client_cap_from_name(neg ? t + 1 : t);
-			if (!bit)
+			if (!bit || (neg && bit == CLIENT_CAP_CAP_NOTIFY && cl->cap_302))
 				ok = false;
 			else if (neg)
 				del |= bit;
 			else
 				add |= bit;
 		}
+		unsigned before = cl->caps;
 		if (ok)
 			cl->caps = (cl->caps | add) & ~del;
 		conn_sendf(cl->conn, ":%s CAP %s %s :%s", BATON_SERVER_NAME, nick,
 			   ok ? "ACK" : "NAK", m->params[1]);
+		if (cl->caps != before) /* -notify asked once attached: the list now */
+			bouncer_networks_client_update(cl, !(before & CLIENT_CAP_BOUNCER_NETWORKS_NOTIFY));
 	} else if (strcasecmp(sub, "END") == 0) {
 		cl->cap_negotiating = false;
 	} else {
@@ -521,6 +538,9 @@ static int client_credentials(const struct client *cl, char **ident,
 	} else if (cl->user && strchr(cl->user, '/')) {
 		*ident = strdup(cl->user);
 		*password = cl->pass;
+	} else if (cl->caps & CLIENT_CAP_BOUNCER_NETWORKS) {
+		/* a user without a network: BOUNCER BIND's, or the first */
+		return bouncer_networks_ident(cl, ident, password);
 	} else {
 		return 0;
 	}
@@ -727,9 +747,9 @@ void client_route(struct client *cl)
 	if (!s) {
 		log_info("client", "%s/%s: session not available here",
 			 cl->fwd_user, cl->fwd_network);
-		conn_sendf(cl->conn, ":%s NOTICE %s :Session %s/%s is not available right now, please reconnect",
-			   BATON_SERVER_NAME, cl->nick ? cl->nick : "*",
-			   cl->fwd_user, cl->fwd_network);
+		stdreply(cl, "FAIL", "*", "SESSION_UNAVAILABLE",
+			 "Session %s/%s is not available right now, please reconnect",
+			 cl->fwd_user, cl->fwd_network);
 		client_error_close(cl, NULL, "session not available");
 		return;
 	}
@@ -904,8 +924,9 @@ static void client_notice_gaps(struct client *cl, uint64_t pos)
 	if (g.n > g.shown)
 		snprintf(g.text + g.len, sizeof(g.text) - g.len, "%s%zu more",
 			 g.shown ? " and " : "", g.n - g.shown);
-	conn_sendf(cl->conn, ":%s NOTICE %s :Backlog: some lines since you were last here were dropped (backlog limits: oldest lines first)%s%s%s",
-		   BATON_SERVER_NAME, client_nick(cl), g.n ? " in " : "", g.text,
+	stdreply(cl, "WARN", "*", "BACKLOG_DROPPED",
+		 "Backlog: some lines since you were last here were dropped (backlog limits: oldest lines first)%s%s%s",
+		 g.n ? " in " : "", g.text,
 		   evicted ? (g.n ? "; and whole conversations were dropped" :
 				    ": whole conversations were dropped") : "");
 }
@@ -971,8 +992,10 @@ static void send_isupport(struct client *cl)
 	if (h <= 0 || (size_t)h + tl >= CLIENT_LINE_MAX)
 		return; /* no room for a single token */
 	size_t head = (size_t)h, len = head, ntok = 0;
-	for (size_t i = 0; i < s->nisupport; i++) {
-		const char *tok = s->isupport[i];
+	char netid[80];
+	const char *extra = bouncer_networks_isupport(cl, netid, sizeof(netid));
+	for (size_t i = 0; i < s->nisupport + (extra != NULL); i++) {
+		const char *tok = i < s->nisupport ? s->isupport[i] : extra;
 		size_t n = strlen(tok);
 		if (n == 0 || head + 1 + n + tl > CLIENT_LINE_MAX)
 			continue;
@@ -1110,6 +1133,7 @@ void client_resume(struct client *cl)
 {
 	if (cl->phase != CLIENT_ATTACHED || !cl->s || conn_is_dead(cl->conn))
 		return;
+	bouncer_networks_client_update(cl, false); /* an adopted -notify client */
 	uint64_t next = backlog_next_seq(cl->s->backlog);
 	if (!cl->replaying && (next <= 1 || cl->delivered_seq >= next - 1))
 		return;
@@ -1146,11 +1170,11 @@ void client_attach(struct client *cl, struct session *s)
 	char why[512];
 	if (!session_upstream_ready(s) &&
 	    bouncer_wait_text(s->b, s, why, sizeof(why)))
-		conn_sendf(cl->conn, ":%s NOTICE %s :%s", BATON_SERVER_NAME,
-			   client_nick(cl), why);
+		stdreply(cl, "NOTE", "*", "UPSTREAM_WAITING", "%s", why);
 	else if (!session_upstream_ready(s))
-		conn_sendf(cl->conn, ":%s NOTICE %s :%s is disconnected; reconnecting",
-			   BATON_SERVER_NAME, client_nick(cl), s->network);
+		stdreply(cl, "NOTE", "*", "UPSTREAM_DISCONNECTED",
+			 "%s is disconnected; reconnecting", s->network);
+	bouncer_networks_client_update(cl, true); /* -notify: the list */
 }
 
 /* ---- commands ---- */
@@ -1201,6 +1225,10 @@ static void client_pending_line(struct client *cl, struct irc_msg *m)
 		return;
 	} else if (strcasecmp(cmd, "AUTHENTICATE") == 0) {
 		client_sasl(cl, m);
+		return;
+	} else if (strcasecmp(cmd, "BOUNCER") == 0 &&
+		   (cl->caps & CLIENT_CAP_BOUNCER_NETWORKS)) {
+		bouncer_networks_command(cl, m);
 		return;
 	} else if (strcasecmp(cmd, "PASS") == 0 || strcasecmp(cmd, "NICK") == 0 ||
 		   strcasecmp(cmd, "USER") == 0) {
@@ -1279,9 +1307,15 @@ static void client_message(struct client *cl, struct irc_msg *m, const char *cmd
 				   client_srv(cl), client_nick(cl));
 		return;
 	}
+	if (service_is_target(m->params[0])) {
+		/* the bouncer's own service: never the network's */
+		if (strcmp(cmd, "PRIVMSG") == 0)
+			service_message(cl, m->params[1]);
+		return;
+	}
 	if (!session_upstream_ready(s)) {
-		conn_sendf(cl->conn, ":%s NOTICE %s :%s is disconnected: message not sent",
-			   BATON_SERVER_NAME, client_nick(cl), s->network);
+		stdreply(cl, "FAIL", cmd, "UPSTREAM_DISCONNECTED",
+			 "%s is disconnected: message not sent", s->network);
 		return;
 	}
 	if (upstream_send(s, fwd) < 0) {
@@ -1361,6 +1395,9 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 		/* never the network's: a SASL login is before registration */
 		conn_sendf(cl->conn, ":%s 907 %s :You have already authenticated",
 			   client_srv(cl), client_nick(cl));
+	} else if (strcasecmp(cmd, "BOUNCER") == 0 &&
+		   (cl->caps & CLIENT_CAP_BOUNCER_NETWORKS)) {
+		bouncer_networks_command(cl, m); /* baton's, never the network's */
 	} else if (strcasecmp(cmd, "PASS") == 0 || strcasecmp(cmd, "USER") == 0) {
 		conn_sendf(cl->conn, ":%s 462 %s :You may not reregister",
 			   client_srv(cl), client_nick(cl));
@@ -1385,8 +1422,8 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 		client_message(cl, m, strcasecmp(cmd, "PRIVMSG") == 0 ? "PRIVMSG" : "NOTICE",
 			       raw);
 	} else if (!s->up || s->up->phase < UP_WELCOMED) {
-		conn_sendf(cl->conn, ":%s NOTICE %s :%s is disconnected: command not sent",
-			   BATON_SERVER_NAME, client_nick(cl), s->network);
+		stdreply(cl, "FAIL", cmd, "UPSTREAM_DISCONNECTED",
+			 "%s is disconnected: command not sent", s->network);
 	} else {
 		if (strcasecmp(cmd, "AWAY") == 0) {
 			bool set = m->nparams && m->params[0][0];
@@ -1394,8 +1431,8 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 			if (set && !away) {
 				/* Not sent either: the network and the session
 				 * (what the next client is told) stay alike. */
-				conn_sendf(cl->conn, ":%s NOTICE %s :out of memory: AWAY not sent",
-					   BATON_SERVER_NAME, client_nick(cl));
+				stdreply(cl, "FAIL", "AWAY", "OUT_OF_MEMORY",
+					 "out of memory: AWAY not sent");
 				return;
 			}
 			free(s->away);

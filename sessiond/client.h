@@ -34,6 +34,13 @@ enum client_cap {
 	CLIENT_CAP_SETNAME = 1u << 9,
 	CLIENT_CAP_INVITE_NOTIFY = 1u << 10,
 	CLIENT_CAP_SASL = 1u << 11, /* SASL PLAIN as a login (before registration) */
+	/* CAP NEW/DEL (implied by CAP LS 302, then not to be disabled): baton's
+	 * offer does not depend on the network, so none is ever sent */
+	CLIENT_CAP_CAP_NOTIFY = 1u << 12,
+	CLIENT_CAP_BATCH = 1u << 13, /* baton's own batches (bouncer_networks.h) */
+	CLIENT_CAP_BOUNCER_NETWORKS = 1u << 14, /* soju.im/bouncer-networks */
+	CLIENT_CAP_BOUNCER_NETWORKS_NOTIFY = 1u << 15, /* ...-notify */
+	CLIENT_CAP_STANDARD_REPLIES = 1u << 16, /* baton's notes as FAIL/WARN/NOTE */
 };
 
 enum client_phase {
@@ -89,6 +96,10 @@ struct client {
 	uint64_t serial;
 	unsigned caps;          /* enum client_cap */
 	bool cap_negotiating;
+	/* CAP LS 302 (or later) seen: cap-notify is on and may not be turned
+	 * off (IRCv3 capability negotiation). Not serialized: after a
+	 * migration a -cap-notify is ACKed (harmless: none is sent). */
+	bool cap_302;
 	/* SASL login (client.c): AUTHENTICATE PLAIN chosen, its message being
 	 * reassembled (sasl_in, owned, NULL: none), its password check in
 	 * flight (sasl_checking: client_auth_done() answers 903/904 instead of

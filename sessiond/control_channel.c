@@ -6,6 +6,7 @@
  * socket (rendezvous.h); an orphan with no session left (the source of a
  * migration that committed, a target that got nothing) exits. */
 #include "sessiond/control_channel.h"
+#include "sessiond/service.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -535,6 +536,26 @@ static void channel_reload(struct control_channel *w)
 	config_problems_clear(&pr);
 }
 
+/* A user's edit (service.h): to the supervisor, which answers
+ * NETWORK_EDIT_RESULT. Bounded by service.c (one per client, a table). */
+static int channel_send_edit(void *arg, uint64_t id, const char *user,
+			     const char *network, const char *op,
+			     char *const *pairs, size_t npairs)
+{
+	struct control_channel *w = arg;
+	Baton__Control__NetworkEdit e = BATON__CONTROL__NETWORK_EDIT__INIT;
+
+	if (w->orphaned || w->out == NULL)
+		return -ENOTCONN;
+	e.id = id;
+	e.user = (char *)user;
+	e.network = (char *)network;
+	e.op = (char *)op;
+	e.n_pairs = npairs;
+	e.pairs = (char **)pairs;
+	return channel_push(w, CONTROL_NETWORK_EDIT, &e.base, CONTROL_QUEUE_MUST);
+}
+
 static void channel_dispatch(struct control_channel *w, struct frame_msg *msg)
 {
 	switch (msg->type) {
@@ -597,6 +618,18 @@ static void channel_dispatch(struct control_channel *w, struct frame_msg *msg)
 	case CONTROL_RELOAD:
 		channel_reload(w);
 		break;
+	case CONTROL_NETWORK_EDIT_RESULT: {
+		Baton__Control__NetworkEditResult *r =
+			baton__control__network_edit_result__unpack(NULL, msg->len, msg->data);
+
+		if (r == NULL) {
+			log_error("worker", "malformed NETWORK_EDIT_RESULT");
+			break;
+		}
+		service_edit_result(r->id, r->ok, r->message);
+		baton__control__network_edit_result__free_unpacked(r, NULL);
+		break;
+	}
 	case CONTROL_EXIT:
 		log_info("worker", "exit requested by the supervisor");
 		/* Clients the peer forwarded to us while we were leaving go
@@ -676,6 +709,7 @@ struct control_channel *control_channel_new(struct event_base *base, int fd, str
 	}
 	event_add(w->ev, NULL);
 	channel_lag_tick(-1, 0, w);
+	service_set_sender(channel_send_edit, w);
 	return w;
 }
 
@@ -683,6 +717,7 @@ void control_channel_free(struct control_channel *w)
 {
 	if (w == NULL)
 		return;
+	service_set_sender(NULL, NULL);
 	if (w->ev != NULL)
 		event_free(w->ev);
 	if (w->lag_ev != NULL)

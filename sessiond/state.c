@@ -289,7 +289,7 @@ static Baton__State__Connection *ser_client(struct arena *a, struct client *cl,
 		a, cl->conn, idx,
 		cl->phase == CLIENT_ATTACHED ? BATON__STATE__CONN_ROLE__CONN_ROLE_CLIENT
 					     : BATON__STATE__CONN_ROLE__CONN_ROLE_PENDING);
-	const char *names[16]; /* every client cap (client.c) */
+	const char *names[32]; /* every client cap (client.c; bits of an unsigned) */
 
 	if (!pc)
 		return NULL;

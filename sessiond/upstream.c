@@ -4,6 +4,7 @@
  * reconnect with backoff. */
 #include "sessiond/session.h"
 #include "common/clock.h"
+#include "sessiond/bouncer_networks.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -504,6 +505,7 @@ static int upstream_connect_to(struct session *s, int gov_slot,
 		   cs->username ? cs->username : u->nick_attempt,
 		   cs->realname ? cs->realname : u->nick_attempt);
 	s->up = u;
+	bouncer_networks_state_changed(s); /* connecting */
 	log_info("upstream", "%s: connecting to %s:%s from %s", s->key, net->host,
 		 port, src ? src : "*");
 	if (s->item.state == ITEM_LIVE)
@@ -570,6 +572,7 @@ void upstream_lost(struct session *s)
 	s->up = NULL;
 	upstream_free(u); /* releases the slot; the throttle below still
 			   * names the address by index */
+	bouncer_networks_state_changed(s); /* disconnected */
 	/* Keep the channel list (rejoined after the reconnect); members are
 	 * stale from now on. */
 	for (size_t i = 0; i < s->nchannels; i++) {
@@ -938,6 +941,8 @@ static bool h_001(struct up_ctx *x)
 	bool first = x->u->phase < UP_WELCOMED;
 	x->u->phase = UP_WELCOMED;
 	x->u->cap_negotiating = false;
+	if (first)
+		bouncer_networks_state_changed(s); /* connected */
 	x->u->next_ping_ms = clock_mono_ms() + cfg_ping_interval_ms(s);
 	if (s->item.state == ITEM_LIVE)
 		upstream_schedule_timer(x->u); /* keepalive starts now */

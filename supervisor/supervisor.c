@@ -40,6 +40,7 @@
 #include "supervisor/releases.h"
 #include "supervisor/reload.h"
 #include "supervisor/sysd.h"
+#include "supervisor/user_edit.h"
 #include "supervisor/worker_process.h"
 
 #define STATUS_TIMEOUT_MS 1000
@@ -781,6 +782,7 @@ struct supervisor *supervisor_new(struct event_base *base,
 		return NULL;
 	}
 	event_add(sup->ev_refresh, &refresh);
+	worker_set_edit_handler(user_edit_on_request, sup);
 	if (metrics_set_extra(supervisor_canary_metrics, sup) < 0)
 		log_warn("supervisor", "canary metrics not registered");
 	return sup;
@@ -829,6 +831,7 @@ void supervisor_free(struct supervisor *sup)
 	migration_free(sup->migration);
 	while (sup->status_reqs)
 		supervisor_status_req_free(sup->status_reqs);
+	worker_set_edit_handler(NULL, NULL);
 	reload_free_all(&sup->reloads); /* before the workers they wait on */
 	for (size_t i = 0; i < sup->nworkers; i++) {
 		worker_kill(sup->workers[i]);
@@ -1502,14 +1505,24 @@ void supervisor_detach(struct supervisor *sup, void *arg)
 
 /* --- reload (reload.h) ----------------------------------------------------- */
 
+const char *supervisor_reload_busy(const struct supervisor *sup)
+{
+	return sup->stopping ? "the supervisor is stopping"
+	       : sup->migration != NULL ? "a migration is running: reload after it"
+	       : sup->canary != NULL ? "a canary is running: promote or abort it first"
+	       : sup->active == NULL || !sup->active_serving
+		       ? "no worker is serving (restarting): its start loads the file"
+		       : NULL;
+}
+
+const char *supervisor_config_path(const struct supervisor *sup)
+{
+	return sup->config_path;
+}
+
 void supervisor_reload(struct supervisor *sup, supervisor_reply_cb cb, void *arg)
 {
-	const char *busy = sup->stopping ? "the supervisor is stopping"
-			   : sup->migration != NULL ? "a migration is running: reload after it"
-			   : sup->canary != NULL ? "a canary is running: promote or abort it first"
-			   : sup->active == NULL || !sup->active_serving
-				   ? "no worker is serving (restarting): its start loads the file"
-				   : NULL;
+	const char *busy = supervisor_reload_busy(sup);
 
 	reload_start(sup->base, busy ? NULL : sup->active, sup->config_path, busy,
 		     cb, arg, &sup->reloads);

@@ -97,6 +97,9 @@ void supervisor_detach(struct supervisor *sup, void *arg);
  * applies the config file without an upgrade. Refused while stopping,
  * during a migration or a canary, or with no worker serving. */
 void supervisor_reload(struct supervisor *sup, supervisor_reply_cb cb, void *arg);
+/* Why a reload cannot run now (a migration, a canary...), NULL: it can. */
+const char *supervisor_reload_busy(const struct supervisor *sup);
+const char *supervisor_config_path(const struct supervisor *sup);
 
 /* Canary (canary.h): action "start" (plan), "grow" (percent_x100),
  * "promote", "abort", "status". Refused (with the usual result shape)

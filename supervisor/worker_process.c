@@ -108,6 +108,15 @@ struct worker {
 
 static void worker_ctl_lost(struct worker *w, const char *why);
 
+static worker_edit_cb edit_cb;
+static void *edit_arg;
+
+void worker_set_edit_handler(worker_edit_cb cb, void *arg)
+{
+	edit_cb = cb;
+	edit_arg = arg;
+}
+
 static void worker_emit(struct worker *w, enum worker_event ev, const void *msg)
 {
 	if (w->cb == NULL)
@@ -331,6 +340,25 @@ static void worker_handle(struct worker *w, struct frame_msg *m)
 		else
 			worker_answer_reload(w, r);
 		baton__control__reload_result__free_unpacked(r, NULL);
+		return;
+	}
+	case CONTROL_NETWORK_EDIT: {
+		Baton__Control__NetworkEdit *e =
+			baton__control__network_edit__unpack(NULL, m->len, m->data);
+
+		if (e == NULL) {
+			worker_ctl_lost(w, "malformed NETWORK_EDIT");
+			return;
+		}
+		if (edit_cb != NULL) {
+			w->dispatching++;
+			edit_cb(w, e, edit_arg);
+			w->dispatching--;
+		} else {
+			(void)worker_send_network_edit_result(w, e->id, false,
+							      "the supervisor takes no edits now");
+		}
+		baton__control__network_edit__free_unpacked(e, NULL);
 		return;
 	}
 	default:
@@ -834,6 +862,17 @@ int worker_request_health(struct worker *w, worker_health_cb cb, void *arg)
 void worker_cancel_health(struct worker *w, void *arg)
 {
 	worker_cancel(w, ASK_HEALTH, arg);
+}
+
+int worker_send_network_edit_result(struct worker *w, uint64_t id, bool ok,
+				    const char *message)
+{
+	Baton__Control__NetworkEditResult m = BATON__CONTROL__NETWORK_EDIT_RESULT__INIT;
+
+	m.id = id;
+	m.ok = ok;
+	m.message = (char *)message;
+	return worker_send(w, CONTROL_NETWORK_EDIT_RESULT, &m.base, NULL, 0);
 }
 
 int worker_request_reload(struct worker *w, worker_reload_cb cb, void *arg)

@@ -166,6 +166,17 @@ void worker_set_health_tap(struct worker *w, worker_health_cb cb, void *arg);
  * RELOAD has its own: answers come in order), or with NULL when the control
  * socket is lost first, unless cancelled. Sent without waiting for room. */
 int worker_request_reload(struct worker *w, worker_reload_cb cb, void *arg);
+/* A user's edit from any worker (NETWORK_EDIT: valid during the call),
+ * whoever handles the worker's other events (the supervisor, a migration,
+ * a canary): one handler for the process, set by the supervisor. It
+ * answers with worker_send_network_edit_result(). Without a handler the
+ * request is refused. */
+typedef void (*worker_edit_cb)(struct worker *w,
+			       const Baton__Control__NetworkEdit *e, void *arg);
+void worker_set_edit_handler(worker_edit_cb cb, void *arg);
+/* The answer to a worker's NETWORK_EDIT (message NULL: none). 0 or -errno. */
+int worker_send_network_edit_result(struct worker *w, uint64_t id, bool ok,
+				    const char *message);
 /* The answers of every RELOAD registered with arg are dropped. */
 void worker_cancel_reload(struct worker *w, void *arg);
 

@@ -26,7 +26,8 @@ CHAN = "#chat"
 # baton's CAP LS (sessiond/client.c client_caps), in its order
 OFFERED = ["server-time", "multi-prefix", "echo-message", "away-notify", "userhost-in-names",
            "message-tags", "account-notify", "extended-join", "chghost", "setname",
-           "invite-notify", "sasl"]
+           "invite-notify", "sasl", "cap-notify", "batch", "soju.im/bouncer-networks",
+           "soju.im/bouncer-networks-notify", "standard-replies"]
 
 
 def setup(ctx, tls=False):

@@ -19,13 +19,14 @@ CHAN = "#chat"
 # baton's CAP LS (sessiond/client.c client_caps), in its order
 OFFERED = ["server-time", "multi-prefix", "echo-message", "away-notify", "userhost-in-names",
            "message-tags", "account-notify", "extended-join", "chghost", "setname",
-           "invite-notify", "sasl"]
+           "invite-notify", "sasl", "cap-notify", "batch", "soju.im/bouncer-networks",
+           "soju.im/bouncer-networks-notify", "standard-replies"]
 # What issue 11 asks for and baton does not implement yet: never in CAP LS
 # (advertising what is not implemented is worse than not advertising).
 NOT_YET = ["draft/chathistory", "chathistory", "draft/read-marker", "soju.im/read",
-           "soju.im/bouncer-networks", "soju.im/bouncer-networks-notify",
-           "draft/event-playback", "batch", "labeled-response", "cap-notify",
-           "standard-replies", "draft/multiline", "soju.im/no-implicit-names"]
+           "draft/bouncer-networks",
+           "draft/event-playback", "labeled-response",
+           "draft/multiline", "soju.im/no-implicit-names"]
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
@@ -90,14 +91,16 @@ def privmsgs(c, since=0):
 
 def test_ircv3_cap_negotiation(ctx):
     """CAP LS 302 before registration: exactly baton's capabilities, only
-    `sasl` with a value (`sasl=PLAIN`: its one mechanism), none of NOT_YET (cap-notify among them: CAP 302 enables
-    it implicitly, and baton never sends CAP NEW/DEL, its offer does not
-    change); registration waits for CAP END (no 001 before); a REQ with
-    one unknown name is NAKed as a whole and changes nothing; a REQ of
+    `sasl` with a value (`sasl=PLAIN`: its one mechanism), none of NOT_YET;
+    CAP LS 302 enables cap-notify (listed at once, `-cap-notify` NAKed: it
+    cannot be turned off), and baton never sends CAP NEW/DEL (its offer
+    does not depend on the network); registration waits for CAP END (no
+    001 before); a REQ with one unknown name is NAKed as a whole and
+    changes nothing; a REQ of
     known ones is ACKed with the same list, `-name` removes; CAP LIST says
     what is enabled, also after registration and after an upgrade and a
     rollback (the capabilities travel with the client); no CAP NEW/DEL at
-    any time. CHATHISTORY, MARKREAD and BOUNCER are not baton's: they reach
+    any time. CHATHISTORY, MARKREAD (and BOUNCER from a client without soju.im/bouncer-networks) are not baton's: they reach
     the network, whose 421 comes back, and the session stays."""
     w, b, dave = setup(ctx)
     s = b.sessions[0]
@@ -124,13 +127,13 @@ def test_ircv3_cap_negotiation(ctx):
     n = len(c.lines)
     c.send("CAP LIST")
     lst = wait_cap(ctx, c, "LIST", n, "CAP LIST")
-    check(lst.params[-1].split() == [], "after a NAK, CAP LIST %s (want nothing)" % lst)
+    check(lst.params[-1].split() == ["cap-notify"],
+          "after a NAK, CAP LIST %s (want cap-notify only: CAP LS 302)" % lst)
 
-    for name in ("cap-notify", "batch", "labeled-response", "draft/read-marker",
-                 "soju.im/bouncer-networks"):
+    for name in ("labeled-response", "draft/read-marker", "-cap-notify"):
         n = len(c.lines)
         c.send("CAP REQ %s" % name)
-        wait_cap(ctx, c, "NAK", n, "NAK of %s (not offered)" % name)
+        wait_cap(ctx, c, "NAK", n, "NAK of %s" % name)
 
     want = ["server-time", "echo-message", "message-tags", "multi-prefix"]
     n = len(c.lines)
@@ -140,7 +143,7 @@ def test_ircv3_cap_negotiation(ctx):
     n = len(c.lines)
     c.send("CAP REQ :-multi-prefix")
     wait_cap(ctx, c, "ACK", n, "ACK of -multi-prefix")
-    want = ["server-time", "echo-message", "message-tags"]
+    want = ["server-time", "echo-message", "message-tags", "cap-notify"]
 
     def listed():
         n = len(c.lines)
@@ -290,3 +293,426 @@ def test_ircv3_tags_echo_replay(ctx):
     ctx.loop.run_for(0.3)
     check([t for m in privmsgs(plain, pm) for t in bl.tokens(m.params[-1])] == missed,
           "plain got a replay too: %s" % [m.raw for m in privmsgs(plain, pm)])
+
+
+def baton_notices(c, since=0):
+    """The texts of the NOTICEs from *baton (sessiond/service.c)."""
+    return [m.params[-1] for m in c.msgs("NOTICE", since) if m.nick == "*baton"]
+
+
+def ask_service(ctx, c, text, want, timeout=5):
+    """PRIVMSG *baton :text; waits for a NOTICE of *baton containing want
+    (a substring) and returns every *baton NOTICE since."""
+    n = len(c.lines)
+    c.send("PRIVMSG *baton :%s" % text)
+    ctx.loop.run_until(lambda: any(want in t for t in baton_notices(c, n)) or c.closed,
+                       timeout, "*baton answering %r with %r" % (text, want))
+    check(not c.closed, "client closed: %s" % c.close_reason)
+    return baton_notices(c, n)
+
+
+def setup_service(ctx, level):
+    """A baton whose file has a second [network net2] (the same ngircd) and
+    [supervisor] user_networks = level."""
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=1, channels=[CHAN],
+                 supervisor_opts={"user_networks": level})
+    b.write_config(b.config_text() + "[network net2]\nhost = 127.0.0.1\nport = %d\n"
+                   "connects_per_minute = 6000\nconnect_burst = 10000\n" % ng.port)
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    return ng, b
+
+
+def test_ircv3_service(ctx):
+    """`/msg *baton` (sessiond/service.c), with [supervisor] user_networks =
+    add: help names the commands and what the operator allows; `network
+    list` shows the user's sessions and their state; `network add net2
+    nick=...` goes through the supervisor (control channel NETWORK_EDIT),
+    which edits the file in place (its first comment line kept) and
+    reloads: the new session connects (a client logs in to it) and the
+    list shows it; `network set` changes a key in the file; `network del`
+    removes the section and the session says goodbye to the network.
+    Refused clearly, nothing changed: a key a user may not set
+    (password), an unknown [network], a 65-byte name, 17 words, a
+    KEY=VALUE of 191 bytes, an unknown command. Nothing of it reaches the
+    network (no 401 for *baton). Then the operator sets user_networks =
+    list in the file: add and set are refused (read from the file at each
+    edit, no reload needed; a reload lists it as changed, not "later"),
+    list still answers."""
+    ng, b = setup_service(ctx, "add")
+    s = b.sessions[0]
+    c = bl.bouncer_client(ctx.loop, b, s)
+    dave = bl.direct_user(ctx.loop, ng, "dave", [CHAN])
+    # echo-message: the sender's own line comes back, to it only
+    ec = negotiate(ctx, b, s, "echo", ["echo-message"])
+    ask_service(ctx, ec, "network list", "1 network")
+    check([m.params for m in ec.msgs("PRIVMSG") if m.param(0) == "*baton"]
+          == [["*baton", "network list"]], "echo: %s" % [m.raw for m in ec.msgs("PRIVMSG")])
+    check(not [m for m in c.msgs("PRIVMSG") if m.param(0) == "*baton"],
+          "another client saw the conversation with *baton")
+
+    got = ask_service(ctx, c, "help", "What you may do here")
+    check(any("network add NAME" in t for t in got), "help: %s" % got)
+    check(any("list, add, set and del" in t for t in got), "help does not say the level: %s" % got)
+    got = ask_service(ctx, c, "network list", "1 network")
+    check(any(t.startswith("net (this connection): connected as %s" % s.nick) for t in got),
+          "network list: %s" % got)
+
+    got = ask_service(ctx, c, "network add net2 nick=bn2x channels=#two", "added")
+    check(got[-1].startswith("Done: network net2 added"), "add: %s" % got)
+    text = open(b.config).read()
+    check(text.startswith("; written by tests/integration/batonlib.py\n"),
+          "the file's comment went: %r" % text[:80])
+    check("[user %s/net2]\nnick = bn2x\nchannels = #two\n" % s.user in text,
+          "no new section in the file: %s" % text[-300:])
+    ctx.loop.run_until(lambda: "bn2x" in ng_nicks(ctx, dave), 15, "bn2x on the network")
+    s2 = bl.Session(s.user, "net2", "bn2x", ["#two"], s.password)
+    c2 = bl.bouncer_client(ctx.loop, b, s2)
+    got = ask_service(ctx, c, "network list", "2 networks")
+    check(any(t.startswith("net2: connected as bn2x") for t in got), "list after add: %s" % got)
+
+    got = ask_service(ctx, c, "network set net2 realname=second one", "Not done")
+    check("'one'" in got[-1], "a word without = taken: %s" % got)
+    got = ask_service(ctx, c, "network set net2 realname=second", "changed")
+    check("realname = second\n" in open(b.config).read(), "realname not in the file")
+
+    for cmd, why in (("network set net2 password=x", "nick, username, realname and channels"),
+                     ("network add nope", "no network 'nope'"),
+                     ("network add %s" % ("n" * 65), "1 to 64 bytes"),
+                     ("network set net2 " + " ".join("nick=a" for _ in range(15)), "Too many words"),
+                     ("network set net2 realname=" + "r" * 182, "at most 190 bytes"),
+                     ("network add net2", "you have this network already"),
+                     ("network frob net2", "Unknown command"),
+                     ("network del", "Usage: network del NAME")):
+        before = open(b.config).read()
+        got = ask_service(ctx, c, cmd, why)
+        check(open(b.config).read() == before, "%r changed the file" % cmd[:40])
+        check(not any(t.startswith("Done") for t in got), "%r: %s" % (cmd[:40], got))
+
+    got = ask_service(ctx, c, "network del net2", "deleted")
+    check("[user %s/net2]" % s.user not in open(b.config).read(), "net2 still in the file")
+    ctx.loop.run_until(lambda: c2.closed, 15, "net2's client closed after the del")
+    ctx.loop.run_until(lambda: "bn2x" not in ng_nicks(ctx, dave), 15, "bn2x leaving the network")
+    check(not [m for m in c.msgs("401") if m.param(1, "").lower() == "*baton"],
+          "the network saw a message to *baton")
+
+    # the operator narrows it: read from the file at each edit
+    b.write_config(open(b.config).read().replace("user_networks = add", "user_networks = list"))
+    rc, res, out, err = b.ctl("reload", "--json")
+    check(rc == 0 and res.get("result") == "applied"
+          and res["changed"] == ["[supervisor] user_networks (from the next edit by a user)"]
+          and not res["later"],
+          "reload of user_networks: %s %s" % (rc, out))
+    got = ask_service(ctx, c, "network add net2", "Not done")
+    check("user_networks = list" in got[-1], "add with list: %s" % got)
+    ask_service(ctx, c, "help", "What you may do here: list and status only")
+    got = ask_service(ctx, c, "network set net nick=zz", "Not done")
+    check("user_networks = list" in got[-1], "set with list: %s" % got)
+    ask_service(ctx, c, "network list", "1 network")
+    check("nick = %s\n" % s.nick in open(b.config).read(), "nick changed under list")
+    check(not c.closed, "client closed: %s" % c.close_reason)
+
+
+def ng_nicks(ctx, direct):
+    """Nicks on the network now (ISON through a direct user)."""
+    n = len(direct.lines)
+    direct.send("ISON bn2x")
+    ctx.loop.run_until(lambda: direct.msgs("303", n), 5, "ISON answer")
+    return direct.msgs("303", n)[0].params[-1].split()
+
+
+def bn_client(ctx, b, name, caps, pass_line=None, sasl=None, bind=None, nick="bn000",
+              user="u000", wait=True):
+    """A client with `caps` logging in without a network (soju.im/bouncer-
+    networks): PASS pass_line, or SASL PLAIN sasl=(authcid, password);
+    BOUNCER BIND bind before CAP END. wait: until 001."""
+    import base64
+    c = ctx.loop.connect(b.port, name="bn:%s" % name)
+    c.send("CAP LS 302")
+    if pass_line:
+        c.send("PASS %s" % pass_line)
+    c.send_many(["NICK %s" % nick, "USER %s 0 * :bn test" % user])
+    wait_cap(ctx, c, "LS", 0, "CAP LS")
+    n = len(c.lines)
+    c.send("CAP REQ :%s" % " ".join(caps))
+    wait_cap(ctx, c, "ACK", n, "CAP ACK of %s" % caps)
+    if sasl:
+        n = len(c.lines)
+        c.send("AUTHENTICATE PLAIN")
+        ctx.loop.run_until(lambda: c.msgs("AUTHENTICATE", n), 5, "AUTHENTICATE +")
+        blob = base64.b64encode(("\0%s\0%s" % sasl).encode()).decode()
+        c.send("AUTHENTICATE %s" % blob)
+        ctx.loop.run_until(lambda: c.msgs("903", n) or c.msgs("904", n), 10, "SASL result")
+        check(c.msgs("903", n), "SASL failed: %s" % [m.raw for m in c.msgs(None, n)])
+    if bind:
+        c.send("BOUNCER BIND %s" % bind)
+    c.send("CAP END")
+    if wait:
+        ctx.loop.run_until(lambda: c.registered or c.closed, 15, "%s registered" % name)
+        check(not c.closed, "%s closed: %s" % (name, c.close_reason))
+    return c
+
+
+def isupport(c):
+    return {t.split("=", 1)[0]: (t.split("=", 1) + [""])[1]
+            for m in c.msgs("005") for t in m.params[1:-1]}
+
+
+def bouncer_replies(ctx, c, line, done):
+    """Send line; wait until done(msgs since) and return the msgs since."""
+    n = len(c.lines)
+    c.send(line)
+    ctx.loop.run_until(lambda: done(c.msgs(None, n)) or c.closed, 10, "answer to %r" % line)
+    check(not c.closed, "closed after %r: %s" % (line, c.close_reason))
+    return c.msgs(None, n)
+
+
+def fail_of(msgs):
+    return [m.params for m in msgs if m.command == "FAIL"]
+
+
+def test_ircv3_bouncer_networks(ctx):
+    """soju.im/bouncer-networks against the spec's examples, with
+    [supervisor] user_networks = add and a second [network net2]:
+    binding by SASL PLAIN as the bare user + BOUNCER BIND net before CAP
+    END (BOUNCER_NETID=net in 005); a login as `PASS u000:secret` without
+    BIND binds the user's first network; LISTNETWORKS answers in a
+    soju.im/bouncer-networks batch with name, state, host, port, tls,
+    nickname, username, realname (values escaped as tags); ADDNETWORK
+    name=net2;nickname=bn2y answers `BOUNCER ADDNETWORK net2` once the
+    supervisor edited the file (the *baton path), and a third client binds
+    it by `BOUNCER BIND net2` after PASS; CHANGENETWORK realname goes to
+    the file; DELNETWORK removes the section and net2's client is closed.
+    Errors as the spec says (FAIL BOUNCER ...): READ_ONLY_ATTRIBUTE,
+    INVALID_ATTRIBUTE (a host no [network] has), UNKNOWN_ATTRIBUTE,
+    NEED_ATTRIBUTE, INVALID_NETID (also a 65-byte one), UNKNOWN_COMMAND,
+    REGISTRATION_IS_COMPLETED; nothing changed by any of them. Without
+    the capability `PASS u000:secret` is still refused (464)."""
+    ng, b = setup_service(ctx, "add")
+    s = b.sessions[0]
+
+    # binding to a network (spec example), SASL as the bare user
+    c1 = bn_client(ctx, b, "sasl", ["sasl", "soju.im/bouncer-networks"],
+                   sasl=("u000", s.password), bind="net")
+    bl.wait_attached(ctx.loop, c1, s)
+    check(isupport(c1).get("BOUNCER_NETID") == "net", "005: %s" % isupport(c1))
+
+    # no BIND: the first network; listing (spec example)
+    c = bn_client(ctx, b, "main", ["batch", "soju.im/bouncer-networks"],
+                  pass_line="u000:%s" % s.password)
+    bl.wait_attached(ctx.loop, c, s)
+    got = bouncer_replies(ctx, c, "BOUNCER LISTNETWORKS",
+                          lambda ms: [m for m in ms if m.command == "BATCH"
+                                      and m.param(0, "").startswith("-")])
+    start = [m for m in got if m.command == "BATCH"][0]
+    ref = start.param(0)[1:]
+    check(start.param(0).startswith("+") and start.param(1) == "soju.im/bouncer-networks",
+          "batch start %r" % start.raw)
+    nets = [m for m in got if m.command == "BOUNCER"]
+    check(len(nets) == 1 and nets[0].params[:2] == ["NETWORK", "net"]
+          and tag_dict(nets[0].tags).get("batch") == ref, "LISTNETWORKS: %s" % [m.raw for m in got])
+    attrs = tag_dict(nets[0].params[2])
+    check(attrs == {"name": "net", "state": "connected", "host": "127.0.0.1",
+                    "port": str(ng.port), "tls": "0", "nickname": "bn000",
+                    "username": "u000", "realname": "baton\\stest\\su000"},
+          "attributes %s" % attrs)
+
+    # errors, nothing changed by any
+    before = open(b.config).read()
+    for line, want in (
+            ("BOUNCER CHANGENETWORK net host=example.org",
+             ["BOUNCER", "READ_ONLY_ATTRIBUTE", "CHANGENETWORK", "net", "host"]),
+            ("BOUNCER CHANGENETWORK net state=connected",
+             ["BOUNCER", "READ_ONLY_ATTRIBUTE", "CHANGENETWORK", "net", "state"]),
+            ("BOUNCER ADDNETWORK host=irc.example.org",
+             ["BOUNCER", "INVALID_ATTRIBUTE", "ADDNETWORK", "*", "host"]),
+            ("BOUNCER ADDNETWORK name=net2;colour=blue",
+             ["BOUNCER", "UNKNOWN_ATTRIBUTE", "ADDNETWORK", "*", "colour"]),
+            ("BOUNCER ADDNETWORK nickname=x", ["BOUNCER", "NEED_ATTRIBUTE", "ADDNETWORK", "host"]),
+            ("BOUNCER ADDNETWORK", ["BOUNCER", "NEED_ATTRIBUTE", "ADDNETWORK", "host"]),
+            ("BOUNCER CHANGENETWORK nope realname=x",
+             ["BOUNCER", "INVALID_NETID", "CHANGENETWORK", "nope"]),
+            ("BOUNCER DELNETWORK %s" % ("n" * 65),
+             ["BOUNCER", "INVALID_NETID", "DELNETWORK", "n" * 64]),
+            ("BOUNCER CHANGENETWORK net realname=" + "r" * 182,
+             ["BOUNCER", "INVALID_ATTRIBUTE", "CHANGENETWORK", "net", "realname"]),
+            ("BOUNCER CHANGENETWORK net " + ";".join(["nickname=a"] * 9),
+             ["BOUNCER", "INVALID_ATTRIBUTE", "CHANGENETWORK", "net", "nickname"]),
+            ("BOUNCER FROB", ["BOUNCER", "UNKNOWN_COMMAND", "FROB"]),
+            ("BOUNCER :FROB NICATE", ["BOUNCER", "UNKNOWN_COMMAND", "FROB_NICATE"]),
+            ("BOUNCER ADDNETWORK :=x", ["BOUNCER", "UNKNOWN_ATTRIBUTE", "ADDNETWORK", "*", "*"]),
+            ("BOUNCER DELNETWORK ::x", ["BOUNCER", "INVALID_NETID", "DELNETWORK", "*"]),
+            ("BOUNCER BIND net", ["BOUNCER", "REGISTRATION_IS_COMPLETED", "BIND"])):
+        f = fail_of(bouncer_replies(ctx, c, line, fail_of))
+        check(f[0][:len(want)] == want, "%s: FAIL %s, want %s" % (line, f, want))
+    check(open(b.config).read() == before, "an error changed the file")
+
+    # adding (spec example), then binding it
+    got = bouncer_replies(ctx, c, "BOUNCER ADDNETWORK name=net2;nickname=bn2y;realname=Two\\sWords",
+                          lambda ms: [m for m in ms if m.command in ("BOUNCER", "FAIL")])
+    check([m.params for m in got if m.command in ("BOUNCER", "FAIL")] == [["ADDNETWORK", "net2"]],
+          "ADDNETWORK: %s" % [m.raw for m in got])
+    check("[user u000/net2]\nnick = bn2y\nrealname = Two Words\n" in open(b.config).read(),
+          "net2 not in the file")
+    c3 = bn_client(ctx, b, "net2", ["soju.im/bouncer-networks"],
+                   pass_line="u000:%s" % s.password, bind="net2", nick="bn2y")
+    ctx.loop.run_until(lambda: isupport(c3).get("BOUNCER_NETID") == "net2", 15,
+                       "net2's client bound (005 BOUNCER_NETID=net2)")
+    c3s = bn_client(ctx, b, "net2sasl", ["sasl", "soju.im/bouncer-networks"],
+                    sasl=("u000", s.password), bind="net2", nick="bn2y")
+    ctx.loop.run_until(lambda: isupport(c3s).get("BOUNCER_NETID") == "net2", 15,
+                       "a SASL client bound to net2 (not the first network)")
+    got = bouncer_replies(ctx, c, "BOUNCER LISTNETWORKS",
+                          lambda ms: [m for m in ms if m.command == "BATCH"
+                                      and m.param(0, "").startswith("-")])
+    check(sorted(m.param(1) for m in got if m.command == "BOUNCER") == ["net", "net2"],
+          "LISTNETWORKS after the add: %s" % [m.raw for m in got])
+
+    # at the bounds: 8 attributes, realname= + 181 bytes (190 as the key's pair)
+    got = bouncer_replies(ctx, c, "BOUNCER CHANGENETWORK net2 " + ";".join(["nickname=bn2y"] * 8),
+                          lambda ms: [m for m in ms if m.command in ("BOUNCER", "FAIL")])
+    check([m.params for m in got if m.command in ("BOUNCER", "FAIL")]
+          == [["CHANGENETWORK", "net2"]], "8 attributes: %s" % [m.raw for m in got])
+    got = bouncer_replies(ctx, c, "BOUNCER CHANGENETWORK net2 realname=" + "r" * 181,
+                          lambda ms: [m for m in ms if m.command in ("BOUNCER", "FAIL")])
+    check([m.params for m in got if m.command in ("BOUNCER", "FAIL")]
+          == [["CHANGENETWORK", "net2"]], "181-byte realname: %s" % [m.raw for m in got])
+    check("realname = %s\n" % ("r" * 181) in open(b.config).read(), "long realname not in the file")
+    got = bouncer_replies(ctx, c, "BOUNCER CHANGENETWORK net2 realname=Simon",
+                          lambda ms: [m for m in ms if m.command in ("BOUNCER", "FAIL")])
+    check([m.params for m in got if m.command in ("BOUNCER", "FAIL")]
+          == [["CHANGENETWORK", "net2"]], "CHANGENETWORK: %s" % [m.raw for m in got])
+    check("realname = Simon\n" in open(b.config).read(), "realname not changed in the file")
+
+    got = bouncer_replies(ctx, c, "BOUNCER DELNETWORK net2",
+                          lambda ms: [m for m in ms if m.command in ("BOUNCER", "FAIL")])
+    check([m.params for m in got if m.command in ("BOUNCER", "FAIL")]
+          == [["DELNETWORK", "net2"]], "DELNETWORK: %s" % [m.raw for m in got])
+    check("u000/net2" not in open(b.config).read(), "net2 still in the file")
+    ctx.loop.run_until(lambda: c3.closed and c3s.closed, 15, "net2's clients closed")
+
+    # BIND hostile or unknown; the cap is needed for a bare user
+    c4 = bn_client(ctx, b, "long", ["soju.im/bouncer-networks"],
+                   pass_line="u000:%s" % s.password, bind="x" * 65, wait=False)
+    ctx.loop.run_until(lambda: fail_of(c4.msgs()), 10, "FAIL for a 65-byte BIND")
+    check(fail_of(c4.msgs())[0][:2] == ["BOUNCER", "INVALID_NETID"], "%s" % fail_of(c4.msgs()))
+    c5 = bn_client(ctx, b, "nonet", ["soju.im/bouncer-networks"],
+                   pass_line="u000:%s" % s.password, bind="net2", wait=False)
+    ctx.loop.run_until(lambda: c5.closed, 10, "a BIND of a deleted network refused")
+    check(c5.msgs("464"), "no 464 for a deleted network: %s" % [m.raw for m in c5.msgs()])
+    c6 = ctx.loop.connect(b.port, name="nocap")
+    c6.send_many(["PASS u000:%s" % s.password, "NICK bn000", "USER u000 0 * :x"])
+    ctx.loop.run_until(lambda: c6.closed, 10, "bare user without the cap refused")
+    check(c6.msgs("464"), "bare user without the cap: %s" % [m.raw for m in c6.msgs()])
+    for cl in (c, c1):
+        check(not cl.closed, "%s closed: %s" % (cl.name, cl.close_reason))
+
+
+def test_ircv3_bouncer_networks_notify(ctx):
+    """soju.im/bouncer-networks-notify: client N (batch, bouncer-networks,
+    -notify) gets the list in a batch once attached; another client's
+    ADDNETWORK net2 reaches N as `BOUNCER NETWORK net2` with every
+    attribute, then state=connecting and state=connected; the operator's
+    `batonctl network set u000/net2 realname=...` reaches N as that one
+    attribute; after an upgrade (N adopted by the new worker) the
+    operator's `network del` reaches N as `net2 *` and a new `network add`
+    as its attributes, then its connection (state=connected).
+    Client C (bouncer-networks without -notify) never gets a BOUNCER
+    NETWORK it did not ask for."""
+    ng, b = setup_service(ctx, "add")
+    s = b.sessions[0]
+    pw = "u000:%s" % s.password
+    nc = bn_client(ctx, b, "notify", ["batch", "soju.im/bouncer-networks",
+                                      "soju.im/bouncer-networks-notify"], pass_line=pw)
+    bl.wait_attached(ctx.loop, nc, s)
+    ctx.loop.run_until(lambda: [m for m in nc.msgs("BATCH") if m.param(0, "").startswith("-")],
+                       5, "the initial list")
+    nets = [m for m in nc.msgs("BOUNCER")]
+    check([m.params[:2] for m in nets] == [["NETWORK", "net"]]
+          and tag_dict(nets[0].tags).get("batch"), "initial list: %s" % [m.raw for m in nets])
+    c = bn_client(ctx, b, "c", ["soju.im/bouncer-networks"], pass_line=pw)
+    bl.wait_attached(ctx.loop, c, s)
+
+    def notes(since):
+        return [m.params[1:] for m in nc.msgs("BOUNCER", since) if m.param(0) == "NETWORK"]
+
+    n = len(nc.lines)
+    bouncer_replies(ctx, c, "BOUNCER ADDNETWORK name=net2;nickname=bn2z",
+                    lambda ms: [m for m in ms if m.command in ("BOUNCER", "FAIL")])
+    ctx.loop.run_until(lambda: ["net2", "state=connected"] in notes(n), 15,
+                       "net2 connected, notified")
+    got = notes(n)
+    full = [tag_dict(x[1]) for x in got if x[0] == "net2" and "name=" in x[1]]
+    check(len(full) == 1 and full[0]["nickname"] == "bn2z" and full[0]["host"] == "127.0.0.1",
+          "the added network's attributes: %s" % got)
+    check(got.index(["net2", "state=connecting"]) < got.index(["net2", "state=connected"]),
+          "states out of order: %s" % got)
+
+    n = len(nc.lines)
+    rc, res, out, err = b.ctl("network", "set", "u000/net2", "realname=Op Set", "--json")
+    check(rc == 0, "batonctl network set: %s %s" % (out, err))
+    ctx.loop.run_until(lambda: notes(n), 10, "the operator's change notified")
+    check(notes(n) == [["net2", "realname=Op\\sSet"]], "change notified as %s" % notes(n))
+
+    rc, res = b.upgrade(ctx.builds["b"].require())
+    check(rc == 0 and res.get("result") == "committed", "upgrade: %s" % res)
+    n = len(nc.lines)
+    rc, res, out, err = b.ctl("network", "del", "u000/net2", "--json")
+    check(rc == 0, "batonctl network del: %s %s" % (out, err))
+    ctx.loop.run_until(lambda: ["net2", "*"] in notes(n), 10, "the removal notified")
+    n = len(nc.lines)
+    rc, res, out, err = b.ctl("network", "add", "u000/net2", "nick=bn2w", "--json")
+    check(rc == 0, "batonctl network add: %s %s" % (out, err))
+    ctx.loop.run_until(lambda: ["net2", "state=connected"] in notes(n), 15,
+                       "the operator's add notified, then its connection")
+    check([x for x in notes(n) if "nickname=bn2w" in x[1]], "no attributes: %s" % notes(n))
+    check(not [m for m in c.msgs("BOUNCER") if m.param(0) == "NETWORK"],
+          "a client without -notify got notifications: %s" % [m.raw for m in c.msgs("BOUNCER")])
+    for cl in (nc, c):
+        check(not cl.closed, "%s closed: %s" % (cl.name, cl.close_reason))
+
+
+def test_ircv3_standard_replies(ctx):
+    """standard-replies: baton's own errors and notes become FAIL/WARN/NOTE
+    for a client that negotiated it, and stay the NOTICEs they were for
+    the others. With the network gone (ngircd stopped): a PRIVMSG and a
+    MODE from client A (standard-replies) get `FAIL PRIVMSG
+    UPSTREAM_DISCONNECTED` and `FAIL MODE UPSTREAM_DISCONNECTED`, client
+    B (none) the NOTICE; a client attaching meanwhile with the cap gets
+    `NOTE * UPSTREAM_...` instead of the NOTICE."""
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=1, channels=[CHAN])
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    s = b.sessions[0]
+    a = negotiate(ctx, b, s, "a", ["standard-replies"])
+    plain = negotiate(ctx, b, s, "plain", [])
+    ng.stop()
+    ctx.loop.run_until(lambda: [m for m in plain.msgs("NOTICE")
+                                if "Disconnected from" in m.params[-1]], 10,
+                       "the session losing its network")
+    for c, want in ((a, "FAIL"), (plain, "NOTICE")):
+        n = len(c.lines)
+        c.send("PRIVMSG %s :hello" % CHAN)
+        c.send("MODE %s" % CHAN)
+        ctx.loop.run_until(lambda: len([m for m in c.msgs(None, n)
+                                        if m.command in ("FAIL", "NOTICE")]) >= 2, 5,
+                           "two answers to %s" % c.name)
+        got = [m for m in c.msgs(None, n) if m.command in ("FAIL", "NOTICE")]
+        if want == "FAIL":
+            check([m.params[:2] for m in got] == [["PRIVMSG", "UPSTREAM_DISCONNECTED"],
+                                                  ["MODE", "UPSTREAM_DISCONNECTED"]],
+                  "standard replies: %s" % [m.raw for m in got])
+            check(got[0].params[-1] == "net is disconnected: message not sent", got[0].raw)
+        else:
+            check([m.command for m in got] == ["NOTICE", "NOTICE"]
+                  and got[0].params[-1] == "net is disconnected: message not sent",
+                  "plain: %s" % [m.raw for m in got])
+    late = negotiate(ctx, b, s, "late", ["standard-replies"])
+    ctx.loop.run_until(lambda: late.msgs("NOTE"), 5, "a NOTE on attach")
+    check(late.msgs("NOTE")[0].params[:2] in (["*", "UPSTREAM_DISCONNECTED"],
+                                              ["*", "UPSTREAM_WAITING"]),
+          "NOTE %s" % late.msgs("NOTE")[0].raw)
+    check(not [m for m in late.msgs("NOTICE") if "disconnected" in m.params[-1]],
+          "a NOTICE too: %s" % [m.raw for m in late.msgs("NOTICE")])

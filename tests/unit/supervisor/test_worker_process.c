@@ -66,6 +66,8 @@ static void fake_note_migrate(struct frame_msg *m)
 				   ? (uint32_t)pidfd_pid(m->fds[1]) : 0;
 }
 
+static uint32_t fake_edit_id, fake_edit_ok;
+
 static int fake_worker(void)
 {
 	const char *mode = getenv("FAKE_MODE");
@@ -101,11 +103,38 @@ static int fake_worker(void)
 		pause(); /* until SIGKILL */
 		return 12;
 	}
+	if (strcmp(mode, "edit") == 0) {
+		/* a user's edit, as sessiond/control_channel.c sends it */
+		Baton__Control__NetworkEdit e = BATON__CONTROL__NETWORK_EDIT__INIT;
+		char *pairs[] = { "nick=al" };
+
+		e.id = 41;
+		e.user = "alice";
+		e.network = "libera";
+		e.op = "add";
+		e.n_pairs = 1;
+		e.pairs = pairs;
+		if (control_send(fd, CONTROL_NETWORK_EDIT, &e.base, NULL, 0, 1000) < 0)
+			return 15;
+	}
 	for (;;) {
 		struct frame_msg m = { 0 };
 
 		if (frame_recv(fd, &m, -1) < 0)
 			return 13;
+		if (m.type == CONTROL_NETWORK_EDIT_RESULT) {
+			Baton__Control__NetworkEditResult *er =
+				baton__control__network_edit_result__unpack(NULL, m.len, m.data);
+
+			/* told back through STATUS: sessions = id, connections =
+			 * ok, plus 100 when the message says who refused */
+			fake_edit_id = er ? (uint32_t)er->id : 0;
+			fake_edit_ok = er && er->ok ? 1u : 0u;
+			if (er && er->message && strstr(er->message, "takes no edits"))
+				fake_edit_ok += 100;
+			if (er)
+				baton__control__network_edit_result__free_unpacked(er, NULL);
+		}
 		if (m.type == CONTROL_LISTENERS && m.nfds != 1)
 			return 14;
 		if (m.type == CONTROL_MIGRATE)
@@ -117,6 +146,10 @@ static int fake_worker(void)
 			requests++;
 			st.sessions = 7;
 			st.connections = 9;
+			if (strcmp(mode, "edit") == 0) {
+				st.sessions = fake_edit_id;
+				st.connections = fake_edit_ok;
+			}
 			if (fake_migrated) {
 				st.sessions = 100 + fake_migrate_nfds;
 				st.connections = fake_migrate_pid;
@@ -673,6 +706,68 @@ static void test_reload_answers_in_order(void **state)
 	assert_string_equal(rr.got[3], "NULL");
 }
 
+struct edit_seen {
+	struct event_base *base;
+	unsigned calls;
+	uint64_t id;
+	char text[160];
+};
+
+static void on_edit(struct worker *w, const Baton__Control__NetworkEdit *e, void *arg)
+{
+	struct edit_seen *seen = arg;
+
+	seen->calls++;
+	seen->id = e->id;
+	snprintf(seen->text, sizeof(seen->text), "%s %s %s/%s %zu %s", e->op, e->user,
+		 e->user, e->network, e->n_pairs, e->n_pairs ? e->pairs[0] : "");
+	assert_int_equal(worker_send_network_edit_result(w, e->id, true, NULL), 0);
+	event_base_loopbreak(seen->base);
+}
+
+/* A worker's NETWORK_EDIT reaches the one edit handler, whoever handles
+ * the worker's other events, and its answer reaches the worker with the
+ * same id; without a handler the edit is refused at once, never left
+ * unanswered. */
+static void test_network_edit(void **state)
+{
+	struct edit_seen seen = { 0 };
+	struct rig g;
+
+	worker_set_edit_handler(on_edit, &seen);
+	rig_start(&g, "edit");
+	seen.base = g.base;
+	rig_wait_ready(&g);
+	for (int i = 0; i < 2 && seen.calls == 0 && g.w; i++)
+		rig_run(&g); /* bounded: an ignored edit fails, never hangs */
+	assert_int_equal(seen.calls, 1);
+	assert_int_equal(seen.id, 41);
+	assert_string_equal(seen.text, "add alice alice/libera 1 nick=al");
+	assert_int_equal(worker_request_status(g.w, rig_on_status, &g), 0);
+	while (g.answers < 1 && g.w)
+		rig_run(&g);
+	assert_int_equal(g.answer_sessions[0], 41);
+	assert_int_equal(g.answer_connections[0], 1);
+	rig_finish(&g);
+
+	worker_set_edit_handler(NULL, NULL);
+	rig_start(&g, "edit");
+	rig_wait_ready(&g);
+	/* the edit may still be unread when READY is handled: ask until the
+	 * fake worker has the answer (at most 8 times) */
+	for (int i = 0; i < 8 && g.w && (i == 0 || g.answer_sessions[i - 1] != 41); i++) {
+		assert_int_equal(worker_request_status(g.w, rig_on_status, &g), 0);
+		while (g.answers < i + 1 && g.w)
+			rig_run(&g);
+		if (g.answer_sessions[i] != 41)
+			usleep(20 * 1000);
+	}
+	assert_int_equal(g.answer_sessions[g.answers - 1], 41);
+	assert_int_equal(g.answer_connections[g.answers - 1], 100); /* refused, said why */
+	rig_finish(&g);
+	worker_set_edit_handler(NULL, NULL);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -687,6 +782,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_health_request),
 		cmocka_unit_test(test_health_never_answered),
 		cmocka_unit_test(test_reload_answers_in_order),
+		cmocka_unit_test(test_network_edit),
 	};
 
 	if (argc >= 4 && strcmp(argv[3], "--worker") == 0)
