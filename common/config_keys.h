@@ -76,6 +76,8 @@ void config_parse_member_lists(struct config_parse *ps, const struct config_key 
 			       void *network, const char *value);
 void config_parse_channels(struct config_parse *ps, const struct config_key *k,
 			  void *session, const char *value);
+void config_parse_store(struct config_parse *ps, const struct config_key *k,
+			void *cfg, const char *value);
 void config_parse_sasl(struct config_parse *ps, const struct config_key *k,
 		       void *session, const char *value);
 
