@@ -20,6 +20,7 @@
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
 #include "sessiond/health.h"
+#include "sessiond/history.h"
 #include "sessiond/irc.h"
 #include "sessiond/sasl_mech.h"
 
@@ -94,6 +95,7 @@ void client_free(struct client *cl)
 	bouncer_login_drop(cl->b, cl, false); /* a charge stays */
 	if (cl->pending_counted)
 		bouncer_forget_pending(cl->b, cl);
+	history_client_forget(bouncer_history(cl->b), cl);
 	conn_release(cl->conn);
 	free(cl->pass);
 	free(cl->sasl_in);
@@ -1045,10 +1047,9 @@ void client_send_burst(struct client *cl)
 #define CLIENT_REPLAY_FILL (256u << 10)
 #define CLIENT_REPLAY_RESUME (128u << 10)
 
-static int replay_one(void *arg, uint64_t seq, int64_t time_ms,
-		      const char *buffer, const char *line)
+int client_replay_line(struct client *cl, uint64_t seq, int64_t time_ms,
+		       const char *line)
 {
-	struct client *cl = arg;
 	size_t pending;
 
 	/* Its own lines (client_skip() while replaying); older entries are
@@ -1070,6 +1071,13 @@ static int replay_one(void *arg, uint64_t seq, int64_t time_ms,
 	return pending >= CLIENT_REPLAY_FILL;
 }
 
+static int replay_one(void *arg, uint64_t seq, int64_t time_ms,
+		      const char *buffer, const char *line)
+{
+	(void)buffer;
+	return client_replay_line(arg, seq, time_ms, line);
+}
+
 static void client_replay_pump(struct client *cl)
 {
 	while (cl->replaying) {
@@ -1083,6 +1091,10 @@ static void client_replay_pump(struct client *cl)
 			conn_watch_drain(cl->conn, CLIENT_REPLAY_RESUME);
 			return;
 		}
+		/* Lines the backlog no longer holds come from the message
+		 * store first (history.h): its answer continues the pump. */
+		if (history_replay_busy(bouncer_history(s->b), cl))
+			return;
 		int r = backlog_replay(s->backlog, cl->delivered_seq, replay_one, cl);
 		if (conn_is_dead(cl->conn))
 			return;
@@ -1106,10 +1118,21 @@ static void client_replay_pump(struct client *cl)
 	}
 }
 
+void client_replay_continue(struct client *cl)
+{
+	client_replay_pump(cl);
+}
+
 void client_resume(struct client *cl)
 {
 	if (cl->phase != CLIENT_ATTACHED || !cl->s || conn_is_dead(cl->conn))
 		return;
+	if (history_replay_begin(bouncer_history(cl->s->b), cl, false) ||
+	    cl->hist_store) {
+		cl->replaying = true;
+		conn_watch_drain(cl->conn, CLIENT_REPLAY_RESUME);
+		return;
+	}
 	uint64_t next = backlog_next_seq(cl->s->backlog);
 	if (!cl->replaying && (next <= 1 || cl->delivered_seq >= next - 1))
 		return;
@@ -1140,9 +1163,15 @@ void client_attach(struct client *cl, struct session *s)
 	log_info("client", "%s: client %s attached (replaying %zu lines)", s->key,
 		 cl->client_id, backlog_count_after(s->backlog, cl->delivered_seq));
 	client_send_burst(cl);
-	client_notice_gaps(cl, cl->delivered_seq);
 	cl->replaying = true;
-	client_replay_pump(cl); /* the first chunk now, the rest as it drains */
+	/* With a message store the backlog's gaps are read from the store
+	 * (and a client name without a position in memory asks it for one):
+	 * no gap to announce. */
+	if (!history_replay_begin(bouncer_history(s->b), cl, true)) {
+		if (!bouncer_history(s->b))
+			client_notice_gaps(cl, cl->delivered_seq);
+		client_replay_pump(cl); /* the first chunk now, the rest as it drains */
+	}
 	char why[512];
 	if (!session_upstream_ready(s) &&
 	    bouncer_wait_text(s->b, s, why, sizeof(why)))

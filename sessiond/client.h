@@ -119,6 +119,13 @@ struct client {
 	 * migration (then they are sent: an echo, never a gap). */
 	uint64_t *own_seqs;
 	size_t own_head, nown, own_cap;
+	/* The message store's part of the replay (history.h): a store query
+	 * in flight for it (its id, 0: none; the pump waits), and whether
+	 * lines after delivered_seq must still be read from the store
+	 * before the backlog's. Not serialized (client_resume() decides
+	 * again). */
+	uint64_t hist_query;
+	bool hist_store;
 	int64_t connected_at_ms; /* CLOCK_MONOTONIC ms, as last_rx_ms */
 	int64_t last_rx_ms;
 	/* CLIENT_CLOSING only: the session it left, by key ("user/network":
@@ -200,6 +207,13 @@ void client_pending_resume(struct client *cl);
 /* Caps as names in canonical order (for state). */
 size_t client_caps_names(unsigned caps, const char **names, size_t max);
 unsigned client_cap_from_name(const char *name); /* 0 if unknown */
+/* The replay pump (history.h): queue one replayed line (seq order; the
+ * client's own lines are skipped); 0, or -EPIPE once its connection died,
+ * or 1 when its output is full (wait for the drain). And go on replaying
+ * (from the store, the backlog, or waiting for the drain). */
+int client_replay_line(struct client *cl, uint64_t seq, int64_t time_ms,
+		       const char *line);
+void client_replay_continue(struct client *cl);
 /* Send the welcome burst (used again after an upstream reconnect). */
 void client_send_burst(struct client *cl);
 

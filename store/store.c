@@ -1071,6 +1071,22 @@ static int run_query(struct store *st, const struct store_query *q,
 	int r;
 	if (check_name(q->network) < 0)
 		return -EINVAL;
+	if (q->kind == STORE_Q_POSITION) {
+		uint64_t pos = 0;
+		if (check_name(q->target) < 0)
+			return -EINVAL;
+		r = st->ops->get_position(st->rdb, q->network, q->target, &pos);
+		if (r == -ENOENT)
+			return 0;
+		if (r < 0)
+			return r;
+		out->rows = calloc(1, sizeof *out->rows);
+		if (!out->rows)
+			return -ENOMEM;
+		out->rows[0].seq = pos;
+		out->nrows = 1;
+		return 0;
+	}
 	if (q->kind == STORE_Q_TARGETS || q->kind == STORE_Q_REPLAY) {
 		r = st->ops->find_network(st->rdb, q->network, &net);
 		if (r == -ENOENT || limit == 0)

@@ -225,6 +225,10 @@ enum store_query_kind {
 	STORE_Q_BETWEEN, /* between ref and ref2 (exclusive), closest to ref */
 	STORE_Q_TARGETS, /* targets with a message between ref and ref2 */
 	STORE_Q_REPLAY,  /* every target of the network, seq > after_seq */
+	/* The delivery position of client `target` (store_get_position()) as
+	 * one row whose seq is it (no row: none stored); for an event loop,
+	 * through store_query_async(). */
+	STORE_Q_POSITION,
 };
 
 enum store_ref_kind { STORE_REF_NONE, STORE_REF_TIME, STORE_REF_MSGID };
@@ -237,7 +241,7 @@ struct store_ref {
 struct store_query {
 	enum store_query_kind kind;
 	const char *network;
-	const char *target; /* not for TARGETS, REPLAY */
+	const char *target; /* not for TARGETS, REPLAY; POSITION: the client */
 	struct store_ref ref, ref2;
 	uint64_t after_seq; /* REPLAY */
 	size_t limit;       /* 0: nothing; above STORE_QUERY_MAX: clamped */

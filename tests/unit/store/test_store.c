@@ -521,6 +521,22 @@ static void test_positions_markers(void **state)
 	assert_int_equal(store_get_read_marker(st, "n", "#c", &t), 0);
 	assert_int_equal(t, 2001);
 	assert_int_equal(store_set_position(st, "", "phone", 1, &op), -EINVAL);
+	/* The same read as a query (the worker's event loop asks it with
+	 * store_query_async()): one row whose seq is the position, none for
+	 * a client without one. */
+	struct store_query pq = { .kind = STORE_Q_POSITION, .network = "n",
+				  .target = "phone" };
+	struct store_result pr;
+	assert_int_equal(store_query(st, &pq, &pr, NULL, 0), 0);
+	assert_int_equal(pr.nrows, 1);
+	assert_int_equal(pr.rows[0].seq, 51);
+	store_result_free(&pr);
+	pq.target = "tablet";
+	assert_int_equal(store_query(st, &pq, &pr, NULL, 0), 0);
+	assert_int_equal(pr.nrows, 0);
+	store_result_free(&pr);
+	pq.target = "";
+	assert_int_equal(store_query(st, &pq, &pr, NULL, 0), -EINVAL);
 	store_close(st);
 }
 
