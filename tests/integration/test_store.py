@@ -1,0 +1,141 @@
+"""The message store wired into the worker (sessiond/history.h, issue 11 §1)
+against a real ngircd: what a client missed survives a full stop and start
+of everything and a kill -9 of the worker (read back from the store, at the
+position the store kept), an attached client's position survives them too
+(nothing replayed twice), and a tiny store queue pauses the network instead
+of dropping lines.
+
+Each test runs one bouncer user u000 (nick bn000) on network 'net' in #chat
+and #ops, a direct ngircd user 'dave' and a watcher (test_basic.setup)."""
+
+import os
+import signal
+
+import batonlib as bl
+from batonlib import check
+from test_basic import setup, wait_tokens, token_lines
+
+STORE = {"store": os.environ.get("T_STORE", "sqlite")}
+
+
+def wait_recovered(ctx, b, old_pid, nsessions=1, timeout=60):
+    """A worker other than old_pid holds every session, registered."""
+    end = bl.now() + timeout
+    while True:
+        st = b.try_status()
+        ws = (st or {}).get("workers") or []
+        if (len(ws) == 1 and ws[0]["pid"] != old_pid and ws[0].get("sessions") == nsessions):
+            reg = bl.Baton.worker_registered(ws[0])
+            if reg is None or reg >= nsessions:
+                return ws[0]
+        check(bl.now() < end, "no new worker with the sessions; status %s; log:\n%s"
+              % (st, b.log_tail()))
+        ctx.loop.run_for(0.3)
+
+
+def detach_and_miss(ctx, b, s, w, dave, first, last):
+    """'phone' sees line first-1 live, QUITs; dave sends first..last to
+    #chat/#ops and privately; 'laptop' (attached) has them all. Returns
+    (laptop, missed)."""
+    lap = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    pho = bl.bouncer_client(ctx.loop, b, s, client="phone")
+    dave.privmsg("#chat", "<<dave:%d>> seen" % (first - 1))
+    wait_tokens(ctx, pho, [("dave", first - 1)], settle=0.2)
+    pho.quit("detach")
+    ctx.loop.run_until(lambda: pho.closed, 5, "phone closed after QUIT")
+    for n in range(first, last + 1):
+        if n % 3 == 0:
+            dave.privmsg(s.nick, "<<dave:%d>> missed private" % n)
+        else:
+            dave.privmsg("#chat" if n % 2 else "#ops", "<<dave:%d>> missed" % n)
+    missed = [("dave", n) for n in range(first, last + 1)]
+    got = wait_tokens(ctx, lap, [("dave", first - 1)] + missed, settle=0.2)
+    check(got == [("dave", first - 1)] + missed, "laptop before: %s" % got)
+    # past the position tick (HISTORY_POSITION_MS) and a commit
+    ctx.loop.run_for(1.5)
+    return lap, missed
+
+
+def after_restart(ctx, b, s, dave, missed, nxt):
+    """phone gets exactly `missed` replayed, then live line nxt once;
+    laptop (whose position was written while attached) gets no replay."""
+    pho = bl.bouncer_client(ctx.loop, b, s, client="phone")
+    lap = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    got = wait_tokens(ctx, pho, missed, timeout=15)
+    check(got == missed, "phone replay after restart: expected exactly %s, got %s" % (missed, got))
+    dave.privmsg("#chat", "<<dave:%d>> live again" % nxt)
+    got = wait_tokens(ctx, pho, missed + [("dave", nxt)])
+    check(got == missed + [("dave", nxt)], "phone after replay: %s" % got)
+    got_l = wait_tokens(ctx, lap, [("dave", nxt)])
+    check(got_l == [("dave", nxt)], "laptop replayed lines it had acknowledged: %s" % got_l)
+
+
+def test_store_full_restart(ctx):
+    """Stop everything (supervisor and worker, SIGTERM) and start again: a
+    client that was away gets exactly the lines it missed (none of them in
+    the new worker's memory: from the store), an attached client gets
+    none again (its position was in the store)."""
+    ng, w, b, dave = setup(ctx, sessiond_opts=STORE)
+    s = b.sessions[0]
+    lap, missed = detach_and_miss(ctx, b, s, w, dave, 2, 9)
+    lap.quit("going")
+    ctx.loop.run_until(lambda: lap.closed, 5, "laptop closed")
+    b.stop()
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    w.wait_present([s.nick], timeout=30)
+    after_restart(ctx, b, s, dave, missed, 10)
+    check(os.path.exists(os.path.join(b.dir, "state", "messages.db")),
+          "no messages.db under state_dir")
+    st = b.status()
+    bl.log("status store: %s" % ((st.get("workers") or [{}])[0].get("store")))
+
+
+def test_store_worker_kill9(ctx):
+    """kill -9 of the worker: the new worker replays what the away client
+    missed from the store, and the attached client (killed with the
+    worker) gets no line twice."""
+    ng, w, b, dave = setup(ctx, sessiond_opts=STORE)
+    s = b.sessions[0]
+    lap, missed = detach_and_miss(ctx, b, s, w, dave, 2, 9)
+    old = b.worker_pid()
+    os.kill(old, signal.SIGKILL)
+    wait_recovered(ctx, b, old)
+    w.wait_present([s.nick], timeout=60)
+    after_restart(ctx, b, s, dave, missed, 10)
+
+
+def test_store_backpressure_pauses(ctx):
+    """store_queue_ops = 1: nearly every append finds the queue full; the
+    session stops reading its network until the store has room (the log
+    says so), every line still reaches the attached client once, in order,
+    and every one is in the store: a client that was away gets all of them
+    after a full restart (from the store, in pages)."""
+    ng, w, b, dave = setup(ctx, sessiond_opts={"store": STORE["store"], "store_queue_ops": 1})
+    s = b.sessions[0]
+    pho = bl.bouncer_client(ctx.loop, b, s, client="phone")
+    dave.privmsg("#chat", "<<dave:0>> seen")
+    wait_tokens(ctx, pho, [("dave", 0)], settle=0.2)
+    pho.quit("detach")
+    ctx.loop.run_until(lambda: pho.closed, 5, "phone closed after QUIT")
+    c = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    n = 300
+    for i in range(1, n + 1):
+        dave.privmsg("#chat", "<<dave:%d>> flood" % i)
+    want = [("dave", i) for i in range(1, n + 1)]
+    # (a client name new to the session gets the backlog: line 0 first)
+    got = wait_tokens(ctx, c, want, timeout=30)
+    check(got == [("dave", 0)] + want, "client: %d of %d, first differences %s"
+          % (len(got), n, [x for x in want if x not in got][:5]))
+    check("store's queue is full" in b.log_text(),
+          "the log never says the session paused for the store:\n%s" % b.log_tail())
+    c.quit("bye")
+    ctx.loop.run_until(lambda: c.closed, 5, "laptop closed")
+    b.stop()
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    w.wait_present([s.nick], timeout=30)
+    pho = bl.bouncer_client(ctx.loop, b, s, client="phone")
+    got = wait_tokens(ctx, pho, want, timeout=20)
+    check(got == want, "phone after restart: %d of %d, missing %s"
+          % (len(got), n, [x for x in want if x not in got][:5]))
