@@ -222,12 +222,50 @@ uint64_t client_acked_seq_upto(struct client *cl, uint64_t acked)
 	return cl->acked_seq;
 }
 
+/* msgid (history.h: the store's, from the line's seq) first, then the
+ * network's tags without a msgid of its own (one msgid per line, the one
+ * CHATHISTORY knows). Returns tags when there is nothing to add or no
+ * room. */
+static const char *client_msgid_tags(const struct client *cl, uint64_t seq,
+				     const char *tags, char *buf, size_t n)
+{
+	struct history *h = cl->s ? bouncer_history(cl->s->b) : NULL;
+	char id[STORE_MSGID_TAG_LEN];
+	size_t len;
+
+	if (!h || !(cl->caps & CLIENT_CAP_MESSAGE_TAGS))
+		return tags;
+	history_msgid(h, seq, id);
+	if (!id[0])
+		return tags;
+	len = (size_t)snprintf(buf, n, "msgid=%s", id);
+	for (const char *p = tags; p && *p;) {
+		const char *end = strchr(p, ';');
+		size_t tl = end ? (size_t)(end - p) : strlen(p);
+		bool theirs = (tl == 5 || (tl > 5 && p[5] == '=')) &&
+			      strncmp(p, "msgid", 5) == 0;
+		if (tl && !theirs) {
+			if (len + 1 + tl + 1 > n)
+				return tags;
+			buf[len++] = ';';
+			memcpy(buf + len, p, tl);
+			len += tl;
+			buf[len] = '\0';
+		}
+		p = end ? end + 1 : p + tl;
+	}
+	return buf;
+}
+
 static unsigned client_queue_line(struct client *cl, uint64_t seq,
 				  const char *tags, const char *line,
 				  int64_t time_ms, unsigned copies)
 {
+	char tagbuf[IRC_MAX_TAGS + 1];
+
 	if (seq <= cl->delivered_seq)
 		return 0; /* already queued to this client */
+	tags = client_msgid_tags(cl, seq, tags, tagbuf, sizeof(tagbuf));
 	for (unsigned k = 0; k < copies; k++) /* 1 (2: the dup fault build) */
 		client_send_full(cl, tags, line, time_ms);
 	/* A dead connection (e.g. sendq exceeded by this very line) did not

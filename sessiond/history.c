@@ -237,7 +237,10 @@ struct store *history_store(struct history *h)
 	return h ? h->st : NULL;
 }
 
-void history_msgid(const struct history *h, uint64_t seq, char out[26])
+_Static_assert(STORE_MSGID_TAG_LEN == STORE_MSGID_LEN, "msgid length");
+
+void history_msgid(const struct history *h, uint64_t seq,
+		   char out[STORE_MSGID_TAG_LEN])
 {
 	if (!h || !seq) {
 		out[0] = '\0';

@@ -103,8 +103,12 @@ bool history_replay_busy(struct history *h, struct client *cl);
 /* cl goes away: cancel its store query. */
 void history_client_forget(struct history *h, struct client *cl);
 
-/* The msgid of seq (out[0] = '\0' with no store). */
-void history_msgid(const struct history *h, uint64_t seq, char out[26]);
+/* The msgid of seq (out[0] = '\0' with no store): what clients with
+ * message-tags get as the `msgid` tag of every backlog line, live or
+ * replayed (client.c). */
+#define STORE_MSGID_TAG_LEN 26 /* store.h STORE_MSGID_LEN */
+void history_msgid(const struct history *h, uint64_t seq,
+		   char out[STORE_MSGID_TAG_LEN]);
 
 struct history_stats {
 	const char *backend;

@@ -139,3 +139,40 @@ def test_store_backpressure_pauses(ctx):
     got = wait_tokens(ctx, pho, want, timeout=20)
     check(got == want, "phone after restart: %d of %d, missing %s"
           % (len(got), n, [x for x in want if x not in got][:5]))
+
+
+def test_store_msgid_stable_across_restart(ctx):
+    """A client with message-tags gets a msgid on every line, live or
+    replayed: a line replayed from the store after a full restart has the
+    msgid another client saw on it live before, and msgids differ."""
+    from test_ircv3 import negotiate, tag_dict, privmsgs
+    ng, w, b, dave = setup(ctx, sessiond_opts=STORE)
+    s = b.sessions[0]
+    caps = ["server-time", "message-tags"]
+    away = negotiate(ctx, b, s, "away", caps)
+    dave.privmsg("#chat", "<<dave:0>> seen")
+    ctx.loop.run_until(lambda: privmsgs(away), 10, "away gets dave:0")
+    away.quit("detach")
+    ctx.loop.run_until(lambda: away.closed, 5, "away closed after QUIT")
+    live = negotiate(ctx, b, s, "live", caps)
+    m0 = len(live.lines)
+    for n in (1, 2, 3):
+        dave.privmsg("#ops" if n == 2 else "#chat", "<<dave:%d>> missed" % n)
+    ctx.loop.run_until(lambda: len(privmsgs(live, m0)) >= 3, 10, "live gets 1-3")
+
+    def ids(c, since=0):  # (a new client name also gets dave:0, the backlog)
+        return {bl.tokens(m.params[-1])[0]: tag_dict(m.tags).get("msgid")
+                for m in privmsgs(c, since) if bl.tokens(m.params[-1])[0][1] > 0}
+    seen = ids(live, m0)
+    check(len(set(seen.values())) == 3 and None not in seen.values(),
+          "live msgids %s (want 3 distinct)" % seen)
+    ctx.loop.run_for(1.2)
+    b.stop()
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    w.wait_present([s.nick], timeout=30)
+    away = negotiate(ctx, b, s, "away", caps)
+    ctx.loop.run_until(lambda: len(privmsgs(away)) >= 3, 10, "away's replay")
+    ctx.loop.run_for(0.3)
+    got = ids(away)
+    check(got == seen, "replayed msgids %s, live ones %s" % (got, seen))
