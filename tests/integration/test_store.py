@@ -87,8 +87,10 @@ def test_store_full_restart(ctx):
     after_restart(ctx, b, s, dave, missed, 10)
     check(os.path.exists(os.path.join(b.dir, "state", "messages.db")),
           "no messages.db under state_dir")
-    st = b.status()
-    bl.log("status store: %s" % ((st.get("workers") or [{}])[0].get("store")))
+    so = b.worker().get("store") or {}
+    check(so.get("backend") == "sqlite" and so.get("appended", 0) >= 1 and so.get("errors") == 0
+          and so.get("replay_queries", 0) >= 1 and so.get("failing") is False,
+          "status store after the restart: %s" % so)
 
 
 def test_store_worker_kill9(ctx):
@@ -129,6 +131,9 @@ def test_store_backpressure_pauses(ctx):
           % (len(got), n, [x for x in want if x not in got][:5]))
     check("store's queue is full" in b.log_text(),
           "the log never says the session paused for the store:\n%s" % b.log_tail())
+    so = b.worker().get("store") or {}
+    check(so.get("refused_full", 0) > 0 and so.get("errors") == 0 and so.get("pending") == 0
+          and so.get("paused_sessions") == 0, "status store after the flood: %s" % so)
     c.quit("bye")
     ctx.loop.run_until(lambda: c.closed, 5, "laptop closed")
     b.stop()
@@ -176,3 +181,34 @@ def test_store_msgid_stable_across_restart(ctx):
     ctx.loop.run_for(0.3)
     got = ids(away)
     check(got == seen, "replayed msgids %s, live ones %s" % (got, seen))
+
+
+def test_store_check(ctx):
+    """`baton-supervisor --check` validates the store keys and opens the
+    store: a good config passes (and creates the database under
+    state_dir); a wrong backend name, a queue bound out of range, postgres
+    without store_url and a database that cannot be created are each
+    reported."""
+    import subprocess
+    bA = ctx.builds["a"].require()
+    ng = ctx.ngircd()
+
+    def run(opts):
+        b = bl.Baton(ctx, ng, nsessions=1, channels=["#chat"], sessiond_opts=opts)
+        out = subprocess.run([bA.supervisor, "-c", b.config, "--check"],
+                             capture_output=True, text=True, timeout=30)
+        return out.returncode, out.stdout + out.stderr, b
+    rc, text, b = run({"store": "sqlite"})
+    check(rc == 0, "--check with the default store: rc=%d\n%s" % (rc, text))
+    check(os.path.exists(os.path.join(b.dir, "state", "messages.db")),
+          "--check did not open (create) state/messages.db")
+    blocker = os.path.join(ctx.dir, "not-a-dir")
+    with open(blocker, "w") as f:
+        f.write("x")
+    for opts, want in (({"store": "mysql"}, "expected sqlite, postgres or off"),
+                       ({"store_queue_ops": 0}, "store_queue_ops"),
+                       ({"store": "postgres"}, "store = postgres needs store_url"),
+                       ({"store_path": os.path.join(blocker, "m.db")}, "store:")):
+        rc, text, _ = run(opts)
+        check(rc == 1 and want in text, "--check with %s: rc=%d, want %r in:\n%s"
+              % (opts, rc, want, text))
