@@ -10,6 +10,8 @@ and #ops, a direct ngircd user 'dave' and a watcher (test_basic.setup)."""
 
 import os
 import signal
+import subprocess
+import sys
 
 import batonlib as bl
 from batonlib import check
@@ -189,7 +191,6 @@ def test_store_check(ctx):
     state_dir); a wrong backend name, a queue bound out of range, postgres
     without store_url and a database that cannot be created are each
     reported."""
-    import subprocess
     bA = ctx.builds["a"].require()
     ng = ctx.ngircd()
 
@@ -212,3 +213,88 @@ def test_store_check(ctx):
         rc, text, _ = run(opts)
         check(rc == 1 and want in text, "--check with %s: rc=%d, want %r in:\n%s"
               % (opts, rc, want, text))
+
+
+# ---- the same against PostgreSQL 15 ----
+# The server comes from the store's own unit-test wrapper
+# (tests/unit/store/with_postgres.py: initdb in TMPDIR, a Unix socket only,
+# stopped and removed when it gets SIGTERM), which runs a tiny Python
+# command here that hands the connection string over and waits.
+
+WITH_PG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "unit", "store",
+                       "with_postgres.py")
+
+
+def postgres(ctx):
+    """Start a PostgreSQL 15 of the test's own; returns (proc, conninfo)."""
+    import shutil
+    if not shutil.which("pg_config") and not os.path.exists("/usr/lib/postgresql/15/bin/initdb"):
+        raise bl.Skip("no PostgreSQL server binaries (scripts/install-deps: postgresql-15)")
+    info = os.path.join(ctx.dir, "pg-conninfo")
+    os.chmod(ctx.dir, 0o755)  # with_postgres may run the server as nobody
+    hand = ("import os, time\n"
+            "open(%r + '.tmp', 'w').write(os.environ['STORE_TEST_PG'] + ' dbname=postgres')\n"
+            "os.rename(%r + '.tmp', %r)\n"
+            "time.sleep(3600)\n" % (info, info, info))
+    p = ctx.procs.popen([sys.executable, WITH_PG, sys.executable, "-c", hand],
+                        stdout=open(os.path.join(ctx.dir, "postgres.log"), "w"),
+                        stderr=subprocess.STDOUT)
+    bl.wait_for(lambda: os.path.exists(info) or p.poll() is not None, 60,
+                what="PostgreSQL to start")
+    check(os.path.exists(info), "with_postgres.py exited %s: %s"
+          % (p.poll(), open(os.path.join(ctx.dir, "postgres.log")).read()[-2000:]))
+    return p, open(info).read().strip()
+
+
+def stop_postgres(p):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)  # with_postgres stops the server, removes its dir
+        try:
+            p.wait(timeout=30)
+        except Exception:
+            p.kill()
+
+
+def test_store_pg_full_restart_and_kill9(ctx):
+    """test_store_full_restart then test_store_worker_kill9's checks with
+    store = postgres: what a client missed comes back from PostgreSQL after
+    a full stop and start and after a kill -9 of the worker; an attached
+    client's position survives both."""
+    pg, url = postgres(ctx)
+    try:
+        ng, w, b, dave = setup(ctx, sessiond_opts={"store": "postgres", "store_url": url})
+        s = b.sessions[0]
+        lap, missed = detach_and_miss(ctx, b, s, w, dave, 2, 9)
+        lap.quit("going")
+        ctx.loop.run_until(lambda: lap.closed, 5, "laptop closed")
+        b.stop()
+        b.start(wait=False)
+        bl.pump_ready(ctx, b)
+        w.wait_present([s.nick], timeout=30)
+        after_restart(ctx, b, s, dave, missed, 10)
+        so = b.worker().get("store") or {}
+        check(so.get("backend") == "postgres" and so.get("errors") == 0,
+              "status store: %s" % so)
+        # and a kill -9: 'tablet' sees 11, is away for 12-19
+        tab = bl.bouncer_client(ctx.loop, b, s, client="tablet")
+        dave.privmsg("#chat", "<<dave:11>> seen")
+        wait_tokens(ctx, tab, [("dave", 11)], settle=0.2)
+        tab.quit("detach")
+        ctx.loop.run_until(lambda: tab.closed, 5, "tablet closed")
+        for n in range(12, 20):
+            dave.privmsg("#chat", "<<dave:%d>> missed" % n)
+        lap = bl.bouncer_client(ctx.loop, b, s, client="laptop2")
+        missed2 = [("dave", n) for n in range(12, 20)]
+        wait_tokens(ctx, lap, missed2, settle=0.2)
+        ctx.loop.run_for(1.5)
+        old = b.worker_pid()
+        os.kill(old, signal.SIGKILL)
+        wait_recovered(ctx, b, old)
+        w.wait_present([s.nick], timeout=60)
+        tab = bl.bouncer_client(ctx.loop, b, s, client="tablet")
+        got = wait_tokens(ctx, tab, missed2, timeout=15)
+        check(got == missed2, "tablet after kill -9 (postgres): %s, want %s" % (got, missed2))
+    finally:
+        if "b" in locals():
+            b.stop()
+        stop_postgres(pg)
