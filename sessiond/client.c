@@ -19,6 +19,7 @@
 #include "sessiond/authpool.h"
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
+#include "sessiond/chathistory.h"
 #include "sessiond/health.h"
 #include "sessiond/history.h"
 #include "sessiond/irc.h"
@@ -42,6 +43,8 @@ static const struct {
 	{ "setname", CLIENT_CAP_SETNAME },
 	{ "invite-notify", CLIENT_CAP_INVITE_NOTIFY },
 	{ "sasl", CLIENT_CAP_SASL },
+	{ "batch", CLIENT_CAP_BATCH },
+	{ "draft/chathistory", CLIENT_CAP_CHATHISTORY },
 };
 #define NCLIENT_CAPS (sizeof(client_caps) / sizeof(client_caps[0]))
 /* Targets of one PRIVMSG/NOTICE stored in the backlog (more are sent to
@@ -96,6 +99,7 @@ void client_free(struct client *cl)
 	if (cl->pending_counted)
 		bouncer_forget_pending(cl->b, cl);
 	history_client_forget(bouncer_history(cl->b), cl);
+	chathistory_client_forget(cl);
 	conn_release(cl->conn);
 	free(cl->pass);
 	free(cl->sasl_in);
@@ -453,6 +457,10 @@ static void client_cap(struct client *cl, struct irc_msg *m)
 		if (cl->phase == CLIENT_PENDING)
 			cl->cap_negotiating = true;
 		for (size_t i = 0; i < NCLIENT_CAPS; i++) {
+			/* history needs the message store */
+			if (client_caps[i].bit == CLIENT_CAP_CHATHISTORY &&
+			    !bouncer_history(cl->b))
+				continue;
 			if (i)
 				strcat(list, " ");
 			strcat(list, client_caps[i].name);
@@ -482,7 +490,8 @@ static void client_cap(struct client *cl, struct irc_msg *m)
 		     t = strtok_r(NULL, " ", &save)) {
 			bool neg = t[0] == '-';
 			unsigned bit = client_cap_from_name(neg ? t + 1 : t);
-			if (!bit)
+			if (!bit || (bit == CLIENT_CAP_CHATHISTORY && !neg &&
+				     !bouncer_history(cl->b)))
 				ok = false;
 			else if (neg)
 				del |= bit;
@@ -953,6 +962,8 @@ static void client_notice_gaps(struct client *cl, uint64_t pos)
 /* Lines the bouncer composes from parts keep to the IRC limit (510 bytes
  * before CRLF); a part that cannot fit even alone is left out. */
 #define CLIENT_LINE_MAX 510
+#define STR_OF_(x) #x
+#define STR_OF(x) STR_OF_(x)
 
 static void send_names(struct client *cl, const struct channel *ch)
 {
@@ -1011,9 +1022,20 @@ static void send_isupport(struct client *cl)
 	if (h <= 0 || (size_t)h + tl >= CLIENT_LINE_MAX)
 		return; /* no room for a single token */
 	size_t head = (size_t)h, len = head, ntok = 0;
-	for (size_t i = 0; i < s->nisupport; i++) {
-		const char *tok = s->isupport[i];
+	/* baton's own after the network's: history from the message store
+	 * (chathistory.h) */
+	static const char *const history_toks[] = {
+		"CHATHISTORY=" STR_OF(CHATHISTORY_LIMIT), "MSGREFTYPES=timestamp,msgid",
+	};
+	size_t nours = bouncer_history(cl->b) ? 2 : 0;
+	for (size_t i = 0; i < s->nisupport + nours; i++) {
+		const char *tok = i < s->nisupport ? s->isupport[i] :
+						     history_toks[i - s->nisupport];
 		size_t n = strlen(tok);
+		if (nours && i < s->nisupport &&
+		    (strncmp(tok, "CHATHISTORY=", 12) == 0 ||
+		     strncmp(tok, "MSGREFTYPES=", 12) == 0))
+			continue; /* the network's history is not what we answer */
 		if (n == 0 || head + 1 + n + tl > CLIENT_LINE_MAX)
 			continue;
 		if (ntok == 13 || len + 1 + n + tl > CLIENT_LINE_MAX) {
@@ -1424,6 +1446,8 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 		client_quit(cl);
 	} else if (strcasecmp(cmd, "CAP") == 0) {
 		client_cap(cl, m);
+	} else if (strcasecmp(cmd, "CHATHISTORY") == 0) {
+		chathistory_command(cl, m); /* the message store's (chathistory.h) */
 	} else if (strcasecmp(cmd, "AUTHENTICATE") == 0) {
 		/* never the network's: a SASL login is before registration */
 		conn_sendf(cl->conn, ":%s 907 %s :You have already authenticated",

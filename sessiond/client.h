@@ -34,6 +34,10 @@ enum client_cap {
 	CLIENT_CAP_SETNAME = 1u << 9,
 	CLIENT_CAP_INVITE_NOTIFY = 1u << 10,
 	CLIENT_CAP_SASL = 1u << 11, /* SASL PLAIN as a login (before registration) */
+	CLIENT_CAP_BATCH = 1u << 12,
+	/* draft/chathistory (chathistory.h): offered only with a message
+	 * store (history.h) */
+	CLIENT_CAP_CHATHISTORY = 1u << 13,
 };
 
 enum client_phase {
@@ -126,6 +130,9 @@ struct client {
 	 * again). */
 	uint64_t hist_query;
 	bool hist_store;
+	/* CHATHISTORY requests in flight (chathistory.h; owned), oldest
+	 * first. Not serialized: a migration cancels them unanswered. */
+	struct chathistory_job *chist;
 	int64_t connected_at_ms; /* CLOCK_MONOTONIC ms, as last_rx_ms */
 	int64_t last_rx_ms;
 	/* CLIENT_CLOSING only: the session it left, by key ("user/network":

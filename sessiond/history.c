@@ -299,7 +299,7 @@ static void hs_free(struct history_session *hs)
 
 /* The store's name of a buffer: RFC 1459 casefolding (as the backlog's
  * keys), so that every spelling of a channel is one target. */
-static void fold_target(const char *in, char *out, size_t n)
+void history_fold_target(const char *in, char *out, size_t n)
 {
 	size_t i = 0;
 
@@ -370,7 +370,7 @@ static int try_append(struct history *h, struct history_session *hs,
 	}
 	if (!hs->retention)
 		hs_retention(h, hs);
-	fold_target(buffer, target, sizeof target);
+	history_fold_target(buffer, target, sizeof target);
 	split_line(line, sender, sizeof sender, cmd, sizeof cmd);
 	struct store_msg m = {
 		.time_ms = time_ms, .network = s->key, .target = target,

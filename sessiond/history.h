@@ -103,6 +103,10 @@ bool history_replay_busy(struct history *h, struct client *cl);
 /* cl goes away: cancel its store query. */
 void history_client_forget(struct history *h, struct client *cl);
 
+/* The store's name of a buffer (RFC 1459 casefolding, as the backlog
+ * compares them), at most n - 1 bytes. */
+void history_fold_target(const char *in, char *out, size_t n);
+
 /* The msgid of seq (out[0] = '\0' with no store): what clients with
  * message-tags get as the `msgid` tag of every backlog line, live or
  * replayed (client.c). */

@@ -298,3 +298,117 @@ def test_store_pg_full_restart_and_kill9(ctx):
         if "b" in locals():
             b.stop()
         stop_postgres(pg)
+
+
+# ---- draft/chathistory (sessiond/chathistory.h) ----
+
+HCAPS = ["server-time", "message-tags", "batch", "draft/chathistory"]
+
+
+def history(ctx, c, args, what):
+    """Send CHATHISTORY args; returns (batch open line Msg, [Msg in it]) or
+    raises on a FAIL. Waits for the batch end."""
+    from test_ircv3 import tag_dict
+    n = len(c.lines)
+    c.send("CHATHISTORY %s" % args)
+
+    def done():
+        return c.closed or any(m.command == "FAIL" for m in c.msgs(None, n)) or \
+            any(m.command == "BATCH" and m.param(0, "").startswith("-") for m in c.msgs(None, n))
+    ctx.loop.run_until(done, 10, "CHATHISTORY %s (%s)" % (args, what))
+    ms = c.msgs(None, n)
+    fails = [m.raw for m in ms if m.command == "FAIL"]
+    check(not fails, "CHATHISTORY %s: %s" % (args, fails))
+    opens = [m for m in ms if m.command == "BATCH" and m.param(0, "").startswith("+")]
+    check(len(opens) == 1, "CHATHISTORY %s: batches %s" % (args, [m.raw for m in ms]))
+    bid = opens[0].param(0)[1:]
+    inside = [m for m in ms if tag_dict(m.tags).get("batch") == bid]
+    return opens[0], inside
+
+
+def toks_ids(msgs):
+    from test_ircv3 import tag_dict
+    return [(bl.tokens(m.params[-1])[0], tag_dict(m.tags).get("msgid")) for m in msgs]
+
+
+def test_store_chathistory(ctx):
+    """draft/chathistory against the store: CAP LS offers batch and
+    draft/chathistory, 005 says CHATHISTORY=100; LATEST (with * and with a
+    timestamp), BEFORE, AFTER, AROUND, BETWEEN (msgid references) and
+    TARGETS answer in a batch, oldest first, with the msgids the lines had
+    live; a wrong subcommand or reference gets FAIL; a client without the
+    cap gets 421. The same queries return the same lines with the same
+    msgids after an upgrade to build B and after a kill -9 of the worker."""
+    from test_ircv3 import negotiate, privmsgs
+    bB = ctx.builds["b"].require()
+    ng, w, b, dave = setup(ctx, sessiond_opts=STORE)
+    s = b.sessions[0]
+    c = negotiate(ctx, b, s, "hist", HCAPS)
+    check(any("CHATHISTORY=100" in ln for _, ln in c.lines if " 005 " in ln),
+          "no CHATHISTORY=100 in 005")
+    m0 = len(c.lines)
+    for n in range(1, 7):
+        dave.privmsg("#chat", "<<dave:%d>> history" % n)
+    dave.privmsg(s.nick, "<<dave:7>> private")
+    ctx.loop.run_until(lambda: len(privmsgs(c, m0)) >= 7, 10, "lines 1-7 live")
+    live = dict(toks_ids(privmsgs(c, m0)))
+    check(len(set(live.values())) == 7 and None not in live.values(), "live msgids %s" % live)
+    ctx.loop.run_for(0.5)  # durable
+    ids = {n: live[("dave", n)] for n in range(1, 8)}
+
+    def want(ns):
+        return [(("dave", n), ids[n]) for n in ns]
+
+    def queries():
+        out = {}
+        op, got = history(ctx, c, "LATEST #chat * 10", "latest")
+        check(op.params[1:3] == ["chathistory", "#chat"], "batch %s" % op.raw)
+        out["latest"] = toks_ids(got)
+        out["latest2"] = toks_ids(history(ctx, c, "LATEST #CHAT * 2", "latest 2")[1])
+        out["before"] = toks_ids(history(ctx, c, "BEFORE #chat msgid=%s 2" % ids[4], "b")[1])
+        out["after"] = toks_ids(history(ctx, c, "AFTER #chat msgid=%s 10" % ids[4], "a")[1])
+        out["around"] = toks_ids(history(ctx, c, "AROUND #chat msgid=%s 3" % ids[4], "ar")[1])
+        out["between"] = toks_ids(history(ctx, c, "BETWEEN #chat msgid=%s msgid=%s 10"
+                                          % (ids[1], ids[6]), "bw")[1])
+        out["query"] = toks_ids(history(ctx, c, "LATEST dave * 10", "query")[1])
+        op, got = history(ctx, c, "TARGETS timestamp=2000-01-01T00:00:00.000Z "
+                          "timestamp=2100-01-01T00:00:00.000Z 10", "targets")
+        check(op.params[1:2] == ["draft/chathistory-targets"], "targets batch %s" % op.raw)
+        out["targets"] = sorted(m.param(1) for m in got if m.command == "CHATHISTORY")
+        return out
+    first = queries()
+    check(first["latest"] == want(range(1, 7)), "LATEST: %s" % first["latest"])
+    check(first["latest2"] == want([5, 6]), "LATEST 2: %s" % first["latest2"])
+    check(first["before"] == want([2, 3]), "BEFORE: %s" % first["before"])
+    check(first["after"] == want([5, 6]), "AFTER: %s" % first["after"])
+    check(first["around"] == want([3, 4, 5]), "AROUND: %s" % first["around"])
+    check(first["between"] == want([2, 3, 4, 5]), "BETWEEN: %s" % first["between"])
+    check(first["query"] == want([7]), "LATEST dave: %s" % first["query"])
+    check(first["targets"] == ["#chat", "dave"], "TARGETS: %s" % first["targets"])
+    # errors
+    for args, code in (("FROB #chat * 1", "UNKNOWN_COMMAND"),
+                       ("LATEST #chat bogus 10", "INVALID_PARAMS"),
+                       ("BEFORE #chat * 10", "INVALID_PARAMS"),
+                       ("LATEST #chat", "NEED_MORE_PARAMS")):
+        n = len(c.lines)
+        c.send("CHATHISTORY %s" % args)
+        ctx.loop.run_until(lambda: c.msgs("FAIL", n), 5, "FAIL for %s" % args)
+        check(c.msgs("FAIL", n)[0].param(1) == code, "CHATHISTORY %s: %s (want %s)"
+              % (args, c.msgs("FAIL", n)[0].raw, code))
+    plain = negotiate(ctx, b, s, "plain", ["server-time"])
+    n = len(plain.lines)
+    plain.send("CHATHISTORY LATEST #chat * 10")
+    ctx.loop.run_until(lambda: plain.msgs("421", n), 5, "421 without the cap")
+    # across an upgrade (the client stays connected)
+    rc, res = b.upgrade(bB)
+    check(rc == 0 and res.get("result") == "committed", "upgrade: %s" % res)
+    after = queries()
+    check(after == first, "after the upgrade: %s\nbefore: %s" % (after, first))
+    # across a kill -9 (a new connection)
+    old = b.worker_pid()
+    os.kill(old, signal.SIGKILL)
+    wait_recovered(ctx, b, old)
+    w.wait_present([s.nick], timeout=60)
+    c = negotiate(ctx, b, s, "hist2", HCAPS)
+    crashed = queries()
+    check(crashed == first, "after kill -9: %s\nbefore: %s" % (crashed, first))
