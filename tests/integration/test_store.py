@@ -412,3 +412,31 @@ def test_store_chathistory(ctx):
     c = negotiate(ctx, b, s, "hist2", HCAPS)
     crashed = queries()
     check(crashed == first, "after kill -9: %s\nbefore: %s" % (crashed, first))
+
+
+def test_store_off_no_history_caps(ctx):
+    """store = off: draft/chathistory is neither offered nor ACKed (never
+    advertise what cannot be answered), 005 has no CHATHISTORY, the
+    command gets 421, lines carry no msgid, status says backend off."""
+    from test_ircv3 import wait_cap, negotiate, privmsgs, tag_dict
+    ng, w, b, dave = setup(ctx, sessiond_opts={"store": "off"})
+    s = b.sessions[0]
+    c = ctx.loop.connect(b.port, name="off")
+    c.send_many(["CAP LS 302", "PASS %s" % s.pass_line("off"), "NICK %s" % s.nick,
+                 "USER %s 0 * :t" % s.user])
+    ls = wait_cap(ctx, c, "LS", 0, "CAP LS")
+    check("draft/chathistory" not in ls.params[-1].split(), "offered with store = off: %s" % ls.raw)
+    n = len(c.lines)
+    c.send("CAP REQ draft/chathistory")
+    wait_cap(ctx, c, "NAK", n, "NAK of draft/chathistory with store = off")
+    c.send("CAP END")
+    c2 = negotiate(ctx, b, s, "tags", ["message-tags", "batch"])
+    check(not any("CHATHISTORY=" in ln for _, ln in c2.lines if " 005 " in ln), "CHATHISTORY in 005")
+    m0 = len(c2.lines)
+    dave.privmsg("#chat", "<<dave:1>> x")
+    ctx.loop.run_until(lambda: privmsgs(c2, m0), 10, "dave:1")
+    check("msgid" not in tag_dict(privmsgs(c2, m0)[0].tags), "a msgid without a store")
+    n = len(c2.lines)
+    c2.send("CHATHISTORY LATEST #chat * 10")
+    ctx.loop.run_until(lambda: c2.msgs("421", n), 5, "421")
+    check((b.worker().get("store") or {}).get("backend") == "off", "status: %s" % b.worker().get("store"))
