@@ -729,6 +729,45 @@ static int db_delete_upto(struct store_db *db, int64_t network_id,
 	return 0;
 }
 
+static int db_purge(struct store_db *db, int64_t network_id, uint64_t *lines)
+{
+	char q[640];
+	int r = ensure_conn(db);
+
+	if (r < 0)
+		return r;
+	/* network_id is an integer of ours: formatting it is safe */
+	snprintf(q, sizeof q,
+		 "BEGIN;"
+		 "DELETE FROM baton_read_marker WHERE target IN"
+		 " (SELECT id FROM baton_target WHERE network = %lld);"
+		 "DELETE FROM baton_position WHERE network = %lld;",
+		 (long long)network_id, (long long)network_id);
+	if ((r = exec(db, q)) < 0) {
+		(void)exec(db, "ROLLBACK");
+		return r;
+	}
+	snprintf(q, sizeof q, "DELETE FROM baton_message WHERE network = %lld",
+		 (long long)network_id);
+	PGresult *res = PQexec(db->c, q);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+		set_err(db, res);
+		PQclear(res);
+		(void)exec(db, "ROLLBACK");
+		return -EIO;
+	}
+	*lines = strtoull(PQcmdTuples(res), NULL, 10);
+	PQclear(res);
+	snprintf(q, sizeof q,
+		 "UPDATE baton_network SET lines = 0, bytes = 0 WHERE id = %lld;"
+		 "COMMIT;", (long long)network_id);
+	if ((r = exec(db, q)) < 0) {
+		(void)exec(db, "ROLLBACK");
+		return r;
+	}
+	return 0;
+}
+
 static int db_find_target(struct store_db *db, const char *network,
 			  const char *target, int64_t *id)
 {
@@ -890,6 +929,7 @@ const struct store_db_ops store_pg_ops = {
 	.networks = db_networks,
 	.oldest = db_oldest,
 	.delete_upto = db_delete_upto,
+	.purge = db_purge,
 	.find_target = db_find_target,
 	.find_network = db_find_network,
 	.lookup = db_lookup,

@@ -683,6 +683,35 @@ static int db_stats(struct store_db *db, uint64_t *lines, uint64_t *line_bytes,
 	return 0;
 }
 
+static int db_purge(struct store_db *db, int64_t network_id, uint64_t *lines)
+{
+	char q[640];
+
+	/* network_id is an integer of ours: formatting it is safe */
+	snprintf(q, sizeof q,
+		 "BEGIN IMMEDIATE;"
+		 "DELETE FROM baton_read_marker WHERE target IN"
+		 " (SELECT id FROM baton_target WHERE network = %lld);"
+		 "DELETE FROM baton_position WHERE network = %lld;"
+		 "DELETE FROM baton_message WHERE network = %lld;",
+		 (long long)network_id, (long long)network_id, (long long)network_id);
+	if (sqlite3_exec(db->h, q, NULL, NULL, NULL) != SQLITE_OK) {
+		int r = fail(db);
+		sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
+		return r;
+	}
+	*lines = (uint64_t)sqlite3_changes(db->h);
+	snprintf(q, sizeof q,
+		 "UPDATE baton_network SET lines = 0, bytes = 0 WHERE id = %lld;"
+		 "COMMIT;", (long long)network_id);
+	if (sqlite3_exec(db->h, q, NULL, NULL, NULL) != SQLITE_OK) {
+		int r = fail(db);
+		sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
+		return r;
+	}
+	return 0;
+}
+
 const struct store_db_ops store_sqlite_ops = {
 	.open = db_open,
 	.close = db_close,
@@ -700,6 +729,7 @@ const struct store_db_ops store_sqlite_ops = {
 	.networks = db_networks,
 	.oldest = db_oldest,
 	.delete_upto = db_delete_upto,
+	.purge = db_purge,
 	.find_target = db_find_target,
 	.find_network = db_find_network,
 	.lookup = db_lookup,

@@ -1339,6 +1339,26 @@ void store_query_cancel(struct store *st, uint64_t id)
 	job_free(j);
 }
 
+int store_purge(struct store *st, const char *network, uint64_t *lines,
+		char *err, size_t errlen)
+{
+	int64_t net = 0;
+
+	*lines = 0;
+	if (check_name(network) < 0)
+		return -EINVAL;
+	pthread_mutex_lock(&st->rlock);
+	int r = st->ops->find_network(st->rdb, network, &net);
+	if (r == 0)
+		r = st->ops->purge(st->rdb, net, lines);
+	else if (r == -ENOENT)
+		r = 0;
+	if (r == -EIO && err && errlen)
+		snprintf(err, errlen, "%s", st->ops->error(st->rdb));
+	pthread_mutex_unlock(&st->rlock);
+	return r;
+}
+
 int store_get_position(struct store *st, const char *network,
 		       const char *client, uint64_t *seq)
 {

@@ -294,6 +294,14 @@ int store_query_async(struct store *st, const struct store_query *q,
  * ids are ignored. store_close() cancels every query still waiting. */
 void store_query_cancel(struct store *st, uint64_t id);
 
+/* Delete a network's history: every message, delivery position and read
+ * marker of it (`batonctl user del --purge`). Blocking (a transaction on
+ * the read connection), for tools; a network that is written meanwhile
+ * keeps what is committed after it. 0 with *lines deleted (0 for an
+ * unknown network), -EINVAL, -EIO with a message in err. */
+int store_purge(struct store *st, const char *network, uint64_t *lines,
+		char *err, size_t errlen);
+
 /* 0 and the value, -ENOENT (none stored), -EIO, -EINVAL. */
 int store_get_position(struct store *st, const char *network,
 		       const char *client, uint64_t *seq);

@@ -440,3 +440,64 @@ def test_store_off_no_history_caps(ctx):
     c2.send("CHATHISTORY LATEST #chat * 10")
     ctx.loop.run_until(lambda: c2.msgs("421", n), 5, "421")
     check((b.worker().get("store") or {}).get("backend") == "off", "status: %s" % b.worker().get("store"))
+
+
+def test_store_purge(ctx):
+    """`batonctl user del u001 --purge` (after the reload removed its
+    session) deletes u001/net's stored lines and positions, and only
+    those: u000's away client still gets what it missed from the store;
+    `network del u000/net` without --purge leaves its history in the
+    store. The store file is read with Python's sqlite3."""
+    import sqlite3
+    ng, w, b, dave = setup(ctx, nsessions=2, sessiond_opts=STORE)
+    s0, s1 = b.sessions
+    phones = []
+    for s in (s0, s1):
+        p = bl.bouncer_client(ctx.loop, b, s, client="phone")
+        phones.append(p)
+    dave.privmsg("#chat", "<<dave:0>> seen")
+    for p in phones:
+        wait_tokens(ctx, p, [("dave", 0)], settle=0.1)
+        p.quit("detach")
+    ctx.loop.run_until(lambda: all(p.closed for p in phones), 5, "phones closed")
+    for n in (1, 2, 3):
+        dave.privmsg("#chat", "<<dave:%d>> missed" % n)
+    lap = bl.bouncer_client(ctx.loop, b, s0, client="laptop")
+    wait_tokens(ctx, lap, [("dave", n) for n in (1, 2, 3)], settle=0.1)
+    ctx.loop.run_for(1.0)
+    db = os.path.join(b.dir, "state", "messages.db")
+
+    def rows(key):
+        c = sqlite3.connect(db, timeout=10)
+        try:
+            net = c.execute("SELECT id FROM baton_network WHERE name = ?", (key,)).fetchone()
+            if net is None:
+                return 0, 0
+            m = c.execute("SELECT count(*) FROM baton_message WHERE network = ?", net).fetchone()[0]
+            p = c.execute("SELECT count(*) FROM baton_position WHERE network = ?", net).fetchone()[0]
+            return m, p
+        finally:
+            c.close()
+    check(rows("u001/net")[0] >= 4 and rows("u001/net")[1] >= 1, "before: %s" % (rows("u001/net"),))
+    b.sessions[:] = [s0]
+    w.watch.discard(s1.nick.lower())
+    p = b.ctl_async("user", "del", "u001", "--purge", "--json")
+    ctx.loop.wait_process(p, timeout=60)
+    rc, res, out, err = b.finish_ctl(p)
+    check(rc == 0 and (res or {}).get("result") == "applied", "user del: rc %d %s %s" % (rc, out, err))
+    check(((res or {}).get("purged") or {}).get("u001/net", 0) >= 4, "purged: %s" % res)
+    check(rows("u001/net") == (0, 0), "after --purge: %s" % (rows("u001/net"),))
+    check(rows("u000/net")[0] >= 4, "u000's lines went too: %s" % (rows("u000/net"),))
+    pho = bl.bouncer_client(ctx.loop, b, s0, client="phone")
+    got = wait_tokens(ctx, pho, [("dave", n) for n in (1, 2, 3)])
+    check(got == [("dave", n) for n in (1, 2, 3)], "u000 phone: %s" % got)
+    pho.quit("bye")
+    lap.quit("bye")
+    ctx.loop.run_until(lambda: pho.closed and lap.closed, 5, "closed")
+    before = rows("u000/net")
+    p = b.ctl_async("network", "del", "u000/net", "--json")
+    ctx.loop.wait_process(p, timeout=60)
+    rc, res, out, err = b.finish_ctl(p)
+    check(rc == 0 and "purged" not in (res or {}), "network del: rc %d %s" % (rc, out))
+    check(rows("u000/net")[0] == before[0], "without --purge the history went: %s -> %s"
+          % (before, rows("u000/net")))

@@ -553,6 +553,45 @@ static size_t count(struct store *st, const char *net)
 	return n;
 }
 
+/* ---- purge (batonctl user del --purge) ---- */
+
+static void test_purge(void **state)
+{
+	fresh_url();
+	struct store_options o = opts();
+	struct events ev = { 0 };
+	struct store *st = open_ok(&o, &ev);
+	uint64_t op, lines = 99, pos;
+	int64_t t;
+	char err[256];
+	append(st, "u/n", "#a", 1000, "one");
+	append(st, "u/n", "bob", 1001, "two");
+	append(st, "keep/n", "#a", 1002, "kept");
+	assert_int_equal(store_set_position(st, "u/n", "phone", 2, &op), 0);
+	assert_int_equal(store_set_position(st, "keep/n", "phone", 3, &op), 0);
+	assert_int_equal(store_set_read_marker(st, "u/n", "#a", 1000, &op), 0);
+	assert_int_equal(store_set_read_marker(st, "keep/n", "#a", 1002, &op), 0);
+	wait_durable(st, &ev, op);
+	assert_int_equal(store_purge(st, "u/n", &lines, err, sizeof err), 0);
+	assert_int_equal(lines, 2);
+	assert_int_equal(count(st, "u/n"), 0);
+	assert_int_equal(store_get_position(st, "u/n", "phone", &pos), -ENOENT);
+	assert_int_equal(store_get_read_marker(st, "u/n", "#a", &t), -ENOENT);
+	/* the other network is untouched */
+	assert_int_equal(count(st, "keep/n"), 1);
+	assert_int_equal(store_get_position(st, "keep/n", "phone", &pos), 0);
+	assert_int_equal(store_get_read_marker(st, "keep/n", "#a", &t), 0);
+	/* unknown: nothing to do; bad name: refused */
+	assert_int_equal(store_purge(st, "nobody/n", &lines, err, sizeof err), 0);
+	assert_int_equal(lines, 0);
+	assert_int_equal(store_purge(st, "", &lines, err, sizeof err), -EINVAL);
+	/* the handle that wrote it goes on writing it (its cached ids) */
+	uint64_t s = append(st, "u/n", "#a", 1003, "again");
+	wait_durable(st, &ev, s);
+	assert_int_equal(count(st, "u/n"), 1);
+	store_close(st);
+}
+
 static void test_retention(void **state)
 {
 	fresh_url();
@@ -1260,6 +1299,7 @@ int main(void)
 		cmocka_unit_test(test_query_clamped),
 		cmocka_unit_test(test_async),
 		cmocka_unit_test(test_positions_markers),
+		cmocka_unit_test(test_purge),
 		cmocka_unit_test(test_retention),
 		cmocka_unit_test(test_crash),
 		cmocka_unit_test(test_foreign),
