@@ -276,3 +276,88 @@ void chathistory_client_forget(struct client *cl)
 		free(j);
 	}
 }
+
+/* ---- draft/read-marker ---- */
+
+void readmarker_send(struct client *cl, const char *target)
+{
+	struct history *h = cl->s ? bouncer_history(cl->s->b) : NULL;
+	int64_t t = 0;
+	char ts[32];
+
+	if (!h)
+		return;
+	if (history_marker_get(h, cl->s, target, &t) == 1) {
+		clock_format_server_time(t, ts);
+		conn_sendf(cl->conn, ":%s MARKREAD %s timestamp=%s", BATON_SERVER_NAME,
+			   target, ts);
+	} else {
+		conn_sendf(cl->conn, ":%s MARKREAD %s *", BATON_SERVER_NAME, target);
+	}
+}
+
+void readmarker_after_join(struct session *s, const char *nick,
+			   const char *channel)
+{
+	if (!bouncer_history(s->b) || !session_is_me(s, nick))
+		return;
+	for (size_t i = 0; i < s->nclients; i++)
+		if (s->clients[i]->caps & CLIENT_CAP_READ_MARKER)
+			readmarker_send(s->clients[i], channel);
+}
+
+static void rm_fail(struct client *cl, const char *code, const char *target,
+		    const char *text)
+{
+	conn_sendf(cl->conn, ":%s FAIL MARKREAD %s%s%s :%s", BATON_SERVER_NAME, code,
+		   target ? " " : "", target ? target : "", text);
+}
+
+void readmarker_command(struct client *cl, const struct irc_msg *m)
+{
+	struct session *s = cl->s;
+	struct history *h = bouncer_history(s->b);
+	const char *target;
+	int64_t t;
+
+	if (m->nparams < 1 || !m->params[0][0]) {
+		rm_fail(cl, "NEED_MORE_PARAMS", NULL, "Missing parameters");
+		return;
+	}
+	target = m->params[0];
+	if (strlen(target) > STORE_NAME_MAX || strchr(target, ' ')) {
+		rm_fail(cl, "INVALID_PARAMS", NULL, "Invalid target");
+		return;
+	}
+	if (m->nparams < 2) { /* get */
+		if (history_marker_get(h, s, target, &t) == -EAGAIN) {
+			rm_fail(cl, "INTERNAL_ERROR", target,
+				"The read markers are being read, try again");
+			return;
+		}
+		readmarker_send(cl, target);
+		return;
+	}
+	if (strncmp(m->params[1], "timestamp=", 10) != 0 ||
+	    clock_parse_server_time(m->params[1] + 10, &t) < 0) {
+		rm_fail(cl, "INVALID_PARAMS", m->params[1], "Invalid timestamp");
+		return;
+	}
+	/* clamped to now: a marker from the future would hide what comes */
+	int64_t now = clock_wall_ms();
+	if (t > now)
+		t = now;
+	int r = history_marker_set(h, s, target, &t);
+	if (r < 0) {
+		rm_fail(cl, "INTERNAL_ERROR", target,
+			"The read timestamp could not be set");
+		return;
+	}
+	if (r == 0) { /* not newer: the kept one, to the sender */
+		readmarker_send(cl, target);
+		return;
+	}
+	for (size_t i = 0; i < s->nclients; i++)
+		if (s->clients[i] == cl || (s->clients[i]->caps & CLIENT_CAP_READ_MARKER))
+			readmarker_send(s->clients[i], target);
+}

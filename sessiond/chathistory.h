@@ -36,6 +36,22 @@ struct chathistory_job;
 #define CHATHISTORY_LIMIT 100
 #define CHATHISTORY_INFLIGHT 16
 
+/* draft/read-marker (history.h keeps the markers):
+ *   MARKREAD <target>                      -> MARKREAD <target> timestamp=..|*
+ *   MARKREAD <target> timestamp=<time>     -> stored if newer, and sent to
+ *                                             every client of the session
+ *                                             with the cap (the sender too);
+ *                                             else the newer one back
+ * Errors: FAIL MARKREAD NEED_MORE_PARAMS, INVALID_PARAMS, INTERNAL_ERROR
+ * (the store's queue is full, or the markers are still being read). */
+void readmarker_command(struct client *cl, const struct irc_msg *m);
+/* "MARKREAD <target> ..." to cl (its burst, before RPL_ENDOFNAMES). */
+void readmarker_send(struct client *cl, const char *target);
+/* A JOIN of ours (nick) to channel was relayed: the marker follows. */
+struct session;
+void readmarker_after_join(struct session *s, const char *nick,
+			   const char *channel);
+
 /* The attached client's CHATHISTORY command (answered, or failed). */
 void chathistory_command(struct client *cl, const struct irc_msg *m);
 /* cl goes away: its requests in flight are cancelled. */

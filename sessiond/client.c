@@ -45,6 +45,7 @@ static const struct {
 	{ "sasl", CLIENT_CAP_SASL },
 	{ "batch", CLIENT_CAP_BATCH },
 	{ "draft/chathistory", CLIENT_CAP_CHATHISTORY },
+	{ "draft/read-marker", CLIENT_CAP_READ_MARKER },
 };
 #define NCLIENT_CAPS (sizeof(client_caps) / sizeof(client_caps[0]))
 /* Targets of one PRIVMSG/NOTICE stored in the backlog (more are sent to
@@ -458,7 +459,8 @@ static void client_cap(struct client *cl, struct irc_msg *m)
 			cl->cap_negotiating = true;
 		for (size_t i = 0; i < NCLIENT_CAPS; i++) {
 			/* history needs the message store */
-			if (client_caps[i].bit == CLIENT_CAP_CHATHISTORY &&
+			if ((client_caps[i].bit == CLIENT_CAP_CHATHISTORY ||
+			     client_caps[i].bit == CLIENT_CAP_READ_MARKER) &&
 			    !bouncer_history(cl->b))
 				continue;
 			if (i)
@@ -490,7 +492,8 @@ static void client_cap(struct client *cl, struct irc_msg *m)
 		     t = strtok_r(NULL, " ", &save)) {
 			bool neg = t[0] == '-';
 			unsigned bit = client_cap_from_name(neg ? t + 1 : t);
-			if (!bit || (bit == CLIENT_CAP_CHATHISTORY && !neg &&
+			if (!bit || ((bit == CLIENT_CAP_CHATHISTORY ||
+				      bit == CLIENT_CAP_READ_MARKER) && !neg &&
 				     !bouncer_history(cl->b)))
 				ok = false;
 			else if (neg)
@@ -792,6 +795,14 @@ void client_route(struct client *cl)
 		client_error_close(cl, NULL, why);
 		return;
 	}
+	/* draft/read-marker: its burst carries the session's read markers,
+	 * read from the message store first (history.h) */
+	if ((cl->caps & CLIENT_CAP_READ_MARKER) &&
+	    history_markers_wait(bouncer_history(cl->b), s, cl)) {
+		cl->parked = true;
+		conn_hold_lines(cl->conn, true);
+		return;
+	}
 	free(cl->fwd_user);
 	free(cl->fwd_network);
 	cl->fwd_user = cl->fwd_network = NULL;
@@ -1086,6 +1097,8 @@ void client_send_burst(struct client *cl)
 					   ch->name, ch->topic_setter,
 					   (long long)ch->topic_time);
 		}
+		if (cl->caps & CLIENT_CAP_READ_MARKER) /* before RPL_ENDOFNAMES */
+			readmarker_send(cl, ch->name);
 		send_names(cl, ch);
 	}
 }
@@ -1217,6 +1230,7 @@ void client_attach(struct client *cl, struct session *s)
 	}
 	cl->phase = CLIENT_ATTACHED;
 	cl->cap_negotiating = false;
+	history_markers_load(bouncer_history(s->b), s); /* for MARKREAD */
 	cl->delivered_seq = cl->acked_seq = session_position(s, cl->client_id);
 	cl->mark_head = cl->nmarks = 0;
 	cl->own_head = cl->nown = 0;
@@ -1448,6 +1462,8 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 		client_cap(cl, m);
 	} else if (strcasecmp(cmd, "CHATHISTORY") == 0) {
 		chathistory_command(cl, m); /* the message store's (chathistory.h) */
+	} else if (strcasecmp(cmd, "MARKREAD") == 0 && bouncer_history(s->b)) {
+		readmarker_command(cl, m); /* the message store's (chathistory.h) */
 	} else if (strcasecmp(cmd, "AUTHENTICATE") == 0) {
 		/* never the network's: a SASL login is before registration */
 		conn_sendf(cl->conn, ":%s 907 %s :You have already authenticated",

@@ -38,6 +38,8 @@ enum client_cap {
 	/* draft/chathistory (chathistory.h): offered only with a message
 	 * store (history.h) */
 	CLIENT_CAP_CHATHISTORY = 1u << 13,
+	/* draft/read-marker (chathistory.h), with a message store too */
+	CLIENT_CAP_READ_MARKER = 1u << 14,
 };
 
 enum client_phase {
@@ -133,6 +135,9 @@ struct client {
 	/* CHATHISTORY requests in flight (chathistory.h; owned), oldest
 	 * first. Not serialized: a migration cancels them unanswered. */
 	struct chathistory_job *chist;
+	/* Pending and parked until its session's read markers are loaded
+	 * (history_markers_wait()). */
+	bool hist_waiting;
 	int64_t connected_at_ms; /* CLOCK_MONOTONIC ms, as last_rx_ms */
 	int64_t last_rx_ms;
 	/* CLIENT_CLOSING only: the session it left, by key ("user/network":

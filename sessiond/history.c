@@ -47,6 +47,13 @@ struct history_session {
 	bool paused;    /* its network connection held for the store */
 	struct written_pos *written;
 	size_t nwritten;
+	/* read markers: folded target -> time; loading: a query's id */
+	struct marker { char *target; int64_t t; } *markers;
+	size_t nmarkers;
+	enum { MARKERS_NONE, MARKERS_LOADING, MARKERS_LOADED } mstate;
+	uint64_t mquery;
+	struct client **waiting; /* for the markers, not owned */
+	size_t nwaiting;
 };
 
 struct history {
@@ -265,6 +272,14 @@ static void hs_free(struct history_session *hs)
 	for (size_t i = 0; i < hs->nwritten; i++)
 		free(hs->written[i].client_id);
 	free(hs->written);
+	if (hs->mquery)
+		store_query_cancel(h->st, hs->mquery);
+	for (size_t i = 0; i < hs->nmarkers; i++)
+		free(hs->markers[i].target);
+	free(hs->markers);
+	for (size_t i = 0; i < hs->nwaiting; i++)
+		hs->waiting[i]->hist_waiting = false;
+	free(hs->waiting);
 	free(hs);
 }
 
@@ -763,6 +778,164 @@ void history_client_forget(struct history *h, struct client *cl)
 		store_query_cancel(h->st, cl->hist_query);
 	cl->hist_query = 0;
 	cl->hist_store = false;
+	for (struct history_session *hs = h && cl->hist_waiting ? h->sessions : NULL;
+	     hs; hs = hs->next)
+		for (size_t i = 0; i < hs->nwaiting; i++)
+			if (hs->waiting[i] == cl) {
+				hs->waiting[i] = hs->waiting[--hs->nwaiting];
+				break;
+			}
+	cl->hist_waiting = false;
+}
+
+/* ---- read markers ---- */
+
+static struct marker *marker_find(struct history_session *hs, const char *folded)
+{
+	for (size_t i = 0; i < hs->nmarkers; i++)
+		if (strcmp(hs->markers[i].target, folded) == 0)
+			return &hs->markers[i];
+	return NULL;
+}
+
+static int marker_put(struct history_session *hs, const char *folded, int64_t t)
+{
+	struct marker *m = marker_find(hs, folded);
+
+	if (m) {
+		if (t > m->t)
+			m->t = t;
+		return 0;
+	}
+	char *d = strdup(folded);
+	if (!d)
+		return -ENOMEM;
+	if (hs->nmarkers >= HISTORY_MARKERS) {
+		/* the oldest leaves the memory (the store keeps it) */
+		size_t old = 0;
+		for (size_t i = 1; i < hs->nmarkers; i++)
+			if (hs->markers[i].t < hs->markers[old].t)
+				old = i;
+		free(hs->markers[old].target);
+		hs->markers[old] = (struct marker){ d, t };
+		return 0;
+	}
+	struct marker *nv = realloc(hs->markers, (hs->nmarkers + 1) * sizeof(*nv));
+	if (!nv) {
+		free(d);
+		return -ENOMEM;
+	}
+	hs->markers = nv;
+	nv[hs->nmarkers++] = (struct marker){ d, t };
+	return 0;
+}
+
+static void on_markers(void *arg, int rc, struct store_result *res,
+		       const char *err)
+{
+	struct history_session *hs = arg;
+	struct history *h = hs->h;
+
+	hs->mquery = 0;
+	hs->mstate = MARKERS_LOADED;
+	if (rc < 0) {
+		h->errors++;
+		log_error("store", "%s: read markers not read from the store (%s): clients get none until they set them",
+			  hs->s->key, err && *err ? err : strerror(-rc));
+	}
+	for (size_t i = 0; rc == 0 && i < res->ntargets; i++)
+		(void)marker_put(hs, res->targets[i].target, res->targets[i].last_time_ms);
+	store_result_free(res);
+	/* the clients that waited attach now (if they still wait) */
+	struct client **w = hs->waiting;
+	size_t n = hs->nwaiting;
+	hs->waiting = NULL;
+	hs->nwaiting = 0;
+	for (size_t i = 0; i < n; i++) {
+		w[i]->hist_waiting = false;
+		if (w[i]->phase == CLIENT_PENDING && w[i]->parked)
+			client_route(w[i]);
+	}
+	free(w);
+}
+
+void history_markers_load(struct history *h, struct session *s)
+{
+	struct history_session *hs = h ? hs_get(h, s) : NULL;
+
+	if (!hs || hs->mstate != MARKERS_NONE)
+		return;
+	struct store_query q = { .kind = STORE_Q_MARKERS, .network = s->key };
+	if (store_query_async(h->st, &q, on_markers, hs, &hs->mquery) == 0) {
+		hs->mstate = MARKERS_LOADING;
+	} else {
+		/* -EAGAIN (256 queries waiting): as if there were none */
+		h->errors++;
+		hs->mstate = MARKERS_LOADED;
+	}
+}
+
+bool history_markers_wait(struct history *h, struct session *s,
+			  struct client *cl)
+{
+	history_markers_load(h, s);
+	struct history_session *hs = h ? s->hist : NULL;
+	if (!hs || hs->mstate == MARKERS_LOADED)
+		return false;
+	for (size_t i = 0; i < hs->nwaiting; i++)
+		if (hs->waiting[i] == cl)
+			return true;
+	struct client **nv = realloc(hs->waiting, (hs->nwaiting + 1) * sizeof(*nv));
+	if (!nv)
+		return false; /* attaches without them */
+	hs->waiting = nv;
+	nv[hs->nwaiting++] = cl;
+	cl->hist_waiting = true;
+	return true;
+}
+
+int history_marker_get(struct history *h, struct session *s,
+		       const char *target, int64_t *t)
+{
+	char folded[STORE_NAME_MAX + 1];
+	struct history_session *hs = h ? s->hist : NULL;
+
+	if (!hs || hs->mstate != MARKERS_LOADED) {
+		history_markers_load(h, s);
+		return -EAGAIN;
+	}
+	history_fold_target(target, folded, sizeof folded);
+	struct marker *m = marker_find(hs, folded);
+	if (!m)
+		return 0;
+	*t = m->t;
+	return 1;
+}
+
+int history_marker_set(struct history *h, struct session *s,
+		       const char *target, int64_t *t)
+{
+	char folded[STORE_NAME_MAX + 1];
+	struct history_session *hs = h ? s->hist : NULL;
+
+	if (!hs || hs->mstate != MARKERS_LOADED) {
+		history_markers_load(h, s);
+		return -EAGAIN;
+	}
+	history_fold_target(target, folded, sizeof folded);
+	struct marker *m = marker_find(hs, folded);
+	if (m && *t <= m->t) {
+		*t = m->t;
+		return 0;
+	}
+	int r = store_set_read_marker(h->st, s->key, folded, *t, NULL);
+	if (r < 0) {
+		if (r != -EAGAIN)
+			note_error(h, s, r);
+		return r == -EAGAIN ? -EAGAIN : r;
+	}
+	r = marker_put(hs, folded, *t);
+	return r < 0 ? r : 1;
 }
 
 /* ---- stats ---- */

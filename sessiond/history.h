@@ -114,6 +114,30 @@ void history_fold_target(const char *in, char *out, size_t n);
 void history_msgid(const struct history *h, uint64_t seq,
 		   char out[STORE_MSGID_TAG_LEN]);
 
+/* ---- read markers (draft/read-marker; chathistory.h answers MARKREAD) ----
+ * A session's markers are read from the store once (STORE_Q_MARKERS,
+ * asynchronously) when a client attaches, and kept in memory (at most
+ * HISTORY_MARKERS per session: beyond, the oldest marker leaves the memory,
+ * not the store). A client with draft/read-marker waits for them before it
+ * attaches (history_markers_wait()), so its burst carries a MARKREAD for
+ * every channel before RPL_ENDOFNAMES. */
+#define HISTORY_MARKERS 1000
+/* Start loading s's markers (nothing if loaded or loading). */
+void history_markers_load(struct history *h, struct session *s);
+/* A pending client routed to s: true when it must wait for s's markers (it
+ * is listed; client_route() runs again for it once they are in, if it is
+ * still parked). */
+bool history_markers_wait(struct history *h, struct session *s,
+			  struct client *cl);
+/* target's marker: 1 and *t, 0 (none: "*"), -EAGAIN (not loaded yet). */
+int history_marker_get(struct history *h, struct session *s,
+		       const char *target, int64_t *t);
+/* A client's MARKREAD set: 1 (newer: stored, *t is it), 0 (not newer: *t
+ * is the marker kept), -EAGAIN (the store's queue is full, or the markers
+ * are not loaded yet), -ENOMEM. */
+int history_marker_set(struct history *h, struct session *s,
+		       const char *target, int64_t *t);
+
 struct history_stats {
 	const char *backend;
 	uint64_t appended, pending_now, paused_sessions, refused, errors,

@@ -104,6 +104,9 @@ struct store_db_ops {
 			    const char *client, uint64_t *seq);
 	int (*get_marker)(struct store_db *db, const char *network,
 			  const char *target, int64_t *time_ms);
+	/* Every read marker of a network: (target, time) into r's targets. */
+	int (*markers)(struct store_db *db, int64_t network_id,
+		       struct store_result *r);
 	int (*stats)(struct store_db *db, uint64_t *lines, uint64_t *line_bytes,
 		     uint64_t *disk_bytes);
 };

@@ -45,7 +45,7 @@ enum {
 	S_TGT_INS, S_TGT_SEL, S_INSERT, S_ADD_BYTES, S_SET_POS, S_SET_MARK,
 	S_NETWORKS, S_OLDEST, S_DELETE, S_FIND_TGT, S_FIND_NET, S_LOOKUP,
 	S_RANGE_ASC, S_RANGE_DESC, S_REPLAY, S_TARGETS_ASC, S_TARGETS_DESC,
-	S_GET_POS, S_GET_MARK, S_STATS, S_COUNT
+	S_GET_POS, S_GET_MARK, S_STATS, S_MARKERS, S_COUNT
 };
 
 static const char *const sql[S_COUNT] = {
@@ -108,6 +108,9 @@ static const char *const sql[S_COUNT] = {
 		       " WHERE n.name = ?1 AND t.name = ?2",
 	[S_STATS] = "SELECT coalesce(sum(lines), 0), coalesce(sum(bytes), 0)"
 		    " FROM baton_network",
+	[S_MARKERS] = "SELECT t.name, r.time FROM baton_read_marker r"
+		      " JOIN baton_target t ON t.id = r.target"
+		      " WHERE t.network = ?1 ORDER BY t.name",
 };
 
 struct store_db {
@@ -638,6 +641,26 @@ static int db_targets(struct store_db *db, int64_t network_id, int64_t lo,
 	return 0;
 }
 
+static int db_markers(struct store_db *db, int64_t network_id,
+		      struct store_result *r)
+{
+	sqlite3_stmt *s = stmt(db, S_MARKERS);
+	if (!s)
+		return step_done(db, s);
+	sqlite3_bind_int64(s, 1, network_id);
+	int rc, e = 0;
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW)
+		if ((e = store_result_push_target(r, col(s, 0),
+						  sqlite3_column_int64(s, 1))) < 0) {
+			sqlite3_reset(s);
+			return e;
+		}
+	if (rc != SQLITE_DONE)
+		return fail(db);
+	sqlite3_reset(s);
+	return 0;
+}
+
 static int db_get_position(struct store_db *db, const char *network,
 			   const char *client, uint64_t *seq)
 {
@@ -738,5 +761,6 @@ const struct store_db_ops store_sqlite_ops = {
 	.targets = db_targets,
 	.get_position = db_get_position,
 	.get_marker = db_get_marker,
+	.markers = db_markers,
 	.stats = db_stats,
 };

@@ -1087,6 +1087,12 @@ static int run_query(struct store *st, const struct store_query *q,
 		out->nrows = 1;
 		return 0;
 	}
+	if (q->kind == STORE_Q_MARKERS) {
+		r = st->ops->find_network(st->rdb, q->network, &net);
+		if (r == -ENOENT)
+			return 0;
+		return r < 0 ? r : st->ops->markers(st->rdb, net, out);
+	}
 	if (q->kind == STORE_Q_TARGETS || q->kind == STORE_Q_REPLAY) {
 		r = st->ops->find_network(st->rdb, q->network, &net);
 		if (r == -ENOENT || limit == 0)

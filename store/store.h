@@ -229,6 +229,9 @@ enum store_query_kind {
 	 * one row whose seq is it (no row: none stored); for an event loop,
 	 * through store_query_async(). */
 	STORE_Q_POSITION,
+	/* Every read marker of the network: targets[] with the marker as
+	 * last_time_ms, by target name (no limit; one per target). */
+	STORE_Q_MARKERS,
 };
 
 enum store_ref_kind { STORE_REF_NONE, STORE_REF_TIME, STORE_REF_MSGID };

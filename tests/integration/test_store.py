@@ -425,7 +425,8 @@ def test_store_off_no_history_caps(ctx):
     c.send_many(["CAP LS 302", "PASS %s" % s.pass_line("off"), "NICK %s" % s.nick,
                  "USER %s 0 * :t" % s.user])
     ls = wait_cap(ctx, c, "LS", 0, "CAP LS")
-    check("draft/chathistory" not in ls.params[-1].split(), "offered with store = off: %s" % ls.raw)
+    for cap in ("draft/chathistory", "draft/read-marker"):
+        check(cap not in ls.params[-1].split(), "%s offered with store = off: %s" % (cap, ls.raw))
     n = len(c.lines)
     c.send("CAP REQ draft/chathistory")
     wait_cap(ctx, c, "NAK", n, "NAK of draft/chathistory with store = off")
@@ -501,3 +502,81 @@ def test_store_purge(ctx):
     check(rc == 0 and "purged" not in (res or {}), "network del: rc %d %s" % (rc, out))
     check(rows("u000/net")[0] == before[0], "without --purge the history went: %s -> %s"
           % (before, rows("u000/net")))
+
+
+# ---- draft/read-marker ----
+
+RCAPS = ["server-time", "draft/read-marker"]
+
+
+def markreads(c, since=0):
+    return [m for m in c.msgs("MARKREAD", since)]
+
+
+def burst_marker(c, chan):
+    """The MARKREAD of chan in c's burst: after its JOIN, before its 366."""
+    lines = [bl.parse(ln) for _, ln in c.lines]
+    j = next(i for i, m in enumerate(lines) if m.command == "JOIN" and m.param(0) == chan)
+    e = next(i for i, m in enumerate(lines) if m.command == "366" and m.param(1) == chan)
+    mk = [m for m in lines[j:e] if m.command == "MARKREAD" and m.param(0) == chan]
+    check(len(mk) == 1, "burst: %d MARKREAD %s between its JOIN and 366: %s"
+          % (len(mk), chan, [ln for _, ln in c.lines][j:e + 1]))
+    return mk[0].param(1)
+
+
+def test_store_read_marker(ctx):
+    """draft/read-marker: a client's burst has MARKREAD for each channel
+    (after its JOIN, before RPL_ENDOFNAMES; `*` when none); MARKREAD set
+    reaches every client of the user with the cap (the sender too), an
+    older timestamp is answered with the kept one (to the sender only), a
+    get answers the marker, a bad timestamp FAILs; the marker is the same
+    after a full restart and after a kill -9 (read from the store)."""
+    from test_ircv3 import negotiate, privmsgs, tag_dict
+    ng, w, b, dave = setup(ctx, sessiond_opts=STORE)
+    s = b.sessions[0]
+    a = negotiate(ctx, b, s, "a", RCAPS)
+    b2 = negotiate(ctx, b, s, "b", RCAPS)
+    for c in (a, b2):
+        check(burst_marker(c, "#chat") == "*" and burst_marker(c, "#ops") == "*",
+              "first burst markers")
+    m0 = len(a.lines)
+    dave.privmsg("#chat", "<<dave:1>> read me")
+    ctx.loop.run_until(lambda: privmsgs(a, m0), 10, "dave:1")
+    ts = tag_dict(privmsgs(a, m0)[0].tags)["time"]
+    na, nb = len(a.lines), len(b2.lines)
+    a.send("MARKREAD #chat timestamp=%s" % ts)
+    ctx.loop.run_until(lambda: markreads(a, na) and markreads(b2, nb), 5, "MARKREAD to both")
+    for c, n in ((a, na), (b2, nb)):
+        got = [m.params for m in markreads(c, n)]
+        check(got == [["#chat", "timestamp=%s" % ts]], "%s: %s" % (c.name, got))
+    na, nb = len(a.lines), len(b2.lines)
+    a.send("MARKREAD #chat timestamp=2000-01-01T00:00:00.000Z")
+    ctx.loop.run_until(lambda: markreads(a, na), 5, "the kept marker back")
+    ctx.loop.run_for(0.3)
+    check([m.params for m in markreads(a, na)] == [["#chat", "timestamp=%s" % ts]],
+          "older set: %s" % [m.raw for m in markreads(a, na)])
+    check(not markreads(b2, nb), "an older set reached b: %s" % [m.raw for m in markreads(b2, nb)])
+    na = len(a.lines)
+    a.send("MARKREAD #CHAT")
+    a.send("MARKREAD #ops")
+    a.send("MARKREAD #chat timestamp=yesterday")
+    ctx.loop.run_until(lambda: len(markreads(a, na)) >= 2 and a.msgs("FAIL", na), 5, "get + FAIL")
+    check([m.params for m in markreads(a, na)] == [["#CHAT", "timestamp=%s" % ts], ["#ops", "*"]],
+          "gets: %s" % [m.raw for m in markreads(a, na)])
+    check(a.msgs("FAIL", na)[0].params[:2] == ["MARKREAD", "INVALID_PARAMS"],
+          "bad timestamp: %s" % a.msgs("FAIL", na)[0].raw)
+    ctx.loop.run_for(1.0)  # durable
+    b.stop()
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    w.wait_present([s.nick], timeout=30)
+    c = negotiate(ctx, b, s, "c", RCAPS)
+    check(burst_marker(c, "#chat") == "timestamp=%s" % ts, "after a restart: %s"
+          % burst_marker(c, "#chat"))
+    old = b.worker_pid()
+    os.kill(old, signal.SIGKILL)
+    wait_recovered(ctx, b, old)
+    w.wait_present([s.nick], timeout=60)
+    c = negotiate(ctx, b, s, "d", RCAPS)
+    check(burst_marker(c, "#chat") == "timestamp=%s" % ts and burst_marker(c, "#ops") == "*",
+          "after kill -9: %s" % burst_marker(c, "#chat"))

@@ -537,6 +537,20 @@ static void test_positions_markers(void **state)
 	store_result_free(&pr);
 	pq.target = "";
 	assert_int_equal(store_query(st, &pq, &pr, NULL, 0), -EINVAL);
+	/* every read marker of a network at once (a worker loads them when a
+	 * session's first client attaches) */
+	struct store_query mq = { .kind = STORE_Q_MARKERS, .network = "n" };
+	assert_int_equal(store_query(st, &mq, &pr, NULL, 0), 0);
+	assert_int_equal(pr.ntargets, 2);
+	assert_string_equal(pr.targets[0].target, "#c");
+	assert_int_equal(pr.targets[0].last_time_ms, 2001);
+	assert_string_equal(pr.targets[1].target, "bob");
+	assert_int_equal(pr.targets[1].last_time_ms, 5);
+	store_result_free(&pr);
+	mq.network = "nobody";
+	assert_int_equal(store_query(st, &mq, &pr, NULL, 0), 0);
+	assert_int_equal(pr.ntargets, 0);
+	store_result_free(&pr);
 	store_close(st);
 }
 
