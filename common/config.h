@@ -147,6 +147,7 @@ struct baton_config {
 	char *store_url;        /* libpq conninfo, NULL: none */
 	int store_queue_ops;
 	int store_queue_bytes;
+	int store_commit_ms;    /* group commit window */
 	int store_max_age_days;
 	int store_max_mb;
 

@@ -184,6 +184,14 @@ const struct config_key config_keys[] = {
 	  .table = "store",
 	  .doc = "bytes queued for the store's writer at most (same behaviour when "
 		 "full)" },
+	{ CONFIG_SESSIOND, "store_commit_ms", CONFIG_INT,
+	  .offset = G(store_commit_ms),
+	  .def = 10, .min = 0, .max = 1000,
+	  .table = "store",
+	  .doc = "group commit: the store's writer gathers lines for up to this "
+		 "many ms before a commit (fewer, bigger commits: less CPU per line;"
+		 " lines become durable that much later; relaying does not wait for"
+		 " it). 0: commit as soon as a line is queued" },
 	{ CONFIG_SESSIOND, "store_max_age_days", CONFIG_INT,
 	  .offset = G(store_max_age_days),
 	  .def = 0, .min = 0, .max = 36500,

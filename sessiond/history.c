@@ -365,10 +365,12 @@ static int try_append(struct history *h, struct history_session *hs,
 	int r = store_append(h->st, &m, seq);
 	if (r == 0) {
 		if (*seq < backlog_next_seq(s->backlog)) {
-			/* Cannot happen after the floor; if it does, the
-			 * cache would refuse it: the line is stored, relayed
-			 * without a seq. */
+			/* Not after the floor (history_session_flush() asks
+			 * for a new one); if it happens, the cache would
+			 * refuse it: the line is stored, relayed without a
+			 * seq, and the next append floors again. */
 			h->errors++;
+			hs->floored = false;
 			return -ERANGE;
 		}
 		h->appended++;
@@ -509,6 +511,15 @@ void history_session_flush(struct history *h, struct session *s)
 
 	if (!h || !hs)
 		return;
+	/* Store reads for its clients' replays stop here; armed again (a
+	 * thaw, an adoption), client_resume() asks again. */
+	for (size_t i = 0; i < s->nclients; i++) {
+		struct client *cl = s->clients[i];
+		if (cl->hist_query)
+			store_query_cancel(h->st, cl->hist_query);
+		cl->hist_query = 0;
+		cl->hist_store = false;
+	}
 	hs_flush(hs);
 	if (!hs->pending)
 		return;
@@ -526,6 +537,9 @@ void history_session_flush(struct history *h, struct session *s)
 	}
 	hs->pending_tail = NULL;
 	hs->npending = 0;
+	/* Those seqs are the backlog's: if the session stays here (the
+	 * migration fails), the store's next ones must go above them. */
+	hs->floored = false;
 	hs_resume(hs);
 }
 

@@ -80,6 +80,8 @@ struct store {
 	bool reserving;
 	bool closing;
 	bool want_space;          /* a refusal since the last space callback */
+	int64_t head_ns;          /* when the queue last became non-empty */
+	int sync_wanted;          /* store_sync() callers waiting: no window */
 	bool retention_req;       /* store_retention_now() */
 	bool retention_running;
 	char err[256];
@@ -438,6 +440,14 @@ static void *writer(void *arg)
 			}
 			continue;
 		}
+		if (st->head && st->o.commit_window_ms > 0 && !st->closing &&
+		    !st->want_space && !st->sync_wanted && st->nops < st->o.batch_max &&
+		    clock_mono_ns() < st->head_ns + (int64_t)st->o.commit_window_ms * 1000000) {
+			/* group commit: let the batch grow a little */
+			timed_wait(&st->wake, &st->lock,
+				   st->head_ns + (int64_t)st->o.commit_window_ms * 1000000);
+			continue;
+		}
 		if (st->head) {
 			batches_since_step++;
 			/* Take up to batch_max ops; what arrives meanwhile waits
@@ -776,6 +786,8 @@ static int enqueue(struct store *st, struct op *o, uint64_t *seq)
 	st->tail = o;
 	st->nops++;
 	st->nbytes += o->size;
+	if (st->nops == 1)
+		st->head_ns = clock_mono_ns();
 	/* Wake the writer when it may be idle, or the block runs low. */
 	if (st->nops == 1 || st->block_end - st->next_seq < st->o.seq_block / 2)
 		pthread_cond_signal(&st->wake);
@@ -908,6 +920,7 @@ int store_sync(struct store *st, int64_t timeout_ms)
 	 * never handed out. */
 	uint64_t want = st->last_seq;
 	bool any = st->head || st->inflight;
+	st->sync_wanted++;
 	while ((any && atomic_load(&st->durable) < want) || st->retention_req ||
 	       st->retention_running) {
 		if (clock_mono_ns() >= until) {
@@ -917,6 +930,7 @@ int store_sync(struct store *st, int64_t timeout_ms)
 		pthread_cond_signal(&st->wake);
 		timed_wait(&st->done, &st->lock, until);
 	}
+	st->sync_wanted--;
 	pthread_mutex_unlock(&st->lock);
 	return r;
 }

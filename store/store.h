@@ -115,6 +115,12 @@ struct store_options {
 	 * before it fails (and the batch is retried): SQLite's busy timeout,
 	 * PostgreSQL's lock_timeout (0: 10,000 ms). */
 	int lock_timeout_ms;
+	/* Group commit: the writer gathers operations for up to this long
+	 * after the first one of a batch arrived before it commits (unless
+	 * batch_max are queued, a refusal waits for room, or the store
+	 * closes): fewer, bigger commits for that much later durability
+	 * (0: commit as soon as anything is queued). */
+	int commit_window_ms;
 	/* SQLite synchronous=NORMAL instead of FULL: a commit survives the
 	 * process's crash but may be lost with the machine's power (and with
 	 * it a seq reservation: msgids handed out before the loss may then be

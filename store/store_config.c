@@ -41,6 +41,7 @@ int store_options_from_config(const struct baton_config *cfg,
 	}
 	o->queue_ops = (size_t)CONFIG_INT_OR_DEFAULT(cfg, store_queue_ops);
 	o->queue_bytes = (size_t)CONFIG_INT_OR_DEFAULT(cfg, store_queue_bytes);
+	o->commit_window_ms = cfg->store_commit_ms;
 	o->max_age_ms = (int64_t)cfg->store_max_age_days * 86400 * 1000;
 	o->max_bytes = (uint64_t)cfg->store_max_mb << 20;
 	return 0;

@@ -567,6 +567,44 @@ static size_t count(struct store *st, const char *net)
 	return n;
 }
 
+/* ---- group commit (commit_window_ms) ---- */
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void test_commit_window(void **state)
+{
+	fresh_url();
+	struct store_options o = opts();
+	o.commit_window_ms = 300;
+	struct events ev = { 0 };
+	struct store *st = open_ok(&o, &ev);
+	/* the first block reserved, so only the window delays */
+	assert_int_equal(store_sync(st, 10000), 0);
+	int64_t t0 = now_ms();
+	uint64_t s1 = append(st, "n", "#a", 1, "one");
+	uint64_t s2 = append(st, "n", "#a", 2, "two");
+	usleep(100 * 1000);
+	assert_true(store_durable_seq(st) < s1); /* still gathering */
+	wait_durable(st, &ev, s2);
+	int64_t took = now_ms() - t0;
+	assert_true(took >= 250); /* one commit, after the window */
+	struct store_stats ss;
+	assert_int_equal(store_stats(st, &ss, NULL, 0), 0);
+	assert_true(ss.batch_max_seen >= 2);
+	/* store_sync() does not wait for the window */
+	uint64_t s3 = append(st, "n", "#a", 3, "three");
+	t0 = now_ms();
+	assert_int_equal(store_sync(st, 10000), 0);
+	assert_true(store_durable_seq(st) >= s3);
+	assert_true(now_ms() - t0 < 250);
+	store_close(st);
+}
+
 /* ---- purge (batonctl user del --purge) ---- */
 
 static void test_purge(void **state)
@@ -1314,6 +1352,7 @@ int main(void)
 		cmocka_unit_test(test_async),
 		cmocka_unit_test(test_positions_markers),
 		cmocka_unit_test(test_purge),
+		cmocka_unit_test(test_commit_window),
 		cmocka_unit_test(test_retention),
 		cmocka_unit_test(test_crash),
 		cmocka_unit_test(test_foreign),
