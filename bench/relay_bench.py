@@ -664,6 +664,8 @@ def main():
     ap.add_argument("--store-compare", action="store_true",
                     help="the same steps with [sessiond] store = off first, then "
                          "with the default store (SQLite), in this run")
+    ap.add_argument("--store-opts", default="",
+                    help="more [sessiond] keys for the store-on run, KEY = V;KEY = V")
     ap.add_argument("--no-baseline", dest="baseline", action="store_false",
                     help="skip the same steps with clients directly on ngircd")
     args = ap.parse_args()
@@ -680,7 +682,8 @@ def main():
     if args.store_compare:
         result["baton_store_off"] = run_steps("baton-store-off",
                                               baton_maker(bins, sessiond_extra="store = off"), args)
-    result["baton"] = run_steps("baton", baton_maker(bins, sessiond_extra="store = sqlite"), args)
+    result["baton"] = run_steps("baton", baton_maker(
+        bins, sessiond_extra="store = sqlite;" + args.store_opts), args)
     if args.baseline:
         result["direct"] = run_steps("direct", lambda rig: DirectBouncer(rig.net_port), args)
     result["loadavg_end"] = os.getloadavg()
