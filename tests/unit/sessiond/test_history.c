@@ -41,6 +41,7 @@
 
 static char g_dir[4096], g_db[4200];
 static int g_queue_ops;
+static int g_net_age_days = -1; /* [network] store_max_age_days */
 
 static void tune(struct baton_config *cfg)
 {
@@ -48,6 +49,10 @@ static void tune(struct baton_config *cfg)
 	cfg->store_path = g_db;
 	cfg->store_queue_ops = g_queue_ops;
 	cfg->store_queue_bytes = 32 << 20;
+	for (size_t i = 0; i < cfg->nnetworks; i++) {
+		cfg->networks[i].store_max_age_days = g_net_age_days;
+		cfg->networks[i].store_max_mb = -1;
+	}
 }
 
 struct fixture {
@@ -316,6 +321,51 @@ static void test_position_to_store(void **state)
 	free(r.buf);
 }
 
+/* Retention: the network's store_max_age_days reaches the store for its
+ * sessions (the global default keeps everything). A line stamped 2001 by
+ * the network's @time is past a day; the one after it is not. */
+static void retention_case(void **state, bool expect_deleted)
+{
+	struct fixture *f = *state;
+	static const char lines[] =
+		"@time=2001-01-01T00:00:00.000Z :bob!b@host.example PRIVMSG #baton :line 1\r\n"
+		":bob!b@host.example PRIVMSG #baton :line 2\r\n";
+	struct rx r = { 0 };
+	int fd = attach(f, "laptop", &r, "a partial line\r\n");
+
+	assert_int_equal(send(f->e->up, lines, sizeof(lines) - 1, MSG_NOSIGNAL),
+			 (ssize_t)(sizeof(lines) - 1));
+	assert_true(rx_wait_tries(f->e, &r, fd, ":line 2\r\n", 3000));
+	struct store *st = history_store(f->h);
+	assert_int_equal(store_sync(st, 10000), 0);
+	store_retention_now(st);
+	assert_int_equal(store_sync(st, 10000), 0);
+	struct store_result res = replay_all(f, 0);
+	assert_int_equal(res.nrows, expect_deleted ? 1 : 2);
+	assert_true(strstr(res.rows[res.nrows - 1].line, "line 2") != NULL);
+	store_result_free(&res);
+	close(fd);
+	free(r.buf);
+}
+
+static void test_retention_network_override(void **state)
+{
+	retention_case(state, true);
+}
+
+static void test_retention_default_keeps(void **state)
+{
+	retention_case(state, false);
+}
+
+static int setup_age1(void **state)
+{
+	g_net_age_days = 1;
+	int r = setup_with(state, 0);
+	g_net_age_days = -1;
+	return r;
+}
+
 static void test_freeze_keeps_pending(void **state)
 {
 	struct fixture *f = *state;
@@ -345,6 +395,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_lost_from_cache_read_from_store, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_position_to_store, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_freeze_keeps_pending, setup_tiny, teardown),
+		cmocka_unit_test_setup_teardown(test_retention_network_override, setup_age1, teardown),
+		cmocka_unit_test_setup_teardown(test_retention_default_keeps, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
