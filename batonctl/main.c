@@ -445,6 +445,17 @@ static void print_status(struct json_object *st)
 			if (json_object_object_get_ex(w, "networks", &v))
 				print_networks(v);
 			print_sasl_failures(w);
+			/* the message store (sessiond/history.h) */
+			struct json_object *so = jobj(w, "store");
+			if (so && strcmp(jstr(so, "backend", "off"), "off") != 0)
+				printf("        store: %s, %lld lines appended, %lld queued, %lld refused (queue full), %lld paused sessions, %lld errors, %lld failed commits%s\n",
+				       jstr(so, "backend", "?"), (long long)jint(so, "appended"),
+				       (long long)jint(so, "queued"), (long long)jint(so, "refused_full"),
+				       (long long)jint(so, "paused_sessions"), (long long)jint(so, "errors"),
+				       (long long)jint(so, "commit_failures"),
+				       json_object_get_boolean(jobj(so, "failing")) ? " (FAILING now)" : "");
+			else if (so)
+				printf("        store: off\n");
 		}
 	}
 	if (json_object_object_get_ex(st, "migration_running", &v) &&

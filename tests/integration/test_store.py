@@ -93,6 +93,9 @@ def test_store_full_restart(ctx):
     check(so.get("backend") == "sqlite" and so.get("appended", 0) >= 1 and so.get("errors") == 0
           and so.get("replay_queries", 0) >= 1 and so.get("failing") is False,
           "status store after the restart: %s" % so)
+    rc, _, out, err = b.ctl("status")
+    check(rc == 0 and "store: sqlite, " in out and " 0 errors" in out,
+          "batonctl status (text): %s %s" % (out, err))
 
 
 def test_store_worker_kill9(ctx):
