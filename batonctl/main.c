@@ -10,7 +10,7 @@
  *   batonctl -c FILE reload
  *   batonctl -c FILE user add NAME [--password-hash HASH | --password-stdin]
  *   batonctl -c FILE user del NAME [--purge] | user passwd NAME [...] | user list
- *   batonctl -c FILE network add|set USER/NETWORK [KEY=VALUE ...] | network del USER/NETWORK
+ *   batonctl -c FILE network add|set USER/NETWORK [KEY=VALUE ...] | network del USER/NETWORK [--purge]
  *
  * Exit status (docs/design.md §8): 0 success / committed with every session,
  * 1 refused, aborted, partial or any sessions lost (the reason is printed), 2 usage, config or connection error, or no result
@@ -104,7 +104,7 @@ static void usage(FILE *f)
 		"       batonctl -c FILE [--json] user list\n"
 		"       batonctl -c FILE [--json] network add USER/NETWORK [KEY=VALUE ...]\n"
 		"       batonctl -c FILE [--json] network set USER/NETWORK KEY=VALUE ...\n"
-		"       batonctl -c FILE [--json] network del USER/NETWORK\n"
+		"       batonctl -c FILE [--json] network del USER/NETWORK [--purge]\n"
 		"                      edit the config file (comments kept; checked before it\n"
 		"                      is replaced, atomically), then reload; KEY= (no value)\n"
 		"                      takes a key out\n"
@@ -134,7 +134,7 @@ static void usage(FILE *f)
 		"      --password-stdin      user add/passwd: read the password from stdin (hashed\n"
 		"                      with yescrypt; without either option it is asked for\n"
 		"                      on the terminal)\n"
-		"      --purge         user del: also delete the user's stored history\n"
+		"      --purge         user del, network del: also delete the stored history\n"
 		"\n"
 		"exit status: 0 success (canary: started, grown, baked, promoted, or\n"
 		"aborted on request), 1 refused, aborted, rolled back or sessions lost\n"
@@ -445,6 +445,17 @@ static void print_status(struct json_object *st)
 			if (json_object_object_get_ex(w, "networks", &v))
 				print_networks(v);
 			print_sasl_failures(w);
+			/* the message store (sessiond/history.h) */
+			struct json_object *so = jobj(w, "store");
+			if (so && strcmp(jstr(so, "backend", "off"), "off") != 0)
+				printf("        store: %s, %lld lines appended, %lld queued, %lld refused (queue full), %lld paused sessions, %lld errors, %lld failed commits%s\n",
+				       jstr(so, "backend", "?"), (long long)jint(so, "appended"),
+				       (long long)jint(so, "queued"), (long long)jint(so, "refused_full"),
+				       (long long)jint(so, "paused_sessions"), (long long)jint(so, "errors"),
+				       (long long)jint(so, "commit_failures"),
+				       json_object_get_boolean(jobj(so, "failing")) ? " (FAILING now)" : "");
+			else if (so)
+				printf("        store: off\n");
 		}
 	}
 	if (json_object_object_get_ex(st, "migration_running", &v) &&
@@ -1124,6 +1135,16 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (strcmp(jstr(result, "kind", ""), "reload") == 0) {
+		/* --purge: once the sessions are gone from the worker */
+		if (uopts.npurge > 0 && strcmp(jstr(result, "result", ""), "applied") == 0) {
+			char perr[1024] = "";
+
+			if (ctl_users_purge(config_path, &uopts, result, perr, sizeof(perr)) < 0) {
+				(void)print_reload(result, edit_note[0] ? edit_note : NULL);
+				rc = fail("%s", perr);
+				goto out;
+			}
+		}
 		rc = print_reload(result, edit_note[0] ? edit_note : NULL);
 		goto out;
 	}

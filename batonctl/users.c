@@ -1,5 +1,7 @@
 /* batonctl/users.c: see users.h. */
 #include "batonctl/users.h"
+#include "store/store.h"
+#include "store/store_config.h"
 
 #include <crypt.h>
 #include <errno.h>
@@ -230,7 +232,7 @@ static int split_session(const char *arg, char *buf, size_t len,
 
 enum ctl_users_outcome ctl_users_run(const char *config_path, const char *cmd,
 				     int nargs, char **args,
-				     const struct ctl_users_opts *o, char *note,
+				     struct ctl_users_opts *o, char *note,
 				     size_t notelen, struct json_object **refusal,
 				     char *err, size_t errlen)
 {
@@ -278,8 +280,9 @@ enum ctl_users_outcome ctl_users_run(const char *config_path, const char *cmd,
 			snprintf(err, errlen, "%s: expected USER/NETWORK, got '%s'", kind, args[1]);
 			goto done;
 		}
-		if (o->purge || o->password_hash || o->password_stdin) {
-			snprintf(err, errlen, o->purge ? "--purge goes with user del"
+		if ((o->purge && strcmp(action, "del") != 0) || o->password_hash ||
+		    o->password_stdin) {
+			snprintf(err, errlen, o->purge ? "--purge goes with user del and network del"
 				 : "--password-hash and --password-stdin go with user add and user passwd");
 			goto done;
 		}
@@ -289,9 +292,13 @@ enum ctl_users_outcome ctl_users_run(const char *config_path, const char *cmd,
 				       user, network, args + 2, (size_t)(nargs - 2), &pr,
 				       &refused, why, sizeof(why));
 		if (r == 0) {
-			snprintf(note, notelen, "session %s/%s %s", user, network,
+			snprintf(note, notelen, "session %s/%s %s%s", user, network,
 				 strcmp(action, "add") == 0 ? "added" :
-				 strcmp(action, "del") == 0 ? "removed" : "changed");
+				 strcmp(action, "del") == 0 ? "removed" : "changed",
+				 o->purge ? " (--purge: its stored history is deleted once the reload is applied)" : "");
+			if (o->purge)
+				snprintf(o->purge_keys[o->npurge++], sizeof(o->purge_keys[0]),
+					 "%s/%s", user, network);
 			out = CTL_USERS_EDITED;
 		} else if (refused) {
 			*refusal = refusal_json(kind, why, pr.n ? &pr : NULL, NULL, config_path);
@@ -304,8 +311,8 @@ enum ctl_users_outcome ctl_users_run(const char *config_path, const char *cmd,
 		snprintf(err, errlen, "%s: unknown action or wrong arguments", kind);
 		goto done;
 	}
-	if (o->purge && strcmp(kind, "user del") != 0) {
-		snprintf(err, errlen, "--purge goes with user del");
+	if (o->purge && strcmp(kind, "user del") != 0 && strcmp(kind, "network del") != 0) {
+		snprintf(err, errlen, "--purge goes with user del and network del");
 		goto done;
 	}
 	if ((o->password_hash || o->password_stdin) && strcmp(kind, "user add") != 0 &&
@@ -354,9 +361,12 @@ enum ctl_users_outcome ctl_users_run(const char *config_path, const char *cmd,
 				snprintf(s2, sizeof(s2), "user %s/%s", user,
 					 cur->sessions[i].network);
 				r = config_edit_del_section(e, s2);
+				if (o->purge && o->npurge < 64)
+					snprintf(o->purge_keys[o->npurge++], sizeof(o->purge_keys[0]),
+						 "%s/%s", user, cur->sessions[i].network);
 			}
 		snprintf(note, notelen, "user %s removed%s", user,
-			 o->purge ? " (--purge: no history is stored on disk yet; nothing else to delete)" : "");
+			 o->purge ? " (--purge: its stored history is deleted once the reload is applied)" : "");
 	}
 	if (r < 0) {
 		char why[700];
@@ -399,4 +409,68 @@ done:
 	free(tmp);
 	free(real);
 	return out;
+}
+
+int ctl_users_purge(const char *config_path, const struct ctl_users_opts *o,
+		    struct json_object *out, char *err, size_t errlen)
+{
+	struct config_problems pr = { 0 };
+	struct baton_config *cfg = NULL;
+	struct store_options so;
+	struct store *st = NULL;
+	char path[4096], why[512] = "";
+	struct json_object *purged = NULL;
+	int rc = -1;
+
+	if (o->npurge == 0)
+		return 0;
+	if (config_load(config_path, &cfg, &pr) != 0) {
+		snprintf(err, errlen, "%s: cannot load it to find the message store (%zu problems): history not purged",
+			 config_path, pr.n);
+		goto done;
+	}
+	if (cfg->store_backend == CONFIG_STORE_OFF) {
+		rc = 0; /* nothing on disk */
+		if (!o->json)
+			printf("--purge: [sessiond] store = off: no stored history\n");
+		goto done;
+	}
+	if (store_options_from_config(cfg, &so, path, sizeof(path)) < 0) {
+		snprintf(err, errlen, "the message store's options are incomplete: history not purged");
+		goto done;
+	}
+	st = store_open(&so, NULL, NULL, why, sizeof(why));
+	if (st == NULL) {
+		snprintf(err, errlen, "the message store cannot be opened (%s): history not purged", why);
+		goto done;
+	}
+	purged = json_object_new_object();
+	for (size_t i = 0; i < o->npurge; i++) {
+		uint64_t lines = 0;
+		int r = store_purge(st, o->purge_keys[i], &lines, why, sizeof(why));
+
+		if (r < 0) {
+			snprintf(err, errlen, "%s: history not purged: %s", o->purge_keys[i],
+				 why[0] ? why : strerror(-r));
+			goto done;
+		}
+		if (purged)
+			json_object_object_add(purged, o->purge_keys[i],
+					       json_object_new_int64((int64_t)lines));
+		if (!o->json)
+			printf("--purge: %s: %llu stored lines, its positions and read markers deleted\n",
+			       o->purge_keys[i], (unsigned long long)lines);
+	}
+	rc = 0;
+done:
+	if (out && purged) {
+		json_object_object_add(out, "purged", purged);
+		purged = NULL;
+	}
+	json_object_put(purged);
+	if (st)
+		store_close(st);
+	config_free(cfg);
+	config_problems_clear(&pr);
+	return rc;
 }

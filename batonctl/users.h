@@ -22,8 +22,12 @@ struct json_object;
 struct ctl_users_opts {
 	const char *password_hash; /* --password-hash */
 	bool password_stdin;       /* --password-stdin */
-	bool purge;                /* user del --purge */
+	bool purge;                /* user del / network del --purge */
 	bool json;
+	/* Out (--purge): the sessions ("user/network") whose history goes
+	 * once the reload that removes them is applied (ctl_users_purge()). */
+	char purge_keys[64][600];
+	size_t npurge;
 };
 
 enum ctl_users_outcome {
@@ -38,9 +42,17 @@ enum ctl_users_outcome {
  * "refused","reason","problems":[...]}. */
 enum ctl_users_outcome ctl_users_run(const char *config_path, const char *cmd,
 				     int nargs, char **args,
-				     const struct ctl_users_opts *o, char *note,
+				     struct ctl_users_opts *o, char *note,
 				     size_t notelen, struct json_object **refusal,
 				     char *err, size_t errlen);
+
+/* After the reload that removed them was applied: delete the stored
+ * history (store/store.h store_purge()) of every o->purge_keys session,
+ * in the store the config names. Adds {"purged": {key: lines}} to out
+ * (may be NULL) and prints a line per session unless o->json. 0, or -1
+ * with err set (store off: 0, nothing to delete). */
+int ctl_users_purge(const char *config_path, const struct ctl_users_opts *o,
+		    struct json_object *out, char *err, size_t errlen);
 
 /* A crypt(3) hash of password with a fresh salt into out (yescrypt, else
  * sha512-crypt). 0 or -errno. */

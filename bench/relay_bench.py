@@ -22,6 +22,7 @@ be told apart from the harness's own cost.
     bench/relay_bench.py                         # 200 sessions, 4 channels
     bench/relay_bench.py --sessions 1000 --rates 10,50,100,200
     bench/relay_bench.py --no-baseline
+    bench/relay_bench.py --store-compare --no-baseline --rates 800   # store off vs on
 
 JSON on stdout and in bench/results/relay-<N>s.json (overwritten by the
 next run with the same N).
@@ -591,6 +592,26 @@ def strip_private(d):
 
 # --------------------------------------------------------------------------
 
+def store_disk(baton_dir):
+    """The message store's file (state/messages.db, with its WAL) after a
+    run: bytes on disk per stored line (None with the store off)."""
+    import sqlite3
+    db = os.path.join(baton_dir, "state", "messages.db")
+    if not os.path.exists(db):
+        return None
+    files = [db + s for s in ("", "-wal", "-shm") if os.path.exists(db + s)]
+    size = sum(os.path.getsize(f) for f in files)
+    c = sqlite3.connect(db, timeout=30)
+    try:
+        lines, text = c.execute("SELECT count(*), coalesce(sum(length(line)), 0)"
+                                " FROM baton_message").fetchone()
+    finally:
+        c.close()
+    return {"files_bytes": size, "lines": lines, "line_text_bytes": text,
+            "disk_bytes_per_line": round(size / lines, 1) if lines else None,
+            "text_bytes_per_line": round(text / lines, 1) if lines else None}
+
+
 def run_steps(label, make_bouncer, args):
     rig = Rig(args.sessions, args.channels, speakers=args.speakers,
               client_procs=args.client_procs, label=label)
@@ -616,6 +637,7 @@ def run_steps(label, make_bouncer, args):
             out["steps"].append(strip_private(r))
         if rig.bouncer.kind == "baton":
             out["status_after"] = rig.bouncer.b.status()
+            out["store_disk"] = store_disk(rig.bouncer.b.dir)
     except Exception as e:
         out["error"] = "%s: %s" % (type(e).__name__, e)
         log("ERROR [%s]: %s" % (label, out["error"]))
@@ -639,6 +661,11 @@ def main():
     ap.add_argument("--drain", type=float, default=2.0)
     ap.add_argument("--speakers", type=int, default=4)
     ap.add_argument("--client-procs", type=int, default=2)
+    ap.add_argument("--store-compare", action="store_true",
+                    help="the same steps with [sessiond] store = off first, then "
+                         "with the default store (SQLite), in this run")
+    ap.add_argument("--store-opts", default="",
+                    help="more [sessiond] keys for the store-on run, KEY = V;KEY = V")
     ap.add_argument("--no-baseline", dest="baseline", action="store_false",
                     help="skip the same steps with clients directly on ngircd")
     args = ap.parse_args()
@@ -652,7 +679,11 @@ def main():
               "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "params": vars(args), "build": bins["root"], "nproc": os.cpu_count(),
               "loadavg_start": os.getloadavg()}
-    result["baton"] = run_steps("baton", baton_maker(bins), args)
+    if args.store_compare:
+        result["baton_store_off"] = run_steps("baton-store-off",
+                                              baton_maker(bins, sessiond_extra="store = off"), args)
+    result["baton"] = run_steps("baton", baton_maker(
+        bins, sessiond_extra="store = sqlite;" + args.store_opts), args)
     if args.baseline:
         result["direct"] = run_steps("direct", lambda rig: DirectBouncer(rig.net_port), args)
     result["loadavg_end"] = os.getloadavg()
@@ -682,6 +713,26 @@ def main():
             "direct_p99_ms": (b.get("latency_down") or {}).get("p99_ms"),
         })
     result["headline"] = rows
+    if args.store_compare:
+        off = {s["rate_offered_lines_s"]: s for s in result["baton_store_off"].get("steps", [])}
+        result["store_compare"] = [{
+            "network_lines_s": s["rate_offered_lines_s"],
+            "deliveries_offered_s": s["deliveries_offered_per_s"],
+            "store_on_p50_ms": s["latency_down"]["p50_ms"],
+            "store_on_p99_ms": s["latency_down"]["p99_ms"],
+            "store_off_p50_ms": (off.get(s["rate_offered_lines_s"], {}).get("latency_down") or {}).get("p50_ms"),
+            "store_off_p99_ms": (off.get(s["rate_offered_lines_s"], {}).get("latency_down") or {}).get("p99_ms"),
+            "store_on_lost": s["lost"], "store_on_dup": s["duplicated"],
+            "store_on_worker_cpu_ms_per_1000": s.get("worker_cpu_ms_per_1000_deliveries"),
+            "store_off_worker_cpu_ms_per_1000": off.get(s["rate_offered_lines_s"], {}).get(
+                "worker_cpu_ms_per_1000_deliveries"),
+        } for s in result["baton"]["steps"]]
+        result["store_disk"] = result["baton"].get("store_disk")
+        for r in result["store_compare"]:
+            sys.stderr.write("  store on/off at %s lines/s: p50 %s/%s p99 %s/%s ms\n" % (
+                r["network_lines_s"], r["store_on_p50_ms"], r["store_off_p50_ms"],
+                r["store_on_p99_ms"], r["store_off_p99_ms"]))
+        sys.stderr.write("  store disk: %s\n" % result["store_disk"])
     result["ok"] = ("error" not in result["baton"] and
                     all(s["lost"] == 0 and s["duplicated"] == 0 for s in result["baton"]["steps"]))
     sys.stderr.write("\n  %-8s %-10s %-10s %-14s %-12s %-10s\n" % (
@@ -692,7 +743,8 @@ def main():
             "%s/%s" % (r["baton_p50_ms"], r["baton_p99_ms"]),
             "%s (%s)" % (r["baton_cpu_ms_per_1000"], r["baton_cpu_ms_per_1000_schedstat"]),
             r["direct_p50_ms"], r["direct_p99_ms"]))
-    write_result(result, "relay-%ds.json" % args.sessions)
+    write_result(result, "relay-%ds%s.json" % (args.sessions,
+                                               "-store" if args.store_compare else ""))
     return 0 if result["ok"] else 1
 
 

@@ -486,6 +486,22 @@ void config_parse_user_networks(struct config_parse *ps, const struct config_key
 				   value);
 }
 
+void config_parse_store(struct config_parse *ps, const struct config_key *k,
+			void *cfg, const char *value)
+{
+	struct baton_config *c = cfg;
+
+	if (strcmp(value, "sqlite") == 0)
+		c->store_backend = CONFIG_STORE_SQLITE;
+	else if (strcmp(value, "postgres") == 0)
+		c->store_backend = CONFIG_STORE_POSTGRES;
+	else if (strcmp(value, "off") == 0)
+		c->store_backend = CONFIG_STORE_OFF;
+	else
+		config_key_problem(ps, k->name, "expected sqlite, postgres or off, got '%s'",
+				   value);
+}
+
 /* Repeated bind lines add to the pool (a line holds at most 199
  * characters). */
 void config_parse_bind(struct config_parse *ps, const struct config_key *k,
@@ -1032,6 +1048,14 @@ static void config_validate(struct config_parse *ps)
 		config_problems_add(pr, "%s: [sessiond] reconnect_max (%d) is below reconnect_min (%d)",
 				    cfg->path, cfg->reconnect_max_s,
 				    cfg->reconnect_min_s);
+	if (cfg->store_backend == CONFIG_STORE_POSTGRES &&
+	    (cfg->store_url == NULL || cfg->store_url[0] == '\0'))
+		config_problems_add(pr, "%s: [sessiond] store = postgres needs store_url (a libpq connection string)",
+				    cfg->path);
+	if (cfg->store_backend == CONFIG_STORE_SQLITE &&
+	    (cfg->store_path == NULL || cfg->store_path[0] == '\0'))
+		config_problems_add(pr, "%s: [sessiond] store = sqlite needs a store_path",
+				    cfg->path);
 }
 
 int config_load(const char *path, struct baton_config **out,
@@ -1111,6 +1135,8 @@ void config_free(struct baton_config *cfg)
 	free(cfg->sessiond);
 	free(cfg->state_dir);
 	free(cfg->metrics);
+	free(cfg->store_path);
+	free(cfg->store_url);
 	free(cfg->listen_tls_cert);
 	free(cfg->listen_tls_key);
 	for (size_t i = 0; i < cfg->nlistens; i++) {

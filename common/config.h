@@ -50,6 +50,10 @@ struct config_network {
 		CONFIG_MEMBERS_SHARED,
 		CONFIG_MEMBERS_PRIVATE,
 	} member_lists;
+	/* Message store retention of this network's sessions (-1: the
+	 * [sessiond] default). */
+	int store_max_age_days;
+	int store_max_mb;
 	int line;
 };
 
@@ -140,6 +144,20 @@ struct baton_config {
 	int handshake_budget_ms;/* freeze waits for in-progress handshakes */
 	int auth_threads;       /* threads running crypt(3) for logins */
 	int auth_queue;         /* password checks queued or running */
+	/* The message store (sessiond/history.h): backend, where, queue bounds
+	 * and retention defaults (0: none). */
+	enum config_store {
+		CONFIG_STORE_SQLITE = 0,
+		CONFIG_STORE_POSTGRES,
+		CONFIG_STORE_OFF,
+	} store_backend;
+	char *store_path;       /* relative: to state_dir */
+	char *store_url;        /* libpq conninfo, NULL: none */
+	int store_queue_ops;
+	int store_queue_bytes;
+	int store_commit_ms;    /* group commit window */
+	int store_max_age_days;
+	int store_max_mb;
 
 	/* [listen] TLS certificate for every ircs listener (absolute paths;
 	 * required when there is one). Re-read when the files change. */

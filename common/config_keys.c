@@ -156,6 +156,67 @@ const struct config_key config_keys[] = {
 		 "answered `ERROR :Closing link: server busy, try again later` (each"
 		 " unregistered connection has at most one check, so with the "
 		 "default `max_pending` this is not reached)" },
+	/* ---- [sessiond] the message store (store/store.h, sessiond/history.h) ---- */
+	{ CONFIG_SESSIOND, "store", CONFIG_CUSTOM,
+	  .offset = G(store_backend),
+	  .parse = config_parse_store,
+	  .table = "store",
+	  .doc_default = "`sqlite`",
+	  .doc = "the message store: `sqlite` (one database file, `store_path`), "
+		 "`postgres` (`store_url`; several hosts may share it) or `off` "
+		 "(history only in memory, lost with the worker). Every line kept in"
+		 " a backlog is also stored, with its msgid; client positions go there"
+		 " too, so a reattach after a crash or a restart replays exactly what"
+		 " the client missed. Read at a worker's start (an upgrade applies a "
+		 "change)" },
+	{ CONFIG_SESSIOND, "store_path", CONFIG_STRING,
+	  .offset = G(store_path),
+	  .def_str = "messages.db",
+	  .table = "store",
+	  .doc = "SQLite database file (WAL beside it), relative to `state_dir` "
+		 "unless absolute" },
+	{ CONFIG_SESSIOND, "store_url", CONFIG_STRING,
+	  .offset = G(store_url),
+	  .table = "store",
+	  .doc_default = "required with `postgres`",
+	  .doc = "libpq connection string or URI of the PostgreSQL database "
+		 "(`postgresql://baton@db/baton`); the tables are created (prefix "
+		 "`baton_`)" },
+	{ CONFIG_SESSIOND, "store_queue_ops", CONFIG_INT,
+	  .offset = G(store_queue_ops),
+	  .def = 65536, .min = 1, .max = 16 << 20,
+	  .table = "store",
+	  .doc = "operations (lines, positions, read markers) queued for the store's"
+		 " writer at most; when it is full, sessions whose lines cannot be "
+		 "queued stop reading from their network until it drained to half "
+		 "(never a dropped line)" },
+	{ CONFIG_SESSIOND, "store_queue_bytes", CONFIG_INT,
+	  .offset = G(store_queue_bytes),
+	  .def = 32 << 20, .min = 1024, .max = 1 << 30,
+	  .table = "store",
+	  .doc = "bytes queued for the store's writer at most (same behaviour when "
+		 "full)" },
+	{ CONFIG_SESSIOND, "store_commit_ms", CONFIG_INT,
+	  .offset = G(store_commit_ms),
+	  .def = 10, .min = 0, .max = 1000,
+	  .table = "store",
+	  .doc = "group commit: the store's writer gathers lines for up to this "
+		 "many ms before a commit (fewer, bigger commits: less CPU per line;"
+		 " lines become durable that much later; relaying does not wait for"
+		 " it). 0: commit as soon as a line is queued" },
+	{ CONFIG_SESSIOND, "store_max_age_days", CONFIG_INT,
+	  .offset = G(store_max_age_days),
+	  .def = 0, .min = 0, .max = 36500,
+	  .table = "store",
+	  .doc = "stored lines older than this many days are deleted (0: kept); a "
+		 "network's `store_max_age_days` overrides it" },
+	{ CONFIG_SESSIOND, "store_max_mb", CONFIG_INT,
+	  .offset = G(store_max_mb),
+	  .def = 0, .min = 0, .max = 1 << 20,
+	  .table = "store",
+	  .doc = "MiB of stored line text per session at most, the oldest lines "
+		 "deleted beyond (0: no bound); a network's `store_max_mb` overrides "
+		 "it" },
 	{ CONFIG_SESSIOND, "handshake_budget_ms", CONFIG_INT,
 	  .offset = G(handshake_budget_ms),
 	  .def = 500, .min = 0, .max = 60000,
@@ -364,6 +425,18 @@ const struct config_key config_keys[] = {
 		 " the one with the fewest connections. When every address is full, "
 		 "sessions wait and the log says \"N sessions waiting for a "
 		 "connection slot\"" },
+	{ CONFIG_NETWORK, "store_max_age_days", CONFIG_INT,
+	  .offset = N(store_max_age_days),
+	  .def = -1, .min = -1, .max = 36500,
+	  .doc_default = "`[sessiond]`'s",
+	  .doc = "days the message store keeps this network's lines (0: forever; "
+		 "-1: `[sessiond] store_max_age_days`)" },
+	{ CONFIG_NETWORK, "store_max_mb", CONFIG_INT,
+	  .offset = N(store_max_mb),
+	  .def = -1, .min = -1, .max = 1 << 20,
+	  .doc_default = "`[sessiond]`'s",
+	  .doc = "MiB of stored line text per session of this network (0: no "
+		 "bound; -1: `[sessiond] store_max_mb`)" },
 	{ CONFIG_NETWORK, "member_lists", CONFIG_CUSTOM,
 	  .offset = N(member_lists),
 	  .parse = config_parse_member_lists,

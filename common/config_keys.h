@@ -78,6 +78,8 @@ void config_parse_user_networks(struct config_parse *ps, const struct config_key
 				void *cfg, const char *value);
 void config_parse_channels(struct config_parse *ps, const struct config_key *k,
 			  void *session, const char *value);
+void config_parse_store(struct config_parse *ps, const struct config_key *k,
+			void *cfg, const char *value);
 void config_parse_sasl(struct config_parse *ps, const struct config_key *k,
 		       void *session, const char *value);
 

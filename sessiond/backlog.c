@@ -550,6 +550,21 @@ uint64_t backlog_append(struct backlog *bl, const char *buffer, int64_t time_ms,
 	return seq;
 }
 
+int backlog_append_at(struct backlog *bl, const char *buffer, uint64_t seq,
+		      int64_t time_ms, const char *line)
+{
+	int r;
+
+	if (!bl || !buffer || !line || seq == 0 || seq == UINT64_MAX ||
+	    seq < bl->next_seq)
+		return -EINVAL;
+	r = store(bl, buffer, seq, time_ms, line, 0);
+	if (r < 0)
+		return r;
+	bl->next_seq = seq + 1;
+	return 0;
+}
+
 /* Replay: a min-heap of per-buffer cursors keyed by the seq they point at. */
 struct cursor {
 	const struct bl_buffer *b;

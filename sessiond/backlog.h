@@ -72,6 +72,13 @@ size_t backlog_nbytes(const struct backlog *bl);
 uint64_t backlog_append(struct backlog *bl, const char *buffer, int64_t time_ms,
 			const char *line);
 
+/* Append a line with a seq given by the caller (the message store's,
+ * sessiond/history.h): at least the next seq; the next seq becomes seq + 1.
+ * Returns 0, -EINVAL (seq below the next seq, 0 or UINT64_MAX; nothing
+ * stored), -ENOMEM. */
+int backlog_append_at(struct backlog *bl, const char *buffer, uint64_t seq,
+		      int64_t time_ms, const char *line);
+
 /* Visit every stored line with seq > after, across all buffers, in seq order.
  * fn returns 0 to continue, non-zero to stop (returned from backlog_replay). */
 typedef int (*backlog_visit_fn)(void *arg, uint64_t seq, int64_t time_ms,

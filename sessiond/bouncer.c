@@ -28,6 +28,7 @@
 #include "common/names.h"
 #include "sessiond/conn.h"
 #include "sessiond/authpool.h"
+#include "sessiond/history.h"
 #include "sessiond/fault.h"
 #include "sessiond/governor.h"
 #include "sessiond/peer.h"
@@ -86,6 +87,8 @@ struct bouncer {
 	struct baton_config *owned_cfg;
 	/* The other worker of a canary (peer.h; owned), NULL outside one. */
 	struct peer *peer;
+	/* The message store (history.h; owned), NULL: off. */
+	struct history *hist;
 	/* Every session and pending client this worker holds, in any item
 	 * state (live, frozen for a migration, or adopted and not armed). */
 	struct reglist sessions;
@@ -1161,6 +1164,16 @@ struct bouncer *bouncer_new(struct event_base *base,
 	return b;
 }
 
+struct history *bouncer_history(const struct bouncer *b)
+{
+	return b ? b->hist : NULL;
+}
+
+void bouncer_set_history(struct bouncer *b, struct history *h)
+{
+	b->hist = h;
+}
+
 static void bouncer_close_listeners(struct bouncer *b)
 {
 	for (size_t i = 0; i < b->nlisten; i++) {
@@ -1231,6 +1244,8 @@ void bouncer_free(struct bouncer *b)
 	if (b->reap_ev)
 		event_free(b->reap_ev);
 	reglist_clear(&b->sessions);
+	history_close(b->hist); /* after the sessions: their lines are queued */
+	b->hist = NULL;
 	bouncer_gov_free(b); /* after the sessions: they leave its queue */
 	strmap_free(b->by_key);
 	chanstore_free(b->chans); /* after the sessions: they hold its lists */

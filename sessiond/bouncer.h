@@ -72,6 +72,11 @@ size_t bouncer_listeners(const struct bouncer *b, const int **fds,
 void bouncer_accept(struct bouncer *b, bool on);
 
 void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out);
+/* The worker's message store (history.h), NULL: off. bouncer_set_history()
+ * hands it over (the bouncer closes it after its sessions). */
+struct history;
+struct history *bouncer_history(const struct bouncer *b);
+void bouncer_set_history(struct bouncer *b, struct history *h);
 /* Every network, out[i] for governor i (n: bouncer_ngovernors(); fewer
  * fills fewer). One pass over the sessions. */
 void bouncer_networks_stats(struct bouncer *b,

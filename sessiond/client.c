@@ -20,7 +20,9 @@
 #include "sessiond/bouncer_networks.h"
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
+#include "sessiond/chathistory.h"
 #include "sessiond/health.h"
+#include "sessiond/history.h"
 #include "sessiond/irc.h"
 #include "sessiond/sasl_mech.h"
 #include "sessiond/service.h"
@@ -49,6 +51,8 @@ static const struct {
 	{ "soju.im/bouncer-networks", CLIENT_CAP_BOUNCER_NETWORKS },
 	{ "soju.im/bouncer-networks-notify", CLIENT_CAP_BOUNCER_NETWORKS_NOTIFY },
 	{ "standard-replies", CLIENT_CAP_STANDARD_REPLIES },
+	{ "draft/chathistory", CLIENT_CAP_CHATHISTORY },
+	{ "draft/read-marker", CLIENT_CAP_READ_MARKER },
 };
 #define NCLIENT_CAPS (sizeof(client_caps) / sizeof(client_caps[0]))
 /* Targets of one PRIVMSG/NOTICE stored in the backlog (more are sent to
@@ -104,6 +108,8 @@ void client_free(struct client *cl)
 	bouncer_networks_client_gone(cl);
 	if (cl->pending_counted)
 		bouncer_forget_pending(cl->b, cl);
+	history_client_forget(bouncer_history(cl->b), cl);
+	chathistory_client_forget(cl);
 	conn_release(cl->conn);
 	free(cl->pass);
 	free(cl->sasl_in);
@@ -230,12 +236,50 @@ uint64_t client_acked_seq_upto(struct client *cl, uint64_t acked)
 	return cl->acked_seq;
 }
 
+/* msgid (history.h: the store's, from the line's seq) first, then the
+ * network's tags without a msgid of its own (one msgid per line, the one
+ * CHATHISTORY knows). Returns tags when there is nothing to add or no
+ * room. */
+static const char *client_msgid_tags(const struct client *cl, uint64_t seq,
+				     const char *tags, char *buf, size_t n)
+{
+	struct history *h = cl->s ? bouncer_history(cl->s->b) : NULL;
+	char id[STORE_MSGID_TAG_LEN];
+	size_t len;
+
+	if (!h || !(cl->caps & CLIENT_CAP_MESSAGE_TAGS))
+		return tags;
+	history_msgid(h, seq, id);
+	if (!id[0])
+		return tags;
+	len = (size_t)snprintf(buf, n, "msgid=%s", id);
+	for (const char *p = tags; p && *p;) {
+		const char *end = strchr(p, ';');
+		size_t tl = end ? (size_t)(end - p) : strlen(p);
+		bool theirs = (tl == 5 || (tl > 5 && p[5] == '=')) &&
+			      strncmp(p, "msgid", 5) == 0;
+		if (tl && !theirs) {
+			if (len + 1 + tl + 1 > n)
+				return tags;
+			buf[len++] = ';';
+			memcpy(buf + len, p, tl);
+			len += tl;
+			buf[len] = '\0';
+		}
+		p = end ? end + 1 : p + tl;
+	}
+	return buf;
+}
+
 static unsigned client_queue_line(struct client *cl, uint64_t seq,
 				  const char *tags, const char *line,
 				  int64_t time_ms, unsigned copies)
 {
+	char tagbuf[IRC_MAX_TAGS + 1];
+
 	if (seq <= cl->delivered_seq)
 		return 0; /* already queued to this client */
+	tags = client_msgid_tags(cl, seq, tags, tagbuf, sizeof(tagbuf));
 	for (unsigned k = 0; k < copies; k++) /* 1 (2: the dup fault build) */
 		client_send_full(cl, tags, line, time_ms);
 	/* A dead connection (e.g. sendq exceeded by this very line) did not
@@ -427,6 +471,11 @@ static void client_cap(struct client *cl, struct irc_msg *m)
 			cl->caps |= CLIENT_CAP_CAP_NOTIFY;
 		}
 		for (size_t i = 0; i < NCLIENT_CAPS; i++) {
+			/* history needs the message store */
+			if ((client_caps[i].bit == CLIENT_CAP_CHATHISTORY ||
+			     client_caps[i].bit == CLIENT_CAP_READ_MARKER) &&
+			    !bouncer_history(cl->b))
+				continue;
 			if (i)
 				strcat(list, " ");
 			strcat(list, client_caps[i].name);
@@ -456,7 +505,9 @@ static void client_cap(struct client *cl, struct irc_msg *m)
 		     t = strtok_r(NULL, " ", &save)) {
 			bool neg = t[0] == '-';
 			unsigned bit = client_cap_from_name(neg ? t + 1 : t);
-			if (!bit || (neg && bit == CLIENT_CAP_CAP_NOTIFY && cl->cap_302))
+			if (!bit || (neg && bit == CLIENT_CAP_CAP_NOTIFY && cl->cap_302) ||
+			    ((bit == CLIENT_CAP_CHATHISTORY || bit == CLIENT_CAP_READ_MARKER) &&
+			     !neg && !bouncer_history(cl->b)))
 				ok = false;
 			else if (neg)
 				del |= bit;
@@ -763,6 +814,14 @@ void client_route(struct client *cl)
 		client_error_close(cl, NULL, why);
 		return;
 	}
+	/* draft/read-marker: its burst carries the session's read markers,
+	 * read from the message store first (history.h) */
+	if ((cl->caps & CLIENT_CAP_READ_MARKER) &&
+	    history_markers_wait(bouncer_history(cl->b), s, cl)) {
+		cl->parked = true;
+		conn_hold_lines(cl->conn, true);
+		return;
+	}
 	free(cl->fwd_user);
 	free(cl->fwd_network);
 	cl->fwd_user = cl->fwd_network = NULL;
@@ -934,6 +993,8 @@ static void client_notice_gaps(struct client *cl, uint64_t pos)
 /* Lines the bouncer composes from parts keep to the IRC limit (510 bytes
  * before CRLF); a part that cannot fit even alone is left out. */
 #define CLIENT_LINE_MAX 510
+#define STR_OF_(x) #x
+#define STR_OF(x) STR_OF_(x)
 
 static void send_names(struct client *cl, const struct channel *ch)
 {
@@ -992,11 +1053,26 @@ static void send_isupport(struct client *cl)
 	if (h <= 0 || (size_t)h + tl >= CLIENT_LINE_MAX)
 		return; /* no room for a single token */
 	size_t head = (size_t)h, len = head, ntok = 0;
+	/* baton's own after the network's: the network id (bouncer_networks.h)
+	 * and history from the message store (chathistory.h) */
 	char netid[80];
-	const char *extra = bouncer_networks_isupport(cl, netid, sizeof(netid));
-	for (size_t i = 0; i < s->nisupport + (extra != NULL); i++) {
-		const char *tok = i < s->nisupport ? s->isupport[i] : extra;
+	const char *ours[3];
+	size_t nours = 0;
+	bool have_history = bouncer_history(cl->b) != NULL;
+
+	if ((ours[nours] = bouncer_networks_isupport(cl, netid, sizeof(netid))) != NULL)
+		nours++;
+	if (have_history) {
+		ours[nours++] = "CHATHISTORY=" STR_OF(CHATHISTORY_LIMIT);
+		ours[nours++] = "MSGREFTYPES=timestamp,msgid";
+	}
+	for (size_t i = 0; i < s->nisupport + nours; i++) {
+		const char *tok = i < s->nisupport ? s->isupport[i] : ours[i - s->nisupport];
 		size_t n = strlen(tok);
+		if (have_history && i < s->nisupport &&
+		    (strncmp(tok, "CHATHISTORY=", 12) == 0 ||
+		     strncmp(tok, "MSGREFTYPES=", 12) == 0))
+			continue; /* the network's history is not what we answer */
 		if (n == 0 || head + 1 + n + tl > CLIENT_LINE_MAX)
 			continue;
 		if (ntok == 13 || len + 1 + n + tl > CLIENT_LINE_MAX) {
@@ -1047,6 +1123,8 @@ void client_send_burst(struct client *cl)
 					   ch->name, ch->topic_setter,
 					   (long long)ch->topic_time);
 		}
+		if (cl->caps & CLIENT_CAP_READ_MARKER) /* before RPL_ENDOFNAMES */
+			readmarker_send(cl, ch->name);
 		send_names(cl, ch);
 	}
 }
@@ -1068,10 +1146,9 @@ void client_send_burst(struct client *cl)
 #define CLIENT_REPLAY_FILL (256u << 10)
 #define CLIENT_REPLAY_RESUME (128u << 10)
 
-static int replay_one(void *arg, uint64_t seq, int64_t time_ms,
-		      const char *buffer, const char *line)
+int client_replay_line(struct client *cl, uint64_t seq, int64_t time_ms,
+		       const char *line)
 {
-	struct client *cl = arg;
 	size_t pending;
 
 	/* Its own lines (client_skip() while replaying); older entries are
@@ -1093,6 +1170,13 @@ static int replay_one(void *arg, uint64_t seq, int64_t time_ms,
 	return pending >= CLIENT_REPLAY_FILL;
 }
 
+static int replay_one(void *arg, uint64_t seq, int64_t time_ms,
+		      const char *buffer, const char *line)
+{
+	(void)buffer;
+	return client_replay_line(arg, seq, time_ms, line);
+}
+
 static void client_replay_pump(struct client *cl)
 {
 	while (cl->replaying) {
@@ -1106,6 +1190,10 @@ static void client_replay_pump(struct client *cl)
 			conn_watch_drain(cl->conn, CLIENT_REPLAY_RESUME);
 			return;
 		}
+		/* Lines the backlog no longer holds come from the message
+		 * store first (history.h): its answer continues the pump. */
+		if (history_replay_busy(bouncer_history(s->b), cl))
+			return;
 		int r = backlog_replay(s->backlog, cl->delivered_seq, replay_one, cl);
 		if (conn_is_dead(cl->conn))
 			return;
@@ -1129,11 +1217,22 @@ static void client_replay_pump(struct client *cl)
 	}
 }
 
+void client_replay_continue(struct client *cl)
+{
+	client_replay_pump(cl);
+}
+
 void client_resume(struct client *cl)
 {
 	if (cl->phase != CLIENT_ATTACHED || !cl->s || conn_is_dead(cl->conn))
 		return;
 	bouncer_networks_client_update(cl, false); /* an adopted -notify client */
+	if (history_replay_begin(bouncer_history(cl->s->b), cl, false) ||
+	    cl->hist_store) {
+		cl->replaying = true;
+		conn_watch_drain(cl->conn, CLIENT_REPLAY_RESUME);
+		return;
+	}
 	uint64_t next = backlog_next_seq(cl->s->backlog);
 	if (!cl->replaying && (next <= 1 || cl->delivered_seq >= next - 1))
 		return;
@@ -1158,15 +1257,22 @@ void client_attach(struct client *cl, struct session *s)
 	}
 	cl->phase = CLIENT_ATTACHED;
 	cl->cap_negotiating = false;
+	history_markers_load(bouncer_history(s->b), s); /* for MARKREAD */
 	cl->delivered_seq = cl->acked_seq = session_position(s, cl->client_id);
 	cl->mark_head = cl->nmarks = 0;
 	cl->own_head = cl->nown = 0;
 	log_info("client", "%s: client %s attached (replaying %zu lines)", s->key,
 		 cl->client_id, backlog_count_after(s->backlog, cl->delivered_seq));
 	client_send_burst(cl);
-	client_notice_gaps(cl, cl->delivered_seq);
 	cl->replaying = true;
-	client_replay_pump(cl); /* the first chunk now, the rest as it drains */
+	/* With a message store the backlog's gaps are read from the store
+	 * (and a client name without a position in memory asks it for one):
+	 * no gap to announce. */
+	if (!history_replay_begin(bouncer_history(s->b), cl, true)) {
+		if (!bouncer_history(s->b))
+			client_notice_gaps(cl, cl->delivered_seq);
+		client_replay_pump(cl); /* the first chunk now, the rest as it drains */
+	}
 	char why[512];
 	if (!session_upstream_ready(s) &&
 	    bouncer_wait_text(s->b, s, why, sizeof(why)))
@@ -1391,6 +1497,10 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 		client_quit(cl);
 	} else if (strcasecmp(cmd, "CAP") == 0) {
 		client_cap(cl, m);
+	} else if (strcasecmp(cmd, "CHATHISTORY") == 0) {
+		chathistory_command(cl, m); /* the message store's (chathistory.h) */
+	} else if (strcasecmp(cmd, "MARKREAD") == 0 && bouncer_history(s->b)) {
+		readmarker_command(cl, m); /* the message store's (chathistory.h) */
 	} else if (strcasecmp(cmd, "AUTHENTICATE") == 0) {
 		/* never the network's: a SASL login is before registration */
 		conn_sendf(cl->conn, ":%s 907 %s :You have already authenticated",

@@ -41,6 +41,11 @@ enum client_cap {
 	CLIENT_CAP_BOUNCER_NETWORKS = 1u << 14, /* soju.im/bouncer-networks */
 	CLIENT_CAP_BOUNCER_NETWORKS_NOTIFY = 1u << 15, /* ...-notify */
 	CLIENT_CAP_STANDARD_REPLIES = 1u << 16, /* baton's notes as FAIL/WARN/NOTE */
+	/* draft/chathistory (chathistory.h): offered only with a message
+	 * store (history.h) */
+	CLIENT_CAP_CHATHISTORY = 1u << 17,
+	/* draft/read-marker (chathistory.h), with a message store too */
+	CLIENT_CAP_READ_MARKER = 1u << 18,
 };
 
 enum client_phase {
@@ -130,6 +135,19 @@ struct client {
 	 * migration (then they are sent: an echo, never a gap). */
 	uint64_t *own_seqs;
 	size_t own_head, nown, own_cap;
+	/* The message store's part of the replay (history.h): a store query
+	 * in flight for it (its id, 0: none; the pump waits), and whether
+	 * lines after delivered_seq must still be read from the store
+	 * before the backlog's. Not serialized (client_resume() decides
+	 * again). */
+	uint64_t hist_query;
+	bool hist_store;
+	/* CHATHISTORY requests in flight (chathistory.h; owned), oldest
+	 * first. Not serialized: a migration cancels them unanswered. */
+	struct chathistory_job *chist;
+	/* Pending and parked until its session's read markers are loaded
+	 * (history_markers_wait()). */
+	bool hist_waiting;
 	int64_t connected_at_ms; /* CLOCK_MONOTONIC ms, as last_rx_ms */
 	int64_t last_rx_ms;
 	/* CLIENT_CLOSING only: the session it left, by key ("user/network":
@@ -211,6 +229,13 @@ void client_pending_resume(struct client *cl);
 /* Caps as names in canonical order (for state). */
 size_t client_caps_names(unsigned caps, const char **names, size_t max);
 unsigned client_cap_from_name(const char *name); /* 0 if unknown */
+/* The replay pump (history.h): queue one replayed line (seq order; the
+ * client's own lines are skipped); 0, or -EPIPE once its connection died,
+ * or 1 when its output is full (wait for the drain). And go on replaying
+ * (from the store, the backlog, or waiting for the drain). */
+int client_replay_line(struct client *cl, uint64_t seq, int64_t time_ms,
+		       const char *line);
+void client_replay_continue(struct client *cl);
 /* Send the welcome burst (used again after an upstream reconnect). */
 void client_send_burst(struct client *cl);
 

@@ -29,6 +29,7 @@
 #include "sessiond/session.h"
 #include "sessiond/control_queue.h"
 #include "sessiond/fault.h"
+#include "sessiond/history.h"
 #include "sessiond/health.h"
 #include "sessiond/rendezvous.h"
 #include "sessiond/session.h"
@@ -376,6 +377,28 @@ static void channel_send_status(struct control_channel *w)
 		st.n_sasl_failures++;
 	}
 	st.sasl_failures = sfp;
+	Baton__Control__StoreStatus ss = BATON__CONTROL__STORE_STATUS__INIT;
+	if (bouncer_history(w->b) != NULL) {
+		struct history_stats hs;
+
+		history_stats(bouncer_history(w->b), &hs);
+		ss.backend = (char *)hs.backend;
+		ss.has_appended = ss.has_refused = ss.has_errors = 1;
+		ss.has_commit_failures = ss.has_failing = ss.has_pending = 1;
+		ss.has_paused_sessions = ss.has_queued = ss.has_durable_seq = 1;
+		ss.has_replay_queries = 1;
+		ss.appended = hs.appended;
+		ss.refused = hs.refused;
+		ss.errors = hs.errors;
+		ss.commit_failures = hs.commit_failures;
+		ss.failing = hs.failing;
+		ss.pending = hs.pending_now;
+		ss.paused_sessions = (uint32_t)hs.paused_sessions;
+		ss.queued = hs.queued;
+		ss.durable_seq = hs.durable_seq;
+		ss.replay_queries = hs.replay_queries;
+		st.store = &ss;
+	}
 	channel_push(w, CONTROL_STATUS, &st.base,
 			   CONTROL_QUEUE_SAMPLE);
 	free(nv);

@@ -28,6 +28,7 @@
 #include "common/log.h"
 #include "sessiond/bouncer.h"
 #include "sessiond/fault.h"
+#include "sessiond/history.h"
 #include "sessiond/transfer.h"
 #include "sessiond/state.h"
 #include "sessiond/control_channel.h"
@@ -35,7 +36,7 @@
 /* Preflight: everything this host must provide before we accept sessions.
  * Every problem is listed (the supervisor reports them all). */
 static void sessiond_preflight(const struct baton_config *cfg,
-			       struct config_problems *pr)
+			       struct config_problems *pr, bool check)
 {
 	struct rlimit rl;
 	char *state = NULL;
@@ -69,6 +70,10 @@ static void sessiond_preflight(const struct baton_config *cfg,
 					    cfg->path, state, strerror(errno));
 	}
 	free(state);
+	/* --check opens the message store (a worker opens it right after,
+	 * and says why it cannot). */
+	if (check && history_check(cfg, why, sizeof(why)) < 0)
+		config_problems_add(pr, "%s: [sessiond] store: %s", cfg->path, why);
 }
 
 /* random() draws the reconnect jitter (session_backoff()) and fallback
@@ -149,7 +154,7 @@ int main(int argc, char **argv)
 	log_init("baton-sessiond", BATON_VERSION, LOG_LVL_INFO);
 
 	if (config_load(path, &cfg, &pr) == 0)
-		sessiond_preflight(cfg, &pr);
+		sessiond_preflight(cfg, &pr, check);
 	if (check) {
 		for (size_t i = 0; i < pr.n; i++)
 			printf("%s\n", pr.msgs[i]);
@@ -192,6 +197,17 @@ int main(int argc, char **argv)
 	b = bouncer_new(base, cfg);
 	if (b == NULL)
 		goto out;
+	if (cfg->store_backend != CONFIG_STORE_OFF) {
+		char why[512];
+		struct history *h = history_open(base, cfg, why, sizeof(why));
+
+		if (h == NULL) {
+			log_error("sessiond", "the message store cannot be opened: %s",
+				  why);
+			goto out;
+		}
+		bouncer_set_history(b, h);
+	}
 	w = control_channel_new(base, CONTROL_FD, b, cfg);
 	if (w == NULL)
 		goto out;

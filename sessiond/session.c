@@ -22,6 +22,7 @@
 #include "sessiond/backlog.h"
 #include "sessiond/conn.h"
 #include "sessiond/health.h"
+#include "sessiond/history.h"
 #include "sessiond/irc.h"
 
 /* ---- limits ---- */
@@ -361,6 +362,7 @@ void session_free(struct session *s)
 	if (g)
 		governor_cancel(g, &s->gov_wait);
 	upstream_lookup_cancel(s, false); /* its answer never comes here */
+	history_session_free(bouncer_history(s->b), s);
 	upstream_free(s->up);
 	for (size_t i = 0; i < s->nclients; i++)
 		client_free(s->clients[i]);
@@ -460,6 +462,7 @@ void session_freeze(struct session *s, bool flush)
 	/* A host-name lookup cannot travel: dropped, the session connects
 	 * again when armed (here or in T). */
 	upstream_lookup_cancel(s, true);
+	history_session_flush(bouncer_history(s->b), s);
 	if (s->up)
 		upstream_freeze(s->up, flush);
 	for (size_t i = 0; i < s->nclients; i++)
@@ -667,6 +670,7 @@ int session_set_position(struct session *s, const char *client_id,
 	struct position *slot = NULL;
 	char *id;
 
+	history_set_position(bouncer_history(s->b), s, client_id, seq);
 	for (size_t i = 0; i < s->npositions; i++) {
 		if (strcmp(s->positions[i].client_id, client_id) == 0) {
 			s->positions[i].seq = seq;
@@ -750,17 +754,63 @@ unsigned session_store_and_relay_tags(struct session *s, const char *buffer,
 				      int64_t time_ms, struct client *except,
 				      unsigned copies)
 {
-	unsigned most = 0;
+	struct history *h = bouncer_history(s->b);
 
 	if (!time_ms)
 		time_ms = clock_wall_ms();
-	uint64_t seq = backlog_append(s->backlog, buffer, time_ms, line);
-	if (!seq) {
-		/* Out of memory: still relay live, unnumbered. */
-		for (unsigned k = 0; k < copies; k++)
-			session_broadcast_tags(s, tags, line, time_ms, except);
-		return s->nclients > (except ? 1u : 0u) ? copies : 0;
+	if (h) {
+		uint64_t seq = 0;
+		int r = history_append(h, s, buffer, tags, line, time_ms, except,
+				       copies, &seq);
+		if (r == 1)
+			return 0; /* pending: relayed once the store takes it */
+		if (r < 0)
+			return session_relay_live(s, tags, line, time_ms, except, copies);
+		return session_relay_stored(s, seq, buffer, tags, line, time_ms,
+					    except, copies);
 	}
+	return session_relay_unstored(s, buffer, tags, line, time_ms, except, copies);
+}
+
+unsigned session_relay_live(struct session *s, const char *tags, const char *line,
+			    int64_t time_ms, struct client *except, unsigned copies)
+{
+	for (unsigned k = 0; k < copies; k++)
+		session_broadcast_tags(s, tags, line, time_ms, except);
+	return s->nclients > (except ? 1u : 0u) ? copies : 0;
+}
+
+static unsigned session_relay_seq(struct session *s, uint64_t seq,
+				  const char *tags, const char *line,
+				  int64_t time_ms, struct client *except,
+				  unsigned copies);
+
+unsigned session_relay_unstored(struct session *s, const char *buffer,
+				const char *tags, const char *line, int64_t time_ms,
+				struct client *except, unsigned copies)
+{
+	uint64_t seq = backlog_append(s->backlog, buffer, time_ms, line);
+	if (!seq) /* out of memory: still relay live, unnumbered */
+		return session_relay_live(s, tags, line, time_ms, except, copies);
+	return session_relay_seq(s, seq, tags, line, time_ms, except, copies);
+}
+
+unsigned session_relay_stored(struct session *s, uint64_t seq, const char *buffer,
+			      const char *tags, const char *line, int64_t time_ms,
+			      struct client *except, unsigned copies)
+{
+	if (backlog_append_at(s->backlog, buffer, seq, time_ms, line) < 0)
+		return session_relay_live(s, tags, line, time_ms, except, copies);
+	return session_relay_seq(s, seq, tags, line, time_ms, except, copies);
+}
+
+static unsigned session_relay_seq(struct session *s, uint64_t seq,
+				  const char *tags, const char *line,
+				  int64_t time_ms, struct client *except,
+				  unsigned copies)
+{
+	unsigned most = 0;
+
 	session_note_backlog_drops(s);
 	for (size_t i = 0; i < s->nclients; i++) {
 		struct client *cl = s->clients[i];

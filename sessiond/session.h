@@ -185,9 +185,13 @@ struct session {
 	uint32_t health_gen;
 	struct bouncer_item item;
 	struct pb_unknown unknown;
+	/* Its part of the message store (sessiond/history.h; owned there,
+	 * NULL: none yet or no store). Not migrated. */
+	struct history_session *hist;
 };
 
 /* ---- bouncer internals (bouncer.c) ---- */
+
 struct event_base *bouncer_base(const struct bouncer *b);
 /* The worker's shared member lists (chanstore.h), owned by the bouncer. */
 struct chanstore *bouncer_chanstore(struct bouncer *b);
@@ -455,6 +459,18 @@ unsigned session_store_and_relay_n(struct session *s, const char *buffer,
 				   struct client *except, unsigned copies);
 /* The same, relayed live with the network's tags (client_send_full(); the
  * backlog keeps the line without them). */
+/* The relay half (history.h): a line the store numbered `seq` goes into
+ * the backlog with that seq and to the clients; one the store refused for
+ * good goes to the clients live, unnumbered; one that must travel before
+ * the store took it goes into the backlog with a seq of the backlog's. */
+unsigned session_relay_stored(struct session *s, uint64_t seq, const char *buffer,
+			      const char *tags, const char *line, int64_t time_ms,
+			      struct client *except, unsigned copies);
+unsigned session_relay_live(struct session *s, const char *tags, const char *line,
+			    int64_t time_ms, struct client *except, unsigned copies);
+unsigned session_relay_unstored(struct session *s, const char *buffer,
+				const char *tags, const char *line, int64_t time_ms,
+				struct client *except, unsigned copies);
 unsigned session_store_and_relay_tags(struct session *s, const char *buffer,
 				      const char *tags, const char *line,
 				      int64_t time_ms, struct client *except,

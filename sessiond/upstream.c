@@ -22,6 +22,7 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "common/names.h"
+#include "sessiond/chathistory.h"
 #include "sessiond/conn.h"
 #include "sessiond/fault.h"
 #include "sessiond/health.h"
@@ -1359,6 +1360,16 @@ static bool h_join(struct up_ctx *x)
 
 	if (relay && x->u->phase >= UP_READY && x->msg->nparams >= 2) {
 		relay_cut(x, 1, CLIENT_CAP_EXTENDED_JOIN);
+		readmarker_after_join(x->s, x->nick, x->msg->params[0]);
+		return false;
+	}
+	if (relay && x->u->phase >= UP_READY) {
+		/* relayed now, the read marker after it (chathistory.h) */
+		for (size_t i = 0; i < x->s->nclients; i++)
+			if (up_for(x, x->s->clients[i]))
+				client_send_full(x->s->clients[i], x->tags, x->raw, x->time_ms);
+		x->relayed = true;
+		readmarker_after_join(x->s, x->nick, x->msg->params[0]);
 		return false;
 	}
 	return relay;

@@ -74,6 +74,11 @@ struct store_db_ops {
 	int (*delete_upto)(struct store_db *db, int64_t network_id,
 			   uint64_t upto, uint64_t *lines, uint64_t *bytes);
 
+	/* Delete every message, position and read marker of a network in one
+	 * transaction of its own (its network and target rows stay: writers
+	 * cache their ids), its counters to 0; *lines: messages deleted. */
+	int (*purge)(struct store_db *db, int64_t network_id, uint64_t *lines);
+
 	/* ---- reader ---- */
 	/* -ENOENT: no such network/target. */
 	int (*find_target)(struct store_db *db, const char *network,
@@ -99,6 +104,9 @@ struct store_db_ops {
 			    const char *client, uint64_t *seq);
 	int (*get_marker)(struct store_db *db, const char *network,
 			  const char *target, int64_t *time_ms);
+	/* Every read marker of a network: (target, time) into r's targets. */
+	int (*markers)(struct store_db *db, int64_t network_id,
+		       struct store_result *r);
 	int (*stats)(struct store_db *db, uint64_t *lines, uint64_t *line_bytes,
 		     uint64_t *disk_bytes);
 };

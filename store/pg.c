@@ -46,7 +46,8 @@ enum {
 	S_RESERVE, S_NET_INS, S_NET_SEL, S_TGT_INS, S_TGT_SEL, S_INSERT,
 	S_ADD_BYTES, S_SET_POS, S_SET_MARK, S_NETWORKS, S_OLDEST, S_DELETE,
 	S_FIND_TGT, S_FIND_NET, S_LOOKUP, S_RANGE_ASC, S_RANGE_DESC, S_REPLAY,
-	S_TARGETS_ASC, S_TARGETS_DESC, S_GET_POS, S_GET_MARK, S_STATS, S_COUNT
+	S_TARGETS_ASC, S_TARGETS_DESC, S_GET_POS, S_GET_MARK, S_STATS, S_MARKERS,
+	S_COUNT
 };
 
 /* Parameter types, one letter each: i int8, b bytea. */
@@ -120,6 +121,9 @@ static const struct {
 		      " + pg_total_relation_size('baton_target')"
 		      " + pg_total_relation_size('baton_network'))::bigint"
 		      " FROM baton_network", "" },
+	[S_MARKERS] = { "SELECT t.name, r.time FROM baton_read_marker r"
+			" JOIN baton_target t ON t.id = r.target"
+			" WHERE t.network = $1 ORDER BY t.name", "i" },
 };
 
 struct store_db {
@@ -213,7 +217,7 @@ static int prepare_all(struct store_db *db)
 		Oid types[8];
 		int n = (int)strlen(sql[i].types);
 		if ((i == S_SET_POS || i == S_SET_MARK || i == S_GET_POS ||
-		     i == S_GET_MARK) && db->schema < 2)
+		     i == S_GET_MARK || i == S_MARKERS) && db->schema < 2)
 			continue;
 		for (int k = 0; k < n; k++)
 			types[k] = sql[i].types[k] == 'i' ? INT8OID : BYTEAOID;
@@ -729,6 +733,45 @@ static int db_delete_upto(struct store_db *db, int64_t network_id,
 	return 0;
 }
 
+static int db_purge(struct store_db *db, int64_t network_id, uint64_t *lines)
+{
+	char q[640];
+	int r = ensure_conn(db);
+
+	if (r < 0)
+		return r;
+	/* network_id is an integer of ours: formatting it is safe */
+	snprintf(q, sizeof q,
+		 "BEGIN;"
+		 "DELETE FROM baton_read_marker WHERE target IN"
+		 " (SELECT id FROM baton_target WHERE network = %lld);"
+		 "DELETE FROM baton_position WHERE network = %lld;",
+		 (long long)network_id, (long long)network_id);
+	if ((r = exec(db, q)) < 0) {
+		(void)exec(db, "ROLLBACK");
+		return r;
+	}
+	snprintf(q, sizeof q, "DELETE FROM baton_message WHERE network = %lld",
+		 (long long)network_id);
+	PGresult *res = PQexec(db->c, q);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+		set_err(db, res);
+		PQclear(res);
+		(void)exec(db, "ROLLBACK");
+		return -EIO;
+	}
+	*lines = strtoull(PQcmdTuples(res), NULL, 10);
+	PQclear(res);
+	snprintf(q, sizeof q,
+		 "UPDATE baton_network SET lines = 0, bytes = 0 WHERE id = %lld;"
+		 "COMMIT;", (long long)network_id);
+	if ((r = exec(db, q)) < 0) {
+		(void)exec(db, "ROLLBACK");
+		return r;
+	}
+	return 0;
+}
+
 static int db_find_target(struct store_db *db, const char *network,
 			  const char *target, int64_t *id)
 {
@@ -829,6 +872,21 @@ static int db_targets(struct store_db *db, int64_t network_id, int64_t lo,
 	return e;
 }
 
+static int db_markers(struct store_db *db, int64_t network_id,
+		      struct store_result *r)
+{
+	struct params p = { 0 };
+	p_int(&p, network_id);
+	PGresult *res = run(db, S_MARKERS, &p);
+	if (!res)
+		return -EIO;
+	int e = 0;
+	for (int i = 0; i < PQntuples(res) && e == 0; i++)
+		e = store_result_push_target(r, g_str(res, i, 0), g_int(res, i, 1));
+	PQclear(res);
+	return e;
+}
+
 static int db_get_position(struct store_db *db, const char *network,
 			   const char *client, uint64_t *seq)
 {
@@ -890,6 +948,7 @@ const struct store_db_ops store_pg_ops = {
 	.networks = db_networks,
 	.oldest = db_oldest,
 	.delete_upto = db_delete_upto,
+	.purge = db_purge,
 	.find_target = db_find_target,
 	.find_network = db_find_network,
 	.lookup = db_lookup,
@@ -898,5 +957,6 @@ const struct store_db_ops store_pg_ops = {
 	.targets = db_targets,
 	.get_position = db_get_position,
 	.get_marker = db_get_marker,
+	.markers = db_markers,
 	.stats = db_stats,
 };

@@ -45,7 +45,7 @@ enum {
 	S_TGT_INS, S_TGT_SEL, S_INSERT, S_ADD_BYTES, S_SET_POS, S_SET_MARK,
 	S_NETWORKS, S_OLDEST, S_DELETE, S_FIND_TGT, S_FIND_NET, S_LOOKUP,
 	S_RANGE_ASC, S_RANGE_DESC, S_REPLAY, S_TARGETS_ASC, S_TARGETS_DESC,
-	S_GET_POS, S_GET_MARK, S_STATS, S_COUNT
+	S_GET_POS, S_GET_MARK, S_STATS, S_MARKERS, S_COUNT
 };
 
 static const char *const sql[S_COUNT] = {
@@ -108,6 +108,9 @@ static const char *const sql[S_COUNT] = {
 		       " WHERE n.name = ?1 AND t.name = ?2",
 	[S_STATS] = "SELECT coalesce(sum(lines), 0), coalesce(sum(bytes), 0)"
 		    " FROM baton_network",
+	[S_MARKERS] = "SELECT t.name, r.time FROM baton_read_marker r"
+		      " JOIN baton_target t ON t.id = r.target"
+		      " WHERE t.network = ?1 ORDER BY t.name",
 };
 
 struct store_db {
@@ -638,6 +641,26 @@ static int db_targets(struct store_db *db, int64_t network_id, int64_t lo,
 	return 0;
 }
 
+static int db_markers(struct store_db *db, int64_t network_id,
+		      struct store_result *r)
+{
+	sqlite3_stmt *s = stmt(db, S_MARKERS);
+	if (!s)
+		return step_done(db, s);
+	sqlite3_bind_int64(s, 1, network_id);
+	int rc, e = 0;
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW)
+		if ((e = store_result_push_target(r, col(s, 0),
+						  sqlite3_column_int64(s, 1))) < 0) {
+			sqlite3_reset(s);
+			return e;
+		}
+	if (rc != SQLITE_DONE)
+		return fail(db);
+	sqlite3_reset(s);
+	return 0;
+}
+
 static int db_get_position(struct store_db *db, const char *network,
 			   const char *client, uint64_t *seq)
 {
@@ -683,6 +706,35 @@ static int db_stats(struct store_db *db, uint64_t *lines, uint64_t *line_bytes,
 	return 0;
 }
 
+static int db_purge(struct store_db *db, int64_t network_id, uint64_t *lines)
+{
+	char q[640];
+
+	/* network_id is an integer of ours: formatting it is safe */
+	snprintf(q, sizeof q,
+		 "BEGIN IMMEDIATE;"
+		 "DELETE FROM baton_read_marker WHERE target IN"
+		 " (SELECT id FROM baton_target WHERE network = %lld);"
+		 "DELETE FROM baton_position WHERE network = %lld;"
+		 "DELETE FROM baton_message WHERE network = %lld;",
+		 (long long)network_id, (long long)network_id, (long long)network_id);
+	if (sqlite3_exec(db->h, q, NULL, NULL, NULL) != SQLITE_OK) {
+		int r = fail(db);
+		sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
+		return r;
+	}
+	*lines = (uint64_t)sqlite3_changes(db->h);
+	snprintf(q, sizeof q,
+		 "UPDATE baton_network SET lines = 0, bytes = 0 WHERE id = %lld;"
+		 "COMMIT;", (long long)network_id);
+	if (sqlite3_exec(db->h, q, NULL, NULL, NULL) != SQLITE_OK) {
+		int r = fail(db);
+		sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
+		return r;
+	}
+	return 0;
+}
+
 const struct store_db_ops store_sqlite_ops = {
 	.open = db_open,
 	.close = db_close,
@@ -700,6 +752,7 @@ const struct store_db_ops store_sqlite_ops = {
 	.networks = db_networks,
 	.oldest = db_oldest,
 	.delete_upto = db_delete_upto,
+	.purge = db_purge,
 	.find_target = db_find_target,
 	.find_network = db_find_network,
 	.lookup = db_lookup,
@@ -708,5 +761,6 @@ const struct store_db_ops store_sqlite_ops = {
 	.targets = db_targets,
 	.get_position = db_get_position,
 	.get_marker = db_get_marker,
+	.markers = db_markers,
 	.stats = db_stats,
 };

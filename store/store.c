@@ -80,6 +80,8 @@ struct store {
 	bool reserving;
 	bool closing;
 	bool want_space;          /* a refusal since the last space callback */
+	int64_t head_ns;          /* when the queue last became non-empty */
+	int sync_wanted;          /* store_sync() callers waiting: no window */
 	bool retention_req;       /* store_retention_now() */
 	bool retention_running;
 	char err[256];
@@ -438,6 +440,14 @@ static void *writer(void *arg)
 			}
 			continue;
 		}
+		if (st->head && st->o.commit_window_ms > 0 && !st->closing &&
+		    !st->want_space && !st->sync_wanted && st->nops < st->o.batch_max &&
+		    clock_mono_ns() < st->head_ns + (int64_t)st->o.commit_window_ms * 1000000) {
+			/* group commit: let the batch grow a little */
+			timed_wait(&st->wake, &st->lock,
+				   st->head_ns + (int64_t)st->o.commit_window_ms * 1000000);
+			continue;
+		}
 		if (st->head) {
 			batches_since_step++;
 			/* Take up to batch_max ops; what arrives meanwhile waits
@@ -776,6 +786,8 @@ static int enqueue(struct store *st, struct op *o, uint64_t *seq)
 	st->tail = o;
 	st->nops++;
 	st->nbytes += o->size;
+	if (st->nops == 1)
+		st->head_ns = clock_mono_ns();
 	/* Wake the writer when it may be idle, or the block runs low. */
 	if (st->nops == 1 || st->block_end - st->next_seq < st->o.seq_block / 2)
 		pthread_cond_signal(&st->wake);
@@ -908,6 +920,7 @@ int store_sync(struct store *st, int64_t timeout_ms)
 	 * never handed out. */
 	uint64_t want = st->last_seq;
 	bool any = st->head || st->inflight;
+	st->sync_wanted++;
 	while ((any && atomic_load(&st->durable) < want) || st->retention_req ||
 	       st->retention_running) {
 		if (clock_mono_ns() >= until) {
@@ -917,6 +930,7 @@ int store_sync(struct store *st, int64_t timeout_ms)
 		pthread_cond_signal(&st->wake);
 		timed_wait(&st->done, &st->lock, until);
 	}
+	st->sync_wanted--;
 	pthread_mutex_unlock(&st->lock);
 	return r;
 }
@@ -1071,6 +1085,28 @@ static int run_query(struct store *st, const struct store_query *q,
 	int r;
 	if (check_name(q->network) < 0)
 		return -EINVAL;
+	if (q->kind == STORE_Q_POSITION) {
+		uint64_t pos = 0;
+		if (check_name(q->target) < 0)
+			return -EINVAL;
+		r = st->ops->get_position(st->rdb, q->network, q->target, &pos);
+		if (r == -ENOENT)
+			return 0;
+		if (r < 0)
+			return r;
+		out->rows = calloc(1, sizeof *out->rows);
+		if (!out->rows)
+			return -ENOMEM;
+		out->rows[0].seq = pos;
+		out->nrows = 1;
+		return 0;
+	}
+	if (q->kind == STORE_Q_MARKERS) {
+		r = st->ops->find_network(st->rdb, q->network, &net);
+		if (r == -ENOENT)
+			return 0;
+		return r < 0 ? r : st->ops->markers(st->rdb, net, out);
+	}
 	if (q->kind == STORE_Q_TARGETS || q->kind == STORE_Q_REPLAY) {
 		r = st->ops->find_network(st->rdb, q->network, &net);
 		if (r == -ENOENT || limit == 0)
@@ -1321,6 +1357,26 @@ void store_query_cancel(struct store *st, uint64_t id)
 		st->running->canceled = true; /* freed when it ends */
 	pthread_mutex_unlock(&st->lock);
 	job_free(j);
+}
+
+int store_purge(struct store *st, const char *network, uint64_t *lines,
+		char *err, size_t errlen)
+{
+	int64_t net = 0;
+
+	*lines = 0;
+	if (check_name(network) < 0)
+		return -EINVAL;
+	pthread_mutex_lock(&st->rlock);
+	int r = st->ops->find_network(st->rdb, network, &net);
+	if (r == 0)
+		r = st->ops->purge(st->rdb, net, lines);
+	else if (r == -ENOENT)
+		r = 0;
+	if (r == -EIO && err && errlen)
+		snprintf(err, errlen, "%s", st->ops->error(st->rdb));
+	pthread_mutex_unlock(&st->rlock);
+	return r;
 }
 
 int store_get_position(struct store *st, const char *network,

@@ -115,6 +115,12 @@ struct store_options {
 	 * before it fails (and the batch is retried): SQLite's busy timeout,
 	 * PostgreSQL's lock_timeout (0: 10,000 ms). */
 	int lock_timeout_ms;
+	/* Group commit: the writer gathers operations for up to this long
+	 * after the first one of a batch arrived before it commits (unless
+	 * batch_max are queued, a refusal waits for room, or the store
+	 * closes): fewer, bigger commits for that much later durability
+	 * (0: commit as soon as anything is queued). */
+	int commit_window_ms;
 	/* SQLite synchronous=NORMAL instead of FULL: a commit survives the
 	 * process's crash but may be lost with the machine's power (and with
 	 * it a seq reservation: msgids handed out before the loss may then be
@@ -225,6 +231,13 @@ enum store_query_kind {
 	STORE_Q_BETWEEN, /* between ref and ref2 (exclusive), closest to ref */
 	STORE_Q_TARGETS, /* targets with a message between ref and ref2 */
 	STORE_Q_REPLAY,  /* every target of the network, seq > after_seq */
+	/* The delivery position of client `target` (store_get_position()) as
+	 * one row whose seq is it (no row: none stored); for an event loop,
+	 * through store_query_async(). */
+	STORE_Q_POSITION,
+	/* Every read marker of the network: targets[] with the marker as
+	 * last_time_ms, by target name (no limit; one per target). */
+	STORE_Q_MARKERS,
 };
 
 enum store_ref_kind { STORE_REF_NONE, STORE_REF_TIME, STORE_REF_MSGID };
@@ -237,7 +250,7 @@ struct store_ref {
 struct store_query {
 	enum store_query_kind kind;
 	const char *network;
-	const char *target; /* not for TARGETS, REPLAY */
+	const char *target; /* not for TARGETS, REPLAY; POSITION: the client */
 	struct store_ref ref, ref2;
 	uint64_t after_seq; /* REPLAY */
 	size_t limit;       /* 0: nothing; above STORE_QUERY_MAX: clamped */
@@ -289,6 +302,14 @@ int store_query_async(struct store *st, const struct store_query *q,
  * already running finishes and its result is dropped. Unknown or finished
  * ids are ignored. store_close() cancels every query still waiting. */
 void store_query_cancel(struct store *st, uint64_t id);
+
+/* Delete a network's history: every message, delivery position and read
+ * marker of it (`batonctl user del --purge`). Blocking (a transaction on
+ * the read connection), for tools; a network that is written meanwhile
+ * keeps what is committed after it. 0 with *lines deleted (0 for an
+ * unknown network), -EINVAL, -EIO with a message in err. */
+int store_purge(struct store *st, const char *network, uint64_t *lines,
+		char *err, size_t errlen);
 
 /* 0 and the value, -ENOENT (none stored), -EIO, -EINVAL. */
 int store_get_position(struct store *st, const char *network,

@@ -165,6 +165,8 @@ static void worker_labels(struct worker *w, struct worker_labels *wl)
 enum status_field {
 	SF_SESSIONS, SF_CONNECTIONS, SF_CLIENTS, SF_UPSTREAMS, SF_WAITING,
 	SF_HANDSHAKES, SF_LAG, SF_SASL_FAILING,
+	SF_STORE_ERRORS, SF_STORE_COMMIT_FAILURES, SF_STORE_REFUSED,
+	SF_STORE_PAUSED, SF_STORE_QUEUED,
 };
 
 static const struct {
@@ -179,6 +181,12 @@ static const struct {
 	{ "baton_worker_tls_handshakes", "Client TLS handshakes in progress (last STATUS).", SF_HANDSHAKES },
 	{ "baton_worker_loop_lag_seconds", "Event loop lag of the worker (last STATUS).", SF_LAG },
 	{ "baton_worker_sasl_failing", "Sessions whose network refused their SASL and that have not succeeded since (last STATUS).", SF_SASL_FAILING },
+	/* The message store (sessiond/history.h); 0 when it is off. */
+	{ "baton_worker_store_errors", "Lines the message store did not take and store reads that failed, since the worker started (last STATUS).", SF_STORE_ERRORS },
+	{ "baton_worker_store_commit_failures", "Message store commits that failed and were retried (last STATUS).", SF_STORE_COMMIT_FAILURES },
+	{ "baton_worker_store_refused_full", "Appends the message store refused with a full queue, retried after a pause of the network (last STATUS).", SF_STORE_REFUSED },
+	{ "baton_worker_store_paused_sessions", "Sessions not reading their network while the message store's queue is full (last STATUS).", SF_STORE_PAUSED },
+	{ "baton_worker_store_queued", "Operations queued for the message store and not yet committed (last STATUS).", SF_STORE_QUEUED },
 };
 
 static double status_value(const Baton__Control__Status *st,
@@ -193,6 +201,12 @@ static double status_value(const Baton__Control__Status *st,
 	case SF_HANDSHAKES: return st->tls_handshakes;
 	case SF_LAG: return st->loop_lag_ms / 1e3;
 	case SF_SASL_FAILING: return st->sasl_failing;
+	case SF_STORE_ERRORS: return st->store ? (double)st->store->errors : 0;
+	case SF_STORE_COMMIT_FAILURES:
+		return st->store ? (double)st->store->commit_failures : 0;
+	case SF_STORE_REFUSED: return st->store ? (double)st->store->refused : 0;
+	case SF_STORE_PAUSED: return st->store ? st->store->paused_sessions : 0;
+	case SF_STORE_QUEUED: return st->store ? (double)st->store->queued : 0;
 	}
 	return 0;
 }

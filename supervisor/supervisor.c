@@ -971,6 +971,27 @@ static struct json_object *supervisor_worker_json(struct worker *w)
 	}
 	jb_add(jb, o, "sasl_failures", sf);
 	jb_add(jb, o, "sasl_failing", jb_i64(jb, st->sasl_failing));
+	/* The message store (sessiond/history.h); backend "off" alone: off. */
+	if (st->store != NULL) {
+		const Baton__Control__StoreStatus *ss = st->store;
+		struct json_object *so = jb_obj(jb);
+		jb_add(jb, so, "backend", jb_str(jb, ss->backend ? ss->backend : ""));
+		jb_add(jb, so, "appended", jb_i64(jb, (int64_t)ss->appended));
+		jb_add(jb, so, "refused_full", jb_i64(jb, (int64_t)ss->refused));
+		jb_add(jb, so, "errors", jb_i64(jb, (int64_t)ss->errors));
+		jb_add(jb, so, "commit_failures", jb_i64(jb, (int64_t)ss->commit_failures));
+		jb_add(jb, so, "failing", jb_bool(jb, ss->failing));
+		jb_add(jb, so, "pending", jb_i64(jb, (int64_t)ss->pending));
+		jb_add(jb, so, "paused_sessions", jb_i64(jb, ss->paused_sessions));
+		jb_add(jb, so, "queued", jb_i64(jb, (int64_t)ss->queued));
+		jb_add(jb, so, "durable_seq", jb_i64(jb, (int64_t)ss->durable_seq));
+		jb_add(jb, so, "replay_queries", jb_i64(jb, (int64_t)ss->replay_queries));
+		jb_add(jb, o, "store", so);
+	} else {
+		struct json_object *so = jb_obj(jb);
+		jb_add(jb, so, "backend", jb_str(jb, "off"));
+		jb_add(jb, o, "store", so);
+	}
 	return jb_done(jb, o);
 }
 

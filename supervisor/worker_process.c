@@ -299,6 +299,7 @@ static void worker_handle(struct worker *w, struct frame_msg *m)
 		w->status.sasl_failing = s->sasl_failing;
 		w->status.n_sasl_failures = s->n_sasl_failures;
 		w->status.sasl_failures = s->sasl_failures;
+		w->status.store = s->store; /* in status_full, kept below */
 		w->status_seen = true;
 		if (w->status_full != NULL)
 			baton__control__status__free_unpacked(w->status_full, NULL);

@@ -23,11 +23,13 @@ import tlslib as tl
 from batonlib import check
 
 CHAN = "#chat"
-# baton's CAP LS (sessiond/client.c client_caps), in its order
+# baton's CAP LS (sessiond/client.c client_caps), in its order; the last
+# three with the message store (the default)
 OFFERED = ["server-time", "multi-prefix", "echo-message", "away-notify", "userhost-in-names",
            "message-tags", "account-notify", "extended-join", "chghost", "setname",
            "invite-notify", "sasl", "cap-notify", "batch", "soju.im/bouncer-networks",
-           "soju.im/bouncer-networks-notify", "standard-replies"]
+           "soju.im/bouncer-networks-notify", "standard-replies", "draft/chathistory",
+           "draft/read-marker"]
 
 
 def setup(ctx, tls=False):
@@ -212,7 +214,9 @@ def test_weechat(ctx):
 
     # capabilities: what baton offered, what WeeChat enabled, what baton
     # says it enabled (CAP LIST, answered into the server buffer)
-    want_enabled = set(OFFERED) & cl.WEECHAT_38_CAPS
+    # (WeeChat 3.8 knows batch but does not ask for it: seen with baton
+    # offering it)
+    want_enabled = (set(OFFERED) & cl.WEECHAT_38_CAPS) - {"batch"}
     for wc in (wp, wt):
         offered, enabled = wc.caps()
         offered = {x.split("=", 1)[0] for x in offered}  # sasl=PLAIN (CAP 302)

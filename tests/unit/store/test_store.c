@@ -521,6 +521,36 @@ static void test_positions_markers(void **state)
 	assert_int_equal(store_get_read_marker(st, "n", "#c", &t), 0);
 	assert_int_equal(t, 2001);
 	assert_int_equal(store_set_position(st, "", "phone", 1, &op), -EINVAL);
+	/* The same read as a query (the worker's event loop asks it with
+	 * store_query_async()): one row whose seq is the position, none for
+	 * a client without one. */
+	struct store_query pq = { .kind = STORE_Q_POSITION, .network = "n",
+				  .target = "phone" };
+	struct store_result pr;
+	assert_int_equal(store_query(st, &pq, &pr, NULL, 0), 0);
+	assert_int_equal(pr.nrows, 1);
+	assert_int_equal(pr.rows[0].seq, 51);
+	store_result_free(&pr);
+	pq.target = "tablet";
+	assert_int_equal(store_query(st, &pq, &pr, NULL, 0), 0);
+	assert_int_equal(pr.nrows, 0);
+	store_result_free(&pr);
+	pq.target = "";
+	assert_int_equal(store_query(st, &pq, &pr, NULL, 0), -EINVAL);
+	/* every read marker of a network at once (a worker loads them when a
+	 * session's first client attaches) */
+	struct store_query mq = { .kind = STORE_Q_MARKERS, .network = "n" };
+	assert_int_equal(store_query(st, &mq, &pr, NULL, 0), 0);
+	assert_int_equal(pr.ntargets, 2);
+	assert_string_equal(pr.targets[0].target, "#c");
+	assert_int_equal(pr.targets[0].last_time_ms, 2001);
+	assert_string_equal(pr.targets[1].target, "bob");
+	assert_int_equal(pr.targets[1].last_time_ms, 5);
+	store_result_free(&pr);
+	mq.network = "nobody";
+	assert_int_equal(store_query(st, &mq, &pr, NULL, 0), 0);
+	assert_int_equal(pr.ntargets, 0);
+	store_result_free(&pr);
 	store_close(st);
 }
 
@@ -535,6 +565,83 @@ static size_t count(struct store *st, const char *net)
 	size_t n = r.nrows;
 	store_result_free(&r);
 	return n;
+}
+
+/* ---- group commit (commit_window_ms) ---- */
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void test_commit_window(void **state)
+{
+	fresh_url();
+	struct store_options o = opts();
+	o.commit_window_ms = 300;
+	struct events ev = { 0 };
+	struct store *st = open_ok(&o, &ev);
+	/* the first block reserved, so only the window delays */
+	assert_int_equal(store_sync(st, 10000), 0);
+	int64_t t0 = now_ms();
+	uint64_t s1 = append(st, "n", "#a", 1, "one");
+	uint64_t s2 = append(st, "n", "#a", 2, "two");
+	usleep(100 * 1000);
+	assert_true(store_durable_seq(st) < s1); /* still gathering */
+	wait_durable(st, &ev, s2);
+	int64_t took = now_ms() - t0;
+	assert_true(took >= 250); /* one commit, after the window */
+	struct store_stats ss;
+	assert_int_equal(store_stats(st, &ss, NULL, 0), 0);
+	assert_true(ss.batch_max_seen >= 2);
+	/* store_sync() does not wait for the window */
+	uint64_t s3 = append(st, "n", "#a", 3, "three");
+	t0 = now_ms();
+	assert_int_equal(store_sync(st, 10000), 0);
+	assert_true(store_durable_seq(st) >= s3);
+	assert_true(now_ms() - t0 < 250);
+	store_close(st);
+}
+
+/* ---- purge (batonctl user del --purge) ---- */
+
+static void test_purge(void **state)
+{
+	fresh_url();
+	struct store_options o = opts();
+	struct events ev = { 0 };
+	struct store *st = open_ok(&o, &ev);
+	uint64_t op, lines = 99, pos;
+	int64_t t;
+	char err[256];
+	append(st, "u/n", "#a", 1000, "one");
+	append(st, "u/n", "bob", 1001, "two");
+	append(st, "keep/n", "#a", 1002, "kept");
+	assert_int_equal(store_set_position(st, "u/n", "phone", 2, &op), 0);
+	assert_int_equal(store_set_position(st, "keep/n", "phone", 3, &op), 0);
+	assert_int_equal(store_set_read_marker(st, "u/n", "#a", 1000, &op), 0);
+	assert_int_equal(store_set_read_marker(st, "keep/n", "#a", 1002, &op), 0);
+	wait_durable(st, &ev, op);
+	assert_int_equal(store_purge(st, "u/n", &lines, err, sizeof err), 0);
+	assert_int_equal(lines, 2);
+	assert_int_equal(count(st, "u/n"), 0);
+	assert_int_equal(store_get_position(st, "u/n", "phone", &pos), -ENOENT);
+	assert_int_equal(store_get_read_marker(st, "u/n", "#a", &t), -ENOENT);
+	/* the other network is untouched */
+	assert_int_equal(count(st, "keep/n"), 1);
+	assert_int_equal(store_get_position(st, "keep/n", "phone", &pos), 0);
+	assert_int_equal(store_get_read_marker(st, "keep/n", "#a", &t), 0);
+	/* unknown: nothing to do; bad name: refused */
+	assert_int_equal(store_purge(st, "nobody/n", &lines, err, sizeof err), 0);
+	assert_int_equal(lines, 0);
+	assert_int_equal(store_purge(st, "", &lines, err, sizeof err), -EINVAL);
+	/* the handle that wrote it goes on writing it (its cached ids) */
+	uint64_t s = append(st, "u/n", "#a", 1003, "again");
+	wait_durable(st, &ev, s);
+	assert_int_equal(count(st, "u/n"), 1);
+	store_close(st);
 }
 
 static void test_retention(void **state)
@@ -1244,6 +1351,8 @@ int main(void)
 		cmocka_unit_test(test_query_clamped),
 		cmocka_unit_test(test_async),
 		cmocka_unit_test(test_positions_markers),
+		cmocka_unit_test(test_purge),
+		cmocka_unit_test(test_commit_window),
 		cmocka_unit_test(test_retention),
 		cmocka_unit_test(test_crash),
 		cmocka_unit_test(test_foreign),

@@ -1,0 +1,60 @@
+/* sessiond/chathistory.h: IRCv3 draft/chathistory for clients, answered from
+ * the worker's message store (history.h; offered only with a store).
+ *
+ *   CHATHISTORY LATEST <target> <*|ref> <limit>
+ *   CHATHISTORY BEFORE|AFTER|AROUND <target> <ref> <limit>
+ *   CHATHISTORY BETWEEN <target> <ref> <ref> <limit>
+ *   CHATHISTORY TARGETS <timestamp=..> <timestamp=..> <limit>
+ *   ref: timestamp=YYYY-MM-DDThh:mm:ss.sssZ or msgid=<a msgid of ours>
+ *
+ * The answer is a `chathistory` batch (`draft/chathistory-targets` for
+ * TARGETS; no batch for a client without the batch capability) of the
+ * stored lines as they were relayed, oldest first, each with @time (with
+ * server-time), @msgid (with message-tags) and @batch. Reads run on the
+ * store's query thread (store_query_async()); answers go out in the order
+ * of the requests. At most CHATHISTORY_LIMIT lines per request (ISUPPORT
+ * CHATHISTORY=, a larger limit is clamped) and CHATHISTORY_INFLIGHT
+ * requests per client at once (more: FAIL ... MESSAGE_ERROR). Only lines
+ * that are durable in the store are seen (milliseconds after they were
+ * relayed). Targets are the store's: casefolded (RFC 1459).
+ *
+ * Errors: FAIL CHATHISTORY NEED_MORE_PARAMS, INVALID_PARAMS (a bad
+ * subcommand argument, limit or timestamp), UNKNOWN_COMMAND, INVALID_TARGET
+ * (an empty or over-long target), MESSAGE_ERROR (the store failed, or too
+ * many requests in flight). A msgid that is not one of this store's, or not
+ * of that target, gives an empty batch.
+ */
+#ifndef BATON_SESSIOND_CHATHISTORY_H
+#define BATON_SESSIOND_CHATHISTORY_H
+
+#include <stdbool.h>
+
+struct client;
+struct irc_msg;
+struct chathistory_job;
+
+#define CHATHISTORY_LIMIT 100
+#define CHATHISTORY_INFLIGHT 16
+
+/* draft/read-marker (history.h keeps the markers):
+ *   MARKREAD <target>                      -> MARKREAD <target> timestamp=..|*
+ *   MARKREAD <target> timestamp=<time>     -> stored if newer, and sent to
+ *                                             every client of the session
+ *                                             with the cap (the sender too);
+ *                                             else the newer one back
+ * Errors: FAIL MARKREAD NEED_MORE_PARAMS, INVALID_PARAMS, INTERNAL_ERROR
+ * (the store's queue is full, or the markers are still being read). */
+void readmarker_command(struct client *cl, const struct irc_msg *m);
+/* "MARKREAD <target> ..." to cl (its burst, before RPL_ENDOFNAMES). */
+void readmarker_send(struct client *cl, const char *target);
+/* A JOIN of ours (nick) to channel was relayed: the marker follows. */
+struct session;
+void readmarker_after_join(struct session *s, const char *nick,
+			   const char *channel);
+
+/* The attached client's CHATHISTORY command (answered, or failed). */
+void chathistory_command(struct client *cl, const struct irc_msg *m);
+/* cl goes away: its requests in flight are cancelled. */
+void chathistory_client_forget(struct client *cl);
+
+#endif

@@ -1,0 +1,977 @@
+/* sessiond/history.c: the message store wired into the sessions (see
+ * history.h for the rules: seqs, backpressure, positions, errors). */
+#include "sessiond/history.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "common/clock.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "sessiond/backlog.h"
+#include "sessiond/client.h"
+#include "sessiond/conn.h"
+#include "sessiond/session.h"
+#include "sessiond/upstream.h"
+#include "store/store.h"
+#include "store/store_config.h"
+
+/* A line read from the network (or sent by a client) that the store could
+ * not queue yet; relayed once it is stored, in order. */
+struct pending_line {
+	struct pending_line *next;
+	char *buffer, *tags, *line;
+	int64_t time_ms;
+	struct client *except; /* checked against the session's clients */
+	unsigned copies;
+};
+
+/* Positions written for attached clients (what the store has last). */
+struct written_pos {
+	char *client_id;
+	uint64_t seq;
+};
+
+struct history_session {
+	struct history *h;
+	struct session *s;
+	struct history_session *prev, *next; /* h->sessions */
+	struct pending_line *pending, *pending_tail;
+	size_t npending;
+	bool floored;   /* store_seq_floor() done for this session's backlog */
+	bool retention; /* store_set_retention() done */
+	bool paused;    /* its network connection held for the store */
+	struct written_pos *written;
+	size_t nwritten;
+	/* read markers: folded target -> time; loading: a query's id */
+	struct marker { char *target; int64_t t; } *markers;
+	size_t nmarkers;
+	enum { MARKERS_NONE, MARKERS_LOADING, MARKERS_LOADED } mstate;
+	uint64_t mquery;
+	struct client **waiting; /* for the markers, not owned */
+	size_t nwaiting;
+};
+
+struct history {
+	struct event_base *base;
+	const struct baton_config *cfg;
+	struct store *st;
+	struct event *ev, *tick;
+	struct history_session *sessions;
+	const char *backend;
+	bool failing;
+	uint64_t appended, refused, errors, commit_failures, replay_queries;
+	int64_t error_logged_ms;
+};
+
+/* ---- options ---- */
+
+int history_options(const struct baton_config *cfg, struct store_options *o,
+		    char *path_buf, size_t path_len)
+{
+	return store_options_from_config(cfg, o, path_buf, path_len);
+}
+
+int history_check(const struct baton_config *cfg, char *err, size_t errlen)
+{
+	struct store_options o;
+	char path[4096];
+	int r;
+
+	err[0] = '\0';
+	if (cfg->store_backend == CONFIG_STORE_OFF)
+		return 0;
+	r = history_options(cfg, &o, path, sizeof path);
+	if (r < 0) {
+		snprintf(err, errlen, "the store's options: %s", strerror(-r));
+		return r;
+	}
+	struct store *st = store_open(&o, NULL, NULL, err, errlen);
+	if (!st)
+		return errno ? -errno : -EIO;
+	store_close(st);
+	return 0;
+}
+
+/* ---- callbacks ---- */
+
+static void history_flush_all(struct history *h);
+
+static void on_store_fd(evutil_socket_t fd, short what, void *arg)
+{
+	struct history *h = arg;
+
+	(void)fd;
+	(void)what;
+	store_dispatch(h->st);
+}
+
+static void on_durable(void *arg, uint64_t durable_seq)
+{
+	(void)arg;
+	(void)durable_seq;
+}
+
+static void on_space(void *arg)
+{
+	history_flush_all(arg);
+}
+
+static void on_error(void *arg, const char *msg)
+{
+	struct history *h = arg;
+
+	if (msg) {
+		h->commit_failures++;
+		if (!h->failing)
+			log_error("store", "%s store: a commit failed (retrying; lines are kept queued and sessions stop reading their network when the queue is full): %s",
+				  h->backend, msg);
+		h->failing = true;
+	} else {
+		if (h->failing)
+			log_info("store", "%s store: commits succeed again", h->backend);
+		h->failing = false;
+	}
+}
+
+static void history_tick(evutil_socket_t fd, short what, void *arg);
+
+struct history *history_open(struct event_base *base,
+			     const struct baton_config *cfg, char *err,
+			     size_t errlen)
+{
+	struct store_options o;
+	char path[4096];
+	static const struct store_callbacks cb = {
+		.durable = on_durable, .space = on_space, .error = on_error,
+	};
+
+	err[0] = '\0';
+	if (!cfg || cfg->store_backend == CONFIG_STORE_OFF)
+		return NULL;
+	int r = history_options(cfg, &o, path, sizeof path);
+	if (r < 0) {
+		snprintf(err, errlen, "the store's options: %s", strerror(-r));
+		return NULL;
+	}
+	struct history *h = calloc(1, sizeof *h);
+	if (!h) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	h->base = base;
+	h->cfg = cfg;
+	h->backend = o.backend == STORE_POSTGRES ? "postgres" : "sqlite";
+	h->st = store_open(&o, &cb, h, err, errlen);
+	if (!h->st) {
+		free(h);
+		return NULL;
+	}
+	h->ev = event_new(base, store_fd(h->st), EV_READ | EV_PERSIST, on_store_fd, h);
+	h->tick = event_new(base, -1, EV_PERSIST, history_tick, h);
+	if (!h->ev || !h->tick) {
+		snprintf(err, errlen, "out of memory");
+		history_close(h);
+		return NULL;
+	}
+	event_add(h->ev, NULL);
+	struct timeval tv = { .tv_sec = HISTORY_POSITION_MS / 1000,
+			      .tv_usec = (HISTORY_POSITION_MS % 1000) * 1000 };
+	event_add(h->tick, &tv);
+	log_info("store", "%s store %s open", h->backend,
+		 o.backend == STORE_SQLITE ? o.url : "(store_url)");
+	return h;
+}
+
+static void hs_free(struct history_session *hs);
+
+void history_close(struct history *h)
+{
+	if (!h)
+		return;
+	/* Sessions are freed before (bouncer_free()); any left are detached. */
+	while (h->sessions) {
+		struct history_session *hs = h->sessions;
+		hs->s->hist = NULL;
+		hs_free(hs);
+	}
+	if (h->ev)
+		event_free(h->ev);
+	if (h->tick)
+		event_free(h->tick);
+	size_t lost = store_close(h->st);
+	if (lost)
+		log_error("store", "%s store: %zu queued operations could not be committed at exit",
+			  h->backend, lost);
+	free(h);
+}
+
+struct store *history_store(struct history *h)
+{
+	return h ? h->st : NULL;
+}
+
+_Static_assert(STORE_MSGID_TAG_LEN == STORE_MSGID_LEN, "msgid length");
+
+void history_msgid(const struct history *h, uint64_t seq,
+		   char out[STORE_MSGID_TAG_LEN])
+{
+	if (!h || !seq) {
+		out[0] = '\0';
+		return;
+	}
+	store_msgid_format(h->st, seq, out);
+}
+
+/* ---- per session ---- */
+
+static struct history_session *hs_get(struct history *h, struct session *s)
+{
+	if (s->hist)
+		return s->hist;
+	struct history_session *hs = calloc(1, sizeof *hs);
+	if (!hs)
+		return NULL;
+	hs->h = h;
+	hs->s = s;
+	hs->next = h->sessions;
+	if (h->sessions)
+		h->sessions->prev = hs;
+	h->sessions = hs;
+	s->hist = hs;
+	return hs;
+}
+
+static void pending_free(struct pending_line *p)
+{
+	free(p->buffer);
+	free(p->tags);
+	free(p->line);
+	free(p);
+}
+
+static void hs_free(struct history_session *hs)
+{
+	struct history *h = hs->h;
+
+	if (hs->prev)
+		hs->prev->next = hs->next;
+	else
+		h->sessions = hs->next;
+	if (hs->next)
+		hs->next->prev = hs->prev;
+	while (hs->pending) {
+		struct pending_line *p = hs->pending;
+		hs->pending = p->next;
+		pending_free(p);
+	}
+	for (size_t i = 0; i < hs->nwritten; i++)
+		free(hs->written[i].client_id);
+	free(hs->written);
+	if (hs->mquery)
+		store_query_cancel(h->st, hs->mquery);
+	for (size_t i = 0; i < hs->nmarkers; i++)
+		free(hs->markers[i].target);
+	free(hs->markers);
+	for (size_t i = 0; i < hs->nwaiting; i++)
+		hs->waiting[i]->hist_waiting = false;
+	free(hs->waiting);
+	free(hs);
+}
+
+/* The store's name of a buffer: RFC 1459 casefolding (as the backlog's
+ * keys), so that every spelling of a channel is one target. */
+void history_fold_target(const char *in, char *out, size_t n)
+{
+	size_t i = 0;
+
+	for (; in[i] && i + 1 < n; i++) {
+		unsigned char c = (unsigned char)in[i];
+		if (c >= 'A' && c <= ']')
+			c = (unsigned char)(c + 32); /* A-Z [ \ ] */
+		else if (c == '~')
+			c = '^';
+		out[i] = (char)c;
+	}
+	out[i] = '\0';
+}
+
+/* ":nick!user@host CMD ..." -> sender, command (bounded copies). */
+static void split_line(const char *line, char *sender, size_t sn,
+		       char *cmd, size_t cn)
+{
+	const char *p = line;
+	size_t k;
+
+	sender[0] = cmd[0] = '\0';
+	if (*p == ':') {
+		p++;
+		for (k = 0; *p && *p != ' '; p++)
+			if (k + 1 < sn)
+				sender[k++] = *p;
+		sender[k] = '\0';
+		while (*p == ' ')
+			p++;
+	}
+	for (k = 0; *p && *p != ' '; p++)
+		if (k + 1 < cn)
+			cmd[k++] = *p;
+	cmd[k] = '\0';
+}
+
+static void hs_retention(struct history *h, struct history_session *hs)
+{
+	const struct config_network *n = h->cfg ?
+		config_find_network(h->cfg, hs->s->network) : NULL;
+
+	hs->retention = true;
+	if (!n || (n->store_max_age_days < 0 && n->store_max_mb < 0))
+		return;
+	(void)store_set_retention(h->st, hs->s->key,
+				  n->store_max_age_days < 0 ? -1 :
+				  (int64_t)n->store_max_age_days * 86400 * 1000,
+				  n->store_max_mb < 0 ? -1 :
+				  (int64_t)n->store_max_mb << 20);
+}
+
+static int try_append(struct history *h, struct history_session *hs,
+		      const char *buffer, const char *line, int64_t time_ms,
+		      uint64_t *seq)
+{
+	struct session *s = hs->s;
+	char target[STORE_NAME_MAX + 1], sender[STORE_NAME_MAX + 1],
+		cmd[STORE_COMMAND_MAX + 1];
+
+	if (!hs->floored) {
+		/* Seqs this session's backlog handed out before (another
+		 * worker, an older release): the store's must go above. */
+		uint64_t next = backlog_next_seq(s->backlog);
+		if (next > 1)
+			store_seq_floor(h->st, next - 1);
+		hs->floored = true;
+	}
+	if (!hs->retention)
+		hs_retention(h, hs);
+	history_fold_target(buffer, target, sizeof target);
+	split_line(line, sender, sizeof sender, cmd, sizeof cmd);
+	struct store_msg m = {
+		.time_ms = time_ms, .network = s->key, .target = target,
+		.sender = sender, .command = cmd[0] ? cmd : "?", .line = line,
+	};
+	int r = store_append(h->st, &m, seq);
+	if (r == 0) {
+		if (*seq < backlog_next_seq(s->backlog)) {
+			/* Not after the floor (history_session_flush() asks
+			 * for a new one); if it happens, the cache would
+			 * refuse it: the line is stored, relayed without a
+			 * seq, and the next append floors again. */
+			h->errors++;
+			hs->floored = false;
+			return -ERANGE;
+		}
+		h->appended++;
+	}
+	return r;
+}
+
+static void hs_pause(struct history_session *hs)
+{
+	struct session *s = hs->s;
+
+	if (s->up && s->up->conn)
+		conn_hold_lines(s->up->conn, true);
+	if (!hs->paused) {
+		hs->paused = true;
+		log_info("store", "%s: the store's queue is full: not reading from the network until it has room",
+			 s->key);
+	}
+}
+
+static void hs_resume(struct history_session *hs)
+{
+	struct session *s = hs->s;
+
+	if (!hs->paused)
+		return;
+	hs->paused = false;
+	if (s->up && s->up->conn)
+		conn_hold_lines(s->up->conn, false);
+	log_info("store", "%s: the store has room: reading from the network again", s->key);
+}
+
+static struct client *live_except(struct session *s, struct client *except)
+{
+	for (size_t i = 0; except && i < s->nclients; i++)
+		if (s->clients[i] == except)
+			return except;
+	return NULL;
+}
+
+static void note_error(struct history *h, struct session *s, int r)
+{
+	int64_t now = clock_mono_ms();
+
+	h->errors++;
+	if (h->error_logged_ms == 0 || now - h->error_logged_ms >= 60000) {
+		log_error("store", "%s: a line was not stored (%s); relayed without history (%llu such lines so far)",
+			  s->key, strerror(-r), (unsigned long long)h->errors);
+		h->error_logged_ms = now;
+	}
+}
+
+/* Store and relay the pending lines of hs in order; stop at a refusal. */
+static void hs_flush(struct history_session *hs)
+{
+	struct history *h = hs->h;
+	struct session *s = hs->s;
+
+	while (hs->pending) {
+		struct pending_line *p = hs->pending;
+		uint64_t seq = 0;
+		int r = try_append(h, hs, p->buffer, p->line, p->time_ms, &seq);
+
+		if (r == -EAGAIN) {
+			h->refused++;
+			return;
+		}
+		hs->pending = p->next;
+		if (!hs->pending)
+			hs->pending_tail = NULL;
+		hs->npending--;
+		if (r < 0) {
+			note_error(h, s, r);
+			session_relay_live(s, p->tags, p->line, p->time_ms,
+					   live_except(s, p->except), p->copies);
+		} else {
+			session_relay_stored(s, seq, p->buffer, p->tags, p->line,
+					     p->time_ms, live_except(s, p->except),
+					     p->copies);
+		}
+		pending_free(p);
+	}
+	hs_resume(hs);
+}
+
+static void history_flush_all(struct history *h)
+{
+	for (struct history_session *hs = h->sessions; hs; hs = hs->next)
+		if (hs->pending && hs->s->item.state == ITEM_LIVE)
+			hs_flush(hs);
+}
+
+int history_append(struct history *h, struct session *s, const char *buffer,
+		   const char *tags, const char *line, int64_t time_ms,
+		   struct client *except, unsigned copies, uint64_t *seq)
+{
+	struct history_session *hs = hs_get(h, s);
+	int r = -ENOMEM;
+
+	if (!hs) {
+		note_error(h, s, r);
+		return r;
+	}
+	if (!hs->pending) {
+		r = try_append(h, hs, buffer, line, time_ms, seq);
+		if (r != -EAGAIN) {
+			if (r < 0)
+				note_error(h, s, r);
+			return r;
+		}
+		h->refused++;
+	}
+	/* Refused now, or earlier lines wait: keep it, in order. */
+	struct pending_line *p = calloc(1, sizeof *p);
+	if (!p || !(p->buffer = strdup(buffer)) || !(p->line = strdup(line)) ||
+	    (tags && !(p->tags = strdup(tags)))) {
+		if (p)
+			pending_free(p);
+		note_error(h, s, -ENOMEM);
+		return -ENOMEM;
+	}
+	p->time_ms = time_ms;
+	p->except = except;
+	p->copies = copies;
+	if (hs->pending_tail)
+		hs->pending_tail->next = p;
+	else
+		hs->pending = p;
+	hs->pending_tail = p;
+	hs->npending++;
+	hs_pause(hs);
+	return 1;
+}
+
+void history_session_flush(struct history *h, struct session *s)
+{
+	struct history_session *hs = s->hist;
+
+	if (!h || !hs)
+		return;
+	/* Store reads for its clients' replays stop here; armed again (a
+	 * thaw, an adoption), client_resume() asks again. */
+	for (size_t i = 0; i < s->nclients; i++) {
+		struct client *cl = s->clients[i];
+		if (cl->hist_query)
+			store_query_cancel(h->st, cl->hist_query);
+		cl->hist_query = 0;
+		cl->hist_store = false;
+	}
+	hs_flush(hs);
+	if (!hs->pending)
+		return;
+	/* Still refused: the lines must travel with the session (its
+	 * backlog); they are not in the store. */
+	log_error("store", "%s: %zu lines waiting for the store travel in the backlog only",
+		  s->key, hs->npending);
+	while (hs->pending) {
+		struct pending_line *p = hs->pending;
+		hs->pending = p->next;
+		h->errors++;
+		session_relay_unstored(s, p->buffer, p->tags, p->line, p->time_ms,
+				       live_except(s, p->except), p->copies);
+		pending_free(p);
+	}
+	hs->pending_tail = NULL;
+	hs->npending = 0;
+	/* Those seqs are the backlog's: if the session stays here (the
+	 * migration fails), the store's next ones must go above them. */
+	hs->floored = false;
+	hs_resume(hs);
+}
+
+void history_session_free(struct history *h, struct session *s)
+{
+	(void)h;
+	if (!s->hist)
+		return;
+	for (size_t i = 0; i < s->nclients; i++)
+		history_client_forget(s->hist->h, s->clients[i]);
+	hs_free(s->hist);
+	s->hist = NULL;
+}
+
+size_t history_pending(const struct history *h, const struct session *s)
+{
+	(void)h;
+	return s->hist ? s->hist->npending : 0;
+}
+
+/* ---- positions ---- */
+
+static struct written_pos *written_slot(struct history_session *hs,
+					const char *id)
+{
+	for (size_t i = 0; i < hs->nwritten; i++)
+		if (strcmp(hs->written[i].client_id, id) == 0)
+			return &hs->written[i];
+	if (hs->nwritten >= SESSION_MAX_POSITIONS)
+		return NULL; /* written every time: still correct */
+	struct written_pos *nv = realloc(hs->written, (hs->nwritten + 1) * sizeof(*nv));
+	if (!nv)
+		return NULL;
+	hs->written = nv;
+	char *d = strdup(id);
+	if (!d)
+		return NULL;
+	nv[hs->nwritten] = (struct written_pos){ .client_id = d, .seq = 0 };
+	return &nv[hs->nwritten++];
+}
+
+void history_set_position(struct history *h, struct session *s,
+			  const char *client_id, uint64_t seq)
+{
+	if (!h || seq == 0)
+		return;
+	struct history_session *hs = hs_get(h, s);
+	struct written_pos *w = hs ? written_slot(hs, client_id) : NULL;
+
+	if (w && w->seq >= seq)
+		return;
+	int r = store_set_position(h->st, s->key, client_id, seq, NULL);
+	if (r == 0) {
+		if (w)
+			w->seq = seq;
+	} else if (r != -EAGAIN) {
+		note_error(h, s, r);
+	} /* -EAGAIN: the next tick or detach writes it */
+}
+
+static void history_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct history *h = arg;
+
+	(void)fd;
+	(void)what;
+	for (struct history_session *hs = h->sessions; hs; hs = hs->next) {
+		struct session *s = hs->s;
+		if (s->item.state != ITEM_LIVE)
+			continue;
+		for (size_t i = 0; i < s->nclients; i++) {
+			struct client *cl = s->clients[i];
+			if (cl->phase != CLIENT_ATTACHED || cl->hist_query)
+				continue;
+			history_set_position(h, s, cl->client_id ? cl->client_id : "default",
+					     client_acked_seq(cl));
+		}
+	}
+	/* A refusal whose space callback came while frozen sessions held
+	 * the lines: try again. */
+	history_flush_all(h);
+}
+
+/* ---- replay from the store ---- */
+
+static int first_seq(void *arg, uint64_t seq, int64_t time_ms,
+		     const char *buffer, const char *line)
+{
+	(void)time_ms;
+	(void)buffer;
+	(void)line;
+	*(uint64_t *)arg = seq;
+	return 1;
+}
+
+static int any_gap(void *arg, const char *buffer)
+{
+	(void)buffer;
+	*(bool *)arg = true;
+	return 1;
+}
+
+/* Lines after pos that the cache may not hold. */
+static bool needs_store(struct session *s, uint64_t pos)
+{
+	uint64_t first = 0;
+	bool gap = false;
+
+	if (pos == 0)
+		return false; /* a new client name: the cache's lines only */
+	(void)backlog_replay(s->backlog, 0, first_seq, &first);
+	if (first == 0 || pos < first)
+		return true; /* an empty cache, or older than it */
+	if (backlog_evicted_seq(s->backlog) > pos)
+		return true;
+	(void)backlog_foreach_gap(s->backlog, pos, any_gap, &gap);
+	return gap;
+}
+
+static void replay_step(struct history *h, struct client *cl);
+
+static void on_replay_rows(void *arg, int rc, struct store_result *res,
+			   const char *err)
+{
+	struct client *cl = arg;
+	struct session *s = cl->s;
+	struct history *h = s ? bouncer_history(s->b) : NULL;
+
+	cl->hist_query = 0;
+	if (!s || !h || cl->phase != CLIENT_ATTACHED || conn_is_dead(cl->conn)) {
+		store_result_free(res);
+		return;
+	}
+	if (rc < 0) {
+		log_warn("store", "%s: reading client %s's history from the store failed (%s): replaying the cache",
+			 s->key, cl->client_id ? cl->client_id : "default",
+			 err && err[0] ? err : strerror(-rc));
+		h->errors++;
+		cl->hist_store = false;
+	} else {
+		for (size_t i = 0; i < res->nrows; i++) {
+			const struct store_row *r = &res->rows[i];
+			if (client_replay_line(cl, r->seq, r->time_ms, r->line) < 0)
+				break;
+		}
+		if (res->nrows < HISTORY_REPLAY_PAGE)
+			cl->hist_store = false; /* the rest is in the cache */
+	}
+	store_result_free(res);
+	if (conn_is_dead(cl->conn))
+		return;
+	client_replay_continue(cl);
+}
+
+static void on_position(void *arg, int rc, struct store_result *res,
+			const char *err)
+{
+	struct client *cl = arg;
+	struct session *s = cl->s;
+	struct history *h = s ? bouncer_history(s->b) : NULL;
+
+	(void)err;
+	cl->hist_query = 0;
+	if (!s || !h || cl->phase != CLIENT_ATTACHED || conn_is_dead(cl->conn)) {
+		store_result_free(res);
+		return;
+	}
+	uint64_t pos = rc == 0 && res->nrows == 1 ? res->rows[0].seq : 0;
+	store_result_free(res);
+	if (rc < 0 && rc != -ENOENT)
+		h->errors++;
+	if (pos > cl->delivered_seq) {
+		/* Seqs the store handed out before this life: the cache's
+		 * next seq goes above them (a position is never beyond it). */
+		backlog_set_next_seq(s->backlog, pos + 1);
+		cl->delivered_seq = cl->acked_seq = pos;
+		log_info("client", "%s: client %s resumes at the store's position %llu",
+			 s->key, cl->client_id ? cl->client_id : "default",
+			 (unsigned long long)pos);
+	}
+	cl->hist_store = needs_store(s, cl->delivered_seq);
+	client_replay_continue(cl);
+}
+
+static void replay_step(struct history *h, struct client *cl)
+{
+	struct store_query q = {
+		.kind = STORE_Q_REPLAY, .network = cl->s->key,
+		.after_seq = cl->delivered_seq, .limit = HISTORY_REPLAY_PAGE,
+	};
+	uint64_t id = 0;
+	int r = store_query_async(h->st, &q, on_replay_rows, cl, &id);
+
+	if (r < 0) {
+		/* -EAGAIN (256 queries waiting): the cache only; rare. */
+		log_warn("store", "%s: client %s's history not read from the store (%s): replaying the cache",
+			 cl->s->key, cl->client_id ? cl->client_id : "default",
+			 strerror(-r));
+		h->errors++;
+		cl->hist_store = false;
+		return;
+	}
+	h->replay_queries++;
+	cl->hist_query = id;
+}
+
+bool history_replay_begin(struct history *h, struct client *cl, bool attach)
+{
+	struct session *s = cl->s;
+
+	if (!h || !s)
+		return false;
+	if (cl->hist_query)
+		return true;
+	if (attach && cl->delivered_seq == 0) {
+		/* No position in memory: the store may have one (a crash,
+		 * a restart). */
+		struct store_query q = {
+			.kind = STORE_Q_POSITION, .network = s->key,
+			.target = cl->client_id ? cl->client_id : "default",
+		};
+		uint64_t id = 0;
+		if (store_query_async(h->st, &q, on_position, cl, &id) == 0) {
+			cl->hist_query = id;
+			cl->replaying = true;
+			return true;
+		}
+		h->errors++;
+	}
+	cl->hist_store = needs_store(s, cl->delivered_seq);
+	return false;
+}
+
+bool history_replay_busy(struct history *h, struct client *cl)
+{
+	if (!h || !cl->s)
+		return false;
+	if (cl->hist_query)
+		return true;
+	if (cl->hist_store) {
+		replay_step(h, cl);
+		return cl->hist_query != 0;
+	}
+	return false;
+}
+
+void history_client_forget(struct history *h, struct client *cl)
+{
+	if (h && cl->hist_query)
+		store_query_cancel(h->st, cl->hist_query);
+	cl->hist_query = 0;
+	cl->hist_store = false;
+	for (struct history_session *hs = h && cl->hist_waiting ? h->sessions : NULL;
+	     hs; hs = hs->next)
+		for (size_t i = 0; i < hs->nwaiting; i++)
+			if (hs->waiting[i] == cl) {
+				hs->waiting[i] = hs->waiting[--hs->nwaiting];
+				break;
+			}
+	cl->hist_waiting = false;
+}
+
+/* ---- read markers ---- */
+
+static struct marker *marker_find(struct history_session *hs, const char *folded)
+{
+	for (size_t i = 0; i < hs->nmarkers; i++)
+		if (strcmp(hs->markers[i].target, folded) == 0)
+			return &hs->markers[i];
+	return NULL;
+}
+
+static int marker_put(struct history_session *hs, const char *folded, int64_t t)
+{
+	struct marker *m = marker_find(hs, folded);
+
+	if (m) {
+		if (t > m->t)
+			m->t = t;
+		return 0;
+	}
+	char *d = strdup(folded);
+	if (!d)
+		return -ENOMEM;
+	if (hs->nmarkers >= HISTORY_MARKERS) {
+		/* the oldest leaves the memory (the store keeps it) */
+		size_t old = 0;
+		for (size_t i = 1; i < hs->nmarkers; i++)
+			if (hs->markers[i].t < hs->markers[old].t)
+				old = i;
+		free(hs->markers[old].target);
+		hs->markers[old] = (struct marker){ d, t };
+		return 0;
+	}
+	struct marker *nv = realloc(hs->markers, (hs->nmarkers + 1) * sizeof(*nv));
+	if (!nv) {
+		free(d);
+		return -ENOMEM;
+	}
+	hs->markers = nv;
+	nv[hs->nmarkers++] = (struct marker){ d, t };
+	return 0;
+}
+
+static void on_markers(void *arg, int rc, struct store_result *res,
+		       const char *err)
+{
+	struct history_session *hs = arg;
+	struct history *h = hs->h;
+
+	hs->mquery = 0;
+	hs->mstate = MARKERS_LOADED;
+	if (rc < 0) {
+		h->errors++;
+		log_error("store", "%s: read markers not read from the store (%s): clients get none until they set them",
+			  hs->s->key, err && *err ? err : strerror(-rc));
+	}
+	for (size_t i = 0; rc == 0 && i < res->ntargets; i++)
+		(void)marker_put(hs, res->targets[i].target, res->targets[i].last_time_ms);
+	store_result_free(res);
+	/* the clients that waited attach now (if they still wait) */
+	struct client **w = hs->waiting;
+	size_t n = hs->nwaiting;
+	hs->waiting = NULL;
+	hs->nwaiting = 0;
+	for (size_t i = 0; i < n; i++) {
+		w[i]->hist_waiting = false;
+		if (w[i]->phase == CLIENT_PENDING && w[i]->parked)
+			client_route(w[i]);
+	}
+	free(w);
+}
+
+void history_markers_load(struct history *h, struct session *s)
+{
+	struct history_session *hs = h ? hs_get(h, s) : NULL;
+
+	if (!hs || hs->mstate != MARKERS_NONE)
+		return;
+	struct store_query q = { .kind = STORE_Q_MARKERS, .network = s->key };
+	if (store_query_async(h->st, &q, on_markers, hs, &hs->mquery) == 0) {
+		hs->mstate = MARKERS_LOADING;
+	} else {
+		/* -EAGAIN (256 queries waiting): as if there were none */
+		h->errors++;
+		hs->mstate = MARKERS_LOADED;
+	}
+}
+
+bool history_markers_wait(struct history *h, struct session *s,
+			  struct client *cl)
+{
+	history_markers_load(h, s);
+	struct history_session *hs = h ? s->hist : NULL;
+	if (!hs || hs->mstate == MARKERS_LOADED)
+		return false;
+	for (size_t i = 0; i < hs->nwaiting; i++)
+		if (hs->waiting[i] == cl)
+			return true;
+	struct client **nv = realloc(hs->waiting, (hs->nwaiting + 1) * sizeof(*nv));
+	if (!nv)
+		return false; /* attaches without them */
+	hs->waiting = nv;
+	nv[hs->nwaiting++] = cl;
+	cl->hist_waiting = true;
+	return true;
+}
+
+int history_marker_get(struct history *h, struct session *s,
+		       const char *target, int64_t *t)
+{
+	char folded[STORE_NAME_MAX + 1];
+	struct history_session *hs = h ? s->hist : NULL;
+
+	if (!hs || hs->mstate != MARKERS_LOADED) {
+		history_markers_load(h, s);
+		return -EAGAIN;
+	}
+	history_fold_target(target, folded, sizeof folded);
+	struct marker *m = marker_find(hs, folded);
+	if (!m)
+		return 0;
+	*t = m->t;
+	return 1;
+}
+
+int history_marker_set(struct history *h, struct session *s,
+		       const char *target, int64_t *t)
+{
+	char folded[STORE_NAME_MAX + 1];
+	struct history_session *hs = h ? s->hist : NULL;
+
+	if (!hs || hs->mstate != MARKERS_LOADED) {
+		history_markers_load(h, s);
+		return -EAGAIN;
+	}
+	history_fold_target(target, folded, sizeof folded);
+	struct marker *m = marker_find(hs, folded);
+	if (m && *t <= m->t) {
+		*t = m->t;
+		return 0;
+	}
+	int r = store_set_read_marker(h->st, s->key, folded, *t, NULL);
+	if (r < 0) {
+		if (r != -EAGAIN)
+			note_error(h, s, r);
+		return r == -EAGAIN ? -EAGAIN : r;
+	}
+	r = marker_put(hs, folded, *t);
+	return r < 0 ? r : 1;
+}
+
+/* ---- stats ---- */
+
+void history_stats(const struct history *h, struct history_stats *out)
+{
+	memset(out, 0, sizeof *out);
+	if (!h) {
+		out->backend = "off";
+		return;
+	}
+	out->backend = h->backend;
+	out->appended = h->appended;
+	out->refused = h->refused;
+	out->errors = h->errors;
+	out->commit_failures = h->commit_failures;
+	out->replay_queries = h->replay_queries;
+	out->failing = h->failing;
+	out->durable_seq = store_durable_seq(h->st);
+	out->queued = store_queued(h->st);
+	for (const struct history_session *hs = h->sessions; hs; hs = hs->next) {
+		out->pending_now += hs->npending;
+		out->paused_sessions += hs->paused;
+	}
+}

@@ -1,0 +1,402 @@
+/* tests/unit/sessiond/test_history.c: the message store wired into a worker
+ * (sessiond/history.h), with a real SQLite store in a temp dir, the sample
+ * session adopted (its backlog numbered 1-6 by the backlog itself, as an
+ * older release or a store-less worker left it) and an upstream socketpair
+ * we play the server on:
+ *  - lines from the network are stored with the store's seqs, which become
+ *    the backlog's (above the adopted backlog's seqs: the floor), with
+ *    sender, command and the folded target;
+ *  - a store queue of one operation refuses appends: the session holds the
+ *    lines, stops reading its network and relays everything in order once
+ *    the store has room (none lost, none twice), and the store has them all;
+ *  - a client whose lines left the cache gets them from the store
+ *    (asynchronously), then the cache's, each once and in order;
+ *  - a client's position reaches the store when it detaches;
+ *  - a session frozen with lines still waiting for the store keeps them
+ *    in its backlog. */
+#include <crypt.h>
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <event2/event.h>
+
+#include "common/config.h"
+#include "sessiond/backlog.h"
+#include "sessiond/bouncer.h"
+#include "sessiond/history.h"
+#include "sessiond/session.h"
+#include "store/store.h"
+#include "test_env.h"
+
+#define KEY "alice/example"
+
+static char g_dir[4096], g_db[4200];
+static int g_queue_ops;
+static int g_net_age_days = -1; /* [network] store_max_age_days */
+
+static void tune(struct baton_config *cfg)
+{
+	cfg->store_backend = CONFIG_STORE_SQLITE;
+	cfg->store_path = g_db;
+	cfg->store_queue_ops = g_queue_ops;
+	cfg->store_queue_bytes = 32 << 20;
+	for (size_t i = 0; i < cfg->nnetworks; i++) {
+		cfg->networks[i].store_max_age_days = g_net_age_days;
+		cfg->networks[i].store_max_mb = -1;
+	}
+}
+
+struct fixture {
+	struct test_env *e;
+	struct history *h;
+};
+
+static int setup_with(void **state, int queue_ops)
+{
+	struct crypt_data cd;
+	const char *tmp = getenv("TMPDIR");
+	char err[512];
+
+	memset(&cd, 0, sizeof(cd));
+	snprintf(g_dir, sizeof(g_dir), "%s/baton-history-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	assert_non_null(mkdtemp(g_dir));
+	snprintf(g_db, sizeof(g_db), "%s/messages.db", g_dir);
+	g_queue_ops = queue_ops;
+	const struct test_env_opts o = {
+		.backlog_lines = 1000,
+		.ping_interval_s = 600,
+		.ping_timeout_s = 2400,
+		.password = crypt_r("secret", "$6$testsalt$", &cd),
+		.wait_tries = 2000,
+		.tune = tune,
+	};
+	struct fixture *f = calloc(1, sizeof(*f));
+	f->e = test_env_new(&o);
+	f->h = history_open(f->e->base, &f->e->cfg, err, sizeof(err));
+	if (!f->h)
+		fail_msg("history_open: %s", err);
+	bouncer_set_history(f->e->b, f->h);
+	*state = f;
+	return 0;
+}
+
+static int setup(void **state)
+{
+	return setup_with(state, 0);
+}
+
+static int setup_tiny(void **state)
+{
+	return setup_with(state, 1);
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+	char p[4300];
+
+	test_env_free(f->e); /* the bouncer closes the store */
+	static const char *const files[] = { "messages.db", "messages.db-wal",
+					     "messages.db-shm" };
+	for (size_t i = 0; i < 3; i++) {
+		snprintf(p, sizeof(p), "%s/%s", g_dir, files[i]);
+		unlink(p);
+	}
+	rmdir(g_dir);
+	free(f);
+	return 0;
+}
+
+static struct session *sess(struct fixture *f)
+{
+	struct session *s = bouncer_session_by_key(f->e->b, KEY);
+	assert_non_null(s);
+	return s;
+}
+
+/* "line N" lines from the network, all in one write. */
+static void send_lines(struct fixture *f, int from, int to, const char *target)
+{
+	size_t cap = (size_t)(to - from + 1) * 96 + 1, len = 0;
+	char *buf = malloc(cap);
+
+	for (int i = from; i <= to; i++)
+		len += (size_t)snprintf(buf + len, cap - len,
+					":bob!b@host.example PRIVMSG %s :line %d\r\n",
+					target, i);
+	assert_int_equal(send(f->e->up, buf, len, MSG_NOSIGNAL), (ssize_t)len);
+	free(buf);
+}
+
+/* The numbers of the "line N" PRIVMSGs in r, in order. */
+static size_t numbered(const struct rx *r, int *out, size_t max)
+{
+	static const char key[] = " :line ";
+	size_t n = 0;
+	const char *p = r->buf ? r->buf : "", *end = p + r->len;
+
+	for (;;) {
+		const char *nl = memmem(p, (size_t)(end - p), "\r\n", 2);
+		if (!nl)
+			break;
+		const char *t = memmem(p, (size_t)(nl - p), key, sizeof(key) - 1);
+		if (t && n < max)
+			out[n++] = atoi(t + sizeof(key) - 1);
+		p = nl + 2;
+	}
+	return n;
+}
+
+static void expect_range(const struct rx *r, int from, int to)
+{
+	int got[4096];
+	size_t n = numbered(r, got, 4096);
+
+	assert_int_equal(n, (size_t)(to - from + 1));
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(got[i], from + (int)i);
+}
+
+static int attach(struct fixture *f, const char *name, struct rx *r,
+		  const char *until)
+{
+	char pass[256];
+	snprintf(pass, sizeof(pass), "alice@%s/example:secret", name);
+	int fd = test_env_register(f->e, pass, 0);
+	assert_true(rx_wait_tries(f->e, r, fd, until, 3000));
+	return fd;
+}
+
+static struct store_result replay_all(struct fixture *f, uint64_t after)
+{
+	struct store *st = history_store(f->h);
+	struct store_query q = { .kind = STORE_Q_REPLAY, .network = KEY,
+				 .after_seq = after, .limit = STORE_QUERY_MAX };
+	struct store_result res;
+
+	assert_int_equal(store_sync(st, 10000), 0);
+	assert_int_equal(store_query(st, &q, &res, NULL, 0), 0);
+	return res;
+}
+
+struct seqs {
+	uint64_t v[64];
+	size_t n;
+};
+
+static int collect(void *arg, uint64_t seq, int64_t t, const char *buffer,
+		   const char *line)
+{
+	struct seqs *s = arg;
+	(void)t;
+	(void)buffer;
+	(void)line;
+	if (s->n < 64)
+		s->v[s->n++] = seq;
+	return 0;
+}
+
+static void test_store_seqs_are_backlog_seqs(void **state)
+{
+	struct fixture *f = *state;
+	struct rx r = { 0 };
+	int fd = attach(f, "laptop", &r, "a partial line\r\n");
+
+	send_lines(f, 1, 3, "#Baton");
+	assert_true(rx_wait_tries(f->e, &r, fd, ":line 3\r\n", 3000));
+	struct store_result res = replay_all(f, 0);
+	assert_int_equal(res.nrows, 3);
+	struct seqs bl = { 0 };
+	(void)backlog_replay(sess(f)->backlog, 6, collect, &bl);
+	assert_int_equal(bl.n, 3);
+	for (size_t i = 0; i < 3; i++) {
+		char want[64];
+		snprintf(want, sizeof(want), ":bob!b@host.example PRIVMSG #Baton :line %zu", i + 1);
+		/* above the adopted backlog's 1-6, the same as the cache's */
+		assert_true(res.rows[i].seq > 6);
+		assert_int_equal(res.rows[i].seq, bl.v[i]);
+		assert_string_equal(res.rows[i].line, want);
+		assert_string_equal(res.rows[i].target, "#baton"); /* folded */
+		assert_string_equal(res.rows[i].sender, "bob!b@host.example");
+		assert_string_equal(res.rows[i].command, "PRIVMSG");
+	}
+	assert_int_equal(backlog_next_seq(sess(f)->backlog), res.rows[2].seq + 1);
+	store_result_free(&res);
+	close(fd);
+	free(r.buf);
+}
+
+static void test_full_queue_pauses_network(void **state)
+{
+	struct fixture *f = *state;
+	struct rx r = { 0 };
+	int fd = attach(f, "laptop", &r, "a partial line\r\n");
+	size_t most = 0;
+
+	send_lines(f, 1, 200, "#baton");
+	for (int i = 0; i < 20000 && !(r.buf && memmem(r.buf, r.len, ":line 200\r\n", 11)); i++) {
+		test_env_pump(f->e);
+		rx_read_max(&r, fd, 0);
+		size_t p = history_pending(f->h, sess(f));
+		if (p > most)
+			most = p;
+		if (i % 50 == 0)
+			usleep(1000);
+	}
+	/* Lines waited (the queue refused) and all came, in order, once. */
+	assert_true(most > 0);
+	expect_range(&r, 1, 200);
+	struct history_stats hs;
+	history_stats(f->h, &hs);
+	assert_true(hs.refused > 0);
+	assert_int_equal(hs.pending_now, 0);
+	assert_int_equal(hs.paused_sessions, 0);
+	assert_int_equal(hs.errors, 0);
+	struct store_result res = replay_all(f, 0);
+	assert_int_equal(res.nrows, 200);
+	for (size_t i = 1; i < res.nrows; i++)
+		assert_true(res.rows[i].seq > res.rows[i - 1].seq);
+	store_result_free(&res);
+	close(fd);
+	free(r.buf);
+}
+
+static void test_lost_from_cache_read_from_store(void **state)
+{
+	struct fixture *f = *state;
+	struct rx r = { 0 }, r2 = { 0 };
+	int fd = attach(f, "laptop", &r, "a partial line\r\n");
+
+	send_lines(f, 1, 5, "#baton");
+	assert_true(rx_wait_tries(f->e, &r, fd, ":line 5\r\n", 3000));
+	struct store_result res = replay_all(f, 0);
+	assert_int_equal(res.nrows, 5);
+	store_result_free(&res);
+	/* The cache loses everything it held; 'phone' (position 4 in the
+	 * sample) has a gap there: the store's lines come first. */
+	assert_true(backlog_trim_oldest(sess(f)->backlog, 1 << 20) > 0);
+	send_lines(f, 6, 7, "#baton");
+	assert_true(rx_wait_tries(f->e, &r, fd, ":line 7\r\n", 3000));
+	int fd2 = attach(f, "phone", &r2, ":line 7\r\n");
+	for (int i = 0; i < 100; i++)
+		test_env_pump(f->e);
+	rx_read_max(&r2, fd2, 0);
+	expect_range(&r2, 1, 7);
+	struct history_stats hs;
+	history_stats(f->h, &hs);
+	assert_true(hs.replay_queries >= 1);
+	close(fd);
+	close(fd2);
+	free(r.buf);
+	free(r2.buf);
+}
+
+static void test_position_to_store(void **state)
+{
+	struct fixture *f = *state;
+	struct rx r = { 0 };
+	int fd = attach(f, "laptop", &r, "a partial line\r\n");
+	uint64_t pos = 0;
+
+	send_lines(f, 1, 2, "#baton");
+	assert_true(rx_wait_tries(f->e, &r, fd, ":line 2\r\n", 3000));
+	say_fd(fd, "QUIT :bye");
+	for (int i = 0; i < 200; i++)
+		test_env_pump(f->e);
+	struct store_result res = replay_all(f, 0);
+	assert_int_equal(res.nrows, 2);
+	assert_int_equal(store_get_position(history_store(f->h), KEY, "laptop", &pos), 0);
+	assert_int_equal(pos, res.rows[1].seq);
+	store_result_free(&res);
+	close(fd);
+	free(r.buf);
+}
+
+/* Retention: the network's store_max_age_days reaches the store for its
+ * sessions (the global default keeps everything). A line stamped 2001 by
+ * the network's @time is past a day; the one after it is not. */
+static void retention_case(void **state, bool expect_deleted)
+{
+	struct fixture *f = *state;
+	static const char lines[] =
+		"@time=2001-01-01T00:00:00.000Z :bob!b@host.example PRIVMSG #baton :line 1\r\n"
+		":bob!b@host.example PRIVMSG #baton :line 2\r\n";
+	struct rx r = { 0 };
+	int fd = attach(f, "laptop", &r, "a partial line\r\n");
+
+	assert_int_equal(send(f->e->up, lines, sizeof(lines) - 1, MSG_NOSIGNAL),
+			 (ssize_t)(sizeof(lines) - 1));
+	assert_true(rx_wait_tries(f->e, &r, fd, ":line 2\r\n", 3000));
+	struct store *st = history_store(f->h);
+	assert_int_equal(store_sync(st, 10000), 0);
+	store_retention_now(st);
+	assert_int_equal(store_sync(st, 10000), 0);
+	struct store_result res = replay_all(f, 0);
+	assert_int_equal(res.nrows, expect_deleted ? 1 : 2);
+	assert_true(strstr(res.rows[res.nrows - 1].line, "line 2") != NULL);
+	store_result_free(&res);
+	close(fd);
+	free(r.buf);
+}
+
+static void test_retention_network_override(void **state)
+{
+	retention_case(state, true);
+}
+
+static void test_retention_default_keeps(void **state)
+{
+	retention_case(state, false);
+}
+
+static int setup_age1(void **state)
+{
+	g_net_age_days = 1;
+	int r = setup_with(state, 0);
+	g_net_age_days = -1;
+	return r;
+}
+
+static void test_freeze_keeps_pending(void **state)
+{
+	struct fixture *f = *state;
+	struct session *s = sess(f);
+	size_t before = backlog_nlines(s->backlog);
+
+	send_lines(f, 1, 100, "#baton");
+	for (int i = 0; i < 2000 && history_pending(f->h, s) == 0; i++)
+		test_env_pump(f->e);
+	assert_true(history_pending(f->h, s) > 0);
+	session_freeze(s, false);
+	assert_int_equal(history_pending(f->h, s), 0);
+	/* Every line read so far is in the backlog (stored or not). */
+	size_t n = backlog_nlines(s->backlog) - before;
+	assert_true(n > 0);
+	struct history_stats hs;
+	history_stats(f->h, &hs);
+	assert_int_equal(hs.paused_sessions, 0);
+	session_arm(s);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_store_seqs_are_backlog_seqs, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_full_queue_pauses_network, setup_tiny, teardown),
+		cmocka_unit_test_setup_teardown(test_lost_from_cache_read_from_store, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_position_to_store, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_freeze_keeps_pending, setup_tiny, teardown),
+		cmocka_unit_test_setup_teardown(test_retention_network_override, setup_age1, teardown),
+		cmocka_unit_test_setup_teardown(test_retention_default_keeps, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
