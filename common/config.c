@@ -625,6 +625,7 @@ static void config_key_set(struct config_parse *ps, const struct config_key *k,
 		if (config_int(ps, k->name, value, 1, 65535, &v) == 0)
 			config_set_str(ps->cfg, FIELD(obj, k, char *), value);
 		break;
+	case CONFIG_ENUM:
 	case CONFIG_CUSTOM:
 		k->parse(ps, k, obj, value);
 		break;
@@ -644,7 +645,8 @@ static void config_keys_defaults(struct baton_config *cfg,
 
 		if (k->section != sec)
 			continue;
-		if (k->type == CONFIG_INT || k->type == CONFIG_BOOL)
+		if (k->type == CONFIG_INT || k->type == CONFIG_BOOL ||
+		    k->type == CONFIG_ENUM)
 			*FIELD(obj, k, int) = k->def;
 		else if (strings && k->def_str != NULL)
 			config_set_str(cfg, FIELD(obj, k, char *), k->def_str);

@@ -72,16 +72,10 @@ static bool key_eq(const struct config_key *k, const void *a, const void *b,
 	switch (k->type) {
 	case CONFIG_INT:
 	case CONFIG_BOOL:
+	case CONFIG_ENUM:
 		return *(const int *)pa == *(const int *)pb;
 	case CONFIG_CUSTOM:
-		/* the remaining custom keys: member_lists (an enum) and
-		 * strings (tls_fingerprint, sasl) */
-		if (strcmp(k->name, "member_lists") == 0)
-			return *(const enum config_member_lists *)pa ==
-			       *(const enum config_member_lists *)pb;
-		if (strcmp(k->name, "user_networks") == 0)
-			return *(const enum config_user_networks *)pa ==
-			       *(const enum config_user_networks *)pb;
+		/* the remaining custom keys are strings (tls_fingerprint, sasl) */
 		return str_eq(*(char *const *)pa, *(char *const *)pb);
 	default:
 		return str_eq(*(char *const *)pa, *(char *const *)pb);
@@ -263,17 +257,10 @@ static int copy_key(const struct config_key *k, void *a, const void *b)
 	switch (k->type) {
 	case CONFIG_INT:
 	case CONFIG_BOOL:
+	case CONFIG_ENUM:
 		memcpy(pa, pb, sizeof(int));
 		return 0;
 	case CONFIG_CUSTOM:
-		if (strcmp(k->name, "member_lists") == 0) {
-			memcpy(pa, pb, sizeof(enum config_member_lists));
-			return 0;
-		}
-		if (strcmp(k->name, "user_networks") == 0) {
-			memcpy(pa, pb, sizeof(enum config_user_networks));
-			return 0;
-		}
 		return str_copy((char **)pa, *(char *const *)pb); /* tls_fingerprint */
 	default:
 		return str_copy((char **)pa, *(char *const *)pb);

@@ -8,6 +8,12 @@
 
 #define G(f) offsetof(struct baton_config, f)
 #define N(f) offsetof(struct config_network, f)
+
+/* CONFIG_ENUM fields are read and written as int (defaults, config_diff). */
+_Static_assert(sizeof(enum config_user_networks) == sizeof(int) &&
+	       sizeof(enum config_store) == sizeof(int) &&
+	       sizeof(enum config_member_lists) == sizeof(int),
+	       "CONFIG_ENUM fields must be int-sized");
 #define U(f) offsetof(struct config_user, f)
 #define S(f) offsetof(struct config_session, f)
 
@@ -38,8 +44,8 @@ const struct config_key config_keys[] = {
 	  .offset = G(metrics),
 	  .doc_default = "off",
 	  .doc = "`HOST:PORT` for Prometheus metrics over HTTP" },
-	{ CONFIG_SUPERVISOR, "user_networks", CONFIG_CUSTOM,
-	  .offset = G(user_networks),
+	{ CONFIG_SUPERVISOR, "user_networks", CONFIG_ENUM,
+	  .offset = G(user_networks), .def = CONFIG_USER_NETWORKS_CHANGE,
 	  .parse = config_parse_user_networks,
 	  .doc_default = "`change`",
 	  .doc = "what users may do to their own sessions from their client "
@@ -157,8 +163,8 @@ const struct config_key config_keys[] = {
 		 " unregistered connection has at most one check, so with the "
 		 "default `max_pending` this is not reached)" },
 	/* ---- [sessiond] the message store (store/store.h, sessiond/history.h) ---- */
-	{ CONFIG_SESSIOND, "store", CONFIG_CUSTOM,
-	  .offset = G(store_backend),
+	{ CONFIG_SESSIOND, "store", CONFIG_ENUM,
+	  .offset = G(store_backend), .def = CONFIG_STORE_SQLITE,
 	  .parse = config_parse_store,
 	  .table = "store",
 	  .doc_default = "`sqlite`",
@@ -437,8 +443,8 @@ const struct config_key config_keys[] = {
 	  .doc_default = "`[sessiond]`'s",
 	  .doc = "MiB of stored line text per session of this network (0: no "
 		 "bound; -1: `[sessiond] store_max_mb`)" },
-	{ CONFIG_NETWORK, "member_lists", CONFIG_CUSTOM,
-	  .offset = N(member_lists),
+	{ CONFIG_NETWORK, "member_lists", CONFIG_ENUM,
+	  .offset = N(member_lists), .def = CONFIG_MEMBERS_AUTO,
 	  .parse = config_parse_member_lists,
 	  .doc_default = "`auto`",
 	  .doc = "channel member lists: `shared` keeps one list per channel for "

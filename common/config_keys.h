@@ -28,6 +28,7 @@ enum config_type {
 	CONFIG_PATH,     /* char *, resolved against the config's folder */
 	CONFIG_HOSTPORT, /* char *, HOST:PORT or [V6]:PORT, as written */
 	CONFIG_PORT,     /* char *, a number from 1 to 65535 */
+	CONFIG_ENUM,     /* an int-sized enum set by parse(); def: its default */
 	CONFIG_CUSTOM,   /* parse() */
 };
 
@@ -43,9 +44,9 @@ struct config_key {
 	 * name or path, never a line) */
 	size_t line_offset;
 	int min, max;       /* CONFIG_INT */
-	int def;            /* CONFIG_INT, CONFIG_BOOL: the default */
+	int def;            /* CONFIG_INT, CONFIG_BOOL, CONFIG_ENUM: the default */
 	const char *def_str;/* string types: the default, NULL: none */
-	/* CONFIG_CUSTOM: store value into obj (the section's struct); a
+	/* CONFIG_ENUM, CONFIG_CUSTOM: store value into obj (the section's struct); a
 	 * problem is reported with config_key_problem(). */
 	void (*parse)(struct config_parse *ps, const struct config_key *k,
 		      void *obj, const char *value);

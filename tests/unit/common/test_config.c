@@ -477,7 +477,7 @@ static void test_key_table(void **state)
 		if (k->type == CONFIG_INT) {
 			assert_true(k->min <= k->def && k->def <= k->max);
 		}
-		if (k->type == CONFIG_CUSTOM)
+		if (k->type == CONFIG_CUSTOM || k->type == CONFIG_ENUM)
 			assert_non_null(k->parse);
 		for (size_t j = 0; j < i; j++)
 			assert_false(config_keys[j].section == k->section &&
