@@ -37,12 +37,13 @@ struct client;
 /* Edits asked of the supervisor by this worker: a burst, then one per
  * SERVICE_EDIT_EVERY_MS (each costs the supervisor a load of the whole
  * file and a reload: users must not be able to keep it busy). */
-#define SERVICE_EDIT_BURST 10
+#define SERVICE_EDIT_BURST 20
 #define SERVICE_EDIT_EVERY_MS 2000
-/* And each user's own: a smaller burst, refilled slower than the worker's,
- * so one user can never spend the worker's and lock the others out. */
-#define SERVICE_EDIT_USER_BURST 5
-#define SERVICE_EDIT_USER_EVERY_MS 10000
+/* And each user's own: half the worker's burst, refilled slower than the
+ * worker's, so one user can never spend the worker's and lock the others
+ * out (enough for a user setting up a few networks at once). */
+#define SERVICE_EDIT_USER_BURST 10
+#define SERVICE_EDIT_USER_EVERY_MS 5000
 /* The users' buckets: a table of this many, by the first
  * SERVICE_MAX_USER_KEY bytes of the name (service.c asserts that no
  * bucket still refilling is ever dropped for a new user). */
