@@ -54,8 +54,10 @@ const struct config_key config_keys[] = {
 		 "`username`, `realname` and `channels` of a session; `add` also "
 		 "adds and deletes sessions on the `[network]`s of this file. An "
 		 "edit goes through the supervisor like `batonctl network "
-		 "add|set|del` (the file edited in place, then reloaded); the "
-		 "supervisor checks this key in the file as it is at each edit" },
+		 "add|set|del` (the file edited in place, then reloaded; refused "
+		 "while the file holds changes not loaded yet, which that reload "
+		 "would make live); the supervisor checks this key in the file as "
+		 "it is at each edit" },
 
 	/* ---- [sessiond] ---- */
 	{ CONFIG_SESSIOND, "backlog_lines", CONFIG_INT,

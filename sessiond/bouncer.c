@@ -1800,6 +1800,11 @@ static int reload_governors(struct bouncer *b, const struct baton_config *next,
 	return 0;
 }
 
+bool bouncer_session_key_live(const char *key)
+{
+	return strcmp(key, "channels") == 0;
+}
+
 /* The result's lines for every change (allocations only: nothing applied). */
 static int reload_notes(const struct config_diff *d, const struct baton_config *from,
 			const struct baton_config *to, struct bouncer_reload *res)
@@ -1844,7 +1849,7 @@ static int reload_notes(const struct config_diff *d, const struct baton_config *
 					"%s: %s (from the next login)", c->section, c->key);
 			break;
 		case CONFIG_SCOPE_SESSION:
-			if (strcmp(c->key, "channels") == 0)
+			if (bouncer_session_key_live(c->key))
 				r = reload_note_channels(res,
 					config_find_session(from, c->user, c->network),
 					config_find_session(to, c->user, c->network));

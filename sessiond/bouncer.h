@@ -137,6 +137,11 @@ void bouncer_reload_clear(struct bouncer_reload *r);
  * caller's). Returns 0 with *res filled (zeroed by the caller), or -errno
  * with why and nothing applied: -EBUSY while any session is frozen or
  * adopted (a migration), -ENOMEM. */
+/* Whether a reload applies a changed [user U/N] key at once (channels:
+ * JOIN/PART), or (false) from the session's next connection to its
+ * network: what bouncer_reload() does, for the *baton service to tell a
+ * user (service.h). */
+bool bouncer_session_key_live(const char *key);
 int bouncer_reload(struct bouncer *b, struct baton_config *next,
 		   struct bouncer_reload *res, char *why, size_t len);
 

@@ -1419,6 +1419,14 @@ static void client_message(struct client *cl, struct irc_msg *m, const char *cmd
 			service_message(cl, m->params[1]);
 		return;
 	}
+	if (service_in_targets(m->params[0])) {
+		/* one line cannot go part to *baton, part to the network
+		 * (the client's line is forwarded as framed): none of it goes */
+		stdreply(cl, "FAIL", cmd, "SERVICE_IN_LIST",
+			 "%s takes a message of its own, not in a list of targets: nothing sent",
+			 SERVICE_NICK);
+		return;
+	}
 	if (!session_upstream_ready(s)) {
 		stdreply(cl, "FAIL", cmd, "UPSTREAM_DISCONNECTED",
 			 "%s is disconnected: message not sent", s->network);

@@ -21,22 +21,85 @@ struct pending_edit {
 	uint64_t id;
 	struct client *cl;
 	service_done_fn done;
-	char ctx[96];
+	char ctx[SERVICE_MAX_CTX + 1];
 	struct event *timer;
+};
+
+/* A rate of edits: tokens as of ms (monotonic); tokens -1: full. */
+struct bucket {
+	int64_t tokens, ms;
+};
+
+/* A user's bucket, by name (the first SERVICE_MAX_USER_KEY bytes). */
+struct user_bucket {
+	char user[SERVICE_MAX_USER_KEY + 1];
+	struct bucket b;
 };
 
 static struct pending_edit pending[SERVICE_MAX_PENDING];
 static uint64_t next_id;
 static int timeout_ms = SERVICE_EDIT_TIMEOUT_MS;
-/* The rate of edits: tokens as of tokens_ms (monotonic); -1: full. */
-static int64_t tokens = -1, tokens_ms;
+static struct bucket worker_rate = { .tokens = -1 };
+static struct user_bucket user_rates[SERVICE_USER_SLOTS];
 static service_send_fn send_fn;
 static void *send_arg;
+
+/* Bounded and exact: a user's bucket that is not full had an edit within
+ * the time it takes to refill, and the worker's rate lets fewer edits than
+ * there are slots through in that time, so a slot whose bucket is full is
+ * always there for a new user (and a full bucket is the same as none). */
+_Static_assert(SERVICE_USER_SLOTS >
+	       SERVICE_EDIT_BURST + (SERVICE_EDIT_USER_BURST * SERVICE_EDIT_USER_EVERY_MS) /
+					    SERVICE_EDIT_EVERY_MS,
+	       "SERVICE_USER_SLOTS too small for the rates");
 
 void service_set_timeout_ms(int ms)
 {
 	timeout_ms = ms > 0 ? ms : SERVICE_EDIT_TIMEOUT_MS;
-	tokens = -1; /* a fresh start for each test */
+	/* a fresh start for each test */
+	worker_rate.tokens = -1;
+	memset(user_rates, 0, sizeof(user_rates));
+}
+
+/* Refill b (burst tokens, one more each every ms) as of now: 0 when a
+ * token is there to take, else the ms until one is. */
+static int64_t bucket_wait(struct bucket *b, int burst, int every, int64_t now)
+{
+	if (b->tokens < 0) {
+		b->tokens = burst;
+		b->ms = now;
+	}
+	while (b->tokens < burst && now - b->ms >= every) {
+		b->tokens++;
+		b->ms += every;
+	}
+	if (b->tokens == burst)
+		b->ms = now;
+	return b->tokens > 0 ? 0 : every - (now - b->ms);
+}
+
+/* user's bucket: its slot, else an empty slot or one whose bucket is full
+ * again (there is one: the assertion above), made the user's. */
+static struct bucket *user_bucket(const char *user, int64_t now)
+{
+	struct user_bucket *free_slot = NULL;
+
+	for (size_t i = 0; i < SERVICE_USER_SLOTS; i++) {
+		struct user_bucket *u = &user_rates[i];
+
+		if (u->user[0] != '\0' && strncmp(u->user, user, SERVICE_MAX_USER_KEY) == 0)
+			return &u->b;
+		if (free_slot == NULL &&
+		    (u->user[0] == '\0' ||
+		     (bucket_wait(&u->b, SERVICE_EDIT_USER_BURST, SERVICE_EDIT_USER_EVERY_MS, now) == 0 &&
+		      u->b.tokens == SERVICE_EDIT_USER_BURST)))
+			free_slot = u;
+	}
+	if (free_slot == NULL)
+		return NULL; /* not with the assertion above */
+	snprintf(free_slot->user, sizeof(free_slot->user), "%s", user);
+	free_slot->b.tokens = -1;
+	return &free_slot->b;
 }
 
 void service_set_sender(service_send_fn fn, void *arg)
@@ -48,6 +111,19 @@ void service_set_sender(service_send_fn fn, void *arg)
 bool service_is_target(const char *target)
 {
 	return strcasecmp(target, SERVICE_NICK) == 0;
+}
+
+bool service_in_targets(const char *targets)
+{
+	const size_t n = strlen(SERVICE_NICK);
+
+	for (const char *t = targets; t != NULL; t = strchr(t, ',')) {
+		if (*t == ',')
+			t++;
+		if (strncasecmp(t, SERVICE_NICK, n) == 0 && (t[n] == ',' || t[n] == '\0'))
+			return true;
+	}
+	return false;
 }
 
 static const char *svc_nick(const struct client *cl)
@@ -116,6 +192,8 @@ int service_edit(struct client *cl, enum session_edit_op op, const char *network
 	struct pending_edit *p = NULL;
 	struct timeval tv = { .tv_sec = timeout_ms / 1000,
 			      .tv_usec = (timeout_ms % 1000) * 1000 };
+	struct bucket *ub;
+	int64_t now, wait;
 	int r;
 
 	if (cl->s == NULL) {
@@ -149,24 +227,23 @@ int service_edit(struct client *cl, enum session_edit_op op, const char *network
 		snprintf(why, whylen, "too many changes in progress: try again in a moment");
 		return -EAGAIN;
 	}
-	{
-		int64_t now = clock_mono_ms();
-
-		if (tokens < 0) {
-			tokens = SERVICE_EDIT_BURST;
-			tokens_ms = now;
-		}
-		while (tokens < SERVICE_EDIT_BURST && now - tokens_ms >= SERVICE_EDIT_EVERY_MS) {
-			tokens++;
-			tokens_ms += SERVICE_EDIT_EVERY_MS;
-		}
-		if (tokens == SERVICE_EDIT_BURST)
-			tokens_ms = now;
-		if (tokens == 0) {
-			snprintf(why, whylen, "too many changes lately on this bouncer: try again in %d s",
-				 (int)((SERVICE_EDIT_EVERY_MS - (now - tokens_ms) + 999) / 1000));
-			return -EAGAIN;
-		}
+	now = clock_mono_ms();
+	ub = user_bucket(cl->s->user, now);
+	if (ub == NULL) {
+		snprintf(why, whylen, "too many changes in progress: try again in a moment");
+		return -EAGAIN;
+	}
+	wait = bucket_wait(ub, SERVICE_EDIT_USER_BURST, SERVICE_EDIT_USER_EVERY_MS, now);
+	if (wait > 0) {
+		snprintf(why, whylen, "you made too many changes lately: try again in %d s",
+			 (int)((wait + 999) / 1000));
+		return -EAGAIN;
+	}
+	wait = bucket_wait(&worker_rate, SERVICE_EDIT_BURST, SERVICE_EDIT_EVERY_MS, now);
+	if (wait > 0) {
+		snprintf(why, whylen, "too many changes lately on this bouncer: try again in %d s",
+			 (int)((wait + 999) / 1000));
+		return -EAGAIN;
 	}
 	if (send_fn == NULL) {
 		snprintf(why, whylen, "no supervisor to apply it (the bouncer is restarting its control): try again later");
@@ -186,7 +263,8 @@ int service_edit(struct client *cl, enum session_edit_op op, const char *network
 		snprintf(why, whylen, "cannot ask the supervisor: %s", strerror(-r));
 		return r;
 	}
-	tokens--;
+	worker_rate.tokens--;
+	ub->tokens--;
 	p->cl = cl;
 	p->done = done;
 	snprintf(p->ctx, sizeof(p->ctx), "%s", ctx ? ctx : "");
@@ -269,7 +347,7 @@ static void cmd_help(struct client *cl)
 	service_notice(cl, "  network set NAME KEY=VALUE ...    change nick, username, realname or channels (KEY= removes it)");
 	service_notice(cl, "  (a VALUE has no spaces: channels=#a,#b)");
 	service_notice(cl, "  network del NAME              delete your network NAME");
-	service_notice(cl, "What you may do here: %s. A change is made in the bouncer's config file and applied at once.",
+	service_notice(cl, "What you may do here: %s. A change is made in the bouncer's config file and applied at once (nick, username and realname at your next connection to the network).",
 		       level_text(bouncer_config(cl->b)));
 }
 
@@ -316,14 +394,41 @@ static void cmd_status(struct client *cl, const char *network)
 static void edit_done(struct client *cl, bool ok, const char *why, const char *ctx)
 {
 	if (ok)
-		service_notice(cl, "Done: %s (applied now)", ctx);
+		service_notice(cl, "Done: %s", ctx);
 	else
 		service_notice(cl, "Not done: %s", why);
 }
 
+/* When a set applies, as the reload will (bouncer_session_key_live()):
+ * " (applied now)", or which keys now and which at the next connection. */
+static void set_when(char *out, size_t len, char *const *pairs, size_t n)
+{
+	char now[96] = "", later[96] = "";
+
+	for (size_t i = 0; i < n; i++) {
+		char key[24], *list;
+		size_t kl = strcspn(pairs[i], "=");
+
+		snprintf(key, sizeof(key), "%.*s", (int)(kl < 23 ? kl : 23), pairs[i]);
+		list = bouncer_session_key_live(key) ? now : later;
+		/* each key once */
+		bool seen = false;
+		for (size_t j = 0; j < i; j++)
+			seen |= strcspn(pairs[j], "=") == kl && strncmp(pairs[j], pairs[i], kl) == 0;
+		if (!seen)
+			snprintf(list + strlen(list), sizeof(now) - strlen(list), "%s%s",
+				 list[0] ? ", " : "", key);
+	}
+	if (later[0] == '\0')
+		snprintf(out, len, " (applied now)");
+	else
+		snprintf(out, len, " (%s%s%s: at your next connection to the network)", now,
+			 now[0] ? ": now; " : "", later);
+}
+
 static void cmd_edit(struct client *cl, enum session_edit_op op, int argc, char **argv)
 {
-	char why[256], ctx[64];
+	char why[256], ctx[SERVICE_MAX_CTX + 1], when[128] = " (applied now)";
 
 	if (argc < 3 || (op == SESSION_EDIT_DEL && argc != 3) ||
 	    (op == SESSION_EDIT_SET && argc < 4)) {
@@ -332,8 +437,11 @@ static void cmd_edit(struct client *cl, enum session_edit_op op, int argc, char 
 			       op == SESSION_EDIT_SET ? " KEY=VALUE ..." : " [KEY=VALUE ...]");
 		return;
 	}
-	snprintf(ctx, sizeof(ctx), "network %.40s %s", argv[2],
-		 op == SESSION_EDIT_ADD ? "added" : op == SESSION_EDIT_SET ? "changed" : "deleted");
+	if (op == SESSION_EDIT_SET)
+		set_when(when, sizeof(when), argv + 3, (size_t)(argc - 3));
+	snprintf(ctx, sizeof(ctx), "network %.40s %s%s", argv[2],
+		 op == SESSION_EDIT_ADD ? "added" : op == SESSION_EDIT_SET ? "changed" : "deleted",
+		 when);
 	if (service_edit(cl, op, argv[2], argv + 3, (size_t)(argc - 3), edit_done, ctx,
 			 why, sizeof(why)) < 0)
 		service_notice(cl, "Not done: %s", why);

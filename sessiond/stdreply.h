@@ -4,7 +4,8 @@
  * always were to the others. Only what baton itself says: the network's
  * numerics pass as they come. Codes are baton's (none in the IRCv3
  * registry fits): UPSTREAM_DISCONNECTED, SESSION_UNAVAILABLE,
- * BACKLOG_DROPPED, UPSTREAM_WAITING, OUT_OF_MEMORY.
+ * BACKLOG_DROPPED, UPSTREAM_WAITING, OUT_OF_MEMORY, SERVICE_IN_LIST (a
+ * PRIVMSG/NOTICE whose target list names *baton among others: service.h).
  */
 #ifndef BATON_SESSIOND_STDREPLY_H
 #define BATON_SESSIOND_STDREPLY_H

@@ -13,6 +13,7 @@
 #include "common/json_builder.h"
 #include "common/log.h"
 #include "control.pb-c.h"
+#include "supervisor/releases.h"
 #include "supervisor/worker_process.h"
 
 struct reload_req {
@@ -22,6 +23,8 @@ struct reload_req {
 	struct event *timeout;
 	supervisor_reply_cb cb; /* NULL: detached */
 	void *arg;
+	/* the file as checked here ("" unknown): the worker's once applied */
+	char sha[WORKER_CONFIG_SHA_HEX];
 };
 
 static void reload_reply(supervisor_reply_cb cb, void *arg, bool applied,
@@ -94,6 +97,10 @@ static void reload_answer(struct worker *w, const Baton__Control__ReloadResult *
 	struct reload_req *q = arg;
 
 	q->w = NULL; /* answered: nothing to cancel */
+	/* What the worker loaded, unless a newer reload is on its way (it
+	 * records its own file, maybe a user's edit written since). */
+	if (r != NULL && r->applied && *q->list == q)
+		worker_set_config_sha(w, q->sha);
 	if (r == NULL)
 		reload_reply(q->cb, q->arg, false,
 			     "the worker lost its control channel before answering (nothing known to be applied)",
@@ -153,6 +160,8 @@ void reload_start(struct event_base *base, struct worker *w,
 		reload_reply(cb, arg, false, "out of memory", NULL, 0, NULL);
 		return;
 	}
+	if (releases_sha256_file(config_path, q->sha, why, sizeof(why)) < 0)
+		q->sha[0] = '\0'; /* unknown: users' edits wait for the next */
 	q->list = list;
 	q->cb = cb;
 	q->arg = arg;

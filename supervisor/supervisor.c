@@ -161,6 +161,17 @@ static int supervisor_register(struct supervisor *sup, struct worker *w)
 	return 0;
 }
 
+/* What a worker starting (or adopted) now has loaded: the file as it is
+ * (a write between this and the worker's own read is not seen). */
+static void supervisor_note_config(struct supervisor *sup, struct worker *w)
+{
+	char sha[RELEASE_SHA256_HEX], err[300];
+
+	if (releases_sha256_file(sup->config_path, sha, err, sizeof(err)) < 0)
+		sha[0] = '\0'; /* unknown: users' edits wait for a reload */
+	worker_set_config_sha(w, sha);
+}
+
 static struct worker *supervisor_spawn(struct supervisor *sup,
 				       const char *binary, bool target, int *err)
 {
@@ -177,6 +188,7 @@ static struct worker *supervisor_spawn(struct supervisor *sup,
 		return NULL;
 	}
 	worker_set_handler(w, supervisor_on_worker, sup);
+	supervisor_note_config(sup, w);
 	if (!target) {
 		/* A target's READY deadline is the migration's. */
 		struct timeval tv = { .tv_sec = sup->cfg->handoff_timeout_s > 0
@@ -800,6 +812,8 @@ int supervisor_start_adopted(struct supervisor *sup, struct orphan *o)
 	}
 	worker_set_handler(w, supervisor_on_worker, sup);
 	worker_set_adopted_exit(w, supervisor_adopted_exit, sup);
+	/* what it loaded is not known: taken as the file now */
+	supervisor_note_config(sup, w);
 	sup->active = w;
 	supervisor_serve(sup, w);
 	return 0;
@@ -1539,6 +1553,17 @@ const char *supervisor_reload_busy(const struct supervisor *sup)
 const char *supervisor_config_path(const struct supervisor *sup)
 {
 	return sup->config_path;
+}
+
+const char *supervisor_config_loaded(const struct supervisor *sup)
+{
+	return sup->active != NULL && sup->active_serving ? worker_config_sha(sup->active) : "";
+}
+
+void supervisor_config_written(struct supervisor *sup, const char *sha)
+{
+	if (sup->active != NULL)
+		worker_set_config_sha(sup->active, sha);
 }
 
 void supervisor_reload(struct supervisor *sup, supervisor_reply_cb cb, void *arg)

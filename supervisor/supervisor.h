@@ -100,6 +100,13 @@ void supervisor_reload(struct supervisor *sup, supervisor_reply_cb cb, void *arg
 /* Why a reload cannot run now (a migration, a canary...), NULL: it can. */
 const char *supervisor_reload_busy(const struct supervisor *sup);
 const char *supervisor_config_path(const struct supervisor *sup);
+/* The SHA-256 (hex) of the config file as the serving worker last loaded
+ * it ("" unknown or none serving): a user's edit is refused when the file
+ * differs (user_edit.h). supervisor_config_written(): the supervisor wrote
+ * the file itself (a user's edit, whose reload follows): that is what the
+ * serving worker is about to load. */
+const char *supervisor_config_loaded(const struct supervisor *sup);
+void supervisor_config_written(struct supervisor *sup, const char *sha);
 
 /* Canary (canary.h): action "start" (plan), "grow" (percent_x100),
  * "promote", "abort", "status". Refused (with the usual result shape)

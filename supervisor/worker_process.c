@@ -77,6 +77,7 @@ struct worker {
 	worker_health_cb health_tap;
 	void *health_tap_arg;
 	char role[16];
+	char config_sha[WORKER_CONFIG_SHA_HEX]; /* worker_config_sha() */
 	/* state schema the next outgoing MIGRATE asks for (0: absent) */
 	unsigned write_schema;
 
@@ -649,6 +650,16 @@ void worker_set_write_schema(struct worker *src, const struct worker *dst)
 const char *worker_version(const struct worker *w)
 {
 	return w->ready && w->ready->version ? w->ready->version : "";
+}
+
+const char *worker_config_sha(const struct worker *w)
+{
+	return w->config_sha;
+}
+
+void worker_set_config_sha(struct worker *w, const char *sha)
+{
+	snprintf(w->config_sha, sizeof(w->config_sha), "%s", sha ? sha : "");
 }
 
 double worker_uptime_s(const struct worker *w)

@@ -75,6 +75,12 @@ bool worker_has_exited(const struct worker *w);
 /* READY contents; NULL before READY. */
 const Baton__Control__Ready *worker_ready_info(const struct worker *w);
 const char *worker_version(const struct worker *w); /* "" before READY */
+/* The SHA-256 (64 hex digits) of the config file as this worker last
+ * loaded it: at its start, then at each reload it applied (the supervisor
+ * records it: supervisor/user_edit.h); "" unknown. */
+#define WORKER_CONFIG_SHA_HEX 65
+const char *worker_config_sha(const struct worker *w);
+void worker_set_config_sha(struct worker *w, const char *sha);
 /* Human readable wait status, e.g. "exit status 1" or "killed by signal 9
  * (Killed)". Valid after WORKER_EXITED. */
 const char *worker_exit_status(const struct worker *w);

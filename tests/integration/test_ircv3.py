@@ -343,8 +343,11 @@ def test_ircv3_service(ctx):
     removes the section and the session says goodbye to the network.
     Refused clearly, nothing changed: a key a user may not set
     (password), an unknown [network], a 65-byte name, 17 words, a
-    KEY=VALUE of 191 bytes, an unknown command. Nothing of it reaches the
-    network (no 401 for *baton). Then the operator sets user_networks =
+    KEY=VALUE of 191 bytes, an unknown command. A realname change is told as
+    applied at the next connection (not "now"). A change the operator made
+    in the file without reloading it refuses users' edits until it is
+    undone (or loaded). `PRIVMSG #chan,*baton` is refused whole. Nothing of
+    it reaches the network (no 401 for *baton). Then the operator sets user_networks =
     list in the file: add and set are refused (read from the file at each
     edit, no reload needed; a reload lists it as changed, not "later"),
     list still answers."""
@@ -384,6 +387,8 @@ def test_ircv3_service(ctx):
     check("'one'" in got[-1], "a word without = taken: %s" % got)
     got = ask_service(ctx, c, "network set net2 realname=second", "changed")
     check("realname = second\n" in open(b.config).read(), "realname not in the file")
+    check(got[-1] == "Done: network net2 changed (realname: at your next connection to the network)",
+          "a realname is not applied now: %s" % got)
 
     for cmd, why in (("network set net2 password=x", "nick, username, realname and channels"),
                      ("network add nope", "no network 'nope'"),
@@ -402,6 +407,27 @@ def test_ircv3_service(ctx):
     check("[user %s/net2]" % s.user not in open(b.config).read(), "net2 still in the file")
     ctx.loop.run_until(lambda: c2.closed, 15, "net2's client closed after the del")
     ctx.loop.run_until(lambda: "bn2x" not in ng_nicks(ctx, dave), 15, "bn2x leaving the network")
+
+    # the operator stages net2 in the file without reloading: a user's
+    # edit (whose reload would load the whole file) is refused until the
+    # change is loaded or undone
+    loaded = open(b.config).read()
+    staged = loaded + "[user %s/net2]\nnick = bn2x\n" % s.user
+    b.write_config(staged)
+    got = ask_service(ctx, c, "network set net nick=%s" % s.nick, "Not done")
+    check("the operator has changes in the config file not yet loaded" in got[-1],
+          "an edit over staged changes: %s" % got)
+    check(open(b.config).read() == staged, "the file changed")
+    b.write_config(loaded)  # undone (test_user_edit: edits go again)
+
+    # a target list naming *baton: refused whole, nothing to the network
+    n = len(dave.lines)
+    c.send("PRIVMSG %s,*baton :network set net nick=leak" % CHAN)
+    ctx.loop.run_until(lambda: any("*baton takes a message of its own" in m.raw
+                                   for m in c.msgs("NOTICE")), 5, "the list refused")
+    ask_service(ctx, c, "network list", "1 network")  # a round trip after it
+    check(not [m for m in dave.msgs("PRIVMSG", n) if "leak" in m.raw],
+          "the channel saw the *baton command")
     check(not [m for m in c.msgs("401") if m.param(1, "").lower() == "*baton"],
           "the network saw a message to *baton")
 

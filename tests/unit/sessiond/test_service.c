@@ -48,7 +48,29 @@ static int fake_send(void *arg, uint64_t id, const char *user, const char *netwo
 	return sent.rc;
 }
 
-static struct test_env *env(void)
+/* Users bob and carol beside alice, each with a session on example (they
+ * log in with alice's password), for the rates per user. */
+static struct config_user three_users[3];
+static struct config_session three_sessions[3];
+
+static void tune_three_users(struct baton_config *cfg)
+{
+	static const char *const names[] = { "alice", "bob", "carol" };
+
+	for (size_t i = 0; i < 3; i++) {
+		three_users[i] = cfg->users[0];
+		three_users[i].name = (char *)names[i];
+		three_sessions[i] = cfg->sessions[0];
+		three_sessions[i].user = (char *)names[i];
+		three_sessions[i].nick = (char *)names[i];
+	}
+	cfg->users = three_users;
+	cfg->nusers = 3;
+	cfg->sessions = three_sessions;
+	cfg->nsessions = 3;
+}
+
+static struct test_env *env_tuned(void (*tune)(struct baton_config *))
 {
 	const struct test_env_opts o = {
 		.backlog_lines = 100,
@@ -56,6 +78,7 @@ static struct test_env *env(void)
 		.ping_timeout_s = 2400,
 		.password = "$6$testsalt$51yaaBMXXXt5vK522YOlIMZ267vqHtMIzc2klcsu3EEv/bkRDU9g3UmkypXf.NvlpPpIPK1nX5zdbCeJBiQbB/",
 		.wait_tries = 5000,
+		.tune = tune,
 	};
 	memset(&sent, 0, sizeof(sent));
 	service_set_sender(NULL, NULL);
@@ -63,9 +86,29 @@ static struct test_env *env(void)
 	return test_env_new(&o);
 }
 
+static struct test_env *env(void)
+{
+	return env_tuned(NULL);
+}
+
+/* alice's session adopted, bob's and carol's started (not connected). */
+static struct test_env *env_three(void)
+{
+	struct test_env *e = env_tuned(tune_three_users);
+
+	bouncer_start_configured(e->b);
+	return e;
+}
+
 static bool wait_for(struct test_env *e, struct rx *r, int fd, const char *s)
 {
 	return rx_wait_tries(e, r, fd, s, 3000);
+}
+
+static void rx_reset(struct rx *r)
+{
+	free(r->buf);
+	memset(r, 0, sizeof(*r));
 }
 
 static void ask(int fd, const char *text)
@@ -143,7 +186,7 @@ static void test_no_supervisor(void **state)
 		test_env_pump(e);
 	assert_int_equal(sent.calls, 2);
 	service_edit_result(sent.id, true, NULL);
-	assert_true(wait_for(e, &r, fd, "Done: network example changed (applied now)"));
+	assert_true(wait_for(e, &r, fd, "Done: network example changed (nick: at your next connection to the network)"));
 	close(fd);
 	free(r.buf);
 	test_env_free(e);
@@ -291,31 +334,154 @@ static void test_timeout_and_gone(void **state)
 	test_env_free(e);
 }
 
-/* The worker's rate of edits: a burst of SERVICE_EDIT_BURST goes (each
- * answered), the next is refused before the supervisor hears of it. */
+/* One edit asked by fd and answered ok: its Done line (want) told. */
+static void edit_ok(struct test_env *e, struct rx *r, int fd, const char *cmd,
+		    const char *want)
+{
+	unsigned calls = sent.calls;
+
+	ask(fd, cmd);
+	for (int k = 0; k < 200 && sent.calls == calls; k++)
+		test_env_pump(e);
+	assert_int_equal(sent.calls, calls + 1);
+	service_edit_result(sent.id, true, NULL);
+	assert_true(wait_for(e, r, fd, want));
+}
+
+static int login_as(struct test_env *e, struct rx *r, const char *user)
+{
+	char pass[80];
+	int fd;
+
+	snprintf(pass, sizeof(pass), "%s@svc/example:secret", user);
+	fd = test_env_register(e, pass, 0);
+	assert_true(wait_for(e, r, fd, " 422 "));
+	return fd;
+}
+
+/* The rates of edits: a user's burst of SERVICE_EDIT_USER_BURST goes
+ * (each answered), the user's next is refused before the supervisor hears
+ * of it, and the worker's SERVICE_EDIT_BURST bounds all users together:
+ * alice's and bob's bursts go, carol's first is refused. */
 static void test_rate(void **state)
+{
+	struct test_env *e = env_three();
+	struct rx ra = { 0 }, rb = { 0 }, rc = { 0 };
+	int fa = login_as(e, &ra, "alice"), fb = login_as(e, &rb, "bob"),
+	    fc = login_as(e, &rc, "carol");
+	unsigned done = 0;
+	char want[64];
+
+	_Static_assert(SERVICE_EDIT_BURST == 2 * SERVICE_EDIT_USER_BURST,
+		       "this test spends the worker's burst in two users' bursts");
+	service_set_sender(fake_send, NULL);
+	for (unsigned i = 1; i <= SERVICE_EDIT_USER_BURST; i++) {
+		char cmd[64];
+
+		snprintf(cmd, sizeof(cmd), "network set n%u nick=x", i);
+		snprintf(want, sizeof(want), "Done: network n%u changed", i);
+		edit_ok(e, &ra, fa, cmd, want);
+		edit_ok(e, &rb, fb, cmd, want);
+		done += 2;
+	}
+	ask(fa, "network set last nick=x");
+	snprintf(want, sizeof(want), "Not done: you made too many changes lately: try again in %d s",
+		 SERVICE_EDIT_USER_EVERY_MS / 1000);
+	assert_true(wait_for(e, &ra, fa, want));
+	ask(fc, "network set last nick=x");
+	assert_true(wait_for(e, &rc, fc, "Not done: too many changes lately on this bouncer: try again in 2 s"));
+	assert_int_equal(sent.calls, done);
+	close(fa);
+	close(fb);
+	close(fc);
+	free(ra.buf);
+	free(rb.buf);
+	free(rc.buf);
+	test_env_free(e);
+}
+
+/* Regression: the rate was one bucket for the worker, so one user's burst
+ * locked every other user out of edits. Now alice spends hers and bob's
+ * edit still goes. */
+static void test_rate_per_user(void **state)
+{
+	struct test_env *e = env_three();
+	struct rx ra = { 0 }, rb = { 0 };
+	int fa = login_as(e, &ra, "alice"), fb = login_as(e, &rb, "bob");
+	unsigned calls;
+
+	service_set_sender(fake_send, NULL);
+	for (unsigned i = 0; i < 2 * SERVICE_EDIT_BURST; i++) {
+		calls = sent.calls;
+		ask(fa, "network set example nick=x");
+		for (int k = 0; k < 200 && sent.calls == calls && !strstr(ra.buf ? ra.buf : "", "Not done"); k++) {
+			test_env_pump(e);
+			rx_read_max(&ra, fa, 0);
+		}
+		if (sent.calls == calls)
+			break; /* refused */
+		service_edit_result(sent.id, true, NULL);
+		assert_true(wait_for(e, &ra, fa, "Done: network example changed"));
+		rx_reset(&ra);
+	}
+	assert_true(wait_for(e, &ra, fa, "Not done: you made too many changes lately"));
+	edit_ok(e, &rb, fb, "network set example nick=y", "Done: network example changed");
+	close(fa);
+	close(fb);
+	free(ra.buf);
+	free(rb.buf);
+	test_env_free(e);
+}
+
+/* Regression: a target list naming *baton (`PRIVMSG #baton,*baton :...`)
+ * went to the network whole, the *baton command with it. A list that
+ * names *baton (in any case, anywhere) is refused with a clear error and
+ * nothing of it is sent, to the network or to the supervisor. */
+static void test_target_list(void **state)
 {
 	struct test_env *e = env();
 	struct rx r = { 0 };
 	int fd = login(e, &r);
-	char want[64];
 
 	service_set_sender(fake_send, NULL);
-	for (unsigned i = 1; i <= SERVICE_EDIT_BURST; i++) {
-		char cmd[64];
+	say_fd(fd, "PRIVMSG #baton,*baton :network set example nick=x");
+	assert_true(wait_for(e, &r, fd, "*baton takes a message of its own"));
+	for (int i = 0; i < 3; i++) {
+		static const char *const lines[] = {
+			"PRIVMSG *BATON,someone :network list",
+			"NOTICE someone,*baton :hello",
+			"PRIVMSG *baton, :network list",
+		};
 
-		snprintf(cmd, sizeof(cmd), "network set n%u nick=x", i);
-		ask(fd, cmd);
-		for (int k = 0; k < 200 && sent.calls < i; k++)
-			test_env_pump(e);
-		assert_int_equal(sent.calls, i);
-		service_edit_result(sent.id, true, NULL);
-		snprintf(want, sizeof(want), "Done: network n%u changed", i);
-		assert_true(wait_for(e, &r, fd, want));
+		rx_reset(&r);
+		say_fd(fd, lines[i]);
+		assert_true(wait_for(e, &r, fd, "*baton takes a message of its own"));
 	}
-	ask(fd, "network set last nick=x");
-	assert_true(wait_for(e, &r, fd, "Not done: too many changes lately on this bouncer: try again in 2 s"));
-	assert_int_equal(sent.calls, SERVICE_EDIT_BURST);
+	assert_network_saw_nothing(e);
+	assert_int_equal(sent.calls, 0);
+	close(fd);
+	free(r.buf);
+	test_env_free(e);
+}
+
+/* Regression: every change was told "applied now", but a reload applies
+ * nick, username and realname at the session's next connection (only
+ * channels at once: JOIN/PART). The Done line says which is which. */
+static void test_done_says_when(void **state)
+{
+	struct test_env *e = env();
+	struct rx r = { 0 };
+	int fd = login(e, &r);
+
+	service_set_sender(fake_send, NULL);
+	edit_ok(e, &r, fd, "network set example channels=#a",
+		"Done: network example changed (applied now)\r\n");
+	edit_ok(e, &r, fd, "network set example nick=x realname=y nick=z",
+		"Done: network example changed (nick, realname: at your next connection to the network)\r\n");
+	edit_ok(e, &r, fd, "network set example username=u channels=",
+		"Done: network example changed (channels: now; username: at your next connection to the network)\r\n");
+	edit_ok(e, &r, fd, "network add libera nick=al",
+		"Done: network libera added (applied now)\r\n");
 	close(fd);
 	free(r.buf);
 	test_env_free(e);
@@ -330,6 +496,9 @@ int main(void)
 		cmocka_unit_test(test_bounds),
 		cmocka_unit_test(test_timeout_and_gone),
 		cmocka_unit_test(test_rate),
+		cmocka_unit_test(test_rate_per_user),
+		cmocka_unit_test(test_target_list),
+		cmocka_unit_test(test_done_says_when),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
