@@ -134,7 +134,7 @@ def test_ircv3_cap_negotiation(ctx):
     check(lst.params[-1].split() == ["cap-notify"],
           "after a NAK, CAP LIST %s (want cap-notify only: CAP LS 302)" % lst)
 
-    for name in ("labeled-response", "draft/read-marker", "-cap-notify"):
+    for name in ("labeled-response", "draft/event-playback", "-cap-notify"):
         n = len(c.lines)
         c.send("CAP REQ %s" % name)
         wait_cap(ctx, c, "NAK", n, "NAK of %s" % name)
