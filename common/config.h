@@ -107,6 +107,9 @@ struct baton_config {
 	char *sessiond;
 	char *state_dir;
 	int handoff_timeout_s;
+	int custody;               /* bool: the supervisor holds every socket (docs/design.md §1) */
+	int custody_checkpoint_ms; /* session records at most this often */
+	int custody_crashes;       /* crashes a session may be implicated in before quarantine */
 	char *metrics;          /* "HOST:PORT" or NULL: off */
 
 	/* [sessiond] */

@@ -37,6 +37,8 @@ enum control_type {
 	CONTROL_ADOPT = 13,
 	CONTROL_RELOAD = 14,          /* supervisor -> worker */
 	CONTROL_RELOAD_RESULT = 15,   /* worker -> supervisor, one per RELOAD */
+	/* worker -> supervisor (custody): fds, see proto/control.proto Custody */
+	CONTROL_CUSTODY = 16,
 };
 
 /* The relay latency histogram of HEALTH (Health.relay_latency_buckets):

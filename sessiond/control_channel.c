@@ -27,6 +27,7 @@
 #include "sessiond/sasl.h"
 #include "sessiond/session.h"
 #include "sessiond/control_queue.h"
+#include "sessiond/checkpoint.h"
 #include "sessiond/fault.h"
 #include "sessiond/health.h"
 #include "sessiond/rendezvous.h"
@@ -103,6 +104,7 @@ static void channel_orphan(struct control_channel *w, const char *why)
 	close(w->fd);
 	w->fd = -1;
 	w->orphaned = true;
+	checkpoint_stop(); /* nobody holds the sockets now */
 	channel_orphan_check_empty(w);
 }
 
@@ -676,6 +678,13 @@ struct control_channel *control_channel_new(struct event_base *base, int fd, str
 	}
 	event_add(w->ev, NULL);
 	channel_lag_tick(-1, 0, w);
+	if (cfg->custody) {
+		int r = checkpoint_start(base, b, w->out, cfg->custody_checkpoint_ms);
+
+		if (r < 0)
+			log_error("custody", "cannot start custody: %s (a crash of this worker disconnects its users)",
+				  strerror(-r));
+	}
 	return w;
 }
 
@@ -683,6 +692,7 @@ void control_channel_free(struct control_channel *w)
 {
 	if (w == NULL)
 		return;
+	checkpoint_stop();
 	if (w->ev != NULL)
 		event_free(w->ev);
 	if (w->lag_ev != NULL)

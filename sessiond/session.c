@@ -283,6 +283,13 @@ static void session_reconnect_cb(evutil_socket_t fd, short what, void *arg)
 		s->reconnect_at_ms = 0;
 		return;
 	}
+	if (s->quarantined) {
+		s->reconnect_at_ms = 0;
+		log_error("custody", "%s: quarantined (the worker crashed handling its input): not reconnected",
+			  s->key);
+		session_notice_all(s, "This network connection is quarantined: baton crashed repeatedly while handling what this network sent. The operator has been told (batonctl status).");
+		return;
+	}
 	if (bouncer_governor(s->b, s->network)) {
 		if (!s->reconnect_at_ms)
 			s->reconnect_at_ms = clock_mono_ms();

@@ -140,6 +140,9 @@ struct session {
 	 * channels must not make a log line per line it sends). */
 	int64_t untracked_notice_ms;
 	struct upstream *up; /* NULL while disconnected */
+	/* custody's poison-pill quarantine (sessiond/checkpoint.h): the worker
+	 * crashed handling this session's input too often; never reconnected */
+	bool quarantined;
 	/* The network's host name being resolved (resolver.h) before a
 	 * connect: it holds governor slot lookup_slot (-1: none) meanwhile.
 	 * Cancelled when the session is frozen (it then connects again when

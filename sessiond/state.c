@@ -1487,6 +1487,89 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 	return 0;
 }
 
+/* A socket that reads as closed (EOF) at once. */
+static int recovery_closed_socket(void)
+{
+	int sv[2];
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		return -1;
+	close(sv[1]);
+	return sv[0];
+}
+
+static void recover_conn(Baton__State__Connection *pc,
+			 Baton__State__ConnRecovery *r, bool drop, int *fds,
+			 size_t nfds)
+{
+	ProtobufCBinaryData t;
+
+	if (pc->fd_index >= nfds)
+		return; /* check_conn refuses it */
+	if (r != NULL && r->has_input) {
+		t = pc->input;
+		pc->input = r->input;
+		r->input = t;
+		pc->has_input = 1;
+	}
+	if (r != NULL && r->has_written && r->written > 0) {
+		size_t olen = pc->has_output ? pc->output.len : 0;
+
+		if (r->written < olen) {
+			memmove(pc->output.data, pc->output.data + r->written,
+				olen - r->written);
+			pc->output.len = olen - (size_t)r->written;
+		} else {
+			t = pc->output;
+			pc->output = r->head;
+			r->head = t;
+			pc->has_output = r->has_head;
+			if (!r->has_head)
+				pc->output.len = 0;
+		}
+	}
+	if (drop || (r != NULL && r->has_drop && r->drop)) {
+		/* cannot continue from here: closed at once after adoption
+		 * (a client reconnects; an upstream through the governor) */
+		int fd = recovery_closed_socket();
+
+		if (fd >= 0) {
+			close(fds[pc->fd_index]);
+			fds[pc->fd_index] = fd;
+		}
+		if (pc->tls != NULL) {
+			/* no record layer for a socket that only says EOF */
+			baton__tls__tls_state__free_unpacked(pc->tls, NULL);
+			pc->tls = NULL;
+			pc->has_transport = 0;
+		}
+	}
+}
+
+/* Custody (sessiond/checkpoint.h): what the dead worker did after this
+ * session's record, from the records the supervisor gathered. */
+static void apply_recovery(Baton__State__Item *item, int *fds, size_t nfds)
+{
+	Baton__State__Recovery *rv = item->recovery;
+	Baton__State__Session *ps = item->session;
+	bool q = rv->has_quarantine && rv->quarantine;
+
+	if (ps->upstream != NULL) {
+		uint32_t i = ps->upstream->fd_index;
+
+		recover_conn(ps->upstream, i < rv->n_conns ? rv->conns[i] : NULL,
+			     q, fds, nfds);
+	}
+	for (size_t k = 0; k < ps->n_clients; k++) {
+		uint32_t i = ps->clients[k]->fd_index;
+
+		recover_conn(ps->clients[k], i < rv->n_conns ? rv->conns[i] : NULL,
+			     false, fds, nfds);
+	}
+	if (q)
+		ps->has_reconnect_at_ms = 0; /* the bouncer parks it (quarantine) */
+}
+
 int state_adopt(struct bouncer *b, const uint8_t *buf, size_t len, int *fds,
 		size_t nfds, struct bouncer_item **out,
 		struct governor_snapshot **governor, char *err, size_t errlen)
@@ -1527,6 +1610,8 @@ int state_adopt(struct bouncer *b, const uint8_t *buf, size_t len, int *fds,
 		rc = adopt_fail(&ad, -EINVAL, "item must hold exactly one of session or pending");
 		goto out;
 	}
+	if (item->recovery != NULL && item->session != NULL)
+		apply_recovery(item, fds, nfds);
 	/* Validate every fd reference before anything takes an fd. */
 	if (item->session) {
 		const Baton__State__Session *ps = item->session;
@@ -1573,6 +1658,9 @@ int state_adopt(struct bouncer *b, const uint8_t *buf, size_t len, int *fds,
 			goto out;
 		}
 		s->item.state = ITEM_ADOPTED;
+		if (item->recovery != NULL && item->recovery->has_quarantine &&
+		    item->recovery->quarantine)
+			s->quarantined = true;
 		*out = &s->item;
 	} else {
 		cl = adopt_client(&ad, NULL, item->pending);

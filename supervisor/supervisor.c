@@ -40,6 +40,9 @@
 #include "supervisor/reload.h"
 #include "supervisor/sysd.h"
 #include "supervisor/worker_process.h"
+#include "supervisor/custody.h"
+#include "common/strmap.h"
+#include <sys/socket.h>
 
 #define STATUS_TIMEOUT_MS 1000
 #define RESTART_BACKOFF_MIN_MS 500
@@ -50,6 +53,17 @@
 struct status_req;
 
 struct supervisor {
+	/* custody (custody.h): a dead worker's sockets and checkpoint, held
+	 * until the next worker is READY; the restore into it; crash
+	 * implications per session (poison pills) */
+	struct custody *restore_held;
+	struct custody_restore *restore;
+	struct custody_result restore_res;
+	bool restore_handed;
+	struct strmap *strikes;
+	uint64_t custody_lines_lost;
+	char **quarantined;
+	size_t nquarantined;
 	struct event_base *base;
 	struct baton_config *cfg;
 	struct listeners *listeners;
@@ -613,6 +627,108 @@ static void supervisor_record_crash(struct supervisor *sup, struct worker *w)
 		log_error("supervisor", "out of memory: the crash not kept for status");
 }
 
+/* --- custody: a crash is an adoption ------------------------------------- */
+
+static void supervisor_custody_handed(void *arg, const struct custody_result *r)
+{
+	struct supervisor *sup = arg;
+
+	sup->restore_res = *r;
+	sup->restore_handed = true;
+}
+
+/* The worker w is READY after a crash whose sockets custody holds: hand
+ * them and the checkpoint to it, as the source of a migration. 0: started
+ * (serve once its MIGRATION_RESULT is in), -errno: serve without. */
+static int supervisor_custody_restore(struct supervisor *sup, struct worker *w)
+{
+	struct custody *held = sup->restore_held;
+	int sv[2], r, err = 0;
+
+	sup->restore_held = NULL;
+	if (sup->strikes == NULL)
+		sup->strikes = strmap_new();
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+		log_error("custody", "cannot restore: socketpair: %s", strerror(errno));
+		custody_free(held);
+		return -errno;
+	}
+	r = worker_send_migrate(w, false, 0, -1,
+				(unsigned)sup->cfg->handoff_timeout_s * 1000, 0, sv[1]);
+	close(sv[1]);
+	if (r < 0) {
+		close(sv[0]);
+		custody_free(held);
+		log_error("custody", "cannot restore into pid %d: %s",
+			  (int)worker_pid(w), strerror(-r));
+		return r;
+	}
+	memset(&sup->restore_res, 0, sizeof(sup->restore_res));
+	sup->restore_handed = false;
+	sup->restore = custody_restore_start(sup->base, held, sv[0], worker_pid(w),
+					     sup->cfg->handoff_timeout_s * 1000,
+					     sup->strikes,
+					     (unsigned)sup->cfg->custody_crashes,
+					     supervisor_custody_handed, sup, &err);
+	if (sup->restore == NULL) {
+		log_error("custody", "cannot restore into pid %d: %s (its users reconnect)",
+			  (int)worker_pid(w), strerror(-err));
+		/* the target saw EOF on its channel: it reports an aborted
+		 * migration, which the RESULT path below ignores */
+		return err;
+	}
+	worker_set_role(w, "target");
+	return 0;
+}
+
+static void supervisor_custody_restored(struct supervisor *sup, struct worker *w,
+					const Baton__Control__MigrationResult *m)
+{
+	struct custody_result *r = &sup->restore_res;
+	size_t n = sup->crash_log ? json_object_array_length(sup->crash_log) : 0;
+	struct json_object *last = n ? json_object_array_get_idx(sup->crash_log, n - 1) : NULL;
+
+	if (!m->committed) {
+		r->sessions_lost += r->sessions_restored;
+		r->connections_reconnected += r->connections_kept;
+		r->sessions_restored = r->connections_kept = 0;
+	}
+	log_info("custody", "restore into pid %d %s: %u sessions restored, %u lost, %u connections kept, %u reconnected, %llu lines lost%s%s%s%s",
+		 (int)worker_pid(w), m->committed ? "committed" : "failed",
+		 r->sessions_restored, r->sessions_lost, r->connections_kept,
+		 r->connections_reconnected, (unsigned long long)r->lines_lost,
+		 r->implicated[0] ? "; the crash happened handling " : "",
+		 r->implicated, r->quarantined[0] ? ", quarantined: " : "",
+		 r->quarantined);
+	if (last != NULL) {
+		json_object_object_add(last, "sessions_restored", json_object_new_int64(r->sessions_restored));
+		json_object_object_add(last, "sessions_lost", json_object_new_int64(r->sessions_lost));
+		json_object_object_add(last, "connections_kept", json_object_new_int64(r->connections_kept));
+		json_object_object_add(last, "connections_reconnected", json_object_new_int64(r->connections_reconnected));
+		json_object_object_add(last, "lines_lost", json_object_new_int64((int64_t)r->lines_lost));
+		json_object_object_add(last, "implicated", r->implicated[0] ? json_object_new_string(r->implicated) : NULL);
+		json_object_object_add(last, "quarantined", r->quarantined[0] ? json_object_new_string(r->quarantined) : NULL);
+	}
+	sup->custody_lines_lost += r->lines_lost;
+	if (r->quarantined[0]) {
+		char **g = realloc(sup->quarantined, (sup->nquarantined + 1) * sizeof(*g));
+		char *k = strdup(r->quarantined);
+
+		if (g != NULL)
+			sup->quarantined = g;
+		if (g != NULL && k != NULL)
+			sup->quarantined[sup->nquarantined++] = k;
+		else
+			free(k);
+		log_error("custody", "session %s quarantined: the worker crashed %d times handling its input; it is not reconnected (its user is told)",
+			  r->quarantined, sup->cfg->custody_crashes);
+	}
+	custody_restore_free(sup->restore);
+	sup->restore = NULL;
+	if (!sup->stopping)
+		supervisor_serve(sup, w);
+}
+
 static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 				 const void *msg, void *arg)
 {
@@ -638,6 +754,9 @@ static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 			worker_stop(w, sup->cfg->handoff_timeout_s);
 			return;
 		}
+		if (!sup->stopping && sup->restore_held != NULL &&
+		    supervisor_custody_restore(sup, w) == 0)
+			return; /* serves once the restore's result is in */
 		if (!sup->stopping)
 			supervisor_serve(sup, w);
 		return;
@@ -661,13 +780,42 @@ static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 		supervisor_record_crash(sup, w);
 		if (worker_uptime_s(w) >= STABLE_AFTER_S)
 			sup->restart_failures = 0;
+		custody_free(sup->restore_held);
+		sup->restore_held = NULL;
+		custody_restore_free(sup->restore);
+		sup->restore = NULL;
+		if (sup->cfg->custody) {
+			struct custody *held = worker_take_custody(w);
+
+			if (custody_has_checkpoint(held)) {
+				sup->restore_held = held;
+				log_info("custody", "holding %zu sockets of pid %d: the next worker adopts them",
+					 custody_fd_count(held), (int)worker_pid(w));
+			} else {
+				custody_free(held);
+			}
+		}
 		supervisor_auto_rollback(sup, w);
 		sup->active_serving = false;
 		supervisor_notify_status(sup);
-		supervisor_schedule_restart(sup);
+		if (sup->restore_held != NULL) {
+			/* at once: its users' sockets wait in custody */
+			struct timeval now = { 0, 0 };
+
+			evtimer_add(sup->ev_restart, &now);
+		} else {
+			supervisor_schedule_restart(sup);
+		}
 		return;
 	case WORKER_PROGRESS:
+		if (sup->restore != NULL)
+			return;
+		/* fall through */
 	case WORKER_RESULT:
+		if (sup->restore != NULL && ev == WORKER_RESULT) {
+			supervisor_custody_restored(sup, w, msg);
+			return;
+		}
 		log_warn("supervisor", "pid %d: migration message outside a migration (ignored)",
 			 (int)worker_pid(w));
 		return;
@@ -986,6 +1134,19 @@ static struct json_object *supervisor_status_json(struct supervisor *sup)
 	jb_add(jb, o, "crashes", sup->crash_log ? json_object_get(sup->crash_log)
 						 : jb_arr(jb));
 	jb_add(jb, o, "last_crash", json_object_get(sup->last_crash));
+	if (sup->cfg->custody) {
+		struct json_object *cj = custody_json(sup->active ? worker_custody(sup->active) : NULL, jb);
+		struct json_object *qa = jb_arr(jb);
+
+		jb_add(jb, cj, "lines_lost", jb_i64(jb, (int64_t)sup->custody_lines_lost));
+		/* quarantined sessions: implicated in custody_crashes crashes */
+		for (size_t i = 0; i < sup->nquarantined; i++)
+			json_object_array_add(qa, json_object_new_string(sup->quarantined[i]));
+		jb_add(jb, cj, "quarantined", qa);
+		jb_add(jb, o, "custody", cj);
+	} else {
+		jb_add(jb, o, "custody", NULL);
+	}
 	{
 		/* Where rollback goes: the release history's target. */
 		const struct release *t = sup->releases
