@@ -581,6 +581,12 @@ void checkpoint_stop(void)
 	ck.index = NULL;
 }
 
+void checkpoint_now(void)
+{
+	if (ck.on)
+		ckpt_tick(-1, 0, NULL);
+}
+
 bool checkpoint_on(void)
 {
 	return ck.on;

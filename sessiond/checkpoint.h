@@ -82,6 +82,10 @@ int checkpoint_start(struct event_base *base, struct bouncer *b,
 /* Custody ends (orphaned: the control channel is gone). */
 void checkpoint_stop(void);
 bool checkpoint_on(void);
+/* Write the records due now, without waiting for the timer: right after a
+ * migration committed here (adopted sessions have none yet; a crash before
+ * the next tick would lose them all). */
+void checkpoint_now(void);
 
 /* Hooks of conn.c. */
 uint64_t checkpoint_conn_opened(int fd);  /* the custody id, 0: off */

@@ -244,6 +244,8 @@ static void channel_finished(void *arg, const struct transfer_result *res)
 	int rc;
 
 	w->migrating = false;
+	if (res->committed)
+		checkpoint_now(); /* adopted (or left) sessions: records at once */
 	r.committed = res->committed;
 	r.reason = (char *)res->reason;
 	r.has_sessions = r.has_connections = r.has_fds = 1;

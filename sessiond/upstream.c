@@ -1633,6 +1633,7 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 			p++;
 	}
 	snprintf(raw, sizeof(raw), "%s", p);
+	FAULT_UPSTREAM_TEXT(raw); /* fault builds only (fault.h) */
 	if (irc_parse(line, &msg) < 0)
 		return;
 	memset(&x, 0, sizeof(x));

@@ -11,6 +11,7 @@ flow both ways exactly once after the crash, and status `crashes[]` and
 client is disconnected by the same kill."""
 
 import os
+import shutil
 import signal
 import time
 
@@ -109,3 +110,76 @@ def test_worker_kill9_without_custody_disconnects(ctx):
     ctx.loop.run_until(lambda: c.closed, 10, raise_on_timeout=False)
     check(c.closed, "without custody the client should see the crash")
     check(b.status().get("custody") is None, "custody off: status custody should be null")
+
+
+def poison_binary(ctx):
+    """baton-sessiond-fault-poison (sessiond/fault.h): abort() on a line
+    from a network holding BATON-POISON-PILL."""
+    src = os.path.join(ctx.builds["a"].require().path, "sessiond", "baton-sessiond-faulty")
+    if not os.access(src, os.X_OK):
+        raise bl.Skip("no fault build at %s (meson -Dfault_builds=true)" % src)
+    d = os.path.join(ctx.dir, "faults")
+    os.makedirs(d, exist_ok=True)
+    dst = os.path.join(d, "baton-sessiond-fault-poison")
+    shutil.copy2(src, dst)
+    return dst
+
+
+def test_poison_pill_quarantined(ctx):
+    """A network that crashes the worker with what it sends to one session
+    (the poison fault build, kill by abort()): each crash is attributed to
+    that session (crashes[].implicated); after custody_crashes (2) it is
+    restored quarantined (status custody.quarantined, its client told, no
+    reconnect) while the other session's client and network connection see
+    nothing."""
+    faulty = poison_binary(ctx)
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=2, channels=["#chat"], supervisor_opts=CUSTODY)
+    orig = b.config_text
+    b.config_text = lambda: orig().replace("sessiond = %s" % b.build.sessiond,
+                                           "sessiond = %s" % faulty)
+    b.write_config()
+    os.environ["BATON_FAULT_KIND"] = "poison"  # the restarted copies too
+    try:
+        b.start(wait=False)
+    finally:
+        del os.environ["BATON_FAULT_KIND"]
+    bl.pump_ready(ctx, b)
+    w = bl.Watcher(ctx.loop, ng, ["#chat"], watch=[s.nick for s in b.sessions])
+    w.wait_present([s.nick for s in b.sessions], timeout=30)
+    dave = bl.direct_user(ctx.loop, ng, "dave", ["#chat"])
+    s0, s1 = b.sessions
+    c0 = bl.bouncer_client(ctx.loop, b, s0, client="laptop")
+    c1 = bl.bouncer_client(ctx.loop, b, s1, client="laptop")
+    relay_both_ways(ctx, c1, dave, "before")
+    t0 = time.monotonic()
+    for n in (1, 2):
+        pid = b.worker_pid()
+        dave.send("PRIVMSG %s :BATON-POISON-PILL %d" % (s0.nick, n))
+        bl.wait_for(lambda: len(b.status().get("crashes") or []) >= n and
+                    b.status()["crashes"][-1].get("restore_ms") is not None, 20,
+                    what="crash %d restored" % n)
+        cr = b.status()["crashes"][-1]
+        check(cr["pid"] == pid and cr["signal"] == signal.SIGABRT, "crash %d: %r" % (n, cr))
+        check(cr["implicated"] == "%s/%s" % (s0.user, s0.network),
+              "crash %d not attributed to %s: %r" % (n, s0.user, cr))
+        check(cr["quarantined"] == (None if n == 1 else "%s/%s" % (s0.user, s0.network)),
+              "crash %d: quarantine %r" % (n, cr))
+        check(cr["sessions_restored"] == 2, "crash %d: %r" % (n, cr))
+    st = b.status()
+    check(st["custody"]["quarantined"] == ["%s/%s" % (s0.user, s0.network)],
+          "status custody: %r" % st["custody"])
+    ctx.loop.run_until(lambda: any("quarantined" in ln for _, ln in c0.lines), 10,
+                       raise_on_timeout=False)
+    check(any("quarantined" in ln for _, ln in c0.lines),
+          "the quarantined session's client was not told")
+    # the other session: nothing seen by its client or the network
+    check(not c1.closed, "the other session's client was disconnected")
+    relay_both_ways(ctx, c1, dave, "after")
+    ev = [e for e in w.events_between(t0) if s1.nick.lower() in str(e).lower()]
+    check(ev == [], "the network saw the other session reconnect: %r" % ev)
+    # the quarantined one is not reconnected
+    ctx.loop.run_for(1.5)
+    ev0 = [e for e in w.events_between(t0) if e[1] == "JOIN"]
+    check(ev0 == [], "a quarantined session reconnected: %r" % ev0)
+    check(len(b.status()["crashes"]) == 2, "more crashes: %r" % b.status()["crashes"])
