@@ -183,3 +183,60 @@ def test_poison_pill_quarantined(ctx):
     ev0 = [e for e in w.events_between(t0) if e[1] == "JOIN"]
     check(ev0 == [], "a quarantined session reconnected: %r" % ev0)
     check(len(b.status()["crashes"]) == 2, "more crashes: %r" % b.status()["crashes"])
+
+
+def test_custody_survives_upgrade(ctx):
+    """Custody moves with a migration: after `batonctl upgrade` to build B
+    the target holds the sessions and the supervisor holds the target's
+    sockets (status custody counts them, none of the source's), so a
+    kill -9 of the new worker is an adoption too."""
+    bB = ctx.builds["b"].require()
+    ng, w, b, dave = setup(ctx)
+    s = b.sessions[0]
+    c = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    rc, res, _, _ = b.ctl("upgrade", bB.sessiond, "--json")
+    check(rc == 0, "upgrade failed: %r" % (res,))
+    ctx.loop.run_for(0.3)
+    cu = b.status()["custody"]
+    check(cu["fds"] == 3 and cu["sessions"] == 2, "custody after the upgrade: %r" % cu)
+    t0 = time.monotonic()
+    st = kill_worker(ctx, b)
+    cr = st["crashes"][-1]
+    check(cr["sessions_restored"] == 2 and cr["connections_kept"] == 3,
+          "crash after the upgrade: %r" % cr)
+    check(not c.closed, "the client was disconnected")
+    relay_both_ways(ctx, c, dave, "after")
+    ev = w.events_between(t0)
+    check(ev == [], "the network saw the bouncer reconnect: %r" % ev)
+
+
+def test_kill9_source_during_upgrade(ctx):
+    """kill -9 of the source in the middle of an upgrade (its target
+    adopting each item in 300 ms): the migration's own source-death path
+    runs (custody does not restore a migration's source: docs/design.md
+    §1); what the test pins is that no line is duplicated and the
+    supervisor ends with one serving worker whose custody holds every
+    session."""
+    bB = ctx.builds["b"].require()
+    ng, w, b, dave = test_basic.setup(ctx, nsessions=2, supervisor_opts=CUSTODY,
+                                      sessiond_opts={"chunk_sessions": 1})
+    s = b.sessions[0]
+    c = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    src = b.worker_pid()
+    b.set_fault("target:slow-prepare")
+    p = b.ctl_async("upgrade", bB.sessiond, "--json")
+    bl.wait_for(lambda: "migrate" in b.log_text().split("upgrade", 1)[-1], 10,
+                what="the migration to start")
+    ctx.loop.run_for(0.15)
+    os.kill(src, signal.SIGKILL)
+    ctx.loop.wait_process(p, timeout=60)
+    rc, data, out, err = b.finish_ctl(p)
+    b.set_fault("")
+    bl.wait_for(lambda: b.status().get("custody", {}).get("sessions") == 2, 30,
+                what="custody of both sessions again")
+    print("upgrade rc %r, client closed %r, crashes %r, custody %r" % (
+        rc, c.closed, b.status().get("crashes"), b.status().get("custody")))
+    if not c.closed:
+        relay_both_ways(ctx, c, dave, "after")

@@ -505,6 +505,12 @@ static void test_fds_needed(void **state)
 	struct baton_config cfg = { .nsessions = 1000, .nlistens = 3 };
 
 	assert_int_equal(config_fds_needed(&cfg), 2000 + 6 + CONFIG_FDS_SPARE);
+	/* custody: the supervisor's copies of two chunks in flight twice */
+	cfg.custody = 1;
+	cfg.chunk_sessions = 100;
+	assert_int_equal(config_fds_needed(&cfg), 2000 + 6 + CONFIG_FDS_SPARE + 400);
+	cfg.nsessions = 10; /* a chunk is at most every session */
+	assert_int_equal(config_fds_needed(&cfg), 20 + 6 + CONFIG_FDS_SPARE + 40);
 }
 
 int main(void)
