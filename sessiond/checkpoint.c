@@ -47,6 +47,7 @@ static struct {
 	struct bouncer *b;
 	struct control_queue *q;
 	struct event *timer;
+	struct event *soon; /* a tick at the end of this loop iteration */
 	int interval_ms;
 	struct ckpt_log log;
 	uint64_t next_id, held;
@@ -183,6 +184,7 @@ uint64_t checkpoint_conn_opened(int fd)
 	if (!ck.on)
 		return 0;
 	ck.held++;
+	checkpoint_soon(); /* a session's sockets may change: record it now */
 	return id;
 }
 
@@ -196,6 +198,7 @@ void checkpoint_conn_closed(uint64_t id)
 	m.release = &id;
 	ckpt_push(&m, NULL, 0);
 	ck.held--;
+	checkpoint_soon();
 }
 
 void checkpoint_conn_read(uint64_t id, uint32_t lines)
@@ -416,9 +419,12 @@ static void ckpt_tick(evutil_socket_t fd, short what, void *arg)
 	struct bouncer_item **items = NULL;
 	size_t n;
 
+	/* the soon event (arg set): only sessions whose sockets changed; the
+	 * timer (or checkpoint_now()): also those with I/O since */
+	bool structural = arg != NULL;
+
 	(void)fd;
 	(void)what;
-	(void)arg;
 	if (!ck.on)
 		return;
 	n = bouncer_items(ck.b, &items);
@@ -437,7 +443,8 @@ static void ckpt_tick(evutil_socket_t fd, short what, void *arg)
 			break;
 		}
 		t->seen = true;
-		if (!fresh && !session_dirty(it->session) && ids_same(t, it->session))
+		if (!fresh && ids_same(t, it->session) &&
+		    (structural || !session_dirty(it->session)))
 			continue;
 		int r = ckpt_session(&ck.log, it, t);
 		if (r < 0 && r != -ECONNRESET) {
@@ -541,7 +548,8 @@ int checkpoint_start(struct event_base *base, struct bouncer *b,
 	if ((r = ckpt_log_open(&ck.log)) < 0)
 		goto fail;
 	ck.timer = event_new(base, -1, EV_PERSIST, ckpt_tick, NULL);
-	if (ck.timer == NULL || event_add(ck.timer, &tv) < 0) {
+	ck.soon = event_new(base, -1, 0, ckpt_tick, &ck.soon);
+	if (ck.timer == NULL || ck.soon == NULL || event_add(ck.timer, &tv) < 0) {
 		r = -ENOMEM;
 		goto fail;
 	}
@@ -571,6 +579,10 @@ void checkpoint_stop(void)
 		event_free(ck.timer);
 		ck.timer = NULL;
 	}
+	if (ck.soon != NULL) {
+		event_free(ck.soon);
+		ck.soon = NULL;
+	}
 	ckpt_log_close(&ck.log);
 	for (size_t i = 0; i < ck.n; i++)
 		tracked_free(ck.v[i]);
@@ -579,6 +591,12 @@ void checkpoint_stop(void)
 	ck.n = ck.cap = 0;
 	strmap_free(ck.index);
 	ck.index = NULL;
+}
+
+void checkpoint_soon(void)
+{
+	if (ck.on && ck.soon != NULL)
+		event_active(ck.soon, EV_TIMEOUT, 0);
 }
 
 void checkpoint_now(void)

@@ -21,9 +21,10 @@
  * Record types (ids are custody ids, keys "user/network"):
  *   CKPT_SESSION  u32 nids, u32 keylen, u64 ids[nids], key, then a
  *                 state.proto Item exactly as a migration sends it (schema
- *                 1), whose fd_index i is the socket of ids[i]. Written when
- *                 the session's sockets changed or it did I/O, at most every
- *                 [supervisor] custody_checkpoint_ms.
+ *                 1), whose fd_index i is the socket of ids[i]. Written at
+ *                 the end of the loop iteration in which the session's
+ *                 sockets changed (checkpoint_soon()), and after I/O at
+ *                 most every [supervisor] custody_checkpoint_ms.
  *   CKPT_GONE     key: the session is no more.
  *   CKPT_READ     u64 id, u32 lines: a read of `lines` complete lines from
  *                 id, written before they are handled. The last record of
@@ -86,6 +87,10 @@ bool checkpoint_on(void);
  * migration committed here (adopted sessions have none yet; a crash before
  * the next tick would lose them all). */
 void checkpoint_now(void);
+/* The same at the end of this loop iteration: a session's structure
+ * changed (a socket opened or closed, a client attached). Its record must
+ * not wait for the timer: custody closes a held socket no record names. */
+void checkpoint_soon(void);
 
 /* Hooks of conn.c. */
 uint64_t checkpoint_conn_opened(int fd);  /* the custody id, 0: off */

@@ -244,8 +244,10 @@ static void channel_finished(void *arg, const struct transfer_result *res)
 	int rc;
 
 	w->migrating = false;
-	if (res->committed)
-		checkpoint_now(); /* adopted (or left) sessions: records at once */
+	/* What this worker holds now (adopted, or left after a failure) gets
+	 * its records before the supervisor reads the result: it may look at
+	 * our log (a migration whose source died, supervisor/migration.c). */
+	checkpoint_now();
 	r.committed = res->committed;
 	r.reason = (char *)res->reason;
 	r.has_sessions = r.has_connections = r.has_fds = 1;

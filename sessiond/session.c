@@ -1,6 +1,7 @@
 /* sessiond/session.c: sessions (one user on one network), their channel
  * state, delivery positions and relay to attached clients. */
 #include "sessiond/session.h"
+#include "sessiond/checkpoint.h"
 #include "common/clock.h"
 
 #include <ctype.h>
@@ -489,6 +490,7 @@ int session_add_client(struct session *s, struct client *cl)
 		health_session_attached(bouncer_health(s->b), s);
 	s->clients[s->nclients++] = cl;
 	cl->s = s;
+	checkpoint_soon(); /* custody: the session record names its sockets */
 	return 0;
 }
 

@@ -269,6 +269,7 @@ struct custody_restore {
 	struct event *ev_done;
 	struct strmap *strikes;
 	unsigned max_strikes;
+	const struct strmap *exclude;
 };
 
 #define RESTORE_CHUNK 64
@@ -592,7 +593,12 @@ static void restore_finish(struct custody_restore *r, const char *reason)
 	r->done = true;
 	if (reason != NULL && r->res.reason[0] == '\0')
 		snprintf(r->res.reason, sizeof(r->res.reason), "%s", reason);
-	r->res.sessions_lost = (unsigned)(r->ns - r->res.sessions_restored);
+	r->res.sessions_lost = (unsigned)(r->ns - r->res.sessions_skipped -
+					  r->res.sessions_restored);
+	/* held sockets no session record names (a client not logged in yet,
+	 * one opened after its session's last record): closed with the
+	 * custody, their peers reconnect */
+	r->res.connections_reconnected += (unsigned)custody_fd_count(r->held);
 	r->cb(r->arg, &r->res);
 }
 
@@ -618,8 +624,15 @@ static void restore_chunk_done(struct handoff_source *src, uint32_t chunk,
 		restore_finish(r, NULL);
 		return;
 	}
-	if (restore_send_chunk(r) < 0)
+	int rc = restore_send_chunk(r);
+
+	if (rc == 1) {
+		handoff_source_finish(r->src);
+		r->res.committed = true;
+		restore_finish(r, NULL);
+	} else if (rc < 0) {
 		restore_finish(r, "cannot send a chunk of the restore");
+	}
 }
 
 static int restore_send_chunk(struct custody_restore *r)
@@ -634,6 +647,19 @@ static int restore_send_chunk(struct custody_restore *r)
 		return -ENOMEM;
 	while (r->next < r->ns && n < RESTORE_CHUNK) {
 		struct rsess *s = r->s[r->next++];
+
+		if (r->exclude != NULL && strmap_get(r->exclude, s->key) != NULL) {
+			/* the target holds it (and its own copies of the
+			 * sockets): ours just close */
+			for (size_t i = 0; i < s->nids; i++) {
+				void *v = idmap_del(&r->held->fds, s->ids[i]);
+
+				if (v != NULL)
+					close((int)(intptr_t)v - 1);
+			}
+			r->res.sessions_skipped++;
+			continue;
+		}
 		/* quarantined now or by an earlier crash: stays so */
 		bool q = r->strikes != NULL &&
 			 (uintptr_t)strmap_get(r->strikes, s->key) >= r->max_strikes;
@@ -649,6 +675,14 @@ static int restore_send_chunk(struct custody_restore *r)
 		n++;
 		r->nbufs = n;
 		r->nfds = nf;
+	}
+	if (n == 0 && r->next >= r->ns) {
+		/* nothing left to send (all excluded): done */
+		free(r->bufs);
+		free(r->fds);
+		r->bufs = NULL;
+		r->fds = NULL;
+		return 1;
 	}
 	if (n == 0)
 		return -ENOENT;
@@ -672,7 +706,8 @@ static void restore_empty(evutil_socket_t fd, short what, void *arg)
 struct custody_restore *custody_restore_start(
 	struct event_base *base, struct custody *held, int channel,
 	pid_t target_pid, int timeout_ms, struct strmap *strikes,
-	unsigned max_strikes, custody_restore_cb cb, void *arg, int *err)
+	unsigned max_strikes, const struct strmap *exclude,
+	custody_restore_cb cb, void *arg, int *err)
 {
 	struct custody_restore *r = calloc(1, sizeof(*r));
 	int rc;
@@ -689,6 +724,7 @@ struct custody_restore *custody_restore_start(
 	r->arg = arg;
 	r->strikes = strikes;
 	r->max_strikes = max_strikes;
+	r->exclude = exclude;
 	r->src = handoff_source_new(base, channel, target_pid, timeout_ms,
 				    restore_chunk_done, r);
 	if (r->src == NULL) {
@@ -698,7 +734,8 @@ struct custody_restore *custody_restore_start(
 	}
 	if ((rc = restore_parse(r)) < 0)
 		goto fail;
-	/* the poison-pill marker: input read and not handled to the end */
+	/* the poison-pill marker: input read and not handled to the end
+	 * (not for a migration's source: `exclude` set) */
 	for (size_t i = 0; i < r->conns.cap && r->res.implicated[0] == '\0'; i++) {
 		struct rconn *c = r->conns.vals[i];
 
@@ -720,20 +757,48 @@ struct custody_restore *custody_restore_start(
 			snprintf(r->res.quarantined, sizeof(r->res.quarantined),
 				 "%s", r->res.implicated);
 	}
-	if (r->ns == 0) {
+	if (exclude != NULL)
+		r->res.implicated[0] = r->res.quarantined[0] = '\0';
+	bool empty = r->ns == 0;
+
+	if (!empty && (rc = restore_send_chunk(r)) < 0)
+		goto fail;
+	if (empty || rc == 1) {
 		r->ev_done = event_new(base, -1, 0, restore_empty, r);
 		if (r->ev_done == NULL) {
 			rc = -ENOMEM;
 			goto fail;
 		}
 		event_active(r->ev_done, 0, 0);
-		return r;
 	}
-	if ((rc = restore_send_chunk(r)) < 0)
-		goto fail;
 	return r;
 fail:
 	*err = rc;
 	custody_restore_free(r);
 	return NULL;
+}
+
+struct strmap *custody_session_keys(const struct custody *c)
+{
+	struct custody_restore *r;
+	struct strmap *keys;
+
+	if (c == NULL || c->log_fd < 0 || (r = calloc(1, sizeof(*r))) == NULL)
+		return NULL;
+	r->held = (struct custody *)c; /* read only; not freed below */
+	keys = strmap_new();
+	if (keys != NULL && restore_parse(r) == 0) {
+		for (size_t i = 0; i < r->ns; i++)
+			if (strmap_put(keys, r->s[i]->key, (void *)1) < 0) {
+				strmap_free(keys);
+				keys = NULL;
+				break;
+			}
+	} else {
+		strmap_free(keys);
+		keys = NULL;
+	}
+	r->held = NULL;
+	custody_restore_free(r);
+	return keys;
 }

@@ -56,6 +56,7 @@ size_t custody_fd_count(const struct custody *c);
 struct custody_result {
 	bool committed;            /* the target adopted the sessions */
 	unsigned sessions_restored, sessions_lost;
+	unsigned sessions_skipped; /* in `exclude`: the target had them */
 	unsigned connections_kept, connections_reconnected;
 	uint64_t lines_lost;
 	char implicated[256];      /* the session handled at the crash, "" */
@@ -72,10 +73,17 @@ typedef void (*custody_restore_cb)(void *arg, const struct custody_result *r);
  * (borrowed); max_strikes: `custody_crashes`. cb runs once, from the
  * loop, when the handoff ended (the caller then waits for the target's
  * MIGRATION_RESULT and serves). NULL with *err on failure (held freed). */
+/* exclude: session keys the target already holds (borrowed, may be NULL):
+ * not sent, counted neither restored nor lost (a migration whose source
+ * died: the target has the chunks that committed). */
 struct custody_restore *custody_restore_start(
 	struct event_base *base, struct custody *held, int channel,
 	pid_t target_pid, int timeout_ms, struct strmap *strikes,
-	unsigned max_strikes, custody_restore_cb cb, void *arg, int *err);
+	unsigned max_strikes, const struct strmap *exclude,
+	custody_restore_cb cb, void *arg, int *err);
+/* The sessions c's log holds now (keys -> (void *)1; a new map the caller
+ * frees with strmap_free), or NULL (no log, unreadable, out of memory). */
+struct strmap *custody_session_keys(const struct custody *c);
 void custody_restore_free(struct custody_restore *r); /* accepts NULL */
 /* Whether custody has a log worth restoring (a checkpoint was handed). */
 bool custody_has_checkpoint(const struct custody *c);

@@ -62,6 +62,7 @@ struct supervisor {
 	bool restore_handed;
 	struct strmap *strikes;
 	uint64_t custody_lines_lost;
+	uint64_t custody_restores;
 	char **quarantined;
 	size_t nquarantined;
 	struct event_base *base;
@@ -668,7 +669,7 @@ static int supervisor_custody_restore(struct supervisor *sup, struct worker *w)
 	sup->restore = custody_restore_start(sup->base, held, sv[0], worker_pid(w),
 					     sup->cfg->handoff_timeout_s * 1000,
 					     sup->strikes,
-					     (unsigned)sup->cfg->custody_crashes,
+					     (unsigned)sup->cfg->custody_crashes, NULL,
 					     supervisor_custody_handed, sup, &err);
 	if (sup->restore == NULL) {
 		log_error("custody", "cannot restore into pid %d: %s (its users reconnect)",
@@ -710,6 +711,8 @@ static void supervisor_custody_restored(struct supervisor *sup, struct worker *w
 		json_object_object_add(last, "quarantined", r->quarantined[0] ? json_object_new_string(r->quarantined) : NULL);
 	}
 	sup->custody_lines_lost += r->lines_lost;
+	if (m->committed)
+		sup->custody_restores++;
 	if (r->quarantined[0]) {
 		char **g = realloc(sup->quarantined, (sup->nquarantined + 1) * sizeof(*g));
 		char *k = strdup(r->quarantined);
@@ -1891,6 +1894,10 @@ void supervisor_get_stats(const struct supervisor *sup,
 {
 	memset(out, 0, sizeof(*out));
 	out->crashes = sup->crashes;
+	out->custody_fds = sup->active ? custody_fd_count(worker_custody(sup->active)) : 0;
+	out->custody_restores = sup->custody_restores;
+	out->custody_lines_lost = sup->custody_lines_lost;
+	out->custody_quarantined = sup->nquarantined;
 	out->migrations_committed = sup->migrations_committed;
 	out->migrations_aborted = sup->migrations_aborted;
 	out->migrations_refused = sup->migrations_refused;
