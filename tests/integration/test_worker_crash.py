@@ -91,7 +91,7 @@ def test_worker_kill9_under_traffic_no_duplicates(ctx):
     check(dup == [], "duplicated lines at the client: %s" % dup)
     cr = b.status()["crashes"][-1]
     missing = n - len(set(nums))
-    print("crash entry %r; client missed %d lines" % (cr, missing))
+    bl.log("crash entry %r; client missed %d lines" % (cr, missing))
     check(not c.closed, "the client was disconnected")
     check(cr["connections_kept"] == 3, "crash entry %r" % cr)
     check(missing <= cr["lines_lost"] * 2 + 0, "client missed %d lines, lines_lost says %r"
@@ -249,8 +249,9 @@ def test_kill9_source_during_upgrade(ctx):
 
 
 def test_kill9_while_writing_to_slow_client_exactly_once(ctx):
-    """A slow client (4 KiB receive buffer) has ~0.5 MB of output queued in
-    the worker when it starts reading; kill -9 while the worker writes it.
+    """A slow client (4 KiB receive buffer) has ~2.7 MB of output queued
+    (more than the kernel's socket buffers hold, so most of it waits in the
+    worker) when it starts reading; kill -9 while the worker writes it.
     The checkpoint holds the queued output as of its record and the write
     records say how far the dead worker got since: the new worker sends the
     rest, so the client receives all 6000 lines exactly once, in order,
@@ -283,3 +284,23 @@ def test_kill9_while_writing_to_slow_client_exactly_once(ctx):
           % (len(got), len(set(want) - set(got)), len(got) - len(set(got)),
              next((i for i, (a, b_) in enumerate(zip(got, want)) if a != b_), None)))
     check(cr["connections_kept"] == 3, "crash entry %r" % cr)
+
+
+def test_kill9_right_after_login_keeps_the_new_client(ctx):
+    """A client that logged in a moment before the kill (well within
+    custody_checkpoint_ms, here 5 s) is kept: a session's record is
+    rewritten at the end of the loop iteration in which its sockets
+    changed, not at the next tick."""
+    ng, w, b, dave = test_basic.setup(
+        ctx, nsessions=1, supervisor_opts={"custody": "yes", "custody_checkpoint_ms": 5000})
+    s = b.sessions[0]
+    ctx.loop.run_for(0.3)
+    c = bl.bouncer_client(ctx.loop, b, s, client="phone")
+    os.kill(b.worker_pid(), signal.SIGKILL)
+    bl.wait_for(lambda: (b.status().get("crashes") or [{}])[-1].get("restore_ms") is not None,
+                20, what="the restore to end")
+    cr = b.status()["crashes"][-1]
+    check(cr["connections_kept"] == 2 and cr["connections_reconnected"] == 0,
+          "crash entry %r" % cr)
+    check(not c.closed, "the client that had just logged in was disconnected")
+    relay_both_ways(ctx, c, dave, "after")
