@@ -31,7 +31,7 @@ def setup(ctx, custody=True, nsessions=2):
 def kill_worker(ctx, b):
     pid = b.worker_pid()
     os.kill(pid, signal.SIGKILL)
-    bl.wait_for(lambda: b.worker_pid() not in (None, pid), 20,
+    bl.wait_for(lambda: [w["pid"] for w in b.workers()] not in ([], [pid]), 20,
                 what="a new worker after kill -9")
     bl.wait_for(lambda: (b.status().get("crashes") or [{}])[-1].get("restore_ms") is not None,
                 20, what="the restore to end")
