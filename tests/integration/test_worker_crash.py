@@ -304,3 +304,39 @@ def test_kill9_right_after_login_keeps_the_new_client(ctx):
           "crash entry %r" % cr)
     check(not c.closed, "the client that had just logged in was disconnected")
     relay_both_ways(ctx, c, dave, "after")
+
+
+def test_kill9_tls_clients_idle_kept_active_reconnected(ctx):
+    """TLS clients on the ircs listener: one idle since its session's last
+    record (its record layer state is exactly the recorded one) is kept
+    across kill -9 and relays after; one that did I/O since (a PING answered
+    a moment before the kill: its sequence numbers moved on) cannot resume
+    and is closed, counted in connections_reconnected, never fed bytes
+    under a stale key."""
+    import test_tls
+    pki = test_tls.shared_pki()
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=1, channels=["#chat"],
+                 ircs=(pki.server.cert, pki.server.key),
+                 supervisor_opts={"custody": "yes", "custody_checkpoint_ms": 2000})
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    dave = bl.direct_user(ctx.loop, ng, "dave", ["#chat"])
+    s = b.sessions[0]
+    idle = test_tls.tls_client(ctx, b, pki, s, name="idle")
+    busy = test_tls.tls_client(ctx, b, pki, s, name="busy")
+    relay_both_ways(ctx, idle, dave, "before")
+    ctx.loop.run_for(2.5)  # a record after every byte so far
+    busy.send("PING :custody")
+    ctx.loop.run_until(lambda: any("custody" in ln and "PONG" in ln for _, ln in busy.lines),
+                       5, "PONG to the busy client")
+    os.kill(b.worker_pid(), signal.SIGKILL)
+    bl.wait_for(lambda: (b.status().get("crashes") or [{}])[-1].get("restore_ms") is not None,
+                20, what="the restore to end")
+    cr = b.status()["crashes"][-1]
+    ctx.loop.run_until(lambda: busy.closed, 5, raise_on_timeout=False)
+    check(busy.closed, "the TLS client with I/O since the record was not closed")
+    check(cr["connections_kept"] == 2 and cr["connections_reconnected"] == 1,
+          "crash entry %r" % cr)
+    check(not idle.closed, "the idle TLS client was disconnected")
+    relay_both_ways(ctx, idle, dave, "after")
