@@ -37,9 +37,17 @@ struct tracked {
 	char *key;
 	uint64_t *ids;
 	size_t nids;
-	size_t bytes; /* its last record */
+	size_t bytes;     /* its last record */
+	uint64_t rec_off; /* where that record is in the log (compaction) */
+	int64_t last_ms;  /* when it was written (CLOCK_MONOTONIC) */
 	bool seen;
 };
+
+/* A pass writes I/O-driven session records for at most this long, then
+ * yields to the loop and goes on in the next iteration: a checkpoint never
+ * stalls the relay for more than this (structural records are never
+ * deferred). */
+#define CKPT_BUDGET_NS (2 * 1000 * 1000)
 
 static struct {
 	bool on;
@@ -48,6 +56,7 @@ static struct {
 	struct control_queue *q;
 	struct event *timer;
 	struct event *soon; /* a tick at the end of this loop iteration */
+	struct event *cont; /* the rest of a pass cut by its budget */
 	int interval_ms;
 	struct ckpt_log log;
 	uint64_t next_id, held;
@@ -342,11 +351,15 @@ static int ckpt_session(struct ckpt_log *l, struct bouncer_item *it,
 			conn_checkpoint_taken(c);
 	}
 	uint32_t nk[2] = { (uint32_t)it->nfds, (uint32_t)keylen };
+	uint64_t off = l->used;
+
 	memcpy(hdr, nk, 8);
 	memcpy(hdr + 8, ids, 8 * it->nfds);
 	memcpy(hdr + 8 + 8 * it->nfds, s->key, keylen);
 	r = ckpt_log_put(l, CKPT_SESSION, hdr, hlen, buf, len);
 	if (r == 0) {
+		t->rec_off = off;
+		t->last_ms = clock_mono_ms();
 		free(t->ids);
 		t->ids = ids;
 		t->nids = it->nfds;
@@ -418,10 +431,13 @@ static void ckpt_tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct bouncer_item **items = NULL;
 	size_t n;
-
-	/* the soon event (arg set): only sessions whose sockets changed; the
-	 * timer (or checkpoint_now()): also those with I/O since */
-	bool structural = arg != NULL;
+	/* arg: &ck.soon only sessions whose sockets changed; &ck.cont or the
+	 * timer: also those with I/O whose record is interval_ms old, within
+	 * the budget; NULL (checkpoint_now()): every one due, no budget */
+	bool structural = arg == &ck.soon;
+	bool budget = arg != NULL && !structural;
+	int64_t start = clock_mono_ns(), now_ms = clock_mono_ms();
+	bool cut = false;
 
 	(void)fd;
 	(void)what;
@@ -433,7 +449,7 @@ static void ckpt_tick(evutil_socket_t fd, short what, void *arg)
 	for (size_t i = 0; i < n && ck.on; i++) {
 		struct bouncer_item *it = items[i];
 		struct tracked *t;
-		bool fresh;
+		bool fresh, changed;
 
 		if (it->kind != ITEM_SESSION || it->state != ITEM_LIVE)
 			continue;
@@ -443,9 +459,17 @@ static void ckpt_tick(evutil_socket_t fd, short what, void *arg)
 			break;
 		}
 		t->seen = true;
-		if (!fresh && ids_same(t, it->session) &&
-		    (structural || !session_dirty(it->session)))
-			continue;
+		changed = fresh || !ids_same(t, it->session);
+		if (!changed) {
+			if (structural || !session_dirty(it->session))
+				continue;
+			if (arg != NULL && now_ms - t->last_ms < ck.interval_ms)
+				continue; /* I/O records: at most every interval */
+			if (budget && (cut || clock_mono_ns() - start > CKPT_BUDGET_NS)) {
+				cut = true;
+				continue; /* the next pass, after the loop's I/O */
+			}
+		}
 		int r = ckpt_session(&ck.log, it, t);
 		if (r < 0 && r != -ECONNRESET) {
 			log_error("custody", "cannot checkpoint %s: %s: custody ends",
@@ -455,6 +479,8 @@ static void ckpt_tick(evutil_socket_t fd, short what, void *arg)
 		}
 		ck.last_ms = clock_mono_ms();
 	}
+	if (cut && ck.on)
+		event_active(ck.cont, EV_TIMEOUT, 0);
 	/* sessions that are gone (a frozen one is only away for a moment:
 	 * kept) */
 	for (size_t i = 0; i < ck.n && ck.on;) {
@@ -489,36 +515,94 @@ static void ckpt_tick(evutil_socket_t fd, short what, void *arg)
 	free(items);
 }
 
-/* A fresh log with one record per live session, handed over. */
-static void ckpt_compact(struct bouncer_item **items, size_t n)
+struct id_off {
+	uint64_t id, off;
+};
+
+static int id_off_cmp(const void *a, const void *b)
+{
+	const struct id_off *x = a, *y = b;
+
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* A fresh log made of the records that still matter, copied in order (no
+ * serialization: a compaction costs a memcpy of the live records): the
+ * latest record of each session, and the connection records written after
+ * the latest record of the session holding that connection. Handed over
+ * like the first log. */
+static void ckpt_compact(struct bouncer_item **items, size_t nitems)
 {
 	Baton__Control__Custody m = BATON__CONTROL__CUSTODY__INIT;
 	struct ckpt_log nl;
-	int r = ckpt_log_open(&nl);
-	int fd;
+	struct id_off *map = NULL;
+	size_t nmap = 0, cap = 0;
+	uint64_t off = 0;
+	int r, fd;
 
-	if (r < 0) {
+	(void)items;
+	(void)nitems;
+	for (size_t i = 0; i < ck.n; i++)
+		cap += ck.v[i]->nids;
+	if ((map = malloc((cap ? cap : 1) * sizeof(*map))) == NULL)
+		return;
+	for (size_t i = 0; i < ck.n; i++)
+		for (size_t j = 0; j < ck.v[i]->nids; j++)
+			if (ck.v[i]->ids[j] != 0)
+				map[nmap++] = (struct id_off){ ck.v[i]->ids[j], ck.v[i]->rec_off };
+	qsort(map, nmap, sizeof(*map), id_off_cmp);
+	if ((r = ckpt_log_open(&nl)) < 0) {
 		log_warn("custody", "cannot compact the checkpoint log: %s", strerror(-r));
+		free(map);
 		return;
 	}
 	ck.live_bytes = 0;
-	for (size_t i = 0; i < ck.n; i++)
-		ck.v[i]->bytes = 0;
-	for (size_t i = 0; i < n && r >= 0; i++) {
-		struct bouncer_item *it = items[i];
-		struct tracked *t;
+	while (off + 8 <= ck.log.used && r == 0) {
+		const uint8_t *p = ck.log.map + CKPT_HEADER + off;
+		uint32_t type, len;
+		size_t rec;
+		bool keep = false;
 
-		if (it->kind != ITEM_SESSION || it->state != ITEM_LIVE ||
-		    (t = strmap_get(ck.index, it->session->key)) == NULL)
-			continue;
-		r = ckpt_session(&nl, it, t);
-		if (r == -ECONNRESET)
-			r = 0;
+		memcpy(&type, p, 4);
+		memcpy(&len, p + 4, 4);
+		rec = (8 + (size_t)len + 7) & ~(size_t)7;
+		if (type == CKPT_SESSION && len >= 8) {
+			uint32_t nk[2];
+			struct tracked *t;
+			char key[512];
+
+			memcpy(nk, p + 8, 8);
+			if (nk[1] < sizeof(key) && 8 + 8ull * nk[0] + nk[1] <= len) {
+				memcpy(key, p + 16 + 8ull * nk[0], nk[1]);
+				key[nk[1]] = '\0';
+				t = strmap_get(ck.index, key);
+				if (t != NULL && t->rec_off == off) {
+					keep = true;
+					t->rec_off = nl.used;
+					t->bytes = rec;
+					ck.live_bytes += rec;
+				}
+			}
+		} else if (type != CKPT_GONE && len >= 8) {
+			struct id_off k, *hit;
+
+			memcpy(&k.id, p + 8, 8);
+			hit = bsearch(&k, map, nmap, sizeof(*map), id_off_cmp);
+			keep = hit != NULL && off > hit->off;
+		}
+		if (keep)
+			r = ckpt_log_put(&nl, type, p + 8, len, NULL, 0);
+		off += rec;
 	}
+	free(map);
 	if (r < 0 || (fd = fcntl(nl.fd, F_DUPFD_CLOEXEC, 0)) < 0) {
 		log_warn("custody", "cannot compact the checkpoint log: %s",
 			 strerror(r < 0 ? -r : errno));
 		ckpt_log_close(&nl);
+		/* the old log stays; offsets in it are still right only if
+		 * nothing was rewritten: start from records again */
+		for (size_t i = 0; i < ck.n; i++)
+			ck.v[i]->last_ms = 0;
 		return;
 	}
 	ckpt_log_close(&ck.log);
@@ -533,8 +617,11 @@ int checkpoint_start(struct event_base *base, struct bouncer *b,
 		     struct control_queue *q, int interval_ms)
 {
 	Baton__Control__Custody m = BATON__CONTROL__CUSTODY__INIT;
-	struct timeval tv = { .tv_sec = interval_ms / 1000,
-			      .tv_usec = (interval_ms % 1000) * 1000 };
+	/* passes twice per interval: a session's record follows its I/O
+	 * within 1.5 intervals (and the pass budget) */
+	int period = interval_ms / 2 > 5 ? interval_ms / 2 : 5;
+	struct timeval tv = { .tv_sec = period / 1000,
+			      .tv_usec = (period % 1000) * 1000 };
 	int r, fd;
 
 	memset(&ck, 0, sizeof(ck));
@@ -547,9 +634,11 @@ int checkpoint_start(struct event_base *base, struct bouncer *b,
 		return -ENOMEM;
 	if ((r = ckpt_log_open(&ck.log)) < 0)
 		goto fail;
-	ck.timer = event_new(base, -1, EV_PERSIST, ckpt_tick, NULL);
+	ck.timer = event_new(base, -1, EV_PERSIST, ckpt_tick, &ck.timer);
 	ck.soon = event_new(base, -1, 0, ckpt_tick, &ck.soon);
-	if (ck.timer == NULL || ck.soon == NULL || event_add(ck.timer, &tv) < 0) {
+	ck.cont = event_new(base, -1, 0, ckpt_tick, &ck.cont);
+	if (ck.timer == NULL || ck.soon == NULL || ck.cont == NULL ||
+	    event_add(ck.timer, &tv) < 0) {
 		r = -ENOMEM;
 		goto fail;
 	}
@@ -582,6 +671,10 @@ void checkpoint_stop(void)
 	if (ck.soon != NULL) {
 		event_free(ck.soon);
 		ck.soon = NULL;
+	}
+	if (ck.cont != NULL) {
+		event_free(ck.cont);
+		ck.cont = NULL;
 	}
 	ckpt_log_close(&ck.log);
 	for (size_t i = 0; i < ck.n; i++)

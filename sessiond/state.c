@@ -1661,6 +1661,13 @@ int state_adopt(struct bouncer *b, const uint8_t *buf, size_t len, int *fds,
 		if (item->recovery != NULL && item->recovery->has_quarantine &&
 		    item->recovery->quarantine)
 			s->quarantined = true;
+		/* lines of the network handled after the record: its channel
+		 * state may have moved on (session_resync() once armed) */
+		if (item->recovery != NULL && item->session->upstream != NULL &&
+		    item->session->upstream->fd_index < item->recovery->n_conns &&
+		    item->recovery->conns[item->session->upstream->fd_index]->has_lines &&
+		    item->recovery->conns[item->session->upstream->fd_index]->lines > 0)
+			s->resync = true;
 		*out = &s->item;
 	} else {
 		cl = adopt_client(&ad, NULL, item->pending);

@@ -1658,6 +1658,8 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 	}
 	health_upstream_line(&u->hl, &msg, s->nick, x.nick);
 	FAULT_UPSTREAM_LINE(); /* fault builds only (fault.h) */
+	if (s->resync)
+		session_resync(s); /* custody: room for more queries now? */
 	x.route = session_reply_route(s, &msg, &x.only);
 
 	bool relay = u->phase >= UP_READY;

@@ -326,7 +326,11 @@ def test_kill9_tls_clients_idle_kept_active_reconnected(ctx):
     idle = test_tls.tls_client(ctx, b, pki, s, name="idle")
     busy = test_tls.tls_client(ctx, b, pki, s, name="busy")
     relay_both_ways(ctx, idle, dave, "before")
-    ctx.loop.run_for(2.5)  # a record after every byte so far
+    # a record after every byte so far (records follow I/O within 1.5
+    # custody_checkpoint_ms)
+    ctx.loop.run_for(0.3)
+    bl.wait_for(lambda: (b.status()["custody"]["checkpoint_age_ms"] or 99999) < 250, 10,
+                what="a checkpoint record after the relay")
     busy.send("PING :custody")
     ctx.loop.run_until(lambda: any("custody" in ln and "PONG" in ln for _, ln in busy.lines),
                        5, "PONG to the busy client")
@@ -340,3 +344,38 @@ def test_kill9_tls_clients_idle_kept_active_reconnected(ctx):
           "crash entry %r" % cr)
     check(not idle.closed, "the idle TLS client was disconnected")
     relay_both_ways(ctx, idle, dave, "after")
+
+
+def test_lost_join_resynchronised_from_the_network(ctx):
+    """erin joins #chat after the session's last checkpoint record; kill -9
+    before the next one: the JOIN is lost with the dead worker (counted in
+    lines_lost), and the restored session asks the network (MODE, TOPIC,
+    NAMES, answered to no client) so that a client logging in afterwards
+    sees erin among #chat's members. The attached client sees no reply it
+    did not ask for."""
+    ng, w, b, dave = test_basic.setup(
+        ctx, nsessions=1, supervisor_opts={"custody": "yes", "custody_checkpoint_ms": 2000})
+    s = b.sessions[0]
+    c = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    # just after a record (the I/O above makes one due at the next tick)
+    bl.wait_for(lambda: (b.status()["custody"]["checkpoint_age_ms"] or 99999) < 300, 10,
+                what="a fresh checkpoint record")
+    erin = bl.direct_user(ctx.loop, ng, "erin", ["#chat"])
+    ctx.loop.run_until(lambda: any(" JOIN " in ln and "erin" in ln for _, ln in c.lines), 5,
+                       "erin's JOIN relayed")
+    mark = len(c.lines)
+    os.kill(b.worker_pid(), signal.SIGKILL)
+    bl.wait_for(lambda: (b.status().get("crashes") or [{}])[-1].get("restore_ms") is not None,
+                20, what="the restore to end")
+    cr = b.status()["crashes"][-1]
+    check(cr["lines_lost"] >= 1 and cr["connections_kept"] == 2, "crash entry %r" % cr)
+    ctx.loop.run_for(1.0)  # the resync's answers
+    phone = bl.bouncer_client(ctx.loop, b, s, client="phone")
+    ctx.loop.run_for(0.5)
+    names = [ln for _, ln in phone.lines if " 353 " in ln and "#chat" in ln]
+    check(any("erin" in ln.split(":", 2)[-1].split() for ln in names),
+          "the member list lost erin's JOIN: %r" % names)
+    stray = [ln for _, ln in c.lines[mark:] if any(" %s " % n in ln for n in ("324", "332", "353", "366"))]
+    check(stray == [], "the attached client got replies it did not ask for: %r" % stray)
+    check(not c.closed, "the client was disconnected")
