@@ -44,7 +44,7 @@ const struct config_key config_keys[] = {
 		 "socket: see `--check`" },
 	{ CONFIG_SUPERVISOR, "custody_checkpoint_ms", CONFIG_INT,
 	  .offset = G(custody_checkpoint_ms),
-	  .def = 200, .min = 10, .max = 60000,
+	  .def = 1000, .min = 10, .max = 60000,
 	  .doc = "with `custody`: a session with I/O gets a new checkpoint record "
 		 "at most this often (ms). Lines a worker handled after its "
 		 "session's last record are lost in a crash (counted in "

@@ -39,6 +39,8 @@ struct tracked {
 	size_t nids;
 	size_t bytes;     /* its last record */
 	uint64_t rec_off; /* where that record is in the log (compaction) */
+	uint64_t new_off; /* ... in the log a compaction is making */
+	size_t new_bytes;
 	int64_t last_ms;  /* when it was written (CLOCK_MONOTONIC) */
 	bool seen;
 };
@@ -57,6 +59,14 @@ static struct {
 	struct event *timer;
 	struct event *soon; /* a tick at the end of this loop iteration */
 	struct event *cont; /* the rest of a pass cut by its budget */
+	/* an incremental compaction (ckpt_compact_step()): the new log, how
+	 * far the old one was copied, the sessions' record offsets in the old
+	 * log when it started (id -> offset, sorted) */
+	bool compacting;
+	struct ckpt_log nl;
+	uint64_t scan;
+	struct id_off *map;
+	size_t nmap;
 	int interval_ms;
 	struct ckpt_log log;
 	uint64_t next_id, held;
@@ -425,7 +435,11 @@ static struct tracked *tracked_get(const char *key)
 	return t;
 }
 
-static void ckpt_compact(struct bouncer_item **items, size_t n);
+struct id_off {
+	uint64_t id, off;
+};
+static bool ckpt_compact_step(int64_t start_ns, bool budget);
+static void ckpt_compact_begin(void);
 
 static void ckpt_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -509,15 +523,13 @@ static void ckpt_tick(evutil_socket_t fd, short what, void *arg)
 		__atomic_store_n((uint64_t *)(ck.log.map + 16), sessions, __ATOMIC_RELAXED);
 		__atomic_store_n((int64_t *)(ck.log.map + 24), last, __ATOMIC_RELAXED);
 	}
-	if (ck.on && ck.log.used > CKPT_COMPACT_MIN &&
+	if (ck.on && !ck.compacting && ck.log.used > CKPT_COMPACT_MIN &&
 	    ck.log.used > 2 * (uint64_t)ck.live_bytes)
-		ckpt_compact(items, n);
+		ckpt_compact_begin();
+	if (ck.on && ck.compacting && !ckpt_compact_step(start, true))
+		event_active(ck.cont, EV_TIMEOUT, 0);
 	free(items);
 }
-
-struct id_off {
-	uint64_t id, off;
-};
 
 static int id_off_cmp(const void *a, const void *b)
 {
@@ -526,49 +538,71 @@ static int id_off_cmp(const void *a, const void *b)
 	return x->id < y->id ? -1 : x->id > y->id;
 }
 
-/* A fresh log made of the records that still matter, copied in order (no
- * serialization: a compaction costs a memcpy of the live records): the
- * latest record of each session, and the connection records written after
- * the latest record of the session holding that connection. Handed over
- * like the first log. */
-static void ckpt_compact(struct bouncer_item **items, size_t nitems)
+static void ckpt_compact_end(void)
 {
-	Baton__Control__Custody m = BATON__CONTROL__CUSTODY__INIT;
-	struct ckpt_log nl;
-	struct id_off *map = NULL;
-	size_t nmap = 0, cap = 0;
-	uint64_t off = 0;
-	int r, fd;
+	if (ck.compacting)
+		ckpt_log_close(&ck.nl);
+	free(ck.map);
+	ck.map = NULL;
+	ck.nmap = 0;
+	ck.compacting = false;
+}
 
-	(void)items;
-	(void)nitems;
+/* Compaction: a fresh log made of the records that still matter, copied
+ * in order (no serialization): the latest record of each session, and the
+ * connection records after the record of the session holding that
+ * connection (or of a connection no session record names yet). It runs a
+ * budget at a time while records keep being appended to the old log; once
+ * the copy caught up, the new log replaces the old one and is handed over
+ * like the first. */
+static void ckpt_compact_begin(void)
+{
+	size_t cap = 0;
+	int r;
+
 	for (size_t i = 0; i < ck.n; i++)
 		cap += ck.v[i]->nids;
-	if ((map = malloc((cap ? cap : 1) * sizeof(*map))) == NULL)
+	if ((ck.map = malloc((cap ? cap : 1) * sizeof(*ck.map))) == NULL)
 		return;
+	ck.nmap = 0;
 	for (size_t i = 0; i < ck.n; i++)
 		for (size_t j = 0; j < ck.v[i]->nids; j++)
 			if (ck.v[i]->ids[j] != 0)
-				map[nmap++] = (struct id_off){ ck.v[i]->ids[j], ck.v[i]->rec_off };
-	qsort(map, nmap, sizeof(*map), id_off_cmp);
-	if ((r = ckpt_log_open(&nl)) < 0) {
+				ck.map[ck.nmap++] = (struct id_off){ ck.v[i]->ids[j],
+								     ck.v[i]->rec_off };
+	qsort(ck.map, ck.nmap, sizeof(*ck.map), id_off_cmp);
+	if ((r = ckpt_log_open(&ck.nl)) < 0) {
 		log_warn("custody", "cannot compact the checkpoint log: %s", strerror(-r));
-		free(map);
+		free(ck.map);
+		ck.map = NULL;
 		return;
 	}
-	ck.live_bytes = 0;
-	while (off + 8 <= ck.log.used && r == 0) {
-		const uint8_t *p = ck.log.map + CKPT_HEADER + off;
+	ck.scan = 0;
+	ck.compacting = true;
+	for (size_t i = 0; i < ck.n; i++)
+		ck.v[i]->new_off = UINT64_MAX;
+}
+
+/* Copy on; true when done (or abandoned), false when the budget ran out. */
+static bool ckpt_compact_step(int64_t start_ns, bool budget)
+{
+	Baton__Control__Custody m = BATON__CONTROL__CUSTODY__INIT;
+	int r = 0, fd;
+
+	while (ck.scan + 8 <= ck.log.used && r == 0) {
+		const uint8_t *p = ck.log.map + CKPT_HEADER + ck.scan;
 		uint32_t type, len;
 		size_t rec;
 		bool keep = false;
+		struct tracked *t = NULL;
 
+		if (budget && clock_mono_ns() - start_ns > CKPT_BUDGET_NS)
+			return false;
 		memcpy(&type, p, 4);
 		memcpy(&len, p + 4, 4);
 		rec = (8 + (size_t)len + 7) & ~(size_t)7;
 		if (type == CKPT_SESSION && len >= 8) {
 			uint32_t nk[2];
-			struct tracked *t;
 			char key[512];
 
 			memcpy(nk, p + 8, 8);
@@ -576,41 +610,63 @@ static void ckpt_compact(struct bouncer_item **items, size_t nitems)
 				memcpy(key, p + 16 + 8ull * nk[0], nk[1]);
 				key[nk[1]] = '\0';
 				t = strmap_get(ck.index, key);
-				if (t != NULL && t->rec_off == off) {
-					keep = true;
-					t->rec_off = nl.used;
-					t->bytes = rec;
-					ck.live_bytes += rec;
-				}
+				/* its latest record (a later one, written
+				 * while this runs, is copied when reached) */
+				keep = t != NULL && t->rec_off == ck.scan;
 			}
 		} else if (type != CKPT_GONE && len >= 8) {
 			struct id_off k, *hit;
 
 			memcpy(&k.id, p + 8, 8);
-			hit = bsearch(&k, map, nmap, sizeof(*map), id_off_cmp);
-			keep = hit != NULL && off > hit->off;
+			hit = bsearch(&k, ck.map, ck.nmap, sizeof(*ck.map), id_off_cmp);
+			keep = hit == NULL || ck.scan > hit->off;
 		}
-		if (keep)
-			r = ckpt_log_put(&nl, type, p + 8, len, NULL, 0);
-		off += rec;
+		if (keep) {
+			uint64_t at = ck.nl.used;
+
+			r = ckpt_log_put(&ck.nl, type, p + 8, len, NULL, 0);
+			if (r == 0 && t != NULL) {
+				t->new_off = at;
+				t->new_bytes = rec;
+			}
+		}
+		ck.scan += rec;
 	}
-	free(map);
-	if (r < 0 || (fd = fcntl(nl.fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+	if (r < 0 || (fd = fcntl(ck.nl.fd, F_DUPFD_CLOEXEC, 0)) < 0) {
 		log_warn("custody", "cannot compact the checkpoint log: %s",
 			 strerror(r < 0 ? -r : errno));
-		ckpt_log_close(&nl);
-		/* the old log stays; offsets in it are still right only if
-		 * nothing was rewritten: start from records again */
-		for (size_t i = 0; i < ck.n; i++)
-			ck.v[i]->last_ms = 0;
-		return;
+		ckpt_compact_end();
+		return true;
 	}
+	/* caught up: the new log replaces the old one */
+	ck.live_bytes = 0;
+	for (size_t i = 0; i < ck.n; i++) {
+		struct tracked *t = ck.v[i];
+
+		if (t->new_off == UINT64_MAX) {
+			/* recorded in no copied record (cannot be: each tracked
+			 * session has its latest record in the log) */
+			t->last_ms = 0;
+			t->bytes = 0;
+			continue;
+		}
+		t->rec_off = t->new_off;
+		t->bytes = t->new_bytes;
+		ck.live_bytes += t->bytes;
+	}
+	__atomic_store_n((uint64_t *)(ck.nl.map + 16), (uint64_t)ck.n, __ATOMIC_RELAXED);
+	__atomic_store_n((int64_t *)(ck.nl.map + 24), ck.last_ms, __ATOMIC_RELAXED);
 	ckpt_log_close(&ck.log);
-	ck.log = nl;
+	ck.log = ck.nl;
+	ck.compacting = false;
+	memset(&ck.nl, 0, sizeof(ck.nl));
+	ck.nl.fd = -1;
+	ckpt_compact_end();
 	ck.compactions++;
 	m.has_checkpoint = 1;
 	m.checkpoint = 1;
 	ckpt_push(&m, &fd, 1);
+	return true;
 }
 
 int checkpoint_start(struct event_base *base, struct bouncer *b,
@@ -664,6 +720,7 @@ fail:
 void checkpoint_stop(void)
 {
 	ck.on = false;
+	ckpt_compact_end();
 	if (ck.timer != NULL) {
 		event_free(ck.timer);
 		ck.timer = NULL;

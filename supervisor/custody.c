@@ -116,6 +116,7 @@ static void idmap_clear(struct idmap *m)
 struct custody {
 	struct idmap fds; /* id -> (void *)(intptr_t)(fd + 1) */
 	int log_fd;       /* the checkpoint memfd, -1: none */
+	uint64_t compactions; /* logs that replaced the first one */
 };
 
 struct custody *custody_new(void)
@@ -171,8 +172,10 @@ int custody_handle(struct custody *c, struct frame_msg *m)
 		goto out;
 	}
 	if (cm->has_checkpoint && cm->checkpoint) {
-		if (c->log_fd >= 0)
+		if (c->log_fd >= 0) {
 			close(c->log_fd);
+			c->compactions++;
+		}
 		c->log_fd = frame_msg_take_fd(m, k++);
 	}
 	for (size_t i = 0; i < cm->n_add; i++) {
@@ -227,6 +230,7 @@ struct json_object *custody_json(const struct custody *c, struct jb *jb)
 	jb_add(jb, o, "checkpoint_bytes", jb_i64(jb, h ? (int64_t)(CKPT_HEADER + committed) : 0));
 	jb_add(jb, o, "checkpoint_age_ms",
 	       h && last > 0 ? jb_i64(jb, clock_mono_ms() - last) : NULL);
+	jb_add(jb, o, "compactions", jb_i64(jb, c ? (int64_t)c->compactions : 0));
 	return o;
 }
 
