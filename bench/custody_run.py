@@ -106,7 +106,7 @@ def main():
     ap.set_defaults(bouncer_users=200, channels=10, duration=60.0, drain=20.0,
                     rate=40.0, upgrades=0)
     ap.add_argument("--kills", type=int, default=20)
-    ap.add_argument("--checkpoint-ms", type=int, default=200)
+    ap.add_argument("--checkpoint-ms", type=int, default=1000)
     args = ap.parse_args()
     try:
         A, B, loadgen = load_run.prepare(args)

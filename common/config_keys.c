@@ -48,13 +48,17 @@ const struct config_key config_keys[] = {
 	  .doc = "with `custody`: a session with I/O gets a new checkpoint record "
 		 "at most this often (ms). Lines a worker handled after its "
 		 "session's last record are lost in a crash (counted in "
-		 "`crashes[].lines_lost`), never duplicated" },
+		 "`crashes[].lines_lost`), never duplicated. Each record serializes"
+		 " the whole session, backlog included: a shorter interval costs "
+		 "CPU and relay latency (README \"Custody\")" },
 	{ CONFIG_SUPERVISOR, "custody_crashes", CONFIG_INT,
 	  .offset = G(custody_crashes),
 	  .def = 2, .min = 1, .max = 100,
 	  .doc = "with `custody`: a session whose input was being handled in this "
-		 "many worker crashes is quarantined (not restored; its user is "
-		 "told why when connecting; status `custody.quarantined`)" },
+		 "many worker crashes is quarantined: restored with its network "
+		 "connection closed and never reconnected, its user told why (now "
+		 "and at each login), the operator in the log and status "
+		 "`custody.quarantined`" },
 	{ CONFIG_SUPERVISOR, "metrics", CONFIG_HOSTPORT,
 	  .offset = G(metrics),
 	  .doc_default = "off",
