@@ -169,6 +169,9 @@ def test_poison_pill_quarantined(ctx):
     st = b.status()
     check(st["custody"]["quarantined"] == ["%s/%s" % (s0.user, s0.network)],
           "status custody: %r" % st["custody"])
+    rc, _, out, _ = b.ctl("status")
+    check(rc == 0 and "quarantined: %s/%s" % (s0.user, s0.network) in out,
+          "batonctl status does not name the quarantined session: %r" % out)
     ctx.loop.run_until(lambda: any("quarantined" in ln for _, ln in c0.lines), 10,
                        raise_on_timeout=False)
     check(any("quarantined" in ln for _, ln in c0.lines),
