@@ -988,6 +988,12 @@ void supervisor_free(struct supervisor *sup)
 		event_free(sup->ev_refresh);
 	json_object_put(sup->last_crash);
 	json_object_put(sup->crash_log);
+	custody_restore_free(sup->restore);
+	custody_free(sup->restore_held);
+	strmap_free(sup->strikes);
+	for (size_t i = 0; i < sup->nquarantined; i++)
+		free(sup->quarantined[i]);
+	free(sup->quarantined);
 	json_object_put(sup->last_migration);
 	canary_free(sup->canary);
 	json_object_put(sup->last_canary);
