@@ -110,6 +110,7 @@ struct baton_config {
 	int custody;               /* bool: the supervisor holds every socket (docs/design.md §1) */
 	int custody_checkpoint_ms; /* session records at most this often */
 	int custody_crashes;       /* crashes a session may be implicated in before quarantine */
+	int worker_watchdog_ms;    /* the serving worker silent this long is killed (0: off) */
 	char *metrics;          /* "HOST:PORT" or NULL: off */
 
 	/* [sessiond] */

@@ -59,6 +59,13 @@ const struct config_key config_keys[] = {
 		 "connection closed and never reconnected, its user told why (now "
 		 "and at each login), the operator in the log and status "
 		 "`custody.quarantined`" },
+	{ CONFIG_SUPERVISOR, "worker_watchdog_ms", CONFIG_INT,
+	  .offset = G(worker_watchdog_ms),
+	  .def = 0, .min = 0, .max = 600000,
+	  .doc = "ms (0: off): the serving worker not answering a status request "
+		 "this long (a wedged loop) is killed with SIGKILL and restarted like"
+		 " any crash; with `custody` its sockets are already held and the "
+		 "next worker adopts them (status `crashes[].watchdog`)" },
 	{ CONFIG_SUPERVISOR, "metrics", CONFIG_HOSTPORT,
 	  .offset = G(metrics),
 	  .doc_default = "off",

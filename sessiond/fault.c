@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include <event2/event.h>
@@ -24,7 +25,7 @@ static const char *const fault_names[] = {
 	[FAULT_DUP] = "dup",         [FAULT_LATENCY] = "latency",
 	[FAULT_LEAK] = "leak",       [FAULT_CRASH] = "crash",
 	[FAULT_MALFORMED] = "malformed", [FAULT_NOPING] = "noping",
-	[FAULT_POISON] = "poison",
+	[FAULT_POISON] = "poison",   [FAULT_WEDGE] = "wedge",
 };
 #define NFAULTS (sizeof(fault_names) / sizeof(fault_names[0]))
 
@@ -72,7 +73,7 @@ int fault_select(const char *argv0)
 	}
 
 	if (k < 0) {
-		fprintf(stderr, "baton-sessiond: unknown fault in the program name %s (known: drop dup latency leak crash malformed noping poison)\n",
+		fprintf(stderr, "baton-sessiond: unknown fault in the program name %s (known: drop dup latency leak crash malformed noping poison wedge)\n",
 			argv0);
 		return -1;
 	}
@@ -164,6 +165,11 @@ void fault_upstream_text(const char *line)
 	if (kind == FAULT_POISON && strstr(line, FAULT_POISON_TEXT) != NULL) {
 		log_error("fault", "poison pill: abort()");
 		abort();
+	}
+	if (kind == FAULT_WEDGE && strstr(line, FAULT_WEDGE_TEXT) != NULL) {
+		log_error("fault", "wedged: the loop stops here until the process is killed");
+		for (;;)
+			pause();
 	}
 }
 

@@ -19,6 +19,9 @@
  *              ":baton" (a prefix without a command), through the normal
  *              write path (the validator of health.h sees it)
  *   noping     never answers the networks' PINGs
+ *   wedge      the event loop stops for good (pause() until killed) when a
+ *              line from a network holds FAULT_WEDGE_TEXT (the supervisor's
+ *              worker_watchdog_ms)
  *   poison     abort() when a line from a network holds FAULT_POISON_TEXT
  *              (custody's poison-pill quarantine, tests/integration/
  *              test_worker_crash.py)
@@ -59,6 +62,7 @@ enum fault_kind {
 	FAULT_MALFORMED,
 	FAULT_NOPING,
 	FAULT_POISON,
+	FAULT_WEDGE,
 };
 
 #define FAULT_DROP_EVERY 50
@@ -70,6 +74,7 @@ enum fault_kind {
 #define FAULT_MALFORMED_EVERY 10
 #define FAULT_MALFORMED_LINE ":baton"
 #define FAULT_POISON_TEXT "BATON-POISON-PILL"
+#define FAULT_WEDGE_TEXT "BATON-WEDGE"
 
 /* The kind named by argv0's basename ("baton-sessiond-fault-<kind>"):
  * FAULT_NONE for any other name, -1 for an unknown kind. Pure. */

@@ -82,6 +82,11 @@ struct supervisor {
 	int exit_code;
 
 	struct event *ev_restart;
+	/* worker_watchdog_ms: when the pending status request to the serving
+	 * worker went out (0: none pending), and the pid it killed */
+	struct event *ev_watchdog;
+	int64_t wd_asked_ms;
+	pid_t wd_killed;
 	/* READY deadline of a starting (non-target) active worker: one that
 	 * hangs before READY is stopped, and the exit path restarts it. */
 	struct event *ev_ready;
@@ -145,6 +150,7 @@ static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 				 const void *msg, void *arg);
 static void supervisor_canary_metrics(struct evbuffer *out, void *arg);
 static void supervisor_schedule_restart(struct supervisor *sup);
+static void supervisor_on_watchdog(evutil_socket_t fd, short what, void *arg);
 static struct json_object *migration_result_json(const struct migration_result *r,
 						 const char *kind,
 						 struct worker *survivor);
@@ -781,6 +787,16 @@ static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 			  (int)worker_pid(w), worker_exit_status(w),
 			  worker_binary(w), worker_uptime_s(w));
 		supervisor_record_crash(sup, w);
+		{
+			/* the watchdog's kill says so in the record */
+			size_t n = sup->crash_log ? json_object_array_length(sup->crash_log) : 0;
+			struct json_object *last = n ? json_object_array_get_idx(sup->crash_log, n - 1) : NULL;
+
+			if (last != NULL)
+				json_object_object_add(last, "watchdog",
+						       json_object_new_boolean(sup->wd_killed == worker_pid(w)));
+			sup->wd_asked_ms = 0;
+		}
 		if (worker_uptime_s(w) >= STABLE_AFTER_S)
 			sup->restart_failures = 0;
 		custody_free(sup->restore_held);
@@ -892,6 +908,55 @@ static void supervisor_on_refresh(evutil_socket_t fd, short what, void *arg)
 					      supervisor_health_done, sup);
 }
 
+/* --- the serving worker's watchdog (issue 10 §4) --------------------------- */
+
+static void supervisor_wd_answered(struct worker *w,
+				   const Baton__Control__Status *st, void *arg)
+{
+	struct supervisor *sup = arg;
+
+	(void)w;
+	(void)st;
+	sup->wd_asked_ms = 0;
+}
+
+/* A serving worker that does not answer a status request within
+ * worker_watchdog_ms has a wedged loop: SIGKILL. Its death is a crash like
+ * any other (with custody its sockets are already held: the next worker
+ * adopts them). Not during a migration, canary or restore (they have
+ * their own deadlines). */
+static void supervisor_on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+	struct supervisor *sup = arg;
+	struct worker *w = sup->active;
+	int64_t now = clock_mono_ms();
+
+	(void)fd;
+	(void)what;
+	if (w == NULL || !sup->active_serving || sup->migration != NULL ||
+	    sup->canary != NULL || sup->restore != NULL || sup->stopping ||
+	    worker_has_exited(w)) {
+		if (sup->wd_asked_ms != 0 && w != NULL)
+			worker_cancel_status(w, sup);
+		sup->wd_asked_ms = 0;
+		return;
+	}
+	if (sup->wd_asked_ms == 0) {
+		if (worker_request_status(w, supervisor_wd_answered, sup) == 0)
+			sup->wd_asked_ms = now;
+		return;
+	}
+	if (now - sup->wd_asked_ms < sup->cfg->worker_watchdog_ms)
+		return;
+	log_error("supervisor", "worker pid %d did not answer for %lld ms (worker_watchdog_ms): killing it%s",
+		  (int)worker_pid(w), (long long)(now - sup->wd_asked_ms),
+		  sup->cfg->custody ? "; custody holds its sockets" : "");
+	worker_cancel_status(w, sup);
+	sup->wd_asked_ms = 0;
+	sup->wd_killed = worker_pid(w);
+	worker_kill(w);
+}
+
 /* --- lifecycle ------------------------------------------------------------ */
 
 struct supervisor *supervisor_new(struct event_base *base,
@@ -912,6 +977,15 @@ struct supervisor *supervisor_new(struct event_base *base,
 	sup->ev_restart = evtimer_new(base, supervisor_on_restart, sup);
 	sup->ev_ready = evtimer_new(base, supervisor_on_ready_timeout, sup);
 	sup->ev_refresh = event_new(base, -1, EV_PERSIST, supervisor_on_refresh, sup);
+	if (cfg->worker_watchdog_ms > 0) {
+		int period = cfg->worker_watchdog_ms / 4 > 50 ? cfg->worker_watchdog_ms / 4 : 50;
+		struct timeval wd = { .tv_sec = period / 1000,
+				      .tv_usec = (period % 1000) * 1000 };
+
+		sup->ev_watchdog = event_new(base, -1, EV_PERSIST, supervisor_on_watchdog, sup);
+		if (sup->ev_watchdog != NULL)
+			event_add(sup->ev_watchdog, &wd);
+	}
 	expo_hist_init(&sup->freeze_hist, expo_freeze_bounds, expo_freeze_nbounds);
 	{
 		char *state = config_resolve(cfg, cfg->state_dir);
@@ -986,6 +1060,8 @@ void supervisor_free(struct supervisor *sup)
 		event_free(sup->ev_stop);
 	if (sup->ev_refresh)
 		event_free(sup->ev_refresh);
+	if (sup->ev_watchdog)
+		event_free(sup->ev_watchdog);
 	json_object_put(sup->last_crash);
 	json_object_put(sup->crash_log);
 	custody_restore_free(sup->restore);

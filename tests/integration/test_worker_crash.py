@@ -112,17 +112,37 @@ def test_worker_kill9_without_custody_disconnects(ctx):
     check(b.status().get("custody") is None, "custody off: status custody should be null")
 
 
-def poison_binary(ctx):
-    """baton-sessiond-fault-poison (sessiond/fault.h): abort() on a line
-    from a network holding BATON-POISON-PILL."""
+def poison_binary(ctx, kind="poison"):
+    """baton-sessiond-fault-<kind> (sessiond/fault.h): poison: abort() on a
+    line from a network holding BATON-POISON-PILL; wedge: the loop stops for
+    good on one holding BATON-WEDGE."""
     src = os.path.join(ctx.builds["a"].require().path, "sessiond", "baton-sessiond-faulty")
     if not os.access(src, os.X_OK):
         raise bl.Skip("no fault build at %s (meson -Dfault_builds=true)" % src)
     d = os.path.join(ctx.dir, "faults")
     os.makedirs(d, exist_ok=True)
-    dst = os.path.join(d, "baton-sessiond-fault-poison")
+    dst = os.path.join(d, "baton-sessiond-fault-%s" % kind)
     shutil.copy2(src, dst)
     return dst
+
+
+def faulty_baton(ctx, ng, kind, supervisor_opts, nsessions=2):
+    """baton running the fault build `kind` (also after restarts: the
+    installed copy is named baton-sessiond, BATON_FAULT_KIND says it)."""
+    faulty = poison_binary(ctx, kind)
+    b = bl.Baton(ctx, ng, nsessions=nsessions, channels=["#chat"],
+                 supervisor_opts=supervisor_opts)
+    orig = b.config_text
+    b.config_text = lambda: orig().replace("sessiond = %s" % b.build.sessiond,
+                                           "sessiond = %s" % faulty)
+    b.write_config()
+    os.environ["BATON_FAULT_KIND"] = kind
+    try:
+        b.start(wait=False)
+    finally:
+        del os.environ["BATON_FAULT_KIND"]
+    bl.pump_ready(ctx, b)
+    return b
 
 
 def test_poison_pill_quarantined(ctx):
@@ -132,19 +152,8 @@ def test_poison_pill_quarantined(ctx):
     restored quarantined (status custody.quarantined, its client told, no
     reconnect) while the other session's client and network connection see
     nothing."""
-    faulty = poison_binary(ctx)
     ng = ctx.ngircd()
-    b = bl.Baton(ctx, ng, nsessions=2, channels=["#chat"], supervisor_opts=CUSTODY)
-    orig = b.config_text
-    b.config_text = lambda: orig().replace("sessiond = %s" % b.build.sessiond,
-                                           "sessiond = %s" % faulty)
-    b.write_config()
-    os.environ["BATON_FAULT_KIND"] = "poison"  # the restarted copies too
-    try:
-        b.start(wait=False)
-    finally:
-        del os.environ["BATON_FAULT_KIND"]
-    bl.pump_ready(ctx, b)
+    b = faulty_baton(ctx, ng, "poison", CUSTODY)
     w = bl.Watcher(ctx.loop, ng, ["#chat"], watch=[s.nick for s in b.sessions])
     w.wait_present([s.nick for s in b.sessions], timeout=30)
     dave = bl.direct_user(ctx.loop, ng, "dave", ["#chat"])
@@ -388,3 +397,38 @@ def test_lost_join_resynchronised_from_the_network(ctx):
     stray = [ln for _, ln in c.lines[mark:] if any(" %s " % n in ln for n in ("324", "332", "353", "366"))]
     check(stray == [], "the attached client got replies it did not ask for: %r" % stray)
     check(not c.closed, "the client was disconnected")
+
+
+def test_wedged_worker_killed_by_watchdog_and_adopted(ctx):
+    """issue 10 §4: a worker whose loop stops (the wedge fault build, on a
+    line from the network) answers no status request; after
+    worker_watchdog_ms the supervisor kills it, and since custody already
+    holds its sockets the next worker adopts every session: both clients
+    stay, the network sees no reconnect, the crash record says watchdog and
+    names the session whose input wedged it."""
+    ng = ctx.ngircd()
+    b = faulty_baton(ctx, ng, "wedge", dict(CUSTODY, worker_watchdog_ms=800))
+    w = bl.Watcher(ctx.loop, ng, ["#chat"], watch=[s.nick for s in b.sessions])
+    w.wait_present([s.nick for s in b.sessions], timeout=30)
+    dave = bl.direct_user(ctx.loop, ng, "dave", ["#chat"])
+    s0, s1 = b.sessions
+    c0 = bl.bouncer_client(ctx.loop, b, s0, client="laptop")
+    c1 = bl.bouncer_client(ctx.loop, b, s1, client="laptop")
+    relay_both_ways(ctx, c1, dave, "before")
+    t0 = time.monotonic()
+    pid = b.worker_pid()
+    dave.send("PRIVMSG %s :BATON-WEDGE" % s0.nick)
+    bl.wait_for(lambda: len(b.status().get("crashes") or []) >= 1 and
+                b.status()["crashes"][-1].get("restore_ms") is not None, 20,
+                what="the watchdog's kill and the restore")
+    cr = b.status()["crashes"][-1]
+    bl.log("crash entry %r after %.1f s" % (cr, time.monotonic() - t0))
+    check(cr["pid"] == pid and cr["signal"] == signal.SIGKILL and cr.get("watchdog") is True,
+          "crash entry %r" % cr)
+    check(cr["sessions_restored"] == 2 and cr["connections_kept"] == 4, "crash entry %r" % cr)
+    check(cr["implicated"] == "%s/%s" % (s0.user, s0.network), "crash entry %r" % cr)
+    check(not c0.closed and not c1.closed, "a client was disconnected")
+    relay_both_ways(ctx, c0, dave, "after0")
+    relay_both_ways(ctx, c1, dave, "after1")
+    ev = w.events_between(t0)
+    check(ev == [], "the network saw the bouncer reconnect: %r" % ev)

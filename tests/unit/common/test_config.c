@@ -109,7 +109,8 @@ static void test_every_problem_with_line(void **state)
 	assert_null(cfg);
 	snprintf(where, sizeof(where), "%s:2: [supervisor] handoff_timeout: expected a whole number from 1 to 3600, got 'soon'", path);
 	assert_true(has_problem(&pr, where));
-	snprintf(where, sizeof(where), "%s:3: unknown key 'colour' in [supervisor] (known: control, sessiond,", path);
+	/* [supervisor] has more than 8 keys: the doc is named, not the keys */
+	snprintf(where, sizeof(where), "%s:3: unknown key 'colour' in [supervisor] (docs/config.md lists its keys)", path);
 	assert_true(has_problem(&pr, where));
 	snprintf(where, sizeof(where), "%s:5: [listen] irc: expected HOST:PORT", path);
 	assert_true(has_problem(&pr, where));
