@@ -548,6 +548,10 @@ static Baton__State__Session *ser_session(struct arena *a, struct session *s,
 	ps->sasl_failure = s->sasl_failure;
 	if (s->sasl_failure)
 		PUT_I64(ps, sasl_failure_at_ms, s->sasl_failure_at_ms);
+	if (s->quarantined) {
+		ps->has_quarantined = 1;
+		ps->quarantined = 1;
+	}
 	ps->server_name = s->server_name;
 	ps->welcome = s->welcome;
 	ps->myinfo = s->myinfo;
@@ -1143,6 +1147,7 @@ static int adopt_identity(struct adopt *ad, const Baton__State__Session *ps,
 	s->reconnect_at_ms = GET_TIME(ps, reconnect_at_ms);
 	s->reconnect_failures = ps->has_reconnect_failures ? ps->reconnect_failures : 0;
 	s->sasl_failure_at_ms = ps->has_sasl_failure_at_ms ? ps->sasl_failure_at_ms : 0;
+	s->quarantined = ps->has_quarantined && ps->quarantined;
 	s->source_addr = ps->source_addr && ps->source_addr[0] ? strdup(ps->source_addr) : NULL;
 	if (ps->source_addr && ps->source_addr[0] && !s->source_addr)
 		return NOMEM(ad);

@@ -150,8 +150,9 @@ def test_poison_pill_quarantined(ctx):
     (the poison fault build, kill by abort()): each crash is attributed to
     that session (crashes[].implicated); after custody_crashes (2) it is
     restored quarantined (status custody.quarantined, its client told, no
-    reconnect) while the other session's client and network connection see
-    nothing."""
+    reconnect, also after an upgrade: the quarantine is part of the
+    session's state) while the other session's client and network
+    connection see nothing."""
     ng = ctx.ngircd()
     b = faulty_baton(ctx, ng, "poison", CUSTODY)
     w = bl.Watcher(ctx.loop, ng, ["#chat"], watch=[s.nick for s in b.sessions])
@@ -195,6 +196,20 @@ def test_poison_pill_quarantined(ctx):
     ev0 = [e for e in w.events_between(t0) if e[1] == "JOIN"]
     check(ev0 == [], "a quarantined session reconnected: %r" % ev0)
     check(len(b.status()["crashes"]) == 2, "more crashes: %r" % b.status()["crashes"])
+    # the quarantine travels with the session: after an upgrade (to build
+    # B, no fault) it is still not reconnected
+    t1 = time.monotonic()
+    rc, res, _, _ = b.ctl("upgrade", ctx.builds["b"].require().sessiond, "--json")
+    check(rc == 0, "upgrade after the quarantine: %r" % (res,))
+    ctx.loop.run_for(1.5)
+    ev1 = [e for e in w.events_between(t1) if e[1] == "JOIN"]
+    check(ev1 == [], "the quarantined session reconnected after an upgrade: %r" % ev1)
+    phone = bl.bouncer_client(ctx.loop, b, s0, client="phone", wait=False)
+    ctx.loop.run_until(lambda: any("quarantined" in ln for _, ln in phone.lines), 10,
+                       raise_on_timeout=False)
+    check(any("quarantined" in ln for _, ln in phone.lines),
+          "a login after the upgrade was not told of the quarantine: %r" % phone.lines[-5:])
+    relay_both_ways(ctx, c1, dave, "after-upgrade")
 
 
 def test_custody_survives_upgrade(ctx):
