@@ -470,7 +470,29 @@ static void print_status(struct json_object *st)
 		printf(" (last: pid %lld %s at %s)", (long long)jint(crash, "pid"),
 		       jstr(crash, "status", "?"), when);
 	}
-	printf("\nprevious binary: %s\n", jstr(st, "previous_binary", "none"));
+	printf("\n");
+	{
+		/* custody (issue 10): null when off */
+		struct json_object *cu = jobj(st, "custody");
+
+		if (cu != NULL && json_object_get_type(cu) == json_type_object) {
+			struct json_object *q = NULL;
+			size_t nq = json_object_object_get_ex(cu, "quarantined", &q) &&
+					    json_object_get_type(q) == json_type_array
+					    ? json_object_array_length(q) : 0;
+
+			printf("custody: %lld sockets, %lld sessions, checkpoint %lld bytes (%lld ms old), %lld lines lost in crashes",
+			       (long long)jint(cu, "fds"), (long long)jint(cu, "sessions"),
+			       (long long)jint(cu, "checkpoint_bytes"),
+			       (long long)jint(cu, "checkpoint_age_ms"),
+			       (long long)jint(cu, "lines_lost"));
+			for (size_t i = 0; i < nq; i++)
+				printf("%s%s", i ? ", " : "; quarantined: ",
+				       json_object_get_string(json_object_array_get_idx(q, i)));
+			printf("\n");
+		}
+	}
+	printf("previous binary: %s\n", jstr(st, "previous_binary", "none"));
 	if (json_object_object_get_ex(st, "release", NULL))
 		printf("release: %s (rollback goes to %s)\n", jstr(st, "release", "unknown"),
 		       jstr(st, "rollback_target", "none"));

@@ -152,7 +152,7 @@ STRANGER_LIMITS_OFF = ["max_pending = 0", "max_pending_per_ip = 0",
 class Baton:
     def __init__(self, bins, workdir, listen_port, net_port, users, channels_of,
                  chunk_sessions, handoff_timeout, extra_sessiond="", extra_network="",
-                 tls=None):
+                 tls=None, extra_supervisor=""):
         """tls: None, or {"cert", "key", "ca"}: the listener is `ircs` with
         that certificate and the network uses TLS (net_port = ngircd's TLS
         port), verified against the CA."""
@@ -169,6 +169,7 @@ class Baton:
             "control = baton.sock",
             "sessiond = %s" % bins["sessiond"],
             "handoff_timeout = %d" % handoff_timeout,
+        ] + [kv.strip() for kv in extra_supervisor.split(";") if kv.strip()] + [
             "",
             "[sessiond]",
             "chunk_sessions = %d" % chunk_sessions,

@@ -23,6 +23,7 @@ be told apart from the harness's own cost.
     bench/relay_bench.py --sessions 1000 --rates 10,50,100,200
     bench/relay_bench.py --no-baseline
     bench/relay_bench.py --store-compare --no-baseline --rates 800   # store off vs on
+    bench/relay_bench.py --no-baseline --custody  # custody's cost, same command
 
 JSON on stdout and in bench/results/relay-<N>s.json (overwritten by the
 next run with the same N).
@@ -124,12 +125,14 @@ class BatonBouncer:
     kind = "baton"
 
     def __init__(self, bins, workdir, port, net_port, users, channels_of,
-                 chunk_sessions=256, handoff_timeout=10, sessiond_extra=""):
+                 chunk_sessions=256, handoff_timeout=10, sessiond_extra="",
+                 supervisor_extra=""):
         self.bins = bins
         self.port = port
         self.users = users
         self.b = mb.Baton(bins, workdir, port, net_port, users, channels_of,
-                          chunk_sessions, handoff_timeout, sessiond_extra)
+                          chunk_sessions, handoff_timeout, sessiond_extra,
+                          extra_supervisor=supervisor_extra)
 
     def start(self):
         self.b.start("-c {conf}")
@@ -574,11 +577,12 @@ class Rig:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def baton_maker(bins, chunk_sessions=256, sessiond_extra=""):
+def baton_maker(bins, chunk_sessions=256, sessiond_extra="", supervisor_extra=""):
     def make(rig):
         return BatonBouncer(bins, rig.workdir, rig.port, rig.net_port, rig.users,
                             rig.channels_of, chunk_sessions=chunk_sessions,
-                            sessiond_extra=sessiond_extra)
+                            sessiond_extra=sessiond_extra,
+                            supervisor_extra=supervisor_extra)
     return make
 
 
@@ -668,6 +672,9 @@ def main():
                     help="more [sessiond] keys for the store-on run, KEY = V;KEY = V")
     ap.add_argument("--no-baseline", dest="baseline", action="store_false",
                     help="skip the same steps with clients directly on ngircd")
+    ap.add_argument("--custody", action="store_true",
+                    help="also the same steps with [supervisor] custody = yes (its cost: "
+                    "columns custody p50/p99 and cpu/1000 next to baton's)")
     args = ap.parse_args()
     args.rates = [float(x) for x in args.rates.split(",") if x.strip()]
     ircload.raise_nofile()
@@ -684,6 +691,10 @@ def main():
                                               baton_maker(bins, sessiond_extra="store = off"), args)
     result["baton"] = run_steps("baton", baton_maker(
         bins, sessiond_extra="store = sqlite;" + args.store_opts), args)
+    if args.custody:
+        result["baton_custody"] = run_steps("baton-custody", baton_maker(
+            bins, sessiond_extra="store = sqlite;" + args.store_opts,
+            supervisor_extra="custody = yes"), args)
     if args.baseline:
         result["direct"] = run_steps("direct", lambda rig: DirectBouncer(rig.net_port), args)
     result["loadavg_end"] = os.getloadavg()
@@ -691,8 +702,11 @@ def main():
     # headline table
     rows = []
     base = {s["rate_offered_lines_s"]: s for s in result.get("direct", {}).get("steps", [])}
+    cust = {s["rate_offered_lines_s"]: s
+            for s in result.get("baton_custody", {}).get("steps", [])}
     for s in result["baton"]["steps"]:
         b = base.get(s["rate_offered_lines_s"], {})
+        cu = cust.get(s["rate_offered_lines_s"], {})
         rows.append({
             "network_lines_s": s["rate_offered_lines_s"],
             "deliveries_offered_s": s["deliveries_offered_per_s"],
@@ -711,6 +725,11 @@ def main():
             "direct_deliveries_s": b.get("deliveries_per_s"),
             "direct_p50_ms": (b.get("latency_down") or {}).get("p50_ms"),
             "direct_p99_ms": (b.get("latency_down") or {}).get("p99_ms"),
+            "custody_deliveries_s": cu.get("deliveries_per_s"),
+            "custody_p50_ms": (cu.get("latency_down") or {}).get("p50_ms"),
+            "custody_p99_ms": (cu.get("latency_down") or {}).get("p99_ms"),
+            "custody_cpu_ms_per_1000": cu.get("bouncer_cpu_ms_per_1000_deliveries"),
+            "custody_lost": cu.get("lost"), "custody_dup": cu.get("duplicated"),
         })
     result["headline"] = rows
     if args.store_compare:
@@ -743,8 +762,14 @@ def main():
             "%s/%s" % (r["baton_p50_ms"], r["baton_p99_ms"]),
             "%s (%s)" % (r["baton_cpu_ms_per_1000"], r["baton_cpu_ms_per_1000_schedstat"]),
             r["direct_p50_ms"], r["direct_p99_ms"]))
-    write_result(result, "relay-%ds%s.json" % (args.sessions,
-                                               "-store" if args.store_compare else ""))
+        if args.custody:
+            sys.stderr.write("  %-8s %-10s %-10s %-14s %-12s (custody on)\n" % (
+                "", "", r["custody_deliveries_s"],
+                "%s/%s" % (r["custody_p50_ms"], r["custody_p99_ms"]),
+                r["custody_cpu_ms_per_1000"]))
+    write_result(result, "relay-%ds%s%s.json" % (args.sessions,
+                                                 "-store" if args.store_compare else "",
+                                                 "-custody" if args.custody else ""))
     return 0 if result["ok"] else 1
 
 

@@ -678,7 +678,16 @@ const struct baton_config *config_default_values(void)
 unsigned long config_fds_needed(const struct baton_config *cfg)
 {
 	/* the terms: config.h */
-	return 2ul * cfg->nsessions + 2ul * cfg->nlistens + CONFIG_FDS_SPARE;
+	unsigned long need = 2ul * cfg->nsessions + 2ul * cfg->nlistens + CONFIG_FDS_SPARE;
+
+	if (cfg->custody) {
+		unsigned long chunk = (unsigned long)CONFIG_INT_OR_DEFAULT(cfg, chunk_sessions);
+
+		if (chunk > cfg->nsessions)
+			chunk = cfg->nsessions;
+		need += 4ul * chunk;
+	}
+	return need;
 }
 
 /* "unknown key" names the section's keys when there are a few. */

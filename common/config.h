@@ -111,6 +111,10 @@ struct baton_config {
 	char *sessiond;
 	char *state_dir;
 	int handoff_timeout_s;
+	int custody;               /* bool: the supervisor holds every socket (docs/design.md §1) */
+	int custody_checkpoint_ms; /* session records at most this often */
+	int custody_crashes;       /* crashes a session may be implicated in before quarantine */
+	int worker_watchdog_ms;    /* the serving worker silent this long is killed (0: off) */
 	char *metrics;          /* "HOST:PORT" or NULL: off */
 	/* What users may do to their own sessions from a client (*baton,
 	 * soju.im/bouncer-networks: sessiond/service.h). The supervisor,
@@ -257,6 +261,17 @@ const struct baton_config *config_default_values(void);
  *                       (further clients of a session come out of the spare)
  *   2 per [listen] line a HOST that resolves to IPv4 and IPv6 (or is empty)
  *                       binds two sockets, and every worker holds them all
+ *   4 per session of    with [supervisor] custody: the supervisor holds one
+ *   a chunk             fd per socket of every worker (the 2 per session
+ *   (chunk_sessions,    above, in its own process), and while a migration
+ *   at most nsessions)  or a crash restore runs, the sockets of up to two
+ *                       chunks twice (the source's and the target's
+ *                       registrations, until the chunk commits). The
+ *                       supervisor runs under the same limit as its
+ *                       workers, and it holds the custody of all of them:
+ *                       with custody on, this bounds the sessions of the
+ *                       whole host, ~9,450 under 20,000 fds at the defaults
+ *                       (README "Custody")
  *   CONFIG_FDS_SPARE    the control socket, the migration channel and the
  *                       canary's peer link, the reserve fd kept for EMFILE,
  *                       the journal stream, pidfds, TLS files being read and

@@ -40,6 +40,38 @@ const struct config_key config_keys[] = {
 	  .doc = "seconds: how long the supervisor waits for a new worker's READY, "
 		 "and the bound on every step of a migration (sending a chunk, "
 		 "waiting for PREPARED)" },
+	{ CONFIG_SUPERVISOR, "custody", CONFIG_BOOL,
+	  .offset = G(custody),
+	  .def = 0,
+	  .doc = "the supervisor holds a duplicate of every live socket and a "
+		 "checkpoint of every session, so that a worker crash is an "
+		 "adoption by a new worker instead of a disconnect (docs/design.md"
+		 " §1, \"Custody\"). The supervisor then holds one more fd per "
+		 "socket: see `--check`" },
+	{ CONFIG_SUPERVISOR, "custody_checkpoint_ms", CONFIG_INT,
+	  .offset = G(custody_checkpoint_ms),
+	  .def = 1000, .min = 10, .max = 60000,
+	  .doc = "with `custody`: a session with I/O gets a new checkpoint record "
+		 "at most this often (ms). Lines a worker handled after its "
+		 "session's last record are lost in a crash (counted in "
+		 "`crashes[].lines_lost`), never duplicated. Each record serializes"
+		 " the whole session, backlog included: a shorter interval costs "
+		 "CPU and relay latency (README \"Custody\")" },
+	{ CONFIG_SUPERVISOR, "custody_crashes", CONFIG_INT,
+	  .offset = G(custody_crashes),
+	  .def = 2, .min = 1, .max = 100,
+	  .doc = "with `custody`: a session whose input was being handled in this "
+		 "many worker crashes is quarantined: restored with its network "
+		 "connection closed and never reconnected, its user told why (now "
+		 "and at each login), the operator in the log and status "
+		 "`custody.quarantined`" },
+	{ CONFIG_SUPERVISOR, "worker_watchdog_ms", CONFIG_INT,
+	  .offset = G(worker_watchdog_ms),
+	  .def = 0, .min = 0, .max = 600000,
+	  .doc = "ms (0: off): the serving worker not answering a status request "
+		 "this long (a wedged loop) is killed with SIGKILL and restarted like"
+		 " any crash; with `custody` its sockets are already held and the "
+		 "next worker adopts them (status `crashes[].watchdog`)" },
 	{ CONFIG_SUPERVISOR, "metrics", CONFIG_HOSTPORT,
 	  .offset = G(metrics),
 	  .doc_default = "off",

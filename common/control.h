@@ -39,6 +39,8 @@ enum control_type {
 	CONTROL_RELOAD_RESULT = 15,   /* worker -> supervisor, one per RELOAD */
 	CONTROL_NETWORK_EDIT = 16,    /* worker -> supervisor (a user's edit) */
 	CONTROL_NETWORK_EDIT_RESULT = 17, /* supervisor -> worker, one per edit */
+	/* worker -> supervisor (custody): fds, see proto/control.proto Custody */
+	CONTROL_CUSTODY = 18,
 };
 
 /* The relay latency histogram of HEALTH (Health.relay_latency_buckets):

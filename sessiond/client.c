@@ -1274,7 +1274,10 @@ void client_attach(struct client *cl, struct session *s)
 		client_replay_pump(cl); /* the first chunk now, the rest as it drains */
 	}
 	char why[512];
-	if (!session_upstream_ready(s) &&
+	if (s->quarantined)
+		conn_sendf(cl->conn, ":%s NOTICE %s :%s is quarantined: baton crashed repeatedly while handling what this network sent, so it is not reconnected. The operator has been told (batonctl status).",
+			   BATON_SERVER_NAME, client_nick(cl), s->network);
+	else if (!session_upstream_ready(s) &&
 	    bouncer_wait_text(s->b, s, why, sizeof(why)))
 		stdreply(cl, "NOTE", "*", "UPSTREAM_WAITING", "%s", why);
 	else if (!session_upstream_ready(s))

@@ -1,5 +1,6 @@
 /* sessiond/conn.c: see conn.h. */
 #include "sessiond/conn.h"
+#include "sessiond/checkpoint.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -69,6 +70,11 @@ struct conn {
 	uint64_t tls_cipher_acked; /* highest ciphertext offset seen acked */
 	char tls_info[96];
 	char reason[160];
+	/* custody (checkpoint.h): our id at the supervisor (0: none), the
+	 * written_total of the last session record, I/O since it */
+	uint64_t custody_id;
+	uint64_t ckpt_base;
+	bool ckpt_dirty;
 };
 
 static void buf_free(struct buf *b)
@@ -174,6 +180,9 @@ static int conn_tls_write_some(struct conn *c)
 				return -EPROTO;
 			c->out.off += plen;
 			c->written_total += plen;
+			if (c->custody_id && !c->ckpt_dirty)
+				checkpoint_conn_drop(c->custody_id);
+			c->ckpt_dirty = true;
 			continue;
 		}
 		ssize_t n = send(c->fd, cdata, clen, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -189,6 +198,26 @@ static int conn_tls_write_some(struct conn *c)
 	if (c->out.off == c->out.len)
 		c->out.off = c->out.len = 0;
 	return 0;
+}
+
+/* Custody: how far the stream got since the session's record, and the
+ * rest of a line cut by a short write (so a new worker never starts the
+ * next line inside it). */
+static void conn_checkpoint_wrote(struct conn *c)
+{
+	const char *rest = c->out.data + c->out.off;
+	size_t left = c->out.len - c->out.off, head = 0;
+
+	if (c->custody_id == 0)
+		return;
+	c->ckpt_dirty = true;
+	if (left > 0 && c->out.off > 0 && c->out.data[c->out.off - 1] != '\n') {
+		const char *nl = memchr(rest, '\n', left);
+
+		head = nl ? (size_t)(nl - rest) + 1 : left;
+	}
+	checkpoint_conn_wrote(c->custody_id, c->written_total - c->ckpt_base,
+			      rest, head);
 }
 
 /* One non-blocking attempt to write pending output. Returns 0, or -errno
@@ -211,6 +240,7 @@ static int conn_write_some(struct conn *c)
 		}
 		c->out.off += (size_t)n;
 		c->written_total += (uint64_t)n;
+		conn_checkpoint_wrote(c);
 	}
 	c->out.off = c->out.len = 0;
 	return 0;
@@ -331,6 +361,14 @@ static void conn_tls_read(struct conn *c)
 	size_t pending;
 	ssize_t n = recv(c->fd, cbuf, sizeof(cbuf), MSG_DONTWAIT);
 
+	if (n > 0 && c->custody_id) {
+		/* the record state moved on: this connection cannot resume
+		 * from the session's record any more */
+		if (!c->ckpt_dirty)
+			checkpoint_conn_drop(c->custody_id);
+		c->ckpt_dirty = true;
+		checkpoint_conn_read(c->custody_id, 0);
+	}
 	if (n > 0) {
 		enum tls_record_status st = tls_record_feed(c->tls, cbuf, (size_t)n);
 
@@ -364,6 +402,8 @@ static void conn_tls_read(struct conn *c)
 		c->tls_read_paused = true;
 	}
 	conn_process_lines(c);
+	if (n > 0 && c->custody_id)
+		checkpoint_conn_input(c->custody_id, NULL, 0);
 	if (eof)
 		conn_mark_dead(c, eof);
 }
@@ -467,6 +507,16 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
 	ssize_t n = recv(fd, c->in.data + c->in.len, c->in.cap - c->in.len,
 			 MSG_DONTWAIT);
 	if (n > 0) {
+		if (c->custody_id) {
+			uint32_t lines = 0;
+			const char *p = c->in.data + c->in.len;
+
+			for (ssize_t i = 0; i < n; i++)
+				lines += p[i] == '\n';
+			/* before the lines are handled: the poison-pill marker */
+			checkpoint_conn_read(c->custody_id, lines);
+			c->ckpt_dirty = true;
+		}
 		c->in.len += (size_t)n;
 	} else if (n == 0) {
 		c->peer_eof = true;
@@ -477,6 +527,9 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	/* Lines that arrived before the EOF are still processed. */
 	conn_process_lines(c);
+	if (n > 0 && c->custody_id)
+		checkpoint_conn_input(c->custody_id, c->in.data + c->in.off,
+				      c->in.len - c->in.off);
 	if (eof)
 		conn_mark_dead(c, eof);
 }
@@ -601,6 +654,8 @@ struct conn *conn_adopt(struct event_base *base, int fd, bool connecting,
 	int fl = fcntl(fd, F_GETFL);
 	if (fl >= 0 && !(fl & O_NONBLOCK))
 		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	c->custody_id = checkpoint_conn_opened(fd);
+	c->ckpt_dirty = true;
 	return c;
 fail:
 	if (c) {
@@ -801,6 +856,7 @@ void conn_release(struct conn *c)
 		event_free(c->hs_timer);
 	tls_handshake_free(c->hs);  /* no close_notify: the socket may live on */
 	tls_record_free(c->tls);
+	checkpoint_conn_closed(c->custody_id);
 	if (c->fd >= 0)
 		close(c->fd);
 	buf_free(&c->in);
@@ -812,8 +868,26 @@ void conn_close_fd_only(struct conn *c)
 {
 	if (!c || c->fd < 0)
 		return;
+	checkpoint_conn_closed(c->custody_id);
+	c->custody_id = 0;
 	close(c->fd);
 	c->fd = -1;
+}
+
+uint64_t conn_custody_id(const struct conn *c)
+{
+	return c->custody_id;
+}
+
+bool conn_checkpoint_dirty(const struct conn *c)
+{
+	return c->ckpt_dirty;
+}
+
+void conn_checkpoint_taken(struct conn *c)
+{
+	c->ckpt_base = c->written_total;
+	c->ckpt_dirty = false;
 }
 
 uint64_t conn_bytes_queued(const struct conn *c)

@@ -209,6 +209,13 @@ void conn_restore_in_flight(struct conn *c, uint64_t in_flight);
  * is never sent after close either way. */
 void conn_discard_unacked(struct conn *c);
 
+/* Custody (sessiond/checkpoint.h): the id the supervisor holds this
+ * socket under (0: none); whether it did I/O since the last session record
+ * (checkpoint.c writes one then, and calls conn_checkpoint_taken()). */
+uint64_t conn_custody_id(const struct conn *c);
+bool conn_checkpoint_dirty(const struct conn *c);
+void conn_checkpoint_taken(struct conn *c);
+
 bool conn_is_dead(const struct conn *c);
 /* The peer closed its side (a read returned EOF), as opposed to an error. */
 bool conn_peer_closed(const struct conn *c);

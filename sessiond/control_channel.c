@@ -28,6 +28,7 @@
 #include "sessiond/sasl.h"
 #include "sessiond/session.h"
 #include "sessiond/control_queue.h"
+#include "sessiond/checkpoint.h"
 #include "sessiond/fault.h"
 #include "sessiond/history.h"
 #include "sessiond/health.h"
@@ -105,6 +106,7 @@ static void channel_orphan(struct control_channel *w, const char *why)
 	close(w->fd);
 	w->fd = -1;
 	w->orphaned = true;
+	checkpoint_stop(); /* nobody holds the sockets now */
 	channel_orphan_check_empty(w);
 }
 
@@ -244,6 +246,10 @@ static void channel_finished(void *arg, const struct transfer_result *res)
 	int rc;
 
 	w->migrating = false;
+	/* What this worker holds now (adopted, or left after a failure) gets
+	 * its records before the supervisor reads the result: it may look at
+	 * our log (a migration whose source died, supervisor/migration.c). */
+	checkpoint_now();
 	r.committed = res->committed;
 	r.reason = (char *)res->reason;
 	r.has_sessions = r.has_connections = r.has_fds = 1;
@@ -733,6 +739,13 @@ struct control_channel *control_channel_new(struct event_base *base, int fd, str
 	event_add(w->ev, NULL);
 	channel_lag_tick(-1, 0, w);
 	service_set_sender(channel_send_edit, w);
+	if (cfg->custody) {
+		int r = checkpoint_start(base, b, w->out, cfg->custody_checkpoint_ms);
+
+		if (r < 0)
+			log_error("custody", "cannot start custody: %s (a crash of this worker disconnects its users)",
+				  strerror(-r));
+	}
 	return w;
 }
 
@@ -741,6 +754,7 @@ void control_channel_free(struct control_channel *w)
 	if (w == NULL)
 		return;
 	service_set_sender(NULL, NULL);
+	checkpoint_stop();
 	if (w->ev != NULL)
 		event_free(w->ev);
 	if (w->lag_ev != NULL)

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -19,6 +20,8 @@ struct cq_msg {
 	enum control_queue_kind kind;
 	uint8_t *data;
 	size_t len;
+	int *fds; /* owned (control_queue_push_fds), closed once sent or dropped */
+	size_t nfds;
 	struct frame_cursor cur;
 };
 
@@ -36,6 +39,9 @@ static void cq_msg_free(struct cq_msg *m)
 	if (m == NULL)
 		return;
 	free(m->data);
+	for (size_t i = 0; i < m->nfds; i++)
+		close(m->fds[i]);
+	free(m->fds);
 	free(m);
 }
 
@@ -75,7 +81,7 @@ static int cq_drain(struct control_queue *q)
 	while (q->head != NULL) {
 		struct cq_msg *m = q->head;
 		int r = frame_send_nowait(q->fd, (uint8_t)m->type, m->data,
-						  m->len, NULL, 0, &m->cur);
+						  m->len, m->fds, m->nfds, &m->cur);
 
 		if (r == -EAGAIN)
 			return r;
@@ -142,27 +148,67 @@ bool control_queue_waiting(const struct control_queue *q,
 	return cq_waiting(q, type) != NULL;
 }
 
+static int cq_push(struct control_queue *q, enum control_type type,
+		   const ProtobufCMessage *msg, enum control_queue_kind kind,
+		   int *fds, size_t nfds);
+
 int control_queue_push(struct control_queue *q, enum control_type type,
 		       const ProtobufCMessage *msg,
 		       enum control_queue_kind kind)
+{
+	return cq_push(q, type, msg, kind, NULL, 0);
+}
+
+int control_queue_push_fds(struct control_queue *q, enum control_type type,
+			   const ProtobufCMessage *msg, int *fds, size_t nfds)
+{
+	int *own = NULL;
+	int r;
+
+	if (nfds > FRAME_MAX_FDS)
+		r = -EINVAL;
+	else if (nfds > 0 && (own = malloc(nfds * sizeof(int))) == NULL)
+		r = -ENOMEM;
+	else {
+		if (nfds > 0)
+			memcpy(own, fds, nfds * sizeof(int));
+		/* takes own and the fds in every case */
+		return cq_push(q, type, msg, CONTROL_QUEUE_MUST, own, nfds);
+	}
+	for (size_t i = 0; i < nfds; i++)
+		close(fds[i]);
+	return r;
+}
+
+static int cq_fail(int *fds, size_t nfds, int r)
+{
+	for (size_t i = 0; i < nfds; i++)
+		close(fds[i]);
+	free(fds);
+	return r;
+}
+
+static int cq_push(struct control_queue *q, enum control_type type,
+		   const ProtobufCMessage *msg, enum control_queue_kind kind,
+		   int *fds, size_t nfds)
 {
 	size_t len;
 	uint8_t *buf;
 	struct cq_msg *m;
 
 	if (q == NULL || msg == NULL)
-		return -EINVAL;
+		return cq_fail(fds, nfds, -EINVAL);
 	if (q->broken)
-		return -EPIPE;
+		return cq_fail(fds, nfds, -EPIPE);
 	len = protobuf_c_message_get_packed_size(msg);
 	if (len > FRAME_MAX_MESSAGE)
-		return -EINVAL;
+		return cq_fail(fds, nfds, -EINVAL);
 	if (kind == CONTROL_QUEUE_MUST &&
 	    q->must_bytes + len > CONTROL_QUEUE_MUST_MAX_BYTES)
-		return -ENOBUFS;
+		return cq_fail(fds, nfds, -ENOBUFS);
 	buf = malloc(len ? len : 1);
 	if (buf == NULL)
-		return -ENOMEM;
+		return cq_fail(fds, nfds, -ENOMEM);
 	protobuf_c_message_pack(msg, buf);
 
 	if (kind == CONTROL_QUEUE_SAMPLE && (m = cq_waiting(q, type)) != NULL) {
@@ -177,12 +223,14 @@ int control_queue_push(struct control_queue *q, enum control_type type,
 	m = calloc(1, sizeof(*m));
 	if (m == NULL) {
 		free(buf);
-		return -ENOMEM;
+		return cq_fail(fds, nfds, -ENOMEM);
 	}
 	m->type = type;
 	m->kind = kind;
 	m->data = buf;
 	m->len = len;
+	m->fds = fds;
+	m->nfds = nfds;
 	if (q->tail != NULL)
 		q->tail->next = m;
 	else

@@ -77,6 +77,11 @@ int control_queue_push(struct control_queue *q, enum control_type type,
 		       const ProtobufCMessage *msg,
 		       enum control_queue_kind kind);
 
+/* A CONTROL_QUEUE_MUST message with fds attached (custody): the fds are
+ * taken in every case (closed once sent, or on failure). Same returns. */
+int control_queue_push_fds(struct control_queue *q, enum control_type type,
+			   const ProtobufCMessage *msg, int *fds, size_t nfds);
+
 /* A sample of `type` is queued and not started (a push would replace it). */
 bool control_queue_waiting(const struct control_queue *q,
 			   enum control_type type);

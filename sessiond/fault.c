@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include <event2/event.h>
@@ -24,6 +25,7 @@ static const char *const fault_names[] = {
 	[FAULT_DUP] = "dup",         [FAULT_LATENCY] = "latency",
 	[FAULT_LEAK] = "leak",       [FAULT_CRASH] = "crash",
 	[FAULT_MALFORMED] = "malformed", [FAULT_NOPING] = "noping",
+	[FAULT_POISON] = "poison",   [FAULT_WEDGE] = "wedge",
 };
 #define NFAULTS (sizeof(fault_names) / sizeof(fault_names[0]))
 
@@ -58,9 +60,20 @@ const char *fault_kind_name(enum fault_kind k)
 int fault_select(const char *argv0)
 {
 	int k = fault_kind_from_argv0(argv0);
+	const char *env = getenv("BATON_FAULT_KIND");
+
+	/* The environment names it when the program name cannot: a worker
+	 * restarted after a crash runs the installed copy of its release,
+	 * named baton-sessiond (custody's poison-pill test). */
+	if (k == FAULT_NONE && env != NULL && *env != '\0') {
+		char name[96];
+
+		snprintf(name, sizeof(name), FAULT_PREFIX "%s", env);
+		k = fault_kind_from_argv0(name);
+	}
 
 	if (k < 0) {
-		fprintf(stderr, "baton-sessiond: unknown fault in the program name %s (known: drop dup latency leak crash malformed noping)\n",
+		fprintf(stderr, "baton-sessiond: unknown fault in the program name %s (known: drop dup latency leak crash malformed noping poison wedge)\n",
 			argv0);
 		return -1;
 	}
@@ -145,6 +158,19 @@ void fault_upstream_line(void)
 	if (p)
 		memset(p, 0xa5, FAULT_LEAK_BYTES);
 	leak_last = p;
+}
+
+void fault_upstream_text(const char *line)
+{
+	if (kind == FAULT_POISON && strstr(line, FAULT_POISON_TEXT) != NULL) {
+		log_error("fault", "poison pill: abort()");
+		abort();
+	}
+	if (kind == FAULT_WEDGE && strstr(line, FAULT_WEDGE_TEXT) != NULL) {
+		log_error("fault", "wedged: the loop stops here until the process is killed");
+		for (;;)
+			pause();
+	}
 }
 
 bool fault_noping(void)

@@ -19,7 +19,17 @@
  *              ":baton" (a prefix without a command), through the normal
  *              write path (the validator of health.h sees it)
  *   noping     never answers the networks' PINGs
+ *   wedge      the event loop stops for good (pause() until killed) when a
+ *              line from a network holds FAULT_WEDGE_TEXT (the supervisor's
+ *              worker_watchdog_ms)
+ *   poison     abort() when a line from a network holds FAULT_POISON_TEXT
+ *              (custody's poison-pill quarantine, tests/integration/
+ *              test_worker_crash.py)
  *
+ * A fault build under any other name takes the kind from the environment
+ * variable BATON_FAULT_KIND (e.g. "poison") when it is set: the worker a
+ * supervisor restarts after a crash runs its release's installed copy,
+ * named baton-sessiond.
  * Any other name (e.g. baton-sessiond-faulty itself) injects nothing; an
  * unknown <kind> refuses to start (exit 2). The faulty binary's version is
  * "<version>+fault-<kind>" (or "+fault-none") in READY, --version and the
@@ -51,6 +61,8 @@ enum fault_kind {
 	FAULT_CRASH,
 	FAULT_MALFORMED,
 	FAULT_NOPING,
+	FAULT_POISON,
+	FAULT_WEDGE,
 };
 
 #define FAULT_DROP_EVERY 50
@@ -61,6 +73,8 @@ enum fault_kind {
 #define FAULT_CRASH_AFTER_MS 3000
 #define FAULT_MALFORMED_EVERY 10
 #define FAULT_MALFORMED_LINE ":baton"
+#define FAULT_POISON_TEXT "BATON-POISON-PILL"
+#define FAULT_WEDGE_TEXT "BATON-WEDGE"
 
 /* The kind named by argv0's basename ("baton-sessiond-fault-<kind>"):
  * FAULT_NONE for any other name, -1 for an unknown kind. Pure. */
@@ -78,6 +92,7 @@ void fault_ready(struct event_base *base);
 void fault_adopted(void);
 unsigned fault_relay_copies(void);
 void fault_upstream_line(void);
+void fault_upstream_text(const char *line);
 bool fault_noping(void);
 const char *fault_network_write(const struct health_link *l);
 
@@ -86,6 +101,7 @@ const char *fault_network_write(const struct health_link *l);
 #define FAULT_ADOPTED() fault_adopted()
 #define FAULT_RELAY_COPIES() fault_relay_copies()
 #define FAULT_UPSTREAM_LINE() fault_upstream_line()
+#define FAULT_UPSTREAM_TEXT(line) fault_upstream_text(line)
 #define FAULT_NOPING() fault_noping()
 #define FAULT_NETWORK_WRITE(l) fault_network_write(l)
 #define SESSIOND_VERSION fault_version()
@@ -97,6 +113,7 @@ const char *fault_network_write(const struct health_link *l);
 #define FAULT_ADOPTED() ((void)0)
 #define FAULT_RELAY_COPIES() 1u
 #define FAULT_UPSTREAM_LINE() ((void)0)
+#define FAULT_UPSTREAM_TEXT(line) ((void)0)
 #define FAULT_NOPING() 0
 #define FAULT_NETWORK_WRITE(l) ((const char *)0)
 #define SESSIOND_VERSION BATON_VERSION /* include baton_version.h */

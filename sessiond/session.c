@@ -1,6 +1,7 @@
 /* sessiond/session.c: sessions (one user on one network), their channel
  * state, delivery positions and relay to attached clients. */
 #include "sessiond/session.h"
+#include "sessiond/checkpoint.h"
 #include "common/clock.h"
 
 #include <ctype.h>
@@ -284,6 +285,13 @@ static void session_reconnect_cb(evutil_socket_t fd, short what, void *arg)
 		s->reconnect_at_ms = 0;
 		return;
 	}
+	if (s->quarantined) {
+		s->reconnect_at_ms = 0;
+		log_error("custody", "%s: quarantined (the worker crashed handling its input): not reconnected",
+			  s->key);
+		session_notice_all(s, "This network connection is quarantined: baton crashed repeatedly while handling what this network sent. The operator has been told (batonctl status).");
+		return;
+	}
 	if (bouncer_governor(s->b, s->network)) {
 		if (!s->reconnect_at_ms)
 			s->reconnect_at_ms = clock_mono_ms();
@@ -436,6 +444,47 @@ void session_arm(struct session *s)
 	}
 	if (!s->up && s->reconnect_at_ms)
 		session_schedule_connect(s, s->reconnect_at_ms);
+	session_resync(s);
+}
+
+/* The serial no client has (client serials count up from 1): replies to
+ * these queries are routed to nobody. */
+#define RESYNC_SERIAL UINT64_MAX
+
+void session_resync(struct session *s)
+{
+	static const char *const cmds[] = { "MODE", "TOPIC", "NAMES" };
+	unsigned n = 0;
+
+	if (!s->resync || s->up == NULL || !session_upstream_ready(s))
+		return;
+	while (s->resync_next < s->nchannels) {
+		struct channel *ch = s->channels[s->resync_next];
+
+		if (!ch->joined) {
+			s->resync_next++;
+			continue;
+		}
+		/* all three routed, or wait for room (replies pop queries) */
+		if (s->nqueries + 3 > SESSION_MAX_QUERIES)
+			break;
+		for (size_t k = 0; k < sizeof(cmds) / sizeof(cmds[0]); k++) {
+			char line[600];
+			struct irc_msg m;
+
+			snprintf(line, sizeof(line), "%s %s", cmds[k], ch->name);
+			conn_sendf(s->up->conn, "%s", line);
+			if (irc_parse(line, &m) == 0)
+				session_query_note(s, RESYNC_SERIAL, &m);
+			n++;
+		}
+		s->resync_next++;
+	}
+	if (n > 0)
+		log_info("custody", "%s: lines were lost in a crash: %u queries to resynchronise its channels",
+			 s->key, n);
+	if (s->resync_next >= s->nchannels)
+		s->resync = false;
 }
 
 void session_reap(struct session *s)
@@ -485,6 +534,7 @@ int session_add_client(struct session *s, struct client *cl)
 		health_session_attached(bouncer_health(s->b), s);
 	s->clients[s->nclients++] = cl;
 	cl->s = s;
+	checkpoint_soon(); /* custody: the session record names its sockets */
 	return 0;
 }
 

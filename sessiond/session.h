@@ -140,6 +140,14 @@ struct session {
 	 * channels must not make a log line per line it sends). */
 	int64_t untracked_notice_ms;
 	struct upstream *up; /* NULL while disconnected */
+	/* custody's poison-pill quarantine (sessiond/checkpoint.h): the worker
+	 * crashed handling this session's input too often; never reconnected */
+	bool quarantined;
+	/* custody: the dead worker handled lines of this network after the
+	 * session's record; channel state is asked again once armed
+	 * (session_resync()) */
+	bool resync;
+	size_t resync_next; /* the next channel to ask about */
 	/* The network's host name being resolved (resolver.h) before a
 	 * connect: it holds governor slot lookup_slot (-1: none) meanwhile.
 	 * Cancelled when the session is frozen (it then connects again when
@@ -406,6 +414,13 @@ void session_query_note(struct session *s, uint64_t serial, const struct irc_msg
  * client that asked); 2 nobody (it asked and left). Pops the query its
  * last reply answers. */
 int session_reply_route(struct session *s, const struct irc_msg *m, struct client **only);
+
+/* Custody restore: ask the network for MODE, TOPIC and NAMES of every
+ * joined channel (the replies update the state and reach no client), when
+ * s->resync is set and the upstream is ready. As many as the routed-query
+ * bound (SESSION_MAX_QUERIES) allows at a time: called again after each
+ * line from the network until every channel was asked (then cleared). */
+void session_resync(struct session *s);
 
 /* ISUPPORT value of `token` (NULL if absent, "" if present without value). */
 const char *session_isupport(const struct session *s, const char *token);

@@ -548,6 +548,10 @@ static Baton__State__Session *ser_session(struct arena *a, struct session *s,
 	ps->sasl_failure = s->sasl_failure;
 	if (s->sasl_failure)
 		PUT_I64(ps, sasl_failure_at_ms, s->sasl_failure_at_ms);
+	if (s->quarantined) {
+		ps->has_quarantined = 1;
+		ps->quarantined = 1;
+	}
 	ps->server_name = s->server_name;
 	ps->welcome = s->welcome;
 	ps->myinfo = s->myinfo;
@@ -1143,6 +1147,7 @@ static int adopt_identity(struct adopt *ad, const Baton__State__Session *ps,
 	s->reconnect_at_ms = GET_TIME(ps, reconnect_at_ms);
 	s->reconnect_failures = ps->has_reconnect_failures ? ps->reconnect_failures : 0;
 	s->sasl_failure_at_ms = ps->has_sasl_failure_at_ms ? ps->sasl_failure_at_ms : 0;
+	s->quarantined = ps->has_quarantined && ps->quarantined;
 	s->source_addr = ps->source_addr && ps->source_addr[0] ? strdup(ps->source_addr) : NULL;
 	if (ps->source_addr && ps->source_addr[0] && !s->source_addr)
 		return NOMEM(ad);
@@ -1487,6 +1492,89 @@ static int adopt_session(struct adopt *ad, const Baton__State__Session *ps,
 	return 0;
 }
 
+/* A socket that reads as closed (EOF) at once. */
+static int recovery_closed_socket(void)
+{
+	int sv[2];
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		return -1;
+	close(sv[1]);
+	return sv[0];
+}
+
+static void recover_conn(Baton__State__Connection *pc,
+			 Baton__State__ConnRecovery *r, bool drop, int *fds,
+			 size_t nfds)
+{
+	ProtobufCBinaryData t;
+
+	if (pc->fd_index >= nfds)
+		return; /* check_conn refuses it */
+	if (r != NULL && r->has_input) {
+		t = pc->input;
+		pc->input = r->input;
+		r->input = t;
+		pc->has_input = 1;
+	}
+	if (r != NULL && r->has_written && r->written > 0) {
+		size_t olen = pc->has_output ? pc->output.len : 0;
+
+		if (r->written < olen) {
+			memmove(pc->output.data, pc->output.data + r->written,
+				olen - r->written);
+			pc->output.len = olen - (size_t)r->written;
+		} else {
+			t = pc->output;
+			pc->output = r->head;
+			r->head = t;
+			pc->has_output = r->has_head;
+			if (!r->has_head)
+				pc->output.len = 0;
+		}
+	}
+	if (drop || (r != NULL && r->has_drop && r->drop)) {
+		/* cannot continue from here: closed at once after adoption
+		 * (a client reconnects; an upstream through the governor) */
+		int fd = recovery_closed_socket();
+
+		if (fd >= 0) {
+			close(fds[pc->fd_index]);
+			fds[pc->fd_index] = fd;
+		}
+		if (pc->tls != NULL) {
+			/* no record layer for a socket that only says EOF */
+			baton__tls__tls_state__free_unpacked(pc->tls, NULL);
+			pc->tls = NULL;
+			pc->has_transport = 0;
+		}
+	}
+}
+
+/* Custody (sessiond/checkpoint.h): what the dead worker did after this
+ * session's record, from the records the supervisor gathered. */
+static void apply_recovery(Baton__State__Item *item, int *fds, size_t nfds)
+{
+	Baton__State__Recovery *rv = item->recovery;
+	Baton__State__Session *ps = item->session;
+	bool q = rv->has_quarantine && rv->quarantine;
+
+	if (ps->upstream != NULL) {
+		uint32_t i = ps->upstream->fd_index;
+
+		recover_conn(ps->upstream, i < rv->n_conns ? rv->conns[i] : NULL,
+			     q, fds, nfds);
+	}
+	for (size_t k = 0; k < ps->n_clients; k++) {
+		uint32_t i = ps->clients[k]->fd_index;
+
+		recover_conn(ps->clients[k], i < rv->n_conns ? rv->conns[i] : NULL,
+			     false, fds, nfds);
+	}
+	if (q)
+		ps->has_reconnect_at_ms = 0; /* the bouncer parks it (quarantine) */
+}
+
 int state_adopt(struct bouncer *b, const uint8_t *buf, size_t len, int *fds,
 		size_t nfds, struct bouncer_item **out,
 		struct governor_snapshot **governor, char *err, size_t errlen)
@@ -1527,6 +1615,8 @@ int state_adopt(struct bouncer *b, const uint8_t *buf, size_t len, int *fds,
 		rc = adopt_fail(&ad, -EINVAL, "item must hold exactly one of session or pending");
 		goto out;
 	}
+	if (item->recovery != NULL && item->session != NULL)
+		apply_recovery(item, fds, nfds);
 	/* Validate every fd reference before anything takes an fd. */
 	if (item->session) {
 		const Baton__State__Session *ps = item->session;
@@ -1573,6 +1663,16 @@ int state_adopt(struct bouncer *b, const uint8_t *buf, size_t len, int *fds,
 			goto out;
 		}
 		s->item.state = ITEM_ADOPTED;
+		if (item->recovery != NULL && item->recovery->has_quarantine &&
+		    item->recovery->quarantine)
+			s->quarantined = true;
+		/* lines of the network handled after the record: its channel
+		 * state may have moved on (session_resync() once armed) */
+		if (item->recovery != NULL && item->session->upstream != NULL &&
+		    item->session->upstream->fd_index < item->recovery->n_conns &&
+		    item->recovery->conns[item->session->upstream->fd_index]->has_lines &&
+		    item->recovery->conns[item->session->upstream->fd_index]->lines > 0)
+			s->resync = true;
 		*out = &s->item;
 	} else {
 		cl = adopt_client(&ad, NULL, item->pending);

@@ -31,7 +31,7 @@ struct bouncer_item;
  * and its data; L = IRC_MAX_LINE = 8704 bounds every string taken from a
  * line, and a length below 16,384 takes 2 bytes):
  *   Item.session tag and length                               5
- *   scalars (STATE_SCALARS_MAX):                         53,574
+ *   scalars (STATE_SCALARS_MAX):                         53,577
  *     user, network (config section names, < 200)  2 x 203 = 406
  *     nick, user_modes, away, server_name, welcome,
  *     userhost                               6 x (L + 4) = 52,248
@@ -40,6 +40,7 @@ struct bouncer_item;
  *     backlog_evicted_seq                        11 + 11 + 6 + 12
  *     sasl_failure (< SASL_REASON_MAX = 300, sasl.c) 2 + 2 + 299,
  *     sasl_failure_at_ms 2 + 11                               316
+ *     quarantined (custody) 2 + 1                                3
  *   isupport: SESSION_MAX_ISUPPORT x (3 + 510)               51,300
  *   caps (upstream, acknowledged): the 11 wanted caps (upstream.c,
  *     151 bytes with their tags and lengths)                     192
@@ -74,9 +75,9 @@ struct bouncer_item;
  * state_bound() adds these up for a config; at the defaults (250
  * channels, 2 MiB of member lists, 4 MiB / 20,000 lines / 100 buffers of
  * backlog):
- *   5 + 53,574 + 51,300 + 192 + 250 x 18,012 + 2,097,152 + 4,194,304
- *   + 28 x 20,000 + 20 x 100 + 5,056 + 4,785,403 = 16,251,986 bytes,
- * 525,198 below HANDOFF_ITEM_MAX_PAYLOAD (16,777,184). The worker's
+ *   5 + 53,577 + 51,300 + 192 + 250 x 18,012 + 2,097,152 + 4,194,304
+ *   + 28 x 20,000 + 20 x 100 + 5,056 + 4,785,403 = 16,251,989 bytes,
+ * 525,195 below HANDOFF_ITEM_MAX_PAYLOAD (16,777,184). The worker's
  * preflight refuses a config whose bound is over it
  * (state_check_config()); tests/unit/sessiond/test_bigstate.c builds a
  * session at every bound and checks that it serializes within
@@ -89,7 +90,7 @@ struct bouncer_item;
  * unwritten output are disconnected first), and the snapshot waits for an
  * item with room for it. Unknown fields kept from a newer sender add what
  * that sender added (its own state fitted its own message). */
-#define STATE_SCALARS_MAX 53574
+#define STATE_SCALARS_MAX 53577
 #define STATE_ISUPPORT_MAX 51300
 #define STATE_CAPS_MAX 192
 #define STATE_CHANNEL_MAX 18012

@@ -1649,6 +1649,7 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 			p++;
 	}
 	snprintf(raw, sizeof(raw), "%s", p);
+	FAULT_UPSTREAM_TEXT(raw); /* fault builds only (fault.h) */
 	if (irc_parse(line, &msg) < 0)
 		return;
 	memset(&x, 0, sizeof(x));
@@ -1673,6 +1674,8 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 	}
 	health_upstream_line(&u->hl, &msg, s->nick, x.nick);
 	FAULT_UPSTREAM_LINE(); /* fault builds only (fault.h) */
+	if (s->resync)
+		session_resync(s); /* custody: room for more queries now? */
 	x.route = session_reply_route(s, &msg, &x.only);
 
 	bool relay = u->phase >= UP_READY;

@@ -68,9 +68,10 @@ static void check_rlimit(const struct baton_config *cfg,
 	/* The supervisor raises its soft limit to the hard one at startup and
 	 * workers inherit it, so the hard limit is what counts. */
 	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
-		config_problems_add(p, "check: RLIMIT_NOFILE hard limit %llu is below the %lu file descriptors %zu sessions need (2 per session, 2 per [listen] line, %d spare); raise LimitNOFILE= or ulimit -Hn",
+		config_problems_add(p, "check: RLIMIT_NOFILE hard limit %llu is below the %lu file descriptors %zu sessions need (2 per session, 2 per [listen] line, %d spare%s); raise LimitNOFILE= or ulimit -Hn",
 				    (unsigned long long)rl.rlim_max, need,
-				    cfg->nsessions, CONFIG_FDS_SPARE);
+				    cfg->nsessions, CONFIG_FDS_SPARE,
+				    cfg->custody ? ", 4 per session of a migration chunk: custody's copies in the supervisor" : "");
 }
 
 static void check_dir_writable(const char *what, const char *dir,

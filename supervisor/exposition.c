@@ -365,6 +365,18 @@ static void write_supervisor(struct evbuffer *out,
 	expo_family(out, "baton_worker_crashes_total", "counter",
 		    "Workers that exited unexpectedly (outside a migration).");
 	expo_sample(out, "baton_worker_crashes_total", NULL, 0, st->crashes);
+	expo_family(out, "baton_custody_fds", "gauge",
+		    "Sockets of the serving worker the supervisor holds (custody; 0 when off).");
+	expo_sample(out, "baton_custody_fds", NULL, 0, st->custody_fds);
+	expo_family(out, "baton_custody_restores_total", "counter",
+		    "Worker crashes whose sessions the next worker adopted from custody.");
+	expo_sample(out, "baton_custody_restores_total", NULL, 0, st->custody_restores);
+	expo_family(out, "baton_custody_lines_lost_total", "counter",
+		    "Lines a crashed worker handled after their session's last checkpoint record (lost from the state, not relayed twice).");
+	expo_sample(out, "baton_custody_lines_lost_total", NULL, 0, st->custody_lines_lost);
+	expo_family(out, "baton_custody_quarantined", "gauge",
+		    "Sessions quarantined as poison pills (implicated in custody_crashes crashes).");
+	expo_sample(out, "baton_custody_quarantined", NULL, 0, st->custody_quarantined);
 	expo_family(out, "baton_migrations_total", "counter",
 		    "Finished upgrades and rollbacks by result (committed: every session arrived; aborted includes partial).");
 	res[0].value = "committed";

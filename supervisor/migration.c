@@ -20,6 +20,9 @@
 #include "common/frame.h"
 #include "supervisor/listeners.h"
 #include "supervisor/worker_process.h"
+#include "supervisor/custody.h"
+#include "common/strmap.h"
+#include <sys/socket.h>
 
 /* A refused target's time to leave after EXIT before SIGKILL (s). */
 #define REFUSE_GRACE_S 2
@@ -73,6 +76,17 @@ struct migration {
 
 	migration_target_check_cb target_check; /* NULL: none */
 	void *target_check_arg;
+
+	/* custody (custody.h): the sockets and checkpoint of a source that
+	 * died; restored into T (the sessions T does not hold) before T
+	 * accepts, so that they do not reconnect */
+	struct custody *s_custody;
+	struct custody_restore *restore;
+	struct strmap *restore_exclude;
+	struct custody_result restore_res;
+	bool restore_tried;
+	unsigned restore_held;
+	const char *restore_during;
 };
 
 static void migration_evaluate(struct migration *m);
@@ -126,10 +140,93 @@ static void migration_lost(struct migration *m, unsigned n)
 /* S died and T (alive, reported) serves with `held` sessions: whatever else
  * S held at the start died with S. A result that says "committed" must
  * mean every session arrived. */
+static void migration_custody_handed(void *arg, const struct custody_result *r)
+{
+	struct migration *m = arg;
+
+	m->restore_res = *r;
+}
+
+/* S died holding sessions T did not get, and the supervisor has S's
+ * custody: restore them into T (a second, incoming migration from the
+ * supervisor, supervisor/custody.h). 0: started (T's MIGRATION_RESULT
+ * ends it: migration_custody_restored()), -errno: not possible. */
+static int migration_custody_restore(struct migration *m)
+{
+	struct custody *held = m->s_custody;
+	int sv[2], r, err = 0;
+
+	m->s_custody = NULL;
+	m->restore_exclude = custody_session_keys(worker_custody(m->t));
+	if (m->restore_exclude == NULL) {
+		/* T's sessions unknown: restoring could send one twice */
+		custody_free(held);
+		return -ENOENT;
+	}
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+		custody_free(held);
+		return -errno;
+	}
+	r = worker_send_migrate(m->t, false, 0, -1, (unsigned)m->p.timeout_s * 1000,
+				0, sv[1]);
+	close(sv[1]);
+	if (r < 0) {
+		close(sv[0]);
+		custody_free(held);
+		return r;
+	}
+	memset(&m->restore_res, 0, sizeof(m->restore_res));
+	m->restore = custody_restore_start(m->base, held, sv[0], worker_pid(m->t),
+					   m->p.timeout_s * 1000, NULL, 0,
+					   m->restore_exclude, migration_custody_handed,
+					   m, &err);
+	if (m->restore == NULL)
+		return err; /* T sees EOF: its result says aborted (ignored) */
+	log_info("custody", "the source died mid-migration: restoring its other sessions into pid %d from custody (%zu it already holds)",
+		 (int)worker_pid(m->t), strmap_count(m->restore_exclude));
+	return 0;
+}
+
+static void migration_source_died(struct migration *m, unsigned held,
+				  const char *during);
+
+static void migration_custody_restored(struct migration *m,
+				       const Baton__Control__MigrationResult *res)
+{
+	unsigned n = res->committed ? m->restore_res.sessions_restored : 0;
+
+	if (!res->committed) {
+		m->restore_res.sessions_lost += m->restore_res.sessions_restored;
+		m->restore_res.connections_reconnected += m->restore_res.connections_kept;
+		m->restore_res.connections_kept = 0;
+	}
+
+	log_info("custody", "restore into pid %d %s: %u sessions restored, %u lost, %u connections kept, %u reconnected, %llu lines lost",
+		 (int)worker_pid(m->t), res->committed ? "committed" : "failed", n,
+		 m->restore_res.sessions_lost, m->restore_res.connections_kept,
+		 m->restore_res.connections_reconnected,
+		 (unsigned long long)m->restore_res.lines_lost);
+	custody_restore_free(m->restore);
+	m->restore = NULL;
+	m->res.custody_restored = n;
+	m->res.custody_lines_lost = m->restore_res.lines_lost;
+	migration_source_died(m, m->restore_held + n, m->restore_during);
+}
+
 static void migration_source_died(struct migration *m, unsigned held,
 				  const char *during)
 {
 	unsigned start = migration_source_sessions(m);
+
+	if (start > held && m->t != NULL && !m->restore_tried &&
+	    custody_has_checkpoint(m->s_custody)) {
+		m->restore_tried = true;
+		m->restore_held = held;
+		m->restore_during = during;
+		if (migration_custody_restore(m) == 0)
+			return; /* T's result of the restore continues here */
+		log_warn("custody", "cannot restore the dead source's sessions from custody");
+	}
 
 	if (start > held) {
 		migration_lost(m, start - held);
@@ -145,6 +242,9 @@ static void migration_source_died(struct migration *m, unsigned held,
 	}
 	if (!m->rt.committed && m->rt.reason[0])
 		migration_reason(m, "target: %s", m->rt.reason);
+	if (m->res.custody_restored)
+		migration_reason(m, "%u session(s) restored into the target from the source's custody",
+				 m->res.custody_restored);
 	log_warn("migration", "%s", m->res.reason);
 	migration_finish(m, m->t, NULL);
 }
@@ -205,6 +305,11 @@ static void migration_complete(struct migration *m)
 static void migration_finish(struct migration *m, struct worker *survivor,
 			     struct worker *leaving)
 {
+	/* A dead source's custody not restored: its copies of the sockets
+	 * close now, before the survivor restarts those sessions (the
+	 * network must not see the old connection beside the new one). */
+	custody_free(m->s_custody);
+	m->s_custody = NULL;
 	m->survivor = survivor;
 	if (survivor != NULL)
 		worker_set_role(survivor, "active");
@@ -647,8 +752,20 @@ static void migration_on_worker(struct worker *w, enum worker_event ev,
 	struct migration *m = arg;
 	bool is_s = w == m->s, is_t = w == m->t;
 
+	if (m->restore != NULL && is_t && ev == WORKER_RESULT) {
+		migration_custody_restored(m, msg);
+		return;
+	}
+	if (m->restore != NULL && is_t && ev == WORKER_PROGRESS)
+		return;
 	switch (ev) {
 	case WORKER_EXITED:
+		if (is_t && m->restore != NULL) {
+			custody_restore_free(m->restore);
+			m->restore = NULL;
+		}
+		if (is_s && m->s_custody == NULL)
+			m->s_custody = worker_take_custody(w);
 		if (is_s) {
 			snprintf(m->s_exit, sizeof(m->s_exit), "%s",
 				 worker_exit_status(w));
@@ -794,5 +911,8 @@ void migration_free(struct migration *m)
 		event_free(m->ev_deadline);
 	if (m->ev_done)
 		event_free(m->ev_done);
+	custody_restore_free(m->restore);
+	custody_free(m->s_custody);
+	strmap_free(m->restore_exclude);
 	free(m);
 }

@@ -20,6 +20,7 @@
 #include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 struct event_base;
@@ -45,6 +46,11 @@ struct migration_side {
 
 struct migration_result {
 	bool committed;
+	/* custody: sessions of a source that died mid-migration restored into
+	 * the target from custody (supervisor/custody.h), and the lines they
+	 * lost */
+	unsigned custody_restored;
+	uint64_t custody_lines_lost;
 	bool refused;        /* stopped before S was touched */
 	char reason[1024];   /* "" when committed cleanly */
 	struct migration_side from, to;

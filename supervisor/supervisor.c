@@ -42,6 +42,9 @@
 #include "supervisor/sysd.h"
 #include "supervisor/user_edit.h"
 #include "supervisor/worker_process.h"
+#include "supervisor/custody.h"
+#include "common/strmap.h"
+#include <sys/socket.h>
 
 #define STATUS_TIMEOUT_MS 1000
 #define RESTART_BACKOFF_MIN_MS 500
@@ -52,6 +55,18 @@
 struct status_req;
 
 struct supervisor {
+	/* custody (custody.h): a dead worker's sockets and checkpoint, held
+	 * until the next worker is READY; the restore into it; crash
+	 * implications per session (poison pills) */
+	struct custody *restore_held;
+	struct custody_restore *restore;
+	struct custody_result restore_res;
+	bool restore_handed;
+	struct strmap *strikes;
+	uint64_t custody_lines_lost;
+	uint64_t custody_restores;
+	char **quarantined;
+	size_t nquarantined;
 	struct event_base *base;
 	struct baton_config *cfg;
 	struct listeners *listeners;
@@ -69,6 +84,11 @@ struct supervisor {
 	int exit_code;
 
 	struct event *ev_restart;
+	/* worker_watchdog_ms: when the pending status request to the serving
+	 * worker went out (0: none pending), and the pid it killed */
+	struct event *ev_watchdog;
+	int64_t wd_asked_ms;
+	pid_t wd_killed;
 	/* READY deadline of a starting (non-target) active worker: one that
 	 * hangs before READY is stopped, and the exit path restarts it. */
 	struct event *ev_ready;
@@ -135,6 +155,7 @@ static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 				 const void *msg, void *arg);
 static void supervisor_canary_metrics(struct evbuffer *out, void *arg);
 static void supervisor_schedule_restart(struct supervisor *sup);
+static void supervisor_on_watchdog(evutil_socket_t fd, short what, void *arg);
 static struct json_object *migration_result_json(const struct migration_result *r,
 						 const char *kind,
 						 struct worker *survivor);
@@ -630,6 +651,110 @@ static void supervisor_record_crash(struct supervisor *sup, struct worker *w)
 		log_error("supervisor", "out of memory: the crash not kept for status");
 }
 
+/* --- custody: a crash is an adoption ------------------------------------- */
+
+static void supervisor_custody_handed(void *arg, const struct custody_result *r)
+{
+	struct supervisor *sup = arg;
+
+	sup->restore_res = *r;
+	sup->restore_handed = true;
+}
+
+/* The worker w is READY after a crash whose sockets custody holds: hand
+ * them and the checkpoint to it, as the source of a migration. 0: started
+ * (serve once its MIGRATION_RESULT is in), -errno: serve without. */
+static int supervisor_custody_restore(struct supervisor *sup, struct worker *w)
+{
+	struct custody *held = sup->restore_held;
+	int sv[2], r, err = 0;
+
+	sup->restore_held = NULL;
+	if (sup->strikes == NULL)
+		sup->strikes = strmap_new();
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+		log_error("custody", "cannot restore: socketpair: %s", strerror(errno));
+		custody_free(held);
+		return -errno;
+	}
+	r = worker_send_migrate(w, false, 0, -1,
+				(unsigned)sup->cfg->handoff_timeout_s * 1000, 0, sv[1]);
+	close(sv[1]);
+	if (r < 0) {
+		close(sv[0]);
+		custody_free(held);
+		log_error("custody", "cannot restore into pid %d: %s",
+			  (int)worker_pid(w), strerror(-r));
+		return r;
+	}
+	memset(&sup->restore_res, 0, sizeof(sup->restore_res));
+	sup->restore_handed = false;
+	sup->restore = custody_restore_start(sup->base, held, sv[0], worker_pid(w),
+					     sup->cfg->handoff_timeout_s * 1000,
+					     sup->strikes,
+					     (unsigned)sup->cfg->custody_crashes, NULL,
+					     supervisor_custody_handed, sup, &err);
+	if (sup->restore == NULL) {
+		log_error("custody", "cannot restore into pid %d: %s (its users reconnect)",
+			  (int)worker_pid(w), strerror(-err));
+		/* the target saw EOF on its channel: it reports an aborted
+		 * migration, which the RESULT path below ignores */
+		return err;
+	}
+	worker_set_role(w, "target");
+	return 0;
+}
+
+static void supervisor_custody_restored(struct supervisor *sup, struct worker *w,
+					const Baton__Control__MigrationResult *m)
+{
+	struct custody_result *r = &sup->restore_res;
+	size_t n = sup->crash_log ? json_object_array_length(sup->crash_log) : 0;
+	struct json_object *last = n ? json_object_array_get_idx(sup->crash_log, n - 1) : NULL;
+
+	if (!m->committed) {
+		r->sessions_lost += r->sessions_restored;
+		r->connections_reconnected += r->connections_kept;
+		r->sessions_restored = r->connections_kept = 0;
+	}
+	log_info("custody", "restore into pid %d %s: %u sessions restored, %u lost, %u connections kept, %u reconnected, %llu lines lost%s%s%s%s",
+		 (int)worker_pid(w), m->committed ? "committed" : "failed",
+		 r->sessions_restored, r->sessions_lost, r->connections_kept,
+		 r->connections_reconnected, (unsigned long long)r->lines_lost,
+		 r->implicated[0] ? "; the crash happened handling " : "",
+		 r->implicated, r->quarantined[0] ? ", quarantined: " : "",
+		 r->quarantined);
+	if (last != NULL) {
+		json_object_object_add(last, "sessions_restored", json_object_new_int64(r->sessions_restored));
+		json_object_object_add(last, "sessions_lost", json_object_new_int64(r->sessions_lost));
+		json_object_object_add(last, "connections_kept", json_object_new_int64(r->connections_kept));
+		json_object_object_add(last, "connections_reconnected", json_object_new_int64(r->connections_reconnected));
+		json_object_object_add(last, "lines_lost", json_object_new_int64((int64_t)r->lines_lost));
+		json_object_object_add(last, "implicated", r->implicated[0] ? json_object_new_string(r->implicated) : NULL);
+		json_object_object_add(last, "quarantined", r->quarantined[0] ? json_object_new_string(r->quarantined) : NULL);
+	}
+	sup->custody_lines_lost += r->lines_lost;
+	if (m->committed)
+		sup->custody_restores++;
+	if (r->quarantined[0]) {
+		char **g = realloc(sup->quarantined, (sup->nquarantined + 1) * sizeof(*g));
+		char *k = strdup(r->quarantined);
+
+		if (g != NULL)
+			sup->quarantined = g;
+		if (g != NULL && k != NULL)
+			sup->quarantined[sup->nquarantined++] = k;
+		else
+			free(k);
+		log_error("custody", "session %s quarantined: the worker crashed %d times handling its input; it is not reconnected (its user is told)",
+			  r->quarantined, sup->cfg->custody_crashes);
+	}
+	custody_restore_free(sup->restore);
+	sup->restore = NULL;
+	if (!sup->stopping)
+		supervisor_serve(sup, w);
+}
+
 static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 				 const void *msg, void *arg)
 {
@@ -655,6 +780,9 @@ static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 			worker_stop(w, sup->cfg->handoff_timeout_s);
 			return;
 		}
+		if (!sup->stopping && sup->restore_held != NULL &&
+		    supervisor_custody_restore(sup, w) == 0)
+			return; /* serves once the restore's result is in */
 		if (!sup->stopping)
 			supervisor_serve(sup, w);
 		return;
@@ -676,15 +804,54 @@ static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 			  (int)worker_pid(w), worker_exit_status(w),
 			  worker_binary(w), worker_uptime_s(w));
 		supervisor_record_crash(sup, w);
+		{
+			/* the watchdog's kill says so in the record */
+			size_t n = sup->crash_log ? json_object_array_length(sup->crash_log) : 0;
+			struct json_object *last = n ? json_object_array_get_idx(sup->crash_log, n - 1) : NULL;
+
+			if (last != NULL)
+				json_object_object_add(last, "watchdog",
+						       json_object_new_boolean(sup->wd_killed == worker_pid(w)));
+			sup->wd_asked_ms = 0;
+		}
 		if (worker_uptime_s(w) >= STABLE_AFTER_S)
 			sup->restart_failures = 0;
+		custody_free(sup->restore_held);
+		sup->restore_held = NULL;
+		custody_restore_free(sup->restore);
+		sup->restore = NULL;
+		if (sup->cfg->custody) {
+			struct custody *held = worker_take_custody(w);
+
+			if (custody_has_checkpoint(held)) {
+				sup->restore_held = held;
+				log_info("custody", "holding %zu sockets of pid %d: the next worker adopts them",
+					 custody_fd_count(held), (int)worker_pid(w));
+			} else {
+				custody_free(held);
+			}
+		}
 		supervisor_auto_rollback(sup, w);
 		sup->active_serving = false;
 		supervisor_notify_status(sup);
-		supervisor_schedule_restart(sup);
+		if (sup->restore_held != NULL) {
+			/* at once: its users' sockets wait in custody */
+			struct timeval now = { 0, 0 };
+
+			evtimer_add(sup->ev_restart, &now);
+		} else {
+			supervisor_schedule_restart(sup);
+		}
 		return;
 	case WORKER_PROGRESS:
+		if (sup->restore != NULL)
+			return;
+		/* fall through */
 	case WORKER_RESULT:
+		if (sup->restore != NULL && ev == WORKER_RESULT) {
+			supervisor_custody_restored(sup, w, msg);
+			return;
+		}
 		log_warn("supervisor", "pid %d: migration message outside a migration (ignored)",
 			 (int)worker_pid(w));
 		return;
@@ -758,6 +925,55 @@ static void supervisor_on_refresh(evutil_socket_t fd, short what, void *arg)
 					      supervisor_health_done, sup);
 }
 
+/* --- the serving worker's watchdog (issue 10 §4) --------------------------- */
+
+static void supervisor_wd_answered(struct worker *w,
+				   const Baton__Control__Status *st, void *arg)
+{
+	struct supervisor *sup = arg;
+
+	(void)w;
+	(void)st;
+	sup->wd_asked_ms = 0;
+}
+
+/* A serving worker that does not answer a status request within
+ * worker_watchdog_ms has a wedged loop: SIGKILL. Its death is a crash like
+ * any other (with custody its sockets are already held: the next worker
+ * adopts them). Not during a migration, canary or restore (they have
+ * their own deadlines). */
+static void supervisor_on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+	struct supervisor *sup = arg;
+	struct worker *w = sup->active;
+	int64_t now = clock_mono_ms();
+
+	(void)fd;
+	(void)what;
+	if (w == NULL || !sup->active_serving || sup->migration != NULL ||
+	    sup->canary != NULL || sup->restore != NULL || sup->stopping ||
+	    worker_has_exited(w)) {
+		if (sup->wd_asked_ms != 0 && w != NULL)
+			worker_cancel_status(w, sup);
+		sup->wd_asked_ms = 0;
+		return;
+	}
+	if (sup->wd_asked_ms == 0) {
+		if (worker_request_status(w, supervisor_wd_answered, sup) == 0)
+			sup->wd_asked_ms = now;
+		return;
+	}
+	if (now - sup->wd_asked_ms < sup->cfg->worker_watchdog_ms)
+		return;
+	log_error("supervisor", "worker pid %d did not answer for %lld ms (worker_watchdog_ms): killing it%s",
+		  (int)worker_pid(w), (long long)(now - sup->wd_asked_ms),
+		  sup->cfg->custody ? "; custody holds its sockets" : "");
+	worker_cancel_status(w, sup);
+	sup->wd_asked_ms = 0;
+	sup->wd_killed = worker_pid(w);
+	worker_kill(w);
+}
+
 /* --- lifecycle ------------------------------------------------------------ */
 
 struct supervisor *supervisor_new(struct event_base *base,
@@ -778,6 +994,15 @@ struct supervisor *supervisor_new(struct event_base *base,
 	sup->ev_restart = evtimer_new(base, supervisor_on_restart, sup);
 	sup->ev_ready = evtimer_new(base, supervisor_on_ready_timeout, sup);
 	sup->ev_refresh = event_new(base, -1, EV_PERSIST, supervisor_on_refresh, sup);
+	if (cfg->worker_watchdog_ms > 0) {
+		int period = cfg->worker_watchdog_ms / 4 > 50 ? cfg->worker_watchdog_ms / 4 : 50;
+		struct timeval wd = { .tv_sec = period / 1000,
+				      .tv_usec = (period % 1000) * 1000 };
+
+		sup->ev_watchdog = event_new(base, -1, EV_PERSIST, supervisor_on_watchdog, sup);
+		if (sup->ev_watchdog != NULL)
+			event_add(sup->ev_watchdog, &wd);
+	}
 	expo_hist_init(&sup->freeze_hist, expo_freeze_bounds, expo_freeze_nbounds);
 	{
 		char *state = config_resolve(cfg, cfg->state_dir);
@@ -860,8 +1085,16 @@ void supervisor_free(struct supervisor *sup)
 		event_free(sup->ev_stop);
 	if (sup->ev_refresh)
 		event_free(sup->ev_refresh);
+	if (sup->ev_watchdog)
+		event_free(sup->ev_watchdog);
 	json_object_put(sup->last_crash);
 	json_object_put(sup->crash_log);
+	custody_restore_free(sup->restore);
+	custody_free(sup->restore_held);
+	strmap_free(sup->strikes);
+	for (size_t i = 0; i < sup->nquarantined; i++)
+		free(sup->quarantined[i]);
+	free(sup->quarantined);
 	json_object_put(sup->last_migration);
 	canary_free(sup->canary);
 	json_object_put(sup->last_canary);
@@ -1032,6 +1265,19 @@ static struct json_object *supervisor_status_json(struct supervisor *sup)
 	jb_add(jb, o, "crashes", sup->crash_log ? json_object_get(sup->crash_log)
 						 : jb_arr(jb));
 	jb_add(jb, o, "last_crash", json_object_get(sup->last_crash));
+	if (sup->cfg->custody) {
+		struct json_object *cj = custody_json(sup->active ? worker_custody(sup->active) : NULL, jb);
+		struct json_object *qa = jb_arr(jb);
+
+		jb_add(jb, cj, "lines_lost", jb_i64(jb, (int64_t)sup->custody_lines_lost));
+		/* quarantined sessions: implicated in custody_crashes crashes */
+		for (size_t i = 0; i < sup->nquarantined; i++)
+			json_object_array_add(qa, json_object_new_string(sup->quarantined[i]));
+		jb_add(jb, cj, "quarantined", qa);
+		jb_add(jb, o, "custody", cj);
+	} else {
+		jb_add(jb, o, "custody", NULL);
+	}
 	{
 		/* Where rollback goes: the release history's target. */
 		const struct release *t = sup->releases
@@ -1797,6 +2043,10 @@ void supervisor_get_stats(const struct supervisor *sup,
 {
 	memset(out, 0, sizeof(*out));
 	out->crashes = sup->crashes;
+	out->custody_fds = sup->active ? custody_fd_count(worker_custody(sup->active)) : 0;
+	out->custody_restores = sup->custody_restores;
+	out->custody_lines_lost = sup->custody_lines_lost;
+	out->custody_quarantined = sup->nquarantined;
 	out->migrations_committed = sup->migrations_committed;
 	out->migrations_aborted = sup->migrations_aborted;
 	out->migrations_refused = sup->migrations_refused;

@@ -121,6 +121,10 @@ struct expo_hist;
 struct worker;
 struct supervisor_stats {
 	unsigned crashes;
+	/* custody (custody.h): fds held for the serving worker, crashes
+	 * restored from custody, lines lost in them, sessions quarantined */
+	uint64_t custody_fds, custody_restores, custody_lines_lost;
+	uint64_t custody_quarantined;
 	unsigned migrations_committed, migrations_aborted, migrations_refused;
 	bool migration_running;
 	bool have_last_migration;

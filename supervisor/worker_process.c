@@ -1,5 +1,6 @@
 /* supervisor/worker_process.c: see worker_process.h. */
 #include "supervisor/worker_process.h"
+#include "supervisor/custody.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -53,6 +54,7 @@ struct waiters {
 
 struct worker {
 	struct event_base *base;
+	struct custody *custody; /* its sockets and checkpoint (custody.h), NULL: none */
 	pid_t pid;
 	int pidfd;               /* pidfd_open(pid) right after fork, or -1 */
 	char *binary;
@@ -363,6 +365,14 @@ static void worker_handle(struct worker *w, struct frame_msg *m)
 		baton__control__network_edit__free_unpacked(e, NULL);
 		return;
 	}
+	case CONTROL_CUSTODY:
+		if (w->custody == NULL && (w->custody = custody_new()) == NULL) {
+			log_error("custody", "out of memory: pid %d's sockets not held", (int)w->pid);
+			return;
+		}
+		if (custody_handle(w->custody, m) < 0)
+			worker_ctl_lost(w, "malformed CUSTODY");
+		return;
 	default:
 		log_warn("worker", "pid %d sent unexpected message type %u (ignored)",
 			 (int)w->pid, m->type);
@@ -614,7 +624,21 @@ void worker_free(struct worker *w)
 		free(w->ask[k].v);
 	free(w->reloads);
 	free(w->binary);
+	custody_free(w->custody);
 	free(w);
+}
+
+struct custody *worker_custody(const struct worker *w)
+{
+	return w->custody;
+}
+
+struct custody *worker_take_custody(struct worker *w)
+{
+	struct custody *c = w->custody;
+
+	w->custody = NULL;
+	return c;
 }
 
 void worker_set_handler(struct worker *w, worker_cb cb, void *arg)

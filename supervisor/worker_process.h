@@ -210,4 +210,10 @@ void worker_set_adopted_exit(struct worker *w, void (*cb)(void *arg, struct work
 			     void *arg);
 void worker_reaped_adopted(struct worker *w);
 
+/* Custody (custody.h): what this worker handed over, NULL if nothing. The
+ * worker owns it; take it (ownership moves to the caller) before the
+ * worker is freed, e.g. to restore its sessions after a crash. */
+struct custody;
+struct custody *worker_custody(const struct worker *w);
+struct custody *worker_take_custody(struct worker *w);
 #endif

@@ -29,6 +29,8 @@ static void test_kind_from_argv0(void **state)
 		{ "baton-sessiond-fault-crash", FAULT_CRASH },
 		{ "baton-sessiond-fault-malformed", FAULT_MALFORMED },
 		{ "baton-sessiond-fault-noping", FAULT_NOPING },
+		{ "baton-sessiond-fault-poison", FAULT_POISON },
+		{ "baton-sessiond-fault-wedge", FAULT_WEDGE },
 		{ "baton-sessiond", FAULT_NONE },
 		{ "/usr/lib/baton/baton-sessiond-faulty", FAULT_NONE },
 		{ "/tmp/baton-sessiond-fault-drop/baton-sessiond", FAULT_NONE },
@@ -60,6 +62,16 @@ static void test_select_and_version(void **state)
 	assert_string_equal(SESSIOND_VERSION, BATON_VERSION "+fault-noping");
 	assert_true(FAULT_NOPING());
 	assert_int_equal(FAULT_RELAY_COPIES(), 1);
+	/* a name that names no fault: the environment may (custody's
+	 * restarted workers run a copy named baton-sessiond) */
+	setenv("BATON_FAULT_KIND", "poison", 1);
+	assert_int_equal(fault_select("/x/baton-sessiond"), 0);
+	assert_int_equal(fault_current(), FAULT_POISON);
+	setenv("BATON_FAULT_KIND", "bogus", 1);
+	assert_int_equal(fault_select("/x/baton-sessiond"), -1);
+	unsetenv("BATON_FAULT_KIND");
+	assert_int_equal(fault_select("/x/baton-sessiond"), 0);
+	assert_int_equal(fault_current(), FAULT_NONE);
 }
 
 static void test_relay_faults(void **state)

@@ -1,0 +1,449 @@
+"""A worker crash is an adoption, not a disconnect (issue 10 §1-§3;
+sessiond/checkpoint.h, supervisor/custody.h).
+
+With [supervisor] custody on, the supervisor holds a duplicate of every
+socket and the worker's checkpoint log; after kill -9 of the worker the next
+worker adopts every session from them. Checked with ngircd and a direct
+user: the client's TCP connection stays (no reconnect: the same socket
+keeps working), the network sees no QUIT/JOIN of the bouncer nicks, lines
+flow both ways exactly once after the crash, and status `crashes[]` and
+`custody` say what happened. Without custody (the regression) every
+client is disconnected by the same kill."""
+
+import os
+import shutil
+import signal
+import time
+
+import batonlib as bl
+import test_basic
+from batonlib import check
+from test_supervisor_crash import relay_both_ways
+
+CUSTODY = {"custody": "yes", "custody_checkpoint_ms": 50}
+
+
+def setup(ctx, custody=True, nsessions=2):
+    return test_basic.setup(ctx, nsessions=nsessions,
+                            supervisor_opts=CUSTODY if custody else {"custody": "no"})
+
+
+def kill_worker(ctx, b):
+    pid = b.worker_pid()
+    os.kill(pid, signal.SIGKILL)
+    bl.wait_for(lambda: [w["pid"] for w in b.workers()] not in ([], [pid]), 20,
+                what="a new worker after kill -9")
+    bl.wait_for(lambda: (b.status().get("crashes") or [{}])[-1].get("restore_ms") is not None,
+                20, what="the restore to end")
+    return b.status()
+
+
+def test_worker_kill9_keeps_clients_and_network(ctx):
+    """kill -9 of the idle worker: the client stays connected and relays
+    both ways, no QUIT/JOIN at the network, crashes[] counts the sessions
+    restored and connections kept; twice in a row."""
+    ng, w, b, dave = setup(ctx)
+    s = b.sessions[0]
+    c = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    st = b.status()
+    cu = st.get("custody")
+    check(cu is not None and cu["fds"] >= 3, "status custody: %r" % (cu,))
+    check(cu["sessions"] == 2 and cu["checkpoint_bytes"] > 64, "status custody: %r" % (cu,))
+    t0 = time.monotonic()
+    for rnd in range(2):
+        ctx.loop.run_for(0.2)
+        st = kill_worker(ctx, b)
+        cr = st["crashes"][-1]
+        check(cr["signal"] == 9, "crash entry: %r" % cr)
+        check(cr["sessions_restored"] == 2 and cr["sessions_lost"] == 0,
+              "round %d: crash entry %r" % (rnd, cr))
+        check(cr["connections_kept"] == 3 and cr["connections_reconnected"] == 0,
+              "round %d: crash entry %r" % (rnd, cr))
+        check(cr["lines_lost"] == 0, "round %d: idle worker lost lines: %r" % (rnd, cr))
+        check(not c.closed, "round %d: the client was disconnected" % rnd)
+        relay_both_ways(ctx, c, dave, "after%d" % rnd)
+    ev = w.events_between(t0)
+    check(ev == [], "the network saw the bouncer reconnect: %r" % ev)
+
+
+def test_worker_kill9_under_traffic_no_duplicates(ctx):
+    """kill -9 while dave sends numbered lines: each line reaches the client
+    at most once, the lines the client missed are at most those counted in
+    crashes[].lines_lost, and the client and network connections stay."""
+    ng, w, b, dave = setup(ctx)
+    s = b.sessions[0]
+    c = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    t0 = time.monotonic()
+    n = 300
+    for i in range(n):
+        dave.privmsg("#chat", "tok dave %d" % i)
+        if i == 150:
+            os.kill(b.worker_pid(), signal.SIGKILL)
+        ctx.loop.run_for(0.005)
+    bl.wait_for(lambda: (b.status().get("crashes") or [{}])[-1].get("restore_ms") is not None,
+                20, what="the restore to end")
+    relay_both_ways(ctx, c, dave, "after")
+    got = [ln for _, ln in c.lines if "tok dave " in ln]
+    nums = [int(ln.rsplit(" ", 1)[1]) for ln in got]
+    dup = sorted({x for x in nums if nums.count(x) > 1})
+    check(dup == [], "duplicated lines at the client: %s" % dup)
+    cr = b.status()["crashes"][-1]
+    missing = n - len(set(nums))
+    bl.log("crash entry %r; client missed %d lines" % (cr, missing))
+    check(not c.closed, "the client was disconnected")
+    check(cr["connections_kept"] == 3, "crash entry %r" % cr)
+    check(missing <= cr["lines_lost"] * 2 + 0, "client missed %d lines, lines_lost says %r"
+          % (missing, cr["lines_lost"]))
+    ev = w.events_between(t0)
+    check(ev == [], "the network saw the bouncer reconnect: %r" % ev)
+
+
+def test_worker_kill9_without_custody_disconnects(ctx):
+    """The regression this fixes: custody off, kill -9 closes the client."""
+    ng, w, b, dave = setup(ctx, custody=False, nsessions=1)
+    s = b.sessions[0]
+    c = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    os.kill(b.worker_pid(), signal.SIGKILL)
+    ctx.loop.run_until(lambda: c.closed, 10, raise_on_timeout=False)
+    check(c.closed, "without custody the client should see the crash")
+    check(b.status().get("custody") is None, "custody off: status custody should be null")
+
+
+def poison_binary(ctx, kind="poison"):
+    """baton-sessiond-fault-<kind> (sessiond/fault.h): poison: abort() on a
+    line from a network holding BATON-POISON-PILL; wedge: the loop stops for
+    good on one holding BATON-WEDGE."""
+    src = os.path.join(ctx.builds["a"].require().path, "sessiond", "baton-sessiond-faulty")
+    if not os.access(src, os.X_OK):
+        raise bl.Skip("no fault build at %s (meson -Dfault_builds=true)" % src)
+    d = os.path.join(ctx.dir, "faults")
+    os.makedirs(d, exist_ok=True)
+    dst = os.path.join(d, "baton-sessiond-fault-%s" % kind)
+    shutil.copy2(src, dst)
+    return dst
+
+
+def faulty_baton(ctx, ng, kind, supervisor_opts, nsessions=2):
+    """baton running the fault build `kind` (also after restarts: the
+    installed copy is named baton-sessiond, BATON_FAULT_KIND says it)."""
+    faulty = poison_binary(ctx, kind)
+    b = bl.Baton(ctx, ng, nsessions=nsessions, channels=["#chat"],
+                 supervisor_opts=supervisor_opts)
+    orig = b.config_text
+    b.config_text = lambda: orig().replace("sessiond = %s" % b.build.sessiond,
+                                           "sessiond = %s" % faulty)
+    b.write_config()
+    os.environ["BATON_FAULT_KIND"] = kind
+    try:
+        b.start(wait=False)
+    finally:
+        del os.environ["BATON_FAULT_KIND"]
+    bl.pump_ready(ctx, b)
+    return b
+
+
+def test_poison_pill_quarantined(ctx):
+    """A network that crashes the worker with what it sends to one session
+    (the poison fault build, kill by abort()): each crash is attributed to
+    that session (crashes[].implicated); after custody_crashes (2) it is
+    restored quarantined (status custody.quarantined, its client told, no
+    reconnect, also after an upgrade: the quarantine is part of the
+    session's state) while the other session's client and network
+    connection see nothing."""
+    ng = ctx.ngircd()
+    b = faulty_baton(ctx, ng, "poison", CUSTODY)
+    w = bl.Watcher(ctx.loop, ng, ["#chat"], watch=[s.nick for s in b.sessions])
+    w.wait_present([s.nick for s in b.sessions], timeout=30)
+    dave = bl.direct_user(ctx.loop, ng, "dave", ["#chat"])
+    s0, s1 = b.sessions
+    c0 = bl.bouncer_client(ctx.loop, b, s0, client="laptop")
+    c1 = bl.bouncer_client(ctx.loop, b, s1, client="laptop")
+    relay_both_ways(ctx, c1, dave, "before")
+    t0 = time.monotonic()
+    for n in (1, 2):
+        pid = b.worker_pid()
+        dave.send("PRIVMSG %s :BATON-POISON-PILL %d" % (s0.nick, n))
+        bl.wait_for(lambda: len(b.status().get("crashes") or []) >= n and
+                    b.status()["crashes"][-1].get("restore_ms") is not None, 20,
+                    what="crash %d restored" % n)
+        cr = b.status()["crashes"][-1]
+        check(cr["pid"] == pid and cr["signal"] == signal.SIGABRT, "crash %d: %r" % (n, cr))
+        check(cr["implicated"] == "%s/%s" % (s0.user, s0.network),
+              "crash %d not attributed to %s: %r" % (n, s0.user, cr))
+        check(cr["quarantined"] == (None if n == 1 else "%s/%s" % (s0.user, s0.network)),
+              "crash %d: quarantine %r" % (n, cr))
+        check(cr["sessions_restored"] == 2, "crash %d: %r" % (n, cr))
+    st = b.status()
+    check(st["custody"]["quarantined"] == ["%s/%s" % (s0.user, s0.network)],
+          "status custody: %r" % st["custody"])
+    rc, _, out, _ = b.ctl("status")
+    check(rc == 0 and "quarantined: %s/%s" % (s0.user, s0.network) in out,
+          "batonctl status does not name the quarantined session: %r" % out)
+    ctx.loop.run_until(lambda: any("quarantined" in ln for _, ln in c0.lines), 10,
+                       raise_on_timeout=False)
+    check(any("quarantined" in ln for _, ln in c0.lines),
+          "the quarantined session's client was not told")
+    # the other session: nothing seen by its client or the network
+    check(not c1.closed, "the other session's client was disconnected")
+    relay_both_ways(ctx, c1, dave, "after")
+    ev = [e for e in w.events_between(t0) if s1.nick.lower() in str(e).lower()]
+    check(ev == [], "the network saw the other session reconnect: %r" % ev)
+    # the quarantined one is not reconnected
+    ctx.loop.run_for(1.5)
+    ev0 = [e for e in w.events_between(t0) if e[1] == "JOIN"]
+    check(ev0 == [], "a quarantined session reconnected: %r" % ev0)
+    check(len(b.status()["crashes"]) == 2, "more crashes: %r" % b.status()["crashes"])
+    # the quarantine travels with the session: after an upgrade (to build
+    # B, no fault) it is still not reconnected
+    t1 = time.monotonic()
+    rc, res, _, _ = b.ctl("upgrade", ctx.builds["b"].require().sessiond, "--json")
+    check(rc == 0, "upgrade after the quarantine: %r" % (res,))
+    ctx.loop.run_for(1.5)
+    ev1 = [e for e in w.events_between(t1) if e[1] == "JOIN"]
+    check(ev1 == [], "the quarantined session reconnected after an upgrade: %r" % ev1)
+    phone = bl.bouncer_client(ctx.loop, b, s0, client="phone", wait=False)
+    ctx.loop.run_until(lambda: any("quarantined" in ln for _, ln in phone.lines), 10,
+                       raise_on_timeout=False)
+    check(any("quarantined" in ln for _, ln in phone.lines),
+          "a login after the upgrade was not told of the quarantine: %r" % phone.lines[-5:])
+    relay_both_ways(ctx, c1, dave, "after-upgrade")
+
+
+def test_custody_survives_upgrade(ctx):
+    """Custody moves with a migration: after `batonctl upgrade` to build B
+    the target holds the sessions and the supervisor holds the target's
+    sockets (status custody counts them, none of the source's), so a
+    kill -9 of the new worker is an adoption too."""
+    bB = ctx.builds["b"].require()
+    ng, w, b, dave = setup(ctx)
+    s = b.sessions[0]
+    c = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    rc, res, _, _ = b.ctl("upgrade", bB.sessiond, "--json")
+    check(rc == 0, "upgrade failed: %r" % (res,))
+    ctx.loop.run_for(0.3)
+    cu = b.status()["custody"]
+    check(cu["fds"] == 3 and cu["sessions"] == 2, "custody after the upgrade: %r" % cu)
+    t0 = time.monotonic()
+    st = kill_worker(ctx, b)
+    cr = st["crashes"][-1]
+    check(cr["sessions_restored"] == 2 and cr["connections_kept"] == 3,
+          "crash after the upgrade: %r" % cr)
+    check(not c.closed, "the client was disconnected")
+    relay_both_ways(ctx, c, dave, "after")
+    ev = w.events_between(t0)
+    check(ev == [], "the network saw the bouncer reconnect: %r" % ev)
+
+
+def test_kill9_source_during_upgrade(ctx):
+    """kill -9 of the source in the middle of an upgrade (one session per
+    chunk, the target adopting each item in 300 ms): the target keeps what
+    committed and the supervisor restores the rest into it from the dead
+    source's custody before it accepts. Nobody reconnects: the clients of
+    both sessions stay, ngircd sees no QUIT/JOIN, lines flow both ways
+    exactly once; the upgrade's result says what custody restored."""
+    bB = ctx.builds["b"].require()
+    ng, w, b, dave = test_basic.setup(ctx, nsessions=2, supervisor_opts=CUSTODY,
+                                      sessiond_opts={"chunk_sessions": 1})
+    c0 = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
+    c1 = bl.bouncer_client(ctx.loop, b, b.sessions[1], client="laptop")
+    relay_both_ways(ctx, c0, dave, "before")
+    src = b.worker_pid()
+    t0 = time.monotonic()
+    b.set_fault("target:slow-prepare")
+    p = b.ctl_async("upgrade", bB.sessiond, "--json")
+    bl.wait_for(lambda: "migrate" in b.log_text().split("upgrade", 1)[-1], 10,
+                what="the migration to start")
+    ctx.loop.run_for(0.15)
+    os.kill(src, signal.SIGKILL)
+    ctx.loop.wait_process(p, timeout=60)
+    rc, data, out, err = b.finish_ctl(p)
+    b.set_fault("")
+    bl.log("upgrade: rc %r %r" % (rc, data))
+    check(data is not None and "restored into the target from the source's custody"
+          in (data.get("reason") or ""), "the upgrade's result: %r %r" % (data, err))
+    check(not data.get("sessions_lost"), "sessions lost: %r" % data)
+    check(not c0.closed and not c1.closed, "a client was disconnected")
+    relay_both_ways(ctx, c0, dave, "after0")
+    relay_both_ways(ctx, c1, dave, "after1")
+    ev = w.events_between(t0)
+    check(ev == [], "the network saw the bouncer reconnect: %r" % ev)
+    cu = b.status()["custody"]
+    check(cu["sessions"] == 2 and cu["fds"] == 4, "custody after: %r" % cu)
+
+
+def test_kill9_while_writing_to_slow_client_exactly_once(ctx):
+    """A slow client (4 KiB receive buffer) has ~0.5 MB queued when it
+    starts reading; kill -9 while it is being written. The client receives
+    all 6000 lines exactly once, in order, on the same connection, with the
+    checkpoint log compacted before the kill (the lines come in 20 bursts:
+    20 session records of a growing backlog). (On loopback the kernel's
+    send buffer grows to 4 MiB and holds the whole queue, so the worker's
+    own output is empty at the kill: the cut of output written after the
+    checkpoint record is tested by the unit test sessiond_recovery, which
+    fails without it.)"""
+    n = 6000
+    ng, w, b, dave = test_basic.setup(ctx, nsessions=1, supervisor_opts=CUSTODY,
+                                      sessiond_opts=bl.roomy_backlog(20000))
+    s = b.sessions[0]
+    slow = bl.bouncer_client(ctx.loop, b, s, client="slow", rcvbuf=4096)
+    lap = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    slow.pause_reading()
+    pad = "x" * 60
+    for k in range(20):
+        dave.send_many("PRIVMSG #chat :<<dave:%d>> %s" % (i, pad)
+                       for i in range(k * n // 20 + 1, (k + 1) * n // 20 + 1))
+        ctx.loop.run_for(0.08)
+    want = [("dave", i) for i in range(1, n + 1)]
+    got_l = test_basic.wait_tokens(ctx, lap, want, timeout=30, settle=0.2)
+    check(got_l == want, "laptop did not get the %d lines: %d" % (n, len(got_l)))
+    ctx.loop.run_for(0.3)  # a checkpoint record with the queued output
+    slow.resume_reading()
+    ctx.loop.run_until(lambda: len(test_basic.token_lines(slow)) > n // 4, 10,
+                       raise_on_timeout=False)
+    before = len(test_basic.token_lines(slow))
+    cu_before = b.status()["custody"]
+    os.kill(b.worker_pid(), signal.SIGKILL)
+    got = test_basic.wait_tokens(ctx, slow, want, timeout=30, settle=0.5)
+    cr = b.status()["crashes"][-1]
+    bl.log("slow client had %d lines at the kill; crash entry %r" % (before, cr))
+    check(before < n, "the slow client had everything before the kill (test too weak)")
+    check(cu_before["compactions"] >= 1, "no log compaction before the kill: %r" % cu_before)
+    check(not slow.closed, "the slow client was disconnected")
+    check(got == want, "slow client: %d lines, missing %d, duplicated %d, first wrong at %s"
+          % (len(got), len(set(want) - set(got)), len(got) - len(set(got)),
+             next((i for i, (a, b_) in enumerate(zip(got, want)) if a != b_), None)))
+    check(cr["connections_kept"] == 3, "crash entry %r" % cr)
+
+
+def test_kill9_right_after_login_keeps_the_new_client(ctx):
+    """A client that logged in a moment before the kill (well within
+    custody_checkpoint_ms, here 5 s) is kept: a session's record is
+    rewritten at the end of the loop iteration in which its sockets
+    changed, not at the next tick."""
+    ng, w, b, dave = test_basic.setup(
+        ctx, nsessions=1, supervisor_opts={"custody": "yes", "custody_checkpoint_ms": 5000})
+    s = b.sessions[0]
+    ctx.loop.run_for(0.3)
+    c = bl.bouncer_client(ctx.loop, b, s, client="phone")
+    os.kill(b.worker_pid(), signal.SIGKILL)
+    bl.wait_for(lambda: (b.status().get("crashes") or [{}])[-1].get("restore_ms") is not None,
+                20, what="the restore to end")
+    cr = b.status()["crashes"][-1]
+    check(cr["connections_kept"] == 2 and cr["connections_reconnected"] == 0,
+          "crash entry %r" % cr)
+    check(not c.closed, "the client that had just logged in was disconnected")
+    relay_both_ways(ctx, c, dave, "after")
+
+
+def test_kill9_tls_clients_idle_kept_active_reconnected(ctx):
+    """TLS clients on the ircs listener: one idle since its session's last
+    record (its record layer state is exactly the recorded one) is kept
+    across kill -9 and relays after; one that did I/O since (a PING answered
+    a moment before the kill: its sequence numbers moved on) cannot resume
+    and is closed, counted in connections_reconnected, never fed bytes
+    under a stale key."""
+    import test_tls
+    pki = test_tls.shared_pki()
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=1, channels=["#chat"],
+                 ircs=(pki.server.cert, pki.server.key),
+                 supervisor_opts={"custody": "yes", "custody_checkpoint_ms": 2000})
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    dave = bl.direct_user(ctx.loop, ng, "dave", ["#chat"])
+    s = b.sessions[0]
+    idle = test_tls.tls_client(ctx, b, pki, s, name="idle")
+    busy = test_tls.tls_client(ctx, b, pki, s, name="busy")
+    relay_both_ways(ctx, idle, dave, "before")
+    # a record after every byte so far (records follow I/O within 1.5
+    # custody_checkpoint_ms)
+    ctx.loop.run_for(0.3)
+    bl.wait_for(lambda: (b.status()["custody"]["checkpoint_age_ms"] or 99999) < 250, 10,
+                what="a checkpoint record after the relay")
+    busy.send("PING :custody")
+    ctx.loop.run_until(lambda: any("custody" in ln and "PONG" in ln for _, ln in busy.lines),
+                       5, "PONG to the busy client")
+    os.kill(b.worker_pid(), signal.SIGKILL)
+    bl.wait_for(lambda: (b.status().get("crashes") or [{}])[-1].get("restore_ms") is not None,
+                20, what="the restore to end")
+    cr = b.status()["crashes"][-1]
+    ctx.loop.run_until(lambda: busy.closed, 5, raise_on_timeout=False)
+    check(busy.closed, "the TLS client with I/O since the record was not closed")
+    check(cr["connections_kept"] == 2 and cr["connections_reconnected"] == 1,
+          "crash entry %r" % cr)
+    check(not idle.closed, "the idle TLS client was disconnected")
+    relay_both_ways(ctx, idle, dave, "after")
+
+
+def test_lost_join_resynchronised_from_the_network(ctx):
+    """erin joins #chat after the session's last checkpoint record; kill -9
+    before the next one: the JOIN is lost with the dead worker (counted in
+    lines_lost), and the restored session asks the network (MODE, TOPIC,
+    NAMES, answered to no client) so that a client logging in afterwards
+    sees erin among #chat's members. The attached client sees no reply it
+    did not ask for."""
+    ng, w, b, dave = test_basic.setup(
+        ctx, nsessions=1, supervisor_opts={"custody": "yes", "custody_checkpoint_ms": 2000})
+    s = b.sessions[0]
+    c = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    # just after a record (the I/O above makes one due at the next tick)
+    bl.wait_for(lambda: (b.status()["custody"]["checkpoint_age_ms"] or 99999) < 300, 10,
+                what="a fresh checkpoint record")
+    erin = bl.direct_user(ctx.loop, ng, "erin", ["#chat"])
+    ctx.loop.run_until(lambda: any(" JOIN " in ln and "erin" in ln for _, ln in c.lines), 5,
+                       "erin's JOIN relayed")
+    mark = len(c.lines)
+    os.kill(b.worker_pid(), signal.SIGKILL)
+    bl.wait_for(lambda: (b.status().get("crashes") or [{}])[-1].get("restore_ms") is not None,
+                20, what="the restore to end")
+    cr = b.status()["crashes"][-1]
+    check(cr["lines_lost"] >= 1 and cr["connections_kept"] == 2, "crash entry %r" % cr)
+    ctx.loop.run_for(1.0)  # the resync's answers
+    phone = bl.bouncer_client(ctx.loop, b, s, client="phone")
+    ctx.loop.run_for(0.5)
+    names = [ln for _, ln in phone.lines if " 353 " in ln and "#chat" in ln]
+    check(any("erin" in ln.split(":", 2)[-1].split() for ln in names),
+          "the member list lost erin's JOIN: %r" % names)
+    stray = [ln for _, ln in c.lines[mark:] if any(" %s " % n in ln for n in ("324", "332", "353", "366"))]
+    check(stray == [], "the attached client got replies it did not ask for: %r" % stray)
+    check(not c.closed, "the client was disconnected")
+
+
+def test_wedged_worker_killed_by_watchdog_and_adopted(ctx):
+    """issue 10 §4: a worker whose loop stops (the wedge fault build, on a
+    line from the network) answers no status request; after
+    worker_watchdog_ms the supervisor kills it, and since custody already
+    holds its sockets the next worker adopts every session: both clients
+    stay, the network sees no reconnect, the crash record says watchdog and
+    names the session whose input wedged it."""
+    ng = ctx.ngircd()
+    b = faulty_baton(ctx, ng, "wedge", dict(CUSTODY, worker_watchdog_ms=800))
+    w = bl.Watcher(ctx.loop, ng, ["#chat"], watch=[s.nick for s in b.sessions])
+    w.wait_present([s.nick for s in b.sessions], timeout=30)
+    dave = bl.direct_user(ctx.loop, ng, "dave", ["#chat"])
+    s0, s1 = b.sessions
+    c0 = bl.bouncer_client(ctx.loop, b, s0, client="laptop")
+    c1 = bl.bouncer_client(ctx.loop, b, s1, client="laptop")
+    relay_both_ways(ctx, c1, dave, "before")
+    t0 = time.monotonic()
+    pid = b.worker_pid()
+    dave.send("PRIVMSG %s :BATON-WEDGE" % s0.nick)
+    bl.wait_for(lambda: len(b.status().get("crashes") or []) >= 1 and
+                b.status()["crashes"][-1].get("restore_ms") is not None, 20,
+                what="the watchdog's kill and the restore")
+    cr = b.status()["crashes"][-1]
+    bl.log("crash entry %r after %.1f s" % (cr, time.monotonic() - t0))
+    check(cr["pid"] == pid and cr["signal"] == signal.SIGKILL and cr.get("watchdog") is True,
+          "crash entry %r" % cr)
+    check(cr["sessions_restored"] == 2 and cr["connections_kept"] == 4, "crash entry %r" % cr)
+    check(cr["implicated"] == "%s/%s" % (s0.user, s0.network), "crash entry %r" % cr)
+    check(not c0.closed and not c1.closed, "a client was disconnected")
+    relay_both_ways(ctx, c0, dave, "after0")
+    relay_both_ways(ctx, c1, dave, "after1")
+    ev = w.events_between(t0)
+    check(ev == [], "the network saw the bouncer reconnect: %r" % ev)
