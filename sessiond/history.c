@@ -26,7 +26,7 @@ struct pending_line {
 	struct pending_line *next;
 	char *buffer, *tags, *line;
 	int64_t time_ms;
-	struct client *except; /* checked against the session's clients */
+	uint64_t except; /* a client's id (client_serial()), or 0 */
 	unsigned copies;
 };
 
@@ -45,11 +45,13 @@ struct history_session {
 	bool floored;   /* store_seq_floor() done for this session's backlog */
 	bool retention; /* store_set_retention() done */
 	bool paused;    /* its network connection held for the store */
+	bool clients_held; /* its clients held too: HISTORY_PENDING_MAX */
 	struct written_pos *written;
 	size_t nwritten;
 	/* read markers: folded target -> time; loading: a query's id */
-	struct marker { char *target; int64_t t; } *markers;
-	size_t nmarkers;
+	struct marker { char *target; int64_t t; bool dirty; } *markers;
+	size_t nmarkers, ndirty;
+	uint64_t marker_op; /* the last marker write queued (its op seq) */
 	enum { MARKERS_NONE, MARKERS_LOADING, MARKERS_LOADED } mstate;
 	uint64_t mquery;
 	struct client **waiting; /* for the markers, not owned */
@@ -64,6 +66,9 @@ struct history {
 	struct history_session *sessions;
 	const char *backend;
 	bool failing;
+	bool stalled; /* work queued, no commit for HISTORY_STALL_MS */
+	uint64_t last_durable;
+	int64_t progress_ms;
 	uint64_t appended, refused, errors, commit_failures, replay_queries;
 	int64_t error_logged_ms;
 };
@@ -110,10 +115,17 @@ static void on_store_fd(evutil_socket_t fd, short what, void *arg)
 	store_dispatch(h->st);
 }
 
+static void markers_write(struct history_session *hs);
+
 static void on_durable(void *arg, uint64_t durable_seq)
 {
-	(void)arg;
+	struct history *h = arg;
+
 	(void)durable_seq;
+	/* the next batch of each session's read markers (markers_write()) */
+	for (struct history_session *hs = h->sessions; hs; hs = hs->next)
+		if (hs->ndirty)
+			markers_write(hs);
 }
 
 static void on_space(void *arg)
@@ -274,6 +286,22 @@ static void hs_free(struct history_session *hs)
 	free(hs->written);
 	if (hs->mquery)
 		store_query_cancel(h->st, hs->mquery);
+	/* what is not written yet: now, whatever the quota */
+	size_t lost = 0;
+	int why = 0;
+	for (size_t i = 0; i < hs->nmarkers && hs->ndirty; i++) {
+		if (!hs->markers[i].dirty)
+			continue;
+		int r = store_set_read_marker(h->st, hs->s->key, hs->markers[i].target,
+					      hs->markers[i].t, NULL);
+		if (r < 0) {
+			lost++;
+			why = r;
+		}
+	}
+	if (lost)
+		log_error("store", "%s: %zu read markers not stored (%s)", hs->s->key,
+			  lost, strerror(-why));
 	for (size_t i = 0; i < hs->nmarkers; i++)
 		free(hs->markers[i].target);
 	free(hs->markers);
@@ -391,10 +419,31 @@ static void hs_pause(struct history_session *hs)
 	}
 }
 
+/* HISTORY_PENDING_MAX lines wait: the session's clients are not read
+ * either (each line past it holds every client, a new one too). */
+static void hs_hold_clients(struct history_session *hs)
+{
+	struct session *s = hs->s;
+
+	for (size_t i = 0; i < s->nclients; i++)
+		conn_hold_lines(s->clients[i]->conn, true);
+	if (!hs->clients_held) {
+		hs->clients_held = true;
+		log_warn("store", "%s: %zu lines wait for the store: not reading from its clients until it has room",
+			 s->key, hs->npending);
+	}
+}
+
 static void hs_resume(struct history_session *hs)
 {
 	struct session *s = hs->s;
 
+	if (hs->clients_held) {
+		hs->clients_held = false;
+		for (size_t i = 0; i < s->nclients; i++)
+			conn_hold_lines(s->clients[i]->conn, false);
+		log_info("store", "%s: reading from its clients again", s->key);
+	}
 	if (!hs->paused)
 		return;
 	hs->paused = false;
@@ -403,11 +452,14 @@ static void hs_resume(struct history_session *hs)
 	log_info("store", "%s: the store has room: reading from the network again", s->key);
 }
 
-static struct client *live_except(struct session *s, struct client *except)
+/* The client a pending line must not go to, if it is still here: by its
+ * serial, not its address (a client freed meanwhile and a new one at the
+ * same address would miss the line). */
+static struct client *live_except(struct session *s, uint64_t except)
 {
 	for (size_t i = 0; except && i < s->nclients; i++)
-		if (s->clients[i] == except)
-			return except;
+		if (s->clients[i]->serial == except)
+			return s->clients[i];
 	return NULL;
 }
 
@@ -493,7 +545,7 @@ int history_append(struct history *h, struct session *s, const char *buffer,
 		return -ENOMEM;
 	}
 	p->time_ms = time_ms;
-	p->except = except;
+	p->except = except ? client_serial(except) : 0;
 	p->copies = copies;
 	if (hs->pending_tail)
 		hs->pending_tail->next = p;
@@ -502,6 +554,8 @@ int history_append(struct history *h, struct session *s, const char *buffer,
 	hs->pending_tail = p;
 	hs->npending++;
 	hs_pause(hs);
+	if (hs->npending >= HISTORY_PENDING_MAX)
+		hs_hold_clients(hs);
 	return 1;
 }
 
@@ -600,6 +654,35 @@ void history_set_position(struct history *h, struct session *s,
 	} /* -EAGAIN: the next tick or detach writes it */
 }
 
+/* A writer that commits nothing for HISTORY_STALL_MS while work is queued
+ * (a lock held on the database, a server that does not answer) fails no
+ * commit, so on_error() never says it: it is reported as failing too. */
+static void history_check_stall(struct history *h, int64_t now)
+{
+	uint64_t durable = store_durable_seq(h->st);
+
+	size_t waiting = store_queued(h->st);
+
+	/* work: operations queued, or lines refused (a store that cannot
+	 * reserve seqs refuses appends with nothing queued) */
+	for (const struct history_session *hs = h->sessions; hs && !waiting; hs = hs->next)
+		waiting += hs->npending;
+	if (durable != h->last_durable || waiting == 0 || h->progress_ms == 0) {
+		h->last_durable = durable;
+		h->progress_ms = now;
+		if (h->stalled)
+			log_info("store", "%s store: commits progress again", h->backend);
+		h->stalled = false;
+		return;
+	}
+	if (!h->stalled && now - h->progress_ms >= HISTORY_STALL_MS) {
+		h->stalled = true;
+		log_error("store", "%s store: nothing committed for %lld s with work waiting (%zu operations queued; a lock held on the database? the server not answering?): sessions stop reading when their lines cannot be queued",
+			  h->backend, (long long)(now - h->progress_ms) / 1000,
+			  store_queued(h->st));
+	}
+}
+
 static void history_tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct history *h = arg;
@@ -621,6 +704,10 @@ static void history_tick(evutil_socket_t fd, short what, void *arg)
 	/* A refusal whose space callback came while frozen sessions held
 	 * the lines: try again. */
 	history_flush_all(h);
+	for (struct history_session *hs = h->sessions; hs; hs = hs->next)
+		if (hs->ndirty)
+			markers_write(hs);
+	history_check_stall(h, clock_mono_ms());
 }
 
 /* ---- replay from the store ---- */
@@ -821,27 +908,50 @@ static int marker_put(struct history_session *hs, const char *folded, int64_t t)
 			m->t = t;
 		return 0;
 	}
+	/* Never evicted: memory holds every marker of the session, so a get
+	 * never has to ask the store; a set past the bound is refused. */
+	if (hs->nmarkers >= HISTORY_MARKERS)
+		return -ENOSPC;
 	char *d = strdup(folded);
 	if (!d)
 		return -ENOMEM;
-	if (hs->nmarkers >= HISTORY_MARKERS) {
-		/* the oldest leaves the memory (the store keeps it) */
-		size_t old = 0;
-		for (size_t i = 1; i < hs->nmarkers; i++)
-			if (hs->markers[i].t < hs->markers[old].t)
-				old = i;
-		free(hs->markers[old].target);
-		hs->markers[old] = (struct marker){ d, t };
-		return 0;
-	}
 	struct marker *nv = realloc(hs->markers, (hs->nmarkers + 1) * sizeof(*nv));
 	if (!nv) {
 		free(d);
 		return -ENOMEM;
 	}
 	hs->markers = nv;
-	nv[hs->nmarkers++] = (struct marker){ d, t };
+	nv[hs->nmarkers++] = (struct marker){ d, t, false };
 	return 0;
+}
+
+/* Write hs's changed markers: at most HISTORY_MARKER_BATCH queued at a time
+ * per session (the next batch once the last one is committed), so one
+ * session's MARKREADs never take the store's queue from the lines of the
+ * others; a marker changed many times meanwhile is written once. */
+static void markers_write(struct history_session *hs)
+{
+	struct history *h = hs->h;
+	unsigned n = 0;
+
+	if (hs->marker_op && store_durable_seq(h->st) < hs->marker_op)
+		return;
+	for (size_t i = 0; i < hs->nmarkers && hs->ndirty && n < HISTORY_MARKER_BATCH; i++) {
+		struct marker *m = &hs->markers[i];
+		uint64_t op = 0;
+		if (!m->dirty)
+			continue;
+		int r = store_set_read_marker(h->st, hs->s->key, m->target, m->t, &op);
+		if (r == -EAGAIN)
+			return; /* the next tick */
+		if (r < 0)
+			note_error(h, hs->s, r);
+		else if (op > hs->marker_op)
+			hs->marker_op = op;
+		m->dirty = false;
+		hs->ndirty--;
+		n++;
+	}
 }
 
 static void on_markers(void *arg, int rc, struct store_result *res,
@@ -857,8 +967,13 @@ static void on_markers(void *arg, int rc, struct store_result *res,
 		log_error("store", "%s: read markers not read from the store (%s): clients get none until they set them",
 			  hs->s->key, err && *err ? err : strerror(-rc));
 	}
+	size_t over = 0;
 	for (size_t i = 0; rc == 0 && i < res->ntargets; i++)
-		(void)marker_put(hs, res->targets[i].target, res->targets[i].last_time_ms);
+		if (marker_put(hs, res->targets[i].target, res->targets[i].last_time_ms) == -ENOSPC)
+			over++;
+	if (over)
+		log_warn("store", "%s: %zu read markers in the store past the %d kept (written before that bound): not served",
+			 hs->s->key, over, HISTORY_MARKERS);
 	store_result_free(res);
 	/* the clients that waited attach now (if they still wait) */
 	struct client **w = hs->waiting;
@@ -942,14 +1057,16 @@ int history_marker_set(struct history *h, struct session *s,
 		*t = m->t;
 		return 0;
 	}
-	int r = store_set_read_marker(h->st, s->key, folded, *t, NULL);
-	if (r < 0) {
-		if (r != -EAGAIN)
-			note_error(h, s, r);
-		return r == -EAGAIN ? -EAGAIN : r;
+	int r = marker_put(hs, folded, *t);
+	if (r < 0)
+		return r;
+	m = marker_find(hs, folded);
+	if (!m->dirty) {
+		m->dirty = true;
+		hs->ndirty++;
 	}
-	r = marker_put(hs, folded, *t);
-	return r < 0 ? r : 1;
+	markers_write(hs);
+	return 1;
 }
 
 /* ---- stats ---- */
@@ -967,7 +1084,8 @@ void history_stats(const struct history *h, struct history_stats *out)
 	out->errors = h->errors;
 	out->commit_failures = h->commit_failures;
 	out->replay_queries = h->replay_queries;
-	out->failing = h->failing;
+	out->failing = h->failing || h->stalled;
+	out->stalled = h->stalled;
 	out->durable_seq = store_durable_seq(h->st);
 	out->queued = store_queued(h->st);
 	for (const struct history_session *hs = h->sessions; hs; hs = hs->next) {

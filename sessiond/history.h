@@ -20,7 +20,11 @@
  * more is read from it), and later lines of the session join the list in
  * order. When the store has room again (its `space` callback) the pending
  * lines are appended and relayed (session_relay_stored()) in order and the
- * network is read again. Nothing is dropped; a session frozen for a
+ * network is read again. At HISTORY_PENDING_MAX lines pending, the
+ * session's clients are not read either (a stalled store cannot make a
+ * client's lines pile up in memory). A writer that commits nothing for
+ * HISTORY_STALL_MS with operations queued is reported failing (stats,
+ * status, log) like a failing commit. Nothing is dropped; a session frozen for a
  * migration with lines still pending puts them in its backlog with seqs of
  * its own (not stored; counted as store errors).
  *
@@ -55,6 +59,13 @@ struct store;
 
 /* How often attached clients' positions are written (ms). */
 #define HISTORY_POSITION_MS 1000
+/* Lines kept for a refusing store per session before its clients are
+ * held too (history.h: Backpressure). */
+#define HISTORY_PENDING_MAX 1000
+/* No commit for this long with work queued: the store is failing. */
+#define HISTORY_STALL_MS 5000
+/* Read-marker writes one session may have queued at a time. */
+#define HISTORY_MARKER_BATCH 16
 /* Rows per store read of a replay. */
 #define HISTORY_REPLAY_PAGE 128
 
@@ -116,9 +127,14 @@ void history_msgid(const struct history *h, uint64_t seq,
 
 /* ---- read markers (draft/read-marker; chathistory.h answers MARKREAD) ----
  * A session's markers are read from the store once (STORE_Q_MARKERS,
- * asynchronously) when a client attaches, and kept in memory (at most
- * HISTORY_MARKERS per session: beyond, the oldest marker leaves the memory,
- * not the store). A client with draft/read-marker waits for them before it
+ * asynchronously) when a client attaches, and kept in memory, all of them:
+ * at most HISTORY_MARKERS per session (a set for one more target is
+ * refused), so a get never needs the store. A set changes the memory and
+ * is written to the store behind it, HISTORY_MARKER_BATCH at a time per
+ * session (the next batch when the last is committed; a marker set many
+ * times meanwhile is written once; what is left when the session goes is
+ * written then): one session's markers cannot fill the store's queue
+ * that every session's lines need. A client with draft/read-marker waits for them before it
  * attaches (history_markers_wait()), so its burst carries a MARKREAD for
  * every channel before RPL_ENDOFNAMES. */
 #define HISTORY_MARKERS 1000
@@ -132,9 +148,9 @@ bool history_markers_wait(struct history *h, struct session *s,
 /* target's marker: 1 and *t, 0 (none: "*"), -EAGAIN (not loaded yet). */
 int history_marker_get(struct history *h, struct session *s,
 		       const char *target, int64_t *t);
-/* A client's MARKREAD set: 1 (newer: stored, *t is it), 0 (not newer: *t
- * is the marker kept), -EAGAIN (the store's queue is full, or the markers
- * are not loaded yet), -ENOMEM. */
+/* A client's MARKREAD set: 1 (newer: kept, written behind, *t is it), 0
+ * (not newer: *t is the marker kept), -EAGAIN (the markers are not loaded
+ * yet), -ENOSPC (HISTORY_MARKERS targets already), -ENOMEM. */
 int history_marker_set(struct history *h, struct session *s,
 		       const char *target, int64_t *t);
 
@@ -142,7 +158,8 @@ struct history_stats {
 	const char *backend;
 	uint64_t appended, pending_now, paused_sessions, refused, errors,
 		commit_failures, replay_queries, durable_seq, queued;
-	bool failing; /* a commit is failing now */
+	bool failing; /* a commit is failing now, or stalled */
+	bool stalled; /* nothing committed for HISTORY_STALL_MS, work queued */
 };
 void history_stats(const struct history *h, struct history_stats *out);
 
