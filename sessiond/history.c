@@ -199,6 +199,88 @@ struct history *history_open(struct event_base *base,
 	return h;
 }
 
+struct history_retry {
+	struct event_base *base;
+	const struct baton_config *cfg;
+	struct bouncer *b;
+	struct event *ev;
+	int64_t delay_ms;
+	unsigned attempts;
+	char why[512];
+};
+
+static void retry_arm(struct history_retry *r)
+{
+	struct timeval tv = { .tv_sec = r->delay_ms / 1000,
+			      .tv_usec = (r->delay_ms % 1000) * 1000 };
+	event_add(r->ev, &tv);
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+	struct history_retry *r = arg;
+	char why[512];
+
+	(void)fd;
+	(void)what;
+	r->attempts++;
+	struct history *h = history_open(r->base, r->cfg, why, sizeof why);
+	if (h) {
+		log_info("store", "the message store is open after %u attempts: lines are stored again",
+			 r->attempts);
+		struct bouncer *b = r->b;
+		bouncer_set_history(b, h);
+		bouncer_set_history_retry(b, NULL);
+		history_retry_free(r);
+		return;
+	}
+	if (strcmp(why, r->why) != 0 || r->delay_ms >= HISTORY_RETRY_MAX_MS)
+		log_error("store", "the message store still cannot be opened (%s): next attempt in %lld s",
+			  why, (long long)r->delay_ms * 2 / 1000);
+	snprintf(r->why, sizeof r->why, "%s", why);
+	r->delay_ms *= 2;
+	if (r->delay_ms > HISTORY_RETRY_MAX_MS)
+		r->delay_ms = HISTORY_RETRY_MAX_MS;
+	retry_arm(r);
+}
+
+struct history_retry *history_retry_start(struct event_base *base,
+					  const struct baton_config *cfg,
+					  struct bouncer *b, const char *why)
+{
+	struct history_retry *r = calloc(1, sizeof *r);
+
+	if (!r)
+		return NULL;
+	r->base = base;
+	r->cfg = cfg;
+	r->b = b;
+	r->delay_ms = HISTORY_RETRY_MIN_MS;
+	snprintf(r->why, sizeof r->why, "%s", why);
+	r->ev = evtimer_new(base, on_retry, r);
+	if (!r->ev) {
+		free(r);
+		return NULL;
+	}
+	retry_arm(r);
+	log_error("store", "the message store cannot be opened (%s): running without it (lines relayed live, no history for clients), trying again in %lld s",
+		  why, (long long)r->delay_ms / 1000);
+	return r;
+}
+
+const char *history_retry_why(const struct history_retry *r)
+{
+	return r ? r->why : NULL;
+}
+
+void history_retry_free(struct history_retry *r)
+{
+	if (!r)
+		return;
+	event_free(r->ev);
+	free(r);
+}
+
 static void hs_free(struct history_session *hs);
 
 void history_close(struct history *h)

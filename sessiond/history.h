@@ -83,6 +83,21 @@ int history_check(const struct baton_config *cfg, char *err, size_t errlen);
 struct history *history_open(struct event_base *base,
 			     const struct baton_config *cfg, char *err,
 			     size_t errlen);
+/* history_open() failed (a database server down, a lock): the worker runs
+ * without the store (lines relayed live and kept in the backlog only; the
+ * history capabilities are not offered to clients that connect meanwhile)
+ * and tries again, HISTORY_RETRY_MIN_MS doubling up to HISTORY_RETRY_MAX_MS;
+ * once it opens, bouncer_set_history(b, ...) and the retry ends (freed by
+ * the bouncer). The reason shows in status (history_retry_why()). */
+#define HISTORY_RETRY_MIN_MS 1000
+#define HISTORY_RETRY_MAX_MS 60000
+struct bouncer;
+struct history_retry;
+struct history_retry *history_retry_start(struct event_base *base,
+					  const struct baton_config *cfg,
+					  struct bouncer *b, const char *why);
+const char *history_retry_why(const struct history_retry *r);
+void history_retry_free(struct history_retry *r);
 /* Commit what is queued and close (logs what could not be committed). */
 void history_close(struct history *h);
 struct store *history_store(struct history *h);

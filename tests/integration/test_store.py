@@ -649,3 +649,51 @@ def test_store_stalled_bounded(ctx):
     check(got == [("dave", 0)] + want, "phone: %d lines, last %s" % (len(got), got[-3:]))
     ctx.loop.run_until(lambda: not (b.worker().get("store") or {}).get("failing"), 5,
                        "failing again false")
+
+
+def test_store_unavailable_at_start(ctx):
+    """The worker restarts (kill -9) while the store cannot be opened (here
+    its SQLite file is a directory; PostgreSQL down is the same path): it
+    serves its sessions without the store (live lines relayed, history caps
+    not offered), status says unavailable and failing, and once the store
+    can be opened again the worker opens it (retried with backoff) and
+    stores lines again."""
+    if STORE["store"] != "sqlite":
+        return
+    ng, w, b, dave = setup(ctx, sessiond_opts=STORE)
+    s = b.sessions[0]
+    dbp = os.path.join(b.dir, "state", "messages.db")
+    old = b.worker_pid()
+    os.kill(old, signal.SIGKILL)
+    ctx.loop.run_for(0.2)
+    moved = []
+    for suf in ("", "-wal", "-shm"):
+        if os.path.exists(dbp + suf):
+            os.rename(dbp + suf, dbp + suf + ".away")
+            moved.append(suf)
+    os.mkdir(dbp)
+    wait_recovered(ctx, b, old)
+    w.wait_present([s.nick], timeout=60)
+    st = b.worker().get("store") or {}
+    check(st.get("unavailable") and st.get("failing") and st.get("backend") == "sqlite",
+          "status while the store cannot be opened: %s" % st)
+    from test_ircv3 import wait_cap
+    c = ctx.loop.connect(b.port, name="nostore")
+    c.send_many(["CAP LS 302"])
+    ls = wait_cap(ctx, c, "LS", 0, "CAP LS")
+    check("draft/chathistory" not in ls.params[-1].split(), "chathistory offered without a store")
+    c.close()
+    lap = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    dave.privmsg("#chat", "<<dave:1>> live")
+    got = wait_tokens(ctx, lap, [("dave", 1)], settle=0.1)
+    check(got == [("dave", 1)], "live without a store: %s" % got)
+    os.rmdir(dbp)
+    for suf in moved:
+        os.rename(dbp + suf + ".away", dbp + suf)
+    ctx.loop.run_until(lambda: not (b.worker().get("store") or {}).get("unavailable"), 20,
+                       "the store opened again")
+    dave.privmsg("#chat", "<<dave:2>> stored")
+    wait_tokens(ctx, lap, [("dave", 1), ("dave", 2)], settle=0.1)
+    ctx.loop.run_until(lambda: (b.worker().get("store") or {}).get("appended", 0) >= 1, 5,
+                       "a line stored after the store opened")
+    check("cannot be opened" in b.log_tail(), "no log line of the failed open")
