@@ -850,7 +850,7 @@ int main(int argc, char **argv)
 	bool canary = false;
 	struct ctl_users_opts uopts = { 0 };
 	struct json_object *refusal = NULL;
-	char edit_note[600] = "";
+	char edit_note[1024] = "";
 
 	/* A supervisor that closes early must give an error, not kill us. */
 	signal(SIGPIPE, SIG_IGN);

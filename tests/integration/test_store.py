@@ -451,7 +451,8 @@ def test_store_purge(ctx):
     session) deletes u001/net's stored lines and positions, and only
     those: u000's away client still gets what it missed from the store;
     `network del u000/net` without --purge leaves its history in the
-    store. The store file is read with Python's sqlite3."""
+    store, says so, and adding u000/net again says that its history is
+    there. The store file is read with Python's sqlite3."""
     import sqlite3
     ng, w, b, dave = setup(ctx, nsessions=2, sessiond_opts=STORE)
     s0, s1 = b.sessions
@@ -505,6 +506,12 @@ def test_store_purge(ctx):
     check(rc == 0 and "purged" not in (res or {}), "network del: rc %d %s" % (rc, out))
     check(rows("u000/net")[0] == before[0], "without --purge the history went: %s -> %s"
           % (before, rows("u000/net")))
+    check("stays in the message store" in (res or {}).get("edit", ""),
+          "network del without --purge does not say the history stays: %s" % res)
+    # the same name again: told that it comes with the old history
+    rc, res, out, err = b.ctl("network", "add", "u000/net", "nick=%s" % s0.nick, "--json")
+    check(rc == 0 and "already holds history" in (res or {}).get("edit", ""),
+          "network add over kept history: rc %d %s %s" % (rc, out, err))
 
 
 # ---- draft/read-marker ----
