@@ -348,6 +348,33 @@ static void pending_free(struct pending_line *p)
 	free(p);
 }
 
+/* The session leaves (freed, or frozen to travel to another worker, which
+ * reads the markers from the store): what is not written yet is queued
+ * now, whatever the quota. */
+static void markers_write_all(struct history_session *hs)
+{
+	struct history *h = hs->h;
+	size_t lost = 0;
+	int why = 0;
+
+	for (size_t i = 0; i < hs->nmarkers && hs->ndirty; i++) {
+		struct marker *m = &hs->markers[i];
+		if (!m->dirty)
+			continue;
+		int r = store_set_read_marker(h->st, hs->s->key, m->target, m->t, NULL);
+		if (r < 0) {
+			lost++; /* kept dirty: hs_free() tries again */
+			why = r;
+			continue;
+		}
+		m->dirty = false;
+		hs->ndirty--;
+	}
+	if (lost)
+		log_error("store", "%s: %zu read markers not queued for the store (%s)",
+			  hs->s->key, lost, strerror(-why));
+}
+
 static void hs_free(struct history_session *hs)
 {
 	struct history *h = hs->h;
@@ -368,22 +395,7 @@ static void hs_free(struct history_session *hs)
 	free(hs->written);
 	if (hs->mquery)
 		store_query_cancel(h->st, hs->mquery);
-	/* what is not written yet: now, whatever the quota */
-	size_t lost = 0;
-	int why = 0;
-	for (size_t i = 0; i < hs->nmarkers && hs->ndirty; i++) {
-		if (!hs->markers[i].dirty)
-			continue;
-		int r = store_set_read_marker(h->st, hs->s->key, hs->markers[i].target,
-					      hs->markers[i].t, NULL);
-		if (r < 0) {
-			lost++;
-			why = r;
-		}
-	}
-	if (lost)
-		log_error("store", "%s: %zu read markers not stored (%s)", hs->s->key,
-			  lost, strerror(-why));
+	markers_write_all(hs);
 	for (size_t i = 0; i < hs->nmarkers; i++)
 		free(hs->markers[i].target);
 	free(hs->markers);
@@ -656,6 +668,7 @@ void history_session_flush(struct history *h, struct session *s)
 		cl->hist_query = 0;
 		cl->hist_store = false;
 	}
+	markers_write_all(hs);
 	hs_flush(hs);
 	if (!hs->pending)
 		return;
