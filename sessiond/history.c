@@ -3,9 +3,12 @@
 #include "sessiond/history.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -151,6 +154,11 @@ static void on_error(void *arg, const char *msg)
 }
 
 static void history_tick(evutil_socket_t fd, short what, void *arg);
+static struct history *history_started(struct history *h, const char *what,
+				       char *err, size_t errlen);
+static const struct store_callbacks history_cb = {
+	.durable = on_durable, .space = on_space, .error = on_error,
+};
 
 struct history *history_open(struct event_base *base,
 			     const struct baton_config *cfg, char *err,
@@ -158,9 +166,6 @@ struct history *history_open(struct event_base *base,
 {
 	struct store_options o;
 	char path[4096];
-	static const struct store_callbacks cb = {
-		.durable = on_durable, .space = on_space, .error = on_error,
-	};
 
 	err[0] = '\0';
 	if (!cfg || cfg->store_backend == CONFIG_STORE_OFF)
@@ -178,11 +183,21 @@ struct history *history_open(struct event_base *base,
 	h->base = base;
 	h->cfg = cfg;
 	h->backend = o.backend == STORE_POSTGRES ? "postgres" : "sqlite";
-	h->st = store_open(&o, &cb, h, err, errlen);
+	h->st = store_open(&o, &history_cb, h, err, errlen);
 	if (!h->st) {
 		free(h);
 		return NULL;
 	}
+	return history_started(h, o.backend == STORE_SQLITE ? o.url : "(store_url)",
+			       err, errlen);
+}
+
+/* h->st is open: its events, and the log line. NULL (h closed) on OOM. */
+static struct history *history_started(struct history *h, const char *what,
+				       char *err, size_t errlen)
+{
+	struct event_base *base = h->base;
+
 	h->ev = event_new(base, store_fd(h->st), EV_READ | EV_PERSIST, on_store_fd, h);
 	h->tick = event_new(base, -1, EV_PERSIST, history_tick, h);
 	if (!h->ev || !h->tick) {
@@ -194,16 +209,24 @@ struct history *history_open(struct event_base *base,
 	struct timeval tv = { .tv_sec = HISTORY_POSITION_MS / 1000,
 			      .tv_usec = (HISTORY_POSITION_MS % 1000) * 1000 };
 	event_add(h->tick, &tv);
-	log_info("store", "%s store %s open", h->backend,
-		 o.backend == STORE_SQLITE ? o.url : "(store_url)");
+	log_info("store", "%s store %s open", h->backend, what);
 	return h;
 }
 
+/* Retries run store_open() on a thread: it blocks (a PostgreSQL server that
+ * does not answer: up to its connect timeout), the worker's loop must not. */
 struct history_retry {
 	struct event_base *base;
 	const struct baton_config *cfg;
 	struct bouncer *b;
-	struct event *ev;
+	struct event *timer, *done_ev;
+	int pipe[2];
+	pthread_t thread;
+	bool running;
+	/* the attempt's: filled before the thread starts, read after it ends */
+	struct store_options o;
+	char path[4096], err[512];
+	struct history *h; /* calloc'ed for the callbacks' arg */
 	int64_t delay_ms;
 	unsigned attempts;
 	char why[512];
@@ -213,31 +236,81 @@ static void retry_arm(struct history_retry *r)
 {
 	struct timeval tv = { .tv_sec = r->delay_ms / 1000,
 			      .tv_usec = (r->delay_ms % 1000) * 1000 };
-	event_add(r->ev, &tv);
+	event_add(r->timer, &tv);
+}
+
+static void *retry_thread(void *arg)
+{
+	struct history_retry *r = arg;
+	char c = 1;
+
+	r->h->st = store_open(&r->o, &history_cb, r->h, r->err, sizeof r->err);
+	while (write(r->pipe[1], &c, 1) < 0 && errno == EINTR)
+		;
+	return NULL;
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
 {
 	struct history_retry *r = arg;
-	char why[512];
 
 	(void)fd;
 	(void)what;
-	r->attempts++;
-	struct history *h = history_open(r->base, r->cfg, why, sizeof why);
-	if (h) {
-		log_info("store", "the message store is open after %u attempts: lines are stored again",
-			 r->attempts);
-		struct bouncer *b = r->b;
-		bouncer_set_history(b, h);
-		bouncer_set_history_retry(b, NULL);
-		history_retry_free(r);
-		return;
+	r->err[0] = '\0';
+	int e = history_options(r->cfg, &r->o, r->path, sizeof r->path);
+	r->h = e == 0 ? calloc(1, sizeof *r->h) : NULL;
+	if (r->h) {
+		r->h->base = r->base;
+		r->h->cfg = r->cfg;
+		r->h->backend = r->o.backend == STORE_POSTGRES ? "postgres" : "sqlite";
+		e = pthread_create(&r->thread, NULL, retry_thread, r);
+		if (e == 0) {
+			r->running = true;
+			return; /* on_retry_done() */
+		}
+		e = -e;
+		free(r->h);
+		r->h = NULL;
 	}
-	if (strcmp(why, r->why) != 0 || r->delay_ms >= HISTORY_RETRY_MAX_MS)
+	snprintf(r->why, sizeof r->why, "%s", strerror(e < 0 ? -e : ENOMEM));
+	retry_arm(r);
+}
+
+static void on_retry_done(evutil_socket_t fd, short what, void *arg)
+{
+	struct history_retry *r = arg;
+	char c;
+
+	(void)what;
+	while (read(fd, &c, 1) < 0 && errno == EINTR)
+		;
+	pthread_join(r->thread, NULL);
+	r->running = false;
+	r->attempts++;
+	struct history *h = r->h;
+	r->h = NULL;
+	if (h->st) {
+		char err[256];
+		h = history_started(h, r->o.backend == STORE_SQLITE ? r->o.url : "(store_url)",
+				    err, sizeof err);
+		if (h) {
+			log_info("store", "the message store is open after %u attempts: lines are stored again",
+				 r->attempts);
+			struct bouncer *b = r->b;
+			bouncer_set_history(b, h);
+			bouncer_set_history_retry(b, NULL);
+			history_retry_free(r);
+			return;
+		}
+		snprintf(r->err, sizeof r->err, "%s", err);
+	} else {
+		free(h);
+	}
+	if (strcmp(r->err, r->why) != 0 || r->delay_ms >= HISTORY_RETRY_MAX_MS)
 		log_error("store", "the message store still cannot be opened (%s): next attempt in %lld s",
-			  why, (long long)r->delay_ms * 2 / 1000);
-	snprintf(r->why, sizeof r->why, "%s", why);
+			  r->err, (long long)(r->delay_ms * 2 > HISTORY_RETRY_MAX_MS ?
+					      HISTORY_RETRY_MAX_MS : r->delay_ms * 2) / 1000);
+	snprintf(r->why, sizeof r->why, "%s", r->err);
 	r->delay_ms *= 2;
 	if (r->delay_ms > HISTORY_RETRY_MAX_MS)
 		r->delay_ms = HISTORY_RETRY_MAX_MS;
@@ -255,13 +328,17 @@ struct history_retry *history_retry_start(struct event_base *base,
 	r->base = base;
 	r->cfg = cfg;
 	r->b = b;
+	r->pipe[0] = r->pipe[1] = -1;
 	r->delay_ms = HISTORY_RETRY_MIN_MS;
 	snprintf(r->why, sizeof r->why, "%s", why);
-	r->ev = evtimer_new(base, on_retry, r);
-	if (!r->ev) {
-		free(r);
+	if (pipe2(r->pipe, O_CLOEXEC | O_NONBLOCK) < 0 ||
+	    !(r->timer = evtimer_new(base, on_retry, r)) ||
+	    !(r->done_ev = event_new(base, r->pipe[0], EV_READ | EV_PERSIST,
+				     on_retry_done, r))) {
+		history_retry_free(r);
 		return NULL;
 	}
+	event_add(r->done_ev, NULL);
 	retry_arm(r);
 	log_error("store", "the message store cannot be opened (%s): running without it (lines relayed live, no history for clients), trying again in %lld s",
 		  why, (long long)r->delay_ms / 1000);
@@ -277,7 +354,20 @@ void history_retry_free(struct history_retry *r)
 {
 	if (!r)
 		return;
-	event_free(r->ev);
+	if (r->running) { /* exit during an attempt: it ends first */
+		pthread_join(r->thread, NULL);
+		if (r->h && r->h->st)
+			(void)store_close(r->h->st);
+		free(r->h);
+	}
+	if (r->timer)
+		event_free(r->timer);
+	if (r->done_ev)
+		event_free(r->done_ev);
+	if (r->pipe[0] >= 0)
+		close(r->pipe[0]);
+	if (r->pipe[1] >= 0)
+		close(r->pipe[1]);
 	free(r);
 }
 

@@ -86,7 +86,9 @@ struct history *history_open(struct event_base *base,
 /* history_open() failed (a database server down, a lock): the worker runs
  * without the store (lines relayed live and kept in the backlog only; the
  * history capabilities are not offered to clients that connect meanwhile)
- * and tries again, HISTORY_RETRY_MIN_MS doubling up to HISTORY_RETRY_MAX_MS;
+ * and tries again, HISTORY_RETRY_MIN_MS doubling up to HISTORY_RETRY_MAX_MS
+ * (each attempt on a thread of its own: opening blocks, up to PostgreSQL's
+ * connect timeout, and the worker's loop must not);
  * once it opens, bouncer_set_history(b, ...) and the retry ends (freed by
  * the bouncer). The reason shows in status (history_retry_why()). */
 #define HISTORY_RETRY_MIN_MS 1000
