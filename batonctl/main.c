@@ -447,7 +447,10 @@ static void print_status(struct json_object *st)
 			print_sasl_failures(w);
 			/* the message store (sessiond/history.h) */
 			struct json_object *so = jobj(w, "store");
-			if (so && strcmp(jstr(so, "backend", "off"), "off") != 0)
+			if (so && jobj(so, "unavailable"))
+				printf("        store: %s UNAVAILABLE (%s): relaying live without history, retrying\n",
+				       jstr(so, "backend", "?"), jstr(so, "unavailable", "?"));
+			else if (so && strcmp(jstr(so, "backend", "off"), "off") != 0)
 				printf("        store: %s, %lld lines appended, %lld queued, %lld refused (queue full), %lld paused sessions, %lld errors, %lld failed commits%s\n",
 				       jstr(so, "backend", "?"), (long long)jint(so, "appended"),
 				       (long long)jint(so, "queued"), (long long)jint(so, "refused_full"),
@@ -869,7 +872,7 @@ int main(int argc, char **argv)
 	bool canary = false;
 	struct ctl_users_opts uopts = { 0 };
 	struct json_object *refusal = NULL;
-	char edit_note[600] = "";
+	char edit_note[1024] = "";
 
 	/* A supervisor that closes early must give an error, not kill us. */
 	signal(SIGPIPE, SIG_IGN);

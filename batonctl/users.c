@@ -230,6 +230,45 @@ static int split_session(const char *arg, char *buf, size_t len,
 	return 0;
 }
 
+/* Whether the message store holds lines for session key (a session of that
+ * name removed without --purge left them): 1, 0, or -1 (no store, cannot
+ * tell). Only reads (the worker may have the store open). */
+static int stored_history(const char *config_path, const char *key)
+{
+	struct config_problems pr = { 0 };
+	struct baton_config *cfg = NULL;
+	struct store_options so;
+	struct store *st = NULL;
+	char path[4096], why[512];
+	int out = -1;
+
+	if (config_load(config_path, &cfg, &pr) != 0 ||
+	    cfg->store_backend == CONFIG_STORE_OFF ||
+	    store_options_from_config(cfg, &so, path, sizeof(path)) < 0)
+		goto done;
+	if (so.backend == STORE_SQLITE && access(so.url, F_OK) != 0) {
+		out = 0; /* no database yet: nothing stored */
+		goto done;
+	}
+	st = store_open(&so, NULL, NULL, why, sizeof(why));
+	if (st == NULL)
+		goto done;
+	struct store_query q = { .kind = STORE_Q_REPLAY, .network = key, .limit = 1 };
+	struct store_result res;
+	if (store_query(st, &q, &res, NULL, 0) == 0) {
+		out = res.nrows > 0;
+		store_result_free(&res);
+	}
+done:
+	if (st)
+		store_close(st);
+	config_free(cfg);
+	config_problems_clear(&pr);
+	return out;
+}
+
+#define KEPT_NOTE " (its stored history stays in the message store: a session added later under the same name shows it to its clients; --purge deletes it)"
+
 enum ctl_users_outcome ctl_users_run(const char *config_path, const char *cmd,
 				     int nargs, char **args,
 				     struct ctl_users_opts *o, char *note,
@@ -292,10 +331,15 @@ enum ctl_users_outcome ctl_users_run(const char *config_path, const char *cmd,
 				       user, network, args + 2, (size_t)(nargs - 2), &pr,
 				       &refused, why, sizeof(why));
 		if (r == 0) {
-			snprintf(note, notelen, "session %s/%s %s%s", user, network,
-				 strcmp(action, "add") == 0 ? "added" :
-				 strcmp(action, "del") == 0 ? "removed" : "changed",
-				 o->purge ? " (--purge: its stored history is deleted once the reload is applied)" : "");
+			char key[600];
+			snprintf(key, sizeof key, "%s/%s", user, network);
+			bool add = strcmp(action, "add") == 0, del = strcmp(action, "del") == 0;
+			snprintf(note, notelen, "session %s %s%s", key,
+				 add ? "added" : del ? "removed" : "changed",
+				 o->purge ? " (--purge: its stored history is deleted once the reload is applied)" :
+				 del ? KEPT_NOTE :
+				 add && stored_history(config_path, key) == 1 ?
+				 " (note: the message store already holds history for this name, left by a session removed without --purge: its clients will see it; to start empty, network del it with --purge and add it again)" : "");
 			if (o->purge)
 				snprintf(o->purge_keys[o->npurge++], sizeof(o->purge_keys[0]),
 					 "%s/%s", user, network);
@@ -366,7 +410,8 @@ enum ctl_users_outcome ctl_users_run(const char *config_path, const char *cmd,
 						 "%s/%s", user, cur->sessions[i].network);
 			}
 		snprintf(note, notelen, "user %s removed%s", user,
-			 o->purge ? " (--purge: its stored history is deleted once the reload is applied)" : "");
+			 o->purge ? " (--purge: its stored history is deleted once the reload is applied)" :
+			 KEPT_NOTE);
 	}
 	if (r < 0) {
 		char why[700];

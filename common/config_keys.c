@@ -246,17 +246,22 @@ const struct config_key config_keys[] = {
 		 " it). 0: commit as soon as a line is queued" },
 	{ CONFIG_SESSIOND, "store_max_age_days", CONFIG_INT,
 	  .offset = G(store_max_age_days),
-	  .def = 0, .min = 0, .max = 36500,
+	  .def = 365, .min = 0, .max = 36500,
 	  .table = "store",
-	  .doc = "stored lines older than this many days are deleted (0: kept); a "
-		 "network's `store_max_age_days` overrides it" },
+	  .doc = "stored lines older than this many days are deleted (0: kept "
+		 "forever); a network's `store_max_age_days` overrides it. The "
+		 "default keeps a year: what clients search back through, with the "
+		 "store's size bounded for thousands of users together with "
+		 "`store_max_mb`" },
 	{ CONFIG_SESSIOND, "store_max_mb", CONFIG_INT,
 	  .offset = G(store_max_mb),
-	  .def = 0, .min = 0, .max = 1 << 20,
+	  .def = 64, .min = 0, .max = 1 << 20,
 	  .table = "store",
 	  .doc = "MiB of stored line text per session at most, the oldest lines "
 		 "deleted beyond (0: no bound); a network's `store_max_mb` overrides "
-		 "it" },
+		 "it. The default bounds the store at 64 MiB per session (plus "
+		 "indexes): 64 GiB for 1000 sessions at worst; a session in busy "
+		 "channels reaches it before a year" },
 	{ CONFIG_SESSIOND, "handshake_budget_ms", CONFIG_INT,
 	  .offset = G(handshake_budget_ms),
 	  .def = 500, .min = 0, .max = 60000,

@@ -89,6 +89,7 @@ struct bouncer {
 	struct peer *peer;
 	/* The message store (history.h; owned), NULL: off. */
 	struct history *hist;
+	struct history_retry *hist_retry; /* owned; while hist is NULL */
 	/* Every session and pending client this worker holds, in any item
 	 * state (live, frozen for a migration, or adopted and not armed). */
 	struct reglist sessions;
@@ -1174,6 +1175,16 @@ void bouncer_set_history(struct bouncer *b, struct history *h)
 	b->hist = h;
 }
 
+struct history_retry *bouncer_history_retry(const struct bouncer *b)
+{
+	return b ? b->hist_retry : NULL;
+}
+
+void bouncer_set_history_retry(struct bouncer *b, struct history_retry *r)
+{
+	b->hist_retry = r;
+}
+
 static void bouncer_close_listeners(struct bouncer *b)
 {
 	for (size_t i = 0; i < b->nlisten; i++) {
@@ -1244,6 +1255,7 @@ void bouncer_free(struct bouncer *b)
 	if (b->reap_ev)
 		event_free(b->reap_ev);
 	reglist_clear(&b->sessions);
+	history_retry_free(b->hist_retry);
 	history_close(b->hist); /* after the sessions: their lines are queued */
 	b->hist = NULL;
 	bouncer_gov_free(b); /* after the sessions: they leave its queue */

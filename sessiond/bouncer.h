@@ -77,6 +77,11 @@ void bouncer_stats(const struct bouncer *b, struct bouncer_stats *out);
 struct history;
 struct history *bouncer_history(const struct bouncer *b);
 void bouncer_set_history(struct bouncer *b, struct history *h);
+/* The store is configured but could not be opened (history_retry_start()
+ * retries; owned: freed with the bouncer), NULL otherwise. */
+struct history_retry;
+struct history_retry *bouncer_history_retry(const struct bouncer *b);
+void bouncer_set_history_retry(struct bouncer *b, struct history_retry *r);
 /* Every network, out[i] for governor i (n: bouncer_ngovernors(); fewer
  * fills fewer). One pass over the sessions. */
 void bouncer_networks_stats(struct bouncer *b,

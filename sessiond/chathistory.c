@@ -320,6 +320,11 @@ void readmarker_command(struct client *cl, const struct irc_msg *m)
 	const char *target;
 	int64_t t;
 
+	if (!(cl->caps & CLIENT_CAP_READ_MARKER)) {
+		conn_sendf(cl->conn, ":%s 421 %s MARKREAD :Unknown command",
+			   BATON_SERVER_NAME, nick_of(cl));
+		return;
+	}
 	if (m->nparams < 1 || !m->params[0][0]) {
 		rm_fail(cl, "NEED_MORE_PARAMS", NULL, "Missing parameters");
 		return;
@@ -343,11 +348,29 @@ void readmarker_command(struct client *cl, const struct irc_msg *m)
 		rm_fail(cl, "INVALID_PARAMS", m->params[1], "Invalid timestamp");
 		return;
 	}
+	/* Sets are rate-limited per client (GCRA: a burst, then a steady
+	 * rate): a flood costs memory and store writes for every session. */
+	int64_t mono = clock_mono_ms(), step = 1000 / READMARKER_RATE;
+	if (cl->rm_tat_ms < mono)
+		cl->rm_tat_ms = mono;
+	if (cl->rm_tat_ms - mono > step * (READMARKER_BURST - 1)) {
+		rm_fail(cl, "TEMPORARILY_UNAVAILABLE", target,
+			"Too many read markers set, try again later");
+		return;
+	}
+	cl->rm_tat_ms += step;
 	/* clamped to now: a marker from the future would hide what comes */
 	int64_t now = clock_wall_ms();
 	if (t > now)
 		t = now;
 	int r = history_marker_set(h, s, target, &t);
+	if (r == -ENOSPC) {
+		char why[96];
+		snprintf(why, sizeof why, "Too many read markers (at most %d)",
+			 HISTORY_MARKERS);
+		rm_fail(cl, "LIMIT_EXCEEDED", target, why);
+		return;
+	}
 	if (r < 0) {
 		rm_fail(cl, "INTERNAL_ERROR", target,
 			"The read timestamp could not be set");

@@ -43,7 +43,13 @@ struct chathistory_job;
  *                                             with the cap (the sender too);
  *                                             else the newer one back
  * Errors: FAIL MARKREAD NEED_MORE_PARAMS, INVALID_PARAMS, INTERNAL_ERROR
- * (the store's queue is full, or the markers are still being read). */
+ * (the markers are still being read), TEMPORARILY_UNAVAILABLE (the client
+ * sets faster than READMARKER_RATE a second after a burst of
+ * READMARKER_BURST), LIMIT_EXCEEDED (the session has HISTORY_MARKERS
+ * targets). A client without the draft/read-marker cap: 421, as for any
+ * command of a capability it did not ask for. */
+#define READMARKER_RATE 4
+#define READMARKER_BURST 40
 void readmarker_command(struct client *cl, const struct irc_msg *m);
 /* "MARKREAD <target> ..." to cl (its burst, before RPL_ENDOFNAMES). */
 void readmarker_send(struct client *cl, const char *target);

@@ -1375,6 +1375,13 @@ static uint64_t client_next_serial(void)
 	return ++next;
 }
 
+uint64_t client_serial(struct client *cl)
+{
+	if (cl->serial == 0)
+		cl->serial = client_next_serial();
+	return cl->serial;
+}
+
 /* Every line a client sends is checked against the bounds of IRC before
  * anything of it is used: the network refuses (ngircd: closes the
  * connection on) a message part over 510 bytes, and IRCv3 bounds the tag

@@ -99,6 +99,9 @@ struct client {
 	/* Names this connection in this process (echo-message: whose message
 	 * an echo of the network is); 0 until it first sends a message. */
 	uint64_t serial;
+	/* draft/read-marker sets: the theoretical arrival time of the next
+	 * one (a GCRA bucket, chathistory.c READMARKER_RATE/_BURST). */
+	int64_t rm_tat_ms;
 	unsigned caps;          /* enum client_cap */
 	bool cap_negotiating;
 	/* CAP LS 302 (or later) seen: cap-notify is on and may not be turned
@@ -208,6 +211,9 @@ int client_mark_push(struct client *cl, uint64_t end, uint64_t seq);
 /* Drop the marks the peer acknowledged (conn_bytes_acked()) and return the
  * updated cl->acked_seq. */
 uint64_t client_acked_seq(struct client *cl);
+/* cl's serial, given now if it had none (a name that a client freed and
+ * one allocated at its address never share). */
+uint64_t client_serial(struct client *cl);
 /* The same with the acknowledged stream offset measured by the caller (one
  * measure for several uses: state.c). */
 uint64_t client_acked_seq_upto(struct client *cl, uint64_t acked_bytes);

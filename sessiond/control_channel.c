@@ -404,6 +404,14 @@ static void channel_send_status(struct control_channel *w)
 		ss.durable_seq = hs.durable_seq;
 		ss.replay_queries = hs.replay_queries;
 		st.store = &ss;
+	} else if (bouncer_history_retry(w->b) != NULL) {
+		/* configured, not open (history.h: history_retry_start()) */
+		ss.backend = (char *)(bouncer_config(w->b)->store_backend ==
+				      CONFIG_STORE_POSTGRES ? "postgres" : "sqlite");
+		ss.has_failing = 1;
+		ss.failing = true;
+		ss.unavailable = (char *)history_retry_why(bouncer_history_retry(w->b));
+		st.store = &ss;
 	}
 	channel_push(w, CONTROL_STATUS, &st.base,
 			   CONTROL_QUEUE_SAMPLE);

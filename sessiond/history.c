@@ -3,9 +3,12 @@
 #include "sessiond/history.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -26,7 +29,7 @@ struct pending_line {
 	struct pending_line *next;
 	char *buffer, *tags, *line;
 	int64_t time_ms;
-	struct client *except; /* checked against the session's clients */
+	uint64_t except; /* a client's id (client_serial()), or 0 */
 	unsigned copies;
 };
 
@@ -45,11 +48,13 @@ struct history_session {
 	bool floored;   /* store_seq_floor() done for this session's backlog */
 	bool retention; /* store_set_retention() done */
 	bool paused;    /* its network connection held for the store */
+	bool clients_held; /* its clients held too: HISTORY_PENDING_MAX */
 	struct written_pos *written;
 	size_t nwritten;
 	/* read markers: folded target -> time; loading: a query's id */
-	struct marker { char *target; int64_t t; } *markers;
-	size_t nmarkers;
+	struct marker { char *target; int64_t t; bool dirty; } *markers;
+	size_t nmarkers, ndirty;
+	uint64_t marker_op; /* the last marker write queued (its op seq) */
 	enum { MARKERS_NONE, MARKERS_LOADING, MARKERS_LOADED } mstate;
 	uint64_t mquery;
 	struct client **waiting; /* for the markers, not owned */
@@ -64,6 +69,9 @@ struct history {
 	struct history_session *sessions;
 	const char *backend;
 	bool failing;
+	bool stalled; /* work queued, no commit for HISTORY_STALL_MS */
+	uint64_t last_durable;
+	int64_t progress_ms;
 	uint64_t appended, refused, errors, commit_failures, replay_queries;
 	int64_t error_logged_ms;
 };
@@ -110,10 +118,17 @@ static void on_store_fd(evutil_socket_t fd, short what, void *arg)
 	store_dispatch(h->st);
 }
 
+static void markers_write(struct history_session *hs);
+
 static void on_durable(void *arg, uint64_t durable_seq)
 {
-	(void)arg;
+	struct history *h = arg;
+
 	(void)durable_seq;
+	/* the next batch of each session's read markers (markers_write()) */
+	for (struct history_session *hs = h->sessions; hs; hs = hs->next)
+		if (hs->ndirty)
+			markers_write(hs);
 }
 
 static void on_space(void *arg)
@@ -139,6 +154,11 @@ static void on_error(void *arg, const char *msg)
 }
 
 static void history_tick(evutil_socket_t fd, short what, void *arg);
+static struct history *history_started(struct history *h, const char *what,
+				       char *err, size_t errlen);
+static const struct store_callbacks history_cb = {
+	.durable = on_durable, .space = on_space, .error = on_error,
+};
 
 struct history *history_open(struct event_base *base,
 			     const struct baton_config *cfg, char *err,
@@ -146,9 +166,6 @@ struct history *history_open(struct event_base *base,
 {
 	struct store_options o;
 	char path[4096];
-	static const struct store_callbacks cb = {
-		.durable = on_durable, .space = on_space, .error = on_error,
-	};
 
 	err[0] = '\0';
 	if (!cfg || cfg->store_backend == CONFIG_STORE_OFF)
@@ -166,11 +183,21 @@ struct history *history_open(struct event_base *base,
 	h->base = base;
 	h->cfg = cfg;
 	h->backend = o.backend == STORE_POSTGRES ? "postgres" : "sqlite";
-	h->st = store_open(&o, &cb, h, err, errlen);
+	h->st = store_open(&o, &history_cb, h, err, errlen);
 	if (!h->st) {
 		free(h);
 		return NULL;
 	}
+	return history_started(h, o.backend == STORE_SQLITE ? o.url : "(store_url)",
+			       err, errlen);
+}
+
+/* h->st is open: its events, and the log line. NULL (h closed) on OOM. */
+static struct history *history_started(struct history *h, const char *what,
+				       char *err, size_t errlen)
+{
+	struct event_base *base = h->base;
+
 	h->ev = event_new(base, store_fd(h->st), EV_READ | EV_PERSIST, on_store_fd, h);
 	h->tick = event_new(base, -1, EV_PERSIST, history_tick, h);
 	if (!h->ev || !h->tick) {
@@ -182,9 +209,166 @@ struct history *history_open(struct event_base *base,
 	struct timeval tv = { .tv_sec = HISTORY_POSITION_MS / 1000,
 			      .tv_usec = (HISTORY_POSITION_MS % 1000) * 1000 };
 	event_add(h->tick, &tv);
-	log_info("store", "%s store %s open", h->backend,
-		 o.backend == STORE_SQLITE ? o.url : "(store_url)");
+	log_info("store", "%s store %s open", h->backend, what);
 	return h;
+}
+
+/* Retries run store_open() on a thread: it blocks (a PostgreSQL server that
+ * does not answer: up to its connect timeout), the worker's loop must not. */
+struct history_retry {
+	struct event_base *base;
+	const struct baton_config *cfg;
+	struct bouncer *b;
+	struct event *timer, *done_ev;
+	int pipe[2];
+	pthread_t thread;
+	bool running;
+	/* the attempt's: filled before the thread starts, read after it ends */
+	struct store_options o;
+	char path[4096], err[512];
+	struct history *h; /* calloc'ed for the callbacks' arg */
+	int64_t delay_ms;
+	unsigned attempts;
+	char why[512];
+};
+
+static void retry_arm(struct history_retry *r)
+{
+	struct timeval tv = { .tv_sec = r->delay_ms / 1000,
+			      .tv_usec = (r->delay_ms % 1000) * 1000 };
+	event_add(r->timer, &tv);
+}
+
+static void *retry_thread(void *arg)
+{
+	struct history_retry *r = arg;
+	char c = 1;
+
+	r->h->st = store_open(&r->o, &history_cb, r->h, r->err, sizeof r->err);
+	while (write(r->pipe[1], &c, 1) < 0 && errno == EINTR)
+		;
+	return NULL;
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+	struct history_retry *r = arg;
+
+	(void)fd;
+	(void)what;
+	r->err[0] = '\0';
+	int e = history_options(r->cfg, &r->o, r->path, sizeof r->path);
+	r->h = e == 0 ? calloc(1, sizeof *r->h) : NULL;
+	if (r->h) {
+		r->h->base = r->base;
+		r->h->cfg = r->cfg;
+		r->h->backend = r->o.backend == STORE_POSTGRES ? "postgres" : "sqlite";
+		e = pthread_create(&r->thread, NULL, retry_thread, r);
+		if (e == 0) {
+			r->running = true;
+			return; /* on_retry_done() */
+		}
+		e = -e;
+		free(r->h);
+		r->h = NULL;
+	}
+	snprintf(r->why, sizeof r->why, "%s", strerror(e < 0 ? -e : ENOMEM));
+	retry_arm(r);
+}
+
+static void on_retry_done(evutil_socket_t fd, short what, void *arg)
+{
+	struct history_retry *r = arg;
+	char c;
+
+	(void)what;
+	while (read(fd, &c, 1) < 0 && errno == EINTR)
+		;
+	pthread_join(r->thread, NULL);
+	r->running = false;
+	r->attempts++;
+	struct history *h = r->h;
+	r->h = NULL;
+	if (h->st) {
+		char err[256];
+		h = history_started(h, r->o.backend == STORE_SQLITE ? r->o.url : "(store_url)",
+				    err, sizeof err);
+		if (h) {
+			log_info("store", "the message store is open after %u attempts: lines are stored again",
+				 r->attempts);
+			struct bouncer *b = r->b;
+			bouncer_set_history(b, h);
+			bouncer_set_history_retry(b, NULL);
+			history_retry_free(r);
+			return;
+		}
+		snprintf(r->err, sizeof r->err, "%s", err);
+	} else {
+		free(h);
+	}
+	if (strcmp(r->err, r->why) != 0 || r->delay_ms >= HISTORY_RETRY_MAX_MS)
+		log_error("store", "the message store still cannot be opened (%s): next attempt in %lld s",
+			  r->err, (long long)(r->delay_ms * 2 > HISTORY_RETRY_MAX_MS ?
+					      HISTORY_RETRY_MAX_MS : r->delay_ms * 2) / 1000);
+	snprintf(r->why, sizeof r->why, "%s", r->err);
+	r->delay_ms *= 2;
+	if (r->delay_ms > HISTORY_RETRY_MAX_MS)
+		r->delay_ms = HISTORY_RETRY_MAX_MS;
+	retry_arm(r);
+}
+
+struct history_retry *history_retry_start(struct event_base *base,
+					  const struct baton_config *cfg,
+					  struct bouncer *b, const char *why)
+{
+	struct history_retry *r = calloc(1, sizeof *r);
+
+	if (!r)
+		return NULL;
+	r->base = base;
+	r->cfg = cfg;
+	r->b = b;
+	r->pipe[0] = r->pipe[1] = -1;
+	r->delay_ms = HISTORY_RETRY_MIN_MS;
+	snprintf(r->why, sizeof r->why, "%s", why);
+	if (pipe2(r->pipe, O_CLOEXEC | O_NONBLOCK) < 0 ||
+	    !(r->timer = evtimer_new(base, on_retry, r)) ||
+	    !(r->done_ev = event_new(base, r->pipe[0], EV_READ | EV_PERSIST,
+				     on_retry_done, r))) {
+		history_retry_free(r);
+		return NULL;
+	}
+	event_add(r->done_ev, NULL);
+	retry_arm(r);
+	log_error("store", "the message store cannot be opened (%s): running without it (lines relayed live, no history for clients), trying again in %lld s",
+		  why, (long long)r->delay_ms / 1000);
+	return r;
+}
+
+const char *history_retry_why(const struct history_retry *r)
+{
+	return r ? r->why : NULL;
+}
+
+void history_retry_free(struct history_retry *r)
+{
+	if (!r)
+		return;
+	if (r->running) { /* exit during an attempt: it ends first */
+		pthread_join(r->thread, NULL);
+		if (r->h && r->h->st)
+			(void)store_close(r->h->st);
+		free(r->h);
+	}
+	if (r->timer)
+		event_free(r->timer);
+	if (r->done_ev)
+		event_free(r->done_ev);
+	if (r->pipe[0] >= 0)
+		close(r->pipe[0]);
+	if (r->pipe[1] >= 0)
+		close(r->pipe[1]);
+	free(r);
 }
 
 static void hs_free(struct history_session *hs);
@@ -254,6 +438,33 @@ static void pending_free(struct pending_line *p)
 	free(p);
 }
 
+/* The session leaves (freed, or frozen to travel to another worker, which
+ * reads the markers from the store): what is not written yet is queued
+ * now, whatever the quota. */
+static void markers_write_all(struct history_session *hs)
+{
+	struct history *h = hs->h;
+	size_t lost = 0;
+	int why = 0;
+
+	for (size_t i = 0; i < hs->nmarkers && hs->ndirty; i++) {
+		struct marker *m = &hs->markers[i];
+		if (!m->dirty)
+			continue;
+		int r = store_set_read_marker(h->st, hs->s->key, m->target, m->t, NULL);
+		if (r < 0) {
+			lost++; /* kept dirty: hs_free() tries again */
+			why = r;
+			continue;
+		}
+		m->dirty = false;
+		hs->ndirty--;
+	}
+	if (lost)
+		log_error("store", "%s: %zu read markers not queued for the store (%s)",
+			  hs->s->key, lost, strerror(-why));
+}
+
 static void hs_free(struct history_session *hs)
 {
 	struct history *h = hs->h;
@@ -274,6 +485,7 @@ static void hs_free(struct history_session *hs)
 	free(hs->written);
 	if (hs->mquery)
 		store_query_cancel(h->st, hs->mquery);
+	markers_write_all(hs);
 	for (size_t i = 0; i < hs->nmarkers; i++)
 		free(hs->markers[i].target);
 	free(hs->markers);
@@ -391,10 +603,31 @@ static void hs_pause(struct history_session *hs)
 	}
 }
 
+/* HISTORY_PENDING_MAX lines wait: the session's clients are not read
+ * either (each line past it holds every client, a new one too). */
+static void hs_hold_clients(struct history_session *hs)
+{
+	struct session *s = hs->s;
+
+	for (size_t i = 0; i < s->nclients; i++)
+		conn_hold_lines(s->clients[i]->conn, true);
+	if (!hs->clients_held) {
+		hs->clients_held = true;
+		log_warn("store", "%s: %zu lines wait for the store: not reading from its clients until it has room",
+			 s->key, hs->npending);
+	}
+}
+
 static void hs_resume(struct history_session *hs)
 {
 	struct session *s = hs->s;
 
+	if (hs->clients_held) {
+		hs->clients_held = false;
+		for (size_t i = 0; i < s->nclients; i++)
+			conn_hold_lines(s->clients[i]->conn, false);
+		log_info("store", "%s: reading from its clients again", s->key);
+	}
 	if (!hs->paused)
 		return;
 	hs->paused = false;
@@ -403,11 +636,14 @@ static void hs_resume(struct history_session *hs)
 	log_info("store", "%s: the store has room: reading from the network again", s->key);
 }
 
-static struct client *live_except(struct session *s, struct client *except)
+/* The client a pending line must not go to, if it is still here: by its
+ * serial, not its address (a client freed meanwhile and a new one at the
+ * same address would miss the line). */
+static struct client *live_except(struct session *s, uint64_t except)
 {
 	for (size_t i = 0; except && i < s->nclients; i++)
-		if (s->clients[i] == except)
-			return except;
+		if (s->clients[i]->serial == except)
+			return s->clients[i];
 	return NULL;
 }
 
@@ -493,7 +729,7 @@ int history_append(struct history *h, struct session *s, const char *buffer,
 		return -ENOMEM;
 	}
 	p->time_ms = time_ms;
-	p->except = except;
+	p->except = except ? client_serial(except) : 0;
 	p->copies = copies;
 	if (hs->pending_tail)
 		hs->pending_tail->next = p;
@@ -502,6 +738,8 @@ int history_append(struct history *h, struct session *s, const char *buffer,
 	hs->pending_tail = p;
 	hs->npending++;
 	hs_pause(hs);
+	if (hs->npending >= HISTORY_PENDING_MAX)
+		hs_hold_clients(hs);
 	return 1;
 }
 
@@ -520,6 +758,7 @@ void history_session_flush(struct history *h, struct session *s)
 		cl->hist_query = 0;
 		cl->hist_store = false;
 	}
+	markers_write_all(hs);
 	hs_flush(hs);
 	if (!hs->pending)
 		return;
@@ -600,6 +839,35 @@ void history_set_position(struct history *h, struct session *s,
 	} /* -EAGAIN: the next tick or detach writes it */
 }
 
+/* A writer that commits nothing for HISTORY_STALL_MS while work is queued
+ * (a lock held on the database, a server that does not answer) fails no
+ * commit, so on_error() never says it: it is reported as failing too. */
+static void history_check_stall(struct history *h, int64_t now)
+{
+	uint64_t durable = store_durable_seq(h->st);
+
+	size_t waiting = store_queued(h->st);
+
+	/* work: operations queued, or lines refused (a store that cannot
+	 * reserve seqs refuses appends with nothing queued) */
+	for (const struct history_session *hs = h->sessions; hs && !waiting; hs = hs->next)
+		waiting += hs->npending;
+	if (durable != h->last_durable || waiting == 0 || h->progress_ms == 0) {
+		h->last_durable = durable;
+		h->progress_ms = now;
+		if (h->stalled)
+			log_info("store", "%s store: commits progress again", h->backend);
+		h->stalled = false;
+		return;
+	}
+	if (!h->stalled && now - h->progress_ms >= HISTORY_STALL_MS) {
+		h->stalled = true;
+		log_error("store", "%s store: nothing committed for %lld s with work waiting (%zu operations queued; a lock held on the database? the server not answering?): sessions stop reading when their lines cannot be queued",
+			  h->backend, (long long)(now - h->progress_ms) / 1000,
+			  store_queued(h->st));
+	}
+}
+
 static void history_tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct history *h = arg;
@@ -621,6 +889,10 @@ static void history_tick(evutil_socket_t fd, short what, void *arg)
 	/* A refusal whose space callback came while frozen sessions held
 	 * the lines: try again. */
 	history_flush_all(h);
+	for (struct history_session *hs = h->sessions; hs; hs = hs->next)
+		if (hs->ndirty)
+			markers_write(hs);
+	history_check_stall(h, clock_mono_ms());
 }
 
 /* ---- replay from the store ---- */
@@ -821,27 +1093,50 @@ static int marker_put(struct history_session *hs, const char *folded, int64_t t)
 			m->t = t;
 		return 0;
 	}
+	/* Never evicted: memory holds every marker of the session, so a get
+	 * never has to ask the store; a set past the bound is refused. */
+	if (hs->nmarkers >= HISTORY_MARKERS)
+		return -ENOSPC;
 	char *d = strdup(folded);
 	if (!d)
 		return -ENOMEM;
-	if (hs->nmarkers >= HISTORY_MARKERS) {
-		/* the oldest leaves the memory (the store keeps it) */
-		size_t old = 0;
-		for (size_t i = 1; i < hs->nmarkers; i++)
-			if (hs->markers[i].t < hs->markers[old].t)
-				old = i;
-		free(hs->markers[old].target);
-		hs->markers[old] = (struct marker){ d, t };
-		return 0;
-	}
 	struct marker *nv = realloc(hs->markers, (hs->nmarkers + 1) * sizeof(*nv));
 	if (!nv) {
 		free(d);
 		return -ENOMEM;
 	}
 	hs->markers = nv;
-	nv[hs->nmarkers++] = (struct marker){ d, t };
+	nv[hs->nmarkers++] = (struct marker){ d, t, false };
 	return 0;
+}
+
+/* Write hs's changed markers: at most HISTORY_MARKER_BATCH queued at a time
+ * per session (the next batch once the last one is committed), so one
+ * session's MARKREADs never take the store's queue from the lines of the
+ * others; a marker changed many times meanwhile is written once. */
+static void markers_write(struct history_session *hs)
+{
+	struct history *h = hs->h;
+	unsigned n = 0;
+
+	if (hs->marker_op && store_durable_seq(h->st) < hs->marker_op)
+		return;
+	for (size_t i = 0; i < hs->nmarkers && hs->ndirty && n < HISTORY_MARKER_BATCH; i++) {
+		struct marker *m = &hs->markers[i];
+		uint64_t op = 0;
+		if (!m->dirty)
+			continue;
+		int r = store_set_read_marker(h->st, hs->s->key, m->target, m->t, &op);
+		if (r == -EAGAIN)
+			return; /* the next tick */
+		if (r < 0)
+			note_error(h, hs->s, r);
+		else if (op > hs->marker_op)
+			hs->marker_op = op;
+		m->dirty = false;
+		hs->ndirty--;
+		n++;
+	}
 }
 
 static void on_markers(void *arg, int rc, struct store_result *res,
@@ -857,8 +1152,13 @@ static void on_markers(void *arg, int rc, struct store_result *res,
 		log_error("store", "%s: read markers not read from the store (%s): clients get none until they set them",
 			  hs->s->key, err && *err ? err : strerror(-rc));
 	}
+	size_t over = 0;
 	for (size_t i = 0; rc == 0 && i < res->ntargets; i++)
-		(void)marker_put(hs, res->targets[i].target, res->targets[i].last_time_ms);
+		if (marker_put(hs, res->targets[i].target, res->targets[i].last_time_ms) == -ENOSPC)
+			over++;
+	if (over)
+		log_warn("store", "%s: %zu read markers in the store past the %d kept (written before that bound): not served",
+			 hs->s->key, over, HISTORY_MARKERS);
 	store_result_free(res);
 	/* the clients that waited attach now (if they still wait) */
 	struct client **w = hs->waiting;
@@ -942,14 +1242,16 @@ int history_marker_set(struct history *h, struct session *s,
 		*t = m->t;
 		return 0;
 	}
-	int r = store_set_read_marker(h->st, s->key, folded, *t, NULL);
-	if (r < 0) {
-		if (r != -EAGAIN)
-			note_error(h, s, r);
-		return r == -EAGAIN ? -EAGAIN : r;
+	int r = marker_put(hs, folded, *t);
+	if (r < 0)
+		return r;
+	m = marker_find(hs, folded);
+	if (!m->dirty) {
+		m->dirty = true;
+		hs->ndirty++;
 	}
-	r = marker_put(hs, folded, *t);
-	return r < 0 ? r : 1;
+	markers_write(hs);
+	return 1;
 }
 
 /* ---- stats ---- */
@@ -967,7 +1269,8 @@ void history_stats(const struct history *h, struct history_stats *out)
 	out->errors = h->errors;
 	out->commit_failures = h->commit_failures;
 	out->replay_queries = h->replay_queries;
-	out->failing = h->failing;
+	out->failing = h->failing || h->stalled;
+	out->stalled = h->stalled;
 	out->durable_seq = store_durable_seq(h->st);
 	out->queued = store_queued(h->st);
 	for (const struct history_session *hs = h->sessions; hs; hs = hs->next) {

@@ -20,7 +20,11 @@
  * more is read from it), and later lines of the session join the list in
  * order. When the store has room again (its `space` callback) the pending
  * lines are appended and relayed (session_relay_stored()) in order and the
- * network is read again. Nothing is dropped; a session frozen for a
+ * network is read again. At HISTORY_PENDING_MAX lines pending, the
+ * session's clients are not read either (a stalled store cannot make a
+ * client's lines pile up in memory). A writer that commits nothing for
+ * HISTORY_STALL_MS with operations queued is reported failing (stats,
+ * status, log) like a failing commit. Nothing is dropped; a session frozen for a
  * migration with lines still pending puts them in its backlog with seqs of
  * its own (not stored; counted as store errors).
  *
@@ -55,6 +59,13 @@ struct store;
 
 /* How often attached clients' positions are written (ms). */
 #define HISTORY_POSITION_MS 1000
+/* Lines kept for a refusing store per session before its clients are
+ * held too (history.h: Backpressure). */
+#define HISTORY_PENDING_MAX 1000
+/* No commit for this long with work queued: the store is failing. */
+#define HISTORY_STALL_MS 5000
+/* Read-marker writes one session may have queued at a time. */
+#define HISTORY_MARKER_BATCH 16
 /* Rows per store read of a replay. */
 #define HISTORY_REPLAY_PAGE 128
 
@@ -72,6 +83,23 @@ int history_check(const struct baton_config *cfg, char *err, size_t errlen);
 struct history *history_open(struct event_base *base,
 			     const struct baton_config *cfg, char *err,
 			     size_t errlen);
+/* history_open() failed (a database server down, a lock): the worker runs
+ * without the store (lines relayed live and kept in the backlog only; the
+ * history capabilities are not offered to clients that connect meanwhile)
+ * and tries again, HISTORY_RETRY_MIN_MS doubling up to HISTORY_RETRY_MAX_MS
+ * (each attempt on a thread of its own: opening blocks, up to PostgreSQL's
+ * connect timeout, and the worker's loop must not);
+ * once it opens, bouncer_set_history(b, ...) and the retry ends (freed by
+ * the bouncer). The reason shows in status (history_retry_why()). */
+#define HISTORY_RETRY_MIN_MS 1000
+#define HISTORY_RETRY_MAX_MS 60000
+struct bouncer;
+struct history_retry;
+struct history_retry *history_retry_start(struct event_base *base,
+					  const struct baton_config *cfg,
+					  struct bouncer *b, const char *why);
+const char *history_retry_why(const struct history_retry *r);
+void history_retry_free(struct history_retry *r);
 /* Commit what is queued and close (logs what could not be committed). */
 void history_close(struct history *h);
 struct store *history_store(struct history *h);
@@ -116,9 +144,14 @@ void history_msgid(const struct history *h, uint64_t seq,
 
 /* ---- read markers (draft/read-marker; chathistory.h answers MARKREAD) ----
  * A session's markers are read from the store once (STORE_Q_MARKERS,
- * asynchronously) when a client attaches, and kept in memory (at most
- * HISTORY_MARKERS per session: beyond, the oldest marker leaves the memory,
- * not the store). A client with draft/read-marker waits for them before it
+ * asynchronously) when a client attaches, and kept in memory, all of them:
+ * at most HISTORY_MARKERS per session (a set for one more target is
+ * refused), so a get never needs the store. A set changes the memory and
+ * is written to the store behind it, HISTORY_MARKER_BATCH at a time per
+ * session (the next batch when the last is committed; a marker set many
+ * times meanwhile is written once; what is left when the session goes is
+ * written then): one session's markers cannot fill the store's queue
+ * that every session's lines need. A client with draft/read-marker waits for them before it
  * attaches (history_markers_wait()), so its burst carries a MARKREAD for
  * every channel before RPL_ENDOFNAMES. */
 #define HISTORY_MARKERS 1000
@@ -132,9 +165,9 @@ bool history_markers_wait(struct history *h, struct session *s,
 /* target's marker: 1 and *t, 0 (none: "*"), -EAGAIN (not loaded yet). */
 int history_marker_get(struct history *h, struct session *s,
 		       const char *target, int64_t *t);
-/* A client's MARKREAD set: 1 (newer: stored, *t is it), 0 (not newer: *t
- * is the marker kept), -EAGAIN (the store's queue is full, or the markers
- * are not loaded yet), -ENOMEM. */
+/* A client's MARKREAD set: 1 (newer: kept, written behind, *t is it), 0
+ * (not newer: *t is the marker kept), -EAGAIN (the markers are not loaded
+ * yet), -ENOSPC (HISTORY_MARKERS targets already), -ENOMEM. */
 int history_marker_set(struct history *h, struct session *s,
 		       const char *target, int64_t *t);
 
@@ -142,7 +175,8 @@ struct history_stats {
 	const char *backend;
 	uint64_t appended, pending_now, paused_sessions, refused, errors,
 		commit_failures, replay_queries, durable_seq, queued;
-	bool failing; /* a commit is failing now */
+	bool failing; /* a commit is failing now, or stalled */
+	bool stalled; /* nothing committed for HISTORY_STALL_MS, work queued */
 };
 void history_stats(const struct history *h, struct history_stats *out);
 

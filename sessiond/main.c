@@ -201,12 +201,16 @@ int main(int argc, char **argv)
 		char why[512];
 		struct history *h = history_open(base, cfg, why, sizeof(why));
 
-		if (h == NULL) {
-			log_error("sessiond", "the message store cannot be opened: %s",
-				  why);
-			goto out;
+		if (h != NULL) {
+			bouncer_set_history(b, h);
+		} else {
+			/* Serving without history beats serving nobody (a
+			 * worker that exits here restarts into the same). */
+			struct history_retry *r = history_retry_start(base, cfg, b, why);
+			if (r == NULL)
+				goto out;
+			bouncer_set_history_retry(b, r);
 		}
-		bouncer_set_history(b, h);
 	}
 	w = control_channel_new(base, CONTROL_FD, b, cfg);
 	if (w == NULL)

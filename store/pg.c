@@ -460,6 +460,39 @@ fail:
 	return -EIO;
 }
 
+/* Connection defaults (the URL given may override each): a server that
+ * does not answer fails a connection attempt after PG_CONNECT_TIMEOUT_S
+ * (not never: a worker opening its store would wait forever); TCP
+ * keepalives find a server gone without a FIN (a rebooted host, a
+ * firewall's dropped state) in PG_KEEPALIVE_IDLE_S + PG_KEEPALIVE_COUNT *
+ * PG_KEEPALIVE_INTERVAL_S, a statement that runs PG_STATEMENT_TIMEOUT_MS
+ * fails (the batch is retried). The timeouts travel as `options`, so that
+ * PQreset() after a lost connection keeps them (a SET would be lost). */
+#define PG_CONNECT_TIMEOUT_S 5
+#define PG_KEEPALIVE_IDLE_S 30
+#define PG_KEEPALIVE_INTERVAL_S 10
+#define PG_KEEPALIVE_COUNT 3
+#define PG_STATEMENT_TIMEOUT_MS 60000
+
+static PGconn *pg_connect(const char *url, int lock_timeout_ms)
+{
+	char ct[16], ki[16], kn[16], kc[16], opt[128];
+
+	snprintf(ct, sizeof ct, "%d", PG_CONNECT_TIMEOUT_S);
+	snprintf(ki, sizeof ki, "%d", PG_KEEPALIVE_IDLE_S);
+	snprintf(kn, sizeof kn, "%d", PG_KEEPALIVE_INTERVAL_S);
+	snprintf(kc, sizeof kc, "%d", PG_KEEPALIVE_COUNT);
+	snprintf(opt, sizeof opt, "-c statement_timeout=%d -c lock_timeout=%d",
+		 PG_STATEMENT_TIMEOUT_MS, lock_timeout_ms);
+	/* ours first: with expand_dbname the URL's (dbname) come after and
+	 * win */
+	const char *const keys[] = { "connect_timeout", "keepalives",
+		"keepalives_idle", "keepalives_interval", "keepalives_count",
+		"options", "dbname", NULL };
+	const char *const vals[] = { ct, "1", ki, kn, kc, opt, url, NULL };
+	return PQconnectdbParams(keys, vals, 1);
+}
+
 static struct store_db *db_open(const struct store_options *o, bool create,
 				uint32_t *db_id, char *err, size_t errlen)
 {
@@ -468,7 +501,8 @@ static struct store_db *db_open(const struct store_options *o, bool create,
 	int64_t id = 0;
 	if (!db)
 		goto out;
-	db->c = PQconnectdb(o->url);
+	db->lock_timeout_ms = o->lock_timeout_ms > 0 ? o->lock_timeout_ms : 10000;
+	db->c = pg_connect(o->url, db->lock_timeout_ms);
 	if (!db->c || PQstatus(db->c) != CONNECTION_OK) {
 		snprintf(err, errlen, "postgresql: %s",
 			 db->c ? PQerrorMessage(db->c) : "out of memory");
@@ -478,7 +512,6 @@ static struct store_db *db_open(const struct store_options *o, bool create,
 		r = -EIO;
 		goto out;
 	}
-	db->lock_timeout_ms = o->lock_timeout_ms > 0 ? o->lock_timeout_ms : 10000;
 	char lt[64];
 	snprintf(lt, sizeof lt, "SET lock_timeout = %d", db->lock_timeout_ms);
 	if (exec(db, lt) < 0) {

@@ -166,7 +166,7 @@ enum status_field {
 	SF_SESSIONS, SF_CONNECTIONS, SF_CLIENTS, SF_UPSTREAMS, SF_WAITING,
 	SF_HANDSHAKES, SF_LAG, SF_SASL_FAILING,
 	SF_STORE_ERRORS, SF_STORE_COMMIT_FAILURES, SF_STORE_REFUSED,
-	SF_STORE_PAUSED, SF_STORE_QUEUED,
+	SF_STORE_PAUSED, SF_STORE_QUEUED, SF_STORE_FAILING, SF_STORE_PENDING,
 };
 
 static const struct {
@@ -187,6 +187,8 @@ static const struct {
 	{ "baton_worker_store_refused_full", "Appends the message store refused with a full queue, retried after a pause of the network (last STATUS).", SF_STORE_REFUSED },
 	{ "baton_worker_store_paused_sessions", "Sessions not reading their network while the message store's queue is full (last STATUS).", SF_STORE_PAUSED },
 	{ "baton_worker_store_queued", "Operations queued for the message store and not yet committed (last STATUS).", SF_STORE_QUEUED },
+	{ "baton_worker_store_failing", "1 while the message store is failing: a commit fails, nothing was committed for 5 s with work waiting, or it could not be opened (last STATUS).", SF_STORE_FAILING },
+	{ "baton_worker_store_pending", "Lines waiting in the worker for room in the message store's queue (last STATUS).", SF_STORE_PENDING },
 };
 
 static double status_value(const Baton__Control__Status *st,
@@ -207,6 +209,8 @@ static double status_value(const Baton__Control__Status *st,
 	case SF_STORE_REFUSED: return st->store ? (double)st->store->refused : 0;
 	case SF_STORE_PAUSED: return st->store ? st->store->paused_sessions : 0;
 	case SF_STORE_QUEUED: return st->store ? (double)st->store->queued : 0;
+	case SF_STORE_FAILING: return st->store && st->store->failing ? 1 : 0;
+	case SF_STORE_PENDING: return st->store ? (double)st->store->pending : 0;
 	}
 	return 0;
 }

@@ -1233,6 +1233,8 @@ static struct json_object *supervisor_worker_json(struct worker *w)
 		jb_add(jb, so, "queued", jb_i64(jb, (int64_t)ss->queued));
 		jb_add(jb, so, "durable_seq", jb_i64(jb, (int64_t)ss->durable_seq));
 		jb_add(jb, so, "replay_queries", jb_i64(jb, (int64_t)ss->replay_queries));
+		if (ss->unavailable != NULL)
+			jb_add(jb, so, "unavailable", jb_str(jb, ss->unavailable));
 		jb_add(jb, o, "store", so);
 	} else {
 		struct json_object *so = jb_obj(jb);

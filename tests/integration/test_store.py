@@ -451,7 +451,8 @@ def test_store_purge(ctx):
     session) deletes u001/net's stored lines and positions, and only
     those: u000's away client still gets what it missed from the store;
     `network del u000/net` without --purge leaves its history in the
-    store. The store file is read with Python's sqlite3."""
+    store, says so, and adding u000/net again says that its history is
+    there. The store file is read with Python's sqlite3."""
     import sqlite3
     ng, w, b, dave = setup(ctx, nsessions=2, sessiond_opts=STORE)
     s0, s1 = b.sessions
@@ -505,6 +506,12 @@ def test_store_purge(ctx):
     check(rc == 0 and "purged" not in (res or {}), "network del: rc %d %s" % (rc, out))
     check(rows("u000/net")[0] == before[0], "without --purge the history went: %s -> %s"
           % (before, rows("u000/net")))
+    check("stays in the message store" in (res or {}).get("edit", ""),
+          "network del without --purge does not say the history stays: %s" % res)
+    # the same name again: told that it comes with the old history
+    rc, res, out, err = b.ctl("network", "add", "u000/net", "nick=%s" % s0.nick, "--json")
+    check(rc == 0 and "already holds history" in (res or {}).get("edit", ""),
+          "network add over kept history: rc %d %s %s" % (rc, out, err))
 
 
 # ---- draft/read-marker ----
@@ -583,3 +590,117 @@ def test_store_read_marker(ctx):
     c = negotiate(ctx, b, s, "d", RCAPS)
     check(burst_marker(c, "#chat") == "timestamp=%s" % ts and burst_marker(c, "#ops") == "*",
           "after kill -9: %s" % burst_marker(c, "#chat"))
+
+
+def test_store_markread_limits(ctx):
+    """MARKREAD sets are rate-limited per client (READMARKER_BURST, then
+    FAIL MARKREAD TEMPORARILY_UNAVAILABLE), and a client without
+    draft/read-marker gets 421 for MARKREAD (not an answer, not a marker:
+    the other client of the user sees nothing)."""
+    from test_ircv3 import negotiate
+    ng, w, b, dave = setup(ctx, sessiond_opts=STORE)
+    s = b.sessions[0]
+    a = negotiate(ctx, b, s, "a", RCAPS)
+    other = negotiate(ctx, b, s, "o", ["server-time"])
+    ctx.loop.run_for(0.3)
+    n, no = len(a.lines), len(other.lines)
+    other.send("MARKREAD #chat timestamp=2020-01-01T00:00:00.000Z")
+    ctx.loop.run_until(lambda: other.msgs("421", no), 5, "421 for MARKREAD without the cap")
+    check(not markreads(other, no) and not markreads(a, n),
+          "MARKREAD without the cap answered: %s" % [m.raw for m in markreads(a, n)])
+    a.send_many(["MARKREAD #t%d timestamp=2020-01-01T00:00:00.000Z" % i for i in range(60)])
+    ctx.loop.run_until(lambda: len(markreads(a, n)) + len(a.msgs("FAIL", n)) >= 60, 10,
+                       "60 answers")
+    fails = a.msgs("FAIL", n)
+    check(len(markreads(a, n)) == 40 and len(fails) == 20, "burst: %d MARKREAD, %d FAIL"
+          % (len(markreads(a, n)), len(fails)))
+    check(all(f.params[:2] == ["MARKREAD", "TEMPORARILY_UNAVAILABLE"] for f in fails),
+          "FAIL: %s" % fails[0].raw)
+
+
+def test_store_stalled_bounded(ctx):
+    """The store's database locked by another process (BEGIN IMMEDIATE):
+    with store_queue_ops = 100, one client sending 4000 PRIVMSGs leaves
+    at most HISTORY_PENDING_MAX
+    (1000) lines pending in the worker (its client is not read past it),
+    status says failing after HISTORY_STALL_MS (5 s), and everything is
+    relayed once the lock is gone."""
+    import sqlite3
+    if STORE["store"] != "sqlite":
+        return
+    ng, w, b, dave = setup(ctx, sessiond_opts=dict(STORE, store_queue_ops=100))
+    s = b.sessions[0]
+    lap = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    pho = bl.bouncer_client(ctx.loop, b, s, client="phone")
+    dave.privmsg("#chat", "<<dave:0>> x")
+    wait_tokens(ctx, pho, [("dave", 0)], settle=0.2)
+    db = sqlite3.connect(os.path.join(b.dir, "state", "messages.db"), timeout=10,
+                         isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        lap.send_many(["PRIVMSG #ops :<<lap:%d>> flood" % i for i in range(1, 4001)])
+        end = bl.now() + 9
+        st = {}
+        while bl.now() < end:
+            st = b.worker().get("store") or {}
+            check(st.get("pending", 0) <= 1000, "pending past the bound: %s" % st)
+            if st.get("failing"):
+                break
+            ctx.loop.run_for(0.3)
+        check(st.get("failing") and st.get("pending") == 1000, "stalled store: %s" % st)
+    finally:
+        db.execute("COMMIT")
+        db.close()
+    want = [("lap", i) for i in range(1, 4001)]
+    got = wait_tokens(ctx, pho, [("dave", 0)] + want, timeout=60)
+    check(got == [("dave", 0)] + want, "phone: %d lines, last %s" % (len(got), got[-3:]))
+    ctx.loop.run_until(lambda: not (b.worker().get("store") or {}).get("failing"), 5,
+                       "failing again false")
+
+
+def test_store_unavailable_at_start(ctx):
+    """The worker restarts (kill -9) while the store cannot be opened (here
+    its SQLite file is a directory; PostgreSQL down is the same path): it
+    serves its sessions without the store (live lines relayed, history caps
+    not offered), status says unavailable and failing, and once the store
+    can be opened again the worker opens it (retried with backoff) and
+    stores lines again."""
+    if STORE["store"] != "sqlite":
+        return
+    ng, w, b, dave = setup(ctx, sessiond_opts=STORE)
+    s = b.sessions[0]
+    dbp = os.path.join(b.dir, "state", "messages.db")
+    old = b.worker_pid()
+    os.kill(old, signal.SIGKILL)
+    ctx.loop.run_for(0.2)
+    moved = []
+    for suf in ("", "-wal", "-shm"):
+        if os.path.exists(dbp + suf):
+            os.rename(dbp + suf, dbp + suf + ".away")
+            moved.append(suf)
+    os.mkdir(dbp)
+    wait_recovered(ctx, b, old)
+    w.wait_present([s.nick], timeout=60)
+    st = b.worker().get("store") or {}
+    check(st.get("unavailable") and st.get("failing") and st.get("backend") == "sqlite",
+          "status while the store cannot be opened: %s" % st)
+    from test_ircv3 import wait_cap
+    c = ctx.loop.connect(b.port, name="nostore")
+    c.send_many(["CAP LS 302"])
+    ls = wait_cap(ctx, c, "LS", 0, "CAP LS")
+    check("draft/chathistory" not in ls.params[-1].split(), "chathistory offered without a store")
+    c.close()
+    lap = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    dave.privmsg("#chat", "<<dave:1>> live")
+    got = wait_tokens(ctx, lap, [("dave", 1)], settle=0.1)
+    check(got == [("dave", 1)], "live without a store: %s" % got)
+    os.rmdir(dbp)
+    for suf in moved:
+        os.rename(dbp + suf + ".away", dbp + suf)
+    ctx.loop.run_until(lambda: not (b.worker().get("store") or {}).get("unavailable"), 20,
+                       "the store opened again")
+    dave.privmsg("#chat", "<<dave:2>> stored")
+    wait_tokens(ctx, lap, [("dave", 1), ("dave", 2)], settle=0.1)
+    ctx.loop.run_until(lambda: (b.worker().get("store") or {}).get("appended", 0) >= 1, 5,
+                       "a line stored after the store opened")
+    check("cannot be opened" in b.log_tail(), "no log line of the failed open")

@@ -8,7 +8,7 @@ parses (cli.py) must each be described in MANPAGE (the tag of a .TP
 paragraph); for batonctl also every
 subcommand (usage lines and the strcmp()s of its command dispatch). When
 groff is installed, the pages must also format without a warning
-(groff -man -ww -z). Fails listing what is missing, so a new option cannot
+(groff -man -ww -z), and their source has no control byte. Fails listing what is missing, so a new option cannot
 ship undocumented."""
 
 import os
@@ -46,6 +46,14 @@ def main():
                     missing.append("batonctl: subcommand %s not in %s" % (s, os.path.basename(page)))
             print("batonctl: %d subcommands: %s" % (len(subs), " ".join(sorted(subs))))
         print("%s: %d options: %s" % (name, len(opts), " ".join(sorted(opts))))
+        # A control byte in the roff source (a "\\f" turned into a form
+        # feed by whoever wrote it) renders as "R[B--purgeR]": none.
+        with open(page, "rb") as f:
+            for n, ln in enumerate(f.read().split(b"\n"), 1):
+                bad = [c for c in ln if c < 0x20 and c != 0x09]
+                if bad:
+                    missing.append("%s:%d: control byte 0x%02x in the roff source"
+                                   % (page, n, bad[0]))
         if shutil.which("groff"):
             p = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", page],
                                capture_output=True, text=True, timeout=30)

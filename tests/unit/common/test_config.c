@@ -59,6 +59,11 @@ static void test_good_config(void **state)
 	assert_int_equal(pr.n, 0);
 	assert_int_equal(cfg->handoff_timeout_s, 7);
 	assert_int_equal(cfg->backlog_lines, 500); /* default */
+	/* the store is on by default: its retention is bounded by default
+	 * (a year, 64 MiB per session), not forever */
+	assert_int_equal(cfg->store_backend, CONFIG_STORE_SQLITE);
+	assert_int_equal(cfg->store_max_age_days, 365);
+	assert_int_equal(cfg->store_max_mb, 64);
 	assert_int_equal(cfg->nlistens, 2);
 	assert_string_equal(cfg->listens[1].host, "::1");
 	assert_string_equal(cfg->listens[1].port, "6668");

@@ -20,6 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1333,6 +1336,38 @@ static void test_bounds(void **state)
 	store_close(st);
 }
 
+/* ---- a PostgreSQL server that accepts and never answers: store_open()
+ * fails after the connect timeout (pg.c PG_CONNECT_TIMEOUT_S), not never
+ * (SIGALRM kills a store that waits on) ---- */
+
+static void test_pg_connect_timeout(void **state)
+{
+	(void)state;
+	if (pg_base)
+		skip(); /* once is enough: it needs no server */
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET,
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t sl = sizeof sa;
+	assert_true(fd >= 0);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+	assert_int_equal(listen(fd, 4), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
+	char u[128], err[256];
+	snprintf(u, sizeof u, "postgresql://baton@127.0.0.1:%d/baton",
+		 ntohs(sa.sin_port));
+	struct store_options o = { .backend = STORE_POSTGRES, .url = u };
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	alarm(30);
+	struct store *st = store_open(&o, NULL, NULL, err, sizeof err);
+	alarm(0);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	assert_null(st);
+	assert_true(t1.tv_sec - t0.tv_sec <= 15);
+	close(fd);
+}
+
 int main(void)
 {
 	pg_base = getenv("STORE_TEST_PG");
@@ -1362,6 +1397,7 @@ int main(void)
 		cmocka_unit_test(test_commit_retry),
 		cmocka_unit_test(test_two_handles),
 		cmocka_unit_test(test_bounds),
+		cmocka_unit_test(test_pg_connect_timeout),
 	};
 	int rc = cmocka_run_group_tests_name(pg_base ? "store_postgres"
 					     : "store_sqlite", tests, NULL, NULL);
