@@ -703,4 +703,4 @@ def test_store_unavailable_at_start(ctx):
     wait_tokens(ctx, lap, [("dave", 1), ("dave", 2)], settle=0.1)
     ctx.loop.run_until(lambda: (b.worker().get("store") or {}).get("appended", 0) >= 1, 5,
                        "a line stored after the store opened")
-    check("cannot be opened" in b.log_tail(), "no log line of the failed open")
+    check("cannot be opened" in b.log_text(), "no log line of the failed open")
