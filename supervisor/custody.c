@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -361,9 +362,14 @@ static int restore_parse(struct custody_restore *r)
 	int fd = r->held->log_fd;
 	int rc = log_header(fd, &committed, &sessions, &last);
 	size_t off = 0;
+	struct stat st;
 
 	if (rc < 0)
 		return rc;
+	/* committed is the dead worker's word too: never past the file */
+	if (fstat(fd, &st) < 0 || st.st_size < CKPT_HEADER ||
+	    committed > (uint64_t)st.st_size - CKPT_HEADER)
+		return -EPROTO;
 	r->loglen = committed;
 	if ((r->log = malloc(committed ? committed : 1)) == NULL)
 		return -ENOMEM;
@@ -396,6 +402,23 @@ static int restore_parse(struct custody_restore *r)
 				return -EPROTO;
 			memcpy(key, p + 8 + 8 * nk[0], nk[1]);
 			key[nk[1]] = '\0';
+			/* the log is a dead worker's word: a session naming
+			 * more sockets than a migration item carries (the
+			 * restore chunk's fd array holds FRAME_MAX_FDS per
+			 * item) is not restored, and its earlier record goes
+			 * with it (the latest record is the one to trust) */
+			if (nk[0] > FRAME_MAX_FDS) {
+				if (sess_find(r, key, &at) != NULL) {
+					free(r->s[at]->key);
+					free(r->s[at]->ids);
+					free(r->s[at]);
+					r->s[at] = r->s[--r->ns];
+				}
+				r->res.sessions_rejected++;
+				log_error("custody", "session %s not restored: its checkpoint record names %u sockets (at most %d)",
+					  key, nk[0], FRAME_MAX_FDS);
+				break;
+			}
 			if ((s = sess_find(r, key, &at)) == NULL) {
 				struct rsess **g = realloc(r->s, (r->ns + 1) * sizeof(*g));
 
@@ -598,7 +621,8 @@ static void restore_finish(struct custody_restore *r, const char *reason)
 	if (reason != NULL && r->res.reason[0] == '\0')
 		snprintf(r->res.reason, sizeof(r->res.reason), "%s", reason);
 	r->res.sessions_lost = (unsigned)(r->ns - r->res.sessions_skipped -
-					  r->res.sessions_restored);
+					  r->res.sessions_restored) +
+			       r->res.sessions_rejected;
 	/* held sockets no session record names (a client not logged in yet,
 	 * one opened after its session's last record): closed with the
 	 * custody, their peers reconnect */

@@ -57,6 +57,8 @@ struct custody_result {
 	bool committed;            /* the target adopted the sessions */
 	unsigned sessions_restored, sessions_lost;
 	unsigned sessions_skipped; /* in `exclude`: the target had them */
+	unsigned sessions_rejected; /* a malformed record (past a bound):
+				     * not restored, counted in lost too */
 	unsigned connections_kept, connections_reconnected;
 	uint64_t lines_lost;
 	char implicated[256];      /* the session handled at the crash, "" */

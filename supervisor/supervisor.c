@@ -727,6 +727,7 @@ static void supervisor_custody_restored(struct supervisor *sup, struct worker *w
 	if (last != NULL) {
 		json_object_object_add(last, "sessions_restored", json_object_new_int64(r->sessions_restored));
 		json_object_object_add(last, "sessions_lost", json_object_new_int64(r->sessions_lost));
+		json_object_object_add(last, "sessions_rejected", json_object_new_int64(r->sessions_rejected));
 		json_object_object_add(last, "connections_kept", json_object_new_int64(r->connections_kept));
 		json_object_object_add(last, "connections_reconnected", json_object_new_int64(r->connections_reconnected));
 		json_object_object_add(last, "lines_lost", json_object_new_int64((int64_t)r->lines_lost));
