@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -118,6 +119,7 @@ struct custody {
 	struct idmap fds; /* id -> (void *)(intptr_t)(fd + 1) */
 	int log_fd;       /* the checkpoint memfd, -1: none */
 	uint64_t compactions; /* logs that replaced the first one */
+	uint64_t fds_lost;    /* copies not kept at our fd limit */
 };
 
 struct custody *custody_new(void)
@@ -159,6 +161,31 @@ bool custody_has_checkpoint(const struct custody *c)
 	return c != NULL && c->log_fd >= 0;
 }
 
+/* fds the supervisor keeps free for its own work (accepting batonctl,
+ * starting a worker, a migration's socketpair): custody never holds a
+ * copy in them. fds are allocated lowest first, so an fd numbered past
+ * the limit minus the reserve means that many are open. */
+#define CUSTODY_FD_RESERVE 64
+
+/* fd (-1: lost at our fd limit by the kernel) kept, or closed and -1
+ * when it eats into the reserve; each loss counted. */
+static int custody_keep(struct custody *c, int fd)
+{
+	struct rlimit rl;
+
+	if (fd >= 0 && getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
+	    rl.rlim_cur != RLIM_INFINITY &&
+	    (rlim_t)fd + CUSTODY_FD_RESERVE >= rl.rlim_cur) {
+		close(fd);
+		fd = -1;
+	}
+	if (fd < 0) {
+		if (c->fds_lost++ == 0)
+			log_error("custody", "a socket copy was not kept: the supervisor is near its fd limit (its connection reconnects if the worker crashes; see custody.fds_lost)");
+	}
+	return fd;
+}
+
 int custody_handle(struct custody *c, struct frame_msg *m)
 {
 	Baton__Control__Custody *cm =
@@ -168,7 +195,7 @@ int custody_handle(struct custody *c, struct frame_msg *m)
 
 	if (cm == NULL)
 		return -EPROTO;
-	if (m->nfds != cm->n_add + (cm->has_checkpoint && cm->checkpoint)) {
+	if (m->nfds + m->fds_lost != cm->n_add + (cm->has_checkpoint && cm->checkpoint)) {
 		rc = -EPROTO;
 		goto out;
 	}
@@ -177,14 +204,24 @@ int custody_handle(struct custody *c, struct frame_msg *m)
 			close(c->log_fd);
 			c->compactions++;
 		}
+		/* -1 when lost at our fd limit: no log, no restore (the
+		 * old one is stale) */
 		c->log_fd = frame_msg_take_fd(m, k++);
+		if (c->log_fd < 0)
+			log_error("custody", "the checkpoint log was lost at the supervisor's fd limit: a crash of this worker restores nothing");
 	}
 	for (size_t i = 0; i < cm->n_add; i++) {
-		int fd = frame_msg_take_fd(m, k++);
+		int fd = custody_keep(c, frame_msg_take_fd(m, k++));
 		int old = held_fd(c, cm->add[i]);
 
-		if (old >= 0)
+		if (old >= 0) {
 			close(old);
+			idmap_del(&c->fds, cm->add[i]);
+		}
+		/* a copy lost (at our fd limit): its connection reconnects
+		 * if the worker crashes (restore_item() finds no fd) */
+		if (fd < 0)
+			continue;
 		if (idmap_put(&c->fds, cm->add[i], (void *)(intptr_t)(fd + 1)) < 0) {
 			log_error("custody", "out of memory: a socket not held (lost if the worker crashes)");
 			close(fd);
@@ -232,6 +269,7 @@ struct json_object *custody_json(const struct custody *c, struct jb *jb)
 	jb_add(jb, o, "checkpoint_age_ms",
 	       h && last > 0 ? jb_i64(jb, clock_mono_ms() - last) : NULL);
 	jb_add(jb, o, "compactions", jb_i64(jb, c ? (int64_t)c->compactions : 0));
+	jb_add(jb, o, "fds_lost", jb_i64(jb, c ? (int64_t)c->fds_lost : 0));
 	return o;
 }
 

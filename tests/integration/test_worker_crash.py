@@ -447,3 +447,40 @@ def test_wedged_worker_killed_by_watchdog_and_adopted(ctx):
     relay_both_ways(ctx, c1, dave, "after1")
     ev = w.events_between(t0)
     check(ev == [], "the network saw the bouncer reconnect: %r" % ev)
+
+
+def test_worker_crash_supervisor_fd_limit(ctx):
+    """The supervisor near its RLIMIT_NOFILE (prlimit at runtime: a host
+    whose limit the preflight miscounted, a connection flood): every new
+    connection is a custody copy. The copies it cannot keep are lost
+    (custody.fds_lost counts them; their connections would reconnect after
+    a crash), the CUSTODY message is not a protocol error, and the worker
+    with its users stays."""
+    import resource
+    ng, w, b, dave = test_basic.setup(ctx, nsessions=1, supervisor_opts=CUSTODY)
+    c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    pid = b.worker_pid()
+    sup = b.proc.pid
+    nfd = len(os.listdir("/proc/%d/fd" % sup))
+    soft, hard = resource.prlimit(sup, resource.RLIMIT_NOFILE)
+    resource.prlimit(sup, resource.RLIMIT_NOFILE, (nfd + 8, hard))
+    conns = []
+    for i in range(20):
+        conns.append(ctx.loop.connect(b.port, name="raw%d" % i))
+        ctx.loop.run_for(0.05)
+    t0 = time.monotonic()
+    cu = {}
+    while time.monotonic() - t0 < 5 and bl.pid_alive(pid) and not c.closed:
+        ctx.loop.run_for(0.25)
+        cu = b.status().get("custody") or {}
+        if cu.get("fds_lost", 0) >= 1:
+            break
+    ctx.loop.run_for(0.5)
+    check(bl.pid_alive(pid) and not c.closed,
+          "the worker was lost / the client disconnected at the supervisor's fd limit")
+    check(cu.get("fds_lost", 0) >= 1, "status custody.fds_lost: %r" % (cu,))
+    relay_both_ways(ctx, c, dave, "after")
+    for x in conns:
+        x.close()
+    resource.prlimit(sup, resource.RLIMIT_NOFILE, (soft, hard))

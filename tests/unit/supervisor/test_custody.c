@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -198,6 +199,62 @@ static void test_restore_rejects_too_many_ids(void **state)
 	event_base_free(base);
 }
 
+/* A CUSTODY message whose last fds the kernel could not install (the
+ * supervisor at its fd limit, frame_recv_lossy()): accepted, the copies
+ * that arrived held, the lost ones not (their connections reconnect if the
+ * worker crashes); before, -EPROTO and the worker was killed. */
+static void test_handle_lost_fds(void **state)
+{
+	struct custody *c = custody_new();
+	Baton__Control__Custody cm = BATON__CONTROL__CUSTODY__INIT;
+	uint64_t ids[3] = { 1, 2, 3 };
+	int fds[1] = { dup(0) };
+	uint8_t buf[64];
+	struct frame_msg fm = { .type = 1, .data = buf, .fds = fds, .nfds = 1,
+				.fds_lost = 2 };
+
+	(void)state;
+	cm.n_add = 3;
+	cm.add = ids;
+	fm.len = baton__control__custody__pack(&cm, buf);
+	assert_int_equal(custody_handle(c, &fm), 0);
+	assert_int_equal(custody_fd_count(c), 1);
+	/* more fds than ids, lost or not: still malformed */
+	fm.nfds = 0;
+	fm.fds_lost = 4;
+	assert_int_equal(custody_handle(c, &fm), -EPROTO);
+	custody_free(c);
+}
+
+/* Near the fd limit the supervisor keeps a reserve for its own work: a
+ * copy that would eat into it is closed, not held. */
+static void test_handle_keeps_a_reserve(void **state)
+{
+	struct custody *c = custody_new();
+	Baton__Control__Custody cm = BATON__CONTROL__CUSTODY__INIT;
+	uint64_t ids[1] = { 1 };
+	struct rlimit old, rl;
+	int fd = dup(0);
+	int fds[1] = { fd };
+	uint8_t buf[64];
+	struct frame_msg fm = { .type = 1, .data = buf, .fds = fds, .nfds = 1 };
+
+	(void)state;
+	assert_true(fd >= 0);
+	cm.n_add = 1;
+	cm.add = ids;
+	fm.len = baton__control__custody__pack(&cm, buf);
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+	rl = old;
+	rl.rlim_cur = (rlim_t)fd + 8; /* 8 free fds: inside the reserve */
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+	assert_int_equal(custody_handle(c, &fm), 0);
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+	assert_int_equal(custody_fd_count(c), 0);
+	assert_int_equal(fcntl(fd, F_GETFD), -1); /* closed */
+	custody_free(c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -205,6 +262,8 @@ int main(void)
 		cmocka_unit_test(test_bad_record_drops_earlier_one),
 		cmocka_unit_test(test_committed_past_the_file),
 		cmocka_unit_test(test_restore_rejects_too_many_ids),
+		cmocka_unit_test(test_handle_lost_fds),
+		cmocka_unit_test(test_handle_keeps_a_reserve),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
