@@ -484,3 +484,25 @@ def test_worker_crash_supervisor_fd_limit(ctx):
     for x in conns:
         x.close()
     resource.prlimit(sup, resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_worker_crash_strangers_not_copied(ctx):
+    """Custody copies a client's socket at login, not at accept: a
+    connection that never logs in costs the supervisor no fd (a restore
+    would close it anyway)."""
+    ng, w, b, dave = test_basic.setup(ctx, nsessions=1, supervisor_opts=CUSTODY)
+    c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    before = b.status()["custody"]["fds"]
+    conns = [ctx.loop.connect(b.port, name="raw%d" % i) for i in range(5)]
+    ctx.loop.run_for(1)
+    check(all(not x.closed for x in conns), "the strangers were closed")
+    cu = b.status()["custody"]
+    check(cu["fds"] == before, "custody fds %d -> %d with 5 strangers" % (before, cu["fds"]))
+    c2 = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="phone")
+    ctx.loop.run_for(0.5)
+    cu = b.status()["custody"]
+    check(cu["fds"] == before + 1, "custody fds %d -> %d after a login" % (before, cu["fds"]))
+    for x in conns:
+        x.close()
+    c2.close()
