@@ -69,7 +69,9 @@ static struct {
 	size_t nmap;
 	int interval_ms;
 	struct ckpt_log log;
-	uint64_t next_id, held;
+	/* ids stay unique across restarts (checkpoint_start() keeps
+	 * next_id): those up to base_id are an earlier custody's, stale */
+	uint64_t next_id, base_id, held;
 	struct strmap *index; /* key -> struct tracked * */
 	struct tracked **v;
 	size_t n, cap;
@@ -211,7 +213,7 @@ void checkpoint_conn_closed(uint64_t id)
 {
 	Baton__Control__Custody m = BATON__CONTROL__CUSTODY__INIT;
 
-	if (!ck.on || id == 0)
+	if (!ck.on || id <= ck.base_id)
 		return;
 	m.n_release = 1;
 	m.release = &id;
@@ -679,8 +681,10 @@ int checkpoint_start(struct event_base *base, struct bouncer *b,
 	struct timeval tv = { .tv_sec = period / 1000,
 			      .tv_usec = (period % 1000) * 1000 };
 	int r, fd;
+	uint64_t keep = ck.next_id;
 
 	memset(&ck, 0, sizeof(ck));
+	ck.next_id = ck.base_id = keep;
 	ck.log.fd = -1;
 	ck.base = base;
 	ck.b = b;
@@ -715,6 +719,38 @@ int checkpoint_start(struct event_base *base, struct bouncer *b,
 fail:
 	checkpoint_stop();
 	return r;
+}
+
+bool checkpoint_id_current(uint64_t id)
+{
+	return ck.on && id > ck.base_id;
+}
+
+int checkpoint_restart(struct event_base *base, struct bouncer *b,
+		       struct control_queue *q, int interval_ms)
+{
+	struct bouncer_item **items = NULL;
+	size_t n;
+	int r = checkpoint_start(base, b, q, interval_ms);
+
+	if (r < 0)
+		return r;
+	/* the supervisor holds nothing: a fresh copy of every session's
+	 * sockets (a pending client's comes at its login) */
+	n = bouncer_items(b, &items);
+	for (size_t i = 0; i < n && ck.on; i++) {
+		struct session *s = items[i]->kind == ITEM_SESSION ? items[i]->session : NULL;
+
+		if (s == NULL)
+			continue;
+		if (s->up != NULL)
+			conn_custody_start(s->up->conn);
+		for (size_t j = 0; j < s->nclients; j++)
+			conn_custody_start(s->clients[j]->conn);
+	}
+	free(items);
+	checkpoint_soon();
+	return ck.on ? 0 : -EPIPE;
 }
 
 void checkpoint_stop(void)

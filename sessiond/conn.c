@@ -882,7 +882,8 @@ uint64_t conn_custody_id(const struct conn *c)
 
 void conn_custody_start(struct conn *c)
 {
-	if (c != NULL && c->custody_id == 0 && c->fd >= 0) {
+	if (c != NULL && c->fd >= 0 &&
+	    (c->custody_id == 0 || !checkpoint_id_current(c->custody_id))) {
 		c->custody_id = checkpoint_conn_opened(c->fd);
 		c->ckpt_dirty = true;
 	}
