@@ -559,3 +559,20 @@ def test_custody_after_upgrade_supervisor(ctx):
     _kill_worker_and_wait(ctx, b, c, pid)
     check(not c.closed, "client disconnected by a worker crash after upgrade-supervisor")
     relay_both_ways(ctx, c, dave, "restored")
+
+
+def test_custody_crash_loop_backs_off(ctx):
+    """A worker that aborts 3 s after adopting (fault `crash`: a bug in a
+    restored state, not input, so no poison pill is quarantined): after
+    3 restores in a row died within 10 s, the restart waits for the
+    normal backoff (the log and status custody.crash_loop say so)
+    instead of restoring at once forever."""
+    ng = ctx.ngircd()
+    b = faulty_baton(ctx, ng, "crash", CUSTODY, nsessions=1)
+    w = bl.Watcher(ctx.loop, ng, ["#chat"], watch=[s.nick for s in b.sessions])
+    w.wait_present([s.nick for s in b.sessions], timeout=30)
+    os.kill(b.worker_pid(), signal.SIGKILL)
+    bl.wait_for(lambda: "crash loop" in b.log_text(), 20, what="the crash loop noticed")
+    check("restarting the worker in" in b.log_text(), "no backoff in the log")
+    cu = b.status().get("custody") or {}
+    check(cu.get("crash_loop") is True, "status custody: %r" % (cu,))
