@@ -162,6 +162,24 @@ static int ckpt_log_put(struct ckpt_log *l, uint32_t type, const void *a,
 	return 0;
 }
 
+/* Custody ends after an error: the supervisor is told (a CUSTODY end),
+ * so it releases the copies it holds (a socket we close must end for its
+ * peer) and never restores from a log we no longer write. */
+static void ckpt_fail(const char *reason)
+{
+	Baton__Control__Custody m = BATON__CONTROL__CUSTODY__INIT;
+	bool was_on = ck.on;
+
+	checkpoint_stop();
+	if (!was_on || ck.q == NULL)
+		return;
+	m.has_end = 1;
+	m.end = 1;
+	m.reason = (char *)reason;
+	if (control_queue_push_fds(ck.q, CONTROL_CUSTODY, &m.base, NULL, 0) < 0)
+		log_error("custody", "cannot tell the supervisor that custody ended");
+}
+
 static void ckpt_put(uint32_t type, const void *a, size_t alen, const void *b,
 		     size_t blen)
 {
@@ -169,7 +187,7 @@ static void ckpt_put(uint32_t type, const void *a, size_t alen, const void *b,
 		return;
 	if (ckpt_log_put(&ck.log, type, a, alen, b, blen) < 0) {
 		log_error("custody", "cannot grow the checkpoint log: custody ends (a crash now disconnects everyone)");
-		checkpoint_stop();
+		ckpt_fail("cannot grow the checkpoint log");
 	}
 }
 
@@ -180,7 +198,7 @@ static void ckpt_push(Baton__Control__Custody *m, int *fds, size_t nfds)
 	if (r < 0) {
 		log_error("custody", "cannot hand sockets to the supervisor: %s: custody ends",
 			  strerror(-r));
-		checkpoint_stop();
+		ckpt_fail("cannot hand sockets to the supervisor");
 	}
 }
 
@@ -265,7 +283,7 @@ void checkpoint_conn_input(uint64_t id, const void *in, size_t len)
 	}
 	buf = malloc(n + len);
 	if (buf == NULL) {
-		checkpoint_stop();
+		ckpt_fail("out of memory");
 		return;
 	}
 	memcpy(buf, h, n);
@@ -471,7 +489,7 @@ static void ckpt_tick(evutil_socket_t fd, short what, void *arg)
 			continue;
 		fresh = strmap_get(ck.index, it->session->key) == NULL;
 		if ((t = tracked_get(it->session->key)) == NULL) {
-			checkpoint_stop();
+			ckpt_fail("out of memory");
 			break;
 		}
 		t->seen = true;
@@ -490,7 +508,7 @@ static void ckpt_tick(evutil_socket_t fd, short what, void *arg)
 		if (r < 0 && r != -ECONNRESET) {
 			log_error("custody", "cannot checkpoint %s: %s: custody ends",
 				  it->session->key, strerror(-r));
-			checkpoint_stop();
+			ckpt_fail("cannot write a session's checkpoint record");
 			break;
 		}
 		ck.last_ms = clock_mono_ms();

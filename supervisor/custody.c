@@ -120,6 +120,7 @@ struct custody {
 	int log_fd;       /* the checkpoint memfd, -1: none */
 	uint64_t compactions; /* logs that replaced the first one */
 	uint64_t fds_lost;    /* copies not kept at our fd limit */
+	char ended[128];      /* the worker ended custody: why ("": it did not) */
 };
 
 struct custody *custody_new(void)
@@ -138,16 +139,22 @@ static int held_fd(const struct custody *c, uint64_t id)
 	return v ? (int)(intptr_t)v - 1 : -1;
 }
 
-void custody_free(struct custody *c)
+static void custody_release_all(struct custody *c)
 {
-	if (c == NULL)
-		return;
 	for (size_t i = 0; i < c->fds.cap; i++)
 		if (c->fds.keys[i] != 0)
 			close((int)(intptr_t)c->fds.vals[i] - 1);
 	idmap_clear(&c->fds);
 	if (c->log_fd >= 0)
 		close(c->log_fd);
+	c->log_fd = -1;
+}
+
+void custody_free(struct custody *c)
+{
+	if (c == NULL)
+		return;
+	custody_release_all(c);
 	free(c);
 }
 
@@ -199,7 +206,22 @@ int custody_handle(struct custody *c, struct frame_msg *m)
 		rc = -EPROTO;
 		goto out;
 	}
+	if (cm->has_end && cm->end) {
+		/* custody ended in the worker after an error: its log is
+		 * stale and the copies would outlive sockets it closes */
+		if (m->nfds + m->fds_lost != 0) {
+			rc = -EPROTO;
+			goto out;
+		}
+		custody_release_all(c);
+		snprintf(c->ended, sizeof(c->ended), "%s",
+			 cm->reason && cm->reason[0] ? cm->reason : "ended by the worker");
+		log_error("custody", "the worker ended custody (%s): every copy released, a crash now disconnects its users",
+			  c->ended);
+		goto out;
+	}
 	if (cm->has_checkpoint && cm->checkpoint) {
+		c->ended[0] = '\0';
 		if (c->log_fd >= 0) {
 			close(c->log_fd);
 			c->compactions++;
@@ -263,6 +285,10 @@ struct json_object *custody_json(const struct custody *c, struct jb *jb)
 	int64_t last = 0;
 	bool h = c != NULL && log_header(c->log_fd, &committed, &sessions, &last) == 0;
 
+	/* active: a log is held (a crash would be restored); otherwise
+	 * ended says why when the worker told us */
+	jb_add(jb, o, "active", jb_bool(jb, c != NULL && c->log_fd >= 0));
+	jb_add(jb, o, "ended", c != NULL && c->ended[0] ? jb_str(jb, c->ended) : NULL);
 	jb_add(jb, o, "fds", jb_i64(jb, (int64_t)custody_fd_count(c)));
 	jb_add(jb, o, "sessions", jb_i64(jb, (int64_t)sessions));
 	jb_add(jb, o, "checkpoint_bytes", jb_i64(jb, h ? (int64_t)(CKPT_HEADER + committed) : 0));

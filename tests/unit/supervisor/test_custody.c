@@ -255,6 +255,40 @@ static void test_handle_keeps_a_reserve(void **state)
 	custody_free(c);
 }
 
+/* The worker ended custody after an error (a CUSTODY end): every copy
+ * and the log are released (a socket the worker closes must end for its
+ * peer; a later crash must not restore from a stale log). */
+static void test_end_releases_everything(void **state)
+{
+	struct custody *c = custody_with_log(memfd_create("l", MFD_CLOEXEC));
+	Baton__Control__Custody cm = BATON__CONTROL__CUSTODY__INIT;
+	uint64_t ids[2] = { 1, 2 };
+	int a = dup(0), b = dup(0);
+	int fds[2] = { a, b };
+	uint8_t buf[128];
+	struct frame_msg fm = { .type = 1, .data = buf, .fds = fds, .nfds = 2 };
+
+	(void)state;
+	cm.n_add = 2;
+	cm.add = ids;
+	fm.len = baton__control__custody__pack(&cm, buf);
+	assert_int_equal(custody_handle(c, &fm), 0);
+	assert_int_equal(custody_fd_count(c), 2);
+	assert_true(custody_has_checkpoint(c));
+	Baton__Control__Custody end = BATON__CONTROL__CUSTODY__INIT;
+	end.has_end = 1;
+	end.end = 1;
+	end.reason = "cannot grow the checkpoint log";
+	struct frame_msg fe = { .type = 1, .data = buf };
+	fe.len = baton__control__custody__pack(&end, buf);
+	assert_int_equal(custody_handle(c, &fe), 0);
+	assert_int_equal(custody_fd_count(c), 0);
+	assert_false(custody_has_checkpoint(c));
+	assert_int_equal(fcntl(a, F_GETFD), -1);
+	assert_int_equal(fcntl(b, F_GETFD), -1);
+	custody_free(c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -264,6 +298,7 @@ int main(void)
 		cmocka_unit_test(test_restore_rejects_too_many_ids),
 		cmocka_unit_test(test_handle_lost_fds),
 		cmocka_unit_test(test_handle_keeps_a_reserve),
+		cmocka_unit_test(test_end_releases_everything),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
