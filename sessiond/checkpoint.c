@@ -377,8 +377,6 @@ static int ckpt_session(struct ckpt_log *l, struct bouncer_item *it,
 		struct conn *c = item_conn_by_fd(s, it->fds[i]);
 
 		ids[i] = c ? conn_custody_id(c) : 0;
-		if (c)
-			conn_checkpoint_taken(c);
 	}
 	uint32_t nk[2] = { (uint32_t)it->nfds, (uint32_t)keylen };
 	uint64_t off = l->used;
@@ -388,6 +386,15 @@ static int ckpt_session(struct ckpt_log *l, struct bouncer_item *it,
 	memcpy(hdr + 8 + 8 * it->nfds, s->key, keylen);
 	r = ckpt_log_put(l, CKPT_SESSION, hdr, hlen, buf, len);
 	if (r == 0) {
+		/* the connections' write bases move with the record, and only
+		 * once it is in the log: after a failed put the WRITE records
+		 * that follow still count from the previous record */
+		for (size_t i = 0; i < it->nfds; i++) {
+			struct conn *c = item_conn_by_fd(s, it->fds[i]);
+
+			if (c)
+				conn_checkpoint_taken(c);
+		}
 		t->rec_off = off;
 		t->last_ms = clock_mono_ms();
 		free(t->ids);
