@@ -474,6 +474,8 @@ def test_worker_crash_supervisor_fd_limit(ctx):
     ctx.loop.run_for(1)
     check(bl.pid_alive(pid) and not c.closed,
           "the worker was lost / the client disconnected at the supervisor's fd limit")
+    check("control socket lost" not in b.log_text(),
+          "the supervisor dropped the worker's control channel")
     cu = b.status().get("custody") or {}
     check(cu.get("fds_lost", 0) >= 1, "status custody.fds_lost: %r" % (cu,))
     relay_both_ways(ctx, c, dave, "after")
@@ -576,3 +578,35 @@ def test_custody_crash_loop_backs_off(ctx):
     check("restarting the worker in" in b.log_text(), "no backoff in the log")
     cu = b.status().get("custody") or {}
     check(cu.get("crash_loop") is True, "status custody: %r" % (cu,))
+
+
+def test_worker_crash_supervisor_no_fd_free(ctx):
+    """The supervisor with no fd free at all (prlimit to what it has
+    open): the kernel truncates the fds of every CUSTODY message
+    (MSG_CTRUNC). Those copies are lost and counted; the control channel
+    stays and the worker is not killed (before, a protocol error: the
+    worker and every user went)."""
+    import resource
+    ng, w, b, dave = test_basic.setup(ctx, nsessions=1, supervisor_opts=CUSTODY)
+    c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    pid = b.worker_pid()
+    sup = b.proc.pid
+    soft, hard = resource.prlimit(sup, resource.RLIMIT_NOFILE)
+    resource.prlimit(sup, resource.RLIMIT_NOFILE,
+                     (len(os.listdir("/proc/%d/fd" % sup)), hard))
+    logins = [bl.bouncer_client(ctx.loop, b, b.sessions[0], client="c%d" % i)
+              for i in range(3)]
+    ctx.loop.run_for(1)
+    resource.prlimit(sup, resource.RLIMIT_NOFILE, (soft, hard))
+    check(bl.pid_alive(pid) and not c.closed,
+          "the worker was lost / the client disconnected with no fd free in the supervisor")
+    # (before: "control socket lost: Protocol error", the worker killed
+    # after kill_timeout)
+    check("control socket lost" not in b.log_text(),
+          "the supervisor dropped the worker's control channel")
+    cu = b.status().get("custody") or {}
+    check(cu.get("fds_lost", 0) >= 3, "status custody.fds_lost: %r" % (cu,))
+    relay_both_ways(ctx, c, dave, "after")
+    for x in logins:
+        x.close()
