@@ -462,8 +462,15 @@ static int restore_parse(struct custody_restore *r)
 			if (len < 8)
 				return -EPROTO;
 			memcpy(nk, p, 8);
-			if ((uint64_t)8 + 8ull * nk[0] + nk[1] > len || nk[1] >= sizeof(key))
-				return -EPROTO;
+			if ((uint64_t)8 + 8ull * nk[0] + nk[1] > len || nk[1] >= sizeof(key)) {
+				/* no key to name: this record is skipped (the
+				 * framing is intact, the other sessions are not
+				 * at stake) */
+				r->res.sessions_rejected++;
+				log_error("custody", "a checkpoint record with an impossible layout skipped (ids %u, key %u bytes, record %u bytes)",
+					  nk[0], nk[1], len);
+				break;
+			}
 			memcpy(key, p + 8 + 8 * nk[0], nk[1]);
 			key[nk[1]] = '\0';
 			/* the log is a dead worker's word: a session naming
@@ -519,7 +526,7 @@ static int restore_parse(struct custody_restore *r)
 			size_t at;
 
 			if (len >= sizeof(key))
-				return -EPROTO;
+				break; /* no session has such a key: nothing to end */
 			memcpy(key, p, len);
 			key[len] = '\0';
 			if (sess_find(r, key, &at) != NULL) {

@@ -289,6 +289,32 @@ static void test_end_releases_everything(void **state)
 	custody_free(c);
 }
 
+/* A session record whose key is past the bound (255 bytes) or whose ids
+ * and key do not fit its length is skipped and counted; the sessions
+ * around it are restored (the framing is intact). */
+static void test_impossible_record_skipped(void **state)
+{
+	struct log l;
+	struct custody *c;
+	struct strmap *keys;
+	char longkey[301];
+
+	(void)state;
+	memset(longkey, 'k', 300);
+	longkey[300] = '\0';
+	log_init(&l);
+	log_session(&l, "a/net", 1, 1);
+	log_session(&l, longkey, 1, 2);
+	log_session(&l, "b/net", 1, 3);
+	c = custody_with_log(log_memfd(&l, 0));
+	keys = custody_session_keys(c);
+	assert_non_null(keys);
+	assert_non_null(strmap_get(keys, "a/net"));
+	assert_non_null(strmap_get(keys, "b/net"));
+	strmap_free(keys);
+	custody_free(c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -299,6 +325,7 @@ int main(void)
 		cmocka_unit_test(test_handle_lost_fds),
 		cmocka_unit_test(test_handle_keeps_a_reserve),
 		cmocka_unit_test(test_end_releases_everything),
+		cmocka_unit_test(test_impossible_record_skipped),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
