@@ -536,7 +536,8 @@ def test_custody_after_supervisor_restart(ctx):
     relay_both_ways(ctx, c, dave, "adopted")
     ctx.loop.run_for(0.5)
     cu = b.status().get("custody")
-    check(cu and cu.get("fds", 0) >= 3 and cu.get("sessions") == 2,
+    check(cu and cu.get("active") is True and cu.get("fds", 0) >= 3 and
+          cu.get("sessions") == 2,
           "custody after the supervisor restart: %r" % (cu,))
     _kill_worker_and_wait(ctx, b, c, pid)
     check(not c.closed, "client disconnected by a worker crash after a supervisor restart")
@@ -556,7 +557,8 @@ def test_custody_after_upgrade_supervisor(ctx):
     check(rc == 0, "upgrade-supervisor: %r %r" % (rc, err))
     ctx.loop.run_for(0.5)
     cu = b.status().get("custody")
-    check(cu and cu.get("fds", 0) >= 3 and cu.get("sessions") == 2,
+    check(cu and cu.get("active") is True and cu.get("fds", 0) >= 3 and
+          cu.get("sessions") == 2,
           "custody after upgrade-supervisor: %r" % (cu,))
     _kill_worker_and_wait(ctx, b, c, pid)
     check(not c.closed, "client disconnected by a worker crash after upgrade-supervisor")
