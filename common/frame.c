@@ -348,7 +348,8 @@ static int recv_datagram(int sock, uint8_t *buf, size_t cap, bool wait,
 	return 0;
 }
 
-int frame_recv(int sock, struct frame_msg *msg, int timeout_ms)
+static int recv_msg(int sock, struct frame_msg *msg, int timeout_ms,
+		    bool lossy_fds)
 {
 	int fds[FRAME_MAX_FDS];
 	size_t nfds = 0;
@@ -356,6 +357,7 @@ int frame_recv(int sock, struct frame_msg *msg, int timeout_ms)
 	uint8_t *data = NULL;
 	int *msgfds = NULL;
 	size_t msgnfds = 0;
+	size_t lost = 0;
 	size_t off = 0;
 	uint32_t total = 0;
 	uint8_t type = 0;
@@ -421,7 +423,12 @@ int frame_recv(int sock, struct frame_msg *msg, int timeout_ms)
 			r = -ECONNRESET;
 			goto out;
 		}
-		if ((flags & (MSG_TRUNC | MSG_CTRUNC)) || got < FRAME_HEADER) {
+		bool ctrunc = (flags & MSG_CTRUNC) != 0;
+
+		/* MSG_CTRUNC: we are at our fd limit and the kernel installed
+		 * only the first fds (frame.h, frame_recv_lossy()). */
+		if ((flags & MSG_TRUNC) || got < FRAME_HEADER ||
+		    (ctrunc && (!lossy_fds || !first))) {
 			r = -EPROTO;
 			goto out;
 		}
@@ -430,11 +437,14 @@ int frame_recv(int sock, struct frame_msg *msg, int timeout_ms)
 		    h.version != FRAME_VERSION || h.type == 0 ||
 		    h.length != got - FRAME_HEADER ||
 		    h.total > FRAME_MAX_MESSAGE ||
-		    h.nfds != received_fds || (h.flags & ~FRAME_F_MORE)) {
+		    (ctrunc ? h.nfds <= received_fds || h.nfds > FRAME_MAX_FDS
+			    : h.nfds != received_fds) ||
+		    (h.flags & ~FRAME_F_MORE)) {
 			r = -EPROTO;
 			goto out;
 		}
 		if (first) {
+			lost = ctrunc ? h.nfds - received_fds : 0;
 			type = h.type;
 			total = h.total;
 			data = malloc((size_t)total + 1);
@@ -475,6 +485,7 @@ int frame_recv(int sock, struct frame_msg *msg, int timeout_ms)
 	msg->len = total;
 	msg->fds = msgfds;
 	msg->nfds = msgnfds;
+	msg->fds_lost = lost;
 	data = NULL;   /* transferred to msg */
 	msgfds = NULL; /* transferred to msg */
 	msgnfds = 0;
@@ -486,6 +497,16 @@ out:
 	free(data);
 	free(buf);
 	return r;
+}
+
+int frame_recv(int sock, struct frame_msg *msg, int timeout_ms)
+{
+	return recv_msg(sock, msg, timeout_ms, false);
+}
+
+int frame_recv_lossy(int sock, struct frame_msg *msg, int timeout_ms)
+{
+	return recv_msg(sock, msg, timeout_ms, true);
 }
 
 void frame_msg_clear(struct frame_msg *msg)

@@ -42,6 +42,9 @@ struct frame_msg {
 	size_t len;
 	int *fds;            /* owned, each fd handed out exactly once */
 	size_t nfds;
+	size_t fds_lost;     /* frame_recv_lossy() only: fds the sender attached
+			      * that the kernel could not install (we were at
+			      * our RLIMIT_NOFILE); always the last ones */
 };
 
 /* Send one message. `sock` may be blocking or non-blocking; for a
@@ -79,6 +82,14 @@ int frame_send_nowait(int sock, uint8_t type, const void *data,
  * (MSG_TRUNC), MSG_CTRUNC, fds on a non-first fragment, fd count differing
  * from the header, message too large), -EAGAIN, -ETIMEDOUT, -errno. */
 int frame_recv(int sock, struct frame_msg *msg, int timeout_ms);
+
+/* frame_recv(), except that MSG_CTRUNC on the first fragment (the
+ * receiver is at its fd limit: the kernel installed the first fds and
+ * dropped the rest) is not an error: the message is returned with the fds
+ * that arrived and msg->fds_lost saying how many did not. For messages
+ * whose fds are expendable copies (CUSTODY): the caller checks fds_lost
+ * for every other type. */
+int frame_recv_lossy(int sock, struct frame_msg *msg, int timeout_ms);
 
 /* Free data and close every fd still held in msg (set an fd to -1 to take
  * it). Accepts NULL. */

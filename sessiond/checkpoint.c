@@ -69,7 +69,9 @@ static struct {
 	size_t nmap;
 	int interval_ms;
 	struct ckpt_log log;
-	uint64_t next_id, held;
+	/* ids stay unique across restarts (checkpoint_start() keeps
+	 * next_id): those up to base_id are an earlier custody's, stale */
+	uint64_t next_id, base_id, held;
 	struct strmap *index; /* key -> struct tracked * */
 	struct tracked **v;
 	size_t n, cap;
@@ -160,6 +162,24 @@ static int ckpt_log_put(struct ckpt_log *l, uint32_t type, const void *a,
 	return 0;
 }
 
+/* Custody ends after an error: the supervisor is told (a CUSTODY end),
+ * so it releases the copies it holds (a socket we close must end for its
+ * peer) and never restores from a log we no longer write. */
+static void ckpt_fail(const char *reason)
+{
+	Baton__Control__Custody m = BATON__CONTROL__CUSTODY__INIT;
+	bool was_on = ck.on;
+
+	checkpoint_stop();
+	if (!was_on || ck.q == NULL)
+		return;
+	m.has_end = 1;
+	m.end = 1;
+	m.reason = (char *)reason;
+	if (control_queue_push_fds(ck.q, CONTROL_CUSTODY, &m.base, NULL, 0) < 0)
+		log_error("custody", "cannot tell the supervisor that custody ended");
+}
+
 static void ckpt_put(uint32_t type, const void *a, size_t alen, const void *b,
 		     size_t blen)
 {
@@ -167,7 +187,7 @@ static void ckpt_put(uint32_t type, const void *a, size_t alen, const void *b,
 		return;
 	if (ckpt_log_put(&ck.log, type, a, alen, b, blen) < 0) {
 		log_error("custody", "cannot grow the checkpoint log: custody ends (a crash now disconnects everyone)");
-		checkpoint_stop();
+		ckpt_fail("cannot grow the checkpoint log");
 	}
 }
 
@@ -178,7 +198,7 @@ static void ckpt_push(Baton__Control__Custody *m, int *fds, size_t nfds)
 	if (r < 0) {
 		log_error("custody", "cannot hand sockets to the supervisor: %s: custody ends",
 			  strerror(-r));
-		checkpoint_stop();
+		ckpt_fail("cannot hand sockets to the supervisor");
 	}
 }
 
@@ -211,7 +231,7 @@ void checkpoint_conn_closed(uint64_t id)
 {
 	Baton__Control__Custody m = BATON__CONTROL__CUSTODY__INIT;
 
-	if (!ck.on || id == 0)
+	if (!ck.on || id <= ck.base_id)
 		return;
 	m.n_release = 1;
 	m.release = &id;
@@ -263,7 +283,7 @@ void checkpoint_conn_input(uint64_t id, const void *in, size_t len)
 	}
 	buf = malloc(n + len);
 	if (buf == NULL) {
-		checkpoint_stop();
+		ckpt_fail("out of memory");
 		return;
 	}
 	memcpy(buf, h, n);
@@ -357,8 +377,6 @@ static int ckpt_session(struct ckpt_log *l, struct bouncer_item *it,
 		struct conn *c = item_conn_by_fd(s, it->fds[i]);
 
 		ids[i] = c ? conn_custody_id(c) : 0;
-		if (c)
-			conn_checkpoint_taken(c);
 	}
 	uint32_t nk[2] = { (uint32_t)it->nfds, (uint32_t)keylen };
 	uint64_t off = l->used;
@@ -368,6 +386,15 @@ static int ckpt_session(struct ckpt_log *l, struct bouncer_item *it,
 	memcpy(hdr + 8 + 8 * it->nfds, s->key, keylen);
 	r = ckpt_log_put(l, CKPT_SESSION, hdr, hlen, buf, len);
 	if (r == 0) {
+		/* the connections' write bases move with the record, and only
+		 * once it is in the log: after a failed put the WRITE records
+		 * that follow still count from the previous record */
+		for (size_t i = 0; i < it->nfds; i++) {
+			struct conn *c = item_conn_by_fd(s, it->fds[i]);
+
+			if (c)
+				conn_checkpoint_taken(c);
+		}
 		t->rec_off = off;
 		t->last_ms = clock_mono_ms();
 		free(t->ids);
@@ -469,7 +496,7 @@ static void ckpt_tick(evutil_socket_t fd, short what, void *arg)
 			continue;
 		fresh = strmap_get(ck.index, it->session->key) == NULL;
 		if ((t = tracked_get(it->session->key)) == NULL) {
-			checkpoint_stop();
+			ckpt_fail("out of memory");
 			break;
 		}
 		t->seen = true;
@@ -488,7 +515,7 @@ static void ckpt_tick(evutil_socket_t fd, short what, void *arg)
 		if (r < 0 && r != -ECONNRESET) {
 			log_error("custody", "cannot checkpoint %s: %s: custody ends",
 				  it->session->key, strerror(-r));
-			checkpoint_stop();
+			ckpt_fail("cannot write a session's checkpoint record");
 			break;
 		}
 		ck.last_ms = clock_mono_ms();
@@ -679,8 +706,10 @@ int checkpoint_start(struct event_base *base, struct bouncer *b,
 	struct timeval tv = { .tv_sec = period / 1000,
 			      .tv_usec = (period % 1000) * 1000 };
 	int r, fd;
+	uint64_t keep = ck.next_id;
 
 	memset(&ck, 0, sizeof(ck));
+	ck.next_id = ck.base_id = keep;
 	ck.log.fd = -1;
 	ck.base = base;
 	ck.b = b;
@@ -715,6 +744,38 @@ int checkpoint_start(struct event_base *base, struct bouncer *b,
 fail:
 	checkpoint_stop();
 	return r;
+}
+
+bool checkpoint_id_current(uint64_t id)
+{
+	return ck.on && id > ck.base_id;
+}
+
+int checkpoint_restart(struct event_base *base, struct bouncer *b,
+		       struct control_queue *q, int interval_ms)
+{
+	struct bouncer_item **items = NULL;
+	size_t n;
+	int r = checkpoint_start(base, b, q, interval_ms);
+
+	if (r < 0)
+		return r;
+	/* the supervisor holds nothing: a fresh copy of every session's
+	 * sockets (a pending client's comes at its login) */
+	n = bouncer_items(b, &items);
+	for (size_t i = 0; i < n && ck.on; i++) {
+		struct session *s = items[i]->kind == ITEM_SESSION ? items[i]->session : NULL;
+
+		if (s == NULL)
+			continue;
+		if (s->up != NULL)
+			conn_custody_start(s->up->conn);
+		for (size_t j = 0; j < s->nclients; j++)
+			conn_custody_start(s->clients[j]->conn);
+	}
+	free(items);
+	checkpoint_soon();
+	return ck.on ? 0 : -EPIPE;
 }
 
 void checkpoint_stop(void)

@@ -83,6 +83,13 @@ int checkpoint_start(struct event_base *base, struct bouncer *b,
 /* Custody ends (orphaned: the control channel is gone). */
 void checkpoint_stop(void);
 bool checkpoint_on(void);
+/* checkpoint_start() for a worker adopted by a new supervisor (which holds
+ * nothing): a fresh log and a fresh copy of every session's sockets. */
+int checkpoint_restart(struct event_base *base, struct bouncer *b,
+		       struct control_queue *q, int interval_ms);
+/* Whether a conn's custody id belongs to the custody running now (not to
+ * one stopped when the supervisor went away). */
+bool checkpoint_id_current(uint64_t id);
 /* Write the records due now, without waiting for the timer: right after a
  * migration committed here (adopted sessions have none yet; a crash before
  * the next tick would lose them all). */

@@ -1725,4 +1725,5 @@ const struct conn_ops client_conn_ops = {
 	.closed = client_closed,
 	.drained = client_drained,
 	.tls_ready = client_tls_ready,
+	.custody_deferred = true, /* at login: session_add_client() */
 };

@@ -654,7 +654,8 @@ struct conn *conn_adopt(struct event_base *base, int fd, bool connecting,
 	int fl = fcntl(fd, F_GETFL);
 	if (fl >= 0 && !(fl & O_NONBLOCK))
 		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-	c->custody_id = checkpoint_conn_opened(fd);
+	if (!ops->custody_deferred)
+		c->custody_id = checkpoint_conn_opened(fd);
 	c->ckpt_dirty = true;
 	return c;
 fail:
@@ -877,6 +878,15 @@ void conn_close_fd_only(struct conn *c)
 uint64_t conn_custody_id(const struct conn *c)
 {
 	return c->custody_id;
+}
+
+void conn_custody_start(struct conn *c)
+{
+	if (c != NULL && c->fd >= 0 &&
+	    (c->custody_id == 0 || !checkpoint_id_current(c->custody_id))) {
+		c->custody_id = checkpoint_conn_opened(c->fd);
+		c->ckpt_dirty = true;
+	}
 }
 
 bool conn_checkpoint_dirty(const struct conn *c)

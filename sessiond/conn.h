@@ -54,6 +54,10 @@ struct conn_ops {
 	/* Optional: the TLS handshake of conn_start_tls() completed; lines
 	 * flow from now on (conn_tls_info() describes the session). */
 	void (*tls_ready)(struct conn *c, void *arg);
+	/* Custody (sessiond/checkpoint.h): no copy of the socket goes to the
+	 * supervisor until conn_custody_start() (a client: at login, so
+	 * strangers' connections cannot fill the supervisor's fd table). */
+	bool custody_deferred;
 };
 
 /* TLS handshakes that do not complete in this long close the connection
@@ -213,6 +217,9 @@ void conn_discard_unacked(struct conn *c);
  * socket under (0: none); whether it did I/O since the last session record
  * (checkpoint.c writes one then, and calls conn_checkpoint_taken()). */
 uint64_t conn_custody_id(const struct conn *c);
+/* Hand the supervisor its custody copy now if it has none yet (see
+ * conn_ops.custody_deferred; a no-op with custody off). */
+void conn_custody_start(struct conn *c);
 bool conn_checkpoint_dirty(const struct conn *c);
 void conn_checkpoint_taken(struct conn *c);
 

@@ -166,6 +166,16 @@ static void channel_adopted(void *arg, int fd)
 	w->fd = fd;
 	w->orphaned = false;
 	log_info("worker", "adopted by a new supervisor (%zu listeners handed over)", n);
+	/* custody stopped when the old supervisor went: the new one holds
+	 * nothing, so it starts over (a fresh log, fresh copies) */
+	if (w->cfg->custody) {
+		int r = checkpoint_restart(w->base, w->b, w->out,
+					   w->cfg->custody_checkpoint_ms);
+
+		if (r < 0)
+			log_error("custody", "cannot restart custody after adoption: %s (a crash of this worker disconnects its users)",
+				  strerror(-r));
+	}
 }
 
 int control_channel_rendezvous(struct control_channel *w, const char *state_dir)

@@ -534,6 +534,10 @@ int session_add_client(struct session *s, struct client *cl)
 		health_session_attached(bouncer_health(s->b), s);
 	s->clients[s->nclients++] = cl;
 	cl->s = s;
+	/* custody copies a client's socket only once it is a session's
+	 * (conn_ops.custody_deferred): a pending connection would be
+	 * closed by a restore anyway */
+	conn_custody_start(cl->conn);
 	checkpoint_soon(); /* custody: the session record names its sockets */
 	return 0;
 }

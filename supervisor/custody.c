@@ -4,7 +4,9 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -117,6 +119,8 @@ struct custody {
 	struct idmap fds; /* id -> (void *)(intptr_t)(fd + 1) */
 	int log_fd;       /* the checkpoint memfd, -1: none */
 	uint64_t compactions; /* logs that replaced the first one */
+	uint64_t fds_lost;    /* copies not kept at our fd limit */
+	char ended[128];      /* the worker ended custody: why ("": it did not) */
 };
 
 struct custody *custody_new(void)
@@ -135,16 +139,22 @@ static int held_fd(const struct custody *c, uint64_t id)
 	return v ? (int)(intptr_t)v - 1 : -1;
 }
 
-void custody_free(struct custody *c)
+static void custody_release_all(struct custody *c)
 {
-	if (c == NULL)
-		return;
 	for (size_t i = 0; i < c->fds.cap; i++)
 		if (c->fds.keys[i] != 0)
 			close((int)(intptr_t)c->fds.vals[i] - 1);
 	idmap_clear(&c->fds);
 	if (c->log_fd >= 0)
 		close(c->log_fd);
+	c->log_fd = -1;
+}
+
+void custody_free(struct custody *c)
+{
+	if (c == NULL)
+		return;
+	custody_release_all(c);
 	free(c);
 }
 
@@ -158,6 +168,31 @@ bool custody_has_checkpoint(const struct custody *c)
 	return c != NULL && c->log_fd >= 0;
 }
 
+/* fds the supervisor keeps free for its own work (accepting batonctl,
+ * starting a worker, a migration's socketpair): custody never holds a
+ * copy in them. fds are allocated lowest first, so an fd numbered past
+ * the limit minus the reserve means that many are open. */
+#define CUSTODY_FD_RESERVE 64
+
+/* fd (-1: lost at our fd limit by the kernel) kept, or closed and -1
+ * when it eats into the reserve; each loss counted. */
+static int custody_keep(struct custody *c, int fd)
+{
+	struct rlimit rl;
+
+	if (fd >= 0 && getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
+	    rl.rlim_cur != RLIM_INFINITY &&
+	    (rlim_t)fd + CUSTODY_FD_RESERVE >= rl.rlim_cur) {
+		close(fd);
+		fd = -1;
+	}
+	if (fd < 0) {
+		if (c->fds_lost++ == 0)
+			log_error("custody", "a socket copy was not kept: the supervisor is near its fd limit (its connection reconnects if the worker crashes; see custody.fds_lost)");
+	}
+	return fd;
+}
+
 int custody_handle(struct custody *c, struct frame_msg *m)
 {
 	Baton__Control__Custody *cm =
@@ -167,23 +202,48 @@ int custody_handle(struct custody *c, struct frame_msg *m)
 
 	if (cm == NULL)
 		return -EPROTO;
-	if (m->nfds != cm->n_add + (cm->has_checkpoint && cm->checkpoint)) {
+	if (m->nfds + m->fds_lost != cm->n_add + (cm->has_checkpoint && cm->checkpoint)) {
 		rc = -EPROTO;
 		goto out;
 	}
+	if (cm->has_end && cm->end) {
+		/* custody ended in the worker after an error: its log is
+		 * stale and the copies would outlive sockets it closes */
+		if (m->nfds + m->fds_lost != 0) {
+			rc = -EPROTO;
+			goto out;
+		}
+		custody_release_all(c);
+		snprintf(c->ended, sizeof(c->ended), "%s",
+			 cm->reason && cm->reason[0] ? cm->reason : "ended by the worker");
+		log_error("custody", "the worker ended custody (%s): every copy released, a crash now disconnects its users",
+			  c->ended);
+		goto out;
+	}
 	if (cm->has_checkpoint && cm->checkpoint) {
+		c->ended[0] = '\0';
 		if (c->log_fd >= 0) {
 			close(c->log_fd);
 			c->compactions++;
 		}
+		/* -1 when lost at our fd limit: no log, no restore (the
+		 * old one is stale) */
 		c->log_fd = frame_msg_take_fd(m, k++);
+		if (c->log_fd < 0)
+			log_error("custody", "the checkpoint log was lost at the supervisor's fd limit: a crash of this worker restores nothing");
 	}
 	for (size_t i = 0; i < cm->n_add; i++) {
-		int fd = frame_msg_take_fd(m, k++);
+		int fd = custody_keep(c, frame_msg_take_fd(m, k++));
 		int old = held_fd(c, cm->add[i]);
 
-		if (old >= 0)
+		if (old >= 0) {
 			close(old);
+			idmap_del(&c->fds, cm->add[i]);
+		}
+		/* a copy lost (at our fd limit): its connection reconnects
+		 * if the worker crashes (restore_item() finds no fd) */
+		if (fd < 0)
+			continue;
 		if (idmap_put(&c->fds, cm->add[i], (void *)(intptr_t)(fd + 1)) < 0) {
 			log_error("custody", "out of memory: a socket not held (lost if the worker crashes)");
 			close(fd);
@@ -225,12 +285,17 @@ struct json_object *custody_json(const struct custody *c, struct jb *jb)
 	int64_t last = 0;
 	bool h = c != NULL && log_header(c->log_fd, &committed, &sessions, &last) == 0;
 
+	/* active: a log is held (a crash would be restored); otherwise
+	 * ended says why when the worker told us */
+	jb_add(jb, o, "active", jb_bool(jb, c != NULL && c->log_fd >= 0));
+	jb_add(jb, o, "ended", c != NULL && c->ended[0] ? jb_str(jb, c->ended) : NULL);
 	jb_add(jb, o, "fds", jb_i64(jb, (int64_t)custody_fd_count(c)));
 	jb_add(jb, o, "sessions", jb_i64(jb, (int64_t)sessions));
 	jb_add(jb, o, "checkpoint_bytes", jb_i64(jb, h ? (int64_t)(CKPT_HEADER + committed) : 0));
 	jb_add(jb, o, "checkpoint_age_ms",
 	       h && last > 0 ? jb_i64(jb, clock_mono_ms() - last) : NULL);
 	jb_add(jb, o, "compactions", jb_i64(jb, c ? (int64_t)c->compactions : 0));
+	jb_add(jb, o, "fds_lost", jb_i64(jb, c ? (int64_t)c->fds_lost : 0));
 	return o;
 }
 
@@ -361,9 +426,14 @@ static int restore_parse(struct custody_restore *r)
 	int fd = r->held->log_fd;
 	int rc = log_header(fd, &committed, &sessions, &last);
 	size_t off = 0;
+	struct stat st;
 
 	if (rc < 0)
 		return rc;
+	/* committed is the dead worker's word too: never past the file */
+	if (fstat(fd, &st) < 0 || st.st_size < CKPT_HEADER ||
+	    committed > (uint64_t)st.st_size - CKPT_HEADER)
+		return -EPROTO;
 	r->loglen = committed;
 	if ((r->log = malloc(committed ? committed : 1)) == NULL)
 		return -ENOMEM;
@@ -392,10 +462,34 @@ static int restore_parse(struct custody_restore *r)
 			if (len < 8)
 				return -EPROTO;
 			memcpy(nk, p, 8);
-			if ((uint64_t)8 + 8ull * nk[0] + nk[1] > len || nk[1] >= sizeof(key))
-				return -EPROTO;
+			if ((uint64_t)8 + 8ull * nk[0] + nk[1] > len || nk[1] >= sizeof(key)) {
+				/* no key to name: this record is skipped (the
+				 * framing is intact, the other sessions are not
+				 * at stake) */
+				r->res.sessions_rejected++;
+				log_error("custody", "a checkpoint record with an impossible layout skipped (ids %u, key %u bytes, record %u bytes)",
+					  nk[0], nk[1], len);
+				break;
+			}
 			memcpy(key, p + 8 + 8 * nk[0], nk[1]);
 			key[nk[1]] = '\0';
+			/* the log is a dead worker's word: a session naming
+			 * more sockets than a migration item carries (the
+			 * restore chunk's fd array holds FRAME_MAX_FDS per
+			 * item) is not restored, and its earlier record goes
+			 * with it (the latest record is the one to trust) */
+			if (nk[0] > FRAME_MAX_FDS) {
+				if (sess_find(r, key, &at) != NULL) {
+					free(r->s[at]->key);
+					free(r->s[at]->ids);
+					free(r->s[at]);
+					r->s[at] = r->s[--r->ns];
+				}
+				r->res.sessions_rejected++;
+				log_error("custody", "session %s not restored: its checkpoint record names %u sockets (at most %d)",
+					  key, nk[0], FRAME_MAX_FDS);
+				break;
+			}
 			if ((s = sess_find(r, key, &at)) == NULL) {
 				struct rsess **g = realloc(r->s, (r->ns + 1) * sizeof(*g));
 
@@ -432,7 +526,7 @@ static int restore_parse(struct custody_restore *r)
 			size_t at;
 
 			if (len >= sizeof(key))
-				return -EPROTO;
+				break; /* no session has such a key: nothing to end */
 			memcpy(key, p, len);
 			key[len] = '\0';
 			if (sess_find(r, key, &at) != NULL) {
@@ -598,7 +692,8 @@ static void restore_finish(struct custody_restore *r, const char *reason)
 	if (reason != NULL && r->res.reason[0] == '\0')
 		snprintf(r->res.reason, sizeof(r->res.reason), "%s", reason);
 	r->res.sessions_lost = (unsigned)(r->ns - r->res.sessions_skipped -
-					  r->res.sessions_restored);
+					  r->res.sessions_restored) +
+			       r->res.sessions_rejected;
 	/* held sockets no session record names (a client not logged in yet,
 	 * one opened after its session's last record): closed with the
 	 * custody, their peers reconnect */

@@ -45,10 +45,15 @@ struct custody *custody_new(void);
 void custody_free(struct custody *c); /* accepts NULL; closes every fd */
 
 /* A CUSTODY message from the worker (fds taken from m). 0, or -EPROTO
- * (malformed: the caller treats the control channel as lost). */
+ * (malformed: the caller treats the control channel as lost). fds the
+ * kernel could not install (m->fds_lost, frame_recv_lossy()) and copies
+ * that would eat into the supervisor's fd reserve are not held, counted
+ * (status fds_lost): their connections reconnect after a crash. An `end`
+ * (custody ended in the worker) releases every fd and the log. */
 int custody_handle(struct custody *c, struct frame_msg *m);
 
-/* status `custody`: {fds, sessions, checkpoint_bytes, checkpoint_age_ms}. */
+/* status `custody`: {active, ended, fds, sessions, checkpoint_bytes,
+ * checkpoint_age_ms, compactions, fds_lost}. */
 struct json_object *custody_json(const struct custody *c, struct jb *jb);
 size_t custody_fd_count(const struct custody *c);
 
@@ -57,6 +62,8 @@ struct custody_result {
 	bool committed;            /* the target adopted the sessions */
 	unsigned sessions_restored, sessions_lost;
 	unsigned sessions_skipped; /* in `exclude`: the target had them */
+	unsigned sessions_rejected; /* a malformed record (past a bound):
+				     * not restored, counted in lost too */
 	unsigned connections_kept, connections_reconnected;
 	uint64_t lines_lost;
 	char implicated[256];      /* the session handled at the crash, "" */

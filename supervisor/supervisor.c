@@ -50,6 +50,13 @@
 #define RESTART_BACKOFF_MIN_MS 500
 #define RESTART_BACKOFF_MAX_MS 30000
 #define STABLE_AFTER_S 30.0  /* a worker up this long resets the backoff */
+/* A crash loop with custody: a crash not caused by input (no poison pill
+ * to quarantine, e.g. a bug in a restored state) would restart at once
+ * forever. After CUSTODY_LOOP_MAX workers in a row died within
+ * CUSTODY_LOOP_WINDOW_S of their start, the restart (and the restore from
+ * custody, which still holds the sockets) waits for the normal backoff. */
+#define CUSTODY_LOOP_WINDOW_S 10.0
+#define CUSTODY_LOOP_MAX 3
 #define REFRESH_INTERVAL_S 10 /* status poll for sd_notify STATUS and metrics */
 
 struct status_req;
@@ -93,6 +100,7 @@ struct supervisor {
 	 * hangs before READY is stopped, and the exit path restarts it. */
 	struct event *ev_ready;
 	unsigned restart_failures; /* consecutive, for the backoff */
+	unsigned quick_crashes;    /* in a row, within CUSTODY_LOOP_WINDOW_S */
 	struct event *ev_stop;     /* backstop during shutdown */
 	struct event *ev_refresh;
 
@@ -727,6 +735,7 @@ static void supervisor_custody_restored(struct supervisor *sup, struct worker *w
 	if (last != NULL) {
 		json_object_object_add(last, "sessions_restored", json_object_new_int64(r->sessions_restored));
 		json_object_object_add(last, "sessions_lost", json_object_new_int64(r->sessions_lost));
+		json_object_object_add(last, "sessions_rejected", json_object_new_int64(r->sessions_rejected));
 		json_object_object_add(last, "connections_kept", json_object_new_int64(r->connections_kept));
 		json_object_object_add(last, "connections_reconnected", json_object_new_int64(r->connections_reconnected));
 		json_object_object_add(last, "lines_lost", json_object_new_int64((int64_t)r->lines_lost));
@@ -816,6 +825,10 @@ static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 		}
 		if (worker_uptime_s(w) >= STABLE_AFTER_S)
 			sup->restart_failures = 0;
+		if (worker_uptime_s(w) < CUSTODY_LOOP_WINDOW_S)
+			sup->quick_crashes++;
+		else
+			sup->quick_crashes = 0;
 		custody_free(sup->restore_held);
 		sup->restore_held = NULL;
 		custody_restore_free(sup->restore);
@@ -834,7 +847,12 @@ static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 		supervisor_auto_rollback(sup, w);
 		sup->active_serving = false;
 		supervisor_notify_status(sup);
-		if (sup->restore_held != NULL) {
+		if (sup->restore_held != NULL &&
+		    sup->quick_crashes >= CUSTODY_LOOP_MAX) {
+			log_warn("custody", "crash loop: %u workers in a row died within %.0f s of their start: the restore waits for the restart backoff",
+				 sup->quick_crashes, CUSTODY_LOOP_WINDOW_S);
+			supervisor_schedule_restart(sup);
+		} else if (sup->restore_held != NULL) {
 			/* at once: its users' sockets wait in custody */
 			struct timeval now = { 0, 0 };
 
@@ -1272,6 +1290,8 @@ static struct json_object *supervisor_status_json(struct supervisor *sup)
 		struct json_object *qa = jb_arr(jb);
 
 		jb_add(jb, cj, "lines_lost", jb_i64(jb, (int64_t)sup->custody_lines_lost));
+		/* restores no longer immediate (crash loop), see the log */
+		jb_add(jb, cj, "crash_loop", jb_bool(jb, sup->quick_crashes >= CUSTODY_LOOP_MAX));
 		/* quarantined sessions: implicated in custody_crashes crashes */
 		for (size_t i = 0; i < sup->nquarantined; i++)
 			json_object_array_add(qa, json_object_new_string(sup->quarantined[i]));

@@ -386,13 +386,20 @@ static void worker_read_ctl(struct worker *w)
 {
 	while (w->ctl >= 0 && !w->free_pending) {
 		struct frame_msg m = { 0 };
-		int r = frame_recv(w->ctl, &m, WORKER_RECV_TIMEOUT_MS);
+		int r = frame_recv_lossy(w->ctl, &m, WORKER_RECV_TIMEOUT_MS);
 
 		if (r == -EAGAIN || r == -EINTR)
 			break;
 		if (r < 0) {
 			worker_ctl_lost(w, r == -ECONNRESET ? "closed by worker"
 							    : strerror(-r));
+			break;
+		}
+		/* fds lost at our fd limit: only a CUSTODY message's are
+		 * expendable copies (custody_handle() counts them) */
+		if (m.fds_lost > 0 && m.type != CONTROL_CUSTODY) {
+			frame_msg_clear(&m);
+			worker_ctl_lost(w, "fds lost: the supervisor is at its fd limit");
 			break;
 		}
 		worker_handle(w, &m);

@@ -447,3 +447,168 @@ def test_wedged_worker_killed_by_watchdog_and_adopted(ctx):
     relay_both_ways(ctx, c1, dave, "after1")
     ev = w.events_between(t0)
     check(ev == [], "the network saw the bouncer reconnect: %r" % ev)
+
+
+def test_worker_crash_supervisor_fd_limit(ctx):
+    """The supervisor near its RLIMIT_NOFILE (prlimit at runtime: a host
+    whose limit the preflight miscounted): 20 connections that do not log
+    in cost it nothing, logins are custody copies. The copies it cannot
+    keep are lost (custody.fds_lost counts them; their connections would
+    reconnect after a crash), never a protocol error that kills the worker
+    with its users."""
+    import resource
+    ng, w, b, dave = test_basic.setup(ctx, nsessions=1, supervisor_opts=CUSTODY)
+    c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    pid = b.worker_pid()
+    sup = b.proc.pid
+    nfd = len(os.listdir("/proc/%d/fd" % sup))
+    soft, hard = resource.prlimit(sup, resource.RLIMIT_NOFILE)
+    resource.prlimit(sup, resource.RLIMIT_NOFILE, (nfd + 8, hard))
+    conns = []
+    for i in range(20):
+        conns.append(ctx.loop.connect(b.port, name="raw%d" % i))
+        ctx.loop.run_for(0.05)
+    for i in range(12):
+        conns.append(bl.bouncer_client(ctx.loop, b, b.sessions[0], client="c%d" % i))
+    ctx.loop.run_for(1)
+    check(bl.pid_alive(pid) and not c.closed,
+          "the worker was lost / the client disconnected at the supervisor's fd limit")
+    check("control socket lost" not in b.log_text(),
+          "the supervisor dropped the worker's control channel")
+    cu = b.status().get("custody") or {}
+    check(cu.get("fds_lost", 0) >= 1, "status custody.fds_lost: %r" % (cu,))
+    relay_both_ways(ctx, c, dave, "after")
+    for x in conns:
+        x.close()
+    resource.prlimit(sup, resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_worker_crash_strangers_not_copied(ctx):
+    """Custody copies a client's socket at login, not at accept: a
+    connection that never logs in costs the supervisor no fd (a restore
+    would close it anyway)."""
+    ng, w, b, dave = test_basic.setup(ctx, nsessions=1, supervisor_opts=CUSTODY)
+    c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    before = b.status()["custody"]["fds"]
+    conns = [ctx.loop.connect(b.port, name="raw%d" % i) for i in range(5)]
+    ctx.loop.run_for(1)
+    check(all(not x.closed for x in conns), "the strangers were closed")
+    cu = b.status()["custody"]
+    check(cu["fds"] == before, "custody fds %d -> %d with 5 strangers" % (before, cu["fds"]))
+    c2 = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="phone")
+    ctx.loop.run_for(0.5)
+    cu = b.status()["custody"]
+    check(cu["fds"] == before + 1, "custody fds %d -> %d after a login" % (before, cu["fds"]))
+    for x in conns:
+        x.close()
+    c2.close()
+
+
+def _kill_worker_and_wait(ctx, b, c, pid):
+    os.kill(pid, signal.SIGKILL)
+
+    def newpid():
+        try:
+            return b.worker_pid() not in (None, pid)
+        except AssertionError:
+            return False
+    bl.wait_for(newpid, 20, what="new worker")
+    ctx.loop.run_until(lambda: c.closed, 3, raise_on_timeout=False)
+
+
+def test_custody_after_supervisor_restart(ctx):
+    """kill -9 of the supervisor, a new one adopts the orphan worker: the
+    worker restarts custody (a fresh log, fresh copies: the new supervisor
+    holds nothing), so a kill -9 of the worker after is still an
+    adoption."""
+    ng, w, b, dave = test_basic.setup(ctx, nsessions=2, supervisor_opts=CUSTODY)
+    c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    pid = b.worker_pid()
+    os.kill(b.proc.pid, signal.SIGKILL)
+    b.proc.wait(5)
+    ctx.loop.run_for(0.5)
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    check(b.worker_pid() == pid, "not adopted")
+    relay_both_ways(ctx, c, dave, "adopted")
+    ctx.loop.run_for(0.5)
+    cu = b.status().get("custody")
+    check(cu and cu.get("active") is True and cu.get("fds", 0) >= 3 and
+          cu.get("sessions") == 2,
+          "custody after the supervisor restart: %r" % (cu,))
+    _kill_worker_and_wait(ctx, b, c, pid)
+    check(not c.closed, "client disconnected by a worker crash after a supervisor restart")
+    relay_both_ways(ctx, c, dave, "restored")
+
+
+def test_custody_after_upgrade_supervisor(ctx):
+    """`batonctl upgrade-supervisor` (re-exec), then kill -9 of the worker:
+    custody restarted on adoption, the client is kept."""
+    ng, w, b, dave = test_basic.setup(ctx, nsessions=2, supervisor_opts=CUSTODY)
+    c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    pid = b.worker_pid()
+    p = b.ctl_async("upgrade-supervisor", ctx.builds["a"].supervisor, "--force", "--json")
+    ctx.loop.wait_process(p, timeout=30)
+    rc, res, out, err = b.finish_ctl(p)
+    check(rc == 0, "upgrade-supervisor: %r %r" % (rc, err))
+    ctx.loop.run_for(0.5)
+    cu = b.status().get("custody")
+    check(cu and cu.get("active") is True and cu.get("fds", 0) >= 3 and
+          cu.get("sessions") == 2,
+          "custody after upgrade-supervisor: %r" % (cu,))
+    _kill_worker_and_wait(ctx, b, c, pid)
+    check(not c.closed, "client disconnected by a worker crash after upgrade-supervisor")
+    relay_both_ways(ctx, c, dave, "restored")
+
+
+def test_custody_crash_loop_backs_off(ctx):
+    """A worker that aborts 3 s after adopting (fault `crash`: a bug in a
+    restored state, not input, so no poison pill is quarantined): after
+    3 restores in a row died within 10 s, the restart waits for the
+    normal backoff (the log and status custody.crash_loop say so)
+    instead of restoring at once forever."""
+    ng = ctx.ngircd()
+    b = faulty_baton(ctx, ng, "crash", CUSTODY, nsessions=1)
+    w = bl.Watcher(ctx.loop, ng, ["#chat"], watch=[s.nick for s in b.sessions])
+    w.wait_present([s.nick for s in b.sessions], timeout=30)
+    os.kill(b.worker_pid(), signal.SIGKILL)
+    bl.wait_for(lambda: "crash loop" in b.log_text(), 20, what="the crash loop noticed")
+    check("restarting the worker in" in b.log_text(), "no backoff in the log")
+    cu = b.status().get("custody") or {}
+    check(cu.get("crash_loop") is True, "status custody: %r" % (cu,))
+
+
+def test_worker_crash_supervisor_no_fd_free(ctx):
+    """The supervisor with no fd free at all (prlimit to what it has
+    open): the kernel truncates the fds of every CUSTODY message
+    (MSG_CTRUNC). Those copies are lost and counted; the control channel
+    stays and the worker is not killed (before, a protocol error: the
+    worker and every user went)."""
+    import resource
+    ng, w, b, dave = test_basic.setup(ctx, nsessions=1, supervisor_opts=CUSTODY)
+    c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    pid = b.worker_pid()
+    sup = b.proc.pid
+    soft, hard = resource.prlimit(sup, resource.RLIMIT_NOFILE)
+    resource.prlimit(sup, resource.RLIMIT_NOFILE,
+                     (len(os.listdir("/proc/%d/fd" % sup)), hard))
+    logins = [bl.bouncer_client(ctx.loop, b, b.sessions[0], client="c%d" % i)
+              for i in range(3)]
+    ctx.loop.run_for(1)
+    resource.prlimit(sup, resource.RLIMIT_NOFILE, (soft, hard))
+    check(bl.pid_alive(pid) and not c.closed,
+          "the worker was lost / the client disconnected with no fd free in the supervisor")
+    # (before: "control socket lost: Protocol error", the worker killed
+    # after kill_timeout)
+    check("control socket lost" not in b.log_text(),
+          "the supervisor dropped the worker's control channel")
+    cu = b.status().get("custody") or {}
+    check(cu.get("fds_lost", 0) >= 3, "status custody.fds_lost: %r" % (cu,))
+    relay_both_ways(ctx, c, dave, "after")
+    for x in logins:
+        x.close()

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -547,6 +548,54 @@ static void test_ctrunc(void **state)
 	assert_int_equal(count_fds(), base);
 }
 
+/* The receiver at its fd limit: the kernel installs the first fds and sets
+ * MSG_CTRUNC. frame_recv() refuses the message (-EPROTO);
+ * frame_recv_lossy() returns it with the fds that arrived and fds_lost
+ * saying how many did not (a supervisor at its limit keeps its worker's
+ * control channel: custody copies are expendable). */
+static int send_four_at_limit(int (*recv)(int, struct frame_msg *, int),
+			      struct frame_msg *m)
+{
+	struct rlimit old, rl;
+	int sv[2], a, b, r;
+	struct raw_hdr h;
+
+	pair(sv);
+	h = good_hdr(1, 3, 4);
+	raw_send_fds(sv[0], &h, "abc", 3, 4);
+	/* room for exactly two more fds: the two lowest free ones */
+	a = dup(0);
+	b = dup(0);
+	assert_true(a >= 0 && b > a);
+	close(a);
+	close(b);
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+	rl = old;
+	rl.rlim_cur = (rlim_t)b + 1;
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+	r = recv(sv[1], m, 200);
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+	unpair(sv);
+	return r;
+}
+
+static void test_ctrunc_at_fd_limit(void **state)
+{
+	int base = count_fds();
+	struct frame_msg m;
+
+	(void)state;
+	assert_int_equal(send_four_at_limit(frame_recv, &m), -EPROTO);
+	assert_int_equal(count_fds(), base);
+	assert_int_equal(send_four_at_limit(frame_recv_lossy, &m), 0);
+	assert_int_equal(m.nfds, 2);
+	assert_int_equal(m.fds_lost, 2);
+	assert_int_equal(m.len, 3);
+	assert_memory_equal(m.data, "abc", 3);
+	frame_msg_clear(&m);
+	assert_int_equal(count_fds(), base);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -563,6 +612,7 @@ int main(void)
 		cmocka_unit_test(test_eof_and_timeouts),
 		cmocka_unit_test(test_reply_survives_reset),
 		cmocka_unit_test(test_ctrunc),
+		cmocka_unit_test(test_ctrunc_at_fd_limit),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
