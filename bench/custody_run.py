@@ -137,8 +137,14 @@ def main():
                 max([x.get("restore_ms") or 0 for x in cr] or [None])))
     sys.stderr.write("saved %s\n" % path)
     on = runs[1]
+    # loadgen's own verdict counts too: a run whose counts look clean but
+    # whose loadgen failed is not a result to quote
     good = (on["duplicated"] == 0 and on["client_disconnects"] == 0 and
-            on["upstream_reconnects"] == 0)
+            on["upstream_reconnects"] == 0 and
+            all(r["loadgen_exit"] == 0 for r in runs))
+    if not all(r["loadgen_exit"] == 0 for r in runs):
+        sys.stderr.write("baton-loadgen failed (exit %s): see its stderr above\n"
+                         % [r["loadgen_exit"] for r in runs])
     return 0 if good else 1
 
 
