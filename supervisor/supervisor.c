@@ -138,6 +138,17 @@ struct supervisor {
 	struct releases *releases;
 	unsigned auto_rollbacks;
 	struct json_object *last_auto_rollback; /* owned, NULL if none */
+	/* An automatic rollback whose worker has not reached READY yet: the
+	 * release it goes to and the binary of the one that crashed (owned),
+	 * served again if the rollback's worker exits before READY (an older
+	 * release that rejects the current config, a binary gone). */
+	bool ar_trying;
+	char ar_to_version[RELEASE_VERSION_MAX];
+	char *ar_fallback_binary;
+	/* A release whose worker could not start as an automatic rollback
+	 * target: not tried again until a migration commits or the config is
+	 * reloaded ("" none). */
+	char ar_unstartable[RELEASE_VERSION_MAX];
 	/* The upgrade or rollback being run: --force, the sha256 of its
 	 * binary, and the releases it goes from and to ("" unknown). */
 	bool mig_force;
@@ -419,11 +430,24 @@ static void supervisor_auto_rollback(struct supervisor *sup, struct worker *w)
 	snprintf(reason, sizeof(reason), "worker pid %d crashed %.1f s after it started (%s), within rollback_window (%d s) of the upgrade to it",
 		 (int)worker_pid(w), worker_uptime_s(w), worker_exit_status(w),
 		 sup->cfg->canary_rollback_window_s);
+	to = releases_rollback_target(sup->releases, false, NULL, 0);
+	if (to != NULL && sup->ar_unstartable[0] &&
+	    strcmp(to->version, sup->ar_unstartable) == 0) {
+		/* It failed to start a moment ago: trying it again would leave
+		 * every user without a worker for good. */
+		log_error("supervisor", "no automatic rollback after worker pid %d crashed: release %s, the rollback target, did not start with the current configuration; restarting %s",
+			  (int)worker_pid(w), to->version, worker_version(w));
+		return;
+	}
 	to = releases_on_crash(sup->releases, worker_version(w),
 			       clock_mono_s(),
 			       sup->cfg->canary_rollback_window_s, reason);
 	if (to == NULL)
 		return;
+	free(sup->ar_fallback_binary);
+	sup->ar_fallback_binary = strdup(worker_binary(w));
+	sup->ar_trying = sup->ar_fallback_binary != NULL;
+	snprintf(sup->ar_to_version, sizeof(sup->ar_to_version), "%s", to->version);
 	log_error("supervisor", "automatic rollback: release %s failed after taking over (%s): restarting with release %s (%s)",
 		  worker_version(w), reason, to->version, to->binary);
 	sup->auto_rollbacks++;
@@ -439,6 +463,38 @@ static void supervisor_auto_rollback(struct supervisor *sup, struct worker *w)
 		log_error("supervisor", "out of memory: the automatic rollback not kept for status");
 	supervisor_set_serving_binary(sup, to->binary);
 	sup->restart_failures = 0;
+}
+
+/* The worker an automatic rollback started exited without serving (before
+ * READY or after a failed preflight): the release it went to cannot run
+ * here now (typically an older release that
+ * rejects a config key added since, or its binary is gone). Serving nobody
+ * is worse than serving the release that crashed, so that one is restarted
+ * and the target is not tried again (ar_unstartable). 1 when it was such a
+ * worker (the restart is set up), else 0. */
+static int supervisor_auto_rollback_failed(struct supervisor *sup,
+					   struct worker *w)
+{
+	char reason[512];
+
+	if (!sup->ar_trying) /* cleared when a worker serves */
+		return 0;
+	sup->ar_trying = false;
+	snprintf(sup->ar_unstartable, sizeof(sup->ar_unstartable), "%s",
+		 sup->ar_to_version);
+	snprintf(reason, sizeof(reason), "its worker pid %d %s (%s)",
+		 (int)worker_pid(w), worker_is_ready(w) ? "failed its preflight"
+		 : "exited before READY", worker_exit_status(w));
+	log_error("supervisor", "automatic rollback to release %s failed: %s; it may reject the current config (`%s --check -c %s` says) or fail to load; serving the release that crashed again (%s)",
+		  sup->ar_to_version, reason, worker_binary(w), sup->config_path,
+		  sup->ar_fallback_binary);
+	if (sup->last_auto_rollback != NULL)
+		json_object_object_add(sup->last_auto_rollback, "failed",
+				       json_object_new_string(reason));
+	supervisor_set_serving_binary(sup, sup->ar_fallback_binary);
+	free(sup->ar_fallback_binary);
+	sup->ar_fallback_binary = NULL;
+	return 1;
 }
 
 /* migration_set_target_check: T is READY; its version is known now. */
@@ -574,6 +630,7 @@ static void supervisor_serve(struct supervisor *sup, struct worker *w)
 		return;
 	}
 	sup->active_serving = true;
+	sup->ar_trying = false; /* an automatic rollback's worker serves */
 	supervisor_set_serving_binary(sup, worker_binary(w));
 	supervisor_release_serving(sup, w);
 	worker_set_role(w, "active");
@@ -829,11 +886,20 @@ static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 			sup->quick_crashes++;
 		else
 			sup->quick_crashes = 0;
-		custody_free(sup->restore_held);
-		sup->restore_held = NULL;
-		custody_restore_free(sup->restore);
-		sup->restore = NULL;
-		if (sup->cfg->custody) {
+		if (sup->restore_held != NULL) {
+			/* It died before it was given the held sockets
+			 * (supervisor_custody_restore takes them at a READY
+			 * that passed preflight): they wait for the next
+			 * worker. */
+			log_warn("custody", "worker pid %d exited before the restore: still holding %zu sockets for the next worker",
+				 (int)worker_pid(w), custody_fd_count(sup->restore_held));
+		} else {
+			custody_free(sup->restore_held);
+			sup->restore_held = NULL;
+			custody_restore_free(sup->restore);
+			sup->restore = NULL;
+		}
+		if (sup->cfg->custody && sup->restore_held == NULL) {
 			struct custody *held = worker_take_custody(w);
 
 			if (custody_has_checkpoint(held)) {
@@ -844,7 +910,8 @@ static void supervisor_on_worker(struct worker *w, enum worker_event ev,
 				custody_free(held);
 			}
 		}
-		supervisor_auto_rollback(sup, w);
+		if (!supervisor_auto_rollback_failed(sup, w))
+			supervisor_auto_rollback(sup, w);
 		sup->active_serving = false;
 		supervisor_notify_status(sup);
 		if (sup->restore_held != NULL &&
@@ -1121,6 +1188,7 @@ void supervisor_free(struct supervisor *sup)
 	releases_free(sup->releases);
 	free(sup->previous_binary);
 	free(sup->serving_binary);
+	free(sup->ar_fallback_binary);
 	free(sup->sessiond);
 	free(sup->config_path);
 	listeners_free(sup->listeners);
@@ -1592,8 +1660,10 @@ static void supervisor_mig_done(struct migration *m,
 	sup->active_serving = survivor != NULL;
 	if (survivor != NULL)
 		supervisor_set_serving_binary(sup, worker_binary(survivor));
-	if (survivor != NULL && survivor != old)
+	if (survivor != NULL && survivor != old) {
 		supervisor_release_migrated(sup, res, survivor);
+		sup->ar_unstartable[0] = '\0';
+	}
 	if (survivor == NULL) {
 		log_error("migration", "no worker survived the migration: starting a fresh one");
 		sup->restart_failures = 0;
@@ -1838,6 +1908,7 @@ void supervisor_reload(struct supervisor *sup, supervisor_reply_cb cb, void *arg
 {
 	const char *busy = supervisor_reload_busy(sup);
 
+	sup->ar_unstartable[0] = '\0'; /* the config it rejected may be fixed */
 	reload_start(sup->base, busy ? NULL : sup->active, sup->config_path, busy,
 		     cb, arg, &sup->reloads);
 }
