@@ -36,7 +36,8 @@
 /* Preflight: everything this host must provide before we accept sessions.
  * Every problem is listed (the supervisor reports them all). */
 static void sessiond_preflight(const struct baton_config *cfg,
-			       struct config_problems *pr, bool check)
+			       struct config_problems *pr,
+			       struct config_problems *warn, bool check)
 {
 	struct rlimit rl;
 	char *state = NULL;
@@ -71,9 +72,21 @@ static void sessiond_preflight(const struct baton_config *cfg,
 	}
 	free(state);
 	/* --check opens the message store (a worker opens it right after,
-	 * and says why it cannot). */
-	if (check && history_check(cfg, why, sizeof(why)) < 0)
-		config_problems_add(pr, "%s: [sessiond] store: %s", cfg->path, why);
+	 * and says why it cannot). PostgreSQL that cannot be reached is a
+	 * warning: a worker serves without history and retries (history.h),
+	 * and --check runs as ExecStartPre, where a problem would keep
+	 * baton from starting while the database host reboots. */
+	if (check && history_check(cfg, why, sizeof(why)) < 0) {
+		/* one line each (libpq's messages span lines) */
+		for (char *c = why; *c; c++)
+			if (*c == '\n' || *c == '\t')
+				*c = ' ';
+		if (cfg->store_backend == CONFIG_STORE_POSTGRES)
+			config_problems_add(warn, "%s: warning: [sessiond] store: %s (workers serve without history until it can be opened, retrying with backoff)",
+					    cfg->path, why);
+		else
+			config_problems_add(pr, "%s: [sessiond] store: %s", cfg->path, why);
+	}
 }
 
 /* random() draws the reconnect jitter (session_backoff()) and fallback
@@ -119,7 +132,7 @@ int main(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct config_problems pr = { 0 };
+	struct config_problems pr = { 0 }, warn = { 0 };
 	struct baton_config *cfg = NULL;
 	struct event_base *base = NULL;
 	struct event *sigterm = NULL, *sigint = NULL;
@@ -154,10 +167,14 @@ int main(int argc, char **argv)
 	log_init("baton-sessiond", BATON_VERSION, LOG_LVL_INFO);
 
 	if (config_load(path, &cfg, &pr) == 0)
-		sessiond_preflight(cfg, &pr, check);
+		sessiond_preflight(cfg, &pr, &warn, check);
 	if (check) {
+		/* Warnings after the problems; baton-supervisor --check tells
+		 * them apart by ": warning: " (check.c). */
 		for (size_t i = 0; i < pr.n; i++)
 			printf("%s\n", pr.msgs[i]);
+		for (size_t i = 0; i < warn.n; i++)
+			printf("%s\n", warn.msgs[i]);
 		if (pr.n == 0)
 			printf("ok\n");
 		rc = pr.n == 0 ? 0 : 1;
@@ -243,5 +260,6 @@ out:
 		event_base_free(base);
 	config_free(cfg);
 	config_problems_clear(&pr);
+	config_problems_clear(&warn);
 	return rc;
 }

@@ -158,9 +158,11 @@ static int check_has_problem(const struct config_problems *p, const char *msg)
 }
 
 /* Run `sessiond --check -c config`; its problem lines join ours (the ones
- * we found already, e.g. shared config problems, are not repeated). */
+ * we found already, e.g. shared config problems, are not repeated), its
+ * warning lines (": warning: ") our warnings. */
 static void check_sessiond_run(const char *sessiond, const char *config,
-			       struct config_problems *p)
+			       struct config_problems *p,
+			       struct config_problems *warn)
 {
 	int pipefd[2] = { -1, -1 };
 	char *out = NULL;
@@ -231,6 +233,11 @@ static void check_sessiond_run(const char *sessiond, const char *config,
 		     line = strtok_r(NULL, "\n", &save)) {
 			if (strcmp(line, "ok") == 0 || line[0] == '\0')
 				continue;
+			if (strstr(line, ": warning: ") != NULL) {
+				if (!check_has_problem(warn, line))
+					config_problems_add(warn, "%s", line);
+				continue;
+			}
 			lines++;
 			if (!check_has_problem(p, line))
 				config_problems_add(p, "%s", line);
@@ -245,7 +252,8 @@ static void check_sessiond_run(const char *sessiond, const char *config,
 }
 
 static void check_sessiond(const char *sessiond, const char *config,
-			   struct config_problems *p)
+			   struct config_problems *p,
+			   struct config_problems *warn)
 {
 	struct stat st;
 
@@ -259,7 +267,7 @@ static void check_sessiond(const char *sessiond, const char *config,
 				    sessiond);
 		return;
 	}
-	check_sessiond_run(sessiond, config, p);
+	check_sessiond_run(sessiond, config, p, warn);
 }
 
 static void check_metrics(const struct baton_config *cfg,
@@ -482,7 +490,7 @@ void check_environment(const struct baton_config *cfg, const char *sessiond,
 			check_warn(warnings, "check: warning: release history: %s (the supervisor rebuilds it at start)",
 				   note);
 	}
-	check_sessiond(sessiond, cfg->path, problems);
+	check_sessiond(sessiond, cfg->path, problems, warnings);
 	/* A running supervisor holds the listeners and the metrics port. */
 	if (!running) {
 		listeners_check(cfg, problems);

@@ -704,3 +704,28 @@ def test_store_unavailable_at_start(ctx):
     ctx.loop.run_until(lambda: (b.worker().get("store") or {}).get("appended", 0) >= 1, 5,
                        "a line stored after the store opened")
     check("cannot be opened" in b.log_text(), "no log line of the failed open")
+
+
+def test_store_check_pg_unreachable_is_a_warning(ctx):
+    """Regression: `baton-supervisor --check` (the unit's ExecStartPre)
+    failed when PostgreSQL could not be reached, so baton did not start
+    while the database host rebooted, although a worker serves without
+    history and retries. Now that is a warning (exit 0, said why); a SQLite
+    store that cannot be opened stays a problem (exit 1)."""
+    A = ctx.builds["a"].require()
+    ng = ctx.ngircd()
+    url = "postgresql://baton@127.0.0.1:%d/baton?connect_timeout=2" % bl.free_port()
+    b = bl.Baton(ctx, ng, nsessions=1, sessiond_opts={"store": "postgres", "store_url": url})
+    out = subprocess.run([A.supervisor, "-c", b.config, "--check"],
+                         capture_output=True, text=True, timeout=60)
+    text = out.stdout + out.stderr
+    check(out.returncode == 0 and ": warning: [sessiond] store:" in text
+          and "serve without history" in text,
+          "--check with PostgreSQL unreachable: rc=%d\n%s" % (out.returncode, text))
+    b2 = bl.Baton(ctx, ng, nsessions=1, sessiond_opts={"store": "sqlite"})
+    os.makedirs(os.path.join(b2.dir, "state", "messages.db"))
+    out = subprocess.run([A.supervisor, "-c", b2.config, "--check"],
+                         capture_output=True, text=True, timeout=60)
+    text = out.stdout + out.stderr
+    check(out.returncode == 1 and "[sessiond] store:" in text and ": warning:" not in text,
+          "--check with a SQLite store that cannot be opened: rc=%d\n%s" % (out.returncode, text))
