@@ -29,7 +29,9 @@
  * interleaving: per nick the last event applied is the newest one. A NAMES
  * reply (353) adds and sets prefixes the same way; it does not replace the
  * list (the replacement of a lagging session's snapshot would remove
- * members others already added; its own later lines add them back anyway).
+ * members others already added; its own later lines add them back anyway)
+ * except after a crash: custody's resync replaces it (session.h
+ * names_resync), since a PART lost with the worker never comes again.
  * Casemapping: irc_casefold() (sessiond/irc.h), the one the sessions use.
  *
  * Private lists: a session whose network can show members differently to

@@ -63,6 +63,7 @@ void channel_free(struct channel *ch)
 	if (!ch)
 		return;
 	channel_clear_members(ch);
+	strmap_free(ch->names_seen);
 	free(ch->name);
 	free(ch->topic);
 	free(ch->topic_setter);
@@ -472,6 +473,8 @@ void session_resync(struct session *s)
 			char line[600];
 			struct irc_msg m;
 
+			if (strcmp(cmds[k], "NAMES") == 0)
+				ch->names_resync = true; /* upstream.c h_366 */
 			snprintf(line, sizeof(line), "%s %s", cmds[k], ch->name);
 			conn_sendf(s->up->conn, "%s", line);
 			if (irc_parse(line, &m) == 0)

@@ -101,6 +101,14 @@ struct channel {
 	 * a change to it (its bounds are checked then; real memory is paid
 	 * once per list). */
 	size_t member_bytes;
+	/* Custody's resync (session_resync()) asked NAMES: the next NAMES
+	 * reply read for this channel replaces the list, since a PART or QUIT
+	 * lost with a crashed worker would leave a member there for good.
+	 * names_seen: the casefolded nicks of that reply so far (owned; NULL
+	 * until its first 353); at its 366 every member not in it is
+	 * removed. Not migrated (a resync that moves is only partly done). */
+	bool names_resync;
+	struct strmap *names_seen;
 	struct session *s;    /* owner (NULL: a channel outside a session) */
 	struct health_channel_count health; /* differential delivery (health.h) */
 	struct pb_unknown unknown;

@@ -22,6 +22,7 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "common/names.h"
+#include "common/strmap.h"
 #include "sessiond/chathistory.h"
 #include "sessiond/conn.h"
 #include "sessiond/fault.h"
@@ -1257,6 +1258,9 @@ static bool h_353(struct up_ctx *x)
 	struct channel *ch = session_find_channel(x->s, x->msg->params[2]);
 	if (!ch)
 		return false;
+	if (ch->names_resync && ch->names_seen == NULL &&
+	    (ch->names_seen = strmap_new()) == NULL)
+		ch->names_resync = false; /* out of memory: no sweep */
 	char *names = x->msg->params[3];
 	for (char *save = NULL, *t = strtok_r(names, " ", &save); t;
 	     t = strtok_r(NULL, " ", &save)) {
@@ -1277,8 +1281,58 @@ static bool h_353(struct up_ctx *x)
 		m->prefixes[0] = '\0';
 		for (size_t i = 0; i < np; i++)
 			prefix_add(m, pre[i], psyms);
+		if (ch->names_seen != NULL) {
+			char key[NAMES_MAX_LEN + 1];
+
+			snprintf(key, sizeof(key), "%s", t);
+			irc_casefold(key);
+			if (strmap_put(ch->names_seen, key, (void *)1) < 0) {
+				strmap_free(ch->names_seen); /* no sweep */
+				ch->names_seen = NULL;
+				ch->names_resync = false;
+			}
+		}
 	}
 	return false; /* relayed above */
+}
+
+/* End of a NAMES reply: after custody's resync (session.h names_resync),
+ * the members the network no longer lists are removed. Each removal swaps
+ * the last member in, so the walk goes down from the end. The shared list
+ * is the network's view for every session in it (chanstore.h), and they
+ * all lost the same lines with the same worker. */
+static bool h_366(struct up_ctx *x)
+{
+	struct channel *ch;
+	size_t removed = 0;
+
+	if (x->msg->nparams < 2 ||
+	    (ch = session_find_channel(x->s, x->msg->params[1])) == NULL ||
+	    !ch->names_resync)
+		return true;
+	if (ch->names_seen != NULL && ch->sh != NULL) {
+		for (size_t i = ch->sh->nmembers; i-- > 0;) {
+			char key[NAMES_MAX_LEN + 1];
+
+			if (i >= ch->sh->nmembers)
+				continue;
+			snprintf(key, sizeof(key), "%s", ch->sh->members[i].nick);
+			irc_casefold(key);
+			if (strmap_get(ch->names_seen, key) == NULL) {
+				channel_remove_member(ch, key);
+				removed++;
+			}
+			if (ch->sh == NULL)
+				break;
+		}
+	}
+	if (removed > 0)
+		log_info("custody", "%s: %s: %zu members gone since the crash removed",
+			 x->s->key, ch->name, removed);
+	strmap_free(ch->names_seen);
+	ch->names_seen = NULL;
+	ch->names_resync = false;
+	return true;
 }
 
 /* Relay to each client: as it came to those with capability `cap`, else
@@ -1614,7 +1668,7 @@ static const struct {
 	{ "432", h_nickinuse },   { "433", h_nickinuse }, { "436", h_nickinuse },
 	{ "437", h_nickinuse },   { "221", h_221 },     { "324", h_324 },
 	{ "331", h_331 },         { "332", h_332 },     { "333", h_333 },
-	{ "353", h_353 },         { "JOIN", h_join },   { "PART", h_part },
+	{ "353", h_353 },         { "366", h_366 },     { "JOIN", h_join },   { "PART", h_part },
 	{ "KICK", h_kick },       { "QUIT", h_quit },   { "NICK", h_nick },
 	{ "TOPIC", h_topic },     { "MODE", h_mode },   { "PRIVMSG", h_message },
 	{ "NOTICE", h_message },  { "ERROR", h_error },   { "465", h_banned },

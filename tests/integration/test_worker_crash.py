@@ -415,6 +415,43 @@ def test_lost_join_resynchronised_from_the_network(ctx):
     check(not c.closed, "the client was disconnected")
 
 
+def test_lost_part_resynchronised_from_the_network(ctx):
+    """Regression, the mirror of the lost JOIN: erin leaves #chat after the
+    session's last checkpoint record; kill -9 before the next one. The
+    resync's NAMES used to only add members, so erin stayed in the member
+    list for good and every client attaching later saw her. Now the NAMES
+    reply the resync asked for replaces the list: a client logging in
+    afterwards does not see erin."""
+    ng, w, b, dave = test_basic.setup(
+        ctx, nsessions=1, supervisor_opts={"custody": "yes", "custody_checkpoint_ms": 2000})
+    s = b.sessions[0]
+    erin = bl.direct_user(ctx.loop, ng, "erin", ["#chat"])
+    ctx.loop.run_until(lambda: "erin" in w.members["#chat"], 10, "erin in #chat")
+    ctx.loop.run_for(0.3)  # the session reads erin's JOIN too
+    c = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    relay_both_ways(ctx, c, dave, "before")
+    names = [ln for _, ln in c.lines if " 353 " in ln and "#chat" in ln]
+    check(any("erin" in ln.split(":", 2)[-1].split() for ln in names),
+          "erin not in #chat at the start: %r" % names)
+    bl.wait_for(lambda: (b.status()["custody"]["checkpoint_age_ms"] or 99999) < 300, 10,
+                what="a fresh checkpoint record")
+    erin.send("PART #chat :bye")
+    ctx.loop.run_until(lambda: any(" PART " in ln and "erin" in ln for _, ln in c.lines), 5,
+                       "erin's PART relayed")
+    os.kill(b.worker_pid(), signal.SIGKILL)
+    bl.wait_for(lambda: (b.status().get("crashes") or [{}])[-1].get("restore_ms") is not None,
+                20, what="the restore to end")
+    cr = b.status()["crashes"][-1]
+    check(cr["lines_lost"] >= 1 and cr["connections_kept"] == 2, "crash entry %r" % cr)
+    ctx.loop.run_for(1.0)  # the resync's answers
+    phone = bl.bouncer_client(ctx.loop, b, s, client="phone")
+    ctx.loop.run_for(0.5)
+    names = [ln for _, ln in phone.lines if " 353 " in ln and "#chat" in ln]
+    check(names and not any("erin" in ln.split(":", 2)[-1].split() for ln in names),
+          "the member list kept erin after her lost PART: %r" % names)
+    check(not c.closed, "the client was disconnected")
+
+
 def test_wedged_worker_killed_by_watchdog_and_adopted(ctx):
     """issue 10 §4: a worker whose loop stops (the wedge fault build, on a
     line from the network) answers no status request; after
