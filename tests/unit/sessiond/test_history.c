@@ -250,7 +250,11 @@ static void test_full_queue_pauses_network(void **state)
 	size_t most = 0;
 
 	send_lines(f, 1, 200, "#baton");
-	for (int i = 0; i < 20000 && !(r.buf && memmem(r.buf, r.len, ":line 200\r\n", 11)); i++) {
+	/* a deadline, not a count of turns: the store commits on its own
+	 * thread, and under load a count ran out first (137 of 200) */
+	int64_t deadline = clock_mono_ms() + 30000;
+	for (int i = 0; clock_mono_ms() < deadline &&
+			!(r.buf && memmem(r.buf, r.len, ":line 200\r\n", 11)); i++) {
 		test_env_pump(f->e);
 		rx_read_max(&r, fd, 0);
 		size_t p = history_pending(f->h, sess(f));
@@ -541,7 +545,9 @@ static void test_stalled_store_bounds_clients(void **state)
 	history_stats(f->h, &hs);
 	assert_true(hs.failing);
 	unlock_db(db);
-	for (int i = 0; i < 200000 && !(r2.buf && memmem(r2.buf, r2.len, ":line 1500\r\n", 12)); i++) {
+	int64_t deadline = clock_mono_ms() + 30000; /* as in test_full_queue_pauses_network */
+	for (int i = 0; clock_mono_ms() < deadline &&
+			!(r2.buf && memmem(r2.buf, r2.len, ":line 1500\r\n", 12)); i++) {
 		if (off < len) {
 			ssize_t w = send(fd, buf + off, len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
 			if (w > 0)
