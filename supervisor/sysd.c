@@ -8,7 +8,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <systemd/sd-bus.h>
 #include <systemd/sd-daemon.h>
+#include <systemd/sd-login.h>
 
 #include "common/clock.h"
 #include "common/log.h"
@@ -351,4 +353,114 @@ void sysd_send_ready(const char *status)
 
 	if (sysd_msg_ready(msg, sizeof(msg), status) > 0)
 		sysd_send(msg);
+}
+
+long sysd_restart_job(const struct sysd_job *jobs, size_t n, const char *unit)
+{
+	if (unit == NULL || unit[0] == '\0')
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		const struct sysd_job *j = &jobs[i];
+
+		if (j->unit == NULL || j->type == NULL || j->state == NULL)
+			continue;
+		/* A queued (waiting) restart has not sent this SIGTERM: it
+		 * came from elsewhere (`systemctl kill`, a shell). */
+		if (strcmp(j->unit, unit) == 0 && strcmp(j->type, "restart") == 0 &&
+		    strcmp(j->state, "running") == 0)
+			return (long)i;
+	}
+	return -1;
+}
+
+/* Reads ListJobs' reply array, keeping only our unit's jobs (the strings
+ * stay valid while m lives). Returns the number read (<= max) or -errno. */
+static long sysd_read_jobs(sd_bus_message *m, const char *unit,
+			   struct sysd_job *jobs, size_t max)
+{
+	size_t n = 0, seen = 0;
+	int r = sd_bus_message_enter_container(m, SD_BUS_TYPE_ARRAY, "(usssoo)");
+
+	if (r < 0)
+		return r;
+	for (;;) {
+		struct sysd_job j = { 0 };
+		const char *job_path, *unit_path;
+
+		r = sd_bus_message_read(m, "(usssoo)", &j.id, &j.unit, &j.type,
+					&j.state, &job_path, &unit_path);
+		if (r < 0)
+			return r;
+		if (r == 0)
+			break;
+		if (++seen > SYSD_JOBS_MAX)
+			return -E2BIG;
+		if (strcmp(j.unit, unit) == 0 && n < max)
+			jobs[n++] = j;
+	}
+	r = sd_bus_message_exit_container(m);
+	return r < 0 ? r : (long)n;
+}
+
+enum sysd_term sysd_term_query(uint64_t timeout_usec, char *why, size_t len)
+{
+	sd_bus_error error = SD_BUS_ERROR_NULL;
+	sd_bus_message *call = NULL, *reply = NULL;
+	sd_bus *bus = NULL;
+	char *unit = NULL;
+	struct sysd_job jobs[16]; /* a unit has at most one job (and a nop one) */
+	enum sysd_term t = SYSD_TERM_STOP;
+	long n, k;
+	int r;
+	char scratch[8];
+
+	if (why == NULL || len == 0) {
+		why = scratch;
+		len = sizeof(scratch);
+	}
+	why[0] = '\0';
+	if (getenv("NOTIFY_SOCKET") == NULL) {
+		snprintf(why, len, "not started by systemd");
+		return SYSD_TERM_STOP;
+	}
+	r = sd_pid_get_unit(0, &unit);
+	if (r < 0) {
+		snprintf(why, len, "cannot tell this process's unit: %s", strerror(-r));
+		goto out;
+	}
+	r = sd_bus_open_system(&bus);
+	if (r >= 0)
+		r = sd_bus_message_new_method_call(bus, &call, "org.freedesktop.systemd1",
+						   "/org/freedesktop/systemd1",
+						   "org.freedesktop.systemd1.Manager",
+						   "ListJobs");
+	if (r >= 0)
+		r = sd_bus_call(bus, call, timeout_usec, &error, &reply);
+	if (r < 0) {
+		snprintf(why, len, "cannot ask systemd for the jobs of %s: %s", unit,
+			 error.message ? error.message : strerror(-r));
+		goto out;
+	}
+	n = sysd_read_jobs(reply, unit, jobs, sizeof(jobs) / sizeof(jobs[0]));
+	if (n < 0) {
+		snprintf(why, len, "systemd's job list: %s", strerror((int)-n));
+		goto out;
+	}
+	k = sysd_restart_job(jobs, (size_t)n, unit);
+	if (k >= 0) {
+		snprintf(why, len, "restart job %u of %s is running", jobs[k].id, unit);
+		t = SYSD_TERM_RESTART;
+	} else if (n > 0) {
+		snprintf(why, len, "%s job %u of %s (%s)", jobs[0].type, jobs[0].id,
+			 unit, jobs[0].state);
+	} else {
+		snprintf(why, len, "no job of %s (not a restart)", unit);
+	}
+out:
+	sd_bus_error_free(&error);
+	sd_bus_message_unref(reply);
+	sd_bus_message_unref(call);
+	sd_bus_flush_close_unref(bus);
+	free(unit);
+	return t;
 }

@@ -110,4 +110,40 @@ int sysd_send_fds(const char *msg, const int *fds, size_t n);
 void sysd_send_reloading(const char *status);
 void sysd_send_ready(const char *status);
 
+/* SIGTERM under systemd: `systemctl restart` or a stop?
+ *
+ * systemd sends the same SIGTERM for both; what differs is the job of the
+ * unit: a restart job runs its stop half first (job type "restart", state
+ * "running", while the SIGTERM is delivered) and turns into a start job
+ * after the main process exits. So the supervisor asks systemd's manager
+ * for its jobs (ListJobs on the system bus, sd-bus) and leaves its worker
+ * serving only when a restart job of its own unit (sd_pid_get_unit) is
+ * running: anything else -- a stop job, a shutdown, `systemctl kill`, no
+ * bus, a bus error or timeout -- stops every worker as before, since a
+ * worker left behind a real stop would serve on unmanaged. */
+#define SYSD_JOBS_MAX 65536   /* more jobs than this in a reply: not read */
+
+/* One entry of ListJobs' a(usssoo): borrowed strings. */
+struct sysd_job {
+	uint32_t id;
+	const char *unit;
+	const char *type;  /* "start", "stop", "restart", "reload", ... */
+	const char *state; /* "waiting" or "running" */
+};
+
+enum sysd_term {
+	SYSD_TERM_STOP,    /* stop every worker */
+	SYSD_TERM_RESTART, /* leave the worker serving for the next supervisor */
+};
+
+/* Pure: the index of the running restart job of `unit` among jobs[0..n),
+ * or -1 (unit NULL or empty, or no such job: a stop). Entries with a NULL
+ * field are skipped. */
+long sysd_restart_job(const struct sysd_job *jobs, size_t n, const char *unit);
+
+/* Asks systemd (above), waiting at most timeout_usec for the bus. Returns
+ * SYSD_TERM_RESTART or SYSD_TERM_STOP; why (when not NULL) says which job
+ * or what failed, for the log. Blocks: called once, on SIGTERM. */
+enum sysd_term sysd_term_query(uint64_t timeout_usec, char *why, size_t len);
+
 #endif

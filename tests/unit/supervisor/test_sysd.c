@@ -528,6 +528,94 @@ static void test_open_fd_store(void **state)
 	close(s);
 }
 
+/* sysd_restart_job(): the SIGTERM of `systemctl restart` and of a stop
+ * differ only by the unit's job (ListJobs, systemd 252). */
+static void test_restart_job_decision(void **state)
+{
+	(void)state;
+	/* what ListJobs shows during `systemctl restart baton.service` */
+	struct sysd_job restart[] = {
+		{ 7, "baton.service", "restart", "running" },
+	};
+	/* `systemctl stop` (and a shutdown's stop jobs) */
+	struct sysd_job stop[] = {
+		{ 8, "baton.service", "stop", "running" },
+	};
+	/* other units' restarts, our own restart still waiting (this SIGTERM
+	 * is someone else's: `systemctl kill`), and our start */
+	struct sysd_job others[] = {
+		{ 1, "ngircd.service", "restart", "running" },
+		{ 2, "baton.socket", "restart", "running" },
+		{ 3, "baton.service", "restart", "waiting" },
+		{ 4, "baton.service", "start", "running" },
+		{ 5, "baton.service.d", "restart", "running" },
+		{ 6, "baton", "restart", "running" },
+	};
+	struct sysd_job nulls[] = {
+		{ 1, NULL, "restart", "running" },
+		{ 2, "baton.service", NULL, "running" },
+		{ 3, "baton.service", "restart", NULL },
+		{ 4, "baton.service", "restart", "running" },
+	};
+	/* close but not the same: case and prefixes */
+	struct sysd_job near[] = {
+		{ 1, "baton.service", "Restart", "running" },
+		{ 2, "baton.service", "try-restart", "running" },
+		{ 3, "baton.service", "restart ", "running" },
+		{ 4, "baton.service", "restart", "run" },
+	};
+
+	assert_int_equal(sysd_restart_job(restart, 1, "baton.service"), 0);
+	assert_int_equal(sysd_restart_job(stop, 1, "baton.service"), -1);
+	assert_int_equal(sysd_restart_job(others, 6, "baton.service"), -1);
+	assert_int_equal(sysd_restart_job(nulls, 4, "baton.service"), 3);
+	assert_int_equal(sysd_restart_job(nulls, 3, "baton.service"), -1);
+	assert_int_equal(sysd_restart_job(near, 4, "baton.service"), -1);
+	/* no jobs, no unit */
+	assert_int_equal(sysd_restart_job(NULL, 0, "baton.service"), -1);
+	assert_int_equal(sysd_restart_job(restart, 1, NULL), -1);
+	assert_int_equal(sysd_restart_job(restart, 1, ""), -1);
+	/* another unit name (an instance, a renamed unit) is its own */
+	assert_int_equal(sysd_restart_job(restart, 1, "baton@a.service"), -1);
+}
+
+/* Outside systemd (no NOTIFY_SOCKET) the query never touches a bus and
+ * always means stop: a supervisor in a shell or the tests stops its
+ * workers on SIGTERM as before. */
+static void test_term_query_outside_systemd(void **state)
+{
+	char why[128];
+	char *saved = getenv("NOTIFY_SOCKET") ? strdup(getenv("NOTIFY_SOCKET")) : NULL;
+
+	(void)state;
+	unsetenv("NOTIFY_SOCKET");
+	assert_int_equal(sysd_term_query(1000, why, sizeof(why)), SYSD_TERM_STOP);
+	assert_string_equal(why, "not started by systemd");
+	assert_int_equal(sysd_term_query(1000, NULL, 0), SYSD_TERM_STOP);
+	if (saved) {
+		setenv("NOTIFY_SOCKET", saved, 1);
+		free(saved);
+	}
+}
+
+/* Under a NOTIFY_SOCKET but with no reachable system bus (the bus address
+ * points at nothing): stop, and say why. */
+static void test_term_query_no_bus_means_stop(void **state)
+{
+	char why[512];
+
+	(void)state;
+	setenv("NOTIFY_SOCKET", "/nonexistent/notify", 1);
+	setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/bus", 1);
+	assert_int_equal(sysd_term_query(200000, why, sizeof(why)), SYSD_TERM_STOP);
+	assert_true(why[0] != '\0');
+	/* a tiny buffer is cut, never overrun */
+	assert_int_equal(sysd_term_query(200000, why, 4), SYSD_TERM_STOP);
+	assert_true(strlen(why) <= 3);
+	unsetenv("DBUS_SYSTEM_BUS_ADDRESS");
+	unsetenv("NOTIFY_SOCKET");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -550,6 +638,9 @@ int main(void)
 		cmocka_unit_test(test_open_line_without_socket),
 		cmocka_unit_test(test_open_unknown_and_not_listening),
 		cmocka_unit_test(test_open_fd_store),
+		cmocka_unit_test(test_restart_job_decision),
+		cmocka_unit_test(test_term_query_outside_systemd),
+		cmocka_unit_test(test_term_query_no_bus_means_stop),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
