@@ -116,19 +116,22 @@ void sysd_send_ready(const char *status);
  * unit: a restart job runs its stop half first (job type "restart", state
  * "running", while the SIGTERM is delivered) and turns into a start job
  * after the main process exits. So the supervisor asks systemd's manager
- * for its jobs (ListJobs on the system bus, sd-bus) and leaves its worker
- * serving only when a restart job of its own unit (sd_pid_get_unit) is
- * running: anything else -- a stop job, a shutdown, `systemctl kill`, no
- * bus, a bus error or timeout -- stops every worker as before, since a
- * worker left behind a real stop would serve on unmanaged. */
+ * on the system bus (sd-bus) for its own unit (GetUnitByPID: an object
+ * path; sd_pid_get_unit() cannot be used, it reads /proc/1, which
+ * ProtectProc=invisible hides) and for the jobs (ListJobs), and leaves
+ * its worker serving only when a restart job of that unit is running.
+ * Anything else -- a stop job, a shutdown, `systemctl kill`, no bus, a bus
+ * error or timeout -- stops every worker as before, since a worker left
+ * behind a real stop would serve on unmanaged. */
 #define SYSD_JOBS_MAX 65536   /* more jobs than this in a reply: not read */
 
 /* One entry of ListJobs' a(usssoo): borrowed strings. */
 struct sysd_job {
 	uint32_t id;
-	const char *unit;
-	const char *type;  /* "start", "stop", "restart", "reload", ... */
-	const char *state; /* "waiting" or "running" */
+	const char *unit;      /* "baton.service" */
+	const char *type;      /* "start", "stop", "restart", "reload", ... */
+	const char *state;     /* "waiting" or "running" */
+	const char *unit_path; /* "/org/freedesktop/systemd1/unit/baton_2eservice" */
 };
 
 enum sysd_term {
@@ -136,14 +139,16 @@ enum sysd_term {
 	SYSD_TERM_RESTART, /* leave the worker serving for the next supervisor */
 };
 
-/* Pure: the index of the running restart job of `unit` among jobs[0..n),
- * or -1 (unit NULL or empty, or no such job: a stop). Entries with a NULL
- * field are skipped. */
-long sysd_restart_job(const struct sysd_job *jobs, size_t n, const char *unit);
+/* Pure: the index of the running restart job of the unit whose object
+ * path is unit_path among jobs[0..n), or -1 (unit_path NULL or empty, or
+ * no such job: a stop). Entries with a NULL field are skipped. */
+long sysd_restart_job(const struct sysd_job *jobs, size_t n, const char *unit_path);
 
-/* Asks systemd (above), waiting at most timeout_usec for the bus. Returns
- * SYSD_TERM_RESTART or SYSD_TERM_STOP; why (when not NULL) says which job
- * or what failed, for the log. Blocks: called once, on SIGTERM. */
+/* Asks systemd (above), waiting at most timeout_usec for each bus call.
+ * Returns SYSD_TERM_RESTART or SYSD_TERM_STOP; why (when not NULL) says
+ * which job or what failed, for the log. Outside systemd (no
+ * NOTIFY_SOCKET) it returns SYSD_TERM_STOP without touching a bus.
+ * Blocks: called once, on SIGTERM. */
 enum sysd_term sysd_term_query(uint64_t timeout_usec, char *why, size_t len);
 
 #endif

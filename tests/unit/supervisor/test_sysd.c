@@ -530,54 +530,59 @@ static void test_open_fd_store(void **state)
 
 /* sysd_restart_job(): the SIGTERM of `systemctl restart` and of a stop
  * differ only by the unit's job (ListJobs, systemd 252). */
+#define U "/org/freedesktop/systemd1/unit/baton_2eservice"
 static void test_restart_job_decision(void **state)
 {
 	(void)state;
 	/* what ListJobs shows during `systemctl restart baton.service` */
 	struct sysd_job restart[] = {
-		{ 7, "baton.service", "restart", "running" },
+		{ 7, "baton.service", "restart", "running", U },
 	};
 	/* `systemctl stop` (and a shutdown's stop jobs) */
 	struct sysd_job stop[] = {
-		{ 8, "baton.service", "stop", "running" },
+		{ 8, "baton.service", "stop", "running", U },
 	};
 	/* other units' restarts, our own restart still waiting (this SIGTERM
 	 * is someone else's: `systemctl kill`), and our start */
 	struct sysd_job others[] = {
-		{ 1, "ngircd.service", "restart", "running" },
-		{ 2, "baton.socket", "restart", "running" },
-		{ 3, "baton.service", "restart", "waiting" },
-		{ 4, "baton.service", "start", "running" },
-		{ 5, "baton.service.d", "restart", "running" },
-		{ 6, "baton", "restart", "running" },
+		{ 1, "ngircd.service", "restart", "running",
+		  "/org/freedesktop/systemd1/unit/ngircd_2eservice" },
+		{ 2, "baton.socket", "restart", "running",
+		  "/org/freedesktop/systemd1/unit/baton_2esocket" },
+		{ 3, "baton.service", "restart", "waiting", U },
+		{ 4, "baton.service", "start", "running", U },
+		{ 5, "baton.service", "restart", "running", U "_2ed" },
+		{ 6, "baton.service", "restart", "running", "/org/freedesktop/systemd1/unit/baton" },
 	};
 	struct sysd_job nulls[] = {
-		{ 1, NULL, "restart", "running" },
-		{ 2, "baton.service", NULL, "running" },
-		{ 3, "baton.service", "restart", NULL },
-		{ 4, "baton.service", "restart", "running" },
+		{ 1, "baton.service", "restart", "running", NULL },
+		{ 2, "baton.service", NULL, "running", U },
+		{ 3, "baton.service", "restart", NULL, U },
+		{ 4, NULL, "restart", "running", U }, /* the name is for the log only */
 	};
 	/* close but not the same: case and prefixes */
 	struct sysd_job near[] = {
-		{ 1, "baton.service", "Restart", "running" },
-		{ 2, "baton.service", "try-restart", "running" },
-		{ 3, "baton.service", "restart ", "running" },
-		{ 4, "baton.service", "restart", "run" },
+		{ 1, "baton.service", "Restart", "running", U },
+		{ 2, "baton.service", "try-restart", "running", U },
+		{ 3, "baton.service", "restart ", "running", U },
+		{ 4, "baton.service", "restart", "run", U },
 	};
 
-	assert_int_equal(sysd_restart_job(restart, 1, "baton.service"), 0);
-	assert_int_equal(sysd_restart_job(stop, 1, "baton.service"), -1);
-	assert_int_equal(sysd_restart_job(others, 6, "baton.service"), -1);
-	assert_int_equal(sysd_restart_job(nulls, 4, "baton.service"), 3);
-	assert_int_equal(sysd_restart_job(nulls, 3, "baton.service"), -1);
-	assert_int_equal(sysd_restart_job(near, 4, "baton.service"), -1);
+	assert_int_equal(sysd_restart_job(restart, 1, U), 0);
+	assert_int_equal(sysd_restart_job(stop, 1, U), -1);
+	assert_int_equal(sysd_restart_job(others, 6, U), -1);
+	assert_int_equal(sysd_restart_job(nulls, 4, U), 3);
+	assert_int_equal(sysd_restart_job(nulls, 3, U), -1);
+	assert_int_equal(sysd_restart_job(near, 4, U), -1);
 	/* no jobs, no unit */
-	assert_int_equal(sysd_restart_job(NULL, 0, "baton.service"), -1);
+	assert_int_equal(sysd_restart_job(NULL, 0, U), -1);
 	assert_int_equal(sysd_restart_job(restart, 1, NULL), -1);
 	assert_int_equal(sysd_restart_job(restart, 1, ""), -1);
-	/* another unit name (an instance, a renamed unit) is its own */
-	assert_int_equal(sysd_restart_job(restart, 1, "baton@a.service"), -1);
+	/* another unit (an instance, a renamed unit) is its own */
+	assert_int_equal(sysd_restart_job(restart, 1,
+					  "/org/freedesktop/systemd1/unit/baton_40a_2eservice"), -1);
 }
+#undef U
 
 /* Outside systemd (no NOTIFY_SOCKET) the query never touches a bus and
  * always means stop: a supervisor in a shell or the tests stops its
