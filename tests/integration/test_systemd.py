@@ -19,6 +19,7 @@ import threading
 import time
 
 import batonlib as bl
+import test_supervisor_crash
 from batonlib import check
 
 # Moves the fds named in BATON_T_FDS to 3, 4, ... and sets LISTEN_PID to its
@@ -557,3 +558,37 @@ def test_sigterm_restart_keeps_sessions_stop_stops(ctx):
     check(rc == 0 and "Terminated: stopping (stop job 42 of baton.service (running))"
           in b.log_text(), "stop job: exit %s\n%s" % (rc, b.log_tail()))
     bl.wait_for(lambda: not bl.pid_alive(pid), 10, what="worker %d to exit on the stop" % pid)
+
+
+def test_sigterm_restart_during_migration_stops_everything(ctx):
+    """A restart job's SIGTERM while an upgrade moves the sessions (the
+    target adopts each item slowly): two workers hold parts of them, so
+    neither can be left to the next supervisor. The supervisor says why,
+    stops every worker as for a stop (batonctl gets the abort), exits 0,
+    and no baton-sessiond is left."""
+    bB = ctx.builds["b"].require()
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=2, channels=("#chat",))
+    sd = FakeSystemd(ctx)
+    ctx.on_close(sd.close)
+    bus = FakeBus(ctx)
+    ctx.on_close(bus.close)
+    unit_sock = listening(b.port)
+    ctx.on_close(unit_sock.close)
+    start(ctx, b, sd, [("irc", unit_sock)], bus=bus)
+    sd.wait_for("READY", "1")
+    b.wait_ready()
+    bus.set_job("restart")
+    b.set_fault("target:slow-prepare")
+    p = b.ctl_async("upgrade", bB.sessiond, "--json")
+    bl.wait_for(lambda: "migrate" in b.log_text().split("upgrade", 1)[-1], 10,
+                what="the migration to start")
+    b.proc.send_signal(signal.SIGTERM)
+    rc = b.proc.wait(30)
+    ctx.loop.wait_process(p, timeout=30)
+    b.clear_fault()
+    check(rc == 0, "supervisor exit %s:\n%s" % (rc, b.log_tail()))
+    check("restart: cannot leave the worker serving (a migration is running): "
+          "stopping every worker instead" in b.log_text(), "log:\n" + b.log_tail())
+    bl.wait_for(lambda: not test_supervisor_crash.worker_pids(ctx), 15,
+                what="every worker to exit")
