@@ -373,11 +373,8 @@ long sysd_restart_job(const struct sysd_job *jobs, size_t n, const char *unit_pa
 	return -1;
 }
 
-/* Reads ListJobs' reply array, keeping only the jobs of unit_path (the
- * strings stay valid while m lives). Returns the number kept (<= max) or
- * -errno. */
-static long sysd_read_jobs(sd_bus_message *m, const char *unit_path,
-			   struct sysd_job *jobs, size_t max)
+long sysd_read_jobs(sd_bus_message *m, const char *unit_path,
+		    struct sysd_job *jobs, size_t max)
 {
 	size_t n = 0, seen = 0;
 	int r = sd_bus_message_enter_container(m, SD_BUS_TYPE_ARRAY, "(usssoo)");
@@ -396,8 +393,11 @@ static long sysd_read_jobs(sd_bus_message *m, const char *unit_path,
 			break;
 		if (++seen > SYSD_JOBS_MAX)
 			return -E2BIG;
-		if (strcmp(j.unit_path, unit_path) == 0 && n < max)
-			jobs[n++] = j;
+		if (strcmp(j.unit_path, unit_path) != 0)
+			continue;
+		if (n == max)
+			return -E2BIG;
+		jobs[n++] = j;
 	}
 	r = sd_bus_message_exit_container(m);
 	return r < 0 ? r : (long)n;
@@ -434,7 +434,7 @@ enum sysd_term sysd_term_query(uint64_t timeout_usec, char *why, size_t len)
 	sd_bus_message *unit_reply = NULL, *jobs_reply = NULL;
 	sd_bus *bus = NULL;
 	const char *unit_path = NULL;
-	struct sysd_job jobs[16]; /* a unit has at most one job (and a nop one) */
+	struct sysd_job jobs[SYSD_UNIT_JOBS_MAX];
 	enum sysd_term t = SYSD_TERM_STOP;
 	long n, k;
 	int r;

@@ -124,6 +124,8 @@ void sysd_send_ready(const char *status);
  * error or timeout -- stops every worker as before, since a worker left
  * behind a real stop would serve on unmanaged. */
 #define SYSD_JOBS_MAX 65536   /* more jobs than this in a reply: not read */
+#define SYSD_UNIT_JOBS_MAX 16 /* of one unit (systemd has at most 2: a job
+			       * and a nop job); more: a bad reply */
 
 /* One entry of ListJobs' a(usssoo): borrowed strings. */
 struct sysd_job {
@@ -143,6 +145,15 @@ enum sysd_term {
  * path is unit_path among jobs[0..n), or -1 (unit_path NULL or empty, or
  * no such job: a stop). Entries with a NULL field are skipped. */
 long sysd_restart_job(const struct sysd_job *jobs, size_t n, const char *unit_path);
+
+/* Reads ListJobs' reply (m positioned at its a(usssoo)), keeping the
+ * jobs of the unit whose object path is unit_path in jobs[0..max) (the
+ * strings are borrowed from m). Returns how many, or -E2BIG when the reply
+ * holds more than SYSD_JOBS_MAX jobs or that unit more than max, or a
+ * negative errno from sd-bus (a reply of another shape). */
+struct sd_bus_message;
+long sysd_read_jobs(struct sd_bus_message *m, const char *unit_path,
+		    struct sysd_job *jobs, size_t max);
 
 /* Asks systemd (above), waiting at most timeout_usec for each bus call.
  * Returns SYSD_TERM_RESTART or SYSD_TERM_STOP; why (when not NULL) says
