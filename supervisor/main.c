@@ -4,7 +4,9 @@
  *
  *   event                   handler
  *   SIGCHLD                 supervisor_reap -> worker_reaped -> handler
- *   SIGTERM, SIGINT         supervisor_shutdown (EXIT workers, then leave)
+ *   SIGTERM, SIGINT         supervisor_shutdown (EXIT workers, then leave);
+ *                           under systemd's restart job, supervisor_leave
+ *                           (the worker serves on, the next start adopts it)
  *   worker control socket   worker_process.c -> supervisor.c or migration.c
  *   control socket          control_socket.c -> supervisor_status/upgrade
  *   metrics HTTP            metrics.c -> exposition.c (+ metrics_set_extra)
@@ -110,11 +112,31 @@ static void main_raise_nofile(void)
 	}
 }
 
+/* The bus answers in milliseconds; a stop must not hang on it. */
+#define MAIN_JOB_QUERY_USEC (2 * 1000 * 1000ULL)
+/* After `systemctl restart` the new supervisor can start before the worker
+ * the old one left has read the EOF of its control channel; until then it
+ * refuses adoption (it still has a supervisor, as it sees it). */
+#define MAIN_ORPHAN_WAIT_MS 1000
+
 static void main_on_term(evutil_socket_t sig, short what, void *arg)
 {
 	struct main_ctx *ctx = arg;
 
-	log_info("supervisor", "%s: stopping", strsignal((int)sig));
+	char why[512] = "";
+
+	/* `systemctl restart` keeps every session: systemd's SIGTERM is the
+	 * same as for a stop, its job is not (sysd.h). */
+	if (sig == SIGTERM &&
+	    sysd_term_query(MAIN_JOB_QUERY_USEC, why, sizeof(why)) == SYSD_TERM_RESTART) {
+		log_info("supervisor", "%s: %s: restarting", strsignal((int)sig), why);
+		supervisor_leave(ctx->sup);
+		return;
+	}
+	if (why[0] == '\0' || sig != SIGTERM)
+		log_info("supervisor", "%s: stopping", strsignal((int)sig));
+	else
+		log_info("supervisor", "%s: stopping (%s)", strsignal((int)sig), why);
 	supervisor_shutdown(ctx->sup);
 }
 
@@ -282,7 +304,7 @@ int main(int argc, char **argv)
 	 * listeners (orphans.h: they are the sockets systemd may also have
 	 * passed us; those copies are closed unused). Otherwise the
 	 * listeners come from systemd or are bound anew. */
-	r = orphans_adopt(state, &orphan, reexec_fd >= 0 ? ORPHANS_TIMEOUT_MS : 0);
+	r = orphans_adopt(state, &orphan, reexec_fd >= 0 ? ORPHANS_TIMEOUT_MS : MAIN_ORPHAN_WAIT_MS);
 	if (r == 2)
 		goto out; /* orphans serve that cannot be adopted: logged, left serving */
 	adopted = r == 1 &&

@@ -140,17 +140,22 @@ static int orphan_try(const char *path, struct orphan *o)
 	if (rc == 0)
 		rc = orphan_handshake(o);
 	if (rc < 0) {
-		/* -ECONNRESET: it closed our channel unread: it has a live
-		 * supervisor (or is not a baton worker). A live one that did not
-		 * answer in time is still serving: never start one beside it. */
+		/* -ECONNRESET: it closed our channel unread; -EPIPE: it closed
+		 * the connection before our ADOPT was sent (accept and close
+		 * are that fast): either way it refused, it has a live
+		 * supervisor -- or has not read yet that its supervisor is gone
+		 * (a restart: wait_ms asks again) -- or is not a baton worker.
+		 * A live one that did not answer in time is still serving:
+		 * never start one beside it. */
+		bool refused = rc == -ECONNRESET || rc == -EPIPE;
 		bool alive = rc == -ETIMEDOUT && kill(o->pid, 0) == 0;
 
-		if (rc != -ECONNRESET)
+		if (!refused)
 			log_warn("supervisor", "%s (pid %d): adoption failed: %s%s", path,
 				 (int)o->pid, strerror(-rc),
 				 alive ? " (it serves on: not starting another worker)" : "");
 		orphan_clear(o);
-		return rc == -ECONNRESET ? -1 : alive ? -2 : 0;
+		return refused ? -1 : alive ? -2 : 0;
 	}
 	snprintf(exe, sizeof(exe), "/proc/%d/exe", (int)o->pid);
 	char target[PATH_MAX];

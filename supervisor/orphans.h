@@ -16,9 +16,10 @@
  * dead supervisor started answers when that migration ends (it does not
  * hold the sessions in transit; one that holds none then closes, and the
  * next is tried). Runs before the event loop and waits at most
- * ORPHANS_TIMEOUT_MS per worker. wait_ms > 0 (a re-exec: our workers
- * may not have seen their control channels close yet): a worker that
- * refuses is asked again every 20 ms for that long.
+ * ORPHANS_TIMEOUT_MS per worker. wait_ms > 0 (a re-exec, or a start right
+ * after `systemctl restart`: the workers may not have seen their control
+ * channels close yet): a worker that refuses (closes the connection,
+ * before or after our ADOPT) is asked again every 20 ms for that long.
  *
  * Ownership: a filled struct orphan owns its fds and strings until
  * orphan_clear() or until they are taken (set to -1 / NULL).

@@ -88,6 +88,7 @@ struct supervisor {
 	bool ever_served;        /* sd_notify READY=1 sent */
 	bool reloading;          /* RELOADING=1 sent; READY=1 ends it */
 	bool stopping;
+	bool leaving;            /* supervisor_leave(): workers are not killed */
 	int exit_code;
 
 	struct event *ev_restart;
@@ -1158,7 +1159,11 @@ void supervisor_free(struct supervisor *sup)
 	worker_set_edit_handler(NULL, NULL);
 	reload_free_all(&sup->reloads); /* before the workers they wait on */
 	for (size_t i = 0; i < sup->nworkers; i++) {
-		worker_kill(sup->workers[i]);
+		/* Left serving (supervisor_leave): closing its control
+		 * channel in worker_free() orphans it, and the next
+		 * supervisor adopts it. */
+		if (!sup->leaving)
+			worker_kill(sup->workers[i]);
 		worker_free(sup->workers[i]);
 	}
 	free(sup->workers);
@@ -1261,6 +1266,40 @@ void supervisor_shutdown(struct supervisor *sup)
 	sup->ev_stop = evtimer_new(sup->base, supervisor_on_stop_backstop, sup);
 	if (sup->ev_stop)
 		evtimer_add(sup->ev_stop, &tv);
+}
+
+const char *supervisor_leave_refusal(const struct supervisor *sup)
+{
+	return sup->stopping ? "the supervisor is already stopping"
+	       : sup->migration ? "a migration is running"
+	       : sup->canary ? "a canary is running (two workers hold sessions)"
+	       : sup->restore ? "a custody restore is running"
+	       : sup->reexec ? "a supervisor re-exec is starting"
+	       : sup->active == NULL || !sup->active_serving ? "no worker is serving"
+	       : sup->nworkers != 1 ? "more than one worker runs"
+	       : NULL;
+}
+
+int supervisor_leave(struct supervisor *sup)
+{
+	const char *why = supervisor_leave_refusal(sup);
+
+	if (why != NULL) {
+		log_warn("supervisor", "restart: cannot leave the worker serving (%s): "
+			 "stopping every worker instead", why);
+		supervisor_shutdown(sup);
+		return -EBUSY;
+	}
+	sup->stopping = true;
+	sup->leaving = true;
+	log_info("supervisor", "restart: leaving worker pid %d serving for the next "
+		 "supervisor to adopt", (int)worker_pid(sup->active));
+	sysd_send("STOPPING=1");
+	sup->reloading = false;
+	evtimer_del(sup->ev_restart);
+	evtimer_del(sup->ev_ready);
+	event_base_loopexit(sup->base, NULL);
+	return 0;
 }
 
 /* --- status --------------------------------------------------------------- */

@@ -79,6 +79,18 @@ void supervisor_reap(struct supervisor *sup);
  * stop the loop. */
 void supervisor_shutdown(struct supervisor *sup);
 
+/* `systemctl restart` (main.c asks systemd, sysd_term_query()): stop the
+ * loop leaving the serving worker serving, as after a supervisor crash, so
+ * that the supervisor systemd starts next adopts it (orphans.h) and nobody
+ * is disconnected; its control channel closes as we exit. Returns 0, or
+ * falls back to supervisor_shutdown() and returns -EBUSY with the reason
+ * logged when the worker cannot be left alone: a migration, canary,
+ * custody restore or re-exec is under way, more than one worker runs, or
+ * none serves (supervisor_leave_refusal()). */
+int supervisor_leave(struct supervisor *sup);
+/* Why supervisor_leave() would stop everything instead, or NULL. */
+const char *supervisor_leave_refusal(const struct supervisor *sup);
+
 /* Control requests. */
 void supervisor_status(struct supervisor *sup, supervisor_reply_cb cb, void *arg);
 /* binary NULL: rollback to the previous binary. */

@@ -2,12 +2,14 @@
 #include "supervisor/sysd.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include <systemd/sd-bus.h>
 #include <systemd/sd-daemon.h>
 
 #include "common/clock.h"
@@ -351,4 +353,142 @@ void sysd_send_ready(const char *status)
 
 	if (sysd_msg_ready(msg, sizeof(msg), status) > 0)
 		sysd_send(msg);
+}
+
+long sysd_restart_job(const struct sysd_job *jobs, size_t n, const char *unit_path)
+{
+	if (unit_path == NULL || unit_path[0] == '\0')
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		const struct sysd_job *j = &jobs[i];
+
+		if (j->unit_path == NULL || j->type == NULL || j->state == NULL)
+			continue;
+		/* A queued (waiting) restart has not sent this SIGTERM: it
+		 * came from elsewhere (`systemctl kill`, a shell). */
+		if (strcmp(j->unit_path, unit_path) == 0 &&
+		    strcmp(j->type, "restart") == 0 && strcmp(j->state, "running") == 0)
+			return (long)i;
+	}
+	return -1;
+}
+
+long sysd_read_jobs(sd_bus_message *m, const char *unit_path,
+		    struct sysd_job *jobs, size_t max)
+{
+	size_t n = 0, seen = 0;
+	int r = sd_bus_message_enter_container(m, SD_BUS_TYPE_ARRAY, "(usssoo)");
+
+	if (r < 0)
+		return r;
+	for (;;) {
+		struct sysd_job j = { 0 };
+		const char *job_path;
+
+		r = sd_bus_message_read(m, "(usssoo)", &j.id, &j.unit, &j.type,
+					&j.state, &job_path, &j.unit_path);
+		if (r < 0)
+			return r;
+		if (r == 0)
+			break;
+		if (++seen > SYSD_JOBS_MAX)
+			return -E2BIG;
+		if (strcmp(j.unit_path, unit_path) != 0)
+			continue;
+		if (n == max)
+			return -E2BIG;
+		jobs[n++] = j;
+	}
+	r = sd_bus_message_exit_container(m);
+	return r < 0 ? r : (long)n;
+}
+
+#define SYSD_BUS_DEST "org.freedesktop.systemd1"
+#define SYSD_BUS_PATH "/org/freedesktop/systemd1"
+#define SYSD_BUS_MANAGER "org.freedesktop.systemd1.Manager"
+
+/* One method call of the manager with a timeout. */
+static int sysd_call(sd_bus *bus, const char *method, uint64_t timeout_usec,
+		     sd_bus_error *error, sd_bus_message **reply,
+		     const char *types, ...)
+{
+	sd_bus_message *call = NULL;
+	va_list ap;
+	int r = sd_bus_message_new_method_call(bus, &call, SYSD_BUS_DEST, SYSD_BUS_PATH,
+					       SYSD_BUS_MANAGER, method);
+
+	if (r >= 0 && types != NULL) {
+		va_start(ap, types);
+		r = sd_bus_message_appendv(call, types, ap);
+		va_end(ap);
+	}
+	if (r >= 0)
+		r = sd_bus_call(bus, call, timeout_usec, error, reply);
+	sd_bus_message_unref(call);
+	return r;
+}
+
+enum sysd_term sysd_term_query(uint64_t timeout_usec, char *why, size_t len)
+{
+	sd_bus_error error = SD_BUS_ERROR_NULL;
+	sd_bus_message *unit_reply = NULL, *jobs_reply = NULL;
+	sd_bus *bus = NULL;
+	const char *unit_path = NULL;
+	struct sysd_job jobs[SYSD_UNIT_JOBS_MAX];
+	enum sysd_term t = SYSD_TERM_STOP;
+	long n, k;
+	int r;
+	char scratch[8];
+
+	if (why == NULL || len == 0) {
+		why = scratch;
+		len = sizeof(scratch);
+	}
+	why[0] = '\0';
+	if (getenv("NOTIFY_SOCKET") == NULL) {
+		snprintf(why, len, "not started by systemd");
+		return SYSD_TERM_STOP;
+	}
+	r = sd_bus_open_system(&bus);
+	if (r < 0) {
+		snprintf(why, len, "cannot reach the system bus to ask systemd for our job: %s",
+			 strerror(-r));
+		goto out;
+	}
+	r = sysd_call(bus, "GetUnitByPID", timeout_usec, &error, &unit_reply, "u",
+		      (uint32_t)getpid());
+	if (r >= 0)
+		r = sd_bus_message_read(unit_reply, "o", &unit_path);
+	if (r < 0) {
+		snprintf(why, len, "cannot ask systemd for our unit: %s",
+			 error.message ? error.message : strerror(-r));
+		goto out;
+	}
+	r = sysd_call(bus, "ListJobs", timeout_usec, &error, &jobs_reply, NULL);
+	if (r < 0) {
+		snprintf(why, len, "cannot ask systemd for its jobs: %s",
+			 error.message ? error.message : strerror(-r));
+		goto out;
+	}
+	n = sysd_read_jobs(jobs_reply, unit_path, jobs, sizeof(jobs) / sizeof(jobs[0]));
+	if (n < 0) {
+		snprintf(why, len, "systemd's job list: %s", strerror((int)-n));
+		goto out;
+	}
+	k = sysd_restart_job(jobs, (size_t)n, unit_path);
+	if (k >= 0) {
+		snprintf(why, len, "restart job %u of %s is running", jobs[k].id, jobs[k].unit);
+		t = SYSD_TERM_RESTART;
+	} else if (n > 0) {
+		snprintf(why, len, "%s job %u of %s (%s)", jobs[0].type, jobs[0].id,
+			 jobs[0].unit, jobs[0].state);
+	} else {
+		snprintf(why, len, "no job of our unit %s: not a restart", unit_path);
+	}
+out:
+	sd_bus_error_free(&error);
+	sd_bus_message_unref(jobs_reply);
+	sd_bus_message_unref(unit_reply);
+	sd_bus_flush_close_unref(bus);
+	return t;
 }

@@ -110,4 +110,56 @@ int sysd_send_fds(const char *msg, const int *fds, size_t n);
 void sysd_send_reloading(const char *status);
 void sysd_send_ready(const char *status);
 
+/* SIGTERM under systemd: `systemctl restart` or a stop?
+ *
+ * systemd sends the same SIGTERM for both; what differs is the job of the
+ * unit: a restart job runs its stop half first (job type "restart", state
+ * "running", while the SIGTERM is delivered) and turns into a start job
+ * after the main process exits. So the supervisor asks systemd's manager
+ * on the system bus (sd-bus) for its own unit (GetUnitByPID: an object
+ * path; sd_pid_get_unit() cannot be used, it reads /proc/1, which
+ * ProtectProc=invisible hides) and for the jobs (ListJobs), and leaves
+ * its worker serving only when a restart job of that unit is running.
+ * Anything else -- a stop job, a shutdown, `systemctl kill`, no bus, a bus
+ * error or timeout -- stops every worker as before, since a worker left
+ * behind a real stop would serve on unmanaged. */
+#define SYSD_JOBS_MAX 65536   /* more jobs than this in a reply: not read */
+#define SYSD_UNIT_JOBS_MAX 16 /* of one unit (systemd has at most 2: a job
+			       * and a nop job); more: a bad reply */
+
+/* One entry of ListJobs' a(usssoo): borrowed strings. */
+struct sysd_job {
+	uint32_t id;
+	const char *unit;      /* "baton.service" */
+	const char *type;      /* "start", "stop", "restart", "reload", ... */
+	const char *state;     /* "waiting" or "running" */
+	const char *unit_path; /* "/org/freedesktop/systemd1/unit/baton_2eservice" */
+};
+
+enum sysd_term {
+	SYSD_TERM_STOP,    /* stop every worker */
+	SYSD_TERM_RESTART, /* leave the worker serving for the next supervisor */
+};
+
+/* Pure: the index of the running restart job of the unit whose object
+ * path is unit_path among jobs[0..n), or -1 (unit_path NULL or empty, or
+ * no such job: a stop). Entries with a NULL field are skipped. */
+long sysd_restart_job(const struct sysd_job *jobs, size_t n, const char *unit_path);
+
+/* Reads ListJobs' reply (m positioned at its a(usssoo)), keeping the
+ * jobs of the unit whose object path is unit_path in jobs[0..max) (the
+ * strings are borrowed from m). Returns how many, or -E2BIG when the reply
+ * holds more than SYSD_JOBS_MAX jobs or that unit more than max, or a
+ * negative errno from sd-bus (a reply of another shape). */
+struct sd_bus_message;
+long sysd_read_jobs(struct sd_bus_message *m, const char *unit_path,
+		    struct sysd_job *jobs, size_t max);
+
+/* Asks systemd (above), waiting at most timeout_usec for each bus call.
+ * Returns SYSD_TERM_RESTART or SYSD_TERM_STOP; why (when not NULL) says
+ * which job or what failed, for the log. Outside systemd (no
+ * NOTIFY_SOCKET) it returns SYSD_TERM_STOP without touching a bus.
+ * Blocks: called once, on SIGTERM. */
+enum sysd_term sysd_term_query(uint64_t timeout_usec, char *why, size_t len);
+
 #endif

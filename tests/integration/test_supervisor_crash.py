@@ -12,6 +12,7 @@ flow both ways throughout."""
 import os
 import signal
 import subprocess
+import time
 
 import batonlib as bl
 import test_basic
@@ -151,12 +152,22 @@ def test_rendezvous_refuses_while_supervised(ctx):
     b.start(wait=False)
     bl.pump_ready(ctx, b)
     pid = b.worker_pid()
+    t0 = time.monotonic()
     with open(os.path.join(ctx.dir, "second.log"), "wb") as logf:
         p = ctx.procs.popen([b.build.supervisor, "-c", b.config], cwd=b.dir,
                             stdout=logf, stderr=subprocess.STDOUT)
     rc = p.wait(20)
+    took = time.monotonic() - t0
     out = open(os.path.join(ctx.dir, "second.log"), errors="replace").read()
     check(rc == 1, "second supervisor exit %r (want 1):\n%s" % (rc, out))
+    # A refusal is asked again for a while (main.c MAIN_ORPHAN_WAIT_MS: a
+    # worker whose supervisor just exited -- systemctl restart -- refuses
+    # until it has read the EOF), whether the worker closed before our
+    # ADOPT went out (EPIPE) or after (ECONNRESET). Regression: EPIPE
+    # counted as "no orphan here" at once, and after a restart a second
+    # worker could start beside the one left serving.
+    check(took >= 0.9 and "adoption failed" not in out,
+          "the refusing worker was not asked again (%.2f s):\n%s" % (took, out))
     check("adopted" not in out, "the second supervisor adopted a supervised worker:\n%s" % out)
     check(b.worker_pid() == pid and bl.pid_alive(pid), "the first supervisor's worker changed")
 

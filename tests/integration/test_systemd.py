@@ -3,16 +3,23 @@
 LISTEN_PID/LISTEN_FDS/LISTEN_FDNAMES), so the default suite covers what
 deploy/systemd-test checks under a real systemd as PID 1 (minutes of
 setup, root): socket activation, the fd store across a restart, READY=1,
-RELOADING=1 + MONOTONIC_USEC / READY=1 around an upgrade, STATUS=, and the
-refusals when the passed sockets and the config disagree."""
+RELOADING=1 + MONOTONIC_USEC / READY=1 around an upgrade, STATUS=, the
+refusals when the passed sockets and the config disagree, and SIGTERM as
+`systemctl restart` (the worker left serving and adopted) vs `systemctl
+stop` (everything stops): the test plays systemd's manager on a private
+D-Bus socket too (FakeBus: GetUnitByPID, ListJobs)."""
 
 import array
 import os
+import signal
 import socket
+import struct
 import subprocess
+import threading
 import time
 
 import batonlib as bl
+import test_supervisor_crash
 from batonlib import check
 
 # Moves the fds named in BATON_T_FDS to 3, 4, ... and sets LISTEN_PID to its
@@ -97,6 +104,201 @@ class FakeSystemd:
         self.sock.close()
 
 
+class FakeBus:
+    """systemd's manager on the system bus, as far as sysd_term_query()
+    asks it (supervisor/sysd.h): a D-Bus server on a Unix socket
+    (DBUS_SYSTEM_BUS_ADDRESS) that does the SASL EXTERNAL handshake,
+    answers Hello, GetUnitByPID (self.unit_path) and ListJobs (self.jobs:
+    [(id, unit, type, state)]) and records every call in self.calls. One
+    thread; little-endian messages only (what sd-bus sends here)."""
+
+    SYSTEMD = "org.freedesktop.systemd1"
+
+    def __init__(self, ctx):
+        self.path = os.path.join(ctx.dir, "bus.sock")
+        self.address = "unix:path=" + self.path
+        self.unit_path = "/org/freedesktop/systemd1/unit/baton_2eservice"
+        self.unit = "baton.service"
+        self.jobs = []
+        self.calls = []  # (member, body bytes)
+        self.lock = threading.Lock()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def set_job(self, job_type, state="running", job_id=42):
+        with self.lock:
+            self.jobs = [] if job_type is None else [(job_id, self.unit, job_type, state)]
+
+    def members(self):
+        with self.lock:
+            return [m for m, _ in self.calls]
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(5)
+        self.sock.close()
+
+    def _serve(self):
+        while not self.stopping:
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with c:
+                try:
+                    self._conversation(c)
+                except (OSError, ValueError):
+                    pass
+
+    @staticmethod
+    def _recv_exact(c, n, buf):
+        while len(buf) < n:
+            d = c.recv(65536)
+            if not d:
+                raise OSError("bus client closed")
+            buf += d
+        return buf
+
+    def _conversation(self, c):
+        c.settimeout(5)
+        buf = b""
+        # SASL: lines until BEGIN (sd-bus pipelines them)
+        while True:
+            while b"\r\n" not in buf:
+                d = c.recv(4096)
+                if not d:
+                    return
+                buf += d
+            line, buf = buf.split(b"\r\n", 1)
+            line = line.lstrip(b"\0")
+            if line.startswith(b"AUTH"):
+                # with an initial response: OK; without: an empty challenge
+                c.sendall(b"OK " + b"0123456789abcdef" * 2 + b"\r\n"
+                          if len(line.split()) > 2 else b"DATA\r\n")
+            elif line.startswith(b"DATA"):
+                c.sendall(b"OK " + b"0123456789abcdef" * 2 + b"\r\n")
+            elif line == b"NEGOTIATE_UNIX_FD":
+                c.sendall(b"AGREE_UNIX_FD\r\n")
+            elif line == b"BEGIN":
+                break
+            else:
+                c.sendall(b"ERROR\r\n")
+        serial = 0
+        while True:
+            buf = self._recv_exact(c, 16, buf)
+            if buf[0:1] != b"l":
+                raise ValueError("big-endian message")
+            body_len, cookie, fields_len = struct.unpack_from("<III", buf, 4)
+            hdr_len = 16 + fields_len + (-(16 + fields_len) % 8)
+            buf = self._recv_exact(c, hdr_len + body_len, buf)
+            fields = self._fields(buf[:16 + fields_len])
+            body = bytes(buf[hdr_len:hdr_len + body_len])
+            buf = buf[hdr_len + body_len:]
+            member = fields.get(3, "")
+            with self.lock:
+                self.calls.append((member, body))
+                jobs = list(self.jobs)
+            serial += 1
+            if member == "Hello":
+                reply = ("s", self._w_str(":1.1"), "org.freedesktop.DBus")
+            elif member == "GetUnitByPID":
+                reply = ("o", self._w_str(self.unit_path), self.SYSTEMD)
+            elif member == "ListJobs":
+                reply = ("a(usssoo)", self._jobs_body(jobs), self.SYSTEMD)
+            else:
+                c.sendall(self._message(3, serial, cookie, "s",
+                                        self._w_str("unknown method " + member), self.SYSTEMD,
+                                        error="org.freedesktop.DBus.Error.UnknownMethod"))
+                continue
+            c.sendall(self._message(2, serial, cookie, reply[0], reply[1], reply[2]))
+
+    @staticmethod
+    def _fields(h):
+        """Header fields {code: value} of a little-endian message header."""
+        out, pos, end = {}, 16, len(h)
+        while pos < end:
+            pos += -pos % 8
+            code, slen = h[pos], h[pos + 1]
+            sig = h[pos + 2:pos + 2 + slen].decode()
+            pos += 3 + slen
+            if sig in ("s", "o"):
+                pos += -pos % 4
+                n = struct.unpack_from("<I", h, pos)[0]
+                out[code] = h[pos + 4:pos + 4 + n].decode()
+                pos += 5 + n
+            elif sig == "g":
+                n = h[pos]
+                out[code] = h[pos + 1:pos + 1 + n].decode()
+                pos += 2 + n
+            elif sig == "u":
+                pos += -pos % 4
+                out[code] = struct.unpack_from("<I", h, pos)[0]
+                pos += 4
+            else:
+                raise ValueError("header field type %r" % sig)
+        return out
+
+    @staticmethod
+    def _pad(b, n):
+        b += b"\0" * (-len(b) % n)
+
+    @classmethod
+    def _put_str(cls, b, s):
+        e = s.encode()
+        cls._pad(b, 4)
+        b += struct.pack("<I", len(e)) + e + b"\0"
+
+    @classmethod
+    def _w_str(cls, s):
+        b = bytearray()
+        cls._put_str(b, s)
+        return bytes(b)
+
+    @classmethod
+    def _jobs_body(cls, jobs):
+        b = bytearray(4)
+        cls._pad(b, 8)
+        start = len(b)
+        for job_id, unit, job_type, state in jobs:
+            cls._pad(b, 8)
+            b += struct.pack("<I", job_id)
+            cls._put_str(b, unit)
+            cls._put_str(b, job_type)
+            cls._put_str(b, state)
+            cls._put_str(b, "/org/freedesktop/systemd1/job/%d" % job_id)
+            cls._put_str(b, "/org/freedesktop/systemd1/unit/" +
+                         unit.replace(".", "_2e").replace("-", "_2d"))
+        struct.pack_into("<I", b, 0, len(b) - start if jobs else 0)
+        return bytes(b)
+
+    @classmethod
+    def _message(cls, kind, serial, reply_to, sig, body, sender, error=None):
+        h = bytearray(b"l" + bytes([kind, 1, 1]))
+        h += struct.pack("<III", len(body), serial, 0)
+
+        def field(code, t, put):
+            cls._pad(h, 8)
+            h.extend(bytes([code, len(t)]) + t.encode() + b"\0")
+            put()
+
+        field(5, "u", lambda: (cls._pad(h, 4), h.extend(struct.pack("<I", reply_to))))
+        field(6, "s", lambda: cls._put_str(h, ":1.1"))
+        field(7, "s", lambda: cls._put_str(h, sender))
+        if error:
+            field(4, "s", lambda: cls._put_str(h, error))
+        field(8, "g", lambda: h.extend(bytes([len(sig)]) + sig.encode() + b"\0"))
+        struct.pack_into("<I", h, 12, len(h) - 16)
+        cls._pad(h, 8)
+        return bytes(h) + body
+
+
 def listening(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -105,10 +307,14 @@ def listening(port):
     return s
 
 
-def start(ctx, b, sd, passed, fdnames=None):
+def start(ctx, b, sd, passed, fdnames=None, bus=None):
     """Start b's supervisor with `passed` [(name, socket)] as fds 3.. and
-    NOTIFY_SOCKET; returns the process (its log: b.log_path)."""
+    NOTIFY_SOCKET; returns the process (its log: b.log_path). Its system
+    bus is `bus` (a FakeBus) or none at all (an address nobody listens
+    on), never the host's: a SIGTERM then means stop."""
     env = dict(os.environ)
+    env["DBUS_SYSTEM_BUS_ADDRESS"] = (bus.address if bus else
+                                      "unix:path=" + os.path.join(ctx.dir, "no-bus.sock"))
     env["BATON_FAULT_FILE"] = b.fault_file
     env["NOTIFY_SOCKET"] = sd.path
     env["BATON_T_FDS"] = ",".join(str(s.fileno()) for _, s in passed)
@@ -247,3 +453,142 @@ def test_disagreements_refused(ctx):
     listening(other).close()
     b.stop()
     unit.close()
+
+
+def test_sigterm_restart_keeps_sessions_stop_stops(ctx):
+    """`systemctl restart` keeps every session; `systemctl stop` stops
+    everything. systemd sends both the same SIGTERM; the supervisor asks the
+    manager (here FakeBus) for its unit and its jobs. With a running
+    restart job it exits 0 leaving its worker serving: the client stays
+    connected, the network sees no QUIT/JOIN, and the next supervisor
+    (given the socket unit's fd and the stored one, as systemd does) adopts
+    the same worker pid. With a stop job (or a restart job still waiting:
+    that SIGTERM is someone else's) the worker stops, the client is closed
+    and the network sees the session QUIT.
+    Regression: every SIGTERM stopped the workers, so `systemctl restart`
+    disconnected everyone."""
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=1, nlisten=2, channels=("#chat",))
+    s = b.sessions[0]
+    w = bl.Watcher(ctx.loop, ng, ["#chat"], watch=[s.nick])
+    p_unit, p_store = b.ports
+    sd = FakeSystemd(ctx)
+    ctx.on_close(sd.close)
+    bus = FakeBus(ctx)
+    ctx.on_close(bus.close)
+    unit_sock = listening(p_unit)
+    ctx.on_close(unit_sock.close)
+    name = "listen-irc-127.0.0.1-%d" % p_store
+
+    start(ctx, b, sd, [("irc", unit_sock)], bus=bus)
+    sd.wait_for("READY", "1")
+    b.wait_ready()
+    w.wait_present([s.nick], timeout=30)
+    dave = bl.direct_user(ctx.loop, ng, "dave", ["#chat"])
+    c = bl.bouncer_client(ctx.loop, b, s, port=p_unit)
+    pid = b.worker_pid()
+    mark = len(w.events)
+
+    def relay(tag):
+        dave.privmsg("#chat", "from dave %s" % tag)
+        c.privmsg("#chat", "from client %s" % tag)
+        ctx.loop.run_until(lambda: any(("from dave %s" % tag) in ln for _, ln in c.lines)
+                           and any(("from client %s" % tag) in ln for _, ln in dave.lines),
+                           10, "lines both ways (%s)" % tag)
+
+    relay("before")
+
+    # `systemctl restart`: the job is "restart", running.
+    bus.set_job("restart")
+    sup = b.proc
+    sup.send_signal(signal.SIGTERM)
+    rc = sup.wait(15)
+    check(rc == 0, "supervisor exit %s on a restart's SIGTERM:\n%s" % (rc, b.log_tail()))
+    ctx.loop.run_for(0.5)
+    check(bl.pid_alive(pid), "worker %d died with the restart's SIGTERM" % pid)
+    check(not c.closed, "client closed by the restart: %s" % c.close_reason)
+    log = b.log_text()
+    check("Terminated: restart job 42 of baton.service is running: restarting" in log
+          and "restart: leaving worker pid %d serving" % pid in log,
+          "no restart decision in the log:\n%s" % b.log_tail())
+    check(bus.members()[-2:] == ["GetUnitByPID", "ListJobs"],
+          "bus calls: %s" % bus.members())
+    check(struct.unpack_from("<I", bus.calls[-2][1])[0] == sup.pid,
+          "GetUnitByPID asked for pid %d, not the supervisor's %d"
+          % (struct.unpack_from("<I", bus.calls[-2][1])[0], sup.pid))
+    relay("between")
+
+    # systemd starts the unit again: the socket unit's fd and the store.
+    sd.read(0.2)
+    start(ctx, b, sd, [("irc", unit_sock), (name, sd.store[name])], bus=bus)
+    b.wait_ready()
+    check(b.worker_pid() == pid, "after the restart worker %s serves, not %d"
+          % (b.worker_pid(), pid))
+    check("adopted orphaned worker pid %d" % pid in b.log_text(),
+          "no adoption:\n%s" % b.log_tail())
+    relay("after")
+    c2 = bl.bouncer_client(ctx.loop, b, s, client="b", port=p_store)
+    check(not c.closed and not c2.closed, "a client was closed")
+    ev = [e for e in w.events[mark:] if e[1] in ("QUIT", "JOIN", "PART")]
+    check(not ev, "the network saw the session reconnect across the restart: %s" % ev)
+
+    # A restart job still waiting did not send this SIGTERM (`systemctl
+    # kill`): a stop. So is the stop job of `systemctl stop`.
+    bus.set_job("restart", state="waiting")
+    sup = b.proc
+    sup.send_signal(signal.SIGTERM)
+    rc = sup.wait(30)
+    check(rc == 0, "supervisor exit %s on a stop:\n%s" % (rc, b.log_tail()))
+    check("Terminated: stopping (restart job 42 of baton.service (waiting))" in b.log_text(),
+          "no stop decision in the log:\n%s" % b.log_tail())
+    bl.wait_for(lambda: not bl.pid_alive(pid), 10, what="worker %d to exit on the stop" % pid)
+    ctx.loop.run_until(lambda: c.closed and c2.closed, 10, "clients closed by the stop")
+    ctx.loop.run_until(lambda: any(e[1] == "QUIT" for e in w.events[mark:]), 10,
+                       "the session's QUIT on the stop")
+
+    # `systemctl stop` proper, on a fresh start: the stop job.
+    sd.read(0.2)
+    start(ctx, b, sd, [("irc", unit_sock), (name, sd.store[name])], bus=bus)
+    b.wait_ready()
+    pid = b.worker_pid()
+    bus.set_job("stop")
+    sup = b.proc
+    sup.send_signal(signal.SIGTERM)
+    rc = sup.wait(30)
+    check(rc == 0 and "Terminated: stopping (stop job 42 of baton.service (running))"
+          in b.log_text(), "stop job: exit %s\n%s" % (rc, b.log_tail()))
+    bl.wait_for(lambda: not bl.pid_alive(pid), 10, what="worker %d to exit on the stop" % pid)
+
+
+def test_sigterm_restart_during_migration_stops_everything(ctx):
+    """A restart job's SIGTERM while an upgrade moves the sessions (the
+    target adopts each item slowly): two workers hold parts of them, so
+    neither can be left to the next supervisor. The supervisor says why,
+    stops every worker as for a stop (batonctl gets the abort), exits 0,
+    and no baton-sessiond is left."""
+    bB = ctx.builds["b"].require()
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=2, channels=("#chat",))
+    sd = FakeSystemd(ctx)
+    ctx.on_close(sd.close)
+    bus = FakeBus(ctx)
+    ctx.on_close(bus.close)
+    unit_sock = listening(b.port)
+    ctx.on_close(unit_sock.close)
+    start(ctx, b, sd, [("irc", unit_sock)], bus=bus)
+    sd.wait_for("READY", "1")
+    b.wait_ready()
+    bus.set_job("restart")
+    b.set_fault("target:slow-prepare")
+    p = b.ctl_async("upgrade", bB.sessiond, "--json")
+    bl.wait_for(lambda: "migrate" in b.log_text().split("upgrade", 1)[-1], 10,
+                what="the migration to start")
+    b.proc.send_signal(signal.SIGTERM)
+    rc = b.proc.wait(30)
+    ctx.loop.wait_process(p, timeout=30)
+    b.clear_fault()
+    check(rc == 0, "supervisor exit %s:\n%s" % (rc, b.log_tail()))
+    check("restart: cannot leave the worker serving (a migration is running): "
+          "stopping every worker instead" in b.log_text(), "log:\n" + b.log_tail())
+    bl.wait_for(lambda: not test_supervisor_crash.worker_pids(ctx), 15,
+                what="every worker to exit")

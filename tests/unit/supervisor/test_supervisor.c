@@ -4,7 +4,10 @@
  * Regression: a worker that hung before READY, or reported preflight_ok =
  * false and stayed, was never killed (no READY deadline outside a
  * migration). Now it is stopped after handoff_timeout: a first worker ends
- * the supervisor with exit code 1, a restarted one is restarted again. */
+ * the supervisor with exit code 1, a restarted one is restarted again.
+ * supervisor_leave() (systemctl restart) leaves a serving worker alive
+ * (regression: every exit of the supervisor killed its workers) and stops
+ * everything when none serves. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -18,6 +21,7 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -82,6 +86,28 @@ static int fake_worker(void)
 		for (;;)
 			pause();
 	}
+	if (strcmp(mode, "serve") == 0) {
+		/* Serves until its control channel ends, then says how it
+		 * ended (FAKE_COUNTER.eof: EOF, as an orphan sees it; a
+		 * SIGKILL writes nothing). */
+		char path[256];
+		FILE *f;
+
+		if (fake_ready(true) < 0)
+			return 11;
+		for (;;) {
+			struct frame_msg m = { 0 };
+
+			if (frame_recv(CONTROL_FD, &m, -1) < 0)
+				break;
+			frame_msg_clear(&m);
+		}
+		snprintf(path, sizeof(path), "%s.eof", getenv("FAKE_COUNTER"));
+		f = fopen(path, "w");
+		if (f)
+			fclose(f);
+		return 0;
+	}
 	if (strcmp(mode, "preflight_stay") == 0) {
 		fake_ready(false);
 		for (;;)
@@ -113,6 +139,11 @@ struct fixture {
 	struct event *sig, *ev_check;
 	unsigned want_starts; /* > 0: shut down once this many starts */
 	bool shut_down;
+	/* leave: supervisor_leave() instead of supervisor_shutdown(), once
+	 * the worker serves (leave_when_serving) or at want_starts */
+	bool leave, leave_when_serving;
+	int leave_rc;
+	char leave_why[128];
 };
 
 static unsigned starts(const struct fixture *f)
@@ -139,9 +170,21 @@ static void on_check(evutil_socket_t fd, short what, void *arg)
 {
 	struct fixture *f = arg;
 
-	if (f->want_starts && !f->shut_down && starts(f) >= f->want_starts) {
+	if (f->leave_when_serving && !f->shut_down &&
+	    supervisor_leave_refusal(f->sup) == NULL) {
 		f->shut_down = true;
-		supervisor_shutdown(f->sup);
+		f->leave_rc = supervisor_leave(f->sup);
+		return;
+	}
+	if (f->want_starts && !f->shut_down && starts(f) >= f->want_starts) {
+		const char *why = f->leave ? supervisor_leave_refusal(f->sup) : NULL;
+
+		f->shut_down = true;
+		snprintf(f->leave_why, sizeof(f->leave_why), "%s", why ? why : "");
+		if (f->leave)
+			f->leave_rc = supervisor_leave(f->sup);
+		else
+			supervisor_shutdown(f->sup);
 	}
 }
 
@@ -163,7 +206,16 @@ static int free_port(void)
 
 /* Runs a supervisor with handoff_timeout = 1 on the fake worker until its
  * loop ends (or 20 s); returns its exit code. */
+static int run_leave(struct fixture *f, const char *mode, unsigned want_starts,
+		     bool leave, bool leave_when_serving);
+
 static int run(struct fixture *f, const char *mode, unsigned want_starts)
+{
+	return run_leave(f, mode, want_starts, false, false);
+}
+
+static int run_leave(struct fixture *f, const char *mode, unsigned want_starts,
+		     bool leave, bool leave_when_serving)
 {
 	struct baton_config *cfg = NULL;
 	struct config_problems problems = { 0 };
@@ -187,6 +239,8 @@ static int run(struct fixture *f, const char *mode, unsigned want_starts)
 	setenv("FAKE_MODE", mode, 1);
 	setenv("FAKE_COUNTER", f->counter, 1);
 	f->want_starts = want_starts;
+	f->leave = leave;
+	f->leave_when_serving = leave_when_serving;
 
 	rc = config_load(f->config, &cfg, &problems);
 	for (size_t i = 0; i < problems.n; i++)
@@ -205,10 +259,28 @@ static int run(struct fixture *f, const char *mode, unsigned want_starts)
 	event_base_loopexit(f->base, &guard);
 	event_base_dispatch(f->base);
 	rc = supervisor_exit_code(f->sup);
-	supervisor_free(f->sup); /* kills what is left */
+	supervisor_free(f->sup); /* kills what is left, unless left serving */
 	event_free(f->sig);
 	event_free(f->ev_check);
 	event_base_free(f->base);
+	if (leave_when_serving) {
+		/* The worker left serving sees its channel end and exits by
+		 * itself (the fake one: a real one serves on, orphaned). */
+		char eof[220];
+		int status;
+		pid_t p = 0;
+
+		for (int i = 0; i < 200 && p == 0; i++) {
+			p = waitpid(-1, &status, WNOHANG);
+			if (p == 0)
+				usleep(10000);
+		}
+		assert_true(p > 0);
+		assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+		snprintf(eof, sizeof(eof), "%s.eof", f->counter);
+		assert_int_equal(access(eof, F_OK), 0); /* EOF, not SIGKILL */
+		unlink(eof);
+	}
 	unlink(f->counter);
 	unlink(f->config);
 	rmdir(f->dir);
@@ -238,12 +310,40 @@ static void test_restarted_worker_hangs_before_ready(void **state)
 	assert_true(f.shut_down);
 }
 
+/* systemctl restart (supervisor_leave): a serving worker is left serving,
+ * not killed and not told to EXIT: it sees its control channel end (as
+ * an orphan does) and the supervisor's loop ends at once. */
+static void test_leave_keeps_serving_worker(void **state)
+{
+	struct fixture f;
+
+	assert_int_equal(run_leave(&f, "serve", 0, true, true), 0);
+	assert_true(f.shut_down);
+	assert_int_equal(f.leave_rc, 0);
+}
+
+/* A worker that is not serving (hangs before READY) cannot be left to a
+ * next supervisor: supervisor_leave() says why, returns -EBUSY and stops
+ * everything as supervisor_shutdown() does (the hung worker is killed
+ * after handoff_timeout; run() reaps it). */
+static void test_leave_refused_without_serving_worker(void **state)
+{
+	struct fixture f;
+
+	run_leave(&f, "hang", 1, true, false);
+	assert_true(f.shut_down);
+	assert_int_equal(f.leave_rc, -EBUSY);
+	assert_string_equal(f.leave_why, "no worker is serving");
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_first_worker_hangs_before_ready),
 		cmocka_unit_test(test_first_worker_fails_preflight_and_stays),
 		cmocka_unit_test(test_restarted_worker_hangs_before_ready),
+		cmocka_unit_test(test_leave_keeps_serving_worker),
+		cmocka_unit_test(test_leave_refused_without_serving_worker),
 	};
 
 	if (argc >= 4 && strcmp(argv[3], "--worker") == 0)

@@ -21,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <systemd/sd-bus.h>
+
 #include "common/config.h"
 #include "supervisor/listeners.h"
 #include "supervisor/sysd.h"
@@ -528,6 +530,232 @@ static void test_open_fd_store(void **state)
 	close(s);
 }
 
+/* sysd_restart_job(): the SIGTERM of `systemctl restart` and of a stop
+ * differ only by the unit's job (ListJobs, systemd 252). */
+#define U "/org/freedesktop/systemd1/unit/baton_2eservice"
+static void test_restart_job_decision(void **state)
+{
+	(void)state;
+	/* what ListJobs shows during `systemctl restart baton.service` */
+	struct sysd_job restart[] = {
+		{ 7, "baton.service", "restart", "running", U },
+	};
+	/* `systemctl stop` (and a shutdown's stop jobs) */
+	struct sysd_job stop[] = {
+		{ 8, "baton.service", "stop", "running", U },
+	};
+	/* other units' restarts, our own restart still waiting (this SIGTERM
+	 * is someone else's: `systemctl kill`), and our start */
+	struct sysd_job others[] = {
+		{ 1, "ngircd.service", "restart", "running",
+		  "/org/freedesktop/systemd1/unit/ngircd_2eservice" },
+		{ 2, "baton.socket", "restart", "running",
+		  "/org/freedesktop/systemd1/unit/baton_2esocket" },
+		{ 3, "baton.service", "restart", "waiting", U },
+		{ 4, "baton.service", "start", "running", U },
+		{ 5, "baton.service", "restart", "running", U "_2ed" },
+		{ 6, "baton.service", "restart", "running", "/org/freedesktop/systemd1/unit/baton" },
+	};
+	struct sysd_job nulls[] = {
+		{ 1, "baton.service", "restart", "running", NULL },
+		{ 2, "baton.service", NULL, "running", U },
+		{ 3, "baton.service", "restart", NULL, U },
+		{ 4, NULL, "restart", "running", U }, /* the name is for the log only */
+	};
+	/* close but not the same: case and prefixes */
+	struct sysd_job near[] = {
+		{ 1, "baton.service", "Restart", "running", U },
+		{ 2, "baton.service", "try-restart", "running", U },
+		{ 3, "baton.service", "restart ", "running", U },
+		{ 4, "baton.service", "restart", "run", U },
+	};
+
+	assert_int_equal(sysd_restart_job(restart, 1, U), 0);
+	assert_int_equal(sysd_restart_job(stop, 1, U), -1);
+	assert_int_equal(sysd_restart_job(others, 6, U), -1);
+	assert_int_equal(sysd_restart_job(nulls, 4, U), 3);
+	assert_int_equal(sysd_restart_job(nulls, 3, U), -1);
+	assert_int_equal(sysd_restart_job(near, 4, U), -1);
+	/* no jobs, no unit */
+	assert_int_equal(sysd_restart_job(NULL, 0, U), -1);
+	assert_int_equal(sysd_restart_job(restart, 1, NULL), -1);
+	assert_int_equal(sysd_restart_job(restart, 1, ""), -1);
+	/* another unit (an instance, a renamed unit) is its own */
+	assert_int_equal(sysd_restart_job(restart, 1,
+					  "/org/freedesktop/systemd1/unit/baton_40a_2eservice"), -1);
+}
+#undef U
+
+/* Outside systemd (no NOTIFY_SOCKET) the query never touches a bus and
+ * always means stop: a supervisor in a shell or the tests stops its
+ * workers on SIGTERM as before. */
+static void test_term_query_outside_systemd(void **state)
+{
+	char why[128];
+	char *saved = getenv("NOTIFY_SOCKET") ? strdup(getenv("NOTIFY_SOCKET")) : NULL;
+
+	(void)state;
+	unsetenv("NOTIFY_SOCKET");
+	assert_int_equal(sysd_term_query(1000, why, sizeof(why)), SYSD_TERM_STOP);
+	assert_string_equal(why, "not started by systemd");
+	assert_int_equal(sysd_term_query(1000, NULL, 0), SYSD_TERM_STOP);
+	if (saved) {
+		setenv("NOTIFY_SOCKET", saved, 1);
+		free(saved);
+	}
+}
+
+/* Under a NOTIFY_SOCKET but with no reachable system bus (the bus address
+ * points at nothing): stop, and say why. */
+static void test_term_query_no_bus_means_stop(void **state)
+{
+	char why[512];
+
+	(void)state;
+	setenv("NOTIFY_SOCKET", "/nonexistent/notify", 1);
+	setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/bus", 1);
+	assert_int_equal(sysd_term_query(200000, why, sizeof(why)), SYSD_TERM_STOP);
+	assert_true(why[0] != '\0');
+	/* a tiny buffer is cut, never overrun */
+	assert_int_equal(sysd_term_query(200000, why, 4), SYSD_TERM_STOP);
+	assert_true(strlen(why) <= 3);
+	unsetenv("DBUS_SYSTEM_BUS_ADDRESS");
+	unsetenv("NOTIFY_SOCKET");
+}
+
+/* A ListJobs reply as sd-bus builds it: a sealed message holding
+ * a(usssoo), read back as sysd_term_query() reads systemd's. The bus is a
+ * started client on one end of a socketpair (nothing is sent). */
+struct jobs_msg {
+	sd_bus *bus;
+	sd_bus_message *m;
+	int peer;
+};
+
+static void jobs_msg_open(struct jobs_msg *j)
+{
+	int sv[2];
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	assert_true(sd_bus_new(&j->bus) >= 0);
+	assert_true(sd_bus_set_fd(j->bus, sv[0], sv[0]) >= 0);
+	assert_true(sd_bus_start(j->bus) >= 0);
+	j->peer = sv[1];
+	assert_true(sd_bus_message_new_method_call(j->bus, &j->m, "org.freedesktop.systemd1",
+						   "/org/freedesktop/systemd1",
+						   "org.freedesktop.systemd1.Manager",
+						   "ListJobs") >= 0);
+	assert_true(sd_bus_message_open_container(j->m, 'a', "(usssoo)") >= 0);
+}
+
+static void jobs_msg_add(struct jobs_msg *j, uint32_t id, const char *unit,
+			 const char *type, const char *state, const char *unit_path)
+{
+	assert_true(sd_bus_message_append(j->m, "(usssoo)", id, unit, type, state,
+					  "/org/freedesktop/systemd1/job/1", unit_path) >= 0);
+}
+
+static void jobs_msg_seal(struct jobs_msg *j)
+{
+	assert_true(sd_bus_message_close_container(j->m) >= 0);
+	assert_true(sd_bus_message_seal(j->m, 1, 0) >= 0);
+	assert_true(sd_bus_message_rewind(j->m, 1) >= 0);
+}
+
+static void jobs_msg_close(struct jobs_msg *j)
+{
+	sd_bus_message_unref(j->m);
+	sd_bus_close_unref(j->bus); /* no flush: nobody answers the handshake */
+	close(j->peer);
+}
+
+#define UNIT_PATH "/org/freedesktop/systemd1/unit/baton_2eservice"
+#define OTHER_PATH "/org/freedesktop/systemd1/unit/ngircd_2eservice"
+
+static void test_read_jobs(void **state)
+{
+	struct jobs_msg j;
+	struct sysd_job jobs[SYSD_UNIT_JOBS_MAX];
+
+	(void)state;
+	/* systemctl restart: other units' jobs around ours */
+	jobs_msg_open(&j);
+	jobs_msg_add(&j, 3, "ngircd.service", "restart", "running", OTHER_PATH);
+	jobs_msg_add(&j, 7, "baton.service", "restart", "running", UNIT_PATH);
+	jobs_msg_add(&j, 9, "baton.socket", "stop", "waiting",
+		     "/org/freedesktop/systemd1/unit/baton_2esocket");
+	jobs_msg_seal(&j);
+	assert_int_equal(sysd_read_jobs(j.m, UNIT_PATH, jobs, SYSD_UNIT_JOBS_MAX), 1);
+	assert_int_equal(jobs[0].id, 7);
+	assert_string_equal(jobs[0].unit, "baton.service");
+	assert_string_equal(jobs[0].unit_path, UNIT_PATH);
+	assert_int_equal(sysd_restart_job(jobs, 1, UNIT_PATH), 0);
+	jobs_msg_close(&j);
+
+	/* no jobs at all */
+	jobs_msg_open(&j);
+	jobs_msg_seal(&j);
+	assert_int_equal(sysd_read_jobs(j.m, UNIT_PATH, jobs, SYSD_UNIT_JOBS_MAX), 0);
+	jobs_msg_close(&j);
+
+	/* a reply of another shape (GetUnitByPID's "o") */
+	assert_true(sd_bus_new(&j.bus) >= 0);
+	{
+		int sv[2];
+
+		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+		assert_true(sd_bus_set_fd(j.bus, sv[0], sv[0]) >= 0);
+		assert_true(sd_bus_start(j.bus) >= 0);
+		j.peer = sv[1];
+	}
+	assert_true(sd_bus_message_new_method_call(j.bus, &j.m, "a.b", "/", "a.b", "M") >= 0);
+	assert_true(sd_bus_message_append(j.m, "o", UNIT_PATH) >= 0);
+	assert_true(sd_bus_message_seal(j.m, 1, 0) >= 0);
+	assert_true(sd_bus_message_rewind(j.m, 1) >= 0);
+	assert_true(sysd_read_jobs(j.m, UNIT_PATH, jobs, SYSD_UNIT_JOBS_MAX) < 0);
+	jobs_msg_close(&j);
+}
+
+/* The bounds: at most max jobs of our unit (at: read; past: -E2BIG) and
+ * SYSD_JOBS_MAX jobs in the reply (at: read; past: -E2BIG). */
+static void test_read_jobs_bounds(void **state)
+{
+	struct jobs_msg j;
+	struct sysd_job jobs[SYSD_UNIT_JOBS_MAX];
+
+	(void)state;
+	for (size_t n = SYSD_UNIT_JOBS_MAX; n <= SYSD_UNIT_JOBS_MAX + 1; n++) {
+		jobs_msg_open(&j);
+		for (size_t i = 0; i < n; i++)
+			jobs_msg_add(&j, (uint32_t)i, "baton.service",
+				     i + 1 == n ? "restart" : "start",
+				     i + 1 == n ? "running" : "waiting", UNIT_PATH);
+		jobs_msg_seal(&j);
+		if (n == SYSD_UNIT_JOBS_MAX) {
+			assert_int_equal(sysd_read_jobs(j.m, UNIT_PATH, jobs, n), (long)n);
+			assert_int_equal(sysd_restart_job(jobs, n, UNIT_PATH), (long)n - 1);
+		} else {
+			assert_int_equal(sysd_read_jobs(j.m, UNIT_PATH, jobs,
+							SYSD_UNIT_JOBS_MAX), -E2BIG);
+		}
+		jobs_msg_close(&j);
+	}
+	for (size_t n = SYSD_JOBS_MAX; n <= SYSD_JOBS_MAX + 1; n++) {
+		jobs_msg_open(&j);
+		for (size_t i = 0; i + 1 < n; i++)
+			jobs_msg_add(&j, (uint32_t)i, "ngircd.service", "start", "waiting",
+				     OTHER_PATH);
+		jobs_msg_add(&j, 1, "baton.service", "restart", "running", UNIT_PATH);
+		jobs_msg_seal(&j);
+		assert_int_equal(sysd_read_jobs(j.m, UNIT_PATH, jobs, SYSD_UNIT_JOBS_MAX),
+				 n == SYSD_JOBS_MAX ? 1 : -E2BIG);
+		jobs_msg_close(&j);
+	}
+}
+#undef UNIT_PATH
+#undef OTHER_PATH
+
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -550,6 +778,11 @@ int main(void)
 		cmocka_unit_test(test_open_line_without_socket),
 		cmocka_unit_test(test_open_unknown_and_not_listening),
 		cmocka_unit_test(test_open_fd_store),
+		cmocka_unit_test(test_restart_job_decision),
+		cmocka_unit_test(test_read_jobs),
+		cmocka_unit_test(test_read_jobs_bounds),
+		cmocka_unit_test(test_term_query_outside_systemd),
+		cmocka_unit_test(test_term_query_no_bus_means_stop),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
