@@ -46,7 +46,13 @@ enum client_cap {
 	CLIENT_CAP_CHATHISTORY = 1u << 17,
 	/* draft/read-marker (chathistory.h), with a message store too */
 	CLIENT_CAP_READ_MARKER = 1u << 18,
+	/* labeled-response (client.c, "labeled-response"): used only with
+	 * batch too, as the spec's dependency says */
+	CLIENT_CAP_LABELED_RESPONSE = 1u << 19,
 };
+
+/* The spec's bound of a label's value (bytes, as the client sent it). */
+#define CLIENT_LABEL_MAX 64
 
 enum client_phase {
 	CLIENT_PENDING = 0,  /* registering / authenticating */
@@ -103,6 +109,19 @@ struct client {
 	 * one (a GCRA bucket, chathistory.c READMARKER_RATE/_BURST). */
 	int64_t rm_tat_ms;
 	unsigned caps;          /* enum client_cap */
+	/* The caps that depend on the message store (draft/chathistory,
+	 * draft/read-marker) as this client was last told (CAP LS, NEW,
+	 * DEL): client_store_caps_refresh() sends what changed. */
+	bool store_caps_offered;
+	/* labeled-response: the label of the command being answered now
+	 * ("" none; client_label_begin()/_end()), the output offset where
+	 * its replies begin, whether the command went to the network (its
+	 * replies there are not ours to label: no ACK) or to a later answer
+	 * that carries the label itself (CHATHISTORY). Not serialized: a
+	 * label lives within one step of the event loop. */
+	char label[CLIENT_LABEL_MAX + 1];
+	uint64_t label_from;
+	bool label_forwarded, label_async;
 	bool cap_negotiating;
 	/* CAP LS 302 (or later) seen: cap-notify is on and may not be turned
 	 * off (IRCv3 capability negotiation). Not serialized: after a
@@ -242,6 +261,21 @@ unsigned client_cap_from_name(const char *name); /* 0 if unknown */
 int client_replay_line(struct client *cl, uint64_t seq, int64_t time_ms,
 		       const char *line);
 void client_replay_continue(struct client *cl);
+/* labeled-response: replies queued to cl between begin and end are its
+ * labeled response: one line gets @label, several go in a
+ * `labeled-response` batch whose start has it, none gets a labeled ACK
+ * when `ack` (baton answered the command itself and had nothing to say).
+ * label "" or a client without labeled-response+batch: nothing done.
+ * end undoes nothing when the lines were written already (a close). */
+void client_label_begin(struct client *cl, const char *label);
+void client_label_end(struct client *cl, bool ack);
+/* The message store became available or unavailable (history.h):
+ * clients are told CAP NEW/DEL of draft/chathistory and draft/read-marker
+ * (cap-notify), and lose them if they had them. */
+struct bouncer;
+void client_store_caps_refresh(struct bouncer *b);
+/* Whether the store's caps are offered now (store open, not failing). */
+bool client_store_caps_available(const struct bouncer *b);
 /* Send the welcome burst (used again after an upstream reconnect). */
 void client_send_burst(struct client *cl);
 
