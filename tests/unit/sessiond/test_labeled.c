@@ -253,8 +253,8 @@ static void test_tagmsg_service(void **state)
 	say_fd(fd, "@label=t1;+typing=paused TAGMSG *baton");
 	say_fd(fd, "@+typing=done TAGMSG #baton");
 	assert_true(rx_wait(e, &up, e->up, "TAGMSG #baton\r\n"));
-	assert_true(rx_wait(e, &r, fd, "@label=t1 :irc.example.net ACK\r\n"));
 	assert_null(strstr(up.buf, "*baton"));
+	assert_true(rx_wait(e, &r, fd, "@label=t1 :irc.example.net ACK\r\n"));
 	assert_non_null(strstr(up.buf, "@+typing=done TAGMSG #baton\r\n"));
 	free(r.buf);
 	free(up.buf);
