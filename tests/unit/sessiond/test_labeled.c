@@ -158,7 +158,8 @@ static void test_spec_examples(void **state)
 
 /* The spec bounds a label's value to 64 bytes: 64 is answered labeled, 65
  * is refused (FAIL <command> INVALID_LABEL, unlabeled) and the command
- * not run; an escaped value goes back as it was sent; a client without
+ * not run; an escaped value goes back as it was sent, an empty one is no
+ * label; a client without
  * labeled-response (or without batch, its dependency) gets no label.
  * (FAIL PING INVALID_LABEL itself, with standard-replies: test_ircv3.py.) */
 static void test_label_bound(void **state)
@@ -179,6 +180,7 @@ static void test_label_bound(void **state)
 	snprintf(line, sizeof line, "@label=%s PING :b65", l65);
 	say_fd(fd, line);
 	say_fd(fd, "@label=a\\sb;+x=y PING :esc");
+	say_fd(fd, "@label=;label PING :empty"); /* no value: no label */
 	say_fd(fd, "PING :after");
 	assert_true(rx_wait(e, &r, fd, "PONG irc.example.net :after\r\n"));
 	snprintf(line, sizeof line, "@label=%s :irc.example.net PONG irc.example.net :b64\r\n", l64);
@@ -188,6 +190,8 @@ static void test_label_bound(void **state)
 	/* stdreply(): a NOTICE to a client without standard-replies */
 	assert_non_null(strstr(r.buf, ":label longer than 64 bytes: command not run\r\n"));
 	assert_non_null(strstr(r.buf, "@label=a\\sb :irc.example.net PONG irc.example.net :esc\r\n"));
+	assert_non_null(strstr(r.buf, "\n:irc.example.net PONG irc.example.net :empty\r\n"));
+	assert_null(strstr(r.buf, "label= "));
 
 	say_fd(plain, "@label=p1 PING :plain");
 	assert_true(rx_wait(e, &p, plain, "PONG irc.example.net :plain\r\n"));
