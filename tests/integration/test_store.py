@@ -718,3 +718,46 @@ def test_store_unavailable_at_start(ctx):
     ctx.loop.run_until(lambda: (b.worker().get("store") or {}).get("appended", 0) >= 1, 5,
                        "a line stored after the store opened")
     check("cannot be opened" in b.log_text(), "no log line of the failed open")
+
+
+def test_store_pg_failing_cap_del(ctx):
+    """A store whose commits fail takes its capabilities back: with
+    PostgreSQL, baton's connections terminated (pg_terminate_backend) make
+    the next commit fail: a cap-notify client that had draft/chathistory
+    is told `CAP DEL :draft/chathistory draft/read-marker` (CHATHISTORY is
+    then 421), and `CAP NEW` of both once commits succeed again (the store
+    reconnects), after which it can REQ them again."""
+    import shutil
+    if not shutil.which("psql"):
+        raise bl.Skip("no psql (scripts/install-deps: postgresql-15)")
+    from test_ircv3 import negotiate, wait_cap
+    pg, url = postgres(ctx)
+    try:
+        ng, w, b, dave = setup(ctx, sessiond_opts={"store": "postgres", "store_url": url})
+        s = b.sessions[0]
+        c = negotiate(ctx, b, s, "notified", ["batch", "draft/chathistory"])
+        plain = bl.bouncer_client(ctx.loop, b, s, client="plain")
+        kill = ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND datname = current_database()")
+        r = subprocess.run(["psql", url, "-qAtc", kill], capture_output=True, text=True,
+                           timeout=20)
+        check(r.returncode == 0, "psql: %s %s" % (r.stdout, r.stderr))
+        dave.privmsg("#chat", "<<dave:1>> to commit")
+        d = wait_cap(ctx, c, "DEL", 0, "CAP DEL once commits fail")
+        check(d.params[-1].split() == ["draft/chathistory", "draft/read-marker"],
+              "CAP DEL: %s" % d.raw)
+        n = len(c.lines)
+        c.send("CHATHISTORY LATEST #chat * 5")
+        ctx.loop.run_until(lambda: c.msgs("421", n), 5, "421 for CHATHISTORY after the DEL")
+        nw = wait_cap(ctx, c, "NEW", 0, "CAP NEW once commits succeed")
+        check(nw.params[-1].split() == ["draft/chathistory", "draft/read-marker"],
+              "CAP NEW: %s" % nw.raw)
+        n = len(c.lines)
+        c.send("CAP REQ :draft/chathistory")
+        wait_cap(ctx, c, "ACK", n, "REQ after CAP NEW")
+        check(not plain.msgs("CAP"), "CAP lines to a client without cap-notify: %s"
+              % [m.raw for m in plain.msgs("CAP")])
+    finally:
+        if "b" in locals():
+            b.stop()
+        stop_postgres(pg)
