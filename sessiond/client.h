@@ -34,8 +34,9 @@ enum client_cap {
 	CLIENT_CAP_SETNAME = 1u << 9,
 	CLIENT_CAP_INVITE_NOTIFY = 1u << 10,
 	CLIENT_CAP_SASL = 1u << 11, /* SASL PLAIN as a login (before registration) */
-	/* CAP NEW/DEL (implied by CAP LS 302, then not to be disabled): baton's
-	 * offer does not depend on the network, so none is ever sent */
+	/* CAP NEW/DEL (implied by CAP LS 302, then not to be disabled): sent
+	 * only for the message store's caps (client_store_caps_refresh());
+	 * the rest of baton's offer does not depend on the network */
 	CLIENT_CAP_CAP_NOTIFY = 1u << 12,
 	CLIENT_CAP_BATCH = 1u << 13, /* baton's own batches (bouncer_networks.h) */
 	CLIENT_CAP_BOUNCER_NETWORKS = 1u << 14, /* soju.im/bouncer-networks */
@@ -125,7 +126,8 @@ struct client {
 	bool cap_negotiating;
 	/* CAP LS 302 (or later) seen: cap-notify is on and may not be turned
 	 * off (IRCv3 capability negotiation). Not serialized: after a
-	 * migration a -cap-notify is ACKed (harmless: none is sent). */
+	 * migration a -cap-notify is ACKed (then the store's CAP NEW/DEL are
+	 * not sent to it: it loses the caps on a DEL all the same). */
 	bool cap_302;
 	/* SASL login (client.c): AUTHENTICATE PLAIN chosen, its message being
 	 * reassembled (sasl_in, owned, NULL: none), its password check in
