@@ -240,13 +240,18 @@ void client_label_end(struct client *cl, bool ack)
 		return;
 	snprintf(tag, sizeof(tag), "label=%s", cl->label);
 	cl->label[0] = '\0';
+	/* The answer is to come (CHATHISTORY, an edit through the
+	 * supervisor) and carries the label then: what was said now (an
+	 * echo) stays unlabeled, so that one logical message has it. */
+	if (cl->label_async)
+		return;
 	if (conn_is_dead(cl->conn) || conn_take_queued(cl->conn, from, &out, &len) < 0)
 		return; /* gone, written (a close) or no memory: as it was */
 	for (size_t i = 0; i + 1 < len; i++)
 		if (out[i] == '\r' && out[i + 1] == '\n')
 			nlines++;
 	if (nlines == 0) {
-		if (ack && !cl->label_forwarded && !cl->label_async)
+		if (ack && !cl->label_forwarded)
 			conn_sendf(cl->conn, "@%s :%s ACK", tag, client_srv(cl));
 		free(out);
 		return;

@@ -267,6 +267,9 @@ void client_replay_continue(struct client *cl);
  * labeled response: one line gets @label, several go in a
  * `labeled-response` batch whose start has it, none gets a labeled ACK
  * when `ack` (baton answered the command itself and had nothing to say).
+ * A command whose answer comes later (cl->label_async: CHATHISTORY, an
+ * edit through the supervisor) keeps the label for it: what was queued
+ * meanwhile stays unlabeled.
  * label "" or a client without labeled-response+batch: nothing done.
  * end undoes nothing when the lines were written already (a close). */
 void client_label_begin(struct client *cl, const char *label);

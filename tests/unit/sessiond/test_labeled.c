@@ -28,6 +28,7 @@
 #include "sessiond/bouncer.h"
 #include "sessiond/conn.h"
 #include "sessiond/history.h"
+#include "sessiond/service.h"
 #include "sessiond/session.h"
 #include "test_env.h"
 
@@ -290,6 +291,47 @@ static void test_labeled_echo_mark(void **state)
 	test_env_free(e);
 }
 
+static uint64_t edit_id;
+
+static int fake_send(void *arg, uint64_t id, const char *user, const char *network,
+		     const char *op, char *const *pairs, size_t npairs)
+{
+	(void)arg, (void)user, (void)network, (void)op, (void)pairs, (void)npairs;
+	edit_id = id;
+	return 0;
+}
+
+/* A `*baton network set` goes through the supervisor and is answered
+ * later: no ACK at once (that would say "no answer"), the answer labeled
+ * when it comes, and the echo sent meanwhile unlabeled (one logical
+ * message has the label). */
+static void test_async_edit_labeled(void **state)
+{
+	struct test_env *e = env(NULL, false);
+	struct rx r = { 0 };
+	int fd = client(e, &r, "lab", CAPS, true);
+	size_t mark = r.len;
+
+	service_set_sender(fake_send, NULL);
+	edit_id = 0;
+	say_fd(fd, "@label=ed1 PRIVMSG *baton :network set example realname=x");
+	assert_true(rx_wait(e, &r, fd, "PRIVMSG *baton :network set example realname=x\r\n"));
+	for (int i = 0; i < 200 && edit_id == 0; i++)
+		test_env_pump(e);
+	assert_true(edit_id != 0);
+	settle(e, &r, fd);
+	assert_int_equal(count_from(&r, mark, "label="), 0);
+	assert_int_equal(count_from(&r, mark, " ACK"), 0);
+	service_edit_result(edit_id, true, NULL);
+	assert_true(rx_wait(e, &r, fd, "NOTICE alice :Done: network example changed"));
+	assert_non_null(strstr(r.buf + mark, "@label=ed1 :*baton!baton@baton NOTICE alice :Done:"));
+	assert_int_equal(count_from(&r, mark, "label="), 1);
+	service_set_sender(NULL, NULL);
+	free(r.buf);
+	close(fd);
+	test_env_free(e);
+}
+
 /* draft/chathistory and draft/read-marker stayed unoffered until the next
  * worker when the store opened after the start: now a client with
  * cap-notify (CAP LS 302) is told CAP NEW when it opens and can REQ them,
@@ -347,6 +389,7 @@ int main(void)
 		cmocka_unit_test(test_many_lines_batch),
 		cmocka_unit_test(test_tagmsg_service),
 		cmocka_unit_test(test_labeled_echo_mark),
+		cmocka_unit_test(test_async_edit_labeled),
 		cmocka_unit_test(test_store_caps_new_del),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
