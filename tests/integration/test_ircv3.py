@@ -96,8 +96,9 @@ def test_ircv3_cap_negotiation(ctx):
     """CAP LS 302 before registration: exactly baton's capabilities, only
     `sasl` with a value (`sasl=PLAIN`: its one mechanism), none of NOT_YET;
     CAP LS 302 enables cap-notify (listed at once, `-cap-notify` NAKed: it
-    cannot be turned off), and baton never sends CAP NEW/DEL (its offer
-    does not depend on the network); registration waits for CAP END (no
+    cannot be turned off), and baton sends no CAP NEW/DEL (its offer
+    does not depend on the network; only the store's caps come and go with
+    the store: test_store.py); registration waits for CAP END (no
     001 before); a REQ with one unknown name is NAKed as a whole and
     changes nothing; a REQ of
     known ones is ACKed with the same list, `-name` removes; CAP LIST says
