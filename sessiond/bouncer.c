@@ -1173,6 +1173,10 @@ struct history *bouncer_history(const struct bouncer *b)
 void bouncer_set_history(struct bouncer *b, struct history *h)
 {
 	b->hist = h;
+	if (h)
+		history_set_bouncer(h, b);
+	/* a store open after the start: CAP NEW to the clients (client.h) */
+	client_store_caps_refresh(b);
 }
 
 struct history_retry *bouncer_history_retry(const struct bouncer *b)

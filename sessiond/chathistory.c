@@ -25,6 +25,7 @@ struct chathistory_job {
 	bool targets;
 	char sub[16];
 	char target[STORE_NAME_MAX + 1];
+	char label[CLIENT_LABEL_MAX + 1]; /* labeled-response: "" none */
 };
 
 static const char *nick_of(const struct client *cl)
@@ -76,12 +77,14 @@ static void answer(void *arg, int rc, struct store_result *res, const char *err)
 	job_unlink(j);
 	if (cl->phase != CLIENT_ATTACHED || !cl->s || conn_is_dead(cl->conn))
 		goto out;
+	/* the answer is the command's labeled response (client.h) */
+	client_label_begin(cl, j->label);
 	if (rc < 0 && rc != -ENOENT) {
 		log_warn("chathistory", "%s: CHATHISTORY %s %s failed: %s", cl->s->key,
 			 j->sub, j->target, err && *err ? err : strerror(-rc));
 		fail(cl, "MESSAGE_ERROR", j->sub, j->targets ? NULL : j->target,
 		     "Messages could not be retrieved");
-		goto out;
+		goto done;
 	}
 	snprintf(id, sizeof(id), "ch%lu", ++next_batch);
 	if (batch) {
@@ -120,6 +123,8 @@ static void answer(void *arg, int rc, struct store_result *res, const char *err)
 	}
 	if (batch)
 		conn_sendf(cl->conn, ":%s BATCH -%s", srv, id);
+done:
+	client_label_end(cl, true);
 out:
 	if (res)
 		store_result_free(res);
@@ -250,6 +255,8 @@ void chathistory_command(struct client *cl, const struct irc_msg *m)
 		history_fold_target(j->target, folded, sizeof(folded));
 		q.target = folded;
 	}
+	/* a labeled request is answered labeled, when its answer comes */
+	snprintf(j->label, sizeof(j->label), "%s", cl->label);
 	int r = store_query_async(history_store(h), &q, answer, j, &j->qid);
 	if (r < 0) {
 		fail(cl, "MESSAGE_ERROR", j->sub, j->targets ? NULL : j->target,
@@ -257,6 +264,8 @@ void chathistory_command(struct client *cl, const struct irc_msg *m)
 		free(j);
 		return;
 	}
+	if (j->label[0])
+		cl->label_async = true; /* no ACK now: the answer is to come */
 	/* appended: answers come in request order (one query thread) */
 	struct chathistory_job **p = &cl->chist;
 	while (*p)

@@ -47,7 +47,20 @@ struct chathistory_job;
  * sets faster than READMARKER_RATE a second after a burst of
  * READMARKER_BURST), LIMIT_EXCEEDED (the session has HISTORY_MARKERS
  * targets). A client without the draft/read-marker cap: 421, as for any
- * command of a capability it did not ask for. */
+ * command of a capability it did not ask for.
+ * When a set is answered: once it is in the session's memory
+ * (history_marker_set()), which is what every get, the user's other
+ * clients and the next burst are answered from. The same call queues it
+ * to the store's writer before the answer when the session's previous
+ * marker batch is committed (the usual case); otherwise (one of its
+ * batches still uncommitted, or the store's queue full) it is written when
+ * that batch commits or at the next tick, at the latest when the session
+ * ends. Not answered after the store took it in every case: that would
+ * hold a client's MARKREAD behind another batch's commit window while
+ * nothing a client can see depends on it; what a crash can lose is the
+ * newest marker of that window (the client sets it again when it reads
+ * on). A store refusal other than a full queue is logged as a store
+ * error and the marker stays in memory. */
 #define READMARKER_RATE 4
 #define READMARKER_BURST 40
 void readmarker_command(struct client *cl, const struct irc_msg *m);

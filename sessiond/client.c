@@ -53,7 +53,9 @@ static const struct {
 	{ "standard-replies", CLIENT_CAP_STANDARD_REPLIES },
 	{ "draft/chathistory", CLIENT_CAP_CHATHISTORY },
 	{ "draft/read-marker", CLIENT_CAP_READ_MARKER },
+	{ "labeled-response", CLIENT_CAP_LABELED_RESPONSE },
 };
+#define STORE_CAPS (CLIENT_CAP_CHATHISTORY | CLIENT_CAP_READ_MARKER)
 #define NCLIENT_CAPS (sizeof(client_caps) / sizeof(client_caps[0]))
 /* Targets of one PRIVMSG/NOTICE stored in the backlog (more are sent to
  * the network, which enforces its own TARGMAX, but not stored). */
@@ -176,6 +178,165 @@ void client_send_full(struct client *cl, const char *tags, const char *line,
 	} else {
 		conn_send(cl->conn, line);
 	}
+}
+
+/* ---- labeled-response ----
+ * The replies to a labeled command are what was queued to the client
+ * while baton handled it (client_label_begin() .. _end(): one synchronous
+ * step, so nothing was written meanwhile and nothing else was queued to
+ * this client): taken back from the output (conn_take_queued()) and queued
+ * again labeled. Delivery marks among them move with their lines. */
+
+void client_label_begin(struct client *cl, const char *label)
+{
+	cl->label[0] = '\0';
+	cl->label_forwarded = cl->label_async = false;
+	if (!label || !label[0] ||
+	    (cl->caps & (CLIENT_CAP_LABELED_RESPONSE | CLIENT_CAP_BATCH)) !=
+		    (CLIENT_CAP_LABELED_RESPONSE | CLIENT_CAP_BATCH) ||
+	    strlen(label) > CLIENT_LABEL_MAX)
+		return;
+	memcpy(cl->label, label, strlen(label) + 1);
+	cl->label_from = conn_bytes_queued(cl->conn);
+}
+
+/* line with `tag` ("key=value") added to its tag section; when that would
+ * pass what a client takes, its other tags are left out (ours matter for
+ * the client to find its answer). */
+static void label_queue(struct client *cl, const char *tag, const char *line,
+			size_t n)
+{
+	char buf[CONN_MAX_LINE + 1];
+	size_t tl = strlen(tag);
+
+	if (n && line[0] == '@') {
+		const char *sp = memchr(line, ' ', n);
+		size_t rest = n - 1;
+		if (sp && n + tl + 1 + 2 <= HEALTH_CLIENT_LINE_MAX &&
+		    (size_t)(sp - line) + tl + 1 <= IRC_MAX_TAGS) {
+			snprintf(buf, sizeof(buf), "@%s;%.*s", tag, (int)rest, line + 1);
+			conn_send(cl->conn, buf);
+			return;
+		}
+		if (!sp)
+			return; /* tags without a message: not a line */
+		n -= (size_t)(sp + 1 - line);
+		line = sp + 1;
+	}
+	snprintf(buf, sizeof(buf), "@%s %.*s", tag, (int)n, line);
+	conn_send(cl->conn, buf);
+}
+
+/* "label" batches: unique per process is enough. */
+static unsigned long next_label_batch;
+
+void client_label_end(struct client *cl, bool ack)
+{
+	char *out = NULL, tag[CLIENT_LABEL_MAX + 16], id[24];
+	size_t len = 0, nlines = 0;
+	uint64_t from = cl->label_from;
+
+	if (!cl->label[0])
+		return;
+	snprintf(tag, sizeof(tag), "label=%s", cl->label);
+	cl->label[0] = '\0';
+	/* The answer is to come (CHATHISTORY, an edit through the
+	 * supervisor) and carries the label then: what was said now (an
+	 * echo) stays unlabeled, so that one logical message has it. */
+	if (cl->label_async)
+		return;
+	if (conn_is_dead(cl->conn) || conn_take_queued(cl->conn, from, &out, &len) < 0)
+		return; /* gone, written (a close) or no memory: as it was */
+	for (size_t i = 0; i + 1 < len; i++)
+		if (out[i] == '\r' && out[i + 1] == '\n')
+			nlines++;
+	if (nlines == 0) {
+		if (ack && !cl->label_forwarded)
+			conn_sendf(cl->conn, "@%s :%s ACK", tag, client_srv(cl));
+		free(out);
+		return;
+	}
+	/* The marks of lines among them (client_queue_line(): echoes) point
+	 * into the old bytes: each moves to where its line ends now. */
+	size_t m0 = cl->nmarks;
+	while (m0 > 0 && cl->marks[cl->mark_head + m0 - 1].end > from)
+		m0--;
+	if (nlines > 1) {
+		snprintf(id, sizeof(id), "L%lu", ++next_label_batch);
+		conn_sendf(cl->conn, "@%s :%s BATCH +%s labeled-response", tag,
+			   client_srv(cl), id);
+		snprintf(tag, sizeof(tag), "batch=%s", id);
+	}
+	uint64_t old_end = from;
+	for (size_t i = 0; i < len;) {
+		const char *e = out + i;
+		size_t n = 0;
+		while (i + n + 1 < len && !(e[n] == '\r' && e[n + 1] == '\n'))
+			n++;
+		label_queue(cl, tag, e, n);
+		i += n + 2;
+		old_end += n + 2;
+		for (size_t k = m0; k < cl->nmarks; k++) {
+			struct delivery_mark *mk = &cl->marks[cl->mark_head + k];
+			if (mk->end == old_end) {
+				mk->end = conn_bytes_queued(cl->conn);
+				m0 = k + 1;
+			}
+		}
+	}
+	if (nlines > 1)
+		conn_sendf(cl->conn, ":%s BATCH -%s", client_srv(cl), id);
+	free(out);
+}
+
+/* ---- the store's capabilities, told as they come and go ---- */
+
+bool client_store_caps_available(const struct bouncer *b)
+{
+	struct history *h = bouncer_history(b);
+
+	return h && history_available(h);
+}
+
+static void store_caps_tell(struct client *cl, bool now)
+{
+	/* A client migrated here had its offer in the old worker (not
+	 * serialized): what it enabled tells at least that much. */
+	bool was = cl->store_caps_offered || (cl->caps & STORE_CAPS);
+
+	if (was == now || conn_is_dead(cl->conn))
+		return;
+	cl->store_caps_offered = now;
+	if (!now)
+		cl->caps &= ~STORE_CAPS; /* lost with the offer */
+	if (!(cl->caps & CLIENT_CAP_CAP_NOTIFY))
+		return;
+	/* Before the CAP LS reply nothing was offered: nothing to change. */
+	conn_sendf(cl->conn, ":%s CAP %s %s :draft/chathistory draft/read-marker",
+		   BATON_SERVER_NAME, client_nick(cl), now ? "NEW" : "DEL");
+}
+
+void client_store_caps_refresh(struct bouncer *b)
+{
+	struct bouncer_item **items;
+	size_t n = bouncer_items(b, &items);
+	bool now = client_store_caps_available(b);
+
+	for (size_t i = 0; i < n; i++) {
+		struct bouncer_item *it = items[i];
+		if (it->state != ITEM_LIVE)
+			continue;
+		if (it->kind == ITEM_PENDING) {
+			/* told only once it asked CAP LS (cap_negotiating or
+			 * cap_302 set it) */
+			if (it->client->cap_negotiating || it->client->cap_302)
+				store_caps_tell(it->client, now);
+			continue;
+		}
+		for (size_t k = 0; k < it->session->nclients; k++)
+			store_caps_tell(it->session->clients[k], now);
+	}
+	free(items);
 }
 
 /* ---- delivery accounting ----
@@ -464,6 +625,9 @@ static void client_cap(struct client *cl, struct irc_msg *m)
 		return;
 	const char *sub = m->params[0];
 	if (strcasecmp(sub, "LS") == 0) {
+		bool store_ok = client_store_caps_available(cl->b);
+
+		cl->store_caps_offered = store_ok;
 		if (cl->phase == CLIENT_PENDING)
 			cl->cap_negotiating = true;
 		if (m->nparams >= 2 && atoi(m->params[1]) >= 302) {
@@ -471,10 +635,9 @@ static void client_cap(struct client *cl, struct irc_msg *m)
 			cl->caps |= CLIENT_CAP_CAP_NOTIFY;
 		}
 		for (size_t i = 0; i < NCLIENT_CAPS; i++) {
-			/* history needs the message store */
-			if ((client_caps[i].bit == CLIENT_CAP_CHATHISTORY ||
-			     client_caps[i].bit == CLIENT_CAP_READ_MARKER) &&
-			    !bouncer_history(cl->b))
+			/* history needs the message store, open and
+			 * not failing (client_store_caps_refresh()) */
+			if ((client_caps[i].bit & STORE_CAPS) && !store_ok)
 				continue;
 			if (i)
 				strcat(list, " ");
@@ -506,8 +669,8 @@ static void client_cap(struct client *cl, struct irc_msg *m)
 			bool neg = t[0] == '-';
 			unsigned bit = client_cap_from_name(neg ? t + 1 : t);
 			if (!bit || (neg && bit == CLIENT_CAP_CAP_NOTIFY && cl->cap_302) ||
-			    ((bit == CLIENT_CAP_CHATHISTORY || bit == CLIENT_CAP_READ_MARKER) &&
-			     !neg && !bouncer_history(cl->b)))
+			    ((bit & STORE_CAPS) && !neg &&
+			     !client_store_caps_available(cl->b)))
 				ok = false;
 			else if (neg)
 				del |= bit;
@@ -1446,6 +1609,7 @@ static void client_message(struct client *cl, struct irc_msg *m, const char *cmd
 		client_too_long(cl);
 		return;
 	}
+	cl->label_forwarded = true; /* the network's replies: not labeled */
 	bool net_echo = upstream_has_cap(s, "echo-message");
 	if (net_echo && (cl->caps & CLIENT_CAP_ECHO_MESSAGE))
 		return; /* the network's echo goes to every client */
@@ -1529,6 +1693,10 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 	} else if (strcasecmp(cmd, "PASS") == 0 || strcasecmp(cmd, "USER") == 0) {
 		conn_sendf(cl->conn, ":%s 462 %s :You may not reregister",
 			   client_srv(cl), client_nick(cl));
+	} else if (strcasecmp(cmd, "TAGMSG") == 0 && m->nparams >= 1 &&
+		   (service_is_target(m->params[0]) || service_in_targets(m->params[0]))) {
+		/* Tags for the bouncer's service: it has no use for them, and
+		 * they are never the network's (a labeled one gets ACK). */
 	} else if (strcasecmp(cmd, "TAGMSG") == 0 && !upstream_has_cap(s, "message-tags")) {
 		/* Tags only, for a network that takes none: nothing to send
 		 * (soju drops it too). */
@@ -1541,6 +1709,7 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 			client_too_long(cl);
 			return;
 		}
+		cl->label_forwarded = true;
 		if (upstream_has_cap(s, "echo-message") && !(cl->caps & CLIENT_CAP_ECHO_MESSAGE)) {
 			if (cl->serial == 0)
 				cl->serial = client_next_serial();
@@ -1570,6 +1739,7 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 			client_too_long(cl);
 			return;
 		}
+		cl->label_forwarded = true;
 		/* its replies go to this client only (session_reply_route()) */
 		if (cl->serial == 0)
 			cl->serial = client_next_serial();
@@ -1648,6 +1818,34 @@ static bool client_only_tags(const char *tags, size_t n, char *out)
 	return true;
 }
 
+/* The value of tag `key` in a client's tag section (`n` bytes after its
+ * '@') as it was sent (escaped), into out[size]: false when it does not
+ * fit (or is absent: "" then). */
+static bool client_raw_tag(const char *tags, size_t n, const char *key,
+			   char *out, size_t size)
+{
+	size_t kl = strlen(key);
+
+	out[0] = '\0';
+	for (size_t i = 0; i < n;) {
+		size_t tl = 0;
+		while (i + tl < n && tags[i + tl] != ';' && tags[i + tl] != ' ')
+			tl++;
+		if (tl > kl && tags[i + kl] == '=' && strncmp(tags + i, key, kl) == 0) {
+			size_t vl = tl - kl - 1;
+			if (vl + 1 > size)
+				return false;
+			memcpy(out, tags + i + kl + 1, vl);
+			out[vl] = '\0';
+			return true;
+		}
+		if (i + tl < n && tags[i + tl] == ' ')
+			break;
+		i += tl + 1;
+	}
+	return true;
+}
+
 static void client_line(struct conn *c, char *line, size_t len, void *arg)
 {
 	struct client *cl = arg;
@@ -1691,10 +1889,31 @@ static void client_line(struct conn *c, char *line, size_t len, void *arg)
 	}
 	if (irc_parse(line, &m) < 0)
 		return;
-	if (cl->phase == CLIENT_PENDING)
+	if (cl->phase == CLIENT_PENDING) {
 		client_pending_line(cl, &m);
-	else if (cl->s)
-		client_attached_line(cl, &m, raw);
+		return;
+	}
+	if (!cl->s)
+		return;
+	/* labeled-response: registered clients only (before, CAP and the
+	 * login are not commands a label can answer); QUIT's only answer is
+	 * the ERROR that closes. */
+	if (m.tags && (cl->caps & CLIENT_CAP_LABELED_RESPONSE) &&
+	    strcasecmp(m.command, "QUIT") != 0) {
+		/* the value as sent (escaped: it goes back as it came); the
+		 * bound is the spec's, on those bytes */
+		char label[CLIENT_LABEL_MAX + 1];
+		if (!client_raw_tag(m.tags, strlen(m.tags), "label", label, sizeof(label))) {
+			stdreply(cl, "FAIL", m.command, "INVALID_LABEL",
+				 "label longer than %d bytes: command not run",
+				 CLIENT_LABEL_MAX);
+			return;
+		}
+		client_label_begin(cl, label);
+	}
+	client_attached_line(cl, &m, raw);
+	/* cl stays allocated within its line callback (client_quit()) */
+	client_label_end(cl, true);
 }
 
 static void client_closed(struct conn *c, const char *reason, void *arg)

@@ -34,8 +34,9 @@ enum client_cap {
 	CLIENT_CAP_SETNAME = 1u << 9,
 	CLIENT_CAP_INVITE_NOTIFY = 1u << 10,
 	CLIENT_CAP_SASL = 1u << 11, /* SASL PLAIN as a login (before registration) */
-	/* CAP NEW/DEL (implied by CAP LS 302, then not to be disabled): baton's
-	 * offer does not depend on the network, so none is ever sent */
+	/* CAP NEW/DEL (implied by CAP LS 302, then not to be disabled): sent
+	 * only for the message store's caps (client_store_caps_refresh());
+	 * the rest of baton's offer does not depend on the network */
 	CLIENT_CAP_CAP_NOTIFY = 1u << 12,
 	CLIENT_CAP_BATCH = 1u << 13, /* baton's own batches (bouncer_networks.h) */
 	CLIENT_CAP_BOUNCER_NETWORKS = 1u << 14, /* soju.im/bouncer-networks */
@@ -46,7 +47,13 @@ enum client_cap {
 	CLIENT_CAP_CHATHISTORY = 1u << 17,
 	/* draft/read-marker (chathistory.h), with a message store too */
 	CLIENT_CAP_READ_MARKER = 1u << 18,
+	/* labeled-response (client.c, "labeled-response"): used only with
+	 * batch too, as the spec's dependency says */
+	CLIENT_CAP_LABELED_RESPONSE = 1u << 19,
 };
+
+/* The spec's bound of a label's value (bytes, as the client sent it). */
+#define CLIENT_LABEL_MAX 64
 
 enum client_phase {
 	CLIENT_PENDING = 0,  /* registering / authenticating */
@@ -103,10 +110,24 @@ struct client {
 	 * one (a GCRA bucket, chathistory.c READMARKER_RATE/_BURST). */
 	int64_t rm_tat_ms;
 	unsigned caps;          /* enum client_cap */
+	/* The caps that depend on the message store (draft/chathistory,
+	 * draft/read-marker) as this client was last told (CAP LS, NEW,
+	 * DEL): client_store_caps_refresh() sends what changed. */
+	bool store_caps_offered;
+	/* labeled-response: the label of the command being answered now
+	 * ("" none; client_label_begin()/_end()), the output offset where
+	 * its replies begin, whether the command went to the network (its
+	 * replies there are not ours to label: no ACK) or to a later answer
+	 * that carries the label itself (CHATHISTORY). Not serialized: a
+	 * label lives within one step of the event loop. */
+	char label[CLIENT_LABEL_MAX + 1];
+	uint64_t label_from;
+	bool label_forwarded, label_async;
 	bool cap_negotiating;
 	/* CAP LS 302 (or later) seen: cap-notify is on and may not be turned
 	 * off (IRCv3 capability negotiation). Not serialized: after a
-	 * migration a -cap-notify is ACKed (harmless: none is sent). */
+	 * migration a -cap-notify is ACKed (then the store's CAP NEW/DEL are
+	 * not sent to it: it loses the caps on a DEL all the same). */
 	bool cap_302;
 	/* SASL login (client.c): AUTHENTICATE PLAIN chosen, its message being
 	 * reassembled (sasl_in, owned, NULL: none), its password check in
@@ -242,6 +263,24 @@ unsigned client_cap_from_name(const char *name); /* 0 if unknown */
 int client_replay_line(struct client *cl, uint64_t seq, int64_t time_ms,
 		       const char *line);
 void client_replay_continue(struct client *cl);
+/* labeled-response: replies queued to cl between begin and end are its
+ * labeled response: one line gets @label, several go in a
+ * `labeled-response` batch whose start has it, none gets a labeled ACK
+ * when `ack` (baton answered the command itself and had nothing to say).
+ * A command whose answer comes later (cl->label_async: CHATHISTORY, an
+ * edit through the supervisor) keeps the label for it: what was queued
+ * meanwhile stays unlabeled.
+ * label "" or a client without labeled-response+batch: nothing done.
+ * end undoes nothing when the lines were written already (a close). */
+void client_label_begin(struct client *cl, const char *label);
+void client_label_end(struct client *cl, bool ack);
+/* The message store became available or unavailable (history.h):
+ * clients are told CAP NEW/DEL of draft/chathistory and draft/read-marker
+ * (cap-notify), and lose them if they had them. */
+struct bouncer;
+void client_store_caps_refresh(struct bouncer *b);
+/* Whether the store's caps are offered now (store open, not failing). */
+bool client_store_caps_available(const struct bouncer *b);
 /* Send the welcome burst (used again after an upstream reconnect). */
 void client_send_burst(struct client *cl);
 

@@ -808,6 +808,27 @@ void conn_send(struct conn *c, const char *line)
 	conn_queue(c, line);
 }
 
+int conn_take_queued(struct conn *c, uint64_t from, char **out, size_t *len)
+{
+	uint64_t n = c->queued_total > from ? c->queued_total - from : 0;
+
+	*out = NULL;
+	*len = 0;
+	if (n == 0)
+		return 0;
+	if (n > c->out.len - c->out.off)
+		return -EAGAIN; /* written already: too late to change */
+	char *copy = malloc((size_t)n);
+	if (!copy)
+		return -ENOMEM;
+	memcpy(copy, c->out.data + c->out.len - n, (size_t)n);
+	c->out.len -= (size_t)n;
+	c->queued_total -= n;
+	*out = copy;
+	*len = (size_t)n;
+	return 0;
+}
+
 void conn_sendf(struct conn *c, const char *fmt, ...)
 {
 	char line[CONN_MAX_LINE + 1];

@@ -103,6 +103,17 @@ void conn_send(struct conn *c, const char *line);
 void conn_sendf(struct conn *c, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
+/* Take back what was queued since stream offset `from` (a
+ * conn_bytes_queued() value): labeled-response (client.c) rewrites a
+ * command's reply lines before any of them leaves. Copies those bytes
+ * (whole lines with their CRLF) into *out (malloc'd, the caller frees;
+ * NULL with *len 0 when nothing was queued since) and removes them from
+ * the output and from conn_bytes_queued(). -EAGAIN when part of them was
+ * written already (conn_close() with flush), -ENOMEM; then nothing
+ * changes. Only between the queueing and the next write: the caller's
+ * same synchronous step. */
+int conn_take_queued(struct conn *c, uint64_t from, char **out, size_t *len);
+
 /* Input flow control: while held, nothing is read from the socket and no
  * line callback runs (lines already buffered wait); releasing reads again
  * and hands the buffered lines out from the event loop (not inside this

@@ -70,6 +70,7 @@ struct history {
 	const char *backend;
 	bool failing;
 	bool stalled; /* work queued, no commit for HISTORY_STALL_MS */
+	struct bouncer *b; /* told when `failing` changes; NULL: none */
 	uint64_t last_durable;
 	int64_t progress_ms;
 	uint64_t appended, refused, errors, commit_failures, replay_queries;
@@ -145,12 +146,28 @@ static void on_error(void *arg, const char *msg)
 		if (!h->failing)
 			log_error("store", "%s store: a commit failed (retrying; lines are kept queued and sessions stop reading their network when the queue is full): %s",
 				  h->backend, msg);
+		bool was = h->failing;
 		h->failing = true;
+		if (!was && h->b)
+			client_store_caps_refresh(h->b); /* CAP DEL */
 	} else {
+		bool was = h->failing;
 		if (h->failing)
 			log_info("store", "%s store: commits succeed again", h->backend);
 		h->failing = false;
+		if (was && h->b)
+			client_store_caps_refresh(h->b); /* CAP NEW */
 	}
+}
+
+bool history_available(const struct history *h)
+{
+	return h && !h->failing;
+}
+
+void history_set_bouncer(struct history *h, struct bouncer *b)
+{
+	h->b = b;
 }
 
 static void history_tick(evutil_socket_t fd, short what, void *arg);

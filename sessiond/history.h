@@ -171,6 +171,14 @@ int history_marker_get(struct history *h, struct session *s,
 int history_marker_set(struct history *h, struct session *s,
 		       const char *target, int64_t *t);
 
+/* Whether clients are offered what needs the store (draft/chathistory,
+ * draft/read-marker): not while commits fail. Each change of it calls
+ * client_store_caps_refresh() for the bouncer set with
+ * history_set_bouncer() (CAP NEW/DEL to clients). */
+bool history_available(const struct history *h);
+struct bouncer;
+void history_set_bouncer(struct history *h, struct bouncer *b);
+
 struct history_stats {
 	const char *backend;
 	uint64_t appended, pending_now, paused_sessions, refused, errors,

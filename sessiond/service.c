@@ -22,6 +22,9 @@ struct pending_edit {
 	struct client *cl;
 	service_done_fn done;
 	char ctx[SERVICE_MAX_CTX + 1];
+	/* labeled-response: the label of the command that asked ("" none):
+	 * the answer is its response (client_label_begin()) */
+	char label[CLIENT_LABEL_MAX + 1];
 	struct event *timer;
 };
 
@@ -154,14 +157,18 @@ static void pending_end(struct pending_edit *p, bool ok, const char *why)
 {
 	struct client *cl = p->cl;
 	service_done_fn done = p->done;
-	char ctx[sizeof(p->ctx)];
+	char ctx[sizeof(p->ctx)], label[sizeof(p->label)];
 
 	memcpy(ctx, p->ctx, sizeof(ctx));
+	memcpy(label, p->label, sizeof(label));
 	if (p->timer != NULL)
 		event_free(p->timer);
 	memset(p, 0, sizeof(*p));
-	if (cl != NULL && done != NULL)
+	if (cl != NULL && done != NULL) {
+		client_label_begin(cl, label);
 		done(cl, ok, why, ctx);
+		client_label_end(cl, true);
+	}
 }
 
 static void pending_timeout(evutil_socket_t fd, short what, void *arg)
@@ -268,6 +275,11 @@ int service_edit(struct client *cl, enum session_edit_op op, const char *network
 	p->cl = cl;
 	p->done = done;
 	snprintf(p->ctx, sizeof(p->ctx), "%s", ctx ? ctx : "");
+	/* a labeled command: answered labeled when the answer comes, no ACK
+	 * now */
+	snprintf(p->label, sizeof(p->label), "%s", cl->label);
+	if (p->label[0])
+		cl->label_async = true;
 	evtimer_add(p->timer, &tv);
 	return 0;
 }

@@ -88,8 +88,8 @@ int service_edit(struct client *cl, enum session_edit_op op, const char *network
 /* NETWORK_EDIT_RESULT from the supervisor (message NULL: none). */
 void service_edit_result(uint64_t id, bool ok, const char *message);
 void service_client_gone(struct client *cl);
-/* A NOTICE from *baton to cl (@time if it enabled server-time; no label:
- * labeled-response is not implemented). */
+/* A NOTICE from *baton to cl (@time if it enabled server-time; a label,
+ * if any, is added by client.c: client_label_end()). */
 void service_notice(struct client *cl, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 

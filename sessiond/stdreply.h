@@ -5,7 +5,9 @@
  * numerics pass as they come. Codes are baton's (none in the IRCv3
  * registry fits): UPSTREAM_DISCONNECTED, SESSION_UNAVAILABLE,
  * BACKLOG_DROPPED, UPSTREAM_WAITING, OUT_OF_MEMORY, SERVICE_IN_LIST (a
- * PRIVMSG/NOTICE whose target list names *baton among others: service.h).
+ * PRIVMSG/NOTICE whose target list names *baton among others: service.h),
+ * INVALID_LABEL (a labeled-response label over CLIENT_LABEL_MAX bytes: the
+ * command is not run).
  */
 #ifndef BATON_SESSIOND_STDREPLY_H
 #define BATON_SESSIOND_STDREPLY_H

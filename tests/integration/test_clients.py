@@ -23,13 +23,14 @@ import tlslib as tl
 from batonlib import check
 
 CHAN = "#chat"
-# baton's CAP LS (sessiond/client.c client_caps), in its order; the last
-# three with the message store (the default)
+# baton's CAP LS (sessiond/client.c client_caps), in its order;
+# draft/chathistory and draft/read-marker with the message store (the
+# default)
 OFFERED = ["server-time", "multi-prefix", "echo-message", "away-notify", "userhost-in-names",
            "message-tags", "account-notify", "extended-join", "chghost", "setname",
            "invite-notify", "sasl", "cap-notify", "batch", "soju.im/bouncer-networks",
            "soju.im/bouncer-networks-notify", "standard-replies", "draft/chathistory",
-           "draft/read-marker"]
+           "draft/read-marker", "labeled-response"]
 
 
 def setup(ctx, tls=False):

@@ -22,13 +22,13 @@ OFFERED = ["server-time", "multi-prefix", "echo-message", "away-notify", "userho
            "message-tags", "account-notify", "extended-join", "chghost", "setname",
            "invite-notify", "sasl", "cap-notify", "batch", "soju.im/bouncer-networks",
            "soju.im/bouncer-networks-notify", "standard-replies", "draft/chathistory",
-           "draft/read-marker"]
+           "draft/read-marker", "labeled-response"]
 # What issue 11 asks for and baton does not implement yet: never in CAP LS
 # (advertising what is not implemented is worse than not advertising).
 # (draft/chathistory and draft/read-marker are offered with the message
 # store, the default: test_store.py tests them.)
 NOT_YET = ["chathistory", "soju.im/read", "draft/bouncer-networks",
-           "draft/event-playback", "labeled-response",
+           "draft/event-playback",
            "draft/multiline", "soju.im/no-implicit-names"]
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -96,8 +96,9 @@ def test_ircv3_cap_negotiation(ctx):
     """CAP LS 302 before registration: exactly baton's capabilities, only
     `sasl` with a value (`sasl=PLAIN`: its one mechanism), none of NOT_YET;
     CAP LS 302 enables cap-notify (listed at once, `-cap-notify` NAKed: it
-    cannot be turned off), and baton never sends CAP NEW/DEL (its offer
-    does not depend on the network); registration waits for CAP END (no
+    cannot be turned off), and baton sends no CAP NEW/DEL (its offer
+    does not depend on the network; only the store's caps come and go with
+    the store: test_store.py); registration waits for CAP END (no
     001 before); a REQ with one unknown name is NAKed as a whole and
     changes nothing; a REQ of
     known ones is ACKed with the same list, `-name` removes; CAP LIST says
@@ -134,7 +135,7 @@ def test_ircv3_cap_negotiation(ctx):
     check(lst.params[-1].split() == ["cap-notify"],
           "after a NAK, CAP LIST %s (want cap-notify only: CAP LS 302)" % lst)
 
-    for name in ("labeled-response", "draft/event-playback", "-cap-notify"):
+    for name in ("draft/event-playback", "-cap-notify"):
         n = len(c.lines)
         c.send("CAP REQ %s" % name)
         wait_cap(ctx, c, "NAK", n, "NAK of %s" % name)
@@ -750,3 +751,144 @@ def test_ircv3_standard_replies(ctx):
           "NOTE %s" % late.msgs("NOTE")[0].raw)
     check(not [m for m in late.msgs("NOTICE") if "disconnected" in m.params[-1]],
           "a NOTICE too: %s" % [m.raw for m in late.msgs("NOTICE")])
+
+
+def labeled(c, label, since=0):
+    return [m for m in c.msgs(None, since) if tag_dict(m.tags).get("label") == label]
+
+
+def label_batch(c, label, since=0, timeout=5, loop=None):
+    """The lines of the labeled-response batch whose start carries label
+    (the start and the end included), once its end came."""
+    def lines():
+        ms = c.msgs(None, since)
+        start = [i for i, m in enumerate(ms) if m.command == "BATCH"
+                 and tag_dict(m.tags).get("label") == label]
+        if not start:
+            return None
+        ref = ms[start[0]].params[0][1:]
+        for j in range(start[0] + 1, len(ms)):
+            if ms[j].command == "BATCH" and ms[j].params[0] == "-" + ref:
+                return ms[start[0]:j + 1]
+        return None
+    loop.run_until(lines, timeout, "the labeled-response batch of %s" % label)
+    return lines()
+
+
+def test_ircv3_labeled_response(ctx):
+    """labeled-response (with batch, its dependency) for what baton answers
+    itself, against ngircd (no labeled-response of its own), the spec's
+    shapes: a PING's one PONG carries the label; `/msg *baton help` (several
+    NOTICEs) is a `labeled-response` batch whose BATCH + has the label and
+    whose lines have @batch; `TAGMSG *baton` has no answer: a labeled ACK,
+    and nothing reaches the network; a PRIVMSG with echo-message: the echo
+    is labeled (one line), the other client's copy is not (the echo of a
+    PRIVMSG *baton is the first line of its batch); CHATHISTORY
+    (answered later, from the store): its chathistory batch inside a
+    labeled one; MARKREAD: the one MARKREAD back labeled; an error baton
+    generates (CHATHISTORY without parameters: FAIL) labeled. The label's
+    bound (the spec's 64 bytes): 64 answered, 65 refused with FAIL
+    INVALID_LABEL and not run. A WHO, forwarded to a network that cannot
+    label: its replies come unlabeled and no ACK (baton never claims a
+    label it cannot match). A client without labeled-response gets no
+    label."""
+    w, b, dave = setup(ctx)
+    s = b.sessions[0]
+    caps = ["batch", "labeled-response", "echo-message", "message-tags",
+            "standard-replies", "draft/chathistory", "draft/read-marker"]
+    c = negotiate(ctx, b, s, "lab", caps)
+    other = negotiate(ctx, b, s, "other", ["message-tags"])
+    loop = ctx.loop
+
+    n = len(c.lines)
+    c.send("@label=p1 PING :abc")
+    loop.run_until(lambda: labeled(c, "p1", n), 5, "labeled PONG")
+    pong = labeled(c, "p1", n)
+    check(len(pong) == 1 and pong[0].command == "PONG" and pong[0].params[-1] == "abc",
+          "PING: %s" % [m.raw for m in pong])
+
+    n = len(c.lines)
+    c.send("@label=h1 PRIVMSG *baton :help")
+    got = label_batch(c, "h1", n, loop=loop)
+    check(got[0].params[1] == "labeled-response", "batch type: %s" % got[0].raw)
+    ref = got[0].params[0][1:]
+    inner = got[1:-1]
+    # echo-message: the command's echo is part of its response, first
+    check(inner[0].command == "PRIVMSG" and inner[0].params == ["*baton", "help"]
+          and len(inner) >= 3 and all(m.command == "NOTICE" for m in inner[1:])
+          and all(tag_dict(m.tags).get("batch") == ref and "label" not in tag_dict(m.tags)
+                  for m in inner),
+          "help in the batch: %s" % [m.raw for m in inner])
+    check(not [m for m in c.msgs("NOTICE", n) if m.raw not in [i.raw for i in inner]],
+          "a NOTICE outside the batch")
+
+    n = len(c.lines)
+    c.send("@label=t1;+typing=active TAGMSG *baton")
+    loop.run_until(lambda: labeled(c, "t1", n), 5, "ACK of TAGMSG *baton")
+    ack = labeled(c, "t1", n)
+    check([m.command for m in ack] == ["ACK"] and not ack[0].params, "TAGMSG: %s" % [m.raw for m in ack])
+
+    n, no = len(c.lines), len(other.lines)
+    text = "%s labeled" % bl.token("bn000", 1)
+    c.send("@label=e1 PRIVMSG %s :%s" % (CHAN, text))
+    loop.run_until(lambda: labeled(c, "e1", n), 5, "labeled echo")
+    echo = labeled(c, "e1", n)
+    check(len(echo) == 1 and echo[0].command == "PRIVMSG" and echo[0].params == [CHAN, text],
+          "echo: %s" % [m.raw for m in echo])
+    loop.run_until(lambda: privmsgs(other, no), 5, "the other client's copy")
+    check("label" not in tag_dict(privmsgs(other, no)[0].tags), "the other client got the label")
+    loop.run_until(lambda: [m for m in dave.msgs("PRIVMSG") if m.params[-1] == text], 5,
+                   "the line on the network")
+    ctx.loop.run_for(1.2)  # durable in the store before CHATHISTORY
+
+    n = len(c.lines)
+    c.send("@label=c1 CHATHISTORY LATEST %s * 5" % CHAN)
+    got = label_batch(c, "c1", n, loop=loop)
+    check(got[0].params[1] == "labeled-response", "CHATHISTORY batch: %s" % got[0].raw)
+    outer = got[0].params[0][1:]
+    check(got[1].command == "BATCH" and got[1].params[1] == "chathistory"
+          and tag_dict(got[1].tags).get("batch") == outer,
+          "the chathistory batch inside: %s" % [m.raw for m in got[:3]])
+    check([m for m in got if m.command == "PRIVMSG" and m.params[-1] == text],
+          "the line in the history: %s" % [m.raw for m in got])
+
+    n = len(c.lines)
+    c.send("@label=f1 CHATHISTORY")
+    loop.run_until(lambda: labeled(c, "f1", n), 5, "labeled FAIL")
+    f = labeled(c, "f1", n)
+    check(len(f) == 1 and f[0].command == "FAIL" and f[0].params[:2] == ["CHATHISTORY", "NEED_MORE_PARAMS"],
+          "FAIL: %s" % [m.raw for m in f])
+
+    n = len(c.lines)
+    c.send("@label=m1 MARKREAD %s timestamp=2026-01-01T00:00:00.000Z" % CHAN)
+    loop.run_until(lambda: labeled(c, "m1", n), 5, "labeled MARKREAD")
+    mr = labeled(c, "m1", n)
+    check(len(mr) == 1 and mr[0].command == "MARKREAD", "MARKREAD: %s" % [m.raw for m in mr])
+
+    l64, l65 = "x" * 64, "y" * 65
+    n = len(c.lines)
+    c.send("@label=%s PING :b64" % l64)
+    c.send("@label=%s PING :b65" % l65)
+    c.send("PING :after")
+    loop.run_until(lambda: [m for m in c.msgs("PONG", n) if m.params[-1] == "after"], 5, "PONG after")
+    check([m.params[-1] for m in labeled(c, l64, n)] == ["b64"], "64-byte label: %s"
+          % [m.raw for m in c.msgs(None, n)])
+    check(not [m for m in c.msgs("PONG", n) if m.params[-1] == "b65"], "65-byte label's PING ran")
+    fl = [m for m in c.msgs("FAIL", n) if m.params[:2] == ["PING", "INVALID_LABEL"]]
+    check(len(fl) == 1 and "label" not in tag_dict(fl[0].tags), "65-byte label: %s"
+          % [m.raw for m in c.msgs(None, n)])
+
+    n = len(c.lines)
+    c.send("@label=w1 WHO %s" % CHAN)
+    loop.run_until(lambda: c.msgs("315", n), 5, "WHO's end")
+    ctx.loop.run_for(0.5)
+    check(not labeled(c, "w1", n), "a label on what the network answered: %s"
+          % [m.raw for m in labeled(c, "w1", n)])
+    check(c.msgs("352", n), "no WHO reply")
+
+    n = len(other.lines)
+    other.send("@label=o1 PING :plain")
+    loop.run_until(lambda: other.msgs("PONG", n), 5, "PONG without the cap")
+    check(not labeled(other, "o1", n), "a label to a client without labeled-response")
+    for cl in (c, other):
+        check(not cl.closed, "%s closed: %s" % (cl.name, cl.close_reason))

@@ -663,8 +663,10 @@ def test_store_unavailable_at_start(ctx):
     its SQLite file is a directory; PostgreSQL down is the same path): it
     serves its sessions without the store (live lines relayed, history caps
     not offered), status says unavailable and failing, and once the store
-    can be opened again the worker opens it (retried with backoff) and
-    stores lines again."""
+    can be opened again the worker opens it (retried with backoff), stores
+    lines again, and tells a client with cap-notify `CAP NEW
+    :draft/chathistory draft/read-marker` (which it can then REQ; a client
+    without cap-notify is told nothing)."""
     if STORE["store"] != "sqlite":
         return
     ng, w, b, dave = setup(ctx, sessiond_opts=STORE)
@@ -690,6 +692,10 @@ def test_store_unavailable_at_start(ctx):
     ls = wait_cap(ctx, c, "LS", 0, "CAP LS")
     check("draft/chathistory" not in ls.params[-1].split(), "chathistory offered without a store")
     c.close()
+    # cap-notify (CAP LS 302): told CAP NEW when the store opens; a client
+    # without cap-notify is told nothing
+    from test_ircv3 import negotiate
+    cn = negotiate(ctx, b, s, "notified", ["server-time"])
     lap = bl.bouncer_client(ctx.loop, b, s, client="laptop")
     dave.privmsg("#chat", "<<dave:1>> live")
     got = wait_tokens(ctx, lap, [("dave", 1)], settle=0.1)
@@ -699,6 +705,14 @@ def test_store_unavailable_at_start(ctx):
         os.rename(dbp + suf + ".away", dbp + suf)
     ctx.loop.run_until(lambda: not (b.worker().get("store") or {}).get("unavailable"), 20,
                        "the store opened again")
+    new = wait_cap(ctx, cn, "NEW", 0, "CAP NEW once the store opened")
+    check(new.params[-1].split() == ["draft/chathistory", "draft/read-marker"],
+          "CAP NEW: %s" % new.raw)
+    n = len(cn.lines)
+    cn.send("CAP REQ :draft/chathistory draft/read-marker")
+    wait_cap(ctx, cn, "ACK", n, "the store's caps ACKed after CAP NEW")
+    check(not lap.msgs("CAP"), "CAP lines to a client without cap-notify: %s"
+          % [m.raw for m in lap.msgs("CAP")])
     dave.privmsg("#chat", "<<dave:2>> stored")
     wait_tokens(ctx, lap, [("dave", 1), ("dave", 2)], settle=0.1)
     ctx.loop.run_until(lambda: (b.worker().get("store") or {}).get("appended", 0) >= 1, 5,
@@ -729,3 +743,46 @@ def test_store_check_pg_unreachable_is_a_warning(ctx):
     text = out.stdout + out.stderr
     check(out.returncode == 1 and "[sessiond] store:" in text and ": warning:" not in text,
           "--check with a SQLite store that cannot be opened: rc=%d\n%s" % (out.returncode, text))
+
+
+def test_store_pg_failing_cap_del(ctx):
+    """A store whose commits fail takes its capabilities back: with
+    PostgreSQL, baton's connections terminated (pg_terminate_backend) make
+    the next commit fail: a cap-notify client that had draft/chathistory
+    is told `CAP DEL :draft/chathistory draft/read-marker` (CHATHISTORY is
+    then 421), and `CAP NEW` of both once commits succeed again (the store
+    reconnects), after which it can REQ them again."""
+    import shutil
+    if not shutil.which("psql"):
+        raise bl.Skip("no psql (scripts/install-deps: postgresql-15)")
+    from test_ircv3 import negotiate, wait_cap
+    pg, url = postgres(ctx)
+    try:
+        ng, w, b, dave = setup(ctx, sessiond_opts={"store": "postgres", "store_url": url})
+        s = b.sessions[0]
+        c = negotiate(ctx, b, s, "notified", ["batch", "draft/chathistory"])
+        plain = bl.bouncer_client(ctx.loop, b, s, client="plain")
+        kill = ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND datname = current_database()")
+        r = subprocess.run(["psql", url, "-qAtc", kill], capture_output=True, text=True,
+                           timeout=20)
+        check(r.returncode == 0, "psql: %s %s" % (r.stdout, r.stderr))
+        dave.privmsg("#chat", "<<dave:1>> to commit")
+        d = wait_cap(ctx, c, "DEL", 0, "CAP DEL once commits fail")
+        check(d.params[-1].split() == ["draft/chathistory", "draft/read-marker"],
+              "CAP DEL: %s" % d.raw)
+        n = len(c.lines)
+        c.send("CHATHISTORY LATEST #chat * 5")
+        ctx.loop.run_until(lambda: c.msgs("421", n), 5, "421 for CHATHISTORY after the DEL")
+        nw = wait_cap(ctx, c, "NEW", 0, "CAP NEW once commits succeed")
+        check(nw.params[-1].split() == ["draft/chathistory", "draft/read-marker"],
+              "CAP NEW: %s" % nw.raw)
+        n = len(c.lines)
+        c.send("CAP REQ :draft/chathistory")
+        wait_cap(ctx, c, "ACK", n, "REQ after CAP NEW")
+        check(not plain.msgs("CAP"), "CAP lines to a client without cap-notify: %s"
+              % [m.raw for m in plain.msgs("CAP")])
+    finally:
+        if "b" in locals():
+            b.stop()
+        stop_postgres(pg)
