@@ -174,18 +174,23 @@ def one_run(ctx, args, A, B, loadgen, fault, log=bl.log):
     return res
 
 
-def sequence_run(ctx, args, A, B, loadgen, faults, spacing, ci_script=None, log=bl.log):
+def sequence_run(ctx, args, A, B, loadgen, faults, fault_bake, ci_script=None,
+                 not_before=None, settle_timeout=30, log=bl.log):
     """One load run with one canary after another: each fault of `faults`
     (forced: the fault builds share one binary, which the first rollback
-    marks bad), `spacing` seconds apart from args.start_at, then the good B
-    build through `ci_script` (deploy/ci-upgrade.sh) when given, else
-    batonctl. Returns {"runs": [per canary: fault, result, gate, ...],
+    marks bad; a bake of `fault_bake` s, within which its gate must trip),
+    then the good B build (args.bake) through `ci_script`
+    (deploy/ci-upgrade.sh) when given, else batonctl. They run in sequence
+    from args.start_at (bench/canary_chain.py, baton-loadgen's one --exec),
+    each once the one before has ended and status shows every session and
+    client back, and not before not_before[fault] seconds of traffic if
+    given; traffic ends 3 s after the last (--end-after-exec), at the
+    latest at args.duration (set here). Returns {"runs": [per canary: fault, result, gate, ...],
     "loadgen": {...}, "pass": bool}."""
     ngircd, baton = start_baton(ctx, args, loadgen)
     steps = [(f, fault_binary(ctx, A, f)) for f in faults] + [("none", B.sessiond)]
-    execs, outs = [], []
+    cmds, outs = [], []
     for i, (fault, binary) in enumerate(steps):
-        at = args.start_at + i * spacing
         out = os.path.join(ctx.dir, "canary-%d-%s.json" % (i, fault))
         err = os.path.join(ctx.dir, "canary-%d-%s.err" % (i, fault))
         outs.append((fault, out, err))
@@ -195,9 +200,24 @@ def sequence_run(ctx, args, A, B, loadgen, faults, spacing, ci_script=None, log=
         else:
             cmd = "%s -c %s upgrade %s --canary %g --bake %g --force --json > %s 2> %s" % (
                 A.batonctl, baton.config, binary, args.percent,
-                args.bake if fault == "none" else spacing - 1, out, err)
-        execs += ["--exec", "%g:%s" % (at, cmd)]
-    args.duration = args.start_at + len(steps) * spacing + args.bake + 5
+                args.bake if fault == "none" else fault_bake, out, err)
+        nb = (not_before or {}).get(fault, 0) - args.start_at
+        cmds.append({"cmd": cmd, "not_before": max(nb, 0)})
+    chain_results = os.path.join(ctx.dir, "chain.json")
+    plan = os.path.join(ctx.dir, "chain-plan.json")
+    with open(plan, "w") as f:
+        json.dump({"batonctl": A.batonctl, "config": baton.config,
+                   "sessions": args.bouncer_users, "clients": args.bouncer_users,
+                   "settle_timeout": settle_timeout, "results": chain_results,
+                   "steps": cmds}, f)
+    # The upper bound, and what shapes the trace replay (baton-loadgen
+    # picks each channel copy's window of the trace for the whole
+    # duration): what the canaries had when they ran `fault_bake + 1` s
+    # apart on a fixed schedule.
+    args.duration = args.start_at + len(steps) * (fault_bake + 1) + args.bake + 5
+    execs = ["--exec", "%g:%s %s %s" % (args.start_at, sys.executable,
+                                        os.path.join(HERE, "canary_chain.py"), plan),
+             "--end-after-exec", "3"]
     cmd = load_run.loadgen_cmd(args, loadgen, ngircd, baton) + execs
     with open(os.path.join(ctx.dir, "loadgen.log"), "wb") as errf:
         p = ctx.procs.popen(cmd, stdout=subprocess.PIPE, stderr=errf)
@@ -213,6 +233,11 @@ def sequence_run(ctx, args, A, B, loadgen, faults, spacing, ci_script=None, log=
     bad = [users[i] if i < len(users) else "observer"
            for i in d.get("receivers_with_problems_index", [])]
     bad_outside = [u for u in bad if u not in cohort]
+    try:
+        with open(chain_results) as f:
+            chain = json.load(f)
+    except (OSError, ValueError) as e:
+        chain = {"error": "no results from canary_chain.py (%s)" % e}
     runs, ok = [], True
     for fault, out, err in outs:
         try:
@@ -241,8 +266,10 @@ def sequence_run(ctx, args, A, B, loadgen, faults, spacing, ci_script=None, log=
            "receivers_with_problems": len(bad),
            "receivers_with_problems_outside_cohort": bad_outside[:10],
            "client_disconnects": conn.get("disconnects"),
-           "loadgen_exit": p.returncode}
-    res["pass"] = ok and report is not None and not bad_outside
+           "loadgen_exit": p.returncode,
+           "traffic_s": (report or {}).get("traffic_s"), "chain": chain}
+    res["pass"] = ok and report is not None and not bad_outside and \
+        not chain.get("error") and not chain.get("unsettled")
     baton.stop()
     ngircd.stop()
     return res

@@ -1018,6 +1018,30 @@ static bool scenarios_busy(struct lg *lg)
 	return lg->away > 0;
 }
 
+/* --end-after-exec: true once every --exec command has ended (there is at
+ * least one) and the last ended at least o->end_after_exec s ago. A run
+ * driven by its commands (a series of canaries, each as long as its gate
+ * takes) then lasts as long as they do, not a --duration guessed for the
+ * slowest case, which stays the upper bound. */
+static bool execs_ended(struct lg *lg, int64_t now)
+{
+	int64_t last = 0;
+	bool any = false;
+	if (lg->o->end_after_exec < 0)
+		return false;
+	for (unsigned i = 0; i < lg->o->nscen; i++) {
+		const struct scenario *s = &lg->o->scen[i];
+		if (s->kind != SC_EXEC)
+			continue;
+		if (lg->scen_rt[i].step != 9)
+			return false;
+		any = true;
+		if (s->end_us > last)
+			last = s->end_us;
+	}
+	return any && now - last >= (int64_t)(lg->o->end_after_exec * 1e6);
+}
+
 /* ---- the tick: pacing, reconnects, phases ---- */
 
 static void progress(struct lg *lg)
@@ -1127,11 +1151,13 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 		break;
 	}
 	case PH_TRAFFIC:
-		if (rel_s(lg) >= lg->res->duration) {
+		bool by_exec = false;
+		if (rel_s(lg) >= lg->res->duration || (by_exec = execs_ended(lg, now))) {
 			lg->phase = PH_DRAIN;
 			lg->t_phase = now;
 			lg->res->traffic_s = rel_s(lg);
-			note(lg, "traffic ends: %zu of %zu events run; draining", lg->next_ev, lg->nsched);
+			note(lg, "traffic ends%s: %zu of %zu events run; draining",
+			     by_exec ? " (--end-after-exec)" : "", lg->next_ev, lg->nsched);
 		}
 		break;
 	case PH_DRAIN: {

@@ -29,6 +29,8 @@ struct lg_opts {
 	double login_rate;        /* connects per second during setup */
 	double attach_timeout;    /* seconds */
 	double drain_timeout;     /* seconds */
+	double end_after_exec;    /* < 0: off; else traffic ends this many seconds
+				   * after the last --exec command ended */
 	double reconnect_delay;   /* mass reconnect: seconds away (+ up to 1 s jitter) */
 	double restart_grace;     /* restarts: excuse window after the command ends */
 	enum reconnect_mode reconnect_mode;

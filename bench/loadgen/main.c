@@ -94,6 +94,9 @@ static void usage(FILE *f)
 "                            this only catches a bouncer that never recovers)\n"
 "  --exec AT:CMD             run CMD (e.g. batonctl upgrade); lines sent while it\n"
 "                            runs get their own latency figures; failure fails the run\n"
+"  --end-after-exec S        traffic ends S seconds after every --exec command has\n"
+"                            ended (at --duration at the latest): a run as long as\n"
+"                            its commands (e.g. canaries that end when a gate trips)\n"
 "\n"
 "Run:\n"
 "  --login-rate N            connects per second during setup (default 400)\n"
@@ -160,7 +163,7 @@ enum {
 	O_SERVER = 256, O_BATON, O_NETWORK, O_PASSWORD, O_CLIENT, O_UPREFIX, O_NPREFIX,
 	O_TRACE, O_USERS, O_CHANNELS, O_CPU, O_RATE, O_DURATION, O_MAXGAP, O_SHARE, O_SEED,
 	O_EMIT, O_NETSPLIT, O_RECONNECT, O_RMODE, O_RDELAY, O_SRESTART, O_BRESTART,
-	O_GRACE, O_EXEC, O_LOGIN, O_ATTACH, O_DRAIN, O_JSON, O_LOGSENT, O_EXSHARE,
+	O_GRACE, O_EXEC, O_ENDEXEC, O_LOGIN, O_ATTACH, O_DRAIN, O_JSON, O_LOGSENT, O_EXSHARE,
 };
 
 static const struct option longopts[] = {
@@ -190,6 +193,7 @@ static const struct option longopts[] = {
 	{ "restart-grace", required_argument, NULL, O_GRACE },
 	{ "excused-max-share", required_argument, NULL, O_EXSHARE },
 	{ "exec", required_argument, NULL, O_EXEC },
+	{ "end-after-exec", required_argument, NULL, O_ENDEXEC },
 	{ "login-rate", required_argument, NULL, O_LOGIN },
 	{ "attach-timeout", required_argument, NULL, O_ATTACH },
 	{ "drain", required_argument, NULL, O_DRAIN },
@@ -215,7 +219,7 @@ int main(int argc, char **argv)
 		.network = "net", .password = "secret", .client_name = "lg",
 		.user_prefix = "u", .nick_prefix = "bn", .nbouncer = 150,
 		.login_rate = 400, .attach_timeout = 180, .drain_timeout = 30,
-		.reconnect_delay = 2, .restart_grace = 5, .seed = 1,
+		.reconnect_delay = 2, .restart_grace = 5, .seed = 1, .end_after_exec = -1,
 	};
 	double excused_max_share = 0.95;
 	struct model_params mp = {
@@ -323,6 +327,10 @@ int main(int argc, char **argv)
 			break;
 		case O_GRACE:
 			if (parse_num("--restart-grace", optarg, 0, 3600, &o.restart_grace) < 0)
+				goto out;
+			break;
+		case O_ENDEXEC:
+			if (parse_num("--end-after-exec", optarg, 0, 3600, &o.end_after_exec) < 0)
 				goto out;
 			break;
 		case O_EXSHARE:

@@ -1966,6 +1966,31 @@ class LoadScenario:
     def stop_traffic(self):
         self.traffic_on = False
 
+    def wait_traffic_through(self, timeout=15, what="traffic"):
+        """Pump until every attached client and the watcher have received a
+        numbered line sent after this call: lines flow end to end through
+        whichever worker serves now (what a fixed "let traffic flow for a
+        second" meant to leave behind, checked, and in about 0.2 s at the
+        fixed rates of the fault tests). Needs traffic running (a fixed
+        rate or the trace)."""
+        t0 = now()
+        sent = self.ledger.sent
+        receivers = ["watcher"] + [u for u, cl in self.clients.items()
+                                   if cl.state == "attached"]
+        waiting = set(receivers)
+
+        def through():
+            for r in list(waiting):
+                got = self.ledger.received.get(r, ())
+                # arrivals are in order: the newest few are enough
+                if any((sent.get((s, n)) or (None, 0))[1] >= t0 for s, n, _ in got[-20:]):
+                    waiting.discard(r)
+            return not waiting
+        if not self.loop.run_until(through, timeout, raise_on_timeout=False):
+            raise AssertionError("%s: after %.0f s, %d of %d receivers got no line sent since, "
+                                 "e.g. %s" % (what, timeout, len(waiting), len(receivers),
+                                              sorted(waiting)[:5]))
+
     # ---- verification ----
 
     def expected(self):

@@ -1,8 +1,10 @@
 """Canaries judged by the health gates under trace-shaped load (issue 9,
 "What it must show"; bench/canary_run.py runs the longer series): 200
 bouncer users in 10 channels, baton-loadgen replaying the trace slice, and
-one canary of 10 % after another in the same run, each to a fault build of
-sessiond/fault.h. Each must end `rolled_back` by its gate within its bake:
+one canary of 10 % after another in the same run (each as soon as the one
+before has ended and every session and client is back), each to a fault
+build of sessiond/fault.h. Each must end `rolled_back` by its gate within its
+bake (12 s):
 
     drop -> delivery, dup -> delivery, latency -> relay_latency_p99,
     leak -> rss_growth_per_session, malformed -> protocol_errors,
@@ -30,9 +32,15 @@ import canary_run  # noqa: E402
 RUN_ALONE = True
 
 # Those that need no traffic first (the trace's first seconds are quiet:
-# the statistical gates wait for min_lines), crash last (its cohort's
-# sessions die with it and restart).
-FAULTS = ["malformed", "noping", "dup", "drop", "latency", "leak", "crash"]
+# the statistical gates wait for min_lines), crash among them (its cohort's
+# sessions die with it and restart: the next canary waits until every
+# session and client is back).
+FAULTS = ["malformed", "noping", "crash", "dup", "drop", "latency", "leak"]
+# The trace's first 28 s carry about 10 lines/s (mostly joins and quits),
+# then 50-70: the delivery gate needs 11 s to see the dup build's 1 in 50
+# extra lines in the quiet part, 2 s after it. The canaries that need lines
+# start there at the earliest (those that do not run before).
+NOT_BEFORE = {"dup": 28}
 
 
 def test_canary_faults_roll_back_and_good_build_promotes(ctx):
@@ -41,11 +49,15 @@ def test_canary_faults_roll_back_and_good_build_promotes(ctx):
     args = canary_run.parser().parse_args([
         "--trace", bl.TRACE_PATH, "--bouncer-users", "200", "--channels", "10",
         "--rate", "80", "--percent", "10", "--bake", "10", "--start-at", "3",
-        "--drain", "15"])
+        "--drain", "5"])
     A, B, loadgen = canary_run.prepare(args)
     script = os.path.join(bl.REPO_ROOT, "deploy", "ci-upgrade.sh")
-    r = canary_run.sequence_run(ctx, args, A, B, loadgen, FAULTS, spacing=13,
-                                ci_script=script)
+    # One canary after the other (each ends when its gate trips; the
+    # drop build's lost lines keep the drain busy for all of --drain).
+    r = canary_run.sequence_run(ctx, args, A, B, loadgen, FAULTS, fault_bake=12,
+                                ci_script=script, not_before=NOT_BEFORE)
+    check(not r["chain"].get("error") and not r["chain"].get("unsettled"),
+          "a canary started before every session and client was back: %s" % r["chain"])
     bad = [x for x in r["runs"] if not x["pass"]]
     check(not bad, "canaries not as expected: %s" % [
         (x["fault"], x["result"], x["gate"], x["reason"], x["stderr"][-300:]) for x in bad])
@@ -56,6 +68,8 @@ def test_canary_faults_roll_back_and_good_build_promotes(ctx):
           % r["receivers_with_problems_outside_cohort"])
     good = r["runs"][-1]
     check("promoted" in good["stderr"], "ci-upgrade.sh did not say it promoted: %r" % good["stderr"])
-    bl.log("%d lines sent, %d receivers with problems (all %d cohort users), %s client disconnects"
-           % (r["lines_sent"], r["receivers_with_problems"], r["cohort_users"],
-              r["client_disconnects"]))
+    bl.log("%d lines sent in %s s of traffic, %d receivers with problems (all %d cohort "
+           "users), %s client disconnects; each canary waited %s s for every session and "
+           "client and started at %s s of the chain"
+           % (r["lines_sent"], r["traffic_s"], r["receivers_with_problems"], r["cohort_users"],
+              r["client_disconnects"], r["chain"].get("settle_s"), r["chain"].get("started_s")))

@@ -90,6 +90,6 @@ def test_chunk_in_flight_when_previous_fails_is_thawed(ctx):
     check(re.search(r"baton-sessiond\[%d\].*chunk 1 \(sent behind the chunk before it\) "
                     r"aborted with it" % old_pid, log),
           "the old worker did not report chunk 1 in flight and aborted with chunk 0")
-    scen.loop.run_for(1.5)           # traffic after the abort, old worker
+    scen.wait_traffic_through(what="traffic after the abort (old worker)")
     then_normal_upgrade(scen)
     scen.verify(drain_timeout=30)

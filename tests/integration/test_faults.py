@@ -29,7 +29,7 @@ def start(ctx, nsessions=NSESSIONS, **baton_kw):
                            baton_kw=baton_kw)
     scen.setup()
     scen.start_fixed_traffic(client_rate=8.0, net_rate=8.0)
-    scen.loop.run_for(1.0)
+    scen.wait_traffic_through(what="traffic before the fault")
     return scen
 
 
@@ -103,7 +103,7 @@ def assert_old_still_serving(scen, rc, res, old_pid, fd_before, what):
 def then_normal_upgrade(scen):
     """A clean upgrade to build B right after; must commit."""
     scen.baton.clear_fault()
-    scen.loop.run_for(1.0)
+    scen.wait_traffic_through(what="traffic before the normal upgrade")
     old = scen.baton.worker_pid()
     rc, res = upgrade(scen, scen.ctx.builds["b"])
     check(rc == 0 and res.get("result") == "committed",
@@ -111,7 +111,7 @@ def then_normal_upgrade(scen):
     wk = one_worker(scen)
     check(wk["pid"] != old and wk.get("version") == scen.ctx.builds["b"].version,
           "after the normal upgrade status shows %r" % wk)
-    scen.loop.run_for(1.5)
+    scen.wait_traffic_through(what="traffic after the normal upgrade (new worker)")
 
 
 def fault_case(ctx, spec, pattern=None, **baton_kw):
@@ -130,7 +130,7 @@ def fault_case(ctx, spec, pattern=None, **baton_kw):
     if pattern:
         check(re.search(pattern, res.get("reason", ""), re.I),
               "%s: reason %r does not match /%s/" % (spec, res.get("reason"), pattern))
-    scen.loop.run_for(1.5)           # traffic after the abort, old worker
+    scen.wait_traffic_through(what="traffic after the abort (old worker)")
     then_normal_upgrade(scen)
     scen.verify(drain_timeout=30)
 
@@ -253,11 +253,11 @@ def test_source_dies_after_prepared(ctx):
     wk = ws[0]
     check(wk.get("version") == ctx.builds["b"].version, "serving worker %r is not build B" % wk)
     check(wk.get("sessions") == scen.nsessions, "serving worker has %r sessions" % wk.get("sessions"))
-    scen.loop.run_for(2.0)
+    scen.wait_traffic_through(what="traffic after the source died (new worker)")
     # next upgrade: back to A
     rc2, res2 = upgrade(scen, ctx.builds["a"])
     check(rc2 == 0 and res2.get("result") == "committed", "upgrade after: exit %d %r" % (rc2, res2))
-    scen.loop.run_for(1.0)
+    scen.wait_traffic_through(what="traffic after the upgrade back to A")
     scen.verify(drain_timeout=30)
 
 
@@ -415,5 +415,5 @@ def test_source_dies_after_commit(ctx):
     wk = one_worker(scen)
     check(wk["pid"] != old_pid and wk.get("version") == ctx.builds["b"].version
           and wk.get("sessions") == scen.nsessions, "serving worker %r" % wk)
-    scen.loop.run_for(2.0)
+    scen.wait_traffic_through(what="traffic after the source died (new worker)")
     scen.verify(drain_timeout=30)

@@ -29,9 +29,11 @@ from batonlib import check
 sys.path.insert(0, os.path.join(bl.REPO_ROOT, "bench"))
 import load_run  # noqa: E402
 
-# run.py --jobs: these tests run with no other test beside them
-# (load, and latency figures).
-RUN_ALONE = True
+# run.py --jobs: no longer RUN_ALONE. Its latency figures are reported,
+# not asserted, and the run is light (150 users at 20 events/s: 5 s of CPU
+# in its 35 s, 2026-12-07); what it asserts (every line once and in order,
+# no disconnect, the mix) holds beside another test.
+RUN_ALONE = False
 
 MIX_TOLERANCE_PP = 5.0
 
