@@ -180,6 +180,20 @@ struct history_stats {
 };
 void history_stats(const struct history *h, struct history_stats *out);
 
+/* A migration to a receiver that does not read schema 3 (a rollback):
+ * the lines of s's cold ranges (backlog.h) must travel inline, so they
+ * are read from the store now, synchronously (bounded: at most what the
+ * backlog's total bounds leave room for beside the lines it holds, the
+ * newest kept; the read waits on the database, once per session with
+ * cold ranges, only for such migrations). *out sorted by (target, seq),
+ * malloc'd (history_cold_lines_free()). 0 (*n may be 0: nothing cold),
+ * -EIO (the store could not be read: logged; the lines stay in the
+ * store, the receiver's cache lacks them), -ENOMEM. */
+struct state_cold_line;
+int history_cold_lines(struct history *h, struct session *s,
+		       struct state_cold_line **out, size_t *n);
+void history_cold_lines_free(struct state_cold_line *v, size_t n);
+
 /* Tests: whether a session has lines pending for the store. */
 size_t history_pending(const struct history *h, const struct session *s);
 
