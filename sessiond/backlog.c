@@ -932,8 +932,9 @@ int backlog_restore_cold(struct backlog *bl, const char *buffer, uint64_t from,
 		b->last_seq = to;
 		enforce_limits(bl, b);
 	}
-	if (from <= b->dropped_seq)
-		return -EINVAL; /* it cannot hold what it dropped */
+	/* Its lines restored before dropped some (a receiver with smaller
+	 * bounds): those were newer than the range's lower part, which goes
+	 * first (cold_valid()). */
 	b->cold_from = from;
 	b->cold_to = to;
 	if (to > b->last_seq)

@@ -173,9 +173,11 @@ size_t backlog_trim_oldest(struct backlog *bl, size_t want);
 uint64_t backlog_unstored_seq(const struct backlog *bl, const char *buffer);
 /* Restore `buffer`'s cold range [from, to] (after its lines and what it
  * dropped; a buffer without lines is created). Its lines may lie inside
- * the range (lines the sender could not prove stored). Returns 0, -EINVAL
- * (from 0, from > to, to UINT64_MAX, from not above what it dropped),
- * -ENOMEM. next_seq is raised above `to`. */
+ * the range (lines the sender could not prove stored). What the buffer
+ * dropped meanwhile (its lines over this backlog's bounds) cuts the range
+ * as any later drop does (backlog_cold_range()); the caller checks the
+ * range against the dropped_seq it was sent. Returns 0, -EINVAL (from 0,
+ * from > to, to UINT64_MAX), -ENOMEM. next_seq is raised above `to`. */
 int backlog_restore_cold(struct backlog *bl, const char *buffer, uint64_t from,
 			 uint64_t to);
 /* The part of `buffer`'s cold range still valid (not dropped): 1 with

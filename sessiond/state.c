@@ -352,6 +352,7 @@ struct ser_buffers {
 	Baton__State__Session *ps;
 	Baton__State__Buffer *cur;
 	size_t cap; /* of cur->lines */
+	bool schema3;      /* adopted cold ranges travel as ranges */
 	uint64_t durable;  /* the store's durable seq (0: every line inline) */
 	uint64_t unstored; /* cur's newest unstored line */
 	size_t omitted;    /* lines left out (all buffers) */
@@ -427,14 +428,16 @@ static int collect_buffer(void *arg, const char *buffer)
 	cold_find(sb, buffer);
 	pb->name = (char *)buffer;
 	PUT_I64(pb, dropped_seq, backlog_dropped_seq(sb->bl, buffer));
-	if (sb->durable) {
+	if (sb->schema3) {
 		uint64_t from, to;
 
-		sb->unstored = backlog_unstored_seq(sb->bl, buffer);
-		/* a range adopted and not read back yet stays one */
+		/* a range adopted and not read back yet stays one (also
+		 * without a store here: the lines are in the store) */
 		if (backlog_cold_range(sb->bl, buffer, &from, &to))
 			cold_widen(pb, from, to);
 	}
+	if (sb->durable)
+		sb->unstored = backlog_unstored_seq(sb->bl, buffer);
 	sb->ps->buffers[sb->ps->n_buffers++] = pb;
 	sb->cur = pb;
 	sb->cap = 0;
@@ -492,6 +495,7 @@ static int ser_buffers(struct arena *a, struct session *s,
 	size_t n = backlog_nbuffers(s->backlog);
 
 	if (ctx->schema >= STATE_SCHEMA_STORE_POS) {
+		sb.schema3 = true;
 		sb.durable = ctx->store_durable;
 	} else {
 		sb.cold = ctx->cold;
@@ -1483,13 +1487,14 @@ static int adopt_backlog(struct adopt *ad, const Baton__State__Session *ps,
 			 * here (history.h reads it when a client replays); a
 			 * range beyond what the store holds reads nothing. */
 			if (!pb->has_stored_from || !pb->has_stored_to ||
-			    pb->stored_from == 0 || pb->stored_from > pb->stored_to)
+			    pb->stored_from == 0 || pb->stored_from > pb->stored_to ||
+			    (pb->has_dropped_seq && pb->stored_from <= pb->dropped_seq))
 				rc = adopt_fail(ad, -EINVAL, "backlog buffer %s: bad stored range %llu-%llu",
 						pb->name, (unsigned long long)pb->stored_from,
 						(unsigned long long)pb->stored_to);
 			else if ((rc = backlog_restore_cold(s->backlog, pb->name,
 							    pb->stored_from, pb->stored_to)) < 0)
-				rc = adopt_fail(ad, rc, "backlog buffer %s: stored range %llu-%llu not above dropped_seq",
+				rc = adopt_fail(ad, rc, "backlog buffer %s: stored range %llu-%llu refused",
 						pb->name, (unsigned long long)pb->stored_from,
 						(unsigned long long)pb->stored_to);
 			else if (pb->stored_to > max_seq)
