@@ -689,10 +689,11 @@ static void test_schema3_replay_same(void **state)
 	backlog_get_limits(sess(f)->backlog, &lim);
 	lim.buffer_lines = 4;
 	backlog_set_limits(sess(f)->backlog, &lim);
-	send_lines(f, 1, 5, "#baton");
-	send_lines(f, 6, 8, "#other");
+	send_lines(f, 6, 8, "#other"); /* first: the store read starts here */
 	assert_true(rx_wait_tries(f->e, &r, fd, ":line 8\r\n", 3000));
-	int fa = attach(f, "tabletA", &ra, ":line 8\r\n");
+	send_lines(f, 1, 5, "#baton");
+	assert_true(rx_wait_tries(f->e, &r, fd, ":line 5\r\n", 3000));
+	int fa = attach(f, "tabletA", &ra, ":line 5\r\n");
 	for (int i = 0; i < 100; i++)
 		test_env_pump(f->e);
 	rx_read_max(&ra, fa, 0);
@@ -705,21 +706,28 @@ static void test_schema3_replay_same(void **state)
 	assert_true(backlog_cold_after(sess(f)->backlog, 0, NULL) > 0);
 	assert_int_equal(backlog_nlines(sess(f)->backlog), 2); /* bob's, inline */
 
-	int fb = attach(f, "tabletB", &rb, ":line 8\r\n");
+	int fb = attach(f, "tabletB", &rb, ":line 5\r\n");
 	for (int i = 0; i < 100; i++)
 		test_env_pump(f->e);
 	rx_read_max(&rb, fb, 0);
 	assert_string_equal(replayed(&rb), replayed(&ra));
 	int got[64];
 	size_t n = numbered(&rb, got, 64);
-	assert_int_equal(n, 7); /* 2-5, 6-8: not 1 */
-	assert_int_equal(got[0], 2);
+	/* 6-8, 2-5: not 1, which the store has between them */
+	static const int want[] = { 6, 7, 8, 2, 3, 4, 5 };
+	assert_int_equal(n, 7);
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(got[i], want[i]);
 	/* "phone" (position 4 of the sample): every line after 4, once */
-	int fp = attach(f, "phone", &rp, ":line 8\r\n");
+	int fp = attach(f, "phone", &rp, ":line 5\r\n");
 	for (int i = 0; i < 100; i++)
 		test_env_pump(f->e);
 	rx_read_max(&rp, fp, 0);
-	expect_range(&rp, 1, 8);
+	static const int all[] = { 6, 7, 8, 1, 2, 3, 4, 5 };
+	n = numbered(&rp, got, 64);
+	assert_int_equal(n, 8);
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(got[i], all[i]);
 	assert_non_null(memmem(rp.buf, rp.len, "NOTICE alice :ok", 16));
 	/* and the session goes on: a new line reaches everyone once */
 	send_lines(f, 9, 9, "#baton");
@@ -747,6 +755,19 @@ static void test_schema3_rollback_inline(void **state)
 	send_lines(f, 1, 5, "#baton");
 	assert_true(rx_wait_tries(f->e, &r, fd, ":line 5\r\n", 3000));
 	assert_int_equal(migrate_schema3(f, NULL), 5);
+	/* "phone" (position 4, no gap in the cache after it): its lines
+	 * after 4 are partly in the store only */
+	struct rx rp = { 0 };
+	int fp = attach(f, "phone", &rp, ":line 5\r\n");
+	for (int i = 0; i < 100; i++)
+		test_env_pump(f->e);
+	rx_read_max(&rp, fp, 0);
+	expect_range(&rp, 1, 5);
+	close(fp);
+	free(rp.buf);
+	/* a line after the migration: newer than the range, held */
+	send_lines(f, 6, 6, "#baton");
+	assert_true(rx_wait_tries(f->e, &r, fd, ":line 6\r\n", 3000));
 	struct session *s = sess(f);
 	struct state_cold_line *cold = NULL;
 	size_t ncold = 0, len;
@@ -768,10 +789,11 @@ static void test_schema3_rollback_inline(void **state)
 	assert_false(pb->has_stored_from || pb->has_stored_to);
 	/* inline: the sample's 1, 2, 4 and the line its partial input
 	 * became (numbered by the backlog: not stored), then the 5 cold */
-	assert_int_equal(pb->n_lines, 4 + 5);
+	assert_int_equal(pb->n_lines, 4 + 5 + 1);
 	for (size_t i = 1; i < pb->n_lines; i++)
 		assert_true(pb->lines[i]->seq > pb->lines[i - 1]->seq);
 	assert_string_equal(pb->lines[8]->line, ":bob!b@host.example PRIVMSG #baton :line 5");
+	assert_string_equal(pb->lines[9]->line, ":bob!b@host.example PRIVMSG #baton :line 6");
 	baton__state__item__free_unpacked(pi, NULL);
 	history_cold_lines_free(cold, ncold);
 	free(res.lists);
