@@ -2224,6 +2224,7 @@ int bouncer_item_serialize_within(struct bouncer_item *it, size_t max,
 	if (res.governor_sent)
 		bouncer_governor_snapshot_sent(it->session->b);
 	pk->handshakes_left += res.handshakes_left;
+	pk->lines_stored += res.lines_stored;
 	*lists = (void **)res.lists;
 	*nlists = res.nlists;
 	*fds = it->fds;

@@ -557,7 +557,8 @@ static Baton__State__Channel *ser_channel(struct arena *a, struct channel *ch,
 	}
 	/* A private list (chanstore.h) is this session's alone: it travels
 	 * inside the channel, as in schema 1. */
-	if (nm && ctx->schema >= STATE_SCHEMA_SHARED && !shared_is_private(ch->sh)) {
+	if (nm && ctx->schema >= STATE_SCHEMA_SHARED && !ctx->members_inline &&
+	    !shared_is_private(ch->sh)) {
 		struct shared_channel **grown =
 			realloc(res->lists, (res->nlists + 1) * sizeof(*grown));
 

@@ -146,6 +146,10 @@ struct state_ctx {
 	 * sorted by (target, seq). NULL: none. */
 	const struct state_cold_line *cold;
 	size_t ncold;
+	/* schema >= 2 without its shared member lists: every channel's
+	 * members inline, as schema 1 (a record that must stand alone: a
+	 * custody checkpoint) */
+	bool members_inline;
 };
 
 /* One line of a cold range (history_cold_lines()); target is the store's
