@@ -494,6 +494,8 @@ def test_store_upgrade_carries_positions(ctx):
     check(bytes1 > N * 100 and bytes3 * 3 < bytes1,
           "state_bytes: schema 3 %d, schema 1 %d (want < 1/3)" % (bytes3, bytes1))
     check(not res.get("backlog_lines_in_store"), "schema 1 left lines in the store: %s" % res)
+    bl.log("state_bytes: schema 3 %d (%d lines in the store), schema 1 %d"
+           % (bytes3, in_store, bytes1))
     f = bl.bouncer_client(ctx.loop, b, s, client="fresh3")
     got = wait_tokens(ctx, f, [("dave", n) for n in range(0, N + 1)], timeout=15)
     check(got == [("dave", n) for n in range(0, N + 1)],
