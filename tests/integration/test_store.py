@@ -502,6 +502,67 @@ def test_store_upgrade_carries_positions(ctx):
           "a new client on the released build: %s" % got)
 
 
+def test_store_custody_checkpoint_positions(ctx):
+    """Custody with the store: the checkpoint's session records carry the
+    committed backlog as positions (state schema 3), so the log stays small
+    (status custody.checkpoint_bytes under what the lines alone take);
+    after a kill -9 the restored session replays to a new client name
+    exactly what one got before (same msgids) and to a client that was
+    away exactly what it missed; the attached client keeps its connection
+    and gets nothing twice."""
+    from test_ircv3 import negotiate, privmsgs
+    ng, w, b, dave = setup(ctx, supervisor_opts={"custody": "yes",
+                                                 "custody_checkpoint_ms": 50})
+    s = b.sessions[0]
+    c = negotiate(ctx, b, s, "hist", HCAPS)
+    pho = bl.bouncer_client(ctx.loop, b, s, client="phone")
+    dave.privmsg("#chat", "<<dave:0>> seen")
+    wait_tokens(ctx, pho, [("dave", 0)], settle=0.2)
+    pho.quit("away")
+    ctx.loop.run_until(lambda: pho.closed, 5, "phone closed after QUIT")
+    m0 = len(c.lines)
+    N = 300
+    pad = "y" * 100
+    for n in range(1, N + 1):
+        dave.privmsg("#chat" if n % 2 else "#ops", "<<dave:%d>> %s" % (n, pad))
+    ctx.loop.run_until(lambda: len(privmsgs(c, m0)) >= N, 20, "lines live")
+    live = toks_ids(privmsgs(c, m0))
+    ctx.loop.run_for(1.5)  # committed, a checkpoint record after it
+
+    def fresh(name):
+        f = negotiate(ctx, b, s, name, HCAPS)
+        ctx.loop.run_until(lambda: len(privmsgs(f)) >= N + 1, 15,
+                           "%s replay" % name, raise_on_timeout=False)
+        ctx.loop.run_for(0.3)
+        got = toks_ids(privmsgs(f))
+        f.quit("bye")
+        ctx.loop.run_until(lambda: f.closed, 5, "%s closed" % name)
+        return got
+    before = fresh("fresh1")
+    check([t for t, _ in before] == [("dave", n) for n in range(0, N + 1)],
+          "a new client before the kill: %s" % before)
+    ctx.loop.run_for(0.5)
+    cu = b.status()["custody"]
+    bl.log("custody before the kill: %r" % cu)
+    check(cu["checkpoint_bytes"] < N * 100, "the checkpoint holds the lines: %r" % cu)
+    m1 = len(c.lines)
+    old = b.worker_pid()
+    os.kill(old, signal.SIGKILL)
+    wait_recovered(ctx, b, old)
+    check(not c.closed, "the attached client was disconnected")
+    after = fresh("fresh2")
+    check(after == before, "a new client after the kill: %s\nbefore: %s" % (after, before))
+    pho = negotiate(ctx, b, s, "phone", HCAPS)
+    ctx.loop.run_until(lambda: len(privmsgs(pho)) >= N, 15, "phone replay")
+    ctx.loop.run_for(0.3)
+    check(toks_ids(privmsgs(pho)) == live, "phone after the kill: %s" % toks_ids(privmsgs(pho)))
+    dave.privmsg("#chat", "<<dave:%d>> after" % (N + 1))
+    ctx.loop.run_until(lambda: privmsgs(c, m1), 10, "live after the kill")
+    ctx.loop.run_for(0.3)
+    check([t for t, _ in toks_ids(privmsgs(c, m1))] == [("dave", N + 1)],
+          "the attached client after the kill: %s" % toks_ids(privmsgs(c, m1)))
+
+
 def test_store_off_no_history_caps(ctx):
     """store = off: draft/chathistory is neither offered nor ACKed (never
     advertise what cannot be answered), 005 has no CHATHISTORY, the
