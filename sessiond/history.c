@@ -938,6 +938,12 @@ static bool needs_store(struct client *cl, uint64_t pos)
 	if (backlog_cold_after(s->backlog, pos, NULL))
 		return true; /* lines after pos the cache left in the store */
 	(void)backlog_replay(s->backlog, 0, first_seq, &first);
+	/* the cache begins at its oldest cold range: a client at or after
+	 * the ranges (an attached client after a migration) needs no read */
+	uint64_t cold_first = 0;
+	if (backlog_cold_after(s->backlog, 0, &cold_first) &&
+	    (first == 0 || cold_first < first))
+		first = cold_first;
 	if (first == 0 || pos < first)
 		return true; /* an empty cache, or older than it */
 	if (backlog_evicted_seq(s->backlog) > pos)

@@ -803,6 +803,40 @@ static void test_schema3_rollback_inline(void **state)
 	free(r.buf);
 }
 
+
+/* An attached client after a schema-3 migration whose cache is all in the
+ * store (an empty cache): its position is at the ranges' end, so no store
+ * read, no replay: the next line reaches it live, once. */
+static void test_schema3_attached_no_read(void **state)
+{
+	struct fixture *f = *state;
+	struct rx r = { 0 };
+	struct history_stats hs;
+	int fd = attach(f, "laptop", &r, "a partial line\r\n");
+
+	(void)backlog_trim_oldest(sess(f)->backlog, 1 << 20); /* the sample's */
+	send_lines(f, 1, 5, "#baton");
+	assert_true(rx_wait_tries(f->e, &r, fd, ":line 5\r\n", 3000));
+	for (int i = 0; i < 50; i++)
+		test_env_pump(f->e);
+	history_stats(f->h, &hs);
+	uint64_t q0 = hs.replay_queries;
+	assert_int_equal(migrate_schema3(f, NULL), 5);
+	assert_int_equal(backlog_nlines(sess(f)->backlog), 0);
+	for (int i = 0; i < 50; i++)
+		test_env_pump(f->e);
+	history_stats(f->h, &hs);
+	assert_int_equal(hs.replay_queries, q0);
+	send_lines(f, 6, 6, "#baton");
+	assert_true(rx_wait_tries(f->e, &r, fd, ":line 6\r\n", 3000));
+	for (int i = 0; i < 50; i++)
+		test_env_pump(f->e);
+	rx_read_max(&r, fd, 0);
+	expect_range(&r, 1, 6);
+	close(fd);
+	free(r.buf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -819,6 +853,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_pending_except_not_by_address, setup_tiny, teardown),
 		cmocka_unit_test_setup_teardown(test_schema3_replay_same, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_schema3_rollback_inline, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_schema3_attached_no_read, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
