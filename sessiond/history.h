@@ -37,6 +37,17 @@
  * (a restart, the backlog bounds) are read back from the store
  * (store_query_async(), STORE_Q_REPLAY, HISTORY_REPLAY_PAGE rows a step,
  * flow-controlled like the backlog replay), then the cache replay goes on.
+ * Each store page is merged with the cache's lines by seq (a line both
+ * hold goes once, the cache's; a line the store lacks is not skipped).
+ *
+ * Migrations (state schema 3, state.h). What the store has committed
+ * travels as a range per backlog buffer, not as lines; the receiving
+ * backlog remembers the ranges (backlog.h, cold ranges) and reads nothing
+ * at adoption. A client whose position is below a range reads the store
+ * after its position; a new client name (which replays the cache) reads it
+ * from the oldest range on and keeps only the rows inside its buffers'
+ * ranges, so it gets the lines the sender's cache held; a client at or
+ * after every range (an attached client) reads nothing.
  *
  * Errors. A line the store refuses for good (-E2BIG, -EINVAL, -ENOMEM) is
  * relayed live without a seq, logged and counted; a failing commit (the
