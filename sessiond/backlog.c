@@ -61,6 +61,13 @@ struct bl_buffer {
 	size_t bytes;         /* text bytes of its lines */
 	uint64_t last_seq;    /* of the newest line ever added, even if dropped */
 	uint64_t dropped_seq; /* of the newest line dropped (0: none) */
+	/* the newest line held that is not known to be in this worker's
+	 * store: appended with a seq of the backlog's own, or restored from a
+	 * migration (0: none); backlog_unstored_seq() */
+	uint64_t unstored_seq;
+	/* lines held in the store only (a migration's cold range,
+	 * backlog_restore_cold()): [cold_from, cold_to], 0: none */
+	uint64_t cold_from, cold_to;
 	size_t pos;           /* in backlog.bufs */
 	bool channel;         /* irc_is_channel(name): evicted last */
 	struct bl_buffer *older, *newer; /* its store-order list */
@@ -492,7 +499,8 @@ void backlog_free(struct backlog *bl)
  * allocation comes before the first change, so a failure changes nothing
  * (a new buffer evicts an old one only once its line is certain). */
 static int store(struct backlog *bl, const char *buffer, uint64_t seq,
-		 int64_t time_ms, const char *line, int check_order)
+		 int64_t time_ms, const char *line, int check_order,
+		 int unstored)
 {
 	struct bl_buffer *b, *created = NULL;
 	char *text = NULL;
@@ -511,6 +519,8 @@ static int store(struct backlog *bl, const char *buffer, uint64_t seq,
 		r = -EINVAL;
 		goto fail;
 	}
+	if (unstored)
+		b->unstored_seq = seq; /* restored or numbered here: not stored */
 	if (bl->lim.buffer_lines > 0) {
 		text = strdup(line);
 		if (!text || ring_reserve(b, bl->lim.buffer_lines) < 0) {
@@ -544,7 +554,7 @@ uint64_t backlog_append(struct backlog *bl, const char *buffer, int64_t time_ms,
 	if (!bl || !buffer || !line || bl->next_seq == UINT64_MAX)
 		return 0;
 	seq = bl->next_seq;
-	if (store(bl, buffer, seq, time_ms, line, 0) < 0)
+	if (store(bl, buffer, seq, time_ms, line, 0, 1) < 0)
 		return 0;
 	bl->next_seq++;
 	return seq;
@@ -558,7 +568,7 @@ int backlog_append_at(struct backlog *bl, const char *buffer, uint64_t seq,
 	if (!bl || !buffer || !line || seq == 0 || seq == UINT64_MAX ||
 	    seq < bl->next_seq)
 		return -EINVAL;
-	r = store(bl, buffer, seq, time_ms, line, 0);
+	r = store(bl, buffer, seq, time_ms, line, 0, 0);
 	if (r < 0)
 		return r;
 	bl->next_seq = seq + 1;
@@ -761,7 +771,7 @@ int backlog_restore(struct backlog *bl, const char *buffer, uint64_t seq,
 
 	if (!bl || !buffer || !line || seq == 0 || seq == UINT64_MAX)
 		return -EINVAL;
-	r = store(bl, buffer, seq, time_ms, line, 1);
+	r = store(bl, buffer, seq, time_ms, line, 1, 1);
 	if (r < 0)
 		return r;
 	if (bl->next_seq <= seq)
@@ -877,4 +887,94 @@ size_t backlog_trim_oldest(struct backlog *bl, size_t want)
 	if (n)
 		bl->drops.why |= BACKLOG_DROP_TRIM;
 	return n;
+}
+
+/* ---- positions in the store (schema 3 migrations) ---- */
+
+uint64_t backlog_unstored_seq(const struct backlog *bl, const char *buffer)
+{
+	struct bl_buffer *b;
+
+	if (!bl || !buffer || buffer_lookup(bl, buffer, &b) < 0 || !b)
+		return 0;
+	return b->unstored_seq;
+}
+
+/* The part of b's cold range it has not dropped: a buffer drops its
+ * oldest lines first, so the cold lines (older than every line it held
+ * when they became cold) go before any line it holds; one drop past them
+ * ends the range. */
+static void cold_valid(const struct bl_buffer *b, uint64_t *from, uint64_t *to)
+{
+	*from = *to = 0;
+	if (b->cold_to == 0 || b->dropped_seq >= b->cold_to)
+		return;
+	*from = b->cold_from > b->dropped_seq ? b->cold_from : b->dropped_seq + 1;
+	*to = b->cold_to;
+}
+
+int backlog_restore_cold(struct backlog *bl, const char *buffer, uint64_t from,
+			 uint64_t to)
+{
+	struct bl_buffer *b;
+
+	if (!bl || !buffer || from == 0 || from > to || to == UINT64_MAX)
+		return -EINVAL;
+	if (buffer_lookup(bl, buffer, &b) < 0)
+		return -ENOMEM;
+	if (!b) {
+		if (buffer_reserve(bl) < 0)
+			return -ENOMEM;
+		b = buffer_create(bl, buffer);
+		if (!b)
+			return -ENOMEM;
+		buffer_insert(bl, b);
+		b->last_seq = to;
+		enforce_limits(bl, b);
+	}
+	/* Its lines restored before dropped some (a receiver with smaller
+	 * bounds): those were newer than the range's lower part, which goes
+	 * first (cold_valid()). */
+	b->cold_from = from;
+	b->cold_to = to;
+	if (to > b->last_seq)
+		b->last_seq = to;
+	if (to > bl->high_seq)
+		bl->high_seq = to;
+	if (bl->next_seq <= to)
+		bl->next_seq = to + 1;
+	return 0;
+}
+
+int backlog_cold_range(const struct backlog *bl, const char *buffer,
+		       uint64_t *from, uint64_t *to)
+{
+	struct bl_buffer *b;
+
+	*from = *to = 0;
+	if (!bl || !buffer || buffer_lookup(bl, buffer, &b) < 0 || !b)
+		return 0;
+	cold_valid(b, from, to);
+	return *to != 0;
+}
+
+uint64_t backlog_cold_after(const struct backlog *bl, uint64_t after,
+			    uint64_t *first)
+{
+	uint64_t newest = 0, oldest = 0;
+
+	for (size_t i = 0; bl && i < bl->nbufs; i++) {
+		uint64_t f, t;
+
+		cold_valid(bl->bufs[i], &f, &t);
+		if (t <= after)
+			continue;
+		if (t > newest)
+			newest = t;
+		if (oldest == 0 || f < oldest)
+			oldest = f;
+	}
+	if (first)
+		*first = oldest;
+	return newest;
 }

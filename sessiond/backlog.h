@@ -157,4 +157,36 @@ void backlog_take_drops(struct backlog *bl, struct backlog_drops *out);
  * Counted as BACKLOG_DROP_TRIM. */
 size_t backlog_trim_oldest(struct backlog *bl, size_t want);
 
+/* ---- positions in the store (state schema 3) ----
+ * With a store, a migration carries the lines the store has committed as
+ * a range per buffer (its cold range: every line of that buffer's target
+ * from `from` to `to` is in the store), and only the others inline. The
+ * receiving backlog holds the inline lines and remembers the range; a
+ * replay reads the range back from the store (sessiond/history.h). Cold
+ * lines do not count against the bounds: a buffer's first drop of a line
+ * it holds (newer than them) drops them all with it. */
+
+/* The newest line of `buffer` not known to be in this worker's store (a
+ * line given a seq by backlog_append(), or restored by backlog_restore()),
+ * 0: none (or no such buffer). Lines after it came from
+ * backlog_append_at() (store seqs). */
+uint64_t backlog_unstored_seq(const struct backlog *bl, const char *buffer);
+/* Restore `buffer`'s cold range [from, to] (after its lines and what it
+ * dropped; a buffer without lines is created). Its lines may lie inside
+ * the range (lines the sender could not prove stored). What the buffer
+ * dropped meanwhile (its lines over this backlog's bounds) cuts the range
+ * as any later drop does (backlog_cold_range()); the caller checks the
+ * range against the dropped_seq it was sent. Returns 0, -EINVAL (from 0,
+ * from > to, to UINT64_MAX), -ENOMEM. next_seq is raised above `to`. */
+int backlog_restore_cold(struct backlog *bl, const char *buffer, uint64_t from,
+			 uint64_t to);
+/* The part of `buffer`'s cold range still valid (not dropped): 1 with
+ * [*from, *to], 0 (none: both 0). */
+int backlog_cold_range(const struct backlog *bl, const char *buffer,
+		       uint64_t *from, uint64_t *to);
+/* The newest cold seq above `after` of any buffer (0: no cold line after
+ * it); *first (may be NULL): the oldest start of those ranges. O(buffers). */
+uint64_t backlog_cold_after(const struct backlog *bl, uint64_t after,
+			    uint64_t *first);
+
 #endif

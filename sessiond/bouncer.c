@@ -28,6 +28,7 @@
 #include "common/names.h"
 #include "sessiond/conn.h"
 #include "sessiond/authpool.h"
+#include "sessiond/backlog.h"
 #include "sessiond/history.h"
 #include "sessiond/fault.h"
 #include "sessiond/governor.h"
@@ -41,6 +42,7 @@
 #include "sessiond/tls_contexts.h"
 #include "sessiond/upstream.h"
 #include "sessiond/irc.h"
+#include "store/store.h"
 
 #define PENDING_TIMEOUT_MS 60000 /* a client must register within this */
 /* Out of fds (EMFILE/ENFILE): accepting pauses this long, then tries again
@@ -2075,16 +2077,37 @@ static int bouncer_serialize(struct bouncer_item *it, unsigned schema,
 {
 	struct governor_snapshot *g = NULL;
 	struct state_ctx ctx = { .schema = schema };
+	struct state_cold_line *cold = NULL;
+	size_t ncold = 0;
 	int rc;
+
+	if (it->kind == ITEM_SESSION && schema >= STATE_SCHEMA_STORE_POS &&
+	    bouncer_history(it->session->b))
+		ctx.store_durable = store_durable_seq(
+			history_store(bouncer_history(it->session->b)));
+	/* an older receiver: what a schema-3 adoption left in the store
+	 * travels inline (history.h) */
+	if (it->kind == ITEM_SESSION && schema < STATE_SCHEMA_STORE_POS &&
+	    backlog_cold_after(it->session->backlog, 0, NULL)) {
+		rc = history_cold_lines(bouncer_history(it->session->b),
+					it->session, &cold, &ncold);
+		if (rc == -ENOMEM)
+			return rc;
+		ctx.cold = cold;
+		ctx.ncold = ncold;
+	}
 
 	if (governor && it->kind == ITEM_SESSION &&
 	    bouncer_governor_snapshot_due(it->session->b)) {
-		if (!(g = bouncer_governor_snapshot(it->session->b)))
+		if (!(g = bouncer_governor_snapshot(it->session->b))) {
+			history_cold_lines_free(cold, ncold);
 			return -ENOMEM;
+		}
 		ctx.governor = g;
 	}
 	rc = state_serialize(it, &ctx, buf, len, res);
 	state_governor_free(g);
+	history_cold_lines_free(cold, ncold);
 	return rc;
 }
 
@@ -2205,6 +2228,7 @@ int bouncer_item_serialize_within(struct bouncer_item *it, size_t max,
 	if (res.governor_sent)
 		bouncer_governor_snapshot_sent(it->session->b);
 	pk->handshakes_left += res.handshakes_left;
+	pk->lines_stored += res.lines_stored;
 	*lists = (void **)res.lists;
 	*nlists = res.nlists;
 	*fds = it->fds;

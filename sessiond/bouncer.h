@@ -185,6 +185,8 @@ struct bouncer_pack {
 	struct bouncer_shrunk shrunk;
 	/* connections left out: TLS handshake still running */
 	unsigned handshakes_left;
+	/* schema 3: backlog lines left in the store (not written) */
+	uint64_t lines_stored;
 	/* schema 2: the member lists of the chunk being assembled, each once
 	 * (opaque: the sessions' shared lists) */
 	void **lists;

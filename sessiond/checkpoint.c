@@ -18,11 +18,13 @@
 #include "sessiond/client.h"
 #include "sessiond/conn.h"
 #include "sessiond/control_queue.h"
+#include "sessiond/history.h"
 #include "sessiond/item.h"
 #include "sessiond/session.h"
 #include "sessiond/state.h"
 #include "sessiond/upstream.h"
 #include "state.pb-c.h"
+#include "store/store.h"
 
 #define CKPT_GROW (16u << 20) /* the memfd grows by this much */
 
@@ -356,12 +358,20 @@ static int ckpt_session(struct ckpt_log *l, struct bouncer_item *it,
 			struct tracked *t)
 {
 	struct session *s = it->session;
-	struct state_ctx ctx = { .schema = STATE_SCHEMA_INLINE };
+	/* Schema 3: what the store has committed is a position, not lines
+	 * (a restore reads it back from the store; the lines after the
+	 * store's durable seq are in the record). */
+	struct state_ctx ctx = { .schema = STATE_SCHEMA_STORE_POS,
+				 .members_inline = true };
 	struct state_result res;
 	uint8_t *buf = NULL, *hdr = NULL;
 	size_t len = 0, keylen = strlen(s->key), hlen;
 	uint64_t *ids = NULL;
-	int r = state_serialize(it, &ctx, &buf, &len, &res);
+	int r;
+
+	if (bouncer_history(s->b))
+		ctx.store_durable = store_durable_seq(history_store(bouncer_history(s->b)));
+	r = state_serialize(it, &ctx, &buf, &len, &res);
 
 	if (r < 0)
 		return r;

@@ -166,6 +166,12 @@ struct client {
 	 * again). */
 	uint64_t hist_query;
 	bool hist_store;
+	/* A new client name on a session whose backlog holds a migration's
+	 * position in the store (backlog.h, state schema 3): its store reads
+	 * keep only the lines of those ranges (what the cache held), from
+	 * hist_after on. Not serialized, as hist_store. */
+	bool hist_cold;
+	uint64_t hist_after;
 	/* CHATHISTORY requests in flight (chathistory.h; owned), oldest
 	 * first. Not serialized: a migration cancels them unanswered. */
 	struct chathistory_job *chist;

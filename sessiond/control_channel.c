@@ -280,6 +280,14 @@ static void channel_finished(void *arg, const struct transfer_result *res)
 		r.has_handshakes_left = 1;
 		r.handshakes_left = res->handshakes_left;
 	}
+	if (res->state_bytes) {
+		r.has_state_bytes = 1;
+		r.state_bytes = res->state_bytes;
+	}
+	if (res->lines_in_store) {
+		r.has_backlog_lines_in_store = 1;
+		r.backlog_lines_in_store = res->lines_in_store;
+	}
 	if (res->shrunk_sessions) {
 		r.has_shrunk_sessions = r.has_shrunk_lines = 1;
 		r.has_shrunk_clients = r.has_shrunk_member_lists = 1;

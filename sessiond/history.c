@@ -19,6 +19,7 @@
 #include "sessiond/client.h"
 #include "sessiond/conn.h"
 #include "sessiond/session.h"
+#include "sessiond/state.h"
 #include "sessiond/upstream.h"
 #include "store/store.h"
 #include "store/store_config.h"
@@ -931,21 +932,100 @@ static int any_gap(void *arg, const char *buffer)
 	return 1;
 }
 
-/* Lines after pos that the cache may not hold. */
-static bool needs_store(struct session *s, uint64_t pos)
+/* Lines after pos that the cache may not hold. *cold: a new client name
+ * whose cache lines are partly in the store (a migration's cold ranges,
+ * backlog.h): its store reads keep only those ranges. */
+static bool needs_store(struct client *cl, uint64_t pos)
 {
+	struct session *s = cl->s;
 	uint64_t first = 0;
 	bool gap = false;
 
-	if (pos == 0)
-		return false; /* a new client name: the cache's lines only */
+	cl->hist_cold = false;
+	cl->hist_after = 0;
+	if (pos == 0) {
+		/* a new client name: the cache's lines only, with what the
+		 * cache left in the store at a migration */
+		if (!backlog_cold_after(s->backlog, 0, &first))
+			return false;
+		cl->hist_cold = true;
+		cl->hist_after = first - 1;
+		return true;
+	}
+	if (backlog_cold_after(s->backlog, pos, NULL))
+		return true; /* lines after pos the cache left in the store */
 	(void)backlog_replay(s->backlog, 0, first_seq, &first);
+	/* the cache begins at its oldest cold range: a client at or after
+	 * the ranges (an attached client after a migration) needs no read */
+	uint64_t cold_first = 0;
+	if (backlog_cold_after(s->backlog, 0, &cold_first) &&
+	    (first == 0 || cold_first < first))
+		first = cold_first;
 	if (first == 0 || pos < first)
 		return true; /* an empty cache, or older than it */
 	if (backlog_evicted_seq(s->backlog) > pos)
 		return true;
 	(void)backlog_foreach_gap(s->backlog, pos, any_gap, &gap);
 	return gap;
+}
+
+/* One page of store rows merged with the cache's lines up to its last row,
+ * in seq order (a line both hold goes once, the cache's): lines the store
+ * does not have (numbered by the backlog, or not committed yet) are not
+ * skipped. A cold client (needs_store()) gets only the rows of its cache's
+ * cold ranges. */
+struct merge {
+	struct client *cl;
+	const struct store_result *res;
+	size_t i;
+	uint64_t last;
+};
+
+static int merge_row(struct merge *m)
+{
+	struct client *cl = m->cl;
+	const struct store_row *r = &m->res->rows[m->i++];
+
+	if (cl->hist_cold) {
+		uint64_t from, to;
+
+		if (r->seq > cl->hist_after)
+			cl->hist_after = r->seq;
+		if (!backlog_cold_range(cl->s->backlog, r->target, &from, &to) ||
+		    r->seq < from || r->seq > to)
+			return 0; /* not a line the cache held */
+	}
+	return client_replay_line(cl, r->seq, r->time_ms, r->line) < 0 ? -1 : 0;
+}
+
+static int merge_cache_line(void *arg, uint64_t seq, int64_t time_ms,
+			    const char *buffer, const char *line)
+{
+	struct merge *m = arg;
+
+	(void)buffer;
+	if (seq > m->last)
+		return 1; /* the next page, or the cache's replay */
+	while (m->i < m->res->nrows && m->res->rows[m->i].seq < seq)
+		if (merge_row(m) < 0)
+			return -1;
+	if (m->i < m->res->nrows && m->res->rows[m->i].seq == seq)
+		m->i++;
+	return client_replay_line(m->cl, seq, time_ms, line) < 0 ? -1 : 0;
+}
+
+static void replay_merge(struct client *cl, const struct store_result *res)
+{
+	struct merge m = { .cl = cl, .res = res };
+
+	if (res->nrows == 0)
+		return;
+	m.last = res->rows[res->nrows - 1].seq;
+	if (backlog_replay(cl->s->backlog, cl->delivered_seq, merge_cache_line, &m) < 0)
+		return;
+	while (m.i < res->nrows)
+		if (merge_row(&m) < 0)
+			return;
 }
 
 static void replay_step(struct history *h, struct client *cl);
@@ -969,11 +1049,7 @@ static void on_replay_rows(void *arg, int rc, struct store_result *res,
 		h->errors++;
 		cl->hist_store = false;
 	} else {
-		for (size_t i = 0; i < res->nrows; i++) {
-			const struct store_row *r = &res->rows[i];
-			if (client_replay_line(cl, r->seq, r->time_ms, r->line) < 0)
-				break;
-		}
+		replay_merge(cl, res);
 		if (res->nrows < HISTORY_REPLAY_PAGE)
 			cl->hist_store = false; /* the rest is in the cache */
 	}
@@ -1009,7 +1085,7 @@ static void on_position(void *arg, int rc, struct store_result *res,
 			 s->key, cl->client_id ? cl->client_id : "default",
 			 (unsigned long long)pos);
 	}
-	cl->hist_store = needs_store(s, cl->delivered_seq);
+	cl->hist_store = needs_store(cl, cl->delivered_seq);
 	client_replay_continue(cl);
 }
 
@@ -1017,7 +1093,9 @@ static void replay_step(struct history *h, struct client *cl)
 {
 	struct store_query q = {
 		.kind = STORE_Q_REPLAY, .network = cl->s->key,
-		.after_seq = cl->delivered_seq, .limit = HISTORY_REPLAY_PAGE,
+		.after_seq = cl->hist_cold && cl->hist_after > cl->delivered_seq ?
+			     cl->hist_after : cl->delivered_seq,
+		.limit = HISTORY_REPLAY_PAGE,
 	};
 	uint64_t id = 0;
 	int r = store_query_async(h->st, &q, on_replay_rows, cl, &id);
@@ -1058,7 +1136,7 @@ bool history_replay_begin(struct history *h, struct client *cl, bool attach)
 		}
 		h->errors++;
 	}
-	cl->hist_store = needs_store(s, cl->delivered_seq);
+	cl->hist_store = needs_store(cl, cl->delivered_seq);
 	return false;
 }
 
@@ -1081,6 +1159,7 @@ void history_client_forget(struct history *h, struct client *cl)
 		store_query_cancel(h->st, cl->hist_query);
 	cl->hist_query = 0;
 	cl->hist_store = false;
+	cl->hist_cold = false;
 	for (struct history_session *hs = h && cl->hist_waiting ? h->sessions : NULL;
 	     hs; hs = hs->next)
 		for (size_t i = 0; i < hs->nwaiting; i++)
@@ -1294,4 +1373,121 @@ void history_stats(const struct history *h, struct history_stats *out)
 		out->pending_now += hs->npending;
 		out->paused_sessions += hs->paused;
 	}
+}
+
+/* ---- cold ranges for an older receiver ---- */
+
+void history_cold_lines_free(struct state_cold_line *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(v[i].target);
+		free(v[i].line);
+	}
+	free(v);
+}
+
+static int cmp_cold(const void *x, const void *y)
+{
+	const struct state_cold_line *a = x, *b = y;
+	int c = strcmp(a->target, b->target);
+
+	return c ? c : (a->seq < b->seq ? -1 : a->seq > b->seq);
+}
+
+int history_cold_lines(struct history *h, struct session *s,
+		       struct state_cold_line **out, size_t *n)
+{
+	struct state_cold_line *v = NULL;
+	size_t nv = 0, cap = 0, bytes = 0, drop = 0;
+	uint64_t first = 0, newest = backlog_cold_after(s->backlog, 0, &first);
+	uint64_t after = first ? first - 1 : 0;
+	struct backlog_limits lim;
+	char err[256];
+	int rc = 0;
+
+	*out = NULL;
+	*n = 0;
+	if (!newest)
+		return 0;
+	if (!h) {
+		log_warn("store", "%s: no store open: %llu-%llu of its backlog stay out of the state written for an older worker",
+			 s->key, (unsigned long long)first, (unsigned long long)newest);
+		return -EIO;
+	}
+	while (after < newest && rc == 0) {
+		struct store_query q = {
+			.kind = STORE_Q_REPLAY, .network = s->key,
+			.after_seq = after, .limit = STORE_QUERY_MAX,
+		};
+		struct store_result res = { 0 };
+
+		rc = store_query(h->st, &q, &res, err, sizeof err);
+		if (rc < 0) {
+			log_warn("store", "%s: reading its cold backlog for an older worker failed (%s): those lines stay in the store only",
+				 s->key, err[0] ? err : strerror(-rc));
+			rc = -EIO;
+			break;
+		}
+		for (size_t i = 0; i < res.nrows && rc == 0; i++) {
+			const struct store_row *r = &res.rows[i];
+			uint64_t from, to;
+
+			after = r->seq;
+			if (r->seq > newest)
+				break;
+			if (!backlog_cold_range(s->backlog, r->target, &from, &to) ||
+			    r->seq < from || r->seq > to)
+				continue;
+			if (nv == cap) {
+				size_t nc = cap ? cap * 2 : 64;
+				struct state_cold_line *nvv = realloc(v, nc * sizeof(*v));
+				if (!nvv) {
+					rc = -ENOMEM;
+					break;
+				}
+				v = nvv;
+				cap = nc;
+			}
+			v[nv].seq = r->seq;
+			v[nv].time_ms = r->time_ms;
+			v[nv].target = strdup(r->target);
+			v[nv].line = strdup(r->line);
+			nv++;
+			if (!v[nv - 1].target || !v[nv - 1].line)
+				rc = -ENOMEM;
+			else
+				bytes += strlen(r->line);
+		}
+		if (res.nrows < STORE_QUERY_MAX)
+			after = newest;
+		store_result_free(&res);
+	}
+	if (rc < 0) {
+		history_cold_lines_free(v, nv);
+		return rc;
+	}
+	/* within the backlog's total bounds beside what it holds (the
+	 * state's size bound counts those): the oldest go first */
+	backlog_get_limits(s->backlog, &lim);
+	size_t held = backlog_nlines(s->backlog), hbytes = backlog_nbytes(s->backlog);
+	while (drop < nv &&
+	       ((lim.total_lines && held + nv - drop > lim.total_lines) ||
+		(lim.total_bytes && hbytes + bytes > lim.total_bytes))) {
+		bytes -= strlen(v[drop].line);
+		drop++;
+	}
+	if (drop) {
+		log_warn("store", "%s: %zu of its oldest stored lines left out of the state for an older worker (backlog bounds)",
+			 s->key, drop);
+		for (size_t i = 0; i < drop; i++) {
+			free(v[i].target);
+			free(v[i].line);
+		}
+		memmove(v, v + drop, (nv - drop) * sizeof(*v));
+		nv -= drop;
+	}
+	qsort(v, nv, sizeof(*v), cmp_cold);
+	*out = v;
+	*n = nv;
+	return 0;
 }

@@ -37,6 +37,17 @@
  * (a restart, the backlog bounds) are read back from the store
  * (store_query_async(), STORE_Q_REPLAY, HISTORY_REPLAY_PAGE rows a step,
  * flow-controlled like the backlog replay), then the cache replay goes on.
+ * Each store page is merged with the cache's lines by seq (a line both
+ * hold goes once, the cache's; a line the store lacks is not skipped).
+ *
+ * Migrations (state schema 3, state.h). What the store has committed
+ * travels as a range per backlog buffer, not as lines; the receiving
+ * backlog remembers the ranges (backlog.h, cold ranges) and reads nothing
+ * at adoption. A client whose position is below a range reads the store
+ * after its position; a new client name (which replays the cache) reads it
+ * from the oldest range on and keeps only the rows inside its buffers'
+ * ranges, so it gets the lines the sender's cache held; a client at or
+ * after every range (an attached client) reads nothing.
  *
  * Errors. A line the store refuses for good (-E2BIG, -EINVAL, -ENOMEM) is
  * relayed live without a seq, logged and counted; a failing commit (the
@@ -187,6 +198,20 @@ struct history_stats {
 	bool stalled; /* nothing committed for HISTORY_STALL_MS, work queued */
 };
 void history_stats(const struct history *h, struct history_stats *out);
+
+/* A migration to a receiver that does not read schema 3 (a rollback):
+ * the lines of s's cold ranges (backlog.h) must travel inline, so they
+ * are read from the store now, synchronously (bounded: at most what the
+ * backlog's total bounds leave room for beside the lines it holds, the
+ * newest kept; the read waits on the database, once per session with
+ * cold ranges, only for such migrations). *out sorted by (target, seq),
+ * malloc'd (history_cold_lines_free()). 0 (*n may be 0: nothing cold),
+ * -EIO (the store could not be read: logged; the lines stay in the
+ * store, the receiver's cache lacks them), -ENOMEM. */
+struct state_cold_line;
+int history_cold_lines(struct history *h, struct session *s,
+		       struct state_cold_line **out, size_t *n);
+void history_cold_lines_free(struct state_cold_line *v, size_t n);
 
 /* Tests: whether a session has lines pending for the store. */
 size_t history_pending(const struct history *h, const struct session *s);

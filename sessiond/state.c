@@ -21,6 +21,8 @@
 #include "common/log.h"
 #include "common/names.h"
 #include "sessiond/backlog.h"
+#include "sessiond/history.h"
+#include "store/store.h"
 #include "handoff/protocol.h"
 #include "tls/record.h"
 #include "sessiond/conn.h"
@@ -339,25 +341,103 @@ static Baton__State__Connection *ser_client(struct arena *a, struct client *cl,
 }
 
 /* Buffers are written in strcmp() order of their names (backlog.h), so the
- * bytes do not depend on backlog internals; one walk, no lookups. */
+ * bytes do not depend on backlog internals; one walk, no lookups.
+ * Schema 3 with a store (durable != 0): a line the store has committed
+ * (a store seq above the buffer's newest unstored line, at most the
+ * store's durable seq) is left out and joins the buffer's cold range
+ * (Buffer.stored_from/stored_to, backlog.h). */
 struct ser_buffers {
 	struct arena *a;
 	const struct backlog *bl;
 	Baton__State__Session *ps;
 	Baton__State__Buffer *cur;
 	size_t cap; /* of cur->lines */
+	bool schema3;      /* adopted cold ranges travel as ranges */
+	uint64_t durable;  /* the store's durable seq (0: every line inline) */
+	uint64_t unstored; /* cur's newest unstored line */
+	size_t omitted;    /* lines left out (all buffers) */
+	/* schema < 3: the cold lines to inline (ctx->cold), cur's run of
+	 * them [ci, cend) */
+	const struct state_cold_line *cold;
+	size_t ncold, ci, cend;
 };
+
+static int push_line(struct ser_buffers *sb, uint64_t seq, int64_t time_ms,
+		     const char *line);
+
+/* cur's cold lines below seq (all: UINT64_MAX), in seq order; one at seq
+ * is the cache's line too: skipped. */
+static int cold_flush(struct ser_buffers *sb, uint64_t seq)
+{
+	while (sb->ci < sb->cend && sb->cold[sb->ci].seq <= seq) {
+		const struct state_cold_line *c = &sb->cold[sb->ci++];
+
+		if (c->seq == seq)
+			break;
+		if (push_line(sb, c->seq, c->time_ms, c->line) < 0)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+/* The run of sb->cold whose target is buffer's store name. */
+static void cold_find(struct ser_buffers *sb, const char *buffer)
+{
+	char target[STORE_NAME_MAX + 1];
+	size_t lo = 0, hi = sb->ncold;
+
+	sb->ci = sb->cend = 0;
+	if (!sb->ncold)
+		return;
+	history_fold_target(buffer, target, sizeof target);
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (strcmp(sb->cold[mid].target, target) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	sb->ci = sb->cend = lo;
+	while (sb->cend < sb->ncold && strcmp(sb->cold[sb->cend].target, target) == 0)
+		sb->cend++;
+}
+
+static void cold_widen(Baton__State__Buffer *pb, uint64_t from, uint64_t to)
+{
+	if (!pb->has_stored_from || from < pb->stored_from) {
+		pb->has_stored_from = 1;
+		pb->stored_from = from;
+	}
+	if (!pb->has_stored_to || to > pb->stored_to) {
+		pb->has_stored_to = 1;
+		pb->stored_to = to;
+	}
+}
 
 static int collect_buffer(void *arg, const char *buffer)
 {
 	struct ser_buffers *sb = arg;
-	Baton__State__Buffer *pb = arena_alloc(sb->a, sizeof(*pb));
+	Baton__State__Buffer *pb;
 
+	if (sb->cur && cold_flush(sb, UINT64_MAX) < 0)
+		return -ENOMEM;
+	pb = arena_alloc(sb->a, sizeof(*pb));
 	if (!pb)
 		return -ENOMEM;
 	baton__state__buffer__init(pb);
+	cold_find(sb, buffer);
 	pb->name = (char *)buffer;
 	PUT_I64(pb, dropped_seq, backlog_dropped_seq(sb->bl, buffer));
+	if (sb->schema3) {
+		uint64_t from, to;
+
+		/* a range adopted and not read back yet stays one (also
+		 * without a store here: the lines are in the store) */
+		if (backlog_cold_range(sb->bl, buffer, &from, &to))
+			cold_widen(pb, from, to);
+	}
+	if (sb->durable)
+		sb->unstored = backlog_unstored_seq(sb->bl, buffer);
 	sb->ps->buffers[sb->ps->n_buffers++] = pb;
 	sb->cur = pb;
 	sb->cap = 0;
@@ -369,6 +449,23 @@ static int collect_line(void *arg, uint64_t seq, int64_t time_ms,
 {
 	struct ser_buffers *sb = arg;
 	Baton__State__Buffer *pb = sb->cur;
+
+	(void)buffer;
+	if (sb->durable && seq > sb->unstored && seq <= sb->durable) {
+		cold_widen(pb, seq, seq);
+		sb->omitted++;
+		return 0;
+	}
+	if (cold_flush(sb, seq) < 0)
+		return -ENOMEM;
+	return push_line(sb, seq, time_ms, line);
+}
+
+static int push_line(struct ser_buffers *sb, uint64_t seq, int64_t time_ms,
+		     const char *line)
+{
+	Baton__State__Buffer *pb = sb->cur;
+
 	if (pb->n_lines == sb->cap) {
 		size_t cap = sb->cap ? sb->cap * 2 : 16;
 		Baton__State__BacklogLine **nv = arena_alloc(sb->a, cap * sizeof(*nv));
@@ -391,11 +488,19 @@ static int collect_line(void *arg, uint64_t seq, int64_t time_ms,
 }
 
 static int ser_buffers(struct arena *a, struct session *s,
-		       Baton__State__Session *ps)
+		       Baton__State__Session *ps, const struct state_ctx *ctx,
+		       struct state_result *res)
 {
 	struct ser_buffers sb = { .a = a, .bl = s->backlog, .ps = ps };
 	size_t n = backlog_nbuffers(s->backlog);
 
+	if (ctx->schema >= STATE_SCHEMA_STORE_POS) {
+		sb.schema3 = true;
+		sb.durable = ctx->store_durable;
+	} else {
+		sb.cold = ctx->cold;
+		sb.ncold = ctx->cold ? ctx->ncold : 0;
+	}
 	if (n == 0)
 		return 0;
 	ps->buffers = arena_alloc(a, n * sizeof(*ps->buffers));
@@ -403,6 +508,9 @@ static int ser_buffers(struct arena *a, struct session *s,
 		return -ENOMEM;
 	int rc = backlog_foreach_buffer_lines(s->backlog, collect_buffer,
 					      collect_line, &sb);
+	if (rc == 0 && sb.cur)
+		rc = cold_flush(&sb, UINT64_MAX);
+	res->lines_stored += sb.omitted;
 	return rc ? (rc < 0 ? rc : -ENOMEM) : 0;
 }
 
@@ -449,7 +557,8 @@ static Baton__State__Channel *ser_channel(struct arena *a, struct channel *ch,
 	}
 	/* A private list (chanstore.h) is this session's alone: it travels
 	 * inside the channel, as in schema 1. */
-	if (nm && ctx->schema >= STATE_SCHEMA_SHARED && !shared_is_private(ch->sh)) {
+	if (nm && ctx->schema >= STATE_SCHEMA_SHARED && !ctx->members_inline &&
+	    !shared_is_private(ch->sh)) {
 		struct shared_channel **grown =
 			realloc(res->lists, (res->nlists + 1) * sizeof(*grown));
 
@@ -500,7 +609,7 @@ static Baton__State__Session *ser_session(struct arena *a, struct session *s,
 			return NULL;
 		ps->channels[ps->n_channels++] = pc;
 	}
-	if (ser_buffers(a, s, ps) < 0)
+	if (ser_buffers(a, s, ps, ctx, res) < 0)
 		return NULL;
 	if (s->npositions) {
 		ps->positions = arena_alloc(a, s->npositions * sizeof(*ps->positions));
@@ -1097,9 +1206,13 @@ static int check_strings(struct adopt *ad, const Baton__State__Session *ps)
  * without lines what it dropped last (0: nothing). */
 static uint64_t buffer_newest(const Baton__State__Buffer *b)
 {
-	if (b->n_lines)
-		return b->lines[b->n_lines - 1]->seq;
-	return b->has_dropped_seq ? b->dropped_seq : 0;
+	uint64_t n = b->n_lines ? b->lines[b->n_lines - 1]->seq :
+		     b->has_dropped_seq ? b->dropped_seq : 0;
+
+	/* schema 3: its cold range may be newer than its inline lines */
+	if (b->has_stored_to && b->stored_to > n)
+		n = b->stored_to;
+	return n;
 }
 
 /* qsort: buffers by the seq of their newest line (backlog store order). */
@@ -1369,6 +1482,24 @@ static int adopt_backlog(struct adopt *ad, const Baton__State__Session *ps,
 						pb->name, (unsigned long long)pb->dropped_seq);
 			else if (pb->dropped_seq > max_seq)
 				max_seq = pb->dropped_seq;
+		}
+		if (rc == 0 && (pb->has_stored_from || pb->has_stored_to)) {
+			/* schema 3: a position in the store. Nothing is read
+			 * here (history.h reads it when a client replays); a
+			 * range beyond what the store holds reads nothing. */
+			if (!pb->has_stored_from || !pb->has_stored_to ||
+			    pb->stored_from == 0 || pb->stored_from > pb->stored_to ||
+			    (pb->has_dropped_seq && pb->stored_from <= pb->dropped_seq))
+				rc = adopt_fail(ad, -EINVAL, "backlog buffer %s: bad stored range %llu-%llu",
+						pb->name, (unsigned long long)pb->stored_from,
+						(unsigned long long)pb->stored_to);
+			else if ((rc = backlog_restore_cold(s->backlog, pb->name,
+							    pb->stored_from, pb->stored_to)) < 0)
+				rc = adopt_fail(ad, rc, "backlog buffer %s: stored range %llu-%llu refused",
+						pb->name, (unsigned long long)pb->stored_from,
+						(unsigned long long)pb->stored_to);
+			else if (pb->stored_to > max_seq)
+				max_seq = pb->stored_to;
 		}
 	}
 	free(order);

@@ -53,8 +53,9 @@ struct bouncer_item;
  *   backlog (backlog.c keeps every total after each store):
  *     backlog_session_bytes (text of the lines + names of the buffers)
  *     + BACKLOG_LINE_OVERHEAD (28) x backlog_session_lines
- *     + STATE_BUFFER_OVERHEAD (20) x backlog_buffers (tag and length 6,
- *       the name's tag and length 3, dropped_seq 11)
+ *     + STATE_BUFFER_OVERHEAD (42) x backlog_buffers (tag and length 6,
+ *       the name's tag and length 3, dropped_seq 11, schema 3's
+ *       stored_from and stored_to 2 x 11)
  *   positions: SESSION_MAX_POSITIONS x (2 + 2 + 64 + 11) = 64 x 79 = 5,056
  *   upstream connection: STATE_CONN_MAX = 4,785,403:
  *     tag and length 5; role, fd_index, addresses (2 x 81), reg_phase,
@@ -76,8 +77,8 @@ struct bouncer_item;
  * channels, 2 MiB of member lists, 4 MiB / 20,000 lines / 100 buffers of
  * backlog):
  *   5 + 53,577 + 51,300 + 192 + 250 x 18,012 + 2,097,152 + 4,194,304
- *   + 28 x 20,000 + 20 x 100 + 5,056 + 4,785,403 = 16,251,989 bytes,
- * 525,195 below HANDOFF_ITEM_MAX_PAYLOAD (16,777,184). The worker's
+ *   + 28 x 20,000 + 42 x 100 + 5,056 + 4,785,403 = 16,254,189 bytes,
+ * 522,995 below HANDOFF_ITEM_MAX_PAYLOAD (16,777,184). The worker's
  * preflight refuses a config whose bound is over it
  * (state_check_config()); tests/unit/sessiond/test_bigstate.c builds a
  * session at every bound and checks that it serializes within
@@ -94,7 +95,7 @@ struct bouncer_item;
 #define STATE_ISUPPORT_MAX 51300
 #define STATE_CAPS_MAX 192
 #define STATE_CHANNEL_MAX 18012
-#define STATE_BUFFER_OVERHEAD 20
+#define STATE_BUFFER_OVERHEAD 42
 #define STATE_POSITIONS_MAX 5056
 #define STATE_CONN_MAX 4785403
 
@@ -114,6 +115,17 @@ int state_check_config(const struct baton_config *cfg, char *why, size_t n);
  *    Migrate.schema); every build reads both. */
 #define STATE_SCHEMA_INLINE 1
 #define STATE_SCHEMA_SHARED 2
+/* 3: with a store, a backlog buffer carries the lines its store has
+ *    committed as a position, the range of seqs they span
+ *    (Buffer.stored_from/stored_to), and inline only the others: lines
+ *    still in the store's queue (not durable: they must travel) or not
+ *    known to be in this worker's store (numbered by the backlog, or
+ *    adopted from a migration). The receiver's backlog remembers the range
+ *    (backlog.h) and a client's replay reads it back from the store
+ *    (history.h), off the event loop, when the client needs it: adoption
+ *    reads nothing. Without a store (ctx.store_durable 0) every line is
+ *    inline, as in schema 2. */
+#define STATE_SCHEMA_STORE_POS 3
 
 struct shared_channel;
 struct governor_snapshot;
@@ -124,6 +136,28 @@ struct governor_snapshot;
 struct state_ctx {
 	unsigned schema;
 	const struct governor_snapshot *governor;
+	/* schema >= 3: the worker's store's durable seq (store_durable_seq():
+	 * every line with a store seq up to it is committed); 0: no store,
+	 * every backlog line inline */
+	uint64_t store_durable;
+	/* schema < 3 from a backlog that holds cold ranges (a schema-3
+	 * adoption not read back yet): their lines, read from the store
+	 * (history_cold_lines()), inlined into their buffers in seq order;
+	 * sorted by (target, seq). NULL: none. */
+	const struct state_cold_line *cold;
+	size_t ncold;
+	/* schema >= 2 without its shared member lists: every channel's
+	 * members inline, as schema 1 (a record that must stand alone: a
+	 * custody checkpoint) */
+	bool members_inline;
+};
+
+/* One line of a cold range (history_cold_lines()); target is the store's
+ * (history_fold_target() of the buffer's name). */
+struct state_cold_line {
+	uint64_t seq;
+	int64_t time_ms;
+	char *target, *line;
 };
 
 /* What it gives back (the caller adds the counts up). */
@@ -138,6 +172,8 @@ struct state_result {
 	 * the array (the lists are the sessions'). */
 	struct shared_channel **lists;
 	size_t nlists;
+	/* schema 3: backlog lines left out (committed in the store) */
+	size_t lines_stored;
 };
 
 /* Pack a frozen item. *buf is malloc'd (caller frees). it->fds/it->nfds are

@@ -234,6 +234,7 @@ static void transfer_finish_cb(evutil_socket_t fd, short what, void *arg)
 	m->res.shrunk_lines = m->pk.shrunk.lines;
 	m->res.shrunk_clients = m->pk.shrunk.clients;
 	m->res.shrunk_member_lists = m->pk.shrunk.member_lists;
+	m->res.lines_in_store = m->pk.lines_stored;
 	if (m->pk.shrunk.sessions)
 		log_warn("migrate", "%u sessions were over what one message carries and were shrunk: %u backlog lines, %u clients, %u member lists dropped",
 			 m->pk.shrunk.sessions, m->pk.shrunk.lines, m->pk.shrunk.clients,
@@ -563,6 +564,8 @@ static void transfer_send_next(struct transfer *m)
 		hitems[i] = (struct handoff_item){ lbufs[i], llens[i], NULL, 0 };
 	memcpy(hitems + nl, sitems, n * sizeof(*sitems));
 	free(sitems);
+	for (size_t i = 0; i < nl + n; i++)
+		m->res.state_bytes += hitems[i].len;
 	m->res.chunks++;
 	transfer_inject_item_fault(m, hitems, nl ? lbufs[0] : bufs[0]);
 	clock_gettime(CLOCK_MONOTONIC, &c->sent);

@@ -44,6 +44,9 @@ struct transfer_result {
 	 * the backlog lines, clients and member lists they gave up. Done in
 	 * this process whatever the outcome. */
 	uint32_t shrunk_sessions, shrunk_lines, shrunk_clients, shrunk_member_lists;
+	/* source: bytes of state written (every item sent), and the backlog
+	 * lines that stayed in the store (schema 3) */
+	uint64_t state_bytes, lines_in_store;
 };
 
 /* Which sessions a partial move (a canary's) takes: those whose user is in

@@ -777,7 +777,7 @@ static int enqueue(struct store *st, struct op *o, uint64_t *seq)
 		free(o);
 		return r;
 	}
-	o->seq = st->next_seq++;
+	uint64_t oseq = o->seq = st->next_seq++;
 	st->last_seq = o->seq;
 	if (st->tail)
 		st->tail->next = o;
@@ -792,8 +792,10 @@ static int enqueue(struct store *st, struct op *o, uint64_t *seq)
 	if (st->nops == 1 || st->block_end - st->next_seq < st->o.seq_block / 2)
 		pthread_cond_signal(&st->wake);
 	pthread_mutex_unlock(&st->lock);
+	/* not o->seq: once the lock is released the writer may commit and
+	 * free o (found by ASan in sessiond_history) */
 	if (seq)
-		*seq = o->seq;
+		*seq = oseq;
 	return 0;
 }
 

@@ -42,6 +42,7 @@ struct side_result {
 	unsigned sessions, connections, fds, chunks, chunks_committed;
 	unsigned handshakes_left;
 	unsigned shrunk[4]; /* sessions, lines, clients, member lists */
+	uint64_t state_bytes, lines_in_store;
 	double freeze_max_ms;
 	double freeze_split[3]; /* serialize, target prepare, commit */
 };
@@ -292,6 +293,8 @@ static void migration_complete(struct migration *m)
 	m->res.chunks = r->chunks;
 	m->res.handshakes_left = r->handshakes_left;
 	memcpy(m->res.shrunk, r->shrunk, sizeof(r->shrunk));
+	m->res.state_bytes = r->state_bytes;
+	m->res.backlog_lines_in_store = r->lines_in_store;
 	m->res.freeze_ms = r->freeze_max_ms;
 	memcpy(m->res.freeze_split_ms, r->freeze_split, sizeof(r->freeze_split));
 	m->res.total_ms = ms_since(&m->t0);
@@ -740,6 +743,8 @@ static void migration_store(struct side_result *sr,
 	sr->shrunk[1] = r->has_shrunk_lines ? r->shrunk_lines : 0;
 	sr->shrunk[2] = r->has_shrunk_clients ? r->shrunk_clients : 0;
 	sr->shrunk[3] = r->has_shrunk_member_lists ? r->shrunk_member_lists : 0;
+	sr->state_bytes = r->has_state_bytes ? r->state_bytes : 0;
+	sr->lines_in_store = r->has_backlog_lines_in_store ? r->backlog_lines_in_store : 0;
 	sr->freeze_max_ms = r->freeze_max_ms;
 	sr->freeze_split[0] = r->freeze_serialize_ms;
 	sr->freeze_split[1] = r->freeze_prepare_ms;

@@ -62,6 +62,10 @@ struct migration_result {
 	 * by the source to fit: sessions, backlog lines, clients, member
 	 * lists given up (sessiond/bouncer.h bouncer_item_serialize_within) */
 	unsigned shrunk[4];
+	/* S's state items in bytes (everything it serialized), and the
+	 * backlog lines that stayed in the store (state schema 3: they
+	 * travel as positions, sessiond/state.h) */
+	uint64_t state_bytes, backlog_lines_in_store;
 	double freeze_ms;    /* S's freeze_max_ms */
 	/* that freeze split: serialize, target prepare, commit (ms) */
 	double freeze_split_ms[3];

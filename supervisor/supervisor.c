@@ -1585,6 +1585,8 @@ static struct json_object *migration_result_json(const struct migration_result *
 	jb_add(jb, shrunk, "clients", jb_i64(jb, r->shrunk[2]));
 	jb_add(jb, shrunk, "member_lists", jb_i64(jb, r->shrunk[3]));
 	jb_add(jb, o, "shrunk", shrunk);
+	jb_add(jb, o, "state_bytes", jb_i64(jb, (int64_t)r->state_bytes));
+	jb_add(jb, o, "backlog_lines_in_store", jb_i64(jb, (int64_t)r->backlog_lines_in_store));
 	jb_add(jb, o, "freeze_ms", jb_double(jb, r->freeze_ms));
 	struct json_object *split = jb_obj(jb);
 	jb_add(jb, split, "serialize_ms", jb_double(jb, r->freeze_split_ms[0]));

@@ -191,7 +191,7 @@ class Build:
 
 def builds():
     """The three builds the tests use: A (HEAD), B (same code, another version
-    string) and incompat (schema 3..3). Paths from BATON_BUILD_A/_B/_INCOMPAT.
+    string) and incompat (schema 99..99). Paths from BATON_BUILD_A/_B/_INCOMPAT.
     BATON_BUILD (a folder of the checkout or a path, e.g. build-asan) is A's
     default: BATON_BUILD=build-asan runs the supervisor, the first worker and
     batonctl built with ASan + UBSan (B stays the plain build-b)."""

@@ -267,9 +267,11 @@ def test_big_session_alone_in_its_chunk(ctx):
     before it in its chunk for as long as it took. Sessions u000..u005 in
     config order, u003 holding ~256 KB of backlog, chunk_bytes 64 KiB: the
     upgrade and the rollback each move u000-u002, then u003 alone, then
-    u004-u005 (3 chunks; 2 before: u000-u003, u004-u005)."""
+    u004-u005 (3 chunks; 2 before: u000-u003, u004-u005). With `store =
+    off`: with the store the committed backlog travels as a position
+    (state schema 3) and no session is big."""
     ng, w, b, dave, other = setup(ctx, nsessions=6,
-                                  sessiond_opts={"chunk_bytes": 65536})
+                                  sessiond_opts={"chunk_bytes": 65536, "store": "off"})
     big = b.sessions[3]
     pad = "b" * 250
     dave.send_many("PRIVMSG %s :<<dave:%d>> %s" % (big.nick, i, pad) for i in range(1, 1201))

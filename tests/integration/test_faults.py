@@ -318,7 +318,7 @@ def test_target_refuses_low_nofile(ctx):
 
 
 def test_incompatible_schema_refused(ctx):
-    """An upgrade to build-incompat (state schema 3..3; A reads 1..2) is refused
+    """An upgrade to build-incompat (state schema 99..99; A reads 1..3) is refused
     before anything is frozen: exit 1, 'aborted', the reason mentions the
     schema; the old worker serves on untouched."""
     inc = ctx.builds["incompat"].require()

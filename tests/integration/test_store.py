@@ -417,6 +417,152 @@ def test_store_chathistory(ctx):
     check(crashed == first, "after kill -9: %s\nbefore: %s" % (crashed, first))
 
 
+def test_store_upgrade_carries_positions(ctx):
+    """State schema 3 (sessiond/state.h): with the store on, an upgrade
+    carries what the store committed as positions, not lines: the result's
+    state_bytes are a fraction of what the same backlog costs inline and
+    backlog_lines_in_store counts the lines left behind. After it, a new
+    client name replays exactly what one replayed before (same lines, same
+    msgids), a client that was away replays exactly what it missed with the
+    msgids the lines had live, CHATHISTORY answers the same. Then a
+    migration to the released build (schema 1 only, no store) gets those
+    lines inline (read back from the store): a new client there replays
+    the whole backlog. The store is the default (sqlite): the released
+    build knows no store keys."""
+    from test_ircv3 import negotiate, privmsgs
+    bB = ctx.builds["b"].require()
+    ng, w, b, dave = setup(ctx)
+    s = b.sessions[0]
+    c = negotiate(ctx, b, s, "hist", HCAPS)
+    pho = bl.bouncer_client(ctx.loop, b, s, client="phone")
+    dave.privmsg("#chat", "<<dave:0>> seen")
+    wait_tokens(ctx, pho, [("dave", 0)], settle=0.2)
+    pho.quit("away")
+    ctx.loop.run_until(lambda: pho.closed, 5, "phone closed after QUIT")
+    m0 = len(c.lines)
+    N = 200
+    pad = "x" * 80
+    for n in range(1, N + 1):
+        if n % 5 == 0:
+            dave.privmsg(s.nick, "<<dave:%d>> private %s" % (n, pad))
+        else:
+            dave.privmsg("#chat" if n % 2 else "#ops", "<<dave:%d>> %s" % (n, pad))
+    ctx.loop.run_until(lambda: len(privmsgs(c, m0)) >= N, 20, "lines 1-%d live" % N)
+    live = toks_ids(privmsgs(c, m0))
+    check([t for t, _ in live] == [("dave", n) for n in range(1, N + 1)], "live: %s" % live)
+    ctx.loop.run_for(1.5)  # committed, positions written
+
+    def fresh(name):
+        f = negotiate(ctx, b, s, name, HCAPS)
+        ctx.loop.run_until(lambda: len(privmsgs(f)) >= N + 1, 15,
+                           "%s replay" % name, raise_on_timeout=False)
+        ctx.loop.run_for(0.3)
+        got = toks_ids(privmsgs(f))
+        f.quit("bye")
+        ctx.loop.run_until(lambda: f.closed, 5, "%s closed" % name)
+        return got
+
+    def latest():
+        return toks_ids(history(ctx, c, "LATEST #chat * 100", "latest")[1])
+    before = fresh("fresh1")
+    check([t for t, _ in before] == [("dave", n) for n in range(0, N + 1)],
+          "a new client before the upgrade: %s" % before)
+    hist_before = latest()
+    rc, res = b.upgrade(bB)
+    check(rc == 0 and res.get("result") == "committed", "upgrade: %s" % res)
+    in_store = res.get("backlog_lines_in_store") or 0
+    bytes3 = res.get("state_bytes") or 0
+    check(in_store >= N, "backlog_lines_in_store %r, want >= %d: %s" % (in_store, N, res))
+    check(0 < bytes3 < N * 100, "state_bytes %r for %d lines of 100+ bytes" % (bytes3, N))
+    after = fresh("fresh2")
+    check(after == before, "a new client after the upgrade: %s\nbefore: %s" % (after, before))
+    check(latest() == hist_before, "CHATHISTORY changed across the upgrade")
+    pho = negotiate(ctx, b, s, "phone", HCAPS)
+    ctx.loop.run_until(lambda: len(privmsgs(pho)) >= N, 15, "phone replay")
+    ctx.loop.run_for(0.3)
+    check(toks_ids(privmsgs(pho)) == live, "phone after the upgrade: %s\nwant %s"
+          % (toks_ids(privmsgs(pho)), live))
+    pho.quit("away")
+    ctx.loop.run_until(lambda: pho.closed, 5, "phone closed")
+    # B holds the backlog as positions now; the released build reads
+    # schema 1 only: B writes the lines inline
+    from test_schema_compat import released_build
+    rel = released_build(ctx)
+    rc, res = b.upgrade(rel)
+    check(rc == 0 and res.get("result") == "committed", "to the released build: %s" % res)
+    bytes1 = res.get("state_bytes") or 0
+    check(bytes1 > N * 100 and bytes3 * 3 < bytes1,
+          "state_bytes: schema 3 %d, schema 1 %d (want < 1/3)" % (bytes3, bytes1))
+    check(not res.get("backlog_lines_in_store"), "schema 1 left lines in the store: %s" % res)
+    bl.log("state_bytes: schema 3 %d (%d lines in the store), schema 1 %d"
+           % (bytes3, in_store, bytes1))
+    f = bl.bouncer_client(ctx.loop, b, s, client="fresh3")
+    got = wait_tokens(ctx, f, [("dave", n) for n in range(0, N + 1)], timeout=15)
+    check(got == [("dave", n) for n in range(0, N + 1)],
+          "a new client on the released build: %s" % got)
+
+
+def test_store_custody_checkpoint_positions(ctx):
+    """Custody with the store: the checkpoint's session records carry the
+    committed backlog as positions (state schema 3), so the log stays small
+    (status custody.checkpoint_bytes under what the lines alone take);
+    after a kill -9 the restored session replays to a new client name
+    exactly what one got before (same msgids) and to a client that was
+    away exactly what it missed; the attached client keeps its connection
+    and gets nothing twice."""
+    from test_ircv3 import negotiate, privmsgs
+    ng, w, b, dave = setup(ctx, supervisor_opts={"custody": "yes",
+                                                 "custody_checkpoint_ms": 50})
+    s = b.sessions[0]
+    c = negotiate(ctx, b, s, "hist", HCAPS)
+    pho = bl.bouncer_client(ctx.loop, b, s, client="phone")
+    dave.privmsg("#chat", "<<dave:0>> seen")
+    wait_tokens(ctx, pho, [("dave", 0)], settle=0.2)
+    pho.quit("away")
+    ctx.loop.run_until(lambda: pho.closed, 5, "phone closed after QUIT")
+    m0 = len(c.lines)
+    N = 300
+    pad = "y" * 100
+    for n in range(1, N + 1):
+        dave.privmsg("#chat" if n % 2 else "#ops", "<<dave:%d>> %s" % (n, pad))
+    ctx.loop.run_until(lambda: len(privmsgs(c, m0)) >= N, 20, "lines live")
+    live = toks_ids(privmsgs(c, m0))
+    ctx.loop.run_for(1.5)  # committed, a checkpoint record after it
+
+    def fresh(name):
+        f = negotiate(ctx, b, s, name, HCAPS)
+        ctx.loop.run_until(lambda: len(privmsgs(f)) >= N + 1, 15,
+                           "%s replay" % name, raise_on_timeout=False)
+        ctx.loop.run_for(0.3)
+        got = toks_ids(privmsgs(f))
+        f.quit("bye")
+        ctx.loop.run_until(lambda: f.closed, 5, "%s closed" % name)
+        return got
+    before = fresh("fresh1")
+    check([t for t, _ in before] == [("dave", n) for n in range(0, N + 1)],
+          "a new client before the kill: %s" % before)
+    ctx.loop.run_for(0.5)
+    cu = b.status()["custody"]
+    bl.log("custody before the kill: %r" % cu)
+    check(cu["checkpoint_bytes"] < N * 100, "the checkpoint holds the lines: %r" % cu)
+    m1 = len(c.lines)
+    old = b.worker_pid()
+    os.kill(old, signal.SIGKILL)
+    wait_recovered(ctx, b, old)
+    check(not c.closed, "the attached client was disconnected")
+    after = fresh("fresh2")
+    check(after == before, "a new client after the kill: %s\nbefore: %s" % (after, before))
+    pho = negotiate(ctx, b, s, "phone", HCAPS)
+    ctx.loop.run_until(lambda: len(privmsgs(pho)) >= N, 15, "phone replay")
+    ctx.loop.run_for(0.3)
+    check(toks_ids(privmsgs(pho)) == live, "phone after the kill: %s" % toks_ids(privmsgs(pho)))
+    dave.privmsg("#chat", "<<dave:%d>> after" % (N + 1))
+    ctx.loop.run_until(lambda: privmsgs(c, m1), 10, "live after the kill")
+    ctx.loop.run_for(0.3)
+    check([t for t, _ in toks_ids(privmsgs(c, m1))] == [("dave", N + 1)],
+          "the attached client after the kill: %s" % toks_ids(privmsgs(c, m1)))
+
+
 def test_store_off_no_history_caps(ctx):
     """store = off: draft/chathistory is neither offered nor ACKed (never
     advertise what cannot be answered), 005 has no CHATHISTORY, the

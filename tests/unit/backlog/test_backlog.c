@@ -844,6 +844,116 @@ static void test_flood_keeps_every_bound(void **state)
 	backlog_free(bl);
 }
 
+
+/* State schema 3 (backlog.h, positions in the store): which lines are not
+ * known to be stored, cold ranges restored and their bounds, a ring drop
+ * ending a range, cold_after. */
+static void test_unstored_seq(void **state)
+{
+	(void)state;
+	struct backlog *bl = backlog_new(10);
+
+	assert_int_equal(backlog_unstored_seq(bl, "#a"), 0);
+	assert_int_equal(backlog_append(bl, "#a", 0, "own 1"), 1); /* own seq */
+	assert_int_equal(backlog_unstored_seq(bl, "#A"), 1);
+	assert_int_equal(backlog_append_at(bl, "#a", 10, 0, "store 10"), 0);
+	assert_int_equal(backlog_unstored_seq(bl, "#a"), 1); /* store seq */
+	assert_int_equal(backlog_restore(bl, "#b", 11, 0, "adopted"), 0);
+	assert_int_equal(backlog_unstored_seq(bl, "#b"), 11); /* migrated */
+	assert_int_equal(backlog_append_at(bl, "#b", 12, 0, "store 12"), 0);
+	assert_int_equal(backlog_unstored_seq(bl, "#b"), 11);
+	backlog_free(bl);
+}
+
+static void test_restore_cold(void **state)
+{
+	(void)state;
+	struct backlog *bl = backlog_new(3);
+	uint64_t f, t, first;
+
+	/* bad ranges */
+	assert_int_equal(backlog_restore_cold(bl, "#a", 0, 5), -EINVAL);
+	assert_int_equal(backlog_restore_cold(bl, "#a", 6, 5), -EINVAL);
+	assert_int_equal(backlog_restore_cold(bl, "#a", 1, UINT64_MAX), -EINVAL);
+	assert_int_equal(backlog_restore_dropped(bl, "#d", 7), 0);
+	assert_int_equal(backlog_restore_cold(bl, "#d", 7, 9), 0); /* cut: 8-9 */
+	assert_int_equal(backlog_cold_range(bl, "#d", &f, &t), 1);
+	assert_int_equal(f, 8);
+	assert_int_equal(t, 9);
+	assert_int_equal(backlog_restore_cold(bl, "#d", 7, 9), 0);
+	/* an inline line older than the range, one inside it */
+	assert_int_equal(backlog_restore(bl, "#a", 2, 0, "unstored 2"), 0);
+	assert_int_equal(backlog_restore(bl, "#a", 15, 0, "unstored 15"), 0);
+	assert_int_equal(backlog_restore_cold(bl, "#a", 10, 20), 0);
+	assert_int_equal(backlog_restore_cold(bl, "#q", 30, 40), 0); /* creates it */
+	assert_int_equal(backlog_nbuffers(bl), 3);
+	assert_int_equal(backlog_restore_cold(bl, "#d", 2, 7), 0); /* all dropped */
+	assert_int_equal(backlog_cold_range(bl, "#d", &f, &t), 0);
+	assert_true(backlog_next_seq(bl) > 40);
+	assert_int_equal(backlog_cold_range(bl, "#A", &f, &t), 1);
+	assert_int_equal(f, 10);
+	assert_int_equal(t, 20);
+	assert_int_equal(backlog_cold_after(bl, 0, &first), 40);
+	assert_int_equal(first, 10);
+	assert_int_equal(backlog_cold_after(bl, 20, &first), 40);
+	assert_int_equal(first, 30);
+	assert_int_equal(backlog_cold_after(bl, 40, NULL), 0);
+	/* cold lines do not count against the bounds */
+	assert_int_equal(backlog_nlines(bl), 2);
+	/* #a (3 lines a buffer) drops line 2, older than the range: kept */
+	assert_int_equal(backlog_append_at(bl, "#a", 50, 0, "l50"), 0);
+	assert_int_equal(backlog_append_at(bl, "#a", 51, 0, "l51"), 0);
+	assert_int_equal(backlog_dropped_seq(bl, "#a"), 2);
+	assert_int_equal(backlog_cold_range(bl, "#a", &f, &t), 1);
+	assert_int_equal(f, 10);
+	/* then line 15, inside it: the range starts after it */
+	assert_int_equal(backlog_append_at(bl, "#a", 52, 0, "l52"), 0);
+	assert_int_equal(backlog_cold_range(bl, "#a", &f, &t), 1);
+	assert_int_equal(f, 16);
+	assert_int_equal(t, 20);
+	/* then line 50, newer than it: the range is gone */
+	assert_int_equal(backlog_append_at(bl, "#a", 53, 0, "l53"), 0);
+	assert_int_equal(backlog_cold_range(bl, "#a", &f, &t), 0);
+	assert_int_equal(backlog_cold_after(bl, 0, &first), 40);
+	assert_int_equal(first, 30);
+	backlog_free(bl);
+}
+
+/* An inline tail over the bounds: the bounds hold (the oldest go), the
+ * range stays. */
+static void test_cold_tail_over_bounds(void **state)
+{
+	(void)state;
+	struct backlog *bl = backlog_new(1000);
+	struct backlog_limits lim = { .buffer_lines = 1000, .buffer_bytes = 1 << 20,
+				      .buffers = 10, .total_lines = 5,
+				      .total_bytes = 1 << 20 };
+	uint64_t f, t;
+
+	backlog_set_limits(bl, &lim);
+	for (uint64_t s = 101; s <= 120; s++)
+		assert_int_equal(backlog_restore(bl, "#a", s, 0, "tail"), 0);
+	/* the order adoption uses: lines, dropped, then the range; the
+	 * tail dropped 101-115 here, newer than the range: it is gone, and
+	 * the adoption goes on */
+	assert_int_equal(backlog_restore_cold(bl, "#a", 1, 100), 0);
+	assert_int_equal(backlog_nlines(bl), 5);
+	assert_int_equal(backlog_dropped_seq(bl, "#a"), 115);
+	assert_int_equal(backlog_cold_range(bl, "#a", &f, &t), 0);
+	assert_int_equal(backlog_cold_after(bl, 0, NULL), 0);
+	/* the range first, then the tail: the same */
+	struct backlog *b2 = backlog_new(1000);
+	backlog_set_limits(b2, &lim);
+	assert_int_equal(backlog_restore_cold(b2, "#b", 1, 100), 0);
+	for (uint64_t s = 101; s <= 120; s++)
+		assert_int_equal(backlog_restore(b2, "#b", s, 0, "tail"), 0);
+	assert_int_equal(backlog_nlines(b2), 5);
+	/* the tail's own drops end the range (its lines were newer) */
+	assert_int_equal(backlog_cold_range(b2, "#b", &f, &t), 0);
+	backlog_free(bl);
+	backlog_free(b2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -873,6 +983,9 @@ int main(void)
 		cmocka_unit_test(test_foreach_gap),
 		cmocka_unit_test(test_trim_oldest),
 		cmocka_unit_test(test_restore_dropped),
+		cmocka_unit_test(test_unstored_seq),
+		cmocka_unit_test(test_restore_cold),
+		cmocka_unit_test(test_cold_tail_over_bounds),
 		cmocka_unit_test(test_flood_keeps_every_bound),
 	};
 

@@ -365,8 +365,8 @@ static void test_bound_arithmetic(void **state)
 	struct baton_config c = *config_default_values();
 	char why[512] = "";
 
-	assert_int_equal(state_bound(NULL), 16251989);
-	assert_int_equal(state_bound(&c), 16251989);
+	assert_int_equal(state_bound(NULL), 16254189);
+	assert_int_equal(state_bound(&c), 16254189);
 	assert_int_equal(state_check_config(&c, why, sizeof(why)), 0);
 	tune_many_channels(&c); /* past: 50 x 18,012 more */
 	assert_int_equal(state_check_config(&c, why, sizeof(why)), -EMSGSIZE);

@@ -35,7 +35,10 @@
 #include "sessiond/backlog.h"
 #include "sessiond/bouncer.h"
 #include "sessiond/history.h"
+#include "state.pb-c.h"
+#include "sessiond/item.h"
 #include "sessiond/session.h"
+#include "sessiond/state.h"
 #include "store/store.h"
 #include "test_env.h"
 
@@ -618,6 +621,228 @@ static void test_pending_except_not_by_address(void **state)
 	free(r2.buf);
 }
 
+
+/* ---- state schema 3: the backlog's position in the store ---- */
+
+/* Migrate the session in place, as a worker would to a schema-3 worker:
+ * freeze, write schema 3 with the store's durable seq (its member lists
+ * apart), release, adopt the bytes with copies of the sockets, arm.
+ * Returns the lines left out. */
+static size_t migrate_schema3(struct fixture *f, size_t *bytes)
+{
+	struct session *s = sess(f);
+	struct bouncer_item *it = &s->item, *none = NULL, *nit = NULL;
+	struct state_ctx ctx = { .schema = STATE_SCHEMA_STORE_POS };
+	struct state_result res;
+	uint8_t *buf = NULL, **lb = NULL;
+	size_t len = 0, *ll = NULL, nl = 0;
+	int fds[8];
+	char err[256] = "";
+
+	assert_int_equal(store_sync(history_store(f->h), 10000), 0);
+	for (int i = 0; i < 50; i++)
+		test_env_pump(f->e); /* the durable callback */
+	ctx.store_durable = store_durable_seq(history_store(f->h));
+	assert_true(ctx.store_durable > 0);
+	bouncer_item_freeze(it);
+	assert_int_equal(state_serialize(it, &ctx, &buf, &len, &res), 0);
+	assert_int_equal(state_serialize_lists(res.lists, res.nlists, 1 << 24,
+					       &lb, &ll, &nl), 0);
+	assert_true(it->nfds <= 8);
+	size_t nfds = it->nfds;
+	for (size_t i = 0; i < nfds; i++)
+		fds[i] = dup(it->fds[i]);
+	bouncer_item_release(it);
+	for (size_t i = 0; i < nl; i++) {
+		if (bouncer_item_adopt(f->e->b, lb[i], ll[i], NULL, 0, &none, err, sizeof(err)) < 0)
+			fail_msg("lists: %s", err);
+		free(lb[i]);
+	}
+	if (bouncer_item_adopt(f->e->b, buf, len, fds, nfds, &nit, err, sizeof(err)) < 0)
+		fail_msg("adopt: %s", err);
+	bouncer_chunk_end(f->e->b, true);
+	bouncer_item_arm(nit);
+	if (bytes)
+		*bytes = len;
+	free(lb);
+	free(ll);
+	free(buf);
+	free(res.lists);
+	return res.lines_stored;
+}
+
+/* What a client's replay got: from the first "line"/sample PRIVMSG on. */
+static const char *replayed(const struct rx *r)
+{
+	const char *p = r->buf ? memmem(r->buf, r->len, ":bob!b@host.example PRIVMSG #baton :hello there", 48) : NULL;
+	return p ? p : "";
+}
+
+/* After a schema-3 migration the committed lines are not in the state,
+ * yet a new client name replays exactly what it replayed before (the
+ * cache's lines: not the one #baton's bound had dropped), a client with
+ * a position gets every line after it once and in order, and the
+ * per-buffer bound's drop is kept. */
+static void test_schema3_replay_same(void **state)
+{
+	struct fixture *f = *state;
+	struct rx r = { 0 }, ra = { 0 }, rb = { 0 }, rp = { 0 };
+	struct backlog_limits lim;
+	int fd = attach(f, "laptop", &r, "a partial line\r\n");
+
+	/* #baton keeps 4 lines: its first "line" drops (and 1, 2, 4 of the
+	 * sample): the store has them, the cache does not */
+	backlog_get_limits(sess(f)->backlog, &lim);
+	lim.buffer_lines = 4;
+	backlog_set_limits(sess(f)->backlog, &lim);
+	send_lines(f, 6, 8, "#other"); /* first: the store read starts here */
+	assert_true(rx_wait_tries(f->e, &r, fd, ":line 8\r\n", 3000));
+	send_lines(f, 1, 5, "#baton");
+	assert_true(rx_wait_tries(f->e, &r, fd, ":line 5\r\n", 3000));
+	int fa = attach(f, "tabletA", &ra, ":line 5\r\n");
+	for (int i = 0; i < 100; i++)
+		test_env_pump(f->e);
+	rx_read_max(&ra, fa, 0);
+	close(fa);
+	for (int i = 0; i < 50; i++)
+		test_env_pump(f->e);
+
+	size_t bytes = 0, stored = migrate_schema3(f, &bytes);
+	assert_int_equal(stored, 7); /* #baton's 4 + #other's 3 */
+	assert_true(backlog_cold_after(sess(f)->backlog, 0, NULL) > 0);
+	assert_int_equal(backlog_nlines(sess(f)->backlog), 2); /* bob's, inline */
+
+	int fb = attach(f, "tabletB", &rb, ":line 5\r\n");
+	for (int i = 0; i < 100; i++)
+		test_env_pump(f->e);
+	rx_read_max(&rb, fb, 0);
+	assert_string_equal(replayed(&rb), replayed(&ra));
+	int got[64];
+	size_t n = numbered(&rb, got, 64);
+	/* 6-8, 2-5: not 1, which the store has between them */
+	static const int want[] = { 6, 7, 8, 2, 3, 4, 5 };
+	assert_int_equal(n, 7);
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(got[i], want[i]);
+	/* "phone" (position 4 of the sample): every line after 4, once */
+	int fp = attach(f, "phone", &rp, ":line 5\r\n");
+	for (int i = 0; i < 100; i++)
+		test_env_pump(f->e);
+	rx_read_max(&rp, fp, 0);
+	static const int all[] = { 6, 7, 8, 1, 2, 3, 4, 5 };
+	n = numbered(&rp, got, 64);
+	assert_int_equal(n, 8);
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(got[i], all[i]);
+	assert_non_null(memmem(rp.buf, rp.len, "NOTICE alice :ok", 16));
+	/* and the session goes on: a new line reaches everyone once */
+	send_lines(f, 9, 9, "#baton");
+	assert_true(rx_wait_tries(f->e, &rb, fb, ":line 9\r\n", 3000));
+	n = numbered(&rb, got, 64);
+	assert_int_equal(n, 8);
+	close(fd);
+	close(fb);
+	close(fp);
+	free(r.buf);
+	free(ra.buf);
+	free(rb.buf);
+	free(rp.buf);
+}
+
+/* A schema-3 adoption's ranges go back inline for an older receiver
+ * (history_cold_lines(), what a rollback writes): the same lines as
+ * before the first migration, in seq order per buffer. */
+static void test_schema3_rollback_inline(void **state)
+{
+	struct fixture *f = *state;
+	struct rx r = { 0 };
+	int fd = attach(f, "laptop", &r, "a partial line\r\n");
+
+	send_lines(f, 1, 5, "#baton");
+	assert_true(rx_wait_tries(f->e, &r, fd, ":line 5\r\n", 3000));
+	assert_int_equal(migrate_schema3(f, NULL), 5);
+	/* "phone" (position 4, no gap in the cache after it): its lines
+	 * after 4 are partly in the store only */
+	struct rx rp = { 0 };
+	int fp = attach(f, "phone", &rp, ":line 5\r\n");
+	for (int i = 0; i < 100; i++)
+		test_env_pump(f->e);
+	rx_read_max(&rp, fp, 0);
+	expect_range(&rp, 1, 5);
+	close(fp);
+	free(rp.buf);
+	/* a line after the migration: newer than the range, held */
+	send_lines(f, 6, 6, "#baton");
+	assert_true(rx_wait_tries(f->e, &r, fd, ":line 6\r\n", 3000));
+	struct session *s = sess(f);
+	struct state_cold_line *cold = NULL;
+	size_t ncold = 0, len;
+	assert_int_equal(history_cold_lines(f->h, s, &cold, &ncold), 0);
+	assert_int_equal(ncold, 5);
+	struct state_ctx ctx = { .schema = STATE_SCHEMA_INLINE, .cold = cold,
+				 .ncold = ncold };
+	struct state_result res;
+	uint8_t *buf;
+	bouncer_item_freeze(&s->item);
+	assert_int_equal(state_serialize(&s->item, &ctx, &buf, &len, &res), 0);
+	Baton__State__Item *pi = baton__state__item__unpack(NULL, len, buf);
+	assert_non_null(pi);
+	Baton__State__Buffer *pb = NULL;
+	for (size_t i = 0; i < pi->session->n_buffers; i++)
+		if (strcmp(pi->session->buffers[i]->name, "#baton") == 0)
+			pb = pi->session->buffers[i];
+	assert_non_null(pb);
+	assert_false(pb->has_stored_from || pb->has_stored_to);
+	/* inline: the sample's 1, 2, 4 and the line its partial input
+	 * became (numbered by the backlog: not stored), then the 5 cold */
+	assert_int_equal(pb->n_lines, 4 + 5 + 1);
+	for (size_t i = 1; i < pb->n_lines; i++)
+		assert_true(pb->lines[i]->seq > pb->lines[i - 1]->seq);
+	assert_string_equal(pb->lines[8]->line, ":bob!b@host.example PRIVMSG #baton :line 5");
+	assert_string_equal(pb->lines[9]->line, ":bob!b@host.example PRIVMSG #baton :line 6");
+	baton__state__item__free_unpacked(pi, NULL);
+	history_cold_lines_free(cold, ncold);
+	free(res.lists);
+	free(buf);
+	bouncer_item_thaw(&s->item);
+	close(fd);
+	free(r.buf);
+}
+
+
+/* An attached client after a schema-3 migration whose cache is all in the
+ * store (an empty cache): its position is at the ranges' end, so no store
+ * read, no replay: the next line reaches it live, once. */
+static void test_schema3_attached_no_read(void **state)
+{
+	struct fixture *f = *state;
+	struct rx r = { 0 };
+	struct history_stats hs;
+	int fd = attach(f, "laptop", &r, "a partial line\r\n");
+
+	(void)backlog_trim_oldest(sess(f)->backlog, 1 << 20); /* the sample's */
+	send_lines(f, 1, 5, "#baton");
+	assert_true(rx_wait_tries(f->e, &r, fd, ":line 5\r\n", 3000));
+	for (int i = 0; i < 50; i++)
+		test_env_pump(f->e);
+	history_stats(f->h, &hs);
+	uint64_t q0 = hs.replay_queries;
+	assert_int_equal(migrate_schema3(f, NULL), 5);
+	assert_int_equal(backlog_nlines(sess(f)->backlog), 0);
+	for (int i = 0; i < 50; i++)
+		test_env_pump(f->e);
+	history_stats(f->h, &hs);
+	assert_int_equal(hs.replay_queries, q0);
+	send_lines(f, 6, 6, "#baton");
+	assert_true(rx_wait_tries(f->e, &r, fd, ":line 6\r\n", 3000));
+	for (int i = 0; i < 50; i++)
+		test_env_pump(f->e);
+	rx_read_max(&r, fd, 0);
+	expect_range(&r, 1, 6);
+	close(fd);
+	free(r.buf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -632,6 +857,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_markers_bounded_never_evicted, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stalled_store_bounds_clients, setup_tiny, teardown),
 		cmocka_unit_test_setup_teardown(test_pending_except_not_by_address, setup_tiny, teardown),
+		cmocka_unit_test_setup_teardown(test_schema3_replay_same, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_schema3_rollback_inline, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_schema3_attached_no_read, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

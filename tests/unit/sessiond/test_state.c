@@ -22,7 +22,11 @@
 #include "state.pb-c.h"
 
 #include "sample_state.h"
+#include "sessiond/backlog.h"
 #include "sessiond/bouncer.h"
+#include "sessiond/item.h"
+#include "sessiond/session.h"
+#include "sessiond/state.h"
 
 
 static struct bouncer_item *adopt_ok(struct bouncer *b, const uint8_t *buf,
@@ -536,6 +540,246 @@ static void test_arm_resumes_io(void **state)
 	free(buf);
 }
 
+
+/* ---- state schema 3: positions in the store ---- */
+
+/* The sample's #baton buffer as schema 3 carries it when its store has
+ * committed its lines (1, 2, 4): no lines, the range 1-4. */
+static void drop_lines(Baton__State__Buffer *b)
+{
+	for (size_t i = 0; i < b->n_lines; i++)
+		baton__state__backlog_line__free_unpacked(b->lines[i], NULL);
+	b->n_lines = 0;
+}
+
+static void cold_baton(Baton__State__Item *item)
+{
+	Baton__State__Buffer *b = item->session->buffers[0];
+	drop_lines(b);
+	b->has_stored_from = b->has_stored_to = 1;
+	b->stored_from = 1;
+	b->stored_to = 4;
+}
+
+static void cold_beyond_next(Baton__State__Item *item)
+{
+	cold_baton(item);
+	item->session->buffers[0]->stored_to = 6; /* next_seq is 6 */
+}
+
+static void cold_from_zero(Baton__State__Item *item)
+{
+	cold_baton(item);
+	item->session->buffers[0]->stored_from = 0;
+}
+
+static void cold_reversed(Baton__State__Item *item)
+{
+	cold_baton(item);
+	item->session->buffers[0]->stored_from = 5;
+}
+
+static void cold_half(Baton__State__Item *item)
+{
+	cold_baton(item);
+	item->session->buffers[0]->has_stored_to = 0;
+}
+
+static void cold_below_dropped(Baton__State__Item *item)
+{
+	cold_baton(item);
+	item->session->buffers[0]->has_dropped_seq = 1;
+	item->session->buffers[0]->dropped_seq = 1;
+}
+
+/* Schema >= 2 writes the member lists apart: the lists item (one here)
+ * is returned in *lbuf when lbuf is not NULL. */
+static uint8_t *ser_schema_lists(struct bouncer_item *it, unsigned schema,
+				 uint64_t durable, size_t *len, size_t *stored,
+				 uint8_t **lbuf, size_t *llen)
+{
+	struct state_ctx ctx = { .schema = schema, .store_durable = durable };
+	struct state_result res;
+	uint8_t *buf = NULL, **bufs = NULL;
+	size_t *lens = NULL, n = 0;
+
+	assert_int_equal(state_serialize(it, &ctx, &buf, len, &res), 0);
+	if (lbuf) {
+		assert_int_equal(state_serialize_lists(res.lists, res.nlists, 1 << 24,
+						       &bufs, &lens, &n), 0);
+		assert_int_equal(n, 1);
+		*lbuf = bufs[0];
+		*llen = lens[0];
+		free(bufs);
+		free(lens);
+	}
+	free(res.lists);
+	if (stored)
+		*stored = res.lines_stored;
+	return buf;
+}
+
+static uint8_t *ser_schema(struct bouncer_item *it, unsigned schema,
+			   uint64_t durable, size_t *len, size_t *stored)
+{
+	return ser_schema_lists(it, schema, durable, len, stored, NULL, NULL);
+}
+
+static Baton__State__Buffer *find_buffer(Baton__State__Item *item, const char *name)
+{
+	for (size_t i = 0; i < item->session->n_buffers; i++)
+		if (strcmp(item->session->buffers[i]->name, name) == 0)
+			return item->session->buffers[i];
+	fail_msg("no buffer %s", name);
+	return NULL;
+}
+
+/* A schema-3 state adopts (the range remembered, nothing read), is written
+ * again the same in schema 3 (also with no store here: the range stays),
+ * round trips byte for byte through a second worker; schema 1 without a
+ * store to read the range from carries the inline lines only. */
+static void test_schema3_store_pos_roundtrip(void **state)
+{
+	struct fixture *f = *state;
+	struct bouncer *b2 = bouncer_new(f->base, NULL);
+	int ours[2], peers[2], ours2[2], peers2[2];
+	size_t len, alen, blen, clen, stored;
+	uint64_t from, to;
+	uint8_t *buf = sample_mutated(cold_baton, &len);
+
+	make_pairs(ours, peers, 2);
+	struct bouncer_item *it = adopt_ok(f->b, buf, len, ours, 2);
+	struct backlog *bl = it->session->backlog;
+	assert_int_equal(backlog_cold_range(bl, "#BATON", &from, &to), 1);
+	assert_int_equal(from, 1);
+	assert_int_equal(to, 4);
+	assert_int_equal(backlog_nlines(bl), 2); /* bob's */
+	assert_int_equal(backlog_cold_after(bl, 2, NULL), 4); /* "default" at 2 */
+	assert_int_equal(backlog_cold_after(bl, 4, NULL), 0); /* "phone" at 4 */
+
+	uint8_t *lists = NULL;
+	size_t llen = 0;
+	uint8_t *a = ser_schema_lists(it, STATE_SCHEMA_STORE_POS, 0, &alen, &stored,
+				      &lists, &llen);
+	assert_int_equal(stored, 0);
+	Baton__State__Item *pi = baton__state__item__unpack(NULL, alen, a);
+	assert_non_null(pi);
+	Baton__State__Buffer *pb = find_buffer(pi, "#baton");
+	assert_int_equal(pb->n_lines, 0);
+	assert_true(pb->has_stored_from && pb->has_stored_to);
+	assert_int_equal(pb->stored_from, 1);
+	assert_int_equal(pb->stored_to, 4);
+	assert_int_equal(find_buffer(pi, "bob")->n_lines, 2);
+	baton__state__item__free_unpacked(pi, NULL);
+
+	make_pairs(ours2, peers2, 2);
+	struct bouncer_item *none = (void *)1;
+	char err[256] = "";
+	if (bouncer_item_adopt(b2, lists, llen, NULL, 0, &none, err, sizeof(err)) < 0)
+		fail_msg("lists: %s", err);
+	struct bouncer_item *it2 = adopt_ok(b2, a, alen, ours2, 2);
+	bouncer_chunk_end(b2, true);
+	uint8_t *bb = ser_schema(it2, STATE_SCHEMA_STORE_POS, 0, &blen, NULL);
+	assert_int_equal(alen, blen);
+	assert_memory_equal(a, bb, alen);
+
+	/* schema 1 (a rollback) from a worker without a store: the range
+	 * cannot be read, only the inline lines travel, no range fields */
+	uint8_t *c = ser_schema(it2, STATE_SCHEMA_INLINE, 0, &clen, NULL);
+	pi = baton__state__item__unpack(NULL, clen, c);
+	pb = find_buffer(pi, "#baton");
+	assert_int_equal(pb->n_lines, 0);
+	assert_false(pb->has_stored_from || pb->has_stored_to);
+	baton__state__item__free_unpacked(pi, NULL);
+
+	bouncer_item_discard(it);
+	bouncer_item_discard(it2);
+	bouncer_free(b2);
+	close_all(peers, 2);
+	close_all(peers2, 2);
+	free(buf);
+	free(a);
+	free(bb);
+	free(c);
+	free(lists);
+}
+
+/* Lines with store seqs up to the store's durable seq leave the state;
+ * the newer ones (the store's queue) and those not known to be stored
+ * (the adopted sample's) travel inline; schema 2 and no store: all. */
+static void test_schema3_omits_committed(void **state)
+{
+	struct fixture *f = *state;
+	int ours[2], peers[2];
+	size_t len, alen, blen, stored;
+	uint8_t *buf = sample_item_pack(&len);
+
+	make_pairs(ours, peers, 2);
+	struct bouncer_item *it = adopt_ok(f->b, buf, len, ours, 2);
+	struct backlog *bl = it->session->backlog;
+	for (uint64_t seq = 10; seq <= 14; seq++) /* as the store numbers them */
+		assert_int_equal(backlog_append_at(bl, "#baton", seq, 0, ":x PRIVMSG #baton :s"), 0);
+	uint8_t *a = ser_schema(it, STATE_SCHEMA_STORE_POS, 12, &alen, &stored);
+	assert_int_equal(stored, 3);
+	Baton__State__Item *pi = baton__state__item__unpack(NULL, alen, a);
+	Baton__State__Buffer *pb = find_buffer(pi, "#baton");
+	assert_int_equal(pb->n_lines, 5); /* 1, 2, 4 (adopted), 13, 14 (queued) */
+	assert_int_equal(pb->lines[2]->seq, 4);
+	assert_int_equal(pb->lines[3]->seq, 13);
+	assert_int_equal(pb->stored_from, 10);
+	assert_int_equal(pb->stored_to, 12);
+	assert_int_equal(find_buffer(pi, "bob")->n_lines, 2);
+	assert_false(find_buffer(pi, "bob")->has_stored_from);
+	baton__state__item__free_unpacked(pi, NULL);
+
+	/* no store (durable 0) or an older receiver: every line inline */
+	uint8_t *b = ser_schema(it, STATE_SCHEMA_STORE_POS, 0, &blen, &stored);
+	assert_int_equal(stored, 0);
+	pi = baton__state__item__unpack(NULL, blen, b);
+	assert_int_equal(find_buffer(pi, "#baton")->n_lines, 8);
+	baton__state__item__free_unpacked(pi, NULL);
+	free(b);
+	b = ser_schema(it, STATE_SCHEMA_SHARED, 12, &blen, &stored);
+	assert_int_equal(stored, 0);
+	pi = baton__state__item__unpack(NULL, blen, b);
+	assert_int_equal(find_buffer(pi, "#baton")->n_lines, 8);
+	baton__state__item__free_unpacked(pi, NULL);
+	assert_true(alen < blen);
+
+	bouncer_item_discard(it);
+	close_all(peers, 2);
+	free(buf);
+	free(a);
+	free(b);
+}
+
+/* Hostile ranges: beyond next_seq (a position past the store's end the
+ * session itself never numbered), 0, reversed, half, at dropped_seq. */
+static void test_schema3_rejects(void **state)
+{
+	struct fixture *f = *state;
+	static const struct { mutate_fn fn; const char *why; } bad[] = {
+		{ cold_beyond_next, "next_seq" },
+		{ cold_from_zero, "bad stored range" },
+		{ cold_reversed, "bad stored range" },
+		{ cold_half, "bad stored range" },
+		{ cold_below_dropped, "bad stored range" },
+	};
+	int ours[2], peers[2];
+	size_t mlen;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		uint8_t *m = sample_mutated(bad[i].fn, &mlen);
+		make_pairs(ours, peers, 2);
+		expect_reject(f->b, m, mlen, ours, 2, -EINVAL, bad[i].why);
+		close_all(peers, 2);
+		free(m);
+	}
+	struct bouncer_stats st;
+	bouncer_stats(f->b, &st);
+	assert_int_equal(st.sessions, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -547,6 +791,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_arm_resumes_io, fixture_setup, fixture_teardown),
 		cmocka_unit_test_setup_teardown(test_unknown_fields_preserved, fixture_setup, fixture_teardown),
 		cmocka_unit_test_setup_teardown(test_adopt_mutations, fixture_setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_schema3_store_pos_roundtrip, fixture_setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_schema3_omits_committed, fixture_setup, fixture_teardown),
+		cmocka_unit_test_setup_teardown(test_schema3_rejects, fixture_setup, fixture_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
