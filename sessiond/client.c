@@ -200,6 +200,21 @@ void client_label_begin(struct client *cl, const char *label)
 	cl->label_from = conn_bytes_queued(cl->conn);
 }
 
+/* Whether a tag section (n bytes after the '@') has a batch tag. */
+static bool label_has_batch(const char *tags, size_t n)
+{
+	for (size_t i = 0; i < n;) {
+		size_t tl = 0;
+		while (i + tl < n && tags[i + tl] != ';')
+			tl++;
+		if (tl >= 5 && strncmp(tags + i, "batch", 5) == 0 &&
+		    (tl == 5 || tags[i + 5] == '='))
+			return true;
+		i += tl + 1;
+	}
+	return false;
+}
+
 /* line with `tag` ("key=value") added to its tag section; when that would
  * pass what a client takes, its other tags are left out (ours matter for
  * the client to find its answer). */
@@ -212,6 +227,14 @@ static void label_queue(struct client *cl, const char *tag, const char *line,
 	if (n && line[0] == '@') {
 		const char *sp = memchr(line, ' ', n);
 		size_t rest = n - 1;
+		if (sp && strncmp(tag, "batch=", 6) == 0 &&
+		    label_has_batch(line + 1, (size_t)(sp - line) - 1)) {
+			/* the line of a batch nested in ours (its BATCH +
+			 * has our tag): one batch per line */
+			snprintf(buf, sizeof(buf), "%.*s", (int)n, line);
+			conn_send(cl->conn, buf);
+			return;
+		}
 		if (sp && n + tl + 1 + 2 <= HEALTH_CLIENT_LINE_MAX &&
 		    (size_t)(sp - line) + tl + 1 <= IRC_MAX_TAGS) {
 			snprintf(buf, sizeof(buf), "@%s;%.*s", tag, (int)rest, line + 1);
