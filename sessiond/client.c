@@ -1843,29 +1843,35 @@ static bool client_only_tags(const char *tags, size_t n, char *out)
 
 /* The value of tag `key` in a client's tag section (`n` bytes after its
  * '@') as it was sent (escaped), into out[size]: false when it does not
- * fit (or is absent: "" then). */
+ * fit (or is absent: "" then). A repeated key: its last occurrence, as
+ * the message-tags spec says (irc_tag_get()). */
 static bool client_raw_tag(const char *tags, size_t n, const char *key,
 			   char *out, size_t size)
 {
 	size_t kl = strlen(key);
+	const char *val = NULL;
+	size_t vl = 0;
 
 	out[0] = '\0';
 	for (size_t i = 0; i < n;) {
 		size_t tl = 0;
 		while (i + tl < n && tags[i + tl] != ';' && tags[i + tl] != ' ')
 			tl++;
-		if (tl > kl && tags[i + kl] == '=' && strncmp(tags + i, key, kl) == 0) {
-			size_t vl = tl - kl - 1;
-			if (vl + 1 > size)
-				return false;
-			memcpy(out, tags + i + kl + 1, vl);
-			out[vl] = '\0';
-			return true;
+		if (tl >= kl && (tl == kl || tags[i + kl] == '=') &&
+		    strncmp(tags + i, key, kl) == 0) {
+			val = tags + i + kl + (tl > kl);
+			vl = tl > kl ? tl - kl - 1 : 0;
 		}
 		if (i + tl < n && tags[i + tl] == ' ')
 			break;
 		i += tl + 1;
 	}
+	if (val == NULL)
+		return true;
+	if (vl + 1 > size)
+		return false;
+	memcpy(out, val, vl);
+	out[vl] = '\0';
 	return true;
 }
 

@@ -182,6 +182,7 @@ static void test_label_bound(void **state)
 	say_fd(fd, line);
 	say_fd(fd, "@label=a\\sb;+x=y PING :esc");
 	say_fd(fd, "@label=;label PING :empty"); /* no value: no label */
+	say_fd(fd, "@label=zz;label=w2 PING :dup"); /* the last one counts */
 	say_fd(fd, "PING :after");
 	assert_true(rx_wait(e, &r, fd, "PONG irc.example.net :after\r\n"));
 	snprintf(line, sizeof line, "@label=%s :irc.example.net PONG irc.example.net :b64\r\n", l64);
@@ -193,6 +194,8 @@ static void test_label_bound(void **state)
 	assert_non_null(strstr(r.buf, "@label=a\\sb :irc.example.net PONG irc.example.net :esc\r\n"));
 	assert_non_null(strstr(r.buf, "\n:irc.example.net PONG irc.example.net :empty\r\n"));
 	assert_null(strstr(r.buf, "label= "));
+	assert_non_null(strstr(r.buf, "@label=w2 :irc.example.net PONG irc.example.net :dup\r\n"));
+	assert_null(strstr(r.buf, "label=zz"));
 
 	say_fd(plain, "@label=p1 PING :plain");
 	assert_true(rx_wait(e, &p, plain, "PONG irc.example.net :plain\r\n"));
