@@ -200,6 +200,21 @@ void client_label_begin(struct client *cl, const char *label)
 	cl->label_from = conn_bytes_queued(cl->conn);
 }
 
+/* Whether a tag section (n bytes after the '@') has a batch tag. */
+static bool label_has_batch(const char *tags, size_t n)
+{
+	for (size_t i = 0; i < n;) {
+		size_t tl = 0;
+		while (i + tl < n && tags[i + tl] != ';')
+			tl++;
+		if (tl >= 5 && strncmp(tags + i, "batch", 5) == 0 &&
+		    (tl == 5 || tags[i + 5] == '='))
+			return true;
+		i += tl + 1;
+	}
+	return false;
+}
+
 /* line with `tag` ("key=value") added to its tag section; when that would
  * pass what a client takes, its other tags are left out (ours matter for
  * the client to find its answer). */
@@ -212,6 +227,14 @@ static void label_queue(struct client *cl, const char *tag, const char *line,
 	if (n && line[0] == '@') {
 		const char *sp = memchr(line, ' ', n);
 		size_t rest = n - 1;
+		if (sp && strncmp(tag, "batch=", 6) == 0 &&
+		    label_has_batch(line + 1, (size_t)(sp - line) - 1)) {
+			/* the line of a batch nested in ours (its BATCH +
+			 * has our tag): one batch per line */
+			snprintf(buf, sizeof(buf), "%.*s", (int)n, line);
+			conn_send(cl->conn, buf);
+			return;
+		}
 		if (sp && n + tl + 1 + 2 <= HEALTH_CLIENT_LINE_MAX &&
 		    (size_t)(sp - line) + tl + 1 <= IRC_MAX_TAGS) {
 			snprintf(buf, sizeof(buf), "@%s;%.*s", tag, (int)rest, line + 1);
@@ -1820,29 +1843,35 @@ static bool client_only_tags(const char *tags, size_t n, char *out)
 
 /* The value of tag `key` in a client's tag section (`n` bytes after its
  * '@') as it was sent (escaped), into out[size]: false when it does not
- * fit (or is absent: "" then). */
+ * fit (or is absent: "" then). A repeated key: its last occurrence, as
+ * the message-tags spec says (irc_tag_get()). */
 static bool client_raw_tag(const char *tags, size_t n, const char *key,
 			   char *out, size_t size)
 {
 	size_t kl = strlen(key);
+	const char *val = NULL;
+	size_t vl = 0;
 
 	out[0] = '\0';
 	for (size_t i = 0; i < n;) {
 		size_t tl = 0;
 		while (i + tl < n && tags[i + tl] != ';' && tags[i + tl] != ' ')
 			tl++;
-		if (tl > kl && tags[i + kl] == '=' && strncmp(tags + i, key, kl) == 0) {
-			size_t vl = tl - kl - 1;
-			if (vl + 1 > size)
-				return false;
-			memcpy(out, tags + i + kl + 1, vl);
-			out[vl] = '\0';
-			return true;
+		if (tl >= kl && (tl == kl || tags[i + kl] == '=') &&
+		    strncmp(tags + i, key, kl) == 0) {
+			val = tags + i + kl + (tl > kl);
+			vl = tl > kl ? tl - kl - 1 : 0;
 		}
 		if (i + tl < n && tags[i + tl] == ' ')
 			break;
 		i += tl + 1;
 	}
+	if (val == NULL)
+		return true;
+	if (vl + 1 > size)
+		return false;
+	memcpy(out, val, vl);
+	out[vl] = '\0';
 	return true;
 }
 

@@ -505,10 +505,10 @@ static void *writer(void *arg)
 			atomic_store(&st->durable, durable);
 			pthread_cond_broadcast(&st->done);
 			pthread_mutex_unlock(&st->lock);
-			if (backoff_ms) {
-				backoff_ms = 0;
-				clear_error(st);
-			}
+			/* also what a failed retention step or seq
+			 * reservation left (set_error()) */
+			backoff_ms = 0;
+			clear_error(st);
 			free_ops(batch);
 			notify(st);
 			pthread_mutex_lock(&st->lock);
@@ -700,9 +700,12 @@ void store_dispatch(struct store *st)
 		if (st->cb.durable)
 			st->cb.durable(st->cb_arg, d);
 	}
+	/* A failure cleared before this dispatch read it is told, then its
+	 * clearing: the callback's last word is the store's state (the
+	 * worker offers draft/chathistory on it, history.h). */
 	if (err_new && st->cb.error)
-		st->cb.error(st->cb_arg, msg);
-	else if (cleared && st->cb.error)
+		st->cb.error(st->cb_arg, msg[0] ? msg : "a commit failed (it succeeded since)");
+	if (cleared && msg[0] == '\0' && st->cb.error)
 		st->cb.error(st->cb_arg, NULL);
 	if (space && st->cb.space)
 		st->cb.space(st->cb_arg);

@@ -157,6 +157,25 @@ static int check_has_problem(const struct config_problems *p, const char *msg)
 	return 0;
 }
 
+/* Whether a line of `sessiond --check -c config` is a warning: it says so
+ * right after the config's name and line ("CONFIG: warning: ",
+ * "CONFIG:12: warning: "); a problem that quotes ": warning: " elsewhere
+ * (a path, a value) stays a problem. */
+static bool check_sessiond_warning(const char *line, const char *config)
+{
+	size_t n = strlen(config);
+	const char *p = line + n;
+
+	if (strncmp(line, config, n) != 0)
+		return false;
+	if (p[0] == ':' && p[1] >= '0' && p[1] <= '9') {
+		p++;
+		while (*p >= '0' && *p <= '9')
+			p++;
+	}
+	return strncmp(p, ": warning: ", 11) == 0;
+}
+
 /* Run `sessiond --check -c config`; its problem lines join ours (the ones
  * we found already, e.g. shared config problems, are not repeated), its
  * warning lines (": warning: ") our warnings. */
@@ -233,7 +252,7 @@ static void check_sessiond_run(const char *sessiond, const char *config,
 		     line = strtok_r(NULL, "\n", &save)) {
 			if (strcmp(line, "ok") == 0 || line[0] == '\0')
 				continue;
-			if (strstr(line, ": warning: ") != NULL) {
+			if (check_sessiond_warning(line, config)) {
 				if (!check_has_problem(warn, line))
 					config_problems_add(warn, "%s", line);
 				continue;

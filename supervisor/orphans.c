@@ -182,7 +182,7 @@ int orphans_adopt(const char *state_dir, struct orphan *o, int wait_ms)
 {
 	DIR *d = opendir(state_dir);
 	struct dirent *e;
-	int found = 0, others = 0, unanswered = 0;
+	int found = 0, others = 0, unanswered = 0, refusing = 0;
 
 	memset(o, 0, sizeof(*o));
 	o->ctl = o->pidfd = -1;
@@ -205,6 +205,13 @@ int orphans_adopt(const char *state_dir, struct orphan *o, int wait_ms)
 				usleep(20000);
 			if (found == -2)
 				unanswered++;
+			/* Still refusing when the wait ends: a live worker
+			 * (it accepted) with a supervisor, or whose supervisor
+			 * just exited (`systemctl restart`) unseen yet: under
+			 * systemd the listeners come passed, no bind would
+			 * stop a second worker serving beside it. */
+			if (found == -1)
+				refusing++;
 			found = found > 0;
 			continue;
 		}
@@ -225,6 +232,14 @@ int orphans_adopt(const char *state_dir, struct orphan *o, int wait_ms)
 		}
 	}
 	closedir(d);
+	if (refusing) {
+		log_error("supervisor", "%d live worker(s) still refuse the adoption after %d ms "
+			  "(another supervisor runs for them, or theirs just exited and they "
+			  "have not seen it yet): not starting another worker beside them; "
+			  "try again in a moment", refusing, wait_ms);
+		orphan_clear(o);
+		return 2;
+	}
 	if (unanswered) {
 		log_error("supervisor", "%d live worker(s) did not answer the adoption in time "
 			  "(still in a migration?) or cannot be watched: not starting another "

@@ -48,7 +48,10 @@ struct orphan {
 /* 1: *o filled; 0: no orphan; 2: do not start a worker (*o empty;
  * logged with the pids): several orphans with sessions, or a live worker
  * that did not answer within ORPHANS_TIMEOUT_MS (still in the migration
- * its dead supervisor started) or cannot be watched (no pidfd). Never fails otherwise
+ * its dead supervisor started) or cannot be watched (no pidfd), or a
+ * live worker that still refuses (closes the rendezvous: it has a
+ * supervisor, or has not seen yet that its own exited) when wait_ms ends.
+ * Never fails otherwise
  * (problems are logged: a supervisor that cannot adopt starts as if there
  * were none, and the listener bind then says what is in the way). */
 int orphans_adopt(const char *state_dir, struct orphan *o, int wait_ms);

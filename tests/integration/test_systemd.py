@@ -592,3 +592,54 @@ def test_sigterm_restart_during_migration_stops_everything(ctx):
           "stopping every worker instead" in b.log_text(), "log:\n" + b.log_tail())
     bl.wait_for(lambda: not test_supervisor_crash.worker_pids(ctx), 15,
                 what="every worker to exit")
+
+
+def test_refusing_worker_no_second_worker(ctx):
+    """A live worker that still refuses the adoption when the new
+    supervisor's wait ends (main.c MAIN_ORPHAN_WAIT_MS; after `systemctl
+    restart`, one that has not read its old supervisor's EOF within it:
+    played here by a rendezvous socket that accepts and closes, its owner
+    alive) is left alone: the supervisor exits 1 without starting a worker
+    beside it (systemd's Restart= asks again). Regression: a refusal that
+    outlasted the wait counted as "no orphan", and under systemd (the
+    listeners passed, no bind to fail) a second worker served the same
+    sessions beside the one left serving."""
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=1, channels=("#chat",))
+    state = os.path.join(b.dir, "state")
+    os.makedirs(state, exist_ok=True)
+    rv = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    rv.bind(os.path.join(state, "worker-%d.sock" % os.getpid()))
+    rv.listen(8)
+    rv.settimeout(0.2)
+    stop = threading.Event()
+
+    def refuse():
+        while not stop.is_set():
+            try:
+                conn, _ = rv.accept()
+            except (socket.timeout, OSError):
+                continue
+            conn.close()
+
+    t = threading.Thread(target=refuse, daemon=True)
+    t.start()
+
+    def done():
+        stop.set()
+        t.join(2)
+        rv.close()
+    ctx.on_close(done)
+    logp = os.path.join(ctx.dir, "refused.log")
+    with open(logp, "wb") as logf:
+        p = ctx.procs.popen([b.build.supervisor, "-c", b.config], cwd=b.dir,
+                            stdout=logf, stderr=subprocess.STDOUT)
+    try:
+        rc = p.wait(15)
+    except subprocess.TimeoutExpired:
+        rc = None
+    log = open(logp, errors="replace").read()
+    check(rc == 1, "supervisor exit %r (want 1):\n%s" % (rc, log))
+    check("spawned pid" not in log and "adopted" not in log,
+          "a worker started beside the refusing one:\n%s" % log)
+    check("still refuse the adoption" in log, "no reason in the log:\n%s" % log)

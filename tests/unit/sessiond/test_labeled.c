@@ -182,6 +182,7 @@ static void test_label_bound(void **state)
 	say_fd(fd, line);
 	say_fd(fd, "@label=a\\sb;+x=y PING :esc");
 	say_fd(fd, "@label=;label PING :empty"); /* no value: no label */
+	say_fd(fd, "@label=zz;label=w2 PING :dup"); /* the last one counts */
 	say_fd(fd, "PING :after");
 	assert_true(rx_wait(e, &r, fd, "PONG irc.example.net :after\r\n"));
 	snprintf(line, sizeof line, "@label=%s :irc.example.net PONG irc.example.net :b64\r\n", l64);
@@ -193,6 +194,8 @@ static void test_label_bound(void **state)
 	assert_non_null(strstr(r.buf, "@label=a\\sb :irc.example.net PONG irc.example.net :esc\r\n"));
 	assert_non_null(strstr(r.buf, "\n:irc.example.net PONG irc.example.net :empty\r\n"));
 	assert_null(strstr(r.buf, "label= "));
+	assert_non_null(strstr(r.buf, "@label=w2 :irc.example.net PONG irc.example.net :dup\r\n"));
+	assert_null(strstr(r.buf, "label=zz"));
 
 	say_fd(plain, "@label=p1 PING :plain");
 	assert_true(rx_wait(e, &p, plain, "PONG irc.example.net :plain\r\n"));
@@ -240,6 +243,61 @@ static void test_many_lines_batch(void **state)
 	assert_true(end > start);
 	/* nothing after the batch's end but nothing */
 	assert_string_equal(end + strlen(want), "");
+	free(r.buf);
+	close(fd);
+	test_env_free(e);
+}
+
+/* An answer that is a batch itself (BOUNCER LISTNETWORKS: a
+ * soju.im/bouncer-networks batch) nests in the labeled-response batch:
+ * its BATCH + carries the outer @batch, the lines inside it keep their
+ * own @batch only (a second batch tag on one line is two batches at
+ * once). */
+static void test_nested_batch(void **state)
+{
+	struct test_env *e = env(NULL, false);
+	struct rx r = { 0 };
+	int fd = client(e, &r, "lab", "batch labeled-response soju.im/bouncer-networks", true);
+	size_t mark = r.len;
+
+	say_fd(fd, "@label=n1 BOUNCER LISTNETWORKS");
+	assert_true(rx_wait(e, &r, fd, ":irc.example.net BATCH -L"));
+	assert_true(rx_wait(e, &r, fd, "\r\n"));
+	settle(e, &r, fd);
+	const char *start = strstr(r.buf + mark, "@label=n1 :irc.example.net BATCH +L");
+	assert_non_null(start);
+	char ref[24], inner[24], want[96];
+	assert_int_equal(sscanf(start, "@label=n1 :irc.example.net BATCH +%23s labeled-response", ref), 1);
+	/* the inner batch's start: in the outer one */
+	const char *in = strstr(r.buf + mark, " soju.im/bouncer-networks\r\n");
+	assert_non_null(in);
+	while (in > r.buf + mark && in[-1] != '\n')
+		in--;
+	snprintf(want, sizeof want, "@batch=%s :", ref);
+	assert_memory_equal(in, want, strlen(want));
+	const char *plus = strstr(in, " BATCH +");
+	assert_non_null(plus);
+	assert_int_equal(sscanf(plus, " BATCH +%23s", inner), 1);
+	/* its lines: in it only */
+	snprintf(want, sizeof want, "@batch=%s :", inner);
+	size_t nnet = 0;
+	for (const char *l = strstr(r.buf + mark, " BOUNCER NETWORK "); l;
+	     l = strstr(l + 1, " BOUNCER NETWORK ")) {
+		const char *b = l;
+		while (b > r.buf + mark && b[-1] != '\n')
+			b--;
+		assert_memory_equal(b, want, strlen(want));
+		nnet++;
+	}
+	assert_true(nnet >= 1);
+	/* one batch tag per line */
+	for (const char *l = r.buf + mark; *l; l = strstr(l, "\r\n") + 2) {
+		const char *sp = strchr(l, ' ');
+		size_t n = 0;
+		for (const char *t = l; t < sp; t++)
+			n += strncmp(t, "batch=", 6) == 0;
+		assert_true(n <= 1);
+	}
 	free(r.buf);
 	close(fd);
 	test_env_free(e);
@@ -387,6 +445,7 @@ int main(void)
 		cmocka_unit_test(test_spec_examples),
 		cmocka_unit_test(test_label_bound),
 		cmocka_unit_test(test_many_lines_batch),
+		cmocka_unit_test(test_nested_batch),
 		cmocka_unit_test(test_tagmsg_service),
 		cmocka_unit_test(test_labeled_echo_mark),
 		cmocka_unit_test(test_async_edit_labeled),

@@ -73,6 +73,7 @@ struct events {
 	uint64_t durable;
 	int space;
 	int errors;
+	bool failing; /* what the error callback said last */
 };
 
 static void on_durable(void *arg, uint64_t seq)
@@ -89,6 +90,7 @@ static void on_error(void *arg, const char *msg)
 {
 	if (msg)
 		((struct events *)arg)->errors++;
+	((struct events *)arg)->failing = msg != NULL;
 }
 static const struct store_callbacks cbs = { on_durable, on_space, on_error };
 
@@ -1276,6 +1278,80 @@ static void test_commit_retry(void **state)
 	store_close(st);
 }
 
+/* ---- the error callback's last word is the store's state: a failed
+ * commit that succeeded again before the event loop dispatched is told as
+ * a failure, then as cleared (not as failing for good: the worker withdraws
+ * draft/chathistory while it fails, history.h); a failed retention step is
+ * cleared by the next commit that succeeds ---- */
+
+static uint64_t failures(struct store *st)
+{
+	struct store_stats s = { 0 };
+	/* the counters come first; the line counts fail while a lock is
+	 * held (PostgreSQL) */
+	(void)store_stats(st, &s, NULL, 0);
+	return s.commit_failures;
+}
+
+/* Dispatch until the callback says the store is not failing (2 s). */
+static void wait_cleared(struct store *st, struct events *ev)
+{
+	for (int i = 0; i < 100 && ev->failing; i++) {
+		struct pollfd p = { store_fd(st), POLLIN, 0 };
+		poll(&p, 1, 20);
+		store_dispatch(st);
+	}
+	assert_false(ev->failing);
+}
+
+static void test_error_cleared(void **state)
+{
+	fresh_url();
+	struct store_options o = opts();
+	o.lock_timeout_ms = 50;
+	o.max_age_ms = 1; /* every line is old: retention has work */
+	struct events ev = { 0 };
+	struct store *st = open_ok(&o, &ev);
+	uint64_t a = append(st, "n", "#c", 1, "known network");
+	wait_durable(st, &ev, a);
+	/* Fails and succeeds again with no dispatch in between. */
+	struct holder hd = { 0 };
+	hold(&hd);
+	uint64_t b = append(st, "n", "#c", 2, "waits for the lock");
+	for (int i = 0; i < 500 && failures(st) == 0; i++)
+		usleep(10000);
+	assert_true(failures(st) >= 1);
+	release(&hd);
+	for (int i = 0; i < 500 && store_queued(st) > 0; i++)
+		usleep(10000);
+	assert_int_equal(store_queued(st), 0);
+	wait_durable(st, &ev, b);
+	assert_true(ev.errors >= 1); /* told */
+	wait_cleared(st, &ev);
+	/* A retention step fails; then a commit succeeds. */
+	uint64_t c = append(st, "n", "#c", 3, "old at once");
+	wait_durable(st, &ev, c);
+	uint64_t f = failures(st);
+	int errors = ev.errors;
+	hd = (struct holder){ 0 };
+	hold(&hd);
+	store_retention_now(st);
+	for (int i = 0; i < 500 && failures(st) == f; i++)
+		usleep(10000);
+	assert_true(failures(st) > f);
+	release(&hd);
+	for (int i = 0; i < 100 && ev.errors == errors; i++) {
+		struct pollfd p = { store_fd(st), POLLIN, 0 };
+		poll(&p, 1, 20);
+		store_dispatch(st);
+	}
+	assert_true(ev.failing);
+	uint64_t d = append(st, "n", "#c", 4, "commits");
+	wait_durable(st, &ev, d);
+	wait_cleared(st, &ev);
+	store_close(st);
+}
+
 /* ---- bounds ---- */
 
 static void test_bounds(void **state)
@@ -1395,6 +1471,7 @@ int main(void)
 		cmocka_unit_test(test_backpressure),
 		cmocka_unit_test(test_reconnect),
 		cmocka_unit_test(test_commit_retry),
+		cmocka_unit_test(test_error_cleared),
 		cmocka_unit_test(test_two_handles),
 		cmocka_unit_test(test_bounds),
 		cmocka_unit_test(test_pg_connect_timeout),

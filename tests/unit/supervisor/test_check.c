@@ -332,6 +332,62 @@ static void test_check_state_dir_rendezvous_length(void **state)
 	rmdir(dir);
 }
 
+/* The worker's --check lines: a warning is one it wrote as
+ * "CONFIG: warning: " (or "CONFIG:LINE: warning: "); a problem that only
+ * quotes ": warning: " (a store_path holding it) stays a problem. */
+static void test_check_sessiond_warning_lines(void **state)
+{
+	struct config_problems pr = { 0 }, warn = { 0 };
+	struct baton_config *cfg = NULL;
+	char path[512], fake[512], text[1024];
+	FILE *f;
+
+	(void)state;
+	snprintf(dir, sizeof(dir), "%s/baton-check-XXXXXX",
+		 getenv("TMPDIR") && getenv("TMPDIR")[0] ? getenv("TMPDIR") : "/tmp");
+	assert_non_null(mkdtemp(dir));
+	assert_int_equal(chdir(dir), 0); /* the cwd of earlier tests is gone */
+	snprintf(fake, sizeof(fake), "%s/fake-sessiond", dir);
+	f = fopen(fake, "w");
+	assert_non_null(f);
+	/* called as: fake --check -c CONFIG */
+	fputs("#!/bin/sh\n"
+	      "echo \"$3: [sessiond] store: /x: warning: y/history.db: unable to open database file\"\n"
+	      "echo \"$3: warning: [sessiond] store: could not connect to server\"\n"
+	      "exit 1\n", f);
+	fclose(f);
+	assert_int_equal(chmod(fake, 0755), 0);
+	snprintf(text, sizeof(text),
+		 "[supervisor]\n"
+		 "sessiond = %s\n"
+		 "control = %s/c.sock\n"
+		 "[listen]\n"
+		 "irc = 127.0.0.1:1\n", fake, dir);
+	snprintf(path, sizeof(path), "%s/baton.ini", dir);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fputs(text, f);
+	fclose(f);
+	assert_int_equal(config_load(path, &cfg, &pr), 0);
+	check_environment(cfg, fake, &pr, &warn);
+	for (size_t i = 0; i < pr.n; i++)
+		printf("  problem: %s\n", pr.msgs[i]);
+	for (size_t i = 0; i < warn.n; i++)
+		printf("  warning: %s\n", warn.msgs[i]);
+	assert_true(has(&pr, "unable to open database file"));
+	assert_false(has(&warn, "unable to open database file"));
+	assert_false(has(&pr, "without saying why"));
+	assert_true(has(&warn, "could not connect to server"));
+	assert_false(has(&pr, "could not connect to server"));
+	config_problems_clear(&pr);
+	config_problems_clear(&warn);
+	config_free(cfg);
+	unlink(path);
+	unlink(fake);
+	assert_int_equal(chdir("/"), 0);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -339,6 +395,7 @@ int main(void)
 		cmocka_unit_test(test_check_capacity_and_bind),
 		cmocka_unit_test(test_check_capacity_startup),
 		cmocka_unit_test(test_check_state_dir_rendezvous_length),
+		cmocka_unit_test(test_check_sessiond_warning_lines),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
