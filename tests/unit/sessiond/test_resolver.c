@@ -60,7 +60,7 @@ struct held {
 struct dns {
 	int fd;
 	struct event *ev;
-	char conf[64];
+	char conf[512];
 	int queries, answered;
 	struct held late[8];
 	int nlate;
@@ -190,7 +190,10 @@ static void dns_start(struct dns *d, struct event_base *base)
 	assert_int_equal(getsockname(d->fd, (struct sockaddr *)&sin, &slen), 0);
 	d->ev = event_new(base, d->fd, EV_READ | EV_PERSIST, dns_readable, d);
 	event_add(d->ev, NULL);
-	snprintf(d->conf, sizeof(d->conf), "/tmp/baton-resolv-%d.conf", (int)getpid());
+	const char *tmp = getenv("TMPDIR"); /* tests honour TMPDIR */
+
+	snprintf(d->conf, sizeof(d->conf), "%s/baton-resolv-%d.conf",
+		 tmp && *tmp ? tmp : "/tmp", (int)getpid());
 	f = fopen(d->conf, "w");
 	assert_non_null(f);
 	/* ndots:1 + no search list: names are asked as they are */
