@@ -746,6 +746,16 @@ static int check_name(const char *s)
 	return strlen(s) > STORE_NAME_MAX ? -E2BIG : 0;
 }
 
+/* Tests only (tests/unit/store/test_store_race.c compiles this file with
+ * -DSTORE_TEST_HOOKS): a hook run right after enqueue() let go of the
+ * lock, where the writer may run; nothing in a normal build. */
+#ifdef STORE_TEST_HOOKS
+void store_test_enqueued(struct store *st);
+#define STORE_TEST_ENQUEUED(st) store_test_enqueued(st)
+#else
+#define STORE_TEST_ENQUEUED(st) ((void)0)
+#endif
+
 /* Queue o (built by the caller) with a fresh seq, or refuse it. */
 static int enqueue(struct store *st, struct op *o, uint64_t *seq)
 {
@@ -788,12 +798,18 @@ static int enqueue(struct store *st, struct op *o, uint64_t *seq)
 	st->nbytes += o->size;
 	if (st->nops == 1)
 		st->head_ns = clock_mono_ns();
+	/* Read under the lock: once it is released, the writer may commit
+	 * and free o at any moment (o->seq read after the unlock was freed
+	 * memory under load: a garbage seq the session's backlog took as its
+	 * next one, so every later append was out of range for good). */
+	uint64_t got = o->seq;
 	/* Wake the writer when it may be idle, or the block runs low. */
 	if (st->nops == 1 || st->block_end - st->next_seq < st->o.seq_block / 2)
 		pthread_cond_signal(&st->wake);
 	pthread_mutex_unlock(&st->lock);
+	STORE_TEST_ENQUEUED(st);
 	if (seq)
-		*seq = o->seq;
+		*seq = got;
 	return 0;
 }
 
