@@ -224,15 +224,20 @@ rollback:
 	return r;
 }
 
-static void set_error(struct store *st, const char *what)
+static void set_error_text(struct store *st, const char *what,
+			   const char *why)
 {
 	pthread_mutex_lock(&st->lock);
-	snprintf(st->err, sizeof st->err, "%s: %s", what,
-		 st->ops->error(st->wdb));
+	snprintf(st->err, sizeof st->err, "%s: %s", what, why);
 	st->err_new = true;
 	st->stats.commit_failures++;
 	pthread_mutex_unlock(&st->lock);
 	notify(st);
+}
+
+static void set_error(struct store *st, const char *what)
+{
+	set_error_text(st, what, st->ops->error(st->wdb));
 }
 
 static void clear_error(struct store *st)
@@ -256,6 +261,14 @@ static int reserve_block(struct store *st)
 	pthread_mutex_unlock(&st->lock);
 	uint64_t first;
 	int r = st->ops->reserve(st->wdb, floor, st->o.seq_block, &first);
+	/* A block below the floor asked for, or one the database's signed
+	 * 64-bit seqs cannot hold: the floor is beyond them (a corrupt seq).
+	 * A failure (reported, retried with backoff), not a block to throw
+	 * away and reserve again at once: that spun for good, a commit per
+	 * turn, and no append was ever taken. */
+	if (r == 0 && (floor == 0 || first < floor ||
+		       first > (uint64_t)INT64_MAX - st->o.seq_block))
+		r = -ERANGE;
 	pthread_mutex_lock(&st->lock);
 	if (r == 0) {
 		if (first <= st->floor) {
@@ -401,8 +414,14 @@ static void *writer(void *arg)
 		if (need_block) {
 			st->reserving = true;
 			pthread_mutex_unlock(&st->lock);
-			if (reserve_block(st) < 0) {
+			int rr = reserve_block(st);
+			if (rr == -ERANGE) {
+				set_error_text(st, "reserving seqs",
+					       "the sequence floor is beyond the database's seqs");
+			} else if (rr < 0) {
 				set_error(st, "reserving seqs");
+			}
+			if (rr < 0) {
 				backoff_ms = backoff_ms ? backoff_ms * 2 : 50;
 				if (backoff_ms > 5000)
 					backoff_ms = 5000;
