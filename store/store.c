@@ -224,15 +224,20 @@ rollback:
 	return r;
 }
 
-static void set_error(struct store *st, const char *what)
+static void set_error_text(struct store *st, const char *what,
+			   const char *why)
 {
 	pthread_mutex_lock(&st->lock);
-	snprintf(st->err, sizeof st->err, "%s: %s", what,
-		 st->ops->error(st->wdb));
+	snprintf(st->err, sizeof st->err, "%s: %s", what, why);
 	st->err_new = true;
 	st->stats.commit_failures++;
 	pthread_mutex_unlock(&st->lock);
 	notify(st);
+}
+
+static void set_error(struct store *st, const char *what)
+{
+	set_error_text(st, what, st->ops->error(st->wdb));
 }
 
 static void clear_error(struct store *st)
@@ -256,6 +261,14 @@ static int reserve_block(struct store *st)
 	pthread_mutex_unlock(&st->lock);
 	uint64_t first;
 	int r = st->ops->reserve(st->wdb, floor, st->o.seq_block, &first);
+	/* A block below the floor asked for, or one the database's signed
+	 * 64-bit seqs cannot hold: the floor is beyond them (a corrupt seq).
+	 * A failure (reported, retried with backoff), not a block to throw
+	 * away and reserve again at once: that spun for good, a commit per
+	 * turn, and no append was ever taken. */
+	if (r == 0 && (floor == 0 || first < floor ||
+		       first > (uint64_t)INT64_MAX - st->o.seq_block))
+		r = -ERANGE;
 	pthread_mutex_lock(&st->lock);
 	if (r == 0) {
 		if (first <= st->floor) {
@@ -401,8 +414,14 @@ static void *writer(void *arg)
 		if (need_block) {
 			st->reserving = true;
 			pthread_mutex_unlock(&st->lock);
-			if (reserve_block(st) < 0) {
+			int rr = reserve_block(st);
+			if (rr == -ERANGE) {
+				set_error_text(st, "reserving seqs",
+					       "the sequence floor is beyond the database's seqs");
+			} else if (rr < 0) {
 				set_error(st, "reserving seqs");
+			}
+			if (rr < 0) {
 				backoff_ms = backoff_ms ? backoff_ms * 2 : 50;
 				if (backoff_ms > 5000)
 					backoff_ms = 5000;
@@ -749,6 +768,16 @@ static int check_name(const char *s)
 	return strlen(s) > STORE_NAME_MAX ? -E2BIG : 0;
 }
 
+/* Tests only (tests/unit/store/test_store_race.c compiles this file with
+ * -DSTORE_TEST_HOOKS): a hook run right after enqueue() let go of the
+ * lock, where the writer may run; nothing in a normal build. */
+#ifdef STORE_TEST_HOOKS
+void store_test_enqueued(struct store *st);
+#define STORE_TEST_ENQUEUED(st) store_test_enqueued(st)
+#else
+#define STORE_TEST_ENQUEUED(st) ((void)0)
+#endif
+
 /* Queue o (built by the caller) with a fresh seq, or refuse it. */
 static int enqueue(struct store *st, struct op *o, uint64_t *seq)
 {
@@ -780,7 +809,7 @@ static int enqueue(struct store *st, struct op *o, uint64_t *seq)
 		free(o);
 		return r;
 	}
-	uint64_t oseq = o->seq = st->next_seq++;
+	o->seq = st->next_seq++;
 	st->last_seq = o->seq;
 	if (st->tail)
 		st->tail->next = o;
@@ -791,14 +820,18 @@ static int enqueue(struct store *st, struct op *o, uint64_t *seq)
 	st->nbytes += o->size;
 	if (st->nops == 1)
 		st->head_ns = clock_mono_ns();
+	/* Read under the lock: once it is released, the writer may commit
+	 * and free o at any moment (o->seq read after the unlock was freed
+	 * memory under load: a garbage seq the session's backlog took as its
+	 * next one, so every later append was out of range for good). */
+	uint64_t got = o->seq;
 	/* Wake the writer when it may be idle, or the block runs low. */
 	if (st->nops == 1 || st->block_end - st->next_seq < st->o.seq_block / 2)
 		pthread_cond_signal(&st->wake);
 	pthread_mutex_unlock(&st->lock);
-	/* not o->seq: once the lock is released the writer may commit and
-	 * free o (found by ASan in sessiond_history) */
+	STORE_TEST_ENQUEUED(st);
 	if (seq)
-		*seq = oseq;
+		*seq = got;
 	return 0;
 }
 

@@ -199,7 +199,9 @@ int store_set_retention(struct store *st, const char *network,
 			int64_t max_age_ms, int64_t max_bytes);
 /* Several hosts: a network that arrives from another host must get seqs
  * above what it had there. Every seq handed out after this call is above
- * `seq` (appends may return -EAGAIN until a block above it is reserved). */
+ * `seq` (appends may return -EAGAIN until a block above it is reserved).
+ * A floor the database cannot go above (its seqs are signed 64-bit) leaves
+ * every append refused with -EAGAIN, the `error` callback saying why. */
 void store_seq_floor(struct store *st, uint64_t seq);
 
 uint64_t store_durable_seq(const struct store *st);
