@@ -57,8 +57,10 @@ static int setup(void **state)
 	snprintf(dir, sizeof dir, "%s/baton-store-race-XXXXXX", tmp && *tmp ? tmp : "/tmp");
 	assert_non_null(mkdtemp(dir));
 	snprintf(path, sizeof path, "%s/race.db", dir);
-	/* freed memory reads 0x5a bytes (new allocations 0xa5) */
-	assert_int_equal(mallopt(M_PERTURB, 0x5a), 1);
+	/* freed memory reads 0x5a bytes (new allocations 0xa5); under ASan
+	 * mallopt() is not glibc's and fails, and ASan reports the
+	 * use-after-free itself */
+	(void)mallopt(M_PERTURB, 0x5a);
 	return 0;
 }
 
