@@ -544,7 +544,11 @@ def test_store_custody_checkpoint_positions(ctx):
     ctx.loop.run_for(0.5)
     cu = b.status()["custody"]
     bl.log("custody before the kill: %r" % cu)
-    check(cu["checkpoint_bytes"] < N * 100, "the checkpoint holds the lines: %r" % cu)
+    # The log (not compacted yet) also holds the records written during the
+    # burst, whose lines were not committed yet and so went inline: how
+    # many depends on timing (11 KB alone, 53 KB on a loaded 2-core CI
+    # run). With every line inline (schema 2) it was 251 KB.
+    check(cu["checkpoint_bytes"] < 120 * 1000, "the checkpoint holds the lines: %r" % cu)
     m1 = len(c.lines)
     old = b.worker_pid()
     os.kill(old, signal.SIGKILL)
