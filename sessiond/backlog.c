@@ -779,13 +779,14 @@ int backlog_restore(struct backlog *bl, const char *buffer, uint64_t seq,
 	return 0;
 }
 
-int backlog_restore_dropped(struct backlog *bl, const char *buffer,
-			    uint64_t dropped_seq)
+/* backlog_restore_dropped() and backlog_restore_cold(): the buffer named
+ * `buffer`, created (its last seq `seq`) when the backlog has none yet. */
+static int restored_buffer(struct backlog *bl, const char *buffer,
+			   uint64_t seq, struct bl_buffer **out, bool *created)
 {
 	struct bl_buffer *b;
 
-	if (!bl || !buffer || dropped_seq == 0 || dropped_seq == UINT64_MAX)
-		return -EINVAL;
+	*created = false;
 	if (buffer_lookup(bl, buffer, &b) < 0)
 		return -ENOMEM;
 	if (!b) {
@@ -795,19 +796,42 @@ int backlog_restore_dropped(struct backlog *bl, const char *buffer,
 		if (!b)
 			return -ENOMEM;
 		buffer_insert(bl, b);
-		b->last_seq = dropped_seq;
+		b->last_seq = seq;
 		enforce_limits(bl, b);
-	} else if (b->len > 0 && ring_at(b, 0)->seq <= dropped_seq) {
-		return -EINVAL; /* it cannot have dropped a line after one it holds */
+		*created = true;
 	}
+	*out = b;
+	return 0;
+}
+
+/* A restored seq was handed out: the buffer's last, the backlog's highest
+ * and next seqs move past it. */
+static void restored_seq(struct backlog *bl, struct bl_buffer *b, uint64_t seq)
+{
+	if (seq > b->last_seq)
+		b->last_seq = seq;
+	if (seq > bl->high_seq)
+		bl->high_seq = seq;
+	if (bl->next_seq <= seq)
+		bl->next_seq = seq + 1;
+}
+
+int backlog_restore_dropped(struct backlog *bl, const char *buffer,
+			    uint64_t dropped_seq)
+{
+	struct bl_buffer *b;
+
+	if (!bl || !buffer || dropped_seq == 0 || dropped_seq == UINT64_MAX)
+		return -EINVAL;
+	bool created;
+
+	if (restored_buffer(bl, buffer, dropped_seq, &b, &created) < 0)
+		return -ENOMEM;
+	if (!created && b->len > 0 && ring_at(b, 0)->seq <= dropped_seq)
+		return -EINVAL; /* it cannot have dropped a line after one it holds */
 	if (dropped_seq > b->dropped_seq)
 		b->dropped_seq = dropped_seq;
-	if (dropped_seq > b->last_seq)
-		b->last_seq = dropped_seq;
-	if (dropped_seq > bl->high_seq)
-		bl->high_seq = dropped_seq;
-	if (bl->next_seq <= dropped_seq)
-		bl->next_seq = dropped_seq + 1;
+	restored_seq(bl, b, dropped_seq);
 	return 0;
 }
 
@@ -920,29 +944,16 @@ int backlog_restore_cold(struct backlog *bl, const char *buffer, uint64_t from,
 
 	if (!bl || !buffer || from == 0 || from > to || to == UINT64_MAX)
 		return -EINVAL;
-	if (buffer_lookup(bl, buffer, &b) < 0)
+	bool created;
+
+	if (restored_buffer(bl, buffer, to, &b, &created) < 0)
 		return -ENOMEM;
-	if (!b) {
-		if (buffer_reserve(bl) < 0)
-			return -ENOMEM;
-		b = buffer_create(bl, buffer);
-		if (!b)
-			return -ENOMEM;
-		buffer_insert(bl, b);
-		b->last_seq = to;
-		enforce_limits(bl, b);
-	}
 	/* Its lines restored before dropped some (a receiver with smaller
 	 * bounds): those were newer than the range's lower part, which goes
 	 * first (cold_valid()). */
 	b->cold_from = from;
 	b->cold_to = to;
-	if (to > b->last_seq)
-		b->last_seq = to;
-	if (to > bl->high_seq)
-		bl->high_seq = to;
-	if (bl->next_seq <= to)
-		bl->next_seq = to + 1;
+	restored_seq(bl, b, to);
 	return 0;
 }
 

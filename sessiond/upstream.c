@@ -1314,8 +1314,6 @@ static bool h_366(struct up_ctx *x)
 		for (size_t i = ch->sh->nmembers; i-- > 0;) {
 			char key[NAMES_MAX_LEN + 1];
 
-			if (i >= ch->sh->nmembers)
-				continue;
 			snprintf(key, sizeof(key), "%s", ch->sh->members[i].nick);
 			irc_casefold(key);
 			if (strmap_get(ch->names_seen, key) == NULL) {

@@ -334,6 +334,33 @@ def toks_ids(msgs):
     return [(bl.tokens(m.params[-1])[0], tag_dict(m.tags).get("msgid")) for m in msgs]
 
 
+def attached_and_away(ctx, b, s, dave):
+    """A history client ('hist', HCAPS) attached to session s, and a client
+    'phone' that saw dave's line 0 and then left: returns the first."""
+    from test_ircv3 import negotiate
+    c = negotiate(ctx, b, s, "hist", HCAPS)
+    pho = bl.bouncer_client(ctx.loop, b, s, client="phone")
+    dave.privmsg("#chat", "<<dave:0>> seen")
+    wait_tokens(ctx, pho, [("dave", 0)], settle=0.2)
+    pho.quit("away")
+    ctx.loop.run_until(lambda: pho.closed, 5, "phone closed after QUIT")
+    return c
+
+
+def fresh_replay(ctx, b, s, name, want):
+    """What a client of a new name replays (up to `want` PRIVMSGs), as
+    toks_ids(); it leaves again."""
+    from test_ircv3 import negotiate, privmsgs
+    f = negotiate(ctx, b, s, name, HCAPS)
+    ctx.loop.run_until(lambda: len(privmsgs(f)) >= want, 15,
+                       "%s replay" % name, raise_on_timeout=False)
+    ctx.loop.run_for(0.3)
+    got = toks_ids(privmsgs(f))
+    f.quit("bye")
+    ctx.loop.run_until(lambda: f.closed, 5, "%s closed" % name)
+    return got
+
+
 def test_store_chathistory(ctx):
     """draft/chathistory against the store: CAP LS offers batch and
     draft/chathistory, 005 says CHATHISTORY=100; LATEST (with * and with a
@@ -433,12 +460,7 @@ def test_store_upgrade_carries_positions(ctx):
     bB = ctx.builds["b"].require()
     ng, w, b, dave = setup(ctx)
     s = b.sessions[0]
-    c = negotiate(ctx, b, s, "hist", HCAPS)
-    pho = bl.bouncer_client(ctx.loop, b, s, client="phone")
-    dave.privmsg("#chat", "<<dave:0>> seen")
-    wait_tokens(ctx, pho, [("dave", 0)], settle=0.2)
-    pho.quit("away")
-    ctx.loop.run_until(lambda: pho.closed, 5, "phone closed after QUIT")
+    c = attached_and_away(ctx, b, s, dave)
     m0 = len(c.lines)
     N = 200
     pad = "x" * 80
@@ -453,14 +475,7 @@ def test_store_upgrade_carries_positions(ctx):
     ctx.loop.run_for(1.5)  # committed, positions written
 
     def fresh(name):
-        f = negotiate(ctx, b, s, name, HCAPS)
-        ctx.loop.run_until(lambda: len(privmsgs(f)) >= N + 1, 15,
-                           "%s replay" % name, raise_on_timeout=False)
-        ctx.loop.run_for(0.3)
-        got = toks_ids(privmsgs(f))
-        f.quit("bye")
-        ctx.loop.run_until(lambda: f.closed, 5, "%s closed" % name)
-        return got
+        return fresh_replay(ctx, b, s, name, N + 1)
 
     def latest():
         return toks_ids(history(ctx, c, "LATEST #chat * 100", "latest")[1])
@@ -514,12 +529,7 @@ def test_store_custody_checkpoint_positions(ctx):
     ng, w, b, dave = setup(ctx, supervisor_opts={"custody": "yes",
                                                  "custody_checkpoint_ms": 50})
     s = b.sessions[0]
-    c = negotiate(ctx, b, s, "hist", HCAPS)
-    pho = bl.bouncer_client(ctx.loop, b, s, client="phone")
-    dave.privmsg("#chat", "<<dave:0>> seen")
-    wait_tokens(ctx, pho, [("dave", 0)], settle=0.2)
-    pho.quit("away")
-    ctx.loop.run_until(lambda: pho.closed, 5, "phone closed after QUIT")
+    c = attached_and_away(ctx, b, s, dave)
     m0 = len(c.lines)
     N = 300
     pad = "y" * 100
@@ -530,14 +540,7 @@ def test_store_custody_checkpoint_positions(ctx):
     ctx.loop.run_for(1.5)  # committed, a checkpoint record after it
 
     def fresh(name):
-        f = negotiate(ctx, b, s, name, HCAPS)
-        ctx.loop.run_until(lambda: len(privmsgs(f)) >= N + 1, 15,
-                           "%s replay" % name, raise_on_timeout=False)
-        ctx.loop.run_for(0.3)
-        got = toks_ids(privmsgs(f))
-        f.quit("bye")
-        ctx.loop.run_until(lambda: f.closed, 5, "%s closed" % name)
-        return got
+        return fresh_replay(ctx, b, s, name, N + 1)
     before = fresh("fresh1")
     check([t for t, _ in before] == [("dave", n) for n in range(0, N + 1)],
           "a new client before the kill: %s" % before)
