@@ -76,6 +76,10 @@ struct history {
 	int64_t progress_ms;
 	uint64_t appended, refused, errors, commit_failures, replay_queries;
 	int64_t error_logged_ms;
+	/* read markers not yet queued, over every session (the sum of their
+	 * ndirty): the loops over all sessions that write them run only when
+	 * it is not 0, so a commit costs O(1), not O(sessions) */
+	size_t dirty_markers;
 };
 
 /* ---- options ---- */
@@ -128,7 +132,7 @@ static void on_durable(void *arg, uint64_t durable_seq)
 
 	(void)durable_seq;
 	/* the next batch of each session's read markers (markers_write()) */
-	for (struct history_session *hs = h->sessions; hs; hs = hs->next)
+	for (struct history_session *hs = h->sessions; hs && h->dirty_markers; hs = hs->next)
 		if (hs->ndirty)
 			markers_write(hs);
 }
@@ -477,6 +481,7 @@ static void markers_write_all(struct history_session *hs)
 		}
 		m->dirty = false;
 		hs->ndirty--;
+		h->dirty_markers--;
 	}
 	if (lost)
 		log_error("store", "%s: %zu read markers not queued for the store (%s)",
@@ -504,6 +509,7 @@ static void hs_free(struct history_session *hs)
 	if (hs->mquery)
 		store_query_cancel(h->st, hs->mquery);
 	markers_write_all(hs);
+	h->dirty_markers -= hs->ndirty; /* those it could not queue are lost */
 	for (size_t i = 0; i < hs->nmarkers; i++)
 		free(hs->markers[i].target);
 	free(hs->markers);
@@ -907,7 +913,7 @@ static void history_tick(evutil_socket_t fd, short what, void *arg)
 	/* A refusal whose space callback came while frozen sessions held
 	 * the lines: try again. */
 	history_flush_all(h);
-	for (struct history_session *hs = h->sessions; hs; hs = hs->next)
+	for (struct history_session *hs = h->sessions; hs && h->dirty_markers; hs = hs->next)
 		if (hs->ndirty)
 			markers_write(hs);
 	history_check_stall(h, clock_mono_ms());
@@ -1231,6 +1237,7 @@ static void markers_write(struct history_session *hs)
 			hs->marker_op = op;
 		m->dirty = false;
 		hs->ndirty--;
+		h->dirty_markers--;
 		n++;
 	}
 }
@@ -1345,6 +1352,7 @@ int history_marker_set(struct history *h, struct session *s,
 	if (!m->dirty) {
 		m->dirty = true;
 		hs->ndirty++;
+		hs->h->dirty_markers++;
 	}
 	markers_write(hs);
 	return 1;
