@@ -127,6 +127,7 @@ struct baton_config {
 
 	/* [sessiond] */
 	int backlog_lines;      /* per buffer */
+	int backlog_cache_lines; /* per buffer in memory with a store */
 	/* The bounds of one session's state, so that every session can always
 	 * migrate (sessiond/state.h: the worst case of a session with every
 	 * bound reached must fit one migration message; the worker's preflight

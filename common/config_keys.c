@@ -97,6 +97,16 @@ const struct config_key config_keys[] = {
 	  .def = 500, .min = 1, .max = 1000000,
 	  .doc = "lines kept per buffer (channel or private query) for replay to "
 		 "clients that were away; beyond, the buffer's oldest line goes" },
+	{ CONFIG_SESSIOND, "backlog_cache_lines", CONFIG_INT,
+	  .offset = G(backlog_cache_lines),
+	  .def = 50, .min = 1, .max = 1000000,
+	  .doc = "with a message store (`store`), lines of each buffer kept in "
+		 "memory (at most `backlog_lines`); older ones are only in the "
+		 "store, read back when a client needs them: a client name that "
+		 "attached before gets every line after its position, a new client"
+		 " name the lines in memory (as ZNC's default 50), CHATHISTORY "
+		 "clients ask for more. Bounds the worker's memory per session "
+		 "whatever the traffic. Without a store `backlog_lines` applies" },
 	{ CONFIG_SESSIOND, "backlog_buffer_bytes", CONFIG_INT,
 	  .offset = G(backlog_buffer_bytes),
 	  .def = 256 << 10, .min = 1024, .max = 64 << 20,

@@ -53,6 +53,11 @@ void session_limits_get(const struct baton_config *cfg, struct session_limits *o
 			.total_bytes = L(backlog_session_bytes),
 		},
 	};
+	/* With a store the in-memory backlog is a cache (history.h): its
+	 * buffers keep backlog_cache_lines, older lines stay in the store. */
+	if (cfg->store_backend != CONFIG_STORE_OFF &&
+	    L(backlog_cache_lines) < out->backlog.buffer_lines)
+		out->backlog.buffer_lines = L(backlog_cache_lines);
 #undef L
 }
 

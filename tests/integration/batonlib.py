@@ -584,6 +584,7 @@ def roomy_backlog(lines):
     and member-list bounds, so that the worker's preflight still finds every
     session able to fit one migration message (sessiond/state.h)."""
     return {"backlog_lines": lines,
+            "backlog_cache_lines": lines,  # in memory too, store or not
             "backlog_buffer_bytes": 8 << 20,
             "backlog_session_lines": min(2 * lines, 60000),
             "backlog_session_bytes": 8 << 20,

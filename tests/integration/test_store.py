@@ -151,6 +151,41 @@ def test_store_backpressure_pauses(ctx):
           % (len(got), n, [x for x in want if x not in got][:5]))
 
 
+def test_store_cache_bound(ctx):
+    """With a store the backlog in memory is a cache: each buffer keeps
+    backlog_cache_lines (here 20) lines, however many arrive (the worker's
+    memory per session stops growing). A client name that attached before
+    gets every one of the 120 lines it missed (100 of them only in the
+    store), in order and once; a client name new to the session gets what
+    the cache holds, the last 20; the attached client loses nothing."""
+    ng, w, b, dave = setup(ctx, sessiond_opts=dict(STORE, backlog_cache_lines=20))
+    s = b.sessions[0]
+    lap = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    pho = bl.bouncer_client(ctx.loop, b, s, client="phone")
+    dave.privmsg("#chat", "<<dave:0>> seen")
+    wait_tokens(ctx, pho, [("dave", 0)], settle=0.2)
+    pho.quit("detach")
+    ctx.loop.run_until(lambda: pho.closed, 5, "phone closed after QUIT")
+    n = 120
+    for i in range(1, n + 1):
+        dave.privmsg("#chat", "<<dave:%d>> missed" % i)
+    missed = [("dave", i) for i in range(1, n + 1)]
+    got = wait_tokens(ctx, lap, [("dave", 0)] + missed, timeout=20, settle=0.2)
+    check(got == [("dave", 0)] + missed, "laptop (attached): %d lines, missing %s"
+          % (len(got), [x for x in missed if x not in got][:5]))
+    ctx.loop.run_for(1.5)  # a commit and the position tick
+    pho = bl.bouncer_client(ctx.loop, b, s, client="phone")
+    got = wait_tokens(ctx, pho, missed, timeout=20, settle=0.5)
+    check(got == missed, "phone (known name): %d of %d lines, first missing %s, %d twice"
+          % (len(got), n, [x for x in missed if x not in got][:5], len(got) - len(set(got))))
+    so = b.worker().get("store") or {}
+    check(so.get("replay_queries", 0) >= 1, "the phone's replay did not read the store: %s" % so)
+    tab = bl.bouncer_client(ctx.loop, b, s, client="tablet")
+    got = wait_tokens(ctx, tab, missed[-20:], timeout=10, settle=0.5)
+    check(got == missed[-20:], "tablet (new name): expected the cache's last 20 lines, got %d: %s..."
+          % (len(got), got[:3]))
+
+
 def test_store_msgid_stable_across_restart(ctx):
     """A client with message-tags gets a msgid on every line, live or
     replayed: a line replayed from the store after a full restart has the
@@ -449,12 +484,13 @@ def test_store_upgrade_carries_positions(ctx):
     carries what the store committed as positions, not lines: the result's
     state_bytes are a fraction of what the same backlog costs inline and
     backlog_lines_in_store counts the lines left behind. After it, a new
-    client name replays exactly what one replayed before (same lines, same
-    msgids), a client that was away replays exactly what it missed with the
-    msgids the lines had live, CHATHISTORY answers the same. Then a
-    migration to the released build (schema 1 only, no store) gets those
-    lines inline (read back from the store): a new client there replays
-    the whole backlog. The store is the default (sqlite): the released
+    client name replays exactly what one replayed before (the cache: the
+    last backlog_cache_lines of each buffer; same lines, same msgids), a
+    client that was away replays exactly what it missed (all 200, most only
+    in the store) with the msgids the lines had live, CHATHISTORY answers
+    the same. Then a migration to the released build (schema 1 only, no
+    store) gets the cache's lines inline (read back from the store): a new
+    client there replays them. The store is the default (sqlite): the released
     build knows no store keys."""
     from test_ircv3 import negotiate, privmsgs
     bB = ctx.builds["b"].require()
@@ -474,21 +510,31 @@ def test_store_upgrade_carries_positions(ctx):
     check([t for t, _ in live] == [("dave", n) for n in range(1, N + 1)], "live: %s" % live)
     ctx.loop.run_for(1.5)  # committed, positions written
 
+    # a new client name gets what the cache holds: the last
+    # backlog_cache_lines (50) of each buffer, in seq order
+    bufs = {}
+    for n in range(0, N + 1):
+        bufs.setdefault("q" if n and n % 5 == 0 else ("#chat" if n == 0 or n % 2 else "#ops"),
+                        []).append(n)
+    cached = [("dave", n) for n in sorted(n for v in bufs.values() for n in v[-50:])]
+
     def fresh(name):
-        return fresh_replay(ctx, b, s, name, N + 1)
+        return fresh_replay(ctx, b, s, name, len(cached))
 
     def latest():
         return toks_ids(history(ctx, c, "LATEST #chat * 100", "latest")[1])
     before = fresh("fresh1")
-    check([t for t, _ in before] == [("dave", n) for n in range(0, N + 1)],
-          "a new client before the upgrade: %s" % before)
+    check([t for t, _ in before] == cached,
+          "a new client before the upgrade: %s\nwant %s" % (before, cached))
     hist_before = latest()
     rc, res = b.upgrade(bB)
     check(rc == 0 and res.get("result") == "committed", "upgrade: %s" % res)
     in_store = res.get("backlog_lines_in_store") or 0
     bytes3 = res.get("state_bytes") or 0
-    check(in_store >= N, "backlog_lines_in_store %r, want >= %d: %s" % (in_store, N, res))
-    check(0 < bytes3 < N * 100, "state_bytes %r for %d lines of 100+ bytes" % (bytes3, N))
+    check(in_store >= len(cached) - 1, "backlog_lines_in_store %r, want >= %d: %s"
+          % (in_store, len(cached) - 1, res))
+    check(0 < bytes3 < len(cached) * 100, "state_bytes %r for %d lines of 100+ bytes"
+          % (bytes3, len(cached)))
     after = fresh("fresh2")
     check(after == before, "a new client after the upgrade: %s\nbefore: %s" % (after, before))
     check(latest() == hist_before, "CHATHISTORY changed across the upgrade")
@@ -506,15 +552,14 @@ def test_store_upgrade_carries_positions(ctx):
     rc, res = b.upgrade(rel)
     check(rc == 0 and res.get("result") == "committed", "to the released build: %s" % res)
     bytes1 = res.get("state_bytes") or 0
-    check(bytes1 > N * 100 and bytes3 * 3 < bytes1,
+    check(bytes1 > len(cached) * 80 and bytes3 * 3 < bytes1,
           "state_bytes: schema 3 %d, schema 1 %d (want < 1/3)" % (bytes3, bytes1))
     check(not res.get("backlog_lines_in_store"), "schema 1 left lines in the store: %s" % res)
     bl.log("state_bytes: schema 3 %d (%d lines in the store), schema 1 %d"
            % (bytes3, in_store, bytes1))
     f = bl.bouncer_client(ctx.loop, b, s, client="fresh3")
-    got = wait_tokens(ctx, f, [("dave", n) for n in range(0, N + 1)], timeout=15)
-    check(got == [("dave", n) for n in range(0, N + 1)],
-          "a new client on the released build: %s" % got)
+    got = wait_tokens(ctx, f, cached, timeout=15)
+    check(got == cached, "a new client on the released build: %s" % got)
 
 
 def test_store_custody_checkpoint_positions(ctx):
@@ -527,7 +572,8 @@ def test_store_custody_checkpoint_positions(ctx):
     and gets nothing twice."""
     from test_ircv3 import negotiate, privmsgs
     ng, w, b, dave = setup(ctx, supervisor_opts={"custody": "yes",
-                                                 "custody_checkpoint_ms": 50})
+                                                 "custody_checkpoint_ms": 50},
+                           sessiond_opts={"backlog_cache_lines": 500})
     s = b.sessions[0]
     c = attached_and_away(ctx, b, s, dave)
     m0 = len(c.lines)

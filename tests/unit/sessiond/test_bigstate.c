@@ -118,6 +118,8 @@ static struct env *env_new_with(tune_fn tune, size_t out, size_t in, const char 
 	assert_non_null(e);
 	e->baseline_fds = count_open_fds();
 	e->cfg = *config_default_values();
+	/* every bound in memory: the cache is as large as the backlog */
+	e->cfg.backlog_cache_lines = e->cfg.backlog_lines;
 	e->cfg.path = "/test/baton.ini";
 	e->net = (struct config_network){ .name = "example", .host = "127.0.0.1", .port = "1" };
 	e->user = (struct config_user){ .name = "alice", .password = "x" };
@@ -531,6 +533,7 @@ static void test_drop_notice_rate_limited(void **state)
 static void tune_above_frame(struct baton_config *c)
 {
 	c->backlog_lines = 1000000;
+	c->backlog_cache_lines = 1000000;
 	c->backlog_buffer_bytes = 64 << 20;
 	c->backlog_session_lines = 1000000;
 	c->backlog_session_bytes = 64 << 20;

@@ -158,6 +158,8 @@ int test_env_register(struct test_env *e, const char *pass, int rcvbuf)
 static void config_init(struct test_env *e, const struct test_env_opts *o)
 {
 	e->cfg.backlog_lines = o->backlog_lines;
+	/* the bound the test means is the one in memory (store or not) */
+	e->cfg.backlog_cache_lines = o->backlog_lines;
 	e->cfg.max_clients_per_session = o->max_clients;
 	if (o->backlog_bytes > 0) {
 		e->cfg.backlog_buffer_bytes = o->backlog_bytes;
