@@ -399,6 +399,21 @@ static void free_ops(struct op *o)
 	}
 }
 
+/* After a failed commit or seq reservation: wait 50 ms, doubling up to 5 s
+ * (*backoff_ms), before the next attempt; store_close() ends the wait at
+ * once (it signals wake), so closing a failing store takes one more
+ * attempt, not the rest of a 5 s sleep. Called and returns with the lock
+ * held. */
+static void backoff_wait(struct store *st, int64_t *backoff_ms)
+{
+	*backoff_ms = *backoff_ms ? *backoff_ms * 2 : 50;
+	if (*backoff_ms > 5000)
+		*backoff_ms = 5000;
+	int64_t until = deadline_ns(*backoff_ms);
+	while (!st->closing && clock_mono_ns() < until)
+		timed_wait(&st->wake, &st->lock, until);
+}
+
 static void *writer(void *arg)
 {
 	struct store *st = arg;
@@ -421,15 +436,9 @@ static void *writer(void *arg)
 			} else if (rr < 0) {
 				set_error(st, "reserving seqs");
 			}
-			if (rr < 0) {
-				backoff_ms = backoff_ms ? backoff_ms * 2 : 50;
-				if (backoff_ms > 5000)
-					backoff_ms = 5000;
-				struct timespec ts = { backoff_ms / 1000,
-						       (backoff_ms % 1000) * 1000000 };
-				nanosleep(&ts, NULL);
-			}
 			pthread_mutex_lock(&st->lock);
+			if (rr < 0)
+				backoff_wait(st, &backoff_ms);
 			if (st->closing && !st->head)
 				break;
 			continue;
@@ -496,17 +505,10 @@ static void *writer(void *arg)
 				st->inflight = 0;
 				pthread_mutex_unlock(&st->lock);
 				set_error(st, "commit failed");
-				if (closing) {
-					pthread_mutex_lock(&st->lock);
-					break; /* store_close(): one attempt */
-				}
-				backoff_ms = backoff_ms ? backoff_ms * 2 : 50;
-				if (backoff_ms > 5000)
-					backoff_ms = 5000;
-				struct timespec ts = { backoff_ms / 1000,
-						       (backoff_ms % 1000) * 1000000 };
-				nanosleep(&ts, NULL);
 				pthread_mutex_lock(&st->lock);
+				if (closing)
+					break; /* store_close(): one attempt */
+				backoff_wait(st, &backoff_ms);
 				continue;
 			}
 			uint64_t durable = last->seq;

@@ -7,6 +7,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "common/clock.h"
 #include "store/store.h"
 
 #include <errno.h>
@@ -1304,6 +1305,38 @@ static void wait_cleared(struct store *st, struct events *ev)
 	assert_false(ev->failing);
 }
 
+/* ---- Bug: the writer slept out its backoff (up to 5 s) after a failed
+ * commit without looking at store_close(), so stopping a worker whose store
+ * had been failing for a while took seconds. Now the close ends the wait:
+ * one more attempt, then it returns. ---- */
+
+static void test_close_ends_backoff(void **state)
+{
+	fresh_url();
+	struct store_options o = opts();
+	o.lock_timeout_ms = 50;
+	struct events ev = { 0 };
+	struct store *st = open_ok(&o, &ev);
+	uint64_t a = append(st, "n", "#c", 1, "known network");
+	wait_durable(st, &ev, a);
+	struct holder hd = { 0 };
+	hold(&hd);
+	append(st, "n", "#c", 2, "waits for the lock");
+	/* 7 failures: the waits so far were 50+100+...+1600 ms, the writer is
+	 * now in a wait of 3.2 s */
+	for (int i = 0; i < 1000 && failures(st) < 7; i++)
+		usleep(10000);
+	assert_true(failures(st) >= 7);
+	int64_t t0 = clock_mono_ms();
+	assert_int_equal(store_close(st), 1); /* one attempt, still locked */
+	int64_t took = clock_mono_ms() - t0;
+	release(&hd);
+	if (took > 1000)
+		fail_msg("store_close() took %lld ms (the writer slept out its backoff)",
+			 (long long)took);
+	(void)state;
+}
+
 static void test_error_cleared(void **state)
 {
 	fresh_url();
@@ -1504,6 +1537,7 @@ int main(void)
 		cmocka_unit_test(test_reconnect),
 		cmocka_unit_test(test_commit_retry),
 		cmocka_unit_test(test_error_cleared),
+		cmocka_unit_test(test_close_ends_backoff),
 		cmocka_unit_test(test_two_handles),
 		cmocka_unit_test(test_floor_beyond_seqs),
 		cmocka_unit_test(test_bounds),
