@@ -150,6 +150,30 @@ void client_send_tagged(struct client *cl, const char *line, int64_t time_ms)
 void client_send_full(struct client *cl, const char *tags, const char *line,
 		      int64_t time_ms)
 {
+	if (cl->relay_tag) {
+		/* The answer to its labeled command: our tag first, then
+		 * what it would get otherwise, within the bounds (else our
+		 * tag and @time alone: the client finds its answer). */
+		bool net = (cl->caps & CLIENT_CAP_MESSAGE_TAGS) && tags && tags[0];
+		bool add_time = (cl->caps & CLIENT_CAP_SERVER_TIME) &&
+				!(net && irc_tag_get(tags, "time", NULL, 0));
+		char ts[32] = "";
+		size_t tl;
+
+		if (add_time)
+			clock_format_server_time(time_ms ? time_ms : clock_wall_ms(), ts);
+		tl = 1 + strlen(cl->relay_tag) + (net ? 1 + strlen(tags) : 0) +
+		     (add_time ? 6 + strlen(ts) : 0) + 1;
+		if (tl > IRC_MAX_TAGS || tl + strlen(line) + 2 > HEALTH_CLIENT_LINE_MAX) {
+			net = false;
+			add_time = cl->caps & CLIENT_CAP_SERVER_TIME;
+			if (add_time)
+				clock_format_server_time(time_ms ? time_ms : clock_wall_ms(), ts);
+		}
+		conn_sendf(cl->conn, "@%s%s%s%s%s %s", cl->relay_tag, net ? ";" : "",
+			   net ? tags : "", add_time ? ";time=" : "", add_time ? ts : "", line);
+		return;
+	}
 	if ((cl->caps & CLIENT_CAP_MESSAGE_TAGS) && tags && tags[0]) {
 		/* The network's tags as they came (message-tags), with our
 		 * @time if the client asked for server-time and they have
@@ -1662,6 +1686,33 @@ static void client_message(struct client *cl, struct irc_msg *m, const char *cmd
 	}
 }
 
+/* Forward raw (upstream_send()); a labeled command (cl->label) to a network
+ * with labeled-response goes with a label of baton's, whose answer comes
+ * back to cl with its label (upstream.c): the label is then the answer's,
+ * not this step's (label_async). Without labeled-response, past the
+ * bounds of upstream_label_add() or out of memory: unlabeled, and the
+ * network's replies come unlabeled with no ACK (soju does the same; the
+ * spec lets a server not answer a label). cl->serial is set. */
+static int client_forward_labeled(struct client *cl, const char *raw)
+{
+	char tag[32], line[IRC_MAX_TAGS + IRC_MAX_MESSAGE + 2];
+	struct session *s = cl->s;
+
+	if (!cl->label[0] ||
+	    upstream_label_add(s, cl->serial, cl->label, tag, sizeof(tag)) < 0)
+		return upstream_send(s, raw);
+	if (raw[0] == '@')
+		snprintf(line, sizeof(line), "@%s;%s", tag, raw + 1);
+	else
+		snprintf(line, sizeof(line), "@%s %s", tag, raw);
+	if (upstream_send(s, line) < 0) {
+		upstream_label_cancel(s, tag);
+		return -EMSGSIZE;
+	}
+	cl->label_async = true;
+	return 0;
+}
+
 /* A command a network can know: letters, or three digits (what our own
  * output check, health_line_check(), lets through to a network). */
 static bool client_command_ok(const char *cmd)
@@ -1758,14 +1809,14 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 			free(s->away);
 			s->away = away;
 		}
-		if (upstream_send(s, raw) < 0) {
+		if (cl->serial == 0)
+			cl->serial = client_next_serial();
+		if (client_forward_labeled(cl, raw) < 0) {
 			client_too_long(cl);
 			return;
 		}
 		cl->label_forwarded = true;
 		/* its replies go to this client only (session_reply_route()) */
-		if (cl->serial == 0)
-			cl->serial = client_next_serial();
 		session_query_note(s, cl->serial, m);
 	}
 }
