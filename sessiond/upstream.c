@@ -149,8 +149,15 @@ void upstream_arm(struct upstream *u)
 	upstream_schedule_timer(u);
 }
 
+static void label_answer_all(struct upstream *u);
+
 void upstream_freeze(struct upstream *u, bool flush)
 {
+	/* The labels do not travel (state.proto has no room for them): each
+	 * awaiting client gets its ACK now, before its output is flushed;
+	 * the network's answer, if it comes after the migration, is
+	 * unlabeled. */
+	label_answer_all(u);
 	conn_freeze(u->conn, flush);
 	event_del(u->timer);
 }
@@ -284,6 +291,32 @@ void upstream_label_cancel(struct session *s, const char *tag)
 		return;
 	if (strtoul(tag + 8, NULL, 10) == u->labels[u->nlabels - 1].id)
 		label_remove(u, u->nlabels - 1);
+}
+
+/* Every label awaiting an answer that will not come (the connection is
+ * lost, or the session migrates: the labels stay here): an ACK to its
+ * client if still attached (so that it waits no longer; the end of the
+ * batch when the network's answer had begun), and forgotten. */
+static void label_answer_all(struct upstream *u)
+{
+	struct session *s = u->s;
+
+	for (size_t i = 0; i < u->nlabels; i++)
+		for (size_t k = 0; k < s->nclients; k++)
+			if (s->clients[k]->serial != u->labels[i].client_serial ||
+			    conn_is_dead(s->clients[k]->conn))
+				continue;
+			else if (u->labels[i].batch[0]) /* its start was the answer */
+				conn_sendf(s->clients[k]->conn, ":%s BATCH -%s",
+					   s->server_name ? s->server_name : BATON_SERVER_NAME,
+					   u->labels[i].batch);
+			else
+				conn_sendf(s->clients[k]->conn, "@label=%s :%s ACK",
+					   u->labels[i].label,
+					   s->server_name ? s->server_name : BATON_SERVER_NAME);
+	free(u->labels);
+	u->labels = NULL;
+	u->nlabels = 0;
 }
 
 /* The entry of our label `v` ("bt<n>"), or of the network's batch `ref`. */
@@ -712,6 +745,7 @@ void upstream_lost(struct session *s)
 		 reason ? reason : "closed");
 	session_notice_all(s, "Disconnected from %s: %s (reconnecting)",
 			   s->network, reason ? reason : "closed");
+	label_answer_all(u); /* their answer will not come */
 	s->up = NULL;
 	upstream_free(u); /* releases the slot; the throttle below still
 			   * names the address by index */
