@@ -336,6 +336,9 @@ void client_label_end(struct client *cl, bool ack)
 	free(out);
 }
 
+#define STR_OF_(x) #x
+#define STR_OF(x) STR_OF_(x)
+
 /* ---- the store's capabilities, told as they come and go ---- */
 
 bool client_store_caps_available(const struct bouncer *b)
@@ -380,8 +383,22 @@ void client_store_caps_refresh(struct bouncer *b)
 				store_caps_tell(it->client, now);
 			continue;
 		}
-		for (size_t k = 0; k < it->session->nclients; k++)
-			store_caps_tell(it->session->clients[k], now);
+		for (size_t k = 0; k < it->session->nclients; k++) {
+			struct client *cl = it->session->clients[k];
+
+			store_caps_tell(cl, now);
+			/* Registered clients were told CHATHISTORY (or not) in
+			 * their 005 burst (send_isupport()): told again, to
+			 * every one (called on a change only; a "-TOKEN" of
+			 * what a client never had is harmless, and whether a
+			 * client migrated here had it is not known). */
+			if (cl->phase == CLIENT_ATTACHED && !conn_is_dead(cl->conn))
+				conn_sendf(cl->conn, ":%s 005 %s %s :are supported by this server",
+					   client_srv(cl), client_nick(cl),
+					   now ? "CHATHISTORY=" STR_OF(CHATHISTORY_LIMIT)
+						 " MSGREFTYPES=timestamp,msgid"
+					       : "-CHATHISTORY -MSGREFTYPES");
+		}
 	}
 	free(items);
 }
@@ -1203,8 +1220,6 @@ static void client_notice_gaps(struct client *cl, uint64_t pos)
 /* Lines the bouncer composes from parts keep to the IRC limit (510 bytes
  * before CRLF); a part that cannot fit even alone is left out. */
 #define CLIENT_LINE_MAX 510
-#define STR_OF_(x) #x
-#define STR_OF(x) STR_OF_(x)
 
 static void send_names(struct client *cl, const struct channel *ch)
 {
@@ -1269,10 +1284,12 @@ static void send_isupport(struct client *cl)
 	const char *ours[3];
 	size_t nours = 0;
 	bool have_history = bouncer_history(cl->b) != NULL;
+	/* advertised as the caps are (a failing store: neither) */
+	bool history_ok = client_store_caps_available(cl->b);
 
 	if ((ours[nours] = bouncer_networks_isupport(cl, netid, sizeof(netid))) != NULL)
 		nours++;
-	if (have_history) {
+	if (history_ok) {
 		ours[nours++] = "CHATHISTORY=" STR_OF(CHATHISTORY_LIMIT);
 		ours[nours++] = "MSGREFTYPES=timestamp,msgid";
 	}

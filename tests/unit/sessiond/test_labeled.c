@@ -394,7 +394,9 @@ static void test_async_edit_labeled(void **state)
  * worker when the store opened after the start: now a client with
  * cap-notify (CAP LS 302) is told CAP NEW when it opens and can REQ them,
  * and CAP DEL when it goes (the caps it had are gone, CAP LIST says so);
- * a client without cap-notify is told nothing. */
+ * a client without cap-notify is told no CAP. Bug: ISUPPORT kept saying
+ * what the burst said: now every registered client gets a 005 with
+ * CHATHISTORY=100 at the NEW and -CHATHISTORY at the DEL. */
 static void test_store_caps_new_del(void **state)
 {
 	const char *tmp = getenv("TMPDIR");
@@ -409,15 +411,21 @@ static void test_store_caps_new_del(void **state)
 	int old = client(e, &q, "old", NULL, false);
 
 	assert_null(strstr(r.buf, "draft/chathistory"));
+	assert_null(strstr(r.buf, "CHATHISTORY="));
 	struct history *h = history_open(e->base, &e->cfg, err, sizeof err);
 	if (!h)
 		fail_msg("history_open: %s", err);
 	bouncer_set_history(e->b, h);
 	assert_true(rx_wait(e, &r, fd, "CAP alice NEW :draft/chathistory draft/read-marker\r\n"));
+	/* ISUPPORT follows the caps, to every registered client */
+	assert_true(rx_wait(e, &r, fd, " 005 alice CHATHISTORY=100 MSGREFTYPES=timestamp,msgid :are supported by this server\r\n"));
+	assert_true(rx_wait(e, &q, old, " 005 alice CHATHISTORY=100 MSGREFTYPES=timestamp,msgid :are supported by this server\r\n"));
 	say_fd(fd, "CAP REQ :draft/chathistory draft/read-marker");
 	assert_true(rx_wait(e, &r, fd, "ACK :draft/chathistory draft/read-marker\r\n"));
 	bouncer_set_history(e->b, NULL);
 	assert_true(rx_wait(e, &r, fd, "CAP alice DEL :draft/chathistory draft/read-marker\r\n"));
+	assert_true(rx_wait(e, &r, fd, " 005 alice -CHATHISTORY -MSGREFTYPES :are supported by this server\r\n"));
+	assert_true(rx_wait(e, &q, old, " 005 alice -CHATHISTORY -MSGREFTYPES :are supported by this server\r\n"));
 	say_fd(fd, "CAP LIST");
 	assert_true(rx_wait(e, &r, fd, "CAP alice LIST :cap-notify\r\n"));
 	say_fd(fd, "CAP REQ draft/chathistory");
