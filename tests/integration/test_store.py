@@ -898,6 +898,48 @@ def test_store_check_pg_unreachable_is_a_warning(ctx):
           "--check with a SQLite store that cannot be opened: rc=%d\n%s" % (out.returncode, text))
 
 
+def test_store_check_pg_refusals_are_problems(ctx):
+    """Bug: `--check` made every PostgreSQL error a warning, so a wrong
+    user, a missing database or a conninfo libpq cannot use passed the
+    unit's ExecStartPre and the workers ran without history, retrying in
+    vain. Only a server that cannot be reached (here: no server on the
+    Unix socket's directory) stays a warning (exit 0); against the real
+    PostgreSQL 15 an unknown role (the fixture's authentication is trust:
+    what it refuses is the role), a missing database and an unknown
+    conninfo option are problems (exit 1, no warning line), each saying
+    libpq's reason."""
+    A = ctx.builds["a"].require()
+    ng = ctx.ngircd()
+    pg, url = postgres(ctx)
+    try:
+        def run_check(store_url):
+            b = bl.Baton(ctx, ng, nsessions=1,
+                         sessiond_opts={"store": "postgres", "store_url": store_url})
+            out = subprocess.run([A.supervisor, "-c", b.config, "--check"],
+                                 capture_output=True, text=True, timeout=60)
+            return out.returncode, out.stdout + out.stderr
+        base = url.replace(" dbname=postgres", "")
+        rc, text = run_check(url)
+        check(rc == 0 and "[sessiond] store:" not in text, "--check with PostgreSQL up: rc=%d\n%s"
+              % (rc, text))
+        gone = os.path.join(ctx.dir, "no-such-dir")
+        rc, text = run_check("host=%s port=5432 user=baton dbname=postgres" % gone)
+        check(rc == 0 and ": warning: [sessiond] store:" in text,
+              "--check with no server on the socket: rc=%d\n%s" % (rc, text))
+        for what, store_url, says in (
+                ("an unknown role", base.replace("user=baton", "user=nosuchrole")
+                 + " dbname=postgres", 'role "nosuchrole" does not exist'),
+                ("a missing database", base + " dbname=nosuchdb",
+                 'database "nosuchdb" does not exist'),
+                ("a bad conninfo", url + " bogus_option=1", "bogus_option")):
+            rc, text = run_check(store_url)
+            check(rc == 1 and "[sessiond] store:" in text and says in text
+                  and ": warning: [sessiond] store:" not in text,
+                  "--check with %s: rc=%d\n%s" % (what, rc, text))
+    finally:
+        stop_postgres(pg)
+
+
 def test_store_pg_failing_cap_del(ctx):
     """A store whose commits fail takes its capabilities back: with
     PostgreSQL, baton's connections terminated (pg_terminate_backend) make
