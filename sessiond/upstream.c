@@ -1985,10 +1985,12 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 				x.relayed = true;
 			}
 	}
-	/* asker is still attached: handlers do not free clients (a dead
-	 * conn is reaped from the event loop) */
+	/* Found again rather than trusted: handlers do not free clients (a
+	 * dead conn is reaped from the event loop), but the tag points into
+	 * this frame and must not outlive it. */
 	if (asker)
-		asker->relay_tag = NULL;
+		for (size_t i = 0; i < s->nclients; i++)
+			s->clients[i]->relay_tag = NULL;
 	if (x.relayed)
 		health_relayed(bouncer_health(s->b));
 }
