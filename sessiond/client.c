@@ -1635,6 +1635,8 @@ static void client_too_long(struct client *cl)
  *  - without it (ngircd), the message is taken as sent at once, as soju does:
  *    a refusal reaches the user as the network's error numeric, but the
  *    line was relayed and stored already. */
+static int client_forward_labeled(struct client *cl, const char *raw);
+
 static void client_message(struct client *cl, struct irc_msg *m, const char *cmd,
 			   const char *fwd)
 {
@@ -1669,12 +1671,17 @@ static void client_message(struct client *cl, struct irc_msg *m, const char *cmd
 			 "%s is disconnected: message not sent", s->network);
 		return;
 	}
-	if (upstream_send(s, fwd) < 0) {
+	bool net_echo = upstream_has_cap(s, "echo-message");
+	/* With the network's echo-message its echo (or its refusal) is the
+	 * answer: labeled by the network when it can (client_forward_labeled());
+	 * without, baton's own echo below is, in this step. */
+	if (net_echo && cl->serial == 0)
+		cl->serial = client_next_serial();
+	if ((net_echo ? client_forward_labeled(cl, fwd) : upstream_send(s, fwd)) < 0) {
 		client_too_long(cl);
 		return;
 	}
 	cl->label_forwarded = true; /* the network's replies: not labeled */
-	bool net_echo = upstream_has_cap(s, "echo-message");
 	if (net_echo && (cl->caps & CLIENT_CAP_ECHO_MESSAGE))
 		return; /* the network's echo goes to every client */
 	if (net_echo && cl->serial == 0)
@@ -1796,14 +1803,14 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 		/* The network's echo (if it has echo-message) goes to the
 		 * other clients with message-tags, not to this one unless it
 		 * asked for echo-message (upstream.c h_tagmsg). */
-		if (upstream_send(s, raw) < 0) {
+		if (cl->serial == 0)
+			cl->serial = client_next_serial();
+		if (client_forward_labeled(cl, raw) < 0) {
 			client_too_long(cl);
 			return;
 		}
 		cl->label_forwarded = true;
 		if (upstream_has_cap(s, "echo-message") && !(cl->caps & CLIENT_CAP_ECHO_MESSAGE)) {
-			if (cl->serial == 0)
-				cl->serial = client_next_serial();
 			upstream_echo_expect(s, cl->serial, "TAGMSG", m->params[0], "");
 		}
 	} else if (strcasecmp(cmd, "PRIVMSG") == 0 || strcasecmp(cmd, "NOTICE") == 0) {

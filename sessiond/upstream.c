@@ -1968,6 +1968,14 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 			x.only = asker;
 		}
 	}
+	/* A one-line answer the asker does not get (its own echo without
+	 * echo-message, a line a handler keeps): to it, no response, an ACK. */
+	uint64_t asker_q0 = asker && lval[0] ? conn_bytes_queued(asker->conn) : 0;
+	uint64_t asker_serial = asker && lval[0] ? asker->serial : 0;
+	char asker_label[sizeof(u->labels[0].label)];
+
+	if (asker_serial)
+		memcpy(asker_label, u->labels[li].label, sizeof(asker_label));
 	if (li >= 0 && lval[0])
 		label_remove(u, (size_t)li); /* a one-line answer: done */
 
@@ -1989,8 +1997,15 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 	 * dead conn is reaped from the event loop), but the tag points into
 	 * this frame and must not outlive it. */
 	if (asker)
-		for (size_t i = 0; i < s->nclients; i++)
-			s->clients[i]->relay_tag = NULL;
+		for (size_t i = 0; i < s->nclients; i++) {
+			struct client *cl = s->clients[i];
+
+			cl->relay_tag = NULL;
+			if (asker_serial && cl->serial == asker_serial &&
+			    !conn_is_dead(cl->conn) && conn_bytes_queued(cl->conn) == asker_q0)
+				conn_sendf(cl->conn, "@label=%s :%s ACK", asker_label,
+					   s->server_name ? s->server_name : BATON_SERVER_NAME);
+		}
 	if (x.relayed)
 		health_relayed(bouncer_health(s->b));
 }

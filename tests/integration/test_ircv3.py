@@ -938,8 +938,10 @@ def test_ircv3_labeled_forwarded_inspircd(ctx):
     change); the same label from two clients at once: each gets its own
     answer; a client without message-tags still gets its label; the
     asker's 9th labeled command while 8 are outstanding goes unlabeled
-    (UPSTREAM_LABELS_PER_CLIENT) and still gets its replies; an asker that
-    left: its answer reaches nobody."""
+    (UPSTREAM_LABELS_PER_CLIENT) and still gets its replies; a PRIVMSG: the
+    network's echo labeled to a sender with echo-message, an ACK to one
+    without (the others get the line unlabeled), a refusal (401) labeled;
+    an asker that left: its answer reaches nobody."""
     ins = _inspircd_labeled(ctx)
     b = bl.Baton(ctx, ins, nsessions=1, channels=[CHAN])
     b.start(wait=False)
@@ -1006,6 +1008,28 @@ def test_ircv3_labeled_forwarded_inspircd(ctx):
     check(not labeled(c, "q8", n), "the 9th got a label")
     batched = set(tag_dict(m.tags).get("batch") for m in c.msgs("315", n))
     check(None in batched, "no unlabeled WHO answer: %s" % [m.raw for m in c.msgs("315", n)])
+
+    # messages: the network's echo (echo-message) is the answer
+    e = negotiate(ctx, b, s, "echo", ["batch", "labeled-response", "echo-message"])
+    n, ne, no = len(c.lines), len(e.lines), len(o.lines)
+    e.send("@label=e1 PRIVMSG %s :labeled-echo" % CHAN)
+    got = label_answer(e, "e1", ne, loop=loop)
+    check([m.command for m in got] == ["PRIVMSG"] and got[0].params == [CHAN, "labeled-echo"],
+          "the labeled echo: %s" % [m.raw for m in got])
+    c.send("@label=e2 PRIVMSG %s :no-echo-cap" % CHAN)
+    got = label_answer(c, "e2", n, loop=loop)
+    check([m.command for m in got] == ["ACK"], "without echo-message: %s" % [m.raw for m in got])
+    e.send("@label=e3 PRIVMSG nosuchnick :refused")
+    got = label_answer(e, "e3", ne, loop=loop)
+    check([m.command for m in got] == ["401"], "a refused message: %s" % [m.raw for m in got])
+    loop.run_until(lambda: [m for m in o.msgs("PRIVMSG", no) if m.params[-1] == "no-echo-cap"],
+                   5, "the other client's copy")
+    check(len([m for m in e.msgs("PRIVMSG", ne) if m.params[-1] == "labeled-echo"]) == 1
+          and not [m for m in c.msgs("PRIVMSG", n) if m.params[-1] == "no-echo-cap"]
+          and not [m for m in o.msgs(None, no) if {"label", "batch"} & set(tag_dict(m.tags))],
+          "echoes: e %s c %s o %s" % ([m.raw for m in e.msgs(None, ne)],
+                                      [m.raw for m in c.msgs(None, n)],
+                                      [m.raw for m in o.msgs(None, no)]))
 
     no = len(o.lines)
     c2.send("@label=gone WHO %s" % CHAN)
