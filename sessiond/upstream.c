@@ -1949,10 +1949,13 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 		}
 		return;
 	}
-	if (li >= 0 && lval[0] && strcasecmp(msg.command, "ACK") == 0) {
-		if (asker)
-			conn_sendf(asker->conn, "@label=%s %s", u->labels[li].label, raw);
-		label_remove(u, (size_t)li);
+	if (strcasecmp(msg.command, "ACK") == 0) {
+		/* an ACK of a label not (or no longer) ours answers nobody */
+		if (li >= 0 && lval[0]) {
+			if (asker)
+				conn_sendf(asker->conn, "@label=%s %s", u->labels[li].label, raw);
+			label_remove(u, (size_t)li);
+		}
 		return;
 	}
 	if (asker) {

@@ -462,7 +462,8 @@ static void upstream_labeled(Baton__State__Session *s)
  * batch comes back to the asker alone with its label (the lines inside
  * keep the batch tag, the network's label never shows); a one-line answer
  * and the network's ACK come back labeled; a BATCH the network did not
- * start for a label of ours goes nowhere and its lines lose the tag. */
+ * start for a label of ours goes nowhere and its lines lose the tag; an
+ * ACK not of a label of ours reaches nobody. */
 static void test_forwarded_labeled(void **state)
 {
 	struct test_env *e = env(upstream_labeled, false);
@@ -500,6 +501,8 @@ static void test_forwarded_labeled(void **state)
 	say_fd(e->up, "@batch=z9 :bob!b@h QUIT :a b");
 	say_fd(e->up, ":irc.example.net BATCH -z9");
 	say_fd(e->up, "@label=bt77 :irc.example.net 324 alice #other +nt");
+	say_fd(e->up, "@label=bt78 :irc.example.net ACK");
+	say_fd(e->up, ":irc.example.net ACK");
 	say_fd(e->up, "PING :sync");
 	assert_true(rx_wait(e, &up, e->up, "PONG :sync\r\n"));
 	settle(e, &p, plain);
@@ -509,6 +512,8 @@ static void test_forwarded_labeled(void **state)
 	assert_int_equal(count_from(&p, pmark, "batch="), 0);
 	assert_int_equal(count_from(&r, mark, "z9"), 0);
 	assert_int_equal(count_from(&r, mark, "bt77"), 0);
+	assert_int_equal(count_from(&r, mark, " ACK"), 1); /* k1's only */
+	assert_int_equal(count_from(&p, pmark, " ACK"), 0);
 	free(r.buf);
 	free(p.buf);
 	free(up.buf);
