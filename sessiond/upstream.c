@@ -229,6 +229,9 @@ bool upstream_has_cap(const struct session *s, const char *name)
  * not change (session_reply_route(): a JOIN still reaches every client);
  * the ACK and the BATCH lines go to the asker alone. */
 
+_Static_assert(sizeof(((struct upstream_label *)0)->label) == CLIENT_LABEL_MAX + 1,
+	       "upstream_label.label holds a client's label");
+
 bool upstream_can_label(const struct session *s)
 {
 	return s->up && !s->up->dead && upstream_has_cap(s, "labeled-response") &&
