@@ -1037,5 +1037,6 @@ def test_ircv3_labeled_forwarded_inspircd(ctx):
     loop.run_for(1.0)
     check(not o.msgs("352", no) and not o.msgs("BATCH", no),
           "the answer of a client that left: %s" % [m.raw for m in o.msgs(None, no)])
+    check("protocol error" not in b.log_text(), "our output refused: %s" % b.log_tail())
     for cl in (c, o):
         check(not cl.closed, "%s closed: %s" % (cl.name, cl.close_reason))
