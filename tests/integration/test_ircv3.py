@@ -941,7 +941,9 @@ def test_ircv3_labeled_forwarded_inspircd(ctx):
     (UPSTREAM_LABELS_PER_CLIENT) and still gets its replies; a PRIVMSG: the
     network's echo labeled to a sender with echo-message, an ACK to one
     without (the others get the line unlabeled), a refusal (401) labeled;
-    an asker that left: its answer reaches nobody."""
+    an asker that left: its answer reaches nobody; after an upgrade (the
+    network's caps travel with the session) a WHO is labeled again."""
+    B = ctx.builds["b"].require()
     ins = _inspircd_labeled(ctx)
     b = bl.Baton(ctx, ins, nsessions=1, channels=[CHAN])
     b.start(wait=False)
@@ -1037,6 +1039,14 @@ def test_ircv3_labeled_forwarded_inspircd(ctx):
     loop.run_for(1.0)
     check(not o.msgs("352", no) and not o.msgs("BATCH", no),
           "the answer of a client that left: %s" % [m.raw for m in o.msgs(None, no)])
+    # the network's labeled-response travels with the session (its caps)
+    rc, res = b.upgrade(B)
+    check(rc == 0 and res.get("result") == "committed", "upgrade: %s" % res)
+    n = len(c.lines)
+    c.send("@label=up1 WHO %s" % CHAN)
+    got = label_answer(c, "up1", n, loop=loop)
+    check(got[0].command == "BATCH" and "315" in [m.command for m in got],
+          "WHO after the upgrade: %s" % [m.raw for m in got])
     check("protocol error" not in b.log_text(), "our output refused: %s" % b.log_tail())
     for cl in (c, o):
         check(not cl.closed, "%s closed: %s" % (cl.name, cl.close_reason))
