@@ -150,6 +150,30 @@ void client_send_tagged(struct client *cl, const char *line, int64_t time_ms)
 void client_send_full(struct client *cl, const char *tags, const char *line,
 		      int64_t time_ms)
 {
+	if (cl->relay_tag) {
+		/* The answer to its labeled command: our tag first, then
+		 * what it would get otherwise, within the bounds (else our
+		 * tag and @time alone: the client finds its answer). */
+		bool net = (cl->caps & CLIENT_CAP_MESSAGE_TAGS) && tags && tags[0];
+		bool add_time = (cl->caps & CLIENT_CAP_SERVER_TIME) &&
+				!(net && irc_tag_get(tags, "time", NULL, 0));
+		char ts[32] = "";
+		size_t tl;
+
+		if (add_time)
+			clock_format_server_time(time_ms ? time_ms : clock_wall_ms(), ts);
+		tl = 1 + strlen(cl->relay_tag) + (net ? 1 + strlen(tags) : 0) +
+		     (add_time ? 6 + strlen(ts) : 0) + 1;
+		if (tl > IRC_MAX_TAGS || tl + strlen(line) + 2 > HEALTH_CLIENT_LINE_MAX) {
+			net = false;
+			add_time = cl->caps & CLIENT_CAP_SERVER_TIME;
+			if (add_time)
+				clock_format_server_time(time_ms ? time_ms : clock_wall_ms(), ts);
+		}
+		conn_sendf(cl->conn, "@%s%s%s%s%s %s", cl->relay_tag, net ? ";" : "",
+			   net ? tags : "", add_time ? ";time=" : "", add_time ? ts : "", line);
+		return;
+	}
 	if ((cl->caps & CLIENT_CAP_MESSAGE_TAGS) && tags && tags[0]) {
 		/* The network's tags as they came (message-tags), with our
 		 * @time if the client asked for server-time and they have
@@ -312,6 +336,9 @@ void client_label_end(struct client *cl, bool ack)
 	free(out);
 }
 
+#define STR_OF_(x) #x
+#define STR_OF(x) STR_OF_(x)
+
 /* ---- the store's capabilities, told as they come and go ---- */
 
 bool client_store_caps_available(const struct bouncer *b)
@@ -356,8 +383,22 @@ void client_store_caps_refresh(struct bouncer *b)
 				store_caps_tell(it->client, now);
 			continue;
 		}
-		for (size_t k = 0; k < it->session->nclients; k++)
-			store_caps_tell(it->session->clients[k], now);
+		for (size_t k = 0; k < it->session->nclients; k++) {
+			struct client *cl = it->session->clients[k];
+
+			store_caps_tell(cl, now);
+			/* Registered clients were told CHATHISTORY (or not) in
+			 * their 005 burst (send_isupport()): told again, to
+			 * every one (called on a change only; a "-TOKEN" of
+			 * what a client never had is harmless, and whether a
+			 * client migrated here had it is not known). */
+			if (cl->phase == CLIENT_ATTACHED && !conn_is_dead(cl->conn))
+				conn_sendf(cl->conn, ":%s 005 %s %s :are supported by this server",
+					   client_srv(cl), client_nick(cl),
+					   now ? "CHATHISTORY=" STR_OF(CHATHISTORY_LIMIT)
+						 " MSGREFTYPES=timestamp,msgid"
+					       : "-CHATHISTORY -MSGREFTYPES");
+		}
 	}
 	free(items);
 }
@@ -1179,8 +1220,6 @@ static void client_notice_gaps(struct client *cl, uint64_t pos)
 /* Lines the bouncer composes from parts keep to the IRC limit (510 bytes
  * before CRLF); a part that cannot fit even alone is left out. */
 #define CLIENT_LINE_MAX 510
-#define STR_OF_(x) #x
-#define STR_OF(x) STR_OF_(x)
 
 static void send_names(struct client *cl, const struct channel *ch)
 {
@@ -1245,10 +1284,12 @@ static void send_isupport(struct client *cl)
 	const char *ours[3];
 	size_t nours = 0;
 	bool have_history = bouncer_history(cl->b) != NULL;
+	/* advertised as the caps are (a failing store: neither) */
+	bool history_ok = client_store_caps_available(cl->b);
 
 	if ((ours[nours] = bouncer_networks_isupport(cl, netid, sizeof(netid))) != NULL)
 		nours++;
-	if (have_history) {
+	if (history_ok) {
 		ours[nours++] = "CHATHISTORY=" STR_OF(CHATHISTORY_LIMIT);
 		ours[nours++] = "MSGREFTYPES=timestamp,msgid";
 	}
@@ -1594,6 +1635,8 @@ static void client_too_long(struct client *cl)
  *  - without it (ngircd), the message is taken as sent at once, as soju does:
  *    a refusal reaches the user as the network's error numeric, but the
  *    line was relayed and stored already. */
+static int client_forward_labeled(struct client *cl, const char *raw);
+
 static void client_message(struct client *cl, struct irc_msg *m, const char *cmd,
 			   const char *fwd)
 {
@@ -1628,12 +1671,17 @@ static void client_message(struct client *cl, struct irc_msg *m, const char *cmd
 			 "%s is disconnected: message not sent", s->network);
 		return;
 	}
-	if (upstream_send(s, fwd) < 0) {
+	bool net_echo = upstream_has_cap(s, "echo-message");
+	/* With the network's echo-message its echo (or its refusal) is the
+	 * answer: labeled by the network when it can (client_forward_labeled());
+	 * without, baton's own echo below is, in this step. */
+	if (net_echo && cl->serial == 0)
+		cl->serial = client_next_serial();
+	if ((net_echo ? client_forward_labeled(cl, fwd) : upstream_send(s, fwd)) < 0) {
 		client_too_long(cl);
 		return;
 	}
 	cl->label_forwarded = true; /* the network's replies: not labeled */
-	bool net_echo = upstream_has_cap(s, "echo-message");
 	if (net_echo && (cl->caps & CLIENT_CAP_ECHO_MESSAGE))
 		return; /* the network's echo goes to every client */
 	if (net_echo && cl->serial == 0)
@@ -1660,6 +1708,33 @@ static void client_message(struct client *cl, struct irc_msg *m, const char *cmd
 		session_store_and_relay(s, t, line, 0,
 					(cl->caps & CLIENT_CAP_ECHO_MESSAGE) ? NULL : cl);
 	}
+}
+
+/* Forward raw (upstream_send()); a labeled command (cl->label) to a network
+ * with labeled-response goes with a label of baton's, whose answer comes
+ * back to cl with its label (upstream.c): the label is then the answer's,
+ * not this step's (label_async). Without labeled-response, past the
+ * bounds of upstream_label_add() or out of memory: unlabeled, and the
+ * network's replies come unlabeled with no ACK (soju does the same; the
+ * spec lets a server not answer a label). cl->serial is set. */
+static int client_forward_labeled(struct client *cl, const char *raw)
+{
+	char tag[32], line[IRC_MAX_TAGS + IRC_MAX_MESSAGE + 2];
+	struct session *s = cl->s;
+
+	if (!cl->label[0] ||
+	    upstream_label_add(s, cl->serial, cl->label, tag, sizeof(tag)) < 0)
+		return upstream_send(s, raw);
+	if (raw[0] == '@')
+		snprintf(line, sizeof(line), "@%s;%s", tag, raw + 1);
+	else
+		snprintf(line, sizeof(line), "@%s %s", tag, raw);
+	if (upstream_send(s, line) < 0) {
+		upstream_label_cancel(s, tag);
+		return -EMSGSIZE;
+	}
+	cl->label_async = true;
+	return 0;
 }
 
 /* A command a network can know: letters, or three digits (what our own
@@ -1728,14 +1803,14 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 		/* The network's echo (if it has echo-message) goes to the
 		 * other clients with message-tags, not to this one unless it
 		 * asked for echo-message (upstream.c h_tagmsg). */
-		if (upstream_send(s, raw) < 0) {
+		if (cl->serial == 0)
+			cl->serial = client_next_serial();
+		if (client_forward_labeled(cl, raw) < 0) {
 			client_too_long(cl);
 			return;
 		}
 		cl->label_forwarded = true;
 		if (upstream_has_cap(s, "echo-message") && !(cl->caps & CLIENT_CAP_ECHO_MESSAGE)) {
-			if (cl->serial == 0)
-				cl->serial = client_next_serial();
 			upstream_echo_expect(s, cl->serial, "TAGMSG", m->params[0], "");
 		}
 	} else if (strcasecmp(cmd, "PRIVMSG") == 0 || strcasecmp(cmd, "NOTICE") == 0) {
@@ -1758,14 +1833,14 @@ static void client_attached_line(struct client *cl, struct irc_msg *m,
 			free(s->away);
 			s->away = away;
 		}
-		if (upstream_send(s, raw) < 0) {
+		if (cl->serial == 0)
+			cl->serial = client_next_serial();
+		if (client_forward_labeled(cl, raw) < 0) {
 			client_too_long(cl);
 			return;
 		}
 		cl->label_forwarded = true;
 		/* its replies go to this client only (session_reply_route()) */
-		if (cl->serial == 0)
-			cl->serial = client_next_serial();
 		session_query_note(s, cl->serial, m);
 	}
 }

@@ -123,6 +123,11 @@ struct client {
 	char label[CLIENT_LABEL_MAX + 1];
 	uint64_t label_from;
 	bool label_forwarded, label_async;
+	/* The tag ("label=..." or "batch=...") the network's line being
+	 * relayed now carries for this client: the answer to its labeled
+	 * command (upstream.c, labeled-response). Set and cleared around one
+	 * line; borrowed, NULL otherwise. client_send_full() puts it first. */
+	const char *relay_tag;
 	bool cap_negotiating;
 	/* CAP LS 302 (or later) seen: cap-notify is on and may not be turned
 	 * off (IRCv3 capability negotiation). Not serialized: after a
@@ -216,7 +221,8 @@ void client_send_tagged(struct client *cl, const char *line, int64_t time_ms);
 /* The same with the network's tags (raw, without '@'; NULL: none): a
  * client that enabled message-tags gets them as they came (plus @time if
  * it enabled server-time and they have none); others as above. Tags that
- * would pass the bounds of a line are left out. */
+ * would pass the bounds of a line are left out. cl->relay_tag, when set,
+ * comes first whatever the client's caps (it asked for the label). */
 void client_send_full(struct client *cl, const char *tags, const char *line,
 		      int64_t time_ms);
 /* Queue one backlog line to an attached client, with the network's tags

@@ -71,6 +71,12 @@ struct history {
 	const char *backend;
 	bool failing;
 	bool stalled; /* work queued, no commit for HISTORY_STALL_MS */
+	/* What clients are told (history_available()): the store's caps
+	 * withdrawn, after HISTORY_CAPS_DEL_AFTER_MS of failing; and since
+	 * when (CLOCK_MONOTONIC ms, 0: not now) commits have failed without a
+	 * success / succeeded without a failure (history_caps_update()). */
+	bool caps_down;
+	int64_t fail_since_ms, ok_since_ms;
 	struct bouncer *b; /* told when `failing` changes; NULL: none */
 	uint64_t last_durable;
 	int64_t progress_ms;
@@ -142,32 +148,57 @@ static void on_space(void *arg)
 	history_flush_all(arg);
 }
 
+/* The store's caps withdrawn or offered again once its commits have failed
+ * or succeeded long enough (history.h: HISTORY_CAPS_DEL_AFTER_MS,
+ * _NEW_AFTER_MS); from each commit's outcome and every tick. */
+static void history_caps_update(struct history *h, int64_t now)
+{
+	bool down = h->caps_down;
+
+	if (!down && h->failing && h->fail_since_ms &&
+	    now - h->fail_since_ms >= HISTORY_CAPS_DEL_AFTER_MS)
+		down = true;
+	else if (down && !h->failing && h->ok_since_ms &&
+		 now - h->ok_since_ms >= HISTORY_CAPS_NEW_AFTER_MS)
+		down = false;
+	if (down == h->caps_down)
+		return;
+	h->caps_down = down;
+	log_info("store", "%s store: history %s clients (commits %s for %d s)", h->backend,
+		 down ? "withdrawn from" : "offered again to", down ? "failing" : "succeeding",
+		 (down ? HISTORY_CAPS_DEL_AFTER_MS : HISTORY_CAPS_NEW_AFTER_MS) / 1000);
+	if (h->b)
+		client_store_caps_refresh(h->b); /* CAP DEL / NEW, 005 */
+}
+
 static void on_error(void *arg, const char *msg)
 {
 	struct history *h = arg;
+	int64_t now = clock_mono_ms();
 
 	if (msg) {
 		h->commit_failures++;
 		if (!h->failing)
 			log_error("store", "%s store: a commit failed (retrying; lines are kept queued and sessions stop reading their network when the queue is full): %s",
 				  h->backend, msg);
-		bool was = h->failing;
 		h->failing = true;
-		if (!was && h->b)
-			client_store_caps_refresh(h->b); /* CAP DEL */
+		if (!h->fail_since_ms)
+			h->fail_since_ms = now;
+		h->ok_since_ms = 0;
 	} else {
-		bool was = h->failing;
 		if (h->failing)
 			log_info("store", "%s store: commits succeed again", h->backend);
 		h->failing = false;
-		if (was && h->b)
-			client_store_caps_refresh(h->b); /* CAP NEW */
+		h->fail_since_ms = 0;
+		if (!h->ok_since_ms)
+			h->ok_since_ms = now;
 	}
+	history_caps_update(h, now);
 }
 
 bool history_available(const struct history *h)
 {
-	return h && !h->failing;
+	return h && !h->caps_down;
 }
 
 void history_set_bouncer(struct history *h, struct bouncer *b)
@@ -917,6 +948,7 @@ static void history_tick(evutil_socket_t fd, short what, void *arg)
 		if (hs->ndirty)
 			markers_write(hs);
 	history_check_stall(h, clock_mono_ms());
+	history_caps_update(h, clock_mono_ms());
 }
 
 /* ---- replay from the store ---- */

@@ -75,6 +75,15 @@ struct store;
 #define HISTORY_PENDING_MAX 1000
 /* No commit for this long with work queued: the store is failing. */
 #define HISTORY_STALL_MS 5000
+/* Hysteresis of the store's capabilities (draft/chathistory,
+ * draft/read-marker; ISUPPORT CHATHISTORY): taken back from clients
+ * (CAP DEL) only once commits have failed for this long without one
+ * succeeding, offered again (CAP NEW) only once they have succeeded for
+ * this long without one failing. A store that flaps (a commit failing
+ * now and then, the next one succeeding) tells clients nothing; its
+ * status says failing as it happens (history_stats()). */
+#define HISTORY_CAPS_DEL_AFTER_MS 5000
+#define HISTORY_CAPS_NEW_AFTER_MS 10000
 /* Read-marker writes one session may have queued at a time. */
 #define HISTORY_MARKER_BATCH 16
 /* Rows per store read of a replay. */

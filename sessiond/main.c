@@ -72,16 +72,20 @@ static void sessiond_preflight(const struct baton_config *cfg,
 	}
 	free(state);
 	/* --check opens the message store (a worker opens it right after,
-	 * and says why it cannot). PostgreSQL that cannot be reached is a
-	 * warning: a worker serves without history and retries (history.h),
-	 * and --check runs as ExecStartPre, where a problem would keep
-	 * baton from starting while the database host reboots. */
-	if (check && history_check(cfg, why, sizeof(why)) < 0) {
+	 * and says why it cannot). PostgreSQL that cannot be reached
+	 * (store.h: EHOSTUNREACH) is a warning: a worker serves without
+	 * history and retries (history.h), and --check runs as ExecStartPre,
+	 * where a problem would keep baton from starting while the database
+	 * host reboots. One that turns us away (authentication, a missing
+	 * database) or a conninfo it cannot use will not mend by waiting: a
+	 * problem. */
+	int hr = check ? history_check(cfg, why, sizeof(why)) : 0;
+	if (hr < 0) {
 		/* one line each (libpq's messages span lines) */
 		for (char *c = why; *c; c++)
 			if (*c == '\n' || *c == '\t')
 				*c = ' ';
-		if (cfg->store_backend == CONFIG_STORE_POSTGRES)
+		if (cfg->store_backend == CONFIG_STORE_POSTGRES && hr == -EHOSTUNREACH)
 			config_problems_add(warn, "%s: warning: [sessiond] store: %s (workers serve without history until it can be opened, retrying with backoff)",
 					    cfg->path, why);
 		else

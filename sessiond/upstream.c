@@ -9,12 +9,14 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -49,7 +51,13 @@ static const char *const wanted_caps[] = { "server-time", "multi-prefix",
 					   "away-notify", "echo-message",
 					   "userhost-in-names", "message-tags",
 					   "account-notify", "extended-join",
-					   "chghost", "setname", "invite-notify" };
+					   "chghost", "setname", "invite-notify",
+					   /* baton's own use: a client's labeled
+					    * command forwarded with a label of ours
+					    * (upstream_label_add()); the network's
+					    * batch and label tags never reach a
+					    * client as they came */
+					   "batch", "labeled-response" };
 
 static void upstream_timer_cb(evutil_socket_t fd, short what, void *arg);
 
@@ -110,6 +118,7 @@ void upstream_free(struct upstream *u)
 	for (size_t i = 0; i < u->nechoes; i++)
 		free(u->echoes[i].key);
 	free(u->echoes);
+	free(u->labels);
 	pb_unknown_clear(&u->unknown);
 	free(u);
 }
@@ -140,8 +149,15 @@ void upstream_arm(struct upstream *u)
 	upstream_schedule_timer(u);
 }
 
+static void label_answer_all(struct upstream *u);
+
 void upstream_freeze(struct upstream *u, bool flush)
 {
+	/* The labels do not travel (state.proto has no room for them): each
+	 * awaiting client gets its ACK now, before its output is flushed;
+	 * the network's answer, if it comes after the migration, is
+	 * unlabeled. */
+	label_answer_all(u);
 	conn_freeze(u->conn, flush);
 	event_del(u->timer);
 }
@@ -203,6 +219,167 @@ bool upstream_has_cap(const struct session *s, const char *name)
 		if (strcmp(s->caps[i], name) == 0)
 			return true;
 	return false;
+}
+
+/* ---- labeled-response with the network ----
+ * A client's labeled command goes to the network with a label of ours,
+ * "bt<n>" (clients' labels may clash: they are each client's own); the
+ * network's answer, one labeled line, an ACK or a labeled-response batch,
+ * goes back to that client with its label. Who else gets the lines does
+ * not change (session_reply_route(): a JOIN still reaches every client);
+ * the ACK and the BATCH lines go to the asker alone. */
+
+_Static_assert(sizeof(((struct upstream_label *)0)->label) == CLIENT_LABEL_MAX + 1,
+	       "upstream_label.label holds a client's label");
+
+bool upstream_can_label(const struct session *s)
+{
+	return s->up && !s->up->dead && upstream_has_cap(s, "labeled-response") &&
+	       upstream_has_cap(s, "batch");
+}
+
+static void label_remove(struct upstream *u, size_t i)
+{
+	memmove(u->labels + i, u->labels + i + 1, (u->nlabels - i - 1) * sizeof(*u->labels));
+	if (--u->nlabels == 0) {
+		free(u->labels);
+		u->labels = NULL;
+	}
+}
+
+static void label_expire(struct upstream *u)
+{
+	int64_t now = clock_mono_ms();
+
+	while (u->nlabels && now - u->labels[0].sent_ms > UPSTREAM_LABEL_TTL_MS)
+		label_remove(u, 0); /* never answered: a late answer goes unlabeled */
+}
+
+int upstream_label_add(struct session *s, uint64_t client_serial,
+		       const char *label, char *tag, size_t n)
+{
+	struct upstream *u = s->up;
+	size_t mine = 0;
+
+	if (!upstream_can_label(s))
+		return -ENOTSUP;
+	if (strlen(label) >= sizeof(u->labels[0].label))
+		return -ENOSPC;
+	label_expire(u);
+	for (size_t i = 0; i < u->nlabels; i++)
+		mine += u->labels[i].client_serial == client_serial;
+	if (u->nlabels >= UPSTREAM_MAX_LABELS || mine >= UPSTREAM_LABELS_PER_CLIENT)
+		return -ENOSPC;
+	struct upstream_label *grown = realloc(u->labels, (u->nlabels + 1) * sizeof(*grown));
+
+	if (!grown)
+		return -ENOMEM; /* util.h policy: forwarded unlabeled */
+	u->labels = grown;
+	struct upstream_label *l = &u->labels[u->nlabels++];
+
+	memset(l, 0, sizeof(*l));
+	l->client_serial = client_serial;
+	l->id = ++u->next_label;
+	l->sent_ms = clock_mono_ms();
+	memcpy(l->label, label, strlen(label) + 1);
+	snprintf(tag, n, "label=bt%" PRIu32, l->id);
+	return 0;
+}
+
+void upstream_label_cancel(struct session *s, const char *tag)
+{
+	struct upstream *u = s->up;
+
+	if (!u || !u->nlabels || strncmp(tag, "label=bt", 8) != 0)
+		return;
+	if (strtoul(tag + 8, NULL, 10) == u->labels[u->nlabels - 1].id)
+		label_remove(u, u->nlabels - 1);
+}
+
+/* Every label awaiting an answer that will not come (the connection is
+ * lost, or the session migrates: the labels stay here): an ACK to its
+ * client if still attached (so that it waits no longer; the end of the
+ * batch when the network's answer had begun), and forgotten. */
+static void label_answer_all(struct upstream *u)
+{
+	struct session *s = u->s;
+
+	for (size_t i = 0; i < u->nlabels; i++)
+		for (size_t k = 0; k < s->nclients; k++)
+			if (s->clients[k]->serial != u->labels[i].client_serial ||
+			    conn_is_dead(s->clients[k]->conn))
+				continue;
+			else if (u->labels[i].batch[0]) /* its start was the answer */
+				conn_sendf(s->clients[k]->conn, ":%s BATCH -%s",
+					   s->server_name ? s->server_name : BATON_SERVER_NAME,
+					   u->labels[i].batch);
+			else
+				conn_sendf(s->clients[k]->conn, "@label=%s :%s ACK",
+					   u->labels[i].label,
+					   s->server_name ? s->server_name : BATON_SERVER_NAME);
+	free(u->labels);
+	u->labels = NULL;
+	u->nlabels = 0;
+}
+
+/* The entry of our label `v` ("bt<n>"), or of the network's batch `ref`. */
+static ssize_t label_find(const struct upstream *u, const char *v, const char *ref)
+{
+	char *end;
+	unsigned long id = 0;
+
+	if (v) {
+		if (strncmp(v, "bt", 2) != 0 || !isdigit((unsigned char)v[2]))
+			return -1;
+		errno = 0;
+		id = strtoul(v + 2, &end, 10);
+		if (*end || errno || id > UINT32_MAX)
+			return -1;
+	}
+	for (size_t i = 0; i < u->nlabels; i++)
+		if (v ? u->labels[i].id == id
+		      : u->labels[i].batch[0] && strcmp(u->labels[i].batch, ref) == 0)
+			return (ssize_t)i;
+	return -1;
+}
+
+/* The network's tag section `tags` (no '@') without its label and batch
+ * tags, into out[n]; their raw values into label[ln] / batch[bn] ("":
+ * absent or longer than fits: then not ours). */
+static void label_split_tags(const char *tags, char *out, size_t n, char *label,
+			     size_t ln, char *batch, size_t bn)
+{
+	size_t o = 0;
+
+	out[0] = label[0] = batch[0] = '\0';
+	for (const char *t = tags; *t;) {
+		size_t tl = strcspn(t, ";");
+		char *dst = NULL;
+		size_t dn = 0, kl = 0;
+
+		if (tl >= 6 && strncmp(t, "label=", 6) == 0)
+			dst = label, dn = ln, kl = 6;
+		else if (tl >= 6 && strncmp(t, "batch=", 6) == 0)
+			dst = batch, dn = bn, kl = 6;
+		else if ((tl == 5 && strncmp(t, "label", 5) == 0) ||
+			 (tl == 5 && strncmp(t, "batch", 5) == 0))
+			dst = NULL, kl = 5; /* valueless: dropped */
+		if (kl) {
+			if (dst && tl - kl < dn) {
+				memcpy(dst, t + kl, tl - kl);
+				dst[tl - kl] = '\0';
+			}
+		} else if (o + (o > 0) + tl < n) {
+			if (o > 0)
+				out[o++] = ';';
+			memcpy(out + o, t, tl);
+			o += tl;
+			out[o] = '\0';
+		}
+		t += tl;
+		if (*t == ';')
+			t++;
+	}
 }
 
 void upstream_echo_expect(struct session *s, uint64_t client_serial,
@@ -571,6 +748,7 @@ void upstream_lost(struct session *s)
 		 reason ? reason : "closed");
 	session_notice_all(s, "Disconnected from %s: %s (reconnecting)",
 			   s->network, reason ? reason : "closed");
+	label_answer_all(u); /* their answer will not come */
 	s->up = NULL;
 	upstream_free(u); /* releases the slot; the throttle below still
 			   * names the address by index */
@@ -1730,6 +1908,83 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 		session_resync(s); /* custody: room for more queries now? */
 	x.route = session_reply_route(s, &msg, &x.only);
 
+	/* labeled-response: the network's label and batch tags are ours to
+	 * map (upstream_label_add()), never a client's as they came. */
+	char ltags[IRC_MAX_TAGS + 1], lval[16], bval[UPSTREAM_BATCH_REF_MAX + 1];
+	char rtag[80];
+	struct client *asker = NULL;
+	ssize_t li = -1;
+
+	lval[0] = bval[0] = '\0';
+	if (msg.tags && (strstr(msg.tags, "label") || strstr(msg.tags, "batch"))) {
+		label_split_tags(msg.tags, ltags, sizeof(ltags), lval, sizeof(lval), bval,
+				 sizeof(bval));
+		x.tags = ltags[0] ? ltags : NULL;
+		label_expire(u);
+		li = lval[0] ? label_find(u, lval, NULL)
+			     : bval[0] ? label_find(u, NULL, bval) : -1;
+		if (li >= 0)
+			for (size_t i = 0; i < s->nclients; i++)
+				if (s->clients[i]->serial == u->labels[li].client_serial)
+					asker = s->clients[i];
+	}
+	if (strcasecmp(msg.command, "BATCH") == 0 && msg.nparams >= 1) {
+		/* Only the network's labeled-response batches are followed
+		 * (to the asker alone); other batches' lines go on without
+		 * their batch tag, their BATCH lines nowhere. */
+		const char *ref = msg.params[0];
+
+		if (ref[0] == '+' && lval[0] && li >= 0 && !bval[0] &&
+		    strlen(ref + 1) <= UPSTREAM_BATCH_REF_MAX && ref[1] &&
+		    !u->labels[li].batch[0]) {
+			snprintf(u->labels[li].batch, sizeof(u->labels[li].batch), "%s", ref + 1);
+			if (asker) {
+				snprintf(rtag, sizeof(rtag), "label=%s", u->labels[li].label);
+				asker->relay_tag = rtag;
+				client_send_full(asker, NULL, raw, x.time_ms);
+				asker->relay_tag = NULL;
+			}
+		} else if (ref[0] == '-' && (li = label_find(u, NULL, ref + 1)) >= 0) {
+			for (size_t i = 0; i < s->nclients; i++)
+				if (s->clients[i]->serial == u->labels[li].client_serial)
+					client_send_full(s->clients[i], NULL, raw, x.time_ms);
+			label_remove(u, (size_t)li);
+		}
+		return;
+	}
+	if (strcasecmp(msg.command, "ACK") == 0) {
+		/* an ACK of a label not (or no longer) ours answers nobody */
+		if (li >= 0 && lval[0]) {
+			if (asker)
+				conn_sendf(asker->conn, "@label=%s %s", u->labels[li].label, raw);
+			label_remove(u, (size_t)li);
+		}
+		return;
+	}
+	if (asker) {
+		/* The asker gets its answer whoever the line would go to
+		 * otherwise; with its label (one line) or in the batch. */
+		if (lval[0])
+			snprintf(rtag, sizeof(rtag), "label=%s", u->labels[li].label);
+		else
+			snprintf(rtag, sizeof(rtag), "batch=%s", bval);
+		asker->relay_tag = rtag;
+		if (x.route == 2 || (x.route == 1 && x.only != asker)) {
+			x.route = 1;
+			x.only = asker;
+		}
+	}
+	/* A one-line answer the asker does not get (its own echo without
+	 * echo-message, a line a handler keeps): to it, no response, an ACK. */
+	uint64_t asker_q0 = asker && lval[0] ? conn_bytes_queued(asker->conn) : 0;
+	uint64_t asker_serial = asker && lval[0] ? asker->serial : 0;
+	char asker_label[sizeof(u->labels[0].label)];
+
+	if (asker_serial)
+		memcpy(asker_label, u->labels[li].label, sizeof(asker_label));
+	if (li >= 0 && lval[0])
+		label_remove(u, (size_t)li); /* a one-line answer: done */
+
 	bool relay = u->phase >= UP_READY;
 	for (size_t i = 0; i < sizeof(up_handlers) / sizeof(up_handlers[0]); i++) {
 		if (strcasecmp(msg.command, up_handlers[i].cmd) == 0) {
@@ -1744,6 +1999,19 @@ static void upstream_line(struct conn *c, char *line, size_t len, void *arg)
 				x.relayed = true;
 			}
 	}
+	/* Found again rather than trusted: handlers do not free clients (a
+	 * dead conn is reaped from the event loop), but the tag points into
+	 * this frame and must not outlive it. */
+	if (asker)
+		for (size_t i = 0; i < s->nclients; i++) {
+			struct client *cl = s->clients[i];
+
+			cl->relay_tag = NULL;
+			if (asker_serial && cl->serial == asker_serial &&
+			    !conn_is_dead(cl->conn) && conn_bytes_queued(cl->conn) == asker_q0)
+				conn_sendf(cl->conn, "@label=%s :%s ACK", asker_label,
+					   s->server_name ? s->server_name : BATON_SERVER_NAME);
+		}
 	if (x.relayed)
 		health_relayed(bouncer_health(s->b));
 }

@@ -62,7 +62,35 @@ struct upstream {
 	struct upstream_echo *echoes;
 	size_t nechoes;
 	struct sasl *sasl; /* SASL during registration (sasl.h), NULL: none yet */
+	/* labeled-response with the network (it acknowledged batch and
+	 * labeled-response): the labeled commands forwarded for clients whose
+	 * answer has not ended yet, oldest first (upstream_label_add()).
+	 * Owned; NULL when none. Not serialized: after a migration the
+	 * network's answer reaches its clients unlabeled, as from a network
+	 * without labeled-response. */
+	struct upstream_label *labels;
+	size_t nlabels;
+	uint32_t next_label; /* baton's label "bt<n>" of the next one */
 	struct pb_unknown unknown;
+};
+
+/* Labeled commands awaiting the network's answer: at most this many per
+ * connection, and per client; more go unlabeled (no answer labeled, no
+ * ACK: what a network without labeled-response gives). One unanswered for
+ * UPSTREAM_LABEL_TTL_MS is forgotten (its late answer goes unlabeled). */
+#define UPSTREAM_MAX_LABELS 32
+#define UPSTREAM_LABELS_PER_CLIENT 8
+#define UPSTREAM_LABEL_TTL_MS 30000
+/* A network's batch reference longer than this is not followed (its lines
+ * reach the client unlabeled). */
+#define UPSTREAM_BATCH_REF_MAX 32
+struct upstream_label {
+	uint64_t client_serial; /* struct client's serial */
+	uint32_t id;            /* baton's label on the wire: "bt<id>" */
+	int64_t sent_ms;        /* CLOCK_MONOTONIC */
+	char label[65];         /* the client's (CLIENT_LABEL_MAX, as sent) */
+	char batch[UPSTREAM_BATCH_REF_MAX + 1]; /* the network's labeled-response
+						 * batch, "" until it starts */
 };
 
 /* At most this many echoes awaited (older ones are forgotten). */
@@ -111,6 +139,17 @@ bool upstream_has_cap(const struct session *s, const char *name);
  * sender then gets the echo). */
 void upstream_echo_expect(struct session *s, uint64_t client_serial,
 			  const char *cmd, const char *target, const char *text);
+/* Whether a client's labeled command can be forwarded with a label of
+ * baton's (the network acknowledged batch and labeled-response). */
+bool upstream_can_label(const struct session *s);
+/* Remember that the client of serial `client_serial` sent a command
+ * labeled `label` (at most 64 bytes, as sent): its tag for the network,
+ * "label=bt<n>", into tag[n]. 0; -ENOTSUP (the network cannot label, not
+ * connected), -ENOSPC (a bound above: forward it unlabeled), -ENOMEM. */
+int upstream_label_add(struct session *s, uint64_t client_serial,
+		       const char *label, char *tag, size_t n);
+/* Forget the label upstream_label_add() just gave (the line was not sent). */
+void upstream_label_cancel(struct session *s, const char *tag);
 extern const struct conn_ops upstream_conn_ops;
 /* Called by the session reaper for a dead upstream: log, notify clients,
  * schedule the reconnect, free. */

@@ -493,6 +493,34 @@ static PGconn *pg_connect(const char *url, int lock_timeout_ms)
 	return PQconnectdbParams(keys, vals, 1);
 }
 
+/* Whether libpq's message for a failed connection says the server could
+ * not be reached — refused, timed out, an unknown host, a server starting
+ * or stopping: a matter of the moment (a worker serves without history
+ * and retries) — rather than that it turned us away or could not be asked
+ * (authentication, a missing database or role, a bad conninfo: the
+ * operator must act). libpq has no SQLSTATE for a failed connection, so
+ * its messages are read; they are English here (the daemons never call
+ * setlocale()), and an unrecognised one counts as a problem. */
+static bool pg_unreachable(const char *m)
+{
+	static const char *const says[] = {
+		"Connection refused", "timeout expired", "Connection timed out",
+		"could not translate host name", "Name or service not known",
+		"Temporary failure in name resolution", "No route to host",
+		"Network is unreachable", "Host is unreachable",
+		"the database system is starting up",
+		"the database system is shutting down",
+		"the database system is in recovery mode",
+		"server closed the connection unexpectedly",
+		"No such file or directory", /* no server on the Unix socket */
+	};
+
+	for (size_t i = 0; m && i < sizeof(says) / sizeof(says[0]); i++)
+		if (strstr(m, says[i]))
+			return true;
+	return false;
+}
+
 static struct store_db *db_open(const struct store_options *o, bool create,
 				uint32_t *db_id, char *err, size_t errlen)
 {
@@ -509,7 +537,7 @@ static struct store_db *db_open(const struct store_options *o, bool create,
 		size_t l = strlen(err);
 		while (l && err[l - 1] == '\n')
 			err[--l] = 0;
-		r = -EIO;
+		r = db->c && pg_unreachable(PQerrorMessage(db->c)) ? -EHOSTUNREACH : -EIO;
 		goto out;
 	}
 	char lt[64];

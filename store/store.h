@@ -143,8 +143,11 @@ struct store_callbacks {
 
 /* Open (creating the schema, or migrating an older one) and start the
  * writer thread. NULL on failure with errno set and a message in err:
- * -ENOTSUP "not a baton store" for a foreign or corrupt database, a schema
- * newer than this build, an unreachable server... cb may be NULL. */
+ * ENOTSUP "not a baton store" for a foreign or corrupt database, a schema
+ * newer than this build...; EHOSTUNREACH only for a PostgreSQL server
+ * that could not be reached (refused, timed out, unknown host, starting
+ * up: worth retrying), EIO for one that refused us (authentication, a
+ * missing database or role) or a conninfo it cannot use. cb may be NULL. */
 struct store *store_open(const struct store_options *opts,
 			 const struct store_callbacks *cb, void *cb_arg,
 			 char *err, size_t errlen);

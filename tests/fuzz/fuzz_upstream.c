@@ -16,6 +16,9 @@
  * or the target aborts with the reason (a state the source accepted but a
  * target refuses loses the session at the next upgrade). No fd may leak.
  *
+ * Before the input, three labeled commands of the attached client await
+ * the network's answer (labels bt1..bt3: labeled-response, upstream.c).
+ *
  * What this target found (both fixed by common/names.h, the one validation
  * the handlers and adoption share): `:other NICK :a b` (a nick with a
  * space: "bad member") and `: JOIN #baton` (an empty source nick became a
@@ -42,7 +45,9 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "sessiond/bouncer.h"
+#include "common/util.h"
 #include "sessiond/irc.h"
+#include "sessiond/session.h"
 #include "../unit/sessiond/sample_state.h"
 
 #define FUZZ_MAX_INPUT 65536
@@ -200,6 +205,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* The sample's upstream holds a partial line (":bob!... :a partial
 	 * li"): complete it, so the input starts at a line boundary. */
 	feed(sv[1], cli[1], (const uint8_t *)"ne\r\n", 4);
+	/* labeled-response with the network: three commands of the attached
+	 * client awaiting their answer (labels bt1..bt3), so that inputs
+	 * reach the label and batch mapping of upstream.c. */
+	{
+		struct session *s = bouncer_session_at(b, 0);
+		char tag[32];
+
+		if (s == NULL || s->nclients == 0 ||
+		    util_strv_push(&s->caps, &s->ncaps, "batch") < 0 ||
+		    util_strv_push(&s->caps, &s->ncaps, "labeled-response") < 0)
+			abort();
+		if (s->clients[0]->serial == 0)
+			s->clients[0]->serial = UINT64_MAX; /* client.c's are counted up from 1 */
+		for (int i = 0; i < 3; i++)
+			if (upstream_label_add(s, s->clients[0]->serial, "fz", tag, sizeof(tag)) < 0)
+				abort();
+	}
 	feed(sv[1], cli[1], data, size);
 
 	/* What this worker now holds must travel: serialize and adopt. */

@@ -892,3 +892,161 @@ def test_ircv3_labeled_response(ctx):
     check(not labeled(other, "o1", n), "a label to a client without labeled-response")
     for cl in (c, other):
         check(not cl.closed, "%s closed: %s" % (cl.name, cl.close_reason))
+
+
+def _inspircd_labeled(ctx):
+    """inspircd 3 with labeled-response (its ircv3_labeledresponse and
+    ircv3_batch modules: Debian 12's inspircd 3.15 has them; ngircd 26 has
+    neither)."""
+    import test_conformance as tc
+
+    class Insp(tc.Inspircd):
+        def config_text(self):
+            return super().config_text() + "".join(
+                '<module name="%s">\n' % m for m in ("ircv3_batch", "ircv3_labeledresponse"))
+    return Insp(ctx).start()
+
+
+def label_answer(c, label, since=0, timeout=5, loop=None):
+    """The answer to label: its one labeled line (a list of one), or its
+    labeled-response batch (start and end included)."""
+    def lines():
+        ms = c.msgs(None, since)
+        for i, m in enumerate(ms):
+            if tag_dict(m.tags).get("label") != label:
+                continue
+            if m.command != "BATCH":
+                return [m]
+            ref = m.params[0][1:]
+            for j in range(i + 1, len(ms)):
+                if ms[j].command == "BATCH" and ms[j].params[0] == "-" + ref:
+                    return ms[i:j + 1]
+        return None
+    loop.run_until(lines, timeout, "the answer labeled %s" % label)
+    return lines()
+
+
+def test_ircv3_labeled_forwarded_inspircd(ctx):
+    """Bug: a labeled command baton forwards to the network (WHO, MODE,
+    JOIN...) went unlabeled and its client got no labeled answer and no ACK.
+    Against inspircd 3 with labeled-response: baton forwards it with a label
+    of its own and gives the network's answer back with the client's label:
+    a WHO's labeled-response batch (352s and 315 inside, tagged with the
+    batch) to the asker alone; a MODE that changes nothing: the network's
+    ACK, labeled; a JOIN: its batch to the asker, the JOIN and NAMES plain
+    to the other client (no BATCH, no label: who gets a line does not
+    change); the same label from two clients at once: each gets its own
+    answer; a client without message-tags still gets its label; the
+    asker's 9th labeled command while 8 are outstanding goes unlabeled
+    (UPSTREAM_LABELS_PER_CLIENT) and still gets its replies; a PRIVMSG: the
+    network's echo labeled to a sender with echo-message, an ACK to one
+    without (the others get the line unlabeled), a refusal (401) labeled;
+    an asker that left: its answer reaches nobody; after an upgrade (the
+    network's caps travel with the session) a WHO is labeled again."""
+    B = ctx.builds["b"].require()
+    ins = _inspircd_labeled(ctx)
+    b = bl.Baton(ctx, ins, nsessions=1, channels=[CHAN])
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    s = b.sessions[0]
+    loop = ctx.loop
+    c = negotiate(ctx, b, s, "lab", ["batch", "labeled-response"])
+    c2 = negotiate(ctx, b, s, "lab2", ["batch", "labeled-response", "message-tags"])
+    o = negotiate(ctx, b, s, "other", ["message-tags"])
+    check("ircv3_labeledresponse" in open(ins.conf).read(), "module not loaded")
+
+    n, n2, no = len(c.lines), len(c2.lines), len(o.lines)
+    c.send("@label=w1 WHO %s" % CHAN)
+    got = label_answer(c, "w1", n, loop=loop)
+    check(got[0].command == "BATCH" and got[0].params[1] == "labeled-response",
+          "WHO: %s" % [m.raw for m in got])
+    ref = got[0].params[0][1:]
+    inner = got[1:-1]
+    check([m.command for m in inner][-1] == "315" and all(m.command in ("352", "315") for m in inner)
+          and all(tag_dict(m.tags) == {"batch": ref} for m in inner),
+          "WHO's lines: %s" % [m.raw for m in inner])
+    check(not [m for m in c.msgs(None, n) if m.command in ("352", "315")
+                and m.raw not in [i.raw for i in inner]],
+          "WHO lines outside the batch: %s" % [m.raw for m in c.msgs(None, n)])
+    loop.run_for(0.5)
+    check(not o.msgs("352", no) and not o.msgs("BATCH", no) and not c2.msgs("BATCH", n2),
+          "the WHO answer reached another client: %s %s"
+          % ([m.raw for m in o.msgs(None, no)], [m.raw for m in c2.msgs(None, n2)]))
+
+    n, no = len(c.lines), len(o.lines)
+    c.send("@label=j1 JOIN #new")
+    got = label_answer(c, "j1", n, loop=loop)
+    check(got[0].command == "BATCH" and "JOIN" in [m.command for m in got]
+          and "366" in [m.command for m in got], "JOIN: %s" % [m.raw for m in got])
+    loop.run_until(lambda: o.msgs("366", no), 5, "the other client's NAMES of #new")
+    check(o.msgs("JOIN", no) and not o.msgs("BATCH", no)
+          and not [m for m in o.msgs(None, no) if {"label", "batch"} & set(tag_dict(m.tags))],
+          "the other client's JOIN: %s" % [m.raw for m in o.msgs(None, no)])
+
+    n = len(c.lines)
+    c.send("@label=i1 MODE %s +i" % s.nick)
+    label_answer(c, "i1", n, loop=loop)
+    n = len(c.lines)
+    c.send("@label=k1 MODE %s +i" % s.nick)  # already +i: no reply, an ACK
+    got = label_answer(c, "k1", n, loop=loop)
+    check([m.command for m in got] == ["ACK"] and tag_dict(got[0].tags) == {"label": "k1"},
+          "ACK: %s" % [m.raw for m in got])
+
+    n, n2 = len(c.lines), len(c2.lines)
+    c.send("@label=same MODE %s" % CHAN)
+    c2.send("@label=same WHO %s" % CHAN)
+    a1 = label_answer(c, "same", n, loop=loop)
+    a2 = label_answer(c2, "same", n2, loop=loop)
+    check("324" in [m.command for m in a1] and "352" not in [m.command for m in a1],
+          "c's MODE answer: %s" % [m.raw for m in a1])
+    check("352" in [m.command for m in a2] and "324" not in [m.command for m in a2],
+          "c2's WHO answer: %s" % [m.raw for m in a2])
+
+    n = len(c.lines)
+    c.send_many(["@label=q%d WHO %s" % (i, CHAN) for i in range(9)])
+    for i in range(8):
+        label_answer(c, "q%d" % i, n, loop=loop)
+    loop.run_until(lambda: len(c.msgs("315", n)) == 9, 5, "nine WHO answers")
+    check(not labeled(c, "q8", n), "the 9th got a label")
+    batched = set(tag_dict(m.tags).get("batch") for m in c.msgs("315", n))
+    check(None in batched, "no unlabeled WHO answer: %s" % [m.raw for m in c.msgs("315", n)])
+
+    # messages: the network's echo (echo-message) is the answer
+    e = negotiate(ctx, b, s, "echo", ["batch", "labeled-response", "echo-message"])
+    n, ne, no = len(c.lines), len(e.lines), len(o.lines)
+    e.send("@label=e1 PRIVMSG %s :labeled-echo" % CHAN)
+    got = label_answer(e, "e1", ne, loop=loop)
+    check([m.command for m in got] == ["PRIVMSG"] and got[0].params == [CHAN, "labeled-echo"],
+          "the labeled echo: %s" % [m.raw for m in got])
+    c.send("@label=e2 PRIVMSG %s :no-echo-cap" % CHAN)
+    got = label_answer(c, "e2", n, loop=loop)
+    check([m.command for m in got] == ["ACK"], "without echo-message: %s" % [m.raw for m in got])
+    e.send("@label=e3 PRIVMSG nosuchnick :refused")
+    got = label_answer(e, "e3", ne, loop=loop)
+    check([m.command for m in got] == ["401"], "a refused message: %s" % [m.raw for m in got])
+    loop.run_until(lambda: [m for m in o.msgs("PRIVMSG", no) if m.params[-1] == "no-echo-cap"],
+                   5, "the other client's copy")
+    check(len([m for m in e.msgs("PRIVMSG", ne) if m.params[-1] == "labeled-echo"]) == 1
+          and not [m for m in c.msgs("PRIVMSG", n) if m.params[-1] == "no-echo-cap"]
+          and not [m for m in o.msgs(None, no) if {"label", "batch"} & set(tag_dict(m.tags))],
+          "echoes: e %s c %s o %s" % ([m.raw for m in e.msgs(None, ne)],
+                                      [m.raw for m in c.msgs(None, n)],
+                                      [m.raw for m in o.msgs(None, no)]))
+
+    no = len(o.lines)
+    c2.send("@label=gone WHO %s" % CHAN)
+    c2.close()
+    loop.run_for(1.0)
+    check(not o.msgs("352", no) and not o.msgs("BATCH", no),
+          "the answer of a client that left: %s" % [m.raw for m in o.msgs(None, no)])
+    # the network's labeled-response travels with the session (its caps)
+    rc, res = b.upgrade(B)
+    check(rc == 0 and res.get("result") == "committed", "upgrade: %s" % res)
+    n = len(c.lines)
+    c.send("@label=up1 WHO %s" % CHAN)
+    got = label_answer(c, "up1", n, loop=loop)
+    check(got[0].command == "BATCH" and "315" in [m.command for m in got],
+          "WHO after the upgrade: %s" % [m.raw for m in got])
+    check("protocol error" not in b.log_text(), "our output refused: %s" % b.log_tail())
+    for cl in (c, o):
+        check(not cl.closed, "%s closed: %s" % (cl.name, cl.close_reason))

@@ -944,43 +944,135 @@ def test_store_check_pg_unreachable_is_a_warning(ctx):
           "--check with a SQLite store that cannot be opened: rc=%d\n%s" % (out.returncode, text))
 
 
+def test_store_check_pg_refusals_are_problems(ctx):
+    """Bug: `--check` made every PostgreSQL error a warning, so a wrong
+    user, a missing database or a conninfo libpq cannot use passed the
+    unit's ExecStartPre and the workers ran without history, retrying in
+    vain. Only a server that cannot be reached (here: no server on the
+    Unix socket's directory) stays a warning (exit 0); against the real
+    PostgreSQL 15 an unknown role (the fixture's authentication is trust:
+    what it refuses is the role), a missing database and an unknown
+    conninfo option are problems (exit 1, no warning line), each saying
+    libpq's reason."""
+    A = ctx.builds["a"].require()
+    ng = ctx.ngircd()
+    pg, url = postgres(ctx)
+    try:
+        def run_check(store_url):
+            b = bl.Baton(ctx, ng, nsessions=1,
+                         sessiond_opts={"store": "postgres", "store_url": store_url})
+            out = subprocess.run([A.supervisor, "-c", b.config, "--check"],
+                                 capture_output=True, text=True, timeout=60)
+            return out.returncode, out.stdout + out.stderr
+        base = url.replace(" dbname=postgres", "")
+        rc, text = run_check(url)
+        check(rc == 0 and "[sessiond] store:" not in text, "--check with PostgreSQL up: rc=%d\n%s"
+              % (rc, text))
+        gone = os.path.join(ctx.dir, "no-such-dir")
+        rc, text = run_check("host=%s port=5432 user=baton dbname=postgres" % gone)
+        check(rc == 0 and ": warning: [sessiond] store:" in text,
+              "--check with no server on the socket: rc=%d\n%s" % (rc, text))
+        for what, store_url, says in (
+                ("an unknown role", base.replace("user=baton", "user=nosuchrole")
+                 + " dbname=postgres", 'role "nosuchrole" does not exist'),
+                ("a missing database", base + " dbname=nosuchdb",
+                 'database "nosuchdb" does not exist'),
+                ("a bad conninfo", url + " bogus_option=1", "bogus_option")):
+            rc, text = run_check(store_url)
+            check(rc == 1 and "[sessiond] store:" in text and says in text
+                  and ": warning: [sessiond] store:" not in text,
+                  "--check with %s: rc=%d\n%s" % (what, rc, text))
+    finally:
+        stop_postgres(pg)
+
+
 def test_store_pg_failing_cap_del(ctx):
-    """A store whose commits fail takes its capabilities back: with
-    PostgreSQL, baton's connections terminated (pg_terminate_backend) make
-    the next commit fail: a cap-notify client that had draft/chathistory
-    is told `CAP DEL :draft/chathistory draft/read-marker` (CHATHISTORY is
-    then 421), and `CAP NEW` of both once commits succeed again (the store
-    reconnects), after which it can REQ them again."""
+    """A store whose commits fail takes its capabilities back, with
+    hysteresis (history.h HISTORY_CAPS_DEL_AFTER_MS 5 s,
+    HISTORY_CAPS_NEW_AFTER_MS 10 s). Bug: a store that flapped (a commit
+    failing, the next one succeeding) sent CAP DEL and CAP NEW to every
+    client each time. With PostgreSQL: baton's connections terminated
+    (pg_terminate_backend) three times a second apart, a line each time
+    (each next commit fails, the store reconnects): no CAP and no 005 to
+    anyone. Then its database closed to connections (ALLOW_CONNECTIONS
+    false) and its connections terminated: commits fail for good; a
+    cap-notify client that had draft/chathistory is told `CAP DEL
+    :draft/chathistory draft/read-marker` no sooner than 5 s after
+    (CHATHISTORY is then 421), and every registered client a 005 with
+    `-CHATHISTORY`; the database opened again: `CAP NEW` of both and
+    `CHATHISTORY=100` no sooner than 10 s after, after which it can REQ
+    them again. A client without cap-notify gets no CAP line."""
     import shutil
     if not shutil.which("psql"):
         raise bl.Skip("no psql (scripts/install-deps: postgresql-15)")
-    from test_ircv3 import negotiate, wait_cap
+    from test_ircv3 import negotiate, cap_lines
     pg, url = postgres(ctx)
+    admin = url.replace("dbname=postgres", "dbname=template1")
+
+    def psql(sql, conninfo=url):
+        r = subprocess.run(["psql", conninfo, "-qAtc", sql], capture_output=True, text=True,
+                           timeout=20)
+        check(r.returncode == 0, "psql %s: %s %s" % (sql, r.stdout, r.stderr))
+    kill = ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND datname = 'postgres'")
+
+    def isupport(c, since=0):
+        return [t for m in c.msgs("005", since) for t in m.params[1:-1]
+                if "CHATHISTORY" in t]
     try:
         ng, w, b, dave = setup(ctx, sessiond_opts={"store": "postgres", "store_url": url})
         s = b.sessions[0]
         c = negotiate(ctx, b, s, "notified", ["batch", "draft/chathistory"])
         plain = bl.bouncer_client(ctx.loop, b, s, client="plain")
-        kill = ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE pid <> pg_backend_pid() AND datname = current_database()")
-        r = subprocess.run(["psql", url, "-qAtc", kill], capture_output=True, text=True,
-                           timeout=20)
-        check(r.returncode == 0, "psql: %s %s" % (r.stdout, r.stderr))
-        dave.privmsg("#chat", "<<dave:1>> to commit")
-        d = wait_cap(ctx, c, "DEL", 0, "CAP DEL once commits fail")
+        check(isupport(c) == ["CHATHISTORY=100"], "burst 005: %s" % isupport(c))
+        n, np_ = len(c.lines), len(plain.lines)
+        for i in range(3):
+            psql(kill)
+            dave.privmsg("#chat", "<<dave:%d>> flap" % (i + 1))
+            ctx.loop.run_for(1.0)
+        wait_tokens(ctx, plain, [("dave", 1), ("dave", 2), ("dave", 3)], settle=0.2)
+        ctx.loop.run_for(1.0)
+        check(b.log_text().count("commits succeed again") >= 2,
+              "the store did not flap: %s" % b.log_tail())
+        check(not cap_lines(c, "DEL", n) and not cap_lines(c, "NEW", n)
+              and not isupport(c, n) and not isupport(plain, np_),
+              "a flapping store told clients: %s" % [m.raw for m in c.msgs(None, n)
+                                                     if m.command in ("CAP", "005")])
+
+        psql("ALTER DATABASE postgres ALLOW_CONNECTIONS false", admin)
+        psql(kill, admin)
+        t0 = bl.now()
+        dave.privmsg("#chat", "<<dave:4>> to commit")
+        ctx.loop.run_until(lambda: cap_lines(c, "DEL", n), 15, "CAP DEL once commits fail 5 s")
+        t_del = bl.now() - t0
+        d = cap_lines(c, "DEL", n)[0]
+        check(t_del >= 4.5, "CAP DEL %.1f s after the failure (before 5 s)" % t_del)
         check(d.params[-1].split() == ["draft/chathistory", "draft/read-marker"],
               "CAP DEL: %s" % d.raw)
-        n = len(c.lines)
+        ctx.loop.run_until(lambda: isupport(c, n) and isupport(plain, np_), 5, "005 -CHATHISTORY")
+        check(isupport(c, n) == ["-CHATHISTORY"] and isupport(plain, np_) == ["-CHATHISTORY"],
+              "005 at the DEL: %s %s" % (isupport(c, n), isupport(plain, np_)))
+        m = len(c.lines)
         c.send("CHATHISTORY LATEST #chat * 5")
-        ctx.loop.run_until(lambda: c.msgs("421", n), 5, "421 for CHATHISTORY after the DEL")
-        nw = wait_cap(ctx, c, "NEW", 0, "CAP NEW once commits succeed")
+        ctx.loop.run_until(lambda: c.msgs("421", m), 5, "421 for CHATHISTORY after the DEL")
+
+        n, np_ = len(c.lines), len(plain.lines)
+        psql("ALTER DATABASE postgres ALLOW_CONNECTIONS true", admin)
+        t0 = bl.now()
+        ctx.loop.run_until(lambda: cap_lines(c, "NEW", n), 25, "CAP NEW once commits succeed")
+        t_new = bl.now() - t0
+        nw = cap_lines(c, "NEW", n)[0]
+        check(t_new >= 9.5, "CAP NEW %.1f s after the store came back (before 10 s)" % t_new)
         check(nw.params[-1].split() == ["draft/chathistory", "draft/read-marker"],
               "CAP NEW: %s" % nw.raw)
-        n = len(c.lines)
+        ctx.loop.run_until(lambda: isupport(c, n) and isupport(plain, np_), 5, "005 CHATHISTORY")
+        check(isupport(c, n) == ["CHATHISTORY=100"] and isupport(plain, np_) == ["CHATHISTORY=100"],
+              "005 at the NEW: %s %s" % (isupport(c, n), isupport(plain, np_)))
+        m = len(c.lines)
         c.send("CAP REQ :draft/chathistory")
-        wait_cap(ctx, c, "ACK", n, "REQ after CAP NEW")
+        ctx.loop.run_until(lambda: cap_lines(c, "ACK", m), 5, "REQ after CAP NEW")
         check(not plain.msgs("CAP"), "CAP lines to a client without cap-notify: %s"
-              % [m.raw for m in plain.msgs("CAP")])
+              % [x.raw for x in plain.msgs("CAP")])
     finally:
         if "b" in locals():
             b.stop()

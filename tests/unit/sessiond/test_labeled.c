@@ -394,7 +394,9 @@ static void test_async_edit_labeled(void **state)
  * worker when the store opened after the start: now a client with
  * cap-notify (CAP LS 302) is told CAP NEW when it opens and can REQ them,
  * and CAP DEL when it goes (the caps it had are gone, CAP LIST says so);
- * a client without cap-notify is told nothing. */
+ * a client without cap-notify is told no CAP. Bug: ISUPPORT kept saying
+ * what the burst said: now every registered client gets a 005 with
+ * CHATHISTORY=100 at the NEW and -CHATHISTORY at the DEL. */
 static void test_store_caps_new_del(void **state)
 {
 	const char *tmp = getenv("TMPDIR");
@@ -409,15 +411,21 @@ static void test_store_caps_new_del(void **state)
 	int old = client(e, &q, "old", NULL, false);
 
 	assert_null(strstr(r.buf, "draft/chathistory"));
+	assert_null(strstr(r.buf, "CHATHISTORY="));
 	struct history *h = history_open(e->base, &e->cfg, err, sizeof err);
 	if (!h)
 		fail_msg("history_open: %s", err);
 	bouncer_set_history(e->b, h);
 	assert_true(rx_wait(e, &r, fd, "CAP alice NEW :draft/chathistory draft/read-marker\r\n"));
+	/* ISUPPORT follows the caps, to every registered client */
+	assert_true(rx_wait(e, &r, fd, " 005 alice CHATHISTORY=100 MSGREFTYPES=timestamp,msgid :are supported by this server\r\n"));
+	assert_true(rx_wait(e, &q, old, " 005 alice CHATHISTORY=100 MSGREFTYPES=timestamp,msgid :are supported by this server\r\n"));
 	say_fd(fd, "CAP REQ :draft/chathistory draft/read-marker");
 	assert_true(rx_wait(e, &r, fd, "ACK :draft/chathistory draft/read-marker\r\n"));
 	bouncer_set_history(e->b, NULL);
 	assert_true(rx_wait(e, &r, fd, "CAP alice DEL :draft/chathistory draft/read-marker\r\n"));
+	assert_true(rx_wait(e, &r, fd, " 005 alice -CHATHISTORY -MSGREFTYPES :are supported by this server\r\n"));
+	assert_true(rx_wait(e, &q, old, " 005 alice -CHATHISTORY -MSGREFTYPES :are supported by this server\r\n"));
 	say_fd(fd, "CAP LIST");
 	assert_true(rx_wait(e, &r, fd, "CAP alice LIST :cap-notify\r\n"));
 	say_fd(fd, "CAP REQ draft/chathistory");
@@ -439,6 +447,185 @@ static void test_store_caps_new_del(void **state)
 	rmdir(g_dir);
 }
 
+/* The upstream with labeled-response (and batch, its dependency). */
+static void upstream_labeled(Baton__State__Session *s)
+{
+	static char *caps[] = { "server-time", "multi-prefix", "batch", "labeled-response" };
+
+	s->n_caps = 4;
+	s->caps = caps;
+}
+
+/* Bug: a labeled command baton forwards (WHO) went to the network
+ * unlabeled and its client got no labeled answer. With the network's
+ * labeled-response it goes with baton's label "bt<n>" and the network's
+ * batch comes back to the asker alone with its label (the lines inside
+ * keep the batch tag, the network's label never shows); a one-line answer
+ * and the network's ACK come back labeled; a BATCH the network did not
+ * start for a label of ours goes nowhere and its lines lose the tag; an
+ * ACK not of a label of ours reaches nobody. */
+static void test_forwarded_labeled(void **state)
+{
+	struct test_env *e = env(upstream_labeled, false);
+	struct rx r = { 0 }, p = { 0 }, up = { 0 };
+	int fd = client(e, &r, "lab", CAPS, true);
+	int plain = client(e, &p, "plain", "message-tags", true);
+	size_t mark = r.len, pmark = p.len;
+
+	say_fd(fd, "@label=w1;+x=y WHO #baton");
+	assert_true(rx_wait(e, &up, e->up, "WHO #baton\r\n"));
+	assert_non_null(strstr(up.buf, "@label=bt1 WHO #baton\r\n"));
+	say_fd(e->up, "@label=bt1 :irc.example.net BATCH +n1 labeled-response");
+	say_fd(e->up, "@batch=n1 :irc.example.net 352 alice #baton ~a h irc.example.net alice H :0 A");
+	say_fd(e->up, "@batch=n1;time=2026-01-01T00:00:00.000Z :irc.example.net 315 alice #baton :End of WHO");
+	say_fd(e->up, ":irc.example.net BATCH -n1");
+	assert_true(rx_wait(e, &r, fd, ":irc.example.net BATCH -n1\r\n"));
+	assert_non_null(strstr(r.buf + mark, "@label=w1 :irc.example.net BATCH +n1 labeled-response\r\n"));
+	assert_non_null(strstr(r.buf + mark, "@batch=n1 :irc.example.net 352 alice #baton"));
+	assert_non_null(strstr(r.buf + mark,
+			       "@batch=n1;time=2026-01-01T00:00:00.000Z :irc.example.net 315 alice #baton"));
+	assert_int_equal(count_from(&r, mark, "bt1"), 0);
+
+	mark = r.len;
+	say_fd(fd, "@label=m1 MODE #baton");
+	assert_true(rx_wait(e, &up, e->up, "@label=bt2 MODE #baton\r\n"));
+	say_fd(e->up, "@label=bt2 :irc.example.net 324 alice #baton +nt");
+	assert_true(rx_wait(e, &r, fd, "@label=m1 :irc.example.net 324 alice #baton +nt\r\n"));
+	say_fd(fd, "@label=k1 MODE alice +i");
+	assert_true(rx_wait(e, &up, e->up, "@label=bt3 MODE alice +i\r\n"));
+	say_fd(e->up, "@label=bt3 :irc.example.net ACK");
+	assert_true(rx_wait(e, &r, fd, "@label=k1 :irc.example.net ACK\r\n"));
+
+	/* a batch of the network's own (not a label of ours) */
+	say_fd(e->up, ":irc.example.net BATCH +z9 netsplit a b");
+	say_fd(e->up, "@batch=z9 :bob!b@h QUIT :a b");
+	say_fd(e->up, ":irc.example.net BATCH -z9");
+	say_fd(e->up, "@label=bt77 :irc.example.net 324 alice #other +nt");
+	say_fd(e->up, "@label=bt78 :irc.example.net ACK");
+	say_fd(e->up, ":irc.example.net ACK");
+	say_fd(e->up, "PING :sync");
+	assert_true(rx_wait(e, &up, e->up, "PONG :sync\r\n"));
+	settle(e, &p, plain);
+	settle(e, &r, fd);
+	assert_int_equal(count_from(&p, pmark, "BATCH"), 0);
+	assert_int_equal(count_from(&p, pmark, "label="), 0);
+	assert_int_equal(count_from(&p, pmark, "batch="), 0);
+	assert_int_equal(count_from(&r, mark, "z9"), 0);
+	assert_int_equal(count_from(&r, mark, "bt77"), 0);
+	assert_int_equal(count_from(&r, mark, " ACK"), 1); /* k1's only */
+	assert_int_equal(count_from(&p, pmark, " ACK"), 0);
+	free(r.buf);
+	free(p.buf);
+	free(up.buf);
+	close(fd);
+	close(plain);
+	test_env_free(e);
+}
+
+/* The bounds of forwarded labels: UPSTREAM_LABELS_PER_CLIENT per client
+ * (its next command goes unlabeled), UPSTREAM_MAX_LABELS per connection
+ * (a further client's too); one unanswered for UPSTREAM_LABEL_TTL_MS is
+ * forgotten (its late answer comes unlabeled) and makes room. */
+static void test_forwarded_label_bounds(void **state)
+{
+	struct test_env *e = env(upstream_labeled, false);
+	struct rx r[5] = { 0 }, up = { 0 };
+	int fd[5];
+	char line[64], name[16];
+	struct session *s;
+
+	for (int c = 0; c < 5; c++) {
+		snprintf(name, sizeof name, "c%d", c);
+		fd[c] = client(e, &r[c], name, CAPS, true);
+	}
+	for (int i = 0; i <= UPSTREAM_LABELS_PER_CLIENT; i++) {
+		snprintf(line, sizeof line, "@label=q%d TOPIC #t%d", i, i);
+		say_fd(fd[0], line);
+	}
+	snprintf(line, sizeof line, "TOPIC #t%d\r\n", UPSTREAM_LABELS_PER_CLIENT);
+	assert_true(rx_wait(e, &up, e->up, line));
+	assert_int_equal(count_from(&up, 0, "@label=bt"), UPSTREAM_LABELS_PER_CLIENT);
+	snprintf(line, sizeof line, "\nTOPIC #t%d\r\n", UPSTREAM_LABELS_PER_CLIENT);
+	assert_non_null(strstr(up.buf, line)); /* the 9th: no label */
+	for (int c = 1; c < 5; c++)
+		for (int i = 0; i < UPSTREAM_LABELS_PER_CLIENT; i++) {
+			snprintf(line, sizeof line, "@label=c%d TOPIC #u%d", i, c);
+			say_fd(fd[c], line);
+		}
+	for (int i = 0; i < 5000 && count_from(&up, 0, "TOPIC #") <
+						 UPSTREAM_LABELS_PER_CLIENT * 5 + 1; i++) {
+		test_env_pump(e);
+		rx_read_max(&up, e->up, 0);
+		usleep(200);
+	}
+	/* every one sent; 32 labeled, whichever came first */
+	assert_int_equal(count_from(&up, 0, "TOPIC #"), UPSTREAM_LABELS_PER_CLIENT * 5 + 1);
+	assert_int_equal(count_from(&up, 0, "@label=bt"), UPSTREAM_MAX_LABELS);
+
+	/* the oldest (bt1, q0 of c0) expires; its late answer: unlabeled */
+	s = bouncer_session_at(e->b, 0);
+	assert_non_null(s->up);
+	assert_int_equal(s->up->nlabels, UPSTREAM_MAX_LABELS);
+	s->up->labels[0].sent_ms -= UPSTREAM_LABEL_TTL_MS + 1;
+	size_t mark = r[0].len;
+	say_fd(e->up, "@label=bt1 :irc.example.net 331 alice #t0 :No topic is set");
+	assert_true(rx_wait(e, &r[0], fd[0], " 331 alice #t0 :No topic is set\r\n"));
+	assert_int_equal(count_from(&r[0], mark, "label="), 0);
+	assert_int_equal(s->up->nlabels, UPSTREAM_MAX_LABELS - 1);
+	/* room again (for c0 too): its next one is labeled */
+	say_fd(fd[0], "@label=again TOPIC #again");
+	assert_true(rx_wait(e, &up, e->up, "TOPIC #again\r\n"));
+	assert_non_null(strstr(up.buf, "@label=bt33 TOPIC #again\r\n"));
+	for (int c = 0; c < 5; c++) {
+		free(r[c].buf);
+		close(fd[c]);
+	}
+	free(up.buf);
+	test_env_free(e);
+}
+
+/* Labels awaiting the network's answer when the answer cannot come to
+ * them: a migration (the labels do not travel: the session is frozen)
+ * and a lost connection. Each waiting client gets its ACK (the end of
+ * the batch when its answer had begun) before its output is flushed;
+ * the answer arriving after a thaw is unlabeled. */
+static void test_forwarded_labels_dropped(void **state)
+{
+	struct test_env *e = env(upstream_labeled, false);
+	struct rx r = { 0 }, up = { 0 };
+	int fd = client(e, &r, "lab", CAPS, true);
+	uint8_t *buf = NULL;
+	size_t len, nfds;
+	const int *fds;
+	size_t mark = r.len;
+
+	say_fd(fd, "@label=f1 TOPIC #baton");
+	assert_true(rx_wait(e, &up, e->up, "@label=bt1 TOPIC #baton\r\n"));
+	struct bouncer_item *it = session_serialize(e->b, &buf, &len, &fds, &nfds);
+	assert_true(rx_wait(e, &r, fd, "@label=f1 :irc.example.net ACK\r\n"));
+	bouncer_item_thaw(it);
+	free(buf);
+	say_fd(e->up, "@label=bt1 :irc.example.net 331 alice #baton :No topic is set");
+	assert_true(rx_wait(e, &r, fd, "331 alice #baton :No topic is set\r\n"));
+	assert_int_equal(count_from(&r, mark, "label="), 1);
+
+	mark = r.len;
+	say_fd(fd, "@label=g1 WHO #baton");
+	say_fd(fd, "@label=g2 MODE #baton");
+	assert_true(rx_wait(e, &up, e->up, "@label=bt3 MODE #baton\r\n"));
+	say_fd(e->up, "@label=bt2 :irc.example.net BATCH +w labeled-response");
+	say_fd(e->up, "@batch=w :irc.example.net 352 alice #baton ~a h irc.example.net alice H :0 A");
+	assert_true(rx_wait(e, &r, fd, "@batch=w :irc.example.net 352"));
+	close(e->up);
+	e->up = -1;
+	assert_true(rx_wait(e, &r, fd, "@label=g2 :irc.example.net ACK\r\n"));
+	assert_non_null(strstr(r.buf + mark, ":irc.example.net BATCH -w\r\n"));
+	free(r.buf);
+	free(up.buf);
+	close(fd);
+	test_env_free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -450,6 +637,9 @@ int main(void)
 		cmocka_unit_test(test_labeled_echo_mark),
 		cmocka_unit_test(test_async_edit_labeled),
 		cmocka_unit_test(test_store_caps_new_del),
+		cmocka_unit_test(test_forwarded_labeled),
+		cmocka_unit_test(test_forwarded_label_bounds),
+		cmocka_unit_test(test_forwarded_labels_dropped),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -781,7 +781,7 @@ static void test_failure_cleared_without_sasl(void **state)
 	e->srv = -1;
 	e->sess.sasl = NULL; /* the config a later worker would have */
 	assert_true(wait_for(e, "USER al 0 * :Alice\r\n", false, 5000));
-	say(e, ":irc.test CAP * LS :batch");
+	say(e, ":irc.test CAP * LS :account-tag");
 	assert_true(wait_for(e, "CAP END\r\n", false, 2000));
 	say(e, ":irc.test 001 alice :Welcome alice!al@h");
 	for (int i = 0; i < 20; i++)

@@ -208,7 +208,7 @@ static void test_register_track_reconnect(void **state)
 	/* multi-line CAP LS: only the wanted caps are requested, once */
 	e->len = 0;
 	say(e, ":irc.test CAP * LS * :multi-prefix sasl=PLAIN");
-	say(e, ":irc.test CAP * LS :server-time batch away-notify");
+	say(e, ":irc.test CAP * LS :server-time account-tag away-notify");
 	assert_true(wait_cond(e, "CAP REQ :multi-prefix server-time away-notify\r\n", false, 2000));
 	say(e, ":irc.test CAP * ACK :multi-prefix server-time away-notify");
 	assert_true(wait_cond(e, "CAP END\r\n", false, 2000));
