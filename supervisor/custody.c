@@ -574,8 +574,13 @@ static int restore_parse(struct custody_restore *r)
 				 * sent after the other records (never merged
 				 * with an earlier one: field by field, a
 				 * partial record could outlive its layer) */
-				if (len - 8 > CKPT_TLS_MAX)
-					return -EPROTO;
+				if (len - 8 > CKPT_TLS_MAX) {
+					/* no worker writes one: the connection
+					 * cannot be resumed from it */
+					c->tlslen = 0;
+					c->drop = true;
+					break;
+				}
 				if (len - 8 > c->tlscap) {
 					uint8_t *g = realloc(c->tls, len - 8);
 
