@@ -57,13 +57,16 @@ def one_run(args, A, loadgen, custody, kills):
     ctx = bl.Context("custody-%s" % ("on" if custody else "off"), keep=args.keep)
     ok = False
     try:
-        tls_kw, tls_opts = {}, {}
+        tls_kw = {}
         if args.tls:
             import tlslib
             pki = tlslib.PKI(os.path.join(ctx.dir, "pki")).create()
             ng = tlslib.NgircdTls(ctx, pki).start()
-            tls_kw = {"upstream_port": ng.tls_port}
-            tls_opts = {"tls": "yes", "tls_ca": pki.ca_cert}
+            # Baton's own network_opts (an instance attribute: the class
+            # one LoadBaton sets below does not reach its config)
+            tls_kw = {"upstream_port": ng.tls_port,
+                      "network_opts": dict(load_run.GOVERNOR_OFF, tls="yes",
+                                           tls_ca=pki.ca_cert)}
         else:
             ng = ctx.ngircd()
         rows = load_run.plan(loadgen, args)
@@ -75,7 +78,7 @@ def one_run(args, A, loadgen, custody, kills):
             handoff_timeout=60, rlimit_nofile=args.nofile, **tls_kw)
         for s, (user, nick, chans) in zip(baton.sessions, rows):
             s.channels = chans
-        load_run.LoadBaton.network_opts = dict(load_run.GOVERNOR_OFF, **tls_opts)
+        load_run.LoadBaton.network_opts = dict(load_run.GOVERNOR_OFF)
         baton.write_config()
         baton.start(wait=True, timeout=args.ready_timeout)
         cmd = load_run.loadgen_cmd(args, loadgen, ng, baton)
