@@ -44,14 +44,17 @@
  *                 it, never resumes it with wrong sequence numbers.
  *   CKPT_TLS      u64 id, then ConnRecovery {written, head, input, tls}:
  *                 a TLS connection's whole position after a recv()+feed
- *                 (written before its lines are handled: they count as
- *                 read, and again after) or a run of send()s: its record
+ *                 (one before its lines are handled, its input without
+ *                 them: a crash while handling them loses them, counted,
+ *                 never handles them twice; another after if some stayed
+ *                 unhandled) or after a run of send()s: its record
  *                 layer without record boundaries, so the sequence
  *                 numbers and keys (KeyUpdate included: the keys are in
  *                 every record), the partial record read (kept, not
  *                 refused: the window stays closed) and the ciphertext
- *                 not yet in the kernel (at most one record: conn.c
- *                 encrypts one record at a time under custody). Bounded
+ *                 not yet in the kernel (at most one application record,
+ *                 conn.c encrypting one at a time under custody, and a
+ *                 KeyUpdate or alert queued by a feed). Bounded
  *                 by CKPT_TLS_MAX. The latest one replaces every earlier
  *                 WRITE, INPUT and TLS record of the id and clears a DROP
  *                 before it.
