@@ -457,6 +457,55 @@ def test_kill9_tls13_traffic_both_ways_upstream_and_client_kept(ctx):
     _tls_kill9_under_traffic(ctx, "1.3")
 
 
+def test_kill9_after_keyupdate_both_ways_tls13(ctx):
+    """openssl s_server (TLS 1.3) as the network: it sends a KeyUpdate with
+    update_requested, baton answers with its own (both its keys change,
+    recorded in CKPT_TLS), then kill -9: the restored record layer reads
+    s_server's next line under the new read key and writes under the new
+    write key (s_server decrypts it), the TLS client relays both ways,
+    nothing reconnected."""
+    import test_tls
+    import tlslib as tl
+    pki = test_tls.shared_pki()
+    srv = tl.OpensslServer(ctx, pki, suite=tl.SUITES_BY_KEY["tls13-aes128gcm"]).start()
+    opts = dict(test_tls.NET_OPTS, tls="yes", tls_ca=pki.ca_cert)
+    b = bl.Baton(ctx, None, nsessions=1, channels=["#chat"],
+                 ircs=(pki.server.cert, pki.server.key), upstream_port=srv.port,
+                 network_opts=opts,
+                 # no session record after the KeyUpdate (records of I/O
+                 # come every 5 s): only CKPT_TLS has the new keys
+                 supervisor_opts={"custody": "yes", "custody_checkpoint_ms": 5000})
+    b.start(wait=False)
+    test_tls.script_register(srv)
+    bl.pump_ready(ctx, b)
+    s = b.sessions[0]
+    c = test_tls.tls_client(ctx, b, pki, s, name="laptop")
+    recv0 = srv.keyupdates("received")
+    srv.key_update(request=True)
+    bl.wait_for(lambda: len(srv.keyupdates("received")) > len(recv0), 10,
+                what="baton's KeyUpdate answer")
+    # lines both ways under the new keys, then the kill
+    srv.send(":dave!d@h PRIVMSG #chat :before kill")
+    ctx.loop.run_until(lambda: any("before kill" in ln for _, ln in c.lines), 10,
+                       "the line under the new keys at the client")
+    ncrash = len(b.status().get("crashes") or [])
+    os.kill(b.worker_pid(), signal.SIGKILL)
+    bl.wait_for(lambda: len(b.status().get("crashes") or []) > ncrash and
+                b.status()["crashes"][-1].get("restore_ms") is not None,
+                20, what="the restore to end")
+    cr = b.status()["crashes"][-1]
+    check(cr["connections_reconnected"] == 0 and cr["connections_kept"] == 2,
+          "crash entry %r" % cr)
+    srv.send(":dave!d@h PRIVMSG #chat :after kill")
+    ctx.loop.run_until(lambda: any("after kill" in ln for _, ln in c.lines), 10,
+                       "s_server's line after the kill at the client")
+    c.privmsg("#chat", "from laptop after kill")
+    srv.wait_data("from laptop after kill", timeout=10)
+    check(not c.closed, "the TLS client was disconnected")
+    check(srv.keyupdates("received") == [0], "KeyUpdates from baton: %s (want the one answer)"
+          % srv.keyupdates("received"))
+
+
 def test_lost_join_resynchronised_from_the_network(ctx):
     """erin joins #chat after the session's last checkpoint record; kill -9
     before the next one: the JOIN is lost with the dead worker (counted in
