@@ -423,6 +423,9 @@ static void conn_tls_read(struct conn *c)
 			size_t len = c->in.len - c->in.off;
 			uint32_t lines = 0;
 
+			/* fault builds only (fault.h tlsgap): a crash here */
+			FAULT_TLS_READ(in + had, len - had);
+
 			for (size_t i = had; i < len; i++)
 				lines += in[i] == '\n';
 			/* before the lines are handled: the poison-pill marker,

@@ -506,6 +506,50 @@ def test_kill9_after_keyupdate_both_ways_tls13(ctx):
           % srv.keyupdates("received"))
 
 
+def test_tls_crash_between_read_and_record_closes_that_connection(ctx):
+    """The window custody cannot close: the fault build `tlsgap` aborts
+    after a recv() on a TLS connection consumed (and decrypted) a line
+    holding BATON-TLS-GAP, before the record of it. Its read sequence
+    number is unknown to the log (a DROP is the last word): that client is
+    closed and counted in connections_reconnected, never resumed with a
+    stale key; the other TLS client and the upstream are kept and relay."""
+    import test_tls
+    pki = test_tls.shared_pki()
+    ng = ctx.ngircd()
+    faulty = poison_binary(ctx, "tlsgap")
+    b = bl.Baton(ctx, ng, nsessions=1, channels=["#chat"],
+                 ircs=(pki.server.cert, pki.server.key), supervisor_opts=CUSTODY)
+    orig = b.config_text
+    b.config_text = lambda: orig().replace("sessiond = %s" % b.build.sessiond,
+                                           "sessiond = %s" % faulty)
+    b.write_config()
+    os.environ["BATON_FAULT_KIND"] = "tlsgap"
+    try:
+        b.start(wait=False)
+    finally:
+        del os.environ["BATON_FAULT_KIND"]
+    bl.pump_ready(ctx, b)
+    dave = bl.direct_user(ctx.loop, ng, "dave", ["#chat"])
+    s = b.sessions[0]
+    keep = test_tls.tls_client(ctx, b, pki, s, name="keep")
+    gap = test_tls.tls_client(ctx, b, pki, s, name="gap")
+    relay_both_ways(ctx, keep, dave, "before")
+    mark = len(dave.lines)
+    ncrash = len(b.status().get("crashes") or [])
+    gap.privmsg("#chat", "BATON-TLS-GAP")
+    bl.wait_for(lambda: len(b.status().get("crashes") or []) > ncrash and
+                b.status()["crashes"][-1].get("restore_ms") is not None,
+                20, what="the crash and its restore")
+    cr = b.status()["crashes"][-1]
+    ctx.loop.run_until(lambda: gap.closed, 5, raise_on_timeout=False)
+    check(gap.closed, "the client whose read was not recorded was not closed")
+    check(cr["connections_kept"] == 2 and cr["connections_reconnected"] == 1,
+          "crash entry %r" % cr)
+    check(not keep.closed, "the other TLS client was disconnected")
+    relay_both_ways(ctx, keep, dave, "after")
+    test_tls.check_no_rejoin(dave, [s.nick], mark)
+
+
 def test_lost_join_resynchronised_from_the_network(ctx):
     """erin joins #chat after the session's last checkpoint record; kill -9
     before the next one: the JOIN is lost with the dead worker (counted in
