@@ -1477,6 +1477,8 @@ struct pipe {
 
 static void pipe_put(struct pipe *q, const void *d, size_t n)
 {
+	if (n == 0)
+		return;
 	if (q->len + n > q->cap) {
 		q->cap = (q->len + n) * 2;
 		q->p = realloc(q->p, q->cap);
@@ -1532,7 +1534,9 @@ static void run_crashes(uint16_t version, enum tls_cipher c, uint64_t seed,
 	static uint8_t buf[TLS_RECORD_MAX_PLAINTEXT];
 	struct tls_record_params pc, ps;
 	struct side sd[2];
-	struct pipe to_peer = { 0 }, to_us = { 0 };
+	/* never NULL: feeding p + off with nothing in it is defined */
+	struct pipe to_peer = { .p = malloc(1), .cap = 1 },
+		    to_us = { .p = malloc(1), .cap = 1 };
 	uint8_t *prog = NULL;
 	size_t plen, max_plen = 0;
 	uint64_t rec_received;
