@@ -8,7 +8,7 @@ mass reconnect), one after the other with the same seed:
   off: [supervisor] custody = no, no kill
   on:  custody = yes, and K `kill -9` of the serving worker at random moments
        (loadgen --exec), each adopted by the next worker from custody
-Prints and saves (bench/results/custody-<N>u.json) per run loadgen's
+Prints and saves (bench/results/custody-<N>u[-tls].json) per run loadgen's
 delivery figures (lines, lost, duplicated, client disconnects, relay
 latency p50/p99), the bouncer nicks ngircd saw unregister (QUIT: upstream
 reconnects), the worker's CPU per line where known, and for the custody run
@@ -17,6 +17,13 @@ lines lost, restore_ms).
 
     bench/custody_run.py                               # 200 users, 20 kills
     bench/custody_run.py --bouncer-users 100 --kills 5 --duration 30
+    bench/custody_run.py --tls                         # upstreams over TLS
+
+--tls: every session's network connection is TLS (ngircd's TLS port, its
+GnuTLS default: TLS 1.3), so the kills hit TLS record layers moving both
+ways (sessiond/checkpoint.h CKPT_TLS). The loadgen's clients and network
+peers stay plaintext (baton-loadgen speaks no TLS): client-side TLS under
+custody is covered by tests/integration/test_worker_crash.py only.
 
 The kills make the "off" and "on" relay figures differ for reasons other
 than custody's cost: --kills 0 measures the cost alone. Exit 0 when the
@@ -50,14 +57,25 @@ def one_run(args, A, loadgen, custody, kills):
     ctx = bl.Context("custody-%s" % ("on" if custody else "off"), keep=args.keep)
     ok = False
     try:
-        ng = ctx.ngircd()
+        tls_kw = {}
+        if args.tls:
+            import tlslib
+            pki = tlslib.PKI(os.path.join(ctx.dir, "pki")).create()
+            ng = tlslib.NgircdTls(ctx, pki).start()
+            # Baton's own network_opts (an instance attribute: the class
+            # one LoadBaton sets below does not reach its config)
+            tls_kw = {"upstream_port": ng.tls_port,
+                      "network_opts": dict(load_run.GOVERNOR_OFF, tls="yes",
+                                           tls_ca=pki.ca_cert)}
+        else:
+            ng = ctx.ngircd()
         rows = load_run.plan(loadgen, args)
         baton = load_run.LoadBaton(
             ctx, ng, nsessions=args.bouncer_users, channels=("#lg0",),
             sessiond_opts=dict(bl.roomy_backlog(args.backlog_lines)),
             supervisor_opts={"custody": "yes" if custody else "no",
                              "custody_checkpoint_ms": args.checkpoint_ms},
-            handoff_timeout=60, rlimit_nofile=args.nofile)
+            handoff_timeout=60, rlimit_nofile=args.nofile, **tls_kw)
         for s, (user, nick, chans) in zip(baton.sessions, rows):
             s.channels = chans
         load_run.LoadBaton.network_opts = dict(load_run.GOVERNOR_OFF)
@@ -83,7 +101,7 @@ def one_run(args, A, loadgen, custody, kills):
         d = (rep or {}).get("delivery", {})
         c = (rep or {}).get("connections", {})
         res = {
-            "custody": custody, "kills": kills, "kill_at_s": at,
+            "custody": custody, "tls": bool(args.tls), "kills": kills, "kill_at_s": at,
             "loadgen_exit": p.returncode, "wall_s": round(wall, 1),
             "lines_sent": d.get("lines_sent"), "received": d.get("received"),
             "expected": d.get("expected"), "lost": d.get("lost"),
@@ -107,6 +125,8 @@ def main():
                     rate=40.0, upgrades=0)
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--checkpoint-ms", type=int, default=1000)
+    ap.add_argument("--tls", action="store_true",
+                    help="the sessions' network connections over TLS")
     args = ap.parse_args()
     try:
         A, B, loadgen = load_run.prepare(args)
@@ -118,7 +138,7 @@ def main():
     result = {"kind": "custody_run", "params": {
         k: v for k, v in vars(args).items() if k not in ("loadgen_args",)}, "runs": runs}
     os.makedirs(args.results, exist_ok=True)
-    path = os.path.join(args.results, "custody-%du.json" % args.bouncer_users)
+    path = os.path.join(args.results, "custody-%du%s.json" % (args.bouncer_users, "-tls" if args.tls else ""))
     with open(path, "w") as f:
         f.write(bl.scrub_paths(json.dumps(result, indent=1)) + "\n")
     for r in runs:

@@ -25,6 +25,8 @@
 #include "sessiond/upstream.h"
 #include "state.pb-c.h"
 #include "store/store.h"
+#include "tls/record.h"
+#include "tls.pb-c.h"
 
 #define CKPT_GROW (16u << 20) /* the memfd grows by this much */
 
@@ -320,6 +322,52 @@ void checkpoint_conn_drop(uint64_t id)
 	h[8] = (4 << 3) | 0;
 	h[9] = 1;
 	ckpt_put(CKPT_DROP, h, sizeof(h), NULL, 0);
+}
+
+int checkpoint_conn_tls(uint64_t id, uint64_t written, const void *head,
+			size_t headlen, const void *in, size_t inlen,
+			const struct tls_record *t)
+{
+	Baton__State__ConnRecovery r = BATON__STATE__CONN_RECOVERY__INIT;
+	Baton__Tls__TlsState st;
+	uint8_t *buf;
+	size_t len;
+	int rc;
+
+	if (!ck.on || id == 0)
+		return 0;
+	if ((rc = tls_record_save_progress(t, &st)) < 0)
+		return rc;
+	r.has_written = 1;
+	r.written = written;
+	/* always set: an empty one resets an earlier record's */
+	r.has_head = 1;
+	r.head.data = (uint8_t *)head;
+	r.head.len = headlen;
+	r.has_input = 1;
+	r.input.data = (uint8_t *)in;
+	r.input.len = inlen;
+	r.tls = &st;
+	len = baton__state__conn_recovery__get_packed_size(&r);
+	if (len > CKPT_TLS_MAX) {
+		/* a peer's oversized partial handshake message: not worth
+		 * the log (the caller records a DROP) */
+		tls_record_state_free_contents(&st);
+		return -EMSGSIZE;
+	}
+	if ((buf = malloc(8 + len)) == NULL) {
+		tls_record_state_free_contents(&st);
+		return -ENOMEM;
+	}
+	memcpy(buf, &id, 8);
+	baton__state__conn_recovery__pack(&r, buf + 8);
+	tls_record_state_free_contents(&st);
+	ckpt_put(CKPT_TLS, buf, 8 + len, NULL, 0);
+	/* keys were in it: the log is shared memory of ours and the
+	 * supervisor's only, but a freed buffer need not keep them */
+	explicit_bzero(buf, 8 + len);
+	free(buf);
+	return 0;
 }
 
 /* ---- session records ---- */

@@ -35,10 +35,33 @@
  *   CKPT_WRITE    u64 id, then ConnRecovery {written, head}: how far the
  *                 stream got after the session's record.
  *   CKPT_DROP     u64 id, then ConnRecovery {drop}: the connection cannot
- *                 continue from the session record (TLS I/O since).
+ *                 continue from what the log says (until a later CKPT_TLS
+ *                 of the id says otherwise). A TLS connection writes one
+ *                 before every recv() and every run of send()s, and a
+ *                 CKPT_TLS after them: a crash in between (bytes that
+ *                 may have left or entered the kernel unrecorded, a
+ *                 record layer we cannot describe) closes it and counts
+ *                 it, never resumes it with wrong sequence numbers.
+ *   CKPT_TLS      u64 id, then ConnRecovery {written, head, input, tls}:
+ *                 a TLS connection's whole position after a recv()+feed
+ *                 (one before its lines are handled, its input without
+ *                 them: a crash while handling them loses them, counted,
+ *                 never handles them twice; another after if some stayed
+ *                 unhandled) or after a run of send()s: its record
+ *                 layer without record boundaries, so the sequence
+ *                 numbers and keys (KeyUpdate included: the keys are in
+ *                 every record), the partial record read (kept, not
+ *                 refused: the window stays closed) and the ciphertext
+ *                 not yet in the kernel (at most one application record,
+ *                 conn.c encrypting one at a time under custody, and a
+ *                 KeyUpdate or alert queued by a feed). Bounded
+ *                 by CKPT_TLS_MAX. The latest one replaces every earlier
+ *                 WRITE, INPUT and TLS record of the id and clears a DROP
+ *                 before it.
  * The supervisor (supervisor/custody.h) concatenates a connection's
  * ConnRecovery records written after its session's record (protobuf
- * merges them: the latest of each field wins) into the item's Recovery.
+ * merges them: the latest of each field wins), then its latest CKPT_TLS
+ * one, then drop if a DROP is the last word, into the item's Recovery.
  *
  * Compaction: once the log is past CKPT_COMPACT_MIN bytes and twice what
  * the live sessions' records take, a fresh memfd gets one record per
@@ -71,7 +94,15 @@ enum ckpt_type {
 	CKPT_INPUT = 4,
 	CKPT_WRITE = 5,
 	CKPT_DROP = 6,
+	CKPT_TLS = 7,
 };
+
+/* The largest CKPT_TLS record (its ConnRecovery): one partial input record
+ * (18 KiB at most), the unwritten ciphertext (one record under custody,
+ * conn.c), the line buffer's rest (8.7 KiB) and the keys fit with room to
+ * spare; a longer one (a peer's partial post-handshake message of up to
+ * 128 KiB) is not written: a DROP instead. */
+#define CKPT_TLS_MAX (64u << 10)
 
 /* Start custody: create the log, hand it to the supervisor through q
  * (borrowed; it must outlive custody or checkpoint_stop() be called) and
@@ -107,6 +138,15 @@ void checkpoint_conn_input(uint64_t id, const void *in, size_t len);
 void checkpoint_conn_wrote(uint64_t id, uint64_t written, const void *head,
 			   size_t headlen);
 void checkpoint_conn_drop(uint64_t id);
+/* TLS: the connection's whole position after a read or a write, as one
+ * CKPT_TLS record: written and head as checkpoint_conn_wrote(), in the
+ * unhandled input, and t's record layer (tls_record_save_progress()).
+ * 0, or -errno (-EMSGSIZE past CKPT_TLS_MAX, -ENOMEM, -EPIPE for a dead
+ * layer): nothing written, the caller records a DROP. */
+struct tls_record;
+int checkpoint_conn_tls(uint64_t id, uint64_t written, const void *head,
+			size_t headlen, const void *in, size_t inlen,
+			const struct tls_record *t);
 
 /* Figures for STATUS (custody object of batonctl status). */
 struct checkpoint_stats {

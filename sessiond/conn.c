@@ -68,6 +68,7 @@ struct conn {
 	bool tls_close_sent;   /* close_notify queued */
 	bool tls_read_paused;  /* too much ciphertext waiting: not reading */
 	uint64_t tls_cipher_acked; /* highest ciphertext offset seen acked */
+	bool tls_mid_line;     /* the last record ended inside a line */
 	char tls_info[96];
 	char reason[160];
 	/* custody (checkpoint.h): our id at the supervisor (0: none), the
@@ -159,11 +160,47 @@ static size_t unwritten(const struct conn *c)
  * once the socket took it. */
 #define CONN_TLS_READ_PAUSE (256u << 10)
 
+/* Custody, TLS (checkpoint.h CKPT_TLS): the connection's whole position,
+ * the record layer included; `in` is the input left unhandled (NULL: the
+ * line buffer as it is). A layer that cannot be recorded (dead, too large,
+ * no memory) leaves a DROP as the last word: a crash closes it. */
+static void conn_checkpoint_tls(struct conn *c, const char *in, size_t inlen)
+{
+	const char *rest = c->out.data ? c->out.data + c->out.off : "";
+	size_t left = c->out.len - c->out.off, head = 0;
+
+	if (c->custody_id == 0 || c->tls == NULL)
+		return;
+	c->ckpt_dirty = true;
+	if (in == NULL) {
+		in = c->in.data ? c->in.data + c->in.off : "";
+		inlen = c->in.len - c->in.off;
+	}
+	if (left > 0 && c->tls_mid_line) {
+		/* the rest of the line the last record cut (conn_checkpoint_wrote) */
+		const char *nl = memchr(rest, '\n', left);
+
+		head = nl ? (size_t)(nl - rest) + 1 : left;
+	}
+	if (checkpoint_conn_tls(c->custody_id, c->written_total - c->ckpt_base,
+				rest, head, in, inlen, c->tls) < 0)
+		checkpoint_conn_drop(c->custody_id);
+}
+
 /* TLS: write the record layer's ciphertext; encrypt more plaintext as the
  * socket takes it. Returns 0, or -errno (-EPROTO: the record layer is dead,
- * reason in c->reason via the caller). */
+ * reason in c->reason via the caller).
+ * Custody: one record is encrypted at a time (so what is produced and not
+ * yet in the kernel, which CKPT_TLS carries, is at most one record), a DROP
+ * is recorded before the first send() and the position after the last: the
+ * write sequence number recorded is always that of records the kernel took
+ * whole or whose rest is in the record. */
 static int conn_tls_write_some(struct conn *c)
 {
+	size_t slice = c->custody_id ? TLS_RECORD_MAX_PLAINTEXT : CONN_TLS_SLICE;
+	bool sending = false;
+	int rc = 0;
+
 	for (;;) {
 		size_t clen;
 		const uint8_t *cdata = tls_record_output(c->tls, &clen);
@@ -173,31 +210,37 @@ static int conn_tls_write_some(struct conn *c)
 
 			if (plen == 0 || c->tls_close_sent)
 				break;
-			if (plen > CONN_TLS_SLICE)
-				plen = CONN_TLS_SLICE;
+			if (plen > slice)
+				plen = slice;
 			if (tls_record_write(c->tls, c->out.data + c->out.off,
-					     plen) != TLS_RECORD_OK)
-				return -EPROTO;
+					     plen) != TLS_RECORD_OK) {
+				rc = -EPROTO;
+				break;
+			}
 			c->out.off += plen;
 			c->written_total += plen;
-			if (c->custody_id && !c->ckpt_dirty)
-				checkpoint_conn_drop(c->custody_id);
+			c->tls_mid_line = c->out.data[c->out.off - 1] != '\n';
 			c->ckpt_dirty = true;
 			continue;
 		}
+		if (c->custody_id && !sending)
+			checkpoint_conn_drop(c->custody_id);
+		sending = true;
 		ssize_t n = send(c->fd, cdata, clen, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
-				return 0;
-			return -errno;
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				rc = -errno;
+			break;
 		}
 		tls_record_consume_output(c->tls, (size_t)n);
 	}
 	if (c->out.off == c->out.len)
 		c->out.off = c->out.len = 0;
-	return 0;
+	if (sending)
+		conn_checkpoint_tls(c, NULL, 0);
+	return rc;
 }
 
 /* Custody: how far the stream got since the session's record, and the
@@ -359,22 +402,41 @@ static void conn_tls_read(struct conn *c)
 	const char *eof = NULL;
 	char why[160];
 	size_t pending;
-	ssize_t n = recv(c->fd, cbuf, sizeof(cbuf), MSG_DONTWAIT);
+	size_t tail = 0;
+	ssize_t n;
 
-	if (n > 0 && c->custody_id) {
-		/* the record state moved on: this connection cannot resume
-		 * from the session's record any more */
-		if (!c->ckpt_dirty)
-			checkpoint_conn_drop(c->custody_id);
-		c->ckpt_dirty = true;
-		checkpoint_conn_read(c->custody_id, 0);
-	}
+	/* custody: a crash between the recv() and the record of what it
+	 * consumed closes the connection (CKPT_DROP) */
+	if (c->custody_id)
+		checkpoint_conn_drop(c->custody_id);
+	n = recv(c->fd, cbuf, sizeof(cbuf), MSG_DONTWAIT);
 	if (n > 0) {
+		size_t had = c->in.len - c->in.off;
 		enum tls_record_status st = tls_record_feed(c->tls, cbuf, (size_t)n);
 
 		if (conn_tls_take_plaintext(c) < 0) {
 			conn_mark_dead(c, "out of memory");
 			return;
+		}
+		if (c->custody_id) {
+			const char *in = c->in.data ? c->in.data + c->in.off : "";
+			size_t len = c->in.len - c->in.off;
+			uint32_t lines = 0;
+
+			/* fault builds only (fault.h tlsgap): a crash here */
+			FAULT_TLS_READ(in + had, len - had);
+
+			for (size_t i = had; i < len; i++)
+				lines += in[i] == '\n';
+			/* before the lines are handled: the poison-pill marker,
+			 * then the position, with the complete lines counted
+			 * as handled (a crash while handling them loses them,
+			 * never handles them twice) */
+			checkpoint_conn_read(c->custody_id, lines);
+			while (tail < len && in[len - tail - 1] != '\r' &&
+			       in[len - tail - 1] != '\n')
+				tail++;
+			conn_checkpoint_tls(c, in + len - tail, tail);
 		}
 		if (st == TLS_RECORD_CLOSED) {
 			c->peer_eof = true;
@@ -386,12 +448,15 @@ static void conn_tls_read(struct conn *c)
 			eof = why;
 			(void)conn_write_some(c); /* our alert, best effort */
 		}
-	} else if (n == 0) {
-		c->peer_eof = true;
-		eof = "connection closed by peer";
-	} else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-		snprintf(why, sizeof(why), "read error: %s", strerror(errno));
-		eof = why;
+	} else {
+		if (n == 0) {
+			c->peer_eof = true;
+			eof = "connection closed by peer";
+		} else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+			snprintf(why, sizeof(why), "read error: %s", strerror(errno));
+			eof = why;
+		}
+		conn_checkpoint_tls(c, NULL, 0); /* nothing consumed */
 	}
 	/* A KeyUpdate answer (or an alert) waits in the output. */
 	(void)tls_record_output(c->tls, &pending);
@@ -402,8 +467,13 @@ static void conn_tls_read(struct conn *c)
 		c->tls_read_paused = true;
 	}
 	conn_process_lines(c);
-	if (n > 0 && c->custody_id)
+	if (n > 0 && c->custody_id) {
+		/* not every line was handled (held, dead): say what is left */
+		if (c->in.len - c->in.off != tail)
+			conn_checkpoint_tls(c, NULL, 0);
+		/* handled to the end: the marker's other half */
 		checkpoint_conn_input(c->custody_id, NULL, 0);
+	}
 	if (eof)
 		conn_mark_dead(c, eof);
 }

@@ -26,6 +26,7 @@ static const char *const fault_names[] = {
 	[FAULT_LEAK] = "leak",       [FAULT_CRASH] = "crash",
 	[FAULT_MALFORMED] = "malformed", [FAULT_NOPING] = "noping",
 	[FAULT_POISON] = "poison",   [FAULT_WEDGE] = "wedge",
+	[FAULT_TLSGAP] = "tlsgap",
 };
 #define NFAULTS (sizeof(fault_names) / sizeof(fault_names[0]))
 
@@ -73,7 +74,7 @@ int fault_select(const char *argv0)
 	}
 
 	if (k < 0) {
-		fprintf(stderr, "baton-sessiond: unknown fault in the program name %s (known: drop dup latency leak crash malformed noping poison wedge)\n",
+		fprintf(stderr, "baton-sessiond: unknown fault in the program name %s (known: drop dup latency leak crash malformed noping poison wedge tlsgap)\n",
 			argv0);
 		return -1;
 	}
@@ -158,6 +159,15 @@ void fault_upstream_line(void)
 	if (p)
 		memset(p, 0xa5, FAULT_LEAK_BYTES);
 	leak_last = p;
+}
+
+void fault_tls_read(const void *plain, size_t len)
+{
+	if (kind == FAULT_TLSGAP &&
+	    memmem(plain, len, FAULT_TLSGAP_TEXT, strlen(FAULT_TLSGAP_TEXT)) != NULL) {
+		log_error("fault", "tls gap: abort() between a TLS read and its record");
+		abort();
+	}
 }
 
 void fault_upstream_text(const char *line)

@@ -25,6 +25,10 @@
  *   poison     abort() when a line from a network holds FAULT_POISON_TEXT
  *              (custody's poison-pill quarantine, tests/integration/
  *              test_worker_crash.py)
+ *   tlsgap     abort() after a recv() on a TLS connection, before its
+ *              CKPT_TLS record, when the bytes it decrypted hold
+ *              FAULT_TLSGAP_TEXT (custody's DROP before every TLS read:
+ *              that connection must be closed, never resumed)
  *
  * A fault build under any other name takes the kind from the environment
  * variable BATON_FAULT_KIND (e.g. "poison") when it is set: the worker a
@@ -48,6 +52,7 @@
 #ifdef BATON_FAULT_BUILD
 
 #include <stdbool.h>
+#include <stddef.h>
 
 struct event_base;
 struct health_link;
@@ -63,6 +68,7 @@ enum fault_kind {
 	FAULT_NOPING,
 	FAULT_POISON,
 	FAULT_WEDGE,
+	FAULT_TLSGAP,
 };
 
 #define FAULT_DROP_EVERY 50
@@ -75,6 +81,7 @@ enum fault_kind {
 #define FAULT_MALFORMED_LINE ":baton"
 #define FAULT_POISON_TEXT "BATON-POISON-PILL"
 #define FAULT_WEDGE_TEXT "BATON-WEDGE"
+#define FAULT_TLSGAP_TEXT "BATON-TLS-GAP"
 
 /* The kind named by argv0's basename ("baton-sessiond-fault-<kind>"):
  * FAULT_NONE for any other name, -1 for an unknown kind. Pure. */
@@ -95,6 +102,7 @@ void fault_upstream_line(void);
 void fault_upstream_text(const char *line);
 bool fault_noping(void);
 const char *fault_network_write(const struct health_link *l);
+void fault_tls_read(const void *plain, size_t len);
 
 #define FAULT_SELECT(argv0) fault_select(argv0)
 #define FAULT_READY(base) fault_ready(base)
@@ -104,6 +112,7 @@ const char *fault_network_write(const struct health_link *l);
 #define FAULT_UPSTREAM_TEXT(line) fault_upstream_text(line)
 #define FAULT_NOPING() fault_noping()
 #define FAULT_NETWORK_WRITE(l) fault_network_write(l)
+#define FAULT_TLS_READ(p, n) fault_tls_read(p, n)
 #define SESSIOND_VERSION fault_version()
 
 #else /* a normal build: no fault code */
@@ -116,6 +125,7 @@ const char *fault_network_write(const struct health_link *l);
 #define FAULT_UPSTREAM_TEXT(line) ((void)0)
 #define FAULT_NOPING() 0
 #define FAULT_NETWORK_WRITE(l) ((const char *)0)
+#define FAULT_TLS_READ(p, n) ((void)0)
 #define SESSIOND_VERSION BATON_VERSION /* include baton_version.h */
 
 #endif

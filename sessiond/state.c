@@ -1664,6 +1664,19 @@ static void recover_conn(Baton__State__Connection *pc,
 				pc->output.len = 0;
 		}
 	}
+	if (r != NULL && r->tls != NULL && !drop && !(r->has_drop && r->drop)) {
+		/* TLS: the record layer after the last recorded I/O replaces
+		 * the one of the session record (a connection recorded in
+		 * its handshake has none to replace: it cannot go on) */
+		Baton__Tls__TlsState *ts = pc->tls;
+
+		if (ts == NULL) {
+			drop = true;
+		} else {
+			pc->tls = r->tls;
+			r->tls = ts; /* freed with the item */
+		}
+	}
 	if (drop || (r != NULL && r->has_drop && r->drop)) {
 		/* cannot continue from here: closed at once after adoption
 		 * (a client reconnects; an upstream through the governor) */

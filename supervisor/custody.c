@@ -306,7 +306,10 @@ struct rconn {
 	size_t len;
 	uint32_t lines;
 	uint64_t read_at, input_at; /* log offsets of its last READ / INPUT */
-	bool drop;                  /* a DROP since its session's record */
+	bool drop;                  /* a DROP is the last word since its
+				       session's record (a CKPT_TLS clears it) */
+	uint8_t *tls;               /* its latest CKPT_TLS ConnRecovery */
+	size_t tlslen, tlscap;
 };
 
 struct rsess {
@@ -373,6 +376,9 @@ void custody_restore_free(struct custody_restore *r)
 			struct rconn *c = r->conns.vals[i];
 
 			free(c->rec);
+			if (c->tls != NULL)
+				explicit_bzero(c->tls, c->tlscap); /* keys */
+			free(c->tls);
 			free(c);
 		}
 	idmap_clear(&r->conns);
@@ -518,6 +524,7 @@ static int restore_parse(struct custody_restore *r)
 				c->len = 0;
 				c->lines = 0;
 				c->drop = false;
+				c->tlslen = 0;
 			}
 			break;
 		}
@@ -542,7 +549,8 @@ static int restore_parse(struct custody_restore *r)
 		case CKPT_READ:
 		case CKPT_INPUT:
 		case CKPT_WRITE:
-		case CKPT_DROP: {
+		case CKPT_DROP:
+		case CKPT_TLS: {
 			uint64_t id;
 			struct rconn *c;
 
@@ -557,11 +565,36 @@ static int restore_parse(struct custody_restore *r)
 				memcpy(&lines, p + 8, 4);
 				c->lines += lines;
 				c->read_at = off + 1;
+			} else if (type == CKPT_DROP) {
+				/* restore_item() says drop: not merged, so a
+				 * later CKPT_TLS can take it back */
+				c->drop = true;
+			} else if (type == CKPT_TLS) {
+				/* the whole position: only the latest counts,
+				 * sent after the other records (never merged
+				 * with an earlier one: field by field, a
+				 * partial record could outlive its layer) */
+				if (len - 8 > CKPT_TLS_MAX) {
+					/* no worker writes one: the connection
+					 * cannot be resumed from it */
+					c->tlslen = 0;
+					c->drop = true;
+					break;
+				}
+				if (len - 8 > c->tlscap) {
+					uint8_t *g = realloc(c->tls, len - 8);
+
+					if (g == NULL)
+						return -ENOMEM;
+					c->tls = g;
+					c->tlscap = len - 8;
+				}
+				memcpy(c->tls, p + 8, len - 8);
+				c->tlslen = len - 8;
+				c->drop = false;
 			} else {
 				if (type == CKPT_INPUT)
 					c->input_at = off + 1;
-				if (type == CKPT_DROP)
-					c->drop = true;
 				if (rconn_append(c, p + 8, len - 8) < 0)
 					return -ENOMEM;
 			}
@@ -612,7 +645,7 @@ static int restore_item(struct custody_restore *r, struct rsess *s,
 	for (size_t i = 0; i < s->nids; i++) {
 		struct rconn *c = idmap_get(&r->conns, s->ids[i]);
 
-		cap += 32 + (c ? c->len : 0);
+		cap += 32 + (c ? c->len + c->tlslen : 0);
 	}
 	if ((rec = malloc(cap)) == NULL)
 		return -ENOMEM;
@@ -641,7 +674,7 @@ static int restore_item(struct custody_restore *r, struct rsess *s,
 			el += pb_varint(extra + el, c->lines);
 			r->res.lines_lost += c->lines;
 		}
-		if (drop) {
+		if (drop || (c != NULL && c->drop)) {
 			extra[el++] = (4 << 3) | 0;
 			extra[el++] = 1;
 		}
@@ -649,13 +682,18 @@ static int restore_item(struct custody_restore *r, struct rsess *s,
 			r->res.connections_reconnected++;
 		else
 			r->res.connections_kept++;
-		size_t clen = (c ? c->len : 0) + el;
+		size_t clen = (c ? c->len + c->tlslen : 0) + el;
 
 		rec[rl++] = (1 << 3) | 2;
 		rl += pb_varint(rec + rl, clen);
 		if (c && c->len) {
 			memcpy(rec + rl, c->rec, c->len);
 			rl += c->len;
+		}
+		if (c && c->tlslen) {
+			/* last: its written, head and input win */
+			memcpy(rec + rl, c->tls, c->tlslen);
+			rl += c->tlslen;
 		}
 		memcpy(rec + rl, extra, el);
 		rl += el;

@@ -1027,7 +1027,8 @@ void tls_record_state_free_contents(Baton__Tls__TlsState *st)
 	baton__tls__tls_state__init(st);
 }
 
-int tls_record_save(const struct tls_record *t, Baton__Tls__TlsState *st)
+static int save_impl(const struct tls_record *t, Baton__Tls__TlsState *st,
+		     bool boundaries)
 {
 	baton__tls__tls_state__init(st);
 	/* A dead layer has nothing worth carrying: its owner closes it. */
@@ -1065,7 +1066,7 @@ int tls_record_save(const struct tls_record *t, Baton__Tls__TlsState *st)
 	st->plain_total = t->plain_total;
 	st->cipher_total = t->cipher_total;
 	st->plain_covered = t->plain_covered;
-	if (t->bd_len) {
+	if (boundaries && t->bd_len) {
 		st->boundary_cipher = malloc(t->bd_len * sizeof(uint64_t));
 		st->boundary_plain = malloc(t->bd_len * sizeof(uint64_t));
 		if (!st->boundary_cipher || !st->boundary_plain)
@@ -1080,6 +1081,19 @@ int tls_record_save(const struct tls_record *t, Baton__Tls__TlsState *st)
 nomem:
 	tls_record_state_free_contents(st);
 	return -ENOMEM;
+}
+
+int tls_record_save(const struct tls_record *t, Baton__Tls__TlsState *st)
+{
+	return save_impl(t, st, true);
+}
+
+int tls_record_save_progress(const struct tls_record *t,
+			     Baton__Tls__TlsState *st)
+{
+	/* Without the boundaries, tls_record_plain_covered() answers
+	 * plain_covered until new records are written: low, never high. */
+	return save_impl(t, st, false);
 }
 
 static const char *load_direction(struct tls_record *t,

@@ -168,6 +168,14 @@ const char *tls_cipher_name(enum tls_cipher c); /* IANA-style name */
  * protobuf-c's free_unpacked. load does no key derivation (cheap). */
 int tls_record_save(const struct tls_record *t, struct Baton__Tls__TlsState *out);
 void tls_record_state_free_contents(struct Baton__Tls__TlsState *st);
+/* tls_record_save() without the unacknowledged record boundaries (up to
+ * 1024 pairs): what custody records after each read and write
+ * (sessiond/checkpoint.h CKPT_TLS), bounded by the partial records and the
+ * unwritten output. A layer loaded from it answers
+ * tls_record_plain_covered() low (never high) until its own records are
+ * acknowledged. Same errors as save. */
+int tls_record_save_progress(const struct tls_record *t,
+			     struct Baton__Tls__TlsState *out);
 struct tls_record *tls_record_load(const struct Baton__Tls__TlsState *st,
 				   const char **err);
 

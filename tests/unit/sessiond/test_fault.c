@@ -31,6 +31,7 @@ static void test_kind_from_argv0(void **state)
 		{ "baton-sessiond-fault-noping", FAULT_NOPING },
 		{ "baton-sessiond-fault-poison", FAULT_POISON },
 		{ "baton-sessiond-fault-wedge", FAULT_WEDGE },
+		{ "baton-sessiond-fault-tlsgap", FAULT_TLSGAP },
 		{ "baton-sessiond", FAULT_NONE },
 		{ "/usr/lib/baton/baton-sessiond-faulty", FAULT_NONE },
 		{ "/tmp/baton-sessiond-fault-drop/baton-sessiond", FAULT_NONE },

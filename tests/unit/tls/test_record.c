@@ -10,6 +10,11 @@
  * - Post-handshake messages: KeyUpdate with update_requested (split over
  *   records, state saved in between), NewSessionTicket spanning records,
  *   HelloRequest in TLS 1.2.
+ * - Custody (sessiond/checkpoint.h CKPT_TLS): a layer loaded from the
+ *   progress recorded after its last read or write, in place of one that
+ *   "died" (having maybe encrypted more), goes on with a peer that never
+ *   restarted, exactly once both ways; a stale progress is refused by the
+ *   peer.
  * - Malformed input ends the connection with the right alert, read back by
  *   the peer's own layer ("peer alert: ...").
  *
@@ -1461,11 +1466,253 @@ static void test_load_rejects(void **state)
 	tls_record_free(a);
 }
 
+
+/* --- custody: continued from the recorded progress --------------------- */
+
+/* A byte pipe standing for the kernel's socket buffers. */
+struct pipe {
+	uint8_t *p;
+	size_t off, len, cap;
+};
+
+static void pipe_put(struct pipe *q, const void *d, size_t n)
+{
+	if (n == 0)
+		return;
+	if (q->len + n > q->cap) {
+		q->cap = (q->len + n) * 2;
+		q->p = realloc(q->p, q->cap);
+		assert_non_null(q->p);
+	}
+	memcpy(q->p + q->len, d, n);
+	q->len += n;
+}
+
+/* What custody records after a read or a write (checkpoint_conn_tls()):
+ * tls_record_save_progress(), packed. */
+static size_t progress_pack(struct tls_record *t, uint8_t **out)
+{
+	Baton__Tls__TlsState st;
+	size_t len;
+
+	assert_int_equal(tls_record_save_progress(t, &st), 0);
+	assert_int_equal(st.n_boundary_cipher, 0);
+	assert_int_equal(st.n_boundary_plain, 0);
+	len = baton__tls__tls_state__get_packed_size(&st);
+	*out = realloc(*out, len + 1);
+	assert_non_null(*out);
+	assert_int_equal(baton__tls__tls_state__pack(&st, *out), len);
+	tls_record_state_free_contents(&st);
+	return len;
+}
+
+static struct tls_record *progress_load(const uint8_t *buf, size_t len)
+{
+	Baton__Tls__TlsState *un = baton__tls__tls_state__unpack(NULL, len, buf);
+	const char *err = NULL;
+	struct tls_record *t;
+
+	assert_non_null(un);
+	t = tls_record_load(un, &err);
+	if (!t)
+		fail_msg("load of the progress: %s", err);
+	baton__tls__tls_state__free_unpacked(un, NULL);
+	return t;
+}
+
+/* Our side (0) writes a record at a time (conn.c under custody) and hands
+ * random parts of its output to the "kernel", reads random parts of what
+ * the peer (1) put there; after each of those it records its progress.
+ * Now and then "the process dies": it may have encrypted more, unrecorded,
+ * and a new layer is loaded from the last progress in its place, its
+ * streams going on from plain_total and the recorded received count. The
+ * peer, never restarted, must read our stream exactly once and in order
+ * across automatic KeyUpdates both ways (its own change our read key). */
+static void run_crashes(uint16_t version, enum tls_cipher c, uint64_t seed,
+			int iterations, int *crashes)
+{
+	static uint8_t buf[TLS_RECORD_MAX_PLAINTEXT];
+	struct tls_record_params pc, ps;
+	struct side sd[2];
+	/* never NULL: feeding p + off with nothing in it is defined */
+	struct pipe to_peer = { .p = malloc(1), .cap = 1 },
+		    to_us = { .p = malloc(1), .cap = 1 };
+	uint8_t *prog = NULL;
+	size_t plen, max_plen = 0;
+	uint64_t rec_received;
+	uint64_t rekey = 3 + seed % 5;
+	const uint8_t *p;
+
+	rng_state = seed;
+	random_params(version, c, &pc, &ps);
+	memset(sd, 0, sizeof(sd));
+	sd[0].t = tls_record_new(&pc);
+	sd[1].t = tls_record_new(&ps);
+	assert_non_null(sd[0].t);
+	assert_non_null(sd[1].t);
+	for (int k = 0; k < 2; k++)
+		tls_record_set_rekey_after(sd[k].t, rekey);
+	plen = progress_pack(sd[0].t, &prog);
+	rec_received = 0;
+
+	for (int it = 0; it < iterations; it++) {
+		size_t r = rnd_below(100), n, len;
+
+		if (r < 20) {
+			/* ours: one record, only once the last one left */
+			tls_record_output(sd[0].t, &len);
+			if (len)
+				continue;
+			n = rnd_below(4) ? rnd_below(300) : rnd_below(sizeof(buf));
+			for (size_t i = 0; i < n; i++)
+				buf[i] = stream_byte(0, sd[0].written + i);
+			assert_int_equal(tls_record_write(sd[0].t, buf, n), TLS_RECORD_OK);
+			sd[0].written += n;
+		} else if (r < 40) {
+			/* ours: send() takes part of the output; recorded */
+			p = tls_record_output(sd[0].t, &len);
+			n = rnd_below(len + 1);
+			pipe_put(&to_peer, p, n);
+			tls_record_consume_output(sd[0].t, n);
+			plen = progress_pack(sd[0].t, &prog);
+			rec_received = sd[0].received;
+		} else if (r < 55) {
+			/* ours: recv() of part of what waits, fed; recorded */
+			n = rnd_below(to_us.len - to_us.off + 1);
+			if (tls_record_feed(sd[0].t, to_us.p + to_us.off, n) != TLS_RECORD_OK)
+				fail_msg("seed %" PRIu64 " it %d: ours: %s", seed, it,
+					 tls_record_error(sd[0].t));
+			to_us.off += n;
+			check_plain(&sd[0], 1, SIZE_MAX, seed);
+			plen = progress_pack(sd[0].t, &prog);
+			rec_received = sd[0].received;
+		} else if (r < 70) {
+			/* the peer writes, and sends all of it */
+			n = rnd_below(2000);
+			for (size_t i = 0; i < n; i++)
+				buf[i] = stream_byte(1, sd[1].written + i);
+			assert_int_equal(tls_record_write(sd[1].t, buf, n), TLS_RECORD_OK);
+			sd[1].written += n;
+			p = tls_record_output(sd[1].t, &len);
+			pipe_put(&to_us, p, len);
+			tls_record_consume_output(sd[1].t, len);
+		} else if (r < 90) {
+			/* the peer reads part of what we sent */
+			n = rnd_below(to_peer.len - to_peer.off + 1);
+			if (tls_record_feed(sd[1].t, to_peer.p + to_peer.off, n) != TLS_RECORD_OK)
+				fail_msg("seed %" PRIu64 " it %d: peer: %s", seed, it,
+					 tls_record_error(sd[1].t));
+			to_peer.off += n;
+			check_plain(&sd[1], 0, SIZE_MAX, seed);
+		} else {
+			/* crash: maybe after encrypting more, never recorded */
+			tls_record_output(sd[0].t, &len);
+			if (len == 0 && rnd_below(2)) {
+				n = rnd_below(sizeof(buf));
+				for (size_t i = 0; i < n; i++)
+					buf[i] = stream_byte(0, sd[0].written + i);
+				assert_int_equal(tls_record_write(sd[0].t, buf, n),
+						 TLS_RECORD_OK);
+			}
+			tls_record_free(sd[0].t);
+			sd[0].t = progress_load(prog, plen);
+			tls_record_set_rekey_after(sd[0].t, rekey);
+			sd[0].written = tls_record_plain_total(sd[0].t);
+			sd[0].received = rec_received;
+			(*crashes)++;
+		}
+		if (plen > max_plen)
+			max_plen = plen;
+	}
+	/* drain both ways */
+	p = tls_record_output(sd[0].t, &plen);
+	pipe_put(&to_peer, p, plen);
+	tls_record_consume_output(sd[0].t, plen);
+	assert_int_equal(tls_record_feed(sd[1].t, to_peer.p + to_peer.off,
+					 to_peer.len - to_peer.off), TLS_RECORD_OK);
+	assert_int_equal(tls_record_feed(sd[0].t, to_us.p + to_us.off,
+					 to_us.len - to_us.off), TLS_RECORD_OK);
+	for (int k = 0; k < 2; k++) {
+		check_plain(&sd[!k], k, SIZE_MAX, seed);
+		if (sd[!k].received != sd[k].written)
+			fail_msg("seed %" PRIu64 ": side %d received %" PRIu64
+				 " of %" PRIu64, seed, !k, sd[!k].received,
+				 sd[k].written);
+	}
+	for (int k = 0; k < 2; k++) {
+		assert_null(tls_record_error(sd[k].t));
+		tls_record_free(sd[k].t);
+	}
+	/* bounded: keys, one partial record read, one record unwritten */
+	if (max_plen > 2 * (TLS_RECORD_MAX_PLAINTEXT + 2048) + 512)
+		fail_msg("seed %" PRIu64 ": a progress of %zu bytes", seed, max_plen);
+	free(prog);
+	free(to_peer.p);
+	free(to_us.p);
+}
+
+static void test_custody_progress(void **state)
+{
+	uint64_t seed = 0x5eed1001;
+	int crashes = 0;
+
+	(void)state;
+	for (size_t v = 0; v < 2; v++)
+		for (size_t c = 0; c < 3; c++) {
+			print_message("version %04x %s seed %" PRIu64 "\n",
+				      versions[v], tls_cipher_name(ciphers[c]), seed);
+			run_crashes(versions[v], ciphers[c], seed, 3000, &crashes);
+			seed++;
+		}
+	assert_true(crashes > 100);
+}
+
+/* The negative: a layer continued from a progress older than the last
+ * send() (what a crash between the kernel taking bytes and the record
+ * would give, which conn.c's DROP before every send() turns into a closed
+ * connection) repeats a sequence number the peer already used: the peer
+ * refuses the record (bad record mac). */
+static void test_custody_stale_progress_refused(void **state)
+{
+	struct tls_record_params pc, ps;
+	struct tls_record *a, *b;
+	uint8_t *prog = NULL;
+	size_t plen, len;
+	const uint8_t *p;
+
+	(void)state;
+	for (size_t v = 0; v < 2; v++) {
+		rng_state = 0x5eed2001 + v;
+		random_params(versions[v], TLS_CIPHER_AES_128_GCM, &pc, &ps);
+		a = tls_record_new(&pc);
+		b = tls_record_new(&ps);
+		assert_non_null(a);
+		assert_non_null(b);
+		plen = progress_pack(a, &prog);
+		assert_int_equal(tls_record_write(a, "one\r\n", 5), TLS_RECORD_OK);
+		p = tls_record_output(a, &len);
+		assert_int_equal(tls_record_feed(b, p, len), TLS_RECORD_OK);
+		tls_record_consume_output(a, len);
+		expect_plain(b, "one\r\n");
+		tls_record_free(a);
+		a = progress_load(prog, plen); /* from before that send */
+		assert_int_equal(tls_record_write(a, "two\r\n", 5), TLS_RECORD_OK);
+		p = tls_record_output(a, &len);
+		assert_int_equal(tls_record_feed(b, p, len), TLS_RECORD_ERROR);
+		assert_string_equal(tls_record_error(b), "bad record mac");
+		tls_record_free(a);
+		tls_record_free(b);
+	}
+	free(prog);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_rfc8448),
 		cmocka_unit_test(test_stream_migrations),
+		cmocka_unit_test(test_custody_progress),
+		cmocka_unit_test(test_custody_stale_progress_refused),
 		cmocka_unit_test(test_key_update_requested),
 		cmocka_unit_test(test_ticket_spanning_records),
 		cmocka_unit_test(test_hello_request),
