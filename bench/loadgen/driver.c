@@ -1150,7 +1150,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 		}
 		break;
 	}
-	case PH_TRAFFIC:
+	case PH_TRAFFIC: {
 		bool by_exec = false;
 		if (rel_s(lg) >= lg->res->duration || (by_exec = execs_ended(lg, now))) {
 			lg->phase = PH_DRAIN;
@@ -1160,6 +1160,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 			     by_exec ? " (--end-after-exec)" : "", lg->next_ev, lg->nsched);
 		}
 		break;
+	}
 	case PH_DRAIN: {
 		bool busy = scenarios_busy(lg);
 		bool done = !busy && lg->nattached == o->nbouncer &&
