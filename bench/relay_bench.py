@@ -737,9 +737,11 @@ def main():
     store = "store = off" if args.store_off else "store = sqlite;" + args.store_opts
     repeats = []
     for i in range(max(1, args.repeat if args.custody else 1)):
-        # custody off said explicitly: it is on by default since issue 10
-        run = {"baton": run_steps("baton", baton_maker(bins, sessiond_extra=store,
-                                                       supervisor_extra="custody = no"), args)}
+        # with --custody the off run says so (custody is on by default);
+        # without it baton runs as configured by default
+        run = {"baton": run_steps("baton", baton_maker(
+            bins, sessiond_extra=store,
+            supervisor_extra="custody = no" if args.custody else ""), args)}
         if args.custody:
             run["baton_custody"] = run_steps("baton-custody", baton_maker(
                 bins, sessiond_extra=store, supervisor_extra="custody = yes"), args)

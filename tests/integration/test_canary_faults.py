@@ -15,8 +15,9 @@ pipeline, end to end against ngircd) must end `promoted` with exit 0.
 Across the run nothing may be lost or duplicated for users outside the
 cohort (baton-loadgen's receivers with problems are all cohort users: the
 drop and dup builds do lose and duplicate lines for their cohort, and the
-crash build's cohort sessions die with it, which custody (issue 10) would
-prevent)."""
+crash build's cohort sessions die with it: custody, on by default, restores
+only the serving worker's crash, not a canary's (README "Custody", Not
+built))."""
 
 import os
 import sys
