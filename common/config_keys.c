@@ -43,7 +43,7 @@ const struct config_key config_keys[] = {
 	{ CONFIG_SUPERVISOR, "custody", CONFIG_BOOL,
 	  .offset = G(custody),
 	  /* on: its cost was measured at about 2 % of the worker's CPU
-	   * (README "Custody", **Measured**) */
+	   * (README "Custody", "What custody costs") */
 	  .def = 1,
 	  .doc = "the supervisor holds a duplicate of every live socket and a "
 		 "checkpoint of every session, so that a worker crash is an "
