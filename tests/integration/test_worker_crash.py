@@ -796,3 +796,32 @@ def test_fd_limit_with_default_custody_says_what_to_do(ctx):
     check(out.returncode == 0 and "RLIMIT_NOFILE" not in out.stdout + out.stderr,
           "--check with custody = no under %d fds: rc=%d\n%s%s"
           % (limit, out.returncode, out.stdout, out.stderr))
+
+
+def test_crash_right_after_registration_restores_registered(ctx):
+    """Regression: with the default custody_checkpoint_ms a crash within
+    that interval of a session's registration restored the record written
+    when its socket opened, before 001: the new worker held a session
+    waiting for a welcome the network had already sent (never registered,
+    `upstreams_connected` 0). Registration, and joining or leaving a
+    channel, now write the session's record at once. Here the interval is
+    60 s, so only those records exist when the worker is killed."""
+    ng, w, b, dave = test_basic.setup(ctx, nsessions=1,
+                                      supervisor_opts={"custody_checkpoint_ms": 60000})
+    s = b.sessions[0]
+    old = b.worker_pid()
+    t0 = bl.now()
+    st = kill_worker(ctx, b)
+    cr = st["crashes"][-1]
+    check(cr["sessions_restored"] == 1 and cr["connections_kept"] == 1, "crash: %r" % cr)
+
+    def registered():
+        ws = (b.try_status() or {}).get("workers") or []
+        return (len(ws) == 1 and ws[0]["pid"] != old
+                and bl.Baton.worker_registered(ws[0]) == 1)
+    bl.wait_for(registered, 10, what="the restored session registered")
+    c = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    bl.wait_attached(ctx.loop, c, s)
+    relay_both_ways(ctx, c, dave, "after the crash")
+    evs = w.events_between(t0)
+    check(not evs, "the network saw membership events: %s" % [e[3] for e in evs[:5]])
