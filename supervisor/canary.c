@@ -920,6 +920,7 @@ static int canary_custody_restore(struct canary *c, struct worker *t)
 		 (int)worker_pid(t), c->cohort_sessions, nfds, (int)worker_pid(c->s));
 	evtimer_del(c->ev_bake);
 	c->msrc = c->mdst = NULL;
+	clock_gettime(CLOCK_MONOTONIC, &c->rb_t0); /* rollback_ms: the restore */
 	c->phase = C_RESTORE;
 	canary_set_deadline(c, c->h.cfg->handoff_timeout_s + 5);
 	return 0;
@@ -1037,7 +1038,6 @@ static void canary_on_worker(struct worker *w, enum worker_event ev,
 			c->detected_ms = canary_ms_since(&c->t0);
 			snprintf(c->gate, sizeof(c->gate), "%s", gates_tripped(c->gates));
 			canary_reason(c, "%s", gates_reason(c->gates));
-			clock_gettime(CLOCK_MONOTONIC, &c->rb_t0);
 			if (c->phase == C_BAKE && c->s != NULL &&
 			    canary_custody_restore(c, w) == 0)
 				return; /* ends at S's MIGRATION_RESULT */
