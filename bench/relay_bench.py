@@ -24,6 +24,9 @@ be told apart from the harness's own cost.
     bench/relay_bench.py --no-baseline
     bench/relay_bench.py --store-compare --no-baseline --rates 800   # store off vs on
     bench/relay_bench.py --no-baseline --custody  # custody's cost, same command
+    bench/relay_bench.py --no-baseline --custody --repeat 3 --rates 100,400,800
+        # off, on, off, on, off, on: the headline is the median of the 3 runs
+    bench/relay_bench.py --no-baseline --custody --store-off  # lines inline again
 
 JSON on stdout and in bench/results/relay-<N>s.json (overwritten by the
 next run with the same N).
@@ -616,6 +619,40 @@ def store_disk(baton_dir):
             "text_bytes_per_line": round(text / lines, 1) if lines else None}
 
 
+def median_run(repeats):
+    """One run whose steps hold, per rate, the median over REPEATS of the
+    numbers the headline reads (the runs themselves are kept beside it)."""
+    def med(xs):
+        xs = sorted(x for x in xs if x is not None)
+        return xs[len(xs) // 2] if len(xs) % 2 else (
+            (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2.0 if xs else None)
+    out = {}
+    for kind in repeats[0]:
+        runs = [r[kind] for r in repeats if kind in r]
+        steps = []
+        for i, s0 in enumerate(runs[0].get("steps", [])):
+            same = [r["steps"][i] for r in runs if len(r.get("steps", [])) > i]
+            st = {"rate_offered_lines_s": s0["rate_offered_lines_s"],
+                  "deliveries_offered_per_s": s0.get("deliveries_offered_per_s"),
+                  "latency_down": {}, "median_of": len(same)}
+            for k in ("p50_ms", "p99_ms"):
+                st["latency_down"][k] = med([(x.get("latency_down") or {}).get(k) for x in same])
+            for k in ("deliveries_per_s", "bouncer_cpu_ms_per_1000_deliveries",
+                      "worker_cpu_ms_per_1000_deliveries",
+                      "supervisor_cpu_ms_per_1000_deliveries",
+                      "bouncer_cpu_ms_per_1000_deliveries_schedstat",
+                      "worker_cpu_ms_per_1000_deliveries_schedstat",
+                      "supervisor_cpu_ms_per_1000_deliveries_schedstat",
+                      "bouncer_cpu_share_of_one_core"):
+                st[k] = med([x.get(k) for x in same])
+            st["lost"] = sum(x.get("lost") or 0 for x in same)
+            st["duplicated"] = sum(x.get("duplicated") or 0 for x in same)
+            steps.append(st)
+        out[kind] = {"kind": kind, "steps": steps,
+                     "errors": [r["error"] for r in runs if "error" in r]}
+    return out
+
+
 def run_steps(label, make_bouncer, args):
     rig = Rig(args.sessions, args.channels, speakers=args.speakers,
               client_procs=args.client_procs, label=label)
@@ -675,6 +712,14 @@ def main():
     ap.add_argument("--custody", action="store_true",
                     help="also the same steps with [supervisor] custody = yes (its cost: "
                     "columns custody p50/p99 and cpu/1000 next to baton's)")
+    ap.add_argument("--store-off", action="store_true",
+                    help="[sessiond] store = off for the baton runs (custody records "
+                    "hold the backlog's lines inline); the result is "
+                    "relay-<N>s[-custody]-nostore.json")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="with --custody: run custody off then on REPEAT times, "
+                    "alternating; the headline columns are the medians (every run "
+                    "is kept under repeats)")
     args = ap.parse_args()
     args.rates = [float(x) for x in args.rates.split(",") if x.strip()]
     ircload.raise_nofile()
@@ -689,12 +734,21 @@ def main():
     if args.store_compare:
         result["baton_store_off"] = run_steps("baton-store-off",
                                               baton_maker(bins, sessiond_extra="store = off"), args)
-    result["baton"] = run_steps("baton", baton_maker(
-        bins, sessiond_extra="store = sqlite;" + args.store_opts), args)
-    if args.custody:
-        result["baton_custody"] = run_steps("baton-custody", baton_maker(
-            bins, sessiond_extra="store = sqlite;" + args.store_opts,
-            supervisor_extra="custody = yes"), args)
+    store = "store = off" if args.store_off else "store = sqlite;" + args.store_opts
+    repeats = []
+    for i in range(max(1, args.repeat if args.custody else 1)):
+        # with --custody the off run says so (custody is on by default);
+        # without it baton runs as configured by default
+        run = {"baton": run_steps("baton", baton_maker(
+            bins, sessiond_extra=store,
+            supervisor_extra="custody = no" if args.custody else ""), args)}
+        if args.custody:
+            run["baton_custody"] = run_steps("baton-custody", baton_maker(
+                bins, sessiond_extra=store, supervisor_extra="custody = yes"), args)
+        repeats.append(run)
+    result.update(repeats[0] if len(repeats) == 1 else median_run(repeats))
+    if len(repeats) > 1:
+        result["repeats"] = repeats
     if args.baseline:
         result["direct"] = run_steps("direct", lambda rig: DirectBouncer(rig.net_port), args)
     result["loadavg_end"] = os.getloadavg()
@@ -752,7 +806,7 @@ def main():
                 r["network_lines_s"], r["store_on_p50_ms"], r["store_off_p50_ms"],
                 r["store_on_p99_ms"], r["store_off_p99_ms"]))
         sys.stderr.write("  store disk: %s\n" % result["store_disk"])
-    result["ok"] = ("error" not in result["baton"] and
+    result["ok"] = ("error" not in result["baton"] and not result["baton"].get("errors") and
                     all(s["lost"] == 0 and s["duplicated"] == 0 for s in result["baton"]["steps"]))
     sys.stderr.write("\n  %-8s %-10s %-10s %-14s %-12s %-10s\n" % (
         "lines/s", "offered/s", "baton/s", "p50/p99 ms", "cpu/1000", "direct p50/p99"))
@@ -767,9 +821,10 @@ def main():
                 "", "", r["custody_deliveries_s"],
                 "%s/%s" % (r["custody_p50_ms"], r["custody_p99_ms"]),
                 r["custody_cpu_ms_per_1000"]))
-    write_result(result, "relay-%ds%s%s.json" % (args.sessions,
-                                                 "-store" if args.store_compare else "",
-                                                 "-custody" if args.custody else ""))
+    write_result(result, "relay-%ds%s%s%s.json" % (args.sessions,
+                                                   "-store" if args.store_compare else "",
+                                                   "-custody" if args.custody else "",
+                                                   "-nostore" if args.store_off else ""))
     return 0 if result["ok"] else 1
 
 

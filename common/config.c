@@ -690,6 +690,28 @@ unsigned long config_fds_needed(const struct baton_config *cfg)
 	return need;
 }
 
+const char *config_fds_advice(const struct baton_config *cfg, char *buf,
+			      size_t len)
+{
+	if (len == 0)
+		return buf;
+	if (cfg->custody) {
+		struct baton_config off = *cfg;
+
+		off.custody = 0;
+		snprintf(buf, len, "2 per session, 2 per [listen] line, %d spare, "
+			 "and custody's copies in the supervisor: 4 per session of a "
+			 "migration chunk; raise LimitNOFILE= or ulimit -n, or set "
+			 "[supervisor] custody = no (then %lu, but a worker crash "
+			 "disconnects everyone)",
+			 CONFIG_FDS_SPARE, config_fds_needed(&off));
+	} else {
+		snprintf(buf, len, "2 per session, 2 per [listen] line, %d spare; "
+			 "raise LimitNOFILE= or ulimit -n", CONFIG_FDS_SPARE);
+	}
+	return buf;
+}
+
 /* "unknown key" names the section's keys when there are a few. */
 static void config_unknown_key(struct config_parse *ps, enum config_section sec,
 			       const char *name)

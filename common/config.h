@@ -280,6 +280,14 @@ const struct baton_config *config_default_values(void);
  */
 #define CONFIG_FDS_SPARE 64
 unsigned long config_fds_needed(const struct baton_config *cfg);
+/* The one wording of config_fds_needed()'s terms and of what to do about
+ * a limit below it, for every message that reports one (`--check`, the
+ * startup preflight, reload, an upgrade's refusal): "(2 per session, ...);
+ * raise LimitNOFILE= or ulimit -n" and, with custody on, what it costs and
+ * what `custody = no` would need instead. Writes into buf (always
+ * NUL-terminated); returns buf. */
+const char *config_fds_advice(const struct baton_config *cfg, char *buf,
+			      size_t len);
 
 /* Resolve `path` against the config folder; returns a malloc'd string. */
 char *config_resolve(const struct baton_config *cfg, const char *path);

@@ -42,12 +42,16 @@ const struct config_key config_keys[] = {
 		 "waiting for PREPARED)" },
 	{ CONFIG_SUPERVISOR, "custody", CONFIG_BOOL,
 	  .offset = G(custody),
-	  .def = 0,
+	  /* on: its cost was measured at about 2 % of the worker's CPU
+	   * (README "Custody", "What custody costs") */
+	  .def = 1,
 	  .doc = "the supervisor holds a duplicate of every live socket and a "
 		 "checkpoint of every session, so that a worker crash is an "
 		 "adoption by a new worker instead of a disconnect (docs/design.md"
 		 " §1, \"Custody\"). The supervisor then holds one more fd per "
-		 "socket: see `--check`" },
+		 "socket, plus 4 per session of a migration chunk: `--check` says "
+		 "whether the fd limit fits; `no` makes a crash disconnect everyone"
+		 " (README \"Custody\")" },
 	{ CONFIG_SUPERVISOR, "custody_checkpoint_ms", CONFIG_INT,
 	  .offset = G(custody_checkpoint_ms),
 	  .def = 1000, .min = 10, .max = 60000,
@@ -55,8 +59,10 @@ const struct config_key config_keys[] = {
 		 "at most this often (ms). Lines a worker handled after its "
 		 "session's last record are lost in a crash (counted in "
 		 "`crashes[].lines_lost`), never duplicated. Each record serializes"
-		 " the whole session, backlog included: a shorter interval costs "
-		 "CPU and relay latency (README \"Custody\")" },
+		 " the whole session (with `[sessiond] store` on, the backlog's "
+		 "committed lines as a store position; with it off, every backlog "
+		 "line): a shorter interval costs CPU and relay latency (README "
+		 "\"Custody\")" },
 	{ CONFIG_SUPERVISOR, "custody_crashes", CONFIG_INT,
 	  .offset = G(custody_crashes),
 	  .def = 2, .min = 1, .max = 100,

@@ -558,7 +558,7 @@ static void ckpt_tick(evutil_socket_t fd, short what, void *arg)
 			break;
 		}
 		t->seen = true;
-		changed = fresh || !ids_same(t, it->session);
+		changed = fresh || it->session->ckpt_due || !ids_same(t, it->session);
 		if (!changed) {
 			if (structural || !session_dirty(it->session))
 				continue;
@@ -570,6 +570,8 @@ static void ckpt_tick(evutil_socket_t fd, short what, void *arg)
 			}
 		}
 		int r = ckpt_session(&ck.log, it, t);
+		if (r == 0)
+			it->session->ckpt_due = false;
 		if (r < 0 && r != -ECONNRESET) {
 			log_error("custody", "cannot checkpoint %s: %s: custody ends",
 				  it->session->key, strerror(-r));
@@ -860,6 +862,14 @@ void checkpoint_stop(void)
 	ck.n = ck.cap = 0;
 	strmap_free(ck.index);
 	ck.index = NULL;
+}
+
+void checkpoint_session_changed(struct session *s)
+{
+	if (!ck.on || s == NULL)
+		return;
+	s->ckpt_due = true;
+	checkpoint_soon();
 }
 
 void checkpoint_soon(void)

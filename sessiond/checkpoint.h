@@ -130,6 +130,13 @@ void checkpoint_now(void);
  * not wait for the timer: custody closes a held socket no record names. */
 void checkpoint_soon(void);
 
+/* A session's state changed in a way a crash must not lose for up to
+ * custody_checkpoint_ms (its upstream registered, it joined or left a
+ * channel): its record is written at the end of this loop iteration, as
+ * for a socket change. Without custody a no-op. */
+struct session;
+void checkpoint_session_changed(struct session *s);
+
 /* Hooks of conn.c. */
 uint64_t checkpoint_conn_opened(int fd);  /* the custody id, 0: off */
 void checkpoint_conn_closed(uint64_t id);

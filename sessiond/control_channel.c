@@ -547,7 +547,7 @@ static void channel_reload(struct control_channel *w)
 	struct bouncer_reload res = { 0 };
 	struct baton_config *next = NULL;
 	struct rlimit rl;
-	char why[512];
+	char why[512], advice[320];
 	int rc;
 
 	if (w->migrating) {
@@ -557,9 +557,10 @@ static void channel_reload(struct control_channel *w)
 			config_problems_add(&pr, "%s: [sessiond] %s", next->path, why);
 		if (getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
 		    rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < config_fds_needed(next))
-			config_problems_add(&pr, "%s: RLIMIT_NOFILE is %llu but %zu sessions need at least %lu open files (raise LimitNOFILE= or ulimit -n)",
+			config_problems_add(&pr, "%s: RLIMIT_NOFILE is %llu but %zu sessions need at least %lu open files (%s)",
 					    next->path, (unsigned long long)rl.rlim_cur,
-					    next->nsessions, config_fds_needed(next));
+					    next->nsessions, config_fds_needed(next),
+					    config_fds_advice(next, advice, sizeof(advice)));
 	}
 	if (pr.n + pr.dropped == 0) {
 		rc = bouncer_reload(w->b, next, &res, why, sizeof(why));

@@ -41,7 +41,7 @@ static void sessiond_preflight(const struct baton_config *cfg,
 {
 	struct rlimit rl;
 	char *state = NULL;
-	char why[512];
+	char why[512], advice[320];
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
 		/* Take what we are allowed; in-flight fds of a migration count
@@ -52,11 +52,12 @@ static void sessiond_preflight(const struct baton_config *cfg,
 			getrlimit(RLIMIT_NOFILE, &rl);
 		}
 		if (rl.rlim_cur < config_fds_needed(cfg))
-			config_problems_add(pr, "%s: RLIMIT_NOFILE is %llu but %zu sessions need at least %llu open files (raise LimitNOFILE= or ulimit -n)",
+			config_problems_add(pr, "%s: RLIMIT_NOFILE is %llu but %zu sessions need at least %llu open files (%s)",
 					    cfg->path,
 					    (unsigned long long)rl.rlim_cur,
 					    cfg->nsessions,
-					    (unsigned long long)config_fds_needed(cfg));
+					    (unsigned long long)config_fds_needed(cfg),
+					    config_fds_advice(cfg, advice, sizeof(advice)));
 	}
 	/* Every session must always be able to migrate (state.h). */
 	if (state_check_config(cfg, why, sizeof(why)) < 0)

@@ -153,6 +153,9 @@ struct session {
 	/* custody's poison-pill quarantine (sessiond/checkpoint.h): the worker
 	 * crashed handling this session's input too often; never reconnected */
 	bool quarantined;
+	/* custody: its record is due at the end of this loop iteration
+	 * although its sockets did not change (checkpoint_session_changed()) */
+	bool ckpt_due;
 	/* custody: the dead worker handled lines of this network after the
 	 * session's record; channel state is asked again once armed
 	 * (session_resync()) */

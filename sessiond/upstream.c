@@ -26,6 +26,7 @@
 #include "common/names.h"
 #include "common/strmap.h"
 #include "sessiond/chathistory.h"
+#include "sessiond/checkpoint.h"
 #include "sessiond/conn.h"
 #include "sessiond/fault.h"
 #include "sessiond/health.h"
@@ -1134,8 +1135,12 @@ static bool h_001(struct up_ctx *x)
 			bouncer_governor_changed(s->b);
 		}
 	}
-	if (first)
+	if (first) {
 		log_info("upstream", "%s: registered as %s", s->key, s->nick ? s->nick : "?");
+		/* custody: a crash in the next second must not restore a
+		 * session still waiting for this 001 */
+		checkpoint_session_changed(s);
+	}
 	return false;
 }
 
@@ -1624,6 +1629,7 @@ static bool h_join_state(struct up_ctx *x)
 		channel_clear_members(ch);
 		ch->joined = true;
 		health_channel_joined(bouncer_health(s->b), ch);
+		checkpoint_session_changed(s); /* custody: the channel too */
 	} else {
 		ch = session_find_channel(s, name);
 		if (!ch)
@@ -1639,6 +1645,7 @@ static bool h_part(struct up_ctx *x)
 		return true;
 	if (session_is_me(x->s, x->nick)) {
 		session_remove_channel(x->s, x->msg->params[0]);
+		checkpoint_session_changed(x->s);
 	} else {
 		struct channel *ch = session_find_channel(x->s, x->msg->params[0]);
 		if (ch)

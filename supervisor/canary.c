@@ -10,14 +10,21 @@
  *
  * A rollback asked for while a partial move runs waits for that move to
  * end (its chunks commit or abort as a unit, never halfway). T dying ends
- * the canary at once: its sessions died with it and S starts them again
- * (ACCEPT on: bouncer_start_configured()), which the result counts.
+ * the canary: with custody, when T dies while the cohort bakes (no move
+ * running), its sessions are restored into S from T's custody first
+ * (RESTORE, the crash restore of supervisor.c with S, which keeps
+ * serving, as the target; a rollback asked for meanwhile waits for it);
+ * whatever was not restored died with T and S starts it again (ACCEPT on:
+ * bouncer_start_configured()), which the result counts.
+ *
+ *   BAKE --T dies, custody--> RESTORE --S's MIGRATION_RESULT--> FINISH
  */
 #include "supervisor/canary.h"
 #include "common/clock.h"
 
 #include <errno.h>
 #include <stdarg.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,11 +38,12 @@
 #include "common/json_builder.h"
 #include "common/log.h"
 #include "common/frame.h"
+#include "supervisor/custody.h"
 #include "supervisor/gates.h"
 #include "supervisor/listeners.h"
 #include "supervisor/worker_process.h"
 
-enum canary_phase { C_SPAWN, C_MOVE, C_BAKE, C_FULL, C_FINISH, C_DONE };
+enum canary_phase { C_SPAWN, C_MOVE, C_BAKE, C_FULL, C_FINISH, C_DONE, C_RESTORE };
 
 /* What a waiting requester wants to hear about. */
 enum canary_wait {
@@ -106,6 +114,12 @@ struct canary {
 	struct worker *survivor, *leaving;
 	struct json_object *final;
 
+	/* RESTORE: T's custody going into S (owned; custody.h) */
+	struct custody_restore *restore;
+	struct custody_result restore_res;
+	bool restore_handed;
+	unsigned restored;             /* cohort sessions S got from custody */
+
 	struct canary_waiter waiters[CANARY_MAX_WAITERS];
 	size_t nwaiters;
 };
@@ -148,7 +162,7 @@ static void canary_reason(struct canary *c, const char *fmt, ...)
 static const char *canary_phase_name(enum canary_phase p)
 {
 	static const char *const names[] = { "spawn", "move", "bake", "full-move",
-					     "finish", "done" };
+					     "finish", "done", "restore" };
 	return names[p];
 }
 
@@ -210,6 +224,8 @@ static struct json_object *canary_result_json(const struct canary *c,
 	jb_add(jb, o, "detected_ms", jb_double(jb, c->detected_ms));
 	jb_add(jb, o, "disconnects", jb_i64(jb, canary_disconnects(c)));
 	jb_add(jb, o, "sessions_lost_count", jb_i64(jb, c->lost));
+	/* the canary worker crashed and custody gave S its sessions */
+	jb_add(jb, o, "sessions_restored", jb_i64(jb, c->restored));
 	return jb_done(jb, o);
 }
 
@@ -434,6 +450,8 @@ static void canary_start_rollback(struct canary *c)
 	c->want_rollback = true;
 	if (c->phase == C_MOVE)
 		return; /* after the move's chunks settled: canary_move_done() */
+	if (c->phase == C_RESTORE)
+		return; /* T is gone: the restore's end ends the canary */
 	if (c->phase == C_FINISH || c->phase == C_DONE)
 		return;
 	if (c->phase == C_FULL && c->move_is_rollback)
@@ -761,6 +779,16 @@ static void canary_on_deadline(evutil_socket_t fd, short what, void *arg)
 			log_error("canary", "ACCEPT on to pid %d failed", (int)worker_pid(c->s));
 		canary_end(c, "rolled_back", c->s, c->t);
 		break;
+	case C_RESTORE:
+		canary_reason(c, "the restore of the canary's sessions from custody did not finish within %d s: they restart on the old worker",
+			      c->h.cfg->handoff_timeout_s + 5);
+		custody_restore_free(c->restore); /* closes what it still held */
+		c->restore = NULL;
+		c->lost += c->cohort_sessions;
+		if (worker_send_accept(c->s, true) < 0)
+			log_error("canary", "ACCEPT on to pid %d failed", (int)worker_pid(c->s));
+		canary_end(c, "rolled_back", c->s, NULL);
+		break;
 	case C_FINISH:
 		log_error("canary", "pid %d still not reaped: giving up waiting",
 			  c->leaving ? (int)worker_pid(c->leaving) : 0);
@@ -836,6 +864,92 @@ static void canary_on_target_ready(struct canary *c)
 	canary_start_partial(c);
 }
 
+/* ---- T's crash with custody: its sessions restored into S ---- */
+
+static void canary_custody_handed(void *arg, const struct custody_result *r)
+{
+	struct canary *c = arg;
+
+	c->restore_res = *r;
+	c->restore_handed = true;
+}
+
+/* T died while the cohort baked: hand its custody (sockets and checkpoint
+ * log) to S as the source of a migration, as supervisor.c does after the
+ * serving worker's crash; S keeps serving its own sessions meanwhile.
+ * 0: RESTORE, ends at S's MIGRATION_RESULT; -errno: nothing started (no
+ * custody, no log, S unreachable), the caller restarts the cohort. */
+static int canary_custody_restore(struct canary *c, struct worker *t)
+{
+	struct custody *held = c->h.cfg->custody ? worker_take_custody(t) : NULL;
+	unsigned timeout_ms = (unsigned)c->h.cfg->handoff_timeout_s * 1000u;
+	size_t nfds;
+	int sv[2], r, err = 0;
+
+	if (held == NULL || !custody_has_checkpoint(held)) {
+		custody_free(held);
+		return -ENOENT;
+	}
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+		r = -errno;
+		custody_free(held);
+		return r;
+	}
+	r = worker_send_migrate(c->s, false, 0, -1, timeout_ms, 0, sv[1]);
+	close(sv[1]);
+	if (r < 0) {
+		close(sv[0]);
+		custody_free(held);
+		return r;
+	}
+	nfds = custody_fd_count(held);
+	memset(&c->restore_res, 0, sizeof(c->restore_res));
+	c->restore_handed = false;
+	/* no strikes: a canary's crash is its build's fault, not a user's */
+	c->restore = custody_restore_start(c->h.base, held, sv[0], worker_pid(c->s),
+					   (int)timeout_ms, NULL, 0, NULL,
+					   canary_custody_handed, c, &err);
+	if (c->restore == NULL) {
+		/* S sees its channel close: an aborted migration, whose
+		 * result arrives while we are no longer in RESTORE */
+		log_error("canary", "cannot restore the canary's sessions into pid %d: %s",
+			  (int)worker_pid(c->s), strerror(-err));
+		return err;
+	}
+	log_info("canary", "custody: restoring the cohort of pid %d (%u sessions, %zu sockets) into pid %d",
+		 (int)worker_pid(t), c->cohort_sessions, nfds, (int)worker_pid(c->s));
+	evtimer_del(c->ev_bake);
+	c->msrc = c->mdst = NULL;
+	clock_gettime(CLOCK_MONOTONIC, &c->rb_t0); /* rollback_ms: the restore */
+	c->phase = C_RESTORE;
+	canary_set_deadline(c, c->h.cfg->handoff_timeout_s + 5);
+	return 0;
+}
+
+static void canary_custody_restored(struct canary *c,
+				    const Baton__Control__MigrationResult *m)
+{
+	const struct custody_result *r = &c->restore_res;
+	unsigned got = c->restore_handed && m->committed ? r->sessions_restored : 0;
+
+	evtimer_del(c->ev_deadline);
+	custody_restore_free(c->restore);
+	c->restore = NULL;
+	c->restored = got;
+	c->lost += c->cohort_sessions > got ? c->cohort_sessions - got : 0;
+	c->control_sessions += got;
+	c->rollback_ms = canary_ms_since(&c->rb_t0);
+	log_info("canary", "custody: %u of the cohort's %u sessions restored into pid %d in %.1f ms (%u connections kept, %u reconnected, %llu lines lost)%s%s",
+		 got, c->cohort_sessions, (int)worker_pid(c->s), c->rollback_ms,
+		 r->connections_kept, r->connections_reconnected,
+		 (unsigned long long)r->lines_lost, m->committed ? "" : ": not committed: ",
+		 m->committed ? "" : (m->reason ? m->reason : "?"));
+	/* S serves everything again; what was not restored starts anew */
+	if (worker_send_accept(c->s, true) < 0)
+		log_error("canary", "ACCEPT on to pid %d failed", (int)worker_pid(c->s));
+	canary_end(c, "rolled_back", c->s, NULL);
+}
+
 static void canary_on_worker(struct worker *w, enum worker_event ev,
 			     const void *msg, void *arg)
 {
@@ -859,6 +973,11 @@ static void canary_on_worker(struct worker *w, enum worker_event ev,
 	case WORKER_RESULT: {
 		const Baton__Control__MigrationResult *r = msg;
 		struct move_side *side = w == c->msrc ? &c->rs : w == c->mdst ? &c->rd : NULL;
+
+		if (c->phase == C_RESTORE && is_s) {
+			canary_custody_restored(c, r);
+			return;
+		}
 
 		if (side == NULL || (c->phase != C_MOVE && c->phase != C_FULL)) {
 			log_warn("canary", "pid %d: MIGRATION_RESULT outside a move (ignored)",
@@ -919,6 +1038,9 @@ static void canary_on_worker(struct worker *w, enum worker_event ev,
 			c->detected_ms = canary_ms_since(&c->t0);
 			snprintf(c->gate, sizeof(c->gate), "%s", gates_tripped(c->gates));
 			canary_reason(c, "%s", gates_reason(c->gates));
+			if (c->phase == C_BAKE && c->s != NULL &&
+			    canary_custody_restore(c, w) == 0)
+				return; /* ends at S's MIGRATION_RESULT */
 			/* Its sessions died with it: S starts them again (their
 			 * users reconnect), and that is counted. A move S was in
 			 * aborts on the channel's close. */
@@ -937,6 +1059,11 @@ static void canary_on_worker(struct worker *w, enum worker_event ev,
 			c->s = NULL;
 			if (c->phase == C_DONE)
 				return;
+			if (c->phase == C_RESTORE) {
+				/* both workers are gone: what custody held closes */
+				custody_restore_free(c->restore);
+				c->restore = NULL;
+			}
 			canary_reason(c, "the old worker pid %d exited during the canary: %s; the new worker serves every session (the old worker's users reconnect)",
 				      (int)worker_pid(w), worker_exit_status(w));
 			c->lost += c->control_sessions;
@@ -1138,5 +1265,6 @@ void canary_free(struct canary *c)
 	if (c->ev_done)
 		event_free(c->ev_done);
 	json_object_put(c->final);
+	custody_restore_free(c->restore);
 	free(c);
 }

@@ -62,16 +62,16 @@ static void check_rlimit(const struct baton_config *cfg,
 {
 	struct rlimit rl;
 	unsigned long need = config_fds_needed(cfg);
+	char advice[320];
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
 		return;
 	/* The supervisor raises its soft limit to the hard one at startup and
 	 * workers inherit it, so the hard limit is what counts. */
 	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
-		config_problems_add(p, "check: RLIMIT_NOFILE hard limit %llu is below the %lu file descriptors %zu sessions need (2 per session, 2 per [listen] line, %d spare%s); raise LimitNOFILE= or ulimit -Hn",
+		config_problems_add(p, "check: RLIMIT_NOFILE hard limit %llu is below the %lu file descriptors %zu sessions need (%s; the hard limit: ulimit -Hn)",
 				    (unsigned long long)rl.rlim_max, need,
-				    cfg->nsessions, CONFIG_FDS_SPARE,
-				    cfg->custody ? ", 4 per session of a migration chunk: custody's copies in the supervisor" : "");
+				    cfg->nsessions, config_fds_advice(cfg, advice, sizeof(advice)));
 }
 
 static void check_dir_writable(const char *what, const char *dir,

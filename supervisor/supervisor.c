@@ -1758,15 +1758,16 @@ static int supervisor_check_nofile(struct supervisor *sup, char *why, size_t len
 	unsigned long have = (unsigned long)st->connections +
 			     listeners_count(sup->listeners) + CONFIG_FDS_SPARE;
 	struct rlimit rl;
+	char advice[320];
 
 	if (have > need)
 		need = have;
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY ||
 	    rl.rlim_cur >= need)
 		return 0;
-	snprintf(why, len, "RLIMIT_NOFILE soft limit %llu (inherited by the new worker) is below the %lu file descriptors it needs for %zu sessions (%u connections now); raise the limit (LimitNOFILE=, prlimit)",
+	snprintf(why, len, "RLIMIT_NOFILE soft limit %llu (inherited by the new worker) is below the %lu file descriptors it needs for %zu sessions (%u connections now; %s, prlimit)",
 		 (unsigned long long)rl.rlim_cur, need, sup->cfg->nsessions,
-		 st->connections);
+		 st->connections, config_fds_advice(sup->cfg, advice, sizeof(advice)));
 	return -EMFILE;
 }
 
@@ -1793,7 +1794,7 @@ static void supervisor_migrate(struct supervisor *sup, const char *binary,
 {
 	struct migration_params p;
 	struct worker *t;
-	char *bin = NULL, why[512];
+	char *bin = NULL, why[768];
 	int err = 0;
 
 	if (sup->migration != NULL) {
@@ -2079,7 +2080,7 @@ void supervisor_canary(struct supervisor *sup, const char *action,
 		.ended = supervisor_canary_ended,
 		.arg = sup,
 	};
-	char why[512];
+	char why[768];
 
 	if (strcmp(action, "start") != 0) {
 		if (sup->canary == NULL) {

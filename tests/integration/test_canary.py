@@ -288,3 +288,69 @@ def test_canary_refusals(ctx):
     check(rc == 2 and "exactly one of" in err, "no cohort: rc %s %s" % (rc, err))
     rc, r = ctl_pumping(ctx, b, "canary", "abort")
     check(rc == 0 and r["result"] == "aborted", "abort: %s" % r)
+
+
+def canary_crash(ctx, custody):
+    """kill -9 of the canary worker while its cohort bakes; returns the
+    cohort, the clients, the canary's result, the watcher's events and the
+    time of the kill."""
+    import signal
+    kw = {} if custody else {"supervisor_opts": {"custody": "no"}}
+    ng, b, dave = setup(ctx, nsessions=10, **kw)
+    w = bl.Watcher(ctx.loop, ng, CHANNELS, watch=[s.nick for s in b.sessions])
+    build_b = ctx.builds["b"].require()
+    cohort = cohort_users(b, 50)
+    check(0 < len(cohort) < 10, "50 %% cohort of 10 users has %d" % len(cohort))
+    clients = [bl.bouncer_client(ctx.loop, b, s) for s in b.sessions]
+    for c, s in zip(clients, b.sessions):
+        bl.wait_attached(ctx.loop, c, s)
+    rc, r = ctl_pumping(ctx, b, "canary", "start", build_b.sessiond, "--percent", "50")
+    check(rc == 0 and r["result"] == "started", "canary start: rc %s %s" % (rc, r))
+    talk_and_check(ctx, dave, clients, tag="a")
+    ctx.loop.run_for(1.5)  # the cohort's records after that I/O (1 s)
+    roles, _ = workers_by_role(b)
+    t0 = bl.now()
+    os.kill(roles["canary"]["pid"], signal.SIGKILL)
+
+    def over():
+        st = b.try_status() or {}
+        cn = st.get("last_canary") or {}
+        ws = st.get("workers") or []
+        return (st.get("canary") is None and cn.get("result") and len(ws) == 1
+                and ws[0].get("sessions") == 10 and cn)
+    res = bl.wait_for(lambda: (ctx.loop.run_for(0.2), over())[1], 30,
+                      what="the canary to end after its worker's kill -9")
+    bl.log("canary result: %s" % {k: res.get(k) for k in (
+        "result", "cohort_sessions", "sessions_restored", "sessions_lost_count",
+        "disconnects", "rollback_ms", "reason")})
+    return b, dave, w, cohort, clients, res, t0
+
+
+def test_canary_worker_crash_restored_from_custody(ctx):
+    """kill -9 of the canary worker while its cohort bakes, custody on (the
+    default): the old worker adopts the cohort's sessions from the canary's
+    custody instead of starting them again, so the result is `rolled_back`
+    with every cohort session restored and none lost, no client connection
+    closes, the network sees no QUIT/JOIN of any bouncer nick, and lines
+    reach every client exactly once on the same connections (before: the
+    cohort's users reconnected)."""
+    b, dave, w, cohort, clients, res, t0 = canary_crash(ctx, custody=True)
+    ctx.loop.run_for(1.0)
+    closed = [c.name for c in clients if c.closed]
+    check(not closed, "client connections closed by the crash: %s" % closed)
+    evs = w.events_between(t0)
+    check(not evs, "the network saw membership events: %s" % [e[3] for e in evs[:5]])
+    check(res["result"] == "rolled_back" and res.get("sessions_restored") == len(cohort)
+          and res["sessions_lost_count"] == 0 and res["disconnects"] == 0,
+          "canary result after the crash: %s" % res)
+    talk_and_check(ctx, dave, clients, tag="b")
+
+
+def test_canary_worker_crash_without_custody(ctx):
+    """The same kill -9 with `custody = no`: the cohort's sessions died with
+    the canary worker and the old one starts them again (their users
+    reconnect), which the result counts as lost."""
+    b, dave, w, cohort, clients, res, t0 = canary_crash(ctx, custody=False)
+    check(res["result"] == "rolled_back" and res.get("sessions_restored", 0) == 0
+          and res["sessions_lost_count"] == len(cohort),
+          "canary result after the crash: %s" % res)

@@ -15,8 +15,9 @@ pipeline, end to end against ngircd) must end `promoted` with exit 0.
 Across the run nothing may be lost or duplicated for users outside the
 cohort (baton-loadgen's receivers with problems are all cohort users: the
 drop and dup builds do lose and duplicate lines for their cohort, and the
-crash build's cohort sessions die with it, which custody (issue 10) would
-prevent)."""
+crash build, which aborts 3 s after its cohort moved, has that cohort
+restored into the old worker from its custody (on by default; a canary that
+died during a move would take its cohort with it: README "Custody")."""
 
 import os
 import sys

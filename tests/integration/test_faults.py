@@ -285,13 +285,8 @@ def test_target_refuses_bad_config(ctx):
     scen.verify(drain_timeout=30)
 
 
-def test_target_refuses_low_nofile(ctx):
-    """The supervisor's RLIMIT_NOFILE is lowered (prlimit --pid) below the
-    number of sockets the target would receive; the new worker inherits it,
-    its preflight (or the fd count check) refuses, batonctl exits 1 with
-    'aborted' and a reason, and the old worker serves on with no fd leaked.
-    With the limit restored a normal upgrade commits."""
-    scen = start(ctx, nsessions=20)
+def refuses_low_nofile(ctx, custody):
+    scen = start(ctx, nsessions=20, supervisor_opts={"custody": "yes" if custody else "no"})
     b = scen.baton
     old_pid = b.worker_pid()
     fd_before = stable_fd_count(scen, old_pid)
@@ -299,7 +294,11 @@ def test_target_refuses_low_nofile(ctx):
     sockets = kinds.get("socket", 0)
     sup_fds = bl.fd_count(b.proc.pid)
     low = max(sup_fds + 8, 16)
-    check(low < sockets, "test setup: limit %d not below the %d sockets to move" % (low, sockets))
+    # the target must hold every socket it adopts; with custody the
+    # supervisor also gets a copy of each as the target registers it, on
+    # top of the copies it holds already (config_fds_needed()'s custody term)
+    need = sockets + (sup_fds if custody else 0)
+    check(low < need, "test setup: limit %d not below the %d fds the upgrade needs" % (low, need))
     orig = open("/proc/%d/limits" % b.proc.pid).read()
     m = re.search(r"Max open files\s+(\d+)\s+(\d+)", orig)
     soft, hard = int(m.group(1)), int(m.group(2))
@@ -313,8 +312,31 @@ def test_target_refuses_low_nofile(ctx):
     assert_old_still_serving(scen, rc, res, old_pid, fd_before, "low RLIMIT_NOFILE")
     check(re.search(r"nofile|rlimit|file descriptor|fds|limit", res.get("reason", ""), re.I),
           "reason does not mention the fd limit: %r" % res.get("reason"))
+    # with custody the reason says what custody costs and what turning it
+    # off would need instead (it is on by default: a config that fitted
+    # before must learn why it does not now)
+    check(("custody = no" in res.get("reason", "")) == custody,
+          "reason and custody (%s): %r" % (custody, res.get("reason")))
     then_normal_upgrade(scen)
     scen.verify(drain_timeout=30)
+
+
+def test_target_refuses_low_nofile(ctx):
+    """The supervisor's RLIMIT_NOFILE is lowered (prlimit --pid) below the
+    number of fds the upgrade needs (custody on, the default: the target's
+    sockets and the supervisor's copies of them); the new worker inherits
+    it, the supervisor's preflight (or the target's fd count check)
+    refuses, batonctl exits 1 with 'aborted' and a reason that names the
+    limit and `custody = no`, and the old worker serves on with no fd
+    leaked. With the limit restored a normal upgrade commits."""
+    refuses_low_nofile(ctx, custody=True)
+
+
+def test_target_refuses_low_nofile_no_custody(ctx):
+    """The same with `custody = no`: the limit is below the sockets the
+    target would receive (the formula without custody's term), and the
+    reason does not offer turning custody off."""
+    refuses_low_nofile(ctx, custody=False)
 
 
 def test_incompatible_schema_refused(ctx):
@@ -336,18 +358,10 @@ def test_incompatible_schema_refused(ctx):
 
 # ---- crash outside a migration ---------------------------------------------
 
-def test_worker_crash_restarts(ctx):
-    """kill -9 of the worker outside any migration: the supervisor counts it
-    (crash_count = 1, one record in `crashes`), starts a new worker (new pid) holding every session, the
-    sessions reconnect upstream (the watcher sees the nicks back in all
-    channels), clients log in again and numbered lines flow both ways
-    exactly once."""
-    scen = start(ctx, nsessions=8)
+def wait_crash_recovered(scen, old_pid):
+    """Until the supervisor counted the crash and a new worker holds every
+    session; returns the status."""
     b = scen.baton
-    scen.stop_traffic()
-    scen.loop.run_for(0.5)
-    old_pid = b.worker_pid()
-    os.kill(old_pid, signal.SIGKILL)
     end = bl.now() + 60
     while True:
         st = b.try_status()
@@ -356,10 +370,27 @@ def test_worker_crash_restarts(ctx):
                 and ws[0].get("sessions") == scen.nsessions):
             reg = bl.Baton.worker_registered(ws[0])
             if reg is None or reg >= scen.nsessions:
-                break
+                return st
         check(bl.now() < end, "no recovery after worker crash; status %s; log:\n%s"
               % (st, b.log_tail()))
         scen.loop.run_for(0.3)
+
+
+def test_worker_crash_restarts(ctx):
+    """Without custody (`custody = no`; on by default since issue 10), kill
+    -9 of the worker outside any migration: the supervisor counts it
+    (crash_count = 1, one record in `crashes`), starts a new worker (new pid) holding every session, the
+    sessions reconnect upstream (the watcher sees the nicks back in all
+    channels), clients log in again and numbered lines flow both ways
+    exactly once."""
+    scen = start(ctx, nsessions=8, supervisor_opts={"custody": "no"})
+    b = scen.baton
+    scen.stop_traffic()
+    scen.loop.run_for(0.5)
+    old_pid = b.worker_pid()
+    os.kill(old_pid, signal.SIGKILL)
+    st = wait_crash_recovered(scen, old_pid)
+    check(st.get("custody") is None, "custody = no: status custody %r" % st.get("custody"))
     check(st.get("crash_count") == 1, "crash_count = %r" % st.get("crash_count"))
     # issue 10's crash record; without custody nothing is kept: the 8
     # sessions lost their connections (they reconnect), none restored
@@ -390,6 +421,33 @@ def test_worker_crash_restarts(ctx):
     scen.loop.run_for(0.5)
     bad = led.diff(exp)
     check(not bad, "after crash:\n" + bl.Ledger.format_diff(bad))
+
+
+def test_worker_crash_adopted_by_default(ctx):
+    """The same kill -9 with the default config, where custody is on (issue
+    10): the new worker adopts every session from custody, so the crash
+    record says 8 restored, 0 lost, every connection kept (8 upstream, 8
+    client), no client connection closes, the network sees no QUIT/JOIN,
+    and numbered lines sent before and after flow both ways exactly once on
+    the same connections."""
+    scen = start(ctx, nsessions=8)
+    b = scen.baton
+    check(b.status().get("custody") is not None, "custody is not on by default: status %r"
+          % b.status().get("custody"))
+    scen.stop_traffic()
+    scen.drain(30)
+    old_pid = b.worker_pid()
+    os.kill(old_pid, signal.SIGKILL)
+    st = wait_crash_recovered(scen, old_pid)
+    cr = (st.get("crashes") or [{}])[-1]
+    check(len(st.get("crashes") or []) == 1 and cr.get("pid") == old_pid and cr.get("signal") == 9
+          and cr.get("sessions_restored") == scen.nsessions and cr.get("sessions_lost") == 0
+          and cr.get("connections_kept") == 2 * scen.nsessions
+          and cr.get("connections_reconnected") == 0 and isinstance(cr.get("lines_lost"), int),
+          "crash record %r" % st.get("crashes"))
+    scen.start_fixed_traffic(client_rate=8.0, net_rate=8.0)
+    scen.wait_traffic_through(what="traffic after the crash")
+    scen.verify(drain_timeout=30)
 
 
 def test_source_dies_after_commit(ctx):

@@ -924,3 +924,70 @@ def test_auto_rollback_to_an_older_release_that_rejects_the_config(ctx):
           "the released worker's config error is not in the log:\n%s" % b.log_tail())
     c = bl.bouncer_client(ctx.loop, b, b.sessions[0], client="laptop")
     relay_both_ways(ctx, c, dave, "after the failed rollback")
+
+
+def test_fd_limit_with_default_custody_says_what_to_do(ctx):
+    """Custody is on by default and costs the supervisor fds: a limit that
+    fits 50 sessions without custody but not with it must not fail silently.
+    `--check` and the startup error both name the limit, say that custody
+    takes the difference and that `custody = no` would need N (the number
+    without custody's term, config_fds_needed()); with `custody = no`
+    written in the config the same limit passes `--check`."""
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=50, channels=test_basic.CHANNELS)
+    b.write_config()
+    need_off = 2 * 50 + 2 * 1 + 64      # 2 per session, 2 per [listen], spare
+    need_on = need_off + 4 * 50          # + custody: 4 per session of a chunk
+    limit = (need_off + need_on) // 2
+    lim = ["prlimit", "--nofile=%d:%d" % (limit, limit), "--"]
+    out = subprocess.run(lim + [b.build.supervisor, "-c", b.config, "--check"],
+                         capture_output=True, text=True, timeout=30)
+    text = out.stdout + out.stderr
+    bl.log("--check: %s" % text.strip())
+    check(out.returncode != 0 and str(need_on) in text and "custody = no" in text
+          and "(then %d," % need_off in text,
+          "--check under %d fds: rc=%d\n%s" % (limit, out.returncode, text))
+    # the supervisor itself refuses to start, saying the same
+    p = subprocess.run(lim + [b.build.supervisor, "-c", b.config], capture_output=True,
+                       text=True, timeout=30, cwd=b.dir)
+    text = p.stdout + p.stderr
+    bl.log("start: %s" % text.strip())
+    check(p.returncode != 0 and "custody = no" in text and "(then %d," % need_off in text,
+          "start under %d fds: rc=%d\n%s" % (limit, p.returncode, text))
+    # custody = no: the same limit is enough
+    b.supervisor_opts["custody"] = "no"
+    b.write_config()
+    out = subprocess.run(lim + [b.build.supervisor, "-c", b.config, "--check"],
+                         capture_output=True, text=True, timeout=30)
+    check(out.returncode == 0 and "RLIMIT_NOFILE" not in out.stdout + out.stderr,
+          "--check with custody = no under %d fds: rc=%d\n%s%s"
+          % (limit, out.returncode, out.stdout, out.stderr))
+
+
+def test_crash_right_after_registration_restores_registered(ctx):
+    """Regression: with the default custody_checkpoint_ms a crash within
+    that interval of a session's registration restored the record written
+    when its socket opened, before 001: the new worker held a session
+    waiting for a welcome the network had already sent (never registered,
+    `upstreams_connected` 0). Registration, and joining or leaving a
+    channel, now write the session's record at once. Here the interval is
+    60 s, so only those records exist when the worker is killed."""
+    ng, w, b, dave = test_basic.setup(ctx, nsessions=1,
+                                      supervisor_opts={"custody_checkpoint_ms": 60000})
+    s = b.sessions[0]
+    old = b.worker_pid()
+    t0 = bl.now()
+    st = kill_worker(ctx, b)
+    cr = st["crashes"][-1]
+    check(cr["sessions_restored"] == 1 and cr["connections_kept"] == 1, "crash: %r" % cr)
+
+    def registered():
+        ws = (b.try_status() or {}).get("workers") or []
+        return (len(ws) == 1 and ws[0]["pid"] != old
+                and bl.Baton.worker_registered(ws[0]) == 1)
+    bl.wait_for(registered, 10, what="the restored session registered")
+    c = bl.bouncer_client(ctx.loop, b, s, client="laptop")
+    bl.wait_attached(ctx.loop, c, s)
+    relay_both_ways(ctx, c, dave, "after the crash")
+    evs = w.events_between(t0)
+    check(not evs, "the network saw membership events: %s" % [e[3] for e in evs[:5]])

@@ -519,6 +519,32 @@ static void test_fds_needed(void **state)
 	assert_int_equal(config_fds_needed(&cfg), 20 + 6 + CONFIG_FDS_SPARE + 40);
 }
 
+/* What every fd-limit message says (config_fds_advice()): with custody on
+ * (the default) what it costs and what `custody = no` would need instead;
+ * without it no mention of custody; the buffer bound holds. */
+static void test_fds_advice(void **state)
+{
+	struct baton_config cfg = { .nsessions = 1000, .nlistens = 3,
+				    .custody = 1, .chunk_sessions = 100 };
+	char buf[320], want[64], tiny[8];
+
+	(void)state;
+	config_fds_advice(&cfg, buf, sizeof(buf));
+	assert_non_null(strstr(buf, "custody = no"));
+	assert_non_null(strstr(buf, "LimitNOFILE="));
+	snprintf(want, sizeof(want), "(then %d,", 2000 + 6 + CONFIG_FDS_SPARE);
+	assert_non_null(strstr(buf, want));
+	assert_true(strlen(buf) < sizeof(buf) - 1); /* not cut */
+	cfg.custody = 0;
+	config_fds_advice(&cfg, buf, sizeof(buf));
+	assert_null(strstr(buf, "custody"));
+	assert_non_null(strstr(buf, "LimitNOFILE="));
+	cfg.custody = 1;
+	assert_ptr_equal(config_fds_advice(&cfg, tiny, sizeof(tiny)), tiny);
+	assert_int_equal(strlen(tiny), sizeof(tiny) - 1);
+	assert_ptr_equal(config_fds_advice(&cfg, tiny, 0), tiny);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -532,6 +558,7 @@ int main(void)
 		cmocka_unit_test(test_stranger_limit_keys),
 		cmocka_unit_test(test_key_table),
 		cmocka_unit_test(test_fds_needed),
+		cmocka_unit_test(test_fds_advice),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
