@@ -947,7 +947,11 @@ def test_tls_ircs_certificate_reload(ctx):
     shutil.copy(pki.server.cert, cert_path)
     shutil.copy(pki.server.key, key_path)
     ng = ctx.ngircd()
-    b = make_baton(ctx, pki, ng, tls_upstream=False, nsessions=2, ircs=(cert_path, key_path))
+    # the new client (a new client name) replays the lines sent before it
+    # came: all of them kept in memory (with a store the cache keeps 50 a
+    # buffer by default, backlog_cache_lines)
+    b = make_baton(ctx, pki, ng, tls_upstream=False, nsessions=2, ircs=(cert_path, key_path),
+                   sessiond_opts={"backlog_cache_lines": 500})
     b.start(wait=False)
     bl.pump_ready(ctx, b)
     dave = bl.direct_user(ctx.loop, ng, "dave", [CHAN])
