@@ -1071,6 +1071,15 @@ void conn_discard_unacked(struct conn *c)
 	if (c->fd < 0 || conn_kernel_outq(c, &outq) < 0 || outq == 0)
 		return;
 	(void)setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	/* The linger above resets the connection at the close of the socket's
+	 * last fd. With custody the supervisor holds a duplicate, so our close
+	 * is not the last: the kernel went on delivering what the position
+	 * says will be replayed (duplicates at the next attach, seen in the
+	 * TLS acceptance run once custody was on by default). connect() to
+	 * AF_UNSPEC disconnects the socket itself, whatever fds refer to it
+	 * (tcp_disconnect(): RST, the send queue purged). */
+	struct sockaddr unspec = { .sa_family = AF_UNSPEC };
+	(void)connect(c->fd, &unspec, sizeof(unspec));
 }
 
 bool conn_is_dead(const struct conn *c)

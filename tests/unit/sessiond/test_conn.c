@@ -4,7 +4,9 @@
  *
  * Regressions pinned here (each test opens with its own):
  * - a bare CR inside a line survived into backlog lines and the away text;
- * - conn_adopt() took restored buffers over the sendq or line bounds. */
+ * - conn_adopt() took restored buffers over the sendq or line bounds;
+ * - conn_discard_unacked() reset nothing while another fd (custody's copy)
+ *   referred to the socket. */
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -15,8 +17,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <arpa/inet.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -307,6 +314,68 @@ static void test_drain_watch(void **state)
 	event_base_free(base);
 }
 
+/* Regression: conn_discard_unacked() only set SO_LINGER 0, which resets a
+ * TCP connection at the close of its last fd. With custody on (the
+ * default) the supervisor holds a duplicate of every client socket, so the
+ * worker's close reset nothing and the kernel went on delivering the lines
+ * the client's position said would be replayed: duplicates at the next
+ * attach. Now the connection is reset at once: the duplicate finds it
+ * closed with nothing left to send. */
+static void test_discard_unacked_despite_a_duplicate(void **state)
+{
+	struct event_base *base = event_base_new();
+	struct rec r = { 0 };
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	socklen_t sl = sizeof(sa);
+	int lst, cli, peer, dup_fd, sz = 4096, outq = 0;
+	char buf[65536];
+
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	lst = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(lst >= 0);
+	assert_int_equal(setsockopt(lst, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz)), 0);
+	assert_int_equal(bind(lst, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(lst, 1), 0);
+	assert_int_equal(getsockname(lst, (struct sockaddr *)&sa, &sl), 0);
+	cli = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_int_equal(connect(cli, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	peer = accept(lst, NULL, NULL);
+	assert_true(peer >= 0);
+	dup_fd = dup(cli); /* the supervisor's custody copy */
+	assert_true(dup_fd >= 0);
+	struct conn *c = conn_new(base, cli, false, &rec_ops, &r);
+	assert_non_null(c);
+	memset(buf, 'z', sizeof(buf));
+	/* the peer reads nothing: what does not fit its window stays unacked */
+	for (int i = 0; i < 64 && send(cli, buf, sizeof(buf), MSG_DONTWAIT) > 0; i++)
+		;
+	assert_int_equal(ioctl(dup_fd, SIOCOUTQ, &outq), 0);
+	assert_true(outq > 0);
+	conn_discard_unacked(c);
+	conn_release(c); /* closes cli; dup_fd still refers to the socket */
+	struct tcp_info ti;
+	socklen_t tl = sizeof(ti);
+	assert_int_equal(getsockopt(dup_fd, IPPROTO_TCP, TCP_INFO, &ti, &tl), 0);
+	assert_int_equal(ti.tcpi_state, TCP_CLOSE);
+	/* the peer's next read finds the reset, not the unacked rest (before:
+	 * it read on and then waited, the connection open) */
+	ssize_t n = 0;
+	int err = 0;
+	for (int i = 0; i < 1000 && err == 0; i++) {
+		n = recv(peer, buf, sizeof(buf), MSG_DONTWAIT);
+		if (n < 0 && errno != EAGAIN)
+			err = errno;
+		else if (n < 0)
+			usleep(1000);
+	}
+	assert_int_equal(err, ECONNRESET);
+	close(dup_fd);
+	close(peer);
+	close(lst);
+	event_base_free(base);
+	(void)state;
+}
+
 /* The line bound (CONN_MAX_LINE, 8,704 bytes: IRCv3 tags + a 512-byte
  * message) at the limit and past it, complete and as an unterminated tail:
  * a line of exactly the bound is delivered whole; one byte more closes the
@@ -355,6 +424,7 @@ int main(void)
 		cmocka_unit_test(test_state_with_oversized_output_refused),
 		cmocka_unit_test(test_drain_watch),
 		cmocka_unit_test(test_line_limit),
+		cmocka_unit_test(test_discard_unacked_despite_a_duplicate),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
