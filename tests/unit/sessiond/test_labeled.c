@@ -626,6 +626,41 @@ static void test_forwarded_labels_dropped(void **state)
 	test_env_free(e);
 }
 
+/* Bug: a worker that adopts a session (a migration's new one, or one
+ * restored from custody) numbered its labels from bt1 again, while the
+ * network could still answer the old worker's bt1 (the labels do not
+ * travel; their answers come within UPSTREAM_LABEL_TTL_MS): that answer
+ * reached the new asker as the answer to its own labeled command, whose
+ * real answer then came unlabeled. The adopted upstream's labels start
+ * elsewhere; here the network answers the old worker's bt1 after a
+ * labeled command of the new one. */
+static void test_forwarded_label_after_adoption(void **state)
+{
+	struct test_env *e = env(upstream_labeled, false);
+	struct rx r = { 0 }, up = { 0 };
+	int fd = client(e, &r, "lab", CAPS, true);
+	size_t mark = r.len;
+	char tag[32], line[128];
+	const char *t;
+
+	say_fd(fd, "@label=n1 TOPIC #baton");
+	assert_true(rx_wait(e, &up, e->up, "TOPIC #baton\r\n"));
+	assert_non_null(t = strstr(up.buf, "@label=bt"));
+	snprintf(tag, sizeof tag, "%.*s", (int)strcspn(t + 1, " "), t + 1);
+	/* the old worker's WHO of bt1, answered now */
+	say_fd(e->up, "@label=bt1 :irc.example.net 324 alice #old +nt");
+	assert_true(rx_wait(e, &r, fd, " 324 alice #old +nt\r\n"));
+	assert_null(strstr(r.buf + mark, "@label=n1 :irc.example.net 324"));
+	/* the real answer to n1 */
+	snprintf(line, sizeof line, "@%s :irc.example.net 331 alice #baton :No topic is set", tag);
+	say_fd(e->up, line);
+	assert_true(rx_wait(e, &r, fd, "@label=n1 :irc.example.net 331 alice #baton :No topic is set\r\n"));
+	free(r.buf);
+	free(up.buf);
+	close(fd);
+	test_env_free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -640,6 +675,7 @@ int main(void)
 		cmocka_unit_test(test_forwarded_labeled),
 		cmocka_unit_test(test_forwarded_label_bounds),
 		cmocka_unit_test(test_forwarded_labels_dropped),
+		cmocka_unit_test(test_forwarded_label_after_adoption),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
