@@ -1559,6 +1559,12 @@ static int adopt_upstream(struct adopt *ad, const Baton__State__Connection *pc,
 		return NOMEM(ad);
 	}
 	struct upstream *u = s->up;
+	/* The labels do not travel, but the old worker's may still be
+	 * answered (UPSTREAM_LABEL_TTL_MS): ours start elsewhere than its
+	 * bt1.. so that no late answer passes for one of ours (random() is
+	 * seeded per worker, main.c; a collision needs one of its 32
+	 * pending numbers out of 2^32). */
+	u->next_label = (uint32_t)random();
 	u->phase = (enum upstream_phase)phase;
 	u->cap_negotiating = pc->has_cap_negotiating && pc->cap_negotiating;
 	for (size_t i = 0; i < pc->n_caps; i++)

@@ -456,6 +456,17 @@ static void upstream_labeled(Baton__State__Session *s)
 	s->caps = caps;
 }
 
+/* The adopted upstream's labels from bt1 (adoption draws their start:
+ * test_forwarded_label_after_adoption), for tests that name them. */
+static void labels_from_one(struct test_env *e)
+{
+	struct session *s = bouncer_session_at(e->b, 0);
+
+	assert_non_null(s);
+	assert_non_null(s->up);
+	s->up->next_label = 0;
+}
+
 /* Bug: a labeled command baton forwards (WHO) went to the network
  * unlabeled and its client got no labeled answer. With the network's
  * labeled-response it goes with baton's label "bt<n>" and the network's
@@ -470,6 +481,7 @@ static void test_forwarded_labeled(void **state)
 	struct rx r = { 0 }, p = { 0 }, up = { 0 };
 	int fd = client(e, &r, "lab", CAPS, true);
 	int plain = client(e, &p, "plain", "message-tags", true);
+	labels_from_one(e);
 	size_t mark = r.len, pmark = p.len;
 
 	say_fd(fd, "@label=w1;+x=y WHO #baton");
@@ -538,6 +550,7 @@ static void test_forwarded_label_bounds(void **state)
 		snprintf(name, sizeof name, "c%d", c);
 		fd[c] = client(e, &r[c], name, CAPS, true);
 	}
+	labels_from_one(e);
 	for (int i = 0; i <= UPSTREAM_LABELS_PER_CLIENT; i++) {
 		snprintf(line, sizeof line, "@label=q%d TOPIC #t%d", i, i);
 		say_fd(fd[0], line);
@@ -599,6 +612,7 @@ static void test_forwarded_labels_dropped(void **state)
 	const int *fds;
 	size_t mark = r.len;
 
+	labels_from_one(e);
 	say_fd(fd, "@label=f1 TOPIC #baton");
 	assert_true(rx_wait(e, &up, e->up, "@label=bt1 TOPIC #baton\r\n"));
 	struct bouncer_item *it = session_serialize(e->b, &buf, &len, &fds, &nfds);
