@@ -1645,6 +1645,10 @@ static void recover_conn(Baton__State__Connection *pc,
 			 size_t nfds)
 {
 	ProtobufCBinaryData t;
+	/* drop, unless it is only there for releases without tls
+	 * (tls_resume: the supervisor's word that tls is the last one) */
+	bool rdrop = r != NULL && r->has_drop && r->drop &&
+		     !(r->tls != NULL && r->has_tls_resume && r->tls_resume);
 
 	if (pc->fd_index >= nfds)
 		return; /* check_conn refuses it */
@@ -1670,7 +1674,7 @@ static void recover_conn(Baton__State__Connection *pc,
 				pc->output.len = 0;
 		}
 	}
-	if (r != NULL && r->tls != NULL && !drop && !(r->has_drop && r->drop)) {
+	if (r != NULL && r->tls != NULL && !drop && !rdrop) {
 		/* TLS: the record layer after the last recorded I/O replaces
 		 * the one of the session record (a connection recorded in
 		 * its handshake has none to replace: it cannot go on) */
@@ -1683,7 +1687,7 @@ static void recover_conn(Baton__State__Connection *pc,
 			r->tls = ts; /* freed with the item */
 		}
 	}
-	if (drop || (r != NULL && r->has_drop && r->drop)) {
+	if (drop || rdrop) {
 		/* cannot continue from here: closed at once after adoption
 		 * (a client reconnects; an upstream through the governor) */
 		int fd = recovery_closed_socket();
