@@ -675,6 +675,43 @@ static void test_forwarded_label_after_adoption(void **state)
 	test_env_free(e);
 }
 
+/* Bug: a label whose labeled-response batch had begun (the asker got
+ * BATCH +) and that expired (UPSTREAM_LABEL_TTL_MS: a long answer, or a
+ * network that never ends it) was forgotten silently: the asker never got
+ * the batch's end, and a client that keeps a batch's lines until its end
+ * kept those forever. The expiry now ends it (to the asker alone). */
+static void test_forwarded_label_expiry_ends_batch(void **state)
+{
+	struct test_env *e = env(upstream_labeled, false);
+	struct rx r = { 0 }, p = { 0 }, up = { 0 };
+	int fd = client(e, &r, "lab", CAPS, true);
+	int plain = client(e, &p, "plain", CAPS, true);
+	struct session *s;
+	size_t pmark = p.len;
+
+	labels_from_one(e);
+	say_fd(fd, "@label=x1 WHO #baton");
+	assert_true(rx_wait(e, &up, e->up, "@label=bt1 WHO #baton\r\n"));
+	say_fd(e->up, "@label=bt1 :irc.example.net BATCH +lng labeled-response");
+	say_fd(e->up, "@batch=lng :irc.example.net 352 alice #baton ~a h irc.example.net alice H :0 A");
+	assert_true(rx_wait(e, &r, fd, "@batch=lng :irc.example.net 352"));
+	s = bouncer_session_at(e->b, 0);
+	assert_int_equal(s->up->nlabels, 1);
+	s->up->labels[0].sent_ms -= UPSTREAM_LABEL_TTL_MS + 1;
+	/* the next labeled command looks at the expiry */
+	say_fd(fd, "@label=x2 MODE #baton");
+	assert_true(rx_wait(e, &up, e->up, "MODE #baton\r\n"));
+	assert_true(rx_wait(e, &r, fd, ":irc.example.net BATCH -lng\r\n"));
+	settle(e, &p, plain);
+	assert_int_equal(count_from(&p, pmark, "BATCH"), 0);
+	free(r.buf);
+	free(p.buf);
+	free(up.buf);
+	close(fd);
+	close(plain);
+	test_env_free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -690,6 +727,7 @@ int main(void)
 		cmocka_unit_test(test_forwarded_label_bounds),
 		cmocka_unit_test(test_forwarded_labels_dropped),
 		cmocka_unit_test(test_forwarded_label_after_adoption),
+		cmocka_unit_test(test_forwarded_label_expiry_ends_batch),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
