@@ -112,7 +112,9 @@ const struct config_key config_keys[] = {
 		 "attached before gets every line after its position, a new client"
 		 " name the lines in memory (as ZNC's default 50), CHATHISTORY "
 		 "clients ask for more. Bounds the worker's memory per session "
-		 "whatever the traffic. Without a store `backlog_lines` applies" },
+		 "whatever the traffic. Without a store, and for sessions a "
+		 "worker holds while its store cannot be opened, `backlog_lines` "
+		 "applies" },
 	{ CONFIG_SESSIOND, "backlog_buffer_bytes", CONFIG_INT,
 	  .offset = G(backlog_buffer_bytes),
 	  .def = 256 << 10, .min = 1024, .max = 64 << 20,

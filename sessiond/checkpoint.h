@@ -61,7 +61,10 @@
  * The supervisor (supervisor/custody.h) concatenates a connection's
  * ConnRecovery records written after its session's record (protobuf
  * merges them: the latest of each field wins), then its latest CKPT_TLS
- * one, then drop if a DROP is the last word, into the item's Recovery.
+ * one, then drop if a DROP is the last word, into the item's Recovery
+ * (with a CKPT_TLS last: drop and tls_resume, so that a release without
+ * ConnRecovery.tls closes the connection rather than resume it with stale
+ * sequence numbers).
  *
  * Compaction: once the log is past CKPT_COMPACT_MIN bytes and twice what
  * the live sessions' records take, a fresh memfd gets one record per

@@ -334,6 +334,14 @@ struct session *session_new(struct bouncer *b, const char *user,
 	size_t klen = strlen(user) + strlen(network) + 2;
 	s->key = malloc(klen);
 	session_limits_get(cfg, &s->lim);
+	if (bouncer_history(b) == NULL) {
+		/* no store open (none, or not yet: main.c retries): nothing
+		 * else holds what leaves memory, so not a cache's bound */
+		const struct baton_config *d = config_default_values();
+
+		s->lim.backlog.buffer_lines = limit_or(cfg ? cfg->backlog_lines : 0,
+						       d->backlog_lines);
+	}
 	s->backlog = backlog_new(s->lim.backlog.buffer_lines);
 	s->reconnect_timer = evtimer_new(bouncer_base(b), session_reconnect_cb, s);
 	if (!s->user || !s->network || !s->key || !s->backlog || !s->reconnect_timer) {

@@ -1559,6 +1559,12 @@ static int adopt_upstream(struct adopt *ad, const Baton__State__Connection *pc,
 		return NOMEM(ad);
 	}
 	struct upstream *u = s->up;
+	/* The labels do not travel, but the old worker's may still be
+	 * answered (UPSTREAM_LABEL_TTL_MS): ours start elsewhere than its
+	 * bt1.. so that no late answer passes for one of ours (random() is
+	 * seeded per worker, main.c; a collision needs one of its 32
+	 * pending numbers out of 2^32). */
+	u->next_label = (uint32_t)random();
 	u->phase = (enum upstream_phase)phase;
 	u->cap_negotiating = pc->has_cap_negotiating && pc->cap_negotiating;
 	for (size_t i = 0; i < pc->n_caps; i++)
@@ -1639,6 +1645,10 @@ static void recover_conn(Baton__State__Connection *pc,
 			 size_t nfds)
 {
 	ProtobufCBinaryData t;
+	/* drop, unless it is only there for releases without tls
+	 * (tls_resume: the supervisor's word that tls is the last one) */
+	bool rdrop = r != NULL && r->has_drop && r->drop &&
+		     !(r->tls != NULL && r->has_tls_resume && r->tls_resume);
 
 	if (pc->fd_index >= nfds)
 		return; /* check_conn refuses it */
@@ -1664,7 +1674,7 @@ static void recover_conn(Baton__State__Connection *pc,
 				pc->output.len = 0;
 		}
 	}
-	if (r != NULL && r->tls != NULL && !drop && !(r->has_drop && r->drop)) {
+	if (r != NULL && r->tls != NULL && !drop && !rdrop) {
 		/* TLS: the record layer after the last recorded I/O replaces
 		 * the one of the session record (a connection recorded in
 		 * its handshake has none to replace: it cannot go on) */
@@ -1677,7 +1687,7 @@ static void recover_conn(Baton__State__Connection *pc,
 			r->tls = ts; /* freed with the item */
 		}
 	}
-	if (drop || (r != NULL && r->has_drop && r->drop)) {
+	if (drop || rdrop) {
 		/* cannot continue from here: closed at once after adoption
 		 * (a client reconnects; an upstream through the governor) */
 		int fd = recovery_closed_socket();

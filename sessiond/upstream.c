@@ -251,9 +251,22 @@ static void label_remove(struct upstream *u, size_t i)
 static void label_expire(struct upstream *u)
 {
 	int64_t now = clock_mono_ms();
+	struct session *s = u->s;
 
-	while (u->nlabels && now - u->labels[0].sent_ms > UPSTREAM_LABEL_TTL_MS)
-		label_remove(u, 0); /* never answered: a late answer goes unlabeled */
+	while (u->nlabels && now - u->labels[0].sent_ms > UPSTREAM_LABEL_TTL_MS) {
+		/* never answered: a late answer goes unlabeled; one whose
+		 * batch had begun: its asker gets the end (a client may keep
+		 * a batch's lines until then) */
+		if (u->labels[0].batch[0])
+			for (size_t k = 0; k < s->nclients; k++)
+				if (s->clients[k]->serial == u->labels[0].client_serial &&
+				    !conn_is_dead(s->clients[k]->conn))
+					conn_sendf(s->clients[k]->conn, ":%s BATCH -%s",
+						   s->server_name ? s->server_name
+								  : BATON_SERVER_NAME,
+						   u->labels[0].batch);
+		label_remove(u, 0);
+	}
 }
 
 int upstream_label_add(struct session *s, uint64_t client_serial,

@@ -77,7 +77,8 @@ struct upstream {
 /* Labeled commands awaiting the network's answer: at most this many per
  * connection, and per client; more go unlabeled (no answer labeled, no
  * ACK: what a network without labeled-response gives). One unanswered for
- * UPSTREAM_LABEL_TTL_MS is forgotten (its late answer goes unlabeled). */
+ * UPSTREAM_LABEL_TTL_MS is forgotten (its late answer goes unlabeled; a
+ * batch of it already begun is ended to its asker). */
 #define UPSTREAM_MAX_LABELS 32
 #define UPSTREAM_LABELS_PER_CLIENT 8
 #define UPSTREAM_LABEL_TTL_MS 30000

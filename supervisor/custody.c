@@ -674,8 +674,17 @@ static int restore_item(struct custody_restore *r, struct rsess *s,
 			el += pb_varint(extra + el, c->lines);
 			r->res.lines_lost += c->lines;
 		}
-		if (drop || (c != NULL && c->drop)) {
+		/* resumed from its CKPT_TLS: drop too, for a release that
+		 * cannot read tls (it would go on with the session record's
+		 * sequence numbers: nonces used already) */
+		bool resume = !drop && c != NULL && !c->drop && c->tlslen > 0;
+
+		if (drop || (c != NULL && c->drop) || resume) {
 			extra[el++] = (4 << 3) | 0;
+			extra[el++] = 1;
+		}
+		if (resume) {
+			extra[el++] = (7 << 3) | 0; /* ConnRecovery.tls_resume */
 			extra[el++] = 1;
 		}
 		if (drop || (c != NULL && c->drop))

@@ -212,12 +212,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		struct session *s = bouncer_session_at(b, 0);
 		char tag[32];
 
-		if (s == NULL || s->nclients == 0 ||
+		if (s == NULL || s->up == NULL || s->nclients == 0 ||
 		    util_strv_push(&s->caps, &s->ncaps, "batch") < 0 ||
 		    util_strv_push(&s->caps, &s->ncaps, "labeled-response") < 0)
 			abort();
 		if (s->clients[0]->serial == 0)
 			s->clients[0]->serial = UINT64_MAX; /* client.c's are counted up from 1 */
+		s->up->next_label = 0; /* the corpus's bt1..bt3 (adoption draws a start) */
 		for (int i = 0; i < 3; i++)
 			if (upstream_label_add(s, s->clients[0]->serial, "fz", tag, sizeof(tag)) < 0)
 				abort();

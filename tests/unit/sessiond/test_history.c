@@ -843,6 +843,56 @@ static void test_schema3_attached_no_read(void **state)
 	free(r.buf);
 }
 
+/* Bug: with a store configured, a session's in-memory backlog was cut to
+ * backlog_cache_lines whether or not a store was open. A worker serving
+ * without history (the store could not be opened: PostgreSQL down at its
+ * start, main.c retries) kept 50 lines of each buffer and nothing else
+ * anywhere: a client away for more lost the rest for good. Without an
+ * open store the bound is backlog_lines, as without a store. */
+static void tune_cache_small(struct baton_config *cfg)
+{
+	tune(cfg);
+	cfg->backlog_cache_lines = 5;
+}
+
+static void test_cache_bound_needs_an_open_store(void **state)
+{
+	struct crypt_data cd;
+	const char *tmp = getenv("TMPDIR");
+	struct rx up = { 0 };
+	char line[128];
+
+	(void)state;
+	memset(&cd, 0, sizeof(cd));
+	snprintf(g_dir, sizeof(g_dir), "%s/baton-history-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	assert_non_null(mkdtemp(g_dir));
+	snprintf(g_db, sizeof(g_db), "%s/messages.db", g_dir);
+	const struct test_env_opts o = {
+		.backlog_lines = 1000,
+		.ping_interval_s = 600,
+		.ping_timeout_s = 2400,
+		.password = crypt_r("secret", "$6$testsalt$", &cd),
+		.wait_tries = 2000,
+		.tune = tune_cache_small,
+	};
+	struct test_env *e = test_env_new(&o); /* no history_open(): not open */
+	struct session *s = bouncer_session_at(e->b, 0);
+
+	assert_non_null(s);
+	assert_null(bouncer_history(e->b));
+	size_t before = backlog_nlines(s->backlog);
+	for (int i = 0; i < 20; i++) {
+		snprintf(line, sizeof line, ":bob!b@h PRIVMSG #baton :kept %d", i);
+		say_fd(e->up, line);
+	}
+	say_fd(e->up, "PING :sync");
+	assert_true(rx_wait_tries(e, &up, e->up, "PONG :sync\r\n", 3000));
+	assert_true(backlog_nlines(s->backlog) >= before + 20);
+	free(up.buf);
+	test_env_free(e);
+	rmdir(g_dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -860,6 +910,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_schema3_replay_same, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_schema3_rollback_inline, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_schema3_attached_no_read, setup, teardown),
+		cmocka_unit_test(test_cache_bound_needs_an_open_store),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

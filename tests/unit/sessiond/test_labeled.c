@@ -456,6 +456,17 @@ static void upstream_labeled(Baton__State__Session *s)
 	s->caps = caps;
 }
 
+/* The adopted upstream's labels from bt1 (adoption draws their start:
+ * test_forwarded_label_after_adoption), for tests that name them. */
+static void labels_from_one(struct test_env *e)
+{
+	struct session *s = bouncer_session_at(e->b, 0);
+
+	assert_non_null(s);
+	assert_non_null(s->up);
+	s->up->next_label = 0;
+}
+
 /* Bug: a labeled command baton forwards (WHO) went to the network
  * unlabeled and its client got no labeled answer. With the network's
  * labeled-response it goes with baton's label "bt<n>" and the network's
@@ -470,6 +481,7 @@ static void test_forwarded_labeled(void **state)
 	struct rx r = { 0 }, p = { 0 }, up = { 0 };
 	int fd = client(e, &r, "lab", CAPS, true);
 	int plain = client(e, &p, "plain", "message-tags", true);
+	labels_from_one(e);
 	size_t mark = r.len, pmark = p.len;
 
 	say_fd(fd, "@label=w1;+x=y WHO #baton");
@@ -538,6 +550,7 @@ static void test_forwarded_label_bounds(void **state)
 		snprintf(name, sizeof name, "c%d", c);
 		fd[c] = client(e, &r[c], name, CAPS, true);
 	}
+	labels_from_one(e);
 	for (int i = 0; i <= UPSTREAM_LABELS_PER_CLIENT; i++) {
 		snprintf(line, sizeof line, "@label=q%d TOPIC #t%d", i, i);
 		say_fd(fd[0], line);
@@ -599,6 +612,7 @@ static void test_forwarded_labels_dropped(void **state)
 	const int *fds;
 	size_t mark = r.len;
 
+	labels_from_one(e);
 	say_fd(fd, "@label=f1 TOPIC #baton");
 	assert_true(rx_wait(e, &up, e->up, "@label=bt1 TOPIC #baton\r\n"));
 	struct bouncer_item *it = session_serialize(e->b, &buf, &len, &fds, &nfds);
@@ -626,6 +640,78 @@ static void test_forwarded_labels_dropped(void **state)
 	test_env_free(e);
 }
 
+/* Bug: a worker that adopts a session (a migration's new one, or one
+ * restored from custody) numbered its labels from bt1 again, while the
+ * network could still answer the old worker's bt1 (the labels do not
+ * travel; their answers come within UPSTREAM_LABEL_TTL_MS): that answer
+ * reached the new asker as the answer to its own labeled command, whose
+ * real answer then came unlabeled. The adopted upstream's labels start
+ * elsewhere; here the network answers the old worker's bt1 after a
+ * labeled command of the new one. */
+static void test_forwarded_label_after_adoption(void **state)
+{
+	struct test_env *e = env(upstream_labeled, false);
+	struct rx r = { 0 }, up = { 0 };
+	int fd = client(e, &r, "lab", CAPS, true);
+	size_t mark = r.len;
+	char tag[32], line[128];
+	const char *t;
+
+	say_fd(fd, "@label=n1 TOPIC #baton");
+	assert_true(rx_wait(e, &up, e->up, "TOPIC #baton\r\n"));
+	assert_non_null(t = strstr(up.buf, "@label=bt"));
+	snprintf(tag, sizeof tag, "%.*s", (int)strcspn(t + 1, " "), t + 1);
+	/* the old worker's WHO of bt1, answered now */
+	say_fd(e->up, "@label=bt1 :irc.example.net 324 alice #old +nt");
+	assert_true(rx_wait(e, &r, fd, " 324 alice #old +nt\r\n"));
+	assert_null(strstr(r.buf + mark, "@label=n1 :irc.example.net 324"));
+	/* the real answer to n1 */
+	snprintf(line, sizeof line, "@%s :irc.example.net 331 alice #baton :No topic is set", tag);
+	say_fd(e->up, line);
+	assert_true(rx_wait(e, &r, fd, "@label=n1 :irc.example.net 331 alice #baton :No topic is set\r\n"));
+	free(r.buf);
+	free(up.buf);
+	close(fd);
+	test_env_free(e);
+}
+
+/* Bug: a label whose labeled-response batch had begun (the asker got
+ * BATCH +) and that expired (UPSTREAM_LABEL_TTL_MS: a long answer, or a
+ * network that never ends it) was forgotten silently: the asker never got
+ * the batch's end, and a client that keeps a batch's lines until its end
+ * kept those forever. The expiry now ends it (to the asker alone). */
+static void test_forwarded_label_expiry_ends_batch(void **state)
+{
+	struct test_env *e = env(upstream_labeled, false);
+	struct rx r = { 0 }, p = { 0 }, up = { 0 };
+	int fd = client(e, &r, "lab", CAPS, true);
+	int plain = client(e, &p, "plain", CAPS, true);
+	struct session *s;
+	size_t pmark = p.len;
+
+	labels_from_one(e);
+	say_fd(fd, "@label=x1 WHO #baton");
+	assert_true(rx_wait(e, &up, e->up, "@label=bt1 WHO #baton\r\n"));
+	say_fd(e->up, "@label=bt1 :irc.example.net BATCH +lng labeled-response");
+	say_fd(e->up, "@batch=lng :irc.example.net 352 alice #baton ~a h irc.example.net alice H :0 A");
+	assert_true(rx_wait(e, &r, fd, "@batch=lng :irc.example.net 352"));
+	s = bouncer_session_at(e->b, 0);
+	assert_int_equal(s->up->nlabels, 1);
+	s->up->labels[0].sent_ms -= UPSTREAM_LABEL_TTL_MS + 1;
+	/* the next labeled command looks at the expiry */
+	say_fd(fd, "@label=x2 MODE #baton");
+	assert_true(rx_wait(e, &up, e->up, "MODE #baton\r\n"));
+	assert_true(rx_wait(e, &r, fd, ":irc.example.net BATCH -lng\r\n"));
+	settle(e, &p, plain);
+	assert_int_equal(count_from(&p, pmark, "BATCH"), 0);
+	free(r.buf);
+	free(p.buf);
+	free(up.buf);
+	close(fd);
+	close(plain);
+	test_env_free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -640,6 +726,8 @@ int main(void)
 		cmocka_unit_test(test_forwarded_labeled),
 		cmocka_unit_test(test_forwarded_label_bounds),
 		cmocka_unit_test(test_forwarded_labels_dropped),
+		cmocka_unit_test(test_forwarded_label_after_adoption),
+		cmocka_unit_test(test_forwarded_label_expiry_ends_batch),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

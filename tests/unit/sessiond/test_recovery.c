@@ -227,6 +227,10 @@ static void test_tls_layer_replaced(void **state)
 	up->has_transport = 1;
 	up->transport = 1;
 	c[0].tls = moved;
+	/* as the supervisor sends it: drop for releases without tls,
+	 * tls_resume for this one (test_custody.c) */
+	c[0].has_drop = c[0].drop = 1;
+	c[0].has_tls_resume = c[0].tls_resume = 1;
 	c[1].tls = stray; /* the client is plaintext in the record */
 	rv.n_conns = 2;
 	rv.conns = cp;
