@@ -384,6 +384,83 @@ def test_kill9_tls_clients_idle_and_active_kept(ctx):
     relay_both_ways(ctx, busy, dave, "after busy")
 
 
+def test_tls_trickled_record_keeps_the_log_small(ctx):
+    """Hostile input against custody's log: a logged-in TLS client sends
+    one 8 KB record (20 lines) a byte at a time. Every read of part of a record used
+    to write a CKPT_TLS carrying the partial record whole, so the log took
+    the record's size per byte (the review measured 12 MB and 3 compactions
+    for one 8 KB record); a read that completes no record now leaves its
+    DROP as the last word (a crash meanwhile closes only that connection).
+    The log grows by less than 1 MB, no compaction, and the line arrives."""
+    import socket
+    import ssl
+    import test_tls
+    pki = test_tls.shared_pki()
+    ng = ctx.ngircd()
+    b = bl.Baton(ctx, ng, nsessions=1, channels=["#chat"],
+                 ircs=(pki.server.cert, pki.server.key),
+                 supervisor_opts={"custody": "yes", "custody_checkpoint_ms": 60000})
+    b.start(wait=False)
+    bl.pump_ready(ctx, b)
+    dave = bl.direct_user(ctx.loop, ng, "dave", ["#chat"])
+    s = b.sessions[0]
+    sock = socket.create_connection(("127.0.0.1", b.tls_port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(10)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = pki.client_context(verify=True).wrap_bio(inc, out, server_hostname="localhost")
+
+    def flush():
+        data = out.read()
+        if data:
+            sock.sendall(data)
+
+    def pump():
+        data = sock.recv(65536)
+        check(data, "baton closed the TLS connection")
+        inc.write(data)
+
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            flush()
+            pump()
+    flush()
+    tls.write(("PASS %s\r\nNICK %s\r\nUSER %s 0 * :t\r\n"
+               % (s.pass_line("trickle"), s.nick, s.user)).encode())
+    flush()
+    got = b""
+    while b" 366 " not in got:
+        try:
+            got += tls.read(65536)
+        except ssl.SSLWantReadError:
+            pump()
+    cu0 = b.status()["custody"]
+    text = "trickled-19 " + "x" * 380
+    tls.write("".join("PRIVMSG #chat :trickled-%d %s\r\n" % (i, "x" * 380)
+                      for i in range(20)).encode())  # one record of ~8 KB
+    record = out.read()
+    check(len(record) > 8000, "one record of %d bytes" % len(record))
+    for i in range(len(record)):
+        sock.send(record[i:i + 1])
+        if i % 8 == 7:
+            time.sleep(0.0003)
+    ctx.loop.run_until(lambda: any(text in ln for _, ln in dave.lines), 10,
+                       "the trickled line at the network")
+    cu1 = b.status()["custody"]
+    bl.log("custody log %d -> %d bytes, compactions %s -> %s"
+           % (cu0["checkpoint_bytes"], cu1["checkpoint_bytes"], cu0.get("compactions"),
+              cu1.get("compactions")))
+    check(cu1.get("compactions") == cu0.get("compactions"),
+          "the trickled record compacted the log: %s -> %s" % (cu0, cu1))
+    check(cu1["checkpoint_bytes"] - cu0["checkpoint_bytes"] < 1 << 20,
+          "the log grew by %d bytes for one 8 KB record"
+          % (cu1["checkpoint_bytes"] - cu0["checkpoint_bytes"]))
+    sock.close()
+
+
 def _tls_kill9_under_traffic(ctx, version):
     """TLS upstream (ngircd's TLS port, TLS `version` only) and a TLS client
     (Python ssl, at most `version`), custody on: dave and the client send
