@@ -408,6 +408,8 @@ def main():
     ap.add_argument("--handoff-timeout", type=int, default=10)
     ap.add_argument("--sessiond-extra", default="",
                     help="extra [sessiond] keys, 'k = v; k2 = v2'")
+    ap.add_argument("--supervisor-extra", default="",
+                    help="extra [supervisor] keys, 'k = v; k2 = v2' (e.g. 'custody = no')")
     ap.add_argument("--network-extra", default="",
                     help="extra [network bench] keys, 'k = v; k2 = v2'")
     ap.add_argument("--client-procs", type=int, default=0,
@@ -527,7 +529,7 @@ def run_once(args, build_a, build_b, ready_timeout, tls):
             baton = Baton(build_a, workdir, p_bt, p_ngs if tls else p_ng, users, channels_of,
                           args.chunk_sessions, args.handoff_timeout,
                           args.sessiond_extra, args.network_extra,
-                          tls=pki).start(args.supervisor_args)
+                          tls=pki, extra_supervisor=args.supervisor_extra).start(args.supervisor_args)
             ircload.wait_port(p_bt, timeout=30, proc=baton.proc)
             log("baton listening on %d; waiting for %d sessions upstream"
                 % (p_bt, args.sessions))
