@@ -295,7 +295,7 @@ def canary_crash(ctx, custody):
     cohort, the clients, the canary's result, the watcher's events and the
     time of the kill."""
     import signal
-    kw = {} if custody else {"supervisor_opts": {"custody": "no"}}
+    kw = {"supervisor_opts": {"custody": "yes" if custody else "no"}}
     ng, b, dave = setup(ctx, nsessions=10, **kw)
     w = bl.Watcher(ctx.loop, ng, CHANNELS, watch=[s.nick for s in b.sessions])
     build_b = ctx.builds["b"].require()

@@ -1003,15 +1003,16 @@ def test_auto_rollback_to_an_older_release_that_rejects_the_config(ctx):
     relay_both_ways(ctx, c, dave, "after the failed rollback")
 
 
-def test_fd_limit_with_default_custody_says_what_to_do(ctx):
-    """Custody is on by default and costs the supervisor fds: a limit that
-    fits 50 sessions without custody but not with it must not fail silently.
+def test_fd_limit_with_custody_says_what_to_do(ctx):
+    """Custody costs the supervisor fds: a limit that fits 50 sessions
+    without custody but not with it must not fail silently.
     `--check` and the startup error both name the limit, say that custody
     takes the difference and that `custody = no` would need N (the number
     without custody's term, config_fds_needed()); with `custody = no`
     written in the config the same limit passes `--check`."""
     ng = ctx.ngircd()
-    b = bl.Baton(ctx, ng, nsessions=50, channels=test_basic.CHANNELS)
+    b = bl.Baton(ctx, ng, nsessions=50, channels=test_basic.CHANNELS,
+                 supervisor_opts={"custody": "yes"})
     b.write_config()
     need_off = 2 * 50 + 2 * 1 + 64      # 2 per session, 2 per [listen], spare
     need_on = need_off + 4 * 50          # + custody: 4 per session of a chunk
@@ -1050,7 +1051,8 @@ def test_crash_right_after_registration_restores_registered(ctx):
     channel, now write the session's record at once. Here the interval is
     60 s, so only those records exist when the worker is killed."""
     ng, w, b, dave = test_basic.setup(ctx, nsessions=1,
-                                      supervisor_opts={"custody_checkpoint_ms": 60000})
+                                      supervisor_opts={"custody": "yes",
+                                                       "custody_checkpoint_ms": 60000})
     s = b.sessions[0]
     old = b.worker_pid()
     t0 = bl.now()
