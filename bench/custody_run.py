@@ -103,6 +103,9 @@ def one_run(args, A, loadgen, custody, kills):
         res = {
             "custody": custody, "tls": bool(args.tls), "kills": kills, "kill_at_s": at,
             "loadgen_exit": p.returncode, "wall_s": round(wall, 1),
+            # its verdict's reasons (e.g. a kill command that found no
+            # worker to kill while the supervisor's crash-loop backoff ran)
+            "loadgen_failures": (rep or {}).get("failures"),
             "lines_sent": d.get("lines_sent"), "received": d.get("received"),
             "expected": d.get("expected"), "lost": d.get("lost"),
             "duplicated": d.get("duplicated"), "out_of_order": d.get("out_of_order"),
