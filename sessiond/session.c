@@ -53,11 +53,6 @@ void session_limits_get(const struct baton_config *cfg, struct session_limits *o
 			.total_bytes = L(backlog_session_bytes),
 		},
 	};
-	/* With a store the in-memory backlog is a cache (history.h): its
-	 * buffers keep backlog_cache_lines, older lines stay in the store. */
-	if (cfg->store_backend != CONFIG_STORE_OFF &&
-	    L(backlog_cache_lines) < out->backlog.buffer_lines)
-		out->backlog.buffer_lines = L(backlog_cache_lines);
 #undef L
 }
 
@@ -334,13 +329,17 @@ struct session *session_new(struct bouncer *b, const char *user,
 	size_t klen = strlen(user) + strlen(network) + 2;
 	s->key = malloc(klen);
 	session_limits_get(cfg, &s->lim);
-	if (bouncer_history(b) == NULL) {
-		/* no store open (none, or not yet: main.c retries): nothing
-		 * else holds what leaves memory, so not a cache's bound */
-		const struct baton_config *d = config_default_values();
+	if (bouncer_history(b) != NULL) {
+		/* With a store open the in-memory backlog is its cache
+		 * (history.h): a buffer keeps backlog_cache_lines, older lines
+		 * stay in the store. With none open (none configured, or not
+		 * yet: main.c retries) nothing else holds what leaves memory,
+		 * so backlog_lines stays the bound. */
+		size_t cache = limit_or(cfg ? cfg->backlog_cache_lines : 0,
+					config_default_values()->backlog_cache_lines);
 
-		s->lim.backlog.buffer_lines = limit_or(cfg ? cfg->backlog_lines : 0,
-						       d->backlog_lines);
+		if (cache < s->lim.backlog.buffer_lines)
+			s->lim.backlog.buffer_lines = cache;
 	}
 	s->backlog = backlog_new(s->lim.backlog.buffer_lines);
 	s->reconnect_timer = evtimer_new(bouncer_base(b), session_reconnect_cb, s);

@@ -76,9 +76,9 @@ struct session_limits {
 	struct backlog_limits backlog;
 };
 /* The bounds of cfg (NULL, or keys left 0 in a config built by hand: the
- * defaults of common/config.c). With a store (cfg->store_backend not off)
- * a buffer keeps at most backlog_cache_lines lines: the backlog is the
- * store's cache (history.h). */
+ * defaults of common/config.c). A session with a store open keeps at most
+ * backlog_cache_lines lines a buffer instead (session_new(): the backlog
+ * is the store's cache, history.h). */
 void session_limits_get(const struct baton_config *cfg, struct session_limits *out);
 
 /* ---- channels ---- */
